@@ -1,0 +1,33 @@
+//! Wall-clock time as Unix milliseconds: the unit of every stored time, so that
+//! SQLite and PostgreSQL compare due times and lease expiries the same way.
+
+use time::OffsetDateTime;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).expect("the current time fits in i64 milliseconds")
+}
+
+/// RFC 3339 with millisecond precision and a `Z` suffix, as Docora prints times
+/// (`2026-01-01T00:00:00.000Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.format(&format)
+        .expect("a UTC date always formats with this description")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_docora() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+    }
+}

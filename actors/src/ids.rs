@@ -1,0 +1,104 @@
+//! Prefixed, sortable identifiers. The suffix is a ULID in lower case, so ids
+//! sort by creation time and cursors can page through them.
+
+use std::fmt;
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new, unique id.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, ulid::Ulid::generate().to_string().to_ascii_lowercase()))
+            }
+
+            /// Accepts a string that has this id's shape; anything else is `None`,
+            /// so a malformed id from a URL is answered as "not found" without a query.
+            pub fn parse(raw: &str) -> Option<Self> {
+                let suffix = raw.strip_prefix($prefix)?;
+                let well_formed = suffix.len() == 26
+                    && suffix.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+                well_formed.then(|| Self(raw.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// A client application.
+    AppId,
+    "app_"
+);
+prefixed_id!(
+    /// A watched git remote and branch, shared by every app that subscribes to it.
+    RepoId,
+    "repo_"
+);
+prefixed_id!(
+    /// One app's subscription to one repository.
+    SubscriptionId,
+    "sub_"
+);
+prefixed_id!(
+    /// One observed commit of a repository.
+    SnapshotId,
+    "snap_"
+);
+prefixed_id!(
+    /// One event of the outbox.
+    EventId,
+    "evt_"
+);
+prefixed_id!(
+    /// One HTTP attempt to deliver an event.
+    AttemptId,
+    "att_"
+);
+prefixed_id!(
+    /// One stored inbound push webhook.
+    HookId,
+    "hook_"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_sort_by_time() {
+        let first = AppId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = AppId::generate();
+        assert!(first < second);
+        assert_eq!(AppId::parse(first.as_str()), Some(first.clone()));
+        assert!(first.as_str().starts_with("app_"));
+    }
+
+    #[test]
+    fn malformed_ids_are_refused() {
+        assert_eq!(RepoId::parse("repo_"), None);
+        assert_eq!(RepoId::parse("app_01jd0000000000000000000000"), None);
+        assert_eq!(RepoId::parse("repo_01JD0000000000000000000000"), None);
+        assert_eq!(RepoId::parse("repo_01jd00000000000000000000000"), None);
+        assert!(RepoId::parse("repo_01jd0000000000000000000000").is_some());
+    }
+}

@@ -1,0 +1,20 @@
+//! Herald's engine: the supervision tree and everything it runs on.
+//!
+//! - [`supervisor`]: the root actor; starts, watches and restarts the others.
+//! - [`scheduler`]: decides which repositories are due and pokes their watchers.
+//! - [`store`]: every database query, one module per aggregate, plus leases.
+//! - [`crypto`]: app tokens, the admin token, secrets at rest (AES-256-GCM).
+//! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
+//! - [`net`]: which IP addresses count as public (the SSRF rule).
+//! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
+//!
+//! The HTTP layer (the `herald` crate) holds a [`store::Store`] and an
+//! [`supervisor::EngineHandle`]; it never runs git or sends webhooks itself.
+
+pub mod clock;
+pub mod crypto;
+pub mod ids;
+pub mod net;
+pub mod scheduler;
+pub mod store;
+pub mod supervisor;

@@ -1,0 +1,96 @@
+//! The SSRF rule: which addresses Herald may connect to on an app's or a
+//! repository's behalf. Only globally routable unicast addresses count as public.
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use ipnet::IpNet;
+
+/// Special-purpose ranges (IANA IPv4 and IPv6 special-purpose registries) that
+/// are not reachable on the public internet or that reach the host itself.
+static NON_GLOBAL: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    ]
+    .iter()
+    .map(|net| net.parse().expect("the table holds valid networks"))
+    .collect()
+});
+
+/// Whether `ip` is a public, globally routable unicast address. IPv4-mapped
+/// IPv6 addresses are judged by the IPv4 address they carry.
+pub fn is_global(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    !NON_GLOBAL.iter().any(|net| net.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(s: &str) -> bool {
+        is_global(s.parse().expect("test addresses are valid"))
+    }
+
+    #[test]
+    fn private_loopback_link_local_and_metadata_addresses_are_not_global() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "255.255.255.255",
+        ] {
+            assert!(!global(ip), "{ip} must not count as global");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_global() {
+        for ip in [
+            "1.1.1.1",
+            "140.82.112.3",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(global(ip), "{ip} is public");
+        }
+    }
+}

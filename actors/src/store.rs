@@ -1,0 +1,126 @@
+//! Every database query of Herald, one module per aggregate. Handlers and actors
+//! call these methods; nothing else builds SQL.
+//!
+//! - [`apps`]: onboarding, token authentication, listing, cascading deletion.
+//! - [`subscriptions`]: repositories and the apps' subscriptions to them.
+//! - [`leases`]: the claims that let several instances share one database
+//!   (SPEC §10): a repository is scanned, and a subscription delivered, by one
+//!   owner at a time, until its lease expires.
+
+pub mod apps;
+pub mod leases;
+pub mod subscriptions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+
+use crate::crypto::{CryptoError, Keyring};
+
+/// Subscription statuses (SPEC §2).
+pub mod subscription_status {
+    pub const PENDING_SNAPSHOT: &str = "pending_snapshot";
+    pub const SYNCING: &str = "syncing";
+    pub const SYNCED: &str = "synced";
+    pub const FAILED: &str = "failed";
+}
+
+/// Event statuses in the outbox.
+pub mod event_status {
+    /// Waiting for its turn or for a retry.
+    pub const PENDING: &str = "pending";
+    pub const DELIVERED: &str = "delivered";
+    /// Failed `delivery.max_attempts` times; its subscription waits behind it.
+    pub const DEAD: &str = "dead";
+    /// Passed over by an operator.
+    pub const SKIPPED: &str = "skipped";
+}
+
+/// App statuses.
+pub mod app_status {
+    pub const ACTIVE: &str = "active";
+    pub const DISABLED: &str = "disabled";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Db(#[from] DbErr),
+    #[error("a stored secret could not be decrypted")]
+    Crypto(#[from] CryptoError),
+}
+
+/// The database and the keys that seal the secrets stored in it.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// Secrets are sealed on the way in and opened on the way out, so no other
+    /// module ever sees a ciphertext or needs the key.
+    keys: Arc<Keyring>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.db.get_database_backend())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`). SQLite databases are
+    /// created when missing and run in WAL mode with foreign keys enforced and a
+    /// busy timeout, so concurrent writers wait instead of failing.
+    pub async fn connect(url: &str, keys: Arc<Keyring>) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30));
+        if url.starts_with("sqlite:") {
+            options.max_connections(8).map_sqlx_sqlite_opts(|o| {
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10))
+            });
+        } else {
+            options.max_connections(16);
+        }
+        let db = Database::connect(options).await?;
+        Ok(Self { db, keys })
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await?;
+        Ok(())
+    }
+}

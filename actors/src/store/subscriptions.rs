@@ -1,0 +1,344 @@
+//! Repositories and the apps' subscriptions to them. A repository (remote +
+//! branch) is stored once and shared by every app that watches it; each app
+//! holds a subscription with its own credential, filters and status.
+
+use std::collections::HashMap;
+
+use entity::{breaker, event, repository, subscription};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::apps::delete_orphaned_repositories;
+use super::{Store, StoreError, event_status, subscription_status};
+use crate::clock::now_ms;
+use crate::ids::{AppId, RepoId, SubscriptionId};
+
+/// Breaker kind of a repository's git remote.
+pub const GIT_BREAKER: &str = "git";
+
+/// A validated registration request.
+pub struct NewSubscription {
+    /// The canonical remote URL (the repository's identity with `branch`).
+    pub url: String,
+    pub owner: String,
+    pub name: String,
+    /// `None`: follow the remote's default branch.
+    pub branch: Option<String>,
+    pub git_token: Option<SecretString>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+/// A subscription as its app sees it: the shared repository, the app's own
+/// state, the repository's git breaker and the app's event counts.
+#[derive(Debug, Clone)]
+pub struct SubscriptionView {
+    pub repository: repository::Model,
+    pub subscription: subscription::Model,
+    pub breaker: Option<breaker::Model>,
+    pub pending_events: u64,
+    pub failed_events: u64,
+}
+
+impl SubscriptionView {
+    pub fn is_private(&self) -> bool {
+        self.subscription.git_token_ciphertext.is_some()
+    }
+
+    /// The branch asked for, else the one detected on the remote.
+    pub fn branch(&self) -> Option<&str> {
+        Some(self.repository.branch.as_str())
+            .filter(|b| !b.is_empty())
+            .or(self.repository.resolved_branch.as_deref())
+    }
+
+    pub fn include(&self) -> Vec<String> {
+        serde_json::from_str(&self.subscription.include).unwrap_or_default()
+    }
+
+    pub fn exclude(&self) -> Vec<String> {
+        serde_json::from_str(&self.subscription.exclude).unwrap_or_default()
+    }
+}
+
+/// The associated data that binds a git token to its subscription row.
+pub(crate) fn git_token_aad(subscription_id: &str) -> String {
+    format!("subscriptions/{subscription_id}/git_token")
+}
+
+impl Store {
+    /// Subscribes `app` to a repository, creating the repository when no app
+    /// watches it yet. Idempotent: subscribing again returns the existing
+    /// subscription unchanged, with `created == false`.
+    pub async fn subscribe(
+        &self,
+        app: &AppId,
+        new: NewSubscription,
+    ) -> Result<(SubscriptionView, bool), StoreError> {
+        let now = now_ms();
+        let branch = new.branch.unwrap_or_default();
+        let txn = self.db.begin().await?;
+
+        // Insert-if-absent, then read: safe against a concurrent registration
+        // of the same remote by another app.
+        repository::Entity::insert(repository::ActiveModel {
+            id: Set(RepoId::generate().into_string()),
+            url: Set(new.url.clone()),
+            owner: Set(new.owner),
+            name: Set(new.name),
+            branch: Set(branch.clone()),
+            resolved_branch: Set(None),
+            head_commit: Set(None),
+            current_snapshot_id: Set(None),
+            next_scan_at: Set(now),
+            last_scanned_at: Set(None),
+            last_error: Set(None),
+            scan_lease_owner: Set(None),
+            scan_lease_until: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::columns([repository::Column::Url, repository::Column::Branch])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let repository = repository::Entity::find()
+            .filter(repository::Column::Url.eq(&new.url))
+            .filter(repository::Column::Branch.eq(&branch))
+            .one(&txn)
+            .await?
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound(new.url.clone()))?;
+
+        let subscription_id = SubscriptionId::generate().into_string();
+        let git_token = new.git_token.as_ref().map(|t| {
+            self.keys
+                .seal(t.expose_secret(), &git_token_aad(&subscription_id))
+        });
+        let inserted = subscription::Entity::insert(subscription::ActiveModel {
+            id: Set(subscription_id),
+            app_id: Set(app.as_str().to_owned()),
+            repository_id: Set(repository.id.clone()),
+            status: Set(subscription_status::PENDING_SNAPSHOT.to_owned()),
+            include: Set(serde_json::to_string(&new.include).expect("strings serialise")),
+            exclude: Set(serde_json::to_string(&new.exclude).expect("strings serialise")),
+            git_token_ciphertext: Set(git_token),
+            last_error: Set(None),
+            retry_count: Set(0),
+            next_seq: Set(1),
+            last_snapshot_id: Set(None),
+            last_synced_commit: Set(None),
+            delivery_lease_owner: Set(None),
+            delivery_lease_until: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                subscription::Column::AppId,
+                subscription::Column::RepositoryId,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+
+        let repo_id = RepoId::parse(&repository.id).expect("stored repository ids are well formed");
+        let view = self
+            .subscription_of_app(app, &repo_id)
+            .await?
+            .ok_or_else(|| sea_orm::DbErr::RecordNotFound(repository.id.clone()))?;
+        Ok((view, inserted == 1))
+    }
+
+    /// The app's subscriptions ordered by repository id, after the cursor
+    /// `after` (a repository id), at most `limit`.
+    pub async fn subscriptions_of_app(
+        &self,
+        app: &AppId,
+        after: Option<&RepoId>,
+        limit: u64,
+    ) -> Result<Vec<SubscriptionView>, StoreError> {
+        let mut query = subscription::Entity::find()
+            .find_also_related(repository::Entity)
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .order_by_asc(subscription::Column::RepositoryId)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(subscription::Column::RepositoryId.gt(after.as_str()));
+        }
+        let rows = query.all(&self.db).await?;
+        self.views(rows).await
+    }
+
+    /// One subscription of the app; `None` when the app does not watch it
+    /// (whether or not another app does).
+    pub async fn subscription_of_app(
+        &self,
+        app: &AppId,
+        repo: &RepoId,
+    ) -> Result<Option<SubscriptionView>, StoreError> {
+        let rows = subscription::Entity::find()
+            .find_also_related(repository::Entity)
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .all(&self.db)
+            .await?;
+        Ok(self.views(rows).await?.pop())
+    }
+
+    async fn views(
+        &self,
+        rows: Vec<(subscription::Model, Option<repository::Model>)>,
+    ) -> Result<Vec<SubscriptionView>, StoreError> {
+        let rows: Vec<(subscription::Model, repository::Model)> = rows
+            .into_iter()
+            .filter_map(|(s, r)| r.map(|r| (s, r)))
+            .collect();
+        let subscription_ids: Vec<&str> = rows.iter().map(|(s, _)| s.id.as_str()).collect();
+        let repository_ids: Vec<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
+        let counts: HashMap<(String, String), i64> = event::Entity::find()
+            .select_only()
+            .column(event::Column::SubscriptionId)
+            .column(event::Column::Status)
+            .column_as(event::Column::Id.count(), "n")
+            .filter(event::Column::SubscriptionId.is_in(subscription_ids))
+            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .group_by(event::Column::SubscriptionId)
+            .group_by(event::Column::Status)
+            .into_tuple::<(String, String, i64)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|(sub, status, n)| ((sub, status), n))
+            .collect();
+        let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
+            .filter(breaker::Column::Kind.eq(GIT_BREAKER))
+            .filter(breaker::Column::SubjectId.is_in(repository_ids))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|b| (b.subject_id.clone(), b))
+            .collect();
+        let count = |sub: &str, status: &str| -> u64 {
+            counts
+                .get(&(sub.to_owned(), status.to_owned()))
+                .copied()
+                .unwrap_or(0)
+                .try_into()
+                .unwrap_or(0)
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(subscription, repository)| SubscriptionView {
+                pending_events: count(&subscription.id, event_status::PENDING),
+                failed_events: count(&subscription.id, event_status::DEAD),
+                breaker: breakers.remove(&repository.id),
+                repository,
+                subscription,
+            })
+            .collect())
+    }
+
+    /// Ends the app's subscription (its events go with it) and deletes the
+    /// repository when no other app watches it. `false` when there was none.
+    pub async fn unsubscribe(&self, app: &AppId, repo: &RepoId) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
+        let deleted = subscription::Entity::delete_many()
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .exec(&txn)
+            .await?;
+        if deleted.rows_affected == 0 {
+            return Ok(false);
+        }
+        delete_orphaned_repositories(&txn, &[repo.as_str().to_owned()]).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Replaces the app's git credential for a repository and clears the
+    /// failure state: the subscription's error, its retry count, the
+    /// repository's git breaker, and the repository becomes due at once.
+    /// `false` when the app does not watch the repository.
+    pub async fn update_git_token(
+        &self,
+        app: &AppId,
+        repo: &RepoId,
+        token: &SecretString,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
+        let Some(current) = subscription::Entity::find()
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .one(&txn)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let now = now_ms();
+        let status = if current.status == subscription_status::FAILED {
+            if current.last_synced_commit.is_some() {
+                subscription_status::SYNCED
+            } else {
+                subscription_status::PENDING_SNAPSHOT
+            }
+        } else {
+            current.status.as_str()
+        }
+        .to_owned();
+        let sealed = self
+            .keys
+            .seal(token.expose_secret(), &git_token_aad(&current.id));
+        let mut active = current.into_active_model();
+        active.git_token_ciphertext = Set(Some(sealed));
+        active.last_error = Set(None);
+        active.retry_count = Set(0);
+        active.status = Set(status);
+        active.updated_at = Set(now);
+        active.update(&txn).await?;
+        reset_git_breaker(&txn, repo).await?;
+        repository::Entity::update_many()
+            .col_expr(repository::Column::NextScanAt, now.into())
+            .col_expr(repository::Column::LastError, Option::<String>::None.into())
+            .filter(repository::Column::Id.eq(repo.as_str()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// The git credential of a subscription, decrypted.
+    pub fn git_token(
+        &self,
+        subscription: &subscription::Model,
+    ) -> Result<Option<SecretString>, StoreError> {
+        subscription
+            .git_token_ciphertext
+            .as_deref()
+            .map(|sealed| self.keys.open(sealed, &git_token_aad(&subscription.id)))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+}
+
+/// Forgets a repository's git breaker: the next scan is a normal one.
+pub(crate) async fn reset_git_breaker<C: ConnectionTrait>(
+    conn: &C,
+    repo: &RepoId,
+) -> Result<(), StoreError> {
+    breaker::Entity::delete_many()
+        .filter(breaker::Column::Kind.eq(GIT_BREAKER))
+        .filter(breaker::Column::SubjectId.eq(repo.as_str()))
+        .exec(conn)
+        .await?;
+    Ok(())
+}

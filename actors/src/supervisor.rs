@@ -1,0 +1,354 @@
+//! The root of the supervision tree. It starts every long-lived actor, restarts
+//! a child that failed (with exponential backoff and a restart-intensity limit,
+//! so a child that keeps crashing cannot spin), and stops the whole tree on
+//! shutdown. A crashing child never takes its siblings down: each is restarted
+//! on its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
+use crate::store::Store;
+
+/// Settings of the engine, derived from Herald's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How often the scheduler looks for due work.
+    pub tick: Duration,
+    /// Poll period of a synced repository.
+    pub rescan_interval: Duration,
+    /// Names this process in leases, so instances sharing a database can tell
+    /// their claims apart.
+    pub instance_id: String,
+    pub restart: RestartPolicy,
+}
+
+/// How a supervisor restarts a failed child.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// More restarts than this within `window` and the supervisor gives up
+    /// (the failure is escalated: the engine stops and readiness says so).
+    pub max_restarts: usize,
+    pub window: Duration,
+    /// Delay before the first restart; doubled for each recent restart.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The restart history of one child.
+#[derive(Debug, Default)]
+pub struct RestartTracker {
+    recent: VecDeque<Instant>,
+}
+
+impl RestartTracker {
+    /// Records a failure at `now`; the delay before restarting, or `None` when
+    /// the child failed too often within the window.
+    pub fn on_failure(&mut self, policy: &RestartPolicy, now: Instant) -> Option<Duration> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= policy.max_restarts {
+            return None;
+        }
+        let exponent = u32::try_from(self.recent.len()).unwrap_or(u32::MAX).min(16);
+        self.recent.push_back(now);
+        Some(
+            policy
+                .base_backoff
+                .saturating_mul(2u32.saturating_pow(exponent))
+                .min(policy.max_backoff),
+        )
+    }
+}
+
+/// The children the root supervisor owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    Scheduler,
+}
+
+impl Child {
+    fn name(self) -> &'static str {
+        match self {
+            Child::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// Messages of the root supervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Forward a message to the scheduler (dropped, with a warning, while the
+    /// scheduler is being restarted: its work is in the database and the next
+    /// tick finds it).
+    ToScheduler(SchedulerMsg),
+    /// (Re)start a child; sent after a restart backoff.
+    Start(Child),
+    /// Whether every child is running.
+    Health(RpcReplyPort<bool>),
+}
+
+pub struct Supervisor;
+
+pub struct SupervisorArgs {
+    pub store: Store,
+    pub config: EngineConfig,
+}
+
+pub struct SupervisorState {
+    store: Store,
+    config: EngineConfig,
+    scheduler: Option<ActorRef<SchedulerMsg>>,
+    restarts: HashMap<Child, RestartTracker>,
+}
+
+impl SupervisorState {
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        child: Child,
+    ) -> Result<(), ActorProcessingErr> {
+        match child {
+            Child::Scheduler => {
+                let args = SchedulerArgs {
+                    store: self.store.clone(),
+                    tick: self.config.tick,
+                    instance_id: self.config.instance_id.clone(),
+                };
+                let (scheduler, _) =
+                    Actor::spawn_linked(None, Scheduler, args, myself.get_cell()).await?;
+                self.scheduler = Some(scheduler);
+            }
+        }
+        info!(child = child.name(), "actor started");
+        Ok(())
+    }
+
+    fn child_of(&self, cell: &ractor::ActorCell) -> Option<Child> {
+        self.scheduler
+            .as_ref()
+            .filter(|s| s.get_id() == cell.get_id())
+            .map(|_| Child::Scheduler)
+    }
+
+    fn forget(&mut self, child: Child) {
+        match child {
+            Child::Scheduler => self.scheduler = None,
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            store: args.store,
+            config: args.config,
+            scheduler: None,
+            restarts: HashMap::new(),
+        };
+        state.start(&myself, Child::Scheduler).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::ToScheduler(msg) => match &state.scheduler {
+                Some(scheduler) => {
+                    if let Err(err) = scheduler.send_message(msg) {
+                        warn!(error = %err, "scheduler unreachable; the next tick picks the work up");
+                    }
+                }
+                None => warn!("scheduler restarting; the next tick picks the work up"),
+            },
+            SupervisorMsg::Start(child) => state.start(&myself, child).await?,
+            SupervisorMsg::Health(reply) => {
+                // A reply port whose caller gave up is not an error of ours.
+                let _ = reply.send(state.scheduler.is_some());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(child) = state.child_of(&cell) else {
+            return Ok(());
+        };
+        state.forget(child);
+        let policy = state.config.restart;
+        let delay = state
+            .restarts
+            .entry(child)
+            .or_default()
+            .on_failure(&policy, Instant::now());
+        match delay {
+            Some(delay) => {
+                warn!(child = child.name(), %reason, ?delay, "actor stopped; restarting");
+                myself.send_after(delay, move || SupervisorMsg::Start(child));
+                Ok(())
+            }
+            None => {
+                error!(child = child.name(), %reason, "actor keeps failing; giving up");
+                Err(format!("{} failed too often", child.name()).into())
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(scheduler) = state.scheduler.take() {
+            scheduler
+                .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(10)))
+                .await
+                .ok();
+        }
+        Ok(())
+    }
+}
+
+/// What the HTTP layer holds: a handle on the running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").finish_non_exhaustive()
+    }
+}
+
+impl EngineHandle {
+    /// Starts the supervision tree.
+    pub async fn start(store: Store, config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
+        let (supervisor, _) = Actor::spawn(
+            Some("herald.supervisor".to_owned()),
+            Supervisor,
+            SupervisorArgs { store, config },
+        )
+        .await?;
+        Ok(Self { supervisor })
+    }
+
+    /// Tells the scheduler about something it should act on now.
+    pub fn notify(&self, msg: SchedulerMsg) {
+        if let Err(err) = self
+            .supervisor
+            .send_message(SupervisorMsg::ToScheduler(msg))
+        {
+            warn!(error = %err, "engine is not running");
+        }
+    }
+
+    /// Whether the whole tree is up (readiness).
+    pub async fn is_healthy(&self) -> bool {
+        matches!(
+            ractor::call_t!(self.supervisor, SupervisorMsg::Health, 2_000),
+            Ok(true)
+        )
+    }
+
+    /// Stops the tree and waits (bounded) for every actor to finish.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if let Err(err) = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
+            .await
+        {
+            warn!(error = %err, "engine did not stop cleanly");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: 3,
+            window: Duration::from_secs(60),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_intensity_limits_restarts() {
+        let mut tracker = RestartTracker::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            tracker.on_failure(&policy(), t0),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            tracker.on_failure(&policy(), t0),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            tracker.on_failure(&policy(), t0),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(tracker.on_failure(&policy(), t0), None);
+    }
+
+    #[test]
+    fn failures_outside_the_window_are_forgotten() {
+        let mut tracker = RestartTracker::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            tracker.on_failure(&policy(), t0);
+        }
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(
+            tracker.on_failure(&policy(), later),
+            Some(Duration::from_millis(100))
+        );
+    }
+}

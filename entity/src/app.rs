@@ -1,0 +1,42 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "apps")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub email: String,
+    pub website: Option<String>,
+    pub description: Option<String>,
+    pub client_auth_key_ciphertext: String,
+    pub previous_key_ciphertext: Option<String>,
+    pub previous_key_expires_at: Option<i64>,
+    #[sea_orm(unique)]
+    pub token_lookup: String,
+    pub token_hash: String,
+    pub status: String,
+    pub backoff_policy: Option<String>,
+    pub backoff_base_ms: Option<i64>,
+    pub backoff_max_ms: Option<i64>,
+    pub notify_synced: bool,
+    pub failing_since: Option<i64>,
+    pub disabled_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::subscription::Entity")]
+    Subscription,
+}
+
+impl Related<super::subscription::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Subscription.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,26 @@
+use sea_orm::entity::prelude::*;
+
+/// Persisted circuit-breaker state: one per git remote and one per app endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "breakers")]
+pub struct Model {
+    /// `git` (subject = repository id) or `delivery` (subject = app id).
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub kind: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub subject_id: String,
+    pub state: String,
+    pub consecutive_failures: i32,
+    /// How many times this breaker has opened: one notification per opening.
+    pub openings: i32,
+    pub opened_at: Option<i64>,
+    pub cooldown_until: Option<i64>,
+    pub last_error_class: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,58 @@
+use sea_orm::entity::prelude::*;
+
+/// The outbox: one change for one subscription, delivered in `seq` order.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "events")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub subscription_id: String,
+    pub app_id: String,
+    pub repository_id: String,
+    pub snapshot_id: Option<String>,
+    pub seq: i64,
+    pub kind: String,
+    pub path: Option<String>,
+    pub sha256: Option<String>,
+    pub previous_sha256: Option<String>,
+    pub size: Option<i64>,
+    pub blob_id: Option<String>,
+    pub binary: bool,
+    pub renamed_from: Option<String>,
+    pub commit_sha: Option<String>,
+    /// Extra body fields for notification kinds (`sync_failed`, `synced`), as JSON.
+    pub payload: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::subscription::Entity",
+        from = "Column::SubscriptionId",
+        to = "super::subscription::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Subscription,
+    #[sea_orm(has_many = "super::delivery_attempt::Entity")]
+    DeliveryAttempt,
+}
+
+impl Related<super::subscription::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Subscription.def()
+    }
+}
+
+impl Related<super::delivery_attempt::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::DeliveryAttempt.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

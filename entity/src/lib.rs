@@ -1,0 +1,28 @@
+//! SeaORM entities of Herald's database: one module per table, data only.
+//!
+//! Conventions: primary keys are prefixed, sortable string ids (`app_…`,
+//! `repo_…`); every time is stored as Unix milliseconds (`i64`) so that SQLite
+//! and PostgreSQL compare them the same way; secrets are stored only as
+//! ciphertext (`*_ciphertext`) or as a hash (`token_hash`).
+
+pub mod app;
+pub mod breaker;
+pub mod delivery_attempt;
+pub mod event;
+pub mod inbound_hook;
+pub mod manifest_entry;
+pub mod repository;
+pub mod snapshot;
+pub mod subscription;
+
+pub mod prelude {
+    pub use super::app::Entity as App;
+    pub use super::breaker::Entity as Breaker;
+    pub use super::delivery_attempt::Entity as DeliveryAttempt;
+    pub use super::event::Entity as Event;
+    pub use super::inbound_hook::Entity as InboundHook;
+    pub use super::manifest_entry::Entity as ManifestEntry;
+    pub use super::repository::Entity as Repository;
+    pub use super::snapshot::Entity as Snapshot;
+    pub use super::subscription::Entity as Subscription;
+}

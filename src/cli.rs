@@ -1,0 +1,105 @@
+//! The command line: `herald serve` (the default), `herald migrate`,
+//! `herald check-config`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+use crate::startup::{self, Application};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Watches git repositories and delivers every file change to subscribed apps as signed webhooks."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags that override the configuration files and environment.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CommonArgs {
+    /// Address to listen on (server.host).
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// Port to listen on, 0 for any free port (server.port).
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+    /// Where Herald keeps its database, mirrors and generated secrets (data_dir).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Folder with default.toml and {HERALD_ENV}.toml (default: ./config).
+    #[arg(long, global = true, env = "HERALD_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Load and validate the configuration, print a summary and exit.
+    CheckConfig,
+}
+
+impl CommonArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            host: self.host.clone(),
+            port: self.port,
+            data_dir: self.data_dir.clone(),
+            config_dir: self.config_dir.clone(),
+        }
+    }
+}
+
+/// Runs the command line; the error is printed by `main`.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&cli.common.overrides())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            crate::telemetry::init(&settings.telemetry);
+            let app = Application::build(settings).await?;
+            app.run_until(startup::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            crate::telemetry::init(&settings.telemetry);
+            std::fs::create_dir_all(settings.data_dir())
+                .with_context(|| format!("creating {}", settings.data_dir().display()))?;
+            let keys = Arc::new(startup::load_keyring(&settings)?);
+            let store = startup::connect_store(&settings, keys).await?;
+            store.migrate().await.context("applying migrations")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            println!("  data_dir        {}", settings.data_dir().display());
+            println!(
+                "  listen          {}:{}",
+                settings.server.host, settings.server.port
+            );
+            println!("  database        {}", redact_url(&settings.database.url));
+            Ok(())
+        }
+    }
+}
+
+/// A database URL without its password.
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}

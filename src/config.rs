@@ -1,0 +1,348 @@
+//! Herald's configuration (SPEC §8), layered with the `config` crate:
+//! embedded defaults (`config/default.toml`, compiled in) → `./config/default.toml`
+//! → `./config/{HERALD_ENV}.toml` → `HERALD__SECTION__KEY` environment variables
+//! → command-line flags. The result is parsed into typed, validated
+//! [`Settings`]; a bad value stops the start with a message naming its key.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+const EMBEDDED_DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Command-line values that override every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    /// Folder holding `default.toml` and `{HERALD_ENV}.toml`.
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub admin: AdminSettings,
+    pub security: SecuritySettings,
+    pub git: GitSettings,
+    pub scheduler: SchedulerSettings,
+    pub delivery: DeliverySettings,
+    pub breaker: BreakerSettings,
+    pub inbound: InboundSettings,
+    pub rate_limit: RateLimitSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: u64,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Filled in from `data_dir` when left empty.
+    pub url: String,
+    pub auto_migrate: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    #[serde(deserialize_with = "optional_secret")]
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    #[serde(deserialize_with = "optional_secret")]
+    pub encryption_key: Option<SecretString>,
+    pub previous_encryption_keys: Vec<SecretString>,
+    pub allow_private_targets: bool,
+    pub allow_http_targets: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSettings {
+    pub allow_local_repos: bool,
+    #[serde(deserialize_with = "duration")]
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    #[serde(deserialize_with = "duration")]
+    pub tick: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub rescan_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackoffPolicy {
+    Fixed,
+    Linear,
+    Exponential,
+    ExpFullJitter,
+    ExpEqualJitter,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSettings {
+    pub policy: BackoffPolicy,
+    #[serde(deserialize_with = "duration")]
+    pub base: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "duration")]
+    pub disable_after: Duration,
+    pub chunk_threshold_bytes: u64,
+    pub chunk_size_bytes: u64,
+    pub backoff: BackoffSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerPolicy {
+    pub threshold: u32,
+    #[serde(deserialize_with = "duration")]
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    pub git: BreakerPolicy,
+    pub delivery: BreakerPolicy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundSettings {
+    #[serde(deserialize_with = "optional_secret")]
+    pub github_secret: Option<SecretString>,
+    #[serde(deserialize_with = "optional_secret")]
+    pub gitlab_token: Option<SecretString>,
+    #[serde(deserialize_with = "optional_secret")]
+    pub gitea_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub per_ip_per_minute: u32,
+    pub onboarding_per_minute: u32,
+    pub per_app_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// Durations as humantime strings: "30s", "5m", "1h 30m", "5d".
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    humantime::parse_duration(raw.trim()).map_err(|err| {
+        serde::de::Error::custom(format!(
+            "`{raw}` is not a duration ({err}); write e.g. \"30s\", \"5m\" or \"1h\""
+        ))
+    })
+}
+
+/// An empty string means "not set".
+fn optional_secret<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SecretString>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    Ok((!raw.trim().is_empty()).then(|| SecretString::from(raw.trim().to_owned())))
+}
+
+impl Settings {
+    /// Loads every layer, from the process environment and `overrides`.
+    pub fn load(overrides: &Overrides) -> Result<Self, SettingsError> {
+        let config_dir = overrides
+            .config_dir
+            .clone()
+            .or_else(|| std::env::var_os("HERALD_CONFIG_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let mut builder = Config::builder()
+            .add_source(File::from_str(EMBEDDED_DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(config_dir.join("default.toml")).required(false));
+        if let Ok(env) = std::env::var("HERALD_ENV") {
+            builder = builder
+                .add_source(File::from(config_dir.join(format!("{env}.toml"))).required(false));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("HERALD")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("security.previous_encryption_keys")
+                .try_parsing(true),
+        );
+        if let Some(host) = &overrides.host {
+            builder = builder.set_override("server.host", host.as_str())?;
+        }
+        if let Some(port) = overrides.port {
+            builder = builder.set_override("server.port", i64::from(port))?;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            builder = builder.set_override("data_dir", dir.to_string_lossy().as_ref())?;
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.finish()?;
+        Ok(settings)
+    }
+
+    /// Fills derived values and checks what types alone cannot.
+    fn finish(&mut self) -> Result<(), SettingsError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self.database.url.trim().is_empty() {
+            self.database.url = format!("sqlite://{}", self.data_dir.join("herald.db").display());
+        }
+        let url = self.database.url.trim();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        self.server.host.parse::<IpAddr>().map_err(|_| {
+            invalid(
+                "server.host",
+                format!("`{}` is not an IP address", self.server.host),
+            )
+        })?;
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be positive"));
+        }
+        if let Some(key) = &self.security.encryption_key {
+            check_key_hex("security.encryption_key", key)?;
+        }
+        for key in &self.security.previous_encryption_keys {
+            check_key_hex("security.previous_encryption_keys", key)?;
+        }
+        if let Some(token) = &self.admin.token
+            && token.expose_secret().len() < 16
+        {
+            return Err(invalid("admin.token", "must be at least 16 characters"));
+        }
+        if self.scheduler.tick.is_zero() {
+            return Err(invalid("scheduler.tick", "must be longer than zero"));
+        }
+        if self.delivery.max_attempts == 0 {
+            return Err(invalid("delivery.max_attempts", "must be at least 1"));
+        }
+        if self.delivery.chunk_size_bytes == 0 {
+            return Err(invalid("delivery.chunk_size_bytes", "must be positive"));
+        }
+        if self.delivery.backoff.base > self.delivery.backoff.max {
+            return Err(invalid(
+                "delivery.backoff.base",
+                "must not exceed delivery.backoff.max",
+            ));
+        }
+        for (key, threshold) in [
+            ("breaker.git.threshold", self.breaker.git.threshold),
+            (
+                "breaker.delivery.threshold",
+                self.breaker.delivery.threshold,
+            ),
+        ] {
+            if threshold == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, per_minute) in [
+            (
+                "rate_limit.per_ip_per_minute",
+                self.rate_limit.per_ip_per_minute,
+            ),
+            (
+                "rate_limit.onboarding_per_minute",
+                self.rate_limit.onboarding_per_minute,
+            ),
+            (
+                "rate_limit.per_app_per_minute",
+                self.rate_limit.per_app_per_minute,
+            ),
+        ] {
+            if per_minute == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level)
+            .map_err(|err| invalid("telemetry.log_level", err.to_string()))?;
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+fn check_key_hex(key: &'static str, value: &SecretString) -> Result<(), SettingsError> {
+    let raw = value.expose_secret();
+    if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        // Never echo the value: it is a secret.
+        Err(invalid(key, "must be 64 hex characters (32 bytes)"))
+    }
+}

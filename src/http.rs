@@ -1,0 +1,75 @@
+//! The HTTP front door (warp): routing, authentication, bounded bodies, rate
+//! limits and the one JSON error shape. It holds a [`Store`] and an
+//! [`EngineHandle`]; it never runs git or sends webhooks itself.
+//!
+//! - [`public`]: `/health`, `/ready`, `/version`, `/openapi.json`, `/docs`.
+//! - [`admin`]: `/admin/api/…` (admin token).
+//! - [`client`]: `/api/…` (app token), Docora-compatible.
+//! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
+
+mod admin;
+mod client;
+pub mod error;
+mod filters;
+pub mod models;
+pub mod openapi;
+mod public;
+mod ratelimit;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actors::store::Store;
+use actors::supervisor::EngineHandle;
+use secrecy::SecretString;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use crate::config::Settings;
+use crate::domain::UrlPolicy;
+pub use ratelimit::RateLimits;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub engine: EngineHandle,
+    pub settings: Arc<Settings>,
+    /// Compared in constant time with the bearer token of admin requests.
+    pub admin_token: Arc<SecretString>,
+    pub limits: Arc<RateLimits>,
+    /// For `/health`'s uptime.
+    pub started_at: Instant,
+}
+
+impl AppState {
+    pub fn url_policy(&self) -> UrlPolicy {
+        UrlPolicy {
+            allow_private_targets: self.settings.security.allow_private_targets,
+            allow_http_targets: self.settings.security.allow_http_targets,
+            allow_local_repos: self.settings.git.allow_local_repos,
+        }
+    }
+}
+
+/// Every route, behind the per-address rate limit, with errors recovered into
+/// the JSON error shape and a span per request.
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let api = public::routes(state.clone())
+        .or(admin::routes(state.clone()))
+        .unify()
+        .or(client::routes(state.clone()))
+        .unify();
+    filters::per_ip_limit(state)
+        .and(api)
+        .recover(error::recover)
+        .unify()
+        .with(warp::trace::request())
+        .map(warp::Reply::into_response)
+        .boxed()
+}
+
+pub fn spawn_rate_limit_pruner(limits: Arc<RateLimits>) -> tokio::task::JoinHandle<()> {
+    ratelimit::spawn_pruner(limits)
+}

@@ -1,0 +1,202 @@
+//! The admin API (`Authorization: Bearer <admin token>`): onboarding and app
+//! management.
+
+use actors::clock::rfc3339_ms;
+use actors::crypto;
+use actors::ids::AppId;
+use actors::store::apps::NewApp;
+use secrecy::ExposeSecret;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use super::AppState;
+use super::error::{ApiError, respond};
+use super::filters::{admin_auth, json_body, onboarding_limit, with_state};
+use super::models::{
+    AppDeleted, AppDeletedResponse, AppDetail, AppDetailResponse, AppListResponse, AppPage,
+    AppSummaryBody, OnboardRequest, OnboardResponse, OnboardedApp, PageQuery, Pagination,
+    RepositoryView,
+};
+use crate::domain;
+
+const APP_NOT_FOUND: &str = "App not found";
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let body_limit = state.settings.server.max_body_bytes;
+    let onboard = warp::path!("admin" / "api" / "apps" / "onboard")
+        .and(warp::post())
+        .and(onboarding_limit(state.clone()))
+        .and(admin_auth(state.clone()))
+        .and(json_body::<OnboardRequest>(body_limit))
+        .and(with_state(state.clone()))
+        .then(onboard)
+        .map(respond);
+    let list = warp::path!("admin" / "api" / "apps")
+        .and(warp::get())
+        .and(admin_auth(state.clone()))
+        .and(warp::query::<PageQuery>())
+        .and(with_state(state.clone()))
+        .then(list_apps)
+        .map(respond);
+    let detail = warp::path!("admin" / "api" / "apps" / String)
+        .and(warp::get())
+        .and(admin_auth(state.clone()))
+        .and(with_state(state.clone()))
+        .then(app_detail)
+        .map(respond);
+    let delete = warp::path!("admin" / "api" / "apps" / String)
+        .and(warp::delete())
+        .and(admin_auth(state.clone()))
+        .and(with_state(state))
+        .then(delete_app)
+        .map(respond);
+    onboard
+        .or(list)
+        .unify()
+        .or(detail)
+        .unify()
+        .or(delete)
+        .unify()
+        .boxed()
+}
+
+/// Registers an app. Returns its token, signing key and webhook secret once.
+#[utoipa::path(post, path = "/admin/api/apps/onboard", tag = "admin",
+    request_body = OnboardRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "App onboarded", body = OnboardResponse),
+        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn onboard(
+    request: OnboardRequest,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let policy = state.url_policy();
+    let new = NewApp {
+        name: domain::app_name(&request.app_name)?,
+        base_url: domain::base_url(&request.base_url, policy).await?,
+        email: domain::email(&request.email)?,
+        website: request
+            .website
+            .as_deref()
+            .map(domain::website)
+            .transpose()?,
+        description: request
+            .description
+            .as_deref()
+            .map(domain::description)
+            .transpose()?,
+        client_auth_key: match request.client_auth_key.as_deref() {
+            Some(key) => domain::client_auth_key(key)?,
+            None => crypto::generate_client_auth_key(),
+        },
+    };
+    let onboarded = state.store.onboard_app(new).await?;
+    tracing::info!(app = %onboarded.app.id, "app onboarded");
+    let body = OnboardResponse {
+        data: OnboardedApp {
+            app_id: onboarded.app.id.clone(),
+            token: onboarded.token.expose_secret().to_owned(),
+            client_auth_key: onboarded.client_auth_key.expose_secret().to_owned(),
+            webhook_secret: onboarded.webhook_secret.expose_secret().to_owned(),
+            created_at: rfc3339_ms(onboarded.app.created_at),
+        },
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
+}
+
+/// Lists apps, a page at a time.
+#[utoipa::path(get, path = "/admin/api/apps", tag = "admin",
+    params(PageQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of apps", body = AppListResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 422, description = "Bad paging", body = super::error::ErrorBody)))]
+pub(crate) async fn list_apps(query: PageQuery, state: AppState) -> Result<Response, ApiError> {
+    let page = query.page.unwrap_or(1);
+    let limit = query.limit.unwrap_or(20);
+    if page == 0 {
+        return Err(invalid_query("page", "must be at least 1"));
+    }
+    if !(1..=100).contains(&limit) {
+        return Err(invalid_query("limit", "must be 1 to 100"));
+    }
+    let (apps, total) = state.store.list_apps(page, limit).await?;
+    let body = AppListResponse {
+        data: AppPage {
+            data: apps.iter().map(AppSummaryBody::from).collect(),
+            pagination: Pagination {
+                page,
+                limit,
+                total,
+                total_pages: total.div_ceil(limit),
+            },
+        },
+    };
+    Ok(warp::reply::json(&body).into_response())
+}
+
+fn invalid_query(field: &'static str, message: &str) -> ApiError {
+    ApiError::Invalid(domain::Invalid {
+        field,
+        message: message.to_owned(),
+    })
+}
+
+/// One app with its subscriptions.
+#[utoipa::path(get, path = "/admin/api/apps/{id}", tag = "admin",
+    params(("id" = String, Path, description = "App id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The app", body = AppDetailResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No such app", body = super::error::ErrorBody)))]
+pub(crate) async fn app_detail(id: String, state: AppState) -> Result<Response, ApiError> {
+    let id = AppId::parse(&id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    let (summary, subscriptions) = state
+        .store
+        .app_detail(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    let body = AppDetailResponse {
+        data: AppDetail {
+            app: AppSummaryBody::from(&summary),
+            repositories: subscriptions.iter().map(RepositoryView::from).collect(),
+        },
+    };
+    Ok(warp::reply::json(&body).into_response())
+}
+
+/// Deletes an app with its subscriptions and events; repositories no other
+/// app watches are removed too.
+#[utoipa::path(delete, path = "/admin/api/apps/{id}", tag = "admin",
+    params(("id" = String, Path, description = "App id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = AppDeletedResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No such app", body = super::error::ErrorBody)))]
+pub(crate) async fn delete_app(id: String, state: AppState) -> Result<Response, ApiError> {
+    let id = AppId::parse(&id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    let deletion = state
+        .store
+        .delete_app(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    tracing::info!(app = %id, "app deleted");
+    let body = AppDeletedResponse {
+        data: AppDeleted {
+            deleted: true,
+            repositories_unlinked: deletion.repositories_unlinked,
+            orphaned_repositories_cleaned: deletion.orphaned_repositories_cleaned,
+        },
+    };
+    Ok(warp::reply::json(&body).into_response())
+}

@@ -1,0 +1,261 @@
+//! The client API (`Authorization: Bearer <app token>`), Docora-compatible:
+//! an app registers the repositories it watches and manages its
+//! subscriptions. An app only ever sees its own subscriptions: anything else
+//! is "not found", whether or not another app watches it.
+
+use actors::ids::{AppId, RepoId};
+use actors::scheduler::SchedulerMsg;
+use actors::store::subscriptions::NewSubscription;
+use entity::app;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use super::AppState;
+use super::error::{ApiError, respond};
+use super::filters::{app_auth, json_body, with_state};
+use super::models::{
+    CursorQuery, MessageBody, RegisterRepository, RepositoryCreated, RepositoryList,
+    RepositoryView, UpdateToken,
+};
+use crate::domain::{self, Invalid};
+
+const NOT_REGISTERED: &str = "Repository not found or not registered for this app";
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let body_limit = state.settings.server.max_body_bytes;
+    let register = warp::path!("api" / "repositories")
+        .and(warp::post())
+        .and(app_auth(state.clone()))
+        .and(json_body::<RegisterRepository>(body_limit))
+        .and(with_state(state.clone()))
+        .then(register)
+        .map(respond);
+    let list = warp::path!("api" / "repositories")
+        .and(warp::get())
+        .and(app_auth(state.clone()))
+        .and(warp::query::<CursorQuery>())
+        .and(with_state(state.clone()))
+        .then(list)
+        .map(respond);
+    let detail = warp::path!("api" / "repositories" / String)
+        .and(warp::get())
+        .and(app_auth(state.clone()))
+        .and(with_state(state.clone()))
+        .then(detail)
+        .map(respond);
+    let delete = warp::path!("api" / "repositories" / String)
+        .and(warp::delete())
+        .and(app_auth(state.clone()))
+        .and(with_state(state.clone()))
+        .then(unwatch)
+        .map(respond);
+    let token = warp::path!("api" / "repositories" / String / "token")
+        .and(warp::patch())
+        .and(app_auth(state.clone()))
+        .and(json_body::<UpdateToken>(body_limit))
+        .and(with_state(state))
+        .then(update_token)
+        .map(respond);
+    register
+        .or(list)
+        .unify()
+        .or(detail)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(token)
+        .unify()
+        .boxed()
+}
+
+fn app_id(app: &app::Model) -> AppId {
+    AppId::parse(&app.id).expect("stored app ids are well formed")
+}
+
+fn repo_id(raw: &str) -> Result<RepoId, ApiError> {
+    RepoId::parse(raw).ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))
+}
+
+/// Watches a repository. Registering the same repository again returns the
+/// existing registration (same id, nothing re-delivered).
+#[utoipa::path(post, path = "/api/repositories", tag = "client",
+    request_body = RegisterRepository,
+    security(("app_token" = [])),
+    responses(
+        (status = 201, description = "Registered (or already registered)", body = RepositoryCreated),
+        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn register(
+    app: app::Model,
+    request: RegisterRepository,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let policy = state.url_policy();
+    let (field, raw_url) = match (&request.github_url, &request.url) {
+        (Some(url), _) => ("github_url", url),
+        (None, Some(url)) => ("url", url),
+        (None, None) => {
+            return Err(Invalid {
+                field: "github_url",
+                message: "is required (or give `url`)".to_owned(),
+            }
+            .into());
+        }
+    };
+    let remote = domain::repo_url(field, raw_url, policy).await?;
+    let new = NewSubscription {
+        url: remote.canonical,
+        owner: remote.owner,
+        name: remote.name,
+        branch: request.branch.as_deref().map(domain::branch).transpose()?,
+        git_token: request
+            .github_token
+            .as_deref()
+            .map(domain::git_token)
+            .transpose()?,
+        include: domain::globs("include", request.include.as_deref().unwrap_or_default())?,
+        exclude: domain::globs("exclude", request.exclude.as_deref().unwrap_or_default())?,
+    };
+    let (view, created) = state.store.subscribe(&app_id(&app), new).await?;
+    if created {
+        tracing::info!(app = %app.id, repository = %view.repository.id, "repository registered");
+        let repo = RepoId::parse(&view.repository.id).expect("stored ids are well formed");
+        state
+            .engine
+            .notify(SchedulerMsg::RepositoryRegistered(repo));
+    }
+    Ok(warp::reply::with_status(
+        warp::reply::json(&RepositoryCreated::from(&view)),
+        StatusCode::CREATED,
+    )
+    .into_response())
+}
+
+/// The app's repositories with their status, a page at a time.
+#[utoipa::path(get, path = "/api/repositories", tag = "client",
+    params(CursorQuery),
+    security(("app_token" = [])),
+    responses(
+        (status = 200, description = "A page of repositories", body = RepositoryList),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 422, description = "Bad paging", body = super::error::ErrorBody)))]
+pub(crate) async fn list(
+    app: app::Model,
+    query: CursorQuery,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Invalid {
+            field: "limit",
+            message: "must be 1 to 200".to_owned(),
+        }
+        .into());
+    }
+    let cursor = match query.cursor.as_deref() {
+        Some(raw) => Some(RepoId::parse(raw).ok_or_else(|| Invalid {
+            field: "cursor",
+            message: "is not a cursor this API returned".to_owned(),
+        })?),
+        None => None,
+    };
+    let views = state
+        .store
+        .subscriptions_of_app(&app_id(&app), cursor.as_ref(), limit + 1)
+        .await?;
+    let more = views.len() as u64 > limit;
+    let page: Vec<RepositoryView> = views
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map(RepositoryView::from)
+        .collect();
+    let next_cursor = more
+        .then(|| page.last().map(|v| v.repository_id.clone()))
+        .flatten();
+    Ok(warp::reply::json(&RepositoryList {
+        data: page,
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// One of the app's repositories.
+#[utoipa::path(get, path = "/api/repositories/{id}", tag = "client",
+    params(("id" = String, Path, description = "Repository id")),
+    security(("app_token" = [])),
+    responses(
+        (status = 200, description = "The repository", body = RepositoryView),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 404, description = "Not registered for this app", body = super::error::ErrorBody)))]
+pub(crate) async fn detail(
+    id: String,
+    app: app::Model,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let view = state
+        .store
+        .subscription_of_app(&app_id(&app), &repo_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
+    Ok(warp::reply::json(&RepositoryView::from(&view)).into_response())
+}
+
+/// Stops watching a repository; its pending events are dropped with it.
+#[utoipa::path(delete, path = "/api/repositories/{id}", tag = "client",
+    params(("id" = String, Path, description = "Repository id")),
+    security(("app_token" = [])),
+    responses(
+        (status = 204, description = "Unwatched"),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 404, description = "Not registered for this app", body = super::error::ErrorBody)))]
+pub(crate) async fn unwatch(
+    id: String,
+    app: app::Model,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let repo = repo_id(&id)?;
+    if !state.store.unsubscribe(&app_id(&app), &repo).await? {
+        return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
+    }
+    tracing::info!(app = %app.id, repository = %repo, "repository unwatched");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Replaces the git token of a repository and clears its failure state.
+#[utoipa::path(patch, path = "/api/repositories/{id}/token", tag = "client",
+    params(("id" = String, Path, description = "Repository id")),
+    request_body = UpdateToken,
+    security(("app_token" = [])),
+    responses(
+        (status = 200, description = "Updated", body = MessageBody),
+        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 404, description = "Not registered for this app", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid token value", body = super::error::ErrorBody)))]
+pub(crate) async fn update_token(
+    id: String,
+    app: app::Model,
+    request: UpdateToken,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let repo = repo_id(&id)?;
+    let token = domain::git_token(&request.github_token)?;
+    if !state
+        .store
+        .update_git_token(&app_id(&app), &repo, &token)
+        .await?
+    {
+        return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
+    }
+    tracing::info!(app = %app.id, repository = %repo, "git token updated");
+    state.engine.notify(SchedulerMsg::ScanNow(repo));
+    Ok(warp::reply::json(&MessageBody {
+        message: "Token updated successfully",
+    })
+    .into_response())
+}

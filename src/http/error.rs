@@ -1,0 +1,154 @@
+//! The one JSON error shape, `{"error": "<message>", "code": "<machine code>"}`,
+//! produced in one place: [`ApiError::into_response`]. Handlers return
+//! `ApiError`s; [`recover`] turns warp's own rejections into the same shape.
+//! A 500 tells the caller nothing; its cause goes to the log.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reject::Rejection;
+use warp::reply::{Reply, Response};
+
+use crate::domain::Invalid;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A message for people.
+    #[schema(example = "Invalid token")]
+    pub error: String,
+    /// A stable code for programs.
+    #[schema(example = "unauthorized")]
+    pub code: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("HTTP method not allowed")]
+    MethodNotAllowed,
+    #[error("a content-length header is required")]
+    LengthRequired,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::LengthRequired => "length_required",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Invalid(_) => "validation_failed",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(err.into())
+    }
+
+    pub fn into_response(self) -> Response {
+        self.to_response()
+    }
+
+    pub fn to_response(&self) -> Response {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                headers.insert("retry-after", HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<actors::store::StoreError> for ApiError {
+    fn from(err: actors::store::StoreError) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+/// Replies with the handler's response or its error in the one shape.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Turns every rejection, ours and warp's, into the JSON error shape.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    if let Some(err) = rejection.find::<ApiError>() {
+        return Ok(err.to_response());
+    }
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound("Not found".to_owned())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge { limit: 0 }
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::LengthRequired
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest(err.to_string())
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest(err.to_string())
+    } else if let Some(err) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::BadRequest(err.to_string())
+    } else {
+        ApiError::internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}

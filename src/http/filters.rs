@@ -1,0 +1,185 @@
+//! Reusable warp filters: state injection, bounded JSON bodies, bearer
+//! authentication of apps and of the admin, and rate limits.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use bytes::{Buf, BytesMut};
+use entity::app;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use warp::{Filter, Rejection};
+
+use super::AppState;
+use super::error::ApiError;
+use super::ratelimit::Budget;
+
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The client's address (behind a reverse proxy this is the proxy's).
+pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = std::convert::Infallible> + Clone {
+    warp::addr::remote()
+        .map(|addr: Option<SocketAddr>| addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()))
+}
+
+/// Counts the request against its client address's budget (every route).
+pub fn per_ip_limit(state: AppState) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    limit_by_ip(state, Budget::PerIp)
+}
+
+/// Counts the request against the tighter onboarding budget of its address.
+pub fn onboarding_limit(state: AppState) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    limit_by_ip(state, Budget::Onboarding)
+}
+
+fn limit_by_ip(
+    state: AppState,
+    budget: Budget,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    client_ip()
+        .and_then(move |ip: IpAddr| {
+            let state = state.clone();
+            async move {
+                state
+                    .limits
+                    .check_ip(budget, ip)
+                    .map_err(warp::reject::custom)
+            }
+        })
+        .untuple_one()
+}
+
+/// Parses `Authorization: Bearer <token>`.
+fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    header
+        .and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty())
+        .ok_or(ApiError::Unauthorized(
+            "Missing or invalid Authorization header",
+        ))
+}
+
+/// The app whose token the request carries; also counts the request against
+/// that app's rate budget.
+pub fn app_auth(
+    state: AppState,
+) -> impl Filter<Extract = (app::Model,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+        let state = state.clone();
+        async move {
+            let token = bearer(header.as_deref()).map_err(warp::reject::custom)?;
+            let app = state
+                .store
+                .authenticate_app(token)
+                .await
+                .map_err(|err| warp::reject::custom(ApiError::from(err)))?
+                .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized("Invalid token")))?;
+            state
+                .limits
+                .check_app(&app.id)
+                .map_err(warp::reject::custom)?;
+            Ok::<_, Rejection>(app)
+        }
+    })
+}
+
+/// Passes only requests that carry the admin token.
+pub fn admin_auth(state: AppState) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |header: Option<String>| {
+            let state = state.clone();
+            async move {
+                let token = bearer(header.as_deref()).map_err(warp::reject::custom)?;
+                if actors::crypto::tokens_match(token, &state.admin_token) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(ApiError::Unauthorized(
+                        "Invalid token",
+                    )))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// A JSON body of at most `limit` bytes, whether or not the client sent a
+/// Content-Length: 413 above the limit, 400 when it is not JSON, 422 when it
+/// is JSON of the wrong shape (a missing field, a wrong type).
+pub fn json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |length: Option<u64>| async move {
+            match length {
+                Some(length) if length > limit => {
+                    Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }))
+                }
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |body| async move {
+            let bytes = read_limited(body, limit)
+                .await
+                .map_err(warp::reject::custom)?;
+            parse_json::<T>(&bytes).map_err(warp::reject::custom)
+        })
+}
+
+async fn read_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        if collected.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let len = part.len();
+            chunk.advance(len);
+        }
+    }
+    Ok(collected)
+}
+
+/// Deserialises a body, telling syntax errors (400) from shape errors (422).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedJson("the request body is empty".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|err| {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Data => ApiError::Invalid(crate::domain::Invalid {
+                field: "body",
+                message: strip_position(&err.to_string()),
+            }),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::MalformedJson(strip_position(&err.to_string()))
+            }
+        }
+    })
+}
+
+/// serde_json ends its messages with " at line 1 column 12"; keep the message.
+fn strip_position(message: &str) -> String {
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_owned()
+}

@@ -1,0 +1,285 @@
+//! Wire types of the HTTP API: what requests carry and responses return.
+//! Field names and nesting follow Docora where Docora has the route.
+
+use actors::clock::rfc3339_ms;
+use actors::store::subscriptions::SubscriptionView;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// Server time, RFC 3339.
+    pub timestamp: String,
+    /// Seconds since the process started.
+    pub uptime: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    pub database: bool,
+    pub actors: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionBody {
+    #[schema(example = "herald")]
+    pub name: &'static str,
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OnboardRequest {
+    /// 3 to 100 characters.
+    pub app_name: String,
+    /// Where webhooks go: `{base_url}/create`, `/update`, `/delete`, `/sync_failed`.
+    pub base_url: String,
+    pub email: String,
+    pub website: Option<String>,
+    /// At most 500 characters.
+    pub description: Option<String>,
+    /// The HMAC signing key, 16 to 500 characters; generated when absent.
+    pub client_auth_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OnboardResponse {
+    pub data: OnboardedApp,
+}
+
+/// Secrets in this body are shown once and never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OnboardedApp {
+    pub app_id: String,
+    /// The app's API token (`Authorization: Bearer …`).
+    pub token: String,
+    /// Signs the `X-Docora-Signature` header.
+    pub client_auth_key: String,
+    /// Standard Webhooks secret: `whsec_` + base64(client_auth_key).
+    pub webhook_secret: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<u64>,
+    /// Items per page, 1 to 100 (default 20).
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pagination {
+    pub page: u64,
+    pub limit: u64,
+    pub total: u64,
+    pub total_pages: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppListResponse {
+    pub data: AppPage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppPage {
+    pub data: Vec<AppSummaryBody>,
+    pub pagination: Pagination,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppSummaryBody {
+    pub app_id: String,
+    pub app_name: String,
+    pub base_url: String,
+    pub email: String,
+    pub website: Option<String>,
+    pub description: Option<String>,
+    /// `active` or `disabled`.
+    pub status: String,
+    pub created_at: String,
+    pub repository_count: u64,
+    pub failed_notification_count: u64,
+}
+
+impl From<&actors::store::apps::AppSummary> for AppSummaryBody {
+    fn from(summary: &actors::store::apps::AppSummary) -> Self {
+        let app = &summary.app;
+        Self {
+            app_id: app.id.clone(),
+            app_name: app.name.clone(),
+            base_url: app.base_url.clone(),
+            email: app.email.clone(),
+            website: app.website.clone(),
+            description: app.description.clone(),
+            status: app.status.clone(),
+            created_at: rfc3339_ms(app.created_at),
+            repository_count: summary.repository_count,
+            failed_notification_count: summary.failed_notification_count,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppDetailResponse {
+    pub data: AppDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppDetail {
+    #[serde(flatten)]
+    pub app: AppSummaryBody,
+    pub repositories: Vec<RepositoryView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppDeletedResponse {
+    pub data: AppDeleted,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppDeleted {
+    pub deleted: bool,
+    pub repositories_unlinked: u64,
+    pub orphaned_repositories_cleaned: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRepository {
+    /// The remote, any https git URL (Docora's name for the field).
+    pub github_url: Option<String>,
+    /// The same as `github_url`; give one of the two.
+    pub url: Option<String>,
+    /// A token for a private repository (any git host).
+    pub github_token: Option<String>,
+    /// Default: the remote's default branch.
+    pub branch: Option<String>,
+    /// Only paths matching one of these globs produce events.
+    pub include: Option<Vec<String>>,
+    /// Paths matching one of these globs produce no events.
+    pub exclude: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepositoryCreated {
+    pub repository_id: String,
+    pub github_url: String,
+    pub owner: String,
+    pub name: String,
+    pub is_private: bool,
+    pub created_at: String,
+    pub branch: Option<String>,
+    pub status: String,
+}
+
+impl From<&SubscriptionView> for RepositoryCreated {
+    fn from(view: &SubscriptionView) -> Self {
+        Self {
+            repository_id: view.repository.id.clone(),
+            github_url: view.repository.url.clone(),
+            owner: view.repository.owner.clone(),
+            name: view.repository.name.clone(),
+            is_private: view.is_private(),
+            created_at: rfc3339_ms(view.subscription.created_at),
+            branch: view.branch().map(str::to_owned),
+            status: view.subscription.status.clone(),
+        }
+    }
+}
+
+/// The repository's git circuit breaker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerView {
+    /// `closed`, `open` or `half_open`.
+    pub status: String,
+    pub consecutive_failures: i32,
+    pub cooldown_until: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepositoryView {
+    pub repository_id: String,
+    pub github_url: String,
+    pub owner: String,
+    pub name: String,
+    pub branch: Option<String>,
+    pub is_private: bool,
+    /// `pending_snapshot`, `syncing`, `synced` or `failed`.
+    pub status: String,
+    pub created_at: String,
+    pub last_synced_commit: Option<String>,
+    pub last_error: Option<String>,
+    pub retry_count: i32,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub circuit_breaker: BreakerView,
+    pub pending_events: u64,
+    pub failed_events: u64,
+}
+
+impl From<&SubscriptionView> for RepositoryView {
+    fn from(view: &SubscriptionView) -> Self {
+        let breaker = view.breaker.as_ref().map_or(
+            BreakerView {
+                status: "closed".to_owned(),
+                consecutive_failures: 0,
+                cooldown_until: None,
+            },
+            |b| BreakerView {
+                status: b.state.clone(),
+                consecutive_failures: b.consecutive_failures,
+                cooldown_until: b.cooldown_until.map(rfc3339_ms),
+            },
+        );
+        Self {
+            repository_id: view.repository.id.clone(),
+            github_url: view.repository.url.clone(),
+            owner: view.repository.owner.clone(),
+            name: view.repository.name.clone(),
+            branch: view.branch().map(str::to_owned),
+            is_private: view.is_private(),
+            status: view.subscription.status.clone(),
+            created_at: rfc3339_ms(view.subscription.created_at),
+            last_synced_commit: view.subscription.last_synced_commit.clone(),
+            last_error: view.subscription.last_error.clone(),
+            retry_count: view.subscription.retry_count,
+            include: view.include(),
+            exclude: view.exclude(),
+            circuit_breaker: breaker,
+            pending_events: view.pending_events,
+            failed_events: view.failed_events,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CursorQuery {
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepositoryList {
+    pub data: Vec<RepositoryView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateToken {
+    pub github_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageBody {
+    #[schema(example = "Token updated successfully")]
+    pub message: &'static str,
+}

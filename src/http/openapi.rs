@@ -1,0 +1,51 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the
+//! wire types, served at `/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, client, error, models, public};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Watches git repositories and delivers every file change to subscribed apps as signed webhooks. A superset of Docora's API."
+    ),
+    paths(
+        public::health,
+        public::ready,
+        public::version,
+        admin::onboard,
+        admin::list_apps,
+        admin::app_detail,
+        admin::delete_app,
+        client::register,
+        client::list,
+        client::detail,
+        client::unwatch,
+        client::update_token,
+    ),
+    components(schemas(error::ErrorBody, models::RepositoryView)),
+    modifiers(&BearerSchemes),
+    tags(
+        (name = "public", description = "Health and metadata"),
+        (name = "admin", description = "Operators: onboarding and app management (admin token)"),
+        (name = "client", description = "Apps: repositories they watch (app token)")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerSchemes;
+
+impl Modify for BearerSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["admin_token", "app_token"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Public routes: liveness, readiness, version, the OpenAPI document and its
+//! docs page.
+
+use std::sync::Arc;
+
+use actors::clock::{now_ms, rfc3339_ms};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::Config;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{StatusCode, Uri};
+use warp::path::{FullPath, Tail};
+use warp::reply::{Reply, Response};
+
+use super::AppState;
+use super::filters::with_state;
+use super::models::{HealthBody, ReadyBody, VersionBody};
+use super::openapi::ApiDoc;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .map(health);
+    let ready = warp::path!("ready")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(ready);
+    let version = warp::path!("version").and(warp::get()).map(version);
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::json(&ApiDoc::openapi()).into_response());
+    let docs_config = Arc::new(Config::from("/openapi.json"));
+    let docs = warp::path("docs")
+        .and(warp::get())
+        .and(warp::path::full())
+        .and(warp::path::tail())
+        .map(move |full: FullPath, tail: Tail| docs(&full, &tail, docs_config.clone()));
+    health
+        .or(ready)
+        .unify()
+        .or(version)
+        .unify()
+        .or(openapi)
+        .unify()
+        .or(docs)
+        .unify()
+        .boxed()
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "public",
+    responses((status = 200, description = "Herald is running", body = HealthBody)))]
+pub(crate) fn health(state: AppState) -> Response {
+    warp::reply::json(&HealthBody {
+        status: "ok",
+        timestamp: rfc3339_ms(now_ms()),
+        uptime: state.started_at.elapsed().as_secs_f64(),
+    })
+    .into_response()
+}
+
+/// Readiness: the database answers and the actor tree runs.
+#[utoipa::path(get, path = "/ready", tag = "public",
+    responses(
+        (status = 200, description = "Ready to serve", body = ReadyBody),
+        (status = 503, description = "Not ready", body = ReadyBody)))]
+pub(crate) async fn ready(state: AppState) -> Response {
+    let database = state.store.ping().await.is_ok();
+    let actors = state.engine.is_healthy().await;
+    let ready = database && actors;
+    let body = ReadyBody {
+        status: if ready { "ready" } else { "not_ready" },
+        database,
+        actors,
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// The running version.
+#[utoipa::path(get, path = "/version", tag = "public",
+    responses((status = 200, description = "Version", body = VersionBody)))]
+pub(crate) fn version() -> Response {
+    warp::reply::json(&VersionBody {
+        name: "herald",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .into_response()
+}
+
+/// Swagger UI, vendored into the binary (no download at build or run time).
+fn docs(full: &FullPath, tail: &Tail, config: Arc<Config<'static>>) -> Response {
+    if full.as_str() == "/docs" {
+        return warp::redirect::see_other(Uri::from_static("/docs/")).into_response();
+    }
+    match utoipa_swagger_ui::serve(tail.as_str(), config) {
+        Ok(Some(file)) => {
+            warp::reply::with_header(file.bytes.to_vec(), "content-type", file.content_type)
+                .into_response()
+        }
+        Ok(None) => super::error::ApiError::NotFound("Not found".to_owned()).into_response(),
+        Err(err) => {
+            super::error::ApiError::internal(anyhow::anyhow!("swagger ui: {err}")).into_response()
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Herald watches git repositories and tells the apps that subscribed what
+//! changed, file by file, as signed webhooks.
+//!
+//! This crate is the `herald` binary and its library:
+//!
+//! - [`config`]: layered configuration parsed into validated [`config::Settings`].
+//! - [`telemetry`]: logging (JSON or pretty), secrets never included.
+//! - [`startup`]: data directory secrets, database, actor tree, HTTP server,
+//!   graceful shutdown.
+//! - [`http`]: the warp front door (public, admin and client APIs).
+//! - [`domain`]: validated input types (URLs with the SSRF rule, names, keys).
+//! - [`cli`]: the command line (`serve`, `migrate`, `check-config`).
+//!
+//! The engine (actors, persistence, secrets) is the `actors` crate; the
+//! database schema is `entity` and `migration`.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,229 @@
+//! Start-up and shutdown: the data directory and its generated secrets, the
+//! database, the actor tree and the HTTP server, wired together.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::crypto::{self, Keyring};
+use actors::store::Store;
+use actors::supervisor::{EngineConfig, EngineHandle, RestartPolicy};
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::http::{self, AppState, RateLimits};
+
+const ADMIN_TOKEN_FILE: &str = "admin.token";
+const ENCRYPTION_KEY_FILE: &str = "encryption.key";
+
+/// A bound, ready-to-serve Herald.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    engine: EngineHandle,
+    store: Store,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Prepares the data directory, connects and migrates the database, starts
+    /// the actor tree and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        fs::create_dir_all(settings.data_dir())
+            .with_context(|| format!("creating data_dir {}", settings.data_dir().display()))?;
+        let keys = Arc::new(load_keyring(&settings)?);
+        let admin_token = load_admin_token(&settings)?;
+
+        let store = connect_store(&settings, keys).await?;
+        if settings.database.auto_migrate {
+            store.migrate().await.context("applying migrations")?;
+        }
+
+        let engine = EngineHandle::start(store.clone(), engine_config(&settings))
+            .await
+            .context("starting the actor tree")?;
+
+        let addr = SocketAddr::new(
+            settings
+                .server
+                .host
+                .parse()
+                .context("server.host was validated at load")?,
+            settings.server.port,
+        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+
+        let state = AppState {
+            store: store.clone(),
+            engine: engine.clone(),
+            admin_token: Arc::new(admin_token),
+            limits: Arc::new(RateLimits::new(&settings.rate_limit)),
+            settings: Arc::new(settings.clone()),
+            started_at: Instant::now(),
+        };
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            engine,
+            store,
+            shutdown_timeout: settings.server.shutdown_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight
+    /// requests finish, stops the actor tree and closes the database.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        info!(addr = %self.addr, "listening");
+        let pruner = http::spawn_rate_limit_pruner(self.state.limits.clone());
+        let routes = http::routes(self.state.clone());
+        warp::serve(routes)
+            .incoming(self.listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+        info!("no longer accepting requests; stopping the actor tree");
+        pruner.abort();
+        self.engine.shutdown(self.shutdown_timeout).await;
+        self.store.close().await.ok();
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Connects to the configured database (creating SQLite's file as needed).
+pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::Result<Store> {
+    Store::connect(&settings.database.url, keys)
+        .await
+        .context("connecting to the database (database.url)")
+}
+
+fn engine_config(settings: &Settings) -> EngineConfig {
+    EngineConfig {
+        tick: settings.scheduler.tick,
+        rescan_interval: settings.scheduler.rescan_interval,
+        instance_id: format!(
+            "{}-{}",
+            std::process::id(),
+            &crypto::sha256_hex(&crypto::random_bytes::<8>())[..8]
+        ),
+        restart: RestartPolicy::default(),
+    }
+}
+
+/// The keyring from `security.encryption_key`, or from the key file in
+/// data_dir, generated (mode 0600) on first start.
+pub fn load_keyring(settings: &Settings) -> anyhow::Result<Keyring> {
+    let previous: Vec<&str> = settings
+        .security
+        .previous_encryption_keys
+        .iter()
+        .map(|k| k.expose_secret())
+        .collect();
+    let primary = match &settings.security.encryption_key {
+        Some(key) => key.expose_secret().to_owned(),
+        None => {
+            let path = settings.data_dir().join(ENCRYPTION_KEY_FILE);
+            read_or_create_secret(&path, Keyring::generate_hex, |path| {
+                warn!(
+                    path = %path.display(),
+                    "generated an encryption key for secrets at rest; back it up, or set \
+                     security.encryption_key: without it the stored secrets cannot be read"
+                );
+            })?
+        }
+    };
+    Keyring::from_hex(&primary, &previous).context("security.encryption_key")
+}
+
+/// The admin token from `admin.token`, or from the token file in data_dir,
+/// generated on first start and printed once.
+pub fn load_admin_token(settings: &Settings) -> anyhow::Result<SecretString> {
+    if let Some(token) = &settings.admin.token {
+        return Ok(token.clone());
+    }
+    let path = settings.data_dir().join(ADMIN_TOKEN_FILE);
+    let mut generated = None;
+    let token = read_or_create_secret(
+        &path,
+        || {
+            let token = crypto::generate_admin_token().expose_secret().to_owned();
+            generated = Some(token.clone());
+            token
+        },
+        |_| {},
+    )?;
+    if generated.is_some() {
+        // Printed once, on the terminal, never into the log stream.
+        eprintln!(
+            "\n  Herald generated an admin token (stored in {}):\n\n      {token}\n\n  \
+             Use it as `Authorization: Bearer <token>` on /admin/api. It is not shown again.\n",
+            path.display()
+        );
+    }
+    Ok(SecretString::from(token))
+}
+
+/// Reads a one-line secret file, or creates it (mode 0600, never replacing an
+/// existing file) with `generate()`.
+fn read_or_create_secret(
+    path: &Path,
+    generate: impl FnOnce() -> String,
+    on_create: impl FnOnce(&Path),
+) -> anyhow::Result<String> {
+    match fs::read_to_string(path) {
+        Ok(content) => return Ok(content.trim().to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    let value = generate();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{value}").with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all()?;
+    on_create(path);
+    Ok(value)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => info!("Ctrl-C received; shutting down"),
+        () = terminate => info!("SIGTERM received; shutting down"),
+    }
+}
