@@ -166,7 +166,7 @@ pub(crate) async fn list(
     };
     let views = state
         .store
-        .subscriptions_of_app(&app_id(&app), cursor.as_ref(), limit + 1)
+        .subscriptions_of_app(&app_id(&app), cursor.as_ref(), Some(limit + 1))
         .await?;
     let more = views.len() as u64 > limit;
     let page: Vec<RepositoryView> = views

@@ -108,6 +108,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
             }
+            // The unread rest of the body makes the connection unusable:
+            // tell the client not to send another request on it.
+            ApiError::PayloadTooLarge { .. } | ApiError::LengthRequired => {
+                headers.insert("connection", HeaderValue::from_static("close"));
+            }
             ApiError::RateLimited { retry_after_secs } => {
                 headers.insert("retry-after", HeaderValue::from(*retry_after_secs));
             }

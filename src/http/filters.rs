@@ -133,6 +133,10 @@ pub fn json_body<T: DeserializeOwned + Send>(
         })
 }
 
+/// How much of an oversized body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn read_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
@@ -144,6 +148,19 @@ where
         let mut chunk =
             chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
         if collected.len() as u64 + chunk.remaining() as u64 > limit {
+            // Read (and drop) a bounded rest of the body before answering, so
+            // that the client, still sending, gets the 413 rather than a reset
+            // connection (a "lingering close").
+            let drain = async {
+                let mut drained = 0usize;
+                while let Some(Ok(chunk)) = body.next().await {
+                    drained += chunk.remaining();
+                    if drained > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
             return Err(ApiError::PayloadTooLarge { limit });
         }
         while chunk.has_remaining() {

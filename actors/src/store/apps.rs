@@ -148,7 +148,7 @@ impl Store {
             .await?
             .pop()
             .expect("summarise returns one summary per app");
-        let subscriptions = self.subscriptions_of_app(id, None, u64::MAX).await?;
+        let subscriptions = self.subscriptions_of_app(id, None, None).await?;
         Ok(Some((summary, subscriptions)))
     }
 

@@ -160,12 +160,12 @@ impl Store {
     }
 
     /// The app's subscriptions ordered by repository id, after the cursor
-    /// `after` (a repository id), at most `limit`.
+    /// `after` (a repository id), at most `limit` (all when `None`).
     pub async fn subscriptions_of_app(
         &self,
         app: &AppId,
         after: Option<&RepoId>,
-        limit: u64,
+        limit: Option<u64>,
     ) -> Result<Vec<SubscriptionView>, StoreError> {
         let mut query = subscription::Entity::find()
             .find_also_related(repository::Entity)

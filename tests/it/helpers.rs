@@ -1,0 +1,396 @@
+//! `TestApp`: the real binary, its data directory, its database and a client.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// A public address literal: accepted as a webhook target without DNS.
+pub const PUBLIC_BASE_URL: &str = "https://1.1.1.1/herald";
+
+/// A database of its own for one test: a SQLite file in the data directory,
+/// or a PostgreSQL database created now and dropped with the test.
+pub struct TestDatabase {
+    /// `None` for SQLite (the server's default under its data_dir).
+    pub url: Option<String>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let Ok(server) = std::env::var("TEST_DATABASE_URL") else {
+            return Self {
+                url: None,
+                postgres: None,
+            };
+        };
+        let name = format!(
+            "herald_test_{}",
+            actors::ids::AppId::generate()
+                .as_str()
+                .trim_start_matches("app_")
+        );
+        let admin_url = with_database(&server, "postgres");
+        let admin = Database::connect(&admin_url)
+            .await
+            .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("the test database can be created");
+        admin.close().await.ok();
+        Self {
+            url: Some(with_database(&server, &name)),
+            postgres: Some((admin_url, name)),
+        }
+    }
+}
+
+fn with_database(server: &str, name: &str) -> String {
+    let mut url = url::Url::parse(server).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside any runtime we may block; use a short-lived one.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup");
+            runtime.block_on(async move {
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                        .ok();
+                    admin.close().await.ok();
+                }
+            });
+        })
+        .join();
+        dropped.ok();
+    }
+}
+
+pub struct TestAppBuilder {
+    env: HashMap<String, String>,
+    data_dir: Option<TempDir>,
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn without_env(mut self, key: &str) -> Self {
+        self.env.remove(key);
+        self
+    }
+
+    /// Reuses a data directory (a restart).
+    pub fn data_dir(mut self, dir: TempDir) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let database = TestDatabase::create().await;
+        self.spawn_with(database).await
+    }
+
+    pub async fn spawn_with(self, database: TestDatabase) -> TestApp {
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("a temporary data dir"),
+        };
+        let mut env = self.env;
+        if let Some(url) = &database.url {
+            env.entry("HERALD__DATABASE__URL".to_owned())
+                .or_insert_with(|| url.clone());
+        }
+        let args = [
+            "serve".to_owned(),
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.path().join("data").display().to_string(),
+        ];
+        let (child, logs, addr) = start(data_dir.path(), &args, &env).await;
+        TestApp {
+            address: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            admin_token: env.get("HERALD__ADMIN__TOKEN").cloned(),
+            child: Some(child),
+            logs,
+            data_dir,
+            database,
+        }
+    }
+}
+
+/// Starts the binary in `cwd` and waits for its "listening" log line.
+pub async fn start(
+    cwd: &Path,
+    args: &[String],
+    env: &HashMap<String, String>,
+) -> (Child, Arc<Mutex<String>>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env);
+    let mut child = command.spawn().expect("the herald binary starts");
+    let logs = Arc::new(Mutex::new(String::new()));
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    collect(child.stdout.take().expect("piped"), logs.clone(), None);
+    collect(
+        child.stderr.take().expect("piped"),
+        logs.clone(),
+        Some(addr_tx),
+    );
+    let addr = tokio::time::timeout(Duration::from_secs(60), addr_rx)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let Some(addr) = addr else {
+        let status = child.try_wait().ok().flatten();
+        panic!(
+            "herald did not start (exit: {status:?}); output:\n{}",
+            logs.lock().expect("log lock")
+        );
+    };
+    (child, logs, addr)
+}
+
+fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    logs: Arc<Mutex<String>>,
+    mut listening: Option<tokio::sync::oneshot::Sender<String>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(entry) = serde_json::from_str::<Value>(&line)
+                && entry["message"] == "listening"
+                && let Some(tx) = listening.take()
+            {
+                let addr = entry["addr"].as_str().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+            let mut logs = logs.lock().expect("log lock");
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub admin_token: Option<String>,
+    child: Option<Child>,
+    logs: Arc<Mutex<String>>,
+    pub data_dir: TempDir,
+    pub database: TestDatabase,
+}
+
+/// An onboarded app as the tests use it.
+#[derive(Debug, Clone)]
+pub struct TestClient {
+    pub app_id: String,
+    pub token: String,
+    pub client_auth_key: String,
+}
+
+impl TestApp {
+    /// Herald as shipped (strict network rules), with a known admin token.
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            env: HashMap::from([
+                ("HERALD__ADMIN__TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+                (
+                    "HERALD__TELEMETRY__LOG_FORMAT".to_owned(),
+                    "json".to_owned(),
+                ),
+            ]),
+            data_dir: None,
+        }
+    }
+
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir.path().join("data")
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns the
+    /// status and the parsed body (`Value::Null` when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("herald answers");
+        read(response).await
+    }
+
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let token = self
+            .admin_token
+            .clone()
+            .expect("an admin token is configured");
+        self.call(method, path, Some(&token), body).await
+    }
+
+    pub async fn onboard(&self, name: &str) -> TestClient {
+        self.onboard_with(json!({
+            "app_name": name,
+            "base_url": PUBLIC_BASE_URL,
+            "email": "dev@example.com",
+        }))
+        .await
+    }
+
+    pub async fn onboard_with(&self, body: Value) -> TestClient {
+        let (status, body) = self
+            .admin(Method::POST, "/admin/api/apps/onboard", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "onboarding failed: {body}");
+        let data = &body["data"];
+        TestClient {
+            app_id: data["app_id"].as_str().expect("app_id").to_owned(),
+            token: data["token"].as_str().expect("token").to_owned(),
+            client_auth_key: data["client_auth_key"].as_str().expect("key").to_owned(),
+        }
+    }
+
+    pub async fn register(&self, client: &TestClient, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/api/repositories",
+            Some(&client.token),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn repositories(&self, client: &TestClient) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                "/api/repositories?limit=200",
+                Some(&client.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].as_array().expect("a list").clone()
+    }
+
+    pub async fn app_count(&self) -> u64 {
+        let (status, body) = self.admin(Method::GET, "/admin/api/apps", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"]["pagination"]["total"]
+            .as_u64()
+            .expect("a total")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("herald is running")
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.pid();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        let mut child = self.child.take().expect("herald is running");
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("herald stops within 30 s")
+            .expect("exit status");
+        status.code()
+    }
+
+    /// Stops the server and hands back its data directory and database, for a
+    /// restart.
+    pub async fn stop(mut self) -> (TempDir, TestDatabase) {
+        self.terminate().await;
+        let TestApp {
+            data_dir, database, ..
+        } = self;
+        (data_dir, database)
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Asserts the one JSON error shape and returns its code.
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) -> String {
+    assert_eq!(status, expected, "unexpected answer: {body}");
+    assert!(body["error"].is_string(), "no error message in {body}");
+    body["code"].as_str().expect("an error code").to_owned()
+}

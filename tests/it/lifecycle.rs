@@ -1,0 +1,202 @@
+//! Starting with nothing, public endpoints, generated secrets, graceful shutdown.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{self, TestApp, assert_error};
+
+#[tokio::test]
+async fn starts_in_an_empty_directory_with_no_configuration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Only the port is chosen, so that tests can run side by side.
+    let args = vec!["--port".to_owned(), "0".to_owned()];
+    let (mut child, _logs, addr) = helpers::start(dir.path(), &args, &HashMap::new()).await;
+
+    let health: serde_json::Value = reqwest::get(format!("http://{addr}/health"))
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    assert!(health["timestamp"].is_string());
+    assert!(health["uptime"].is_number());
+
+    let data = dir.path().join("data");
+    assert!(data.join("herald.db").is_file(), "SQLite under ./data");
+    for secret in ["admin.token", "encryption.key"] {
+        let mode = std::fs::metadata(data.join(secret))
+            .expect("generated on first start")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret} is private to its owner");
+    }
+    child.kill().await.ok();
+}
+
+#[tokio::test]
+async fn a_generated_admin_token_is_printed_once_and_works() {
+    let app = TestApp::builder()
+        .without_env("HERALD__ADMIN__TOKEN")
+        .spawn()
+        .await;
+    let token = std::fs::read_to_string(app.data_path().join("admin.token"))
+        .expect("token file")
+        .trim()
+        .to_owned();
+    assert!(app.logs().contains(&token), "printed on first start");
+
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/admin/api/apps/onboard",
+            Some(&token),
+            Some(json!({"app_name": "first", "base_url": helpers::PUBLIC_BASE_URL, "email": "a@b.co"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (dir, database) = app.stop().await;
+    let again = TestApp::builder()
+        .without_env("HERALD__ADMIN__TOKEN")
+        .data_dir(dir)
+        .spawn_with(database)
+        .await;
+    assert!(!again.logs().contains(&token), "not printed again");
+    let (status, body) = again
+        .call(Method::GET, "/admin/api/apps", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "same token after a restart");
+    assert_eq!(
+        body["data"]["pagination"]["total"], 1,
+        "data survives a restart"
+    );
+}
+
+#[tokio::test]
+async fn public_endpoints_answer() {
+    let app = TestApp::spawn().await;
+    let (status, ready) = app.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "database": true, "actors": true})
+    );
+
+    let (status, version) = app.call(Method::GET, "/version", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
+    for path in [
+        "/admin/api/apps/onboard",
+        "/api/repositories",
+        "/api/repositories/{id}",
+        "/api/repositories/{id}/token",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+
+    let docs = app
+        .client
+        .get(app.url("/docs/"))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.expect("html").contains("swagger"));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_use_the_error_shape() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.call(Method::GET, "/nope", None, None).await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    let (status, body) = app.call(Method::PUT, "/health", None, None).await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_with_exit_code_zero() {
+    let mut app = TestApp::spawn().await;
+    app.onboard("before-shutdown").await;
+    assert_eq!(app.terminate().await, Some(0));
+    assert!(app.logs().contains("\"stopped\""), "{}", app.logs());
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = helpers::TestDatabase::create().await;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.arg("migrate").current_dir(dir.path());
+    if let Some(url) = &database.url {
+        command.env("HERALD__DATABASE__URL", url);
+    }
+    let output = command.output().expect("migrate runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("migrations applied"), "{stderr}");
+
+    // A server on the same database starts without migrating again.
+    let app = TestApp::builder()
+        .env("HERALD__DATABASE__AUTO_MIGRATE", "false")
+        .data_dir(dir)
+        .spawn_with(database)
+        .await;
+    app.onboard("after-migrate").await;
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let app = TestApp::builder()
+        .env("HERALD__RATE_LIMIT__ONBOARDING_PER_MINUTE", "2")
+        .spawn()
+        .await;
+    app.onboard("one").await;
+    app.onboard("two").await;
+    let response = app
+        .client
+        .post(app.url("/admin/api/apps/onboard"))
+        .bearer_auth(helpers::ADMIN_TOKEN)
+        .json(
+            &json!({"app_name": "three", "base_url": helpers::PUBLIC_BASE_URL, "email": "a@b.co"}),
+        )
+        .send()
+        .await
+        .expect("answers");
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .expect("a Retry-After header")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after >= 1);
+    let (status, body) = helpers::read(response).await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS),
+        "rate_limited"
+    );
+    assert_eq!(
+        app.app_count().await,
+        2,
+        "the limited request wrote nothing"
+    );
+}

@@ -1,0 +1,13 @@
+//! Herald's integration tests: one binary, the real `herald` executable started
+//! per test on 127.0.0.1:0 with a fresh data directory and a fresh database
+//! (SQLite by default; PostgreSQL when `TEST_DATABASE_URL` is set).
+
+mod helpers;
+
+mod admin;
+mod config;
+mod lifecycle;
+mod repositories;
+mod secrets;
+mod store;
+mod validation;

@@ -1,0 +1,237 @@
+//! The client API: registering and managing watched repositories, with
+//! Docora's shapes and tenant isolation.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error};
+
+const REPO: &str = "https://1.1.1.1/acme/widgets";
+
+#[tokio::test]
+async fn registration_returns_docoras_shape_and_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let (status, created) = app
+        .register(&client, json!({"github_url": format!("{REPO}.git")}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["repository_id"].as_str().expect("id");
+    assert!(id.starts_with("repo_"));
+    assert_eq!(created["github_url"], REPO, "canonical: no .git suffix");
+    assert_eq!(created["owner"], "acme");
+    assert_eq!(created["name"], "widgets");
+    assert_eq!(created["is_private"], false);
+    assert_eq!(
+        created["branch"],
+        Value::Null,
+        "the remote's default branch"
+    );
+    assert_eq!(created["status"], "pending_snapshot");
+    assert!(created["created_at"].is_string());
+
+    let (status, again) = app
+        .register(&client, json!({"url": format!("{REPO}/")}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(again["repository_id"], id, "same repository, same id");
+    assert_eq!(app.repositories(&client).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_repository_is_shared_by_the_apps_that_watch_it() {
+    let app = TestApp::spawn().await;
+    let first = app.onboard("first").await;
+    let second = app.onboard("second").await;
+    let (_, a) = app.register(&first, json!({"github_url": REPO})).await;
+    let (_, b) = app.register(&second, json!({"github_url": REPO})).await;
+    assert_eq!(a["repository_id"], b["repository_id"]);
+    let (_, other_branch) = app
+        .register(
+            &second,
+            json!({"github_url": REPO, "branch": "release/1.x"}),
+        )
+        .await;
+    assert_ne!(other_branch["repository_id"], a["repository_id"]);
+    assert_eq!(other_branch["branch"], "release/1.x");
+}
+
+#[tokio::test]
+async fn list_detail_token_update_and_delete() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (status, body) = app
+            .register(
+                &client,
+                json!({
+                    "github_url": format!("https://1.1.1.1/acme/{name}"),
+                    "include": ["docs/**"],
+                    "exclude": ["**/*.tmp"],
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["repository_id"].as_str().expect("id").to_owned());
+    }
+
+    // Pagination with a cursor visits every repository once.
+    let (status, page) = app
+        .call(
+            Method::GET,
+            "/api/repositories?limit=2",
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["data"].as_array().expect("list").len(), 2);
+    let cursor = page["next_cursor"].as_str().expect("more pages");
+    let (_, rest) = app
+        .call(
+            Method::GET,
+            &format!("/api/repositories?limit=2&cursor={cursor}"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(rest["data"].as_array().expect("list").len(), 1);
+    assert_eq!(rest["next_cursor"], Value::Null);
+
+    let path = format!("/api/repositories/{}", ids[0]);
+    let (status, detail) = app
+        .call(Method::GET, &path, Some(&client.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["include"], json!(["docs/**"]));
+    assert_eq!(detail["exclude"], json!(["**/*.tmp"]));
+    assert_eq!(detail["circuit_breaker"]["status"], "closed");
+    assert_eq!(detail["pending_events"], 0);
+    assert_eq!(detail["is_private"], false);
+
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("{path}/token"),
+            Some(&client.token),
+            Some(json!({"github_token": "ghp_newtoken0123456789"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"message": "Token updated successfully"}));
+    let (_, detail) = app
+        .call(Method::GET, &path, Some(&client.token), None)
+        .await;
+    assert_eq!(detail["is_private"], true);
+
+    let (status, body) = app
+        .call(Method::DELETE, &path, Some(&client.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(body, Value::Null);
+    let (status, body) = app
+        .call(Method::GET, &path, Some(&client.token), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    assert_eq!(app.repositories(&client).await.len(), 2);
+}
+
+#[tokio::test]
+async fn missing_malformed_and_wrong_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let wrong_secret = format!("{}{}", &client.token[..client.token.len() - 4], "0000");
+    let cases: [(Option<String>, &str); 5] = [
+        (None, "Missing or invalid Authorization header"),
+        (
+            Some("Token abc".to_owned()),
+            "Missing or invalid Authorization header",
+        ),
+        (
+            Some("Bearer".to_owned()),
+            "Missing or invalid Authorization header",
+        ),
+        (
+            Some("Bearer not-a-herald-token".to_owned()),
+            "Invalid token",
+        ),
+        (Some(format!("Bearer {wrong_secret}")), "Invalid token"),
+    ];
+    for (header, message) in cases {
+        let mut request = app
+            .client
+            .post(app.url("/api/repositories"))
+            .json(&json!({"github_url": REPO}));
+        if let Some(header) = &header {
+            request = request.header("authorization", header);
+        }
+        let response = request.send().await.expect("answers");
+        assert_eq!(
+            response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+        let (status, body) = crate::helpers::read(response).await;
+        assert_eq!(
+            assert_error(status, &body, StatusCode::UNAUTHORIZED),
+            "unauthorized"
+        );
+        assert_eq!(body["error"], message, "for {header:?}");
+    }
+    assert!(
+        app.repositories(&client).await.is_empty(),
+        "nothing was registered"
+    );
+}
+
+#[tokio::test]
+async fn an_app_never_sees_changes_or_deletes_another_apps_repositories() {
+    let app = TestApp::spawn().await;
+    let owner = app.onboard("owner").await;
+    let intruder = app.onboard("intruder").await;
+    let (_, created) = app.register(&owner, json!({"github_url": REPO})).await;
+    let path = format!(
+        "/api/repositories/{}",
+        created["repository_id"].as_str().expect("id")
+    );
+
+    assert!(app.repositories(&intruder).await.is_empty());
+    let attempts = [
+        (Method::GET, path.clone(), None),
+        (Method::DELETE, path.clone(), None),
+        (
+            Method::PATCH,
+            format!("{path}/token"),
+            Some(json!({"github_token": "ghp_stolen0123456789"})),
+        ),
+    ];
+    for (method, path, body) in attempts {
+        let (status, reply) = app
+            .call(method.clone(), &path, Some(&intruder.token), body)
+            .await;
+        assert_error(status, &reply, StatusCode::NOT_FOUND);
+        assert_eq!(
+            reply["error"], "Repository not found or not registered for this app",
+            "{method} {path}"
+        );
+    }
+    let (status, detail) = app.call(Method::GET, &path, Some(&owner.token), None).await;
+    assert_eq!(status, StatusCode::OK, "still there for its owner");
+    assert_eq!(
+        detail["is_private"], false,
+        "the intruder's token was not stored"
+    );
+
+    let (status, body) = app
+        .call(
+            Method::GET,
+            "/api/repositories/repo_garbage",
+            Some(&owner.token),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+}
