@@ -95,6 +95,8 @@ pub struct SecuritySettings {
 #[serde(deny_unknown_fields)]
 pub struct GitSettings {
     pub allow_local_repos: bool,
+    /// How many scans (fetch, diff, hashing) may run at once.
+    pub scan_workers: usize,
     #[serde(deserialize_with = "duration")]
     pub fetch_timeout: Duration,
 }
@@ -285,6 +287,12 @@ impl Settings {
         }
         if self.scheduler.tick.is_zero() {
             return Err(invalid("scheduler.tick", "must be longer than zero"));
+        }
+        if self.git.scan_workers == 0 {
+            return Err(invalid("git.scan_workers", "must be at least 1"));
+        }
+        if self.git.fetch_timeout.is_zero() {
+            return Err(invalid("git.fetch_timeout", "must be longer than zero"));
         }
         if self.delivery.max_attempts == 0 {
             return Err(invalid("delivery.max_attempts", "must be at least 1"));

@@ -181,6 +181,9 @@ pub struct RepoUrl {
     /// The canonical form, the repository's identity: lower-case scheme and
     /// host, no trailing `/` or `.git`, no credentials.
     pub canonical: String,
+    /// The URL as given (without a trailing `/`): what git fetches, since not
+    /// every server answers without the `.git` suffix.
+    pub fetch: String,
     pub owner: String,
     pub name: String,
 }
@@ -237,8 +240,11 @@ pub async fn repo_url(
     let owner = owner_segments.last().copied().unwrap_or_default();
     let mut canonical = url.clone();
     canonical.set_path(path);
+    let mut fetch = url.clone();
+    fetch.set_path(url.path().trim_end_matches('/'));
     Ok(RepoUrl {
         canonical: canonical.to_string(),
+        fetch: fetch.to_string(),
         owner: owner.to_owned(),
         name: (*name).to_owned(),
     })

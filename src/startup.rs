@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
+use actors::repo_watcher::WatcherConfig;
 use actors::store::Store;
 use actors::supervisor::{EngineConfig, EngineHandle, RestartPolicy};
 use anyhow::Context;
@@ -119,12 +121,21 @@ pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::R
 fn engine_config(settings: &Settings) -> EngineConfig {
     EngineConfig {
         tick: settings.scheduler.tick,
-        rescan_interval: settings.scheduler.rescan_interval,
-        instance_id: format!(
-            "{}-{}",
-            std::process::id(),
-            &crypto::sha256_hex(&crypto::random_bytes::<8>())[..8]
-        ),
+        scan_workers: settings.git.scan_workers,
+        watcher: WatcherConfig {
+            mirrors_dir: settings.data_dir().join("mirrors"),
+            fetch_timeout: settings.git.fetch_timeout,
+            rescan_interval: settings.scheduler.rescan_interval,
+            breaker: BreakerPolicy {
+                threshold: settings.breaker.git.threshold,
+                cooldown: settings.breaker.git.cooldown,
+            },
+            instance_id: format!(
+                "{}-{}",
+                std::process::id(),
+                &crypto::sha256_hex(&crypto::random_bytes::<8>())[..8]
+            ),
+        },
         restart: RestartPolicy::default(),
     }
 }

@@ -11,10 +11,15 @@
 //! The HTTP layer (the `herald` crate) holds a [`store::Store`] and an
 //! [`supervisor::EngineHandle`]; it never runs git or sends webhooks itself.
 
+pub mod breaker;
+pub mod changes;
 pub mod clock;
 pub mod crypto;
+pub mod git;
 pub mod ids;
 pub mod net;
+pub mod repo_watcher;
+pub mod scan;
 pub mod scheduler;
 pub mod store;
 pub mod supervisor;

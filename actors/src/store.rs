@@ -8,7 +8,9 @@
 //!   owner at a time, until its lease expires.
 
 pub mod apps;
+pub mod breakers;
 pub mod leases;
+pub mod outbox;
 pub mod subscriptions;
 
 use std::sync::Arc;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
+use crate::repo_watcher::WatcherConfig;
+use crate::scan::ScanPool;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::store::Store;
 
@@ -18,11 +20,10 @@ use crate::store::Store;
 pub struct EngineConfig {
     /// How often the scheduler looks for due work.
     pub tick: Duration,
-    /// Poll period of a synced repository.
-    pub rescan_interval: Duration,
-    /// Names this process in leases, so instances sharing a database can tell
-    /// their claims apart.
-    pub instance_id: String,
+    /// How many scans may run at once (blocking workers).
+    pub scan_workers: usize,
+    /// What every repository watcher shares (mirrors, timeouts, breaker).
+    pub watcher: WatcherConfig,
     pub restart: RestartPolicy,
 }
 
@@ -117,6 +118,8 @@ pub struct SupervisorArgs {
 pub struct SupervisorState {
     store: Store,
     config: EngineConfig,
+    /// Shared by every watcher, and kept across scheduler restarts.
+    pool: ScanPool,
     scheduler: Option<ActorRef<SchedulerMsg>>,
     restarts: HashMap<Child, RestartTracker>,
 }
@@ -132,7 +135,9 @@ impl SupervisorState {
                 let args = SchedulerArgs {
                     store: self.store.clone(),
                     tick: self.config.tick,
-                    instance_id: self.config.instance_id.clone(),
+                    pool: self.pool.clone(),
+                    watcher: self.config.watcher.clone(),
+                    restart: self.config.restart,
                 };
                 let (scheduler, _) =
                     Actor::spawn_linked(None, Scheduler, args, myself.get_cell()).await?;
@@ -169,6 +174,7 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             store: args.store,
+            pool: ScanPool::new(args.config.scan_workers),
             config: args.config,
             scheduler: None,
             restarts: HashMap::new(),

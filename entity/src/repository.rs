@@ -5,7 +5,10 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
+    /// The canonical remote URL: with `branch`, the repository's identity.
     pub url: String,
+    /// The URL as the first app gave it: what git fetches.
+    pub fetch_url: String,
     pub owner: String,
     pub name: String,
     /// The branch asked for at registration; empty means the remote's default.

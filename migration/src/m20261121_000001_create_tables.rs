@@ -49,6 +49,7 @@ impl MigrationTrait for Migration {
                     .table(Repositories::Table)
                     .col(string(Repositories::Id).primary_key())
                     .col(string(Repositories::Url))
+                    .col(string(Repositories::FetchUrl))
                     .col(string(Repositories::Owner))
                     .col(string(Repositories::Name))
                     .col(string(Repositories::Branch))
@@ -388,6 +389,7 @@ enum Repositories {
     Table,
     Id,
     Url,
+    FetchUrl,
     Owner,
     Name,
     Branch,

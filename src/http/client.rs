@@ -110,6 +110,7 @@ pub(crate) async fn register(
     let remote = domain::repo_url(field, raw_url, policy).await?;
     let new = NewSubscription {
         url: remote.canonical,
+        fetch_url: remote.fetch,
         owner: remote.owner,
         name: remote.name,
         branch: request.branch.as_deref().map(domain::branch).transpose()?,

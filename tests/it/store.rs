@@ -49,6 +49,7 @@ async fn scan_and_delivery_leases_have_one_owner_until_they_expire() {
             &app_id,
             NewSubscription {
                 url: "https://1.1.1.1/acme/widgets".into(),
+                fetch_url: "https://1.1.1.1/acme/widgets.git".into(),
                 owner: "acme".into(),
                 name: "widgets".into(),
                 branch: None,

@@ -24,6 +24,8 @@ pub const GIT_BREAKER: &str = "git";
 pub struct NewSubscription {
     /// The canonical remote URL (the repository's identity with `branch`).
     pub url: String,
+    /// What git fetches.
+    pub fetch_url: String,
     pub owner: String,
     pub name: String,
     /// `None`: follow the remote's default branch.
@@ -88,6 +90,7 @@ impl Store {
         repository::Entity::insert(repository::ActiveModel {
             id: Set(RepoId::generate().into_string()),
             url: Set(new.url.clone()),
+            fetch_url: Set(new.fetch_url),
             owner: Set(new.owner),
             name: Set(new.name),
             branch: Set(branch.clone()),
@@ -327,6 +330,42 @@ impl Store {
             .map(|sealed| self.keys.open(sealed, &git_token_aad(&subscription.id)))
             .transpose()
             .map_err(StoreError::from)
+    }
+}
+
+impl Store {
+    pub async fn repository(&self, repo: &RepoId) -> Result<Option<repository::Model>, StoreError> {
+        Ok(repository::Entity::find_by_id(repo.as_str())
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Moves a repository's next scan to `at` (unix ms).
+    pub async fn reschedule(&self, repo: &RepoId, at: i64) -> Result<(), StoreError> {
+        repository::Entity::update_many()
+            .col_expr(repository::Column::NextScanAt, at.into())
+            .filter(repository::Column::Id.eq(repo.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The git credential to fetch a repository with: the oldest subscription's
+    /// token, when any subscription has one.
+    pub async fn repository_token(
+        &self,
+        repo: &RepoId,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let holder = subscription::Entity::find()
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .filter(subscription::Column::GitTokenCiphertext.is_not_null())
+            .order_by_asc(subscription::Column::CreatedAt)
+            .one(&self.db)
+            .await?;
+        match holder {
+            Some(subscription) => self.git_token(&subscription),
+            None => Ok(None),
+        }
     }
 }
 

@@ -1,0 +1,123 @@
+//! Circuit breakers: closed → open after `threshold` consecutive failures →
+//! half-open (one probe) after `cooldown` → closed on success, open again on
+//! failure. The state is a database row (`breakers`), so a restart does not
+//! forget an open breaker; each breaker is owned by one actor (a repository's
+//! watcher, an app's delivery actor), which alone changes it.
+
+use std::time::Duration;
+
+use entity::breaker;
+
+pub const CLOSED: &str = "closed";
+pub const OPEN: &str = "open";
+pub const HALF_OPEN: &str = "half_open";
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    pub threshold: u32,
+    pub cooldown: Duration,
+}
+
+/// What the owner may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Closed: go ahead.
+    Proceed,
+    /// The cooldown is over: one probe may go.
+    Probe,
+    /// Open: wait until this time (unix ms).
+    WaitUntil(i64),
+}
+
+/// Whether work may proceed at `now`.
+pub fn permit(row: Option<&breaker::Model>, now: i64) -> Permit {
+    match row {
+        None => Permit::Proceed,
+        Some(row) if row.state == CLOSED => Permit::Proceed,
+        Some(row) => match row.cooldown_until {
+            Some(until) if until > now => Permit::WaitUntil(until),
+            _ => Permit::Probe,
+        },
+    }
+}
+
+/// The row after a failure at `now`, and whether this failure opened the
+/// breaker (once per opening: re-opening after a failed probe counts too).
+pub fn on_failure(
+    row: Option<breaker::Model>,
+    kind: &str,
+    subject: &str,
+    policy: BreakerPolicy,
+    now: i64,
+    error_class: &str,
+    error: &str,
+) -> (breaker::Model, bool) {
+    let mut row = row.unwrap_or_else(|| breaker::Model {
+        kind: kind.to_owned(),
+        subject_id: subject.to_owned(),
+        state: CLOSED.to_owned(),
+        consecutive_failures: 0,
+        openings: 0,
+        opened_at: None,
+        cooldown_until: None,
+        last_error_class: None,
+        last_error: None,
+        updated_at: now,
+    });
+    row.consecutive_failures = row.consecutive_failures.saturating_add(1);
+    row.last_error_class = Some(error_class.to_owned());
+    row.last_error = Some(error.to_owned());
+    row.updated_at = now;
+    let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
+    let opens = match row.state.as_str() {
+        CLOSED => row.consecutive_failures >= threshold,
+        // A failed probe (or a failure while open) re-opens for a new cooldown.
+        _ => true,
+    };
+    let was_closed = row.state == CLOSED;
+    if opens {
+        row.state = OPEN.to_owned();
+        row.opened_at = Some(now);
+        row.cooldown_until = Some(
+            now.saturating_add(i64::try_from(policy.cooldown.as_millis()).unwrap_or(i64::MAX)),
+        );
+        if was_closed {
+            row.openings = row.openings.saturating_add(1);
+        }
+    }
+    (row, opens && was_closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: BreakerPolicy = BreakerPolicy {
+        threshold: 3,
+        cooldown: Duration::from_secs(60),
+    };
+
+    fn fail(row: Option<breaker::Model>, now: i64) -> (breaker::Model, bool) {
+        on_failure(row, "git", "repo_x", POLICY, now, "network", "unreachable")
+    }
+
+    #[test]
+    fn opens_after_the_threshold_once_then_probes_after_the_cooldown() {
+        let (row, opened) = fail(None, 0);
+        assert!(!opened);
+        assert_eq!(permit(Some(&row), 0), Permit::Proceed);
+        let (row, opened) = fail(Some(row), 1);
+        assert!(!opened);
+        let (row, opened) = fail(Some(row), 2);
+        assert!(opened, "the third failure opens");
+        assert_eq!(row.openings, 1);
+        assert_eq!(permit(Some(&row), 3), Permit::WaitUntil(60_002));
+        assert_eq!(permit(Some(&row), 60_002), Permit::Probe);
+
+        // A failed probe re-opens without counting a new opening.
+        let (row, opened) = fail(Some(row), 60_003);
+        assert!(!opened);
+        assert_eq!(row.openings, 1);
+        assert_eq!(permit(Some(&row), 60_004), Permit::WaitUntil(120_003));
+    }
+}

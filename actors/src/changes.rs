@@ -1,0 +1,302 @@
+//! Change detection: what changed in a repository between the last snapshot
+//! and a new commit, file by file.
+//!
+//! - Normally the tree diff between the two commits (work proportional to the
+//!   change). When the old commit is gone (a force-push rewrote history), the
+//!   new tree is compared with the stored manifest instead.
+//! - Only regular files count: symlinks and submodules are skipped, never
+//!   followed. A rename is a delete plus a create.
+//! - Every created or updated file is hashed (SHA-256 of its raw bytes) and
+//!   classified as text or binary (a NUL in the first 8 KiB, or not UTF-8).
+//!
+//! Everything here blocks; it runs on the scan pool.
+
+use std::collections::HashMap;
+
+use git2::{
+    Delta, DiffOptions, FileMode, ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult,
+};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use sha2::{Digest, Sha256};
+
+/// Ignore files read from the repository root (gitignore syntax).
+pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
+
+/// How many leading bytes decide whether a file is binary (git's rule).
+const BINARY_PROBE: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("reading the repository failed: {0}")]
+pub struct ChangeError(String);
+
+impl From<git2::Error> for ChangeError {
+    fn from(err: git2::Error) -> Self {
+        ChangeError(err.message().to_owned())
+    }
+}
+
+/// One regular file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: String,
+    pub blob_id: String,
+    pub sha256: String,
+    pub size: i64,
+    pub binary: bool,
+}
+
+/// What changed in the repository's tree, relative to the stored manifest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TreeDelta {
+    /// New or changed files, hashed.
+    pub upserts: Vec<FileEntry>,
+    /// Paths that are gone.
+    pub deletes: Vec<String>,
+    /// Whether an ignore file changed: visibility must be recomputed for
+    /// every path, not only the changed ones.
+    pub ignore_rules_changed: bool,
+}
+
+fn is_regular(mode: u32) -> bool {
+    mode == u32::from(FileMode::Blob) || mode == u32::from(FileMode::BlobExecutable)
+}
+
+/// SHA-256 (hex), size and binary flag of a blob's bytes.
+pub fn describe(content: &[u8]) -> (String, i64, bool) {
+    let sha = hex::encode(Sha256::digest(content));
+    let probe = &content[..content.len().min(BINARY_PROBE)];
+    let binary = probe.contains(&0) || std::str::from_utf8(content).is_err();
+    (
+        sha,
+        i64::try_from(content.len()).unwrap_or(i64::MAX),
+        binary,
+    )
+}
+
+fn entry(repo: &Repository, path: String, blob: Oid) -> Result<FileEntry, ChangeError> {
+    let blob_object = repo.find_blob(blob)?;
+    let (sha256, size, binary) = describe(blob_object.content());
+    Ok(FileEntry {
+        path,
+        blob_id: blob.to_string(),
+        sha256,
+        size,
+        binary,
+    })
+}
+
+/// Every regular file of `tree` as (path, blob id), in tree order.
+pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
+    let mut files = Vec::new();
+    let mut bad_path = false;
+    tree.walk(TreeWalkMode::PreOrder, |root, item| {
+        if item.kind() == Some(ObjectType::Blob)
+            && is_regular(u32::try_from(item.filemode()).unwrap_or(0))
+        {
+            match item.name() {
+                Ok(name) => files.push((format!("{root}{name}"), item.id())),
+                Err(_) => bad_path = true,
+            }
+        }
+        TreeWalkResult::Ok
+    })?;
+    if bad_path {
+        tracing::warn!("skipped files whose names are not UTF-8");
+    }
+    Ok(files)
+}
+
+/// The change from `old` to `new` by tree diff, hashing what was added or
+/// modified.
+pub fn diff_commits(repo: &Repository, old: Oid, new: Oid) -> Result<TreeDelta, ChangeError> {
+    let old_tree = repo.find_commit(old)?.tree()?;
+    let new_tree = repo.find_commit(new)?.tree()?;
+    let mut options = DiffOptions::new();
+    options.include_typechange(true).skip_binary_check(true);
+    let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options))?;
+    let mut delta = TreeDelta::default();
+    for change in diff.deltas() {
+        let old_file = change.old_file();
+        let new_file = change.new_file();
+        let path_of =
+            |file: &git2::DiffFile<'_>| file.path().and_then(|p| p.to_str()).map(str::to_owned);
+        let old_regular = is_regular(u32::from(old_file.mode()));
+        let new_regular = is_regular(u32::from(new_file.mode()));
+        let (removed, added) = match change.status() {
+            Delta::Added => (false, new_regular),
+            Delta::Deleted => (old_regular, false),
+            // Mode-only changes (e.g. +x) keep the content: nothing to tell.
+            Delta::Modified => (false, new_regular && old_file.id() != new_file.id()),
+            Delta::Typechange => (old_regular, new_regular),
+            _ => (false, false),
+        };
+        if removed
+            && !added
+            && let Some(path) = path_of(&old_file)
+        {
+            delta.deletes.push(path);
+        }
+        if added && let Some(path) = path_of(&new_file) {
+            delta.upserts.push(entry(repo, path, new_file.id())?);
+        }
+        for file in [&old_file, &new_file] {
+            if path_of(file).is_some_and(|p| IGNORE_FILES.contains(&p.as_str())) {
+                delta.ignore_rules_changed = true;
+            }
+        }
+    }
+    Ok(delta)
+}
+
+/// The change from the stored manifest (path → blob id) to `new`: used for
+/// the first snapshot (an empty manifest) and after history rewrites.
+pub fn diff_against_manifest(
+    repo: &Repository,
+    manifest: &HashMap<String, String>,
+    new: Oid,
+) -> Result<TreeDelta, ChangeError> {
+    let tree = repo.find_commit(new)?.tree()?;
+    let mut delta = TreeDelta::default();
+    let mut seen = std::collections::HashSet::with_capacity(manifest.len());
+    for (path, blob) in walk(&tree)? {
+        let unchanged = manifest
+            .get(&path)
+            .is_some_and(|known| *known == blob.to_string());
+        if !unchanged {
+            if IGNORE_FILES.contains(&path.as_str()) {
+                delta.ignore_rules_changed = true;
+            }
+            delta.upserts.push(entry(repo, path.clone(), blob)?);
+        }
+        seen.insert(path);
+    }
+    for path in manifest.keys() {
+        if !seen.contains(path) {
+            if IGNORE_FILES.contains(&path.as_str()) {
+                delta.ignore_rules_changed = true;
+            }
+            delta.deletes.push(path.clone());
+        }
+    }
+    delta.deletes.sort();
+    Ok(delta)
+}
+
+/// The ignore rules of the commit `at`: `.heraldignore` and `.docoraignore`
+/// at the root, in gitignore syntax.
+pub fn ignore_rules(repo: &Repository, at: Oid) -> Result<Option<Gitignore>, ChangeError> {
+    let tree = repo.find_commit(at)?.tree()?;
+    let mut builder = GitignoreBuilder::new("");
+    let mut any = false;
+    for name in IGNORE_FILES {
+        let Some(item) = tree.get_name(name) else {
+            continue;
+        };
+        if !is_regular(u32::try_from(item.filemode()).unwrap_or(0)) {
+            continue;
+        }
+        let blob = repo.find_blob(item.id())?;
+        for line in String::from_utf8_lossy(blob.content()).lines() {
+            // A malformed pattern is skipped, as git skips it.
+            if builder.add_line(None, line).is_ok() {
+                any = true;
+            }
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|err| ChangeError(format!("ignore rules: {err}")))
+}
+
+/// Which paths a subscription sees: not ignored by the repository's ignore
+/// files, matching an `include` glob (when any), matching no `exclude` glob.
+#[derive(Debug, Default, Clone)]
+pub struct Visibility {
+    ignore: Option<Gitignore>,
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+fn glob_set(patterns: &[String]) -> Option<GlobSet> {
+    if patterns.is_empty() {
+        return None;
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        // Patterns were validated at registration; a bad one matches nothing.
+        if let Ok(glob) = Glob::new(pattern) {
+            builder.add(glob);
+        }
+    }
+    builder.build().ok()
+}
+
+impl Visibility {
+    pub fn new(ignore: Option<Gitignore>, include: &[String], exclude: &[String]) -> Self {
+        Self {
+            ignore,
+            include: glob_set(include),
+            exclude: glob_set(exclude),
+        }
+    }
+
+    pub fn sees(&self, path: &str) -> bool {
+        let ignored = self
+            .ignore
+            .as_ref()
+            .is_some_and(|rules| rules.matched_path_or_any_parents(path, false).is_ignore());
+        let included = self.include.as_ref().is_none_or(|set| set.is_match(path));
+        let excluded = self.exclude.as_ref().is_some_and(|set| set.is_match(path));
+        !ignored && included && !excluded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_detection_follows_the_spec() {
+        assert!(!describe(b"hello\n").2);
+        assert!(!describe("héllo wörld".as_bytes()).2);
+        assert!(describe(b"a\0b").2);
+        assert!(describe(&[0xff, 0xfe, 0x41]).2, "not UTF-8");
+        let (sha, size, _) = describe(b"");
+        assert_eq!(
+            sha,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(size, 0);
+    }
+
+    #[test]
+    fn visibility_combines_ignore_files_and_globs() {
+        let mut builder = GitignoreBuilder::new("");
+        builder.add_line(None, "*.log").expect("pattern");
+        builder.add_line(None, "build/").expect("pattern");
+        builder.add_line(None, "!keep.log").expect("pattern");
+        let rules = builder.build().expect("rules");
+        let all = Visibility::new(Some(rules.clone()), &[], &[]);
+        assert!(all.sees("src/main.rs"));
+        assert!(!all.sees("debug.log"));
+        assert!(all.sees("keep.log"));
+        assert!(
+            !all.sees("build/out/a.txt"),
+            "an ignored directory hides its files"
+        );
+
+        let docs = Visibility::new(
+            Some(rules),
+            &["docs/**".to_owned()],
+            &["**/*.tmp".to_owned()],
+        );
+        assert!(docs.sees("docs/a/b.md"));
+        assert!(!docs.sees("src/a.md"));
+        assert!(!docs.sees("docs/x.tmp"));
+    }
+}

@@ -1,0 +1,395 @@
+//! Bare mirrors of the watched remotes, one per repository under
+//! `{data_dir}/mirrors`. Everything here blocks (git2 is synchronous): it runs
+//! on the scan pool, never on the async executor.
+//!
+//! - Credentials go only through git2's credential callback: never into a
+//!   URL, a git config file, a log line or an error message.
+//! - The remote head is checked first; the fetch is skipped when it did not
+//!   move. Only the watched branch is fetched, incrementally.
+//! - A mirror that cannot be opened is rebuilt from the remote.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use git2::{
+    AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions, Oid,
+    RemoteCallbacks, Repository,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Ref under which a fetched branch is kept in the mirror.
+fn mirror_ref(branch: &str) -> String {
+    format!("refs/heads/{branch}")
+}
+
+/// Ref that keeps a snapshot's commit (and so its blobs) reachable while its
+/// events wait for delivery.
+pub fn snapshot_ref(snapshot_id: &str) -> String {
+    format!("refs/herald/snapshots/{snapshot_id}")
+}
+
+/// Why a git operation failed, in words safe to show to apps (SPEC §5
+/// `sync_failed.error.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitFailure {
+    Auth,
+    NotFound,
+    Timeout,
+    Network,
+    Other,
+}
+
+impl GitFailure {
+    /// The `error.type` of a `sync_failed` webhook.
+    pub fn webhook_type(self) -> &'static str {
+        match self {
+            GitFailure::Auth => "auth_failure",
+            GitFailure::NotFound => "not_found",
+            GitFailure::Timeout => "timeout",
+            GitFailure::Network | GitFailure::Other => "git_failure",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitFailure::Auth => "auth",
+            GitFailure::NotFound => "not_found",
+            GitFailure::Timeout => "timeout",
+            GitFailure::Network => "network",
+            GitFailure::Other => "other",
+        }
+    }
+}
+
+/// A classified git error with a message that carries no secret and no raw
+/// transport output.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct GitError {
+    pub failure: GitFailure,
+    pub message: String,
+    /// The local mirror, not the remote, is at fault: rebuilding it may help.
+    pub damaged_mirror: bool,
+}
+
+impl GitError {
+    fn new(failure: GitFailure, message: impl Into<String>) -> Self {
+        Self {
+            failure,
+            message: message.into(),
+            damaged_mirror: false,
+        }
+    }
+
+    /// Classifies a libgit2 error. The message is Herald's own summary, never
+    /// libgit2's text, which can quote server responses.
+    fn classify(err: &git2::Error, timed_out: bool) -> Self {
+        if timed_out {
+            return Self::new(GitFailure::Timeout, "the git remote did not answer in time");
+        }
+        let text = err.message().to_ascii_lowercase();
+        if matches!(
+            err.class(),
+            ErrorClass::Odb
+                | ErrorClass::Object
+                | ErrorClass::Zlib
+                | ErrorClass::Repository
+                | ErrorClass::Index
+        ) {
+            return Self {
+                damaged_mirror: true,
+                ..Self::new(GitFailure::Other, "the local mirror is damaged")
+            };
+        }
+        match (err.code(), err.class()) {
+            (ErrorCode::Auth, _) | (_, ErrorClass::Ssh) => {
+                Self::new(GitFailure::Auth, "the git remote refused the credentials")
+            }
+            (ErrorCode::Certificate, _) => Self::new(
+                GitFailure::Network,
+                "the git remote's TLS certificate was not accepted",
+            ),
+            (ErrorCode::NotFound, _) => Self::new(
+                GitFailure::NotFound,
+                "the repository or branch was not found",
+            ),
+            _ if text.contains("401")
+                || text.contains("403")
+                || text.contains("authentication") =>
+            {
+                Self::new(GitFailure::Auth, "the git remote refused the credentials")
+            }
+            _ if text.contains("404")
+                || text.contains("not found")
+                || text.contains("no such file")
+                || text.contains("failed to resolve path")
+                || text.contains("does not appear to be a git repository") =>
+            {
+                Self::new(GitFailure::Timeout, "the git remote did not answer in time")
+            }
+            (_, ErrorClass::Net | ErrorClass::Http | ErrorClass::Os | ErrorClass::Ssl) => {
+                Self::new(GitFailure::Network, "the git remote could not be reached")
+            }
+            _ => Self::new(GitFailure::Other, "the git operation failed"),
+        }
+    }
+}
+
+/// A credential for a private remote: a token, sent as the password of HTTP
+/// basic auth. `user:token` sets the user name too; otherwise the user name
+/// is `x-access-token`, which GitHub, GitLab and Gitea all accept.
+#[derive(Clone)]
+pub struct Credentials {
+    username: String,
+    password: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn from_token(token: &SecretString) -> Self {
+        match token.expose_secret().split_once(':') {
+            Some((user, password)) if !user.is_empty() => Self {
+                username: user.to_owned(),
+                password: SecretString::from(password.to_owned()),
+            },
+            _ => Self {
+                username: "x-access-token".to_owned(),
+                password: token.clone(),
+            },
+        }
+    }
+}
+
+/// Where and how a remote is reached.
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    pub url: String,
+    pub credentials: Option<Credentials>,
+    /// Bounds connecting, every read, and the whole fetch.
+    pub timeout: Duration,
+}
+
+/// The remote's answer to "where is the branch now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteHead {
+    pub branch: String,
+    pub commit: Oid,
+}
+
+fn set_global_timeouts(timeout: Duration) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: libgit2 options are process-global; they are set once, before
+        // any other thread of Herald uses git2 for network operations.
+        #[allow(unsafe_code)]
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
+        }
+    });
+}
+
+/// Callbacks with the credential (offered once: a refused credential is an
+/// auth failure, not a loop) and a deadline on transfers.
+fn callbacks<'a>(
+    spec: &'a RemoteSpec,
+    deadline: Instant,
+    timed_out: &'a std::cell::Cell<bool>,
+) -> RemoteCallbacks<'a> {
+    let mut callbacks = RemoteCallbacks::new();
+    let mut offered = false;
+    callbacks.credentials(move |_url, _username, allowed| {
+        let Some(credentials) = &spec.credentials else {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "credentials required",
+            ));
+        };
+        if offered || !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "credentials refused",
+            ));
+        }
+        offered = true;
+        Cred::userpass_plaintext(&credentials.username, credentials.password.expose_secret())
+    });
+    callbacks.transfer_progress(move |_| {
+        let in_time = Instant::now() < deadline;
+        if !in_time {
+            timed_out.set(true);
+        }
+        in_time
+    });
+    callbacks
+}
+
+/// A bare mirror of one remote.
+pub struct Mirror {
+    repo: Repository,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror").field("path", &self.path).finish()
+    }
+}
+
+impl Mirror {
+    /// Opens the mirror at `path`, creating it when missing and rebuilding it
+    /// (empty, to be fetched again) when it cannot be opened.
+    pub fn open(path: &Path) -> Result<Self, GitError> {
+        let repo = match Repository::open_bare(path) {
+            Ok(repo) if repo.odb().is_ok() => repo,
+            Ok(_) | Err(_) => {
+                if path.exists() {
+                    tracing::warn!(path = %path.display(), "mirror unreadable; rebuilding it from the remote");
+                    std::fs::remove_dir_all(path).map_err(|_| {
+                        GitError::new(GitFailure::Other, "the local mirror could not be removed")
+                    })?;
+                }
+                Repository::init_bare(path).map_err(|_| {
+                    GitError::new(GitFailure::Other, "the local mirror could not be created")
+                })?
+            }
+        };
+        Ok(Self {
+            repo,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Deletes the mirror and starts an empty one (after corruption).
+    pub fn rebuild(self) -> Result<Self, GitError> {
+        let path = self.path.clone();
+        drop(self);
+        std::fs::remove_dir_all(&path).map_err(|_| {
+            GitError::new(GitFailure::Other, "the local mirror could not be removed")
+        })?;
+        Self::open(&path)
+    }
+
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// Asks the remote where `branch` (or, when `None`, its default branch)
+    /// points, without fetching.
+    pub fn remote_head(
+        &self,
+        spec: &RemoteSpec,
+        branch: Option<&str>,
+    ) -> Result<RemoteHead, GitError> {
+        set_global_timeouts(spec.timeout);
+        let timed_out = std::cell::Cell::new(false);
+        let deadline = Instant::now() + spec.timeout;
+        let mut remote = self
+            .repo
+            .remote_anonymous(&spec.url)
+            .map_err(|e| GitError::classify(&e, false))?;
+        let connection = remote
+            .connect_auth(
+                Direction::Fetch,
+                Some(callbacks(spec, deadline, &timed_out)),
+                None,
+            )
+            .map_err(|e| GitError::classify(&e, timed_out.get()))?;
+        let branch = match branch {
+            Some(branch) => branch.to_owned(),
+            None => {
+                let head = connection.default_branch().map_err(|_| {
+                    GitError::new(GitFailure::NotFound, "the remote has no default branch")
+                })?;
+                let head = head.as_str().unwrap_or_default();
+                head.strip_prefix("refs/heads/").unwrap_or(head).to_owned()
+            }
+        };
+        let wanted = mirror_ref(&branch);
+        let heads = connection
+            .list()
+            .map_err(|e| GitError::classify(&e, timed_out.get()))?;
+        let commit = heads
+            .iter()
+            .find(|h| h.name() == wanted)
+            .map(|h| h.oid())
+            .ok_or_else(|| {
+                GitError::new(
+                    GitFailure::NotFound,
+                    format!("branch `{branch}` was not found on the remote"),
+                )
+            })?;
+        Ok(RemoteHead { branch, commit })
+    }
+
+    /// The commit the mirror holds for `branch`, if any.
+    pub fn local_head(&self, branch: &str) -> Option<Oid> {
+        self.repo.refname_to_id(&mirror_ref(branch)).ok()
+    }
+
+    /// Fetches `branch` into the mirror (incrementally: only what is missing)
+    /// and returns the commit it now points to.
+    pub fn fetch(&self, spec: &RemoteSpec, branch: &str) -> Result<Oid, GitError> {
+        set_global_timeouts(spec.timeout);
+        let timed_out = std::cell::Cell::new(false);
+        let deadline = Instant::now() + spec.timeout;
+        let mut remote = self
+            .repo
+            .remote_anonymous(&spec.url)
+            .map_err(|e| GitError::classify(&e, false))?;
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(callbacks(spec, deadline, &timed_out))
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        let refspec = format!("+{0}:{0}", mirror_ref(branch));
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut options), None)
+            .map_err(|e| GitError::classify(&e, timed_out.get()))?;
+        self.local_head(branch).ok_or_else(|| {
+            GitError::new(
+                GitFailure::NotFound,
+                format!("branch `{branch}` was not found on the remote"),
+            )
+        })
+    }
+
+    /// Keeps `commit` reachable under the snapshot's ref.
+    pub fn pin(&self, snapshot_id: &str, commit: Oid) -> Result<(), GitError> {
+        self.repo
+            .reference(
+                &snapshot_ref(snapshot_id),
+                commit,
+                true,
+                "herald: snapshot with pending events",
+            )
+            .map(|_| ())
+            .map_err(|_| GitError::new(GitFailure::Other, "the local mirror could not be updated"))
+    }
+
+    /// Releases a snapshot's ref once its events are delivered.
+    pub fn unpin(&self, snapshot_id: &str) {
+        if let Ok(mut reference) = self.repo.find_reference(&snapshot_ref(snapshot_id)) {
+            let _ = reference.delete();
+        }
+    }
+
+    /// Whether the mirror still has `commit` (a force-push may have removed it
+    /// from the remote, but never from the mirror while it is pinned).
+    pub fn has_commit(&self, commit: &str) -> bool {
+        Oid::from_str(commit)
+            .ok()
+            .is_some_and(|oid| self.repo.find_commit(oid).is_ok())
+    }
+}

@@ -1,0 +1,360 @@
+//! One watcher per watched repository. It owns the repository's mirror and
+//! its git circuit breaker: on `Scan` it claims the scan lease, asks the scan
+//! pool to check the remote, fetch and diff, then commits the snapshot and
+//! every subscription's events in one transaction (or records the failure).
+//!
+//! The blocking work never runs inside `handle`: a scan runs as a task whose
+//! result comes back as a `Finished` message. A scan that panics makes the
+//! watcher fail, and its supervisor (the scheduler) restarts it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{debug, info, warn};
+
+use crate::breaker::{self, BreakerPolicy, Permit};
+use crate::clock::now_ms;
+use crate::git::{Credentials, GitError, RemoteSpec};
+use crate::ids::{RepoId, SnapshotId};
+use crate::scan::{self, ScanJob, ScanOutcome, ScanPool};
+use crate::store::Store;
+use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
+use crate::store::subscriptions::GIT_BREAKER;
+
+/// Settings every watcher shares.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    pub mirrors_dir: PathBuf,
+    pub fetch_timeout: Duration,
+    pub rescan_interval: Duration,
+    pub breaker: BreakerPolicy,
+    pub instance_id: String,
+}
+
+/// Messages of a repository watcher.
+#[derive(Debug)]
+pub enum WatcherMsg {
+    /// Look at the remote now (coalesced with a scan already running).
+    Scan,
+    /// A scan task ended; `Err` carries a panic message.
+    Finished(Result<ScanReport, String>),
+}
+
+/// What a finished scan did, for the log.
+#[derive(Debug)]
+pub enum ScanReport {
+    Advanced {
+        events: u64,
+    },
+    Unchanged,
+    Failed,
+    Skipped(&'static str),
+    /// The repository no longer exists: the watcher stops.
+    Gone,
+}
+
+pub struct RepoWatcher;
+
+pub struct WatcherArgs {
+    pub repository: RepoId,
+    pub store: Store,
+    pub pool: ScanPool,
+    pub config: WatcherConfig,
+}
+
+pub struct WatcherState {
+    args: WatcherArgs,
+    scanning: bool,
+    /// A scan was asked for while one ran: run again when it ends.
+    again: bool,
+}
+
+impl Actor for RepoWatcher {
+    type Msg = WatcherMsg;
+    type State = WatcherState;
+    type Arguments = WatcherArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WatcherArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(WatcherState {
+            args,
+            scanning: false,
+            again: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            WatcherMsg::Scan if state.scanning => state.again = true,
+            WatcherMsg::Scan => {
+                state.scanning = true;
+                let store = state.args.store.clone();
+                let pool = state.args.pool.clone();
+                let config = state.args.config.clone();
+                let repository = state.args.repository.clone();
+                let reply = myself.clone();
+                tokio::spawn(async move {
+                    let task = tokio::spawn(scan_repository(store, pool, config, repository));
+                    let result = task.await.map_err(|err| {
+                        if err.is_panic() {
+                            panic_message(err.into_panic())
+                        } else {
+                            "scan cancelled".to_owned()
+                        }
+                    });
+                    let _ = reply.send_message(WatcherMsg::Finished(result));
+                });
+            }
+            WatcherMsg::Finished(result) => {
+                state.scanning = false;
+                match result {
+                    Err(panic) => return Err(format!("scan panicked: {panic}").into()),
+                    Ok(ScanReport::Gone) => {
+                        info!(repository = %state.args.repository, "repository no longer watched; watcher stops");
+                        let mirror = mirror_path(&state.args.config, &state.args.repository);
+                        let _ = std::fs::remove_dir_all(mirror);
+                        myself.stop(Some("repository removed".to_owned()));
+                    }
+                    Ok(report) => {
+                        debug!(repository = %state.args.repository, ?report, "scan finished");
+                        if std::mem::take(&mut state.again) {
+                            myself.send_message(WatcherMsg::Scan)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
+    config.mirrors_dir.join(format!("{repository}.git"))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One scan of one repository, start to end.
+async fn scan_repository(
+    store: Store,
+    pool: ScanPool,
+    config: WatcherConfig,
+    repository: RepoId,
+) -> ScanReport {
+    let lease_ttl = millis(config.fetch_timeout) * 3 + 60_000;
+    match store
+        .claim_scan(&repository, &config.instance_id, lease_ttl)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return ScanReport::Skipped("another instance holds the scan lease"),
+        Err(err) => {
+            warn!(%repository, error = %err, "could not claim the scan lease");
+            return ScanReport::Skipped("database unavailable");
+        }
+    }
+    let report = match scan_claimed(&store, &pool, &config, &repository).await {
+        Ok(report) => report,
+        Err(err) => {
+            warn!(%repository, error = %err, "scan could not be recorded");
+            ScanReport::Skipped("database unavailable")
+        }
+    };
+    if let Err(err) = store.release_scan(&repository, &config.instance_id).await {
+        warn!(%repository, error = %err, "could not release the scan lease; it will expire");
+    }
+    report
+}
+
+async fn scan_claimed(
+    store: &Store,
+    pool: &ScanPool,
+    config: &WatcherConfig,
+    repository: &RepoId,
+) -> Result<ScanReport, crate::store::StoreError> {
+    let Some(repo) = store.repository(repository).await? else {
+        return Ok(ScanReport::Gone);
+    };
+    let now = now_ms();
+    let breaker_row = store.breaker(GIT_BREAKER, repository.as_str()).await?;
+    if let Permit::WaitUntil(until) = breaker::permit(breaker_row.as_ref(), now) {
+        store.reschedule(repository, until).await?;
+        return Ok(ScanReport::Skipped("git breaker open"));
+    }
+    let credentials = store
+        .repository_token(repository)
+        .await?
+        .map(|token| Credentials::from_token(&token));
+    let remote = RemoteSpec {
+        url: repo.fetch_url.clone(),
+        credentials,
+        timeout: config.fetch_timeout,
+    };
+    let mut job = ScanJob {
+        mirror: mirror_path(config, repository),
+        remote,
+        branch: Some(repo.branch.clone()).filter(|b| !b.is_empty()),
+        known_head: repo.head_commit.clone(),
+        manifest: None,
+        snapshot_id: SnapshotId::generate().into_string(),
+    };
+    let started = std::time::Instant::now();
+    let mut outcome = run_scan(pool, &job).await;
+    if matches!(outcome, Ok(ScanOutcome::NeedsManifest)) {
+        job.manifest = Some(store.manifest_blob_ids(repository).await?);
+        outcome = run_scan(pool, &job).await;
+    }
+    let next_scan_at = now_ms() + millis(config.rescan_interval);
+    match outcome {
+        Ok(ScanOutcome::Unchanged {
+            branch,
+            commit,
+            ignore,
+        }) => {
+            store
+                .close_breaker(GIT_BREAKER, repository.as_str())
+                .await?;
+            let result = store
+                .advance_snapshot(SnapshotAdvance {
+                    repository: repository.clone(),
+                    snapshot: SnapshotId::parse(&job.snapshot_id).expect("generated above"),
+                    commit,
+                    branch,
+                    delta: Default::default(),
+                    old_ignore: ignore.clone(),
+                    new_ignore: ignore,
+                    next_scan_at,
+                })
+                .await?;
+            if result.events > 0 {
+                info!(%repository, events = result.events, "initial snapshot for new subscriptions");
+                return Ok(ScanReport::Advanced {
+                    events: result.events,
+                });
+            }
+            Ok(ScanReport::Unchanged)
+        }
+        Ok(ScanOutcome::Changed {
+            branch,
+            commit,
+            delta,
+            old_ignore,
+            new_ignore,
+        }) => {
+            store
+                .close_breaker(GIT_BREAKER, repository.as_str())
+                .await?;
+            let changes = delta.upserts.len() + delta.deletes.len();
+            let result = store
+                .advance_snapshot(SnapshotAdvance {
+                    repository: repository.clone(),
+                    snapshot: SnapshotId::parse(&job.snapshot_id).expect("generated above"),
+                    commit: commit.clone(),
+                    branch,
+                    delta,
+                    old_ignore,
+                    new_ignore,
+                    next_scan_at,
+                })
+                .await?;
+            info!(
+                %repository,
+                %commit,
+                changes,
+                events = result.events,
+                subscriptions = result.subscriptions,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot advanced"
+            );
+            Ok(ScanReport::Advanced {
+                events: result.events,
+            })
+        }
+        Ok(ScanOutcome::NeedsManifest) => Ok(ScanReport::Skipped("manifest still missing")),
+        Err(err) => {
+            record_failure(store, config, repository, breaker_row, err, next_scan_at).await?;
+            Ok(ScanReport::Failed)
+        }
+    }
+}
+
+async fn run_scan(pool: &ScanPool, job: &ScanJob) -> Result<ScanOutcome, GitError> {
+    let job = ScanJob {
+        mirror: job.mirror.clone(),
+        remote: job.remote.clone(),
+        branch: job.branch.clone(),
+        known_head: job.known_head.clone(),
+        manifest: job.manifest.clone(),
+        snapshot_id: job.snapshot_id.clone(),
+    };
+    pool.run(move || scan::scan(job)).await
+}
+
+async fn record_failure(
+    store: &Store,
+    config: &WatcherConfig,
+    repository: &RepoId,
+    breaker_row: Option<entity::breaker::Model>,
+    err: GitError,
+    rescan_at: i64,
+) -> Result<(), crate::store::StoreError> {
+    let now = now_ms();
+    let (row, opened) = breaker::on_failure(
+        breaker_row,
+        GIT_BREAKER,
+        repository.as_str(),
+        config.breaker,
+        now,
+        err.failure.as_str(),
+        &err.message,
+    );
+    // Below the threshold, retry soon with backoff; once open, after the cooldown.
+    let next_scan_at = match row.cooldown_until {
+        Some(until) if row.state == breaker::OPEN => until,
+        _ => {
+            let exponent = u32::try_from(row.consecutive_failures.saturating_sub(1))
+                .unwrap_or(0)
+                .min(10);
+            (now + 5_000i64.saturating_mul(1 << exponent)).min(rescan_at)
+        }
+    };
+    warn!(
+        %repository,
+        class = err.failure.as_str(),
+        error = %err.message,
+        consecutive_failures = row.consecutive_failures,
+        breaker = %row.state,
+        "scan failed"
+    );
+    store
+        .record_git_failure(GitFailureRecord {
+            repository: repository.clone(),
+            error_type: err.failure.webhook_type(),
+            message: err.message,
+            threshold: config.breaker.threshold,
+            breaker: row,
+            opened,
+            next_scan_at,
+        })
+        .await?;
+    Ok(())
+}

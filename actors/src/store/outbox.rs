@@ -1,0 +1,565 @@
+//! The transactional outbox: a repository's snapshot advance and the events
+//! of every subscription to it are written in one transaction, each
+//! subscription's events numbered without gaps from `subscriptions.next_seq`.
+//! File content is not copied: events name the blob in the mirror, and the
+//! snapshot's commit stays pinned there until its events are delivered.
+
+use std::collections::{BTreeMap, HashMap};
+
+use entity::{event, manifest_entry, repository, snapshot, subscription};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, Set, TransactionTrait,
+};
+
+use super::{Store, StoreError, event_status, subscription_status};
+use crate::changes::{FileEntry, TreeDelta, Visibility};
+use crate::clock::now_ms;
+use crate::ids::{EventId, RepoId, SnapshotId};
+
+/// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
+/// parameter limits for the widest table (events).
+const BATCH: usize = 500;
+
+/// Event kinds in the outbox.
+pub mod event_kind {
+    pub const CREATED: &str = "created";
+    pub const UPDATED: &str = "updated";
+    pub const DELETED: &str = "deleted";
+    pub const SYNC_FAILED: &str = "sync_failed";
+}
+
+/// A scan's result, ready to be committed.
+pub struct SnapshotAdvance {
+    pub repository: RepoId,
+    /// Generated before the scan so that the mirror could pin it.
+    pub snapshot: SnapshotId,
+    pub commit: String,
+    pub branch: String,
+    pub delta: TreeDelta,
+    /// Visibility rules before and after (they differ when an ignore file
+    /// changed); per-subscription globs are added here.
+    pub old_ignore: Option<ignore::gitignore::Gitignore>,
+    pub new_ignore: Option<ignore::gitignore::Gitignore>,
+    pub next_scan_at: i64,
+}
+
+/// What a committed advance wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvanceOutcome {
+    /// `None` when the commit did not move and only new subscriptions got
+    /// their initial snapshot.
+    pub snapshot: Option<String>,
+    pub events: u64,
+    pub subscriptions: usize,
+}
+
+/// The manifest row of a path, as events need it.
+#[derive(Debug, Clone)]
+struct Known {
+    sha256: String,
+    size: i64,
+    blob_id: String,
+    binary: bool,
+}
+
+impl From<manifest_entry::Model> for Known {
+    fn from(row: manifest_entry::Model) -> Self {
+        Self {
+            sha256: row.sha256,
+            size: row.size,
+            blob_id: row.blob_id,
+            binary: row.binary,
+        }
+    }
+}
+
+impl From<&FileEntry> for Known {
+    fn from(file: &FileEntry) -> Self {
+        Self {
+            sha256: file.sha256.clone(),
+            size: file.size,
+            blob_id: file.blob_id.clone(),
+            binary: file.binary,
+        }
+    }
+}
+
+/// One change for one subscription, before it gets its id and number.
+struct Pending<'a> {
+    kind: &'static str,
+    path: &'a str,
+    file: &'a Known,
+    previous_sha256: Option<&'a str>,
+}
+
+impl Store {
+    /// The stored manifest of a repository as path → blob id: what a scan
+    /// compares the new tree with when the old commit is gone.
+    pub async fn manifest_blob_ids(
+        &self,
+        repo: &RepoId,
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let rows: Vec<(String, String)> = manifest_entry::Entity::find()
+            .select_only()
+            .column(manifest_entry::Column::Path)
+            .column(manifest_entry::Column::BlobId)
+            .filter(manifest_entry::Column::RepositoryId.eq(repo.as_str()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Commits a scan: the snapshot, the manifest change, every subscription's
+    /// events and the repository's new head, atomically.
+    pub async fn advance_snapshot(
+        &self,
+        advance: SnapshotAdvance,
+    ) -> Result<AdvanceOutcome, StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        let Some(repo) = repository::Entity::find_by_id(advance.repository.as_str())
+            .one(&txn)
+            .await?
+        else {
+            // Unsubscribed by everyone while the scan ran: nothing to write.
+            return Ok(AdvanceOutcome {
+                snapshot: None,
+                events: 0,
+                subscriptions: 0,
+            });
+        };
+        let subscriptions = subscription::Entity::find()
+            .filter(subscription::Column::RepositoryId.eq(repo.id.as_str()))
+            .all(&txn)
+            .await?;
+        let moved = repo.head_commit.as_deref() != Some(advance.commit.as_str())
+            || !advance.delta.upserts.is_empty()
+            || !advance.delta.deletes.is_empty();
+        let any_new = subscriptions.iter().any(|s| s.last_snapshot_id.is_none());
+        let full = any_new || advance.delta.ignore_rules_changed;
+
+        // The manifest before this snapshot: whole when some subscription needs
+        // a full comparison, else just the changed paths.
+        let old: BTreeMap<String, Known> = if full {
+            load_manifest(&txn, &repo.id, None).await?
+        } else {
+            let paths: Vec<String> = advance
+                .delta
+                .deletes
+                .iter()
+                .cloned()
+                .chain(advance.delta.upserts.iter().map(|f| f.path.clone()))
+                .collect();
+            load_manifest(&txn, &repo.id, Some(&paths)).await?
+        };
+        let upserts: BTreeMap<&str, Known> = advance
+            .delta
+            .upserts
+            .iter()
+            .map(|f| (f.path.as_str(), Known::from(f)))
+            .collect();
+        let deletes: std::collections::BTreeSet<&str> =
+            advance.delta.deletes.iter().map(String::as_str).collect();
+
+        let snapshot_id = if moved {
+            apply_manifest_delta(&txn, &repo.id, &advance.delta).await?;
+            let (file_count, total_bytes) = manifest_totals(&txn, &repo.id).await?;
+            snapshot::ActiveModel {
+                id: Set(advance.snapshot.as_str().to_owned()),
+                repository_id: Set(repo.id.clone()),
+                commit_sha: Set(advance.commit.clone()),
+                branch: Set(advance.branch.clone()),
+                previous_snapshot_id: Set(repo.current_snapshot_id.clone()),
+                file_count: Set(file_count),
+                total_bytes: Set(total_bytes),
+                observed_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+            Some(advance.snapshot.as_str().to_owned())
+        } else {
+            repo.current_snapshot_id.clone()
+        };
+
+        let mut written = 0u64;
+        for sub in &subscriptions {
+            let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
+            let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
+            let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
+            let pending: Vec<Pending<'_>> = if sub.last_snapshot_id.is_none() {
+                // The first snapshot of a subscription: every visible file, created.
+                let mut now_files: Vec<(&str, &Known)> = old
+                    .iter()
+                    .filter(|(p, _)| {
+                        !deletes.contains(p.as_str()) && !upserts.contains_key(p.as_str())
+                    })
+                    .map(|(p, k)| (p.as_str(), k))
+                    .chain(upserts.iter().map(|(p, k)| (*p, k)))
+                    .filter(|(p, _)| new_vis.sees(p))
+                    .collect();
+                now_files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                now_files
+                    .into_iter()
+                    .map(|(path, file)| Pending {
+                        kind: event_kind::CREATED,
+                        path,
+                        file,
+                        previous_sha256: None,
+                    })
+                    .collect()
+            } else if !moved {
+                Vec::new()
+            } else {
+                let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
+                changes_for(
+                    &old,
+                    &upserts,
+                    &deletes,
+                    &old_vis,
+                    &new_vis,
+                    advance.delta.ignore_rules_changed,
+                )
+            };
+            let count = pending.len();
+            let first_seq = sub.next_seq;
+            let rows: Vec<event::ActiveModel> = pending
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| event::ActiveModel {
+                    id: Set(EventId::generate().into_string()),
+                    subscription_id: Set(sub.id.clone()),
+                    app_id: Set(sub.app_id.clone()),
+                    repository_id: Set(repo.id.clone()),
+                    snapshot_id: Set(snapshot_id.clone()),
+                    seq: Set(first_seq + i64::try_from(i).unwrap_or(i64::MAX)),
+                    kind: Set(p.kind.to_owned()),
+                    path: Set(Some(p.path.to_owned())),
+                    sha256: Set(Some(p.file.sha256.clone())),
+                    previous_sha256: Set(p.previous_sha256.map(str::to_owned)),
+                    size: Set(Some(p.file.size)),
+                    blob_id: Set((p.kind != event_kind::DELETED).then(|| p.file.blob_id.clone())),
+                    binary: Set(p.file.binary),
+                    renamed_from: Set(None),
+                    commit_sha: Set(Some(advance.commit.clone())),
+                    payload: Set(None),
+                    status: Set(event_status::PENDING.to_owned()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    last_error: Set(None),
+                    created_at: Set(now),
+                    delivered_at: Set(None),
+                })
+                .collect();
+            for batch in rows.chunks(BATCH) {
+                event::Entity::insert_many(batch.to_vec())
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+            written += count as u64;
+
+            let status = if count > 0 {
+                subscription_status::SYNCING
+            } else if sub.status == subscription_status::PENDING_SNAPSHOT
+                || sub.status == subscription_status::FAILED
+            {
+                subscription_status::SYNCED
+            } else {
+                sub.status.as_str()
+            };
+            let mut active = sub.clone().into_active_model();
+            active.next_seq = Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX));
+            active.last_snapshot_id = Set(snapshot_id.clone());
+            active.last_synced_commit = Set(Some(advance.commit.clone()));
+            active.status = Set(status.to_owned());
+            active.last_error = Set(None);
+            active.retry_count = Set(0);
+            active.updated_at = Set(now);
+            active.update(&txn).await?;
+        }
+
+        let mut active = repo.into_active_model();
+        active.head_commit = Set(Some(advance.commit.clone()));
+        active.current_snapshot_id = Set(snapshot_id.clone());
+        active.resolved_branch = Set(Some(advance.branch.clone()));
+        active.last_scanned_at = Set(Some(now));
+        active.next_scan_at = Set(advance.next_scan_at);
+        active.last_error = Set(None);
+        active.updated_at = Set(now);
+        active.update(&txn).await?;
+        txn.commit().await?;
+        Ok(AdvanceOutcome {
+            snapshot: moved.then_some(advance.snapshot.into_string()),
+            events: written,
+            subscriptions: subscriptions.len(),
+        })
+    }
+}
+
+/// The events of one subscription that was at the previous snapshot:
+/// deletes, then creates, then updates, each by path (byte order).
+fn changes_for<'a>(
+    old: &'a BTreeMap<String, Known>,
+    upserts: &'a BTreeMap<&'a str, Known>,
+    deletes: &std::collections::BTreeSet<&'a str>,
+    old_vis: &Visibility,
+    new_vis: &Visibility,
+    rules_changed: bool,
+) -> Vec<Pending<'a>> {
+    let mut deleted = Vec::new();
+    let mut created = Vec::new();
+    let mut updated = Vec::new();
+    // Paths to judge: the changed ones, or every known one when visibility
+    // itself may have changed.
+    let mut paths: std::collections::BTreeSet<&'a str> = upserts.keys().copied().collect();
+    paths.extend(deletes.iter().copied());
+    if rules_changed {
+        paths.extend(old.keys().map(String::as_str));
+    }
+    for path in paths {
+        let before = old.get(path).filter(|_| old_vis.sees(path));
+        let after = if deletes.contains(path) {
+            None
+        } else {
+            upserts
+                .get(path)
+                .or_else(|| old.get(path))
+                .filter(|_| new_vis.sees(path))
+        };
+        match (before, after) {
+            (Some(before), None) => deleted.push(Pending {
+                kind: event_kind::DELETED,
+                path,
+                file: before,
+                previous_sha256: None,
+            }),
+            (None, Some(after)) => created.push(Pending {
+                kind: event_kind::CREATED,
+                path,
+                file: after,
+                previous_sha256: None,
+            }),
+            (Some(before), Some(after)) if before.sha256 != after.sha256 => updated.push(Pending {
+                kind: event_kind::UPDATED,
+                path,
+                file: after,
+                previous_sha256: Some(before.sha256.as_str()),
+            }),
+            _ => {}
+        }
+    }
+    for list in [&mut deleted, &mut created, &mut updated] {
+        list.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    }
+    deleted.into_iter().chain(created).chain(updated).collect()
+}
+
+async fn load_manifest(
+    txn: &DatabaseTransaction,
+    repository: &str,
+    only: Option<&[String]>,
+) -> Result<BTreeMap<String, Known>, StoreError> {
+    let mut known = BTreeMap::new();
+    match only {
+        None => {
+            for row in manifest_entry::Entity::find()
+                .filter(manifest_entry::Column::RepositoryId.eq(repository))
+                .all(txn)
+                .await?
+            {
+                known.insert(row.path.clone(), Known::from(row));
+            }
+        }
+        Some(paths) => {
+            for batch in paths.chunks(BATCH) {
+                for row in manifest_entry::Entity::find()
+                    .filter(manifest_entry::Column::RepositoryId.eq(repository))
+                    .filter(manifest_entry::Column::Path.is_in(batch.iter().cloned()))
+                    .all(txn)
+                    .await?
+                {
+                    known.insert(row.path.clone(), Known::from(row));
+                }
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// Number of files and bytes in the repository's manifest.
+async fn manifest_totals<C: ConnectionTrait>(
+    conn: &C,
+    repository: &str,
+) -> Result<(i64, i64), StoreError> {
+    // PostgreSQL sums BIGINTs as NUMERIC: cast back so both backends agree.
+    let totals: Option<(i64, i64)> = manifest_entry::Entity::find()
+        .select_only()
+        .column_as(manifest_entry::Column::Path.count(), "files")
+        .column_as(
+            Expr::cust("CAST(COALESCE(SUM(size), 0) AS BIGINT)"),
+            "bytes",
+        )
+        .filter(manifest_entry::Column::RepositoryId.eq(repository))
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(totals.unwrap_or((0, 0)))
+}
+
+async fn apply_manifest_delta<C: ConnectionTrait>(
+    conn: &C,
+    repository: &str,
+    delta: &TreeDelta,
+) -> Result<(), StoreError> {
+    for batch in delta.deletes.chunks(BATCH) {
+        manifest_entry::Entity::delete_many()
+            .filter(manifest_entry::Column::RepositoryId.eq(repository))
+            .filter(manifest_entry::Column::Path.is_in(batch.iter().cloned()))
+            .exec(conn)
+            .await?;
+    }
+    for batch in delta.upserts.chunks(BATCH) {
+        let rows = batch.iter().map(|f| manifest_entry::ActiveModel {
+            repository_id: Set(repository.to_owned()),
+            path: Set(f.path.clone()),
+            sha256: Set(f.sha256.clone()),
+            size: Set(f.size),
+            blob_id: Set(f.blob_id.clone()),
+            binary: Set(f.binary),
+        });
+        manifest_entry::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::columns([
+                    manifest_entry::Column::RepositoryId,
+                    manifest_entry::Column::Path,
+                ])
+                .update_columns([
+                    manifest_entry::Column::Sha256,
+                    manifest_entry::Column::Size,
+                    manifest_entry::Column::BlobId,
+                    manifest_entry::Column::Binary,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A failed scan, as the watcher records it.
+pub struct GitFailureRecord {
+    pub repository: RepoId,
+    pub error_type: &'static str,
+    /// Safe to show to apps: no secret, no raw git output.
+    pub message: String,
+    /// The breaker after this failure.
+    pub breaker: entity::breaker::Model,
+    pub threshold: u32,
+    /// Whether this failure opened the breaker: then every subscription gets
+    /// one `sync_failed` event and turns `failed`.
+    pub opened: bool,
+    pub next_scan_at: i64,
+}
+
+impl Store {
+    /// Records a failed scan in one transaction: the breaker, the repository's
+    /// error and next attempt, and on opening one `sync_failed` event per
+    /// subscription.
+    pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        entity::breaker::Entity::insert(failure.breaker.clone().into_active_model())
+            .on_conflict(
+                OnConflict::columns([
+                    entity::breaker::Column::Kind,
+                    entity::breaker::Column::SubjectId,
+                ])
+                .update_columns([
+                    entity::breaker::Column::State,
+                    entity::breaker::Column::ConsecutiveFailures,
+                    entity::breaker::Column::Openings,
+                    entity::breaker::Column::OpenedAt,
+                    entity::breaker::Column::CooldownUntil,
+                    entity::breaker::Column::LastErrorClass,
+                    entity::breaker::Column::LastError,
+                    entity::breaker::Column::UpdatedAt,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        repository::Entity::update_many()
+            .col_expr(
+                repository::Column::LastError,
+                Expr::value(failure.message.clone()),
+            )
+            .col_expr(
+                repository::Column::NextScanAt,
+                Expr::value(failure.next_scan_at),
+            )
+            .col_expr(repository::Column::LastScannedAt, Expr::value(now))
+            .col_expr(repository::Column::UpdatedAt, Expr::value(now))
+            .filter(repository::Column::Id.eq(failure.repository.as_str()))
+            .exec(&txn)
+            .await?;
+        let subscriptions = subscription::Entity::find()
+            .filter(subscription::Column::RepositoryId.eq(failure.repository.as_str()))
+            .all(&txn)
+            .await?;
+        let mut events = 0;
+        for sub in subscriptions {
+            let retry_count = sub.retry_count.saturating_add(1);
+            let mut active = sub.clone().into_active_model();
+            active.retry_count = Set(retry_count);
+            active.last_error = Set(Some(failure.message.clone()));
+            active.updated_at = Set(now);
+            if failure.opened {
+                let payload = serde_json::json!({
+                    "error": {"type": failure.error_type, "message": failure.message},
+                    "circuit_breaker": {
+                        "status": "open",
+                        "consecutive_failures": failure.breaker.consecutive_failures,
+                        "threshold": failure.threshold,
+                        "cooldown_until": failure.breaker.cooldown_until.map(crate::clock::rfc3339_ms),
+                    },
+                    "retry_count": retry_count,
+                });
+                event::ActiveModel {
+                    id: Set(EventId::generate().into_string()),
+                    subscription_id: Set(sub.id.clone()),
+                    app_id: Set(sub.app_id.clone()),
+                    repository_id: Set(sub.repository_id.clone()),
+                    snapshot_id: Set(None),
+                    seq: Set(sub.next_seq),
+                    kind: Set(event_kind::SYNC_FAILED.to_owned()),
+                    path: Set(None),
+                    sha256: Set(None),
+                    previous_sha256: Set(None),
+                    size: Set(None),
+                    blob_id: Set(None),
+                    binary: Set(false),
+                    renamed_from: Set(None),
+                    commit_sha: Set(None),
+                    payload: Set(Some(payload.to_string())),
+                    status: Set(event_status::PENDING.to_owned()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    last_error: Set(None),
+                    created_at: Set(now),
+                    delivered_at: Set(None),
+                }
+                .insert(&txn)
+                .await?;
+                events += 1;
+                active.next_seq = Set(sub.next_seq + 1);
+                active.status = Set(subscription_status::FAILED.to_owned());
+            }
+            active.update(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(events)
+    }
+}
