@@ -234,10 +234,13 @@ pub async fn repo_url(
     let Some((name, owner_segments)) = segments.split_last() else {
         return Err(invalid(field, "must name a repository (…/owner/name)"));
     };
-    if owner_segments.is_empty() && url.scheme() != "file" {
-        return Err(invalid(field, "must name a repository (…/owner/name)"));
-    }
-    let owner = owner_segments.last().copied().unwrap_or_default();
+    // `owner` is the last path segment before the name (GitHub's owner, GitLab's
+    // innermost group); a repository at the top of its server is owned by the host.
+    let owner = owner_segments
+        .last()
+        .map(|s| (*s).to_owned())
+        .or_else(|| url.host_str().map(str::to_owned))
+        .unwrap_or_default();
     let mut canonical = url.clone();
     canonical.set_path(path);
     let mut fetch = url.clone();
@@ -245,7 +248,7 @@ pub async fn repo_url(
     Ok(RepoUrl {
         canonical: canonical.to_string(),
         fetch: fetch.to_string(),
-        owner: owner.to_owned(),
+        owner,
         name: (*name).to_owned(),
     })
 }

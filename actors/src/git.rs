@@ -198,15 +198,20 @@ fn set_global_timeouts(timeout: Duration) {
     });
 }
 
-/// Callbacks with the credential (offered once: a refused credential is an
-/// auth failure, not a loop) and a deadline on transfers.
+/// How often one operation may be asked for the credential: libgit2 asks
+/// again for each HTTP request the server challenges, and keeps asking after
+/// a refusal, so a bound turns a refused credential into an auth failure
+/// instead of a loop.
+const MAX_CREDENTIAL_OFFERS: u32 = 3;
+
+/// Callbacks with the credential and a deadline on transfers.
 fn callbacks<'a>(
     spec: &'a RemoteSpec,
     deadline: Instant,
     timed_out: &'a std::cell::Cell<bool>,
 ) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
-    let mut offered = false;
+    let mut offers = 0;
     callbacks.credentials(move |_url, _username, allowed| {
         let Some(credentials) = &spec.credentials else {
             return Err(git2::Error::new(
@@ -215,14 +220,15 @@ fn callbacks<'a>(
                 "credentials required",
             ));
         };
-        if offered || !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+        if offers >= MAX_CREDENTIAL_OFFERS || !allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+        {
             return Err(git2::Error::new(
                 ErrorCode::Auth,
                 ErrorClass::Http,
                 "credentials refused",
             ));
         }
-        offered = true;
+        offers += 1;
         Cred::userpass_plaintext(&credentials.username, credentials.password.expose_secret())
     });
     callbacks.transfer_progress(move |_| {

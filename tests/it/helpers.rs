@@ -394,3 +394,128 @@ pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) -> S
     assert!(body["error"].is_string(), "no error message in {body}");
     body["code"].as_str().expect("an error code").to_owned()
 }
+
+/// One row of the outbox, as the change-engine tests read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub subscription_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub path: Option<String>,
+    pub sha256: Option<String>,
+    pub previous_sha256: Option<String>,
+    pub size: Option<i64>,
+    pub binary: bool,
+    pub commit_sha: Option<String>,
+    pub payload: Option<String>,
+}
+
+impl TestApp {
+    /// The database the server uses, opened beside it.
+    pub async fn database(&self) -> sea_orm::DatabaseConnection {
+        let url = self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rw",
+                self.data_path().join("herald.db").display()
+            )
+        });
+        Database::connect(&url)
+            .await
+            .expect("the test opens the server's database")
+    }
+
+    /// Every event of `client`'s subscription to `repository_id`, by sequence.
+    pub async fn outbox(&self, client: &TestClient, repository_id: &str) -> Vec<OutboxEvent> {
+        let db = self.database().await;
+        let backend = db.get_database_backend();
+        let placeholder = |n: usize| match backend {
+            sea_orm::DbBackend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        };
+        let sql = format!(
+            "SELECT e.subscription_id, e.seq, e.kind, e.path, e.sha256, e.previous_sha256, e.size, \
+             e.binary, e.commit_sha, e.payload FROM events e JOIN subscriptions s ON s.id = e.subscription_id \
+             WHERE s.app_id = {} AND s.repository_id = {} ORDER BY e.seq",
+            placeholder(1),
+            placeholder(2)
+        );
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    client.app_id.clone().into(),
+                    repository_id.to_owned().into(),
+                ],
+            ))
+            .await
+            .expect("events");
+        let events = rows
+            .into_iter()
+            .map(|row| OutboxEvent {
+                subscription_id: row.try_get("", "subscription_id").expect("column"),
+                seq: row.try_get("", "seq").expect("column"),
+                kind: row.try_get("", "kind").expect("column"),
+                path: row.try_get("", "path").expect("column"),
+                sha256: row.try_get("", "sha256").expect("column"),
+                previous_sha256: row.try_get("", "previous_sha256").expect("column"),
+                size: row.try_get("", "size").expect("column"),
+                binary: row.try_get("", "binary").expect("column"),
+                commit_sha: row.try_get("", "commit_sha").expect("column"),
+                payload: row.try_get("", "payload").expect("column"),
+            })
+            .collect();
+        db.close().await.ok();
+        events
+    }
+
+    /// One repository of `client`, through the API.
+    pub async fn repository(&self, client: &TestClient, repository_id: &str) -> Value {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/api/repositories/{repository_id}"),
+                Some(&client.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits (bounded) until the repository view satisfies `done`; returns it.
+    pub async fn wait_for(
+        &self,
+        client: &TestClient,
+        repository_id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = self.repository(client, repository_id).await;
+            if done(&view) {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {what}; last view: {view}\nlogs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the app's subscription has observed `commit`.
+    pub async fn wait_for_commit(
+        &self,
+        client: &TestClient,
+        repository_id: &str,
+        commit: &str,
+    ) -> Value {
+        self.wait_for(client, repository_id, &format!("commit {commit}"), |view| {
+            view["last_synced_commit"] == commit
+        })
+        .await
+    }
+}

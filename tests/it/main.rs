@@ -5,7 +5,9 @@
 mod helpers;
 
 mod admin;
+mod changes;
 mod config;
+mod gitserver;
 mod lifecycle;
 mod repositories;
 mod secrets;

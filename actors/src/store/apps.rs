@@ -6,7 +6,7 @@ use entity::{app, event, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -194,7 +194,7 @@ impl Store {
     /// cascade), and the repositories no other app watches any more, in one
     /// transaction. `None` when there is no such app.
     pub async fn delete_app(&self, id: &AppId) -> Result<Option<AppDeletion>, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let repository_ids: Vec<String> = subscription::Entity::find()
             .select_only()
             .column(subscription::Column::RepositoryId)

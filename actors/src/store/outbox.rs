@@ -10,7 +10,7 @@ use entity::{event, manifest_entry, repository, snapshot, subscription};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Set, TransactionTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, Set,
 };
 
 use super::{Store, StoreError, event_status, subscription_status};
@@ -119,7 +119,7 @@ impl Store {
         advance: SnapshotAdvance,
     ) -> Result<AdvanceOutcome, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let Some(repo) = repository::Entity::find_by_id(advance.repository.as_str())
             .one(&txn)
             .await?
@@ -470,7 +470,7 @@ impl Store {
     /// subscription.
     pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         entity::breaker::Entity::insert(failure.breaker.clone().into_active_model())
             .on_conflict(
                 OnConflict::columns([

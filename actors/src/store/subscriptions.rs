@@ -8,7 +8,7 @@ use entity::{breaker, event, repository, subscription};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    QueryOrder, QuerySelect, Set,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -83,7 +83,7 @@ impl Store {
     ) -> Result<(SubscriptionView, bool), StoreError> {
         let now = now_ms();
         let branch = new.branch.unwrap_or_default();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
 
         // Insert-if-absent, then read: safe against a concurrent registration
         // of the same remote by another app.
@@ -254,7 +254,7 @@ impl Store {
     /// Ends the app's subscription (its events go with it) and deletes the
     /// repository when no other app watches it. `false` when there was none.
     pub async fn unsubscribe(&self, app: &AppId, repo: &RepoId) -> Result<bool, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let deleted = subscription::Entity::delete_many()
             .filter(subscription::Column::AppId.eq(app.as_str()))
             .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
@@ -278,7 +278,7 @@ impl Store {
         repo: &RepoId,
         token: &SecretString,
     ) -> Result<bool, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let Some(current) = subscription::Entity::find()
             .filter(subscription::Column::AppId.eq(app.as_str()))
             .filter(subscription::Column::RepositoryId.eq(repo.as_str()))

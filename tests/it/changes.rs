@@ -1,0 +1,487 @@
+//! The change engine against real remotes on loopback: what a scan turns into
+//! outbox events, for `git daemon` and for `git http-backend` with basic auth.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::gitserver::{GitDaemon, HttpGitServer, Served, TestRepo};
+use crate::helpers::{OutboxEvent, TestApp, TestClient};
+
+fn sha(content: &[u8]) -> String {
+    hex(&Sha256::digest(content))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Herald polling fast, with loopback remotes allowed.
+async fn engine() -> TestApp {
+    engine_with(&[]).await
+}
+
+async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
+    let mut builder = TestApp::builder()
+        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
+        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+        .env("HERALD__SCHEDULER__TICK", "100ms")
+        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms");
+    for (key, value) in extra {
+        builder = builder.env(key, value);
+    }
+    builder.spawn().await
+}
+
+async fn watch(app: &TestApp, client: &TestClient, body: Value) -> String {
+    let (status, created) = app.register(client, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created["repository_id"].as_str().expect("id").to_owned()
+}
+
+/// The events of one scan (those carrying `commit`), as (kind, path).
+fn kinds(events: &[OutboxEvent], commit: &str) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e.commit_sha.as_deref() == Some(commit))
+        .map(|e| (e.kind.clone(), e.path.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(k, p)| ((*k).to_owned(), (*p).to_owned()))
+        .collect()
+}
+
+/// Sequence numbers run 1, 2, 3, … without a gap.
+fn assert_gap_free(events: &[OutboxEvent]) {
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.seq,
+            i64::try_from(i).expect("small") + 1,
+            "{events:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_first_snapshot_delivers_every_file_as_created() {
+    let repo = TestRepo::new("main");
+    repo.write("README.md", "# widgets\n");
+    repo.write("docs/guide/intro.md", "hello\n");
+    repo.write("docs/ünïcödé and spaces.md", "non-ascii path\n");
+    repo.write("a/b/c/d/e/f/g/deep.txt", "deep\n");
+    repo.write("logo.png", [0x89u8, b'P', b'N', b'G', 0, 1, 2, 3]);
+    repo.write("latin1.txt", [b'c', b'a', b'f', 0xe9]);
+    repo.write("debug.log", "ignored by .heraldignore\n");
+    repo.write("legacy.tmp", "ignored by .docoraignore\n");
+    repo.write(".heraldignore", "*.log\n");
+    repo.write(".docoraignore", "*.tmp\n");
+    repo.symlink("link-to-readme", "README.md");
+    let commit = repo.commit("initial");
+    let served = Served::new(&repo, "widgets.git");
+    let daemon = GitDaemon::serve(served.root());
+
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(&app, &client, json!({"url": daemon.url("widgets.git")})).await;
+    let view = app.wait_for_commit(&client, &id, &commit).await;
+    assert_eq!(view["branch"], "main", "the default branch was detected");
+    assert_eq!(view["status"], "syncing", "events wait for delivery");
+
+    let events = app.outbox(&client, &id).await;
+    assert_gap_free(&events);
+    assert_eq!(
+        kinds(&events, &commit),
+        pairs(&[
+            ("created", ".docoraignore"),
+            ("created", ".heraldignore"),
+            ("created", "README.md"),
+            ("created", "a/b/c/d/e/f/g/deep.txt"),
+            ("created", "docs/guide/intro.md"),
+            ("created", "docs/ünïcödé and spaces.md"),
+            ("created", "latin1.txt"),
+            ("created", "logo.png"),
+        ]),
+        "sorted by path bytes; ignored files and the symlink left out"
+    );
+    let readme = events
+        .iter()
+        .find(|e| e.path.as_deref() == Some("README.md"))
+        .expect("readme");
+    assert_eq!(readme.sha256.as_deref(), Some(sha(b"# widgets\n").as_str()));
+    assert_eq!(readme.size, Some(10));
+    assert!(!readme.binary);
+    let binary = |path: &str| {
+        events
+            .iter()
+            .find(|e| e.path.as_deref() == Some(path))
+            .expect("event")
+            .binary
+    };
+    assert!(binary("logo.png"), "a NUL byte makes a file binary");
+    assert!(binary("latin1.txt"), "invalid UTF-8 makes a file binary");
+    assert!(!binary("docs/ünïcödé and spaces.md"));
+}
+
+#[tokio::test]
+async fn every_change_kind_renames_and_several_commits_collapse_into_the_net_change() {
+    let repo = TestRepo::new("main");
+    repo.write("keep.md", "same\n");
+    repo.write("edit.md", "v1\n");
+    repo.write("gone.md", "bye\n");
+    repo.write("old-name.md", "moving\n");
+    repo.write("flip.md", "v1\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    app.wait_for_commit(&client, &id, &first).await;
+
+    // Three commits land between two scans: only the net change counts.
+    repo.write("edit.md", "v2\n");
+    repo.write("temp.md", "short-lived\n");
+    repo.commit("second");
+    repo.remove("gone.md");
+    repo.remove("temp.md");
+    repo.rename("old-name.md", "new-name.md");
+    repo.write("flip.md", "v2\n");
+    repo.commit("third");
+    repo.write("flip.md", "v1\n");
+    repo.write("added.md", "new\n");
+    repo.set_executable("keep.md", true);
+    let last = repo.commit("fourth");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&client, &id, &last).await;
+
+    let events = app.outbox(&client, &id).await;
+    assert_gap_free(&events);
+    assert_eq!(
+        kinds(&events, &last),
+        pairs(&[
+            ("deleted", "gone.md"),
+            ("deleted", "old-name.md"),
+            ("created", "added.md"),
+            ("created", "new-name.md"),
+            ("updated", "edit.md"),
+        ]),
+        "deletes, creates, updates; a rename is a delete plus a create; \
+         flip.md came back to its content and keep.md only changed mode"
+    );
+    let updated = events.iter().find(|e| e.kind == "updated").expect("update");
+    assert_eq!(updated.sha256.as_deref(), Some(sha(b"v2\n").as_str()));
+    assert_eq!(
+        updated.previous_sha256.as_deref(),
+        Some(sha(b"v1\n").as_str())
+    );
+    let deleted = events
+        .iter()
+        .find(|e| e.kind == "deleted" && e.path.as_deref() == Some("gone.md"))
+        .expect("delete");
+    assert_eq!(
+        deleted.sha256.as_deref(),
+        Some(sha(b"bye\n").as_str()),
+        "the last known content"
+    );
+}
+
+#[tokio::test]
+async fn a_force_push_yields_the_net_change_against_what_was_observed() {
+    let repo = TestRepo::new("main");
+    repo.write("base.md", "base\n");
+    let base = repo.commit("base");
+    repo.write("feature.md", "will be rewritten away\n");
+    repo.write("base.md", "changed on the old line\n");
+    let observed = repo.commit("observed");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    app.wait_for_commit(&client, &id, &observed).await;
+
+    repo.reset_hard(&base);
+    repo.write("other.md", "the new line\n");
+    let rewritten = repo.commit("rewritten");
+    served.push(&repo, "HEAD:refs/heads/main", true);
+    app.wait_for_commit(&client, &id, &rewritten).await;
+
+    let events = app.outbox(&client, &id).await;
+    assert_gap_free(&events);
+    assert_eq!(
+        kinds(&events, &rewritten),
+        pairs(&[
+            ("deleted", "feature.md"),
+            ("created", "other.md"),
+            ("updated", "base.md")
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_branch_is_watched_when_asked_and_the_default_branch_is_detected() {
+    let repo = TestRepo::new("trunk");
+    repo.write("on-trunk.md", "trunk\n");
+    let trunk = repo.commit("trunk");
+    repo.checkout_new_branch("release");
+    repo.write("on-release.md", "release\n");
+    let release = repo.commit("release");
+    repo.checkout("trunk");
+    let served = Served::new(&repo, "r.git");
+    served.push(&repo, "release:refs/heads/release", false);
+    served.set_head("trunk");
+    let daemon = GitDaemon::serve(served.root());
+
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let default = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    let chosen = watch(
+        &app,
+        &client,
+        json!({"url": daemon.url("r.git"), "branch": "release"}),
+    )
+    .await;
+    assert_ne!(default, chosen);
+    let view = app.wait_for_commit(&client, &default, &trunk).await;
+    assert_eq!(view["branch"], "trunk", "not a hard-coded main");
+    let view = app.wait_for_commit(&client, &chosen, &release).await;
+    assert_eq!(view["branch"], "release");
+    assert_eq!(
+        kinds(&app.outbox(&client, &chosen).await, &release),
+        pairs(&[("created", "on-release.md"), ("created", "on-trunk.md")])
+    );
+
+    let missing = watch(
+        &app,
+        &client,
+        json!({"url": daemon.url("r.git"), "branch": "nope"}),
+    )
+    .await;
+    let view = app
+        .wait_for(&client, &missing, "a not-found error", |v| {
+            v["last_error"].is_string()
+        })
+        .await;
+    assert!(
+        view["last_error"].as_str().expect("error").contains("nope"),
+        "{view}"
+    );
+}
+
+#[tokio::test]
+async fn a_private_repository_over_http_uses_the_token_only_through_the_credential_callback() {
+    let repo = TestRepo::new("main");
+    repo.write("secret-plan.md", "private\n");
+    let commit = repo.commit("private");
+    let served = Served::new(&repo, "private.git");
+    let server = HttpGitServer::serve(served.root(), Some(("deploy", "s3cr3t-t0ken-value")));
+
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(
+        &app,
+        &client,
+        json!({"url": server.url("private.git"), "github_token": "deploy:s3cr3t-t0ken-value"}),
+    )
+    .await;
+    app.wait_for_commit(&client, &id, &commit).await;
+    assert!(server.authenticated_as("deploy") >= 1);
+    assert_eq!(
+        kinds(&app.outbox(&client, &id).await, &commit),
+        pairs(&[("created", "secret-plan.md")])
+    );
+    assert!(!app.logs().contains("s3cr3t-t0ken-value"));
+    let mut files = Vec::new();
+    collect_files(&app.data_path(), &mut files);
+    for file in files {
+        let bytes = std::fs::read(&file).expect("readable");
+        assert!(
+            !bytes.windows(18).any(|w| w == b"s3cr3t-t0ken-value"),
+            "token found in {}",
+            file.display()
+        );
+    }
+
+    // A second app on the same repository shares its fetch, which uses the
+    // oldest subscription's credential (here the working one).
+    let other = app.onboard("other").await;
+    let shared = watch(
+        &app,
+        &other,
+        json!({"url": server.url("private.git"), "github_token": "deploy:wrong"}),
+    )
+    .await;
+    assert_eq!(shared, id);
+    app.wait_for_commit(&other, &shared, &commit).await;
+    assert_eq!(server.authenticated_as("wrong"), 0);
+}
+
+fn collect_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("readable dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            collect_files(&path, found);
+        } else {
+            found.push(path);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_credential_is_an_auth_failure() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.commit("a");
+    let served = Served::new(&repo, "private.git");
+    let server = HttpGitServer::serve(served.root(), Some(("deploy", "right-token")));
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(
+        &app,
+        &client,
+        json!({"url": server.url("private.git"), "github_token": "deploy:wrong-token"}),
+    )
+    .await;
+    let view = app
+        .wait_for(&client, &id, "an auth error", |v| {
+            v["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(view["last_error"], "the git remote refused the credentials");
+    assert!(!app.logs().contains("wrong-token"));
+}
+
+#[tokio::test]
+async fn filters_are_per_subscription_and_apps_share_one_fetch() {
+    let repo = TestRepo::new("main");
+    repo.write("docs/a.md", "a\n");
+    repo.write("docs/draft.tmp", "t\n");
+    repo.write("src/main.rs", "fn main() {}\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let server = HttpGitServer::serve(served.root(), None);
+    let app = engine().await;
+    let docs_app = app.onboard("docs").await;
+    let all_app = app.onboard("all").await;
+    let url = server.url("r.git");
+    let docs = watch(
+        &app,
+        &docs_app,
+        json!({"url": url, "include": ["docs/**"], "exclude": ["**/*.tmp"]}),
+    )
+    .await;
+    app.wait_for_commit(&docs_app, &docs, &first).await;
+    let uploads_before = upload_packs(&server);
+
+    // A second app on a watched repository gets its own initial snapshot
+    // without another fetch.
+    let all = watch(&app, &all_app, json!({"url": url})).await;
+    assert_eq!(all, docs, "one repository, two subscriptions");
+    app.wait_for(&all_app, &all, "the initial snapshot", |v| {
+        v["last_synced_commit"] == first.as_str()
+    })
+    .await;
+    assert_eq!(
+        kinds(&app.outbox(&all_app, &all).await, &first),
+        pairs(&[
+            ("created", "docs/a.md"),
+            ("created", "docs/draft.tmp"),
+            ("created", "src/main.rs")
+        ])
+    );
+    assert_eq!(
+        kinds(&app.outbox(&docs_app, &docs).await, &first),
+        pairs(&[("created", "docs/a.md")])
+    );
+    assert_eq!(
+        upload_packs(&server),
+        uploads_before,
+        "no fetch for the new subscription"
+    );
+
+    repo.write("docs/b.md", "b\n");
+    repo.write("src/lib.rs", "\n");
+    let second = repo.commit("second");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&all_app, &all, &second).await;
+    app.wait_for_commit(&docs_app, &docs, &second).await;
+    assert_eq!(
+        kinds(&app.outbox(&docs_app, &docs).await, &second),
+        pairs(&[("created", "docs/b.md")])
+    );
+    assert_eq!(
+        kinds(&app.outbox(&all_app, &all).await, &second),
+        pairs(&[("created", "docs/b.md"), ("created", "src/lib.rs")])
+    );
+    assert_eq!(
+        upload_packs(&server),
+        uploads_before + 1,
+        "one fetch for both apps"
+    );
+}
+
+/// Fetches (not head checks) the server answered: POSTs to git-upload-pack.
+fn upload_packs(server: &HttpGitServer) -> usize {
+    server
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("git-upload-pack") && r.status == 200)
+        .count()
+}
+
+#[tokio::test]
+async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    let first = repo.commit("a");
+    let served = Served::new(&repo, "r.git");
+    let port = {
+        let daemon = GitDaemon::serve(served.root());
+        daemon.port()
+    };
+    // The daemon is gone: the port refuses connections.
+    let app = engine_with(&[
+        ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
+        ("HERALD__BREAKER__GIT__COOLDOWN", "1s"),
+    ])
+    .await;
+    let client = app.onboard("acme").await;
+    let url = format!("git://127.0.0.1:{port}/r.git");
+    let id = watch(&app, &client, json!({"url": url})).await;
+    let view = app
+        .wait_for(&client, &id, "the breaker to open", |v| {
+            v["circuit_breaker"]["status"] == "open"
+        })
+        .await;
+    assert_eq!(view["status"], "failed");
+    assert_eq!(view["last_error"], "the git remote could not be reached");
+
+    // Several cooldowns pass with the remote still down: still one
+    // sync_failed for this opening (failed probes re-open the same breaker).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let events = app.outbox(&client, &id).await;
+    let failures: Vec<&OutboxEvent> = events.iter().filter(|e| e.kind == "sync_failed").collect();
+    assert_eq!(failures.len(), 1, "{events:#?}");
+    let payload: Value =
+        serde_json::from_str(failures[0].payload.as_deref().expect("payload")).expect("json");
+    assert_eq!(payload["error"]["type"], "git_failure");
+    assert_eq!(payload["circuit_breaker"]["threshold"], 2);
+    assert!(
+        !payload.to_string().contains("127.0.0.1"),
+        "no raw transport detail: {payload}"
+    );
+
+    // The remote comes back on the same port: the subscription recovers alone.
+    let _daemon = GitDaemon::serve_on(served.root(), port);
+    let view = app.wait_for_commit(&client, &id, &first).await;
+    assert_ne!(view["status"], "failed");
+    assert_eq!(view["last_error"], Value::Null);
+    assert_eq!(view["circuit_breaker"]["status"], "closed");
+    let events = app.outbox(&client, &id).await;
+    assert_gap_free(&events);
+    assert_eq!(events.last().expect("events").path.as_deref(), Some("a.md"));
+}
