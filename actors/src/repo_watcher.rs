@@ -39,6 +39,9 @@ pub enum WatcherMsg {
     Scan,
     /// A scan task ended; `Err` carries a panic message.
     Finished(Result<ScanReport, String>),
+    /// Fails the watcher, as a bug would (supervision tests).
+    #[cfg(test)]
+    Crash,
 }
 
 /// What a finished scan did, for the log.
@@ -114,6 +117,8 @@ impl Actor for RepoWatcher {
                     let _ = reply.send_message(WatcherMsg::Finished(result));
                 });
             }
+            #[cfg(test)]
+            WatcherMsg::Crash => panic!("watcher crash requested by a test"),
             WatcherMsg::Finished(result) => {
                 state.scanning = false;
                 match result {

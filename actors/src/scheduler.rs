@@ -40,6 +40,9 @@ pub enum SchedulerMsg {
     ScanNow(RepoId),
     /// Restart a watcher that failed (sent after its backoff).
     Restart(RepoId),
+    /// The running watchers (supervision tests).
+    #[cfg(test)]
+    Watchers(ractor::RpcReplyPort<Vec<(RepoId, ActorRef<WatcherMsg>)>>),
 }
 
 pub struct Scheduler;
@@ -147,6 +150,16 @@ impl Actor for Scheduler {
             SchedulerMsg::RepositoryRegistered(repository)
             | SchedulerMsg::ScanNow(repository)
             | SchedulerMsg::Restart(repository) => state.scan(&myself, &repository).await?,
+            #[cfg(test)]
+            SchedulerMsg::Watchers(reply) => {
+                let _ = reply.send(
+                    state
+                        .watchers
+                        .iter()
+                        .map(|(r, w)| (r.clone(), w.clone()))
+                        .collect(),
+                );
+            }
         }
         Ok(())
     }
@@ -202,5 +215,138 @@ impl Actor for Scheduler {
             watcher.stop(Some("shutdown".to_owned()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::breaker::BreakerPolicy;
+    use crate::crypto::Keyring;
+    use crate::ids::AppId;
+    use crate::store::apps::NewApp;
+    use crate::store::subscriptions::NewSubscription;
+
+    async fn watchers(scheduler: &ActorRef<SchedulerMsg>) -> Vec<(RepoId, ActorRef<WatcherMsg>)> {
+        ractor::call_t!(scheduler, SchedulerMsg::Watchers, 5_000).expect("the scheduler answers")
+    }
+
+    #[tokio::test]
+    async fn a_crashing_watcher_is_restarted_and_the_others_keep_running() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
+        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+        let store = Store::connect(&url, keys).await.expect("store");
+        store.migrate().await.expect("schema");
+        let app = store
+            .onboard_app(NewApp {
+                name: "acme".into(),
+                base_url: "https://1.1.1.1/h".into(),
+                email: "a@b.co".into(),
+                website: None,
+                description: None,
+                client_auth_key: secrecy::SecretString::from("k".repeat(16)),
+            })
+            .await
+            .expect("app");
+        let app = AppId::parse(&app.app.id).expect("id");
+        let mut repos = Vec::new();
+        for name in ["one", "two"] {
+            // Remotes that do not exist: scans fail, watchers stay.
+            let missing = dir.path().join(name).display().to_string();
+            let (view, _) = store
+                .subscribe(
+                    &app,
+                    NewSubscription {
+                        url: format!("file://{missing}"),
+                        fetch_url: format!("file://{missing}"),
+                        owner: "acme".into(),
+                        name: name.into(),
+                        branch: None,
+                        git_token: None,
+                        include: vec![],
+                        exclude: vec![],
+                    },
+                )
+                .await
+                .expect("subscribed");
+            repos.push(RepoId::parse(&view.repository.id).expect("id"));
+        }
+        let args = SchedulerArgs {
+            store: store.clone(),
+            tick: Duration::from_secs(3600),
+            pool: ScanPool::new(2),
+            watcher: WatcherConfig {
+                mirrors_dir: dir.path().join("mirrors"),
+                fetch_timeout: Duration::from_secs(10),
+                rescan_interval: Duration::from_secs(3600),
+                breaker: BreakerPolicy {
+                    threshold: 5,
+                    cooldown: Duration::from_secs(60),
+                },
+                instance_id: "test".into(),
+            },
+            restart: RestartPolicy {
+                max_restarts: 3,
+                window: Duration::from_secs(60),
+                base_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+            },
+        };
+        let (scheduler, handle) = Actor::spawn(None, Scheduler, args)
+            .await
+            .expect("scheduler");
+        for repo in &repos {
+            scheduler
+                .send_message(SchedulerMsg::ScanNow(repo.clone()))
+                .expect("send");
+        }
+        let before = watchers(&scheduler).await;
+        assert_eq!(before.len(), 2);
+        let (crashed_repo, crashed) = before
+            .iter()
+            .find(|(r, _)| *r == repos[0])
+            .cloned()
+            .expect("watcher");
+        let (_, survivor) = before
+            .iter()
+            .find(|(r, _)| *r == repos[1])
+            .cloned()
+            .expect("watcher");
+
+        crashed.send_message(WatcherMsg::Crash).expect("send");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let restarted = loop {
+            let now = watchers(&scheduler).await;
+            if let Some((_, w)) = now
+                .iter()
+                .find(|(r, w)| *r == crashed_repo && w.get_id() != crashed.get_id())
+            {
+                break w.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watcher was not restarted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(restarted.get_status(), ractor::ActorStatus::Running);
+        let after = watchers(&scheduler).await;
+        let still = after
+            .iter()
+            .find(|(r, _)| *r == repos[1])
+            .map(|(_, w)| w.get_id());
+        assert_eq!(
+            still,
+            Some(survivor.get_id()),
+            "the sibling was not touched"
+        );
+        assert_eq!(survivor.get_status(), ractor::ActorStatus::Running);
+
+        scheduler.stop(None);
+        handle.await.expect("scheduler stops");
+        store.close().await.ok();
     }
 }

@@ -9,6 +9,7 @@ mod changes;
 mod config;
 mod gitserver;
 mod lifecycle;
+mod property;
 mod repositories;
 mod secrets;
 mod store;
