@@ -85,6 +85,8 @@ impl GitError {
     /// Classifies a libgit2 error. The message is Herald's own summary, never
     /// libgit2's text, which can quote server responses.
     fn classify(err: &git2::Error, timed_out: bool) -> Self {
+        // libgit2's own words stay at debug level: they can quote the server.
+        tracing::debug!(code = ?err.code(), class = ?err.class(), detail = err.message(), "git operation failed");
         if timed_out {
             return Self::new(GitFailure::Timeout, "the git remote did not answer in time");
         }
@@ -126,6 +128,9 @@ impl GitError {
                 || text.contains("failed to resolve path")
                 || text.contains("does not appear to be a git repository") =>
             {
+                Self::new(GitFailure::NotFound, "the repository was not found")
+            }
+            _ if text.contains("timed out") || text.contains("timeout") => {
                 Self::new(GitFailure::Timeout, "the git remote did not answer in time")
             }
             (_, ErrorClass::Net | ErrorClass::Http | ErrorClass::Os | ErrorClass::Ssl) => {

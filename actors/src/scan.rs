@@ -98,21 +98,23 @@ fn read_failure(err: impl std::fmt::Display) -> GitError {
 }
 
 /// The blocking part of a scan: ask the remote, fetch when it moved, diff.
+/// A damaged mirror is rebuilt from the remote once, and the scan repeated.
 pub fn scan(job: ScanJob) -> Result<ScanOutcome, GitError> {
-    let mut mirror = Mirror::open(&job.mirror)?;
+    match scan_with(&job, Mirror::open(&job.mirror)?) {
+        Err(err) if err.damaged_mirror => {
+            tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
+            let mirror = Mirror::open(&job.mirror)?.rebuild()?;
+            scan_with(&job, mirror)
+        }
+        outcome => outcome,
+    }
+}
+
+fn scan_with(job: &ScanJob, mirror: Mirror) -> Result<ScanOutcome, GitError> {
     let head = mirror.remote_head(&job.remote, job.branch.as_deref())?;
     let commit = match mirror.local_head(&head.branch) {
         Some(local) if local == head.commit => local,
-        _ => match mirror.fetch(&job.remote, &head.branch) {
-            Ok(commit) => commit,
-            Err(err) if err.damaged_mirror => {
-                // A fetch that fails locally points at a damaged mirror:
-                // rebuild it once from the remote.
-                mirror = mirror.rebuild()?;
-                mirror.fetch(&job.remote, &head.branch)?
-            }
-            Err(err) => return Err(err),
-        },
+        _ => mirror.fetch(&job.remote, &head.branch)?,
     };
     let repo = mirror.repo();
     let commit_hex = commit.to_string();

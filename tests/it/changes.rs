@@ -485,3 +485,85 @@ async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
     assert_gap_free(&events);
     assert_eq!(events.last().expect("events").path.as_deref(), Some("a.md"));
 }
+
+#[tokio::test]
+async fn a_remote_that_never_answers_times_out() {
+    // Accepts connections and says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = silent.local_addr().expect("address").port();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().take(8) {
+            held.push(stream);
+        }
+    });
+    let app = engine_with(&[("HERALD__GIT__FETCH_TIMEOUT", "1s")]).await;
+    let client = app.onboard("acme").await;
+    let id = watch(
+        &app,
+        &client,
+        json!({"url": format!("git://127.0.0.1:{port}/r.git")}),
+    )
+    .await;
+    let view = app
+        .wait_for(&client, &id, "a timeout", |v| v["last_error"].is_string())
+        .await;
+    assert_eq!(view["last_error"], "the git remote did not answer in time");
+    drop(holder);
+}
+
+#[tokio::test]
+async fn a_damaged_mirror_is_rebuilt_from_the_remote() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.write("b.md", "b\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    app.wait_for_commit(&client, &id, &first).await;
+
+    // Every object of the mirror is lost.
+    let mirror = app.data_path().join("mirrors").join(format!("{id}.git"));
+    let objects = mirror.join("objects");
+    std::fs::remove_dir_all(&objects).expect("objects removed");
+    std::fs::create_dir_all(objects.join("pack")).expect("empty object store");
+
+    repo.write("a.md", "a2\n");
+    repo.remove("b.md");
+    repo.write("c.md", "c\n");
+    let second = repo.commit("second");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&client, &id, &second).await;
+    let events = app.outbox(&client, &id).await;
+    assert_gap_free(&events);
+    assert_eq!(
+        kinds(&events, &second),
+        pairs(&[
+            ("deleted", "b.md"),
+            ("created", "c.md"),
+            ("updated", "a.md")
+        ]),
+        "the change against the stored manifest"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_repository_is_not_found() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.commit("a");
+    let served = Served::new(&repo, "r.git");
+    let server = HttpGitServer::serve(served.root(), None);
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(&app, &client, json!({"url": server.url("missing.git")})).await;
+    let view = app
+        .wait_for(&client, &id, "a not-found error", |v| {
+            v["last_error"].is_string()
+        })
+        .await;
+    assert_eq!(view["last_error"], "the repository was not found");
+}
