@@ -97,11 +97,24 @@ impl Application {
         info!(addr = %self.addr, "listening");
         let pruner = http::spawn_rate_limit_pruner(self.state.limits.clone());
         let routes = http::routes(self.state.clone());
-        warp::serve(routes)
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(routes)
             .incoming(self.listener)
-            .graceful(shutdown)
-            .run()
-            .await;
+            .graceful(async move {
+                shutdown.await;
+                let _ = stopping_tx.send(());
+            })
+            .run();
+        tokio::pin!(server);
+        tokio::select! {
+            () = &mut server => {}
+            _ = stopping => {
+                // In-flight requests get `server.shutdown_timeout` to finish.
+                if tokio::time::timeout(self.shutdown_timeout, &mut server).await.is_err() {
+                    warn!("in-flight requests did not finish in time; closing them");
+                }
+            }
+        }
         info!("no longer accepting requests; stopping the actor tree");
         pruner.abort();
         self.engine.shutdown(self.shutdown_timeout).await;

@@ -269,7 +269,7 @@ pub struct CursorQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RepositoryList {
     pub data: Vec<RepositoryView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 
