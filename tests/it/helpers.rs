@@ -149,7 +149,7 @@ pub async fn start(
     cwd: &Path,
     args: &[String],
     env: &HashMap<String, String>,
-) -> (Child, Arc<Mutex<String>>, String) {
+) -> (Child, Logs, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     command
         .args(args)
@@ -165,14 +165,17 @@ pub async fn start(
     }
     command.envs(env);
     let mut child = command.spawn().expect("the herald binary starts");
-    let logs = Arc::new(Mutex::new(String::new()));
+    let text = Arc::new(Mutex::new(String::new()));
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    collect(child.stdout.take().expect("piped"), logs.clone(), None);
-    collect(
-        child.stderr.take().expect("piped"),
-        logs.clone(),
-        Some(addr_tx),
-    );
+    let readers = vec![
+        collect(child.stdout.take().expect("piped"), text.clone(), None),
+        collect(
+            child.stderr.take().expect("piped"),
+            text.clone(),
+            Some(addr_tx),
+        ),
+    ];
+    let logs = Logs { text, readers };
     let addr = tokio::time::timeout(Duration::from_secs(60), addr_rx)
         .await
         .ok()
@@ -181,17 +184,36 @@ pub async fn start(
         let status = child.try_wait().ok().flatten();
         panic!(
             "herald did not start (exit: {status:?}); output:\n{}",
-            logs.lock().expect("log lock")
+            logs.text()
         );
     };
     (child, logs, addr)
+}
+
+/// What the server printed, collected by reader tasks.
+pub struct Logs {
+    text: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Logs {
+    pub fn text(&self) -> String {
+        self.text.lock().expect("log lock").clone()
+    }
+
+    /// Waits until the server's output is read to its end (after it exited).
+    async fn drained(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }
+    }
 }
 
 fn collect(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     logs: Arc<Mutex<String>>,
     mut listening: Option<tokio::sync::oneshot::Sender<String>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -206,7 +228,7 @@ fn collect(
             logs.push_str(&line);
             logs.push('\n');
         }
-    });
+    })
 }
 
 pub struct TestApp {
@@ -214,7 +236,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub admin_token: Option<String>,
     child: Option<Child>,
-    logs: Arc<Mutex<String>>,
+    logs: Logs,
     pub data_dir: TempDir,
     pub database: TestDatabase,
 }
@@ -255,7 +277,7 @@ impl TestApp {
     }
 
     pub fn logs(&self) -> String {
-        self.logs.lock().expect("log lock").clone()
+        self.logs.text()
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns the
@@ -363,6 +385,7 @@ impl TestApp {
             .await
             .expect("herald stops within 30 s")
             .expect("exit status");
+        self.logs.drained().await;
         status.code()
     }
 
