@@ -221,6 +221,7 @@ async fn scan_claimed(
         known_head: repo.head_commit.clone(),
         manifest: None,
         snapshot_id: SnapshotId::generate().into_string(),
+        unpin: store.settled_snapshots(repository).await?,
     };
     let started = std::time::Instant::now();
     let mut outcome = run_scan(pool, &job).await;
@@ -229,6 +230,9 @@ async fn scan_claimed(
         outcome = run_scan(pool, &job).await;
     }
     let next_scan_at = now_ms() + millis(config.rescan_interval);
+    if outcome.is_ok() && !job.unpin.is_empty() {
+        store.mark_unpinned(&job.unpin).await?;
+    }
     match outcome {
         Ok(ScanOutcome::Unchanged {
             branch,
@@ -310,6 +314,7 @@ async fn run_scan(pool: &ScanPool, job: &ScanJob) -> Result<ScanOutcome, GitErro
         known_head: job.known_head.clone(),
         manifest: job.manifest.clone(),
         snapshot_id: job.snapshot_id.clone(),
+        unpin: job.unpin.clone(),
     };
     pool.run(move || scan::scan(job)).await
 }

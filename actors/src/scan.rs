@@ -66,6 +66,8 @@ pub struct ScanJob {
     pub manifest: Option<HashMap<String, String>>,
     /// The id the new snapshot will get, pinned in the mirror.
     pub snapshot_id: String,
+    /// Snapshots whose events are all settled: their pins can go.
+    pub unpin: Vec<String>,
 }
 
 /// What a scan found.
@@ -111,6 +113,9 @@ pub fn scan(job: ScanJob) -> Result<ScanOutcome, GitError> {
 }
 
 fn scan_with(job: &ScanJob, mirror: Mirror) -> Result<ScanOutcome, GitError> {
+    for snapshot in &job.unpin {
+        mirror.unpin(snapshot);
+    }
     let head = mirror.remote_head(&job.remote, job.branch.as_deref())?;
     let commit = match mirror.local_head(&head.branch) {
         Some(local) if local == head.commit => local,

@@ -12,6 +12,8 @@ pub struct Model {
     pub file_count: i64,
     pub total_bytes: i64,
     pub observed_at: i64,
+    /// Whether the mirror still keeps the commit under a snapshot ref.
+    pub pinned: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

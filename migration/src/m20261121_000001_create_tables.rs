@@ -155,6 +155,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer(Snapshots::FileCount))
                     .col(big_integer(Snapshots::TotalBytes))
                     .col(big_integer(Snapshots::ObservedAt))
+                    .col(boolean(Snapshots::Pinned).default(true))
                     .foreign_key(
                         ForeignKey::create()
                             .from(Snapshots::Table, Snapshots::RepositoryId)
@@ -437,6 +438,7 @@ enum Snapshots {
     FileCount,
     TotalBytes,
     ObservedAt,
+    Pinned,
 }
 
 #[derive(DeriveIden)]

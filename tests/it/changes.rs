@@ -567,3 +567,50 @@ async fn a_missing_repository_is_not_found() {
         .await;
     assert_eq!(view["last_error"], "the repository was not found");
 }
+
+#[tokio::test]
+async fn snapshots_stay_pinned_in_the_mirror_while_their_events_wait() {
+    let repo = TestRepo::new("main");
+    repo.write(".heraldignore", "*.log\n");
+    repo.write("a.md", "a\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let app = engine().await;
+    let client = app.onboard("acme").await;
+    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    app.wait_for_commit(&client, &id, &first).await;
+
+    // A commit that touches only an ignored file: a snapshot without events.
+    repo.write("debug.log", "noise\n");
+    let quiet = repo.commit("quiet");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&client, &id, &quiet).await;
+
+    let mirror = app.data_path().join("mirrors").join(format!("{id}.git"));
+    let pinned = |commit: &str| {
+        crate::gitserver::run_git(
+            &mirror,
+            &[
+                "for-each-ref",
+                "--format=%(objectname)",
+                "refs/herald/snapshots",
+            ],
+        )
+        .lines()
+        .any(|line| line == commit)
+    };
+    // The quiet snapshot is settled at once; the next scans release its pin.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pinned(&quiet) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the settled snapshot stays pinned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        pinned(&first),
+        "the first snapshot's events still wait: its commit stays pinned"
+    );
+}

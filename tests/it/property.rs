@@ -215,6 +215,7 @@ async fn scan_once(
         known_head: current.head_commit.clone(),
         manifest: None,
         snapshot_id: snapshot.as_str().to_owned(),
+        unpin: Vec::new(),
     };
     let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
         .await

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use entity::{event, manifest_entry, repository, snapshot, subscription};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
     IntoActiveModel, QueryFilter, QuerySelect, Set,
@@ -112,6 +112,43 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// Pinned snapshots of a repository that no pending or dead event refers
+    /// to any more: their commits need not stay pinned in the mirror (the
+    /// current one stays reachable through the branch, and a diff falls back
+    /// to the stored manifest when it is gone).
+    pub async fn settled_snapshots(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
+        let waiting = sea_orm::sea_query::Query::select()
+            .column(event::Column::SnapshotId)
+            .from(event::Entity)
+            .and_where(Expr::col(event::Column::RepositoryId).eq(repo.as_str()))
+            .and_where(
+                Expr::col(event::Column::Status).is_in([event_status::PENDING, event_status::DEAD]),
+            )
+            .and_where(Expr::col(event::Column::SnapshotId).is_not_null())
+            .to_owned();
+        Ok(snapshot::Entity::find()
+            .select_only()
+            .column(snapshot::Column::Id)
+            .filter(snapshot::Column::RepositoryId.eq(repo.as_str()))
+            .filter(snapshot::Column::Pinned.eq(true))
+            .filter(snapshot::Column::Id.not_in_subquery(waiting))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Records that the mirror no longer pins these snapshots.
+    pub async fn mark_unpinned(&self, snapshots: &[String]) -> Result<(), StoreError> {
+        for batch in snapshots.chunks(BATCH) {
+            snapshot::Entity::update_many()
+                .col_expr(snapshot::Column::Pinned, Expr::value(false))
+                .filter(snapshot::Column::Id.is_in(batch.iter().cloned()))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Commits a scan: the snapshot, the manifest change, every subscription's
     /// events and the repository's new head, atomically.
     pub async fn advance_snapshot(
@@ -176,6 +213,7 @@ impl Store {
                 file_count: Set(file_count),
                 total_bytes: Set(total_bytes),
                 observed_at: Set(now),
+                pinned: Set(true),
             }
             .insert(&txn)
             .await?;
