@@ -50,6 +50,28 @@ pub mod app_status {
     pub const DISABLED: &str = "disabled";
 }
 
+/// Locks repository rows for the rest of the transaction (PostgreSQL
+/// `FOR NO KEY UPDATE`, in id order; SQLite's `BEGIN IMMEDIATE` already
+/// serialises writers). Every write transaction that touches a repository and
+/// its subscriptions takes this lock first, so two of them can never lock the
+/// same rows in opposite orders (a deadlock).
+pub(crate) async fn lock_repositories<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    ids: &[String],
+) -> Result<Vec<entity::repository::Model>, DbErr> {
+    use sea_orm::sea_query::LockType;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    entity::repository::Entity::find()
+        .filter(entity::repository::Column::Id.is_in(ids.iter().cloned()))
+        .order_by_asc(entity::repository::Column::Id)
+        .lock(LockType::NoKeyUpdate)
+        .all(conn)
+        .await
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error")]

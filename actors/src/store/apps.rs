@@ -11,7 +11,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::subscriptions::SubscriptionView;
-use super::{Store, StoreError, app_status, event_status};
+use super::{Store, StoreError, app_status, event_status, lock_repositories};
 use crate::clock::now_ms;
 use crate::crypto::{self, IssuedToken};
 use crate::ids::AppId;
@@ -202,6 +202,7 @@ impl Store {
             .into_tuple()
             .all(&txn)
             .await?;
+        lock_repositories(&txn, &repository_ids).await?;
         let deleted = app::Entity::delete_by_id(id.as_str()).exec(&txn).await?;
         if deleted.rows_affected == 0 {
             return Ok(None);

@@ -13,7 +13,7 @@ use sea_orm::{
     IntoActiveModel, QueryFilter, QuerySelect, Set,
 };
 
-use super::{Store, StoreError, event_status, subscription_status};
+use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::changes::{FileEntry, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
@@ -157,9 +157,9 @@ impl Store {
     ) -> Result<AdvanceOutcome, StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
-        let Some(repo) = repository::Entity::find_by_id(advance.repository.as_str())
-            .one(&txn)
+        let Some(repo) = lock_repositories(&txn, &[advance.repository.as_str().to_owned()])
             .await?
+            .pop()
         else {
             // Unsubscribed by everyone while the scan ran: nothing to write.
             return Ok(AdvanceOutcome {
@@ -509,6 +509,12 @@ impl Store {
     pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
+        if lock_repositories(&txn, &[failure.repository.as_str().to_owned()])
+            .await?
+            .is_empty()
+        {
+            return Ok(0);
+        }
         entity::breaker::Entity::insert(failure.breaker.clone().into_active_model())
             .on_conflict(
                 OnConflict::columns([

@@ -13,7 +13,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::apps::delete_orphaned_repositories;
-use super::{Store, StoreError, event_status, subscription_status};
+use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::clock::now_ms;
 use crate::ids::{AppId, RepoId, SubscriptionId};
 
@@ -255,6 +255,7 @@ impl Store {
     /// repository when no other app watches it. `false` when there was none.
     pub async fn unsubscribe(&self, app: &AppId, repo: &RepoId) -> Result<bool, StoreError> {
         let txn = self.begin_write().await?;
+        lock_repositories(&txn, &[repo.as_str().to_owned()]).await?;
         let deleted = subscription::Entity::delete_many()
             .filter(subscription::Column::AppId.eq(app.as_str()))
             .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
@@ -279,6 +280,7 @@ impl Store {
         token: &SecretString,
     ) -> Result<bool, StoreError> {
         let txn = self.begin_write().await?;
+        lock_repositories(&txn, &[repo.as_str().to_owned()]).await?;
         let Some(current) = subscription::Entity::find()
             .filter(subscription::Column::AppId.eq(app.as_str()))
             .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
