@@ -1,5 +1,7 @@
 //! The command line: `herald serve` (the default), `herald migrate`,
-//! `herald check-config`.
+//! `herald check-config`, and `herald listen` (the reference webhook receiver).
+
+mod listen;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +50,9 @@ pub enum Command {
     Migrate,
     /// Load and validate the configuration, print a summary and exit.
     CheckConfig,
+    /// Receive Herald's webhooks: verify, print, and optionally mirror the
+    /// tree into a directory (`--port N --secret whsec_… [--mirror DIR]`).
+    Listen(listen::ListenArgs),
 }
 
 impl CommonArgs {
@@ -63,14 +68,18 @@ impl CommonArgs {
 
 /// Runs the command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(&cli.common.overrides())?;
+    // Only the server commands read Herald's configuration; `listen` is a
+    // client-side tool and must start without it.
+    let settings = || Settings::load(&cli.common.overrides());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            let settings = settings()?;
             crate::telemetry::init(&settings.telemetry);
             let app = Application::build(settings).await?;
             app.run_until(startup::shutdown_signal()).await
         }
         Command::Migrate => {
+            let settings = settings()?;
             crate::telemetry::init(&settings.telemetry);
             std::fs::create_dir_all(settings.data_dir())
                 .with_context(|| format!("creating {}", settings.data_dir().display()))?;
@@ -81,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig => {
+            let settings = settings()?;
             println!("configuration is valid");
             println!("  data_dir        {}", settings.data_dir().display());
             println!(
@@ -89,6 +99,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("  database        {}", redact_url(&settings.database.url));
             Ok(())
+        }
+        Command::Listen(args) => {
+            listen::run(
+                args,
+                cli.common.host.as_deref(),
+                cli.common.port,
+                startup::shutdown_signal(),
+            )
+            .await
         }
     }
 }

@@ -141,6 +141,17 @@ pub struct DeliverySettings {
     pub chunk_threshold_bytes: u64,
     pub chunk_size_bytes: u64,
     pub backoff: BackoffSettings,
+    /// Subscriptions of one app delivered at the same time.
+    pub max_in_flight_per_app: usize,
+    /// The longest wait a `Retry-After` header may impose.
+    #[serde(deserialize_with = "duration")]
+    pub retry_after_max: Duration,
+    /// How long delivery attempts are kept.
+    #[serde(deserialize_with = "duration")]
+    pub attempt_retention: Duration,
+    /// How often due retries are looked for.
+    #[serde(deserialize_with = "duration")]
+    pub tick: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +307,15 @@ impl Settings {
         }
         if self.delivery.max_attempts == 0 {
             return Err(invalid("delivery.max_attempts", "must be at least 1"));
+        }
+        if self.delivery.max_in_flight_per_app == 0 {
+            return Err(invalid(
+                "delivery.max_in_flight_per_app",
+                "must be at least 1",
+            ));
+        }
+        if self.delivery.tick.is_zero() {
+            return Err(invalid("delivery.tick", "must be longer than zero"));
         }
         if self.delivery.chunk_size_bytes == 0 {
             return Err(invalid("delivery.chunk_size_bytes", "must be positive"));

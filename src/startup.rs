@@ -9,8 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actors::backoff::{Backoff, Policy};
 use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
+use actors::delivery::{DeliveryConfig, OutboxSignal};
+use actors::payload::Chunking;
 use actors::repo_watcher::WatcherConfig;
 use actors::store::Store;
 use actors::supervisor::{EngineConfig, EngineHandle, RestartPolicy};
@@ -19,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use crate::config::{BackoffPolicy, Settings};
 use crate::http::{self, AppState, RateLimits};
 
 const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -132,22 +135,57 @@ pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::R
 }
 
 fn engine_config(settings: &Settings) -> EngineConfig {
+    let instance_id = format!(
+        "{}-{}",
+        std::process::id(),
+        &crypto::sha256_hex(&crypto::random_bytes::<8>())[..8]
+    );
+    let mirrors_dir = settings.data_dir().join("mirrors");
+    let delivery = &settings.delivery;
     EngineConfig {
         tick: settings.scheduler.tick,
         scan_workers: settings.git.scan_workers,
         watcher: WatcherConfig {
-            mirrors_dir: settings.data_dir().join("mirrors"),
+            mirrors_dir: mirrors_dir.clone(),
             fetch_timeout: settings.git.fetch_timeout,
             rescan_interval: settings.scheduler.rescan_interval,
             breaker: BreakerPolicy {
                 threshold: settings.breaker.git.threshold,
                 cooldown: settings.breaker.git.cooldown,
             },
-            instance_id: format!(
-                "{}-{}",
-                std::process::id(),
-                &crypto::sha256_hex(&crypto::random_bytes::<8>())[..8]
-            ),
+            instance_id: instance_id.clone(),
+            signal: OutboxSignal::default(),
+        },
+        delivery: DeliveryConfig {
+            timeout: delivery.timeout,
+            max_attempts: delivery.max_attempts,
+            backoff: Backoff {
+                policy: match delivery.backoff.policy {
+                    BackoffPolicy::Fixed => Policy::Fixed,
+                    BackoffPolicy::Linear => Policy::Linear,
+                    BackoffPolicy::Exponential => Policy::Exponential,
+                    BackoffPolicy::ExpFullJitter => Policy::ExpFullJitter,
+                    BackoffPolicy::ExpEqualJitter => Policy::ExpEqualJitter,
+                },
+                base: delivery.backoff.base,
+                cap: delivery.backoff.max,
+            },
+            retry_after_cap: delivery.retry_after_max,
+            chunking: Chunking {
+                threshold_bytes: delivery.chunk_threshold_bytes,
+                chunk_chars: usize::try_from(delivery.chunk_size_bytes).unwrap_or(usize::MAX),
+            },
+            breaker: BreakerPolicy {
+                threshold: settings.breaker.delivery.threshold,
+                cooldown: settings.breaker.delivery.cooldown,
+            },
+            disable_after: delivery.disable_after,
+            max_in_flight_per_app: delivery.max_in_flight_per_app,
+            attempt_retention: delivery.attempt_retention,
+            allow_private_targets: settings.security.allow_private_targets,
+            mirrors_dir,
+            tick: delivery.tick,
+            instance_id,
         },
         restart: RestartPolicy::default(),
     }

@@ -11,15 +11,20 @@
 //! The HTTP layer (the `herald` crate) holds a [`store::Store`] and an
 //! [`supervisor::EngineHandle`]; it never runs git or sends webhooks itself.
 
+pub mod backoff;
 pub mod breaker;
 pub mod changes;
 pub mod clock;
 pub mod crypto;
+pub mod delivery;
 pub mod git;
 pub mod ids;
 pub mod net;
+pub mod payload;
 pub mod repo_watcher;
 pub mod scan;
 pub mod scheduler;
+pub mod signing;
 pub mod store;
 pub mod supervisor;
+pub mod webhook_client;

@@ -30,6 +30,8 @@ pub struct WatcherConfig {
     pub rescan_interval: Duration,
     pub breaker: BreakerPolicy,
     pub instance_id: String,
+    /// Rung after events are written, so delivery starts at once.
+    pub signal: crate::delivery::OutboxSignal,
 }
 
 /// Messages of a repository watcher.
@@ -255,6 +257,7 @@ async fn scan_claimed(
                 })
                 .await?;
             if result.events > 0 {
+                config.signal.notify();
                 info!(%repository, events = result.events, "initial snapshot for new subscriptions");
                 return Ok(ScanReport::Advanced {
                     events: result.events,
@@ -285,6 +288,9 @@ async fn scan_claimed(
                     next_scan_at,
                 })
                 .await?;
+            if result.events > 0 {
+                config.signal.notify();
+            }
             info!(
                 %repository,
                 %commit,
@@ -301,6 +307,7 @@ async fn scan_claimed(
         Ok(ScanOutcome::NeedsManifest) => Ok(ScanReport::Skipped("manifest still missing")),
         Err(err) => {
             record_failure(store, config, repository, breaker_row, err, next_scan_at).await?;
+            config.signal.notify();
             Ok(ScanReport::Failed)
         }
     }

@@ -287,6 +287,7 @@ mod tests {
                     cooldown: Duration::from_secs(60),
                 },
                 instance_id: "test".into(),
+                signal: Default::default(),
             },
             restart: RestartPolicy {
                 max_restarts: 3,

@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod breakers;
+pub mod delivery;
 pub mod leases;
 pub mod outbox;
 pub mod subscriptions;

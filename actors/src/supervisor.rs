@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
+use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg};
 use crate::repo_watcher::WatcherConfig;
 use crate::scan::ScanPool;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
@@ -24,6 +25,7 @@ pub struct EngineConfig {
     pub scan_workers: usize,
     /// What every repository watcher shares (mirrors, timeouts, breaker).
     pub watcher: WatcherConfig,
+    pub delivery: DeliveryConfig,
     pub restart: RestartPolicy,
 }
 
@@ -85,12 +87,14 @@ impl RestartTracker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
     Scheduler,
+    Dispatcher,
 }
 
 impl Child {
     fn name(self) -> &'static str {
         match self {
             Child::Scheduler => "scheduler",
+            Child::Dispatcher => "dispatcher",
         }
     }
 }
@@ -121,6 +125,7 @@ pub struct SupervisorState {
     /// Shared by every watcher, and kept across scheduler restarts.
     pool: ScanPool,
     scheduler: Option<ActorRef<SchedulerMsg>>,
+    dispatcher: Option<ActorRef<DispatcherMsg>>,
     restarts: HashMap<Child, RestartTracker>,
 }
 
@@ -143,21 +148,44 @@ impl SupervisorState {
                     Actor::spawn_linked(None, Scheduler, args, myself.get_cell()).await?;
                 self.scheduler = Some(scheduler);
             }
+            Child::Dispatcher => {
+                let args = DispatcherArgs {
+                    store: self.store.clone(),
+                    config: self.config.delivery.clone(),
+                    signal: self.config.watcher.signal.clone(),
+                    restart: self.config.restart,
+                };
+                let (dispatcher, _) =
+                    Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;
+                self.dispatcher = Some(dispatcher);
+            }
         }
         info!(child = child.name(), "actor started");
         Ok(())
     }
 
     fn child_of(&self, cell: &ractor::ActorCell) -> Option<Child> {
-        self.scheduler
+        if self
+            .scheduler
             .as_ref()
-            .filter(|s| s.get_id() == cell.get_id())
-            .map(|_| Child::Scheduler)
+            .is_some_and(|s| s.get_id() == cell.get_id())
+        {
+            return Some(Child::Scheduler);
+        }
+        if self
+            .dispatcher
+            .as_ref()
+            .is_some_and(|d| d.get_id() == cell.get_id())
+        {
+            return Some(Child::Dispatcher);
+        }
+        None
     }
 
     fn forget(&mut self, child: Child) {
         match child {
             Child::Scheduler => self.scheduler = None,
+            Child::Dispatcher => self.dispatcher = None,
         }
     }
 }
@@ -177,9 +205,11 @@ impl Actor for Supervisor {
             pool: ScanPool::new(args.config.scan_workers),
             config: args.config,
             scheduler: None,
+            dispatcher: None,
             restarts: HashMap::new(),
         };
         state.start(&myself, Child::Scheduler).await?;
+        state.start(&myself, Child::Dispatcher).await?;
         Ok(state)
     }
 
@@ -201,7 +231,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Start(child) => state.start(&myself, child).await?,
             SupervisorMsg::Health(reply) => {
                 // A reply port whose caller gave up is not an error of ours.
-                let _ = reply.send(state.scheduler.is_some());
+                let _ = reply.send(state.scheduler.is_some() && state.dispatcher.is_some());
             }
         }
         Ok(())
@@ -248,9 +278,16 @@ impl Actor for Supervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Stop finding new work first, then let deliveries in flight finish.
         if let Some(scheduler) = state.scheduler.take() {
             scheduler
                 .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(10)))
+                .await
+                .ok();
+        }
+        if let Some(dispatcher) = state.dispatcher.take() {
+            dispatcher
+                .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(60)))
                 .await
                 .ok();
         }

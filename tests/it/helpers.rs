@@ -247,6 +247,7 @@ pub struct TestClient {
     pub app_id: String,
     pub token: String,
     pub client_auth_key: String,
+    pub webhook_secret: String,
 }
 
 impl TestApp {
@@ -332,6 +333,7 @@ impl TestApp {
             app_id: data["app_id"].as_str().expect("app_id").to_owned(),
             token: data["token"].as_str().expect("token").to_owned(),
             client_auth_key: data["client_auth_key"].as_str().expect("key").to_owned(),
+            webhook_secret: data["webhook_secret"].as_str().expect("secret").to_owned(),
         }
     }
 

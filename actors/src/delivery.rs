@@ -1,0 +1,847 @@
+//! Delivery: one actor per app drains that app's outbox, each subscription
+//! strictly in `seq` order, subscriptions concurrently (at most
+//! `max_in_flight` per app), apps independently. The dispatcher supervises
+//! the app actors and wakes them when the outbox grows or retries fall due.
+//!
+//! A subscription is delivered by a *lane*: a task that holds the
+//! subscription's delivery lease and sends its events one after the other;
+//! when it stops (nothing left, a retry scheduled, a dead event) it reports
+//! back to its app actor as a message.
+//!
+//! Each app's endpoint has a circuit breaker, persisted and owned by its app
+//! actor (the lanes share it under a lock): an app that is down costs a probe
+//! per cooldown, and its events wait without using up their attempts.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use entity::{breaker as breaker_row, event};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret;
+use tokio::sync::{Mutex, Notify};
+use tracing::{debug, info, warn};
+
+use crate::backoff::{Backoff, Policy};
+use crate::breaker::{self, BreakerPolicy, Permit};
+use crate::clock::now_ms;
+use crate::ids::SubscriptionId;
+use crate::payload::{self, Chunking, RepositoryRef};
+use crate::signing;
+use crate::store::delivery::{Attempt, EventOutcome};
+use crate::store::outbox::event_kind;
+use crate::store::{Store, StoreError, event_status};
+use crate::supervisor::{RestartPolicy, RestartTracker};
+use crate::webhook_client::{WebhookClient, header};
+
+/// Breaker kind of an app's endpoint.
+pub const DELIVERY_BREAKER: &str = "delivery";
+
+/// Settings of the delivery engine.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Longest wait a `Retry-After` may impose.
+    pub retry_after_cap: Duration,
+    pub chunking: Chunking,
+    pub breaker: BreakerPolicy,
+    pub disable_after: Duration,
+    pub max_in_flight_per_app: usize,
+    pub attempt_retention: Duration,
+    pub allow_private_targets: bool,
+    pub mirrors_dir: PathBuf,
+    /// How often due retries are looked for.
+    pub tick: Duration,
+    pub instance_id: String,
+}
+
+/// Rung when events are written, so delivery starts at once.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxSignal(Arc<Notify>);
+
+impl OutboxSignal {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Messages of the dispatcher.
+#[derive(Debug)]
+pub enum DispatcherMsg {
+    /// Look for apps with due events.
+    Wake,
+    /// Restart an app actor that failed.
+    Restart(String),
+}
+
+pub struct Dispatcher;
+
+pub struct DispatcherArgs {
+    pub store: Store,
+    pub config: DeliveryConfig,
+    pub signal: OutboxSignal,
+    pub restart: RestartPolicy,
+}
+
+pub struct DispatcherState {
+    store: Store,
+    config: DeliveryConfig,
+    client: WebhookClient,
+    apps: HashMap<String, ActorRef<AppMsg>>,
+    restarts: HashMap<String, RestartTracker>,
+    /// Background tasks stopped with the dispatcher (tick, signal bridge).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    last_prune: Instant,
+}
+
+impl DispatcherState {
+    async fn app(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        app_id: &str,
+    ) -> Result<ActorRef<AppMsg>, ActorProcessingErr> {
+        if let Some(app) = self.apps.get(app_id) {
+            return Ok(app.clone());
+        }
+        let breaker = Arc::new(Mutex::new(
+            self.store.breaker(DELIVERY_BREAKER, app_id).await?,
+        ));
+        let args = AppArgs {
+            app_id: app_id.to_owned(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            client: self.client.clone(),
+            breaker,
+        };
+        let (app, _) = Actor::spawn_linked(None, AppDelivery, args, myself.get_cell()).await?;
+        self.apps.insert(app_id.to_owned(), app.clone());
+        Ok(app)
+    }
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: DispatcherArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let client = WebhookClient::new(args.config.timeout, args.config.allow_private_targets);
+        let ticker = myself.send_interval(args.config.tick, || DispatcherMsg::Wake);
+        let signal = args.signal.0.clone();
+        let bridge_target = myself.clone();
+        let bridge = tokio::spawn(async move {
+            loop {
+                signal.notified().await;
+                if bridge_target.send_message(DispatcherMsg::Wake).is_err() {
+                    break;
+                }
+            }
+        });
+        myself.send_message(DispatcherMsg::Wake)?;
+        Ok(DispatcherState {
+            store: args.store,
+            config: args.config,
+            client,
+            apps: HashMap::new(),
+            restarts: HashMap::new(),
+            tasks: vec![ticker, bridge],
+            last_prune: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DispatcherMsg::Wake => {
+                let due = match state.store.apps_with_due_events(now_ms(), 10_000).await {
+                    Ok(due) => due,
+                    Err(err) => {
+                        warn!(error = %err, "could not look for due events");
+                        return Ok(());
+                    }
+                };
+                for app_id in due {
+                    let app = state.app(&myself, &app_id).await?;
+                    let _ = app.send_message(AppMsg::Drain);
+                }
+                if state.last_prune.elapsed() > Duration::from_secs(60) {
+                    state.last_prune = Instant::now();
+                    let before = now_ms()
+                        - i64::try_from(state.config.attempt_retention.as_millis())
+                            .unwrap_or(i64::MAX);
+                    match state.store.prune_attempts(before).await {
+                        Ok(0) => {}
+                        Ok(n) => debug!(pruned = n, "old delivery attempts removed"),
+                        Err(err) => warn!(error = %err, "could not prune delivery attempts"),
+                    }
+                }
+            }
+            DispatcherMsg::Restart(app_id) => {
+                let app = state.app(&myself, &app_id).await?;
+                let _ = app.send_message(AppMsg::Drain);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failed) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let Some(app_id) = state
+            .apps
+            .iter()
+            .find(|(_, a)| a.get_id() == cell.get_id())
+            .map(|(id, _)| id.clone())
+        else {
+            return Ok(());
+        };
+        state.apps.remove(&app_id);
+        if let Some(error) = failed {
+            let policy = RestartPolicy::default();
+            match state
+                .restarts
+                .entry(app_id.clone())
+                .or_default()
+                .on_failure(&policy, Instant::now())
+            {
+                Some(delay) => {
+                    warn!(app = %app_id, %error, ?delay, "delivery actor failed; restarting it");
+                    myself.send_after(delay, move || DispatcherMsg::Restart(app_id));
+                }
+                None => {
+                    warn!(app = %app_id, %error, "delivery actor keeps failing; left to the next tick")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for task in state.tasks.drain(..) {
+            task.abort();
+        }
+        for (_, app) in state.apps.drain() {
+            let _ = app
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Messages of an app's delivery actor.
+#[derive(Debug)]
+pub enum AppMsg {
+    /// Start lanes for the subscriptions that have due events.
+    Drain,
+    /// A lane stopped; `retry_at` says when its subscription is due again.
+    LaneDone {
+        subscription: String,
+        retry_at: Option<i64>,
+    },
+}
+
+pub struct AppDelivery;
+
+pub struct AppArgs {
+    pub app_id: String,
+    pub store: Store,
+    pub config: DeliveryConfig,
+    pub client: WebhookClient,
+    pub breaker: Arc<Mutex<Option<breaker_row::Model>>>,
+}
+
+pub struct AppState {
+    args: AppArgs,
+    lanes: HashSet<String>,
+    /// Lanes finish their current request on shutdown; this stops new ones.
+    stopping: bool,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for AppDelivery {
+    type Msg = AppMsg;
+    type State = AppState;
+    type Arguments = AppArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: AppArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(AppState {
+            args,
+            lanes: HashSet::new(),
+            stopping: false,
+            handles: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AppMsg::Drain if state.stopping => {}
+            AppMsg::Drain => {
+                let free = state
+                    .args
+                    .config
+                    .max_in_flight_per_app
+                    .saturating_sub(state.lanes.len());
+                if free == 0 {
+                    return Ok(());
+                }
+                let due = state
+                    .args
+                    .store
+                    .subscriptions_due(
+                        &state.args.app_id,
+                        now_ms(),
+                        (free + state.lanes.len()) as u64,
+                    )
+                    .await?;
+                let fresh: Vec<_> = due
+                    .into_iter()
+                    .filter(|s| !state.lanes.contains(&s.id))
+                    .take(free)
+                    .collect();
+                for subscription in fresh {
+                    let Some(id) = SubscriptionId::parse(&subscription.id) else {
+                        continue;
+                    };
+                    let lease = lease_ttl(&state.args.config);
+                    if !state
+                        .args
+                        .store
+                        .claim_delivery(&id, &state.args.config.instance_id, lease)
+                        .await?
+                    {
+                        continue;
+                    }
+                    state.lanes.insert(subscription.id.clone());
+                    let lane = Lane {
+                        app_id: state.args.app_id.clone(),
+                        subscription: id,
+                        store: state.args.store.clone(),
+                        config: state.args.config.clone(),
+                        client: state.args.client.clone(),
+                        breaker: state.args.breaker.clone(),
+                    };
+                    let reply = myself.clone();
+                    state.handles.retain(|h| !h.is_finished());
+                    state.handles.push(tokio::spawn(async move {
+                        let subscription = lane.subscription.as_str().to_owned();
+                        let retry_at = lane.run().await;
+                        let _ = reply.send_message(AppMsg::LaneDone {
+                            subscription,
+                            retry_at,
+                        });
+                    }));
+                }
+            }
+            AppMsg::LaneDone {
+                subscription,
+                retry_at,
+            } => {
+                state.lanes.remove(&subscription);
+                if let Some(at) = retry_at {
+                    let wait =
+                        Duration::from_millis(u64::try_from((at - now_ms()).max(0)).unwrap_or(0));
+                    myself.send_after(wait, || AppMsg::Drain);
+                }
+                myself.send_message(AppMsg::Drain)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // In-flight requests finish (bounded by the request timeout); no new
+        // lane starts. A lane cut short leaves its event pending: nothing lost.
+        state.stopping = true;
+        let wait = state.args.config.timeout + Duration::from_secs(1);
+        for handle in state.handles.drain(..) {
+            let _ = tokio::time::timeout(wait, handle).await;
+        }
+        Ok(())
+    }
+}
+
+fn lease_ttl(config: &DeliveryConfig) -> i64 {
+    i64::try_from(config.timeout.as_millis())
+        .unwrap_or(i64::MAX)
+        .saturating_mul(4)
+        + 60_000
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How an event's delivery ended.
+enum Flow {
+    /// Delivered (or passed over): go on with the next event.
+    Next,
+    /// Stop the lane; the subscription is due again at this time (if any).
+    Stop(Option<i64>),
+}
+
+/// Everything a lane needs, loaded once per lane.
+struct LaneContext {
+    base_url: String,
+    keys: Vec<Vec<u8>>,
+    repository: RepositoryRef,
+    mirror: PathBuf,
+    backoff: Backoff,
+}
+
+struct Lane {
+    app_id: String,
+    subscription: SubscriptionId,
+    store: Store,
+    config: DeliveryConfig,
+    client: WebhookClient,
+    breaker: Arc<Mutex<Option<breaker_row::Model>>>,
+}
+
+impl Lane {
+    /// Delivers the subscription's due events in order; returns when the
+    /// subscription is due again, if it is.
+    async fn run(self) -> Option<i64> {
+        let result = self.deliver().await;
+        if let Err(err) = self
+            .store
+            .release_delivery(&self.subscription, &self.config.instance_id)
+            .await
+        {
+            warn!(subscription = %self.subscription, error = %err, "could not release the delivery lease; it will expire");
+        }
+        match result {
+            Ok(retry_at) => retry_at,
+            Err(err) => {
+                warn!(subscription = %self.subscription, error = %err, "delivery interrupted; retrying shortly");
+                Some(now_ms() + 1_000)
+            }
+        }
+    }
+
+    async fn context(&self) -> Result<Option<LaneContext>, StoreError> {
+        let Some(app) = self.store.app(&self.app_id).await? else {
+            return Ok(None);
+        };
+        if app.status != crate::store::app_status::ACTIVE {
+            return Ok(None);
+        }
+        let Some(subscription) = self.store.subscription(self.subscription.as_str()).await? else {
+            return Ok(None);
+        };
+        let Some(repository) = self
+            .store
+            .repository_row(&subscription.repository_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = self.store.client_auth_key(&app)?;
+        let default = self.config.backoff;
+        let backoff = Backoff {
+            policy: app
+                .backoff_policy
+                .as_deref()
+                .and_then(Policy::parse)
+                .unwrap_or(default.policy),
+            base: app.backoff_base_ms.map_or(default.base, |ms| {
+                Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+            }),
+            cap: app.backoff_max_ms.map_or(default.cap, |ms| {
+                Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+            }),
+        };
+        Ok(Some(LaneContext {
+            base_url: app.base_url.clone(),
+            keys: vec![key.expose_secret().as_bytes().to_vec()],
+            repository: RepositoryRef {
+                repository_id: repository.id.clone(),
+                github_url: repository.url.clone(),
+                owner: repository.owner.clone(),
+                name: repository.name.clone(),
+            },
+            mirror: self
+                .config
+                .mirrors_dir
+                .join(format!("{}.git", repository.id)),
+            backoff,
+        }))
+    }
+
+    async fn deliver(&self) -> Result<Option<i64>, StoreError> {
+        let Some(context) = self.context().await? else {
+            return Ok(None);
+        };
+        let lease = lease_ttl(&self.config);
+        loop {
+            let batch = self
+                .store
+                .next_events(self.subscription.as_str(), 64)
+                .await?;
+            if batch.is_empty() {
+                self.store
+                    .settle_subscription(self.subscription.as_str())
+                    .await?;
+                return Ok(None);
+            }
+            for event in batch {
+                if event.status == event_status::DEAD {
+                    // Order is the contract: later events wait behind it.
+                    return Ok(None);
+                }
+                if event.next_attempt_at > now_ms() {
+                    return Ok(Some(event.next_attempt_at));
+                }
+                match self.deliver_event(&context, &event).await? {
+                    Flow::Next => {}
+                    Flow::Stop(at) => return Ok(at),
+                }
+            }
+            if !self
+                .store
+                .claim_delivery(&self.subscription, &self.config.instance_id, lease)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn deliver_event(
+        &self,
+        context: &LaneContext,
+        event: &event::Model,
+    ) -> Result<Flow, StoreError> {
+        let permit = breaker::permit(self.breaker.lock().await.as_ref(), now_ms());
+        let probe = match permit {
+            Permit::WaitUntil(until) => return Ok(Flow::Stop(Some(until))),
+            Permit::Probe => true,
+            Permit::Proceed => false,
+        };
+        let content = match event.kind.as_str() {
+            event_kind::CREATED | event_kind::UPDATED => {
+                match read_blob(&context.mirror, event.blob_id.clone()).await {
+                    Some(content) => Some(content),
+                    None => {
+                        let error =
+                            "the file's content is no longer in the mirror; resync the repository"
+                                .to_owned();
+                        let attempt = attempt_row(
+                            event,
+                            None,
+                            now_ms(),
+                            None,
+                            0,
+                            Some("content_missing"),
+                            None,
+                        );
+                        self.store
+                            .record_attempt(event, attempt, Some(EventOutcome::Dead { error }))
+                            .await?;
+                        return Ok(Flow::Stop(None));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let rendered = match payload::render(
+            event,
+            &context.repository,
+            content.as_deref(),
+            self.config.chunking,
+        ) {
+            Ok(rendered) => rendered,
+            Err(err) => {
+                let attempt = attempt_row(event, None, now_ms(), None, 0, Some("payload"), None);
+                self.store
+                    .record_attempt(
+                        event,
+                        attempt,
+                        Some(EventOutcome::Dead {
+                            error: err.to_string(),
+                        }),
+                    )
+                    .await?;
+                return Ok(Flow::Stop(None));
+            }
+        };
+        let url = format!(
+            "{}/{}",
+            context.base_url.trim_end_matches('/'),
+            rendered.endpoint
+        );
+        let first = if rendered.is_chunked() {
+            self.store
+                .resume_chunk(&event.id)
+                .await?
+                .min(rendered.len() - 1)
+        } else {
+            0
+        };
+        for index in first..rendered.len() {
+            let (webhook_id, body) = rendered.part(&event.id, index);
+            let timestamp = now_ms() / 1000;
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", header("application/json"));
+            headers.insert("x-docora-app-id", header(&self.app_id));
+            headers.insert("x-docora-timestamp", header(&timestamp.to_string()));
+            headers.insert(
+                "x-docora-signature",
+                header(&signing::docora(&context.keys[0], timestamp, &body)),
+            );
+            let keys: Vec<&[u8]> = context.keys.iter().map(Vec::as_slice).collect();
+            headers.insert("webhook-id", header(&webhook_id));
+            headers.insert("webhook-timestamp", header(&timestamp.to_string()));
+            headers.insert(
+                "webhook-signature",
+                header(&signing::standard(&keys, &webhook_id, timestamp, &body)),
+            );
+            headers.insert("traceparent", header(&traceparent()));
+            let chunk_index = rendered
+                .is_chunked()
+                .then(|| i32::try_from(index).unwrap_or(i32::MAX));
+            let attempted_at = now_ms();
+            let last = index + 1 == rendered.len();
+            match self.client.post(&url, headers, body).await {
+                Ok(answer) if (200..300).contains(&answer.status) => {
+                    self.breaker_success().await?;
+                    let attempt = attempt_row(
+                        event,
+                        chunk_index,
+                        attempted_at,
+                        Some(answer.status),
+                        millis(answer.latency),
+                        None,
+                        Some(answer.excerpt),
+                    );
+                    let outcome = last.then_some(EventOutcome::Delivered);
+                    self.store.record_attempt(event, attempt, outcome).await?;
+                }
+                Ok(answer) => {
+                    let class = if (300..400).contains(&answer.status) {
+                        "redirect"
+                    } else {
+                        "http_status"
+                    };
+                    let endpoint_down = answer.status >= 500 && answer.retry_after.is_none();
+                    let attempt = attempt_row(
+                        event,
+                        chunk_index,
+                        attempted_at,
+                        Some(answer.status),
+                        millis(answer.latency),
+                        Some(class),
+                        Some(answer.excerpt),
+                    );
+                    let error = format!("the endpoint answered {}", answer.status);
+                    let outcome = if answer.status == 410 {
+                        self.breaker_success().await?;
+                        EventOutcome::Paused {
+                            error: "the endpoint answered 410 Gone; the subscription is paused"
+                                .into(),
+                        }
+                    } else if let (429 | 503, Some(wait)) = (answer.status, answer.retry_after) {
+                        EventOutcome::Retry {
+                            at: now_ms() + millis(wait.min(self.config.retry_after_cap)),
+                            error,
+                            counted: false,
+                        }
+                    } else {
+                        if endpoint_down {
+                            self.breaker_failure(class, &error).await?;
+                        } else {
+                            self.breaker_success().await?;
+                        }
+                        self.failure_outcome(context, event, error, probe).await
+                    };
+                    return self.stop(event, attempt, outcome).await;
+                }
+                Err(no_answer) => {
+                    let attempt = attempt_row(
+                        event,
+                        chunk_index,
+                        attempted_at,
+                        None,
+                        millis(no_answer.latency),
+                        Some(no_answer.class),
+                        None,
+                    );
+                    self.breaker_failure(no_answer.class, &no_answer.message)
+                        .await?;
+                    let outcome = self
+                        .failure_outcome(context, event, no_answer.message.clone(), probe)
+                        .await;
+                    return self.stop(event, attempt, outcome).await;
+                }
+            }
+        }
+        Ok(Flow::Next)
+    }
+
+    async fn stop(
+        &self,
+        event: &event::Model,
+        attempt: Attempt,
+        outcome: EventOutcome,
+    ) -> Result<Flow, StoreError> {
+        let flow = match &outcome {
+            EventOutcome::Retry { at, .. } => Flow::Stop(Some(*at)),
+            EventOutcome::Skipped { .. } => Flow::Next,
+            _ => Flow::Stop(None),
+        };
+        if let EventOutcome::Dead { error } = &outcome {
+            warn!(event = %event.id, subscription = %event.subscription_id, %error, "event failed too often; its subscription waits");
+        }
+        self.store
+            .record_attempt(event, attempt, Some(outcome))
+            .await?;
+        Ok(flow)
+    }
+
+    /// Retry with backoff, or give up after `max_attempts`. A probe of an
+    /// open breaker does not use up an attempt: the app is down, the event
+    /// is not bad.
+    async fn failure_outcome(
+        &self,
+        context: &LaneContext,
+        event: &event::Model,
+        error: String,
+        probe: bool,
+    ) -> EventOutcome {
+        let counted = !probe;
+        let attempts = u32::try_from(event.attempts).unwrap_or(0) + u32::from(counted);
+        if counted && attempts >= self.config.max_attempts {
+            return if event.kind == event_kind::SYNC_FAILED {
+                EventOutcome::Skipped { error }
+            } else {
+                EventOutcome::Dead { error }
+            };
+        }
+        let mut at = now_ms() + millis(context.backoff.delay(attempts.saturating_sub(1)));
+        if let Some(row) = self.breaker.lock().await.as_ref()
+            && let Some(until) = row.cooldown_until
+            && row.state != breaker::CLOSED
+        {
+            at = at.max(until);
+        }
+        EventOutcome::Retry { at, error, counted }
+    }
+
+    async fn breaker_success(&self) -> Result<(), StoreError> {
+        let mut row = self.breaker.lock().await;
+        if row.take().is_some() {
+            self.store
+                .close_breaker(DELIVERY_BREAKER, &self.app_id)
+                .await?;
+            self.store.mark_app_health(&self.app_id, false, 0).await?;
+            info!(app = %self.app_id, "endpoint answers again; breaker closed");
+        }
+        Ok(())
+    }
+
+    async fn breaker_failure(&self, class: &str, error: &str) -> Result<(), StoreError> {
+        let mut row = self.breaker.lock().await;
+        let (updated, opened) = breaker::on_failure(
+            row.take(),
+            DELIVERY_BREAKER,
+            &self.app_id,
+            self.config.breaker,
+            now_ms(),
+            class,
+            error,
+        );
+        self.store.save_breaker(updated.clone()).await?;
+        if opened {
+            warn!(app = %self.app_id, class, "endpoint failing; breaker open");
+        }
+        if updated.state != breaker::CLOSED
+            && self
+                .store
+                .mark_app_health(&self.app_id, true, millis(self.config.disable_after))
+                .await?
+        {
+            warn!(app = %self.app_id, "endpoint failed for longer than delivery.disable_after; app disabled");
+        }
+        *row = Some(updated);
+        Ok(())
+    }
+}
+
+fn attempt_row(
+    event: &event::Model,
+    chunk_index: Option<i32>,
+    attempted_at: i64,
+    status_code: Option<u16>,
+    latency_ms: i64,
+    error_class: Option<&str>,
+    excerpt: Option<String>,
+) -> Attempt {
+    Attempt {
+        event_id: event.id.clone(),
+        chunk_index,
+        attempted_at,
+        status_code: status_code.map(i32::from),
+        latency_ms,
+        error_class: error_class.map(str::to_owned),
+        response_excerpt: excerpt.filter(|e| !e.is_empty()),
+    }
+}
+
+/// A W3C `traceparent` for one request.
+fn traceparent() -> String {
+    let trace = crate::crypto::random_bytes::<16>();
+    let span = crate::crypto::random_bytes::<8>();
+    format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
+}
+
+/// A blob's bytes from the mirror, on a blocking thread.
+async fn read_blob(mirror: &std::path::Path, blob: Option<String>) -> Option<Vec<u8>> {
+    let mirror = mirror.to_owned();
+    let blob = blob?;
+    tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::open_bare(&mirror).ok()?;
+        let oid = git2::Oid::from_str(&blob).ok()?;
+        let content = repo.find_blob(oid).ok()?.content().to_vec();
+        Some(content)
+    })
+    .await
+    .ok()
+    .flatten()
+}

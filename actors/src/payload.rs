@@ -1,0 +1,439 @@
+//! Webhook bodies (SPEC §5): Docora's fields in Docora's order, compact JSON,
+//! non-ASCII unescaped, `event_id` last. Binary files larger than the chunk
+//! threshold are split into consecutive bodies, each with the file's
+//! metadata, one slice of the base64 content and a `chunk` object whose id is
+//! derived from the event id (the same on every retry).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use entity::event;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::rfc3339_ms;
+use crate::store::outbox::event_kind;
+
+/// The `repository` object of every body.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepositoryRef {
+    pub repository_id: String,
+    pub github_url: String,
+    pub owner: String,
+    pub name: String,
+}
+
+#[derive(Serialize)]
+struct ChunkRef<'a> {
+    id: &'a str,
+    index: usize,
+    total: usize,
+}
+
+#[derive(Serialize)]
+struct FileBody<'a> {
+    path: &'a str,
+    sha: &'a str,
+    size: i64,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk: Option<ChunkRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct ChangeBody<'a> {
+    repository: &'a RepositoryRef,
+    file: FileBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_sha: Option<&'a str>,
+    commit_sha: &'a str,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeletedFile<'a> {
+    path: &'a str,
+    sha: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeleteBody<'a> {
+    repository: &'a RepositoryRef,
+    file: DeletedFile<'a>,
+    commit_sha: &'a str,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
+/// The stored extra fields of a `sync_failed` event, in their wire order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncFailure {
+    pub error: SyncError,
+    pub circuit_breaker: BreakerState,
+    pub retry_count: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncError {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerState {
+    pub status: String,
+    pub consecutive_failures: i32,
+    pub threshold: u32,
+    pub cooldown_until: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SyncFailedBody<'a> {
+    event: &'static str,
+    repository: &'a RepositoryRef,
+    error: &'a SyncError,
+    circuit_breaker: &'a BreakerState,
+    retry_count: i32,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("event {0} lacks a field its kind needs")]
+    Incomplete(String),
+    #[error("event {0} has an unknown kind")]
+    UnknownKind(String),
+    #[error("the stored notification of event {0} is unreadable")]
+    BadPayload(String),
+}
+
+/// The request(s) one event becomes.
+#[derive(Debug)]
+pub struct Rendered {
+    pub endpoint: &'static str,
+    parts: Parts,
+}
+
+#[derive(Debug)]
+enum Parts {
+    Whole(Vec<u8>),
+    Chunked(Box<ChunkPlan>),
+}
+
+/// Everything a chunk body needs; chunk bodies are built one at a time.
+#[derive(Debug)]
+struct ChunkPlan {
+    repository: RepositoryRef,
+    event_id: String,
+    chunk_id: String,
+    path: String,
+    sha: String,
+    size: i64,
+    previous_sha: Option<String>,
+    commit_sha: String,
+    timestamp: String,
+    encoded: String,
+    chunk_chars: usize,
+}
+
+impl Rendered {
+    /// How many requests, sent in order.
+    pub fn len(&self) -> usize {
+        match &self.parts {
+            Parts::Whole(_) => 1,
+            Parts::Chunked(plan) => plan.encoded.len().div_ceil(plan.chunk_chars).max(1),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.parts, Parts::Chunked(_))
+    }
+
+    /// The `webhook-id` and the body of request `index`.
+    pub fn part(&self, event_id: &str, index: usize) -> (String, Vec<u8>) {
+        match &self.parts {
+            Parts::Whole(body) => (event_id.to_owned(), body.clone()),
+            Parts::Chunked(plan) => {
+                let start = index * plan.chunk_chars;
+                let end = (start + plan.chunk_chars).min(plan.encoded.len());
+                let body = ChangeBody {
+                    repository: &plan.repository,
+                    file: FileBody {
+                        path: &plan.path,
+                        sha: &plan.sha,
+                        size: plan.size,
+                        content: &plan.encoded[start.min(end)..end],
+                        content_encoding: Some("base64"),
+                        chunk: Some(ChunkRef {
+                            id: &plan.chunk_id,
+                            index,
+                            total: self.len(),
+                        }),
+                    },
+                    previous_sha: plan.previous_sha.as_deref(),
+                    commit_sha: &plan.commit_sha,
+                    timestamp: &plan.timestamp,
+                    event_id: &plan.event_id,
+                };
+                (
+                    format!("{}_{index}", plan.event_id),
+                    serde_json::to_vec(&body).expect("bodies serialise"),
+                )
+            }
+        }
+    }
+}
+
+/// Chunking settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunking {
+    pub threshold_bytes: u64,
+    /// Base64 characters per chunk (a multiple of 4 keeps slices decodable).
+    pub chunk_chars: usize,
+}
+
+/// The chunk id of an event: the same for every retry.
+pub fn chunk_id(event_id: &str) -> String {
+    format!("chk_{}", event_id.trim_start_matches("evt_"))
+}
+
+/// Renders an event; `content` is the file's bytes for created and updated
+/// events.
+pub fn render(
+    event: &event::Model,
+    repository: &RepositoryRef,
+    content: Option<&[u8]>,
+    chunking: Chunking,
+) -> Result<Rendered, PayloadError> {
+    let incomplete = || PayloadError::Incomplete(event.id.clone());
+    let timestamp = rfc3339_ms(event.created_at);
+    let endpoint = match event.kind.as_str() {
+        event_kind::CREATED => "create",
+        event_kind::UPDATED => "update",
+        event_kind::DELETED => "delete",
+        event_kind::SYNC_FAILED => "sync_failed",
+        _ => return Err(PayloadError::UnknownKind(event.id.clone())),
+    };
+    let path = event.path.as_deref();
+    let sha = event.sha256.as_deref();
+    let commit = event.commit_sha.as_deref();
+    let body = match event.kind.as_str() {
+        event_kind::DELETED => serde_json::to_vec(&DeleteBody {
+            repository,
+            file: DeletedFile {
+                path: path.ok_or_else(incomplete)?,
+                sha: sha.ok_or_else(incomplete)?,
+            },
+            commit_sha: commit.ok_or_else(incomplete)?,
+            timestamp: &timestamp,
+            event_id: &event.id,
+        }),
+        event_kind::SYNC_FAILED => {
+            let failure: SyncFailure = event
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok())
+                .ok_or_else(|| PayloadError::BadPayload(event.id.clone()))?;
+            serde_json::to_vec(&SyncFailedBody {
+                event: "sync_failed",
+                repository,
+                error: &failure.error,
+                circuit_breaker: &failure.circuit_breaker,
+                retry_count: failure.retry_count,
+                timestamp: &timestamp,
+                event_id: &event.id,
+            })
+        }
+        _ => {
+            let content = content.ok_or_else(incomplete)?;
+            let (path, sha, commit) = (
+                path.ok_or_else(incomplete)?,
+                sha.ok_or_else(incomplete)?,
+                commit.ok_or_else(incomplete)?,
+            );
+            let size = event
+                .size
+                .unwrap_or(i64::try_from(content.len()).unwrap_or(i64::MAX));
+            let previous_sha = event
+                .previous_sha256
+                .as_deref()
+                .filter(|_| event.kind == event_kind::UPDATED);
+            if event.binary {
+                let encoded = STANDARD.encode(content);
+                if content.len() as u64 > chunking.threshold_bytes {
+                    return Ok(Rendered {
+                        endpoint,
+                        parts: Parts::Chunked(Box::new(ChunkPlan {
+                            repository: repository.clone(),
+                            event_id: event.id.clone(),
+                            chunk_id: chunk_id(&event.id),
+                            path: path.to_owned(),
+                            sha: sha.to_owned(),
+                            size,
+                            previous_sha: previous_sha.map(str::to_owned),
+                            commit_sha: commit.to_owned(),
+                            timestamp,
+                            encoded,
+                            chunk_chars: (chunking.chunk_chars.max(4) / 4) * 4,
+                        })),
+                    });
+                }
+                serde_json::to_vec(&ChangeBody {
+                    repository,
+                    file: FileBody {
+                        path,
+                        sha,
+                        size,
+                        content: &encoded,
+                        content_encoding: Some("base64"),
+                        chunk: None,
+                    },
+                    previous_sha,
+                    commit_sha: commit,
+                    timestamp: &timestamp,
+                    event_id: &event.id,
+                })
+            } else {
+                // Text is valid UTF-8 by the binary rule; lossy only guards.
+                let text = String::from_utf8_lossy(content);
+                serde_json::to_vec(&ChangeBody {
+                    repository,
+                    file: FileBody {
+                        path,
+                        sha,
+                        size,
+                        content: &text,
+                        content_encoding: None,
+                        chunk: None,
+                    },
+                    previous_sha,
+                    commit_sha: commit,
+                    timestamp: &timestamp,
+                    event_id: &event.id,
+                })
+            }
+        }
+    }
+    .expect("bodies serialise");
+    Ok(Rendered {
+        endpoint,
+        parts: Parts::Whole(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository() -> RepositoryRef {
+        RepositoryRef {
+            repository_id: "repo_1".into(),
+            github_url: "https://github.com/o/r".into(),
+            owner: "o".into(),
+            name: "r".into(),
+        }
+    }
+
+    fn event(kind: &str, binary: bool) -> event::Model {
+        event::Model {
+            id: "evt_01".into(),
+            subscription_id: "sub_1".into(),
+            app_id: "app_1".into(),
+            repository_id: "repo_1".into(),
+            snapshot_id: Some("snap_1".into()),
+            seq: 1,
+            kind: kind.into(),
+            path: Some("docs/ä.md".into()),
+            sha256: Some("abc".into()),
+            previous_sha256: Some("def".into()),
+            size: Some(3),
+            blob_id: Some("b".into()),
+            binary,
+            renamed_from: None,
+            commit_sha: Some("c0ffee".into()),
+            payload: None,
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: 0,
+            last_error: None,
+            created_at: 1_767_225_600_000,
+            delivered_at: None,
+        }
+    }
+
+    const CHUNKING: Chunking = Chunking {
+        threshold_bytes: 1 << 20,
+        chunk_chars: 524_288,
+    };
+
+    fn body(rendered: &Rendered) -> String {
+        String::from_utf8(rendered.part("evt_01", 0).1).expect("utf-8")
+    }
+
+    #[test]
+    fn create_update_and_delete_bodies_follow_docora_field_order() {
+        let created = render(
+            &event("created", false),
+            &repository(),
+            Some("hé!".as_bytes()),
+            CHUNKING,
+        )
+        .expect("renders");
+        assert_eq!(created.endpoint, "create");
+        assert_eq!(
+            body(&created),
+            r#"{"repository":{"repository_id":"repo_1","github_url":"https://github.com/o/r","owner":"o","name":"r"},"file":{"path":"docs/ä.md","sha":"abc","size":3,"content":"hé!"},"commit_sha":"c0ffee","timestamp":"2026-01-01T00:00:00.000Z","event_id":"evt_01"}"#
+        );
+        let updated = render(
+            &event("updated", false),
+            &repository(),
+            Some(b"x"),
+            CHUNKING,
+        )
+        .expect("renders");
+        assert!(body(&updated).contains(r#""content":"x"},"previous_sha":"def","commit_sha""#));
+        let deleted =
+            render(&event("deleted", false), &repository(), None, CHUNKING).expect("renders");
+        assert_eq!(deleted.endpoint, "delete");
+        assert!(body(&deleted).contains(r#""file":{"path":"docs/ä.md","sha":"abc"},"commit_sha""#));
+    }
+
+    #[test]
+    fn large_binaries_are_chunked_with_a_stable_chunk_id() {
+        let content: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let chunking = Chunking {
+            threshold_bytes: 1000,
+            chunk_chars: 1000,
+        };
+        let rendered = render(
+            &event("created", true),
+            &repository(),
+            Some(&content),
+            chunking,
+        )
+        .expect("renders");
+        assert_eq!(
+            rendered.len(),
+            4,
+            "4000 base64 characters in chunks of 1000"
+        );
+        let mut encoded = String::new();
+        for index in 0..rendered.len() {
+            let (id, bytes) = rendered.part("evt_01", index);
+            assert_eq!(id, format!("evt_01_{index}"));
+            let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(value["file"]["chunk"]["id"], "chk_01");
+            assert_eq!(value["file"]["chunk"]["total"], 4);
+            assert_eq!(value["file"]["content_encoding"], "base64");
+            encoded.push_str(value["file"]["content"].as_str().expect("content"));
+        }
+        assert_eq!(STANDARD.decode(encoded).expect("base64"), content);
+    }
+}

@@ -1,0 +1,318 @@
+//! The delivery side of the outbox: which events are due, in what order, and
+//! what each attempt did. A subscription's events go strictly by `seq`: the
+//! lane that delivers them holds the subscription's delivery lease.
+
+use entity::{app, delivery_attempt, event, repository, subscription};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+use super::{Store, StoreError, app_status, event_status, subscription_status};
+use crate::clock::now_ms;
+use crate::ids::AttemptId;
+
+/// Extra subscription status: the endpoint answered 410 Gone.
+pub const PAUSED: &str = "paused";
+
+/// One recorded HTTP attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub event_id: String,
+    pub chunk_index: Option<i32>,
+    pub attempted_at: i64,
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    pub error_class: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// What the attempt means for its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    Delivered,
+    /// Try again at this time; `counted` when it used up an attempt.
+    Retry {
+        at: i64,
+        error: String,
+        counted: bool,
+    },
+    /// `delivery.max_attempts` reached: the subscription stops behind it.
+    Dead {
+        error: String,
+    },
+    /// A best-effort notification that could not be delivered.
+    Skipped {
+        error: String,
+    },
+    /// The endpoint answered 410 Gone: the subscription pauses.
+    Paused {
+        error: String,
+    },
+}
+
+impl Store {
+    /// Apps with events due now, at most `limit`.
+    pub async fn apps_with_due_events(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let active = Query::select()
+            .column(app::Column::Id)
+            .from(app::Entity)
+            .and_where(Expr::col(app::Column::Status).eq(app_status::ACTIVE))
+            .to_owned();
+        Ok(event::Entity::find()
+            .select_only()
+            .column(event::Column::AppId)
+            .distinct()
+            .filter(event::Column::Status.eq(event_status::PENDING))
+            .filter(event::Column::NextAttemptAt.lte(now))
+            .filter(event::Column::AppId.in_subquery(active))
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The app's subscriptions that have an event due now and may deliver
+    /// (not failed or paused, lease free or expired).
+    pub async fn subscriptions_due(
+        &self,
+        app_id: &str,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<subscription::Model>, StoreError> {
+        let due = Query::select()
+            .column(event::Column::SubscriptionId)
+            .from(event::Entity)
+            .and_where(Expr::col(event::Column::AppId).eq(app_id))
+            .and_where(Expr::col(event::Column::Status).eq(event_status::PENDING))
+            .and_where(Expr::col(event::Column::NextAttemptAt).lte(now))
+            .to_owned();
+        Ok(subscription::Entity::find()
+            .filter(subscription::Column::AppId.eq(app_id))
+            .filter(subscription::Column::Status.is_not_in([subscription_status::FAILED, PAUSED]))
+            .filter(subscription::Column::Id.in_subquery(due))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(subscription::Column::DeliveryLeaseOwner.is_null())
+                    .add(subscription::Column::DeliveryLeaseUntil.lt(now)),
+            )
+            .order_by_asc(subscription::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The next undelivered events of a subscription, in order: pending ones
+    /// and a dead one (which blocks the rest).
+    pub async fn next_events(
+        &self,
+        subscription_id: &str,
+        limit: u64,
+    ) -> Result<Vec<event::Model>, StoreError> {
+        Ok(event::Entity::find()
+            .filter(event::Column::SubscriptionId.eq(subscription_id))
+            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .order_by_asc(event::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn app(&self, app_id: &str) -> Result<Option<app::Model>, StoreError> {
+        Ok(app::Entity::find_by_id(app_id).one(&self.db).await?)
+    }
+
+    pub async fn subscription(&self, id: &str) -> Result<Option<subscription::Model>, StoreError> {
+        Ok(subscription::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    pub async fn repository_row(&self, id: &str) -> Result<Option<repository::Model>, StoreError> {
+        Ok(repository::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    /// Where a chunked event resumes: after the last chunk the receiver took,
+    /// unless the receiver's latest answer was 409 (it lost the earlier
+    /// chunks), in which case the file starts over.
+    pub async fn resume_chunk(&self, event_id: &str) -> Result<usize, StoreError> {
+        let attempts = delivery_attempt::Entity::find()
+            .filter(delivery_attempt::Column::EventId.eq(event_id))
+            .filter(delivery_attempt::Column::ChunkIndex.is_not_null())
+            .order_by_desc(delivery_attempt::Column::AttemptedAt)
+            .order_by_desc(delivery_attempt::Column::Id)
+            .all(&self.db)
+            .await?;
+        for attempt in attempts {
+            match attempt.status_code {
+                Some(409) => return Ok(0),
+                Some(code) if (200..300).contains(&code) => {
+                    let index = usize::try_from(attempt.chunk_index.unwrap_or(0)).unwrap_or(0);
+                    return Ok(index + 1);
+                }
+                _ => {}
+            }
+        }
+        Ok(0)
+    }
+
+    /// Records an attempt and, when `outcome` is given, what it means for the
+    /// event and its subscription, in one transaction.
+    pub async fn record_attempt(
+        &self,
+        event: &event::Model,
+        attempt: Attempt,
+        outcome: Option<EventOutcome>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        delivery_attempt::ActiveModel {
+            id: Set(AttemptId::generate().into_string()),
+            event_id: Set(attempt.event_id),
+            chunk_index: Set(attempt.chunk_index),
+            attempted_at: Set(attempt.attempted_at),
+            status_code: Set(attempt.status_code),
+            latency_ms: Set(attempt.latency_ms),
+            error_class: Set(attempt.error_class),
+            response_excerpt: Set(attempt.response_excerpt),
+        }
+        .insert(&txn)
+        .await?;
+        let set_subscription = |status: &str, error: Option<String>| {
+            subscription::Entity::update_many()
+                .col_expr(subscription::Column::Status, Expr::value(status.to_owned()))
+                .col_expr(subscription::Column::LastError, Expr::value(error))
+                .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
+                .filter(subscription::Column::Id.eq(event.subscription_id.as_str()))
+        };
+        let update_event = |status: &str| {
+            event::Entity::update_many()
+                .col_expr(event::Column::Status, Expr::value(status.to_owned()))
+                .filter(event::Column::Id.eq(event.id.as_str()))
+        };
+        match outcome {
+            None => {}
+            Some(EventOutcome::Delivered) => {
+                update_event(event_status::DELIVERED)
+                    .col_expr(event::Column::DeliveredAt, Expr::value(now))
+                    .col_expr(
+                        event::Column::LastError,
+                        Expr::value(Option::<String>::None),
+                    )
+                    .exec(&txn)
+                    .await?;
+            }
+            Some(EventOutcome::Retry { at, error, counted }) => {
+                let mut update = update_event(event_status::PENDING)
+                    .col_expr(event::Column::NextAttemptAt, Expr::value(at))
+                    .col_expr(event::Column::LastError, Expr::value(error));
+                if counted {
+                    update = update.col_expr(
+                        event::Column::Attempts,
+                        Expr::col(event::Column::Attempts).add(1),
+                    );
+                }
+                update.exec(&txn).await?;
+            }
+            Some(EventOutcome::Dead { error }) => {
+                update_event(event_status::DEAD)
+                    .col_expr(
+                        event::Column::Attempts,
+                        Expr::col(event::Column::Attempts).add(1),
+                    )
+                    .col_expr(event::Column::LastError, Expr::value(error.clone()))
+                    .exec(&txn)
+                    .await?;
+                set_subscription(subscription_status::FAILED, Some(error))
+                    .exec(&txn)
+                    .await?;
+            }
+            Some(EventOutcome::Skipped { error }) => {
+                update_event(event_status::SKIPPED)
+                    .col_expr(event::Column::LastError, Expr::value(error))
+                    .exec(&txn)
+                    .await?;
+            }
+            Some(EventOutcome::Paused { error }) => {
+                update_event(event_status::PENDING)
+                    .col_expr(event::Column::LastError, Expr::value(error.clone()))
+                    .exec(&txn)
+                    .await?;
+                set_subscription(PAUSED, Some(error)).exec(&txn).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a subscription synced when nothing is left to deliver.
+    pub async fn settle_subscription(&self, subscription_id: &str) -> Result<bool, StoreError> {
+        let left = event::Entity::find()
+            .filter(event::Column::SubscriptionId.eq(subscription_id))
+            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .count(&self.db)
+            .await?;
+        if left > 0 {
+            return Ok(false);
+        }
+        let result = subscription::Entity::update_many()
+            .col_expr(
+                subscription::Column::Status,
+                Expr::value(subscription_status::SYNCED),
+            )
+            .col_expr(subscription::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(subscription::Column::Id.eq(subscription_id))
+            .filter(subscription::Column::Status.eq(subscription_status::SYNCING))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Deletes attempts older than `before` (retention).
+    pub async fn prune_attempts(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(delivery_attempt::Entity::delete_many()
+            .filter(delivery_attempt::Column::AttemptedAt.lt(before))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+
+    /// Records that an app's endpoint has been failing since `since` (or is
+    /// healthy again, `None`), and disables it when it failed for longer
+    /// than `disable_after_ms`. Returns whether it was disabled now.
+    pub async fn mark_app_health(
+        &self,
+        app_id: &str,
+        failing: bool,
+        disable_after_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        if !failing {
+            app::Entity::update_many()
+                .col_expr(app::Column::FailingSince, Expr::value(Option::<i64>::None))
+                .filter(app::Column::Id.eq(app_id))
+                .filter(app::Column::FailingSince.is_not_null())
+                .exec(&self.db)
+                .await?;
+            return Ok(false);
+        }
+        app::Entity::update_many()
+            .col_expr(app::Column::FailingSince, Expr::value(now))
+            .filter(app::Column::Id.eq(app_id))
+            .filter(app::Column::FailingSince.is_null())
+            .exec(&self.db)
+            .await?;
+        let disabled = app::Entity::update_many()
+            .col_expr(app::Column::Status, Expr::value(app_status::DISABLED))
+            .col_expr(app::Column::DisabledAt, Expr::value(now))
+            .filter(app::Column::Id.eq(app_id))
+            .filter(app::Column::Status.eq(app_status::ACTIVE))
+            .filter(app::Column::FailingSince.lt(now - disable_after_ms))
+            .exec(&self.db)
+            .await?;
+        Ok(disabled.rows_affected == 1)
+    }
+}

@@ -1,0 +1,162 @@
+//! The one outbound HTTP client for webhooks: connect and total timeouts, no
+//! redirects, and the SSRF rule enforced again at connection time by a DNS
+//! resolver that drops every non-public address (unless
+//! `security.allow_private_targets`). IP-literal URLs never reach a resolver,
+//! so they are checked before sending.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderMap, HeaderValue};
+
+use crate::net::is_global;
+
+/// How much of a response body is kept for the attempt log.
+pub const EXCERPT_BYTES: usize = 1024;
+
+/// Resolves names and keeps only public addresses.
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|addr| is_global(addr.ip()))
+                .collect();
+            if addresses.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(addresses.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub excerpt: String,
+    pub latency: Duration,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone)]
+pub struct NoAnswer {
+    /// `timeout`, `connect`, `ssrf`, `request`.
+    pub class: &'static str,
+    pub message: String,
+    pub latency: Duration,
+}
+
+#[derive(Clone)]
+pub struct WebhookClient {
+    client: reqwest::Client,
+    allow_private_targets: bool,
+}
+
+impl std::fmt::Debug for WebhookClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookClient").finish_non_exhaustive()
+    }
+}
+
+impl WebhookClient {
+    pub fn new(timeout: Duration, allow_private_targets: bool) -> Self {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .pool_max_idle_per_host(16)
+            .no_proxy();
+        if !allow_private_targets {
+            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        }
+        Self {
+            client: builder
+                .build()
+                .expect("the webhook client's settings are valid"),
+            allow_private_targets,
+        }
+    }
+
+    /// POSTs `body` to `url` with `headers`.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Answer, NoAnswer> {
+        let started = Instant::now();
+        let fail = |class: &'static str, message: String| NoAnswer {
+            class,
+            message,
+            latency: started.elapsed(),
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| fail("request", "the endpoint URL is invalid".into()))?;
+        if !self.allow_private_targets {
+            let literal = match parsed.host() {
+                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            };
+            if literal.is_some_and(|ip| !is_global(ip)) {
+                return Err(fail("ssrf", "the endpoint is not a public address".into()));
+            }
+        }
+        let response = self
+            .client
+            .post(parsed)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| {
+                if err.is_timeout() {
+                    fail("timeout", "the endpoint did not answer in time".into())
+                } else if err.is_connect() {
+                    let text = format!("{err:#}");
+                    if text.contains("no public address") {
+                        fail("ssrf", "the endpoint resolves to no public address".into())
+                    } else {
+                        fail("connect", "the endpoint could not be reached".into())
+                    }
+                } else {
+                    fail("request", "the request failed".into())
+                }
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut response = response;
+        let mut excerpt = Vec::new();
+        while excerpt.len() < EXCERPT_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => excerpt
+                    .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
+                _ => break,
+            }
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+            latency: started.elapsed(),
+        })
+    }
+}
+
+/// A header value from a string Herald built (ids, timestamps, signatures).
+pub fn header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).expect("Herald's header values are ASCII")
+}

@@ -1,0 +1,398 @@
+//! Delivery end to end: the real binary, a real git server, real receivers.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::helpers::{TestApp, TestClient};
+use crate::receiver::{Receiver, Reply, verify};
+
+fn sha(content: &[u8]) -> String {
+    Sha256::digest(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
+    let mut builder = TestApp::builder()
+        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
+        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+        .env("HERALD__SCHEDULER__TICK", "100ms")
+        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
+        .env("HERALD__DELIVERY__TICK", "100ms")
+        .env("HERALD__DELIVERY__BACKOFF__POLICY", "fixed")
+        .env("HERALD__DELIVERY__BACKOFF__BASE", "100ms")
+        .env("HERALD__DELIVERY__BACKOFF__MAX", "200ms");
+    for (key, value) in extra {
+        builder = builder.env(key, value);
+    }
+    builder.spawn().await
+}
+
+async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
+    app.onboard_with(
+        json!({"app_name": name, "base_url": receiver.base_url, "email": "dev@example.com"}),
+    )
+    .await
+}
+
+async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
+    let (status, body) = app.register(client, json!({"url": url})).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    body["repository_id"].as_str().expect("id").to_owned()
+}
+
+/// Applies accepted webhooks (deduplicated by `webhook-id`, chunks
+/// reassembled) to a map path → content.
+fn apply(accepted: &[crate::receiver::Received]) -> BTreeMap<String, Vec<u8>> {
+    let mut tree = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut partial: BTreeMap<String, String> = BTreeMap::new();
+    for request in accepted {
+        if !seen.insert(request.header("webhook-id").to_owned()) {
+            continue;
+        }
+        let body = request.json();
+        let file = &body["file"];
+        let path = file["path"].as_str().unwrap_or_default().to_owned();
+        match request.endpoint.as_str() {
+            "create" | "update" => {
+                let content = file["content"].as_str().expect("content");
+                let bytes = if let Some(chunk) = file.get("chunk") {
+                    let id = chunk["id"].as_str().expect("chunk id").to_owned();
+                    let slot = partial.entry(id.clone()).or_default();
+                    slot.push_str(content);
+                    if chunk["index"].as_u64() != Some(chunk["total"].as_u64().expect("total") - 1)
+                    {
+                        continue;
+                    }
+                    let encoded = partial.remove(&id).expect("collected");
+                    base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .expect("base64")
+                } else if file["content_encoding"] == "base64" {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(content)
+                        .expect("base64")
+                } else {
+                    content.as_bytes().to_vec()
+                };
+                assert_eq!(sha(&bytes), file["sha"].as_str().expect("sha"), "{path}");
+                tree.insert(path, bytes);
+            }
+            "delete" => {
+                tree.remove(&path);
+            }
+            _ => {}
+        }
+    }
+    tree
+}
+
+fn tree_of(repo: &TestRepo) -> BTreeMap<String, Vec<u8>> {
+    repo.git(&["ls-files", "-z"])
+        .split('\0')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            (
+                p.to_owned(),
+                std::fs::read(repo.path().join(p)).expect("file"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_arrives_signed_both_ways_in_order() {
+    let repo = TestRepo::new("main");
+    repo.write("docs/a.md", "alpha\n");
+    repo.write("docs/gone.md", "bye\n");
+    repo.write("img.bin", [0u8, 1, 2, 3, 255]);
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+
+    receiver
+        .wait_for("the initial snapshot", |r| r.len() == 3)
+        .await;
+    repo.write("docs/a.md", "alpha two\n");
+    repo.remove("docs/gone.md");
+    repo.write("docs/new.md", "ünïcode\n");
+    let second = repo.commit("second");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    let accepted = receiver
+        .wait_for("the second snapshot", |r| r.len() == 6)
+        .await;
+
+    for request in &accepted {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+        assert_eq!(request.header("content-type"), "application/json");
+        assert!(request.header("user-agent").starts_with("Herald/"));
+        assert_eq!(request.header("x-docora-app-id"), client.app_id);
+        assert_eq!(request.header("webhook-id"), request.json()["event_id"]);
+        let traceparent = request.header("traceparent");
+        assert_eq!(traceparent.len(), 55, "{traceparent}");
+    }
+    let endpoints: Vec<(&str, String)> = accepted
+        .iter()
+        .map(|r| {
+            (
+                r.endpoint.as_str(),
+                r.json()["file"]["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            ("create", "docs/a.md".to_owned()),
+            ("create", "docs/gone.md".to_owned()),
+            ("create", "img.bin".to_owned()),
+            ("delete", "docs/gone.md".to_owned()),
+            ("create", "docs/new.md".to_owned()),
+            ("update", "docs/a.md".to_owned()),
+        ]
+    );
+    let update = accepted[5].json();
+    assert_eq!(update["previous_sha"], sha(b"alpha\n"));
+    assert_eq!(update["commit_sha"], second.as_str());
+    assert_eq!(update["repository"]["repository_id"], id.as_str());
+    let binary = accepted[2].json();
+    assert_eq!(binary["file"]["content_encoding"], "base64");
+    assert_eq!(accepted[0].json()["commit_sha"], first.as_str());
+    // Field order is Docora's.
+    let raw = String::from_utf8(accepted[5].body.clone()).expect("utf-8");
+    let order = [
+        "\"repository\"",
+        "\"file\"",
+        "\"previous_sha\"",
+        "\"commit_sha\"",
+        "\"timestamp\"",
+        "\"event_id\"",
+    ];
+    let positions: Vec<usize> = order.iter().map(|k| raw.find(k).expect(k)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{raw}");
+    let created = String::from_utf8(accepted[4].body.clone()).expect("utf-8");
+    assert!(
+        created.contains("ünïcode"),
+        "non-ASCII is not escaped: {created}"
+    );
+    assert_eq!(apply(&accepted), tree_of(&repo));
+
+    let view = app
+        .wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+    assert_eq!(view["pending_events"], 0);
+}
+
+#[tokio::test]
+async fn a_large_binary_arrives_in_chunks_that_reassemble() {
+    let repo = TestRepo::new("main");
+    let content: Vec<u8> = (0..40_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    repo.write("big.bin", &content);
+    repo.commit("big");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    // The second chunk fails once: the retry resumes at that chunk.
+    receiver.script([Reply::status(200), Reply::status(500)]);
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__CHUNK_THRESHOLD_BYTES", "10000"),
+        ("HERALD__DELIVERY__CHUNK_SIZE_BYTES", "16000"),
+    ])
+    .await;
+    let client = onboard(&app, &receiver, "acme").await;
+    watch(&app, &client, &daemon.url("r.git")).await;
+    let accepted = receiver
+        .wait_for("every chunk", |r| {
+            r.iter().any(|q| q.json()["file"]["chunk"]["index"] == 3)
+        })
+        .await;
+    let chunk_ids: Vec<String> = accepted
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(chunk_ids.len(), 4, "{chunk_ids:?}");
+    for (i, request) in accepted.iter().enumerate() {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+        let file = request.json()["file"].clone();
+        assert_eq!(file["chunk"]["index"], i);
+        assert_eq!(file["chunk"]["total"], 4);
+        assert_eq!(file["size"], 40_000);
+    }
+    let failed: Vec<String> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.status == 500)
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(
+        failed,
+        [chunk_ids[1].clone()],
+        "the retry kept the chunk's webhook-id"
+    );
+    let tree = apply(&accepted);
+    assert_eq!(sha(&tree["big.bin"]), sha(&content));
+}
+
+#[tokio::test]
+async fn failing_receivers_get_everything_in_order_with_stable_ids() {
+    let repo = TestRepo::new("main");
+    for i in 0..5 {
+        repo.write(&format!("f{i}.md"), format!("{i}\n"));
+    }
+    repo.commit("five");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.script([
+        Reply::status(500),
+        Reply::status(502),
+        Reply::status(200),
+        Reply {
+            status: 429,
+            retry_after: Some(1),
+            delay: std::time::Duration::ZERO,
+        },
+        Reply::status(404),
+        Reply::status(301),
+    ]);
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    watch(&app, &client, &daemon.url("r.git")).await;
+    let accepted = receiver.wait_for("five files", |r| r.len() == 5).await;
+    let paths: Vec<String> = accepted
+        .iter()
+        .map(|r| r.json()["file"]["path"].as_str().expect("path").to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["f0.md", "f1.md", "f2.md", "f3.md", "f4.md"],
+        "strictly in order"
+    );
+    let all = receiver.received();
+    let first_id = all[0].header("webhook-id").to_owned();
+    assert!(
+        all[..3].iter().all(|r| r.header("webhook-id") == first_id),
+        "retries keep the webhook-id"
+    );
+    assert_ne!(
+        all[0].header("webhook-timestamp"),
+        "",
+        "fresh timestamps per attempt"
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_is_down_waits_without_slowing_the_others_and_gets_everything_back() {
+    let repo = TestRepo::new("main");
+    for i in 0..3 {
+        repo.write(&format!("f{i}.md"), format!("{i}\n"));
+    }
+    repo.commit("three");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let down = Receiver::start().await;
+    down.fallback(Some(Reply::status(503)));
+    let healthy = Receiver::start().await;
+    let app = engine_with(&[
+        ("HERALD__BREAKER__DELIVERY__THRESHOLD", "2"),
+        ("HERALD__BREAKER__DELIVERY__COOLDOWN", "500ms"),
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "3"),
+    ])
+    .await;
+    let down_client = onboard(&app, &down, "down").await;
+    let healthy_client = onboard(&app, &healthy, "healthy").await;
+    let id = watch(&app, &down_client, &daemon.url("r.git")).await;
+    watch(&app, &healthy_client, &daemon.url("r.git")).await;
+    healthy
+        .wait_for("the healthy app's events", |r| r.len() == 3)
+        .await;
+
+    // Many probes later, the down app's first event has not used up its
+    // attempts (the breaker holds them back) and nothing is dead.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let view = app.repository(&down_client, &id).await;
+    assert_ne!(view["status"], "failed", "{view}");
+    assert_eq!(view["failed_events"], 0);
+    let probes = down.received().len();
+    assert!(probes >= 3, "probes continue: {probes}");
+    assert!(probes < 20, "a probe per cooldown, not a storm: {probes}");
+
+    down.fallback(None);
+    let accepted = down
+        .wait_for("everything, once the app is back", |r| r.len() == 3)
+        .await;
+    let paths: Vec<String> = accepted
+        .iter()
+        .map(|r| r.json()["file"]["path"].as_str().expect("path").to_owned())
+        .collect();
+    assert_eq!(paths, ["f0.md", "f1.md", "f2.md"]);
+}
+
+#[tokio::test]
+async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.write("b.md", "b\n");
+    repo.commit("two");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    // The endpoint works (it answers) but refuses the first event: 422.
+    receiver.script([Reply::status(422), Reply::status(422), Reply::status(422)]);
+    let app = engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "3")]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let view = app
+        .wait_for(&client, &id, "failed", |v| v["status"] == "failed")
+        .await;
+    assert_eq!(view["failed_events"], 1);
+    assert_eq!(
+        view["pending_events"], 1,
+        "b.md waits behind the dead event"
+    );
+    assert!(receiver.accepted().is_empty());
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "exactly max_attempts attempts"
+    );
+}
+
+#[tokio::test]
+async fn gone_pauses_the_subscription() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.commit("one");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(410)]);
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let view = app
+        .wait_for(&client, &id, "paused", |v| v["status"] == "paused")
+        .await;
+    assert_eq!(view["pending_events"], 1);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "nothing more is sent to a paused subscription"
+    );
+}

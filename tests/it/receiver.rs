@@ -1,0 +1,256 @@
+//! A real webhook receiver for the tests: an HTTP server on loopback that
+//! records every request and answers as scripted. Signatures are verified
+//! here from the SPEC, independently of Herald's own signer.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+use warp::Filter;
+use warp::http::StatusCode;
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub endpoint: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    queue: VecDeque<Reply>,
+    /// Answer after the queue runs out (default 200).
+    fallback: Option<Reply>,
+}
+
+pub struct Receiver {
+    pub base_url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Script>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(Script::default()));
+        let (record, plan) = (received.clone(), script.clone());
+        let route = warp::post()
+            .and(warp::path::tail())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .and_then(
+                move |tail: warp::path::Tail,
+                      headers: warp::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let (record, plan) = (record.clone(), plan.clone());
+                    async move {
+                        let reply = {
+                            let mut plan = plan.lock().expect("script lock");
+                            plan.queue
+                                .pop_front()
+                                .or_else(|| plan.fallback.clone())
+                                .unwrap_or(Reply::status(200))
+                        };
+                        if !reply.delay.is_zero() {
+                            tokio::time::sleep(reply.delay).await;
+                        }
+                        let endpoint = tail
+                            .as_str()
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        record.lock().expect("record lock").push(Received {
+                            endpoint,
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.as_str().to_owned(),
+                                        v.to_str().unwrap_or_default().to_owned(),
+                                    )
+                                })
+                                .collect(),
+                            body: body.to_vec(),
+                            status: reply.status,
+                        });
+                        let mut response = warp::reply::with_status(
+                            "ok".to_owned(),
+                            StatusCode::from_u16(reply.status).expect("a valid status"),
+                        )
+                        .into_response();
+                        if let Some(seconds) = reply.retry_after {
+                            response.headers_mut().insert(
+                                "retry-after",
+                                seconds.to_string().parse().expect("digits"),
+                            );
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr: SocketAddr = listener.local_addr().expect("address");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run(),
+        );
+        Receiver {
+            base_url: format!("http://{addr}/hooks"),
+            received,
+            script,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Answers the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script
+            .lock()
+            .expect("script lock")
+            .queue
+            .extend(replies);
+    }
+
+    /// Answers with `reply` once the script is used up (`None`: 200): an
+    /// endpoint that is down, or back.
+    pub fn fallback(&self, reply: Option<Reply>) {
+        self.script.lock().expect("script lock").fallback = reply;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("record lock").clone()
+    }
+
+    /// The requests answered 2xx, in arrival order.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+
+    /// Waits (bounded) until `done` holds for the accepted requests.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let accepted = self.accepted();
+            if done(&accepted) {
+                return accepted;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {what}; received: {:#?}",
+                self.received()
+                    .iter()
+                    .map(|r| (&r.endpoint, r.status, r.header("webhook-id").to_owned()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+use warp::Reply as _;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Checks both signatures of a request as SPEC §5 defines them.
+pub fn verify(request: &Received, client_auth_key: &str, webhook_secret: &str) {
+    let timestamp = request.header("x-docora-timestamp");
+    let mut signed = timestamp.as_bytes().to_vec();
+    signed.push(b'.');
+    signed.extend_from_slice(&request.body);
+    let expected = format!(
+        "sha256={}",
+        hex_string(&hmac(client_auth_key.as_bytes(), &signed))
+    );
+    assert_eq!(
+        request.header("x-docora-signature"),
+        expected,
+        "Docora signature"
+    );
+
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(webhook_secret.trim_start_matches("whsec_"))
+        .expect("whsec_ + base64");
+    let id = request.header("webhook-id");
+    let ts = request.header("webhook-timestamp");
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(&request.body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(hmac(&key, &signed))
+    );
+    assert!(
+        request
+            .header("webhook-signature")
+            .split(' ')
+            .any(|s| s == expected),
+        "Standard Webhooks signature"
+    );
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
