@@ -10,9 +10,11 @@
 mod admin;
 mod client;
 pub mod error;
+mod events;
 mod filters;
 pub mod models;
 pub mod openapi;
+mod operations;
 mod public;
 mod ratelimit;
 
@@ -41,6 +43,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// For `/health`'s uptime.
     pub started_at: Instant,
+    /// Bulk retries started on this instance, polled for progress.
+    pub operations: operations::Operations,
 }
 
 impl AppState {
@@ -60,6 +64,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin::routes(state.clone()))
         .unify()
         .or(client::routes(state.clone()))
+        .unify()
+        .or(operations::routes(state.clone()))
+        .unify()
+        .or(events::routes(state.clone()))
         .unify();
     filters::per_ip_limit(state)
         .and(api)

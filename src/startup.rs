@@ -27,6 +27,7 @@ use crate::http::{self, AppState, RateLimits};
 
 const ADMIN_TOKEN_FILE: &str = "admin.token";
 const ENCRYPTION_KEY_FILE: &str = "encryption.key";
+const INSTANCE_ID_FILE: &str = "instance.id";
 
 /// A bound, ready-to-serve Herald.
 pub struct Application {
@@ -52,9 +53,12 @@ impl Application {
             store.migrate().await.context("applying migrations")?;
         }
 
-        let engine = EngineHandle::start(store.clone(), engine_config(&settings))
-            .await
-            .context("starting the actor tree")?;
+        let engine = EngineHandle::start(
+            store.clone(),
+            engine_config(&settings, load_instance_id(&settings)?),
+        )
+        .await
+        .context("starting the actor tree")?;
 
         let addr = SocketAddr::new(
             settings
@@ -76,6 +80,7 @@ impl Application {
             limits: Arc::new(RateLimits::new(&settings.rate_limit)),
             settings: Arc::new(settings.clone()),
             started_at: Instant::now(),
+            operations: Default::default(),
         };
         Ok(Self {
             listener,
@@ -134,12 +139,23 @@ pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::R
         .context("connecting to the database (database.url)")
 }
 
-fn engine_config(settings: &Settings) -> EngineConfig {
-    let instance_id = format!(
-        "{}-{}",
-        std::process::id(),
-        &crypto::sha256_hex(&crypto::random_bytes::<8>())[..8]
-    );
+/// This instance's name in leases. Kept in data_dir, so a restarted Herald
+/// takes its own leases back at once instead of waiting for them to expire;
+/// instances sharing a PostgreSQL database have data directories of their own.
+fn load_instance_id(settings: &Settings) -> anyhow::Result<String> {
+    read_or_create_secret(
+        &settings.data_dir().join(INSTANCE_ID_FILE),
+        || {
+            format!(
+                "herald-{}",
+                &crypto::sha256_hex(&crypto::random_bytes::<16>())[..16]
+            )
+        },
+        |_| {},
+    )
+}
+
+fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
     let mirrors_dir = settings.data_dir().join("mirrors");
     let delivery = &settings.delivery;
     EngineConfig {

@@ -323,6 +323,7 @@ impl Actor for AppDelivery {
                     .store
                     .subscriptions_due(
                         &state.args.app_id,
+                        &state.args.config.instance_id,
                         now_ms(),
                         (free + state.lanes.len()) as u64,
                     )
@@ -353,6 +354,7 @@ impl Actor for AppDelivery {
                         config: state.args.config.clone(),
                         client: state.args.client.clone(),
                         breaker: state.args.breaker.clone(),
+                        renewed_at: std::sync::atomic::AtomicI64::new(now_ms()),
                     };
                     let reply = myself.clone();
                     state.handles.retain(|h| !h.is_finished());
@@ -398,11 +400,12 @@ impl Actor for AppDelivery {
     }
 }
 
+/// A delivery lease outlives one request; the lane renews it as it goes.
 fn lease_ttl(config: &DeliveryConfig) -> i64 {
     i64::try_from(config.timeout.as_millis())
         .unwrap_or(i64::MAX)
-        .saturating_mul(4)
-        + 60_000
+        .saturating_mul(2)
+        + 10_000
 }
 
 fn millis(d: Duration) -> i64 {
@@ -433,6 +436,8 @@ struct Lane {
     config: DeliveryConfig,
     client: WebhookClient,
     breaker: Arc<Mutex<Option<breaker_row::Model>>>,
+    /// When the delivery lease was last claimed or renewed (unix ms).
+    renewed_at: std::sync::atomic::AtomicI64,
 }
 
 impl Lane {
@@ -509,7 +514,6 @@ impl Lane {
         let Some(context) = self.context().await? else {
             return Ok(None);
         };
-        let lease = lease_ttl(&self.config);
         loop {
             let batch = self
                 .store
@@ -533,15 +537,27 @@ impl Lane {
                     Flow::Next => {}
                     Flow::Stop(at) => return Ok(at),
                 }
-            }
-            if !self
-                .store
-                .claim_delivery(&self.subscription, &self.config.instance_id, lease)
-                .await?
-            {
-                return Ok(None);
+                if !self.renew_lease().await? {
+                    return Ok(None);
+                }
             }
         }
+    }
+
+    /// Renews the delivery lease once a third of it has passed; `false` when
+    /// it was lost (another instance took the subscription over).
+    async fn renew_lease(&self) -> Result<bool, StoreError> {
+        let ttl = lease_ttl(&self.config);
+        let now = now_ms();
+        let last = self.renewed_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < ttl / 3 {
+            return Ok(true);
+        }
+        self.renewed_at
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        self.store
+            .claim_delivery(&self.subscription, &self.config.instance_id, ttl)
+            .await
     }
 
     async fn deliver_event(
@@ -616,6 +632,10 @@ impl Lane {
             0
         };
         for index in first..rendered.len() {
+            // A long chunked file keeps the lease alive between chunks.
+            if index > first && !self.renew_lease().await? {
+                return Ok(Flow::Stop(None));
+            }
             let (webhook_id, body) = rendered.part(&event.id, index);
             let timestamp = now_ms() / 1000;
             let mut headers = HeaderMap::new();

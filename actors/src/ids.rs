@@ -78,6 +78,11 @@ prefixed_id!(
     HookId,
     "hook_"
 );
+prefixed_id!(
+    /// One bulk operation of an operator (kept in memory, never stored).
+    OperationId,
+    "op_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,11 +6,15 @@
 //! - [`leases`]: the claims that let several instances share one database
 //!   (SPEC §10): a repository is scanned, and a subscription delivered, by one
 //!   owner at a time, until its lease expires.
+//! - [`operations`]: the operators' views across apps (overview, queue, dead
+//!   events) and the git breaker reset.
 
 pub mod apps;
 pub mod breakers;
 pub mod delivery;
+pub mod events;
 pub mod leases;
+pub mod operations;
 pub mod outbox;
 pub mod subscriptions;
 

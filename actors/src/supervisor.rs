@@ -106,6 +106,8 @@ pub enum SupervisorMsg {
     /// scheduler is being restarted: its work is in the database and the next
     /// tick finds it).
     ToScheduler(SchedulerMsg),
+    /// Wake the delivery engine (an event was retried or skipped).
+    WakeDelivery,
     /// (Re)start a child; sent after a restart backoff.
     Start(Child),
     /// Whether every child is running.
@@ -228,6 +230,11 @@ impl Actor for Supervisor {
                 }
                 None => warn!("scheduler restarting; the next tick picks the work up"),
             },
+            SupervisorMsg::WakeDelivery => {
+                if let Some(dispatcher) = &state.dispatcher {
+                    let _ = dispatcher.send_message(DispatcherMsg::Wake);
+                }
+            }
             SupervisorMsg::Start(child) => state.start(&myself, child).await?,
             SupervisorMsg::Health(reply) => {
                 // A reply port whose caller gave up is not an error of ours.
@@ -325,6 +332,13 @@ impl EngineHandle {
             .supervisor
             .send_message(SupervisorMsg::ToScheduler(msg))
         {
+            warn!(error = %err, "engine is not running");
+        }
+    }
+
+    /// Tells the delivery engine to look for due events now.
+    pub fn wake_delivery(&self) {
+        if let Err(err) = self.supervisor.send_message(SupervisorMsg::WakeDelivery) {
             warn!(error = %err, "engine is not running");
         }
     }

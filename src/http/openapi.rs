@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, client, error, models, public};
+use super::{admin, client, error, events, models, operations, public};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,12 +25,28 @@ use super::{admin, client, error, models, public};
         client::detail,
         client::unwatch,
         client::update_token,
+        events::list,
+        events::detail,
+        events::retry,
+        events::skip,
+        events::resync,
+        operations::overview,
+        operations::queue,
+        operations::failed_notifications,
+        operations::retry,
+        operations::retry_app,
+        operations::retry_all,
+        operations::retry_progress,
+        operations::retry_cancel,
+        operations::resync,
+        operations::breaker_reset,
     ),
     components(schemas(error::ErrorBody, models::RepositoryView)),
     modifiers(&BearerSchemes),
     tags(
         (name = "public", description = "Health and metadata"),
         (name = "admin", description = "Operators: onboarding and app management (admin token)"),
+        (name = "operations", description = "Operators: queue, failures, retries, resyncs, breakers (admin token)"),
         (name = "client", description = "Apps: repositories they watch (app token)")
     )
 )]

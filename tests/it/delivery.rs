@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -371,6 +372,102 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
         3,
         "exactly max_attempts attempts"
     );
+
+    // The dead event shows in the API with its attempts.
+    let (status, dead) = app
+        .call(
+            Method::GET,
+            "/api/events?status=dead",
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dead}");
+    let dead = dead["data"].as_array().expect("list").clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["path"], "a.md");
+    assert_eq!(dead[0]["attempts"], 3);
+    let event_id = dead[0]["event_id"].as_str().expect("id").to_owned();
+    let (_, detail) = app
+        .call(
+            Method::GET,
+            &format!("/api/events/{event_id}"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    let attempts = detail["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 3);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["status_code"] == 422 && a["response_excerpt"] == "ok")
+    );
+
+    // Another app sees none of it and cannot touch it.
+    let intruder = app.onboard("intruder").await;
+    let (_, theirs) = app
+        .call(Method::GET, "/api/events", Some(&intruder.token), None)
+        .await;
+    assert_eq!(theirs["data"], json!([]));
+    for (method, path) in [
+        (Method::GET, format!("/api/events/{event_id}")),
+        (Method::POST, format!("/api/events/{event_id}/retry")),
+        (Method::POST, format!("/api/events/{event_id}/skip")),
+        (Method::POST, format!("/api/repositories/{id}/resync")),
+    ] {
+        let (status, body) = app.call(method, &path, Some(&intruder.token), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+
+    // Retried, it resumes the subscription in order.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/events/{event_id}/retry"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let accepted = receiver
+        .wait_for("both files after the retry", |r| r.len() == 2)
+        .await;
+    let paths: Vec<String> = accepted
+        .iter()
+        .filter_map(|r| r.json()["file"]["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(paths, ["a.md", "b.md"]);
+    let view = app
+        .wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+    assert_eq!(view["failed_events"], 0);
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/events/{event_id}/retry"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a delivered event is not retried"
+    );
+
+    // A resync delivers the whole tree again.
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/repositories/{id}/resync"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let accepted = receiver.wait_for("the tree again", |r| r.len() == 4).await;
+    assert_eq!(apply(&accepted[2..]), tree_of(&repo));
 }
 
 #[tokio::test]
@@ -395,4 +492,121 @@ async fn gone_pauses_the_subscription() {
         1,
         "nothing more is sent to a paused subscription"
     );
+}
+
+#[tokio::test]
+async fn a_sigkill_in_the_middle_of_a_delivery_loses_and_reorders_nothing() {
+    let repo = TestRepo::new("main");
+    for i in 0..120 {
+        repo.write(&format!("files/{i:03}.md"), format!("file {i}\n"));
+    }
+    repo.commit("many");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply {
+        status: 200,
+        retry_after: None,
+        delay: std::time::Duration::from_millis(15),
+    }));
+    let settings: [(&str, &str); 0] = [];
+    let app = engine_with(&settings).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    watch(&app, &client, &daemon.url("r.git")).await;
+    receiver
+        .wait_for("a part of the delivery", |r| r.len() >= 30)
+        .await;
+
+    let (dir, database) = app.kill().await;
+    let before = receiver.received().len();
+    assert!(before < 120, "killed in the middle ({before} delivered)");
+
+    let restarted = engine_restart(dir, database).await;
+    let accepted = receiver
+        .wait_for("everything after the restart", |r| {
+            r.iter()
+                .map(|q| q.header("webhook-id").to_owned())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 120
+        })
+        .await;
+    // First sightings are in order; repeats carry an id already seen.
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    for request in &accepted {
+        let id = request.header("webhook-id").to_owned();
+        if seen.insert(id) {
+            order.push(
+                request.json()["file"]["path"]
+                    .as_str()
+                    .expect("path")
+                    .to_owned(),
+            );
+        }
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "nothing reordered");
+    assert_eq!(apply(&accepted), tree_of(&repo), "nothing lost");
+    drop(restarted);
+}
+
+async fn engine_restart(dir: tempfile::TempDir, database: crate::helpers::TestDatabase) -> TestApp {
+    TestApp::builder()
+        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
+        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+        .env("HERALD__SCHEDULER__TICK", "100ms")
+        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
+        .env("HERALD__DELIVERY__TICK", "100ms")
+        .data_dir(dir)
+        .spawn_with(database)
+        .await
+}
+
+#[tokio::test]
+async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        listener.local_addr().expect("address").port()
+    };
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[
+        ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
+        ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
+    ])
+    .await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &format!("git://127.0.0.1:{port}/r.git")).await;
+    let accepted = receiver.wait_for("a sync_failed", |r| !r.is_empty()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let accepted_later = receiver.accepted();
+    assert_eq!(accepted_later.len(), 1, "one per opening, not per failure");
+    let request = &accepted[0];
+    verify(request, &client.client_auth_key, &client.webhook_secret);
+    assert_eq!(request.endpoint, "sync_failed");
+    let body = request.json();
+    assert_eq!(body["event"], "sync_failed");
+    assert_eq!(body["repository"]["repository_id"], id.as_str());
+    assert_eq!(body["error"]["type"], "git_failure");
+    assert_eq!(
+        body["error"]["message"],
+        "the git remote could not be reached"
+    );
+    assert_eq!(body["circuit_breaker"]["status"], "open");
+    assert_eq!(body["circuit_breaker"]["threshold"], 2);
+    assert_eq!(body["circuit_breaker"]["consecutive_failures"], 2);
+    assert!(body["circuit_breaker"]["cooldown_until"].is_string());
+    let raw = String::from_utf8(request.body.clone()).expect("utf-8");
+    let order = [
+        "\"event\"",
+        "\"repository\"",
+        "\"error\"",
+        "\"circuit_breaker\"",
+        "\"retry_count\"",
+        "\"timestamp\"",
+        "\"event_id\"",
+    ];
+    let positions: Vec<usize> = order.iter().map(|k| raw.find(k).expect(k)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{raw}");
 }

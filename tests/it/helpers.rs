@@ -391,6 +391,17 @@ impl TestApp {
         status.code()
     }
 
+    /// Kills the server (SIGKILL: no shutdown at all) and hands back its data
+    /// directory and database, for a restart.
+    pub async fn kill(mut self) -> (TempDir, TestDatabase) {
+        let mut child = self.child.take().expect("herald is running");
+        child.kill().await.expect("SIGKILL delivered");
+        let TestApp {
+            data_dir, database, ..
+        } = self;
+        (data_dir, database)
+    }
+
     /// Stops the server and hands back its data directory and database, for a
     /// restart.
     pub async fn stop(mut self) -> (TempDir, TestDatabase) {

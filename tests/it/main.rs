@@ -11,6 +11,7 @@ mod delivery;
 mod gitserver;
 mod lifecycle;
 mod listen;
+mod operations;
 mod property;
 mod receiver;
 mod repositories;

@@ -82,7 +82,7 @@ async fn scan_and_delivery_leases_have_one_owner_until_they_expire() {
             .expect("renew")
     );
     let due = store
-        .due_repositories(actors::clock::now_ms(), 10)
+        .due_repositories("instance-b", actors::clock::now_ms(), 10)
         .await
         .expect("due");
     assert!(

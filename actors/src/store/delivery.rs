@@ -78,10 +78,13 @@ impl Store {
     }
 
     /// The app's subscriptions that have an event due now and may deliver
-    /// (not failed or paused, lease free or expired).
+    /// (no dead event, not paused; a subscription failed by its git remote
+    /// still delivers, its `sync_failed` first; lease free, expired, or already `owner`'s, as
+    /// after a restart).
     pub async fn subscriptions_due(
         &self,
         app_id: &str,
+        owner: &str,
         now: i64,
         limit: u64,
     ) -> Result<Vec<subscription::Model>, StoreError> {
@@ -92,13 +95,23 @@ impl Store {
             .and_where(Expr::col(event::Column::Status).eq(event_status::PENDING))
             .and_where(Expr::col(event::Column::NextAttemptAt).lte(now))
             .to_owned();
+        // Order is the contract: a dead event blocks its subscription until
+        // someone retries or skips it.
+        let blocked = Query::select()
+            .column(event::Column::SubscriptionId)
+            .from(event::Entity)
+            .and_where(Expr::col(event::Column::AppId).eq(app_id))
+            .and_where(Expr::col(event::Column::Status).eq(event_status::DEAD))
+            .to_owned();
         Ok(subscription::Entity::find()
             .filter(subscription::Column::AppId.eq(app_id))
-            .filter(subscription::Column::Status.is_not_in([subscription_status::FAILED, PAUSED]))
+            .filter(subscription::Column::Status.ne(PAUSED))
             .filter(subscription::Column::Id.in_subquery(due))
+            .filter(subscription::Column::Id.not_in_subquery(blocked))
             .filter(
                 sea_orm::Condition::any()
                     .add(subscription::Column::DeliveryLeaseOwner.is_null())
+                    .add(subscription::Column::DeliveryLeaseOwner.eq(owner))
                     .add(subscription::Column::DeliveryLeaseUntil.lt(now)),
             )
             .order_by_asc(subscription::Column::Id)

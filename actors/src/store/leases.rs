@@ -103,14 +103,17 @@ impl Store {
     }
 
     /// Repositories whose next scan is due at `now`, earliest first, that no
-    /// other instance is scanning.
+    /// other instance is scanning (`owner`'s own leases count as free, as
+    /// after a restart).
     pub async fn due_repositories(
         &self,
+        owner: &str,
         now: i64,
         limit: u64,
     ) -> Result<Vec<repository::Model>, StoreError> {
         let free = Condition::any()
             .add(repository::Column::ScanLeaseOwner.is_null())
+            .add(repository::Column::ScanLeaseOwner.eq(owner))
             .add(repository::Column::ScanLeaseUntil.lt(now));
         Ok(repository::Entity::find()
             .filter(repository::Column::NextScanAt.lte(now))

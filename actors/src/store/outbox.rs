@@ -10,7 +10,7 @@ use entity::{event, manifest_entry, repository, snapshot, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Set,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
 
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
@@ -298,11 +298,33 @@ impl Store {
             }
             written += count as u64;
 
-            let status = if count > 0 {
+            // A subscription blocked by its own deliveries (a dead event, or
+            // the endpoint's 410) stays blocked; one failed by git failures
+            // recovers now that git works.
+            let undelivered = |status: &'static str| {
+                event::Entity::find()
+                    .filter(event::Column::SubscriptionId.eq(sub.id.as_str()))
+                    .filter(event::Column::Status.eq(status))
+                    .count(&txn)
+            };
+            let blocked = sub.status == super::delivery::PAUSED
+                || (sub.status == subscription_status::FAILED
+                    && undelivered(event_status::DEAD).await? > 0);
+            let recovering = sub.status == subscription_status::FAILED && !blocked;
+            if !moved && count == 0 && !recovering && sub.last_snapshot_id.is_some() {
+                continue;
+            }
+            let status = if blocked {
+                sub.status.as_str()
+            } else if count > 0 {
                 subscription_status::SYNCING
-            } else if sub.status == subscription_status::PENDING_SNAPSHOT
-                || sub.status == subscription_status::FAILED
-            {
+            } else if recovering {
+                if undelivered(event_status::PENDING).await? > 0 {
+                    subscription_status::SYNCING
+                } else {
+                    subscription_status::SYNCED
+                }
+            } else if sub.status == subscription_status::PENDING_SNAPSHOT {
                 subscription_status::SYNCED
             } else {
                 sub.status.as_str()
@@ -312,8 +334,10 @@ impl Store {
             active.last_snapshot_id = Set(snapshot_id.clone());
             active.last_synced_commit = Set(Some(advance.commit.clone()));
             active.status = Set(status.to_owned());
-            active.last_error = Set(None);
-            active.retry_count = Set(0);
+            if !blocked {
+                active.last_error = Set(None);
+                active.retry_count = Set(0);
+            }
             active.updated_at = Set(now);
             active.update(&txn).await?;
         }

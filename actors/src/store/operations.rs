@@ -1,0 +1,302 @@
+//! The operators' views across every app (overview counts, the delivery
+//! queue, dead events with their context) and the git breaker reset.
+
+use std::collections::HashMap;
+
+use entity::{app, breaker, event, repository, subscription};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::subscriptions::reset_git_breaker;
+use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
+use crate::breaker::CLOSED;
+use crate::clock::now_ms;
+use crate::delivery::DELIVERY_BREAKER;
+use crate::ids::RepoId;
+
+/// Row counts of the whole installation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// App status → count.
+    pub apps: HashMap<String, u64>,
+    pub repositories: u64,
+    /// Subscription status → count.
+    pub subscriptions: HashMap<String, u64>,
+    /// Event status → count.
+    pub events: HashMap<String, u64>,
+    /// Subscriptions a delivery lane holds right now.
+    pub in_flight: u64,
+    /// Breaker kind (`git`, `delivery`) → breakers not closed.
+    pub open_breakers: HashMap<String, u64>,
+}
+
+/// One app's share of the delivery queue.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub app: app::Model,
+    pub pending: u64,
+    /// Subscriptions with a live delivery lease.
+    pub in_flight: u64,
+    pub dead: u64,
+    /// The endpoint's breaker; `None` when closed.
+    pub breaker: Option<breaker::Model>,
+}
+
+/// A dead event with what an operator needs to place it.
+#[derive(Debug, Clone)]
+pub struct DeadEvent {
+    pub event: event::Model,
+    pub app_name: Option<String>,
+    pub repository: Option<repository::Model>,
+}
+
+/// What a git breaker reset changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerReset {
+    /// Failed subscriptions that went back to `synced`, `syncing` or
+    /// `pending_snapshot`.
+    pub recovered: u64,
+    /// Failed subscriptions left failed: a dead event blocks them, which a
+    /// git breaker reset does not fix (retry, skip or resync it).
+    pub still_failed: u64,
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl Store {
+    /// Counts of apps, repositories, subscriptions, events, lanes in flight and
+    /// open breakers.
+    pub async fn overview(&self) -> Result<Overview, StoreError> {
+        let apps: Vec<(String, i64)> = app::Entity::find()
+            .select_only()
+            .column(app::Column::Status)
+            .column_as(app::Column::Id.count(), "n")
+            .group_by(app::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let repositories = repository::Entity::find().count(&self.db).await?;
+        let subscriptions: Vec<(String, i64)> = subscription::Entity::find()
+            .select_only()
+            .column(subscription::Column::Status)
+            .column_as(subscription::Column::Id.count(), "n")
+            .group_by(subscription::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let events: Vec<(String, i64)> = event::Entity::find()
+            .select_only()
+            .column(event::Column::Status)
+            .column_as(event::Column::Id.count(), "n")
+            .group_by(event::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let breakers: Vec<(String, i64)> = breaker::Entity::find()
+            .select_only()
+            .column(breaker::Column::Kind)
+            .column_as(breaker::Column::SubjectId.count(), "n")
+            .filter(breaker::Column::State.ne(CLOSED))
+            .group_by(breaker::Column::Kind)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let in_flight = self
+            .in_flight(now_ms())
+            .await?
+            .into_iter()
+            .map(|(_, n)| to_u64(n))
+            .sum();
+        let collect = |rows: Vec<(String, i64)>| -> HashMap<String, u64> {
+            rows.into_iter().map(|(k, n)| (k, to_u64(n))).collect()
+        };
+        Ok(Overview {
+            apps: collect(apps),
+            repositories,
+            subscriptions: collect(subscriptions),
+            events: collect(events),
+            in_flight,
+            open_breakers: collect(breakers),
+        })
+    }
+
+    /// The delivery queue per app: apps with pending, in-flight or dead
+    /// events, or whose endpoint breaker is not closed, by app id. Apps with
+    /// nothing queued and a healthy endpoint are left out.
+    pub async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        let mut counts: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        for (app_id, status, n) in self.event_counts(None).await? {
+            let entry = counts.entry(app_id).or_default();
+            match status.as_str() {
+                event_status::PENDING => entry.0 += to_u64(n),
+                event_status::DEAD => entry.2 += to_u64(n),
+                _ => {}
+            }
+        }
+        for (app_id, n) in self.in_flight(now_ms()).await? {
+            counts.entry(app_id).or_default().1 += to_u64(n);
+        }
+        counts.retain(|_, (pending, in_flight, dead)| *pending + *in_flight + *dead > 0);
+        let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
+            .filter(breaker::Column::Kind.eq(DELIVERY_BREAKER))
+            .filter(breaker::Column::State.ne(CLOSED))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|b| (b.subject_id.clone(), b))
+            .collect();
+        let ids: Vec<String> = counts.keys().chain(breakers.keys()).cloned().collect();
+        let apps = app::Entity::find()
+            .filter(app::Column::Id.is_in(ids))
+            .order_by_asc(app::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(apps
+            .into_iter()
+            .map(|app| {
+                let (pending, in_flight, dead) = counts.get(&app.id).copied().unwrap_or_default();
+                QueueEntry {
+                    breaker: breakers.remove(&app.id),
+                    pending,
+                    in_flight,
+                    dead,
+                    app,
+                }
+            })
+            .collect())
+    }
+
+    /// One page (1-based) of dead events of every app, newest first, and how
+    /// many there are in all.
+    pub async fn dead_events(
+        &self,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<DeadEvent>, u64), StoreError> {
+        let paginator = event::Entity::find()
+            .filter(event::Column::Status.eq(event_status::DEAD))
+            .order_by_desc(event::Column::Id)
+            .paginate(&self.db, per_page);
+        let total = paginator.num_items().await?;
+        let events = paginator.fetch_page(page.saturating_sub(1)).await?;
+        let app_ids: Vec<&str> = events.iter().map(|e| e.app_id.as_str()).collect();
+        let repository_ids: Vec<&str> = events.iter().map(|e| e.repository_id.as_str()).collect();
+        let app_names: HashMap<String, String> = app::Entity::find()
+            .select_only()
+            .column(app::Column::Id)
+            .column(app::Column::Name)
+            .filter(app::Column::Id.is_in(app_ids))
+            .into_tuple::<(String, String)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let repositories: HashMap<String, repository::Model> = repository::Entity::find()
+            .filter(repository::Column::Id.is_in(repository_ids))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let dead = events
+            .into_iter()
+            .map(|event| DeadEvent {
+                app_name: app_names.get(&event.app_id).cloned(),
+                repository: repositories.get(&event.repository_id).cloned(),
+                event,
+            })
+            .collect();
+        Ok((dead, total))
+    }
+
+    /// Closes a repository's git breaker and clears the failure it left: the
+    /// repository's and its subscriptions' errors and retry counts; failed
+    /// subscriptions go back to `pending_snapshot` (never synced), `syncing`
+    /// (events waiting) or `synced`, unless a dead event holds them; the
+    /// repository is due at once. `None` when there is no such repository.
+    pub async fn reset_repository_breaker(
+        &self,
+        repo: &RepoId,
+    ) -> Result<Option<BreakerReset>, StoreError> {
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        if lock_repositories(&txn, &[repo.as_str().to_owned()])
+            .await?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        reset_git_breaker(&txn, repo).await?;
+        repository::Entity::update_many()
+            .col_expr(
+                repository::Column::LastError,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(repository::Column::NextScanAt, Expr::value(now))
+            .col_expr(repository::Column::UpdatedAt, Expr::value(now))
+            .filter(repository::Column::Id.eq(repo.as_str()))
+            .exec(&txn)
+            .await?;
+        let subscriptions = subscription::Entity::find()
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .all(&txn)
+            .await?;
+        let waiting: HashMap<(String, String), i64> = event::Entity::find()
+            .select_only()
+            .column(event::Column::SubscriptionId)
+            .column(event::Column::Status)
+            .column_as(event::Column::Id.count(), "n")
+            .filter(
+                event::Column::SubscriptionId.is_in(subscriptions.iter().map(|s| s.id.as_str())),
+            )
+            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .group_by(event::Column::SubscriptionId)
+            .group_by(event::Column::Status)
+            .into_tuple::<(String, String, i64)>()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|(sub, status, n)| ((sub, status), n))
+            .collect();
+        let has = |sub: &str, status: &str| {
+            waiting
+                .get(&(sub.to_owned(), status.to_owned()))
+                .is_some_and(|n| *n > 0)
+        };
+        let mut reset = BreakerReset {
+            recovered: 0,
+            still_failed: 0,
+        };
+        for sub in subscriptions {
+            let mut update = subscription::Entity::update_many()
+                .col_expr(subscription::Column::RetryCount, Expr::value(0))
+                .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
+                .filter(subscription::Column::Id.eq(sub.id.as_str()));
+            if sub.status == subscription_status::FAILED && has(&sub.id, event_status::DEAD) {
+                // Its error is the dead event's: keep it visible.
+                reset.still_failed += 1;
+            } else {
+                update = update.col_expr(
+                    subscription::Column::LastError,
+                    Expr::value(Option::<String>::None),
+                );
+                if sub.status == subscription_status::FAILED {
+                    let status = if sub.last_snapshot_id.is_none() {
+                        subscription_status::PENDING_SNAPSHOT
+                    } else if has(&sub.id, event_status::PENDING) {
+                        subscription_status::SYNCING
+                    } else {
+                        subscription_status::SYNCED
+                    };
+                    update = update.col_expr(subscription::Column::Status, Expr::value(status));
+                    reset.recovered += 1;
+                }
+            }
+            update.exec(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(Some(reset))
+    }
+}

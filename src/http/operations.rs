@@ -1,0 +1,837 @@
+//! The operators' API (`Authorization: Bearer <admin token>`) across every
+//! app: what is queued and what failed, and the levers: retry (one event,
+//! one subscription, or in bulk as a background operation), resync a
+//! subscription, reset a repository's git breaker. Every body is wrapped in
+//! `{"data": …}` like the rest of the admin API.
+
+mod bulk;
+
+use std::collections::HashMap;
+
+use actors::clock::{now_ms, rfc3339_ms};
+use actors::ids::{AppId, EventId, OperationId, RepoId};
+use actors::scheduler::SchedulerMsg;
+use actors::store::delivery::PAUSED;
+use actors::store::events::{EventFilter, Lever};
+use actors::store::operations::{DeadEvent, QueueEntry};
+use actors::store::{app_status, event_status, subscription_status};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+pub use bulk::Operations;
+
+use super::AppState;
+use super::error::{ApiError, respond};
+use super::filters::{admin_auth, json_body, with_state};
+use super::models::{BreakerView, PageQuery, Pagination};
+use crate::domain::Invalid;
+
+const APP_NOT_FOUND: &str = "App not found";
+const EVENT_NOT_FOUND: &str = "Event not found";
+const NOT_WATCHED: &str = "App-repository link not found";
+const REPOSITORY_NOT_FOUND: &str = "Repository not found";
+const OPERATION_NOT_FOUND: &str = "Operation not found or expired";
+/// Dead events one bulk operation takes on; more wait for the next one.
+const MAX_BULK_EVENTS: u64 = 50_000;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let body_limit = state.settings.server.max_body_bytes;
+    let admin = || admin_auth(state.clone());
+    let overview = warp::path!("admin" / "api" / "overview")
+        .and(warp::get())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(overview)
+        .map(respond);
+    let queue = warp::path!("admin" / "api" / "queue")
+        .and(warp::get())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(queue)
+        .map(respond);
+    let failed = warp::path!("admin" / "api" / "notifications" / "failed")
+        .and(warp::get())
+        .and(admin())
+        .and(warp::query::<PageQuery>())
+        .and(with_state(state.clone()))
+        .then(failed_notifications)
+        .map(respond);
+    let retry_one = warp::path!("admin" / "api" / "retry")
+        .and(warp::post())
+        .and(admin())
+        .and(json_body::<RetryRequest>(body_limit))
+        .and(with_state(state.clone()))
+        .then(retry)
+        .map(respond);
+    let retry_app = warp::path!("admin" / "api" / "retry" / "app" / String)
+        .and(warp::post())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(retry_app)
+        .map(respond);
+    let retry_all = warp::path!("admin" / "api" / "retry" / "all")
+        .and(warp::post())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(retry_all)
+        .map(respond);
+    let progress = warp::path!("admin" / "api" / "retry" / "progress" / String)
+        .and(warp::get())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(retry_progress)
+        .map(respond);
+    let cancel = warp::path!("admin" / "api" / "retry" / "cancel" / String)
+        .and(warp::post())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(retry_cancel)
+        .map(respond);
+    let resync = warp::path!("admin" / "api" / "resync" / String / String)
+        .and(warp::post())
+        .and(admin())
+        .and(with_state(state.clone()))
+        .then(resync)
+        .map(respond);
+    let breaker_reset =
+        warp::path!("admin" / "api" / "repositories" / String / "breaker" / "reset")
+            .and(warp::post())
+            .and(admin())
+            .and(with_state(state))
+            .then(breaker_reset)
+            .map(respond);
+    overview
+        .or(queue)
+        .unify()
+        .or(failed)
+        .unify()
+        .or(retry_one)
+        .unify()
+        .or(retry_app)
+        .unify()
+        .or(retry_all)
+        .unify()
+        .or(progress)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(resync)
+        .unify()
+        .or(breaker_reset)
+        .unify()
+        .boxed()
+}
+
+// ---------------------------------------------------------------- wire types
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverviewResponse {
+    pub data: OverviewBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverviewBody {
+    pub apps: AppCounts,
+    pub repositories: u64,
+    pub subscriptions: SubscriptionCounts,
+    pub events: EventCounts,
+    /// Subscriptions a delivery lane holds right now.
+    pub in_flight: u64,
+    /// Breakers not closed (open, or waiting for their probe).
+    pub breakers_open: BreakerCounts,
+    /// Docora's overview fields: apps.
+    pub total_apps: u64,
+    /// Docora: repositories.
+    pub total_repositories: u64,
+    /// Docora: dead events.
+    pub failed_notifications: u64,
+    /// Docora: pending events.
+    pub queue_waiting: u64,
+    /// Docora: subscriptions being delivered.
+    pub queue_active: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppCounts {
+    pub total: u64,
+    pub active: u64,
+    pub disabled: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionCounts {
+    pub total: u64,
+    pub pending_snapshot: u64,
+    pub syncing: u64,
+    pub synced: u64,
+    pub failed: u64,
+    /// The endpoint answered 410 Gone.
+    pub paused: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventCounts {
+    pub total: u64,
+    pub pending: u64,
+    pub delivered: u64,
+    /// Failed `delivery.max_attempts` times.
+    pub dead: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerCounts {
+    /// Repositories whose git remote is failing.
+    pub git: u64,
+    /// Apps whose endpoint is failing.
+    pub delivery: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueResponse {
+    pub data: QueueBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueBody {
+    pub totals: QueueCounts,
+    /// Apps with something queued, in flight or dead, or whose endpoint
+    /// breaker is not closed, by app id.
+    pub apps: Vec<AppQueue>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct QueueCounts {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppQueue {
+    pub app_id: String,
+    pub app_name: String,
+    /// `active` or `disabled` (a disabled app's events wait).
+    pub status: String,
+    /// Events waiting for delivery or for a retry.
+    pub pending: u64,
+    /// Subscriptions with a live delivery lease.
+    pub in_flight: u64,
+    /// Dead events (each holds its subscription).
+    pub dead: u64,
+    /// The app endpoint's breaker.
+    pub circuit_breaker: BreakerView,
+}
+
+impl From<&QueueEntry> for AppQueue {
+    fn from(entry: &QueueEntry) -> Self {
+        Self {
+            app_id: entry.app.id.clone(),
+            app_name: entry.app.name.clone(),
+            status: entry.app.status.clone(),
+            pending: entry.pending,
+            in_flight: entry.in_flight,
+            dead: entry.dead,
+            circuit_breaker: breaker_view(entry.breaker.as_ref()),
+        }
+    }
+}
+
+fn breaker_view(row: Option<&entity::breaker::Model>) -> BreakerView {
+    row.map_or(
+        BreakerView {
+            status: actors::breaker::CLOSED.to_owned(),
+            consecutive_failures: 0,
+            cooldown_until: None,
+        },
+        |b| BreakerView {
+            status: b.state.clone(),
+            consecutive_failures: b.consecutive_failures,
+            cooldown_until: b.cooldown_until.map(rfc3339_ms),
+        },
+    )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedListResponse {
+    pub data: FailedPage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedPage {
+    pub data: Vec<FailedNotification>,
+    pub pagination: Pagination,
+}
+
+/// A dead event: its subscription waits behind it until it is retried,
+/// skipped or the subscription resynced.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedNotification {
+    pub app_id: String,
+    pub app_name: Option<String>,
+    pub repository_id: String,
+    pub repository_name: Option<String>,
+    pub github_url: Option<String>,
+    pub event_id: String,
+    /// Position in the subscription's stream.
+    pub seq: i64,
+    /// `created`, `updated`, `deleted` (or a notification kind).
+    pub kind: String,
+    pub path: Option<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&DeadEvent> for FailedNotification {
+    fn from(dead: &DeadEvent) -> Self {
+        let event = &dead.event;
+        Self {
+            app_id: event.app_id.clone(),
+            app_name: dead.app_name.clone(),
+            repository_id: event.repository_id.clone(),
+            repository_name: dead
+                .repository
+                .as_ref()
+                .map(|r| format!("{}/{}", r.owner, r.name)),
+            github_url: dead.repository.as_ref().map(|r| r.url.clone()),
+            event_id: event.id.clone(),
+            seq: event.seq,
+            kind: event.kind.clone(),
+            path: event.path.clone(),
+            attempts: event.attempts,
+            last_error: event.last_error.clone(),
+            created_at: rfc3339_ms(event.created_at),
+        }
+    }
+}
+
+/// One event, or (Docora's form) every dead event of one subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RetryRequest {
+    /// The event to retry; when given, the other fields are ignored.
+    pub event_id: Option<String>,
+    /// With `repository_id`: the subscription whose dead events are retried.
+    pub app_id: Option<String>,
+    pub repository_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryResponse {
+    pub data: RetryQueued,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryQueued {
+    #[schema(example = "Retry queued")]
+    pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
+    /// Events queued again (0 when a failed scan is retried instead).
+    pub retried: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkStartedResponse {
+    pub data: BulkStarted,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkStarted {
+    /// Poll `GET /admin/api/retry/progress/{operation_id}`.
+    pub operation_id: String,
+    /// Dead events the operation retries.
+    pub total: u64,
+    #[schema(example = "Bulk retry started")]
+    pub message: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgressResponse {
+    pub data: ProgressBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgressBody {
+    pub operation_id: String,
+    /// `running`, `done` or `cancelled`.
+    pub status: &'static str,
+    pub total: u64,
+    /// Events handled so far, retried or not.
+    pub done: u64,
+    /// Events among `done` that could not be queued again.
+    pub failed: u64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// Docora's name for `done`.
+    pub completed: u64,
+    /// Docora: `done - failed`.
+    pub succeeded: u64,
+    /// Docora: whether the operation was cancelled.
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageResponse {
+    pub data: MessageData,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageData {
+    pub message: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResyncResponse {
+    pub data: ResyncQueued,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResyncQueued {
+    #[schema(example = "Re-sync queued")]
+    pub message: &'static str,
+    pub app_id: String,
+    pub repository_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerResetResponse {
+    pub data: BreakerResetBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerResetBody {
+    #[schema(example = "Breaker reset")]
+    pub message: &'static str,
+    pub repository_id: String,
+    /// Failed subscriptions put back to work.
+    pub subscriptions_recovered: u64,
+    /// Failed subscriptions a dead event still holds (retry, skip or resync).
+    pub subscriptions_still_failed: u64,
+}
+
+// ------------------------------------------------------------------ handlers
+
+fn json<T: Serialize>(body: &T) -> Response {
+    warp::reply::json(body).into_response()
+}
+
+fn count(map: &HashMap<String, u64>, key: &str) -> u64 {
+    map.get(key).copied().unwrap_or(0)
+}
+
+fn invalid(field: &'static str, message: &str) -> ApiError {
+    ApiError::Invalid(Invalid {
+        field,
+        message: message.to_owned(),
+    })
+}
+
+/// Counts across every app: apps, repositories, subscriptions and events by
+/// status, lanes in flight, open breakers.
+#[utoipa::path(get, path = "/admin/api/overview", tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The counts", body = OverviewResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody)))]
+pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
+    let o = state.store.overview().await?;
+    let events = EventCounts {
+        total: o.events.values().sum(),
+        pending: count(&o.events, event_status::PENDING),
+        delivered: count(&o.events, event_status::DELIVERED),
+        dead: count(&o.events, event_status::DEAD),
+        skipped: count(&o.events, event_status::SKIPPED),
+    };
+    let apps = AppCounts {
+        total: o.apps.values().sum(),
+        active: count(&o.apps, app_status::ACTIVE),
+        disabled: count(&o.apps, app_status::DISABLED),
+    };
+    let body = OverviewBody {
+        total_apps: apps.total,
+        total_repositories: o.repositories,
+        failed_notifications: events.dead,
+        queue_waiting: events.pending,
+        queue_active: o.in_flight,
+        apps,
+        repositories: o.repositories,
+        subscriptions: SubscriptionCounts {
+            total: o.subscriptions.values().sum(),
+            pending_snapshot: count(&o.subscriptions, subscription_status::PENDING_SNAPSHOT),
+            syncing: count(&o.subscriptions, subscription_status::SYNCING),
+            synced: count(&o.subscriptions, subscription_status::SYNCED),
+            failed: count(&o.subscriptions, subscription_status::FAILED),
+            paused: count(&o.subscriptions, PAUSED),
+        },
+        events,
+        in_flight: o.in_flight,
+        breakers_open: BreakerCounts {
+            git: count(&o.open_breakers, actors::store::subscriptions::GIT_BREAKER),
+            delivery: count(&o.open_breakers, actors::delivery::DELIVERY_BREAKER),
+        },
+    };
+    Ok(json(&OverviewResponse { data: body }))
+}
+
+/// The delivery queue per app: pending, in flight and dead, with the state
+/// of each app's endpoint breaker.
+#[utoipa::path(get, path = "/admin/api/queue", tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The queue", body = QueueResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody)))]
+pub(crate) async fn queue(state: AppState) -> Result<Response, ApiError> {
+    let entries = state.store.queue().await?;
+    let totals = entries
+        .iter()
+        .fold(QueueCounts::default(), |t, e| QueueCounts {
+            pending: t.pending + e.pending,
+            in_flight: t.in_flight + e.in_flight,
+            dead: t.dead + e.dead,
+        });
+    let body = QueueBody {
+        totals,
+        apps: entries.iter().map(AppQueue::from).collect(),
+    };
+    Ok(json(&QueueResponse { data: body }))
+}
+
+/// Dead events of every app, newest first, a page at a time.
+#[utoipa::path(get, path = "/admin/api/notifications/failed", tag = "operations",
+    params(PageQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of dead events", body = FailedListResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 422, description = "Bad paging", body = super::error::ErrorBody)))]
+pub(crate) async fn failed_notifications(
+    query: PageQuery,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let page = query.page.unwrap_or(1);
+    let limit = query.limit.unwrap_or(20);
+    if page == 0 {
+        return Err(invalid("page", "must be at least 1"));
+    }
+    if !(1..=100).contains(&limit) {
+        return Err(invalid("limit", "must be 1 to 100"));
+    }
+    let (dead, total) = state.store.dead_events(page, limit).await?;
+    let body = FailedPage {
+        data: dead.iter().map(FailedNotification::from).collect(),
+        pagination: Pagination {
+            page,
+            limit,
+            total,
+            total_pages: total.div_ceil(limit),
+        },
+    };
+    Ok(json(&FailedListResponse { data: body }))
+}
+
+/// Retries one event from a fresh start (attempts reset); its subscription
+/// resumes in order. With `{app_id, repository_id}` instead (Docora's form):
+/// every dead event of that subscription, or, when the subscription failed
+/// on its git remote, a scan as soon as the remote's breaker allows.
+#[utoipa::path(post, path = "/admin/api/retry", tag = "operations",
+    request_body = RetryRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Queued again", body = RetryResponse),
+        (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No such event or subscription", body = super::error::ErrorBody),
+        (status = 409, description = "Already delivered, or nothing failed", body = super::error::ErrorBody),
+        (status = 422, description = "Neither event_id nor app_id and repository_id", body = super::error::ErrorBody)))]
+pub(crate) async fn retry(request: RetryRequest, state: AppState) -> Result<Response, ApiError> {
+    match (request.event_id, request.app_id, request.repository_id) {
+        (Some(event_id), _, _) => retry_event(&event_id, &state).await,
+        (None, Some(app_id), Some(repository_id)) => {
+            retry_subscription(&app_id, &repository_id, &state).await
+        }
+        _ => Err(invalid(
+            "event_id",
+            "is required (or give app_id and repository_id)",
+        )),
+    }
+}
+
+async fn retry_event(raw: &str, state: &AppState) -> Result<Response, ApiError> {
+    let id = EventId::parse(raw).ok_or_else(|| ApiError::NotFound(EVENT_NOT_FOUND.to_owned()))?;
+    match state.store.retry_event(None, &id).await? {
+        Lever::Done => {
+            state.engine.wake_delivery();
+            tracing::info!(event = %id, "event retried by an operator");
+            Ok(json(&RetryResponse {
+                data: RetryQueued {
+                    message: "Retry queued",
+                    event_id: Some(id.into_string()),
+                    app_id: None,
+                    repository_id: None,
+                    retried: 1,
+                },
+            }))
+        }
+        Lever::NotFound => Err(ApiError::NotFound(EVENT_NOT_FOUND.to_owned())),
+        Lever::NotApplicable => Err(ApiError::Conflict(
+            "Only undelivered events can be retried".to_owned(),
+        )),
+    }
+}
+
+async fn retry_subscription(
+    app_raw: &str,
+    repository_raw: &str,
+    state: &AppState,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(NOT_WATCHED.to_owned());
+    let app = AppId::parse(app_raw).ok_or_else(not_found)?;
+    let repo = RepoId::parse(repository_raw).ok_or_else(not_found)?;
+    let view = state
+        .store
+        .subscription_of_app(&app, &repo)
+        .await?
+        .ok_or_else(not_found)?;
+    let mut retried = 0u64;
+    let mut after = None;
+    loop {
+        let filter = EventFilter {
+            status: Some(event_status::DEAD.to_owned()),
+            repository_id: Some(repo.as_str().to_owned()),
+            after: after.take(),
+            limit: 100,
+        };
+        let dead = state.store.list_events(Some(&app), &filter).await?;
+        let Some(last) = dead.last() else { break };
+        after = Some(last.id.clone());
+        for event in &dead {
+            let id = EventId::parse(&event.id).expect("stored event ids are well formed");
+            if state.store.retry_event(Some(&app), &id).await? == Lever::Done {
+                retried += 1;
+            }
+        }
+    }
+    if retried > 0 {
+        state.engine.wake_delivery();
+    } else if view.subscription.status == subscription_status::FAILED {
+        // Failed on its git remote, not on an event: scan again.
+        state.store.reschedule(&repo, now_ms()).await?;
+        state.engine.notify(SchedulerMsg::ScanNow(repo.clone()));
+    } else {
+        return Err(ApiError::Conflict(
+            "Only failed entries can be retried".to_owned(),
+        ));
+    }
+    tracing::info!(app = %app, repository = %repo, retried, "subscription retried by an operator");
+    Ok(json(&RetryResponse {
+        data: RetryQueued {
+            message: "Retry queued",
+            event_id: None,
+            app_id: Some(app.into_string()),
+            repository_id: Some(repo.into_string()),
+            retried,
+        },
+    }))
+}
+
+/// Retries every dead event of one app, in the background.
+#[utoipa::path(post, path = "/admin/api/retry/app/{app_id}", tag = "operations",
+    params(("app_id" = String, Path, description = "App id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Bulk retry started", body = BulkStartedResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No such app, or nothing to retry", body = super::error::ErrorBody),
+        (status = 429, description = "Too many operations running", body = super::error::ErrorBody)))]
+pub(crate) async fn retry_app(app_id: String, state: AppState) -> Result<Response, ApiError> {
+    let app = AppId::parse(&app_id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    if state.store.app(app.as_str()).await?.is_none() {
+        return Err(ApiError::NotFound(APP_NOT_FOUND.to_owned()));
+    }
+    start_bulk(Some(&app), "No failed notifications for this app", &state).await
+}
+
+/// Retries every dead event of every app, in the background.
+#[utoipa::path(post, path = "/admin/api/retry/all", tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Bulk retry started", body = BulkStartedResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "Nothing to retry", body = super::error::ErrorBody),
+        (status = 429, description = "Too many operations running", body = super::error::ErrorBody)))]
+pub(crate) async fn retry_all(state: AppState) -> Result<Response, ApiError> {
+    start_bulk(None, "No failed notifications found", &state).await
+}
+
+async fn start_bulk(
+    app: Option<&AppId>,
+    nothing: &str,
+    state: &AppState,
+) -> Result<Response, ApiError> {
+    let ids: Vec<EventId> = state
+        .store
+        .retry_dead_events(app, MAX_BULK_EVENTS)
+        .await?
+        .iter()
+        .filter_map(|id| EventId::parse(id))
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::NotFound(nothing.to_owned()));
+    }
+    let total = ids.len() as u64;
+    let operation = state.operations.start(total).ok_or(ApiError::RateLimited {
+        retry_after_secs: 60,
+    })?;
+    let operation_id = operation.id().as_str().to_owned();
+    tracing::info!(operation = %operation_id, app = ?app.map(AppId::as_str), total, "bulk retry started");
+    let (store, engine) = (state.store.clone(), state.engine.clone());
+    tokio::spawn(bulk::run(
+        operation,
+        ids,
+        move |id| {
+            let store = store.clone();
+            async move { store.retry_event(None, &id).await }
+        },
+        move || engine.wake_delivery(),
+    ));
+    let body = BulkStartedResponse {
+        data: BulkStarted {
+            operation_id,
+            total,
+            message: "Bulk retry started",
+        },
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+}
+
+fn operation(raw: &str, state: &AppState) -> Result<std::sync::Arc<bulk::Operation>, ApiError> {
+    OperationId::parse(raw)
+        .and_then(|id| state.operations.get(&id))
+        .ok_or_else(|| ApiError::NotFound(OPERATION_NOT_FOUND.to_owned()))
+}
+
+/// Where a bulk retry stands. Finished operations are kept for an hour.
+#[utoipa::path(get, path = "/admin/api/retry/progress/{operation_id}", tag = "operations",
+    params(("operation_id" = String, Path, description = "Operation id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The progress", body = ProgressResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown or expired operation", body = super::error::ErrorBody)))]
+pub(crate) async fn retry_progress(
+    operation_id: String,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let operation = operation(&operation_id, &state)?;
+    let progress = operation.progress();
+    let body = ProgressBody {
+        operation_id: operation.id().as_str().to_owned(),
+        status: progress.status.as_str(),
+        total: operation.total(),
+        done: progress.done,
+        failed: progress.failed,
+        started_at: rfc3339_ms(operation.started_at()),
+        finished_at: progress.finished_at.map(rfc3339_ms),
+        completed: progress.done,
+        succeeded: progress.done - progress.failed,
+        cancelled: progress.status == bulk::Status::Cancelled,
+    };
+    Ok(json(&ProgressResponse { data: body }))
+}
+
+/// Stops a bulk retry before its next event (events already retried stay
+/// queued). A finished operation stays as it ended.
+#[utoipa::path(post, path = "/admin/api/retry/cancel/{operation_id}", tag = "operations",
+    params(("operation_id" = String, Path, description = "Operation id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Cancellation requested", body = MessageResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown or expired operation", body = super::error::ErrorBody)))]
+pub(crate) async fn retry_cancel(
+    operation_id: String,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let operation = operation(&operation_id, &state)?;
+    operation.request_cancel();
+    tracing::info!(operation = %operation.id(), "bulk retry cancellation requested");
+    Ok(json(&MessageResponse {
+        data: MessageData {
+            message: "Cancellation requested",
+        },
+    }))
+}
+
+/// Delivers the repository's whole current tree to the app again (every
+/// file as `create`), after whatever the subscription already has queued.
+#[utoipa::path(post, path = "/admin/api/resync/{app_id}/{repository_id}", tag = "operations",
+    params(
+        ("app_id" = String, Path, description = "App id"),
+        ("repository_id" = String, Path, description = "Repository id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Re-sync queued", body = ResyncResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "The app does not watch the repository", body = super::error::ErrorBody)))]
+pub(crate) async fn resync(
+    app_id: String,
+    repository_id: String,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(NOT_WATCHED.to_owned());
+    let app = AppId::parse(&app_id).ok_or_else(not_found)?;
+    let repo = RepoId::parse(&repository_id).ok_or_else(not_found)?;
+    if !state.store.resync(&app, &repo).await? {
+        return Err(not_found());
+    }
+    state.engine.notify(SchedulerMsg::ScanNow(repo.clone()));
+    tracing::info!(app = %app, repository = %repo, "resync requested by an operator");
+    Ok(json(&ResyncResponse {
+        data: ResyncQueued {
+            message: "Re-sync queued",
+            app_id: app.into_string(),
+            repository_id: repo.into_string(),
+        },
+    }))
+}
+
+/// Closes a repository's git breaker and clears the failure it left: the
+/// repository's and its subscriptions' errors; failed subscriptions go back
+/// to work (unless a dead event holds them); the repository is scanned now.
+#[utoipa::path(post, path = "/admin/api/repositories/{id}/breaker/reset", tag = "operations",
+    params(("id" = String, Path, description = "Repository id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Breaker reset", body = BreakerResetResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No such repository", body = super::error::ErrorBody)))]
+pub(crate) async fn breaker_reset(id: String, state: AppState) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(REPOSITORY_NOT_FOUND.to_owned());
+    let repo = RepoId::parse(&id).ok_or_else(not_found)?;
+    let reset = state
+        .store
+        .reset_repository_breaker(&repo)
+        .await?
+        .ok_or_else(not_found)?;
+    state.engine.notify(SchedulerMsg::ScanNow(repo.clone()));
+    // Recovered subscriptions may hold notifications (sync_failed) to send.
+    state.engine.wake_delivery();
+    tracing::info!(repository = %repo, recovered = reset.recovered, still_failed = reset.still_failed, "git breaker reset by an operator");
+    Ok(json(&BreakerResetResponse {
+        data: BreakerResetBody {
+            message: "Breaker reset",
+            repository_id: repo.into_string(),
+            subscriptions_recovered: reset.recovered,
+            subscriptions_still_failed: reset.still_failed,
+        },
+    }))
+}
