@@ -258,6 +258,8 @@ impl Actor for Dispatcher {
 pub enum AppMsg {
     /// Start lanes for the subscriptions that have due events.
     Drain,
+    /// The breaker's cooldown is over: drain again.
+    Wake,
     /// A lane stopped; `retry_at` says when its subscription is due again.
     LaneDone {
         subscription: String,
@@ -278,6 +280,8 @@ pub struct AppArgs {
 pub struct AppState {
     args: AppArgs,
     lanes: HashSet<String>,
+    /// A wake-up is already scheduled for the end of the breaker's cooldown.
+    wake_scheduled: bool,
     /// Lanes finish their current request on shutdown; this stops new ones.
     stopping: bool,
     handles: Vec<tokio::task::JoinHandle<()>>,
@@ -296,6 +300,7 @@ impl Actor for AppDelivery {
         Ok(AppState {
             args,
             lanes: HashSet::new(),
+            wake_scheduled: false,
             stopping: false,
             handles: Vec::new(),
         })
@@ -308,8 +313,24 @@ impl Actor for AppDelivery {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AppMsg::Drain if state.stopping => {}
+            AppMsg::Drain | AppMsg::Wake if state.stopping => {}
+            AppMsg::Wake => {
+                state.wake_scheduled = false;
+                myself.send_message(AppMsg::Drain)?;
+            }
             AppMsg::Drain => {
+                // An open breaker holds every lane of the app until its
+                // cooldown ends: one wake-up then, not a loop until then.
+                let permit = breaker::permit(state.args.breaker.lock().await.as_ref(), now_ms());
+                if let Permit::WaitUntil(until) = permit {
+                    if !std::mem::replace(&mut state.wake_scheduled, true) {
+                        let wait = Duration::from_millis(
+                            u64::try_from((until - now_ms()).max(0)).unwrap_or(0),
+                        );
+                        myself.send_after(wait, || AppMsg::Wake);
+                    }
+                    return Ok(());
+                }
                 let free = state
                     .args
                     .config

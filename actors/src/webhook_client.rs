@@ -121,8 +121,7 @@ impl WebhookClient {
                 if err.is_timeout() {
                     fail("timeout", "the endpoint did not answer in time".into())
                 } else if err.is_connect() {
-                    let text = format!("{err:#}");
-                    if text.contains("no public address") {
+                    if chain_mentions(&err, "no public address") {
                         fail("ssrf", "the endpoint resolves to no public address".into())
                     } else {
                         fail("connect", "the endpoint could not be reached".into())
@@ -156,7 +155,72 @@ impl WebhookClient {
     }
 }
 
+/// Whether any error in `err`'s source chain says `needle`.
+fn chain_mentions(err: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if error.to_string().contains(needle) {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 /// A header value from a string Herald built (ids, timestamps, signatures).
 pub fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).expect("Herald's header values are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn private_targets_are_refused_at_connection_time() {
+        let client = WebhookClient::new(Duration::from_secs(2), false);
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://[::1]:9/hook",
+            "http://169.254.169.254/latest",
+            "http://localhost:9/hook",
+        ] {
+            let refused = client
+                .post(url, HeaderMap::new(), Vec::new())
+                .await
+                .expect_err("a private target gets no request");
+            assert_eq!(refused.class, "ssrf", "{url}: {}", refused.message);
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let client = WebhookClient::new(Duration::from_secs(2), true);
+        let answer = client
+            .post(
+                &format!("http://{addr}/hook"),
+                HeaderMap::new(),
+                b"{}".to_vec(),
+            )
+            .await
+            .expect("an answer");
+        assert_eq!(
+            answer.status, 302,
+            "the redirect is the answer, not followed"
+        );
+    }
 }

@@ -610,3 +610,74 @@ async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
     let positions: Vec<usize> = order.iter().map(|k| raw.find(k).expect(k)).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{raw}");
 }
+
+#[tokio::test]
+async fn slow_answers_time_out_and_refused_connections_are_retried() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.write("b.md", "b\n");
+    repo.commit("two");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    // Nothing listens on this port yet: connections are refused.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        listener.local_addr().expect("address").port()
+    };
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__TIMEOUT", "500ms"),
+        ("HERALD__BREAKER__DELIVERY__COOLDOWN", "300ms"),
+    ])
+    .await;
+    let client = app
+        .onboard_with(json!({"app_name": "acme", "base_url": format!("http://127.0.0.1:{port}/hooks"), "email": "a@b.co"}))
+        .await;
+    watch(&app, &client, &daemon.url("r.git")).await;
+    let (_, events) = app
+        .call(Method::GET, "/api/events", Some(&client.token), None)
+        .await;
+    let first = loop {
+        let (_, events) = app
+            .call(Method::GET, "/api/events", Some(&client.token), None)
+            .await;
+        if let Some(event) = events["data"].as_array().and_then(|e| e.first()).cloned()
+            && event["attempts"].as_i64().unwrap_or(0) >= 1
+        {
+            break event;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    drop(events);
+    let event_id = first["event_id"].as_str().expect("id").to_owned();
+
+    // The receiver comes up, but answers its first request too slowly.
+    let receiver = Receiver::start_on(port).await;
+    receiver.script([Reply {
+        status: 200,
+        retry_after: None,
+        delay: std::time::Duration::from_secs(2),
+    }]);
+    let accepted = receiver.wait_for("both files", |r| r.len() >= 2).await;
+    let paths: Vec<String> = accepted
+        .iter()
+        .filter_map(|r| r.json()["file"]["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(&paths[paths.len() - 2..], ["a.md", "b.md"]);
+    let (_, detail) = app
+        .call(
+            Method::GET,
+            &format!("/api/events/{event_id}"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    let classes: Vec<&str> = detail["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .filter_map(|a| a["error_class"].as_str())
+        .collect();
+    assert!(classes.contains(&"connect"), "{detail}");
+    assert!(classes.contains(&"timeout"), "{detail}");
+    assert_eq!(detail["status"], "delivered");
+}

@@ -70,6 +70,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_on(0).await
+    }
+
+    /// A receiver on a given port (e.g. one that refused connections until now).
+    pub async fn start_on(port: u16) -> Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(Script::default()));
         let (record, plan) = (received.clone(), script.clone());
@@ -128,7 +133,7 @@ impl Receiver {
                     }
                 },
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("a port");
         let addr: SocketAddr = listener.local_addr().expect("address");
