@@ -13,9 +13,7 @@
 
 use std::collections::HashMap;
 
-use git2::{
-    Delta, DiffOptions, FileMode, ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult,
-};
+use git2::{FileMode, ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
@@ -108,45 +106,110 @@ pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
 }
 
 /// The change from `old` to `new` by tree diff, hashing what was added or
-/// modified.
+/// modified. Subtrees whose ids did not change are not opened, so the work
+/// follows the change, not the size of the repository.
 pub fn diff_commits(repo: &Repository, old: Oid, new: Oid) -> Result<TreeDelta, ChangeError> {
     let old_tree = repo.find_commit(old)?.tree()?;
     let new_tree = repo.find_commit(new)?.tree()?;
-    let mut options = DiffOptions::new();
-    options.include_typechange(true).skip_binary_check(true);
-    let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options))?;
     let mut delta = TreeDelta::default();
-    for change in diff.deltas() {
-        let old_file = change.old_file();
-        let new_file = change.new_file();
-        let path_of =
-            |file: &git2::DiffFile<'_>| file.path().and_then(|p| p.to_str()).map(str::to_owned);
-        let old_regular = is_regular(u32::from(old_file.mode()));
-        let new_regular = is_regular(u32::from(new_file.mode()));
-        let (removed, added) = match change.status() {
-            Delta::Added => (false, new_regular),
-            Delta::Deleted => (old_regular, false),
-            // Mode-only changes (e.g. +x) keep the content: nothing to tell.
-            Delta::Modified => (false, new_regular && old_file.id() != new_file.id()),
-            Delta::Typechange => (old_regular, new_regular),
-            _ => (false, false),
+    diff_trees(repo, Some(&old_tree), Some(&new_tree), "", &mut delta)?;
+    delta.deletes.sort();
+    Ok(delta)
+}
+
+/// One side of a tree entry: its id, mode and kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Side {
+    id: Oid,
+    mode: u32,
+    kind: Option<ObjectType>,
+}
+
+impl Side {
+    fn is_tree(self) -> bool {
+        self.kind == Some(ObjectType::Tree)
+    }
+
+    fn is_file(self) -> bool {
+        self.kind == Some(ObjectType::Blob) && is_regular(self.mode)
+    }
+}
+
+fn sides(tree: Option<&Tree<'_>>) -> std::collections::BTreeMap<String, Side> {
+    let mut entries = std::collections::BTreeMap::new();
+    for entry in tree.into_iter().flat_map(|t| t.iter()) {
+        let Ok(name) = entry.name() else {
+            tracing::warn!("skipped an entry whose name is not UTF-8");
+            continue;
         };
-        if removed
-            && !added
-            && let Some(path) = path_of(&old_file)
+        entries.insert(
+            name.to_owned(),
+            Side {
+                id: entry.id(),
+                mode: u32::try_from(entry.filemode()).unwrap_or(0),
+                kind: entry.kind(),
+            },
+        );
+    }
+    entries
+}
+
+fn diff_trees(
+    repo: &Repository,
+    old: Option<&Tree<'_>>,
+    new: Option<&Tree<'_>>,
+    prefix: &str,
+    delta: &mut TreeDelta,
+) -> Result<(), ChangeError> {
+    let before = sides(old);
+    let after = sides(new);
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        let (was, is) = (before.get(name).copied(), after.get(name).copied());
+        // Same id: the same content (a subtree's id covers all below it).
+        // A mode-only change of a file (+x) keeps its content: nothing to tell.
+        if let (Some(was), Some(is)) = (was, is)
+            && was.id == is.id
+            && was.is_tree() == is.is_tree()
+            && was.is_file() == is.is_file()
         {
-            delta.deletes.push(path);
+            continue;
         }
-        if added && let Some(path) = path_of(&new_file) {
-            delta.upserts.push(entry(repo, path, new_file.id())?);
+        let path = format!("{prefix}{name}");
+        let old_subtree = was
+            .filter(|s| s.is_tree())
+            .map(|s| repo.find_tree(s.id))
+            .transpose()?;
+        let new_subtree = is
+            .filter(|s| s.is_tree())
+            .map(|s| repo.find_tree(s.id))
+            .transpose()?;
+        if old_subtree.is_some() || new_subtree.is_some() {
+            diff_trees(
+                repo,
+                old_subtree.as_ref(),
+                new_subtree.as_ref(),
+                &format!("{path}/"),
+                delta,
+            )?;
         }
-        for file in [&old_file, &new_file] {
-            if path_of(file).is_some_and(|p| IGNORE_FILES.contains(&p.as_str())) {
+        let was_file = was.is_some_and(Side::is_file);
+        let is_file = is.is_some_and(Side::is_file);
+        if was_file || is_file {
+            if IGNORE_FILES.contains(&path.as_str()) {
                 delta.ignore_rules_changed = true;
+            }
+            match (was_file, is_file) {
+                (_, true) => {
+                    let id = is.expect("is_file implies an entry").id;
+                    delta.upserts.push(entry(repo, path, id)?);
+                }
+                (true, false) => delta.deletes.push(path),
+                (false, false) => {}
             }
         }
     }
-    Ok(delta)
+    Ok(())
 }
 
 /// The change from the stored manifest (path → blob id) to `new`: used for

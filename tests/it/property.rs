@@ -263,6 +263,25 @@ async fn scan_once(
         .collect()
 }
 
+/// File count and bytes of the repository's current snapshot.
+async fn totals(store: &Store) -> (i64, i64) {
+    let row = store
+        .db()
+        .query_one_raw(Statement::from_string(
+            store.backend(),
+            "SELECT s.file_count AS files, s.total_bytes AS bytes FROM snapshots s \
+             JOIN repositories r ON r.current_snapshot_id = s.id"
+                .to_owned(),
+        ))
+        .await
+        .expect("totals")
+        .expect("a current snapshot");
+    (
+        row.try_get("", "files").expect("files"),
+        row.try_get("", "bytes").expect("bytes"),
+    )
+}
+
 async fn count(store: &Store) -> i64 {
     let row = store
         .db()
@@ -318,6 +337,12 @@ proptest! {
                     }
                 }
                 assert_eq!(receiver, tree(&repo), "the receiver holds the tree at {commit}");
+                let (files, bytes) = totals(&store).await;
+                let on_disk: i64 = receiver
+                    .keys()
+                    .map(|p| i64::try_from(std::fs::metadata(repo.path().join(p)).expect("file").len()).expect("size"))
+                    .sum();
+                assert_eq!((files, bytes), (i64::try_from(receiver.len()).expect("count"), on_disk), "snapshot totals");
                 previous = commit;
             }
             store.close().await.ok();

@@ -203,7 +203,8 @@ impl Store {
 
         let snapshot_id = if moved {
             apply_manifest_delta(&txn, &repo.id, &advance.delta).await?;
-            let (file_count, total_bytes) = manifest_totals(&txn, &repo.id).await?;
+            let (file_count, total_bytes) =
+                snapshot_totals(&txn, &repo, &old, &upserts, &deletes).await?;
             snapshot::ActiveModel {
                 id: Set(advance.snapshot.as_str().to_owned()),
                 repository_id: Set(repo.id.clone()),
@@ -263,36 +264,39 @@ impl Store {
             };
             let count = pending.len();
             let first_seq = sub.next_seq;
-            let rows: Vec<event::ActiveModel> = pending
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| event::ActiveModel {
-                    id: Set(EventId::generate().into_string()),
-                    subscription_id: Set(sub.id.clone()),
-                    app_id: Set(sub.app_id.clone()),
-                    repository_id: Set(repo.id.clone()),
-                    snapshot_id: Set(snapshot_id.clone()),
-                    seq: Set(first_seq + i64::try_from(i).unwrap_or(i64::MAX)),
-                    kind: Set(p.kind.to_owned()),
-                    path: Set(Some(p.path.to_owned())),
-                    sha256: Set(Some(p.file.sha256.clone())),
-                    previous_sha256: Set(p.previous_sha256.map(str::to_owned)),
-                    size: Set(Some(p.file.size)),
-                    blob_id: Set((p.kind != event_kind::DELETED).then(|| p.file.blob_id.clone())),
-                    binary: Set(p.file.binary),
-                    renamed_from: Set(None),
-                    commit_sha: Set(Some(advance.commit.clone())),
-                    payload: Set(None),
-                    status: Set(event_status::PENDING.to_owned()),
-                    attempts: Set(0),
-                    next_attempt_at: Set(now),
-                    last_error: Set(None),
-                    created_at: Set(now),
-                    delivered_at: Set(None),
-                })
-                .collect();
-            for batch in rows.chunks(BATCH) {
-                event::Entity::insert_many(batch.to_vec())
+            // Rows are built a batch at a time: a first snapshot of a large
+            // repository never holds all its event rows at once.
+            for (batch_index, batch) in pending.chunks(BATCH).enumerate() {
+                let rows = batch.iter().enumerate().map(|(i, p)| {
+                    let position = batch_index * BATCH + i;
+                    event::ActiveModel {
+                        id: Set(EventId::generate().into_string()),
+                        subscription_id: Set(sub.id.clone()),
+                        app_id: Set(sub.app_id.clone()),
+                        repository_id: Set(repo.id.clone()),
+                        snapshot_id: Set(snapshot_id.clone()),
+                        seq: Set(first_seq + i64::try_from(position).unwrap_or(i64::MAX)),
+                        kind: Set(p.kind.to_owned()),
+                        path: Set(Some(p.path.to_owned())),
+                        sha256: Set(Some(p.file.sha256.clone())),
+                        previous_sha256: Set(p.previous_sha256.map(str::to_owned)),
+                        size: Set(Some(p.file.size)),
+                        blob_id: Set(
+                            (p.kind != event_kind::DELETED).then(|| p.file.blob_id.clone())
+                        ),
+                        binary: Set(p.file.binary),
+                        renamed_from: Set(None),
+                        commit_sha: Set(Some(advance.commit.clone())),
+                        payload: Set(None),
+                        status: Set(event_status::PENDING.to_owned()),
+                        attempts: Set(0),
+                        next_attempt_at: Set(now),
+                        last_error: Set(None),
+                        created_at: Set(now),
+                        delivered_at: Set(None),
+                    }
+                });
+                event::Entity::insert_many(rows)
                     .exec_without_returning(&txn)
                     .await?;
             }
@@ -448,6 +452,41 @@ async fn load_manifest(
         }
     }
     Ok(known)
+}
+
+/// Files and bytes of the new snapshot: the previous snapshot's totals plus
+/// the change (no recount of the manifest), or a recount for the first one.
+async fn snapshot_totals<C: ConnectionTrait>(
+    conn: &C,
+    repo: &repository::Model,
+    old: &BTreeMap<String, Known>,
+    upserts: &BTreeMap<&str, Known>,
+    deletes: &std::collections::BTreeSet<&str>,
+) -> Result<(i64, i64), StoreError> {
+    let previous = match &repo.current_snapshot_id {
+        Some(id) => snapshot::Entity::find_by_id(id.as_str()).one(conn).await?,
+        None => None,
+    };
+    let Some(previous) = previous else {
+        return manifest_totals(conn, &repo.id).await;
+    };
+    let (mut files, mut bytes) = (previous.file_count, previous.total_bytes);
+    for path in deletes {
+        if let Some(known) = old.get(*path) {
+            files -= 1;
+            bytes -= known.size;
+        }
+    }
+    for (path, file) in upserts {
+        match old.get(*path) {
+            Some(known) => bytes += file.size - known.size,
+            None => {
+                files += 1;
+                bytes += file.size;
+            }
+        }
+    }
+    Ok((files, bytes))
 }
 
 /// Number of files and bytes in the repository's manifest.
