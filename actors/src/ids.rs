@@ -2,6 +2,22 @@
 //! sort by creation time and cursors can page through them.
 
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
+
+/// Monotonic within a millisecond: ids made one after the other sort in that
+/// order, so events listed by id follow their sequence.
+static GENERATOR: LazyLock<Mutex<ulid::Generator>> =
+    LazyLock::new(|| Mutex::new(ulid::Generator::new()));
+
+fn next_ulid() -> ulid::Ulid {
+    let mut generator = GENERATOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // On the (2^80 per millisecond) overflow, a fresh random id is still unique.
+    generator
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::generate())
+}
 
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -14,7 +30,7 @@ macro_rules! prefixed_id {
 
             /// A new, unique id.
             pub fn generate() -> Self {
-                Self(format!("{}{}", $prefix, ulid::Ulid::generate().to_string().to_ascii_lowercase()))
+                Self(format!("{}{}", $prefix, next_ulid().to_string().to_ascii_lowercase()))
             }
 
             /// Accepts a string that has this id's shape; anything else is `None`,
@@ -96,6 +112,12 @@ mod tests {
         assert!(first < second);
         assert_eq!(AppId::parse(first.as_str()), Some(first.clone()));
         assert!(first.as_str().starts_with("app_"));
+    }
+
+    #[test]
+    fn ids_made_in_a_row_sort_in_that_order() {
+        let ids: Vec<EventId> = (0..1000).map(|_| EventId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

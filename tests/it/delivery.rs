@@ -636,7 +636,12 @@ async fn slow_answers_time_out_and_refused_connections_are_retried() {
     let (_, events) = app
         .call(Method::GET, "/api/events", Some(&client.token), None)
         .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let first = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempt was recorded"
+        );
         let (_, events) = app
             .call(Method::GET, "/api/events", Some(&client.token), None)
             .await;

@@ -260,6 +260,15 @@ impl TestApp {
                     "HERALD__TELEMETRY__LOG_FORMAT".to_owned(),
                     "json".to_owned(),
                 ),
+                // Tests poll the API faster than a client would.
+                (
+                    "HERALD__RATE_LIMIT__PER_IP_PER_MINUTE".to_owned(),
+                    "1000000".to_owned(),
+                ),
+                (
+                    "HERALD__RATE_LIMIT__PER_APP_PER_MINUTE".to_owned(),
+                    "1000000".to_owned(),
+                ),
             ]),
             data_dir: None,
         }
