@@ -15,6 +15,7 @@ mod filters;
 pub mod models;
 pub mod openapi;
 mod operations;
+mod paging;
 mod public;
 mod ratelimit;
 

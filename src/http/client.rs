@@ -12,13 +12,13 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{app_auth, json_body, with_state};
 use super::models::{
     CursorQuery, MessageBody, RegisterRepository, RepositoryCreated, RepositoryList,
     RepositoryView, UpdateToken,
 };
+use super::{AppState, paging};
 use crate::domain::{self, Invalid};
 
 const NOT_REGISTERED: &str = "Repository not found or not registered for this app";
@@ -150,14 +150,7 @@ pub(crate) async fn list(
     query: CursorQuery,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Invalid {
-            field: "limit",
-            message: "must be 1 to 200".to_owned(),
-        }
-        .into());
-    }
+    let limit = paging::limit(query.limit)?;
     let cursor = match query.cursor.as_deref() {
         Some(raw) => Some(RepoId::parse(raw).ok_or_else(|| Invalid {
             field: "cursor",
@@ -169,15 +162,12 @@ pub(crate) async fn list(
         .store
         .subscriptions_of_app(&app_id(&app), cursor.as_ref(), Some(limit + 1))
         .await?;
-    let more = views.len() as u64 > limit;
-    let page: Vec<RepositoryView> = views
-        .iter()
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .map(RepositoryView::from)
-        .collect();
-    let next_cursor = more
-        .then(|| page.last().map(|v| v.repository_id.clone()))
-        .flatten();
+    let (page, next_cursor) = paging::page(
+        &views,
+        limit,
+        |v| RepositoryView::from(v),
+        |v| v.repository_id.clone(),
+    );
     Ok(warp::reply::json(&RepositoryList {
         data: page,
         next_cursor,

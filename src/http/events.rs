@@ -14,9 +14,9 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{app_auth, with_state};
+use super::{AppState, paging};
 use crate::domain::Invalid;
 
 const EVENT_NOT_FOUND: &str = "Event not found";
@@ -188,14 +188,7 @@ pub(crate) async fn list(
     query: EventQuery,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Invalid {
-            field: "limit",
-            message: "must be 1 to 200".to_owned(),
-        }
-        .into());
-    }
+    let limit = paging::limit(query.limit)?;
     if let Some(status) = &query.status
         && !["pending", "delivered", "dead", "skipped"].contains(&status.as_str())
     {
@@ -226,15 +219,12 @@ pub(crate) async fn list(
         .store
         .list_events(Some(&app_id(&app)), &filter)
         .await?;
-    let more = events.len() as u64 > limit;
-    let page: Vec<EventView> = events
-        .iter()
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .map(EventView::from)
-        .collect();
-    let next_cursor = more
-        .then(|| page.last().map(|e| e.event_id.clone()))
-        .flatten();
+    let (page, next_cursor) = paging::page(
+        &events,
+        limit,
+        |e| EventView::from(e),
+        |e| e.event_id.clone(),
+    );
     Ok(warp::reply::json(&EventList {
         data: page,
         next_cursor,
