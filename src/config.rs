@@ -89,6 +89,10 @@ pub struct SecuritySettings {
     pub previous_encryption_keys: Vec<SecretString>,
     pub allow_private_targets: bool,
     pub allow_http_targets: bool,
+    /// How long an app's previous signing key keeps signing after
+    /// `POST /api/app/rotate-key`.
+    #[serde(deserialize_with = "duration")]
+    pub key_rotation_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +132,24 @@ pub struct BackoffSettings {
     pub base: Duration,
     #[serde(deserialize_with = "duration")]
     pub max: Duration,
+}
+
+impl BackoffSettings {
+    /// The engine's form of the default backoff.
+    pub fn backoff(&self) -> actors::backoff::Backoff {
+        use actors::backoff::Policy;
+        actors::backoff::Backoff {
+            policy: match self.policy {
+                BackoffPolicy::Fixed => Policy::Fixed,
+                BackoffPolicy::Linear => Policy::Linear,
+                BackoffPolicy::Exponential => Policy::Exponential,
+                BackoffPolicy::ExpFullJitter => Policy::ExpFullJitter,
+                BackoffPolicy::ExpEqualJitter => Policy::ExpEqualJitter,
+            },
+            base: self.base,
+            cap: self.max,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -156,6 +156,36 @@ pub fn globs(field: &'static str, raw: &[String]) -> Result<Vec<String>, Invalid
 /// An app's endpoint base URL: https (http only with
 /// `security.allow_http_targets`), no credentials, and a host whose every
 /// address is public (unless `security.allow_private_targets`).
+/// An app's retry backoff: a policy name of SPEC §5 and two durations
+/// (`"500ms"`, `"1h"`), returned as (policy, base ms, cap ms).
+pub fn backoff(policy: &str, base: &str, max: &str) -> Result<(String, i64, i64), Invalid> {
+    const POLICIES: &str = "fixed, linear, exponential, exp_full_jitter or exp_equal_jitter";
+    let policy = actors::backoff::Policy::parse(policy.trim())
+        .ok_or_else(|| invalid("backoff.policy", format!("must be one of {POLICIES}")))?;
+    let millis = |field: &'static str, raw: &str| {
+        humantime::parse_duration(raw.trim())
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    "must be a duration such as \"500ms\", \"30s\" or \"1h\"",
+                )
+            })
+    };
+    let (base, max) = (millis("backoff.base", base)?, millis("backoff.max", max)?);
+    if !(100..=3_600_000).contains(&base) {
+        return Err(invalid("backoff.base", "must be between 100ms and 1h"));
+    }
+    if max < base || max > 7 * 86_400_000 {
+        return Err(invalid(
+            "backoff.max",
+            "must be at least backoff.base and at most 7d",
+        ));
+    }
+    Ok((policy.as_str().to_owned(), base, max))
+}
+
 pub async fn base_url(raw: &str, policy: UrlPolicy) -> Result<String, Invalid> {
     const FIELD: &str = "base_url";
     let value = bounded(FIELD, raw, 1, MAX_URL_LEN)?;

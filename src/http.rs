@@ -5,8 +5,10 @@
 //! - [`public`]: `/health`, `/ready`, `/version`, `/openapi.json`, `/docs`.
 //! - [`admin`]: `/admin/api/…` (admin token).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
+//! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
 
+mod account;
 mod admin;
 mod client;
 pub mod error;
@@ -69,6 +71,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(operations::routes(state.clone()))
         .unify()
         .or(events::routes(state.clone()))
+        .unify()
+        .or(account::routes(state.clone()))
         .unify();
     filters::per_ip_limit(state)
         .and(api)

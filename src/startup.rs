@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::backoff::{Backoff, Policy};
 use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
 use actors::delivery::{DeliveryConfig, OutboxSignal};
@@ -22,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::{BackoffPolicy, Settings};
+use crate::config::Settings;
 use crate::http::{self, AppState, RateLimits};
 
 const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -175,17 +174,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
         delivery: DeliveryConfig {
             timeout: delivery.timeout,
             max_attempts: delivery.max_attempts,
-            backoff: Backoff {
-                policy: match delivery.backoff.policy {
-                    BackoffPolicy::Fixed => Policy::Fixed,
-                    BackoffPolicy::Linear => Policy::Linear,
-                    BackoffPolicy::Exponential => Policy::Exponential,
-                    BackoffPolicy::ExpFullJitter => Policy::ExpFullJitter,
-                    BackoffPolicy::ExpEqualJitter => Policy::ExpEqualJitter,
-                },
-                base: delivery.backoff.base,
-                cap: delivery.backoff.max,
-            },
+            backoff: delivery.backoff.backoff(),
             retry_after_cap: delivery.retry_after_max,
             chunking: Chunking {
                 threshold_bytes: delivery.chunk_threshold_bytes,

@@ -47,6 +47,21 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The backoff of an app: its own settings where it has them, else
+    /// `default` (the server's configuration).
+    pub fn of_app(app: &entity::app::Model, default: Backoff) -> Backoff {
+        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        Backoff {
+            policy: app
+                .backoff_policy
+                .as_deref()
+                .and_then(Policy::parse)
+                .unwrap_or(default.policy),
+            base: app.backoff_base_ms.map_or(default.base, millis),
+            cap: app.backoff_max_ms.map_or(default.cap, millis),
+        }
+    }
+
     /// The wait before retry number `n` (0-based).
     pub fn delay(&self, n: u32) -> Duration {
         self.delay_with(n, |upper| {

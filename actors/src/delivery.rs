@@ -24,7 +24,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::{Mutex, Notify};
 use tracing::{debug, info, warn};
 
-use crate::backoff::{Backoff, Policy};
+use crate::backoff::Backoff;
 use crate::breaker::{self, BreakerPolicy, Permit};
 use crate::clock::now_ms;
 use crate::ids::SubscriptionId;
@@ -499,24 +499,18 @@ impl Lane {
         else {
             return Ok(None);
         };
-        let key = self.store.client_auth_key(&app)?;
-        let default = self.config.backoff;
-        let backoff = Backoff {
-            policy: app
-                .backoff_policy
-                .as_deref()
-                .and_then(Policy::parse)
-                .unwrap_or(default.policy),
-            base: app.backoff_base_ms.map_or(default.base, |ms| {
-                Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-            }),
-            cap: app.backoff_max_ms.map_or(default.cap, |ms| {
-                Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-            }),
-        };
+        // During a key rotation both keys sign; the Docora header, which
+        // holds one signature, uses the current key.
+        let keys = self
+            .store
+            .signing_keys(&app, now_ms())?
+            .iter()
+            .map(|key| key.expose_secret().as_bytes().to_vec())
+            .collect();
+        let backoff = Backoff::of_app(&app, self.config.backoff);
         Ok(Some(LaneContext {
             base_url: app.base_url.clone(),
-            keys: vec![key.expose_secret().as_bytes().to_vec()],
+            keys,
             repository: RepositoryRef {
                 repository_id: repository.id.clone(),
                 github_url: repository.url.clone(),
@@ -789,7 +783,7 @@ impl Lane {
         let counted = !probe;
         let attempts = u32::try_from(event.attempts).unwrap_or(0) + u32::from(counted);
         if counted && attempts >= self.config.max_attempts {
-            return if event.kind == event_kind::SYNC_FAILED {
+            return if event_kind::is_notification(&event.kind) {
                 EventOutcome::Skipped { error }
             } else {
                 EventOutcome::Dead { error }

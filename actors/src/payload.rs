@@ -89,6 +89,47 @@ pub struct BreakerState {
     pub cooldown_until: Option<String>,
 }
 
+/// The stored extra fields of a `synced` notice (its commit is the event's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncedNotice {
+    pub previous_commit_sha: Option<String>,
+    pub counts: SyncedCounts,
+}
+
+/// How many file events of each kind the snapshot brought the subscription.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedCounts {
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+impl SyncedCounts {
+    pub fn of<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut counts = Self::default();
+        for kind in kinds {
+            match kind {
+                event_kind::CREATED => counts.created += 1,
+                event_kind::UPDATED => counts.updated += 1,
+                event_kind::DELETED => counts.deleted += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+}
+
+#[derive(Serialize)]
+struct SyncedBody<'a> {
+    event: &'static str,
+    repository: &'a RepositoryRef,
+    commit_sha: &'a str,
+    previous_commit_sha: Option<&'a str>,
+    counts: SyncedCounts,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
 #[derive(Serialize)]
 struct SyncFailedBody<'a> {
     event: &'static str,
@@ -219,6 +260,7 @@ pub fn render(
         event_kind::UPDATED => "update",
         event_kind::DELETED => "delete",
         event_kind::SYNC_FAILED => "sync_failed",
+        event_kind::SYNCED => "synced",
         _ => return Err(PayloadError::UnknownKind(event.id.clone())),
     };
     let path = event.path.as_deref();
@@ -247,6 +289,22 @@ pub fn render(
                 error: &failure.error,
                 circuit_breaker: &failure.circuit_breaker,
                 retry_count: failure.retry_count,
+                timestamp: &timestamp,
+                event_id: &event.id,
+            })
+        }
+        event_kind::SYNCED => {
+            let notice: SyncedNotice = event
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok())
+                .ok_or_else(|| PayloadError::BadPayload(event.id.clone()))?;
+            serde_json::to_vec(&SyncedBody {
+                event: "synced",
+                repository,
+                commit_sha: commit.ok_or_else(incomplete)?,
+                previous_commit_sha: notice.previous_commit_sha.as_deref(),
+                counts: notice.counts,
                 timestamp: &timestamp,
                 event_id: &event.id,
             })
@@ -435,5 +493,21 @@ mod tests {
             encoded.push_str(value["file"]["content"].as_str().expect("content"));
         }
         assert_eq!(STANDARD.decode(encoded).expect("base64"), content);
+    }
+
+    #[test]
+    fn synced_notice_names_both_commits_and_the_counts() {
+        let notice = SyncedNotice {
+            previous_commit_sha: Some("beef".into()),
+            counts: SyncedCounts::of(["created", "created", "deleted", "synced"]),
+        };
+        let mut synced = event("synced", false);
+        synced.payload = Some(serde_json::to_string(&notice).expect("json"));
+        let rendered = render(&synced, &repository(), None, CHUNKING).expect("renders");
+        assert_eq!(rendered.endpoint, "synced");
+        assert_eq!(
+            body(&rendered),
+            r#"{"event":"synced","repository":{"repository_id":"repo_1","github_url":"https://github.com/o/r","owner":"o","name":"r"},"commit_sha":"c0ffee","previous_commit_sha":"beef","counts":{"created":2,"updated":0,"deleted":1},"timestamp":"2026-01-01T00:00:00.000Z","event_id":"evt_01"}"#
+        );
     }
 }

@@ -49,8 +49,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let delete = warp::path!("admin" / "api" / "apps" / String)
         .and(warp::delete())
         .and(admin_auth(state.clone()))
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .then(delete_app)
+        .map(respond);
+    let enable = warp::path!("admin" / "api" / "apps" / String / "enable")
+        .and(warp::post())
+        .and(admin_auth(state.clone()))
+        .and(with_state(state))
+        .then(enable_app)
         .map(respond);
     onboard
         .or(list)
@@ -58,6 +64,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(detail)
         .unify()
         .or(delete)
+        .unify()
+        .or(enable)
         .unify()
         .boxed()
 }
@@ -199,4 +207,25 @@ pub(crate) async fn delete_app(id: String, state: AppState) -> Result<Response, 
         },
     };
     Ok(warp::reply::json(&body).into_response())
+}
+
+/// Re-enables an app that was disabled after its endpoint failed for
+/// `delivery.disable_after`; its waiting events are delivered again, in order.
+#[utoipa::path(post, path = "/admin/api/apps/{id}/enable", tag = "admin",
+    params(("id" = String, Path, description = "App id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The app, active again", body = AppDetailResponse),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No such app", body = super::error::ErrorBody)))]
+pub(crate) async fn enable_app(id: String, state: AppState) -> Result<Response, ApiError> {
+    let id = AppId::parse(&id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    state
+        .store
+        .enable_app(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    tracing::info!(app = %id, "app re-enabled");
+    state.engine.wake_delivery();
+    app_detail(id.into_string(), state).await
 }

@@ -92,24 +92,22 @@ pub struct AppPage {
     pub pagination: Pagination,
 }
 
+/// What every view of an app shows.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AppSummaryBody {
+pub struct AppProfile {
     pub app_id: String,
     pub app_name: String,
     pub base_url: String,
     pub email: String,
     pub website: Option<String>,
     pub description: Option<String>,
-    /// `active` or `disabled`.
+    /// `active`, or `disabled` after failing for `delivery.disable_after`.
     pub status: String,
     pub created_at: String,
-    pub repository_count: u64,
-    pub failed_notification_count: u64,
 }
 
-impl From<&actors::store::apps::AppSummary> for AppSummaryBody {
-    fn from(summary: &actors::store::apps::AppSummary) -> Self {
-        let app = &summary.app;
+impl From<&entity::app::Model> for AppProfile {
+    fn from(app: &entity::app::Model) -> Self {
         Self {
             app_id: app.id.clone(),
             app_name: app.name.clone(),
@@ -119,6 +117,22 @@ impl From<&actors::store::apps::AppSummary> for AppSummaryBody {
             description: app.description.clone(),
             status: app.status.clone(),
             created_at: rfc3339_ms(app.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppSummaryBody {
+    #[serde(flatten)]
+    pub profile: AppProfile,
+    pub repository_count: u64,
+    pub failed_notification_count: u64,
+}
+
+impl From<&actors::store::apps::AppSummary> for AppSummaryBody {
+    fn from(summary: &actors::store::apps::AppSummary) -> Self {
+        Self {
+            profile: AppProfile::from(&summary.app),
             repository_count: summary.repository_count,
             failed_notification_count: summary.failed_notification_count,
         }
@@ -282,4 +296,51 @@ pub struct UpdateToken {
 pub struct MessageBody {
     #[schema(example = "Token updated successfully")]
     pub message: &'static str,
+}
+
+/// The calling app as it sees itself (`GET /api/app`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppView {
+    #[serde(flatten)]
+    pub profile: AppProfile,
+    /// Whether a `synced` notification follows the last event of a snapshot.
+    pub notify_synced: bool,
+    /// The retry backoff in force: the app's own, else the server default.
+    pub backoff: BackoffView,
+    /// While set (and in the future), the previous signing key still signs
+    /// alongside the current one.
+    pub previous_key_expires_at: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BackoffView {
+    /// `fixed`, `linear`, `exponential`, `exp_full_jitter` or `exp_equal_jitter`.
+    pub policy: String,
+    /// First delay, e.g. `"1s"`.
+    pub base: String,
+    /// Longest delay, e.g. `"1h"`.
+    pub max: String,
+}
+
+/// `PATCH /api/app`: the fields to change; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApp {
+    /// Where webhooks go (https, public address).
+    pub base_url: Option<String>,
+    /// Opt in to (or out of) the `synced` notification.
+    pub notify_synced: Option<bool>,
+    /// The app's own retry backoff (all three fields).
+    pub backoff: Option<BackoffView>,
+}
+
+/// `POST /api/app/rotate-key`: the new key, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKeyBody {
+    pub client_auth_key: String,
+    /// `whsec_` + base64 of the new key, for Standard Webhooks libraries.
+    pub webhook_secret: String,
+    /// Until then the previous key signs too (a second `webhook-signature`).
+    pub previous_key_expires_at: String,
 }

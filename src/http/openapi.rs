@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, client, error, events, models, operations, public};
+use super::{account, admin, client, error, events, models, operations, public};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,11 +20,15 @@ use super::{admin, client, error, events, models, operations, public};
         admin::list_apps,
         admin::app_detail,
         admin::delete_app,
+        admin::enable_app,
         client::register,
         client::list,
         client::detail,
         client::unwatch,
         client::update_token,
+        account::show,
+        account::update,
+        account::rotate_key,
         events::list,
         events::detail,
         events::retry,

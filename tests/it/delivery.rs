@@ -18,7 +18,7 @@ fn sha(content: &[u8]) -> String {
         .collect()
 }
 
-async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
     let mut builder = TestApp::builder()
         .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
         .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
@@ -34,14 +34,14 @@ async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
     builder.spawn().await
 }
 
-async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
+pub(crate) async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
     app.onboard_with(
         json!({"app_name": name, "base_url": receiver.base_url, "email": "dev@example.com"}),
     )
     .await
 }
 
-async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
+pub(crate) async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
     let (status, body) = app.register(client, json!({"url": url})).await;
     assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     body["repository_id"].as_str().expect("id").to_owned()

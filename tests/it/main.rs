@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod app_settings;
 mod changes;
 mod config;
 mod delivery;

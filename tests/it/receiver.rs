@@ -236,17 +236,7 @@ pub fn verify(request: &Received, client_auth_key: &str, webhook_secret: &str) {
         "Docora signature"
     );
 
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(webhook_secret.trim_start_matches("whsec_"))
-        .expect("whsec_ + base64");
-    let id = request.header("webhook-id");
-    let ts = request.header("webhook-timestamp");
-    let mut signed = format!("{id}.{ts}.").into_bytes();
-    signed.extend_from_slice(&request.body);
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(hmac(&key, &signed))
-    );
+    let expected = standard_signature(request, webhook_secret);
     assert!(
         request
             .header("webhook-signature")
@@ -254,6 +244,21 @@ pub fn verify(request: &Received, client_auth_key: &str, webhook_secret: &str) {
             .any(|s| s == expected),
         "Standard Webhooks signature"
     );
+}
+
+/// The `v1,…` signature `webhook_secret` gives the request (SPEC §5).
+pub fn standard_signature(request: &Received, webhook_secret: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(webhook_secret.trim_start_matches("whsec_"))
+        .expect("whsec_ + base64");
+    let id = request.header("webhook-id");
+    let ts = request.header("webhook-timestamp");
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(&request.body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(hmac(&key, &signed))
+    )
 }
 
 fn hex_string(bytes: &[u8]) -> String {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use entity::{app, event, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -49,9 +49,31 @@ pub struct AppDeletion {
     pub orphaned_repositories_cleaned: u64,
 }
 
+/// What an app may change about itself (`PATCH /api/app`); `None` keeps
+/// the current value.
+#[derive(Debug, Default)]
+pub struct AppUpdate {
+    pub base_url: Option<String>,
+    pub notify_synced: Option<bool>,
+    /// Policy name, base and cap (ms) of the app's retry backoff.
+    pub backoff: Option<(String, i64, i64)>,
+}
+
+/// A new signing key, shown once, and until when the old one still signs.
+pub struct RotatedKey {
+    pub client_auth_key: SecretString,
+    pub webhook_secret: SecretString,
+    pub previous_key_expires_at: i64,
+}
+
 /// The associated data that binds an app's signing key to its row.
 pub(crate) fn client_auth_key_aad(app_id: &str) -> String {
     format!("apps/{app_id}/client_auth_key")
+}
+
+/// The associated data of the key a rotation replaced.
+fn previous_key_aad(app_id: &str) -> String {
+    format!("apps/{app_id}/previous_client_auth_key")
 }
 
 impl Store {
@@ -117,6 +139,97 @@ impl Store {
             &app.client_auth_key_ciphertext,
             &client_auth_key_aad(&app.id),
         )?)
+    }
+
+    /// The keys that sign the app's webhooks at `now`: the current one first,
+    /// then the one a rotation replaced while its grace period lasts.
+    pub fn signing_keys(
+        &self,
+        app: &app::Model,
+        now: i64,
+    ) -> Result<Vec<SecretString>, StoreError> {
+        let mut keys = vec![self.client_auth_key(app)?];
+        if let (Some(sealed), Some(until)) =
+            (&app.previous_key_ciphertext, app.previous_key_expires_at)
+            && until > now
+        {
+            keys.push(self.keys.open(sealed, &previous_key_aad(&app.id))?);
+        }
+        Ok(keys)
+    }
+
+    /// Replaces the app's signing key with `new_key`; the old key keeps
+    /// signing alongside for `grace_ms`. A second rotation within the grace
+    /// period retires the oldest key. `None` when there is no such app.
+    pub async fn rotate_app_key(
+        &self,
+        id: &AppId,
+        new_key: SecretString,
+        grace_ms: i64,
+    ) -> Result<Option<RotatedKey>, StoreError> {
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        let Some(app) = app::Entity::find_by_id(id.as_str()).one(&txn).await? else {
+            return Ok(None);
+        };
+        let current = self.client_auth_key(&app)?;
+        let expires_at = now.saturating_add(grace_ms);
+        let mut active = app.clone().into_active_model();
+        active.client_auth_key_ciphertext = Set(self
+            .keys
+            .seal(new_key.expose_secret(), &client_auth_key_aad(&app.id)));
+        active.previous_key_ciphertext = Set(Some(
+            self.keys
+                .seal(current.expose_secret(), &previous_key_aad(&app.id)),
+        ));
+        active.previous_key_expires_at = Set(Some(expires_at));
+        active.updated_at = Set(now);
+        active.update(&txn).await?;
+        txn.commit().await?;
+        Ok(Some(RotatedKey {
+            webhook_secret: crypto::webhook_secret(&new_key),
+            client_auth_key: new_key,
+            previous_key_expires_at: expires_at,
+        }))
+    }
+
+    /// Applies an app's own settings change; `None` when there is no such app.
+    pub async fn update_app(
+        &self,
+        id: &AppId,
+        update: AppUpdate,
+    ) -> Result<Option<app::Model>, StoreError> {
+        let Some(app) = app::Entity::find_by_id(id.as_str()).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let mut active = app.into_active_model();
+        if let Some(base_url) = update.base_url {
+            active.base_url = Set(base_url);
+        }
+        if let Some(notify) = update.notify_synced {
+            active.notify_synced = Set(notify);
+        }
+        if let Some((policy, base_ms, max_ms)) = update.backoff {
+            active.backoff_policy = Set(Some(policy));
+            active.backoff_base_ms = Set(Some(base_ms));
+            active.backoff_max_ms = Set(Some(max_ms));
+        }
+        active.updated_at = Set(now_ms());
+        Ok(Some(active.update(&self.db).await?))
+    }
+
+    /// Re-enables an app that was disabled after failing for too long; its
+    /// waiting events are delivered again. `None` when there is no such app.
+    pub async fn enable_app(&self, id: &AppId) -> Result<Option<app::Model>, StoreError> {
+        app::Entity::update_many()
+            .col_expr(app::Column::Status, Expr::value(app_status::ACTIVE))
+            .col_expr(app::Column::DisabledAt, Expr::value(Option::<i64>::None))
+            .col_expr(app::Column::FailingSince, Expr::value(Option::<i64>::None))
+            .col_expr(app::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(app::Column::Id.eq(id.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(app::Entity::find_by_id(id.as_str()).one(&self.db).await?)
     }
 
     /// One page of apps, oldest first, with their counts, and the total number

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use entity::{event, manifest_entry, repository, snapshot, subscription};
+use entity::{app, event, manifest_entry, repository, snapshot, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
@@ -17,6 +17,7 @@ use super::{Store, StoreError, event_status, lock_repositories, subscription_sta
 use crate::changes::{FileEntry, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
+use crate::payload::{SyncedCounts, SyncedNotice};
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
@@ -28,6 +29,14 @@ pub mod event_kind {
     pub const UPDATED: &str = "updated";
     pub const DELETED: &str = "deleted";
     pub const SYNC_FAILED: &str = "sync_failed";
+    /// Opt-in per app: the snapshot's events before it were all delivered.
+    pub const SYNCED: &str = "synced";
+
+    /// Notifications are best effort: one that cannot be delivered is
+    /// skipped rather than blocking the file events behind it.
+    pub fn is_notification(kind: &str) -> bool {
+        kind == SYNC_FAILED || kind == SYNCED
+    }
 }
 
 /// A scan's result, ready to be committed.
@@ -172,6 +181,17 @@ impl Store {
             .filter(subscription::Column::RepositoryId.eq(repo.id.as_str()))
             .all(&txn)
             .await?;
+        let app_ids: Vec<&str> = subscriptions.iter().map(|s| s.app_id.as_str()).collect();
+        let notify_synced: std::collections::HashSet<String> = app::Entity::find()
+            .select_only()
+            .column(app::Column::Id)
+            .filter(app::Column::Id.is_in(app_ids))
+            .filter(app::Column::NotifySynced.eq(true))
+            .into_tuple()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .collect();
         let moved = repo.head_commit.as_deref() != Some(advance.commit.as_str())
             || !advance.delta.upserts.is_empty()
             || !advance.delta.deletes.is_empty();
@@ -270,10 +290,6 @@ impl Store {
                 let rows = batch.iter().enumerate().map(|(i, p)| {
                     let position = batch_index * BATCH + i;
                     event::ActiveModel {
-                        id: Set(EventId::generate().into_string()),
-                        subscription_id: Set(sub.id.clone()),
-                        app_id: Set(sub.app_id.clone()),
-                        repository_id: Set(repo.id.clone()),
                         snapshot_id: Set(snapshot_id.clone()),
                         seq: Set(first_seq + i64::try_from(position).unwrap_or(i64::MAX)),
                         kind: Set(p.kind.to_owned()),
@@ -285,21 +301,43 @@ impl Store {
                             (p.kind != event_kind::DELETED).then(|| p.file.blob_id.clone())
                         ),
                         binary: Set(p.file.binary),
-                        renamed_from: Set(None),
                         commit_sha: Set(Some(advance.commit.clone())),
-                        payload: Set(None),
-                        status: Set(event_status::PENDING.to_owned()),
-                        attempts: Set(0),
-                        next_attempt_at: Set(now),
-                        last_error: Set(None),
-                        created_at: Set(now),
-                        delivered_at: Set(None),
+                        ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
                     }
                 });
                 event::Entity::insert_many(rows)
                     .exec_without_returning(&txn)
                     .await?;
             }
+            // The opt-in `synced` notice goes last: delivered in `seq`
+            // order, it reaches the app once the app holds this snapshot's
+            // tree (an empty first snapshot included).
+            let count = if notify_synced.contains(&sub.app_id)
+                && (count > 0 || sub.last_snapshot_id.is_none())
+            {
+                let notice = SyncedNotice {
+                    previous_commit_sha: sub
+                        .last_synced_commit
+                        .clone()
+                        .filter(|_| sub.last_snapshot_id.is_some()),
+                    counts: SyncedCounts::of(pending.iter().map(|p| p.kind)),
+                };
+                event::ActiveModel {
+                    seq: Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX)),
+                    kind: Set(event_kind::SYNCED.to_owned()),
+                    snapshot_id: Set(snapshot_id.clone()),
+                    commit_sha: Set(Some(advance.commit.clone())),
+                    payload: Set(Some(
+                        serde_json::to_string(&notice).expect("notices serialise"),
+                    )),
+                    ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
+                }
+                .insert(&txn)
+                .await?;
+                count + 1
+            } else {
+                count
+            };
             written += count as u64;
 
             // A subscription blocked by its own deliveries (a dead event, or
@@ -635,28 +673,10 @@ impl Store {
                     "retry_count": retry_count,
                 });
                 event::ActiveModel {
-                    id: Set(EventId::generate().into_string()),
-                    subscription_id: Set(sub.id.clone()),
-                    app_id: Set(sub.app_id.clone()),
-                    repository_id: Set(sub.repository_id.clone()),
-                    snapshot_id: Set(None),
                     seq: Set(sub.next_seq),
                     kind: Set(event_kind::SYNC_FAILED.to_owned()),
-                    path: Set(None),
-                    sha256: Set(None),
-                    previous_sha256: Set(None),
-                    size: Set(None),
-                    blob_id: Set(None),
-                    binary: Set(false),
-                    renamed_from: Set(None),
-                    commit_sha: Set(None),
                     payload: Set(Some(payload.to_string())),
-                    status: Set(event_status::PENDING.to_owned()),
-                    attempts: Set(0),
-                    next_attempt_at: Set(now),
-                    last_error: Set(None),
-                    created_at: Set(now),
-                    delivered_at: Set(None),
+                    ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
                 }
                 .insert(&txn)
                 .await?;
@@ -668,5 +688,39 @@ impl Store {
         }
         txn.commit().await?;
         Ok(events)
+    }
+}
+
+/// A new pending event of a subscription, due now, with no file fields; the
+/// caller sets its `seq`, `kind` and whatever else its kind carries.
+fn pending_event(
+    subscription_id: &str,
+    app_id: &str,
+    repository_id: &str,
+    now: i64,
+) -> event::ActiveModel {
+    event::ActiveModel {
+        id: Set(EventId::generate().into_string()),
+        subscription_id: Set(subscription_id.to_owned()),
+        app_id: Set(app_id.to_owned()),
+        repository_id: Set(repository_id.to_owned()),
+        snapshot_id: Set(None),
+        seq: Set(0),
+        kind: Set(String::new()),
+        path: Set(None),
+        sha256: Set(None),
+        previous_sha256: Set(None),
+        size: Set(None),
+        blob_id: Set(None),
+        binary: Set(false),
+        renamed_from: Set(None),
+        commit_sha: Set(None),
+        payload: Set(None),
+        status: Set(event_status::PENDING.to_owned()),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        last_error: Set(None),
+        created_at: Set(now),
+        delivered_at: Set(None),
     }
 }

@@ -1,0 +1,294 @@
+//! The app's own settings end to end: `GET`/`PATCH /api/app`, the opt-in
+//! `synced` notification, key rotation with both keys signing, and an
+//! operator re-enabling a disabled app.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::delivery::{engine_with, onboard, watch};
+use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::helpers::{TestApp, TestClient, assert_error};
+use crate::receiver::{Receiver, Reply, standard_signature, verify};
+
+async fn patch_app(app: &TestApp, client: &TestClient, body: Value) -> (StatusCode, Value) {
+    app.call(Method::PATCH, "/api/app", Some(&client.token), Some(body))
+        .await
+}
+
+async fn show_app(app: &TestApp, client: &TestClient) -> Value {
+    let (status, body) = app
+        .call(Method::GET, "/api/app", Some(&client.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn patch_validates_every_field_before_writing_anything() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let other = app.onboard("other").await;
+    let before = show_app(&app, &client).await;
+    assert_eq!(before["app_id"], client.app_id.as_str());
+    assert_eq!(before["notify_synced"], false);
+    assert_eq!(before["backoff"]["policy"], "exp_full_jitter");
+    assert!(before["previous_key_expires_at"].is_null());
+    assert!(
+        !before.to_string().contains(&client.client_auth_key),
+        "the key is never shown again"
+    );
+
+    let cases = [
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"notify_synced": "yes"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            // Valid opt-in, invalid URL: nothing is written.
+            json!({"notify_synced": true, "base_url": "http://127.0.0.1/hooks"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"backoff": {"policy": "sometimes", "base": "1s", "max": "1h"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"backoff": {"policy": "fixed", "base": "1h", "max": "1s"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"backoff": {"policy": "fixed", "base": "soon", "max": "1h"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = patch_app(&app, &client, body.clone()).await;
+        assert_error(status, &answer, expected);
+        assert_eq!(
+            show_app(&app, &client).await,
+            before,
+            "{body} changed nothing"
+        );
+    }
+    let (status, _) = app
+        .call(Method::PATCH, "/api/app", Some("nope"), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, updated) = patch_app(
+        &app,
+        &client,
+        json!({"notify_synced": true, "backoff": {"policy": "linear", "base": "2s", "max": "10m"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["notify_synced"], true);
+    assert_eq!(updated["backoff"]["policy"], "linear");
+    assert_eq!(updated["backoff"]["base"], "2s");
+    assert_eq!(updated["backoff"]["max"], "10m");
+    assert_eq!(show_app(&app, &client).await, updated);
+    // Tenants are isolated: the other app is untouched.
+    assert_eq!(show_app(&app, &other).await["notify_synced"], false);
+}
+
+#[tokio::test]
+async fn synced_follows_the_last_event_of_each_snapshot_for_apps_that_opted_in() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "alpha\n");
+    repo.write("b.md", "beta\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let (opted_in, plain) = (Receiver::start().await, Receiver::start().await);
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &opted_in, "acme").await;
+    let (status, body) = patch_app(&app, &client, json!({"notify_synced": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let other = onboard(&app, &plain, "other").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    watch(&app, &other, &daemon.url("r.git")).await;
+
+    let accepted = opted_in
+        .wait_for("the initial snapshot and its notice", |r| r.len() == 3)
+        .await;
+    let endpoints: Vec<&str> = accepted.iter().map(|r| r.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["create", "create", "synced"]);
+    let notice = &accepted[2];
+    verify(notice, &client.client_auth_key, &client.webhook_secret);
+    let body = notice.json();
+    assert_eq!(body["event"], "synced");
+    assert_eq!(body["repository"]["repository_id"], id.as_str());
+    assert_eq!(body["commit_sha"], first.as_str());
+    assert!(body["previous_commit_sha"].is_null());
+    assert_eq!(
+        body["counts"],
+        json!({"created": 2, "updated": 0, "deleted": 0})
+    );
+    assert_eq!(notice.header("webhook-id"), body["event_id"]);
+
+    repo.write("a.md", "alpha two\n");
+    repo.remove("b.md");
+    let second = repo.commit("second");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    let accepted = opted_in
+        .wait_for("the second snapshot and its notice", |r| r.len() == 6)
+        .await;
+    let endpoints: Vec<&str> = accepted[3..].iter().map(|r| r.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["delete", "update", "synced"]);
+    let body = accepted[5].json();
+    assert_eq!(body["commit_sha"], second.as_str());
+    assert_eq!(body["previous_commit_sha"], first.as_str());
+    assert_eq!(
+        body["counts"],
+        json!({"created": 0, "updated": 1, "deleted": 1})
+    );
+    app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+
+    // The app that did not opt in gets the file events only.
+    let plain_endpoints: Vec<String> = plain
+        .wait_for("both snapshots", |r| r.len() == 4)
+        .await
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .collect();
+    assert_eq!(plain_endpoints, ["create", "create", "delete", "update"]);
+}
+
+/// Commits `content` to `a.md`, pushes, and returns the webhook that makes
+/// the receiver's count of accepted requests `expected`.
+async fn commit_and_receive(
+    repo: &TestRepo,
+    served: &Served,
+    receiver: &Receiver,
+    content: &str,
+    expected: usize,
+) -> crate::receiver::Received {
+    repo.write("a.md", content);
+    repo.commit(content);
+    served.push(repo, "HEAD:refs/heads/main", false);
+    receiver
+        .wait_for("the next update", |r| r.len() == expected)
+        .await
+        .pop()
+        .expect("a webhook")
+}
+
+#[tokio::test]
+async fn after_a_rotation_both_keys_sign_until_the_next_one_retires_the_oldest() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "one\n");
+    repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[]).await;
+    let original = onboard(&app, &receiver, "acme").await;
+    watch(&app, &original, &daemon.url("r.git")).await;
+    receiver
+        .wait_for("the initial snapshot", |r| r.len() == 1)
+        .await;
+
+    let rotate = || async {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/api/app/rotate-key",
+                Some(&original.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        TestClient {
+            client_auth_key: body["client_auth_key"].as_str().expect("key").to_owned(),
+            webhook_secret: body["webhook_secret"].as_str().expect("secret").to_owned(),
+            ..original.clone()
+        }
+    };
+    let rotated = rotate().await;
+    assert_ne!(rotated.client_auth_key, original.client_auth_key);
+    assert!(rotated.webhook_secret.starts_with("whsec_"));
+    let view = show_app(&app, &original).await;
+    assert!(view["previous_key_expires_at"].is_string(), "{view}");
+
+    let during = commit_and_receive(&repo, &served, &receiver, "two\n", 2).await;
+    // The Docora header and one Standard signature use the new key ...
+    verify(&during, &rotated.client_auth_key, &rotated.webhook_secret);
+    // ... and the old key still signs alongside.
+    let signatures: Vec<&str> = during.header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert!(signatures.contains(&standard_signature(&during, &original.webhook_secret).as_str()));
+
+    let again = rotate().await;
+    let after = commit_and_receive(&repo, &served, &receiver, "three\n", 3).await;
+    verify(&after, &again.client_auth_key, &again.webhook_secret);
+    let signatures: Vec<&str> = after.header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert!(signatures.contains(&standard_signature(&after, &rotated.webhook_secret).as_str()));
+    assert!(
+        !signatures.contains(&standard_signature(&after, &original.webhook_secret).as_str()),
+        "the oldest key is retired"
+    );
+    assert!(
+        !app.logs().contains(&again.client_auth_key),
+        "keys never reach the logs"
+    );
+}
+
+#[tokio::test]
+async fn an_app_disabled_for_failing_too_long_is_re_enabled_by_an_operator() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "one\n");
+    repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(500)));
+    let app = engine_with(&[
+        ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1"),
+        ("HERALD__BREAKER__DELIVERY__COOLDOWN", "100ms"),
+        ("HERALD__DELIVERY__DISABLE_AFTER", "300ms"),
+    ])
+    .await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while show_app(&app, &client).await["status"] != "disabled" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the app was never disabled:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(receiver.accepted().is_empty());
+
+    receiver.fallback(None);
+    let (status, body) = app
+        .admin(Method::POST, "/admin/api/apps/app_nope/enable", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/api/apps/{}/enable", client.app_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], "active");
+    let accepted = receiver
+        .wait_for("the waiting event", |r| {
+            r.iter().any(|r| (200..300).contains(&r.status))
+        })
+        .await;
+    assert_eq!(
+        accepted.last().expect("a webhook").json()["file"]["path"],
+        "a.md"
+    );
+    app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+}
