@@ -376,6 +376,7 @@ impl Actor for AppDelivery {
                         client: state.args.client.clone(),
                         breaker: state.args.breaker.clone(),
                         renewed_at: std::sync::atomic::AtomicI64::new(now_ms()),
+                        delivered: std::sync::Mutex::default(),
                     };
                     let reply = myself.clone();
                     state.handles.retain(|h| !h.is_finished());
@@ -446,7 +447,7 @@ struct LaneContext {
     base_url: String,
     keys: Vec<Vec<u8>>,
     repository: RepositoryRef,
-    mirror: PathBuf,
+    mirror: MirrorReader,
     backoff: Backoff,
 }
 
@@ -459,13 +460,32 @@ struct Lane {
     breaker: Arc<Mutex<Option<breaker_row::Model>>>,
     /// When the delivery lease was last claimed or renewed (unix ms).
     renewed_at: std::sync::atomic::AtomicI64,
+    /// Delivered events whose success is not written yet (see [`Lane::flush`]).
+    delivered: std::sync::Mutex<Unrecorded>,
+}
+
+/// Successful deliveries are written a batch at a time: one transaction per
+/// [`FLUSH_EVERY`] events (or [`FLUSH_AFTER`]) instead of one per event.
+/// Events delivered but not yet written when Herald dies are delivered again
+/// after the restart, with the same `webhook-id` (at least once, as
+/// promised); every other outcome is written before the lane goes on.
+const FLUSH_EVERY: usize = 64;
+const FLUSH_AFTER: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+struct Unrecorded {
+    attempts: Vec<Attempt>,
+    since: Option<Instant>,
 }
 
 impl Lane {
     /// Delivers the subscription's due events in order; returns when the
     /// subscription is due again, if it is.
     async fn run(self) -> Option<i64> {
-        let result = self.deliver().await;
+        let mut result = self.deliver().await;
+        if let Err(err) = self.flush().await {
+            result = result.and(Err(err));
+        }
         if let Err(err) = self
             .store
             .release_delivery(&self.subscription, &self.config.instance_id)
@@ -517,10 +537,11 @@ impl Lane {
                 owner: repository.owner.clone(),
                 name: repository.name.clone(),
             },
-            mirror: self
-                .config
-                .mirrors_dir
-                .join(format!("{}.git", repository.id)),
+            mirror: MirrorReader::new(
+                self.config
+                    .mirrors_dir
+                    .join(format!("{}.git", repository.id)),
+            ),
             backoff,
         }))
     }
@@ -552,11 +573,40 @@ impl Lane {
                     Flow::Next => {}
                     Flow::Stop(at) => return Ok(at),
                 }
+                if self.flush_due() {
+                    self.flush().await?;
+                }
                 if !self.renew_lease().await? {
                     return Ok(None);
                 }
             }
+            // The next batch is read from the database: it must see this one
+            // delivered.
+            self.flush().await?;
         }
+    }
+
+    /// Queues a delivered event's successful attempt for [`Lane::flush`].
+    fn delivered(&self, attempt: Attempt) {
+        let mut unrecorded = self.delivered.lock().expect("lane buffer lock");
+        unrecorded.since.get_or_insert_with(Instant::now);
+        unrecorded.attempts.push(attempt);
+    }
+
+    fn flush_due(&self) -> bool {
+        let unrecorded = self.delivered.lock().expect("lane buffer lock");
+        unrecorded.attempts.len() >= FLUSH_EVERY
+            || unrecorded.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+    }
+
+    /// Writes the queued deliveries in one transaction.
+    async fn flush(&self) -> Result<(), StoreError> {
+        let attempts = {
+            let mut unrecorded = self.delivered.lock().expect("lane buffer lock");
+            unrecorded.since = None;
+            std::mem::take(&mut unrecorded.attempts)
+        };
+        self.store.record_deliveries(attempts).await
     }
 
     /// Renews the delivery lease once a third of it has passed; `false` when
@@ -588,7 +638,7 @@ impl Lane {
         };
         let content = match event.kind.as_str() {
             event_kind::CREATED | event_kind::UPDATED => {
-                match read_blob(&context.mirror, event.blob_id.clone()).await {
+                match context.mirror.read(event.blob_id.clone()).await {
                     Some(content) => Some(content),
                     None => {
                         let error =
@@ -686,8 +736,12 @@ impl Lane {
                         None,
                         Some(answer.excerpt),
                     );
-                    let outcome = last.then_some(EventOutcome::Delivered);
-                    self.store.record_attempt(event, attempt, outcome).await?;
+                    if last {
+                        self.delivered(attempt);
+                    } else {
+                        // Where a retry resumes: written before the next chunk.
+                        self.store.record_attempt(event, attempt, None).await?;
+                    }
                 }
                 Ok(answer) => {
                     let class = if (300..400).contains(&answer.status) {
@@ -761,6 +815,7 @@ impl Lane {
             EventOutcome::Skipped { .. } => Flow::Next,
             _ => Flow::Stop(None),
         };
+        self.flush().await?;
         if let EventOutcome::Dead { error } = &outcome {
             warn!(event = %event.id, subscription = %event.subscription_id, %error, "event failed too often; its subscription waits");
         }
@@ -866,17 +921,46 @@ fn traceparent() -> String {
     format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
 }
 
-/// A blob's bytes from the mirror, on a blocking thread.
-async fn read_blob(mirror: &std::path::Path, blob: Option<String>) -> Option<Vec<u8>> {
-    let mirror = mirror.to_owned();
-    let blob = blob?;
-    tokio::task::spawn_blocking(move || {
-        let repo = git2::Repository::open_bare(&mirror).ok()?;
-        let oid = git2::Oid::from_str(&blob).ok()?;
-        let content = repo.find_blob(oid).ok()?.content().to_vec();
-        Some(content)
-    })
-    .await
-    .ok()
-    .flatten()
+/// Reads file content from a repository's mirror on a blocking thread,
+/// keeping the mirror open for the lane's life instead of opening it per
+/// event.
+#[derive(Clone)]
+struct MirrorReader {
+    path: PathBuf,
+    repo: Arc<std::sync::Mutex<Option<git2::Repository>>>,
+}
+
+impl MirrorReader {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            repo: Arc::default(),
+        }
+    }
+
+    /// A blob's bytes; `None` when the mirror or the blob is missing.
+    async fn read(&self, blob: Option<String>) -> Option<Vec<u8>> {
+        let blob = git2::Oid::from_str(&blob?).ok()?;
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || reader.read_blocking(blob))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn read_blocking(&self, blob: git2::Oid) -> Option<Vec<u8>> {
+        let mut slot = self.repo.lock().ok()?;
+        // A handle opened earlier may predate a rebuilt mirror: on a miss
+        // the mirror is opened afresh once.
+        for reopen in [false, true] {
+            if reopen || slot.is_none() {
+                *slot = Some(git2::Repository::open_bare(&self.path).ok()?);
+            }
+            let repo = slot.as_ref()?;
+            if let Ok(found) = repo.find_blob(blob) {
+                return Some(found.content().to_vec());
+            }
+        }
+        None
+    }
 }

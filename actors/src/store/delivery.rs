@@ -28,6 +28,21 @@ pub struct Attempt {
     pub response_excerpt: Option<String>,
 }
 
+impl Attempt {
+    fn into_row(self) -> delivery_attempt::ActiveModel {
+        delivery_attempt::ActiveModel {
+            id: Set(AttemptId::generate().into_string()),
+            event_id: Set(self.event_id),
+            chunk_index: Set(self.chunk_index),
+            attempted_at: Set(self.attempted_at),
+            status_code: Set(self.status_code),
+            latency_ms: Set(self.latency_ms),
+            error_class: Set(self.error_class),
+            response_excerpt: Set(self.response_excerpt),
+        }
+    }
+}
+
 /// What the attempt means for its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -182,18 +197,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
-        delivery_attempt::ActiveModel {
-            id: Set(AttemptId::generate().into_string()),
-            event_id: Set(attempt.event_id),
-            chunk_index: Set(attempt.chunk_index),
-            attempted_at: Set(attempt.attempted_at),
-            status_code: Set(attempt.status_code),
-            latency_ms: Set(attempt.latency_ms),
-            error_class: Set(attempt.error_class),
-            response_excerpt: Set(attempt.response_excerpt),
-        }
-        .insert(&txn)
-        .await?;
+        attempt.into_row().insert(&txn).await?;
         let set_subscription = |status: &str, error: Option<String>| {
             subscription::Entity::update_many()
                 .col_expr(subscription::Column::Status, Expr::value(status.to_owned()))
@@ -256,6 +260,49 @@ impl Store {
                     .await?;
                 set_subscription(PAUSED, Some(error)).exec(&txn).await?;
             }
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Records the successful last attempts of several delivered events in one
+    /// transaction: their attempt rows, and the events `delivered`. Events
+    /// deleted meanwhile (an app unwatching the repository) are passed over.
+    pub async fn record_deliveries(&self, attempts: Vec<Attempt>) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        let ids: Vec<String> = attempts.iter().map(|a| a.event_id.clone()).collect();
+        let existing: std::collections::HashSet<String> = event::Entity::find()
+            .select_only()
+            .column(event::Column::Id)
+            .filter(event::Column::Id.is_in(ids))
+            .into_tuple()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .collect();
+        let rows: Vec<_> = attempts
+            .into_iter()
+            .filter(|a| existing.contains(&a.event_id))
+            .map(Attempt::into_row)
+            .collect();
+        if !rows.is_empty() {
+            delivery_attempt::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+            event::Entity::update_many()
+                .col_expr(event::Column::Status, Expr::value(event_status::DELIVERED))
+                .col_expr(event::Column::DeliveredAt, Expr::value(now))
+                .col_expr(
+                    event::Column::LastError,
+                    Expr::value(Option::<String>::None),
+                )
+                .filter(event::Column::Id.is_in(existing))
+                .exec(&txn)
+                .await?;
         }
         txn.commit().await?;
         Ok(())
