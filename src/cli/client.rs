@@ -427,11 +427,20 @@ pub fn print_fields(fields: &[(&str, String)]) {
     for (name, value) in fields {
         table.add_row(vec![(*name).to_owned(), value.clone()]);
     }
-    println!("{}", table.trim_fmt());
+    print_table(&table);
 }
 
 pub fn print_table(table: &Table) {
-    println!("{}", table.trim_fmt());
+    println!("{}", render(table));
+}
+
+/// Columns flush left, two spaces apart, no trailing blanks.
+fn render(table: &Table) -> String {
+    let mut table = table.clone();
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table.trim_fmt()
 }
 
 /// `-` for an absent value.

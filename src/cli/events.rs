@@ -83,6 +83,10 @@ struct Event {
     binary: bool,
     commit_sha: Option<String>,
     status: String,
+    /// Absent under `events show`, where `attempts` is the list of attempts
+    /// (the server sends the count and the list under the same name; JSON
+    /// readers keep the last, the list).
+    #[serde(default)]
     attempts: i64,
     last_error: Option<String>,
     next_attempt_at: Option<String>,
@@ -219,7 +223,7 @@ fn print_event(detail: &EventDetail) {
         ("kind", event.kind.clone()),
         ("path", or_dash(event.path.as_deref())),
         ("status", event.status.clone()),
-        ("attempts", event.attempts.to_string()),
+        ("attempts", detail.attempts.len().to_string()),
         ("commit", or_dash(event.commit_sha.as_deref().map(short))),
         ("sha256", or_dash(event.sha.as_deref())),
     ];

@@ -17,9 +17,10 @@ use super::client::{
     print_json, print_table, read_stdin, table,
 };
 
-/// How often `--wait` asks for the repository's state: well inside the
-/// default per-app rate budget (600 requests a minute).
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often `--wait` asks for the repository's state (two requests while
+/// events are pending): well inside the default per-app rate budget of 600
+/// requests a minute.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 pub struct RepoCommand {
@@ -300,44 +301,47 @@ async fn wait_synced(
     };
     bar.set_style(spinner_style());
     bar.enable_steady_tick(Duration::from_millis(120));
+    let result = follow(api, id, timeout, &bar).await;
+    match &result {
+        Ok(_) => bar.finish_and_clear(),
+        // Leave the last state on screen above the error.
+        Err(_) => bar.abandon(),
+    }
+    result
+}
+
+async fn follow(
+    api: &Api,
+    id: &str,
+    timeout: Duration,
+    bar: &ProgressBar,
+) -> Result<Value, CliError> {
     let deadline = Instant::now() + timeout;
-    // The most events seen pending at once: the bar's length. The API gives
-    // the pending count, so delivered = peak − pending.
-    let mut peak = 0u64;
+    // A spinner until events are queued, then a bar.
+    let mut total = 0;
     loop {
-        let view = match api.get(&["api", "repositories", id], &[]).await {
-            Ok(view) => view,
-            Err(err) => {
-                bar.abandon();
-                return Err(err);
-            }
-        };
+        // Asked before the view: deliveries in between can then only make
+        // the total come out low, never high, and the largest estimate is
+        // kept.
+        let delivered = delivered_before_pending(api, id).await?;
+        let view = api.get(&["api", "repositories", id], &[]).await?;
         let repo: Repository = parse(&view)?;
         match repo.status.as_str() {
-            "synced" if repo.pending_events == 0 => {
-                bar.finish_and_clear();
-                return Ok(view);
-            }
-            "failed" | "paused" => {
-                bar.abandon();
-                return Err(CliError::WaitFailed(failure_message(&repo)));
-            }
+            "synced" if repo.pending_events == 0 => return Ok(view),
+            "failed" | "paused" => return Err(CliError::WaitFailed(failure_message(&repo))),
             _ => {}
         }
-        if repo.pending_events > peak {
-            if peak == 0 {
+        if repo.pending_events > 0 {
+            if total == 0 {
                 bar.set_style(bar_style());
             }
-            peak = repo.pending_events;
-            bar.set_length(peak);
-        }
-        if peak > 0 {
-            bar.set_position(peak.saturating_sub(repo.pending_events));
+            total = total.max(delivered + repo.pending_events);
+            bar.set_length(total);
+            bar.set_position(delivered.min(total));
         }
         bar.set_message(progress_message(&repo));
         let now = Instant::now();
         if now >= deadline {
-            bar.abandon();
             return Err(CliError::WaitTimeout(format!(
                 "gave up waiting after {}: {id} is still {} with {} event(s) pending{}. It goes \
                  on in the background: follow it with `herald repo show {id}`, or wait longer \
@@ -353,6 +357,24 @@ async fn wait_synced(
         }
         tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
     }
+}
+
+/// How many of the subscription's events came before its oldest pending one:
+/// events are numbered 1, 2, 3 … in order, and delivered in that order.
+async fn delivered_before_pending(api: &Api, id: &str) -> Result<u64, CliError> {
+    let page = api
+        .get(
+            &["api", "events"],
+            &[
+                ("repository_id", id.to_owned()),
+                ("status", "pending".to_owned()),
+                ("limit", "1".to_owned()),
+            ],
+        )
+        .await?;
+    Ok(page["data"][0]["seq"]
+        .as_u64()
+        .map_or(0, |seq| seq.saturating_sub(1)))
 }
 
 fn spinner_style() -> ProgressStyle {
