@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod changes;
+mod cli;
 mod config;
 mod delivery;
 mod gitserver;
