@@ -257,7 +257,11 @@ impl Api {
         Ok(Self {
             http,
             base: connection.url.clone(),
-            token: connection.token.clone(),
+            // An empty HERALD_TOKEN is no token.
+            token: connection
+                .token
+                .clone()
+                .filter(|token| !token.expose_secret().is_empty()),
             audience,
         })
     }

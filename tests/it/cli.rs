@@ -276,7 +276,11 @@ async fn repo_add_wait_returns_once_the_snapshot_is_delivered() {
     let short = &repo.head()[..12];
     let list = herald(&app, &client.token, &["repo", "list"]).await;
     let row = list.ok().row(&id).expect("the repository's row");
-    assert_eq!(row[1], view["github_url"].as_str().expect("url"), "{list:#?}");
+    assert_eq!(
+        row[1],
+        view["github_url"].as_str().expect("url"),
+        "{list:#?}"
+    );
     assert_eq!(row[2..7], ["main", "synced", short, "0", "0"], "{list:#?}");
     let shown = herald(&app, &client.token, &["repo", "show", &id]).await;
     assert!(shown.ok().stdout.contains(&repo.head()), "{shown:#?}");
