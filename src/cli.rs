@@ -1,9 +1,16 @@
 //! The command line: `herald serve` (the default), `herald migrate`,
-//! `herald check-config`, and `herald listen` (the reference webhook receiver).
+//! `herald check-config`, `herald listen` (the reference webhook receiver),
+//! and the client commands over the HTTP API: `herald app …`,
+//! `herald repo …`, `herald events …` (in [`client`] and one file each).
 
+mod app;
+mod client;
+mod events;
 mod listen;
+mod repo;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,7 +26,10 @@ use crate::startup::{self, Application};
     about = "Watches git repositories and delivers every file change to subscribed apps as signed webhooks."
 )]
 pub struct Cli {
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "Server (serve, migrate, check-config, listen)"
+    )]
     pub common: CommonArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -53,6 +63,14 @@ pub enum Command {
     /// Receive Herald's webhooks: verify, print, and optionally mirror the
     /// tree into a directory (`--port N --secret whsec_… [--mirror DIR]`).
     Listen(listen::ListenArgs),
+    /// Onboard and manage apps. Uses the admin token (HERALD_TOKEN or
+    /// --token); `update` and `rotate-key` use the app's own token.
+    App(app::AppCommand),
+    /// Watch repositories and follow their sync. Uses an app's token
+    /// (HERALD_TOKEN or --token, as printed by `herald app onboard`).
+    Repo(repo::RepoCommand),
+    /// Inspect deliveries; retry or skip failed events. Uses an app's token.
+    Events(events::EventsCommand),
 }
 
 impl CommonArgs {
@@ -68,8 +86,8 @@ impl CommonArgs {
 
 /// Runs the command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Only the server commands read Herald's configuration; `listen` is a
-    // client-side tool and must start without it.
+    // Only the server commands read Herald's configuration; `listen` and
+    // the client commands are client-side tools and must start without it.
     let settings = || Settings::load(&cli.common.overrides());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -109,7 +127,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::App(command) => {
+            let json = command.connection.json;
+            app::run(command).await.map_err(|e| failure(e, json))
+        }
+        Command::Repo(command) => {
+            let json = command.connection.json;
+            repo::run(command).await.map_err(|e| failure(e, json))
+        }
+        Command::Events(command) => {
+            let json = command.connection.json;
+            events::run(command).await.map_err(|e| failure(e, json))
+        }
     }
+}
+
+fn failure(error: client::CliError, json: bool) -> anyhow::Error {
+    anyhow::Error::new(client::Failure { error, json })
+}
+
+/// Prints a failed command's error to stderr and picks the exit code: a
+/// client command's in its output mode with its own code, anything else as
+/// `herald: <error chain>` with 1.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(failure) = err.downcast_ref::<client::Failure>() {
+        return failure.report();
+    }
+    eprintln!("herald: {err:#}");
+    ExitCode::FAILURE
 }
 
 /// A database URL without its password.

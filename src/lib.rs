@@ -9,7 +9,8 @@
 //!   graceful shutdown.
 //! - [`http`]: the warp front door (public, admin and client APIs).
 //! - [`domain`]: validated input types (URLs with the SSRF rule, names, keys).
-//! - [`cli`]: the command line (`serve`, `migrate`, `check-config`).
+//! - [`cli`]: the command line (`serve`, `migrate`, `check-config`, `listen`,
+//!   and the client commands `app`, `repo`, `events` over the HTTP API).
 //!
 //! The engine (actors, persistence, secrets) is the `actors` crate; the
 //! database schema is `entity` and `migration`.

@@ -5,9 +5,6 @@ async fn main() -> std::process::ExitCode {
     let cli = herald::cli::Cli::parse();
     match herald::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("herald: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(err) => herald::cli::report(&err),
     }
 }

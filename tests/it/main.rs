@@ -7,6 +7,7 @@ mod helpers;
 mod admin;
 mod app_settings;
 mod changes;
+mod cli;
 mod config;
 mod delivery;
 mod gitserver;

@@ -1,0 +1,628 @@
+//! What the client commands (`herald app`, `herald repo`, `herald events`)
+//! share: where Herald runs and which token to send (`--url` / `--token`,
+//! `HERALD_URL` / `HERALD_TOKEN`), one HTTP client, the API's errors turned
+//! into messages that say what to do, and the two outputs: tables for people,
+//! the server's JSON (`--json`) for scripts.
+//!
+//! The client commands never read Herald's server configuration: they only
+//! speak HTTP to a running server. The token is held as a secret and never
+//! printed, not even in an error.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use comfy_table::{Table, presets};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use url::Url;
+
+/// How long one request may take, connecting included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where Herald runs, how to authenticate, and how to print.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// Herald's address.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL",
+        value_parser = server_url
+    )]
+    pub url: Url,
+    /// The bearer token: the admin token for `herald app …`, an app's token
+    /// (from `herald app onboard`) for `herald repo …` and `herald events …`.
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        env = "HERALD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret_arg
+    )]
+    pub token: Option<SecretString>,
+    /// Print the server's JSON instead of tables (stable, for scripts).
+    /// Errors then go to stderr as `{"error", "code"}` too.
+    #[arg(long, global = true, help_heading = "Connection")]
+    pub json: bool,
+}
+
+/// Wraps the token at once, so clap never echoes it in an error.
+fn secret_arg(raw: &str) -> Result<SecretString, Infallible> {
+    Ok(SecretString::from(raw.trim()))
+}
+
+fn server_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim())
+        .map_err(|err| format!("{err} (expected e.g. http://127.0.0.1:8080)"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err("must be an http:// or https:// address, e.g. http://127.0.0.1:8080".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query or fragment".into());
+    }
+    Ok(url)
+}
+
+/// A URL fit to print: without user name or password.
+fn shown(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// Which token a command needs: it decides the hints of auth errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The admin API (`herald app onboard|list|show|delete`).
+    Admin,
+    /// The client API (`herald repo …`, `herald events …`, the app's own
+    /// settings).
+    App,
+}
+
+impl Audience {
+    fn token_hint(self) -> &'static str {
+        match self {
+            Audience::Admin => {
+                "`herald app` commands take Herald's admin token (admin.token in the \
+                 configuration, or the admin.token file Herald wrote into its data \
+                 directory on first start)"
+            }
+            Audience::App => {
+                "`herald repo` and `herald events` take an app's token, as printed once \
+                 by `herald app onboard`"
+            }
+        }
+    }
+
+    fn ids_hint(self) -> &'static str {
+        match self {
+            Audience::Admin => "`herald app list` shows the apps' ids",
+            Audience::App => {
+                "`herald repo list` and `herald events list` show the ids this app's token can see"
+            }
+        }
+    }
+}
+
+/// Why a client command failed. Every message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("no token given: set HERALD_TOKEN (or pass --token); {}", .0.token_hint())]
+    NoToken(Audience),
+    #[error(
+        "cannot reach Herald at {url}: is it running? Start it with `herald serve`, \
+         or point HERALD_URL / --url at where it runs"
+    )]
+    Unreachable { url: String },
+    #[error(
+        "Herald at {url} did not answer within {} s: check that it is healthy \
+         (GET /ready) and try again",
+        REQUEST_TIMEOUT.as_secs()
+    )]
+    TimedOut { url: String },
+    #[error("the request to {url} failed: {message}")]
+    Transport { url: String, message: String },
+    #[error(
+        "{url} did not answer like Herald (HTTP {status}): check that HERALD_URL / --url \
+         points at Herald"
+    )]
+    NotHerald { url: String, status: u16 },
+    /// An error answer of the API, with what to do about it.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Bad local input (an unreadable token file, a missing confirmation).
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    WaitFailed(String),
+    #[error("{0}")]
+    WaitTimeout(String),
+}
+
+impl CliError {
+    /// A stable code for scripts: the server's own for API errors.
+    pub fn code(&self) -> &str {
+        match self {
+            CliError::NoToken(_) => "no_token",
+            CliError::Unreachable { .. } => "unreachable",
+            CliError::TimedOut { .. } => "timeout",
+            CliError::Transport { .. } => "transport",
+            CliError::NotHerald { .. } => "not_herald",
+            CliError::Api { code, .. } => code,
+            CliError::Input(_) => "invalid_input",
+            CliError::WaitFailed(_) => "sync_failed",
+            CliError::WaitTimeout(_) => "wait_timeout",
+        }
+    }
+
+    /// The process exit code (documented in the README): 3 Herald could not
+    /// be reached, 4 the token was refused or missing, 5 not found, 6 a wait
+    /// ended in failure or timed out, 1 anything else (2 is clap's usage
+    /// error).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Unreachable { .. }
+            | CliError::TimedOut { .. }
+            | CliError::Transport { .. }
+            | CliError::NotHerald { .. } => 3,
+            CliError::NoToken(_) => 4,
+            CliError::Api {
+                status: 401 | 403, ..
+            } => 4,
+            CliError::Api { status: 404, .. } => 5,
+            CliError::WaitFailed(_) | CliError::WaitTimeout(_) => 6,
+            CliError::Api { .. } | CliError::Input(_) => 1,
+        }
+    }
+}
+
+/// A client command's failure with the output mode it ran in, carried through
+/// `anyhow` to `main`, which prints it with [`Failure::report`].
+#[derive(Debug)]
+pub struct Failure {
+    pub error: CliError,
+    pub json: bool,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    /// Prints the error to stderr (as `{"error", "code"}` under `--json`) and
+    /// returns the exit code.
+    pub fn report(&self) -> ExitCode {
+        if self.json {
+            let mut body = json!({"error": self.error.to_string(), "code": self.error.code()});
+            if let CliError::Api { status, .. } = &self.error {
+                body["status"] = json!(status);
+            }
+            eprintln!("{body}");
+        } else {
+            eprintln!("herald: {}", self.error);
+        }
+        ExitCode::from(self.error.exit_code())
+    }
+}
+
+/// The error body of the API.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: String,
+    code: String,
+}
+
+/// One HTTP client for one command, bound to a server and a token.
+pub struct Api {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<SecretString>,
+    audience: Audience,
+}
+
+impl Api {
+    pub fn new(connection: &Connection, audience: Audience) -> Result<Self, CliError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| CliError::Transport {
+                url: shown(&connection.url),
+                message: err.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base: connection.url.clone(),
+            // An empty HERALD_TOKEN is no token.
+            token: connection
+                .token
+                .clone()
+                .filter(|token| !token.expose_secret().is_empty()),
+            audience,
+        })
+    }
+
+    /// The URL of a path given as segments: each one is percent-encoded, so
+    /// an id typed by the user can never reach another route.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked when parsed: the URL can be a base")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    pub async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        let url = self.url(segments, query);
+        Ok(self
+            .send(Method::GET, url, None)
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
+    /// Sends a request; `None` when the answer has no body (204).
+    pub async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, CliError> {
+        let url = self.url(segments, &[]);
+        self.send(method, url, body).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, CliError> {
+        let token = self
+            .token
+            .as_ref()
+            .ok_or(CliError::NoToken(self.audience))?;
+        let target = shown(&self.base);
+        let route = format!("{method} {}", url.path());
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|err| {
+            if err.is_connect() {
+                CliError::Unreachable {
+                    url: target.clone(),
+                }
+            } else if err.is_timeout() {
+                CliError::TimedOut {
+                    url: target.clone(),
+                }
+            } else {
+                CliError::Transport {
+                    url: target.clone(),
+                    message: err.without_url().to_string(),
+                }
+            }
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|err| CliError::Transport {
+            url: target.clone(),
+            message: err.without_url().to_string(),
+        })?;
+        let not_herald = || CliError::NotHerald {
+            url: target.clone(),
+            status: status.as_u16(),
+        };
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            return serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|_| not_herald());
+        }
+        let error: ErrorBody = serde_json::from_str(&text).map_err(|_| not_herald())?;
+        Err(api_error(status, error, self.audience, &route, &target))
+    }
+}
+
+/// The server's error, with what to do about it.
+fn api_error(
+    status: StatusCode,
+    body: ErrorBody,
+    audience: Audience,
+    route: &str,
+    url: &str,
+) -> CliError {
+    let ErrorBody { error, code } = body;
+    let message = match status.as_u16() {
+        401 => format!(
+            "Herald refused the token ({error}): check HERALD_TOKEN / --token; {}",
+            audience.token_hint()
+        ),
+        403 => format!("{error}: this token may not do that"),
+        // Warp's answer for a route that does not exist.
+        404 if error == "Not found" => format!(
+            "Herald at {url} does not offer {route}: is it an older version, or does \
+             HERALD_URL point elsewhere?"
+        ),
+        404 => format!("{error}: check the id; {}", audience.ids_hint()),
+        400 | 422 => format!("Herald rejected the request: {error}"),
+        429 => format!("{error}: Herald is rate limiting this client; wait a little and try again"),
+        500..=599 => format!(
+            "Herald could not complete the request (HTTP {}, {code}): {error}; the \
+             cause is in the server's logs",
+            status.as_u16()
+        ),
+        _ => error,
+    };
+    CliError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+/// Reads one wire type out of a response, for the tables.
+pub fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, CliError> {
+    T::deserialize(value).map_err(|err| CliError::Transport {
+        url: "Herald".to_owned(),
+        message: format!("unexpected answer ({err}); is the CLI as new as the server?"),
+    })
+}
+
+/// Prints JSON for scripts: pretty, one document per command.
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a JSON value always serialises")
+    );
+}
+
+/// A table without borders (one row a line, columns aligned): easy to read
+/// and to grep.
+pub fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_header(header.to_vec());
+    table
+}
+
+/// Prints a list of `field  value` lines.
+pub fn print_fields(fields: &[(&str, String)]) {
+    let mut table = Table::new();
+    table.load_style(presets::NOTHING);
+    for (name, value) in fields {
+        table.add_row(vec![(*name).to_owned(), value.clone()]);
+    }
+    print_table(&table);
+}
+
+pub fn print_table(table: &Table) {
+    println!("{}", render(table));
+}
+
+/// Columns flush left, two spaces apart, no trailing blanks.
+fn render(table: &Table) -> String {
+    let mut table = table.clone();
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table.trim_fmt()
+}
+
+/// `-` for an absent value.
+pub fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// At most `max` characters (on one line), with an ellipsis when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() <= max && line.len() == text.len() {
+        return line.to_owned();
+    }
+    let kept: String = line.chars().take(max.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+/// Where a git token comes from: never the command line, which other users
+/// of the machine can read in `ps`.
+#[derive(Debug, Args)]
+pub struct GitTokenSource {
+    /// Read the git token (for a private repository) from this environment
+    /// variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "git_token_file")]
+    pub git_token_env: Option<String>,
+    /// Read the git token from this file; `-` reads standard input.
+    #[arg(long, value_name = "PATH")]
+    pub git_token_file: Option<PathBuf>,
+}
+
+impl GitTokenSource {
+    pub fn given(&self) -> bool {
+        self.git_token_env.is_some() || self.git_token_file.is_some()
+    }
+
+    /// The token, when a source was given.
+    pub fn read(&self) -> Result<Option<SecretString>, CliError> {
+        if let Some(var) = &self.git_token_env {
+            let value = std::env::var(var).map_err(|_| {
+                CliError::Input(format!(
+                    "the environment variable {var} (--git-token-env) is not set or not UTF-8"
+                ))
+            })?;
+            return non_empty(value, &format!("the environment variable {var}")).map(Some);
+        }
+        match &self.git_token_file {
+            Some(path) if path.as_os_str() == "-" => read_stdin().map(Some),
+            Some(path) => {
+                let value = std::fs::read_to_string(path).map_err(|err| {
+                    CliError::Input(format!(
+                        "cannot read the git token from {}: {err}",
+                        path.display()
+                    ))
+                })?;
+                non_empty(value, &path.display().to_string()).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Reads a token from standard input: hidden at a terminal, else the first
+/// line of what is piped in.
+pub fn read_stdin() -> Result<SecretString, CliError> {
+    let stdin = std::io::stdin();
+    let value = if stdin.is_terminal() {
+        rpassword::prompt_password("Git token (input hidden): ")
+            .map_err(|err| CliError::Input(format!("cannot read the git token: {err}")))?
+    } else {
+        let mut value = String::new();
+        stdin.lock().read_to_string(&mut value).map_err(|err| {
+            CliError::Input(format!(
+                "cannot read the git token from standard input: {err}"
+            ))
+        })?;
+        value
+    };
+    non_empty(value, "standard input")
+}
+
+fn non_empty(value: String, from: &str) -> Result<SecretString, CliError> {
+    let token = value.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(CliError::Input(format!(
+            "the git token from {from} is empty"
+        )));
+    }
+    Ok(SecretString::from(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(base: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: server_url(base).expect("a valid url"),
+            token: None,
+            audience: Audience::App,
+        }
+    }
+
+    #[test]
+    fn ids_are_path_segments_never_routes() {
+        let api = api("http://127.0.0.1:8080");
+        assert_eq!(
+            api.url(&["api", "repositories", "../../admin/api/apps"], &[])
+                .as_str(),
+            "http://127.0.0.1:8080/api/repositories/..%2F..%2Fadmin%2Fapi%2Fapps"
+        );
+        let behind_proxy = self::api("https://example.com/herald/");
+        assert_eq!(
+            behind_proxy
+                .url(&["api", "events"], &[("status", "dead".into())])
+                .as_str(),
+            "https://example.com/herald/api/events?status=dead"
+        );
+    }
+
+    #[test]
+    fn server_urls_must_be_http() {
+        assert!(server_url("ftp://example.com").is_err());
+        assert!(server_url("localhost:8080").is_err());
+        assert!(server_url("http://h/?a=b").is_err());
+        assert!(server_url("https://h.example/").is_ok());
+    }
+
+    #[test]
+    fn printed_urls_hide_credentials() {
+        let url = server_url("https://user:secret@h.example/").expect("valid");
+        assert_eq!(shown(&url), "https://h.example/");
+    }
+
+    #[test]
+    fn clipping_keeps_one_short_line() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("a longer line", 5), "a lo…");
+        assert_eq!(clip("two\nlines", 10), "two…");
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let body = |error: &str, code: &str| ErrorBody {
+            error: error.into(),
+            code: code.into(),
+        };
+        let unauthorized = api_error(
+            StatusCode::UNAUTHORIZED,
+            body("Invalid token", "unauthorized"),
+            Audience::Admin,
+            "GET /admin/api/apps",
+            "http://h/",
+        );
+        assert!(unauthorized.to_string().contains("HERALD_TOKEN"));
+        assert!(unauthorized.to_string().contains("admin token"));
+        assert_eq!(unauthorized.exit_code(), 4);
+        let missing_route = api_error(
+            StatusCode::NOT_FOUND,
+            body("Not found", "not_found"),
+            Audience::App,
+            "PATCH /api/app",
+            "http://h/",
+        );
+        assert!(
+            missing_route
+                .to_string()
+                .contains("does not offer PATCH /api/app")
+        );
+        let unknown_id = api_error(
+            StatusCode::NOT_FOUND,
+            body("Event not found", "not_found"),
+            Audience::App,
+            "GET /api/events/evt_x",
+            "http://h/",
+        );
+        assert!(unknown_id.to_string().contains("herald events list"));
+        assert_eq!(unknown_id.exit_code(), 5);
+        assert_eq!(unknown_id.code(), "not_found");
+    }
+}
