@@ -83,11 +83,7 @@ struct Event {
     binary: bool,
     commit_sha: Option<String>,
     status: String,
-    /// Absent under `events show`, where `attempts` is the list of attempts
-    /// (the server sends the count and the list under the same name; JSON
-    /// readers keep the last, the list).
-    #[serde(default)]
-    attempts: i64,
+    attempt_count: i64,
     last_error: Option<String>,
     next_attempt_at: Option<String>,
     created_at: String,
@@ -152,7 +148,7 @@ pub async fn run(command: EventsCommand) -> Result<(), CliError> {
                     event.kind.clone(),
                     or_dash(event.path.as_deref().map(|p| clip(p, 60))),
                     event.status.clone(),
-                    event.attempts.to_string(),
+                    event.attempt_count.to_string(),
                     event.created_at.clone(),
                     or_dash(event.last_error.as_deref().map(|e| clip(e, 50))),
                 ]);

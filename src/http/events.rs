@@ -93,7 +93,8 @@ pub struct EventView {
     pub commit_sha: Option<String>,
     /// `pending`, `delivered`, `dead` or `skipped`.
     pub status: String,
-    pub attempts: i32,
+    /// Attempts used up so far (probes of an open breaker do not count).
+    pub attempt_count: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<String>,
     pub created_at: String,
@@ -114,7 +115,7 @@ impl From<&event::Model> for EventView {
             binary: e.binary,
             commit_sha: e.commit_sha.clone(),
             status: e.status.clone(),
-            attempts: e.attempts,
+            attempt_count: e.attempts,
             last_error: e.last_error.clone(),
             next_attempt_at: (e.status == "pending").then(|| rfc3339_ms(e.next_attempt_at)),
             created_at: rfc3339_ms(e.created_at),

@@ -386,7 +386,7 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
     let dead = dead["data"].as_array().expect("list").clone();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["path"], "a.md");
-    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(dead[0]["attempt_count"], 3);
     let event_id = dead[0]["event_id"].as_str().expect("id").to_owned();
     let (_, detail) = app
         .call(
@@ -646,7 +646,7 @@ async fn slow_answers_time_out_and_refused_connections_are_retried() {
             .call(Method::GET, "/api/events", Some(&client.token), None)
             .await;
         if let Some(event) = events["data"].as_array().and_then(|e| e.first()).cloned()
-            && event["attempts"].as_i64().unwrap_or(0) >= 1
+            && event["attempt_count"].as_i64().unwrap_or(0) >= 1
         {
             break event;
         }

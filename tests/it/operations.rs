@@ -323,7 +323,7 @@ async fn a_dead_event_is_listed_queued_and_retried_in_order() {
     assert_eq!(dead["kind"], "created");
     assert_eq!(dead["path"], "a.md");
     assert_eq!(dead["seq"], 1);
-    assert_eq!(dead["attempts"], 2);
+    assert_eq!(dead["attempt_count"], 2);
     assert_eq!(dead["last_error"], "the endpoint answered 422");
     assert!(
         dead["created_at"]
