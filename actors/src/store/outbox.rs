@@ -156,6 +156,8 @@ impl Store {
         advance: SnapshotAdvance,
     ) -> Result<AdvanceOutcome, StoreError> {
         let now = now_ms();
+        // The scan's trace context: the events' delivery attempts continue it.
+        let trace_parent = crate::telemetry::current_traceparent();
         let txn = self.begin_write().await?;
         let Some(repo) = lock_repositories(&txn, &[advance.repository.as_str().to_owned()])
             .await?
@@ -224,6 +226,7 @@ impl Store {
         };
 
         let mut written = 0u64;
+        let mut written_by_kind: BTreeMap<&str, u64> = BTreeMap::new();
         for sub in &subscriptions {
             let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
             let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
@@ -263,6 +266,9 @@ impl Store {
                 )
             };
             let count = pending.len();
+            for p in &pending {
+                *written_by_kind.entry(p.kind).or_default() += 1;
+            }
             let first_seq = sub.next_seq;
             // Rows are built a batch at a time: a first snapshot of a large
             // repository never holds all its event rows at once.
@@ -294,6 +300,7 @@ impl Store {
                         last_error: Set(None),
                         created_at: Set(now),
                         delivered_at: Set(None),
+                        trace_parent: Set(trace_parent.clone()),
                     }
                 });
                 event::Entity::insert_many(rows)
@@ -356,12 +363,34 @@ impl Store {
         active.updated_at = Set(now);
         active.update(&txn).await?;
         txn.commit().await?;
+        if moved {
+            let (created, updated, deleted) = tree_changes(&old, &upserts, &deletes);
+            crate::telemetry::changes_found(created, updated, deleted);
+        }
+        for (kind, n) in written_by_kind {
+            crate::telemetry::events_created(kind, n);
+        }
         Ok(AdvanceOutcome {
             snapshot: moved.then_some(advance.snapshot.into_string()),
             events: written,
             subscriptions: subscriptions.len(),
         })
     }
+}
+
+/// How many files the snapshot created, updated and deleted in the tree.
+fn tree_changes(
+    old: &BTreeMap<String, Known>,
+    upserts: &BTreeMap<&str, Known>,
+    deletes: &std::collections::BTreeSet<&str>,
+) -> (u64, u64, u64) {
+    let updated = upserts.keys().filter(|p| old.contains_key(**p)).count();
+    let deleted = deletes.iter().filter(|p| old.contains_key(**p)).count();
+    (
+        (upserts.len() - updated) as u64,
+        updated as u64,
+        deleted as u64,
+    )
 }
 
 /// The events of one subscription that was at the previous snapshot:
@@ -571,6 +600,7 @@ impl Store {
     /// subscription.
     pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
         let now = now_ms();
+        let trace_parent = crate::telemetry::current_traceparent();
         let txn = self.begin_write().await?;
         if lock_repositories(&txn, &[failure.repository.as_str().to_owned()])
             .await?
@@ -657,6 +687,7 @@ impl Store {
                     last_error: Set(None),
                     created_at: Set(now),
                     delivered_at: Set(None),
+                    trace_parent: Set(trace_parent.clone()),
                 }
                 .insert(&txn)
                 .await?;
@@ -667,6 +698,7 @@ impl Store {
             active.update(&txn).await?;
         }
         txn.commit().await?;
+        crate::telemetry::events_created(event_kind::SYNC_FAILED, events);
         Ok(events)
     }
 }
