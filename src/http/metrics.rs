@@ -1,6 +1,6 @@
 //! HTTP request metrics and the scrape-time gauges of `/metrics`.
 //!
-//! Requests are labelled with their route *template* (`/api/events/{id}`),
+//! Requests are labelled with their route *template* (`/api/events/:id`),
 //! never the raw path: ids would make the label set unbounded. A path that
 //! matches no template counts as `other`.
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 use actors::store::gauges::Gauges;
 use warp::http::{Method, StatusCode};
 
-/// Every route Herald serves, as templates: `{…}` matches one path segment,
-/// a trailing `{*}` the rest of the path. More specific templates first.
+/// Every route Herald serves, as templates: `:name` matches one path segment,
+/// a trailing `*` the rest of the path. A static segment wins over `:name`.
 const ROUTES: &[&str] = &[
     "/health",
     "/ready",
@@ -20,33 +20,33 @@ const ROUTES: &[&str] = &[
     "/metrics",
     "/openapi.json",
     "/docs",
-    "/docs/{*}",
+    "/docs/*",
     "/hooks/github",
     "/hooks/gitlab",
     "/hooks/gitea",
     "/api/app",
     "/api/app/rotate-key",
     "/api/repositories",
-    "/api/repositories/{id}",
-    "/api/repositories/{id}/token",
-    "/api/repositories/{id}/resync",
+    "/api/repositories/:id",
+    "/api/repositories/:id/token",
+    "/api/repositories/:id/resync",
     "/api/events",
-    "/api/events/{id}",
-    "/api/events/{id}/retry",
-    "/api/events/{id}/skip",
+    "/api/events/:id",
+    "/api/events/:id/retry",
+    "/api/events/:id/skip",
     "/admin/api/apps",
     "/admin/api/apps/onboard",
-    "/admin/api/apps/{id}",
+    "/admin/api/apps/:id",
     "/admin/api/overview",
     "/admin/api/queue",
     "/admin/api/notifications/failed",
     "/admin/api/retry",
     "/admin/api/retry/all",
-    "/admin/api/retry/app/{id}",
-    "/admin/api/retry/progress/{id}",
-    "/admin/api/retry/cancel/{id}",
-    "/admin/api/resync/{app_id}/{repository_id}",
-    "/admin/api/repositories/{id}/breaker/reset",
+    "/admin/api/retry/app/:id",
+    "/admin/api/retry/progress/:id",
+    "/admin/api/retry/cancel/:id",
+    "/admin/api/resync/:app_id/:repository_id",
+    "/admin/api/repositories/:id/breaker/reset",
 ];
 
 /// The route template `path` belongs to, or `other`.
@@ -55,14 +55,14 @@ pub fn route_template(path: &str) -> &'static str {
     // A static segment beats a placeholder: try exact templates first.
     let matches = |template: &str, placeholders: bool| {
         let parts: Vec<&str> = template.split('/').skip(1).collect();
-        if parts.last() == Some(&"{*}") {
+        if parts.last() == Some(&"*") {
             return placeholders
                 && segments.len() >= parts.len() - 1
                 && parts[..parts.len() - 1] == segments[..parts.len() - 1];
         }
         parts.len() == segments.len()
             && parts.iter().zip(&segments).all(|(part, segment)| {
-                part == segment || (placeholders && part.starts_with('{') && !segment.is_empty())
+                part == segment || (placeholders && part.starts_with(':') && !segment.is_empty())
             })
     };
     ROUTES
@@ -163,22 +163,22 @@ mod tests {
             ("/metrics", "/metrics"),
             ("/api/repositories", "/api/repositories"),
             ("/api/repositories/", "/api/repositories"),
-            ("/api/repositories/repo_01ABC", "/api/repositories/{id}"),
+            ("/api/repositories/repo_01ABC", "/api/repositories/:id"),
             (
                 "/api/repositories/repo_01ABC/token",
-                "/api/repositories/{id}/token",
+                "/api/repositories/:id/token",
             ),
             ("/admin/api/apps/onboard", "/admin/api/apps/onboard"),
-            ("/admin/api/apps/app_01XYZ", "/admin/api/apps/{id}"),
+            ("/admin/api/apps/app_01XYZ", "/admin/api/apps/:id"),
             ("/admin/api/retry/all", "/admin/api/retry/all"),
-            ("/admin/api/retry/app/app_1", "/admin/api/retry/app/{id}"),
+            ("/admin/api/retry/app/app_1", "/admin/api/retry/app/:id"),
             (
                 "/admin/api/resync/app_1/repo_2",
-                "/admin/api/resync/{app_id}/{repository_id}",
+                "/admin/api/resync/:app_id/:repository_id",
             ),
             ("/docs", "/docs"),
-            ("/docs/swagger-ui.css", "/docs/{*}"),
-            ("/docs/a/b/c", "/docs/{*}"),
+            ("/docs/swagger-ui.css", "/docs/*"),
+            ("/docs/a/b/c", "/docs/*"),
             ("/", "other"),
             ("/wp-admin/install.php", "other"),
             ("/api/repositories/a/b/c/d", "other"),

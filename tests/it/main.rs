@@ -17,4 +17,5 @@ mod receiver;
 mod repositories;
 mod secrets;
 mod store;
+mod telemetry;
 mod validation;
