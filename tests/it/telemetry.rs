@@ -507,3 +507,29 @@ async fn metrics_count_scans_changes_events_and_deliveries() {
         "series carry HELP lines"
     );
 }
+
+#[test]
+fn the_dashboard_uses_only_documented_series() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/dashboards/herald.json"))
+        .expect("the Grafana dashboard");
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    let mut used: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("herald_"))
+        .map(|word| word.trim_end_matches("_bucket"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(
+        used.len() >= 10,
+        "the dashboard shows Herald's series: {used:?}"
+    );
+    for series in used {
+        assert!(
+            readme.contains(&format!("| `{series}` |")),
+            "{series} is on the dashboard but not in README's metric table"
+        );
+    }
+}
