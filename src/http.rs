@@ -2,11 +2,13 @@
 //! limits and the one JSON error shape. It holds a [`Store`] and an
 //! [`EngineHandle`]; it never runs git or sends webhooks itself.
 //!
-//! - [`public`]: `/health`, `/ready`, `/version`, `/openapi.json`, `/docs`.
+//! - [`public`]: `/health`, `/ready`, `/version`, `/metrics`, `/openapi.json`,
+//!   `/docs`.
 //! - [`admin`]: `/admin/api/…` (admin token).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
 //! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
+//! - [`metrics`]: request metrics by route template, scrape-time gauges.
 
 mod account;
 mod admin;
@@ -14,6 +16,7 @@ mod client;
 pub mod error;
 mod events;
 mod filters;
+pub mod metrics;
 pub mod models;
 pub mod openapi;
 mod operations;
@@ -29,6 +32,8 @@ use actors::supervisor::EngineHandle;
 use secrecy::SecretString;
 use warp::Filter;
 use warp::filters::BoxedFilter;
+use warp::http::Method;
+use warp::path::FullPath;
 use warp::reply::Response;
 
 use crate::config::Settings;
@@ -61,7 +66,7 @@ impl AppState {
 }
 
 /// Every route, behind the per-address rate limit, with errors recovered into
-/// the JSON error shape and a span per request.
+/// the JSON error shape, a span per request and request metrics.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = public::routes(state.clone())
         .or(admin::routes(state.clone()))
@@ -74,13 +79,43 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(account::routes(state.clone()))
         .unify();
-    filters::per_ip_limit(state)
+    let answered = filters::per_ip_limit(state)
         .and(api)
         .recover(error::recover)
-        .unify()
+        .unify();
+    warp::any()
+        .map(Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(answered)
+        .map(
+            |started: Instant, method: Method, path: FullPath, response: Response| {
+                metrics::observe_request(
+                    &method,
+                    path.as_str(),
+                    response.status(),
+                    started.elapsed(),
+                );
+                response
+            },
+        )
         .with(warp::trace::request())
         .map(warp::Reply::into_response)
         .boxed()
+}
+
+/// Drains the metrics recorder's histogram buffers now and then, so they do
+/// not grow between scrapes.
+pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            if let Some(handle) = crate::telemetry::metrics_handle() {
+                handle.run_upkeep();
+            }
+        }
+    })
 }
 
 pub fn spawn_rate_limit_pruner(limits: Arc<RateLimits>) -> tokio::task::JoinHandle<()> {

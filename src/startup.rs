@@ -103,6 +103,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         info!(addr = %self.addr, "listening");
         let pruner = http::spawn_rate_limit_pruner(self.state.limits.clone());
+        let metrics_upkeep = http::spawn_metrics_upkeep();
         let routes = http::routes(self.state.clone());
         let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let server = warp::serve(routes)
@@ -124,9 +125,14 @@ impl Application {
         }
         info!("no longer accepting requests; stopping the actor tree");
         pruner.abort();
+        metrics_upkeep.abort();
         self.engine.shutdown(self.shutdown_timeout).await;
         self.store.close().await.ok();
         info!("stopped");
+        // Spans still buffered leave before the process does.
+        tokio::task::spawn_blocking(crate::telemetry::shutdown)
+            .await
+            .ok();
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use tokio::sync::{Mutex, Notify};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::breaker::{self, BreakerPolicy, Permit};
@@ -34,6 +34,7 @@ use crate::store::delivery::{Attempt, EventOutcome};
 use crate::store::outbox::event_kind;
 use crate::store::{Store, StoreError, event_status};
 use crate::supervisor::{RestartPolicy, RestartTracker};
+use crate::telemetry::{self, delivery_outcome};
 use crate::webhook_client::{WebhookClient, header};
 
 /// Breaker kind of an app's endpoint.
@@ -656,6 +657,12 @@ impl Lane {
                         self.store
                             .record_attempt(event, attempt, Some(EventOutcome::Dead { error }))
                             .await?;
+                        telemetry::delivery_attempt(
+                            &tracing::Span::none(),
+                            &self.app_id,
+                            delivery_outcome::DEAD,
+                            None,
+                        );
                         return Ok(Flow::Stop(None));
                     }
                 }
@@ -680,6 +687,12 @@ impl Lane {
                         }),
                     )
                     .await?;
+                telemetry::delivery_attempt(
+                    &tracing::Span::none(),
+                    &self.app_id,
+                    delivery_outcome::DEAD,
+                    None,
+                );
                 return Ok(Flow::Stop(None));
             }
         };
@@ -702,6 +715,20 @@ impl Lane {
                 return Ok(Flow::Stop(None));
             }
             let (webhook_id, body) = rendered.part(&event.id, index);
+            // One span per request, in the trace of the scan that found the change.
+            let span = tracing::info_span!(
+                parent: None,
+                "delivery_attempt",
+                "otel.kind" = "client",
+                event = %event.id,
+                app = %self.app_id,
+                subscription = %event.subscription_id,
+                kind = %event.kind,
+                chunk = index,
+                "http.response.status_code" = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            telemetry::continue_trace(&span, event.trace_parent.as_deref());
             let timestamp = now_ms() / 1000;
             let mut headers = HeaderMap::new();
             headers.insert("content-type", header("application/json"));
@@ -718,14 +745,31 @@ impl Lane {
                 "webhook-signature",
                 header(&signing::standard(&keys, &webhook_id, timestamp, &body)),
             );
-            headers.insert("traceparent", header(&traceparent()));
+            headers.insert(
+                "traceparent",
+                header(&telemetry::outgoing_traceparent(&span)),
+            );
             let chunk_index = rendered
                 .is_chunked()
                 .then(|| i32::try_from(index).unwrap_or(i32::MAX));
             let attempted_at = now_ms();
             let last = index + 1 == rendered.len();
-            match self.client.post(&url, headers, body).await {
+            let answer = self
+                .client
+                .post(&url, headers, body)
+                .instrument(span.clone())
+                .await;
+            if let Ok(answer) = &answer {
+                span.record("http.response.status_code", answer.status);
+            }
+            match answer {
                 Ok(answer) if (200..300).contains(&answer.status) => {
+                    telemetry::delivery_attempt(
+                        &span,
+                        &self.app_id,
+                        delivery_outcome::DELIVERED,
+                        Some(answer.latency),
+                    );
                     self.breaker_success().await?;
                     let attempt = attempt_row(
                         event,
@@ -780,6 +824,15 @@ impl Lane {
                         }
                         self.failure_outcome(context, event, error, probe).await
                     };
+                    telemetry::delivery_attempt(
+                        &span,
+                        &self.app_id,
+                        outcome_label(
+                            &outcome,
+                            matches!((answer.status, answer.retry_after), (429 | 503, Some(_))),
+                        ),
+                        Some(answer.latency),
+                    );
                     return self.stop(event, attempt, outcome).await;
                 }
                 Err(no_answer) => {
@@ -797,6 +850,12 @@ impl Lane {
                     let outcome = self
                         .failure_outcome(context, event, no_answer.message.clone(), probe)
                         .await;
+                    telemetry::delivery_attempt(
+                        &span,
+                        &self.app_id,
+                        outcome_label(&outcome, false),
+                        Some(no_answer.latency),
+                    );
                     return self.stop(event, attempt, outcome).await;
                 }
             }
@@ -914,11 +973,16 @@ fn attempt_row(
     }
 }
 
-/// A W3C `traceparent` for one request.
-fn traceparent() -> String {
-    let trace = crate::crypto::random_bytes::<16>();
-    let span = crate::crypto::random_bytes::<8>();
-    format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
+/// The `herald_deliveries_total` outcome of a failed attempt.
+fn outcome_label(outcome: &EventOutcome, honoured_retry_after: bool) -> &'static str {
+    match outcome {
+        EventOutcome::Dead { .. } => delivery_outcome::DEAD,
+        EventOutcome::Paused { .. } => delivery_outcome::GONE,
+        EventOutcome::Retry { counted: false, .. } if honoured_retry_after => {
+            delivery_outcome::RATE_LIMITED
+        }
+        _ => delivery_outcome::FAILED,
+    }
 }
 
 /// Reads file content from a repository's mirror on a blocking thread,

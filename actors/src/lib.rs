@@ -7,6 +7,8 @@
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
 //! - [`net`]: which IP addresses count as public (the SSRF rule).
 //! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
+//! - [`telemetry`]: the trace context from a scan to its deliveries; the
+//!   engine's Prometheus series.
 //!
 //! The HTTP layer (the `herald` crate) holds a [`store::Store`] and an
 //! [`supervisor::EngineHandle`]; it never runs git or sends webhooks itself.
@@ -27,4 +29,5 @@ pub mod scheduler;
 pub mod signing;
 pub mod store;
 pub mod supervisor;
+pub mod telemetry;
 pub mod webhook_client;

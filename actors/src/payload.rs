@@ -423,6 +423,7 @@ mod tests {
             last_error: None,
             created_at: 1_767_225_600_000,
             delivered_at: None,
+            trace_parent: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::{self, BreakerPolicy, Permit};
 use crate::clock::now_ms;
@@ -21,6 +21,7 @@ use crate::scan::{self, ScanJob, ScanOutcome, ScanPool};
 use crate::store::Store;
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
 use crate::store::subscriptions::GIT_BREAKER;
+use crate::telemetry::{self, scan_outcome};
 
 /// Settings every watcher shares.
 #[derive(Debug, Clone)]
@@ -107,8 +108,17 @@ impl Actor for RepoWatcher {
                 let config = state.args.config.clone();
                 let repository = state.args.repository.clone();
                 let reply = myself.clone();
+                // Each scan starts a trace; its events' deliveries continue it.
+                let span = tracing::info_span!(
+                    parent: None,
+                    "scan",
+                    repository = %repository,
+                    outcome = tracing::field::Empty,
+                );
                 tokio::spawn(async move {
-                    let task = tokio::spawn(scan_repository(store, pool, config, repository));
+                    let task = tokio::spawn(
+                        scan_repository(store, pool, config, repository).instrument(span),
+                    );
                     let result = task.await.map_err(|err| {
                         if err.is_panic() {
                             panic_message(err.into_panic())
@@ -256,6 +266,7 @@ async fn scan_claimed(
                     next_scan_at,
                 })
                 .await?;
+            telemetry::scan_finished(scan_outcome::UNCHANGED, started.elapsed());
             if result.events > 0 {
                 config.signal.notify();
                 info!(%repository, events = result.events, "initial snapshot for new subscriptions");
@@ -288,6 +299,7 @@ async fn scan_claimed(
                     next_scan_at,
                 })
                 .await?;
+            telemetry::scan_finished(scan_outcome::CHANGED, started.elapsed());
             if result.events > 0 {
                 config.signal.notify();
             }
@@ -306,6 +318,7 @@ async fn scan_claimed(
         }
         Ok(ScanOutcome::NeedsManifest) => Ok(ScanReport::Skipped("manifest still missing")),
         Err(err) => {
+            telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
             record_failure(store, config, repository, breaker_row, err, next_scan_at).await?;
             config.signal.notify();
             Ok(ScanReport::Failed)

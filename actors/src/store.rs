@@ -8,11 +8,13 @@
 //!   owner at a time, until its lease expires.
 //! - [`operations`]: the operators' views across apps (overview, queue, dead
 //!   events) and the git breaker reset.
+//! - [`gauges`]: the levels `/metrics` reads at scrape time.
 
 pub mod apps;
 pub mod breakers;
 pub mod delivery;
 pub mod events;
+pub mod gauges;
 pub mod leases;
 pub mod operations;
 pub mod outbox;

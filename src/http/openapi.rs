@@ -16,6 +16,7 @@ use super::{account, admin, client, error, events, models, operations, public};
         public::health,
         public::ready,
         public::version,
+        public::metrics,
         admin::onboard,
         admin::list_apps,
         admin::app_detail,

@@ -282,7 +282,7 @@ pub struct FailedNotification {
     /// `created`, `updated`, `deleted` (or a notification kind).
     pub kind: String,
     pub path: Option<String>,
-    pub attempts: i32,
+    pub attempt_count: i32,
     pub last_error: Option<String>,
     pub created_at: String,
 }
@@ -303,7 +303,7 @@ impl From<&DeadEvent> for FailedNotification {
             seq: event.seq,
             kind: event.kind.clone(),
             path: event.path.clone(),
-            attempts: event.attempts,
+            attempt_count: event.attempts,
             last_error: event.last_error.clone(),
             created_at: rfc3339_ms(event.created_at),
         }

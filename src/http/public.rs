@@ -1,9 +1,10 @@
-//! Public routes: liveness, readiness, version, the OpenAPI document and its
-//! docs page.
+//! Public routes: liveness, readiness, version, Prometheus metrics, the
+//! OpenAPI document and its docs page.
 
 use std::sync::Arc;
 
 use actors::clock::{now_ms, rfc3339_ms};
+use tracing::warn;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::Config;
 use warp::Filter;
@@ -24,8 +25,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(health);
     let ready = warp::path!("ready")
         .and(warp::get())
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .then(ready);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(metrics);
     let version = warp::path!("version").and(warp::get()).map(version);
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
@@ -40,6 +45,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(ready)
         .unify()
         .or(version)
+        .unify()
+        .or(metrics)
         .unify()
         .or(openapi)
         .unify()
@@ -90,6 +97,29 @@ pub(crate) fn version() -> Response {
         name: "herald",
         version: env!("CARGO_PKG_VERSION"),
     })
+    .into_response()
+}
+
+/// Prometheus metrics (text format 0.0.4): the `herald_*` series listed in
+/// the README. Outbox depth, breaker states and disabled apps are read from
+/// the database now; counters and histograms are this instance's since start.
+#[utoipa::path(get, path = "/metrics", tag = "public",
+    responses((status = 200, description = "Prometheus text exposition format",
+        content_type = "text/plain; version=0.0.4", body = String)))]
+pub(crate) async fn metrics(state: AppState) -> Response {
+    let Some(handle) = crate::telemetry::metrics_handle() else {
+        return super::error::ApiError::NotFound("Not found".to_owned()).into_response();
+    };
+    // A database outage still leaves the counters readable.
+    match state.store.gauges(now_ms()).await {
+        Ok(gauges) => super::metrics::publish_gauges(&gauges),
+        Err(err) => warn!(error = %err, "could not read the gauges for /metrics"),
+    }
+    warp::reply::with_header(
+        handle.render(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
     .into_response()
 }
 

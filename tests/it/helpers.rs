@@ -159,7 +159,7 @@ pub async fn start(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (key, _) in std::env::vars() {
-        if key.starts_with("HERALD") || key == "RUST_LOG" {
+        if key.starts_with("HERALD") || key.starts_with("OTEL_") || key == "RUST_LOG" {
             command.env_remove(key);
         }
     }

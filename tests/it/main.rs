@@ -19,4 +19,5 @@ mod receiver;
 mod repositories;
 mod secrets;
 mod store;
+mod telemetry;
 mod validation;

@@ -165,6 +165,8 @@ impl Store {
         advance: SnapshotAdvance,
     ) -> Result<AdvanceOutcome, StoreError> {
         let now = now_ms();
+        // The scan's trace context: the events' delivery attempts continue it.
+        let trace_parent = crate::telemetry::current_traceparent();
         let txn = self.begin_write().await?;
         let Some(repo) = lock_repositories(&txn, &[advance.repository.as_str().to_owned()])
             .await?
@@ -244,6 +246,7 @@ impl Store {
         };
 
         let mut written = 0u64;
+        let mut written_by_kind: BTreeMap<&str, u64> = BTreeMap::new();
         for sub in &subscriptions {
             let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
             let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
@@ -283,6 +286,9 @@ impl Store {
                 )
             };
             let count = pending.len();
+            for p in &pending {
+                *written_by_kind.entry(p.kind).or_default() += 1;
+            }
             let first_seq = sub.next_seq;
             // Rows are built a batch at a time: a first snapshot of a large
             // repository never holds all its event rows at once.
@@ -302,6 +308,7 @@ impl Store {
                         ),
                         binary: Set(p.file.binary),
                         commit_sha: Set(Some(advance.commit.clone())),
+                        trace_parent: Set(trace_parent.clone()),
                         ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
                     }
                 });
@@ -326,6 +333,7 @@ impl Store {
                     seq: Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX)),
                     kind: Set(event_kind::SYNCED.to_owned()),
                     snapshot_id: Set(snapshot_id.clone()),
+                    trace_parent: Set(trace_parent.clone()),
                     commit_sha: Set(Some(advance.commit.clone())),
                     payload: Set(Some(
                         serde_json::to_string(&notice).expect("notices serialise"),
@@ -334,6 +342,7 @@ impl Store {
                 }
                 .insert(&txn)
                 .await?;
+                *written_by_kind.entry(event_kind::SYNCED).or_default() += 1;
                 count + 1
             } else {
                 count
@@ -394,12 +403,34 @@ impl Store {
         active.updated_at = Set(now);
         active.update(&txn).await?;
         txn.commit().await?;
+        if moved {
+            let (created, updated, deleted) = tree_changes(&old, &upserts, &deletes);
+            crate::telemetry::changes_found(created, updated, deleted);
+        }
+        for (kind, n) in written_by_kind {
+            crate::telemetry::events_created(kind, n);
+        }
         Ok(AdvanceOutcome {
             snapshot: moved.then_some(advance.snapshot.into_string()),
             events: written,
             subscriptions: subscriptions.len(),
         })
     }
+}
+
+/// How many files the snapshot created, updated and deleted in the tree.
+fn tree_changes(
+    old: &BTreeMap<String, Known>,
+    upserts: &BTreeMap<&str, Known>,
+    deletes: &std::collections::BTreeSet<&str>,
+) -> (u64, u64, u64) {
+    let updated = upserts.keys().filter(|p| old.contains_key(**p)).count();
+    let deleted = deletes.iter().filter(|p| old.contains_key(**p)).count();
+    (
+        (upserts.len() - updated) as u64,
+        updated as u64,
+        deleted as u64,
+    )
 }
 
 /// The events of one subscription that was at the previous snapshot:
@@ -609,6 +640,7 @@ impl Store {
     /// subscription.
     pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
         let now = now_ms();
+        let trace_parent = crate::telemetry::current_traceparent();
         let txn = self.begin_write().await?;
         if lock_repositories(&txn, &[failure.repository.as_str().to_owned()])
             .await?
@@ -676,6 +708,7 @@ impl Store {
                     seq: Set(sub.next_seq),
                     kind: Set(event_kind::SYNC_FAILED.to_owned()),
                     payload: Set(Some(payload.to_string())),
+                    trace_parent: Set(trace_parent.clone()),
                     ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
                 }
                 .insert(&txn)
@@ -687,6 +720,7 @@ impl Store {
             active.update(&txn).await?;
         }
         txn.commit().await?;
+        crate::telemetry::events_created(event_kind::SYNC_FAILED, events);
         Ok(events)
     }
 }
@@ -722,5 +756,6 @@ fn pending_event(
         last_error: Set(None),
         created_at: Set(now),
         delivered_at: Set(None),
+        trace_parent: Set(None),
     }
 }

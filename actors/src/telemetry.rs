@@ -1,0 +1,177 @@
+//! The engine's telemetry: the W3C trace context that ties a scan to every
+//! delivery attempt of the events it wrote, and the Prometheus series the
+//! engine records (README, "Telemetry").
+//!
+//! A scan runs in a root span; the events it writes keep that span's
+//! `traceparent` in the outbox; each delivery attempt, however much later and
+//! on whichever instance, is a span whose parent is that context, and the
+//! attempt's own context goes to the receiver in the `traceparent` header.
+//!
+//! Metrics go through the `metrics` facade: a no-op until the `herald` binary
+//! installs its recorder.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const TRACEPARENT: &str = "traceparent";
+
+/// Scan outcomes (`herald_scans_total{outcome}`).
+pub mod scan_outcome {
+    pub const CHANGED: &str = "changed";
+    pub const UNCHANGED: &str = "unchanged";
+    pub const FAILED: &str = "failed";
+}
+
+/// Outcomes of a delivery attempt (`herald_deliveries_total{outcome}`).
+pub mod delivery_outcome {
+    /// A 2xx.
+    pub const DELIVERED: &str = "delivered";
+    /// Any failure that will be retried.
+    pub const FAILED: &str = "failed";
+    /// 429 or 503 with `Retry-After`.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// 410: the subscription is paused.
+    pub const GONE: &str = "gone";
+    /// The event failed for the last time (or cannot be sent at all).
+    pub const DEAD: &str = "dead";
+}
+
+/// The W3C `traceparent` of `span`; `None` when no OpenTelemetry layer gives
+/// it a trace context.
+pub fn traceparent(span: &Span) -> Option<String> {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// The current span's `traceparent`: where events are written, the scan's.
+pub fn current_traceparent() -> Option<String> {
+    traceparent(&Span::current())
+}
+
+/// Makes `span` a child of the persisted context `traceparent`. A missing or
+/// malformed value leaves `span` the root of a trace of its own.
+pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
+    let Some(value) = traceparent else {
+        return;
+    };
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), value.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        // Fails only without an OpenTelemetry layer: then no trace to join.
+        let _ = span.set_parent(context);
+    }
+}
+
+/// The `traceparent` header of a request made in `span`: the span's own
+/// context, or a fresh one where no tracer runs, so every webhook carries a
+/// valid header (SPEC §5).
+pub fn outgoing_traceparent(span: &Span) -> String {
+    traceparent(span).unwrap_or_else(|| {
+        let trace = crate::crypto::random_bytes::<16>();
+        let parent = crate::crypto::random_bytes::<8>();
+        format!("00-{}-{}-01", hex::encode(trace), hex::encode(parent))
+    })
+}
+
+/// A scan ended (not counted: scans skipped for a lease or an open breaker).
+/// Also recorded on the current span, the scan's.
+pub fn scan_finished(outcome: &'static str, elapsed: Duration) {
+    Span::current().record("outcome", outcome);
+    metrics::counter!("herald_scans_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("herald_scan_duration_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+/// File changes a committed scan found in the repository's tree.
+pub fn changes_found(created: u64, updated: u64, deleted: u64) {
+    for (kind, n) in [
+        ("created", created),
+        ("updated", updated),
+        ("deleted", deleted),
+    ] {
+        if n > 0 {
+            metrics::counter!("herald_changes_found_total", "kind" => kind).increment(n);
+        }
+    }
+}
+
+/// Outbox events committed, of one kind.
+pub fn events_created(kind: &str, n: u64) {
+    if n > 0 {
+        metrics::counter!("herald_events_created_total", "kind" => kind.to_owned()).increment(n);
+    }
+}
+
+/// One delivery attempt ended; `latency` is `None` when no request was made
+/// (content gone from the mirror, a payload that cannot be rendered). Also
+/// recorded on the attempt's span.
+pub fn delivery_attempt(
+    span: &Span,
+    app_id: &str,
+    outcome: &'static str,
+    latency: Option<Duration>,
+) {
+    span.record("outcome", outcome);
+    metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_owned(), "outcome" => outcome)
+        .increment(1);
+    if let Some(latency) = latency {
+        metrics::histogram!("herald_delivery_duration_seconds", "app_id" => app_id.to_owned())
+            .record(latency.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_tracer_requests_still_carry_a_valid_traceparent() {
+        let span = Span::none();
+        assert_eq!(traceparent(&span), None);
+        let header = outgoing_traceparent(&span);
+        let parts: Vec<&str> = header.split('-').collect();
+        assert_eq!(parts.len(), 4, "{header}");
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1].len(), 32);
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(parts[3], "01");
+    }
+
+    #[test]
+    fn an_attempt_continues_the_persisted_trace() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::layer::SubscriberExt::with(
+            tracing_subscriber::registry(),
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("test")),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let scan = tracing::info_span!("scan");
+            let persisted = scan.in_scope(current_traceparent).expect("a scan context");
+            let attempt = tracing::info_span!(parent: None, "delivery_attempt");
+            continue_trace(&attempt, Some(&persisted));
+            let sent = outgoing_traceparent(&attempt);
+            let trace_of = |value: &str| value.split('-').nth(1).map(str::to_owned);
+            assert_eq!(trace_of(&sent), trace_of(&persisted));
+            assert_ne!(sent, persisted, "the attempt is a span of its own");
+
+            let orphan = tracing::info_span!(parent: None, "delivery_attempt");
+            continue_trace(&orphan, Some("not a traceparent"));
+            assert_ne!(
+                trace_of(&outgoing_traceparent(&orphan)),
+                trace_of(&persisted)
+            );
+        });
+    }
+}
