@@ -283,8 +283,9 @@ pub struct AppState {
     lanes: HashSet<String>,
     /// A wake-up is already scheduled for the end of the breaker's cooldown.
     wake_scheduled: bool,
-    /// Lanes finish their current request on shutdown; this stops new ones.
-    stopping: bool,
+    /// Set on shutdown: no lane starts, and running lanes stop after their
+    /// current request.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -302,7 +303,7 @@ impl Actor for AppDelivery {
             args,
             lanes: HashSet::new(),
             wake_scheduled: false,
-            stopping: false,
+            stopping: Arc::default(),
             handles: Vec::new(),
         })
     }
@@ -314,7 +315,8 @@ impl Actor for AppDelivery {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AppMsg::Drain | AppMsg::Wake if state.stopping => {}
+            AppMsg::Drain | AppMsg::Wake
+                if state.stopping.load(std::sync::atomic::Ordering::Relaxed) => {}
             AppMsg::Wake => {
                 state.wake_scheduled = false;
                 myself.send_message(AppMsg::Drain)?;
@@ -378,6 +380,7 @@ impl Actor for AppDelivery {
                         breaker: state.args.breaker.clone(),
                         renewed_at: std::sync::atomic::AtomicI64::new(now_ms()),
                         delivered: std::sync::Mutex::default(),
+                        stopping: state.stopping.clone(),
                     };
                     let reply = myself.clone();
                     state.handles.retain(|h| !h.is_finished());
@@ -412,12 +415,17 @@ impl Actor for AppDelivery {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // In-flight requests finish (bounded by the request timeout); no new
-        // lane starts. A lane cut short leaves its event pending: nothing lost.
-        state.stopping = true;
-        let wait = state.args.config.timeout + Duration::from_secs(1);
+        // Drain: each lane finishes its in-flight request, writes what it
+        // delivered and releases its lease, all within the request timeout;
+        // no new lane starts. A lane cut short leaves its event pending, to be
+        // delivered again after the restart: nothing lost.
+        state
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline =
+            tokio::time::Instant::now() + state.args.config.timeout + Duration::from_secs(1);
         for handle in state.handles.drain(..) {
-            let _ = tokio::time::timeout(wait, handle).await;
+            let _ = tokio::time::timeout_at(deadline, handle).await;
         }
         Ok(())
     }
@@ -463,6 +471,8 @@ struct Lane {
     renewed_at: std::sync::atomic::AtomicI64,
     /// Delivered events whose success is not written yet (see [`Lane::flush`]).
     delivered: std::sync::Mutex<Unrecorded>,
+    /// Shutdown: stop after the current request.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Successful deliveries are written a batch at a time: one transaction per
@@ -563,6 +573,9 @@ impl Lane {
                 return Ok(None);
             }
             for event in batch {
+                if self.stopping() {
+                    return Ok(None);
+                }
                 if event.status == event_status::DEAD {
                     // Order is the contract: later events wait behind it.
                     return Ok(None);
@@ -585,6 +598,10 @@ impl Lane {
             // delivered.
             self.flush().await?;
         }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a delivered event's successful attempt for [`Lane::flush`].
@@ -711,7 +728,7 @@ impl Lane {
         };
         for index in first..rendered.len() {
             // A long chunked file keeps the lease alive between chunks.
-            if index > first && !self.renew_lease().await? {
+            if index > first && (self.stopping() || !self.renew_lease().await?) {
                 return Ok(Flow::Stop(None));
             }
             let (webhook_id, body) = rendered.part(&event.id, index);

@@ -686,3 +686,53 @@ async fn slow_answers_time_out_and_refused_connections_are_retried() {
     assert!(classes.contains(&"timeout"), "{detail}");
     assert_eq!(detail["status"], "delivered");
 }
+
+#[tokio::test]
+async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
+    let repo = TestRepo::new("main");
+    for i in 0..5 {
+        repo.write(&format!("f{i}.md"), format!("file {i}\n"));
+    }
+    repo.commit("five");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    // The first webhook is answered at once, every later one after 1.5 s.
+    receiver.script([Reply::status(200)]);
+    receiver.fallback(Some(Reply {
+        status: 200,
+        retry_after: None,
+        delay: std::time::Duration::from_millis(1500),
+    }));
+    let mut app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    watch(&app, &client, &daemon.url("r.git")).await;
+    receiver
+        .wait_for("the first webhook", |r| r.len() == 1)
+        .await;
+    // The second is in flight now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    assert_eq!(app.terminate().await, Some(0), "{}", app.logs());
+    assert_eq!(
+        receiver.accepted().len(),
+        2,
+        "the in-flight webhook was answered before the exit, and no new one started"
+    );
+
+    receiver.fallback(None);
+    let (dir, database) = app.into_parts();
+    let restarted = engine_restart(dir, database).await;
+    let accepted = receiver
+        .wait_for("the rest after the restart", |r| r.len() >= 5)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let accepted_later = receiver.accepted();
+    assert_eq!(
+        accepted_later.len(),
+        5,
+        "the drained deliveries were recorded: none is sent twice"
+    );
+    assert_eq!(apply(&accepted), tree_of(&repo), "nothing lost");
+    drop(restarted);
+}

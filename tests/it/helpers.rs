@@ -415,6 +415,13 @@ impl TestApp {
     /// restart.
     pub async fn stop(mut self) -> (TempDir, TestDatabase) {
         self.terminate().await;
+        self.into_parts()
+    }
+
+    /// The data directory and database of a server that has exited, for a
+    /// restart.
+    pub fn into_parts(self) -> (TempDir, TestDatabase) {
+        assert!(self.child.is_none(), "the server has exited");
         let TestApp {
             data_dir, database, ..
         } = self;
