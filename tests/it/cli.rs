@@ -650,3 +650,40 @@ async fn errors_say_what_to_do_and_never_show_the_token() {
         "the token goes only in the Authorization header"
     );
 }
+
+#[tokio::test]
+async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
+    let app = engine(&[]).await;
+    let client = onboard(&app, "acme", "https://example.com/hooks").await;
+
+    let updated = herald(
+        &app,
+        &client.token,
+        &["app", "update", "--json", "--notify-synced", "true"],
+    )
+    .await;
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    assert_eq!(updated.json()["notify_synced"], true);
+
+    let refused = herald(
+        &app,
+        &client.token,
+        &["app", "update", "--base-url", "ftp://example.com"],
+    )
+    .await;
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("base_url"), "{}", refused.stderr);
+
+    let rotated = herald(&app, &client.token, &["app", "rotate-key", "--json"]).await;
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    let body = rotated.json();
+    let key = body["client_auth_key"].as_str().expect("a new key");
+    assert_ne!(key, client.client_auth_key);
+    assert!(
+        body["webhook_secret"]
+            .as_str()
+            .expect("secret")
+            .starts_with("whsec_")
+    );
+    assert!(body["previous_key_expires_at"].is_string());
+}
