@@ -5,6 +5,8 @@
 //! - [`public`]: `/health`, `/ready`, `/version`, `/openapi.json`, `/docs`.
 //! - [`admin`]: `/admin/api/…` (admin token).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
+//! - [`hooks`]: `/hooks/{github,gitlab,gitea}`, inbound push webhooks (verified
+//!   by signature; a rate budget of their own).
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
 
 mod admin;
@@ -12,6 +14,7 @@ mod client;
 pub mod error;
 mod events;
 mod filters;
+mod hooks;
 pub mod models;
 pub mod openapi;
 mod operations;
@@ -58,8 +61,9 @@ impl AppState {
     }
 }
 
-/// Every route, behind the per-address rate limit, with errors recovered into
-/// the JSON error shape and a span per request.
+/// Every route, behind the per-address rate limit (inbound hooks behind their
+/// own), with errors recovered into the JSON error shape and a span per
+/// request.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = public::routes(state.clone())
         .or(admin::routes(state.clone()))
@@ -70,8 +74,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(events::routes(state.clone()))
         .unify();
-    filters::per_ip_limit(state)
-        .and(api)
+    hooks::routes(state.clone())
+        .or(filters::per_ip_limit(state).and(api))
+        .unify()
         .recover(error::recover)
         .unify()
         .with(warp::trace::request())
