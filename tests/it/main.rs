@@ -9,6 +9,7 @@ mod changes;
 mod config;
 mod delivery;
 mod gitserver;
+mod hooks;
 mod lifecycle;
 mod listen;
 mod operations;
