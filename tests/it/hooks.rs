@@ -8,8 +8,8 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
 use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::gitserver::{HttpGitServer, Served, TestRepo};
