@@ -200,6 +200,9 @@ pub struct InboundSettings {
     pub gitlab_token: Option<SecretString>,
     #[serde(deserialize_with = "optional_secret")]
     pub gitea_secret: Option<SecretString>,
+    /// Largest hook body accepted (413 above it); push payloads list commits
+    /// and files, so this is larger than `server.max_body_bytes`.
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +211,9 @@ pub struct RateLimitSettings {
     pub per_ip_per_minute: u32,
     pub onboarding_per_minute: u32,
     pub per_app_per_minute: u32,
+    /// Inbound push webhooks per client address (their own budget: a git
+    /// host's few addresses send the hooks of all its tenants).
+    pub inbound_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -307,6 +313,9 @@ impl Settings {
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be positive"));
         }
+        if self.inbound.max_body_bytes == 0 {
+            return Err(invalid("inbound.max_body_bytes", "must be positive"));
+        }
         if let Some(key) = &self.security.encryption_key {
             check_key_hex("security.encryption_key", key)?;
         }
@@ -371,6 +380,10 @@ impl Settings {
             (
                 "rate_limit.per_app_per_minute",
                 self.rate_limit.per_app_per_minute,
+            ),
+            (
+                "rate_limit.inbound_per_minute",
+                self.rate_limit.inbound_per_minute,
             ),
         ] {
             if per_minute == 0 {

@@ -7,6 +7,8 @@
 //! - [`admin`]: `/admin/api/…` (admin token).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
 //! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
+//! - [`hooks`]: `/hooks/{github,gitlab,gitea}`, inbound push webhooks (verified
+//!   by signature; a rate budget of their own).
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
 //! - [`metrics`]: request metrics by route template, scrape-time gauges.
 
@@ -17,6 +19,7 @@ pub mod error;
 mod events;
 mod filters;
 pub mod metrics;
+mod hooks;
 pub mod models;
 pub mod openapi;
 mod operations;
@@ -65,8 +68,9 @@ impl AppState {
     }
 }
 
-/// Every route, behind the per-address rate limit, with errors recovered into
-/// the JSON error shape, a span per request and request metrics.
+/// Every route, behind the per-address rate limit (inbound hooks behind their
+/// own), with errors recovered into the JSON error shape, a span per request
+/// and request metrics.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = public::routes(state.clone())
         .or(admin::routes(state.clone()))
@@ -79,8 +83,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(account::routes(state.clone()))
         .unify();
-    let answered = filters::per_ip_limit(state)
-        .and(api)
+    let answered = hooks::routes(state.clone())
+        .or(filters::per_ip_limit(state).and(api))
+        .unify()
         .recover(error::recover)
         .unify();
     warp::any()

@@ -2,6 +2,8 @@
 //!
 //! - [`supervisor`]: the root actor; starts, watches and restarts the others.
 //! - [`scheduler`]: decides which repositories are due and pokes their watchers.
+//! - [`hook_processor`]: turns stored inbound push webhooks into scans;
+//!   [`inbound`] checks and reads them.
 //! - [`store`]: every database query, one module per aggregate, plus leases.
 //! - [`crypto`]: app tokens, the admin token, secrets at rest (AES-256-GCM).
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
@@ -20,7 +22,9 @@ pub mod clock;
 pub mod crypto;
 pub mod delivery;
 pub mod git;
+pub mod hook_processor;
 pub mod ids;
+pub mod inbound;
 pub mod net;
 pub mod payload;
 pub mod repo_watcher;

@@ -6,6 +6,7 @@
 //! - [`leases`]: the claims that let several instances share one database
 //!   (SPEC §10): a repository is scanned, and a subscription delivered, by one
 //!   owner at a time, until its lease expires.
+//! - [`inbound`]: inbound push webhooks, stored first, deduplicated, processed later.
 //! - [`operations`]: the operators' views across apps (overview, queue, dead
 //!   events) and the git breaker reset.
 //! - [`gauges`]: the levels `/metrics` reads at scrape time.
@@ -15,6 +16,7 @@ pub mod breakers;
 pub mod delivery;
 pub mod events;
 pub mod gauges;
+pub mod inbound;
 pub mod leases;
 pub mod operations;
 pub mod outbox;

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tracing::{error, info, warn};
 
 use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg};
+use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
 use crate::scan::ScanPool;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
@@ -19,7 +20,8 @@ use crate::store::Store;
 /// Settings of the engine, derived from Herald's configuration.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// How often the scheduler looks for due work.
+    /// How often the scheduler looks for due work (and the hook processor
+    /// for stored hooks nobody told it about).
     pub tick: Duration,
     /// How many scans may run at once (blocking workers).
     pub scan_workers: usize,
@@ -88,6 +90,7 @@ impl RestartTracker {
 pub enum Child {
     Scheduler,
     Dispatcher,
+    Hooks,
 }
 
 impl Child {
@@ -95,6 +98,7 @@ impl Child {
         match self {
             Child::Scheduler => "scheduler",
             Child::Dispatcher => "dispatcher",
+            Child::Hooks => "hook processor",
         }
     }
 }
@@ -108,6 +112,9 @@ pub enum SupervisorMsg {
     ToScheduler(SchedulerMsg),
     /// Wake the delivery engine (an event was retried or skipped).
     WakeDelivery,
+    /// Process stored inbound hooks now (dropped while the hook processor is
+    /// being restarted: it looks for stored hooks when it starts).
+    ProcessHooks,
     /// (Re)start a child; sent after a restart backoff.
     Start(Child),
     /// Whether every child is running.
@@ -128,6 +135,7 @@ pub struct SupervisorState {
     pool: ScanPool,
     scheduler: Option<ActorRef<SchedulerMsg>>,
     dispatcher: Option<ActorRef<DispatcherMsg>>,
+    hooks: Option<ActorRef<HookMsg>>,
     restarts: HashMap<Child, RestartTracker>,
 }
 
@@ -161,6 +169,16 @@ impl SupervisorState {
                     Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;
                 self.dispatcher = Some(dispatcher);
             }
+            Child::Hooks => {
+                let args = HookProcessorArgs {
+                    store: self.store.clone(),
+                    supervisor: myself.clone(),
+                    sweep: self.config.tick,
+                };
+                let (hooks, _) =
+                    Actor::spawn_linked(None, HookProcessor, args, myself.get_cell()).await?;
+                self.hooks = Some(hooks);
+            }
         }
         info!(child = child.name(), "actor started");
         Ok(())
@@ -181,6 +199,13 @@ impl SupervisorState {
         {
             return Some(Child::Dispatcher);
         }
+        if self
+            .hooks
+            .as_ref()
+            .is_some_and(|h| h.get_id() == cell.get_id())
+        {
+            return Some(Child::Hooks);
+        }
         None
     }
 
@@ -188,6 +213,7 @@ impl SupervisorState {
         match child {
             Child::Scheduler => self.scheduler = None,
             Child::Dispatcher => self.dispatcher = None,
+            Child::Hooks => self.hooks = None,
         }
     }
 }
@@ -208,10 +234,12 @@ impl Actor for Supervisor {
             config: args.config,
             scheduler: None,
             dispatcher: None,
+            hooks: None,
             restarts: HashMap::new(),
         };
         state.start(&myself, Child::Scheduler).await?;
         state.start(&myself, Child::Dispatcher).await?;
+        state.start(&myself, Child::Hooks).await?;
         Ok(state)
     }
 
@@ -235,10 +263,19 @@ impl Actor for Supervisor {
                     let _ = dispatcher.send_message(DispatcherMsg::Wake);
                 }
             }
+            SupervisorMsg::ProcessHooks => {
+                if let Some(hooks) = &state.hooks {
+                    let _ = hooks.send_message(HookMsg::Process);
+                }
+            }
             SupervisorMsg::Start(child) => state.start(&myself, child).await?,
             SupervisorMsg::Health(reply) => {
                 // A reply port whose caller gave up is not an error of ours.
-                let _ = reply.send(state.scheduler.is_some() && state.dispatcher.is_some());
+                let _ = reply.send(
+                    state.scheduler.is_some()
+                        && state.dispatcher.is_some()
+                        && state.hooks.is_some(),
+                );
             }
         }
         Ok(())
@@ -286,6 +323,12 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Stop finding new work first, then let deliveries in flight finish.
+        if let Some(hooks) = state.hooks.take() {
+            hooks
+                .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(10)))
+                .await
+                .ok();
+        }
         if let Some(scheduler) = state.scheduler.take() {
             scheduler
                 .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(10)))
@@ -339,6 +382,13 @@ impl EngineHandle {
     /// Tells the delivery engine to look for due events now.
     pub fn wake_delivery(&self) {
         if let Err(err) = self.supervisor.send_message(SupervisorMsg::WakeDelivery) {
+            warn!(error = %err, "engine is not running");
+        }
+    }
+
+    /// Tells the hook processor that a hook was stored.
+    pub fn process_hooks(&self) {
+        if let Err(err) = self.supervisor.send_message(SupervisorMsg::ProcessHooks) {
             warn!(error = %err, "engine is not running");
         }
     }

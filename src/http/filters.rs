@@ -137,7 +137,7 @@ pub fn json_body<T: DeserializeOwned + Send>(
 const DRAIN_LIMIT: usize = 1 << 20;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn read_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
+pub async fn read_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

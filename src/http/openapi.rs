@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, admin, client, error, events, models, operations, public};
+use super::{account, admin, client, error, events, hooks, models, operations, public};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,14 +45,18 @@ use super::{account, admin, client, error, events, models, operations, public};
         operations::retry_cancel,
         operations::resync,
         operations::breaker_reset,
+        hooks::github,
+        hooks::gitlab,
+        hooks::gitea,
     ),
-    components(schemas(error::ErrorBody, models::RepositoryView)),
+    components(schemas(error::ErrorBody, models::RepositoryView, hooks::HookReply)),
     modifiers(&BearerSchemes),
     tags(
         (name = "public", description = "Health and metadata"),
         (name = "admin", description = "Operators: onboarding and app management (admin token)"),
         (name = "operations", description = "Operators: queue, failures, retries, resyncs, breakers (admin token)"),
-        (name = "client", description = "Apps: repositories they watch (app token)")
+        (name = "client", description = "Apps: repositories they watch (app token)"),
+        (name = "hooks", description = "Inbound push webhooks from GitHub, GitLab and Gitea (verified by signature or token)")
     )
 )]
 pub struct ApiDoc;

@@ -1,6 +1,6 @@
 //! Rate limits (GCRA, through `governor`): per client address on every route,
-//! a tighter per-address budget on onboarding, and a per-app budget on the
-//! client API.
+//! a tighter per-address budget on onboarding, a per-app budget on the
+//! client API, and a per-address budget of its own for inbound push webhooks.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -18,11 +18,13 @@ use crate::config::RateLimitSettings;
 pub enum Budget {
     PerIp,
     Onboarding,
+    Inbound,
 }
 
 pub struct RateLimits {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     onboarding: DefaultKeyedRateLimiter<IpAddr>,
+    inbound: DefaultKeyedRateLimiter<IpAddr>,
     per_app: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
@@ -42,6 +44,7 @@ impl RateLimits {
         Self {
             per_ip: RateLimiter::keyed(per_minute(settings.per_ip_per_minute)),
             onboarding: RateLimiter::keyed(per_minute(settings.onboarding_per_minute)),
+            inbound: RateLimiter::keyed(per_minute(settings.inbound_per_minute)),
             per_app: RateLimiter::keyed(per_minute(settings.per_app_per_minute)),
             clock: DefaultClock::default(),
         }
@@ -51,6 +54,7 @@ impl RateLimits {
         let limiter = match budget {
             Budget::PerIp => &self.per_ip,
             Budget::Onboarding => &self.onboarding,
+            Budget::Inbound => &self.inbound,
         };
         limiter
             .check_key(&ip)
@@ -73,6 +77,7 @@ impl RateLimits {
     fn prune(&self) {
         self.per_ip.retain_recent();
         self.onboarding.retain_recent();
+        self.inbound.retain_recent();
         self.per_app.retain_recent();
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod delivery;
 mod gitserver;
+mod hooks;
 mod lifecycle;
 mod listen;
 mod operations;

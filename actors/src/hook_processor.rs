@@ -1,0 +1,268 @@
+//! The hook processor: takes stored, unprocessed inbound push webhooks,
+//! finds the watched repositories whose branch was pushed, makes them due and
+//! pokes the scheduler (`ScanNow`), and records each hook's result.
+//!
+//! It runs when the HTTP layer stored a hook, at start-up and every sweep
+//! interval, so a hook stored before a crash (or while this actor was being
+//! restarted) is processed after all. Processing runs as a task whose end
+//! comes back as a message; runs are coalesced.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::clock::now_ms;
+use crate::ids::RepoId;
+use crate::inbound::{Provider, Push, RemoteKey, Trigger, interpret};
+use crate::scheduler::SchedulerMsg;
+use crate::store::inbound::{HookResult, hook_status};
+use crate::store::{Store, StoreError};
+use crate::supervisor::SupervisorMsg;
+
+/// Hooks read per query.
+const BATCH: u64 = 100;
+/// How long processed hooks are kept.
+const RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How often old hooks are pruned.
+const PRUNE_EVERY_MS: i64 = 3600 * 1000;
+
+/// Messages of the hook processor.
+#[derive(Debug)]
+pub enum HookMsg {
+    /// Process every stored, unprocessed hook (coalesced with a run in progress).
+    Process,
+    /// A run ended; `Err` carries a panic message.
+    Done(Result<(), String>),
+}
+
+pub struct HookProcessor;
+
+pub struct HookProcessorArgs {
+    pub store: Store,
+    /// Where `ScanNow` goes (forwarded to the scheduler).
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// How often stored hooks are looked for without being told.
+    pub sweep: Duration,
+}
+
+pub struct HookProcessorState {
+    args: HookProcessorArgs,
+    ticker: JoinHandle<()>,
+    running: bool,
+    again: bool,
+    last_prune: i64,
+}
+
+impl Actor for HookProcessor {
+    type Msg = HookMsg;
+    type State = HookProcessorState;
+    type Arguments = HookProcessorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: HookProcessorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ticker = myself.send_interval(args.sweep, || HookMsg::Process);
+        // Hooks left over from before a restart are processed at once.
+        myself.send_message(HookMsg::Process)?;
+        Ok(HookProcessorState {
+            args,
+            ticker,
+            running: false,
+            again: false,
+            last_prune: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HookMsg::Process if state.running => state.again = true,
+            HookMsg::Process => {
+                state.running = true;
+                let store = state.args.store.clone();
+                let supervisor = state.args.supervisor.clone();
+                let prune = now_ms() - state.last_prune > PRUNE_EVERY_MS;
+                if prune {
+                    state.last_prune = now_ms();
+                }
+                tokio::spawn(async move {
+                    let task = tokio::spawn(process_pending(store, supervisor, prune));
+                    let result = task.await.map_err(|err| {
+                        if err.is_panic() {
+                            "hook processing panicked".to_owned()
+                        } else {
+                            "hook processing cancelled".to_owned()
+                        }
+                    });
+                    let _ = myself.send_message(HookMsg::Done(result));
+                });
+            }
+            HookMsg::Done(result) => {
+                state.running = false;
+                result?;
+                if std::mem::take(&mut state.again) {
+                    myself.send_message(HookMsg::Process)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        Ok(())
+    }
+}
+
+/// Processes stored hooks until none is left. Database errors end the run;
+/// the next one (a new hook, or the sweep) takes the rest.
+async fn process_pending(store: Store, supervisor: ActorRef<SupervisorMsg>, prune: bool) {
+    if let Err(err) = drain(&store, &supervisor).await {
+        warn!(error = %err, "stored hooks could not be processed; retrying on the next sweep");
+    }
+    if prune {
+        match store.prune_hooks(now_ms() - RETENTION_MS).await {
+            Ok(0) => {}
+            Ok(n) => debug!(pruned = n, "old inbound hooks deleted"),
+            Err(err) => warn!(error = %err, "old inbound hooks could not be deleted"),
+        }
+    }
+}
+
+async fn drain(store: &Store, supervisor: &ActorRef<SupervisorMsg>) -> Result<(), StoreError> {
+    loop {
+        let batch = store.pending_hooks(BATCH).await?;
+        let full = batch.len() as u64 == BATCH;
+        for hook in batch {
+            let outcome = decide(store, &hook).await?;
+            if !store.finish_hook(&hook.id, &outcome).await? {
+                continue; // another instance got there first
+            }
+            info!(
+                hook = %hook.id,
+                provider = %hook.provider,
+                delivery = %hook.delivery_id,
+                status = outcome.status,
+                result = %outcome.result,
+                "inbound hook processed"
+            );
+            for repository in outcome.due {
+                // Lost only if the supervisor is gone; the repository is due
+                // in the database anyway.
+                let _ = supervisor.send_message(SupervisorMsg::ToScheduler(SchedulerMsg::ScanNow(
+                    repository,
+                )));
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+fn ignored(result: impl Into<String>) -> HookResult {
+    HookResult {
+        status: hook_status::IGNORED,
+        result: result.into(),
+        due: Vec::new(),
+    }
+}
+
+/// What to do about one stored hook.
+async fn decide(
+    store: &Store,
+    hook: &entity::inbound_hook::Model,
+) -> Result<HookResult, StoreError> {
+    let Some(provider) = Provider::parse(&hook.provider) else {
+        return Ok(HookResult {
+            status: hook_status::INVALID,
+            result: format!("unknown provider `{}`", hook.provider),
+            due: Vec::new(),
+        });
+    };
+    let push = match interpret(provider, &hook.event_type, &hook.body) {
+        Ok(Trigger::Push(push)) => push,
+        Ok(Trigger::Ignore(reason)) => return Ok(ignored(reason)),
+        Err(err) => {
+            return Ok(HookResult {
+                status: hook_status::INVALID,
+                result: err.to_string(),
+                due: Vec::new(),
+            });
+        }
+    };
+    let repositories = matching_repositories(store, &push).await?;
+    if repositories.is_empty() {
+        return Ok(ignored("no watched repository matches"));
+    }
+    let due: Vec<RepoId> = repositories
+        .iter()
+        .filter(|repo| watches_branch(repo, &push))
+        .filter_map(|repo| RepoId::parse(&repo.id))
+        .collect();
+    if due.is_empty() {
+        return Ok(ignored(format!("branch `{}` is not watched", push.branch)));
+    }
+    let ids: Vec<&str> = due.iter().map(RepoId::as_str).collect();
+    let what = if push.deleted {
+        "branch deleted; scanning"
+    } else {
+        "scanning"
+    };
+    Ok(HookResult {
+        status: hook_status::TRIGGERED,
+        result: format!("{what} {}", ids.join(", ")),
+        due,
+    })
+}
+
+/// Watched repositories that one of the payload's URLs names.
+async fn matching_repositories(
+    store: &Store,
+    push: &Push,
+) -> Result<Vec<entity::repository::Model>, StoreError> {
+    let keys: Vec<RemoteKey> = push
+        .urls
+        .iter()
+        .filter_map(|u| RemoteKey::parse(u))
+        .collect();
+    let mut paths: Vec<&str> = keys.iter().map(|k| k.path.as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let mut found: Vec<entity::repository::Model> = Vec::new();
+    for path in paths {
+        for repo in store.repositories_by_path(path).await? {
+            let named = [&repo.url, &repo.fetch_url]
+                .into_iter()
+                .filter_map(|u| RemoteKey::parse(u))
+                .any(|watched| keys.iter().any(|k| k.matches(&watched)));
+            if named && !found.iter().any(|f| f.id == repo.id) {
+                found.push(repo);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the pushed branch is the one the repository follows: the branch
+/// asked for, else the remote's default branch (as last resolved, or as the
+/// payload says). A repository whose branch is not known yet is scanned.
+fn watches_branch(repo: &entity::repository::Model, push: &Push) -> bool {
+    let watched = Some(repo.branch.as_str())
+        .filter(|b| !b.is_empty())
+        .or(repo.resolved_branch.as_deref())
+        .or(push.default_branch.as_deref());
+    watched.is_none_or(|branch| branch == push.branch)
+}

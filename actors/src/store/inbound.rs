@@ -1,0 +1,177 @@
+//! Inbound push webhooks: stored first (deduplicated by provider and delivery
+//! id), processed later. A hook whose processing has not been recorded is
+//! still `received`, so one stored before a crash is processed after the
+//! restart.
+
+use entity::{inbound_hook, repository};
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TryInsertResult,
+};
+
+use super::{Store, StoreError, lock_repositories};
+use crate::clock::now_ms;
+use crate::ids::{HookId, RepoId};
+
+/// Statuses of a stored hook.
+pub mod hook_status {
+    /// Stored, not processed yet.
+    pub const RECEIVED: &str = "received";
+    /// Processed: at least one watched repository was told to scan.
+    pub const TRIGGERED: &str = "triggered";
+    /// Processed: nothing to do (tag push, branch not watched, unknown repository).
+    pub const IGNORED: &str = "ignored";
+    /// Processed: the body is not a payload Herald can read.
+    pub const INVALID: &str = "invalid";
+}
+
+/// A verified hook, as the HTTP layer hands it over.
+#[derive(Debug, Clone)]
+pub struct NewHook {
+    pub provider: &'static str,
+    pub delivery_id: String,
+    pub event_type: String,
+    pub body: Vec<u8>,
+}
+
+/// What storing a hook did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    New(HookId),
+    /// The provider sent this delivery before: the first one's id.
+    Duplicate(String),
+}
+
+/// How the processing of one hook ended.
+#[derive(Debug, Clone)]
+pub struct HookResult {
+    pub status: &'static str,
+    /// For operators: what was done, or why nothing.
+    pub result: String,
+    /// Repositories made due now (they are scanned at once).
+    pub due: Vec<RepoId>,
+}
+
+impl Store {
+    /// Stores a hook unless its delivery id was seen before.
+    pub async fn store_hook(&self, hook: NewHook) -> Result<Stored, StoreError> {
+        let id = HookId::generate();
+        let row = inbound_hook::ActiveModel {
+            id: Set(id.as_str().to_owned()),
+            provider: Set(hook.provider.to_owned()),
+            delivery_id: Set(hook.delivery_id.clone()),
+            event_type: Set(hook.event_type),
+            body: Set(hook.body),
+            status: Set(hook_status::RECEIVED.to_owned()),
+            result: Set(None),
+            received_at: Set(now_ms()),
+            processed_at: Set(None),
+        };
+        let inserted = inbound_hook::Entity::insert(row)
+            .on_conflict_do_nothing_on([
+                inbound_hook::Column::Provider,
+                inbound_hook::Column::DeliveryId,
+            ])
+            .exec_without_returning(&self.db)
+            .await?;
+        if matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+            return Ok(Stored::New(id));
+        }
+        let first = inbound_hook::Entity::find()
+            .select_only()
+            .column(inbound_hook::Column::Id)
+            .filter(inbound_hook::Column::Provider.eq(hook.provider))
+            .filter(inbound_hook::Column::DeliveryId.eq(&hook.delivery_id))
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await?;
+        Ok(Stored::Duplicate(first.unwrap_or_default()))
+    }
+
+    /// Hooks not processed yet, oldest first.
+    pub async fn pending_hooks(&self, limit: u64) -> Result<Vec<inbound_hook::Model>, StoreError> {
+        Ok(inbound_hook::Entity::find()
+            .filter(inbound_hook::Column::Status.eq(hook_status::RECEIVED))
+            .order_by_asc(inbound_hook::Column::ReceivedAt)
+            .order_by_asc(inbound_hook::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// One stored hook (operators, tests).
+    pub async fn hook(&self, id: &str) -> Result<Option<inbound_hook::Model>, StoreError> {
+        Ok(inbound_hook::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Repositories whose canonical or fetch URL ends with `path` (lower
+    /// case, e.g. `/owner/name`), ignoring case: the candidates for a hook's
+    /// URLs, which the caller then compares exactly.
+    pub async fn repositories_by_path(
+        &self,
+        path: &str,
+    ) -> Result<Vec<repository::Model>, StoreError> {
+        // LIKE's wildcards in a path only widen the candidates; the caller
+        // compares exactly.
+        let pattern = |suffix: &str| format!("%{suffix}");
+        let lower = |column: repository::Column| Expr::expr(Func::lower(Expr::col(column)));
+        Ok(repository::Entity::find()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(lower(repository::Column::Url).like(pattern(path)))
+                    .add(lower(repository::Column::FetchUrl).like(pattern(path)))
+                    .add(lower(repository::Column::FetchUrl).like(pattern(&format!("{path}.git")))),
+            )
+            .order_by_asc(repository::Column::Id)
+            .limit(1000)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Records how a hook was processed and makes its repositories due now,
+    /// in one transaction, so the scan happens even if the poke that follows
+    /// is lost (the scheduler's tick finds due repositories). `false` when
+    /// another instance processed the hook first.
+    pub async fn finish_hook(&self, id: &str, outcome: &HookResult) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        let due: Vec<String> = outcome.due.iter().map(|r| r.as_str().to_owned()).collect();
+        lock_repositories(&txn, &due).await?;
+        let claimed = inbound_hook::Entity::update_many()
+            .col_expr(inbound_hook::Column::Status, Expr::value(outcome.status))
+            .col_expr(
+                inbound_hook::Column::Result,
+                Expr::value(Some(outcome.result.clone())),
+            )
+            .col_expr(inbound_hook::Column::ProcessedAt, Expr::value(Some(now)))
+            .filter(inbound_hook::Column::Id.eq(id))
+            .filter(inbound_hook::Column::Status.eq(hook_status::RECEIVED))
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        if claimed && !due.is_empty() {
+            repository::Entity::update_many()
+                .col_expr(repository::Column::NextScanAt, Expr::value(now))
+                .filter(repository::Column::Id.is_in(due))
+                .filter(repository::Column::NextScanAt.gt(now))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Deletes processed hooks received before `before` (retention).
+    pub async fn prune_hooks(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(inbound_hook::Entity::delete_many()
+            .filter(inbound_hook::Column::Status.ne(hook_status::RECEIVED))
+            .filter(inbound_hook::Column::ReceivedAt.lt(before))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+}

@@ -1,0 +1,788 @@
+//! What the benchmarks share: statistics, generated repositories served by
+//! `git daemon`, a receiver that records arrivals, a database per run, and
+//! the real `herald` binary started as a user starts it.
+//!
+//! Each bench target compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actors::crypto::Keyring;
+use actors::ids::AppId;
+use actors::store::Store;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use warp::Filter;
+
+pub const BRANCH: &str = "main";
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+/// Files per leaf directory of a generated tree.
+pub const FILES_PER_DIR: usize = 100;
+
+// ---------------------------------------------------------------- backends
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+// ------------------------------------------------------------ statistics
+
+pub fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
+        * 1000.0
+}
+
+pub fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+}
+
+/// Nearest-rank percentile (`p` in 0..=100).
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let sorted = sorted(values);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+pub fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+pub fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// -------------------------------------------------------- generated repos
+
+/// A bare repository generated with `git fast-import`: one initial commit of
+/// `files` text files, then `commits` successive 10-file commits (modify 4,
+/// add 3, delete 3). Its branch is left at the initial commit.
+pub struct GeneratedRepo {
+    pub name: String,
+    pub bare: PathBuf,
+    /// The initial commit, then one per 10-file commit.
+    pub commits: Vec<String>,
+}
+
+pub fn git(dir: &Path) -> Command {
+    let mut command = Command::new("git");
+    command
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null());
+    command
+}
+
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let output = git(dir).args(args).output().expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("git prints UTF-8")
+}
+
+pub fn path_of(i: usize) -> String {
+    let dir = i / FILES_PER_DIR;
+    format!("p{:02}/d{:02}/f{i:06}.txt", dir / 100, dir % 100)
+}
+
+/// About 200 bytes of text: the content of file `i` at `version`.
+pub fn content_of(repo: &str, i: usize, version: usize) -> Vec<u8> {
+    let mut text = format!("file {i} of {repo}, delivery benchmark\n");
+    for line in 0..4 {
+        text.push_str(&format!(
+            "line {line}: lorem ipsum dolor sit amet {}\n",
+            i * 31 + line
+        ));
+    }
+    if version > 0 {
+        text.push_str(&format!("edited in commit {version}\n"));
+    }
+    text.into_bytes()
+}
+
+pub fn inline(stream: &mut impl Write, path: &str, content: &[u8]) {
+    writeln!(stream, "M 100644 inline {path}").expect("fast-import input");
+    writeln!(stream, "data {}", content.len()).expect("fast-import input");
+    stream.write_all(content).expect("fast-import input");
+    stream.write_all(b"\n").expect("fast-import input");
+}
+
+pub fn commit_header(stream: &mut impl Write, mark: usize, message: &str) {
+    writeln!(stream, "commit refs/heads/{BRANCH}").expect("fast-import input");
+    writeln!(stream, "mark :{mark}").expect("fast-import input");
+    writeln!(
+        stream,
+        "committer Bench <bench@example.com> {} +0000",
+        1_700_000_000 + mark
+    )
+    .expect("fast-import input");
+    writeln!(stream, "data {}\n{message}", message.len()).expect("fast-import input");
+}
+
+pub fn generate(root: &Path, name: &str, files: usize, commits: usize) -> GeneratedRepo {
+    assert!(
+        files / 4 + 4 * commits < files / 2 && files / 2 + 3 * commits <= files,
+        "too many commits for {files} files"
+    );
+    let bare = root.join(format!("{name}.git"));
+    git_ok(
+        root,
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "--initial-branch",
+            BRANCH,
+            &bare.display().to_string(),
+        ],
+    );
+    let marks = root.join(format!("{name}.marks"));
+    let mut child = git(&bare)
+        .args([
+            "fast-import",
+            "--quiet",
+            &format!("--export-marks={}", marks.display()),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("git fast-import starts");
+    {
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut stream = std::io::BufWriter::with_capacity(1 << 20, stdin);
+        commit_header(&mut stream, 1, "initial tree");
+        for i in 0..files {
+            inline(&mut stream, &path_of(i), &content_of(name, i, 0));
+        }
+        for k in 1..=commits {
+            commit_header(&mut stream, k + 1, &format!("ten-file change {k}"));
+            for j in 0..4 {
+                let i = files / 4 + 4 * (k - 1) + j;
+                inline(&mut stream, &path_of(i), &content_of(name, i, k));
+            }
+            for j in 0..3 {
+                let path = format!("p00/d00/new{k:04}_{j}.txt");
+                inline(
+                    &mut stream,
+                    &path,
+                    format!("added in commit {k}\n").as_bytes(),
+                );
+            }
+            for j in 0..3 {
+                writeln!(stream, "D {}", path_of(files / 2 + 3 * (k - 1) + j))
+                    .expect("fast-import input");
+            }
+        }
+        stream.flush().expect("fast-import input");
+    }
+    let status = child.wait().expect("git fast-import runs");
+    assert!(status.success(), "git fast-import failed");
+    let marks: HashMap<usize, String> = std::fs::read_to_string(&marks)
+        .expect("fast-import marks")
+        .lines()
+        .filter_map(|l| {
+            let (mark, sha) = l.split_once(' ')?;
+            Some((mark.trim_start_matches(':').parse().ok()?, sha.to_owned()))
+        })
+        .collect();
+    let commits: Vec<String> = (1..=commits + 1)
+        .map(|m| marks.get(&m).expect("every commit has a mark").clone())
+        .collect();
+    let repo = GeneratedRepo {
+        name: name.to_owned(),
+        bare,
+        commits,
+    };
+    repo.set_head(0);
+    repo
+}
+
+impl GeneratedRepo {
+    /// Points the remote's branch at commit `k` (a push, as far as Herald and
+    /// `git daemon` can tell).
+    pub fn set_head(&self, k: usize) {
+        git_ok(
+            &self.bare,
+            &[
+                "update-ref",
+                &format!("refs/heads/{BRANCH}"),
+                &self.commits[k],
+            ],
+        );
+    }
+}
+
+/// `git daemon` serving the bare repositories under a directory over
+/// `git://127.0.0.1:PORT/`. Killed on drop.
+pub struct GitDaemon {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn serve(root: &Path) -> GitDaemon {
+        let exec_path = git_ok(root, &["--exec-path"]);
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let mut child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+                .current_dir(root)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .args([
+                    "--reuseaddr",
+                    "--export-all",
+                    &format!("--base-path={}", root.display()),
+                    "--listen=127.0.0.1",
+                    &format!("--port={port}"),
+                    &root.display().to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("git daemon starts (is git-daemon installed?)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
+                    .is_ok()
+                {
+                    return GitDaemon { child, port };
+                }
+                if Instant::now() > deadline {
+                    child.kill().ok();
+                    child.wait().ok();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("git daemon did not start");
+    }
+
+    pub fn url(&self, repo: &GeneratedRepo) -> String {
+        format!("git://127.0.0.1:{}/{}.git", self.port, repo.name)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+// --------------------------------------------------------------- receiver
+
+/// One webhook as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The app's number, from the path `/hooks/{n}/{endpoint}`.
+    pub hook: usize,
+    pub webhook_id: String,
+    /// Unix ms, when the request was read.
+    pub at: f64,
+}
+
+/// An HTTP server on loopback, on a runtime of its own (threads named
+/// `receiver`, so that their CPU can be told apart), that answers every
+/// webhook 204 at once and records its arrival.
+pub struct Receiver {
+    pub base_url: String,
+    pub arrivals: Arc<Mutex<Vec<Arrival>>>,
+    pub count: Arc<AtomicUsize>,
+    pub runtime: Option<tokio::runtime::Runtime>,
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("receiver")
+            .enable_all()
+            .build()
+            .expect("a runtime for the receiver");
+        let arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 17)));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (log, counter) = (arrivals.clone(), count.clone());
+        let route = warp::post()
+            .and(warp::path::tail())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(
+                move |tail: warp::path::Tail, headers: warp::http::HeaderMap, _: bytes::Bytes| {
+                    let at = unix_ms();
+                    // `hooks/{n}/{endpoint}`
+                    let hook = tail
+                        .as_str()
+                        .split('/')
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    let webhook_id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    log.lock().expect("arrivals lock").push(Arrival {
+                        hook,
+                        webhook_id,
+                        at,
+                    });
+                    counter.fetch_add(1, Ordering::Release);
+                    warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
+                },
+            );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("the receiver's address");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run()
+                .await;
+        });
+        Receiver {
+            base_url: format!("http://{addr}/hooks"),
+            arrivals,
+            count,
+            runtime: Some(runtime),
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn hook_url(&self, app: usize) -> String {
+        format!("{}/{app}", self.base_url)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Everything received so far; the log starts over.
+    pub fn take(&self) -> Vec<Arrival> {
+        let mut log = self.arrivals.lock().expect("arrivals lock");
+        self.count.store(0, Ordering::Release);
+        std::mem::take(&mut *log)
+    }
+
+    pub fn snapshot(&self) -> Vec<Arrival> {
+        self.arrivals.lock().expect("arrivals lock").clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+// -------------------------------------------------------------- databases
+
+/// A database of its own for one server: SQLite (the server's default file in
+/// its data directory), or a PostgreSQL database created now and dropped with
+/// this value.
+pub struct BenchDatabase {
+    /// For the server; `None`: its default SQLite file.
+    pub server_url: Option<String>,
+    pub postgres: Option<(String, String)>,
+}
+
+pub fn with_database(server: &str, name: &str) -> String {
+    let mut url = url::Url::parse(server).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+impl BenchDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self {
+                server_url: None,
+                postgres: None,
+            },
+            Backend::Postgres => {
+                let server = std::env::var("TEST_DATABASE_URL")
+                    .expect("--db postgres needs TEST_DATABASE_URL");
+                let name = format!(
+                    "herald_bench_{}",
+                    AppId::generate()
+                        .as_str()
+                        .trim_start_matches("app_")
+                        .to_lowercase()
+                );
+                let admin_url = with_database(&server, "postgres");
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("the benchmark database can be created");
+                admin.close().await.ok();
+                Self {
+                    server_url: Some(with_database(&server, &name)),
+                    postgres: Some((admin_url, name)),
+                }
+            }
+        }
+    }
+
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
+
+    /// The URL this bench opens the server's database with.
+    pub fn bench_url(&self, data_dir: &Path) -> String {
+        self.server_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("herald.db").display()))
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the runtime: drop the database from a thread with
+        // a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup");
+            runtime.block_on(async move {
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                        .ok();
+                    admin.close().await.ok();
+                }
+            });
+        })
+        .join();
+        dropped.ok();
+    }
+}
+
+pub async fn connect(url: &str) -> Store {
+    let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("a fresh key"));
+    Store::connect(url, keys)
+        .await
+        .expect("the bench opens the server's database")
+}
+
+pub async fn rows(store: &Store, sql: &str) -> Vec<sea_orm::QueryResult> {
+    store
+        .db()
+        .query_all_raw(Statement::from_string(store.backend(), sql.to_owned()))
+        .await
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+}
+
+pub fn get<T: sea_orm::TryGetable>(row: &sea_orm::QueryResult, column: &str) -> T {
+    row.try_get("", column)
+        .unwrap_or_else(|err| panic!("column {column}: {err}"))
+}
+
+/// `pg_stat_database` counters of the current database.
+pub async fn postgres_counters(store: &Store) -> [i64; 5] {
+    let row = rows(
+        store,
+        "SELECT xact_commit, tup_returned, tup_fetched, tup_inserted, tup_updated \
+         FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await;
+    let row = row.first().expect("a pg_stat_database row");
+    [
+        get(row, "xact_commit"),
+        get(row, "tup_returned"),
+        get(row, "tup_fetched"),
+        get(row, "tup_inserted"),
+        get(row, "tup_updated"),
+    ]
+}
+
+// ------------------------------------------------------------------ herald
+
+/// The binary, as `cargo bench` built it (`target/release/herald`).
+pub fn herald_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_herald"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release` (or `cargo bench`, which builds it)",
+        path.display()
+    );
+    path
+}
+
+/// The real server, with a data directory of its own. Killed on drop.
+pub struct Herald {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+    pub logs: Arc<Mutex<VecDeque<String>>>,
+    /// Commit → when the server logged "snapshot advanced" for it (Unix ms,
+    /// from the log line's own timestamp): just after the outbox commit.
+    pub advanced: Arc<Mutex<HashMap<String, f64>>>,
+}
+
+impl Herald {
+    pub async fn start(dir: &Path, database: &BenchDatabase, extra: &[(&str, &str)]) -> Herald {
+        let data_dir = dir.join("data");
+        let mut command = tokio::process::Command::new(herald_binary());
+        command
+            .args(["serve", "--port", "0", "--data-dir"])
+            .arg(&data_dir)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("HERALD") || key == "RUST_LOG" {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("HERALD__ADMIN__TOKEN", ADMIN_TOKEN)
+            .env("HERALD__TELEMETRY__LOG_FORMAT", "json")
+            .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
+            .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+            .env("HERALD__SCHEDULER__TICK", "100ms")
+            .env("HERALD__DELIVERY__TICK", "100ms");
+        if let Some(url) = &database.server_url {
+            command.env("HERALD__DATABASE__URL", url);
+        }
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the herald binary starts");
+        let pid = child.id().expect("herald is running");
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let advanced = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        collect(
+            child.stdout.take().expect("piped"),
+            logs.clone(),
+            advanced.clone(),
+            None,
+        );
+        collect(
+            child.stderr.take().expect("piped"),
+            logs.clone(),
+            advanced.clone(),
+            Some(tx),
+        );
+        let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_secs(60), rx).await else {
+            panic!(
+                "herald did not start (exit: {:?}); output:\n{}",
+                child.try_wait().ok().flatten(),
+                tail(&logs)
+            );
+        };
+        Herald {
+            child,
+            pid,
+            base: format!("http://{addr}"),
+            data_dir,
+            http: reqwest::Client::new(),
+            logs,
+            advanced,
+        }
+    }
+
+    /// When the server logged that `commit` was committed, if it did.
+    pub fn advanced_at(&self, commit: &str) -> Option<f64> {
+        self.advanced
+            .lock()
+            .expect("advanced lock")
+            .get(commit)
+            .copied()
+    }
+
+    pub async fn call(&self, path: &str, token: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("herald answers");
+        let status = response.status();
+        let body: Value = response.json().await.expect("a JSON answer");
+        assert!(status.is_success(), "{path} answered {status}: {body}");
+        body
+    }
+
+    /// Onboards an app whose webhooks go to `base_url`; returns its token.
+    pub async fn onboard(&self, name: &str, base_url: &str) -> String {
+        let body = self
+            .call(
+                "/admin/api/apps/onboard",
+                ADMIN_TOKEN,
+                json!({"app_name": name, "base_url": base_url, "email": "bench@example.com"}),
+            )
+            .await;
+        body["data"]["token"]
+            .as_str()
+            .expect("an app token")
+            .to_owned()
+    }
+
+    /// Registers a repository for the app; returns the repository id.
+    pub async fn register(&self, token: &str, url: &str) -> String {
+        let body = self
+            .call("/api/repositories", token, json!({"url": url}))
+            .await;
+        body["repository_id"]
+            .as_str()
+            .expect("a repository id")
+            .to_owned()
+    }
+
+    /// SIGTERM, and the exit within 30 s.
+    pub async fn stop(mut self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent
+            || tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+                .await
+                .is_err()
+        {
+            self.child.kill().await.ok();
+        }
+    }
+}
+
+pub fn tail(logs: &Mutex<VecDeque<String>>) -> String {
+    let logs = logs.lock().expect("log lock");
+    logs.iter().cloned().collect::<Vec<_>>().join("\n")
+}
+
+/// Reads the server's output, keeps its last lines, reports the address of
+/// its "listening" line and records its "snapshot advanced" lines.
+pub fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    logs: Arc<Mutex<VecDeque<String>>>,
+    advanced: Arc<Mutex<HashMap<String, f64>>>,
+    mut listening: Option<tokio::sync::oneshot::Sender<String>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(entry) = serde_json::from_str::<Value>(&line) {
+                if entry["message"] == "listening"
+                    && let Some(tx) = listening.take()
+                {
+                    let _ = tx.send(entry["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                if entry["message"] == "snapshot advanced"
+                    && let Some(commit) = entry["commit"].as_str()
+                {
+                    let at = entry["timestamp"]
+                        .as_str()
+                        .and_then(|t| {
+                            time::OffsetDateTime::parse(
+                                t,
+                                &time::format_description::well_known::Rfc3339,
+                            )
+                            .ok()
+                        })
+                        .map_or_else(unix_ms, |t| t.unix_timestamp_nanos() as f64 / 1e6);
+                    advanced
+                        .lock()
+                        .expect("advanced lock")
+                        .insert(commit.to_owned(), at);
+                }
+            }
+            let mut logs = logs.lock().expect("log lock");
+            if logs.len() >= 200 {
+                logs.pop_front();
+            }
+            logs.push_back(line);
+        }
+    });
+}
+
+/// Waits until the receiver has `expected` webhooks (bounded).
+pub async fn wait_for(receiver: &Receiver, herald: &Herald, expected: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while receiver.count() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {timeout:?}: {} of {expected} webhooks arrived; herald's last lines:\n{}",
+            receiver.count(),
+            tail(&herald.logs)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,283 @@
+//! Inbound push webhooks from git hosts (`/hooks/github`, `/hooks/gitlab`,
+//! `/hooks/gitea`): rate limited per address, bounded, verified over the raw
+//! body before anything reads it, stored (deduplicated by delivery id) and
+//! answered 202 at once. The hook processor (an actor) does the rest; a
+//! hook is only ever a trigger for a scan.
+
+use std::net::IpAddr;
+
+use actors::inbound::{self, EventClass, Provider};
+use actors::store::inbound::{NewHook, Stored};
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use secrecy::SecretString;
+use serde::Serialize;
+use tracing::{info, warn};
+use utoipa::ToSchema;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::{Reply, Response};
+
+use super::AppState;
+use super::error::{ApiError, respond};
+use super::filters::{client_ip, read_limited};
+use super::ratelimit::Budget;
+
+/// The longest delivery id kept as sent; longer (or missing) ones are
+/// replaced by a hash of the body.
+const MAX_DELIVERY_ID: usize = 200;
+
+/// The answer to a hook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HookReply {
+    /// `accepted` (stored, to be processed), `duplicate` (this delivery id was
+    /// stored before), `ignored` (an event that never triggers a scan), `pong`.
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+    /// The stored hook (`accepted`, `duplicate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "hook_01jd0000000000000000000000")]
+    pub hook_id: Option<String>,
+}
+
+type Body = BoxStream<'static, Result<Bytes, warp::Error>>;
+
+/// What a handler gets of the request.
+pub(crate) struct HookRequest {
+    ip: IpAddr,
+    headers: HeaderMap,
+    body: Body,
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let github = route(state.clone(), Provider::GitHub, github);
+    let gitlab = route(state.clone(), Provider::GitLab, gitlab);
+    let gitea = route(state, Provider::Gitea, gitea);
+    github.or(gitlab).unify().or(gitea).unify().boxed()
+}
+
+fn route<F, Fut>(state: AppState, provider: Provider, handler: F) -> BoxedFilter<(Response,)>
+where
+    F: Fn(AppState, HookRequest) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
+    warp::path("hooks")
+        .and(warp::path(provider.as_str()))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(client_ip())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream().map(boxed_body))
+        .then(move |ip: IpAddr, headers: HeaderMap, body: Body| {
+            handler(state.clone(), HookRequest { ip, headers, body })
+        })
+        .boxed()
+}
+
+fn boxed_body<S, B>(stream: S) -> Body
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf,
+{
+    stream
+        .map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining())))
+        .boxed()
+}
+
+/// A GitHub webhook (`push`, `ping`; other events are answered and ignored).
+#[utoipa::path(post, path = "/hooks/github", tag = "hooks",
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the raw body with `inbound.github_secret`"),
+        ("X-GitHub-Event" = String, Header, description = "`push` or `ping`; other events are ignored"),
+        ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
+    ),
+    request_body(content = Object, description = "GitHub's event payload", content_type = "application/json"),
+    responses(
+        (status = 200, description = "A ping, answered", body = HookReply),
+        (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 401, description = "Missing or bad signature; nothing stored", body = super::error::ErrorBody),
+        (status = 404, description = "`inbound.github_secret` is not configured", body = super::error::ErrorBody),
+        (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn github(state: AppState, request: HookRequest) -> Response {
+    receive(state, Provider::GitHub, request).await
+}
+
+/// A GitLab webhook (`Push Hook`, `Tag Push Hook`, `System Hook`).
+#[utoipa::path(post, path = "/hooks/gitlab", tag = "hooks",
+    params(
+        ("X-Gitlab-Token" = String, Header, description = "The webhook's secret token, `inbound.gitlab_token`"),
+        ("X-Gitlab-Event" = String, Header, description = "`Push Hook`, `Tag Push Hook` or `System Hook`; other events are ignored"),
+        ("X-Gitlab-Event-UUID" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
+    ),
+    request_body(content = Object, description = "GitLab's event payload", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 401, description = "Missing or bad token; nothing stored", body = super::error::ErrorBody),
+        (status = 404, description = "`inbound.gitlab_token` is not configured", body = super::error::ErrorBody),
+        (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn gitlab(state: AppState, request: HookRequest) -> Response {
+    receive(state, Provider::GitLab, request).await
+}
+
+/// A Gitea (or Forgejo) webhook (`push`; other events are answered and ignored).
+#[utoipa::path(post, path = "/hooks/gitea", tag = "hooks",
+    params(
+        ("X-Gitea-Signature" = String, Header, description = "The hex HMAC-SHA256 of the raw body with `inbound.gitea_secret`"),
+        ("X-Gitea-Event" = String, Header, description = "`push`; other events are ignored"),
+        ("X-Gitea-Delivery" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
+    ),
+    request_body(content = Object, description = "Gitea's event payload", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 401, description = "Missing or bad signature; nothing stored", body = super::error::ErrorBody),
+        (status = 404, description = "`inbound.gitea_secret` is not configured", body = super::error::ErrorBody),
+        (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn gitea(state: AppState, request: HookRequest) -> Response {
+    receive(state, Provider::Gitea, request).await
+}
+
+async fn receive(state: AppState, provider: Provider, request: HookRequest) -> Response {
+    let (outcome, result) = handle(&state, provider, request).await;
+    if let Some(outcome) = outcome {
+        metrics::counter!(
+            "herald_inbound_hooks_total",
+            "provider" => provider.as_str(),
+            "outcome" => outcome,
+        )
+        .increment(1);
+    }
+    respond(result)
+}
+
+fn secret(state: &AppState, provider: Provider) -> Option<&SecretString> {
+    let inbound = &state.settings.inbound;
+    match provider {
+        Provider::GitHub => inbound.github_secret.as_ref(),
+        Provider::GitLab => inbound.gitlab_token.as_ref(),
+        Provider::Gitea => inbound.gitea_secret.as_ref(),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn reply(status: StatusCode, body: HookReply) -> Response {
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+/// The outcome for the metric (none for a provider that is not configured)
+/// and the answer.
+async fn handle(
+    state: &AppState,
+    provider: Provider,
+    request: HookRequest,
+) -> (Option<&'static str>, Result<Response, ApiError>) {
+    const REJECTED: Option<&str> = Some("rejected");
+    let HookRequest { ip, headers, body } = request;
+    if let Err(limited) = state.limits.check_ip(Budget::Inbound, ip) {
+        return (REJECTED, Err(limited));
+    }
+    let Some(secret) = secret(state, provider) else {
+        return (None, Err(ApiError::NotFound("Not found".to_owned())));
+    };
+    let limit = state.settings.inbound.max_body_bytes;
+    let declared = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return (REJECTED, Err(ApiError::PayloadTooLarge { limit }));
+    }
+    let body = match read_limited(body, limit).await {
+        Ok(body) => body.freeze(),
+        Err(err) => return (REJECTED, Err(err)),
+    };
+    // Nothing of the body is read before this line.
+    let signature = header(&headers, provider.signature_header());
+    if !inbound::verify(provider, secret, signature, &body) {
+        warn!(
+            provider = provider.as_str(),
+            %ip,
+            signature = if signature.is_some() { "bad" } else { "missing" },
+            "inbound hook refused"
+        );
+        return (
+            Some("unauthorized"),
+            Err(ApiError::Unauthorized(
+                "missing or invalid webhook signature",
+            )),
+        );
+    }
+    let Some(event_type) = header(&headers, provider.event_header())
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && e.len() <= 100)
+    else {
+        return (
+            REJECTED,
+            Err(ApiError::BadRequest(format!(
+                "the {} header is missing",
+                provider.event_header()
+            ))),
+        );
+    };
+    match provider.classify(event_type) {
+        EventClass::Push => {}
+        EventClass::Ping => {
+            info!(provider = provider.as_str(), "inbound hook ping");
+            let pong = HookReply {
+                status: "pong",
+                hook_id: None,
+            };
+            return (Some("ignored"), Ok(reply(StatusCode::OK, pong)));
+        }
+        EventClass::Other => {
+            let ignored = HookReply {
+                status: "ignored",
+                hook_id: None,
+            };
+            return (Some("ignored"), Ok(reply(StatusCode::ACCEPTED, ignored)));
+        }
+    }
+    let delivery_id = header(&headers, provider.delivery_header())
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && id.len() <= MAX_DELIVERY_ID)
+        .map_or_else(
+            || format!("sha256:{}", actors::crypto::sha256_hex(&body)),
+            str::to_owned,
+        );
+    let stored = state
+        .store
+        .store_hook(NewHook {
+            provider: provider.as_str(),
+            delivery_id: delivery_id.clone(),
+            event_type: event_type.to_owned(),
+            body: body.to_vec(),
+        })
+        .await;
+    match stored {
+        Ok(Stored::New(id)) => {
+            state.engine.process_hooks();
+            info!(provider = provider.as_str(), hook = %id, delivery = %delivery_id, "inbound hook stored");
+            let accepted = HookReply {
+                status: "accepted",
+                hook_id: Some(id.into_string()),
+            };
+            (Some("accepted"), Ok(reply(StatusCode::ACCEPTED, accepted)))
+        }
+        Ok(Stored::Duplicate(id)) => {
+            info!(provider = provider.as_str(), hook = %id, delivery = %delivery_id, "inbound hook is a duplicate");
+            let duplicate = HookReply {
+                status: "duplicate",
+                hook_id: Some(id),
+            };
+            (
+                Some("duplicate"),
+                Ok(reply(StatusCode::ACCEPTED, duplicate)),
+            )
+        }
+        Err(err) => (REJECTED, Err(ApiError::from(err))),
+    }
+}
