@@ -23,7 +23,7 @@ WORKDIR /build
 
 # 1. Dependencies only: the workspace manifests and the lock file, with stub
 #    sources for every target the manifests declare (the root package's lib
-#    and bin, the `it` test, the two benches, the three member crates), so
+#    and bin, the `it` test, the benches, the three member crates), so
 #    that this layer is rebuilt only when a manifest or Cargo.lock changes.
 #    The registry is a cache mount: a changed lock file downloads only the
 #    new crates. (.ci/check_deploy.py fails when a declared target is missing
@@ -39,6 +39,7 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     && echo 'fn main() {}' > tests/it/main.rs \
     && echo 'fn main() {}' > benches/change_engine.rs \
     && echo 'fn main() {}' > benches/delivery.rs \
+    && echo 'fn main() {}' > benches/inbound.rs \
     && cargo build --release --locked \
     && rm -rf src actors/src entity/src migration/src
 

@@ -906,7 +906,7 @@ async fn replay(
         for _ in 0..5 {
             let t = Instant::now();
             let batch = store
-                .next_events(subscription, 64)
+                .next_events(subscription, i64::MIN, 64)
                 .await
                 .expect("next_events");
             times.push(ms(t));

@@ -481,6 +481,10 @@ struct Lane {
 /// after the restart, with the same `webhook-id` (at least once, as
 /// promised); every other outcome is written before the lane goes on.
 const FLUSH_EVERY: usize = 64;
+/// Notifications (`sync_failed`, `synced`) are best effort: after this many
+/// failed attempts they are skipped, so file events behind them do not wait
+/// out a long backoff.
+const NOTIFICATION_MAX_ATTEMPTS: u32 = 3;
 const FLUSH_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
@@ -558,13 +562,17 @@ impl Lane {
     }
 
     async fn deliver(&self) -> Result<Option<i64>, StoreError> {
-        let Some(context) = self.context().await? else {
-            return Ok(None);
-        };
+        // The last `seq` handled: delivered, or passed over as skipped.
+        let mut after_seq = i64::MIN;
         loop {
+            // Read again for every batch: a rotated key or a new base_url
+            // applies within one batch, and a disabled app stops its lanes.
+            let Some(context) = self.context().await? else {
+                return Ok(None);
+            };
             let batch = self
                 .store
-                .next_events(self.subscription.as_str(), 64)
+                .next_events(self.subscription.as_str(), after_seq, 64)
                 .await?;
             if batch.is_empty() {
                 self.store
@@ -584,7 +592,7 @@ impl Lane {
                     return Ok(Some(event.next_attempt_at));
                 }
                 match self.deliver_event(&context, &event).await? {
-                    Flow::Next => {}
+                    Flow::Next => after_seq = event.seq,
                     Flow::Stop(at) => return Ok(at),
                 }
                 if self.flush_due() {
@@ -660,27 +668,10 @@ impl Lane {
                     Some(content) => Some(content),
                     None => {
                         let error =
-                            "the file's content is no longer in the mirror; resync the repository"
-                                .to_owned();
-                        let attempt = attempt_row(
-                            event,
-                            None,
-                            now_ms(),
-                            None,
-                            0,
-                            Some("content_missing"),
-                            None,
-                        );
-                        self.store
-                            .record_attempt(event, attempt, Some(EventOutcome::Dead { error }))
-                            .await?;
-                        telemetry::delivery_attempt(
-                            &tracing::Span::none(),
-                            &self.app_id,
-                            delivery_outcome::DEAD,
-                            None,
-                        );
-                        return Ok(Flow::Stop(None));
+                            "the file's content is no longer in the mirror; resync the repository";
+                        return self
+                            .give_up(event, "content_missing", error.to_owned())
+                            .await;
                     }
                 }
             }
@@ -693,25 +684,7 @@ impl Lane {
             self.config.chunking,
         ) {
             Ok(rendered) => rendered,
-            Err(err) => {
-                let attempt = attempt_row(event, None, now_ms(), None, 0, Some("payload"), None);
-                self.store
-                    .record_attempt(
-                        event,
-                        attempt,
-                        Some(EventOutcome::Dead {
-                            error: err.to_string(),
-                        }),
-                    )
-                    .await?;
-                telemetry::delivery_attempt(
-                    &tracing::Span::none(),
-                    &self.app_id,
-                    delivery_outcome::DEAD,
-                    None,
-                );
-                return Ok(Flow::Stop(None));
-            }
+            Err(err) => return self.give_up(event, "payload", err.to_string()).await,
         };
         let url = format!(
             "{}/{}",
@@ -880,6 +853,25 @@ impl Lane {
         Ok(Flow::Next)
     }
 
+    /// An event that cannot be sent at all (its content is gone from the
+    /// mirror, its stored notification is unreadable) is dead at once.
+    async fn give_up(
+        &self,
+        event: &event::Model,
+        class: &str,
+        error: String,
+    ) -> Result<Flow, StoreError> {
+        let attempt = attempt_row(event, None, now_ms(), None, 0, Some(class), None);
+        telemetry::delivery_attempt(
+            &tracing::Span::none(),
+            &self.app_id,
+            delivery_outcome::DEAD,
+            None,
+        );
+        self.stop(event, attempt, EventOutcome::Dead { error })
+            .await
+    }
+
     async fn stop(
         &self,
         event: &event::Model,
@@ -893,7 +885,7 @@ impl Lane {
         };
         self.flush().await?;
         if let EventOutcome::Dead { error } = &outcome {
-            warn!(event = %event.id, subscription = %event.subscription_id, %error, "event failed too often; its subscription waits");
+            warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
         }
         self.store
             .record_attempt(event, attempt, Some(outcome))
@@ -913,7 +905,12 @@ impl Lane {
     ) -> EventOutcome {
         let counted = !probe;
         let attempts = u32::try_from(event.attempts).unwrap_or(0) + u32::from(counted);
-        if counted && attempts >= self.config.max_attempts {
+        let max_attempts = if event_kind::is_notification(&event.kind) {
+            self.config.max_attempts.min(NOTIFICATION_MAX_ATTEMPTS)
+        } else {
+            self.config.max_attempts
+        };
+        if counted && attempts >= max_attempts {
             return if event_kind::is_notification(&event.kind) {
                 EventOutcome::Skipped { error }
             } else {

@@ -119,14 +119,13 @@ impl SyncedCounts {
     }
 }
 
+/// SPEC §5 lists exactly these fields for `synced`.
 #[derive(Serialize)]
 struct SyncedBody<'a> {
-    event: &'static str,
     repository: &'a RepositoryRef,
     commit_sha: &'a str,
     previous_commit_sha: Option<&'a str>,
     counts: SyncedCounts,
-    timestamp: &'a str,
     event_id: &'a str,
 }
 
@@ -300,12 +299,10 @@ pub fn render(
                 .and_then(|p| serde_json::from_str(p).ok())
                 .ok_or_else(|| PayloadError::BadPayload(event.id.clone()))?;
             serde_json::to_vec(&SyncedBody {
-                event: "synced",
                 repository,
                 commit_sha: commit.ok_or_else(incomplete)?,
                 previous_commit_sha: notice.previous_commit_sha.as_deref(),
                 counts: notice.counts,
-                timestamp: &timestamp,
                 event_id: &event.id,
             })
         }
@@ -508,7 +505,7 @@ mod tests {
         assert_eq!(rendered.endpoint, "synced");
         assert_eq!(
             body(&rendered),
-            r#"{"event":"synced","repository":{"repository_id":"repo_1","github_url":"https://github.com/o/r","owner":"o","name":"r"},"commit_sha":"c0ffee","previous_commit_sha":"beef","counts":{"created":2,"updated":0,"deleted":1},"timestamp":"2026-01-01T00:00:00.000Z","event_id":"evt_01"}"#
+            r#"{"repository":{"repository_id":"repo_1","github_url":"https://github.com/o/r","owner":"o","name":"r"},"commit_sha":"c0ffee","previous_commit_sha":"beef","counts":{"created":2,"updated":0,"deleted":1},"event_id":"evt_01"}"#
         );
     }
 }

@@ -37,6 +37,7 @@ const ROUTES: &[&str] = &[
     "/admin/api/apps",
     "/admin/api/apps/onboard",
     "/admin/api/apps/:id",
+    "/admin/api/apps/:id/enable",
     "/admin/api/overview",
     "/admin/api/queue",
     "/admin/api/notifications/failed",

@@ -118,7 +118,19 @@ async fn synced_follows_the_last_event_of_each_snapshot_for_apps_that_opted_in()
     let notice = &accepted[2];
     verify(notice, &client.client_auth_key, &client.webhook_secret);
     let body = notice.json();
-    assert_eq!(body["event"], "synced");
+    let mut fields: Vec<&String> = body.as_object().expect("an object").keys().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "commit_sha",
+            "counts",
+            "event_id",
+            "previous_commit_sha",
+            "repository"
+        ],
+        "exactly SPEC §5's fields"
+    );
     assert_eq!(body["repository"]["repository_id"], id.as_str());
     assert_eq!(body["commit_sha"], first.as_str());
     assert!(body["previous_commit_sha"].is_null());

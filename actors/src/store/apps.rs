@@ -169,7 +169,13 @@ impl Store {
     ) -> Result<Option<RotatedKey>, StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
-        let Some(app) = app::Entity::find_by_id(id.as_str()).one(&txn).await? else {
+        // Two rotations at once: the second waits for the first, so no key
+        // handed out is lost (SQLite's writer lock does the same).
+        let Some(app) = app::Entity::find_by_id(id.as_str())
+            .lock(sea_orm::sea_query::LockType::Update)
+            .one(&txn)
+            .await?
+        else {
             return Ok(None);
         };
         let current = self.client_auth_key(&app)?;

@@ -68,24 +68,30 @@ pub enum EventOutcome {
 }
 
 impl Store {
-    /// Apps with events due now, at most `limit`.
+    /// Active apps with events due now, at most `limit`. One index probe
+    /// per app (`ix_events_app_status`), however long the outbox: the
+    /// dispatcher asks this every `delivery.tick`.
     pub async fn apps_with_due_events(
         &self,
         now: i64,
         limit: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let active = Query::select()
-            .column(app::Column::Id)
-            .from(app::Entity)
-            .and_where(Expr::col(app::Column::Status).eq(app_status::ACTIVE))
+        let due = Query::select()
+            .expr(Expr::val(1))
+            .from(event::Entity)
+            .and_where(
+                Expr::col((event::Entity, event::Column::AppId))
+                    .equals((app::Entity, app::Column::Id)),
+            )
+            .and_where(Expr::col((event::Entity, event::Column::Status)).eq(event_status::PENDING))
+            .and_where(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(now))
             .to_owned();
-        Ok(event::Entity::find()
+        Ok(app::Entity::find()
             .select_only()
-            .column(event::Column::AppId)
-            .distinct()
-            .filter(event::Column::Status.eq(event_status::PENDING))
-            .filter(event::Column::NextAttemptAt.lte(now))
-            .filter(event::Column::AppId.in_subquery(active))
+            .column(app::Column::Id)
+            .filter(app::Column::Status.eq(app_status::ACTIVE))
+            .filter(Expr::exists(due))
+            .order_by_asc(app::Column::Id)
             .limit(limit)
             .into_tuple()
             .all(&self.db)
@@ -135,15 +141,19 @@ impl Store {
             .await?)
     }
 
-    /// The next undelivered events of a subscription, in order: pending ones
-    /// and a dead one (which blocks the rest).
+    /// The next undelivered events of a subscription after `after_seq`, in
+    /// order: pending ones and a dead one (which blocks the rest). A lane
+    /// passes the last `seq` it handled, so each batch is read by the
+    /// `(subscription_id, seq)` index without walking delivered events.
     pub async fn next_events(
         &self,
         subscription_id: &str,
+        after_seq: i64,
         limit: u64,
     ) -> Result<Vec<event::Model>, StoreError> {
         Ok(event::Entity::find()
             .filter(event::Column::SubscriptionId.eq(subscription_id))
+            .filter(event::Column::Seq.gt(after_seq))
             .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
             .order_by_asc(event::Column::Seq)
             .limit(limit)

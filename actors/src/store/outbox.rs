@@ -183,11 +183,15 @@ impl Store {
             .filter(subscription::Column::RepositoryId.eq(repo.id.as_str()))
             .all(&txn)
             .await?;
-        let app_ids: Vec<&str> = subscriptions.iter().map(|s| s.app_id.as_str()).collect();
+        let watchers = sea_orm::sea_query::Query::select()
+            .column(subscription::Column::AppId)
+            .from(subscription::Entity)
+            .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.id.as_str()))
+            .to_owned();
         let notify_synced: std::collections::HashSet<String> = app::Entity::find()
             .select_only()
             .column(app::Column::Id)
-            .filter(app::Column::Id.is_in(app_ids))
+            .filter(app::Column::Id.in_subquery(watchers))
             .filter(app::Column::NotifySynced.eq(true))
             .into_tuple()
             .all(&txn)
