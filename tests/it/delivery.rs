@@ -710,8 +710,12 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
     receiver
         .wait_for("the first webhook", |r| r.len() == 1)
         .await;
-    // The second is in flight now.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while receiver.arrivals() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", app.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The second webhook is in flight now: the receiver holds it for 1.5 s.
 
     assert_eq!(app.terminate().await, Some(0), "{}", app.logs());
     assert_eq!(

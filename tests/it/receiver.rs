@@ -64,6 +64,8 @@ struct Script {
 pub struct Receiver {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Requests that arrived, answered or not yet (a delayed reply).
+    arrivals: Arc<std::sync::atomic::AtomicUsize>,
     script: Arc<Mutex<Script>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -78,6 +80,8 @@ impl Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(Script::default()));
         let (record, plan) = (received.clone(), script.clone());
+        let arrivals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let arrived = arrivals.clone();
         let route = warp::post()
             .and(warp::path::tail())
             .and(warp::header::headers_cloned())
@@ -87,6 +91,7 @@ impl Receiver {
                       headers: warp::http::HeaderMap,
                       body: bytes::Bytes| {
                     let (record, plan) = (record.clone(), plan.clone());
+                    arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     async move {
                         let reply = {
                             let mut plan = plan.lock().expect("script lock");
@@ -149,6 +154,7 @@ impl Receiver {
         Receiver {
             base_url: format!("http://{addr}/hooks"),
             received,
+            arrivals,
             script,
             shutdown: Some(tx),
         }
@@ -167,6 +173,12 @@ impl Receiver {
     /// endpoint that is down, or back.
     pub fn fallback(&self, reply: Option<Reply>) {
         self.script.lock().expect("script lock").fallback = reply;
+    }
+
+    /// How many requests arrived, including those whose (delayed) answer is
+    /// still pending.
+    pub fn arrivals(&self) -> usize {
+        self.arrivals.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
