@@ -609,6 +609,18 @@ async fn a_duplicate_delivery_causes_a_single_scan() {
     let stored = hooks(app).await;
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(stored[1].delivery_id.starts_with("sha256:"));
+
+    // Operators see the same in /metrics.
+    let metrics = crate::telemetry::scrape(app).await;
+    let count = |outcome: &str| {
+        crate::telemetry::value(
+            &metrics,
+            "herald_inbound_hooks_total",
+            &[("provider", "github"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("accepted"), 2.0);
+    assert_eq!(count("duplicate"), 2.0);
 }
 
 #[tokio::test]

@@ -274,7 +274,7 @@ async fn one_trace_follows_a_change_from_the_scan_to_every_delivery_attempt() {
 }
 
 /// `/metrics`, parsed.
-async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
+pub(crate) async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
     let response = app
         .client
         .get(app.url("/metrics"))
@@ -296,7 +296,7 @@ async fn scrape(app: &TestApp) -> prometheus_parse::Scrape {
 
 /// The value of the series `name` whose labels include `labels` (0 when
 /// absent).
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()
