@@ -5,9 +5,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::delivery::{engine_with, onboard, watch};
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, assert_error};
+use crate::helpers::{TestApp, TestClient, assert_error, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, standard_signature, verify};
 
 async fn patch_app(app: &TestApp, client: &TestClient, body: Value) -> (StatusCode, Value) {

@@ -22,15 +22,13 @@ async fn engine() -> TestApp {
 }
 
 async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
-    let mut builder = TestApp::builder()
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+    TestApp::builder()
+        .loopback()
         .env("HERALD__SCHEDULER__TICK", "100ms")
-        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms");
-    for (key, value) in extra {
-        builder = builder.env(key, value);
-    }
-    builder.spawn().await
+        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
+        .envs(extra)
+        .spawn()
+        .await
 }
 
 async fn watch(app: &TestApp, client: &TestClient, body: Value) -> String {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, TestApp, TestClient};
+use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, TestApp, TestClient, engine_with};
 use crate::receiver::{Receiver, Reply, verify};
 
 /// What one run of the CLI printed, and how it ended.
@@ -133,24 +133,6 @@ async fn onboard(app: &TestApp, name: &str, base_url: &str) -> TestClient {
     }
 }
 
-/// A server that scans, delivers and retries fast, and may send webhooks to
-/// receivers on 127.0.0.1 over http.
-async fn engine(extra: &[(&str, &str)]) -> TestApp {
-    let mut builder = TestApp::builder()
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
-        .env("HERALD__SCHEDULER__TICK", "100ms")
-        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
-        .env("HERALD__DELIVERY__TICK", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__POLICY", "fixed")
-        .env("HERALD__DELIVERY__BACKOFF__BASE", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__MAX", "200ms");
-    for (key, value) in extra {
-        builder = builder.env(key, value);
-    }
-    builder.spawn().await
-}
-
 fn three_files() -> TestRepo {
     let repo = TestRepo::new("main");
     repo.write("docs/a.md", "alpha\n");
@@ -243,7 +225,7 @@ async fn repo_add_wait_returns_once_the_snapshot_is_delivered() {
     let served = Served::new(&repo, "r.git");
     let daemon = GitDaemon::serve(served.root());
     let receiver = Receiver::start().await;
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
     let url = daemon.url("r.git");
 
@@ -361,7 +343,7 @@ async fn a_dead_event_fails_the_wait_and_retry_delivers_it() {
     let receiver = Receiver::start().await;
     // The endpoint refuses everything until it is fixed.
     receiver.fallback(Some(Reply::status(422)));
-    let app = engine(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")]).await;
+    let app = engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
     let url = daemon.url("r.git");
 
@@ -422,7 +404,7 @@ async fn a_repository_git_cannot_read_fails_the_wait_with_what_to_do() {
         listener.local_addr().expect("address").port()
     };
     let receiver = Receiver::start().await;
-    let app = engine(&[
+    let app = engine_with(&[
         ("HERALD__BREAKER__GIT__THRESHOLD", "1"),
         ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
     ])
@@ -454,7 +436,7 @@ async fn git_tokens_come_from_stdin_or_the_environment_never_argv() {
     let served = Served::new(&repo, "r.git");
     let daemon = GitDaemon::serve(served.root());
     let receiver = Receiver::start().await;
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
     let url = daemon.url("r.git");
     let env = [("HERALD_TEST_GIT_TOKEN", "ghp_from_the_environment")];
@@ -653,7 +635,7 @@ async fn errors_say_what_to_do_and_never_show_the_token() {
 
 #[tokio::test]
 async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let client = onboard(&app, "acme", "https://example.com/hooks").await;
 
     let updated = herald(

@@ -8,7 +8,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient};
+use crate::helpers::{TestApp, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, verify};
 
 fn sha(content: &[u8]) -> String {
@@ -16,35 +16,6 @@ fn sha(content: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-pub(crate) async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
-    let mut builder = TestApp::builder()
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
-        .env("HERALD__SCHEDULER__TICK", "100ms")
-        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
-        .env("HERALD__DELIVERY__TICK", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__POLICY", "fixed")
-        .env("HERALD__DELIVERY__BACKOFF__BASE", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__MAX", "200ms");
-    for (key, value) in extra {
-        builder = builder.env(key, value);
-    }
-    builder.spawn().await
-}
-
-pub(crate) async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
-    app.onboard_with(
-        json!({"app_name": name, "base_url": receiver.base_url, "email": "dev@example.com"}),
-    )
-    .await
-}
-
-pub(crate) async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
-    let (status, body) = app.register(client, json!({"url": url})).await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
-    body["repository_id"].as_str().expect("id").to_owned()
 }
 
 /// Applies accepted webhooks (deduplicated by `webhook-id`, chunks
@@ -554,11 +525,7 @@ async fn a_sigkill_in_the_middle_of_a_delivery_loses_and_reorders_nothing() {
 
 async fn engine_restart(dir: tempfile::TempDir, database: crate::helpers::TestDatabase) -> TestApp {
     TestApp::builder()
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
-        .env("HERALD__SCHEDULER__TICK", "100ms")
-        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
-        .env("HERALD__DELIVERY__TICK", "100ms")
+        .fast()
         .data_dir(dir)
         .spawn_with(database)
         .await

@@ -13,6 +13,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::receiver::Receiver;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 /// A public address literal: accepted as a webhook target without DNS.
 pub const PUBLIC_BASE_URL: &str = "https://1.1.1.1/herald";
@@ -96,6 +98,31 @@ impl TestAppBuilder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.to_owned(), value.to_owned());
         self
+    }
+
+    pub fn envs(self, settings: &[(&str, &str)]) -> Self {
+        settings
+            .iter()
+            .fold(self, |builder, (key, value)| builder.env(key, value))
+    }
+
+    /// Git remotes and webhook receivers on 127.0.0.1 over plain http or
+    /// git://, as the tests serve them.
+    pub fn loopback(self) -> Self {
+        self.env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
+            .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+    }
+
+    /// [`Self::loopback`], polling, delivering and retrying fast: the
+    /// settings of the end-to-end tests.
+    pub fn fast(self) -> Self {
+        self.loopback()
+            .env("HERALD__SCHEDULER__TICK", "100ms")
+            .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
+            .env("HERALD__DELIVERY__TICK", "100ms")
+            .env("HERALD__DELIVERY__BACKOFF__POLICY", "fixed")
+            .env("HERALD__DELIVERY__BACKOFF__BASE", "100ms")
+            .env("HERALD__DELIVERY__BACKOFF__MAX", "200ms")
     }
 
     pub fn without_env(mut self, key: &str) -> Self {
@@ -570,4 +597,24 @@ impl TestApp {
         })
         .await
     }
+}
+
+/// A [`TestAppBuilder::fast`] server with `extra` settings on top.
+pub async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
+    TestApp::builder().fast().envs(extra).spawn().await
+}
+
+/// Onboards an app whose webhooks go to `receiver`.
+pub async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
+    app.onboard_with(
+        json!({"app_name": name, "base_url": receiver.base_url, "email": "dev@example.com"}),
+    )
+    .await
+}
+
+/// Registers `url` for the app; returns the repository id.
+pub async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
+    let (status, body) = app.register(client, json!({"url": url})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["repository_id"].as_str().expect("id").to_owned()
 }

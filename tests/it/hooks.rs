@@ -105,8 +105,7 @@ async fn send(
 
 fn hook_env(builder: TestAppBuilder) -> TestAppBuilder {
     builder
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+        .loopback()
         .env("HERALD__SCHEDULER__TICK", "1h")
         .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h")
         .env("HERALD__DELIVERY__TICK", "100ms")

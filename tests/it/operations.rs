@@ -8,43 +8,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, assert_error};
+use crate::helpers::{TestApp, TestClient, assert_error, engine_with, onboard, watch};
 use crate::receiver::{Received, Receiver, Reply};
-
-/// Herald polling and delivering fast, with loopback remotes and receivers
-/// allowed (the settings of the delivery tests).
-async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
-    let mut builder = TestApp::builder()
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
-        .env("HERALD__SCHEDULER__TICK", "100ms")
-        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
-        .env("HERALD__DELIVERY__TICK", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__POLICY", "fixed")
-        .env("HERALD__DELIVERY__BACKOFF__BASE", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__MAX", "200ms");
-    for (key, value) in extra {
-        builder = builder.env(key, value);
-    }
-    builder.spawn().await
-}
 
 /// Two attempts make an event dead.
 async fn poison_engine() -> TestApp {
     engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")]).await
-}
-
-async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
-    app.onboard_with(
-        json!({"app_name": name, "base_url": receiver.base_url, "email": "dev@example.com"}),
-    )
-    .await
-}
-
-async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
-    let (status, body) = app.register(client, json!({"url": url})).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["repository_id"].as_str().expect("id").to_owned()
 }
 
 /// A repository with `a.md` and `b.md` served by a git daemon.

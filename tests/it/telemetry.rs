@@ -13,11 +13,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use reqwest::StatusCode;
-use serde_json::json;
 use warp::Filter;
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient};
+use crate::helpers::{TestApp, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply};
 
 /// One exported span, ids in lowercase hex.
@@ -137,35 +136,6 @@ fn parse_traceparent(value: &str) -> (String, String) {
     assert_eq!(parts[1].len(), 32, "{value}");
     assert_eq!(parts[2].len(), 16, "{value}");
     (parts[1].to_owned(), parts[2].to_owned())
-}
-
-async fn engine_with(extra: &[(&str, &str)]) -> TestApp {
-    let mut builder = TestApp::builder()
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
-        .env("HERALD__SCHEDULER__TICK", "100ms")
-        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "200ms")
-        .env("HERALD__DELIVERY__TICK", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__POLICY", "fixed")
-        .env("HERALD__DELIVERY__BACKOFF__BASE", "100ms")
-        .env("HERALD__DELIVERY__BACKOFF__MAX", "200ms");
-    for (key, value) in extra {
-        builder = builder.env(key, value);
-    }
-    builder.spawn().await
-}
-
-async fn onboard(app: &TestApp, receiver: &Receiver, name: &str) -> TestClient {
-    app.onboard_with(
-        json!({"app_name": name, "base_url": receiver.base_url, "email": "dev@example.com"}),
-    )
-    .await
-}
-
-async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
-    let (status, body) = app.register(client, json!({"url": url})).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["repository_id"].as_str().expect("id").to_owned()
 }
 
 #[tokio::test]

@@ -191,8 +191,7 @@ async fn invalid_registrations_are_refused_and_write_nothing() {
 async fn local_and_plain_http_remotes_need_their_switches() {
     let app = TestApp::builder()
         .env("HERALD__GIT__ALLOW_LOCAL_REPOS", "true")
-        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
-        .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
+        .loopback()
         .spawn()
         .await;
     let client = app
