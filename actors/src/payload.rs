@@ -244,6 +244,15 @@ pub fn chunk_id(event_id: &str) -> String {
     format!("chk_{}", event_id.trim_start_matches("evt_"))
 }
 
+/// The extra fields a notification event stored in `payload`.
+fn stored_notice<T: serde::de::DeserializeOwned>(event: &event::Model) -> Result<T, PayloadError> {
+    event
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or_else(|| PayloadError::BadPayload(event.id.clone()))
+}
+
 /// Renders an event; `content` is the file's bytes for created and updated
 /// events.
 pub fn render(
@@ -277,11 +286,7 @@ pub fn render(
             event_id: &event.id,
         }),
         event_kind::SYNC_FAILED => {
-            let failure: SyncFailure = event
-                .payload
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok())
-                .ok_or_else(|| PayloadError::BadPayload(event.id.clone()))?;
+            let failure: SyncFailure = stored_notice(event)?;
             serde_json::to_vec(&SyncFailedBody {
                 event: "sync_failed",
                 repository,
@@ -293,11 +298,7 @@ pub fn render(
             })
         }
         event_kind::SYNCED => {
-            let notice: SyncedNotice = event
-                .payload
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok())
-                .ok_or_else(|| PayloadError::BadPayload(event.id.clone()))?;
+            let notice: SyncedNotice = stored_notice(event)?;
             serde_json::to_vec(&SyncedBody {
                 repository,
                 commit_sha: commit.ok_or_else(incomplete)?,

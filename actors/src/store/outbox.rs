@@ -17,7 +17,7 @@ use super::{Store, StoreError, event_status, lock_repositories, subscription_sta
 use crate::changes::{FileEntry, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
-use crate::payload::{SyncedCounts, SyncedNotice};
+use crate::payload::{BreakerState, SyncError, SyncFailure, SyncedCounts, SyncedNotice};
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
@@ -698,20 +698,28 @@ impl Store {
             active.last_error = Set(Some(failure.message.clone()));
             active.updated_at = Set(now);
             if failure.opened {
-                let payload = serde_json::json!({
-                    "error": {"type": failure.error_type, "message": failure.message},
-                    "circuit_breaker": {
-                        "status": "open",
-                        "consecutive_failures": failure.breaker.consecutive_failures,
-                        "threshold": failure.threshold,
-                        "cooldown_until": failure.breaker.cooldown_until.map(crate::clock::rfc3339_ms),
+                let payload = SyncFailure {
+                    error: SyncError {
+                        kind: failure.error_type.to_owned(),
+                        message: failure.message.clone(),
                     },
-                    "retry_count": retry_count,
-                });
+                    circuit_breaker: BreakerState {
+                        status: "open".to_owned(),
+                        consecutive_failures: failure.breaker.consecutive_failures,
+                        threshold: failure.threshold,
+                        cooldown_until: failure
+                            .breaker
+                            .cooldown_until
+                            .map(crate::clock::rfc3339_ms),
+                    },
+                    retry_count,
+                };
                 event::ActiveModel {
                     seq: Set(sub.next_seq),
                     kind: Set(event_kind::SYNC_FAILED.to_owned()),
-                    payload: Set(Some(payload.to_string())),
+                    payload: Set(Some(
+                        serde_json::to_string(&payload).expect("notices serialise"),
+                    )),
                     trace_parent: Set(trace_parent.clone()),
                     ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
                 }
