@@ -37,30 +37,19 @@ use actors::store::Store;
 use actors::store::apps::NewApp;
 use actors::store::outbox::{AdvanceOutcome, SnapshotAdvance};
 use actors::store::subscriptions::NewSubscription;
-use sea_orm::{ConnectionTrait, Database, Statement};
+use sea_orm::{ConnectionTrait, Statement};
 
-const BRANCH: &str = "main";
-/// Files per leaf directory of the generated tree.
-const FILES_PER_DIR: usize = 100;
+mod support;
+
+use support::{
+    BRANCH, Backend, BenchDatabase, FILES_PER_DIR, GitDaemon, commit_header, git, git_ok, inline,
+    load_average, met,
+};
+
 /// Binary files in a generated repository (at most a tenth of it).
 const BINARIES: usize = 300;
 
 // ---------------------------------------------------------------- options
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "SQLite",
-            Backend::Postgres => "PostgreSQL",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -258,10 +247,6 @@ fn min(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "**missed**" }
-}
-
 // -------------------------------------------------------- generated repos
 
 /// A bare repository generated with `git fast-import`: one big initial
@@ -276,26 +261,6 @@ struct GeneratedRepo {
     /// The initial commit, then one per 10-file commit.
     commits: Vec<String>,
     generated_in: Duration,
-}
-
-fn git(dir: &Path) -> Command {
-    let mut command = Command::new("git");
-    command
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(Stdio::null());
-    command
-}
-
-fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let output = git(dir).args(args).output().expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("git prints UTF-8")
 }
 
 fn binary_stride(files: usize) -> usize {
@@ -347,25 +312,6 @@ fn change_of(files: usize, k: usize) -> ([usize; 4], [String; 3], [usize; 3]) {
     let added = std::array::from_fn(|j| format!("p00/d00/new{k:04}_{j}.txt"));
     let deleted = std::array::from_fn(|j| files / 2 + 3 * (k - 1) + j);
     (modified, added, deleted)
-}
-
-fn inline(stream: &mut impl Write, path: &str, content: &[u8]) {
-    writeln!(stream, "M 100644 inline {path}").expect("fast-import input");
-    writeln!(stream, "data {}", content.len()).expect("fast-import input");
-    stream.write_all(content).expect("fast-import input");
-    stream.write_all(b"\n").expect("fast-import input");
-}
-
-fn commit_header(stream: &mut impl Write, mark: usize, message: &str) {
-    writeln!(stream, "commit refs/heads/{BRANCH}").expect("fast-import input");
-    writeln!(stream, "mark :{mark}").expect("fast-import input");
-    writeln!(
-        stream,
-        "committer Bench <bench@example.com> {} +0000",
-        1_700_000_000 + mark
-    )
-    .expect("fast-import input");
-    writeln!(stream, "data {}\n{message}", message.len()).expect("fast-import input");
 }
 
 fn generate(dir: &Path, name: &str, files: usize, commits: usize) -> GeneratedRepo {
@@ -475,165 +421,10 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// `git daemon` serving the bare repositories under a directory over
-/// `git://127.0.0.1:PORT/`, for comparison with `file://` (libgit2's local
-/// transport packs objects itself; over the git protocol the server does).
-/// Killed on drop.
-struct GitDaemon {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn serve(root: &Path) -> Option<GitDaemon> {
-        let exec_path = git_ok(root, &["--exec-path"]);
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .ok()?;
-            let mut child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
-                .current_dir(root)
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .args([
-                    "--reuseaddr",
-                    "--export-all",
-                    &format!("--base-path={}", root.display()),
-                    "--listen=127.0.0.1",
-                    &format!("--port={port}"),
-                    &root.display().to_string(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            loop {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
-                    .is_ok()
-                {
-                    return Some(GitDaemon { child, port });
-                }
-                if Instant::now() > deadline {
-                    child.kill().ok();
-                    child.wait().ok();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        None
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("git://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-// -------------------------------------------------------------- databases
-
-/// A database of its own: a SQLite file, or a PostgreSQL database created now
-/// and dropped with this value.
-struct BenchDatabase {
-    url: String,
-    postgres: Option<(String, String)>,
-}
-
-fn with_database(server: &str, name: &str) -> String {
-    let mut url = url::Url::parse(server).expect("TEST_DATABASE_URL is a URL");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
-impl BenchDatabase {
-    async fn create(backend: Backend, dir: &Path, label: &str) -> Self {
-        match backend {
-            Backend::Sqlite => Self {
-                url: format!("sqlite://{}", dir.join(format!("{label}.db")).display()),
-                postgres: None,
-            },
-            Backend::Postgres => {
-                let server = std::env::var("TEST_DATABASE_URL")
-                    .expect("--db postgres needs TEST_DATABASE_URL");
-                let name = format!(
-                    "herald_bench_{}",
-                    AppId::generate()
-                        .as_str()
-                        .trim_start_matches("app_")
-                        .to_lowercase()
-                );
-                let admin_url = with_database(&server, "postgres");
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("the benchmark database can be created");
-                admin.close().await.ok();
-                Self {
-                    url: with_database(&server, &name),
-                    postgres: Some((admin_url, name)),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for BenchDatabase {
-    fn drop(&mut self) {
-        let Some((admin_url, name)) = self.postgres.take() else {
-            return;
-        };
-        // Drop may run inside the runtime: drop the database from a thread
-        // with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for cleanup");
-            runtime.block_on(async move {
-                if let Ok(admin) = Database::connect(&admin_url).await {
-                    admin
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                        .ok();
-                    admin.close().await.ok();
-                }
-            });
-        })
-        .join();
-        dropped.ok();
-    }
-}
-
 /// A store with `apps` apps, each subscribed to `remote`'s main branch.
-async fn store_with_subscribers(
-    database: &BenchDatabase,
-    remote: &str,
-    apps: usize,
-) -> (Store, RepoId) {
+async fn store_with_subscribers(database_url: &str, remote: &str, apps: usize) -> (Store, RepoId) {
     let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("a fresh key"));
-    let store = Store::connect(&database.url, keys)
+    let store = Store::connect(database_url, keys)
         .await
         .expect("the database opens");
     store.migrate().await.expect("the schema applies");
@@ -969,8 +760,8 @@ fn run(options: &Options, backend: Backend) {
         repo.generated_in.as_secs_f64(),
     );
 
-    let daemon = GitDaemon::serve(dir.path());
-    let git_url = daemon.as_ref().map(|d| d.url("main.git"));
+    let daemon = GitDaemon::try_serve(dir.path());
+    let git_url = daemon.as_ref().map(|d| d.url_of("main.git"));
     let (url, label, other, other_label) = if options.git_transport {
         let git_url = git_url.expect("--transport git needs `git daemon`");
         (git_url, "git://", Some(repo.url.clone()), "file://")
@@ -985,8 +776,9 @@ fn run(options: &Options, backend: Backend) {
     println!("Herald fetches over {label}.\n");
 
     // 1. Initial snapshot ------------------------------------------------
-    let database = runtime.block_on(BenchDatabase::create(backend, dir.path(), "main"));
-    let (store, repo_id) = runtime.block_on(store_with_subscribers(&database, &url, 1));
+    let database = runtime.block_on(BenchDatabase::create(backend));
+    let database_url = database.url_in(dir.path(), "main.db");
+    let (store, repo_id) = runtime.block_on(store_with_subscribers(&database_url, &url, 1));
     let mirror = dir.path().join("mirror.git");
     let rss_before = status_mib("VmRSS");
     let reset = reset_peak_rss();
@@ -1197,7 +989,7 @@ fn run(options: &Options, backend: Backend) {
         let git_base = daemon
             .as_ref()
             .filter(|_| options.git_transport)
-            .map(|d| d.url(""));
+            .map(|d| d.url_of(""));
         fan_out(options, backend, dir.path(), git_base.as_deref(), &runtime);
     }
     drop(daemon);
@@ -1230,12 +1022,9 @@ fn fan_out(
     println!("|---|---|---|---|---|---|---|");
     for &apps in &options.apps {
         set_remote_head(&repo.bare, &repo.commits[0]);
-        let database = runtime.block_on(BenchDatabase::create(
-            backend,
-            dir,
-            &format!("fanout{apps}"),
-        ));
-        let (store, repo_id) = runtime.block_on(store_with_subscribers(&database, &url, apps));
+        let database = runtime.block_on(BenchDatabase::create(backend));
+        let database_url = database.url_in(dir, &format!("fanout{apps}.db"));
+        let (store, repo_id) = runtime.block_on(store_with_subscribers(&database_url, &url, apps));
         let mirror = dir.join(format!("fanout{apps}.git"));
         let initial = runtime.block_on(scan_and_advance(&store, &repo_id, &url, &mirror));
         assert_eq!(initial.outcome.events as usize, apps * repo.files);

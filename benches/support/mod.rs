@@ -262,13 +262,20 @@ pub struct GitDaemon {
 }
 
 impl GitDaemon {
+    /// A daemon on a free port; panics when none starts.
     pub fn serve(root: &Path) -> GitDaemon {
+        Self::try_serve(root).expect("git daemon starts (is git-daemon installed?)")
+    }
+
+    /// A daemon on a free port, or `None` when git-daemon is missing or does
+    /// not start.
+    pub fn try_serve(root: &Path) -> Option<GitDaemon> {
         let exec_path = git_ok(root, &["--exec-path"]);
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
-                .expect("a free port");
+                .ok()?;
             let mut child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
                 .current_dir(root)
                 .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -285,7 +292,7 @@ impl GitDaemon {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("git daemon starts (is git-daemon installed?)");
+                .ok()?;
             let deadline = Instant::now() + Duration::from_secs(5);
             let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             loop {
@@ -295,7 +302,7 @@ impl GitDaemon {
                 if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
                     .is_ok()
                 {
-                    return GitDaemon { child, port };
+                    return Some(GitDaemon { child, port });
                 }
                 if Instant::now() > deadline {
                     child.kill().ok();
@@ -305,11 +312,16 @@ impl GitDaemon {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        panic!("git daemon did not start");
+        None
     }
 
     pub fn url(&self, repo: &GeneratedRepo) -> String {
-        format!("git://127.0.0.1:{}/{}.git", self.port, repo.name)
+        self.url_of(&format!("{}.git", repo.name))
+    }
+
+    /// The URL of the repository at `path` under the served directory.
+    pub fn url_of(&self, path: &str) -> String {
+        format!("git://127.0.0.1:{}/{path}", self.port)
     }
 }
 
@@ -495,9 +507,14 @@ impl BenchDatabase {
 
     /// The URL this bench opens the server's database with.
     pub fn bench_url(&self, data_dir: &Path) -> String {
+        self.url_in(data_dir, "herald.db")
+    }
+
+    /// The PostgreSQL database, or the SQLite file `file` in `dir`.
+    pub fn url_in(&self, dir: &Path, file: &str) -> String {
         self.server_url
             .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("herald.db").display()))
+            .unwrap_or_else(|| format!("sqlite://{}", dir.join(file).display()))
     }
 }
 
