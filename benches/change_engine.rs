@@ -42,8 +42,8 @@ use sea_orm::{ConnectionTrait, Statement};
 mod support;
 
 use support::{
-    BRANCH, Backend, BenchDatabase, FILES_PER_DIR, GitDaemon, commit_header, git, git_ok, inline,
-    load_average, met,
+    BRANCH, Backend, BenchArgs, BenchDatabase, FILES_PER_DIR, GitDaemon, commit_header, git,
+    git_ok, inline, load_average, met,
 };
 
 /// Binary files in a generated repository (at most a tenth of it).
@@ -67,9 +67,8 @@ struct Options {
 }
 
 fn parse_options() -> Options {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let mut options = if full {
+    let mut args = BenchArgs::from_env();
+    let mut options = if args.full {
         Options {
             files: 100_000,
             iterations: 20,
@@ -94,51 +93,23 @@ fn parse_options() -> Options {
             db: None,
         }
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> String {
-            it.next()
-                .unwrap_or_else(|| panic!("{name} needs a value"))
-                .clone()
-        };
-        let number = |name: &str, raw: String| -> usize {
-            raw.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, not {raw:?}"))
-        };
+    while let Some(arg) = args.next_option() {
         match arg.as_str() {
-            "--bench" => {}
-            "--files" => options.files = number("--files", value("--files")),
-            "--iterations" => options.iterations = number("--iterations", value("--iterations")),
-            "--rescans" => options.rescans = number("--rescans", value("--rescans")),
-            "--fanout-files" => {
-                options.fanout_files = number("--fanout-files", value("--fanout-files"));
-            }
-            "--fanout-commits" => {
-                options.fanout_commits = number("--fanout-commits", value("--fanout-commits"));
-            }
-            "--apps" => {
-                options.apps = value("--apps")
-                    .split(',')
-                    .map(|n| number("--apps", n.to_owned()))
-                    .collect();
-            }
+            "--files" => options.files = args.number(&arg),
+            "--iterations" => options.iterations = args.number(&arg),
+            "--rescans" => options.rescans = args.number(&arg),
+            "--fanout-files" => options.fanout_files = args.number(&arg),
+            "--fanout-commits" => options.fanout_commits = args.number(&arg),
+            "--apps" => options.apps = args.numbers(&arg),
             "--no-fanout" => options.fanout = false,
             "--transport" => {
-                options.git_transport = match value("--transport").as_str() {
+                options.git_transport = match args.value(&arg).as_str() {
                     "file" => false,
                     "git" => true,
                     other => panic!("--transport is file or git, not {other:?}"),
                 }
             }
-            "--db" => {
-                options.db = match value("--db").as_str() {
-                    "sqlite" => Some(Backend::Sqlite),
-                    "postgres" => Some(Backend::Postgres),
-                    "all" => None,
-                    other => panic!("--db is sqlite, postgres or all, not {other:?}"),
-                }
-            }
+            "--db" => options.db = args.backend(),
             other => panic!("unknown option {other:?} (see benches/change_engine.rs)"),
         }
     }

@@ -68,9 +68,8 @@ struct Options {
 }
 
 fn parse_options() -> Options {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let mut options = if full {
+    let mut args = BenchArgs::from_env();
+    let mut options = if args.full {
         Options {
             files: 20_000,
             apps: 10,
@@ -95,43 +94,17 @@ fn parse_options() -> Options {
             db: None,
         }
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> String {
-            it.next()
-                .unwrap_or_else(|| panic!("{name} needs a value"))
-                .clone()
-        };
-        let number = |name: &str, raw: String| -> usize {
-            raw.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, not {raw:?}"))
-        };
+    while let Some(arg) = args.next_option() {
         match arg.as_str() {
-            "--bench" => {}
-            "--files" => options.files = number("--files", value("--files")),
-            "--apps" => options.apps = number("--apps", value("--apps")),
-            "--repos" => options.repos = number("--repos", value("--repos")),
-            "--repo-files" => options.repo_files = number("--repo-files", value("--repo-files")),
-            "--commits" => options.commits = number("--commits", value("--commits")),
-            "--latency-files" => {
-                options.latency_files = number("--latency-files", value("--latency-files"));
-            }
-            "--replay" => options.replay = number("--replay", value("--replay")),
-            "--scenarios" => {
-                options.scenarios = value("--scenarios")
-                    .split(',')
-                    .map(|n| number("--scenarios", n.to_owned()))
-                    .collect();
-            }
-            "--db" => {
-                options.db = match value("--db").as_str() {
-                    "sqlite" => Some(Backend::Sqlite),
-                    "postgres" => Some(Backend::Postgres),
-                    "all" => None,
-                    other => panic!("--db is sqlite, postgres or all, not {other:?}"),
-                }
-            }
+            "--files" => options.files = args.number(&arg),
+            "--apps" => options.apps = args.number(&arg),
+            "--repos" => options.repos = args.number(&arg),
+            "--repo-files" => options.repo_files = args.number(&arg),
+            "--commits" => options.commits = args.number(&arg),
+            "--latency-files" => options.latency_files = args.number(&arg),
+            "--replay" => options.replay = args.number(&arg),
+            "--scenarios" => options.scenarios = args.numbers(&arg),
+            "--db" => options.db = args.backend(),
             other => panic!("unknown option {other:?} (see benches/delivery.rs)"),
         }
     }
@@ -145,23 +118,7 @@ fn parse_options() -> Options {
 
 fn main() {
     let options = parse_options();
-    let backends = match options.db {
-        Some(backend) => vec![backend],
-        None if std::env::var("TEST_DATABASE_URL").is_ok() => {
-            vec![Backend::Sqlite, Backend::Postgres]
-        }
-        None => {
-            println!("(TEST_DATABASE_URL is not set: SQLite only)\n");
-            vec![Backend::Sqlite]
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench")
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(run(&options, &backends));
+    runtime().block_on(run(&options, &backends(options.db)));
 }
 
 /// Events per second over arrival times (Unix ms).

@@ -51,9 +51,8 @@ struct Options {
 }
 
 fn parse_options() -> Options {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let mut options = if full {
+    let mut args = BenchArgs::from_env();
+    let mut options = if args.full {
         Options {
             pushes: 100,
             files: 2_000,
@@ -72,37 +71,14 @@ fn parse_options() -> Options {
             db: Some(Backend::Sqlite),
         }
     };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| panic!("{arg} needs a value"))
-                .clone()
-        };
-        let number = |v: String| -> usize {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{arg}: `{v}` is not a number"))
-        };
+    while let Some(arg) = args.next_option() {
         match arg.as_str() {
-            "--bench" => {}
-            "--pushes" => options.pushes = number(value()),
-            "--files" => options.files = number(value()),
-            "--hooks" => options.hooks = number(value()),
-            "--concurrency" => options.concurrency = number(value()),
-            "--scenarios" => {
-                options.scenarios = value()
-                    .split(',')
-                    .map(|s| s.trim().parse().expect("scenario numbers"))
-                    .collect();
-            }
-            "--db" => {
-                options.db = match value().as_str() {
-                    "sqlite" => Some(Backend::Sqlite),
-                    "postgres" => Some(Backend::Postgres),
-                    "all" => None,
-                    other => panic!("--db {other}: sqlite, postgres or all"),
-                }
-            }
+            "--pushes" => options.pushes = args.number(&arg),
+            "--files" => options.files = args.number(&arg),
+            "--hooks" => options.hooks = args.number(&arg),
+            "--concurrency" => options.concurrency = args.number(&arg),
+            "--scenarios" => options.scenarios = args.numbers(&arg),
+            "--db" => options.db = args.backend(),
             other => panic!("unknown option {other:?} (see benches/inbound.rs)"),
         }
     }
@@ -112,23 +88,7 @@ fn parse_options() -> Options {
 
 fn main() {
     let options = parse_options();
-    let backends = match options.db {
-        Some(backend) => vec![backend],
-        None if std::env::var("TEST_DATABASE_URL").is_ok() => {
-            vec![Backend::Sqlite, Backend::Postgres]
-        }
-        None => {
-            println!("(TEST_DATABASE_URL is not set: SQLite only)\n");
-            vec![Backend::Sqlite]
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench")
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(run(&options, &backends));
+    runtime().block_on(run(&options, &backends(options.db)));
 }
 
 fn signature(body: &[u8]) -> String {

@@ -44,6 +44,92 @@ impl Backend {
     }
 }
 
+// ------------------------------------------------------------ command line
+
+/// A bench's command line, read option by option. `cargo bench` passes
+/// `--bench` (full sizes); `cargo test --benches` does not (a smoke run).
+pub struct BenchArgs {
+    args: std::vec::IntoIter<String>,
+    pub full: bool,
+}
+
+impl BenchArgs {
+    pub fn from_env() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let full = args.iter().any(|a| a == "--bench");
+        Self {
+            args: args.into_iter(),
+            full,
+        }
+    }
+
+    /// The next option, `--bench` passed over.
+    pub fn next_option(&mut self) -> Option<String> {
+        self.args.by_ref().find(|a| a != "--bench")
+    }
+
+    /// The value of option `name`.
+    pub fn value(&mut self, name: &str) -> String {
+        self.args
+            .next()
+            .unwrap_or_else(|| panic!("{name} needs a value"))
+    }
+
+    pub fn number(&mut self, name: &str) -> usize {
+        let raw = self.value(name);
+        parse_number(name, &raw)
+    }
+
+    /// A comma-separated list of numbers.
+    pub fn numbers(&mut self, name: &str) -> Vec<usize> {
+        self.value(name)
+            .split(',')
+            .map(|n| parse_number(name, n.trim()))
+            .collect()
+    }
+
+    /// `--db sqlite|postgres|all`; `None` is all.
+    pub fn backend(&mut self) -> Option<Backend> {
+        match self.value("--db").as_str() {
+            "sqlite" => Some(Backend::Sqlite),
+            "postgres" => Some(Backend::Postgres),
+            "all" => None,
+            other => panic!("--db is sqlite, postgres or all, not {other:?}"),
+        }
+    }
+}
+
+fn parse_number(name: &str, raw: &str) -> usize {
+    raw.replace('_', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} takes a number, not {raw:?}"))
+}
+
+/// The backends a run covers: the one `--db` named, else SQLite and, when
+/// `TEST_DATABASE_URL` is set, PostgreSQL.
+pub fn backends(db: Option<Backend>) -> Vec<Backend> {
+    match db {
+        Some(backend) => vec![backend],
+        None if std::env::var("TEST_DATABASE_URL").is_ok() => {
+            vec![Backend::Sqlite, Backend::Postgres]
+        }
+        None => {
+            println!("(TEST_DATABASE_URL is not set: SQLite only)\n");
+            vec![Backend::Sqlite]
+        }
+    }
+}
+
+/// The bench's own runtime: two worker threads named `bench`.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench")
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 // ------------------------------------------------------------ statistics
 
 pub fn unix_ms() -> f64 {
