@@ -1076,6 +1076,55 @@ async fn run(options: &Options, backends: &[Backend]) {
 }
 
 /// Scenario 1: one app, one repository, one subscription.
+/// What a scenario measures while the server delivers `expected` webhooks:
+/// CPU at the first and the last arrival, PostgreSQL's counters over that
+/// window, and the dispatcher's polling cost halfway.
+struct Drain {
+    /// The server's database, opened read-side by the bench.
+    store: Store,
+    before: CpuSample,
+    after: CpuSample,
+    counters: Option<[i64; 5]>,
+    polling: (f64, f64),
+}
+
+async fn drain(
+    backend: Backend,
+    database: &BenchDatabase,
+    herald: &Herald,
+    receiver: &Receiver,
+    expected: usize,
+    timeout: Duration,
+) -> Drain {
+    wait_for(receiver, herald, 1, timeout).await;
+    let before = cpu_sample(herald.pid, database.postgres_name());
+    let store = connect(&database.bench_url(&herald.data_dir)).await;
+    let counters_before = match backend {
+        Backend::Postgres => Some(postgres_counters(&store).await),
+        Backend::Sqlite => None,
+    };
+    wait_for(receiver, herald, expected / 2, timeout).await;
+    let polling = polling_cost(&store).await;
+    wait_for(receiver, herald, expected, timeout).await;
+    let after = cpu_sample(herald.pid, database.postgres_name());
+    let counters = match counters_before {
+        Some(start) => {
+            // Backends report their counters at most once a second.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let end = postgres_counters(&store).await;
+            Some(std::array::from_fn::<i64, 5, _>(|i| end[i] - start[i]))
+        }
+        None => None,
+    };
+    Drain {
+        store,
+        before,
+        after,
+        counters,
+        polling,
+    }
+}
+
 async fn single(
     options: &Options,
     backend: Backend,
@@ -1092,26 +1141,13 @@ async fn single(
     let repository = herald.register(&token, &daemon.url(repo)).await;
     let expected = options.files;
     let timeout = Duration::from_secs(60 + (expected / 100) as u64);
-    wait_for(receiver, &herald, 1, timeout).await;
-    let before = cpu_sample(herald.pid, database.postgres_name());
-    let store = connect(&database.bench_url(&herald.data_dir)).await;
-    let counters_before = match backend {
-        Backend::Postgres => Some(postgres_counters(&store).await),
-        Backend::Sqlite => None,
-    };
-    wait_for(receiver, &herald, expected / 2, timeout).await;
-    let polling = polling_cost(&store).await;
-    wait_for(receiver, &herald, expected, timeout).await;
-    let after = cpu_sample(herald.pid, database.postgres_name());
-    let counters = match counters_before {
-        Some(start) => {
-            // Backends report their counters at most once a second.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let end = postgres_counters(&store).await;
-            Some(std::array::from_fn::<i64, 5, _>(|i| end[i] - start[i]))
-        }
-        None => None,
-    };
+    let Drain {
+        store,
+        before,
+        after,
+        counters,
+        polling,
+    } = drain(backend, &database, &herald, receiver, expected, timeout).await;
     let arrivals = receiver.take();
     let times: Vec<f64> = arrivals.iter().map(|a| a.at).collect();
     let t = throughput(&times);
@@ -1233,25 +1269,13 @@ async fn multi(
     let registering = started.elapsed();
     let expected = options.apps * repos.len() * options.repo_files;
     let timeout = Duration::from_secs(60 + (expected / 200) as u64);
-    wait_for(receiver, &herald, 1, timeout).await;
-    let before = cpu_sample(herald.pid, database.postgres_name());
-    let store = connect(&database.bench_url(&herald.data_dir)).await;
-    let counters_before = match backend {
-        Backend::Postgres => Some(postgres_counters(&store).await),
-        Backend::Sqlite => None,
-    };
-    wait_for(receiver, &herald, expected / 2, timeout).await;
-    let polling = polling_cost(&store).await;
-    wait_for(receiver, &herald, expected, timeout).await;
-    let after = cpu_sample(herald.pid, database.postgres_name());
-    let counters = match counters_before {
-        Some(start) => {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let end = postgres_counters(&store).await;
-            Some(std::array::from_fn::<i64, 5, _>(|i| end[i] - start[i]))
-        }
-        None => None,
-    };
+    let Drain {
+        store,
+        before,
+        after,
+        counters,
+        polling,
+    } = drain(backend, &database, &herald, receiver, expected, timeout).await;
     let arrivals = receiver.snapshot();
     receiver.take();
     let times: Vec<f64> = arrivals.iter().map(|a| a.at).collect();
