@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use actors::changes;
 use actors::crypto::Keyring;
-use actors::git::{Mirror, RemoteSpec};
+use actors::git::{self, ConnectRule, Mirror, RemoteSpec};
 use actors::ids::{AppId, RepoId, SnapshotId};
-use actors::scan::{self, ScanJob, ScanOutcome};
+use actors::scan::{self, Accessor, ScanJob, ScanOutcome};
 use actors::store::Store;
 use actors::store::apps::NewApp;
 use actors::store::outbox::{AdvanceOutcome, SnapshotAdvance};
@@ -423,6 +423,7 @@ async fn store_with_subscribers(database_url: &str, remote: &str, apps: usize) -
                     name: "repo".into(),
                     branch: Some(BRANCH.into()),
                     git_token: None,
+                    is_private: Some(false),
                     include: vec![],
                     exclude: vec![],
                 },
@@ -465,6 +466,10 @@ fn remote_spec(url: &str) -> RemoteSpec {
         url: url.to_owned(),
         credentials: None,
         timeout: Duration::from_secs(600),
+        rule: ConnectRule {
+            allow_private: true,
+            data_dir: std::env::temp_dir().join("herald-bench-no-data-dir"),
+        },
     }
 }
 
@@ -478,6 +483,7 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
     let job = ScanJob {
         mirror: mirror.to_owned(),
         remote: remote_spec(url),
+        accessors: vec![Accessor::anonymous("bench")],
         branch: Some(BRANCH.into()),
         known_head: current.head_commit.clone(),
         manifest: None,
@@ -489,6 +495,7 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
     let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
         .await
         .expect("the scan runs")
+        .outcome
         .expect("the scan succeeds");
     let scan_time = started.elapsed();
     let hwm_after_scan = status_mib("VmHWM");
@@ -517,6 +524,7 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
         }
         ScanOutcome::Unchanged { .. } => panic!("every measured scan sees a new commit"),
         ScanOutcome::NeedsManifest => panic!("the mirror keeps every observed commit"),
+        ScanOutcome::NoAccess => panic!("the bench's remote is public"),
     };
     let started = Instant::now();
     let outcome = store
@@ -537,6 +545,7 @@ fn scan_only(mirror: &Path, url: &str, known_head: Option<&str>) -> Duration {
     let job = ScanJob {
         mirror: mirror.to_owned(),
         remote: remote_spec(url),
+        accessors: vec![Accessor::anonymous("bench")],
         branch: Some(BRANCH.into()),
         known_head: known_head.map(str::to_owned),
         manifest: None,
@@ -544,7 +553,7 @@ fn scan_only(mirror: &Path, url: &str, known_head: Option<&str>) -> Duration {
         unpin: Vec::new(),
     };
     let started = Instant::now();
-    let outcome = scan::scan(job).expect("the scan succeeds");
+    let outcome = scan::scan(job).outcome.expect("the scan succeeds");
     let elapsed = started.elapsed();
     assert!(matches!(outcome, ScanOutcome::Changed { .. }));
     elapsed
@@ -585,7 +594,7 @@ fn breakdown_step(breakdown: &mut Breakdown, mirror: &Path, url: &str, old: &str
     let spec = remote_spec(url);
     let t = Instant::now();
     let m = Mirror::open(mirror).expect("the mirror opens");
-    let head = m.remote_head(&spec, Some(BRANCH)).expect("the remote head");
+    let head = git::probe(&spec, Some(BRANCH)).expect("the remote head");
     breakdown.open_and_head.push(ms(t.elapsed()));
     let t = Instant::now();
     let new = m.fetch(&spec, &head.branch).expect("the fetch");
@@ -768,9 +777,7 @@ fn run(options: &Options, backend: Backend) {
     let spec = remote_spec(&url);
     let t = Instant::now();
     let m2 = Mirror::open(&mirror2).expect("the mirror opens");
-    let head = m2
-        .remote_head(&spec, Some(BRANCH))
-        .expect("the remote head");
+    let head = git::probe(&spec, Some(BRANCH)).expect("the remote head");
     let first = m2.fetch(&spec, &head.branch).expect("the fetch");
     let fetch_time = t.elapsed();
     let t = Instant::now();

@@ -93,6 +93,10 @@ pub struct SecuritySettings {
     /// `POST /api/app/rotate-key`.
     #[serde(deserialize_with = "duration")]
     pub key_rotation_grace: Duration,
+    /// How often each subscriber's git credential is checked again against
+    /// the remote (also at registration and on every token change).
+    #[serde(deserialize_with = "duration")]
+    pub access_recheck_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +339,12 @@ impl Settings {
         }
         if self.git.fetch_timeout.is_zero() {
             return Err(invalid("git.fetch_timeout", "must be longer than zero"));
+        }
+        if self.security.access_recheck_interval.is_zero() {
+            return Err(invalid(
+                "security.access_recheck_interval",
+                "must be longer than zero",
+            ));
         }
         if self.delivery.max_attempts == 0 {
             return Err(invalid("delivery.max_attempts", "must be at least 1"));

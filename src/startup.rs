@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
 use actors::delivery::{DeliveryConfig, OutboxSignal};
+use actors::git::ConnectRule;
 use actors::payload::Chunking;
 use actors::repo_watcher::WatcherConfig;
 use actors::store::Store;
@@ -170,6 +171,11 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             mirrors_dir: mirrors_dir.clone(),
             fetch_timeout: settings.git.fetch_timeout,
             rescan_interval: settings.scheduler.rescan_interval,
+            connect: ConnectRule {
+                allow_private: settings.security.allow_private_targets,
+                data_dir: settings.data_dir().to_path_buf(),
+            },
+            access_recheck_interval: settings.security.access_recheck_interval,
             breaker: BreakerPolicy {
                 threshold: settings.breaker.git.threshold,
                 cooldown: settings.breaker.git.cooldown,

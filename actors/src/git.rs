@@ -7,6 +7,12 @@
 //! - The remote head is checked first; the fetch is skipped when it did not
 //!   move. Only the watched branch is fetched, incrementally.
 //! - A mirror that cannot be opened is rebuilt from the remote.
+//! - Every connection obeys the address rule when it is made (see
+//!   [`egress`]): only the registered host, only public addresses (unless
+//!   private targets are allowed), no local repository inside Herald's own
+//!   data directory.
+
+mod egress;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -14,9 +20,11 @@ use std::time::{Duration, Instant};
 
 use git2::{
     AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode, FetchOptions, Oid,
-    RemoteCallbacks, Repository,
+    ProxyOptions, Remote, RemoteCallbacks, RemoteRedirect, Repository,
 };
 use secrecy::{ExposeSecret, SecretString};
+
+use self::egress::{Destination, Egress};
 
 /// Ref under which a fetched branch is kept in the mirror.
 fn mirror_ref(branch: &str) -> String {
@@ -37,6 +45,9 @@ pub enum GitFailure {
     NotFound,
     Timeout,
     Network,
+    /// The connection broke the address rule (a non-public address, another
+    /// host, a local repository inside the data directory).
+    Refused,
     Other,
 }
 
@@ -47,7 +58,7 @@ impl GitFailure {
             GitFailure::Auth => "auth_failure",
             GitFailure::NotFound => "not_found",
             GitFailure::Timeout => "timeout",
-            GitFailure::Network | GitFailure::Other => "git_failure",
+            GitFailure::Network | GitFailure::Refused | GitFailure::Other => "git_failure",
         }
     }
 
@@ -57,6 +68,7 @@ impl GitFailure {
             GitFailure::NotFound => "not_found",
             GitFailure::Timeout => "timeout",
             GitFailure::Network => "network",
+            GitFailure::Refused => "refused",
             GitFailure::Other => "other",
         }
     }
@@ -125,6 +137,7 @@ impl GitError {
             _ if text.contains("404")
                 || text.contains("not found")
                 || text.contains("no such file")
+                || text.contains("no such repository")
                 || text.contains("failed to resolve path")
                 || text.contains("does not appear to be a git repository") =>
             {
@@ -180,6 +193,108 @@ pub struct RemoteSpec {
     pub credentials: Option<Credentials>,
     /// Bounds connecting, every read, and the whole fetch.
     pub timeout: Duration,
+    pub rule: ConnectRule,
+}
+
+impl RemoteSpec {
+    /// The same remote reached with another credential (or none).
+    pub fn with_credentials(&self, credentials: Option<Credentials>) -> Self {
+        Self {
+            credentials,
+            ..self.clone()
+        }
+    }
+}
+
+/// Where git may connect: the same rule as webhooks, applied when each
+/// connection is made.
+#[derive(Debug, Clone)]
+pub struct ConnectRule {
+    /// `security.allow_private_targets`: loopback and private networks too.
+    pub allow_private: bool,
+    /// Herald's data directory: a local repository inside it (another app's
+    /// mirror, the database) is never read.
+    pub data_dir: PathBuf,
+}
+
+/// How one git operation reaches its remote: https through an [`Egress`]
+/// proxy, `http://` and `git://` after a check of their addresses, a local
+/// path after a check of where it is.
+struct Route {
+    egress: Option<Egress>,
+}
+
+impl Route {
+    fn open(spec: &RemoteSpec) -> Result<Self, GitError> {
+        let scheme = spec.url.split_once("://").map_or("file", |(s, _)| s);
+        let destination = Destination::of(&spec.url);
+        match (scheme, destination) {
+            ("https", Some(destination)) => {
+                let egress = Egress::open(destination, spec.rule.allow_private, spec.timeout)
+                    .map_err(|_| {
+                        GitError::new(GitFailure::Other, "the git connection could not be set up")
+                    })?;
+                Ok(Self {
+                    egress: Some(egress),
+                })
+            }
+            // libgit2 connects itself (it tunnels only https through a
+            // proxy): the addresses are checked just before. Both schemes
+            // are only allowed for development (`allow_http_targets`).
+            ("http" | "git", Some(destination)) => {
+                destination
+                    .resolve(spec.rule.allow_private)
+                    .map_err(|refusal| GitError::new(GitFailure::Refused, refusal.message()))?;
+                Ok(Self { egress: None })
+            }
+            ("file", _) => {
+                check_local(&spec.url, &spec.rule.data_dir)?;
+                Ok(Self { egress: None })
+            }
+            _ => Err(GitError::new(
+                GitFailure::Refused,
+                "this kind of git URL is not supported",
+            )),
+        }
+    }
+
+    fn proxy_options(&self) -> ProxyOptions<'static> {
+        let mut options = ProxyOptions::new();
+        if let Some(egress) = &self.egress {
+            options.url(&egress.proxy_url());
+        }
+        options
+    }
+
+    /// The operation's error, or the proxy's reason when it refused a
+    /// connection (libgit2 only saw "the proxy answered 403").
+    fn explain(&self, err: GitError) -> GitError {
+        match self.egress.as_ref().and_then(Egress::refusal) {
+            Some(refusal) => GitError::new(GitFailure::Refused, refusal.message()),
+            None => err,
+        }
+    }
+}
+
+/// Refuses a local repository inside Herald's data directory (symbolic links
+/// resolved): the mirrors of other apps' private repositories live there.
+fn check_local(url: &str, data_dir: &Path) -> Result<(), GitError> {
+    let path = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .unwrap_or_else(|| PathBuf::from(url));
+    let inside = |dir: &Path| match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(path), Ok(dir)) => path.starts_with(dir),
+        // Not there (yet): judge the path as written.
+        _ => path.starts_with(dir),
+    };
+    if inside(data_dir) {
+        return Err(GitError::new(
+            GitFailure::Refused,
+            "local repositories inside Herald's data directory are not allowed",
+        ));
+    }
+    Ok(())
 }
 
 /// The remote's answer to "where is the branch now?".
@@ -209,7 +324,9 @@ fn set_global_timeouts(timeout: Duration) {
 /// instead of a loop.
 const MAX_CREDENTIAL_OFFERS: u32 = 3;
 
-/// Callbacks with the credential and a deadline on transfers.
+/// Callbacks with the credential and a deadline on transfers. The
+/// credential is only ever offered to the registered host: a remote that
+/// sends libgit2 elsewhere (a redirect) gets none.
 fn callbacks<'a>(
     spec: &'a RemoteSpec,
     deadline: Instant,
@@ -217,7 +334,15 @@ fn callbacks<'a>(
 ) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut offers = 0;
-    callbacks.credentials(move |_url, _username, allowed| {
+    let registered = Destination::of(&spec.url);
+    callbacks.credentials(move |url, _username, allowed| {
+        if Destination::of(url) != registered {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "credentials are only sent to the registered host",
+            ));
+        }
         let Some(credentials) = &spec.credentials else {
             return Err(git2::Error::new(
                 ErrorCode::Auth,
@@ -244,6 +369,58 @@ fn callbacks<'a>(
         in_time
     });
     callbacks
+}
+
+/// Asks a remote where `branch` (or its default branch) points, with the
+/// credential in `spec`, without a mirror: the access check of a
+/// registration or a token change.
+pub fn probe(spec: &RemoteSpec, branch: Option<&str>) -> Result<RemoteHead, GitError> {
+    let remote =
+        Remote::create_detached(spec.url.as_str()).map_err(|e| GitError::classify(&e, false))?;
+    head_of(remote, spec, branch)
+}
+
+fn head_of(
+    mut remote: Remote<'_>,
+    spec: &RemoteSpec,
+    branch: Option<&str>,
+) -> Result<RemoteHead, GitError> {
+    set_global_timeouts(spec.timeout);
+    let route = Route::open(spec)?;
+    let timed_out = std::cell::Cell::new(false);
+    let deadline = Instant::now() + spec.timeout;
+    let connection = remote
+        .connect_auth(
+            Direction::Fetch,
+            Some(callbacks(spec, deadline, &timed_out)),
+            Some(route.proxy_options()),
+        )
+        .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
+    let branch = match branch {
+        Some(branch) => branch.to_owned(),
+        None => {
+            let head = connection.default_branch().map_err(|_| {
+                GitError::new(GitFailure::NotFound, "the remote has no default branch")
+            })?;
+            let head = head.as_str().unwrap_or_default();
+            head.strip_prefix("refs/heads/").unwrap_or(head).to_owned()
+        }
+    };
+    let wanted = mirror_ref(&branch);
+    let heads = connection
+        .list()
+        .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
+    let commit = heads
+        .iter()
+        .find(|h| h.name() == wanted)
+        .map(|h| h.oid())
+        .ok_or_else(|| {
+            GitError::new(
+                GitFailure::NotFound,
+                format!("branch `{branch}` was not found on the remote"),
+            )
+        })?;
+    Ok(RemoteHead { branch, commit })
 }
 
 /// A bare mirror of one remote.
@@ -296,54 +473,6 @@ impl Mirror {
         &self.repo
     }
 
-    /// Asks the remote where `branch` (or, when `None`, its default branch)
-    /// points, without fetching.
-    pub fn remote_head(
-        &self,
-        spec: &RemoteSpec,
-        branch: Option<&str>,
-    ) -> Result<RemoteHead, GitError> {
-        set_global_timeouts(spec.timeout);
-        let timed_out = std::cell::Cell::new(false);
-        let deadline = Instant::now() + spec.timeout;
-        let mut remote = self
-            .repo
-            .remote_anonymous(&spec.url)
-            .map_err(|e| GitError::classify(&e, false))?;
-        let connection = remote
-            .connect_auth(
-                Direction::Fetch,
-                Some(callbacks(spec, deadline, &timed_out)),
-                None,
-            )
-            .map_err(|e| GitError::classify(&e, timed_out.get()))?;
-        let branch = match branch {
-            Some(branch) => branch.to_owned(),
-            None => {
-                let head = connection.default_branch().map_err(|_| {
-                    GitError::new(GitFailure::NotFound, "the remote has no default branch")
-                })?;
-                let head = head.as_str().unwrap_or_default();
-                head.strip_prefix("refs/heads/").unwrap_or(head).to_owned()
-            }
-        };
-        let wanted = mirror_ref(&branch);
-        let heads = connection
-            .list()
-            .map_err(|e| GitError::classify(&e, timed_out.get()))?;
-        let commit = heads
-            .iter()
-            .find(|h| h.name() == wanted)
-            .map(|h| h.oid())
-            .ok_or_else(|| {
-                GitError::new(
-                    GitFailure::NotFound,
-                    format!("branch `{branch}` was not found on the remote"),
-                )
-            })?;
-        Ok(RemoteHead { branch, commit })
-    }
-
     /// The commit the mirror holds for `branch`, if any.
     pub fn local_head(&self, branch: &str) -> Option<Oid> {
         self.repo.refname_to_id(&mirror_ref(branch)).ok()
@@ -353,6 +482,7 @@ impl Mirror {
     /// and returns the commit it now points to.
     pub fn fetch(&self, spec: &RemoteSpec, branch: &str) -> Result<Oid, GitError> {
         set_global_timeouts(spec.timeout);
+        let route = Route::open(spec)?;
         let timed_out = std::cell::Cell::new(false);
         let deadline = Instant::now() + spec.timeout;
         let mut remote = self
@@ -362,12 +492,14 @@ impl Mirror {
         let mut options = FetchOptions::new();
         options
             .remote_callbacks(callbacks(spec, deadline, &timed_out))
+            .proxy_options(route.proxy_options())
+            .follow_redirects(RemoteRedirect::None)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
         let refspec = format!("+{0}:{0}", mirror_ref(branch));
         remote
             .fetch(&[refspec.as_str()], Some(&mut options), None)
-            .map_err(|e| GitError::classify(&e, timed_out.get()))?;
+            .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
         self.local_head(branch).ok_or_else(|| {
             GitError::new(
                 GitFailure::NotFound,
@@ -402,5 +534,76 @@ impl Mirror {
         Oid::from_str(commit)
             .ok()
             .is_some_and(|oid| self.repo.find_commit(oid).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn spec(url: String, allow_private: bool) -> RemoteSpec {
+        RemoteSpec {
+            url,
+            credentials: None,
+            timeout: Duration::from_secs(5),
+            rule: ConnectRule {
+                allow_private,
+                data_dir: std::env::temp_dir().join("herald-git-tests-data"),
+            },
+        }
+    }
+
+    #[test]
+    fn https_goes_through_the_egress_which_refuses_loopback() {
+        // Were libgit2 to connect by itself, this would be "could not be
+        // reached" (nothing listens on port 1), not a refusal by the rule.
+        let err = probe(&spec("https://localhost:1/o/r.git".to_owned(), false), None)
+            .expect_err("loopback is not public");
+        assert_eq!(err.failure, GitFailure::Refused);
+        assert!(err.message.contains("non-public"), "{}", err.message);
+    }
+
+    #[test]
+    fn https_is_tunnelled_to_the_registered_host() {
+        let origin = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = origin.local_addr().expect("bound").port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = origin.accept().expect("the tunnelled connection");
+            let mut first = [0u8; 1];
+            conn.read_exact(&mut first).expect("a first byte");
+            first[0]
+        });
+        let err = probe(
+            &spec(format!("https://127.0.0.1:{port}/o/r.git"), true),
+            None,
+        )
+        .expect_err("the origin speaks no TLS");
+        assert_ne!(err.failure, GitFailure::Refused, "{}", err.message);
+        assert_eq!(
+            server.join().expect("the origin ran"),
+            0x16,
+            "a TLS handshake arrived"
+        );
+    }
+
+    #[test]
+    fn local_repositories_inside_the_data_directory_are_refused() {
+        let data = tempfile::tempdir().expect("a data dir");
+        let mirror = data.path().join("mirrors").join("repo_x.git");
+        std::fs::create_dir_all(&mirror).expect("a mirror dir");
+        let mut inside = spec(format!("file://{}", mirror.display()), true);
+        inside.rule.data_dir = data.path().to_owned();
+        let err = probe(&inside, None).expect_err("inside the data dir");
+        assert_eq!(err.failure, GitFailure::Refused);
+        // Through a symbolic link from outside: the same directory.
+        let outside = tempfile::tempdir().expect("another dir");
+        let link = outside.path().join("innocent.git");
+        std::os::unix::fs::symlink(&mirror, &link).expect("a link");
+        let mut linked = spec(format!("file://{}", link.display()), true);
+        linked.rule.data_dir = data.path().to_owned();
+        let err = probe(&linked, None).expect_err("still inside");
+        assert_eq!(err.failure, GitFailure::Refused);
     }
 }

@@ -15,10 +15,11 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::{self, BreakerPolicy, Permit};
 use crate::clock::now_ms;
-use crate::git::{Credentials, GitError, RemoteSpec};
+use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
-use crate::scan::{self, ScanJob, ScanOutcome, ScanPool};
+use crate::scan::{self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, Verdict};
 use crate::store::Store;
+use crate::store::access::AccessCheck;
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
 use crate::store::subscriptions::GIT_BREAKER;
 use crate::telemetry::{self, scan_outcome};
@@ -29,6 +30,10 @@ pub struct WatcherConfig {
     pub mirrors_dir: PathBuf,
     pub fetch_timeout: Duration,
     pub rescan_interval: Duration,
+    /// Where git may connect (the address rule, the data directory).
+    pub connect: ConnectRule,
+    /// How often each subscriber's credential is checked again.
+    pub access_recheck_interval: Duration,
     pub breaker: BreakerPolicy,
     pub instance_id: String,
     /// Rung after events are written, so delivery starts at once.
@@ -217,18 +222,35 @@ async fn scan_claimed(
         store.reschedule(repository, until).await?;
         return Ok(ScanReport::Skipped("git breaker open"));
     }
-    let credentials = store
-        .repository_token(repository)
+    let recheck_before = now - millis(config.access_recheck_interval);
+    let accessors: Vec<Accessor> = store
+        .subscriber_credentials(repository)
         .await?
-        .map(|token| Credentials::from_token(&token));
+        .into_iter()
+        .map(|c| Accessor {
+            due: c.checked_at.is_none_or(|at| at <= recheck_before),
+            credentials: c.token.as_ref().map(Credentials::from_token),
+            granted: c.granted,
+            subscription: c.subscription_id,
+        })
+        .collect();
+    if !accessors.iter().any(|a| a.granted || a.due) {
+        // Nobody can read it and nobody is due for a check: wait.
+        store
+            .reschedule(repository, now + millis(config.rescan_interval))
+            .await?;
+        return Ok(ScanReport::Skipped("no subscriber can read the repository"));
+    }
     let remote = RemoteSpec {
         url: repo.fetch_url.clone(),
-        credentials,
+        credentials: None,
         timeout: config.fetch_timeout,
+        rule: config.connect.clone(),
     };
     let mut job = ScanJob {
         mirror: mirror_path(config, repository),
         remote,
+        accessors,
         branch: Some(repo.branch.clone()).filter(|b| !b.is_empty()),
         known_head: repo.head_commit.clone(),
         manifest: None,
@@ -236,11 +258,13 @@ async fn scan_claimed(
         unpin: store.settled_snapshots(repository).await?,
     };
     let started = std::time::Instant::now();
-    let mut outcome = run_scan(pool, &job).await;
-    if matches!(outcome, Ok(ScanOutcome::NeedsManifest)) {
+    let mut result = run_scan(pool, &job).await;
+    if matches!(result.outcome, Ok(ScanOutcome::NeedsManifest)) {
         job.manifest = Some(store.manifest_blob_ids(repository).await?);
-        outcome = run_scan(pool, &job).await;
+        result = run_scan(pool, &job).await;
     }
+    let ScanResult { outcome, verdicts } = result;
+    record_verdicts(store, config, repository, verdicts).await?;
     let next_scan_at = now_ms() + millis(config.rescan_interval);
     if outcome.is_ok() && !job.unpin.is_empty() {
         store.mark_unpinned(&job.unpin).await?;
@@ -317,6 +341,12 @@ async fn scan_claimed(
             })
         }
         Ok(ScanOutcome::NeedsManifest) => Ok(ScanReport::Skipped("manifest still missing")),
+        Ok(ScanOutcome::NoAccess) => {
+            // Each subscriber was told on its own; the remote itself works.
+            store.reschedule(repository, next_scan_at).await?;
+            config.signal.notify();
+            Ok(ScanReport::Skipped("no subscriber can read the repository"))
+        }
         Err(err) => {
             telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
             record_failure(store, config, repository, breaker_row, err, next_scan_at).await?;
@@ -326,17 +356,37 @@ async fn scan_claimed(
     }
 }
 
-async fn run_scan(pool: &ScanPool, job: &ScanJob) -> Result<ScanOutcome, GitError> {
-    let job = ScanJob {
-        mirror: job.mirror.clone(),
-        remote: job.remote.clone(),
-        branch: job.branch.clone(),
-        known_head: job.known_head.clone(),
-        manifest: job.manifest.clone(),
-        snapshot_id: job.snapshot_id.clone(),
-        unpin: job.unpin.clone(),
-    };
+async fn run_scan(pool: &ScanPool, job: &ScanJob) -> ScanResult {
+    let job = job.clone();
     pool.run(move || scan::scan(job)).await
+}
+
+/// Stores what the scan learnt of each subscriber's credential; a subscriber
+/// that lost access gets its `sync_failed` now.
+async fn record_verdicts(
+    store: &Store,
+    config: &WatcherConfig,
+    repository: &RepoId,
+    verdicts: Vec<(String, Verdict)>,
+) -> Result<(), crate::store::StoreError> {
+    let checks: Vec<(String, AccessCheck)> = verdicts
+        .into_iter()
+        .map(|(subscription, verdict)| {
+            let check = match verdict {
+                Verdict::Granted => AccessCheck::Granted,
+                Verdict::Denied(err) => AccessCheck::Denied(err.message),
+            };
+            (subscription, check)
+        })
+        .collect();
+    let changed = store
+        .record_access(repository, &checks, config.breaker.threshold)
+        .await?;
+    if changed > 0 {
+        info!(%repository, changed, "subscribers' access changed");
+        config.signal.notify();
+    }
+    Ok(())
 }
 
 async fn record_failure(

@@ -11,7 +11,7 @@ use ignore::gitignore::Gitignore;
 use tokio::sync::Semaphore;
 
 use crate::changes::{self, TreeDelta};
-use crate::git::{GitError, GitFailure, Mirror, RemoteSpec};
+use crate::git::{self, Credentials, GitError, GitFailure, Mirror, RemoteHead, RemoteSpec};
 
 #[derive(Clone)]
 pub struct ScanPool {
@@ -53,10 +53,48 @@ impl ScanPool {
     }
 }
 
+/// One subscriber's credential, as a scan uses or checks it.
+#[derive(Debug, Clone)]
+pub struct Accessor {
+    pub subscription: String,
+    /// `None`: the subscriber reads the repository anonymously.
+    pub credentials: Option<Credentials>,
+    /// Its last check is older than `security.access_recheck_interval`.
+    pub due: bool,
+    /// Its access is currently proven: the scan may fetch with it. A denied
+    /// subscriber is only checked again (when due).
+    pub granted: bool,
+}
+
+impl Accessor {
+    /// A subscriber that reads the repository without a credential, its
+    /// access proven (tools and tests that scan outside the engine).
+    pub fn anonymous(subscription: impl Into<String>) -> Self {
+        Self {
+            subscription: subscription.into(),
+            credentials: None,
+            due: false,
+            granted: true,
+        }
+    }
+}
+
+/// What the remote said of one subscriber's credential.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Granted,
+    /// Refused, or the repository is invisible to it; the message is safe.
+    Denied(GitError),
+}
+
 /// What a scan needs to know, gathered from the database by the watcher.
+#[derive(Clone)]
 pub struct ScanJob {
     pub mirror: PathBuf,
+    /// The remote, without a credential: each accessor brings its own.
     pub remote: RemoteSpec,
+    /// The subscribers' credentials, the preferred one first.
+    pub accessors: Vec<Accessor>,
     /// `None`: the remote's default branch.
     pub branch: Option<String>,
     /// The commit of the current snapshot, if any.
@@ -88,6 +126,9 @@ pub enum ScanOutcome {
     },
     /// The known head is not in the mirror: run again with the manifest.
     NeedsManifest,
+    /// No subscriber's credential reads the repository (each one refused):
+    /// nothing was fetched, and the verdicts say whose access is gone.
+    NoAccess,
 }
 
 fn read_failure(err: impl std::fmt::Display) -> GitError {
@@ -99,27 +140,113 @@ fn read_failure(err: impl std::fmt::Display) -> GitError {
     }
 }
 
-/// The blocking part of a scan: ask the remote, fetch when it moved, diff.
-/// A damaged mirror is rebuilt from the remote once, and the scan repeated.
-pub fn scan(job: ScanJob) -> Result<ScanOutcome, GitError> {
-    match scan_with(&job, Mirror::open(&job.mirror)?) {
-        Err(err) if err.damaged_mirror => {
-            tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
-            let mirror = Mirror::open(&job.mirror)?.rebuild()?;
-            scan_with(&job, mirror)
+/// A scan's result and what it learnt of each subscriber's access (also
+/// when the scan itself failed).
+pub struct ScanResult {
+    pub outcome: Result<ScanOutcome, GitError>,
+    pub verdicts: Vec<(String, Verdict)>,
+}
+
+/// Whether a refusal says something about the credential rather than about
+/// the remote: refused, or (as GitHub answers for a private repository the
+/// token cannot see) not found.
+fn is_refusal(err: &GitError) -> bool {
+    matches!(err.failure, GitFailure::Auth | GitFailure::NotFound)
+}
+
+/// Finds a credential that reads the repository, the preferred first, and
+/// judges every credential tried. `None` when every credential was refused:
+/// each subscriber's own failure, not the repository's. A remote that
+/// cannot be reached, or a repository that is gone (every credential saw
+/// "not found"), is the repository's failure.
+fn access(
+    job: &ScanJob,
+    verdicts: &mut Vec<(String, Verdict)>,
+) -> Result<Option<(RemoteHead, RemoteSpec)>, GitError> {
+    let mut not_found = None;
+    for accessor in job.accessors.iter().filter(|a| a.granted) {
+        let spec = job.remote.with_credentials(accessor.credentials.clone());
+        match git::probe(&spec, job.branch.as_deref()) {
+            Ok(head) => {
+                verdicts.push((accessor.subscription.clone(), Verdict::Granted));
+                return Ok(Some((head, spec)));
+            }
+            Err(err) if is_refusal(&err) => {
+                if err.failure == GitFailure::NotFound {
+                    not_found = Some(err.clone());
+                }
+                verdicts.push((accessor.subscription.clone(), Verdict::Denied(err)));
+            }
+            // The remote, not the credential, failed: nothing learnt.
+            Err(err) => return Err(err),
         }
-        outcome => outcome,
+    }
+    match not_found {
+        Some(err) => {
+            // A repository (or branch) that vanished for everyone is the
+            // repository's failure: its breaker, every subscriber told once.
+            verdicts.clear();
+            Err(err)
+        }
+        None => Ok(None),
     }
 }
 
-fn scan_with(job: &ScanJob, mirror: Mirror) -> Result<ScanOutcome, GitError> {
+/// Checks the credentials whose recheck is due and that this scan did not
+/// already judge. A remote that fails for other reasons teaches nothing:
+/// those stay due.
+fn recheck(job: &ScanJob, verdicts: &mut Vec<(String, Verdict)>) {
+    for accessor in &job.accessors {
+        if !accessor.due || verdicts.iter().any(|(s, _)| *s == accessor.subscription) {
+            continue;
+        }
+        let spec = job.remote.with_credentials(accessor.credentials.clone());
+        match git::probe(&spec, job.branch.as_deref()) {
+            Ok(_) => verdicts.push((accessor.subscription.clone(), Verdict::Granted)),
+            Err(err) if is_refusal(&err) => {
+                verdicts.push((accessor.subscription.clone(), Verdict::Denied(err)));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The blocking part of a scan: find a credential that reads the remote, ask
+/// where the branch is, fetch when it moved, diff; then check the subscribers'
+/// credentials that are due. A damaged mirror is rebuilt from the remote
+/// once, and the scan repeated.
+pub fn scan(job: ScanJob) -> ScanResult {
+    let mut verdicts = Vec::new();
+    let outcome = access(&job, &mut verdicts).and_then(|found| {
+        let Some((head, spec)) = found else {
+            return Ok(ScanOutcome::NoAccess);
+        };
+        match scan_with(&job, &spec, &head, Mirror::open(&job.mirror)?) {
+            Err(err) if err.damaged_mirror => {
+                tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
+                let mirror = Mirror::open(&job.mirror)?.rebuild()?;
+                scan_with(&job, &spec, &head, mirror)
+            }
+            outcome => outcome,
+        }
+    });
+    recheck(&job, &mut verdicts);
+    ScanResult { outcome, verdicts }
+}
+
+fn scan_with(
+    job: &ScanJob,
+    remote: &RemoteSpec,
+    head: &RemoteHead,
+    mirror: Mirror,
+) -> Result<ScanOutcome, GitError> {
     for snapshot in &job.unpin {
         mirror.unpin(snapshot);
     }
-    let head = mirror.remote_head(&job.remote, job.branch.as_deref())?;
+    let head = head.clone();
     let commit = match mirror.local_head(&head.branch) {
         Some(local) if local == head.commit => local,
-        _ => mirror.fetch(&job.remote, &head.branch)?,
+        _ => mirror.fetch(remote, &head.branch)?,
     };
     let repo = mirror.repo();
     let commit_hex = commit.to_string();

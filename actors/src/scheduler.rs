@@ -271,6 +271,7 @@ mod tests {
                         name: name.into(),
                         branch: None,
                         git_token: None,
+                        is_private: Some(false),
                         include: vec![],
                         exclude: vec![],
                     },
@@ -287,6 +288,11 @@ mod tests {
                 mirrors_dir: dir.path().join("mirrors"),
                 fetch_timeout: Duration::from_secs(10),
                 rescan_interval: Duration::from_secs(3600),
+                connect: crate::git::ConnectRule {
+                    allow_private: true,
+                    data_dir: dir.path().join("data"),
+                },
+                access_recheck_interval: Duration::from_secs(3600),
                 breaker: BreakerPolicy {
                     threshold: 5,
                     cooldown: Duration::from_secs(60),

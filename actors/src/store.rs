@@ -3,6 +3,8 @@
 //!
 //! - [`apps`]: onboarding, token authentication, listing, cascading deletion.
 //! - [`subscriptions`]: repositories and the apps' subscriptions to them.
+//! - [`access`]: each subscriber's proof that its credential reads the
+//!   repository, and what happens when it stops.
 //! - [`leases`]: the claims that let several instances share one database
 //!   (SPEC §10): a repository is scanned, and a subscription delivered, by one
 //!   owner at a time, until its lease expires.
@@ -11,6 +13,7 @@
 //!   events) and the git breaker reset.
 //! - [`gauges`]: the levels `/metrics` reads at scrape time.
 
+pub mod access;
 pub mod apps;
 pub mod breakers;
 pub mod delivery;

@@ -8,9 +8,11 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg};
+use crate::git::{self, ConnectRule, Credentials, GitError, RemoteHead, RemoteSpec};
 use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
 use crate::scan::ScanPool;
@@ -126,6 +128,8 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     pub store: Store,
     pub config: EngineConfig,
+    /// The blocking workers, shared with the engine's handle (access checks).
+    pub pool: ScanPool,
 }
 
 pub struct SupervisorState {
@@ -230,7 +234,7 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             store: args.store,
-            pool: ScanPool::new(args.config.scan_workers),
+            pool: args.pool,
             config: args.config,
             scheduler: None,
             dispatcher: None,
@@ -349,6 +353,18 @@ impl Actor for Supervisor {
 #[derive(Clone)]
 pub struct EngineHandle {
     supervisor: ActorRef<SupervisorMsg>,
+    pool: ScanPool,
+    /// How access checks reach remotes: the watchers' rule and timeout.
+    remote: (ConnectRule, Duration),
+}
+
+/// An access check: can this credential (or none) read this remote?
+#[derive(Debug, Clone)]
+pub struct AccessProbe {
+    pub url: String,
+    /// `None`: the remote's default branch.
+    pub branch: Option<String>,
+    pub token: Option<SecretString>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -360,13 +376,40 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     /// Starts the supervision tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
+        let pool = ScanPool::new(config.scan_workers);
+        let remote = (config.watcher.connect.clone(), config.watcher.fetch_timeout);
         let (supervisor, _) = Actor::spawn(
             Some("herald.supervisor".to_owned()),
             Supervisor,
-            SupervisorArgs { store, config },
+            SupervisorArgs {
+                store,
+                config,
+                pool: pool.clone(),
+            },
         )
         .await?;
-        Ok(Self { supervisor })
+        Ok(Self {
+            supervisor,
+            pool,
+            remote,
+        })
+    }
+
+    /// Asks the remote, with the probe's credential, where the branch is: the
+    /// check a registration or a token change must pass before anything is
+    /// written. Runs on the scan workers (git blocks), under the same address
+    /// rule and timeout as scans.
+    pub async fn check_access(&self, probe: AccessProbe) -> Result<RemoteHead, GitError> {
+        let (rule, timeout) = self.remote.clone();
+        let spec = RemoteSpec {
+            url: probe.url,
+            credentials: probe.token.as_ref().map(Credentials::from_token),
+            timeout,
+            rule,
+        };
+        self.pool
+            .run(move || git::probe(&spec, probe.branch.as_deref()))
+            .await
     }
 
     /// Tells the scheduler about something it should act on now.

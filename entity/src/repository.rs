@@ -23,6 +23,8 @@ pub struct Model {
     pub scan_lease_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The remote needs a credential: true for every subscriber.
+    pub is_private: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -23,6 +23,11 @@ pub struct Model {
     pub delivery_lease_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// `granted` while the subscription's own credential reads the
+    /// repository, `denied` once the remote refused it.
+    pub access: String,
+    /// When the credential was last checked against the remote (unix ms).
+    pub access_checked_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

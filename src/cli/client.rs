@@ -370,6 +370,13 @@ fn api_error(
     url: &str,
 ) -> CliError {
     let ErrorBody { error, code } = body;
+    if let Some(hint) = git_access_hint(&code) {
+        return CliError::Api {
+            status: status.as_u16(),
+            message: format!("{}. {hint}", error.trim_end_matches('.')),
+            code,
+        };
+    }
     let message = match status.as_u16() {
         401 => format!(
             "Herald refused the token ({error}): check HERALD_TOKEN / --token; {}",
@@ -395,6 +402,29 @@ fn api_error(
         status: status.as_u16(),
         code,
         message,
+    }
+}
+
+/// What to do when Herald could not prove, before watching a repository or
+/// changing its token, that the git token reads it (`herald repo add`,
+/// `herald repo set-token`).
+fn git_access_hint(code: &str) -> Option<&'static str> {
+    match code {
+        "repository_not_found" => Some(
+            "Check the URL and the branch (--branch), and for a private repository \
+             the git token; nothing was changed",
+        ),
+        "repository_access_denied" => Some(
+            "Give a git token that can read the repository: `herald repo add URL \
+             --git-token-env VAR` (or --git-token-file FILE, `-` for standard input), or pipe \
+             it to `herald repo set-token ID` for a repository already watched; nothing was \
+             changed",
+        ),
+        "repository_unreachable" => Some(
+            "Herald could not reach the git remote: check the URL, that the remote is up and \
+             that Herald's network reaches it, then try again; nothing was changed",
+        ),
+        _ => None,
     }
 }
 
@@ -624,5 +654,47 @@ mod tests {
         assert!(unknown_id.to_string().contains("herald events list"));
         assert_eq!(unknown_id.exit_code(), 5);
         assert_eq!(unknown_id.code(), "not_found");
+    }
+
+    #[test]
+    fn a_repository_git_cannot_read_says_what_to_do() {
+        let error = |status: StatusCode, code: &str| {
+            api_error(
+                status,
+                ErrorBody {
+                    error: "what the server said".into(),
+                    code: code.into(),
+                },
+                Audience::App,
+                "POST /api/repositories",
+                "http://h/",
+            )
+        };
+        let missing = error(StatusCode::NOT_FOUND, "repository_not_found");
+        assert!(missing.to_string().starts_with("what the server said. "));
+        assert!(missing.to_string().contains("--branch"), "{missing}");
+        assert!(!missing.to_string().contains("check the id"), "{missing}");
+        assert_eq!(missing.exit_code(), 5);
+        assert_eq!(missing.code(), "repository_not_found");
+        let denied = error(StatusCode::UNPROCESSABLE_ENTITY, "repository_access_denied");
+        assert!(denied.to_string().contains("--git-token-env"), "{denied}");
+        assert!(
+            denied.to_string().contains("herald repo set-token"),
+            "{denied}"
+        );
+        assert_eq!(denied.exit_code(), 1);
+        let unreachable = error(StatusCode::BAD_GATEWAY, "repository_unreachable");
+        assert!(
+            unreachable
+                .to_string()
+                .contains("could not reach the git remote"),
+            "{unreachable}"
+        );
+        assert!(
+            !unreachable.to_string().contains("server's logs"),
+            "{unreachable}"
+        );
+        assert_eq!(unreachable.exit_code(), 1);
+        assert_eq!(unreachable.code(), "repository_unreachable");
     }
 }

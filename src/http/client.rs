@@ -3,10 +3,13 @@
 //! subscriptions. An app only ever sees its own subscriptions: anything else
 //! is "not found", whether or not another app watches it.
 
+use actors::git::{GitError, GitFailure};
 use actors::ids::{AppId, RepoId};
 use actors::scheduler::SchedulerMsg;
 use actors::store::subscriptions::NewSubscription;
+use actors::supervisor::AccessProbe;
 use entity::app;
+use secrecy::SecretString;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -78,8 +81,70 @@ fn repo_id(raw: &str) -> Result<RepoId, ApiError> {
     RepoId::parse(raw).ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))
 }
 
-/// Watches a repository. Registering the same repository again returns the
-/// existing registration (same id, nothing re-delivered).
+/// Proves that `token` (or no token) reads the repository, before anything
+/// is written: the remote is asked where the branch is, with this credential
+/// alone, whoever else watches the repository.
+async fn prove_access(
+    state: &AppState,
+    fetch_url: &str,
+    branch: Option<&str>,
+    token: Option<&SecretString>,
+) -> Result<(), ApiError> {
+    let probe = AccessProbe {
+        url: fetch_url.to_owned(),
+        branch: branch.map(str::to_owned),
+        token: token.cloned(),
+    };
+    state
+        .engine
+        .check_access(probe)
+        .await
+        .map(|_| ())
+        .map_err(|err| access_error(&err, token.is_some()))
+}
+
+/// Whether the repository needs a credential: an anonymous check is refused.
+/// `None` when the remote could not tell (it failed for another reason).
+async fn needs_credential(state: &AppState, fetch_url: &str, branch: Option<&str>) -> Option<bool> {
+    match prove_access(state, fetch_url, branch, None).await {
+        Ok(()) => Some(false),
+        Err(ApiError::RepositoryAccessDenied(_) | ApiError::RepositoryNotFound(_)) => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// A failed access check as the caller sees it: what failed, never how the
+/// remote phrased it, never the credential.
+fn access_error(err: &GitError, with_token: bool) -> ApiError {
+    match (err.failure, with_token) {
+        (GitFailure::NotFound, _) => ApiError::RepositoryNotFound(format!(
+            "Repository not found: {} (or the credential cannot see it)",
+            err.message
+        )),
+        (GitFailure::Auth, false) => ApiError::RepositoryAccessDenied(
+            "The repository requires a credential: give a github_token that can read it".to_owned(),
+        ),
+        (GitFailure::Auth, true) => ApiError::RepositoryAccessDenied(
+            "The git remote refused the github_token: it cannot read this repository".to_owned(),
+        ),
+        (GitFailure::Refused, _) => Invalid {
+            field: "github_url",
+            message: err.message.clone(),
+        }
+        .into(),
+        (GitFailure::Timeout | GitFailure::Network | GitFailure::Other, _) => {
+            ApiError::RepositoryUnreachable(format!(
+                "Access to the repository could not be checked: {}",
+                err.message
+            ))
+        }
+    }
+}
+
+/// Watches a repository. Access is checked first with the app's own
+/// credential (its token, or none), also when other apps already watch the
+/// repository. Registering the same repository again returns the existing
+/// registration with the credential just checked.
 #[utoipa::path(post, path = "/api/repositories", tag = "client",
     request_body = RegisterRepository,
     security(("app_token" = [])),
@@ -87,9 +152,11 @@ fn repo_id(raw: &str) -> Result<RepoId, ApiError> {
         (status = 201, description = "Registered (or already registered)", body = RepositoryCreated),
         (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 404, description = "No such repository or branch on the remote (`repository_not_found`)", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
-        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+        (status = 422, description = "Invalid field, or the credential cannot read the repository (`repository_access_denied`)", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody),
+        (status = 502, description = "The git remote could not be reached to check access (`repository_unreachable`)", body = super::error::ErrorBody)))]
 pub(crate) async fn register(
     app: app::Model,
     request: RegisterRepository,
@@ -108,27 +175,40 @@ pub(crate) async fn register(
         }
     };
     let remote = domain::repo_url(field, raw_url, policy).await?;
+    let branch = request.branch.as_deref().map(domain::branch).transpose()?;
+    let git_token = request
+        .github_token
+        .as_deref()
+        .map(domain::git_token)
+        .transpose()?;
+    let include = domain::globs("include", request.include.as_deref().unwrap_or_default())?;
+    let exclude = domain::globs("exclude", request.exclude.as_deref().unwrap_or_default())?;
+    prove_access(&state, &remote.fetch, branch.as_deref(), git_token.as_ref()).await?;
+    let is_private = match git_token {
+        None => Some(false),
+        Some(_) => needs_credential(&state, &remote.fetch, branch.as_deref()).await,
+    };
     let new = NewSubscription {
         url: remote.canonical,
         fetch_url: remote.fetch,
         owner: remote.owner,
         name: remote.name,
-        branch: request.branch.as_deref().map(domain::branch).transpose()?,
-        git_token: request
-            .github_token
-            .as_deref()
-            .map(domain::git_token)
-            .transpose()?,
-        include: domain::globs("include", request.include.as_deref().unwrap_or_default())?,
-        exclude: domain::globs("exclude", request.exclude.as_deref().unwrap_or_default())?,
+        branch,
+        git_token,
+        is_private,
+        include,
+        exclude,
     };
     let (view, created) = state.store.subscribe(&app_id(&app), new).await?;
+    let repo = RepoId::parse(&view.repository.id).expect("stored ids are well formed");
     if created {
         tracing::info!(app = %app.id, repository = %view.repository.id, "repository registered");
-        let repo = RepoId::parse(&view.repository.id).expect("stored ids are well formed");
         state
             .engine
             .notify(SchedulerMsg::RepositoryRegistered(repo));
+    } else if view.repository.next_scan_at <= actors::clock::now_ms() {
+        // A subscriber that had lost access regained it: its tree goes out now.
+        state.engine.notify(SchedulerMsg::ScanNow(repo));
     }
     Ok(warp::reply::with_status(
         warp::reply::json(&RepositoryCreated::from(&view)),
@@ -217,7 +297,9 @@ pub(crate) async fn unwatch(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Replaces the git token of a repository and clears its failure state.
+/// Replaces the git token of a repository and clears its failure state. The
+/// new token is checked against the remote first; a token that cannot read
+/// the repository changes nothing.
 #[utoipa::path(patch, path = "/api/repositories/{id}/token", tag = "client",
     params(("id" = String, Path, description = "Repository id")),
     request_body = UpdateToken,
@@ -226,8 +308,9 @@ pub(crate) async fn unwatch(
         (status = 200, description = "Updated", body = MessageBody),
         (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
-        (status = 404, description = "Not registered for this app", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid token value", body = super::error::ErrorBody)))]
+        (status = 404, description = "Not registered for this app, or gone from the remote", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid token value, or the token cannot read the repository (`repository_access_denied`)", body = super::error::ErrorBody),
+        (status = 502, description = "The git remote could not be reached to check the token (`repository_unreachable`)", body = super::error::ErrorBody)))]
 pub(crate) async fn update_token(
     id: String,
     app: app::Model,
@@ -236,6 +319,18 @@ pub(crate) async fn update_token(
 ) -> Result<Response, ApiError> {
     let repo = repo_id(&id)?;
     let token = domain::git_token(&request.github_token)?;
+    let view = state
+        .store
+        .subscription_of_app(&app_id(&app), &repo)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
+    prove_access(
+        &state,
+        &view.repository.fetch_url,
+        view.branch(),
+        Some(&token),
+    )
+    .await?;
     if !state
         .store
         .update_git_token(&app_id(&app), &repo, &token)

@@ -48,6 +48,15 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The git remote has no such repository (or branch).
+    #[error("{0}")]
+    RepositoryNotFound(String),
+    /// The caller's own git credential cannot read the repository.
+    #[error("{0}")]
+    RepositoryAccessDenied(String),
+    /// The git remote could not be reached to check access.
+    #[error("{0}")]
+    RepositoryUnreachable(String),
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -68,6 +77,9 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RepositoryNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RepositoryAccessDenied(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RepositoryUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,6 +97,9 @@ impl ApiError {
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RepositoryNotFound(_) => "repository_not_found",
+            ApiError::RepositoryAccessDenied(_) => "repository_access_denied",
+            ApiError::RepositoryUnreachable(_) => "repository_unreachable",
             ApiError::Internal(_) => "internal_error",
         }
     }

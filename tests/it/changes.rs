@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, HttpGitServer, Served, TestRepo};
-use crate::helpers::{OutboxEvent, TestApp, TestClient};
+use crate::helpers::{OutboxEvent, TestApp, TestClient, assert_error};
 
 fn sha(content: &[u8]) -> String {
     hex(&Sha256::digest(content))
@@ -253,21 +253,26 @@ async fn a_branch_is_watched_when_asked_and_the_default_branch_is_detected() {
         pairs(&[("created", "on-release.md"), ("created", "on-trunk.md")])
     );
 
-    let missing = watch(
-        &app,
-        &client,
-        json!({"url": daemon.url("r.git"), "branch": "nope"}),
-    )
-    .await;
-    let view = app
-        .wait_for(&client, &missing, "a not-found error", |v| {
-            v["last_error"].is_string()
-        })
+    // A branch the remote does not have is refused at registration, by
+    // name, and nothing is watched for it.
+    let (status, body) = app
+        .register(
+            &client,
+            json!({"url": daemon.url("r.git"), "branch": "nope"}),
+        )
         .await;
-    assert!(
-        view["last_error"].as_str().expect("error").contains("nope"),
-        "{view}"
+    assert_eq!(
+        assert_error(status, &body, StatusCode::NOT_FOUND),
+        "repository_not_found"
     );
+    assert!(
+        body["error"].as_str().expect("message").contains("nope"),
+        "{body}"
+    );
+    let listed = app.repositories(&client).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|r| r["branch"] != "nope"), "{listed:?}");
+    assert_eq!(app.stored_rows("repositories").await, 2);
 }
 
 #[tokio::test]
@@ -292,30 +297,72 @@ async fn a_private_repository_over_http_uses_the_token_only_through_the_credenti
         kinds(&app.outbox(&client, &id).await, &commit),
         pairs(&[("created", "secret-plan.md")])
     );
-    assert!(!app.logs().contains("s3cr3t-t0ken-value"));
+    assert_no_secret(&app, "s3cr3t-t0ken-value");
+
+    // A second app on the watched repository proves its own access: the
+    // first app's working credential does not stand in for a wrong one…
+    let other = app.onboard("other").await;
+    let (status, body) = app
+        .register(
+            &other,
+            json!({"url": server.url("private.git"), "github_token": "deploy:wr0ng-t0ken-value"}),
+        )
+        .await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "repository_access_denied"
+    );
+    assert!(!body.to_string().contains("wr0ng-t0ken-value"), "{body}");
+    assert!(
+        server.request_log().iter().any(|r| r.basic
+            == Some(("deploy".to_owned(), "wr0ng-t0ken-value".to_owned()))
+            && !r.authorized),
+        "the other app's own token was presented, and refused"
+    );
+    assert!(app.repositories(&other).await.is_empty());
+    // … nor for none at all.
+    let (status, body) = app
+        .register(&other, json!({"url": server.url("private.git")}))
+        .await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "repository_access_denied"
+    );
+    assert!(app.repositories(&other).await.is_empty());
+    assert_eq!(app.stored_rows("subscriptions").await, 1);
+
+    // With a token that reads it, the other app joins the same repository
+    // and gets its own initial snapshot.
+    let shared = watch(
+        &app,
+        &other,
+        json!({"url": server.url("private.git"), "github_token": "deploy:s3cr3t-t0ken-value"}),
+    )
+    .await;
+    assert_eq!(shared, id);
+    app.wait_for_commit(&other, &shared, &commit).await;
+    assert_eq!(
+        kinds(&app.outbox(&other, &shared).await, &commit),
+        pairs(&[("created", "secret-plan.md")])
+    );
+    assert_no_secret(&app, "s3cr3t-t0ken-value");
+    assert_no_secret(&app, "wr0ng-t0ken-value");
+}
+
+/// `secret` is neither in the server's logs nor in any file of its data
+/// directory (database, mirrors, generated files).
+fn assert_no_secret(app: &TestApp, secret: &str) {
+    assert!(!app.logs().contains(secret), "{secret} found in the logs");
     let mut files = Vec::new();
     collect_files(&app.data_path(), &mut files);
     for file in files {
         let bytes = std::fs::read(&file).expect("readable");
         assert!(
-            !bytes.windows(18).any(|w| w == b"s3cr3t-t0ken-value"),
-            "token found in {}",
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} found in {}",
             file.display()
         );
     }
-
-    // A second app on the same repository shares its fetch, which uses the
-    // oldest subscription's credential (here the working one).
-    let other = app.onboard("other").await;
-    let shared = watch(
-        &app,
-        &other,
-        json!({"url": server.url("private.git"), "github_token": "deploy:wrong"}),
-    )
-    .await;
-    assert_eq!(shared, id);
-    app.wait_for_commit(&other, &shared, &commit).await;
-    assert_eq!(server.authenticated_as("wrong"), 0);
 }
 
 fn collect_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
@@ -338,19 +385,34 @@ async fn a_refused_credential_is_an_auth_failure() {
     let server = HttpGitServer::serve(served.root(), Some(("deploy", "right-token")));
     let app = engine().await;
     let client = app.onboard("acme").await;
-    let id = watch(
-        &app,
-        &client,
-        json!({"url": server.url("private.git"), "github_token": "deploy:wrong-token"}),
-    )
-    .await;
-    let view = app
-        .wait_for(&client, &id, "an auth error", |v| {
-            v["last_error"].is_string()
-        })
+    let (status, body) = app
+        .register(
+            &client,
+            json!({"url": server.url("private.git"), "github_token": "deploy:wrong-token"}),
+        )
         .await;
-    assert_eq!(view["last_error"], "the git remote refused the credentials");
-    assert!(!app.logs().contains("wrong-token"));
+    assert_eq!(
+        assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY),
+        "repository_access_denied"
+    );
+    assert!(
+        body["error"].as_str().expect("message").contains("refused"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("wrong-token"), "{body}");
+    assert!(
+        server.request_log().iter().any(|r| r.basic
+            == Some(("deploy".to_owned(), "wrong-token".to_owned()))
+            && !r.authorized),
+        "the token was presented and refused"
+    );
+    assert_eq!(server.authenticated_as("deploy"), 0);
+    // Nothing was written: no repository, no subscription, no mirror.
+    assert!(app.repositories(&client).await.is_empty());
+    assert_eq!(app.stored_rows("repositories").await, 0);
+    assert_eq!(app.stored_rows("subscriptions").await, 0);
+    assert!(app.mirror_dirs().is_empty(), "{:?}", app.mirror_dirs());
+    assert_no_secret(&app, "wrong-token");
 }
 
 #[tokio::test]
@@ -437,19 +499,19 @@ async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
     repo.write("a.md", "a\n");
     let first = repo.commit("a");
     let served = Served::new(&repo, "r.git");
-    let port = {
-        let daemon = GitDaemon::serve(served.root());
-        daemon.port()
-    };
-    // The daemon is gone: the port refuses connections.
+    let daemon = GitDaemon::serve(served.root());
+    let port = daemon.port();
     let app = engine_with(&[
         ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
         ("HERALD__BREAKER__GIT__COOLDOWN", "1s"),
     ])
     .await;
     let client = app.onboard("acme").await;
-    let url = format!("git://127.0.0.1:{port}/r.git");
-    let id = watch(&app, &client, json!({"url": url})).await;
+    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    app.wait_for_commit(&client, &id, &first).await;
+
+    // The daemon is gone: the port refuses connections, scans fail.
+    drop(daemon);
     let view = app
         .wait_for(&client, &id, "the breaker to open", |v| {
             // The view reads the breaker and the subscription one after the other.
@@ -474,15 +536,20 @@ async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
         "no raw transport detail: {payload}"
     );
 
-    // The remote comes back on the same port: the subscription recovers alone.
+    // A commit lands meanwhile, and the remote comes back on the same port:
+    // the subscription recovers alone and observes it.
+    repo.write("b.md", "b\n");
+    let second = repo.commit("b");
+    served.push(&repo, "HEAD:refs/heads/main", false);
     let _daemon = GitDaemon::serve_on(served.root(), port);
-    let view = app.wait_for_commit(&client, &id, &first).await;
+    let view = app.wait_for_commit(&client, &id, &second).await;
     assert_ne!(view["status"], "failed");
     assert_eq!(view["last_error"], Value::Null);
     assert_eq!(view["circuit_breaker"]["status"], "closed");
     let events = app.outbox(&client, &id).await;
     assert_gap_free(&events);
-    assert_eq!(events.last().expect("events").path.as_deref(), Some("a.md"));
+    assert_eq!(kinds(&events, &second), pairs(&[("created", "b.md")]));
+    assert_eq!(events.last().expect("events").path.as_deref(), Some("b.md"));
 }
 
 #[tokio::test]
@@ -498,16 +565,26 @@ async fn a_remote_that_never_answers_times_out() {
     });
     let app = engine_with(&[("HERALD__GIT__FETCH_TIMEOUT", "1s")]).await;
     let client = app.onboard("acme").await;
-    let id = watch(
-        &app,
-        &client,
-        json!({"url": format!("git://127.0.0.1:{port}/r.git")}),
-    )
-    .await;
-    let view = app
-        .wait_for(&client, &id, "a timeout", |v| v["last_error"].is_string())
+    let (status, body) = app
+        .register(
+            &client,
+            json!({"url": format!("git://127.0.0.1:{port}/r.git")}),
+        )
         .await;
-    assert_eq!(view["last_error"], "the git remote did not answer in time");
+    assert_eq!(
+        assert_error(status, &body, StatusCode::BAD_GATEWAY),
+        "repository_unreachable"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("message")
+            .contains("did not answer in time"),
+        "{body}"
+    );
+    assert!(app.repositories(&client).await.is_empty());
+    assert_eq!(app.stored_rows("repositories").await, 0);
+    assert!(app.mirror_dirs().is_empty(), "{:?}", app.mirror_dirs());
     drop(holder);
 }
 
@@ -558,13 +635,33 @@ async fn a_missing_repository_is_not_found() {
     let server = HttpGitServer::serve(served.root(), None);
     let app = engine().await;
     let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": server.url("missing.git")})).await;
-    let view = app
-        .wait_for(&client, &id, "a not-found error", |v| {
-            v["last_error"].is_string()
-        })
+    let (status, body) = app
+        .register(&client, json!({"url": server.url("missing.git")}))
         .await;
-    assert_eq!(view["last_error"], "the repository was not found");
+    assert_eq!(
+        assert_error(status, &body, StatusCode::NOT_FOUND),
+        "repository_not_found"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("message")
+            .contains("the repository was not found"),
+        "{body}"
+    );
+    assert!(
+        server
+            .request_log()
+            .iter()
+            .any(|r| r.path.starts_with("/missing.git/") && r.status == 404),
+        "the remote was asked: {:?}",
+        server.request_log()
+    );
+    // Nothing was written: the app watches nothing, no mirror was made.
+    assert!(app.repositories(&client).await.is_empty());
+    assert_eq!(app.stored_rows("repositories").await, 0);
+    assert_eq!(app.stored_rows("subscriptions").await, 0);
+    assert!(app.mirror_dirs().is_empty(), "{:?}", app.mirror_dirs());
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::gitserver::{GitDaemon, HttpGitServer, Served, TestRepo};
 use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, TestApp, TestClient, engine_with};
 use crate::receiver::{Receiver, Reply, verify};
 
@@ -399,46 +399,155 @@ async fn a_dead_event_fails_the_wait_and_retry_delivers_it() {
 
 #[tokio::test]
 async fn a_repository_git_cannot_read_fails_the_wait_with_what_to_do() {
+    let repo = three_files();
+    let public = Served::new(&repo, "r.git");
+    let open = HttpGitServer::serve(public.root(), None);
+    let private = Served::new(&repo, "private.git");
+    let server = HttpGitServer::serve(private.root(), Some(("deploy", "right-token")));
+    // Nothing listens on this port.
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         listener.local_addr().expect("address").port()
     };
     let receiver = Receiver::start().await;
-    let app = engine_with(&[
-        ("HERALD__BREAKER__GIT__THRESHOLD", "1"),
-        ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
-    ])
-    .await;
+    let app = engine_with(&[]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
-    let url = format!("git://127.0.0.1:{port}/r.git");
 
-    let failed = herald(
+    // Each case fails at once, before any wait: the server checks access
+    // before it registers anything.
+    let missing = herald(
         &app,
         &client.token,
-        &["repo", "add", &url, "--wait", "--json"],
+        &["repo", "add", &open.url("missing.git"), "--wait", "--json"],
     )
     .await;
-    let error = failed.json_error();
-    assert_eq!(failed.code, 6, "{failed:#?}");
-    assert_eq!(error["code"], "sync_failed");
+    let error = missing.json_error();
+    assert_eq!(missing.code, 5, "{missing:#?}");
+    assert_eq!(error["code"], "repository_not_found");
+    assert_eq!(error["status"], 404);
     let message = error["error"].as_str().expect("message");
     assert!(
-        message.contains("cannot read the repository")
-            && message.contains("could not be reached")
-            && message.contains("herald repo set-token"),
+        message.contains("not found") && message.contains("Check the URL and the branch"),
         "{message}"
     );
+
+    let branch = herald(
+        &app,
+        &client.token,
+        &[
+            "repo",
+            "add",
+            &open.url("r.git"),
+            "--branch",
+            "nope",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(branch.code, 5, "{branch:#?}");
+    assert!(
+        branch.stderr.contains("nope") && branch.stderr.contains("--branch"),
+        "{branch:#?}"
+    );
+    assert!(!branch.stdout.contains("Watching"), "{branch:#?}");
+
+    let anonymous = herald(
+        &app,
+        &client.token,
+        &[
+            "repo",
+            "add",
+            &server.url("private.git"),
+            "--wait",
+            "--json",
+        ],
+    )
+    .await;
+    let error = anonymous.json_error();
+    assert_eq!(anonymous.code, 1, "{anonymous:#?}");
+    assert_eq!(error["code"], "repository_access_denied");
+    assert_eq!(error["status"], 422);
+    let message = error["error"].as_str().expect("message");
+    assert!(
+        message.contains("--git-token-env") && message.contains("herald repo set-token"),
+        "{message}"
+    );
+
+    let refused = run_at(
+        &app.address,
+        Some(&client.token),
+        &[
+            "repo",
+            "add",
+            &server.url("private.git"),
+            "--git-token-env",
+            "HERALD_TEST_GIT_TOKEN",
+            "--wait",
+        ],
+        &[("HERALD_TEST_GIT_TOKEN", "deploy:wr0ng-t0ken")],
+        None,
+    )
+    .await;
+    assert_eq!(refused.code, 1, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("refused") && refused.stderr.contains("herald repo set-token"),
+        "{refused:#?}"
+    );
+    assert!(
+        !refused.stderr.contains("wr0ng-t0ken") && !refused.stdout.contains("wr0ng-t0ken"),
+        "{refused:#?}"
+    );
+    assert!(
+        server
+            .request_log()
+            .iter()
+            .any(|r| r.basic == Some(("deploy".to_owned(), "wr0ng-t0ken".to_owned()))),
+        "the token from the environment was presented"
+    );
+
+    let down = format!("git://127.0.0.1:{port}/r.git");
+    let unreachable = herald(
+        &app,
+        &client.token,
+        &["repo", "add", &down, "--wait", "--json"],
+    )
+    .await;
+    let error = unreachable.json_error();
+    assert_eq!(unreachable.code, 1, "{unreachable:#?}");
+    assert_eq!(error["code"], "repository_unreachable");
+    assert_eq!(error["status"], 502);
+    let message = error["error"].as_str().expect("message");
+    assert!(
+        message.contains("could not be reached") && message.contains("check the URL"),
+        "{message}"
+    );
+
+    // Nothing was registered, and nothing was delivered.
+    assert!(app.repositories(&client).await.is_empty());
+    assert_eq!(app.stored_rows("repositories").await, 0);
+    let empty = herald(&app, &client.token, &["repo", "list"]).await;
+    assert!(
+        empty.ok().stdout.contains("No repositories yet"),
+        "{empty:#?}"
+    );
+    assert_eq!(receiver.arrivals(), 0);
 }
 
 #[tokio::test]
 async fn git_tokens_come_from_stdin_or_the_environment_never_argv() {
     let repo = three_files();
     let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
+    // A plain token is offered as the password of `x-access-token`; the
+    // remote reads only with the right one, so a token that works proves it
+    // was read from where it was given.
+    let server = HttpGitServer::serve(
+        served.root(),
+        Some(("x-access-token", "ghp_from_the_environment")),
+    );
     let receiver = Receiver::start().await;
     let app = engine_with(&[]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
-    let url = daemon.url("r.git");
+    let url = server.url("r.git");
     let env = [("HERALD_TEST_GIT_TOKEN", "ghp_from_the_environment")];
 
     let added = run_at(
@@ -459,16 +568,36 @@ async fn git_tokens_come_from_stdin_or_the_environment_never_argv() {
     .json();
     assert_eq!(
         added["is_private"], true,
-        "a token makes it private: {added}"
+        "the remote refuses anyone without a token: {added}"
     );
     let id = added["repository_id"].as_str().expect("id").to_owned();
+    assert!(server.authenticated_as("x-access-token") >= 1);
 
+    // A token piped in is the one checked against the remote: a wrong one
+    // is refused and changes nothing, the right one is taken.
+    let wrong = run_at(
+        &app.address,
+        Some(&client.token),
+        &["repo", "set-token", &id, "--json"],
+        &[],
+        Some("ghp_from_stdin\n"),
+    )
+    .await;
+    let error = wrong.json_error();
+    assert_eq!(error["code"], "repository_access_denied", "{wrong:#?}");
+    assert!(!wrong.stderr.contains("ghp_from_stdin"), "{wrong:#?}");
+    assert!(
+        server.request_log().iter().any(|r| r.basic
+            == Some(("x-access-token".to_owned(), "ghp_from_stdin".to_owned()))
+            && !r.authorized),
+        "the token from stdin was presented, and refused"
+    );
     let piped = run_at(
         &app.address,
         Some(&client.token),
         &["repo", "set-token", &id],
         &[],
-        Some("ghp_from_stdin\n"),
+        Some("ghp_from_the_environment\n"),
     )
     .await;
     assert!(piped.ok().stdout.contains("updated"), "{piped:#?}");

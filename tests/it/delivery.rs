@@ -531,12 +531,22 @@ async fn engine_restart(dir: tempfile::TempDir, database: crate::helpers::TestDa
         .await
 }
 
+/// The `sync_failed` webhooks among what a receiver got.
+fn sync_failures(received: &[crate::receiver::Received]) -> Vec<crate::receiver::Received> {
+    received
+        .iter()
+        .filter(|r| r.endpoint == "sync_failed")
+        .cloned()
+        .collect()
+}
+
 #[tokio::test]
 async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
-        listener.local_addr().expect("address").port()
-    };
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.commit("a");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
     let receiver = Receiver::start().await;
     let app = engine_with(&[
         ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
@@ -544,11 +554,30 @@ async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
     ])
     .await;
     let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &format!("git://127.0.0.1:{port}/r.git")).await;
-    let accepted = receiver.wait_for("a sync_failed", |r| !r.is_empty()).await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    receiver
+        .wait_for("the initial snapshot", |r| {
+            r.iter().any(|r| r.endpoint == "create")
+        })
+        .await;
+
+    // The remote goes down: scans fail until the breaker opens.
+    drop(daemon);
+    let accepted = sync_failures(
+        &receiver
+            .wait_for("a sync_failed", |r| !sync_failures(r).is_empty())
+            .await,
+    );
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let accepted_later = receiver.accepted();
+    let accepted_later = sync_failures(&receiver.accepted());
     assert_eq!(accepted_later.len(), 1, "one per opening, not per failure");
+    let created: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .filter(|r| r.endpoint != "sync_failed")
+        .map(|r| format!("{} {}", r.endpoint, r.json()["file"]["path"]))
+        .collect();
+    assert_eq!(created, ["create \"a.md\""], "nothing else was sent");
     let request = &accepted[0];
     verify(request, &client.client_auth_key, &client.webhook_secret);
     assert_eq!(request.endpoint, "sync_failed");

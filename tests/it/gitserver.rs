@@ -429,8 +429,25 @@ pub struct HttpRequest {
 
 struct HttpConfig {
     root: PathBuf,
-    credentials: Option<(String, String)>,
+    /// `None`: anyone may read. Otherwise the users (name, password) whose
+    /// basic credentials are accepted; a test may revoke one while serving.
+    credentials: Option<Mutex<Vec<(String, String)>>>,
     port: u16,
+}
+
+impl HttpConfig {
+    fn accepts(&self, basic: Option<&(String, String)>) -> bool {
+        match &self.credentials {
+            None => true,
+            Some(users) => basic.is_some_and(|given| {
+                users
+                    .lock()
+                    .expect("credentials lock")
+                    .iter()
+                    .any(|user| user == given)
+            }),
+        }
+    }
 }
 
 /// Smart HTTP for every bare repository under a root: a small HTTP/1.1 server
@@ -439,6 +456,7 @@ struct HttpConfig {
 pub struct HttpGitServer {
     port: u16,
     log: Arc<Mutex<Vec<HttpRequest>>>,
+    config: Arc<HttpConfig>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -452,6 +470,12 @@ impl HttpGitServer {
     /// Serves `root`; with `credentials`, every request must carry them as
     /// basic auth or is answered 401 (`WWW-Authenticate: Basic realm="git"`).
     pub fn serve(root: &Path, credentials: Option<(&str, &str)>) -> HttpGitServer {
+        Self::serve_users(root, credentials.as_ref().map(std::slice::from_ref))
+    }
+
+    /// Serves `root`; with `users`, a request must carry the basic
+    /// credentials of one of them (a git host with several tokens).
+    pub fn serve_users(root: &Path, users: Option<&[(&str, &str)]>) -> HttpGitServer {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port for smart HTTP");
         listener
@@ -462,9 +486,17 @@ impl HttpGitServer {
             root: root
                 .canonicalize()
                 .expect("the HTTP server's root directory exists"),
-            credentials: credentials.map(|(user, password)| (user.to_owned(), password.to_owned())),
+            credentials: users.map(|users| {
+                Mutex::new(
+                    users
+                        .iter()
+                        .map(|(user, password)| ((*user).to_owned(), (*password).to_owned()))
+                        .collect(),
+                )
+            }),
             port,
         });
+        let served = config.clone();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (shutdown, stop) = tokio::sync::oneshot::channel();
         let requests = log.clone();
@@ -483,6 +515,7 @@ impl HttpGitServer {
         HttpGitServer {
             port,
             log,
+            config: served,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
@@ -490,6 +523,17 @@ impl HttpGitServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Revokes `user`'s credentials: from now on they are answered 401, as a
+    /// git host answers a revoked token.
+    pub fn revoke(&self, user: &str) {
+        if let Some(users) = &self.config.credentials {
+            users
+                .lock()
+                .expect("credentials lock")
+                .retain(|(name, _)| name != user);
+        }
     }
 
     /// `http://127.0.0.1:PORT/<name>`.
@@ -621,10 +665,7 @@ async fn connection(
     };
     let authorization = head.header("authorization").map(str::to_owned);
     let basic = authorization.as_deref().and_then(decode_basic);
-    let authorized = match &config.credentials {
-        None => true,
-        Some(expected) => basic.as_ref() == Some(expected),
-    };
+    let authorized = config.accepts(basic.as_ref());
     let chunked = head
         .header("transfer-encoding")
         .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));

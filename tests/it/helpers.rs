@@ -618,3 +618,34 @@ pub async fn watch(app: &TestApp, client: &TestClient, url: &str) -> String {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["repository_id"].as_str().expect("id").to_owned()
 }
+
+impl TestApp {
+    /// How many rows `table` holds in the server's database: proves that a
+    /// refused request wrote nothing.
+    pub async fn stored_rows(&self, table: &str) -> i64 {
+        let db = self.database().await;
+        let backend = db.get_database_backend();
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                backend,
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .expect("the count query runs")
+            .expect("a count");
+        let count: i64 = row.try_get("", "n").expect("column");
+        db.close().await.ok();
+        count
+    }
+
+    /// The mirrors in the data directory (none before a repository is
+    /// scanned).
+    pub fn mirror_dirs(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.data_path().join("mirrors")) {
+            Ok(entries) => entries
+                .map(|entry| entry.expect("a mirror entry").path())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod access;
 mod admin;
 mod app_settings;
 mod changes;

@@ -561,13 +561,11 @@ async fn a_resync_delivers_the_whole_tree_again() {
 async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
-    let commit = repo.commit("a");
+    let first = repo.commit("a");
     let served = Served::new(&repo, "r.git");
-    let port = {
-        let daemon = GitDaemon::serve(served.root());
-        daemon.port()
-    };
-    // The remote is gone, and the breaker's cooldown is far beyond the test.
+    let daemon = GitDaemon::serve(served.root());
+    let port = daemon.port();
+    // The breaker's cooldown is far beyond the test.
     let receiver = Receiver::start().await;
     let app = engine_with(&[
         ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
@@ -575,7 +573,12 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     ])
     .await;
     let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &format!("git://127.0.0.1:{port}/r.git")).await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    app.wait_for_commit(&client, &id, &first).await;
+    receiver.wait_for("the first file", |r| r.len() == 1).await;
+
+    // The remote is gone: scans fail until the breaker opens.
+    drop(daemon);
     app.wait_for(&client, &id, "the breaker to open", |v| {
         v["circuit_breaker"]["status"] == "open" && v["status"] == "failed"
     })
@@ -584,8 +587,12 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     assert_eq!(overview["data"]["breakers_open"]["git"], 1, "{overview}");
     assert_eq!(overview["data"]["subscriptions"]["failed"], 1);
 
-    // The remote is back, but the open breaker would wait an hour: a plain
-    // retry of the subscription is accepted and waits for the breaker.
+    // A commit lands and the remote is back, but the open breaker would wait
+    // an hour: a plain retry of the subscription is accepted and waits for
+    // the breaker.
+    repo.write("b.md", "b\n");
+    let commit = repo.commit("b");
+    served.push(&repo, "HEAD:refs/heads/main", false);
     let _daemon = GitDaemon::serve_on(served.root(), port);
     let (status, body) = app
         .admin(
@@ -603,6 +610,7 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     let view = app.repository(&client, &id).await;
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["circuit_breaker"]["status"], "open");
+    assert_eq!(view["last_synced_commit"], first.as_str());
 
     let (status, body) = app
         .admin(
@@ -622,11 +630,13 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     assert_eq!(view["last_error"], Value::Null);
     assert_eq!(view["retry_count"], 0);
     assert_eq!(view["circuit_breaker"]["status"], "closed");
-    // The sync_failed of the opening, then the file, in order.
-    let accepted = receiver.wait_for("the file", |r| r.len() == 2).await;
+    // The first file, the sync_failed of the opening, then the new file, in
+    // order.
+    let accepted = receiver.wait_for("the new file", |r| r.len() == 3).await;
     let endpoints: Vec<&str> = accepted.iter().map(|r| r.endpoint.as_str()).collect();
-    assert_eq!(endpoints, ["sync_failed", "create"]);
-    assert_eq!(accepted[1].json()["file"]["path"], "a.md");
+    assert_eq!(endpoints, ["create", "sync_failed", "create"]);
+    assert_eq!(accepted[0].json()["file"]["path"], "a.md");
+    assert_eq!(accepted[2].json()["file"]["path"], "b.md");
     let (_, overview) = app.admin(Method::GET, "/admin/api/overview", None).await;
     assert_eq!(overview["data"]["breakers_open"]["git"], 0);
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::crypto::Keyring;
-use actors::git::RemoteSpec;
+use actors::git::{ConnectRule, RemoteSpec};
 use actors::ids::{AppId, RepoId, SnapshotId};
-use actors::scan::{self, ScanJob, ScanOutcome};
+use actors::scan::{self, Accessor, ScanJob, ScanOutcome};
 use actors::store::Store;
 use actors::store::apps::NewApp;
 use actors::store::outbox::SnapshotAdvance;
@@ -182,6 +182,7 @@ async fn setup(
                 name: "repo".into(),
                 branch: Some("main".into()),
                 git_token: None,
+                is_private: Some(false),
                 include: vec![],
                 exclude: vec![],
             },
@@ -210,7 +211,12 @@ async fn scan_once(
             url: remote.to_owned(),
             credentials: None,
             timeout: Duration::from_secs(30),
+            rule: ConnectRule {
+                allow_private: true,
+                data_dir: mirror.with_extension("data"),
+            },
         },
+        accessors: vec![Accessor::anonymous("property")],
         branch: Some("main".into()),
         known_head: current.head_commit.clone(),
         manifest: None,
@@ -220,6 +226,7 @@ async fn scan_once(
     let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
         .await
         .expect("scan runs")
+        .outcome
         .expect("scan succeeds");
     let advance = match outcome {
         ScanOutcome::Changed {
@@ -240,6 +247,7 @@ async fn scan_once(
         },
         ScanOutcome::Unchanged { .. } => return Vec::new(),
         ScanOutcome::NeedsManifest => panic!("the mirror keeps every observed commit"),
+        ScanOutcome::NoAccess => panic!("the bench's remote is public"),
     };
     let before: i64 = count(store).await;
     store.advance_snapshot(advance).await.expect("outbox write");

@@ -54,6 +54,7 @@ async fn scan_and_delivery_leases_have_one_owner_until_they_expire() {
                 name: "widgets".into(),
                 branch: None,
                 git_token: None,
+                is_private: Some(false),
                 include: vec![],
                 exclude: vec![],
             },

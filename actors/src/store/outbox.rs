@@ -13,6 +13,7 @@ use sea_orm::{
     IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
 
+use super::access::access_state;
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::changes::{FileEntry, TreeDelta, Visibility};
 use crate::clock::now_ms;
@@ -179,8 +180,11 @@ impl Store {
                 subscriptions: 0,
             });
         };
+        // A subscriber whose credential was refused gets nothing of this
+        // snapshot, not even its paths.
         let subscriptions = subscription::Entity::find()
             .filter(subscription::Column::RepositoryId.eq(repo.id.as_str()))
+            .filter(subscription::Column::Access.eq(access_state::GRANTED))
             .all(&txn)
             .await?;
         let watchers = sea_orm::sea_query::Query::select()
@@ -686,8 +690,11 @@ impl Store {
             .filter(repository::Column::Id.eq(failure.repository.as_str()))
             .exec(&txn)
             .await?;
+        // A subscriber that lost access was told so; the repository's
+        // troubles are no longer its business.
         let subscriptions = subscription::Entity::find()
             .filter(subscription::Column::RepositoryId.eq(failure.repository.as_str()))
+            .filter(subscription::Column::Access.eq(access_state::GRANTED))
             .all(&txn)
             .await?;
         let mut events = 0;
@@ -739,7 +746,7 @@ impl Store {
 
 /// A new pending event of a subscription, due now, with no file fields; the
 /// caller sets its `seq`, `kind` and whatever else its kind carries.
-fn pending_event(
+pub(crate) fn pending_event(
     subscription_id: &str,
     app_id: &str,
     repository_id: &str,

@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use super::access::{access_state, regain};
 use super::apps::delete_orphaned_repositories;
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::clock::now_ms;
@@ -30,7 +31,11 @@ pub struct NewSubscription {
     pub name: String,
     /// `None`: follow the remote's default branch.
     pub branch: Option<String>,
+    /// The credential whose access was just proven (the registering app's
+    /// token, or none).
     pub git_token: Option<SecretString>,
+    /// Whether the remote needs a credential, when the registration found out.
+    pub is_private: Option<bool>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
 }
@@ -47,8 +52,9 @@ pub struct SubscriptionView {
 }
 
 impl SubscriptionView {
+    /// The repository needs a credential: the same for every subscriber.
     pub fn is_private(&self) -> bool {
-        self.subscription.git_token_ciphertext.is_some()
+        self.repository.is_private
     }
 
     /// The branch asked for, else the one detected on the remote.
@@ -74,8 +80,10 @@ pub(crate) fn git_token_aad(subscription_id: &str) -> String {
 
 impl Store {
     /// Subscribes `app` to a repository, creating the repository when no app
-    /// watches it yet. Idempotent: subscribing again returns the existing
-    /// subscription unchanged, with `created == false`.
+    /// watches it yet. The caller has just proven that `new.git_token` (or no
+    /// token) reads the repository. Subscribing again returns the existing
+    /// subscription, with `created == false`, its credential replaced by the
+    /// one just proven (a subscriber that had lost access regains it).
     pub async fn subscribe(
         &self,
         app: &AppId,
@@ -104,6 +112,7 @@ impl Store {
             scan_lease_until: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            is_private: Set(new.is_private.unwrap_or(new.git_token.is_some())),
         })
         .on_conflict(
             OnConflict::columns([repository::Column::Url, repository::Column::Branch])
@@ -118,6 +127,13 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or_else(|| sea_orm::DbErr::RecordNotFound(new.url.clone()))?;
+        if let Some(is_private) = new.is_private.filter(|p| *p != repository.is_private) {
+            repository::Entity::update_many()
+                .col_expr(repository::Column::IsPrivate, is_private.into())
+                .filter(repository::Column::Id.eq(repository.id.as_str()))
+                .exec(&txn)
+                .await?;
+        }
 
         let subscription_id = SubscriptionId::generate().into_string();
         let git_token = new.git_token.as_ref().map(|t| {
@@ -141,6 +157,8 @@ impl Store {
             delivery_lease_until: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            access: Set(access_state::GRANTED.to_owned()),
+            access_checked_at: Set(Some(now)),
         })
         .on_conflict(
             OnConflict::columns([
@@ -152,6 +170,15 @@ impl Store {
         )
         .exec_without_returning(&txn)
         .await?;
+        if inserted == 0 {
+            let existing = subscription::Entity::find()
+                .filter(subscription::Column::AppId.eq(app.as_str()))
+                .filter(subscription::Column::RepositoryId.eq(repository.id.as_str()))
+                .one(&txn)
+                .await?
+                .ok_or_else(|| sea_orm::DbErr::RecordNotFound(repository.id.clone()))?;
+            set_proven_credential(&txn, self, existing, new.git_token.as_ref(), now).await?;
+        }
         txn.commit().await?;
 
         let repo_id = RepoId::parse(&repository.id).expect("stored repository ids are well formed");
@@ -269,10 +296,11 @@ impl Store {
         Ok(true)
     }
 
-    /// Replaces the app's git credential for a repository and clears the
-    /// failure state: the subscription's error, its retry count, the
-    /// repository's git breaker, and the repository becomes due at once.
-    /// `false` when the app does not watch the repository.
+    /// Replaces the app's git credential for a repository, which the caller
+    /// has just proven, and clears the failure state: the subscription's
+    /// error, its retry count, the repository's git breaker, and the
+    /// repository becomes due at once. A subscriber that had lost access
+    /// regains it. `false` when the app does not watch the repository.
     pub async fn update_git_token(
         &self,
         app: &AppId,
@@ -290,26 +318,7 @@ impl Store {
             return Ok(false);
         };
         let now = now_ms();
-        let status = if current.status == subscription_status::FAILED {
-            if current.last_synced_commit.is_some() {
-                subscription_status::SYNCED
-            } else {
-                subscription_status::PENDING_SNAPSHOT
-            }
-        } else {
-            current.status.as_str()
-        }
-        .to_owned();
-        let sealed = self
-            .keys
-            .seal(token.expose_secret(), &git_token_aad(&current.id));
-        let mut active = current.into_active_model();
-        active.git_token_ciphertext = Set(Some(sealed));
-        active.last_error = Set(None);
-        active.retry_count = Set(0);
-        active.status = Set(status);
-        active.updated_at = Set(now);
-        active.update(&txn).await?;
+        set_proven_credential(&txn, self, current, Some(token), now).await?;
         reset_git_breaker(&txn, repo).await?;
         repository::Entity::update_many()
             .col_expr(repository::Column::NextScanAt, now.into())
@@ -351,24 +360,6 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    /// The git credential to fetch a repository with: the oldest subscription's
-    /// token, when any subscription has one.
-    pub async fn repository_token(
-        &self,
-        repo: &RepoId,
-    ) -> Result<Option<SecretString>, StoreError> {
-        let holder = subscription::Entity::find()
-            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
-            .filter(subscription::Column::GitTokenCiphertext.is_not_null())
-            .order_by_asc(subscription::Column::CreatedAt)
-            .one(&self.db)
-            .await?;
-        match holder {
-            Some(subscription) => self.git_token(&subscription),
-            None => Ok(None),
-        }
-    }
 }
 
 /// Forgets a repository's git breaker: the next scan is a normal one.
@@ -381,5 +372,45 @@ pub(crate) async fn reset_git_breaker<C: ConnectionTrait>(
         .filter(breaker::Column::SubjectId.eq(repo.as_str()))
         .exec(conn)
         .await?;
+    Ok(())
+}
+
+/// Stores a credential that was just proven to read the repository: access
+/// granted and checked now; a subscriber that had lost access regains it
+/// (the whole current tree again); one failed by git failures is cleared.
+async fn set_proven_credential<C: ConnectionTrait>(
+    conn: &C,
+    store: &Store,
+    current: subscription::Model,
+    token: Option<&SecretString>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let sealed = token.map(|t| {
+        store
+            .keys
+            .seal(t.expose_secret(), &git_token_aad(&current.id))
+    });
+    let lost_access = current.access != access_state::GRANTED;
+    let status = if current.status == subscription_status::FAILED {
+        if current.last_synced_commit.is_some() {
+            subscription_status::SYNCED
+        } else {
+            subscription_status::PENDING_SNAPSHOT
+        }
+    } else {
+        current.status.as_str()
+    }
+    .to_owned();
+    let mut active = current.clone().into_active_model();
+    active.git_token_ciphertext = Set(sealed);
+    active.access_checked_at = Set(Some(now));
+    active.last_error = Set(None);
+    active.retry_count = Set(0);
+    active.status = Set(status);
+    active.updated_at = Set(now);
+    let updated = active.update(conn).await?;
+    if lost_access {
+        regain(conn, updated, now).await?;
+    }
     Ok(())
 }
