@@ -2,7 +2,7 @@
 //! database, the actor tree and the HTTP server, wired together.
 
 use std::fs;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -228,29 +228,36 @@ pub fn load_keyring(settings: &Settings) -> anyhow::Result<Keyring> {
 }
 
 /// The admin token from `admin.token`, or from the token file in data_dir,
-/// generated on first start and printed once.
+/// generated on first start. A generated token is shown once when stderr is a
+/// terminal; otherwise stderr is a log stream (journald, `docker logs`) that
+/// keeps what it is given, so only the file's path is logged.
 pub fn load_admin_token(settings: &Settings) -> anyhow::Result<SecretString> {
     if let Some(token) = &settings.admin.token {
         return Ok(token.clone());
     }
     let path = settings.data_dir().join(ADMIN_TOKEN_FILE);
-    let mut generated = None;
+    let mut generated = false;
     let token = read_or_create_secret(
         &path,
         || {
-            let token = crypto::generate_admin_token().expose_secret().to_owned();
-            generated = Some(token.clone());
-            token
+            generated = true;
+            crypto::generate_admin_token().expose_secret().to_owned()
         },
         |_| {},
     )?;
-    if generated.is_some() {
-        // Printed once, on the terminal, never into the log stream.
-        eprintln!(
-            "\n  Herald generated an admin token (stored in {}):\n\n      {token}\n\n  \
-             Use it as `Authorization: Bearer <token>` on /admin/api. It is not shown again.\n",
-            path.display()
-        );
+    if generated {
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "\n  Herald generated an admin token (stored in {}):\n\n      {token}\n\n  \
+                 Use it as `Authorization: Bearer <token>` on /admin/api. It is not shown again.\n",
+                path.display()
+            );
+        } else {
+            info!(
+                path = %path.display(),
+                "generated an admin token; read it from this file (mode 0600), or set admin.token"
+            );
+        }
     }
     Ok(SecretString::from(token))
 }
