@@ -144,14 +144,16 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     }
     let error = if rejection.is_not_found() {
         ApiError::NotFound("Not found".to_owned())
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
+        // Before the 405: a route whose query did not parse is combined with
+        // the later routes' method mismatches.
+        ApiError::BadRequest(err.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge { limit: 0 }
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::LengthRequired
-    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::BadRequest(err.to_string())
     } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::BadRequest(err.to_string())
     } else if let Some(err) = rejection.find::<warp::reject::MissingHeader>() {

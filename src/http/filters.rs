@@ -1,12 +1,14 @@
 //! Reusable warp filters: state injection, bounded JSON bodies, bearer
 //! authentication of apps and of the admin, and rate limits.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::{Buf, BytesMut};
 use entity::app;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use warp::http::HeaderValue;
 use warp::{Filter, Rejection};
 
 use super::AppState;
@@ -52,9 +54,21 @@ fn limit_by_ip(
         .untuple_one()
 }
 
-/// Parses `Authorization: Bearer <token>`.
-fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+/// The raw `Authorization` header, if any. Read as bytes rather than as a
+/// `String`: warp rejects a header that is not visible ASCII, and that
+/// rejection would fall through to the other routes instead of being a 401.
+fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("authorization")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// Parses `Authorization: Bearer <token>`; anything else (missing, another
+/// scheme, bytes that are not visible ASCII) is a 401.
+fn bearer(header: Option<&HeaderValue>) -> Result<&str, ApiError> {
     header
+        .and_then(|h| h.to_str().ok())
         .and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -70,10 +84,10 @@ fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
 pub fn app_auth(
     state: AppState,
 ) -> impl Filter<Extract = (app::Model,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+    authorization().and_then(move |header: Option<HeaderValue>| {
         let state = state.clone();
         async move {
-            let token = bearer(header.as_deref()).map_err(warp::reject::custom)?;
+            let token = bearer(header.as_ref()).map_err(warp::reject::custom)?;
             let app = state
                 .store
                 .authenticate_app(token)
@@ -91,11 +105,11 @@ pub fn app_auth(
 
 /// Passes only requests that carry the admin token.
 pub fn admin_auth(state: AppState) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |header: Option<String>| {
+    authorization()
+        .and_then(move |header: Option<HeaderValue>| {
             let state = state.clone();
             async move {
-                let token = bearer(header.as_deref()).map_err(warp::reject::custom)?;
+                let token = bearer(header.as_ref()).map_err(warp::reject::custom)?;
                 if actors::crypto::tokens_match(token, &state.admin_token) {
                     Ok(())
                 } else {
@@ -106,6 +120,21 @@ pub fn admin_auth(state: AppState) -> impl Filter<Extract = (), Error = Rejectio
             }
         })
         .untuple_one()
+}
+
+/// A query string deserialised into `T`; a malformed one (a value of the
+/// wrong type, an unknown encoding) is a 400 here, rather than a rejection
+/// that later routes would turn into a 404 or 405.
+pub fn query<T: DeserializeOwned + Send + 'static>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|raw: String| async move {
+            serde_urlencoded::from_str::<T>(&raw).map_err(|err| {
+                warp::reject::custom(ApiError::BadRequest(format!("invalid query string: {err}")))
+            })
+        })
 }
 
 /// A JSON body of at most `limit` bytes, whether or not the client sent a
