@@ -36,6 +36,8 @@ pub struct Application {
     engine: EngineHandle,
     store: Store,
     shutdown_timeout: Duration,
+    /// Connections that do not send a request head in time are closed.
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -88,6 +90,7 @@ impl Application {
             engine,
             store,
             shutdown_timeout: settings.server.shutdown_timeout,
+            header_read_timeout: settings.server.header_read_timeout,
         })
     }
 
@@ -106,13 +109,15 @@ impl Application {
         let metrics_upkeep = http::spawn_metrics_upkeep();
         let routes = http::routes(self.state.clone());
         let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(routes)
-            .incoming(self.listener)
-            .graceful(async move {
+        let server = http::serve(
+            self.listener,
+            routes,
+            self.header_read_timeout,
+            async move {
                 shutdown.await;
                 let _ = stopping_tx.send(());
-            })
-            .run();
+            },
+        );
         tokio::pin!(server);
         tokio::select! {
             () = &mut server => {}

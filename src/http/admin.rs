@@ -24,7 +24,7 @@ use crate::domain;
 const APP_NOT_FOUND: &str = "App not found";
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let onboard = warp::path!("admin" / "api" / "apps" / "onboard")
         .and(warp::post())
         .and(onboarding_limit(state.clone()))

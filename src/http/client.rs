@@ -24,7 +24,7 @@ use crate::domain::{self, Invalid};
 const NOT_REGISTERED: &str = "Repository not found or not registered for this app";
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let register = warp::path!("api" / "repositories")
         .and(warp::post())
         .and(app_auth(state.clone()))

@@ -40,6 +40,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("a content-length header is required")]
     LengthRequired,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::LengthRequired => "length_required",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -114,7 +118,9 @@ impl ApiError {
             }
             // The unread rest of the body makes the connection unusable:
             // tell the client not to send another request on it.
-            ApiError::PayloadTooLarge { .. } | ApiError::LengthRequired => {
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::LengthRequired
+            | ApiError::RequestTimeout => {
                 headers.insert("connection", HeaderValue::from_static("close"));
             }
             ApiError::RateLimited { retry_after_secs } => {

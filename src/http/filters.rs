@@ -2,7 +2,8 @@
 //! authentication of apps and of the admin, and rate limits.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use entity::app;
@@ -14,6 +15,7 @@ use warp::{Filter, Rejection};
 use super::AppState;
 use super::error::ApiError;
 use super::ratelimit::Budget;
+use super::server::ClientAddr;
 
 pub fn with_state(
     state: AppState,
@@ -23,8 +25,9 @@ pub fn with_state(
 
 /// The client's address (behind a reverse proxy this is the proxy's).
 pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote()
-        .map(|addr: Option<SocketAddr>| addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()))
+    warp::ext::optional::<ClientAddr>().map(|addr: Option<ClientAddr>| {
+        addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ClientAddr(a)| a.ip())
+    })
 }
 
 /// Counts the request against its client address's budget (every route).
@@ -137,17 +140,30 @@ pub fn query<T: DeserializeOwned + Send + 'static>()
         })
 }
 
-/// A JSON body of at most `limit` bytes, whether or not the client sent a
-/// Content-Length: 413 above the limit, 400 when it is not JSON, 422 when it
-/// is JSON of the wrong shape (a missing field, a wrong type).
+/// How much of a request body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    /// Larger bodies are answered 413.
+    pub bytes: u64,
+    /// A body that has not arrived in full by then is answered 408, so a
+    /// client cannot hold a connection by trickling its body.
+    pub timeout: Duration,
+}
+
+/// A JSON body of at most `limit.bytes` bytes, whether or not the client sent
+/// a Content-Length: 413 above the limit, 408 when it does not arrive within
+/// `limit.timeout`, 400 when it is not JSON, 422 when it is JSON of the wrong
+/// shape (a missing field, a wrong type).
 pub fn json_body<T: DeserializeOwned + Send>(
-    limit: u64,
+    limit: BodyLimit,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |length: Option<u64>| async move {
             match length {
-                Some(length) if length > limit => {
-                    Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }))
+                Some(length) if length > limit.bytes => {
+                    Err(warp::reject::custom(ApiError::PayloadTooLarge {
+                        limit: limit.bytes,
+                    }))
                 }
                 _ => Ok(()),
             }
@@ -166,7 +182,18 @@ pub fn json_body<T: DeserializeOwned + Send>(
 const DRAIN_LIMIT: usize = 1 << 20;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn read_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
+/// Reads a whole body within `limit` (413 above its size, 408 past its time).
+pub async fn read_limited<S, B>(body: S, limit: BodyLimit) -> Result<BytesMut, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    tokio::time::timeout(limit.timeout, read_at_most(body, limit.bytes))
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+async fn read_at_most<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

@@ -39,7 +39,7 @@ const OPERATION_NOT_FOUND: &str = "Operation not found or expired";
 const MAX_BULK_EVENTS: u64 = 50_000;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let admin = || admin_auth(state.clone());
     let overview = warp::path!("admin" / "api" / "overview")
         .and(warp::get())

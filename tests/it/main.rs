@@ -19,6 +19,7 @@ mod property;
 mod receiver;
 mod repositories;
 mod secrets;
+mod slow_clients;
 mod store;
 mod telemetry;
 mod validation;
