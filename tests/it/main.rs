@@ -22,4 +22,5 @@ mod secrets;
 mod slow_clients;
 mod store;
 mod telemetry;
+mod tenants;
 mod validation;
