@@ -64,6 +64,14 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Closes connections that do not finish their request head in time
+    /// (half-open and idle keep-alive ones), so slow clients cannot hold
+    /// every descriptor.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Answers 408 to a request whose body does not arrive in time.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +322,17 @@ impl Settings {
                 format!("`{}` is not an IP address", self.server.host),
             )
         })?;
+        for (key, timeout) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be positive"));
         }

@@ -11,6 +11,8 @@
 //!   by signature; a rate budget of their own).
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
 //! - [`metrics`]: request metrics by route template, scrape-time gauges.
+//! - [`server`]: accepting connections, hyper's HTTP/1 with a header read
+//!   deadline, graceful shutdown.
 
 mod account;
 mod admin;
@@ -26,6 +28,7 @@ mod operations;
 mod paging;
 mod public;
 mod ratelimit;
+mod server;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,6 +45,7 @@ use warp::reply::Response;
 use crate::config::Settings;
 use crate::domain::UrlPolicy;
 pub use ratelimit::RateLimits;
+pub use server::serve;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -59,6 +63,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The size and time limits of an API request body.
+    pub(crate) fn body_limit(&self) -> filters::BodyLimit {
+        filters::BodyLimit {
+            bytes: self.settings.server.max_body_bytes,
+            timeout: self.settings.server.body_read_timeout,
+        }
+    }
+
     pub fn url_policy(&self) -> UrlPolicy {
         UrlPolicy {
             allow_private_targets: self.settings.security.allow_private_targets,

@@ -2,7 +2,7 @@
 //! database, the actor tree and the HTTP server, wired together.
 
 use std::fs;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -37,6 +37,8 @@ pub struct Application {
     engine: EngineHandle,
     store: Store,
     shutdown_timeout: Duration,
+    /// Connections that do not send a request head in time are closed.
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -89,6 +91,7 @@ impl Application {
             engine,
             store,
             shutdown_timeout: settings.server.shutdown_timeout,
+            header_read_timeout: settings.server.header_read_timeout,
         })
     }
 
@@ -107,13 +110,15 @@ impl Application {
         let metrics_upkeep = http::spawn_metrics_upkeep();
         let routes = http::routes(self.state.clone());
         let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(routes)
-            .incoming(self.listener)
-            .graceful(async move {
+        let server = http::serve(
+            self.listener,
+            routes,
+            self.header_read_timeout,
+            async move {
                 shutdown.await;
                 let _ = stopping_tx.send(());
-            })
-            .run();
+            },
+        );
         tokio::pin!(server);
         tokio::select! {
             () = &mut server => {}
@@ -234,29 +239,36 @@ pub fn load_keyring(settings: &Settings) -> anyhow::Result<Keyring> {
 }
 
 /// The admin token from `admin.token`, or from the token file in data_dir,
-/// generated on first start and printed once.
+/// generated on first start. A generated token is shown once when stderr is a
+/// terminal; otherwise stderr is a log stream (journald, `docker logs`) that
+/// keeps what it is given, so only the file's path is logged.
 pub fn load_admin_token(settings: &Settings) -> anyhow::Result<SecretString> {
     if let Some(token) = &settings.admin.token {
         return Ok(token.clone());
     }
     let path = settings.data_dir().join(ADMIN_TOKEN_FILE);
-    let mut generated = None;
+    let mut generated = false;
     let token = read_or_create_secret(
         &path,
         || {
-            let token = crypto::generate_admin_token().expose_secret().to_owned();
-            generated = Some(token.clone());
-            token
+            generated = true;
+            crypto::generate_admin_token().expose_secret().to_owned()
         },
         |_| {},
     )?;
-    if generated.is_some() {
-        // Printed once, on the terminal, never into the log stream.
-        eprintln!(
-            "\n  Herald generated an admin token (stored in {}):\n\n      {token}\n\n  \
-             Use it as `Authorization: Bearer <token>` on /admin/api. It is not shown again.\n",
-            path.display()
-        );
+    if generated {
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "\n  Herald generated an admin token (stored in {}):\n\n      {token}\n\n  \
+                 Use it as `Authorization: Bearer <token>` on /admin/api. It is not shown again.\n",
+                path.display()
+            );
+        } else {
+            info!(
+                path = %path.display(),
+                "generated an admin token; read it from this file (mode 0600), or set admin.token"
+            );
+        }
     }
     Ok(SecretString::from(token))
 }

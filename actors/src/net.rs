@@ -27,6 +27,13 @@ static NON_GLOBAL: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
         "240.0.0.0/4",
         "::/128",
         "::1/128",
+        // IPv4-compatible (`::a.b.c.d`, deprecated by RFC 4291) and
+        // IPv4-translated (`::ffff:0:a.b.c.d`, RFC 2765) addresses: never
+        // routed publicly, and some stacks hand them to the IPv4 address
+        // inside (`::127.0.0.1` reaching the host itself). Refused whole,
+        // whatever IPv4 address they carry.
+        "::/96",
+        "::ffff:0:0:0/96",
         "::ffff:0:0/96",
         "64:ff9b::/96",
         "64:ff9b:1::/48",
@@ -36,6 +43,8 @@ static NON_GLOBAL: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
         "2002::/16",
         "fc00::/7",
         "fe80::/10",
+        // Site-local, deprecated by RFC 3879 but still a private range.
+        "fec0::/10",
         "ff00::/8",
     ]
     .iter()
@@ -44,7 +53,8 @@ static NON_GLOBAL: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
 });
 
 /// Whether `ip` is a public, globally routable unicast address. IPv4-mapped
-/// IPv6 addresses are judged by the IPv4 address they carry.
+/// IPv6 addresses (`::ffff:a.b.c.d`) are judged by the IPv4 address they
+/// carry; IPv4-compatible and IPv4-translated ones are never public.
 pub fn is_global(ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -77,6 +87,13 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "255.255.255.255",
+            "::",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "::ffff:0:7f00:1",
+            "::ffff:0:808:808",
+            "fec0::1",
+            "feff:ffff::1",
         ] {
             assert!(!global(ip), "{ip} must not count as global");
         }
@@ -89,6 +106,8 @@ mod tests {
             "140.82.112.3",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            "2a00:1450:4007:80e::200e",
+            "2001:4860:4860::8888",
         ] {
             assert!(global(ip), "{ip} is public");
         }

@@ -62,6 +62,13 @@ pub mod app_status {
     pub const DISABLED: &str = "disabled";
 }
 
+/// The rows before 1-based page `page` of `per_page` rows; `None` when the
+/// product does not fit (no such page: an empty one). SeaORM's paginator
+/// multiplies unchecked, so numbered pages go through here.
+pub(crate) fn page_offset(page: u64, per_page: u64) -> Option<u64> {
+    page.saturating_sub(1).checked_mul(per_page)
+}
+
 /// Locks repository rows for the rest of the transaction (PostgreSQL
 /// `FOR NO KEY UPDATE`, in id order; SQLite's `BEGIN IMMEDIATE` already
 /// serialises writers). Every write transaction that touches a repository and

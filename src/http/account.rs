@@ -20,7 +20,7 @@ use super::models::{AppProfile, AppView, BackoffView, RotatedKeyBody, UpdateApp}
 use crate::domain::{self, Invalid};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let show = warp::path!("api" / "app")
         .and(warp::get())
         .and(app_auth(state.clone()))

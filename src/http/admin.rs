@@ -11,20 +11,20 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
-use super::filters::{admin_auth, json_body, onboarding_limit, with_state};
+use super::filters::{admin_auth, json_body, onboarding_limit, query, with_state};
 use super::models::{
     AppDeleted, AppDeletedResponse, AppDetail, AppDetailResponse, AppListResponse, AppPage,
     AppSummaryBody, OnboardRequest, OnboardResponse, OnboardedApp, PageQuery, Pagination,
     RepositoryView,
 };
+use super::{AppState, paging};
 use crate::domain;
 
 const APP_NOT_FOUND: &str = "App not found";
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let onboard = warp::path!("admin" / "api" / "apps" / "onboard")
         .and(warp::post())
         .and(onboarding_limit(state.clone()))
@@ -36,7 +36,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let list = warp::path!("admin" / "api" / "apps")
         .and(warp::get())
         .and(admin_auth(state.clone()))
-        .and(warp::query::<PageQuery>())
+        .and(query::<PageQuery>())
         .and(with_state(state.clone()))
         .then(list_apps)
         .map(respond);
@@ -125,17 +125,11 @@ pub(crate) async fn onboard(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of apps", body = AppListResponse),
+        (status = 400, description = "Malformed query string", body = super::error::ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 422, description = "Bad paging", body = super::error::ErrorBody)))]
 pub(crate) async fn list_apps(query: PageQuery, state: AppState) -> Result<Response, ApiError> {
-    let page = query.page.unwrap_or(1);
-    let limit = query.limit.unwrap_or(20);
-    if page == 0 {
-        return Err(invalid_query("page", "must be at least 1"));
-    }
-    if !(1..=100).contains(&limit) {
-        return Err(invalid_query("limit", "must be 1 to 100"));
-    }
+    let (page, limit) = paging::numbered(&query)?;
     let (apps, total) = state.store.list_apps(page, limit).await?;
     let body = AppListResponse {
         data: AppPage {
@@ -149,13 +143,6 @@ pub(crate) async fn list_apps(query: PageQuery, state: AppState) -> Result<Respo
         },
     };
     Ok(warp::reply::json(&body).into_response())
-}
-
-fn invalid_query(field: &'static str, message: &str) -> ApiError {
-    ApiError::Invalid(domain::Invalid {
-        field,
-        message: message.to_owned(),
-    })
 }
 
 /// One app with its subscriptions.

@@ -16,7 +16,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, json_body, with_state};
+use super::filters::{app_auth, json_body, query, with_state};
 use super::models::{
     CursorQuery, MessageBody, RegisterRepository, RepositoryCreated, RepositoryList,
     RepositoryView, UpdateToken,
@@ -27,7 +27,7 @@ use crate::domain::{self, Invalid};
 const NOT_REGISTERED: &str = "Repository not found or not registered for this app";
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let register = warp::path!("api" / "repositories")
         .and(warp::post())
         .and(app_auth(state.clone()))
@@ -38,7 +38,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let list = warp::path!("api" / "repositories")
         .and(warp::get())
         .and(app_auth(state.clone()))
-        .and(warp::query::<CursorQuery>())
+        .and(query::<CursorQuery>())
         .and(with_state(state.clone()))
         .then(list)
         .map(respond);
@@ -223,6 +223,7 @@ pub(crate) async fn register(
     security(("app_token" = [])),
     responses(
         (status = 200, description = "A page of repositories", body = RepositoryList),
+        (status = 400, description = "Malformed query string", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 422, description = "Bad paging", body = super::error::ErrorBody)))]
 pub(crate) async fn list(

@@ -40,6 +40,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("a content-length header is required")]
     LengthRequired,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::LengthRequired => "length_required",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -129,7 +133,9 @@ impl ApiError {
             }
             // The unread rest of the body makes the connection unusable:
             // tell the client not to send another request on it.
-            ApiError::PayloadTooLarge { .. } | ApiError::LengthRequired => {
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::LengthRequired
+            | ApiError::RequestTimeout => {
                 headers.insert("connection", HeaderValue::from_static("close"));
             }
             ApiError::RateLimited { retry_after_secs } => {
@@ -159,14 +165,16 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     }
     let error = if rejection.is_not_found() {
         ApiError::NotFound("Not found".to_owned())
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
+        // Before the 405: a route whose query did not parse is combined with
+        // the later routes' method mismatches.
+        ApiError::BadRequest(err.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge { limit: 0 }
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::LengthRequired
-    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::BadRequest(err.to_string())
     } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::BadRequest(err.to_string())
     } else if let Some(err) = rejection.find::<warp::reject::MissingHeader>() {

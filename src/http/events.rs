@@ -15,7 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, with_state};
+use super::filters::{app_auth, query, with_state};
 use super::{AppState, paging};
 use crate::domain::Invalid;
 
@@ -25,7 +25,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let list = warp::path!("api" / "events")
         .and(warp::get())
         .and(app_auth(state.clone()))
-        .and(warp::query::<EventQuery>())
+        .and(query::<EventQuery>())
         .and(with_state(state.clone()))
         .then(list)
         .map(respond);
@@ -182,6 +182,7 @@ fn event_id(raw: &str) -> Result<EventId, ApiError> {
     security(("app_token" = [])),
     responses(
         (status = 200, description = "A page of events", body = EventList),
+        (status = 400, description = "Malformed query string", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 422, description = "Bad filter", body = super::error::ErrorBody)))]
 pub(crate) async fn list(

@@ -1,17 +1,21 @@
 //! Reusable warp filters: state injection, bounded JSON bodies, bearer
 //! authentication of apps and of the admin, and rate limits.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use entity::app;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use warp::http::HeaderValue;
 use warp::{Filter, Rejection};
 
 use super::AppState;
 use super::error::ApiError;
 use super::ratelimit::Budget;
+use super::server::ClientAddr;
 
 pub fn with_state(
     state: AppState,
@@ -21,8 +25,9 @@ pub fn with_state(
 
 /// The client's address (behind a reverse proxy this is the proxy's).
 pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote()
-        .map(|addr: Option<SocketAddr>| addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()))
+    warp::ext::optional::<ClientAddr>().map(|addr: Option<ClientAddr>| {
+        addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ClientAddr(a)| a.ip())
+    })
 }
 
 /// Counts the request against its client address's budget (every route).
@@ -52,9 +57,21 @@ fn limit_by_ip(
         .untuple_one()
 }
 
-/// Parses `Authorization: Bearer <token>`.
-fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+/// The raw `Authorization` header, if any. Read as bytes rather than as a
+/// `String`: warp rejects a header that is not visible ASCII, and that
+/// rejection would fall through to the other routes instead of being a 401.
+fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("authorization")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// Parses `Authorization: Bearer <token>`; anything else (missing, another
+/// scheme, bytes that are not visible ASCII) is a 401.
+fn bearer(header: Option<&HeaderValue>) -> Result<&str, ApiError> {
     header
+        .and_then(|h| h.to_str().ok())
         .and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -70,10 +87,10 @@ fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
 pub fn app_auth(
     state: AppState,
 ) -> impl Filter<Extract = (app::Model,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+    authorization().and_then(move |header: Option<HeaderValue>| {
         let state = state.clone();
         async move {
-            let token = bearer(header.as_deref()).map_err(warp::reject::custom)?;
+            let token = bearer(header.as_ref()).map_err(warp::reject::custom)?;
             let app = state
                 .store
                 .authenticate_app(token)
@@ -91,11 +108,11 @@ pub fn app_auth(
 
 /// Passes only requests that carry the admin token.
 pub fn admin_auth(state: AppState) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |header: Option<String>| {
+    authorization()
+        .and_then(move |header: Option<HeaderValue>| {
             let state = state.clone();
             async move {
-                let token = bearer(header.as_deref()).map_err(warp::reject::custom)?;
+                let token = bearer(header.as_ref()).map_err(warp::reject::custom)?;
                 if actors::crypto::tokens_match(token, &state.admin_token) {
                     Ok(())
                 } else {
@@ -108,17 +125,45 @@ pub fn admin_auth(state: AppState) -> impl Filter<Extract = (), Error = Rejectio
         .untuple_one()
 }
 
-/// A JSON body of at most `limit` bytes, whether or not the client sent a
-/// Content-Length: 413 above the limit, 400 when it is not JSON, 422 when it
-/// is JSON of the wrong shape (a missing field, a wrong type).
+/// A query string deserialised into `T`; a malformed one (a value of the
+/// wrong type, an unknown encoding) is a 400 here, rather than a rejection
+/// that later routes would turn into a 404 or 405.
+pub fn query<T: DeserializeOwned + Send + 'static>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|raw: String| async move {
+            serde_urlencoded::from_str::<T>(&raw).map_err(|err| {
+                warp::reject::custom(ApiError::BadRequest(format!("invalid query string: {err}")))
+            })
+        })
+}
+
+/// How much of a request body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    /// Larger bodies are answered 413.
+    pub bytes: u64,
+    /// A body that has not arrived in full by then is answered 408, so a
+    /// client cannot hold a connection by trickling its body.
+    pub timeout: Duration,
+}
+
+/// A JSON body of at most `limit.bytes` bytes, whether or not the client sent
+/// a Content-Length: 413 above the limit, 408 when it does not arrive within
+/// `limit.timeout`, 400 when it is not JSON, 422 when it is JSON of the wrong
+/// shape (a missing field, a wrong type).
 pub fn json_body<T: DeserializeOwned + Send>(
-    limit: u64,
+    limit: BodyLimit,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |length: Option<u64>| async move {
             match length {
-                Some(length) if length > limit => {
-                    Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }))
+                Some(length) if length > limit.bytes => {
+                    Err(warp::reject::custom(ApiError::PayloadTooLarge {
+                        limit: limit.bytes,
+                    }))
                 }
                 _ => Ok(()),
             }
@@ -137,7 +182,18 @@ pub fn json_body<T: DeserializeOwned + Send>(
 const DRAIN_LIMIT: usize = 1 << 20;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn read_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
+/// Reads a whole body within `limit` (413 above its size, 408 past its time).
+pub async fn read_limited<S, B>(body: S, limit: BodyLimit) -> Result<BytesMut, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    tokio::time::timeout(limit.timeout, read_at_most(body, limit.bytes))
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+async fn read_at_most<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

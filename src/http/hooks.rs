@@ -22,7 +22,7 @@ use warp::reply::{Reply, Response};
 
 use super::AppState;
 use super::error::{ApiError, respond};
-use super::filters::{client_ip, read_limited};
+use super::filters::{BodyLimit, client_ip, read_limited};
 use super::ratelimit::Budget;
 
 /// The longest delivery id kept as sent; longer (or missing) ones are
@@ -186,10 +186,16 @@ async fn handle(
     let Some(secret) = secret(state, provider) else {
         return (None, Err(ApiError::NotFound("Not found".to_owned())));
     };
-    let limit = state.settings.inbound.max_body_bytes;
+    let limit = BodyLimit {
+        bytes: state.settings.inbound.max_body_bytes,
+        timeout: state.settings.server.body_read_timeout,
+    };
     let declared = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return (REJECTED, Err(ApiError::PayloadTooLarge { limit }));
+    if declared.is_some_and(|length| length > limit.bytes) {
+        return (
+            REJECTED,
+            Err(ApiError::PayloadTooLarge { limit: limit.bytes }),
+        );
     }
     let body = match read_limited(body, limit).await {
         Ok(body) => body.freeze(),

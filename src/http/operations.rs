@@ -24,10 +24,10 @@ use warp::reply::{Reply, Response};
 
 pub use bulk::Operations;
 
-use super::AppState;
 use super::error::{ApiError, respond};
-use super::filters::{admin_auth, json_body, with_state};
+use super::filters::{admin_auth, json_body, query, with_state};
 use super::models::{BreakerView, PageQuery, Pagination};
+use super::{AppState, paging};
 use crate::domain::Invalid;
 
 const APP_NOT_FOUND: &str = "App not found";
@@ -39,7 +39,7 @@ const OPERATION_NOT_FOUND: &str = "Operation not found or expired";
 const MAX_BULK_EVENTS: u64 = 50_000;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.body_limit();
     let admin = || admin_auth(state.clone());
     let overview = warp::path!("admin" / "api" / "overview")
         .and(warp::get())
@@ -56,7 +56,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let failed = warp::path!("admin" / "api" / "notifications" / "failed")
         .and(warp::get())
         .and(admin())
-        .and(warp::query::<PageQuery>())
+        .and(query::<PageQuery>())
         .and(with_state(state.clone()))
         .then(failed_notifications)
         .map(respond);
@@ -511,20 +511,14 @@ pub(crate) async fn queue(state: AppState) -> Result<Response, ApiError> {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of dead events", body = FailedListResponse),
+        (status = 400, description = "Malformed query string", body = super::error::ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 422, description = "Bad paging", body = super::error::ErrorBody)))]
 pub(crate) async fn failed_notifications(
     query: PageQuery,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let page = query.page.unwrap_or(1);
-    let limit = query.limit.unwrap_or(20);
-    if page == 0 {
-        return Err(invalid("page", "must be at least 1"));
-    }
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "must be 1 to 100"));
-    }
+    let (page, limit) = paging::numbered(&query)?;
     let (dead, total) = state.store.dead_events(page, limit).await?;
     let body = FailedPage {
         data: dead.iter().map(FailedNotification::from).collect(),

@@ -1,8 +1,34 @@
-//! Cursor paging shared by the client API's lists: a `limit` of 1 to 200
-//! (default 50), one extra row fetched to know whether another page follows,
-//! and the last item's id as the next cursor.
+//! Paging shared by the lists. The client API pages with a cursor: a `limit`
+//! of 1 to 200 (default 50), one extra row fetched to know whether another
+//! page follows, and the last item's id as the next cursor. The admin lists
+//! page by number ([`numbered`]).
 
+use super::models::PageQuery;
 use crate::domain::Invalid;
+
+/// The highest page number the admin lists accept: far beyond any real list,
+/// and low enough that `(page - 1) * limit` stays a small number.
+pub const MAX_PAGE: u64 = 1_000_000;
+
+/// `page` (1 to [`MAX_PAGE`], default 1) and `limit` (1 to 100, default 20)
+/// of a numbered page, validated.
+pub fn numbered(query: &PageQuery) -> Result<(u64, u64), Invalid> {
+    let page = query.page.unwrap_or(1);
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&page) {
+        return Err(Invalid {
+            field: "page",
+            message: format!("must be 1 to {MAX_PAGE}"),
+        });
+    }
+    if !(1..=100).contains(&limit) {
+        return Err(Invalid {
+            field: "limit",
+            message: "must be 1 to 100".to_owned(),
+        });
+    }
+    Ok((page, limit))
+}
 
 /// The page size asked for, validated.
 pub fn limit(raw: Option<u64>) -> Result<u64, Invalid> {

@@ -27,6 +27,16 @@ fn bad_values_stop_the_start_naming_the_key() {
         ("delivery.timeout", "HERALD__DELIVERY__TIMEOUT", "soon"),
         ("scheduler.tick", "HERALD__SCHEDULER__TICK", "0s"),
         (
+            "server.header_read_timeout",
+            "HERALD__SERVER__HEADER_READ_TIMEOUT",
+            "0s",
+        ),
+        (
+            "server.body_read_timeout",
+            "HERALD__SERVER__BODY_READ_TIMEOUT",
+            "whenever",
+        ),
+        (
             "security.encryption_key",
             "HERALD__SECURITY__ENCRYPTION_KEY",
             "abcd",

@@ -20,6 +20,8 @@ mod property;
 mod receiver;
 mod repositories;
 mod secrets;
+mod slow_clients;
 mod store;
 mod telemetry;
+mod tenants;
 mod validation;

@@ -108,3 +108,35 @@ async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() 
         db.close().await.ok();
     }
 }
+
+#[tokio::test]
+async fn a_generated_admin_token_stays_out_of_the_log_stream() {
+    use std::os::unix::fs::PermissionsExt;
+
+    // Tests read stderr through a pipe, as journald and `docker logs` do.
+    let app = TestApp::builder()
+        .without_env("HERALD__ADMIN__TOKEN")
+        .spawn()
+        .await;
+    let path = app.data_path().join("admin.token");
+    let token = std::fs::read_to_string(&path).expect("the token file exists");
+    let token = token.trim();
+    assert!(token.len() >= 16, "a real token: {token:?}");
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The token works, and the log says where it is without saying what it is.
+    let (status, body) = app
+        .call(Method::GET, "/admin/api/apps", Some(token), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let logs = app.logs();
+    assert!(!logs.contains(token), "the token leaked into the logs");
+    assert!(
+        logs.contains(&path.display().to_string()),
+        "the log names the token file: {logs}"
+    );
+}

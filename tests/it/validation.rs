@@ -241,3 +241,105 @@ async fn invalid_token_updates_change_nothing() {
     let repositories = app.repositories(&client).await;
     assert_eq!(repositories[0]["is_private"], false);
 }
+
+#[tokio::test]
+async fn malformed_query_strings_are_400_on_every_list() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    for path in [
+        "/admin/api/apps?limit=-1",
+        "/admin/api/apps?page=abc",
+        "/admin/api/apps?page=99999999999999999999999",
+        "/admin/api/notifications/failed?limit=-1",
+        "/admin/api/notifications/failed?page=x",
+    ] {
+        let (status, reply) = app.admin(Method::GET, path, None).await;
+        assert_eq!(
+            assert_error(status, &reply, StatusCode::BAD_REQUEST),
+            "bad_request",
+            "{path}"
+        );
+    }
+    for path in [
+        "/api/repositories?limit=-1",
+        "/api/repositories?limit=many",
+        "/api/events?limit=-1",
+        "/api/events?limit=1.5",
+    ] {
+        let (status, reply) = app.call(Method::GET, path, Some(&client.token), None).await;
+        assert_eq!(
+            assert_error(status, &reply, StatusCode::BAD_REQUEST),
+            "bad_request",
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn page_numbers_are_bounded_rather_than_overflowing() {
+    let app = TestApp::spawn().await;
+    app.onboard("acme").await;
+    for path in [
+        "/admin/api/apps?page=9223372036854775808",
+        "/admin/api/apps?page=18446744073709551615&limit=100",
+        "/admin/api/apps?page=1000001",
+        "/admin/api/notifications/failed?page=9223372036854775808",
+    ] {
+        let (status, reply) = app.admin(Method::GET, path, None).await;
+        let code = assert_error(status, &reply, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code, "validation_failed", "{path}: {reply}");
+        assert!(
+            reply["error"].as_str().expect("message").contains("page"),
+            "{path}: {reply}"
+        );
+    }
+    // The highest page accepted is simply empty; the server is still there.
+    let (status, reply) = app
+        .admin(Method::GET, "/admin/api/apps?page=1000000&limit=100", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["data"]["data"], json!([]));
+    assert_eq!(reply["data"]["pagination"]["total"], 1);
+}
+
+#[tokio::test]
+async fn authorization_headers_that_are_not_ascii_are_401() {
+    let app = TestApp::spawn().await;
+    let raw = reqwest::header::HeaderValue::from_bytes("Bearer jeton-\u{e9}t\u{e9}".as_bytes())
+        .expect("header values may hold opaque bytes");
+    for path in ["/admin/api/apps", "/api/repositories", "/api/events"] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .header("authorization", raw.clone())
+            .send()
+            .await
+            .expect("answers");
+        let (status, reply) = crate::helpers::read(response).await;
+        assert_eq!(
+            assert_error(status, &reply, StatusCode::UNAUTHORIZED),
+            "unauthorized",
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ipv6_forms_of_private_addresses_are_refused() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let hosts = ["[::127.0.0.1]", "[::ffff:0:7f00:1]", "[fec0::1]"];
+    for host in hosts {
+        let body = onboarding(&format!("https://{host}/hooks"));
+        let (status, reply) = app
+            .admin(Method::POST, "/admin/api/apps/onboard", Some(body.clone()))
+            .await;
+        assert_invalid(status, &reply, &body, "private");
+
+        let body = json!({"github_url": format!("https://{host}/acme/widgets")});
+        let (status, reply) = app.register(&client, body.clone()).await;
+        assert_invalid(status, &reply, &body, "private");
+    }
+    assert_eq!(app.app_count().await, 1);
+    assert!(app.repositories(&client).await.is_empty());
+}

@@ -11,7 +11,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::subscriptions::SubscriptionView;
-use super::{Store, StoreError, app_status, event_status, lock_repositories};
+use super::{Store, StoreError, app_status, event_status, lock_repositories, page_offset};
 use crate::clock::now_ms;
 use crate::crypto::{self, IssuedToken};
 use crate::ids::AppId;
@@ -245,11 +245,16 @@ impl Store {
         page: u64,
         per_page: u64,
     ) -> Result<(Vec<AppSummary>, u64), StoreError> {
-        let paginator = app::Entity::find()
+        let total = app::Entity::find().count(&self.db).await?;
+        let Some(offset) = page_offset(page, per_page) else {
+            return Ok((Vec::new(), total));
+        };
+        let apps = app::Entity::find()
             .order_by_asc(app::Column::Id)
-            .paginate(&self.db, per_page);
-        let total = paginator.num_items().await?;
-        let apps = paginator.fetch_page(page.saturating_sub(1)).await?;
+            .offset(offset)
+            .limit(per_page)
+            .all(&self.db)
+            .await?;
         let summaries = self.summarise(apps).await?;
         Ok((summaries, total))
     }

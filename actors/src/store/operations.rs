@@ -8,7 +8,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::subscriptions::reset_git_breaker;
-use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
+use super::{Store, StoreError, event_status, lock_repositories, page_offset, subscription_status};
 use crate::breaker::CLOSED;
 use crate::clock::now_ms;
 use crate::delivery::DELIVERY_BREAKER;
@@ -175,12 +175,17 @@ impl Store {
         page: u64,
         per_page: u64,
     ) -> Result<(Vec<DeadEvent>, u64), StoreError> {
-        let paginator = event::Entity::find()
-            .filter(event::Column::Status.eq(event_status::DEAD))
+        let dead = || event::Entity::find().filter(event::Column::Status.eq(event_status::DEAD));
+        let total = dead().count(&self.db).await?;
+        let Some(offset) = page_offset(page, per_page) else {
+            return Ok((Vec::new(), total));
+        };
+        let events = dead()
             .order_by_desc(event::Column::Id)
-            .paginate(&self.db, per_page);
-        let total = paginator.num_items().await?;
-        let events = paginator.fetch_page(page.saturating_sub(1)).await?;
+            .offset(offset)
+            .limit(per_page)
+            .all(&self.db)
+            .await?;
         let app_ids: Vec<&str> = events.iter().map(|e| e.app_id.as_str()).collect();
         let repository_ids: Vec<&str> = events.iter().map(|e| e.repository_id.as_str()).collect();
         let app_names: HashMap<String, String> = app::Entity::find()
