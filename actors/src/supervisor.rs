@@ -128,8 +128,6 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     pub store: Store,
     pub config: EngineConfig,
-    /// The blocking workers, shared with the engine's handle (access checks).
-    pub pool: ScanPool,
 }
 
 pub struct SupervisorState {
@@ -234,7 +232,7 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             store: args.store,
-            pool: args.pool,
+            pool: ScanPool::new(args.config.scan_workers),
             config: args.config,
             scheduler: None,
             dispatcher: None,
@@ -353,7 +351,9 @@ impl Actor for Supervisor {
 #[derive(Clone)]
 pub struct EngineHandle {
     supervisor: ActorRef<SupervisorMsg>,
-    pool: ScanPool,
+    /// Blocking workers for access checks, apart from the scans' so that a
+    /// registration never waits behind long fetches.
+    probes: ScanPool,
     /// How access checks reach remotes: the watchers' rule and timeout.
     remote: (ConnectRule, Duration),
 }
@@ -376,21 +376,17 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     /// Starts the supervision tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
-        let pool = ScanPool::new(config.scan_workers);
+        let probes = ScanPool::new(config.scan_workers);
         let remote = (config.watcher.connect.clone(), config.watcher.fetch_timeout);
         let (supervisor, _) = Actor::spawn(
             Some("herald.supervisor".to_owned()),
             Supervisor,
-            SupervisorArgs {
-                store,
-                config,
-                pool: pool.clone(),
-            },
+            SupervisorArgs { store, config },
         )
         .await?;
         Ok(Self {
             supervisor,
-            pool,
+            probes,
             remote,
         })
     }
@@ -398,7 +394,7 @@ impl EngineHandle {
     /// Asks the remote, with the probe's credential, where the branch is: the
     /// check a registration or a token change must pass before anything is
     /// written. Runs on the scan workers (git blocks), under the same address
-    /// rule and timeout as scans.
+    /// rule and timeout as scans, on workers of their own.
     pub async fn check_access(&self, probe: AccessProbe) -> Result<RemoteHead, GitError> {
         let (rule, timeout) = self.remote.clone();
         let spec = RemoteSpec {
@@ -407,7 +403,7 @@ impl EngineHandle {
             timeout,
             rule,
         };
-        self.pool
+        self.probes
             .run(move || git::probe(&spec, probe.branch.as_deref()))
             .await
     }

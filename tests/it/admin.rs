@@ -4,7 +4,7 @@ use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{PUBLIC_BASE_URL, TestApp, assert_error};
+use crate::helpers::{PUBLIC_BASE_URL, Remotes, TestApp, assert_error};
 
 #[tokio::test]
 async fn onboarding_needs_the_admin_token() {
@@ -127,23 +127,24 @@ async fn apps_are_listed_a_page_at_a_time() {
 
 #[tokio::test]
 async fn deleting_an_app_cascades_and_cleans_orphaned_repositories() {
-    let app = TestApp::spawn().await;
+    // Registration proves access: real repositories on loopback.
+    let remotes = Remotes::serve(&["acme/shared.git", "acme/own.git"]);
+    let app = TestApp::builder().loopback().spawn().await;
     let leaving = app.onboard("leaving").await;
     let staying = app.onboard("staying").await;
-    let (_, shared) = app
-        .register(
-            &leaving,
-            json!({"github_url": "https://1.1.1.1/acme/shared"}),
-        )
+    let shared_url = remotes.url("acme/shared.git");
+    let (status, shared) = app
+        .register(&leaving, json!({"github_url": shared_url}))
         .await;
-    app.register(
-        &staying,
-        json!({"github_url": "https://1.1.1.1/acme/shared"}),
-    )
-    .await;
-    let (_, own) = app
-        .register(&leaving, json!({"github_url": "https://1.1.1.1/acme/own"}))
+    assert_eq!(status, StatusCode::CREATED, "{shared}");
+    let (status, body) = app
+        .register(&staying, json!({"github_url": shared_url}))
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, own) = app
+        .register(&leaving, json!({"github_url": remotes.url("acme/own.git")}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{own}");
 
     let (status, body) = app
         .admin(

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::gitserver::{GitDaemon, Served, TestRepo};
 use crate::receiver::Receiver;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -647,5 +648,44 @@ impl TestApp {
                 .collect(),
             Err(_) => Vec::new(),
         }
+    }
+}
+
+/// Real repositories on loopback for tests that need "some repository" a
+/// registration can prove access to: one commit on `main`, served bare under
+/// each of the given names by one `git daemon`. Hold the value for the whole
+/// test: dropping it stops the daemon. Needs a [`TestAppBuilder::loopback`]
+/// server.
+pub struct Remotes {
+    // Declared first so the daemon stops before its root is removed.
+    pub daemon: GitDaemon,
+    pub served: Vec<Served>,
+    pub repo: TestRepo,
+}
+
+impl Remotes {
+    /// Serves the same one-commit repository as each of `names` (e.g.
+    /// `acme/widgets.git`: its owner is `acme`, its name `widgets`).
+    pub fn serve(names: &[&str]) -> Remotes {
+        let (first, rest) = names.split_first().expect("at least one repository");
+        let repo = TestRepo::new("main");
+        repo.write("README.md", "hello\n");
+        repo.commit("first");
+        let mut served = vec![Served::new(&repo, first)];
+        for name in rest {
+            let sibling = served[0].sibling(&repo, name);
+            served.push(sibling);
+        }
+        let daemon = GitDaemon::serve(served[0].root());
+        Remotes {
+            daemon,
+            served,
+            repo,
+        }
+    }
+
+    /// `git://127.0.0.1:PORT/<name>`.
+    pub fn url(&self, name: &str) -> String {
+        self.daemon.url(name)
     }
 }

@@ -4,21 +4,33 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error};
+use crate::helpers::{Remotes, TestApp, assert_error};
 
-const REPO: &str = "https://1.1.1.1/acme/widgets";
+/// Registration proves access with a real `ls-remote`: the remotes are real
+/// repositories on loopback.
+async fn loopback_app() -> TestApp {
+    TestApp::builder().loopback().spawn().await
+}
+
+/// `acme/widgets` served by a git daemon, and its canonical URL (no `.git`).
+fn widgets() -> (Remotes, String) {
+    let remotes = Remotes::serve(&["acme/widgets.git"]);
+    let canonical = remotes.url("acme/widgets");
+    (remotes, canonical)
+}
 
 #[tokio::test]
 async fn registration_returns_docoras_shape_and_is_idempotent() {
-    let app = TestApp::spawn().await;
+    let (_remotes, repo) = widgets();
+    let app = loopback_app().await;
     let client = app.onboard("acme").await;
     let (status, created) = app
-        .register(&client, json!({"github_url": format!("{REPO}.git")}))
+        .register(&client, json!({"github_url": format!("{repo}.git")}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["repository_id"].as_str().expect("id");
     assert!(id.starts_with("repo_"));
-    assert_eq!(created["github_url"], REPO, "canonical: no .git suffix");
+    assert_eq!(created["github_url"], repo, "canonical: no .git suffix");
     assert_eq!(created["owner"], "acme");
     assert_eq!(created["name"], "widgets");
     assert_eq!(created["is_private"], false);
@@ -31,34 +43,41 @@ async fn registration_returns_docoras_shape_and_is_idempotent() {
     assert!(created["created_at"].is_string());
 
     let (status, again) = app
-        .register(&client, json!({"url": format!("{REPO}/")}))
+        .register(&client, json!({"url": format!("{repo}/")}))
         .await;
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(status, StatusCode::CREATED, "{again}");
     assert_eq!(again["repository_id"], id, "same repository, same id");
     assert_eq!(app.repositories(&client).await.len(), 1);
 }
 
 #[tokio::test]
 async fn a_repository_is_shared_by_the_apps_that_watch_it() {
-    let app = TestApp::spawn().await;
+    let (remotes, repo) = widgets();
+    // The probe checks the branch exists on the remote.
+    remotes.served[0].push(&remotes.repo, "HEAD:refs/heads/release/1.x", false);
+    let app = loopback_app().await;
     let first = app.onboard("first").await;
     let second = app.onboard("second").await;
-    let (_, a) = app.register(&first, json!({"github_url": REPO})).await;
-    let (_, b) = app.register(&second, json!({"github_url": REPO})).await;
+    let (status, a) = app.register(&first, json!({"github_url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    let (status, b) = app.register(&second, json!({"github_url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED, "{b}");
     assert_eq!(a["repository_id"], b["repository_id"]);
-    let (_, other_branch) = app
+    let (status, other_branch) = app
         .register(
             &second,
-            json!({"github_url": REPO, "branch": "release/1.x"}),
+            json!({"github_url": repo, "branch": "release/1.x"}),
         )
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{other_branch}");
     assert_ne!(other_branch["repository_id"], a["repository_id"]);
     assert_eq!(other_branch["branch"], "release/1.x");
 }
 
 #[tokio::test]
 async fn list_detail_token_update_and_delete() {
-    let app = TestApp::spawn().await;
+    let remotes = Remotes::serve(&["acme/a.git", "acme/b.git", "acme/c.git"]);
+    let app = loopback_app().await;
     let client = app.onboard("acme").await;
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
@@ -66,7 +85,7 @@ async fn list_detail_token_update_and_delete() {
             .register(
                 &client,
                 json!({
-                    "github_url": format!("https://1.1.1.1/acme/{name}"),
+                    "github_url": remotes.url(&format!("acme/{name}.git")),
                     "include": ["docs/**"],
                     "exclude": ["**/*.tmp"],
                 }),
@@ -120,10 +139,13 @@ async fn list_detail_token_update_and_delete() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"message": "Token updated successfully"}));
-    let (_, detail) = app
+    let (status, detail) = app
         .call(Method::GET, &path, Some(&client.token), None)
         .await;
-    assert_eq!(detail["is_private"], true);
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    // `is_private` says whether the remote needs a credential: a token for a
+    // repository anyone can read does not make it private.
+    assert_eq!(detail["is_private"], false);
 
     let (status, body) = app
         .call(Method::DELETE, &path, Some(&client.token), None)
@@ -162,7 +184,8 @@ async fn missing_malformed_and_wrong_tokens_are_refused() {
         let mut request = app
             .client
             .post(app.url("/api/repositories"))
-            .json(&json!({"github_url": REPO}));
+            // Refused before any access check: this remote is never asked.
+            .json(&json!({"github_url": "https://1.1.1.1/acme/widgets"}));
         if let Some(header) = &header {
             request = request.header("authorization", header);
         }
@@ -189,10 +212,12 @@ async fn missing_malformed_and_wrong_tokens_are_refused() {
 
 #[tokio::test]
 async fn an_app_never_sees_changes_or_deletes_another_apps_repositories() {
-    let app = TestApp::spawn().await;
+    let (_remotes, repo) = widgets();
+    let app = loopback_app().await;
     let owner = app.onboard("owner").await;
     let intruder = app.onboard("intruder").await;
-    let (_, created) = app.register(&owner, json!({"github_url": REPO})).await;
+    let (status, created) = app.register(&owner, json!({"github_url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
     let path = format!(
         "/api/repositories/{}",
         created["repository_id"].as_str().expect("id")

@@ -2,15 +2,26 @@
 
 use std::path::Path;
 
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde_json::json;
 
+use crate::gitserver::{HttpGitServer, Served, TestRepo};
 use crate::helpers::{PUBLIC_BASE_URL, TestApp};
 
 const CLIENT_KEY: &str = "known-client-auth-key-4f9a2c";
+/// The git host's user; the tokens below are its passwords, each accepted by
+/// the private remote, so registration's access check really uses them.
+const GIT_USER: &str = "deploy";
 const GIT_TOKEN: &str = "ghp_KnownGitToken7d3e1b9c";
 const NEW_GIT_TOKEN: &str = "glpat-RotatedToken5a8f2e";
+/// A token the remote refuses.
+const WRONG_GIT_TOKEN: &str = "ghp_RefusedGitToken2c6a0f";
+
+/// `github_token` as sent: `user:token`.
+fn credential(token: &str) -> String {
+    format!("{GIT_USER}:{token}")
+}
 
 fn files_under(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("readable dir") {
@@ -31,7 +42,17 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test]
 async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() {
-    let app = TestApp::spawn().await;
+    // A private repository on loopback that reads only with one of the tokens.
+    let repo = TestRepo::new("main");
+    repo.write("README.md", "private\n");
+    repo.commit("first");
+    let served = Served::new(&repo, "acme/private.git");
+    let server = HttpGitServer::serve_users(
+        served.root(),
+        Some(&[(GIT_USER, GIT_TOKEN), (GIT_USER, NEW_GIT_TOKEN)]),
+    );
+    let url = server.url("acme/private.git");
+    let app = TestApp::builder().loopback().spawn().await;
     let client = app
         .onboard_with(json!({
             "app_name": "acme",
@@ -40,41 +61,87 @@ async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() 
             "client_auth_key": CLIENT_KEY,
         }))
         .await;
-    let (_, created) = app
+    let (status, created) = app
         .register(
             &client,
-            json!({"github_url": "https://1.1.1.1/acme/private", "github_token": GIT_TOKEN}),
+            json!({"github_url": url, "github_token": credential(GIT_TOKEN)}),
         )
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["is_private"], true);
-    app.call(
-        Method::PATCH,
-        &format!(
-            "/api/repositories/{}/token",
-            created["repository_id"].as_str().expect("id")
+    let token_path = format!(
+        "/api/repositories/{}/token",
+        created["repository_id"].as_str().expect("id")
+    );
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &token_path,
+            Some(&client.token),
+            Some(json!({"github_token": credential(NEW_GIT_TOKEN)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Failed requests carrying a secret must not log it either: refused by
+    // validation, by the remote (a wrong token), or not found on the remote.
+    let failures = [
+        (
+            json!({"github_url": url, "branch": "bad..branch", "github_token": credential(GIT_TOKEN)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        Some(&client.token),
-        Some(json!({"github_token": NEW_GIT_TOKEN})),
-    )
-    .await;
-    // A failed request carrying a secret must not log it either.
-    app.register(
-        &client,
-        json!({"github_url": "https://127.0.0.1/acme/x", "github_token": GIT_TOKEN}),
-    )
-    .await;
+        (
+            json!({"github_url": url, "github_token": credential(WRONG_GIT_TOKEN)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"github_url": server.url("acme/missing.git"), "github_token": credential(GIT_TOKEN)}),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (body, expected) in failures {
+        let (status, reply) = app.register(&client, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {reply}");
+    }
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &token_path,
+            Some(&client.token),
+            Some(json!({"github_token": credential(WRONG_GIT_TOKEN)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // The tokens really were presented to the remote.
+    let presented = |token: &str, authorized: bool| {
+        server.request_log().iter().any(|r| {
+            r.basic == Some((GIT_USER.to_owned(), token.to_owned())) && r.authorized == authorized
+        })
+    };
+    assert!(presented(GIT_TOKEN, true), "the first token was used");
+    assert!(presented(NEW_GIT_TOKEN, true), "the new token was checked");
+    assert!(
+        presented(WRONG_GIT_TOKEN, false),
+        "the wrong one was refused"
+    );
 
     let database_url = app.database.url.clone();
     let data_dir = app.data_path();
     let logs = app.logs();
     let (_dir_guard, _db_guard) = app.stop().await;
 
+    let secrets = [
+        CLIENT_KEY,
+        GIT_TOKEN,
+        NEW_GIT_TOKEN,
+        WRONG_GIT_TOKEN,
+        client.token.as_str(),
+    ];
     let mut files = Vec::new();
     files_under(&data_dir, &mut files);
     assert!(!files.is_empty());
     for file in &files {
         let bytes = std::fs::read(file).expect("readable file");
-        for secret in [CLIENT_KEY, GIT_TOKEN, NEW_GIT_TOKEN, client.token.as_str()] {
+        for secret in secrets {
             assert!(
                 !contains(&bytes, secret),
                 "{secret} found in {}",
@@ -82,7 +149,7 @@ async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() 
             );
         }
     }
-    for secret in [CLIENT_KEY, GIT_TOKEN, NEW_GIT_TOKEN, client.token.as_str()] {
+    for secret in secrets {
         assert!(!logs.contains(secret), "{secret} found in the log");
     }
 
@@ -100,7 +167,7 @@ async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() 
             assert!(!rows.is_empty());
             for row in rows {
                 let text: String = row.try_get("", "row").expect("text");
-                for secret in [CLIENT_KEY, GIT_TOKEN, NEW_GIT_TOKEN, client.token.as_str()] {
+                for secret in secrets {
                     assert!(!text.contains(secret), "{secret} stored in {table}");
                 }
             }

@@ -4,7 +4,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, TestApp, assert_error};
+use crate::gitserver::HttpGitServer;
+use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, Remotes, TestApp, assert_error};
 
 /// Asserts a 422 whose message names `mentions`; returns the message.
 fn assert_invalid(status: StatusCode, reply: &Value, body: &Value, mentions: &str) -> String {
@@ -189,6 +190,9 @@ async fn invalid_registrations_are_refused_and_write_nothing() {
 
 #[tokio::test]
 async fn local_and_plain_http_remotes_need_their_switches() {
+    // Registration proves access: one real repository, reached three ways.
+    let remotes = Remotes::serve(&["acme/widgets.git"]);
+    let http = HttpGitServer::serve(remotes.served[0].root(), None);
     let app = TestApp::builder()
         .env("HERALD__GIT__ALLOW_LOCAL_REPOS", "true")
         .loopback()
@@ -198,9 +202,9 @@ async fn local_and_plain_http_remotes_need_their_switches() {
         .onboard_with(onboarding("http://127.0.0.1:9/hooks"))
         .await;
     for url in [
-        "file:///srv/git/widgets",
-        "http://127.0.0.1:8000/acme/widgets.git",
-        "git://127.0.0.1/acme/widgets",
+        format!("file://{}", remotes.served[0].bare.display()),
+        http.url("acme/widgets.git"),
+        remotes.url("acme/widgets"),
     ] {
         let (status, body) = app.register(&client, json!({"url": url})).await;
         assert_eq!(status, StatusCode::CREATED, "{url}: {body}");
@@ -210,14 +214,17 @@ async fn local_and_plain_http_remotes_need_their_switches() {
 
 #[tokio::test]
 async fn invalid_token_updates_change_nothing() {
-    let app = TestApp::spawn().await;
+    // Registration proves access: a real repository on loopback.
+    let remotes = Remotes::serve(&["acme/widgets.git"]);
+    let app = TestApp::builder().loopback().spawn().await;
     let client = app.onboard("acme").await;
-    let (_, created) = app
+    let (status, created) = app
         .register(
             &client,
-            json!({"github_url": "https://1.1.1.1/acme/widgets"}),
+            json!({"github_url": remotes.url("acme/widgets.git")}),
         )
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
     let path = format!(
         "/api/repositories/{}/token",
         created["repository_id"].as_str().expect("id")
