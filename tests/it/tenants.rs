@@ -70,6 +70,11 @@ async fn an_app_cannot_see_or_touch_another_apps_repositories_or_events() {
         .wait_for("B's initial snapshot", |r| r.len() == 2)
         .await;
     wait_until_delivered(&app, &b, 2).await;
+    // Settled (delivered and marked synced), so nothing moves on its own.
+    app.wait_for(&b, &repository_id, "B's subscription to settle", |v| {
+        v["status"] == "synced"
+    })
+    .await;
     let (repository_before, events_before) = state_of(&app, &b, &repository_id).await;
     let event_id = events_before[0]["event_id"]
         .as_str()
