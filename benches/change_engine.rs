@@ -35,6 +35,7 @@ use actors::ids::{AppId, RepoId, SnapshotId};
 use actors::scan::{self, Accessor, ScanJob, ScanOutcome};
 use actors::store::Store;
 use actors::store::apps::NewApp;
+use actors::store::leases::ScanFence;
 use actors::store::outbox::{AdvanceOutcome, SnapshotAdvance};
 use actors::store::subscriptions::NewSubscription;
 use sea_orm::{ConnectionTrait, Statement};
@@ -480,6 +481,15 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
         .expect("a query")
         .expect("the repository");
     let snapshot = SnapshotId::generate();
+    // The outbox writes only under a scan lease, from the head it started at.
+    let fence = ScanFence {
+        lease: store
+            .claim_scan(repo, "bench", 3_600_000)
+            .await
+            .expect("a query")
+            .expect("nobody else scans here"),
+        expected_head: current.head_commit.clone(),
+    };
     let job = ScanJob {
         mirror: mirror.to_owned(),
         remote: remote_spec(url),
@@ -511,6 +521,7 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
             (
                 SnapshotAdvance {
                     repository: repo.clone(),
+                    fence: fence.clone(),
                     snapshot,
                     commit,
                     branch,
@@ -531,9 +542,14 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
         .advance_snapshot(advance)
         .await
         .expect("the outbox write");
+    let advance_time = started.elapsed();
+    store
+        .release_scan(repo, &fence.lease)
+        .await
+        .expect("the lease is released");
     Measured {
         scan: scan_time,
-        advance: started.elapsed(),
+        advance: advance_time,
         outcome,
         changes,
         hwm_after_scan,

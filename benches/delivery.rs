@@ -553,7 +553,7 @@ async fn polling_cost(store: &Store) -> (f64, f64) {
         apps.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         store
-            .subscriptions_due(&app, "bench", actors::clock::now_ms(), 8)
+            .subscriptions_due(&app, actors::clock::now_ms(), 8)
             .await
             .expect("subscriptions_due");
         subs.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -809,11 +809,26 @@ async fn replay(
         name: "`record_attempt`: BEGIN, INSERT the attempt, UPDATE the event, COMMIT",
         ..Step::default()
     };
+    // Each write presents its subscription's delivery lease, as a lane's do.
+    let mut leases = std::collections::HashMap::new();
+    for event in sample {
+        if !leases.contains_key(&event.subscription_id) {
+            let subscription = actors::ids::SubscriptionId::parse(&event.subscription_id)
+                .expect("stored ids are well formed");
+            let lease = store
+                .claim_delivery(&subscription, "bench", 3_600_000)
+                .await
+                .expect("a query")
+                .expect("nobody else delivers in the bench");
+            leases.insert(event.subscription_id.clone(), lease);
+        }
+    }
     let before = probe(postgres);
     for event in sample {
         let t = Instant::now();
         store
             .record_attempt(
+                &leases[&event.subscription_id],
                 event,
                 Attempt {
                     event_id: event.id.clone(),
@@ -901,7 +916,7 @@ async fn replay(
                 assert_eq!(due.len(), 1);
                 let t = Instant::now();
                 store
-                    .subscriptions_due(&app, "bench", actors::clock::now_ms(), 8)
+                    .subscriptions_due(&app, actors::clock::now_ms(), 8)
                     .await
                     .expect("subscriptions_due");
                 subs.push(ms(t));

@@ -55,12 +55,22 @@ impl Application {
             store.migrate().await.context("applying migrations")?;
         }
 
-        let engine = EngineHandle::start(
-            store.clone(),
-            engine_config(&settings, load_instance_id(&settings)?),
-        )
-        .await
-        .context("starting the actor tree")?;
+        // Leases a previous run of this instance left behind (a crash) are
+        // released at once: their holder is gone, and their work resumes now.
+        let instance_id = load_instance_id(&settings)?;
+        let released = store
+            .release_leases_of(&instance_id)
+            .await
+            .context("releasing the previous run's leases")?;
+        if released > 0 {
+            info!(
+                released,
+                "released the leases of this instance's previous run"
+            );
+        }
+        let engine = EngineHandle::start(store.clone(), engine_config(&settings, instance_id))
+            .await
+            .context("starting the actor tree")?;
 
         let addr = SocketAddr::new(
             settings

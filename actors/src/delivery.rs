@@ -31,6 +31,7 @@ use crate::ids::SubscriptionId;
 use crate::payload::{self, Chunking, RepositoryRef};
 use crate::signing;
 use crate::store::delivery::{Attempt, EventOutcome};
+use crate::store::leases::LeaseToken;
 use crate::store::outbox::event_kind;
 use crate::store::{Store, StoreError, event_status};
 use crate::supervisor::{RestartPolicy, RestartTracker};
@@ -347,7 +348,6 @@ impl Actor for AppDelivery {
                     .store
                     .subscriptions_due(
                         &state.args.app_id,
-                        &state.args.config.instance_id,
                         now_ms(),
                         (free + state.lanes.len()) as u64,
                     )
@@ -361,19 +361,20 @@ impl Actor for AppDelivery {
                     let Some(id) = SubscriptionId::parse(&subscription.id) else {
                         continue;
                     };
-                    let lease = lease_ttl(&state.args.config);
-                    if !state
+                    let ttl = lease_ttl(&state.args.config);
+                    let Some(lease) = state
                         .args
                         .store
-                        .claim_delivery(&id, &state.args.config.instance_id, lease)
+                        .claim_delivery(&id, &state.args.config.instance_id, ttl)
                         .await?
-                    {
+                    else {
                         continue;
-                    }
+                    };
                     state.lanes.insert(subscription.id.clone());
                     let lane = Lane {
                         app_id: state.args.app_id.clone(),
                         subscription: id,
+                        lease,
                         store: state.args.store.clone(),
                         config: state.args.config.clone(),
                         client: state.args.client.clone(),
@@ -463,6 +464,9 @@ struct LaneContext {
 struct Lane {
     app_id: String,
     subscription: SubscriptionId,
+    /// This lane's claim: every write presents it, and a lane whose lease
+    /// passed to another owner stops before its next send.
+    lease: LeaseToken,
     store: Store,
     config: DeliveryConfig,
     client: WebhookClient,
@@ -503,13 +507,19 @@ impl Lane {
         }
         if let Err(err) = self
             .store
-            .release_delivery(&self.subscription, &self.config.instance_id)
+            .release_delivery(&self.subscription, &self.lease)
             .await
         {
             warn!(subscription = %self.subscription, error = %err, "could not release the delivery lease; it will expire");
         }
         match result {
             Ok(retry_at) => retry_at,
+            Err(StoreError::Fenced(why)) => {
+                // Another owner delivers this subscription now: this lane
+                // stops and leaves it to them.
+                warn!(subscription = %self.subscription, why, "lane fenced off; it stops");
+                None
+            }
             Err(err) => {
                 warn!(subscription = %self.subscription, error = %err, "delivery interrupted; retrying shortly");
                 Some(now_ms() + 1_000)
@@ -576,7 +586,7 @@ impl Lane {
                 .await?;
             if batch.is_empty() {
                 self.store
-                    .settle_subscription(self.subscription.as_str())
+                    .settle_subscription(self.subscription.as_str(), &self.lease)
                     .await?;
                 return Ok(None);
             }
@@ -632,7 +642,9 @@ impl Lane {
             unrecorded.since = None;
             std::mem::take(&mut unrecorded.attempts)
         };
-        self.store.record_deliveries(attempts).await
+        self.store
+            .record_deliveries(self.subscription.as_str(), &self.lease, attempts)
+            .await
     }
 
     /// Renews the delivery lease once a third of it has passed; `false` when
@@ -647,7 +659,7 @@ impl Lane {
         self.renewed_at
             .store(now, std::sync::atomic::Ordering::Relaxed);
         self.store
-            .claim_delivery(&self.subscription, &self.config.instance_id, ttl)
+            .renew_delivery(&self.subscription, &self.lease, ttl)
             .await
     }
 
@@ -774,7 +786,9 @@ impl Lane {
                         self.delivered(attempt);
                     } else {
                         // Where a retry resumes: written before the next chunk.
-                        self.store.record_attempt(event, attempt, None).await?;
+                        self.store
+                            .record_attempt(&self.lease, event, attempt, None)
+                            .await?;
                     }
                 }
                 Ok(answer) => {
@@ -888,7 +902,7 @@ impl Lane {
             warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
         }
         self.store
-            .record_attempt(event, attempt, Some(outcome))
+            .record_attempt(&self.lease, event, attempt, Some(outcome))
             .await?;
         Ok(flow)
     }

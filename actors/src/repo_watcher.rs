@@ -17,11 +17,12 @@ use crate::breaker::{self, BreakerPolicy, Permit};
 use crate::clock::now_ms;
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
-use crate::scan::{self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, Verdict};
-use crate::store::Store;
+use crate::scan::{self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict};
 use crate::store::access::AccessCheck;
+use crate::store::leases::{LeaseToken, ScanFence};
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
 use crate::store::subscriptions::GIT_BREAKER;
+use crate::store::{Store, StoreError};
 use crate::telemetry::{self, scan_outcome};
 
 /// Settings every watcher shares.
@@ -175,33 +176,59 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// One scan of one repository, start to end.
+/// One scan of one repository, start to end. The scan lease is claimed when
+/// the work can start (a scan worker is free), renewed while it runs, and
+/// presented by every write; a scan that loses it is abandoned.
 async fn scan_repository(
     store: Store,
     pool: ScanPool,
     config: WatcherConfig,
     repository: RepoId,
 ) -> ScanReport {
+    let slot = pool.slot().await;
     let lease_ttl = millis(config.fetch_timeout) * 3 + 60_000;
-    match store
+    let lease = match store
         .claim_scan(&repository, &config.instance_id, lease_ttl)
         .await
     {
-        Ok(true) => {}
-        Ok(false) => return ScanReport::Skipped("another instance holds the scan lease"),
+        Ok(Some(lease)) => lease,
+        Ok(None) => return ScanReport::Skipped("another owner holds the scan lease"),
         Err(err) => {
             warn!(%repository, error = %err, "could not claim the scan lease");
             return ScanReport::Skipped("database unavailable");
         }
-    }
-    let report = match scan_claimed(&store, &pool, &config, &repository).await {
-        Ok(report) => report,
-        Err(err) => {
-            warn!(%repository, error = %err, "scan could not be recorded");
-            ScanReport::Skipped("database unavailable")
+    };
+    let renewal = async {
+        let period = Duration::from_millis(u64::try_from(lease_ttl / 3).unwrap_or(1).max(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tick.tick().await;
+            match store.renew_scan(&repository, &lease, lease_ttl).await {
+                Ok(true) => {}
+                Ok(false) => return "the scan lease passed to another owner",
+                Err(_) => return "the scan lease could not be renewed",
+            }
         }
     };
-    if let Err(err) = store.release_scan(&repository, &config.instance_id).await {
+    let work = scan_claimed(&store, &pool, &slot, &config, &repository, &lease);
+    let report = tokio::select! {
+        result = work => match result {
+            Ok(report) => report,
+            Err(StoreError::Fenced(why)) => {
+                warn!(%repository, why, "scan fenced off; nothing of it was written");
+                ScanReport::Skipped("fenced")
+            }
+            Err(err) => {
+                warn!(%repository, error = %err, "scan could not be recorded");
+                ScanReport::Skipped("database unavailable")
+            }
+        },
+        why = renewal => {
+            warn!(%repository, why, "scan abandoned; nothing more of it is written");
+            ScanReport::Skipped("scan lease lost")
+        }
+    };
+    if let Err(err) = store.release_scan(&repository, &lease).await {
         warn!(%repository, error = %err, "could not release the scan lease; it will expire");
     }
     report
@@ -210,9 +237,11 @@ async fn scan_repository(
 async fn scan_claimed(
     store: &Store,
     pool: &ScanPool,
+    slot: &ScanSlot,
     config: &WatcherConfig,
     repository: &RepoId,
-) -> Result<ScanReport, crate::store::StoreError> {
+    lease: &LeaseToken,
+) -> Result<ScanReport, StoreError> {
     let Some(repo) = store.repository(repository).await? else {
         return Ok(ScanReport::Gone);
     };
@@ -257,14 +286,19 @@ async fn scan_claimed(
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: store.settled_snapshots(repository).await?,
     };
+    // Writes hold only while the lease does and the head is the one seen here.
+    let fence = ScanFence {
+        lease: lease.clone(),
+        expected_head: repo.head_commit.clone(),
+    };
     let started = std::time::Instant::now();
-    let mut result = run_scan(pool, &job).await;
+    let mut result = run_scan(pool, slot, &job).await;
     if matches!(result.outcome, Ok(ScanOutcome::NeedsManifest)) {
         job.manifest = Some(store.manifest_blob_ids(repository).await?);
-        result = run_scan(pool, &job).await;
+        result = run_scan(pool, slot, &job).await;
     }
     let ScanResult { outcome, verdicts } = result;
-    record_verdicts(store, config, repository, verdicts).await?;
+    record_verdicts(store, config, repository, lease, verdicts).await?;
     let next_scan_at = now_ms() + millis(config.rescan_interval);
     if outcome.is_ok() && !job.unpin.is_empty() {
         store.mark_unpinned(&job.unpin).await?;
@@ -281,6 +315,7 @@ async fn scan_claimed(
             let result = store
                 .advance_snapshot(SnapshotAdvance {
                     repository: repository.clone(),
+                    fence: fence.clone(),
                     snapshot: SnapshotId::parse(&job.snapshot_id).expect("generated above"),
                     commit,
                     branch,
@@ -314,6 +349,7 @@ async fn scan_claimed(
             let result = store
                 .advance_snapshot(SnapshotAdvance {
                     repository: repository.clone(),
+                    fence: fence.clone(),
                     snapshot: SnapshotId::parse(&job.snapshot_id).expect("generated above"),
                     commit: commit.clone(),
                     branch,
@@ -349,16 +385,25 @@ async fn scan_claimed(
         }
         Err(err) => {
             telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
-            record_failure(store, config, repository, breaker_row, err, next_scan_at).await?;
+            record_failure(
+                store,
+                config,
+                repository,
+                lease,
+                breaker_row,
+                err,
+                next_scan_at,
+            )
+            .await?;
             config.signal.notify();
             Ok(ScanReport::Failed)
         }
     }
 }
 
-async fn run_scan(pool: &ScanPool, job: &ScanJob) -> ScanResult {
+async fn run_scan(pool: &ScanPool, slot: &ScanSlot, job: &ScanJob) -> ScanResult {
     let job = job.clone();
-    pool.run(move || scan::scan(job)).await
+    pool.run_in(slot, move || scan::scan(job)).await
 }
 
 /// Stores what the scan learnt of each subscriber's credential; a subscriber
@@ -367,8 +412,9 @@ async fn record_verdicts(
     store: &Store,
     config: &WatcherConfig,
     repository: &RepoId,
+    lease: &LeaseToken,
     verdicts: Vec<(String, Verdict)>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     let checks: Vec<(String, AccessCheck)> = verdicts
         .into_iter()
         .map(|(subscription, verdict)| {
@@ -380,7 +426,7 @@ async fn record_verdicts(
         })
         .collect();
     let changed = store
-        .record_access(repository, &checks, config.breaker.threshold)
+        .record_access(repository, lease, &checks, config.breaker.threshold)
         .await?;
     if changed > 0 {
         info!(%repository, changed, "subscribers' access changed");
@@ -393,10 +439,11 @@ async fn record_failure(
     store: &Store,
     config: &WatcherConfig,
     repository: &RepoId,
+    lease: &LeaseToken,
     breaker_row: Option<entity::breaker::Model>,
     err: GitError,
     rescan_at: i64,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     let now = now_ms();
     let (row, opened) = breaker::on_failure(
         breaker_row,
@@ -428,6 +475,7 @@ async fn record_failure(
     store
         .record_git_failure(GitFailureRecord {
             repository: repository.clone(),
+            lease: lease.clone(),
             error_type: err.failure.webhook_type(),
             message: err.message,
             threshold: config.breaker.threshold,

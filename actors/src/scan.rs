@@ -33,6 +33,17 @@ impl ScanPool {
         }
     }
 
+    /// Waits until a worker is free and reserves it: a scan holds its slot
+    /// from claiming its lease to writing its result.
+    pub async fn slot(&self) -> ScanSlot {
+        ScanSlot {
+            _permit: Arc::clone(&self.permits)
+                .acquire_owned()
+                .await
+                .expect("the pool's semaphore is never closed"),
+        }
+    }
+
     /// Runs `job` on a blocking worker once one is free. A panicking job
     /// resumes its panic in the caller, so the caller's supervisor sees it.
     pub async fn run<T, F>(&self, job: F) -> T
@@ -40,11 +51,16 @@ impl ScanPool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the pool's semaphore is never closed");
+        let slot = self.slot().await;
+        self.run_in(&slot, job).await
+    }
+
+    /// Runs `job` on a blocking worker in a slot already reserved.
+    pub async fn run_in<T, F>(&self, _slot: &ScanSlot, job: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         match tokio::task::spawn_blocking(job).await {
             Ok(value) => value,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
@@ -85,6 +101,12 @@ pub enum Verdict {
     Granted,
     /// Refused, or the repository is invisible to it; the message is safe.
     Denied(GitError),
+}
+
+/// A reserved scan worker; freed when dropped.
+#[derive(Debug)]
+pub struct ScanSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What a scan needs to know, gathered from the database by the watcher.

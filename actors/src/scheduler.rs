@@ -134,12 +134,7 @@ impl Actor for Scheduler {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SchedulerMsg::Tick => {
-                match state
-                    .args
-                    .store
-                    .due_repositories(&state.args.watcher.instance_id, now_ms(), DUE_BATCH)
-                    .await
-                {
+                match state.args.store.due_repositories(now_ms(), DUE_BATCH).await {
                     Ok(due) => {
                         for repository in due {
                             let Some(repository) = RepoId::parse(&repository.id) else {

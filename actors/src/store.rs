@@ -97,6 +97,10 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("a stored secret could not be decrypted")]
     Crypto(#[from] CryptoError),
+    /// The write's lease passed to another claimant (or the state it was
+    /// computed from changed): nothing was written, and the work stops.
+    #[error("fenced: {0}")]
+    Fenced(&'static str),
 }
 
 /// The database and the keys that seal the secrets stored in it.

@@ -15,6 +15,7 @@ use actors::ids::{AppId, RepoId, SnapshotId};
 use actors::scan::{self, Accessor, ScanJob, ScanOutcome};
 use actors::store::Store;
 use actors::store::apps::NewApp;
+use actors::store::leases::ScanFence;
 use actors::store::outbox::SnapshotAdvance;
 use actors::store::subscriptions::NewSubscription;
 use proptest::prelude::*;
@@ -205,6 +206,15 @@ async fn scan_once(
         .expect("query")
         .expect("repository");
     let snapshot = SnapshotId::generate();
+    // The outbox writes only under a scan lease, from the head it started at.
+    let fence = ScanFence {
+        lease: store
+            .claim_scan(repo, "property", 3_600_000)
+            .await
+            .expect("a query")
+            .expect("nobody else scans here"),
+        expected_head: current.head_commit.clone(),
+    };
     let job = ScanJob {
         mirror: mirror.to_owned(),
         remote: RemoteSpec {
@@ -237,6 +247,7 @@ async fn scan_once(
             new_ignore,
         } => SnapshotAdvance {
             repository: repo.clone(),
+            fence: fence.clone(),
             snapshot,
             commit,
             branch,
@@ -251,6 +262,10 @@ async fn scan_once(
     };
     let before: i64 = count(store).await;
     store.advance_snapshot(advance).await.expect("outbox write");
+    store
+        .release_scan(repo, &fence.lease)
+        .await
+        .expect("released");
     let rows = store
         .db()
         .query_all_raw(Statement::from_string(

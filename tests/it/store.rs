@@ -1,13 +1,19 @@
 //! The persistence layer's guarantees that the HTTP API cannot show yet:
-//! leases that let several instances share one database.
+//! leases that let several instances share one database, and the fencing
+//! that keeps a claimant whose lease passed on from writing.
 
 use std::sync::Arc;
 
+use actors::changes::{FileEntry, TreeDelta};
 use actors::crypto::Keyring;
+use actors::ids::SnapshotId;
 use actors::ids::{AppId, RepoId};
-use actors::store::Store;
 use actors::store::apps::NewApp;
+use actors::store::delivery::{Attempt, EventOutcome};
+use actors::store::leases::ScanFence;
+use actors::store::outbox::SnapshotAdvance;
 use actors::store::subscriptions::NewSubscription;
+use actors::store::{Store, StoreError};
 use secrecy::SecretString;
 
 use crate::helpers::TestDatabase;
@@ -64,69 +70,338 @@ async fn scan_and_delivery_leases_have_one_owner_until_they_expire() {
     assert!(created);
     let repo = RepoId::parse(&view.repository.id).expect("id");
 
+    let a = store
+        .claim_scan(&repo, "instance-a", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
     assert!(
         store
-            .claim_scan(&repo, "instance-a", 60_000)
-            .await
-            .expect("claim")
-    );
-    assert!(
-        !store
             .claim_scan(&repo, "instance-b", 60_000)
             .await
             .expect("claim")
+            .is_none(),
+        "held"
     );
     assert!(
         store
             .claim_scan(&repo, "instance-a", 60_000)
             .await
-            .expect("renew")
+            .expect("claim")
+            .is_none(),
+        "a second claim of the same instance is another claimant"
     );
+    assert!(store.renew_scan(&repo, &a, 60_000).await.expect("renew"));
     let due = store
-        .due_repositories("instance-b", actors::clock::now_ms(), 10)
+        .due_repositories(actors::clock::now_ms(), 10)
         .await
         .expect("due");
     assert!(
         due.is_empty(),
         "a leased repository is not handed out again"
     );
-    store
-        .release_scan(&repo, "instance-a")
+    store.release_scan(&repo, &a).await.expect("release");
+    let b = store
+        .claim_scan(&repo, "instance-b", -1)
         .await
-        .expect("release");
-    assert!(
-        store
-            .claim_scan(&repo, "instance-b", -1)
-            .await
-            .expect("claim")
-    );
-    // instance-b's lease expired at once (ttl -1): anyone may take it.
+        .expect("claim")
+        .expect("released");
+    // instance-b's lease expired at once (ttl -1): anyone may take it, and
+    // instance-b can no longer renew it.
+    assert!(!store.renew_scan(&repo, &b, 60_000).await.expect("renew"));
     assert!(
         store
             .claim_scan(&repo, "instance-a", 60_000)
             .await
             .expect("take over")
+            .is_some()
     );
 
     let sub = actors::ids::SubscriptionId::parse(&view.subscription.id).expect("id");
+    let first = store
+        .claim_delivery(&sub, "a", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
     assert!(
         store
-            .claim_delivery(&sub, "a", 60_000)
+            .claim_delivery(&sub, "b", 60_000)
             .await
             .expect("claim")
+            .is_none()
     );
+    store.release_delivery(&sub, &first).await.expect("release");
+    assert!(
+        store
+            .claim_delivery(&sub, "b", 60_000)
+            .await
+            .expect("claim")
+            .is_some()
+    );
+    store.close().await.ok();
+}
+
+/// A repository with one subscriber, at no commit yet.
+async fn watched(store: &Store) -> (RepoId, actors::ids::SubscriptionId) {
+    let app = onboard(store, "k".repeat(16)).await;
+    let app_id = AppId::parse(&app.app.id).expect("id");
+    let (view, _) = store
+        .subscribe(
+            &app_id,
+            NewSubscription {
+                url: "https://1.1.1.1/acme/fenced".into(),
+                fetch_url: "https://1.1.1.1/acme/fenced.git".into(),
+                owner: "acme".into(),
+                name: "fenced".into(),
+                branch: None,
+                git_token: None,
+                is_private: Some(false),
+                include: vec![],
+                exclude: vec![],
+            },
+        )
+        .await
+        .expect("subscribed");
+    (
+        RepoId::parse(&view.repository.id).expect("id"),
+        actors::ids::SubscriptionId::parse(&view.subscription.id).expect("id"),
+    )
+}
+
+/// A scan's result: `path` created at `commit`.
+fn advance(repo: &RepoId, fence: ScanFence, commit: &str, path: &str) -> SnapshotAdvance {
+    SnapshotAdvance {
+        repository: repo.clone(),
+        fence,
+        snapshot: SnapshotId::generate(),
+        commit: commit.to_owned(),
+        branch: "main".into(),
+        delta: TreeDelta {
+            upserts: vec![FileEntry {
+                path: path.to_owned(),
+                blob_id: "0".repeat(40),
+                sha256: "0".repeat(64),
+                size: 1,
+                binary: false,
+            }],
+            ..TreeDelta::default()
+        },
+        old_ignore: None,
+        new_ignore: None,
+        next_scan_at: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_scan_whose_lease_passed_on_writes_nothing() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&database, &dir).await;
+    let (repo, _) = watched(&store).await;
+
+    // The stale claimant's lease expired and another took the repository.
+    let stale = store
+        .claim_scan(&repo, "instance-a", -1)
+        .await
+        .expect("claim")
+        .expect("free");
+    let current = store
+        .claim_scan(&repo, "instance-b", 60_000)
+        .await
+        .expect("claim")
+        .expect("expired");
+    let fenced = |lease| ScanFence {
+        lease,
+        expected_head: None,
+    };
+    let refused = store
+        .advance_snapshot(advance(
+            &repo,
+            fenced(stale.clone()),
+            &"a".repeat(40),
+            "stale.md",
+        ))
+        .await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    let row = store.repository(&repo).await.expect("query").expect("row");
+    assert_eq!(row.head_commit, None, "the stale scan moved nothing");
+    assert!(
+        store
+            .manifest_blob_ids(&repo)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+
+    // The holder writes; then a scan that started before that commit (from
+    // no head) is refused even with the lease: it would move the head back.
+    let written = store
+        .advance_snapshot(advance(
+            &repo,
+            fenced(current.clone()),
+            &"b".repeat(40),
+            "new.md",
+        ))
+        .await
+        .expect("the holder writes");
+    assert_eq!(written.events, 1);
+    let behind = store
+        .advance_snapshot(advance(
+            &repo,
+            fenced(current.clone()),
+            &"c".repeat(40),
+            "old.md",
+        ))
+        .await;
+    assert!(matches!(behind, Err(StoreError::Fenced(_))), "{behind:?}");
+    let row = store.repository(&repo).await.expect("query").expect("row");
+    assert_eq!(row.head_commit.as_deref(), Some("b".repeat(40).as_str()));
+    let ahead = ScanFence {
+        lease: current,
+        expected_head: Some("b".repeat(40)),
+    };
+    store
+        .advance_snapshot(advance(&repo, ahead, &"d".repeat(40), "next.md"))
+        .await
+        .expect("a scan from the current head writes");
+    store.close().await.ok();
+}
+
+#[tokio::test]
+async fn a_lane_whose_lease_passed_on_records_nothing() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&database, &dir).await;
+    let (repo, sub) = watched(&store).await;
+    let scan = store
+        .claim_scan(&repo, "scanner", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
+    let fence = ScanFence {
+        lease: scan,
+        expected_head: None,
+    };
+    store
+        .advance_snapshot(advance(&repo, fence, &"a".repeat(40), "a.md"))
+        .await
+        .expect("an event");
+    let pending = store
+        .next_events(sub.as_str(), i64::MIN, 10)
+        .await
+        .expect("query");
+    assert_eq!(pending.len(), 1);
+    let event = &pending[0];
+    let delivered = || Attempt {
+        event_id: event.id.clone(),
+        chunk_index: None,
+        attempted_at: actors::clock::now_ms(),
+        status_code: Some(204),
+        latency_ms: 1,
+        error_class: None,
+        response_excerpt: None,
+    };
+
+    let stale = store
+        .claim_delivery(&sub, "instance-a", -1)
+        .await
+        .expect("claim")
+        .expect("free");
+    let current = store
+        .claim_delivery(&sub, "instance-b", 60_000)
+        .await
+        .expect("claim")
+        .expect("expired");
+    for refused in [
+        store
+            .record_deliveries(sub.as_str(), &stale, vec![delivered()])
+            .await,
+        store
+            .record_attempt(&stale, event, delivered(), Some(EventOutcome::Delivered))
+            .await,
+        store
+            .settle_subscription(sub.as_str(), &stale)
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    }
     assert!(
         !store
-            .claim_delivery(&sub, "b", 60_000)
+            .renew_delivery(&sub, &stale, 60_000)
             .await
-            .expect("claim")
+            .expect("renew")
     );
-    store.release_delivery(&sub, "a").await.expect("release");
+    store.release_delivery(&sub, &stale).await.expect("a no-op");
+    assert_eq!(
+        store
+            .next_events(sub.as_str(), i64::MIN, 10)
+            .await
+            .expect("query")
+            .len(),
+        1,
+        "still pending: the stale lane recorded nothing"
+    );
+
+    store
+        .record_deliveries(sub.as_str(), &current, vec![delivered()])
+        .await
+        .expect("the holder records");
     assert!(
         store
-            .claim_delivery(&sub, "b", 60_000)
+            .next_events(sub.as_str(), i64::MIN, 10)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_delivery(&sub, "instance-c", 60_000)
             .await
             .expect("claim")
+            .is_none(),
+        "the stale release did not free the holder's lease"
+    );
+    store.close().await.ok();
+}
+
+#[tokio::test]
+async fn leases_of_a_previous_run_are_released_at_start() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&database, &dir).await;
+    let (repo, sub) = watched(&store).await;
+    store
+        .claim_scan(&repo, "herald-one", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
+    store
+        .claim_delivery(&sub, "herald-one", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
+    assert_eq!(
+        store.release_leases_of("herald-two").await.expect("none"),
+        0
+    );
+    assert_eq!(
+        store
+            .release_leases_of("herald-on")
+            .await
+            .expect("a prefix is not an instance"),
+        0
+    );
+    assert_eq!(
+        store.release_leases_of("herald-one").await.expect("both"),
+        2
+    );
+    assert!(
+        store
+            .claim_scan(&repo, "herald-two", 60_000)
+            .await
+            .expect("claim")
+            .is_some()
     );
     store.close().await.ok();
 }

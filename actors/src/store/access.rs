@@ -14,6 +14,7 @@ use sea_orm::{
 };
 use secrecy::SecretString;
 
+use super::leases::{LeaseToken, hold_scan};
 use super::outbox::{event_kind, pending_event};
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::clock::now_ms;
@@ -85,7 +86,7 @@ impl Store {
     }
 
     /// Records what a scan learnt of its subscribers' credentials, in one
-    /// transaction: a check passed or failed again moves `access_checked_at`;
+    /// transaction, if `lease` still holds the repository's scan: a check passed or failed again moves `access_checked_at`;
     /// a subscriber that lost access turns `failed` (its waiting content
     /// events skipped, one `sync_failed` of type `access_denied` queued); one
     /// that regained it starts over from the whole current tree. Returns how
@@ -93,6 +94,7 @@ impl Store {
     pub async fn record_access(
         &self,
         repo: &RepoId,
+        lease: &LeaseToken,
         checks: &[(String, AccessCheck)],
         breaker_threshold: u32,
     ) -> Result<usize, StoreError> {
@@ -108,6 +110,7 @@ impl Store {
         {
             return Ok(0);
         }
+        hold_scan(&txn, repo.as_str(), lease).await?;
         let mut changed = 0;
         for (subscription_id, check) in checks {
             let Some(sub) = subscription::Entity::find_by_id(subscription_id.as_str())

@@ -9,6 +9,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
+use super::leases::{LeaseToken, free, hold_delivery};
 use super::{Store, StoreError, app_status, event_status, subscription_status};
 use crate::clock::now_ms;
 use crate::ids::AttemptId;
@@ -100,12 +101,10 @@ impl Store {
 
     /// The app's subscriptions that have an event due now and may deliver
     /// (no dead event, not paused; a subscription failed by its git remote
-    /// still delivers, its `sync_failed` first; lease free, expired, or already `owner`'s, as
-    /// after a restart).
+    /// still delivers, its `sync_failed` first; its lease free or expired).
     pub async fn subscriptions_due(
         &self,
         app_id: &str,
-        owner: &str,
         now: i64,
         limit: u64,
     ) -> Result<Vec<subscription::Model>, StoreError> {
@@ -129,12 +128,11 @@ impl Store {
             .filter(subscription::Column::Status.ne(PAUSED))
             .filter(subscription::Column::Id.in_subquery(due))
             .filter(subscription::Column::Id.not_in_subquery(blocked))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(subscription::Column::DeliveryLeaseOwner.is_null())
-                    .add(subscription::Column::DeliveryLeaseOwner.eq(owner))
-                    .add(subscription::Column::DeliveryLeaseUntil.lt(now)),
-            )
+            .filter(free(
+                subscription::Column::DeliveryLeaseOwner,
+                subscription::Column::DeliveryLeaseUntil,
+                now,
+            ))
             .order_by_asc(subscription::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -198,15 +196,18 @@ impl Store {
     }
 
     /// Records an attempt and, when `outcome` is given, what it means for the
-    /// event and its subscription, in one transaction.
+    /// event and its subscription, in one transaction, if `lease` still
+    /// holds the subscription.
     pub async fn record_attempt(
         &self,
+        lease: &LeaseToken,
         event: &event::Model,
         attempt: Attempt,
         outcome: Option<EventOutcome>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
+        hold_delivery(&txn, &event.subscription_id, lease).await?;
         attempt.into_row().insert(&txn).await?;
         let set_subscription = |status: &str, error: Option<String>| {
             subscription::Entity::update_many()
@@ -275,20 +276,28 @@ impl Store {
         Ok(())
     }
 
-    /// Records the successful last attempts of several delivered events in one
-    /// transaction: their attempt rows, and the events `delivered`. Events
-    /// deleted meanwhile (an app unwatching the repository) are passed over.
-    pub async fn record_deliveries(&self, attempts: Vec<Attempt>) -> Result<(), StoreError> {
+    /// Records the successful last attempts of several delivered events of
+    /// one subscription in one transaction, if `lease` still holds it: their
+    /// attempt rows, and the events `delivered`. Events deleted meanwhile (an
+    /// app unwatching the repository) are passed over.
+    pub async fn record_deliveries(
+        &self,
+        subscription_id: &str,
+        lease: &LeaseToken,
+        attempts: Vec<Attempt>,
+    ) -> Result<(), StoreError> {
         if attempts.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let txn = self.begin_write().await?;
+        hold_delivery(&txn, subscription_id, lease).await?;
         let ids: Vec<String> = attempts.iter().map(|a| a.event_id.clone()).collect();
         let existing: std::collections::HashSet<String> = event::Entity::find()
             .select_only()
             .column(event::Column::Id)
             .filter(event::Column::Id.is_in(ids))
+            .filter(event::Column::SubscriptionId.eq(subscription_id))
             .into_tuple()
             .all(&txn)
             .await?
@@ -318,12 +327,19 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a subscription synced when nothing is left to deliver.
-    pub async fn settle_subscription(&self, subscription_id: &str) -> Result<bool, StoreError> {
+    /// Marks a subscription synced when nothing is left to deliver, if
+    /// `lease` still holds it.
+    pub async fn settle_subscription(
+        &self,
+        subscription_id: &str,
+        lease: &LeaseToken,
+    ) -> Result<bool, StoreError> {
+        let txn = self.begin_write().await?;
+        hold_delivery(&txn, subscription_id, lease).await?;
         let left = event::Entity::find()
             .filter(event::Column::SubscriptionId.eq(subscription_id))
             .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
-            .count(&self.db)
+            .count(&txn)
             .await?;
         if left > 0 {
             return Ok(false);
@@ -336,8 +352,9 @@ impl Store {
             .col_expr(subscription::Column::UpdatedAt, Expr::value(now_ms()))
             .filter(subscription::Column::Id.eq(subscription_id))
             .filter(subscription::Column::Status.eq(subscription_status::SYNCING))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         Ok(result.rows_affected == 1)
     }
 

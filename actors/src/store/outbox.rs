@@ -14,6 +14,7 @@ use sea_orm::{
 };
 
 use super::access::access_state;
+use super::leases::{LeaseToken, ScanFence, hold_scan};
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::changes::{FileEntry, TreeDelta, Visibility};
 use crate::clock::now_ms;
@@ -43,6 +44,9 @@ pub mod event_kind {
 /// A scan's result, ready to be committed.
 pub struct SnapshotAdvance {
     pub repository: RepoId,
+    /// Written only while the scan still holds its lease and the repository
+    /// is still at the head the scan started from.
+    pub fence: ScanFence,
     /// Generated before the scan so that the mirror could pin it.
     pub snapshot: SnapshotId,
     pub commit: String,
@@ -180,6 +184,12 @@ impl Store {
                 subscriptions: 0,
             });
         };
+        hold_scan(&txn, &repo.id, &advance.fence.lease).await?;
+        if repo.head_commit != advance.fence.expected_head {
+            return Err(StoreError::Fenced(
+                "the repository moved since the scan started",
+            ));
+        }
         // A subscriber whose credential was refused gets nothing of this
         // snapshot, not even its paths.
         let subscriptions = subscription::Entity::find()
@@ -630,6 +640,8 @@ async fn apply_manifest_delta<C: ConnectionTrait>(
 /// A failed scan, as the watcher records it.
 pub struct GitFailureRecord {
     pub repository: RepoId,
+    /// Recorded only while the scan still holds its lease.
+    pub lease: LeaseToken,
     pub error_type: &'static str,
     /// Safe to show to apps: no secret, no raw git output.
     pub message: String,
@@ -656,6 +668,7 @@ impl Store {
         {
             return Ok(0);
         }
+        hold_scan(&txn, failure.repository.as_str(), &failure.lease).await?;
         entity::breaker::Entity::insert(failure.breaker.clone().into_active_model())
             .on_conflict(
                 OnConflict::columns([
