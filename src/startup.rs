@@ -20,7 +20,7 @@ use actors::supervisor::{EngineConfig, EngineHandle, RestartPolicy};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::http::{self, AppState, RateLimits};
@@ -119,20 +119,32 @@ impl Application {
         let pruner = http::spawn_rate_limit_pruner(self.state.limits.clone());
         let metrics_upkeep = http::spawn_metrics_upkeep();
         let routes = http::routes(self.state.clone());
-        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        // Herald stops when asked, or when its actor tree gave up: a process
+        // that answers HTTP but delivers nothing must not look alive, so it
+        // exits non-zero and its service manager restarts it.
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<bool>();
+        let engine = self.engine.clone();
         let server = http::serve(
             self.listener,
             routes,
             self.header_read_timeout,
             async move {
-                shutdown.await;
-                let _ = stopping_tx.send(());
+                let gave_up = tokio::select! {
+                    () = shutdown => false,
+                    () = engine.ended() => true,
+                };
+                let _ = stopping_tx.send(gave_up);
             },
         );
         tokio::pin!(server);
+        let mut engine_gave_up = false;
         tokio::select! {
             () = &mut server => {}
-            _ = stopping => {
+            gave_up = stopping => {
+                engine_gave_up = gave_up.unwrap_or(false);
+                if engine_gave_up {
+                    error!("the actor tree gave up; stopping so that Herald can be restarted");
+                }
                 // In-flight requests get `server.shutdown_timeout` to finish.
                 if tokio::time::timeout(self.shutdown_timeout, &mut server).await.is_err() {
                     warn!("in-flight requests did not finish in time; closing them");
@@ -149,6 +161,9 @@ impl Application {
         tokio::task::spawn_blocking(crate::telemetry::shutdown)
             .await
             .ok();
+        if engine_gave_up {
+            anyhow::bail!("the actor tree gave up: a supervised part kept failing (see the log)");
+        }
         Ok(())
     }
 }

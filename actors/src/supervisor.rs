@@ -121,6 +121,9 @@ pub enum SupervisorMsg {
     Start(Child),
     /// Whether every child is running.
     Health(RpcReplyPort<bool>),
+    /// Kills a child, as a crash would (supervision tests).
+    #[cfg(test)]
+    Kill(Child),
 }
 
 pub struct Supervisor;
@@ -271,6 +274,17 @@ impl Actor for Supervisor {
                 }
             }
             SupervisorMsg::Start(child) => state.start(&myself, child).await?,
+            #[cfg(test)]
+            SupervisorMsg::Kill(child) => {
+                let cell = match child {
+                    Child::Scheduler => state.scheduler.as_ref().map(ActorRef::get_cell),
+                    Child::Dispatcher => state.dispatcher.as_ref().map(ActorRef::get_cell),
+                    Child::Hooks => state.hooks.as_ref().map(ActorRef::get_cell),
+                };
+                if let Some(cell) = cell {
+                    cell.kill();
+                }
+            }
             SupervisorMsg::Health(reply) => {
                 // A reply port whose caller gave up is not an error of ours.
                 let _ = reply.send(
@@ -356,6 +370,9 @@ pub struct EngineHandle {
     probes: ScanPool,
     /// How access checks reach remotes: the watchers' rule and timeout.
     remote: (ConnectRule, Duration),
+    /// Becomes `true` once the root supervisor has ended: stopped, or given
+    /// up on a child that kept failing.
+    ended: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An access check: can this credential (or none) read this remote?
@@ -378,16 +395,22 @@ impl EngineHandle {
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
         let probes = ScanPool::new(config.scan_workers);
         let remote = (config.watcher.connect.clone(), config.watcher.fetch_timeout);
-        let (supervisor, _) = Actor::spawn(
+        let (supervisor, root) = Actor::spawn(
             Some("herald.supervisor".to_owned()),
             Supervisor,
             SupervisorArgs { store, config },
         )
         .await?;
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = root.await;
+            let _ = ended_tx.send(true);
+        });
         Ok(Self {
             supervisor,
             probes,
             remote,
+            ended,
         })
     }
 
@@ -432,8 +455,18 @@ impl EngineHandle {
         }
     }
 
+    /// Resolves once the root supervisor has ended, whether stopped by
+    /// [`Self::shutdown`] or given up on a child that kept failing.
+    pub async fn ended(&self) {
+        let mut ended = self.ended.clone();
+        let _ = ended.wait_for(|ended| *ended).await;
+    }
+
     /// Whether the whole tree is up (readiness).
     pub async fn is_healthy(&self) -> bool {
+        if *self.ended.borrow() {
+            return false;
+        }
         matches!(
             ractor::call_t!(self.supervisor, SupervisorMsg::Health, 2_000),
             Ok(true)
@@ -482,6 +515,99 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(tracker.on_failure(&policy(), t0), None);
+    }
+
+    /// An engine on a fresh SQLite database that gives up on a child's
+    /// first failure.
+    async fn engine(dir: &std::path::Path) -> EngineHandle {
+        use crate::backoff::{Backoff, Policy};
+        use crate::breaker::BreakerPolicy;
+        let keys = std::sync::Arc::new(
+            crate::crypto::Keyring::from_hex(&crate::crypto::Keyring::generate_hex(), &[])
+                .expect("key"),
+        );
+        let url = format!("sqlite://{}", dir.join("herald.db").display());
+        let store = Store::connect(&url, keys).await.expect("store");
+        store.migrate().await.expect("schema");
+        let breaker = BreakerPolicy {
+            threshold: 5,
+            cooldown: Duration::from_secs(60),
+        };
+        let config = EngineConfig {
+            tick: Duration::from_secs(3600),
+            scan_workers: 1,
+            watcher: WatcherConfig {
+                mirrors_dir: dir.join("mirrors"),
+                fetch_timeout: Duration::from_secs(10),
+                rescan_interval: Duration::from_secs(3600),
+                connect: ConnectRule {
+                    allow_private: true,
+                    data_dir: dir.to_owned(),
+                },
+                access_recheck_interval: Duration::from_secs(3600),
+                breaker,
+                instance_id: "test".into(),
+                signal: Default::default(),
+            },
+            delivery: DeliveryConfig {
+                timeout: Duration::from_secs(5),
+                max_attempts: 3,
+                backoff: Backoff {
+                    policy: Policy::Fixed,
+                    base: Duration::from_millis(100),
+                    cap: Duration::from_millis(100),
+                },
+                retry_after_cap: Duration::from_secs(60),
+                chunking: crate::payload::Chunking {
+                    threshold_bytes: 1 << 20,
+                    chunk_chars: 1 << 19,
+                },
+                breaker,
+                disable_after: Duration::from_secs(3600),
+                max_in_flight_per_app: 4,
+                attempt_retention: Duration::from_secs(3600),
+                allow_private_targets: true,
+                mirrors_dir: dir.join("mirrors"),
+                tick: Duration::from_secs(3600),
+                instance_id: "test".into(),
+            },
+            restart: RestartPolicy {
+                max_restarts: 0,
+                ..policy()
+            },
+        };
+        EngineHandle::start(store, config)
+            .await
+            .expect("the engine starts")
+    }
+
+    /// One test, because the root registers under a process-wide name.
+    #[tokio::test]
+    async fn the_engine_ends_when_stopped_or_when_its_root_gives_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stopped = engine(dir.path()).await;
+        assert!(stopped.is_healthy().await, "every child runs");
+        stopped.shutdown(Duration::from_secs(10)).await;
+        // Bounded: a root that never ends fails the test instead of hanging it.
+        tokio::time::timeout(Duration::from_secs(30), stopped.ended())
+            .await
+            .expect("a stopped root has ended");
+        assert!(!stopped.is_healthy().await);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let failing = engine(dir.path()).await;
+        assert!(failing.is_healthy().await, "every child runs");
+        failing
+            .supervisor
+            .send_message(SupervisorMsg::Kill(Child::Dispatcher))
+            .expect("the root takes messages");
+        tokio::time::timeout(Duration::from_secs(30), failing.ended())
+            .await
+            .expect("the root gave up on a child past its restart budget, and ended");
+        assert!(
+            !failing.is_healthy().await,
+            "readiness reports the dead tree"
+        );
     }
 
     #[test]
