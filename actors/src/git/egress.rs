@@ -180,9 +180,11 @@ impl Egress {
 impl Drop for Egress {
     fn drop(&mut self) {
         self.closing.store(true, Ordering::Release);
-        // Wake the accept loop so it sees `closing`.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(accept) = self.accept.take() {
+        // Wake the accept loop so it sees `closing`. Should that fail (no
+        // descriptor left), the loop is left to end with the process rather
+        // than joined: a git operation never hangs on its proxy.
+        let woken = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
+        if let Some(accept) = self.accept.take().filter(|_| woken) {
             let _ = accept.join();
         }
     }
