@@ -1,8 +1,12 @@
 //! Circuit breakers: closed → open after `threshold` consecutive failures →
 //! half-open (one probe) after `cooldown` → closed on success, open again on
-//! failure. The state is a database row (`breakers`), so a restart does not
-//! forget an open breaker; each breaker is owned by one actor (a repository's
-//! watcher, an app's delivery actor), which alone changes it.
+//! failure with a doubled cooldown (at most [`MAX_COOLDOWN_FACTOR`] times the
+//! configured one). The state is a database row (`breakers`), so a restart
+//! does not forget an open breaker; each breaker is owned by one actor (a
+//! repository's watcher; an app endpoint's [`actor::BreakerActor`]), which
+//! alone changes it.
+
+pub mod actor;
 
 use std::time::Duration;
 
@@ -11,6 +15,10 @@ use entity::breaker;
 pub const CLOSED: &str = "closed";
 pub const OPEN: &str = "open";
 pub const HALF_OPEN: &str = "half_open";
+
+/// A failing probe doubles the cooldown, up to this many times the
+/// configured one.
+pub const MAX_COOLDOWN_FACTOR: i64 = 32;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerPolicy {
@@ -63,29 +71,40 @@ pub fn on_failure(
         last_error_class: None,
         last_error: None,
         updated_at: now,
+        probe_until: None,
     });
     row.consecutive_failures = row.consecutive_failures.saturating_add(1);
     row.last_error_class = Some(error_class.to_owned());
     row.last_error = Some(error.to_owned());
     row.updated_at = now;
+    let base = i64::try_from(policy.cooldown.as_millis()).unwrap_or(i64::MAX);
     let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
-    let opens = match row.state.as_str() {
-        CLOSED => row.consecutive_failures >= threshold,
-        // A failed probe (or a failure while open) re-opens for a new cooldown.
-        _ => true,
-    };
     let was_closed = row.state == CLOSED;
-    if opens {
+    let cooldown = match (row.state.as_str(), row.opened_at, row.cooldown_until) {
+        (CLOSED, _, _) if row.consecutive_failures >= threshold => Some(base),
+        (CLOSED, _, _) => None,
+        // The cooldown was over: a probe failed. Open again for twice as long.
+        (_, Some(opened), Some(until)) if now >= until => Some(
+            until
+                .saturating_sub(opened)
+                .saturating_mul(2)
+                .clamp(base, base.saturating_mul(MAX_COOLDOWN_FACTOR)),
+        ),
+        // Still cooling down: a request that was in flight when the breaker
+        // opened. It changes nothing.
+        (_, Some(_), Some(_)) => None,
+        _ => Some(base),
+    };
+    if let Some(cooldown) = cooldown {
         row.state = OPEN.to_owned();
         row.opened_at = Some(now);
-        row.cooldown_until = Some(
-            now.saturating_add(i64::try_from(policy.cooldown.as_millis()).unwrap_or(i64::MAX)),
-        );
+        row.cooldown_until = Some(now.saturating_add(cooldown));
+        row.probe_until = None;
         if was_closed {
             row.openings = row.openings.saturating_add(1);
         }
     }
-    (row, opens && was_closed)
+    (row, cooldown.is_some() && was_closed)
 }
 
 #[cfg(test)]
@@ -114,10 +133,35 @@ mod tests {
         assert_eq!(permit(Some(&row), 3), Permit::WaitUntil(60_002));
         assert_eq!(permit(Some(&row), 60_002), Permit::Probe);
 
-        // A failed probe re-opens without counting a new opening.
+        // A request that was in flight when it opened changes nothing.
+        let (row, opened) = fail(Some(row), 30_000);
+        assert!(!opened);
+        assert_eq!(permit(Some(&row), 30_001), Permit::WaitUntil(60_002));
+
+        // A failed probe re-opens for twice as long, without counting a new
+        // opening.
         let (row, opened) = fail(Some(row), 60_003);
         assert!(!opened);
         assert_eq!(row.openings, 1);
-        assert_eq!(permit(Some(&row), 60_004), Permit::WaitUntil(120_003));
+        assert_eq!(
+            permit(Some(&row), 60_004),
+            Permit::WaitUntil(60_003 + 120_000)
+        );
+    }
+
+    #[test]
+    fn the_cooldown_doubles_with_each_failed_probe_up_to_its_cap() {
+        let mut row = None;
+        for t in 0..3 {
+            row = Some(fail(row, t).0);
+        }
+        let mut cooldowns = Vec::new();
+        for _ in 0..8 {
+            let current = row.clone().expect("open");
+            let until = current.cooldown_until.expect("a cooldown");
+            cooldowns.push((until - current.opened_at.expect("opened")) / 60_000);
+            row = Some(fail(Some(current), until).0);
+        }
+        assert_eq!(cooldowns, [1, 2, 4, 8, 16, 32, 32, 32]);
     }
 }

@@ -8,24 +8,28 @@
 //! when it stops (nothing left, a retry scheduled, a dead event) it reports
 //! back to its app actor as a message.
 //!
-//! Each app's endpoint has a circuit breaker, persisted and owned by its app
-//! actor (the lanes share it under a lock): an app that is down costs a probe
-//! per cooldown, and its events wait without using up their attempts.
+//! Each app's endpoint has a circuit breaker, a child actor of its app actor
+//! and the single owner of its persisted state: lanes ask it before each
+//! request and report how it went. An app that is down costs exactly one
+//! probe per cooldown (the cooldown doubling with each failed probe),
+//! however many lanes wait, and its events wait without using up their
+//! attempts.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use entity::{breaker as breaker_row, event};
+use entity::event;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::breaker::{self, BreakerPolicy, Permit};
+use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
+use crate::breaker::{BreakerPolicy, Permit};
 use crate::clock::now_ms;
 use crate::ids::SubscriptionId;
 use crate::payload::{self, Chunking, RepositoryRef};
@@ -40,6 +44,10 @@ use crate::webhook_client::{WebhookClient, header};
 
 /// Breaker kind of an app's endpoint.
 pub const DELIVERY_BREAKER: &str = "delivery";
+
+/// How long a lane waits for its breaker's answer (a local actor: this
+/// only bounds a breaker stuck on the database).
+const BREAKER_CALL_MS: u64 = 10_000;
 
 /// Settings of the delivery engine.
 #[derive(Debug, Clone)]
@@ -109,15 +117,11 @@ impl DispatcherState {
         if let Some(app) = self.apps.get(app_id) {
             return Ok(app.clone());
         }
-        let breaker = Arc::new(Mutex::new(
-            self.store.breaker(DELIVERY_BREAKER, app_id).await?,
-        ));
         let args = AppArgs {
             app_id: app_id.to_owned(),
             store: self.store.clone(),
             config: self.config.clone(),
             client: self.client.clone(),
-            breaker,
         };
         let (app, _) = Actor::spawn_linked(None, AppDelivery, args, myself.get_cell()).await?;
         self.apps.insert(app_id.to_owned(), app.clone());
@@ -276,11 +280,12 @@ pub struct AppArgs {
     pub store: Store,
     pub config: DeliveryConfig,
     pub client: WebhookClient,
-    pub breaker: Arc<Mutex<Option<breaker_row::Model>>>,
 }
 
 pub struct AppState {
     args: AppArgs,
+    /// The endpoint's breaker: a child of this actor.
+    breaker: ActorRef<BreakerMsg>,
     lanes: HashSet<String>,
     /// A wake-up is already scheduled for the end of the breaker's cooldown.
     wake_scheduled: bool,
@@ -297,10 +302,20 @@ impl Actor for AppDelivery {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: AppArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let breaker_args = BreakerArgs {
+            store: args.store.clone(),
+            kind: DELIVERY_BREAKER,
+            subject: args.app_id.clone(),
+            policy: args.config.breaker,
+            probe_timeout: args.config.timeout + Duration::from_secs(5),
+        };
+        let (breaker, _) =
+            Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
         Ok(AppState {
+            breaker,
             args,
             lanes: HashSet::new(),
             wake_scheduled: false,
@@ -325,7 +340,7 @@ impl Actor for AppDelivery {
             AppMsg::Drain => {
                 // An open breaker holds every lane of the app until its
                 // cooldown ends: one wake-up then, not a loop until then.
-                let permit = breaker::permit(state.args.breaker.lock().await.as_ref(), now_ms());
+                let permit = ractor::call_t!(state.breaker, BreakerMsg::Peek, BREAKER_CALL_MS)?;
                 if let Permit::WaitUntil(until) = permit {
                     if !std::mem::replace(&mut state.wake_scheduled, true) {
                         let wait = Duration::from_millis(
@@ -378,7 +393,7 @@ impl Actor for AppDelivery {
                         store: state.args.store.clone(),
                         config: state.args.config.clone(),
                         client: state.args.client.clone(),
-                        breaker: state.args.breaker.clone(),
+                        breaker: state.breaker.clone(),
                         renewed_at: std::sync::atomic::AtomicI64::new(now_ms()),
                         delivered: std::sync::Mutex::default(),
                         stopping: state.stopping.clone(),
@@ -428,6 +443,8 @@ impl Actor for AppDelivery {
         for handle in state.handles.drain(..) {
             let _ = tokio::time::timeout_at(deadline, handle).await;
         }
+        // The lanes have reported: the breaker goes last.
+        state.breaker.stop(Some("app actor stopping".to_owned()));
         Ok(())
     }
 }
@@ -470,7 +487,8 @@ struct Lane {
     store: Store,
     config: DeliveryConfig,
     client: WebhookClient,
-    breaker: Arc<Mutex<Option<breaker_row::Model>>>,
+    /// The app endpoint's breaker actor.
+    breaker: ActorRef<BreakerMsg>,
     /// When the delivery lease was last claimed or renewed (unix ms).
     renewed_at: std::sync::atomic::AtomicI64,
     /// Delivered events whose success is not written yet (see [`Lane::flush`]).
@@ -668,12 +686,29 @@ impl Lane {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Flow, StoreError> {
-        let permit = breaker::permit(self.breaker.lock().await.as_ref(), now_ms());
+        let Ok(permit) = ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS) else {
+            // The breaker is restarting with its app actor: try again soon.
+            return Ok(Flow::Stop(Some(now_ms() + 1_000)));
+        };
         let probe = match permit {
             Permit::WaitUntil(until) => return Ok(Flow::Stop(Some(until))),
             Permit::Probe => true,
             Permit::Proceed => false,
         };
+        let flow = self.send_event(context, event, probe).await;
+        if probe && !matches!(flow, Ok(Flow::Next)) {
+            // A probe that ended before an answer told nothing: let another go.
+            let _ = self.breaker.cast(BreakerMsg::Inconclusive);
+        }
+        flow
+    }
+
+    async fn send_event(
+        &self,
+        context: &LaneContext,
+        event: &event::Model,
+        probe: bool,
+    ) -> Result<Flow, StoreError> {
         let content = match event.kind.as_str() {
             event_kind::CREATED | event_kind::UPDATED => {
                 match context.mirror.read(event.blob_id.clone()).await {
@@ -815,6 +850,7 @@ impl Lane {
                                 .into(),
                         }
                     } else if let (429 | 503, Some(wait)) = (answer.status, answer.retry_after) {
+                        let _ = self.breaker.cast(BreakerMsg::Inconclusive);
                         EventOutcome::Retry {
                             at: now_ms() + millis(wait.min(self.config.retry_after_cap)),
                             error,
@@ -932,9 +968,9 @@ impl Lane {
             };
         }
         let mut at = now_ms() + millis(context.backoff.delay(attempts.saturating_sub(1)));
-        if let Some(row) = self.breaker.lock().await.as_ref()
-            && let Some(until) = row.cooldown_until
-            && row.state != breaker::CLOSED
+        // An open breaker holds retries until its cooldown ends.
+        if let Ok(Permit::WaitUntil(until)) =
+            ractor::call_t!(self.breaker, BreakerMsg::Peek, BREAKER_CALL_MS)
         {
             at = at.max(until);
         }
@@ -942,11 +978,12 @@ impl Lane {
     }
 
     async fn breaker_success(&self) -> Result<(), StoreError> {
-        let mut row = self.breaker.lock().await;
-        if row.take().is_some() {
-            self.store
-                .close_breaker(DELIVERY_BREAKER, &self.app_id)
-                .await?;
+        let reported = ractor::call_t!(self.breaker, BreakerMsg::Succeeded, BREAKER_CALL_MS);
+        if let Ok(Reported {
+            change: Change::Closed,
+            ..
+        }) = reported
+        {
             self.store.mark_app_health(&self.app_id, false, 0).await?;
             info!(app = %self.app_id, "endpoint answers again; breaker closed");
         }
@@ -954,21 +991,22 @@ impl Lane {
     }
 
     async fn breaker_failure(&self, class: &str, error: &str) -> Result<(), StoreError> {
-        let mut row = self.breaker.lock().await;
-        let (updated, opened) = breaker::on_failure(
-            row.take(),
-            DELIVERY_BREAKER,
-            &self.app_id,
-            self.config.breaker,
-            now_ms(),
-            class,
-            error,
+        let reported = ractor::call_t!(
+            self.breaker,
+            |reply| BreakerMsg::Failed {
+                class: class.to_owned(),
+                error: error.to_owned(),
+                reply,
+            },
+            BREAKER_CALL_MS
         );
-        self.store.save_breaker(updated.clone()).await?;
-        if opened {
+        let Ok(reported) = reported else {
+            return Ok(());
+        };
+        if reported.change == Change::Opened {
             warn!(app = %self.app_id, class, "endpoint failing; breaker open");
         }
-        if updated.state != breaker::CLOSED
+        if reported.open
             && self
                 .store
                 .mark_app_health(&self.app_id, true, millis(self.config.disable_after))
@@ -976,7 +1014,6 @@ impl Lane {
         {
             warn!(app = %self.app_id, "endpoint failed for longer than delivery.disable_after; app disabled");
         }
-        *row = Some(updated);
         Ok(())
     }
 }

@@ -18,6 +18,9 @@ pub struct Model {
     pub last_error_class: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: i64,
+    /// After the cooldown, the one probe in flight runs until this time
+    /// (unix ms); nobody else probes before.
+    pub probe_until: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_create_tables;
 mod m20261121_000002_add_events_trace_parent;
 mod m20261122_000003_subscription_access;
+mod m20261122_000004_breaker_probe;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_tables::Migration),
             Box::new(m20261121_000002_add_events_trace_parent::Migration),
             Box::new(m20261122_000003_subscription_access::Migration),
+            Box::new(m20261122_000004_breaker_probe::Migration),
         ]
     }
 }

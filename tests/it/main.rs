@@ -7,6 +7,7 @@ mod helpers;
 mod access;
 mod admin;
 mod app_settings;
+mod breakers;
 mod changes;
 mod cli;
 mod config;

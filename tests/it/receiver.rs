@@ -21,6 +21,9 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub status: u16,
+    /// When the request arrived and when it was answered.
+    pub arrived: std::time::Instant,
+    pub answered: std::time::Instant,
 }
 
 impl Received {
@@ -92,6 +95,7 @@ impl Receiver {
                       body: bytes::Bytes| {
                     let (record, plan) = (record.clone(), plan.clone());
                     arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let arrived_at = std::time::Instant::now();
                     async move {
                         let reply = {
                             let mut plan = plan.lock().expect("script lock");
@@ -122,6 +126,8 @@ impl Receiver {
                                 .collect(),
                             body: body.to_vec(),
                             status: reply.status,
+                            arrived: arrived_at,
+                            answered: std::time::Instant::now(),
                         });
                         let mut response = warp::reply::with_status(
                             "ok".to_owned(),

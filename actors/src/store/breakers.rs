@@ -1,8 +1,8 @@
 //! Persisted circuit-breaker rows.
 
 use entity::breaker;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, IntoActiveModel, QueryFilter};
 
 use super::{Store, StoreError};
 
@@ -32,12 +32,39 @@ impl Store {
                         breaker::Column::LastErrorClass,
                         breaker::Column::LastError,
                         breaker::Column::UpdatedAt,
+                        breaker::Column::ProbeUntil,
                     ])
                     .to_owned(),
             )
             .exec_without_returning(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Claims the one probe of an open breaker whose cooldown is over, until
+    /// `probe_until`: `false` when it is not open, still cooling down, or
+    /// someone (another instance) holds an unexpired probe.
+    pub async fn claim_breaker_probe(
+        &self,
+        kind: &str,
+        subject: &str,
+        probe_until: i64,
+    ) -> Result<bool, StoreError> {
+        let now = crate::clock::now_ms();
+        let claimed = breaker::Entity::update_many()
+            .col_expr(breaker::Column::ProbeUntil, Expr::value(probe_until))
+            .filter(breaker::Column::Kind.eq(kind))
+            .filter(breaker::Column::SubjectId.eq(subject))
+            .filter(breaker::Column::State.ne(crate::breaker::CLOSED))
+            .filter(breaker::Column::CooldownUntil.lte(now))
+            .filter(
+                Condition::any()
+                    .add(breaker::Column::ProbeUntil.is_null())
+                    .add(breaker::Column::ProbeUntil.lt(now)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(claimed.rows_affected == 1)
     }
 
     /// Closes a breaker (a success): its row is removed.

@@ -684,6 +684,7 @@ impl Store {
                     entity::breaker::Column::LastErrorClass,
                     entity::breaker::Column::LastError,
                     entity::breaker::Column::UpdatedAt,
+                    entity::breaker::Column::ProbeUntil,
                 ])
                 .to_owned(),
             )
