@@ -229,3 +229,124 @@ impl Actor for BreakerActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::crypto::Keyring;
+
+    const COOLDOWN: Duration = Duration::from_millis(200);
+
+    async fn store(dir: &std::path::Path) -> Store {
+        let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
+        let url = format!("sqlite://{}", dir.join("herald.db").display());
+        let store = Store::connect(&url, keys).await.expect("store");
+        store.migrate().await.expect("schema");
+        store
+    }
+
+    async fn spawn(store: &Store) -> ActorRef<BreakerMsg> {
+        let args = BreakerArgs {
+            store: store.clone(),
+            kind: "delivery",
+            subject: "app_test".into(),
+            policy: BreakerPolicy {
+                threshold: 2,
+                cooldown: COOLDOWN,
+            },
+            probe_timeout: Duration::from_secs(30),
+        };
+        Actor::spawn(None, BreakerActor, args)
+            .await
+            .expect("the breaker starts")
+            .0
+    }
+
+    async fn ask(breaker: &ActorRef<BreakerMsg>) -> Permit {
+        ractor::call_t!(breaker, BreakerMsg::Ask, 5_000).expect("an answer")
+    }
+
+    async fn fail(breaker: &ActorRef<BreakerMsg>) -> Reported {
+        ractor::call_t!(
+            breaker,
+            |reply| BreakerMsg::Failed {
+                class: "http_status".into(),
+                error: "the endpoint answered 500".into(),
+                reply,
+            },
+            5_000
+        )
+        .expect("an answer")
+    }
+
+    /// Waits until the breaker's cooldown is over.
+    async fn cool_down(until: i64) {
+        let wait = u64::try_from((until - now_ms()).max(0)).unwrap_or(0) + 5;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+
+    #[tokio::test]
+    async fn one_probe_per_cooldown_a_growing_cooldown_and_state_that_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path()).await;
+        let breaker = spawn(&store).await;
+        assert_eq!(ask(&breaker).await, Permit::Proceed);
+        assert_eq!(fail(&breaker).await.change, Change::None);
+        let opened = fail(&breaker).await;
+        assert_eq!(opened.change, Change::Opened);
+        assert!(opened.open);
+        let Permit::WaitUntil(first_until) = ask(&breaker).await else {
+            panic!("an open breaker holds requests");
+        };
+
+        // The cooldown ends: of eight lanes asking at once, one probes.
+        cool_down(first_until).await;
+        let mut lanes = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let breaker = breaker.clone();
+            lanes.spawn(async move { ask(&breaker).await });
+        }
+        let answers: Vec<Permit> = lanes.join_all().await;
+        let probes = answers.iter().filter(|p| **p == Permit::Probe).count();
+        assert_eq!(probes, 1, "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|p| matches!(p, Permit::Probe | Permit::WaitUntil(_)))
+        );
+
+        // The probe fails: open again, for twice as long.
+        assert_eq!(fail(&breaker).await.change, Change::None);
+        let row = store
+            .breaker("delivery", "app_test")
+            .await
+            .expect("query")
+            .expect("persisted");
+        let cooldown = row.cooldown_until.expect("until") - row.opened_at.expect("opened");
+        assert_eq!(cooldown, 2 * 200, "the cooldown doubled");
+
+        // A new actor (a restart, another instance) starts from the stored
+        // state: still open, until the same time.
+        breaker.stop(None);
+        let again = spawn(&store).await;
+        assert_eq!(
+            ractor::call_t!(again, BreakerMsg::Peek, 5_000).expect("an answer"),
+            Permit::WaitUntil(row.cooldown_until.expect("until"))
+        );
+        cool_down(row.cooldown_until.expect("until")).await;
+        assert_eq!(ask(&again).await, Permit::Probe);
+        let closed = ractor::call_t!(again, BreakerMsg::Succeeded, 5_000).expect("an answer");
+        assert_eq!(closed.change, Change::Closed);
+        assert!(!closed.open);
+        assert_eq!(ask(&again).await, Permit::Proceed);
+        assert!(
+            store
+                .breaker("delivery", "app_test")
+                .await
+                .expect("query")
+                .is_none()
+        );
+    }
+}
