@@ -32,6 +32,7 @@ use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Repor
 use crate::breaker::{BreakerPolicy, Permit};
 use crate::clock::now_ms;
 use crate::ids::SubscriptionId;
+use crate::owned::OwnedTask;
 use crate::payload::{self, Chunking, RepositoryRef};
 use crate::signing;
 use crate::store::delivery::{Attempt, EventOutcome};
@@ -103,8 +104,9 @@ pub struct DispatcherState {
     client: WebhookClient,
     apps: HashMap<String, ActorRef<AppMsg>>,
     restarts: HashMap<String, RestartTracker>,
-    /// Background tasks stopped with the dispatcher (tick, signal bridge).
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Background tasks stopped with the dispatcher (tick, signal bridge),
+    /// also when it fails.
+    tasks: Vec<tokio_util::task::AbortOnDropHandle<()>>,
     last_prune: Instant,
 }
 
@@ -158,7 +160,10 @@ impl Actor for Dispatcher {
             client,
             apps: HashMap::new(),
             restarts: HashMap::new(),
-            tasks: vec![ticker, bridge],
+            tasks: vec![
+                tokio_util::task::AbortOnDropHandle::new(ticker),
+                tokio_util::task::AbortOnDropHandle::new(bridge),
+            ],
             last_prune: Instant::now(),
         })
     }
@@ -292,7 +297,8 @@ pub struct AppState {
     /// Set on shutdown: no lane starts, and running lanes stop after their
     /// current request.
     stopping: Arc<std::sync::atomic::AtomicBool>,
-    handles: Vec<tokio::task::JoinHandle<()>>,
+    /// The running lanes: owned by this actor, aborted if it fails.
+    handles: Vec<OwnedTask>,
 }
 
 impl Actor for AppDelivery {
@@ -400,9 +406,14 @@ impl Actor for AppDelivery {
                     };
                     let reply = myself.clone();
                     state.handles.retain(|h| !h.is_finished());
-                    state.handles.push(tokio::spawn(async move {
-                        let subscription = lane.subscription.as_str().to_owned();
-                        let retry_at = lane.run().await;
+                    let subscription = lane.subscription.as_str().to_owned();
+                    state.handles.push(OwnedTask::spawn(lane.run(), move |result| {
+                        // A lane that panicked is started again shortly: its
+                        // events are still pending, its lease fences it off.
+                        let retry_at = result.unwrap_or_else(|panic| {
+                            tracing::error!(%subscription, %panic, "delivery lane panicked; restarting it");
+                            Some(now_ms() + 1_000)
+                        });
                         let _ = reply.send_message(AppMsg::LaneDone {
                             subscription,
                             retry_at,
@@ -441,7 +452,7 @@ impl Actor for AppDelivery {
         let deadline =
             tokio::time::Instant::now() + state.args.config.timeout + Duration::from_secs(1);
         for handle in state.handles.drain(..) {
-            let _ = tokio::time::timeout_at(deadline, handle).await;
+            handle.finish_by(deadline).await;
         }
         // The lanes have reported: the breaker goes last.
         state.breaker.stop(Some("app actor stopping".to_owned()));

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::inbound::{Provider, Push, RemoteKey, Trigger, interpret};
+use crate::owned::OwnedTask;
 use crate::scheduler::SchedulerMsg;
 use crate::store::inbound::{HookResult, hook_status};
 use crate::store::{Store, StoreError};
@@ -50,6 +51,8 @@ pub struct HookProcessorArgs {
 pub struct HookProcessorState {
     args: HookProcessorArgs,
     ticker: JoinHandle<()>,
+    /// The processing in progress, aborted if the actor stops or fails.
+    work: Option<OwnedTask>,
     running: bool,
     again: bool,
     last_prune: i64,
@@ -71,6 +74,7 @@ impl Actor for HookProcessor {
         Ok(HookProcessorState {
             args,
             ticker,
+            work: None,
             running: false,
             again: false,
             last_prune: 0,
@@ -93,20 +97,19 @@ impl Actor for HookProcessor {
                 if prune {
                     state.last_prune = now_ms();
                 }
-                tokio::spawn(async move {
-                    let task = tokio::spawn(process_pending(store, supervisor, prune));
-                    let result = task.await.map_err(|err| {
-                        if err.is_panic() {
-                            "hook processing panicked".to_owned()
-                        } else {
-                            "hook processing cancelled".to_owned()
-                        }
-                    });
-                    let _ = myself.send_message(HookMsg::Done(result));
-                });
+                // Owned by this actor: stopped with it, whatever ends it.
+                state.work = Some(OwnedTask::spawn(
+                    process_pending(store, supervisor, prune),
+                    move |result| {
+                        let result =
+                            result.map_err(|panic| format!("hook processing panicked: {panic}"));
+                        let _ = myself.send_message(HookMsg::Done(result));
+                    },
+                ));
             }
             HookMsg::Done(result) => {
                 state.running = false;
+                state.work = None;
                 result?;
                 if std::mem::take(&mut state.again) {
                     myself.send_message(HookMsg::Process)?;

@@ -17,6 +17,7 @@ use crate::breaker::{self, BreakerPolicy, Permit};
 use crate::clock::now_ms;
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
+use crate::owned::OwnedTask;
 use crate::scan::{self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict};
 use crate::store::access::AccessCheck;
 use crate::store::leases::{LeaseToken, ScanFence};
@@ -77,6 +78,8 @@ pub struct WatcherArgs {
 
 pub struct WatcherState {
     args: WatcherArgs,
+    /// The scan in progress, aborted if the watcher stops or fails.
+    scan: Option<OwnedTask>,
     scanning: bool,
     /// A scan was asked for while one ran: run again when it ends.
     again: bool,
@@ -94,6 +97,7 @@ impl Actor for RepoWatcher {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(WatcherState {
             args,
+            scan: None,
             scanning: false,
             again: false,
         })
@@ -121,24 +125,19 @@ impl Actor for RepoWatcher {
                     repository = %repository,
                     outcome = tracing::field::Empty,
                 );
-                tokio::spawn(async move {
-                    let task = tokio::spawn(
-                        scan_repository(store, pool, config, repository).instrument(span),
-                    );
-                    let result = task.await.map_err(|err| {
-                        if err.is_panic() {
-                            panic_message(err.into_panic())
-                        } else {
-                            "scan cancelled".to_owned()
-                        }
-                    });
-                    let _ = reply.send_message(WatcherMsg::Finished(result));
-                });
+                // Owned by this watcher: stopped with it, whatever ends it.
+                state.scan = Some(OwnedTask::spawn(
+                    scan_repository(store, pool, config, repository).instrument(span),
+                    move |result| {
+                        let _ = reply.send_message(WatcherMsg::Finished(result));
+                    },
+                ));
             }
             #[cfg(test)]
             WatcherMsg::Crash => panic!("watcher crash requested by a test"),
             WatcherMsg::Finished(result) => {
                 state.scanning = false;
+                state.scan = None;
                 match result {
                     Err(panic) => return Err(format!("scan panicked: {panic}").into()),
                     Ok(ScanReport::Gone) => {
@@ -158,14 +157,6 @@ impl Actor for RepoWatcher {
         }
         Ok(())
     }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
