@@ -34,12 +34,12 @@ use crate::clock::now_ms;
 use crate::ids::SubscriptionId;
 use crate::owned::OwnedTask;
 use crate::payload::{self, Chunking, RepositoryRef};
+use crate::restart::{RestartPolicy, RestartTracker};
 use crate::signing;
 use crate::store::delivery::{Attempt, EventOutcome};
 use crate::store::leases::LeaseToken;
 use crate::store::outbox::event_kind;
 use crate::store::{Store, StoreError, event_status};
-use crate::supervisor::{RestartPolicy, RestartTracker};
 use crate::telemetry::{self, delivery_outcome};
 use crate::webhook_client::{WebhookClient, header};
 
@@ -103,6 +103,8 @@ pub struct DispatcherState {
     config: DeliveryConfig,
     client: WebhookClient,
     apps: HashMap<String, ActorRef<AppMsg>>,
+    /// The engine's restart policy, applied to each app actor.
+    restart: RestartPolicy,
     restarts: HashMap<String, RestartTracker>,
     /// Background tasks stopped with the dispatcher (tick, signal bridge),
     /// also when it fails.
@@ -159,6 +161,7 @@ impl Actor for Dispatcher {
             config: args.config,
             client,
             apps: HashMap::new(),
+            restart: args.restart,
             restarts: HashMap::new(),
             tasks: vec![
                 tokio_util::task::AbortOnDropHandle::new(ticker),
@@ -228,7 +231,7 @@ impl Actor for Dispatcher {
         };
         state.apps.remove(&app_id);
         if let Some(error) = failed {
-            let policy = RestartPolicy::default();
+            let policy = state.restart;
             match state
                 .restarts
                 .entry(app_id.clone())
@@ -240,7 +243,11 @@ impl Actor for Dispatcher {
                     myself.send_after(delay, move || DispatcherMsg::Restart(app_id));
                 }
                 None => {
-                    warn!(app = %app_id, %error, "delivery actor keeps failing; left to the next tick")
+                    // The budget is spent: the failure goes up to the root
+                    // supervisor, whose own policy decides (and whose giving
+                    // up ends the process).
+                    tracing::error!(app = %app_id, %error, "delivery actor keeps failing; escalating");
+                    return Err(format!("the delivery actor of {app_id} failed too often").into());
                 }
             }
         }

@@ -29,6 +29,7 @@ pub mod net;
 pub mod owned;
 pub mod payload;
 pub mod repo_watcher;
+pub mod restart;
 pub mod scan;
 pub mod scheduler;
 pub mod signing;

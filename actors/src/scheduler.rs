@@ -21,9 +21,9 @@ use tracing::{debug, error, warn};
 use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::repo_watcher::{RepoWatcher, WatcherArgs, WatcherConfig, WatcherMsg};
+use crate::restart::{RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::store::Store;
-use crate::supervisor::{RestartPolicy, RestartTracker};
 
 /// How many due repositories one tick looks at.
 const DUE_BATCH: u64 = 256;

@@ -4,7 +4,7 @@
 //! shutdown. A crashing child never takes its siblings down: each is restarted
 //! on its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -15,6 +15,7 @@ use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg}
 use crate::git::{self, ConnectRule, Credentials, GitError, RemoteHead, RemoteSpec};
 use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
+use crate::restart::{RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::store::Store;
@@ -31,60 +32,6 @@ pub struct EngineConfig {
     pub watcher: WatcherConfig,
     pub delivery: DeliveryConfig,
     pub restart: RestartPolicy,
-}
-
-/// How a supervisor restarts a failed child.
-#[derive(Debug, Clone, Copy)]
-pub struct RestartPolicy {
-    /// More restarts than this within `window` and the supervisor gives up
-    /// (the failure is escalated: the engine stops and readiness says so).
-    pub max_restarts: usize,
-    pub window: Duration,
-    /// Delay before the first restart; doubled for each recent restart.
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            max_restarts: 10,
-            window: Duration::from_secs(60),
-            base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The restart history of one child.
-#[derive(Debug, Default)]
-pub struct RestartTracker {
-    recent: VecDeque<Instant>,
-}
-
-impl RestartTracker {
-    /// Records a failure at `now`; the delay before restarting, or `None` when
-    /// the child failed too often within the window.
-    pub fn on_failure(&mut self, policy: &RestartPolicy, now: Instant) -> Option<Duration> {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
-            self.recent.pop_front();
-        }
-        if self.recent.len() >= policy.max_restarts {
-            return None;
-        }
-        let exponent = u32::try_from(self.recent.len()).unwrap_or(u32::MAX).min(16);
-        self.recent.push_back(now);
-        Some(
-            policy
-                .base_backoff
-                .saturating_mul(2u32.saturating_pow(exponent))
-                .min(policy.max_backoff),
-        )
-    }
 }
 
 /// The children the root supervisor owns.
@@ -498,25 +445,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backoff_doubles_is_capped_and_intensity_limits_restarts() {
-        let mut tracker = RestartTracker::default();
-        let t0 = Instant::now();
-        assert_eq!(
-            tracker.on_failure(&policy(), t0),
-            Some(Duration::from_millis(100))
-        );
-        assert_eq!(
-            tracker.on_failure(&policy(), t0),
-            Some(Duration::from_millis(200))
-        );
-        assert_eq!(
-            tracker.on_failure(&policy(), t0),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(tracker.on_failure(&policy(), t0), None);
-    }
-
     /// An engine on a fresh SQLite database that gives up on a child's
     /// first failure.
     async fn engine(dir: &std::path::Path) -> EngineHandle {
@@ -607,20 +535,6 @@ mod tests {
         assert!(
             !failing.is_healthy().await,
             "readiness reports the dead tree"
-        );
-    }
-
-    #[test]
-    fn failures_outside_the_window_are_forgotten() {
-        let mut tracker = RestartTracker::default();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            tracker.on_failure(&policy(), t0);
-        }
-        let later = t0 + Duration::from_secs(61);
-        assert_eq!(
-            tracker.on_failure(&policy(), later),
-            Some(Duration::from_millis(100))
         );
     }
 }
