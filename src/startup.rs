@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
-use actors::delivery::{DeliveryConfig, OutboxSignal};
+use actors::delivery::DeliveryConfig;
 use actors::git::ConnectRule;
+use actors::outbox_signal::OutboxSignal;
 use actors::payload::Chunking;
 use actors::repo_watcher::WatcherConfig;
 use actors::restart::RestartPolicy;

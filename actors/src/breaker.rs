@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use entity::breaker;
 
+/// Breaker kind of a repository's git remote (subject: the repository id).
+pub const GIT_BREAKER: &str = "git";
+/// Breaker kind of an app's endpoint (subject: the app id).
+pub const DELIVERY_BREAKER: &str = "delivery";
+
 pub const CLOSED: &str = "closed";
 pub const OPEN: &str = "open";
 pub const HALF_OPEN: &str = "half_open";

@@ -24,14 +24,14 @@ use entity::event;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
-use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
-use crate::breaker::{BreakerPolicy, Permit};
+use crate::breaker::{BreakerPolicy, DELIVERY_BREAKER, Permit};
 use crate::clock::now_ms;
 use crate::ids::SubscriptionId;
+use crate::outbox_signal::OutboxSignal;
 use crate::owned::OwnedTask;
 use crate::payload::{self, Chunking, RepositoryRef};
 use crate::restart::{RestartPolicy, RestartTracker};
@@ -42,9 +42,6 @@ use crate::store::outbox::event_kind;
 use crate::store::{Store, StoreError, event_status};
 use crate::telemetry::{self, delivery_outcome};
 use crate::webhook_client::{WebhookClient, header};
-
-/// Breaker kind of an app's endpoint.
-pub const DELIVERY_BREAKER: &str = "delivery";
 
 /// How long a lane waits for its breaker's answer (a local actor: this
 /// only bounds a breaker stuck on the database).
@@ -68,16 +65,6 @@ pub struct DeliveryConfig {
     /// How often due retries are looked for.
     pub tick: Duration,
     pub instance_id: String,
-}
-
-/// Rung when events are written, so delivery starts at once.
-#[derive(Debug, Clone, Default)]
-pub struct OutboxSignal(Arc<Notify>);
-
-impl OutboxSignal {
-    pub fn notify(&self) {
-        self.0.notify_one();
-    }
 }
 
 /// Messages of the dispatcher.
@@ -145,7 +132,7 @@ impl Actor for Dispatcher {
     ) -> Result<Self::State, ActorProcessingErr> {
         let client = WebhookClient::new(args.config.timeout, args.config.allow_private_targets);
         let ticker = myself.send_interval(args.config.tick, || DispatcherMsg::Wake);
-        let signal = args.signal.0.clone();
+        let signal = args.signal.clone();
         let bridge_target = myself.clone();
         let bridge = tokio::spawn(async move {
             loop {

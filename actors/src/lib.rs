@@ -26,6 +26,7 @@ pub mod hook_processor;
 pub mod ids;
 pub mod inbound;
 pub mod net;
+pub mod outbox_signal;
 pub mod owned;
 pub mod payload;
 pub mod repo_watcher;

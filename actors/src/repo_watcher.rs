@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::breaker::{self, BreakerPolicy, Permit};
+use crate::breaker::{self, BreakerPolicy, GIT_BREAKER, Permit};
 use crate::clock::now_ms;
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
@@ -22,7 +22,6 @@ use crate::scan::{self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, Sc
 use crate::store::access::AccessCheck;
 use crate::store::leases::{LeaseToken, ScanFence};
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
-use crate::store::subscriptions::GIT_BREAKER;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, scan_outcome};
 
@@ -39,7 +38,7 @@ pub struct WatcherConfig {
     pub breaker: BreakerPolicy,
     pub instance_id: String,
     /// Rung after events are written, so delivery starts at once.
-    pub signal: crate::delivery::OutboxSignal,
+    pub signal: crate::outbox_signal::OutboxSignal,
 }
 
 /// Messages of a repository watcher.

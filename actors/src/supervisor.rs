@@ -436,15 +436,6 @@ impl EngineHandle {
 mod tests {
     use super::*;
 
-    fn policy() -> RestartPolicy {
-        RestartPolicy {
-            max_restarts: 3,
-            window: Duration::from_secs(60),
-            base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(250),
-        }
-    }
-
     /// An engine on a fresh SQLite database that gives up on a child's
     /// first failure.
     async fn engine(dir: &std::path::Path) -> EngineHandle {
@@ -501,7 +492,7 @@ mod tests {
             },
             restart: RestartPolicy {
                 max_restarts: 0,
-                ..policy()
+                ..RestartPolicy::default()
             },
         };
         EngineHandle::start(store, config)

@@ -475,8 +475,8 @@ pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
         events,
         in_flight: o.in_flight,
         breakers_open: BreakerCounts {
-            git: count(&o.open_breakers, actors::store::subscriptions::GIT_BREAKER),
-            delivery: count(&o.open_breakers, actors::delivery::DELIVERY_BREAKER),
+            git: count(&o.open_breakers, actors::breaker::GIT_BREAKER),
+            delivery: count(&o.open_breakers, actors::breaker::DELIVERY_BREAKER),
         },
     };
     Ok(json(&OverviewResponse { data: body }))

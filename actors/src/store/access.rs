@@ -15,7 +15,7 @@ use sea_orm::{
 use secrecy::SecretString;
 
 use super::leases::{LeaseToken, hold_scan};
-use super::outbox::{event_kind, pending_event};
+use super::outbox::{event_kind, insert_sync_failed};
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
 use crate::clock::now_ms;
 use crate::ids::RepoId;
@@ -231,17 +231,7 @@ async fn lose<C: ConnectionTrait>(
         },
         retry_count,
     };
-    event::ActiveModel {
-        seq: Set(sub.next_seq),
-        kind: Set(event_kind::SYNC_FAILED.to_owned()),
-        payload: Set(Some(
-            serde_json::to_string(&payload).expect("notices serialise"),
-        )),
-        trace_parent: Set(trace_parent),
-        ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
-    }
-    .insert(conn)
-    .await?;
+    insert_sync_failed(conn, &sub, &payload, trace_parent, now).await?;
     crate::telemetry::events_created(event_kind::SYNC_FAILED, 1);
     let next_seq = sub.next_seq + 1;
     let mut active = sub.into_active_model();

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use entity::{app, event, repository, subscription};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use entity::{app, event, subscription};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Set,
@@ -11,6 +11,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::subscriptions::SubscriptionView;
+use super::subscriptions::delete_orphaned_repositories;
 use super::{Store, StoreError, app_status, event_status, lock_repositories, page_offset};
 use crate::clock::now_ms;
 use crate::crypto::{self, IssuedToken};
@@ -338,25 +339,4 @@ impl Store {
             orphaned_repositories_cleaned: orphans,
         }))
     }
-}
-
-/// Deletes those of `candidates` that no subscription refers to any more.
-pub(crate) async fn delete_orphaned_repositories<C: sea_orm::ConnectionTrait>(
-    conn: &C,
-    candidates: &[String],
-) -> Result<u64, StoreError> {
-    if candidates.is_empty() {
-        return Ok(0);
-    }
-    let still_watched = Query::select()
-        .column(subscription::Column::RepositoryId)
-        .from(subscription::Entity)
-        .and_where(Expr::col(subscription::Column::RepositoryId).is_in(candidates.iter().cloned()))
-        .to_owned();
-    let result = repository::Entity::delete_many()
-        .filter(repository::Column::Id.is_in(candidates.iter().cloned()))
-        .filter(repository::Column::Id.not_in_subquery(still_watched))
-        .exec(conn)
-        .await?;
-    Ok(result.rows_affected)
 }

@@ -10,8 +10,8 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 use super::subscriptions::reset_git_breaker;
 use super::{Store, StoreError, event_status, lock_repositories, page_offset, subscription_status};
 use crate::breaker::CLOSED;
+use crate::breaker::DELIVERY_BREAKER;
 use crate::clock::now_ms;
-use crate::delivery::DELIVERY_BREAKER;
 use crate::ids::RepoId;
 
 /// Row counts of the whole installation.

@@ -735,17 +735,7 @@ impl Store {
                     },
                     retry_count,
                 };
-                event::ActiveModel {
-                    seq: Set(sub.next_seq),
-                    kind: Set(event_kind::SYNC_FAILED.to_owned()),
-                    payload: Set(Some(
-                        serde_json::to_string(&payload).expect("notices serialise"),
-                    )),
-                    trace_parent: Set(trace_parent.clone()),
-                    ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
-                }
-                .insert(&txn)
-                .await?;
+                insert_sync_failed(&txn, &sub, &payload, trace_parent.clone(), now).await?;
                 events += 1;
                 active.next_seq = Set(sub.next_seq + 1);
                 active.status = Set(subscription_status::FAILED.to_owned());
@@ -756,6 +746,29 @@ impl Store {
         crate::telemetry::events_created(event_kind::SYNC_FAILED, events);
         Ok(events)
     }
+}
+
+/// Queues a `sync_failed` notice as the subscription's next event (the
+/// caller moves `next_seq` on).
+pub(crate) async fn insert_sync_failed<C: ConnectionTrait>(
+    conn: &C,
+    sub: &subscription::Model,
+    payload: &SyncFailure,
+    trace_parent: Option<String>,
+    now: i64,
+) -> Result<(), StoreError> {
+    event::ActiveModel {
+        seq: Set(sub.next_seq),
+        kind: Set(event_kind::SYNC_FAILED.to_owned()),
+        payload: Set(Some(
+            serde_json::to_string(payload).expect("notices serialise"),
+        )),
+        trace_parent: Set(trace_parent),
+        ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
 }
 
 /// A new pending event of a subscription, due now, with no file fields; the

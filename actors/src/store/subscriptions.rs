@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use entity::{breaker, event, repository, subscription};
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
     QueryOrder, QuerySelect, Set,
@@ -13,13 +13,10 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::access::{access_state, regain};
-use super::apps::delete_orphaned_repositories;
 use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
+use crate::breaker::GIT_BREAKER;
 use crate::clock::now_ms;
 use crate::ids::{AppId, RepoId, SubscriptionId};
-
-/// Breaker kind of a repository's git remote.
-pub const GIT_BREAKER: &str = "git";
 
 /// A validated registration request.
 pub struct NewSubscription {
@@ -413,4 +410,25 @@ async fn set_proven_credential<C: ConnectionTrait>(
         regain(conn, updated, now).await?;
     }
     Ok(())
+}
+
+/// Deletes those of `candidates` that no subscription refers to any more.
+pub(crate) async fn delete_orphaned_repositories<C: ConnectionTrait>(
+    conn: &C,
+    candidates: &[String],
+) -> Result<u64, StoreError> {
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let still_watched = Query::select()
+        .column(subscription::Column::RepositoryId)
+        .from(subscription::Entity)
+        .and_where(Expr::col(subscription::Column::RepositoryId).is_in(candidates.iter().cloned()))
+        .to_owned();
+    let result = repository::Entity::delete_many()
+        .filter(repository::Column::Id.is_in(candidates.iter().cloned()))
+        .filter(repository::Column::Id.not_in_subquery(still_watched))
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected)
 }
