@@ -771,25 +771,13 @@ impl Lane {
                 outcome = tracing::field::Empty,
             );
             telemetry::continue_trace(&span, event.trace_parent.as_deref());
-            let timestamp = now_ms() / 1000;
-            let mut headers = HeaderMap::new();
-            headers.insert("content-type", header("application/json"));
-            headers.insert("x-docora-app-id", header(&self.app_id));
-            headers.insert("x-docora-timestamp", header(&timestamp.to_string()));
-            headers.insert(
-                "x-docora-signature",
-                header(&signing::docora(&context.keys[0], timestamp, &body)),
-            );
-            let keys: Vec<&[u8]> = context.keys.iter().map(Vec::as_slice).collect();
-            headers.insert("webhook-id", header(&webhook_id));
-            headers.insert("webhook-timestamp", header(&timestamp.to_string()));
-            headers.insert(
-                "webhook-signature",
-                header(&signing::standard(&keys, &webhook_id, timestamp, &body)),
-            );
-            headers.insert(
-                "traceparent",
-                header(&telemetry::outgoing_traceparent(&span)),
+            let headers = signed_headers(
+                &self.app_id,
+                &context.keys,
+                &webhook_id,
+                now_ms() / 1000,
+                &body,
+                &telemetry::outgoing_traceparent(&span),
             );
             let chunk_index = rendered
                 .is_chunked()
@@ -1023,6 +1011,36 @@ impl Lane {
     }
 }
 
+/// The signing stage: a webhook's headers, both signature styles over the
+/// exact body (Docora's with the current key; Standard Webhooks' with every
+/// key that signs, during a rotation the previous one too).
+fn signed_headers(
+    app_id: &str,
+    keys: &[Vec<u8>],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    traceparent: &str,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", header("application/json"));
+    headers.insert("x-docora-app-id", header(app_id));
+    headers.insert("x-docora-timestamp", header(&timestamp.to_string()));
+    headers.insert(
+        "x-docora-signature",
+        header(&signing::docora(&keys[0], timestamp, body)),
+    );
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    headers.insert("webhook-id", header(webhook_id));
+    headers.insert("webhook-timestamp", header(&timestamp.to_string()));
+    headers.insert(
+        "webhook-signature",
+        header(&signing::standard(&keys, webhook_id, timestamp, body)),
+    );
+    headers.insert("traceparent", header(traceparent));
+    headers
+}
+
 fn attempt_row(
     event: &event::Model,
     chunk_index: Option<i32>,
@@ -1096,5 +1114,43 @@ impl MirrorReader {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_carry_both_signatures_over_the_exact_body() {
+        let keys = vec![
+            b"current-key-0123456789".to_vec(),
+            b"previous-key-0123456789".to_vec(),
+        ];
+        let body = br#"{"event":"create"}"#;
+        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body, "00-ab-cd-01");
+        let value = |name: &str| headers[name].to_str().expect("ascii").to_owned();
+        assert_eq!(value("x-docora-app-id"), "app_1");
+        assert_eq!(value("x-docora-timestamp"), "1700000000");
+        // Docora's style signs with the current key only.
+        assert_eq!(
+            value("x-docora-signature"),
+            signing::docora(&keys[0], 1_700_000_000, body)
+        );
+        // Standard Webhooks' carries one signature per signing key.
+        let standard = value("webhook-signature");
+        assert_eq!(standard.split(' ').count(), 2, "{standard}");
+        assert_eq!(
+            standard,
+            signing::standard(
+                &[keys[0].as_slice(), keys[1].as_slice()],
+                "evt_1",
+                1_700_000_000,
+                body
+            )
+        );
+        assert_eq!(value("webhook-id"), "evt_1");
+        assert_eq!(value("traceparent"), "00-ab-cd-01");
+        assert_eq!(value("content-type"), "application/json");
     }
 }
