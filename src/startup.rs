@@ -124,35 +124,36 @@ impl Application {
         // Herald stops when asked, or when its actor tree gave up: a process
         // that answers HTTP but delivers nothing must not look alive, so it
         // exits non-zero and its service manager restarts it.
-        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<bool>();
+        let engine_gave_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let engine = self.engine.clone();
+        let gave_up = Arc::clone(&engine_gave_up);
         let server = http::serve(
             self.listener,
             routes,
             self.header_read_timeout,
             async move {
-                let gave_up = tokio::select! {
-                    () = shutdown => false,
-                    () = engine.ended() => true,
-                };
-                let _ = stopping_tx.send(gave_up);
+                tokio::select! {
+                    () = shutdown => {}
+                    () = engine.ended() => {
+                        error!("the actor tree gave up; stopping so that Herald can be restarted");
+                        gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let _ = stopping_tx.send(());
             },
         );
         tokio::pin!(server);
-        let mut engine_gave_up = false;
         tokio::select! {
             () = &mut server => {}
-            gave_up = stopping => {
-                engine_gave_up = gave_up.unwrap_or(false);
-                if engine_gave_up {
-                    error!("the actor tree gave up; stopping so that Herald can be restarted");
-                }
+            _ = stopping => {
                 // In-flight requests get `server.shutdown_timeout` to finish.
                 if tokio::time::timeout(self.shutdown_timeout, &mut server).await.is_err() {
                     warn!("in-flight requests did not finish in time; closing them");
                 }
             }
         }
+        let engine_gave_up = engine_gave_up.load(std::sync::atomic::Ordering::SeqCst);
         info!("no longer accepting requests; stopping the actor tree");
         pruner.abort();
         metrics_upkeep.abort();

@@ -413,6 +413,22 @@ impl TestApp {
     }
 
     /// Sends SIGTERM and waits for the exit code.
+    /// Waits (bounded) for Herald to exit by itself; its exit code.
+    pub async fn exited(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("herald is running");
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "herald did not exit within {within:?}; logs:\n{}",
+                    self.logs()
+                )
+            })
+            .expect("exit status");
+        self.logs.drained().await;
+        status.code()
+    }
+
     pub async fn terminate(&mut self) -> Option<i32> {
         let pid = self.pid();
         std::process::Command::new("kill")

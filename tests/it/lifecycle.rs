@@ -201,3 +201,60 @@ async fn rate_limits_answer_429_with_retry_after() {
         "the limited request wrote nothing"
     );
 }
+
+/// When a supervised part keeps failing past its restart budget, the root
+/// supervisor gives up and the process ends with a non-zero code, so that
+/// its service manager restarts it: it must not go on answering HTTP while
+/// delivering nothing.
+#[tokio::test]
+async fn a_tree_that_gives_up_ends_the_process_with_a_non_zero_code() {
+    use crate::helpers::{Remotes, onboard, watch};
+    use crate::receiver::{Receiver, Reply};
+    use sea_orm::ConnectionTrait;
+
+    let remotes = Remotes::serve(&["acme/widgets.git"]);
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(500)));
+    let app = helpers::engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    watch(&app, &client, &remotes.url("acme/widgets.git")).await;
+    // An event waits for delivery (the endpoint fails).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while receiver.arrivals() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery was tried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (dir, database) = app.stop().await;
+
+    // Break the storage every app's delivery actor needs to start (its
+    // endpoint breaker): each start fails, and the delivery side with it.
+    let url = database.url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rw",
+            dir.path().join("data").join("herald.db").display()
+        )
+    });
+    let db = sea_orm::Database::connect(&url)
+        .await
+        .expect("the database opens");
+    db.execute_unprepared("DROP TABLE breakers")
+        .await
+        .expect("the table is dropped");
+    db.close().await.ok();
+
+    let mut app = TestApp::builder()
+        .fast()
+        .data_dir(dir)
+        .spawn_with(database)
+        .await;
+    let code = app.exited(std::time::Duration::from_secs(180)).await;
+    assert_eq!(code, Some(1), "logs:\n{}", app.logs());
+    assert!(
+        app.logs().contains("the actor tree gave up"),
+        "{}",
+        app.logs()
+    );
+}
