@@ -82,7 +82,7 @@ pub fn on_failure(
     row.last_error_class = Some(error_class.to_owned());
     row.last_error = Some(error.to_owned());
     row.updated_at = now;
-    let base = i64::try_from(policy.cooldown.as_millis()).unwrap_or(i64::MAX);
+    let base = crate::clock::millis(policy.cooldown);
     let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
     let was_closed = row.state == CLOSED;
     let cooldown = match (row.state.as_str(), row.opened_at, row.cooldown_until) {

@@ -9,6 +9,12 @@ pub fn now_ms() -> i64 {
     i64::try_from(nanos / 1_000_000).expect("the current time fits in i64 milliseconds")
 }
 
+/// A duration in milliseconds, the unit every stored time and offset uses
+/// (saturating: a duration too long for `i64` is "forever").
+pub fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// RFC 3339 with millisecond precision and a `Z` suffix, as Docora prints times
 /// (`2026-01-01T00:00:00.000Z`).
 pub fn rfc3339_ms(ms: i64) -> String {

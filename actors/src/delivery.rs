@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::backoff::Backoff;
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
 use crate::breaker::{BreakerPolicy, DELIVERY_BREAKER, Permit};
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::ids::SubscriptionId;
 use crate::outbox_signal::OutboxSignal;
 use crate::owned::OwnedTask;
@@ -179,9 +179,7 @@ impl Actor for Dispatcher {
                 }
                 if state.last_prune.elapsed() > Duration::from_secs(60) {
                     state.last_prune = Instant::now();
-                    let before = now_ms()
-                        - i64::try_from(state.config.attempt_retention.as_millis())
-                            .unwrap_or(i64::MAX);
+                    let before = now_ms() - millis(state.config.attempt_retention);
                     match state.store.prune_attempts(before).await {
                         Ok(0) => {}
                         Ok(n) => debug!(pruned = n, "old delivery attempts removed"),
@@ -456,14 +454,7 @@ impl Actor for AppDelivery {
 
 /// A delivery lease outlives one request; the lane renews it as it goes.
 fn lease_ttl(config: &DeliveryConfig) -> i64 {
-    i64::try_from(config.timeout.as_millis())
-        .unwrap_or(i64::MAX)
-        .saturating_mul(2)
-        + 10_000
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    millis(config.timeout).saturating_mul(2) + 10_000
 }
 
 /// How an event's delivery ended.

@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::{self, BreakerPolicy, GIT_BREAKER, Permit};
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
 use crate::owned::OwnedTask;
@@ -160,10 +160,6 @@ impl Actor for RepoWatcher {
 
 fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
     config.mirrors_dir.join(format!("{repository}.git"))
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// One scan of one repository, start to end. The scan lease is claimed when

@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use super::{BreakerPolicy, CLOSED, Permit, on_failure, permit};
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::store::{Store, StoreError};
 
 /// Messages of a breaker actor.
@@ -78,10 +78,6 @@ pub struct Reported {
 }
 
 impl BreakerState {
-    fn millis(duration: Duration) -> i64 {
-        i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-    }
-
     async fn ask(&mut self, reserve: bool) -> Result<Permit, StoreError> {
         let now = now_ms();
         match permit(self.row.as_ref(), now) {
@@ -97,7 +93,7 @@ impl BreakerState {
         }
         // Claimed on the stored row: another instance may hold it, or may
         // have closed the breaker meanwhile.
-        let probe_until = now + Self::millis(self.args.probe_timeout);
+        let probe_until = now + millis(self.args.probe_timeout);
         if self
             .args
             .store

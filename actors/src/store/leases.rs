@@ -48,6 +48,99 @@ pub struct ScanFence {
     pub expected_head: Option<String>,
 }
 
+/// A table whose rows are leased: its id column and the lease's two columns.
+/// Scans lease repositories, lanes lease subscriptions; the mechanism is one.
+trait Leased: EntityTrait {
+    const ID: Self::Column;
+    const OWNER: Self::Column;
+    const UNTIL: Self::Column;
+    /// Why a write under a lost lease is refused.
+    const LOST: &'static str;
+}
+
+impl Leased for repository::Entity {
+    const ID: Self::Column = repository::Column::Id;
+    const OWNER: Self::Column = repository::Column::ScanLeaseOwner;
+    const UNTIL: Self::Column = repository::Column::ScanLeaseUntil;
+    const LOST: &'static str = "the scan lease passed to another owner";
+}
+
+impl Leased for subscription::Entity {
+    const ID: Self::Column = subscription::Column::Id;
+    const OWNER: Self::Column = subscription::Column::DeliveryLeaseOwner;
+    const UNTIL: Self::Column = subscription::Column::DeliveryLeaseUntil;
+    const LOST: &'static str = "the delivery lease passed to another owner";
+}
+
+/// Claims row `id` for `ttl_ms` when its lease is free or expired.
+async fn claim<E: Leased, C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    instance: &str,
+    ttl_ms: i64,
+) -> Result<Option<LeaseToken>, StoreError> {
+    let now = now_ms();
+    let token = LeaseToken::new(instance);
+    let result = E::update_many()
+        .col_expr(E::OWNER, Expr::value(token.as_str()))
+        .col_expr(E::UNTIL, Expr::value(now + ttl_ms))
+        .filter(E::ID.eq(id))
+        .filter(free(E::OWNER, E::UNTIL, now))
+        .exec(conn)
+        .await?;
+    Ok((result.rows_affected == 1).then_some(token))
+}
+
+/// Sets the lease's expiry to `until` (or keeps it, `None`) where `token`
+/// still holds it; whether it does.
+async fn held<E: Leased, C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    token: &LeaseToken,
+    until: Option<i64>,
+) -> Result<bool, StoreError> {
+    let expiry = match until {
+        Some(until) => Expr::value(until),
+        None => Expr::col(E::UNTIL),
+    };
+    let result = E::update_many()
+        .col_expr(E::UNTIL, expiry)
+        .filter(E::ID.eq(id))
+        .filter(E::OWNER.eq(token.as_str()))
+        .filter(E::UNTIL.gte(now_ms()))
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Frees the leases of the rows `rows` selects.
+async fn release<E: Leased, C: ConnectionTrait>(
+    conn: &C,
+    rows: Condition,
+) -> Result<u64, StoreError> {
+    let result = E::update_many()
+        .col_expr(E::OWNER, Expr::value(Option::<String>::None))
+        .col_expr(E::UNTIL, Expr::value(Option::<i64>::None))
+        .filter(rows)
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Inside a write transaction: proves that `token` still holds row `id`'s
+/// lease, and locks the row until the commit.
+async fn hold<E: Leased, C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    token: &LeaseToken,
+) -> Result<(), StoreError> {
+    if held::<E, C>(conn, id, token, None).await? {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced(E::LOST))
+    }
+}
+
 /// Inside a write transaction: proves that `token` still holds the
 /// repository's scan lease, and locks the row until the commit.
 pub(crate) async fn hold_scan<C: ConnectionTrait>(
@@ -55,21 +148,7 @@ pub(crate) async fn hold_scan<C: ConnectionTrait>(
     repo: &str,
     token: &LeaseToken,
 ) -> Result<(), StoreError> {
-    let held = repository::Entity::update_many()
-        .col_expr(
-            repository::Column::ScanLeaseUntil,
-            Expr::col(repository::Column::ScanLeaseUntil),
-        )
-        .filter(repository::Column::Id.eq(repo))
-        .filter(repository::Column::ScanLeaseOwner.eq(token.as_str()))
-        .filter(repository::Column::ScanLeaseUntil.gte(now_ms()))
-        .exec(conn)
-        .await?;
-    if held.rows_affected == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced("the scan lease passed to another owner"))
-    }
+    hold::<repository::Entity, C>(conn, repo, token).await
 }
 
 /// Inside a write transaction: proves that `token` still holds the
@@ -79,23 +158,7 @@ pub(crate) async fn hold_delivery<C: ConnectionTrait>(
     subscription_id: &str,
     token: &LeaseToken,
 ) -> Result<(), StoreError> {
-    let held = subscription::Entity::update_many()
-        .col_expr(
-            subscription::Column::DeliveryLeaseUntil,
-            Expr::col(subscription::Column::DeliveryLeaseUntil),
-        )
-        .filter(subscription::Column::Id.eq(subscription_id))
-        .filter(subscription::Column::DeliveryLeaseOwner.eq(token.as_str()))
-        .filter(subscription::Column::DeliveryLeaseUntil.gte(now_ms()))
-        .exec(conn)
-        .await?;
-    if held.rows_affected == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced(
-            "the delivery lease passed to another owner",
-        ))
-    }
+    hold::<subscription::Entity, C>(conn, subscription_id, token).await
 }
 
 impl Store {
@@ -107,26 +170,7 @@ impl Store {
         instance: &str,
         ttl_ms: i64,
     ) -> Result<Option<LeaseToken>, StoreError> {
-        let now = now_ms();
-        let token = LeaseToken::new(instance);
-        let result = repository::Entity::update_many()
-            .col_expr(
-                repository::Column::ScanLeaseOwner,
-                Expr::value(token.as_str()),
-            )
-            .col_expr(
-                repository::Column::ScanLeaseUntil,
-                Expr::value(now + ttl_ms),
-            )
-            .filter(repository::Column::Id.eq(repo.as_str()))
-            .filter(free(
-                repository::Column::ScanLeaseOwner,
-                repository::Column::ScanLeaseUntil,
-                now,
-            ))
-            .exec(&self.db)
-            .await?;
-        Ok((result.rows_affected == 1).then_some(token))
+        claim::<repository::Entity, _>(&self.db, repo.as_str(), instance, ttl_ms).await
     }
 
     /// Extends a scan lease `token` still holds; `false` when it was lost.
@@ -136,35 +180,16 @@ impl Store {
         token: &LeaseToken,
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let result = repository::Entity::update_many()
-            .col_expr(
-                repository::Column::ScanLeaseUntil,
-                Expr::value(now + ttl_ms),
-            )
-            .filter(repository::Column::Id.eq(repo.as_str()))
-            .filter(repository::Column::ScanLeaseOwner.eq(token.as_str()))
-            .filter(repository::Column::ScanLeaseUntil.gte(now))
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+        let until = now_ms() + ttl_ms;
+        held::<repository::Entity, _>(&self.db, repo.as_str(), token, Some(until)).await
     }
 
     /// Gives up a scan lease, if `token` still holds it.
     pub async fn release_scan(&self, repo: &RepoId, token: &LeaseToken) -> Result<(), StoreError> {
-        repository::Entity::update_many()
-            .col_expr(
-                repository::Column::ScanLeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                repository::Column::ScanLeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .filter(repository::Column::Id.eq(repo.as_str()))
-            .filter(repository::Column::ScanLeaseOwner.eq(token.as_str()))
-            .exec(&self.db)
-            .await?;
+        let rows = Condition::all()
+            .add(repository::Column::Id.eq(repo.as_str()))
+            .add(repository::Column::ScanLeaseOwner.eq(token.as_str()));
+        release::<repository::Entity, _>(&self.db, rows).await?;
         Ok(())
     }
 
@@ -176,26 +201,7 @@ impl Store {
         instance: &str,
         ttl_ms: i64,
     ) -> Result<Option<LeaseToken>, StoreError> {
-        let now = now_ms();
-        let token = LeaseToken::new(instance);
-        let result = subscription::Entity::update_many()
-            .col_expr(
-                subscription::Column::DeliveryLeaseOwner,
-                Expr::value(token.as_str()),
-            )
-            .col_expr(
-                subscription::Column::DeliveryLeaseUntil,
-                Expr::value(now + ttl_ms),
-            )
-            .filter(subscription::Column::Id.eq(subscription.as_str()))
-            .filter(free(
-                subscription::Column::DeliveryLeaseOwner,
-                subscription::Column::DeliveryLeaseUntil,
-                now,
-            ))
-            .exec(&self.db)
-            .await?;
-        Ok((result.rows_affected == 1).then_some(token))
+        claim::<subscription::Entity, _>(&self.db, subscription.as_str(), instance, ttl_ms).await
     }
 
     /// Extends a delivery lease `token` still holds; `false` when it was lost.
@@ -205,18 +211,8 @@ impl Store {
         token: &LeaseToken,
         ttl_ms: i64,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let result = subscription::Entity::update_many()
-            .col_expr(
-                subscription::Column::DeliveryLeaseUntil,
-                Expr::value(now + ttl_ms),
-            )
-            .filter(subscription::Column::Id.eq(subscription.as_str()))
-            .filter(subscription::Column::DeliveryLeaseOwner.eq(token.as_str()))
-            .filter(subscription::Column::DeliveryLeaseUntil.gte(now))
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+        let until = now_ms() + ttl_ms;
+        held::<subscription::Entity, _>(&self.db, subscription.as_str(), token, Some(until)).await
     }
 
     /// Gives up a delivery lease, if `token` still holds it.
@@ -225,19 +221,10 @@ impl Store {
         subscription: &SubscriptionId,
         token: &LeaseToken,
     ) -> Result<(), StoreError> {
-        subscription::Entity::update_many()
-            .col_expr(
-                subscription::Column::DeliveryLeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                subscription::Column::DeliveryLeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .filter(subscription::Column::Id.eq(subscription.as_str()))
-            .filter(subscription::Column::DeliveryLeaseOwner.eq(token.as_str()))
-            .exec(&self.db)
-            .await?;
+        let rows = Condition::all()
+            .add(subscription::Column::Id.eq(subscription.as_str()))
+            .add(subscription::Column::DeliveryLeaseOwner.eq(token.as_str()));
+        release::<subscription::Entity, _>(&self.db, rows).await?;
         Ok(())
     }
 
@@ -247,31 +234,17 @@ impl Store {
     /// work is taken up at once instead of after the leases expire.
     pub async fn release_leases_of(&self, instance: &str) -> Result<u64, StoreError> {
         let mine = format!("{instance}/%");
-        let scans = repository::Entity::update_many()
-            .col_expr(
-                repository::Column::ScanLeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                repository::Column::ScanLeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .filter(repository::Column::ScanLeaseOwner.like(mine.as_str()))
-            .exec(&self.db)
-            .await?;
-        let deliveries = subscription::Entity::update_many()
-            .col_expr(
-                subscription::Column::DeliveryLeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                subscription::Column::DeliveryLeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .filter(subscription::Column::DeliveryLeaseOwner.like(mine.as_str()))
-            .exec(&self.db)
-            .await?;
-        Ok(scans.rows_affected + deliveries.rows_affected)
+        let scans = release::<repository::Entity, _>(
+            &self.db,
+            Condition::all().add(repository::Column::ScanLeaseOwner.like(mine.as_str())),
+        )
+        .await?;
+        let deliveries = release::<subscription::Entity, _>(
+            &self.db,
+            Condition::all().add(subscription::Column::DeliveryLeaseOwner.like(mine.as_str())),
+        )
+        .await?;
+        Ok(scans + deliveries)
     }
 
     /// Repositories whose next scan is due at `now`, earliest first, that
