@@ -94,6 +94,11 @@ impl GitError {
         }
     }
 
+    /// A failure of Herald's own, not of the remote (a worker lost).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(GitFailure::Other, message)
+    }
+
     /// Classifies a libgit2 error. The message is Herald's own summary, never
     /// libgit2's text, which can quote server responses.
     fn classify(err: &git2::Error, timed_out: bool) -> Self {

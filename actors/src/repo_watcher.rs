@@ -18,7 +18,9 @@ use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
 use crate::owned::OwnedTask;
-use crate::scan::{self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict};
+use crate::scan::{
+    self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict, WorkerLost,
+};
 use crate::store::access::AccessCheck;
 use crate::store::leases::{LeaseToken, ScanFence};
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
@@ -196,7 +198,7 @@ async fn scan_repository(
             }
         }
     };
-    let work = scan_claimed(&store, &pool, &slot, &config, &repository, &lease);
+    let work = scan_claimed(&store, &slot, &config, &repository, &lease);
     let report = tokio::select! {
         result = work => match result {
             Ok(report) => report,
@@ -222,7 +224,6 @@ async fn scan_repository(
 
 async fn scan_claimed(
     store: &Store,
-    pool: &ScanPool,
     slot: &ScanSlot,
     config: &WatcherConfig,
     repository: &RepoId,
@@ -278,10 +279,17 @@ async fn scan_claimed(
         expected_head: repo.head_commit.clone(),
     };
     let started = std::time::Instant::now();
-    let mut result = run_scan(pool, slot, &job).await;
+    let Ok(mut result) = run_scan(slot, &job).await else {
+        // The worker's failure is the pool's to handle; the repository is
+        // still due, and the next tick scans it again.
+        return Ok(ScanReport::Skipped("the scan worker failed"));
+    };
     if matches!(result.outcome, Ok(ScanOutcome::NeedsManifest)) {
         job.manifest = Some(store.manifest_blob_ids(repository).await?);
-        result = run_scan(pool, slot, &job).await;
+        let Ok(again) = run_scan(slot, &job).await else {
+            return Ok(ScanReport::Skipped("the scan worker failed"));
+        };
+        result = again;
     }
     let ScanResult { outcome, verdicts } = result;
     record_verdicts(store, config, repository, lease, verdicts).await?;
@@ -387,9 +395,9 @@ async fn scan_claimed(
     }
 }
 
-async fn run_scan(pool: &ScanPool, slot: &ScanSlot, job: &ScanJob) -> ScanResult {
+async fn run_scan(slot: &ScanSlot, job: &ScanJob) -> Result<ScanResult, WorkerLost> {
     let job = job.clone();
-    pool.run_in(slot, move || scan::scan(job)).await
+    slot.run(move || scan::scan(job)).await
 }
 
 /// Stores what the scan learnt of each subscriber's credential; a subscriber

@@ -1,73 +1,19 @@
-//! The scan pool: a bounded number of blocking workers for git2 and hashing,
-//! off the async executor. A watcher hands a job to the pool and gets its
-//! result back; at most `size` jobs run at once, the others wait their turn.
+//! What a scan does on a worker: check the remote with each subscriber's
+//! credential, fetch, diff against the last snapshot. Everything here blocks;
+//! it runs on the scan workers ([`workers`]), never on the async executor.
+
+pub mod workers;
+
+pub use workers::{ScanPool, ScanSlot, WorkerLost};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use git2::Oid;
 use ignore::gitignore::Gitignore;
-use tokio::sync::Semaphore;
 
 use crate::changes::{self, TreeDelta};
 use crate::git::{self, Credentials, GitError, GitFailure, Mirror, RemoteHead, RemoteSpec};
-
-#[derive(Clone)]
-pub struct ScanPool {
-    permits: Arc<Semaphore>,
-}
-
-impl std::fmt::Debug for ScanPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScanPool")
-            .field("available", &self.permits.available_permits())
-            .finish()
-    }
-}
-
-impl ScanPool {
-    pub fn new(size: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(size.max(1))),
-        }
-    }
-
-    /// Waits until a worker is free and reserves it: a scan holds its slot
-    /// from claiming its lease to writing its result.
-    pub async fn slot(&self) -> ScanSlot {
-        ScanSlot {
-            _permit: Arc::clone(&self.permits)
-                .acquire_owned()
-                .await
-                .expect("the pool's semaphore is never closed"),
-        }
-    }
-
-    /// Runs `job` on a blocking worker once one is free. A panicking job
-    /// resumes its panic in the caller, so the caller's supervisor sees it.
-    pub async fn run<T, F>(&self, job: F) -> T
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let slot = self.slot().await;
-        self.run_in(&slot, job).await
-    }
-
-    /// Runs `job` on a blocking worker in a slot already reserved.
-    pub async fn run_in<T, F>(&self, _slot: &ScanSlot, job: F) -> T
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        match tokio::task::spawn_blocking(job).await {
-            Ok(value) => value,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => panic!("scan worker cancelled: {err}"),
-        }
-    }
-}
 
 /// One subscriber's credential, as a scan uses or checks it.
 #[derive(Debug, Clone)]
@@ -101,12 +47,6 @@ pub enum Verdict {
     Granted,
     /// Refused, or the repository is invisible to it; the message is safe.
     Denied(GitError),
-}
-
-/// A reserved scan worker; freed when dropped.
-#[derive(Debug)]
-pub struct ScanSlot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What a scan needs to know, gathered from the database by the watcher.

@@ -275,10 +275,11 @@ mod tests {
                 .expect("subscribed");
             repos.push(RepoId::parse(&view.repository.id).expect("id"));
         }
+        let (pool, workers) = ScanPool::standalone(2).await.expect("scan workers");
         let args = SchedulerArgs {
             store: store.clone(),
             tick: Duration::from_secs(3600),
-            pool: ScanPool::new(2),
+            pool,
             watcher: WatcherConfig {
                 mirrors_dir: dir.path().join("mirrors"),
                 fetch_timeout: Duration::from_secs(10),
@@ -354,6 +355,7 @@ mod tests {
 
         scheduler.stop(None);
         handle.await.expect("scheduler stops");
+        workers.stop(None);
         store.close().await.ok();
     }
 }

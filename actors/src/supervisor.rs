@@ -17,6 +17,7 @@ use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
 use crate::restart::{RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
+use crate::scan::workers::PoolOwner;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::store::Store;
 
@@ -37,14 +38,30 @@ pub struct EngineConfig {
 /// The children the root supervisor owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Child {
+    /// The scan workers (fetch, diff).
+    Scans,
+    /// The access-check workers, apart so that a registration never waits
+    /// behind long fetches.
+    Probes,
     Scheduler,
     Dispatcher,
     Hooks,
 }
 
 impl Child {
+    /// In start order: the workers before those who give them work.
+    const ALL: [Child; 5] = [
+        Child::Scans,
+        Child::Probes,
+        Child::Scheduler,
+        Child::Dispatcher,
+        Child::Hooks,
+    ];
+
     fn name(self) -> &'static str {
         match self {
+            Child::Scans => "scan workers",
+            Child::Probes => "access-check workers",
             Child::Scheduler => "scheduler",
             Child::Dispatcher => "dispatcher",
             Child::Hooks => "hook processor",
@@ -78,13 +95,20 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     pub store: Store,
     pub config: EngineConfig,
+    /// The scan workers, as every watcher reaches them.
+    pub pool: ScanPool,
+    pub scans: PoolOwner,
+    pub probes: PoolOwner,
 }
 
 pub struct SupervisorState {
     store: Store,
     config: EngineConfig,
-    /// Shared by every watcher, and kept across scheduler restarts.
+    /// Shared by every watcher; follows the pool actor across restarts.
     pool: ScanPool,
+    scans: PoolOwner,
+    probes: PoolOwner,
+    running: HashMap<Child, ractor::ActorCell>,
     scheduler: Option<ActorRef<SchedulerMsg>>,
     dispatcher: Option<ActorRef<DispatcherMsg>>,
     hooks: Option<ActorRef<HookMsg>>,
@@ -97,7 +121,9 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         child: Child,
     ) -> Result<(), ActorProcessingErr> {
-        match child {
+        let cell = match child {
+            Child::Scans => self.scans.spawn(Some(myself.get_cell())).await?.get_cell(),
+            Child::Probes => self.probes.spawn(Some(myself.get_cell())).await?.get_cell(),
             Child::Scheduler => {
                 let args = SchedulerArgs {
                     store: self.store.clone(),
@@ -108,7 +134,8 @@ impl SupervisorState {
                 };
                 let (scheduler, _) =
                     Actor::spawn_linked(None, Scheduler, args, myself.get_cell()).await?;
-                self.scheduler = Some(scheduler);
+                self.scheduler = Some(scheduler.clone());
+                scheduler.get_cell()
             }
             Child::Dispatcher => {
                 let args = DispatcherArgs {
@@ -119,7 +146,8 @@ impl SupervisorState {
                 };
                 let (dispatcher, _) =
                     Actor::spawn_linked(None, Dispatcher, args, myself.get_cell()).await?;
-                self.dispatcher = Some(dispatcher);
+                self.dispatcher = Some(dispatcher.clone());
+                dispatcher.get_cell()
             }
             Child::Hooks => {
                 let args = HookProcessorArgs {
@@ -129,40 +157,27 @@ impl SupervisorState {
                 };
                 let (hooks, _) =
                     Actor::spawn_linked(None, HookProcessor, args, myself.get_cell()).await?;
-                self.hooks = Some(hooks);
+                self.hooks = Some(hooks.clone());
+                hooks.get_cell()
             }
-        }
+        };
+        self.running.insert(child, cell);
         info!(child = child.name(), "actor started");
         Ok(())
     }
 
     fn child_of(&self, cell: &ractor::ActorCell) -> Option<Child> {
-        if self
-            .scheduler
-            .as_ref()
-            .is_some_and(|s| s.get_id() == cell.get_id())
-        {
-            return Some(Child::Scheduler);
-        }
-        if self
-            .dispatcher
-            .as_ref()
-            .is_some_and(|d| d.get_id() == cell.get_id())
-        {
-            return Some(Child::Dispatcher);
-        }
-        if self
-            .hooks
-            .as_ref()
-            .is_some_and(|h| h.get_id() == cell.get_id())
-        {
-            return Some(Child::Hooks);
-        }
-        None
+        self.running
+            .iter()
+            .find(|(_, running)| running.get_id() == cell.get_id())
+            .map(|(child, _)| *child)
     }
 
     fn forget(&mut self, child: Child) {
+        self.running.remove(&child);
         match child {
+            Child::Scans => self.scans.ended(),
+            Child::Probes => self.probes.ended(),
             Child::Scheduler => self.scheduler = None,
             Child::Dispatcher => self.dispatcher = None,
             Child::Hooks => self.hooks = None,
@@ -182,16 +197,19 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             store: args.store,
-            pool: ScanPool::new(args.config.scan_workers),
+            pool: args.pool,
+            scans: args.scans,
+            probes: args.probes,
             config: args.config,
+            running: HashMap::new(),
             scheduler: None,
             dispatcher: None,
             hooks: None,
             restarts: HashMap::new(),
         };
-        state.start(&myself, Child::Scheduler).await?;
-        state.start(&myself, Child::Dispatcher).await?;
-        state.start(&myself, Child::Hooks).await?;
+        for child in Child::ALL {
+            state.start(&myself, child).await?;
+        }
         Ok(state)
     }
 
@@ -223,22 +241,13 @@ impl Actor for Supervisor {
             SupervisorMsg::Start(child) => state.start(&myself, child).await?,
             #[cfg(test)]
             SupervisorMsg::Kill(child) => {
-                let cell = match child {
-                    Child::Scheduler => state.scheduler.as_ref().map(ActorRef::get_cell),
-                    Child::Dispatcher => state.dispatcher.as_ref().map(ActorRef::get_cell),
-                    Child::Hooks => state.hooks.as_ref().map(ActorRef::get_cell),
-                };
-                if let Some(cell) = cell {
+                if let Some(cell) = state.running.get(&child) {
                     cell.kill();
                 }
             }
             SupervisorMsg::Health(reply) => {
                 // A reply port whose caller gave up is not an error of ours.
-                let _ = reply.send(
-                    state.scheduler.is_some()
-                        && state.dispatcher.is_some()
-                        && state.hooks.is_some(),
-                );
+                let _ = reply.send(Child::ALL.iter().all(|c| state.running.contains_key(c)));
             }
         }
         Ok(())
@@ -304,6 +313,12 @@ impl Actor for Supervisor {
                 .await
                 .ok();
         }
+        // No scan is left to use them.
+        for child in [Child::Scans, Child::Probes] {
+            if let Some(cell) = state.running.remove(&child) {
+                cell.stop(Some("shutdown".to_owned()));
+            }
+        }
         Ok(())
     }
 }
@@ -340,12 +355,20 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     /// Starts the supervision tree.
     pub async fn start(store: Store, config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
-        let probes = ScanPool::new(config.scan_workers);
+        let (pool, scans) = ScanPool::supervised("scans", config.scan_workers, config.restart);
+        let (probes, probe_owner) =
+            ScanPool::supervised("access checks", config.scan_workers, config.restart);
         let remote = (config.watcher.connect.clone(), config.watcher.fetch_timeout);
         let (supervisor, root) = Actor::spawn(
             Some("herald.supervisor".to_owned()),
             Supervisor,
-            SupervisorArgs { store, config },
+            SupervisorArgs {
+                store,
+                config,
+                pool,
+                scans,
+                probes: probe_owner,
+            },
         )
         .await?;
         let (ended_tx, ended) = tokio::sync::watch::channel(false);
@@ -376,6 +399,7 @@ impl EngineHandle {
         self.probes
             .run(move || git::probe(&spec, probe.branch.as_deref()))
             .await
+            .unwrap_or_else(|lost| Err(GitError::internal(lost.to_string())))
     }
 
     /// Tells the scheduler about something it should act on now.

@@ -1,0 +1,898 @@
+//! A delivery lane: the child actor of an app's delivery actor that delivers
+//! one subscription's events, strictly in `seq` order, one after the other.
+//!
+//! The app actor claims the subscription's delivery lease and starts the
+//! lane with it; the lane presents it with every write, renews it as it
+//! goes, and stops before its next send once it lost it. Each event passes
+//! the same stages: *render* (content read from the mirror, the body built
+//! and chunked), *sign*, *send*, *record* (the answer judged, the breaker
+//! told, the outcome written). One event is one message, so a stop asked by
+//! the owner takes effect between two events, after the lane wrote what it
+//! delivered and released its lease; a lane that fails (a panic) leaves its
+//! events pending, and its owner releases the lease and restarts it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use entity::event;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret;
+use tracing::{Instrument, info, warn};
+
+use super::content::MirrorReader;
+use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl};
+use crate::backoff::Backoff;
+use crate::breaker::Permit;
+use crate::breaker::actor::{BreakerMsg, Change, Reported};
+use crate::clock::{millis, now_ms};
+use crate::ids::SubscriptionId;
+use crate::payload::{self, RepositoryRef};
+use crate::signing;
+use crate::store::delivery::{Attempt, EventOutcome};
+use crate::store::leases::LeaseToken;
+use crate::store::outbox::event_kind;
+use crate::store::{Store, StoreError, event_status};
+use crate::telemetry::{self, delivery_outcome};
+use crate::webhook_client::{Answer, NoAnswer, WebhookClient, header};
+
+/// Messages of a lane.
+#[derive(Debug)]
+pub enum LaneMsg {
+    /// Deliver the next event.
+    Continue,
+    /// Fails the lane, as a bug would (supervision tests).
+    #[cfg(test)]
+    Crash,
+}
+
+pub struct LaneActor;
+
+/// What a lane starts with: its subscription, the lease its owner claimed
+/// for it, and whom to tell when it ends.
+pub struct LaneArgs {
+    pub app_id: String,
+    pub subscription: SubscriptionId,
+    pub lease: LeaseToken,
+    pub store: Store,
+    pub config: DeliveryConfig,
+    pub client: WebhookClient,
+    /// The app endpoint's breaker actor.
+    pub breaker: ActorRef<BreakerMsg>,
+    pub owner: ActorRef<AppMsg>,
+}
+
+pub struct LaneState {
+    lane: Lane,
+    owner: ActorRef<AppMsg>,
+    /// The last `seq` handled: delivered, or passed over as skipped.
+    after_seq: i64,
+    /// The events read and not yet handled, in order.
+    batch: VecDeque<event::Model>,
+    /// Read again with every batch: a rotated key or a new base_url applies
+    /// within one batch, and a disabled app stops its lanes.
+    context: Option<LaneContext>,
+    /// When the subscription is due again, once the lane ends.
+    retry_at: Option<i64>,
+}
+
+/// What one step of a lane leaves to do.
+enum Step {
+    More,
+    /// The lane ends; the subscription is due again at this time (if any).
+    Done(Option<i64>),
+}
+
+impl Actor for LaneActor {
+    type Msg = LaneMsg;
+    type State = LaneState;
+    type Arguments = LaneArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: LaneArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(LaneMsg::Continue)?;
+        Ok(LaneState {
+            lane: Lane {
+                app_id: args.app_id,
+                subscription: args.subscription,
+                lease: args.lease,
+                store: args.store,
+                config: args.config,
+                client: args.client,
+                breaker: args.breaker,
+                renewed_at: now_ms(),
+                delivered: Unrecorded::default(),
+            },
+            owner: args.owner,
+            after_seq: i64::MIN,
+            batch: VecDeque::new(),
+            context: None,
+            retry_at: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LaneMsg::Continue => match state.step().await {
+                Ok(Step::More) => myself.send_message(LaneMsg::Continue)?,
+                Ok(Step::Done(retry_at)) => {
+                    state.retry_at = retry_at;
+                    myself.stop(None);
+                }
+                Err(StoreError::Fenced(why)) => {
+                    // Another owner delivers this subscription now: this lane
+                    // stops and leaves it to them.
+                    warn!(subscription = %state.lane.subscription, why, "lane fenced off; it stops");
+                    myself.stop(None);
+                }
+                Err(err) => {
+                    warn!(subscription = %state.lane.subscription, error = %err, "delivery interrupted; retrying shortly");
+                    state.retry_at = Some(now_ms() + 1_000);
+                    myself.stop(None);
+                }
+            },
+            #[cfg(test)]
+            LaneMsg::Crash => panic!("lane crash requested by a test"),
+        }
+        Ok(())
+    }
+
+    /// Runs when the lane ends by itself or is stopped by its owner (not
+    /// when it fails: then its owner cleans up).
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let lane = &mut state.lane;
+        if let Err(err) = lane.flush().await {
+            warn!(subscription = %lane.subscription, error = %err, "delivered events not recorded; they will be delivered again");
+            if !matches!(err, StoreError::Fenced(_)) {
+                state.retry_at = Some(now_ms() + 1_000);
+            }
+        }
+        if let Err(err) = lane
+            .store
+            .release_delivery(&lane.subscription, &lane.lease)
+            .await
+        {
+            warn!(subscription = %lane.subscription, error = %err, "could not release the delivery lease; it will expire");
+        }
+        let _ = state.owner.send_message(AppMsg::LaneDone {
+            subscription: lane.subscription.as_str().to_owned(),
+            retry_at: state.retry_at,
+        });
+        Ok(())
+    }
+}
+
+impl LaneState {
+    /// Delivers the next due event, reading the next batch first when the
+    /// last one is used up.
+    async fn step(&mut self) -> Result<Step, StoreError> {
+        if self.batch.is_empty() {
+            // The next batch is read from the database: it must see this one
+            // delivered.
+            self.lane.flush().await?;
+            let Some(context) = self.lane.context().await? else {
+                return Ok(Step::Done(None));
+            };
+            self.context = Some(context);
+            let batch = self
+                .lane
+                .store
+                .next_events(self.lane.subscription.as_str(), self.after_seq, 64)
+                .await?;
+            if batch.is_empty() {
+                self.lane
+                    .store
+                    .settle_subscription(self.lane.subscription.as_str(), &self.lane.lease)
+                    .await?;
+                return Ok(Step::Done(None));
+            }
+            self.batch = batch.into();
+        }
+        let (Some(event), Some(context)) = (self.batch.pop_front(), self.context.as_ref()) else {
+            return Ok(Step::Done(None));
+        };
+        if event.status == event_status::DEAD {
+            // Order is the contract: later events wait behind it.
+            return Ok(Step::Done(None));
+        }
+        if event.next_attempt_at > now_ms() {
+            return Ok(Step::Done(Some(event.next_attempt_at)));
+        }
+        match self.lane.deliver_event(context, &event).await? {
+            Flow::Next => self.after_seq = event.seq,
+            Flow::Stop(at) => return Ok(Step::Done(at)),
+        }
+        if self.lane.flush_due() {
+            self.lane.flush().await?;
+        }
+        if !self.lane.renew_lease().await? {
+            return Ok(Step::Done(None));
+        }
+        Ok(Step::More)
+    }
+}
+
+/// How an event's delivery ended.
+enum Flow {
+    /// Delivered (or passed over): go on with the next event.
+    Next,
+    /// Stop the lane; the subscription is due again at this time (if any).
+    Stop(Option<i64>),
+}
+
+/// Everything a lane needs, loaded once per batch.
+struct LaneContext {
+    base_url: String,
+    keys: Vec<Vec<u8>>,
+    repository: RepositoryRef,
+    mirror: MirrorReader,
+    backoff: Backoff,
+}
+
+struct Lane {
+    app_id: String,
+    subscription: SubscriptionId,
+    /// This lane's claim: every write presents it, and a lane whose lease
+    /// passed to another owner stops before its next send.
+    lease: LeaseToken,
+    store: Store,
+    config: DeliveryConfig,
+    client: WebhookClient,
+    /// The app endpoint's breaker actor.
+    breaker: ActorRef<BreakerMsg>,
+    /// When the delivery lease was last claimed or renewed (unix ms).
+    renewed_at: i64,
+    /// Delivered events whose success is not written yet (see [`Lane::flush`]).
+    delivered: Unrecorded,
+}
+
+/// Successful deliveries are written a batch at a time: one transaction per
+/// [`FLUSH_EVERY`] events (or [`FLUSH_AFTER`]) instead of one per event.
+/// Events delivered but not yet written when Herald dies are delivered again
+/// after the restart, with the same `webhook-id` (at least once, as
+/// promised); every other outcome is written before the lane goes on.
+const FLUSH_EVERY: usize = 64;
+/// Notifications (`sync_failed`, `synced`) are best effort: after this many
+/// failed attempts they are skipped, so file events behind them do not wait
+/// out a long backoff.
+const NOTIFICATION_MAX_ATTEMPTS: u32 = 3;
+const FLUSH_AFTER: Duration = Duration::from_millis(250);
+
+#[derive(Default)]
+struct Unrecorded {
+    attempts: Vec<Attempt>,
+    since: Option<Instant>,
+}
+
+/// One request as it went out, for the record stage.
+struct Sent {
+    attempted_at: i64,
+    /// The chunk's index, when the event is chunked.
+    chunk_index: Option<i32>,
+    /// The event's last (or only) part.
+    last: bool,
+    /// Sent as the breaker's probe: a failure does not use up an attempt.
+    probe: bool,
+}
+
+/// What the endpoint's answer means for the event, and for its breaker.
+#[derive(Debug, PartialEq, Eq)]
+enum Judgement {
+    /// A 2xx.
+    Delivered,
+    /// 410 Gone: the app asked for no more; its endpoint works.
+    Gone,
+    /// 429 or 503 with `Retry-After`: wait as asked (capped), without using
+    /// an attempt; it tells nothing of the endpoint's health.
+    Throttled(Duration),
+    /// A failed attempt. `endpoint_down` (no answer, or a 5xx) counts
+    /// against the breaker; other answers show the endpoint is up.
+    Failed {
+        class: &'static str,
+        error: String,
+        endpoint_down: bool,
+    },
+}
+
+/// The *judge* part of the record stage: a pure function of the answer.
+fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration) -> Judgement {
+    match answer {
+        Ok(answer) if (200..300).contains(&answer.status) => Judgement::Delivered,
+        Ok(answer) if answer.status == 410 => Judgement::Gone,
+        Ok(Answer {
+            status: 429 | 503,
+            retry_after: Some(wait),
+            ..
+        }) => Judgement::Throttled((*wait).min(retry_after_cap)),
+        Ok(answer) => Judgement::Failed {
+            class: if (300..400).contains(&answer.status) {
+                "redirect"
+            } else {
+                "http_status"
+            },
+            error: format!("the endpoint answered {}", answer.status),
+            endpoint_down: answer.status >= 500 && answer.retry_after.is_none(),
+        },
+        Err(no_answer) => Judgement::Failed {
+            class: no_answer.class,
+            error: no_answer.message.clone(),
+            endpoint_down: true,
+        },
+    }
+}
+
+impl Lane {
+    async fn context(&self) -> Result<Option<LaneContext>, StoreError> {
+        let Some(app) = self.store.app(&self.app_id).await? else {
+            return Ok(None);
+        };
+        if app.status != crate::store::app_status::ACTIVE {
+            return Ok(None);
+        }
+        let Some(subscription) = self.store.subscription(self.subscription.as_str()).await? else {
+            return Ok(None);
+        };
+        let Some(repository) = self
+            .store
+            .repository_row(&subscription.repository_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // During a key rotation both keys sign; the Docora header, which
+        // holds one signature, uses the current key.
+        let keys = self
+            .store
+            .signing_keys(&app, now_ms())?
+            .iter()
+            .map(|key| key.expose_secret().as_bytes().to_vec())
+            .collect();
+        let backoff = Backoff::of_app(&app, self.config.backoff);
+        Ok(Some(LaneContext {
+            base_url: app.base_url.clone(),
+            keys,
+            repository: RepositoryRef {
+                repository_id: repository.id.clone(),
+                github_url: repository.url.clone(),
+                owner: repository.owner.clone(),
+                name: repository.name.clone(),
+            },
+            mirror: MirrorReader::new(
+                self.config
+                    .mirrors_dir
+                    .join(format!("{}.git", repository.id)),
+            ),
+            backoff,
+        }))
+    }
+
+    /// Queues a delivered event's successful attempt for [`Lane::flush`].
+    fn delivered(&mut self, attempt: Attempt) {
+        self.delivered.since.get_or_insert_with(Instant::now);
+        self.delivered.attempts.push(attempt);
+    }
+
+    fn flush_due(&self) -> bool {
+        self.delivered.attempts.len() >= FLUSH_EVERY
+            || self
+                .delivered
+                .since
+                .is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+    }
+
+    /// Writes the queued deliveries in one transaction.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        self.delivered.since = None;
+        let attempts = std::mem::take(&mut self.delivered.attempts);
+        self.store
+            .record_deliveries(self.subscription.as_str(), &self.lease, attempts)
+            .await
+    }
+
+    /// Renews the delivery lease once a third of it has passed; `false` when
+    /// it was lost (another owner took the subscription over).
+    async fn renew_lease(&mut self) -> Result<bool, StoreError> {
+        let ttl = lease_ttl(&self.config);
+        let now = now_ms();
+        if now - self.renewed_at < ttl / 3 {
+            return Ok(true);
+        }
+        self.renewed_at = now;
+        self.store
+            .renew_delivery(&self.subscription, &self.lease, ttl)
+            .await
+    }
+
+    async fn deliver_event(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+    ) -> Result<Flow, StoreError> {
+        let Ok(permit) = ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS) else {
+            // The breaker is restarting with its app actor: try again soon.
+            return Ok(Flow::Stop(Some(now_ms() + 1_000)));
+        };
+        let probe = match permit {
+            Permit::WaitUntil(until) => return Ok(Flow::Stop(Some(until))),
+            Permit::Probe => true,
+            Permit::Proceed => false,
+        };
+        let flow = self.send_event(context, event, probe).await;
+        if probe && !matches!(flow, Ok(Flow::Next)) {
+            // A probe that ended before an answer told nothing: let another go.
+            let _ = self.breaker.cast(BreakerMsg::Inconclusive);
+        }
+        flow
+    }
+
+    /// The render stage: the event's content, read from the mirror, and its
+    /// body (or chunks). `Err` carries the flow of an event given up on.
+    async fn render(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+    ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
+        let content = match event.kind.as_str() {
+            event_kind::CREATED | event_kind::UPDATED => {
+                match context.mirror.read(event.blob_id.clone()).await {
+                    Some(content) => Some(content),
+                    None => {
+                        let error =
+                            "the file's content is no longer in the mirror; resync the repository";
+                        return self
+                            .give_up(event, "content_missing", error.to_owned())
+                            .await
+                            .map(Err);
+                    }
+                }
+            }
+            _ => None,
+        };
+        match payload::render(
+            event,
+            &context.repository,
+            content.as_deref(),
+            self.config.chunking,
+        ) {
+            Ok(rendered) => Ok(Ok(rendered)),
+            Err(err) => self
+                .give_up(event, "payload", err.to_string())
+                .await
+                .map(Err),
+        }
+    }
+
+    /// Render, then for each part (one, or the chunks from where a retry
+    /// resumes): sign, send, record.
+    async fn send_event(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+        probe: bool,
+    ) -> Result<Flow, StoreError> {
+        let rendered = match self.render(context, event).await? {
+            Ok(rendered) => rendered,
+            Err(flow) => return Ok(flow),
+        };
+        let url = format!(
+            "{}/{}",
+            context.base_url.trim_end_matches('/'),
+            rendered.endpoint
+        );
+        let first = if rendered.is_chunked() {
+            self.store
+                .resume_chunk(&event.id)
+                .await?
+                .min(rendered.len() - 1)
+        } else {
+            0
+        };
+        for index in first..rendered.len() {
+            // A long chunked file keeps the lease alive between chunks.
+            if index > first && !self.renew_lease().await? {
+                return Ok(Flow::Stop(None));
+            }
+            let (webhook_id, body) = rendered.part(&event.id, index);
+            // One span per request, in the trace of the scan that found the change.
+            let span = tracing::info_span!(
+                parent: None,
+                "delivery_attempt",
+                "otel.kind" = "client",
+                event = %event.id,
+                app = %self.app_id,
+                subscription = %event.subscription_id,
+                kind = %event.kind,
+                chunk = index,
+                "http.response.status_code" = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            telemetry::continue_trace(&span, event.trace_parent.as_deref());
+            let headers = signed_headers(
+                &self.app_id,
+                &context.keys,
+                &webhook_id,
+                now_ms() / 1000,
+                &body,
+                &telemetry::outgoing_traceparent(&span),
+            );
+            let sent = Sent {
+                attempted_at: now_ms(),
+                chunk_index: rendered
+                    .is_chunked()
+                    .then(|| i32::try_from(index).unwrap_or(i32::MAX)),
+                last: index + 1 == rendered.len(),
+                probe,
+            };
+            let answer = self
+                .client
+                .post(&url, headers, body)
+                .instrument(span.clone())
+                .await;
+            if let Ok(answer) = &answer {
+                span.record("http.response.status_code", answer.status);
+            }
+            if let Flow::Stop(at) = self.record(context, event, &sent, answer, &span).await? {
+                return Ok(Flow::Stop(at));
+            }
+        }
+        Ok(Flow::Next)
+    }
+
+    /// The record stage: judges the answer, tells the breaker, writes the
+    /// attempt and the event's outcome. `Next` goes on with the next part.
+    async fn record(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+        sent: &Sent,
+        answer: Result<Answer, NoAnswer>,
+        span: &tracing::Span,
+    ) -> Result<Flow, StoreError> {
+        let judgement = judge(&answer, self.config.retry_after_cap);
+        let (status, latency, excerpt) = match &answer {
+            Ok(answer) => (
+                Some(answer.status),
+                answer.latency,
+                Some(answer.excerpt.clone()),
+            ),
+            Err(no_answer) => (None, no_answer.latency, None),
+        };
+        let attempt = |class: Option<&str>| {
+            attempt_row(
+                event,
+                sent.chunk_index,
+                sent.attempted_at,
+                status,
+                millis(latency),
+                class,
+                excerpt.clone(),
+            )
+        };
+        let (outcome, label, class) = match judgement {
+            Judgement::Delivered => {
+                telemetry::delivery_attempt(
+                    span,
+                    &self.app_id,
+                    delivery_outcome::DELIVERED,
+                    Some(latency),
+                );
+                self.breaker_success().await?;
+                if sent.last {
+                    self.delivered(attempt(None));
+                } else {
+                    // Where a retry resumes: written before the next chunk.
+                    self.store
+                        .record_attempt(&self.lease, event, attempt(None), None)
+                        .await?;
+                }
+                return Ok(Flow::Next);
+            }
+            Judgement::Gone => {
+                self.breaker_success().await?;
+                let outcome = EventOutcome::Paused {
+                    error: "the endpoint answered 410 Gone; the subscription is paused".into(),
+                };
+                (outcome, delivery_outcome::GONE, "http_status")
+            }
+            Judgement::Throttled(wait) => {
+                let _ = self.breaker.cast(BreakerMsg::Inconclusive);
+                let outcome = EventOutcome::Retry {
+                    at: now_ms() + millis(wait),
+                    error: format!(
+                        "the endpoint answered {}",
+                        status.map_or_else(String::new, |s| s.to_string())
+                    ),
+                    counted: false,
+                };
+                (outcome, delivery_outcome::RATE_LIMITED, "http_status")
+            }
+            Judgement::Failed {
+                class,
+                ref error,
+                endpoint_down,
+            } => {
+                if endpoint_down {
+                    self.breaker_failure(class, error).await?;
+                } else {
+                    self.breaker_success().await?;
+                }
+                let outcome = self
+                    .failure_outcome(context, event, error.clone(), sent.probe)
+                    .await;
+                let label = match outcome {
+                    EventOutcome::Dead { .. } => delivery_outcome::DEAD,
+                    _ => delivery_outcome::FAILED,
+                };
+                (outcome, label, class)
+            }
+        };
+        telemetry::delivery_attempt(span, &self.app_id, label, Some(latency));
+        self.stop(event, attempt(Some(class)), outcome).await
+    }
+
+    async fn give_up(
+        &mut self,
+        event: &event::Model,
+        class: &str,
+        error: String,
+    ) -> Result<Flow, StoreError> {
+        let attempt = attempt_row(event, None, now_ms(), None, 0, Some(class), None);
+        telemetry::delivery_attempt(
+            &tracing::Span::none(),
+            &self.app_id,
+            delivery_outcome::DEAD,
+            None,
+        );
+        self.stop(event, attempt, EventOutcome::Dead { error })
+            .await
+    }
+
+    async fn stop(
+        &mut self,
+        event: &event::Model,
+        attempt: Attempt,
+        outcome: EventOutcome,
+    ) -> Result<Flow, StoreError> {
+        let flow = match &outcome {
+            EventOutcome::Retry { at, .. } => Flow::Stop(Some(*at)),
+            EventOutcome::Skipped { .. } => Flow::Next,
+            _ => Flow::Stop(None),
+        };
+        self.flush().await?;
+        if let EventOutcome::Dead { error } = &outcome {
+            warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
+        }
+        self.store
+            .record_attempt(&self.lease, event, attempt, Some(outcome))
+            .await?;
+        Ok(flow)
+    }
+
+    /// Retry with backoff, or give up after `max_attempts`. A probe of an
+    /// open breaker does not use up an attempt: the app is down, the event
+    /// is not bad.
+    async fn failure_outcome(
+        &self,
+        context: &LaneContext,
+        event: &event::Model,
+        error: String,
+        probe: bool,
+    ) -> EventOutcome {
+        let counted = !probe;
+        let attempts = u32::try_from(event.attempts).unwrap_or(0) + u32::from(counted);
+        let max_attempts = if event_kind::is_notification(&event.kind) {
+            self.config.max_attempts.min(NOTIFICATION_MAX_ATTEMPTS)
+        } else {
+            self.config.max_attempts
+        };
+        if counted && attempts >= max_attempts {
+            return if event_kind::is_notification(&event.kind) {
+                EventOutcome::Skipped { error }
+            } else {
+                EventOutcome::Dead { error }
+            };
+        }
+        let mut at = now_ms() + millis(context.backoff.delay(attempts.saturating_sub(1)));
+        // An open breaker holds retries until its cooldown ends.
+        if let Ok(Permit::WaitUntil(until)) =
+            ractor::call_t!(self.breaker, BreakerMsg::Peek, BREAKER_CALL_MS)
+        {
+            at = at.max(until);
+        }
+        EventOutcome::Retry { at, error, counted }
+    }
+
+    async fn breaker_success(&self) -> Result<(), StoreError> {
+        let reported = ractor::call_t!(self.breaker, BreakerMsg::Succeeded, BREAKER_CALL_MS);
+        if let Ok(Reported {
+            change: Change::Closed,
+            ..
+        }) = reported
+        {
+            self.store.mark_app_health(&self.app_id, false, 0).await?;
+            info!(app = %self.app_id, "endpoint answers again; breaker closed");
+        }
+        Ok(())
+    }
+
+    async fn breaker_failure(&self, class: &str, error: &str) -> Result<(), StoreError> {
+        let reported = ractor::call_t!(
+            self.breaker,
+            |reply| BreakerMsg::Failed {
+                class: class.to_owned(),
+                error: error.to_owned(),
+                reply,
+            },
+            BREAKER_CALL_MS
+        );
+        let Ok(reported) = reported else {
+            return Ok(());
+        };
+        if reported.change == Change::Opened {
+            warn!(app = %self.app_id, class, "endpoint failing; breaker open");
+        }
+        if reported.open
+            && self
+                .store
+                .mark_app_health(&self.app_id, true, millis(self.config.disable_after))
+                .await?
+        {
+            warn!(app = %self.app_id, "endpoint failed for longer than delivery.disable_after; app disabled");
+        }
+        Ok(())
+    }
+}
+
+/// The signing stage: a webhook's headers, both signature styles over the
+/// exact body (Docora's with the current key; Standard Webhooks' with every
+/// key that signs, during a rotation the previous one too).
+fn signed_headers(
+    app_id: &str,
+    keys: &[Vec<u8>],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    traceparent: &str,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", header("application/json"));
+    headers.insert("x-docora-app-id", header(app_id));
+    headers.insert("x-docora-timestamp", header(&timestamp.to_string()));
+    headers.insert(
+        "x-docora-signature",
+        header(&signing::docora(&keys[0], timestamp, body)),
+    );
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    headers.insert("webhook-id", header(webhook_id));
+    headers.insert("webhook-timestamp", header(&timestamp.to_string()));
+    headers.insert(
+        "webhook-signature",
+        header(&signing::standard(&keys, webhook_id, timestamp, body)),
+    );
+    headers.insert("traceparent", header(traceparent));
+    headers
+}
+
+fn attempt_row(
+    event: &event::Model,
+    chunk_index: Option<i32>,
+    attempted_at: i64,
+    status_code: Option<u16>,
+    latency_ms: i64,
+    error_class: Option<&str>,
+    excerpt: Option<String>,
+) -> Attempt {
+    Attempt {
+        event_id: event.id.clone(),
+        chunk_index,
+        attempted_at,
+        status_code: status_code.map(i32::from),
+        latency_ms,
+        error_class: error_class.map(str::to_owned),
+        response_excerpt: excerpt.filter(|e| !e.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_carry_both_signatures_over_the_exact_body() {
+        let keys = vec![
+            b"current-key-0123456789".to_vec(),
+            b"previous-key-0123456789".to_vec(),
+        ];
+        let body = br#"{"event":"create"}"#;
+        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body, "00-ab-cd-01");
+        let value = |name: &str| headers[name].to_str().expect("ascii").to_owned();
+        assert_eq!(value("x-docora-app-id"), "app_1");
+        assert_eq!(value("x-docora-timestamp"), "1700000000");
+        // Docora's style signs with the current key only.
+        assert_eq!(
+            value("x-docora-signature"),
+            signing::docora(&keys[0], 1_700_000_000, body)
+        );
+        // Standard Webhooks' carries one signature per signing key.
+        let standard = value("webhook-signature");
+        assert_eq!(standard.split(' ').count(), 2, "{standard}");
+        assert_eq!(
+            standard,
+            signing::standard(
+                &[keys[0].as_slice(), keys[1].as_slice()],
+                "evt_1",
+                1_700_000_000,
+                body
+            )
+        );
+        assert_eq!(value("webhook-id"), "evt_1");
+        assert_eq!(value("traceparent"), "00-ab-cd-01");
+        assert_eq!(value("content-type"), "application/json");
+    }
+
+    fn answer(status: u16, retry_after: Option<u64>) -> Result<Answer, NoAnswer> {
+        Ok(Answer {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+            excerpt: String::new(),
+            latency: Duration::from_millis(3),
+        })
+    }
+
+    #[test]
+    fn answers_are_judged_as_the_contract_says() {
+        let cap = Duration::from_secs(60);
+        assert_eq!(judge(&answer(204, None), cap), Judgement::Delivered);
+        assert_eq!(judge(&answer(410, None), cap), Judgement::Gone);
+        assert_eq!(
+            judge(&answer(429, Some(5)), cap),
+            Judgement::Throttled(Duration::from_secs(5))
+        );
+        assert_eq!(
+            judge(&answer(503, Some(600)), cap),
+            Judgement::Throttled(cap),
+            "a Retry-After is capped"
+        );
+        let failed = |status| match judge(&answer(status, None), cap) {
+            Judgement::Failed {
+                class,
+                endpoint_down,
+                ..
+            } => (class, endpoint_down),
+            other => panic!("{status}: {other:?}"),
+        };
+        assert_eq!(failed(500), ("http_status", true));
+        assert_eq!(
+            failed(503),
+            ("http_status", true),
+            "503 without Retry-After"
+        );
+        assert_eq!(failed(404), ("http_status", false), "the endpoint is up");
+        assert_eq!(failed(302), ("redirect", false));
+        let timeout = Err(NoAnswer {
+            class: "timeout",
+            message: "no answer within 5s".into(),
+            latency: Duration::from_secs(5),
+        });
+        assert_eq!(
+            judge(&timeout, cap),
+            Judgement::Failed {
+                class: "timeout",
+                error: "no answer within 5s".into(),
+                endpoint_down: true
+            }
+        );
+    }
+}

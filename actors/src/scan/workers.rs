@@ -1,0 +1,483 @@
+//! Scan workers: a bounded pool of actors that run blocking git work (fetch,
+//! diff, hashing, access checks) off the async executor. Jobs and their
+//! results are messages; at most `size` jobs run at once, the others wait
+//! their turn.
+//!
+//! The pool is an actor supervising its workers: a job that panics fails its
+//! worker, which the pool replaces under the engine's restart policy (and
+//! escalates to its own supervisor when the budget is spent). The pool itself
+//! is a child of the root supervisor; [`ScanPool`], the handle every watcher
+//! holds, follows it across restarts.
+//!
+//! A caller first reserves a worker ([`ScanPool::slot`]) and keeps it for the
+//! whole of its work (a scan holds one from claiming its lease to writing its
+//! result), then hands it jobs. The reservation returns to the pool when
+//! dropped, also when the caller is aborted.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, warn};
+
+use crate::owned::panic_message;
+use crate::restart::{RestartPolicy, RestartTracker};
+
+/// A job for a worker: runs on a blocking thread and sends its own result.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Messages of a scan worker.
+pub enum WorkerMsg {
+    Run(Job),
+}
+
+/// Messages of a pool.
+pub enum PoolMsg {
+    /// Reserve a worker; the answer waits until one is free.
+    Checkout(RpcReplyPort<ScanSlot>),
+    /// A reservation ended: the worker is free again.
+    Checkin(ActorId),
+    /// Start a worker in place of one that failed.
+    Replace,
+}
+
+/// The handle callers hold: reserves workers of whichever pool actor runs now.
+#[derive(Clone)]
+pub struct ScanPool {
+    current: watch::Receiver<Option<ActorRef<PoolMsg>>>,
+}
+
+impl std::fmt::Debug for ScanPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanPool")
+            .field("running", &self.current.borrow().is_some())
+            .finish()
+    }
+}
+
+/// The worker a job was given to failed before answering (its job panicked,
+/// or the pool was stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLost;
+
+impl std::fmt::Display for WorkerLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the scan worker failed before finishing its job")
+    }
+}
+
+impl std::error::Error for WorkerLost {}
+
+impl ScanPool {
+    /// A pool whose actor a supervisor starts, and restarts, through the
+    /// returned [`PoolOwner`].
+    pub fn supervised(
+        name: &'static str,
+        size: usize,
+        restart: RestartPolicy,
+    ) -> (Self, PoolOwner) {
+        let (publish, current) = watch::channel(None);
+        let owner = PoolOwner {
+            name,
+            size: size.max(1),
+            restart,
+            publish,
+        };
+        (Self { current }, owner)
+    }
+
+    /// A pool of its own, outside any supervision tree (tools and tests); it
+    /// stops when the returned owner's actor is stopped.
+    pub async fn standalone(size: usize) -> Result<(Self, ActorRef<PoolMsg>), SpawnErr> {
+        let (pool, owner) = Self::supervised("scan workers", size, RestartPolicy::default());
+        let actor = owner.spawn(None).await?;
+        Ok((pool, actor))
+    }
+
+    /// Waits until a worker is free and reserves it. While the pool actor is
+    /// being restarted, waits for the new one.
+    pub async fn slot(&self) -> ScanSlot {
+        let mut current = self.current.clone();
+        loop {
+            let pool = current.borrow_and_update().clone();
+            if let Some(pool) = pool
+                && let Ok(slot) = ractor::call!(pool, PoolMsg::Checkout)
+            {
+                return slot;
+            }
+            // No pool, or it stopped while we asked: wait for the next one.
+            if current.changed().await.is_err() {
+                // The owner is gone for good (the engine stopped): nothing
+                // will ever run; wait to be aborted with our own owner.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Runs `job` on a worker once one is free.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, WorkerLost>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.slot().await.run(job).await
+    }
+}
+
+/// A reserved worker; returned to its pool when dropped.
+pub struct ScanSlot {
+    worker: ActorRef<WorkerMsg>,
+    pool: ActorRef<PoolMsg>,
+    /// A job of ours failed the worker: it is not handed back, the pool
+    /// replaces it when told of the failure.
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for ScanSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanSlot")
+            .field("worker", &self.worker.get_id())
+            .finish()
+    }
+}
+
+impl ScanSlot {
+    fn new(worker: ActorRef<WorkerMsg>, pool: ActorRef<PoolMsg>) -> Self {
+        Self {
+            worker,
+            pool,
+            lost: Default::default(),
+        }
+    }
+
+    /// Runs `job` on the reserved worker and waits for its result.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, WorkerLost>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
+        let result = match self.worker.send_message(WorkerMsg::Run(job)) {
+            Ok(()) => rx.await.map_err(|_| WorkerLost),
+            Err(_) => Err(WorkerLost),
+        };
+        if result.is_err() {
+            self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Drop for ScanSlot {
+    fn drop(&mut self) {
+        // A pool that was replaced meanwhile no longer cares.
+        if !self.lost.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = self.pool.cast(PoolMsg::Checkin(self.worker.get_id()));
+        }
+    }
+}
+
+/// The supervisor's side of a pool: starts its actor and publishes it to
+/// every [`ScanPool`] handle.
+pub struct PoolOwner {
+    name: &'static str,
+    size: usize,
+    restart: RestartPolicy,
+    publish: watch::Sender<Option<ActorRef<PoolMsg>>>,
+}
+
+impl PoolOwner {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Starts the pool actor, linked to `supervisor` when given.
+    pub async fn spawn(
+        &self,
+        supervisor: Option<ActorCell>,
+    ) -> Result<ActorRef<PoolMsg>, SpawnErr> {
+        let args = PoolArgs {
+            size: self.size,
+            restart: self.restart,
+        };
+        let (pool, _) = match supervisor {
+            Some(cell) => Actor::spawn_linked(None, Pool, args, cell).await?,
+            None => Actor::spawn(None, Pool, args).await?,
+        };
+        self.publish.send_replace(Some(pool.clone()));
+        Ok(pool)
+    }
+
+    /// The pool actor ended: callers wait for the next one.
+    pub fn ended(&self) {
+        self.publish.send_replace(None);
+    }
+}
+
+struct Pool;
+
+struct PoolArgs {
+    size: usize,
+    restart: RestartPolicy,
+}
+
+struct PoolState {
+    restart: RestartPolicy,
+    /// Every running worker.
+    workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
+    idle: Vec<ActorRef<WorkerMsg>>,
+    waiting: VecDeque<RpcReplyPort<ScanSlot>>,
+    /// One history for the pool's workers: a pool whose jobs keep
+    /// panicking gives up and escalates.
+    restarts: RestartTracker,
+}
+
+impl PoolState {
+    /// Gives a free worker to the first caller still waiting, or keeps it.
+    fn free(&mut self, myself: &ActorRef<PoolMsg>, worker: ActorRef<WorkerMsg>) {
+        while let Some(port) = self.waiting.pop_front() {
+            if port.is_closed() {
+                continue;
+            }
+            let slot = ScanSlot::new(worker.clone(), myself.clone());
+            match port.send(slot) {
+                Ok(()) => return,
+                // The caller left just now: the returned slot, dropped,
+                // checks the worker in again.
+                Err(_) => return,
+            }
+        }
+        self.idle.push(worker);
+    }
+
+    async fn start_worker(&mut self, myself: &ActorRef<PoolMsg>) -> Result<(), SpawnErr> {
+        let (worker, _) = Actor::spawn_linked(None, Worker, (), myself.get_cell()).await?;
+        self.workers.insert(worker.get_id(), worker.clone());
+        self.free(myself, worker);
+        Ok(())
+    }
+}
+
+impl Actor for Pool {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: PoolArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = PoolState {
+            restart: args.restart,
+            workers: HashMap::new(),
+            idle: Vec::new(),
+            waiting: VecDeque::new(),
+            restarts: RestartTracker::default(),
+        };
+        for _ in 0..args.size {
+            state.start_worker(&myself).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PoolMsg::Checkout(port) => match state.idle.pop() {
+                Some(worker) => {
+                    let slot = ScanSlot::new(worker, myself.clone());
+                    let _ = port.send(slot);
+                }
+                None => state.waiting.push_back(port),
+            },
+            PoolMsg::Checkin(id) => {
+                if let Some(worker) = state.workers.get(&id).cloned() {
+                    state.free(&myself, worker);
+                }
+            }
+            PoolMsg::Replace => state.start_worker(&myself).await?,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+            }
+            _ => return Ok(()),
+        };
+        if state.workers.remove(&cell.get_id()).is_none() {
+            return Ok(());
+        }
+        state.idle.retain(|w| w.get_id() != cell.get_id());
+        let policy = state.restart;
+        match state.restarts.on_failure(&policy, Instant::now()) {
+            Some(delay) => {
+                warn!(%reason, ?delay, "scan worker failed; replacing it");
+                myself.send_after(delay, || PoolMsg::Replace);
+                Ok(())
+            }
+            None => {
+                error!(%reason, "scan workers keep failing; escalating");
+                Err("scan workers failed too often".into())
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Callers still waiting see their request dropped and wait for the
+        // pool that takes this one's place.
+        state.waiting.clear();
+        Ok(())
+    }
+}
+
+struct Worker;
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run(job) = message;
+        match tokio::task::spawn_blocking(job).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.is_panic() => {
+                Err(format!("scan job panicked: {}", panic_message(err.into_panic())).into())
+            }
+            Err(err) => Err(format!("scan job cancelled: {err}").into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn at_most_size_jobs_run_at_once_and_every_job_runs() {
+        let (pool, actor) = ScanPool::standalone(2).await.expect("pool");
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..8)
+            .map(|i| {
+                let (pool, running, most) = (pool.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        i * 10
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for job in jobs {
+            results.push(job.await.expect("task").expect("result"));
+        }
+        assert_eq!(results, (0..8).map(|i| i * 10).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), 2, "two workers, two at once");
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_its_worker_which_is_replaced() {
+        let (pool, actor) = ScanPool::standalone(1).await.expect("pool");
+        let lost = pool.run(|| -> u8 { panic!("a bug in a scan") }).await;
+        assert_eq!(lost, Err(WorkerLost));
+        // The one worker was replaced: the next job runs.
+        let next = tokio::time::timeout(Duration::from_secs(10), pool.run(|| 7))
+            .await
+            .expect("a worker took the job");
+        assert_eq!(next, Ok(7));
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_dropped_before_it_is_used_frees_the_worker() {
+        let (pool, actor) = ScanPool::standalone(1).await.expect("pool");
+        let held = pool.slot().await;
+        // A caller waiting behind the reservation, then aborted.
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.slot().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting.abort();
+        drop(held);
+        let next = tokio::time::timeout(Duration::from_secs(10), pool.run(|| 1))
+            .await
+            .expect("the worker came back");
+        assert_eq!(next, Ok(1));
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_pool_whose_jobs_keep_panicking_gives_up() {
+        let (pool, owner) = ScanPool::supervised(
+            "test",
+            1,
+            RestartPolicy {
+                max_restarts: 1,
+                window: Duration::from_secs(60),
+                base_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+            },
+        );
+        let actor = owner.spawn(None).await.expect("pool");
+        for _ in 0..2 {
+            let _ = pool.run(|| -> u8 { panic!("again") }).await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while actor.get_status() != ractor::ActorStatus::Stopped {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the pool failed, for its supervisor to handle");
+    }
+}
