@@ -521,7 +521,6 @@ mod tests {
     use crate::crypto::Keyring;
     use crate::ids::AppId;
     use crate::store::apps::NewApp;
-    use crate::store::event_status;
     use crate::store::subscriptions::NewSubscription;
 
     /// An HTTP/1.1 endpoint that answers 200 to every webhook after `delay`,
@@ -651,7 +650,7 @@ mod tests {
                 repository_id: Set(view.repository.id.clone()),
                 snapshot_id: Set(None),
                 seq: Set(seq),
-                kind: Set("deleted".into()),
+                kind: Set(entity::EventKind::Deleted),
                 path: Set(Some(format!("docs/{seq}.md"))),
                 sha256: Set(Some("0".repeat(64))),
                 previous_sha256: Set(None),
@@ -661,7 +660,7 @@ mod tests {
                 renamed_from: Set(None),
                 commit_sha: Set(Some("1".repeat(40))),
                 payload: Set(None),
-                status: Set(event_status::PENDING.into()),
+                status: Set(entity::EventStatus::Pending),
                 attempts: Set(0),
                 next_attempt_at: Set(0),
                 last_error: Set(None),
@@ -715,7 +714,7 @@ mod tests {
             restarted |= now.iter().any(|id| !breaker_and_first.contains(id));
             let delivered = entity::event::Entity::find()
                 .filter(entity::event::Column::SubscriptionId.eq(subscription.as_str()))
-                .filter(entity::event::Column::Status.eq(event_status::DELIVERED))
+                .filter(entity::event::Column::Status.eq(entity::EventStatus::Delivered))
                 .all(store.db())
                 .await
                 .expect("events")

@@ -17,10 +17,9 @@ use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::inbound::{Provider, Push, RemoteKey, Trigger, interpret};
 use crate::owned::OwnedTask;
-use crate::scheduler::SchedulerMsg;
+use crate::scheduler::ScanRequests;
 use crate::store::inbound::{HookResult, hook_status};
 use crate::store::{Store, StoreError};
-use crate::supervisor::SupervisorMsg;
 
 /// Hooks read per query.
 const BATCH: u64 = 100;
@@ -42,8 +41,8 @@ pub struct HookProcessor;
 
 pub struct HookProcessorArgs {
     pub store: Store,
-    /// Where `ScanNow` goes (forwarded to the scheduler).
-    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Where a repository a hook says moved is sent for a scan now.
+    pub scans: ScanRequests,
     /// How often stored hooks are looked for without being told.
     pub sweep: Duration,
 }
@@ -92,14 +91,14 @@ impl Actor for HookProcessor {
             HookMsg::Process => {
                 state.running = true;
                 let store = state.args.store.clone();
-                let supervisor = state.args.supervisor.clone();
+                let scans = state.args.scans.clone();
                 let prune = now_ms() - state.last_prune > PRUNE_EVERY_MS;
                 if prune {
                     state.last_prune = now_ms();
                 }
                 // Owned by this actor: stopped with it, whatever ends it.
                 state.work = Some(OwnedTask::spawn(
-                    process_pending(store, supervisor, prune),
+                    process_pending(store, scans, prune),
                     move |result| {
                         let result =
                             result.map_err(|panic| format!("hook processing panicked: {panic}"));
@@ -131,8 +130,8 @@ impl Actor for HookProcessor {
 
 /// Processes stored hooks until none is left. Database errors end the run;
 /// the next one (a new hook, or the sweep) takes the rest.
-async fn process_pending(store: Store, supervisor: ActorRef<SupervisorMsg>, prune: bool) {
-    if let Err(err) = drain(&store, &supervisor).await {
+async fn process_pending(store: Store, scans: ScanRequests, prune: bool) {
+    if let Err(err) = drain(&store, &scans).await {
         warn!(error = %err, "stored hooks could not be processed; retrying on the next sweep");
     }
     if prune {
@@ -144,7 +143,7 @@ async fn process_pending(store: Store, supervisor: ActorRef<SupervisorMsg>, prun
     }
 }
 
-async fn drain(store: &Store, supervisor: &ActorRef<SupervisorMsg>) -> Result<(), StoreError> {
+async fn drain(store: &Store, scans: &ScanRequests) -> Result<(), StoreError> {
     loop {
         let batch = store.pending_hooks(BATCH).await?;
         let full = batch.len() as u64 == BATCH;
@@ -162,11 +161,7 @@ async fn drain(store: &Store, supervisor: &ActorRef<SupervisorMsg>) -> Result<()
                 "inbound hook processed"
             );
             for repository in outcome.due {
-                // Lost only if the supervisor is gone; the repository is due
-                // in the database anyway.
-                let _ = supervisor.send_message(SupervisorMsg::ToScheduler(SchedulerMsg::ScanNow(
-                    repository,
-                )));
+                scans.scan_now(repository);
             }
         }
         if !full {

@@ -10,7 +10,6 @@ use entity::event;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339_ms;
-use crate::store::outbox::event_kind;
 
 /// The `repository` object of every body.
 #[derive(Debug, Clone, Serialize)]
@@ -105,13 +104,13 @@ pub struct SyncedCounts {
 }
 
 impl SyncedCounts {
-    pub fn of<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn of(kinds: impl IntoIterator<Item = entity::EventKind>) -> Self {
         let mut counts = Self::default();
         for kind in kinds {
             match kind {
-                event_kind::CREATED => counts.created += 1,
-                event_kind::UPDATED => counts.updated += 1,
-                event_kind::DELETED => counts.deleted += 1,
+                entity::EventKind::Created => counts.created += 1,
+                entity::EventKind::Updated => counts.updated += 1,
+                entity::EventKind::Deleted => counts.deleted += 1,
                 _ => {}
             }
         }
@@ -144,8 +143,6 @@ struct SyncFailedBody<'a> {
 pub enum PayloadError {
     #[error("event {0} lacks a field its kind needs")]
     Incomplete(String),
-    #[error("event {0} has an unknown kind")]
-    UnknownKind(String),
     #[error("the stored notification of event {0} is unreadable")]
     BadPayload(String),
 }
@@ -263,19 +260,18 @@ pub fn render(
 ) -> Result<Rendered, PayloadError> {
     let incomplete = || PayloadError::Incomplete(event.id.clone());
     let timestamp = rfc3339_ms(event.created_at);
-    let endpoint = match event.kind.as_str() {
-        event_kind::CREATED => "create",
-        event_kind::UPDATED => "update",
-        event_kind::DELETED => "delete",
-        event_kind::SYNC_FAILED => "sync_failed",
-        event_kind::SYNCED => "synced",
-        _ => return Err(PayloadError::UnknownKind(event.id.clone())),
+    let endpoint = match event.kind {
+        entity::EventKind::Created => "create",
+        entity::EventKind::Updated => "update",
+        entity::EventKind::Deleted => "delete",
+        entity::EventKind::SyncFailed => "sync_failed",
+        entity::EventKind::Synced => "synced",
     };
     let path = event.path.as_deref();
     let sha = event.sha256.as_deref();
     let commit = event.commit_sha.as_deref();
-    let body = match event.kind.as_str() {
-        event_kind::DELETED => serde_json::to_vec(&DeleteBody {
+    let body = match event.kind {
+        entity::EventKind::Deleted => serde_json::to_vec(&DeleteBody {
             repository,
             file: DeletedFile {
                 path: path.ok_or_else(incomplete)?,
@@ -285,7 +281,7 @@ pub fn render(
             timestamp: &timestamp,
             event_id: &event.id,
         }),
-        event_kind::SYNC_FAILED => {
+        entity::EventKind::SyncFailed => {
             let failure: SyncFailure = stored_notice(event)?;
             serde_json::to_vec(&SyncFailedBody {
                 event: "sync_failed",
@@ -297,7 +293,7 @@ pub fn render(
                 event_id: &event.id,
             })
         }
-        event_kind::SYNCED => {
+        entity::EventKind::Synced => {
             let notice: SyncedNotice = stored_notice(event)?;
             serde_json::to_vec(&SyncedBody {
                 repository,
@@ -307,7 +303,7 @@ pub fn render(
                 event_id: &event.id,
             })
         }
-        _ => {
+        entity::EventKind::Created | entity::EventKind::Updated => {
             let content = content.ok_or_else(incomplete)?;
             let (path, sha, commit) = (
                 path.ok_or_else(incomplete)?,
@@ -320,7 +316,7 @@ pub fn render(
             let previous_sha = event
                 .previous_sha256
                 .as_deref()
-                .filter(|_| event.kind == event_kind::UPDATED);
+                .filter(|_| event.kind == entity::EventKind::Updated);
             if event.binary {
                 let encoded = STANDARD.encode(content);
                 if content.len() as u64 > chunking.threshold_bytes {
@@ -397,7 +393,7 @@ mod tests {
         }
     }
 
-    fn event(kind: &str, binary: bool) -> event::Model {
+    fn event(kind: entity::EventKind, binary: bool) -> event::Model {
         event::Model {
             id: "evt_01".into(),
             subscription_id: "sub_1".into(),
@@ -405,7 +401,7 @@ mod tests {
             repository_id: "repo_1".into(),
             snapshot_id: Some("snap_1".into()),
             seq: 1,
-            kind: kind.into(),
+            kind,
             path: Some("docs/ä.md".into()),
             sha256: Some("abc".into()),
             previous_sha256: Some("def".into()),
@@ -415,7 +411,7 @@ mod tests {
             renamed_from: None,
             commit_sha: Some("c0ffee".into()),
             payload: None,
-            status: "pending".into(),
+            status: entity::EventStatus::Pending,
             attempts: 0,
             next_attempt_at: 0,
             last_error: None,
@@ -437,7 +433,7 @@ mod tests {
     #[test]
     fn create_update_and_delete_bodies_follow_docora_field_order() {
         let created = render(
-            &event("created", false),
+            &event(entity::EventKind::Created, false),
             &repository(),
             Some("hé!".as_bytes()),
             CHUNKING,
@@ -449,15 +445,20 @@ mod tests {
             r#"{"repository":{"repository_id":"repo_1","github_url":"https://github.com/o/r","owner":"o","name":"r"},"file":{"path":"docs/ä.md","sha":"abc","size":3,"content":"hé!"},"commit_sha":"c0ffee","timestamp":"2026-01-01T00:00:00.000Z","event_id":"evt_01"}"#
         );
         let updated = render(
-            &event("updated", false),
+            &event(entity::EventKind::Updated, false),
             &repository(),
             Some(b"x"),
             CHUNKING,
         )
         .expect("renders");
         assert!(body(&updated).contains(r#""content":"x"},"previous_sha":"def","commit_sha""#));
-        let deleted =
-            render(&event("deleted", false), &repository(), None, CHUNKING).expect("renders");
+        let deleted = render(
+            &event(entity::EventKind::Deleted, false),
+            &repository(),
+            None,
+            CHUNKING,
+        )
+        .expect("renders");
         assert_eq!(deleted.endpoint, "delete");
         assert!(body(&deleted).contains(r#""file":{"path":"docs/ä.md","sha":"abc"},"commit_sha""#));
     }
@@ -470,7 +471,7 @@ mod tests {
             chunk_chars: 1000,
         };
         let rendered = render(
-            &event("created", true),
+            &event(entity::EventKind::Created, true),
             &repository(),
             Some(&content),
             chunking,
@@ -498,9 +499,14 @@ mod tests {
     fn synced_notice_names_both_commits_and_the_counts() {
         let notice = SyncedNotice {
             previous_commit_sha: Some("beef".into()),
-            counts: SyncedCounts::of(["created", "created", "deleted", "synced"]),
+            counts: SyncedCounts::of([
+                entity::EventKind::Created,
+                entity::EventKind::Created,
+                entity::EventKind::Deleted,
+                entity::EventKind::Synced,
+            ]),
         };
-        let mut synced = event("synced", false);
+        let mut synced = event(entity::EventKind::Synced, false);
         synced.payload = Some(serde_json::to_string(&notice).expect("json"));
         let rendered = render(&synced, &repository(), None, CHUNKING).expect("renders");
         assert_eq!(rendered.endpoint, "synced");

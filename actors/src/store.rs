@@ -37,31 +37,6 @@ use sea_orm::{
 
 use crate::crypto::{CryptoError, Keyring};
 
-/// Subscription statuses (SPEC §2).
-pub mod subscription_status {
-    pub const PENDING_SNAPSHOT: &str = "pending_snapshot";
-    pub const SYNCING: &str = "syncing";
-    pub const SYNCED: &str = "synced";
-    pub const FAILED: &str = "failed";
-}
-
-/// Event statuses in the outbox.
-pub mod event_status {
-    /// Waiting for its turn or for a retry.
-    pub const PENDING: &str = "pending";
-    pub const DELIVERED: &str = "delivered";
-    /// Failed `delivery.max_attempts` times; its subscription waits behind it.
-    pub const DEAD: &str = "dead";
-    /// Passed over by an operator.
-    pub const SKIPPED: &str = "skipped";
-}
-
-/// App statuses.
-pub mod app_status {
-    pub const ACTIVE: &str = "active";
-    pub const DISABLED: &str = "disabled";
-}
-
 /// The rows before 1-based page `page` of `per_page` rows; `None` when the
 /// product does not fit (no such page: an empty one). SeaORM's paginator
 /// multiplies unchecked, so numbered pages go through here.

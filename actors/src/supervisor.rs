@@ -18,7 +18,7 @@ use crate::repo_watcher::WatcherConfig;
 use crate::restart::{RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::scan::workers::PoolOwner;
-use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
+use crate::scheduler::{ScanRequests, Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::store::Store;
 
 /// Settings of the engine, derived from Herald's configuration.
@@ -150,9 +150,14 @@ impl SupervisorState {
                 dispatcher.get_cell()
             }
             Child::Hooks => {
+                let supervisor = myself.clone();
                 let args = HookProcessorArgs {
                     store: self.store.clone(),
-                    supervisor: myself.clone(),
+                    scans: ScanRequests::new(move |repository| {
+                        let _ = supervisor.send_message(SupervisorMsg::ToScheduler(
+                            SchedulerMsg::ScanNow(repository),
+                        ));
+                    }),
                     sweep: self.config.tick,
                 };
                 let (hooks, _) =

@@ -107,9 +107,9 @@ pub fn changes_found(created: u64, updated: u64, deleted: u64) {
 }
 
 /// Outbox events committed, of one kind.
-pub fn events_created(kind: &str, n: u64) {
+pub fn events_created(kind: entity::EventKind, n: u64) {
     if n > 0 {
-        metrics::counter!("herald_events_created_total", "kind" => kind.to_owned()).increment(n);
+        metrics::counter!("herald_events_created_total", "kind" => kind.as_str()).increment(n);
     }
 }
 

@@ -16,7 +16,7 @@ pub struct Model {
     #[sea_orm(unique)]
     pub token_lookup: String,
     pub token_hash: String,
-    pub status: String,
+    pub status: crate::AppStatus,
     pub backoff_policy: Option<String>,
     pub backoff_base_ms: Option<i64>,
     pub backoff_max_ms: Option<i64>,

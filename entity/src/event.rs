@@ -11,7 +11,7 @@ pub struct Model {
     pub repository_id: String,
     pub snapshot_id: Option<String>,
     pub seq: i64,
-    pub kind: String,
+    pub kind: crate::EventKind,
     pub path: Option<String>,
     pub sha256: Option<String>,
     pub previous_sha256: Option<String>,
@@ -22,7 +22,7 @@ pub struct Model {
     pub commit_sha: Option<String>,
     /// Extra body fields for notification kinds (`sync_failed`, `synced`), as JSON.
     pub payload: Option<String>,
-    pub status: String,
+    pub status: crate::EventStatus,
     pub attempts: i32,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,

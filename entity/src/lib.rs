@@ -13,7 +13,10 @@ pub mod inbound_hook;
 pub mod manifest_entry;
 pub mod repository;
 pub mod snapshot;
+pub mod status;
 pub mod subscription;
+
+pub use status::{AccessState, AppStatus, EventKind, EventStatus, SubscriptionStatus};
 
 pub mod prelude {
     pub use super::app::Entity as App;

@@ -7,7 +7,7 @@ pub struct Model {
     pub id: String,
     pub app_id: String,
     pub repository_id: String,
-    pub status: String,
+    pub status: crate::SubscriptionStatus,
     /// JSON array of glob patterns.
     pub include: String,
     /// JSON array of glob patterns.
@@ -25,7 +25,7 @@ pub struct Model {
     pub updated_at: i64,
     /// `granted` while the subscription's own credential reads the
     /// repository, `denied` once the remote refused it.
-    pub access: String,
+    pub access: crate::AccessState,
     /// When the credential was last checked against the remote (unix ms).
     pub access_checked_at: Option<i64>,
 }

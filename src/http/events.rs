@@ -107,17 +107,18 @@ impl From<&event::Model> for EventView {
             event_id: e.id.clone(),
             repository_id: e.repository_id.clone(),
             seq: e.seq,
-            kind: e.kind.clone(),
+            kind: e.kind.to_string(),
             path: e.path.clone(),
             sha: e.sha256.clone(),
             previous_sha: e.previous_sha256.clone(),
             size: e.size,
             binary: e.binary,
             commit_sha: e.commit_sha.clone(),
-            status: e.status.clone(),
+            status: e.status.to_string(),
             attempt_count: e.attempts,
             last_error: e.last_error.clone(),
-            next_attempt_at: (e.status == "pending").then(|| rfc3339_ms(e.next_attempt_at)),
+            next_attempt_at: (e.status == entity::EventStatus::Pending)
+                .then(|| rfc3339_ms(e.next_attempt_at)),
             created_at: rfc3339_ms(e.created_at),
             delivered_at: e.delivered_at.map(rfc3339_ms),
         }
@@ -191,15 +192,13 @@ pub(crate) async fn list(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let limit = paging::limit(query.limit)?;
-    if let Some(status) = &query.status
-        && !["pending", "delivered", "dead", "skipped"].contains(&status.as_str())
-    {
-        return Err(Invalid {
+    let status = match &query.status {
+        Some(name) => Some(entity::EventStatus::parse(name).ok_or_else(|| Invalid {
             field: "status",
             message: "must be pending, delivered, dead or skipped".to_owned(),
-        }
-        .into());
-    }
+        })?),
+        None => None,
+    };
     let cursor = match &query.cursor {
         Some(raw) => Some(
             EventId::parse(raw)
@@ -212,7 +211,7 @@ pub(crate) async fn list(
         None => None,
     };
     let filter = EventFilter {
-        status: query.status.clone(),
+        status,
         repository_id: query.repository_id.clone(),
         after: cursor,
         limit: limit + 1,

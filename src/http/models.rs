@@ -115,7 +115,7 @@ impl From<&entity::app::Model> for AppProfile {
             email: app.email.clone(),
             website: app.website.clone(),
             description: app.description.clone(),
-            status: app.status.clone(),
+            status: app.status.to_string(),
             created_at: rfc3339_ms(app.created_at),
         }
     }
@@ -201,7 +201,7 @@ impl From<&SubscriptionView> for RepositoryCreated {
             is_private: view.is_private(),
             created_at: rfc3339_ms(view.subscription.created_at),
             branch: view.branch().map(str::to_owned),
-            status: view.subscription.status.clone(),
+            status: view.subscription.status.to_string(),
         }
     }
 }
@@ -257,7 +257,7 @@ impl From<&SubscriptionView> for RepositoryView {
             name: view.repository.name.clone(),
             branch: view.branch().map(str::to_owned),
             is_private: view.is_private(),
-            status: view.subscription.status.clone(),
+            status: view.subscription.status.to_string(),
             created_at: rfc3339_ms(view.subscription.created_at),
             last_synced_commit: view.subscription.last_synced_commit.clone(),
             last_error: view.subscription.last_error.clone(),

@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use actors::clock::{now_ms, rfc3339_ms};
 use actors::ids::{AppId, EventId, OperationId, RepoId};
 use actors::scheduler::SchedulerMsg;
-use actors::store::delivery::PAUSED;
 use actors::store::events::{EventFilter, Lever};
 use actors::store::operations::{DeadEvent, QueueEntry};
-use actors::store::{app_status, event_status, subscription_status};
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warp::Filter;
@@ -232,7 +231,7 @@ impl From<&QueueEntry> for AppQueue {
         Self {
             app_id: entry.app.id.clone(),
             app_name: entry.app.name.clone(),
-            status: entry.app.status.clone(),
+            status: entry.app.status.to_string(),
             pending: entry.pending,
             in_flight: entry.in_flight,
             dead: entry.dead,
@@ -301,7 +300,7 @@ impl From<&DeadEvent> for FailedNotification {
             github_url: dead.repository.as_ref().map(|r| r.url.clone()),
             event_id: event.id.clone(),
             seq: event.seq,
-            kind: event.kind.clone(),
+            kind: event.kind.to_string(),
             path: event.path.clone(),
             attempt_count: event.attempts,
             last_error: event.last_error.clone(),
@@ -446,15 +445,15 @@ pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
     let o = state.store.overview().await?;
     let events = EventCounts {
         total: o.events.values().sum(),
-        pending: count(&o.events, event_status::PENDING),
-        delivered: count(&o.events, event_status::DELIVERED),
-        dead: count(&o.events, event_status::DEAD),
-        skipped: count(&o.events, event_status::SKIPPED),
+        pending: count(&o.events, entity::EventStatus::Pending.as_str()),
+        delivered: count(&o.events, entity::EventStatus::Delivered.as_str()),
+        dead: count(&o.events, entity::EventStatus::Dead.as_str()),
+        skipped: count(&o.events, entity::EventStatus::Skipped.as_str()),
     };
     let apps = AppCounts {
         total: o.apps.values().sum(),
-        active: count(&o.apps, app_status::ACTIVE),
-        disabled: count(&o.apps, app_status::DISABLED),
+        active: count(&o.apps, entity::AppStatus::Active.as_str()),
+        disabled: count(&o.apps, entity::AppStatus::Disabled.as_str()),
     };
     let body = OverviewBody {
         total_apps: apps.total,
@@ -466,11 +465,26 @@ pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
         repositories: o.repositories,
         subscriptions: SubscriptionCounts {
             total: o.subscriptions.values().sum(),
-            pending_snapshot: count(&o.subscriptions, subscription_status::PENDING_SNAPSHOT),
-            syncing: count(&o.subscriptions, subscription_status::SYNCING),
-            synced: count(&o.subscriptions, subscription_status::SYNCED),
-            failed: count(&o.subscriptions, subscription_status::FAILED),
-            paused: count(&o.subscriptions, PAUSED),
+            pending_snapshot: count(
+                &o.subscriptions,
+                entity::SubscriptionStatus::PendingSnapshot.as_str(),
+            ),
+            syncing: count(
+                &o.subscriptions,
+                entity::SubscriptionStatus::Syncing.as_str(),
+            ),
+            synced: count(
+                &o.subscriptions,
+                entity::SubscriptionStatus::Synced.as_str(),
+            ),
+            failed: count(
+                &o.subscriptions,
+                entity::SubscriptionStatus::Failed.as_str(),
+            ),
+            paused: count(
+                &o.subscriptions,
+                entity::SubscriptionStatus::Paused.as_str(),
+            ),
         },
         events,
         in_flight: o.in_flight,
@@ -599,7 +613,7 @@ async fn retry_subscription(
     let mut after = None;
     loop {
         let filter = EventFilter {
-            status: Some(event_status::DEAD.to_owned()),
+            status: Some(entity::EventStatus::Dead),
             repository_id: Some(repo.as_str().to_owned()),
             after: after.take(),
             limit: 100,
@@ -616,7 +630,7 @@ async fn retry_subscription(
     }
     if retried > 0 {
         state.engine.wake_delivery();
-    } else if view.subscription.status == subscription_status::FAILED {
+    } else if view.subscription.status == entity::SubscriptionStatus::Failed {
         // Failed on its git remote, not on an event: scan again.
         state.store.reschedule(&repo, now_ms()).await?;
         state.engine.notify(SchedulerMsg::ScanNow(repo.clone()));

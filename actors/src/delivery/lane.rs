@@ -31,8 +31,7 @@ use crate::payload::{self, RepositoryRef};
 use crate::signing;
 use crate::store::delivery::{Attempt, EventOutcome};
 use crate::store::leases::LeaseToken;
-use crate::store::outbox::event_kind;
-use crate::store::{Store, StoreError, event_status};
+use crate::store::{Store, StoreError};
 use crate::telemetry::{self, delivery_outcome};
 use crate::webhook_client::{Answer, NoAnswer, WebhookClient, header};
 
@@ -203,7 +202,7 @@ impl LaneState {
         let (Some(event), Some(context)) = (self.batch.pop_front(), self.context.as_ref()) else {
             return Ok(Step::Done(None));
         };
-        if event.status == event_status::DEAD {
+        if event.status == entity::EventStatus::Dead {
             // Order is the contract: later events wait behind it.
             return Ok(Step::Done(None));
         }
@@ -338,7 +337,7 @@ impl Lane {
         let Some(app) = self.store.app(&self.app_id).await? else {
             return Ok(None);
         };
-        if app.status != crate::store::app_status::ACTIVE {
+        if app.status != entity::AppStatus::Active {
             return Ok(None);
         }
         let Some(subscription) = self.store.subscription(self.subscription.as_str()).await? else {
@@ -444,8 +443,8 @@ impl Lane {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
-        let content = match event.kind.as_str() {
-            event_kind::CREATED | event_kind::UPDATED => {
+        let content = match event.kind {
+            entity::EventKind::Created | entity::EventKind::Updated => {
                 match context.mirror.read(event.blob_id.clone()).await {
                     Some(content) => Some(content),
                     None => {
@@ -692,13 +691,13 @@ impl Lane {
     ) -> EventOutcome {
         let counted = !probe;
         let attempts = u32::try_from(event.attempts).unwrap_or(0) + u32::from(counted);
-        let max_attempts = if event_kind::is_notification(&event.kind) {
+        let max_attempts = if event.kind.is_notification() {
             self.config.max_attempts.min(NOTIFICATION_MAX_ATTEMPTS)
         } else {
             self.config.max_attempts
         };
         if counted && attempts >= max_attempts {
-            return if event_kind::is_notification(&event.kind) {
+            return if event.kind.is_notification() {
                 EventOutcome::Skipped { error }
             } else {
                 EventOutcome::Dead { error }

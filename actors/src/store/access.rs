@@ -15,19 +15,11 @@ use sea_orm::{
 use secrecy::SecretString;
 
 use super::leases::{LeaseToken, hold_scan};
-use super::outbox::{event_kind, insert_sync_failed};
-use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
+use super::outbox::insert_sync_failed;
+use super::{Store, StoreError, lock_repositories};
 use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::payload::{BreakerState, SyncError, SyncFailure};
-
-/// A subscription's access to its repository.
-pub mod access_state {
-    /// Its credential read the repository at the last check.
-    pub const GRANTED: &str = "granted";
-    /// The remote refused its credential: it receives nothing.
-    pub const DENIED: &str = "denied";
-}
 
 /// The `sync_failed` error type of a subscriber that lost access.
 pub const ACCESS_DENIED: &str = "access_denied";
@@ -69,7 +61,7 @@ impl Store {
                 Ok(SubscriberCredential {
                     subscription_id: sub.id.clone(),
                     token: self.git_token(sub)?,
-                    granted: sub.access == access_state::GRANTED,
+                    granted: sub.access == entity::AccessState::Granted,
                     checked_at: sub.access_checked_at,
                 })
             })
@@ -120,7 +112,7 @@ impl Store {
             else {
                 continue;
             };
-            let granted = sub.access == access_state::GRANTED;
+            let granted = sub.access == entity::AccessState::Granted;
             match check {
                 AccessCheck::Granted if granted => touch(&txn, &sub.id, now).await?,
                 AccessCheck::Denied(_) if !granted => touch(&txn, &sub.id, now).await?,
@@ -179,9 +171,9 @@ pub(crate) async fn regain<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     let repository_id = sub.repository_id.clone();
     let mut active = sub.into_active_model();
-    active.access = Set(access_state::GRANTED.to_owned());
+    active.access = Set(entity::AccessState::Granted);
     active.access_checked_at = Set(Some(now));
-    active.status = Set(subscription_status::PENDING_SNAPSHOT.to_owned());
+    active.status = Set(entity::SubscriptionStatus::PendingSnapshot);
     active.last_snapshot_id = Set(None);
     active.last_error = Set(None);
     active.retry_count = Set(0);
@@ -208,11 +200,19 @@ async fn lose<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     let message = format!("access denied: {message}");
     event::Entity::update_many()
-        .col_expr(event::Column::Status, Expr::value(event_status::SKIPPED))
+        .col_expr(
+            event::Column::Status,
+            Expr::value(entity::EventStatus::Skipped),
+        )
         .col_expr(event::Column::LastError, Expr::value(message.clone()))
         .filter(event::Column::SubscriptionId.eq(sub.id.as_str()))
-        .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
-        .filter(event::Column::Kind.is_not_in([event_kind::SYNC_FAILED, event_kind::SYNCED]))
+        .filter(
+            event::Column::Status.is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
+        )
+        .filter(
+            event::Column::Kind
+                .is_not_in([entity::EventKind::SyncFailed, entity::EventKind::Synced]),
+        )
         .exec(conn)
         .await?;
     let retry_count = sub.retry_count.saturating_add(1);
@@ -232,12 +232,12 @@ async fn lose<C: ConnectionTrait>(
         retry_count,
     };
     insert_sync_failed(conn, &sub, &payload, trace_parent, now).await?;
-    crate::telemetry::events_created(event_kind::SYNC_FAILED, 1);
+    crate::telemetry::events_created(entity::EventKind::SyncFailed, 1);
     let next_seq = sub.next_seq + 1;
     let mut active = sub.into_active_model();
-    active.access = Set(access_state::DENIED.to_owned());
+    active.access = Set(entity::AccessState::Denied);
     active.access_checked_at = Set(Some(now));
-    active.status = Set(subscription_status::FAILED.to_owned());
+    active.status = Set(entity::SubscriptionStatus::Failed);
     active.last_error = Set(Some(message));
     active.retry_count = Set(retry_count);
     active.next_seq = Set(next_seq);

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::subscriptions::SubscriptionView;
 use super::subscriptions::delete_orphaned_repositories;
-use super::{Store, StoreError, app_status, event_status, lock_repositories, page_offset};
+use super::{Store, StoreError, lock_repositories, page_offset};
 use crate::clock::now_ms;
 use crate::crypto::{self, IssuedToken};
 use crate::ids::AppId;
@@ -100,7 +100,7 @@ impl Store {
             previous_key_expires_at: Set(None),
             token_lookup: Set(issued.lookup),
             token_hash: Set(issued.hash),
-            status: Set(app_status::ACTIVE.to_owned()),
+            status: Set(entity::AppStatus::Active),
             backoff_policy: Set(None),
             backoff_base_ms: Set(None),
             backoff_max_ms: Set(None),
@@ -229,7 +229,7 @@ impl Store {
     /// waiting events are delivered again. `None` when there is no such app.
     pub async fn enable_app(&self, id: &AppId) -> Result<Option<app::Model>, StoreError> {
         app::Entity::update_many()
-            .col_expr(app::Column::Status, Expr::value(app_status::ACTIVE))
+            .col_expr(app::Column::Status, Expr::value(entity::AppStatus::Active))
             .col_expr(app::Column::DisabledAt, Expr::value(Option::<i64>::None))
             .col_expr(app::Column::FailingSince, Expr::value(Option::<i64>::None))
             .col_expr(app::Column::UpdatedAt, Expr::value(now_ms()))
@@ -295,7 +295,7 @@ impl Store {
             .column(event::Column::AppId)
             .column_as(event::Column::Id.count(), "n")
             .filter(event::Column::AppId.is_in(ids))
-            .filter(event::Column::Status.eq(event_status::DEAD))
+            .filter(event::Column::Status.eq(entity::EventStatus::Dead))
             .group_by(event::Column::AppId)
             .into_tuple::<(String, i64)>()
             .all(&self.db)

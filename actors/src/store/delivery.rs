@@ -10,12 +10,9 @@ use sea_orm::{
 };
 
 use super::leases::{LeaseToken, free, hold_delivery};
-use super::{Store, StoreError, app_status, event_status, subscription_status};
+use super::{Store, StoreError};
 use crate::clock::now_ms;
 use crate::ids::AttemptId;
-
-/// Extra subscription status: the endpoint answered 410 Gone.
-pub const PAUSED: &str = "paused";
 
 /// One recorded HTTP attempt.
 #[derive(Debug, Clone)]
@@ -84,13 +81,15 @@ impl Store {
                 Expr::col((event::Entity, event::Column::AppId))
                     .equals((app::Entity, app::Column::Id)),
             )
-            .and_where(Expr::col((event::Entity, event::Column::Status)).eq(event_status::PENDING))
+            .and_where(
+                Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Pending),
+            )
             .and_where(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(now))
             .to_owned();
         Ok(app::Entity::find()
             .select_only()
             .column(app::Column::Id)
-            .filter(app::Column::Status.eq(app_status::ACTIVE))
+            .filter(app::Column::Status.eq(entity::AppStatus::Active))
             .filter(Expr::exists(due))
             .order_by_asc(app::Column::Id)
             .limit(limit)
@@ -112,7 +111,7 @@ impl Store {
             .column(event::Column::SubscriptionId)
             .from(event::Entity)
             .and_where(Expr::col(event::Column::AppId).eq(app_id))
-            .and_where(Expr::col(event::Column::Status).eq(event_status::PENDING))
+            .and_where(Expr::col(event::Column::Status).eq(entity::EventStatus::Pending))
             .and_where(Expr::col(event::Column::NextAttemptAt).lte(now))
             .to_owned();
         // Order is the contract: a dead event blocks its subscription until
@@ -121,11 +120,11 @@ impl Store {
             .column(event::Column::SubscriptionId)
             .from(event::Entity)
             .and_where(Expr::col(event::Column::AppId).eq(app_id))
-            .and_where(Expr::col(event::Column::Status).eq(event_status::DEAD))
+            .and_where(Expr::col(event::Column::Status).eq(entity::EventStatus::Dead))
             .to_owned();
         Ok(subscription::Entity::find()
             .filter(subscription::Column::AppId.eq(app_id))
-            .filter(subscription::Column::Status.ne(PAUSED))
+            .filter(subscription::Column::Status.ne(entity::SubscriptionStatus::Paused))
             .filter(subscription::Column::Id.in_subquery(due))
             .filter(subscription::Column::Id.not_in_subquery(blocked))
             .filter(free(
@@ -152,7 +151,10 @@ impl Store {
         Ok(event::Entity::find()
             .filter(event::Column::SubscriptionId.eq(subscription_id))
             .filter(event::Column::Seq.gt(after_seq))
-            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .filter(
+                event::Column::Status
+                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
+            )
             .order_by_asc(event::Column::Seq)
             .limit(limit)
             .all(&self.db)
@@ -209,14 +211,14 @@ impl Store {
         let txn = self.begin_write().await?;
         hold_delivery(&txn, &event.subscription_id, lease).await?;
         attempt.into_row().insert(&txn).await?;
-        let set_subscription = |status: &str, error: Option<String>| {
+        let set_subscription = |status: entity::SubscriptionStatus, error: Option<String>| {
             subscription::Entity::update_many()
                 .col_expr(subscription::Column::Status, Expr::value(status.to_owned()))
                 .col_expr(subscription::Column::LastError, Expr::value(error))
                 .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
                 .filter(subscription::Column::Id.eq(event.subscription_id.as_str()))
         };
-        let update_event = |status: &str| {
+        let update_event = |status: entity::EventStatus| {
             event::Entity::update_many()
                 .col_expr(event::Column::Status, Expr::value(status.to_owned()))
                 .filter(event::Column::Id.eq(event.id.as_str()))
@@ -224,7 +226,7 @@ impl Store {
         match outcome {
             None => {}
             Some(EventOutcome::Delivered) => {
-                update_event(event_status::DELIVERED)
+                update_event(entity::EventStatus::Delivered)
                     .col_expr(event::Column::DeliveredAt, Expr::value(now))
                     .col_expr(
                         event::Column::LastError,
@@ -234,7 +236,7 @@ impl Store {
                     .await?;
             }
             Some(EventOutcome::Retry { at, error, counted }) => {
-                let mut update = update_event(event_status::PENDING)
+                let mut update = update_event(entity::EventStatus::Pending)
                     .col_expr(event::Column::NextAttemptAt, Expr::value(at))
                     .col_expr(event::Column::LastError, Expr::value(error));
                 if counted {
@@ -246,7 +248,7 @@ impl Store {
                 update.exec(&txn).await?;
             }
             Some(EventOutcome::Dead { error }) => {
-                update_event(event_status::DEAD)
+                update_event(entity::EventStatus::Dead)
                     .col_expr(
                         event::Column::Attempts,
                         Expr::col(event::Column::Attempts).add(1),
@@ -254,22 +256,24 @@ impl Store {
                     .col_expr(event::Column::LastError, Expr::value(error.clone()))
                     .exec(&txn)
                     .await?;
-                set_subscription(subscription_status::FAILED, Some(error))
+                set_subscription(entity::SubscriptionStatus::Failed, Some(error))
                     .exec(&txn)
                     .await?;
             }
             Some(EventOutcome::Skipped { error }) => {
-                update_event(event_status::SKIPPED)
+                update_event(entity::EventStatus::Skipped)
                     .col_expr(event::Column::LastError, Expr::value(error))
                     .exec(&txn)
                     .await?;
             }
             Some(EventOutcome::Paused { error }) => {
-                update_event(event_status::PENDING)
+                update_event(entity::EventStatus::Pending)
                     .col_expr(event::Column::LastError, Expr::value(error.clone()))
                     .exec(&txn)
                     .await?;
-                set_subscription(PAUSED, Some(error)).exec(&txn).await?;
+                set_subscription(entity::SubscriptionStatus::Paused, Some(error))
+                    .exec(&txn)
+                    .await?;
             }
         }
         txn.commit().await?;
@@ -313,7 +317,10 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
             event::Entity::update_many()
-                .col_expr(event::Column::Status, Expr::value(event_status::DELIVERED))
+                .col_expr(
+                    event::Column::Status,
+                    Expr::value(entity::EventStatus::Delivered),
+                )
                 .col_expr(event::Column::DeliveredAt, Expr::value(now))
                 .col_expr(
                     event::Column::LastError,
@@ -338,7 +345,10 @@ impl Store {
         hold_delivery(&txn, subscription_id, lease).await?;
         let left = event::Entity::find()
             .filter(event::Column::SubscriptionId.eq(subscription_id))
-            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .filter(
+                event::Column::Status
+                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
+            )
             .count(&txn)
             .await?;
         if left > 0 {
@@ -347,11 +357,11 @@ impl Store {
         let result = subscription::Entity::update_many()
             .col_expr(
                 subscription::Column::Status,
-                Expr::value(subscription_status::SYNCED),
+                Expr::value(entity::SubscriptionStatus::Synced),
             )
             .col_expr(subscription::Column::UpdatedAt, Expr::value(now_ms()))
             .filter(subscription::Column::Id.eq(subscription_id))
-            .filter(subscription::Column::Status.eq(subscription_status::SYNCING))
+            .filter(subscription::Column::Status.eq(entity::SubscriptionStatus::Syncing))
             .exec(&txn)
             .await?;
         txn.commit().await?;
@@ -393,10 +403,13 @@ impl Store {
             .exec(&self.db)
             .await?;
         let disabled = app::Entity::update_many()
-            .col_expr(app::Column::Status, Expr::value(app_status::DISABLED))
+            .col_expr(
+                app::Column::Status,
+                Expr::value(entity::AppStatus::Disabled),
+            )
             .col_expr(app::Column::DisabledAt, Expr::value(now))
             .filter(app::Column::Id.eq(app_id))
-            .filter(app::Column::Status.eq(app_status::ACTIVE))
+            .filter(app::Column::Status.eq(entity::AppStatus::Active))
             .filter(app::Column::FailingSince.lt(now - disable_after_ms))
             .exec(&self.db)
             .await?;

@@ -6,15 +6,14 @@ use entity::{delivery_attempt, event, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::delivery::PAUSED;
-use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
+use super::{Store, StoreError, lock_repositories};
 use crate::clock::now_ms;
 use crate::ids::{AppId, EventId, RepoId};
 
 /// Filters of an event listing.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
-    pub status: Option<String>,
+    pub status: Option<entity::EventStatus>,
     pub repository_id: Option<String>,
     /// Events after this one (ids sort by creation).
     pub after: Option<String>,
@@ -44,7 +43,7 @@ impl Store {
             query = query.filter(event::Column::AppId.eq(app.as_str()));
         }
         if let Some(status) = &filter.status {
-            query = query.filter(event::Column::Status.eq(status.as_str()));
+            query = query.filter(event::Column::Status.eq(*status));
         }
         if let Some(repository) = &filter.repository_id {
             query = query.filter(event::Column::RepositoryId.eq(repository.as_str()));
@@ -90,8 +89,8 @@ impl Store {
         self.lever(
             app,
             id,
-            |status| status == event_status::DEAD || status == event_status::PENDING,
-            event_status::PENDING,
+            |status| status == entity::EventStatus::Dead || status == entity::EventStatus::Pending,
+            entity::EventStatus::Pending,
             true,
         )
         .await
@@ -103,8 +102,8 @@ impl Store {
         self.lever(
             app,
             id,
-            |status| status == event_status::PENDING || status == event_status::DEAD,
-            event_status::SKIPPED,
+            |status| status == entity::EventStatus::Pending || status == entity::EventStatus::Dead,
+            entity::EventStatus::Skipped,
             false,
         )
         .await
@@ -114,8 +113,8 @@ impl Store {
         &self,
         app: Option<&AppId>,
         id: &EventId,
-        applies: impl Fn(&str) -> bool,
-        to: &str,
+        applies: impl Fn(entity::EventStatus) -> bool,
+        to: entity::EventStatus,
         reset: bool,
     ) -> Result<Lever, StoreError> {
         let mut query = event::Entity::find_by_id(id.as_str());
@@ -125,7 +124,7 @@ impl Store {
         let Some(found) = query.one(&self.db).await? else {
             return Ok(Lever::NotFound);
         };
-        if !applies(&found.status) {
+        if !applies(found.status) {
             return Ok(Lever::NotApplicable);
         }
         let now = now_ms();
@@ -157,7 +156,7 @@ impl Store {
         let mut query = event::Entity::find()
             .select_only()
             .column(event::Column::Id)
-            .filter(event::Column::Status.eq(event_status::DEAD))
+            .filter(event::Column::Status.eq(entity::EventStatus::Dead))
             .order_by_asc(event::Column::Id)
             .limit(limit);
         if let Some(app) = app {
@@ -181,7 +180,7 @@ impl Store {
             )
             .col_expr(
                 subscription::Column::Status,
-                Expr::value(subscription_status::PENDING_SNAPSHOT),
+                Expr::value(entity::SubscriptionStatus::PendingSnapshot),
             )
             .col_expr(
                 subscription::Column::LastError,
@@ -204,8 +203,11 @@ impl Store {
             .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.as_str()))
             .to_owned();
         event::Entity::update_many()
-            .col_expr(event::Column::Status, Expr::value(event_status::SKIPPED))
-            .filter(event::Column::Status.eq(event_status::DEAD))
+            .col_expr(
+                event::Column::Status,
+                Expr::value(entity::EventStatus::Skipped),
+            )
+            .filter(event::Column::Status.eq(entity::EventStatus::Dead))
             .filter(event::Column::SubscriptionId.in_subquery(subscription_ids))
             .exec(&txn)
             .await?;
@@ -222,7 +224,7 @@ impl Store {
     pub async fn event_counts(
         &self,
         app: Option<&AppId>,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+    ) -> Result<Vec<(String, entity::EventStatus, i64)>, StoreError> {
         let mut query = event::Entity::find()
             .select_only()
             .column(event::Column::AppId)
@@ -259,7 +261,7 @@ async fn resume_subscription<C: sea_orm::ConnectionTrait>(
     subscription::Entity::update_many()
         .col_expr(
             subscription::Column::Status,
-            Expr::value(subscription_status::SYNCING),
+            Expr::value(entity::SubscriptionStatus::Syncing),
         )
         .col_expr(
             subscription::Column::LastError,
@@ -268,9 +270,9 @@ async fn resume_subscription<C: sea_orm::ConnectionTrait>(
         .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
         .filter(subscription::Column::Id.eq(subscription_id))
         .filter(subscription::Column::Status.is_in([
-            subscription_status::FAILED,
-            PAUSED,
-            subscription_status::SYNCED,
+            entity::SubscriptionStatus::Failed,
+            entity::SubscriptionStatus::Paused,
+            entity::SubscriptionStatus::Synced,
         ]))
         .exec(conn)
         .await?;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use entity::{app, breaker, event};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 
-use super::{Store, StoreError, app_status, event_status};
+use super::{Store, StoreError};
 use crate::breaker::{CLOSED, HALF_OPEN};
 
 /// The gauges of one scrape.
@@ -35,7 +35,7 @@ impl Store {
             .select_only()
             .column(event::Column::AppId)
             .column_as(event::Column::Id.count(), "pending")
-            .filter(event::Column::Status.eq(event_status::PENDING))
+            .filter(event::Column::Status.eq(entity::EventStatus::Pending))
             .group_by(event::Column::AppId)
             .into_tuple::<(String, i64)>()
             .all(&self.db)
@@ -65,7 +65,7 @@ impl Store {
             })
             .collect();
         let apps_disabled = app::Entity::find()
-            .filter(app::Column::Status.eq(app_status::DISABLED))
+            .filter(app::Column::Status.eq(entity::AppStatus::Disabled))
             .count(&self.db)
             .await?;
         Ok(Gauges {

@@ -8,7 +8,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::subscriptions::reset_git_breaker;
-use super::{Store, StoreError, event_status, lock_repositories, page_offset, subscription_status};
+use super::{Store, StoreError, lock_repositories, page_offset};
 use crate::breaker::CLOSED;
 use crate::breaker::DELIVERY_BREAKER;
 use crate::clock::now_ms;
@@ -129,9 +129,9 @@ impl Store {
         let mut counts: HashMap<String, (u64, u64, u64)> = HashMap::new();
         for (app_id, status, n) in self.event_counts(None).await? {
             let entry = counts.entry(app_id).or_default();
-            match status.as_str() {
-                event_status::PENDING => entry.0 += to_u64(n),
-                event_status::DEAD => entry.2 += to_u64(n),
+            match status {
+                entity::EventStatus::Pending => entry.0 += to_u64(n),
+                entity::EventStatus::Dead => entry.2 += to_u64(n),
                 _ => {}
             }
         }
@@ -175,7 +175,8 @@ impl Store {
         page: u64,
         per_page: u64,
     ) -> Result<(Vec<DeadEvent>, u64), StoreError> {
-        let dead = || event::Entity::find().filter(event::Column::Status.eq(event_status::DEAD));
+        let dead =
+            || event::Entity::find().filter(event::Column::Status.eq(entity::EventStatus::Dead));
         let total = dead().count(&self.db).await?;
         let Some(offset) = page_offset(page, per_page) else {
             return Ok((Vec::new(), total));
@@ -248,7 +249,7 @@ impl Store {
             .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
             .all(&txn)
             .await?;
-        let waiting: HashMap<(String, String), i64> = event::Entity::find()
+        let waiting: HashMap<(String, entity::EventStatus), i64> = event::Entity::find()
             .select_only()
             .column(event::Column::SubscriptionId)
             .column(event::Column::Status)
@@ -256,18 +257,21 @@ impl Store {
             .filter(
                 event::Column::SubscriptionId.is_in(subscriptions.iter().map(|s| s.id.as_str())),
             )
-            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .filter(
+                event::Column::Status
+                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
+            )
             .group_by(event::Column::SubscriptionId)
             .group_by(event::Column::Status)
-            .into_tuple::<(String, String, i64)>()
+            .into_tuple::<(String, entity::EventStatus, i64)>()
             .all(&txn)
             .await?
             .into_iter()
             .map(|(sub, status, n)| ((sub, status), n))
             .collect();
-        let has = |sub: &str, status: &str| {
+        let has = |sub: &str, status: entity::EventStatus| {
             waiting
-                .get(&(sub.to_owned(), status.to_owned()))
+                .get(&(sub.to_owned(), status))
                 .is_some_and(|n| *n > 0)
         };
         let mut reset = BreakerReset {
@@ -279,7 +283,9 @@ impl Store {
                 .col_expr(subscription::Column::RetryCount, Expr::value(0))
                 .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
                 .filter(subscription::Column::Id.eq(sub.id.as_str()));
-            if sub.status == subscription_status::FAILED && has(&sub.id, event_status::DEAD) {
+            if sub.status == entity::SubscriptionStatus::Failed
+                && has(&sub.id, entity::EventStatus::Dead)
+            {
                 // Its error is the dead event's: keep it visible.
                 reset.still_failed += 1;
             } else {
@@ -287,13 +293,13 @@ impl Store {
                     subscription::Column::LastError,
                     Expr::value(Option::<String>::None),
                 );
-                if sub.status == subscription_status::FAILED {
+                if sub.status == entity::SubscriptionStatus::Failed {
                     let status = if sub.last_snapshot_id.is_none() {
-                        subscription_status::PENDING_SNAPSHOT
-                    } else if has(&sub.id, event_status::PENDING) {
-                        subscription_status::SYNCING
+                        entity::SubscriptionStatus::PendingSnapshot
+                    } else if has(&sub.id, entity::EventStatus::Pending) {
+                        entity::SubscriptionStatus::Syncing
                     } else {
-                        subscription_status::SYNCED
+                        entity::SubscriptionStatus::Synced
                     };
                     update = update.col_expr(subscription::Column::Status, Expr::value(status));
                     reset.recovered += 1;

@@ -6,40 +6,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use entity::{app, event, manifest_entry, repository, snapshot, subscription};
+use super::leases::{LeaseToken, ScanFence, hold_scan};
+use super::{Store, StoreError, lock_repositories};
+use crate::changes::{FileEntry, TreeDelta, Visibility};
+use crate::clock::now_ms;
+use crate::ids::{EventId, RepoId, SnapshotId};
+use crate::payload::{BreakerState, SyncError, SyncFailure, SyncedCounts, SyncedNotice};
+use entity::{EventKind, app, event, manifest_entry, repository, snapshot, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
 
-use super::access::access_state;
-use super::leases::{LeaseToken, ScanFence, hold_scan};
-use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
-use crate::changes::{FileEntry, TreeDelta, Visibility};
-use crate::clock::now_ms;
-use crate::ids::{EventId, RepoId, SnapshotId};
-use crate::payload::{BreakerState, SyncError, SyncFailure, SyncedCounts, SyncedNotice};
-
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
 const BATCH: usize = 500;
-
-/// Event kinds in the outbox.
-pub mod event_kind {
-    pub const CREATED: &str = "created";
-    pub const UPDATED: &str = "updated";
-    pub const DELETED: &str = "deleted";
-    pub const SYNC_FAILED: &str = "sync_failed";
-    /// Opt-in per app: the snapshot's events before it were all delivered.
-    pub const SYNCED: &str = "synced";
-
-    /// Notifications are best effort: one that cannot be delivered is
-    /// skipped rather than blocking the file events behind it.
-    pub fn is_notification(kind: &str) -> bool {
-        kind == SYNC_FAILED || kind == SYNCED
-    }
-}
 
 /// A scan's result, ready to be committed.
 pub struct SnapshotAdvance {
@@ -102,7 +84,7 @@ impl From<&FileEntry> for Known {
 
 /// One change for one subscription, before it gets its id and number.
 struct Pending<'a> {
-    kind: &'static str,
+    kind: EventKind,
     path: &'a str,
     file: &'a Known,
     previous_sha256: Option<&'a str>,
@@ -136,7 +118,8 @@ impl Store {
             .from(event::Entity)
             .and_where(Expr::col(event::Column::RepositoryId).eq(repo.as_str()))
             .and_where(
-                Expr::col(event::Column::Status).is_in([event_status::PENDING, event_status::DEAD]),
+                Expr::col(event::Column::Status)
+                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
             )
             .and_where(Expr::col(event::Column::SnapshotId).is_not_null())
             .to_owned();
@@ -194,7 +177,7 @@ impl Store {
         // snapshot, not even its paths.
         let subscriptions = subscription::Entity::find()
             .filter(subscription::Column::RepositoryId.eq(repo.id.as_str()))
-            .filter(subscription::Column::Access.eq(access_state::GRANTED))
+            .filter(subscription::Column::Access.eq(entity::AccessState::Granted))
             .all(&txn)
             .await?;
         let watchers = sea_orm::sea_query::Query::select()
@@ -264,7 +247,7 @@ impl Store {
         };
 
         let mut written = 0u64;
-        let mut written_by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut written_by_kind: BTreeMap<EventKind, u64> = BTreeMap::new();
         for sub in &subscriptions {
             let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
             let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
@@ -284,7 +267,7 @@ impl Store {
                 now_files
                     .into_iter()
                     .map(|(path, file)| Pending {
-                        kind: event_kind::CREATED,
+                        kind: EventKind::Created,
                         path,
                         file,
                         previous_sha256: None,
@@ -311,25 +294,26 @@ impl Store {
             // Rows are built a batch at a time: a first snapshot of a large
             // repository never holds all its event rows at once.
             for (batch_index, batch) in pending.chunks(BATCH).enumerate() {
-                let rows = batch.iter().enumerate().map(|(i, p)| {
-                    let position = batch_index * BATCH + i;
-                    event::ActiveModel {
-                        snapshot_id: Set(snapshot_id.clone()),
-                        seq: Set(first_seq + i64::try_from(position).unwrap_or(i64::MAX)),
-                        kind: Set(p.kind.to_owned()),
-                        path: Set(Some(p.path.to_owned())),
-                        sha256: Set(Some(p.file.sha256.clone())),
-                        previous_sha256: Set(p.previous_sha256.map(str::to_owned)),
-                        size: Set(Some(p.file.size)),
-                        blob_id: Set(
-                            (p.kind != event_kind::DELETED).then(|| p.file.blob_id.clone())
-                        ),
-                        binary: Set(p.file.binary),
-                        commit_sha: Set(Some(advance.commit.clone())),
-                        trace_parent: Set(trace_parent.clone()),
-                        ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
-                    }
-                });
+                let rows =
+                    batch.iter().enumerate().map(|(i, p)| {
+                        let position = batch_index * BATCH + i;
+                        event::ActiveModel {
+                            snapshot_id: Set(snapshot_id.clone()),
+                            seq: Set(first_seq + i64::try_from(position).unwrap_or(i64::MAX)),
+                            kind: Set(p.kind),
+                            path: Set(Some(p.path.to_owned())),
+                            sha256: Set(Some(p.file.sha256.clone())),
+                            previous_sha256: Set(p.previous_sha256.map(str::to_owned)),
+                            size: Set(Some(p.file.size)),
+                            blob_id: Set(
+                                (p.kind != EventKind::Deleted).then(|| p.file.blob_id.clone())
+                            ),
+                            binary: Set(p.file.binary),
+                            commit_sha: Set(Some(advance.commit.clone())),
+                            trace_parent: Set(trace_parent.clone()),
+                            ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
+                        }
+                    });
                 event::Entity::insert_many(rows)
                     .exec_without_returning(&txn)
                     .await?;
@@ -349,7 +333,7 @@ impl Store {
                 };
                 event::ActiveModel {
                     seq: Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX)),
-                    kind: Set(event_kind::SYNCED.to_owned()),
+                    kind: Set(EventKind::Synced),
                     snapshot_id: Set(snapshot_id.clone()),
                     trace_parent: Set(trace_parent.clone()),
                     commit_sha: Set(Some(advance.commit.clone())),
@@ -360,7 +344,7 @@ impl Store {
                 }
                 .insert(&txn)
                 .await?;
-                *written_by_kind.entry(event_kind::SYNCED).or_default() += 1;
+                *written_by_kind.entry(EventKind::Synced).or_default() += 1;
                 count + 1
             } else {
                 count
@@ -370,33 +354,33 @@ impl Store {
             // A subscription blocked by its own deliveries (a dead event, or
             // the endpoint's 410) stays blocked; one failed by git failures
             // recovers now that git works.
-            let undelivered = |status: &'static str| {
+            let undelivered = |status: entity::EventStatus| {
                 event::Entity::find()
                     .filter(event::Column::SubscriptionId.eq(sub.id.as_str()))
                     .filter(event::Column::Status.eq(status))
                     .count(&txn)
             };
-            let blocked = sub.status == super::delivery::PAUSED
-                || (sub.status == subscription_status::FAILED
-                    && undelivered(event_status::DEAD).await? > 0);
-            let recovering = sub.status == subscription_status::FAILED && !blocked;
+            let blocked = sub.status == entity::SubscriptionStatus::Paused
+                || (sub.status == entity::SubscriptionStatus::Failed
+                    && undelivered(entity::EventStatus::Dead).await? > 0);
+            let recovering = sub.status == entity::SubscriptionStatus::Failed && !blocked;
             if !moved && count == 0 && !recovering && sub.last_snapshot_id.is_some() {
                 continue;
             }
             let status = if blocked {
-                sub.status.as_str()
+                sub.status
             } else if count > 0 {
-                subscription_status::SYNCING
+                entity::SubscriptionStatus::Syncing
             } else if recovering {
-                if undelivered(event_status::PENDING).await? > 0 {
-                    subscription_status::SYNCING
+                if undelivered(entity::EventStatus::Pending).await? > 0 {
+                    entity::SubscriptionStatus::Syncing
                 } else {
-                    subscription_status::SYNCED
+                    entity::SubscriptionStatus::Synced
                 }
-            } else if sub.status == subscription_status::PENDING_SNAPSHOT {
-                subscription_status::SYNCED
+            } else if sub.status == entity::SubscriptionStatus::PendingSnapshot {
+                entity::SubscriptionStatus::Synced
             } else {
-                sub.status.as_str()
+                sub.status
             };
             let mut active = sub.clone().into_active_model();
             active.next_seq = Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX));
@@ -483,19 +467,19 @@ fn changes_for<'a>(
         };
         match (before, after) {
             (Some(before), None) => deleted.push(Pending {
-                kind: event_kind::DELETED,
+                kind: EventKind::Deleted,
                 path,
                 file: before,
                 previous_sha256: None,
             }),
             (None, Some(after)) => created.push(Pending {
-                kind: event_kind::CREATED,
+                kind: EventKind::Created,
                 path,
                 file: after,
                 previous_sha256: None,
             }),
             (Some(before), Some(after)) if before.sha256 != after.sha256 => updated.push(Pending {
-                kind: event_kind::UPDATED,
+                kind: EventKind::Updated,
                 path,
                 file: after,
                 previous_sha256: Some(before.sha256.as_str()),
@@ -708,7 +692,7 @@ impl Store {
         // troubles are no longer its business.
         let subscriptions = subscription::Entity::find()
             .filter(subscription::Column::RepositoryId.eq(failure.repository.as_str()))
-            .filter(subscription::Column::Access.eq(access_state::GRANTED))
+            .filter(subscription::Column::Access.eq(entity::AccessState::Granted))
             .all(&txn)
             .await?;
         let mut events = 0;
@@ -738,12 +722,12 @@ impl Store {
                 insert_sync_failed(&txn, &sub, &payload, trace_parent.clone(), now).await?;
                 events += 1;
                 active.next_seq = Set(sub.next_seq + 1);
-                active.status = Set(subscription_status::FAILED.to_owned());
+                active.status = Set(entity::SubscriptionStatus::Failed);
             }
             active.update(&txn).await?;
         }
         txn.commit().await?;
-        crate::telemetry::events_created(event_kind::SYNC_FAILED, events);
+        crate::telemetry::events_created(EventKind::SyncFailed, events);
         Ok(events)
     }
 }
@@ -759,7 +743,7 @@ pub(crate) async fn insert_sync_failed<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     event::ActiveModel {
         seq: Set(sub.next_seq),
-        kind: Set(event_kind::SYNC_FAILED.to_owned()),
+        kind: Set(EventKind::SyncFailed),
         payload: Set(Some(
             serde_json::to_string(payload).expect("notices serialise"),
         )),
@@ -786,7 +770,8 @@ pub(crate) fn pending_event(
         repository_id: Set(repository_id.to_owned()),
         snapshot_id: Set(None),
         seq: Set(0),
-        kind: Set(String::new()),
+        // Every caller sets its own kind.
+        kind: Set(EventKind::Created),
         path: Set(None),
         sha256: Set(None),
         previous_sha256: Set(None),
@@ -796,7 +781,7 @@ pub(crate) fn pending_event(
         renamed_from: Set(None),
         commit_sha: Set(None),
         payload: Set(None),
-        status: Set(event_status::PENDING.to_owned()),
+        status: Set(entity::EventStatus::Pending),
         attempts: Set(0),
         next_attempt_at: Set(now),
         last_error: Set(None),

@@ -12,8 +12,8 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::access::{access_state, regain};
-use super::{Store, StoreError, event_status, lock_repositories, subscription_status};
+use super::access::regain;
+use super::{Store, StoreError, lock_repositories};
 use crate::breaker::GIT_BREAKER;
 use crate::clock::now_ms;
 use crate::ids::{AppId, RepoId, SubscriptionId};
@@ -141,7 +141,7 @@ impl Store {
             id: Set(subscription_id),
             app_id: Set(app.as_str().to_owned()),
             repository_id: Set(repository.id.clone()),
-            status: Set(subscription_status::PENDING_SNAPSHOT.to_owned()),
+            status: Set(entity::SubscriptionStatus::PendingSnapshot),
             include: Set(serde_json::to_string(&new.include).expect("strings serialise")),
             exclude: Set(serde_json::to_string(&new.exclude).expect("strings serialise")),
             git_token_ciphertext: Set(git_token),
@@ -154,7 +154,7 @@ impl Store {
             delivery_lease_until: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
-            access: Set(access_state::GRANTED.to_owned()),
+            access: Set(entity::AccessState::Granted),
             access_checked_at: Set(Some(now)),
         })
         .on_conflict(
@@ -232,16 +232,19 @@ impl Store {
             .collect();
         let subscription_ids: Vec<&str> = rows.iter().map(|(s, _)| s.id.as_str()).collect();
         let repository_ids: Vec<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
-        let counts: HashMap<(String, String), i64> = event::Entity::find()
+        let counts: HashMap<(String, entity::EventStatus), i64> = event::Entity::find()
             .select_only()
             .column(event::Column::SubscriptionId)
             .column(event::Column::Status)
             .column_as(event::Column::Id.count(), "n")
             .filter(event::Column::SubscriptionId.is_in(subscription_ids))
-            .filter(event::Column::Status.is_in([event_status::PENDING, event_status::DEAD]))
+            .filter(
+                event::Column::Status
+                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
+            )
             .group_by(event::Column::SubscriptionId)
             .group_by(event::Column::Status)
-            .into_tuple::<(String, String, i64)>()
+            .into_tuple::<(String, entity::EventStatus, i64)>()
             .all(&self.db)
             .await?
             .into_iter()
@@ -255,9 +258,9 @@ impl Store {
             .into_iter()
             .map(|b| (b.subject_id.clone(), b))
             .collect();
-        let count = |sub: &str, status: &str| -> u64 {
+        let count = |sub: &str, status: entity::EventStatus| -> u64 {
             counts
-                .get(&(sub.to_owned(), status.to_owned()))
+                .get(&(sub.to_owned(), status))
                 .copied()
                 .unwrap_or(0)
                 .try_into()
@@ -266,8 +269,8 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|(subscription, repository)| SubscriptionView {
-                pending_events: count(&subscription.id, event_status::PENDING),
-                failed_events: count(&subscription.id, event_status::DEAD),
+                pending_events: count(&subscription.id, entity::EventStatus::Pending),
+                failed_events: count(&subscription.id, entity::EventStatus::Dead),
                 breaker: breakers.remove(&repository.id),
                 repository,
                 subscription,
@@ -387,17 +390,16 @@ async fn set_proven_credential<C: ConnectionTrait>(
             .keys
             .seal(t.expose_secret(), &git_token_aad(&current.id))
     });
-    let lost_access = current.access != access_state::GRANTED;
-    let status = if current.status == subscription_status::FAILED {
+    let lost_access = current.access != entity::AccessState::Granted;
+    let status = if current.status == entity::SubscriptionStatus::Failed {
         if current.last_synced_commit.is_some() {
-            subscription_status::SYNCED
+            entity::SubscriptionStatus::Synced
         } else {
-            subscription_status::PENDING_SNAPSHOT
+            entity::SubscriptionStatus::PendingSnapshot
         }
     } else {
-        current.status.as_str()
-    }
-    .to_owned();
+        current.status
+    };
     let mut active = current.clone().into_active_model();
     active.git_token_ciphertext = Set(sealed);
     active.access_checked_at = Set(Some(now));

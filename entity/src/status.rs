@@ -1,0 +1,191 @@
+//! The states and kinds Herald's tables hold, as types: stored as their
+//! snake_case names (the same words the API and the webhooks use), so SQLite
+//! and PostgreSQL hold plain strings and a reader of the database sees words.
+
+use sea_orm::entity::prelude::*;
+
+/// Implements `as_str` and `Display` with the stored name of each variant.
+macro_rules! named {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored name, as the API and the webhooks show it.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// The variant stored under `name`.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// Where an event is in its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum EventStatus {
+    /// Waiting for its turn, or for its next attempt.
+    Pending,
+    Delivered,
+    /// Given up on; its subscription waits behind it until it is retried
+    /// or skipped.
+    Dead,
+    /// Passed over (by an operator, or a notification that could not be
+    /// delivered): the subscription goes on.
+    Skipped,
+}
+
+named!(EventStatus {
+    Pending => "pending",
+    Delivered => "delivered",
+    Dead => "dead",
+    Skipped => "skipped",
+});
+
+/// What an event tells its app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+    SyncFailed,
+    /// Opt-in per app: the snapshot's events before it were all delivered.
+    Synced,
+}
+
+named!(EventKind {
+    Created => "created",
+    Updated => "updated",
+    Deleted => "deleted",
+    SyncFailed => "sync_failed",
+    Synced => "synced",
+});
+
+impl EventKind {
+    /// Notifications are best effort: one that cannot be delivered is
+    /// skipped rather than blocking the file events behind it.
+    pub const fn is_notification(self) -> bool {
+        matches!(self, EventKind::SyncFailed | EventKind::Synced)
+    }
+
+    /// A file's content travels with it.
+    pub const fn carries_content(self) -> bool {
+        matches!(self, EventKind::Created | EventKind::Updated)
+    }
+}
+
+/// Where a subscription is (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum SubscriptionStatus {
+    /// Its first snapshot (the whole tree) is still to be made.
+    PendingSnapshot,
+    Syncing,
+    Synced,
+    Failed,
+    /// The endpoint answered 410 Gone: nothing is sent until it is resumed.
+    Paused,
+}
+
+named!(SubscriptionStatus {
+    PendingSnapshot => "pending_snapshot",
+    Syncing => "syncing",
+    Synced => "synced",
+    Failed => "failed",
+    Paused => "paused",
+});
+
+/// Whether an app receives webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum AppStatus {
+    Active,
+    /// By an operator, or after its endpoint failed longer than
+    /// `delivery.disable_after`.
+    Disabled,
+}
+
+named!(AppStatus {
+    Active => "active",
+    Disabled => "disabled",
+});
+
+/// Whether a subscriber's credential reads its repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum AccessState {
+    /// Proven at registration or at the last check.
+    Granted,
+    /// Refused at the last check: the subscriber gets nothing until a
+    /// working credential is proven.
+    Denied,
+}
+
+named!(AccessState {
+    Granted => "granted",
+    Denied => "denied",
+});
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveEnum, Iterable};
+
+    use super::*;
+
+    /// The stored value and the name the API shows are the same word.
+    #[test]
+    fn stored_values_are_the_names() {
+        for status in EventStatus::iter() {
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(EventStatus::parse(status.as_str()), Some(status));
+        }
+        for kind in EventKind::iter() {
+            assert_eq!(kind.to_value(), kind.as_str());
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        for status in SubscriptionStatus::iter() {
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(SubscriptionStatus::parse(status.as_str()), Some(status));
+        }
+        for status in AppStatus::iter() {
+            assert_eq!(status.to_value(), status.as_str());
+        }
+        for state in AccessState::iter() {
+            assert_eq!(state.to_value(), state.as_str());
+        }
+        assert_eq!(EventStatus::parse("Pending"), None);
+    }
+}
