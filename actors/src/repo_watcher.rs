@@ -1,11 +1,13 @@
-//! One watcher per watched repository. It owns the repository's mirror and
-//! its git circuit breaker: on `Scan` it claims the scan lease, asks the scan
-//! pool to check the remote, fetch and diff, then commits the snapshot and
-//! every subscription's events in one transaction (or records the failure).
+//! One watcher per watched repository. It owns the repository's mirror and,
+//! as its child actor, the remote's circuit breaker: on `Scan` it asks the
+//! breaker, claims the scan lease, has a scan worker check the remote, fetch
+//! and diff, then commits the snapshot and every subscription's events in one
+//! transaction (or records the failure) and tells the breaker how it went.
 //!
-//! The blocking work never runs inside `handle`: a scan runs as a task whose
-//! result comes back as a `Finished` message. A scan that panics makes the
-//! watcher fail, and its supervisor (the scheduler) restarts it.
+//! The blocking work never runs inside `handle`: a scan runs as a task owned
+//! by the watcher whose result comes back as a `Finished` message. A scan
+//! that panics makes the watcher fail, and its supervisor (the scheduler)
+//! restarts it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, info, warn};
 
+use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
 use crate::breaker::{self, BreakerPolicy, GIT_BREAKER, Permit};
 use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
@@ -79,6 +82,8 @@ pub struct WatcherArgs {
 
 pub struct WatcherState {
     args: WatcherArgs,
+    /// The remote's breaker: a child of this watcher.
+    breaker: ActorRef<BreakerMsg>,
     /// The scan in progress, aborted if the watcher stops or fails.
     scan: Option<OwnedTask>,
     scanning: bool,
@@ -93,11 +98,24 @@ impl Actor for RepoWatcher {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: WatcherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let breaker_args = BreakerArgs {
+            store: args.store.clone(),
+            kind: GIT_BREAKER,
+            subject: args.repository.as_str().to_owned(),
+            policy: args.config.breaker,
+            // A probe is one scan; it may take this long before another goes.
+            probe_timeout: Duration::from_millis(
+                u64::try_from(scan_lease_ttl(&args.config)).unwrap_or(0),
+            ),
+        };
+        let (breaker, _) =
+            Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
         Ok(WatcherState {
             args,
+            breaker,
             scan: None,
             scanning: false,
             again: false,
@@ -116,6 +134,7 @@ impl Actor for RepoWatcher {
                 state.scanning = true;
                 let store = state.args.store.clone();
                 let pool = state.args.pool.clone();
+                let breaker = state.breaker.clone();
                 let config = state.args.config.clone();
                 let repository = state.args.repository.clone();
                 let reply = myself.clone();
@@ -128,7 +147,7 @@ impl Actor for RepoWatcher {
                 );
                 // Owned by this watcher: stopped with it, whatever ends it.
                 state.scan = Some(OwnedTask::spawn(
-                    scan_repository(store, pool, config, repository).instrument(span),
+                    scan_repository(store, pool, breaker, config, repository).instrument(span),
                     move |result| {
                         let _ = reply.send_message(WatcherMsg::Finished(result));
                     },
@@ -158,6 +177,38 @@ impl Actor for RepoWatcher {
         }
         Ok(())
     }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: ractor::SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            ractor::SupervisionEvent::ActorFailed(cell, err)
+                if cell.get_id() == state.breaker.get_id() =>
+            {
+                // The watcher cannot scan without it: its supervisor restarts both.
+                Err(format!("the git breaker failed: {err}").into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.breaker.stop(Some("watcher stopping".to_owned()));
+        Ok(())
+    }
+}
+
+/// A scan lease outlives a fetch that takes the whole fetch timeout, a
+/// second scan pass and the writes.
+fn scan_lease_ttl(config: &WatcherConfig) -> i64 {
+    millis(config.fetch_timeout) * 3 + 60_000
 }
 
 fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
@@ -170,11 +221,12 @@ fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
 async fn scan_repository(
     store: Store,
     pool: ScanPool,
+    breaker: ActorRef<BreakerMsg>,
     config: WatcherConfig,
     repository: RepoId,
 ) -> ScanReport {
     let slot = pool.slot().await;
-    let lease_ttl = millis(config.fetch_timeout) * 3 + 60_000;
+    let lease_ttl = scan_lease_ttl(&config);
     let lease = match store
         .claim_scan(&repository, &config.instance_id, lease_ttl)
         .await
@@ -198,7 +250,11 @@ async fn scan_repository(
             }
         }
     };
-    let work = scan_claimed(&store, &slot, &config, &repository, &lease);
+    let mut remote = RemoteBreaker {
+        breaker,
+        probing: false,
+    };
+    let work = scan_claimed(&store, &slot, &mut remote, &config, &repository, &lease);
     let report = tokio::select! {
         result = work => match result {
             Ok(report) => report,
@@ -225,6 +281,7 @@ async fn scan_repository(
 async fn scan_claimed(
     store: &Store,
     slot: &ScanSlot,
+    remote_breaker: &mut RemoteBreaker,
     config: &WatcherConfig,
     repository: &RepoId,
     lease: &LeaseToken,
@@ -233,8 +290,7 @@ async fn scan_claimed(
         return Ok(ScanReport::Gone);
     };
     let now = now_ms();
-    let breaker_row = store.breaker(GIT_BREAKER, repository.as_str()).await?;
-    if let Permit::WaitUntil(until) = breaker::permit(breaker_row.as_ref(), now) {
+    if let Permit::WaitUntil(until) = remote_breaker.ask().await {
         store.reschedule(repository, until).await?;
         return Ok(ScanReport::Skipped("git breaker open"));
     }
@@ -303,9 +359,7 @@ async fn scan_claimed(
             commit,
             ignore,
         }) => {
-            store
-                .close_breaker(GIT_BREAKER, repository.as_str())
-                .await?;
+            remote_breaker.succeeded().await;
             let result = store
                 .advance_snapshot(SnapshotAdvance {
                     repository: repository.clone(),
@@ -336,9 +390,7 @@ async fn scan_claimed(
             old_ignore,
             new_ignore,
         }) => {
-            store
-                .close_breaker(GIT_BREAKER, repository.as_str())
-                .await?;
+            remote_breaker.succeeded().await;
             let changes = delta.upserts.len() + delta.deletes.len();
             let result = store
                 .advance_snapshot(SnapshotAdvance {
@@ -381,10 +433,10 @@ async fn scan_claimed(
             telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
             record_failure(
                 store,
+                remote_breaker,
                 config,
                 repository,
                 lease,
-                breaker_row,
                 err,
                 next_scan_at,
             )
@@ -431,23 +483,22 @@ async fn record_verdicts(
 
 async fn record_failure(
     store: &Store,
+    remote_breaker: &mut RemoteBreaker,
     config: &WatcherConfig,
     repository: &RepoId,
     lease: &LeaseToken,
-    breaker_row: Option<entity::breaker::Model>,
     err: GitError,
     rescan_at: i64,
 ) -> Result<(), StoreError> {
     let now = now_ms();
-    let (row, opened) = breaker::on_failure(
-        breaker_row,
-        GIT_BREAKER,
-        repository.as_str(),
-        config.breaker,
-        now,
-        err.failure.as_str(),
-        &err.message,
-    );
+    let Some((row, opened)) = remote_breaker.failed(&err).await else {
+        // The breaker did not answer: the failure is still recorded, and
+        // the next scan asks again.
+        store
+            .reschedule(repository, (now + 5_000).min(rescan_at))
+            .await?;
+        return Ok(());
+    };
     // Below the threshold, retry soon with backoff; once open, after the cooldown.
     let next_scan_at = match row.cooldown_until {
         Some(until) if row.state == breaker::OPEN => until,
@@ -479,4 +530,59 @@ async fn record_failure(
         })
         .await?;
     Ok(())
+}
+
+/// How a scan talks to its remote's breaker: one `Ask` before it starts,
+/// one report when it knows how the remote did. A probe the scan was granted
+/// and ended without a verdict on (skipped, fenced, a worker lost) is
+/// released, so the next scan may probe at once.
+struct RemoteBreaker {
+    breaker: ActorRef<BreakerMsg>,
+    probing: bool,
+}
+
+/// How long a watcher waits for its breaker (a local actor: this only
+/// bounds a breaker stuck on the database).
+const BREAKER_CALL_MS: u64 = 10_000;
+
+impl RemoteBreaker {
+    async fn ask(&mut self) -> Permit {
+        match ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS) {
+            Ok(permit) => {
+                self.probing = permit == Permit::Probe;
+                permit
+            }
+            // Restarting with its watcher: try again shortly.
+            Err(_) => Permit::WaitUntil(now_ms() + 5_000),
+        }
+    }
+
+    async fn succeeded(&mut self) {
+        self.probing = false;
+        let _ = ractor::call_t!(self.breaker, BreakerMsg::Succeeded, BREAKER_CALL_MS);
+    }
+
+    /// The breaker after this failure, and whether it opened it.
+    async fn failed(&mut self, err: &GitError) -> Option<(entity::breaker::Model, bool)> {
+        self.probing = false;
+        let reported: Reported = ractor::call_t!(
+            self.breaker,
+            |reply| BreakerMsg::Failed {
+                class: err.failure.as_str().to_owned(),
+                error: err.message.clone(),
+                reply,
+            },
+            BREAKER_CALL_MS
+        )
+        .ok()?;
+        Some((reported.row?, reported.change == Change::Opened))
+    }
+}
+
+impl Drop for RemoteBreaker {
+    fn drop(&mut self) {
+        if self.probing {
+            let _ = self.breaker.cast(BreakerMsg::Inconclusive);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A circuit breaker as an actor: the single owner of one breaker's state
-//! (an app's endpoint). The lanes that send to the endpoint ask it before
-//! each request and tell it how the request went; they never share the
-//! state. While open, every lane is told to wait; once the cooldown is over,
+//! (an app's endpoint, or a repository's remote). Those who use the endpoint
+//! (an app's lanes, a repository's watcher) ask it before each request and
+//! tell it how the request went; they never share the state. While open, every lane is told to wait; once the cooldown is over,
 //! exactly one lane is granted the probe, however many wait, and the others
 //! wait for its outcome: closed on success, open again with a doubled
 //! cooldown on failure (see [`super::on_failure`]).
@@ -70,16 +70,27 @@ pub enum Change {
 }
 
 /// The answer to a reported outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reported {
     pub change: Change,
     /// The breaker is open (or half-open) after the report.
     pub open: bool,
+    /// The breaker's state after the report; `None` while closed.
+    pub row: Option<breaker::Model>,
 }
 
 impl BreakerState {
     async fn ask(&mut self, reserve: bool) -> Result<Permit, StoreError> {
         let now = now_ms();
+        if let Permit::WaitUntil(_) = permit(self.row.as_ref(), now) {
+            // An operator's reset, or another instance's probe, may have
+            // closed it meanwhile: the stored row decides.
+            self.row = self
+                .args
+                .store
+                .breaker(self.args.kind, &self.args.subject)
+                .await?;
+        }
         match permit(self.row.as_ref(), now) {
             Permit::Probe => {}
             other => return Ok(other),
@@ -193,6 +204,7 @@ impl Actor for BreakerActor {
                 let _ = reply.send(Reported {
                     change,
                     open: state.row.is_some(),
+                    row: state.row.clone(),
                 });
                 change
             }
@@ -205,6 +217,7 @@ impl Actor for BreakerActor {
                 let _ = reply.send(Reported {
                     change,
                     open: state.row.as_ref().is_some_and(|row| row.state != CLOSED),
+                    row: state.row.clone(),
                 });
                 change
             }

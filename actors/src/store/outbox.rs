@@ -629,7 +629,7 @@ pub struct GitFailureRecord {
     pub error_type: &'static str,
     /// Safe to show to apps: no secret, no raw git output.
     pub message: String,
-    /// The breaker after this failure.
+    /// The breaker after this failure, as its actor reported it.
     pub breaker: entity::breaker::Model,
     pub threshold: u32,
     /// Whether this failure opened the breaker: then every subscription gets
@@ -639,9 +639,9 @@ pub struct GitFailureRecord {
 }
 
 impl Store {
-    /// Records a failed scan in one transaction: the breaker, the repository's
-    /// error and next attempt, and on opening one `sync_failed` event per
-    /// subscription.
+    /// Records a failed scan in one transaction: the repository's error and
+    /// next attempt, and on opening one `sync_failed` event per subscription.
+    /// (The breaker's own state is its actor's to write.)
     pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
         let now = now_ms();
         let trace_parent = crate::telemetry::current_traceparent();
@@ -653,27 +653,6 @@ impl Store {
             return Ok(0);
         }
         hold_scan(&txn, failure.repository.as_str(), &failure.lease).await?;
-        entity::breaker::Entity::insert(failure.breaker.clone().into_active_model())
-            .on_conflict(
-                OnConflict::columns([
-                    entity::breaker::Column::Kind,
-                    entity::breaker::Column::SubjectId,
-                ])
-                .update_columns([
-                    entity::breaker::Column::State,
-                    entity::breaker::Column::ConsecutiveFailures,
-                    entity::breaker::Column::Openings,
-                    entity::breaker::Column::OpenedAt,
-                    entity::breaker::Column::CooldownUntil,
-                    entity::breaker::Column::LastErrorClass,
-                    entity::breaker::Column::LastError,
-                    entity::breaker::Column::UpdatedAt,
-                    entity::breaker::Column::ProbeUntil,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(&txn)
-            .await?;
         repository::Entity::update_many()
             .col_expr(
                 repository::Column::LastError,
