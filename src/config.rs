@@ -54,6 +54,28 @@ pub struct Settings {
     pub inbound: InboundSettings,
     pub rate_limit: RateLimitSettings,
     pub telemetry: TelemetrySettings,
+    pub cluster: ClusterSettings,
+}
+
+/// How instances sharing one PostgreSQL database divide the work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// How long a scan or delivery lease lasts unless renewed: a dead
+    /// instance's work passes to another after this long. `None` in the
+    /// file: three times `delivery.timeout` (filled in by `finish`).
+    #[serde(deserialize_with = "optional_duration")]
+    pub lease_ttl: Option<Duration>,
+    /// How often each instance writes its heartbeat row.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl ClusterSettings {
+    /// The lease time in effect (after `Settings::finish`).
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl.unwrap_or(Duration::from_secs(90))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +275,23 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     })
 }
 
+/// A duration, or an empty string for "not set".
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    humantime::parse_duration(raw.trim())
+        .map(Some)
+        .map_err(|err| {
+            serde::de::Error::custom(format!(
+                "`{raw}` is not a duration ({err}); write e.g. \"30s\", \"5m\" or \"1h\""
+            ))
+        })
+}
+
 /// An empty string means "not set".
 fn optional_secret<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -376,6 +415,24 @@ impl Settings {
         }
         if self.delivery.tick.is_zero() {
             return Err(invalid("delivery.tick", "must be longer than zero"));
+        }
+        // A lane renews its lease between requests: one request, up to
+        // delivery.timeout, must fit well inside it.
+        let lease_ttl = *self
+            .cluster
+            .lease_ttl
+            .get_or_insert(self.delivery.timeout.saturating_mul(3));
+        if lease_ttl < self.delivery.timeout.saturating_mul(2) {
+            return Err(invalid(
+                "cluster.lease_ttl",
+                "must be at least twice delivery.timeout (a request must fit inside a lease)",
+            ));
+        }
+        if self.cluster.heartbeat_interval.is_zero() {
+            return Err(invalid(
+                "cluster.heartbeat_interval",
+                "must be longer than zero",
+            ));
         }
         if self.delivery.chunk_size_bytes == 0 {
             return Err(invalid("delivery.chunk_size_bytes", "must be positive"));

@@ -214,6 +214,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
                 cooldown: settings.breaker.git.cooldown,
             },
             instance_id: instance_id.clone(),
+            lease_ttl: settings.cluster.lease_ttl(),
             signal: OutboxSignal::default(),
         },
         delivery: DeliveryConfig {
@@ -236,6 +237,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             mirrors_dir,
             tick: delivery.tick,
             instance_id,
+            lease_ttl: settings.cluster.lease_ttl(),
         },
         restart: RestartPolicy::default(),
     }

@@ -62,6 +62,8 @@ pub struct DeliveryConfig {
     /// How often due retries are looked for.
     pub tick: Duration,
     pub instance_id: String,
+    /// How long a delivery lease lasts unless renewed (`cluster.lease_ttl`).
+    pub lease_ttl: Duration,
 }
 
 /// Messages of the dispatcher.
@@ -504,9 +506,10 @@ impl Actor for AppDelivery {
     }
 }
 
-/// A delivery lease outlives one request; the lane renews it as it goes.
+/// A delivery lease outlives one request (configuration makes sure of it);
+/// the lane renews it as it goes.
 fn lease_ttl(config: &DeliveryConfig) -> i64 {
-    millis(config.timeout).saturating_mul(2) + 10_000
+    millis(config.lease_ttl)
 }
 
 #[cfg(test)]
@@ -599,6 +602,7 @@ mod tests {
             mirrors_dir: dir.join("mirrors"),
             tick: Duration::from_secs(3600),
             instance_id: "test".into(),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 

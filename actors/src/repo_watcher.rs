@@ -42,6 +42,8 @@ pub struct WatcherConfig {
     pub access_recheck_interval: Duration,
     pub breaker: BreakerPolicy,
     pub instance_id: String,
+    /// How long a scan lease lasts unless renewed (`cluster.lease_ttl`).
+    pub lease_ttl: Duration,
     /// Rung after events are written, so delivery starts at once.
     pub signal: crate::outbox_signal::OutboxSignal,
 }
@@ -107,9 +109,7 @@ impl Actor for RepoWatcher {
             subject: args.repository.as_str().to_owned(),
             policy: args.config.breaker,
             // A probe is one scan; it may take this long before another goes.
-            probe_timeout: Duration::from_millis(
-                u64::try_from(scan_lease_ttl(&args.config)).unwrap_or(0),
-            ),
+            probe_timeout: longest_scan(&args.config),
         };
         let (breaker, _) =
             Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
@@ -205,10 +205,10 @@ impl Actor for RepoWatcher {
     }
 }
 
-/// A scan lease outlives a fetch that takes the whole fetch timeout, a
-/// second scan pass and the writes.
-fn scan_lease_ttl(config: &WatcherConfig) -> i64 {
-    millis(config.fetch_timeout) * 3 + 60_000
+/// The longest a scan may take: a fetch that takes the whole fetch timeout,
+/// a second scan pass and the writes.
+fn longest_scan(config: &WatcherConfig) -> Duration {
+    config.fetch_timeout.saturating_mul(3) + Duration::from_secs(60)
 }
 
 fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
@@ -226,7 +226,7 @@ async fn scan_repository(
     repository: RepoId,
 ) -> ScanReport {
     let slot = pool.slot().await;
-    let lease_ttl = scan_lease_ttl(&config);
+    let lease_ttl = millis(config.lease_ttl);
     let lease = match store
         .claim_scan(&repository, &config.instance_id, lease_ttl)
         .await

@@ -318,6 +318,7 @@ mod tests {
                     cooldown: Duration::from_secs(60),
                 },
                 instance_id: "test".into(),
+                lease_ttl: Duration::from_secs(30),
                 signal: Default::default(),
             },
             restart: RestartPolicy {

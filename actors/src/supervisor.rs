@@ -495,6 +495,7 @@ mod tests {
                 access_recheck_interval: Duration::from_secs(3600),
                 breaker,
                 instance_id: "test".into(),
+                lease_ttl: Duration::from_secs(30),
                 signal: Default::default(),
             },
             delivery: DeliveryConfig {
@@ -518,6 +519,7 @@ mod tests {
                 mirrors_dir: dir.join("mirrors"),
                 tick: Duration::from_secs(3600),
                 instance_id: "test".into(),
+                lease_ttl: Duration::from_secs(30),
             },
             restart: RestartPolicy {
                 max_restarts: 0,
