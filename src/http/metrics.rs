@@ -31,6 +31,7 @@ const ROUTES: &[&str] = &[
     "/api/repositories/:id",
     "/api/repositories/:id/token",
     "/api/repositories/:id/resync",
+    "/api/repositories/:id/scan",
     "/api/events",
     "/api/events/:id",
     "/api/events/:id/retry",
@@ -170,6 +171,10 @@ mod tests {
             (
                 "/api/repositories/repo_01ABC/token",
                 "/api/repositories/:id/token",
+            ),
+            (
+                "/api/repositories/repo_01ABC/scan",
+                "/api/repositories/:id/scan",
             ),
             ("/hooks/bitbucket", "/hooks/bitbucket"),
             ("/admin/api/hooks", "/admin/api/hooks"),

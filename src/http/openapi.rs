@@ -27,6 +27,7 @@ use super::{account, admin, client, error, events, hook_list, hooks, models, ope
         client::detail,
         client::unwatch,
         client::update_token,
+        client::scan,
         account::show,
         account::update,
         account::rotate_key,

@@ -7,8 +7,8 @@
 //! during a test arrived because of a hook.
 //!
 //! [`hosts`]: the other shapes real hosts send (form content types, GitLab
-//! system hooks, Gitea deletions, Bitbucket Cloud), large payloads and
-//! invalid hooks as operators see them.
+//! system hooks, Gitea deletions, Bitbucket Cloud), large payloads, invalid
+//! hooks as operators see them, and scans asked for through the API.
 
 mod hosts;
 

@@ -1,9 +1,10 @@
-//! Inbound push webhooks: stored first (deduplicated by provider and delivery
-//! id), processed later. A hook whose processing has not been recorded is
-//! still `received`, so one stored before a crash is processed after the
-//! restart.
+//! Scans asked for from outside: inbound push webhooks, stored first
+//! (deduplicated by provider and delivery id) and processed later, and an
+//! app's request to scan one of its repositories now. A hook whose
+//! processing has not been recorded is still `received`, so one stored
+//! before a crash is processed after the restart.
 
-use entity::{inbound_hook, repository};
+use entity::{inbound_hook, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult,
@@ -12,7 +13,7 @@ use sea_orm::{
 
 use super::{Store, StoreError, lock_repositories, page_offset};
 use crate::clock::now_ms;
-use crate::ids::{HookId, RepoId};
+use crate::ids::{AppId, HookId, RepoId};
 
 /// Statuses of a stored hook.
 pub mod hook_status {
@@ -222,6 +223,22 @@ impl Store {
         }
         txn.commit().await?;
         Ok(claimed)
+    }
+
+    /// Makes a repository the app is subscribed to due now (the caller then
+    /// pokes the scheduler; its tick would find it anyway). `false` when the
+    /// app does not watch it.
+    pub async fn request_scan(&self, app: &AppId, repo: &RepoId) -> Result<bool, StoreError> {
+        let subscribed = subscription::Entity::find()
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .count(&self.db)
+            .await?
+            > 0;
+        if subscribed {
+            make_due(&self.db, vec![repo.as_str().to_owned()], now_ms()).await?;
+        }
+        Ok(subscribed)
     }
 
     /// Deletes processed hooks received before `before` (retention).

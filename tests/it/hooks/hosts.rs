@@ -1,7 +1,8 @@
 //! What real git hosts send beyond a JSON push: GitHub's and Gitea's form
 //! content type, GitLab system hooks' `repository_update`, Gitea/Forgejo
 //! branch deletions, Bitbucket Cloud, GitHub-sized payloads; invalid hooks
-//! as operators see them. Payloads follow the hosts' documented examples
+//! as operators see them; and scans asked for through the API, for hosts
+//! without hooks. Payloads follow the hosts' documented examples
 //! (tests/it/fixtures/hooks) and are signed here as each host signs.
 
 use reqwest::{Method, StatusCode};
@@ -549,6 +550,56 @@ async fn an_invalid_hook_is_listed_with_its_reason_logged_and_counted_as_invalid
         "get",
         "/admin/api/hooks",
         &["200", "400", "401", "422"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_scan_request_delivers_the_change_without_waiting_for_the_poll() {
+    let world = World::start(TestApp::builder()).await;
+    let app = &world.app;
+    let path = format!("/api/repositories/{}/scan", world.repository_id);
+    world.push_file("ci/scanned.txt");
+
+    let (status, body) = app
+        .call(Method::POST, &path, Some(&world.client.token), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["message"], "Scan queued");
+    world
+        .receiver
+        .wait_for("the file pushed (scan requested)", |r| {
+            has_file(r, "ci/scanned.txt")
+        })
+        .await;
+
+    // Only for the repository's own subscribers.
+    let stranger = app.onboard("stranger").await;
+    let (status, body) = app
+        .call(Method::POST, &path, Some(&stranger.token), None)
+        .await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    for unknown in [
+        "/api/repositories/repo_nope/scan",
+        "/api/repositories/x/scan",
+    ] {
+        let (status, body) = app
+            .call(Method::POST, unknown, Some(&world.client.token), None)
+            .await;
+        assert_error(status, &body, StatusCode::NOT_FOUND);
+    }
+    let (status, body) = app.call(Method::POST, &path, None, None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED);
+
+    // Documented, with every answer.
+    documented(
+        app,
+        "post",
+        "/api/repositories/{id}/scan",
+        &["202", "401", "404"],
     )
     .await;
 }
