@@ -234,8 +234,11 @@ pub struct InboundSettings {
     pub gitlab_token: Option<SecretString>,
     #[serde(deserialize_with = "optional_secret")]
     pub gitea_secret: Option<SecretString>,
+    #[serde(deserialize_with = "optional_secret")]
+    pub bitbucket_secret: Option<SecretString>,
     /// Largest hook body accepted (413 above it); push payloads list commits
-    /// and files, so this is larger than `server.max_body_bytes`.
+    /// and files (GitHub sends up to 25 MB), so this is far larger than
+    /// `server.max_body_bytes`.
     pub max_body_bytes: u64,
 }
 

@@ -7,8 +7,9 @@
 //! - [`admin`]: `/admin/api/…` (admin token).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
 //! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
-//! - [`hooks`]: `/hooks/{github,gitlab,gitea}`, inbound push webhooks (verified
-//!   by signature; a rate budget of their own).
+//! - [`hooks`]: `/hooks/{github,gitlab,gitea,bitbucket}`, inbound push
+//!   webhooks (verified by signature; a rate budget of their own).
+//! - [`hook_list`]: `/admin/api/hooks`, the stored hooks and what each did.
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
 //! - [`metrics`]: request metrics by route template, scrape-time gauges.
 //! - [`server`]: accepting connections, hyper's HTTP/1 with a header read
@@ -20,6 +21,7 @@ mod client;
 pub mod error;
 mod events;
 mod filters;
+mod hook_list;
 mod hooks;
 pub mod metrics;
 pub mod models;
@@ -94,6 +96,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(events::routes(state.clone()))
         .unify()
         .or(account::routes(state.clone()))
+        .unify()
+        .or(hook_list::routes(state.clone()))
         .unify();
     let answered = hooks::routes(state.clone())
         .or(filters::per_ip_limit(state).and(api))

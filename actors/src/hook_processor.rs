@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::ids::RepoId;
-use crate::inbound::{Provider, Push, RemoteKey, Trigger, interpret};
+use crate::inbound::{BranchMove, Provider, Push, RemoteKey, Trigger, interpret};
 use crate::owned::OwnedTask;
 use crate::scheduler::ScanRequests;
 use crate::store::inbound::{HookResult, hook_status};
@@ -152,14 +152,7 @@ async fn drain(store: &Store, scans: &ScanRequests) -> Result<(), StoreError> {
             if !store.finish_hook(&hook.id, &outcome).await? {
                 continue; // another instance got there first
             }
-            info!(
-                hook = %hook.id,
-                provider = %hook.provider,
-                delivery = %hook.delivery_id,
-                status = outcome.status,
-                result = %outcome.result,
-                "inbound hook processed"
-            );
+            record(&hook, &outcome);
             for repository in outcome.due {
                 scans.scan_now(repository);
             }
@@ -168,6 +161,40 @@ async fn drain(store: &Store, scans: &ScanRequests) -> Result<(), StoreError> {
             return Ok(());
         }
     }
+}
+
+/// Logs a processed hook and counts it: a valid hook (triggered or ignored)
+/// as `accepted`, one whose body could not be read as `invalid`, at WARN.
+fn record(hook: &entity::inbound_hook::Model, outcome: &HookResult) {
+    // A bounded label: only providers Herald stores.
+    let provider = Provider::parse(&hook.provider).map_or("other", Provider::as_str);
+    let counted = if outcome.status == hook_status::INVALID {
+        warn!(
+            hook = %hook.id,
+            provider,
+            delivery = %hook.delivery_id,
+            event = %hook.event_type,
+            reason = %outcome.result,
+            "inbound hook accepted but invalid; nothing scanned"
+        );
+        "invalid"
+    } else {
+        info!(
+            hook = %hook.id,
+            provider,
+            delivery = %hook.delivery_id,
+            status = outcome.status,
+            result = %outcome.result,
+            "inbound hook processed"
+        );
+        "accepted"
+    };
+    metrics::counter!(
+        "herald_inbound_hooks_total",
+        "provider" => provider,
+        "outcome" => counted,
+    )
+    .increment(1);
 }
 
 fn ignored(result: impl Into<String>) -> HookResult {
@@ -205,16 +232,28 @@ async fn decide(
     if repositories.is_empty() {
         return Ok(ignored("no watched repository matches"));
     }
+    let mut deleted = false;
     let due: Vec<RepoId> = repositories
         .iter()
-        .filter(|repo| watches_branch(repo, &push))
-        .filter_map(|repo| RepoId::parse(&repo.id))
+        .filter_map(|repo| {
+            let moved = watched_move(repo, &push)?;
+            deleted |= moved.deleted;
+            RepoId::parse(&repo.id)
+        })
         .collect();
     if due.is_empty() {
-        return Ok(ignored(format!("branch `{}` is not watched", push.branch)));
+        let names: Vec<String> = push
+            .branches
+            .iter()
+            .map(|b| format!("`{}`", b.branch))
+            .collect();
+        return Ok(ignored(match names.as_slice() {
+            [one] => format!("branch {one} is not watched"),
+            many => format!("branches {} are not watched", many.join(", ")),
+        }));
     }
     let ids: Vec<&str> = due.iter().map(RepoId::as_str).collect();
-    let what = if push.deleted {
+    let what = if deleted {
         "branch deleted; scanning"
     } else {
         "scanning"
@@ -254,13 +293,17 @@ async fn matching_repositories(
     Ok(found)
 }
 
-/// Whether the pushed branch is the one the repository follows: the branch
-/// asked for, else the remote's default branch (as last resolved, or as the
-/// payload says). A repository whose branch is not known yet is scanned.
-fn watches_branch(repo: &entity::repository::Model, push: &Push) -> bool {
+/// The move of the branch the repository follows, if the push moved it: the
+/// branch asked for, else the remote's default branch (as last resolved, or
+/// as the payload says). A repository whose branch is not known yet is
+/// scanned on any move.
+fn watched_move<'a>(repo: &entity::repository::Model, push: &'a Push) -> Option<&'a BranchMove> {
     let watched = Some(repo.branch.as_str())
         .filter(|b| !b.is_empty())
         .or(repo.resolved_branch.as_deref())
         .or(push.default_branch.as_deref());
-    watched.is_none_or(|branch| branch == push.branch)
+    match watched {
+        Some(branch) => push.branches.iter().find(|b| b.branch == branch),
+        None => push.branches.first(),
+    }
 }

@@ -1,6 +1,7 @@
 //! Inbound push webhooks from git hosts (SPEC §6), the pure part: checking a
-//! hook's signature or token, reading what a stored hook asks for, and telling
-//! whether a URL from a payload names a watched repository.
+//! hook's signature or token, unwrapping a form-encoded payload, reading what
+//! a stored hook asks for, and telling whether a URL from a payload names a
+//! watched repository.
 //!
 //! A hook is only ever a trigger: it says "this repository's branch moved",
 //! and the repository's watcher then fetches and diffs as on a poll. Nothing
@@ -16,7 +17,10 @@ use sha2::Sha256;
 pub enum Provider {
     GitHub,
     GitLab,
+    /// Gitea and Forgejo (which sends Gitea's headers and its own).
     Gitea,
+    /// Bitbucket Cloud.
+    Bitbucket,
 }
 
 impl Provider {
@@ -26,6 +30,7 @@ impl Provider {
             Provider::GitHub => "github",
             Provider::GitLab => "gitlab",
             Provider::Gitea => "gitea",
+            Provider::Bitbucket => "bitbucket",
         }
     }
 
@@ -34,62 +39,73 @@ impl Provider {
             "github" => Some(Provider::GitHub),
             "gitlab" => Some(Provider::GitLab),
             "gitea" => Some(Provider::Gitea),
+            "bitbucket" => Some(Provider::Bitbucket),
             _ => None,
         }
     }
 
-    /// The header carrying the event's type.
-    pub fn event_header(self) -> &'static str {
+    /// The headers carrying the event's type, the first one present wins.
+    pub fn event_headers(self) -> &'static [&'static str] {
         match self {
-            Provider::GitHub => "x-github-event",
-            Provider::GitLab => "x-gitlab-event",
-            Provider::Gitea => "x-gitea-event",
+            Provider::GitHub => &["x-github-event"],
+            Provider::GitLab => &["x-gitlab-event"],
+            Provider::Gitea => &["x-gitea-event", "x-forgejo-event"],
+            Provider::Bitbucket => &["x-event-key"],
         }
     }
 
-    /// The header carrying the delivery's unique id (the same on redeliveries).
-    pub fn delivery_header(self) -> &'static str {
+    /// The headers carrying the delivery's unique id (the same on redeliveries).
+    pub fn delivery_headers(self) -> &'static [&'static str] {
         match self {
-            Provider::GitHub => "x-github-delivery",
-            Provider::GitLab => "x-gitlab-event-uuid",
-            Provider::Gitea => "x-gitea-delivery",
+            Provider::GitHub => &["x-github-delivery"],
+            Provider::GitLab => &["x-gitlab-event-uuid"],
+            Provider::Gitea => &["x-gitea-delivery", "x-forgejo-delivery"],
+            Provider::Bitbucket => &["x-request-uuid"],
         }
     }
 
-    /// The header carrying the signature (GitHub, Gitea) or the token (GitLab).
-    pub fn signature_header(self) -> &'static str {
+    /// The headers carrying the signature (GitHub, Gitea, Bitbucket) or the
+    /// token (GitLab).
+    pub fn signature_headers(self) -> &'static [&'static str] {
         match self {
-            Provider::GitHub => "x-hub-signature-256",
-            Provider::GitLab => "x-gitlab-token",
-            Provider::Gitea => "x-gitea-signature",
+            Provider::GitHub => &["x-hub-signature-256"],
+            Provider::GitLab => &["x-gitlab-token"],
+            Provider::Gitea => &["x-gitea-signature", "x-forgejo-signature"],
+            Provider::Bitbucket => &["x-hub-signature"],
         }
     }
 
     /// What to do with an event of this type, known from its header alone.
     pub fn classify(self, event_type: &str) -> EventClass {
         let event = event_type.trim();
+        let is = |name: &str| event.eq_ignore_ascii_case(name);
         match self {
-            Provider::GitHub if event.eq_ignore_ascii_case("ping") => EventClass::Ping,
-            Provider::GitHub | Provider::Gitea if event.eq_ignore_ascii_case("push") => {
+            Provider::GitHub if is("ping") => EventClass::Ping,
+            Provider::GitHub if is("push") => EventClass::Push,
+            // A deleted branch is a `delete` event on Gitea, never a push.
+            Provider::Gitea if is("push") || is("delete") => EventClass::Push,
+            // System hooks carry pushes too (`push`, `tag_push`,
+            // `repository_update`); the payload tells them apart later.
+            Provider::GitLab if is("Push Hook") || is("Tag Push Hook") || is("System Hook") => {
                 EventClass::Push
             }
-            // System hooks carry pushes too; `object_kind` tells them apart later.
-            Provider::GitLab
-                if ["Push Hook", "Tag Push Hook", "System Hook"]
-                    .iter()
-                    .any(|e| event.eq_ignore_ascii_case(e)) =>
-            {
-                EventClass::Push
-            }
+            Provider::Bitbucket if is("repo:push") => EventClass::Push,
             _ => EventClass::Other,
         }
+    }
+
+    /// Whether the provider signs the JSON payload (Gitea and Forgejo, also
+    /// when they send it as a form) rather than the raw body (GitHub,
+    /// Bitbucket). GitLab sends a token and signs nothing.
+    pub fn signs_payload(self) -> bool {
+        matches!(self, Provider::Gitea)
     }
 }
 
 /// How the HTTP layer treats an event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventClass {
-    /// A push (branch or tag): stored, then processed.
+    /// A push (branch or tag) or a branch deletion: stored, then processed.
     Push,
     /// The host checking the hook works: answered, not stored.
     Ping,
@@ -97,33 +113,52 @@ pub enum EventClass {
     Other,
 }
 
+/// The JSON payload of a hook body: the body itself, or, when the host sent
+/// the form content type (`application/x-www-form-urlencoded`, as GitHub
+/// and Gitea offer), its `payload` field decoded. `None` when a form has no
+/// `payload` field.
+pub fn json_payload(form: bool, body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if !form {
+        return Some(std::borrow::Cow::Borrowed(body));
+    }
+    #[derive(Deserialize)]
+    struct Form {
+        payload: String,
+    }
+    serde_urlencoded::from_bytes::<Form>(body)
+        .ok()
+        .map(|form| std::borrow::Cow::Owned(form.payload.into_bytes()))
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Checks a hook's signature or token against the configured secret, over
-/// the raw body, in constant time. `signature` is the provider's header.
+/// the signed bytes ([`Provider::signs_payload`]), in constant time.
+/// `signature` is the provider's header.
 ///
 /// - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
-/// - Gitea: `X-Gitea-Signature: <hex HMAC-SHA256(secret, body)>`.
+/// - Bitbucket Cloud: `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+/// - Gitea: `X-Gitea-Signature: <hex HMAC-SHA256(secret, JSON payload)>`.
 /// - GitLab: `X-Gitlab-Token: <the secret token itself>`.
 pub fn verify(
     provider: Provider,
     secret: &SecretString,
     signature: Option<&str>,
-    body: &[u8],
+    signed: &[u8],
 ) -> bool {
     let Some(signature) = signature.map(str::trim).filter(|s| !s.is_empty()) else {
         return false;
     };
     match provider {
         Provider::GitLab => crate::crypto::tokens_match(signature, secret),
-        Provider::GitHub => signature
+        Provider::GitHub | Provider::Bitbucket => signature
             .strip_prefix("sha256=")
-            .is_some_and(|hex_mac| hmac_matches(secret, hex_mac, body)),
+            .is_some_and(|hex_mac| hmac_matches(secret, hex_mac, signed)),
         // Gitea sends the bare hex digest; accept GitHub's prefix as well.
         Provider::Gitea => hmac_matches(
             secret,
             signature.strip_prefix("sha256=").unwrap_or(signature),
-            body,
+            signed,
         ),
     }
 }
@@ -150,7 +185,7 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 /// What a stored hook asks for, read from its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    /// A branch of a repository moved (or was created or deleted).
+    /// Branches of a repository moved (or were created or deleted).
     Push(Push),
     /// Nothing to do; the reason is recorded with the hook.
     Ignore(String),
@@ -160,17 +195,48 @@ pub enum Trigger {
 pub struct Push {
     /// Every URL the payload gives for the repository (clone, ssh, web).
     pub urls: Vec<String>,
-    pub branch: String,
-    /// The branch was deleted (its new head is all zeros).
-    pub deleted: bool,
+    /// The branches that moved: one for most pushes, several for GitLab's
+    /// `repository_update` and Bitbucket's pushes.
+    pub branches: Vec<BranchMove>,
     /// The repository's default branch, when the payload names it.
     pub default_branch: Option<String>,
+}
+
+/// One branch that moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchMove {
+    pub branch: String,
+    /// The branch was deleted (its new head is all zeros, or the host said so).
+    pub deleted: bool,
 }
 
 /// Why a stored hook could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadPayload(String);
+
+/// One ref a payload says moved, before tags and other refs are set aside.
+enum RefMove {
+    Branch(BranchMove),
+    Tag,
+    Other(String),
+}
+
+impl RefMove {
+    /// From a full ref name (`refs/heads/main`, `refs/tags/v1`).
+    fn from_ref(reference: &str, deleted: bool) -> Self {
+        if reference.starts_with("refs/tags/") {
+            return RefMove::Tag;
+        }
+        match reference.strip_prefix("refs/heads/") {
+            Some(branch) if !branch.is_empty() => RefMove::Branch(BranchMove {
+                branch: branch.to_owned(),
+                deleted,
+            }),
+            _ => RefMove::Other(reference.to_owned()),
+        }
+    }
+}
 
 #[derive(Deserialize)]
 struct GitHubPush {
@@ -180,6 +246,15 @@ struct GitHubPush {
     after: Option<String>,
     #[serde(default)]
     deleted: bool,
+    repository: GitHubRepository,
+}
+
+/// Gitea's `delete` event: `ref` is the short name, `ref_type` says of what.
+#[derive(Deserialize)]
+struct GiteaDelete {
+    #[serde(rename = "ref")]
+    reference: String,
+    ref_type: String,
     repository: GitHubRepository,
 }
 
@@ -198,17 +273,38 @@ struct GitHubRepository {
     default_branch: Option<String>,
 }
 
+impl GitHubRepository {
+    fn urls(self) -> (Vec<Option<String>>, Option<String>) {
+        let urls = vec![self.clone_url, self.ssh_url, self.html_url, self.git_url];
+        (urls, self.default_branch)
+    }
+}
+
+/// A GitLab push or tag push (project or system hook), or a system hook's
+/// `repository_update`, whose refs are in `changes`.
 #[derive(Deserialize)]
 struct GitLabPush {
     #[serde(default)]
     object_kind: Option<String>,
     #[serde(default)]
     event_name: Option<String>,
+    #[serde(rename = "ref", default)]
+    reference: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    changes: Vec<GitLabChange>,
+    /// Absent from system hooks about other things (users, groups…).
+    #[serde(default)]
+    project: Option<GitLabProject>,
+}
+
+#[derive(Deserialize)]
+struct GitLabChange {
     #[serde(rename = "ref")]
     reference: String,
     #[serde(default)]
     after: Option<String>,
-    project: GitLabProject,
 }
 
 #[derive(Deserialize)]
@@ -223,71 +319,224 @@ struct GitLabProject {
     default_branch: Option<String>,
 }
 
+/// Bitbucket Cloud's `repo:push`.
+#[derive(Deserialize)]
+struct BitbucketPush {
+    repository: BitbucketRepository,
+    push: BitbucketChanges,
+}
+
+#[derive(Deserialize)]
+struct BitbucketRepository {
+    #[serde(default)]
+    full_name: Option<String>,
+    #[serde(default)]
+    links: Option<BitbucketLinks>,
+    #[serde(default)]
+    mainbranch: Option<BitbucketRef>,
+}
+
+#[derive(Deserialize)]
+struct BitbucketLinks {
+    #[serde(default)]
+    html: Option<BitbucketLink>,
+}
+
+#[derive(Deserialize)]
+struct BitbucketLink {
+    href: String,
+}
+
+#[derive(Deserialize)]
+struct BitbucketChanges {
+    changes: Vec<BitbucketChange>,
+}
+
+/// `new` is null when the ref was deleted, `old` when it was created.
+#[derive(Deserialize)]
+struct BitbucketChange {
+    #[serde(default)]
+    new: Option<BitbucketRef>,
+    #[serde(default)]
+    old: Option<BitbucketRef>,
+}
+
+#[derive(Deserialize)]
+struct BitbucketRef {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    name: String,
+}
+
+/// Bitbucket Cloud's only host, for a payload that gives `full_name` alone.
+const BITBUCKET_WEB: &str = "https://bitbucket.org";
+
 fn zero_sha(sha: Option<&str>) -> bool {
     sha.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b == b'0'))
 }
 
+/// What one payload says: the repository's URLs, its default branch and the
+/// refs that moved.
+struct Read {
+    urls: Vec<Option<String>>,
+    default_branch: Option<String>,
+    refs: Vec<RefMove>,
+}
+
+/// Why a payload asks for nothing.
+enum NoPush {
+    Bad(BadPayload),
+    Ignore(String),
+}
+
 /// Reads a stored hook of a push-kind event (see [`Provider::classify`]).
 pub fn interpret(provider: Provider, event_type: &str, body: &[u8]) -> Result<Trigger, BadPayload> {
-    let bad = |err: serde_json::Error| {
-        BadPayload(format!("not a {} push payload: {err}", provider.as_str()))
+    let read = match read(provider, event_type, body) {
+        Ok(read) => read,
+        Err(NoPush::Ignore(reason)) => return Ok(Trigger::Ignore(reason)),
+        Err(NoPush::Bad(err)) => return Err(err),
     };
-    let (reference, deleted, urls, default_branch) = match provider {
-        Provider::GitHub | Provider::Gitea => {
-            if provider.classify(event_type) != EventClass::Push {
-                return Ok(Trigger::Ignore(format!(
-                    "`{event_type}` is not a push event"
-                )));
-            }
-            let push: GitHubPush = serde_json::from_slice(body).map_err(bad)?;
-            let repo = push.repository;
-            let deleted = push.deleted || zero_sha(push.after.as_deref());
-            let urls = [repo.clone_url, repo.ssh_url, repo.html_url, repo.git_url];
-            (push.reference, deleted, urls.to_vec(), repo.default_branch)
-        }
-        Provider::GitLab => {
-            let push: GitLabPush = serde_json::from_slice(body).map_err(bad)?;
-            let kind = push
-                .object_kind
-                .or(push.event_name)
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if kind != "push" && kind != "tag_push" {
-                return Ok(Trigger::Ignore(format!("`{kind}` is not a push event")));
-            }
-            let project = push.project;
-            let urls = [project.git_http_url, project.git_ssh_url, project.web_url];
-            (
-                push.reference,
-                zero_sha(push.after.as_deref()),
-                urls.to_vec(),
-                project.default_branch,
-            )
-        }
-    };
-    if reference.starts_with("refs/tags/") {
-        return Ok(Trigger::Ignore("tag push".to_owned()));
-    }
-    let Some(branch) = reference
-        .strip_prefix("refs/heads/")
-        .filter(|b| !b.is_empty())
-    else {
-        return Ok(Trigger::Ignore(format!("`{reference}` is not a branch")));
-    };
-    let urls: Vec<String> = urls
+    let urls: Vec<String> = read
+        .urls
         .into_iter()
         .flatten()
-        .filter(|u| !u.is_empty())
+        .filter(|u| !u.trim().is_empty())
         .collect();
     if urls.is_empty() {
         return Err(BadPayload("the payload names no repository URL".to_owned()));
     }
+    let mut branches = Vec::new();
+    let mut other = None;
+    let mut tags = false;
+    for moved in read.refs {
+        match moved {
+            RefMove::Branch(branch) => branches.push(branch),
+            RefMove::Tag => tags = true,
+            RefMove::Other(reference) => other = other.or(Some(reference)),
+        }
+    }
+    if branches.is_empty() {
+        return Ok(Trigger::Ignore(match other {
+            _ if tags => "tag push".to_owned(),
+            Some(reference) => format!("`{reference}` is not a branch"),
+            None => "no ref moved".to_owned(),
+        }));
+    }
     Ok(Trigger::Push(Push {
         urls,
-        branch: branch.to_owned(),
-        deleted,
-        default_branch: default_branch.filter(|b| !b.is_empty()),
+        branches,
+        default_branch: read.default_branch.filter(|b| !b.is_empty()),
     }))
+}
+
+fn read(provider: Provider, event_type: &str, body: &[u8]) -> Result<Read, NoPush> {
+    if provider.classify(event_type) != EventClass::Push {
+        return Err(NoPush::Ignore(format!(
+            "`{event_type}` is not a push event"
+        )));
+    }
+    let bad = |err: serde_json::Error| {
+        NoPush::Bad(BadPayload(format!(
+            "not a {} push payload: {err}",
+            provider.as_str()
+        )))
+    };
+    match provider {
+        Provider::Gitea if event_type.trim().eq_ignore_ascii_case("delete") => {
+            let delete: GiteaDelete = serde_json::from_slice(body).map_err(bad)?;
+            if !delete.ref_type.eq_ignore_ascii_case("branch") {
+                return Err(NoPush::Ignore(format!("{} deleted", delete.ref_type)));
+            }
+            let (urls, default_branch) = delete.repository.urls();
+            // Gitea names the branch without `refs/heads/`.
+            let reference = format!("refs/heads/{}", delete.reference);
+            Ok(Read {
+                urls,
+                default_branch,
+                refs: vec![RefMove::from_ref(&reference, true)],
+            })
+        }
+        Provider::GitHub | Provider::Gitea => {
+            let push: GitHubPush = serde_json::from_slice(body).map_err(bad)?;
+            let deleted = push.deleted || zero_sha(push.after.as_deref());
+            let (urls, default_branch) = push.repository.urls();
+            Ok(Read {
+                urls,
+                default_branch,
+                refs: vec![RefMove::from_ref(&push.reference, deleted)],
+            })
+        }
+        Provider::GitLab => read_gitlab(serde_json::from_slice(body).map_err(bad)?),
+        Provider::Bitbucket => Ok(read_bitbucket(serde_json::from_slice(body).map_err(bad)?)),
+    }
+}
+
+fn read_gitlab(push: GitLabPush) -> Result<Read, NoPush> {
+    let kind = push
+        .object_kind
+        .or(push.event_name)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let refs = match kind.as_str() {
+        "push" | "tag_push" => {
+            let reference = push.reference.ok_or_else(|| {
+                NoPush::Bad(BadPayload(
+                    "not a gitlab push payload: missing field `ref`".to_owned(),
+                ))
+            })?;
+            vec![RefMove::from_ref(
+                &reference,
+                zero_sha(push.after.as_deref()),
+            )]
+        }
+        // A system hook's push: every ref that moved, in `changes`.
+        "repository_update" => push
+            .changes
+            .iter()
+            .map(|c| RefMove::from_ref(&c.reference, zero_sha(c.after.as_deref())))
+            .collect(),
+        _ => return Err(NoPush::Ignore(format!("`{kind}` is not a push event"))),
+    };
+    let project = push.project.ok_or_else(|| {
+        NoPush::Bad(BadPayload(
+            "not a gitlab push payload: missing field `project`".to_owned(),
+        ))
+    })?;
+    Ok(Read {
+        urls: vec![project.git_http_url, project.git_ssh_url, project.web_url],
+        default_branch: project.default_branch,
+        refs,
+    })
+}
+
+fn read_bitbucket(push: BitbucketPush) -> Read {
+    let repository = push.repository;
+    let web = repository.links.and_then(|l| l.html).map(|h| h.href);
+    // `full_name` (`workspace/slug`) names the repository when no link does.
+    let named = repository
+        .full_name
+        .filter(|_| web.is_none())
+        .map(|name| format!("{BITBUCKET_WEB}/{}", name.trim_matches('/')));
+    let refs = push
+        .push
+        .changes
+        .into_iter()
+        .filter_map(|change| match (change.new, change.old) {
+            (Some(new), _) => Some((new, false)),
+            (None, Some(old)) => Some((old, true)),
+            (None, None) => None,
+        })
+        .map(|(moved, deleted)| match moved.kind.as_deref() {
+            Some("branch") => RefMove::from_ref(&format!("refs/heads/{}", moved.name), deleted),
+            Some("tag" | "annotated_tag") => RefMove::Tag,
+            kind => RefMove::Other(format!("{} {}", kind.unwrap_or("ref"), moved.name)),
+        })
+        .collect();
+    Read {
+        urls: vec![web, named],
+        default_branch: repository.mainbranch.map(|b| b.name),
+        refs,
+    }
 }
 
 /// A repository location reduced to what identifies it across the URL forms
@@ -420,6 +669,18 @@ mod tests {
         assert!(!verify(Provider::GitLab, &secret, Some(""), body));
     }
 
+    /// The branches a trigger moves, and whether each was deleted.
+    fn moved(trigger: &Trigger) -> Vec<(String, bool)> {
+        match trigger {
+            Trigger::Push(push) => push
+                .branches
+                .iter()
+                .map(|b| (b.branch.clone(), b.deleted))
+                .collect(),
+            Trigger::Ignore(reason) => panic!("ignored: {reason}"),
+        }
+    }
+
     #[test]
     fn pushes_tags_and_deletions_are_told_apart() {
         let github = |reference: &str, after: &str, deleted: bool| {
@@ -439,8 +700,10 @@ mod tests {
             push,
             Trigger::Push(Push {
                 urls: vec!["https://github.com/o/r.git".into()],
-                branch: "main".into(),
-                deleted: false,
+                branches: vec![BranchMove {
+                    branch: "main".into(),
+                    deleted: false
+                }],
                 default_branch: Some("main".into()),
             })
         );
@@ -450,7 +713,7 @@ mod tests {
             github("refs/heads/gone", &"0".repeat(40), true).as_bytes(),
         )
         .expect("a deletion");
-        assert!(matches!(deleted, Trigger::Push(Push { deleted: true, .. })));
+        assert_eq!(moved(&deleted), vec![("gone".to_owned(), true)]);
         assert_eq!(
             interpret(
                 Provider::GitHub,
@@ -475,14 +738,13 @@ mod tests {
             "object_kind": "push", "ref": "refs/heads/main", "after": "0".repeat(40),
             "project": {"git_http_url": "https://gitlab.com/o/r.git", "web_url": "https://gitlab.com/o/r"}
         });
-        assert!(matches!(
-            interpret(
-                Provider::GitLab,
-                "Push Hook",
-                gitlab_deleted.to_string().as_bytes()
-            ),
-            Ok(Trigger::Push(Push { deleted: true, .. }))
-        ));
+        let gitlab_deleted = interpret(
+            Provider::GitLab,
+            "Push Hook",
+            gitlab_deleted.to_string().as_bytes(),
+        )
+        .expect("a deletion");
+        assert_eq!(moved(&gitlab_deleted), vec![("main".to_owned(), true)]);
         assert!(interpret(Provider::Gitea, "push", b"[1,2]").is_err());
         assert!(
             interpret(
@@ -502,9 +764,149 @@ mod tests {
         assert_eq!(Provider::Gitea.classify("push"), EventClass::Push);
         assert_eq!(Provider::GitLab.classify("Push Hook"), EventClass::Push);
         assert_eq!(Provider::GitLab.classify("Tag Push Hook"), EventClass::Push);
+        assert_eq!(Provider::GitLab.classify("System Hook"), EventClass::Push);
+        assert_eq!(Provider::Gitea.classify("delete"), EventClass::Push);
+        assert_eq!(Provider::Gitea.classify("create"), EventClass::Other);
+        assert_eq!(Provider::Bitbucket.classify("repo:push"), EventClass::Push);
+        assert_eq!(
+            Provider::Bitbucket.classify("pullrequest:created"),
+            EventClass::Other
+        );
         assert_eq!(
             Provider::GitLab.classify("Merge Request Hook"),
             EventClass::Other
         );
+    }
+
+    #[test]
+    fn a_gitlab_repository_update_moves_every_changed_branch() {
+        let update = serde_json::json!({
+            "event_name": "repository_update",
+            "project": {
+                "git_http_url": "http://example.com/jsmith/example.git",
+                "path_with_namespace": "jsmith/example",
+                "default_branch": "master"
+            },
+            "changes": [
+                {"before": "8205", "after": "4045", "ref": "refs/heads/master"},
+                {"before": "1111", "after": "0".repeat(40), "ref": "refs/heads/old"},
+                {"before": "0000", "after": "2222", "ref": "refs/tags/v1"}
+            ],
+            "refs": ["refs/heads/master", "refs/heads/old", "refs/tags/v1"]
+        });
+        let trigger = interpret(
+            Provider::GitLab,
+            "System Hook",
+            update.to_string().as_bytes(),
+        )
+        .expect("a push");
+        assert_eq!(
+            moved(&trigger),
+            vec![("master".to_owned(), false), ("old".to_owned(), true)]
+        );
+        let other = serde_json::json!({"event_name": "user_create", "name": "x"});
+        assert_eq!(
+            interpret(
+                Provider::GitLab,
+                "System Hook",
+                other.to_string().as_bytes()
+            ),
+            Ok(Trigger::Ignore("`user_create` is not a push event".into()))
+        );
+    }
+
+    #[test]
+    fn gitea_deletions_and_bitbucket_pushes_are_read() {
+        let delete = |ref_type: &str| {
+            serde_json::json!({
+                "ref": "feature/x", "ref_type": ref_type, "pusher_type": "user",
+                "repository": {"clone_url": "https://gitea.example/o/r.git"}
+            })
+            .to_string()
+        };
+        let branch = interpret(Provider::Gitea, "delete", delete("branch").as_bytes());
+        assert_eq!(
+            moved(&branch.expect("a deletion")),
+            vec![("feature/x".to_owned(), true)]
+        );
+        assert_eq!(
+            interpret(Provider::Gitea, "delete", delete("tag").as_bytes()),
+            Ok(Trigger::Ignore("tag deleted".into()))
+        );
+
+        let bitbucket = serde_json::json!({
+            "repository": {
+                "full_name": "team/repo",
+                "links": {"html": {"href": "https://bitbucket.org/team/repo"}}
+            },
+            "push": {"changes": [
+                {"new": {"type": "branch", "name": "main"}, "old": {"type": "branch", "name": "main"}},
+                {"new": null, "old": {"type": "branch", "name": "gone"}, "closed": true},
+                {"new": {"type": "tag", "name": "v1"}, "old": null}
+            ]}
+        });
+        let push = interpret(
+            Provider::Bitbucket,
+            "repo:push",
+            bitbucket.to_string().as_bytes(),
+        )
+        .expect("a push");
+        assert_eq!(
+            moved(&push),
+            vec![("main".to_owned(), false), ("gone".to_owned(), true)]
+        );
+        let Trigger::Push(push) = push else {
+            unreachable!()
+        };
+        assert_eq!(
+            push.urls,
+            vec!["https://bitbucket.org/team/repo".to_owned()]
+        );
+        // Without links, `full_name` on bitbucket.org names the repository.
+        let named = serde_json::json!({
+            "repository": {"full_name": "team/repo"},
+            "push": {"changes": [{"new": {"type": "tag", "name": "v2"}}]}
+        });
+        assert_eq!(
+            interpret(
+                Provider::Bitbucket,
+                "repo:push",
+                named.to_string().as_bytes()
+            ),
+            Ok(Trigger::Ignore("tag push".into()))
+        );
+    }
+
+    #[test]
+    fn form_payloads_are_unwrapped_and_gitea_signs_the_json() {
+        let json = br#"{"ref":"refs/heads/main","note":"a+b & c=d"}"#;
+        let form: String = form_urlencoded_body(json);
+        let payload = json_payload(true, form.as_bytes()).expect("a payload field");
+        assert_eq!(payload.as_ref(), json);
+        assert_eq!(json_payload(false, json).expect("JSON").as_ref(), json);
+        assert!(json_payload(true, b"other=1").is_none());
+
+        let secret = SecretString::from("s3cret");
+        assert!(Provider::Gitea.signs_payload());
+        assert!(!Provider::GitHub.signs_payload() && !Provider::Bitbucket.signs_payload());
+        assert!(verify(
+            Provider::Gitea,
+            &secret,
+            Some(&sign("s3cret", json)),
+            &payload
+        ));
+        let bitbucket = format!("sha256={}", sign("s3cret", json));
+        assert!(verify(Provider::Bitbucket, &secret, Some(&bitbucket), json));
+        assert!(!verify(
+            Provider::Bitbucket,
+            &secret,
+            Some(&sign("s3cret", json)),
+            json
+        ));
+    }
+
+    fn form_urlencoded_body(json: &[u8]) -> String {
+        serde_urlencoded::to_string([("payload", std::str::from_utf8(json).expect("UTF-8"))])
+            .expect("encodes")
     }
 }

@@ -134,12 +134,7 @@ pub(crate) async fn list_apps(query: PageQuery, state: AppState) -> Result<Respo
     let body = AppListResponse {
         data: AppPage {
             data: apps.iter().map(AppSummaryBody::from).collect(),
-            pagination: Pagination {
-                page,
-                limit,
-                total,
-                total_pages: total.div_ceil(limit),
-            },
+            pagination: Pagination::numbered(page, limit, total),
         },
     };
     Ok(warp::reply::json(&body).into_response())

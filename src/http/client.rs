@@ -58,8 +58,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::patch())
         .and(app_auth(state.clone()))
         .and(json_body::<UpdateToken>(body_limit))
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .then(update_token)
+        .map(respond);
+    let scan = warp::path!("api" / "repositories" / String / "scan")
+        .and(warp::post())
+        .and(app_auth(state.clone()))
+        .and(with_state(state))
+        .then(scan)
         .map(respond);
     register
         .or(list)
@@ -69,6 +75,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(delete)
         .unify()
         .or(token)
+        .unify()
+        .or(scan)
         .unify()
         .boxed()
 }
@@ -344,5 +352,36 @@ pub(crate) async fn update_token(
     Ok(warp::reply::json(&MessageBody {
         message: "Token updated successfully",
     })
+    .into_response())
+}
+
+/// Scans the repository now, as a push hook would: for CI pipelines and git
+/// hosts without push hooks. Whatever changed reaches every subscriber; the
+/// answer does not wait for the scan.
+#[utoipa::path(post, path = "/api/repositories/{id}/scan", tag = "client",
+    params(("id" = String, Path, description = "Repository id")),
+    security(("app_token" = [])),
+    responses(
+        (status = 202, description = "Scan queued", body = MessageBody),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 404, description = "Not registered for this app", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn scan(
+    id: String,
+    app: app::Model,
+    state: AppState,
+) -> Result<Response, ApiError> {
+    let repo = repo_id(&id)?;
+    if !state.store.request_scan(&app_id(&app), &repo).await? {
+        return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
+    }
+    tracing::info!(app = %app.id, repository = %repo, "scan requested");
+    state.engine.notify(SchedulerMsg::ScanNow(repo));
+    Ok(warp::reply::with_status(
+        warp::reply::json(&MessageBody {
+            message: "Scan queued",
+        }),
+        StatusCode::ACCEPTED,
+    )
     .into_response())
 }

@@ -1,8 +1,8 @@
 //! Inbound push webhooks from git hosts (`/hooks/github`, `/hooks/gitlab`,
-//! `/hooks/gitea`): rate limited per address, bounded, verified over the raw
-//! body before anything reads it, stored (deduplicated by delivery id) and
-//! answered 202 at once. The hook processor (an actor) does the rest; a
-//! hook is only ever a trigger for a scan.
+//! `/hooks/gitea`, `/hooks/bitbucket`): rate limited per address, bounded,
+//! verified over the signed bytes before anything reads them, stored
+//! (deduplicated by delivery id) and answered 202 at once. The hook processor
+//! (an actor) does the rest; a hook is only ever a trigger for a scan.
 
 use std::net::IpAddr;
 
@@ -54,8 +54,16 @@ pub(crate) struct HookRequest {
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let github = route(state.clone(), Provider::GitHub, github);
     let gitlab = route(state.clone(), Provider::GitLab, gitlab);
-    let gitea = route(state, Provider::Gitea, gitea);
-    github.or(gitlab).unify().or(gitea).unify().boxed()
+    let gitea = route(state.clone(), Provider::Gitea, gitea);
+    let bitbucket = route(state, Provider::Bitbucket, bitbucket);
+    github
+        .or(gitlab)
+        .unify()
+        .or(gitea)
+        .unify()
+        .or(bitbucket)
+        .unify()
+        .boxed()
 }
 
 fn route<F, Fut>(state: AppState, provider: Provider, handler: F) -> BoxedFilter<(Response,)>
@@ -86,17 +94,23 @@ where
         .boxed()
 }
 
-/// A GitHub webhook (`push`, `ping`; other events are answered and ignored).
+/// A GitHub webhook (`push`, `ping`; other events are answered and ignored),
+/// with either content type GitHub offers: `application/json`, or
+/// `application/x-www-form-urlencoded` (`payload=<JSON>`; the signature is
+/// over the form body as sent).
 #[utoipa::path(post, path = "/hooks/github", tag = "hooks",
     params(
         ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the raw body with `inbound.github_secret`"),
         ("X-GitHub-Event" = String, Header, description = "`push` or `ping`; other events are ignored"),
         ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
     ),
-    request_body(content = Object, description = "GitHub's event payload", content_type = "application/json"),
+    request_body(description = "GitHub's event payload, as JSON or as the form field `payload`", content(
+        (Object = "application/json"),
+        (Object = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "A ping, answered", body = HookReply),
         (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 400, description = "No event header, or a form without a `payload` field", body = super::error::ErrorBody),
         (status = 401, description = "Missing or bad signature; nothing stored", body = super::error::ErrorBody),
         (status = 404, description = "`inbound.github_secret` is not configured", body = super::error::ErrorBody),
         (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
@@ -112,9 +126,10 @@ pub(crate) async fn github(state: AppState, request: HookRequest) -> Response {
         ("X-Gitlab-Event" = String, Header, description = "`Push Hook`, `Tag Push Hook` or `System Hook`; other events are ignored"),
         ("X-Gitlab-Event-UUID" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
     ),
-    request_body(content = Object, description = "GitLab's event payload", content_type = "application/json"),
+    request_body(content = Object, description = "GitLab's event payload (a system hook's `repository_update` lists its refs in `changes`)", content_type = "application/json"),
     responses(
         (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 400, description = "No event header", body = super::error::ErrorBody),
         (status = 401, description = "Missing or bad token; nothing stored", body = super::error::ErrorBody),
         (status = 404, description = "`inbound.gitlab_token` is not configured", body = super::error::ErrorBody),
         (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
@@ -123,22 +138,46 @@ pub(crate) async fn gitlab(state: AppState, request: HookRequest) -> Response {
     receive(state, Provider::GitLab, request).await
 }
 
-/// A Gitea (or Forgejo) webhook (`push`; other events are answered and ignored).
+/// A Gitea (or Forgejo) webhook (`push`, and `delete` of a branch; other
+/// events are answered and ignored), as JSON or form-encoded.
 #[utoipa::path(post, path = "/hooks/gitea", tag = "hooks",
     params(
-        ("X-Gitea-Signature" = String, Header, description = "The hex HMAC-SHA256 of the raw body with `inbound.gitea_secret`"),
-        ("X-Gitea-Event" = String, Header, description = "`push`; other events are ignored"),
-        ("X-Gitea-Delivery" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
+        ("X-Gitea-Signature" = String, Header, description = "The hex HMAC-SHA256 of the JSON payload with `inbound.gitea_secret` (Forgejo: `X-Forgejo-Signature`); with the form content type, of the `payload` field's JSON"),
+        ("X-Gitea-Event" = String, Header, description = "`push` or `delete`; other events are ignored (Forgejo: `X-Forgejo-Event`)"),
+        ("X-Gitea-Delivery" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate (Forgejo: `X-Forgejo-Delivery`)"),
     ),
-    request_body(content = Object, description = "Gitea's event payload", content_type = "application/json"),
+    request_body(description = "Gitea's event payload, as JSON or as the form field `payload`", content(
+        (Object = "application/json"),
+        (Object = "application/x-www-form-urlencoded"))),
     responses(
         (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 400, description = "No event header", body = super::error::ErrorBody),
         (status = 401, description = "Missing or bad signature; nothing stored", body = super::error::ErrorBody),
         (status = 404, description = "`inbound.gitea_secret` is not configured", body = super::error::ErrorBody),
         (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
         (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
 pub(crate) async fn gitea(state: AppState, request: HookRequest) -> Response {
     receive(state, Provider::Gitea, request).await
+}
+
+/// A Bitbucket Cloud webhook (`repo:push`; other events are answered and
+/// ignored).
+#[utoipa::path(post, path = "/hooks/bitbucket", tag = "hooks",
+    params(
+        ("X-Hub-Signature" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the raw body with `inbound.bitbucket_secret`"),
+        ("X-Event-Key" = String, Header, description = "`repo:push`; other events are ignored"),
+        ("X-Request-UUID" = Option<String>, Header, description = "The delivery id; a redelivery with the same id is a duplicate"),
+    ),
+    request_body(content = Object, description = "Bitbucket Cloud's event payload", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, a duplicate, or ignored; the scan follows", body = HookReply),
+        (status = 400, description = "No event header", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad signature; nothing stored", body = super::error::ErrorBody),
+        (status = 404, description = "`inbound.bitbucket_secret` is not configured", body = super::error::ErrorBody),
+        (status = 413, description = "Body larger than `inbound.max_body_bytes`", body = super::error::ErrorBody),
+        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+pub(crate) async fn bitbucket(state: AppState, request: HookRequest) -> Response {
+    receive(state, Provider::Bitbucket, request).await
 }
 
 async fn receive(state: AppState, provider: Provider, request: HookRequest) -> Response {
@@ -160,6 +199,7 @@ fn secret(state: &AppState, provider: Provider) -> Option<&SecretString> {
         Provider::GitHub => inbound.github_secret.as_ref(),
         Provider::GitLab => inbound.gitlab_token.as_ref(),
         Provider::Gitea => inbound.gitea_secret.as_ref(),
+        Provider::Bitbucket => inbound.bitbucket_secret.as_ref(),
     }
 }
 
@@ -167,12 +207,28 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The first of `names` the request carries.
+fn first_header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|name| header(headers, name))
+}
+
+/// Whether the body is form-encoded (`payload=<JSON>`) rather than JSON.
+fn is_form(headers: &HeaderMap) -> bool {
+    header(headers, "content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 fn reply(status: StatusCode, body: HookReply) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-/// The outcome for the metric (none for a provider that is not configured)
-/// and the answer.
+/// The outcome for the metric (none for a provider that is not configured,
+/// nor for a stored hook, which is counted once processed) and the answer.
 async fn handle(
     state: &AppState,
     provider: Provider,
@@ -201,9 +257,20 @@ async fn handle(
         Ok(body) => body.freeze(),
         Err(err) => return (REJECTED, Err(err)),
     };
-    // Nothing of the body is read before this line.
-    let signature = header(&headers, provider.signature_header());
-    if !inbound::verify(provider, secret, signature, &body) {
+    // Nothing of the body is read before this line, except the form encoding
+    // of a provider that signs the JSON inside the form (Gitea).
+    let form = is_form(&headers);
+    let signed_payload = provider
+        .signs_payload()
+        .then(|| inbound::json_payload(form, &body))
+        .flatten();
+    let signed = if provider.signs_payload() {
+        signed_payload.as_deref()
+    } else {
+        Some(&body[..])
+    };
+    let signature = first_header(&headers, provider.signature_headers());
+    if !signed.is_some_and(|signed| inbound::verify(provider, secret, signature, signed)) {
         warn!(
             provider = provider.as_str(),
             %ip,
@@ -217,7 +284,7 @@ async fn handle(
             )),
         );
     }
-    let Some(event_type) = header(&headers, provider.event_header())
+    let Some(event_type) = first_header(&headers, provider.event_headers())
         .map(str::trim)
         .filter(|e| !e.is_empty() && e.len() <= 100)
     else {
@@ -225,7 +292,7 @@ async fn handle(
             REJECTED,
             Err(ApiError::BadRequest(format!(
                 "the {} header is missing",
-                provider.event_header()
+                provider.event_headers()[0]
             ))),
         );
     };
@@ -247,7 +314,15 @@ async fn handle(
             return (Some("ignored"), Ok(reply(StatusCode::ACCEPTED, ignored)));
         }
     }
-    let delivery_id = header(&headers, provider.delivery_header())
+    let Some(payload) = signed_payload.or_else(|| inbound::json_payload(form, &body)) else {
+        return (
+            REJECTED,
+            Err(ApiError::BadRequest(
+                "the form has no `payload` field".to_owned(),
+            )),
+        );
+    };
+    let delivery_id = first_header(&headers, provider.delivery_headers())
         .map(str::trim)
         .filter(|id| !id.is_empty() && id.len() <= MAX_DELIVERY_ID)
         .map_or_else(
@@ -260,7 +335,8 @@ async fn handle(
             provider: provider.as_str(),
             delivery_id: delivery_id.clone(),
             event_type: event_type.to_owned(),
-            body: body.to_vec(),
+            // Always the JSON, also when it came as a form.
+            body: payload.into_owned(),
         })
         .await;
     match stored {
@@ -271,7 +347,9 @@ async fn handle(
                 status: "accepted",
                 hook_id: Some(id.into_string()),
             };
-            (Some("accepted"), Ok(reply(StatusCode::ACCEPTED, accepted)))
+            // Counted once processed: `accepted`, or `invalid` when its
+            // payload cannot be read (see the hook processor).
+            (None, Ok(reply(StatusCode::ACCEPTED, accepted)))
         }
         Ok(Stored::Duplicate(id)) => {
             info!(provider = provider.as_str(), hook = %id, delivery = %delivery_id, "inbound hook is a duplicate");

@@ -81,6 +81,18 @@ pub struct Pagination {
     pub total_pages: u64,
 }
 
+impl Pagination {
+    /// Page `page` of `limit` items, out of `total`.
+    pub fn numbered(page: u64, limit: u64, total: u64) -> Self {
+        Self {
+            page,
+            limit,
+            total,
+            total_pages: total.div_ceil(limit),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AppListResponse {
     pub data: AppPage,

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, admin, client, error, events, hooks, models, operations, public};
+use super::{account, admin, client, error, events, hook_list, hooks, models, operations, public};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use super::{account, admin, client, error, events, hooks, models, operations, pu
         client::detail,
         client::unwatch,
         client::update_token,
+        client::scan,
         account::show,
         account::update,
         account::rotate_key,
@@ -45,9 +46,11 @@ use super::{account, admin, client, error, events, hooks, models, operations, pu
         operations::retry_cancel,
         operations::resync,
         operations::breaker_reset,
+        hook_list::list_hooks,
         hooks::github,
         hooks::gitlab,
         hooks::gitea,
+        hooks::bitbucket,
     ),
     components(schemas(error::ErrorBody, models::RepositoryView, hooks::HookReply)),
     modifiers(&BearerSchemes),
@@ -56,7 +59,7 @@ use super::{account, admin, client, error, events, hooks, models, operations, pu
         (name = "admin", description = "Operators: onboarding and app management (admin token)"),
         (name = "operations", description = "Operators: queue, failures, retries, resyncs, breakers (admin token)"),
         (name = "client", description = "Apps: repositories they watch (app token)"),
-        (name = "hooks", description = "Inbound push webhooks from GitHub, GitLab and Gitea (verified by signature or token)")
+        (name = "hooks", description = "Inbound push webhooks from GitHub, GitLab, Gitea (Forgejo) and Bitbucket Cloud (verified by signature or token)")
     )
 )]
 pub struct ApiDoc;

@@ -536,12 +536,7 @@ pub(crate) async fn failed_notifications(
     let (dead, total) = state.store.dead_events(page, limit).await?;
     let body = FailedPage {
         data: dead.iter().map(FailedNotification::from).collect(),
-        pagination: Pagination {
-            page,
-            limit,
-            total,
-            total_pages: total.div_ceil(limit),
-        },
+        pagination: Pagination::numbered(page, limit, total),
     };
     Ok(json(&FailedListResponse { data: body }))
 }

@@ -283,7 +283,7 @@ pub(crate) fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&s
 }
 
 /// Scrapes until `done` holds (bounded), returning that scrape.
-async fn scrape_until(
+pub(crate) async fn scrape_until(
     app: &TestApp,
     what: &str,
     done: impl Fn(&prometheus_parse::Scrape) -> bool,

@@ -1,18 +1,19 @@
-//! Inbound push webhooks: stored first (deduplicated by provider and delivery
-//! id), processed later. A hook whose processing has not been recorded is
-//! still `received`, so one stored before a crash is processed after the
-//! restart.
+//! Scans asked for from outside: inbound push webhooks, stored first
+//! (deduplicated by provider and delivery id) and processed later, and an
+//! app's request to scan one of its repositories now. A hook whose
+//! processing has not been recorded is still `received`, so one stored
+//! before a crash is processed after the restart.
 
-use entity::{inbound_hook, repository};
+use entity::{inbound_hook, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TryInsertResult,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 
-use super::{Store, StoreError, lock_repositories};
+use super::{Store, StoreError, lock_repositories, page_offset};
 use crate::clock::now_ms;
-use crate::ids::{HookId, RepoId};
+use crate::ids::{AppId, HookId, RepoId};
 
 /// Statuses of a stored hook.
 pub mod hook_status {
@@ -41,6 +42,29 @@ pub enum Stored {
     New(HookId),
     /// The provider sent this delivery before: the first one's id.
     Duplicate(String),
+}
+
+/// A stored hook as operators list it: everything but the body (up to
+/// `inbound.max_body_bytes` each).
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct HookSummary {
+    pub id: String,
+    pub provider: String,
+    pub delivery_id: String,
+    pub event_type: String,
+    /// One of [`hook_status`].
+    pub status: String,
+    /// What was done, or why nothing (why it is invalid).
+    pub result: Option<String>,
+    pub received_at: i64,
+    pub processed_at: Option<i64>,
+}
+
+/// Which stored hooks to list; `None` is any.
+#[derive(Debug, Clone, Default)]
+pub struct HookFilter {
+    pub provider: Option<&'static str>,
+    pub status: Option<&'static str>,
 }
 
 /// How the processing of one hook ended.
@@ -100,6 +124,47 @@ impl Store {
             .await?)
     }
 
+    /// Stored hooks, newest first, a numbered page at a time, with the
+    /// total the filter matches.
+    pub async fn list_hooks(
+        &self,
+        filter: &HookFilter,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<HookSummary>, u64), StoreError> {
+        let mut query = inbound_hook::Entity::find();
+        if let Some(provider) = filter.provider {
+            query = query.filter(inbound_hook::Column::Provider.eq(provider));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(inbound_hook::Column::Status.eq(status));
+        }
+        let total = query.clone().count(&self.db).await?;
+        let Some(offset) = page_offset(page, per_page) else {
+            return Ok((Vec::new(), total));
+        };
+        let hooks = query
+            .select_only()
+            .columns([
+                inbound_hook::Column::Id,
+                inbound_hook::Column::Provider,
+                inbound_hook::Column::DeliveryId,
+                inbound_hook::Column::EventType,
+                inbound_hook::Column::Status,
+                inbound_hook::Column::Result,
+                inbound_hook::Column::ReceivedAt,
+                inbound_hook::Column::ProcessedAt,
+            ])
+            .order_by_desc(inbound_hook::Column::ReceivedAt)
+            .order_by_desc(inbound_hook::Column::Id)
+            .offset(offset)
+            .limit(per_page)
+            .into_model::<HookSummary>()
+            .all(&self.db)
+            .await?;
+        Ok((hooks, total))
+    }
+
     /// One stored hook (operators, tests).
     pub async fn hook(&self, id: &str) -> Result<Option<inbound_hook::Model>, StoreError> {
         Ok(inbound_hook::Entity::find_by_id(id.to_owned())
@@ -153,16 +218,27 @@ impl Store {
             .await?
             .rows_affected
             == 1;
-        if claimed && !due.is_empty() {
-            repository::Entity::update_many()
-                .col_expr(repository::Column::NextScanAt, Expr::value(now))
-                .filter(repository::Column::Id.is_in(due))
-                .filter(repository::Column::NextScanAt.gt(now))
-                .exec(&txn)
-                .await?;
+        if claimed {
+            make_due(&txn, due, now).await?;
         }
         txn.commit().await?;
         Ok(claimed)
+    }
+
+    /// Makes a repository the app is subscribed to due now (the caller then
+    /// pokes the scheduler; its tick would find it anyway). `false` when the
+    /// app does not watch it.
+    pub async fn request_scan(&self, app: &AppId, repo: &RepoId) -> Result<bool, StoreError> {
+        let subscribed = subscription::Entity::find()
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .count(&self.db)
+            .await?
+            > 0;
+        if subscribed {
+            make_due(&self.db, vec![repo.as_str().to_owned()], now_ms()).await?;
+        }
+        Ok(subscribed)
     }
 
     /// Deletes processed hooks received before `before` (retention).
@@ -174,4 +250,18 @@ impl Store {
             .await?
             .rows_affected)
     }
+}
+
+/// Makes repositories due at `now` unless they already are.
+async fn make_due<C: ConnectionTrait>(conn: &C, ids: Vec<String>, now: i64) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    repository::Entity::update_many()
+        .col_expr(repository::Column::NextScanAt, Expr::value(now))
+        .filter(repository::Column::Id.is_in(ids))
+        .filter(repository::Column::NextScanAt.gt(now))
+        .exec(conn)
+        .await?;
+    Ok(())
 }
