@@ -238,6 +238,11 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             tick: delivery.tick,
             instance_id,
             lease_ttl: settings.cluster.lease_ttl(),
+            fetch_timeout: settings.git.fetch_timeout,
+            connect: ConnectRule {
+                allow_private: settings.security.allow_private_targets,
+                data_dir: settings.data_dir().to_path_buf(),
+            },
         },
         restart: RestartPolicy::default(),
     }

@@ -32,10 +32,12 @@ use crate::backoff::Backoff;
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg};
 use crate::breaker::{BreakerPolicy, DELIVERY_BREAKER, Permit};
 use crate::clock::{millis, now_ms};
+use crate::git::ConnectRule;
 use crate::ids::SubscriptionId;
 use crate::outbox_signal::OutboxSignal;
 use crate::payload::Chunking;
 use crate::restart::{RestartPolicy, RestartTracker};
+use crate::scan::ScanPool;
 use crate::store::Store;
 use crate::store::leases::LeaseToken;
 use crate::webhook_client::WebhookClient;
@@ -64,6 +66,10 @@ pub struct DeliveryConfig {
     pub instance_id: String,
     /// How long a delivery lease lasts unless renewed (`cluster.lease_ttl`).
     pub lease_ttl: Duration,
+    /// How content missing from a mirror is fetched again: the watchers'
+    /// timeout and address rule.
+    pub fetch_timeout: Duration,
+    pub connect: ConnectRule,
 }
 
 /// Messages of the dispatcher.
@@ -79,6 +85,8 @@ pub struct Dispatcher;
 
 pub struct DispatcherArgs {
     pub store: Store,
+    /// The scan workers, for content fetched again.
+    pub pool: ScanPool,
     pub config: DeliveryConfig,
     pub signal: OutboxSignal,
     pub restart: RestartPolicy,
@@ -86,6 +94,7 @@ pub struct DispatcherArgs {
 
 pub struct DispatcherState {
     store: Store,
+    pool: ScanPool,
     config: DeliveryConfig,
     client: WebhookClient,
     apps: HashMap<String, ActorRef<AppMsg>>,
@@ -113,6 +122,7 @@ impl DispatcherState {
             config: self.config.clone(),
             client: self.client.clone(),
             restart: self.restart,
+            pool: self.pool.clone(),
         };
         let (app, _) = Actor::spawn_linked(None, AppDelivery, args, myself.get_cell()).await?;
         self.apps.insert(app_id.to_owned(), app.clone());
@@ -145,6 +155,7 @@ impl Actor for Dispatcher {
         myself.send_message(DispatcherMsg::Wake)?;
         Ok(DispatcherState {
             store: args.store,
+            pool: args.pool,
             config: args.config,
             client,
             apps: HashMap::new(),
@@ -282,6 +293,7 @@ pub struct AppArgs {
     pub client: WebhookClient,
     /// Applied to each lane.
     pub restart: RestartPolicy,
+    pub pool: ScanPool,
 }
 
 pub struct AppState {
@@ -397,6 +409,7 @@ impl Actor for AppDelivery {
                         client: state.args.client.clone(),
                         breaker: state.breaker.clone(),
                         owner: myself.clone(),
+                        pool: state.args.pool.clone(),
                     };
                     let (lane, _) =
                         Actor::spawn_linked(None, LaneActor, args, myself.get_cell()).await?;
@@ -603,6 +616,11 @@ mod tests {
             tick: Duration::from_secs(3600),
             instance_id: "test".into(),
             lease_ttl: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            connect: ConnectRule {
+                allow_private: true,
+                data_dir: dir.to_owned(),
+            },
         }
     }
 
@@ -676,7 +694,9 @@ mod tests {
             .await
             .expect("event");
         }
+        let (pool, workers) = ScanPool::standalone(1).await.expect("scan workers");
         let args = AppArgs {
+            pool,
             app_id: app.app.id.clone(),
             store: store.clone(),
             config: config(dir.path()),
@@ -750,6 +770,7 @@ mod tests {
         assert!(after.len() + before.len() >= 8, "{ids:?}");
         actor.stop(None);
         handle.await.expect("stops");
+        workers.stop(None);
         store.close().await.ok();
     }
 }

@@ -428,6 +428,25 @@ fn head_of(
     Ok(RemoteHead { branch, commit })
 }
 
+/// The lock a mirror's writers take (a scan's fetch, a lane's refetch, a
+/// repack): one at a time per mirror in this process. Other instances have
+/// mirrors of their own.
+pub fn mirror_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<std::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(lock) = locks.get(path).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
+    locks.insert(path.to_owned(), std::sync::Arc::downgrade(&lock));
+    lock
+}
+
 /// A bare mirror of one remote.
 pub struct Mirror {
     repo: Repository,
@@ -486,6 +505,18 @@ impl Mirror {
     /// Fetches `branch` into the mirror (incrementally: only what is missing)
     /// and returns the commit it now points to.
     pub fn fetch(&self, spec: &RemoteSpec, branch: &str) -> Result<Oid, GitError> {
+        let refspec = format!("+{0}:{0}", mirror_ref(branch));
+        self.fetch_refspec(spec, &refspec)?;
+        self.local_head(branch).ok_or_else(|| {
+            GitError::new(
+                GitFailure::NotFound,
+                format!("branch `{branch}` was not found on the remote"),
+            )
+        })
+    }
+
+    /// Fetches one refspec, under the address rule and the timeout.
+    fn fetch_refspec(&self, spec: &RemoteSpec, refspec: &str) -> Result<(), GitError> {
         set_global_timeouts(spec.timeout);
         let route = Route::open(spec)?;
         let timed_out = std::cell::Cell::new(false);
@@ -501,16 +532,52 @@ impl Mirror {
             .follow_redirects(RemoteRedirect::None)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
-        let refspec = format!("+{0}:{0}", mirror_ref(branch));
         remote
-            .fetch(&[refspec.as_str()], Some(&mut options), None)
-            .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
-        self.local_head(branch).ok_or_else(|| {
-            GitError::new(
-                GitFailure::NotFound,
-                format!("branch `{branch}` was not found on the remote"),
-            )
-        })
+            .fetch(&[refspec], Some(&mut options), None)
+            .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))
+    }
+
+    /// Brings `commit` back into the mirror and pins it under `snapshot_id`
+    /// (an instance that did not make the snapshot, or a mirror that lost
+    /// it): fetched with its branch, or, when the branch moved on without
+    /// it, by its id. `Ok(false)`: the remote no longer has it (its history
+    /// was rewritten); `Err`: the remote could not be asked.
+    pub fn refetch_commit(
+        &self,
+        spec: &RemoteSpec,
+        branch: Option<&str>,
+        commit: &str,
+        snapshot_id: Option<&str>,
+    ) -> Result<bool, GitError> {
+        let Ok(oid) = Oid::from_str(commit) else {
+            return Ok(false);
+        };
+        let pin = |mirror: &Self| match snapshot_id {
+            Some(snapshot) => mirror.pin(snapshot, oid).map(|()| true),
+            None => Ok(true),
+        };
+        if self.has_commit(commit) {
+            return pin(self);
+        }
+        match branch.map(|branch| self.fetch(spec, branch)) {
+            Some(Ok(_)) | None => {}
+            // The branch is gone; the commit may still be there by its id.
+            Some(Err(err)) if err.failure == GitFailure::NotFound => {}
+            Some(Err(err)) => return Err(err),
+        }
+        if self.has_commit(commit) {
+            return pin(self);
+        }
+        let by_id = format!("+{commit}:{}", snapshot_ref(snapshot_id.unwrap_or(commit)));
+        match self.fetch_refspec(spec, &by_id) {
+            Ok(()) => Ok(self.has_commit(commit) && pin(self)?),
+            // The remote answered and would not give it: it is gone.
+            Err(err) if !matches!(err.failure, GitFailure::Network | GitFailure::Timeout) => {
+                tracing::debug!(commit, error = %err.message, "the remote does not serve the commit");
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Keeps `commit` reachable under the snapshot's ref.

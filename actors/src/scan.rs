@@ -183,6 +183,9 @@ pub fn scan(job: ScanJob) -> ScanResult {
         let Some((head, spec)) = found else {
             return Ok(ScanOutcome::NoAccess);
         };
+        // One writer per mirror: a lane may be refetching into it.
+        let lock = git::mirror_lock(&job.mirror);
+        let _writing = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match scan_with(&job, &spec, &head, Mirror::open(&job.mirror)?) {
             Err(err) if err.damaged_mirror => {
                 tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");

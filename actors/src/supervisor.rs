@@ -140,6 +140,7 @@ impl SupervisorState {
             Child::Dispatcher => {
                 let args = DispatcherArgs {
                     store: self.store.clone(),
+                    pool: self.pool.clone(),
                     config: self.config.delivery.clone(),
                     signal: self.config.watcher.signal.clone(),
                     restart: self.config.restart,
@@ -520,6 +521,11 @@ mod tests {
                 tick: Duration::from_secs(3600),
                 instance_id: "test".into(),
                 lease_ttl: Duration::from_secs(30),
+                fetch_timeout: Duration::from_secs(10),
+                connect: ConnectRule {
+                    allow_private: true,
+                    data_dir: dir.to_owned(),
+                },
             },
             restart: RestartPolicy {
                 max_restarts: 0,

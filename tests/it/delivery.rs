@@ -11,7 +11,7 @@ use crate::gitserver::{GitDaemon, Served, TestRepo};
 use crate::helpers::{TestApp, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, verify};
 
-fn sha(content: &[u8]) -> String {
+pub(crate) fn sha(content: &[u8]) -> String {
     Sha256::digest(content)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -20,7 +20,7 @@ fn sha(content: &[u8]) -> String {
 
 /// Applies accepted webhooks (deduplicated by `webhook-id`, chunks
 /// reassembled) to a map path → content.
-fn apply(accepted: &[crate::receiver::Received]) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn apply(accepted: &[crate::receiver::Received]) -> BTreeMap<String, Vec<u8>> {
     let mut tree = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
     let mut partial: BTreeMap<String, String> = BTreeMap::new();
@@ -65,7 +65,7 @@ fn apply(accepted: &[crate::receiver::Received]) -> BTreeMap<String, Vec<u8>> {
     tree
 }
 
-fn tree_of(repo: &TestRepo) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn tree_of(repo: &TestRepo) -> BTreeMap<String, Vec<u8>> {
     repo.git(&["ls-files", "-z"])
         .split('\0')
         .filter(|p| !p.is_empty())

@@ -11,6 +11,7 @@ mod breakers;
 mod changes;
 mod cli;
 mod config;
+mod content;
 mod delivery;
 mod gitserver;
 mod hooks;

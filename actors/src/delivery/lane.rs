@@ -20,14 +20,16 @@ use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use tracing::{Instrument, info, warn};
 
-use super::content::MirrorReader;
+use super::content::{Content, Found, MirrorReader};
 use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl};
 use crate::backoff::Backoff;
 use crate::breaker::Permit;
 use crate::breaker::actor::{BreakerMsg, Change, Reported};
 use crate::clock::{millis, now_ms};
+use crate::git::{Credentials, RemoteSpec};
 use crate::ids::SubscriptionId;
 use crate::payload::{self, RepositoryRef};
+use crate::scan::ScanPool;
 use crate::signing;
 use crate::store::delivery::{Attempt, EventOutcome};
 use crate::store::leases::LeaseToken;
@@ -59,6 +61,8 @@ pub struct LaneArgs {
     /// The app endpoint's breaker actor.
     pub breaker: ActorRef<BreakerMsg>,
     pub owner: ActorRef<AppMsg>,
+    /// Where content missing from the mirror is fetched again.
+    pub pool: ScanPool,
 }
 
 pub struct LaneState {
@@ -102,6 +106,7 @@ impl Actor for LaneActor {
                 config: args.config,
                 client: args.client,
                 breaker: args.breaker,
+                pool: args.pool,
                 renewed_at: now_ms(),
                 delivered: Unrecorded::default(),
             },
@@ -236,9 +241,13 @@ struct LaneContext {
     base_url: String,
     keys: Vec<Vec<u8>>,
     repository: RepositoryRef,
-    mirror: MirrorReader,
+    content: Content,
     backoff: Backoff,
 }
+
+/// The shortest wait before content the remote could not give is asked for
+/// again.
+const CONTENT_RETRY_MIN: Duration = Duration::from_secs(5);
 
 struct Lane {
     app_id: String,
@@ -251,6 +260,7 @@ struct Lane {
     client: WebhookClient,
     /// The app endpoint's breaker actor.
     breaker: ActorRef<BreakerMsg>,
+    pool: ScanPool,
     /// When the delivery lease was last claimed or renewed (unix ms).
     renewed_at: i64,
     /// Delivered events whose success is not written yet (see [`Lane::flush`]).
@@ -368,11 +378,31 @@ impl Lane {
                 owner: repository.owner.clone(),
                 name: repository.name.clone(),
             },
-            mirror: MirrorReader::new(
-                self.config
-                    .mirrors_dir
-                    .join(format!("{}.git", repository.id)),
-            ),
+            content: Content {
+                mirror: MirrorReader::new(
+                    self.config
+                        .mirrors_dir
+                        .join(format!("{}.git", repository.id)),
+                ),
+                remote: RemoteSpec {
+                    url: repository.fetch_url.clone(),
+                    // This subscription's own credential: content comes back
+                    // only to a subscriber that can read it.
+                    credentials: self
+                        .store
+                        .git_token(&subscription)?
+                        .as_ref()
+                        .map(Credentials::from_token),
+                    timeout: self.config.fetch_timeout,
+                    rule: self.config.connect.clone(),
+                },
+                branch: repository
+                    .resolved_branch
+                    .clone()
+                    .or_else(|| Some(repository.branch.clone()))
+                    .filter(|b| !b.is_empty()),
+                pool: self.pool.clone(),
+            },
             backoff,
         }))
     }
@@ -436,28 +466,52 @@ impl Lane {
         flow
     }
 
-    /// The render stage: the event's content, read from the mirror, and its
+    /// The render stage: the event's content (from the mirror, or fetched
+    /// again from the remote), and its
     /// body (or chunks). `Err` carries the flow of an event given up on.
     async fn render(
         &mut self,
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
-        let content = match event.kind {
-            entity::EventKind::Created | entity::EventKind::Updated => {
-                match context.mirror.read(event.blob_id.clone()).await {
-                    Some(content) => Some(content),
-                    None => {
-                        let error =
-                            "the file's content is no longer in the mirror; resync the repository";
-                        return self
-                            .give_up(event, "content_missing", error.to_owned())
-                            .await
-                            .map(Err);
-                    }
+        let content = if event.kind.carries_content() {
+            match context.content.get(event).await {
+                Found::Bytes(content) => Some(content),
+                Found::Gone(error) => {
+                    return self.give_up(event, "content_missing", error).await.map(Err);
+                }
+                Found::Unavailable(error) => {
+                    // Not the event's fault, nor the app's: wait for the
+                    // remote without using up attempts.
+                    let attempts = u32::try_from(event.attempts).unwrap_or(0);
+                    let at =
+                        now_ms() + millis(context.backoff.delay(attempts).max(CONTENT_RETRY_MIN));
+                    let attempt = attempt_row(
+                        event,
+                        None,
+                        now_ms(),
+                        None,
+                        0,
+                        Some("content_unavailable"),
+                        None,
+                    );
+                    warn!(event = %event.id, %error, "content unavailable; retrying");
+                    return self
+                        .stop(
+                            event,
+                            attempt,
+                            EventOutcome::Retry {
+                                at,
+                                error,
+                                counted: false,
+                            },
+                        )
+                        .await
+                        .map(Err);
                 }
             }
-            _ => None,
+        } else {
+            None
         };
         match payload::render(
             event,

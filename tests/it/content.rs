@@ -1,0 +1,138 @@
+//! Content that is not in the mirror at send time: fetched again from the
+//! remote (the pinned commit), and declared gone only when the remote no
+//! longer has it. The same path makes any instance able to deliver an event
+//! another instance scanned.
+
+use crate::delivery::{apply, tree_of};
+use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::helpers::{TestApp, engine_with, onboard, watch};
+use crate::receiver::{Receiver, Reply};
+
+/// Settings under which a receiver can stay down for long without events
+/// dying, and watchers do not scan again by themselves during the test.
+const PATIENT: [(&str, &str); 3] = [
+    ("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h"),
+    ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
+    ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1000"),
+];
+
+async fn patient_engine() -> TestApp {
+    engine_with(&PATIENT).await
+}
+
+/// Stops the engine, removes its mirrors (the only local copy of the content
+/// of the events still waiting), and starts it again on the same data
+/// directory and database: as another instance would, it has none of the
+/// content its events need.
+async fn restart_without_mirrors(app: TestApp) -> TestApp {
+    let mirrors = app.mirror_dirs();
+    assert!(!mirrors.is_empty(), "the scan made a mirror");
+    let (dir, database) = app.kill().await;
+    for mirror in mirrors {
+        std::fs::remove_dir_all(&mirror).expect("the mirror can be removed");
+    }
+    TestApp::builder()
+        .fast()
+        .envs(&PATIENT)
+        .data_dir(dir)
+        .spawn_with(database)
+        .await
+}
+
+/// Waits until the scan wrote `n` events for the app's subscription.
+async fn wait_for_events(app: &TestApp, client: &crate::helpers::TestClient, id: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.outbox(client, id).await.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scan did not write {n} events; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_mirror_lost_with_events_pending_is_fetched_again_and_everything_arrives() {
+    let repo = TestRepo::new("main");
+    repo.write("docs/a.md", "alpha\n");
+    repo.write("docs/b.md", "beta\n");
+    repo.write("logo.bin", [0u8, 159, 146, 150, 255]);
+    repo.commit("three files");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(503)));
+    let app = patient_engine().await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    wait_for_events(&app, &client, &id, 3).await;
+
+    let app = restart_without_mirrors(app).await;
+    receiver.fallback(None);
+    let accepted = receiver
+        .wait_for("the three files", |r| apply(r).len() == 3)
+        .await;
+    assert_eq!(apply(&accepted), tree_of(&repo));
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["failed_events"], 0, "{view}");
+    assert!(
+        !app.mirror_dirs().is_empty(),
+        "the lane fetched the mirror again"
+    );
+}
+
+#[tokio::test]
+async fn content_of_a_commit_the_remote_no_longer_has_is_declared_gone_with_the_reason() {
+    let repo = TestRepo::new("main");
+    repo.write("notes.md", "first version\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(503)));
+    let app = patient_engine().await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    wait_for_events(&app, &client, &id, 1).await;
+
+    // History rewritten on the remote: the first commit is unreachable and
+    // pruned; and the mirror that held it is lost.
+    repo.write("notes.md", "rewritten\n");
+    repo.git(&["commit", "-q", "--amend", "-m", "rewritten"]);
+    served.push(&repo, "HEAD:refs/heads/main", true);
+    let bare = served.bare.clone();
+    crate::gitserver::run_git(&bare, &["reflog", "expire", "--expire=now", "--all"]);
+    crate::gitserver::run_git(&bare, &["gc", "-q", "--prune=now"]);
+    assert!(
+        !crate::gitserver::try_git(&bare, &["cat-file", "-e", &format!("{first}^{{commit}}")]).0,
+        "the first commit is gone from the remote"
+    );
+    let app = restart_without_mirrors(app).await;
+    receiver.fallback(None);
+
+    let view = app
+        .wait_for(&client, &id, "the event declared dead", |view| {
+            view["failed_events"] == 1
+        })
+        .await;
+    assert_eq!(view["status"], "failed", "{view}");
+    let (status, dead) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/events?status=dead",
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{dead}");
+    let error = dead["data"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no longer has commit") && error.contains(first.trim()),
+        "the reason names the commit: {error}"
+    );
+    assert!(
+        receiver.accepted().is_empty(),
+        "nothing was sent for content that could not be read"
+    );
+}
