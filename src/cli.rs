@@ -92,13 +92,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let settings = settings()?;
-            crate::telemetry::init(&settings.telemetry)?;
+            let instance = startup::instance_id(&settings)?;
+            crate::telemetry::init(&settings.telemetry, Some(&instance))?;
             let app = Application::build(settings).await?;
             app.run_until(startup::shutdown_signal()).await
         }
         Command::Migrate => {
             let settings = settings()?;
-            crate::telemetry::init(&settings.telemetry)?;
+            crate::telemetry::init(&settings.telemetry, None)?;
             std::fs::create_dir_all(settings.data_dir())
                 .with_context(|| format!("creating {}", settings.data_dir().display()))?;
             let keys = Arc::new(startup::load_keyring(&settings)?);

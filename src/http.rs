@@ -10,6 +10,8 @@
 //! - [`hooks`]: `/hooks/{github,gitlab,gitea,bitbucket}`, inbound push
 //!   webhooks (verified by signature; a rate budget of their own).
 //! - [`hook_list`]: `/admin/api/hooks`, the stored hooks and what each did.
+//! - [`instances`]: `/admin/api/instances`, the instances sharing the
+//!   database and whether each is alive.
 //! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
 //! - [`metrics`]: request metrics by route template, scrape-time gauges.
 //! - [`server`]: accepting connections, hyper's HTTP/1 with a header read
@@ -23,6 +25,7 @@ mod events;
 mod filters;
 mod hook_list;
 mod hooks;
+mod instances;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
@@ -60,8 +63,9 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// For `/health`'s uptime.
     pub started_at: Instant,
-    /// Bulk retries started on this instance, polled for progress.
-    pub operations: operations::Operations,
+    /// This instance's id (`data_dir/instance.id`), to mark it in
+    /// `/admin/api/instances`.
+    pub instance_id: Arc<str>,
 }
 
 impl AppState {
@@ -98,6 +102,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(account::routes(state.clone()))
         .unify()
         .or(hook_list::routes(state.clone()))
+        .unify()
+        .or(instances::routes(state.clone()))
         .unify();
     let answered = hooks::routes(state.clone())
         .or(filters::per_ip_limit(state).and(api))

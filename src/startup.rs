@@ -18,7 +18,8 @@ use actors::payload::Chunking;
 use actors::repo_watcher::WatcherConfig;
 use actors::restart::RestartPolicy;
 use actors::store::Store;
-use actors::supervisor::{EngineConfig, EngineHandle};
+use actors::store::instances::Heartbeat;
+use actors::supervisor::{ClusterConfig, EngineConfig, EngineHandle};
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -59,7 +60,7 @@ impl Application {
 
         // Leases a previous run of this instance left behind (a crash) are
         // released at once: their holder is gone, and their work resumes now.
-        let instance_id = load_instance_id(&settings)?;
+        let instance_id = instance_id(&settings)?;
         let released = store
             .release_leases_of(&instance_id)
             .await
@@ -70,9 +71,10 @@ impl Application {
                 "released the leases of this instance's previous run"
             );
         }
-        let engine = EngineHandle::start(store.clone(), engine_config(&settings, instance_id))
-            .await
-            .context("starting the actor tree")?;
+        let engine =
+            EngineHandle::start(store.clone(), engine_config(&settings, instance_id.clone()))
+                .await
+                .context("starting the actor tree")?;
 
         let addr = SocketAddr::new(
             settings
@@ -94,7 +96,7 @@ impl Application {
             limits: Arc::new(RateLimits::new(&settings.rate_limit)),
             settings: Arc::new(settings.clone()),
             started_at: Instant::now(),
-            operations: Default::default(),
+            instance_id: instance_id.into(),
         };
         Ok(Self {
             listener,
@@ -178,10 +180,13 @@ pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::R
         .context("connecting to the database (database.url)")
 }
 
-/// This instance's name in leases. Kept in data_dir, so a restarted Herald
-/// takes its own leases back at once instead of waiting for them to expire;
-/// instances sharing a PostgreSQL database have data directories of their own.
-fn load_instance_id(settings: &Settings) -> anyhow::Result<String> {
+/// This instance's name in leases, heartbeat rows and metrics. Kept in
+/// data_dir (created here if need be), so a restarted Herald takes its own
+/// leases back at once instead of waiting for them to expire; instances
+/// sharing a PostgreSQL database have data directories of their own.
+pub fn instance_id(settings: &Settings) -> anyhow::Result<String> {
+    fs::create_dir_all(settings.data_dir())
+        .with_context(|| format!("creating data_dir {}", settings.data_dir().display()))?;
     read_or_create_secret(
         &settings.data_dir().join(INSTANCE_ID_FILE),
         || {
@@ -236,7 +241,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             allow_private_targets: settings.security.allow_private_targets,
             mirrors_dir,
             tick: delivery.tick,
-            instance_id,
+            instance_id: instance_id.clone(),
             lease_ttl: settings.cluster.lease_ttl(),
             fetch_timeout: settings.git.fetch_timeout,
             connect: ConnectRule {
@@ -245,7 +250,23 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             },
         },
         restart: RestartPolicy::default(),
+        cluster: ClusterConfig {
+            instance: Heartbeat {
+                id: instance_id,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                host: host_name(),
+                started_at: actors::clock::now_ms(),
+            },
+            heartbeat_interval: settings.cluster.heartbeat_interval,
+            lease_ttl: settings.cluster.lease_ttl(),
+        },
     }
+}
+
+/// The machine's host name, for the heartbeat row (`unknown` when the
+/// system does not say).
+fn host_name() -> String {
+    whoami::hostname().unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// The keyring from `security.encryption_key`, or from the key file in

@@ -11,7 +11,10 @@
 //!   Without an endpoint spans still get W3C ids, so the `traceparent` sent
 //!   with webhooks is consistent for an event's every attempt.
 //! - Metrics: a Prometheus recorder behind the `metrics` facade, rendered at
-//!   `GET /metrics` ([`metrics_handle`]).
+//!   `GET /metrics` ([`metrics_handle`]). Every series carries the serving
+//!   instance's id as the `instance_id` label (not `instance`: Prometheus
+//!   sets that one to the scrape target), so several instances' series
+//!   never merge.
 //!
 //! [`shutdown`] flushes the spans still buffered; the server calls it last.
 
@@ -53,14 +56,16 @@ pub enum TelemetryError {
 }
 
 /// Installs the global subscriber (logs, and spans for OpenTelemetry) and the
-/// metrics recorder. `RUST_LOG` overrides `telemetry.log_level`.
+/// metrics recorder, whose series (and the spans' resource) carry `instance`,
+/// this instance's id, when given. `RUST_LOG` overrides
+/// `telemetry.log_level`.
 ///
 /// Fails only when an OTLP endpoint is configured but the exporter cannot be
 /// built (an invalid URL, say): Herald does not start with half its
 /// telemetry silently gone.
-pub fn init(settings: &TelemetrySettings) -> Result<(), TelemetryError> {
-    install_metrics();
-    let provider = tracer_provider()?;
+pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), TelemetryError> {
+    install_metrics(instance);
+    let provider = tracer_provider(instance)?;
     let tracer = provider.tracer("herald");
     let _ = TRACER_PROVIDER.set(provider);
 
@@ -87,18 +92,24 @@ pub fn init(settings: &TelemetrySettings) -> Result<(), TelemetryError> {
 
 /// A tracer provider that exports over OTLP/HTTP when an endpoint is
 /// configured, and otherwise only assigns ids.
-fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(instance: Option<&str>) -> Result<SdkTracerProvider, TelemetryError> {
     let service_name = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|name| !name.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
-    let resource = Resource::builder()
+    let mut resource = Resource::builder()
         .with_service_name(service_name)
         .with_attribute(opentelemetry::KeyValue::new(
             "service.version",
             env!("CARGO_PKG_VERSION"),
-        ))
-        .build();
+        ));
+    if let Some(instance) = instance {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.to_owned(),
+        ));
+    }
+    let resource = resource.build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let builder = if otlp_configured() {
         // The batch processor exports from a thread of its own, with the
@@ -132,16 +143,23 @@ pub fn shutdown() {
     }
 }
 
-/// The Prometheus recorder, installed on first use.
+/// The Prometheus recorder, installed on first use (without the instance
+/// label when [`init`] did not install it first).
 pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    install_metrics().as_ref()
+    install_metrics(None).as_ref()
 }
 
-fn install_metrics() -> &'static Option<PrometheusHandle> {
+/// The label every series carries: the id of the instance that serves it.
+pub const INSTANCE_LABEL: &str = "instance_id";
+
+fn install_metrics(instance: Option<&str>) -> &'static Option<PrometheusHandle> {
     METRICS.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
+        let mut builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
             .expect("the bucket list is not empty");
+        if let Some(instance) = instance {
+            builder = builder.add_global_label(INSTANCE_LABEL, instance);
+        }
         let handle = builder.install_recorder().ok()?;
         describe_metrics();
         metrics::gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);

@@ -95,7 +95,7 @@ prefixed_id!(
     "hook_"
 );
 prefixed_id!(
-    /// One bulk operation of an operator (kept in memory, never stored).
+    /// One bulk operation of an operator (`bulk_operations`).
     OperationId,
     "op_"
 );

@@ -4,6 +4,9 @@
 //! - [`scheduler`]: decides which repositories are due and pokes their watchers.
 //! - [`hook_processor`]: turns stored inbound push webhooks into scans;
 //!   [`inbound`] checks and reads them.
+//! - [`bulk`]: runs the operators' bulk operations, whichever instance
+//!   started them, and takes over those whose runner died.
+//! - [`heartbeat`]: this instance's heartbeat row (`GET /admin/api/instances`).
 //! - [`store`]: every database query, one module per aggregate, plus leases.
 //! - [`crypto`]: app tokens, the admin token, secrets at rest (AES-256-GCM).
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
@@ -17,11 +20,13 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod bulk;
 pub mod changes;
 pub mod clock;
 pub mod crypto;
 pub mod delivery;
 pub mod git;
+pub mod heartbeat;
 pub mod hook_processor;
 pub mod ids;
 pub mod inbound;

@@ -12,14 +12,19 @@
 //! - [`operations`]: the operators' views across apps (overview, queue, dead
 //!   events) and the git breaker reset.
 //! - [`gauges`]: the levels `/metrics` reads at scrape time.
+//! - [`bulk`]: bulk operations (retry every dead event), claimed and resumed
+//!   by any instance.
+//! - [`instances`]: each instance's heartbeat row.
 
 pub mod access;
 pub mod apps;
 pub mod breakers;
+pub mod bulk;
 pub mod delivery;
 pub mod events;
 pub mod gauges;
 pub mod inbound;
+pub mod instances;
 pub mod leases;
 pub mod operations;
 pub mod outbox;

@@ -11,8 +11,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
+use crate::bulk::{BulkArgs, BulkMsg, BulkRunner};
 use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg};
 use crate::git::{self, ConnectRule, Credentials, GitError, RemoteHead, RemoteSpec};
+use crate::heartbeat::{HeartbeatActor, HeartbeatArgs};
 use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
 use crate::restart::{RestartPolicy, RestartTracker};
@@ -20,6 +22,7 @@ use crate::scan::ScanPool;
 use crate::scan::workers::PoolOwner;
 use crate::scheduler::{ScanRequests, Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::store::Store;
+use crate::store::instances::Heartbeat;
 
 /// Settings of the engine, derived from Herald's configuration.
 #[derive(Debug, Clone)]
@@ -33,6 +36,19 @@ pub struct EngineConfig {
     pub watcher: WatcherConfig,
     pub delivery: DeliveryConfig,
     pub restart: RestartPolicy,
+    /// This instance among those sharing the database.
+    pub cluster: ClusterConfig,
+}
+
+/// What the instance heartbeat and the bulk runner need.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This instance as its heartbeat row shows it.
+    pub instance: Heartbeat,
+    /// How often the heartbeat row is written (`cluster.heartbeat_interval`).
+    pub heartbeat_interval: Duration,
+    /// Work not renewed for this long has lost its owner (`cluster.lease_ttl`).
+    pub lease_ttl: Duration,
 }
 
 /// The children the root supervisor owns.
@@ -46,16 +62,22 @@ pub enum Child {
     Scheduler,
     Dispatcher,
     Hooks,
+    /// This instance's heartbeat row.
+    Heartbeat,
+    /// Bulk operations started from any instance.
+    Bulk,
 }
 
 impl Child {
     /// In start order: the workers before those who give them work.
-    const ALL: [Child; 5] = [
+    const ALL: [Child; 7] = [
         Child::Scans,
         Child::Probes,
         Child::Scheduler,
         Child::Dispatcher,
         Child::Hooks,
+        Child::Heartbeat,
+        Child::Bulk,
     ];
 
     fn name(self) -> &'static str {
@@ -65,6 +87,8 @@ impl Child {
             Child::Scheduler => "scheduler",
             Child::Dispatcher => "dispatcher",
             Child::Hooks => "hook processor",
+            Child::Heartbeat => "instance heartbeat",
+            Child::Bulk => "bulk runner",
         }
     }
 }
@@ -81,6 +105,9 @@ pub enum SupervisorMsg {
     /// Process stored inbound hooks now (dropped while the hook processor is
     /// being restarted: it looks for stored hooks when it starts).
     ProcessHooks,
+    /// Run the bulk operations nobody runs yet (dropped while the bulk
+    /// runner is being restarted: it looks for them when it starts).
+    RunBulk,
     /// (Re)start a child; sent after a restart backoff.
     Start(Child),
     /// Whether every child is running.
@@ -112,6 +139,9 @@ pub struct SupervisorState {
     scheduler: Option<ActorRef<SchedulerMsg>>,
     dispatcher: Option<ActorRef<DispatcherMsg>>,
     hooks: Option<ActorRef<HookMsg>>,
+    bulk: Option<ActorRef<BulkMsg>>,
+    /// Stopped last, so an instance shutting down still looks alive.
+    heartbeat: Option<ractor::ActorCell>,
     restarts: HashMap<Child, RestartTracker>,
 }
 
@@ -166,6 +196,31 @@ impl SupervisorState {
                 self.hooks = Some(hooks.clone());
                 hooks.get_cell()
             }
+            Child::Heartbeat => {
+                let args = HeartbeatArgs {
+                    store: self.store.clone(),
+                    heartbeat: self.config.cluster.instance.clone(),
+                    interval: self.config.cluster.heartbeat_interval,
+                };
+                let (heartbeat, _) =
+                    Actor::spawn_linked(None, HeartbeatActor, args, myself.get_cell()).await?;
+                self.heartbeat = Some(heartbeat.get_cell());
+                heartbeat.get_cell()
+            }
+            Child::Bulk => {
+                let cluster = &self.config.cluster;
+                let args = BulkArgs {
+                    store: self.store.clone(),
+                    instance_id: cluster.instance.id.clone(),
+                    lease_ttl: cluster.lease_ttl,
+                    tick: cluster.heartbeat_interval,
+                    signal: self.config.watcher.signal.clone(),
+                };
+                let (bulk, _) =
+                    Actor::spawn_linked(None, BulkRunner, args, myself.get_cell()).await?;
+                self.bulk = Some(bulk.clone());
+                bulk.get_cell()
+            }
         };
         self.running.insert(child, cell);
         info!(child = child.name(), "actor started");
@@ -187,6 +242,8 @@ impl SupervisorState {
             Child::Scheduler => self.scheduler = None,
             Child::Dispatcher => self.dispatcher = None,
             Child::Hooks => self.hooks = None,
+            Child::Heartbeat => self.heartbeat = None,
+            Child::Bulk => self.bulk = None,
         }
     }
 }
@@ -211,6 +268,8 @@ impl Actor for Supervisor {
             scheduler: None,
             dispatcher: None,
             hooks: None,
+            bulk: None,
+            heartbeat: None,
             restarts: HashMap::new(),
         };
         for child in Child::ALL {
@@ -242,6 +301,11 @@ impl Actor for Supervisor {
             SupervisorMsg::ProcessHooks => {
                 if let Some(hooks) = &state.hooks {
                     let _ = hooks.send_message(HookMsg::Process);
+                }
+            }
+            SupervisorMsg::RunBulk => {
+                if let Some(bulk) = &state.bulk {
+                    let _ = bulk.send_message(BulkMsg::Claim);
                 }
             }
             SupervisorMsg::Start(child) => state.start(&myself, child).await?,
@@ -301,6 +365,12 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Stop finding new work first, then let deliveries in flight finish.
+        // A bulk run stopped here resumes on the next instance to claim it.
+        if let Some(bulk) = state.bulk.take() {
+            bulk.stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(10)))
+                .await
+                .ok();
+        }
         if let Some(hooks) = state.hooks.take() {
             hooks
                 .stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(10)))
@@ -324,6 +394,9 @@ impl Actor for Supervisor {
             if let Some(cell) = state.running.remove(&child) {
                 cell.stop(Some("shutdown".to_owned()));
             }
+        }
+        if let Some(heartbeat) = state.heartbeat.take() {
+            heartbeat.stop(Some("shutdown".to_owned()));
         }
         Ok(())
     }
@@ -432,6 +505,14 @@ impl EngineHandle {
         }
     }
 
+    /// Tells the bulk runner that an operation was started (any instance's
+    /// runner would also find it on its next tick).
+    pub fn run_bulk(&self) {
+        if let Err(err) = self.supervisor.send_message(SupervisorMsg::RunBulk) {
+            warn!(error = %err, "engine is not running");
+        }
+    }
+
     /// Resolves once the root supervisor has ended, whether stopped by
     /// [`Self::shutdown`] or given up on a child that kept failing.
     pub async fn ended(&self) {
@@ -530,6 +611,16 @@ mod tests {
             restart: RestartPolicy {
                 max_restarts: 0,
                 ..RestartPolicy::default()
+            },
+            cluster: ClusterConfig {
+                instance: Heartbeat {
+                    id: "test".into(),
+                    version: "0.0.0".into(),
+                    host: "localhost".into(),
+                    started_at: crate::clock::now_ms(),
+                },
+                heartbeat_interval: Duration::from_secs(10),
+                lease_ttl: Duration::from_secs(30),
             },
         };
         EngineHandle::start(store, config)

@@ -7,23 +7,29 @@
 
 pub mod app;
 pub mod breaker;
+pub mod bulk_operation;
 pub mod delivery_attempt;
 pub mod event;
 pub mod inbound_hook;
+pub mod instance;
 pub mod manifest_entry;
 pub mod repository;
 pub mod snapshot;
 pub mod status;
 pub mod subscription;
 
-pub use status::{AccessState, AppStatus, EventKind, EventStatus, SubscriptionStatus};
+pub use status::{
+    AccessState, AppStatus, BulkKind, BulkStatus, EventKind, EventStatus, SubscriptionStatus,
+};
 
 pub mod prelude {
     pub use super::app::Entity as App;
     pub use super::breaker::Entity as Breaker;
+    pub use super::bulk_operation::Entity as BulkOperation;
     pub use super::delivery_attempt::Entity as DeliveryAttempt;
     pub use super::event::Entity as Event;
     pub use super::inbound_hook::Entity as InboundHook;
+    pub use super::instance::Entity as Instance;
     pub use super::manifest_entry::Entity as ManifestEntry;
     pub use super::repository::Entity as Repository;
     pub use super::snapshot::Entity as Snapshot;

@@ -159,6 +159,47 @@ named!(AccessState {
     Denied => "denied",
 });
 
+/// Where a bulk operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum BulkStatus {
+    /// Being worked through by an instance, or waiting for one to take it.
+    Running,
+    /// Every event it took on was handled.
+    Done,
+    /// Stopped by an operator before its end.
+    Cancelled,
+    /// Given up on; `error` says why.
+    Failed,
+}
+
+named!(BulkStatus {
+    Running => "running",
+    Done => "done",
+    Cancelled => "cancelled",
+    Failed => "failed",
+});
+
+/// What a bulk operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum BulkKind {
+    /// Queues dead events again (of one app, or of every app).
+    RetryDead,
+}
+
+named!(BulkKind {
+    RetryDead => "retry_dead",
+});
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ActiveEnum, Iterable};
@@ -185,6 +226,13 @@ mod tests {
         }
         for state in AccessState::iter() {
             assert_eq!(state.to_value(), state.as_str());
+        }
+        for status in BulkStatus::iter() {
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(BulkStatus::parse(status.as_str()), Some(status));
+        }
+        for kind in BulkKind::iter() {
+            assert_eq!(kind.to_value(), kind.as_str());
         }
         assert_eq!(EventStatus::parse("Pending"), None);
     }

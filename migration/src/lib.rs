@@ -7,6 +7,8 @@ mod m20261121_000001_create_tables;
 mod m20261121_000002_add_events_trace_parent;
 mod m20261122_000003_subscription_access;
 mod m20261122_000004_breaker_probe;
+mod m20261122_000010_create_bulk_operations;
+mod m20261122_000011_create_instances;
 
 pub struct Migrator;
 
@@ -18,6 +20,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_add_events_trace_parent::Migration),
             Box::new(m20261122_000003_subscription_access::Migration),
             Box::new(m20261122_000004_breaker_probe::Migration),
+            Box::new(m20261122_000010_create_bulk_operations::Migration),
+            Box::new(m20261122_000011_create_instances::Migration),
         ]
     }
 }

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{account, admin, client, error, events, hook_list, hooks, models, operations, public};
+use super::{
+    account, admin, client, error, events, hook_list, hooks, instances, models, operations, public,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +49,7 @@ use super::{account, admin, client, error, events, hook_list, hooks, models, ope
         operations::resync,
         operations::breaker_reset,
         hook_list::list_hooks,
+        instances::list_instances,
         hooks::github,
         hooks::gitlab,
         hooks::gitea,

@@ -4,13 +4,12 @@
 //! subscription, reset a repository's git breaker. Every body is wrapped in
 //! `{"data": …}` like the rest of the admin API.
 
-mod bulk;
-
 use std::collections::HashMap;
 
 use actors::clock::{now_ms, rfc3339_ms};
 use actors::ids::{AppId, EventId, OperationId, RepoId};
 use actors::scheduler::SchedulerMsg;
+use actors::store::bulk::BulkStart;
 use actors::store::events::{EventFilter, Lever};
 use actors::store::operations::{DeadEvent, QueueEntry};
 
@@ -20,8 +19,6 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-
-pub use bulk::Operations;
 
 use super::error::{ApiError, respond};
 use super::filters::{admin_auth, json_body, query, with_state};
@@ -36,6 +33,8 @@ const REPOSITORY_NOT_FOUND: &str = "Repository not found";
 const OPERATION_NOT_FOUND: &str = "Operation not found or expired";
 /// Dead events one bulk operation takes on; more wait for the next one.
 const MAX_BULK_EVENTS: u64 = 50_000;
+/// Bulk operations running at once, across instances; one more is a 429.
+const MAX_RUNNING_OPERATIONS: u64 = 64;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let body_limit = state.body_limit();
@@ -361,7 +360,7 @@ pub struct ProgressResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProgressBody {
     pub operation_id: String,
-    /// `running`, `done` or `cancelled`.
+    /// `running`, `done`, `cancelled` or `failed` (see `error`).
     pub status: &'static str,
     pub total: u64,
     /// Events handled so far, retried or not.
@@ -376,6 +375,43 @@ pub struct ProgressBody {
     pub succeeded: u64,
     /// Docora: whether the operation was cancelled.
     pub cancelled: bool,
+    /// An operator asked it to stop; it stops before its next event.
+    pub cancel_requested: bool,
+    /// The instance working on it (`GET /admin/api/instances`); `null` while
+    /// none does. A runner that dies is replaced within `cluster.lease_ttl`.
+    pub instance_id: Option<String>,
+    /// The runner's last heartbeat or progress.
+    pub updated_at: String,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl From<&entity::bulk_operation::Model> for ProgressBody {
+    fn from(op: &entity::bulk_operation::Model) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let (done, failed) = (count(op.done), count(op.failed));
+        Self {
+            operation_id: op.id.clone(),
+            status: op.status.as_str(),
+            total: count(op.total),
+            done,
+            failed,
+            started_at: rfc3339_ms(op.started_at),
+            finished_at: op.finished_at.map(rfc3339_ms),
+            completed: done,
+            succeeded: done.saturating_sub(failed),
+            cancelled: op.status == entity::BulkStatus::Cancelled,
+            cancel_requested: op.cancel_requested,
+            // A claim is `{instance}/{ulid}`.
+            instance_id: op
+                .runner
+                .as_deref()
+                .and_then(|runner| runner.rsplit_once('/'))
+                .map(|(instance, _)| instance.to_owned()),
+            updated_at: rfc3339_ms(op.updated_at),
+            error: op.error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -680,35 +716,27 @@ async fn start_bulk(
     nothing: &str,
     state: &AppState,
 ) -> Result<Response, ApiError> {
-    let ids: Vec<EventId> = state
+    let operation = match state
         .store
-        .retry_dead_events(app, MAX_BULK_EVENTS)
+        .start_bulk_retry(app, MAX_BULK_EVENTS, MAX_RUNNING_OPERATIONS)
         .await?
-        .iter()
-        .filter_map(|id| EventId::parse(id))
-        .collect();
-    if ids.is_empty() {
-        return Err(ApiError::NotFound(nothing.to_owned()));
-    }
-    let total = ids.len() as u64;
-    let operation = state.operations.start(total).ok_or(ApiError::RateLimited {
-        retry_after_secs: 60,
-    })?;
-    let operation_id = operation.id().as_str().to_owned();
-    tracing::info!(operation = %operation_id, app = ?app.map(AppId::as_str), total, "bulk retry started");
-    let (store, engine) = (state.store.clone(), state.engine.clone());
-    tokio::spawn(bulk::run(
-        operation,
-        ids,
-        move |id| {
-            let store = store.clone();
-            async move { store.retry_event(None, &id).await }
-        },
-        move || engine.wake_delivery(),
-    ));
+    {
+        BulkStart::Started(operation) => operation,
+        BulkStart::Nothing => return Err(ApiError::NotFound(nothing.to_owned())),
+        BulkStart::Busy => {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: 60,
+            });
+        }
+    };
+    // This instance's runner claims it at once; any other's would on its
+    // next tick.
+    state.engine.run_bulk();
+    let total = u64::try_from(operation.total).unwrap_or(0);
+    tracing::info!(operation = %operation.id, app = ?app.map(AppId::as_str), total, "bulk retry started");
     let body = BulkStartedResponse {
         data: BulkStarted {
-            operation_id,
+            operation_id: operation.id,
             total,
             message: "Bulk retry started",
         },
@@ -716,13 +744,12 @@ async fn start_bulk(
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
 }
 
-fn operation(raw: &str, state: &AppState) -> Result<std::sync::Arc<bulk::Operation>, ApiError> {
-    OperationId::parse(raw)
-        .and_then(|id| state.operations.get(&id))
-        .ok_or_else(|| ApiError::NotFound(OPERATION_NOT_FOUND.to_owned()))
+fn operation_not_found() -> ApiError {
+    ApiError::NotFound(OPERATION_NOT_FOUND.to_owned())
 }
 
-/// Where a bulk retry stands. Finished operations are kept for an hour.
+/// Where a bulk retry stands, whichever instance runs it. Finished
+/// operations are kept for an hour.
 #[utoipa::path(get, path = "/admin/api/retry/progress/{operation_id}", tag = "operations",
     params(("operation_id" = String, Path, description = "Operation id")),
     security(("admin_token" = [])),
@@ -734,25 +761,20 @@ pub(crate) async fn retry_progress(
     operation_id: String,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let operation = operation(&operation_id, &state)?;
-    let progress = operation.progress();
-    let body = ProgressBody {
-        operation_id: operation.id().as_str().to_owned(),
-        status: progress.status.as_str(),
-        total: operation.total(),
-        done: progress.done,
-        failed: progress.failed,
-        started_at: rfc3339_ms(operation.started_at()),
-        finished_at: progress.finished_at.map(rfc3339_ms),
-        completed: progress.done,
-        succeeded: progress.done - progress.failed,
-        cancelled: progress.status == bulk::Status::Cancelled,
-    };
-    Ok(json(&ProgressResponse { data: body }))
+    let id = OperationId::parse(&operation_id).ok_or_else(operation_not_found)?;
+    let operation = state
+        .store
+        .bulk_operation(&id, now_ms())
+        .await?
+        .ok_or_else(operation_not_found)?;
+    Ok(json(&ProgressResponse {
+        data: ProgressBody::from(&operation),
+    }))
 }
 
 /// Stops a bulk retry before its next event (events already retried stay
-/// queued). A finished operation stays as it ended.
+/// queued), whichever instance runs it; one whose runner died is cancelled
+/// at once. A finished operation stays as it ended.
 #[utoipa::path(post, path = "/admin/api/retry/cancel/{operation_id}", tag = "operations",
     params(("operation_id" = String, Path, description = "Operation id")),
     security(("admin_token" = [])),
@@ -764,9 +786,15 @@ pub(crate) async fn retry_cancel(
     operation_id: String,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let operation = operation(&operation_id, &state)?;
-    operation.request_cancel();
-    tracing::info!(operation = %operation.id(), "bulk retry cancellation requested");
+    let id = OperationId::parse(&operation_id).ok_or_else(operation_not_found)?;
+    let lease_ms =
+        i64::try_from(state.settings.cluster.lease_ttl().as_millis()).unwrap_or(i64::MAX);
+    state
+        .store
+        .cancel_bulk_operation(&id, now_ms().saturating_sub(lease_ms))
+        .await?
+        .ok_or_else(operation_not_found)?;
+    tracing::info!(operation = %id, "bulk retry cancellation requested");
     Ok(json(&MessageResponse {
         data: MessageData {
             message: "Cancellation requested",

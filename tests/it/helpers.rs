@@ -58,6 +58,22 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// The same database for another instance (PostgreSQL), which does not
+    /// drop it; for SQLite, nothing to share (each data dir has its own).
+    pub fn shared(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            postgres: None,
+        }
+    }
+
+    /// Whether several instances can share it (PostgreSQL).
+    pub fn is_shared_server(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
 fn with_database(server: &str, name: &str) -> String {
     let mut url = url::Url::parse(server).expect("TEST_DATABASE_URL is a URL");
     url.set_path(&format!("/{name}"));
@@ -316,6 +332,14 @@ impl TestApp {
 
     pub fn logs(&self) -> String {
         self.logs.text()
+    }
+
+    /// The id this instance keeps in its data dir (`instance.id`).
+    pub fn instance_id(&self) -> String {
+        std::fs::read_to_string(self.data_path().join("instance.id"))
+            .expect("the instance id file")
+            .trim()
+            .to_owned()
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns the
@@ -615,6 +639,19 @@ impl TestApp {
         .await
     }
 }
+
+/// What instances sharing one database need in tests: the same encryption
+/// key (each opens what the others sealed), a short lease time and a fast
+/// heartbeat.
+pub const CLUSTER: [(&str, &str); 4] = [
+    (
+        "HERALD__SECURITY__ENCRYPTION_KEY",
+        "5f1c0b3a9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807f6e5d4c3b2a19080",
+    ),
+    ("HERALD__DELIVERY__TIMEOUT", "1s"),
+    ("HERALD__CLUSTER__LEASE_TTL", "2s"),
+    ("HERALD__CLUSTER__HEARTBEAT_INTERVAL", "200ms"),
+];
 
 /// A [`TestAppBuilder::fast`] server with `extra` settings on top.
 pub async fn engine_with(extra: &[(&str, &str)]) -> TestApp {

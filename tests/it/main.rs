@@ -10,6 +10,7 @@ mod app_settings;
 mod breakers;
 mod changes;
 mod cli;
+mod cluster;
 mod config;
 mod content;
 mod delivery;

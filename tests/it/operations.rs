@@ -8,7 +8,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, assert_error, engine_with, onboard, watch};
+use crate::helpers::{
+    CLUSTER, TestApp, TestAppBuilder, TestClient, TestDatabase, assert_error, engine_with, onboard,
+    watch,
+};
 use crate::receiver::{Received, Receiver, Reply};
 
 /// Two attempts make an event dead.
@@ -703,4 +706,234 @@ async fn the_queue_shows_lanes_in_flight_and_open_endpoint_breakers() {
         },
     )
     .await;
+}
+
+/// An instance of a cluster: two attempts make an event dead.
+fn cluster_builder() -> TestAppBuilder {
+    TestApp::builder()
+        .fast()
+        .envs(&CLUSTER)
+        .env("HERALD__DELIVERY__MAX_ATTEMPTS", "2")
+}
+
+async fn cluster_member(database: TestDatabase) -> TestApp {
+    cluster_builder().spawn_with(database).await
+}
+
+/// Two apps of `app` with a dead event each on one repository.
+async fn two_dead_events(app: &TestApp, daemon: &GitDaemon) -> (Receiver, Receiver) {
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    for receiver in [&first, &second] {
+        receiver.script([Reply::status(422), Reply::status(422)]);
+    }
+    let one = onboard(app, &first, "one").await;
+    let two = onboard(app, &second, "two").await;
+    let id = watch(app, &one, &daemon.url("r.git")).await;
+    watch(app, &two, &daemon.url("r.git")).await;
+    wait_failed(app, &one, &id).await;
+    wait_failed(app, &two, &id).await;
+    (first, second)
+}
+
+/// Holds the repositories' rows locked (PostgreSQL), as a long write would:
+/// a bulk run blocks on its first event until the lock is released.
+async fn lock_repositories(app: &TestApp) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let lock = app.database().await.begin().await.expect("a transaction");
+    lock.execute_unprepared("SELECT id FROM repositories FOR UPDATE")
+        .await
+        .expect("the rows are locked");
+    lock
+}
+
+/// Starts a retry of every dead event on `app`; the operation's id.
+async fn retry_all(app: &TestApp, expected_total: u64) -> String {
+    let (status, body) = app.admin(Method::POST, "/admin/api/retry/all", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["data"]["total"], expected_total, "{body}");
+    body["data"]["operation_id"]
+        .as_str()
+        .expect("an id")
+        .to_owned()
+}
+
+/// Waits until `app` itself runs the operation; its progress then.
+async fn claimed(app: &TestApp, operation: &str) -> Value {
+    let instance = app.instance_id();
+    let body = wait_admin(
+        app,
+        &format!("/admin/api/retry/progress/{operation}"),
+        "the operation to be claimed",
+        |b| b["data"]["instance_id"] == instance.as_str(),
+    )
+    .await;
+    body["data"].clone()
+}
+
+/// A retry of both dead events started on `app`, whose run `app` claimed
+/// and which blocks on its first event until the lock is released.
+async fn blocked_retry(app: &TestApp) -> (sea_orm::DatabaseTransaction, String) {
+    let lock = lock_repositories(app).await;
+    let operation = retry_all(app, 2).await;
+    claimed(app, &operation).await;
+    (lock, operation)
+}
+
+async fn progress(app: &TestApp, operation: &str) -> Value {
+    let (status, body) = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/retry/progress/{operation}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["data"].clone()
+}
+
+/// Two instances on one PostgreSQL database, and a retry of two dead events
+/// started on A, whose run A claimed and which blocks on its first event
+/// until `lock` is released. Hold it whole: it keeps the remote and the
+/// receivers up.
+struct BlockedRetry {
+    a: TestApp,
+    b: TestApp,
+    lock: sea_orm::DatabaseTransaction,
+    operation: String,
+    _receivers: (Receiver, Receiver),
+    _remote: (TestRepo, Served, GitDaemon),
+}
+
+/// `None` on SQLite: it is single-instance, two processes on one database
+/// is a PostgreSQL deployment.
+async fn blocked_on_two_instances() -> Option<BlockedRetry> {
+    let database = TestDatabase::create().await;
+    if !database.is_shared_server() {
+        return None;
+    }
+    let remote = two_files();
+    let a = cluster_member(database).await;
+    let receivers = two_dead_events(&a, &remote.2).await;
+    let (lock, operation) = blocked_retry(&a).await;
+    let b = cluster_member(a.database.shared()).await;
+    Some(BlockedRetry {
+        a,
+        b,
+        lock,
+        operation,
+        _receivers: receivers,
+        _remote: remote,
+    })
+}
+
+#[tokio::test]
+async fn a_bulk_retry_started_on_one_instance_is_followed_and_cancelled_on_another() {
+    let Some(BlockedRetry {
+        a,
+        b,
+        lock,
+        operation,
+        ..
+    }) = blocked_on_two_instances().await
+    else {
+        return; // SQLite
+    };
+
+    // Another instance on the same database sees it, and who runs it.
+    let seen = progress(&b, &operation).await;
+    assert_eq!(seen["status"], "running", "{seen}");
+    assert_eq!(seen["total"], 2);
+    assert_eq!(seen["done"], 0);
+    assert_eq!(seen["instance_id"], a.instance_id().as_str());
+    assert_eq!(seen["cancel_requested"], false);
+
+    // Cancelled through B, it stops on A after the event in hand.
+    let (status, body) = b
+        .admin(
+            Method::POST,
+            &format!("/admin/api/retry/cancel/{operation}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(progress(&a, &operation).await["cancel_requested"], true);
+    lock.commit().await.expect("the lock is released");
+    let progress = wait_operation(&b, &operation).await;
+    assert_eq!(progress["status"], "cancelled", "{progress}");
+    assert_eq!(progress["cancelled"], true);
+    assert_eq!(progress["done"], 1, "no event after the cancellation");
+    assert_eq!(progress["total"], 2);
+    assert!(progress["instance_id"].is_null(), "{progress}");
+    assert!(progress["finished_at"].is_string());
+}
+
+#[tokio::test]
+async fn a_bulk_retry_whose_instance_died_is_taken_over_by_another() {
+    let Some(BlockedRetry {
+        a,
+        b,
+        lock,
+        operation,
+        ..
+    }) = blocked_on_two_instances().await
+    else {
+        return; // SQLite
+    };
+
+    // A dies in the middle of its run; B resumes it once A's claim is older
+    // than the lease time.
+    let a_id = a.instance_id();
+    let (_dir, _database) = a.kill().await;
+    lock.commit().await.expect("the lock is released");
+    let progress = wait_operation(&b, &operation).await;
+    assert_eq!(progress["status"], "done", "{progress}\n{}", b.logs());
+    assert_eq!(
+        (progress["done"].as_u64(), progress["total"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(progress["failed"], 0);
+    assert!(
+        b.logs().contains("taking over a bulk operation"),
+        "B took it over from {a_id}"
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_operation_survives_a_restart_of_its_instance() {
+    let (_repo, _served, daemon) = two_files();
+    let app = cluster_member(TestDatabase::create().await).await;
+    let _receivers = two_dead_events(&app, &daemon).await;
+    let shared = app.database.is_shared_server();
+    // PostgreSQL: killed while its run is blocked in the middle. SQLite (one
+    // writer, no row locks to hold): killed once it ended.
+    let (lock, operation) = if shared {
+        let (lock, operation) = blocked_retry(&app).await;
+        (Some(lock), operation)
+    } else {
+        (None, retry_all(&app, 2).await)
+    };
+    let before = if shared {
+        progress(&app, &operation).await
+    } else {
+        wait_operation(&app, &operation).await
+    };
+    let (dir, database) = app.kill().await;
+    if let Some(lock) = lock {
+        lock.commit().await.expect("the lock is released");
+    }
+
+    let restarted = cluster_builder().data_dir(dir).spawn_with(database).await;
+    // A run of its previous life resumes at once; a finished one reads the same.
+    let progress = wait_operation(&restarted, &operation).await;
+    assert_eq!(progress["status"], "done", "{progress}");
+    assert_eq!(
+        (progress["done"].as_u64(), progress["total"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(progress["failed"], 0);
+    assert_eq!(progress["started_at"], before["started_at"]);
+    if !shared {
+        assert_eq!(progress["finished_at"], before["finished_at"]);
+    }
 }

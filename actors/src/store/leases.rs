@@ -24,7 +24,7 @@ use crate::ids::{RepoId, SubscriptionId};
 pub struct LeaseToken(String);
 
 impl LeaseToken {
-    fn new(instance: &str) -> Self {
+    pub(crate) fn new(instance: &str) -> Self {
         Self(format!("{instance}/{}", ulid::Ulid::generate()))
     }
 
