@@ -7,6 +7,8 @@
 //! - [`bulk`]: runs the operators' bulk operations, whichever instance
 //!   started them, and takes over those whose runner died.
 //! - [`heartbeat`]: this instance's heartbeat row (`GET /admin/api/instances`).
+//! - [`wakeups`]: instances sharing PostgreSQL wake each other at once
+//!   (`LISTEN/NOTIFY`) when they make work.
 //! - [`store`]: every database query, one module per aggregate, plus leases.
 //! - [`crypto`]: app tokens, the admin token, secrets at rest (AES-256-GCM).
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
@@ -42,4 +44,5 @@ pub mod signing;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod wakeups;
 pub mod webhook_client;

@@ -157,6 +157,30 @@ impl Store {
         &self.db
     }
 
+    /// The PostgreSQL pool, for what needs a connection of its own (the
+    /// wake-up listener); `None` on SQLite.
+    pub fn postgres_pool(&self) -> Option<sea_orm::sqlx::PgPool> {
+        (self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres)
+            .then(|| self.db.get_postgres_connection_pool().clone())
+    }
+
+    /// Sends `payload` to every instance listening on `channel`
+    /// (PostgreSQL's `NOTIFY`); nothing on SQLite.
+    pub async fn notify_cluster(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        use sea_orm::ConnectionTrait;
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return Ok(());
+        }
+        self.db
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [channel.into(), payload.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
     pub fn keys(&self) -> &Keyring {
         &self.keys
     }

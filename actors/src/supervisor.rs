@@ -23,6 +23,7 @@ use crate::scan::workers::PoolOwner;
 use crate::scheduler::{ScanRequests, Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::store::Store;
 use crate::store::instances::Heartbeat;
+use crate::wakeups::{ClusterBell, LocalTargets, Rings, Wake, Wakeups, WakeupsArgs};
 
 /// Settings of the engine, derived from Herald's configuration.
 #[derive(Debug, Clone)]
@@ -66,11 +67,13 @@ pub enum Child {
     Heartbeat,
     /// Bulk operations started from any instance.
     Bulk,
+    /// Wake-ups to and from the other instances (PostgreSQL only).
+    Wakeups,
 }
 
 impl Child {
     /// In start order: the workers before those who give them work.
-    const ALL: [Child; 7] = [
+    const ALL: [Child; 8] = [
         Child::Scans,
         Child::Probes,
         Child::Scheduler,
@@ -78,6 +81,7 @@ impl Child {
         Child::Hooks,
         Child::Heartbeat,
         Child::Bulk,
+        Child::Wakeups,
     ];
 
     fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Child {
             Child::Hooks => "hook processor",
             Child::Heartbeat => "instance heartbeat",
             Child::Bulk => "bulk runner",
+            Child::Wakeups => "cluster wake-ups",
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct SupervisorArgs {
     pub pool: ScanPool,
     pub scans: PoolOwner,
     pub probes: PoolOwner,
+    /// This instance's rings, published to the others by the wake-ups actor.
+    pub rings: Rings,
 }
 
 pub struct SupervisorState {
@@ -135,6 +142,7 @@ pub struct SupervisorState {
     pool: ScanPool,
     scans: PoolOwner,
     probes: PoolOwner,
+    rings: Rings,
     running: HashMap<Child, ractor::ActorCell>,
     scheduler: Option<ActorRef<SchedulerMsg>>,
     dispatcher: Option<ActorRef<DispatcherMsg>>,
@@ -221,10 +229,42 @@ impl SupervisorState {
                 self.bulk = Some(bulk.clone());
                 bulk.get_cell()
             }
+            Child::Wakeups => {
+                let (hooks, scans) = (myself.clone(), myself.clone());
+                let args = WakeupsArgs {
+                    store: self.store.clone(),
+                    instance_id: self.config.cluster.instance.id.clone(),
+                    rings: self.rings.clone(),
+                    targets: LocalTargets {
+                        outbox: self.config.watcher.signal.clone(),
+                        hooks: std::sync::Arc::new(move || {
+                            let _ = hooks.send_message(SupervisorMsg::ProcessHooks);
+                        }),
+                        scans: ScanRequests::new(move |repository| {
+                            let _ = scans.send_message(SupervisorMsg::ToScheduler(
+                                SchedulerMsg::ScanNow(repository),
+                            ));
+                        }),
+                    },
+                };
+                Actor::spawn_linked(None, Wakeups, args, myself.get_cell())
+                    .await?
+                    .0
+                    .get_cell()
+            }
         };
         self.running.insert(child, cell);
         info!(child = child.name(), "actor started");
         Ok(())
+    }
+
+    /// The children this instance runs: wake-ups only on PostgreSQL.
+    fn children(&self) -> Vec<Child> {
+        let shared = self.store.postgres_pool().is_some();
+        Child::ALL
+            .into_iter()
+            .filter(|child| *child != Child::Wakeups || shared)
+            .collect()
     }
 
     fn child_of(&self, cell: &ractor::ActorCell) -> Option<Child> {
@@ -243,6 +283,7 @@ impl SupervisorState {
             Child::Dispatcher => self.dispatcher = None,
             Child::Hooks => self.hooks = None,
             Child::Heartbeat => self.heartbeat = None,
+            Child::Wakeups => {}
             Child::Bulk => self.bulk = None,
         }
     }
@@ -263,6 +304,7 @@ impl Actor for Supervisor {
             pool: args.pool,
             scans: args.scans,
             probes: args.probes,
+            rings: args.rings,
             config: args.config,
             running: HashMap::new(),
             scheduler: None,
@@ -272,7 +314,7 @@ impl Actor for Supervisor {
             heartbeat: None,
             restarts: HashMap::new(),
         };
-        for child in Child::ALL {
+        for child in state.children() {
             state.start(&myself, child).await?;
         }
         Ok(state)
@@ -317,7 +359,12 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Health(reply) => {
                 // A reply port whose caller gave up is not an error of ours.
-                let _ = reply.send(Child::ALL.iter().all(|c| state.running.contains_key(c)));
+                let _ = reply.send(
+                    state
+                        .children()
+                        .iter()
+                        .all(|c| state.running.contains_key(c)),
+                );
             }
         }
         Ok(())
@@ -414,6 +461,8 @@ pub struct EngineHandle {
     /// Becomes `true` once the root supervisor has ended: stopped, or given
     /// up on a child that kept failing.
     ended: tokio::sync::watch::Receiver<bool>,
+    /// Wakes the other instances sharing the database.
+    bell: ClusterBell,
 }
 
 /// An access check: can this credential (or none) read this remote?
@@ -433,7 +482,14 @@ impl std::fmt::Debug for EngineHandle {
 
 impl EngineHandle {
     /// Starts the supervision tree.
-    pub async fn start(store: Store, config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
+    pub async fn start(store: Store, mut config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
+        let (bell, rings) = ClusterBell::new();
+        let bell = if store.postgres_pool().is_some() {
+            bell
+        } else {
+            ClusterBell::default()
+        };
+        config.watcher.signal = config.watcher.signal.clone().with_cluster(bell.clone());
         let (pool, scans) = ScanPool::supervised("scans", config.scan_workers, config.restart);
         let (probes, probe_owner) =
             ScanPool::supervised("access checks", config.scan_workers, config.restart);
@@ -447,6 +503,7 @@ impl EngineHandle {
                 pool,
                 scans,
                 probes: probe_owner,
+                rings,
             },
         )
         .await?;
@@ -460,6 +517,7 @@ impl EngineHandle {
             probes,
             remote,
             ended,
+            bell,
         })
     }
 
@@ -483,6 +541,9 @@ impl EngineHandle {
 
     /// Tells the scheduler about something it should act on now.
     pub fn notify(&self, msg: SchedulerMsg) {
+        if let SchedulerMsg::ScanNow(repo) | SchedulerMsg::RepositoryRegistered(repo) = &msg {
+            self.bell.ring(Wake::Scan(repo.clone()));
+        }
         if let Err(err) = self
             .supervisor
             .send_message(SupervisorMsg::ToScheduler(msg))
@@ -493,6 +554,7 @@ impl EngineHandle {
 
     /// Tells the delivery engine to look for due events now.
     pub fn wake_delivery(&self) {
+        self.bell.ring(Wake::Outbox);
         if let Err(err) = self.supervisor.send_message(SupervisorMsg::WakeDelivery) {
             warn!(error = %err, "engine is not running");
         }
@@ -500,6 +562,7 @@ impl EngineHandle {
 
     /// Tells the hook processor that a hook was stored.
     pub fn process_hooks(&self) {
+        self.bell.ring(Wake::Hooks);
         if let Err(err) = self.supervisor.send_message(SupervisorMsg::ProcessHooks) {
             warn!(error = %err, "engine is not running");
         }
