@@ -91,6 +91,8 @@ impl AppState {
 /// and request metrics.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = public::routes(state.clone())
+        .or(openapi::routes())
+        .unify()
         .or(admin::routes(state.clone()))
         .unify()
         .or(client::routes(state.clone()))

@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::ids::OperationId;
-use crate::outbox_signal::OutboxSignal;
 use crate::owned::OwnedTask;
+use crate::signals::OutboxSignal;
 use crate::store::bulk::{BulkClaim, KEEP_FINISHED_MS};
 use crate::store::events::Lever;
 use crate::store::leases::LeaseToken;

@@ -17,7 +17,7 @@ use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::inbound::{BranchMove, Provider, Push, RemoteKey, Trigger, interpret};
 use crate::owned::OwnedTask;
-use crate::scheduler::ScanRequests;
+use crate::signals::ScanRequests;
 use crate::store::inbound::{HookResult, hook_status};
 use crate::store::{Store, StoreError};
 

@@ -45,7 +45,7 @@ pub struct WatcherConfig {
     /// How long a scan lease lasts unless renewed (`cluster.lease_ttl`).
     pub lease_ttl: Duration,
     /// Rung after events are written, so delivery starts at once.
-    pub signal: crate::outbox_signal::OutboxSignal,
+    pub signal: crate::signals::OutboxSignal,
 }
 
 /// Messages of a repository watcher.

@@ -25,30 +25,6 @@ use crate::restart::{RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::store::Store;
 
-/// A way to ask for scans now, for actors that find out a repository moved
-/// (the hook processor) without knowing who runs the scheduler: the root
-/// supervisor forwards the request to whichever scheduler runs. A request
-/// lost while the scheduler restarts costs nothing: the repository is due
-/// in the database, and the next tick finds it.
-#[derive(Clone)]
-pub struct ScanRequests(std::sync::Arc<dyn Fn(RepoId) + Send + Sync>);
-
-impl ScanRequests {
-    pub fn new(forward: impl Fn(RepoId) + Send + Sync + 'static) -> Self {
-        Self(std::sync::Arc::new(forward))
-    }
-
-    pub fn scan_now(&self, repository: RepoId) {
-        (self.0)(repository);
-    }
-}
-
-impl std::fmt::Debug for ScanRequests {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ScanRequests")
-    }
-}
-
 /// How many due repositories one tick looks at.
 const DUE_BATCH: u64 = 256;
 

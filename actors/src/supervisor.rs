@@ -20,10 +20,12 @@ use crate::repo_watcher::WatcherConfig;
 use crate::restart::{RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::scan::workers::PoolOwner;
-use crate::scheduler::{ScanRequests, Scheduler, SchedulerArgs, SchedulerMsg};
+use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
+use crate::signals::ScanRequests;
+use crate::signals::{ClusterBell, Rings, Wake};
 use crate::store::Store;
 use crate::store::instances::Heartbeat;
-use crate::wakeups::{ClusterBell, LocalTargets, Rings, Wake, Wakeups, WakeupsArgs};
+use crate::wakeups::{LocalTargets, Wakeups, WakeupsArgs};
 
 /// Settings of the engine, derived from Herald's configuration.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! repository due for a scan, it rings the others through PostgreSQL's
 //! `LISTEN/NOTIFY` (channel [`CHANNEL`]); each instance's listener rings its
 //! own dispatcher, hook processor or scheduler, and the leases decide who
-//! does the work. SQLite keeps its single-instance path: there the bell only
+//! does the work. The bell itself is [`crate::signals::ClusterBell`]. SQLite keeps its single-instance path: there the bell only
 //! rings locally.
 //!
 //! Notifications are transient: one sent while a listener was reconnecting
@@ -17,77 +17,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sea_orm::sqlx::postgres::PgListener;
-use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, info, warn};
 
-use crate::ids::RepoId;
-use crate::outbox_signal::OutboxSignal;
 use crate::owned::OwnedTask;
-use crate::scheduler::ScanRequests;
+use crate::signals::{OutboxSignal, Rings, ScanRequests, Wake};
 use crate::store::Store;
 
 /// The PostgreSQL channel Herald's instances share.
 pub const CHANNEL: &str = "herald_wake";
-
-/// What there is to wake up for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Wake {
-    /// Events were written or made due: deliver.
-    Outbox,
-    /// A push hook was stored: process it.
-    Hooks,
-    /// A repository is due for a scan now.
-    Scan(RepoId),
-}
-
-impl Wake {
-    /// `{instance}|outbox`, `{instance}|hooks`, `{instance}|scan|{repo}`.
-    fn encode(&self, instance: &str) -> String {
-        match self {
-            Wake::Outbox => format!("{instance}|outbox"),
-            Wake::Hooks => format!("{instance}|hooks"),
-            Wake::Scan(repo) => format!("{instance}|scan|{repo}"),
-        }
-    }
-
-    /// The sender and the wake-up; `None` for a payload of another shape.
-    fn decode(payload: &str) -> Option<(&str, Wake)> {
-        let mut parts = payload.splitn(3, '|');
-        let sender = parts.next()?;
-        let wake = match (parts.next()?, parts.next()) {
-            ("outbox", None) => Wake::Outbox,
-            ("hooks", None) => Wake::Hooks,
-            ("scan", Some(repo)) => Wake::Scan(RepoId::parse(repo)?),
-            _ => return None,
-        };
-        Some((sender, wake))
-    }
-}
-
-/// The sending side: rung by this instance's writers. Cheap to clone; a
-/// bell with no cluster behind it (SQLite, tools, tests) rings nothing.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterBell(Option<mpsc::UnboundedSender<Wake>>);
-
-impl ClusterBell {
-    /// A bell and the queue its rings wait in until the [`Wakeups`] actor
-    /// publishes them.
-    pub fn new() -> (Self, Rings) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self(Some(tx)), Rings(Arc::new(Mutex::new(rx))))
-    }
-
-    pub fn ring(&self, wake: Wake) {
-        if let Some(tx) = &self.0 {
-            // Closed only once the engine has stopped.
-            let _ = tx.send(wake);
-        }
-    }
-}
-
-/// The rings waiting to be published, kept across restarts of the actor.
-#[derive(Debug, Clone)]
-pub struct Rings(Arc<Mutex<mpsc::UnboundedReceiver<Wake>>>);
 
 /// Where a wake-up from another instance goes in this one.
 #[derive(Clone)]
@@ -181,7 +118,7 @@ impl Actor for Wakeups {
 /// Publishes rings as they come, a burst coalesced into one notification
 /// per kind of wake-up.
 async fn publish(store: Store, instance: String, rings: Rings) -> String {
-    let mut rings = rings.0.lock().await;
+    let mut rings = rings.lock().await;
     loop {
         let Some(first) = rings.recv().await else {
             return "the engine stopped".to_owned();
@@ -219,31 +156,6 @@ async fn listen(mut listener: PgListener, instance: String, targets: LocalTarget
                 targets.wake(Wake::Hooks);
             }
             Err(err) => return format!("the listener failed: {err}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wake_ups_survive_the_round_trip_and_odd_payloads_are_ignored() {
-        let repo = RepoId::generate();
-        for wake in [Wake::Outbox, Wake::Hooks, Wake::Scan(repo)] {
-            let payload = wake.encode("herald-1");
-            assert_eq!(Wake::decode(&payload), Some(("herald-1", wake)));
-        }
-        for odd in [
-            "",
-            "a",
-            "a|",
-            "a|scan",
-            "a|scan|not-an-id",
-            "a|outbox|x",
-            "a|jump",
-        ] {
-            assert_eq!(Wake::decode(odd), None, "{odd}");
         }
     }
 }

@@ -1,8 +1,16 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations and the
-//! wire types, served at `/openapi.json`.
+//! wire types, served at `/openapi.json`, and its docs page at `/docs`.
+
+use std::sync::Arc;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::Config;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::Uri;
+use warp::path::{FullPath, Tail};
+use warp::reply::{Reply, Response};
 
 use super::{
     account, admin, client, error, events, hook_list, hooks, instances, models, operations, public,
@@ -77,6 +85,37 @@ impl Modify for BearerSchemes {
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+    }
+}
+
+/// `/openapi.json` and the docs page that reads it.
+pub fn routes() -> BoxedFilter<(Response,)> {
+    let document = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::json(&ApiDoc::openapi()).into_response());
+    let docs_config = Arc::new(Config::from("/openapi.json"));
+    let page = warp::path("docs")
+        .and(warp::get())
+        .and(warp::path::full())
+        .and(warp::path::tail())
+        .map(move |full: FullPath, tail: Tail| docs(&full, &tail, docs_config.clone()));
+    document.or(page).unify().boxed()
+}
+
+/// Swagger UI, vendored into the binary (no download at build or run time).
+fn docs(full: &FullPath, tail: &Tail, config: Arc<Config<'static>>) -> Response {
+    if full.as_str() == "/docs" {
+        return warp::redirect::see_other(Uri::from_static("/docs/")).into_response();
+    }
+    match utoipa_swagger_ui::serve(tail.as_str(), config) {
+        Ok(Some(file)) => {
+            warp::reply::with_header(file.bytes.to_vec(), "content-type", file.content_type)
+                .into_response()
+        }
+        Ok(None) => super::error::ApiError::NotFound("Not found".to_owned()).into_response(),
+        Err(err) => {
+            super::error::ApiError::internal(anyhow::anyhow!("swagger ui: {err}")).into_response()
         }
     }
 }

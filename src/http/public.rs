@@ -1,22 +1,16 @@
-//! Public routes: liveness, readiness, version, Prometheus metrics, the
-//! OpenAPI document and its docs page.
-
-use std::sync::Arc;
+//! Public routes: liveness, readiness, version, Prometheus metrics (the
+//! OpenAPI document and its docs page are in [`super::openapi`]).
 
 use actors::clock::{now_ms, rfc3339_ms};
 use tracing::warn;
-use utoipa::OpenApi;
-use utoipa_swagger_ui::Config;
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::{StatusCode, Uri};
-use warp::path::{FullPath, Tail};
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::AppState;
 use super::filters::with_state;
 use super::models::{HealthBody, ReadyBody, VersionBody};
-use super::openapi::ApiDoc;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
@@ -32,25 +26,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(metrics);
     let version = warp::path!("version").and(warp::get()).map(version);
-    let openapi = warp::path!("openapi.json")
-        .and(warp::get())
-        .map(|| warp::reply::json(&ApiDoc::openapi()).into_response());
-    let docs_config = Arc::new(Config::from("/openapi.json"));
-    let docs = warp::path("docs")
-        .and(warp::get())
-        .and(warp::path::full())
-        .and(warp::path::tail())
-        .map(move |full: FullPath, tail: Tail| docs(&full, &tail, docs_config.clone()));
     health
         .or(ready)
         .unify()
         .or(version)
         .unify()
         .or(metrics)
-        .unify()
-        .or(openapi)
-        .unify()
-        .or(docs)
         .unify()
         .boxed()
 }
@@ -121,21 +102,4 @@ pub(crate) async fn metrics(state: AppState) -> Response {
         "text/plain; version=0.0.4; charset=utf-8",
     )
     .into_response()
-}
-
-/// Swagger UI, vendored into the binary (no download at build or run time).
-fn docs(full: &FullPath, tail: &Tail, config: Arc<Config<'static>>) -> Response {
-    if full.as_str() == "/docs" {
-        return warp::redirect::see_other(Uri::from_static("/docs/")).into_response();
-    }
-    match utoipa_swagger_ui::serve(tail.as_str(), config) {
-        Ok(Some(file)) => {
-            warp::reply::with_header(file.bytes.to_vec(), "content-type", file.content_type)
-                .into_response()
-        }
-        Ok(None) => super::error::ApiError::NotFound("Not found".to_owned()).into_response(),
-        Err(err) => {
-            super::error::ApiError::internal(anyhow::anyhow!("swagger ui: {err}")).into_response()
-        }
-    }
 }

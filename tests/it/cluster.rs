@@ -329,9 +329,10 @@ async fn a_wake_up_reaches_the_other_instances_at_once_and_not_its_sender() {
     use std::sync::{Arc, Mutex};
 
     use actors::ids::RepoId;
-    use actors::outbox_signal::OutboxSignal;
-    use actors::scheduler::ScanRequests;
-    use actors::wakeups::{ClusterBell, LocalTargets, Wake, Wakeups, WakeupsArgs};
+    use actors::signals::OutboxSignal;
+    use actors::signals::ScanRequests;
+    use actors::signals::{ClusterBell, Wake};
+    use actors::wakeups::{LocalTargets, Wakeups, WakeupsArgs};
     use ractor::Actor;
 
     let database = TestDatabase::create().await;
