@@ -132,6 +132,9 @@ pub struct SecuritySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitSettings {
+    /// A mirror holding more pack files than this is compacted into one
+    /// after its next fetch.
+    pub repack_threshold: usize,
     pub allow_local_repos: bool,
     /// How many scans (fetch, diff, hashing) may run at once.
     pub scan_workers: usize,
@@ -394,6 +397,12 @@ impl Settings {
         }
         if self.scheduler.tick.is_zero() {
             return Err(invalid("scheduler.tick", "must be longer than zero"));
+        }
+        if !(1..=15).contains(&self.git.repack_threshold) {
+            return Err(invalid(
+                "git.repack_threshold",
+                "must be between 1 and 15 (a mirror holds at most one pack more)",
+            ));
         }
         if self.git.scan_workers == 0 {
             return Err(invalid("git.scan_workers", "must be at least 1"));

@@ -220,6 +220,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             },
             instance_id: instance_id.clone(),
             lease_ttl: settings.cluster.lease_ttl(),
+            repack_threshold: settings.git.repack_threshold,
             signal: OutboxSignal::default(),
         },
         delivery: DeliveryConfig {

@@ -447,6 +447,13 @@ pub fn mirror_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     lock
 }
 
+/// A mirror's size on disk and its number of pack files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorStats {
+    pub bytes: u64,
+    pub packs: usize,
+}
+
 /// A bare mirror of one remote.
 pub struct Mirror {
     repo: Repository,
@@ -600,6 +607,98 @@ impl Mirror {
         }
     }
 
+    /// The mirror's size on disk and its number of pack files.
+    pub fn stats(&self) -> MirrorStats {
+        fn walk(dir: &Path, stats: &mut MirrorStats) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    walk(&entry.path(), stats);
+                } else if let Ok(meta) = entry.metadata() {
+                    stats.bytes += meta.len();
+                }
+            }
+        }
+        let mut stats = MirrorStats {
+            bytes: 0,
+            packs: self.packs().len(),
+        };
+        walk(&self.path, &mut stats);
+        stats
+    }
+
+    /// The pack files (`objects/pack/pack-*.pack`), by name.
+    fn packs(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.path.join("objects").join("pack")) else {
+            return Vec::new();
+        };
+        let mut packs: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix(".pack").map(str::to_owned))
+            .filter(|name| name.starts_with("pack-"))
+            .collect();
+        packs.sort();
+        packs
+    }
+
+    /// Packs everything the mirror's refs reach (the watched branch and the
+    /// pinned snapshots) into one pack file and removes the rest: the other
+    /// packs, the loose objects, and with them every object no ref reaches
+    /// any more (settled snapshots' content). libgit2 never repacks, so a
+    /// mirror would otherwise gain a pack with every fetch. The caller holds
+    /// the mirror's lock: nothing else writes it meanwhile. Readers that
+    /// still hold an old pack open keep reading it until they reopen.
+    pub fn repack(&self) -> Result<MirrorStats, GitError> {
+        let failed = |_| GitError::new(GitFailure::Other, "the local mirror could not be repacked");
+        let before = self.packs();
+        let mut walk = self.repo.revwalk().map_err(failed)?;
+        walk.push_glob("refs/*").map_err(failed)?;
+        let mut builder = self.repo.packbuilder().map_err(failed)?;
+        builder.insert_walk(&mut walk).map_err(failed)?;
+        if builder.object_count() == 0 {
+            return Ok(self.stats());
+        }
+        let dir = self.path.join("objects").join("pack");
+        builder.write(&dir, 0).map_err(failed)?;
+        let kept = builder
+            .name()
+            .map_err(failed)?
+            .map(|name| format!("pack-{name}"))
+            .ok_or_else(|| GitError::new(GitFailure::Other, "the new pack has no name"))?;
+        if !self.packs().contains(&kept) {
+            return Err(GitError::new(
+                GitFailure::Other,
+                "the new pack was not written",
+            ));
+        }
+        for old in before.iter().filter(|name| **name != kept) {
+            if dir.join(format!("{old}.keep")).exists() {
+                continue;
+            }
+            for extension in ["pack", "idx", "rev", "bitmap", "mtimes"] {
+                let _ = std::fs::remove_file(dir.join(format!("{old}.{extension}")));
+            }
+        }
+        // Loose objects live in objects/xx/; every reachable one is in the
+        // new pack now.
+        if let Ok(entries) = std::fs::read_dir(self.path.join("objects")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.len() == 2 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(self.stats())
+    }
+
     /// Whether the mirror still has `commit` (a force-push may have removed it
     /// from the remote, but never from the mirror while it is pinned).
     pub fn has_commit(&self, commit: &str) -> bool {
@@ -677,5 +776,77 @@ mod tests {
         linked.rule.data_dir = data.path().to_owned();
         let err = probe(&linked, None).expect_err("still inside");
         assert_eq!(err.failure, GitFailure::Refused);
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Herald Tests")
+            .env("GIT_AUTHOR_EMAIL", "tests@herald.invalid")
+            .env("GIT_COMMITTER_NAME", "Herald Tests")
+            .env("GIT_COMMITTER_EMAIL", "tests@herald.invalid")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn commit(dir: &Path, file: &str, content: &str) -> String {
+        std::fs::write(dir.join(file), content).expect("write");
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "--no-gpg-sign", "-m", content]);
+        git(dir, &["rev-parse", "HEAD"])
+    }
+
+    #[test]
+    fn repacking_leaves_one_pack_with_what_refs_reach_and_drops_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).expect("dir");
+        git(&source, &["init", "-q", "-b", "main"]);
+        let remote = spec(format!("file://{}", source.display()), true);
+        let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+        let mut history = Vec::new();
+        for i in 1..=4 {
+            history.push(commit(&source, "x.md", &format!("version {i}\n")));
+            mirror.fetch(&remote, "main").expect("fetched");
+        }
+        mirror
+            .pin("kept", Oid::from_str(&history[1]).expect("oid"))
+            .expect("pinned");
+        mirror
+            .pin("settled", Oid::from_str(&history[2]).expect("oid"))
+            .expect("pinned");
+        // The branch is rewritten: the old tip is reachable only through
+        // the pins, and one of them is released.
+        git(&source, &["checkout", "-q", "--orphan", "new"]);
+        git(&source, &["rm", "-q", "-rf", "."]);
+        let rewritten = commit(&source, "y.md", "rewritten\n");
+        git(&source, &["branch", "-q", "-M", "main"]);
+        mirror.fetch(&remote, "main").expect("fetched");
+        mirror.unpin("settled");
+        let before = mirror.stats();
+        assert!(before.packs >= 2, "fetches added packs: {before:?}");
+
+        let after = mirror.repack().expect("repacked");
+        assert_eq!(after.packs, 1, "{after:?}");
+        assert!(after.bytes > 0);
+        let reopened = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+        assert!(reopened.has_commit(&rewritten), "the branch's tip");
+        assert!(reopened.has_commit(&history[1]), "a pinned snapshot");
+        assert!(reopened.has_commit(&history[0]), "its history");
+        assert!(
+            !reopened.has_commit(&history[2]),
+            "a released snapshot is pruned"
+        );
+        assert!(!reopened.has_commit(&history[3]), "so is the old tip");
+        // Repacking again changes nothing.
+        assert_eq!(reopened.repack().expect("repacked").packs, 1);
+        assert!(reopened.has_commit(&history[1]));
     }
 }

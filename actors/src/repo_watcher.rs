@@ -44,6 +44,9 @@ pub struct WatcherConfig {
     pub instance_id: String,
     /// How long a scan lease lasts unless renewed (`cluster.lease_ttl`).
     pub lease_ttl: Duration,
+    /// A mirror with more pack files than this is compacted after its fetch
+    /// (`git.repack_threshold`).
+    pub repack_threshold: usize,
     /// Rung after events are written, so delivery starts at once.
     pub signal: crate::signals::OutboxSignal,
 }
@@ -328,6 +331,7 @@ async fn scan_claimed(
         manifest: None,
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: store.settled_snapshots(repository).await?,
+        repack_threshold: config.repack_threshold,
     };
     // Writes hold only while the lease does and the head is the one seen here.
     let fence = ScanFence {
@@ -347,7 +351,14 @@ async fn scan_claimed(
         };
         result = again;
     }
-    let ScanResult { outcome, verdicts } = result;
+    let ScanResult {
+        outcome,
+        verdicts,
+        mirror,
+    } = result;
+    if let Some(stats) = mirror {
+        telemetry::mirror_size(repository.as_str(), stats);
+    }
     record_verdicts(store, config, repository, lease, verdicts).await?;
     let next_scan_at = now_ms() + millis(config.rescan_interval);
     if outcome.is_ok() && !job.unpin.is_empty() {

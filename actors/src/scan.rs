@@ -68,6 +68,8 @@ pub struct ScanJob {
     pub snapshot_id: String,
     /// Snapshots whose events are all settled: their pins can go.
     pub unpin: Vec<String>,
+    /// Repack the mirror when it holds more pack files than this.
+    pub repack_threshold: usize,
 }
 
 /// What a scan found.
@@ -107,6 +109,8 @@ fn read_failure(err: impl std::fmt::Display) -> GitError {
 pub struct ScanResult {
     pub outcome: Result<ScanOutcome, GitError>,
     pub verdicts: Vec<(String, Verdict)>,
+    /// The mirror after the scan (and its repack, if one was due).
+    pub mirror: Option<git::MirrorStats>,
 }
 
 /// Whether a refusal says something about the credential rather than about
@@ -179,6 +183,7 @@ fn recheck(job: &ScanJob, verdicts: &mut Vec<(String, Verdict)>) {
 /// once, and the scan repeated.
 pub fn scan(job: ScanJob) -> ScanResult {
     let mut verdicts = Vec::new();
+    let mut mirror_stats = None;
     let outcome = access(&job, &mut verdicts).and_then(|found| {
         let Some((head, spec)) = found else {
             return Ok(ScanOutcome::NoAccess);
@@ -186,17 +191,45 @@ pub fn scan(job: ScanJob) -> ScanResult {
         // One writer per mirror: a lane may be refetching into it.
         let lock = git::mirror_lock(&job.mirror);
         let _writing = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match scan_with(&job, &spec, &head, Mirror::open(&job.mirror)?) {
+        let outcome = match scan_with(&job, &spec, &head, Mirror::open(&job.mirror)?) {
             Err(err) if err.damaged_mirror => {
                 tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
                 let mirror = Mirror::open(&job.mirror)?.rebuild()?;
                 scan_with(&job, &spec, &head, mirror)
             }
             outcome => outcome,
-        }
+        };
+        mirror_stats = Some(upkeep(&job));
+        outcome
     });
     recheck(&job, &mut verdicts);
-    ScanResult { outcome, verdicts }
+    ScanResult {
+        outcome,
+        verdicts,
+        mirror: mirror_stats,
+    }
+}
+
+/// Compacts the mirror once it holds more than `repack_threshold` packs
+/// (each fetch adds one); its size either way. Runs under the mirror's lock.
+fn upkeep(job: &ScanJob) -> git::MirrorStats {
+    let Ok(mirror) = Mirror::open(&job.mirror) else {
+        return git::MirrorStats { bytes: 0, packs: 0 };
+    };
+    let stats = mirror.stats();
+    if stats.packs <= job.repack_threshold {
+        return stats;
+    }
+    match mirror.repack() {
+        Ok(after) => {
+            tracing::info!(mirror = %job.mirror.display(), packs_before = stats.packs, bytes_before = stats.bytes, bytes = after.bytes, "mirror repacked");
+            after
+        }
+        Err(err) => {
+            tracing::warn!(mirror = %job.mirror.display(), error = %err.message, "mirror could not be repacked; trying again after the next fetch");
+            stats
+        }
+    }
 }
 
 fn scan_with(

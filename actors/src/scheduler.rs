@@ -295,6 +295,7 @@ mod tests {
                 },
                 instance_id: "test".into(),
                 lease_ttl: Duration::from_secs(30),
+                repack_threshold: 8,
                 signal: Default::default(),
             },
             restart: RestartPolicy {

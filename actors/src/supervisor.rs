@@ -643,6 +643,7 @@ mod tests {
                 breaker,
                 instance_id: "test".into(),
                 lease_ttl: Duration::from_secs(30),
+                repack_threshold: 8,
                 signal: Default::default(),
             },
             delivery: DeliveryConfig {

@@ -93,6 +93,15 @@ pub fn scan_finished(outcome: &'static str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+/// A repository's mirror on this instance after a scan: its size on disk
+/// and its pack files (compaction keeps those few).
+pub fn mirror_size(repository_id: &str, stats: crate::git::MirrorStats) {
+    let repository = repository_id.to_owned();
+    metrics::gauge!("herald_mirror_bytes", "repository_id" => repository.clone())
+        .set(stats.bytes as f64);
+    metrics::gauge!("herald_mirror_packs", "repository_id" => repository).set(stats.packs as f64);
+}
+
 /// File changes a committed scan found in the repository's tree.
 pub fn changes_found(created: u64, updated: u64, deleted: u64) {
     for (kind, n) in [

@@ -27,4 +27,5 @@ mod slow_clients;
 mod store;
 mod telemetry;
 mod tenants;
+mod upkeep;
 mod validation;
