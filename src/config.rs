@@ -208,6 +208,9 @@ pub struct DeliverySettings {
     /// How long delivery attempts are kept.
     #[serde(deserialize_with = "duration")]
     pub attempt_retention: Duration,
+    /// How long delivered and skipped events are kept.
+    #[serde(deserialize_with = "duration")]
+    pub event_retention: Duration,
     /// How often due retries are looked for.
     #[serde(deserialize_with = "duration")]
     pub tick: Duration,
@@ -424,6 +427,17 @@ impl Settings {
                 "delivery.max_in_flight_per_app",
                 "must be at least 1",
             ));
+        }
+        for (key, retention) in [
+            ("delivery.event_retention", self.delivery.event_retention),
+            (
+                "delivery.attempt_retention",
+                self.delivery.attempt_retention,
+            ),
+        ] {
+            if retention < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least one second"));
+            }
         }
         if self.delivery.tick.is_zero() {
             return Err(invalid("delivery.tick", "must be longer than zero"));

@@ -20,6 +20,7 @@ use actors::signals::OutboxSignal;
 use actors::store::Store;
 use actors::store::instances::Heartbeat;
 use actors::supervisor::{ClusterConfig, EngineConfig, EngineHandle};
+use actors::upkeep::UpkeepConfig;
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -238,7 +239,6 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             },
             disable_after: delivery.disable_after,
             max_in_flight_per_app: delivery.max_in_flight_per_app,
-            attempt_retention: delivery.attempt_retention,
             allow_private_targets: settings.security.allow_private_targets,
             mirrors_dir,
             tick: delivery.tick,
@@ -260,6 +260,10 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             },
             heartbeat_interval: settings.cluster.heartbeat_interval,
             lease_ttl: settings.cluster.lease_ttl(),
+        },
+        upkeep: UpkeepConfig {
+            event_retention: delivery.event_retention,
+            attempt_retention: delivery.attempt_retention,
         },
     }
 }

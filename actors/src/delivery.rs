@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tracing::{debug, error, warn};
+use tracing::{error, warn};
 
 use self::lane::{LaneActor, LaneArgs, LaneMsg};
 use crate::backoff::Backoff;
@@ -58,7 +58,6 @@ pub struct DeliveryConfig {
     pub breaker: BreakerPolicy,
     pub disable_after: Duration,
     pub max_in_flight_per_app: usize,
-    pub attempt_retention: Duration,
     pub allow_private_targets: bool,
     pub mirrors_dir: PathBuf,
     /// How often due retries are looked for.
@@ -104,7 +103,6 @@ pub struct DispatcherState {
     /// Background tasks stopped with the dispatcher (tick, signal bridge),
     /// also when it fails.
     tasks: Vec<tokio_util::task::AbortOnDropHandle<()>>,
-    last_prune: Instant,
 }
 
 impl DispatcherState {
@@ -165,7 +163,6 @@ impl Actor for Dispatcher {
                 tokio_util::task::AbortOnDropHandle::new(ticker),
                 tokio_util::task::AbortOnDropHandle::new(bridge),
             ],
-            last_prune: Instant::now(),
         })
     }
 
@@ -187,15 +184,6 @@ impl Actor for Dispatcher {
                 for app_id in due {
                     let app = state.app(&myself, &app_id).await?;
                     let _ = app.send_message(AppMsg::Drain);
-                }
-                if state.last_prune.elapsed() > Duration::from_secs(60) {
-                    state.last_prune = Instant::now();
-                    let before = now_ms() - millis(state.config.attempt_retention);
-                    match state.store.prune_attempts(before).await {
-                        Ok(0) => {}
-                        Ok(n) => debug!(pruned = n, "old delivery attempts removed"),
-                        Err(err) => warn!(error = %err, "could not prune delivery attempts"),
-                    }
                 }
             }
             DispatcherMsg::Restart(app_id) => {
@@ -610,7 +598,6 @@ mod tests {
             breaker,
             disable_after: Duration::from_secs(3600),
             max_in_flight_per_app: 4,
-            attempt_retention: Duration::from_secs(3600),
             allow_private_targets: true,
             mirrors_dir: dir.join("mirrors"),
             tick: Duration::from_secs(3600),

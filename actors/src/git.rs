@@ -447,6 +447,22 @@ pub fn mirror_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     lock
 }
 
+/// Whether a failure to open a mirror is the system's (it will pass) rather
+/// than the mirror's.
+fn is_transient(err: &git2::Error) -> bool {
+    let text = err.message().to_ascii_lowercase();
+    err.class() == ErrorClass::Os
+        || err.class() == ErrorClass::NoMemory
+        || [
+            "too many open files",
+            "permission denied",
+            "resource temporarily unavailable",
+            "out of memory",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
 /// A mirror's size on disk and its number of pack files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirrorStats {
@@ -467,21 +483,56 @@ impl std::fmt::Debug for Mirror {
 }
 
 impl Mirror {
-    /// Opens the mirror at `path`, creating it when missing and rebuilding it
-    /// (empty, to be fetched again) when it cannot be opened.
+    /// Opens the mirror at `path`, creating it when missing. A mirror that
+    /// cannot be opened is rebuilt (empty, to be fetched again) only when it
+    /// is verified damaged: the failure is not the system's (too many open
+    /// files, no permission, no memory: those leave it alone and fail this
+    /// attempt) and it persists when tried again a moment later. The mirror
+    /// may hold the only local copy of content that pending events send.
     pub fn open(path: &Path) -> Result<Self, GitError> {
-        let repo = match Repository::open_bare(path) {
-            Ok(repo) if repo.odb().is_ok() => repo,
-            Ok(_) | Err(_) => {
-                if path.exists() {
-                    tracing::warn!(path = %path.display(), "mirror unreadable; rebuilding it from the remote");
-                    std::fs::remove_dir_all(path).map_err(|_| {
-                        GitError::new(GitFailure::Other, "the local mirror could not be removed")
-                    })?;
+        let healthy = |opened: Result<Repository, git2::Error>| {
+            let repo = opened?;
+            let odb = repo.odb().map(|_| ());
+            odb.map(|()| repo)
+        };
+        let repo = match healthy(Repository::open_bare(path)) {
+            Ok(repo) => repo,
+            Err(_) if !path.exists() => Repository::init_bare(path).map_err(|_| {
+                GitError::new(GitFailure::Other, "the local mirror could not be created")
+            })?,
+            Err(err) if is_transient(&err) => {
+                tracing::warn!(path = %path.display(), class = ?err.class(), "mirror cannot be opened now; leaving it as it is");
+                return Err(GitError::new(
+                    GitFailure::Other,
+                    "the local mirror cannot be opened now",
+                ));
+            }
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(250));
+                match healthy(Repository::open_bare(path)) {
+                    Ok(repo) => repo,
+                    Err(err) if is_transient(&err) => {
+                        return Err(GitError::new(
+                            GitFailure::Other,
+                            "the local mirror cannot be opened now",
+                        ));
+                    }
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "mirror damaged; rebuilding it from the remote");
+                        std::fs::remove_dir_all(path).map_err(|_| {
+                            GitError::new(
+                                GitFailure::Other,
+                                "the local mirror could not be removed",
+                            )
+                        })?;
+                        Repository::init_bare(path).map_err(|_| {
+                            GitError::new(
+                                GitFailure::Other,
+                                "the local mirror could not be created",
+                            )
+                        })?
+                    }
                 }
-                Repository::init_bare(path).map_err(|_| {
-                    GitError::new(GitFailure::Other, "the local mirror could not be created")
-                })?
             }
         };
         Ok(Self {
@@ -848,5 +899,45 @@ mod tests {
         // Repacking again changes nothing.
         assert_eq!(reopened.repack().expect("repacked").packs, 1);
         assert!(reopened.has_commit(&history[1]));
+    }
+
+    #[test]
+    fn only_a_mirror_verified_damaged_is_rebuilt() {
+        let system = git2::Error::new(
+            ErrorCode::GenericError,
+            ErrorClass::Os,
+            "too many open files",
+        );
+        assert!(
+            is_transient(&system),
+            "the system's trouble leaves the mirror alone"
+        );
+        let damaged = git2::Error::new(
+            ErrorCode::GenericError,
+            ErrorClass::Repository,
+            "not a git repository",
+        );
+        assert!(!is_transient(&damaged));
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mirror.git");
+        let mirror = Mirror::open(&path).expect("created when missing");
+        let oid = mirror.repo.blob(b"kept").expect("a blob");
+        drop(mirror);
+        let reopened = Mirror::open(&path).expect("opened");
+        assert!(
+            reopened.repo.find_blob(oid).is_ok(),
+            "an intact mirror keeps its objects"
+        );
+        drop(reopened);
+        // Garbage where the mirror was, and still garbage a moment later.
+        std::fs::remove_dir_all(&path).expect("removed");
+        std::fs::create_dir(&path).expect("dir");
+        std::fs::write(path.join("HEAD"), "garbage").expect("garbage");
+        let rebuilt = Mirror::open(&path).expect("rebuilt");
+        assert!(
+            rebuilt.repo.find_blob(oid).is_err(),
+            "a damaged mirror starts empty"
+        );
     }
 }

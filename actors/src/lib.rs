@@ -7,6 +7,8 @@
 //! - [`bulk`]: runs the operators' bulk operations, whichever instance
 //!   started them, and takes over those whose runner died.
 //! - [`heartbeat`]: this instance's heartbeat row (`GET /admin/api/instances`).
+//! - [`upkeep`]: deletes what is past its retention (events, attempts,
+//!   snapshots).
 //! - [`wakeups`]: instances sharing PostgreSQL wake each other at once
 //!   (`LISTEN/NOTIFY`) when they make work.
 //! - [`store`]: every database query, one module per aggregate, plus leases.
@@ -44,5 +46,6 @@ pub mod signing;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod upkeep;
 pub mod wakeups;
 pub mod webhook_client;

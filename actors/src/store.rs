@@ -28,6 +28,7 @@ pub mod instances;
 pub mod leases;
 pub mod operations;
 pub mod outbox;
+pub mod retention;
 pub mod subscriptions;
 
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use crate::signals::ScanRequests;
 use crate::signals::{ClusterBell, Rings, Wake};
 use crate::store::Store;
 use crate::store::instances::Heartbeat;
+use crate::upkeep::{Upkeep, UpkeepArgs, UpkeepConfig};
 use crate::wakeups::{LocalTargets, Wakeups, WakeupsArgs};
 
 /// Settings of the engine, derived from Herald's configuration.
@@ -41,6 +42,8 @@ pub struct EngineConfig {
     pub restart: RestartPolicy,
     /// This instance among those sharing the database.
     pub cluster: ClusterConfig,
+    /// What is kept for how long.
+    pub upkeep: UpkeepConfig,
 }
 
 /// What the instance heartbeat and the bulk runner need.
@@ -71,11 +74,13 @@ pub enum Child {
     Bulk,
     /// Wake-ups to and from the other instances (PostgreSQL only).
     Wakeups,
+    /// Retention: events, attempts, snapshots.
+    Upkeep,
 }
 
 impl Child {
     /// In start order: the workers before those who give them work.
-    const ALL: [Child; 8] = [
+    const ALL: [Child; 9] = [
         Child::Scans,
         Child::Probes,
         Child::Scheduler,
@@ -84,6 +89,7 @@ impl Child {
         Child::Heartbeat,
         Child::Bulk,
         Child::Wakeups,
+        Child::Upkeep,
     ];
 
     fn name(self) -> &'static str {
@@ -96,6 +102,7 @@ impl Child {
             Child::Heartbeat => "instance heartbeat",
             Child::Bulk => "bulk runner",
             Child::Wakeups => "cluster wake-ups",
+            Child::Upkeep => "upkeep",
         }
     }
 }
@@ -231,6 +238,16 @@ impl SupervisorState {
                 self.bulk = Some(bulk.clone());
                 bulk.get_cell()
             }
+            Child::Upkeep => {
+                let args = UpkeepArgs {
+                    store: self.store.clone(),
+                    config: self.config.upkeep,
+                };
+                Actor::spawn_linked(None, Upkeep, args, myself.get_cell())
+                    .await?
+                    .0
+                    .get_cell()
+            }
             Child::Wakeups => {
                 let (hooks, scans) = (myself.clone(), myself.clone());
                 let args = WakeupsArgs {
@@ -285,7 +302,7 @@ impl SupervisorState {
             Child::Dispatcher => self.dispatcher = None,
             Child::Hooks => self.hooks = None,
             Child::Heartbeat => self.heartbeat = None,
-            Child::Wakeups => {}
+            Child::Wakeups | Child::Upkeep => {}
             Child::Bulk => self.bulk = None,
         }
     }
@@ -662,7 +679,6 @@ mod tests {
                 breaker,
                 disable_after: Duration::from_secs(3600),
                 max_in_flight_per_app: 4,
-                attempt_retention: Duration::from_secs(3600),
                 allow_private_targets: true,
                 mirrors_dir: dir.join("mirrors"),
                 tick: Duration::from_secs(3600),
@@ -687,6 +703,10 @@ mod tests {
                 },
                 heartbeat_interval: Duration::from_secs(10),
                 lease_ttl: Duration::from_secs(30),
+            },
+            upkeep: UpkeepConfig {
+                event_retention: Duration::from_secs(3600),
+                attempt_retention: Duration::from_secs(3600),
             },
         };
         EngineHandle::start(store, config)

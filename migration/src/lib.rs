@@ -9,6 +9,7 @@ mod m20261122_000003_subscription_access;
 mod m20261122_000004_breaker_probe;
 mod m20261122_000010_create_bulk_operations;
 mod m20261122_000011_create_instances;
+mod m20261122_000012_event_retention_indexes;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_breaker_probe::Migration),
             Box::new(m20261122_000010_create_bulk_operations::Migration),
             Box::new(m20261122_000011_create_instances::Migration),
+            Box::new(m20261122_000012_event_retention_indexes::Migration),
         ]
     }
 }

@@ -190,6 +190,17 @@ impl LaneState {
                 return Ok(Step::Done(None));
             };
             self.context = Some(context);
+            if self.after_seq == i64::MIN
+                && let Some(first) = self
+                    .lane
+                    .store
+                    .first_undelivered_seq(self.lane.subscription.as_str())
+                    .await?
+            {
+                // Start at the first undelivered event, not at the start of
+                // the subscription's (kept) history.
+                self.after_seq = first - 1;
+            }
             let batch = self
                 .lane
                 .store

@@ -368,15 +368,6 @@ impl Store {
         Ok(result.rows_affected == 1)
     }
 
-    /// Deletes attempts older than `before` (retention).
-    pub async fn prune_attempts(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(delivery_attempt::Entity::delete_many()
-            .filter(delivery_attempt::Column::AttemptedAt.lt(before))
-            .exec(&self.db)
-            .await?
-            .rows_affected)
-    }
-
     /// Records that an app's endpoint has been failing since `since` (or is
     /// healthy again, `None`), and disables it when it failed for longer
     /// than `disable_after_ms`. Returns whether it was disabled now.

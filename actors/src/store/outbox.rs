@@ -364,7 +364,9 @@ impl Store {
                 || (sub.status == entity::SubscriptionStatus::Failed
                     && undelivered(entity::EventStatus::Dead).await? > 0);
             let recovering = sub.status == entity::SubscriptionStatus::Failed && !blocked;
-            if !moved && count == 0 && !recovering && sub.last_snapshot_id.is_some() {
+            // A successful scan heals what git failures left, moved or not.
+            let healing = !blocked && (sub.last_error.is_some() || sub.retry_count != 0);
+            if !moved && count == 0 && !recovering && !healing && sub.last_snapshot_id.is_some() {
                 continue;
             }
             let status = if blocked {
