@@ -198,6 +198,9 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub disable_after: Duration,
     pub chunk_threshold_bytes: u64,
+    /// Created or updated files larger than this go as `file_too_large`
+    /// notices, without their content.
+    pub max_file_bytes: u64,
     pub chunk_size_bytes: u64,
     pub backoff: BackoffSettings,
     /// Subscriptions of one app delivered at the same time.
@@ -459,6 +462,9 @@ impl Settings {
                 "cluster.heartbeat_interval",
                 "must be longer than zero",
             ));
+        }
+        if self.delivery.max_file_bytes == 0 {
+            return Err(invalid("delivery.max_file_bytes", "must be positive"));
         }
         if self.delivery.chunk_size_bytes == 0 {
             return Err(invalid("delivery.chunk_size_bytes", "must be positive"));

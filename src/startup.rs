@@ -233,6 +233,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
                 threshold_bytes: delivery.chunk_threshold_bytes,
                 chunk_chars: usize::try_from(delivery.chunk_size_bytes).unwrap_or(usize::MAX),
             },
+            max_file_bytes: delivery.max_file_bytes,
             breaker: BreakerPolicy {
                 threshold: settings.breaker.delivery.threshold,
                 cooldown: settings.breaker.delivery.cooldown,

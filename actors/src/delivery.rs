@@ -55,6 +55,9 @@ pub struct DeliveryConfig {
     /// Longest wait a `Retry-After` may impose.
     pub retry_after_cap: Duration,
     pub chunking: Chunking,
+    /// Created or updated files larger than this are announced at
+    /// `file_too_large` instead of being sent (`delivery.max_file_bytes`).
+    pub max_file_bytes: u64,
     pub breaker: BreakerPolicy,
     pub disable_after: Duration,
     pub max_in_flight_per_app: usize,
@@ -595,6 +598,7 @@ mod tests {
                 threshold_bytes: 1 << 20,
                 chunk_chars: 1 << 19,
             },
+            max_file_bytes: 100 << 20,
             breaker,
             disable_after: Duration::from_secs(3600),
             max_in_flight_per_app: 4,

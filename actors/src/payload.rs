@@ -50,6 +50,26 @@ struct ChangeBody<'a> {
     event_id: &'a str,
 }
 
+/// A file larger than `delivery.max_file_bytes`: what it is, not what it
+/// holds.
+#[derive(Serialize)]
+struct TooLargeFile<'a> {
+    path: &'a str,
+    sha: &'a str,
+    size: i64,
+}
+
+#[derive(Serialize)]
+struct TooLargeBody<'a> {
+    repository: &'a RepositoryRef,
+    file: TooLargeFile<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_sha: Option<&'a str>,
+    commit_sha: &'a str,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
 #[derive(Serialize)]
 struct DeletedFile<'a> {
     path: &'a str,
@@ -234,6 +254,45 @@ pub struct Chunking {
     pub threshold_bytes: u64,
     /// Base64 characters per chunk (a multiple of 4 keeps slices decodable).
     pub chunk_chars: usize,
+}
+
+/// Whether a created or updated file is larger than `max_file_bytes`: it is
+/// announced at `file_too_large` instead of being sent.
+pub fn too_large(event: &event::Model, max_file_bytes: u64) -> bool {
+    event.kind.carries_content()
+        && event
+            .size
+            .is_some_and(|size| u64::try_from(size).unwrap_or(0) > max_file_bytes)
+}
+
+/// The `file_too_large` notice of a created or updated file (SPEC §5): its
+/// path, sha and size (and `previous_sha` for an update), in the file's
+/// place in the order.
+pub fn render_too_large(
+    event: &event::Model,
+    repository: &RepositoryRef,
+) -> Result<Rendered, PayloadError> {
+    let incomplete = || PayloadError::Incomplete(event.id.clone());
+    let body = serde_json::to_vec(&TooLargeBody {
+        repository,
+        file: TooLargeFile {
+            path: event.path.as_deref().ok_or_else(incomplete)?,
+            sha: event.sha256.as_deref().ok_or_else(incomplete)?,
+            size: event.size.ok_or_else(incomplete)?,
+        },
+        previous_sha: event
+            .previous_sha256
+            .as_deref()
+            .filter(|_| event.kind == entity::EventKind::Updated),
+        commit_sha: event.commit_sha.as_deref().ok_or_else(incomplete)?,
+        timestamp: &rfc3339_ms(event.created_at),
+        event_id: &event.id,
+    })
+    .expect("bodies serialise");
+    Ok(Rendered {
+        endpoint: "file_too_large",
+        parts: Parts::Whole(body),
+    })
 }
 
 /// The chunk id of an event: the same for every retry.

@@ -676,6 +676,7 @@ mod tests {
                     threshold_bytes: 1 << 20,
                     chunk_chars: 1 << 19,
                 },
+                max_file_bytes: 100 << 20,
                 breaker,
                 disable_after: Duration::from_secs(3600),
                 max_in_flight_per_app: 4,

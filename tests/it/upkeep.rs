@@ -192,3 +192,113 @@ async fn a_successful_scan_clears_the_errors_git_left_even_when_nothing_moved() 
         .await;
     assert_eq!(healed["status"], "synced", "{healed}");
 }
+
+/// Deterministic bytes that do not compress (a binary file as git sees it).
+fn noise(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A `/proc/<pid>/status` field, in KiB.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("the process's status")
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("the field")
+}
+
+#[tokio::test]
+async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory() {
+    const SIZE: usize = 50 << 20;
+    let content = noise(SIZE);
+    let repo = TestRepo::new("main");
+    repo.write("big.bin", &content);
+    repo.commit("big");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(crate::receiver::Reply::status(503)));
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
+        ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1000"),
+    ])
+    .await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.outbox(&client, &id).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scan wrote no event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // From here on, only the sending: its peak is measured from now.
+    let pid = app.pid();
+    let before = proc_kib(pid, "VmRSS:");
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak can be reset");
+    receiver.fallback(None);
+    let accepted = receiver
+        .wait_for("the whole file", |r| {
+            crate::delivery::apply(r)
+                .get("big.bin")
+                .is_some_and(|b| b.len() == SIZE)
+        })
+        .await;
+    assert_eq!(crate::delivery::apply(&accepted)["big.bin"], content);
+    let chunks = accepted
+        .iter()
+        .filter(|r| !r.json()["file"]["chunk"].is_null())
+        .count();
+    assert!(chunks > 1, "sent in chunks: {chunks}");
+    let peak = proc_kib(pid, "VmHWM:");
+    let grew = peak.saturating_sub(before) * 1024;
+    assert!(
+        grew <= 3 * SIZE as u64,
+        "sending took {} MiB more than before ({} MiB file)",
+        grew >> 20,
+        SIZE >> 20
+    );
+}
+
+#[tokio::test]
+async fn a_file_over_max_file_bytes_is_announced_in_its_place_without_its_content() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "small\n");
+    repo.write("b.bin", noise(4096));
+    repo.write("c.md", "small too\n");
+    repo.commit("three");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[("HERALD__DELIVERY__MAX_FILE_BYTES", "1024")]).await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let accepted = receiver.wait_for("three webhooks", |r| r.len() == 3).await;
+    let endpoints: Vec<&str> = accepted.iter().map(|r| r.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["create", "file_too_large", "create"]);
+    let notice = accepted[1].json();
+    assert_eq!(notice["repository"]["repository_id"], id.as_str());
+    assert_eq!(notice["file"]["path"], "b.bin");
+    assert_eq!(notice["file"]["size"], 4096);
+    assert_eq!(
+        notice["file"]["sha"],
+        crate::delivery::sha(&noise(4096)).as_str()
+    );
+    assert!(notice["file"].get("content").is_none(), "{notice}");
+    crate::receiver::verify(
+        &accepted[1],
+        &client.client_auth_key,
+        &client.webhook_secret,
+    );
+}

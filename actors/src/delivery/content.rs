@@ -81,6 +81,9 @@ impl Content {
     }
 }
 
+/// Blobs larger than this are not kept mapped after they are read.
+const BIG_BLOB: usize = 1 << 20;
+
 /// Reads file content from a repository's mirror on a blocking thread,
 /// keeping the mirror open for the lane's life instead of opening it per
 /// event.
@@ -116,9 +119,18 @@ impl MirrorReader {
             if reopen || slot.is_none() {
                 *slot = Some(git2::Repository::open_bare(&self.path).ok()?);
             }
-            let repo = slot.as_ref()?;
-            if let Ok(found) = repo.find_blob(blob) {
-                return Some(found.content().to_vec());
+            let found = slot
+                .as_ref()?
+                .find_blob(blob)
+                .ok()
+                .map(|found| found.content().to_vec());
+            if let Some(content) = found {
+                if content.len() > BIG_BLOB {
+                    // Close the mirror: the pack windows mapped to read a big
+                    // file leave memory with it.
+                    *slot = None;
+                }
+                return Some(content);
             }
         }
         None

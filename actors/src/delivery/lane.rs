@@ -256,6 +256,18 @@ struct LaneContext {
     backoff: Backoff,
 }
 
+/// Bodies and files larger than this are rendered and signed on a blocking
+/// worker, not on the async executor.
+const BLOCKING_BYTES: usize = 1 << 20;
+
+/// Runs CPU-heavy work on a blocking worker; its panic is the lane's.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
 /// The shortest wait before content the remote could not give is asked for
 /// again.
 const CONTENT_RETRY_MIN: Duration = Duration::from_secs(5);
@@ -485,7 +497,8 @@ impl Lane {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
-        let content = if event.kind.carries_content() {
+        let too_large = payload::too_large(event, self.config.max_file_bytes);
+        let content = if event.kind.carries_content() && !too_large {
             match context.content.get(event).await {
                 Found::Bytes(content) => Some(content),
                 Found::Gone(error) => {
@@ -524,12 +537,26 @@ impl Lane {
         } else {
             None
         };
-        match payload::render(
-            event,
-            &context.repository,
-            content.as_deref(),
-            self.config.chunking,
-        ) {
+        let rendered = if too_large {
+            payload::render_too_large(event, &context.repository)
+        } else if content.as_ref().is_some_and(|c| c.len() > BLOCKING_BYTES) {
+            // Base64 and JSON of a big file: off the executor.
+            let (event, repository, chunking) = (
+                event.clone(),
+                context.repository.clone(),
+                self.config.chunking,
+            );
+            blocking(move || payload::render(&event, &repository, content.as_deref(), chunking))
+                .await
+        } else {
+            payload::render(
+                event,
+                &context.repository,
+                content.as_deref(),
+                self.config.chunking,
+            )
+        };
+        match rendered {
             Ok(rendered) => Ok(Ok(rendered)),
             Err(err) => self
                 .give_up(event, "payload", err.to_string())
@@ -583,14 +610,23 @@ impl Lane {
                 outcome = tracing::field::Empty,
             );
             telemetry::continue_trace(&span, event.trace_parent.as_deref());
-            let headers = signed_headers(
-                &self.app_id,
-                &context.keys,
-                &webhook_id,
-                now_ms() / 1000,
-                &body,
-                &telemetry::outgoing_traceparent(&span),
+            let (app, keys, traceparent) = (
+                self.app_id.clone(),
+                context.keys.clone(),
+                telemetry::outgoing_traceparent(&span),
             );
+            let timestamp = now_ms() / 1000;
+            let sign = move |body: Vec<u8>| {
+                let headers =
+                    signed_headers(&app, &keys, &webhook_id, timestamp, &body, &traceparent);
+                (headers, body)
+            };
+            // Two HMACs over a big body: off the executor.
+            let (headers, body) = if body.len() > BLOCKING_BYTES {
+                blocking(move || sign(body)).await
+            } else {
+                sign(body)
+            };
             let sent = Sent {
                 attempted_at: now_ms(),
                 chunk_index: rendered
