@@ -169,7 +169,7 @@ async fn every_change_arrives_signed_both_ways_in_order() {
 }
 
 #[tokio::test]
-async fn a_large_binary_arrives_in_chunks_that_reassemble() {
+async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
     let repo = TestRepo::new("main");
     let content: Vec<u8> = (0..40_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -179,8 +179,9 @@ async fn a_large_binary_arrives_in_chunks_that_reassemble() {
     let served = Served::new(&repo, "r.git");
     let daemon = GitDaemon::serve(served.root());
     let receiver = Receiver::start().await;
-    // The second chunk fails once: the retry resumes at that chunk.
-    receiver.script([Reply::status(200), Reply::status(500)]);
+    // Chunk 2 fails once, and the receiver forgets the chunks it collected
+    // (as after its restart): only what it accepts after the failure counts.
+    receiver.script([Reply::status(200), Reply::status(200), Reply::status(500)]);
     let app = engine_with(&[
         ("HERALD__DELIVERY__CHUNK_THRESHOLD_BYTES", "10000"),
         ("HERALD__DELIVERY__CHUNK_SIZE_BYTES", "16000"),
@@ -188,35 +189,53 @@ async fn a_large_binary_arrives_in_chunks_that_reassemble() {
     .await;
     let client = onboard(&app, &receiver, "acme").await;
     watch(&app, &client, &daemon.url("r.git")).await;
-    let accepted = receiver
-        .wait_for("every chunk", |r| {
+    receiver
+        .wait_for("the last chunk", |r| {
             r.iter().any(|q| q.json()["file"]["chunk"]["index"] == 3)
         })
         .await;
-    let chunk_ids: Vec<String> = accepted
+    let received = receiver.received();
+    let failure = received
         .iter()
-        .map(|r| r.header("webhook-id").to_owned())
-        .collect();
-    assert_eq!(chunk_ids.len(), 4, "{chunk_ids:?}");
-    for (i, request) in accepted.iter().enumerate() {
-        verify(request, &client.client_auth_key, &client.webhook_secret);
-        let file = request.json()["file"].clone();
-        assert_eq!(file["chunk"]["index"], i);
-        assert_eq!(file["chunk"]["total"], 4);
-        assert_eq!(file["size"], 40_000);
-    }
-    let failed: Vec<String> = receiver
-        .received()
-        .iter()
-        .filter(|r| r.status == 500)
-        .map(|r| r.header("webhook-id").to_owned())
-        .collect();
+        .position(|r| r.status == 500)
+        .expect("chunk 2 failed once");
+    let (first_try, retry) = (&received[..=failure], &received[failure + 1..]);
+    let chunk = |r: &crate::receiver::Received| r.json()["file"]["chunk"].clone();
     assert_eq!(
-        failed,
-        [chunk_ids[1].clone()],
-        "the retry kept the chunk's webhook-id"
+        first_try
+            .iter()
+            .map(|r| chunk(r)["index"].clone())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
     );
-    let tree = apply(&accepted);
+    assert_eq!(
+        retry
+            .iter()
+            .map(|r| chunk(r)["index"].clone())
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3],
+        "the retry began again at chunk 0"
+    );
+    let chunk_id = chunk(&first_try[0])["id"].clone();
+    assert!(chunk_id.is_string(), "{chunk_id}");
+    for request in received.iter() {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+        assert_eq!(
+            chunk(request)["id"],
+            chunk_id,
+            "one chunk id for every attempt"
+        );
+        assert_eq!(chunk(request)["total"], 4);
+        assert_eq!(request.json()["file"]["size"], 40_000);
+    }
+    for (before, again) in first_try.iter().zip(retry) {
+        assert_eq!(
+            before.header("webhook-id"),
+            again.header("webhook-id"),
+            "a chunk keeps its webhook-id across attempts"
+        );
+    }
+    let tree = apply(retry);
     assert_eq!(sha(&tree["big.bin"]), sha(&content));
 }
 

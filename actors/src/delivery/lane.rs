@@ -527,8 +527,8 @@ impl Lane {
         }
     }
 
-    /// Render, then for each part (one, or the chunks from where a retry
-    /// resumes): sign, send, record.
+    /// Render, then for each part (one, or every chunk from the first):
+    /// sign, send, record.
     async fn send_event(
         &mut self,
         context: &LaneContext,
@@ -544,17 +544,13 @@ impl Lane {
             context.base_url.trim_end_matches('/'),
             rendered.endpoint
         );
-        let first = if rendered.is_chunked() {
-            self.store
-                .resume_chunk(&event.id)
-                .await?
-                .min(rendered.len() - 1)
-        } else {
-            0
-        };
-        for index in first..rendered.len() {
+        // Every attempt of a chunked event sends the whole file from chunk 0,
+        // with the same chunk id and webhook ids: a receiver that lost its
+        // partial state gets the file, one that kept it overwrites the same
+        // parts (as Docora resends the whole file).
+        for index in 0..rendered.len() {
             // A long chunked file keeps the lease alive between chunks.
-            if index > first && !self.renew_lease().await? {
+            if index > 0 && !self.renew_lease().await? {
                 return Ok(Flow::Stop(None));
             }
             let (webhook_id, body) = rendered.part(&event.id, index);
@@ -645,7 +641,8 @@ impl Lane {
                 if sent.last {
                     self.delivered(attempt(None));
                 } else {
-                    // Where a retry resumes: written before the next chunk.
+                    // The chunk's attempt, for the event's history; the
+                    // write also checks the lease before the next chunk.
                     self.store
                         .record_attempt(&self.lease, event, attempt(None), None)
                         .await?;

@@ -173,30 +173,6 @@ impl Store {
         Ok(repository::Entity::find_by_id(id).one(&self.db).await?)
     }
 
-    /// Where a chunked event resumes: after the last chunk the receiver took,
-    /// unless the receiver's latest answer was 409 (it lost the earlier
-    /// chunks), in which case the file starts over.
-    pub async fn resume_chunk(&self, event_id: &str) -> Result<usize, StoreError> {
-        let attempts = delivery_attempt::Entity::find()
-            .filter(delivery_attempt::Column::EventId.eq(event_id))
-            .filter(delivery_attempt::Column::ChunkIndex.is_not_null())
-            .order_by_desc(delivery_attempt::Column::AttemptedAt)
-            .order_by_desc(delivery_attempt::Column::Id)
-            .all(&self.db)
-            .await?;
-        for attempt in attempts {
-            match attempt.status_code {
-                Some(409) => return Ok(0),
-                Some(code) if (200..300).contains(&code) => {
-                    let index = usize::try_from(attempt.chunk_index.unwrap_or(0)).unwrap_or(0);
-                    return Ok(index + 1);
-                }
-                _ => {}
-            }
-        }
-        Ok(0)
-    }
-
     /// Records an attempt and, when `outcome` is given, what it means for the
     /// event and its subscription, in one transaction, if `lease` still
     /// holds the subscription.
