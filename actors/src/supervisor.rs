@@ -665,6 +665,7 @@ mod tests {
                 allow_private_targets: true,
                 mirrors_dir: dir.join("mirrors"),
                 tick: Duration::from_secs(3600),
+                dead_retry_interval: None,
                 instance_id: "test".into(),
                 lease_ttl: Duration::from_secs(30),
                 fetch_timeout: Duration::from_secs(10),

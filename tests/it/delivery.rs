@@ -755,3 +755,135 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
     assert_eq!(apply(&accepted), tree_of(&repo), "nothing lost");
     drop(restarted);
 }
+
+/// The paths of the requests, in order.
+fn paths(requests: &[crate::receiver::Received]) -> Vec<String> {
+    requests
+        .iter()
+        .filter_map(|r| r.json()["file"]["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A subscription whose first event died: three files, a receiver that
+/// answers 404 for longer than two attempts allow.
+struct DeadSubscription {
+    repo: TestRepo,
+    receiver: Receiver,
+    app: TestApp,
+    client: crate::helpers::TestClient,
+    id: String,
+    _served: (Served, GitDaemon),
+}
+
+async fn a_dead_subscription(dead_retry_interval: &str) -> DeadSubscription {
+    let repo = TestRepo::new("main");
+    for name in ["a.md", "b.md", "c.md"] {
+        repo.write(name, format!("{name}\n"));
+    }
+    repo.commit("three");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(404)));
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "2"),
+        ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", dead_retry_interval),
+    ])
+    .await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    app.wait_for(&client, &id, "failed", |v| v["status"] == "failed")
+        .await;
+    DeadSubscription {
+        repo,
+        receiver,
+        app,
+        client,
+        id,
+        _served: (served, daemon),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_event_is_probed_again_and_a_recovered_receiver_gets_everything_in_order() {
+    let DeadSubscription {
+        repo,
+        receiver,
+        app,
+        client,
+        id,
+        _served,
+    } = a_dead_subscription("1s").await;
+
+    // Dead, it is still probed: one request per interval, never b.md
+    // before it (order is the contract).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while receiver.received().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no probes came");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tried = receiver.received();
+    assert!(
+        paths(&tried).iter().all(|p| p == "a.md"),
+        "{:?}",
+        paths(&tried)
+    );
+    for pair in tried[1..].windows(2) {
+        let gap = pair[1].arrived - pair[0].answered;
+        assert!(
+            gap >= std::time::Duration::from_millis(900),
+            "one probe per dead_retry_interval, not a flood: {gap:?}"
+        );
+    }
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["status"], "failed", "a failed probe leaves it dead");
+    assert_eq!(view["failed_events"], 1);
+
+    // The consumer recovers: with no API call, it gets everything in order.
+    receiver.fallback(None);
+    let accepted = receiver
+        .wait_for("every file after the probe", |r| r.len() == 3)
+        .await;
+    assert_eq!(paths(&accepted), ["a.md", "b.md", "c.md"]);
+    for request in &accepted {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+    }
+    assert_eq!(
+        accepted[0].header("webhook-id"),
+        tried[0].header("webhook-id"),
+        "the probe is the same event"
+    );
+    assert_eq!(apply(&accepted), tree_of(&repo));
+    let view = app
+        .wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+    assert_eq!(view["failed_events"], 0);
+    assert_eq!(view["pending_events"], 0);
+}
+
+#[tokio::test]
+async fn with_dead_retry_interval_zero_a_dead_event_stays_dead() {
+    let DeadSubscription {
+        receiver,
+        app,
+        client,
+        id,
+        repo: _repo,
+        _served,
+    } = a_dead_subscription("0").await;
+    receiver.fallback(None);
+
+    // Many ticks later (a probe would come within a second with "1s"),
+    // nothing more was sent and the event is still dead.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "exactly max_attempts attempts"
+    );
+    assert!(receiver.accepted().is_empty());
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["failed_events"], 1);
+    assert_eq!(view["pending_events"], 2, "b.md and c.md wait behind it");
+}

@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use tracing::{Instrument, info, warn};
 
 use super::content::{Content, Found, MirrorReader};
-use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl};
+use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl, probe_dead_before};
 use crate::backoff::Backoff;
 use crate::breaker::Permit;
 use crate::breaker::actor::{BreakerMsg, Change, Reported};
@@ -208,10 +208,17 @@ impl LaneState {
             return Ok(Step::Done(None));
         };
         if event.status == entity::EventStatus::Dead {
-            // Order is the contract: later events wait behind it.
-            return Ok(Step::Done(None));
-        }
-        if event.next_attempt_at > now_ms() {
+            // Order is the contract: later events wait behind it, until it
+            // is retried or skipped, or its probe is due (`next_attempt_at`
+            // is its last attempt). The lease makes it one probe per
+            // interval, however many instances look.
+            let now = now_ms();
+            if probe_dead_before(&self.lane.config, now)
+                .is_none_or(|before| event.next_attempt_at > before)
+            {
+                return Ok(Step::Done(None));
+            }
+        } else if event.next_attempt_at > now_ms() {
             return Ok(Step::Done(Some(event.next_attempt_at)));
         }
         match self.lane.deliver_event(context, &event).await? {
@@ -638,7 +645,19 @@ impl Lane {
                     Some(latency),
                 );
                 self.breaker_success().await?;
-                if sent.last {
+                if sent.last && event.status == entity::EventStatus::Dead {
+                    // A dead event's probe got through: written at once, as
+                    // its subscription resumes.
+                    self.store
+                        .record_attempt(
+                            &self.lease,
+                            event,
+                            attempt(None),
+                            Some(EventOutcome::Delivered),
+                        )
+                        .await?;
+                    info!(event = %event.id, subscription = %event.subscription_id, "dead event delivered by its probe; its subscription resumes");
+                } else if sent.last {
                     self.delivered(attempt(None));
                 } else {
                     // The chunk's attempt, for the event's history; the
@@ -715,6 +734,14 @@ impl Lane {
         attempt: Attempt,
         outcome: EventOutcome,
     ) -> Result<Flow, StoreError> {
+        // A dead event's probe that did not get through, for whatever
+        // reason, leaves it dead until the next probe.
+        let outcome = match outcome {
+            EventOutcome::Retry { error, .. } if event.status == entity::EventStatus::Dead => {
+                EventOutcome::Dead { error }
+            }
+            outcome => outcome,
+        };
         let flow = match &outcome {
             EventOutcome::Retry { at, .. } => Flow::Stop(Some(*at)),
             EventOutcome::Skipped { .. } => Flow::Next,
@@ -722,7 +749,11 @@ impl Lane {
         };
         self.flush().await?;
         if let EventOutcome::Dead { error } = &outcome {
-            warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
+            if event.status == entity::EventStatus::Dead {
+                warn!(event = %event.id, subscription = %event.subscription_id, %error, "dead event's probe failed; it is probed again after delivery.dead_retry_interval");
+            } else {
+                warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
+            }
         }
         self.store
             .record_attempt(&self.lease, event, attempt, Some(outcome))

@@ -253,7 +253,7 @@ impl Store {
 }
 
 /// A failed or paused subscription goes back to delivering.
-async fn resume_subscription<C: sea_orm::ConnectionTrait>(
+pub(crate) async fn resume_subscription<C: sea_orm::ConnectionTrait>(
     conn: &C,
     subscription_id: &str,
     now: i64,
