@@ -887,3 +887,47 @@ async fn with_dead_retry_interval_zero_a_dead_event_stays_dead() {
     assert_eq!(view["failed_events"], 1);
     assert_eq!(view["pending_events"], 2, "b.md and c.md wait behind it");
 }
+
+#[tokio::test]
+async fn registering_again_returns_the_same_id_and_sends_the_whole_tree_again() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.write("docs/b.md", "b\n");
+    repo.commit("two");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let url = daemon.url("r.git");
+    let id = watch(&app, &client, &url).await;
+    let first = receiver.wait_for("the tree", |r| r.len() == 2).await;
+    app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+
+    // The consumer lost its store and registers again, as Docora's do.
+    let (status, again) = app.register(&client, json!({"github_url": url})).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["repository_id"], id.as_str(), "the same id");
+    let accepted = receiver
+        .wait_for("the whole tree again", |r| r.len() == 4)
+        .await;
+    let resent = &accepted[2..];
+    assert!(
+        resent.iter().all(|r| r.endpoint == "create"),
+        "every file as create"
+    );
+    for request in resent {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+        assert!(
+            first
+                .iter()
+                .all(|f| f.header("webhook-id") != request.header("webhook-id")),
+            "new events, not repeats a receiver would drop"
+        );
+    }
+    assert_eq!(apply(resent), tree_of(&repo), "the whole current tree");
+    app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+    assert_eq!(app.repositories(&client).await.len(), 1);
+}
