@@ -547,13 +547,22 @@ async fn polling_cost(store: &Store) -> (f64, f64) {
     for _ in 0..5 {
         let t = Instant::now();
         store
-            .apps_with_due_events(actors::clock::now_ms(), 10_000)
+            .apps_with_due_events(
+                actors::clock::now_ms(),
+                Some(actors::clock::now_ms() - 3_600_000),
+                10_000,
+            )
             .await
             .expect("apps_with_due_events");
         apps.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         store
-            .subscriptions_due(&app, actors::clock::now_ms(), 8)
+            .subscriptions_due(
+                &app,
+                actors::clock::now_ms(),
+                Some(actors::clock::now_ms() - 3_600_000),
+                8,
+            )
             .await
             .expect("subscriptions_due");
         subs.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -909,14 +918,23 @@ async fn replay(
             for _ in 0..5 {
                 let t = Instant::now();
                 let due = store
-                    .apps_with_due_events(actors::clock::now_ms(), 10_000)
+                    .apps_with_due_events(
+                        actors::clock::now_ms(),
+                        Some(actors::clock::now_ms() - 3_600_000),
+                        10_000,
+                    )
                     .await
                     .expect("apps_with_due_events");
                 apps.push(ms(t));
                 assert_eq!(due.len(), 1);
                 let t = Instant::now();
                 store
-                    .subscriptions_due(&app, actors::clock::now_ms(), 8)
+                    .subscriptions_due(
+                        &app,
+                        actors::clock::now_ms(),
+                        Some(actors::clock::now_ms() - 3_600_000),
+                        8,
+                    )
                     .await
                     .expect("subscriptions_due");
                 subs.push(ms(t));

@@ -217,6 +217,18 @@ pub struct DeliverySettings {
     /// How often due retries are looked for.
     #[serde(deserialize_with = "duration")]
     pub tick: Duration,
+    /// How long after its last attempt a dead event is probed again
+    /// (zero: never), so a consumer that recovers resumes by itself.
+    #[serde(deserialize_with = "duration")]
+    pub dead_retry_interval: Duration,
+}
+
+impl DeliverySettings {
+    /// `delivery.dead_retry_interval`, `None` when dead events are never
+    /// probed.
+    pub fn dead_retry_interval(&self) -> Option<Duration> {
+        Some(self.dead_retry_interval).filter(|interval| !interval.is_zero())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,6 +456,18 @@ impl Settings {
         }
         if self.delivery.tick.is_zero() {
             return Err(invalid("delivery.tick", "must be longer than zero"));
+        }
+        // A probe more often than every second would hammer a consumer known
+        // to fail.
+        if self
+            .delivery
+            .dead_retry_interval()
+            .is_some_and(|interval| interval < Duration::from_secs(1))
+        {
+            return Err(invalid(
+                "delivery.dead_retry_interval",
+                "must be \"0\" (never) or at least one second",
+            ));
         }
         // A lane renews its lease between requests: one request, up to
         // delivery.timeout, must fit well inside it.

@@ -243,6 +243,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             allow_private_targets: settings.security.allow_private_targets,
             mirrors_dir,
             tick: delivery.tick,
+            dead_retry_interval: delivery.dead_retry_interval(),
             instance_id: instance_id.clone(),
             lease_ttl: settings.cluster.lease_ttl(),
             fetch_timeout: settings.git.fetch_timeout,

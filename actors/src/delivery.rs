@@ -65,6 +65,9 @@ pub struct DeliveryConfig {
     pub mirrors_dir: PathBuf,
     /// How often due retries are looked for.
     pub tick: Duration,
+    /// How long after its last attempt a dead event gets one more attempt
+    /// (`None`: never), so a consumer that recovers resumes by itself.
+    pub dead_retry_interval: Option<Duration>,
     pub instance_id: String,
     /// How long a delivery lease lasts unless renewed (`cluster.lease_ttl`).
     pub lease_ttl: Duration,
@@ -177,7 +180,12 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DispatcherMsg::Wake => {
-                let due = match state.store.apps_with_due_events(now_ms(), 10_000).await {
+                let now = now_ms();
+                let due = match state
+                    .store
+                    .apps_with_due_events(now, probe_dead_before(&state.config, now), 10_000)
+                    .await
+                {
                     Ok(due) => due,
                     Err(err) => {
                         warn!(error = %err, "could not look for due events");
@@ -364,12 +372,14 @@ impl Actor for AppDelivery {
                 if free == 0 {
                     return Ok(());
                 }
+                let now = now_ms();
                 let due = state
                     .args
                     .store
                     .subscriptions_due(
                         &state.args.app_id,
-                        now_ms(),
+                        now,
+                        probe_dead_before(&state.args.config, now),
                         (free + state.lanes.len()) as u64,
                     )
                     .await?;
@@ -510,6 +520,14 @@ impl Actor for AppDelivery {
     }
 }
 
+/// Dead events last tried before this time are due for a probe (`None`:
+/// dead events are never probed).
+fn probe_dead_before(config: &DeliveryConfig, now: i64) -> Option<i64> {
+    config
+        .dead_retry_interval
+        .map(|interval| now - millis(interval))
+}
+
 /// A delivery lease outlives one request (configuration makes sure of it);
 /// the lane renews it as it goes.
 fn lease_ttl(config: &DeliveryConfig) -> i64 {
@@ -605,6 +623,7 @@ mod tests {
             allow_private_targets: true,
             mirrors_dir: dir.join("mirrors"),
             tick: Duration::from_secs(3600),
+            dead_retry_interval: None,
             instance_id: "test".into(),
             lease_ttl: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(10),

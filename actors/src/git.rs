@@ -309,6 +309,23 @@ pub struct RemoteHead {
     pub commit: Oid,
 }
 
+/// Bounds the pack files libgit2 maps into memory, process-wide: windows of
+/// 4 MiB, at most 16 MiB mapped at once (libgit2's defaults are 1 GiB and
+/// 8 GiB), so reading a big file from a mirror costs the file, not its
+/// pack. Call before any git work starts (the engine does).
+pub fn limit_memory_maps() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2 options are process-global; they are set once,
+        // when the engine starts, before any of its threads uses git2.
+        #[allow(unsafe_code)]
+        unsafe {
+            let _ = git2::opts::set_mwindow_size(4 << 20);
+            let _ = git2::opts::set_mwindow_mapped_limit(16 << 20);
+        }
+    });
+}
+
 fn set_global_timeouts(timeout: Duration) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {

@@ -502,6 +502,7 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     /// Starts the supervision tree.
     pub async fn start(store: Store, mut config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
+        git::limit_memory_maps();
         let (bell, rings) = ClusterBell::new();
         let bell = if store.postgres_pool().is_some() {
             bell
@@ -683,6 +684,7 @@ mod tests {
                 allow_private_targets: true,
                 mirrors_dir: dir.join("mirrors"),
                 tick: Duration::from_secs(3600),
+                dead_retry_interval: None,
                 instance_id: "test".into(),
                 lease_ttl: Duration::from_secs(30),
                 fetch_timeout: Duration::from_secs(10),

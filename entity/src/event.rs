@@ -24,6 +24,8 @@ pub struct Model {
     pub payload: Option<String>,
     pub status: crate::EventStatus,
     pub attempts: i32,
+    /// When a pending event is due; for a dead one, when it was last tried
+    /// (its next probe is `delivery.dead_retry_interval` later).
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub created_at: i64,

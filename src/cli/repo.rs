@@ -33,7 +33,8 @@ pub struct RepoCommand {
 #[derive(Debug, Subcommand)]
 pub enum RepoAction {
     /// Watch a repository: its whole tree is delivered first (the initial
-    /// snapshot), then every change.
+    /// snapshot), then every change. Adding one already watched keeps its
+    /// id and delivers the whole tree again.
     Add(AddArgs),
     /// The app's repositories with their status and pending events.
     List(PageArgs),

@@ -151,13 +151,16 @@ fn access_error(err: &GitError, with_token: bool) -> ApiError {
 
 /// Watches a repository. Access is checked first with the app's own
 /// credential (its token, or none), also when other apps already watch the
-/// repository. Registering the same repository again returns the existing
-/// registration with the credential just checked.
+/// repository. Registering the same repository again returns the same id,
+/// stores the credential just checked, and re-sends the whole current tree
+/// (every file as `create`, after whatever is already queued), as a resync
+/// does and as Docora does: its clients re-register to recover after
+/// losing their store.
 #[utoipa::path(post, path = "/api/repositories", tag = "client",
     request_body = RegisterRepository,
     security(("app_token" = [])),
     responses(
-        (status = 201, description = "Registered (or already registered)", body = RepositoryCreated),
+        (status = 201, description = "Registered; or registered again: the same id, and the whole current tree is sent again", body = RepositoryCreated),
         (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 404, description = "No such repository or branch on the remote (`repository_not_found`)", body = super::error::ErrorBody),
@@ -214,8 +217,8 @@ pub(crate) async fn register(
         state
             .engine
             .notify(SchedulerMsg::RepositoryRegistered(repo));
-    } else if view.repository.next_scan_at <= actors::clock::now_ms() {
-        // A subscriber that had lost access regained it: its tree goes out now.
+    } else {
+        tracing::info!(app = %app.id, repository = %view.repository.id, "repository registered again; its whole tree is sent again");
         state.engine.notify(SchedulerMsg::ScanNow(repo));
     }
     Ok(warp::reply::with_status(

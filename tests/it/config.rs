@@ -52,6 +52,16 @@ fn bad_values_stop_the_start_naming_the_key() {
             "mysql://localhost/herald",
         ),
         ("server.host", "HERALD__SERVER__HOST", "not an address"),
+        (
+            "delivery.dead_retry_interval",
+            "HERALD__DELIVERY__DEAD_RETRY_INTERVAL",
+            "500ms",
+        ),
+        (
+            "delivery.dead_retry_interval",
+            "HERALD__DELIVERY__DEAD_RETRY_INTERVAL",
+            "never",
+        ),
         ("admin.token", "HERALD__ADMIN__TOKEN", "short"),
         (
             "delivery.max_attempts",

@@ -169,7 +169,7 @@ async fn every_change_arrives_signed_both_ways_in_order() {
 }
 
 #[tokio::test]
-async fn a_large_binary_arrives_in_chunks_that_reassemble() {
+async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
     let repo = TestRepo::new("main");
     let content: Vec<u8> = (0..40_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -179,8 +179,9 @@ async fn a_large_binary_arrives_in_chunks_that_reassemble() {
     let served = Served::new(&repo, "r.git");
     let daemon = GitDaemon::serve(served.root());
     let receiver = Receiver::start().await;
-    // The second chunk fails once: the retry resumes at that chunk.
-    receiver.script([Reply::status(200), Reply::status(500)]);
+    // Chunk 2 fails once, and the receiver forgets the chunks it collected
+    // (as after its restart): only what it accepts after the failure counts.
+    receiver.script([Reply::status(200), Reply::status(200), Reply::status(500)]);
     let app = engine_with(&[
         ("HERALD__DELIVERY__CHUNK_THRESHOLD_BYTES", "10000"),
         ("HERALD__DELIVERY__CHUNK_SIZE_BYTES", "16000"),
@@ -188,35 +189,53 @@ async fn a_large_binary_arrives_in_chunks_that_reassemble() {
     .await;
     let client = onboard(&app, &receiver, "acme").await;
     watch(&app, &client, &daemon.url("r.git")).await;
-    let accepted = receiver
-        .wait_for("every chunk", |r| {
+    receiver
+        .wait_for("the last chunk", |r| {
             r.iter().any(|q| q.json()["file"]["chunk"]["index"] == 3)
         })
         .await;
-    let chunk_ids: Vec<String> = accepted
+    let received = receiver.received();
+    let failure = received
         .iter()
-        .map(|r| r.header("webhook-id").to_owned())
-        .collect();
-    assert_eq!(chunk_ids.len(), 4, "{chunk_ids:?}");
-    for (i, request) in accepted.iter().enumerate() {
-        verify(request, &client.client_auth_key, &client.webhook_secret);
-        let file = request.json()["file"].clone();
-        assert_eq!(file["chunk"]["index"], i);
-        assert_eq!(file["chunk"]["total"], 4);
-        assert_eq!(file["size"], 40_000);
-    }
-    let failed: Vec<String> = receiver
-        .received()
-        .iter()
-        .filter(|r| r.status == 500)
-        .map(|r| r.header("webhook-id").to_owned())
-        .collect();
+        .position(|r| r.status == 500)
+        .expect("chunk 2 failed once");
+    let (first_try, retry) = (&received[..=failure], &received[failure + 1..]);
+    let chunk = |r: &crate::receiver::Received| r.json()["file"]["chunk"].clone();
     assert_eq!(
-        failed,
-        [chunk_ids[1].clone()],
-        "the retry kept the chunk's webhook-id"
+        first_try
+            .iter()
+            .map(|r| chunk(r)["index"].clone())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
     );
-    let tree = apply(&accepted);
+    assert_eq!(
+        retry
+            .iter()
+            .map(|r| chunk(r)["index"].clone())
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3],
+        "the retry began again at chunk 0"
+    );
+    let chunk_id = chunk(&first_try[0])["id"].clone();
+    assert!(chunk_id.is_string(), "{chunk_id}");
+    for request in received.iter() {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+        assert_eq!(
+            chunk(request)["id"],
+            chunk_id,
+            "one chunk id for every attempt"
+        );
+        assert_eq!(chunk(request)["total"], 4);
+        assert_eq!(request.json()["file"]["size"], 40_000);
+    }
+    for (before, again) in first_try.iter().zip(retry) {
+        assert_eq!(
+            before.header("webhook-id"),
+            again.header("webhook-id"),
+            "a chunk keeps its webhook-id across attempts"
+        );
+    }
+    let tree = apply(retry);
     assert_eq!(sha(&tree["big.bin"]), sha(&content));
 }
 
@@ -735,4 +754,180 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
     );
     assert_eq!(apply(&accepted), tree_of(&repo), "nothing lost");
     drop(restarted);
+}
+
+/// The paths of the requests, in order.
+fn paths(requests: &[crate::receiver::Received]) -> Vec<String> {
+    requests
+        .iter()
+        .filter_map(|r| r.json()["file"]["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A subscription whose first event died: three files, a receiver that
+/// answers 404 for longer than two attempts allow.
+struct DeadSubscription {
+    repo: TestRepo,
+    receiver: Receiver,
+    app: TestApp,
+    client: crate::helpers::TestClient,
+    id: String,
+    _served: (Served, GitDaemon),
+}
+
+async fn a_dead_subscription(dead_retry_interval: &str) -> DeadSubscription {
+    let repo = TestRepo::new("main");
+    for name in ["a.md", "b.md", "c.md"] {
+        repo.write(name, format!("{name}\n"));
+    }
+    repo.commit("three");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(404)));
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "2"),
+        ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", dead_retry_interval),
+    ])
+    .await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    app.wait_for(&client, &id, "failed", |v| v["status"] == "failed")
+        .await;
+    DeadSubscription {
+        repo,
+        receiver,
+        app,
+        client,
+        id,
+        _served: (served, daemon),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_event_is_probed_again_and_a_recovered_receiver_gets_everything_in_order() {
+    let DeadSubscription {
+        repo,
+        receiver,
+        app,
+        client,
+        id,
+        _served,
+    } = a_dead_subscription("1s").await;
+
+    // Dead, it is still probed: one request per interval, never b.md
+    // before it (order is the contract).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while receiver.received().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no probes came");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tried = receiver.received();
+    assert!(
+        paths(&tried).iter().all(|p| p == "a.md"),
+        "{:?}",
+        paths(&tried)
+    );
+    for pair in tried[1..].windows(2) {
+        let gap = pair[1].arrived - pair[0].answered;
+        assert!(
+            gap >= std::time::Duration::from_millis(900),
+            "one probe per dead_retry_interval, not a flood: {gap:?}"
+        );
+    }
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["status"], "failed", "a failed probe leaves it dead");
+    assert_eq!(view["failed_events"], 1);
+
+    // The consumer recovers: with no API call, it gets everything in order.
+    receiver.fallback(None);
+    let accepted = receiver
+        .wait_for("every file after the probe", |r| r.len() == 3)
+        .await;
+    assert_eq!(paths(&accepted), ["a.md", "b.md", "c.md"]);
+    for request in &accepted {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+    }
+    assert_eq!(
+        accepted[0].header("webhook-id"),
+        tried[0].header("webhook-id"),
+        "the probe is the same event"
+    );
+    assert_eq!(apply(&accepted), tree_of(&repo));
+    let view = app
+        .wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+    assert_eq!(view["failed_events"], 0);
+    assert_eq!(view["pending_events"], 0);
+}
+
+#[tokio::test]
+async fn with_dead_retry_interval_zero_a_dead_event_stays_dead() {
+    let DeadSubscription {
+        receiver,
+        app,
+        client,
+        id,
+        repo: _repo,
+        _served,
+    } = a_dead_subscription("0").await;
+    receiver.fallback(None);
+
+    // Many ticks later (a probe would come within a second with "1s"),
+    // nothing more was sent and the event is still dead.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "exactly max_attempts attempts"
+    );
+    assert!(receiver.accepted().is_empty());
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["failed_events"], 1);
+    assert_eq!(view["pending_events"], 2, "b.md and c.md wait behind it");
+}
+
+#[tokio::test]
+async fn registering_again_returns_the_same_id_and_sends_the_whole_tree_again() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "a\n");
+    repo.write("docs/b.md", "b\n");
+    repo.commit("two");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "acme").await;
+    let url = daemon.url("r.git");
+    let id = watch(&app, &client, &url).await;
+    let first = receiver.wait_for("the tree", |r| r.len() == 2).await;
+    app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+
+    // The consumer lost its store and registers again, as Docora's do.
+    let (status, again) = app.register(&client, json!({"github_url": url})).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["repository_id"], id.as_str(), "the same id");
+    let accepted = receiver
+        .wait_for("the whole tree again", |r| r.len() == 4)
+        .await;
+    let resent = &accepted[2..];
+    assert!(
+        resent.iter().all(|r| r.endpoint == "create"),
+        "every file as create"
+    );
+    for request in resent {
+        verify(request, &client.client_auth_key, &client.webhook_secret);
+        assert!(
+            first
+                .iter()
+                .all(|f| f.header("webhook-id") != request.header("webhook-id")),
+            "new events, not repeats a receiver would drop"
+        );
+    }
+    assert_eq!(apply(resent), tree_of(&repo), "the whole current tree");
+    app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
+        .await;
+    assert_eq!(app.repositories(&client).await.len(), 1);
 }

@@ -226,28 +226,49 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
     let served = Served::new(&repo, "r.git");
     let daemon = GitDaemon::serve(served.root());
     let receiver = Receiver::start().await;
-    receiver.fallback(Some(crate::receiver::Reply::status(503)));
-    let app = engine_with(&[
-        ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
-        ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1000"),
-    ])
-    .await;
+    // The first attempt is told to come back in an hour: then the process
+    // idles, and the measured sending starts when the test says so.
+    receiver.script([crate::receiver::Reply {
+        status: 503,
+        retry_after: Some(3600),
+        delay: std::time::Duration::ZERO,
+    }]);
+    let app = engine_with(&[]).await;
     let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    watch(&app, &client, &daemon.url("r.git")).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while app.outbox(&client, &id).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the scan wrote no event"
-        );
+    while receiver.received().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no first attempt");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, pending) = app
+        .call(
+            Method::GET,
+            "/api/events?status=pending",
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pending}");
+    let event = pending["data"][0]["event_id"]
+        .as_str()
+        .expect("the event")
+        .to_owned();
 
     // From here on, only the sending: its peak is measured from now.
     let pid = app.pid();
     let before = proc_kib(pid, "VmRSS:");
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak can be reset");
-    receiver.fallback(None);
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/events/{event}/retry"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
     let accepted = receiver
         .wait_for("the whole file", |r| {
             crate::delivery::apply(r)

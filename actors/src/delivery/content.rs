@@ -11,9 +11,9 @@ use entity::event;
 use crate::git::{self, Mirror, RemoteSpec};
 use crate::scan::ScanPool;
 
-/// What became of an event's content.
-pub(super) enum Found {
-    Bytes(Vec<u8>),
+/// What became of an event's content (`T`: what was made of it).
+pub(super) enum Found<T> {
+    Made(T),
     /// It cannot come back: the remote no longer has the commit. Says why.
     Gone(String),
     /// It may come back: the remote could not be asked now. Says why.
@@ -31,10 +31,21 @@ pub(super) struct Content {
 }
 
 impl Content {
-    /// The content of a created or updated file.
-    pub(super) async fn get(&self, event: &event::Model) -> Found {
-        if let Some(bytes) = self.mirror.read(event.blob_id.clone()).await {
-            return Found::Bytes(bytes);
+    /// What `make` makes of the content of a created or updated file. It
+    /// runs on a blocking thread with the bytes as libgit2 holds them, so a
+    /// big file is never copied before it is rendered.
+    pub(super) async fn with<T, F>(&self, event: &event::Model, make: F) -> Found<T>
+    where
+        T: Send + 'static,
+        F: Fn(&[u8]) -> T + Send + Sync + 'static,
+    {
+        let make = Arc::new(make);
+        if let Some(made) = self
+            .mirror
+            .read_with(event.blob_id.clone(), make.clone())
+            .await
+        {
+            return Found::Made(made);
         }
         let Some(commit) = event.commit_sha.clone() else {
             return Found::Gone("the event names no commit to fetch its content from".to_owned());
@@ -61,8 +72,8 @@ impl Content {
             })
             .await;
         match refetched {
-            Ok(Ok(true)) => match self.mirror.read(event.blob_id.clone()).await {
-                Some(bytes) => Found::Bytes(bytes),
+            Ok(Ok(true)) => match self.mirror.read_with(event.blob_id.clone(), make).await {
+                Some(made) => Found::Made(made),
                 None => Found::Gone(format!(
                     "commit {commit} does not hold the file's content; resync the repository"
                 )),
@@ -101,17 +112,24 @@ impl MirrorReader {
         }
     }
 
-    /// A blob's bytes; `None` when the mirror or the blob is missing.
-    pub(super) async fn read(&self, blob: Option<String>) -> Option<Vec<u8>> {
+    /// What `make` makes of a blob's bytes, on a blocking thread; `None`
+    /// when the mirror or the blob is missing. A panic in `make` is the
+    /// caller's.
+    pub(super) async fn read_with<T, F>(&self, blob: Option<String>, make: Arc<F>) -> Option<T>
+    where
+        T: Send + 'static,
+        F: Fn(&[u8]) -> T + Send + Sync + 'static,
+    {
         let blob = git2::Oid::from_str(&blob?).ok()?;
         let reader = self.clone();
-        tokio::task::spawn_blocking(move || reader.read_blocking(blob))
-            .await
-            .ok()
-            .flatten()
+        match tokio::task::spawn_blocking(move || reader.read_blocking(blob, &*make)).await {
+            Ok(made) => made,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => None,
+        }
     }
 
-    fn read_blocking(&self, blob: git2::Oid) -> Option<Vec<u8>> {
+    fn read_blocking<T>(&self, blob: git2::Oid, make: &dyn Fn(&[u8]) -> T) -> Option<T> {
         let mut slot = self.repo.lock().ok()?;
         // A handle opened earlier may predate a rebuilt mirror or a refetch:
         // on a miss the mirror is opened afresh once.
@@ -119,18 +137,17 @@ impl MirrorReader {
             if reopen || slot.is_none() {
                 *slot = Some(git2::Repository::open_bare(&self.path).ok()?);
             }
-            let found = slot
-                .as_ref()?
-                .find_blob(blob)
-                .ok()
-                .map(|found| found.content().to_vec());
-            if let Some(content) = found {
-                if content.len() > BIG_BLOB {
+            let found = slot.as_ref()?.find_blob(blob).ok().map(|found| {
+                let size = found.size();
+                (make(found.content()), size)
+            });
+            if let Some((made, size)) = found {
+                if size > BIG_BLOB {
                     // Close the mirror: the pack windows mapped to read a big
                     // file leave memory with it.
                     *slot = None;
                 }
-                return Some(content);
+                return Some(made);
             }
         }
         None

@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use tracing::{Instrument, info, warn};
 
 use super::content::{Content, Found, MirrorReader};
-use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl};
+use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl, probe_dead_before};
 use crate::backoff::Backoff;
 use crate::breaker::Permit;
 use crate::breaker::actor::{BreakerMsg, Change, Reported};
@@ -219,10 +219,17 @@ impl LaneState {
             return Ok(Step::Done(None));
         };
         if event.status == entity::EventStatus::Dead {
-            // Order is the contract: later events wait behind it.
-            return Ok(Step::Done(None));
-        }
-        if event.next_attempt_at > now_ms() {
+            // Order is the contract: later events wait behind it, until it
+            // is retried or skipped, or its probe is due (`next_attempt_at`
+            // is its last attempt). The lease makes it one probe per
+            // interval, however many instances look.
+            let now = now_ms();
+            if probe_dead_before(&self.lane.config, now)
+                .is_none_or(|before| event.next_attempt_at > before)
+            {
+                return Ok(Step::Done(None));
+            }
+        } else if event.next_attempt_at > now_ms() {
             return Ok(Step::Done(Some(event.next_attempt_at)));
         }
         match self.lane.deliver_event(context, &event).await? {
@@ -497,10 +504,20 @@ impl Lane {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
-        let too_large = payload::too_large(event, self.config.max_file_bytes);
-        let content = if event.kind.carries_content() && !too_large {
-            match context.content.get(event).await {
-                Found::Bytes(content) => Some(content),
+        let rendered = if payload::too_large(event, self.config.max_file_bytes) {
+            payload::render_too_large(event, &context.repository)
+        } else if event.kind.carries_content() {
+            // Read and rendered (base64, JSON) on a blocking thread, from the
+            // bytes libgit2 holds: a big file is never copied first.
+            let (owned, repository, chunking) = (
+                event.clone(),
+                context.repository.clone(),
+                self.config.chunking,
+            );
+            let render =
+                move |content: &[u8]| payload::render(&owned, &repository, Some(content), chunking);
+            match context.content.with(event, render).await {
+                Found::Made(rendered) => rendered,
                 Found::Gone(error) => {
                     return self.give_up(event, "content_missing", error).await.map(Err);
                 }
@@ -535,26 +552,7 @@ impl Lane {
                 }
             }
         } else {
-            None
-        };
-        let rendered = if too_large {
-            payload::render_too_large(event, &context.repository)
-        } else if content.as_ref().is_some_and(|c| c.len() > BLOCKING_BYTES) {
-            // Base64 and JSON of a big file: off the executor.
-            let (event, repository, chunking) = (
-                event.clone(),
-                context.repository.clone(),
-                self.config.chunking,
-            );
-            blocking(move || payload::render(&event, &repository, content.as_deref(), chunking))
-                .await
-        } else {
-            payload::render(
-                event,
-                &context.repository,
-                content.as_deref(),
-                self.config.chunking,
-            )
+            payload::render(event, &context.repository, None, self.config.chunking)
         };
         match rendered {
             Ok(rendered) => Ok(Ok(rendered)),
@@ -565,8 +563,8 @@ impl Lane {
         }
     }
 
-    /// Render, then for each part (one, or the chunks from where a retry
-    /// resumes): sign, send, record.
+    /// Render, then for each part (one, or every chunk from the first):
+    /// sign, send, record.
     async fn send_event(
         &mut self,
         context: &LaneContext,
@@ -582,17 +580,13 @@ impl Lane {
             context.base_url.trim_end_matches('/'),
             rendered.endpoint
         );
-        let first = if rendered.is_chunked() {
-            self.store
-                .resume_chunk(&event.id)
-                .await?
-                .min(rendered.len() - 1)
-        } else {
-            0
-        };
-        for index in first..rendered.len() {
+        // Every attempt of a chunked event sends the whole file from chunk 0,
+        // with the same chunk id and webhook ids: a receiver that lost its
+        // partial state gets the file, one that kept it overwrites the same
+        // parts (as Docora resends the whole file).
+        for index in 0..rendered.len() {
             // A long chunked file keeps the lease alive between chunks.
-            if index > first && !self.renew_lease().await? {
+            if index > 0 && !self.renew_lease().await? {
                 return Ok(Flow::Stop(None));
             }
             let (webhook_id, body) = rendered.part(&event.id, index);
@@ -689,10 +683,23 @@ impl Lane {
                     Some(latency),
                 );
                 self.breaker_success().await?;
-                if sent.last {
+                if sent.last && event.status == entity::EventStatus::Dead {
+                    // A dead event's probe got through: written at once, as
+                    // its subscription resumes.
+                    self.store
+                        .record_attempt(
+                            &self.lease,
+                            event,
+                            attempt(None),
+                            Some(EventOutcome::Delivered),
+                        )
+                        .await?;
+                    info!(event = %event.id, subscription = %event.subscription_id, "dead event delivered by its probe; its subscription resumes");
+                } else if sent.last {
                     self.delivered(attempt(None));
                 } else {
-                    // Where a retry resumes: written before the next chunk.
+                    // The chunk's attempt, for the event's history; the
+                    // write also checks the lease before the next chunk.
                     self.store
                         .record_attempt(&self.lease, event, attempt(None), None)
                         .await?;
@@ -765,6 +772,14 @@ impl Lane {
         attempt: Attempt,
         outcome: EventOutcome,
     ) -> Result<Flow, StoreError> {
+        // A dead event's probe that did not get through, for whatever
+        // reason, leaves it dead until the next probe.
+        let outcome = match outcome {
+            EventOutcome::Retry { error, .. } if event.status == entity::EventStatus::Dead => {
+                EventOutcome::Dead { error }
+            }
+            outcome => outcome,
+        };
         let flow = match &outcome {
             EventOutcome::Retry { at, .. } => Flow::Stop(Some(*at)),
             EventOutcome::Skipped { .. } => Flow::Next,
@@ -772,7 +787,11 @@ impl Lane {
         };
         self.flush().await?;
         if let EventOutcome::Dead { error } = &outcome {
-            warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
+            if event.status == entity::EventStatus::Dead {
+                warn!(event = %event.id, subscription = %event.subscription_id, %error, "dead event's probe failed; it is probed again after delivery.dead_retry_interval");
+            } else {
+                warn!(event = %event.id, subscription = %event.subscription_id, %error, "event is dead; its subscription waits behind it");
+            }
         }
         self.store
             .record_attempt(&self.lease, event, attempt, Some(outcome))

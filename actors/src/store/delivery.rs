@@ -5,10 +5,11 @@
 use entity::{app, delivery_attempt, event, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
 };
 
+use super::events::resume_subscription;
 use super::leases::{LeaseToken, free, hold_delivery};
 use super::{Store, StoreError};
 use crate::clock::now_ms;
@@ -41,6 +42,27 @@ impl Attempt {
     }
 }
 
+/// Events due now: pending ones whose time has come, and dead ones last
+/// tried before `probe_dead_before` (due for one probe). Columns are
+/// qualified: the apps query correlates this with `apps`, which has a
+/// `status` too.
+fn due_events(now: i64, probe_dead_before: Option<i64>) -> Condition {
+    let pending = Condition::all()
+        .add(Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Pending))
+        .add(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(now));
+    let mut due = Condition::any().add(pending);
+    if let Some(before) = probe_dead_before {
+        due = due.add(
+            Condition::all()
+                .add(
+                    Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Dead),
+                )
+                .add(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(before)),
+        );
+    }
+    due
+}
+
 /// What the attempt means for its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -68,10 +90,12 @@ pub enum EventOutcome {
 impl Store {
     /// Active apps with events due now, at most `limit`. One index probe
     /// per app (`ix_events_app_status`), however long the outbox: the
-    /// dispatcher asks this every `delivery.tick`.
+    /// dispatcher asks this every `delivery.tick`. Dead events last tried
+    /// before `probe_dead_before` are due for one probe (`None`: never).
     pub async fn apps_with_due_events(
         &self,
         now: i64,
+        probe_dead_before: Option<i64>,
         limit: u64,
     ) -> Result<Vec<String>, StoreError> {
         let due = Query::select()
@@ -81,10 +105,7 @@ impl Store {
                 Expr::col((event::Entity, event::Column::AppId))
                     .equals((app::Entity, app::Column::Id)),
             )
-            .and_where(
-                Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Pending),
-            )
-            .and_where(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(now))
+            .cond_where(due_events(now, probe_dead_before))
             .to_owned();
         Ok(app::Entity::find()
             .select_only()
@@ -99,29 +120,33 @@ impl Store {
     }
 
     /// The app's subscriptions that have an event due now and may deliver
-    /// (no dead event, not paused; a subscription failed by its git remote
-    /// still delivers, its `sync_failed` first; its lease free or expired).
+    /// (no dead event waiting for its next probe, not paused; a
+    /// subscription failed by its git remote still delivers, its
+    /// `sync_failed` first; its lease free or expired).
     pub async fn subscriptions_due(
         &self,
         app_id: &str,
         now: i64,
+        probe_dead_before: Option<i64>,
         limit: u64,
     ) -> Result<Vec<subscription::Model>, StoreError> {
         let due = Query::select()
             .column(event::Column::SubscriptionId)
             .from(event::Entity)
             .and_where(Expr::col(event::Column::AppId).eq(app_id))
-            .and_where(Expr::col(event::Column::Status).eq(entity::EventStatus::Pending))
-            .and_where(Expr::col(event::Column::NextAttemptAt).lte(now))
+            .cond_where(due_events(now, probe_dead_before))
             .to_owned();
         // Order is the contract: a dead event blocks its subscription until
-        // someone retries or skips it.
-        let blocked = Query::select()
+        // someone retries or skips it, or its next probe succeeds.
+        let mut blocked = Query::select()
             .column(event::Column::SubscriptionId)
             .from(event::Entity)
             .and_where(Expr::col(event::Column::AppId).eq(app_id))
             .and_where(Expr::col(event::Column::Status).eq(entity::EventStatus::Dead))
             .to_owned();
+        if let Some(before) = probe_dead_before {
+            blocked.and_where(Expr::col(event::Column::NextAttemptAt).gt(before));
+        }
         Ok(subscription::Entity::find()
             .filter(subscription::Column::AppId.eq(app_id))
             .filter(subscription::Column::Status.ne(entity::SubscriptionStatus::Paused))
@@ -173,30 +198,6 @@ impl Store {
         Ok(repository::Entity::find_by_id(id).one(&self.db).await?)
     }
 
-    /// Where a chunked event resumes: after the last chunk the receiver took,
-    /// unless the receiver's latest answer was 409 (it lost the earlier
-    /// chunks), in which case the file starts over.
-    pub async fn resume_chunk(&self, event_id: &str) -> Result<usize, StoreError> {
-        let attempts = delivery_attempt::Entity::find()
-            .filter(delivery_attempt::Column::EventId.eq(event_id))
-            .filter(delivery_attempt::Column::ChunkIndex.is_not_null())
-            .order_by_desc(delivery_attempt::Column::AttemptedAt)
-            .order_by_desc(delivery_attempt::Column::Id)
-            .all(&self.db)
-            .await?;
-        for attempt in attempts {
-            match attempt.status_code {
-                Some(409) => return Ok(0),
-                Some(code) if (200..300).contains(&code) => {
-                    let index = usize::try_from(attempt.chunk_index.unwrap_or(0)).unwrap_or(0);
-                    return Ok(index + 1);
-                }
-                _ => {}
-            }
-        }
-        Ok(0)
-    }
-
     /// Records an attempt and, when `outcome` is given, what it means for the
     /// event and its subscription, in one transaction, if `lease` still
     /// holds the subscription.
@@ -234,6 +235,11 @@ impl Store {
                     )
                     .exec(&txn)
                     .await?;
+                if event.status == entity::EventStatus::Dead {
+                    // A dead event's probe succeeded: the subscription goes
+                    // on, as after an operator's retry.
+                    resume_subscription(&txn, &event.subscription_id, now).await?;
+                }
             }
             Some(EventOutcome::Retry { at, error, counted }) => {
                 let mut update = update_event(entity::EventStatus::Pending)
@@ -253,6 +259,9 @@ impl Store {
                         event::Column::Attempts,
                         Expr::col(event::Column::Attempts).add(1),
                     )
+                    // For a dead event: when it was last tried, from which
+                    // its next probe is counted.
+                    .col_expr(event::Column::NextAttemptAt, Expr::value(now))
                     .col_expr(event::Column::LastError, Expr::value(error.clone()))
                     .exec(&txn)
                     .await?;

@@ -170,52 +170,11 @@ impl Store {
     /// snapshot (no refetch when the remote did not move). `false` when the
     /// app does not watch the repository.
     pub async fn resync(&self, app: &AppId, repo: &RepoId) -> Result<bool, StoreError> {
-        let now = now_ms();
         let txn = self.begin_write().await?;
         lock_repositories(&txn, &[repo.as_str().to_owned()]).await?;
-        let updated = subscription::Entity::update_many()
-            .col_expr(
-                subscription::Column::LastSnapshotId,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                subscription::Column::Status,
-                Expr::value(entity::SubscriptionStatus::PendingSnapshot),
-            )
-            .col_expr(
-                subscription::Column::LastError,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
-            .filter(subscription::Column::AppId.eq(app.as_str()))
-            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
-            .exec(&txn)
-            .await?;
-        if updated.rows_affected == 0 {
+        if !start_over(&txn, app, repo.as_str(), now_ms()).await? {
             return Ok(false);
         }
-        // The full tree replaces whatever failed before: dead events would
-        // only block it.
-        let subscription_ids = sea_orm::sea_query::Query::select()
-            .column(subscription::Column::Id)
-            .from(subscription::Entity)
-            .and_where(Expr::col(subscription::Column::AppId).eq(app.as_str()))
-            .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.as_str()))
-            .to_owned();
-        event::Entity::update_many()
-            .col_expr(
-                event::Column::Status,
-                Expr::value(entity::EventStatus::Skipped),
-            )
-            .filter(event::Column::Status.eq(entity::EventStatus::Dead))
-            .filter(event::Column::SubscriptionId.in_subquery(subscription_ids))
-            .exec(&txn)
-            .await?;
-        entity::repository::Entity::update_many()
-            .col_expr(entity::repository::Column::NextScanAt, Expr::value(now))
-            .filter(entity::repository::Column::Id.eq(repo.as_str()))
-            .exec(&txn)
-            .await?;
         txn.commit().await?;
         Ok(true)
     }
@@ -252,8 +211,63 @@ impl Store {
     }
 }
 
+/// The app's subscription to the repository starts over from the whole
+/// current tree (a resync; registering again): the next scan, due now,
+/// gives it an initial snapshot, and its dead events, which would only
+/// block it, are skipped. `false` when the app does not watch it. The
+/// caller has locked the repository.
+pub(crate) async fn start_over<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    app: &AppId,
+    repository_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let updated = subscription::Entity::update_many()
+        .col_expr(
+            subscription::Column::LastSnapshotId,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            subscription::Column::Status,
+            Expr::value(entity::SubscriptionStatus::PendingSnapshot),
+        )
+        .col_expr(
+            subscription::Column::LastError,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
+        .filter(subscription::Column::AppId.eq(app.as_str()))
+        .filter(subscription::Column::RepositoryId.eq(repository_id))
+        .exec(conn)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Ok(false);
+    }
+    let subscription_ids = sea_orm::sea_query::Query::select()
+        .column(subscription::Column::Id)
+        .from(subscription::Entity)
+        .and_where(Expr::col(subscription::Column::AppId).eq(app.as_str()))
+        .and_where(Expr::col(subscription::Column::RepositoryId).eq(repository_id))
+        .to_owned();
+    event::Entity::update_many()
+        .col_expr(
+            event::Column::Status,
+            Expr::value(entity::EventStatus::Skipped),
+        )
+        .filter(event::Column::Status.eq(entity::EventStatus::Dead))
+        .filter(event::Column::SubscriptionId.in_subquery(subscription_ids))
+        .exec(conn)
+        .await?;
+    entity::repository::Entity::update_many()
+        .col_expr(entity::repository::Column::NextScanAt, Expr::value(now))
+        .filter(entity::repository::Column::Id.eq(repository_id))
+        .exec(conn)
+        .await?;
+    Ok(true)
+}
+
 /// A failed or paused subscription goes back to delivering.
-async fn resume_subscription<C: sea_orm::ConnectionTrait>(
+pub(crate) async fn resume_subscription<C: sea_orm::ConnectionTrait>(
     conn: &C,
     subscription_id: &str,
     now: i64,

@@ -13,6 +13,7 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 use super::access::regain;
+use super::events::start_over;
 use super::{Store, StoreError, lock_repositories};
 use crate::breaker::GIT_BREAKER;
 use crate::clock::now_ms;
@@ -80,7 +81,8 @@ impl Store {
     /// watches it yet. The caller has just proven that `new.git_token` (or no
     /// token) reads the repository. Subscribing again returns the existing
     /// subscription, with `created == false`, its credential replaced by the
-    /// one just proven (a subscriber that had lost access regains it).
+    /// one just proven (a subscriber that had lost access regains it), and
+    /// starts it over from the whole current tree, as a resync does.
     pub async fn subscribe(
         &self,
         app: &AppId,
@@ -168,6 +170,10 @@ impl Store {
         .exec_without_returning(&txn)
         .await?;
         if inserted == 0 {
+            // Registering again: the subscription starts over from the
+            // whole current tree, as Docora re-sends it (its consumers
+            // re-register to recover after losing their store).
+            lock_repositories(&txn, std::slice::from_ref(&repository.id)).await?;
             let existing = subscription::Entity::find()
                 .filter(subscription::Column::AppId.eq(app.as_str()))
                 .filter(subscription::Column::RepositoryId.eq(repository.id.as_str()))
@@ -175,6 +181,7 @@ impl Store {
                 .await?
                 .ok_or_else(|| sea_orm::DbErr::RecordNotFound(repository.id.clone()))?;
             set_proven_credential(&txn, self, existing, new.git_token.as_ref(), now).await?;
+            start_over(&txn, app, &repository.id, now).await?;
         }
         txn.commit().await?;
 
