@@ -464,12 +464,22 @@ pub fn mirror_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     lock
 }
 
+/// How long a mirror must stay unopenable before it counts as damaged and
+/// is rebuilt.
+pub const VERIFY_DAMAGE_AFTER: Duration = Duration::from_secs(60);
+
+/// The file that records when a mirror first failed to open.
+fn suspect_marker(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".suspect");
+    PathBuf::from(name)
+}
+
 /// Whether a failure to open a mirror is the system's (it will pass) rather
 /// than the mirror's.
 fn is_transient(err: &git2::Error) -> bool {
     let text = err.message().to_ascii_lowercase();
-    err.class() == ErrorClass::Os
-        || err.class() == ErrorClass::NoMemory
+    err.class() == ErrorClass::NoMemory
         || [
             "too many open files",
             "permission denied",
@@ -501,55 +511,55 @@ impl std::fmt::Debug for Mirror {
 
 impl Mirror {
     /// Opens the mirror at `path`, creating it when missing. A mirror that
-    /// cannot be opened is rebuilt (empty, to be fetched again) only when it
+    /// cannot be opened is rebuilt (empty, to be fetched again) only once it
     /// is verified damaged: the failure is not the system's (too many open
-    /// files, no permission, no memory: those leave it alone and fail this
-    /// attempt) and it persists when tried again a moment later. The mirror
-    /// may hold the only local copy of content that pending events send.
+    /// files, no permission, no memory: those never count), and the mirror
+    /// still cannot be opened [`VERIFY_DAMAGE_AFTER`] after the first failure
+    /// (recorded in a `{mirror}.suspect` file beside it, removed once it
+    /// opens again). Until then the operation fails and is tried again later:
+    /// the mirror may hold the only local copy of content pending events send.
     pub fn open(path: &Path) -> Result<Self, GitError> {
         let healthy = |opened: Result<Repository, git2::Error>| {
             let repo = opened?;
             let odb = repo.odb().map(|_| ());
             odb.map(|()| repo)
         };
+        let suspect = suspect_marker(path);
+        let unreadable =
+            || GitError::new(GitFailure::Other, "the local mirror cannot be opened now");
         let repo = match healthy(Repository::open_bare(path)) {
-            Ok(repo) => repo,
+            Ok(repo) => {
+                let _ = std::fs::remove_file(&suspect);
+                repo
+            }
             Err(_) if !path.exists() => Repository::init_bare(path).map_err(|_| {
                 GitError::new(GitFailure::Other, "the local mirror could not be created")
             })?,
             Err(err) if is_transient(&err) => {
                 tracing::warn!(path = %path.display(), class = ?err.class(), "mirror cannot be opened now; leaving it as it is");
-                return Err(GitError::new(
-                    GitFailure::Other,
-                    "the local mirror cannot be opened now",
-                ));
+                return Err(unreadable());
             }
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(250));
-                match healthy(Repository::open_bare(path)) {
-                    Ok(repo) => repo,
-                    Err(err) if is_transient(&err) => {
-                        return Err(GitError::new(
-                            GitFailure::Other,
-                            "the local mirror cannot be opened now",
-                        ));
-                    }
-                    Err(_) => {
-                        tracing::warn!(path = %path.display(), "mirror damaged; rebuilding it from the remote");
-                        std::fs::remove_dir_all(path).map_err(|_| {
-                            GitError::new(
-                                GitFailure::Other,
-                                "the local mirror could not be removed",
-                            )
-                        })?;
-                        Repository::init_bare(path).map_err(|_| {
-                            GitError::new(
-                                GitFailure::Other,
-                                "the local mirror could not be created",
-                            )
-                        })?
-                    }
+            Err(err) => {
+                let now = crate::clock::now_ms();
+                let since = std::fs::read_to_string(&suspect)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<i64>().ok());
+                let Some(since) = since else {
+                    tracing::warn!(path = %path.display(), class = ?err.class(), "mirror cannot be opened; rebuilt if it stays so");
+                    let _ = std::fs::write(&suspect, now.to_string());
+                    return Err(unreadable());
+                };
+                if now - since < crate::clock::millis(VERIFY_DAMAGE_AFTER) {
+                    return Err(unreadable());
                 }
+                tracing::warn!(path = %path.display(), "mirror damaged; rebuilding it from the remote");
+                std::fs::remove_dir_all(path).map_err(|_| {
+                    GitError::new(GitFailure::Other, "the local mirror could not be removed")
+                })?;
+                let _ = std::fs::remove_file(&suspect);
+                Repository::init_bare(path).map_err(|_| {
+                    GitError::new(GitFailure::Other, "the local mirror could not be created")
+                })?
             }
         };
         Ok(Self {
@@ -951,10 +961,19 @@ mod tests {
         std::fs::remove_dir_all(&path).expect("removed");
         std::fs::create_dir(&path).expect("dir");
         std::fs::write(path.join("HEAD"), "garbage").expect("garbage");
+        assert!(
+            Mirror::open(&path).is_err(),
+            "not rebuilt at the first failure"
+        );
+        assert!(path.join("HEAD").exists(), "left as it is");
+        // Still unopenable long after the first failure: damaged.
+        let long_ago = crate::clock::now_ms() - crate::clock::millis(VERIFY_DAMAGE_AFTER) - 1;
+        std::fs::write(suspect_marker(&path), long_ago.to_string()).expect("marker");
         let rebuilt = Mirror::open(&path).expect("rebuilt");
         assert!(
             rebuilt.repo.find_blob(oid).is_err(),
             "a damaged mirror starts empty"
         );
+        assert!(!suspect_marker(&path).exists());
     }
 }

@@ -136,3 +136,52 @@ async fn content_of_a_commit_the_remote_no_longer_has_is_declared_gone_with_the_
         "nothing was sent for content that could not be read"
     );
 }
+
+#[tokio::test]
+async fn a_mirror_unreadable_for_a_moment_is_kept_and_delivery_resumes() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "alpha\n");
+    repo.write("b.md", "beta\n");
+    repo.commit("two files");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(500)));
+    let app = patient_engine().await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    wait_for_events(&app, &client, &id, 2).await;
+    let mirror = app.mirror_dirs().pop().expect("the mirror");
+    std::fs::write(mirror.join("description"), "the mirror the scan made\n").expect("planted");
+
+    // Its objects are out of reach for a moment: the next attempt cannot
+    // open the mirror, and says so beside it.
+    let objects = mirror.join("objects");
+    let away = mirror.join("objects.away");
+    std::fs::rename(&objects, &away).expect("objects moved away");
+    let mut suspect = mirror.clone().into_os_string();
+    suspect.push(".suspect");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::path::Path::new(&suspect).exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt met the unreadable mirror; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    std::fs::rename(&away, &objects).expect("objects back");
+    receiver.fallback(None);
+
+    let accepted = receiver
+        .wait_for("both files", |r| apply(r).len() == 2)
+        .await;
+    assert_eq!(apply(&accepted), tree_of(&repo));
+    assert_eq!(
+        std::fs::read_to_string(mirror.join("description")).expect("still there"),
+        "the mirror the scan made\n",
+        "the mirror was kept, not rebuilt"
+    );
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["failed_events"], 0, "{view}");
+}
