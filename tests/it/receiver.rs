@@ -201,7 +201,19 @@ impl Receiver {
 
     /// Waits (bounded) until `done` holds for the accepted requests.
     pub async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.wait_for_within(what, Duration::from_secs(60), done)
+            .await
+    }
+
+    /// [`Self::wait_for`] with a bound of its own (a big transfer on a busy
+    /// machine).
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let accepted = self.accepted();
             if done(&accepted) {

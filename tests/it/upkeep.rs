@@ -270,7 +270,7 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
         .await;
     assert!(status.is_success(), "{status} {body}");
     let accepted = receiver
-        .wait_for("the whole file", |r| {
+        .wait_for_within("the whole file", std::time::Duration::from_secs(300), |r| {
             crate::delivery::apply(r)
                 .get("big.bin")
                 .is_some_and(|b| b.len() == SIZE)
