@@ -35,7 +35,7 @@ use crate::clock::{millis, now_ms};
 use crate::git::ConnectRule;
 use crate::ids::SubscriptionId;
 use crate::payload::Chunking;
-use crate::restart::{RestartPolicy, RestartTracker};
+use crate::restart::{Ended, RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::signals::OutboxSignal;
 use crate::store::Store;
@@ -211,11 +211,10 @@ impl Actor for Dispatcher {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failed) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
-            _ => return Ok(()),
+        let Some(ended) = Ended::of(event) else {
+            return Ok(());
         };
+        let (cell, failed) = (ended.child, ended.failed.then_some(ended.reason));
         let Some(app_id) = state
             .apps
             .iter()

@@ -30,6 +30,35 @@ impl Default for RestartPolicy {
     }
 }
 
+/// How a child ended, from a supervision event: `None` for events that are
+/// not an ending (a child started, a group changed).
+#[derive(Debug)]
+pub struct Ended {
+    pub child: ractor::ActorCell,
+    /// Failed (an error or a panic), not stopped.
+    pub failed: bool,
+    /// The error, or the reason it was stopped with.
+    pub reason: String,
+}
+
+impl Ended {
+    pub fn of(event: ractor::SupervisionEvent) -> Option<Self> {
+        match event {
+            ractor::SupervisionEvent::ActorFailed(child, err) => Some(Self {
+                child,
+                failed: true,
+                reason: err.to_string(),
+            }),
+            ractor::SupervisionEvent::ActorTerminated(child, _, reason) => Some(Self {
+                child,
+                failed: false,
+                reason: reason.unwrap_or_else(|| "stopped".to_owned()),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The restart history of one child.
 #[derive(Debug, Default)]
 pub struct RestartTracker {

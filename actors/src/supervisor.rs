@@ -17,7 +17,7 @@ use crate::git::{self, ConnectRule, Credentials, GitError, RemoteHead, RemoteSpe
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs};
 use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
-use crate::restart::{RestartPolicy, RestartTracker};
+use crate::restart::{Ended, RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::scan::workers::PoolOwner;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
@@ -395,12 +395,13 @@ impl Actor for Supervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
-            }
-            _ => return Ok(()),
+        let Some(Ended {
+            child: cell,
+            reason,
+            ..
+        }) = Ended::of(event)
+        else {
+            return Ok(());
         };
         let Some(child) = state.child_of(&cell) else {
             return Ok(());

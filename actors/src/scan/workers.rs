@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
 use crate::owned::panic_message;
-use crate::restart::{RestartPolicy, RestartTracker};
+use crate::restart::{Ended, RestartPolicy, RestartTracker};
 
 /// A job for a worker: runs on a blocking thread and sends its own result.
 type Job = Box<dyn FnOnce() + Send>;
@@ -318,12 +318,13 @@ impl Actor for Pool {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
-            }
-            _ => return Ok(()),
+        let Some(Ended {
+            child: cell,
+            reason,
+            ..
+        }) = Ended::of(event)
+        else {
+            return Ok(());
         };
         if state.workers.remove(&cell.get_id()).is_none() {
             return Ok(());
