@@ -18,7 +18,7 @@ use crate::ids::RepoId;
 use crate::inbound::{BranchMove, Provider, Push, RemoteKey, Trigger, interpret};
 use crate::owned::OwnedTask;
 use crate::signals::ScanRequests;
-use crate::store::inbound::{HookResult, hook_status};
+use crate::store::inbound::HookResult;
 use crate::store::{Store, StoreError};
 
 /// Hooks read per query.
@@ -168,7 +168,7 @@ async fn drain(store: &Store, scans: &ScanRequests) -> Result<(), StoreError> {
 fn record(hook: &entity::inbound_hook::Model, outcome: &HookResult) {
     // A bounded label: only providers Herald stores.
     let provider = Provider::parse(&hook.provider).map_or("other", Provider::as_str);
-    let counted = if outcome.status == hook_status::INVALID {
+    let counted = if outcome.status == entity::HookStatus::Invalid {
         warn!(
             hook = %hook.id,
             provider,
@@ -183,7 +183,7 @@ fn record(hook: &entity::inbound_hook::Model, outcome: &HookResult) {
             hook = %hook.id,
             provider,
             delivery = %hook.delivery_id,
-            status = outcome.status,
+            status = outcome.status.as_str(),
             result = %outcome.result,
             "inbound hook processed"
         );
@@ -199,7 +199,7 @@ fn record(hook: &entity::inbound_hook::Model, outcome: &HookResult) {
 
 fn ignored(result: impl Into<String>) -> HookResult {
     HookResult {
-        status: hook_status::IGNORED,
+        status: entity::HookStatus::Ignored,
         result: result.into(),
         due: Vec::new(),
     }
@@ -212,7 +212,7 @@ async fn decide(
 ) -> Result<HookResult, StoreError> {
     let Some(provider) = Provider::parse(&hook.provider) else {
         return Ok(HookResult {
-            status: hook_status::INVALID,
+            status: entity::HookStatus::Invalid,
             result: format!("unknown provider `{}`", hook.provider),
             due: Vec::new(),
         });
@@ -222,7 +222,7 @@ async fn decide(
         Ok(Trigger::Ignore(reason)) => return Ok(ignored(reason)),
         Err(err) => {
             return Ok(HookResult {
-                status: hook_status::INVALID,
+                status: entity::HookStatus::Invalid,
                 result: err.to_string(),
                 due: Vec::new(),
             });
@@ -259,7 +259,7 @@ async fn decide(
         "scanning"
     };
     Ok(HookResult {
-        status: hook_status::TRIGGERED,
+        status: entity::HookStatus::Triggered,
         result: format!("{what} {}", ids.join(", ")),
         due,
     })

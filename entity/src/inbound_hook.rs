@@ -10,7 +10,7 @@ pub struct Model {
     pub delivery_id: String,
     pub event_type: String,
     pub body: Vec<u8>,
-    pub status: String,
+    pub status: crate::HookStatus,
     pub result: Option<String>,
     pub received_at: i64,
     pub processed_at: Option<i64>,

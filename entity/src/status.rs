@@ -200,6 +200,32 @@ named!(BulkKind {
     RetryDead => "retry_dead",
 });
 
+/// Where a stored inbound push hook is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum HookStatus {
+    /// Stored, not processed yet.
+    Received,
+    /// Processed: at least one watched repository was told to scan.
+    Triggered,
+    /// Processed: nothing to do (tag push, branch not watched, unknown
+    /// repository).
+    Ignored,
+    /// Processed: the body is not a payload Herald can read.
+    Invalid,
+}
+
+named!(HookStatus {
+    Received => "received",
+    Triggered => "triggered",
+    Ignored => "ignored",
+    Invalid => "invalid",
+});
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ActiveEnum, Iterable};
@@ -226,6 +252,10 @@ mod tests {
         }
         for state in AccessState::iter() {
             assert_eq!(state.to_value(), state.as_str());
+        }
+        for status in HookStatus::iter() {
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(HookStatus::parse(status.as_str()), Some(status));
         }
         for status in BulkStatus::iter() {
             assert_eq!(status.to_value(), status.as_str());

@@ -4,7 +4,7 @@
 
 use actors::clock::rfc3339_ms;
 use actors::inbound::Provider;
-use actors::store::inbound::{HookFilter, HookSummary, hook_status};
+use actors::store::inbound::{HookFilter, HookSummary};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
@@ -42,14 +42,6 @@ pub struct HookQuery {
     pub result: Option<String>,
 }
 
-/// The results a hook can have, as stored.
-const RESULTS: [&str; 4] = [
-    hook_status::RECEIVED,
-    hook_status::TRIGGERED,
-    hook_status::IGNORED,
-    hook_status::INVALID,
-];
-
 impl HookQuery {
     fn filter(&self) -> Result<HookFilter, ApiError> {
         let provider = match self.provider.as_deref() {
@@ -62,7 +54,7 @@ impl HookQuery {
         };
         let status = match self.result.as_deref() {
             None => None,
-            Some(raw) => Some(RESULTS.into_iter().find(|r| *r == raw).ok_or_else(|| {
+            Some(raw) => Some(entity::HookStatus::parse(raw).ok_or_else(|| {
                 ApiError::BadRequest(
                     "result must be received, triggered, ignored or invalid".to_owned(),
                 )
@@ -113,7 +105,7 @@ impl From<&HookSummary> for HookView {
             event_type: hook.event_type.clone(),
             received_at: rfc3339_ms(hook.received_at),
             processed_at: hook.processed_at.map(rfc3339_ms),
-            result: hook.status.clone(),
+            result: hook.status.to_string(),
             reason: hook.result.clone(),
         }
     }

@@ -15,18 +15,6 @@ use super::{Store, StoreError, lock_repositories, page_offset};
 use crate::clock::now_ms;
 use crate::ids::{AppId, HookId, RepoId};
 
-/// Statuses of a stored hook.
-pub mod hook_status {
-    /// Stored, not processed yet.
-    pub const RECEIVED: &str = "received";
-    /// Processed: at least one watched repository was told to scan.
-    pub const TRIGGERED: &str = "triggered";
-    /// Processed: nothing to do (tag push, branch not watched, unknown repository).
-    pub const IGNORED: &str = "ignored";
-    /// Processed: the body is not a payload Herald can read.
-    pub const INVALID: &str = "invalid";
-}
-
 /// A verified hook, as the HTTP layer hands it over.
 #[derive(Debug, Clone)]
 pub struct NewHook {
@@ -64,13 +52,13 @@ pub struct HookSummary {
 #[derive(Debug, Clone, Default)]
 pub struct HookFilter {
     pub provider: Option<&'static str>,
-    pub status: Option<&'static str>,
+    pub status: Option<entity::HookStatus>,
 }
 
 /// How the processing of one hook ended.
 #[derive(Debug, Clone)]
 pub struct HookResult {
-    pub status: &'static str,
+    pub status: entity::HookStatus,
     /// For operators: what was done, or why nothing.
     pub result: String,
     /// Repositories made due now (they are scanned at once).
@@ -87,7 +75,7 @@ impl Store {
             delivery_id: Set(hook.delivery_id.clone()),
             event_type: Set(hook.event_type),
             body: Set(hook.body),
-            status: Set(hook_status::RECEIVED.to_owned()),
+            status: Set(entity::HookStatus::Received),
             result: Set(None),
             received_at: Set(now_ms()),
             processed_at: Set(None),
@@ -116,7 +104,7 @@ impl Store {
     /// Hooks not processed yet, oldest first.
     pub async fn pending_hooks(&self, limit: u64) -> Result<Vec<inbound_hook::Model>, StoreError> {
         Ok(inbound_hook::Entity::find()
-            .filter(inbound_hook::Column::Status.eq(hook_status::RECEIVED))
+            .filter(inbound_hook::Column::Status.eq(entity::HookStatus::Received))
             .order_by_asc(inbound_hook::Column::ReceivedAt)
             .order_by_asc(inbound_hook::Column::Id)
             .limit(limit)
@@ -213,7 +201,7 @@ impl Store {
             )
             .col_expr(inbound_hook::Column::ProcessedAt, Expr::value(Some(now)))
             .filter(inbound_hook::Column::Id.eq(id))
-            .filter(inbound_hook::Column::Status.eq(hook_status::RECEIVED))
+            .filter(inbound_hook::Column::Status.eq(entity::HookStatus::Received))
             .exec(&txn)
             .await?
             .rows_affected
@@ -244,7 +232,7 @@ impl Store {
     /// Deletes processed hooks received before `before` (retention).
     pub async fn prune_hooks(&self, before: i64) -> Result<u64, StoreError> {
         Ok(inbound_hook::Entity::delete_many()
-            .filter(inbound_hook::Column::Status.ne(hook_status::RECEIVED))
+            .filter(inbound_hook::Column::Status.ne(entity::HookStatus::Received))
             .filter(inbound_hook::Column::ReceivedAt.lt(before))
             .exec(&self.db)
             .await?
