@@ -10,16 +10,12 @@ pub mod actor;
 
 use std::time::Duration;
 
-use entity::breaker;
+use entity::{BreakerStatus, breaker};
 
 /// Breaker kind of a repository's git remote (subject: the repository id).
 pub const GIT_BREAKER: &str = "git";
 /// Breaker kind of an app's endpoint (subject: the app id).
 pub const DELIVERY_BREAKER: &str = "delivery";
-
-pub const CLOSED: &str = "closed";
-pub const OPEN: &str = "open";
-pub const HALF_OPEN: &str = "half_open";
 
 /// A failing probe doubles the cooldown, up to this many times the
 /// configured one.
@@ -46,7 +42,7 @@ pub enum Permit {
 pub fn permit(row: Option<&breaker::Model>, now: i64) -> Permit {
     match row {
         None => Permit::Proceed,
-        Some(row) if row.state == CLOSED => Permit::Proceed,
+        Some(row) if row.state == BreakerStatus::Closed => Permit::Proceed,
         Some(row) => match row.cooldown_until {
             Some(until) if until > now => Permit::WaitUntil(until),
             _ => Permit::Probe,
@@ -68,7 +64,7 @@ pub fn on_failure(
     let mut row = row.unwrap_or_else(|| breaker::Model {
         kind: kind.to_owned(),
         subject_id: subject.to_owned(),
-        state: CLOSED.to_owned(),
+        state: BreakerStatus::Closed,
         consecutive_failures: 0,
         openings: 0,
         opened_at: None,
@@ -84,10 +80,10 @@ pub fn on_failure(
     row.updated_at = now;
     let base = crate::clock::millis(policy.cooldown);
     let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
-    let was_closed = row.state == CLOSED;
-    let cooldown = match (row.state.as_str(), row.opened_at, row.cooldown_until) {
-        (CLOSED, _, _) if row.consecutive_failures >= threshold => Some(base),
-        (CLOSED, _, _) => None,
+    let was_closed = row.state == BreakerStatus::Closed;
+    let cooldown = match (row.state, row.opened_at, row.cooldown_until) {
+        (BreakerStatus::Closed, _, _) if row.consecutive_failures >= threshold => Some(base),
+        (BreakerStatus::Closed, _, _) => None,
         // The cooldown was over: a probe failed. Open again for twice as long.
         (_, Some(opened), Some(until)) if now >= until => Some(
             until
@@ -101,7 +97,7 @@ pub fn on_failure(
         _ => Some(base),
     };
     if let Some(cooldown) = cooldown {
-        row.state = OPEN.to_owned();
+        row.state = BreakerStatus::Open;
         row.opened_at = Some(now);
         row.cooldown_until = Some(now.saturating_add(cooldown));
         row.probe_until = None;

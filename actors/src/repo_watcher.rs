@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
-use crate::breaker::{self, BreakerPolicy, GIT_BREAKER, Permit};
+use crate::breaker::{BreakerPolicy, GIT_BREAKER, Permit};
 use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
@@ -512,7 +512,7 @@ async fn record_failure(
     };
     // Below the threshold, retry soon with backoff; once open, after the cooldown.
     let next_scan_at = match row.cooldown_until {
-        Some(until) if row.state == breaker::OPEN => until,
+        Some(until) if row.state == entity::BreakerStatus::Open => until,
         _ => {
             let exponent = u32::try_from(row.consecutive_failures.saturating_sub(1))
                 .unwrap_or(0)

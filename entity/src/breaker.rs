@@ -9,7 +9,7 @@ pub struct Model {
     pub kind: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub subject_id: String,
-    pub state: String,
+    pub state: crate::BreakerStatus,
     pub consecutive_failures: i32,
     /// How many times this breaker has opened: one notification per opening.
     pub openings: i32,

@@ -19,8 +19,8 @@ pub mod status;
 pub mod subscription;
 
 pub use status::{
-    AccessState, AppStatus, BulkKind, BulkStatus, EventKind, EventStatus, HookStatus,
-    SubscriptionStatus,
+    AccessState, AppStatus, BreakerStatus, BulkKind, BulkStatus, EventKind, EventStatus,
+    HookStatus, SubscriptionStatus,
 };
 
 pub mod prelude {

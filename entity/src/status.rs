@@ -226,6 +226,28 @@ named!(HookStatus {
     Invalid => "invalid",
 });
 
+/// Where a circuit breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum BreakerStatus {
+    /// Requests go.
+    Closed,
+    /// Requests wait until the cooldown ends; then one probe goes.
+    Open,
+    /// Kept for rows written by earlier versions: treated as open.
+    HalfOpen,
+}
+
+named!(BreakerStatus {
+    Closed => "closed",
+    Open => "open",
+    HalfOpen => "half_open",
+});
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ActiveEnum, Iterable};
@@ -252,6 +274,10 @@ mod tests {
         }
         for state in AccessState::iter() {
             assert_eq!(state.to_value(), state.as_str());
+        }
+        for status in BreakerStatus::iter() {
+            assert_eq!(status.to_value(), status.as_str());
+            assert_eq!(BreakerStatus::parse(status.as_str()), Some(status));
         }
         for status in HookStatus::iter() {
             assert_eq!(status.to_value(), status.as_str());

@@ -257,7 +257,7 @@ impl From<&SubscriptionView> for RepositoryView {
                 cooldown_until: None,
             },
             |b| BreakerView {
-                status: b.state.clone(),
+                status: b.state.to_string(),
                 consecutive_failures: b.consecutive_failures,
                 cooldown_until: b.cooldown_until.map(rfc3339_ms),
             },

@@ -242,12 +242,12 @@ impl From<&QueueEntry> for AppQueue {
 fn breaker_view(row: Option<&entity::breaker::Model>) -> BreakerView {
     row.map_or(
         BreakerView {
-            status: actors::breaker::CLOSED.to_owned(),
+            status: entity::BreakerStatus::Closed.to_string(),
             consecutive_failures: 0,
             cooldown_until: None,
         },
         |b| BreakerView {
-            status: b.state.clone(),
+            status: b.state.to_string(),
             consecutive_failures: b.consecutive_failures,
             cooldown_until: b.cooldown_until.map(rfc3339_ms),
         },

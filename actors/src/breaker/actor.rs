@@ -17,7 +17,7 @@ use entity::breaker;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use super::{BreakerPolicy, CLOSED, Permit, on_failure, permit};
+use super::{BreakerPolicy, Permit, on_failure, permit};
 use crate::clock::{millis, now_ms};
 use crate::store::{Store, StoreError};
 
@@ -216,7 +216,10 @@ impl Actor for BreakerActor {
                 let change = state.failed(&class, &error).await?;
                 let _ = reply.send(Reported {
                     change,
-                    open: state.row.as_ref().is_some_and(|row| row.state != CLOSED),
+                    open: state
+                        .row
+                        .as_ref()
+                        .is_some_and(|row| row.state != entity::BreakerStatus::Closed),
                     row: state.row.clone(),
                 });
                 change

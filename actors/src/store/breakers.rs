@@ -55,7 +55,7 @@ impl Store {
             .col_expr(breaker::Column::ProbeUntil, Expr::value(probe_until))
             .filter(breaker::Column::Kind.eq(kind))
             .filter(breaker::Column::SubjectId.eq(subject))
-            .filter(breaker::Column::State.ne(crate::breaker::CLOSED))
+            .filter(breaker::Column::State.ne(entity::BreakerStatus::Closed))
             .filter(breaker::Column::CooldownUntil.lte(now))
             .filter(
                 Condition::any()

@@ -8,7 +8,6 @@ use entity::{app, breaker, event};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 
 use super::{Store, StoreError};
-use crate::breaker::{CLOSED, HALF_OPEN};
 
 /// The gauges of one scrape.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,9 +53,11 @@ impl Store {
             .await?
             .into_iter()
             .map(|row| {
-                let level = if row.state == CLOSED {
+                let level = if row.state == entity::BreakerStatus::Closed {
                     0.0
-                } else if row.state == HALF_OPEN || row.cooldown_until.is_none_or(|at| at <= now) {
+                } else if row.state == entity::BreakerStatus::HalfOpen
+                    || row.cooldown_until.is_none_or(|at| at <= now)
+                {
                     1.0
                 } else {
                     2.0

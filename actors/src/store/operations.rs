@@ -9,7 +9,6 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 
 use super::subscriptions::reset_git_breaker;
 use super::{Store, StoreError, lock_repositories, page_offset};
-use crate::breaker::CLOSED;
 use crate::breaker::DELIVERY_BREAKER;
 use crate::clock::now_ms;
 use crate::ids::RepoId;
@@ -98,7 +97,7 @@ impl Store {
             .select_only()
             .column(breaker::Column::Kind)
             .column_as(breaker::Column::SubjectId.count(), "n")
-            .filter(breaker::Column::State.ne(CLOSED))
+            .filter(breaker::Column::State.ne(entity::BreakerStatus::Closed))
             .group_by(breaker::Column::Kind)
             .into_tuple()
             .all(&self.db)
@@ -141,7 +140,7 @@ impl Store {
         counts.retain(|_, (pending, in_flight, dead)| *pending + *in_flight + *dead > 0);
         let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
             .filter(breaker::Column::Kind.eq(DELIVERY_BREAKER))
-            .filter(breaker::Column::State.ne(CLOSED))
+            .filter(breaker::Column::State.ne(entity::BreakerStatus::Closed))
             .all(&self.db)
             .await?
             .into_iter()
