@@ -43,8 +43,8 @@ use sea_orm::{ConnectionTrait, Statement};
 mod support;
 
 use support::{
-    BRANCH, Backend, BenchArgs, BenchDatabase, FILES_PER_DIR, GitDaemon, commit_header, git,
-    git_ok, inline, load_average, met,
+    BRANCH, Backend, BenchArgs, BenchDatabase, FILES_PER_DIR, GitDaemon, clock_ticks_per_second,
+    commit_header, git, git_ok, inline, load_average, met,
 };
 
 /// Binary files in a generated repository (at most a tenth of it).
@@ -171,16 +171,6 @@ fn status_mib(field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(f64::NAN);
     kb / 1024.0
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// User + system CPU time of this process (all threads), in clock ticks.

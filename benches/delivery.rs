@@ -34,7 +34,6 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use actors::git::Mirror;
@@ -158,28 +157,6 @@ fn throughput(times: &[f64]) -> Throughput {
 
 // ------------------------------------------------------------- /proc probes
 
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// `(comm, utime, stime)` of a `/proc/…/stat` file.
-fn stat_ticks(path: &Path) -> Option<(String, u64, u64)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_owned();
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime, stime))
-}
-
 /// CPU ticks (user, system) of a process's threads, keyed by thread id, with
 /// their names.
 fn thread_ticks(pid: u32) -> HashMap<u64, (String, u64, u64)> {
@@ -196,47 +173,6 @@ fn thread_ticks(pid: u32) -> HashMap<u64, (String, u64, u64)> {
         }
     }
     threads
-}
-
-/// CPU ticks of the PostgreSQL backends serving `database`, keyed by pid.
-fn postgres_ticks(database: &str) -> HashMap<u64, u64> {
-    let mut backends = HashMap::new();
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        return backends;
-    };
-    for process in processes.filter_map(Result::ok) {
-        let Some(pid) = process.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(process.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.starts_with("postgres: ")
-            && cmdline.contains(&format!(" {database} "))
-            && let Some((_, user, system)) = stat_ticks(&process.path().join("stat"))
-        {
-            backends.insert(pid, user + system);
-        }
-    }
-    backends
-}
-
-/// `(busy, iowait, total)` ticks of the whole machine, from `/proc/stat`.
-fn machine_ticks() -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0);
-    let iowait = values.get(4).copied().unwrap_or(0);
-    (total - idle - iowait, iowait, total)
 }
 
 /// `syscr`, `syscw`, `wchar` and `write_bytes` of `/proc/{pid}/io`: read-
@@ -473,24 +409,6 @@ async fn splits(store: &Store) -> (Splits, HashMap<String, (String, i64)>) {
         ids.insert(id, (sub, seq));
     }
     (out, ids)
-}
-
-/// Arrivals out of `seq` order within a subscription (there must be none).
-fn order_violations(arrivals: &[Arrival], ids: &HashMap<String, (String, i64)>) -> usize {
-    let mut ordered: Vec<&Arrival> = arrivals.iter().collect();
-    ordered.sort_by(|a, b| a.at.total_cmp(&b.at));
-    let mut last: HashMap<&str, i64> = HashMap::new();
-    let mut violations = 0;
-    for arrival in ordered {
-        let Some((sub, seq)) = ids.get(&arrival.webhook_id) else {
-            continue;
-        };
-        let previous = last.insert(sub.as_str(), *seq);
-        if previous.is_some_and(|p| p >= *seq) {
-            violations += 1;
-        }
-    }
-    violations
 }
 
 fn print_throughput(label: &str, t: &Throughput) {

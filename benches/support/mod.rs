@@ -177,6 +177,77 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
+// ----------------------------------------------------------- /proc probes
+
+/// Clock ticks per second of `/proc` CPU times (`CLK_TCK`).
+pub fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `(comm, utime, stime)` of a `/proc/…/stat` file.
+pub fn stat_ticks(path: &Path) -> Option<(String, u64, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime, stime))
+}
+
+/// CPU ticks of the PostgreSQL backends serving `database`, keyed by pid.
+pub fn postgres_ticks(database: &str) -> HashMap<u64, u64> {
+    let mut backends = HashMap::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return backends;
+    };
+    for process in processes.filter_map(Result::ok) {
+        let Some(pid) = process.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(process.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("postgres: ")
+            && cmdline.contains(&format!(" {database} "))
+            && let Some((_, user, system)) = stat_ticks(&process.path().join("stat"))
+        {
+            backends.insert(pid, user + system);
+        }
+    }
+    backends
+}
+
+/// `(busy, iowait, total)` ticks of the whole machine, from `/proc/stat`.
+pub fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let values: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3).copied().unwrap_or(0);
+    let iowait = values.get(4).copied().unwrap_or(0);
+    (total - idle - iowait, iowait, total)
+}
+
+/// User + system CPU ticks of process `pid`, all its threads.
+pub fn process_ticks(pid: u32) -> u64 {
+    stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).map_or(0, |(_, user, system)| user + system)
+}
+
 // -------------------------------------------------------- generated repos
 
 /// A bare repository generated with `git fast-import`: one initial commit of
@@ -229,14 +300,14 @@ pub fn content_of(repo: &str, i: usize, version: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
-pub fn inline(stream: &mut impl Write, path: &str, content: &[u8]) {
+pub fn inline(stream: &mut (impl Write + ?Sized), path: &str, content: &[u8]) {
     writeln!(stream, "M 100644 inline {path}").expect("fast-import input");
     writeln!(stream, "data {}", content.len()).expect("fast-import input");
     stream.write_all(content).expect("fast-import input");
     stream.write_all(b"\n").expect("fast-import input");
 }
 
-pub fn commit_header(stream: &mut impl Write, mark: usize, message: &str) {
+pub fn commit_header(stream: &mut (impl Write + ?Sized), mark: usize, message: &str) {
     writeln!(stream, "commit refs/heads/{BRANCH}").expect("fast-import input");
     writeln!(stream, "mark :{mark}").expect("fast-import input");
     writeln!(
@@ -253,6 +324,33 @@ pub fn generate(root: &Path, name: &str, files: usize, commits: usize) -> Genera
         files / 4 + 4 * commits < files / 2 && files / 2 + 3 * commits <= files,
         "too many commits for {files} files"
     );
+    fast_import(root, name, |stream| {
+        commit_header(stream, 1, "initial tree");
+        for i in 0..files {
+            inline(stream, &path_of(i), &content_of(name, i, 0));
+        }
+        for k in 1..=commits {
+            commit_header(stream, k + 1, &format!("ten-file change {k}"));
+            for j in 0..4 {
+                let i = files / 4 + 4 * (k - 1) + j;
+                inline(stream, &path_of(i), &content_of(name, i, k));
+            }
+            for j in 0..3 {
+                let path = format!("p00/d00/new{k:04}_{j}.txt");
+                inline(stream, &path, format!("added in commit {k}\n").as_bytes());
+            }
+            for j in 0..3 {
+                writeln!(stream, "D {}", path_of(files / 2 + 3 * (k - 1) + j))
+                    .expect("fast-import input");
+            }
+        }
+    })
+}
+
+/// A bare repository `{name}.git` under `root` whose branch gets the commits
+/// `write` streams to `git fast-import` (marked 1, 2, … in order, each with
+/// [`commit_header`]). Its branch is left at the first commit.
+pub fn fast_import(root: &Path, name: &str, write: impl FnOnce(&mut dyn Write)) -> GeneratedRepo {
     let bare = root.join(format!("{name}.git"));
     git_ok(
         root,
@@ -278,34 +376,12 @@ pub fn generate(root: &Path, name: &str, files: usize, commits: usize) -> Genera
     {
         let stdin = child.stdin.take().expect("piped stdin");
         let mut stream = std::io::BufWriter::with_capacity(1 << 20, stdin);
-        commit_header(&mut stream, 1, "initial tree");
-        for i in 0..files {
-            inline(&mut stream, &path_of(i), &content_of(name, i, 0));
-        }
-        for k in 1..=commits {
-            commit_header(&mut stream, k + 1, &format!("ten-file change {k}"));
-            for j in 0..4 {
-                let i = files / 4 + 4 * (k - 1) + j;
-                inline(&mut stream, &path_of(i), &content_of(name, i, k));
-            }
-            for j in 0..3 {
-                let path = format!("p00/d00/new{k:04}_{j}.txt");
-                inline(
-                    &mut stream,
-                    &path,
-                    format!("added in commit {k}\n").as_bytes(),
-                );
-            }
-            for j in 0..3 {
-                writeln!(stream, "D {}", path_of(files / 2 + 3 * (k - 1) + j))
-                    .expect("fast-import input");
-            }
-        }
+        write(&mut stream);
         stream.flush().expect("fast-import input");
     }
     let status = child.wait().expect("git fast-import runs");
     assert!(status.success(), "git fast-import failed");
-    let marks: HashMap<usize, String> = std::fs::read_to_string(&marks)
+    let mut marks: Vec<(usize, String)> = std::fs::read_to_string(&marks)
         .expect("fast-import marks")
         .lines()
         .filter_map(|l| {
@@ -313,13 +389,18 @@ pub fn generate(root: &Path, name: &str, files: usize, commits: usize) -> Genera
             Some((mark.trim_start_matches(':').parse().ok()?, sha.to_owned()))
         })
         .collect();
-    let commits: Vec<String> = (1..=commits + 1)
-        .map(|m| marks.get(&m).expect("every commit has a mark").clone())
-        .collect();
+    marks.sort();
+    assert!(
+        marks
+            .iter()
+            .enumerate()
+            .all(|(i, (mark, _))| *mark == i + 1),
+        "the commits are marked 1, 2, … in order"
+    );
     let repo = GeneratedRepo {
         name: name.to_owned(),
         bare,
-        commits,
+        commits: marks.into_iter().map(|(_, sha)| sha).collect(),
     };
     repo.set_head(0);
     repo
@@ -428,11 +509,34 @@ pub struct Arrival {
     pub webhook_id: String,
     /// Unix ms, when the request was read.
     pub at: f64,
+    /// With [`ReceiverConfig::keep_bodies`]: what it carried.
+    pub request: Option<Arc<Request>>,
+}
+
+/// A webhook's endpoint, body and Standard Webhooks signature headers.
+#[derive(Debug)]
+pub struct Request {
+    /// The last segment of the path: `create`, `update`, `delete`, …
+    pub endpoint: String,
+    pub body: bytes::Bytes,
+    pub timestamp: String,
+    pub signature: String,
+}
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiverConfig {
+    /// How long after reading a request it answers (the request's arrival
+    /// is recorded first); other requests are served meanwhile.
+    pub delay: Duration,
+    /// Keep each request's endpoint, body and signature headers.
+    pub keep_bodies: bool,
 }
 
 /// An HTTP server on loopback, on a runtime of its own (threads named
 /// `receiver`, so that their CPU can be told apart), that answers every
-/// webhook 204 at once and records its arrival.
+/// webhook 204 (at once, or after [`ReceiverConfig::delay`]) and records its
+/// arrival.
 pub struct Receiver {
     pub base_url: String,
     pub arrivals: Arc<Mutex<Vec<Arrival>>>,
@@ -443,6 +547,10 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::start_with(ReceiverConfig::default())
+    }
+
+    pub fn start_with(config: ReceiverConfig) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("receiver")
@@ -456,28 +564,45 @@ impl Receiver {
             .and(warp::path::tail())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .map(
-                move |tail: warp::path::Tail, headers: warp::http::HeaderMap, _: bytes::Bytes| {
+            .then(
+                move |tail: warp::path::Tail,
+                      headers: warp::http::HeaderMap,
+                      body: bytes::Bytes| {
                     let at = unix_ms();
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
                     // `hooks/{n}/{endpoint}`
-                    let hook = tail
-                        .as_str()
-                        .split('/')
+                    let mut segments = tail.as_str().split('/');
+                    let hook = segments
                         .nth(1)
                         .and_then(|n| n.parse().ok())
                         .unwrap_or(usize::MAX);
-                    let webhook_id = headers
-                        .get("webhook-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
+                    let request = config.keep_bodies.then(|| {
+                        Arc::new(Request {
+                            endpoint: segments.next_back().unwrap_or_default().to_owned(),
+                            body,
+                            timestamp: header("webhook-timestamp"),
+                            signature: header("webhook-signature"),
+                        })
+                    });
                     log.lock().expect("arrivals lock").push(Arrival {
                         hook,
-                        webhook_id,
+                        webhook_id: header("webhook-id"),
                         at,
+                        request,
                     });
                     counter.fetch_add(1, Ordering::Release);
-                    warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
+                    async move {
+                        if !config.delay.is_zero() {
+                            tokio::time::sleep(config.delay).await;
+                        }
+                        warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
+                    }
                 },
             );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
@@ -563,27 +688,33 @@ impl BenchDatabase {
             Backend::Postgres => {
                 let server = std::env::var("TEST_DATABASE_URL")
                     .expect("--db postgres needs TEST_DATABASE_URL");
-                let name = format!(
-                    "herald_bench_{}",
-                    AppId::generate()
-                        .as_str()
-                        .trim_start_matches("app_")
-                        .to_lowercase()
-                );
-                let admin_url = with_database(&server, "postgres");
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("the benchmark database can be created");
-                admin.close().await.ok();
-                Self {
-                    server_url: Some(with_database(&server, &name)),
-                    postgres: Some((admin_url, name)),
-                }
+                Self::create_postgres(&server).await
             }
+        }
+    }
+
+    /// A database `herald_bench_<ulid>` created now on the PostgreSQL server
+    /// at `server`, dropped with this value.
+    pub async fn create_postgres(server: &str) -> Self {
+        let name = format!(
+            "herald_bench_{}",
+            AppId::generate()
+                .as_str()
+                .trim_start_matches("app_")
+                .to_lowercase()
+        );
+        let admin_url = with_database(server, "postgres");
+        let admin = Database::connect(&admin_url)
+            .await
+            .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("the benchmark database can be created");
+        admin.close().await.ok();
+        Self {
+            server_url: Some(with_database(server, &name)),
+            postgres: Some((admin_url, name)),
         }
     }
 
@@ -649,6 +780,38 @@ pub async fn rows(store: &Store, sql: &str) -> Vec<sea_orm::QueryResult> {
 pub fn get<T: sea_orm::TryGetable>(row: &sea_orm::QueryResult, column: &str) -> T {
     row.try_get("", column)
         .unwrap_or_else(|err| panic!("column {column}: {err}"))
+}
+
+/// Arrivals out of `seq` order within a subscription (there must be none).
+pub fn order_violations(arrivals: &[Arrival], ids: &HashMap<String, (String, i64)>) -> usize {
+    let mut ordered: Vec<&Arrival> = arrivals.iter().collect();
+    ordered.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    let mut violations = 0;
+    for arrival in ordered {
+        let Some((sub, seq)) = ids.get(&arrival.webhook_id) else {
+            continue;
+        };
+        let previous = last.insert(sub.as_str(), *seq);
+        if previous.is_some_and(|p| p >= *seq) {
+            violations += 1;
+        }
+    }
+    violations
+}
+
+/// Event id → (subscription, seq), of every event in the database.
+pub async fn event_seqs(store: &Store) -> HashMap<String, (String, i64)> {
+    rows(store, "SELECT id, subscription_id, seq FROM events")
+        .await
+        .iter()
+        .map(|row| {
+            (
+                get(row, "id"),
+                (get(row, "subscription_id"), get::<i64>(row, "seq")),
+            )
+        })
+        .collect()
 }
 
 /// `pg_stat_database` counters of the current database.
@@ -786,6 +949,12 @@ impl Herald {
 
     /// Onboards an app whose webhooks go to `base_url`; returns its token.
     pub async fn onboard(&self, name: &str, base_url: &str) -> String {
+        self.onboard_keyed(name, base_url).await.0
+    }
+
+    /// Onboards an app whose webhooks go to `base_url`; returns its token and
+    /// the key that signs its webhooks (`client_auth_key`).
+    pub async fn onboard_keyed(&self, name: &str, base_url: &str) -> (String, String) {
         let body = self
             .call(
                 "/admin/api/apps/onboard",
@@ -793,10 +962,50 @@ impl Herald {
                 json!({"app_name": name, "base_url": base_url, "email": "bench@example.com"}),
             )
             .await;
-        body["data"]["token"]
-            .as_str()
-            .expect("an app token")
-            .to_owned()
+        let field = |name: &str| {
+            body["data"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("the onboarding answer has no {name}: {body}"))
+                .to_owned()
+        };
+        (field("token"), field("client_auth_key"))
+    }
+
+    /// Asks for a scan of the repository now (`POST /api/repositories/{id}/scan`).
+    pub async fn scan_now(&self, token: &str, repository_id: &str) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/api/repositories/{repository_id}/scan",
+                self.base
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("herald answers");
+        let status = response.status();
+        assert!(status.is_success(), "the scan request answered {status}");
+    }
+
+    /// The sum of the series of `name` on `/metrics` whose labels contain
+    /// `filter` (e.g. `outcome="success"`; `""` for all).
+    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("herald answers")
+            .text()
+            .await
+            .expect("the metrics");
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(filter))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Registers a repository for the app; returns the repository id.
