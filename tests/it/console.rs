@@ -6,7 +6,8 @@
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode, redirect};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, onboard, watch};
+use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::helpers::{ADMIN_TOKEN, TestApp, TestClient, onboard, watch};
 use crate::operations::{poison_engine, two_files, wait_failed};
 use crate::receiver::{Receiver, Reply};
 
@@ -144,6 +145,34 @@ fn location(response: &Response) -> &str {
         .unwrap_or_default()
 }
 
+/// A Herald with one app, `acme`, whose first event died (its receiver
+/// refused it twice) and whose receiver now accepts everything.
+struct DeadEvent {
+    /// The served repository, kept for the test's length.
+    _git: (TestRepo, Served, GitDaemon),
+    receiver: Receiver,
+    app: TestApp,
+    client: TestClient,
+}
+
+impl DeadEvent {
+    async fn arrange() -> Self {
+        let (repo, served, daemon) = two_files();
+        let receiver = Receiver::start().await;
+        receiver.script([Reply::status(422), Reply::status(422)]);
+        let app = poison_engine().await;
+        let client = onboard(&app, &receiver, "acme").await;
+        let repository = watch(&app, &client, &daemon.url("r.git")).await;
+        wait_failed(&app, &client, &repository).await;
+        Self {
+            _git: (repo, served, daemon),
+            receiver,
+            app,
+            client,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_wrong_token_is_refused_and_opens_nothing() {
     let app = TestApp::spawn().await;
@@ -256,15 +285,10 @@ async fn a_post_without_its_csrf_token_is_forbidden() {
 
 #[tokio::test]
 async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
-    let (_repo, _served, daemon) = two_files();
-    let receiver = Receiver::start().await;
-    receiver.script([Reply::status(422), Reply::status(422)]);
-    let app = poison_engine().await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let repository = watch(&app, &client, &daemon.url("r.git")).await;
-    wait_failed(&app, &client, &repository).await;
+    let dead = DeadEvent::arrange().await;
+    let (app, client, receiver) = (&dead.app, &dead.client, &dead.receiver);
 
-    let mut browser = Browser::new(&app);
+    let mut browser = Browser::new(app);
     browser.sign_in(ADMIN_TOKEN, false).await;
     let overview = browser.page("/admin/overview").await;
     assert!(overview.contains("Dead events"));
@@ -327,4 +351,205 @@ async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
         StatusCode::CONFLICT,
         "a delivered event stays delivered"
     );
+}
+
+/// `chromedriver` on this machine; `None` (after a note) outside CI when it
+/// is missing. In CI (`HERALD_CI`, set by `.ci/run`, which installs it) a
+/// missing driver fails the test.
+fn chromedriver() -> Option<&'static str> {
+    const DRIVER: &str = "/usr/bin/chromedriver";
+    if std::path::Path::new(DRIVER).exists() {
+        return Some(DRIVER);
+    }
+    assert!(
+        std::env::var_os("HERALD_CI").is_none(),
+        "the browser tests need Debian's chromium and chromium-driver ({DRIVER} is missing); .ci/run installs them"
+    );
+    eprintln!(
+        "note: skipping a browser test: {DRIVER} is missing (apt-get install chromium chromium-driver)"
+    );
+    None
+}
+
+/// A headless chromium driven over WebDriver; the driver process ends with it.
+struct Chromium {
+    client: fantoccini::Client,
+    driver: tokio::process::Child,
+    screenshots: std::path::PathBuf,
+}
+
+impl Chromium {
+    async fn start(driver: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = tokio::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            serde_json::json!({"args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--window-size=1280,900"
+            ]}),
+        );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(err) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "chromedriver did not start a session: {err}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let screenshots =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&screenshots).expect("the screenshot folder");
+        Self {
+            client,
+            driver: child,
+            screenshots,
+        }
+    }
+
+    /// Opens `url`, checks it is a console page (not the sign-in form), and
+    /// saves a screenshot as `name.png`.
+    async fn visit(&self, url: &str, name: &str) -> String {
+        self.client.goto(url).await.expect("the page opens");
+        let source = self.client.source().await.expect("the page source");
+        assert!(source.contains("Sign out"), "{name}: {source}");
+        self.screenshot(name).await;
+        source
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        std::fs::write(self.screenshots.join(format!("{name}.png")), png).expect("saved");
+    }
+
+    async fn sign_in(&self, base: &str, token: &str) {
+        use fantoccini::Locator;
+        self.client
+            .goto(&format!("{base}/admin/login"))
+            .await
+            .expect("the sign-in page");
+        let field = self
+            .client
+            .find(Locator::Css("#token"))
+            .await
+            .expect("a token field");
+        field.send_keys(token).await.expect("typed");
+        self.client
+            .find(Locator::Css("button[type=submit]"))
+            .await
+            .expect("a sign-in button")
+            .click()
+            .await
+            .expect("clicked");
+    }
+
+    /// Waits for the page to show `text`: a click submits a form, and the
+    /// page it leads to lands a moment later.
+    async fn wait_for_text(&self, text: &str) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let source = self.client.source().await.expect("a page");
+            if source.contains(text) {
+                return source;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {text:?} in {source}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+#[tokio::test]
+async fn in_a_real_browser_every_page_opens_and_the_dead_event_is_retried() {
+    use fantoccini::Locator;
+    let Some(driver) = chromedriver() else { return };
+    let dead = DeadEvent::arrange().await;
+    let (app, client, receiver) = (&dead.app, &dead.client, &dead.receiver);
+    let chromium = Chromium::start(driver).await;
+    let base = app.url("");
+
+    chromium.sign_in(&base, "herald_admin_wrong").await;
+    chromium.wait_for_text("not the admin token").await;
+    chromium.screenshot("login-refused").await;
+    let cookies = chromium.client.get_all_cookies().await.expect("cookies");
+    assert!(!cookies.iter().any(|c| c.name() == "herald_console"));
+
+    chromium.sign_in(&base, ADMIN_TOKEN).await;
+    chromium.wait_for_text("Sign out").await;
+    let url = chromium.client.current_url().await.expect("a url");
+    assert_eq!(url.path(), "/admin/overview");
+    let session = chromium
+        .client
+        .get_named_cookie("herald_console")
+        .await
+        .expect("a session cookie");
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
+
+    chromium
+        .visit(&format!("{base}/admin/overview"), "overview")
+        .await;
+    chromium.visit(&format!("{base}/admin/apps"), "apps").await;
+    let app_page = format!("{base}/admin/apps/{}", client.app_id);
+    chromium.visit(&app_page, "app").await;
+    chromium
+        .visit(&format!("{app_page}/delete"), "app-delete")
+        .await;
+    chromium
+        .visit(&format!("{base}/admin/repositories"), "repositories")
+        .await;
+    chromium
+        .visit(&format!("{base}/admin/hooks"), "hooks")
+        .await;
+    chromium
+        .visit(&format!("{base}/admin/instances"), "instances")
+        .await;
+    let events = chromium
+        .visit(&format!("{base}/admin/events"), "dead-events")
+        .await;
+    assert!(events.contains("HTTP 422"), "{events}");
+
+    chromium
+        .client
+        .find(Locator::Css("form[action$='/retry'] button"))
+        .await
+        .expect("a retry button")
+        .click()
+        .await
+        .expect("clicked");
+    chromium.wait_for_text("Retry queued").await;
+    chromium.screenshot("dead-events-retried").await;
+    receiver
+        .wait_for("the retried event", |r| {
+            r.iter().any(|x| x.json()["file"]["path"] == "a.md")
+        })
+        .await;
+    chromium.stop().await;
 }
