@@ -5,6 +5,8 @@
 //! - [`public`]: `/health`, `/ready`, `/version`, `/metrics`, `/openapi.json`,
 //!   `/docs`.
 //! - [`admin`]: `/admin/api/…` (admin token).
+//! - [`console`]: `/admin…`, the HTML admin console (a session from the admin
+//!   token, CSRF tokens, its own assets).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
 //! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
 //! - [`hooks`]: `/hooks/{github,gitlab,gitea,bitbucket}`, inbound push
@@ -20,6 +22,7 @@
 mod account;
 mod admin;
 mod client;
+mod console;
 pub mod error;
 mod events;
 mod filters;
@@ -106,6 +109,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(hook_list::routes(state.clone()))
         .unify()
         .or(instances::routes(state.clone()))
+        .unify()
+        .or(console::routes(state.clone()))
         .unify();
     let answered = hooks::routes(state.clone())
         .or(filters::per_ip_limit(state).and(api))

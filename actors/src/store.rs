@@ -15,11 +15,13 @@
 //! - [`bulk`]: bulk operations (retry every dead event), claimed and resumed
 //!   by any instance.
 //! - [`instances`]: each instance's heartbeat row.
+//! - [`console`]: the admin console's sessions (and their CSRF tokens).
 
 pub mod access;
 pub mod apps;
 pub mod breakers;
 pub mod bulk;
+pub mod console;
 pub mod delivery;
 pub mod events;
 pub mod gauges;

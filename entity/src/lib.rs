@@ -8,6 +8,7 @@
 pub mod app;
 pub mod breaker;
 pub mod bulk_operation;
+pub mod console_session;
 pub mod delivery_attempt;
 pub mod event;
 pub mod inbound_hook;
@@ -27,6 +28,7 @@ pub mod prelude {
     pub use super::app::Entity as App;
     pub use super::breaker::Entity as Breaker;
     pub use super::bulk_operation::Entity as BulkOperation;
+    pub use super::console_session::Entity as ConsoleSession;
     pub use super::delivery_attempt::Entity as DeliveryAttempt;
     pub use super::event::Entity as Event;
     pub use super::inbound_hook::Entity as InboundHook;

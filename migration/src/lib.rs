@@ -10,6 +10,7 @@ mod m20261122_000004_breaker_probe;
 mod m20261122_000010_create_bulk_operations;
 mod m20261122_000011_create_instances;
 mod m20261122_000012_event_retention_indexes;
+mod m20261122_000020_create_console_sessions;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000010_create_bulk_operations::Migration),
             Box::new(m20261122_000011_create_instances::Migration),
             Box::new(m20261122_000012_event_retention_indexes::Migration),
+            Box::new(m20261122_000020_create_console_sessions::Migration),
         ]
     }
 }

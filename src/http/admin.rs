@@ -4,7 +4,7 @@
 use actors::clock::rfc3339_ms;
 use actors::crypto;
 use actors::ids::AppId;
-use actors::store::apps::NewApp;
+use actors::store::apps::{AppDeletion, NewApp};
 use secrecy::ExposeSecret;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -174,13 +174,7 @@ pub(crate) async fn app_detail(id: String, state: AppState) -> Result<Response, 
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 404, description = "No such app", body = super::error::ErrorBody)))]
 pub(crate) async fn delete_app(id: String, state: AppState) -> Result<Response, ApiError> {
-    let id = AppId::parse(&id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
-    let deletion = state
-        .store
-        .delete_app(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
-    tracing::info!(app = %id, "app deleted");
+    let deletion = remove_app(&id, &state).await?;
     let body = AppDeletedResponse {
         data: AppDeleted {
             deleted: true,
@@ -201,7 +195,25 @@ pub(crate) async fn delete_app(id: String, state: AppState) -> Result<Response, 
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 404, description = "No such app", body = super::error::ErrorBody)))]
 pub(crate) async fn enable_app(id: String, state: AppState) -> Result<Response, ApiError> {
-    let id = AppId::parse(&id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    let id = reenable_app(&id, &state).await?;
+    app_detail(id.into_string(), state).await
+}
+
+/// An operator's deletion of an app (the API and the console).
+pub(crate) async fn remove_app(id: &str, state: &AppState) -> Result<AppDeletion, ApiError> {
+    let id = AppId::parse(id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    let deletion = state
+        .store
+        .delete_app(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
+    tracing::info!(app = %id, "app deleted");
+    Ok(deletion)
+}
+
+/// An operator's re-enabling of a disabled app (the API and the console).
+pub(crate) async fn reenable_app(id: &str, state: &AppState) -> Result<AppId, ApiError> {
+    let id = AppId::parse(id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
     state
         .store
         .enable_app(&id)
@@ -209,5 +221,5 @@ pub(crate) async fn enable_app(id: String, state: AppState) -> Result<Response, 
         .ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
     tracing::info!(app = %id, "app re-enabled");
     state.engine.wake_delivery();
-    app_detail(id.into_string(), state).await
+    Ok(id)
 }

@@ -11,7 +11,7 @@ use actors::ids::{AppId, EventId, OperationId, RepoId};
 use actors::scheduler::SchedulerMsg;
 use actors::store::bulk::BulkStart;
 use actors::store::events::{EventFilter, Lever};
-use actors::store::operations::{DeadEvent, QueueEntry};
+use actors::store::operations::{BreakerReset, DeadEvent, QueueEntry};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -605,25 +605,46 @@ pub(crate) async fn retry(request: RetryRequest, state: AppState) -> Result<Resp
 }
 
 async fn retry_event(raw: &str, state: &AppState) -> Result<Response, ApiError> {
+    let id = requeue_event(raw, state).await?;
+    Ok(json(&RetryResponse {
+        data: RetryQueued {
+            message: "Retry queued",
+            event_id: Some(id.into_string()),
+            app_id: None,
+            repository_id: None,
+            retried: 1,
+        },
+    }))
+}
+
+/// An operator's retry of one event (the API and the console).
+pub(crate) async fn requeue_event(raw: &str, state: &AppState) -> Result<EventId, ApiError> {
+    pull_lever(raw, state, true).await
+}
+
+/// An operator's skip of one undelivered event, whichever app it belongs
+/// to (the console); its subscription resumes with the next event.
+pub(crate) async fn pass_over_event(raw: &str, state: &AppState) -> Result<EventId, ApiError> {
+    pull_lever(raw, state, false).await
+}
+
+async fn pull_lever(raw: &str, state: &AppState, retry: bool) -> Result<EventId, ApiError> {
     let id = EventId::parse(raw).ok_or_else(|| ApiError::NotFound(EVENT_NOT_FOUND.to_owned()))?;
-    match state.store.retry_event(None, &id).await? {
+    let (lever, done) = if retry {
+        (state.store.retry_event(None, &id).await?, "retried")
+    } else {
+        (state.store.skip_event(None, &id).await?, "skipped")
+    };
+    match lever {
         Lever::Done => {
             state.engine.wake_delivery();
-            tracing::info!(event = %id, "event retried by an operator");
-            Ok(json(&RetryResponse {
-                data: RetryQueued {
-                    message: "Retry queued",
-                    event_id: Some(id.into_string()),
-                    app_id: None,
-                    repository_id: None,
-                    retried: 1,
-                },
-            }))
+            tracing::info!(event = %id, "event {done} by an operator");
+            Ok(id)
         }
         Lever::NotFound => Err(ApiError::NotFound(EVENT_NOT_FOUND.to_owned())),
-        Lever::NotApplicable => Err(ApiError::Conflict(
-            "Only undelivered events can be retried".to_owned(),
-        )),
+        Lever::NotApplicable => Err(ApiError::Conflict(format!(
+            "Only undelivered events can be {done}"
+        ))),
     }
 }
 
@@ -818,14 +839,7 @@ pub(crate) async fn resync(
     repository_id: String,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::NotFound(NOT_WATCHED.to_owned());
-    let app = AppId::parse(&app_id).ok_or_else(not_found)?;
-    let repo = RepoId::parse(&repository_id).ok_or_else(not_found)?;
-    if !state.store.resync(&app, &repo).await? {
-        return Err(not_found());
-    }
-    state.engine.notify(SchedulerMsg::ScanNow(repo.clone()));
-    tracing::info!(app = %app, repository = %repo, "resync requested by an operator");
+    let (app, repo) = resync_subscription(&app_id, &repository_id, &state).await?;
     Ok(json(&ResyncResponse {
         data: ResyncQueued {
             message: "Re-sync queued",
@@ -833,6 +847,23 @@ pub(crate) async fn resync(
             repository_id: repo.into_string(),
         },
     }))
+}
+
+/// An operator's resync of one subscription (the API and the console).
+pub(crate) async fn resync_subscription(
+    app_id: &str,
+    repository_id: &str,
+    state: &AppState,
+) -> Result<(AppId, RepoId), ApiError> {
+    let not_found = || ApiError::NotFound(NOT_WATCHED.to_owned());
+    let app = AppId::parse(app_id).ok_or_else(not_found)?;
+    let repo = RepoId::parse(repository_id).ok_or_else(not_found)?;
+    if !state.store.resync(&app, &repo).await? {
+        return Err(not_found());
+    }
+    state.engine.notify(SchedulerMsg::ScanNow(repo.clone()));
+    tracing::info!(app = %app, repository = %repo, "resync requested by an operator");
+    Ok((app, repo))
 }
 
 /// Closes a repository's git breaker and clears the failure it left: the
@@ -846,8 +877,24 @@ pub(crate) async fn resync(
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 404, description = "No such repository", body = super::error::ErrorBody)))]
 pub(crate) async fn breaker_reset(id: String, state: AppState) -> Result<Response, ApiError> {
+    let (repo, reset) = reset_breaker(&id, &state).await?;
+    Ok(json(&BreakerResetResponse {
+        data: BreakerResetBody {
+            message: "Breaker reset",
+            repository_id: repo.into_string(),
+            subscriptions_recovered: reset.recovered,
+            subscriptions_still_failed: reset.still_failed,
+        },
+    }))
+}
+
+/// An operator's git breaker reset (the API and the console).
+pub(crate) async fn reset_breaker(
+    id: &str,
+    state: &AppState,
+) -> Result<(RepoId, BreakerReset), ApiError> {
     let not_found = || ApiError::NotFound(REPOSITORY_NOT_FOUND.to_owned());
-    let repo = RepoId::parse(&id).ok_or_else(not_found)?;
+    let repo = RepoId::parse(id).ok_or_else(not_found)?;
     let reset = state
         .store
         .reset_repository_breaker(&repo)
@@ -857,12 +904,5 @@ pub(crate) async fn breaker_reset(id: String, state: AppState) -> Result<Respons
     // Recovered subscriptions may hold notifications (sync_failed) to send.
     state.engine.wake_delivery();
     tracing::info!(repository = %repo, recovered = reset.recovered, still_failed = reset.still_failed, "git breaker reset by an operator");
-    Ok(json(&BreakerResetResponse {
-        data: BreakerResetBody {
-            message: "Breaker reset",
-            repository_id: repo.into_string(),
-            subscriptions_recovered: reset.recovered,
-            subscriptions_still_failed: reset.still_failed,
-        },
-    }))
+    Ok((repo, reset))
 }

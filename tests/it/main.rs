@@ -12,6 +12,7 @@ mod changes;
 mod cli;
 mod cluster;
 mod config;
+mod console;
 mod content;
 mod delivery;
 mod gitserver;

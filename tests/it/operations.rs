@@ -15,12 +15,12 @@ use crate::helpers::{
 use crate::receiver::{Received, Receiver, Reply};
 
 /// Two attempts make an event dead.
-async fn poison_engine() -> TestApp {
+pub(crate) async fn poison_engine() -> TestApp {
     engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")]).await
 }
 
 /// A repository with `a.md` and `b.md` served by a git daemon.
-fn two_files() -> (TestRepo, Served, GitDaemon) {
+pub(crate) fn two_files() -> (TestRepo, Served, GitDaemon) {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     repo.write("b.md", "b\n");
@@ -48,7 +48,7 @@ async fn wait_admin(app: &TestApp, path: &str, what: &str, done: impl Fn(&Value)
     }
 }
 
-async fn wait_failed(app: &TestApp, client: &TestClient, id: &str) {
+pub(crate) async fn wait_failed(app: &TestApp, client: &TestClient, id: &str) {
     app.wait_for(client, id, "a dead event", |v| {
         v["status"] == "failed" && v["failed_events"] == 1
     })

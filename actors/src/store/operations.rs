@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use entity::{app, breaker, event, repository, subscription};
+use entity::{app, breaker, delivery_attempt, event, repository, subscription};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -47,6 +47,18 @@ pub struct DeadEvent {
     pub event: event::Model,
     pub app_name: Option<String>,
     pub repository: Option<repository::Model>,
+    /// Its latest delivery attempt (status, response excerpt), if any.
+    pub last_attempt: Option<delivery_attempt::Model>,
+}
+
+/// A repository with what operators look at: its git breaker and how many
+/// apps watch it.
+#[derive(Debug, Clone)]
+pub struct RepositoryState {
+    pub repository: repository::Model,
+    /// The git breaker; `None` when closed.
+    pub breaker: Option<breaker::Model>,
+    pub subscribers: u64,
 }
 
 /// What a git breaker reset changed.
@@ -205,15 +217,76 @@ impl Store {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+        let event_ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let mut last_attempts: HashMap<String, delivery_attempt::Model> = HashMap::new();
+        for attempt in delivery_attempt::Entity::find()
+            .filter(delivery_attempt::Column::EventId.is_in(event_ids))
+            .order_by_asc(delivery_attempt::Column::AttemptedAt)
+            .order_by_asc(delivery_attempt::Column::Id)
+            .all(&self.db)
+            .await?
+        {
+            last_attempts.insert(attempt.event_id.clone(), attempt);
+        }
         let dead = events
             .into_iter()
             .map(|event| DeadEvent {
                 app_name: app_names.get(&event.app_id).cloned(),
                 repository: repositories.get(&event.repository_id).cloned(),
+                last_attempt: last_attempts.remove(&event.id),
                 event,
             })
             .collect();
         Ok((dead, total))
+    }
+
+    /// One page (1-based) of every repository, by id, with its git breaker
+    /// and subscriber count, and how many there are in all.
+    pub async fn repository_states(
+        &self,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<RepositoryState>, u64), StoreError> {
+        let total = repository::Entity::find().count(&self.db).await?;
+        let Some(offset) = page_offset(page, per_page) else {
+            return Ok((Vec::new(), total));
+        };
+        let repositories = repository::Entity::find()
+            .order_by_asc(repository::Column::Id)
+            .offset(offset)
+            .limit(per_page)
+            .all(&self.db)
+            .await?;
+        let ids: Vec<&str> = repositories.iter().map(|r| r.id.as_str()).collect();
+        let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
+            .filter(breaker::Column::Kind.eq(crate::breaker::GIT_BREAKER))
+            .filter(breaker::Column::SubjectId.is_in(ids.clone()))
+            .filter(breaker::Column::State.ne(CLOSED))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|b| (b.subject_id.clone(), b))
+            .collect();
+        let subscribers: HashMap<String, i64> = subscription::Entity::find()
+            .select_only()
+            .column(subscription::Column::RepositoryId)
+            .column_as(subscription::Column::Id.count(), "n")
+            .filter(subscription::Column::RepositoryId.is_in(ids))
+            .group_by(subscription::Column::RepositoryId)
+            .into_tuple::<(String, i64)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let states = repositories
+            .into_iter()
+            .map(|repository| RepositoryState {
+                breaker: breakers.remove(&repository.id),
+                subscribers: subscribers.get(&repository.id).copied().map_or(0, to_u64),
+                repository,
+            })
+            .collect();
+        Ok((states, total))
     }
 
     /// Closes a repository's git breaker and clears the failure it left: the

@@ -1,0 +1,453 @@
+//! The console's pages. Each reads through the same store queries as the
+//! admin API and renders with maud (escaped by default).
+
+use std::collections::HashMap;
+
+use actors::clock::now_ms;
+use actors::ids::AppId;
+use actors::store::inbound::HookFilter;
+use maud::{Markup, html};
+
+use super::layout::{self, action, empty, pager, status, when, when_opt};
+use super::{ListQuery, Session};
+use crate::http::AppState;
+use crate::http::error::ApiError;
+
+const PER_PAGE: u64 = 50;
+/// An instance unseen for longer than this is shown as gone.
+const ALIVE_WITHIN_MS: i64 = 60_000;
+
+/// The notice of an action just done; only known words are shown.
+fn notice(query: &ListQuery) -> Option<&'static str> {
+    match query.notice.as_deref()? {
+        "retried" => Some("Retry queued: the event will be delivered again."),
+        "skipped" => Some("Event skipped: its subscription goes on with the next one."),
+        "enabled" => Some("App enabled: its waiting events are delivered again."),
+        "deleted" => Some("App deleted, with its subscriptions and events."),
+        "resync" => Some("Re-sync queued: the whole tree is sent again."),
+        "reset" => Some("Breaker reset: the repository is scanned now."),
+        _ => None,
+    }
+}
+
+fn page_of(query: &ListQuery) -> u64 {
+    query.page.unwrap_or(1).max(1)
+}
+
+fn count(map: &HashMap<String, u64>, key: &str) -> u64 {
+    map.get(key).copied().unwrap_or(0)
+}
+
+pub fn login(csrf: &str, error: Option<&str>) -> Markup {
+    layout::bare(
+        "Sign in to Herald",
+        &html! {
+            @if let Some(error) = error {
+                p.error role="alert" id="login-error" { (error) }
+            }
+            form method="post" action="/admin/login" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="token" { "Admin token" }
+                input id="token" name="token" type="password" required autocomplete="current-password"
+                    autofocus aria-describedby=[error.map(|_| "login-error")];
+                p.hint { "The admin token from the configuration (admin.token), or the one the first start wrote into the data directory." }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub async fn overview(session: Session, state: AppState) -> Result<Markup, ApiError> {
+    let counts = overview_counts(state).await?;
+    Ok(layout::page(
+        &session,
+        "/admin/overview",
+        "Overview",
+        None,
+        &html! {
+            (counts)
+            p.hint { "The counts refresh every 5 seconds." }
+        },
+    ))
+}
+
+/// The overview's counts, polled by htmx every 5 s (the section replaces
+/// itself).
+pub async fn overview_counts(state: AppState) -> Result<Markup, ApiError> {
+    let o = state.store.overview().await?;
+    let instances = state.store.instances().await?;
+    let now = now_ms();
+    let alive = instances
+        .iter()
+        .filter(|i| now - i.last_seen_at <= ALIVE_WITHIN_MS)
+        .count();
+    let dead = count(&o.events, entity::EventStatus::Dead.as_str());
+    let card = |label: &str, value: u64, href: &str| {
+        html! {
+            div.card {
+                dt { a href=(href) { (label) } }
+                dd { (value) }
+            }
+        }
+    };
+    Ok(html! {
+        section id="counts" aria-labelledby="counts-title" hx-get="/admin/overview/counts"
+            hx-trigger="every 5s" hx-swap="outerHTML" {
+            h2 id="counts-title" { "Now" }
+            dl.cards {
+                (card("Apps active", count(&o.apps, entity::AppStatus::Active.as_str()), "/admin/apps"))
+                (card("Apps disabled", count(&o.apps, entity::AppStatus::Disabled.as_str()), "/admin/apps"))
+                (card("Repositories", o.repositories, "/admin/repositories"))
+                (card("Pending events", count(&o.events, entity::EventStatus::Pending.as_str()), "/admin/apps"))
+                (card("Dead events", dead, "/admin/events"))
+                (card("Open git breakers", count(&o.open_breakers, actors::breaker::GIT_BREAKER), "/admin/repositories"))
+                (card("Open endpoint breakers", count(&o.open_breakers, actors::breaker::DELIVERY_BREAKER), "/admin/apps"))
+                (card("Instances alive", alive as u64, "/admin/instances"))
+            }
+            h2 { "Subscriptions by status" }
+            dl.cards {
+                @for s in ["pending_snapshot", "syncing", "synced", "failed", "paused"] {
+                    (card(s, count(&o.subscriptions, s), "/admin/apps"))
+                }
+            }
+        }
+    })
+}
+
+pub async fn dead_events(
+    session: Session,
+    state: AppState,
+    query: ListQuery,
+) -> Result<Markup, ApiError> {
+    let page = page_of(&query);
+    let (dead, total) = state.store.dead_events(page, PER_PAGE).await?;
+    Ok(layout::page(
+        &session,
+        "/admin/events",
+        "Dead events",
+        notice(&query),
+        &html! {
+            @if dead.is_empty() {
+                (empty("No dead events: every event was delivered or is still being tried. An event lands here after delivery.max_attempts failed attempts."))
+            } @else {
+                p { (total) " events gave up after their last attempt. Retry one once its receiver is fixed, or skip it to let its subscription go on." }
+                div.scroll {
+                    table {
+                        caption.visually-hidden { "Dead events, newest first" }
+                        thead { tr {
+                            th scope="col" { "Event" } th scope="col" { "App" } th scope="col" { "Repository" }
+                            th scope="col" { "Last attempt" } th scope="col" { "Response" } th scope="col" { "Actions" }
+                        } }
+                        tbody {
+                            @for d in &dead {
+                                @let e = &d.event;
+                                tr {
+                                    td { code { (e.id) } br; (e.kind.to_string()) " " (e.path.as_deref().unwrap_or("")) br; span.muted { (e.attempts) " attempts, created " (when(e.created_at)) } }
+                                    td { a href={ "/admin/apps/" (e.app_id) } { (d.app_name.as_deref().unwrap_or(&e.app_id)) } }
+                                    td { @match &d.repository { Some(r) => { (r.owner) "/" (r.name) }, None => { code { (e.repository_id) } } } }
+                                    td {
+                                        @match &d.last_attempt {
+                                            Some(a) => {
+                                                @match a.status_code { Some(code) => { "HTTP " (code) }, None => { (a.error_class.as_deref().unwrap_or("no answer")) } }
+                                                br; (when(a.attempted_at))
+                                            },
+                                            None => { span.muted { "none recorded" } },
+                                        }
+                                    }
+                                    td.excerpt {
+                                        @if let Some(text) = d.last_attempt.as_ref().and_then(|a| a.response_excerpt.as_deref()) {
+                                            code { (text) }
+                                        } @else {
+                                            (e.last_error.as_deref().unwrap_or(""))
+                                        }
+                                    }
+                                    td.actions {
+                                        (action(&session, &format!("/admin/events/{}/retry", e.id), "Retry", &format!("Retry event {}", e.id)))
+                                        (action(&session, &format!("/admin/events/{}/skip", e.id), "Skip", &format!("Skip event {}", e.id)))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                (pager("/admin/events", page, PER_PAGE, total))
+            }
+        },
+    ))
+}
+
+pub async fn apps(session: Session, state: AppState, query: ListQuery) -> Result<Markup, ApiError> {
+    let page = page_of(&query);
+    let (apps, total) = state.store.list_apps(page, PER_PAGE).await?;
+    Ok(layout::page(
+        &session,
+        "/admin/apps",
+        "Apps",
+        notice(&query),
+        &html! {
+            @if apps.is_empty() {
+                (empty("No apps yet. Onboard one with POST /admin/api/apps/onboard (or `herald admin onboard`)."))
+            } @else {
+                div.scroll {
+                    table {
+                        caption.visually-hidden { "Apps" }
+                        thead { tr {
+                            th scope="col" { "App" } th scope="col" { "Status" } th scope="col" { "Endpoint" }
+                            th scope="col" { "Repositories" } th scope="col" { "Dead events" } th scope="col" { "Created" }
+                        } }
+                        tbody {
+                            @for a in &apps {
+                                tr {
+                                    td { a href={ "/admin/apps/" (a.app.id) } { (a.app.name) } }
+                                    td { (status(a.app.status.as_str())) }
+                                    td { code { (a.app.base_url) } }
+                                    td { (a.repository_count) }
+                                    td { (a.failed_notification_count) }
+                                    td { (when(a.app.created_at)) }
+                                }
+                            }
+                        }
+                    }
+                }
+                (pager("/admin/apps", page, PER_PAGE, total))
+            }
+        },
+    ))
+}
+
+pub async fn app_detail(
+    id: String,
+    session: Session,
+    state: AppState,
+    query: ListQuery,
+) -> Result<Markup, ApiError> {
+    let not_found = || ApiError::NotFound("App not found".to_owned());
+    let app_id = AppId::parse(&id).ok_or_else(not_found)?;
+    let (summary, subscriptions) = state
+        .store
+        .app_detail(&app_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let app = &summary.app;
+    let disabled = app.status == entity::AppStatus::Disabled;
+    Ok(layout::page(
+        &session,
+        "/admin/apps",
+        &app.name,
+        notice(&query),
+        &html! {
+            dl.facts {
+                dt { "Status" } dd { (status(app.status.as_str())) }
+                dt { "Endpoint" } dd { code { (app.base_url) } }
+                dt { "Contact" } dd { (app.email) }
+                dt { "Failing since" } dd { (when_opt(app.failing_since)) }
+                dt { "Backoff" } dd { (app.backoff_policy.as_deref().unwrap_or("default")) }
+                dt { "Dead events" } dd { a href="/admin/events" { (summary.failed_notification_count) } }
+                dt { "Created" } dd { (when(app.created_at)) }
+            }
+            div.actions {
+                @if disabled {
+                    (action(&session, &format!("/admin/apps/{}/enable", app.id), "Enable", &format!("Enable {}", app.name)))
+                }
+                a.button.danger href={ "/admin/apps/" (app.id) "/delete" } { "Delete…" }
+            }
+            h2 { "Subscriptions" }
+            @if subscriptions.is_empty() {
+                (empty("This app watches no repository yet; it registers them with POST /api/repositories."))
+            } @else {
+                div.scroll {
+                    table {
+                        caption.visually-hidden { "Subscriptions of this app" }
+                        thead { tr {
+                            th scope="col" { "Repository" } th scope="col" { "Status" } th scope="col" { "Pending" }
+                            th scope="col" { "Dead" } th scope="col" { "Last error" } th scope="col" { "Actions" }
+                        } }
+                        tbody {
+                            @for s in &subscriptions {
+                                @let r = &s.repository;
+                                tr {
+                                    td { (r.owner) "/" (r.name) br; span.muted { (r.branch) } }
+                                    td { (status(s.subscription.status.as_str())) }
+                                    td { (s.pending_events) }
+                                    td { (s.failed_events) }
+                                    td.excerpt { (s.subscription.last_error.as_deref().or(r.last_error.as_deref()).unwrap_or("")) }
+                                    td.actions {
+                                        (action(&session, &format!("/admin/apps/{}/repositories/{}/resync", app.id, r.id), "Resync", &format!("Resync {}/{}", r.owner, r.name)))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+pub async fn confirm_delete(
+    id: String,
+    session: Session,
+    state: AppState,
+) -> Result<Markup, ApiError> {
+    let not_found = || ApiError::NotFound("App not found".to_owned());
+    let app_id = AppId::parse(&id).ok_or_else(not_found)?;
+    let (summary, _) = state
+        .store
+        .app_detail(&app_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let app = &summary.app;
+    Ok(layout::page(
+        &session,
+        "/admin/apps",
+        &format!("Delete {}?", app.name),
+        None,
+        &html! {
+            p { "This removes the app, its " (summary.repository_count) " subscriptions and all their events. Repositories no other app watches are removed too. It cannot be undone." }
+            form method="post" action={ "/admin/apps/" (app.id) "/delete" } {
+                (layout::csrf_field(&session))
+                button.danger type="submit" { "Delete " (app.name) }
+                " "
+                a href={ "/admin/apps/" (app.id) } { "Cancel" }
+            }
+        },
+    ))
+}
+
+pub async fn repositories(
+    session: Session,
+    state: AppState,
+    query: ListQuery,
+) -> Result<Markup, ApiError> {
+    let page = page_of(&query);
+    let (repositories, total) = state.store.repository_states(page, PER_PAGE).await?;
+    Ok(layout::page(
+        &session,
+        "/admin/repositories",
+        "Repositories",
+        notice(&query),
+        &html! {
+            @if repositories.is_empty() {
+                (empty("No repositories yet. They appear when an app registers one with POST /api/repositories."))
+            } @else {
+                div.scroll {
+                    table {
+                        caption.visually-hidden { "Repositories" }
+                        thead { tr {
+                            th scope="col" { "Repository" } th scope="col" { "Head" } th scope="col" { "Last scan" }
+                            th scope="col" { "Apps" } th scope="col" { "Git breaker" } th scope="col" { "Last error" } th scope="col" { "Actions" }
+                        } }
+                        tbody {
+                            @for s in &repositories {
+                                @let r = &s.repository;
+                                tr {
+                                    td { (r.owner) "/" (r.name) br; span.muted { (r.branch) } }
+                                    td { @match &r.head_commit { Some(c) => { code title=(c) { (c.get(..10).unwrap_or(c)) } }, None => { span.muted { "not fetched yet" } } } }
+                                    td { (when_opt(r.last_scanned_at)) }
+                                    td { (s.subscribers) }
+                                    td {
+                                        @match &s.breaker {
+                                            Some(b) => { (status(&b.state)) br; span.muted { (b.consecutive_failures) " failures" } },
+                                            None => { (status("closed")) },
+                                        }
+                                    }
+                                    td.excerpt { (r.last_error.as_deref().unwrap_or("")) }
+                                    td.actions {
+                                        @if s.breaker.is_some() || r.last_error.is_some() {
+                                            (action(&session, &format!("/admin/repositories/{}/breaker-reset", r.id), "Reset breaker", &format!("Reset the breaker of {}/{}", r.owner, r.name)))
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                p.hint { "To send a repository's whole tree to one app again, use Resync on that app's page." }
+                (pager("/admin/repositories", page, PER_PAGE, total))
+            }
+        },
+    ))
+}
+
+pub async fn hooks(
+    session: Session,
+    state: AppState,
+    query: ListQuery,
+) -> Result<Markup, ApiError> {
+    let page = page_of(&query);
+    let (hooks, total) = state
+        .store
+        .list_hooks(&HookFilter::default(), page, PER_PAGE)
+        .await?;
+    Ok(layout::page(
+        &session,
+        "/admin/hooks",
+        "Inbound hooks",
+        None,
+        &html! {
+            @if hooks.is_empty() {
+                (empty("No push webhooks received yet. Point a GitHub, GitLab, Gitea or Bitbucket webhook at /hooks/<provider> to get changes without waiting for a poll."))
+            } @else {
+                div.scroll {
+                    table {
+                        caption.visually-hidden { "Inbound hooks, newest first" }
+                        thead { tr {
+                            th scope="col" { "Received" } th scope="col" { "Provider" } th scope="col" { "Event" }
+                            th scope="col" { "Status" } th scope="col" { "Result" }
+                        } }
+                        tbody {
+                            @for h in &hooks {
+                                tr {
+                                    td { (when(h.received_at)) }
+                                    td { (h.provider) }
+                                    td { (h.event_type) br; code.muted { (h.delivery_id) } }
+                                    td { (status(&h.status)) }
+                                    td.excerpt { (h.result.as_deref().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                }
+                (pager("/admin/hooks", page, PER_PAGE, total))
+            }
+        },
+    ))
+}
+
+pub async fn instances(session: Session, state: AppState) -> Result<Markup, ApiError> {
+    let instances = state.store.instances().await?;
+    let now = now_ms();
+    Ok(layout::page(
+        &session,
+        "/admin/instances",
+        "Instances",
+        None,
+        &html! {
+            @if instances.is_empty() {
+                (empty("No heartbeat recorded yet; this instance writes its first within a few seconds of starting."))
+            } @else {
+                div.scroll {
+                    table {
+                        caption.visually-hidden { "Instances sharing this database" }
+                        thead { tr {
+                            th scope="col" { "Instance" } th scope="col" { "Host" } th scope="col" { "Version" }
+                            th scope="col" { "Started" } th scope="col" { "Last seen" } th scope="col" { "State" }
+                        } }
+                        tbody {
+                            @for i in &instances {
+                                tr {
+                                    td { code { (i.id) } @if *i.id == *state.instance_id { " (this one)" } }
+                                    td { (i.host) }
+                                    td { (i.version) }
+                                    td { (when(i.started_at)) }
+                                    td { (when(i.last_seen_at)) }
+                                    td { (status(if now - i.last_seen_at <= ALIVE_WITHIN_MS { "alive" } else { "gone" })) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
