@@ -261,7 +261,7 @@ impl Store {
         let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
             .filter(breaker::Column::Kind.eq(crate::breaker::GIT_BREAKER))
             .filter(breaker::Column::SubjectId.is_in(ids.clone()))
-            .filter(breaker::Column::State.ne(CLOSED))
+            .filter(breaker::Column::State.ne(entity::BreakerStatus::Closed))
             .all(&self.db)
             .await?
             .into_iter()

@@ -347,7 +347,7 @@ pub async fn repositories(
                                     td { (s.subscribers) }
                                     td {
                                         @match &s.breaker {
-                                            Some(b) => { (status(&b.state)) br; span.muted { (b.consecutive_failures) " failures" } },
+                                            Some(b) => { (status(b.state.as_str())) br; span.muted { (b.consecutive_failures) " failures" } },
                                             None => { (status("closed")) },
                                         }
                                     }
@@ -401,7 +401,7 @@ pub async fn hooks(
                                     td { (when(h.received_at)) }
                                     td { (h.provider) }
                                     td { (h.event_type) br; code.muted { (h.delivery_id) } }
-                                    td { (status(&h.status)) }
+                                    td { (status(h.status.as_str())) }
                                     td.excerpt { (h.result.as_deref().unwrap_or("")) }
                                 }
                             }
