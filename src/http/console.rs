@@ -11,7 +11,8 @@
 //! - Every answer sets `Content-Security-Policy: default-src 'self'`: the
 //!   stylesheet and htmx are served from here, nothing is inline.
 //! - Every action is a plain form post answered with a redirect (303), so the
-//!   console works without JavaScript; htmx only refreshes the overview counts.
+//!   console works without JavaScript; htmx only refreshes the overview counts
+//!   and a bulk retry's progress.
 //!
 //! [`pages`] renders (maud), [`layout`] holds the shared page parts,
 //! [`assets`] the embedded stylesheet and htmx.
@@ -130,6 +131,26 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 "/admin/events?notice=skipped",
             )
         });
+    let retry_all = warp::path!("admin" / "events" / "retry-all")
+        .and(post(&state))
+        .then(|_: Session, st: AppState| async move {
+            match super::operations::begin_bulk_retry(None, "No dead events to retry", &st).await {
+                Ok(op) => see_other(&format!("/admin/operations/{}", op.id)),
+                Err(err) => error_page(&err),
+            }
+        });
+    let operation = warp::path!("admin" / "operations" / String)
+        .and(get(&state))
+        .then(|id, s, st| page(pages::operation(id, s, st)));
+    let progress = warp::path!("admin" / "operations" / String / "progress")
+        .and(get(&state))
+        .then(|id, _: Session, st| fragment(pages::operation_progress(id, st)));
+    let cancel = warp::path!("admin" / "operations" / String / "cancel")
+        .and(post(&state))
+        .then(|id: String, _: Session, st: AppState| async move {
+            let done = format!("/admin/operations/{id}");
+            act(super::operations::cancel_bulk_retry(&id, &st).await, &done)
+        });
     let apps = warp::path!("admin" / "apps")
         .and(get(&state))
         .and(notice_query())
@@ -186,7 +207,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(get(&state))
         .then(|s, st| page(pages::instances(s, st)));
 
-    let routes: [BoxedFilter<(Response,)>; 19] = [
+    let routes: [BoxedFilter<(Response,)>; 23] = [
         root.boxed(),
         login_form.boxed(),
         login.boxed(),
@@ -196,6 +217,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         events.boxed(),
         retry.boxed(),
         skip.boxed(),
+        retry_all.boxed(),
+        operation.boxed(),
+        progress.boxed(),
+        cancel.boxed(),
         apps.boxed(),
         app.boxed(),
         enable.boxed(),

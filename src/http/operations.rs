@@ -737,6 +737,25 @@ async fn start_bulk(
     nothing: &str,
     state: &AppState,
 ) -> Result<Response, ApiError> {
+    let operation = begin_bulk_retry(app, nothing, state).await?;
+    let total = u64::try_from(operation.total).unwrap_or(0);
+    let body = BulkStartedResponse {
+        data: BulkStarted {
+            operation_id: operation.id,
+            total,
+            message: "Bulk retry started",
+        },
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+}
+
+/// Starts a bulk retry of the dead events of `app` (or of every app) in the
+/// background (the API and the console).
+pub(crate) async fn begin_bulk_retry(
+    app: Option<&AppId>,
+    nothing: &str,
+    state: &AppState,
+) -> Result<entity::bulk_operation::Model, ApiError> {
     let operation = match state
         .store
         .start_bulk_retry(app, MAX_BULK_EVENTS, MAX_RUNNING_OPERATIONS)
@@ -753,16 +772,8 @@ async fn start_bulk(
     // This instance's runner claims it at once; any other's would on its
     // next tick.
     state.engine.run_bulk();
-    let total = u64::try_from(operation.total).unwrap_or(0);
-    tracing::info!(operation = %operation.id, app = ?app.map(AppId::as_str), total, "bulk retry started");
-    let body = BulkStartedResponse {
-        data: BulkStarted {
-            operation_id: operation.id,
-            total,
-            message: "Bulk retry started",
-        },
-    };
-    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+    tracing::info!(operation = %operation.id, app = ?app.map(AppId::as_str), total = operation.total, "bulk retry started");
+    Ok(*operation)
 }
 
 fn operation_not_found() -> ApiError {
@@ -782,12 +793,7 @@ pub(crate) async fn retry_progress(
     operation_id: String,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let id = OperationId::parse(&operation_id).ok_or_else(operation_not_found)?;
-    let operation = state
-        .store
-        .bulk_operation(&id, now_ms())
-        .await?
-        .ok_or_else(operation_not_found)?;
+    let operation = bulk_progress(&operation_id, &state).await?;
     Ok(json(&ProgressResponse {
         data: ProgressBody::from(&operation),
     }))
@@ -807,15 +813,7 @@ pub(crate) async fn retry_cancel(
     operation_id: String,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    let id = OperationId::parse(&operation_id).ok_or_else(operation_not_found)?;
-    let lease_ms =
-        i64::try_from(state.settings.cluster.lease_ttl().as_millis()).unwrap_or(i64::MAX);
-    state
-        .store
-        .cancel_bulk_operation(&id, now_ms().saturating_sub(lease_ms))
-        .await?
-        .ok_or_else(operation_not_found)?;
-    tracing::info!(operation = %id, "bulk retry cancellation requested");
+    cancel_bulk_retry(&operation_id, &state).await?;
     Ok(json(&MessageResponse {
         data: MessageData {
             message: "Cancellation requested",
@@ -905,4 +903,34 @@ pub(crate) async fn reset_breaker(
     state.engine.wake_delivery();
     tracing::info!(repository = %repo, recovered = reset.recovered, still_failed = reset.still_failed, "git breaker reset by an operator");
     Ok((repo, reset))
+}
+
+/// Where a bulk retry stands (the API and the console).
+pub(crate) async fn bulk_progress(
+    operation_id: &str,
+    state: &AppState,
+) -> Result<entity::bulk_operation::Model, ApiError> {
+    let id = OperationId::parse(operation_id).ok_or_else(operation_not_found)?;
+    state
+        .store
+        .bulk_operation(&id, now_ms())
+        .await?
+        .ok_or_else(operation_not_found)
+}
+
+/// Asks a bulk retry to stop (the API and the console).
+pub(crate) async fn cancel_bulk_retry(
+    operation_id: &str,
+    state: &AppState,
+) -> Result<(), ApiError> {
+    let id = OperationId::parse(operation_id).ok_or_else(operation_not_found)?;
+    let lease_ms =
+        i64::try_from(state.settings.cluster.lease_ttl().as_millis()).unwrap_or(i64::MAX);
+    state
+        .store
+        .cancel_bulk_operation(&id, now_ms().saturating_sub(lease_ms))
+        .await?
+        .ok_or_else(operation_not_found)?;
+    tracing::info!(operation = %id, "bulk retry cancellation requested");
+    Ok(())
 }

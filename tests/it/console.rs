@@ -553,3 +553,47 @@ async fn in_a_real_browser_every_page_opens_and_the_dead_event_is_retried() {
         .await;
     chromium.stop().await;
 }
+
+#[tokio::test]
+async fn a_bulk_retry_shows_its_progress_until_the_event_is_delivered() {
+    let dead = DeadEvent::arrange().await;
+    let (app, receiver) = (&dead.app, &dead.receiver);
+    let mut browser = Browser::new(app);
+    browser.sign_in(ADMIN_TOKEN, false).await;
+    let events = browser.page("/admin/events").await;
+    assert!(events.contains("/admin/events/retry-all"), "{events}");
+    let csrf = hidden_csrf(&events);
+
+    let started = browser
+        .post("/admin/events/retry-all", &[("csrf", &csrf)], false)
+        .await;
+    assert_eq!(started.status(), StatusCode::SEE_OTHER);
+    let operation = location(&started).to_owned();
+    assert!(operation.starts_with("/admin/operations/op"), "{operation}");
+    let page = browser.page(&operation).await;
+    assert!(page.contains("<progress"), "{page}");
+    assert!(page.contains("/cancel"), "{page}");
+
+    receiver
+        .wait_for("the retried event", |r| {
+            r.iter().any(|x| x.json()["file"]["path"] == "a.md")
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let progress = browser.page(&format!("{operation}/progress")).await;
+        if progress.contains("1 of 1 events retried") && !progress.contains("hx-get") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{progress}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cancel = browser
+        .post(&format!("{operation}/cancel"), &[("csrf", &csrf)], false)
+        .await;
+    assert_eq!(
+        cancel.status(),
+        StatusCode::SEE_OTHER,
+        "a finished one stays as it ended"
+    );
+}

@@ -131,6 +131,9 @@ pub async fn dead_events(
                 (empty("No dead events: every event was delivered or is still being tried. An event lands here after delivery.max_attempts failed attempts."))
             } @else {
                 p { (total) " events gave up after their last attempt. Retry one once its receiver is fixed, or skip it to let its subscription go on." }
+                div.actions {
+                    (action(&session, "/admin/events/retry-all", "Retry all", "Retry every dead event, in the background"))
+                }
                 div.scroll {
                     table {
                         caption.visually-hidden { "Dead events, newest first" }
@@ -450,4 +453,46 @@ pub async fn instances(session: Session, state: AppState) -> Result<Markup, ApiE
             }
         },
     ))
+}
+
+/// A bulk retry's page: its progress (polled every second while it runs)
+/// and a cancel button.
+pub async fn operation(id: String, session: Session, state: AppState) -> Result<Markup, ApiError> {
+    let progress = operation_progress(id.clone(), state).await?;
+    Ok(layout::page(
+        &session,
+        "/admin/events",
+        "Retrying dead events",
+        None,
+        &html! {
+            (progress)
+            div.actions {
+                (action(&session, &format!("/admin/operations/{id}/cancel"), "Cancel", "Cancel this bulk retry"))
+                a href="/admin/events" { "Back to dead events" }
+            }
+        },
+    ))
+}
+
+/// A bulk retry's progress; while it runs, htmx replaces it every second.
+pub async fn operation_progress(id: String, state: AppState) -> Result<Markup, ApiError> {
+    let op = crate::http::operations::bulk_progress(&id, &state).await?;
+    let running = op.status == entity::BulkStatus::Running;
+    let url = format!("/admin/operations/{}/progress", op.id);
+    Ok(html! {
+        section id="progress" aria-live="polite" aria-labelledby="progress-title"
+            hx-get=[running.then_some(url.as_str())] hx-trigger=[running.then_some("every 1s")]
+            hx-swap=[running.then_some("outerHTML")] {
+            h2 id="progress-title" { "Progress: " (status(op.status.as_str())) }
+            label for="bulk-progress" { (op.done) " of " (op.total) " events retried" @if op.failed > 0 { ", " (op.failed) " could not be" } }
+            progress id="bulk-progress" max=(op.total.max(1)) value=(op.done) { (op.done) " of " (op.total) }
+            @if op.cancel_requested && running {
+                p { "Stopping before the next event…" }
+            }
+            @if let Some(error) = &op.error {
+                p.error role="alert" { (error) }
+            }
+            p.hint { "Started " (when(op.started_at)) @if let Some(at) = op.finished_at { ", ended " (when(at)) } "." }
+        }
+    })
 }
