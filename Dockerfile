@@ -40,6 +40,7 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     && echo 'fn main() {}' > benches/change_engine.rs \
     && echo 'fn main() {}' > benches/delivery.rs \
     && echo 'fn main() {}' > benches/inbound.rs \
+    && echo 'fn main() {}' > benches/cluster.rs \
     && cargo build --release --locked \
     && rm -rf src actors/src entity/src migration/src
 
