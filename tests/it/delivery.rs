@@ -683,14 +683,22 @@ async fn slow_answers_time_out_and_refused_connections_are_retried() {
         .filter_map(|r| r.json()["file"]["path"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(&paths[paths.len() - 2..], ["a.md", "b.md"]);
-    let (_, detail) = app
-        .call(
-            Method::GET,
-            &format!("/api/events/{event_id}"),
-            Some(&client.token),
-            None,
-        )
-        .await;
+    // Successes are written a batch at a time, just after they are sent.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let detail = loop {
+        let (_, detail) = app
+            .call(
+                Method::GET,
+                &format!("/api/events/{event_id}"),
+                Some(&client.token),
+                None,
+            )
+            .await;
+        if detail["status"] == "delivered" || tokio::time::Instant::now() > deadline {
+            break detail;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let classes: Vec<&str> = detail["attempts"]
         .as_array()
         .expect("attempts")
