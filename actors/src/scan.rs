@@ -191,15 +191,16 @@ pub fn scan(job: ScanJob) -> ScanResult {
         // One writer per mirror: a lane may be refetching into it.
         let lock = git::mirror_lock(&job.mirror);
         let _writing = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let outcome = match scan_with(&job, &spec, &head, Mirror::open(&job.mirror)?) {
+        let mut mirror = Mirror::open(&job.mirror)?;
+        let outcome = match scan_with(&job, &spec, &head, &mirror) {
             Err(err) if err.damaged_mirror => {
                 tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
-                let mirror = Mirror::open(&job.mirror)?.rebuild()?;
-                scan_with(&job, &spec, &head, mirror)
+                mirror = mirror.rebuild()?;
+                scan_with(&job, &spec, &head, &mirror)
             }
             outcome => outcome,
         };
-        mirror_stats = Some(upkeep(&job));
+        mirror_stats = Some(upkeep(&job, &mirror));
         outcome
     });
     recheck(&job, &mut verdicts);
@@ -212,10 +213,7 @@ pub fn scan(job: ScanJob) -> ScanResult {
 
 /// Compacts the mirror once it holds more than `repack_threshold` packs
 /// (each fetch adds one); its size either way. Runs under the mirror's lock.
-fn upkeep(job: &ScanJob) -> git::MirrorStats {
-    let Ok(mirror) = Mirror::open(&job.mirror) else {
-        return git::MirrorStats { bytes: 0, packs: 0 };
-    };
+fn upkeep(job: &ScanJob, mirror: &Mirror) -> git::MirrorStats {
     let stats = mirror.stats();
     if stats.packs <= job.repack_threshold {
         return stats;
@@ -236,7 +234,7 @@ fn scan_with(
     job: &ScanJob,
     remote: &RemoteSpec,
     head: &RemoteHead,
-    mirror: Mirror,
+    mirror: &Mirror,
 ) -> Result<ScanOutcome, GitError> {
     for snapshot in &job.unpin {
         mirror.unpin(snapshot);
