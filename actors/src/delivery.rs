@@ -527,6 +527,47 @@ fn probe_dead_before(config: &DeliveryConfig, now: i64) -> Option<i64> {
         .map(|interval| now - millis(interval))
 }
 
+#[cfg(test)]
+impl DeliveryConfig {
+    /// Settings for the engine's own tests: everything local, retries
+    /// fast, ticks slow (tests drive the actors themselves).
+    pub(crate) fn for_tests(dir: &std::path::Path) -> Self {
+        let breaker = crate::breaker::BreakerPolicy {
+            threshold: 5,
+            cooldown: Duration::from_secs(60),
+        };
+        Self {
+            timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            backoff: Backoff {
+                policy: crate::backoff::Policy::Fixed,
+                base: Duration::from_millis(100),
+                cap: Duration::from_millis(100),
+            },
+            retry_after_cap: Duration::from_secs(60),
+            chunking: Chunking {
+                threshold_bytes: 1 << 20,
+                chunk_chars: 1 << 19,
+            },
+            max_file_bytes: 100 << 20,
+            breaker,
+            disable_after: Duration::from_secs(3600),
+            max_in_flight_per_app: 4,
+            allow_private_targets: true,
+            mirrors_dir: dir.join("mirrors"),
+            tick: Duration::from_secs(3600),
+            dead_retry_interval: None,
+            instance_id: "test".into(),
+            lease_ttl: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            connect: ConnectRule {
+                allow_private: true,
+                data_dir: dir.join("data"),
+            },
+        }
+    }
+}
+
 /// A delivery lease outlives one request (configuration makes sure of it);
 /// the lane renews it as it goes.
 fn lease_ttl(config: &DeliveryConfig) -> i64 {
@@ -541,7 +582,6 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     use super::*;
-    use crate::backoff::Policy;
     use crate::crypto::Keyring;
     use crate::ids::AppId;
     use crate::store::apps::NewApp;
@@ -595,42 +635,6 @@ mod tests {
             }
         });
         (url, seen)
-    }
-
-    fn config(dir: &std::path::Path) -> DeliveryConfig {
-        let breaker = BreakerPolicy {
-            threshold: 5,
-            cooldown: Duration::from_secs(60),
-        };
-        DeliveryConfig {
-            timeout: Duration::from_secs(5),
-            max_attempts: 3,
-            backoff: Backoff {
-                policy: Policy::Fixed,
-                base: Duration::from_millis(100),
-                cap: Duration::from_millis(100),
-            },
-            retry_after_cap: Duration::from_secs(60),
-            chunking: Chunking {
-                threshold_bytes: 1 << 20,
-                chunk_chars: 1 << 19,
-            },
-            max_file_bytes: 100 << 20,
-            breaker,
-            disable_after: Duration::from_secs(3600),
-            max_in_flight_per_app: 4,
-            allow_private_targets: true,
-            mirrors_dir: dir.join("mirrors"),
-            tick: Duration::from_secs(3600),
-            dead_retry_interval: None,
-            instance_id: "test".into(),
-            lease_ttl: Duration::from_secs(30),
-            fetch_timeout: Duration::from_secs(10),
-            connect: ConnectRule {
-                allow_private: true,
-                data_dir: dir.to_owned(),
-            },
-        }
     }
 
     #[tokio::test]
@@ -708,7 +712,7 @@ mod tests {
             pool,
             app_id: app.app.id.clone(),
             store: store.clone(),
-            config: config(dir.path()),
+            config: DeliveryConfig::for_tests(dir.path()),
             client: WebhookClient::new(Duration::from_secs(5), true),
             restart: RestartPolicy {
                 max_restarts: 3,

@@ -51,6 +51,32 @@ pub struct WatcherConfig {
     pub signal: crate::signals::OutboxSignal,
 }
 
+#[cfg(test)]
+impl WatcherConfig {
+    /// Settings for the engine's own tests: remotes on loopback allowed,
+    /// slow rescans (tests ask for scans themselves).
+    pub(crate) fn for_tests(dir: &std::path::Path) -> Self {
+        Self {
+            mirrors_dir: dir.join("mirrors"),
+            fetch_timeout: Duration::from_secs(10),
+            rescan_interval: Duration::from_secs(3600),
+            connect: ConnectRule {
+                allow_private: true,
+                data_dir: dir.join("data"),
+            },
+            access_recheck_interval: Duration::from_secs(3600),
+            breaker: BreakerPolicy {
+                threshold: 5,
+                cooldown: Duration::from_secs(60),
+            },
+            instance_id: "test".into(),
+            lease_ttl: Duration::from_secs(30),
+            repack_threshold: 8,
+            signal: Default::default(),
+        }
+    }
+}
+
 /// Messages of a repository watcher.
 #[derive(Debug)]
 pub enum WatcherMsg {

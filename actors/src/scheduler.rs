@@ -223,7 +223,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::breaker::BreakerPolicy;
     use crate::crypto::Keyring;
     use crate::ids::AppId;
     use crate::store::apps::NewApp;
@@ -280,24 +279,7 @@ mod tests {
             store: store.clone(),
             tick: Duration::from_secs(3600),
             pool,
-            watcher: WatcherConfig {
-                mirrors_dir: dir.path().join("mirrors"),
-                fetch_timeout: Duration::from_secs(10),
-                rescan_interval: Duration::from_secs(3600),
-                connect: crate::git::ConnectRule {
-                    allow_private: true,
-                    data_dir: dir.path().join("data"),
-                },
-                access_recheck_interval: Duration::from_secs(3600),
-                breaker: BreakerPolicy {
-                    threshold: 5,
-                    cooldown: Duration::from_secs(60),
-                },
-                instance_id: "test".into(),
-                lease_ttl: Duration::from_secs(30),
-                repack_threshold: 8,
-                signal: Default::default(),
-            },
+            watcher: WatcherConfig::for_tests(dir.path()),
             restart: RestartPolicy {
                 max_restarts: 3,
                 window: Duration::from_secs(60),

@@ -634,8 +634,6 @@ mod tests {
     /// An engine on a fresh SQLite database that gives up on a child's
     /// first failure.
     async fn engine(dir: &std::path::Path) -> EngineHandle {
-        use crate::backoff::{Backoff, Policy};
-        use crate::breaker::BreakerPolicy;
         let keys = std::sync::Arc::new(
             crate::crypto::Keyring::from_hex(&crate::crypto::Keyring::generate_hex(), &[])
                 .expect("key"),
@@ -643,57 +641,11 @@ mod tests {
         let url = format!("sqlite://{}", dir.join("herald.db").display());
         let store = Store::connect(&url, keys).await.expect("store");
         store.migrate().await.expect("schema");
-        let breaker = BreakerPolicy {
-            threshold: 5,
-            cooldown: Duration::from_secs(60),
-        };
         let config = EngineConfig {
             tick: Duration::from_secs(3600),
             scan_workers: 1,
-            watcher: WatcherConfig {
-                mirrors_dir: dir.join("mirrors"),
-                fetch_timeout: Duration::from_secs(10),
-                rescan_interval: Duration::from_secs(3600),
-                connect: ConnectRule {
-                    allow_private: true,
-                    data_dir: dir.to_owned(),
-                },
-                access_recheck_interval: Duration::from_secs(3600),
-                breaker,
-                instance_id: "test".into(),
-                lease_ttl: Duration::from_secs(30),
-                repack_threshold: 8,
-                signal: Default::default(),
-            },
-            delivery: DeliveryConfig {
-                timeout: Duration::from_secs(5),
-                max_attempts: 3,
-                backoff: Backoff {
-                    policy: Policy::Fixed,
-                    base: Duration::from_millis(100),
-                    cap: Duration::from_millis(100),
-                },
-                retry_after_cap: Duration::from_secs(60),
-                chunking: crate::payload::Chunking {
-                    threshold_bytes: 1 << 20,
-                    chunk_chars: 1 << 19,
-                },
-                max_file_bytes: 100 << 20,
-                breaker,
-                disable_after: Duration::from_secs(3600),
-                max_in_flight_per_app: 4,
-                allow_private_targets: true,
-                mirrors_dir: dir.join("mirrors"),
-                tick: Duration::from_secs(3600),
-                dead_retry_interval: None,
-                instance_id: "test".into(),
-                lease_ttl: Duration::from_secs(30),
-                fetch_timeout: Duration::from_secs(10),
-                connect: ConnectRule {
-                    allow_private: true,
-                    data_dir: dir.to_owned(),
-                },
-            },
+            watcher: WatcherConfig::for_tests(dir),
+            delivery: DeliveryConfig::for_tests(dir),
             restart: RestartPolicy {
                 max_restarts: 0,
                 ..RestartPolicy::default()

@@ -254,42 +254,29 @@ mod tests {
 
     use super::*;
 
-    /// The stored value and the name the API shows are the same word.
+    /// The stored value and the name the API shows are the same word, and
+    /// each name reads back as its variant.
     #[test]
     fn stored_values_are_the_names() {
-        for status in EventStatus::iter() {
-            assert_eq!(status.to_value(), status.as_str());
-            assert_eq!(EventStatus::parse(status.as_str()), Some(status));
+        macro_rules! round_trip {
+            ($($ty:ident),+) => {$(
+                for value in $ty::iter() {
+                    assert_eq!(value.to_value(), value.as_str());
+                    assert_eq!($ty::parse(value.as_str()), Some(value));
+                }
+            )+};
         }
-        for kind in EventKind::iter() {
-            assert_eq!(kind.to_value(), kind.as_str());
-            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
-        }
-        for status in SubscriptionStatus::iter() {
-            assert_eq!(status.to_value(), status.as_str());
-            assert_eq!(SubscriptionStatus::parse(status.as_str()), Some(status));
-        }
-        for status in AppStatus::iter() {
-            assert_eq!(status.to_value(), status.as_str());
-        }
-        for state in AccessState::iter() {
-            assert_eq!(state.to_value(), state.as_str());
-        }
-        for status in BreakerStatus::iter() {
-            assert_eq!(status.to_value(), status.as_str());
-            assert_eq!(BreakerStatus::parse(status.as_str()), Some(status));
-        }
-        for status in HookStatus::iter() {
-            assert_eq!(status.to_value(), status.as_str());
-            assert_eq!(HookStatus::parse(status.as_str()), Some(status));
-        }
-        for status in BulkStatus::iter() {
-            assert_eq!(status.to_value(), status.as_str());
-            assert_eq!(BulkStatus::parse(status.as_str()), Some(status));
-        }
-        for kind in BulkKind::iter() {
-            assert_eq!(kind.to_value(), kind.as_str());
-        }
+        round_trip!(
+            EventStatus,
+            EventKind,
+            SubscriptionStatus,
+            AppStatus,
+            AccessState,
+            BreakerStatus,
+            HookStatus,
+            BulkStatus,
+            BulkKind
+        );
         assert_eq!(EventStatus::parse("Pending"), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, engine_with, onboard, watch};
+use crate::helpers::{TestApp, TestClient, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply};
 
 /// Settings under which a receiver can stay down for long without events
@@ -15,10 +15,6 @@ const PATIENT: [(&str, &str); 3] = [
     ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
     ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1000"),
 ];
-
-async fn patient_engine() -> TestApp {
-    engine_with(&PATIENT).await
-}
 
 /// Stops the engine, removes its mirrors (the only local copy of the content
 /// of the events still waiting), and starts it again on the same data
@@ -39,16 +35,43 @@ async fn restart_without_mirrors(app: TestApp) -> TestApp {
         .await
 }
 
-/// Waits until the scan wrote `n` events for the app's subscription.
-async fn wait_for_events(app: &TestApp, client: &crate::helpers::TestClient, id: &str, n: usize) {
+/// `repo` served on loopback and watched by one app whose receiver answers
+/// `down`, once the scan wrote `events` events: they wait, their content in
+/// the mirror only.
+struct Waiting {
+    // Declared first so the daemon stops before its root is removed.
+    daemon: GitDaemon,
+    served: Served,
+    receiver: Receiver,
+    app: TestApp,
+    client: TestClient,
+    id: String,
+}
+
+async fn waiting(repo: &TestRepo, down: u16, events: usize) -> Waiting {
+    let served = Served::new(repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    receiver.fallback(Some(Reply::status(down)));
+    let app = engine_with(&PATIENT).await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    let id = watch(&app, &client, &daemon.url("r.git")).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while app.outbox(client, id).await.len() < n {
+    while app.outbox(&client, &id).await.len() < events {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the scan did not write {n} events; logs:\n{}",
+            "the scan did not write {events} events; logs:\n{}",
             app.logs()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Waiting {
+        daemon,
+        served,
+        receiver,
+        app,
+        client,
+        id,
     }
 }
 
@@ -59,14 +82,14 @@ async fn a_mirror_lost_with_events_pending_is_fetched_again_and_everything_arriv
     repo.write("docs/b.md", "beta\n");
     repo.write("logo.bin", [0u8, 159, 146, 150, 255]);
     repo.commit("three files");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply::status(503)));
-    let app = patient_engine().await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    wait_for_events(&app, &client, &id, 3).await;
+    let Waiting {
+        daemon: _daemon,
+        served: _served,
+        receiver,
+        app,
+        client,
+        id,
+    } = waiting(&repo, 503, 3).await;
 
     let app = restart_without_mirrors(app).await;
     receiver.fallback(None);
@@ -87,14 +110,14 @@ async fn content_of_a_commit_the_remote_no_longer_has_is_declared_gone_with_the_
     let repo = TestRepo::new("main");
     repo.write("notes.md", "first version\n");
     let first = repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply::status(503)));
-    let app = patient_engine().await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    wait_for_events(&app, &client, &id, 1).await;
+    let Waiting {
+        daemon: _daemon,
+        served,
+        receiver,
+        app,
+        client,
+        id,
+    } = waiting(&repo, 503, 1).await;
 
     // History rewritten on the remote: the first commit is unreachable and
     // pruned; and the mirror that held it is lost.
@@ -143,14 +166,14 @@ async fn a_mirror_unreadable_for_a_moment_is_kept_and_delivery_resumes() {
     repo.write("a.md", "alpha\n");
     repo.write("b.md", "beta\n");
     repo.commit("two files");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply::status(500)));
-    let app = patient_engine().await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    wait_for_events(&app, &client, &id, 2).await;
+    let Waiting {
+        daemon: _daemon,
+        served: _served,
+        receiver,
+        app,
+        client,
+        id,
+    } = waiting(&repo, 500, 2).await;
     let mirror = app.mirror_dirs().pop().expect("the mirror");
     std::fs::write(mirror.join("description"), "the mirror the scan made\n").expect("planted");
 

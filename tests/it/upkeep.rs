@@ -3,28 +3,83 @@
 use reqwest::{Method, StatusCode};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{engine_with, onboard, watch};
+use crate::helpers::{TestApp, TestClient, engine_with, onboard, watch};
 use crate::receiver::Receiver;
+
+/// One file, `log.md`, that moves through versions `v0`, `v1`…, watched by
+/// one app on an engine with `settings`.
+struct Log {
+    // Declared first so the daemon stops before its root is removed.
+    _daemon: GitDaemon,
+    served: Served,
+    repo: TestRepo,
+    receiver: Receiver,
+    app: TestApp,
+    client: TestClient,
+    id: String,
+}
+
+impl Log {
+    /// `v0` is observed before the log is handed over.
+    async fn watched(settings: &[(&str, &str)]) -> Log {
+        let repo = TestRepo::new("main");
+        repo.write("log.md", "v0\n");
+        let initial = repo.commit("v0");
+        let served = Served::new(&repo, "r.git");
+        let daemon = GitDaemon::serve(served.root());
+        let receiver = Receiver::start().await;
+        let app = engine_with(settings).await;
+        let client = onboard(&app, &receiver, "consumer").await;
+        let id = watch(&app, &client, &daemon.url("r.git")).await;
+        app.wait_for_commit(&client, &id, initial.trim()).await;
+        Log {
+            _daemon: daemon,
+            served,
+            repo,
+            receiver,
+            app,
+            client,
+            id,
+        }
+    }
+
+    /// Commits and pushes version `v`; its commit.
+    fn push(&self, v: u32) -> String {
+        self.repo.write("log.md", format!("v{v}\n"));
+        let commit = self.repo.commit(&format!("v{v}"));
+        self.served.push(&self.repo, "HEAD:refs/heads/main", false);
+        commit.trim().to_owned()
+    }
+
+    /// Waits for version `last`, then checks that every version from `v0`
+    /// arrived, each once (repeats carry the same `webhook-id`), in order.
+    async fn assert_every_version_up_to(&self, last: u32) {
+        let accepted = self
+            .receiver
+            .wait_for("the last version", |r| {
+                r.iter()
+                    .any(|w| w.json()["file"]["content"] == format!("v{last}\n"))
+            })
+            .await;
+        let mut seen = std::collections::HashSet::new();
+        let arrived: Vec<String> = accepted
+            .iter()
+            .filter(|w| seen.insert(w.header("webhook-id").to_owned()))
+            .filter_map(|w| w.json()["file"]["content"].as_str().map(str::to_owned))
+            .collect();
+        let expected: Vec<String> = (0..=last).map(|v| format!("v{v}\n")).collect();
+        assert_eq!(arrived, expected, "every version, in order");
+    }
+}
 
 #[tokio::test]
 async fn a_mirror_stays_compact_over_many_fetches_and_every_version_arrives() {
-    let repo = TestRepo::new("main");
-    repo.write("log.md", "v0\n");
-    let initial = repo.commit("v0");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
     // Scans come from the pushes' triggers only.
-    let app = engine_with(&[("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h")]).await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    // v0 is observed before anything moves on.
-    app.wait_for_commit(&client, &id, initial.trim()).await;
+    let log = Log::watched(&[("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h")]).await;
+    let (app, client, id) = (&log.app, &log.client, &log.id);
     let versions = 120;
     for v in 1..=versions {
-        repo.write("log.md", format!("v{v}\n"));
-        let commit = repo.commit(&format!("v{v}"));
-        served.push(&repo, "HEAD:refs/heads/main", false);
+        let commit = log.push(v);
         let (status, body) = app
             .call(
                 Method::POST,
@@ -34,84 +89,44 @@ async fn a_mirror_stays_compact_over_many_fetches_and_every_version_arrives() {
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        app.wait_for_commit(&client, &id, commit.trim()).await;
+        app.wait_for_commit(client, id, &commit).await;
     }
-    let packs = |app: &crate::helpers::TestApp| -> usize {
-        app.mirror_dirs()
-            .iter()
-            .map(|mirror| {
-                std::fs::read_dir(mirror.join("objects").join("pack"))
-                    .expect("the mirror's packs")
-                    .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    };
-    let count = packs(&app);
-    assert!(
-        (1..=16).contains(&count),
-        "{count} pack files after {versions} fetches"
-    );
-
-    let accepted = receiver
-        .wait_for("every version", |r| {
-            r.iter()
-                .any(|w| w.json()["file"]["content"] == format!("v{versions}\n"))
-        })
-        .await;
-    let mut seen = std::collections::HashSet::new();
-    let arrived: Vec<String> = accepted
+    let packs = app
+        .mirror_dirs()
         .iter()
-        .filter(|w| seen.insert(w.header("webhook-id").to_owned()))
-        .filter_map(|w| w.json()["file"]["content"].as_str().map(str::to_owned))
-        .collect();
-    let expected: Vec<String> = (0..=versions).map(|v| format!("v{v}\n")).collect();
-    assert_eq!(arrived, expected, "every version, in order");
+        .map(|mirror| {
+            std::fs::read_dir(mirror.join("objects").join("pack"))
+                .expect("the mirror's packs")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1..=16).contains(&packs),
+        "{packs} pack files after {versions} fetches"
+    );
+    log.assert_every_version_up_to(versions).await;
 }
 
 #[tokio::test]
 async fn delivered_events_go_after_their_retention_and_new_ones_still_arrive_in_order() {
-    let repo = TestRepo::new("main");
-    repo.write("log.md", "v0\n");
-    let initial = repo.commit("v0");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[
+    let log = Log::watched(&[
         ("HERALD__DELIVERY__EVENT_RETENTION", "1s"),
         ("HERALD__DELIVERY__ATTEMPT_RETENTION", "1s"),
     ])
     .await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    // v0 is observed before anything moves on.
-    app.wait_for_commit(&client, &id, initial.trim()).await;
+    let (app, client, id, receiver) = (&log.app, &log.client, &log.id, &log.receiver);
     let versions = 20;
     let mut most = 0;
     for v in 1..=versions {
-        repo.write("log.md", format!("v{v}\n"));
-        let commit = repo.commit(&format!("v{v}"));
-        served.push(&repo, "HEAD:refs/heads/main", false);
-        app.wait_for_commit(&client, &id, commit.trim()).await;
+        let commit = log.push(v);
+        app.wait_for_commit(client, id, &commit).await;
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         most = most.max(app.stored_rows("events").await);
     }
-    let accepted = receiver
-        .wait_for("the last version", |r| {
-            r.iter()
-                .any(|w| w.json()["file"]["content"] == format!("v{versions}\n"))
-        })
-        .await;
-    let mut seen = std::collections::HashSet::new();
-    let arrived: Vec<String> = accepted
-        .iter()
-        .filter(|w| seen.insert(w.header("webhook-id").to_owned()))
-        .filter_map(|w| w.json()["file"]["content"].as_str().map(str::to_owned))
-        .collect();
-    let expected: Vec<String> = (0..=versions).map(|v| format!("v{v}\n")).collect();
-    assert_eq!(arrived, expected, "every version, in order");
+    log.assert_every_version_up_to(versions).await;
     assert!(
         most < i64::from(versions),
         "the events table kept growing: {most} rows for {versions} versions"
@@ -141,15 +156,14 @@ async fn delivered_events_go_after_their_retention_and_new_ones_still_arrive_in_
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // What is kept still accepts new events, in order after the last one.
-    repo.write("log.md", "after\n");
-    repo.commit("after");
-    served.push(&repo, "HEAD:refs/heads/main", false);
+    log.push(versions + 1);
     receiver
         .wait_for("the version after retention", |r| {
-            r.iter().any(|w| w.json()["file"]["content"] == "after\n")
+            r.iter()
+                .any(|w| w.json()["file"]["content"] == format!("v{}\n", versions + 1))
         })
         .await;
-    let view = app.repository(&client, &id).await;
+    let view = app.repository(client, id).await;
     assert_eq!(view["failed_events"], 0, "{view}");
 }
 
