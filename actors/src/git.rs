@@ -6,9 +6,10 @@
 //!   URL, a git config file, a log line or an error message.
 //! - The remote head is checked first; the fetch is skipped when it did not
 //!   move. Only the watched branch is fetched, incrementally.
-//! - A mirror that cannot be opened is rebuilt from the remote only once it
-//!   is verified damaged (still unopenable a minute after the first
-//!   failure); the system's errors never count. Mirrors are compacted
+//! - A mirror is rebuilt from the remote only once it is verified damaged:
+//!   libgit2 reports corrupt objects while reading it, or it is still
+//!   unopenable a minute after the first failure; the system's errors never
+//!   count. Mirrors are compacted
 //!   ([`Mirror::repack`]) and their pack windows bounded
 //!   ([`limit_memory_maps`]).
 //! - Every connection obeys the address rule when it is made (see
