@@ -31,12 +31,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use serde_json::json;
-use sha2::Sha256;
 use support::*;
 
-const SECRET: &str = "bench-github-webhook-secret";
 /// Events of each measured commit (modify 4, add 3, delete 3).
 const EVENTS_PER_COMMIT: usize = 10;
 
@@ -91,70 +87,9 @@ fn main() {
     runtime().block_on(run(&options, &backends(options.db)));
 }
 
-fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A GitHub push payload (the documented shape, trimmed to one commit).
-fn push_payload(clone_url: &str, commit: &str) -> Vec<u8> {
-    let web = clone_url.trim_end_matches(".git");
-    serde_json::to_vec(&json!({
-        "ref": format!("refs/heads/{BRANCH}"),
-        "before": "0".repeat(40),
-        "after": commit,
-        "created": false, "deleted": false, "forced": false, "base_ref": null,
-        "compare": format!("{web}/compare/{commit}"),
-        "repository": {
-            "id": 186_853_002, "name": "bench", "full_name": "bench/bench", "private": false,
-            "html_url": web, "clone_url": clone_url, "git_url": clone_url,
-            "ssh_url": "git@127.0.0.1:bench/bench.git", "default_branch": BRANCH,
-            "owner": {"login": "bench", "id": 1, "type": "User", "site_admin": false}
-        },
-        "pusher": {"name": "bench", "email": "bench@example.com"},
-        "sender": {"login": "bench", "id": 1, "type": "User", "site_admin": false},
-        "commits": [{
-            "id": commit, "tree_id": "f9d2a07e9488b91af2641b26b9407fe22a451433", "distinct": true,
-            "message": "ten-file change", "timestamp": "2026-01-01T00:00:00Z",
-            "url": format!("{web}/commit/{commit}"),
-            "author": {"name": "Bench", "email": "bench@example.com", "username": "bench"},
-            "committer": {"name": "Bench", "email": "bench@example.com", "username": "bench"},
-            "added": ["p00/d00/new_0.txt", "p00/d00/new_1.txt", "p00/d00/new_2.txt"],
-            "removed": ["a.txt", "b.txt", "c.txt"],
-            "modified": ["d.txt", "e.txt", "f.txt", "g.txt"]
-        }],
-        "head_commit": {"id": commit, "message": "ten-file change", "timestamp": "2026-01-01T00:00:00Z"}
-    }))
-    .expect("JSON")
-}
-
-/// Sends one hook; its status and how long the answer took (ms).
-async fn send_hook(
-    http: &reqwest::Client,
-    base: &str,
-    delivery: &str,
-    body: Vec<u8>,
-) -> (u16, f64) {
-    let started = Instant::now();
-    let response = http
-        .post(format!("{base}/hooks/github"))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", signature(&body))
-        .body(body)
-        .send()
-        .await
-        .expect("herald answers");
-    let status = response.status().as_u16();
-    response.bytes().await.ok();
-    (status, started.elapsed().as_secs_f64() * 1000.0)
-}
-
 fn hook_env() -> Vec<(&'static str, &'static str)> {
     vec![
-        ("HERALD__INBOUND__GITHUB_SECRET", SECRET),
+        ("HERALD__INBOUND__GITHUB_SECRET", GITHUB_SECRET),
         ("HERALD__SCHEDULER__TICK", "1h"),
         ("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h"),
         ("HERALD__RATE_LIMIT__INBOUND_PER_MINUTE", "10000000"),

@@ -22,6 +22,8 @@ mod lane;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -298,6 +300,8 @@ pub struct AppState {
     args: AppArgs,
     /// The endpoint's breaker: a child of this actor.
     breaker: ActorRef<BreakerMsg>,
+    /// Whether the breaker is clear (see `BreakerArgs::clear`).
+    breaker_clear: Arc<AtomicBool>,
     /// The running lanes, children of this actor, by subscription, with the
     /// lease this actor claimed for each.
     lanes: HashMap<String, RunningLane>,
@@ -327,11 +331,14 @@ impl Actor for AppDelivery {
             subject: args.app_id.clone(),
             policy: args.config.breaker,
             probe_timeout: args.config.timeout + Duration::from_secs(5),
+            clear: Arc::default(),
         };
+        let breaker_clear = breaker_args.clear.clone();
         let (breaker, _) =
             Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
         Ok(AppState {
             breaker,
+            breaker_clear,
             args,
             lanes: HashMap::new(),
             restarts: HashMap::new(),
@@ -408,6 +415,7 @@ impl Actor for AppDelivery {
                         config: state.args.config.clone(),
                         client: state.args.client.clone(),
                         breaker: state.breaker.clone(),
+                        breaker_clear: state.breaker_clear.clone(),
                         owner: myself.clone(),
                         pool: state.args.pool.clone(),
                     };

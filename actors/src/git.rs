@@ -11,7 +11,7 @@
 //!   unopenable a minute after the first failure; the system's errors never
 //!   count. Mirrors are compacted
 //!   ([`Mirror::repack`]) and their pack windows bounded
-//!   ([`limit_memory_maps`]).
+//!   ([`configure_process`]).
 //! - Every connection obeys the address rule when it is made (see
 //!   [`egress`]): only the registered host, only public addresses (unless
 //!   private targets are allowed), no local repository inside Herald's own
@@ -314,13 +314,21 @@ pub struct RemoteHead {
     pub commit: Oid,
 }
 
-/// Bounds the pack files libgit2 maps into memory, process-wide: windows of
-/// 4 MiB, at most 16 MiB mapped at once (libgit2's defaults are 1 GiB and
-/// 8 GiB), so reading a big file from a mirror costs the file, not its
-/// pack. Call before any git work starts (the engine does).
-pub fn limit_memory_maps() {
+/// Sets libgit2's process-wide options for the engine. Call before any git
+/// work starts (the engine does).
+///
+/// - The pack files it maps into memory are bounded: windows of 4 MiB, at
+///   most 16 MiB mapped at once (libgit2's defaults are 1 GiB and 8 GiB), so
+///   reading a big file from a mirror costs the file, not its pack.
+/// - An object read from a mirror is not hashed again to check its id, as
+///   git itself does not: fetched packs are verified when they are indexed,
+///   zlib checks every object it inflates, and each file's SHA-256 is taken
+///   at the scan and checked by receivers. Rehashing (SHA-1 with collision
+///   detection) was a seventh of the delivery's CPU.
+pub fn configure_process() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        git2::opts::strict_hash_verification(false);
         // SAFETY: libgit2 options are process-global; they are set once,
         // when the engine starts, before any of its threads uses git2.
         #[allow(unsafe_code)]

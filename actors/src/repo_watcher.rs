@@ -139,6 +139,7 @@ impl Actor for RepoWatcher {
             policy: args.config.breaker,
             // A probe is one scan; it may take this long before another goes.
             probe_timeout: longest_scan(&args.config),
+            clear: Default::default(),
         };
         let (breaker, _) =
             Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;

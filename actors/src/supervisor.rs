@@ -503,7 +503,7 @@ impl std::fmt::Debug for EngineHandle {
 impl EngineHandle {
     /// Starts the supervision tree.
     pub async fn start(store: Store, mut config: EngineConfig) -> Result<Self, ractor::SpawnErr> {
-        git::limit_memory_maps();
+        git::configure_process();
         let (bell, rings) = ClusterBell::new();
         let bell = if store.postgres_pool().is_some() {
             bell

@@ -17,13 +17,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actors::crypto::Keyring;
 use actors::ids::AppId;
 use actors::store::Store;
+use hmac::{Hmac, KeyInit, Mac};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{Value, json};
+use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use warp::Filter;
 
 pub const BRANCH: &str = "main";
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+/// The secret GitHub-style push hooks are signed with (`inbound.github_secret`).
+pub const GITHUB_SECRET: &str = "bench-github-webhook-secret";
 /// Files per leaf directory of a generated tree.
 pub const FILES_PER_DIR: usize = 100;
 
@@ -955,6 +959,13 @@ impl Herald {
     /// Onboards an app whose webhooks go to `base_url`; returns its token and
     /// the key that signs its webhooks (`client_auth_key`).
     pub async fn onboard_keyed(&self, name: &str, base_url: &str) -> (String, String) {
+        let (_, token, key) = self.onboard_app(name, base_url).await;
+        (token, key)
+    }
+
+    /// Onboards an app whose webhooks go to `base_url`; returns its id, its
+    /// token and the key that signs its webhooks.
+    pub async fn onboard_app(&self, name: &str, base_url: &str) -> (String, String, String) {
         let body = self
             .call(
                 "/admin/api/apps/onboard",
@@ -968,7 +979,7 @@ impl Herald {
                 .unwrap_or_else(|| panic!("the onboarding answer has no {name}: {body}"))
                 .to_owned()
         };
-        (field("token"), field("client_auth_key"))
+        (field("app_id"), field("token"), field("client_auth_key"))
     }
 
     /// Asks for a scan of the repository now (`POST /api/repositories/{id}/scan`).
@@ -1097,4 +1108,68 @@ pub async fn wait_for(receiver: &Receiver, herald: &Herald, expected: usize, tim
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+// ------------------------------------------------------------ push hooks
+
+/// GitHub's `X-Hub-Signature-256` of a hook body.
+pub fn github_signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(GITHUB_SECRET.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A GitHub push payload (the documented shape, trimmed to one commit).
+pub fn push_payload(clone_url: &str, commit: &str) -> Vec<u8> {
+    let web = clone_url.trim_end_matches(".git");
+    serde_json::to_vec(&json!({
+        "ref": format!("refs/heads/{BRANCH}"),
+        "before": "0".repeat(40),
+        "after": commit,
+        "created": false, "deleted": false, "forced": false, "base_ref": null,
+        "compare": format!("{web}/compare/{commit}"),
+        "repository": {
+            "id": 186_853_002, "name": "bench", "full_name": "bench/bench", "private": false,
+            "html_url": web, "clone_url": clone_url, "git_url": clone_url,
+            "ssh_url": "git@127.0.0.1:bench/bench.git", "default_branch": BRANCH,
+            "owner": {"login": "bench", "id": 1, "type": "User", "site_admin": false}
+        },
+        "pusher": {"name": "bench", "email": "bench@example.com"},
+        "sender": {"login": "bench", "id": 1, "type": "User", "site_admin": false},
+        "commits": [{
+            "id": commit, "tree_id": "f9d2a07e9488b91af2641b26b9407fe22a451433", "distinct": true,
+            "message": "ten-file change", "timestamp": "2026-01-01T00:00:00Z",
+            "url": format!("{web}/commit/{commit}"),
+            "author": {"name": "Bench", "email": "bench@example.com", "username": "bench"},
+            "committer": {"name": "Bench", "email": "bench@example.com", "username": "bench"},
+            "added": ["p00/d00/new_0.txt", "p00/d00/new_1.txt", "p00/d00/new_2.txt"],
+            "removed": ["a.txt", "b.txt", "c.txt"],
+            "modified": ["d.txt", "e.txt", "f.txt", "g.txt"]
+        }],
+        "head_commit": {"id": commit, "message": "ten-file change", "timestamp": "2026-01-01T00:00:00Z"}
+    }))
+    .expect("JSON")
+}
+
+/// Sends one hook; its status and how long the answer took (ms).
+pub async fn send_hook(
+    http: &reqwest::Client,
+    base: &str,
+    delivery: &str,
+    body: Vec<u8>,
+) -> (u16, f64) {
+    let started = Instant::now();
+    let response = http
+        .post(format!("{base}/hooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", github_signature(&body))
+        .body(body)
+        .send()
+        .await
+        .expect("herald answers");
+    let status = response.status().as_u16();
+    response.bytes().await.ok();
+    (status, started.elapsed().as_secs_f64() * 1000.0)
 }

@@ -1,7 +1,10 @@
 //! A circuit breaker as an actor: the single owner of one breaker's state
 //! (an app's endpoint, or a repository's remote). Those who use the endpoint
 //! (an app's lanes, a repository's watcher) ask it before each request and
-//! tell it how the request went; they never share the state. While open, every lane is told to wait; once the cooldown is over,
+//! tell it how the request went; they never share the state. The actor
+//! publishes one flag, whether it is clear (closed, no failure counted), so
+//! that while all is well a request costs no message at all. While open,
+//! every lane is told to wait; once the cooldown is over,
 //! exactly one lane is granted the probe, however many wait, and the others
 //! wait for its outcome: closed on success, open again with a doubled
 //! cooldown on failure (see [`super::on_failure`]).
@@ -11,6 +14,8 @@
 //! (`Store::claim_breaker_probe`, `breakers.probe_until`), so several
 //! instances sharing one database send one probe between them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use entity::breaker;
@@ -51,6 +56,10 @@ pub struct BreakerArgs {
     pub policy: BreakerPolicy,
     /// How long a granted probe may take before another may go.
     pub probe_timeout: Duration,
+    /// Set while the breaker is closed with no failure counted: then asking
+    /// answers `Proceed` and a success changes nothing, so a caller that
+    /// reads it true may skip both messages (a lane does, once per event).
+    pub clear: Arc<AtomicBool>,
 }
 
 pub struct BreakerActor;
@@ -80,6 +89,11 @@ pub struct Reported {
 }
 
 impl BreakerState {
+    /// Tells the callers whether the breaker is clear (see [`BreakerArgs::clear`]).
+    fn publish(&self) {
+        self.args.clear.store(self.row.is_none(), Ordering::Release);
+    }
+
     async fn ask(&mut self, reserve: bool) -> Result<Permit, StoreError> {
         let now = now_ms();
         if let Permit::WaitUntil(_) = permit(self.row.as_ref(), now) {
@@ -181,7 +195,9 @@ impl Actor for BreakerActor {
         args: BreakerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let row = args.store.breaker(args.kind, &args.subject).await?;
-        Ok(BreakerState { args, row })
+        let state = BreakerState { args, row };
+        state.publish();
+        Ok(state)
     }
 
     async fn handle(
@@ -238,14 +254,13 @@ impl Actor for BreakerActor {
             }
             Change::None => {}
         }
+        state.publish();
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::crypto::Keyring;
 
@@ -269,6 +284,7 @@ mod tests {
                 cooldown: COOLDOWN,
             },
             probe_timeout: Duration::from_secs(30),
+            clear: Arc::default(),
         };
         Actor::spawn(None, BreakerActor, args)
             .await

@@ -12,6 +12,8 @@
 //! events pending, and its owner releases the lease and restarts it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use entity::event;
@@ -60,6 +62,8 @@ pub struct LaneArgs {
     pub client: WebhookClient,
     /// The app endpoint's breaker actor.
     pub breaker: ActorRef<BreakerMsg>,
+    /// Whether that breaker is clear: then the lane need not ask it.
+    pub breaker_clear: Arc<AtomicBool>,
     pub owner: ActorRef<AppMsg>,
     /// Where content missing from the mirror is fetched again.
     pub pool: ScanPool,
@@ -106,9 +110,11 @@ impl Actor for LaneActor {
                 config: args.config,
                 client: args.client,
                 breaker: args.breaker,
+                breaker_clear: args.breaker_clear,
                 pool: args.pool,
                 renewed_at: now_ms(),
                 delivered: Unrecorded::default(),
+                ahead: None,
             },
             owner: args.owner,
             after_seq: i64::MIN,
@@ -232,7 +238,11 @@ impl LaneState {
         } else if event.next_attempt_at > now_ms() {
             return Ok(Step::Done(Some(event.next_attempt_at)));
         }
-        match self.lane.deliver_event(context, &event).await? {
+        // The next event of the batch is read and rendered while this one's
+        // request is in flight (never the first of another batch: the next
+        // batch may come with another context).
+        let next = self.batch.front();
+        match self.lane.deliver_event(context, &event, next).await? {
             Flow::Next => self.after_seq = event.seq,
             Flow::Stop(at) => return Ok(Step::Done(at)),
         }
@@ -290,11 +300,73 @@ struct Lane {
     client: WebhookClient,
     /// The app endpoint's breaker actor.
     breaker: ActorRef<BreakerMsg>,
+    /// Set while the breaker is closed with no failure counted.
+    breaker_clear: Arc<AtomicBool>,
     pool: ScanPool,
     /// When the delivery lease was last claimed or renewed (unix ms).
     renewed_at: i64,
     /// Delivered events whose success is not written yet (see [`Lane::flush`]).
     delivered: Unrecorded,
+    /// The next event, being read and rendered ahead.
+    ahead: Option<Ahead>,
+}
+
+/// Files up to this size are read and rendered ahead, while the request
+/// before them is in flight; larger ones when their turn comes, so a lane
+/// never holds two big files at once.
+const AHEAD_BYTES: i64 = 1 << 20;
+
+/// The next event's body, read from the mirror and rendered on a blocking
+/// worker while the current event's request is in flight. Reading ahead
+/// changes nothing but time: requests still leave one after the other, and a
+/// read ahead that is not used (the request before it failed, the content is
+/// not in the mirror) is dropped and done again in turn.
+struct Ahead {
+    event_id: String,
+    rendered: Prepared,
+}
+
+/// The rendered body, or `None` when the mirror lacks the content.
+type RenderedAhead = Option<Result<payload::Rendered, payload::PayloadError>>;
+
+/// A body being rendered ahead, awaited when the event's turn comes.
+struct Prepared(tokio::task::JoinHandle<RenderedAhead>);
+
+impl Prepared {
+    async fn await_rendered(self) -> RenderedAhead {
+        match self.0.await {
+            Ok(rendered) => rendered,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => None,
+        }
+    }
+}
+
+impl Ahead {
+    /// Starts reading `event` ahead, when it is due now, carries content and
+    /// is small enough.
+    fn start(context: &LaneContext, event: &event::Model, config: &DeliveryConfig) -> Option<Self> {
+        let due = event.status != entity::EventStatus::Dead && event.next_attempt_at <= now_ms();
+        let small = event.size.is_some_and(|size| size <= AHEAD_BYTES);
+        if !due
+            || !small
+            || !event.kind.carries_content()
+            || payload::too_large(event, config.max_file_bytes)
+        {
+            return None;
+        }
+        let (owned, repository, chunking) =
+            (event.clone(), context.repository.clone(), config.chunking);
+        let render =
+            move |content: &[u8]| payload::render(&owned, &repository, Some(content), chunking);
+        let mirror = context.content.mirror.clone();
+        let blob = event.blob_id.clone();
+        let task = tokio::spawn(async move { mirror.read_with(blob, Arc::new(render)).await });
+        Some(Self {
+            event_id: event.id.clone(),
+            rendered: Prepared(task),
+        })
+    }
 }
 
 /// Successful deliveries are written a batch at a time: one transaction per
@@ -478,8 +550,14 @@ impl Lane {
         &mut self,
         context: &LaneContext,
         event: &event::Model,
+        next: Option<&event::Model>,
     ) -> Result<Flow, StoreError> {
-        let Ok(permit) = ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS) else {
+        let permit = if self.breaker_clear.load(Ordering::Acquire) {
+            Ok(Permit::Proceed)
+        } else {
+            ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS)
+        };
+        let Ok(permit) = permit else {
             // The breaker is restarting with its app actor: try again soon.
             return Ok(Flow::Stop(Some(now_ms() + 1_000)));
         };
@@ -488,7 +566,7 @@ impl Lane {
             Permit::Probe => true,
             Permit::Proceed => false,
         };
-        let flow = self.send_event(context, event, probe).await;
+        let flow = self.send_event(context, event, next, probe).await;
         if probe && !matches!(flow, Ok(Flow::Next)) {
             // A probe that ended before an answer told nothing: let another go.
             let _ = self.breaker.cast(BreakerMsg::Inconclusive);
@@ -504,7 +582,13 @@ impl Lane {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
-        let rendered = if payload::too_large(event, self.config.max_file_bytes) {
+        let ahead = match self.ahead.take() {
+            Some(ahead) if ahead.event_id == event.id => ahead.rendered.await_rendered().await,
+            _ => None,
+        };
+        let rendered = if let Some(rendered) = ahead {
+            rendered
+        } else if payload::too_large(event, self.config.max_file_bytes) {
             payload::render_too_large(event, &context.repository)
         } else if event.kind.carries_content() {
             // Read and rendered (base64, JSON) on a blocking thread, from the
@@ -569,6 +653,7 @@ impl Lane {
         &mut self,
         context: &LaneContext,
         event: &event::Model,
+        next: Option<&event::Model>,
         probe: bool,
     ) -> Result<Flow, StoreError> {
         let rendered = match self.render(context, event).await? {
@@ -629,6 +714,9 @@ impl Lane {
                 last: index + 1 == rendered.len(),
                 probe,
             };
+            if sent.last {
+                self.ahead = next.and_then(|next| Ahead::start(context, next, &self.config));
+            }
             let answer = self
                 .client
                 .post(&url, headers, body)
@@ -834,6 +922,10 @@ impl Lane {
     }
 
     async fn breaker_success(&self) -> Result<(), StoreError> {
+        if self.breaker_clear.load(Ordering::Acquire) {
+            // A success changes nothing in a clear breaker.
+            return Ok(());
+        }
         let reported = ractor::call_t!(self.breaker, BreakerMsg::Succeeded, BREAKER_CALL_MS);
         if let Ok(Reported {
             change: Change::Closed,

@@ -42,23 +42,33 @@ impl Attempt {
     }
 }
 
-/// Events due now: pending ones whose time has come, and dead ones last
-/// tried before `probe_dead_before` (due for one probe). Columns are
-/// qualified: the apps query correlates this with `apps`, which has a
-/// `status` too.
-fn due_events(now: i64, probe_dead_before: Option<i64>) -> Condition {
-    let pending = Condition::all()
-        .add(Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Pending))
-        .add(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(now));
-    let mut due = Condition::any().add(pending);
+/// Whether the row whose id is `owner` (an app's or a subscription's) has
+/// an event due now: a pending one whose time has come, or a dead one last
+/// tried before `probe_dead_before` (due for one probe). One `EXISTS` per
+/// status, each a single probe of an index that starts with (`by`, status):
+/// as one condition with an `OR` inside, SQLite walks every event of the
+/// owner, delivered ones included, on every poll.
+fn has_due_events(
+    by: event::Column,
+    owner: impl sea_orm::sea_query::IntoColumnRef,
+    now: i64,
+    probe_dead_before: Option<i64>,
+) -> Condition {
+    let owner = Expr::col(owner);
+    let exists = |status: entity::EventStatus, at: i64| {
+        Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(event::Entity)
+                .and_where(Expr::col((event::Entity, by)).eq(owner.clone()))
+                .and_where(Expr::col((event::Entity, event::Column::Status)).eq(status))
+                .and_where(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(at))
+                .to_owned(),
+        )
+    };
+    let mut due = Condition::any().add(exists(entity::EventStatus::Pending, now));
     if let Some(before) = probe_dead_before {
-        due = due.add(
-            Condition::all()
-                .add(
-                    Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Dead),
-                )
-                .add(Expr::col((event::Entity, event::Column::NextAttemptAt)).lte(before)),
-        );
+        due = due.add(exists(entity::EventStatus::Dead, before));
     }
     due
 }
@@ -98,20 +108,16 @@ impl Store {
         probe_dead_before: Option<i64>,
         limit: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let due = Query::select()
-            .expr(Expr::val(1))
-            .from(event::Entity)
-            .and_where(
-                Expr::col((event::Entity, event::Column::AppId))
-                    .equals((app::Entity, app::Column::Id)),
-            )
-            .cond_where(due_events(now, probe_dead_before))
-            .to_owned();
         Ok(app::Entity::find()
             .select_only()
             .column(app::Column::Id)
             .filter(app::Column::Status.eq(entity::AppStatus::Active))
-            .filter(Expr::exists(due))
+            .filter(has_due_events(
+                event::Column::AppId,
+                (app::Entity, app::Column::Id),
+                now,
+                probe_dead_before,
+            ))
             .order_by_asc(app::Column::Id)
             .limit(limit)
             .into_tuple()
@@ -130,28 +136,32 @@ impl Store {
         probe_dead_before: Option<i64>,
         limit: u64,
     ) -> Result<Vec<subscription::Model>, StoreError> {
-        let due = Query::select()
-            .column(event::Column::SubscriptionId)
-            .from(event::Entity)
-            .and_where(Expr::col(event::Column::AppId).eq(app_id))
-            .cond_where(due_events(now, probe_dead_before))
-            .to_owned();
         // Order is the contract: a dead event blocks its subscription until
         // someone retries or skips it, or its next probe succeeds.
         let mut blocked = Query::select()
-            .column(event::Column::SubscriptionId)
+            .expr(Expr::val(1))
             .from(event::Entity)
-            .and_where(Expr::col(event::Column::AppId).eq(app_id))
-            .and_where(Expr::col(event::Column::Status).eq(entity::EventStatus::Dead))
+            .and_where(
+                Expr::col((event::Entity, event::Column::SubscriptionId))
+                    .equals((subscription::Entity, subscription::Column::Id)),
+            )
+            .and_where(
+                Expr::col((event::Entity, event::Column::Status)).eq(entity::EventStatus::Dead),
+            )
             .to_owned();
         if let Some(before) = probe_dead_before {
-            blocked.and_where(Expr::col(event::Column::NextAttemptAt).gt(before));
+            blocked.and_where(Expr::col((event::Entity, event::Column::NextAttemptAt)).gt(before));
         }
         Ok(subscription::Entity::find()
             .filter(subscription::Column::AppId.eq(app_id))
             .filter(subscription::Column::Status.ne(entity::SubscriptionStatus::Paused))
-            .filter(subscription::Column::Id.in_subquery(due))
-            .filter(subscription::Column::Id.not_in_subquery(blocked))
+            .filter(has_due_events(
+                event::Column::SubscriptionId,
+                (subscription::Entity, subscription::Column::Id),
+                now,
+                probe_dead_before,
+            ))
+            .filter(Expr::exists(blocked).not())
             .filter(free(
                 subscription::Column::DeliveryLeaseOwner,
                 subscription::Column::DeliveryLeaseUntil,
