@@ -936,7 +936,9 @@ async fn in_a_real_browser_a_bulk_retry_shows_live_progress_and_can_be_cancelled
     let (retried, total) = (cancelled[0].as_u64(), cancelled[1].as_u64());
     assert_eq!(total, Some(4), "{cancelled}");
     let retried = retried.expect("a count");
-    assert!(retried < 2, "cancelled within the first pause: {cancelled}");
+    // Cancelled in its first pause, or on a slow machine its second: either
+    // way before its end, and at least two are left to watch below.
+    assert!(retried <= 2, "cancelled before the end: {cancelled}");
     let events = chromium
         .visit(&format!("{base}/admin/events"), "bulk-dead-events-left")
         .await;
