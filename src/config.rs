@@ -221,6 +221,9 @@ pub struct DeliverySettings {
     /// (zero: never), so a consumer that recovers resumes by itself.
     #[serde(deserialize_with = "duration")]
     pub dead_retry_interval: Duration,
+    /// A pause after each event a bulk retry queues again (zero: none).
+    #[serde(deserialize_with = "duration")]
+    pub bulk_retry_pause: Duration,
 }
 
 impl DeliverySettings {
@@ -467,6 +470,14 @@ impl Settings {
             return Err(invalid(
                 "delivery.dead_retry_interval",
                 "must be \"0\" (never) or at least one second",
+            ));
+        }
+        // A longer pause would leave a bulk retry of a few thousand events
+        // running for days.
+        if self.delivery.bulk_retry_pause > Duration::from_secs(60) {
+            return Err(invalid(
+                "delivery.bulk_retry_pause",
+                "must be at most one minute",
             ));
         }
         // A lane renews its lease between requests: one request, up to

@@ -244,6 +244,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             mirrors_dir,
             tick: delivery.tick,
             dead_retry_interval: delivery.dead_retry_interval(),
+            bulk_retry_pause: delivery.bulk_retry_pause,
             instance_id: instance_id.clone(),
             lease_ttl: settings.cluster.lease_ttl(),
             fetch_timeout: settings.git.fetch_timeout,

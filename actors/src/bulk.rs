@@ -62,6 +62,9 @@ pub struct BulkArgs {
     pub tick: Duration,
     /// Rung as events are queued again, so delivery starts at once.
     pub signal: OutboxSignal,
+    /// Waited after each event queued again (`delivery.bulk_retry_pause`),
+    /// so a large retry reaches its receivers spread out.
+    pub pause: Duration,
 }
 
 pub struct BulkState {
@@ -182,9 +185,10 @@ impl BulkState {
             let token = claim.token.clone();
             let store = self.args.store.clone();
             let signal = self.args.signal.clone();
+            let pause = self.args.pause;
             let owner = myself.clone();
             let ended = id.clone();
-            let task = OwnedTask::spawn(run(store, claim, signal), move |result| {
+            let task = OwnedTask::spawn(run(store, claim, signal, pause), move |result| {
                 let _ = owner.send_message(BulkMsg::Ended(ended, result));
             });
             self.runs.insert(id, (token, task));
@@ -232,13 +236,19 @@ impl BulkState {
 
 /// Runs one claimed operation to its end, or until it is cancelled or its
 /// claim is lost.
-async fn run(store: Store, claim: BulkClaim, signal: OutboxSignal) {
+async fn run(store: Store, claim: BulkClaim, signal: OutboxSignal, pause: Duration) {
     let BulkClaim { operation, token } = claim;
     let Some(id) = OperationId::parse(&operation.id) else {
         return;
     };
-    let mut woken = Waker { signal, unwoken: 0 };
-    let ended = work(&store, &operation, &id, &token, &mut woken).await;
+    // Paced, each event is delivered as soon as it is queued.
+    let wake_every = if pause.is_zero() { WAKE_EVERY } else { 1 };
+    let mut woken = Waker {
+        signal,
+        unwoken: 0,
+        every: wake_every,
+    };
+    let ended = work(&store, &operation, &id, &token, &mut woken, pause).await;
     woken.flush();
     match ended {
         Ok(status) => {
@@ -266,16 +276,18 @@ async fn run(store: Store, claim: BulkClaim, signal: OutboxSignal) {
     }
 }
 
-/// Rings the outbox signal every [`WAKE_EVERY`] queued events and at the end.
+/// Rings the outbox signal every so many queued events and at the end.
 struct Waker {
     signal: OutboxSignal,
     unwoken: u64,
+    /// [`WAKE_EVERY`], or 1 when the run is paced.
+    every: u64,
 }
 
 impl Waker {
     fn queued(&mut self) {
         self.unwoken += 1;
-        if self.unwoken >= WAKE_EVERY {
+        if self.unwoken >= self.every {
             self.flush();
         }
     }
@@ -288,14 +300,15 @@ impl Waker {
     }
 }
 
-/// The events of the operation's range after its cursor, one at a time;
-/// how it ended.
+/// The events of the operation's range after its cursor, one at a time,
+/// `pause` apart; how it ended.
 async fn work(
     store: &Store,
     operation: &entity::bulk_operation::Model,
     id: &OperationId,
     token: &LeaseToken,
     woken: &mut Waker,
+    pause: Duration,
 ) -> Result<BulkStatus, StoreError> {
     let total = u64::try_from(operation.total).unwrap_or(0);
     let mut done = u64::try_from(operation.done).unwrap_or(0);
@@ -337,8 +350,20 @@ async fn work(
             cancel = store.record_bulk_step(id, token, &event, retried).await?;
             done += 1;
             cursor = Some(event.into_string());
-            if cancel {
+            if cancel || done >= total {
                 break;
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+                // A cancel asked for during the pause stops the run before
+                // its next event, as the console promises.
+                cancel = store
+                    .bulk_operation(id, now_ms())
+                    .await?
+                    .is_some_and(|op| op.cancel_requested);
+                if cancel {
+                    break;
+                }
             }
         }
     }

@@ -70,6 +70,9 @@ pub struct DeliveryConfig {
     /// How long after its last attempt a dead event gets one more attempt
     /// (`None`: never), so a consumer that recovers resumes by itself.
     pub dead_retry_interval: Option<Duration>,
+    /// A pause after each event a bulk retry queues again, so a receiver
+    /// that just recovered gets a large retry spread out (zero: no pause).
+    pub bulk_retry_pause: Duration,
     pub instance_id: String,
     /// How long a delivery lease lasts unless renewed (`cluster.lease_ttl`).
     pub lease_ttl: Duration,
@@ -565,6 +568,7 @@ impl DeliveryConfig {
             mirrors_dir: dir.join("mirrors"),
             tick: Duration::from_secs(3600),
             dead_retry_interval: None,
+            bulk_retry_pause: Duration::ZERO,
             instance_id: "test".into(),
             lease_ttl: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(10),

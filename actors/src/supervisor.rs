@@ -232,6 +232,7 @@ impl SupervisorState {
                     lease_ttl: cluster.lease_ttl,
                     tick: cluster.heartbeat_interval,
                     signal: self.config.watcher.signal.clone(),
+                    pause: self.config.delivery.bulk_retry_pause,
                 };
                 let (bulk, _) =
                     Actor::spawn_linked(None, BulkRunner, args, myself.get_cell()).await?;

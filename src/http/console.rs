@@ -144,7 +144,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(|id, s, st| page(pages::operation(id, s, st)));
     let progress = warp::path!("admin" / "operations" / String / "progress")
         .and(get(&state))
-        .then(|id, _: Session, st| fragment(pages::operation_progress(id, st)));
+        .then(|id, s, st| fragment(pages::operation_progress(id, s, st)));
     let cancel = warp::path!("admin" / "operations" / String / "cancel")
         .and(post(&state))
         .then(|id: String, _: Session, st: AppState| async move {

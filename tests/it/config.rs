@@ -62,6 +62,11 @@ fn bad_values_stop_the_start_naming_the_key() {
             "HERALD__DELIVERY__DEAD_RETRY_INTERVAL",
             "never",
         ),
+        (
+            "delivery.bulk_retry_pause",
+            "HERALD__DELIVERY__BULK_RETRY_PAUSE",
+            "5m",
+        ),
         ("admin.token", "HERALD__ADMIN__TOKEN", "short"),
         (
             "delivery.max_attempts",

@@ -16,7 +16,12 @@ use crate::receiver::{Received, Receiver, Reply};
 
 /// Two attempts make an event dead.
 pub(crate) async fn poison_engine() -> TestApp {
-    engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")]).await
+    poison_engine_with(&[]).await
+}
+
+/// [`poison_engine`] with `extra` settings on top.
+pub(crate) async fn poison_engine_with(extra: &[(&str, &str)]) -> TestApp {
+    engine_with(&[&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")], extra].concat()).await
 }
 
 /// A repository with `a.md` and `b.md` served by a git daemon.

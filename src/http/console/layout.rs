@@ -152,7 +152,7 @@ pub fn relative(now: i64, then: i64) -> String {
 /// is always there).
 pub fn status(word: &str) -> Markup {
     let tone = match word {
-        "active" | "synced" | "delivered" | "processed" | "closed" | "alive" => "ok",
+        "active" | "synced" | "delivered" | "processed" | "closed" | "alive" | "done" => "ok",
         "failed" | "dead" | "disabled" | "open" | "invalid" | "gone" => "bad",
         _ => "neutral",
     };

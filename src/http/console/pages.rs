@@ -132,7 +132,7 @@ pub async fn dead_events(
             } @else {
                 p { (total) " events gave up after their last attempt. Retry one once its receiver is fixed, or skip it to let its subscription go on." }
                 div.actions {
-                    (action(&session, "/admin/events/retry-all", "Retry all", "Retry every dead event, in the background"))
+                    (action(&session, "/admin/events/retry-all", "Retry all", "Retry all dead events, in the background"))
                 }
                 div.scroll {
                     table {
@@ -233,6 +233,10 @@ pub async fn app_detail(
         .ok_or_else(not_found)?;
     let app = &summary.app;
     let disabled = app.status == entity::AppStatus::Disabled;
+    let endpoint = state
+        .store
+        .breaker(actors::breaker::DELIVERY_BREAKER, app.id.as_str())
+        .await?;
     Ok(layout::page(
         &session,
         "/admin/apps",
@@ -244,7 +248,19 @@ pub async fn app_detail(
                 dt { "Endpoint" } dd { code { (app.base_url) } }
                 dt { "Contact" } dd { (app.email) }
                 dt { "Failing since" } dd { (when_opt(app.failing_since)) }
-                dt { "Backoff" } dd { (app.backoff_policy.as_deref().unwrap_or("default")) }
+                dt { "Backoff" } dd { (backoff(app)) }
+                dt { "Endpoint breaker" } dd {
+                    @match &endpoint {
+                        Some(b) => {
+                            (status(b.state.as_str())) ", " (b.consecutive_failures) " consecutive " (if b.consecutive_failures == 1 { "failure" } else { "failures" })
+                            @if let Some(until) = b.cooldown_until.filter(|_| b.state != entity::BreakerStatus::Closed) {
+                                ", tried again " (when(until))
+                            }
+                            @if let Some(error) = &b.last_error { br; span.excerpt { (error) } }
+                        },
+                        None => { (status("closed")) " no failures" },
+                    }
+                }
                 dt { "Dead events" } dd { a href="/admin/events" { (summary.failed_notification_count) } }
                 dt { "Created" } dd { (when(app.created_at)) }
             }
@@ -285,6 +301,23 @@ pub async fn app_detail(
             }
         },
     ))
+}
+
+/// The app's retry schedule: its own policy, or the configured default.
+fn backoff(app: &entity::app::Model) -> String {
+    let span = |ms: Option<i64>| {
+        ms.and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
+    };
+    match app.backoff_policy.as_deref() {
+        None => "the default (delivery.backoff)".to_owned(),
+        Some(policy) => match (span(app.backoff_base_ms), span(app.backoff_max_ms)) {
+            (Some(base), Some(max)) => format!("{policy}, from {base} up to {max}"),
+            (Some(base), None) => format!("{policy}, from {base}"),
+            (None, Some(max)) => format!("{policy}, up to {max}"),
+            (None, None) => policy.to_owned(),
+        },
+    }
 }
 
 pub async fn confirm_delete(
@@ -357,7 +390,7 @@ pub async fn repositories(
                                     td.excerpt { (r.last_error.as_deref().unwrap_or("")) }
                                     td.actions {
                                         @if s.breaker.is_some() || r.last_error.is_some() {
-                                            (action(&session, &format!("/admin/repositories/{}/breaker-reset", r.id), "Reset breaker", &format!("Reset the breaker of {}/{}", r.owner, r.name)))
+                                            (action(&session, &format!("/admin/repositories/{}/breaker-reset", r.id), "Reset breaker", &format!("Reset breaker of {}/{}", r.owner, r.name)))
                                         }
                                     }
                                 }
@@ -455,10 +488,9 @@ pub async fn instances(session: Session, state: AppState) -> Result<Markup, ApiE
     ))
 }
 
-/// A bulk retry's page: its progress (polled every second while it runs)
-/// and a cancel button.
+/// A bulk retry's page: its progress, polled every second while it runs.
 pub async fn operation(id: String, session: Session, state: AppState) -> Result<Markup, ApiError> {
-    let progress = operation_progress(id.clone(), state).await?;
+    let progress = operation_progress(id, session.clone(), state).await?;
     Ok(layout::page(
         &session,
         "/admin/events",
@@ -466,16 +498,18 @@ pub async fn operation(id: String, session: Session, state: AppState) -> Result<
         None,
         &html! {
             (progress)
-            div.actions {
-                (action(&session, &format!("/admin/operations/{id}/cancel"), "Cancel", "Cancel this bulk retry"))
-                a href="/admin/events" { "Back to dead events" }
-            }
+            p { a href="/admin/events" { "Back to dead events" } }
         },
     ))
 }
 
-/// A bulk retry's progress; while it runs, htmx replaces it every second.
-pub async fn operation_progress(id: String, state: AppState) -> Result<Markup, ApiError> {
+/// A bulk retry's progress, with a cancel button while it runs; while it
+/// runs, htmx replaces it every second.
+pub async fn operation_progress(
+    id: String,
+    session: Session,
+    state: AppState,
+) -> Result<Markup, ApiError> {
     let op = crate::http::operations::bulk_progress(&id, &state).await?;
     let running = op.status == entity::BulkStatus::Running;
     let url = format!("/admin/operations/{}/progress", op.id);
@@ -488,6 +522,10 @@ pub async fn operation_progress(id: String, state: AppState) -> Result<Markup, A
             progress id="bulk-progress" max=(op.total.max(1)) value=(op.done) { (op.done) " of " (op.total) }
             @if op.cancel_requested && running {
                 p { "Stopping before the next event…" }
+            } @else if running {
+                div.actions {
+                    (action(&session, &format!("/admin/operations/{}/cancel", op.id), "Cancel", "Cancel this bulk retry"))
+                }
             }
             @if let Some(error) = &op.error {
                 p.error role="alert" { (error) }
