@@ -82,7 +82,9 @@ impl ClusterSettings {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub host: String,
+    #[serde(deserialize_with = "whole_number")]
     pub port: u16,
+    #[serde(deserialize_with = "whole_number")]
     pub max_body_bytes: u64,
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -134,9 +136,11 @@ pub struct SecuritySettings {
 pub struct GitSettings {
     /// A mirror holding more pack files than this is compacted into one
     /// after its next fetch.
+    #[serde(deserialize_with = "whole_number")]
     pub repack_threshold: usize,
     pub allow_local_repos: bool,
     /// How many scans (fetch, diff, hashing) may run at once.
+    #[serde(deserialize_with = "whole_number")]
     pub scan_workers: usize,
     #[serde(deserialize_with = "duration")]
     pub fetch_timeout: Duration,
@@ -194,16 +198,21 @@ impl BackoffSettings {
 pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    #[serde(deserialize_with = "whole_number")]
     pub max_attempts: u32,
     #[serde(deserialize_with = "duration")]
     pub disable_after: Duration,
+    #[serde(deserialize_with = "whole_number")]
     pub chunk_threshold_bytes: u64,
     /// Created or updated files larger than this go as `file_too_large`
     /// notices, without their content.
+    #[serde(deserialize_with = "whole_number")]
     pub max_file_bytes: u64,
+    #[serde(deserialize_with = "whole_number")]
     pub chunk_size_bytes: u64,
     pub backoff: BackoffSettings,
     /// Subscriptions of one app delivered at the same time.
+    #[serde(deserialize_with = "whole_number")]
     pub max_in_flight_per_app: usize,
     /// The longest wait a `Retry-After` header may impose.
     #[serde(deserialize_with = "duration")]
@@ -237,6 +246,7 @@ impl DeliverySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerPolicy {
+    #[serde(deserialize_with = "whole_number")]
     pub threshold: u32,
     #[serde(deserialize_with = "duration")]
     pub cooldown: Duration,
@@ -263,17 +273,22 @@ pub struct InboundSettings {
     /// Largest hook body accepted (413 above it); push payloads list commits
     /// and files (GitHub sends up to 25 MB), so this is far larger than
     /// `server.max_body_bytes`.
+    #[serde(deserialize_with = "whole_number")]
     pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
+    #[serde(deserialize_with = "whole_number")]
     pub per_ip_per_minute: u32,
+    #[serde(deserialize_with = "whole_number")]
     pub onboarding_per_minute: u32,
+    #[serde(deserialize_with = "whole_number")]
     pub per_app_per_minute: u32,
     /// Inbound push webhooks per client address (their own budget: a git
     /// host's few addresses send the hooks of all its tenants).
+    #[serde(deserialize_with = "whole_number")]
     pub inbound_per_minute: u32,
 }
 
@@ -290,6 +305,47 @@ pub enum LogFormat {
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// A count or a size: a whole number, refused (naming the key) rather than
+/// rounded when it has a fraction ("1.5", "1e3" read as a float) and when
+/// it does not fit the setting.
+fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    struct Whole;
+
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("`{v}` is negative")))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            Err(E::custom(format!("`{v}` is not a whole number")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            v.trim()
+                .parse()
+                .map_err(|_| E::custom(format!("`{v}` is not a whole number")))
+        }
+    }
+
+    let value = deserializer.deserialize_any(Whole)?;
+    T::try_from(value)
+        .map_err(|_| serde::de::Error::custom(format!("`{value}` is too large for this setting")))
 }
 
 /// Durations as humantime strings: "30s", "5m", "1h 30m", "5d".
@@ -330,6 +386,17 @@ fn optional_secret<'de, D: Deserializer<'de>>(
 impl Settings {
     /// Loads every layer, from the process environment and `overrides`.
     pub fn load(overrides: &Overrides) -> Result<Self, SettingsError> {
+        Self::load_from(overrides, std::env::var("HERALD_ENV").ok(), None)
+    }
+
+    /// Loads every layer, with `HERALD_ENV` and the `HERALD__…` variables
+    /// given rather than read from the process (`environment: None` reads
+    /// the process's), so tests can try any value without touching it.
+    pub fn load_from(
+        overrides: &Overrides,
+        herald_env: Option<String>,
+        environment: Option<config::Map<String, String>>,
+    ) -> Result<Self, SettingsError> {
         let config_dir = overrides
             .config_dir
             .clone()
@@ -338,7 +405,7 @@ impl Settings {
         let mut builder = Config::builder()
             .add_source(File::from_str(EMBEDDED_DEFAULTS, FileFormat::Toml))
             .add_source(File::from(config_dir.join("default.toml")).required(false));
-        if let Ok(env) = std::env::var("HERALD_ENV") {
+        if let Some(env) = herald_env {
             builder = builder
                 .add_source(File::from(config_dir.join(format!("{env}.toml"))).required(false));
         }
@@ -348,7 +415,8 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("security.previous_encryption_keys")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(environment),
         );
         if let Some(host) = &overrides.host {
             builder = builder.set_override("server.host", host.as_str())?;
@@ -560,5 +628,275 @@ fn check_key_hex(key: &'static str, value: &SecretString) -> Result<(), Settings
     } else {
         // Never echo the value: it is a secret.
         Err(invalid(key, "must be 64 hex characters (32 bytes)"))
+    }
+}
+
+/// Property tests: whatever a configuration layer holds, loading gives
+/// typed settings or an error that names the key, and never panics.
+#[cfg(test)]
+mod properties {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every leaf key of the configuration.
+    const KEYS: [&str; 54] = [
+        "data_dir",
+        "server.host",
+        "server.port",
+        "server.max_body_bytes",
+        "server.shutdown_timeout",
+        "server.header_read_timeout",
+        "server.body_read_timeout",
+        "database.url",
+        "database.auto_migrate",
+        "admin.token",
+        "security.encryption_key",
+        "security.previous_encryption_keys",
+        "security.allow_private_targets",
+        "security.allow_http_targets",
+        "security.key_rotation_grace",
+        "security.access_recheck_interval",
+        "git.repack_threshold",
+        "git.allow_local_repos",
+        "git.scan_workers",
+        "git.fetch_timeout",
+        "scheduler.tick",
+        "scheduler.rescan_interval",
+        "delivery.timeout",
+        "delivery.max_attempts",
+        "delivery.disable_after",
+        "delivery.chunk_threshold_bytes",
+        "delivery.max_file_bytes",
+        "delivery.chunk_size_bytes",
+        "delivery.backoff.policy",
+        "delivery.backoff.base",
+        "delivery.backoff.max",
+        "delivery.max_in_flight_per_app",
+        "delivery.retry_after_max",
+        "delivery.attempt_retention",
+        "delivery.event_retention",
+        "delivery.tick",
+        "delivery.dead_retry_interval",
+        "breaker.git.threshold",
+        "breaker.git.cooldown",
+        "breaker.delivery.threshold",
+        "breaker.delivery.cooldown",
+        "inbound.github_secret",
+        "inbound.gitlab_token",
+        "inbound.gitea_secret",
+        "inbound.bitbucket_secret",
+        "inbound.max_body_bytes",
+        "rate_limit.per_ip_per_minute",
+        "rate_limit.onboarding_per_minute",
+        "rate_limit.per_app_per_minute",
+        "rate_limit.inbound_per_minute",
+        "telemetry.log_format",
+        "telemetry.log_level",
+        "cluster.lease_ttl",
+        "cluster.heartbeat_interval",
+    ];
+
+    /// Keys holding secrets: their values never appear in an error.
+    const SECRETS: [&str; 6] = [
+        "admin.token",
+        "security.encryption_key",
+        "inbound.github_secret",
+        "inbound.gitlab_token",
+        "inbound.gitea_secret",
+        "inbound.bitbucket_secret",
+    ];
+
+    /// Duration keys whose only rule is the type: any duration is valid.
+    const FREE_DURATIONS: [&str; 7] = [
+        "server.shutdown_timeout",
+        "security.key_rotation_grace",
+        "scheduler.rescan_interval",
+        "delivery.disable_after",
+        "delivery.retry_after_max",
+        "breaker.git.cooldown",
+        "breaker.delivery.cooldown",
+    ];
+
+    /// Size keys (bytes) and whether zero is refused.
+    const SIZES: [(&str, bool); 5] = [
+        ("server.max_body_bytes", true),
+        ("inbound.max_body_bytes", true),
+        ("delivery.chunk_threshold_bytes", false),
+        ("delivery.max_file_bytes", true),
+        ("delivery.chunk_size_bytes", true),
+    ];
+
+    fn env_name(key: &str) -> String {
+        format!("HERALD__{}", key.replace('.', "__").to_uppercase())
+    }
+
+    /// Loads the embedded defaults plus `values` as `HERALD__…` variables,
+    /// with no configuration folder and no process environment.
+    fn load(values: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let overrides = Overrides {
+            config_dir: Some(PathBuf::from("/nonexistent/herald-config")),
+            ..Overrides::default()
+        };
+        let environment = values
+            .iter()
+            .map(|(key, value)| (env_name(key), (*value).to_owned()))
+            .collect();
+        Settings::load_from(&overrides, None, Some(environment))
+    }
+
+    fn duration_of(settings: &Settings, key: &str) -> Duration {
+        match key {
+            "server.shutdown_timeout" => settings.server.shutdown_timeout,
+            "security.key_rotation_grace" => settings.security.key_rotation_grace,
+            "scheduler.rescan_interval" => settings.scheduler.rescan_interval,
+            "delivery.disable_after" => settings.delivery.disable_after,
+            "delivery.retry_after_max" => settings.delivery.retry_after_max,
+            "breaker.git.cooldown" => settings.breaker.git.cooldown,
+            "breaker.delivery.cooldown" => settings.breaker.delivery.cooldown,
+            _ => unreachable!("not a free duration key: {key}"),
+        }
+    }
+
+    fn size_of(settings: &Settings, key: &str) -> u64 {
+        match key {
+            "server.max_body_bytes" => settings.server.max_body_bytes,
+            "inbound.max_body_bytes" => settings.inbound.max_body_bytes,
+            "delivery.chunk_threshold_bytes" => settings.delivery.chunk_threshold_bytes,
+            "delivery.max_file_bytes" => settings.delivery.max_file_bytes,
+            "delivery.chunk_size_bytes" => settings.delivery.chunk_size_bytes,
+            _ => unreachable!("not a size key: {key}"),
+        }
+    }
+
+    /// A duration as written by people ("1h 30m", "500ms", "2days") and
+    /// the value it stands for.
+    fn written_duration() -> impl Strategy<Value = (String, Duration)> {
+        const UNITS: [(&str, u64); 9] = [
+            ("ms", 1),
+            ("s", 1_000),
+            ("sec", 1_000),
+            ("m", 60_000),
+            ("min", 60_000),
+            ("h", 3_600_000),
+            ("hours", 3_600_000),
+            ("d", 86_400_000),
+            ("days", 86_400_000),
+        ];
+        prop::collection::vec((0u64..100_000, 0..UNITS.len()), 1..4).prop_map(|parts| {
+            let text: Vec<String> = parts
+                .iter()
+                .map(|&(n, unit)| format!("{n}{}", UNITS[unit].0))
+                .collect();
+            let millis = parts.iter().map(|&(n, unit)| n * UNITS[unit].1).sum();
+            (text.join(" "), Duration::from_millis(millis))
+        })
+    }
+
+    /// Values people (and typos) put in a configuration.
+    fn any_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,24}",
+            "[0-9]{1,25}",
+            "-[0-9]{1,20}",
+            "[0-9]{1,6}(\\.[0-9]{1,3})?(ms|s|m|h|d|w|y|KiB|MB|x| )?",
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("0".to_owned()),
+            Just(String::new()),
+            Just("18446744073709551616".to_owned()),
+            Just("9223372036854775808".to_owned()),
+            Just("99999999999999999999d".to_owned()),
+            Just("a,b,c".to_owned()),
+            Just("[1, 2]".to_owned()),
+        ]
+    }
+
+    /// Counts are whole numbers too: a fraction is refused, not rounded, and
+    /// so is a number the setting cannot hold.
+    #[test]
+    fn counts_are_whole_numbers() {
+        for (key, value) in [
+            ("delivery.max_attempts", "2.5"),
+            ("breaker.git.threshold", "0.6"),
+            ("rate_limit.per_ip_per_minute", "1e3"),
+            ("git.scan_workers", "-1"),
+            ("server.port", "70000"),
+        ] {
+            let err = load(&[(key, value)]).expect_err(value).to_string();
+            assert!(err.contains(key), "{key} = {value}: {err}");
+        }
+        let settings = load(&[("delivery.max_attempts", "7"), ("server.port", "8081")])
+            .expect("whole numbers load");
+        assert_eq!(settings.delivery.max_attempts, 7);
+        assert_eq!(settings.server.port, 8081);
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// A duration written any way humantime reads is the value loaded.
+        #[test]
+        fn durations_load_as_written(
+            key in prop::sample::select(FREE_DURATIONS.to_vec()),
+            (text, expected) in written_duration(),
+        ) {
+            let settings = load(&[(key, &text)]).map_err(|err| TestCaseError::fail(err.to_string()))?;
+            prop_assert_eq!(duration_of(&settings, key), expected, "{} = {:?}", key, text);
+        }
+
+        /// A size in bytes loads as that number; zero only where allowed;
+        /// a unit, a sign or a fraction is refused naming the key.
+        #[test]
+        fn sizes_load_as_numbers_of_bytes(
+            (key, zero_refused) in prop::sample::select(SIZES.to_vec()),
+            bytes in prop_oneof![Just(0u64), 1u64..=u64::from(u32::MAX), any::<u64>()],
+            suffix in prop_oneof![Just(""), Just("KiB"), Just("MB"), Just(".5"), Just(" bytes")],
+            negative in any::<bool>(),
+        ) {
+            let text = format!("{}{bytes}{suffix}", if negative { "-" } else { "" });
+            let result = load(&[(key, &text)]);
+            let plain = suffix.is_empty() && (!negative || bytes == 0);
+            match result {
+                Ok(settings) => {
+                    prop_assert!(plain, "{} = {:?} must be refused", key, text);
+                    prop_assert_eq!(size_of(&settings, key), bytes, "{} = {:?}", key, text);
+                    prop_assert!(bytes > 0 || !zero_refused, "{} = 0 must be refused", key);
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    prop_assert!(message.contains(key), "{} = {:?}: {}", key, text, message);
+                    prop_assert!(!plain || (bytes == 0 && zero_refused) || bytes > i64::MAX as u64,
+                        "{} = {:?} refused: {}", key, text, message);
+                }
+            }
+        }
+
+        /// Whatever values the keys hold, loading gives settings or an error
+        /// naming one of the keys that was set, never a panic, and never
+        /// echoes a secret.
+        #[test]
+        fn any_values_load_or_name_their_key(
+            values in prop::collection::vec(
+                (prop::sample::select(KEYS.to_vec()), any_value()), 1..4),
+        ) {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if let Err(err) = load(&pairs) {
+                let message = err.to_string();
+                prop_assert!(
+                    values.iter().any(|(key, _)| message.contains(key)),
+                    "{:?}: {}", values, message
+                );
+                for (key, value) in &values {
+                    // (Unless another key holds the same text and may show it.)
+                    let shared = values.iter().any(|(k, v)| !SECRETS.contains(k) && v == value);
+                    if SECRETS.contains(key) && value.trim().len() >= 8 && !shared {
+                        prop_assert!(!message.contains(value.trim()), "{} echoed: {}", key, message);
+                    }
+                }
+            }
+        }
     }
 }

@@ -259,8 +259,17 @@ pub async fn repo_url(
         check_public_host(field, &url, policy).await?;
     }
     let path = url.path().trim_end_matches('/');
-    let path = path.strip_suffix(".git").unwrap_or(path);
+    // Trimmed again: `…/owner/.git` names `owner`, canonically without a `/`.
+    let path = path
+        .strip_suffix(".git")
+        .unwrap_or(path)
+        .trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // The URL parser resolved the dot segments it saw; `..git` becomes one
+    // only once `.git` is stripped, and would name no repository.
+    if segments.iter().any(|s| matches!(*s, "." | "..")) {
+        return Err(invalid(field, "must name a repository (…/owner/name)"));
+    }
     let Some((name, owner_segments)) = segments.split_last() else {
         return Err(invalid(field, "must name a repository (…/owner/name)"));
     };
@@ -369,6 +378,16 @@ mod tests {
             (nested.owner.as_str(), nested.name.as_str()),
             ("sub", "project")
         );
+        // Found by `repository_urls_canonicalise_to_a_fixed_point`.
+        let bare_git = repo_url("url", "https://1.1.1.1/owner/.git", STRICT)
+            .await
+            .expect("valid");
+        assert_eq!(bare_git.canonical, "https://1.1.1.1/owner");
+        assert!(
+            repo_url("url", "https://1.1.1.1/owner/..git", STRICT)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -404,5 +423,169 @@ mod tests {
     fn globs_are_validated() {
         assert!(globs("include", &["docs/**/*.md".to_owned()]).is_ok());
         assert!(globs("include", &["a[".to_owned()]).is_err());
+    }
+}
+
+/// Property tests of the URL rules: the SSRF check judges an address, not
+/// its spelling, and whatever string arrives, validation answers (never a
+/// panic) and what it accepts keeps the rules.
+#[cfg(test)]
+mod properties {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const STRICT: UrlPolicy = UrlPolicy {
+        allow_private_targets: false,
+        allow_http_targets: false,
+        allow_local_repos: false,
+    };
+
+    /// No address rule: nothing is resolved, so any host may be generated.
+    const OPEN: UrlPolicy = UrlPolicy {
+        allow_private_targets: true,
+        allow_http_targets: false,
+        allow_local_repos: false,
+    };
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    /// IPv4 addresses, half of them drawn from the special-purpose ranges.
+    fn ipv4() -> impl Strategy<Value = Ipv4Addr> {
+        prop_oneof![
+            any::<u32>().prop_map(Ipv4Addr::from),
+            (
+                prop::sample::select(vec![0u8, 10, 100, 127, 169, 172, 192, 198, 203, 224, 255]),
+                any::<[u8; 3]>()
+            )
+                .prop_map(|(first, [b, c, d])| Ipv4Addr::new(first, b, c, d)),
+        ]
+    }
+
+    /// IPv6 addresses, most of them in ranges the rule names.
+    fn ipv6() -> impl Strategy<Value = Ipv6Addr> {
+        prop_oneof![
+            any::<u128>().prop_map(Ipv6Addr::from),
+            (
+                prop::sample::select(vec![
+                    0u16, 0x0064, 0x0100, 0x2001, 0x2002, 0xfc00, 0xfd12, 0xfe80, 0xfec0, 0xff02,
+                    0x2606,
+                ]),
+                any::<[u16; 7]>()
+            )
+                .prop_map(|(first, rest)| {
+                    Ipv6Addr::new(
+                        first, rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6],
+                    )
+                }),
+            ipv4().prop_map(|v4| v4.to_ipv6_mapped()),
+            ipv4().prop_map(|v4| v4.to_ipv6_compatible()),
+        ]
+    }
+
+    /// Ways of writing one IPv4 address in a URL that WHATWG parsers read
+    /// as that address: dotted, one decimal number, hexadecimal, octal
+    /// parts, and the IPv4-mapped IPv6 form.
+    fn spellings(ip: Ipv4Addr) -> Vec<String> {
+        let [a, b, c, d] = ip.octets();
+        vec![
+            ip.to_string(),
+            u32::from(ip).to_string(),
+            format!("0x{:x}", u32::from(ip)),
+            format!("0{a:o}.0{b:o}.0{c:o}.0{d:o}"),
+            format!("0x{a:x}.{b}.{}", u16::from_be_bytes([c, d])),
+            format!("[::ffff:{ip}]"),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// An app endpoint on an IP literal is accepted exactly when the
+        /// address is public, however the address is written.
+        #[test]
+        fn base_urls_are_judged_by_their_address(v4 in ipv4(), v6 in ipv6(), path in "(/[a-z0-9]{0,8}){0,3}") {
+            block_on(async {
+                let public = actors::net::is_global(IpAddr::V4(v4));
+                for host in spellings(v4) {
+                    let url = format!("https://{host}{path}");
+                    let verdict = base_url(&url, STRICT).await;
+                    prop_assert_eq!(verdict.is_ok(), public, "{} ({}): {:?}", url, v4, verdict);
+                }
+                let url = format!("https://[{v6}]{path}");
+                let verdict = base_url(&url, STRICT).await;
+                prop_assert_eq!(
+                    verdict.is_ok(), actors::net::is_global(IpAddr::V6(v6)),
+                    "{}: {:?}", url, verdict
+                );
+                Ok(())
+            })?;
+        }
+
+        /// Whatever string arrives as a base URL, validation answers; what it
+        /// accepts is an https URL with a host, no credentials, no query or
+        /// fragment, given back as it came (trimmed).
+        #[test]
+        fn accepted_base_urls_keep_the_rules(
+            raw in prop_oneof![
+                "\\PC{0,40}",
+                "(https?|ftp|file|HTTPS)://([a-z0-9.@:%\\[\\]-]{0,20})(/[ -~]{0,12})?",
+            ]
+        ) {
+            block_on(async {
+                if let Ok(accepted) = base_url(&raw, OPEN).await {
+                    let url = Url::parse(&accepted).expect("accepted URLs parse");
+                    prop_assert_eq!(url.scheme(), "https");
+                    prop_assert!(url.host().is_some());
+                    prop_assert!(url.username().is_empty() && url.password().is_none());
+                    prop_assert!(url.query().is_none() && url.fragment().is_none());
+                    prop_assert_eq!(accepted.as_str(), raw.trim());
+                }
+                Ok(())
+            })?;
+        }
+
+        /// A repository URL's canonical form is stable: validating it again
+        /// gives the same identity, owner and name, and it carries no
+        /// credentials, trailing slash or `.git`.
+        #[test]
+        fn repository_urls_canonicalise_to_a_fixed_point(
+            host in "[a-zA-Z][a-zA-Z0-9-]{0,10}(\\.[a-zA-Z]{2,4})?",
+            segments in prop::collection::vec("[A-Za-z0-9_.~-]{1,10}", 1..4),
+            git_suffix in any::<bool>(),
+            slash in any::<bool>(),
+            junk in "\\PC{0,40}",
+        ) {
+            block_on(async {
+                let raw = format!(
+                    "https://{host}/{}{}{}",
+                    segments.join("/"),
+                    if git_suffix { ".git" } else { "" },
+                    if slash { "/" } else { "" },
+                );
+                let Ok(first) = repo_url("github_url", &raw, OPEN).await else {
+                    return Ok(());
+                };
+                let again = repo_url("github_url", &first.canonical, OPEN).await
+                    .map_err(|err| TestCaseError::fail(format!("{raw} -> {}: {err}", first.canonical)))?;
+                prop_assert_eq!(&again.canonical, &first.canonical, "{}", raw);
+                prop_assert_eq!(&again.owner, &first.owner);
+                prop_assert_eq!(&again.name, &first.name);
+                prop_assert!(!first.canonical.ends_with('/') && !first.canonical.ends_with(".git"),
+                    "{} -> {}", raw, first.canonical);
+                prop_assert!(!first.name.is_empty());
+                let _ = repo_url("github_url", &junk, OPEN).await;
+                let _ = repo_url("github_url", &junk, STRICT).await;
+                Ok(())
+            })?;
+        }
     }
 }

@@ -21,3 +21,18 @@ pub mod domain;
 pub mod http;
 pub mod startup;
 pub mod telemetry;
+
+/// Cases per property test: `PROPTEST_CASES`, or a CI-sized default (see
+/// README, "Tests", for a long run).
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -312,11 +312,30 @@ impl Visibility {
         let ignored = self
             .ignore
             .as_ref()
-            .is_some_and(|rules| rules.matched_path_or_any_parents(path, false).is_ignore());
+            .is_some_and(|rules| ignored_like_git(rules, path));
         let included = self.include.as_ref().is_none_or(|set| set.is_match(path));
         let excluded = self.exclude.as_ref().is_some_and(|set| set.is_match(path));
         !ignored && included && !excluded
     }
+}
+
+/// Git's reading of ignore rules: a file is ignored when the last rule
+/// matching it ignores it, or when any folder above it is ignored (nothing
+/// inside an ignored folder can be re-included with `!`). The `ignore`
+/// crate's `matched_path_or_any_parents` differs twice: it lets a `!` rule
+/// re-include a file below an ignored folder, and it tests the root itself
+/// as a parent, so `*/` hid every file at the root.
+fn ignored_like_git(rules: &Gitignore, path: &str) -> bool {
+    let folders = path
+        .match_indices('/')
+        .map(|(at, _)| &path[..at])
+        .filter(|folder| !folder.is_empty());
+    for folder in folders {
+        if rules.matched(folder, true).is_ignore() {
+            return true;
+        }
+    }
+    rules.matched(path, false).is_ignore()
 }
 
 #[cfg(test)]
@@ -361,5 +380,30 @@ mod tests {
         assert!(docs.sees("docs/a/b.md"));
         assert!(!docs.sees("src/a.md"));
         assert!(!docs.sees("docs/x.tmp"));
+    }
+
+    /// Two cases where git's reading differs from the `ignore` crate's
+    /// `matched_path_or_any_parents` (found by the property test against
+    /// `git check-ignore` in `tests/properties.rs`).
+    #[test]
+    fn ignore_rules_are_read_as_git_reads_them() {
+        let rules = |lines: &[&str]| {
+            let mut builder = GitignoreBuilder::new("");
+            for line in lines {
+                builder.add_line(None, line).expect("pattern");
+            }
+            Visibility::new(Some(builder.build().expect("rules")), &[], &[])
+        };
+        let folders_only = rules(&["*/"]);
+        assert!(
+            folders_only.sees("README.md"),
+            "`*/` names folders, not root files"
+        );
+        assert!(!folders_only.sees("docs/a.md"));
+        let no_way_back = rules(&["build/", "!build/keep.txt"]);
+        assert!(
+            !no_way_back.sees("build/keep.txt"),
+            "nothing inside an ignored folder comes back"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Property tests of the engine's pure parts against what Herald receives
 //! from outside and sends out: inbound hook payloads and signatures, remote
-//! URLs, and the webhook renderer and chunker against a receiver's
-//! reassembly. A bounded number of cases runs with `cargo test`; for a long
+//! URLs, a subscription's include / exclude globs and the repository's
+//! ignore files (against `git check-ignore` under the same rules), and the
+//! webhook renderer and chunker against a receiver's reassembly. A bounded number of cases runs with `cargo test`; for a long
 //! run, raise it:
 //!
 //! ```sh
@@ -13,6 +14,7 @@ use entity::{EventKind, EventStatus, event};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
+use actors::changes::{Visibility, ignore_rules};
 use actors::inbound::{Provider, RemoteKey, interpret, json_payload, sign, verify};
 use actors::payload::{Chunking, RepositoryRef, render};
 
@@ -263,5 +265,190 @@ fn file_event(content: &[u8], binary: bool) -> event::Model {
         created_at: 0,
         delivered_at: None,
         trace_parent: None,
+    }
+}
+
+/// Path segments: plain names, dotfiles, non-ASCII, and names holding glob
+/// metacharacters (legal in file names, so patterns must escape them).
+const SEGMENTS: [&str; 10] = [
+    "a", "b", "docs", "x.md", "y.txt", ".hidden", "ünï", "x[1].md", "*star", "a b",
+];
+
+/// A repository path of one to four segments.
+fn repo_path() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(SEGMENTS.to_vec()), 1..5)
+        .prop_map(|segments| segments.join("/"))
+}
+
+/// A line of an ignore file: a pattern over the same names with wildcards,
+/// optionally negated, anchored or for directories only; or a comment or a
+/// blank line.
+fn ignore_line() -> impl Strategy<Value = String> {
+    let segment = prop::sample::select(vec![
+        "a", "b", "docs", "x.md", "y.txt", ".hidden", "ünï", "*.md", "*", "**", "?", "y.*", "[ab]",
+        "d*s",
+    ]);
+    let pattern = (
+        any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec(segment, 1..4),
+        any::<bool>(),
+    )
+        .prop_map(|(negated, anchored, segments, directory)| {
+            format!(
+                "{}{}{}{}",
+                if negated { "!" } else { "" },
+                if anchored { "/" } else { "" },
+                segments.join("/"),
+                if directory { "/" } else { "" },
+            )
+        });
+    prop_oneof![
+        8 => pattern,
+        1 => Just("# a comment".to_owned()),
+        1 => Just(String::new()),
+    ]
+}
+
+/// The rules of `lines` as Herald reads them (a commit whose `.heraldignore`
+/// holds them), and whether git ignores each path under the same rules (as
+/// `.gitignore`, asked of `git check-ignore`, with no other excludes).
+/// libgit2 is no oracle here: it lets `!` re-include a file below an
+/// ignored folder, which git does not.
+fn ignored_by_git(lines: &[String], paths: &[String]) -> (Visibility, Vec<bool>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let repo = git2::Repository::init(dir.path()).expect("git init");
+    let text = format!("{}\n", lines.join("\n"));
+    let blob = repo.blob(text.as_bytes()).expect("blob");
+    let mut builder = repo.treebuilder(None).expect("tree builder");
+    builder
+        .insert(".heraldignore", blob, 0o100_644)
+        .expect("tree entry");
+    let tree = repo
+        .find_tree(builder.write().expect("tree"))
+        .expect("the tree");
+    let signature = git2::Signature::now("t", "t@example.com").expect("signature");
+    let commit = repo
+        .commit(None, &signature, &signature, "rules", &tree, &[])
+        .expect("commit");
+    let rules = ignore_rules(&repo, commit).expect("rules read");
+    std::fs::write(dir.path().join(".gitignore"), &text).expect(".gitignore");
+    let mut command = std::process::Command::new("git");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GIT_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .args(["check-ignore", "--no-index", "--stdin", "-z"])
+        .current_dir(dir.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the git CLI runs");
+    let mut input = Vec::new();
+    for path in paths {
+        input.extend_from_slice(path.as_bytes());
+        input.push(0);
+    }
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &input)
+        .expect("paths written");
+    let output = child.wait_with_output().expect("git check-ignore ends");
+    // Exit 0: some path is ignored; 1: none is.
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "git check-ignore failed: {}",
+        output.status
+    );
+    let ignored: std::collections::HashSet<&[u8]> = output
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let verdicts = paths
+        .iter()
+        .map(|path| ignored.contains(path.as_bytes()))
+        .collect();
+    (Visibility::new(rules, &[], &[]), verdicts)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `.heraldignore` means what `.gitignore` means to git: a path is
+    /// hidden exactly when `git check-ignore` says so under the same lines
+    /// (last match wins, `!` re-includes, `/` anchors or marks directories,
+    /// and nothing inside an ignored directory comes back).
+    #[test]
+    fn ignore_files_hide_what_git_ignores(
+        lines in prop::collection::vec(ignore_line(), 0..6),
+        paths in prop::collection::vec(repo_path(), 1..16),
+    ) {
+        let (visibility, ignored) = ignored_by_git(&lines, &paths);
+        for (path, ignored) in paths.iter().zip(ignored) {
+            prop_assert_eq!(visibility.sees(path), !ignored, "{:?} under {:?}", path, lines);
+        }
+    }
+
+    /// A subscription that includes one file (its path, escaped) sees that
+    /// file only; one that includes a folder (`folder/**`) sees exactly what
+    /// is under it, and excluding the folder sees exactly the rest; an
+    /// exclude wins over an include.
+    #[test]
+    fn include_and_exclude_select_exactly_their_paths(
+        paths in prop::collection::vec(repo_path(), 1..16),
+        pick in any::<prop::sample::Index>(),
+        depth in any::<prop::sample::Index>(),
+    ) {
+        let chosen = pick.get(&paths).clone();
+        let file = Visibility::new(None, &[globset::escape(&chosen)], &[]);
+        let everything_but = Visibility::new(None, &["**".to_owned()], &[globset::escape(&chosen)]);
+        for path in &paths {
+            prop_assert_eq!(file.sees(path), *path == chosen, "{} vs {}", path, chosen);
+            prop_assert_eq!(everything_but.sees(path), *path != chosen, "{} vs {}", path, chosen);
+        }
+        let segments: Vec<&str> = chosen.split('/').collect();
+        if segments.len() > 1 {
+            let folder = segments[..=depth.index(segments.len() - 1)].join("/");
+            let under = format!("{}/**", globset::escape(&folder));
+            let included = Visibility::new(None, std::slice::from_ref(&under), &[]);
+            let excluded = Visibility::new(None, &[], std::slice::from_ref(&under));
+            for path in &paths {
+                let inside = path.starts_with(&format!("{folder}/"));
+                prop_assert_eq!(included.sees(path), inside, "{} under {}", path, under);
+                prop_assert_eq!(excluded.sees(path), !inside, "{} under {}", path, under);
+            }
+        }
+    }
+
+    /// Many patterns together mean what each means alone: a path is seen
+    /// when it is not ignored, matches some include (or there is none) and
+    /// matches no exclude.
+    #[test]
+    fn glob_sets_combine_their_patterns(
+        include in prop::collection::vec("[a-z*?/.{},\\[\\]!]{1,12}", 0..4),
+        exclude in prop::collection::vec("[a-z*?/.{},\\[\\]!]{1,12}", 0..4),
+        paths in prop::collection::vec(repo_path(), 1..16),
+    ) {
+        let compile = |patterns: &[String]| -> Vec<globset::GlobMatcher> {
+            patterns
+                .iter()
+                .filter_map(|p| globset::Glob::new(p).ok())
+                .map(|g| g.compile_matcher())
+                .collect()
+        };
+        // Registration refuses invalid patterns; keep only valid ones here.
+        let include: Vec<String> = include.into_iter().filter(|p| globset::Glob::new(p).is_ok()).collect();
+        let exclude: Vec<String> = exclude.into_iter().filter(|p| globset::Glob::new(p).is_ok()).collect();
+        let visibility = Visibility::new(None, &include, &exclude);
+        let (includes, excludes) = (compile(&include), compile(&exclude));
+        for path in &paths {
+            let expected = (includes.is_empty() || includes.iter().any(|m| m.is_match(path)))
+                && !excludes.iter().any(|m| m.is_match(path));
+            prop_assert_eq!(visibility.sees(path), expected, "{} with {:?} / {:?}", path, include, exclude);
+        }
     }
 }

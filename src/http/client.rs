@@ -229,7 +229,7 @@ pub(crate) async fn register(
 }
 
 /// The app's repositories with their status, a page at a time.
-#[utoipa::path(get, path = "/api/repositories", tag = "client",
+#[utoipa::path(get, path = "/api/repositories", tag = "client", operation_id = "list_repositories",
     params(CursorQuery),
     security(("app_token" = [])),
     responses(
@@ -268,7 +268,7 @@ pub(crate) async fn list(
 }
 
 /// One of the app's repositories.
-#[utoipa::path(get, path = "/api/repositories/{id}", tag = "client",
+#[utoipa::path(get, path = "/api/repositories/{id}", tag = "client", operation_id = "repository_detail",
     params(("id" = String, Path, description = "Repository id")),
     security(("app_token" = [])),
     responses(

@@ -179,7 +179,7 @@ fn event_id(raw: &str) -> Result<EventId, ApiError> {
 }
 
 /// The app's events, oldest first, a page at a time.
-#[utoipa::path(get, path = "/api/events", tag = "client", params(EventQuery),
+#[utoipa::path(get, path = "/api/events", tag = "client", operation_id = "list_events", params(EventQuery),
     security(("app_token" = [])),
     responses(
         (status = 200, description = "A page of events", body = EventList),
@@ -234,7 +234,7 @@ pub(crate) async fn list(
 }
 
 /// One event with every attempt.
-#[utoipa::path(get, path = "/api/events/{id}", tag = "client",
+#[utoipa::path(get, path = "/api/events/{id}", tag = "client", operation_id = "event_detail",
     params(("id" = String, Path, description = "Event id")),
     security(("app_token" = [])),
     responses(
@@ -282,7 +282,7 @@ fn lever_reply(
 
 /// Delivers a failed event again from a fresh start (attempts reset); its
 /// subscription resumes, in order.
-#[utoipa::path(post, path = "/api/events/{id}/retry", tag = "client",
+#[utoipa::path(post, path = "/api/events/{id}/retry", tag = "client", operation_id = "retry_event",
     params(("id" = String, Path, description = "Event id")),
     security(("app_token" = [])),
     responses(
@@ -323,7 +323,7 @@ pub(crate) async fn skip(
 
 /// Delivers the repository's whole current tree again (every file as
 /// `create`), after whatever is already queued.
-#[utoipa::path(post, path = "/api/repositories/{id}/resync", tag = "client",
+#[utoipa::path(post, path = "/api/repositories/{id}/resync", tag = "client", operation_id = "resync_repository",
     params(("id" = String, Path, description = "Repository id")),
     security(("app_token" = [])),
     responses(

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
+use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::Config;
 use warp::Filter;
@@ -64,7 +67,7 @@ use super::{
         hooks::bitbucket,
     ),
     components(schemas(error::ErrorBody, models::RepositoryView, hooks::HookReply)),
-    modifiers(&BearerSchemes),
+    modifiers(&BearerSchemes, &SharedResponses, &Links),
     tags(
         (name = "public", description = "Health and metadata"),
         (name = "admin", description = "Operators: onboarding and app management (admin token)"),
@@ -84,6 +87,294 @@ impl Modify for BearerSchemes {
             components.add_security_scheme(
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The answers that come from filters every route shares rather than from
+/// a handler, documented once here so no operation misses them: the rate
+/// limits (every route counts against its client address's budget), the
+/// bearer check of every route that has a security requirement, and the
+/// bounded JSON body of every route that reads one.
+struct SharedResponses;
+
+impl SharedResponses {
+    const SHARED: [(&'static str, &'static str, AppliesTo); 6] = [
+        (
+            "429",
+            "Rate limited (`Retry-After` says when to try again)",
+            AppliesTo::Every,
+        ),
+        ("401", "Missing or invalid token", AppliesTo::Secured),
+        ("400", "Malformed JSON", AppliesTo::WithBody),
+        (
+            "408",
+            "The body did not arrive in time",
+            AppliesTo::WithBody,
+        ),
+        ("413", "Body too large", AppliesTo::WithBody),
+        (
+            "422",
+            "A body of the wrong shape, or an invalid field",
+            AppliesTo::JsonBody,
+        ),
+    ];
+}
+
+#[derive(Clone, Copy)]
+enum AppliesTo {
+    Every,
+    Secured,
+    WithBody,
+    /// A JSON body read on behalf of a caller (not an inbound hook, whose
+    /// payload is only a trigger).
+    JsonBody,
+}
+
+impl Modify for SharedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                let secured = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|requirements| !requirements.is_empty());
+                let with_body = operation.request_body.is_some();
+                for (status, description, filter) in Self::SHARED {
+                    let applies = match filter {
+                        AppliesTo::Every => true,
+                        AppliesTo::Secured => secured,
+                        AppliesTo::WithBody => with_body,
+                        AppliesTo::JsonBody => with_body && secured,
+                    };
+                    if applies {
+                        operation
+                            .responses
+                            .responses
+                            .entry(status.to_owned())
+                            .or_insert_with(|| error_response(description));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// OpenAPI links: where an id that one answer returns can be used next
+/// (for clients, and for stateful contract tests that follow them).
+struct Links;
+
+impl Links {
+    /// (path, method, status, link name, target operation id, target
+    /// parameter, runtime expression giving its value).
+    const LINKS: [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    ); 16] = [
+        (
+            "/api/repositories",
+            "post",
+            "201",
+            "detail",
+            "repository_detail",
+            "id",
+            "$response.body#/repository_id",
+        ),
+        (
+            "/api/repositories",
+            "post",
+            "201",
+            "scan",
+            "scan",
+            "id",
+            "$response.body#/repository_id",
+        ),
+        (
+            "/api/repositories",
+            "post",
+            "201",
+            "resync",
+            "resync_repository",
+            "id",
+            "$response.body#/repository_id",
+        ),
+        (
+            "/api/repositories",
+            "post",
+            "201",
+            "update_token",
+            "update_token",
+            "id",
+            "$response.body#/repository_id",
+        ),
+        (
+            "/api/repositories",
+            "post",
+            "201",
+            "unwatch",
+            "unwatch",
+            "id",
+            "$response.body#/repository_id",
+        ),
+        (
+            "/api/repositories",
+            "post",
+            "201",
+            "breaker_reset",
+            "breaker_reset",
+            "id",
+            "$response.body#/repository_id",
+        ),
+        (
+            "/api/repositories",
+            "get",
+            "200",
+            "detail",
+            "repository_detail",
+            "id",
+            "$response.body#/data/0/repository_id",
+        ),
+        (
+            "/api/events",
+            "get",
+            "200",
+            "detail",
+            "event_detail",
+            "id",
+            "$response.body#/data/0/event_id",
+        ),
+        (
+            "/api/events",
+            "get",
+            "200",
+            "retry",
+            "retry_event",
+            "id",
+            "$response.body#/data/0/event_id",
+        ),
+        (
+            "/api/events",
+            "get",
+            "200",
+            "skip",
+            "skip",
+            "id",
+            "$response.body#/data/0/event_id",
+        ),
+        (
+            "/admin/api/apps/onboard",
+            "post",
+            "201",
+            "detail",
+            "app_detail",
+            "id",
+            "$response.body#/data/app_id",
+        ),
+        (
+            "/admin/api/apps/onboard",
+            "post",
+            "201",
+            "enable",
+            "enable_app",
+            "id",
+            "$response.body#/data/app_id",
+        ),
+        (
+            "/admin/api/apps/onboard",
+            "post",
+            "201",
+            "delete",
+            "delete_app",
+            "id",
+            "$response.body#/data/app_id",
+        ),
+        (
+            "/admin/api/apps/onboard",
+            "post",
+            "201",
+            "retry",
+            "retry_app",
+            "app_id",
+            "$response.body#/data/app_id",
+        ),
+        (
+            "/admin/api/retry/all",
+            "post",
+            "202",
+            "progress",
+            "retry_progress",
+            "operation_id",
+            "$response.body#/data/operation_id",
+        ),
+        (
+            "/admin/api/retry/all",
+            "post",
+            "202",
+            "cancel",
+            "retry_cancel",
+            "operation_id",
+            "$response.body#/data/operation_id",
+        ),
+    ];
+}
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, method, status, name, target, parameter, value) in Self::LINKS {
+            let item = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .unwrap_or_else(|| panic!("{path} is documented"));
+            let operation = match method {
+                "get" => item.get.as_mut(),
+                "post" => item.post.as_mut(),
+                _ => None,
+            }
+            .unwrap_or_else(|| panic!("{method} {path} is documented"));
+            let Some(RefOr::T(response)) = operation.responses.responses.get_mut(status) else {
+                panic!("{method} {path} documents {status}");
+            };
+            response.links.insert(
+                name.to_owned(),
+                RefOr::T(
+                    LinkBuilder::new()
+                        .operation_id(target)
+                        .parameter(parameter, value)
+                        .build(),
+                ),
             );
         }
     }
@@ -116,6 +407,78 @@ fn docs(full: &FullPath, tail: &Tail, config: Arc<Config<'static>>) -> Response 
         Ok(None) => super::error::ApiError::NotFound("Not found".to_owned()).into_response(),
         Err(err) => {
             super::error::ApiError::internal(anyhow::anyhow!("swagger ui: {err}")).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn document() -> serde_json::Value {
+        serde_json::to_value(ApiDoc::openapi()).expect("the document serialises")
+    }
+
+    fn operations(doc: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+        doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|item| item.as_object().expect("a path item").values())
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_links_reach_them() {
+        let doc = document();
+        let mut ids = HashSet::new();
+        for operation in operations(&doc) {
+            let id = operation["operationId"].as_str().expect("an operation id");
+            assert!(ids.insert(id.to_owned()), "operation id {id} is used twice");
+        }
+        let mut links = 0;
+        for operation in operations(&doc) {
+            for response in operation["responses"]
+                .as_object()
+                .expect("responses")
+                .values()
+            {
+                for link in response["links"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|l| l.values())
+                {
+                    let target = link["operationId"].as_str().expect("a target");
+                    assert!(
+                        ids.contains(target),
+                        "a link targets {target}, which is not documented"
+                    );
+                    links += 1;
+                }
+            }
+        }
+        assert_eq!(links, Links::LINKS.len());
+    }
+
+    #[test]
+    fn shared_answers_are_documented_on_every_route() {
+        let doc = document();
+        for operation in operations(&doc) {
+            let id = operation["operationId"].as_str().expect("an operation id");
+            let responses = &operation["responses"];
+            assert!(responses["429"].is_object(), "{id} documents 429");
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                assert!(responses["401"].is_object(), "{id} documents 401");
+            }
+            if operation["requestBody"].is_object() {
+                for status in ["400", "408", "413"] {
+                    assert!(responses[status].is_object(), "{id} documents {status}");
+                }
+            }
         }
     }
 }

@@ -581,7 +581,7 @@ pub(crate) async fn failed_notifications(
 /// resumes in order. With `{app_id, repository_id}` instead (Docora's form):
 /// every dead event of that subscription, or, when the subscription failed
 /// on its git remote, a scan as soon as the remote's breaker allows.
-#[utoipa::path(post, path = "/admin/api/retry", tag = "operations",
+#[utoipa::path(post, path = "/admin/api/retry", tag = "operations", operation_id = "retry_dead",
     request_body = RetryRequest,
     security(("admin_token" = [])),
     responses(
@@ -823,7 +823,7 @@ pub(crate) async fn retry_cancel(
 
 /// Delivers the repository's whole current tree to the app again (every
 /// file as `create`), after whatever the subscription already has queued.
-#[utoipa::path(post, path = "/admin/api/resync/{app_id}/{repository_id}", tag = "operations",
+#[utoipa::path(post, path = "/admin/api/resync/{app_id}/{repository_id}", tag = "operations", operation_id = "resync_subscription",
     params(
         ("app_id" = String, Path, description = "App id"),
         ("repository_id" = String, Path, description = "Repository id")),
