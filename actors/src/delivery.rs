@@ -382,7 +382,10 @@ impl Actor for AppDelivery {
                     return Ok(());
                 }
                 let now = now_ms();
-                let due = state
+                // A database error is the database's, not this app's: the
+                // dispatcher's next tick drains again. Failing here would
+                // spend the restart budget of an app that did nothing wrong.
+                let due = match state
                     .args
                     .store
                     .subscriptions_due(
@@ -391,7 +394,14 @@ impl Actor for AppDelivery {
                         probe_dead_before(&state.args.config, now),
                         (free + state.lanes.len()) as u64,
                     )
-                    .await?;
+                    .await
+                {
+                    Ok(due) => due,
+                    Err(err) => {
+                        warn!(app = %state.args.app_id, error = %err, "could not look for due subscriptions; retrying at the next tick");
+                        return Ok(());
+                    }
+                };
                 let fresh: Vec<_> = due
                     .into_iter()
                     .filter(|s| !state.lanes.contains_key(&s.id))
@@ -402,13 +412,18 @@ impl Actor for AppDelivery {
                         continue;
                     };
                     let ttl = lease_ttl(&state.args.config);
-                    let Some(lease) = state
+                    let lease = match state
                         .args
                         .store
                         .claim_delivery(&id, &state.args.config.instance_id, ttl)
-                        .await?
-                    else {
-                        continue;
+                        .await
+                    {
+                        Ok(Some(lease)) => lease,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            warn!(app = %state.args.app_id, subscription = %id, error = %err, "could not claim a delivery lease; retrying at the next tick");
+                            return Ok(());
+                        }
                     };
                     let args = LaneArgs {
                         app_id: state.args.app_id.clone(),

@@ -86,6 +86,9 @@ pub enum StoreError {
     Fenced(&'static str),
 }
 
+/// How long readiness waits for the database to answer.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The database and the keys that seal the secrets stored in it.
 #[derive(Clone)]
 pub struct Store {
@@ -134,9 +137,13 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the database answers (readiness).
+    /// Whether the database answers (readiness), within [`PING_TIMEOUT`]:
+    /// when the database is unreachable the pool keeps trying to connect
+    /// for its whole acquire timeout, longer than a readiness probe waits.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.ping().await?;
+        tokio::time::timeout(PING_TIMEOUT, self.db.ping())
+            .await
+            .map_err(|_| DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))??;
         Ok(())
     }
 

@@ -137,10 +137,21 @@ async fn publish(store: Store, instance: String, rings: Rings) -> String {
     }
 }
 
+/// How many reconnections in a row the listener tries before it gives up
+/// (its actor fails and its supervisor decides), and the first wait between
+/// them (doubled each time, up to 32 times).
+const LISTEN_RETRIES: u32 = 30;
+const LISTEN_RETRY_BASE: Duration = Duration::from_millis(100);
+
 /// Rings this instance's actors for the others' wake-ups.
 async fn listen(mut listener: PgListener, instance: String, targets: LocalTargets) -> String {
+    let mut failures = 0u32;
     loop {
-        match listener.try_recv().await {
+        let received = listener.try_recv().await;
+        if received.is_ok() {
+            failures = 0;
+        }
+        match received {
             Ok(Some(notification)) => match Wake::decode(notification.payload()) {
                 Some((sender, _)) if sender == instance => {}
                 Some((sender, wake)) => {
@@ -154,6 +165,17 @@ async fn listen(mut listener: PgListener, instance: String, targets: LocalTarget
                 warn!("wake-up listener reconnected; looking for work");
                 targets.wake(Wake::Outbox);
                 targets.wake(Wake::Hooks);
+            }
+            Err(err) if failures < LISTEN_RETRIES => {
+                // The connection was cut and reconnecting failed (the
+                // database is restarting, or an operator terminated the
+                // backend): the next receive connects again. Ending here
+                // would spend the root's restart budget on the database's
+                // trouble.
+                failures += 1;
+                let wait = LISTEN_RETRY_BASE.saturating_mul(1 << failures.min(5));
+                warn!(error = %err, ?wait, "wake-up listener lost its connection; reconnecting");
+                tokio::time::sleep(wait).await;
             }
             Err(err) => return format!("the listener failed: {err}"),
         }

@@ -125,7 +125,7 @@ async fn instances_are_listed_alive_until_they_stop_and_metrics_carry_their_id()
 /// One repository's files as a receiver holds them: path → content, from
 /// the webhooks about that repository (the first delivery of each
 /// `webhook-id`, chunks reassembled).
-fn tree_of_repository(
+pub(crate) fn tree_of_repository(
     accepted: &[crate::receiver::Received],
     repository_id: &str,
 ) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -138,7 +138,7 @@ fn tree_of_repository(
 }
 
 /// The version a file's content carries (`v{n}`), as written by the test.
-fn version(content: &str) -> u32 {
+pub(crate) fn version(content: &str) -> u32 {
     content
         .trim()
         .rsplit('v')

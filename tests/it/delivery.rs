@@ -542,7 +542,10 @@ async fn a_sigkill_in_the_middle_of_a_delivery_loses_and_reorders_nothing() {
     drop(restarted);
 }
 
-async fn engine_restart(dir: tempfile::TempDir, database: crate::helpers::TestDatabase) -> TestApp {
+pub(crate) async fn engine_restart(
+    dir: tempfile::TempDir,
+    database: crate::helpers::TestDatabase,
+) -> TestApp {
     TestApp::builder()
         .fast()
         .data_dir(dir)

@@ -15,6 +15,7 @@ mod config;
 mod console;
 mod content;
 mod delivery;
+mod faults;
 mod gitserver;
 mod hooks;
 mod lifecycle;

@@ -1,13 +1,16 @@
-//! No secret is stored or logged in plaintext.
+//! No secret is stored or logged in plaintext: not in any file of the data
+//! directory (the database and its write-ahead log read as bytes, the
+//! mirrors' git configuration), not in a database row, not in the log.
 
 use std::path::Path;
 
+use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde_json::json;
 
 use crate::gitserver::{HttpGitServer, Served, TestRepo};
-use crate::helpers::{PUBLIC_BASE_URL, TestApp};
+use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, TestApp};
 
 const CLIENT_KEY: &str = "known-client-auth-key-4f9a2c";
 /// The git host's user; the tokens below are its passwords, each accepted by
@@ -69,10 +72,8 @@ async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() 
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["is_private"], true);
-    let token_path = format!(
-        "/api/repositories/{}/token",
-        created["repository_id"].as_str().expect("id")
-    );
+    let repository_id = created["repository_id"].as_str().expect("id");
+    let token_path = format!("/api/repositories/{repository_id}/token");
     let (status, body) = app
         .call(
             Method::PATCH,
@@ -124,56 +125,121 @@ async fn secrets_never_appear_in_plaintext_on_disk_in_the_database_or_in_logs() 
         "the wrong one was refused"
     );
 
-    let database_url = app.database.url.clone();
-    let data_dir = app.data_path();
-    let logs = app.logs();
-    let (_dir_guard, _db_guard) = app.stop().await;
+    // The app's signing key is rotated: the new key is as secret as the old
+    // one, which keeps signing for a grace period.
+    let (status, rotated) = app
+        .call(
+            Method::POST,
+            "/api/app/rotate-key",
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_key = rotated["client_auth_key"].as_str().expect("the new key");
+    let new_secret = rotated["webhook_secret"].as_str().expect("the new secret");
+    assert_ne!(new_key, CLIENT_KEY);
 
-    let secrets = [
+    // The repository was scanned with the token: a mirror exists.
+    app.wait_for_commit(&client, repository_id, &repo.head())
+        .await;
+    let mirrors = app.mirror_dirs();
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+
+    // Each credential as given, and as an HTTP Basic authorization carries
+    // it (base64 of `user:token`).
+    let basic: Vec<String> = [GIT_TOKEN, NEW_GIT_TOKEN, WRONG_GIT_TOKEN]
+        .iter()
+        .map(|token| base64::engine::general_purpose::STANDARD.encode(credential(token)))
+        .collect();
+    let secrets: Vec<&str> = [
         CLIENT_KEY,
+        client.webhook_secret.as_str(),
+        new_key,
+        new_secret,
         GIT_TOKEN,
         NEW_GIT_TOKEN,
         WRONG_GIT_TOKEN,
         client.token.as_str(),
-    ];
-    let mut files = Vec::new();
-    files_under(&data_dir, &mut files);
-    assert!(!files.is_empty());
-    for file in &files {
-        let bytes = std::fs::read(file).expect("readable file");
-        for secret in secrets {
-            assert!(
-                !contains(&bytes, secret),
-                "{secret} found in {}",
-                file.display()
-            );
-        }
+        ADMIN_TOKEN,
+    ]
+    .into_iter()
+    .chain(basic.iter().map(String::as_str))
+    .collect();
+    // The mirror's git configuration names the remote without credentials.
+    for mirror in &mirrors {
+        let config = std::fs::read(mirror.join("config")).expect("the mirror's git config");
+        assert_holds_none(
+            &config,
+            &secrets,
+            &mirror.join("config").display().to_string(),
+        );
     }
-    for secret in secrets {
-        assert!(!logs.contains(secret), "{secret} found in the log");
+    // The data directory while Herald runs (SQLite's write-ahead log and
+    // shared memory included), then once it stopped (checkpointed).
+    let data_dir = app.data_path();
+    let running = assert_no_file_holds(&data_dir, &secrets);
+    if app.database.url.is_none() {
+        assert!(
+            running
+                .iter()
+                .any(|f| f.to_string_lossy().ends_with("-wal")),
+            "the write-ahead log was read: {running:?}"
+        );
     }
+    let database_url = app.database.url.clone();
+    let logs = app.logs();
+    let (_dir_guard, _db_guard) = app.stop().await;
+    assert!(!assert_no_file_holds(&data_dir, &secrets).is_empty());
+    assert_holds_none(logs.as_bytes(), &secrets, "the log");
 
-    // PostgreSQL keeps its data elsewhere: read the rows themselves.
+    // PostgreSQL keeps its data elsewhere: read every row of every table.
     if let Some(url) = database_url {
         let db = Database::connect(&url).await.expect("database");
-        for table in ["apps", "subscriptions"] {
+        let tables = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+            ))
+            .await
+            .expect("tables");
+        assert!(tables.len() > 5, "the schema's tables");
+        for table in tables {
+            let table: String = table.try_get("", "tablename").expect("a name");
             let rows = db
                 .query_all_raw(Statement::from_string(
                     DbBackend::Postgres,
-                    format!("SELECT row_to_json(t)::text AS row FROM {table} t"),
+                    format!("SELECT row_to_json(t)::text AS row FROM \"{table}\" t"),
                 ))
                 .await
                 .expect("rows");
-            assert!(!rows.is_empty());
             for row in rows {
                 let text: String = row.try_get("", "row").expect("text");
-                for secret in secrets {
-                    assert!(!text.contains(secret), "{secret} stored in {table}");
-                }
+                assert_holds_none(text.as_bytes(), &secrets, &format!("table {table}"));
             }
         }
         db.close().await.ok();
     }
+}
+
+/// Asserts that no secret is in `bytes` (read from `place`).
+fn assert_holds_none(bytes: &[u8], secrets: &[&str], place: &str) {
+    for secret in secrets {
+        assert!(!contains(bytes, secret), "{secret} found in {place}");
+    }
+}
+
+/// Asserts that no file under `dir` holds a secret, read as bytes; the files.
+fn assert_no_file_holds(dir: &Path, secrets: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    files_under(dir, &mut files);
+    for file in &files {
+        // A file can go between the listing and the read (a checkpoint).
+        if let Ok(bytes) = std::fs::read(file) {
+            assert_holds_none(&bytes, secrets, &file.display().to_string());
+        }
+    }
+    files
 }
 
 #[tokio::test]

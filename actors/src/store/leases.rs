@@ -11,6 +11,8 @@
 //! whose lease passed to someone else is refused with
 //! [`StoreError::Fenced`] and stops.
 
+use std::time::Duration;
+
 use entity::{repository, subscription};
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -127,6 +129,31 @@ async fn release<E: Leased, C: ConnectionTrait>(
     Ok(result.rows_affected)
 }
 
+/// How often a release that meets a database error is tried (the waits
+/// between tries doubling from [`RELEASE_RETRY`]): a lease left behind holds
+/// its work until it expires (`cluster.lease_ttl`, 90 s by default) though
+/// its holder is gone, so a connection cut at the wrong instant would stall
+/// a repository or a subscription for that long.
+const RELEASE_ATTEMPTS: u32 = 5;
+const RELEASE_RETRY: Duration = Duration::from_millis(100);
+
+/// [`release`], tried again on a database error.
+async fn release_retrying<E: Leased, C: ConnectionTrait>(
+    conn: &C,
+    rows: Condition,
+) -> Result<u64, StoreError> {
+    let mut attempt = 1;
+    loop {
+        match release::<E, C>(conn, rows.clone()).await {
+            Err(StoreError::Db(_)) if attempt < RELEASE_ATTEMPTS => {
+                tokio::time::sleep(RELEASE_RETRY.saturating_mul(1 << attempt)).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Inside a write transaction: proves that `token` still holds row `id`'s
 /// lease, and locks the row until the commit.
 async fn hold<E: Leased, C: ConnectionTrait>(
@@ -189,7 +216,7 @@ impl Store {
         let rows = Condition::all()
             .add(repository::Column::Id.eq(repo.as_str()))
             .add(repository::Column::ScanLeaseOwner.eq(token.as_str()));
-        release::<repository::Entity, _>(&self.db, rows).await?;
+        release_retrying::<repository::Entity, _>(&self.db, rows).await?;
         Ok(())
     }
 
@@ -224,7 +251,7 @@ impl Store {
         let rows = Condition::all()
             .add(subscription::Column::Id.eq(subscription.as_str()))
             .add(subscription::Column::DeliveryLeaseOwner.eq(token.as_str()));
-        release::<subscription::Entity, _>(&self.db, rows).await?;
+        release_retrying::<subscription::Entity, _>(&self.db, rows).await?;
         Ok(())
     }
 
