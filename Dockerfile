@@ -41,6 +41,7 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     && echo 'fn main() {}' > benches/delivery.rs \
     && echo 'fn main() {}' > benches/inbound.rs \
     && echo 'fn main() {}' > benches/cluster.rs \
+    && echo 'fn main() {}' > benches/reference.rs \
     && cargo build --release --locked \
     && rm -rf src actors/src entity/src migration/src
 
