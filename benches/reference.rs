@@ -31,7 +31,8 @@
 //! Options (defaults in brackets): `--files N` [5000], `--seed N` [1],
 //! `--memory FILES:SEED,…` [20000:2], `--apps N` [5], `--pushes N` [5],
 //! `--runs N` [1] (repeats 1–2), `--scenarios 1,3,4,5,6` [all],
-//! `--workload DIR` [`../shared/bench`, or `HERALD_BENCH_WORKLOAD`].
+//! `--workload DIR` [`../shared/bench`, or `HERALD_BENCH_WORKLOAD`],
+//! `--env KEY=VALUE` (more environment for Herald; repeatable).
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) the sizes shrink to a
 //! smoke run. Results are printed as Markdown; see BENCHMARKS.md.
@@ -56,6 +57,8 @@ struct Options {
     runs: usize,
     scenarios: Vec<usize>,
     workload: PathBuf,
+    /// More environment for Herald (`--env KEY=VALUE`, repeatable).
+    env: Vec<(String, String)>,
 }
 
 fn parse_options() -> Options {
@@ -74,6 +77,7 @@ fn parse_options() -> Options {
             runs: 1,
             scenarios: vec![1, 3, 4, 5, 6],
             workload,
+            env: Vec::new(),
         }
     } else {
         Options {
@@ -85,6 +89,7 @@ fn parse_options() -> Options {
             runs: 1,
             scenarios: vec![1, 3, 4, 5, 6],
             workload,
+            env: Vec::new(),
         }
     };
     while let Some(arg) = args.next_option() {
@@ -110,6 +115,11 @@ fn parse_options() -> Options {
             "--runs" => options.runs = args.number(&arg),
             "--scenarios" => options.scenarios = args.numbers(&arg),
             "--workload" => options.workload = PathBuf::from(args.value(&arg)),
+            "--env" => {
+                let pair = args.value(&arg);
+                let (key, value) = pair.split_once('=').expect("--env KEY=VALUE");
+                options.env.push((key.to_owned(), value.to_owned()));
+            }
             other => panic!("unknown option {other:?} (see benches/reference.rs)"),
         }
     }
@@ -136,6 +146,8 @@ struct Workload {
     script_dir: PathBuf,
     out: PathBuf,
     name: String,
+    /// The served bare repository.
+    bare: PathBuf,
     /// Path → SHA-256 of the content at the first commit.
     files: HashMap<String, String>,
     bytes: u64,
@@ -146,13 +158,14 @@ impl Workload {
     fn generate(script_dir: &Path, served: &Path, files: usize, seed: u64) -> Workload {
         let name = format!("r{files}s{seed}");
         let out = served.parent().expect("a parent").join(&name);
+        let bare = served.join(format!("{name}.git"));
         let started = Instant::now();
         let output = Command::new("python3")
             .arg(script_dir.join("gen_repo.py"))
             .args(["init", "--force", "--out"])
             .arg(&out)
             .arg("--bare")
-            .arg(served.join(format!("{name}.git")))
+            .arg(&bare)
             .args(["--files", &files.to_string(), "--seed", &seed.to_string()])
             .stderr(Stdio::inherit())
             .output()
@@ -183,10 +196,20 @@ impl Workload {
             script_dir: script_dir.to_owned(),
             out,
             name,
+            bare,
             files,
             bytes: manifest["bytes"].as_u64().unwrap_or(0),
             commit: manifest["commit"].as_str().expect("a commit").to_owned(),
         }
+    }
+
+    /// The paths of the branch's files now (the pushes have moved it on).
+    fn current_paths(&self) -> Vec<String> {
+        git_ok(&self.bare, &["ls-tree", "-r", "-z", "--name-only", BRANCH])
+            .split('\0')
+            .filter(|path| !path.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     fn url(&self, daemon: &GitDaemon) -> String {
@@ -453,12 +476,15 @@ fn timed(command: &mut Command) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-fn hook_env() -> Vec<(&'static str, &'static str)> {
-    vec![
+/// Herald's environment: a GitHub secret for the push hooks, no periodic
+/// rescans (only the registration and the hooks start scans), and `--env`.
+fn herald_env(options: &Options) -> Vec<(&str, &str)> {
+    let mut env = vec![
         ("HERALD__INBOUND__GITHUB_SECRET", GITHUB_SECRET),
-        // Only the registration and the hooks start scans.
         ("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h"),
-    ]
+    ];
+    env.extend(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env
 }
 
 // ------------------------------------------------------------ the scenarios
@@ -646,15 +672,11 @@ async fn onboard(herald: &Herald, name: &str, port: u16) -> (String, String, Str
         .await
 }
 
-/// Every file of the workload, for each app.
+/// Every file of the workload's branch as it is now, for each app.
 fn wanted(workload: &Workload, apps: &[String]) -> HashSet<(String, String)> {
+    let paths = workload.current_paths();
     apps.iter()
-        .flat_map(|app| {
-            workload
-                .files
-                .keys()
-                .map(move |path| (app.clone(), path.clone()))
-        })
+        .flat_map(|app| paths.iter().map(move |path| (app.clone(), path.clone())))
         .collect()
 }
 
@@ -667,7 +689,7 @@ async fn initial_sync(
 ) -> Sync {
     let dir = tempfile::tempdir_in(root).expect("a temp dir");
     let database = BenchDatabase::create(Backend::Sqlite).await;
-    let herald = Herald::start(dir.path(), &database, &hook_env()).await;
+    let herald = Herald::start(dir.path(), &database, &herald_env(options)).await;
     let port = free_port();
     let (app, token, key) = onboard(&herald, "reference", port).await;
     let receiver = PyReceiver::start(
@@ -993,7 +1015,7 @@ async fn fan_out(
 ) -> (f64, f64) {
     let dir = tempfile::tempdir_in(root).expect("a temp dir");
     let database = BenchDatabase::create(Backend::Sqlite).await;
-    let herald = Herald::start(dir.path(), &database, &hook_env()).await;
+    let herald = Herald::start(dir.path(), &database, &herald_env(options)).await;
     let port = free_port();
     let mut onboarded = Vec::new();
     for i in 0..apps {

@@ -275,6 +275,10 @@ mod tests {
     }
 
     async fn spawn(store: &Store) -> ActorRef<BreakerMsg> {
+        spawn_with(store, Arc::default()).await
+    }
+
+    async fn spawn_with(store: &Store, clear: Arc<AtomicBool>) -> ActorRef<BreakerMsg> {
         let args = BreakerArgs {
             store: store.clone(),
             kind: "delivery",
@@ -284,7 +288,7 @@ mod tests {
                 cooldown: COOLDOWN,
             },
             probe_timeout: Duration::from_secs(30),
-            clear: Arc::default(),
+            clear,
         };
         Actor::spawn(None, BreakerActor, args)
             .await
@@ -376,5 +380,33 @@ mod tests {
                 .expect("query")
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn the_clear_flag_is_set_only_while_closed_with_no_failure_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path()).await;
+        let clear = Arc::new(AtomicBool::new(false));
+        let breaker = spawn_with(&store, clear.clone()).await;
+        let is_clear = || clear.load(Ordering::Acquire);
+        assert!(is_clear(), "a breaker with no stored row starts clear");
+
+        // One failure below the threshold: still closed, but no longer
+        // clear, so a lane's success must reach the actor to reset it.
+        assert_eq!(fail(&breaker).await.change, Change::None);
+        assert!(!is_clear());
+        let reset = ractor::call_t!(breaker, BreakerMsg::Succeeded, 5_000).expect("an answer");
+        assert!(!reset.open);
+        assert!(is_clear(), "a success clears the count");
+
+        fail(&breaker).await;
+        assert_eq!(fail(&breaker).await.change, Change::Opened);
+        assert!(!is_clear(), "an open breaker is never clear");
+
+        // Restarted from the stored open row: not clear either.
+        breaker.stop(None);
+        let restarted = Arc::new(AtomicBool::new(true));
+        let _again = spawn_with(&store, restarted.clone()).await;
+        assert!(!restarted.load(Ordering::Acquire));
     }
 }
