@@ -134,12 +134,15 @@ async fn content_of_a_commit_the_remote_no_longer_has_is_declared_gone_with_the_
     let app = restart_without_mirrors(app).await;
     receiver.fallback(None);
 
-    let view = app
-        .wait_for(&client, &id, "the event declared dead", |view| {
-            view["failed_events"] == 1
-        })
-        .await;
-    assert_eq!(view["status"], "failed", "{view}");
+    // The view reads the subscription and its event counts one after the
+    // other: wait for both to show the dead event.
+    app.wait_for(
+        &client,
+        &id,
+        "the event declared dead and its subscription failed",
+        |view| view["failed_events"] == 1 && view["status"] == "failed",
+    )
+    .await;
     let (status, dead) = app
         .call(
             reqwest::Method::GET,
