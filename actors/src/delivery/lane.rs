@@ -323,23 +323,22 @@ const AHEAD_BYTES: i64 = 1 << 20;
 /// not in the mirror) is dropped and done again in turn.
 struct Ahead {
     event_id: String,
-    rendered: Prepared,
+    /// The rendered body, or `None` when the mirror lacks the content.
+    task: tokio::task::JoinHandle<Option<Rendering>>,
 }
 
-/// The rendered body, or `None` when the mirror lacks the content.
-type RenderedAhead = Option<Result<payload::Rendered, payload::PayloadError>>;
+/// What rendering an event's body gives.
+type Rendering = Result<payload::Rendered, payload::PayloadError>;
 
-/// A body being rendered ahead, awaited when the event's turn comes.
-struct Prepared(tokio::task::JoinHandle<RenderedAhead>);
-
-impl Prepared {
-    async fn await_rendered(self) -> RenderedAhead {
-        match self.0.await {
-            Ok(rendered) => rendered,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => None,
-        }
-    }
+/// The render stage's work on a created or updated file's bytes, as it runs
+/// on a blocking thread.
+fn renderer(
+    event: &event::Model,
+    context: &LaneContext,
+    chunking: payload::Chunking,
+) -> impl Fn(&[u8]) -> Rendering + Send + Sync + 'static {
+    let (event, repository) = (event.clone(), context.repository.clone());
+    move |content: &[u8]| payload::render(&event, &repository, Some(content), chunking)
 }
 
 impl Ahead {
@@ -355,17 +354,25 @@ impl Ahead {
         {
             return None;
         }
-        let (owned, repository, chunking) =
-            (event.clone(), context.repository.clone(), config.chunking);
-        let render =
-            move |content: &[u8]| payload::render(&owned, &repository, Some(content), chunking);
+        let render = Arc::new(renderer(event, context, config.chunking));
         let mirror = context.content.mirror.clone();
         let blob = event.blob_id.clone();
-        let task = tokio::spawn(async move { mirror.read_with(blob, Arc::new(render)).await });
         Some(Self {
             event_id: event.id.clone(),
-            rendered: Prepared(task),
+            task: tokio::spawn(async move { mirror.read_with(blob, render).await }),
         })
+    }
+
+    /// The body rendered ahead for `event`, if this look-ahead was for it.
+    async fn rendered_for(self, event: &event::Model) -> Option<Rendering> {
+        if self.event_id != event.id {
+            return None;
+        }
+        match self.task.await {
+            Ok(rendered) => rendered,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => None,
+        }
     }
 }
 
@@ -588,8 +595,8 @@ impl Lane {
         event: &event::Model,
     ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
         let ahead = match self.ahead.take() {
-            Some(ahead) if ahead.event_id == event.id => ahead.rendered.await_rendered().await,
-            _ => None,
+            Some(ahead) => ahead.rendered_for(event).await,
+            None => None,
         };
         let rendered = if let Some(rendered) = ahead {
             rendered
@@ -598,13 +605,7 @@ impl Lane {
         } else if event.kind.carries_content() {
             // Read and rendered (base64, JSON) on a blocking thread, from the
             // bytes libgit2 holds: a big file is never copied first.
-            let (owned, repository, chunking) = (
-                event.clone(),
-                context.repository.clone(),
-                self.config.chunking,
-            );
-            let render =
-                move |content: &[u8]| payload::render(&owned, &repository, Some(content), chunking);
+            let render = renderer(event, context, self.config.chunking);
             match context.content.with(event, render).await {
                 Found::Made(rendered) => rendered,
                 Found::Gone(error) => {
