@@ -406,8 +406,9 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 /// Samples a process's `VmRSS` every 20 ms until dropped, to tell the
 /// scan's peak (before the first webhook) from the delivery's.
+/// Samples a process's RSS (MiB) and CPU time (s) every 20 ms.
 struct RssSampler {
-    samples: std::sync::Arc<std::sync::Mutex<Vec<(u128, f64)>>>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(u128, f64, f64)>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -425,7 +426,10 @@ impl RssSampler {
                     .find_map(|line| line.strip_prefix("VmRSS:"))
                     .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
                 {
-                    into.lock().expect("samples").push((now_ns(), kib / 1024.0));
+                    let cpu = cpu_seconds(pid);
+                    into.lock()
+                        .expect("samples")
+                        .push((now_ns(), kib / 1024.0, cpu));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -439,11 +443,30 @@ impl RssSampler {
         let peak = |before: bool| {
             samples
                 .iter()
-                .filter(|(t, _)| ((*t as f64) < split_ns) == before)
-                .map(|(_, mib)| *mib)
+                .filter(|(t, _, _)| ((*t as f64) < split_ns) == before)
+                .map(|(_, mib, _)| *mib)
                 .fold(0.0, f64::max)
         };
         (peak(true), peak(false))
+    }
+
+    /// The CPU time the process spent from `from_ns` to `to_ns` (s), from
+    /// the samples just outside that span.
+    fn cpu_between(&self, from_ns: f64, to_ns: f64) -> f64 {
+        let samples = self.samples.lock().expect("samples");
+        let start = samples
+            .iter()
+            .rev()
+            .find(|(t, _, _)| (*t as f64) <= from_ns)
+            .or(samples.first());
+        let end = samples
+            .iter()
+            .find(|(t, _, _)| (*t as f64) >= to_ns)
+            .or(samples.last());
+        match (start, end) {
+            (Some((_, _, a)), Some((_, _, b))) => b - a,
+            _ => 0.0,
+        }
     }
 }
 
@@ -556,6 +579,13 @@ async fn run(options: &Options) {
             "≥ 0.8",
         );
         report.row(
+            "— Herald's CPU time a webhook while delivering",
+            range(&of(|s| s.cpu_us), "µs", 0),
+            "—".into(),
+            "—".into(),
+            "",
+        );
+        report.row(
             "— for reference: the same bodies sent one at a time by reqwest",
             range(&of(|s| s.reqwest_rate), "/s", 0),
             range(&of(|s| s.floor_rate), "/s", 0),
@@ -636,6 +666,8 @@ async fn run(options: &Options) {
 /// The figures of one initial sync and its floors.
 struct SyncRun {
     total_s: f64,
+    /// Herald's CPU time per webhook in the delivery phase (µs).
+    cpu_us: f64,
     clone_s: f64,
     replay_s: f64,
     rate: f64,
@@ -714,10 +746,12 @@ async fn initial_sync(
     let peak_mib = peak_rss_mib(herald.pid);
     let cpu = cpu_seconds(herald.pid) - cpu_before;
     let (scan_peak, delivery_peak) = sampler.peaks(first);
+    let delivery_cpu_us = sampler.cpu_between(first, last) / count * 1e6;
     eprintln!(
         "initial sync: {count} webhooks in {total_s:.2} s (first after {:.2} s), delivery \
-         {rate:.0}/s, Herald CPU {cpu:.1} s, peak RSS {peak_mib:.0} MiB (sampled: {scan_peak:.0} \
-         before the first webhook, {delivery_peak:.0} after)",
+         {rate:.0}/s, Herald CPU {cpu:.1} s ({delivery_cpu_us:.0} µs a webhook while delivering), \
+         peak RSS {peak_mib:.0} MiB (sampled: {scan_peak:.0} before the first webhook, \
+         {delivery_peak:.0} after)",
         (first - started_ns as f64) / 1e9
     );
     let push = if then_push {
@@ -748,6 +782,7 @@ async fn initial_sync(
     );
     SyncRun {
         total_s,
+        cpu_us: delivery_cpu_us,
         clone_s,
         replay_s,
         rate,

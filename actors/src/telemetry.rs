@@ -140,6 +140,31 @@ pub fn delivery_attempt(
     }
 }
 
+/// An app's delivery series, looked up once: a lane records each success
+/// through these handles instead of finding its series by name and labels
+/// every time.
+pub struct AppDeliveries {
+    delivered: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl AppDeliveries {
+    pub fn of(app_id: &str) -> Self {
+        Self {
+            delivered: metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_owned(), "outcome" => delivery_outcome::DELIVERED),
+            duration: metrics::histogram!("herald_delivery_duration_seconds", "app_id" => app_id.to_owned()),
+        }
+    }
+
+    /// A delivery attempt answered with a 2xx, as [`delivery_attempt`]
+    /// records it.
+    pub fn delivered(&self, span: &Span, latency: Duration) {
+        span.record("outcome", delivery_outcome::DELIVERED);
+        self.delivered.increment(1);
+        self.duration.record(latency.as_secs_f64());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -838,9 +838,14 @@ pub async fn postgres_counters(store: &Store) -> [i64; 5] {
 
 // ------------------------------------------------------------------ herald
 
-/// The binary, as `cargo bench` built it (`target/release/herald`).
+/// The `herald` binary `cargo bench` built (`target/release/herald`), or
+/// the one `HERALD_BENCH_BINARY` names (to measure another build, e.g. the
+/// commit before a change, in the same conditions).
 pub fn herald_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_herald"));
+    let path = std::env::var_os("HERALD_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
+        PathBuf::from,
+    );
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --release` (or `cargo bench`, which builds it)",

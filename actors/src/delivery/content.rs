@@ -120,16 +120,19 @@ impl MirrorReader {
         T: Send + 'static,
         F: Fn(&[u8]) -> T + Send + Sync + 'static,
     {
-        let blob = git2::Oid::from_str(&blob?).ok()?;
         let reader = self.clone();
-        match tokio::task::spawn_blocking(move || reader.read_blocking(blob, &*make)).await {
+        match tokio::task::spawn_blocking(move || reader.read_now(blob.as_deref(), &*make)).await {
             Ok(made) => made,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => None,
         }
     }
 
-    fn read_blocking<T>(&self, blob: git2::Oid, make: &dyn Fn(&[u8]) -> T) -> Option<T> {
+    /// What `make` makes of a blob's bytes, on this thread (a blocking one,
+    /// unless the blob is small); `None` when the mirror or the blob is
+    /// missing.
+    pub(super) fn read_now<T>(&self, blob: Option<&str>, make: &dyn Fn(&[u8]) -> T) -> Option<T> {
+        let blob = git2::Oid::from_str(blob?).ok()?;
         let mut slot = self.repo.lock().ok()?;
         // A handle opened earlier may predate a rebuilt mirror or a refetch:
         // on a miss the mirror is opened afresh once.

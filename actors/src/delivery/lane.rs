@@ -6,7 +6,12 @@
 //! goes, and stops before its next send once it lost it. Each event passes
 //! the same stages: *render* (content read from the mirror, the body built
 //! and chunked), *sign*, *send*, *record* (the answer judged, the breaker
-//! told, the outcome written). One event is one message, so a stop asked by
+//! told, the outcome written). While a request is in flight the lane does
+//! what does not wait for its answer: it renders and signs the next event,
+//! writes the deliveries queued so far and, after a batch's last event,
+//! reads the next batch; only the answer stands between two requests. A
+//! lane that finds its lease lost in that write stops before its next send.
+//! One event is one message, so a stop asked by
 //! the owner takes effect between two events, after the lane wrote what it
 //! delivered and released its lease; a lane that fails (a panic) leaves its
 //! events pending, and its owner releases the lease and restarts it.
@@ -103,6 +108,7 @@ impl Actor for LaneActor {
         myself.send_message(LaneMsg::Continue)?;
         Ok(LaneState {
             lane: Lane {
+                metrics: telemetry::AppDeliveries::of(&args.app_id),
                 app_id: args.app_id,
                 subscription: args.subscription,
                 lease: args.lease,
@@ -115,6 +121,7 @@ impl Actor for LaneActor {
                 renewed_at: now_ms(),
                 delivered: Unrecorded::default(),
                 ahead: None,
+                next_batch: None,
             },
             owner: args.owner,
             after_seq: i64::MIN,
@@ -189,37 +196,38 @@ impl LaneState {
     /// last one is used up.
     async fn step(&mut self) -> Result<Step, StoreError> {
         if self.batch.is_empty() {
-            // The next batch is read from the database: it must see this one
-            // delivered.
-            self.lane.flush().await?;
-            let Some(context) = self.lane.context().await? else {
+            let read = match self.lane.next_batch.take() {
+                // Read while the last event's request was in flight.
+                Some(ahead) if ahead.after_seq == self.after_seq => ahead.read,
+                _ => {
+                    if self.after_seq == i64::MIN
+                        && let Some(first) = self
+                            .lane
+                            .store
+                            .first_undelivered_seq(self.lane.subscription.as_str())
+                            .await?
+                    {
+                        // Start at the first undelivered event, not at the
+                        // start of the subscription's (kept) history.
+                        self.after_seq = first - 1;
+                    }
+                    self.lane.read_batch(self.after_seq).await
+                }
+            };
+            let Some(Batch { context, events }) = read? else {
                 return Ok(Step::Done(None));
             };
             self.context = Some(context);
-            if self.after_seq == i64::MIN
-                && let Some(first) = self
-                    .lane
-                    .store
-                    .first_undelivered_seq(self.lane.subscription.as_str())
-                    .await?
-            {
-                // Start at the first undelivered event, not at the start of
-                // the subscription's (kept) history.
-                self.after_seq = first - 1;
-            }
-            let batch = self
-                .lane
-                .store
-                .next_events(self.lane.subscription.as_str(), self.after_seq, BATCH)
-                .await?;
-            if batch.is_empty() {
+            if events.is_empty() {
+                // Settling counts what is left: it must see every delivery.
+                self.lane.flush().await?;
                 self.lane
                     .store
                     .settle_subscription(self.lane.subscription.as_str(), &self.lane.lease)
                     .await?;
                 return Ok(Step::Done(None));
             }
-            self.batch = batch.into();
+            self.batch = events.into();
         }
         let (Some(event), Some(context)) = (self.batch.pop_front(), self.context.as_ref()) else {
             return Ok(Step::Done(None));
@@ -246,9 +254,6 @@ impl LaneState {
             Flow::Next => self.after_seq = event.seq,
             Flow::Stop(at) => return Ok(Step::Done(at)),
         }
-        if self.lane.flush_due() {
-            self.lane.flush().await?;
-        }
         if !self.lane.renew_lease().await? {
             return Ok(Step::Done(None));
         }
@@ -267,7 +272,7 @@ enum Flow {
 /// Everything a lane needs, loaded once per batch.
 struct LaneContext {
     base_url: String,
-    keys: Vec<Vec<u8>>,
+    signer: Signer,
     repository: RepositoryRef,
     content: Content,
     backoff: Backoff,
@@ -309,57 +314,149 @@ struct Lane {
     delivered: Unrecorded,
     /// The next event, being read and rendered ahead.
     ahead: Option<Ahead>,
+    /// The next batch, read while the last request of a batch was in flight.
+    next_batch: Option<ReadBatch>,
+    metrics: telemetry::AppDeliveries,
 }
 
-/// Files up to this size are read and rendered ahead, while the request
-/// before them is in flight; larger ones when their turn comes, so a lane
-/// never holds two big files at once.
-const AHEAD_BYTES: i64 = 1 << 20;
+/// A batch of events and the context they are delivered in.
+struct Batch {
+    context: LaneContext,
+    events: Vec<event::Model>,
+}
 
-/// The next event's body, read from the mirror and rendered on a blocking
-/// worker while the current event's request is in flight. Reading ahead
-/// changes nothing but time: requests still leave one after the other, and a
-/// read ahead that is not used (the request before it failed, the content is
-/// not in the mirror) is dropped and done again in turn.
+/// The batch after `after_seq`, as it was read ahead.
+struct ReadBatch {
+    after_seq: i64,
+    read: Result<Option<Batch>, StoreError>,
+}
+
+/// Files up to this size are read and rendered ahead on the lane's own
+/// task, in the time its request is in flight: a small body renders in far
+/// less time than a tokio worker may be held, and a blocking worker would
+/// cost two thread wake-ups per event.
+const INLINE_BYTES: i64 = 64 << 10;
+/// Files up to this size are read and rendered ahead, on a blocking worker
+/// when larger than [`INLINE_BYTES`]. Larger ones are read when their turn
+/// comes.
+const AHEAD_BYTES: i64 = 4 << 20;
+/// A file larger than this is big: a lane never holds two big files at
+/// once, so one is not read ahead while another is in flight.
+const BIG_BYTES: i64 = 1 << 20;
+
+/// The next event's body, read from the mirror and rendered (and signed)
+/// while the current event's request is in flight. Reading ahead changes
+/// nothing but time: requests still leave one after the other, and a read
+/// ahead that is not used (the request before it failed, the content is not
+/// in the mirror) is dropped and done again in turn.
 struct Ahead {
     event_id: String,
-    /// The rendered body, or `None` when the mirror lacks the content.
-    task: tokio::task::JoinHandle<Option<Rendering>>,
+    work: AheadWork,
+}
+
+enum AheadWork {
+    /// Rendered; `None` when the mirror lacks the content.
+    Done(Option<Rendering>),
+    /// Being rendered on a blocking worker.
+    Running(tokio::task::JoinHandle<Option<Rendering>>),
 }
 
 /// What rendering an event's body gives.
-type Rendering = Result<payload::Rendered, payload::PayloadError>;
+type Rendering = Result<Prepared, payload::PayloadError>;
+
+/// An event rendered, its first request signed too when the event is one
+/// request: the look-ahead then leaves only the send on the lane's path.
+struct Prepared {
+    rendered: payload::Rendered,
+    first: Option<Signed>,
+}
+
+impl Prepared {
+    fn new(rendered: payload::Rendered, event_id: &str, signer: &Signer) -> Self {
+        let first = (!rendered.is_chunked()).then(|| {
+            let (webhook_id, body) = rendered.part(event_id, 0);
+            signer.sign(webhook_id, body)
+        });
+        Self { rendered, first }
+    }
+
+    /// Request `index`, signed: the one signed ahead while it is fresh,
+    /// else signed now (off the executor when big).
+    async fn signed(&mut self, event_id: &str, index: usize, signer: &Signer) -> Signed {
+        if let Some(signed) = self.first.take().filter(|_| index == 0)
+            && now_ms() / 1000 - signed.timestamp <= SIGNED_AHEAD_FOR_S
+        {
+            return signed;
+        }
+        let (webhook_id, body) = self.rendered.part(event_id, index);
+        if body.len() > BLOCKING_BYTES {
+            let signer = signer.clone();
+            blocking(move || signer.sign(webhook_id, body)).await
+        } else {
+            signer.sign(webhook_id, body)
+        }
+    }
+}
+
+/// A body signed ahead keeps its signature this long (seconds); one that
+/// waited longer behind a slow request is signed again when it leaves, so
+/// its timestamp tells when it was sent.
+const SIGNED_AHEAD_FOR_S: i64 = 2;
 
 /// The render stage's work on a created or updated file's bytes, as it runs
-/// on a blocking thread.
-fn renderer(
+/// on a blocking thread: the body, and its signature when it is one request.
+fn preparer(
     event: &event::Model,
     context: &LaneContext,
     chunking: payload::Chunking,
 ) -> impl Fn(&[u8]) -> Rendering + Send + Sync + 'static {
-    let (event, repository) = (event.clone(), context.repository.clone());
-    move |content: &[u8]| payload::render(&event, &repository, Some(content), chunking)
+    let (event, repository, signer) = (
+        event.clone(),
+        context.repository.clone(),
+        context.signer.clone(),
+    );
+    move |content: &[u8]| {
+        payload::render(&event, &repository, Some(content), chunking)
+            .map(|rendered| Prepared::new(rendered, &event.id, &signer))
+    }
 }
 
 impl Ahead {
-    /// Starts reading `event` ahead, when it is due now, carries content and
-    /// is small enough.
-    fn start(context: &LaneContext, event: &event::Model, config: &DeliveryConfig) -> Option<Self> {
+    /// Reads `next` ahead, when it is due now, carries content and is small
+    /// enough; `holding_big` when the event in flight is big.
+    async fn prepare(
+        context: &LaneContext,
+        next: Option<&event::Model>,
+        config: &DeliveryConfig,
+        holding_big: bool,
+    ) -> Option<Self> {
+        let event = next?;
+        let size = event.size?;
         let due = event.status != entity::EventStatus::Dead && event.next_attempt_at <= now_ms();
-        let small = event.size.is_some_and(|size| size <= AHEAD_BYTES);
         if !due
-            || !small
             || !event.kind.carries_content()
             || payload::too_large(event, config.max_file_bytes)
+            || size > AHEAD_BYTES
+            || (holding_big && size > BIG_BYTES)
         {
             return None;
         }
-        let render = Arc::new(renderer(event, context, config.chunking));
+        let prepare = preparer(event, context, config.chunking);
         let mirror = context.content.mirror.clone();
-        let blob = event.blob_id.clone();
+        let work = if size <= INLINE_BYTES {
+            // The request was just handed to its connection's task on this
+            // worker: let it go out first.
+            tokio::task::yield_now().await;
+            AheadWork::Done(mirror.read_now(event.blob_id.as_deref(), &prepare))
+        } else {
+            let blob = event.blob_id.clone();
+            AheadWork::Running(tokio::task::spawn_blocking(move || {
+                mirror.read_now(blob.as_deref(), &prepare)
+            }))
+        };
         Some(Self {
             event_id: event.id.clone(),
-            task: tokio::spawn(async move { mirror.read_with(blob, render).await }),
+            work,
         })
     }
 
@@ -368,10 +465,13 @@ impl Ahead {
         if self.event_id != event.id {
             return None;
         }
-        match self.task.await {
-            Ok(rendered) => rendered,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => None,
+        match self.work {
+            AheadWork::Done(rendering) => rendering,
+            AheadWork::Running(task) => match task.await {
+                Ok(rendering) => rendering,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => None,
+            },
         }
     }
 }
@@ -476,16 +576,20 @@ impl Lane {
         };
         // During a key rotation both keys sign; the Docora header, which
         // holds one signature, uses the current key.
-        let keys = self
-            .store
-            .signing_keys(&app, now_ms())?
-            .iter()
-            .map(|key| key.expose_secret().as_bytes().to_vec())
-            .collect();
+        let signer = Signer {
+            app_id: self.app_id.clone(),
+            keys: self
+                .store
+                .signing_keys(&app, now_ms())?
+                .iter()
+                .map(|key| key.expose_secret().as_bytes().to_vec())
+                .collect::<Vec<_>>()
+                .into(),
+        };
         let backoff = Backoff::of_app(&app, self.config.backoff);
         Ok(Some(LaneContext {
             base_url: app.base_url.clone(),
-            keys,
+            signer,
             repository: RepositoryRef {
                 repository_id: repository.id.clone(),
                 github_url: repository.url.clone(),
@@ -537,11 +641,54 @@ impl Lane {
 
     /// Writes the queued deliveries in one transaction.
     async fn flush(&mut self) -> Result<(), StoreError> {
+        let attempts = self.take_queued();
+        self.write(attempts).await
+    }
+
+    /// The queued deliveries, taken to be written.
+    fn take_queued(&mut self) -> Vec<Attempt> {
         self.delivered.since = None;
-        let attempts = std::mem::take(&mut self.delivered.attempts);
+        std::mem::take(&mut self.delivered.attempts)
+    }
+
+    /// The queued deliveries when it is time to write them (none otherwise).
+    fn take_due(&mut self) -> Vec<Attempt> {
+        if self.flush_due() {
+            self.take_queued()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Writes deliveries in one transaction, if `lease` still holds.
+    async fn write(&self, attempts: Vec<Attempt>) -> Result<(), StoreError> {
         self.store
             .record_deliveries(self.subscription.as_str(), &self.lease, attempts)
             .await
+    }
+
+    /// The batch after `after_seq`, with the context it is delivered in;
+    /// nothing when no batch is asked for. The read's error is kept for the
+    /// step that would use the batch.
+    async fn read_batch_after(&self, after_seq: Option<i64>) -> Option<ReadBatch> {
+        let after_seq = after_seq?;
+        Some(ReadBatch {
+            after_seq,
+            read: self.read_batch(after_seq).await,
+        })
+    }
+
+    /// The events after `after_seq` and the context they are delivered in;
+    /// `None` when the app is gone or disabled, or the subscription gone.
+    async fn read_batch(&self, after_seq: i64) -> Result<Option<Batch>, StoreError> {
+        let Some(context) = self.context().await? else {
+            return Ok(None);
+        };
+        let events = self
+            .store
+            .next_events(self.subscription.as_str(), after_seq, BATCH)
+            .await?;
+        Ok(Some(Batch { context, events }))
     }
 
     /// Renews the delivery lease once a third of it has passed; `false` when
@@ -593,19 +740,21 @@ impl Lane {
         &mut self,
         context: &LaneContext,
         event: &event::Model,
-    ) -> Result<Result<payload::Rendered, Flow>, StoreError> {
+    ) -> Result<Result<Prepared, Flow>, StoreError> {
         let ahead = match self.ahead.take() {
             Some(ahead) => ahead.rendered_for(event).await,
             None => None,
         };
+        let prepare =
+            |rendered: payload::Rendered| Prepared::new(rendered, &event.id, &context.signer);
         let rendered = if let Some(rendered) = ahead {
             rendered
         } else if payload::too_large(event, self.config.max_file_bytes) {
-            payload::render_too_large(event, &context.repository)
+            payload::render_too_large(event, &context.repository).map(prepare)
         } else if event.kind.carries_content() {
             // Read and rendered (base64, JSON) on a blocking thread, from the
             // bytes libgit2 holds: a big file is never copied first.
-            let render = renderer(event, context, self.config.chunking);
+            let render = preparer(event, context, self.config.chunking);
             match context.content.with(event, render).await {
                 Found::Made(rendered) => rendered,
                 Found::Gone(error) => {
@@ -642,7 +791,7 @@ impl Lane {
                 }
             }
         } else {
-            payload::render(event, &context.repository, None, self.config.chunking)
+            payload::render(event, &context.repository, None, self.config.chunking).map(prepare)
         };
         match rendered {
             Ok(rendered) => Ok(Ok(rendered)),
@@ -654,7 +803,10 @@ impl Lane {
     }
 
     /// Render, then for each part (one, or every chunk from the first):
-    /// sign, send, record.
+    /// sign, send, record. While a request is in flight the lane does what
+    /// does not depend on its answer: it writes the deliveries queued so far,
+    /// prepares the next event (see [`Ahead`]) and, after a batch's last
+    /// event, reads the next batch.
     async fn send_event(
         &mut self,
         context: &LaneContext,
@@ -662,25 +814,25 @@ impl Lane {
         next: Option<&event::Model>,
         probe: bool,
     ) -> Result<Flow, StoreError> {
-        let rendered = match self.render(context, event).await? {
-            Ok(rendered) => rendered,
+        let mut prepared = match self.render(context, event).await? {
+            Ok(prepared) => prepared,
             Err(flow) => return Ok(flow),
         };
         let url = format!(
             "{}/{}",
             context.base_url.trim_end_matches('/'),
-            rendered.endpoint
+            prepared.rendered.endpoint
         );
+        let (parts, chunked) = (prepared.rendered.len(), prepared.rendered.is_chunked());
         // Every attempt of a chunked event sends the whole file from chunk 0,
         // with the same chunk id and webhook ids: a receiver that lost its
         // partial state gets the file, one that kept it overwrites the same
         // parts (as Docora resends the whole file).
-        for index in 0..rendered.len() {
+        for index in 0..parts {
             // A long chunked file keeps the lease alive between chunks.
             if index > 0 && !self.renew_lease().await? {
                 return Ok(Flow::Stop(None));
             }
-            let (webhook_id, body) = rendered.part(&event.id, index);
             // One span per request, in the trace of the scan that found the change.
             let span = tracing::info_span!(
                 parent: None,
@@ -695,39 +847,38 @@ impl Lane {
                 outcome = tracing::field::Empty,
             );
             telemetry::continue_trace(&span, event.trace_parent.as_deref());
-            let (app, keys, traceparent) = (
-                self.app_id.clone(),
-                context.keys.clone(),
-                telemetry::outgoing_traceparent(&span),
+            let Signed {
+                body, mut headers, ..
+            } = prepared.signed(&event.id, index, &context.signer).await;
+            headers.insert(
+                "traceparent",
+                header(&telemetry::outgoing_traceparent(&span)),
             );
-            let timestamp = now_ms() / 1000;
-            let sign = move |body: Vec<u8>| {
-                let headers =
-                    signed_headers(&app, &keys, &webhook_id, timestamp, &body, &traceparent);
-                (headers, body)
-            };
-            // Two HMACs over a big body: off the executor.
-            let (headers, body) = if body.len() > BLOCKING_BYTES {
-                blocking(move || sign(body)).await
-            } else {
-                sign(body)
-            };
             let sent = Sent {
                 attempted_at: now_ms(),
-                chunk_index: rendered
-                    .is_chunked()
-                    .then(|| i32::try_from(index).unwrap_or(i32::MAX)),
-                last: index + 1 == rendered.len(),
+                chunk_index: chunked.then(|| i32::try_from(index).unwrap_or(i32::MAX)),
+                last: index + 1 == parts,
                 probe,
             };
-            if sent.last {
-                self.ahead = next.and_then(|next| Ahead::start(context, next, &self.config));
-            }
-            let answer = self
-                .client
-                .post(&url, headers, body)
-                .instrument(span.clone())
-                .await;
+            let (read_ahead, read_after) = match (sent.last, next) {
+                (false, _) => (None, None),
+                (true, Some(next)) => (Some(next), None),
+                (true, None) => (None, Some(event.seq)),
+            };
+            let holding_big = event.size.is_some_and(|size| size > BIG_BYTES);
+            let unrecorded = self.take_due();
+            let (answer, ahead, written, read) = tokio::join!(
+                self.client
+                    .post(&url, headers, body)
+                    .instrument(span.clone()),
+                Ahead::prepare(context, read_ahead, &self.config, holding_big),
+                self.write(unrecorded),
+                self.read_batch_after(read_after),
+            );
+            self.ahead = ahead;
+            self.next_batch = read;
+            // A lane that finds its lease lost stops before its next send.
+            written?;
             if let Ok(answer) = &answer {
                 span.record("http.response.status_code", answer.status);
             }
@@ -770,12 +921,7 @@ impl Lane {
         };
         let (outcome, label, class) = match judgement {
             Judgement::Delivered => {
-                telemetry::delivery_attempt(
-                    span,
-                    &self.app_id,
-                    delivery_outcome::DELIVERED,
-                    Some(latency),
-                );
+                self.metrics.delivered(span, latency);
                 self.breaker_success().await?;
                 if sent.last && event.status == entity::EventStatus::Dead {
                     // A dead event's probe got through: written at once, as
@@ -972,16 +1118,42 @@ impl Lane {
     }
 }
 
-/// The signing stage: a webhook's headers, both signature styles over the
-/// exact body (Docora's with the current key; Standard Webhooks' with every
-/// key that signs, during a rotation the previous one too).
+/// The signing stage: an app's keys, and the headers they sign a body with.
+#[derive(Clone)]
+struct Signer {
+    app_id: String,
+    keys: Arc<[Vec<u8>]>,
+}
+
+/// A request's body with its signed headers (all but `traceparent`, which
+/// belongs to the attempt's span and is not signed).
+struct Signed {
+    body: Vec<u8>,
+    timestamp: i64,
+    headers: HeaderMap,
+}
+
+impl Signer {
+    fn sign(&self, webhook_id: String, body: Vec<u8>) -> Signed {
+        let timestamp = now_ms() / 1000;
+        let headers = signed_headers(&self.app_id, &self.keys, &webhook_id, timestamp, &body);
+        Signed {
+            body,
+            timestamp,
+            headers,
+        }
+    }
+}
+
+/// A webhook's headers, both signature styles over the exact body (Docora's
+/// with the current key; Standard Webhooks' with every key that signs,
+/// during a rotation the previous one too).
 fn signed_headers(
     app_id: &str,
     keys: &[Vec<u8>],
     webhook_id: &str,
     timestamp: i64,
     body: &[u8],
-    traceparent: &str,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", header("application/json"));
@@ -998,7 +1170,6 @@ fn signed_headers(
         "webhook-signature",
         header(&signing::standard(&keys, webhook_id, timestamp, body)),
     );
-    headers.insert("traceparent", header(traceparent));
     headers
 }
 
@@ -1033,7 +1204,7 @@ mod tests {
             b"previous-key-0123456789".to_vec(),
         ];
         let body = br#"{"event":"create"}"#;
-        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body, "00-ab-cd-01");
+        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body);
         let value = |name: &str| headers[name].to_str().expect("ascii").to_owned();
         assert_eq!(value("x-docora-app-id"), "app_1");
         assert_eq!(value("x-docora-timestamp"), "1700000000");
@@ -1055,8 +1226,79 @@ mod tests {
             )
         );
         assert_eq!(value("webhook-id"), "evt_1");
-        assert_eq!(value("traceparent"), "00-ab-cd-01");
         assert_eq!(value("content-type"), "application/json");
+    }
+
+    #[tokio::test]
+    async fn a_body_signed_ahead_is_signed_again_when_it_waited_too_long() {
+        let signer = Signer {
+            app_id: "app_1".into(),
+            keys: vec![b"current-key-0123456789".to_vec()].into(),
+        };
+        let event = event::Model {
+            id: "evt_1".into(),
+            subscription_id: "sub_1".into(),
+            app_id: "app_1".into(),
+            repository_id: "repo_1".into(),
+            snapshot_id: None,
+            seq: 1,
+            kind: entity::EventKind::Deleted,
+            path: Some("gone.md".into()),
+            sha256: Some("abc".into()),
+            previous_sha256: None,
+            size: None,
+            blob_id: None,
+            binary: false,
+            renamed_from: None,
+            commit_sha: Some("c0ffee".into()),
+            payload: None,
+            status: entity::EventStatus::Pending,
+            attempts: 0,
+            next_attempt_at: 0,
+            last_error: None,
+            created_at: 0,
+            delivered_at: None,
+            trace_parent: None,
+        };
+        let repository = RepositoryRef {
+            repository_id: "repo_1".into(),
+            github_url: "https://github.com/o/r".into(),
+            owner: "o".into(),
+            name: "r".into(),
+        };
+        let chunking = payload::Chunking {
+            threshold_bytes: 1 << 20,
+            chunk_chars: 1 << 20,
+        };
+        let prepare = || {
+            let rendered =
+                payload::render(&event, &repository, None, chunking).expect("a delete renders");
+            Prepared::new(rendered, &event.id, &signer)
+        };
+        let signature = |signed: &Signed| signed.headers["webhook-signature"].clone();
+
+        // Fresh: the request leaves exactly as it was signed ahead.
+        let mut fresh = prepare();
+        let ahead = signature(fresh.first.as_ref().expect("one request, signed ahead"));
+        let sent = fresh.signed(&event.id, 0, &signer).await;
+        assert_eq!(signature(&sent), ahead);
+
+        // Stale: signed again, with the time it leaves and over the same body.
+        let mut stale = prepare();
+        let first = stale.first.as_mut().expect("signed ahead");
+        first.timestamp -= SIGNED_AHEAD_FOR_S + 1;
+        let body = first.body.clone();
+        let sent = stale.signed(&event.id, 0, &signer).await;
+        assert!(now_ms() / 1000 - sent.timestamp <= 1, "{}", sent.timestamp);
+        assert_eq!(sent.body, body);
+        assert_eq!(
+            sent.headers["webhook-signature"].to_str().expect("ascii"),
+            signing::standard(&[&signer.keys[0][..]], &event.id, sent.timestamp, &body)
+        );
+        assert_eq!(
+            sent.headers["webhook-timestamp"].to_str().expect("ascii"),
+            sent.timestamp.to_string()
+        );
     }
 
     fn answer(status: u16, retry_after: Option<u64>) -> Result<Answer, NoAnswer> {
