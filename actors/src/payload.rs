@@ -440,10 +440,10 @@ pub fn render(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn repository() -> RepositoryRef {
+    pub(crate) fn repository() -> RepositoryRef {
         RepositoryRef {
             repository_id: "repo_1".into(),
             github_url: "https://github.com/o/r".into(),
@@ -452,7 +452,8 @@ mod tests {
         }
     }
 
-    fn event(kind: entity::EventKind, binary: bool) -> event::Model {
+    /// An event of `kind` as the outbox holds it (tests of other modules too).
+    pub(crate) fn event(kind: entity::EventKind, binary: bool) -> event::Model {
         event::Model {
             id: "evt_01".into(),
             subscription_id: "sub_1".into(),

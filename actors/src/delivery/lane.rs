@@ -1235,37 +1235,8 @@ mod tests {
             app_id: "app_1".into(),
             keys: vec![b"current-key-0123456789".to_vec()].into(),
         };
-        let event = event::Model {
-            id: "evt_1".into(),
-            subscription_id: "sub_1".into(),
-            app_id: "app_1".into(),
-            repository_id: "repo_1".into(),
-            snapshot_id: None,
-            seq: 1,
-            kind: entity::EventKind::Deleted,
-            path: Some("gone.md".into()),
-            sha256: Some("abc".into()),
-            previous_sha256: None,
-            size: None,
-            blob_id: None,
-            binary: false,
-            renamed_from: None,
-            commit_sha: Some("c0ffee".into()),
-            payload: None,
-            status: entity::EventStatus::Pending,
-            attempts: 0,
-            next_attempt_at: 0,
-            last_error: None,
-            created_at: 0,
-            delivered_at: None,
-            trace_parent: None,
-        };
-        let repository = RepositoryRef {
-            repository_id: "repo_1".into(),
-            github_url: "https://github.com/o/r".into(),
-            owner: "o".into(),
-            name: "r".into(),
-        };
+        let event = payload::tests::event(entity::EventKind::Deleted, false);
+        let repository = payload::tests::repository();
         let chunking = payload::Chunking {
             threshold_bytes: 1 << 20,
             chunk_chars: 1 << 20,
