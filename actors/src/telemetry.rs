@@ -122,28 +122,11 @@ pub fn events_created(kind: entity::EventKind, n: u64) {
     }
 }
 
-/// One delivery attempt ended; `latency` is `None` when no request was made
-/// (content gone from the mirror, a payload that cannot be rendered). Also
-/// recorded on the attempt's span.
-pub fn delivery_attempt(
-    span: &Span,
-    app_id: &str,
-    outcome: &'static str,
-    latency: Option<Duration>,
-) {
-    span.record("outcome", outcome);
-    metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_owned(), "outcome" => outcome)
-        .increment(1);
-    if let Some(latency) = latency {
-        metrics::histogram!("herald_delivery_duration_seconds", "app_id" => app_id.to_owned())
-            .record(latency.as_secs_f64());
-    }
-}
-
-/// An app's delivery series, looked up once: a lane records each success
-/// through these handles instead of finding its series by name and labels
-/// every time.
+/// An app's delivery series. The hot ones (delivered, the duration) are
+/// looked up once, when a lane starts: a lane records each success through
+/// these handles instead of finding its series by name and labels every time.
 pub struct AppDeliveries {
+    app_id: String,
     delivered: metrics::Counter,
     duration: metrics::Histogram,
 }
@@ -151,17 +134,29 @@ pub struct AppDeliveries {
 impl AppDeliveries {
     pub fn of(app_id: &str) -> Self {
         Self {
-            delivered: metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_owned(), "outcome" => delivery_outcome::DELIVERED),
+            app_id: app_id.to_owned(),
+            delivered: Self::counter(app_id, delivery_outcome::DELIVERED),
             duration: metrics::histogram!("herald_delivery_duration_seconds", "app_id" => app_id.to_owned()),
         }
     }
 
-    /// A delivery attempt answered with a 2xx, as [`delivery_attempt`]
-    /// records it.
-    pub fn delivered(&self, span: &Span, latency: Duration) {
-        span.record("outcome", delivery_outcome::DELIVERED);
-        self.delivered.increment(1);
-        self.duration.record(latency.as_secs_f64());
+    fn counter(app_id: &str, outcome: &'static str) -> metrics::Counter {
+        metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_owned(), "outcome" => outcome)
+    }
+
+    /// One delivery attempt ended; `latency` is `None` when no request was
+    /// made (content gone from the mirror, a payload that cannot be
+    /// rendered). Also recorded on the attempt's span.
+    pub fn attempt(&self, span: &Span, outcome: &'static str, latency: Option<Duration>) {
+        span.record("outcome", outcome);
+        if outcome == delivery_outcome::DELIVERED {
+            self.delivered.increment(1);
+        } else {
+            Self::counter(&self.app_id, outcome).increment(1);
+        }
+        if let Some(latency) = latency {
+            self.duration.record(latency.as_secs_f64());
+        }
     }
 }
 

@@ -11,10 +11,10 @@
 //! writes the deliveries queued so far and, after a batch's last event,
 //! reads the next batch; only the answer stands between two requests. A
 //! lane that finds its lease lost in that write stops before its next send.
-//! One event is one message, so a stop asked by
-//! the owner takes effect between two events, after the lane wrote what it
-//! delivered and released its lease; a lane that fails (a panic) leaves its
-//! events pending, and its owner releases the lease and restarts it.
+//! One event is one message, so a stop asked by the owner takes effect
+//! between two events, after the lane wrote what it delivered and released
+//! its lease; a lane that fails (a panic) leaves its events pending, and its
+//! owner releases the lease and restarts it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -403,8 +403,9 @@ impl Prepared {
 /// its timestamp tells when it was sent.
 const SIGNED_AHEAD_FOR_S: i64 = 2;
 
-/// The render stage's work on a created or updated file's bytes, as it runs
-/// on a blocking thread: the body, and its signature when it is one request.
+/// The render stage's work on a created or updated file's bytes, run where
+/// the bytes are read (a blocking thread, or the lane's own task for a small
+/// file read ahead): the body, and its signature when it is one request.
 fn preparer(
     event: &event::Model,
     context: &LaneContext,
@@ -921,7 +922,8 @@ impl Lane {
         };
         let (outcome, label, class) = match judgement {
             Judgement::Delivered => {
-                self.metrics.delivered(span, latency);
+                self.metrics
+                    .attempt(span, delivery_outcome::DELIVERED, Some(latency));
                 self.breaker_success().await?;
                 if sent.last && event.status == entity::EventStatus::Dead {
                     // A dead event's probe got through: written at once, as
@@ -985,7 +987,7 @@ impl Lane {
                 (outcome, label, class)
             }
         };
-        telemetry::delivery_attempt(span, &self.app_id, label, Some(latency));
+        self.metrics.attempt(span, label, Some(latency));
         self.stop(event, attempt(Some(class)), outcome).await
     }
 
@@ -996,12 +998,8 @@ impl Lane {
         error: String,
     ) -> Result<Flow, StoreError> {
         let attempt = attempt_row(event, None, now_ms(), None, 0, Some(class), None);
-        telemetry::delivery_attempt(
-            &tracing::Span::none(),
-            &self.app_id,
-            delivery_outcome::DEAD,
-            None,
-        );
+        self.metrics
+            .attempt(&tracing::Span::none(), delivery_outcome::DEAD, None);
         self.stop(event, attempt, EventOutcome::Dead { error })
             .await
     }
@@ -1248,10 +1246,14 @@ mod tests {
         };
         let signature = |signed: &Signed| signed.headers["webhook-signature"].clone();
 
-        // Fresh: the request leaves exactly as it was signed ahead.
+        // Fresh, even at the limit: the request leaves exactly as it was
+        // signed ahead (signed now, it would carry another timestamp).
         let mut fresh = prepare();
-        let ahead = signature(fresh.first.as_ref().expect("one request, signed ahead"));
+        let first = fresh.first.as_mut().expect("one request, signed ahead");
+        first.timestamp -= SIGNED_AHEAD_FOR_S;
+        let (timestamp, ahead) = (first.timestamp, signature(first));
         let sent = fresh.signed(&event.id, 0, &signer).await;
+        assert_eq!(sent.timestamp, timestamp);
         assert_eq!(signature(&sent), ahead);
 
         // Stale: signed again, with the time it leaves and over the same body.
