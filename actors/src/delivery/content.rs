@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use entity::event;
 
@@ -95,13 +96,25 @@ impl Content {
 /// Blobs larger than this are not kept mapped after they are read.
 const BIG_BLOB: usize = 1 << 20;
 
-/// Reads file content from a repository's mirror on a blocking thread,
-/// keeping the mirror open for the lane's life instead of opening it per
-/// event.
+/// How long one opening of the mirror serves. Long enough for libgit2's
+/// cache of delta bases to pay (tens of thousands of small files); short
+/// enough that pack files a compaction deleted are not held open, with
+/// their disk space, for a lane's whole life.
+const REOPEN_AFTER: Duration = Duration::from_secs(30);
+
+/// Reads file content from a repository's mirror, keeping the mirror open
+/// (for [`REOPEN_AFTER`]) instead of opening it per event.
 #[derive(Clone)]
 pub(super) struct MirrorReader {
     path: PathBuf,
-    repo: Arc<std::sync::Mutex<Option<git2::Repository>>>,
+    repo: Arc<std::sync::Mutex<Option<Opened>>>,
+    reopen_after: Duration,
+}
+
+/// The mirror as opened, and when.
+struct Opened {
+    repo: git2::Repository,
+    at: Instant,
 }
 
 impl MirrorReader {
@@ -109,6 +122,15 @@ impl MirrorReader {
         Self {
             path,
             repo: Arc::default(),
+            reopen_after: REOPEN_AFTER,
+        }
+    }
+
+    #[cfg(test)]
+    fn reopening_after(self, reopen_after: Duration) -> Self {
+        Self {
+            reopen_after,
+            ..self
         }
     }
 
@@ -134,13 +156,21 @@ impl MirrorReader {
     pub(super) fn read_now<T>(&self, blob: Option<&str>, make: &dyn Fn(&[u8]) -> T) -> Option<T> {
         let blob = git2::Oid::from_str(blob?).ok()?;
         let mut slot = self.repo.lock().ok()?;
+        let stale = slot
+            .as_ref()
+            .is_none_or(|opened| opened.at.elapsed() > self.reopen_after);
         // A handle opened earlier may predate a rebuilt mirror or a refetch:
-        // on a miss the mirror is opened afresh once.
-        for reopen in [false, true] {
-            if reopen || slot.is_none() {
-                *slot = Some(git2::Repository::open_bare(&self.path).ok()?);
+        // on a miss the mirror is opened afresh, once. One opened just now
+        // is not opened again.
+        let openings: &[bool] = if stale { &[true] } else { &[false, true] };
+        for &open in openings {
+            if open {
+                *slot = Some(Opened {
+                    repo: git2::Repository::open_bare(&self.path).ok()?,
+                    at: Instant::now(),
+                });
             }
-            let found = slot.as_ref()?.find_blob(blob).ok().map(|found| {
+            let found = slot.as_ref()?.repo.find_blob(blob).ok().map(|found| {
                 let size = found.size();
                 (make(found.content()), size)
             });
@@ -154,5 +184,66 @@ impl MirrorReader {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A bare mirror at `path` holding `content` packed, as a fetch leaves
+    /// it; the blob's id.
+    fn packed_mirror(path: &Path, content: &[u8]) -> String {
+        let repo = git2::Repository::init_bare(path).expect("a bare repository");
+        let blob = repo.blob(content).expect("a blob");
+        repo.reference("refs/tags/content", blob, true, "the test's content")
+            .expect("a ref to the blob");
+        let packed = std::process::Command::new("git")
+            .args(["repack", "-a", "-d", "-q"])
+            .current_dir(path)
+            .status()
+            .expect("git runs");
+        assert!(packed.success());
+        blob.to_string()
+    }
+
+    fn read(reader: &MirrorReader, blob: &str) -> Option<Vec<u8>> {
+        reader.read_now(Some(blob), &|bytes: &[u8]| bytes.to_vec())
+    }
+
+    #[test]
+    fn an_old_opening_of_the_mirror_lets_go_of_packs_deleted_since() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("repo.git");
+        let old = packed_mirror(&path, b"before the compaction");
+        let kept = MirrorReader::new(path.clone()).reopening_after(Duration::MAX);
+        let aged = MirrorReader::new(path.clone()).reopening_after(Duration::ZERO);
+        assert_eq!(
+            read(&kept, &old).as_deref(),
+            Some(&b"before the compaction"[..])
+        );
+        assert_eq!(
+            read(&aged, &old).as_deref(),
+            Some(&b"before the compaction"[..])
+        );
+
+        // The mirror's packs are replaced on disk (a compaction, a rebuild).
+        std::fs::remove_dir_all(&path).expect("the mirror removed");
+        let new = packed_mirror(&path, b"after the compaction");
+
+        // An opening that is kept still reads the deleted pack: it holds it,
+        // and its disk space, open.
+        assert_eq!(
+            read(&kept, &old).as_deref(),
+            Some(&b"before the compaction"[..])
+        );
+        // One past its age reopens the mirror: only what is on disk now.
+        assert_eq!(read(&aged, &old), None);
+        assert_eq!(
+            read(&aged, &new).as_deref(),
+            Some(&b"after the compaction"[..])
+        );
     }
 }

@@ -122,6 +122,7 @@ impl Actor for LaneActor {
                 delivered: Unrecorded::default(),
                 ahead: None,
                 next_batch: None,
+                mirror: std::sync::OnceLock::new(),
             },
             owner: args.owner,
             after_seq: i64::MIN,
@@ -317,6 +318,10 @@ struct Lane {
     /// The next batch, read while the last request of a batch was in flight.
     next_batch: Option<ReadBatch>,
     metrics: telemetry::AppDeliveries,
+    /// The mirror's reader, kept for the lane's life (a subscription's
+    /// repository never changes): libgit2's cache of delta bases outlives a
+    /// batch.
+    mirror: std::sync::OnceLock<MirrorReader>,
 }
 
 /// A batch of events and the context they are delivered in.
@@ -598,11 +603,16 @@ impl Lane {
                 name: repository.name.clone(),
             },
             content: Content {
-                mirror: MirrorReader::new(
-                    self.config
-                        .mirrors_dir
-                        .join(format!("{}.git", repository.id)),
-                ),
+                mirror: self
+                    .mirror
+                    .get_or_init(|| {
+                        MirrorReader::new(
+                            self.config
+                                .mirrors_dir
+                                .join(format!("{}.git", repository.id)),
+                        )
+                    })
+                    .clone(),
                 remote: RemoteSpec {
                     url: repository.fetch_url.clone(),
                     // This subscription's own credential: content comes back
@@ -844,8 +854,6 @@ impl Lane {
                 subscription = %event.subscription_id,
                 kind = %event.kind,
                 chunk = index,
-                "http.response.status_code" = tracing::field::Empty,
-                outcome = tracing::field::Empty,
             );
             telemetry::continue_trace(&span, event.trace_parent.as_deref());
             let Signed {
@@ -881,7 +889,7 @@ impl Lane {
             // A lane that finds its lease lost stops before its next send.
             written?;
             if let Ok(answer) = &answer {
-                span.record("http.response.status_code", answer.status);
+                telemetry::answered(&span, answer.status);
             }
             if let Flow::Stop(at) = self.record(context, event, &sent, answer, &span).await? {
                 return Ok(Flow::Stop(at));
