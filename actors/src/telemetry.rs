@@ -122,6 +122,16 @@ pub fn events_created(kind: entity::EventKind, n: u64) {
     }
 }
 
+/// A delivery attempt's span got an answer with this status.
+///
+/// What is learnt of an attempt after its span began goes to OpenTelemetry
+/// only, as attributes: recorded as `tracing` fields, the log layer would
+/// parse and write its JSON copy of the span's fields again on every
+/// webhook, for fields no log line shows.
+pub fn answered(span: &Span, status: u16) {
+    span.set_attribute("http.response.status_code", i64::from(status));
+}
+
 /// An app's delivery series. The hot ones (delivered, the duration) are
 /// looked up once, when a lane starts: a lane records each success through
 /// these handles instead of finding its series by name and labels every time.
@@ -146,9 +156,9 @@ impl AppDeliveries {
 
     /// One delivery attempt ended; `latency` is `None` when no request was
     /// made (content gone from the mirror, a payload that cannot be
-    /// rendered). Also recorded on the attempt's span.
+    /// rendered). Also set on the attempt's span (see [`answered`]).
     pub fn attempt(&self, span: &Span, outcome: &'static str, latency: Option<Duration>) {
-        span.record("outcome", outcome);
+        span.set_attribute("outcome", outcome);
         if outcome == delivery_outcome::DELIVERED {
             self.delivered.increment(1);
         } else {
