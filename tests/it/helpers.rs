@@ -178,7 +178,7 @@ impl TestAppBuilder {
         let (child, logs, addr) = start(data_dir.path(), &args, &env).await;
         TestApp {
             address: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            client: client(),
             admin_token: env.get("HERALD__ADMIN__TOKEN").cloned(),
             child: Some(child),
             logs,
@@ -186,6 +186,18 @@ impl TestAppBuilder {
             database,
         }
     }
+}
+
+/// An HTTP client for a Herald under test. Herald closes a keep-alive
+/// connection that stays idle for `server.header_read_timeout` (10 s); a
+/// client that reuses such a connection just as it closes gets an
+/// incomplete message. This client lets its idle connections go well
+/// before, as any client of Herald should.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(3))
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Starts the binary in `cwd` and waits for its "listening" log line.

@@ -217,7 +217,7 @@ impl Listener {
             });
         Self {
             address,
-            client: reqwest::Client::new(),
+            client: crate::helpers::client(),
             output,
             child,
             root,
