@@ -22,7 +22,8 @@
 //!    the last webhook of the change. Floor: `git fetch` of the commit into
 //!    a mirror plus `git diff-tree`.
 //! 4. **Peak RSS** (`VmHWM`) of Herald over the initial sync of each
-//!    `--memory` workload (`FILES:SEED`).
+//!    `--memory` workload (`FILES:SEED`). The printed samples also tell
+//!    mapped files (libgit2's pack windows, the binary) from the rest.
 //! 5. **Fan-out**: `--apps` apps subscribed to the same repository: time and
 //!    peak RSS, from the first registration to the last app's last webhook.
 //! 6. **Fetch**: a full fetch into a bare mirror by libgit2 (Herald's
@@ -404,12 +405,42 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// Samples a process's `VmRSS` every 20 ms until dropped, to tell the
-/// scan's peak (before the first webhook) from the delivery's.
-/// Samples a process's RSS (MiB) and CPU time (s) every 20 ms.
+/// Samples a process's RSS and CPU time every 20 ms until dropped, to tell
+/// the scan's peak (before the first webhook) from the delivery's.
 struct RssSampler {
-    samples: std::sync::Arc<std::sync::Mutex<Vec<(u128, f64, f64)>>>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    at_ns: u128,
+    /// `VmRSS`, MiB.
+    rss: f64,
+    /// `RssFile`, MiB: pages of files mapped into the process (libgit2 maps
+    /// pack files) rather than memory it allocated.
+    file: f64,
+    /// CPU time so far, s.
+    cpu: f64,
+}
+
+/// The highest RSS sampled over a phase, how much of it was file-backed, and
+/// the most the process held that was not (its own allocations), MiB.
+#[derive(Clone, Copy, Default)]
+struct Peak {
+    rss: f64,
+    file: f64,
+    anon: f64,
+}
+
+impl std::fmt::Display for Peak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} MiB ({:.0} of it mapped files; at most {:.0} MiB not file-backed)",
+            self.rss, self.file, self.anon
+        )
+    }
 }
 
 impl RssSampler {
@@ -421,15 +452,20 @@ impl RssSampler {
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 let status =
                     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if let Some(kib) = status
-                    .lines()
-                    .find_map(|line| line.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                {
-                    let cpu = cpu_seconds(pid);
-                    into.lock()
-                        .expect("samples")
-                        .push((now_ns(), kib / 1024.0, cpu));
+                let mib = |field: &str| {
+                    status
+                        .lines()
+                        .find_map(|line| line.strip_prefix(field))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                        .map(|kib| kib / 1024.0)
+                };
+                if let Some(rss) = mib("VmRSS:") {
+                    into.lock().expect("samples").push(Sample {
+                        at_ns: now_ns(),
+                        rss,
+                        file: mib("RssFile:").unwrap_or_default(),
+                        cpu: cpu_seconds(pid),
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -437,15 +473,25 @@ impl RssSampler {
         RssSampler { samples, stop }
     }
 
-    /// The highest RSS sampled before `split_ns`, and from it on (MiB).
-    fn peaks(&self, split_ns: f64) -> (f64, f64) {
+    /// The highest RSS sampled before `split_ns`, and from it on.
+    fn peaks(&self, split_ns: f64) -> (Peak, Peak) {
         let samples = self.samples.lock().expect("samples");
         let peak = |before: bool| {
             samples
                 .iter()
-                .filter(|(t, _, _)| ((*t as f64) < split_ns) == before)
-                .map(|(_, mib, _)| *mib)
-                .fold(0.0, f64::max)
+                .filter(|s| ((s.at_ns as f64) < split_ns) == before)
+                .fold(Peak::default(), |peak, s| {
+                    let anon = peak.anon.max(s.rss - s.file);
+                    if s.rss > peak.rss {
+                        Peak {
+                            rss: s.rss,
+                            file: s.file,
+                            anon,
+                        }
+                    } else {
+                        Peak { anon, ..peak }
+                    }
+                })
         };
         (peak(true), peak(false))
     }
@@ -457,14 +503,14 @@ impl RssSampler {
         let start = samples
             .iter()
             .rev()
-            .find(|(t, _, _)| (*t as f64) <= from_ns)
+            .find(|s| (s.at_ns as f64) <= from_ns)
             .or(samples.first());
         let end = samples
             .iter()
-            .find(|(t, _, _)| (*t as f64) >= to_ns)
+            .find(|s| (s.at_ns as f64) >= to_ns)
             .or(samples.last());
         match (start, end) {
-            (Some((_, _, a)), Some((_, _, b))) => b - a,
+            (Some(a), Some(b)) => b.cpu - a.cpu,
             _ => 0.0,
         }
     }
@@ -750,8 +796,8 @@ async fn initial_sync(
     eprintln!(
         "initial sync: {count} webhooks in {total_s:.2} s (first after {:.2} s), delivery \
          {rate:.0}/s, Herald CPU {cpu:.1} s ({delivery_cpu_us:.0} µs a webhook while delivering), \
-         peak RSS {peak_mib:.0} MiB (sampled: {scan_peak:.0} before the first webhook, \
-         {delivery_peak:.0} after)",
+         peak RSS {peak_mib:.0} MiB (sampled: {scan_peak} before the first webhook, \
+         {delivery_peak} after)",
         (first - started_ns as f64) / 1e9
     );
     let push = if then_push {
@@ -1074,7 +1120,7 @@ async fn fan_out(
     let peak = peak_rss_mib(herald.pid);
     let (scan_peak, delivery_peak) = sampler.peaks(first);
     eprintln!(
-        "first webhook after {:.2} s; RSS sampled: {scan_peak:.0} MiB before it, {delivery_peak:.0} after",
+        "first webhook after {:.2} s; RSS sampled: {scan_peak} before it, {delivery_peak} after",
         (first - started_ns as f64) / 1e9
     );
     herald.stop().await;
