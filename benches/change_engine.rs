@@ -44,7 +44,7 @@ mod support;
 
 use support::{
     BRANCH, Backend, BenchArgs, BenchDatabase, FILES_PER_DIR, GitDaemon, clock_ticks_per_second,
-    commit_header, git, git_ok, inline, load_average, met,
+    commit_header, git, git_ok, inline, load_average, met, status_field_mib,
 };
 
 /// Binary files in a generated repository (at most a tenth of it).
@@ -165,12 +165,7 @@ fn reset_peak_rss() -> bool {
 /// A `kB` field of /proc/self/status, in MiB.
 fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(f64::NAN);
-    kb / 1024.0
+    status_field_mib(&status, field).unwrap_or(f64::NAN)
 }
 
 /// User + system CPU time of this process (all threads), in clock ticks.

@@ -397,12 +397,7 @@ fn check_lines(lines: &[Value]) {
 
 /// `VmHWM` of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    status_field_mib(&process_status(pid), "VmHWM").unwrap_or_default()
 }
 
 /// Samples a process's RSS and CPU time every 20 ms until dropped, to tell
@@ -450,20 +445,12 @@ impl RssSampler {
         let (into, stopped) = (samples.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let mib = |field: &str| {
-                    status
-                        .lines()
-                        .find_map(|line| line.strip_prefix(field))
-                        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                        .map(|kib| kib / 1024.0)
-                };
-                if let Some(rss) = mib("VmRSS:") {
+                let status = process_status(pid);
+                if let Some(rss) = status_field_mib(&status, "VmRSS") {
                     into.lock().expect("samples").push(Sample {
                         at_ns: now_ns(),
                         rss,
-                        file: mib("RssFile:").unwrap_or_default(),
+                        file: status_field_mib(&status, "RssFile").unwrap_or_default(),
                         cpu: cpu_seconds(pid),
                     });
                 }

@@ -247,6 +247,20 @@ pub fn machine_ticks() -> (u64, u64, u64) {
     (total - idle - iowait, iowait, total)
 }
 
+/// A field of a `/proc/…/status` text (`VmRSS`, `VmHWM`, `RssFile`…), in MiB.
+pub fn status_field_mib(status: &str, field: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+}
+
+/// The `/proc/…/status` text of process `pid` (empty once it has exited).
+pub fn process_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
 /// User + system CPU ticks of process `pid`, all its threads.
 pub fn process_ticks(pid: u32) -> u64 {
     stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).map_or(0, |(_, user, system)| user + system)
