@@ -18,6 +18,7 @@
 //!   data directory.
 
 mod egress;
+mod indexer_windows;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -30,6 +31,7 @@ use git2::{
 use secrecy::{ExposeSecret, SecretString};
 
 use self::egress::{Destination, Egress};
+use self::indexer_windows::IndexerWindows;
 
 /// Ref under which a fetched branch is kept in the mirror.
 fn mirror_ref(branch: &str) -> String {
@@ -361,11 +363,13 @@ const MAX_CREDENTIAL_OFFERS: u32 = 3;
 
 /// Callbacks with the credential and a deadline on transfers. The
 /// credential is only ever offered to the registered host: a remote that
-/// sends libgit2 elsewhere (a redirect) gets none.
+/// sends libgit2 elsewhere (a redirect) gets none. A fetch passes the
+/// mirror's [`IndexerWindows`], to release the pages its indexer maps.
 fn callbacks<'a>(
     spec: &'a RemoteSpec,
     deadline: Instant,
     timed_out: &'a std::cell::Cell<bool>,
+    mut indexer_windows: Option<IndexerWindows>,
 ) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut offers = 0;
@@ -396,7 +400,10 @@ fn callbacks<'a>(
         offers += 1;
         Cred::userpass_plaintext(&credentials.username, credentials.password.expose_secret())
     });
-    callbacks.transfer_progress(move |_| {
+    callbacks.transfer_progress(move |progress| {
+        if let Some(windows) = &mut indexer_windows {
+            windows.on_progress(&progress);
+        }
         let in_time = Instant::now() < deadline;
         if !in_time {
             timed_out.set(true);
@@ -427,7 +434,7 @@ fn head_of(
     let connection = remote
         .connect_auth(
             Direction::Fetch,
-            Some(callbacks(spec, deadline, &timed_out)),
+            Some(callbacks(spec, deadline, &timed_out, None)),
             Some(route.proxy_options()),
         )
         .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
@@ -460,7 +467,7 @@ fn head_of(
 
 /// The lock a mirror's writers take (a scan's fetch, a lane's refetch, a
 /// repack): one at a time per mirror in this process. Other instances have
-/// mirrors of their own.
+/// mirrors of their own. A fetch's [`IndexerWindows`] counts on it.
 pub fn mirror_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     static LOCKS: std::sync::LazyLock<
         std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<std::sync::Mutex<()>>>>,
@@ -625,7 +632,12 @@ impl Mirror {
             .map_err(|e| GitError::classify(&e, false))?;
         let mut options = FetchOptions::new();
         options
-            .remote_callbacks(callbacks(spec, deadline, &timed_out))
+            .remote_callbacks(callbacks(
+                spec,
+                deadline,
+                &timed_out,
+                Some(IndexerWindows::new(self.repo.path())),
+            ))
             .proxy_options(route.proxy_options())
             .follow_redirects(RemoteRedirect::None)
             .download_tags(AutotagOption::None)
