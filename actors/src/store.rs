@@ -86,6 +86,10 @@ pub enum StoreError {
     Fenced(&'static str),
 }
 
+/// The PostgreSQL advisory lock instances take turns on to migrate ("herald
+/// m" in ASCII).
+pub const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_206d;
+
 /// How long readiness waits for the database to answer.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -132,8 +136,31 @@ impl Store {
     }
 
     /// Applies every pending migration.
+    ///
+    /// On PostgreSQL, instances that start together take turns: each holds
+    /// a session advisory lock ([`MIGRATION_LOCK`]) on a connection of its
+    /// own while it migrates, so the first applies the migrations and the
+    /// others then find none pending. Without turns each would read the same
+    /// pending list, and all but one would fail on tables that now exist.
+    /// The lock goes with the session, so an instance that dies while it
+    /// migrates does not keep the others waiting.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await?;
+        let Some(pool) = self.postgres_pool() else {
+            Migrator::up(&self.db, None).await?;
+            return Ok(());
+        };
+        let conn_err =
+            |err: sea_orm::sqlx::Error| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(err)));
+        let mut turn = pool.acquire().await.map_err(conn_err)?.detach();
+        sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut turn)
+            .await
+            .map_err(conn_err)?;
+        let applied = Migrator::up(&self.db, None).await;
+        // Ending the session releases the lock, whatever the migrations did.
+        let _ = sea_orm::sqlx::Connection::close(turn).await;
+        applied?;
         Ok(())
     }
 

@@ -136,23 +136,42 @@ async fn sigterm_stops_gracefully_with_exit_code_zero() {
     assert!(app.logs().contains("\"stopped\""), "{}", app.logs());
 }
 
+/// `herald migrate` in `dir`, on `url` (or the data directory's SQLite).
+fn migrate_command(dir: &std::path::Path, url: Option<&str>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.arg("migrate").current_dir(dir);
+    if let Some(url) = url {
+        command.env("HERALD__DATABASE__URL", url);
+    }
+    command
+}
+
+#[track_caller]
+fn assert_migrated(output: std::io::Result<std::process::Output>) {
+    let output = output.expect("migrate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("migrations applied"), "{stderr}");
+}
+
+/// The server's database URL when it is PostgreSQL, which instances share;
+/// `None` (the test is skipped) on SQLite.
+fn shared_database(database: &helpers::TestDatabase) -> Option<String> {
+    if database.url.is_none() {
+        eprintln!("skipped: instances share a database on PostgreSQL only (TEST_DATABASE_URL)");
+    }
+    database.url.clone()
+}
+
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
     let dir = tempfile::tempdir().expect("temp dir");
     let database = helpers::TestDatabase::create().await;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    command.arg("migrate").current_dir(dir.path());
-    if let Some(url) = &database.url {
-        command.env("HERALD__DATABASE__URL", url);
-    }
-    let output = command.output().expect("migrate runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    assert_migrated(
+        migrate_command(dir.path(), database.url.as_deref())
+            .output()
+            .await,
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("migrations applied"), "{stderr}");
 
     // A server on the same database starts without migrating again.
     let app = TestApp::builder()
@@ -161,6 +180,69 @@ async fn migrate_applies_the_schema_and_exits() {
         .spawn_with(database)
         .await;
     app.onboard("after-migrate").await;
+}
+
+#[tokio::test]
+async fn instances_started_together_on_a_new_database_all_migrate_it() {
+    let database = helpers::TestDatabase::create().await;
+    let Some(url) = shared_database(&database) else {
+        return;
+    };
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let outputs = futures::future::join_all(
+        dirs.iter()
+            .map(|dir| migrate_command(dir.path(), Some(&url)).output()),
+    )
+    .await;
+    outputs.into_iter().for_each(assert_migrated);
+
+    // The schema is whole: a server starts on it without migrating.
+    let app = TestApp::builder()
+        .env("HERALD__DATABASE__AUTO_MIGRATE", "false")
+        .spawn_with(database)
+        .await;
+    app.onboard("after-concurrent-migrations").await;
+}
+
+#[tokio::test]
+async fn migrate_waits_its_turn_and_goes_on_when_the_holder_is_gone() {
+    use sea_orm::sqlx::Connection;
+
+    let database = helpers::TestDatabase::create().await;
+    let Some(url) = shared_database(&database) else {
+        return;
+    };
+    // Another instance holds the turn (and then dies: its session ends).
+    let mut holder = sea_orm::sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connects");
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(actors::store::MIGRATION_LOCK)
+        .execute(&mut holder)
+        .await
+        .expect("takes the turn");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut migrate = migrate_command(dir.path(), Some(&url))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("migrate starts");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        migrate.try_wait().expect("status").is_none(),
+        "migrate did not wait for the turn"
+    );
+
+    holder.close().await.expect("the holder's session ends");
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        migrate.wait_with_output(),
+    )
+    .await
+    .expect("migrate goes on once the turn is free");
+    assert_migrated(output);
 }
 
 #[tokio::test]
