@@ -465,23 +465,45 @@ fn head_of(
     Ok(RemoteHead { branch, commit })
 }
 
-/// The lock a mirror's writers take (a scan's fetch, a lane's refetch, a
-/// repack): one at a time per mirror in this process. Other instances have
-/// mirrors of their own. A fetch's [`IndexerWindows`] counts on it.
-pub fn mirror_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
-    static LOCKS: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<std::sync::Mutex<()>>>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let mut locks = LOCKS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(lock) = locks.get(path).and_then(std::sync::Weak::upgrade) {
-        return lock;
+/// A mirror's write lock in this process, held by its [`Mirror`] for the
+/// mirror's life: one writer at a time per mirror (a scan's fetch and
+/// compaction, a lane's refetch). Other instances have mirrors of their
+/// own. A fetch's [`IndexerWindows`] counts on it.
+type WriteLock = parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>;
+
+/// Waits for the write lock of the mirror at `path`. Locks are kept by the
+/// directory's canonical place, so two spellings of one path share a lock.
+fn lock_for_writing(path: &Path) -> WriteLock {
+    type Locks = std::collections::HashMap<PathBuf, std::sync::Weak<parking_lot::Mutex<()>>>;
+    static LOCKS: std::sync::LazyLock<parking_lot::Mutex<Locks>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = canonical_place(path);
+    let lock = {
+        let mut locks = LOCKS.lock();
+        match locks.get(&key).and_then(std::sync::Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                locks.retain(|_, lock| lock.strong_count() > 0);
+                let lock = std::sync::Arc::new(parking_lot::Mutex::new(()));
+                locks.insert(key, std::sync::Arc::downgrade(&lock));
+                lock
+            }
+        }
+    };
+    lock.lock_arc()
+}
+
+/// `path` with its parent directory made canonical (the mirror itself may
+/// not exist yet).
+fn canonical_place(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(parent), path.file_name()) {
+        (Ok(parent), Some(name)) => parent.join(name),
+        _ => path.to_owned(),
     }
-    locks.retain(|_, lock| lock.strong_count() > 0);
-    let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
-    locks.insert(path.to_owned(), std::sync::Arc::downgrade(&lock));
-    lock
 }
 
 /// How long a mirror must stay unopenable before it counts as damaged and
@@ -517,10 +539,14 @@ pub struct MirrorStats {
     pub packs: usize,
 }
 
-/// A bare mirror of one remote.
+/// A bare mirror of one remote, opened to be written: it holds the
+/// mirror's write lock until it is dropped. Lanes read mirrors through
+/// repositories of their own, without the lock.
 pub struct Mirror {
     repo: Repository,
     path: PathBuf,
+    /// Declared after `repo`, so the repository is closed first.
+    _writing: WriteLock,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -538,7 +564,14 @@ impl Mirror {
     /// (recorded in a `{mirror}.suspect` file beside it, removed once it
     /// opens again). Until then the operation fails and is tried again later:
     /// the mirror may hold the only local copy of content pending events send.
+    ///
+    /// Waits first for the mirror's write lock, which the mirror then holds:
+    /// do not open a mirror twice in one thread.
     pub fn open(path: &Path) -> Result<Self, GitError> {
+        Self::open_writing(path, lock_for_writing(path))
+    }
+
+    fn open_writing(path: &Path, writing: WriteLock) -> Result<Self, GitError> {
         let healthy = |opened: Result<Repository, git2::Error>| {
             let repo = opened?;
             let odb = repo.odb().map(|_| ());
@@ -585,17 +618,23 @@ impl Mirror {
         Ok(Self {
             repo,
             path: path.to_owned(),
+            _writing: writing,
         })
     }
 
-    /// Deletes the mirror and starts an empty one (after corruption).
+    /// Deletes the mirror and starts an empty one (after corruption), under
+    /// the same write lock.
     pub fn rebuild(self) -> Result<Self, GitError> {
-        let path = self.path.clone();
-        drop(self);
+        let Self {
+            repo,
+            path,
+            _writing: writing,
+        } = self;
+        drop(repo);
         std::fs::remove_dir_all(&path).map_err(|_| {
             GitError::new(GitFailure::Other, "the local mirror could not be removed")
         })?;
-        Self::open(&path)
+        Self::open_writing(&path, writing)
     }
 
     pub fn repo(&self) -> &Repository {
@@ -906,12 +945,18 @@ mod tests {
         git(dir, &["rev-parse", "HEAD"])
     }
 
-    #[test]
-    fn repacking_leaves_one_pack_with_what_refs_reach_and_drops_the_rest() {
+    /// A temporary directory with an empty repository, `source`, on `main`.
+    fn source_repository() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
         let source = dir.path().join("source");
         std::fs::create_dir(&source).expect("dir");
         git(&source, &["init", "-q", "-b", "main"]);
+        (dir, source)
+    }
+
+    #[test]
+    fn repacking_leaves_one_pack_with_what_refs_reach_and_drops_the_rest() {
+        let (dir, source) = source_repository();
         let remote = spec(format!("file://{}", source.display()), true);
         let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
         let mut history = Vec::new();
@@ -939,6 +984,7 @@ mod tests {
         let after = mirror.repack().expect("repacked");
         assert_eq!(after.packs, 1, "{after:?}");
         assert!(after.bytes > 0);
+        drop(mirror);
         let reopened = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
         assert!(reopened.has_commit(&rewritten), "the branch's tip");
         assert!(reopened.has_commit(&history[1]), "a pinned snapshot");
@@ -951,6 +997,70 @@ mod tests {
         // Repacking again changes nothing.
         assert_eq!(reopened.repack().expect("repacked").packs, 1);
         assert!(reopened.has_commit(&history[1]));
+    }
+
+    #[test]
+    fn a_mirror_open_for_writing_keeps_other_writers_out_until_it_closes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mirror.git");
+        let mirror = Mirror::open(&path).expect("mirror");
+        // Another spelling of the same place shares the lock.
+        let other_spelling = dir.path().join(".").join("mirror.git");
+        let (opened, waiting) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let second = Mirror::open(&other_spelling).expect("mirror");
+            opened.send(()).expect("told");
+            drop(second);
+        });
+        assert_eq!(
+            waiting.recv_timeout(Duration::from_millis(300)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "a second writer got in while the first had the mirror open"
+        );
+        drop(mirror);
+        waiting
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the second writer goes on once the first closes");
+        writer.join().expect("the writer ends");
+    }
+
+    #[test]
+    fn a_fetch_releases_its_indexers_pages_and_reads_back_every_version() {
+        let (dir, source) = source_repository();
+        // One big text file changed a little by each commit: the pack
+        // stores the versions as deltas, which the indexer resolves.
+        let line = |i: usize| format!("line {i}: the quick brown fox jumps over the lazy dog\n");
+        let mut text: String = (0..20_000).map(line).collect();
+        let mut versions = Vec::new();
+        for version in 0..12 {
+            text.push_str(&format!("version {version}\n"));
+            std::fs::write(source.join("big.txt"), &text).expect("write");
+            git(&source, &["add", "-A"]);
+            let message = format!("version {version}");
+            git(&source, &["commit", "-q", "--no-gpg-sign", "-m", &message]);
+            versions.push(text.clone());
+        }
+        let remote = spec(format!("file://{}", source.display()), true);
+        let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+        let before = indexer_windows::released_on_this_thread();
+
+        let head = mirror.fetch(&remote, "main").expect("fetched");
+
+        assert!(
+            indexer_windows::released_on_this_thread() > before,
+            "the indexer's pages were released while it resolved deltas"
+        );
+        let mut commit = mirror.repo.find_commit(head).expect("the head");
+        for expected in versions.iter().rev() {
+            let tree = commit.tree().expect("tree");
+            let entry = tree.get_name("big.txt").expect("the file");
+            let blob = mirror.repo.find_blob(entry.id()).expect("blob");
+            assert_eq!(blob.content(), expected.as_bytes());
+            match commit.parent(0) {
+                Ok(parent) => commit = parent,
+                Err(_) => break,
+            }
+        }
     }
 
     #[test]

@@ -188,9 +188,8 @@ pub fn scan(job: ScanJob) -> ScanResult {
         let Some((head, spec)) = found else {
             return Ok(ScanOutcome::NoAccess);
         };
-        // One writer per mirror: a lane may be refetching into it.
-        let lock = git::mirror_lock(&job.mirror);
-        let _writing = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One writer per mirror (a lane may be refetching into it): the
+        // mirror holds its write lock while it is open.
         let mut mirror = Mirror::open(&job.mirror)?;
         let outcome = match scan_with(&job, &spec, &head, &mirror) {
             Err(err) if err.damaged_mirror => {

@@ -142,21 +142,36 @@ impl Store {
     /// own while it migrates, so the first applies the migrations and the
     /// others then find none pending. Without turns each would read the same
     /// pending list, and all but one would fail on tables that now exist.
-    /// The lock goes with the session, so an instance that dies while it
-    /// migrates does not keep the others waiting.
+    /// The lock goes with the session, so an instance that exits while it
+    /// migrates does not keep the others waiting. (A connection pooler in
+    /// front of PostgreSQL must pool sessions, not transactions, as it must
+    /// for the wake-ups' `LISTEN`.)
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let Some(pool) = self.postgres_pool() else {
             Migrator::up(&self.db, None).await?;
             return Ok(());
         };
-        let conn_err =
-            |err: sea_orm::sqlx::Error| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(err)));
-        let mut turn = pool.acquire().await.map_err(conn_err)?.detach();
-        sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut turn)
+        let sqlx_err = |into: fn(sea_orm::RuntimeErr) -> DbErr| {
+            move |err: sea_orm::sqlx::Error| into(sea_orm::RuntimeErr::SqlxError(Arc::new(err)))
+        };
+        let mut turn = pool
+            .acquire()
             .await
-            .map_err(conn_err)?;
+            .map_err(sqlx_err(DbErr::Conn))?
+            .detach();
+        let ours: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut turn)
+            .await
+            .map_err(sqlx_err(DbErr::Query))?;
+        if !ours {
+            tracing::info!("another instance is migrating the database; waiting for its turn");
+            sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut turn)
+                .await
+                .map_err(sqlx_err(DbErr::Query))?;
+        }
         let applied = Migrator::up(&self.db, None).await;
         // Ending the session releases the lock, whatever the migrations did.
         let _ = sea_orm::sqlx::Connection::close(turn).await;

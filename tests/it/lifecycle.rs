@@ -227,12 +227,31 @@ async fn migrate_waits_its_turn_and_goes_on_when_the_holder_is_gone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut migrate = migrate_command(dir.path(), Some(&url))
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("migrate starts");
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // It asks for the turn and waits: PostgreSQL shows its request pending.
+    let waiting = async {
+        loop {
+            let pending: i64 = sea_orm::sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&mut holder)
+            .await
+            .expect("pg_locks");
+            if pending > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), waiting)
+        .await
+        .expect("migrate asks for the turn");
     assert!(
         migrate.try_wait().expect("status").is_none(),
-        "migrate did not wait for the turn"
+        "migrate went on without the turn"
     );
 
     holder.close().await.expect("the holder's session ends");
@@ -242,6 +261,11 @@ async fn migrate_waits_its_turn_and_goes_on_when_the_holder_is_gone() {
     )
     .await
     .expect("migrate goes on once the turn is free");
+    let stderr = output
+        .as_ref()
+        .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
+        .unwrap_or_default();
+    assert!(stderr.contains("waiting for its turn"), "{stderr}");
     assert_migrated(output);
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use entity::event;
 
-use crate::git::{self, Mirror, RemoteSpec};
+use crate::git::{Mirror, RemoteSpec};
 use crate::scan::ScanPool;
 
 /// What became of an event's content (`T`: what was made of it).
@@ -60,10 +60,7 @@ impl Content {
         let refetched = self
             .pool
             .run(move || {
-                let lock = git::mirror_lock(&path);
-                let _writing = lock
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Opened to be written: waits while a scan writes the mirror.
                 Mirror::open(&path)?.refetch_commit(
                     &remote,
                     branch.as_deref(),

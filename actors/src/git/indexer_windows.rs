@@ -6,24 +6,29 @@
 //! MiB, [`super::configure_process`]). The indexer that writes a fetched
 //! pack takes that pack off the list of files the cap may close from
 //! (`git_mwindow_free_all`, called as the pack grows), so every window that
-//! delta resolution opens stays mapped until the fetch ends: about 200 MiB
-//! for the 100,000-file reference repository, counted in Herald's RSS
-//! (libgit2 1.9, its issue #6097; BENCHMARKS.md, "Where the 100,000-file
-//! peak comes from").
+//! delta resolution opens stays mapped until `git_indexer_commit` frees
+//! them: about 200 MiB for the 100,000-file reference repository, counted
+//! in Herald's RSS (libgit2 1.9, its issue #6097; BENCHMARKS.md, "Where the
+//! 100,000-file peak comes from").
 //!
 //! While the deltas are resolved, the fetch's progress callback asks the
 //! kernel, every [`INTERVAL`], to drop this process's pages of those
 //! windows (`MADV_DONTNEED`). The windows are read-only maps of the pack
 //! file, so nothing is lost: a page read again is mapped again from the page
-//! cache, which keeps the file as long as the kernel can afford to.
+//! cache, which keeps the file as long as the kernel can afford to. (The
+//! pages stay charged to Herald's cgroup as page cache, which the kernel
+//! reclaims under pressure.) A thin pack, completed with local objects after
+//! its deltas are resolved, is read once more whole without a progress
+//! report; that happens on incremental fetches, whose packs are small.
 //!
 //! Why this is sound: a page range is only dropped while it still maps the
 //! pack, which holds as long as nobody unmaps the window. Only the fetch's
 //! own thread does, because (1) the indexer's pack is off libgit2's list of
 //! closable files, so no other thread's reads close its windows, and (2) a
-//! mirror has one fetch at a time in the process ([`super::mirror_lock`]),
-//! so the `pack_git2_*` files of its pack directory are this fetch's. The
-//! callback runs on that thread, between two deltas. Point (1) is
+//! mirror is written by one [`super::Mirror`] at a time in the process (it
+//! holds the mirror's write lock while it is open, by the directory's
+//! canonical place), so the `pack_git2_*` files of its pack directory are
+//! this fetch's. The callback runs on that thread, between two deltas. Point (1) is
 //! libgit2 1.9's behaviour, so the release switches itself off on any other
 //! version (a test fails when libgit2 is upgraded, to have this checked
 //! again).
@@ -50,8 +55,8 @@ pub(super) struct IndexerWindows {
 }
 
 impl IndexerWindows {
-    /// For a fetch into the bare mirror at `git_dir`, made under its
-    /// [`super::mirror_lock`].
+    /// For a fetch into the bare mirror at `git_dir`, by the
+    /// [`super::Mirror`] that holds its write lock.
     pub(super) fn new(git_dir: &Path) -> Self {
         let prefix = (cfg!(target_os = "linux") && libgit2_checked())
             .then(|| std::fs::canonicalize(git_dir.join("objects").join("pack")).ok())
@@ -94,11 +99,27 @@ impl IndexerWindows {
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
             return 0;
         };
-        maps.lines()
+        let released = maps
+            .lines()
             .filter_map(|line| indexing_window(line, prefix))
             .map(|(start, len)| if drop_pages(start, len) { len } else { 0 })
-            .sum()
+            .sum();
+        #[cfg(test)]
+        RELEASED.set(RELEASED.get() + released);
+        released
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes released by fetches on this thread, for tests.
+    static RELEASED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many bytes of windows fetches on this thread released so far.
+#[cfg(test)]
+pub(super) fn released_on_this_thread() -> usize {
+    RELEASED.get()
 }
 
 fn libgit2_checked() -> bool {
