@@ -265,6 +265,32 @@ impl Logs {
     }
 }
 
+/// How much of the server's log a failing test shows.
+const LOG_LINES_SHOWN: usize = 300;
+
+impl Drop for Logs {
+    /// A test that fails shows the end of its server's log, so a failure
+    /// seen once (on a busy CI machine, say) can be understood afterwards.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = self
+            .text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let lines: Vec<&str> = text.lines().collect();
+        let shown = &lines[lines.len().saturating_sub(LOG_LINES_SHOWN)..];
+        eprintln!(
+            "--- the last {} of {} lines of a server's log ---\n{}\n--- end of the server's log ---",
+            shown.len(),
+            lines.len(),
+            shown.join("\n")
+        );
+    }
+}
+
 fn collect(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     logs: Arc<Mutex<String>>,
