@@ -1004,8 +1004,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mirror.git");
         let mirror = Mirror::open(&path).expect("mirror");
-        // Another spelling of the same place shares the lock.
-        let other_spelling = dir.path().join(".").join("mirror.git");
+        // Another spelling of the same place, through a symbolic link, shares
+        // the lock. (A `.` component would not do: paths compare equal
+        // without it.)
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("a link");
+        let other_spelling = link.join("mirror.git");
         let (opened, waiting) = std::sync::mpsc::channel();
         let writer = std::thread::spawn(move || {
             let second = Mirror::open(&other_spelling).expect("mirror");

@@ -28,10 +28,10 @@
 //! mirror is written by one [`super::Mirror`] at a time in the process (it
 //! holds the mirror's write lock while it is open, by the directory's
 //! canonical place), so the `pack_git2_*` files of its pack directory are
-//! this fetch's. The callback runs on that thread, between two deltas. Point (1) is
-//! libgit2 1.9's behaviour, so the release switches itself off on any other
-//! version (a test fails when libgit2 is upgraded, to have this checked
-//! again).
+//! this fetch's. The callback runs on that thread, between two deltas.
+//! Point (1) is libgit2 1.9's behaviour, so the release switches itself off
+//! on any other version (a test fails when libgit2 is upgraded, to have this
+//! checked again).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -171,7 +171,8 @@ mod tests {
         let mut inside = false;
         let mut total = 0;
         for line in smaps.lines() {
-            if line.contains('-') && line.split(' ').next().is_some_and(|r| r.contains('-')) {
+            // A map's header starts with its address range, `start-end`.
+            if line.split(' ').next().is_some_and(|r| r.contains('-')) {
                 inside = line.ends_with(path);
             } else if inside && let Some(rss) = line.strip_prefix("Rss:") {
                 total += rss
