@@ -618,20 +618,32 @@ async fn run(options: &Options) {
             "—".into(),
             "",
         );
-        report.row(
-            "— for reference: the same bodies sent one at a time by reqwest",
-            range(&of(|s| s.reqwest_rate), "/s", 0),
-            range(&of(|s| s.floor_rate), "/s", 0),
-            range(
-                &syncs
-                    .iter()
-                    .map(|s| s.reqwest_rate / s.floor_rate)
-                    .collect::<Vec<_>>(),
+        for (index, sender) in SENDERS.iter().enumerate() {
+            let sent = |pick: fn(&Sent) -> f64| -> Vec<f64> {
+                syncs.iter().map(|s| pick(&s.senders[index])).collect()
+            };
+            report.row(
+                &format!("— for reference: the same bodies sent one at a time by {sender}"),
+                range(&sent(|s| s.rate), "/s", 0),
+                range(&of(|s| s.floor_rate), "/s", 0),
+                range(
+                    &syncs
+                        .iter()
+                        .map(|s| s.senders[index].rate / s.floor_rate)
+                        .collect::<Vec<_>>(),
+                    "",
+                    2,
+                ),
                 "",
-                2,
-            ),
-            "",
-        );
+            );
+            report.row(
+                "— — its CPU time a request",
+                range(&sent(|s| s.cpu_us), "µs", 0),
+                "—".into(),
+                "—".into(),
+                "",
+            );
+        }
         report.row(
             &format!("peak RSS, {} files", options.files),
             range(&of(|s| s.peak_mib), "MiB", 0),
@@ -707,9 +719,23 @@ struct SyncRun {
     floor_rate: f64,
     peak_mib: f64,
     push: Option<Pushes>,
-    /// The same bodies sent one at a time by `reqwest` (requests/s).
-    reqwest_rate: f64,
+    /// The same bodies sent one at a time by each of [`SENDERS`].
+    senders: Vec<Sent>,
 }
+
+/// How a Rust sender did on the same bodies, one at a time.
+struct Sent {
+    /// Requests per second.
+    rate: f64,
+    /// This process's CPU time a request (µs).
+    cpu_us: f64,
+}
+
+/// The senders the bench compares with the floor's Python client:
+/// `reqwest` (a general-purpose client, each connection run as a task of
+/// its own) and Herald's `WebhookClient` (the connection polled by the
+/// sending task).
+const SENDERS: [&str; 2] = ["reqwest", "Herald's WebhookClient"];
 
 impl SyncRun {
     fn floor_s(&self) -> f64 {
@@ -809,7 +835,7 @@ async fn initial_sync(
             .arg(&clone_dir),
     );
     std::fs::remove_dir_all(&clone_dir).ok();
-    let (replay_s, floor_rate, reqwest_rate) = replay(options, workload, &receiver, &key).await;
+    let (replay_s, floor_rate, senders) = replay(options, workload, &receiver, &key).await;
     eprintln!(
         "floors: shallow clone {clone_s:.2} s, post_load c=1 {replay_s:.2} s ({floor_rate:.0}/s)"
     );
@@ -822,7 +848,7 @@ async fn initial_sync(
         floor_rate,
         peak_mib,
         push,
-        reqwest_rate,
+        senders,
     }
 }
 
@@ -833,7 +859,7 @@ async fn replay(
     workload: &Workload,
     receiver: &PyReceiver,
     key: &str,
-) -> (f64, f64, f64) {
+) -> (f64, f64, Vec<Sent>) {
     // The work tree has moved on with the pushes: replay the first commit.
     let tree = workload.out.join("floor-tree");
     std::fs::remove_dir_all(&tree).ok();
@@ -846,7 +872,7 @@ async fn replay(
         .status()
         .expect("git runs");
     assert!(status.success(), "git worktree add failed");
-    let reqwest_rate = reqwest_replay(&tree, receiver, key).await;
+    let senders = rust_replays(&tree, receiver, key).await;
     receiver.reset().await;
     let from = receiver.lines(0).len();
     let output = Command::new("python3")
@@ -884,15 +910,14 @@ async fn replay(
     (
         result["elapsed_s"].as_f64().expect("elapsed_s"),
         result["req_per_s"].as_f64().expect("req_per_s"),
-        reqwest_rate,
+        senders,
     )
 }
 
 /// Where a strictly ordered sender in Rust stands: the tree's files up to
 /// 1 MiB, each a signed body like `post_load.py`'s, sent one after the other
-/// by `reqwest` (Herald's HTTP client) from this process's 2-thread runtime.
-/// Requests per second.
-async fn reqwest_replay(tree: &Path, receiver: &PyReceiver, key: &str) -> f64 {
+/// by each of [`SENDERS`] from this process's 2-thread runtime.
+async fn rust_replays(tree: &Path, receiver: &PyReceiver, key: &str) -> Vec<Sent> {
     use base64::Engine as _;
     use hmac::{Hmac, KeyInit, Mac};
     use sha2::{Digest, Sha256};
@@ -935,34 +960,70 @@ async fn reqwest_replay(tree: &Path, receiver: &PyReceiver, key: &str) -> f64 {
             Some(serde_json::to_vec(&json!({"file": file})).expect("JSON"))
         })
         .collect();
-    let client = reqwest::Client::new();
-    let url = format!("{}/create", receiver.base_url());
-    let started = Instant::now();
-    for body in &bodies {
+    let signed = |body: &[u8]| {
         let timestamp = (now_ns() / 1_000_000_000).to_string();
         let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
         mac.update(timestamp.as_bytes());
         mac.update(b".");
         mac.update(body);
-        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        let response = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("x-docora-timestamp", timestamp)
-            .header("x-docora-signature", signature)
-            .body(body.clone())
-            .send()
-            .await
-            .expect("the receiver answers");
-        assert!(response.status().is_success());
-        response.bytes().await.ok();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            "content-type",
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert("x-docora-timestamp", timestamp.parse().expect("digits"));
+        headers.insert(
+            "x-docora-signature",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+                .parse()
+                .expect("hex"),
+        );
+        headers
+    };
+    let url = format!("{}/create", receiver.base_url());
+    let mut sent = Vec::new();
+    for sender in SENDERS {
+        let cpu_before = cpu_seconds(std::process::id());
+        let started = Instant::now();
+        match sender {
+            "reqwest" => {
+                let client = reqwest::Client::new();
+                for body in &bodies {
+                    let response = client
+                        .post(&url)
+                        .headers(signed(body))
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("the receiver answers");
+                    assert!(response.status().is_success());
+                    response.bytes().await.ok();
+                }
+            }
+            _ => {
+                let client =
+                    actors::webhook_client::WebhookClient::new(Duration::from_secs(30), true);
+                for body in &bodies {
+                    let answer = client
+                        .post(&url, signed(body), body.clone())
+                        .await
+                        .expect("the receiver answers");
+                    assert!((200..300).contains(&answer.status));
+                }
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(std::process::id()) - cpu_before;
+        let rate = bodies.len() as f64 / elapsed;
+        let cpu_us = cpu / bodies.len() as f64 * 1e6;
+        eprintln!(
+            "{sender}, one at a time: {} bodies at {rate:.0}/s, {cpu_us:.0} µs of CPU a request",
+            bodies.len()
+        );
+        sent.push(Sent { rate, cpu_us });
+        receiver.reset().await;
     }
-    let rate = bodies.len() as f64 / started.elapsed().as_secs_f64();
-    eprintln!(
-        "reqwest, one at a time: {} bodies at {rate:.0}/s",
-        bodies.len()
-    );
-    rate
+    sent
 }
 
 /// `--pushes` successive 10-file commits, each announced by a GitHub push

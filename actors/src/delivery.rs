@@ -185,6 +185,8 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DispatcherMsg::Wake => {
+                // Sockets receivers closed while idle are let go.
+                state.client.prune_idle();
                 let now = now_ms();
                 let due = match state
                     .store

@@ -1,39 +1,46 @@
-//! The one outbound HTTP client for webhooks: connect and total timeouts, no
-//! redirects, and the SSRF rule enforced again at connection time by a DNS
-//! resolver that drops every non-public address (unless
-//! `security.allow_private_targets`). IP-literal URLs never reach a resolver,
-//! so they are checked before sending.
+//! The one outbound HTTP client for webhooks: HTTP/1.1 over TCP (TLS for
+//! `https`, with the platform's roots), connect and total timeouts, no
+//! redirects, and the SSRF rule enforced again at connection time: every
+//! non-public address a name resolves to is dropped (unless
+//! `security.allow_private_targets`), and IP-literal URLs are checked before
+//! anything is sent.
+//!
+//! A request drives its connection in the caller's own task: the lane that
+//! sends a webhook polls the connection while its request is in flight, so
+//! an exchange wakes only that task (a general-purpose pool runs each
+//! connection as a task of its own, and every request then costs wake-ups
+//! across two tasks). Connections between requests wait in an idle list
+//! keyed by origin, undriven; one is checked before it is used again, and
+//! a request that a reused connection could not send goes out on a new one.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use futures::FutureExt as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Body as _;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::net::is_global;
 
 /// How much of a response body is kept for the attempt log.
 pub const EXCERPT_BYTES: usize = 1024;
 
-/// Resolves names and keeps only public addresses.
-struct PublicOnly;
-
-impl Resolve for PublicOnly {
-    fn resolve(&self, name: Name) -> Resolving {
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|addr| is_global(addr.ip()))
-                .collect();
-            if addresses.is_empty() {
-                return Err(format!("{host} has no public address").into());
-            }
-            Ok(Box::new(addresses.into_iter()) as Addrs)
-        })
-    }
-}
+/// A connection unused for longer than this is closed rather than reused
+/// (what reqwest's pool does by default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// At most this many idle connections are kept for one origin.
+const MAX_IDLE_PER_ORIGIN: usize = 16;
 
 /// The answer to one request.
 #[derive(Debug, Clone)]
@@ -53,10 +60,32 @@ pub struct NoAnswer {
     pub latency: Duration,
 }
 
+/// Why a request got no answer, before its latency is known.
+struct Failure {
+    class: &'static str,
+    message: &'static str,
+}
+
+const fn failure(class: &'static str, message: &'static str) -> Failure {
+    Failure { class, message }
+}
+
+const UNREACHABLE: Failure = failure("connect", "the endpoint could not be reached");
+const FAILED: Failure = failure("request", "the request failed");
+
 #[derive(Clone)]
 pub struct WebhookClient {
-    client: reqwest::Client,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    timeout: Duration,
+    connect_timeout: Duration,
     allow_private_targets: bool,
+    tls: tokio_rustls::TlsConnector,
+    user_agent: HeaderValue,
+    /// Connections between requests, the most recently used last.
+    idle: Mutex<Vec<Connection>>,
 }
 
 impl std::fmt::Debug for WebhookClient {
@@ -67,25 +96,23 @@ impl std::fmt::Debug for WebhookClient {
 
 impl WebhookClient {
     pub fn new(timeout: Duration, allow_private_targets: bool) -> Self {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .pool_max_idle_per_host(16)
-            .no_proxy();
-        if !allow_private_targets {
-            builder = builder.dns_resolver(Arc::new(PublicOnly));
-        }
+        Self::with_tls(timeout, allow_private_targets, tls_config(Vec::new()))
+    }
+
+    fn with_tls(timeout: Duration, allow_private_targets: bool, tls: rustls::ClientConfig) -> Self {
         Self {
-            client: builder
-                .build()
-                .expect("the webhook client's settings are valid"),
-            allow_private_targets,
+            shared: Arc::new(Shared {
+                timeout,
+                connect_timeout: timeout.min(Duration::from_secs(10)),
+                allow_private_targets,
+                tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                user_agent: HeaderValue::from_static(concat!("Herald/", env!("CARGO_PKG_VERSION"))),
+                idle: Mutex::new(Vec::new()),
+            }),
         }
     }
 
-    /// POSTs `body` to `url` with `headers`.
+    /// POSTs `body` to `url` with `headers`, within the client's timeout.
     pub async fn post(
         &self,
         url: &str,
@@ -93,78 +120,394 @@ impl WebhookClient {
         body: Vec<u8>,
     ) -> Result<Answer, NoAnswer> {
         let started = Instant::now();
-        let fail = |class: &'static str, message: String| NoAnswer {
-            class,
-            message,
-            latency: started.elapsed(),
+        let outcome = match Target::parse(url, self.shared.allow_private_targets) {
+            Ok(target) => {
+                tokio::time::timeout(self.shared.timeout, self.exchange(&target, headers, body))
+                    .await
+                    .unwrap_or(Err(failure(
+                        "timeout",
+                        "the endpoint did not answer in time",
+                    )))
+            }
+            Err(failed) => Err(failed),
         };
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|_| fail("request", "the endpoint URL is invalid".into()))?;
-        if !self.allow_private_targets {
-            let literal = match parsed.host() {
-                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-                _ => None,
-            };
-            if literal.is_some_and(|ip| !is_global(ip)) {
-                return Err(fail("ssrf", "the endpoint is not a public address".into()));
-            }
-        }
-        let response = self
-            .client
-            .post(parsed)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| {
-                if err.is_timeout() {
-                    fail("timeout", "the endpoint did not answer in time".into())
-                } else if err.is_connect() {
-                    if chain_mentions(&err, "no public address") {
-                        fail("ssrf", "the endpoint resolves to no public address".into())
-                    } else {
-                        fail("connect", "the endpoint could not be reached".into())
+        outcome
+            .map(|(status, retry_after, excerpt)| Answer {
+                status,
+                retry_after,
+                excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+                latency: started.elapsed(),
+            })
+            .map_err(|failed| NoAnswer {
+                class: failed.class,
+                message: failed.message.to_owned(),
+                latency: started.elapsed(),
+            })
+    }
+
+    /// Closes idle connections that are stale: closed by the peer, or
+    /// unused for too long. The dispatcher calls this on its tick, so
+    /// sockets a receiver closed do not linger.
+    pub fn prune_idle(&self) {
+        self.shared.idle.lock().retain_mut(Connection::usable);
+    }
+
+    /// Sends the request on an idle connection to its origin, or on a new
+    /// one; a request a reused connection could not send goes out on a new
+    /// connection. A connection that can carry another request goes back
+    /// to the idle list; if this future is dropped (the timeout), so is
+    /// the connection, whose state is then unknown.
+    async fn exchange(
+        &self,
+        target: &Target,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), Failure> {
+        let mut request = target.request(headers, body, &self.shared.user_agent)?;
+        let (mut connection, mut reused) = match self.take_idle(&target.origin) {
+            Some(connection) => (connection, true),
+            None => (self.connect(&target.origin).await?, false),
+        };
+        loop {
+            match connection.send(request).await {
+                Ok(Exchanged {
+                    status,
+                    retry_after,
+                    excerpt,
+                    reusable,
+                }) => {
+                    if reusable {
+                        self.keep(connection);
                     }
-                } else {
-                    fail("request", "the request failed".into())
+                    return Ok((status, retry_after, excerpt));
                 }
-            })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let mut response = response;
-        let mut excerpt = Vec::new();
-        while excerpt.len() < EXCERPT_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => excerpt
-                    .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
-                _ => break,
+                // The peer closed the idle connection before the request
+                // went out on it (the race every keep-alive client meets).
+                Err(Some(unsent)) if reused => {
+                    request = unsent;
+                    connection = self.connect(&target.origin).await?;
+                    reused = false;
+                }
+                Err(_) => return Err(FAILED),
             }
         }
-        Ok(Answer {
-            status,
-            retry_after,
-            excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
-            latency: started.elapsed(),
+    }
+
+    fn take_idle(&self, origin: &Origin) -> Option<Connection> {
+        let mut idle = self.shared.idle.lock();
+        while let Some(at) = idle.iter().rposition(|c| c.origin == *origin) {
+            let mut connection = idle.swap_remove(at);
+            if connection.usable() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn keep(&self, mut connection: Connection) {
+        connection.idle_since = Instant::now();
+        let mut idle = self.shared.idle.lock();
+        let same = idle
+            .iter()
+            .filter(|c| c.origin == connection.origin)
+            .count();
+        if same < MAX_IDLE_PER_ORIGIN {
+            idle.push(connection);
+        }
+    }
+
+    /// A new connection to `origin`: resolve (public addresses only, unless
+    /// private targets are allowed), connect to the first address that
+    /// answers, then TLS for `https`, all within the connect timeout.
+    async fn connect(&self, origin: &Origin) -> Result<Connection, Failure> {
+        let addresses = self.resolve(origin).await?;
+        let deadline = tokio::time::Instant::now() + self.shared.connect_timeout;
+        let io = tokio::time::timeout_at(deadline, async {
+            // Each address gets an equal share of the time left, so one
+            // that drops packets does not use up the others' time.
+            let mut tcp = None;
+            for (tried, address) in addresses.iter().enumerate() {
+                let left = u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
+                let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left;
+                if let Ok(Ok(stream)) =
+                    tokio::time::timeout(share, TcpStream::connect(address)).await
+                {
+                    tcp = Some(stream);
+                    break;
+                }
+            }
+            let tcp = tcp.ok_or(UNREACHABLE)?;
+            tcp.set_nodelay(true).map_err(|_| UNREACHABLE)?;
+            let io: Box<dyn Io> = if origin.tls {
+                let name = match origin.host {
+                    Host::Ip(ip) => ServerName::IpAddress(ip.into()),
+                    Host::Name(ref name) => {
+                        ServerName::try_from(name.clone()).map_err(|_| UNREACHABLE)?
+                    }
+                };
+                Box::new(
+                    self.shared
+                        .tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|_| UNREACHABLE)?,
+                )
+            } else {
+                Box::new(tcp)
+            };
+            Ok(io)
         })
+        .await
+        .unwrap_or(Err(UNREACHABLE))?;
+        let (sender, driver) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|_| UNREACHABLE)?;
+        Ok(Connection {
+            origin: origin.clone(),
+            sender,
+            driver: Some(Box::pin(driver)),
+            idle_since: Instant::now(),
+        })
+    }
+
+    async fn resolve(&self, origin: &Origin) -> Result<Vec<SocketAddr>, Failure> {
+        let name = match origin.host {
+            Host::Ip(ip) => return Ok(vec![SocketAddr::new(ip, origin.port)]),
+            Host::Name(ref name) => name.as_str(),
+        };
+        let resolved = tokio::net::lookup_host((name, origin.port))
+            .await
+            .map_err(|_| UNREACHABLE)?;
+        let addresses: Vec<SocketAddr> = resolved
+            .filter(|address| self.shared.allow_private_targets || is_global(address.ip()))
+            .collect();
+        if addresses.is_empty() {
+            return Err(if self.shared.allow_private_targets {
+                UNREACHABLE
+            } else {
+                failure("ssrf", "the endpoint resolves to no public address")
+            });
+        }
+        Ok(addresses)
     }
 }
 
-/// Whether any error in `err`'s source chain says `needle`.
-fn chain_mentions(err: &(dyn std::error::Error + 'static), needle: &str) -> bool {
-    let mut current = Some(err);
-    while let Some(error) = current {
-        if error.to_string().contains(needle) {
-            return true;
-        }
-        current = error.source();
+/// What the TLS of an `https` endpoint is checked with: the platform's
+/// roots (and `extra_roots`, for tests), HTTP/1.1 by ALPN.
+fn tls_config(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = if extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
     }
-    false
+    .expect("the platform's certificate verifier starts");
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// The byte stream under a connection: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The future that runs a connection: hyper's `Connection`, polled by the
+/// task whose request is in flight.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// Where connections go: requests to the same origin share them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    tls: bool,
+    host: Host,
+    port: u16,
+}
+
+/// A webhook URL, parsed and checked.
+struct Target {
+    origin: Origin,
+    /// The `Host` header: the URL's host, and its port unless the default.
+    authority: HeaderValue,
+    /// The request target: path and query.
+    path: hyper::Uri,
+}
+
+impl Target {
+    fn parse(url: &str, allow_private_targets: bool) -> Result<Self, Failure> {
+        const INVALID: Failure = failure("request", "the endpoint URL is invalid");
+        let url = url::Url::parse(url).map_err(|_| INVALID)?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(INVALID),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+            Some(url::Host::Domain(name)) => Host::Name(name.to_owned()),
+            None => return Err(INVALID),
+        };
+        if let Host::Ip(ip) = host
+            && !allow_private_targets
+            && !is_global(ip)
+        {
+            return Err(failure("ssrf", "the endpoint is not a public address"));
+        }
+        let port = url.port_or_known_default().ok_or(INVALID)?;
+        let authority = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => return Err(INVALID),
+        };
+        Ok(Self {
+            origin: Origin { tls, host, port },
+            authority: HeaderValue::from_str(&authority).map_err(|_| INVALID)?,
+            path: url[url::Position::BeforePath..url::Position::AfterQuery]
+                .parse()
+                .map_err(|_| INVALID)?,
+        })
+    }
+
+    fn request(
+        &self,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        user_agent: &HeaderValue,
+    ) -> Result<hyper::Request<Full<Bytes>>, Failure> {
+        let mut request = hyper::Request::post(self.path.clone())
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| FAILED)?;
+        let fields = request.headers_mut();
+        *fields = headers;
+        fields.insert(header::HOST, self.authority.clone());
+        fields
+            .entry(header::USER_AGENT)
+            .or_insert_with(|| user_agent.clone());
+        Ok(request)
+    }
+}
+
+/// One HTTP/1.1 connection and the future that runs it.
+struct Connection {
+    origin: Origin,
+    sender: http1::SendRequest<Full<Bytes>>,
+    /// `None` once the connection has ended (never polled again).
+    driver: Option<Driver>,
+    idle_since: Instant,
+}
+
+/// An answer read off a connection.
+struct Exchanged {
+    status: u16,
+    retry_after: Option<Duration>,
+    excerpt: Vec<u8>,
+    /// Whether the connection can carry another request: the response was
+    /// read to its end and the connection is still open.
+    reusable: bool,
+}
+
+impl Connection {
+    /// Whether it can carry another request: open, and not idle for too
+    /// long. Polls the connection once without waiting, which reads a close
+    /// the peer sent while it was idle.
+    fn usable(&mut self) -> bool {
+        if self.idle_since.elapsed() > IDLE_TIMEOUT {
+            return false;
+        }
+        let Some(driver) = self.driver.as_mut() else {
+            return false;
+        };
+        if driver.now_or_never().is_some() {
+            self.driver = None;
+            return false;
+        }
+        !self.sender.is_closed()
+    }
+
+    /// Sends `request` and reads the answer (status, `Retry-After`, the
+    /// first [`EXCERPT_BYTES`] of the body), polling the connection in this
+    /// task meanwhile. `Err` carries the request back when it was not sent.
+    async fn send(
+        &mut self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<Exchanged, Option<hyper::Request<Full<Bytes>>>> {
+        let outcome = {
+            let sender = &mut self.sender;
+            let exchange = async move {
+                if sender.ready().await.is_err() {
+                    return Err(Some(request));
+                }
+                let response = sender
+                    .try_send_request(request)
+                    .await
+                    .map_err(|mut err| err.take_message())?;
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let mut body = response.into_body();
+                let mut excerpt = Vec::new();
+                let mut ended = false;
+                while excerpt.len() < EXCERPT_BYTES {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                let room = EXCERPT_BYTES - excerpt.len();
+                                excerpt.extend_from_slice(&data[..data.len().min(room)]);
+                            }
+                        }
+                        Some(Err(_)) => break,
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                Ok((status, retry_after, excerpt, ended || body.is_end_stream()))
+            };
+            let mut exchange = std::pin::pin!(exchange);
+            let answered = match self.driver.as_mut() {
+                Some(driver) => tokio::select! {
+                    biased;
+                    outcome = &mut exchange => Some(outcome),
+                    _ = driver => None,
+                },
+                None => None,
+            };
+            match answered {
+                Some(outcome) => outcome,
+                None => {
+                    // The connection ended (or had ended): hyper has answered
+                    // every request it held, so the exchange ends at once.
+                    self.driver = None;
+                    exchange.await
+                }
+            }
+        };
+        let (status, retry_after, excerpt, ended) = outcome?;
+        Ok(Exchanged {
+            status,
+            retry_after,
+            excerpt,
+            reusable: ended && self.driver.is_some() && !self.sender.is_closed(),
+        })
+    }
 }
 
 /// A header value from a string Herald built (ids, timestamps, signatures).
@@ -195,20 +538,10 @@ mod tests {
 
     #[tokio::test]
     async fn redirects_are_not_followed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let addr = listener.local_addr().expect("address");
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if let Ok((mut socket, _)) = listener.accept().await {
-                let mut buffer = [0u8; 1024];
-                let _ = socket.read(&mut buffer).await;
-                let _ = socket
-                    .write_all(b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n")
-                    .await;
-            }
-        });
+        let (addr, _) = listening(|socket| async move {
+            answer_raw(socket, b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n").await;
+        })
+        .await;
         let client = WebhookClient::new(Duration::from_secs(2), true);
         let answer = client
             .post(
@@ -222,5 +555,336 @@ mod tests {
             answer.status, 302,
             "the redirect is the answer, not followed"
         );
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hyper::server::conn::http1 as server;
+    use hyper::service::service_fn;
+
+    type Reply = hyper::Response<Full<Bytes>>;
+
+    /// An HTTP/1.1 receiver on loopback (TLS when `tls` is given) that
+    /// answers every request with `answer(method, headers, body)` and
+    /// counts the connections it accepted.
+    async fn receiver(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        answer: fn(&hyper::http::request::Parts, Bytes) -> Reply,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        listening(move |socket| {
+            let tls = tls.clone();
+            async move {
+                let service = service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.expect("a body").to_bytes();
+                        Ok::<_, std::convert::Infallible>(answer(&parts, body))
+                    },
+                );
+                let io: Box<dyn Io> = match tls {
+                    Some(tls) => match tls.accept(socket).await {
+                        Ok(stream) => Box::new(stream),
+                        Err(_) => return,
+                    },
+                    None => Box::new(socket),
+                };
+                let _ = server::Builder::new()
+                    .serve_connection(TokioIo::new(io), service)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// A listener on loopback that hands each connection to `serve` (on a
+    /// task of its own) and counts them.
+    async fn listening<F, Serving>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Serving + Send + 'static,
+        Serving: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(socket));
+            }
+        });
+        (addr, connections)
+    }
+
+    /// Reads what a request sends first, then answers `raw`.
+    async fn answer_raw(mut socket: TcpStream, raw: &'static [u8]) -> TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0u8; 4096];
+        let _ = socket.read(&mut buffer).await;
+        let _ = socket.write_all(raw).await;
+        socket
+    }
+
+    fn echo(parts: &hyper::http::request::Parts, body: Bytes) -> Reply {
+        let seen = format!(
+            "{} {} host={} agent={} length={} signature={} body={}",
+            parts.method,
+            parts.uri,
+            parts.headers[header::HOST].to_str().expect("ASCII"),
+            parts.headers[header::USER_AGENT].to_str().expect("ASCII"),
+            parts.headers[header::CONTENT_LENGTH]
+                .to_str()
+                .expect("ASCII"),
+            parts.headers["x-signature"].to_str().expect("ASCII"),
+            String::from_utf8_lossy(&body),
+        );
+        hyper::Response::new(Full::new(Bytes::from(seen)))
+    }
+
+    fn reply(status: u16, body: Bytes, name: header::HeaderName, value: &'static str) -> Reply {
+        let mut reply = hyper::Response::new(Full::new(body));
+        *reply.status_mut() = hyper::StatusCode::from_u16(status).expect("a status");
+        reply
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        reply
+    }
+
+    /// A signed `{}` POSTed to `http://{addr}/hook`.
+    async fn hook(client: &WebhookClient, addr: SocketAddr) -> Result<Answer, NoAnswer> {
+        client
+            .post(&format!("http://{addr}/hook"), signed(), b"{}".to_vec())
+            .await
+    }
+
+    fn signed() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-signature", header("v1,abc"));
+        headers
+    }
+
+    #[tokio::test]
+    async fn requests_share_one_connection_and_arrive_intact() {
+        let (addr, connections) = receiver(None, echo).await;
+        let client = WebhookClient::new(Duration::from_secs(5), true);
+        for round in 0..3 {
+            let answer = client
+                .post(
+                    &format!("http://{addr}/hooks/create"),
+                    signed(),
+                    format!("{{\"round\":{round}}}").into_bytes(),
+                )
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status, 200);
+            assert_eq!(
+                answer.excerpt,
+                format!(
+                    "POST /hooks/create host={addr} agent=Herald/{} length=11 signature=v1,abc body={{\"round\":{round}}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            );
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "the three requests went over one kept-alive connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_receiver_closed_is_replaced() {
+        fn closing(_: &hyper::http::request::Parts, _: Bytes) -> Reply {
+            reply(200, Bytes::from_static(b"ok"), header::CONNECTION, "close")
+        }
+        let (addr, connections) = receiver(None, closing).await;
+        let client = WebhookClient::new(Duration::from_secs(5), true);
+        for _ in 0..3 {
+            let answer = hook(&client, addr)
+                .await
+                .expect("an answer on a new connection");
+            assert_eq!(answer.status, 200);
+            assert_eq!(answer.excerpt, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        client.prune_idle();
+        assert!(
+            client.shared.idle.lock().is_empty(),
+            "nothing closed is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_receiver_is_not_used_again() {
+        // Answers one request per connection, then closes it without
+        // saying so: the client learns of it only from the closed socket.
+        let (addr, connections) = listening(|socket| async move {
+            let socket = answer_raw(socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            // Closed once the client has put the connection aside.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(socket);
+        })
+        .await;
+        let client = WebhookClient::new(Duration::from_secs(5), true);
+        for _ in 0..3 {
+            let answer = hook(&client, addr).await.expect("an answer");
+            assert_eq!(answer.status, 204);
+            // The receiver's close reaches the client while it is idle.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+
+        // Without that check, a request on the closed connection comes back
+        // unsent: what lets it go out again on a new connection.
+        let target = Target::parse(&format!("http://{addr}/hook"), true)
+            .ok()
+            .expect("a URL");
+        let request = || {
+            target
+                .request(signed(), b"{}".to_vec(), &client.shared.user_agent)
+                .ok()
+                .expect("a request")
+        };
+        let mut connection = client
+            .connect(&target.origin)
+            .await
+            .ok()
+            .expect("a connection");
+        assert!(connection.send(request()).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            matches!(connection.send(request()).await, Err(Some(_))),
+            "the request is handed back"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_excerpt_is_the_start_of_a_long_answer_and_retry_after_is_read() {
+        fn long(_: &hyper::http::request::Parts, _: Bytes) -> Reply {
+            reply(
+                503,
+                Bytes::from(vec![b'x'; 10_000]),
+                header::RETRY_AFTER,
+                " 120 ",
+            )
+        }
+        let (addr, connections) = receiver(None, long).await;
+        let client = WebhookClient::new(Duration::from_secs(5), true);
+        for _ in 0..2 {
+            let answer = hook(&client, addr).await.expect("an answer");
+            assert_eq!(answer.status, 503);
+            assert_eq!(answer.retry_after, Some(Duration::from_secs(120)));
+            assert_eq!(answer.excerpt, "x".repeat(EXCERPT_BYTES));
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "a connection with an unread answer is not used again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_times_out_and_a_closed_port_is_unreachable() {
+        let (silent, _) = listening(|socket| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        })
+        .await;
+        let client = WebhookClient::new(Duration::from_millis(300), true);
+        let failed = client
+            .post(&format!("http://{silent}/hook"), signed(), b"{}".to_vec())
+            .await
+            .expect_err("no answer");
+        assert_eq!(failed.class, "timeout", "{}", failed.message);
+        assert!(failed.latency >= Duration::from_millis(300));
+
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+            listener.local_addr().expect("address")
+        };
+        let failed = client
+            .post(&format!("http://{closed}/hook"), signed(), b"{}".to_vec())
+            .await
+            .expect_err("no answer");
+        assert_eq!(failed.class, "connect", "{}", failed.message);
+        for bad in ["ftp://example.com/hook", "not a url"] {
+            let failed = client
+                .post(bad, signed(), b"{}".to_vec())
+                .await
+                .expect_err("no request");
+            assert_eq!(failed.class, "request", "{bad}");
+        }
+    }
+
+    /// A certificate authority and a certificate it issued for `localhost`.
+    fn authority_and_localhost() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        tokio_rustls::TlsAcceptor,
+    ) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::new()).expect("no names");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("a key");
+        let ca = params.self_signed(&ca_key).expect("a CA");
+        let issuer = Issuer::new(params, ca_key);
+        let key = KeyPair::generate().expect("a key");
+        let leaf = CertificateParams::new(vec!["localhost".into()])
+            .expect("a name")
+            .signed_by(&key, &issuer)
+            .expect("a certificate");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("a server config");
+        (
+            ca.der().clone(),
+            tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        )
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_are_verified_against_trusted_roots() {
+        let (root, acceptor) = authority_and_localhost();
+        let (addr, connections) = receiver(Some(acceptor), echo).await;
+        let url = format!("https://localhost:{}/hook", addr.port());
+
+        let trusting =
+            WebhookClient::with_tls(Duration::from_secs(5), true, tls_config(vec![root]));
+        for _ in 0..2 {
+            let answer = trusting
+                .post(&url, signed(), b"{}".to_vec())
+                .await
+                .expect("an answer over TLS");
+            assert_eq!(answer.status, 200);
+            assert!(answer.excerpt.starts_with("POST /hook host=localhost:"));
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "TLS connections are reused too"
+        );
+
+        // A certificate from an authority the client does not trust, and
+        // the right certificate for the wrong name: no request is sent.
+        let platform = WebhookClient::new(Duration::from_secs(5), true);
+        let failed = platform
+            .post(&url, signed(), b"{}".to_vec())
+            .await
+            .expect_err("an untrusted certificate");
+        assert_eq!(failed.class, "connect", "{}", failed.message);
+        let failed = trusting
+            .post(&format!("https://{addr}/hook"), signed(), b"{}".to_vec())
+            .await
+            .expect_err("a certificate for another name");
+        assert_eq!(failed.class, "connect", "{}", failed.message);
     }
 }
