@@ -41,6 +41,8 @@ pub const EXCERPT_BYTES: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept for one origin.
 const MAX_IDLE_PER_ORIGIN: usize = 16;
+/// Idle connections are checked for a close by their peer at most this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// The answer to one request.
 #[derive(Debug, Clone)]
@@ -71,6 +73,7 @@ const fn failure(class: &'static str, message: &'static str) -> Failure {
 }
 
 const UNREACHABLE: Failure = failure("connect", "the endpoint could not be reached");
+const TIMED_OUT: Failure = failure("timeout", "the endpoint did not answer in time");
 const FAILED: Failure = failure("request", "the request failed");
 
 #[derive(Clone)]
@@ -86,6 +89,8 @@ struct Shared {
     user_agent: HeaderValue,
     /// Connections between requests, the most recently used last.
     idle: Mutex<Vec<Connection>>,
+    /// When the idle connections were last checked.
+    pruned_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for WebhookClient {
@@ -96,18 +101,29 @@ impl std::fmt::Debug for WebhookClient {
 
 impl WebhookClient {
     pub fn new(timeout: Duration, allow_private_targets: bool) -> Self {
-        Self::with_tls(timeout, allow_private_targets, tls_config(Vec::new()))
+        Self::with_tls(
+            timeout,
+            timeout.min(Duration::from_secs(10)),
+            allow_private_targets,
+            tls_config(Vec::new()),
+        )
     }
 
-    fn with_tls(timeout: Duration, allow_private_targets: bool, tls: rustls::ClientConfig) -> Self {
+    fn with_tls(
+        timeout: Duration,
+        connect_timeout: Duration,
+        allow_private_targets: bool,
+        tls: rustls::ClientConfig,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 timeout,
-                connect_timeout: timeout.min(Duration::from_secs(10)),
+                connect_timeout,
                 allow_private_targets,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 user_agent: HeaderValue::from_static(concat!("Herald/", env!("CARGO_PKG_VERSION"))),
                 idle: Mutex::new(Vec::new()),
+                pruned_at: Mutex::new(None),
             }),
         }
     }
@@ -124,10 +140,7 @@ impl WebhookClient {
             Ok(target) => {
                 tokio::time::timeout(self.shared.timeout, self.exchange(&target, headers, body))
                     .await
-                    .unwrap_or(Err(failure(
-                        "timeout",
-                        "the endpoint did not answer in time",
-                    )))
+                    .unwrap_or(Err(TIMED_OUT))
             }
             Err(failed) => Err(failed),
         };
@@ -149,7 +162,18 @@ impl WebhookClient {
     /// unused for too long. The dispatcher calls this on its tick, so
     /// sockets a receiver closed do not linger.
     pub fn prune_idle(&self) {
-        self.shared.idle.lock().retain_mut(Connection::usable);
+        {
+            let mut pruned_at = self.shared.pruned_at.lock();
+            if pruned_at.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *pruned_at = Some(Instant::now());
+        }
+        // Checked (sockets polled, stale ones closed) outside the lock the
+        // lanes take connections under.
+        let mut idle = std::mem::take(&mut *self.shared.idle.lock());
+        idle.retain_mut(Connection::usable);
+        self.shared.idle.lock().extend(idle);
     }
 
     /// Sends the request on an idle connection to its origin, or on a new
@@ -163,11 +187,23 @@ impl WebhookClient {
         headers: HeaderMap,
         body: Vec<u8>,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), Failure> {
-        let mut request = target.request(headers, body, &self.shared.user_agent)?;
-        let (mut connection, mut reused) = match self.take_idle(&target.origin) {
-            Some(connection) => (connection, true),
-            None => (self.connect(&target.origin).await?, false),
-        };
+        let request = target.request(headers, body, &self.shared.user_agent)?;
+        match self.take_idle(&target.origin) {
+            Some(connection) => self.exchange_on(target, request, connection, true).await,
+            None => {
+                let connection = self.connect(&target.origin).await?;
+                self.exchange_on(target, request, connection, false).await
+            }
+        }
+    }
+
+    async fn exchange_on(
+        &self,
+        target: &Target,
+        mut request: hyper::Request<Full<Bytes>>,
+        mut connection: Connection,
+        mut reused: bool,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), Failure> {
         loop {
             match connection.send(request).await {
                 Ok(Exchanged {
@@ -220,23 +256,27 @@ impl WebhookClient {
     /// private targets are allowed), connect to the first address that
     /// answers, then TLS for `https`, all within the connect timeout.
     async fn connect(&self, origin: &Origin) -> Result<Connection, Failure> {
-        let addresses = self.resolve(origin).await?;
         let deadline = tokio::time::Instant::now() + self.shared.connect_timeout;
         let io = tokio::time::timeout_at(deadline, async {
+            let addresses = self.resolve(origin).await?;
             // Each address gets an equal share of the time left, so one
             // that drops packets does not use up the others' time.
-            let mut tcp = None;
+            // An address that did not answer in its share makes the whole
+            // attempt a timeout, as a refused one makes it unreachable.
+            let mut tcp = Err(UNREACHABLE);
             for (tried, address) in addresses.iter().enumerate() {
                 let left = u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
                 let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left;
-                if let Ok(Ok(stream)) =
-                    tokio::time::timeout(share, TcpStream::connect(address)).await
-                {
-                    tcp = Some(stream);
-                    break;
+                match tokio::time::timeout(share, TcpStream::connect(address)).await {
+                    Ok(Ok(stream)) => {
+                        tcp = Ok(stream);
+                        break;
+                    }
+                    Ok(Err(_)) => {}
+                    Err(_) => tcp = Err(TIMED_OUT),
                 }
             }
-            let tcp = tcp.ok_or(UNREACHABLE)?;
+            let tcp = tcp?;
             tcp.set_nodelay(true).map_err(|_| UNREACHABLE)?;
             let io: Box<dyn Io> = if origin.tls {
                 let name = match origin.host {
@@ -258,7 +298,7 @@ impl WebhookClient {
             Ok(io)
         })
         .await
-        .unwrap_or(Err(UNREACHABLE))?;
+        .unwrap_or(Err(TIMED_OUT))?;
         let (sender, driver) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|_| UNREACHABLE)?;
@@ -434,7 +474,10 @@ impl Connection {
             self.driver = None;
             return false;
         }
-        !self.sender.is_closed()
+        // Ready: hyper has finished the last exchange (a body the receiver
+        // answered before reading may still be going out) and waits for
+        // the next request.
+        self.sender.is_ready()
     }
 
     /// Sends `request` and reads the answer (status, `Retry-After`, the
@@ -501,11 +544,14 @@ impl Connection {
             }
         };
         let (status, retry_after, excerpt, ended) = outcome?;
+        self.idle_since = Instant::now();
         Ok(Exchanged {
             status,
             retry_after,
             excerpt,
-            reusable: ended && self.driver.is_some() && !self.sender.is_closed(),
+            // Polled once more, the connection reaches its idle state, or
+            // shows it cannot carry another request.
+            reusable: ended && self.usable(),
         })
     }
 }
@@ -720,24 +766,33 @@ mod tests {
     async fn an_idle_connection_closed_by_the_receiver_is_not_used_again() {
         // Answers one request per connection, then closes it without
         // saying so: the client learns of it only from the closed socket.
-        let (addr, connections) = listening(|socket| async move {
-            let socket = answer_raw(socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
-            // Closed once the client has put the connection aside.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            drop(socket);
+        let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        let (addr, connections) = listening(move |socket| {
+            let closed = closed.clone();
+            async move {
+                let socket = answer_raw(socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                // Closed once the client has put the connection aside.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(socket);
+                let _ = closed.send(());
+            }
         })
         .await;
+        // The receiver's close reaches the client while it is idle.
+        let mut closing = async || {
+            closes.recv().await.expect("the receiver closes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let client = WebhookClient::new(Duration::from_secs(5), true);
         for _ in 0..3 {
             let answer = hook(&client, addr).await.expect("an answer");
             assert_eq!(answer.status, 204);
-            // The receiver's close reaches the client while it is idle.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            closing().await;
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
 
         // Without that check, a request on the closed connection comes back
-        // unsent: what lets it go out again on a new connection.
+        // unsent, and goes out on a new connection.
         let target = Target::parse(&format!("http://{addr}/hook"), true)
             .ok()
             .expect("a URL");
@@ -753,24 +808,33 @@ mod tests {
             .ok()
             .expect("a connection");
         assert!(connection.send(request()).await.is_ok());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            matches!(connection.send(request()).await, Err(Some(_))),
-            "the request is handed back"
-        );
+        closing().await;
+        let (status, _, _) = client
+            .exchange_on(&target, request(), connection, true)
+            .await
+            .ok()
+            .expect("an answer on a new connection");
+        assert_eq!(status, 204);
+        assert_eq!(connections.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
     async fn the_excerpt_is_the_start_of_a_long_answer_and_retry_after_is_read() {
-        fn long(_: &hyper::http::request::Parts, _: Bytes) -> Reply {
-            reply(
-                503,
-                Bytes::from(vec![b'x'; 10_000]),
-                header::RETRY_AFTER,
-                " 120 ",
+        // The body comes in two parts: the client has its excerpt before
+        // the end arrives, and does not wait for it.
+        let (addr, connections) = listening(|socket| async move {
+            use tokio::io::AsyncWriteExt;
+            let mut socket = answer_raw(
+                socket,
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After:  120 \r\nContent-Length: 10000\r\n\r\n",
             )
-        }
-        let (addr, connections) = receiver(None, long).await;
+            .await;
+            let _ = socket.write_all(&[b'x'; 5000]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = socket.write_all(&[b'x'; 5000]).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
         let client = WebhookClient::new(Duration::from_secs(5), true);
         for _ in 0..2 {
             let answer = hook(&client, addr).await.expect("an answer");
@@ -857,8 +921,12 @@ mod tests {
         let (addr, connections) = receiver(Some(acceptor), echo).await;
         let url = format!("https://localhost:{}/hook", addr.port());
 
-        let trusting =
-            WebhookClient::with_tls(Duration::from_secs(5), true, tls_config(vec![root]));
+        let trusting = WebhookClient::with_tls(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            true,
+            tls_config(vec![root]),
+        );
         for _ in 0..2 {
             let answer = trusting
                 .post(&url, signed(), b"{}".to_vec())
@@ -886,5 +954,66 @@ mod tests {
             .await
             .expect_err("a certificate for another name");
         assert_eq!(failed.class, "connect", "{}", failed.message);
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_hangs_is_a_timeout() {
+        // A listener whose backlog is full: the kernel drops further SYNs.
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("a port");
+        let listener = socket.listen(1).expect("listening");
+        let addr = listener.local_addr().expect("address");
+        let mut filling = Vec::new();
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => filling.push(stream),
+                _ => break,
+            }
+        }
+        let client = WebhookClient::with_tls(
+            Duration::from_secs(10),
+            Duration::from_millis(300),
+            true,
+            tls_config(Vec::new()),
+        );
+        let failed = hook(&client, addr).await.expect_err("no connection");
+        assert_eq!(failed.class, "timeout", "{}", failed.message);
+        assert!(
+            failed.latency < Duration::from_secs(5),
+            "the connect timeout, not the request's: {:?}",
+            failed.latency
+        );
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_was_read_leaves_its_connection() {
+        // Answers 413 as soon as the head arrives and never reads the body:
+        // the connection still has a body to send, so it is not used again.
+        let (addr, connections) = listening(|socket| async move {
+            let socket = answer_raw(
+                socket,
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        })
+        .await;
+        let client = WebhookClient::new(Duration::from_secs(5), true);
+        for _ in 0..2 {
+            let answer = client
+                .post(
+                    &format!("http://{addr}/hook"),
+                    signed(),
+                    vec![b'x'; 16 << 20],
+                )
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status, 413);
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }
