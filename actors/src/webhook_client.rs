@@ -24,12 +24,14 @@ use futures::FutureExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Body as _;
 use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tower_service::Service as _;
 
 use crate::net::is_global;
 
@@ -85,6 +87,7 @@ struct Shared {
     timeout: Duration,
     connect_timeout: Duration,
     allow_private_targets: bool,
+    connector: HttpConnector<Resolver>,
     tls: tokio_rustls::TlsConnector,
     user_agent: HeaderValue,
     /// Connections between requests, the most recently used last.
@@ -115,10 +118,22 @@ impl WebhookClient {
         allow_private_targets: bool,
         tls: rustls::ClientConfig,
     ) -> Self {
+        let mut connector = HttpConnector::new_with_resolver(Resolver {
+            allow_private_targets,
+        });
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_happy_eyeballs_timeout(Some(Duration::from_millis(300)));
+        // What reqwest set: idle connections whose peer vanished are noticed.
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
         Self {
             shared: Arc::new(Shared {
                 timeout,
                 connect_timeout,
+                connector,
                 allow_private_targets,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 user_agent: HeaderValue::from_static(concat!("Herald/", env!("CARGO_PKG_VERSION"))),
@@ -253,31 +268,19 @@ impl WebhookClient {
     }
 
     /// A new connection to `origin`: resolve (public addresses only, unless
-    /// private targets are allowed), connect to the first address that
-    /// answers, then TLS for `https`, all within the connect timeout.
+    /// private targets are allowed), connect (hyper-util's connector: each
+    /// address its share of the time, IPv4 and IPv6 raced, TCP keepalive),
+    /// then TLS for `https`, all within the connect timeout.
     async fn connect(&self, origin: &Origin) -> Result<Connection, Failure> {
-        let deadline = tokio::time::Instant::now() + self.shared.connect_timeout;
-        let io = tokio::time::timeout_at(deadline, async {
-            let addresses = self.resolve(origin).await?;
-            // Each address gets an equal share of the time left, so one
-            // that drops packets does not use up the others' time.
-            // An address that did not answer in its share makes the whole
-            // attempt a timeout, as a refused one makes it unreachable.
-            let mut tcp = Err(UNREACHABLE);
-            for (tried, address) in addresses.iter().enumerate() {
-                let left = u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
-                let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left;
-                match tokio::time::timeout(share, TcpStream::connect(address)).await {
-                    Ok(Ok(stream)) => {
-                        tcp = Ok(stream);
-                        break;
-                    }
-                    Ok(Err(_)) => {}
-                    Err(_) => tcp = Err(TIMED_OUT),
-                }
-            }
-            let tcp = tcp?;
-            tcp.set_nodelay(true).map_err(|_| UNREACHABLE)?;
+        let io = tokio::time::timeout(self.shared.connect_timeout, async {
+            let tcp = self
+                .shared
+                .connector
+                .clone()
+                .call(origin.address.clone())
+                .await
+                .map_err(|err| connect_failure(&err))?
+                .into_inner();
             let io: Box<dyn Io> = if origin.tls {
                 let name = match origin.host {
                     Host::Ip(ip) => ServerName::IpAddress(ip.into()),
@@ -309,26 +312,78 @@ impl WebhookClient {
             idle_since: Instant::now(),
         })
     }
+}
 
-    async fn resolve(&self, origin: &Origin) -> Result<Vec<SocketAddr>, Failure> {
-        let name = match origin.host {
-            Host::Ip(ip) => return Ok(vec![SocketAddr::new(ip, origin.port)]),
-            Host::Name(ref name) => name.as_str(),
-        };
-        let resolved = tokio::net::lookup_host((name, origin.port))
-            .await
-            .map_err(|_| UNREACHABLE)?;
-        let addresses: Vec<SocketAddr> = resolved
-            .filter(|address| self.shared.allow_private_targets || is_global(address.ip()))
-            .collect();
-        if addresses.is_empty() {
-            return Err(if self.shared.allow_private_targets {
-                UNREACHABLE
-            } else {
-                failure("ssrf", "the endpoint resolves to no public address")
-            });
+/// What a connection attempt's error means: a name with no public address,
+/// an address that did not answer in time, or one that refused.
+fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if error.is::<NoPublicAddress>() {
+            return failure("ssrf", "the endpoint resolves to no public address");
         }
-        Ok(addresses)
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return TIMED_OUT;
+        }
+        current = error.source();
+    }
+    UNREACHABLE
+}
+
+/// A name that resolved to no address Herald may connect to.
+#[derive(Debug)]
+struct NoPublicAddress;
+
+impl std::fmt::Display for NoPublicAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no public address")
+    }
+}
+
+impl std::error::Error for NoPublicAddress {}
+
+/// The connector's resolver: the system's, keeping only public addresses
+/// unless private targets are allowed.
+#[derive(Clone)]
+struct Resolver {
+    allow_private_targets: bool,
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, BoxError>> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Resolving;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
+        let allow_private_targets = self.allow_private_targets;
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|address| allow_private_targets || is_global(address.ip()))
+                .collect();
+            if addresses.is_empty() {
+                return Err(if allow_private_targets {
+                    BoxError::from("the name has no address")
+                } else {
+                    Box::new(NoPublicAddress)
+                });
+            }
+            Ok(addresses.into_iter())
+        })
     }
 }
 
@@ -373,7 +428,8 @@ enum Host {
 struct Origin {
     tls: bool,
     host: Host,
-    port: u16,
+    /// What the connector connects to: scheme, host and port.
+    address: hyper::Uri,
 }
 
 /// A webhook URL, parsed and checked.
@@ -407,13 +463,16 @@ impl Target {
             return Err(failure("ssrf", "the endpoint is not a public address"));
         }
         let port = url.port_or_known_default().ok_or(INVALID)?;
-        let authority = match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
+        let (authority, address) = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => (format!("{host}:{port}"), format!("{host}:{port}")),
+            (Some(host), None) => (host.to_owned(), format!("{host}:{port}")),
             (None, _) => return Err(INVALID),
         };
+        let address = format!("{}://{address}", url.scheme())
+            .parse()
+            .map_err(|_| INVALID)?;
         Ok(Self {
-            origin: Origin { tls, host, port },
+            origin: Origin { tls, host, address },
             authority: HeaderValue::from_str(&authority).map_err(|_| INVALID)?,
             path: url[url::Position::BeforePath..url::Position::AfterQuery]
                 .parse()
@@ -436,6 +495,10 @@ impl Target {
         fields
             .entry(header::USER_AGENT)
             .or_insert_with(|| user_agent.clone());
+        // What reqwest sent: some receivers' frameworks want one.
+        fields
+            .entry(header::ACCEPT)
+            .or_insert_with(|| HeaderValue::from_static("*/*"));
         Ok(request)
     }
 }
@@ -607,6 +670,7 @@ mod tests {
 
     use hyper::server::conn::http1 as server;
     use hyper::service::service_fn;
+    use tokio::net::TcpStream;
 
     type Reply = hyper::Response<Full<Bytes>>;
 
@@ -675,11 +739,12 @@ mod tests {
 
     fn echo(parts: &hyper::http::request::Parts, body: Bytes) -> Reply {
         let seen = format!(
-            "{} {} host={} agent={} length={} signature={} body={}",
+            "{} {} host={} agent={} accept={} length={} signature={} body={}",
             parts.method,
             parts.uri,
             parts.headers[header::HOST].to_str().expect("ASCII"),
             parts.headers[header::USER_AGENT].to_str().expect("ASCII"),
+            parts.headers[header::ACCEPT].to_str().expect("ASCII"),
             parts.headers[header::CONTENT_LENGTH]
                 .to_str()
                 .expect("ASCII"),
@@ -728,7 +793,7 @@ mod tests {
             assert_eq!(
                 answer.excerpt,
                 format!(
-                    "POST /hooks/create host={addr} agent=Herald/{} length=11 signature=v1,abc body={{\"round\":{round}}}",
+                    "POST /hooks/create host={addr} agent=Herald/{} accept=*/* length=11 signature=v1,abc body={{\"round\":{round}}}",
                     env!("CARGO_PKG_VERSION")
                 )
             );
