@@ -34,6 +34,9 @@
 //! `--runs N` [1] (repeats 1–2), `--scenarios 1,3,4,5,6` [all],
 //! `--workload DIR` [`../shared/bench`, or `HERALD_BENCH_WORKLOAD`],
 //! `--env KEY=VALUE` (more environment for Herald; repeatable).
+//! `HERALD_BENCH_KEEP_LOG=PATH` keeps the receiver's log of the last initial
+//! sync (Herald's webhooks, then the floors'), one JSON line a request with
+//! its arrival time and body size.
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) the sizes shrink to a
 //! smoke run. Results are printed as Markdown; see BENCHMARKS.md.
@@ -328,10 +331,25 @@ impl PyReceiver {
         timeout: Duration,
     ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
+        // Read as it grows: parsing the whole log every time took a tenth
+        // of a core from Herald while it delivered.
+        let (mut lines, mut read) = (Vec::new(), 0);
+        let mut arrived: HashSet<(String, String)> = HashSet::new();
         loop {
-            let lines = self.lines(0);
-            let arrived: HashSet<(String, String)> =
-                lines.iter().filter(|l| whole(l)).map(key_of).collect();
+            let log = std::fs::read(&self.log).unwrap_or_default();
+            let complete = log[read.min(log.len())..]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(read, |last| read + last + 1);
+            for line in log[read..complete].split(|b| *b == b'\n') {
+                if let Ok(line) = serde_json::from_slice::<Value>(line) {
+                    if whole(&line) {
+                        arrived.insert(key_of(&line));
+                    }
+                    lines.push(line);
+                }
+            }
+            read = complete;
             if wanted.iter().all(|w| arrived.contains(w)) {
                 return lines;
             }
@@ -839,6 +857,9 @@ async fn initial_sync(
     eprintln!(
         "floors: shallow clone {clone_s:.2} s, post_load c=1 {replay_s:.2} s ({floor_rate:.0}/s)"
     );
+    if let Some(keep) = std::env::var_os("HERALD_BENCH_KEEP_LOG") {
+        std::fs::copy(&receiver.log, keep).ok();
+    }
     SyncRun {
         total_s,
         cpu_us: delivery_cpu_us,

@@ -176,7 +176,9 @@ pub struct Rendered {
 
 #[derive(Debug)]
 enum Parts {
-    Whole(Vec<u8>),
+    /// Shared, so the request signed ahead and the rendering it came from
+    /// hold one copy of a body.
+    Whole(bytes::Bytes),
     Chunked(Box<ChunkPlan>),
 }
 
@@ -214,7 +216,7 @@ impl Rendered {
     }
 
     /// The `webhook-id` and the body of request `index`.
-    pub fn part(&self, event_id: &str, index: usize) -> (String, Vec<u8>) {
+    pub fn part(&self, event_id: &str, index: usize) -> (String, bytes::Bytes) {
         match &self.parts {
             Parts::Whole(body) => (event_id.to_owned(), body.clone()),
             Parts::Chunked(plan) => {
@@ -241,7 +243,9 @@ impl Rendered {
                 };
                 (
                     format!("{}_{index}", plan.event_id),
-                    file_body(&body, end - start.min(end)).expect("bodies serialise"),
+                    file_body(&body, end - start.min(end))
+                        .expect("bodies serialise")
+                        .into(),
                 )
             }
         }
@@ -291,7 +295,7 @@ pub fn render_too_large(
     .expect("bodies serialise");
     Ok(Rendered {
         endpoint: "file_too_large",
-        parts: Parts::Whole(body),
+        parts: Parts::Whole(body.into()),
     })
 }
 
@@ -439,7 +443,7 @@ pub fn render(
     .expect("bodies serialise");
     Ok(Rendered {
         endpoint,
-        parts: Parts::Whole(body),
+        parts: Parts::Whole(body.into()),
     })
 }
 
@@ -491,7 +495,7 @@ pub(crate) mod tests {
     };
 
     fn body(rendered: &Rendered) -> String {
-        String::from_utf8(rendered.part("evt_01", 0).1).expect("utf-8")
+        String::from_utf8(rendered.part("evt_01", 0).1.to_vec()).expect("utf-8")
     }
 
     #[test]

@@ -35,6 +35,8 @@ use tower_service::Service as _;
 
 use crate::net::is_global;
 
+mod polled_together;
+
 /// How much of a response body is kept for the attempt log.
 pub const EXCERPT_BYTES: usize = 1024;
 
@@ -148,15 +150,16 @@ impl WebhookClient {
         &self,
         url: &str,
         headers: HeaderMap,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
     ) -> Result<Answer, NoAnswer> {
         let started = Instant::now();
         let outcome = match Target::parse(url, self.shared.allow_private_targets) {
-            Ok(target) => {
-                tokio::time::timeout(self.shared.timeout, self.exchange(&target, headers, body))
-                    .await
-                    .unwrap_or(Err(TIMED_OUT))
-            }
+            Ok(target) => tokio::time::timeout(
+                self.shared.timeout,
+                self.exchange(&target, headers, body.into()),
+            )
+            .await
+            .unwrap_or(Err(TIMED_OUT)),
             Err(failed) => Err(failed),
         };
         outcome
@@ -200,7 +203,7 @@ impl WebhookClient {
         &self,
         target: &Target,
         headers: HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), Failure> {
         let request = target.request(headers, body, &self.shared.user_agent)?;
         match self.take_idle(&target.origin) {
@@ -483,11 +486,11 @@ impl Target {
     fn request(
         &self,
         headers: HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
         user_agent: &HeaderValue,
     ) -> Result<hyper::Request<Full<Bytes>>, Failure> {
         let mut request = hyper::Request::post(self.path.clone())
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|_| FAILED)?;
         let fields = request.headers_mut();
         *fields = headers;
@@ -589,11 +592,7 @@ impl Connection {
             };
             let mut exchange = std::pin::pin!(exchange);
             let answered = match self.driver.as_mut() {
-                Some(driver) => tokio::select! {
-                    biased;
-                    outcome = &mut exchange => Some(outcome),
-                    _ = driver => None,
-                },
+                Some(driver) => polled_together::drive(exchange.as_mut(), driver.as_mut()).await,
                 None => None,
             };
             match answered {
@@ -863,7 +862,11 @@ mod tests {
             .expect("a URL");
         let request = || {
             target
-                .request(signed(), b"{}".to_vec(), &client.shared.user_agent)
+                .request(
+                    signed(),
+                    Bytes::from_static(b"{}"),
+                    &client.shared.user_agent,
+                )
                 .ok()
                 .expect("a request")
         };

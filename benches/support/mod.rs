@@ -183,15 +183,20 @@ pub fn load_average() -> String {
 
 // ----------------------------------------------------------- /proc probes
 
-/// Clock ticks per second of `/proc` CPU times (`CLK_TCK`).
+/// Clock ticks per second of `/proc` CPU times (`CLK_TCK`), asked once: a
+/// sampler reads CPU times every few milliseconds, and a `getconf` process
+/// each time would take CPU from what is measured.
 pub fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// `(comm, utime, stime)` of a `/proc/…/stat` file.
