@@ -121,7 +121,7 @@ impl Actor for LaneActor {
                 renewed_at: now_ms(),
                 delivered: Unrecorded::default(),
                 ahead: None,
-                further: VecDeque::new(),
+                further: Further::default(),
                 next_batch: None,
                 mirror: std::sync::OnceLock::new(),
                 mirror_ahead: std::sync::OnceLock::new(),
@@ -324,7 +324,7 @@ struct Lane {
     ahead: Option<Ahead>,
     /// Medium-sized files further down the batch, being read and rendered
     /// on blocking workers (see [`FURTHER_EVENTS`]), in `seq` order.
-    further: VecDeque<Ahead>,
+    further: Further,
     /// The next batch, read while the last request of a batch was in flight.
     next_batch: Option<ReadBatch>,
     metrics: telemetry::AppDeliveries,
@@ -485,6 +485,58 @@ fn preparer(
     }
 }
 
+/// The medium-sized files further down a batch, read and rendered ahead on
+/// blocking workers, in `seq` order.
+#[derive(Default)]
+struct Further(VecDeque<Ahead>);
+
+impl Further {
+    /// Starts (with `start`) the medium-sized files among the next
+    /// [`FURTHER_EVENTS`] of `upcoming`, while the files held stay within
+    /// [`FURTHER_BYTES`].
+    fn start(
+        &mut self,
+        upcoming: &VecDeque<event::Model>,
+        config: &DeliveryConfig,
+        mut start: impl FnMut(&event::Model, i64) -> Ahead,
+    ) {
+        let mut held: i64 = self.0.iter().map(|ahead| ahead.size).sum();
+        for event in upcoming.iter().take(FURTHER_EVENTS) {
+            let Some(size) = readable_ahead(event, config)
+                .filter(|size| (INLINE_BYTES + 1..=BIG_BYTES).contains(size))
+            else {
+                continue;
+            };
+            if self.holds(event) {
+                continue;
+            }
+            if held + size > FURTHER_BYTES {
+                break;
+            }
+            held += size;
+            self.0.push_back(start(event, size));
+        }
+    }
+
+    /// Whether `event` is being read ahead here.
+    fn holds(&self, event: &event::Model) -> bool {
+        self.0.iter().any(|ahead| ahead.event_id == event.id)
+    }
+
+    /// The look-ahead of `event`, if it is held; those of events before it
+    /// (passed over) are dropped.
+    fn take_for(&mut self, event: &event::Model) -> Option<Ahead> {
+        while self.0.front().is_some_and(|ahead| ahead.seq < event.seq) {
+            self.0.pop_front();
+        }
+        self.0
+            .front()
+            .is_some_and(|ahead| ahead.event_id == event.id)
+            .then(|| self.0.pop_front())
+            .flatten()
+    }
+}
+
 /// The size of `event`'s file when it may be read ahead now: the event is
 /// due, sends content, and the file is at most [`AHEAD_BYTES`].
 fn readable_ahead(event: &event::Model, config: &DeliveryConfig) -> Option<i64> {
@@ -513,9 +565,6 @@ impl Ahead {
         if size > INLINE_BYTES {
             return Some(Self::on_blocking_worker(context, event, size, config));
         }
-        // The request was just handed to its connection on this task: let
-        // it go out first.
-        tokio::task::yield_now().await;
         let prepare = preparer(event, context, config.chunking);
         Some(Self {
             event_id: event.id.clone(),
@@ -721,55 +770,6 @@ impl Lane {
         }))
     }
 
-    /// Starts reading and rendering the medium-sized files among the next
-    /// [`FURTHER_EVENTS`] of `upcoming` on blocking workers, while the
-    /// files so held stay within [`FURTHER_BYTES`].
-    fn read_further(&mut self, context: &LaneContext, upcoming: &VecDeque<event::Model>) {
-        let mut held: i64 = self.further.iter().map(|ahead| ahead.size).sum();
-        for event in upcoming.iter().take(FURTHER_EVENTS) {
-            let Some(size) = readable_ahead(event, &self.config)
-                .filter(|size| (INLINE_BYTES + 1..=BIG_BYTES).contains(size))
-            else {
-                continue;
-            };
-            if self.reads_further(event) {
-                continue;
-            }
-            if held + size > FURTHER_BYTES {
-                break;
-            }
-            held += size;
-            self.further.push_back(Ahead::on_blocking_worker(
-                context,
-                event,
-                size,
-                &self.config,
-            ));
-        }
-    }
-
-    /// Whether `event` is being read further ahead.
-    fn reads_further(&self, event: &event::Model) -> bool {
-        self.further.iter().any(|ahead| ahead.event_id == event.id)
-    }
-
-    /// The look-ahead of `event` among those further ahead, if any; the
-    /// ones of events before it (passed over) are dropped.
-    fn further_for(&mut self, event: &event::Model) -> Option<Ahead> {
-        while self
-            .further
-            .front()
-            .is_some_and(|ahead| ahead.seq < event.seq)
-        {
-            self.further.pop_front();
-        }
-        self.further
-            .front()
-            .is_some_and(|ahead| ahead.event_id == event.id)
-            .then(|| self.further.pop_front())
-            .flatten()
-    }
-
     /// Queues a delivered event's successful attempt for [`Lane::flush`].
     fn delivered(&mut self, attempt: Attempt) {
         self.delivered.since.get_or_insert_with(Instant::now);
@@ -891,7 +891,7 @@ impl Lane {
             .ahead
             .take()
             .filter(|ahead| ahead.event_id == event.id)
-            .or_else(|| self.further_for(event))
+            .or_else(|| self.further.take_for(event))
         {
             Some(ahead) => ahead.rendered_for(event).await,
             None => None,
@@ -1016,14 +1016,20 @@ impl Lane {
             let (read_ahead, read_after) = match (sent.last, next) {
                 (false, _) => (None, None),
                 (true, Some(next)) => {
-                    self.read_further(context, upcoming);
-                    (Some(next).filter(|next| !self.reads_further(next)), None)
+                    let config = &self.config;
+                    self.further.start(upcoming, config, |event, size| {
+                        Ahead::on_blocking_worker(context, event, size, config)
+                    });
+                    (Some(next).filter(|next| !self.further.holds(next)), None)
                 }
                 (true, None) => (None, Some(event.seq)),
             };
             let holding_big = event.size.is_some_and(|size| size > BIG_BYTES);
             let unrecorded = self.take_due();
+            // Biased: the request is polled first, so it is on the wire before
+            // the next event is read and rendered on this task.
             let (answer, ahead, written, read) = tokio::join!(
+                biased;
                 self.client
                     .post(&url, headers, body)
                     .instrument(span.clone()),
@@ -1382,6 +1388,67 @@ mod tests {
         assert_eq!(value("content-type"), "application/json");
     }
 
+    #[test]
+    fn medium_files_further_ahead_are_started_within_their_budget_and_taken_in_order() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = DeliveryConfig::for_tests(dir.path());
+        let event = |seq: i64, size: i64| event::Model {
+            id: format!("evt_{seq}"),
+            seq,
+            size: Some(size),
+            ..payload::tests::event(entity::EventKind::Created, true)
+        };
+        const KIB: i64 = 1 << 10;
+        let upcoming: VecDeque<_> = [
+            event(1, KIB),       // small: read on the lane's own task
+            event(2, 100 * KIB), // started
+            event(3, 3 << 20),   // big: never further ahead
+            event(4, 900 * KIB), // started
+            event(5, 900 * KIB), // started: 1,900 KiB held
+            event(6, 200 * KIB), // over the budget: the window ends here
+            event(7, 100 * KIB),
+        ]
+        .into();
+        let mut further = Further::default();
+        let started = std::cell::RefCell::new(Vec::new());
+        let start = |event: &event::Model, size: i64| {
+            started.borrow_mut().push(event.seq);
+            Ahead {
+                event_id: event.id.clone(),
+                seq: event.seq,
+                size,
+                work: AheadWork::Done(None),
+            }
+        };
+        further.start(&upcoming, &config, start);
+        further.start(&upcoming, &config, start);
+        assert_eq!(*started.borrow(), [2, 4, 5], "each once, within 2 MiB");
+        assert!(further.holds(&upcoming[1]) && !further.holds(&upcoming[0]));
+
+        // Event 2 was passed over (skipped): its read is dropped with 4's turn.
+        assert!(further.take_for(&upcoming[0]).is_none());
+        let taken = further
+            .take_for(&upcoming[3])
+            .expect("event 4 was read ahead");
+        assert_eq!(taken.event_id, "evt_4");
+        assert!(!further.holds(&upcoming[1]), "event 2's read is gone");
+        assert!(further.take_for(&upcoming[5]).is_none(), "event 6 was not");
+        assert!(!further.holds(&upcoming[4]), "event 5 came before 6");
+
+        // With room again, the window moves on.
+        let rest: VecDeque<_> = upcoming.into_iter().skip(5).collect();
+        further.start(&rest, &config, start);
+        assert_eq!(*started.borrow(), [2, 4, 5, 6, 7]);
+    }
+
+    /// An app's signer with one key.
+    fn test_signer() -> Signer {
+        Signer {
+            app_id: "app_1".into(),
+            keys: vec![b"current-key-0123456789".to_vec()].into(),
+        }
+    }
+
     /// The first request of `prepared`, as it was signed ahead.
     fn signed_ahead(prepared: &mut Prepared) -> &mut Signed {
         match &mut prepared.ahead {
@@ -1392,10 +1459,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_chunk_is_signed_ahead_over_its_own_body() {
-        let signer = Signer {
-            app_id: "app_1".into(),
-            keys: vec![b"current-key-0123456789".to_vec()].into(),
-        };
+        let signer = test_signer();
         let event = payload::tests::event(entity::EventKind::Created, true);
         let repository = payload::tests::repository();
         let chunking = payload::Chunking {
@@ -1436,10 +1500,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_signed_ahead_is_signed_again_when_it_waited_too_long() {
-        let signer = Signer {
-            app_id: "app_1".into(),
-            keys: vec![b"current-key-0123456789".to_vec()].into(),
-        };
+        let signer = test_signer();
         let event = payload::tests::event(entity::EventKind::Deleted, false);
         let repository = payload::tests::repository();
         let chunking = payload::Chunking {
