@@ -666,108 +666,164 @@ mod tests {
         (url, seen)
     }
 
+    /// An app whose endpoint answers after a delay, subscribed to a
+    /// repository with `events` deletions pending, and its delivery actor.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        subscription: String,
+        seen: Arc<Mutex<Vec<String>>>,
+        actor: ActorRef<AppMsg>,
+        handle: tokio::task::JoinHandle<()>,
+        workers: ActorRef<crate::scan::workers::PoolMsg>,
+    }
+
+    impl Rig {
+        async fn start(delay: Duration, events: i64) -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
+            let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+            let store = Store::connect(&url, keys).await.expect("store");
+            store.migrate().await.expect("schema");
+            let (base_url, seen) = slow_receiver(delay).await;
+            let app = store
+                .onboard_app(NewApp {
+                    name: "acme".into(),
+                    base_url,
+                    email: "a@b.co".into(),
+                    website: None,
+                    description: None,
+                    client_auth_key: secrecy::SecretString::from("k".repeat(16)),
+                })
+                .await
+                .expect("app");
+            let app_id = AppId::parse(&app.app.id).expect("id");
+            let missing = dir.path().join("remote").display().to_string();
+            let (view, _) = store
+                .subscribe(
+                    &app_id,
+                    NewSubscription {
+                        url: format!("file://{missing}"),
+                        fetch_url: format!("file://{missing}"),
+                        owner: "acme".into(),
+                        name: "docs".into(),
+                        branch: None,
+                        git_token: None,
+                        is_private: Some(false),
+                        include: vec![],
+                        exclude: vec![],
+                    },
+                )
+                .await
+                .expect("subscribed");
+            let subscription = view.subscription.id.clone();
+            // Deletions: no content to read, so no mirror is needed.
+            for seq in 1..=events {
+                entity::event::ActiveModel {
+                    id: Set(format!("evt_{seq:02}")),
+                    subscription_id: Set(subscription.clone()),
+                    app_id: Set(app.app.id.clone()),
+                    repository_id: Set(view.repository.id.clone()),
+                    snapshot_id: Set(None),
+                    seq: Set(seq),
+                    kind: Set(entity::EventKind::Deleted),
+                    path: Set(Some(format!("docs/{seq}.md"))),
+                    sha256: Set(Some("0".repeat(64))),
+                    previous_sha256: Set(None),
+                    size: Set(None),
+                    blob_id: Set(None),
+                    binary: Set(false),
+                    renamed_from: Set(None),
+                    commit_sha: Set(Some("1".repeat(40))),
+                    payload: Set(None),
+                    status: Set(entity::EventStatus::Pending),
+                    attempts: Set(0),
+                    next_attempt_at: Set(0),
+                    last_error: Set(None),
+                    created_at: Set(now_ms()),
+                    delivered_at: Set(None),
+                    trace_parent: Set(None),
+                }
+                .insert(store.db())
+                .await
+                .expect("event");
+            }
+            let (pool, workers) = ScanPool::standalone(1).await.expect("scan workers");
+            let args = AppArgs {
+                pool,
+                app_id: app.app.id.clone(),
+                store: store.clone(),
+                config: DeliveryConfig::for_tests(dir.path()),
+                client: WebhookClient::new(Duration::from_secs(5), true),
+                restart: RestartPolicy {
+                    max_restarts: 3,
+                    window: Duration::from_secs(60),
+                    base_backoff: Duration::from_millis(10),
+                    max_backoff: Duration::from_millis(50),
+                },
+            };
+            let (actor, handle) = Actor::spawn(None, AppDelivery, args)
+                .await
+                .expect("app actor");
+            Self {
+                _dir: dir,
+                store,
+                subscription,
+                seen,
+                actor,
+                handle,
+                workers,
+            }
+        }
+
+        /// How many webhooks the endpoint got.
+        fn sent(&self) -> usize {
+            self.seen.lock().expect("lock").len()
+        }
+
+        /// How many of the subscription's events are recorded delivered.
+        async fn delivered(&self) -> usize {
+            entity::event::Entity::find()
+                .filter(entity::event::Column::SubscriptionId.eq(self.subscription.as_str()))
+                .filter(entity::event::Column::Status.eq(entity::EventStatus::Delivered))
+                .all(self.store.db())
+                .await
+                .expect("events")
+                .len()
+        }
+
+        /// Drains, and waits until the endpoint got `count` webhooks.
+        async fn drain_until_seen(&self, count: usize) {
+            self.actor.send_message(AppMsg::Drain).expect("drain");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.sent() < count {
+                if tokio::time::Instant::now() > deadline {
+                    let events = entity::event::Entity::find().all(self.store.db()).await;
+                    panic!("nothing delivered: {events:#?}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        async fn stop(self) {
+            self.actor.stop(None);
+            self.handle.await.expect("stops");
+            self.workers.stop(None);
+            self.store.close().await.ok();
+        }
+    }
+
     #[tokio::test]
     async fn a_lane_that_panics_is_restarted_and_its_events_still_arrive() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
-        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-        let store = Store::connect(&url, keys).await.expect("store");
-        store.migrate().await.expect("schema");
-        let (base_url, seen) = slow_receiver(Duration::from_millis(120)).await;
-        let app = store
-            .onboard_app(NewApp {
-                name: "acme".into(),
-                base_url,
-                email: "a@b.co".into(),
-                website: None,
-                description: None,
-                client_auth_key: secrecy::SecretString::from("k".repeat(16)),
-            })
-            .await
-            .expect("app");
-        let app_id = AppId::parse(&app.app.id).expect("id");
-        let missing = dir.path().join("remote").display().to_string();
-        let (view, _) = store
-            .subscribe(
-                &app_id,
-                NewSubscription {
-                    url: format!("file://{missing}"),
-                    fetch_url: format!("file://{missing}"),
-                    owner: "acme".into(),
-                    name: "docs".into(),
-                    branch: None,
-                    git_token: None,
-                    is_private: Some(false),
-                    include: vec![],
-                    exclude: vec![],
-                },
-            )
-            .await
-            .expect("subscribed");
-        let subscription = view.subscription.id.clone();
-        // Deletions: no content to read, so no mirror is needed.
-        for seq in 1..=8 {
-            entity::event::ActiveModel {
-                id: Set(format!("evt_{seq:02}")),
-                subscription_id: Set(subscription.clone()),
-                app_id: Set(app.app.id.clone()),
-                repository_id: Set(view.repository.id.clone()),
-                snapshot_id: Set(None),
-                seq: Set(seq),
-                kind: Set(entity::EventKind::Deleted),
-                path: Set(Some(format!("docs/{seq}.md"))),
-                sha256: Set(Some("0".repeat(64))),
-                previous_sha256: Set(None),
-                size: Set(None),
-                blob_id: Set(None),
-                binary: Set(false),
-                renamed_from: Set(None),
-                commit_sha: Set(Some("1".repeat(40))),
-                payload: Set(None),
-                status: Set(entity::EventStatus::Pending),
-                attempts: Set(0),
-                next_attempt_at: Set(0),
-                last_error: Set(None),
-                created_at: Set(now_ms()),
-                delivered_at: Set(None),
-                trace_parent: Set(None),
-            }
-            .insert(store.db())
-            .await
-            .expect("event");
-        }
-        let (pool, workers) = ScanPool::standalone(1).await.expect("scan workers");
-        let args = AppArgs {
-            pool,
-            app_id: app.app.id.clone(),
-            store: store.clone(),
-            config: DeliveryConfig::for_tests(dir.path()),
-            client: WebhookClient::new(Duration::from_secs(5), true),
-            restart: RestartPolicy {
-                max_restarts: 3,
-                window: Duration::from_secs(60),
-                base_backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(50),
-            },
-        };
-        let (actor, handle) = Actor::spawn(None, AppDelivery, args)
-            .await
-            .expect("app actor");
+        let rig = Rig::start(Duration::from_millis(120), 8).await;
+        let (actor, subscription, seen) = (&rig.actor, &rig.subscription, &rig.seen);
         let lanes = |actor: &ActorRef<AppMsg>| -> Vec<ractor::ActorId> {
             // The children are the breaker and the lanes.
             actor.get_children().iter().map(|c| c.get_id()).collect()
         };
         let breaker_and_first: Vec<_> = {
-            actor.send_message(AppMsg::Drain).expect("drain");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while seen.lock().expect("lock").len() < 2 {
-                if tokio::time::Instant::now() > deadline {
-                    let events = entity::event::Entity::find().all(store.db()).await;
-                    panic!("nothing delivered: {events:#?}");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            lanes(&actor)
+            rig.drain_until_seen(2).await;
+            lanes(actor)
         };
         assert_eq!(breaker_and_first.len(), 2, "the breaker and one lane");
         actor
@@ -776,15 +832,9 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut restarted = false;
         loop {
-            let now = lanes(&actor);
+            let now = lanes(actor);
             restarted |= now.iter().any(|id| !breaker_and_first.contains(id));
-            let delivered = entity::event::Entity::find()
-                .filter(entity::event::Column::SubscriptionId.eq(subscription.as_str()))
-                .filter(entity::event::Column::Status.eq(entity::EventStatus::Delivered))
-                .all(store.db())
-                .await
-                .expect("events")
-                .len();
+            let delivered = rig.delivered().await;
             if delivered == 8 {
                 break;
             }
@@ -810,9 +860,56 @@ mod tests {
             "{ids:?}"
         );
         assert!(after.len() + before.len() >= 8, "{ids:?}");
-        actor.stop(None);
-        handle.await.expect("stops");
-        workers.stop(None);
-        store.close().await.ok();
+        rig.stop().await;
+    }
+
+    /// The lane writes its deliveries beside its sends; a write that finds
+    /// the lease taken over must still stop the lane, within a write's
+    /// time, and nothing it sent after is recorded.
+    #[tokio::test]
+    async fn a_lane_whose_lease_is_taken_over_stops_sending() {
+        const EVENTS: usize = 60;
+        let rig = Rig::start(Duration::from_millis(20), EVENTS as i64).await;
+        rig.drain_until_seen(3).await;
+        // The lane's lease runs out under it, and another instance claims
+        // the subscription.
+        entity::subscription::Entity::update_many()
+            .col_expr(
+                entity::subscription::Column::DeliveryLeaseUntil,
+                sea_orm::sea_query::Expr::value(0),
+            )
+            .filter(entity::subscription::Column::Id.eq(rig.subscription.as_str()))
+            .exec(rig.store.db())
+            .await
+            .expect("the lease expired");
+        let id = SubscriptionId::parse(&rig.subscription).expect("id");
+        rig.store
+            .claim_delivery(&id, "instance-b", 60_000)
+            .await
+            .expect("claim")
+            .expect("the expired lease is free");
+        let (sent_then, recorded_then) = (rig.sent(), rig.delivered().await);
+        // Wait until the endpoint hears nothing more for a second.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut last = sent_then;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = rig.sent();
+            if now == last || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let sent_after = last - sent_then;
+        assert!(
+            last < EVENTS && sent_after <= 25,
+            "the lane sent {sent_after} webhooks after its lease was taken over ({last} of {EVENTS} in all)"
+        );
+        assert_eq!(
+            rig.delivered().await,
+            recorded_then,
+            "nothing sent after the takeover was recorded by the old lane"
+        );
+        rig.stop().await;
     }
 }

@@ -43,6 +43,31 @@ impl OwnedTask {
     }
 }
 
+/// A value a task is making for its owner, who holds it and takes the value
+/// when it needs it: the task is aborted when this is dropped, and its panic
+/// is the owner's.
+#[derive(Debug)]
+pub struct Pending<T>(AbortOnDropHandle<T>);
+
+impl<T: Send + 'static> Pending<T> {
+    pub fn spawn(work: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(AbortOnDropHandle::new(tokio::spawn(work)))
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// The value, once made; `None` if the runtime shut the task down first.
+    pub async fn wait(self) -> Option<T> {
+        match self.0.await {
+            Ok(value) => Some(value),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => None,
+        }
+    }
+}
+
 /// The message of a panic's payload.
 pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
@@ -79,6 +104,42 @@ mod tests {
             rx.recv().await.expect("a report"),
             Err("the lane broke".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn a_pending_value_is_waited_for_and_dropping_it_stops_its_work() {
+        let pending = Pending::spawn(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            7
+        });
+        assert!(!pending.is_finished());
+        assert_eq!(pending.wait().await, Some(7));
+
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let pending = Pending::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        drop(pending);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "the work outlived its owner"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pending_values_panic_is_its_owners() {
+        let pending = Pending::spawn(async {
+            if true {
+                panic!("the read broke");
+            }
+            0
+        });
+        let caught = tokio::spawn(pending.wait()).await.expect_err("the panic");
+        assert!(caught.is_panic());
+        assert_eq!(panic_message(caught.into_panic()), "the read broke");
     }
 
     #[tokio::test]

@@ -7,10 +7,12 @@
 //! the same stages: *render* (content read from the mirror, the body built
 //! and chunked), *sign*, *send*, *record* (the answer judged, the breaker
 //! told, the outcome written). While a request is in flight the lane does
-//! what does not wait for its answer: it renders and signs the next event,
-//! writes the deliveries queued so far and, after a batch's last event,
-//! reads the next batch; only the answer stands between two requests. A
-//! lane that finds its lease lost in that write stops before its next send.
+//! what does not wait for its answer: it renders and signs the next event.
+//! The store's work runs beside the lane, in tasks the lane owns, for as many
+//! requests as it takes: the deliveries queued so far are written, and the
+//! next batch is read before the current one runs out; only the answer
+//! stands between two requests. A lane that finds its lease lost in such a
+//! write stops before its next send.
 //! One event is one message, so a stop asked by the owner takes effect
 //! between two events, after the lane wrote what it delivered and released
 //! its lease; a lane that fails (a panic) leaves its events pending, and its
@@ -35,6 +37,7 @@ use crate::breaker::actor::{BreakerMsg, Change, Reported};
 use crate::clock::{millis, now_ms};
 use crate::git::{Credentials, RemoteSpec};
 use crate::ids::SubscriptionId;
+use crate::owned::Pending;
 use crate::payload::{self, RepositoryRef};
 use crate::scan::ScanPool;
 use crate::signing;
@@ -81,6 +84,8 @@ pub struct LaneState {
     after_seq: i64,
     /// The events read and not yet handled, in order.
     batch: VecDeque<event::Model>,
+    /// Whether that batch was read full ([`BATCH`] events): more may follow.
+    batch_full: bool,
     /// Read again with every batch: a rotated key or a new base_url applies
     /// within one batch, and a disabled app stops its lanes.
     context: Option<LaneContext>,
@@ -109,6 +114,15 @@ impl Actor for LaneActor {
         Ok(LaneState {
             lane: Lane {
                 metrics: telemetry::AppDeliveries::of(&args.app_id),
+                reads: Arc::new(BatchReads {
+                    app_id: args.app_id.clone(),
+                    subscription: args.subscription.clone(),
+                    store: args.store.clone(),
+                    config: args.config.clone(),
+                    pool: args.pool,
+                    mirror: std::sync::OnceLock::new(),
+                    mirror_ahead: std::sync::OnceLock::new(),
+                }),
                 app_id: args.app_id,
                 subscription: args.subscription,
                 lease: args.lease,
@@ -117,18 +131,17 @@ impl Actor for LaneActor {
                 client: args.client,
                 breaker: args.breaker,
                 breaker_clear: args.breaker_clear,
-                pool: args.pool,
                 renewed_at: now_ms(),
                 delivered: Unrecorded::default(),
+                writing: None,
                 ahead: None,
                 further: Further::default(),
-                next_batch: None,
-                mirror: std::sync::OnceLock::new(),
-                mirror_ahead: std::sync::OnceLock::new(),
+                reading: None,
             },
             owner: args.owner,
             after_seq: i64::MIN,
             batch: VecDeque::new(),
+            batch_full: false,
             context: None,
             retry_at: None,
         })
@@ -199,25 +212,19 @@ impl LaneState {
     /// last one is used up.
     async fn step(&mut self) -> Result<Step, StoreError> {
         if self.batch.is_empty() {
-            let read = match self.lane.next_batch.take() {
-                // Read while the last event's request was in flight.
-                Some(ahead) if ahead.after_seq == self.after_seq => ahead.read,
-                _ => {
-                    if self.after_seq == i64::MIN
-                        && let Some(first) = self
-                            .lane
-                            .store
-                            .first_undelivered_seq(self.lane.subscription.as_str())
-                            .await?
-                    {
-                        // Start at the first undelivered event, not at the
-                        // start of the subscription's (kept) history.
-                        self.after_seq = first - 1;
-                    }
-                    self.lane.read_batch(self.after_seq).await
-                }
-            };
-            let Some(Batch { context, events }) = read? else {
+            if self.after_seq == i64::MIN
+                && let Some(first) = self
+                    .lane
+                    .store
+                    .first_undelivered_seq(self.lane.subscription.as_str())
+                    .await?
+            {
+                // Start at the first undelivered event, not at the start of
+                // the subscription's (kept) history.
+                self.after_seq = first - 1;
+            }
+            let Some(Batch { context, events }) = self.lane.batch_after(self.after_seq).await?
+            else {
                 return Ok(Step::Done(None));
             };
             self.context = Some(context);
@@ -230,6 +237,7 @@ impl LaneState {
                     .await?;
                 return Ok(Step::Done(None));
             }
+            self.batch_full = events.len() as u64 >= BATCH;
             self.batch = events.into();
         }
         let (Some(event), Some(context)) = (self.batch.pop_front(), self.context.as_ref()) else {
@@ -248,6 +256,14 @@ impl LaneState {
             }
         } else if event.next_attempt_at > now_ms() {
             return Ok(Step::Done(Some(event.next_attempt_at)));
+        }
+        // The next batch is read while this one's events go out: from a
+        // quarter before the end of a full batch (a read takes tens of
+        // requests' time), after the last event of a shorter one (which
+        // found every event there was).
+        if self.batch.is_empty() || (self.batch_full && self.batch.len() <= READ_NEXT_AT) {
+            let last = self.batch.back().map_or(event.seq, |last| last.seq);
+            self.lane.read_next(last);
         }
         // The next events of the batch are read and rendered while this
         // one's request is in flight (never those of another batch: the next
@@ -315,19 +331,33 @@ struct Lane {
     breaker: ActorRef<BreakerMsg>,
     /// Set while the breaker is closed with no failure counted.
     breaker_clear: Arc<AtomicBool>,
-    pool: ScanPool,
+    /// How batches are read, beside the lane.
+    reads: Arc<BatchReads>,
     /// When the delivery lease was last claimed or renewed (unix ms).
     renewed_at: i64,
     /// Delivered events whose success is not written yet (see [`Lane::flush`]).
     delivered: Unrecorded,
+    /// Delivered events being written while the lane goes on (see
+    /// [`Lane::write_behind`]).
+    writing: Option<Pending<Result<(), StoreError>>>,
     /// The next event, being read and rendered ahead.
     ahead: Option<Ahead>,
     /// Medium-sized files further down the batch, being read and rendered
     /// on blocking workers (see [`FURTHER_EVENTS`]), in `seq` order.
     further: Further,
-    /// The next batch, read while the last request of a batch was in flight.
-    next_batch: Option<ReadBatch>,
+    /// The next batch, being read while the current one's events go out.
+    reading: Option<NextBatch>,
     metrics: telemetry::AppDeliveries,
+}
+
+/// What reading a lane's next batch needs, shared with the task that reads
+/// it.
+struct BatchReads {
+    app_id: String,
+    subscription: SubscriptionId,
+    store: Store,
+    config: DeliveryConfig,
+    pool: ScanPool,
     /// The mirror's reader, kept for the lane's life (a subscription's
     /// repository never changes): libgit2's cache of delta bases outlives a
     /// batch.
@@ -344,33 +374,32 @@ struct Batch {
     events: Vec<event::Model>,
 }
 
-/// The batch after `after_seq`, as it was read ahead.
-struct ReadBatch {
+/// The batch after `after_seq`, being read ahead.
+struct NextBatch {
     after_seq: i64,
-    read: Result<Option<Batch>, StoreError>,
+    read: Pending<Result<Option<Batch>, StoreError>>,
 }
+
+/// A full batch's next batch is read once this many of its events are left.
+const READ_NEXT_AT: usize = BATCH as usize / 4;
 
 /// Files up to this size are read and rendered ahead on the lane's own
 /// task, in the time its request is in flight: a small body renders in far
 /// less time than a tokio worker may be held, and a blocking worker would
 /// cost two thread wake-ups per event.
 const INLINE_BYTES: i64 = 64 << 10;
-/// Files up to this size are read and rendered ahead, on a blocking worker
-/// when larger than [`INLINE_BYTES`]. Larger ones are read when their turn
-/// comes.
+/// Files up to this size are read and rendered ahead (larger ones when their
+/// turn comes).
 const AHEAD_BYTES: i64 = 4 << 20;
-/// A file larger than this is big: a lane never holds two big files at
-/// once, so one is not read ahead while another is in flight.
-const BIG_BYTES: i64 = 1 << 20;
-/// Files larger than [`INLINE_BYTES`] and up to [`BIG_BYTES`] are read and
-/// rendered this many events ahead, on blocking workers, as long as the
-/// files so held add up to at most [`FURTHER_BYTES`]. Rendering and
-/// signing one takes milliseconds, far longer than the request before it;
-/// started only when the request before it leaves, it held the lane up
-/// (reference workload: such files arrived 1.4–5 ms apart, against
-/// 0.4–1.3 ms for a sender with every body ready).
+/// Files larger than [`INLINE_BYTES`] and up to [`AHEAD_BYTES`] are read and
+/// rendered this many events ahead, on blocking workers, as long as they and
+/// the file in flight add up to at most [`FURTHER_BYTES`]. Rendering and
+/// signing one takes milliseconds (a 2 MiB file about 6–10), far longer than
+/// the request before it; started only when the request before it leaves,
+/// it held the lane up (reference workload: such files arrived 1.4–5 ms
+/// apart, against 0.4–1.3 ms for a sender with every body ready).
 const FURTHER_EVENTS: usize = 32;
-const FURTHER_BYTES: i64 = 2 << 20;
+const FURTHER_BYTES: i64 = 4 << 20;
 
 /// The next event's body, read from the mirror and rendered (and signed)
 /// while the current event's request is in flight. Reading ahead changes
@@ -485,25 +514,25 @@ fn preparer(
     }
 }
 
-/// The medium-sized files further down a batch, read and rendered ahead on
-/// blocking workers, in `seq` order.
+/// The files over [`INLINE_BYTES`] further down a batch, read and rendered
+/// ahead on blocking workers, in `seq` order.
 #[derive(Default)]
 struct Further(VecDeque<Ahead>);
 
 impl Further {
-    /// Starts (with `start`) the medium-sized files among the next
-    /// [`FURTHER_EVENTS`] of `upcoming`, while the files held stay within
-    /// [`FURTHER_BYTES`].
+    /// Starts (with `start`) the files over [`INLINE_BYTES`] among the next
+    /// [`FURTHER_EVENTS`] of `upcoming`, while the files held, with the one
+    /// in flight (`in_flight` bytes), stay within [`FURTHER_BYTES`].
     fn start(
         &mut self,
         upcoming: &VecDeque<event::Model>,
         config: &DeliveryConfig,
+        in_flight: i64,
         mut start: impl FnMut(&event::Model, i64) -> Ahead,
     ) {
-        let mut held: i64 = self.0.iter().map(|ahead| ahead.size).sum();
+        let mut held: i64 = in_flight + self.0.iter().map(|ahead| ahead.size).sum::<i64>();
         for event in upcoming.iter().take(FURTHER_EVENTS) {
-            let Some(size) = readable_ahead(event, config)
-                .filter(|size| (INLINE_BYTES + 1..=BIG_BYTES).contains(size))
+            let Some(size) = readable_ahead(event, config).filter(|size| *size > INLINE_BYTES)
             else {
                 continue;
             };
@@ -549,22 +578,16 @@ fn readable_ahead(event: &event::Model, config: &DeliveryConfig) -> Option<i64> 
 }
 
 impl Ahead {
-    /// Reads `next` ahead, when it may be (see [`readable_ahead`]);
-    /// `holding_big` when the event in flight is big.
+    /// Reads `next` ahead on this task, when it may be (see
+    /// [`readable_ahead`]) and is small; larger files are read further ahead
+    /// (see [`Further`]).
     async fn prepare(
         context: &LaneContext,
         next: Option<&event::Model>,
         config: &DeliveryConfig,
-        holding_big: bool,
     ) -> Option<Self> {
         let event = next?;
-        let size = readable_ahead(event, config)?;
-        if holding_big && size > BIG_BYTES {
-            return None;
-        }
-        if size > INLINE_BYTES {
-            return Some(Self::on_blocking_worker(context, event, size, config));
-        }
+        let size = readable_ahead(event, config).filter(|size| *size <= INLINE_BYTES)?;
         let prepare = preparer(event, context, config.chunking);
         Some(Self {
             event_id: event.id.clone(),
@@ -694,7 +717,7 @@ fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration) -> Judgem
     }
 }
 
-impl Lane {
+impl BatchReads {
     async fn context(&self) -> Result<Option<LaneContext>, StoreError> {
         let Some(app) = self.store.app(&self.app_id).await? else {
             return Ok(None);
@@ -770,6 +793,45 @@ impl Lane {
         }))
     }
 
+    /// The events after `after_seq` and the context they are delivered in;
+    /// `None` when the app is gone or disabled, or the subscription gone.
+    async fn read_batch(&self, after_seq: i64) -> Result<Option<Batch>, StoreError> {
+        let Some(context) = self.context().await? else {
+            return Ok(None);
+        };
+        let events = self
+            .store
+            .next_events(self.subscription.as_str(), after_seq, BATCH)
+            .await?;
+        Ok(Some(Batch { context, events }))
+    }
+}
+
+impl Lane {
+    /// Starts reading the batch after `after_seq` beside the lane, unless a
+    /// read is under way.
+    fn read_next(&mut self, after_seq: i64) {
+        if self.reading.is_none() {
+            let reads = self.reads.clone();
+            self.reading = Some(NextBatch {
+                after_seq,
+                read: Pending::spawn(async move { reads.read_batch(after_seq).await }),
+            });
+        }
+    }
+
+    /// The batch after `after_seq`: the one read ahead when it is that one,
+    /// else read now.
+    async fn batch_after(&mut self, after_seq: i64) -> Result<Option<Batch>, StoreError> {
+        if let Some(next) = self.reading.take()
+            && next.after_seq == after_seq
+            && let Some(read) = next.read.wait().await
+        {
+            return read;
+        }
+        self.reads.read_batch(after_seq).await
+    }
+
     /// Queues a delivered event's successful attempt for [`Lane::flush`].
     fn delivered(&mut self, attempt: Attempt) {
         self.delivered.since.get_or_insert_with(Instant::now);
@@ -784,10 +846,48 @@ impl Lane {
                 .is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
     }
 
-    /// Writes the queued deliveries in one transaction.
+    /// Writes the queued deliveries in one transaction, after the write
+    /// under way.
     async fn flush(&mut self) -> Result<(), StoreError> {
+        self.written().await?;
         let attempts = self.take_queued();
         self.write(attempts).await
+    }
+
+    /// Hands the queued deliveries to a write beside the lane when they are
+    /// due and no write is under way. A write that ended is looked at
+    /// first: one that found the lease lost ends the lane here, before its
+    /// next send.
+    async fn write_behind(&mut self) -> Result<(), StoreError> {
+        if self.writing.as_ref().is_some_and(Pending::is_finished) {
+            self.written().await?;
+        }
+        if self.writing.is_none() && self.flush_due() {
+            let attempts = self.take_queued();
+            let (store, subscription, lease) = (
+                self.store.clone(),
+                self.subscription.clone(),
+                self.lease.clone(),
+            );
+            self.writing = Some(Pending::spawn(async move {
+                store
+                    .record_deliveries(subscription.as_str(), &lease, attempts)
+                    .await
+            }));
+        }
+        Ok(())
+    }
+
+    /// Waits for the write under way, if any, and gives its result.
+    async fn written(&mut self) -> Result<(), StoreError> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(());
+        };
+        writing.wait().await.unwrap_or_else(|| {
+            Err(StoreError::Db(sea_orm::DbErr::Custom(
+                "the runtime stopped while delivered events were being recorded".to_owned(),
+            )))
+        })
     }
 
     /// The queued deliveries, taken to be written.
@@ -796,44 +896,11 @@ impl Lane {
         std::mem::take(&mut self.delivered.attempts)
     }
 
-    /// The queued deliveries when it is time to write them (none otherwise).
-    fn take_due(&mut self) -> Vec<Attempt> {
-        if self.flush_due() {
-            self.take_queued()
-        } else {
-            Vec::new()
-        }
-    }
-
     /// Writes deliveries in one transaction, if `lease` still holds.
     async fn write(&self, attempts: Vec<Attempt>) -> Result<(), StoreError> {
         self.store
             .record_deliveries(self.subscription.as_str(), &self.lease, attempts)
             .await
-    }
-
-    /// The batch after `after_seq`, with the context it is delivered in;
-    /// nothing when no batch is asked for. The read's error is kept for the
-    /// step that would use the batch.
-    async fn read_batch_after(&self, after_seq: Option<i64>) -> Option<ReadBatch> {
-        let after_seq = after_seq?;
-        Some(ReadBatch {
-            after_seq,
-            read: self.read_batch(after_seq).await,
-        })
-    }
-
-    /// The events after `after_seq` and the context they are delivered in;
-    /// `None` when the app is gone or disabled, or the subscription gone.
-    async fn read_batch(&self, after_seq: i64) -> Result<Option<Batch>, StoreError> {
-        let Some(context) = self.context().await? else {
-            return Ok(None);
-        };
-        let events = self
-            .store
-            .next_events(self.subscription.as_str(), after_seq, BATCH)
-            .await?;
-        Ok(Some(Batch { context, events }))
     }
 
     /// Renews the delivery lease once a third of it has passed; `false` when
@@ -1013,34 +1080,30 @@ impl Lane {
                 last: index + 1 == parts,
                 probe,
             };
-            let (read_ahead, read_after) = match (sent.last, next) {
-                (false, _) => (None, None),
+            let read_ahead = match (sent.last, next) {
                 (true, Some(next)) => {
                     let config = &self.config;
-                    self.further.start(upcoming, config, |event, size| {
-                        Ahead::on_blocking_worker(context, event, size, config)
-                    });
-                    (Some(next).filter(|next| !self.further.holds(next)), None)
+                    let in_flight = event.size.unwrap_or(0);
+                    self.further
+                        .start(upcoming, config, in_flight, |event, size| {
+                            Ahead::on_blocking_worker(context, event, size, config)
+                        });
+                    Some(next)
                 }
-                (true, None) => (None, Some(event.seq)),
+                _ => None,
             };
-            let holding_big = event.size.is_some_and(|size| size > BIG_BYTES);
-            let unrecorded = self.take_due();
+            // A lane that finds its lease lost stops before its next send.
+            self.write_behind().await?;
             // Biased: the request is polled first, so it is on the wire before
             // the next event is read and rendered on this task.
-            let (answer, ahead, written, read) = tokio::join!(
+            let (answer, ahead) = tokio::join!(
                 biased;
                 self.client
                     .post(&url, headers, body)
                     .instrument(span.clone()),
-                Ahead::prepare(context, read_ahead, &self.config, holding_big),
-                self.write(unrecorded),
-                self.read_batch_after(read_after),
+                Ahead::prepare(context, read_ahead, &self.config),
             );
             self.ahead = ahead;
-            self.next_batch = read;
-            // A lane that finds its lease lost stops before its next send.
-            written?;
             if let Ok(answer) = &answer {
                 telemetry::answered(&span, answer.status);
             }
@@ -1402,10 +1465,10 @@ mod tests {
         let upcoming: VecDeque<_> = [
             event(1, KIB),       // small: read on the lane's own task
             event(2, 100 * KIB), // started
-            event(3, 3 << 20),   // big: never further ahead
-            event(4, 900 * KIB), // started
-            event(5, 900 * KIB), // started: 1,900 KiB held
-            event(6, 200 * KIB), // over the budget: the window ends here
+            event(3, 3 << 20),   // started
+            event(4, 900 * KIB), // started: 4,072 KiB held
+            event(5, 900 * KIB), // over the budget: the window ends here
+            event(6, 200 * KIB),
             event(7, 100 * KIB),
         ]
         .into();
@@ -1420,25 +1483,30 @@ mod tests {
                 work: AheadWork::Done(None),
             }
         };
-        further.start(&upcoming, &config, start);
-        further.start(&upcoming, &config, start);
-        assert_eq!(*started.borrow(), [2, 4, 5], "each once, within 2 MiB");
+        further.start(&upcoming, &config, 0, start);
+        further.start(&upcoming, &config, 0, start);
+        assert_eq!(*started.borrow(), [2, 3, 4], "each once, within 4 MiB");
         assert!(further.holds(&upcoming[1]) && !further.holds(&upcoming[0]));
 
-        // Event 2 was passed over (skipped): its read is dropped with 4's turn.
+        // Events 2 and 3 were passed over (skipped): their reads are dropped
+        // with 4's turn.
         assert!(further.take_for(&upcoming[0]).is_none());
         let taken = further
             .take_for(&upcoming[3])
             .expect("event 4 was read ahead");
         assert_eq!(taken.event_id, "evt_4");
         assert!(!further.holds(&upcoming[1]), "event 2's read is gone");
+        assert!(!further.holds(&upcoming[2]), "event 3's read is gone");
         assert!(further.take_for(&upcoming[5]).is_none(), "event 6 was not");
         assert!(!further.holds(&upcoming[4]), "event 5 came before 6");
 
-        // With room again, the window moves on.
+        // The file in flight counts: 3,900 KiB of it leaves no room.
         let rest: VecDeque<_> = upcoming.into_iter().skip(5).collect();
-        further.start(&rest, &config, start);
-        assert_eq!(*started.borrow(), [2, 4, 5, 6, 7]);
+        further.start(&rest, &config, 3900 * KIB, start);
+        assert_eq!(*started.borrow(), [2, 3, 4]);
+        // With room again, the window moves on.
+        further.start(&rest, &config, 900 * KIB, start);
+        assert_eq!(*started.borrow(), [2, 3, 4, 6, 7]);
     }
 
     /// An app's signer with one key.
