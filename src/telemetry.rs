@@ -27,6 +27,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -79,13 +81,21 @@ pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), 
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
+    // The log layer formats a span's fields when the span begins, for the
+    // log lines written inside it; spans no log line is written in are left
+    // to OpenTelemetry.
+    let logged = filter_fn(|metadata| {
+        !(metadata.is_span() && actors::telemetry::TRACE_ONLY_SPANS.contains(&metadata.name()))
+    });
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     // A second initialisation (tests, embedding) keeps the first subscriber.
     let _ = if json {
-        registry.with(fmt.json().flatten_event(true)).try_init()
+        registry
+            .with(fmt.json().flatten_event(true).with_filter(logged))
+            .try_init()
     } else {
-        registry.with(fmt).try_init()
+        registry.with(fmt.with_filter(logged)).try_init()
     };
     Ok(())
 }

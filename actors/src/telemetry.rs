@@ -10,16 +10,46 @@
 //! Metrics go through the `metrics` facade: a no-op until the `herald` binary
 //! installs its recorder.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const TRACEPARENT: &str = "traceparent";
+
+/// Spans that exist for OpenTelemetry only: the log layer leaves them out
+/// (no log line is written inside them), so it does not format their fields
+/// for every webhook.
+pub const TRACE_ONLY_SPANS: &[&str] = &["delivery_attempt"];
+
+/// A `traceparent` value as the propagator's carrier: the only header it
+/// reads or writes here, without a map for it.
+#[derive(Default)]
+struct Traceparent<'a> {
+    incoming: Option<&'a str>,
+    outgoing: Option<String>,
+}
+
+impl Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.incoming.filter(|_| key == TRACEPARENT)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
+}
+
+impl Injector for Traceparent<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT {
+            self.outgoing = Some(value);
+        }
+    }
+}
 
 /// Scan outcomes (`herald_scans_total{outcome}`).
 pub mod scan_outcome {
@@ -49,9 +79,9 @@ pub fn traceparent(span: &Span) -> Option<String> {
     if !context.span().span_context().is_valid() {
         return None;
     }
-    let mut carrier = HashMap::new();
+    let mut carrier = Traceparent::default();
     TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove(TRACEPARENT)
+    carrier.outgoing
 }
 
 /// The current span's `traceparent`: where events are written, the scan's.
@@ -65,8 +95,10 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
     let Some(value) = traceparent else {
         return;
     };
-    let carrier = HashMap::from([(TRACEPARENT.to_owned(), value.to_owned())]);
-    let context = TraceContextPropagator::new().extract(&carrier);
+    let context = TraceContextPropagator::new().extract(&Traceparent {
+        incoming: Some(value),
+        outgoing: None,
+    });
     if context.span().span_context().is_valid() {
         // Fails only without an OpenTelemetry layer: then no trace to join.
         let _ = span.set_parent(context);

@@ -1052,7 +1052,8 @@ impl Lane {
             if index > 0 && !self.renew_lease().await? {
                 return Ok(Flow::Stop(None));
             }
-            // One span per request, in the trace of the scan that found the change.
+            // One span per request, in the trace of the scan that found the
+            // change; for OpenTelemetry only (`telemetry::TRACE_ONLY_SPANS`).
             let span = tracing::info_span!(
                 parent: None,
                 "delivery_attempt",
