@@ -60,11 +60,17 @@ impl<T: Send + 'static> Pending<T> {
 
     /// The value, once made; `None` if the runtime shut the task down first.
     pub async fn wait(self) -> Option<T> {
-        match self.0.await {
-            Ok(value) => Some(value),
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => None,
-        }
+        joined(self.0.await)
+    }
+}
+
+/// What a task that was waited for gave: its value; its panic, resumed in
+/// the task that waited; `None` if the runtime shut it down first.
+pub fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => None,
     }
 }
 

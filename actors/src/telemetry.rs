@@ -20,10 +20,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const TRACEPARENT: &str = "traceparent";
 
+/// The span of one delivery attempt (one request).
+pub const DELIVERY_ATTEMPT_SPAN: &str = "delivery_attempt";
+
 /// Spans that exist for OpenTelemetry only: the log layer leaves them out
 /// (no log line is written inside them), so it does not format their fields
 /// for every webhook.
-pub const TRACE_ONLY_SPANS: &[&str] = &["delivery_attempt"];
+pub const TRACE_ONLY_SPANS: &[&str] = &[DELIVERY_ATTEMPT_SPAN];
 
 /// A `traceparent` value as the propagator's carrier: the only header it
 /// reads or writes here, without a map for it.

@@ -140,11 +140,10 @@ impl MirrorReader {
         F: Fn(&[u8]) -> T + Send + Sync + 'static,
     {
         let reader = self.clone();
-        match tokio::task::spawn_blocking(move || reader.read_now(blob.as_deref(), &*make)).await {
-            Ok(made) => made,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => None,
-        }
+        crate::owned::joined(
+            tokio::task::spawn_blocking(move || reader.read_now(blob.as_deref(), &*make)).await,
+        )
+        .flatten()
     }
 
     /// What `make` makes of a blob's bytes, on this thread (a blocking one,

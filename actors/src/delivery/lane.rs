@@ -37,7 +37,7 @@ use crate::breaker::actor::{BreakerMsg, Change, Reported};
 use crate::clock::{millis, now_ms};
 use crate::git::{Credentials, RemoteSpec};
 use crate::ids::SubscriptionId;
-use crate::owned::Pending;
+use crate::owned::{Pending, joined};
 use crate::payload::{self, RepositoryRef};
 use crate::scan::ScanPool;
 use crate::signing;
@@ -308,10 +308,8 @@ const BLOCKING_BYTES: usize = 1 << 20;
 
 /// Runs CPU-heavy work on a blocking worker; its panic is the lane's.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    }
+    joined(tokio::task::spawn_blocking(work).await)
+        .expect("blocking work ends unless the runtime shuts down")
 }
 
 /// The shortest wait before content the remote could not give is asked for
@@ -468,11 +466,7 @@ impl Prepared {
         {
             let signed = match ahead {
                 SignedAhead::Done(signed) => Some(signed),
-                SignedAhead::Running(task) => match task.await {
-                    Ok(signed) => Some(signed),
-                    Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                    Err(_) => None,
-                },
+                SignedAhead::Running(task) => joined(task.await),
             };
             if let Some(signed) =
                 signed.filter(|signed| now_ms() / 1000 - signed.timestamp <= SIGNED_AHEAD_FOR_S)
@@ -628,11 +622,7 @@ impl Ahead {
         }
         match self.work {
             AheadWork::Done(rendering) => rendering,
-            AheadWork::Running(task) => match task.await {
-                Ok(rendering) => rendering,
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                Err(_) => None,
-            },
+            AheadWork::Running(task) => joined(task.await).flatten(),
         }
     }
 }
@@ -1056,7 +1046,7 @@ impl Lane {
             // change; for OpenTelemetry only (`telemetry::TRACE_ONLY_SPANS`).
             let span = tracing::info_span!(
                 parent: None,
-                "delivery_attempt",
+                telemetry::DELIVERY_ATTEMPT_SPAN,
                 "otel.kind" = "client",
                 event = %event.id,
                 app = %self.app_id,
