@@ -90,9 +90,6 @@ impl Content {
     }
 }
 
-/// Blobs larger than this are not kept mapped after they are read.
-const BIG_BLOB: usize = 1 << 20;
-
 /// How long one opening of the mirror serves. Long enough for libgit2's
 /// cache of delta bases to pay (tens of thousands of small files); short
 /// enough that pack files a compaction deleted are not held open, with
@@ -166,17 +163,12 @@ impl MirrorReader {
                     at: Instant::now(),
                 });
             }
-            let found = slot.as_ref()?.repo.find_blob(blob).ok().map(|found| {
-                let size = found.size();
-                (make(found.content()), size)
-            });
-            if let Some((made, size)) = found {
-                if size > BIG_BLOB {
-                    // Close the mirror: the pack windows mapped to read a big
-                    // file leave memory with it.
-                    *slot = None;
-                }
-                return Some(made);
+            // A big file does not close the mirror: the pack windows it
+            // maps are bounded process-wide (`git::configure_process`), and
+            // reopening would drop libgit2's cache of delta bases.
+            let found = slot.as_ref()?.repo.find_blob(blob).ok();
+            if let Some(found) = found {
+                return Some(make(found.content()));
             }
         }
         None
@@ -240,6 +232,38 @@ mod tests {
         assert_eq!(
             read(&aged, &new).as_deref(),
             Some(&b"after the compaction"[..])
+        );
+    }
+
+    #[test]
+    fn a_big_file_leaves_the_mirror_open() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("repo.git");
+        // 3 MiB that do not compress, as the biggest files of the reference
+        // workload.
+        let mut big = Vec::with_capacity(3 << 20);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        while big.len() < 3 << 20 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            big.extend_from_slice(&state.to_le_bytes());
+        }
+        let blob = packed_mirror(&path, &big);
+        let reader = MirrorReader::new(path.clone()).reopening_after(Duration::MAX);
+        assert_eq!(
+            reader.read_now(Some(&blob), &|bytes: &[u8]| bytes.len()),
+            Some(big.len())
+        );
+
+        // The mirror is replaced on disk: an opening that was kept after the
+        // big file still reads it; one closed after it would have reopened
+        // the new mirror, which lacks it.
+        std::fs::remove_dir_all(&path).expect("the mirror removed");
+        packed_mirror(&path, b"another mirror");
+        assert_eq!(
+            reader.read_now(Some(&blob), &|bytes: &[u8]| bytes.len()),
+            Some(big.len())
         );
     }
 }
