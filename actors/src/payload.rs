@@ -94,34 +94,25 @@ impl FileEnvelope<'_> {
     fn body(&self, content: Content<'_>) -> Vec<u8> {
         // The envelope's values are short; a long path only grows the buffer.
         let mut out = Vec::with_capacity(1024 + content.room());
-        out.extend_from_slice(b"{\"repository\":");
-        put(&mut out, self.repository);
-        out.extend_from_slice(b",\"file\":{\"path\":");
-        put(&mut out, self.path);
-        out.extend_from_slice(b",\"sha\":");
-        put(&mut out, self.sha);
-        out.extend_from_slice(b",\"size\":");
-        put(&mut out, &self.size);
+        field(&mut out, b"{\"repository\":", self.repository);
+        field(&mut out, b",\"file\":{\"path\":", self.path);
+        field(&mut out, b",\"sha\":", self.sha);
+        field(&mut out, b",\"size\":", &self.size);
         out.extend_from_slice(b",\"content\":");
         content.write(&mut out);
         if !matches!(content, Content::Text(_)) {
             out.extend_from_slice(b",\"content_encoding\":\"base64\"");
         }
         if let Some(chunk) = &self.chunk {
-            out.extend_from_slice(b",\"chunk\":");
-            put(&mut out, chunk);
+            field(&mut out, b",\"chunk\":", chunk);
         }
         out.push(b'}');
         if let Some(previous_sha) = self.previous_sha {
-            out.extend_from_slice(b",\"previous_sha\":");
-            put(&mut out, previous_sha);
+            field(&mut out, b",\"previous_sha\":", previous_sha);
         }
-        out.extend_from_slice(b",\"commit_sha\":");
-        put(&mut out, self.commit_sha);
-        out.extend_from_slice(b",\"timestamp\":");
-        put(&mut out, self.timestamp);
-        out.extend_from_slice(b",\"event_id\":");
-        put(&mut out, self.event_id);
+        field(&mut out, b",\"commit_sha\":", self.commit_sha);
+        field(&mut out, b",\"timestamp\":", self.timestamp);
+        field(&mut out, b",\"event_id\":", self.event_id);
         out.push(b'}');
         // A body is kept until it is answered (and rendered ahead of that):
         // it should not hold the escaper's spare room meanwhile.
@@ -132,8 +123,9 @@ impl FileEnvelope<'_> {
     }
 }
 
-/// Appends `value` as JSON.
-fn put(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+/// Appends `key` (with its punctuation) and `value` as JSON.
+fn field(out: &mut Vec<u8>, key: &[u8], value: &(impl Serialize + ?Sized)) {
+    out.extend_from_slice(key);
     serde_json::to_writer(out, value).expect("bodies serialise");
 }
 
@@ -146,10 +138,11 @@ struct TooLargeFile<'a> {
     size: i64,
 }
 
+/// A body about one file, whatever it says of the file (`F`).
 #[derive(Serialize)]
-struct TooLargeBody<'a> {
+struct FileNotice<'a, F> {
     repository: &'a RepositoryRef,
-    file: TooLargeFile<'a>,
+    file: F,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_sha: Option<&'a str>,
     commit_sha: &'a str,
@@ -359,7 +352,7 @@ pub fn render_too_large(
     repository: &RepositoryRef,
 ) -> Result<Rendered, PayloadError> {
     let incomplete = || PayloadError::Incomplete(event.id.clone());
-    let body = serde_json::to_vec(&TooLargeBody {
+    let body = serde_json::to_vec(&FileNotice {
         repository,
         file: TooLargeFile {
             path: event.path.as_deref().ok_or_else(incomplete)?,
@@ -650,19 +643,8 @@ pub(crate) mod tests {
         );
     }
 
-    /// A file body as serde_json writes it from a derived `Serialize`: the
-    /// oracle the hand-assembled bodies are checked against.
-    #[derive(Serialize)]
-    struct ChangeBody<'a> {
-        repository: &'a RepositoryRef,
-        file: FileBody<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        previous_sha: Option<&'a str>,
-        commit_sha: &'a str,
-        timestamp: &'a str,
-        event_id: &'a str,
-    }
-
+    /// A file with its content, as serde_json writes it from a derived
+    /// `Serialize`: the oracle the hand-assembled bodies are checked against.
     #[derive(Serialize)]
     struct FileBody<'a> {
         path: &'a str,
@@ -708,7 +690,7 @@ pub(crate) mod tests {
                 timestamp: "2026-01-01T00:00:00.000Z",
                 event_id: "evt_\u{1}01",
             };
-            let expected = serde_json::to_vec(&ChangeBody {
+            let expected = serde_json::to_vec(&FileNotice {
                 repository: &repository,
                 file: FileBody {
                     path: &path,
