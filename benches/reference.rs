@@ -31,7 +31,8 @@
 //!
 //! Options (defaults in brackets): `--files N` [5000], `--seed N` [1],
 //! `--memory FILES:SEED,…` [20000:2], `--apps N` [5], `--pushes N` [5],
-//! `--runs N` [1] (repeats 1–2), `--scenarios 1,3,4,5,6` [all],
+//! `--runs N` [1] (repeats 1–2; from 3 runs, each range gives its
+//! median), `--scenarios 1,3,4,5,6` [all],
 //! `--workload DIR` [`../shared/bench`, or `HERALD_BENCH_WORKLOAD`],
 //! `--env KEY=VALUE` (more environment for Herald; repeatable).
 //! `HERALD_BENCH_KEEP_LOG=PATH` keeps the receiver's log of the last initial
@@ -573,11 +574,19 @@ impl Report {
     }
 }
 
+/// `low–high unit`, and the median of three runs or more: the machine's
+/// speed drifts between runs, floors included, so one run says little.
 fn range(values: &[f64], unit: &str, digits: usize) -> String {
     let sorted = sorted(values);
     match (sorted.first(), sorted.last()) {
         (Some(low), Some(high)) if (high - low).abs() > f64::EPSILON => {
-            format!("{low:.digits$}–{high:.digits$} {unit}")
+            let median = if sorted.len() >= 3 {
+                format!(" (median {:.digits$})", median(&sorted))
+            } else {
+                String::new()
+            };
+            let range = format!("{low:.digits$}–{high:.digits$} {unit}");
+            format!("{}{median}", range.trim_end())
         }
         (Some(value), _) => format!("{value:.digits$} {unit}"),
         _ => "—".to_owned(),
