@@ -578,19 +578,22 @@ impl Report {
 /// speed drifts between runs, floors included, so one run says little.
 fn range(values: &[f64], unit: &str, digits: usize) -> String {
     let sorted = sorted(values);
-    match (sorted.first(), sorted.last()) {
-        (Some(low), Some(high)) if (high - low).abs() > f64::EPSILON => {
-            let median = if sorted.len() >= 3 {
-                format!(" (median {:.digits$})", median(&sorted))
-            } else {
-                String::new()
-            };
-            let range = format!("{low:.digits$}–{high:.digits$} {unit}");
-            format!("{}{median}", range.trim_end())
-        }
-        (Some(value), _) => format!("{value:.digits$} {unit}"),
-        _ => "—".to_owned(),
+    let (Some(low), Some(high)) = (sorted.first(), sorted.last()) else {
+        return "—".to_owned();
+    };
+    let spread = (high - low).abs() > f64::EPSILON;
+    let mut text = if spread {
+        format!("{low:.digits$}–{high:.digits$}")
+    } else {
+        format!("{low:.digits$}")
+    };
+    if !unit.is_empty() {
+        text = format!("{text} {unit}");
     }
+    if spread && sorted.len() >= 3 {
+        text = format!("{text} (median {:.digits$})", median(&sorted));
+    }
+    text
 }
 
 async fn run(options: &Options) {

@@ -20,7 +20,7 @@ pub struct RepositoryRef {
     pub name: String,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Copy, Serialize)]
 struct ChunkRef<'a> {
     id: &'a str,
     index: usize,
@@ -57,7 +57,7 @@ impl Content<'_> {
     fn room(self) -> usize {
         match self {
             Content::Text(text) => text.len() * 6 + 35,
-            Content::Binary(bytes) => bytes.len().div_ceil(3) * 4 + 2,
+            Content::Binary(bytes) => base64_len(bytes) + 2,
             Content::Base64(encoded) => encoded.len() + 2,
         }
     }
@@ -70,11 +70,10 @@ impl Content<'_> {
             Content::Binary(bytes) => {
                 out.push(b'"');
                 let start = out.len();
-                out.resize(start + bytes.len().div_ceil(3) * 4, 0);
-                let written = STANDARD
+                out.resize(start + base64_len(bytes), 0);
+                STANDARD
                     .encode_slice(bytes, &mut out[start..])
-                    .expect("the room of a padded encoding");
-                out.truncate(start + written);
+                    .expect("room for the padded encoding");
                 out.push(b'"');
             }
             Content::Base64(encoded) => {
@@ -121,6 +120,11 @@ impl FileEnvelope<'_> {
         }
         out
     }
+}
+
+/// How long `bytes` are in padded base64.
+fn base64_len(bytes: &[u8]) -> usize {
+    base64::encoded_len(bytes.len(), true).expect("a body's size fits in memory")
 }
 
 /// Appends `key` (with its punctuation) and `value` as JSON.
@@ -698,7 +702,7 @@ pub(crate) mod tests {
                     size: -3,
                     content: expected_content,
                     content_encoding: (!matches!(content, Content::Text(_))).then_some("base64"),
-                    chunk: chunk_index.map(|index| ChunkRef { id: "chk_01", index, total: 4 }),
+                    chunk,
                 },
                 previous_sha: previous_sha.as_deref(),
                 commit_sha: "c0ffee",
@@ -707,7 +711,10 @@ pub(crate) mod tests {
             })
             .expect("json");
             let body = envelope.body(content);
-            proptest::prop_assert_eq!(String::from_utf8(body).expect("utf-8"), String::from_utf8(expected).expect("utf-8"));
+            proptest::prop_assert_eq!(
+                String::from_utf8(body).expect("utf-8"),
+                String::from_utf8(expected).expect("utf-8")
+            );
         }
     }
 }

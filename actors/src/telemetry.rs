@@ -42,7 +42,7 @@ impl Extractor for Traceparent<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT]
+        self.incoming.map(|_| TRACEPARENT).into_iter().collect()
     }
 }
 
