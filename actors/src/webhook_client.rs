@@ -67,6 +67,7 @@ pub struct NoAnswer {
 }
 
 /// Why a request got no answer, before its latency is known.
+#[derive(Clone, Copy)]
 struct Failure {
     class: &'static str,
     message: &'static str,
@@ -145,6 +146,14 @@ impl WebhookClient {
         }
     }
 
+    /// `url` parsed and checked, for any number of requests: a sender that
+    /// posts to the same URLs again and again parses each once.
+    pub fn endpoint(&self, url: &str) -> Endpoint {
+        Endpoint {
+            target: Target::parse(url, self.shared.allow_private_targets),
+        }
+    }
+
     /// POSTs `body` to `url` with `headers`, within the client's timeout.
     pub async fn post(
         &self,
@@ -152,15 +161,27 @@ impl WebhookClient {
         headers: HeaderMap,
         body: impl Into<Bytes>,
     ) -> Result<Answer, NoAnswer> {
+        self.post_to(&self.endpoint(url), headers, body).await
+    }
+
+    /// POSTs `body` to `endpoint` with `headers`, within the client's
+    /// timeout; an invalid or forbidden URL fails here, as it would have
+    /// when parsed.
+    pub async fn post_to(
+        &self,
+        endpoint: &Endpoint,
+        headers: HeaderMap,
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, NoAnswer> {
         let started = Instant::now();
-        let outcome = match Target::parse(url, self.shared.allow_private_targets) {
+        let outcome = match &endpoint.target {
             Ok(target) => tokio::time::timeout(
                 self.shared.timeout,
-                self.exchange(&target, headers, body.into()),
+                self.exchange(target, headers, body.into()),
             )
             .await
             .unwrap_or(Err(TIMED_OUT)),
-            Err(failed) => Err(failed),
+            Err(failed) => Err(*failed),
         };
         outcome
             .map(|(status, retry_after, excerpt)| Answer {
@@ -433,6 +454,20 @@ struct Origin {
     host: Host,
     /// What the connector connects to: scheme, host and port.
     address: hyper::Uri,
+}
+
+/// A webhook URL as [`WebhookClient::endpoint`] found it: parsed and
+/// checked, or why it cannot be posted to.
+pub struct Endpoint {
+    target: Result<Target, Failure>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("valid", &self.target.is_ok())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A webhook URL, parsed and checked.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actors::changes::{FileEntry, TreeDelta};
 use actors::crypto::Keyring;
 use actors::ids::SnapshotId;
-use actors::ids::{AppId, RepoId};
+use actors::ids::{AppId, EventId, RepoId};
 use actors::store::apps::NewApp;
 use actors::store::delivery::{Attempt, EventOutcome};
 use actors::store::leases::ScanFence;
@@ -361,6 +361,81 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
             .expect("claim")
             .is_none(),
         "the stale release did not free the holder's lease"
+    );
+    store.close().await.ok();
+}
+
+#[tokio::test]
+async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = store(&database, &dir).await;
+    // Two apps watch the same repository: one scan, an event for each.
+    let (repo, ours) = watched(&store).await;
+    let (_, theirs) = watched(&store).await;
+    let fence = ScanFence {
+        lease: store
+            .claim_scan(&repo, "scanner", 60_000)
+            .await
+            .expect("claim")
+            .expect("free"),
+        expected_head: None,
+    };
+    store
+        .advance_snapshot(advance(&repo, fence, &"a".repeat(40), "a.md"))
+        .await
+        .expect("events");
+    let pending = async |sub: &actors::ids::SubscriptionId| {
+        store
+            .next_events(sub.as_str(), i64::MIN, 10)
+            .await
+            .expect("query")
+    };
+    let (our_event, their_event) = (&pending(&ours).await[0], &pending(&theirs).await[0]);
+    let delivered = |event_id: &str| Attempt {
+        event_id: event_id.to_owned(),
+        chunk_index: None,
+        attempted_at: actors::clock::now_ms(),
+        status_code: Some(204),
+        latency_ms: 1,
+        error_class: None,
+        response_excerpt: None,
+    };
+    let lease = store
+        .claim_delivery(&ours, "instance-a", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
+
+    // The other subscription's event, and one deleted meanwhile, are passed over.
+    store
+        .record_deliveries(
+            ours.as_str(),
+            &lease,
+            vec![
+                delivered(&their_event.id),
+                delivered(&our_event.id),
+                delivered("evt_01jgone0000000000000000000"),
+            ],
+        )
+        .await
+        .expect("recorded");
+    assert!(pending(&ours).await.is_empty(), "our event is delivered");
+    assert_eq!(pending(&theirs).await.len(), 1, "theirs is still pending");
+    let attempts = async |event: &entity::event::Model| {
+        store
+            .event_with_attempts(None, &EventId::parse(&event.id).expect("id"))
+            .await
+            .expect("query")
+            .expect("the event")
+            .1
+            .len()
+    };
+    assert_eq!(attempts(our_event).await, 1);
+    assert_eq!(
+        attempts(their_event).await,
+        0,
+        "no attempt written for theirs"
     );
     store.close().await.ok();
 }

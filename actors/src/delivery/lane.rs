@@ -45,7 +45,7 @@ use crate::store::delivery::{Attempt, EventOutcome};
 use crate::store::leases::LeaseToken;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, delivery_outcome};
-use crate::webhook_client::{Answer, NoAnswer, WebhookClient, header};
+use crate::webhook_client::{Answer, Endpoint, NoAnswer, WebhookClient, header};
 
 /// Messages of a lane.
 #[derive(Debug)]
@@ -137,6 +137,7 @@ impl Actor for LaneActor {
                 ahead: None,
                 further: Further::default(),
                 reading: None,
+                endpoints: Endpoints::default(),
             },
             owner: args.owner,
             after_seq: i64::MIN,
@@ -345,7 +346,37 @@ struct Lane {
     further: Further,
     /// The next batch, being read while the current one's events go out.
     reading: Option<NextBatch>,
+    /// The app's webhook URLs, each parsed once.
+    endpoints: Endpoints,
     metrics: telemetry::AppDeliveries,
+}
+
+/// An app's webhook URLs (`{base_url}/{endpoint}`) as the client parsed
+/// them, kept while the app's base URL stays the same: parsing one (the
+/// URL, its host, the check of an address in it) is not work to repeat for
+/// every webhook.
+#[derive(Debug, Default)]
+struct Endpoints {
+    base_url: String,
+    parsed: Vec<(&'static str, Endpoint)>,
+}
+
+impl Endpoints {
+    fn get(&mut self, client: &WebhookClient, base_url: &str, name: &'static str) -> &Endpoint {
+        if self.base_url != base_url {
+            base_url.clone_into(&mut self.base_url);
+            self.parsed.clear();
+        }
+        let at = match self.parsed.iter().position(|(known, _)| *known == name) {
+            Some(at) => at,
+            None => {
+                let url = format!("{}/{name}", base_url.trim_end_matches('/'));
+                self.parsed.push((name, client.endpoint(&url)));
+                self.parsed.len() - 1
+            }
+        };
+        &self.parsed[at].1
+    }
 }
 
 /// What reading a lane's next batch needs, shared with the task that reads
@@ -1027,11 +1058,7 @@ impl Lane {
             Ok(prepared) => prepared,
             Err(flow) => return Ok(flow),
         };
-        let url = format!(
-            "{}/{}",
-            context.base_url.trim_end_matches('/'),
-            prepared.rendered.endpoint
-        );
+        let endpoint = prepared.rendered.endpoint;
         let (parts, chunked) = (prepared.rendered.len(), prepared.rendered.is_chunked());
         // Every attempt of a chunked event sends the whole file from chunk 0,
         // with the same chunk id and webhook ids: a receiver that lost its
@@ -1087,10 +1114,13 @@ impl Lane {
             self.write_behind().await?;
             // Biased: the request is polled first, so it is on the wire before
             // the next event is read and rendered on this task.
+            let endpoint = self
+                .endpoints
+                .get(&self.client, &context.base_url, endpoint);
             let (answer, ahead) = tokio::join!(
                 biased;
                 self.client
-                    .post(&url, headers, body)
+                    .post_to(endpoint, headers, body)
                     .instrument(span.clone()),
                 Ahead::prepare(context, read_ahead, &self.config),
             );
@@ -1409,6 +1439,32 @@ fn attempt_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_apps_urls_are_parsed_once_and_again_when_its_base_url_changes() {
+        let client = WebhookClient::new(Duration::from_secs(2), false);
+        let mut endpoints = Endpoints::default();
+        let refused = async |endpoints: &mut Endpoints, base: &str| {
+            let endpoint = endpoints.get(&client, base, "create");
+            client
+                .post_to(endpoint, HeaderMap::new(), Vec::new())
+                .await
+                .expect_err("no request goes out")
+                .class
+        };
+        // An address in the URL is refused when the URL is parsed.
+        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9/").await, "ssrf");
+        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9/").await, "ssrf");
+        endpoints.get(&client, "http://127.0.0.1:9/", "delete");
+        assert_eq!(endpoints.parsed.len(), 2, "one parse per endpoint");
+        // The app's base URL changed: its endpoints are parsed anew.
+        assert_eq!(
+            refused(&mut endpoints, "ftp://example.com").await,
+            "request"
+        );
+        assert_eq!(endpoints.parsed.len(), 1);
+        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9").await, "ssrf");
+    }
 
     #[test]
     fn headers_carry_both_signatures_over_the_exact_body() {

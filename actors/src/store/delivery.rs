@@ -316,15 +316,21 @@ impl Store {
         let txn = self.begin_write().await?;
         hold_delivery(&txn, subscription_id, lease).await?;
         let ids: Vec<String> = attempts.iter().map(|a| a.event_id.clone()).collect();
+        // Found by their ids alone, the subscription checked here: with
+        // `subscription_id = ?` in the query, SQLite (no statistics) walks
+        // the subscription's index, every event it ever had, instead of
+        // looking each id up (4 ms a batch at 5,000 events).
         let existing: std::collections::HashSet<String> = event::Entity::find()
             .select_only()
             .column(event::Column::Id)
+            .column(event::Column::SubscriptionId)
             .filter(event::Column::Id.is_in(ids))
-            .filter(event::Column::SubscriptionId.eq(subscription_id))
-            .into_tuple()
+            .into_tuple::<(String, String)>()
             .all(&txn)
             .await?
             .into_iter()
+            .filter(|(_, of)| of == subscription_id)
+            .map(|(id, _)| id)
             .collect();
         let rows: Vec<_> = attempts
             .into_iter()
