@@ -87,7 +87,11 @@ pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), 
     let logged = filter_fn(|metadata| {
         !(metadata.is_span() && actors::telemetry::TRACE_ONLY_SPANS.contains(&metadata.name()))
     });
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // A span's duration is its time from creation to close; the busy and
+    // idle times (from every entering and leaving) are not recorded.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     // A second initialisation (tests, embedding) keeps the first subscriber.
     let _ = if json {

@@ -27,7 +27,7 @@ use entity::event;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 use super::content::{Content, Found, MirrorReader};
 use super::{AppMsg, BREAKER_CALL_MS, DeliveryConfig, lease_ttl, probe_dead_before};
@@ -556,8 +556,10 @@ impl Further {
         mut start: impl FnMut(&event::Model, i64) -> Ahead,
     ) {
         let mut held: i64 = in_flight + self.0.iter().map(|ahead| ahead.size).sum::<i64>();
+        // One reading of the clock for the window (this runs for every webhook).
+        let now = now_ms();
         for event in upcoming.iter().take(FURTHER_EVENTS) {
-            let Some(size) = readable_ahead(event, config).filter(|size| *size > INLINE_BYTES)
+            let Some(size) = readable_ahead(event, config, now).filter(|size| *size > INLINE_BYTES)
             else {
                 continue;
             };
@@ -592,10 +594,10 @@ impl Further {
 }
 
 /// The size of `event`'s file when it may be read ahead now: the event is
-/// due, sends content, and the file is at most [`AHEAD_BYTES`].
-fn readable_ahead(event: &event::Model, config: &DeliveryConfig) -> Option<i64> {
+/// due at `now`, sends content, and the file is at most [`AHEAD_BYTES`].
+fn readable_ahead(event: &event::Model, config: &DeliveryConfig, now: i64) -> Option<i64> {
     let size = event.size?;
-    let due = event.status != entity::EventStatus::Dead && event.next_attempt_at <= now_ms();
+    let due = event.status != entity::EventStatus::Dead && event.next_attempt_at <= now;
     (due && event.kind.carries_content()
         && !payload::too_large(event, config.max_file_bytes)
         && size <= AHEAD_BYTES)
@@ -612,7 +614,7 @@ impl Ahead {
         config: &DeliveryConfig,
     ) -> Option<Self> {
         let event = next?;
-        let size = readable_ahead(event, config).filter(|size| *size <= INLINE_BYTES)?;
+        let size = readable_ahead(event, config, now_ms()).filter(|size| *size <= INLINE_BYTES)?;
         let prepare = preparer(event, context, config.chunking);
         Some(Self {
             event_id: event.id.clone(),
@@ -1113,15 +1115,17 @@ impl Lane {
             // A lane that finds its lease lost stops before its next send.
             self.write_behind().await?;
             // Biased: the request is polled first, so it is on the wire before
-            // the next event is read and rendered on this task.
+            // the next event is read and rendered on this task. The request
+            // is not instrumented with the span: nothing inside it logs, and
+            // entering and leaving the span at each of its polls cost more
+            // than the rest of the attempt's telemetry (the span's duration
+            // runs from its creation to its close all the same).
             let endpoint = self
                 .endpoints
                 .get(&self.client, &context.base_url, endpoint);
             let (answer, ahead) = tokio::join!(
                 biased;
-                self.client
-                    .post_to(endpoint, headers, body)
-                    .instrument(span.clone()),
+                self.client.post_to(endpoint, headers, body),
                 Ahead::prepare(context, read_ahead, &self.config),
             );
             self.ahead = ahead;
