@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
@@ -237,6 +237,54 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
     }
     let tree = apply(retry);
     assert_eq!(sha(&tree["big.bin"]), sha(&content));
+
+    // Every chunk's attempt is in the event's history, in order, the
+    // successful ones written with the deliveries.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let attempts = loop {
+        let (status, events) = app
+            .call(Method::GET, "/api/events", Some(&client.token), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{events}");
+        let event = events["data"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|e| e["path"] == "big.bin")
+            .cloned()
+            .expect("the file's event");
+        if event["status"] == "delivered" {
+            let id = event["event_id"].as_str().expect("id");
+            let (_, detail) = app
+                .call(
+                    Method::GET,
+                    &format!("/api/events/{id}"),
+                    Some(&client.token),
+                    None,
+                )
+                .await;
+            break detail["attempts"].as_array().expect("attempts").clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "still {event}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let history: Vec<(Value, Value)> = attempts
+        .iter()
+        .map(|a| (a["chunk_index"].clone(), a["status_code"].clone()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (0, 200),
+            (1, 200),
+            (2, 500),
+            (0, 200),
+            (1, 200),
+            (2, 200),
+            (3, 200)
+        ]
+        .map(|(index, status)| (Value::from(index), Value::from(status))),
+    );
 }
 
 #[tokio::test]

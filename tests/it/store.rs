@@ -314,7 +314,7 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
         .expect("expired");
     for refused in [
         store
-            .record_deliveries(sub.as_str(), &stale, vec![delivered()])
+            .record_deliveries(sub.as_str(), &stale, vec![delivered()], vec![])
             .await,
         store
             .record_attempt(&stale, event, delivered(), Some(EventOutcome::Delivered))
@@ -344,7 +344,7 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
     );
 
     store
-        .record_deliveries(sub.as_str(), &current, vec![delivered()])
+        .record_deliveries(sub.as_str(), &current, vec![delivered()], vec![])
         .await
         .expect("the holder records");
     assert!(
@@ -407,6 +407,29 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
         .expect("claim")
         .expect("free");
 
+    let attempts = async |event: &entity::event::Model| {
+        store
+            .event_with_attempts(None, &EventId::parse(&event.id).expect("id"))
+            .await
+            .expect("query")
+            .expect("the event")
+            .1
+            .len()
+    };
+
+    // A chunk before the file's last is recorded; its event is not delivered.
+    store
+        .record_deliveries(
+            ours.as_str(),
+            &lease,
+            vec![],
+            vec![delivered(&our_event.id)],
+        )
+        .await
+        .expect("recorded");
+    assert_eq!(pending(&ours).await.len(), 1, "not delivered by a chunk");
+    assert_eq!(attempts(our_event).await, 1);
+
     // The other subscription's event, and one deleted meanwhile, are passed over.
     store
         .record_deliveries(
@@ -417,21 +440,13 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
                 delivered(&our_event.id),
                 delivered("evt_01jgone0000000000000000000"),
             ],
+            vec![delivered(&their_event.id)],
         )
         .await
         .expect("recorded");
     assert!(pending(&ours).await.is_empty(), "our event is delivered");
     assert_eq!(pending(&theirs).await.len(), 1, "theirs is still pending");
-    let attempts = async |event: &entity::event::Model| {
-        store
-            .event_with_attempts(None, &EventId::parse(&event.id).expect("id"))
-            .await
-            .expect("query")
-            .expect("the event")
-            .1
-            .len()
-    };
-    assert_eq!(attempts(our_event).await, 1);
+    assert_eq!(attempts(our_event).await, 2);
     assert_eq!(
         attempts(their_event).await,
         0,

@@ -679,7 +679,10 @@ const FLUSH_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct Unrecorded {
+    /// The last (or only) parts' attempts: their events are delivered.
     attempts: Vec<Attempt>,
+    /// The attempts of chunks before a file's last, for its history.
+    parts: Vec<Attempt>,
     since: Option<Instant>,
 }
 
@@ -861,8 +864,15 @@ impl Lane {
         self.delivered.attempts.push(attempt);
     }
 
+    /// Queues the successful attempt of a chunk before a file's last, for
+    /// the event's history.
+    fn delivered_part(&mut self, attempt: Attempt) {
+        self.delivered.since.get_or_insert_with(Instant::now);
+        self.delivered.parts.push(attempt);
+    }
+
     fn flush_due(&self) -> bool {
-        self.delivered.attempts.len() >= FLUSH_EVERY
+        self.delivered.attempts.len() + self.delivered.parts.len() >= FLUSH_EVERY
             || self
                 .delivered
                 .since
@@ -873,8 +883,10 @@ impl Lane {
     /// under way.
     async fn flush(&mut self) -> Result<(), StoreError> {
         self.written().await?;
-        let attempts = self.take_queued();
-        self.write(attempts).await
+        let (attempts, parts) = self.take_queued();
+        self.store
+            .record_deliveries(self.subscription.as_str(), &self.lease, attempts, parts)
+            .await
     }
 
     /// Hands the queued deliveries to a write beside the lane when they are
@@ -886,7 +898,7 @@ impl Lane {
             self.written().await?;
         }
         if self.writing.is_none() && self.flush_due() {
-            let attempts = self.take_queued();
+            let (attempts, parts) = self.take_queued();
             let (store, subscription, lease) = (
                 self.store.clone(),
                 self.subscription.clone(),
@@ -894,7 +906,7 @@ impl Lane {
             );
             self.writing = Some(Pending::spawn(async move {
                 store
-                    .record_deliveries(subscription.as_str(), &lease, attempts)
+                    .record_deliveries(subscription.as_str(), &lease, attempts, parts)
                     .await
             }));
         }
@@ -913,17 +925,13 @@ impl Lane {
         })
     }
 
-    /// The queued deliveries, taken to be written.
-    fn take_queued(&mut self) -> Vec<Attempt> {
+    /// The queued deliveries and chunks' attempts, taken to be written.
+    fn take_queued(&mut self) -> (Vec<Attempt>, Vec<Attempt>) {
         self.delivered.since = None;
-        std::mem::take(&mut self.delivered.attempts)
-    }
-
-    /// Writes deliveries in one transaction, if `lease` still holds.
-    async fn write(&self, attempts: Vec<Attempt>) -> Result<(), StoreError> {
-        self.store
-            .record_deliveries(self.subscription.as_str(), &self.lease, attempts)
-            .await
+        (
+            std::mem::take(&mut self.delivered.attempts),
+            std::mem::take(&mut self.delivered.parts),
+        )
     }
 
     /// Renews the delivery lease once a third of it has passed; `false` when
@@ -1189,11 +1197,11 @@ impl Lane {
                 } else if sent.last {
                     self.delivered(attempt(None));
                 } else {
-                    // The chunk's attempt, for the event's history; the
-                    // write also checks the lease before the next chunk.
-                    self.store
-                        .record_attempt(&self.lease, event, attempt(None), None)
-                        .await?;
+                    // The chunk's attempt, for the event's history, is
+                    // written with the deliveries: a lost lease still stops
+                    // the lane before its next send (see `write_behind`),
+                    // and a file cut short by a restart is sent again whole.
+                    self.delivered_part(attempt(None));
                 }
                 return Ok(Flow::Next);
             }

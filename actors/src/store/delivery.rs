@@ -299,23 +299,30 @@ impl Store {
         Ok(())
     }
 
-    /// Records the successful last attempts of several delivered events of
-    /// one subscription in one transaction, if `lease` still holds it: their
-    /// attempt rows, and the events `delivered`. Events deleted meanwhile (an
-    /// app unwatching the repository) are passed over.
+    /// Records successful attempts of one subscription's events in one
+    /// transaction, if `lease` still holds it: the last (or only) parts'
+    /// `attempts`, whose events are then `delivered`, and `parts`, the
+    /// attempts of chunks before a file's last (its event is not delivered
+    /// by them). Events deleted meanwhile (an app unwatching the
+    /// repository), or of another subscription, are passed over.
     pub async fn record_deliveries(
         &self,
         subscription_id: &str,
         lease: &LeaseToken,
         attempts: Vec<Attempt>,
+        parts: Vec<Attempt>,
     ) -> Result<(), StoreError> {
-        if attempts.is_empty() {
+        if attempts.is_empty() && parts.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let txn = self.begin_write().await?;
         hold_delivery(&txn, subscription_id, lease).await?;
-        let ids: Vec<String> = attempts.iter().map(|a| a.event_id.clone()).collect();
+        let ids: Vec<String> = attempts
+            .iter()
+            .chain(&parts)
+            .map(|a| a.event_id.clone())
+            .collect();
         // Found by their ids alone, the subscription checked here: with
         // `subscription_id = ?` in the query, SQLite (no statistics) walks
         // the subscription's index, every event it ever had, instead of
@@ -332,15 +339,12 @@ impl Store {
             .filter(|(_, of)| of == subscription_id)
             .map(|(id, _)| id)
             .collect();
-        let rows: Vec<_> = attempts
-            .into_iter()
-            .filter(|a| existing.contains(&a.event_id))
-            .map(Attempt::into_row)
+        let delivered: Vec<&str> = attempts
+            .iter()
+            .map(|a| a.event_id.as_str())
+            .filter(|id| existing.contains(*id))
             .collect();
-        if !rows.is_empty() {
-            delivery_attempt::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
-                .await?;
+        if !delivered.is_empty() {
             event::Entity::update_many()
                 .col_expr(
                     event::Column::Status,
@@ -351,8 +355,19 @@ impl Store {
                     event::Column::LastError,
                     Expr::value(Option::<String>::None),
                 )
-                .filter(event::Column::Id.is_in(existing))
+                .filter(event::Column::Id.is_in(delivered))
                 .exec(&txn)
+                .await?;
+        }
+        let rows: Vec<_> = parts
+            .into_iter()
+            .chain(attempts)
+            .filter(|a| existing.contains(&a.event_id))
+            .map(Attempt::into_row)
+            .collect();
+        if !rows.is_empty() {
+            delivery_attempt::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
                 .await?;
         }
         txn.commit().await?;
