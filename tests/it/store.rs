@@ -192,6 +192,36 @@ fn advance(repo: &RepoId, fence: ScanFence, commit: &str, path: &str) -> Snapsho
     }
 }
 
+/// A scan of `repo` that found `a.md`: an event for each subscriber.
+async fn scanned(store: &Store, repo: &RepoId) {
+    let lease = store
+        .claim_scan(repo, "scanner", 60_000)
+        .await
+        .expect("claim")
+        .expect("free");
+    let fence = ScanFence {
+        lease,
+        expected_head: None,
+    };
+    store
+        .advance_snapshot(advance(repo, fence, &"a".repeat(40), "a.md"))
+        .await
+        .expect("events");
+}
+
+/// A successful attempt of `event_id` (its last part).
+fn success(event_id: &str) -> Attempt {
+    Attempt {
+        event_id: event_id.to_owned(),
+        chunk_index: None,
+        attempted_at: actors::clock::now_ms(),
+        status_code: Some(204),
+        latency_ms: 1,
+        error_class: None,
+        response_excerpt: None,
+    }
+}
+
 #[tokio::test]
 async fn a_scan_whose_lease_passed_on_writes_nothing() {
     let database = TestDatabase::create().await;
@@ -273,34 +303,14 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&database, &dir).await;
     let (repo, sub) = watched(&store).await;
-    let scan = store
-        .claim_scan(&repo, "scanner", 60_000)
-        .await
-        .expect("claim")
-        .expect("free");
-    let fence = ScanFence {
-        lease: scan,
-        expected_head: None,
-    };
-    store
-        .advance_snapshot(advance(&repo, fence, &"a".repeat(40), "a.md"))
-        .await
-        .expect("an event");
+    scanned(&store, &repo).await;
     let pending = store
         .next_events(sub.as_str(), i64::MIN, 10)
         .await
         .expect("query");
     assert_eq!(pending.len(), 1);
     let event = &pending[0];
-    let delivered = || Attempt {
-        event_id: event.id.clone(),
-        chunk_index: None,
-        attempted_at: actors::clock::now_ms(),
-        status_code: Some(204),
-        latency_ms: 1,
-        error_class: None,
-        response_excerpt: None,
-    };
+    let delivered = || success(&event.id);
 
     let stale = store
         .claim_delivery(&sub, "instance-a", -1)
@@ -373,18 +383,7 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
     // Two apps watch the same repository: one scan, an event for each.
     let (repo, ours) = watched(&store).await;
     let (_, theirs) = watched(&store).await;
-    let fence = ScanFence {
-        lease: store
-            .claim_scan(&repo, "scanner", 60_000)
-            .await
-            .expect("claim")
-            .expect("free"),
-        expected_head: None,
-    };
-    store
-        .advance_snapshot(advance(&repo, fence, &"a".repeat(40), "a.md"))
-        .await
-        .expect("events");
+    scanned(&store, &repo).await;
     let pending = async |sub: &actors::ids::SubscriptionId| {
         store
             .next_events(sub.as_str(), i64::MIN, 10)
@@ -392,15 +391,6 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
             .expect("query")
     };
     let (our_event, their_event) = (&pending(&ours).await[0], &pending(&theirs).await[0]);
-    let delivered = |event_id: &str| Attempt {
-        event_id: event_id.to_owned(),
-        chunk_index: None,
-        attempted_at: actors::clock::now_ms(),
-        status_code: Some(204),
-        latency_ms: 1,
-        error_class: None,
-        response_excerpt: None,
-    };
     let lease = store
         .claim_delivery(&ours, "instance-a", 60_000)
         .await
@@ -419,12 +409,7 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
 
     // A chunk before the file's last is recorded; its event is not delivered.
     store
-        .record_deliveries(
-            ours.as_str(),
-            &lease,
-            vec![],
-            vec![delivered(&our_event.id)],
-        )
+        .record_deliveries(ours.as_str(), &lease, vec![], vec![success(&our_event.id)])
         .await
         .expect("recorded");
     assert_eq!(pending(&ours).await.len(), 1, "not delivered by a chunk");
@@ -436,11 +421,11 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
             ours.as_str(),
             &lease,
             vec![
-                delivered(&their_event.id),
-                delivered(&our_event.id),
-                delivered("evt_01jgone0000000000000000000"),
+                success(&their_event.id),
+                success(&our_event.id),
+                success("evt_01jgone0000000000000000000"),
             ],
-            vec![delivered(&their_event.id)],
+            vec![success(&their_event.id)],
         )
         .await
         .expect("recorded");
