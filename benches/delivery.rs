@@ -766,7 +766,7 @@ async fn replay(
                     error_class: None,
                     response_excerpt: None,
                 },
-                Some(EventOutcome::Delivered),
+                EventOutcome::Delivered,
             )
             .await
             .expect("the attempt is recorded");

@@ -327,7 +327,7 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
             .record_deliveries(sub.as_str(), &stale, vec![delivered()], vec![])
             .await,
         store
-            .record_attempt(&stale, event, delivered(), Some(EventOutcome::Delivered))
+            .record_attempt(&stale, event, delivered(), EventOutcome::Delivered)
             .await,
         store
             .settle_subscription(sub.as_str(), &stale)

@@ -1186,12 +1186,7 @@ impl Lane {
                     // A dead event's probe got through: written at once, as
                     // its subscription resumes.
                     self.store
-                        .record_attempt(
-                            &self.lease,
-                            event,
-                            attempt(None),
-                            Some(EventOutcome::Delivered),
-                        )
+                        .record_attempt(&self.lease, event, attempt(None), EventOutcome::Delivered)
                         .await?;
                     info!(event = %event.id, subscription = %event.subscription_id, "dead event delivered by its probe; its subscription resumes");
                 } else if sent.last {
@@ -1289,7 +1284,7 @@ impl Lane {
             }
         }
         self.store
-            .record_attempt(&self.lease, event, attempt, Some(outcome))
+            .record_attempt(&self.lease, event, attempt, outcome)
             .await?;
         Ok(flow)
     }

@@ -208,15 +208,15 @@ impl Store {
         Ok(repository::Entity::find_by_id(id).one(&self.db).await?)
     }
 
-    /// Records an attempt and, when `outcome` is given, what it means for the
-    /// event and its subscription, in one transaction, if `lease` still
-    /// holds the subscription.
+    /// Records an attempt and what it means for the event and its
+    /// subscription, in one transaction, if `lease` still holds the
+    /// subscription.
     pub async fn record_attempt(
         &self,
         lease: &LeaseToken,
         event: &event::Model,
         attempt: Attempt,
-        outcome: Option<EventOutcome>,
+        outcome: EventOutcome,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
@@ -235,8 +235,7 @@ impl Store {
                 .filter(event::Column::Id.eq(event.id.as_str()))
         };
         match outcome {
-            None => {}
-            Some(EventOutcome::Delivered) => {
+            EventOutcome::Delivered => {
                 update_event(entity::EventStatus::Delivered)
                     .col_expr(event::Column::DeliveredAt, Expr::value(now))
                     .col_expr(
@@ -251,7 +250,7 @@ impl Store {
                     resume_subscription(&txn, &event.subscription_id, now).await?;
                 }
             }
-            Some(EventOutcome::Retry { at, error, counted }) => {
+            EventOutcome::Retry { at, error, counted } => {
                 let mut update = update_event(entity::EventStatus::Pending)
                     .col_expr(event::Column::NextAttemptAt, Expr::value(at))
                     .col_expr(event::Column::LastError, Expr::value(error));
@@ -263,7 +262,7 @@ impl Store {
                 }
                 update.exec(&txn).await?;
             }
-            Some(EventOutcome::Dead { error }) => {
+            EventOutcome::Dead { error } => {
                 update_event(entity::EventStatus::Dead)
                     .col_expr(
                         event::Column::Attempts,
@@ -279,13 +278,13 @@ impl Store {
                     .exec(&txn)
                     .await?;
             }
-            Some(EventOutcome::Skipped { error }) => {
+            EventOutcome::Skipped { error } => {
                 update_event(entity::EventStatus::Skipped)
                     .col_expr(event::Column::LastError, Expr::value(error))
                     .exec(&txn)
                     .await?;
             }
-            Some(EventOutcome::Paused { error }) => {
+            EventOutcome::Paused { error } => {
                 update_event(entity::EventStatus::Pending)
                     .col_expr(event::Column::LastError, Expr::value(error.clone()))
                     .exec(&txn)
