@@ -240,35 +240,27 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
 
     // Every chunk's attempt is in the event's history, in order, the
     // successful ones written with the deliveries.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let attempts = loop {
-        let (status, events) = app
-            .call(Method::GET, "/api/events", Some(&client.token), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{events}");
-        let event = events["data"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .find(|e| e["path"] == "big.bin")
-            .cloned()
-            .expect("the file's event");
-        if event["status"] == "delivered" {
-            let id = event["event_id"].as_str().expect("id");
-            let (_, detail) = app
-                .call(
-                    Method::GET,
-                    &format!("/api/events/{id}"),
-                    Some(&client.token),
-                    None,
-                )
-                .await;
-            break detail["attempts"].as_array().expect("attempts").clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "still {event}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let history: Vec<(Value, Value)> = attempts
+    let is_file = |e: &Value| e["path"] == "big.bin";
+    let delivered = app
+        .wait_for_events(&client, "status=delivered", "big.bin delivered", |e| {
+            e.iter().any(is_file)
+        })
+        .await;
+    let id = delivered.iter().find(|e| is_file(e)).expect("the file")["event_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (_, detail) = app
+        .call(
+            Method::GET,
+            &format!("/api/events/{id}"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    let history: Vec<(Value, Value)> = detail["attempts"]
+        .as_array()
+        .expect("attempts")
         .iter()
         .map(|a| (a["chunk_index"].clone(), a["status_code"].clone()))
         .collect();
@@ -699,27 +691,13 @@ async fn slow_answers_time_out_and_refused_connections_are_retried() {
         .onboard_with(json!({"app_name": "acme", "base_url": format!("http://127.0.0.1:{port}/hooks"), "email": "a@b.co"}))
         .await;
     watch(&app, &client, &daemon.url("r.git")).await;
-    let (_, events) = app
-        .call(Method::GET, "/api/events", Some(&client.token), None)
+    let events = app
+        .wait_for_events(&client, "", "a failed attempt recorded", |e| {
+            e.first()
+                .is_some_and(|event| event["attempt_count"].as_i64().unwrap_or(0) >= 1)
+        })
         .await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    let first = loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed attempt was recorded"
-        );
-        let (_, events) = app
-            .call(Method::GET, "/api/events", Some(&client.token), None)
-            .await;
-        if let Some(event) = events["data"].as_array().and_then(|e| e.first()).cloned()
-            && event["attempt_count"].as_i64().unwrap_or(0) >= 1
-        {
-            break event;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    drop(events);
-    let event_id = first["event_id"].as_str().expect("id").to_owned();
+    let event_id = events[0]["event_id"].as_str().expect("id").to_owned();
 
     // The receiver comes up, but answers its first request too slowly.
     let receiver = Receiver::start_on(port).await;

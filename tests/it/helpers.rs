@@ -664,6 +664,41 @@ impl TestApp {
         }
     }
 
+    /// Waits (bounded) until `client`'s events listed by
+    /// `/api/events?{query}` satisfy `done`; returns them. Successes are
+    /// written a batch at a time, so a delivered event shows a moment after
+    /// the receiver got it.
+    pub async fn wait_for_events(
+        &self,
+        client: &TestClient,
+        query: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self
+                .call(
+                    Method::GET,
+                    &format!("/api/events?{query}"),
+                    Some(&client.token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let events = body["data"].as_array().expect("a list of events");
+            if done(events) {
+                return events.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {what}; last events: {body}\nlogs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the app's subscription has observed `commit`.
     pub async fn wait_for_commit(
         &self,

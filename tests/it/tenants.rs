@@ -27,30 +27,6 @@ async fn state_of(app: &TestApp, client: &TestClient, repository_id: &str) -> (V
     (repository, events)
 }
 
-/// Waits until every event of `client` is delivered (the lane writes its
-/// successes a batch at a time).
-async fn wait_until_delivered(app: &TestApp, client: &TestClient, count: usize) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (_, body) = app
-            .call(
-                Method::GET,
-                "/api/events?status=delivered&limit=200",
-                Some(&client.token),
-                None,
-            )
-            .await;
-        if body["data"].as_array().is_some_and(|e| e.len() == count) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {count} delivered events; last: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_app_cannot_see_or_touch_another_apps_repositories_or_events() {
     let repo = TestRepo::new("main");
@@ -69,7 +45,13 @@ async fn an_app_cannot_see_or_touch_another_apps_repositories_or_events() {
     receiver_b
         .wait_for("B's initial snapshot", |r| r.len() == 2)
         .await;
-    wait_until_delivered(&app, &b, 2).await;
+    app.wait_for_events(
+        &b,
+        "status=delivered&limit=200",
+        "2 delivered events",
+        |e| e.len() == 2,
+    )
+    .await;
     // Settled (delivered and marked synced), so nothing moves on its own.
     app.wait_for(&b, &repository_id, "B's subscription to settle", |v| {
         v["status"] == "synced"
