@@ -6,8 +6,9 @@
 //! goes, and stops before its next send once it lost it. Each event passes
 //! the same stages: *render* (content read from the mirror, the body built
 //! and chunked), *sign*, *send*, *record* (the answer judged, the breaker
-//! told, the outcome written). While a request is in flight the lane does
-//! what does not wait for its answer: it renders and signs the next event.
+//! told, the outcome written). The render stage runs ahead of the others:
+//! the files after the one in flight are read, rendered and signed on a
+//! blocking worker, in order, so the lane's own task only sends and records.
 //! The store's work runs beside the lane, in tasks the lane owns, for as many
 //! requests as it takes: the deliveries queued so far are written, and the
 //! next batch is read before the current one runs out; only the answer
@@ -134,7 +135,6 @@ impl Actor for LaneActor {
                 renewed_at: now_ms(),
                 delivered: Unrecorded::default(),
                 writing: None,
-                ahead: None,
                 further: Further::default(),
                 reading: None,
                 endpoints: Endpoints::default(),
@@ -339,10 +339,8 @@ struct Lane {
     /// Delivered events being written while the lane goes on (see
     /// [`Lane::write_behind`]).
     writing: Option<Pending<Result<(), StoreError>>>,
-    /// The next event, being read and rendered ahead.
-    ahead: Option<Ahead>,
-    /// Medium-sized files further down the batch, being read and rendered
-    /// on blocking workers (see [`FURTHER_EVENTS`]), in `seq` order.
+    /// Files further down the batch, being read and rendered on blocking
+    /// workers (see [`FURTHER_EVENTS`]), in `seq` order.
     further: Further,
     /// The next batch, being read while the current one's events go out.
     reading: Option<NextBatch>,
@@ -412,29 +410,28 @@ struct NextBatch {
 /// A full batch's next batch is read once this many of its events are left.
 const READ_NEXT_AT: usize = BATCH as usize / 4;
 
-/// Files up to this size are read and rendered ahead on the lane's own
-/// task, in the time its request is in flight: a small body renders in far
-/// less time than a tokio worker may be held, and a blocking worker would
-/// cost two thread wake-ups per event.
-const INLINE_BYTES: i64 = 64 << 10;
 /// Files up to this size are read and rendered ahead (larger ones when their
 /// turn comes).
 const AHEAD_BYTES: i64 = 4 << 20;
-/// Files larger than [`INLINE_BYTES`] and up to [`AHEAD_BYTES`] are read and
-/// rendered this many events ahead, on blocking workers, as long as they and
-/// the file in flight add up to at most [`FURTHER_BYTES`]. Rendering and
-/// signing one takes milliseconds (a 2 MiB file about 6–10), far longer than
-/// the request before it; started only when the request before it leaves,
-/// it held the lane up (reference workload: such files arrived 1.4–5 ms
-/// apart, against 0.4–1.3 ms for a sender with every body ready).
+/// Files up to [`AHEAD_BYTES`] are read and rendered up to this many events
+/// ahead, as long as they and the file in flight add up to at most
+/// [`FURTHER_BYTES`]. Rendering and signing a 2 MiB file takes milliseconds
+/// (about 6–10), far longer than the request before it: started only when
+/// the request before it left, it held the lane up (reference workload: such
+/// files arrived 1.4–5 ms apart, against 0.4–1.3 ms for a sender with every
+/// body ready).
 const FURTHER_EVENTS: usize = 32;
 const FURTHER_BYTES: i64 = 4 << 20;
+/// The window is filled up again once no more than this many events are
+/// held: each run of reads then renders a dozen or more files on one
+/// blocking worker, for one thread wake-up.
+const FURTHER_REFILL_AT: usize = FURTHER_EVENTS / 2;
 
-/// The next event's body, read from the mirror and rendered (and signed)
-/// while the current event's request is in flight. Reading ahead changes
-/// nothing but time: requests still leave one after the other, and a read
-/// ahead that is not used (the request before it failed, the content is not
-/// in the mirror) is dropped and done again in turn.
+/// An event's body, read from the mirror and rendered (and signed) ahead of
+/// its turn, while the requests before it are in flight. Reading ahead
+/// changes nothing but time: requests still leave one after the other, and a
+/// read ahead that is not used (the request before it failed, the content is
+/// not in the mirror) is dropped and done again in turn.
 struct Ahead {
     event_id: String,
     seq: i64,
@@ -445,9 +442,12 @@ struct Ahead {
 
 enum AheadWork {
     /// Rendered; `None` when the mirror lacks the content.
+    #[cfg(test)]
     Done(Option<Rendering>),
-    /// Being rendered on a blocking worker.
-    Running(tokio::task::JoinHandle<Option<Rendering>>),
+    /// Being rendered by a run of reads on a blocking worker (see
+    /// [`Ahead::run`]); it ends with the rendering, or without one if the
+    /// run panicked.
+    Running(tokio::sync::oneshot::Receiver<Option<Rendering>>),
 }
 
 /// What rendering an event's body gives.
@@ -520,9 +520,9 @@ impl Prepared {
 /// its timestamp tells when it was sent.
 const SIGNED_AHEAD_FOR_S: i64 = 2;
 
-/// The render stage's work on a created or updated file's bytes, run where
-/// the bytes are read (a blocking thread, or the lane's own task for a small
-/// file read ahead): the body, and its signature when it is one request.
+/// The render stage's work on a created or updated file's bytes, run on the
+/// blocking thread that reads them: the body, and its signature when it is
+/// one request.
 fn preparer(
     event: &event::Model,
     context: &LaneContext,
@@ -539,42 +539,51 @@ fn preparer(
     }
 }
 
-/// The files over [`INLINE_BYTES`] further down a batch, read and rendered
-/// ahead on blocking workers, in `seq` order.
+/// The files further down a batch, read and rendered ahead on blocking
+/// workers, in `seq` order.
 #[derive(Default)]
 struct Further(VecDeque<Ahead>);
 
 impl Further {
-    /// Starts (with `start`) the files over [`INLINE_BYTES`] among the next
-    /// [`FURTHER_EVENTS`] of `upcoming`, while the files held, with the one
-    /// in flight (`in_flight` bytes), stay within [`FURTHER_BYTES`].
+    /// Once no more than [`FURTHER_REFILL_AT`] files are held, starts (with
+    /// `start`, as one run) the files among the next [`FURTHER_EVENTS`] of
+    /// `upcoming` after those held, while the files held, with the one in
+    /// flight (`in_flight` bytes), stay within [`FURTHER_BYTES`].
     fn start(
         &mut self,
         upcoming: &VecDeque<event::Model>,
         config: &DeliveryConfig,
         in_flight: i64,
-        mut start: impl FnMut(&event::Model, i64) -> Ahead,
+        start: impl FnOnce(Vec<(&event::Model, i64)>) -> Vec<Ahead>,
     ) {
+        if self.0.len() > FURTHER_REFILL_AT {
+            return;
+        }
         let mut held: i64 = in_flight + self.0.iter().map(|ahead| ahead.size).sum::<i64>();
+        let after = self.0.back().map_or(i64::MIN, |last| last.seq);
         // One reading of the clock for the window (this runs for every webhook).
         let now = now_ms();
+        let mut run = Vec::new();
         for event in upcoming.iter().take(FURTHER_EVENTS) {
-            let Some(size) = readable_ahead(event, config, now).filter(|size| *size > INLINE_BYTES)
-            else {
+            let Some(size) = readable_ahead(event, config, now) else {
                 continue;
             };
-            if self.holds(event) {
+            if event.seq <= after {
                 continue;
             }
             if held + size > FURTHER_BYTES {
                 break;
             }
             held += size;
-            self.0.push_back(start(event, size));
+            run.push((event, size));
+        }
+        if !run.is_empty() {
+            self.0.extend(start(run));
         }
     }
 
     /// Whether `event` is being read ahead here.
+    #[cfg(test)]
     fn holds(&self, event: &event::Model) -> bool {
         self.0.iter().any(|ahead| ahead.event_id == event.id)
     }
@@ -605,57 +614,54 @@ fn readable_ahead(event: &event::Model, config: &DeliveryConfig, now: i64) -> Op
 }
 
 impl Ahead {
-    /// Reads `next` ahead on this task, when it may be (see
-    /// [`readable_ahead`]) and is small; larger files are read further ahead
-    /// (see [`Further`]).
-    async fn prepare(
+    /// Reads and renders `events` (with their sizes) one after the other, in
+    /// order, on one blocking worker: one thread wake-up for the run, not one
+    /// per file, and the lane's own thread is left to send and record while
+    /// the receiver answers. Each file's rendering is handed over as soon as
+    /// it is made; one the lane no longer waits for is not made.
+    fn run(
         context: &LaneContext,
-        next: Option<&event::Model>,
+        events: Vec<(&event::Model, i64)>,
         config: &DeliveryConfig,
-    ) -> Option<Self> {
-        let event = next?;
-        let size = readable_ahead(event, config, now_ms()).filter(|size| *size <= INLINE_BYTES)?;
-        let prepare = preparer(event, context, config.chunking);
-        Some(Self {
-            event_id: event.id.clone(),
-            seq: event.seq,
-            size,
-            work: AheadWork::Done(
-                context
-                    .content
-                    .mirror
-                    .read_now(event.blob_id.as_deref(), &prepare),
-            ),
-        })
-    }
-
-    /// Reads and renders `event` (of `size` bytes) on a blocking worker.
-    fn on_blocking_worker(
-        context: &LaneContext,
-        event: &event::Model,
-        size: i64,
-        config: &DeliveryConfig,
-    ) -> Self {
-        let prepare = preparer(event, context, config.chunking);
-        let (mirror, blob) = (context.mirror_ahead.clone(), event.blob_id.clone());
-        Self {
-            event_id: event.id.clone(),
-            seq: event.seq,
-            size,
-            work: AheadWork::Running(tokio::task::spawn_blocking(move || {
-                mirror.read_now(blob.as_deref(), &prepare)
-            })),
-        }
+    ) -> Vec<Self> {
+        let mut reads = Vec::with_capacity(events.len());
+        let aheads = events
+            .into_iter()
+            .map(|(event, size)| {
+                let (made, work) = tokio::sync::oneshot::channel();
+                let prepare = preparer(event, context, config.chunking);
+                reads.push((event.blob_id.clone(), prepare, made));
+                Self {
+                    event_id: event.id.clone(),
+                    seq: event.seq,
+                    size,
+                    work: AheadWork::Running(work),
+                }
+            })
+            .collect();
+        let mirror = context.mirror_ahead.clone();
+        // Detached: the run ends on its own, sooner when its reads are let go.
+        drop(tokio::task::spawn_blocking(move || {
+            for (blob, prepare, made) in reads {
+                if !made.is_closed() {
+                    let _ = made.send(mirror.read_now(blob.as_deref(), &prepare));
+                }
+            }
+        }));
+        aheads
     }
 
     /// The body rendered ahead for `event`, if this look-ahead was for it.
+    /// A run that panicked rendered nothing: the event is then rendered in
+    /// turn, where the panic is the lane's.
     async fn rendered_for(self, event: &event::Model) -> Option<Rendering> {
         if self.event_id != event.id {
             return None;
         }
         match self.work {
+            #[cfg(test)]
             AheadWork::Done(rendering) => rendering,
-            AheadWork::Running(task) => joined(task.await).flatten(),
+            AheadWork::Running(made) => made.await.ok().flatten(),
         }
     }
 }
@@ -985,12 +991,7 @@ impl Lane {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<Prepared, Flow>, StoreError> {
-        let ahead = match self
-            .ahead
-            .take()
-            .filter(|ahead| ahead.event_id == event.id)
-            .or_else(|| self.further.take_for(event))
-        {
+        let ahead = match self.further.take_for(event) {
             Some(ahead) => ahead.rendered_for(event).await,
             None => None,
         };
@@ -1052,10 +1053,10 @@ impl Lane {
     }
 
     /// Render, then for each part (one, or every chunk from the first):
-    /// sign, send, record. While a request is in flight the lane does what
-    /// does not depend on its answer: it writes the deliveries queued so far,
-    /// prepares the next event (see [`Ahead`]) and, after a batch's last
-    /// event, reads the next batch.
+    /// sign, send, record. Before a request goes out the lane starts what
+    /// does not depend on its answer, to run beside it: the files after it
+    /// read and rendered ahead (see [`Further`]), the deliveries queued so
+    /// far written and, near a batch's end, the next batch read.
     async fn send_event(
         &mut self,
         context: &LaneContext,
@@ -1063,7 +1064,6 @@ impl Lane {
         upcoming: &VecDeque<event::Model>,
         probe: bool,
     ) -> Result<Flow, StoreError> {
-        let next = upcoming.front();
         let mut prepared = match self.render(context, event).await? {
             Ok(prepared) => prepared,
             Err(flow) => return Ok(flow),
@@ -1108,35 +1108,23 @@ impl Lane {
                 last: index + 1 == parts,
                 probe,
             };
-            let read_ahead = match (sent.last, next) {
-                (true, Some(next)) => {
-                    let config = &self.config;
-                    let in_flight = event.size.unwrap_or(0);
-                    self.further
-                        .start(upcoming, config, in_flight, |event, size| {
-                            Ahead::on_blocking_worker(context, event, size, config)
-                        });
-                    Some(next)
-                }
-                _ => None,
-            };
+            if sent.last {
+                let config = &self.config;
+                let in_flight = event.size.unwrap_or(0);
+                self.further.start(upcoming, config, in_flight, |run| {
+                    Ahead::run(context, run, config)
+                });
+            }
             // A lane that finds its lease lost stops before its next send.
             self.write_behind().await?;
-            // Biased: the request is polled first, so it is on the wire before
-            // the next event is read and rendered on this task. The request
-            // is not instrumented with the span: nothing inside it logs, and
-            // entering and leaving the span at each of its polls cost more
-            // than the rest of the attempt's telemetry (the span's duration
-            // runs from its creation to its close all the same).
+            // The request is not instrumented with the span: nothing inside
+            // it logs, and entering and leaving the span at each of its polls
+            // cost more than the rest of the attempt's telemetry (the span's
+            // duration runs from its creation to its close all the same).
             let endpoint = self
                 .endpoints
                 .get(&self.client, &context.base_url, endpoint);
-            let (answer, ahead) = tokio::join!(
-                biased;
-                self.client.post_to(endpoint, headers, body),
-                Ahead::prepare(context, read_ahead, &self.config),
-            );
-            self.ahead = ahead;
+            let answer = self.client.post_to(endpoint, headers, body).await;
             if let Ok(answer) = &answer {
                 telemetry::answered(&span, answer.status);
             }
@@ -1505,62 +1493,107 @@ mod tests {
         assert_eq!(value("content-type"), "application/json");
     }
 
+    /// Events of `sizes` (bytes), `seq` 1, 2, …, each carrying content.
+    fn sized_events(sizes: &[i64]) -> VecDeque<event::Model> {
+        sizes
+            .iter()
+            .zip(1..)
+            .map(|(&size, seq)| event::Model {
+                id: format!("evt_{seq}"),
+                seq,
+                size: Some(size),
+                ..payload::tests::event(entity::EventKind::Created, true)
+            })
+            .collect()
+    }
+
+    /// A `start` for [`Further::start`] that records each run's `seq`s and
+    /// reads nothing.
+    fn recorded(
+        runs: &std::cell::RefCell<Vec<Vec<i64>>>,
+    ) -> impl Fn(Vec<(&event::Model, i64)>) -> Vec<Ahead> {
+        |run| {
+            runs.borrow_mut()
+                .push(run.iter().map(|(event, _)| event.seq).collect());
+            run.into_iter()
+                .map(|(event, size)| Ahead {
+                    event_id: event.id.clone(),
+                    seq: event.seq,
+                    size,
+                    work: AheadWork::Done(None),
+                })
+                .collect()
+        }
+    }
+
     #[test]
-    fn medium_files_further_ahead_are_started_within_their_budget_and_taken_in_order() {
+    fn files_further_ahead_are_started_within_their_budget_and_taken_in_order() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config = DeliveryConfig::for_tests(dir.path());
-        let event = |seq: i64, size: i64| event::Model {
-            id: format!("evt_{seq}"),
-            seq,
-            size: Some(size),
-            ..payload::tests::event(entity::EventKind::Created, true)
-        };
         const KIB: i64 = 1 << 10;
-        let upcoming: VecDeque<_> = [
-            event(1, KIB),       // small: read on the lane's own task
-            event(2, 100 * KIB), // started
-            event(3, 3 << 20),   // started
-            event(4, 900 * KIB), // started: 4,072 KiB held
-            event(5, 900 * KIB), // over the budget: the window ends here
-            event(6, 200 * KIB),
-            event(7, 100 * KIB),
-        ]
-        .into();
+        let upcoming = sized_events(&[
+            KIB,       // started
+            100 * KIB, // started
+            3 << 20,   // started
+            900 * KIB, // started: 4,073 KiB held
+            900 * KIB, // over the budget: the window ends here
+            200 * KIB,
+            100 * KIB,
+        ]);
         let mut further = Further::default();
-        let started = std::cell::RefCell::new(Vec::new());
-        let start = |event: &event::Model, size: i64| {
-            started.borrow_mut().push(event.seq);
-            Ahead {
-                event_id: event.id.clone(),
-                seq: event.seq,
-                size,
-                work: AheadWork::Done(None),
-            }
-        };
-        further.start(&upcoming, &config, 0, start);
-        further.start(&upcoming, &config, 0, start);
-        assert_eq!(*started.borrow(), [2, 3, 4], "each once, within 4 MiB");
-        assert!(further.holds(&upcoming[1]) && !further.holds(&upcoming[0]));
+        let runs = std::cell::RefCell::new(Vec::new());
+        further.start(&upcoming, &config, 0, recorded(&runs));
+        further.start(&upcoming, &config, 0, recorded(&runs));
+        assert_eq!(
+            *runs.borrow(),
+            [vec![1, 2, 3, 4]],
+            "each once, within 4 MiB"
+        );
+        assert!(further.holds(&upcoming[0]) && !further.holds(&upcoming[4]));
 
-        // Events 2 and 3 were passed over (skipped): their reads are dropped
+        // Events 1 to 3 were passed over (skipped): their reads are dropped
         // with 4's turn.
-        assert!(further.take_for(&upcoming[0]).is_none());
         let taken = further
             .take_for(&upcoming[3])
             .expect("event 4 was read ahead");
         assert_eq!(taken.event_id, "evt_4");
-        assert!(!further.holds(&upcoming[1]), "event 2's read is gone");
-        assert!(!further.holds(&upcoming[2]), "event 3's read is gone");
+        for passed in upcoming.range(..3) {
+            assert!(!further.holds(passed), "{}'s read is gone", passed.id);
+        }
         assert!(further.take_for(&upcoming[5]).is_none(), "event 6 was not");
-        assert!(!further.holds(&upcoming[4]), "event 5 came before 6");
 
         // The file in flight counts: 3,900 KiB of it leaves no room.
         let rest: VecDeque<_> = upcoming.into_iter().skip(5).collect();
-        further.start(&rest, &config, 3900 * KIB, start);
-        assert_eq!(*started.borrow(), [2, 3, 4]);
+        further.start(&rest, &config, 3900 * KIB, recorded(&runs));
+        assert_eq!(runs.borrow().len(), 1);
         // With room again, the window moves on.
-        further.start(&rest, &config, 900 * KIB, start);
-        assert_eq!(*started.borrow(), [2, 3, 4, 6, 7]);
+        further.start(&rest, &config, 900 * KIB, recorded(&runs));
+        assert_eq!(runs.borrow()[1], [6, 7]);
+    }
+
+    #[test]
+    fn small_files_are_read_ahead_in_runs_refilled_at_half_the_window() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = DeliveryConfig::for_tests(dir.path());
+        let batch = sized_events(&[4 << 10; 60]);
+        let mut further = Further::default();
+        let runs = std::cell::RefCell::new(Vec::new());
+        let window = |from: usize| batch.iter().skip(from).cloned().collect::<VecDeque<_>>();
+
+        // The first run fills the window: the next 32 events.
+        further.start(&window(0), &config, 0, recorded(&runs));
+        assert_eq!(*runs.borrow(), [(1..=32).collect::<Vec<_>>()]);
+        // While more than half of it is held, sends start nothing.
+        for sent in 1..=15 {
+            assert!(further.take_for(&batch[sent - 1]).is_some());
+            further.start(&window(sent), &config, 0, recorded(&runs));
+            assert_eq!(runs.borrow().len(), 1, "after {sent} sent");
+        }
+        // At half, one run tops the window up again, after what is held.
+        assert!(further.take_for(&batch[15]).is_some());
+        further.start(&window(16), &config, 0, recorded(&runs));
+        assert_eq!(runs.borrow()[1], (33..=48).collect::<Vec<_>>());
+        assert!(further.holds(&batch[16]) && further.holds(&batch[47]));
     }
 
     /// An app's signer with one key.
