@@ -9,7 +9,9 @@
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (the other standard `OTEL_*`
 //!   variables apply: headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_BSP_*`).
 //!   Without an endpoint spans still get W3C ids, so the `traceparent` sent
-//!   with webhooks is consistent for an event's every attempt.
+//!   with webhooks is consistent for an event's every attempt; the spans
+//!   made only for export (`actors::telemetry::TRACE_ONLY_SPANS`, one per
+//!   webhook) are then not built.
 //! - Metrics: a Prometheus recorder behind the `metrics` facade, rendered at
 //!   `GET /metrics` ([`metrics_handle`]). Every series carries the serving
 //!   instance's id as the `instance_id` label (not `instance`: Prometheus
@@ -67,7 +69,8 @@ pub enum TelemetryError {
 /// telemetry silently gone.
 pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), TelemetryError> {
     install_metrics(instance);
-    let provider = tracer_provider(instance)?;
+    let exporting = otlp_configured();
+    let provider = tracer_provider(instance, exporting)?;
     let tracer = provider.tracer("herald");
     let _ = TRACER_PROVIDER.set(provider);
 
@@ -84,14 +87,20 @@ pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), 
     // The log layer formats a span's fields when the span begins, for the
     // log lines written inside it; spans no log line is written in are left
     // to OpenTelemetry.
-    let logged = filter_fn(|metadata| {
-        !(metadata.is_span() && actors::telemetry::TRACE_ONLY_SPANS.contains(&metadata.name()))
-    });
+    let trace_only = |metadata: &tracing::Metadata<'_>| {
+        metadata.is_span() && actors::telemetry::TRACE_ONLY_SPANS.contains(&metadata.name())
+    };
+    let logged = filter_fn(move |metadata| !trace_only(metadata));
     // A span's duration is its time from creation to close; the busy and
-    // idle times (from every entering and leaving) are not recorded.
+    // idle times (from every entering and leaving) are not recorded. Spans
+    // made for export only are not built when nothing exports them: no layer
+    // then wants them, and their callsites are never enabled.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_tracked_inactivity(false);
+        .with_tracked_inactivity(false)
+        .with_filter(filter_fn(move |metadata| {
+            exporting || !trace_only(metadata)
+        }));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     // A second initialisation (tests, embedding) keeps the first subscriber.
     let _ = if json {
@@ -106,7 +115,10 @@ pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), 
 
 /// A tracer provider that exports over OTLP/HTTP when an endpoint is
 /// configured, and otherwise only assigns ids.
-fn tracer_provider(instance: Option<&str>) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(
+    instance: Option<&str>,
+    exporting: bool,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let service_name = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|name| !name.trim().is_empty())
@@ -125,7 +137,7 @@ fn tracer_provider(instance: Option<&str>) -> Result<SdkTracerProvider, Telemetr
     }
     let resource = resource.build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let builder = if otlp_configured() {
+    let builder = if exporting {
         // The batch processor exports from a thread of its own, with the
         // blocking client: no runtime needed, none blocked.
         let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -6,6 +6,8 @@
 //! `traceparent` in the outbox; each delivery attempt, however much later and
 //! on whichever instance, is a span whose parent is that context, and the
 //! attempt's own context goes to the receiver in the `traceparent` header.
+//! Where no spans are exported, the attempt's span is not built (see
+//! [`TRACE_ONLY_SPANS`]) and the header still continues the scan's trace.
 //!
 //! Metrics go through the `metrics` facade: a no-op until the `herald` binary
 //! installs its recorder.
@@ -25,7 +27,8 @@ pub const DELIVERY_ATTEMPT_SPAN: &str = "delivery_attempt";
 
 /// Spans that exist for OpenTelemetry only: the log layer leaves them out
 /// (no log line is written inside them), so it does not format their fields
-/// for every webhook.
+/// for every webhook, and where no spans are exported they are not built at
+/// all (one per webhook, their cost is on every delivery's path).
 pub const TRACE_ONLY_SPANS: &[&str] = &[DELIVERY_ATTEMPT_SPAN];
 
 /// A `traceparent` value as the propagator's carrier: the only header it
@@ -92,30 +95,46 @@ pub fn current_traceparent() -> Option<String> {
     traceparent(&Span::current())
 }
 
+/// The context a persisted `traceparent` names; `None` when it is malformed.
+fn persisted_context(traceparent: &str) -> Option<opentelemetry::Context> {
+    let context = TraceContextPropagator::new().extract(&Traceparent {
+        incoming: Some(traceparent),
+        outgoing: None,
+    });
+    context.span().span_context().is_valid().then_some(context)
+}
+
 /// Makes `span` a child of the persisted context `traceparent`. A missing or
 /// malformed value leaves `span` the root of a trace of its own.
 pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
-    let Some(value) = traceparent else {
-        return;
-    };
-    let context = TraceContextPropagator::new().extract(&Traceparent {
-        incoming: Some(value),
-        outgoing: None,
-    });
-    if context.span().span_context().is_valid() {
+    if let Some(context) = traceparent.and_then(persisted_context) {
         // Fails only without an OpenTelemetry layer: then no trace to join.
         let _ = span.set_parent(context);
     }
 }
 
-/// The `traceparent` header of a request made in `span`: the span's own
-/// context, or a fresh one where no tracer runs, so every webhook carries a
-/// valid header (SPEC §5).
-pub fn outgoing_traceparent(span: &Span) -> String {
+/// The `traceparent` header of a request made in `span`, whose trace
+/// continues `persisted`: the span's own context; where the span was not
+/// built (nothing exports it), a fresh span id in `persisted`'s trace; where
+/// there is no such trace either, a fresh one. Every webhook carries a valid
+/// header (SPEC §5), and an event's attempts share their scan's trace id.
+pub fn outgoing_traceparent(span: &Span, persisted: Option<&str>) -> String {
     traceparent(span).unwrap_or_else(|| {
-        let trace = crate::crypto::random_bytes::<16>();
-        let parent = crate::crypto::random_bytes::<8>();
-        format!("00-{}-{}-01", hex::encode(trace), hex::encode(parent))
+        let span_id = hex::encode(crate::crypto::random_bytes::<8>());
+        match persisted.and_then(persisted_context) {
+            Some(context) => {
+                let parent = context.span().span_context().clone();
+                format!(
+                    "00-{}-{span_id}-{:02x}",
+                    parent.trace_id(),
+                    parent.trace_flags().to_u8()
+                )
+            }
+            None => {
+                let trace = hex::encode(crate::crypto::random_bytes::<16>());
+                format!("00-{trace}-{span_id}-01")
+            }
+        }
     })
 }
 
@@ -213,13 +232,37 @@ mod tests {
     fn without_a_tracer_requests_still_carry_a_valid_traceparent() {
         let span = Span::none();
         assert_eq!(traceparent(&span), None);
-        let header = outgoing_traceparent(&span);
+        let header = outgoing_traceparent(&span, None);
         let parts: Vec<&str> = header.split('-').collect();
         assert_eq!(parts.len(), 4, "{header}");
         assert_eq!(parts[0], "00");
         assert_eq!(parts[1].len(), 32);
         assert_eq!(parts[2].len(), 16);
         assert_eq!(parts[3], "01");
+        assert_ne!(header, outgoing_traceparent(&span, None), "fresh each time");
+    }
+
+    #[test]
+    fn an_attempt_without_a_span_continues_the_persisted_trace_with_a_span_id_of_its_own() {
+        let persisted = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = Span::none();
+        let sent = outgoing_traceparent(&span, Some(persisted));
+        let again = outgoing_traceparent(&span, Some(persisted));
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{sent}");
+        assert_eq!(parts[..2], ["00", "4bf92f3577b34da6a3ce929d0e0e4736"]);
+        assert_eq!(parts[3], "01");
+        assert_eq!(parts[2].len(), 16);
+        assert_ne!(parts[2], "00f067aa0ba902b7", "the attempt's own span id");
+        assert_ne!(sent, again, "each attempt its own span id");
+        assert_eq!(again.split('-').nth(1), Some(parts[1]));
+        // An unsampled trace stays unsampled.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(outgoing_traceparent(&span, Some(unsampled)).ends_with("-00"));
+        // A malformed one starts a trace of its own.
+        let orphan = outgoing_traceparent(&span, Some("not a traceparent"));
+        assert_ne!(orphan.split('-').nth(1), Some(parts[1]));
+        assert_eq!(orphan.len(), 55, "{orphan}");
     }
 
     #[test]
@@ -235,7 +278,7 @@ mod tests {
             let persisted = scan.in_scope(current_traceparent).expect("a scan context");
             let attempt = tracing::info_span!(parent: None, "delivery_attempt");
             continue_trace(&attempt, Some(&persisted));
-            let sent = outgoing_traceparent(&attempt);
+            let sent = outgoing_traceparent(&attempt, Some(&persisted));
             let trace_of = |value: &str| value.split('-').nth(1).map(str::to_owned);
             assert_eq!(trace_of(&sent), trace_of(&persisted));
             assert_ne!(sent, persisted, "the attempt is a span of its own");
@@ -243,7 +286,7 @@ mod tests {
             let orphan = tracing::info_span!(parent: None, "delivery_attempt");
             continue_trace(&orphan, Some("not a traceparent"));
             assert_ne!(
-                trace_of(&outgoing_traceparent(&orphan)),
+                trace_of(&outgoing_traceparent(&orphan, Some("not a traceparent"))),
                 trace_of(&persisted)
             );
         });

@@ -1080,7 +1080,8 @@ impl Lane {
                 return Ok(Flow::Stop(None));
             }
             // One span per request, in the trace of the scan that found the
-            // change; for OpenTelemetry only (`telemetry::TRACE_ONLY_SPANS`).
+            // change; for OpenTelemetry only, and only built when exported
+            // (`telemetry::TRACE_ONLY_SPANS`).
             let span = tracing::info_span!(
                 parent: None,
                 telemetry::DELIVERY_ATTEMPT_SPAN,
@@ -1100,7 +1101,10 @@ impl Lane {
             }
             headers.insert(
                 "traceparent",
-                header(&telemetry::outgoing_traceparent(&span)),
+                header(&telemetry::outgoing_traceparent(
+                    &span,
+                    event.trace_parent.as_deref(),
+                )),
             );
             let sent = Sent {
                 attempted_at: now_ms(),
