@@ -143,9 +143,8 @@ impl MirrorReader {
         .flatten()
     }
 
-    /// What `make` makes of a blob's bytes, on this thread (a blocking one,
-    /// unless the blob is small); `None` when the mirror or the blob is
-    /// missing.
+    /// What `make` makes of a blob's bytes, on this thread (a blocking
+    /// one); `None` when the mirror or the blob is missing.
     pub(super) fn read_now<T>(&self, blob: Option<&str>, make: &dyn Fn(&[u8]) -> T) -> Option<T> {
         let blob = git2::Oid::from_str(blob?).ok()?;
         let mut slot = self.repo.lock().ok()?;

@@ -389,9 +389,10 @@ struct BatchReads {
     /// repository never changes): libgit2's cache of delta bases outlives a
     /// batch.
     mirror: std::sync::OnceLock<MirrorReader>,
-    /// A second opening of the mirror, for reads on blocking workers: a
-    /// reader is one lock, and a medium-sized file rendered there must not
-    /// hold up the small one the lane reads on its own task.
+    /// A second opening of the mirror, for the runs that read ahead: a
+    /// reader is one lock, held while a file is rendered, and a file the
+    /// lane reads in turn (the first of a batch, one too big to read ahead)
+    /// must not wait behind the run's reading of later files.
     mirror_ahead: std::sync::OnceLock<MirrorReader>,
 }
 
@@ -437,17 +438,9 @@ struct Ahead {
     seq: i64,
     /// The file's size, counted against [`FURTHER_BYTES`].
     size: i64,
-    work: AheadWork,
-}
-
-enum AheadWork {
-    /// Rendered; `None` when the mirror lacks the content.
-    #[cfg(test)]
-    Done(Option<Rendering>),
-    /// Being rendered by a run of reads on a blocking worker (see
-    /// [`Ahead::run`]); it ends with the rendering, or without one if the
-    /// run panicked.
-    Running(tokio::sync::oneshot::Receiver<Option<Rendering>>),
+    /// The file's rendering, from its run (see [`Ahead::run`]): `None` when
+    /// the mirror lacks the content; closed without one if the run panicked.
+    made: tokio::sync::oneshot::Receiver<Option<Rendering>>,
 }
 
 /// What rendering an event's body gives.
@@ -628,23 +621,23 @@ impl Ahead {
         let aheads = events
             .into_iter()
             .map(|(event, size)| {
-                let (made, work) = tokio::sync::oneshot::channel();
+                let (send, made) = tokio::sync::oneshot::channel();
                 let prepare = preparer(event, context, config.chunking);
-                reads.push((event.blob_id.clone(), prepare, made));
+                reads.push((event.blob_id.clone(), prepare, send));
                 Self {
                     event_id: event.id.clone(),
                     seq: event.seq,
                     size,
-                    work: AheadWork::Running(work),
+                    made,
                 }
             })
             .collect();
         let mirror = context.mirror_ahead.clone();
         // Detached: the run ends on its own, sooner when its reads are let go.
         drop(tokio::task::spawn_blocking(move || {
-            for (blob, prepare, made) in reads {
-                if !made.is_closed() {
-                    let _ = made.send(mirror.read_now(blob.as_deref(), &prepare));
+            for (blob, prepare, send) in reads {
+                if !send.is_closed() {
+                    let _ = send.send(mirror.read_now(blob.as_deref(), &prepare));
                 }
             }
         }));
@@ -658,11 +651,7 @@ impl Ahead {
         if self.event_id != event.id {
             return None;
         }
-        match self.work {
-            #[cfg(test)]
-            AheadWork::Done(rendering) => rendering,
-            AheadWork::Running(made) => made.await.ok().flatten(),
-        }
+        self.made.await.ok().flatten()
     }
 }
 
@@ -1512,7 +1501,7 @@ mod tests {
     }
 
     /// A `start` for [`Further::start`] that records each run's `seq`s and
-    /// reads nothing.
+    /// reads nothing (each file's rendering is closed unmade).
     fn recorded(
         runs: &std::cell::RefCell<Vec<Vec<i64>>>,
     ) -> impl Fn(Vec<(&event::Model, i64)>) -> Vec<Ahead> {
@@ -1524,7 +1513,7 @@ mod tests {
                     event_id: event.id.clone(),
                     seq: event.seq,
                     size,
-                    work: AheadWork::Done(None),
+                    made: tokio::sync::oneshot::channel().1,
                 })
                 .collect()
         }
