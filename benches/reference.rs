@@ -27,7 +27,9 @@
 //! 5. **Fan-out**: `--apps` apps subscribed to the same repository: time and
 //!    peak RSS, from the first registration to the last app's last webhook.
 //! 6. **Fetch**: a full fetch into a bare mirror by libgit2 (Herald's
-//!    `Mirror::fetch`) against `git clone --bare` over `git://`.
+//!    `Mirror::fetch`) against `git clone --bare`, over `git://` and over
+//!    smart HTTP (`git http-backend` behind the tests' small server, which
+//!    streams the pack as the backend writes it).
 //!
 //! Options (defaults in brackets): `--files N` [5000], `--seed N` [1],
 //! `--memory FILES:SEED,…` [20000:2], `--apps N` [5], `--pushes N` [5],
@@ -42,6 +44,8 @@
 //! Without `--bench` (as `cargo test --benches` runs it) the sizes shrink to a
 //! smoke run. Results are printed as Markdown; see BENCHMARKS.md.
 
+#[path = "../tests/it/gitserver.rs"]
+mod gitserver;
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -726,14 +730,21 @@ async fn run(options: &Options) {
         );
     }
     if options.scenarios.contains(&6) {
-        let (libgit2, git) = fetch_comparison(&workload, &daemon, root.path(), options.runs.max(3));
-        report.row(
-            "full fetch into a bare mirror over git://",
-            format!("libgit2 {}", range(&libgit2, "s", 2)),
-            format!("`git clone --bare` {}", range(&git, "s", 2)),
-            format!("{:.2}×", median(&libgit2) / median(&git)),
-            "keep git2 unless far slower",
-        );
+        let http = gitserver::HttpGitServer::serve(&served, None);
+        let transports = [
+            ("git://", workload.url(&daemon)),
+            ("smart HTTP", http.url(&format!("{}.git", workload.name))),
+        ];
+        for (transport, url) in transports {
+            let (libgit2, git) = fetch_comparison(&url, root.path(), options.runs.max(3));
+            report.row(
+                &format!("full fetch into a bare mirror over {transport}"),
+                format!("libgit2 {}", range(&libgit2, "s", 2)),
+                format!("`git clone --bare` {}", range(&git, "s", 2)),
+                format!("{:.2}×", median(&libgit2) / median(&git)),
+                "keep git2 unless far slower",
+            );
+        }
     }
     report.print();
 }
@@ -1216,15 +1227,11 @@ async fn fan_out(
 /// A full fetch of the workload into an empty bare mirror: libgit2 (the
 /// engine's own `Mirror::fetch`, in this process) against `git clone
 /// --bare`, `runs` times each, alternating.
-fn fetch_comparison(
-    workload: &Workload,
-    daemon: &GitDaemon,
-    root: &Path,
-    runs: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let url = workload.url(daemon);
+/// A full fetch of `url` into an empty bare mirror, by libgit2 (Herald's
+/// `Mirror::fetch`) and by `git clone --bare`, alternated run by run.
+fn fetch_comparison(url: &str, root: &Path, runs: usize) -> (Vec<f64>, Vec<f64>) {
     let spec = actors::git::RemoteSpec {
-        url: url.clone(),
+        url: url.to_owned(),
         credentials: None,
         timeout: Duration::from_secs(600),
         rule: actors::git::ConnectRule {
@@ -1244,11 +1251,11 @@ fn fetch_comparison(
         let path = root.join(format!("fetch-git-{run}.git"));
         git.push(timed(
             Command::new("git")
-                .args(["clone", "-q", "--bare", &url])
+                .args(["clone", "-q", "--bare", url])
                 .arg(&path),
         ));
         std::fs::remove_dir_all(&path).ok();
     }
-    eprintln!("fetch: libgit2 {libgit2:.2?} s, git {git:.2?} s");
+    eprintln!("fetch from {url}: libgit2 {libgit2:.2?} s, git {git:.2?} s");
     (libgit2, git)
 }

@@ -725,20 +725,10 @@ async fn connection(
         (Some(_), Some((user, _))) => Some(user.clone()),
         _ => None,
     };
-    let answer = cgi(&config, &head, &path, &query, peer, user, body).await;
-    record.status = answer.status;
-    record.backend_stderr = answer.stderr;
-    // Recorded before answering, so a client that has its answer sees it.
-    log.lock().expect("request log lock").push(record);
-    respond(
-        &mut write,
-        answer.status,
-        &answer.reason,
-        &answer.headers,
-        &answer.body,
-    )
-    .await
-    .ok();
+    let command = backend_command(&config, &head, &path, &query, peer, user, body.len());
+    answer_from_backend(command, body, &mut write, record, &log)
+        .await
+        .ok();
 }
 
 async fn read_line(
@@ -853,37 +843,16 @@ fn decode_basic(header: &str) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// What `git http-backend` answered (or what went wrong running it).
-struct CgiAnswer {
-    status: u16,
-    reason: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    stderr: String,
-}
-
-impl CgiAnswer {
-    fn failed(status: u16, message: String) -> Self {
-        CgiAnswer {
-            status,
-            reason: reason_phrase(status).to_owned(),
-            headers: Vec::new(),
-            body: message.clone().into_bytes(),
-            stderr: message,
-        }
-    }
-}
-
-/// Runs `git http-backend` for one request.
-async fn cgi(
+/// The `git http-backend` CGI process for one request.
+fn backend_command(
     config: &HttpConfig,
     head: &Head,
     path: &str,
     query: &str,
     peer: SocketAddr,
     user: Option<String>,
-    body: Vec<u8>,
-) -> CgiAnswer {
+    body_len: usize,
+) -> StdCommand {
     let mut command = git_program("http-backend", &config.root);
     command
         .env("GIT_PROJECT_ROOT", &config.root)
@@ -901,8 +870,8 @@ async fn cgi(
     if let Some(content_type) = head.header("content-type") {
         command.env("CONTENT_TYPE", content_type);
     }
-    if !body.is_empty() || head.header("content-length").is_some() || head.method == "POST" {
-        command.env("CONTENT_LENGTH", body.len().to_string());
+    if body_len > 0 || head.header("content-length").is_some() || head.method == "POST" {
+        command.env("CONTENT_LENGTH", body_len.to_string());
     }
     if let Some(user) = user {
         command.env("REMOTE_USER", user).env("AUTH_TYPE", "Basic");
@@ -927,6 +896,27 @@ async fn cgi(
         command.env(key, value);
     }
     command
+}
+
+/// Runs the backend on `body` and streams its answer to the client as the
+/// backend writes it (chunked), as a git host does: the client indexes a
+/// pack while it is still being written. The request is recorded with the
+/// backend's status and stderr before the answer's last chunk, so a client
+/// that has its whole answer finds it in the log.
+async fn answer_from_backend(
+    mut command: StdCommand,
+    body: Vec<u8>,
+    write: &mut (impl AsyncWriteExt + Unpin),
+    mut record: HttpRequest,
+    log: &Mutex<Vec<HttpRequest>>,
+) -> std::io::Result<()> {
+    let mut fail = |status: u16, message: String| {
+        record.status = status;
+        record.backend_stderr = message.clone();
+        log.lock().expect("request log lock").push(record.clone());
+        message
+    };
+    command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -935,54 +925,107 @@ async fn cgi(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
-            return CgiAnswer::failed(500, format!("git http-backend did not start: {error}"));
+            let message = fail(500, format!("git http-backend did not start: {error}"));
+            return respond(write, 500, reason_phrase(500), &[], message.as_bytes()).await;
         }
     };
-    let stdin = child.stdin.take();
-    let feed = async move {
-        if let Some(mut stdin) = stdin {
-            // The backend may stop reading early (an error): that is its answer.
-            stdin.write_all(&body).await.ok();
-            stdin.shutdown().await.ok();
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let feed = tokio::spawn(async move {
+        // The backend may stop reading early (an error): that is its answer.
+        stdin.write_all(&body).await.ok();
+        stdin.shutdown().await.ok();
+    });
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let errors = tokio::spawn(async move {
+        let mut text = Vec::new();
+        stderr.read_to_end(&mut text).await.ok();
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+
+    let mut cgi_head = Vec::new();
+    let ended = loop {
+        let start = cgi_head.len();
+        match stdout.read_until(b'\n', &mut cgi_head).await {
+            Ok(0) | Err(_) => break false,
+            Ok(_) => {}
+        }
+        if matches!(&cgi_head[start..], b"\n" | b"\r\n") {
+            break true;
+        }
+        if cgi_head.len() > MAX_HEAD {
+            break false;
         }
     };
-    let (_, output) = tokio::join!(feed, child.wait_with_output());
-    let output = match output {
-        Ok(output) => output,
-        Err(error) => {
-            return CgiAnswer::failed(500, format!("git http-backend failed: {error}"));
-        }
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    match parse_cgi(&output.stdout, stderr.clone()) {
-        Some(answer) => answer,
-        None => CgiAnswer::failed(
+    let Some(CgiHead {
+        status,
+        reason,
+        headers,
+    }) = ended.then(|| parse_cgi_head(&cgi_head)).flatten()
+    else {
+        let exit = child.wait().await;
+        let stderr = errors.await.unwrap_or_default();
+        let message = fail(
             502,
-            format!(
-                "git http-backend ({}) gave no CGI answer; stderr:\n{stderr}",
-                output.status
-            ),
-        ),
+            format!("git http-backend ({exit:?}) gave no CGI answer; stderr:\n{stderr}"),
+        );
+        return respond(write, 502, reason_phrase(502), &[], message.as_bytes()).await;
+    };
+
+    let mut answer_head = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in &headers {
+        answer_head.push_str(&format!("{name}: {value}\r\n"));
     }
+    answer_head.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let streamed = async {
+        write.write_all(answer_head.as_bytes()).await?;
+        let mut buffer = vec![0; 64 * 1024];
+        loop {
+            let read = stdout.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            write.write_all(format!("{read:x}\r\n").as_bytes()).await?;
+            write.write_all(&buffer[..read]).await?;
+            write.write_all(b"\r\n").await?;
+        }
+    }
+    .await;
+    if streamed.is_err() {
+        // The client left: nobody reads the rest, so the backend would
+        // block on a full pipe.
+        child.start_kill().ok();
+    }
+    child.wait().await.ok();
+    feed.await.ok();
+    record.status = status;
+    record.backend_stderr = errors.await.unwrap_or_default();
+    log.lock().expect("request log lock").push(record);
+    streamed?;
+    write.write_all(b"0\r\n\r\n").await?;
+    write.flush().await?;
+    write.shutdown().await
 }
 
-/// Splits a CGI answer into status, reason, headers and body.
-fn parse_cgi(output: &[u8], stderr: String) -> Option<CgiAnswer> {
-    let (head_end, body_start) = [&b"\r\n\r\n"[..], &b"\n\n"[..]]
-        .iter()
-        .filter_map(|separator| {
-            output
-                .windows(separator.len())
-                .position(|window| window == *separator)
-                .map(|at| (at, at + separator.len()))
-        })
-        .min()?;
-    let head = std::str::from_utf8(&output[..head_end]).ok()?;
+/// The head of a CGI answer: its status, reason and headers.
+struct CgiHead {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Parses a CGI answer's head (up to its empty line); framing headers are
+/// left out, the server frames the answer itself.
+fn parse_cgi_head(head: &[u8]) -> Option<CgiHead> {
+    let head = std::str::from_utf8(head).ok()?;
     let mut status = 200;
     let mut reason = None;
     let mut headers = Vec::new();
     for line in head.lines() {
         let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
         let (name, value) = line.split_once(':')?;
         let (name, value) = (name.trim(), value.trim());
         if name.eq_ignore_ascii_case("status") {
@@ -999,12 +1042,10 @@ fn parse_cgi(output: &[u8], stderr: String) -> Option<CgiAnswer> {
         }
     }
     let reason = reason.unwrap_or_else(|| reason_phrase(status).to_owned());
-    Some(CgiAnswer {
+    Some(CgiHead {
         status,
         reason,
         headers,
-        body: output[body_start..].to_vec(),
-        stderr,
     })
 }
 
