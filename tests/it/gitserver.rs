@@ -901,8 +901,8 @@ fn backend_command(
 /// Runs the backend on `body` and streams its answer to the client as the
 /// backend writes it (chunked), as a git host does: the client indexes a
 /// pack while it is still being written. The request is recorded with the
-/// backend's status and stderr before the answer's last chunk, so a client
-/// that has its whole answer finds it in the log.
+/// backend's status and stderr before the answer's last chunk (an error's
+/// before its head), so a client that has its answer finds it in the log.
 async fn answer_from_backend(
     mut command: StdCommand,
     body: Vec<u8>,
@@ -972,6 +972,20 @@ async fn answer_from_backend(
         return respond(write, 502, reason_phrase(502), &[], message.as_bytes()).await;
     };
 
+    if !(200..300).contains(&status) {
+        // A client may stop reading at an error's head and go on at once
+        // (libgit2 does at a 404): the request is recorded before the
+        // answer leaves, so a test that saw the error finds it in the log.
+        // Error bodies are short; the whole of it is read first.
+        let mut answer = Vec::new();
+        stdout.read_to_end(&mut answer).await.ok();
+        child.wait().await.ok();
+        feed.await.ok();
+        record.status = status;
+        record.backend_stderr = errors.await.unwrap_or_default();
+        log.lock().expect("request log lock").push(record);
+        return respond(write, status, &reason, &headers, &answer).await;
+    }
     let mut answer_head = format!("HTTP/1.1 {status} {reason}\r\n");
     for (name, value) in &headers {
         answer_head.push_str(&format!("{name}: {value}\r\n"));
