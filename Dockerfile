@@ -14,8 +14,9 @@
 #                --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -t herald .
 
 # ---------------------------------------------------------------------------
-# Builder. The rust image already holds gcc, make, perl and zlib's headers,
-# which the vendored libgit2 and OpenSSL need; nothing else is installed.
+# Builder. The rust image already holds gcc, make and perl, which the
+# vendored libgit2 and OpenSSL need; nothing else is installed (libgit2's zlib
+# is zlib-rs, built by cargo: zlib/).
 # 1.95 is the workspace's rust-version.
 # ---------------------------------------------------------------------------
 FROM rust:1.95-trixie AS builder
@@ -32,6 +33,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/
 COPY entity/Cargo.toml entity/
 COPY migration/Cargo.toml migration/
+# The crate that gives libgit2 zlib-rs (`[patch]` in Cargo.toml): complete,
+# not a stub.
+COPY zlib zlib
 RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     mkdir -p src actors/src entity/src migration/src tests/it benches \
     && echo 'fn main() {}' > src/main.rs \
@@ -69,8 +73,8 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
 FROM busybox:1.37.0-musl AS probe
 
 # ---------------------------------------------------------------------------
-# Runtime. libgit2, OpenSSL and SQLite are compiled into the binary; it links
-# only libc, libm, libgcc_s and zlib, all part of every Debian image. The CA
+# Runtime. libgit2, zlib-rs, OpenSSL and SQLite are compiled into the binary;
+# it links only libc, libm and libgcc_s, all part of every Debian image. The CA
 # certificates (for https remotes, webhook endpoints and the OTLP exporter) are
 # the builder's bundle: one file, no apt run in this stage.
 # ---------------------------------------------------------------------------
