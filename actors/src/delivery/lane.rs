@@ -605,8 +605,9 @@ impl Further {
 /// file takes tens of microseconds, less than the receiver takes to answer;
 /// on a blocking worker it cost a thread wake-up, and on a 2-core machine
 /// the worker ran beside the receiver and the lane, three busy threads on
-/// two cores (reference workload, Zen 5, eight alternated pairs: 0.86 of the
-/// floor against 0.75 at the median, 108 µs of CPU a webhook against 120).
+/// two cores (reference workload, Zen 5, 11 alternated pairs: 0.85 of the
+/// floor against 0.75 at the median, 107 µs of CPU a webhook against 115;
+/// BENCHMARKS.md).
 const INTERLEAVED_BYTES: i64 = 64 << 10;
 
 /// What a created or updated file's bytes are rendered with (see
@@ -1686,7 +1687,6 @@ mod tests {
         assert!(further.holds(&batch[16]) && further.holds(&batch[47]));
     }
 
-    /// An app's signer with one key.
     #[test]
     fn interleaved_reads_are_made_in_order_and_only_while_awaited() {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -1737,6 +1737,7 @@ mod tests {
         assert_eq!(made.lock().expect("lock").len(), 2);
     }
 
+    /// An app's signer with one key.
     fn test_signer() -> Signer {
         Signer {
             app_id: "app_1".into(),
