@@ -652,6 +652,13 @@ async fn run(options: &Options) {
             "—".into(),
             "",
         );
+        report.row(
+            "— the receiver's CPU time a request",
+            range(&of(|s| s.receiver_us), "µs", 0),
+            range(&of(|s| s.floor_receiver_us), "µs", 0),
+            range(&of(|s| s.receiver_us / s.floor_receiver_us), "×", 2),
+            "",
+        );
         for (index, sender) in SENDERS.iter().enumerate() {
             let sent = |pick: fn(&Sent) -> f64| -> Vec<f64> {
                 syncs.iter().map(|s| pick(&s.senders[index])).collect()
@@ -760,6 +767,12 @@ struct SyncRun {
     total_s: f64,
     /// Herald's CPU time per webhook in the delivery phase (µs).
     cpu_us: f64,
+    /// The receiver's CPU time per request while Herald delivered, and
+    /// while `post_load.py` replayed the same files (µs): Herald's requests
+    /// carry more (both signatures, the contract's fields), and the
+    /// receiver parses all of it on the same two cores.
+    receiver_us: f64,
+    floor_receiver_us: f64,
     clone_s: f64,
     replay_s: f64,
     rate: f64,
@@ -830,6 +843,7 @@ async fn initial_sync(
     )
     .await;
     let cpu_before = cpu_seconds(herald.pid);
+    let receiver_cpu_before = cpu_seconds(receiver.child.id());
     let sampler = RssSampler::start(herald.pid);
     let started_ns = now_ns();
     herald.register(&token, &workload.url(daemon)).await;
@@ -853,6 +867,7 @@ async fn initial_sync(
     let cpu = cpu_seconds(herald.pid) - cpu_before;
     let (scan_peak, delivery_peak) = sampler.peaks(first);
     let delivery_cpu_us = sampler.cpu_between(first, last) / count * 1e6;
+    let receiver_us = (cpu_seconds(receiver.child.id()) - receiver_cpu_before) / count * 1e6;
     eprintln!(
         "initial sync: {count} webhooks in {total_s:.2} s (first after {:.2} s), delivery \
          {rate:.0}/s, Herald CPU {cpu:.1} s ({delivery_cpu_us:.0} µs a webhook while delivering), \
@@ -882,9 +897,12 @@ async fn initial_sync(
             .arg(&clone_dir),
     );
     std::fs::remove_dir_all(&clone_dir).ok();
-    let (replay_s, floor_rate, senders) = replay(options, workload, &receiver, &key).await;
+    let (replay_s, floor_rate, floor_receiver_us, senders) =
+        replay(options, workload, &receiver, &key).await;
     eprintln!(
-        "floors: shallow clone {clone_s:.2} s, post_load c=1 {replay_s:.2} s ({floor_rate:.0}/s)"
+        "floors: shallow clone {clone_s:.2} s, post_load c=1 {replay_s:.2} s ({floor_rate:.0}/s); \
+         the receiver's CPU a request: {receiver_us:.0} µs from Herald, {floor_receiver_us:.0} µs \
+         from post_load"
     );
     if let Some(keep) = std::env::var_os("HERALD_BENCH_KEEP_LOG") {
         std::fs::copy(&receiver.log, keep).ok();
@@ -892,6 +910,8 @@ async fn initial_sync(
     SyncRun {
         total_s,
         cpu_us: delivery_cpu_us,
+        receiver_us,
+        floor_receiver_us,
         clone_s,
         replay_s,
         rate,
@@ -903,13 +923,14 @@ async fn initial_sync(
 }
 
 /// `post_load.py --concurrency 1` over the workload's tree at its first
-/// commit, to the same receiver: (seconds, requests per second).
+/// commit, to the same receiver: (seconds, requests per second, the
+/// receiver's CPU time a request in µs, the Rust senders' figures).
 async fn replay(
     options: &Options,
     workload: &Workload,
     receiver: &PyReceiver,
     key: &str,
-) -> (f64, f64, Vec<Sent>) {
+) -> (f64, f64, f64, Vec<Sent>) {
     // The work tree has moved on with the pushes: replay the first commit.
     let tree = workload.out.join("floor-tree");
     std::fs::remove_dir_all(&tree).ok();
@@ -925,6 +946,7 @@ async fn replay(
     let senders = rust_replays(&tree, receiver, key).await;
     receiver.reset().await;
     let from = receiver.lines(0).len();
+    let receiver_cpu_before = cpu_seconds(receiver.child.id());
     let output = Command::new("python3")
         .arg(options.workload.join("post_load.py"))
         .args([
@@ -949,6 +971,7 @@ async fn replay(
             .expect("post_load.py prints a result"),
     )
     .expect("post_load.py prints JSON");
+    let receiver_cpu = cpu_seconds(receiver.child.id()) - receiver_cpu_before;
     tokio::time::sleep(Duration::from_millis(200)).await;
     check_lines(&receiver.lines(from));
     Command::new("git")
@@ -957,9 +980,11 @@ async fn replay(
         .current_dir(workload.out.join("work"))
         .status()
         .ok();
+    let requests = result["requests"].as_f64().expect("requests");
     (
         result["elapsed_s"].as_f64().expect("elapsed_s"),
         result["req_per_s"].as_f64().expect("req_per_s"),
+        receiver_cpu / requests * 1e6,
         senders,
     )
 }
