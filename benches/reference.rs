@@ -769,8 +769,8 @@ struct SyncRun {
     cpu_us: f64,
     /// The receiver's CPU time per request while Herald delivered, and
     /// while `post_load.py` replayed the same files (µs): Herald's requests
-    /// carry more (both signatures, the contract's fields), and the
-    /// receiver parses all of it on the same two cores.
+    /// carry the contract's twelve headers against `post_load.py`'s six,
+    /// and the receiver parses them on the same two cores.
     receiver_us: f64,
     floor_receiver_us: f64,
     clone_s: f64,
@@ -897,8 +897,12 @@ async fn initial_sync(
             .arg(&clone_dir),
     );
     std::fs::remove_dir_all(&clone_dir).ok();
-    let (replay_s, floor_rate, floor_receiver_us, senders) =
-        replay(options, workload, &receiver, &key).await;
+    let Replay {
+        seconds: replay_s,
+        rate: floor_rate,
+        receiver_us: floor_receiver_us,
+        senders,
+    } = replay(options, workload, &receiver, &key).await;
     eprintln!(
         "floors: shallow clone {clone_s:.2} s, post_load c=1 {replay_s:.2} s ({floor_rate:.0}/s); \
          the receiver's CPU a request: {receiver_us:.0} µs from Herald, {floor_receiver_us:.0} µs \
@@ -922,15 +926,25 @@ async fn initial_sync(
     }
 }
 
+/// What `post_load.py` did on the floor's replay, and the Rust senders'
+/// figures on the same bodies.
+struct Replay {
+    seconds: f64,
+    /// Requests per second.
+    rate: f64,
+    /// The receiver's CPU time a request (µs).
+    receiver_us: f64,
+    senders: Vec<Sent>,
+}
+
 /// `post_load.py --concurrency 1` over the workload's tree at its first
-/// commit, to the same receiver: (seconds, requests per second, the
-/// receiver's CPU time a request in µs, the Rust senders' figures).
+/// commit, to the same receiver.
 async fn replay(
     options: &Options,
     workload: &Workload,
     receiver: &PyReceiver,
     key: &str,
-) -> (f64, f64, f64, Vec<Sent>) {
+) -> Replay {
     // The work tree has moved on with the pushes: replay the first commit.
     let tree = workload.out.join("floor-tree");
     std::fs::remove_dir_all(&tree).ok();
@@ -981,12 +995,12 @@ async fn replay(
         .status()
         .ok();
     let requests = result["requests"].as_f64().expect("requests");
-    (
-        result["elapsed_s"].as_f64().expect("elapsed_s"),
-        result["req_per_s"].as_f64().expect("req_per_s"),
-        receiver_cpu / requests * 1e6,
+    Replay {
+        seconds: result["elapsed_s"].as_f64().expect("elapsed_s"),
+        rate: result["req_per_s"].as_f64().expect("req_per_s"),
+        receiver_us: receiver_cpu / requests * 1e6,
         senders,
-    )
+    }
 }
 
 /// Where a strictly ordered sender in Rust stands: the tree's files up to
