@@ -47,20 +47,56 @@ impl OwnedTask {
 /// when it needs it: the task is aborted when this is dropped, and its panic
 /// is the owner's.
 #[derive(Debug)]
-pub struct Pending<T>(AbortOnDropHandle<T>);
+pub struct Pending<T> {
+    task: AbortOnDropHandle<Option<T>>,
+    /// Stops a future polled on a blocking thread, which aborting its task
+    /// cannot (see [`Pending::spawn_on_blocking_thread`]).
+    _stop: Option<StopOnDrop>,
+}
 
 impl<T: Send + 'static> Pending<T> {
     pub fn spawn(work: impl Future<Output = T> + Send + 'static) -> Self {
-        Self(AbortOnDropHandle::new(tokio::spawn(work)))
+        Self {
+            task: AbortOnDropHandle::new(tokio::spawn(async move { Some(work.await) })),
+            _stop: None,
+        }
+    }
+
+    /// Like [`Pending::spawn`], but `work` is polled on a blocking-pool
+    /// thread, not on a runtime worker. For database work beside a delivery
+    /// lane: sqlx and SeaORM build a statement's text and decode its rows in
+    /// the thread that polls them, and a write or read of a few hundred rows
+    /// held a worker for milliseconds at a stretch, delaying the lane's
+    /// wake-ups that came meanwhile. A blocking thread is preempted by the
+    /// kernel like any other. Dropping the value stops the work at its next
+    /// await.
+    pub fn spawn_on_blocking_thread(work: impl Future<Output = T> + Send + 'static) -> Self {
+        let (work, stop) = futures::future::abortable(work);
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || runtime.block_on(work).ok());
+        Self {
+            task: AbortOnDropHandle::new(task),
+            _stop: Some(StopOnDrop(stop)),
+        }
     }
 
     pub fn is_finished(&self) -> bool {
-        self.0.is_finished()
+        self.task.is_finished()
     }
 
     /// The value, once made; `None` if the runtime shut the task down first.
     pub async fn wait(self) -> Option<T> {
-        joined(self.0.await)
+        joined(self.task.await).flatten()
+    }
+}
+
+/// Aborts a future made abortable, when dropped.
+#[derive(Debug)]
+struct StopOnDrop(futures::future::AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -112,40 +148,93 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_pending_value_is_waited_for_and_dropping_it_stops_its_work() {
-        let pending = Pending::spawn(async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            7
-        });
-        assert!(!pending.is_finished());
-        assert_eq!(pending.wait().await, Some(7));
+    /// The two ways of making a pending value.
+    type Spawn<T> = fn(std::pin::Pin<Box<dyn Future<Output = T> + Send>>) -> Pending<T>;
 
-        let finished = Arc::new(AtomicBool::new(false));
-        let flag = finished.clone();
-        let pending = Pending::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            flag.store(true, Ordering::SeqCst);
-        });
-        drop(pending);
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(
-            !finished.load(Ordering::SeqCst),
-            "the work outlived its owner"
-        );
+    fn both<T: Send + 'static>() -> [(&'static str, Spawn<T>); 2] {
+        [
+            ("on a worker", |work| Pending::spawn(work)),
+            ("on a blocking thread", |work| {
+                Pending::spawn_on_blocking_thread(work)
+            }),
+        ]
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pending_value_is_waited_for_and_dropping_it_stops_its_work() {
+        for (how, spawn) in both::<i32>() {
+            let pending = spawn(Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                7
+            }));
+            assert!(!pending.is_finished(), "{how}");
+            assert_eq!(pending.wait().await, Some(7), "{how}");
+        }
+        for (how, spawn) in both::<()>() {
+            let finished = Arc::new(AtomicBool::new(false));
+            let flag = finished.clone();
+            let pending = spawn(Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                flag.store(true, Ordering::SeqCst);
+            }));
+            drop(pending);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert!(
+                !finished.load(Ordering::SeqCst),
+                "the work outlived its owner ({how})"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pending_values_panic_is_its_owners() {
-        let pending = Pending::spawn(async {
-            if true {
-                panic!("the read broke");
-            }
-            0
-        });
-        let caught = tokio::spawn(pending.wait()).await.expect_err("the panic");
-        assert!(caught.is_panic());
-        assert_eq!(panic_message(caught.into_panic()), "the read broke");
+        for (how, spawn) in both::<i32>() {
+            let pending = spawn(Box::pin(async {
+                if true {
+                    panic!("the read broke");
+                }
+                0
+            }));
+            let caught = tokio::spawn(pending.wait()).await.expect_err("the panic");
+            assert!(caught.is_panic(), "{how}");
+            assert_eq!(
+                panic_message(caught.into_panic()),
+                "the read broke",
+                "{how}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_on_a_blocking_thread_leaves_the_workers_free() {
+        // Two workers, each held by a task that does not yield until told:
+        // work polled on a worker could not run, work on a blocking thread
+        // does.
+        let release = Arc::new(AtomicBool::new(false));
+        let holders: Vec<_> = (0..2)
+            .map(|_| {
+                let release = release.clone();
+                tokio::spawn(async move {
+                    while !release.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        // Not `tokio::time::sleep`: with both workers held, no timer fires.
+        std::thread::sleep(Duration::from_millis(50));
+        let made = Pending::spawn_on_blocking_thread(async { 7 });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !made.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let finished = made.is_finished();
+        release.store(true, Ordering::SeqCst);
+        for holder in holders {
+            holder.await.expect("the holder ends");
+        }
+        assert!(finished, "the work waited for a worker");
+        assert_eq!(made.wait().await, Some(7));
     }
 
     #[tokio::test]

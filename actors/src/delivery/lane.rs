@@ -915,14 +915,17 @@ impl BatchReads {
 }
 
 impl Lane {
-    /// Starts reading the batch after `after_seq` beside the lane, unless a
-    /// read is under way.
+    /// Starts reading the batch after `after_seq` beside the lane, on a
+    /// blocking thread (decoding a batch's rows would hold a runtime worker
+    /// for milliseconds), unless a read is under way.
     fn read_next(&mut self, after_seq: i64) {
         if self.reading.is_none() {
             let reads = self.reads.clone();
             self.reading = Some(NextBatch {
                 after_seq,
-                read: Pending::spawn(async move { reads.read_batch(after_seq).await }),
+                read: Pending::spawn_on_blocking_thread(async move {
+                    reads.read_batch(after_seq).await
+                }),
             });
         }
     }
@@ -970,8 +973,9 @@ impl Lane {
             .await
     }
 
-    /// Hands the queued deliveries to a write beside the lane when they are
-    /// due and no write is under way. A write that ended is looked at
+    /// Hands the queued deliveries to a write beside the lane, on a blocking
+    /// thread (building its statements would hold a runtime worker for
+    /// milliseconds), when they are due and no write is under way. A write that ended is looked at
     /// first: one that found the lease lost ends the lane here, before its
     /// next send.
     async fn write_behind(&mut self) -> Result<(), StoreError> {
@@ -985,7 +989,7 @@ impl Lane {
                 self.subscription.clone(),
                 self.lease.clone(),
             );
-            self.writing = Some(Pending::spawn(async move {
+            self.writing = Some(Pending::spawn_on_blocking_thread(async move {
                 store
                     .record_deliveries(subscription.as_str(), &lease, attempts, parts)
                     .await
