@@ -68,12 +68,29 @@ impl<T: Send + 'static> Pending<T> {
     /// the thread that polls them, and a write or read of a few hundred rows
     /// held a worker for milliseconds at a stretch, delaying the lane's
     /// wake-ups that came meanwhile. A blocking thread is preempted by the
-    /// kernel like any other. Dropping the value stops the work at its next
-    /// await.
+    /// kernel like any other. At most [`BLOCKING_TURNS`] such works hold a
+    /// thread at once; the others wait for a turn as tasks, so that many
+    /// lanes waiting on the database never fill the blocking pool that git
+    /// needs. Dropping the value stops the work at its next await.
     pub fn spawn_on_blocking_thread(work: impl Future<Output = T> + Send + 'static) -> Self {
         let (work, stop) = futures::future::abortable(work);
         let runtime = tokio::runtime::Handle::current();
-        let task = tokio::task::spawn_blocking(move || runtime.block_on(work).ok());
+        let on_thread = move |turn: tokio::sync::SemaphorePermit<'static>| {
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                runtime.block_on(work).ok()
+            })
+        };
+        let task = match TURNS.try_acquire() {
+            Ok(turn) => on_thread(turn),
+            Err(_) => tokio::spawn(async move {
+                let turn = TURNS
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                joined(on_thread(turn).await).flatten()
+            }),
+        };
         Self {
             task: AbortOnDropHandle::new(task),
             _stop: Some(StopOnDrop(stop)),
@@ -89,6 +106,13 @@ impl<T: Send + 'static> Pending<T> {
         joined(self.task.await).flatten()
     }
 }
+
+/// How many [`Pending::spawn_on_blocking_thread`] works may hold a blocking
+/// thread at once: as many as the larger database pool has connections
+/// (PostgreSQL's 16; SQLite has 8), more could only wait for one.
+pub const BLOCKING_TURNS: usize = 16;
+
+static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BLOCKING_TURNS);
 
 /// Aborts a future made abortable, when dropped.
 #[derive(Debug)]
@@ -203,6 +227,35 @@ mod tests {
                 "{how}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_the_turns_hold_a_blocking_thread_at_once() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let works: Vec<_> = (0..BLOCKING_TURNS + 4)
+            .map(|n| {
+                let (mut released, started) = (released.clone(), started.clone());
+                Pending::spawn_on_blocking_thread(async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    released.wait_for(|go| *go).await.expect("the sender lives");
+                    n
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let running = started.load(Ordering::SeqCst);
+        release.send(true).expect("receivers live");
+        let mut made = Vec::new();
+        for work in works {
+            made.push(work.wait().await.expect("made"));
+        }
+        // Other tests of this process may hold turns too: at most the turns.
+        assert!(
+            running <= BLOCKING_TURNS,
+            "{running} works held a blocking thread at once"
+        );
+        assert_eq!(made, (0..BLOCKING_TURNS + 4).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
