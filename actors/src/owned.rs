@@ -108,9 +108,15 @@ impl<T: Send + 'static> Pending<T> {
 }
 
 /// How many [`Pending::spawn_on_blocking_thread`] works may hold a blocking
-/// thread at once: as many as the larger database pool has connections
-/// (PostgreSQL's 16; SQLite has 8), more could only wait for one.
-pub const BLOCKING_TURNS: usize = 16;
+/// thread at once: as many as the larger database pool has connections,
+/// more could only wait for one.
+pub const BLOCKING_TURNS: usize = {
+    let (sqlite, postgres) = (
+        crate::store::SQLITE_CONNECTIONS,
+        crate::store::POSTGRES_CONNECTIONS,
+    );
+    (if sqlite > postgres { sqlite } else { postgres }) as usize
+};
 
 static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BLOCKING_TURNS);
 
@@ -229,8 +235,13 @@ mod tests {
         }
     }
 
+    /// Held by the tests that take every turn, or need one free: the turns
+    /// are the process's, and the tests of this binary run side by side.
+    static ALL_TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_more_than_the_turns_hold_a_blocking_thread_at_once() {
+        let _alone = ALL_TURNS.lock().await;
         let (release, released) = tokio::sync::watch::channel(false);
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let works: Vec<_> = (0..BLOCKING_TURNS + 4)
@@ -250,7 +261,7 @@ mod tests {
         for work in works {
             made.push(work.wait().await.expect("made"));
         }
-        // Other tests of this process may hold turns too: at most the turns.
+        // Other tests may hold a turn for a moment: at most the turns.
         assert!(
             running <= BLOCKING_TURNS,
             "{running} works held a blocking thread at once"
@@ -260,6 +271,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_on_a_blocking_thread_leaves_the_workers_free() {
+        // With every turn taken, the work would wait for one on a worker.
+        let _alone = ALL_TURNS.lock().await;
         // Two workers, each held by a task that does not yield until told:
         // work polled on a worker could not run, work on a blocking thread
         // does.

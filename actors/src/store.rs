@@ -118,6 +118,11 @@ impl std::fmt::Debug for Store {
 /// 0.53 times a webhook with 50 and 0.21 with this (BENCHMARKS.md).
 const SQLITE_ROW_BUFFER: usize = 1024;
 
+/// Connections in the pool: SQLite's writers take turns anyway.
+pub const SQLITE_CONNECTIONS: u32 = 8;
+/// Connections in the pool on PostgreSQL.
+pub const POSTGRES_CONNECTIONS: u32 = 16;
+
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`). SQLite databases are
     /// created when missing and run in WAL mode with foreign keys enforced and a
@@ -129,16 +134,18 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
-            options.max_connections(8).map_sqlx_sqlite_opts(|o| {
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(10))
-                    .row_buffer_size(SQLITE_ROW_BUFFER)
-            });
+            options
+                .max_connections(SQLITE_CONNECTIONS)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .foreign_keys(true)
+                        .busy_timeout(Duration::from_secs(10))
+                        .row_buffer_size(SQLITE_ROW_BUFFER)
+                });
         } else {
-            options.max_connections(16);
+            options.max_connections(POSTGRES_CONNECTIONS);
         }
         let db = Database::connect(options).await?;
         Ok(Self { db, keys })

@@ -975,9 +975,9 @@ impl Lane {
 
     /// Hands the queued deliveries to a write beside the lane, on a blocking
     /// thread (building its statements would hold a runtime worker for
-    /// milliseconds), when they are due and no write is under way. A write that ended is looked at
-    /// first: one that found the lease lost ends the lane here, before its
-    /// next send.
+    /// milliseconds), when they are due and no write is under way. A write
+    /// that ended is looked at first: one that found the lease lost ends the
+    /// lane here, before its next send.
     async fn write_behind(&mut self) -> Result<(), StoreError> {
         if self.writing.as_ref().is_some_and(Pending::is_finished) {
             self.written().await?;
