@@ -452,6 +452,7 @@ fn remote_spec(url: &str) -> RemoteSpec {
         url: url.to_owned(),
         credentials: None,
         timeout: Duration::from_secs(600),
+        low_speed: actors::git::LowSpeed::default(),
         rule: ConnectRule {
             allow_private: true,
             data_dir: std::env::temp_dir().join("herald-bench-no-data-dir"),

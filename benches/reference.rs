@@ -1405,6 +1405,7 @@ fn fetch_comparison(url: &str, root: &Path, runs: usize) -> (Vec<f64>, Vec<f64>)
         url: url.to_owned(),
         credentials: None,
         timeout: Duration::from_secs(600),
+        low_speed: actors::git::LowSpeed::default(),
         rule: actors::git::ConnectRule {
             allow_private: true,
             data_dir: root.join("no-data-dir"),

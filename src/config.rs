@@ -142,8 +142,21 @@ pub struct GitSettings {
     /// How many scans (fetch, diff, hashing) may run at once.
     #[serde(deserialize_with = "whole_number")]
     pub scan_workers: usize,
+    /// One app's repositories hold at most this many scan workers at once,
+    /// so one tenant's slow remotes cannot hold every worker (more than
+    /// `scan_workers`: no bound).
+    #[serde(deserialize_with = "whole_number")]
+    pub scan_workers_per_app: usize,
+    /// Bounds a whole git operation: connecting, the head check, the
+    /// negotiation and the pack.
     #[serde(deserialize_with = "duration")]
     pub fetch_timeout: Duration,
+    /// git's `http.lowSpeedLimit`: a connection to a remote moving fewer
+    /// bytes a second than this for `low_speed_time` is cut (0: never).
+    #[serde(deserialize_with = "whole_number")]
+    pub low_speed_limit: u64,
+    #[serde(deserialize_with = "duration")]
+    pub low_speed_time: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -496,8 +509,17 @@ impl Settings {
         if self.git.scan_workers == 0 {
             return Err(invalid("git.scan_workers", "must be at least 1"));
         }
+        if self.git.scan_workers_per_app == 0 {
+            return Err(invalid("git.scan_workers_per_app", "must be at least 1"));
+        }
         if self.git.fetch_timeout.is_zero() {
             return Err(invalid("git.fetch_timeout", "must be longer than zero"));
+        }
+        if self.git.low_speed_limit > 0 && self.git.low_speed_time.is_zero() {
+            return Err(invalid(
+                "git.low_speed_time",
+                "must be longer than zero while git.low_speed_limit is set",
+            ));
         }
         if self.security.access_recheck_interval.is_zero() {
             return Err(invalid(
@@ -662,7 +684,10 @@ mod properties {
         "git.repack_threshold",
         "git.allow_local_repos",
         "git.scan_workers",
+        "git.scan_workers_per_app",
         "git.fetch_timeout",
+        "git.low_speed_limit",
+        "git.low_speed_time",
         "scheduler.tick",
         "scheduler.rescan_interval",
         "delivery.timeout",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
 use actors::delivery::DeliveryConfig;
-use actors::git::ConnectRule;
+use actors::git::{ConnectRule, LowSpeed};
 use actors::payload::Chunking;
 use actors::repo_watcher::WatcherConfig;
 use actors::restart::RestartPolicy;
@@ -200,15 +200,25 @@ pub fn instance_id(settings: &Settings) -> anyhow::Result<String> {
     )
 }
 
+/// git's low-speed rule, for every connection to a remote.
+fn low_speed(settings: &Settings) -> LowSpeed {
+    LowSpeed {
+        limit: settings.git.low_speed_limit,
+        time: settings.git.low_speed_time,
+    }
+}
+
 fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
     let mirrors_dir = settings.data_dir().join("mirrors");
     let delivery = &settings.delivery;
     EngineConfig {
         tick: settings.scheduler.tick,
         scan_workers: settings.git.scan_workers,
+        scan_workers_per_app: settings.git.scan_workers_per_app,
         watcher: WatcherConfig {
             mirrors_dir: mirrors_dir.clone(),
             fetch_timeout: settings.git.fetch_timeout,
+            low_speed: low_speed(settings),
             rescan_interval: settings.scheduler.rescan_interval,
             connect: ConnectRule {
                 allow_private: settings.security.allow_private_targets,
@@ -248,6 +258,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             instance_id: instance_id.clone(),
             lease_ttl: settings.cluster.lease_ttl(),
             fetch_timeout: settings.git.fetch_timeout,
+            low_speed: low_speed(settings),
             connect: ConnectRule {
                 allow_private: settings.security.allow_private_targets,
                 data_dir: settings.data_dir().to_path_buf(),

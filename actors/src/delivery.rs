@@ -34,7 +34,7 @@ use crate::backoff::Backoff;
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg};
 use crate::breaker::{BreakerPolicy, DELIVERY_BREAKER, Permit};
 use crate::clock::{millis, now_ms};
-use crate::git::ConnectRule;
+use crate::git::{ConnectRule, LowSpeed};
 use crate::ids::SubscriptionId;
 use crate::payload::Chunking;
 use crate::restart::{Ended, RestartPolicy, RestartTracker};
@@ -79,6 +79,7 @@ pub struct DeliveryConfig {
     /// How content missing from a mirror is fetched again: the watchers'
     /// timeout and address rule.
     pub fetch_timeout: Duration,
+    pub low_speed: LowSpeed,
     pub connect: ConnectRule,
 }
 
@@ -589,6 +590,7 @@ impl DeliveryConfig {
             instance_id: "test".into(),
             lease_ttl: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(10),
+            low_speed: LowSpeed::default(),
             connect: ConnectRule {
                 allow_private: true,
                 data_dir: dir.join("data"),

@@ -19,6 +19,7 @@
 
 mod egress;
 mod indexer_windows;
+mod socket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -32,6 +33,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use self::egress::{Destination, Egress};
 use self::indexer_windows::IndexerWindows;
+use self::socket::Operation;
+pub use self::socket::{Cut, LowSpeed};
 
 /// Ref under which a fetched branch is kept in the mirror.
 fn mirror_ref(branch: &str) -> String {
@@ -108,11 +111,11 @@ impl GitError {
 
     /// Classifies a libgit2 error. The message is Herald's own summary, never
     /// libgit2's text, which can quote server responses.
-    fn classify(err: &git2::Error, timed_out: bool) -> Self {
+    fn classify(err: &git2::Error, cut: Option<Cut>) -> Self {
         // libgit2's own words stay at debug level: they can quote the server.
         tracing::debug!(code = ?err.code(), class = ?err.class(), detail = err.message(), "git operation failed");
-        if timed_out {
-            return Self::new(GitFailure::Timeout, "the git remote did not answer in time");
+        if let Some(cut) = cut {
+            return Self::new(GitFailure::Timeout, cut.message());
         }
         let text = err.message().to_ascii_lowercase();
         if matches!(
@@ -203,8 +206,11 @@ impl Credentials {
 pub struct RemoteSpec {
     pub url: String,
     pub credentials: Option<Credentials>,
-    /// Bounds connecting, every read, and the whole fetch.
+    /// Bounds the whole operation: connecting, the head check, the
+    /// negotiation and the pack, whatever the remote sends meanwhile.
     pub timeout: Duration,
+    /// A connection slower than this is cut before the timeout.
+    pub low_speed: LowSpeed,
     pub rule: ConnectRule,
 }
 
@@ -341,18 +347,12 @@ pub fn configure_process() {
     });
 }
 
-fn set_global_timeouts(timeout: Duration) {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: libgit2 options are process-global; they are set once, before
-        // any other thread of Herald uses git2 for network operations.
-        #[allow(unsafe_code)]
-        unsafe {
-            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
-            let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
-        }
-    });
+/// Why an operation was cut short, if it was: by one of its sockets
+/// ([`socket`]) or by the deadline the transfer callback checks.
+fn cut_of(operation: &Operation, timed_out: &std::cell::Cell<bool>) -> Option<Cut> {
+    operation
+        .cut()
+        .or_else(|| timed_out.get().then_some(Cut::Deadline))
 }
 
 /// How often one operation may be asked for the credential: libgit2 asks
@@ -418,7 +418,7 @@ fn callbacks<'a>(
 /// registration or a token change.
 pub fn probe(spec: &RemoteSpec, branch: Option<&str>) -> Result<RemoteHead, GitError> {
     let remote =
-        Remote::create_detached(spec.url.as_str()).map_err(|e| GitError::classify(&e, false))?;
+        Remote::create_detached(spec.url.as_str()).map_err(|e| GitError::classify(&e, None))?;
     head_of(remote, spec, branch)
 }
 
@@ -427,8 +427,8 @@ fn head_of(
     spec: &RemoteSpec,
     branch: Option<&str>,
 ) -> Result<RemoteHead, GitError> {
-    set_global_timeouts(spec.timeout);
     let route = Route::open(spec)?;
+    let operation = Operation::begin(spec.timeout, spec.low_speed);
     let timed_out = std::cell::Cell::new(false);
     let deadline = Instant::now() + spec.timeout;
     let connection = remote
@@ -437,7 +437,7 @@ fn head_of(
             Some(callbacks(spec, deadline, &timed_out, None)),
             Some(route.proxy_options()),
         )
-        .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
+        .map_err(|e| route.explain(GitError::classify(&e, cut_of(&operation, &timed_out))))?;
     let branch = match branch {
         Some(branch) => branch.to_owned(),
         None => {
@@ -451,7 +451,7 @@ fn head_of(
     let wanted = mirror_ref(&branch);
     let heads = connection
         .list()
-        .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))?;
+        .map_err(|e| route.explain(GitError::classify(&e, cut_of(&operation, &timed_out))))?;
     let commit = heads
         .iter()
         .find(|h| h.name() == wanted)
@@ -661,14 +661,14 @@ impl Mirror {
 
     /// Fetches one refspec, under the address rule and the timeout.
     fn fetch_refspec(&self, spec: &RemoteSpec, refspec: &str) -> Result<(), GitError> {
-        set_global_timeouts(spec.timeout);
         let route = Route::open(spec)?;
+        let operation = Operation::begin(spec.timeout, spec.low_speed);
         let timed_out = std::cell::Cell::new(false);
         let deadline = Instant::now() + spec.timeout;
         let mut remote = self
             .repo
             .remote_anonymous(&spec.url)
-            .map_err(|e| GitError::classify(&e, false))?;
+            .map_err(|e| GitError::classify(&e, None))?;
         let mut options = FetchOptions::new();
         options
             .remote_callbacks(callbacks(
@@ -683,7 +683,7 @@ impl Mirror {
             .update_fetchhead(false);
         remote
             .fetch(&[refspec], Some(&mut options), None)
-            .map_err(|e| route.explain(GitError::classify(&e, timed_out.get())))
+            .map_err(|e| route.explain(GitError::classify(&e, cut_of(&operation, &timed_out))))
     }
 
     /// Brings `commit` back into the mirror and pins it under `snapshot_id`
@@ -861,6 +861,7 @@ mod tests {
             url,
             credentials: None,
             timeout: Duration::from_secs(5),
+            low_speed: LowSpeed::default(),
             rule: ConnectRule {
                 allow_private,
                 data_dir: std::env::temp_dir().join("herald-git-tests-data"),

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
 use crate::breaker::{BreakerPolicy, GIT_BREAKER, Permit};
 use crate::clock::{millis, now_ms};
-use crate::git::{ConnectRule, Credentials, GitError, RemoteSpec};
+use crate::git::{ConnectRule, Credentials, GitError, LowSpeed, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
 use crate::owned::OwnedTask;
 use crate::scan::{
@@ -35,6 +35,8 @@ use crate::telemetry::{self, scan_outcome};
 pub struct WatcherConfig {
     pub mirrors_dir: PathBuf,
     pub fetch_timeout: Duration,
+    /// A connection to the remote slower than this is cut.
+    pub low_speed: LowSpeed,
     pub rescan_interval: Duration,
     /// Where git may connect (the address rule, the data directory).
     pub connect: ConnectRule,
@@ -59,6 +61,7 @@ impl WatcherConfig {
         Self {
             mirrors_dir: dir.join("mirrors"),
             fetch_timeout: Duration::from_secs(10),
+            low_speed: LowSpeed::default(),
             rescan_interval: Duration::from_secs(3600),
             connect: ConnectRule {
                 allow_private: true,
@@ -255,7 +258,10 @@ async fn scan_repository(
     config: WatcherConfig,
     repository: RepoId,
 ) -> ScanReport {
-    let slot = pool.slot().await;
+    // Charged to the subscriber holding the fewest workers: one tenant's
+    // slow remotes cannot hold every worker.
+    let tenants = store.subscriber_apps(&repository).await.unwrap_or_default();
+    let slot = pool.slot_for(tenants).await;
     let lease_ttl = millis(config.lease_ttl);
     let lease = match store
         .claim_scan(&repository, &config.instance_id, lease_ttl)
@@ -347,6 +353,7 @@ async fn scan_claimed(
         url: repo.fetch_url.clone(),
         credentials: None,
         timeout: config.fetch_timeout,
+        low_speed: config.low_speed,
         rule: config.connect.clone(),
     };
     let mut job = ScanJob {

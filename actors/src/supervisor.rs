@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::bulk::{BulkArgs, BulkMsg, BulkRunner};
 use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg};
-use crate::git::{self, ConnectRule, Credentials, GitError, RemoteHead, RemoteSpec};
+use crate::git::{self, ConnectRule, Credentials, GitError, LowSpeed, RemoteHead, RemoteSpec};
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs};
 use crate::hook_processor::{HookMsg, HookProcessor, HookProcessorArgs};
 use crate::repo_watcher::WatcherConfig;
@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// How many scans may run at once (blocking workers).
     pub scan_workers: usize,
+    /// How many of them one app's repositories may hold at once.
+    pub scan_workers_per_app: usize,
     /// What every repository watcher shares (mirrors, timeouts, breaker).
     pub watcher: WatcherConfig,
     pub delivery: DeliveryConfig,
@@ -478,7 +480,7 @@ pub struct EngineHandle {
     /// registration never waits behind long fetches.
     probes: ScanPool,
     /// How access checks reach remotes: the watchers' rule and timeout.
-    remote: (ConnectRule, Duration),
+    remote: (ConnectRule, Duration, LowSpeed),
     /// Becomes `true` once the root supervisor has ended: stopped, or given
     /// up on a child that kept failing.
     ended: tokio::sync::watch::Receiver<bool>,
@@ -512,10 +514,23 @@ impl EngineHandle {
             ClusterBell::default()
         };
         config.watcher.signal = config.watcher.signal.clone().with_cluster(bell.clone());
-        let (pool, scans) = ScanPool::supervised("scans", config.scan_workers, config.restart);
-        let (probes, probe_owner) =
-            ScanPool::supervised("access checks", config.scan_workers, config.restart);
-        let remote = (config.watcher.connect.clone(), config.watcher.fetch_timeout);
+        let (pool, scans) = ScanPool::supervised(
+            "scans",
+            config.scan_workers,
+            config.scan_workers_per_app,
+            config.restart,
+        );
+        let (probes, probe_owner) = ScanPool::supervised(
+            "access checks",
+            config.scan_workers,
+            config.scan_workers,
+            config.restart,
+        );
+        let remote = (
+            config.watcher.connect.clone(),
+            config.watcher.fetch_timeout,
+            config.watcher.low_speed,
+        );
         let (supervisor, root) = Actor::spawn(
             Some("herald.supervisor".to_owned()),
             Supervisor,
@@ -548,11 +563,12 @@ impl EngineHandle {
     /// written. Runs on the scan workers (git blocks), under the same address
     /// rule and timeout as scans, on workers of their own.
     pub async fn check_access(&self, probe: AccessProbe) -> Result<RemoteHead, GitError> {
-        let (rule, timeout) = self.remote.clone();
+        let (rule, timeout, low_speed) = self.remote.clone();
         let spec = RemoteSpec {
             url: probe.url,
             credentials: probe.token.as_ref().map(Credentials::from_token),
             timeout,
+            low_speed,
             rule,
         };
         self.probes
@@ -645,6 +661,7 @@ mod tests {
         let config = EngineConfig {
             tick: Duration::from_secs(3600),
             scan_workers: 1,
+            scan_workers_per_app: 1,
             watcher: WatcherConfig::for_tests(dir),
             delivery: DeliveryConfig::for_tests(dir),
             restart: RestartPolicy {

@@ -221,6 +221,7 @@ async fn scan_once(
             url: remote.to_owned(),
             credentials: None,
             timeout: Duration::from_secs(30),
+            low_speed: actors::git::LowSpeed::default(),
             rule: ConnectRule {
                 allow_private: true,
                 data_dir: mirror.with_extension("data"),

@@ -887,6 +887,7 @@ impl BatchReads {
                         .as_ref()
                         .map(Credentials::from_token),
                     timeout: self.config.fetch_timeout,
+                    low_speed: self.config.low_speed,
                     rule: self.config.connect.clone(),
                 },
                 branch: repository

@@ -13,6 +13,13 @@
 //! whole of its work (a scan holds one from claiming its lease to writing its
 //! result), then hands it jobs. The reservation returns to the pool when
 //! dropped, also when the caller is aborted.
+//!
+//! Workers are shared fairly between tenants: a reservation names the apps
+//! it works for ([`ScanPool::slot_for`]: a repository's subscribers) and is
+//! charged to the one of them holding the fewest workers; no app holds more
+//! than the pool's `per_tenant` share at once. A waiting reservation whose
+//! apps are all at their share lets later ones of other apps go first, so
+//! one tenant's slow remotes never hold every worker.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -35,12 +42,21 @@ pub enum WorkerMsg {
     Run(Job),
 }
 
+/// The apps a reservation works for (none: nobody's, never held back).
+pub type Tenants = Vec<String>;
+
 /// Messages of a pool.
 pub enum PoolMsg {
-    /// Reserve a worker; the answer waits until one is free.
-    Checkout(RpcReplyPort<ScanSlot>),
-    /// A reservation ended: the worker is free again.
-    Checkin(ActorId),
+    /// Reserve a worker for these tenants; the answer waits until one is
+    /// free and one of the tenants is under its share.
+    Checkout(Tenants, RpcReplyPort<ScanSlot>),
+    /// A reservation ended: its tenant's share is given back, and the worker
+    /// is free again unless it was lost (the pool replaces those).
+    Checkin {
+        worker: ActorId,
+        tenant: Option<String>,
+        lost: bool,
+    },
     /// Start a worker in place of one that failed.
     Replace,
 }
@@ -75,37 +91,50 @@ impl std::error::Error for WorkerLost {}
 impl ScanPool {
     /// A pool whose actor a supervisor starts, and restarts, through the
     /// returned [`PoolOwner`].
+    /// `per_tenant` bounds the workers one app's reservations hold at once
+    /// (at least 1; `size` or more: no bound).
     pub fn supervised(
         name: &'static str,
         size: usize,
+        per_tenant: usize,
         restart: RestartPolicy,
     ) -> (Self, PoolOwner) {
         let (publish, current) = watch::channel(None);
         let owner = PoolOwner {
             name,
             size: size.max(1),
+            per_tenant: per_tenant.max(1),
             restart,
             publish,
         };
         (Self { current }, owner)
     }
 
-    /// A pool of its own, outside any supervision tree (tools and tests); it
-    /// stops when the returned owner's actor is stopped.
+    /// A pool of its own, outside any supervision tree (tools and tests),
+    /// with no bound per tenant; it stops when the returned owner's actor is
+    /// stopped.
     pub async fn standalone(size: usize) -> Result<(Self, ActorRef<PoolMsg>), SpawnErr> {
-        let (pool, owner) = Self::supervised("scan workers", size, RestartPolicy::default());
+        let (pool, owner) = Self::supervised("scan workers", size, size, RestartPolicy::default());
         let actor = owner.spawn(None).await?;
         Ok((pool, actor))
     }
 
-    /// Waits until a worker is free and reserves it. While the pool actor is
-    /// being restarted, waits for the new one.
+    /// Waits until a worker is free and reserves it, for nobody in
+    /// particular. While the pool actor is being restarted, waits for the
+    /// new one.
     pub async fn slot(&self) -> ScanSlot {
+        self.slot_for(Tenants::new()).await
+    }
+
+    /// Waits until a worker is free and one of `tenants` is under its share,
+    /// and reserves the worker, charged to that tenant.
+    pub async fn slot_for(&self, tenants: Tenants) -> ScanSlot {
         let mut current = self.current.clone();
         loop {
             let pool = current.borrow_and_update().clone();
             if let Some(pool) = pool
-                && let Ok(slot) = ractor::call!(pool, PoolMsg::Checkout)
+                && let Ok(slot) =
+                    ractor::call!(pool, |port| PoolMsg::Checkout(tenants.clone(), port))
             {
                 return slot;
             }
@@ -132,6 +161,8 @@ impl ScanPool {
 pub struct ScanSlot {
     worker: ActorRef<WorkerMsg>,
     pool: ActorRef<PoolMsg>,
+    /// The app this reservation counts against.
+    tenant: Option<String>,
     /// A job of ours failed the worker: it is not handed back, the pool
     /// replaces it when told of the failure.
     lost: std::sync::atomic::AtomicBool,
@@ -146,10 +177,11 @@ impl std::fmt::Debug for ScanSlot {
 }
 
 impl ScanSlot {
-    fn new(worker: ActorRef<WorkerMsg>, pool: ActorRef<PoolMsg>) -> Self {
+    fn new(worker: ActorRef<WorkerMsg>, pool: ActorRef<PoolMsg>, tenant: Option<String>) -> Self {
         Self {
             worker,
             pool,
+            tenant,
             lost: Default::default(),
         }
     }
@@ -178,9 +210,11 @@ impl ScanSlot {
 impl Drop for ScanSlot {
     fn drop(&mut self) {
         // A pool that was replaced meanwhile no longer cares.
-        if !self.lost.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = self.pool.cast(PoolMsg::Checkin(self.worker.get_id()));
-        }
+        let _ = self.pool.cast(PoolMsg::Checkin {
+            worker: self.worker.get_id(),
+            tenant: self.tenant.take(),
+            lost: self.lost.load(std::sync::atomic::Ordering::Relaxed),
+        });
     }
 }
 
@@ -189,6 +223,7 @@ impl Drop for ScanSlot {
 pub struct PoolOwner {
     name: &'static str,
     size: usize,
+    per_tenant: usize,
     restart: RestartPolicy,
     publish: watch::Sender<Option<ActorRef<PoolMsg>>>,
 }
@@ -205,6 +240,7 @@ impl PoolOwner {
     ) -> Result<ActorRef<PoolMsg>, SpawnErr> {
         let args = PoolArgs {
             size: self.size,
+            per_tenant: self.per_tenant,
             restart: self.restart,
         };
         let (pool, _) = match supervisor {
@@ -225,6 +261,7 @@ struct Pool;
 
 struct PoolArgs {
     size: usize,
+    per_tenant: usize,
     restart: RestartPolicy,
 }
 
@@ -233,26 +270,73 @@ struct PoolState {
     /// Every running worker.
     workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
     idle: Vec<ActorRef<WorkerMsg>>,
-    waiting: VecDeque<RpcReplyPort<ScanSlot>>,
+    /// Reservations waiting, oldest first, with the apps they work for.
+    waiting: VecDeque<(Tenants, RpcReplyPort<ScanSlot>)>,
+    /// Workers reserved per app, and how many one app may hold.
+    shares: Shares,
     /// One history for the pool's workers: a pool whose jobs keep
     /// panicking gives up and escalates.
     restarts: RestartTracker,
 }
 
+/// How many workers each app's reservations hold, against its share.
+#[derive(Debug)]
+struct Shares {
+    per_tenant: usize,
+    held: HashMap<String, usize>,
+}
+
+impl Shares {
+    /// The tenant a reservation for `tenants` is charged to: the one holding
+    /// the fewest workers, if it is under its share. `Some(None)`: nobody's.
+    fn charge(&self, tenants: &[String]) -> Option<Option<String>> {
+        if tenants.is_empty() {
+            return Some(None);
+        }
+        tenants
+            .iter()
+            .map(|tenant| (self.held.get(tenant).copied().unwrap_or(0), tenant))
+            .filter(|(held, _)| *held < self.per_tenant)
+            .min()
+            .map(|(_, tenant)| Some(tenant.clone()))
+    }
+
+    fn take(&mut self, tenant: Option<&String>) {
+        if let Some(tenant) = tenant {
+            *self.held.entry(tenant.clone()).or_default() += 1;
+        }
+    }
+
+    fn give_back(&mut self, tenant: Option<&String>) {
+        if let Some(tenant) = tenant
+            && let Some(held) = self.held.get_mut(tenant)
+        {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(tenant);
+            }
+        }
+    }
+}
+
 impl PoolState {
-    /// Gives a free worker to the first caller still waiting, or keeps it.
+    /// Gives a free worker to the oldest caller still waiting whose tenants
+    /// are under their share, or keeps it.
     fn free(&mut self, myself: &ActorRef<PoolMsg>, worker: ActorRef<WorkerMsg>) {
-        while let Some(port) = self.waiting.pop_front() {
-            if port.is_closed() {
-                continue;
-            }
-            let slot = ScanSlot::new(worker.clone(), myself.clone());
-            match port.send(slot) {
-                Ok(()) => return,
-                // The caller left just now: the returned slot, dropped,
-                // checks the worker in again.
-                Err(_) => return,
-            }
+        self.waiting.retain(|(_, port)| !port.is_closed());
+        let next = self
+            .waiting
+            .iter()
+            .enumerate()
+            .find_map(|(at, (tenants, _))| Some((at, self.shares.charge(tenants)?)));
+        if let Some((at, tenant)) = next
+            && let Some((_, port)) = self.waiting.remove(at)
+        {
+            self.shares.take(tenant.as_ref());
+            // A caller that left just now drops the slot, which checks the
+            // worker in again.
+            let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant));
+            return;
         }
         self.idle.push(worker);
     }
@@ -280,6 +364,10 @@ impl Actor for Pool {
             workers: HashMap::new(),
             idle: Vec::new(),
             waiting: VecDeque::new(),
+            shares: Shares {
+                per_tenant: args.per_tenant,
+                held: HashMap::new(),
+            },
             restarts: RestartTracker::default(),
         };
         for _ in 0..args.size {
@@ -295,16 +383,35 @@ impl Actor for Pool {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PoolMsg::Checkout(port) => match state.idle.pop() {
-                Some(worker) => {
-                    let slot = ScanSlot::new(worker, myself.clone());
-                    let _ = port.send(slot);
+            PoolMsg::Checkout(tenants, port) => {
+                let tenant = state.shares.charge(&tenants);
+                match (tenant, state.idle.pop()) {
+                    (Some(tenant), Some(worker)) => {
+                        state.shares.take(tenant.as_ref());
+                        let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant));
+                    }
+                    (_, worker) => {
+                        state.idle.extend(worker);
+                        state.waiting.push_back((tenants, port));
+                    }
                 }
-                None => state.waiting.push_back(port),
-            },
-            PoolMsg::Checkin(id) => {
-                if let Some(worker) = state.workers.get(&id).cloned() {
-                    state.free(&myself, worker);
+            }
+            PoolMsg::Checkin {
+                worker,
+                tenant,
+                lost,
+            } => {
+                state.shares.give_back(tenant.as_ref());
+                let worker = state.workers.get(&worker).cloned().filter(|_| !lost);
+                match worker {
+                    Some(worker) => state.free(&myself, worker),
+                    // The share given back may let a waiting caller of
+                    // another app take a worker that sat idle.
+                    None => {
+                        if let Some(idle) = state.idle.pop() {
+                            state.free(&myself, idle);
+                        }
+                    }
                 }
             }
             PoolMsg::Replace => state.start_worker(&myself).await?,
@@ -457,10 +564,54 @@ mod tests {
         actor.stop(None);
     }
 
+    fn tenants(names: &[&str]) -> Tenants {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn one_tenant_holds_at_most_its_share_and_the_others_go_first() {
+        let (pool, owner) = ScanPool::supervised("test", 3, 2, RestartPolicy::default());
+        let actor = owner.spawn(None).await.expect("pool");
+        let a1 = pool.slot_for(tenants(&["app_a"])).await;
+        let _a2 = pool.slot_for(tenants(&["app_a"])).await;
+        // app_a is at its share of 2: its third reservation waits although
+        // a worker is free...
+        let third = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.slot_for(tenants(&["app_a"])).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!third.is_finished(), "app_a got more than its share");
+        // ...and another app's reservation, made later, takes that worker.
+        let b = tokio::time::timeout(Duration::from_secs(5), pool.slot_for(tenants(&["app_b"])))
+            .await
+            .expect("app_b is served while app_a waits");
+        // A repository both subscribe to is charged to the one under its
+        // share: app_a's slow remotes cannot hold back app_b's repositories.
+        drop(b);
+        let shared = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.slot_for(tenants(&["app_a", "app_b"])),
+        )
+        .await
+        .expect("a shared repository goes on app_b's share");
+        assert_eq!(shared.tenant.as_deref(), Some("app_b"));
+        assert!(!third.is_finished());
+        // When one of app_a's workers comes back, its waiting one goes.
+        drop(a1);
+        let third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("app_a's waiting reservation is served")
+            .expect("task");
+        assert_eq!(third.tenant.as_deref(), Some("app_a"));
+        actor.stop(None);
+    }
+
     #[tokio::test]
     async fn a_pool_whose_jobs_keep_panicking_gives_up() {
         let (pool, owner) = ScanPool::supervised(
             "test",
+            1,
             1,
             RestartPolicy {
                 max_restarts: 1,

@@ -43,6 +43,21 @@ pub enum AccessCheck {
 }
 
 impl Store {
+    /// The apps subscribed to `repo` (the tenants its scans are charged to),
+    /// in id order.
+    pub async fn subscriber_apps(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
+        let mut apps: Vec<String> = subscription::Entity::find()
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|sub| sub.app_id)
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        Ok(apps)
+    }
+
     /// Every subscriber's credential for `repo`, the preferred fetch
     /// credential first: anonymous access when some subscriber has it (no
     /// secret leaves Herald), then tokens most recently proven first, then
