@@ -664,7 +664,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 54] = [
+    const KEYS: [&str; 57] = [
         "data_dir",
         "server.host",
         "server.port",

@@ -8,6 +8,9 @@
 //!   followed. A rename is a delete plus a create.
 //! - Every created or updated file is hashed (SHA-256 of its raw bytes) and
 //!   classified as text or binary (a NUL in the first 8 KiB, or not UTF-8).
+//!   Its size comes from the object's header first: a file above
+//!   [`WHOLE_BLOB_MAX`] is read in bounded pieces ([`crate::git::blob`]), so
+//!   a huge file that packs small costs its pieces, never its size.
 //!
 //! Everything here blocks; it runs on the scan pool.
 
@@ -23,6 +26,14 @@ pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
 
 /// How many leading bytes decide whether a file is binary (git's rule).
 const BINARY_PROBE: usize = 8 * 1024;
+
+/// Files up to this size are read whole (one lookup, libgit2's cache);
+/// larger ones in pieces.
+pub const WHOLE_BLOB_MAX: u64 = 1 << 20;
+
+/// The largest ignore file read; a larger one is skipped (with a warning),
+/// as no real rule set comes near it.
+const MAX_IGNORE_FILE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("reading the repository failed: {0}")]
@@ -62,19 +73,92 @@ fn is_regular(mode: u32) -> bool {
 
 /// SHA-256 (hex), size and binary flag of a blob's bytes.
 pub fn describe(content: &[u8]) -> (String, i64, bool) {
-    let sha = hex::encode(Sha256::digest(content));
-    let probe = &content[..content.len().min(BINARY_PROBE)];
-    let binary = probe.contains(&0) || std::str::from_utf8(content).is_err();
-    (
-        sha,
-        i64::try_from(content.len()).unwrap_or(i64::MAX),
-        binary,
-    )
+    let mut description = Description::new();
+    description.feed(content);
+    description.finish()
+}
+
+/// [`describe`], fed piece by piece: the same answer for the same bytes
+/// however they are cut.
+#[derive(Debug, Clone)]
+pub struct Description {
+    sha: Sha256,
+    size: u64,
+    /// A NUL among the first [`BINARY_PROBE`] bytes.
+    nul: bool,
+    /// Every byte so far is valid UTF-8, but for `carry`.
+    utf8: bool,
+    /// The start of a character the last piece cut (at most 3 bytes).
+    carry: Vec<u8>,
+}
+
+impl Default for Description {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Description {
+    pub fn new() -> Self {
+        Self {
+            sha: Sha256::new(),
+            size: 0,
+            nul: false,
+            utf8: true,
+            carry: Vec::new(),
+        }
+    }
+
+    pub fn feed(&mut self, piece: &[u8]) {
+        self.sha.update(piece);
+        let probed = usize::try_from(self.size).unwrap_or(usize::MAX);
+        if probed < BINARY_PROBE {
+            let probe = &piece[..piece.len().min(BINARY_PROBE - probed)];
+            self.nul |= probe.contains(&0);
+        }
+        self.size += piece.len() as u64;
+        if self.utf8 {
+            if self.carry.is_empty() {
+                self.check_utf8(piece);
+            } else {
+                let mut joined = std::mem::take(&mut self.carry);
+                joined.extend_from_slice(piece);
+                self.check_utf8(&joined);
+            }
+        }
+    }
+
+    fn check_utf8(&mut self, bytes: &[u8]) {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => {}
+            // Cut inside a character: wait for the next piece.
+            Err(err) if err.error_len().is_none() => {
+                self.carry = bytes[err.valid_up_to()..].to_vec();
+            }
+            Err(_) => self.utf8 = false,
+        }
+    }
+
+    /// SHA-256 (hex), size and binary flag.
+    pub fn finish(self) -> (String, i64, bool) {
+        let binary = self.nul || !self.utf8 || !self.carry.is_empty();
+        (
+            hex::encode(self.sha.finalize()),
+            i64::try_from(self.size).unwrap_or(i64::MAX),
+            binary,
+        )
+    }
 }
 
 fn entry(repo: &Repository, path: String, blob: Oid) -> Result<FileEntry, ChangeError> {
-    let blob_object = repo.find_blob(blob)?;
-    let (sha256, size, binary) = describe(blob_object.content());
+    let (size, _) = repo.odb()?.read_header(blob)?;
+    let (sha256, size, binary) = if size as u64 <= WHOLE_BLOB_MAX {
+        describe(repo.find_blob(blob)?.content())
+    } else {
+        let mut description = Description::new();
+        crate::git::blob::pieces(repo, blob, &mut |piece| description.feed(piece))?;
+        description.finish()
+    };
     Ok(FileEntry {
         path,
         blob_id: blob.to_string(),
@@ -259,6 +343,11 @@ pub fn ignore_rules(repo: &Repository, at: Oid) -> Result<Option<Gitignore>, Cha
         if !is_regular(u32::try_from(item.filemode()).unwrap_or(0)) {
             continue;
         }
+        let (size, _) = repo.odb()?.read_header(item.id())?;
+        if size > MAX_IGNORE_FILE {
+            tracing::warn!(file = name, size, "ignore file over 1 MiB skipped");
+            continue;
+        }
         let blob = repo.find_blob(item.id())?;
         for line in String::from_utf8_lossy(blob.content()).lines() {
             // A malformed pattern is skipped, as git skips it.
@@ -341,6 +430,37 @@ fn ignored_like_git(rules: &Gitignore, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// However a file is cut into pieces, its description is the one of
+        /// its bytes whole (multi-byte characters and NULs around the cuts
+        /// and the 8 KiB probe included).
+        #[test]
+        fn a_description_fed_in_pieces_is_the_description_of_the_whole(
+            parts in prop::collection::vec(
+                prop_oneof![
+                    Just("é€😀".as_bytes().to_vec()),
+                    Just(vec![0u8]),
+                    Just(vec![0xffu8]),
+                    prop::collection::vec(b'a'..=b'z', 0..3000),
+                ],
+                0..12,
+            ),
+            cuts in prop::collection::vec(0usize..20_000, 0..8),
+        ) {
+            let whole: Vec<u8> = parts.concat();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(whole.len())).collect();
+            cuts.sort_unstable();
+            let mut description = Description::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([whole.len()]) {
+                description.feed(&whole[start..cut]);
+                start = cut;
+            }
+            prop_assert_eq!(description.finish(), describe(&whole));
+        }
+    }
 
     #[test]
     fn binary_detection_follows_the_spec() {

@@ -17,6 +17,7 @@
 //!   private targets are allowed), no local repository inside Herald's own
 //!   data directory.
 
+pub mod blob;
 mod egress;
 mod indexer_windows;
 mod socket;

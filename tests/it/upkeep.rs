@@ -307,6 +307,54 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
 }
 
 #[tokio::test]
+async fn a_600_mb_file_that_packs_to_a_megabyte_costs_its_pieces_not_its_size() {
+    // 600 MB of zeros: git stores it whole (over core.bigFileThreshold) in
+    // well under a megabyte of pack.
+    const SIZE: u64 = 600_000_000;
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "small\n");
+    let mut expected = <sha2::Sha256 as sha2::Digest>::new();
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(repo.path().join("zeros.bin")).expect("create");
+        let piece = vec![0u8; 1 << 20];
+        let mut left = SIZE;
+        while left > 0 {
+            let n = usize::try_from(left.min(piece.len() as u64)).expect("small");
+            file.write_all(&piece[..n]).expect("write");
+            sha2::Digest::update(&mut expected, &piece[..n]);
+            left -= n as u64;
+        }
+    }
+    let expected = hex::encode(sha2::Digest::finalize(expected));
+    repo.commit("zeros");
+    let served = Served::new(&repo, "r.git");
+    let daemon = GitDaemon::serve(served.root());
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &receiver, "consumer").await;
+    watch(&app, &client, &daemon.url("r.git")).await;
+    let accepted = receiver
+        .wait_for_within("both webhooks", std::time::Duration::from_secs(300), |r| {
+            r.len() == 2
+        })
+        .await;
+    let endpoints: Vec<&str> = accepted.iter().map(|r| r.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["create", "file_too_large"]);
+    let notice = accepted[1].json();
+    assert_eq!(notice["file"]["path"], "zeros.bin");
+    assert_eq!(notice["file"]["size"], SIZE);
+    assert_eq!(notice["file"]["sha"], expected.as_str());
+    let peak = proc_kib(app.pid(), "VmHWM:");
+    assert!(
+        peak < 200 << 10,
+        "Herald's peak RSS was {} MiB for a {} MB file",
+        peak >> 10,
+        SIZE / 1_000_000
+    );
+}
+
+#[tokio::test]
 async fn a_file_over_max_file_bytes_is_announced_in_its_place_without_its_content() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "small\n");
