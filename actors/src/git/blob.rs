@@ -196,6 +196,11 @@ mod tests {
         assert!(status.success(), "git {args:?}");
     }
 
+    fn commit(dir: &Path, message: &str) {
+        let identity = ["-c", "user.name=t", "-c", "user.email=t@t"];
+        git(dir, &[&identity[..], &["commit", "-qm", message]].concat());
+    }
+
     /// A repository holding `files` (name, bytes), packed or loose.
     fn repository(files: &[(&str, Vec<u8>)], packed: bool) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("dir");
@@ -205,18 +210,7 @@ mod tests {
             std::fs::write(path.join(name), bytes).expect("write");
         }
         git(path, &["add", "-A"]);
-        git(
-            path,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "-qm",
-                "files",
-            ],
-        );
+        commit(path, "files");
         if packed {
             git(path, &["repack", "-adq"]);
         }
@@ -265,18 +259,8 @@ mod tests {
         let mut second = vec![b'a'; 200_000];
         second[100_000] = b'b';
         std::fs::write(path.join("a.txt"), &second).expect("write");
-        git(
-            path,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "-qam",
-                "two",
-            ],
-        );
+        git(path, &["add", "-A"]);
+        commit(path, "two");
         git(path, &["repack", "-adfq", "--depth=10", "--window=10"]);
         let repo = Repository::open(path).expect("open");
         for (rev, expected) in [("HEAD", &second), ("HEAD~1", &vec![b'a'; 200_000])] {
