@@ -18,6 +18,7 @@ mod delivery;
 mod faults;
 mod gitserver;
 mod hooks;
+mod hostile_http;
 mod lifecycle;
 mod listen;
 mod operations;
