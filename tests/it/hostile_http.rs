@@ -443,4 +443,18 @@ async fn answers_are_nosniff_and_the_docs_are_never_framed() {
             "scripts come from 'self' only: {csp}"
         );
     }
+    // Nothing the page loads comes from elsewhere (the validator badge is off).
+    let initializer = app
+        .client
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a script");
+    assert!(
+        initializer.contains("\"validatorUrl\": \"none\""),
+        "{initializer}"
+    );
 }
