@@ -96,6 +96,19 @@ pub struct ServerSettings {
     /// Answers 408 to a request whose body does not arrive in time.
     #[serde(deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// The bytes of request bodies (hooks and the JSON API) held at once:
+    /// many large bodies held open cannot grow memory past it (503 and
+    /// `Retry-After` when spent).
+    #[serde(deserialize_with = "whole_number")]
+    pub max_inflight_body_bytes: u64,
+    /// Open connections at once, so a flood cannot take every descriptor;
+    /// lowered at start to half the open-files limit.
+    #[serde(deserialize_with = "whole_number")]
+    pub max_connections: usize,
+    /// Open connections of one client address, so one client cannot take
+    /// every place (behind a reverse proxy every client has its address).
+    #[serde(deserialize_with = "whole_number")]
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,6 +499,34 @@ impl Settings {
         if self.inbound.max_body_bytes == 0 {
             return Err(invalid("inbound.max_body_bytes", "must be positive"));
         }
+        // Every body must fit the budget alone, or the largest allowed
+        // body could never be read.
+        let largest_body = self.server.max_body_bytes.max(self.inbound.max_body_bytes);
+        if self.server.max_inflight_body_bytes < largest_body {
+            return Err(invalid(
+                "server.max_inflight_body_bytes",
+                format!(
+                    "must be at least server.max_body_bytes and inbound.max_body_bytes ({largest_body})"
+                ),
+            ));
+        }
+        if self.server.max_inflight_body_bytes > tokio::sync::Semaphore::MAX_PERMITS as u64 {
+            return Err(invalid(
+                "server.max_inflight_body_bytes",
+                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            ));
+        }
+        for (key, count) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_ip",
+                self.server.max_connections_per_ip,
+            ),
+        ] {
+            if count == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if let Some(key) = &self.security.encryption_key {
             check_key_hex("security.encryption_key", key)?;
         }
@@ -672,6 +713,9 @@ mod properties {
         "server.shutdown_timeout",
         "server.header_read_timeout",
         "server.body_read_timeout",
+        "server.max_inflight_body_bytes",
+        "server.max_connections",
+        "server.max_connections_per_ip",
         "database.url",
         "database.auto_migrate",
         "admin.token",
@@ -753,6 +797,41 @@ mod properties {
         ("delivery.max_file_bytes", true),
         ("delivery.chunk_size_bytes", true),
     ];
+
+    /// `server.max_inflight_body_bytes` in the embedded defaults.
+    const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
+
+    /// The in-flight budget holds the largest body a limit allows, or the
+    /// start is refused naming both keys.
+    #[test]
+    fn the_body_budget_holds_the_largest_body() {
+        let settings = load(&[]).expect("the defaults load");
+        assert_eq!(settings.server.max_inflight_body_bytes, DEFAULT_BODY_BUDGET);
+        for (key, value) in [
+            ("inbound.max_body_bytes", "67108865"),
+            ("server.max_body_bytes", "67108865"),
+        ] {
+            let err = load(&[(key, value)]).expect_err(key).to_string();
+            assert!(
+                err.contains("server.max_inflight_body_bytes") && err.contains(key),
+                "{err}"
+            );
+        }
+        let err = load(&[("server.max_inflight_body_bytes", "1048576")])
+            .expect_err("a budget below the hook body limit")
+            .to_string();
+        assert!(err.contains("server.max_inflight_body_bytes"), "{err}");
+        let settings = load(&[
+            ("inbound.max_body_bytes", "100000000"),
+            ("server.max_inflight_body_bytes", "100000000"),
+        ])
+        .expect("a larger budget holds a larger limit");
+        assert_eq!(settings.server.max_inflight_body_bytes, 100_000_000);
+        for key in ["server.max_connections", "server.max_connections_per_ip"] {
+            let err = load(&[(key, "0")]).expect_err(key).to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
 
     fn env_name(key: &str) -> String {
         format!("HERALD__{}", key.replace('.', "__").to_uppercase())
@@ -893,7 +972,9 @@ mod properties {
                 Err(err) => {
                     let message = err.to_string();
                     prop_assert!(message.contains(key), "{} = {:?}: {}", key, text, message);
-                    prop_assert!(!plain || (bytes == 0 && zero_refused) || bytes > i64::MAX as u64,
+                    // A body limit must also fit the in-flight budget.
+                    let over_budget = key.ends_with(".max_body_bytes") && bytes > DEFAULT_BODY_BUDGET;
+                    prop_assert!(!plain || (bytes == 0 && zero_refused) || over_budget || bytes > i64::MAX as u64,
                         "{} = {:?} refused: {}", key, text, message);
                 }
             }

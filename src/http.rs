@@ -52,8 +52,9 @@ use warp::reply::Response;
 
 use crate::config::Settings;
 use crate::domain::UrlPolicy;
+pub use filters::BodyBudget;
 pub use ratelimit::RateLimits;
-pub use server::serve;
+pub use server::{ConnectionLimits, serve};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -69,6 +70,8 @@ pub struct AppState {
     /// This instance's id (`data_dir/instance.id`), to mark it in
     /// `/admin/api/instances`.
     pub instance_id: Arc<str>,
+    /// The bytes of request bodies held at once, every route's together.
+    pub body_budget: &'static BodyBudget,
 }
 
 impl AppState {
@@ -77,6 +80,15 @@ impl AppState {
         filters::BodyLimit {
             bytes: self.settings.server.max_body_bytes,
             timeout: self.settings.server.body_read_timeout,
+            budget: self.body_budget,
+        }
+    }
+
+    /// The size and time limits of an inbound hook's body.
+    pub(crate) fn hook_body_limit(&self) -> filters::BodyLimit {
+        filters::BodyLimit {
+            bytes: self.settings.inbound.max_body_bytes,
+            ..self.body_limit()
         }
     }
 

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::http::{self, AppState, RateLimits};
+use crate::http::{self, AppState, BodyBudget, ConnectionLimits, RateLimits};
 
 const ADMIN_TOKEN_FILE: &str = "admin.token";
 const ENCRYPTION_KEY_FILE: &str = "encryption.key";
@@ -43,6 +43,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// Connections that do not send a request head in time are closed.
     header_read_timeout: Duration,
+    /// The caps on open connections, within the open-files limit.
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -90,6 +92,18 @@ impl Application {
             .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
 
+        let open_files = raise_open_files_limit();
+        let connections = ConnectionLimits::new(
+            settings.server.max_connections,
+            settings.server.max_connections_per_ip,
+            open_files,
+        );
+        if connections.max_connections() < settings.server.max_connections {
+            warn!(
+                max_connections = connections.max_connections(),
+                open_files, "server.max_connections lowered to half the open-files limit"
+            );
+        }
         let state = AppState {
             store: store.clone(),
             engine: engine.clone(),
@@ -98,6 +112,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             started_at: Instant::now(),
             instance_id: instance_id.into(),
+            body_budget: BodyBudget::leaked(settings.server.max_inflight_body_bytes),
         };
         Ok(Self {
             listener,
@@ -107,6 +122,7 @@ impl Application {
             store,
             shutdown_timeout: settings.server.shutdown_timeout,
             header_read_timeout: settings.server.header_read_timeout,
+            connections,
         })
     }
 
@@ -135,6 +151,7 @@ impl Application {
             self.listener,
             routes,
             self.header_read_timeout,
+            self.connections,
             async move {
                 tokio::select! {
                     () = shutdown => {}
@@ -171,6 +188,22 @@ impl Application {
             anyhow::bail!("the actor tree gave up: a supervised part kept failing (see the log)");
         }
         Ok(())
+    }
+}
+
+/// Raises the soft open-files limit to the hard one, so connections, the
+/// database and the mirrors have every descriptor the system allows, and
+/// returns the soft limit in effect (on failure, the one Herald started
+/// with).
+fn raise_open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(err) => {
+            warn!(error = %err, "the open-files limit could not be raised");
+            rlimit::Resource::NOFILE
+                .get()
+                .map_or(1024, |(soft, _hard)| soft)
+        }
     }
 }
 

@@ -50,6 +50,10 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Herald holds as many request bytes as it may (bodies, connections):
+    /// the client tries again later.
+    #[error("the server is busy; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     /// The git remote has no such repository (or branch).
     #[error("{0}")]
     RepositoryNotFound(String),
@@ -79,7 +83,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RepositoryNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RepositoryAccessDenied(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RepositoryUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -100,7 +104,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => "unavailable",
             ApiError::RepositoryNotFound(_) => "repository_not_found",
             ApiError::RepositoryAccessDenied(_) => "repository_access_denied",
             ApiError::RepositoryUnreachable(_) => "repository_unreachable",
@@ -140,6 +144,10 @@ impl ApiError {
             }
             ApiError::RateLimited { retry_after_secs } => {
                 headers.insert("retry-after", HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Busy { retry_after_secs } => {
+                headers.insert("retry-after", HeaderValue::from(*retry_after_secs));
+                headers.insert("connection", HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -1,4 +1,5 @@
-//! Reusable warp filters: state injection, bounded JSON bodies, bearer
+//! Reusable warp filters: state injection, bounded JSON bodies (each within
+//! its size and time, all of them within one in-flight byte budget), bearer
 //! authentication of apps and of the admin, and rate limits.
 
 use std::convert::Infallible;
@@ -9,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use entity::app;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use warp::http::HeaderValue;
 use warp::{Filter, Rejection};
 
@@ -148,6 +150,93 @@ pub struct BodyLimit {
     /// A body that has not arrived in full by then is answered 408, so a
     /// client cannot hold a connection by trickling its body.
     pub timeout: Duration,
+    /// The bytes every body being read or held may take together; a
+    /// reference so that the limit stays `Copy` for the filters that move it
+    /// into each request.
+    pub budget: &'static BodyBudget,
+}
+
+/// The bytes of request bodies Herald holds at once, across every request
+/// (`server.max_inflight_body_bytes`): a body takes its bytes as they are
+/// read and gives them back when it is dropped, so many large bodies held
+/// open cannot grow memory past the budget. A body that finds the budget
+/// spent waits [`BUDGET_WAIT`] for it, then is answered 503 with
+/// `Retry-After`.
+#[derive(Debug)]
+pub struct BodyBudget {
+    bytes: Semaphore,
+    /// How long a body waits for bytes before its 503 ([`BUDGET_WAIT`]).
+    wait: Duration,
+}
+
+/// How long a body waits for the budget before it is answered 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
+/// The `Retry-After` of a body refused for want of budget.
+const BUDGET_RETRY_AFTER_SECS: u64 = 2;
+
+impl BodyBudget {
+    /// A budget of `bytes` (at most [`Semaphore::MAX_PERMITS`], which the
+    /// settings check).
+    pub fn new(bytes: u64) -> Self {
+        let bytes = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Semaphore::new(bytes),
+            wait: BUDGET_WAIT,
+        }
+    }
+
+    /// A budget that lives as long as the process: [`BodyLimit`] holds it by
+    /// reference. Built once at start (and once per test).
+    pub fn leaked(bytes: u64) -> &'static Self {
+        Box::leak(Box::new(Self::new(bytes)))
+    }
+
+    /// The bytes not taken by any body now.
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// Takes `bytes` more for a body holding `held`: at once when free,
+    /// else within [`BUDGET_WAIT`], else a 503.
+    async fn take(
+        &'static self,
+        held: &mut SemaphorePermit<'static>,
+        bytes: usize,
+    ) -> Result<(), ApiError> {
+        // Chunks are at most hyper's read buffer, and a body never asks for
+        // more than its size limit, which the settings keep within the budget.
+        let busy = || ApiError::Busy {
+            retry_after_secs: BUDGET_RETRY_AFTER_SECS,
+        };
+        let wanted = u32::try_from(bytes).map_err(|_| busy())?;
+        let more = match self.bytes.try_acquire_many(wanted) {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(self.wait, self.bytes.acquire_many(wanted))
+                .await
+                .map_err(|_| busy())?
+                .map_err(|_| busy())?,
+        };
+        held.merge(more);
+        Ok(())
+    }
+}
+
+/// A request body read in full, holding its bytes of the [`BodyBudget`]
+/// until it is dropped.
+pub struct BudgetedBody {
+    bytes: BytesMut,
+    _held: SemaphorePermit<'static>,
+}
+
+impl std::ops::Deref for BudgetedBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// A JSON body of at most `limit.bytes` bytes, whether or not the client sent
@@ -182,31 +271,44 @@ pub fn json_body<T: DeserializeOwned + Send>(
 const DRAIN_LIMIT: usize = 1 << 20;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads a whole body within `limit` (413 above its size, 408 past its time).
-pub async fn read_limited<S, B>(body: S, limit: BodyLimit) -> Result<BytesMut, ApiError>
+/// Reads a whole body within `limit` (413 above its size, 408 past its time,
+/// 503 when the in-flight budget stays spent).
+pub async fn read_limited<S, B>(body: S, limit: BodyLimit) -> Result<BudgetedBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    tokio::time::timeout(limit.timeout, read_at_most(body, limit.bytes))
+    tokio::time::timeout(limit.timeout, read_at_most(body, limit))
         .await
         .unwrap_or(Err(ApiError::RequestTimeout))
 }
 
-async fn read_at_most<S, B>(body: S, limit: u64) -> Result<BytesMut, ApiError>
+async fn read_at_most<S, B>(body: S, limit: BodyLimit) -> Result<BudgetedBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
+    let mut held = limit
+        .budget
+        .bytes
+        .try_acquire_many(0)
+        .expect("taking nothing always succeeds");
     while let Some(chunk) = body.next().await {
         let mut chunk =
             chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
-        if collected.len() as u64 + chunk.remaining() as u64 > limit {
+        let refused = if collected.len() as u64 + chunk.remaining() as u64 > limit.bytes {
+            Some(ApiError::PayloadTooLarge { limit: limit.bytes })
+        } else {
+            limit.budget.take(&mut held, chunk.remaining()).await.err()
+        };
+        if let Some(refused) = refused {
+            // What was read goes back to the budget now, not once answered.
+            drop((collected, held));
             // Read (and drop) a bounded rest of the body before answering, so
-            // that the client, still sending, gets the 413 rather than a reset
-            // connection (a "lingering close").
+            // that the client, still sending, gets the answer rather than a
+            // reset connection (a "lingering close").
             let drain = async {
                 let mut drained = 0usize;
                 while let Some(Ok(chunk)) = body.next().await {
@@ -217,7 +319,7 @@ where
                 }
             };
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-            return Err(ApiError::PayloadTooLarge { limit });
+            return Err(refused);
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -226,7 +328,10 @@ where
             chunk.advance(len);
         }
     }
-    Ok(collected)
+    Ok(BudgetedBody {
+        bytes: collected,
+        _held: held,
+    })
 }
 
 /// Deserialises a body, telling syntax errors (400) from shape errors (422).
@@ -255,4 +360,86 @@ fn strip_position(message: &str) -> String {
         .next()
         .unwrap_or(message)
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A budget of `bytes` whose bodies wait `wait` for it.
+    fn budget(bytes: u64, wait: Duration) -> &'static BodyBudget {
+        Box::leak(Box::new(BodyBudget {
+            wait,
+            ..BodyBudget::new(bytes)
+        }))
+    }
+
+    fn limit(budget: &'static BodyBudget) -> BodyLimit {
+        BodyLimit {
+            bytes: 1_000,
+            timeout: Duration::from_secs(60),
+            budget,
+        }
+    }
+
+    fn body(chunks: &[usize]) -> impl Stream<Item = Result<Bytes, warp::Error>> + use<> {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .map(|&n| Ok(Bytes::from(vec![b'x'; n])))
+            .collect();
+        futures::stream::iter(chunks)
+    }
+
+    #[tokio::test]
+    async fn a_body_holds_its_bytes_until_dropped() {
+        let budget = budget(1_000, BUDGET_WAIT);
+        let read = read_limited(body(&[300, 300]), limit(budget))
+            .await
+            .expect("the body fits");
+        assert_eq!(read.len(), 600);
+        assert_eq!(budget.available(), 400);
+        drop(read);
+        assert_eq!(budget.available(), 1_000);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_budget_waits_then_is_refused_and_gives_back_its_bytes() {
+        let budget = budget(1_000, Duration::from_millis(20));
+        let held = read_limited(body(&[700]), limit(budget))
+            .await
+            .expect("the first body fits");
+        let refused = read_limited(body(&[200, 200]), limit(budget)).await;
+        assert!(
+            matches!(refused, Err(ApiError::Busy { retry_after_secs }) if retry_after_secs > 0),
+            "{:?}",
+            refused.err()
+        );
+        // The 200 bytes it had read went back.
+        assert_eq!(budget.available(), 300);
+        drop(held);
+        let read = read_limited(body(&[200, 200]), limit(budget))
+            .await
+            .expect("the budget came back");
+        assert_eq!(read.len(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_body_waiting_for_the_budget_gets_it_when_another_is_dropped() {
+        // Longer than the test can take: the body must not time out.
+        let budget = budget(1_000, Duration::from_secs(600));
+        let held = read_limited(body(&[900]), limit(budget))
+            .await
+            .expect("the first body fits");
+        let waiting = tokio::spawn(read_limited(body(&[500]), limit(budget)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "it waits while the budget is spent");
+        drop(held);
+        let read = waiting
+            .await
+            .expect("the task ends")
+            .expect("the budget came back in time");
+        assert_eq!(read.len(), 500);
+    }
 }

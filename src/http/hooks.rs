@@ -1,7 +1,10 @@
 //! Inbound push webhooks from git hosts (`/hooks/github`, `/hooks/gitlab`,
 //! `/hooks/gitea`, `/hooks/bitbucket`): rate limited per address, bounded,
 //! verified over the signed bytes before anything reads them, stored
-//! (deduplicated by delivery id) and answered 202 at once. The hook processor
+//! (deduplicated by delivery id) and answered 202 at once. A missing or
+//! malformed credential is refused from the headers alone, before any of the
+//! body is read; a body that is read counts against the in-flight budget
+//! ([`super::filters::BodyBudget`]). The hook processor
 //! (an actor) does the rest; a hook is only ever a trigger for a scan.
 
 use std::net::IpAddr;
@@ -22,7 +25,7 @@ use warp::reply::{Reply, Response};
 
 use super::AppState;
 use super::error::{ApiError, respond};
-use super::filters::{BodyLimit, client_ip, read_limited};
+use super::filters::{client_ip, read_limited};
 use super::ratelimit::Budget;
 
 /// The longest delivery id kept as sent; longer (or missing) ones are
@@ -223,6 +226,64 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The length of a hex HMAC-SHA256.
+const HEX_MAC_LEN: usize = 64;
+
+/// Checks what the headers alone can tell of a hook's credential: GitLab's
+/// token whole (it is the secret, compared in constant time), the others'
+/// signature header present and shaped like a hex HMAC-SHA256 (`sha256=` and
+/// 64 hex digits; Gitea's bare 64, or with the same prefix). The error says
+/// why, for the log: `missing`, `malformed` or `bad`.
+fn check_credential_header(
+    provider: Provider,
+    secret: &SecretString,
+    signature: Option<&str>,
+) -> Result<(), &'static str> {
+    let signature = signature
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or("missing")?;
+    let hex_mac = match provider {
+        Provider::GitLab => {
+            return if inbound::verify(provider, secret, Some(signature), &[]) {
+                Ok(())
+            } else {
+                Err("bad")
+            };
+        }
+        Provider::GitHub | Provider::Bitbucket => signature.strip_prefix("sha256="),
+        Provider::Gitea => Some(signature.strip_prefix("sha256=").unwrap_or(signature)),
+    };
+    if hex_mac
+        .is_some_and(|hex| hex.len() == HEX_MAC_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        Ok(())
+    } else {
+        Err("malformed")
+    }
+}
+
+/// The 401 of a hook whose credential is missing, malformed or wrong
+/// (`why`); logged without the credential.
+fn refused(
+    provider: Provider,
+    ip: IpAddr,
+    why: &'static str,
+) -> (Option<&'static str>, Result<Response, ApiError>) {
+    warn!(
+        provider = provider.as_str(),
+        %ip,
+        signature = why,
+        "inbound hook refused"
+    );
+    (
+        Some("unauthorized"),
+        Err(ApiError::Unauthorized(
+            "missing or invalid webhook signature",
+        )),
+    )
+}
+
 fn reply(status: StatusCode, body: HookReply) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
@@ -242,10 +303,7 @@ async fn handle(
     let Some(secret) = secret(state, provider) else {
         return (None, Err(ApiError::NotFound("Not found".to_owned())));
     };
-    let limit = BodyLimit {
-        bytes: state.settings.inbound.max_body_bytes,
-        timeout: state.settings.server.body_read_timeout,
-    };
+    let limit = state.hook_body_limit();
     let declared = header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit.bytes) {
         return (
@@ -253,8 +311,15 @@ async fn handle(
             Err(ApiError::PayloadTooLarge { limit: limit.bytes }),
         );
     }
+    // Credentials that cannot be right are refused from the headers alone,
+    // before a byte of the body is read: only a plausible signature (or
+    // GitLab's right token) makes Herald buffer a body.
+    let signature = first_header(&headers, provider.signature_headers());
+    if let Err(refusal) = check_credential_header(provider, secret, signature) {
+        return refused(provider, ip, refusal);
+    }
     let body = match read_limited(body, limit).await {
-        Ok(body) => body.freeze(),
+        Ok(body) => body,
         Err(err) => return (REJECTED, Err(err)),
     };
     // Nothing of the body is read before this line, except the form encoding
@@ -269,20 +334,8 @@ async fn handle(
     } else {
         Some(&body[..])
     };
-    let signature = first_header(&headers, provider.signature_headers());
     if !signed.is_some_and(|signed| inbound::verify(provider, secret, signature, signed)) {
-        warn!(
-            provider = provider.as_str(),
-            %ip,
-            signature = if signature.is_some() { "bad" } else { "missing" },
-            "inbound hook refused"
-        );
-        return (
-            Some("unauthorized"),
-            Err(ApiError::Unauthorized(
-                "missing or invalid webhook signature",
-            )),
-        );
+        return refused(provider, ip, "bad");
     }
     let Some(event_type) = first_header(&headers, provider.event_headers())
         .map(str::trim)

@@ -385,7 +385,9 @@ pub fn routes() -> BoxedFilter<(Response,)> {
     let document = warp::path!("openapi.json")
         .and(warp::get())
         .map(|| warp::reply::json(&ApiDoc::openapi()).into_response());
-    let docs_config = Arc::new(Config::from("/openapi.json"));
+    // No validator badge: it would load an image from swagger.io, which the
+    // page's policy refuses (and which would tell it the page was opened).
+    let docs_config = Arc::new(Config::from("/openapi.json").validator_url("none"));
     let page = warp::path("docs")
         .and(warp::get())
         .and(warp::path::full())
@@ -394,8 +396,29 @@ pub fn routes() -> BoxedFilter<(Response,)> {
     document.or(page).unify().boxed()
 }
 
-/// Swagger UI, vendored into the binary (no download at build or run time).
+/// The docs page's policy: Swagger UI's own scripts and styles only (it sets
+/// inline style attributes, and its icons are `data:` images), no framing.
+const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; \
+    style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'none'";
+
+/// Swagger UI with its content security policy, never in a frame.
 fn docs(full: &FullPath, tail: &Tail, config: Arc<Config<'static>>) -> Response {
+    let mut response = docs_file(full, tail, config);
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-security-policy",
+        warp::http::HeaderValue::from_static(DOCS_CSP),
+    );
+    headers.insert(
+        "x-frame-options",
+        warp::http::HeaderValue::from_static("DENY"),
+    );
+    response
+}
+
+/// Swagger UI, vendored into the binary (no download at build or run time).
+fn docs_file(full: &FullPath, tail: &Tail, config: Arc<Config<'static>>) -> Response {
     if full.as_str() == "/docs" {
         return warp::redirect::see_other(Uri::from_static("/docs/")).into_response();
     }

@@ -5,9 +5,20 @@
 //! (half-open, trickling, or idle between keep-alive requests) is closed, and
 //! slow clients cannot hold every descriptor. Body deadlines are applied
 //! where bodies are read ([`super::filters::read_limited`]).
+//!
+//! Open connections are capped ([`ConnectionLimits`]): an address over
+//! `server.max_connections_per_ip` is closed as soon as it is accepted;
+//! past `server.max_connections` (itself kept within half the open-files
+//! limit), a small reserve of connections is still served, one request
+//! each with a short head deadline, and only for `/health`, `/ready` and
+//! `/metrics` (anything else is a 503 with `Retry-After`), so probes and
+//! scrapes get through a flood from many addresses. Every answer carries
+//! `X-Content-Type-Options: nosniff`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -15,9 +26,13 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 use warp::filters::BoxedFilter;
+use warp::http::HeaderValue;
 use warp::reply::Response;
+
+use super::error::ApiError;
 
 /// The peer address of a request's connection, as a request extension (warp's
 /// own is only set by `warp::serve`).
@@ -28,6 +43,136 @@ pub struct ClientAddr(pub SocketAddr);
 /// a client's (e.g. out of descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Connections served over the global cap, for probes and scrapes only.
+pub const RESERVED_CONNECTIONS: usize = 32;
+/// The paths a reserved connection may ask for.
+const RESERVED_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+/// A reserved connection's deadline for its request head: a probe sends it
+/// at once, and a flood must not keep the reserve.
+const RESERVED_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `Retry-After` of a request refused on a reserved connection.
+const RESERVED_RETRY_AFTER_SECS: u64 = 1;
+
+/// The caps on open connections, shared by the accept loop and the
+/// connections it spawns (each gives its place back when it ends).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// A place for each connection served normally (`server.max_connections`).
+    open: Arc<Semaphore>,
+    /// The places past the global cap, for health, readiness and metrics.
+    reserve: Arc<Semaphore>,
+    /// `server.max_connections_per_ip`: one address cannot take every place.
+    per_ip: usize,
+    /// Open connections by client address (an address with none is absent).
+    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// The global cap in effect, for the log.
+    max_connections: usize,
+}
+
+/// An accepted connection's place, given back when dropped.
+struct Place {
+    /// A place in the reserve: health, readiness and metrics only.
+    reserved: bool,
+    _permit: OwnedSemaphorePermit,
+    _slot: IpSlot,
+}
+
+/// Why a connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its address holds `server.max_connections_per_ip` already.
+    PerIp,
+    /// Every place, the reserve's too, is taken.
+    Full,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::PerIp => "per_ip",
+            Refusal::Full => "max_connections",
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The caps, the global one lowered to fit half of `open_files` (the
+    /// soft `RLIMIT_NOFILE`) with the reserve: the other half is for the
+    /// database, the mirrors and outgoing webhooks.
+    pub fn new(max_connections: usize, per_ip: usize, open_files: u64) -> Self {
+        let fd_share = usize::try_from(open_files / 2)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(RESERVED_CONNECTIONS)
+            .max(1);
+        let max_connections = max_connections.min(fd_share).min(Semaphore::MAX_PERMITS);
+        Self {
+            open: Arc::new(Semaphore::new(max_connections)),
+            reserve: Arc::new(Semaphore::new(RESERVED_CONNECTIONS)),
+            per_ip,
+            by_ip: Arc::default(),
+            max_connections,
+        }
+    }
+
+    /// The global cap in effect.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// A place for a connection from `ip`, or why it has none.
+    fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
+        let slot = {
+            let mut by_ip = self
+                .by_ip
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let count = by_ip.entry(ip).or_insert(0);
+            if *count >= self.per_ip {
+                return Err(Refusal::PerIp);
+            }
+            *count += 1;
+            IpSlot {
+                ip,
+                by_ip: Arc::clone(&self.by_ip),
+            }
+        };
+        let (reserved, permit) = if let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() {
+            (false, permit)
+        } else {
+            let permit = Arc::clone(&self.reserve)
+                .try_acquire_owned()
+                .map_err(|_| Refusal::Full)?;
+            (true, permit)
+        };
+        Ok(Place {
+            reserved,
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
+/// A connection's count in its address's total, given back when dropped.
+struct IpSlot {
+    ip: IpAddr,
+    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .by_ip
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves; then stops
 /// accepting, closes idle connections and resolves once the in-flight
 /// requests are answered (the caller bounds that wait).
@@ -35,6 +180,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: BoxedFilter<(Response,)>,
     header_read_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -55,21 +201,57 @@ pub async fn serve(
                 }
             }
         };
+        let place = match limits.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                // Closed before anything is read: it costs no more than the
+                // accept.
+                drop(stream);
+                tracing::debug!(%peer, reason = refusal.as_str(), "connection refused");
+                metrics::counter!("herald_connections_refused_total", "reason" => refusal.as_str())
+                    .increment(1);
+                continue;
+            }
+        };
         let filter = warp::service(routes.clone());
+        let reserved = place.reserved;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            let refused = reserved && !RESERVED_PATHS.contains(&request.uri().path());
             request.extensions_mut().insert(ClientAddr(peer));
-            filter.clone().call(request)
+            let answer = (!refused).then(|| filter.clone().call(request));
+            async move {
+                let mut response = match answer {
+                    Some(answer) => answer.await?,
+                    None => ApiError::Busy {
+                        retry_after_secs: RESERVED_RETRY_AFTER_SECS,
+                    }
+                    .into_response(),
+                };
+                // No answer is to be read as another type than it says.
+                response.headers_mut().insert(
+                    "x-content-type-options",
+                    HeaderValue::from_static("nosniff"),
+                );
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new());
+        if reserved {
+            builder
+                .header_read_timeout(header_read_timeout.min(RESERVED_HEAD_TIMEOUT))
+                .keep_alive(false);
+        } else {
+            builder.header_read_timeout(header_read_timeout);
+        }
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 // Timeouts and clients going away are routine.
                 tracing::debug!(error = %err, %peer, "connection closed with an error");
             }
+            drop(place);
         });
     }
     drop(listener);

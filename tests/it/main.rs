@@ -19,6 +19,7 @@ mod faults;
 mod gitserver;
 mod hooks;
 mod hostile_git;
+mod hostile_http;
 mod lifecycle;
 mod listen;
 mod operations;

@@ -136,7 +136,7 @@ async fn a_stalled_hook_body_is_answered_408() {
     stream
         .write_all(
             b"POST /hooks/github HTTP/1.1\r\nHost: herald\r\nX-GitHub-Event: push\r\n\
-              X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n\
+              X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=0000000000000000000000000000000000000000000000000000000000000000\r\n\
               Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
         )
         .await
