@@ -316,6 +316,18 @@ pub struct RateLimitSettings {
     /// host's few addresses send the hooks of all its tenants).
     #[serde(deserialize_with = "whole_number")]
     pub inbound_per_minute: u32,
+    /// Console sign-in attempts per client address (the admin token is the
+    /// one secret that opens everything).
+    #[serde(deserialize_with = "whole_number")]
+    pub sign_in_per_minute: u32,
+    /// Failed sign-ins of one address within `sign_in_lockout` that lock it
+    /// out of sign-in.
+    #[serde(deserialize_with = "whole_number")]
+    pub sign_in_failures: u32,
+    /// How long such an address is locked out (even the right token is
+    /// refused), and the window its failures are counted in.
+    #[serde(deserialize_with = "duration")]
+    pub sign_in_lockout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -623,6 +635,12 @@ impl Settings {
                 "must be at least twice delivery.timeout (a request must fit inside a lease)",
             ));
         }
+        if self.rate_limit.sign_in_lockout.is_zero() {
+            return Err(invalid(
+                "rate_limit.sign_in_lockout",
+                "must be longer than zero",
+            ));
+        }
         if self.cluster.heartbeat_interval.is_zero() {
             return Err(invalid(
                 "cluster.heartbeat_interval",
@@ -668,6 +686,14 @@ impl Settings {
             (
                 "rate_limit.inbound_per_minute",
                 self.rate_limit.inbound_per_minute,
+            ),
+            (
+                "rate_limit.sign_in_per_minute",
+                self.rate_limit.sign_in_per_minute,
+            ),
+            (
+                "rate_limit.sign_in_failures",
+                self.rate_limit.sign_in_failures,
             ),
         ] {
             if per_minute == 0 {
@@ -762,6 +788,9 @@ mod properties {
         "rate_limit.onboarding_per_minute",
         "rate_limit.per_app_per_minute",
         "rate_limit.inbound_per_minute",
+        "rate_limit.sign_in_per_minute",
+        "rate_limit.sign_in_failures",
+        "rate_limit.sign_in_lockout",
         "telemetry.log_format",
         "telemetry.log_level",
         "cluster.lease_ttl",

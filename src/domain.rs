@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use url::{Host, Url};
 
 /// Why a value was refused: the field and a message for the caller.
@@ -34,7 +35,17 @@ pub struct UrlPolicy {
 const MAX_URL_LEN: usize = 2048;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A string field with length bounds, trimmed.
+/// Whether `c` is an invisible format character (Unicode category `Cf`):
+/// zero-width spaces and joiners (U+200B–U+200D), bidi marks, embeddings,
+/// overrides and isolates (U+200E–U+200F, U+202A–U+202E, U+2066–U+2069), the
+/// byte order mark (U+FEFF) and the like. In a name an operator reads, they
+/// hide or reorder what is shown: `acme\u{202e}gpj.exe` reads as `acmeexe.jpg`.
+fn is_format_char(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
+}
+
+/// A human-readable string field with length bounds, trimmed: no control
+/// characters, no invisible format characters.
 fn bounded(field: &'static str, raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
     let value = raw.trim();
     let len = value.chars().count();
@@ -46,6 +57,12 @@ fn bounded(field: &'static str, raw: &str, min: usize, max: usize) -> Result<Str
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(field, "must not contain control characters"));
+    }
+    if value.chars().any(is_format_char) {
+        return Err(invalid(
+            field,
+            "must not contain invisible formatting characters (zero-width or bidi controls)",
+        ));
     }
     Ok(value.to_owned())
 }
@@ -399,6 +416,33 @@ mod tests {
             ..STRICT
         };
         assert!(repo_url("url", "file:///srv/git/r", local).await.is_ok());
+    }
+
+    #[test]
+    fn invisible_format_characters_are_refused_in_names() {
+        for c in [
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{feff}',
+            '\u{00ad}',
+            '\u{061c}',
+            '\u{e0001}',
+        ] {
+            let err = app_name(&format!("ac{c}me")).expect_err("refused");
+            assert_eq!(err.field, "app_name", "U+{:04X}", u32::from(c));
+            assert!(err.message.contains("invisible"), "{err}");
+        }
+        assert_eq!(
+            app_name("Ünïcödé – café 🚀").as_deref(),
+            Ok("Ünïcödé – café 🚀")
+        );
     }
 
     #[test]

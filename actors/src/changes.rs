@@ -11,6 +11,10 @@
 //!   Its size comes from the object's header first: a file above
 //!   [`WHOLE_BLOB_MAX`] is read in bounded pieces ([`crate::git::blob`]), so
 //!   a huge file that packs small costs its pieces, never its size.
+//! - Entries git itself would refuse to check out ([`is_unsafe_component`]:
+//!   `..`, `.git` in any spelling) are skipped with a warning, subtree and
+//!   all: no app is told of a path that could climb out of its checkout or
+//!   plant a git configuration.
 //!
 //! Everything here blocks; it runs on the scan pool.
 
@@ -20,6 +24,7 @@ use git2::{FileMode, ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkRe
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Ignore files read from the repository root (gitignore syntax).
 pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
@@ -173,6 +178,12 @@ pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
     let mut files = Vec::new();
     let mut bad_path = false;
     tree.walk(TreeWalkMode::PreOrder, |root, item| {
+        if let Ok(name) = item.name()
+            && is_unsafe_component(name)
+        {
+            tracing::warn!(path = ?format!("{root}{name}"), "skipped a tree entry git would refuse");
+            return TreeWalkResult::Skip;
+        }
         if item.kind() == Some(ObjectType::Blob)
             && is_regular(u32::try_from(item.filemode()).unwrap_or(0))
         {
@@ -187,6 +198,25 @@ pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
         tracing::warn!("skipped files whose names are not UTF-8");
     }
     Ok(files)
+}
+
+/// Whether one component of a path (a tree entry's name) is one that git
+/// refuses to check out: empty, `.`, `..`, a `/` or NUL inside, or `.git` in
+/// any spelling a file system may fold into it: any case, trailing dots or
+/// spaces and an alternate data stream (NTFS), the short name `git~1`, and
+/// format characters such as zero-width joiners (ignored by HFS+). libgit2
+/// reads such trees even though `git fsck` would reject them.
+pub fn is_unsafe_component(name: &str) -> bool {
+    if matches!(name, "" | "." | "..") || name.contains(['/', '\0']) {
+        return true;
+    }
+    let folded: String = name
+        .chars()
+        .filter(|c| c.general_category() != GeneralCategory::Format)
+        .collect();
+    let stream_free = folded.split(':').next().unwrap_or_default();
+    let trimmed = stream_free.trim_end_matches(['.', ' ']);
+    trimmed.eq_ignore_ascii_case(".git") || trimmed.eq_ignore_ascii_case("git~1")
 }
 
 /// The change from `old` to `new` by tree diff, hashing what was added or
@@ -226,6 +256,10 @@ fn sides(tree: Option<&Tree<'_>>) -> std::collections::BTreeMap<String, Side> {
             tracing::warn!("skipped an entry whose name is not UTF-8");
             continue;
         };
+        if is_unsafe_component(name) {
+            tracing::warn!(name = ?name, "skipped a tree entry git would refuse");
+            continue;
+        }
         entries.insert(
             name.to_owned(),
             Side {
@@ -459,6 +493,41 @@ mod tests {
                 start = cut;
             }
             prop_assert_eq!(description.finish(), describe(&whole));
+        }
+    }
+
+    #[test]
+    fn components_git_would_refuse_are_unsafe() {
+        for name in [
+            "",
+            ".",
+            "..",
+            ".git",
+            ".GIT",
+            ".Git",
+            ".git.",
+            ".git ",
+            ".git. .",
+            "git~1",
+            "GIT~1",
+            ".git::$INDEX_ALLOCATION",
+            ".g\u{200c}it",
+            "\u{feff}.git",
+            "a/b",
+            "a\0b",
+        ] {
+            assert!(is_unsafe_component(name), "{name:?} should be unsafe");
+        }
+        for name in [
+            ".github",
+            ".gitignore",
+            "git",
+            "...",
+            ".git~1x",
+            "a..b",
+            "x.git",
+        ] {
+            assert!(!is_unsafe_component(name), "{name:?} should be safe");
         }
     }
 

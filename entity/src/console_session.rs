@@ -10,6 +10,9 @@ pub struct Model {
     pub id: String,
     /// The token every form of this session carries (CSRF).
     pub csrf_token: String,
+    /// HMAC-SHA256 (hex) of the session token under the admin token it was
+    /// opened with: under another admin token the session does not open.
+    pub admin_binding: String,
     pub created_at: i64,
     pub expires_at: i64,
 }

@@ -931,10 +931,19 @@ impl Partials {
     }
 }
 
-/// A relative path that stays inside the mirror: no root, no `..` or `.`,
-/// no empty segment, no NUL.
+/// A relative path that stays inside the mirror and out of git's way: no
+/// root, no empty segment, no `.`, `..` or `.git` in any spelling
+/// ([`actors::changes::is_unsafe_component`]: the mirror may be a git
+/// checkout, and a `.git/config` written there runs code on the next
+/// `git status`), no NUL or other control character, and names the file
+/// system can hold.
 #[derive(Debug)]
 struct SafePath(PathBuf);
+
+/// Linux's `NAME_MAX` and `PATH_MAX`: longer names are refused up front
+/// rather than failing the write.
+const MAX_NAME_BYTES: usize = 255;
+const MAX_PATH_BYTES: usize = 4096;
 
 impl SafePath {
     fn parse(raw: &str) -> Result<Self, Refused> {
@@ -948,11 +957,23 @@ impl SafePath {
         if raw.contains('\0') {
             return Err(unsafe_path("contains NUL"));
         }
+        if raw.chars().any(char::is_control) {
+            return Err(unsafe_path("contains a control character"));
+        }
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(unsafe_path("longer than 4096 bytes"));
+        }
         let mut path = PathBuf::new();
         for segment in raw.split('/') {
             match segment {
                 "" => return Err(unsafe_path("empty segment")),
                 "." | ".." => return Err(unsafe_path("contains . or ..")),
+                _ if actors::changes::is_unsafe_component(segment) => {
+                    return Err(unsafe_path("contains a .git component"));
+                }
+                _ if segment.len() > MAX_NAME_BYTES => {
+                    return Err(unsafe_path("a name longer than 255 bytes"));
+                }
                 _ => {}
             }
             // Exactly one normal component: rules out drive prefixes and
@@ -964,6 +985,18 @@ impl SafePath {
             }
         }
         Ok(Self(path))
+    }
+}
+
+/// An I/O error on the mirror: a name the file system cannot hold is the
+/// sender's (a 422, so it does not retry forever); anything else is ours
+/// (a 500: a full disk may clear up).
+fn io_refused(path: &SafePath, doing: &str, err: &io::Error) -> Refused {
+    let message = format!("{doing} {}: {err}", path.0.display());
+    if err.kind() == io::ErrorKind::InvalidFilename {
+        Refused::Unprocessable(message)
+    } else {
+        Refused::Internal(message)
     }
 }
 
@@ -1001,7 +1034,7 @@ impl Mirror {
                 }
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => break,
-                Err(err) => return Err(Refused::Internal(format!("{}: {err}", dir.display()))),
+                Err(err) => return Err(io_refused(path, "resolving", &err)),
             }
         }
         Ok(target)
@@ -1011,17 +1044,13 @@ impl Mirror {
     /// over the target, so a reader never sees half a file.
     fn write(&self, path: &SafePath, bytes: &[u8]) -> Result<(), Refused> {
         let target = self.resolve(path)?;
-        let io_error =
-            |err: io::Error| Refused::Internal(format!("writing {}: {err}", path.0.display()));
+        let io_error = |err: io::Error| io_refused(path, "writing", &err);
         let parent = target
             .parent()
             .expect("a path joined under the root has a parent");
         fs::create_dir_all(parent).map_err(io_error)?;
-        let name = target
-            .file_name()
-            .expect("a safe path ends with a file name")
-            .to_string_lossy();
-        let temporary = parent.join(format!(".{name}.herald-{}.tmp", std::process::id()));
+        // Not named after the target: a name near 255 bytes would not fit.
+        let temporary = parent.join(format!(".herald-{}.tmp", std::process::id()));
         let written = fs::File::create(&temporary)
             .and_then(|mut file| {
                 file.write_all(bytes)?;
@@ -1042,12 +1071,7 @@ impl Mirror {
         let removed = match fs::remove_file(&target) {
             Ok(()) => true,
             Err(err) if err.kind() == io::ErrorKind::NotFound => false,
-            Err(err) => {
-                return Err(Refused::Internal(format!(
-                    "removing {}: {err}",
-                    path.0.display()
-                )));
-            }
+            Err(err) => return Err(io_refused(path, "removing", &err)),
         };
         let mut dir = target.parent();
         while let Some(current) = dir {
@@ -1123,6 +1147,14 @@ mod tests {
             "a/",
             "..",
             "a\0b",
+            ".git/config",
+            "sub/.GIT/hooks/pre-commit",
+            ".git./config",
+            "GIT~1/config",
+            "a\u{7}b",
+            "line\nbreak",
+            "n".repeat(256).as_str(),
+            format!("{}/x", "d/".repeat(2100)).as_str(),
         ] {
             assert!(SafePath::parse(raw).is_err(), "{raw:?} should be refused");
         }
@@ -1132,6 +1164,8 @@ mod tests {
             ".github/workflows/ci.yml",
             "a..b/c..",
             "…/x",
+            ".gitignore",
+            "n".repeat(255).as_str(),
         ] {
             assert!(SafePath::parse(raw).is_ok(), "{raw:?} should be accepted");
         }

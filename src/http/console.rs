@@ -2,10 +2,14 @@
 //! `/admin/api`), for operators without curl.
 //!
 //! - Sign-in with the admin token; the session lives in the database
-//!   (`console_sessions`, [`actors::store::console`]), 12 h, in a cookie that
-//!   is HttpOnly, SameSite=Strict, and Secure when the request came over https
+//!   (`console_sessions`, [`actors::store::console`]), 12 h, bound to the
+//!   admin token (another admin token ends it), in a cookie that is HttpOnly,
+//!   SameSite=Strict, and Secure when the request came over https
 //!   (`X-Forwarded-Proto: https` from the reverse proxy that terminates TLS;
 //!   Herald itself listens on plain HTTP).
+//! - Sign-in has a per-address budget of its own, and an address that fails
+//!   `rate_limit.sign_in_failures` times is locked out for a while
+//!   ([`super::ratelimit`]).
 //! - Every form carries the session's CSRF token (the sign-in form a token
 //!   of its own, double-submitted in a cookie); a POST without it is a 403.
 //! - Every answer sets `Content-Security-Policy: default-src 'self'`: the
@@ -35,7 +39,7 @@ use warp::{Filter, Rejection};
 
 use super::AppState;
 use super::error::ApiError;
-use super::filters::{BodyLimit, read_limited, with_state};
+use super::filters::{BodyLimit, client_ip, read_limited, with_state};
 
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
@@ -93,6 +97,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(|https: Https| login_page(None, https));
     let login = warp::path!("admin" / "login")
         .and(warp::post())
+        .and(client_ip())
         .and(https())
         .and(warp::cookie::optional::<String>(LOGIN_COOKIE))
         .and(form_body(state.body_limit()))
@@ -276,7 +281,7 @@ async fn find_session(
     };
     Ok(state
         .store
-        .console_session(&token, now_ms())
+        .console_session(&token, &state.admin_token, now_ms())
         .await?
         .map(|row| Session {
             token: SecretString::from(token),
@@ -363,6 +368,33 @@ fn forbidden() -> Response {
             ),
         ),
     )
+}
+
+/// The answer to a sign-in over its address's budget or during a lockout:
+/// 429 with `Retry-After`, and no form to try again with.
+fn too_many_sign_ins(err: &ApiError) -> Response {
+    let retry_after = match err {
+        ApiError::RateLimited { retry_after_secs } => *retry_after_secs,
+        _ => 60,
+    };
+    let mut response = html(
+        StatusCode::TOO_MANY_REQUESTS,
+        &layout::bare(
+            "Too many sign-ins",
+            &layout::message(
+                &format!(
+                    "Too many sign-in attempts from this address; try again in {} min.",
+                    retry_after.div_ceil(60)
+                ),
+                "/admin/login",
+                "Back to sign-in",
+            ),
+        ),
+    );
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(retry_after));
+    response
 }
 
 fn security_headers(response: &mut Response) {
@@ -463,11 +495,16 @@ fn login_page(error: Option<&str>, https: Https) -> Response {
 }
 
 async fn login(
+    ip: std::net::IpAddr,
     https: Https,
     login_cookie: Option<String>,
     form: Vec<(String, String)>,
     state: AppState,
 ) -> Response {
+    if let Err(err) = state.limits.check_sign_in(ip) {
+        tracing::warn!(client = %ip, "admin console sign-in refused: too many attempts");
+        return too_many_sign_ins(&err);
+    }
     let given_csrf = field(&form, "csrf").unwrap_or_default();
     let expected = login_cookie.unwrap_or_default();
     if expected.is_empty()
@@ -477,12 +514,17 @@ async fn login(
     }
     let token = field(&form, "token").unwrap_or_default().trim();
     if token.is_empty() || !actors::crypto::tokens_match(token, &state.admin_token) {
-        tracing::warn!("admin console sign-in refused: wrong token");
+        let locked = state.limits.sign_in_failed(ip);
+        tracing::warn!(client = %ip, locked_out = locked, "admin console sign-in refused: wrong token");
         return login_page(Some("That is not the admin token."), https);
     }
     let now = now_ms();
     let ttl = i64::try_from(SESSION_TTL.as_millis()).expect("12 h fits in i64 ms");
-    let opened = match state.store.open_console_session(now, now + ttl).await {
+    let opened = match state
+        .store
+        .open_console_session(&state.admin_token, now, now + ttl)
+        .await
+    {
         Ok(opened) => opened,
         Err(err) => return error_page(&ApiError::from(err)),
     };

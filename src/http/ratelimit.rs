@@ -1,13 +1,18 @@
 //! Rate limits (GCRA, through `governor`): per client address on every route,
 //! a tighter per-address budget on onboarding, a per-app budget on the
-//! client API, and a per-address budget of its own for inbound push webhooks.
+//! client API, a per-address budget of its own for inbound push webhooks,
+//! and for the console's sign-in a per-address budget plus a lockout after
+//! repeated failures.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinHandle;
 
@@ -19,13 +24,27 @@ pub enum Budget {
     PerIp,
     Onboarding,
     Inbound,
+    SignIn,
 }
+
+/// A keyed limiter that tells how much budget is left after a check.
+type CountingLimiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
 
 pub struct RateLimits {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     onboarding: DefaultKeyedRateLimiter<IpAddr>,
     inbound: DefaultKeyedRateLimiter<IpAddr>,
     per_app: DefaultKeyedRateLimiter<String>,
+    /// Every console sign-in attempt of an address.
+    sign_in: DefaultKeyedRateLimiter<IpAddr>,
+    /// An address's failed sign-ins: `sign_in_failures` of them within
+    /// `sign_in_lockout` spend it, and the address is locked out.
+    sign_in_failures: CountingLimiter,
+    /// Addresses locked out of sign-in, until when: even the right token is
+    /// refused then, so guessing cannot go on at the pace of the budget.
+    locked_out: Mutex<HashMap<IpAddr, Instant>>,
+    lockout: Duration,
     clock: DefaultClock,
 }
 
@@ -39,6 +58,16 @@ fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
+/// `failures` within `window`: a burst of that many, one more allowed every
+/// `window / failures`.
+fn failures_within(failures: u32, window: Duration) -> Quota {
+    let failures = NonZeroU32::new(failures).unwrap_or(NonZeroU32::MIN);
+    let period = (window / failures.get()).max(Duration::from_millis(1));
+    Quota::with_period(period)
+        .expect("the period is at least a millisecond")
+        .allow_burst(failures)
+}
+
 impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Self {
         Self {
@@ -46,8 +75,50 @@ impl RateLimits {
             onboarding: RateLimiter::keyed(per_minute(settings.onboarding_per_minute)),
             inbound: RateLimiter::keyed(per_minute(settings.inbound_per_minute)),
             per_app: RateLimiter::keyed(per_minute(settings.per_app_per_minute)),
+            sign_in: RateLimiter::keyed(per_minute(settings.sign_in_per_minute)),
+            sign_in_failures: RateLimiter::keyed(failures_within(
+                settings.sign_in_failures,
+                settings.sign_in_lockout,
+            ))
+            .with_middleware::<StateInformationMiddleware>(),
+            locked_out: Mutex::new(HashMap::new()),
+            lockout: settings.sign_in_lockout,
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Whether `ip` may attempt a console sign-in now: not locked out, and
+    /// within its sign-in budget (every attempt counts).
+    pub fn check_sign_in(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let locked_until = self.locked_out().get(&ip).copied();
+        if let Some(until) = locked_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(self.limited(left));
+            }
+        }
+        self.check_ip(Budget::SignIn, ip)
+    }
+
+    /// Counts a failed sign-in of `ip`; the one that spends its failure
+    /// budget locks the address out for `rate_limit.sign_in_lockout`.
+    /// Whether the address is now locked out.
+    pub fn sign_in_failed(&self, ip: IpAddr) -> bool {
+        let spent = match self.sign_in_failures.check_key(&ip) {
+            Ok(left) => left.remaining_burst_capacity() == 0,
+            Err(_) => true,
+        };
+        if spent {
+            self.locked_out().insert(ip, Instant::now() + self.lockout);
+        }
+        spent
+    }
+
+    fn locked_out(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        // A map of deadlines is whole after any panic: reuse it.
+        self.locked_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn check_ip(&self, budget: Budget, ip: IpAddr) -> Result<(), ApiError> {
@@ -55,6 +126,7 @@ impl RateLimits {
             Budget::PerIp => &self.per_ip,
             Budget::Onboarding => &self.onboarding,
             Budget::Inbound => &self.inbound,
+            Budget::SignIn => &self.sign_in,
         };
         limiter
             .check_key(&ip)
@@ -79,6 +151,10 @@ impl RateLimits {
         self.onboarding.retain_recent();
         self.inbound.retain_recent();
         self.per_app.retain_recent();
+        self.sign_in.retain_recent();
+        self.sign_in_failures.retain_recent();
+        let now = Instant::now();
+        self.locked_out().retain(|_, until| *until > now);
     }
 }
 

@@ -320,6 +320,131 @@ async fn a_session_survives_a_restart_and_ends_after_twelve_hours() {
 }
 
 #[tokio::test]
+async fn a_new_admin_token_ends_every_session() {
+    let app = TestApp::spawn().await;
+    let acme = app.onboard("acme").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(ADMIN_TOKEN, false).await;
+    let csrf = hidden_csrf(&browser.page("/admin/apps").await);
+    let cookies = browser.cookies.clone();
+
+    // The database holds no form of the admin token an attacker could test
+    // guesses against without a session cookie.
+    let db = app.database().await;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, csrf_token, admin_binding FROM console_sessions",
+        ))
+        .await
+        .expect("the query runs")
+        .expect("one session");
+    let binding: String = row.try_get("", "admin_binding").expect("a binding");
+    assert_eq!(binding.len(), 64, "an HMAC-SHA256 in hex: {binding}");
+    let admin_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ADMIN_TOKEN));
+    assert_ne!(binding, admin_sha);
+    assert!(!binding.contains(ADMIN_TOKEN));
+    db.close().await.ok();
+
+    let (dir, database) = app.stop().await;
+    let rotated = "rotated-admin-token-fedcba9876543210";
+    let app = TestApp::builder()
+        .env("HERALD__ADMIN__TOKEN", rotated)
+        .data_dir(dir)
+        .spawn_with(database)
+        .await;
+    let mut old = Browser::new(&app);
+    old.cookies = cookies;
+    for path in ["/admin", "/admin/overview", "/admin/apps"] {
+        let signed_out = old.get(path).await;
+        assert_eq!(signed_out.status(), StatusCode::SEE_OTHER, "GET {path}");
+        assert_eq!(location(&signed_out), "/admin/login", "GET {path}");
+    }
+    let delete = format!("/admin/apps/{}/delete", acme.app_id);
+    let refused = old.post(&delete, &[("csrf", &csrf)], false).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.app_count().await, 1, "the app is still there");
+    let logout = old.post("/admin/logout", &[("csrf", &csrf)], false).await;
+    assert_eq!(logout.status(), StatusCode::FORBIDDEN);
+
+    // The old token no longer signs in; the new one does.
+    let mut fresh = Browser::new(&app);
+    let wrong = fresh.sign_in(ADMIN_TOKEN, false).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let accepted = fresh.sign_in(rotated, false).await;
+    assert_eq!(accepted.status(), StatusCode::SEE_OTHER);
+    fresh.page("/admin/apps").await;
+}
+
+#[tokio::test]
+async fn repeated_wrong_sign_ins_lock_the_address_out() {
+    // The defaults: five failures lock the address out for 15 minutes.
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    for attempt in 1..=5 {
+        let wrong = browser
+            .sign_in(&format!("guess-{attempt}-0123456789abcdef"), false)
+            .await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "guess {attempt}");
+    }
+    let locked = browser.sign_in(ADMIN_TOKEN, false).await;
+    assert_eq!(
+        locked.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right token"
+    );
+    assert!(session_cookie(locked.headers()).is_none());
+    let retry_after: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (14 * 60..=15 * 60).contains(&retry_after),
+        "{retry_after} s"
+    );
+    let body = locked.text().await.expect("a body");
+    assert!(body.contains("Too many sign-in attempts"), "{body}");
+    assert!(!browser.has_session());
+    assert_eq!(
+        browser.get("/admin/overview").await.status(),
+        StatusCode::SEE_OTHER,
+        "nothing opened"
+    );
+    let logs = app.logs();
+    assert!(logs.contains("too many attempts"), "{logs}");
+    assert!(!logs.contains(ADMIN_TOKEN), "the token is never logged");
+    // The admin API is not the console's sign-in: its bearer token works.
+    let (status, _) = app
+        .admin(reqwest::Method::GET, "/admin/api/apps", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sign_in_has_a_budget_of_its_own() {
+    let app = TestApp::builder()
+        .env("HERALD__RATE_LIMIT__SIGN_IN_PER_MINUTE", "3")
+        .spawn()
+        .await;
+    for attempt in 1..=3 {
+        let mut browser = Browser::new(&app);
+        let accepted = browser.sign_in(ADMIN_TOKEN, false).await;
+        assert_eq!(
+            accepted.status(),
+            StatusCode::SEE_OTHER,
+            "sign-in {attempt}"
+        );
+    }
+    let mut browser = Browser::new(&app);
+    let limited = browser.sign_in(ADMIN_TOKEN, false).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    // Only sign-in is limited: the pages still answer.
+    assert_eq!(browser.get("/admin/login").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_empty_herald_says_what_to_do_next() {
     let app = TestApp::spawn().await;
     let mut browser = Browser::new(&app);

@@ -641,6 +641,127 @@ async fn paths_leaving_the_mirror_are_refused() {
 }
 
 #[tokio::test]
+async fn git_metadata_is_refused_when_the_mirror_is_a_git_checkout() {
+    let listener = Listener::spawn().await;
+    let mirror = listener.mirror();
+    crate::gitserver::run_git(&mirror, &["init", "-q"]);
+    let config = mirror.join(".git/config");
+    let config_before = std::fs::read(&config).expect("git init wrote a config");
+    let marker = listener.root.path().join("pwned");
+    let planted = format!("[core]\n\tfsmonitor = \"touch {}\"\n", marker.display());
+
+    let spellings = [
+        ".git/config",
+        ".GIT/config",
+        ".Git/config",
+        ".git./config",
+        ".git /config",
+        "git~1/config",
+        ".g\u{200c}it/config",
+        "\u{feff}.git/config",
+        "sub/.git/config",
+        ".git/hooks/pre-commit",
+        ".git",
+    ];
+    for (i, path) in spellings.iter().enumerate() {
+        let id = format!("evt_git_{i}");
+        for endpoint in ["create", "update"] {
+            let body = if endpoint == "create" {
+                create(&id, path, planted.as_bytes())
+            } else {
+                update(&id, path, b"", planted.as_bytes())
+            };
+            assert_eq!(
+                listener
+                    .deliver(endpoint, &format!("{id}.{endpoint}"), &body)
+                    .await,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{endpoint} {path:?}"
+            );
+        }
+    }
+    assert_eq!(
+        listener
+            .deliver(
+                "delete",
+                "evt_git_delete",
+                &delete("evt_git_delete", ".git/config", b"")
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Control characters in a name are refused too.
+    for (i, path) in ["a\u{1b}[31m.txt", "tab\there.txt", "line\nbreak.txt"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("evt_ctl_{i}");
+        assert_eq!(
+            listener
+                .deliver("create", &id, &create(&id, path, b"x"))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path:?}"
+        );
+    }
+
+    assert_eq!(std::fs::read(&config).expect("still there"), config_before);
+    let entries: Vec<String> = std::fs::read_dir(&mirror)
+        .expect("the mirror")
+        .map(|entry| {
+            entry
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(entries, [".git"], "nothing was written beside it");
+    let status = crate::gitserver::git_command(&mirror)
+        .args(["status", "--porcelain"])
+        .output()
+        .expect("git status runs");
+    assert!(status.status.success());
+    assert!(!marker.exists(), "git status ran a planted command");
+    listener.printed("contains a .git component").await;
+}
+
+#[tokio::test]
+async fn over_long_names_are_refused_with_422_not_500() {
+    let listener = Listener::spawn().await;
+    let longest = "n".repeat(255);
+    let too_long = "n".repeat(256);
+    let deep = format!("{}x.txt", "d/".repeat(2050));
+
+    assert_eq!(
+        listener
+            .deliver("create", "evt_1", &create("evt_1", &longest, b"fits"))
+            .await,
+        StatusCode::NO_CONTENT,
+        "a 255-byte name is one the file system holds"
+    );
+    for (id, path) in [
+        ("evt_2", &too_long),
+        ("evt_3", &format!("dir/{too_long}")),
+        ("evt_4", &deep),
+    ] {
+        assert_eq!(
+            listener
+                .deliver("create", id, &create(id, path, b"x"))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+    }
+    assert_eq!(
+        listener
+            .deliver("delete", "evt_5", &delete("evt_5", &too_long, b"x"))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(listener.tree(), tree_of(&[(longest.as_str(), b"fits")]));
+}
+
+#[tokio::test]
 async fn content_that_does_not_match_its_sha_is_refused() {
     let listener = Listener::spawn().await;
     let mut wrong = create("evt_1", "a.md", b"what was sent");

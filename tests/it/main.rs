@@ -31,5 +31,6 @@ mod slow_clients;
 mod store;
 mod telemetry;
 mod tenants;
+mod tree_paths;
 mod upkeep;
 mod validation;

@@ -71,6 +71,55 @@ async fn invalid_onboarding_requests_are_refused_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn zero_width_and_bidi_characters_are_refused_in_names() {
+    // Each refusal counts against the onboarding budget.
+    let app = TestApp::builder()
+        .env("HERALD__RATE_LIMIT__ONBOARDING_PER_MINUTE", "1000")
+        .spawn()
+        .await;
+    let invisible = [
+        '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}',
+        '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        '\u{feff}', '\u{00ad}', '\u{2060}',
+    ];
+    for c in invisible {
+        for (field, body) in [
+            (
+                "app_name",
+                json!({"app_name": format!("acme{c}gpj.exe"), "base_url": PUBLIC_BASE_URL, "email": "dev@acme.io"}),
+            ),
+            (
+                "description",
+                json!({"app_name": "acme", "description": format!("the {c}app"), "base_url": PUBLIC_BASE_URL, "email": "dev@acme.io"}),
+            ),
+            (
+                "email",
+                json!({"app_name": "acme", "base_url": PUBLIC_BASE_URL, "email": format!("dev{c}@acme.io")}),
+            ),
+        ] {
+            let (status, reply) = app
+                .admin(Method::POST, "/admin/api/apps/onboard", Some(body.clone()))
+                .await;
+            let message = assert_invalid(status, &reply, &body, field);
+            assert!(
+                message.contains("invisible"),
+                "U+{:04X}: {message}",
+                u32::from(c)
+            );
+        }
+    }
+    assert_eq!(app.app_count().await, 0, "nothing was written");
+
+    // Visible Unicode stays welcome.
+    let body =
+        json!({"app_name": "Café Ünïcödé 🚀", "base_url": PUBLIC_BASE_URL, "email": "dev@acme.io"});
+    let (status, reply) = app
+        .admin(Method::POST, "/admin/api/apps/onboard", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+}
+
+#[tokio::test]
 async fn malformed_oversized_and_empty_bodies_are_refused() {
     let app = TestApp::spawn().await;
     let post = |body: Vec<u8>| {
