@@ -454,6 +454,8 @@ fn remote_spec(url: &str) -> RemoteSpec {
         timeout: Duration::from_secs(600),
         rule: ConnectRule {
             allow_private: true,
+            allow_http: true,
+            allow_local: true,
             data_dir: std::env::temp_dir().join("herald-bench-no-data-dir"),
         },
     }

@@ -1407,6 +1407,8 @@ fn fetch_comparison(url: &str, root: &Path, runs: usize) -> (Vec<f64>, Vec<f64>)
         timeout: Duration::from_secs(600),
         rule: actors::git::ConnectRule {
             allow_private: true,
+            allow_http: true,
+            allow_local: true,
             data_dir: root.join("no-data-dir"),
         },
     };

@@ -21,6 +21,7 @@ mod hooks;
 mod lifecycle;
 mod listen;
 mod operations;
+mod policy;
 mod property;
 mod receiver;
 mod repositories;

@@ -223,6 +223,8 @@ async fn scan_once(
             timeout: Duration::from_secs(30),
             rule: ConnectRule {
                 allow_private: true,
+                allow_http: true,
+                allow_local: true,
                 data_dir: mirror.with_extension("data"),
             },
         },
