@@ -455,6 +455,8 @@ fn remote_spec(url: &str) -> RemoteSpec {
         low_speed: actors::git::LowSpeed::default(),
         rule: ConnectRule {
             allow_private: true,
+            allow_http: true,
+            allow_local: true,
             data_dir: std::env::temp_dir().join("herald-bench-no-data-dir"),
         },
     }

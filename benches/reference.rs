@@ -1408,6 +1408,8 @@ fn fetch_comparison(url: &str, root: &Path, runs: usize) -> (Vec<f64>, Vec<f64>)
         low_speed: actors::git::LowSpeed::default(),
         rule: actors::git::ConnectRule {
             allow_private: true,
+            allow_http: true,
+            allow_local: true,
             data_dir: root.join("no-data-dir"),
         },
     };

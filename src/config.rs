@@ -731,7 +731,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 57] = [
+    const KEYS: [&str; 63] = [
         "data_dir",
         "server.host",
         "server.port",

@@ -222,11 +222,24 @@ pub async fn base_url(raw: &str, policy: UrlPolicy) -> Result<String, Invalid> {
     Ok(value)
 }
 
+/// Hosts known to serve `…/owner/name` and `…/owner/name.git` as one
+/// repository: there the canonical form drops `.git`. Any other server may
+/// serve two repositories under the two names (a plain `git daemon` or
+/// `git http-backend` does), so elsewhere they stay two repositories.
+pub const SUFFIX_BLIND_HOSTS: [&str; 5] = [
+    "github.com",
+    "gitlab.com",
+    "gitea.com",
+    "codeberg.org",
+    "bitbucket.org",
+];
+
 /// A validated repository remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoUrl {
     /// The canonical form, the repository's identity: lower-case scheme and
-    /// host, no trailing `/` or `.git`, no credentials.
+    /// host, no trailing `/`, no credentials, and no `.git` on the hosts
+    /// that ignore it ([`SUFFIX_BLIND_HOSTS`]).
     pub canonical: String,
     /// The URL as given (without a trailing `/`): what git fetches, since not
     /// every server answers without the `.git` suffix.
@@ -275,11 +288,11 @@ pub async fn repo_url(
     if url.scheme() != "file" {
         check_public_host(field, &url, policy).await?;
     }
-    let path = url.path().trim_end_matches('/');
+    let given = url.path().trim_end_matches('/');
     // Trimmed again: `…/owner/.git` names `owner`, canonically without a `/`.
-    let path = path
+    let path = given
         .strip_suffix(".git")
-        .unwrap_or(path)
+        .unwrap_or(given)
         .trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // The URL parser resolved the dot segments it saw; `..git` becomes one
@@ -297,8 +310,11 @@ pub async fn repo_url(
         .map(|s| (*s).to_owned())
         .or_else(|| url.host_str().map(str::to_owned))
         .unwrap_or_default();
+    let suffix_blind = url
+        .host_str()
+        .is_some_and(|host| SUFFIX_BLIND_HOSTS.contains(&host));
     let mut canonical = url.clone();
-    canonical.set_path(path);
+    canonical.set_path(if suffix_blind { path } else { given });
     let mut fetch = url.clone();
     fetch.set_path(url.path().trim_end_matches('/'));
     Ok(RepoUrl {
@@ -386,7 +402,7 @@ mod tests {
         let repo = repo_url("url", "https://1.1.1.1/Owner/Repo.git/", STRICT)
             .await
             .expect("valid");
-        assert_eq!(repo.canonical, "https://1.1.1.1/Owner/Repo");
+        assert_eq!(repo.canonical, "https://1.1.1.1/Owner/Repo.git");
         assert_eq!((repo.owner.as_str(), repo.name.as_str()), ("Owner", "Repo"));
         let nested = repo_url("url", "https://1.1.1.1/group/sub/project", STRICT)
             .await
@@ -399,12 +415,55 @@ mod tests {
         let bare_git = repo_url("url", "https://1.1.1.1/owner/.git", STRICT)
             .await
             .expect("valid");
-        assert_eq!(bare_git.canonical, "https://1.1.1.1/owner");
+        assert_eq!(bare_git.canonical, "https://1.1.1.1/owner/.git");
+        assert_eq!(bare_git.name, "owner");
         assert!(
             repo_url("url", "https://1.1.1.1/owner/..git", STRICT)
                 .await
                 .is_err()
         );
+    }
+
+    /// `name` and `name.git` are one repository only where the host is known
+    /// to treat them as one; elsewhere they may be two.
+    #[tokio::test]
+    async fn the_git_suffix_is_dropped_only_on_hosts_that_ignore_it() {
+        const OPEN: UrlPolicy = UrlPolicy {
+            allow_private_targets: true,
+            ..STRICT
+        };
+        for host in SUFFIX_BLIND_HOSTS {
+            let plain = repo_url("url", &format!("https://{host}/o/r"), OPEN).await;
+            let suffixed = repo_url(
+                "url",
+                &format!("https://{}/o/r.git/", host.to_uppercase()),
+                OPEN,
+            )
+            .await;
+            let (plain, suffixed) = (plain.expect("valid"), suffixed.expect("valid"));
+            assert_eq!(plain.canonical, format!("https://{host}/o/r"));
+            assert_eq!(suffixed.canonical, plain.canonical, "{host}");
+            assert_eq!(suffixed.fetch, format!("https://{host}/o/r.git"));
+        }
+        for host in ["git.example.com", "github.com.example.org", "1.1.1.1"] {
+            let plain = repo_url("url", &format!("https://{host}/o/r"), OPEN).await;
+            let suffixed = repo_url("url", &format!("https://{host}/o/r.git/"), OPEN).await;
+            let (plain, suffixed) = (plain.expect("valid"), suffixed.expect("valid"));
+            assert_eq!(plain.canonical, format!("https://{host}/o/r"));
+            assert_eq!(suffixed.canonical, format!("https://{host}/o/r.git"));
+            assert_eq!(
+                (suffixed.owner.as_str(), suffixed.name.as_str()),
+                ("o", "r")
+            );
+        }
+        let local = UrlPolicy {
+            allow_local_repos: true,
+            ..STRICT
+        };
+        let bare = repo_url("url", "/srv/git/r.git", local)
+            .await
+            .expect("valid");
+        assert_eq!(bare.canonical, "file:///srv/git/r.git");
     }
 
     #[tokio::test]
@@ -599,10 +658,16 @@ mod properties {
 
         /// A repository URL's canonical form is stable: validating it again
         /// gives the same identity, owner and name, and it carries no
-        /// credentials, trailing slash or `.git`.
+        /// credentials or trailing slash; `.git` only on hosts other than
+        /// [`SUFFIX_BLIND_HOSTS`], where the URLs with and without it stay
+        /// two repositories.
         #[test]
         fn repository_urls_canonicalise_to_a_fixed_point(
-            host in "[a-zA-Z][a-zA-Z0-9-]{0,10}(\\.[a-zA-Z]{2,4})?",
+            host in prop_oneof![
+                "[a-zA-Z][a-zA-Z0-9-]{0,10}(\\.[a-zA-Z]{2,4})?",
+                prop::sample::select(SUFFIX_BLIND_HOSTS.to_vec()).prop_map(str::to_owned),
+                prop::sample::select(SUFFIX_BLIND_HOSTS.to_vec()).prop_map(str::to_uppercase),
+            ],
             segments in prop::collection::vec("[A-Za-z0-9_.~-]{1,10}", 1..4),
             git_suffix in any::<bool>(),
             slash in any::<bool>(),
@@ -623,9 +688,23 @@ mod properties {
                 prop_assert_eq!(&again.canonical, &first.canonical, "{}", raw);
                 prop_assert_eq!(&again.owner, &first.owner);
                 prop_assert_eq!(&again.name, &first.name);
-                prop_assert!(!first.canonical.ends_with('/') && !first.canonical.ends_with(".git"),
-                    "{} -> {}", raw, first.canonical);
+                prop_assert!(!first.canonical.ends_with('/'), "{} -> {}", raw, first.canonical);
                 prop_assert!(!first.name.is_empty());
+                let suffix_blind = SUFFIX_BLIND_HOSTS.contains(&host.to_ascii_lowercase().as_str());
+                let plain = raw.trim_end_matches('/').strip_suffix(".git").map(str::to_owned);
+                if suffix_blind {
+                    prop_assert!(!first.canonical.ends_with(".git"), "{} -> {}", raw, first.canonical);
+                }
+                // The same URL without `.git`: one repository with it exactly
+                // on the hosts that ignore the suffix.
+                if let Some(plain) = plain
+                    && let Ok(other) = repo_url("github_url", &plain, OPEN).await
+                {
+                    prop_assert_eq!(
+                        other.canonical == first.canonical, suffix_blind,
+                        "{} and {}: {} and {}", raw, plain, first.canonical, other.canonical
+                    );
+                }
                 let _ = repo_url("github_url", &junk, OPEN).await;
                 let _ = repo_url("github_url", &junk, STRICT).await;
                 Ok(())

@@ -244,6 +244,13 @@ fn low_speed(settings: &Settings) -> LowSpeed {
 fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
     let mirrors_dir = settings.data_dir().join("mirrors");
     let delivery = &settings.delivery;
+    // Where git may connect, checked again before every operation.
+    let connect = ConnectRule {
+        allow_private: settings.security.allow_private_targets,
+        allow_http: settings.security.allow_http_targets,
+        allow_local: settings.git.allow_local_repos,
+        data_dir: settings.data_dir().to_path_buf(),
+    };
     EngineConfig {
         tick: settings.scheduler.tick,
         scan_workers: settings.git.scan_workers,
@@ -253,10 +260,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             fetch_timeout: settings.git.fetch_timeout,
             low_speed: low_speed(settings),
             rescan_interval: settings.scheduler.rescan_interval,
-            connect: ConnectRule {
-                allow_private: settings.security.allow_private_targets,
-                data_dir: settings.data_dir().to_path_buf(),
-            },
+            connect: connect.clone(),
             access_recheck_interval: settings.security.access_recheck_interval,
             breaker: BreakerPolicy {
                 threshold: settings.breaker.git.threshold,
@@ -284,6 +288,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             disable_after: delivery.disable_after,
             max_in_flight_per_app: delivery.max_in_flight_per_app,
             allow_private_targets: settings.security.allow_private_targets,
+            allow_http_targets: settings.security.allow_http_targets,
             mirrors_dir,
             tick: delivery.tick,
             dead_retry_interval: delivery.dead_retry_interval(),
@@ -292,10 +297,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             lease_ttl: settings.cluster.lease_ttl(),
             fetch_timeout: settings.git.fetch_timeout,
             low_speed: low_speed(settings),
-            connect: ConnectRule {
-                allow_private: settings.security.allow_private_targets,
-                data_dir: settings.data_dir().to_path_buf(),
-            },
+            connect,
         },
         restart: RestartPolicy::default(),
         cluster: ClusterConfig {

@@ -64,6 +64,10 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     pub max_in_flight_per_app: usize,
     pub allow_private_targets: bool,
+    /// `security.allow_http_targets`, applied before each request: an app
+    /// registered with an `http://` base URL under a more permissive
+    /// configuration is not sent to.
+    pub allow_http_targets: bool,
     pub mirrors_dir: PathBuf,
     /// How often due retries are looked for.
     pub tick: Duration,
@@ -150,7 +154,11 @@ impl Actor for Dispatcher {
         myself: ActorRef<Self::Msg>,
         args: DispatcherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let client = WebhookClient::new(args.config.timeout, args.config.allow_private_targets);
+        let client = WebhookClient::with_rule(
+            args.config.timeout,
+            args.config.allow_private_targets,
+            args.config.allow_http_targets,
+        );
         let ticker = myself.send_interval(args.config.tick, || DispatcherMsg::Wake);
         let signal = args.signal.clone();
         let bridge_target = myself.clone();
@@ -583,6 +591,7 @@ impl DeliveryConfig {
             disable_after: Duration::from_secs(3600),
             max_in_flight_per_app: 4,
             allow_private_targets: true,
+            allow_http_targets: true,
             mirrors_dir: dir.join("mirrors"),
             tick: Duration::from_secs(3600),
             dead_retry_interval: None,
@@ -593,6 +602,8 @@ impl DeliveryConfig {
             low_speed: LowSpeed::default(),
             connect: ConnectRule {
                 allow_private: true,
+                allow_http: true,
+                allow_local: true,
                 data_dir: dir.join("data"),
             },
         }

@@ -136,6 +136,14 @@ impl GitError {
             (ErrorCode::Auth, _) | (_, ErrorClass::Ssh) => {
                 Self::new(GitFailure::Auth, "the git remote refused the credentials")
             }
+            // libgit2's words when a redirect would leave the host, or
+            // comes where none is followed.
+            _ if text.contains("cannot redirect") || text.contains("unexpected redirect") => {
+                Self::new(
+                    GitFailure::Refused,
+                    "the git remote redirected to another address; redirects are not followed",
+                )
+            }
             (ErrorCode::Certificate, _) => Self::new(
                 GitFailure::Network,
                 "the git remote's TLS certificate was not accepted",
@@ -226,14 +234,47 @@ impl RemoteSpec {
 }
 
 /// Where git may connect: the same rule as webhooks, applied when each
-/// connection is made.
+/// connection is made, to repositories registered under another
+/// configuration too.
 #[derive(Debug, Clone)]
 pub struct ConnectRule {
     /// `security.allow_private_targets`: loopback and private networks too.
     pub allow_private: bool,
+    /// `security.allow_http_targets`: `http://` and `git://` remotes too.
+    pub allow_http: bool,
+    /// `git.allow_local_repos`: `file://` URLs and absolute paths too.
+    pub allow_local: bool,
     /// Herald's data directory: a local repository inside it (another app's
     /// mirror, the database) is never read.
     pub data_dir: PathBuf,
+}
+
+impl ConnectRule {
+    /// Whether the rule admits `url`'s kind of remote, and why not: what
+    /// registration checked, checked again before every operation, since a
+    /// repository stored under a more permissive configuration stays stored.
+    pub fn admits(&self, url: &str) -> Result<(), GitError> {
+        let refused = |message: &str| Err(GitError::new(GitFailure::Refused, message));
+        match scheme_of(url) {
+            "https" => Ok(()),
+            "http" | "git" if self.allow_http => Ok(()),
+            "http" | "git" => refused(
+                "http:// and git:// repositories are disabled by this server's \
+                 configuration (security.allow_http_targets)",
+            ),
+            "file" if self.allow_local => Ok(()),
+            "file" => refused(
+                "local repositories are disabled by this server's configuration \
+                 (git.allow_local_repos)",
+            ),
+            _ => refused("this kind of git URL is not supported"),
+        }
+    }
+}
+
+/// A remote URL's scheme; an absolute path is a local (`file`) remote.
+fn scheme_of(url: &str) -> &str {
+    url.split_once("://").map_or("file", |(scheme, _)| scheme)
 }
 
 /// How one git operation reaches its remote: https through an [`Egress`]
@@ -245,7 +286,8 @@ struct Route {
 
 impl Route {
     fn open(spec: &RemoteSpec) -> Result<Self, GitError> {
-        let scheme = spec.url.split_once("://").map_or("file", |(s, _)| s);
+        spec.rule.admits(&spec.url)?;
+        let scheme = scheme_of(&spec.url);
         let destination = Destination::of(&spec.url);
         match (scheme, destination) {
             ("https", Some(destination)) => {
@@ -259,7 +301,7 @@ impl Route {
             }
             // libgit2 connects itself (it tunnels only https through a
             // proxy): the addresses are checked just before. Both schemes
-            // are only allowed for development (`allow_http_targets`).
+            // are only admitted for development (`allow_http_targets`).
             ("http" | "git", Some(destination)) => {
                 destination
                     .resolve(spec.rule.allow_private)
@@ -418,9 +460,38 @@ fn callbacks<'a>(
 /// credential in `spec`, without a mirror: the access check of a
 /// registration or a token change.
 pub fn probe(spec: &RemoteSpec, branch: Option<&str>) -> Result<RemoteHead, GitError> {
-    let remote =
-        Remote::create_detached(spec.url.as_str()).map_err(|e| GitError::classify(&e, None))?;
+    let repo = unredirected()?;
+    let remote = repo
+        .remote_anonymous(&spec.url)
+        .map_err(|e| GitError::classify(&e, None))?;
     head_of(remote, spec, branch)
+}
+
+/// An empty repository, in memory, whose configuration sets
+/// `http.followRedirects = false`, for the remotes of head checks: libgit2
+/// takes a connection's redirect rule from its remote's repository (git2
+/// 0.21 binds no `git_remote_connect_ext` to give it directly), and a remote
+/// without one follows the first request's redirects to any host. With it,
+/// a head check refuses a redirect to another host, as a fetch does
+/// ([`RemoteRedirect::None`]). No other configuration (the user's
+/// `~/.gitconfig`, `insteadOf` rewrites) applies to it either.
+fn unredirected() -> Result<Repository, GitError> {
+    let failed = |err: &dyn std::fmt::Display| {
+        tracing::warn!(error = %err, "the git head check could not be set up");
+        GitError::new(GitFailure::Other, "the git connection could not be set up")
+    };
+    let dir = tempfile::tempdir().map_err(|e| failed(&e))?;
+    let path = dir.path().join("config");
+    std::fs::write(&path, "[http]\n\tfollowRedirects = false\n").map_err(|e| failed(&e))?;
+    // A snapshot holds the values in memory: the file can go.
+    let config = git2::Config::open(&path)
+        .and_then(|mut config| config.snapshot())
+        .map_err(|e| failed(&e))?;
+    let repo = git2::Odb::new()
+        .and_then(Repository::from_odb)
+        .map_err(|e| failed(&e))?;
+    repo.set_config(&config).map_err(|e| failed(&e))?;
+    Ok(repo)
 }
 
 fn head_of(
@@ -865,6 +936,8 @@ mod tests {
             low_speed: LowSpeed::default(),
             rule: ConnectRule {
                 allow_private,
+                allow_http: true,
+                allow_local: true,
                 data_dir: std::env::temp_dir().join("herald-git-tests-data"),
             },
         }

@@ -65,6 +65,8 @@ impl WatcherConfig {
             rescan_interval: Duration::from_secs(3600),
             connect: ConnectRule {
                 allow_private: true,
+                allow_http: true,
+                allow_local: true,
                 data_dir: dir.join("data"),
             },
             access_recheck_interval: Duration::from_secs(3600),
@@ -326,6 +328,22 @@ async fn scan_claimed(
         return Ok(ScanReport::Gone);
     };
     let now = now_ms();
+    if let Err(refused) = config.connect.admits(&repo.fetch_url) {
+        // Registered under a more permissive configuration: nothing is
+        // fetched, the breaker is not involved (the remote is not at fault,
+        // and retrying cannot help), and it is looked at again at the pace
+        // of the poll.
+        warn!(%repository, error = %refused.message, "repository refused by the configuration");
+        store
+            .refuse_repository(
+                repository,
+                lease,
+                &refused.message,
+                now + millis(config.rescan_interval),
+            )
+            .await?;
+        return Ok(ScanReport::Failed);
+    }
     if let Permit::WaitUntil(until) = remote_breaker.ask().await {
         store.reschedule(repository, until).await?;
         return Ok(ScanReport::Skipped("git breaker open"));

@@ -60,10 +60,18 @@ pub struct Answer {
 /// Why a request got no answer.
 #[derive(Debug, Clone)]
 pub struct NoAnswer {
-    /// `timeout`, `connect`, `ssrf`, `request`.
+    /// `timeout`, `connect`, `ssrf`, `request`, `policy`.
     pub class: &'static str,
     pub message: String,
     pub latency: Duration,
+}
+
+impl NoAnswer {
+    /// Nothing was sent because the configuration forbids the endpoint's
+    /// URL: not the endpoint's failure.
+    pub fn refused_by_policy(&self) -> bool {
+        self.class == POLICY
+    }
 }
 
 /// Why a request got no answer, before its latency is known.
@@ -80,6 +88,14 @@ const fn failure(class: &'static str, message: &'static str) -> Failure {
 const UNREACHABLE: Failure = failure("connect", "the endpoint could not be reached");
 const TIMED_OUT: Failure = failure("timeout", "the endpoint did not answer in time");
 const FAILED: Failure = failure("request", "the request failed");
+/// The class of a request Herald refused to make: the endpoint is fine, the
+/// server's configuration forbids it (see [`NoAnswer::refused_by_policy`]).
+pub const POLICY: &str = "policy";
+const HTTP_REFUSED: Failure = failure(
+    POLICY,
+    "http:// endpoints are disabled by this server's configuration \
+     (security.allow_http_targets): the app's base_url must use https",
+);
 
 #[derive(Clone)]
 pub struct WebhookClient {
@@ -90,6 +106,9 @@ struct Shared {
     timeout: Duration,
     connect_timeout: Duration,
     allow_private_targets: bool,
+    /// `http://` URLs may be posted to: an app registered under a more
+    /// permissive configuration keeps its stored base URL.
+    allow_http_targets: bool,
     connector: HttpConnector<Resolver>,
     tls: tokio_rustls::TlsConnector,
     user_agent: HeaderValue,
@@ -106,13 +125,29 @@ impl std::fmt::Debug for WebhookClient {
 }
 
 impl WebhookClient {
+    /// A client that may post to `http://` URLs too (benches, tests, tools).
     pub fn new(timeout: Duration, allow_private_targets: bool) -> Self {
-        Self::with_tls(
+        Self::with_rule(timeout, allow_private_targets, true)
+    }
+
+    /// A client under the configured rule: private addresses only with
+    /// `security.allow_private_targets`, `http://` URLs only with
+    /// `security.allow_http_targets`, whatever the app's stored base URL says.
+    pub fn with_rule(
+        timeout: Duration,
+        allow_private_targets: bool,
+        allow_http_targets: bool,
+    ) -> Self {
+        let mut client = Self::with_tls(
             timeout,
             timeout.min(Duration::from_secs(10)),
             allow_private_targets,
             tls_config(Vec::new()),
-        )
+        );
+        Arc::get_mut(&mut client.shared)
+            .expect("a client just built is not shared yet")
+            .allow_http_targets = allow_http_targets;
+        client
     }
 
     fn with_tls(
@@ -138,6 +173,7 @@ impl WebhookClient {
                 connect_timeout,
                 connector,
                 allow_private_targets,
+                allow_http_targets: true,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 user_agent: HeaderValue::from_static(concat!("Herald/", env!("CARGO_PKG_VERSION"))),
                 idle: Mutex::new(Vec::new()),
@@ -150,7 +186,11 @@ impl WebhookClient {
     /// posts to the same URLs again and again parses each once.
     pub fn endpoint(&self, url: &str) -> Endpoint {
         Endpoint {
-            target: Target::parse(url, self.shared.allow_private_targets),
+            target: Target::parse(
+                url,
+                self.shared.allow_private_targets,
+                self.shared.allow_http_targets,
+            ),
         }
     }
 
@@ -480,12 +520,17 @@ struct Target {
 }
 
 impl Target {
-    fn parse(url: &str, allow_private_targets: bool) -> Result<Self, Failure> {
+    fn parse(
+        url: &str,
+        allow_private_targets: bool,
+        allow_http_targets: bool,
+    ) -> Result<Self, Failure> {
         const INVALID: Failure = failure("request", "the endpoint URL is invalid");
         let url = url::Url::parse(url).map_err(|_| INVALID)?;
         let tls = match url.scheme() {
             "https" => true,
-            "http" => false,
+            "http" if allow_http_targets => false,
+            "http" => return Err(HTTP_REFUSED),
             _ => return Err(INVALID),
         };
         let host = match url.host() {
@@ -677,6 +722,29 @@ mod tests {
                 .expect_err("a private target gets no request");
             assert_eq!(refused.class, "ssrf", "{url}: {}", refused.message);
         }
+    }
+
+    #[tokio::test]
+    async fn http_endpoints_are_refused_when_the_rule_forbids_them() {
+        let (addr, connections) = listening(|socket| async move {
+            answer_raw(socket, b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        })
+        .await;
+        let url = format!("http://{addr}/hook");
+        let strict = WebhookClient::with_rule(Duration::from_secs(2), true, false);
+        let refused = strict
+            .post_to(&strict.endpoint(&url), HeaderMap::new(), Vec::new())
+            .await
+            .expect_err("no request to an http:// endpoint");
+        assert!(refused.refused_by_policy(), "{}", refused.message);
+        assert!(refused.message.contains("security.allow_http_targets"));
+        assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing connected");
+        let permissive = WebhookClient::with_rule(Duration::from_secs(2), true, true);
+        let answer = permissive
+            .post(&url, HeaderMap::new(), Vec::new())
+            .await
+            .expect("allowed: sent");
+        assert_eq!(answer.status, 204);
     }
 
     #[tokio::test]
@@ -892,7 +960,7 @@ mod tests {
 
         // Without that check, a request on the closed connection comes back
         // unsent, and goes out on a new connection.
-        let target = Target::parse(&format!("http://{addr}/hook"), true)
+        let target = Target::parse(&format!("http://{addr}/hook"), true, true)
             .ok()
             .expect("a URL");
         let request = || {

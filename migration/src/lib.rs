@@ -12,6 +12,7 @@ mod m20261122_000011_create_instances;
 mod m20261122_000012_event_retention_indexes;
 mod m20261122_000020_create_console_sessions;
 mod m20261125_000030_bind_console_sessions;
+mod m20261125_000030_repository_git_suffix;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000012_event_retention_indexes::Migration),
             Box::new(m20261122_000020_create_console_sessions::Migration),
             Box::new(m20261125_000030_bind_console_sessions::Migration),
+            Box::new(m20261125_000030_repository_git_suffix::Migration),
         ]
     }
 }

@@ -23,6 +23,7 @@ mod hostile_http;
 mod lifecycle;
 mod listen;
 mod operations;
+mod policy;
 mod property;
 mod receiver;
 mod repositories;

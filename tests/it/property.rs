@@ -224,6 +224,8 @@ async fn scan_once(
             low_speed: actors::git::LowSpeed::default(),
             rule: ConnectRule {
                 allow_private: true,
+                allow_http: true,
+                allow_local: true,
                 data_dir: mirror.with_extension("data"),
             },
         },

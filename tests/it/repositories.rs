@@ -2,9 +2,12 @@
 //! Docora's shapes and tenant isolation.
 
 use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
-use crate::helpers::{Remotes, TestApp, assert_error};
+use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::helpers::{Remotes, TestApp, assert_error, onboard};
+use crate::receiver::{Received, Receiver};
 
 /// Registration proves access with a real `ls-remote`: the remotes are real
 /// repositories on loopback.
@@ -12,10 +15,11 @@ async fn loopback_app() -> TestApp {
     TestApp::builder().loopback().spawn().await
 }
 
-/// `acme/widgets` served by a git daemon, and its canonical URL (no `.git`).
+/// `acme/widgets.git` served by a git daemon, and its canonical URL (with
+/// its `.git`: the host is not one known to ignore it).
 fn widgets() -> (Remotes, String) {
     let remotes = Remotes::serve(&["acme/widgets.git"]);
-    let canonical = remotes.url("acme/widgets");
+    let canonical = remotes.url("acme/widgets.git");
     (remotes, canonical)
 }
 
@@ -25,12 +29,12 @@ async fn registration_returns_docoras_shape_and_is_idempotent() {
     let app = loopback_app().await;
     let client = app.onboard("acme").await;
     let (status, created) = app
-        .register(&client, json!({"github_url": format!("{repo}.git")}))
+        .register(&client, json!({"github_url": format!("{repo}/")}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["repository_id"].as_str().expect("id");
     assert!(id.starts_with("repo_"));
-    assert_eq!(created["github_url"], repo, "canonical: no .git suffix");
+    assert_eq!(created["github_url"], repo, "canonical: no trailing slash");
     assert_eq!(created["owner"], "acme");
     assert_eq!(created["name"], "widgets");
     assert_eq!(created["is_private"], false);
@@ -42,9 +46,7 @@ async fn registration_returns_docoras_shape_and_is_idempotent() {
     assert_eq!(created["status"], "pending_snapshot");
     assert!(created["created_at"].is_string());
 
-    let (status, again) = app
-        .register(&client, json!({"url": format!("{repo}/")}))
-        .await;
+    let (status, again) = app.register(&client, json!({"url": repo})).await;
     assert_eq!(status, StatusCode::CREATED, "{again}");
     assert_eq!(again["repository_id"], id, "same repository, same id");
     assert_eq!(app.repositories(&client).await.len(), 1);
@@ -259,4 +261,115 @@ async fn an_app_never_sees_changes_or_deletes_another_apps_repositories() {
         )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND);
+}
+
+/// The paths of the files `received` created.
+fn created_paths(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .filter(|r| r.endpoint == "create")
+        .map(|r| {
+            r.json()["file"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A server that serves `x` and `x.git` as two repositories (as `git
+/// daemon` and `git http-backend` do): each is its own repository in
+/// Herald, and each subscriber gets its own content, never the other's.
+#[tokio::test]
+async fn name_and_name_git_are_two_repositories_on_a_host_that_serves_both() {
+    let plain = TestRepo::new("main");
+    plain.write("plain.md", "served as acme/x\n");
+    plain.commit("plain");
+    let suffixed = TestRepo::new("main");
+    suffixed.write("suffixed.md", "served as acme/x.git\n");
+    suffixed.commit("suffixed");
+    let served = Served::new(&plain, "acme/x");
+    let _sibling = served.sibling(&suffixed, "acme/x.git");
+    let daemon = GitDaemon::serve(served.root());
+
+    let app = TestApp::builder().fast().spawn().await;
+    let (plain_inbox, suffixed_inbox) = (Receiver::start().await, Receiver::start().await);
+    let plain_app = onboard(&app, &plain_inbox, "plain").await;
+    let suffixed_app = onboard(&app, &suffixed_inbox, "suffixed").await;
+    let (status, a) = app
+        .register(&plain_app, json!({"url": daemon.url("acme/x")}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    let (status, b) = app
+        .register(&suffixed_app, json!({"url": daemon.url("acme/x.git/")}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{b}");
+    assert_ne!(a["repository_id"], b["repository_id"], "{a} {b}");
+    assert_eq!(a["github_url"], daemon.url("acme/x"));
+    assert_eq!(b["github_url"], daemon.url("acme/x.git"));
+    assert_eq!(
+        (b["owner"].as_str(), b["name"].as_str()),
+        (Some("acme"), Some("x"))
+    );
+
+    plain_inbox
+        .wait_for("the plain repository's file", |r| {
+            created_paths(r) == ["plain.md"]
+        })
+        .await;
+    suffixed_inbox
+        .wait_for("the suffixed repository's file", |r| {
+            created_paths(r) == ["suffixed.md"]
+        })
+        .await;
+    // Registering either URL again finds its own repository.
+    let (status, again) = app
+        .register(&suffixed_app, json!({"url": daemon.url("acme/x.git")}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["repository_id"], b["repository_id"]);
+    assert_eq!(created_paths(&plain_inbox.received()), ["plain.md"]);
+}
+
+/// A repository stored before `.git` was kept (its canonical URL without
+/// it) is found again by the URL it was registered with, with its id.
+#[tokio::test]
+async fn a_repository_stored_without_its_git_suffix_keeps_its_id() {
+    let (_remotes, repo) = widgets();
+    let app = TestApp::builder().fast().spawn().await;
+    let inbox = Receiver::start().await;
+    let client = onboard(&app, &inbox, "acme").await;
+    let (status, created) = app.register(&client, json!({"url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["repository_id"].as_str().expect("id").to_owned();
+
+    // The row as the previous version stored it, and its database before
+    // the migration that gives such rows their `.git` back.
+    let db = app.database().await;
+    let backend = db.get_database_backend();
+    for sql in [
+        format!(
+            "UPDATE repositories SET url = '{}' WHERE id = '{id}'",
+            repo.trim_end_matches(".git")
+        ),
+        "DELETE FROM seaql_migrations WHERE version = 'm20261125_000030_repository_git_suffix'"
+            .to_owned(),
+    ] {
+        db.execute_raw(sea_orm::Statement::from_string(backend, sql))
+            .await
+            .expect("the old state is written");
+    }
+    db.close().await.ok();
+    let (dir, database) = app.stop().await;
+    let app = TestApp::builder()
+        .fast()
+        .data_dir(dir)
+        .spawn_with(database)
+        .await;
+
+    let (status, again) = app.register(&client, json!({"url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["repository_id"], id.as_str(), "{again}");
+    assert_eq!(again["github_url"], repo.as_str());
+    assert_eq!(app.repositories(&client).await.len(), 1);
 }

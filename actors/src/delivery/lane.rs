@@ -795,7 +795,16 @@ enum Judgement {
         error: String,
         endpoint_down: bool,
     },
+    /// Nothing was sent: the configuration forbids the endpoint's URL (an
+    /// `http://` base URL stored under a more permissive configuration). Not
+    /// the endpoint's failure, nor the event's: it waits, and the reason is
+    /// shown on the event and its subscription.
+    Refused(String),
 }
+
+/// How long an event whose endpoint the configuration forbids waits before
+/// the lane looks again (its app may have changed its base URL meanwhile).
+const REFUSED_WAIT: Duration = Duration::from_secs(60);
 
 /// The *judge* part of the record stage: a pure function of the answer.
 fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration) -> Judgement {
@@ -816,6 +825,9 @@ fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration) -> Judgem
             error: format!("the endpoint answered {}", answer.status),
             endpoint_down: answer.status >= 500 && answer.retry_after.is_none(),
         },
+        Err(no_answer) if no_answer.refused_by_policy() => {
+            Judgement::Refused(no_answer.message.clone())
+        }
         Err(no_answer) => Judgement::Failed {
             class: no_answer.class,
             error: no_answer.message.clone(),
@@ -1302,6 +1314,17 @@ impl Lane {
                     counted: false,
                 };
                 (outcome, delivery_outcome::RATE_LIMITED, "http_status")
+            }
+            Judgement::Refused(error) => {
+                // No attempt was made: none is recorded, none is counted,
+                // and the breaker is not told.
+                self.flush().await?;
+                let at = now_ms() + millis(REFUSED_WAIT);
+                warn!(app = %self.app_id, subscription = %event.subscription_id, %error, "webhook not sent");
+                self.store
+                    .hold_refused(&self.lease, event, at, &error)
+                    .await?;
+                return Ok(Flow::Stop(Some(at)));
             }
             Judgement::Failed {
                 class,

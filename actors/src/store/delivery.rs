@@ -298,6 +298,42 @@ impl Store {
         Ok(())
     }
 
+    /// An event whose endpoint the configuration forbids (see
+    /// `webhook_client::POLICY`): no attempt was made, so none is recorded
+    /// or counted. The event waits until `at` (a dead one stays dead, as if
+    /// probed now) and the reason is its `last_error` and its
+    /// subscription's, if `lease` still holds the subscription.
+    pub async fn hold_refused(
+        &self,
+        lease: &LeaseToken,
+        event: &event::Model,
+        at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        hold_delivery(&txn, &event.subscription_id, lease).await?;
+        let next_attempt_at = if event.status == entity::EventStatus::Dead {
+            now
+        } else {
+            at
+        };
+        event::Entity::update_many()
+            .col_expr(event::Column::NextAttemptAt, Expr::value(next_attempt_at))
+            .col_expr(event::Column::LastError, Expr::value(error))
+            .filter(event::Column::Id.eq(event.id.as_str()))
+            .exec(&txn)
+            .await?;
+        subscription::Entity::update_many()
+            .col_expr(subscription::Column::LastError, Expr::value(error))
+            .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
+            .filter(subscription::Column::Id.eq(event.subscription_id.as_str()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Records successful attempts of one subscription's events in one
     /// transaction, if `lease` still holds it: the last (or only) parts'
     /// `attempts`, whose events are then `delivered`, and `parts`, the

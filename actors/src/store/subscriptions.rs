@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::access::regain;
 use super::events::start_over;
+use super::leases::{LeaseToken, hold_scan};
 use super::{Store, StoreError, lock_repositories};
 use crate::breaker::GIT_BREAKER;
 use crate::clock::now_ms;
@@ -359,6 +360,56 @@ impl Store {
     }
 
     /// Moves a repository's next scan to `at` (unix ms).
+    /// A repository the configuration now forbids (its kind of URL was
+    /// allowed when it was registered): nothing is fetched. The reason is
+    /// its `last_error` and every subscriber's, whose subscription is
+    /// `failed` (one paused by its endpoint's 410 stays paused); a scan that
+    /// succeeds once the configuration allows it again heals them. Looked
+    /// at again at `next_scan_at`. Written only while `lease` holds the
+    /// repository's scan lease.
+    pub async fn refuse_repository(
+        &self,
+        repo: &RepoId,
+        lease: &LeaseToken,
+        error: &str,
+        next_scan_at: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        if lock_repositories(&txn, &[repo.as_str().to_owned()])
+            .await?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        hold_scan(&txn, repo.as_str(), lease).await?;
+        repository::Entity::update_many()
+            .col_expr(repository::Column::LastError, Expr::value(error))
+            .col_expr(repository::Column::NextScanAt, Expr::value(next_scan_at))
+            .col_expr(repository::Column::LastScannedAt, Expr::value(now))
+            .col_expr(repository::Column::UpdatedAt, Expr::value(now))
+            .filter(repository::Column::Id.eq(repo.as_str()))
+            .exec(&txn)
+            .await?;
+        subscription::Entity::update_many()
+            .col_expr(subscription::Column::LastError, Expr::value(error))
+            .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .exec(&txn)
+            .await?;
+        subscription::Entity::update_many()
+            .col_expr(
+                subscription::Column::Status,
+                Expr::value(entity::SubscriptionStatus::Failed),
+            )
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .filter(subscription::Column::Status.ne(entity::SubscriptionStatus::Paused))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     pub async fn reschedule(&self, repo: &RepoId, at: i64) -> Result<(), StoreError> {
         repository::Entity::update_many()
             .col_expr(repository::Column::NextScanAt, at.into())
