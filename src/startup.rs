@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ use crate::http::{self, AppState, BodyBudget, ConnectionLimits, RateLimits};
 const ADMIN_TOKEN_FILE: &str = "admin.token";
 const ENCRYPTION_KEY_FILE: &str = "encryption.key";
 const INSTANCE_ID_FILE: &str = "instance.id";
+/// Where the bare mirrors live, under data_dir.
+const MIRRORS_DIR: &str = "mirrors";
 
 /// A bound, ready-to-serve Herald.
 pub struct Application {
@@ -51,8 +53,8 @@ impl Application {
     /// Prepares the data directory, connects and migrates the database, starts
     /// the actor tree and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        fs::create_dir_all(settings.data_dir())
-            .with_context(|| format!("creating data_dir {}", settings.data_dir().display()))?;
+        create_private_dir(settings.data_dir())?;
+        create_private_dir(&settings.data_dir().join(MIRRORS_DIR))?;
         let keys = Arc::new(load_keyring(&settings)?);
         let admin_token = load_admin_token(&settings)?;
 
@@ -219,8 +221,7 @@ pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::R
 /// leases back at once instead of waiting for them to expire; instances
 /// sharing a PostgreSQL database have data directories of their own.
 pub fn instance_id(settings: &Settings) -> anyhow::Result<String> {
-    fs::create_dir_all(settings.data_dir())
-        .with_context(|| format!("creating data_dir {}", settings.data_dir().display()))?;
+    create_private_dir(settings.data_dir())?;
     read_or_create_secret(
         &settings.data_dir().join(INSTANCE_ID_FILE),
         || {
@@ -242,7 +243,7 @@ fn low_speed(settings: &Settings) -> LowSpeed {
 }
 
 fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
-    let mirrors_dir = settings.data_dir().join("mirrors");
+    let mirrors_dir = settings.data_dir().join(MIRRORS_DIR);
     let delivery = &settings.delivery;
     // Where git may connect, checked again before every operation.
     let connect = ConnectRule {
@@ -381,6 +382,18 @@ pub fn load_admin_token(settings: &Settings) -> anyhow::Result<SecretString> {
         }
     }
     Ok(SecretString::from(token))
+}
+
+/// Creates `dir` and any missing parent, each mode 0700 whatever the umask:
+/// the data directory holds the database, the generated secrets and the
+/// mirrors of private repositories. An existing directory keeps its mode
+/// (the operator's choice).
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Reads a one-line secret file, or creates it (mode 0600, never replacing an

@@ -123,6 +123,38 @@ pub const SQLITE_CONNECTIONS: u32 = 8;
 /// Connections in the pool on PostgreSQL.
 pub const POSTGRES_CONNECTIONS: u32 = 16;
 
+/// Creates the SQLite database file of `url`, empty and mode 0600, when it
+/// does not exist yet: SQLite would create it under the umask (usually
+/// world-readable), and it gives its `-wal` and `-shm` files the database
+/// file's mode. An existing file keeps its mode; in-memory databases have
+/// no file.
+fn create_private_sqlite_file(url: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::str::FromStr;
+
+    let Ok(parsed) = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        // sqlx reports the malformed URL when connecting.
+        return Ok(());
+    };
+    let path = parsed.get_filename();
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(StoreError::Db(DbErr::Custom(format!(
+            "creating the database file {}: {err}",
+            path.display()
+        )))),
+    }
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`). SQLite databases are
     /// created when missing and run in WAL mode with foreign keys enforced and a
@@ -134,6 +166,7 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
+            create_private_sqlite_file(url)?;
             options
                 .max_connections(SQLITE_CONNECTIONS)
                 .map_sqlx_sqlite_opts(|o| {

@@ -14,6 +14,7 @@ mod cluster;
 mod config;
 mod console;
 mod content;
+mod data_dir;
 mod delivery;
 mod faults;
 mod gitserver;
