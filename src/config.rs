@@ -179,6 +179,10 @@ pub struct SchedulerSettings {
     pub tick: Duration,
     #[serde(deserialize_with = "duration")]
     pub rescan_interval: Duration,
+    /// An app's `POST /api/repositories/{id}/scan` within this long of the
+    /// repository's last scan is answered 429 (`"0"`: never).
+    #[serde(deserialize_with = "duration")]
+    pub scan_request_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -731,7 +735,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 63] = [
+    const KEYS: [&str; 64] = [
         "data_dir",
         "server.host",
         "server.port",
@@ -760,6 +764,7 @@ mod properties {
         "git.low_speed_time",
         "scheduler.tick",
         "scheduler.rescan_interval",
+        "scheduler.scan_request_cooldown",
         "delivery.timeout",
         "delivery.max_attempts",
         "delivery.disable_after",
@@ -808,10 +813,11 @@ mod properties {
     ];
 
     /// Duration keys whose only rule is the type: any duration is valid.
-    const FREE_DURATIONS: [&str; 7] = [
+    const FREE_DURATIONS: [&str; 8] = [
         "server.shutdown_timeout",
         "security.key_rotation_grace",
         "scheduler.rescan_interval",
+        "scheduler.scan_request_cooldown",
         "delivery.disable_after",
         "delivery.retry_after_max",
         "breaker.git.cooldown",
@@ -885,6 +891,7 @@ mod properties {
             "server.shutdown_timeout" => settings.server.shutdown_timeout,
             "security.key_rotation_grace" => settings.security.key_rotation_grace,
             "scheduler.rescan_interval" => settings.scheduler.rescan_interval,
+            "scheduler.scan_request_cooldown" => settings.scheduler.scan_request_cooldown,
             "delivery.disable_after" => settings.delivery.disable_after,
             "delivery.retry_after_max" => settings.delivery.retry_after_max,
             "breaker.git.cooldown" => settings.breaker.git.cooldown,

@@ -909,6 +909,8 @@ impl Herald {
             .env("HERALD__SECURITY__ALLOW_PRIVATE_TARGETS", "true")
             .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
             .env("HERALD__SCHEDULER__TICK", "100ms")
+            // Benches ask for scans right after the warm-up's.
+            .env("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0")
             .env("HERALD__DELIVERY__TICK", "100ms");
         if let Some(url) = &database.server_url {
             command.env("HERALD__DATABASE__URL", url);

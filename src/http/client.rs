@@ -360,7 +360,10 @@ pub(crate) async fn update_token(
 
 /// Scans the repository now, as a push hook would: for CI pipelines and git
 /// hosts without push hooks. Whatever changed reaches every subscriber; the
-/// answer does not wait for the scan.
+/// answer does not wait for the scan. Within
+/// `scheduler.scan_request_cooldown` of the repository's last scan (by
+/// anyone's request, a push hook or the poll) the answer is 429 with
+/// `Retry-After`: a scan costs the git host and Herald, and one just ran.
 #[utoipa::path(post, path = "/api/repositories/{id}/scan", tag = "client",
     params(("id" = String, Path, description = "Repository id")),
     security(("app_token" = [])),
@@ -368,13 +371,24 @@ pub(crate) async fn update_token(
         (status = 202, description = "Scan queued", body = MessageBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 404, description = "Not registered for this app", body = super::error::ErrorBody),
-        (status = 429, description = "Rate limited", body = super::error::ErrorBody)))]
+        (status = 429, description = "Rate limited, or the repository was scanned less than `scheduler.scan_request_cooldown` ago: retry after `Retry-After` seconds", body = super::error::ErrorBody)))]
 pub(crate) async fn scan(
     id: String,
     app: app::Model,
     state: AppState,
 ) -> Result<Response, ApiError> {
     let repo = repo_id(&id)?;
+    let view = state
+        .store
+        .subscription_of_app(&app_id(&app), &repo)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
+    let cooldown = state.settings.scheduler.scan_request_cooldown;
+    if let Some(left) = cooldown_left(view.repository.last_scanned_at, cooldown) {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: left.as_secs().max(1),
+        });
+    }
     if !state.store.request_scan(&app_id(&app), &repo).await? {
         return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
     }
@@ -387,4 +401,18 @@ pub(crate) async fn scan(
         StatusCode::ACCEPTED,
     )
     .into_response())
+}
+
+/// What is left of `cooldown` since the last scan (`None`: a scan may be
+/// asked for now), rounded up to whole seconds.
+fn cooldown_left(
+    last_scanned_at: Option<i64>,
+    cooldown: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let since = actors::clock::now_ms().saturating_sub(last_scanned_at?);
+    let left = i64::try_from(cooldown.as_millis())
+        .unwrap_or(i64::MAX)
+        .saturating_sub(since);
+    let left = u64::try_from(left).ok().filter(|left| *left > 0)?;
+    Some(std::time::Duration::from_secs(left.div_ceil(1000)))
 }

@@ -373,3 +373,75 @@ async fn a_repository_stored_without_its_git_suffix_keeps_its_id() {
     assert_eq!(again["github_url"], repo.as_str());
     assert_eq!(app.repositories(&client).await.len(), 1);
 }
+
+/// A scan asked for within `scheduler.scan_request_cooldown` of the
+/// repository's last scan is refused with 429 and `Retry-After`, whoever
+/// asks; without a cooldown it is queued.
+#[tokio::test]
+async fn scan_requests_wait_for_the_cooldown_after_a_scan() {
+    let (remotes, repo) = widgets();
+    let app = TestApp::builder()
+        .fast()
+        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h")
+        .env("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "1h")
+        .spawn()
+        .await;
+    let (first_inbox, second_inbox) = (Receiver::start().await, Receiver::start().await);
+    let first = onboard(&app, &first_inbox, "first").await;
+    let second = onboard(&app, &second_inbox, "second").await;
+    let (status, created) = app.register(&first, json!({"url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["repository_id"].as_str().expect("id").to_owned();
+    app.wait_for_commit(&first, &id, &remotes.repo.head()).await;
+    let (status, _) = app.register(&second, json!({"url": repo})).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    for client in [&first, &second] {
+        let answer = crate::helpers::client()
+            .post(app.url(&format!("/api/repositories/{id}/scan")))
+            .bearer_auth(&client.token)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = answer
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert!((3000..=3600).contains(&retry_after), "{retry_after}");
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(body["code"], "rate_limited", "{body}");
+    }
+    // Another app's repository is still not found, cooldown or not.
+    let stranger = app.onboard("stranger").await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/repositories/{id}/scan"),
+            Some(&stranger.token),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+
+    // Without a cooldown the same request is queued.
+    let (dir, database) = app.stop().await;
+    let app = TestApp::builder()
+        .fast()
+        .env("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h")
+        .env("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0")
+        .data_dir(dir)
+        .spawn_with(database)
+        .await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/repositories/{id}/scan"),
+            Some(&first.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}

@@ -75,7 +75,11 @@ impl Log {
 #[tokio::test]
 async fn a_mirror_stays_compact_over_many_fetches_and_every_version_arrives() {
     // Scans come from the pushes' triggers only.
-    let log = Log::watched(&[("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h")]).await;
+    let log = Log::watched(&[
+        ("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h"),
+        ("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0"),
+    ])
+    .await;
     let (app, client, id) = (&log.app, &log.client, &log.id);
     let versions = 120;
     for v in 1..=versions {

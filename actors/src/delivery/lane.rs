@@ -797,8 +797,8 @@ enum Judgement {
     },
     /// Nothing was sent: the configuration forbids the endpoint's URL (an
     /// `http://` base URL stored under a more permissive configuration). Not
-    /// the endpoint's failure, nor the event's: it waits, and the reason is
-    /// shown on the event and its subscription.
+    /// the endpoint's failure, nor the event's: it waits, with the reason
+    /// as its `last_error`.
     Refused(String),
 }
 

@@ -301,8 +301,10 @@ impl Store {
     /// An event whose endpoint the configuration forbids (see
     /// `webhook_client::POLICY`): no attempt was made, so none is recorded
     /// or counted. The event waits until `at` (a dead one stays dead, as if
-    /// probed now) and the reason is its `last_error` and its
-    /// subscription's, if `lease` still holds the subscription.
+    /// probed now) with the reason as its `last_error`, if `lease` still
+    /// holds the subscription. Not the subscription's `last_error`: scans
+    /// clear that one when git works, and nothing of the delivery would
+    /// clear it once the app moved to an allowed URL.
     pub async fn hold_refused(
         &self,
         lease: &LeaseToken,
@@ -322,12 +324,6 @@ impl Store {
             .col_expr(event::Column::NextAttemptAt, Expr::value(next_attempt_at))
             .col_expr(event::Column::LastError, Expr::value(error))
             .filter(event::Column::Id.eq(event.id.as_str()))
-            .exec(&txn)
-            .await?;
-        subscription::Entity::update_many()
-            .col_expr(subscription::Column::LastError, Expr::value(error))
-            .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
-            .filter(subscription::Column::Id.eq(event.subscription_id.as_str()))
             .exec(&txn)
             .await?;
         txn.commit().await?;

@@ -556,7 +556,9 @@ async fn an_invalid_hook_is_listed_with_its_reason_logged_and_counted_as_invalid
 
 #[tokio::test]
 async fn a_scan_request_delivers_the_change_without_waiting_for_the_poll() {
-    let world = World::start(TestApp::builder()).await;
+    // Asked for right after the registration's scan: no cooldown here.
+    let world =
+        World::start(TestApp::builder().env("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0")).await;
     let app = &world.app;
     let path = format!("/api/repositories/{}/scan", world.repository_id);
     world.push_file("ci/scanned.txt");
