@@ -34,8 +34,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use self::egress::{Destination, Egress};
 use self::indexer_windows::IndexerWindows;
-use self::socket::Operation;
 pub use self::socket::{Cut, LowSpeed};
+use self::socket::{Gate, Operation};
 
 /// Ref under which a fetched branch is kept in the mirror.
 fn mirror_ref(branch: &str) -> String {
@@ -282,6 +282,8 @@ fn scheme_of(url: &str) -> &str {
 /// path after a check of where it is.
 struct Route {
     egress: Option<Egress>,
+    /// Where the operation's sockets may connect.
+    gate: Gate,
 }
 
 impl Route {
@@ -296,21 +298,33 @@ impl Route {
                         GitError::new(GitFailure::Other, "the git connection could not be set up")
                     })?;
                 Ok(Self {
+                    gate: Gate::Proxy(egress.addr()),
                     egress: Some(egress),
                 })
             }
             // libgit2 connects itself (it tunnels only https through a
-            // proxy): the addresses are checked just before. Both schemes
-            // are only admitted for development (`allow_http_targets`).
+            // proxy): the addresses are checked before (a clear error early)
+            // and again by Herald's socket when it connects, which admits
+            // only this host and port. Both schemes are only admitted for
+            // development (`allow_http_targets`).
             ("http" | "git", Some(destination)) => {
                 destination
                     .resolve(spec.rule.allow_private)
                     .map_err(|refusal| GitError::new(GitFailure::Refused, refusal.message()))?;
-                Ok(Self { egress: None })
+                Ok(Self {
+                    egress: None,
+                    gate: Gate::Remote {
+                        destination,
+                        allow_private: spec.rule.allow_private,
+                    },
+                })
             }
             ("file", _) => {
                 check_local(&spec.url, &spec.rule.data_dir)?;
-                Ok(Self { egress: None })
+                Ok(Self {
+                    egress: None,
+                    gate: Gate::Open,
+                })
             }
             _ => Err(GitError::new(
                 GitFailure::Refused,
@@ -327,10 +341,22 @@ impl Route {
         options
     }
 
-    /// The operation's error, or the proxy's reason when it refused a
-    /// connection (libgit2 only saw "the proxy answered 403").
-    fn explain(&self, err: GitError) -> GitError {
-        match self.egress.as_ref().and_then(Egress::refusal) {
+    /// Starts the operation on this thread: its sockets obey the route's
+    /// gate, its deadline and the low-speed rule.
+    fn begin(&self, spec: &RemoteSpec) -> Operation {
+        Operation::begin(spec.timeout, spec.low_speed, self.gate.clone())
+    }
+
+    /// The operation's error, or the reason the proxy or Herald's socket
+    /// refused a connection (libgit2 only saw "the proxy answered 403" or a
+    /// failed connect).
+    fn explain(&self, operation: &Operation, err: GitError) -> GitError {
+        match self
+            .egress
+            .as_ref()
+            .and_then(Egress::refusal)
+            .or_else(|| operation.refusal())
+        {
             Some(refusal) => GitError::new(GitFailure::Refused, refusal.message()),
             None => err,
         }
@@ -500,7 +526,7 @@ fn head_of(
     branch: Option<&str>,
 ) -> Result<RemoteHead, GitError> {
     let route = Route::open(spec)?;
-    let operation = Operation::begin(spec.timeout, spec.low_speed);
+    let operation = route.begin(spec);
     let timed_out = std::cell::Cell::new(false);
     let deadline = Instant::now() + spec.timeout;
     let connection = remote
@@ -509,7 +535,12 @@ fn head_of(
             Some(callbacks(spec, deadline, &timed_out, None)),
             Some(route.proxy_options()),
         )
-        .map_err(|e| route.explain(GitError::classify(&e, cut_of(&operation, &timed_out))))?;
+        .map_err(|e| {
+            route.explain(
+                &operation,
+                GitError::classify(&e, cut_of(&operation, &timed_out)),
+            )
+        })?;
     let branch = match branch {
         Some(branch) => branch.to_owned(),
         None => {
@@ -521,9 +552,12 @@ fn head_of(
         }
     };
     let wanted = mirror_ref(&branch);
-    let heads = connection
-        .list()
-        .map_err(|e| route.explain(GitError::classify(&e, cut_of(&operation, &timed_out))))?;
+    let heads = connection.list().map_err(|e| {
+        route.explain(
+            &operation,
+            GitError::classify(&e, cut_of(&operation, &timed_out)),
+        )
+    })?;
     let commit = heads
         .iter()
         .find(|h| h.name() == wanted)
@@ -734,7 +768,7 @@ impl Mirror {
     /// Fetches one refspec, under the address rule and the timeout.
     fn fetch_refspec(&self, spec: &RemoteSpec, refspec: &str) -> Result<(), GitError> {
         let route = Route::open(spec)?;
-        let operation = Operation::begin(spec.timeout, spec.low_speed);
+        let operation = route.begin(spec);
         let timed_out = std::cell::Cell::new(false);
         let deadline = Instant::now() + spec.timeout;
         let mut remote = self
@@ -755,7 +789,12 @@ impl Mirror {
             .update_fetchhead(false);
         remote
             .fetch(&[refspec], Some(&mut options), None)
-            .map_err(|e| route.explain(GitError::classify(&e, cut_of(&operation, &timed_out))))
+            .map_err(|e| {
+                route.explain(
+                    &operation,
+                    GitError::classify(&e, cut_of(&operation, &timed_out)),
+                )
+            })
     }
 
     /// Brings `commit` back into the mirror and pins it under `snapshot_id`

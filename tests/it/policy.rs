@@ -193,7 +193,20 @@ async fn redirecting(location: String) -> (u16, std::sync::Arc<std::sync::atomic
 
 #[tokio::test]
 async fn a_git_remote_that_redirects_is_refused_at_registration() {
-    // A repository Herald could read, behind a remote that redirects to it.
+    registering_a_redirect_is_refused("localhost").await;
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_port_of_the_same_host_is_refused_too() {
+    // libgit2's own rule compares host names only: Herald's socket admits
+    // the registered port alone.
+    registering_a_redirect_is_refused("127.0.0.1").await;
+}
+
+/// Registers `http://{host}:{port}/r.git`, a remote that redirects to a
+/// git server on 127.0.0.1 (another port) holding a repository Herald could
+/// read: refused, nothing fetched.
+async fn registering_a_redirect_is_refused(host: &str) {
     let repo = TestRepo::new("main");
     repo.write("secret.md", "internal\n");
     repo.commit("first");
@@ -207,7 +220,7 @@ async fn a_git_remote_that_redirects_is_refused_at_registration() {
     let (status, body) = app
         .register(
             &client,
-            json!({"url": format!("http://localhost:{port}/r.git")}),
+            json!({"url": format!("http://{host}:{port}/r.git")}),
         )
         .await;
     assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY);

@@ -38,7 +38,7 @@ use crate::net::is_global;
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Why the proxy refused a connection, in words safe to show to apps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The connection was for another host than the registered one.
     OtherHost,
@@ -86,7 +86,7 @@ impl Destination {
         Some(Self { host, port })
     }
 
-    fn matches(&self, host: &str, port: u16) -> bool {
+    pub(super) fn matches(&self, host: &str, port: u16) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         port == self.port && host.eq_ignore_ascii_case(&self.host)
     }
@@ -163,6 +163,12 @@ impl Egress {
         })
     }
 
+    /// Where the proxy listens (the only address the operation's sockets
+    /// may reach).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The proxy URL to give libgit2.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.addr)
@@ -173,7 +179,8 @@ impl Egress {
         self.refusal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .copied()
     }
 }
 

@@ -17,9 +17,16 @@
 //!   connection that moves fewer than `limit` bytes a second, both ways
 //!   counted, over any `time` of its life is cut.
 //!
-//! A cut is remembered by the operation, so the failure is reported as a
-//! timeout (which it is) with the reason, rather than as libgit2's view of a
-//! broken socket.
+//! - **the address rule** ([`Gate`]): an https operation's sockets may only
+//!   reach its egress proxy; an `http://` or `git://` operation's only the
+//!   registered host and port, resolved when the socket connects and
+//!   connected to at public addresses only (unless private targets are
+//!   allowed). A redirect to another host or port, or a name that now
+//!   resolves to a private address, fails at connection time.
+//!
+//! A cut or a refusal is remembered by the operation, so the failure is
+//! reported with its reason (a timeout, an address not allowed) rather than
+//! as libgit2's view of a broken socket.
 //!
 //! Everything here blocks: git operations run on blocking workers.
 
@@ -31,6 +38,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Once;
 use std::time::{Duration, Instant};
+
+use super::egress::{Destination, Refusal};
 
 /// git's `http.lowSpeedLimit` and `http.lowSpeedTime`, for every transport:
 /// a connection slower than `limit` bytes a second over `time` is cut.
@@ -84,19 +93,37 @@ fn humanize(duration: Duration) -> String {
     }
 }
 
+/// Where an operation's sockets may connect.
+#[derive(Debug, Clone)]
+pub enum Gate {
+    /// Anywhere (a local repository opens no socket).
+    Open,
+    /// Only the operation's egress proxy (https: the proxy applies the rule).
+    Proxy(SocketAddr),
+    /// Only the registered host and port, at the addresses the rule admits
+    /// when the socket connects.
+    Remote {
+        destination: Destination,
+        allow_private: bool,
+    },
+}
+
 /// The limits of the operation running on this thread.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Limits {
     deadline: Instant,
     low_speed: LowSpeed,
+    gate: Gate,
 }
 
 thread_local! {
     /// The operation running on this thread, if any: what a socket libgit2
     /// opens now obeys.
-    static CURRENT: Cell<Option<Limits>> = const { Cell::new(None) };
+    static CURRENT: RefCell<Option<Limits>> = const { RefCell::new(None) };
     /// The first cut one of the operation's sockets made.
     static CUT: Cell<Option<Cut>> = const { Cell::new(None) };
+    /// The first connection the address rule refused.
+    static REFUSED: Cell<Option<Refusal>> = const { Cell::new(None) };
     /// The error message libgit2 is handed (kept alive until the next one).
     static MESSAGE: RefCell<CString> = RefCell::new(CString::default());
 }
@@ -109,15 +136,18 @@ pub struct Operation {
 }
 
 impl Operation {
-    /// Starts an operation that must end within `timeout` and keep above
-    /// `low_speed`. Registers Herald's socket with libgit2 on first use.
-    pub fn begin(timeout: Duration, low_speed: LowSpeed) -> Self {
+    /// Starts an operation that must end within `timeout`, keep above
+    /// `low_speed` and connect only where `gate` lets it. Registers Herald's
+    /// socket with libgit2 on first use.
+    pub fn begin(timeout: Duration, low_speed: LowSpeed, gate: Gate) -> Self {
         register();
         let limits = Limits {
             deadline: Instant::now() + timeout,
             low_speed,
+            gate,
         };
         CUT.with(|cut| cut.set(None));
+        REFUSED.with(|refused| refused.set(None));
         Self {
             previous: CURRENT.with(|current| current.replace(Some(limits))),
         }
@@ -127,11 +157,16 @@ impl Operation {
     pub fn cut(&self) -> Option<Cut> {
         CUT.with(Cell::get)
     }
+
+    /// Whether (and why) the address rule refused one of its connections.
+    pub fn refusal(&self) -> Option<Refusal> {
+        REFUSED.with(Cell::get)
+    }
 }
 
 impl Drop for Operation {
     fn drop(&mut self) {
-        CURRENT.with(|current| current.set(self.previous));
+        CURRENT.with(|current| *current.borrow_mut() = self.previous.take());
     }
 }
 
@@ -204,7 +239,7 @@ impl Socket {
     /// How long the next wait on the socket may be: up to the deadline or
     /// the end of the low-speed window, whichever is first; or the cut.
     fn next_wait(&mut self) -> Result<Option<Duration>, Cut> {
-        let Some(limits) = self.limits else {
+        let Some(limits) = &self.limits else {
             return Ok(None);
         };
         let now = Instant::now();
@@ -235,15 +270,41 @@ impl Socket {
         self.window.1 = self.window.1.saturating_add(bytes as u64);
     }
 
+    /// The addresses this socket may connect to, under its gate.
+    fn admitted(&self, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+        let gate = self.limits.as_ref().map_or(&Gate::Open, |l| &l.gate);
+        match gate {
+            Gate::Open => Ok((self.host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|_| Failure::Io(format!("failed to resolve address for {}", self.host)))?
+                .collect()),
+            Gate::Proxy(proxy) => {
+                let host = self.host.trim_start_matches('[').trim_end_matches(']');
+                match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) if SocketAddr::new(ip, port) == *proxy => Ok(vec![*proxy]),
+                    _ => Err(Failure::Refused(Refusal::OtherHost)),
+                }
+            }
+            Gate::Remote {
+                destination,
+                allow_private,
+            } => {
+                if !destination.matches(&self.host, port) {
+                    return Err(Failure::Refused(Refusal::OtherHost));
+                }
+                destination
+                    .resolve(*allow_private)
+                    .map_err(Failure::Refused)
+            }
+        }
+    }
+
     fn connect(&mut self) -> Result<(), Failure> {
         let port: u16 = self
             .port
             .parse()
             .map_err(|_| Failure::Io(format!("invalid port `{}`", self.port)))?;
-        let addresses: Vec<SocketAddr> = (self.host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|_| Failure::Io(format!("failed to resolve address for {}", self.host)))?
-            .collect();
+        let addresses = self.admitted(port)?;
         let mut last = Failure::Io(format!("failed to resolve address for {}", self.host));
         for address in addresses {
             let attempt = match self.next_wait().map_err(Failure::Cut)? {
@@ -302,6 +363,7 @@ fn is_wait_over(err: &io::Error) -> bool {
 
 enum Failure {
     Cut(Cut),
+    Refused(Refusal),
     Io(String),
 }
 
@@ -315,6 +377,14 @@ fn fail(failure: Failure) -> c_int {
                 }
             });
             cut.message()
+        }
+        Failure::Refused(refusal) => {
+            REFUSED.with(|current| {
+                if current.get().is_none() {
+                    current.set(Some(refusal));
+                }
+            });
+            refusal.message().to_owned()
         }
         Failure::Io(message) => message,
     };
@@ -372,7 +442,7 @@ unsafe extern "C" fn stream_init(
             host,
             port,
             tcp: None,
-            limits: CURRENT.with(Cell::get),
+            limits: CURRENT.with(|current| current.borrow().clone()),
             window: (Instant::now(), 0),
         });
         // SAFETY: `out` is libgit2's out-pointer; it owns the socket from
@@ -484,7 +554,7 @@ mod tests {
     }
 
     fn probe(address: SocketAddr, timeout: Duration, low_speed: LowSpeed) -> (git2::Error, Cut) {
-        let operation = Operation::begin(timeout, low_speed);
+        let operation = Operation::begin(timeout, low_speed, Gate::Open);
         let url = format!("git://{address}/repo.git");
         let mut remote = git2::Remote::create_detached(url.as_str()).expect("remote");
         let err = remote
@@ -529,13 +599,13 @@ mod tests {
 
     #[test]
     fn an_operation_restores_the_one_it_interrupted() {
-        let outer = Operation::begin(Duration::from_secs(60), LowSpeed::default());
+        let outer = Operation::begin(Duration::from_secs(60), LowSpeed::default(), Gate::Open);
         {
-            let _inner = Operation::begin(Duration::from_secs(1), LowSpeed::default());
+            let _inner = Operation::begin(Duration::from_secs(1), LowSpeed::default(), Gate::Open);
         }
-        let current = CURRENT.with(Cell::get).expect("the outer operation");
-        assert!(current.deadline > Instant::now() + Duration::from_secs(30));
+        let deadline = CURRENT.with(|current| current.borrow().as_ref().map(|l| l.deadline));
+        assert!(deadline.expect("the outer operation") > Instant::now() + Duration::from_secs(30));
         drop(outer);
-        assert!(CURRENT.with(Cell::get).is_none());
+        assert!(CURRENT.with(|current| current.borrow().is_none()));
     }
 }
