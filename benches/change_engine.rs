@@ -488,7 +488,6 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
         snapshot_id: snapshot.as_str().to_owned(),
         // Nothing is delivered here: every snapshot stays pinned.
         unpin: Vec::new(),
-        repack_threshold: 8,
     };
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
@@ -556,7 +555,6 @@ fn scan_only(mirror: &Path, url: &str, known_head: Option<&str>) -> Duration {
         manifest: None,
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: Vec::new(),
-        repack_threshold: 8,
     };
     let started = Instant::now();
     let outcome = scan::scan(job).outcome.expect("the scan succeeds");

@@ -20,8 +20,11 @@
 pub mod blob;
 mod egress;
 mod indexer_windows;
+mod local;
+mod pack;
 mod socket;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use self::egress::{Destination, Egress};
 use self::indexer_windows::IndexerWindows;
+use self::local::Want;
 pub use self::socket::{Cut, LowSpeed};
 use self::socket::{Gate, Operation};
 
@@ -47,6 +51,11 @@ fn mirror_ref(branch: &str) -> String {
 pub fn snapshot_ref(snapshot_id: &str) -> String {
     format!("refs/herald/snapshots/{snapshot_id}")
 }
+
+/// Ref that keeps the commit of the repository's last recorded snapshot,
+/// the old side of the next scan's diff, reachable in a mirror that holds no
+/// history.
+const BASE_REF: &str = "refs/herald/base";
 
 /// Why a git operation failed, in words safe to show to apps (SPEC §5
 /// `sync_failed.error.type`).
@@ -366,10 +375,7 @@ impl Route {
 /// Refuses a local repository inside Herald's data directory (symbolic links
 /// resolved): the mirrors of other apps' private repositories live there.
 fn check_local(url: &str, data_dir: &Path) -> Result<(), GitError> {
-    let path = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.to_file_path().ok())
-        .unwrap_or_else(|| PathBuf::from(url));
+    let path = local_path(url);
     let inside = |dir: &Path| match (path.canonicalize(), dir.canonicalize()) {
         (Ok(path), Ok(dir)) => path.starts_with(dir),
         // Not there (yet): judge the path as written.
@@ -382,6 +388,14 @@ fn check_local(url: &str, data_dir: &Path) -> Result<(), GitError> {
         ));
     }
     Ok(())
+}
+
+/// The path of a local remote: a `file://` URL's, or the URL itself.
+fn local_path(url: &str) -> PathBuf {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .unwrap_or_else(|| PathBuf::from(url))
 }
 
 /// The remote's answer to "where is the branch now?".
@@ -752,11 +766,12 @@ impl Mirror {
         self.repo.refname_to_id(&mirror_ref(branch)).ok()
     }
 
-    /// Fetches `branch` into the mirror (incrementally: only what is missing)
-    /// and returns the commit it now points to.
+    /// Fetches the tip of `branch` into the mirror, without its history
+    /// (only what the mirror lacks of it), and returns the commit it now
+    /// points to.
     pub fn fetch(&self, spec: &RemoteSpec, branch: &str) -> Result<Oid, GitError> {
-        let refspec = format!("+{0}:{0}", mirror_ref(branch));
-        self.fetch_refspec(spec, &refspec)?;
+        let branch_ref = mirror_ref(branch);
+        self.fetch_one(spec, Want::Ref(&branch_ref), &branch_ref)?;
         self.local_head(branch).ok_or_else(|| {
             GitError::new(
                 GitFailure::NotFound,
@@ -765,9 +780,16 @@ impl Mirror {
         })
     }
 
-    /// Fetches one refspec, under the address rule and the timeout.
-    fn fetch_refspec(&self, spec: &RemoteSpec, refspec: &str) -> Result<(), GitError> {
+    /// Fetches one commit, a ref's or by its id, at depth 1 into ref `into`,
+    /// under the address rule and the timeout. Change detection compares
+    /// trees, never ancestry, so a mirror holds each commit it needs with
+    /// its tree and nothing behind it: git's `shallow` file names the
+    /// commits whose parents it lacks.
+    fn fetch_one(&self, spec: &RemoteSpec, want: Want<'_>, into: &str) -> Result<(), GitError> {
         let route = Route::open(spec)?;
+        if scheme_of(&spec.url) == "file" {
+            return self.fetch_local(&spec.url, want, into);
+        }
         let operation = route.begin(spec);
         let timed_out = std::cell::Cell::new(false);
         let deadline = Instant::now() + spec.timeout;
@@ -786,7 +808,12 @@ impl Mirror {
             .proxy_options(route.proxy_options())
             .follow_redirects(RemoteRedirect::None)
             .download_tags(AutotagOption::None)
-            .update_fetchhead(false);
+            .update_fetchhead(false)
+            .depth(1);
+        let refspec = match want {
+            Want::Ref(name) => format!("+{name}:{into}"),
+            Want::Commit(oid) => format!("+{oid}:{into}"),
+        };
         remote
             .fetch(&[refspec], Some(&mut options), None)
             .map_err(|e| {
@@ -795,6 +822,86 @@ impl Mirror {
                     GitError::classify(&e, cut_of(&operation, &timed_out)),
                 )
             })
+    }
+
+    /// [`Self::fetch_one`] from a repository on this machine, which Herald
+    /// reads itself ([`local`]).
+    fn fetch_local(&self, url: &str, want: Want<'_>, into: &str) -> Result<(), GitError> {
+        let source = local_path(url);
+        if !source.exists() {
+            return Err(GitError::new(
+                GitFailure::NotFound,
+                "the repository was not found",
+            ));
+        }
+        let fetched = local::fetch(&self.repo, &source, want).map_err(|err| {
+            tracing::debug!(code = ?err.code(), class = ?err.class(), detail = err.message(), "local fetch failed");
+            match err.class() {
+                ErrorClass::Repository | ErrorClass::Os if err.code() == ErrorCode::NotFound => {
+                    GitError::new(GitFailure::NotFound, "the repository was not found")
+                }
+                _ => GitError::new(GitFailure::Other, "the local repository could not be read"),
+            }
+        })?;
+        let Some(commit) = fetched else {
+            return Err(GitError::new(
+                GitFailure::NotFound,
+                "the branch or commit was not found on the remote",
+            ));
+        };
+        self.repo
+            .reference(into, commit, true, "herald: fetched")
+            .map_err(|_| {
+                GitError::new(GitFailure::Other, "the local mirror could not be updated")
+            })?;
+        let mut roots = self.shallow_roots();
+        if !roots.contains(&commit) && self.has_parents(commit) {
+            roots.push(commit);
+            self.set_shallow_roots(&roots)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `commit` names parents, read from the object itself: libgit2
+    /// shows a commit of the `shallow` file without any.
+    fn has_parents(&self, commit: Oid) -> bool {
+        let Ok(odb) = self.repo.odb() else {
+            return false;
+        };
+        let Ok(object) = odb.read(commit) else {
+            return false;
+        };
+        object
+            .data()
+            .split(|byte| *byte == b'\n')
+            .take_while(|line| !line.is_empty())
+            .any(|line| line.starts_with(b"parent "))
+    }
+
+    /// The commits whose parents the mirror does not hold (git's `shallow`
+    /// file, which libgit2 keeps for the fetches it makes at depth 1).
+    fn shallow_roots(&self) -> Vec<Oid> {
+        std::fs::read_to_string(self.repo.path().join("shallow"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| Oid::from_str(line.trim()).ok())
+            .collect()
+    }
+
+    /// Replaces the mirror's `shallow` file (written aside, then renamed).
+    fn set_shallow_roots(&self, roots: &[Oid]) -> Result<(), GitError> {
+        let failed = |_| GitError::new(GitFailure::Other, "the local mirror could not be updated");
+        let path = self.repo.path().join("shallow");
+        if roots.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(failed(err)),
+                _ => Ok(()),
+            };
+        }
+        let text: String = roots.iter().map(|oid| format!("{oid}\n")).collect();
+        let aside = self.repo.path().join("shallow.herald");
+        std::fs::write(&aside, text).map_err(failed)?;
+        std::fs::rename(&aside, &path).map_err(failed)
     }
 
     /// Brings `commit` back into the mirror and pins it under `snapshot_id`
@@ -828,8 +935,8 @@ impl Mirror {
         if self.has_commit(commit) {
             return pin(self);
         }
-        let by_id = format!("+{commit}:{}", snapshot_ref(snapshot_id.unwrap_or(commit)));
-        match self.fetch_refspec(spec, &by_id) {
+        let by_id = snapshot_ref(snapshot_id.unwrap_or(commit));
+        match self.fetch_one(spec, Want::Commit(oid), &by_id) {
             Ok(()) => Ok(self.has_commit(commit) && pin(self)?),
             // The remote answered and would not give it: it is gone.
             Err(err) if !matches!(err.failure, GitFailure::Network | GitFailure::Timeout) => {
@@ -900,37 +1007,67 @@ impl Mirror {
         packs
     }
 
-    /// Packs everything the mirror's refs reach (the watched branch and the
-    /// pinned snapshots) into one pack file and removes the rest: the other
-    /// packs, the loose objects, and with them every object no ref reaches
-    /// any more (settled snapshots' content). libgit2 never repacks, so a
-    /// mirror would otherwise gain a pack with every fetch. The caller holds
-    /// the mirror's lock: nothing else writes it meanwhile. Readers that
-    /// still hold an old pack open keep reading it until they reopen.
+    /// Compacts the mirror into one pack holding what its refs need: the
+    /// commit of each ref (the watched branch, the last recorded snapshot,
+    /// the pinned snapshots) with its tree, and nothing of their history.
+    /// The other packs and the loose objects go, and with them every object
+    /// no ref needs any more (settled snapshots' content, the history of a
+    /// mirror made before mirrors were shallow). libgit2 never repacks, so a
+    /// mirror would otherwise gain a pack with every fetch.
+    ///
+    /// The objects are copied whole ([`pack`]): the cost is the bytes of the
+    /// kept trees once, never a delta search, let alone over history. The
+    /// caller holds the mirror's lock: nothing else writes it meanwhile.
+    /// Readers that still hold an old pack open keep reading it until they
+    /// reopen.
     pub fn repack(&self) -> Result<MirrorStats, GitError> {
-        let failed = |_| GitError::new(GitFailure::Other, "the local mirror could not be repacked");
+        let failed = |err: git2::Error| {
+            tracing::debug!(detail = err.message(), "repack failed");
+            GitError::new(GitFailure::Other, "the local mirror could not be repacked")
+        };
         let before = self.packs();
-        let mut walk = self.repo.revwalk().map_err(failed)?;
-        walk.push_glob("refs/*").map_err(failed)?;
-        let mut builder = self.repo.packbuilder().map_err(failed)?;
-        builder.insert_walk(&mut walk).map_err(failed)?;
-        if builder.object_count() == 0 {
+        let mut commits = Vec::new();
+        for reference in self.repo.references().map_err(failed)?.flatten() {
+            if let Ok(commit) = reference.peel_to_commit()
+                && !commits.contains(&commit.id())
+            {
+                commits.push(commit.id());
+            }
+        }
+        if commits.is_empty() {
             return Ok(self.stats());
         }
-        let dir = self.path.join("objects").join("pack");
-        builder.write(&dir, 0).map_err(failed)?;
-        let kept = builder
-            .name()
-            .map_err(failed)?
-            .map(|name| format!("pack-{name}"))
-            .ok_or_else(|| GitError::new(GitFailure::Other, "the new pack has no name"))?;
-        if !self.packs().contains(&kept) {
+        let mut kept = commits.clone();
+        let mut seen = HashSet::new();
+        let everything = |_| true;
+        for commit in &commits {
+            let tree = self.repo.find_commit(*commit).map_err(failed)?.tree_id();
+            pack::tree_objects(&self.repo, tree, &everything, &mut seen, &mut kept)
+                .map_err(failed)?;
+        }
+        let odb = self.repo.odb().map_err(failed)?;
+        let count = u32::try_from(kept.len())
+            .map_err(|_| failed(git2::Error::from_str("too many objects for one pack")))?;
+        let mut writer = pack::PackWriter::start(&odb, count).map_err(failed)?;
+        for oid in kept {
+            writer.copy(&self.repo, &odb, oid).map_err(failed)?;
+        }
+        let written = writer.finish().map_err(failed)?;
+        if !self.packs().contains(&written) {
             return Err(GitError::new(
                 GitFailure::Other,
                 "the new pack was not written",
             ));
         }
-        for old in before.iter().filter(|name| **name != kept) {
+        // Every kept commit with parents now stands without them.
+        let roots: Vec<Oid> = commits
+            .iter()
+            .copied()
+            .filter(|oid| self.has_parents(*oid))
+            .collect();
+        self.set_shallow_roots(&roots)?;
+        let dir = self.path.join("objects").join("pack");
+        for old in before.iter().filter(|name| **name != written) {
             if dir.join(format!("{old}.keep")).exists() {
                 continue;
             }
@@ -938,7 +1075,7 @@ impl Mirror {
                 let _ = std::fs::remove_file(dir.join(format!("{old}.{extension}")));
             }
         }
-        // Loose objects live in objects/xx/; every reachable one is in the
+        // Loose objects live in objects/xx/; every one still needed is in the
         // new pack now.
         if let Ok(entries) = std::fs::read_dir(self.path.join("objects")) {
             for entry in entries.flatten() {
@@ -950,6 +1087,28 @@ impl Mirror {
             }
         }
         Ok(self.stats())
+    }
+
+    /// Whether the mirror still holds history behind a branch's tip (it was
+    /// made before mirrors were shallow): the next compaction drops it.
+    pub fn holds_history(&self) -> bool {
+        let roots = self.shallow_roots();
+        let Ok(branches) = self.repo.references_glob("refs/heads/*") else {
+            return false;
+        };
+        branches
+            .flatten()
+            .filter_map(|branch| branch.peel_to_commit().ok())
+            .any(|tip| !roots.contains(&tip.id()) && self.has_parents(tip.id()))
+    }
+
+    /// Keeps `commit`, the repository's last recorded snapshot, reachable:
+    /// the old side of the next diff, whatever the branch does meanwhile.
+    pub fn keep_base(&self, commit: Oid) -> Result<(), GitError> {
+        self.repo
+            .reference(BASE_REF, commit, true, "herald: last recorded snapshot")
+            .map(|_| ())
+            .map_err(|_| GitError::new(GitFailure::Other, "the local mirror could not be updated"))
     }
 
     /// Whether the mirror still has `commit` (a force-push may have removed it
@@ -1102,7 +1261,7 @@ mod tests {
         let reopened = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
         assert!(reopened.has_commit(&rewritten), "the branch's tip");
         assert!(reopened.has_commit(&history[1]), "a pinned snapshot");
-        assert!(reopened.has_commit(&history[0]), "its history");
+        assert!(!reopened.has_commit(&history[0]), "not its history");
         assert!(
             !reopened.has_commit(&history[2]),
             "a released snapshot is pruned"
@@ -1142,43 +1301,248 @@ mod tests {
         writer.join().expect("the writer ends");
     }
 
-    #[test]
-    fn a_fetch_releases_its_indexers_pages_and_reads_back_every_version() {
-        let (dir, source) = source_repository();
-        // One big text file changed a little by each commit: the pack
-        // stores the versions as deltas, which the indexer resolves.
-        let line = |i: usize| format!("line {i}: the quick brown fox jumps over the lazy dog\n");
-        let mut text: String = (0..20_000).map(line).collect();
-        let mut versions = Vec::new();
-        for version in 0..12 {
-            text.push_str(&format!("version {version}\n"));
-            std::fs::write(source.join("big.txt"), &text).expect("write");
-            git(&source, &["add", "-A"]);
-            let message = format!("version {version}");
-            git(&source, &["commit", "-q", "--no-gpg-sign", "-m", &message]);
-            versions.push(text.clone());
+    /// `git daemon` serving the directories under `root` on loopback, for
+    /// as long as it lives.
+    struct Daemon {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Daemon {
+        fn serve(root: &Path) -> Self {
+            for _ in 0..5 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port();
+                // git-daemon itself: `git daemon` would leave it running
+                // when killed.
+                let mut child = std::process::Command::new(
+                    Path::new(&git(root, &["--exec-path"])).join("git-daemon"),
+                )
+                .arg("--reuseaddr")
+                .arg("--export-all")
+                .arg(format!("--base-path={}", root.display()))
+                .arg("--listen=127.0.0.1")
+                .arg(format!("--port={port}"))
+                .arg(root)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("git daemon starts");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if child.try_wait().expect("its status").is_some() {
+                        break;
+                    }
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        return Self { child, port };
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            panic!("git daemon did not start");
         }
-        let remote = spec(format!("file://{}", source.display()), true);
+
+        fn url(&self, name: &str) -> String {
+            format!("git://127.0.0.1:{}/{name}", self.port)
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Ids of every object in the mirror's object database.
+    fn objects(repo: &Repository) -> HashSet<Oid> {
+        let mut all = HashSet::new();
+        repo.odb()
+            .expect("odb")
+            .foreach(|oid| {
+                all.insert(*oid);
+                true
+            })
+            .expect("listed");
+        all
+    }
+
+    #[test]
+    fn a_fetch_over_git_is_shallow_and_releases_its_indexers_pages() {
+        let (dir, source) = source_repository();
+        commit(&source, "old.md", "history the mirror never needs\n");
+        // Big text files that differ a little: the pack stores them as
+        // deltas of each other, which the indexer resolves.
+        let line = |i: usize| format!("line {i}: the quick brown fox jumps over the lazy dog\n");
+        let text: String = (0..20_000).map(line).collect();
+        for copy in 0..12 {
+            let content = format!("{text}copy {copy}\n");
+            std::fs::write(source.join(format!("big-{copy}.txt")), content).expect("write");
+        }
+        let tip = commit(&source, "old.md", "the tip\n");
+        let parent = git(&source, &["rev-parse", "HEAD~1"]);
+        let daemon = Daemon::serve(dir.path());
+        let remote = spec(daemon.url("source"), true);
         let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
         let before = indexer_windows::released_on_this_thread();
 
         let head = mirror.fetch(&remote, "main").expect("fetched");
 
+        assert_eq!(head.to_string(), tip);
         assert!(
             indexer_windows::released_on_this_thread() > before,
             "the indexer's pages were released while it resolved deltas"
         );
-        let mut commit = mirror.repo.find_commit(head).expect("the head");
-        for expected in versions.iter().rev() {
-            let tree = commit.tree().expect("tree");
-            let entry = tree.get_name("big.txt").expect("the file");
-            let blob = mirror.repo.find_blob(entry.id()).expect("blob");
-            assert_eq!(blob.content(), expected.as_bytes());
-            match commit.parent(0) {
-                Ok(parent) => commit = parent,
-                Err(_) => break,
+        let tip_commit = mirror.repo.find_commit(head).expect("the head");
+        for copy in 0..12 {
+            let entry = tip_commit
+                .tree()
+                .expect("tree")
+                .get_name(&format!("big-{copy}.txt"))
+                .expect("the file")
+                .id();
+            let blob = mirror.repo.find_blob(entry).expect("blob");
+            assert_eq!(blob.content(), format!("{text}copy {copy}\n").as_bytes());
+        }
+        assert!(
+            !mirror.has_commit(&parent),
+            "the history stays on the remote"
+        );
+        assert!(mirror.repo.is_shallow());
+        assert!(!mirror.holds_history());
+        // Compaction keeps the tip standing without its parents, and the
+        // next fetch builds on it.
+        mirror.repack().expect("compacted");
+        assert_eq!(mirror.shallow_roots(), vec![head]);
+        let next = commit(&source, "old.md", "next\n");
+        let fetched = mirror.fetch(&remote, "main").expect("fetched again");
+        assert_eq!(fetched.to_string(), next);
+        assert!(!mirror.holds_history());
+    }
+
+    #[test]
+    fn a_local_fetch_copies_the_tip_and_only_what_the_mirror_lacks() {
+        let (dir, source) = source_repository();
+        let first = commit(&source, "a.md", "a\n");
+        std::fs::create_dir(source.join("docs")).expect("dir");
+        std::fs::write(source.join("docs/b.md"), "b\n").expect("write");
+        let second = commit(&source, "c.md", "c\n");
+        let remote = spec(format!("file://{}", source.display()), true);
+        let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+
+        assert_eq!(
+            mirror.fetch(&remote, "main").expect("fetched").to_string(),
+            second
+        );
+        assert!(!mirror.has_commit(&first), "the history stays behind");
+        assert!(mirror.repo.is_shallow());
+        assert!(!mirror.holds_history());
+        // The commit, the root tree, docs/, and three files.
+        let copied = objects(&mirror.repo);
+        assert_eq!(copied.len(), 6, "{copied:?}");
+
+        // The next commit changes one file: the commit, the root tree and
+        // that file are all that is copied.
+        let third = commit(&source, "a.md", "a, changed\n");
+        assert_eq!(
+            mirror.fetch(&remote, "main").expect("fetched").to_string(),
+            third
+        );
+        let now = objects(&mirror.repo);
+        assert_eq!(now.difference(&copied).count(), 3);
+        assert!(mirror.has_commit(&second), "the old tip is still there");
+        assert_eq!(mirror.shallow_roots().len(), 2);
+        // Fetching the same commit again copies nothing.
+        mirror.fetch(&remote, "main").expect("fetched");
+        assert_eq!(objects(&mirror.repo), now);
+        // A commit by its id, and one the remote does not have.
+        assert!(
+            mirror
+                .refetch_commit(&remote, None, &first, Some("snap"))
+                .expect("asked")
+        );
+        assert!(mirror.has_commit(&first));
+        assert!(
+            !mirror
+                .refetch_commit(&remote, None, &"1".repeat(40), Some("gone"))
+                .expect("asked")
+        );
+        let missing = spec(
+            format!("file://{}/nothing-here", dir.path().display()),
+            true,
+        );
+        let err = mirror
+            .fetch(&missing, "main")
+            .expect_err("no such repository");
+        assert_eq!(err.failure, GitFailure::NotFound);
+        let err = mirror
+            .fetch(&remote, "no-such-branch")
+            .expect_err("no such branch");
+        assert_eq!(err.failure, GitFailure::NotFound);
+    }
+
+    #[test]
+    fn compaction_turns_a_full_mirror_into_a_shallow_one() {
+        let (dir, source) = source_repository();
+        let mut history = Vec::new();
+        for i in 0..20 {
+            history.push(commit(
+                &source,
+                &format!("f{}.md", i % 3),
+                &format!("v{i}\n"),
+            ));
+        }
+        // A mirror as Herald made them before: the whole history.
+        let path = dir.path().join("mirror.git");
+        let out = std::process::Command::new("git")
+            .args(["clone", "-q", "--bare", "--no-local"])
+            .arg(&source)
+            .arg(&path)
+            .output()
+            .expect("git clone");
+        assert!(out.status.success());
+        let mirror = Mirror::open(&path).expect("mirror");
+        mirror
+            .pin("pending", Oid::from_str(&history[10]).expect("oid"))
+            .expect("pinned");
+        assert!(mirror.holds_history());
+
+        mirror.repack().expect("compacted");
+
+        assert!(!mirror.holds_history());
+        drop(mirror);
+        let mirror = Mirror::open(&path).expect("reopened");
+        let tip = mirror.local_head("main").expect("the branch").to_string();
+        assert_eq!(tip, history[19]);
+        assert!(mirror.has_commit(&history[10]), "a pinned snapshot stays");
+        for (i, commit) in history.iter().enumerate() {
+            if i != 10 && i != 19 {
+                assert!(!mirror.has_commit(commit), "commit {i} was dropped");
             }
         }
+        // It goes on fetching, over git and locally.
+        let next = commit(&source, "f0.md", "after\n");
+        let daemon = Daemon::serve(dir.path());
+        let head = mirror
+            .fetch(&spec(daemon.url("source"), true), "main")
+            .expect("fetched over git");
+        assert_eq!(head.to_string(), next);
+        let last = commit(&source, "f1.md", "last\n");
+        let head = mirror
+            .fetch(&spec(format!("file://{}", source.display()), true), "main")
+            .expect("fetched locally");
+        assert_eq!(head.to_string(), last);
+        let tree = mirror
+            .repo
+            .find_commit(head)
+            .expect("commit")
+            .tree()
+            .expect("tree");
+        assert_eq!(tree.len(), 3);
     }
 
     #[test]

@@ -313,6 +313,11 @@ async fn scan_repository(
     if let Err(err) = store.release_scan(&repository, &lease).await {
         warn!(%repository, error = %err, "could not release the scan lease; it will expire");
     }
+    // After the result is recorded and its webhooks are on their way.
+    let (path, threshold) = (mirror_path(&config, &repository), config.repack_threshold);
+    if let Ok(Some(stats)) = slot.run(move || scan::upkeep(&path, threshold)).await {
+        telemetry::mirror_size(repository.as_str(), stats);
+    }
     report
 }
 
@@ -383,7 +388,6 @@ async fn scan_claimed(
         manifest: None,
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: store.settled_snapshots(repository).await?,
-        repack_threshold: config.repack_threshold,
     };
     // Writes hold only while the lease does and the head is the one seen here.
     let fence = ScanFence {
@@ -403,14 +407,7 @@ async fn scan_claimed(
         };
         result = again;
     }
-    let ScanResult {
-        outcome,
-        verdicts,
-        mirror,
-    } = result;
-    if let Some(stats) = mirror {
-        telemetry::mirror_size(repository.as_str(), stats);
-    }
+    let ScanResult { outcome, verdicts } = result;
     record_verdicts(store, config, repository, lease, verdicts).await?;
     let next_scan_at = now_ms() + millis(config.rescan_interval);
     if outcome.is_ok() && !job.unpin.is_empty() {

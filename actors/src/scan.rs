@@ -7,7 +7,7 @@ pub mod workers;
 pub use workers::{ScanPool, ScanSlot, WorkerLost};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use git2::Oid;
 use ignore::gitignore::Gitignore;
@@ -68,8 +68,6 @@ pub struct ScanJob {
     pub snapshot_id: String,
     /// Snapshots whose events are all settled: their pins can go.
     pub unpin: Vec<String>,
-    /// Repack the mirror when it holds more pack files than this.
-    pub repack_threshold: usize,
 }
 
 /// What a scan found.
@@ -109,8 +107,6 @@ fn read_failure(err: impl std::fmt::Display) -> GitError {
 pub struct ScanResult {
     pub outcome: Result<ScanOutcome, GitError>,
     pub verdicts: Vec<(String, Verdict)>,
-    /// The mirror after the scan (and its repack, if one was due).
-    pub mirror: Option<git::MirrorStats>,
 }
 
 /// Whether a refusal says something about the credential rather than about
@@ -183,48 +179,56 @@ fn recheck(job: &ScanJob, verdicts: &mut Vec<(String, Verdict)>) {
 /// once, and the scan repeated.
 pub fn scan(job: ScanJob) -> ScanResult {
     let mut verdicts = Vec::new();
-    let mut mirror_stats = None;
     let outcome = access(&job, &mut verdicts).and_then(|found| {
         let Some((head, spec)) = found else {
             return Ok(ScanOutcome::NoAccess);
         };
         // One writer per mirror (a lane may be refetching into it): the
         // mirror holds its write lock while it is open.
-        let mut mirror = Mirror::open(&job.mirror)?;
-        let outcome = match scan_with(&job, &spec, &head, &mirror) {
+        let mirror = Mirror::open(&job.mirror)?;
+        match scan_with(&job, &spec, &head, &mirror) {
             Err(err) if err.damaged_mirror => {
                 tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
-                mirror = mirror.rebuild()?;
+                let mirror = mirror.rebuild()?;
                 scan_with(&job, &spec, &head, &mirror)
             }
             outcome => outcome,
-        };
-        mirror_stats = Some(upkeep(&job, &mirror));
-        outcome
+        }
     });
     recheck(&job, &mut verdicts);
-    ScanResult {
-        outcome,
-        verdicts,
-        mirror: mirror_stats,
-    }
+    ScanResult { outcome, verdicts }
 }
 
-/// Compacts the mirror once it holds more than `repack_threshold` packs
-/// (each fetch adds one); its size either way. Runs under the mirror's lock.
-fn upkeep(job: &ScanJob, mirror: &Mirror) -> git::MirrorStats {
-    let stats = mirror.stats();
-    if stats.packs <= job.repack_threshold {
-        return stats;
+/// The mirror's upkeep after a scan, once its result is recorded: compacts
+/// it when it holds more than `repack_threshold` packs (each fetch adds one)
+/// or still holds history (a mirror made before mirrors were shallow), and
+/// returns its size. Waits for the mirror's lock, and holds it meanwhile.
+/// `None`: there is no mirror (yet).
+pub fn upkeep(path: &Path, repack_threshold: usize) -> Option<git::MirrorStats> {
+    if !path.exists() {
+        return None;
     }
+    let mirror = match Mirror::open(path) {
+        Ok(mirror) => mirror,
+        Err(err) => {
+            tracing::debug!(mirror = %path.display(), error = %err.message, "no upkeep: the mirror cannot be opened");
+            return None;
+        }
+    };
+    let stats = mirror.stats();
+    let history = mirror.holds_history();
+    if stats.packs <= repack_threshold && !history {
+        return Some(stats);
+    }
+    let started = std::time::Instant::now();
     match mirror.repack() {
         Ok(after) => {
-            tracing::info!(mirror = %job.mirror.display(), packs_before = stats.packs, bytes_before = stats.bytes, bytes = after.bytes, "mirror repacked");
-            after
+            tracing::info!(mirror = %path.display(), packs_before = stats.packs, bytes_before = stats.bytes, bytes = after.bytes, history_dropped = history, elapsed_ms = started.elapsed().as_millis() as u64, "mirror compacted");
+            Some(after)
         }
         Err(err) => {
-            tracing::warn!(mirror = %job.mirror.display(), error = %err.message, "mirror could not be repacked; trying again after the next fetch");
-            stats
+            tracing::warn!(mirror = %path.display(), error = %err.message, "mirror could not be compacted; trying again after the next scan");
+            Some(stats)
         }
     }
 }
@@ -237,6 +241,16 @@ fn scan_with(
 ) -> Result<ScanOutcome, GitError> {
     for snapshot in &job.unpin {
         mirror.unpin(snapshot);
+    }
+    // The old side of the diff stays in the mirror, whatever compaction
+    // drops, until a newer snapshot is recorded.
+    if let Some(known) = job
+        .known_head
+        .as_deref()
+        .and_then(|h| Oid::from_str(h).ok())
+        && mirror.repo().find_commit(known).is_ok()
+    {
+        mirror.keep_base(known)?;
     }
     let head = head.clone();
     let commit = match mirror.local_head(&head.branch) {

@@ -235,7 +235,6 @@ async fn scan_once(
         manifest: None,
         snapshot_id: snapshot.as_str().to_owned(),
         unpin: Vec::new(),
-        repack_threshold: 8,
     };
     let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
         .await
