@@ -652,6 +652,17 @@ fn is_transient(err: &git2::Error) -> bool {
         .any(|needle| text.contains(needle))
 }
 
+/// How much of a commit's past a fetch brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// The commit and its tree: all change detection needs.
+    Tip,
+    /// Its whole history: for a commit that a server serves only within
+    /// its branch's history. A local fetch reaches any commit by its id, and
+    /// needs no history.
+    History,
+}
+
 /// A mirror's size on disk and its number of pack files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirrorStats {
@@ -771,7 +782,7 @@ impl Mirror {
     /// points to.
     pub fn fetch(&self, spec: &RemoteSpec, branch: &str) -> Result<Oid, GitError> {
         let branch_ref = mirror_ref(branch);
-        self.fetch_one(spec, Want::Ref(&branch_ref), &branch_ref)?;
+        self.fetch_one(spec, Want::Ref(&branch_ref), &branch_ref, Depth::Tip)?;
         self.local_head(branch).ok_or_else(|| {
             GitError::new(
                 GitFailure::NotFound,
@@ -785,7 +796,13 @@ impl Mirror {
     /// trees, never ancestry, so a mirror holds each commit it needs with
     /// its tree and nothing behind it: git's `shallow` file names the
     /// commits whose parents it lacks.
-    fn fetch_one(&self, spec: &RemoteSpec, want: Want<'_>, into: &str) -> Result<(), GitError> {
+    fn fetch_one(
+        &self,
+        spec: &RemoteSpec,
+        want: Want<'_>,
+        into: &str,
+        depth: Depth,
+    ) -> Result<(), GitError> {
         let route = Route::open(spec)?;
         if scheme_of(&spec.url) == "file" {
             return self.fetch_local(&spec.url, want, into);
@@ -809,7 +826,11 @@ impl Mirror {
             .follow_redirects(RemoteRedirect::None)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false)
-            .depth(1);
+            .depth(match depth {
+                Depth::Tip => 1,
+                // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
+                Depth::History => i32::MAX,
+            });
         let refspec = match want {
             Want::Ref(name) => format!("+{name}:{into}"),
             Want::Commit(oid) => format!("+{oid}:{into}"),
@@ -926,24 +947,35 @@ impl Mirror {
         if self.has_commit(commit) {
             return pin(self);
         }
-        match branch.map(|branch| self.fetch(spec, branch)) {
-            Some(Ok(_)) | None => {}
-            // The branch is gone; the commit may still be there by its id.
-            Some(Err(err)) if err.failure == GitFailure::NotFound => {}
-            Some(Err(err)) => return Err(err),
-        }
-        if self.has_commit(commit) {
-            return pin(self);
-        }
+        // By its id first: GitHub, GitLab and every server that lets a
+        // client ask for a commit its refs reach serve it alone.
         let by_id = snapshot_ref(snapshot_id.unwrap_or(commit));
-        match self.fetch_one(spec, Want::Commit(oid), &by_id) {
+        match self.fetch_one(spec, Want::Commit(oid), &by_id, Depth::Tip) {
+            Ok(()) if self.has_commit(commit) => return pin(self),
+            Ok(()) => {}
+            Err(err) if matches!(err.failure, GitFailure::Network | GitFailure::Timeout) => {
+                return Err(err);
+            }
+            Err(err) => {
+                tracing::debug!(commit, error = %err.message, "the remote does not serve the commit by its id");
+            }
+        }
+        // A server that serves only what its refs point to: the commit may
+        // be in the branch's history, which the next compaction drops again.
+        let Some(branch) = branch else {
+            return Ok(false);
+        };
+        let branch_ref = mirror_ref(branch);
+        match self.fetch_one(spec, Want::Ref(&branch_ref), &branch_ref, Depth::History) {
             Ok(()) => Ok(self.has_commit(commit) && pin(self)?),
+            Err(err) if matches!(err.failure, GitFailure::Network | GitFailure::Timeout) => {
+                Err(err)
+            }
             // The remote answered and would not give it: it is gone.
-            Err(err) if !matches!(err.failure, GitFailure::Network | GitFailure::Timeout) => {
-                tracing::debug!(commit, error = %err.message, "the remote does not serve the commit");
+            Err(err) => {
+                tracing::debug!(commit, error = %err.message, "the remote does not serve the branch's history");
                 Ok(false)
             }
-            Err(err) => Err(err),
         }
     }
 
@@ -1422,6 +1454,66 @@ mod tests {
         let fetched = mirror.fetch(&remote, "main").expect("fetched again");
         assert_eq!(fetched.to_string(), next);
         assert!(!mirror.holds_history());
+    }
+
+    #[test]
+    fn a_shallow_mirror_gets_back_an_older_commit_from_a_git_server() {
+        let (dir, source) = source_repository();
+        let old = commit(&source, "a.md", "old\n");
+        commit(&source, "a.md", "middle\n");
+        let tip = commit(&source, "a.md", "tip\n");
+        let daemon = Daemon::serve(dir.path());
+        let remote = spec(daemon.url("source"), true);
+        let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+        mirror.fetch(&remote, "main").expect("fetched");
+        assert!(!mirror.has_commit(&old));
+
+        // git's own server serves only what its refs point to by default:
+        // without the branch there is no way to the commit.
+        assert!(
+            !mirror
+                .refetch_commit(&remote, None, &old, Some("pinned"))
+                .expect("asked")
+        );
+        // Through the branch's history.
+        assert!(
+            mirror
+                .refetch_commit(&remote, Some("main"), &old, Some("pinned"))
+                .expect("asked")
+        );
+        assert!(mirror.has_commit(&old));
+        assert!(mirror.holds_history());
+        mirror.repack().expect("compacted");
+        assert!(!mirror.holds_history());
+        assert!(mirror.has_commit(&old), "pinned");
+        assert!(mirror.has_commit(&tip), "the branch");
+        let blob = mirror
+            .repo
+            .find_commit(Oid::from_str(&old).expect("oid"))
+            .and_then(|c| c.tree())
+            .and_then(|t| {
+                t.get_name("a.md")
+                    .map(|e| e.id())
+                    .ok_or_else(|| git2::Error::from_str("no a.md"))
+            })
+            .and_then(|id| mirror.repo.find_blob(id))
+            .expect("the old content");
+        assert_eq!(blob.content(), b"old\n");
+
+        // A server that serves reachable commits by id: the commit alone.
+        git(
+            &source,
+            &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+        );
+        let other = Mirror::open(&dir.path().join("other.git")).expect("mirror");
+        other.fetch(&remote, "main").expect("fetched");
+        assert!(
+            other
+                .refetch_commit(&remote, Some("main"), &old, Some("pinned"))
+                .expect("asked")
+        );
+        assert!(other.has_commit(&old));
+        assert!(!other.holds_history());
     }
 
     #[test]
