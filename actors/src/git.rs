@@ -416,6 +416,9 @@ pub struct RemoteHead {
 ///   zlib checks every object it inflates, and each file's SHA-256 is taken
 ///   at the scan and checked by receivers. Rehashing (SHA-1 with collision
 ///   detection) was 6–7% of Herald's CPU while delivering.
+/// - The objects libgit2 keeps parsed (commits and small trees) share 32 MiB
+///   across every open repository (libgit2's default is 256 MiB): enough
+///   for a scan's trees, not a second heap.
 pub fn configure_process() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -426,6 +429,10 @@ pub fn configure_process() {
         unsafe {
             let _ = git2::opts::set_mwindow_size(4 << 20);
             let _ = git2::opts::set_mwindow_mapped_limit(16 << 20);
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_CACHE_MAX_SIZE as std::ffi::c_int,
+                (32 << 20) as libc::ssize_t,
+            );
         }
     });
 }

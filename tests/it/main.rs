@@ -18,6 +18,7 @@ mod data_dir;
 mod delivery;
 mod faults;
 mod gitserver;
+mod history;
 mod hooks;
 mod hostile_git;
 mod hostile_http;
