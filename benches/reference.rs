@@ -451,11 +451,6 @@ fn check_lines(lines: &[Value]) {
     );
 }
 
-/// `VmHWM` of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    status_field_mib(&process_status(pid), "VmHWM").unwrap_or_default()
-}
-
 /// Samples a process's RSS and CPU time every 20 ms until dropped, to tell
 /// the scan's peak (before the first webhook) from the delivery's.
 struct RssSampler {
@@ -567,17 +562,6 @@ impl Drop for RssSampler {
 
 fn cpu_seconds(pid: u32) -> f64 {
     process_ticks(pid) as f64 / clock_ticks_per_second()
-}
-
-/// Runs a command, returns how long it took; panics when it fails.
-fn timed(command: &mut Command) -> f64 {
-    let started = Instant::now();
-    let status = command
-        .stdout(Stdio::null())
-        .status()
-        .expect("the command runs");
-    assert!(status.success(), "{command:?} failed");
-    started.elapsed().as_secs_f64()
 }
 
 /// Herald's environment: a GitHub secret for the push hooks, no periodic

@@ -24,6 +24,9 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use warp::Filter;
 
+pub mod history;
+pub mod verify;
+
 pub const BRANCH: &str = "main";
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 /// The secret GitHub-style push hooks are signed with (`inbound.github_secret`).
@@ -264,6 +267,22 @@ pub fn status_field_mib(status: &str, field: &str) -> Option<f64> {
 /// The `/proc/…/status` text of process `pid` (empty once it has exited).
 pub fn process_status(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+/// `VmHWM` of a process (its peak resident set so far), in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    status_field_mib(&process_status(pid), "VmHWM").unwrap_or_default()
+}
+
+/// Runs a command, returns how long it took (s); panics when it fails.
+pub fn timed(command: &mut Command) -> f64 {
+    let started = Instant::now();
+    let status = command
+        .stdout(Stdio::null())
+        .status()
+        .expect("the command runs");
+    assert!(status.success(), "{command:?} failed");
+    started.elapsed().as_secs_f64()
 }
 
 /// User + system CPU ticks of process `pid`, all its threads.
@@ -884,6 +903,9 @@ pub struct Herald {
     /// Commit → when the server logged "snapshot advanced" for it (Unix ms,
     /// from the log line's own timestamp): just after the outbox commit.
     pub advanced: Arc<Mutex<HashMap<String, f64>>>,
+    /// When the server logged a mirror's compaction (a message that names
+    /// a repack or a compaction), Unix ms, from the log lines' timestamps.
+    pub compactions: Arc<Mutex<Vec<f64>>>,
 }
 
 impl Herald {
@@ -922,19 +944,15 @@ impl Herald {
         let pid = child.id().expect("herald is running");
         let logs = Arc::new(Mutex::new(VecDeque::new()));
         let advanced = Arc::new(Mutex::new(HashMap::new()));
+        let compactions = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        collect(
-            child.stdout.take().expect("piped"),
-            logs.clone(),
-            advanced.clone(),
-            None,
-        );
-        collect(
-            child.stderr.take().expect("piped"),
-            logs.clone(),
-            advanced.clone(),
-            Some(tx),
-        );
+        let records = Records {
+            logs: logs.clone(),
+            advanced: advanced.clone(),
+            compactions: compactions.clone(),
+        };
+        collect(child.stdout.take().expect("piped"), records.clone(), None);
+        collect(child.stderr.take().expect("piped"), records, Some(tx));
         let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_secs(60), rx).await else {
             panic!(
                 "herald did not start (exit: {:?}); output:\n{}",
@@ -950,6 +968,7 @@ impl Herald {
             http: reqwest::Client::new(),
             logs,
             advanced,
+            compactions,
         }
     }
 
@@ -1006,6 +1025,21 @@ impl Herald {
                 .to_owned()
         };
         (field("app_id"), field("token"), field("client_auth_key"))
+    }
+
+    /// Opts the app in to the `synced` notice after each snapshot's last
+    /// event (`PATCH /api/app`).
+    pub async fn notify_synced(&self, token: &str) {
+        let response = self
+            .http
+            .patch(format!("{}/api/app", self.base))
+            .bearer_auth(token)
+            .json(&json!({"notify_synced": true}))
+            .send()
+            .await
+            .expect("herald answers");
+        let status = response.status();
+        assert!(status.is_success(), "PATCH /api/app answered {status}");
     }
 
     /// Asks for a scan of the repository now (`POST /api/repositories/{id}/scan`).
@@ -1077,12 +1111,20 @@ pub fn tail(logs: &Mutex<VecDeque<String>>) -> String {
     logs.iter().cloned().collect::<Vec<_>>().join("\n")
 }
 
+/// What [`collect`] keeps of the server's output.
+#[derive(Clone)]
+pub struct Records {
+    pub logs: Arc<Mutex<VecDeque<String>>>,
+    pub advanced: Arc<Mutex<HashMap<String, f64>>>,
+    pub compactions: Arc<Mutex<Vec<f64>>>,
+}
+
 /// Reads the server's output, keeps its last lines, reports the address of
-/// its "listening" line and records its "snapshot advanced" lines.
+/// its "listening" line and records its "snapshot advanced" lines and its
+/// mirrors' compactions.
 pub fn collect(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    logs: Arc<Mutex<VecDeque<String>>>,
-    advanced: Arc<Mutex<HashMap<String, f64>>>,
+    records: Records,
     mut listening: Option<tokio::sync::oneshot::Sender<String>>,
 ) {
     tokio::spawn(async move {
@@ -1097,29 +1139,38 @@ pub fn collect(
                 if entry["message"] == "snapshot advanced"
                     && let Some(commit) = entry["commit"].as_str()
                 {
-                    let at = entry["timestamp"]
-                        .as_str()
-                        .and_then(|t| {
-                            time::OffsetDateTime::parse(
-                                t,
-                                &time::format_description::well_known::Rfc3339,
-                            )
-                            .ok()
-                        })
-                        .map_or_else(unix_ms, |t| t.unix_timestamp_nanos() as f64 / 1e6);
-                    advanced
+                    records
+                        .advanced
                         .lock()
                         .expect("advanced lock")
-                        .insert(commit.to_owned(), at);
+                        .insert(commit.to_owned(), logged_at(&entry));
+                }
+                let message = entry["message"].as_str().unwrap_or_default();
+                if message.contains("repacked") || message.contains("compacted") {
+                    records
+                        .compactions
+                        .lock()
+                        .expect("compactions lock")
+                        .push(logged_at(&entry));
                 }
             }
-            let mut logs = logs.lock().expect("log lock");
+            let mut logs = records.logs.lock().expect("log lock");
             if logs.len() >= 200 {
                 logs.pop_front();
             }
             logs.push_back(line);
         }
     });
+}
+
+/// A JSON log line's own timestamp (Unix ms), else now.
+fn logged_at(entry: &Value) -> f64 {
+    entry["timestamp"]
+        .as_str()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or_else(unix_ms, |t| t.unix_timestamp_nanos() as f64 / 1e6)
 }
 
 /// Waits until the receiver has `expected` webhooks (bounded).
