@@ -206,27 +206,6 @@ impl Report {
     }
 }
 
-/// `low–high unit`, with the median from three values on.
-fn range(values: &[f64], unit: &str, digits: usize) -> String {
-    let sorted = sorted(values);
-    let (Some(low), Some(high)) = (sorted.first(), sorted.last()) else {
-        return "—".to_owned();
-    };
-    let mut text = if (high - low).abs() > f64::EPSILON {
-        format!("{low:.digits$}–{high:.digits$}")
-    } else {
-        format!("{low:.digits$}")
-    };
-    if sorted.len() >= 3 && (high - low).abs() > f64::EPSILON {
-        text = format!("{text} (median {:.digits$})", median(&sorted));
-    }
-    match unit {
-        "" => text,
-        "×" => format!("{text}×"),
-        _ => format!("{text} {unit}"),
-    }
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }

@@ -673,28 +673,6 @@ impl Report {
     }
 }
 
-/// `low–high unit`, and the median of three runs or more: the machine's
-/// speed drifts between runs, floors included, so one run says little.
-fn range(values: &[f64], unit: &str, digits: usize) -> String {
-    let sorted = sorted(values);
-    let (Some(low), Some(high)) = (sorted.first(), sorted.last()) else {
-        return "—".to_owned();
-    };
-    let spread = (high - low).abs() > f64::EPSILON;
-    let mut text = if spread {
-        format!("{low:.digits$}–{high:.digits$}")
-    } else {
-        format!("{low:.digits$}")
-    };
-    if !unit.is_empty() {
-        text = format!("{text} {unit}");
-    }
-    if spread && sorted.len() >= 3 {
-        text = format!("{text} (median {:.digits$})", median(&sorted));
-    }
-    text
-}
-
 /// Runs the scenarios and prints their table; gives the goals missed.
 async fn run(options: &Options) -> Vec<String> {
     let root = tempfile::tempdir().expect("a temp dir");

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{BRANCH, GeneratedRepo, fast_import, git_ok, inline};
+use super::{BRANCH, GeneratedRepo, fast_import, git_ok, init_bare, inline};
 
 /// What to generate.
 #[derive(Debug, Clone, Copy)]
@@ -79,17 +79,7 @@ impl History {
             }
         });
         let served = served_dir.join(format!("{name}.git"));
-        git_ok(
-            root,
-            &[
-                "init",
-                "--quiet",
-                "--bare",
-                "--initial-branch",
-                BRANCH,
-                &served.display().to_string(),
-            ],
-        );
+        init_bare(&served);
         let tip = source.commits[spec.commits - 1].clone();
         let history = History {
             name: name.to_owned(),

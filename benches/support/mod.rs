@@ -174,6 +174,30 @@ pub fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
+/// `low–high unit`, and the median of three runs or more: the machine's
+/// speed drifts between runs, floors included, so one run says little.
+pub fn range(values: &[f64], unit: &str, digits: usize) -> String {
+    let sorted = sorted(values);
+    let (Some(low), Some(high)) = (sorted.first(), sorted.last()) else {
+        return "—".to_owned();
+    };
+    let spread = (high - low).abs() > f64::EPSILON;
+    let mut text = if spread {
+        format!("{low:.digits$}–{high:.digits$}")
+    } else {
+        format!("{low:.digits$}")
+    };
+    match unit {
+        "" => {}
+        "×" => text.push('×'),
+        _ => text = format!("{text} {unit}"),
+    }
+    if spread && sorted.len() >= 3 {
+        text = format!("{text} (median {:.digits$})", median(&sorted));
+    }
+    text
+}
+
 pub fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -389,22 +413,28 @@ pub fn generate(root: &Path, name: &str, files: usize, commits: usize) -> Genera
     })
 }
 
-/// A bare repository `{name}.git` under `root` whose branch gets the commits
-/// `write` streams to `git fast-import` (marked 1, 2, … in order, each with
-/// [`commit_header`]). Its branch is left at the first commit.
-pub fn fast_import(root: &Path, name: &str, write: impl FnOnce(&mut dyn Write)) -> GeneratedRepo {
-    let bare = root.join(format!("{name}.git"));
+/// An empty bare repository at `path` whose branch is [`BRANCH`].
+pub fn init_bare(path: &Path) {
+    let parent = path.parent().expect("a repository has a parent directory");
     git_ok(
-        root,
+        parent,
         &[
             "init",
             "--quiet",
             "--bare",
             "--initial-branch",
             BRANCH,
-            &bare.display().to_string(),
+            &path.display().to_string(),
         ],
     );
+}
+
+/// A bare repository `{name}.git` under `root` whose branch gets the commits
+/// `write` streams to `git fast-import` (marked 1, 2, … in order, each with
+/// [`commit_header`]). Its branch is left at the first commit.
+pub fn fast_import(root: &Path, name: &str, write: impl FnOnce(&mut dyn Write)) -> GeneratedRepo {
+    let bare = root.join(format!("{name}.git"));
+    init_bare(&bare);
     let marks = root.join(format!("{name}.marks"));
     let mut child = git(&bare)
         .args([
@@ -575,6 +605,72 @@ pub struct ReceiverConfig {
     pub keep_bodies: bool,
 }
 
+/// A webhook receiver's server on loopback, on a runtime of its own (two
+/// threads named `receiver`, so that their CPU can be told apart).
+pub struct ServedHooks {
+    /// `http://127.0.0.1:PORT/hooks`.
+    pub base_url: String,
+    pub runtime: tokio::runtime::Runtime,
+    /// Stops the server gracefully.
+    pub shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves webhooks on a free loopback port from a runtime of its own:
+/// `handler` sees each request (its path after the host, headers, body) as
+/// it arrives and says how long to wait before answering it 204; other
+/// requests are served meanwhile.
+pub fn serve_hooks<H>(handler: H) -> ServedHooks
+where
+    H: Fn(&warp::path::Tail, &warp::http::HeaderMap, bytes::Bytes) -> Duration
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let route = warp::post()
+        .and(warp::path::tail())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |tail: warp::path::Tail, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                let delay = handler(&tail, &headers, body);
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
+                }
+            },
+        );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("receiver")
+        .enable_all()
+        .build()
+        .expect("a runtime for the receiver");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let addr = listener.local_addr().expect("the receiver's address");
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        warp::serve(route)
+            .incoming(listener)
+            .graceful(async move {
+                let _ = stopped.await;
+            })
+            .run()
+            .await;
+    });
+    ServedHooks {
+        base_url: format!("http://{addr}/hooks"),
+        runtime,
+        shutdown,
+    }
+}
+
 /// An HTTP server on loopback, on a runtime of its own (threads named
 /// `receiver`, so that their CPU can be told apart), that answers every
 /// webhook 204 (at once, or after [`ReceiverConfig::delay`]) and records its
@@ -593,82 +689,49 @@ impl Receiver {
     }
 
     pub fn start_with(config: ReceiverConfig) -> Receiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("receiver")
-            .enable_all()
-            .build()
-            .expect("a runtime for the receiver");
         let arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 17)));
         let count = Arc::new(AtomicUsize::new(0));
         let (log, counter) = (arrivals.clone(), count.clone());
-        let route = warp::post()
-            .and(warp::path::tail())
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .then(
-                move |tail: warp::path::Tail,
-                      headers: warp::http::HeaderMap,
-                      body: bytes::Bytes| {
-                    let at = unix_ms();
-                    let header = |name: &str| {
-                        headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    // `hooks/{n}/{endpoint}`
-                    let mut segments = tail.as_str().split('/');
-                    let hook = segments
-                        .nth(1)
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(usize::MAX);
-                    let request = config.keep_bodies.then(|| {
-                        Arc::new(Request {
-                            endpoint: segments.next_back().unwrap_or_default().to_owned(),
-                            body,
-                            timestamp: header("webhook-timestamp"),
-                            signature: header("webhook-signature"),
-                        })
-                    });
-                    log.lock().expect("arrivals lock").push(Arrival {
-                        hook,
-                        webhook_id: header("webhook-id"),
-                        at,
-                        request,
-                    });
-                    counter.fetch_add(1, Ordering::Release);
-                    async move {
-                        if !config.delay.is_zero() {
-                            tokio::time::sleep(config.delay).await;
-                        }
-                        warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
-                    }
-                },
-            );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking listener");
-        let addr = listener.local_addr().expect("the receiver's address");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = rx.await;
-                })
-                .run()
-                .await;
-        });
+        let served = serve_hooks(
+            move |tail: &warp::path::Tail, headers: &warp::http::HeaderMap, body: bytes::Bytes| {
+                let at = unix_ms();
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                // `hooks/{n}/{endpoint}`
+                let mut segments = tail.as_str().split('/');
+                let hook = segments
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(usize::MAX);
+                let request = config.keep_bodies.then(|| {
+                    Arc::new(Request {
+                        endpoint: segments.next_back().unwrap_or_default().to_owned(),
+                        body,
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                    })
+                });
+                log.lock().expect("arrivals lock").push(Arrival {
+                    hook,
+                    webhook_id: header("webhook-id"),
+                    at,
+                    request,
+                });
+                counter.fetch_add(1, Ordering::Release);
+                config.delay
+            },
+        );
         Receiver {
-            base_url: format!("http://{addr}/hooks"),
+            base_url: served.base_url,
             arrivals,
             count,
-            runtime: Some(runtime),
-            shutdown: Some(tx),
+            runtime: Some(served.runtime),
+            shutdown: Some(served.shutdown),
         }
     }
 

@@ -20,9 +20,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use warp::Filter;
 
-use super::{git, git_ok, unix_ms};
+use super::{git, git_ok, serve_hooks, unix_ms};
 
 /// Path → SHA-256 (hex) of its content.
 pub type Tree = HashMap<String, String>;
@@ -55,55 +54,27 @@ pub struct VerifyingReceiver {
 
 impl VerifyingReceiver {
     pub fn start() -> VerifyingReceiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("receiver")
-            .enable_all()
-            .build()
-            .expect("a runtime for the receiver");
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
-        let route = warp::post()
-            .and(warp::path::tail())
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .map(
-                move |tail: warp::path::Tail,
-                      headers: warp::http::HeaderMap,
-                      body: bytes::Bytes| {
-                    let at = unix_ms();
-                    let endpoint = tail.as_str().rsplit('/').next().unwrap_or_default();
-                    let mut state = shared.lock().expect("receiver lock");
-                    state.requests += 1;
-                    state.last_at = at;
-                    if let Err(problem) = state.check(endpoint, &headers, &body, at) {
-                        let id = header(&headers, "webhook-id").to_owned();
-                        state.problems.push(format!("{endpoint} {id}: {problem}"));
-                    }
-                    warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
-                },
-            );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking listener");
-        let addr = listener.local_addr().expect("the receiver's address");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = rx.await;
-                })
-                .run()
-                .await;
-        });
+        let served = serve_hooks(
+            move |tail: &warp::path::Tail, headers: &warp::http::HeaderMap, body: bytes::Bytes| {
+                let at = unix_ms();
+                let endpoint = tail.as_str().rsplit('/').next().unwrap_or_default();
+                let mut state = shared.lock().expect("receiver lock");
+                state.requests += 1;
+                state.last_at = at;
+                if let Err(problem) = state.check(endpoint, headers, &body, at) {
+                    let id = header(headers, "webhook-id").to_owned();
+                    state.problems.push(format!("{endpoint} {id}: {problem}"));
+                }
+                Duration::ZERO
+            },
+        );
         VerifyingReceiver {
-            base_url: format!("http://{addr}/hooks"),
+            base_url: served.base_url,
             state,
-            runtime: Some(runtime),
-            shutdown: Some(tx),
+            runtime: Some(served.runtime),
+            shutdown: Some(served.shutdown),
         }
     }
 
@@ -318,17 +289,7 @@ impl State {
 /// Every file of `commit`'s tree in the repository at `repo`, with the
 /// SHA-256 of its content.
 pub fn tree_of(repo: &Path, commit: &str) -> Tree {
-    let listing = git_ok(repo, &["ls-tree", "-r", "-z", commit]);
-    let entries: Vec<(String, String)> = listing
-        .split('\0')
-        .filter(|e| !e.is_empty())
-        .filter_map(|entry| {
-            let (meta, path) = entry.split_once('\t')?;
-            let mut meta = meta.split(' ');
-            let (_, kind, blob) = (meta.next()?, meta.next()?, meta.next()?);
-            (kind == "blob").then(|| (path.to_owned(), blob.to_owned()))
-        })
-        .collect();
+    let entries = files_of(repo, commit);
     let mut tree = Tree::with_capacity(entries.len());
     each_blob(
         repo,
@@ -340,13 +301,28 @@ pub fn tree_of(repo: &Path, commit: &str) -> Tree {
     tree
 }
 
+/// `(path, blob id)` of every file of `commit`'s tree, in git's order.
+fn files_of(repo: &Path, commit: &str) -> Vec<(String, String)> {
+    git_ok(repo, &["ls-tree", "-r", "-z", commit])
+        .split('\0')
+        .filter(|e| !e.is_empty())
+        .filter_map(|entry| {
+            let (meta, path) = entry.split_once('\t')?;
+            let mut meta = meta.split(' ');
+            let (_, kind, blob) = (meta.next()?, meta.next()?, meta.next()?);
+            (kind == "blob").then(|| (path.to_owned(), blob.to_owned()))
+        })
+        .collect()
+}
+
 /// Moves `tree` from commit `old` to `new` as `git diff-tree` tells;
 /// returns how many files changed.
 pub fn apply_diff(tree: &mut Tree, repo: &Path, old: &str, new: &str) -> usize {
     let diff = git_ok(repo, &["diff-tree", "-r", "-z", "--no-renames", old, new]);
     let mut fields = diff.split('\0').filter(|f| !f.is_empty());
-    let mut changed = Vec::new();
+    let (mut changed, mut count) = (Vec::new(), 0);
     while let (Some(meta), Some(path)) = (fields.next(), fields.next()) {
+        count += 1;
         let meta: Vec<&str> = meta.split(' ').collect();
         let (blob, status) = (meta[3], meta[4]);
         if status == "D" {
@@ -355,7 +331,6 @@ pub fn apply_diff(tree: &mut Tree, repo: &Path, old: &str, new: &str) -> usize {
             changed.push((path.to_owned(), blob.to_owned()));
         }
     }
-    let count = diff.split('\0').filter(|f| !f.is_empty()).count() / 2;
     each_blob(
         repo,
         changed.iter().map(|(_, b)| b.as_str()),
@@ -410,16 +385,7 @@ fn each_blob<'a>(
 /// before: what a strictly ordered sender on one connection delivers.
 /// Returns the seconds it took, reading the files included.
 pub async fn replay(repo: &Path, commit: &str, url: &str, key: &str) -> f64 {
-    let listing = git_ok(repo, &["ls-tree", "-r", "-z", commit]);
-    let entries: Vec<(String, String)> = listing
-        .split('\0')
-        .filter(|e| !e.is_empty())
-        .filter_map(|entry| {
-            let (meta, path) = entry.split_once('\t')?;
-            let blob = meta.split(' ').nth(2)?;
-            Some((path.to_owned(), blob.to_owned()))
-        })
-        .collect();
+    let entries = files_of(repo, commit);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>)>(64);
     let started = std::time::Instant::now();
     let (repo_dir, blobs) = (
