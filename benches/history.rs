@@ -40,8 +40,9 @@
 //!
 //! Options (defaults in brackets): `--commits N` [20000], `--files N`
 //! [3000], `--pushes N` [100], `--seed N` [1], `--runs N` [1] (repeats the
-//! syncs), `--scenarios LIST`, `--million N` [1000000], `--env KEY=VALUE`
-//! (more environment for Herald; repeatable). Without `--bench` (as `cargo
+//! syncs), `--scenarios LIST`, `--million N` [1000000], `--max-rss MIB`
+//! [8192] (the bench gives up when Herald's RSS passes it), `--env
+//! KEY=VALUE` (more environment for Herald; repeatable). Without `--bench` (as `cargo
 //! test --benches` runs it) the sizes shrink to a smoke run.
 //!
 //! Goals (issue 39): initial sync ≤ 1.2× its floor; push median ≤ 1.5×;
@@ -69,6 +70,9 @@ struct Options {
     runs: usize,
     scenarios: Vec<String>,
     million: usize,
+    /// Herald's RSS (MiB) past which the bench gives up, so that a build
+    /// that grows without bound fails before the machine runs out.
+    max_rss: f64,
     env: Vec<(String, String)>,
 }
 
@@ -84,6 +88,7 @@ fn parse_options() -> Options {
         runs: 1,
         scenarios: ["sync", "pushes", "size"].map(str::to_owned).to_vec(),
         million: if args.full { 1_000_000 } else { 20_000 },
+        max_rss: 8_192.0,
         env: Vec::new(),
     };
     while let Some(arg) = args.next_option() {
@@ -94,6 +99,7 @@ fn parse_options() -> Options {
             "--seed" => options.seed = args.number(&arg) as u64,
             "--runs" => options.runs = args.number(&arg),
             "--million" => options.million = args.number(&arg),
+            "--max-rss" => options.max_rss = args.number(&arg) as f64,
             "--scenarios" => {
                 options.scenarios = args
                     .value(&arg)
@@ -487,7 +493,14 @@ async fn initial_sync(
     herald.notify_synced(&token).await;
     let started = unix_ms();
     let repository = herald.register(&token, url).await;
-    let synced = wait_synced(&receiver, &herald, commit, Duration::from_secs(3_600)).await;
+    let synced = wait_synced(
+        options,
+        &receiver,
+        &herald,
+        commit,
+        Duration::from_secs(3_600),
+    )
+    .await;
     let seconds = (synced - started) / 1000.0;
     receiver.assert_holds(&want, &format!("the initial sync over {url}"));
     let peak_mib = peak_rss_mib(herald.pid);
@@ -542,15 +555,25 @@ async fn floor_sync(
 
 /// Waits for the `synced` notice of `commit`; when it arrived (Unix ms).
 async fn wait_synced(
+    options: &Options,
     receiver: &VerifyingReceiver,
     herald: &Herald,
     commit: &str,
     timeout: Duration,
 ) -> f64 {
     let deadline = Instant::now() + timeout;
-    loop {
+    for round in 0_u64.. {
         if let Some(at) = receiver.synced_at(commit) {
             return at;
+        }
+        if round % 100 == 0 {
+            let rss = status_field_mib(&process_status(herald.pid), "VmRSS").unwrap_or_default();
+            assert!(
+                rss <= options.max_rss,
+                "gave up: Herald holds {rss:.0} MiB, over --max-rss {} ({} webhooks arrived)",
+                options.max_rss,
+                receiver.requests()
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -561,6 +584,7 @@ async fn wait_synced(
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    unreachable!("the rounds never end")
 }
 
 struct Pushes {
@@ -600,7 +624,14 @@ async fn pushes(
         let changed = verify::apply_diff(&mut tree, &history.served, &old, &commit);
         let started = unix_ms();
         herald.scan_now(&watch.token, &watch.repository).await;
-        let synced = wait_synced(receiver, herald, &commit, Duration::from_secs(1_800)).await;
+        let synced = wait_synced(
+            options,
+            receiver,
+            herald,
+            &commit,
+            Duration::from_secs(1_800),
+        )
+        .await;
         let waited = synced - started;
         receiver.assert_holds(&tree, &format!("push {k} ({changed} files)"));
         let upkeep = herald
