@@ -451,11 +451,6 @@ fn check_lines(lines: &[Value]) {
     );
 }
 
-/// `VmHWM` of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    status_field_mib(&process_status(pid), "VmHWM").unwrap_or_default()
-}
-
 /// Samples a process's RSS and CPU time every 20 ms until dropped, to tell
 /// the scan's peak (before the first webhook) from the delivery's.
 struct RssSampler {
@@ -569,17 +564,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     process_ticks(pid) as f64 / clock_ticks_per_second()
 }
 
-/// Runs a command, returns how long it took; panics when it fails.
-fn timed(command: &mut Command) -> f64 {
-    let started = Instant::now();
-    let status = command
-        .stdout(Stdio::null())
-        .status()
-        .expect("the command runs");
-    assert!(status.success(), "{command:?} failed");
-    started.elapsed().as_secs_f64()
-}
-
 /// Herald's environment: a GitHub secret for the push hooks, no periodic
 /// rescans (only the registration and the hooks start scans), and `--env`.
 fn herald_env(options: &Options) -> Vec<(&str, &str)> {
@@ -687,28 +671,6 @@ impl Report {
             })
             .collect()
     }
-}
-
-/// `low–high unit`, and the median of three runs or more: the machine's
-/// speed drifts between runs, floors included, so one run says little.
-fn range(values: &[f64], unit: &str, digits: usize) -> String {
-    let sorted = sorted(values);
-    let (Some(low), Some(high)) = (sorted.first(), sorted.last()) else {
-        return "—".to_owned();
-    };
-    let spread = (high - low).abs() > f64::EPSILON;
-    let mut text = if spread {
-        format!("{low:.digits$}–{high:.digits$}")
-    } else {
-        format!("{low:.digits$}")
-    };
-    if !unit.is_empty() {
-        text = format!("{text} {unit}");
-    }
-    if spread && sorted.len() >= 3 {
-        text = format!("{text} (median {:.digits$})", median(&sorted));
-    }
-    text
 }
 
 /// Runs the scenarios and prints their table; gives the goals missed.

@@ -24,6 +24,9 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use warp::Filter;
 
+pub mod history;
+pub mod verify;
+
 pub const BRANCH: &str = "main";
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 /// The secret GitHub-style push hooks are signed with (`inbound.github_secret`).
@@ -171,6 +174,30 @@ pub fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
+/// `low–high unit`, and the median of three runs or more: the machine's
+/// speed drifts between runs, floors included, so one run says little.
+pub fn range(values: &[f64], unit: &str, digits: usize) -> String {
+    let sorted = sorted(values);
+    let (Some(low), Some(high)) = (sorted.first(), sorted.last()) else {
+        return "—".to_owned();
+    };
+    let spread = (high - low).abs() > f64::EPSILON;
+    let mut text = if spread {
+        format!("{low:.digits$}–{high:.digits$}")
+    } else {
+        format!("{low:.digits$}")
+    };
+    match unit {
+        "" => {}
+        "×" => text.push('×'),
+        _ => text = format!("{text} {unit}"),
+    }
+    if spread && sorted.len() >= 3 {
+        text = format!("{text} (median {:.digits$})", median(&sorted));
+    }
+    text
+}
+
 pub fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -264,6 +291,22 @@ pub fn status_field_mib(status: &str, field: &str) -> Option<f64> {
 /// The `/proc/…/status` text of process `pid` (empty once it has exited).
 pub fn process_status(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+/// `VmHWM` of a process (its peak resident set so far), in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    status_field_mib(&process_status(pid), "VmHWM").unwrap_or_default()
+}
+
+/// Runs a command, returns how long it took (s); panics when it fails.
+pub fn timed(command: &mut Command) -> f64 {
+    let started = Instant::now();
+    let status = command
+        .stdout(Stdio::null())
+        .status()
+        .expect("the command runs");
+    assert!(status.success(), "{command:?} failed");
+    started.elapsed().as_secs_f64()
 }
 
 /// User + system CPU ticks of process `pid`, all its threads.
@@ -370,22 +413,28 @@ pub fn generate(root: &Path, name: &str, files: usize, commits: usize) -> Genera
     })
 }
 
-/// A bare repository `{name}.git` under `root` whose branch gets the commits
-/// `write` streams to `git fast-import` (marked 1, 2, … in order, each with
-/// [`commit_header`]). Its branch is left at the first commit.
-pub fn fast_import(root: &Path, name: &str, write: impl FnOnce(&mut dyn Write)) -> GeneratedRepo {
-    let bare = root.join(format!("{name}.git"));
+/// An empty bare repository at `path` whose branch is [`BRANCH`].
+pub fn init_bare(path: &Path) {
+    let parent = path.parent().expect("a repository has a parent directory");
     git_ok(
-        root,
+        parent,
         &[
             "init",
             "--quiet",
             "--bare",
             "--initial-branch",
             BRANCH,
-            &bare.display().to_string(),
+            &path.display().to_string(),
         ],
     );
+}
+
+/// A bare repository `{name}.git` under `root` whose branch gets the commits
+/// `write` streams to `git fast-import` (marked 1, 2, … in order, each with
+/// [`commit_header`]). Its branch is left at the first commit.
+pub fn fast_import(root: &Path, name: &str, write: impl FnOnce(&mut dyn Write)) -> GeneratedRepo {
+    let bare = root.join(format!("{name}.git"));
+    init_bare(&bare);
     let marks = root.join(format!("{name}.marks"));
     let mut child = git(&bare)
         .args([
@@ -556,6 +605,72 @@ pub struct ReceiverConfig {
     pub keep_bodies: bool,
 }
 
+/// A webhook receiver's server on loopback, on a runtime of its own (two
+/// threads named `receiver`, so that their CPU can be told apart).
+pub struct ServedHooks {
+    /// `http://127.0.0.1:PORT/hooks`.
+    pub base_url: String,
+    pub runtime: tokio::runtime::Runtime,
+    /// Stops the server gracefully.
+    pub shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves webhooks on a free loopback port from a runtime of its own:
+/// `handler` sees each request (its path after the host, headers, body) as
+/// it arrives and says how long to wait before answering it 204; other
+/// requests are served meanwhile.
+pub fn serve_hooks<H>(handler: H) -> ServedHooks
+where
+    H: Fn(&warp::path::Tail, &warp::http::HeaderMap, bytes::Bytes) -> Duration
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let route = warp::post()
+        .and(warp::path::tail())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |tail: warp::path::Tail, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                let delay = handler(&tail, &headers, body);
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
+                }
+            },
+        );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("receiver")
+        .enable_all()
+        .build()
+        .expect("a runtime for the receiver");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let addr = listener.local_addr().expect("the receiver's address");
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        warp::serve(route)
+            .incoming(listener)
+            .graceful(async move {
+                let _ = stopped.await;
+            })
+            .run()
+            .await;
+    });
+    ServedHooks {
+        base_url: format!("http://{addr}/hooks"),
+        runtime,
+        shutdown,
+    }
+}
+
 /// An HTTP server on loopback, on a runtime of its own (threads named
 /// `receiver`, so that their CPU can be told apart), that answers every
 /// webhook 204 (at once, or after [`ReceiverConfig::delay`]) and records its
@@ -574,82 +689,49 @@ impl Receiver {
     }
 
     pub fn start_with(config: ReceiverConfig) -> Receiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("receiver")
-            .enable_all()
-            .build()
-            .expect("a runtime for the receiver");
         let arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 17)));
         let count = Arc::new(AtomicUsize::new(0));
         let (log, counter) = (arrivals.clone(), count.clone());
-        let route = warp::post()
-            .and(warp::path::tail())
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .then(
-                move |tail: warp::path::Tail,
-                      headers: warp::http::HeaderMap,
-                      body: bytes::Bytes| {
-                    let at = unix_ms();
-                    let header = |name: &str| {
-                        headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    // `hooks/{n}/{endpoint}`
-                    let mut segments = tail.as_str().split('/');
-                    let hook = segments
-                        .nth(1)
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(usize::MAX);
-                    let request = config.keep_bodies.then(|| {
-                        Arc::new(Request {
-                            endpoint: segments.next_back().unwrap_or_default().to_owned(),
-                            body,
-                            timestamp: header("webhook-timestamp"),
-                            signature: header("webhook-signature"),
-                        })
-                    });
-                    log.lock().expect("arrivals lock").push(Arrival {
-                        hook,
-                        webhook_id: header("webhook-id"),
-                        at,
-                        request,
-                    });
-                    counter.fetch_add(1, Ordering::Release);
-                    async move {
-                        if !config.delay.is_zero() {
-                            tokio::time::sleep(config.delay).await;
-                        }
-                        warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
-                    }
-                },
-            );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the receiver");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking listener");
-        let addr = listener.local_addr().expect("the receiver's address");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = rx.await;
-                })
-                .run()
-                .await;
-        });
+        let served = serve_hooks(
+            move |tail: &warp::path::Tail, headers: &warp::http::HeaderMap, body: bytes::Bytes| {
+                let at = unix_ms();
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                // `hooks/{n}/{endpoint}`
+                let mut segments = tail.as_str().split('/');
+                let hook = segments
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(usize::MAX);
+                let request = config.keep_bodies.then(|| {
+                    Arc::new(Request {
+                        endpoint: segments.next_back().unwrap_or_default().to_owned(),
+                        body,
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                    })
+                });
+                log.lock().expect("arrivals lock").push(Arrival {
+                    hook,
+                    webhook_id: header("webhook-id"),
+                    at,
+                    request,
+                });
+                counter.fetch_add(1, Ordering::Release);
+                config.delay
+            },
+        );
         Receiver {
-            base_url: format!("http://{addr}/hooks"),
+            base_url: served.base_url,
             arrivals,
             count,
-            runtime: Some(runtime),
-            shutdown: Some(tx),
+            runtime: Some(served.runtime),
+            shutdown: Some(served.shutdown),
         }
     }
 
@@ -884,6 +966,9 @@ pub struct Herald {
     /// Commit → when the server logged "snapshot advanced" for it (Unix ms,
     /// from the log line's own timestamp): just after the outbox commit.
     pub advanced: Arc<Mutex<HashMap<String, f64>>>,
+    /// When the server logged a mirror's compaction (a message that names
+    /// a repack or a compaction), Unix ms, from the log lines' timestamps.
+    pub compactions: Arc<Mutex<Vec<f64>>>,
 }
 
 impl Herald {
@@ -922,19 +1007,15 @@ impl Herald {
         let pid = child.id().expect("herald is running");
         let logs = Arc::new(Mutex::new(VecDeque::new()));
         let advanced = Arc::new(Mutex::new(HashMap::new()));
+        let compactions = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        collect(
-            child.stdout.take().expect("piped"),
-            logs.clone(),
-            advanced.clone(),
-            None,
-        );
-        collect(
-            child.stderr.take().expect("piped"),
-            logs.clone(),
-            advanced.clone(),
-            Some(tx),
-        );
+        let records = Records {
+            logs: logs.clone(),
+            advanced: advanced.clone(),
+            compactions: compactions.clone(),
+        };
+        collect(child.stdout.take().expect("piped"), records.clone(), None);
+        collect(child.stderr.take().expect("piped"), records, Some(tx));
         let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_secs(60), rx).await else {
             panic!(
                 "herald did not start (exit: {:?}); output:\n{}",
@@ -950,6 +1031,7 @@ impl Herald {
             http: reqwest::Client::new(),
             logs,
             advanced,
+            compactions,
         }
     }
 
@@ -1006,6 +1088,21 @@ impl Herald {
                 .to_owned()
         };
         (field("app_id"), field("token"), field("client_auth_key"))
+    }
+
+    /// Opts the app in to the `synced` notice after each snapshot's last
+    /// event (`PATCH /api/app`).
+    pub async fn notify_synced(&self, token: &str) {
+        let response = self
+            .http
+            .patch(format!("{}/api/app", self.base))
+            .bearer_auth(token)
+            .json(&json!({"notify_synced": true}))
+            .send()
+            .await
+            .expect("herald answers");
+        let status = response.status();
+        assert!(status.is_success(), "PATCH /api/app answered {status}");
     }
 
     /// Asks for a scan of the repository now (`POST /api/repositories/{id}/scan`).
@@ -1077,12 +1174,20 @@ pub fn tail(logs: &Mutex<VecDeque<String>>) -> String {
     logs.iter().cloned().collect::<Vec<_>>().join("\n")
 }
 
+/// What [`collect`] keeps of the server's output.
+#[derive(Clone)]
+pub struct Records {
+    pub logs: Arc<Mutex<VecDeque<String>>>,
+    pub advanced: Arc<Mutex<HashMap<String, f64>>>,
+    pub compactions: Arc<Mutex<Vec<f64>>>,
+}
+
 /// Reads the server's output, keeps its last lines, reports the address of
-/// its "listening" line and records its "snapshot advanced" lines.
+/// its "listening" line and records its "snapshot advanced" lines and its
+/// mirrors' compactions.
 pub fn collect(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    logs: Arc<Mutex<VecDeque<String>>>,
-    advanced: Arc<Mutex<HashMap<String, f64>>>,
+    records: Records,
     mut listening: Option<tokio::sync::oneshot::Sender<String>>,
 ) {
     tokio::spawn(async move {
@@ -1097,29 +1202,38 @@ pub fn collect(
                 if entry["message"] == "snapshot advanced"
                     && let Some(commit) = entry["commit"].as_str()
                 {
-                    let at = entry["timestamp"]
-                        .as_str()
-                        .and_then(|t| {
-                            time::OffsetDateTime::parse(
-                                t,
-                                &time::format_description::well_known::Rfc3339,
-                            )
-                            .ok()
-                        })
-                        .map_or_else(unix_ms, |t| t.unix_timestamp_nanos() as f64 / 1e6);
-                    advanced
+                    records
+                        .advanced
                         .lock()
                         .expect("advanced lock")
-                        .insert(commit.to_owned(), at);
+                        .insert(commit.to_owned(), logged_at(&entry));
+                }
+                let message = entry["message"].as_str().unwrap_or_default();
+                if message.contains("repacked") || message.contains("compacted") {
+                    records
+                        .compactions
+                        .lock()
+                        .expect("compactions lock")
+                        .push(logged_at(&entry));
                 }
             }
-            let mut logs = logs.lock().expect("log lock");
+            let mut logs = records.logs.lock().expect("log lock");
             if logs.len() >= 200 {
                 logs.pop_front();
             }
             logs.push_back(line);
         }
     });
+}
+
+/// A JSON log line's own timestamp (Unix ms), else now.
+fn logged_at(entry: &Value) -> f64 {
+    entry["timestamp"]
+        .as_str()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or_else(unix_ms, |t| t.unix_timestamp_nanos() as f64 / 1e6)
 }
 
 /// Waits until the receiver has `expected` webhooks (bounded).
