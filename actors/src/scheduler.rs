@@ -7,6 +7,9 @@
 //! demand, restarted with backoff when one fails (the others go on), and
 //! forgotten when its repository is gone.
 //!
+//! A scan somebody asked for (`RepositoryRegistered`, `ScanNow`) is urgent:
+//! it waits for a scan worker ahead of the poll's rescans (`Tick`).
+//!
 //! Due work lives in the database (`repositories.next_scan_at` and the scan
 //! leases), so a restarted scheduler, or another instance, finds it again on
 //! its next tick.
@@ -22,7 +25,7 @@ use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::repo_watcher::{RepoWatcher, WatcherArgs, WatcherConfig, WatcherMsg};
 use crate::restart::{RestartPolicy, RestartTracker};
-use crate::scan::ScanPool;
+use crate::scan::{Priority, ScanPool};
 use crate::store::Store;
 
 /// How many due repositories one tick looks at.
@@ -88,9 +91,10 @@ impl SchedulerState {
         &mut self,
         myself: &ActorRef<SchedulerMsg>,
         repository: &RepoId,
+        priority: Priority,
     ) -> Result<(), ActorProcessingErr> {
         let watcher = self.watcher(myself, repository).await?;
-        if let Err(err) = watcher.send_message(WatcherMsg::Scan) {
+        if let Err(err) = watcher.send_message(WatcherMsg::Scan(priority)) {
             warn!(%repository, error = %err, "watcher unreachable; the next tick retries");
         }
         Ok(())
@@ -140,16 +144,24 @@ impl Actor for Scheduler {
                             let Some(repository) = RepoId::parse(&repository.id) else {
                                 continue;
                             };
-                            state.scan(&myself, &repository).await?;
+                            state
+                                .scan(&myself, &repository, Priority::Scheduled)
+                                .await?;
                         }
                     }
                     // A database hiccup must not kill the scheduler: the next tick retries.
                     Err(err) => warn!(error = %err, "could not look for due repositories"),
                 }
             }
-            SchedulerMsg::RepositoryRegistered(repository)
-            | SchedulerMsg::ScanNow(repository)
-            | SchedulerMsg::Restart(repository) => state.scan(&myself, &repository).await?,
+            SchedulerMsg::RepositoryRegistered(repository) | SchedulerMsg::ScanNow(repository) => {
+                state.scan(&myself, &repository, Priority::Urgent).await?
+            }
+            // Still due in the database: it goes as the poll would.
+            SchedulerMsg::Restart(repository) => {
+                state
+                    .scan(&myself, &repository, Priority::Scheduled)
+                    .await?
+            }
             #[cfg(test)]
             SchedulerMsg::Watchers(reply) => {
                 let _ = reply.send(
