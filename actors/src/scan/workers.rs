@@ -400,8 +400,11 @@ impl PoolState {
         }
     }
 
-    /// Publishes how many reservations wait in each line.
-    fn count_waiting(&self) {
+    /// Publishes how many reservations wait in each line, once those whose
+    /// callers left are dropped (a scan moved to the urgent line leaves
+    /// the scheduled one).
+    fn count_waiting(&mut self) {
+        self.waiting.retain(|waiting| !waiting.port.is_closed());
         for priority in [Priority::Urgent, Priority::Scheduled] {
             let waiting = self
                 .waiting
