@@ -31,11 +31,19 @@ use crate::store::Store;
 /// How many due repositories one tick looks at.
 const DUE_BATCH: u64 = 256;
 
+/// When a tick found a full batch due, the next look comes this soon (or
+/// at the next tick, if sooner): the poll must not fall behind at
+/// `DUE_BATCH` scans a tick. Repositories still waiting for a worker are
+/// found again, and their watchers ignore the repeat.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
 /// Messages of the scheduler.
 #[derive(Debug)]
 pub enum SchedulerMsg {
     /// Look for due work (sent every `scheduler.tick`).
     Tick,
+    /// Look again before the next tick: the last look found a full batch.
+    LookAgain,
     /// A subscription was created: scan its repository now.
     RepositoryRegistered(RepoId),
     /// Something says the repository changed (push hook, resync, new token):
@@ -64,6 +72,8 @@ pub struct SchedulerState {
     ticker: JoinHandle<()>,
     watchers: HashMap<RepoId, ActorRef<WatcherMsg>>,
     restarts: HashMap<RepoId, RestartTracker>,
+    /// A look before the next tick is already on its way.
+    looking_again: bool,
 }
 
 impl SchedulerState {
@@ -127,6 +137,7 @@ impl Actor for Scheduler {
             ticker,
             watchers: HashMap::new(),
             restarts: HashMap::new(),
+            looking_again: false,
         })
     }
 
@@ -137,9 +148,18 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::Tick => {
+            SchedulerMsg::Tick | SchedulerMsg::LookAgain => {
+                if matches!(message, SchedulerMsg::LookAgain) {
+                    state.looking_again = false;
+                }
                 match state.args.store.due_repositories(now_ms(), DUE_BATCH).await {
                     Ok(due) => {
+                        if due.len() as u64 == DUE_BATCH && !state.looking_again {
+                            state.looking_again = true;
+                            myself.send_after(LOOK_AGAIN.min(state.args.tick), || {
+                                SchedulerMsg::LookAgain
+                            });
+                        }
                         for repository in due {
                             let Some(repository) = RepoId::parse(&repository.id) else {
                                 continue;
