@@ -123,7 +123,7 @@ fn main() {
 struct Measured {
     /// Push → last webhook of the commit, ms, one per push.
     latencies: Vec<f64>,
-    idle: Option<Idle>,
+    idle: Idle,
 }
 
 /// Herald's cost while it only rescans.
@@ -151,14 +151,15 @@ async fn run(options: &Options) {
         options.files,
     );
 
-    let floor = watch(options, &daemon, &solo, &[], false).await;
-    let many = watch(options, &daemon, &pushed, &idle_repos, true).await;
+    // The same steps for both: register, sync, idle, then the pushes.
+    let floor = watch(options, &daemon, &solo, &[]).await;
+    let many = watch(options, &daemon, &pushed, &idle_repos).await;
 
     let floor_median = median(&floor.latencies);
     let many_median = median(&many.latencies);
-    let idle = many.idle.expect("measured");
+    let (idle, floor_idle) = (many.idle, floor.idle);
     println!(
-        "| figure | {} repositories | one repository (floor) | ratio |",
+        "\n| figure | {} repositories | one repository (floor) | ratio |",
         options.repos
     );
     println!("|---|---|---|---|");
@@ -170,17 +171,19 @@ async fn run(options: &Options) {
         many_median / floor_median,
     );
     println!(
-        "| Herald's CPU while idle (of one core) | {:.1}% | — | — |",
-        idle.cpu_share * 100.0
+        "| Herald's CPU while idle (of one core) | {:.1}% | {:.1}% | — |",
+        idle.cpu_share * 100.0,
+        floor_idle.cpu_share * 100.0
     );
     println!(
-        "| RSS while idle (at the end; peak) | {:.0} MiB; {:.0} MiB | — | — |",
-        idle.rss_mib, idle.peak_rss_mib
+        "| RSS while idle (at the end; peak) | {:.0} MiB; {:.0} MiB | {:.0} MiB; {:.0} MiB | — |",
+        idle.rss_mib, idle.peak_rss_mib, floor_idle.rss_mib, floor_idle.peak_rss_mib
     );
     println!(
-        "| rescans a second (wanted: {:.1}) | {:.1} | — | — |",
+        "| rescans a second (wanted: {:.1}) | {:.1} | {:.1} | — |",
         options.repos as f64 / options.interval() as f64,
-        idle.rescans_per_second
+        idle.rescans_per_second,
+        floor_idle.rescans_per_second
     );
     println!(
         "\nGoal: the push within 1.5× of the floor — {}; idle at most one core and 500 MiB — {}.",
@@ -207,13 +210,12 @@ fn idle_repositories(root: &Path, count: usize) -> Vec<String> {
 }
 
 /// Starts a Herald watching `measured` and the `others`, waits for every
-/// initial snapshot, measures the idle cost when asked, then the pushes.
+/// initial snapshot, measures the idle cost, then the pushes.
 async fn watch(
     options: &Options,
     daemon: &GitDaemon,
     measured: &GeneratedRepo,
     others: &[String],
-    measure_idle: bool,
 ) -> Measured {
     let dir = tempfile::tempdir().expect("a temp dir");
     let database = BenchDatabase::create(Backend::Sqlite).await;
@@ -236,20 +238,13 @@ async fn watch(
     let id = herald.register(&token, &daemon.url(measured)).await;
     let expected = others.len() + options.files;
     wait_for(&receiver, &herald, expected, Duration::from_secs(3_600)).await;
-    if measure_idle {
-        println!(
-            "{} repositories registered and synced in {:.1} s\n",
-            others.len() + 1,
-            started.elapsed().as_secs_f64()
-        );
-    }
+    println!(
+        "{} repositories registered and synced in {:.1} s",
+        others.len() + 1,
+        started.elapsed().as_secs_f64()
+    );
     receiver.take();
-
-    let idle = if measure_idle {
-        Some(measure_idle_cost(&herald, options.idle).await)
-    } else {
-        None
-    };
+    let idle = measure_idle_cost(&herald, options.idle).await;
 
     let mut latencies = Vec::new();
     for k in 1..=options.pushes {
