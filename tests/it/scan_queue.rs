@@ -21,15 +21,18 @@ use crate::helpers::{TestApp, onboard, watch as register};
 use crate::receiver::Receiver;
 use crate::telemetry::{scrape_until, value};
 
+/// Repositories, one per connection, in order.
+type Log = Arc<Mutex<Vec<String>>>;
+
 /// A git:// proxy in front of a `git daemon` that holds each connection to
 /// a held repository (read from the request's first line) until released.
 struct Gate {
     port: u16,
     held: watch::Sender<HashSet<String>>,
     /// Connections waiting at the gate now, by repository.
-    waiting: Arc<Mutex<Vec<String>>>,
+    waiting: Log,
     /// Connections let through since the last [`Gate::hold`], in order.
-    passed: Arc<Mutex<Vec<String>>>,
+    passed: Log,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -38,10 +41,9 @@ impl Gate {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let port = listener.local_addr().expect("an address").port();
         let (held, _) = watch::channel(HashSet::new());
-        let (waiting, passed) = (Arc::default(), Arc::default());
+        let (waiting, passed): (Log, Log) = (Arc::default(), Arc::default());
         let task = tokio::spawn({
-            let (held, waiting, passed): (_, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>) =
-                (held.clone(), Arc::clone(&waiting), Arc::clone(&passed));
+            let (held, waiting, passed) = (held.clone(), waiting.clone(), passed.clone());
             async move {
                 let mut connections = tokio::task::JoinSet::new();
                 while let Ok((inbound, _)) = listener.accept().await {
@@ -71,8 +73,8 @@ impl Gate {
         mut inbound: TcpStream,
         daemon_port: u16,
         mut held: watch::Receiver<HashSet<String>>,
-        waiting: Arc<Mutex<Vec<String>>>,
-        passed: Arc<Mutex<Vec<String>>>,
+        waiting: Log,
+        passed: Log,
     ) {
         // `git-upload-pack /busy-0.git\0host=…\0`, as one pkt-line.
         let mut length = [0u8; 4];
