@@ -209,6 +209,10 @@ fn describe_metrics() {
         Unit::Seconds,
         "Duration of one repository scan: remote check, fetch, diff and commit"
     );
+    describe_gauge!(
+        "herald_workers_waiting",
+        "Reservations waiting for a worker, by pool (scans, access checks) and priority (urgent, scheduled)"
+    );
     describe_counter!(
         "herald_changes_found_total",
         "File changes found in watched repositories, by kind"

@@ -8,11 +8,19 @@
 //! by the watcher whose result comes back as a `Finished` message. A scan
 //! that panics makes the watcher fail, and its supervisor (the scheduler)
 //! restarts it.
+//!
+//! A scan waits for its scan worker in the line of the request that started
+//! it ([`Priority`]); a request more urgent than that, arriving while it
+//! still waits, moves it to the urgent line. Once it has its worker, the
+//! scan may already have looked at the remote: only an urgent request
+//! (something says the repository moved) runs it again when it ends; the
+//! poll's, which repeats while the repository is due, does not.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
@@ -22,7 +30,8 @@ use crate::git::{ConnectRule, Credentials, GitError, LowSpeed, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
 use crate::owned::OwnedTask;
 use crate::scan::{
-    self, Accessor, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict, WorkerLost,
+    self, Accessor, Priority, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict,
+    WorkerLost,
 };
 use crate::store::access::AccessCheck;
 use crate::store::leases::{LeaseToken, ScanFence};
@@ -85,8 +94,9 @@ impl WatcherConfig {
 /// Messages of a repository watcher.
 #[derive(Debug)]
 pub enum WatcherMsg {
-    /// Look at the remote now (coalesced with a scan already running).
-    Scan,
+    /// Look at the remote (coalesced with a scan already running), with
+    /// this priority for a scan worker.
+    Scan(Priority),
     /// A scan task ended; `Err` carries a panic message.
     Finished(Result<ScanReport, String>),
     /// Fails the watcher, as a bug would (supervision tests).
@@ -121,10 +131,37 @@ pub struct WatcherState {
     /// The remote's breaker: a child of this watcher.
     breaker: ActorRef<BreakerMsg>,
     /// The scan in progress, aborted if the watcher stops or fails.
-    scan: Option<OwnedTask>,
-    scanning: bool,
-    /// A scan was asked for while one ran: run again when it ends.
-    again: bool,
+    scan: Option<RunningScan>,
+    /// An urgent scan was asked for while one ran: run again when it ends.
+    again: Option<Priority>,
+}
+
+/// A scan under way: its task, and while it waits for a scan worker, the
+/// line it waits in.
+struct RunningScan {
+    _task: OwnedTask,
+    /// Read by the scan until it has its worker; closed from then on.
+    line: watch::Sender<Priority>,
+}
+
+impl RunningScan {
+    /// Another request for a scan while this one runs. Moves it to a more
+    /// urgent line if it still waits; once it has its worker, an urgent
+    /// request is kept for a scan after it (this one may have looked at
+    /// the remote before the push).
+    fn ask(&self, priority: Priority, again: &mut Option<Priority>) {
+        if self.line.is_closed() {
+            if priority == Priority::Urgent {
+                *again = Some(priority);
+            }
+        } else {
+            self.line.send_if_modified(|line| {
+                let moved = priority < *line;
+                *line = (*line).min(priority);
+                moved
+            });
+        }
+    }
 }
 
 impl Actor for RepoWatcher {
@@ -152,8 +189,7 @@ impl Actor for RepoWatcher {
             args,
             breaker,
             scan: None,
-            scanning: false,
-            again: false,
+            again: None,
         })
     }
 
@@ -164,9 +200,13 @@ impl Actor for RepoWatcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            WatcherMsg::Scan if state.scanning => state.again = true,
-            WatcherMsg::Scan => {
-                state.scanning = true;
+            WatcherMsg::Scan(priority) if state.scan.is_some() => {
+                if let Some(scan) = &state.scan {
+                    scan.ask(priority, &mut state.again);
+                }
+            }
+            WatcherMsg::Scan(priority) => {
+                let (line, waiting) = watch::channel(priority);
                 let store = state.args.store.clone();
                 let pool = state.args.pool.clone();
                 let breaker = state.breaker.clone();
@@ -181,17 +221,18 @@ impl Actor for RepoWatcher {
                     outcome = tracing::field::Empty,
                 );
                 // Owned by this watcher: stopped with it, whatever ends it.
-                state.scan = Some(OwnedTask::spawn(
-                    scan_repository(store, pool, breaker, config, repository).instrument(span),
+                let task = OwnedTask::spawn(
+                    scan_repository(store, pool, waiting, breaker, config, repository)
+                        .instrument(span),
                     move |result| {
                         let _ = reply.send_message(WatcherMsg::Finished(result));
                     },
-                ));
+                );
+                state.scan = Some(RunningScan { _task: task, line });
             }
             #[cfg(test)]
             WatcherMsg::Crash => panic!("watcher crash requested by a test"),
             WatcherMsg::Finished(result) => {
-                state.scanning = false;
                 state.scan = None;
                 match result {
                     Err(panic) => return Err(format!("scan panicked: {panic}").into()),
@@ -203,8 +244,8 @@ impl Actor for RepoWatcher {
                     }
                     Ok(report) => {
                         debug!(repository = %state.args.repository, ?report, "scan finished");
-                        if std::mem::take(&mut state.again) {
-                            myself.send_message(WatcherMsg::Scan)?;
+                        if let Some(priority) = state.again.take() {
+                            myself.send_message(WatcherMsg::Scan(priority))?;
                         }
                     }
                 }
@@ -256,6 +297,7 @@ fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
 async fn scan_repository(
     store: Store,
     pool: ScanPool,
+    line: watch::Receiver<Priority>,
     breaker: ActorRef<BreakerMsg>,
     config: WatcherConfig,
     repository: RepoId,
@@ -263,7 +305,7 @@ async fn scan_repository(
     // Charged to the subscriber holding the fewest workers: one tenant's
     // slow remotes cannot hold every worker.
     let tenants = store.subscriber_apps(&repository).await.unwrap_or_default();
-    let slot = pool.slot_for(tenants).await;
+    let slot = reserve(&pool, tenants, line).await;
     let lease_ttl = millis(config.lease_ttl);
     let lease = match store
         .claim_scan(&repository, &config.instance_id, lease_ttl)
@@ -319,6 +361,23 @@ async fn scan_repository(
         telemetry::mirror_size(repository.as_str(), stats);
     }
     report
+}
+
+/// Waits for a scan worker in the line `line` names, and joins the more
+/// urgent line when it is moved there meanwhile. The line is closed once the
+/// worker is reserved.
+async fn reserve(
+    pool: &ScanPool,
+    tenants: Vec<String>,
+    mut line: watch::Receiver<Priority>,
+) -> ScanSlot {
+    loop {
+        let priority = *line.borrow_and_update();
+        tokio::select! {
+            slot = pool.slot_for(tenants.clone(), priority) => return slot,
+            Ok(()) = line.changed() => {}
+        }
+    }
 }
 
 async fn scan_claimed(

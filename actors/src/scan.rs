@@ -4,7 +4,7 @@
 
 pub mod workers;
 
-pub use workers::{ScanPool, ScanSlot, WorkerLost};
+pub use workers::{Priority, ScanPool, ScanSlot, WorkerLost};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

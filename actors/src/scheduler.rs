@@ -7,6 +7,9 @@
 //! demand, restarted with backoff when one fails (the others go on), and
 //! forgotten when its repository is gone.
 //!
+//! A scan somebody asked for (`RepositoryRegistered`, `ScanNow`) is urgent:
+//! it waits for a scan worker ahead of the poll's rescans (`Tick`).
+//!
 //! Due work lives in the database (`repositories.next_scan_at` and the scan
 //! leases), so a restarted scheduler, or another instance, finds it again on
 //! its next tick.
@@ -22,17 +25,25 @@ use crate::clock::now_ms;
 use crate::ids::RepoId;
 use crate::repo_watcher::{RepoWatcher, WatcherArgs, WatcherConfig, WatcherMsg};
 use crate::restart::{RestartPolicy, RestartTracker};
-use crate::scan::ScanPool;
+use crate::scan::{Priority, ScanPool};
 use crate::store::Store;
 
 /// How many due repositories one tick looks at.
 const DUE_BATCH: u64 = 256;
+
+/// When a tick found a full batch due, the next look comes this soon (or
+/// at the next tick, if sooner): the poll must not fall behind at
+/// `DUE_BATCH` scans a tick. Repositories still waiting for a worker are
+/// found again, and their watchers ignore the repeat.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// Messages of the scheduler.
 #[derive(Debug)]
 pub enum SchedulerMsg {
     /// Look for due work (sent every `scheduler.tick`).
     Tick,
+    /// Look again before the next tick: the last look found a full batch.
+    LookAgain,
     /// A subscription was created: scan its repository now.
     RepositoryRegistered(RepoId),
     /// Something says the repository changed (push hook, resync, new token):
@@ -61,6 +72,8 @@ pub struct SchedulerState {
     ticker: JoinHandle<()>,
     watchers: HashMap<RepoId, ActorRef<WatcherMsg>>,
     restarts: HashMap<RepoId, RestartTracker>,
+    /// A look before the next tick is already on its way.
+    looking_again: bool,
 }
 
 impl SchedulerState {
@@ -88,9 +101,10 @@ impl SchedulerState {
         &mut self,
         myself: &ActorRef<SchedulerMsg>,
         repository: &RepoId,
+        priority: Priority,
     ) -> Result<(), ActorProcessingErr> {
         let watcher = self.watcher(myself, repository).await?;
-        if let Err(err) = watcher.send_message(WatcherMsg::Scan) {
+        if let Err(err) = watcher.send_message(WatcherMsg::Scan(priority)) {
             warn!(%repository, error = %err, "watcher unreachable; the next tick retries");
         }
         Ok(())
@@ -123,6 +137,7 @@ impl Actor for Scheduler {
             ticker,
             watchers: HashMap::new(),
             restarts: HashMap::new(),
+            looking_again: false,
         })
     }
 
@@ -133,23 +148,40 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::Tick => {
+            SchedulerMsg::Tick | SchedulerMsg::LookAgain => {
+                if matches!(message, SchedulerMsg::LookAgain) {
+                    state.looking_again = false;
+                }
                 match state.args.store.due_repositories(now_ms(), DUE_BATCH).await {
                     Ok(due) => {
+                        if due.len() as u64 == DUE_BATCH && !state.looking_again {
+                            state.looking_again = true;
+                            myself.send_after(LOOK_AGAIN.min(state.args.tick), || {
+                                SchedulerMsg::LookAgain
+                            });
+                        }
                         for repository in due {
                             let Some(repository) = RepoId::parse(&repository.id) else {
                                 continue;
                             };
-                            state.scan(&myself, &repository).await?;
+                            state
+                                .scan(&myself, &repository, Priority::Scheduled)
+                                .await?;
                         }
                     }
                     // A database hiccup must not kill the scheduler: the next tick retries.
                     Err(err) => warn!(error = %err, "could not look for due repositories"),
                 }
             }
-            SchedulerMsg::RepositoryRegistered(repository)
-            | SchedulerMsg::ScanNow(repository)
-            | SchedulerMsg::Restart(repository) => state.scan(&myself, &repository).await?,
+            SchedulerMsg::RepositoryRegistered(repository) | SchedulerMsg::ScanNow(repository) => {
+                state.scan(&myself, &repository, Priority::Urgent).await?
+            }
+            // Still due in the database: it goes as the poll would.
+            SchedulerMsg::Restart(repository) => {
+                state
+                    .scan(&myself, &repository, Priority::Scheduled)
+                    .await?
+            }
             #[cfg(test)]
             SchedulerMsg::Watchers(reply) => {
                 let _ = reply.send(

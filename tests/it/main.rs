@@ -29,6 +29,7 @@ mod policy;
 mod property;
 mod receiver;
 mod repositories;
+mod scan_queue;
 mod secrets;
 mod slow_clients;
 mod store;

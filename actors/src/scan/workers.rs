@@ -20,6 +20,12 @@
 //! than the pool's `per_tenant` share at once. A waiting reservation whose
 //! apps are all at their share lets later ones of other apps go first, so
 //! one tenant's slow remotes never hold every worker.
+//!
+//! Reservations wait in two lines ([`Priority`]): a free worker goes to the
+//! oldest urgent one (someone asked: a push hook, the API) before any
+//! scheduled one (the poll's rescans), under the same share rule. So that
+//! the poll is never starved, a scheduled reservation goes first once
+//! [`URGENT_RUN`] urgent ones in a row have passed it.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -45,11 +51,36 @@ pub enum WorkerMsg {
 /// The apps a reservation works for (none: nobody's, never held back).
 pub type Tenants = Vec<String>;
 
+/// Which line a reservation waits in. Ordered most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Someone asked and waits for the result: a push hook, the API, an
+    /// operator, a registration.
+    Urgent,
+    /// The poll's rescans: nobody waits for them.
+    Scheduled,
+}
+
+impl Priority {
+    /// Its `priority` label on `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::Scheduled => "scheduled",
+        }
+    }
+}
+
+/// At most this many urgent reservations in a row go before a scheduled one
+/// that could have had the worker.
+pub const URGENT_RUN: usize = 8;
+
 /// Messages of a pool.
 pub enum PoolMsg {
     /// Reserve a worker for these tenants; the answer waits until one is
-    /// free and one of the tenants is under its share.
-    Checkout(Tenants, RpcReplyPort<ScanSlot>),
+    /// free and one of the tenants is under its share, behind the waiting
+    /// reservations of its line and of the more urgent one.
+    Checkout(Tenants, Priority, RpcReplyPort<ScanSlot>),
     /// A reservation ended: its tenant's share is given back, and the worker
     /// is free again unless it was lost (the pool replaces those).
     Checkin {
@@ -120,21 +151,25 @@ impl ScanPool {
     }
 
     /// Waits until a worker is free and reserves it, for nobody in
-    /// particular. While the pool actor is being restarted, waits for the
-    /// new one.
+    /// particular, as urgent: the caller waits for the result. While the
+    /// pool actor is being restarted, waits for the new one.
     pub async fn slot(&self) -> ScanSlot {
-        self.slot_for(Tenants::new()).await
+        self.slot_for(Tenants::new(), Priority::Urgent).await
     }
 
     /// Waits until a worker is free and one of `tenants` is under its share,
-    /// and reserves the worker, charged to that tenant.
-    pub async fn slot_for(&self, tenants: Tenants) -> ScanSlot {
+    /// in the line of `priority`, and reserves the worker, charged to that
+    /// tenant. A caller that stops waiting leaves the line.
+    pub async fn slot_for(&self, tenants: Tenants, priority: Priority) -> ScanSlot {
         let mut current = self.current.clone();
         loop {
             let pool = current.borrow_and_update().clone();
             if let Some(pool) = pool
-                && let Ok(slot) =
-                    ractor::call!(pool, |port| PoolMsg::Checkout(tenants.clone(), port))
+                && let Ok(slot) = ractor::call!(pool, |port| PoolMsg::Checkout(
+                    tenants.clone(),
+                    priority,
+                    port
+                ))
             {
                 return slot;
             }
@@ -239,6 +274,7 @@ impl PoolOwner {
         supervisor: Option<ActorCell>,
     ) -> Result<ActorRef<PoolMsg>, SpawnErr> {
         let args = PoolArgs {
+            name: self.name,
             size: self.size,
             per_tenant: self.per_tenant,
             restart: self.restart,
@@ -260,23 +296,36 @@ impl PoolOwner {
 struct Pool;
 
 struct PoolArgs {
+    name: &'static str,
     size: usize,
     per_tenant: usize,
     restart: RestartPolicy,
 }
 
 struct PoolState {
+    /// Its `pool` label on `/metrics`.
+    name: &'static str,
     restart: RestartPolicy,
     /// Every running worker.
     workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
     idle: Vec<ActorRef<WorkerMsg>>,
-    /// Reservations waiting, oldest first, with the apps they work for.
-    waiting: VecDeque<(Tenants, RpcReplyPort<ScanSlot>)>,
+    /// Reservations waiting, oldest first.
+    waiting: VecDeque<Waiting>,
+    /// Urgent reservations served in a row while a scheduled one could
+    /// have been.
+    urgent_run: usize,
     /// Workers reserved per app, and how many one app may hold.
     shares: Shares,
     /// One history for the pool's workers: a pool whose jobs keep
     /// panicking gives up and escalates.
     restarts: RestartTracker,
+}
+
+/// A reservation waiting for a worker.
+struct Waiting {
+    tenants: Tenants,
+    priority: Priority,
+    port: RpcReplyPort<ScanSlot>,
 }
 
 /// How many workers each app's reservations hold, against its share.
@@ -320,24 +369,68 @@ impl Shares {
 }
 
 impl PoolState {
-    /// Gives a free worker to the oldest caller still waiting whose tenants
-    /// are under their share, or keeps it.
-    fn free(&mut self, myself: &ActorRef<PoolMsg>, worker: ActorRef<WorkerMsg>) {
-        self.waiting.retain(|(_, port)| !port.is_closed());
-        let next = self
-            .waiting
+    /// The oldest waiting reservation of `priority` whose tenants are under
+    /// their share: its place in the queue and the tenant it is charged to.
+    fn first_in(&self, priority: Priority) -> Option<(usize, Option<String>)> {
+        self.waiting
             .iter()
             .enumerate()
-            .find_map(|(at, (tenants, _))| Some((at, self.shares.charge(tenants)?)));
-        if let Some((at, tenant)) = next
-            && let Some((_, port)) = self.waiting.remove(at)
+            .filter(|(_, waiting)| waiting.priority == priority)
+            .find_map(|(at, waiting)| Some((at, self.shares.charge(&waiting.tenants)?)))
+    }
+
+    /// The reservation a free worker goes to: the first urgent one, unless
+    /// urgent ones have passed a scheduled one [`URGENT_RUN`] times in a row.
+    fn next(&mut self) -> Option<(usize, Option<String>)> {
+        let urgent = self.first_in(Priority::Urgent);
+        let scheduled = self.first_in(Priority::Scheduled);
+        match (urgent, scheduled) {
+            (Some(urgent), Some(_)) if self.urgent_run < URGENT_RUN => {
+                self.urgent_run += 1;
+                Some(urgent)
+            }
+            (Some(urgent), None) => {
+                self.urgent_run = 0;
+                Some(urgent)
+            }
+            (_, scheduled) => {
+                self.urgent_run = 0;
+                scheduled
+            }
+        }
+    }
+
+    /// Publishes how many reservations wait in each line, once those whose
+    /// callers left are dropped (a scan moved to the urgent line leaves
+    /// the scheduled one).
+    fn count_waiting(&mut self) {
+        self.waiting.retain(|waiting| !waiting.port.is_closed());
+        for priority in [Priority::Urgent, Priority::Scheduled] {
+            let waiting = self
+                .waiting
+                .iter()
+                .filter(|waiting| waiting.priority == priority)
+                .count();
+            metrics::gauge!("herald_workers_waiting", "pool" => self.name, "priority" => priority.as_str())
+                .set(waiting as f64);
+        }
+    }
+
+    /// Gives a free worker to the caller still waiting that goes next, or
+    /// keeps it.
+    fn free(&mut self, myself: &ActorRef<PoolMsg>, worker: ActorRef<WorkerMsg>) {
+        self.waiting.retain(|waiting| !waiting.port.is_closed());
+        if let Some((at, tenant)) = self.next()
+            && let Some(Waiting { port, .. }) = self.waiting.remove(at)
         {
             self.shares.take(tenant.as_ref());
+            self.count_waiting();
             // A caller that left just now drops the slot, which checks the
             // worker in again.
             let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant));
             return;
         }
+        self.count_waiting();
         self.idle.push(worker);
     }
 
@@ -360,10 +453,12 @@ impl Actor for Pool {
         args: PoolArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = PoolState {
+            name: args.name,
             restart: args.restart,
             workers: HashMap::new(),
             idle: Vec::new(),
             waiting: VecDeque::new(),
+            urgent_run: 0,
             shares: Shares {
                 per_tenant: args.per_tenant,
                 held: HashMap::new(),
@@ -383,7 +478,7 @@ impl Actor for Pool {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PoolMsg::Checkout(tenants, port) => {
+            PoolMsg::Checkout(tenants, priority, port) => {
                 let tenant = state.shares.charge(&tenants);
                 match (tenant, state.idle.pop()) {
                     (Some(tenant), Some(worker)) => {
@@ -392,7 +487,12 @@ impl Actor for Pool {
                     }
                     (_, worker) => {
                         state.idle.extend(worker);
-                        state.waiting.push_back((tenants, port));
+                        state.waiting.push_back(Waiting {
+                            tenants,
+                            priority,
+                            port,
+                        });
+                        state.count_waiting();
                     }
                 }
             }
@@ -459,6 +559,7 @@ impl Actor for Pool {
         // Callers still waiting see their request dropped and wait for the
         // pool that takes this one's place.
         state.waiting.clear();
+        state.count_waiting();
         Ok(())
     }
 }
@@ -572,26 +673,36 @@ mod tests {
     async fn one_tenant_holds_at_most_its_share_and_the_others_go_first() {
         let (pool, owner) = ScanPool::supervised("test", 3, 2, RestartPolicy::default());
         let actor = owner.spawn(None).await.expect("pool");
-        let a1 = pool.slot_for(tenants(&["app_a"])).await;
-        let _a2 = pool.slot_for(tenants(&["app_a"])).await;
+        let a1 = pool
+            .slot_for(tenants(&["app_a"]), Priority::Scheduled)
+            .await;
+        let _a2 = pool
+            .slot_for(tenants(&["app_a"]), Priority::Scheduled)
+            .await;
         // app_a is at its share of 2: its third reservation waits although
         // a worker is free...
         let third = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.slot_for(tenants(&["app_a"])).await }
+            async move {
+                pool.slot_for(tenants(&["app_a"]), Priority::Scheduled)
+                    .await
+            }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!third.is_finished(), "app_a got more than its share");
         // ...and another app's reservation, made later, takes that worker.
-        let b = tokio::time::timeout(Duration::from_secs(5), pool.slot_for(tenants(&["app_b"])))
-            .await
-            .expect("app_b is served while app_a waits");
+        let b = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.slot_for(tenants(&["app_b"]), Priority::Scheduled),
+        )
+        .await
+        .expect("app_b is served while app_a waits");
         // A repository both subscribe to is charged to the one under its
         // share: app_a's slow remotes cannot hold back app_b's repositories.
         drop(b);
         let shared = tokio::time::timeout(
             Duration::from_secs(5),
-            pool.slot_for(tenants(&["app_a", "app_b"])),
+            pool.slot_for(tenants(&["app_a", "app_b"]), Priority::Scheduled),
         )
         .await
         .expect("a shared repository goes on app_b's share");
@@ -604,6 +715,115 @@ mod tests {
             .expect("app_a's waiting reservation is served")
             .expect("task");
         assert_eq!(third.tenant.as_deref(), Some("app_a"));
+        actor.stop(None);
+    }
+
+    /// Queues one reservation per `(name, tenants, priority)`, in that
+    /// order, behind a pool whose workers are all held; each, once served,
+    /// records its name and gives its worker back at once.
+    async fn queue_in_order(
+        pool: &ScanPool,
+        reservations: &[(&'static str, &[&str], Priority)],
+    ) -> (
+        Arc<std::sync::Mutex<Vec<&'static str>>>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for &(name, apps, priority) in reservations {
+            let (pool, served, apps) = (pool.clone(), served.clone(), tenants(apps));
+            tasks.push(tokio::spawn(async move {
+                let slot = pool.slot_for(apps, priority).await;
+                served.lock().expect("lock").push(name);
+                drop(slot);
+            }));
+            // Reservations reach the pool in this order.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (served, tasks)
+    }
+
+    async fn all_served(tasks: Vec<tokio::task::JoinHandle<()>>) {
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("every reservation is served")
+                .expect("task");
+        }
+    }
+
+    #[tokio::test]
+    async fn urgent_reservations_go_before_waiting_scheduled_ones() {
+        let (pool, actor) = ScanPool::standalone(1).await.expect("pool");
+        let held = pool.slot().await;
+        let (served, tasks) = queue_in_order(
+            &pool,
+            &[
+                ("poll 1", &["app_a"], Priority::Scheduled),
+                ("poll 2", &["app_b"], Priority::Scheduled),
+                ("push 1", &["app_b"], Priority::Urgent),
+                ("push 2", &["app_a"], Priority::Urgent),
+                ("poll 3", &["app_a"], Priority::Scheduled),
+            ],
+        )
+        .await;
+        drop(held);
+        all_served(tasks).await;
+        // Each line in the order it was joined, the urgent one first.
+        assert_eq!(
+            *served.lock().expect("lock"),
+            ["push 1", "push 2", "poll 1", "poll 2", "poll 3"]
+        );
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_reservation_goes_after_a_run_of_urgent_ones() {
+        let (pool, actor) = ScanPool::standalone(1).await.expect("pool");
+        let held = pool.slot().await;
+        let mut reservations = vec![("poll", &["app_a"][..], Priority::Scheduled)];
+        reservations
+            .extend((0..URGENT_RUN + 2).map(|_| ("push", &["app_a"][..], Priority::Urgent)));
+        let (served, tasks) = queue_in_order(&pool, &reservations).await;
+        drop(held);
+        all_served(tasks).await;
+        let served = served.lock().expect("lock");
+        // Never starved: the poll's rescan waits out at most one run.
+        assert_eq!(served.iter().position(|n| *n == "poll"), Some(URGENT_RUN));
+        assert_eq!(served.len(), URGENT_RUN + 3);
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn an_urgent_reservation_of_an_app_at_its_share_lets_other_apps_go() {
+        let (pool, owner) = ScanPool::supervised("test", 2, 1, RestartPolicy::default());
+        let actor = owner.spawn(None).await.expect("pool");
+        let app_a = pool
+            .slot_for(tenants(&["app_a"]), Priority::Scheduled)
+            .await;
+        let nobody = pool.slot().await;
+        let (served, tasks) = queue_in_order(
+            &pool,
+            &[
+                ("push a", &["app_a"], Priority::Urgent),
+                ("poll b", &["app_b"], Priority::Scheduled),
+            ],
+        )
+        .await;
+        // A worker comes back while app_a holds its share: app_b's rescan
+        // takes it, urgent or not.
+        drop(nobody);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while served.lock().expect("lock").is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("app_b is served");
+        assert_eq!(*served.lock().expect("lock"), ["poll b"]);
+        drop(app_a);
+        all_served(tasks).await;
+        assert_eq!(*served.lock().expect("lock"), ["poll b", "push a"]);
         actor.stop(None);
     }
 
