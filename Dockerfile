@@ -46,6 +46,8 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     && echo 'fn main() {}' > benches/inbound.rs \
     && echo 'fn main() {}' > benches/cluster.rs \
     && echo 'fn main() {}' > benches/reference.rs \
+    && echo 'fn main() {}' > benches/history.rs \
+    && echo 'fn main() {}' > benches/many_repos.rs \
     && cargo build --release --locked \
     && rm -rf src actors/src entity/src migration/src
 
