@@ -1128,17 +1128,18 @@ impl Mirror {
         Ok(self.stats())
     }
 
-    /// Whether the mirror still holds history behind a branch's tip (it was
-    /// made before mirrors were shallow): the next compaction drops it.
+    /// Whether the mirror still holds history behind a commit one of its
+    /// refs names (it was made before mirrors were shallow, or a refetch
+    /// went through a branch's history): the next compaction drops it.
     pub fn holds_history(&self) -> bool {
         let roots = self.shallow_roots();
-        let Ok(branches) = self.repo.references_glob("refs/heads/*") else {
+        let Ok(references) = self.repo.references() else {
             return false;
         };
-        branches
+        references
             .flatten()
-            .filter_map(|branch| branch.peel_to_commit().ok())
-            .any(|tip| !roots.contains(&tip.id()) && self.has_parents(tip.id()))
+            .filter_map(|reference| reference.peel_to_commit().ok())
+            .any(|commit| !roots.contains(&commit.id()) && self.has_parents(commit.id()))
     }
 
     /// Keeps `commit`, the repository's last recorded snapshot, reachable:
@@ -1609,6 +1610,13 @@ mod tests {
             .pin("pending", Oid::from_str(&history[10]).expect("oid"))
             .expect("pinned");
         assert!(mirror.holds_history());
+        // The first fetch after the upgrade is shallow: the new tip stands
+        // without its parents, but the pin still holds history.
+        let upgraded = commit(&source, "f2.md", "upgraded\n");
+        let daemon = Daemon::serve(dir.path());
+        let remote = spec(daemon.url("source"), true);
+        mirror.fetch(&remote, "main").expect("fetched over git");
+        assert!(mirror.holds_history());
 
         mirror.repack().expect("compacted");
 
@@ -1616,19 +1624,16 @@ mod tests {
         drop(mirror);
         let mirror = Mirror::open(&path).expect("reopened");
         let tip = mirror.local_head("main").expect("the branch").to_string();
-        assert_eq!(tip, history[19]);
+        assert_eq!(tip, upgraded);
         assert!(mirror.has_commit(&history[10]), "a pinned snapshot stays");
         for (i, commit) in history.iter().enumerate() {
-            if i != 10 && i != 19 {
+            if i != 10 {
                 assert!(!mirror.has_commit(commit), "commit {i} was dropped");
             }
         }
         // It goes on fetching, over git and locally.
         let next = commit(&source, "f0.md", "after\n");
-        let daemon = Daemon::serve(dir.path());
-        let head = mirror
-            .fetch(&spec(daemon.url("source"), true), "main")
-            .expect("fetched over git");
+        let head = mirror.fetch(&remote, "main").expect("fetched over git");
         assert_eq!(head.to_string(), next);
         let last = commit(&source, "f1.md", "last\n");
         let head = mirror
