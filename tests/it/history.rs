@@ -171,6 +171,41 @@ impl Watched {
         apply(&accepted)
     }
 
+    /// Stops Herald, runs `meanwhile` while it is down, and starts it
+    /// again with `settings` on the same data directory and database.
+    async fn restarted(
+        self,
+        settings: &[(&str, &str)],
+        meanwhile: impl FnOnce(&Served, &TestRepo, &Receiver),
+    ) -> Watched {
+        let Watched {
+            daemon,
+            served,
+            repo,
+            receiver,
+            app,
+            client,
+            id,
+        } = self;
+        let (dir, database) = app.stop().await;
+        meanwhile(&served, &repo, &receiver);
+        let app = TestApp::builder()
+            .fast()
+            .envs(settings)
+            .data_dir(dir)
+            .spawn_with(database)
+            .await;
+        Watched {
+            daemon,
+            served,
+            repo,
+            receiver,
+            app,
+            client,
+            id,
+        }
+    }
+
     fn mirror(&self) -> std::path::PathBuf {
         let mirrors = self.app.mirror_dirs();
         assert_eq!(mirrors.len(), 1, "{mirrors:?}");
@@ -286,58 +321,35 @@ async fn a_mirror_made_with_history_is_compacted_to_the_tip_and_nothing_is_sent_
     let watched = Watched::start(repo, &settings).await;
     let sent = watched.receiver.accepted().len();
     let mirror = watched.mirror();
-    let Watched {
-        daemon,
-        served,
-        repo,
-        receiver,
-        app,
-        client,
-        id,
-    } = watched;
-
     // The mirror as Herald made it before mirrors were shallow: the whole
     // history, its refs as they were.
-    let (dir, database) = app.stop().await;
-    let refs = Command::new("git")
-        .args(["for-each-ref", "--format=%(objectname) %(refname)"])
-        .current_dir(&mirror)
-        .output()
-        .expect("git for-each-ref");
-    std::fs::remove_dir_all(&mirror).expect("the mirror goes");
-    crate::gitserver::run_git(
-        Path::new("/"),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            "--no-local",
-            &served.bare.display().to_string(),
-            &mirror.display().to_string(),
-        ],
-    );
-    for line in String::from_utf8_lossy(&refs.stdout).lines() {
-        let (oid, name) = line.split_once(' ').expect("oid and name");
-        crate::gitserver::run_git(&mirror, &["update-ref", name, oid]);
-    }
-    std::fs::remove_file(mirror.join("shallow")).ok();
-    assert!(holds(&mirror, &first));
-
-    let app = TestApp::builder()
-        .fast()
-        .envs(&settings)
-        .data_dir(dir)
-        .spawn_with(database)
+    let watched = watched
+        .restarted(&settings, |served, _, _| {
+            let refs = Command::new("git")
+                .args(["for-each-ref", "--format=%(objectname) %(refname)"])
+                .current_dir(&mirror)
+                .output()
+                .expect("git for-each-ref");
+            std::fs::remove_dir_all(&mirror).expect("the mirror goes");
+            crate::gitserver::run_git(
+                Path::new("/"),
+                &[
+                    "clone",
+                    "-q",
+                    "--bare",
+                    "--no-local",
+                    &served.bare.display().to_string(),
+                    &mirror.display().to_string(),
+                ],
+            );
+            for line in String::from_utf8_lossy(&refs.stdout).lines() {
+                let (oid, name) = line.split_once(' ').expect("oid and name");
+                crate::gitserver::run_git(&mirror, &["update-ref", name, oid]);
+            }
+            std::fs::remove_file(mirror.join("shallow")).ok();
+            assert!(holds(&mirror, &first));
+        })
         .await;
-    let watched = Watched {
-        daemon,
-        served,
-        repo,
-        receiver,
-        app,
-        client,
-        id,
-    };
     watched.repo.write("after/upgrade.md", "the one change\n");
     watched.repo.commit("after the upgrade");
     watched.push().await;
@@ -379,37 +391,17 @@ async fn content_of_a_commit_the_mirror_lost_comes_back_through_the_branch_histo
         .await;
 
     let mirror = watched.mirror();
-    let Watched {
-        daemon,
-        served,
-        repo,
-        receiver,
-        app,
-        client,
-        id,
-    } = watched;
-    let (dir, database) = app.stop().await;
     // The mirror is lost (a new instance, a new disk), and the branch moves
     // on past the pending commit.
-    std::fs::remove_dir_all(&mirror).expect("the mirror goes");
-    repo.write("later.md", "after the pending one\n");
-    repo.commit("later");
-    served.push(&repo, "HEAD:refs/heads/main", false);
-    receiver.fallback(None);
-    let app = TestApp::builder()
-        .fast()
-        .data_dir(dir)
-        .spawn_with(database)
+    let watched = watched
+        .restarted(&[], |served, repo, receiver| {
+            std::fs::remove_dir_all(&mirror).expect("the mirror goes");
+            repo.write("later.md", "after the pending one\n");
+            repo.commit("later");
+            served.push(repo, "HEAD:refs/heads/main", false);
+            receiver.fallback(None);
+        })
         .await;
-    let watched = Watched {
-        daemon,
-        served,
-        repo,
-        receiver,
-        app,
-        client,
-        id,
-    };
     watched
         .wait_for_tree("the pending file and the later one")
         .await;
