@@ -50,26 +50,81 @@ impl From<git2::Error> for ChangeError {
     }
 }
 
+/// What a snapshot knows of a file's content: fixed-size and `Copy`, so
+/// that a scan of a million files holds a million of these, not three
+/// million strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub blob_id: Oid,
+    pub sha256: [u8; 32],
+    pub size: i64,
+    pub binary: bool,
+}
+
+impl FileInfo {
+    /// The SHA-256 as webhooks and the database spell it (lower-case hex).
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    /// From the database's spelling; `None` when a column is malformed.
+    pub fn from_hex(blob_id: &str, sha256: &str, size: i64, binary: bool) -> Option<Self> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(sha256, &mut digest).ok()?;
+        Some(Self {
+            blob_id: Oid::from_str(blob_id).ok()?,
+            sha256: digest,
+            size,
+            binary,
+        })
+    }
+}
+
 /// One regular file of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     pub path: String,
-    pub blob_id: String,
-    pub sha256: String,
-    pub size: i64,
-    pub binary: bool,
+    pub info: FileInfo,
 }
 
 /// What changed in the repository's tree, relative to the stored manifest.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TreeDelta {
-    /// New or changed files, hashed.
+    /// New or changed files, hashed, sorted by path (byte order).
     pub upserts: Vec<FileEntry>,
-    /// Paths that are gone.
+    /// Paths that are gone, sorted (byte order).
     pub deletes: Vec<String>,
     /// Whether an ignore file changed: visibility must be recomputed for
     /// every path, not only the changed ones.
     pub ignore_rules_changed: bool,
+}
+
+impl TreeDelta {
+    /// Both lists in byte order of their paths, as the outbox reads them.
+    fn sort(&mut self) {
+        self.upserts
+            .sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        self.deletes.sort_unstable();
+    }
+
+    /// The new state of `path`, if this change created or updated it.
+    pub fn upsert(&self, path: &str) -> Option<&FileInfo> {
+        self.upserts
+            .binary_search_by(|f| f.path.as_bytes().cmp(path.as_bytes()))
+            .ok()
+            .map(|i| &self.upserts[i].info)
+    }
+
+    /// Whether this change deleted `path`.
+    pub fn deleted(&self, path: &str) -> bool {
+        self.deletes
+            .binary_search_by(|p| p.as_bytes().cmp(path.as_bytes()))
+            .is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deletes.is_empty()
+    }
 }
 
 fn is_regular(mode: u32) -> bool {
@@ -146,9 +201,15 @@ impl Description {
 
     /// SHA-256 (hex), size and binary flag.
     pub fn finish(self) -> (String, i64, bool) {
+        let (sha256, size, binary) = self.finish_raw();
+        (hex::encode(sha256), size, binary)
+    }
+
+    /// SHA-256 (raw), size and binary flag.
+    fn finish_raw(self) -> ([u8; 32], i64, bool) {
         let binary = self.nul || !self.utf8 || !self.carry.is_empty();
         (
-            hex::encode(self.sha.finalize()),
+            self.sha.finalize().into(),
             i64::try_from(self.size).unwrap_or(i64::MAX),
             binary,
         )
@@ -157,27 +218,43 @@ impl Description {
 
 fn entry(repo: &Repository, path: String, blob: Oid) -> Result<FileEntry, ChangeError> {
     let (size, _) = repo.odb()?.read_header(blob)?;
-    let (sha256, size, binary) = if size as u64 <= WHOLE_BLOB_MAX {
-        describe(repo.find_blob(blob)?.content())
+    let mut description = Description::new();
+    if size as u64 <= WHOLE_BLOB_MAX {
+        description.feed(repo.find_blob(blob)?.content());
     } else {
-        let mut description = Description::new();
         crate::git::blob::pieces(repo, blob, &mut |piece| description.feed(piece))?;
-        description.finish()
-    };
+    }
+    let (sha256, size, binary) = description.finish_raw();
     Ok(FileEntry {
         path,
-        blob_id: blob.to_string(),
-        sha256,
-        size,
-        binary,
+        info: FileInfo {
+            blob_id: blob,
+            sha256,
+            size,
+            binary,
+        },
     })
 }
 
 /// Every regular file of `tree` as (path, blob id), in tree order.
 pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
     let mut files = Vec::new();
+    walk_files(tree, |path, blob| {
+        files.push((path, blob));
+        Ok(())
+    })?;
+    Ok(files)
+}
+
+/// Calls `visit` with every regular file of `tree` (path, blob id), in tree
+/// order, which is the byte order of the paths; stops at its first error.
+pub fn walk_files(
+    tree: &Tree<'_>,
+    mut visit: impl FnMut(String, Oid) -> Result<(), ChangeError>,
+) -> Result<(), ChangeError> {
     let mut bad_path = false;
-    tree.walk(TreeWalkMode::PreOrder, |root, item| {
+    let mut failed = None;
+    let walked = tree.walk(TreeWalkMode::PreOrder, |root, item| {
         if let Ok(name) = item.name()
             && is_unsafe_component(name)
         {
@@ -188,16 +265,25 @@ pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
             && is_regular(u32::try_from(item.filemode()).unwrap_or(0))
         {
             match item.name() {
-                Ok(name) => files.push((format!("{root}{name}"), item.id())),
+                Ok(name) => {
+                    if let Err(err) = visit(format!("{root}{name}"), item.id()) {
+                        failed = Some(err);
+                        return TreeWalkResult::Abort;
+                    }
+                }
                 Err(_) => bad_path = true,
             }
         }
         TreeWalkResult::Ok
-    })?;
+    });
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    walked?;
     if bad_path {
         tracing::warn!("skipped files whose names are not UTF-8");
     }
-    Ok(files)
+    Ok(())
 }
 
 /// Whether one component of a path (a tree entry's name) is one that git
@@ -227,7 +313,7 @@ pub fn diff_commits(repo: &Repository, old: Oid, new: Oid) -> Result<TreeDelta, 
     let new_tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
     diff_trees(repo, Some(&old_tree), Some(&new_tree), "", &mut delta)?;
-    delta.deletes.sort();
+    delta.sort();
     Ok(delta)
 }
 
@@ -339,28 +425,31 @@ pub fn diff_against_manifest(
 ) -> Result<TreeDelta, ChangeError> {
     let tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
+    // Manifest paths met in the tree (an empty manifest, the first
+    // snapshot, needs none of this).
     let mut seen = std::collections::HashSet::with_capacity(manifest.len());
-    for (path, blob) in walk(&tree)? {
-        let unchanged = manifest
-            .get(&path)
-            .is_some_and(|known| *known == blob.to_string());
-        if !unchanged {
-            if IGNORE_FILES.contains(&path.as_str()) {
-                delta.ignore_rules_changed = true;
+    walk_files(&tree, |path, blob| {
+        if let Some((known_path, known)) = manifest.get_key_value(&path) {
+            seen.insert(known_path.as_str());
+            if Oid::from_str(known).is_ok_and(|known| known == blob) {
+                return Ok(());
             }
-            delta.upserts.push(entry(repo, path.clone(), blob)?);
         }
-        seen.insert(path);
-    }
+        if IGNORE_FILES.contains(&path.as_str()) {
+            delta.ignore_rules_changed = true;
+        }
+        delta.upserts.push(entry(repo, path, blob)?);
+        Ok(())
+    })?;
     for path in manifest.keys() {
-        if !seen.contains(path) {
+        if !seen.contains(path.as_str()) {
             if IGNORE_FILES.contains(&path.as_str()) {
                 delta.ignore_rules_changed = true;
             }
             delta.deletes.push(path.clone());
         }
     }
-    delta.deletes.sort();
+    delta.sort();
     Ok(delta)
 }
 

@@ -211,14 +211,19 @@ impl SyncedCounts {
     pub fn of(kinds: impl IntoIterator<Item = entity::EventKind>) -> Self {
         let mut counts = Self::default();
         for kind in kinds {
-            match kind {
-                entity::EventKind::Created => counts.created += 1,
-                entity::EventKind::Updated => counts.updated += 1,
-                entity::EventKind::Deleted => counts.deleted += 1,
-                _ => {}
-            }
+            counts.add(kind);
         }
         counts
+    }
+
+    /// Counts one more event (notices are not file events: not counted).
+    pub fn add(&mut self, kind: entity::EventKind) {
+        match kind {
+            entity::EventKind::Created => self.created += 1,
+            entity::EventKind::Updated => self.updated += 1,
+            entity::EventKind::Deleted => self.deleted += 1,
+            _ => {}
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use actors::changes::{FileEntry, TreeDelta};
+use actors::changes::{FileEntry, FileInfo, TreeDelta};
 use actors::crypto::Keyring;
 use actors::ids::SnapshotId;
 use actors::ids::{AppId, EventId, RepoId};
@@ -179,10 +179,8 @@ fn advance(repo: &RepoId, fence: ScanFence, commit: &str, path: &str) -> Snapsho
         delta: TreeDelta {
             upserts: vec![FileEntry {
                 path: path.to_owned(),
-                blob_id: "0".repeat(40),
-                sha256: "0".repeat(64),
-                size: 1,
-                binary: false,
+                info: FileInfo::from_hex(&"0".repeat(40), &"0".repeat(64), 1, false)
+                    .expect("well-formed"),
             }],
             ..TreeDelta::default()
         },

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::leases::{LeaseToken, ScanFence, hold_scan};
 use super::{Store, StoreError, lock_repositories};
-use crate::changes::{FileEntry, TreeDelta, Visibility};
+use crate::changes::{FileInfo, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
 use crate::payload::{BreakerState, SyncError, SyncFailure, SyncedCounts, SyncedNotice};
@@ -16,12 +16,15 @@ use entity::{EventKind, app, event, manifest_entry, repository, snapshot, subscr
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, Set,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
 const BATCH: usize = 500;
+
+/// Manifest rows read per query when the whole manifest is loaded.
+const MANIFEST_PAGE: u64 = 10_000;
 
 /// A scan's result, ready to be committed.
 pub struct SnapshotAdvance {
@@ -51,43 +54,23 @@ pub struct AdvanceOutcome {
     pub subscriptions: usize,
 }
 
-/// The manifest row of a path, as events need it.
-#[derive(Debug, Clone)]
-struct Known {
-    sha256: String,
-    size: i64,
-    blob_id: String,
-    binary: bool,
-}
-
-impl From<manifest_entry::Model> for Known {
-    fn from(row: manifest_entry::Model) -> Self {
-        Self {
-            sha256: row.sha256,
-            size: row.size,
-            blob_id: row.blob_id,
-            binary: row.binary,
-        }
-    }
-}
-
-impl From<&FileEntry> for Known {
-    fn from(file: &FileEntry) -> Self {
-        Self {
-            sha256: file.sha256.clone(),
-            size: file.size,
-            blob_id: file.blob_id.clone(),
-            binary: file.binary,
-        }
-    }
-}
+/// The stored manifest (or the part of it a snapshot needs), by path.
+type Manifest = BTreeMap<String, FileInfo>;
 
 /// One change for one subscription, before it gets its id and number.
 struct Pending<'a> {
     kind: EventKind,
     path: &'a str,
-    file: &'a Known,
-    previous_sha256: Option<&'a str>,
+    file: &'a FileInfo,
+    previous_sha256: Option<&'a [u8; 32]>,
+}
+
+/// What every event of one snapshot carries besides its change.
+struct Stamp<'a> {
+    snapshot_id: &'a Option<String>,
+    commit: &'a str,
+    trace_parent: &'a Option<String>,
+    now: i64,
 }
 
 impl Store {
@@ -195,39 +178,29 @@ impl Store {
             .await?
             .into_iter()
             .collect();
-        let moved = repo.head_commit.as_deref() != Some(advance.commit.as_str())
-            || !advance.delta.upserts.is_empty()
-            || !advance.delta.deletes.is_empty();
+        let delta = &advance.delta;
+        let moved =
+            repo.head_commit.as_deref() != Some(advance.commit.as_str()) || !delta.is_empty();
         let any_new = subscriptions.iter().any(|s| s.last_snapshot_id.is_none());
-        let full = any_new || advance.delta.ignore_rules_changed;
+        let full = any_new || delta.ignore_rules_changed;
 
         // The manifest before this snapshot: whole when some subscription needs
         // a full comparison, else just the changed paths.
-        let old: BTreeMap<String, Known> = if full {
+        let old = if full {
             load_manifest(&txn, &repo.id, None).await?
         } else {
-            let paths: Vec<String> = advance
-                .delta
+            let paths: Vec<&str> = delta
                 .deletes
                 .iter()
-                .cloned()
-                .chain(advance.delta.upserts.iter().map(|f| f.path.clone()))
+                .map(String::as_str)
+                .chain(delta.upserts.iter().map(|f| f.path.as_str()))
                 .collect();
             load_manifest(&txn, &repo.id, Some(&paths)).await?
         };
-        let upserts: BTreeMap<&str, Known> = advance
-            .delta
-            .upserts
-            .iter()
-            .map(|f| (f.path.as_str(), Known::from(f)))
-            .collect();
-        let deletes: std::collections::BTreeSet<&str> =
-            advance.delta.deletes.iter().map(String::as_str).collect();
 
         let snapshot_id = if moved {
-            apply_manifest_delta(&txn, &repo.id, &advance.delta).await?;
-            let (file_count, total_bytes) =
-                snapshot_totals(&txn, &repo, &old, &upserts, &deletes).await?;
+            apply_manifest_delta(&txn, &repo.id, delta).await?;
+            let (file_count, total_bytes) = snapshot_totals(&txn, &repo, &old, delta).await?;
             snapshot::ActiveModel {
                 id: Set(advance.snapshot.as_str().to_owned()),
                 repository_id: Set(repo.id.clone()),
@@ -245,6 +218,12 @@ impl Store {
         } else {
             repo.current_snapshot_id.clone()
         };
+        let stamp = Stamp {
+            snapshot_id: &snapshot_id,
+            commit: &advance.commit,
+            trace_parent: &trace_parent,
+            now,
+        };
 
         let mut written = 0u64;
         let mut written_by_kind: BTreeMap<EventKind, u64> = BTreeMap::new();
@@ -252,72 +231,41 @@ impl Store {
             let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
             let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
             let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
-            let pending: Vec<Pending<'_>> = if sub.last_snapshot_id.is_none() {
-                // The first snapshot of a subscription: every visible file, created.
-                let mut now_files: Vec<(&str, &Known)> = old
-                    .iter()
-                    .filter(|(p, _)| {
-                        !deletes.contains(p.as_str()) && !upserts.contains_key(p.as_str())
-                    })
-                    .map(|(p, k)| (p.as_str(), k))
-                    .chain(upserts.iter().map(|(p, k)| (*p, k)))
-                    .filter(|(p, _)| new_vis.sees(p))
-                    .collect();
-                now_files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-                now_files
-                    .into_iter()
-                    .map(|(path, file)| Pending {
-                        kind: EventKind::Created,
-                        path,
-                        file,
-                        previous_sha256: None,
-                    })
-                    .collect()
+            let counts = if sub.last_snapshot_id.is_none() {
+                // The first snapshot of a subscription: every visible file,
+                // created, streamed from the tree (a million files never
+                // become a million pending events at once).
+                // Boxed: the future holds a `Send` object, not the closures.
+                let files: Box<dyn Iterator<Item = Pending<'_>> + Send> = Box::new(
+                    tree_files(&old, delta)
+                        .filter(|(path, _)| new_vis.sees(path))
+                        .map(|(path, file)| Pending {
+                            kind: EventKind::Created,
+                            path,
+                            file,
+                            previous_sha256: None,
+                        }),
+                );
+                write_events(&txn, sub, &stamp, files).await?
             } else if !moved {
-                Vec::new()
+                SyncedCounts::default()
             } else {
                 let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
-                changes_for(
-                    &old,
-                    &upserts,
-                    &deletes,
-                    &old_vis,
-                    &new_vis,
-                    advance.delta.ignore_rules_changed,
-                )
+                let pending = changes_for(&old, delta, &old_vis, &new_vis);
+                write_events(&txn, sub, &stamp, pending.into_iter()).await?
             };
-            let count = pending.len();
-            for p in &pending {
-                *written_by_kind.entry(p.kind).or_default() += 1;
+            let count = usize::try_from(counts.created + counts.updated + counts.deleted)
+                .unwrap_or(usize::MAX);
+            for (kind, n) in [
+                (EventKind::Created, counts.created),
+                (EventKind::Updated, counts.updated),
+                (EventKind::Deleted, counts.deleted),
+            ] {
+                if n > 0 {
+                    *written_by_kind.entry(kind).or_default() += n;
+                }
             }
             let first_seq = sub.next_seq;
-            // Rows are built a batch at a time: a first snapshot of a large
-            // repository never holds all its event rows at once.
-            for (batch_index, batch) in pending.chunks(BATCH).enumerate() {
-                let rows =
-                    batch.iter().enumerate().map(|(i, p)| {
-                        let position = batch_index * BATCH + i;
-                        event::ActiveModel {
-                            snapshot_id: Set(snapshot_id.clone()),
-                            seq: Set(first_seq + i64::try_from(position).unwrap_or(i64::MAX)),
-                            kind: Set(p.kind),
-                            path: Set(Some(p.path.to_owned())),
-                            sha256: Set(Some(p.file.sha256.clone())),
-                            previous_sha256: Set(p.previous_sha256.map(str::to_owned)),
-                            size: Set(Some(p.file.size)),
-                            blob_id: Set(
-                                (p.kind != EventKind::Deleted).then(|| p.file.blob_id.clone())
-                            ),
-                            binary: Set(p.file.binary),
-                            commit_sha: Set(Some(advance.commit.clone())),
-                            trace_parent: Set(trace_parent.clone()),
-                            ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
-                        }
-                    });
-                event::Entity::insert_many(rows)
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
             // The opt-in `synced` notice goes last: delivered in `seq`
             // order, it reaches the app once the app holds this snapshot's
             // tree (an empty first snapshot included).
@@ -329,7 +277,7 @@ impl Store {
                         .last_synced_commit
                         .clone()
                         .filter(|_| sub.last_snapshot_id.is_some()),
-                    counts: SyncedCounts::of(pending.iter().map(|p| p.kind)),
+                    counts,
                 };
                 event::ActiveModel {
                     seq: Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX)),
@@ -408,7 +356,7 @@ impl Store {
         active.update(&txn).await?;
         txn.commit().await?;
         if moved {
-            let (created, updated, deleted) = tree_changes(&old, &upserts, &deletes);
+            let (created, updated, deleted) = tree_changes(&old, delta);
             crate::telemetry::changes_found(created, updated, deleted);
         }
         for (kind, n) in written_by_kind {
@@ -423,47 +371,112 @@ impl Store {
 }
 
 /// How many files the snapshot created, updated and deleted in the tree.
-fn tree_changes(
-    old: &BTreeMap<String, Known>,
-    upserts: &BTreeMap<&str, Known>,
-    deletes: &std::collections::BTreeSet<&str>,
-) -> (u64, u64, u64) {
-    let updated = upserts.keys().filter(|p| old.contains_key(**p)).count();
-    let deleted = deletes.iter().filter(|p| old.contains_key(**p)).count();
+fn tree_changes(old: &Manifest, delta: &TreeDelta) -> (u64, u64, u64) {
+    let updated = delta
+        .upserts
+        .iter()
+        .filter(|f| old.contains_key(&f.path))
+        .count();
+    let deleted = delta
+        .deletes
+        .iter()
+        .filter(|p| old.contains_key(*p))
+        .count();
     (
-        (upserts.len() - updated) as u64,
+        (delta.upserts.len() - updated) as u64,
         updated as u64,
         deleted as u64,
     )
 }
 
+/// Every file of the new tree in byte order of its path: the old manifest
+/// with the change applied. Both sides are sorted, so this is a merge.
+fn tree_files<'a>(
+    old: &'a Manifest,
+    delta: &'a TreeDelta,
+) -> impl Iterator<Item = (&'a str, &'a FileInfo)> + Send + 'a {
+    let mut kept = old
+        .iter()
+        .filter(|(path, _)| !delta.deleted(path) && delta.upsert(path).is_none())
+        .map(|(path, file)| (path.as_str(), file))
+        .peekable();
+    let mut changed = delta
+        .upserts
+        .iter()
+        .map(|f| (f.path.as_str(), &f.info))
+        .peekable();
+    std::iter::from_fn(move || match (kept.peek(), changed.peek()) {
+        (Some(a), Some(b)) if a.0.as_bytes() < b.0.as_bytes() => kept.next(),
+        (Some(_), None) => kept.next(),
+        _ => changed.next(),
+    })
+}
+
+/// Writes a subscription's events in the order given, numbered from its
+/// `next_seq`, a batch of rows at a time; returns how many of each kind.
+async fn write_events<'a>(
+    txn: &DatabaseTransaction,
+    sub: &subscription::Model,
+    stamp: &Stamp<'_>,
+    pending: impl Iterator<Item = Pending<'a>>,
+) -> Result<SyncedCounts, StoreError> {
+    let mut counts = SyncedCounts::default();
+    let mut seq = sub.next_seq;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut pending = pending.peekable();
+    while pending.peek().is_some() {
+        batch.extend(pending.by_ref().take(BATCH).map(|p| {
+            counts.add(p.kind);
+            let row = event::ActiveModel {
+                snapshot_id: Set(stamp.snapshot_id.clone()),
+                seq: Set(seq),
+                kind: Set(p.kind),
+                path: Set(Some(p.path.to_owned())),
+                sha256: Set(Some(p.file.sha256_hex())),
+                previous_sha256: Set(p.previous_sha256.map(hex::encode)),
+                size: Set(Some(p.file.size)),
+                blob_id: Set((p.kind != EventKind::Deleted).then(|| p.file.blob_id.to_string())),
+                binary: Set(p.file.binary),
+                commit_sha: Set(Some(stamp.commit.to_owned())),
+                trace_parent: Set(stamp.trace_parent.clone()),
+                ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, stamp.now)
+            };
+            seq += 1;
+            row
+        }));
+        event::Entity::insert_many(batch.drain(..))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(counts)
+}
+
 /// The events of one subscription that was at the previous snapshot:
 /// deletes, then creates, then updates, each by path (byte order).
 fn changes_for<'a>(
-    old: &'a BTreeMap<String, Known>,
-    upserts: &'a BTreeMap<&'a str, Known>,
-    deletes: &std::collections::BTreeSet<&'a str>,
+    old: &'a Manifest,
+    delta: &'a TreeDelta,
     old_vis: &Visibility,
     new_vis: &Visibility,
-    rules_changed: bool,
 ) -> Vec<Pending<'a>> {
     let mut deleted = Vec::new();
     let mut created = Vec::new();
     let mut updated = Vec::new();
     // Paths to judge: the changed ones, or every known one when visibility
     // itself may have changed.
-    let mut paths: std::collections::BTreeSet<&'a str> = upserts.keys().copied().collect();
-    paths.extend(deletes.iter().copied());
-    if rules_changed {
+    let mut paths: std::collections::BTreeSet<&'a str> =
+        delta.upserts.iter().map(|f| f.path.as_str()).collect();
+    paths.extend(delta.deletes.iter().map(String::as_str));
+    if delta.ignore_rules_changed {
         paths.extend(old.keys().map(String::as_str));
     }
     for path in paths {
         let before = old.get(path).filter(|_| old_vis.sees(path));
-        let after = if deletes.contains(path) {
+        let after = if delta.deleted(path) {
             None
         } else {
-            upserts
-                .get(path)
+            delta
+                .upsert(path)
                 .or_else(|| old.get(path))
                 .filter(|_| new_vis.sees(path))
         };
@@ -484,42 +497,77 @@ fn changes_for<'a>(
                 kind: EventKind::Updated,
                 path,
                 file: after,
-                previous_sha256: Some(before.sha256.as_str()),
+                previous_sha256: Some(&before.sha256),
             }),
             _ => {}
         }
     }
-    for list in [&mut deleted, &mut created, &mut updated] {
-        list.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-    }
+    // Each list is already in path order: the paths came from a sorted set.
     deleted.into_iter().chain(created).chain(updated).collect()
 }
 
+/// The stored manifest of a repository, or only the rows of `only`'s
+/// paths. Rows are read in pages of the columns a snapshot needs, so a
+/// large manifest costs its map, never all its rows as well.
 async fn load_manifest(
     txn: &DatabaseTransaction,
     repository: &str,
-    only: Option<&[String]>,
-) -> Result<BTreeMap<String, Known>, StoreError> {
-    let mut known = BTreeMap::new();
+    only: Option<&[&str]>,
+) -> Result<Manifest, StoreError> {
+    type Row = (String, String, String, i64, bool);
+    fn add(known: &mut Manifest, (path, blob_id, sha256, size, binary): Row) {
+        match FileInfo::from_hex(&blob_id, &sha256, size, binary) {
+            Some(info) => {
+                known.insert(path, info);
+            }
+            // Unreadable: treated as absent, so the file is sent again.
+            None => tracing::warn!(path = %path, "skipped a malformed manifest row"),
+        }
+    }
+    let columns = || {
+        manifest_entry::Entity::find()
+            .select_only()
+            .columns([
+                manifest_entry::Column::Path,
+                manifest_entry::Column::BlobId,
+                manifest_entry::Column::Sha256,
+                manifest_entry::Column::Size,
+                manifest_entry::Column::Binary,
+            ])
+            .filter(manifest_entry::Column::RepositoryId.eq(repository))
+    };
+    let mut known = Manifest::new();
     match only {
         None => {
-            for row in manifest_entry::Entity::find()
-                .filter(manifest_entry::Column::RepositoryId.eq(repository))
-                .all(txn)
-                .await?
-            {
-                known.insert(row.path.clone(), Known::from(row));
+            // Keyset pages: each starts after the last path of the one before.
+            let mut after: Option<String> = None;
+            loop {
+                let mut page = columns()
+                    .order_by_asc(manifest_entry::Column::Path)
+                    .limit(MANIFEST_PAGE);
+                if let Some(after) = after.take() {
+                    page = page.filter(manifest_entry::Column::Path.gt(after));
+                }
+                let rows = page.into_tuple::<Row>().all(txn).await?;
+                let full = rows.len() as u64 == MANIFEST_PAGE;
+                after = rows.last().map(|row| row.0.clone());
+                for row in rows {
+                    add(&mut known, row);
+                }
+                if !full {
+                    break;
+                }
             }
         }
         Some(paths) => {
             for batch in paths.chunks(BATCH) {
-                for row in manifest_entry::Entity::find()
-                    .filter(manifest_entry::Column::RepositoryId.eq(repository))
-                    .filter(manifest_entry::Column::Path.is_in(batch.iter().cloned()))
+                for row in columns()
+                    .filter(manifest_entry::Column::Path.is_in(batch.iter().copied()))
+                    .into_tuple::<Row>()
                     .all(txn)
                     .await?
                 {
-                    known.insert(row.path.clone(), Known::from(row));
+                    add(&mut known, row);
                 }
             }
         }
@@ -532,9 +580,8 @@ async fn load_manifest(
 async fn snapshot_totals<C: ConnectionTrait>(
     conn: &C,
     repo: &repository::Model,
-    old: &BTreeMap<String, Known>,
-    upserts: &BTreeMap<&str, Known>,
-    deletes: &std::collections::BTreeSet<&str>,
+    old: &Manifest,
+    delta: &TreeDelta,
 ) -> Result<(i64, i64), StoreError> {
     let previous = match &repo.current_snapshot_id {
         Some(id) => snapshot::Entity::find_by_id(id.as_str()).one(conn).await?,
@@ -544,18 +591,18 @@ async fn snapshot_totals<C: ConnectionTrait>(
         return manifest_totals(conn, &repo.id).await;
     };
     let (mut files, mut bytes) = (previous.file_count, previous.total_bytes);
-    for path in deletes {
-        if let Some(known) = old.get(*path) {
+    for path in &delta.deletes {
+        if let Some(known) = old.get(path) {
             files -= 1;
             bytes -= known.size;
         }
     }
-    for (path, file) in upserts {
-        match old.get(*path) {
-            Some(known) => bytes += file.size - known.size,
+    for file in &delta.upserts {
+        match old.get(&file.path) {
+            Some(known) => bytes += file.info.size - known.size,
             None => {
                 files += 1;
-                bytes += file.size;
+                bytes += file.info.size;
             }
         }
     }
@@ -598,10 +645,10 @@ async fn apply_manifest_delta<C: ConnectionTrait>(
         let rows = batch.iter().map(|f| manifest_entry::ActiveModel {
             repository_id: Set(repository.to_owned()),
             path: Set(f.path.clone()),
-            sha256: Set(f.sha256.clone()),
-            size: Set(f.size),
-            blob_id: Set(f.blob_id.clone()),
-            binary: Set(f.binary),
+            sha256: Set(f.info.sha256_hex()),
+            size: Set(f.info.size),
+            blob_id: Set(f.info.blob_id.to_string()),
+            binary: Set(f.info.binary),
         });
         manifest_entry::Entity::insert_many(rows)
             .on_conflict(
