@@ -318,18 +318,10 @@ async fn scan_repository(
             return ScanReport::Skipped("database unavailable");
         }
     };
-    let renewal = async {
-        let period = Duration::from_millis(u64::try_from(lease_ttl / 3).unwrap_or(1).max(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tick.tick().await;
-            match store.renew_scan(&repository, &lease, lease_ttl).await {
-                Ok(true) => {}
-                Ok(false) => return "the scan lease passed to another owner",
-                Err(_) => return "the scan lease could not be renewed",
-            }
-        }
-    };
+    let renewal = keep_lease(
+        Duration::from_millis(u64::try_from(lease_ttl / 3).unwrap_or(1)),
+        || store.renew_scan(&repository, &lease, lease_ttl),
+    );
     let mut remote = RemoteBreaker {
         breaker,
         probing: false,
@@ -361,6 +353,32 @@ async fn scan_repository(
         telemetry::mirror_size(repository.as_str(), stats);
     }
     report
+}
+
+/// Renews a lease every `period` until it is lost: returns only when a
+/// renewal finds another owner. A renewal that fails is tried again at the
+/// next tick. The usual cause is a busy database: on SQLite the scan's own
+/// outbox transaction holds the write lock, for longer than the busy
+/// timeout when a first snapshot writes a million events. Abandoning the
+/// scan then would roll that transaction back and start it over, forever.
+/// Nothing is at risk meanwhile: every write of the scan proves the lease
+/// again inside its transaction, under the repository's lock.
+async fn keep_lease<F, R>(period: Duration, mut renew: F) -> &'static str
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let period = period.max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match renew().await {
+            Ok(true) => {}
+            Ok(false) => return "the scan lease passed to another owner",
+            Err(err) => debug!(error = %err, "the scan lease could not be renewed; trying again"),
+        }
+    }
 }
 
 /// Waits for a scan worker in the line `line` names, and joins the more
@@ -703,5 +721,44 @@ impl Drop for RemoteBreaker {
         if self.probing {
             let _ = self.breaker.cast(BreakerMsg::Inconclusive);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy database (the scan's own long outbox transaction, say) makes
+    /// renewals fail for a while: the scan keeps its lease and goes on.
+    /// Only another owner ends it.
+    #[tokio::test]
+    async fn a_lease_survives_failed_renewals_and_ends_only_when_taken() {
+        let answers = std::sync::Mutex::new(std::collections::VecDeque::from([
+            Err(StoreError::Db(sea_orm::DbErr::Custom(
+                "database is locked".into(),
+            ))),
+            Ok(true),
+            Err(StoreError::Db(sea_orm::DbErr::Custom(
+                "database is locked".into(),
+            ))),
+            Err(StoreError::Db(sea_orm::DbErr::Custom(
+                "database is locked".into(),
+            ))),
+            Ok(true),
+            Ok(false),
+        ]));
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let why = keep_lease(Duration::from_millis(1), || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = answers
+                .lock()
+                .expect("answers")
+                .pop_front()
+                .expect("the lease is kept only until another owner takes it");
+            async move { answer }
+        })
+        .await;
+        assert_eq!(why, "the scan lease passed to another owner");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 6);
     }
 }
