@@ -1,26 +1,23 @@
-//! One watcher per watched repository. It owns the repository's mirror and,
-//! as its child actor, the remote's circuit breaker: on `Scan` it asks the
-//! breaker, claims the scan lease, has a scan worker check the remote, fetch
-//! and diff, then commits the snapshot and every subscription's events in one
-//! transaction (or records the failure) and tells the breaker how it went.
+//! A repository's watcher runs one scan of it. The scheduler starts it once
+//! the scan has a scan worker, and it stops when the scan has ended: an
+//! idle repository, or one whose scan still waits for a worker, holds no
+//! actor (its due time, breaker and lease are rows).
 //!
-//! The blocking work never runs inside `handle`: a scan runs as a task owned
-//! by the watcher whose result comes back as a `Finished` message. A scan
-//! that panics makes the watcher fail, and its supervisor (the scheduler)
-//! restarts it.
+//! The watcher owns the repository's mirror and, as its child actor, the
+//! remote's circuit breaker: it asks the breaker, claims the scan lease, has
+//! its scan worker check the remote, fetch and diff, then commits the
+//! snapshot and every subscription's events in one transaction (or records
+//! the failure) and tells the breaker how it went.
 //!
-//! A scan waits for its scan worker in the line of the request that started
-//! it ([`Priority`]); a request more urgent than that, arriving while it
-//! still waits, moves it to the urgent line. Once it has its worker, the
-//! scan may already have looked at the remote: only an urgent request
-//! (something says the repository moved) runs it again when it ends; the
-//! poll's, which repeats while the repository is due, does not.
+//! The blocking work never runs inside `handle`: the scan runs as a task
+//! owned by the watcher whose result comes back as a `Finished` message. A
+//! scan that panics makes the watcher fail, and its supervisor (the
+//! scheduler) starts it again after a backoff.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
@@ -30,8 +27,7 @@ use crate::git::{ConnectRule, Credentials, GitError, LowSpeed, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
 use crate::owned::OwnedTask;
 use crate::scan::{
-    self, Accessor, Priority, ScanJob, ScanOutcome, ScanPool, ScanResult, ScanSlot, Verdict,
-    WorkerLost,
+    self, Accessor, ScanJob, ScanOutcome, ScanResult, ScanSlot, Verdict, WorkerLost,
 };
 use crate::store::access::AccessCheck;
 use crate::store::leases::{LeaseToken, ScanFence};
@@ -94,10 +90,7 @@ impl WatcherConfig {
 /// Messages of a repository watcher.
 #[derive(Debug)]
 pub enum WatcherMsg {
-    /// Look at the remote (coalesced with a scan already running), with
-    /// this priority for a scan worker.
-    Scan(Priority),
-    /// A scan task ended; `Err` carries a panic message.
+    /// The scan ended; `Err` carries a panic message.
     Finished(Result<ScanReport, String>),
     /// Fails the watcher, as a bug would (supervision tests).
     #[cfg(test)]
@@ -113,7 +106,7 @@ pub enum ScanReport {
     Unchanged,
     Failed,
     Skipped(&'static str),
-    /// The repository no longer exists: the watcher stops.
+    /// The repository no longer exists: its mirror is removed.
     Gone,
 }
 
@@ -122,46 +115,18 @@ pub struct RepoWatcher;
 pub struct WatcherArgs {
     pub repository: RepoId,
     pub store: Store,
-    pub pool: ScanPool,
     pub config: WatcherConfig,
+    /// The scan worker reserved for this scan.
+    pub slot: ScanSlot,
 }
 
 pub struct WatcherState {
-    args: WatcherArgs,
+    repository: RepoId,
+    config: WatcherConfig,
     /// The remote's breaker: a child of this watcher.
     breaker: ActorRef<BreakerMsg>,
-    /// The scan in progress, aborted if the watcher stops or fails.
-    scan: Option<RunningScan>,
-    /// An urgent scan was asked for while one ran: run again when it ends.
-    again: Option<Priority>,
-}
-
-/// A scan under way: its task, and while it waits for a scan worker, the
-/// line it waits in.
-struct RunningScan {
-    _task: OwnedTask,
-    /// Read by the scan until it has its worker; closed from then on.
-    line: watch::Sender<Priority>,
-}
-
-impl RunningScan {
-    /// Another request for a scan while this one runs. Moves it to a more
-    /// urgent line if it still waits; once it has its worker, an urgent
-    /// request is kept for a scan after it (this one may have looked at
-    /// the remote before the push).
-    fn ask(&self, priority: Priority, again: &mut Option<Priority>) {
-        if self.line.is_closed() {
-            if priority == Priority::Urgent {
-                *again = Some(priority);
-            }
-        } else {
-            self.line.send_if_modified(|line| {
-                let moved = priority < *line;
-                *line = (*line).min(priority);
-                moved
-            });
-        }
-    }
+    /// The scan, aborted if the watcher stops or fails.
+    _scan: OwnedTask,
 }
 
 impl Actor for RepoWatcher {
@@ -174,22 +139,46 @@ impl Actor for RepoWatcher {
         myself: ActorRef<Self::Msg>,
         args: WatcherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let WatcherArgs {
+            repository,
+            store,
+            config,
+            slot,
+        } = args;
         let breaker_args = BreakerArgs {
-            store: args.store.clone(),
+            store: store.clone(),
             kind: GIT_BREAKER,
-            subject: args.repository.as_str().to_owned(),
-            policy: args.config.breaker,
+            subject: repository.as_str().to_owned(),
+            policy: config.breaker,
             // A probe is one scan; it may take this long before another goes.
-            probe_timeout: longest_scan(&args.config),
+            probe_timeout: longest_scan(&config),
             clear: Default::default(),
         };
         let (breaker, _) =
             Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
+        // Each scan starts a trace; its events' deliveries continue it.
+        let span = tracing::info_span!(
+            parent: None,
+            "scan",
+            repository = %repository,
+            outcome = tracing::field::Empty,
+        );
+        let work = scan_repository(
+            store,
+            slot,
+            breaker.clone(),
+            config.clone(),
+            repository.clone(),
+        );
+        // Owned by this watcher: stopped with it, whatever ends it.
+        let scan = OwnedTask::spawn(work.instrument(span), move |result| {
+            let _ = myself.send_message(WatcherMsg::Finished(result));
+        });
         Ok(WatcherState {
-            args,
+            repository,
+            config,
             breaker,
-            scan: None,
-            again: None,
+            _scan: scan,
         })
     }
 
@@ -200,55 +189,19 @@ impl Actor for RepoWatcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            WatcherMsg::Scan(priority) if state.scan.is_some() => {
-                if let Some(scan) = &state.scan {
-                    scan.ask(priority, &mut state.again);
-                }
-            }
-            WatcherMsg::Scan(priority) => {
-                let (line, waiting) = watch::channel(priority);
-                let store = state.args.store.clone();
-                let pool = state.args.pool.clone();
-                let breaker = state.breaker.clone();
-                let config = state.args.config.clone();
-                let repository = state.args.repository.clone();
-                let reply = myself.clone();
-                // Each scan starts a trace; its events' deliveries continue it.
-                let span = tracing::info_span!(
-                    parent: None,
-                    "scan",
-                    repository = %repository,
-                    outcome = tracing::field::Empty,
-                );
-                // Owned by this watcher: stopped with it, whatever ends it.
-                let task = OwnedTask::spawn(
-                    scan_repository(store, pool, waiting, breaker, config, repository)
-                        .instrument(span),
-                    move |result| {
-                        let _ = reply.send_message(WatcherMsg::Finished(result));
-                    },
-                );
-                state.scan = Some(RunningScan { _task: task, line });
-            }
             #[cfg(test)]
             WatcherMsg::Crash => panic!("watcher crash requested by a test"),
-            WatcherMsg::Finished(result) => {
-                state.scan = None;
-                match result {
-                    Err(panic) => return Err(format!("scan panicked: {panic}").into()),
-                    Ok(ScanReport::Gone) => {
-                        info!(repository = %state.args.repository, "repository no longer watched; watcher stops");
-                        let mirror = mirror_path(&state.args.config, &state.args.repository);
-                        let _ = std::fs::remove_dir_all(mirror);
-                        myself.stop(Some("repository removed".to_owned()));
-                    }
-                    Ok(report) => {
-                        debug!(repository = %state.args.repository, ?report, "scan finished");
-                        if let Some(priority) = state.again.take() {
-                            myself.send_message(WatcherMsg::Scan(priority))?;
-                        }
-                    }
-                }
+            WatcherMsg::Finished(Err(panic)) => {
+                return Err(format!("scan panicked: {panic}").into());
+            }
+            WatcherMsg::Finished(Ok(ScanReport::Gone)) => {
+                info!(repository = %state.repository, "repository no longer watched; its mirror is removed");
+                let _ = std::fs::remove_dir_all(mirror_path(&state.config, &state.repository));
+                myself.stop(Some("repository removed".to_owned()));
+            }
+            WatcherMsg::Finished(Ok(report)) => {
+                debug!(repository = %state.repository, ?report, "scan finished");
+                myself.stop(Some("scanned".to_owned()));
             }
         }
         Ok(())
@@ -276,7 +229,16 @@ impl Actor for RepoWatcher {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.breaker.stop(Some("watcher stopping".to_owned()));
+        // Drained, not stopped: a probe the scan released (`Inconclusive`)
+        // reaches the stored row.
+        if state
+            .breaker
+            .drain_and_wait(Some(Duration::from_millis(BREAKER_CALL_MS)))
+            .await
+            .is_err()
+        {
+            state.breaker.kill();
+        }
         Ok(())
     }
 }
@@ -291,21 +253,17 @@ fn mirror_path(config: &WatcherConfig, repository: &RepoId) -> PathBuf {
     config.mirrors_dir.join(format!("{repository}.git"))
 }
 
-/// One scan of one repository, start to end. The scan lease is claimed when
-/// the work can start (a scan worker is free), renewed while it runs, and
-/// presented by every write; a scan that loses it is abandoned.
+/// One scan of one repository, start to end, on its reserved scan worker.
+/// The scan lease is claimed first (the work can start at once), renewed
+/// while it runs, and presented by every write; a scan that loses it is
+/// abandoned.
 async fn scan_repository(
     store: Store,
-    pool: ScanPool,
-    line: watch::Receiver<Priority>,
+    slot: ScanSlot,
     breaker: ActorRef<BreakerMsg>,
     config: WatcherConfig,
     repository: RepoId,
 ) -> ScanReport {
-    // Charged to the subscriber holding the fewest workers: one tenant's
-    // slow remotes cannot hold every worker.
-    let tenants = store.subscriber_apps(&repository).await.unwrap_or_default();
-    let slot = reserve(&pool, tenants, line).await;
     let lease_ttl = millis(config.lease_ttl);
     let lease = match store
         .claim_scan(&repository, &config.instance_id, lease_ttl)
@@ -377,23 +335,6 @@ where
             Ok(true) => {}
             Ok(false) => return "the scan lease passed to another owner",
             Err(err) => debug!(error = %err, "the scan lease could not be renewed; trying again"),
-        }
-    }
-}
-
-/// Waits for a scan worker in the line `line` names, and joins the more
-/// urgent line when it is moved there meanwhile. The line is closed once the
-/// worker is reserved.
-async fn reserve(
-    pool: &ScanPool,
-    tenants: Vec<String>,
-    mut line: watch::Receiver<Priority>,
-) -> ScanSlot {
-    loop {
-        let priority = *line.borrow_and_update();
-        tokio::select! {
-            slot = pool.slot_for(tenants.clone(), priority) => return slot,
-            Ok(()) = line.changed() => {}
         }
     }
 }

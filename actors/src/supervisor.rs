@@ -138,7 +138,7 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     pub store: Store,
     pub config: EngineConfig,
-    /// The scan workers, as every watcher reaches them.
+    /// The scan workers, as the scheduler and every watcher reach them.
     pub pool: ScanPool,
     pub scans: PoolOwner,
     pub probes: PoolOwner,
@@ -149,7 +149,8 @@ pub struct SupervisorArgs {
 pub struct SupervisorState {
     store: Store,
     config: EngineConfig,
-    /// Shared by every watcher; follows the pool actor across restarts.
+    /// Shared by the scheduler and every watcher; follows the pool actor
+    /// across restarts.
     pool: ScanPool,
     scans: PoolOwner,
     probes: PoolOwner,

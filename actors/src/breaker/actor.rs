@@ -9,8 +9,8 @@
 //! wait for its outcome: closed on success, open again with a doubled
 //! cooldown on failure (see [`super::on_failure`]).
 //!
-//! The state is the persisted row: loaded when the actor starts, written at
-//! every change. The probe is claimed in the database too
+//! The state is the persisted row: loaded when the actor starts (before it
+//! answers anything), written at every change. The probe is claimed in the database too
 //! (`Store::claim_breaker_probe`, `breakers.probe_until`), so several
 //! instances sharing one database send one probe between them.
 
@@ -59,6 +59,8 @@ pub struct BreakerArgs {
     /// Set while the breaker is closed with no failure counted: then asking
     /// answers `Proceed` and a success changes nothing, so a caller that
     /// reads it true may skip both messages (a lane does, once per event).
+    /// Owners create it unset: the breaker sets it once it has loaded the
+    /// stored row.
     pub clear: Arc<AtomicBool>,
 }
 
@@ -194,10 +196,25 @@ impl Actor for BreakerActor {
         _myself: ActorRef<Self::Msg>,
         args: BreakerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let row = args.store.breaker(args.kind, &args.subject).await?;
-        let state = BreakerState { args, row };
+        Ok(BreakerState { args, row: None })
+    }
+
+    /// Loads the stored row before the first message is handled, in the
+    /// breaker's own task: whoever spawns a breaker (a scheduler starting a
+    /// watcher for a scan) does not wait for the database, and a database
+    /// that fails here fails the breaker, a supervision event for its owner.
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.row = state
+            .args
+            .store
+            .breaker(state.args.kind, &state.args.subject)
+            .await?;
         state.publish();
-        Ok(state)
+        Ok(())
     }
 
     async fn handle(
@@ -290,10 +307,13 @@ mod tests {
             probe_timeout: Duration::from_secs(30),
             clear,
         };
-        Actor::spawn(None, BreakerActor, args)
+        let breaker = Actor::spawn(None, BreakerActor, args)
             .await
             .expect("the breaker starts")
-            .0
+            .0;
+        // Its first answer comes once the stored row is loaded and published.
+        ractor::call_t!(breaker, BreakerMsg::Peek, 5_000).expect("an answer");
+        breaker
     }
 
     async fn ask(breaker: &ActorRef<BreakerMsg>) -> Permit {
