@@ -48,7 +48,7 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     && echo 'fn main() {}' > benches/reference.rs \
     && echo 'fn main() {}' > benches/history.rs \
     && echo 'fn main() {}' > benches/many_repos.rs \
-    && cargo build --release --locked \
+    && cargo build --profile dist --locked \
     && rm -rf src actors/src entity/src migration/src
 
 # 2. The real sources. src/config.rs embeds config/default.toml with
@@ -63,8 +63,8 @@ COPY migration/src migration/src
 # workspace crates (the dependencies stay cached).
 RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     touch src/main.rs src/lib.rs actors/src/lib.rs entity/src/lib.rs migration/src/lib.rs \
-    && cargo build --release --locked \
-    && cp target/release/herald /usr/local/bin/herald
+    && cargo build --profile dist --locked \
+    && cp target/dist/herald /usr/local/bin/herald
 
 # ---------------------------------------------------------------------------
 # The health probe. The runtime image has no curl or wget, and herald has no
