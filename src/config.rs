@@ -1,8 +1,9 @@
-//! Herald's configuration (SPEC §8), layered with the `config` crate:
-//! embedded defaults (`config/default.toml`, compiled in) → `./config/default.toml`
-//! → `./config/{HERALD_ENV}.toml` → `HERALD__SECTION__KEY` environment variables
-//! → command-line flags. The result is parsed into typed, validated
-//! [`Settings`]; a bad value stops the start with a message naming its key.
+//! Herald's configuration (README.md, Configuration), layered with the `config`
+//! crate: embedded defaults (`config/default.toml`, compiled in) →
+//! `./config/default.toml` → `./config/{HERALD_ENV}.toml` →
+//! `HERALD__SECTION__KEY` environment variables → command-line flags. The
+//! result is parsed into typed, validated [`Settings`]; a bad value stops the
+//! start with a message naming its key.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -24,7 +24,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// The network rules that URL validation applies (SPEC §7).
+/// The network rules that URL validation applies (README.md, Security: SSRF
+/// and Repository URLs).
 #[derive(Debug, Clone, Copy)]
 pub struct UrlPolicy {
     pub allow_private_targets: bool,
@@ -170,11 +171,9 @@ pub fn globs(field: &'static str, raw: &[String]) -> Result<Vec<String>, Invalid
         .collect()
 }
 
-/// An app's endpoint base URL: https (http only with
-/// `security.allow_http_targets`), no credentials, and a host whose every
-/// address is public (unless `security.allow_private_targets`).
-/// An app's retry backoff: a policy name of SPEC §5 and two durations
-/// (`"500ms"`, `"1h"`), returned as (policy, base ms, cap ms).
+/// An app's retry backoff: a policy name (docs/webhooks.md, Retries and
+/// backoff) and two durations (`"500ms"`, `"1h"`), returned as (policy, base
+/// ms, cap ms).
 pub fn backoff(policy: &str, base: &str, max: &str) -> Result<(String, i64, i64), Invalid> {
     const POLICIES: &str = "fixed, linear, exponential, exp_full_jitter or exp_equal_jitter";
     let policy = actors::backoff::Policy::parse(policy.trim())

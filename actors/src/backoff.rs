@@ -1,7 +1,7 @@
-//! Retry delays (SPEC §5): the five policies of a well-known queue, with
-//! `base` and `cap`, `n` being the number of failed attempts so far minus one
-//! (the first retry waits `base`-ish). Jitter draws from the thread's CSPRNG,
-//! seeded by the operating system.
+//! Retry delays (docs/webhooks.md, Retries and backoff): the five policies of a
+//! well-known queue, with `base` and `cap`, `n` being the number of failed
+//! attempts so far minus one (the first retry waits `base`-ish). Jitter draws
+//! from the thread's CSPRNG, seeded by the operating system.
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
-//! Webhook bodies (SPEC §5): Docora's fields in Docora's order, compact JSON,
-//! non-ASCII unescaped, `event_id` last. Binary files larger than the chunk
-//! threshold are split into consecutive bodies, each with the file's
-//! metadata, one slice of the base64 content and a `chunk` object whose id is
-//! derived from the event id (the same on every retry).
+//! Webhook bodies (docs/webhooks.md, Bodies): Docora's fields in Docora's
+//! order, compact JSON, non-ASCII unescaped, `event_id` last. Binary files
+//! larger than the chunk threshold are split into consecutive bodies, each with
+//! the file's metadata, one slice of the base64 content and a `chunk` object
+//! whose id is derived from the event id (the same on every retry).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -86,10 +86,10 @@ impl Content<'_> {
 }
 
 impl FileEnvelope<'_> {
-    /// The body (SPEC §5, Docora's order): every value but the content is
-    /// serialised by serde_json; the content, nearly all of the body, is
-    /// written by [`Content::write`], which is several times faster than
-    /// serde_json's escaping.
+    /// The body (docs/webhooks.md, Bodies; Docora's order): every value but the
+    /// content is serialised by serde_json; the content, nearly all of the
+    /// body, is written by [`Content::write`], which is several times faster
+    /// than serde_json's escaping.
     fn body(&self, content: Content<'_>) -> Vec<u8> {
         // The envelope's values are short; a long path only grows the buffer.
         let mut out = Vec::with_capacity(1024 + content.room());
@@ -227,7 +227,7 @@ impl SyncedCounts {
     }
 }
 
-/// SPEC §5 lists exactly these fields for `synced`.
+/// Exactly the fields of `synced` (docs/webhooks.md, synced).
 #[derive(Serialize)]
 struct SyncedBody<'a> {
     repository: &'a RepositoryRef,
@@ -353,9 +353,9 @@ pub fn too_large(event: &event::Model, max_file_bytes: u64) -> bool {
             .is_some_and(|size| u64::try_from(size).unwrap_or(0) > max_file_bytes)
 }
 
-/// The `file_too_large` notice of a created or updated file (SPEC §5): its
-/// path, sha and size (and `previous_sha` for an update), in the file's
-/// place in the order.
+/// The `file_too_large` notice of a created or updated file (docs/webhooks.md,
+/// file_too_large): its path, sha and size (and `previous_sha` for an update),
+/// in the file's place in the order.
 pub fn render_too_large(
     event: &event::Model,
     repository: &RepositoryRef,

@@ -6,8 +6,9 @@
 //! - [`access`]: each subscriber's proof that its credential reads the
 //!   repository, and what happens when it stops.
 //! - [`leases`]: the claims that let several instances share one database
-//!   (SPEC §10): a repository is scanned, and a subscription delivered, by one
-//!   owner at a time, until its lease expires.
+//!   (README.md, Several instances on one PostgreSQL): a repository is scanned,
+//!   and a subscription delivered, by one owner at a time, until its lease
+//!   expires.
 //! - [`inbound`]: inbound push webhooks, stored first, deduplicated, processed later.
 //! - [`operations`]: the operators' views across apps (overview, queue, dead
 //!   events) and the git breaker reset.

@@ -113,11 +113,12 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
     }
 }
 
-/// The `traceparent` header of a request made in `span`, whose trace
-/// continues `persisted`: the span's own context; where the span was not
-/// built (nothing exports it), a fresh span id in `persisted`'s trace; where
-/// there is no such trace either, a fresh one. Every webhook carries a valid
-/// header (SPEC §5), and an event's attempts share their scan's trace id.
+/// The `traceparent` header of a request made in `span`, whose trace continues
+/// `persisted`: the span's own context; where the span was not built (nothing
+/// exports it), a fresh span id in `persisted`'s trace; where there is no such
+/// trace either, a fresh one. Every webhook carries a valid header
+/// (docs/webhooks.md, Signatures), and an event's attempts share their scan's
+/// trace id.
 pub fn outgoing_traceparent(span: &Span, persisted: Option<&str>) -> String {
     traceparent(span).unwrap_or_else(|| {
         let span_id = hex::encode(crate::crypto::random_bytes::<8>());

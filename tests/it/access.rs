@@ -1,8 +1,8 @@
-//! Access is proven per subscriber (SPEC §6, §7): a repository is fetched once
-//! for all its subscribers, so each app's own credential must read it, at
-//! registration and for as long as the app receives anything. Every test
-//! here runs against a real smart-HTTP git server with basic auth on
-//! loopback (`git http-backend`), and receivers that count what reached them.
+//! Access is proven per subscriber (README.md, Security): a repository is
+//! fetched once for all its subscribers, so each app's own credential must read
+//! it, at registration and for as long as the app receives anything. Every test
+//! here runs against a real smart-HTTP git server with basic auth on loopback
+//! (`git http-backend`), and receivers that count what reached them.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

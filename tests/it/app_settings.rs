@@ -128,7 +128,7 @@ async fn synced_follows_the_last_event_of_each_snapshot_for_apps_that_opted_in()
             "previous_commit_sha",
             "repository"
         ],
-        "exactly SPEC §5's fields"
+        "exactly the fields of docs/webhooks.md, synced"
     );
     assert_eq!(body["repository"]["repository_id"], id.as_str());
     assert_eq!(body["commit_sha"], first.as_str());

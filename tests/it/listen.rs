@@ -1,7 +1,7 @@
 //! `herald listen`, the reference receiver, driven the way Herald drives an
 //! app. Requests are signed here, independently of Herald's code, from the
-//! webhook contract (SPEC §5): Standard Webhooks and Docora headers, HMAC-SHA256
-//! with the bytes of the app's `client_auth_key`.
+//! webhook contract (docs/webhooks.md, Signatures): Standard Webhooks and
+//! Docora headers, HMAC-SHA256 with the bytes of the app's `client_auth_key`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,8 @@ use tokio::process::{Child, Command};
 
 const CLIENT_AUTH_KEY: &str = "listen-test-client-auth-key-0123456789abcdef";
 
-/// SPEC §5: `whsec_` + base64 of the bytes of the client_auth_key.
+/// docs/webhooks.md, Signatures: `whsec_` + base64 of the bytes of the
+/// client_auth_key.
 fn webhook_secret() -> String {
     format!("whsec_{}", STANDARD.encode(CLIENT_AUTH_KEY))
 }
@@ -45,7 +46,8 @@ fn unix_now() -> i64 {
     i64::try_from(elapsed.as_secs()).expect("seconds fit in i64")
 }
 
-/// Both header sets of SPEC §5 for `body`, signed with `key`.
+/// Both header sets (docs/webhooks.md, Signatures) for `body`, signed with
+/// `key`.
 fn signed_headers(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
     let ts = timestamp.to_string();
     let standard = hmac_sha256(key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
@@ -160,7 +162,8 @@ fn chunks(event_id: &str, path: &str, content: &[u8], chars: usize) -> Vec<(Stri
         .collect()
 }
 
-/// Bytes that are binary by SPEC §4 (a NUL early on) and not base64-aligned.
+/// Bytes that are binary (docs/change-detection.md, Hash and binary rule: a
+/// NUL early on) and not base64-aligned.
 fn binary(len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| u8::try_from((i * 31 + i / 7) % 256).expect("below 256"))

@@ -1,6 +1,6 @@
 //! A real webhook receiver for the tests: an HTTP server on loopback that
 //! records every request and answers as scripted. Signatures are verified
-//! here from the SPEC, independently of Herald's own signer.
+//! here from docs/webhooks.md, independently of Herald's own signer.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -250,7 +250,8 @@ fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// Checks both signatures of a request as SPEC §5 defines them.
+/// Checks both signatures of a request as docs/webhooks.md, Signatures,
+/// defines them.
 pub fn verify(request: &Received, client_auth_key: &str, webhook_secret: &str) {
     let timestamp = request.header("x-docora-timestamp");
     let mut signed = timestamp.as_bytes().to_vec();
@@ -276,7 +277,8 @@ pub fn verify(request: &Received, client_auth_key: &str, webhook_secret: &str) {
     );
 }
 
-/// The `v1,…` signature `webhook_secret` gives the request (SPEC §5).
+/// The `v1,…` signature `webhook_secret` gives the request
+/// (docs/webhooks.md, Signatures).
 pub fn standard_signature(request: &Received, webhook_secret: &str) -> String {
     let key = base64::engine::general_purpose::STANDARD
         .decode(webhook_secret.trim_start_matches("whsec_"))

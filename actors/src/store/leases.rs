@@ -1,7 +1,8 @@
 //! Leases: a repository is scanned, and a subscription's events are delivered,
-//! by one owner at a time (SPEC §10). A claim is one conditional `UPDATE`
-//! (free or expired), so it is atomic on SQLite and PostgreSQL alike; an
-//! instance that dies simply stops renewing and its leases expire.
+//! by one owner at a time (README.md, Several instances on one PostgreSQL). A
+//! claim is one conditional `UPDATE` (free or expired), so it is atomic on
+//! SQLite and PostgreSQL alike; an instance that dies simply stops renewing and
+//! its leases expire.
 //!
 //! Every claim gets a token of its own ([`LeaseToken`]: the instance id and a
 //! fresh ULID), never just the instance id: a lane or scan restarted inside
