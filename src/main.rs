@@ -14,9 +14,9 @@ async fn main() -> std::process::ExitCode {
 /// eight arenas per core (one per busy thread: tokio workers, the blocking
 /// pool reading files, the database's workers), and after a big body is
 /// freed its mmap threshold rises, so the next big bodies come from those
-/// arenas and stay there. Delivering 20,000 files held 127 MiB; with two
-/// arenas and bodies over 128 KiB always mapped and unmapped, 69 MiB
-/// (BENCHMARKS.md, the reference workload).
+/// arenas and stay there. Two arenas, and bodies over 128 KiB always mapped
+/// and unmapped, give that memory back (BENCHMARKS.md, "Tunings of the
+/// delivery path").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn bound_allocator_memory() {
     // SAFETY: `mallopt` only changes malloc's tunables; it is called once, at

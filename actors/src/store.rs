@@ -114,9 +114,8 @@ impl std::fmt::Debug for Store {
 /// Rows a SQLite connection's thread may hand over before the reading task
 /// takes them. At sqlx's default (50), a lane's batch of 256 events went
 /// over row by row once the buffer was full, the connection's thread and the
-/// task waking each other for each row, on the cores the receiver needs:
-/// while delivering the reference workload, the database threads switched
-/// 0.53 times a webhook with 50 and 0.21 with this (BENCHMARKS.md).
+/// task waking each other for each row, on the cores the receiver needs
+/// (BENCHMARKS.md, "Tunings of the delivery path").
 const SQLITE_ROW_BUFFER: usize = 1024;
 
 /// Connections in the pool: SQLite's writers take turns anyway.

@@ -357,7 +357,7 @@ impl Store {
         // Found by their ids alone, the subscription checked here: with
         // `subscription_id = ?` in the query, SQLite (no statistics) walks
         // the subscription's index, every event it ever had, instead of
-        // looking each id up (4 ms a batch at 5,000 events).
+        // looking each id up (BENCHMARKS.md, "Tunings of the delivery path").
         let existing: std::collections::HashSet<String> = event::Entity::find()
             .select_only()
             .column(event::Column::Id)
