@@ -505,7 +505,7 @@ async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path
             old_ignore,
             new_ignore,
         } => {
-            let changes = delta.upserts.len() + delta.deletes.len();
+            let changes = delta.len();
             (
                 SnapshotAdvance {
                     repository: repo.clone(),
@@ -607,7 +607,7 @@ fn breakdown_step(breakdown: &mut Breakdown, mirror: &Path, url: &str, old: &str
     let t = Instant::now();
     let delta = changes::diff_commits(m.repo(), old, new).expect("the diff");
     breakdown.diff_and_hash.push(ms(t.elapsed()));
-    assert_eq!(delta.upserts.len() + delta.deletes.len(), 10);
+    assert_eq!(delta.len(), 10);
     let (old_hex, new_hex) = (old.to_string(), new.to_string());
     let t = Instant::now();
     let pruned = pruned_diff(&m, &old_hex, &new_hex);
@@ -788,7 +788,7 @@ fn run(options: &Options, backend: Backend) {
     let delta =
         changes::diff_against_manifest(m2.repo(), &HashMap::new(), first).expect("the walk");
     let walk_time = t.elapsed();
-    assert_eq!(delta.upserts.len(), repo.files);
+    assert_eq!(delta.upserts().len(), repo.files);
     drop(delta);
     drop(m2);
     let mirror3 = dir.path().join("mirror3.git");

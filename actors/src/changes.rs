@@ -87,44 +87,120 @@ pub struct FileEntry {
     pub info: FileInfo,
 }
 
+/// Where one path lies in a [`TreeDelta`]'s text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
 /// What changed in the repository's tree, relative to the stored manifest.
+///
+/// Its paths lie end to end in one string: a first snapshot of a million
+/// files holds their bytes and 8 bytes each, not a heap allocation each.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TreeDelta {
+    /// Every path of the change, end to end.
+    text: String,
     /// New or changed files, hashed, sorted by path (byte order).
-    pub upserts: Vec<FileEntry>,
+    upserts: Vec<(Span, FileInfo)>,
     /// Paths that are gone, sorted (byte order).
-    pub deletes: Vec<String>,
+    deletes: Vec<Span>,
     /// Whether an ignore file changed: visibility must be recomputed for
     /// every path, not only the changed ones.
     pub ignore_rules_changed: bool,
 }
 
 impl TreeDelta {
+    /// A change of these files and deleted paths, in any order.
+    pub fn new(
+        upserts: impl IntoIterator<Item = FileEntry>,
+        deletes: impl IntoIterator<Item = String>,
+    ) -> Result<Self, ChangeError> {
+        let mut delta = Self::default();
+        for file in upserts {
+            delta.add_upsert(&file.path, file.info)?;
+        }
+        for path in deletes {
+            delta.add_delete(&path)?;
+        }
+        delta.sort();
+        Ok(delta)
+    }
+
+    fn span(&mut self, path: &str) -> Result<Span, ChangeError> {
+        let too_many = || ChangeError("the change's paths exceed 4 GiB".to_owned());
+        let start = u32::try_from(self.text.len()).map_err(|_| too_many())?;
+        let len = u32::try_from(path.len()).map_err(|_| too_many())?;
+        start.checked_add(len).ok_or_else(too_many)?;
+        self.text.push_str(path);
+        Ok(Span { start, len })
+    }
+
+    fn add_upsert(&mut self, path: &str, info: FileInfo) -> Result<(), ChangeError> {
+        let span = self.span(path)?;
+        self.upserts.push((span, info));
+        Ok(())
+    }
+
+    fn add_delete(&mut self, path: &str) -> Result<(), ChangeError> {
+        let span = self.span(path)?;
+        self.deletes.push(span);
+        Ok(())
+    }
+
+    fn path(&self, span: Span) -> &str {
+        path_in(&self.text, span)
+    }
+
     /// Both lists in byte order of their paths, as the outbox reads them.
     fn sort(&mut self) {
+        let text = &self.text;
         self.upserts
-            .sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-        self.deletes.sort_unstable();
+            .sort_unstable_by(|a, b| path_in(text, a.0).cmp(path_in(text, b.0)));
+        self.deletes
+            .sort_unstable_by(|a, b| path_in(text, *a).cmp(path_in(text, *b)));
+    }
+
+    /// New or changed files, by path (byte order).
+    pub fn upserts(&self) -> impl ExactSizeIterator<Item = (&str, &FileInfo)> + Clone + Send + '_ {
+        self.upserts
+            .iter()
+            .map(|(span, info)| (self.path(*span), info))
+    }
+
+    /// Paths that are gone, in byte order.
+    pub fn deletes(&self) -> impl ExactSizeIterator<Item = &str> + Clone + Send + '_ {
+        self.deletes.iter().map(|span| self.path(*span))
+    }
+
+    /// How many paths changed.
+    pub fn len(&self) -> usize {
+        self.upserts.len() + self.deletes.len()
     }
 
     /// The new state of `path`, if this change created or updated it.
     pub fn upsert(&self, path: &str) -> Option<&FileInfo> {
         self.upserts
-            .binary_search_by(|f| f.path.as_bytes().cmp(path.as_bytes()))
+            .binary_search_by(|(span, _)| self.path(*span).cmp(path))
             .ok()
-            .map(|i| &self.upserts[i].info)
+            .map(|i| &self.upserts[i].1)
     }
 
     /// Whether this change deleted `path`.
     pub fn deleted(&self, path: &str) -> bool {
         self.deletes
-            .binary_search_by(|p| p.as_bytes().cmp(path.as_bytes()))
+            .binary_search_by(|span| self.path(*span).cmp(path))
             .is_ok()
     }
 
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.deletes.is_empty()
     }
+}
+
+fn path_in(text: &str, span: Span) -> &str {
+    &text[span.start as usize..(span.start + span.len) as usize]
 }
 
 fn is_regular(mode: u32) -> bool {
@@ -216,7 +292,7 @@ impl Description {
     }
 }
 
-fn entry(repo: &Repository, path: String, blob: Oid) -> Result<FileEntry, ChangeError> {
+fn describe_blob(repo: &Repository, blob: Oid) -> Result<FileInfo, ChangeError> {
     let (size, _) = repo.odb()?.read_header(blob)?;
     let mut description = Description::new();
     if size as u64 <= WHOLE_BLOB_MAX {
@@ -225,14 +301,11 @@ fn entry(repo: &Repository, path: String, blob: Oid) -> Result<FileEntry, Change
         crate::git::blob::pieces(repo, blob, &mut |piece| description.feed(piece))?;
     }
     let (sha256, size, binary) = description.finish_raw();
-    Ok(FileEntry {
-        path,
-        info: FileInfo {
-            blob_id: blob,
-            sha256,
-            size,
-            binary,
-        },
+    Ok(FileInfo {
+        blob_id: blob,
+        sha256,
+        size,
+        binary,
     })
 }
 
@@ -406,9 +479,9 @@ fn diff_trees(
             match (was_file, is_file) {
                 (_, true) => {
                     let id = is.expect("is_file implies an entry").id;
-                    delta.upserts.push(entry(repo, path, id)?);
+                    delta.add_upsert(&path, describe_blob(repo, id)?)?;
                 }
-                (true, false) => delta.deletes.push(path),
+                (true, false) => delta.add_delete(&path)?,
                 (false, false) => {}
             }
         }
@@ -438,7 +511,7 @@ pub fn diff_against_manifest(
         if IGNORE_FILES.contains(&path.as_str()) {
             delta.ignore_rules_changed = true;
         }
-        delta.upserts.push(entry(repo, path, blob)?);
+        delta.add_upsert(&path, describe_blob(repo, blob)?)?;
         Ok(())
     })?;
     for path in manifest.keys() {
@@ -446,7 +519,7 @@ pub fn diff_against_manifest(
             if IGNORE_FILES.contains(&path.as_str()) {
                 delta.ignore_rules_changed = true;
             }
-            delta.deletes.push(path.clone());
+            delta.add_delete(path)?;
         }
     }
     delta.sort();

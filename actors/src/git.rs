@@ -57,8 +57,8 @@ pub fn snapshot_ref(snapshot_id: &str) -> String {
 /// history.
 const BASE_REF: &str = "refs/herald/base";
 
-/// Why a git operation failed, in words safe to show to apps (SPEC §5
-/// `sync_failed.error.type`).
+/// Why a git operation failed, in words safe to show to apps
+/// (docs/webhooks.md, sync_failed: `error.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GitFailure {
     Auth,
@@ -412,10 +412,12 @@ pub struct RemoteHead {
 ///   most 16 MiB mapped at once (libgit2's defaults are 1 GiB and 8 GiB), so
 ///   reading a big file from a mirror costs the file, not its pack.
 /// - An object read from a mirror is not hashed again to check its id, as
-///   git itself does not: fetched packs are verified when they are indexed,
-///   zlib checks every object it inflates, and each file's SHA-256 is taken
-///   at the scan and checked by receivers. Rehashing (SHA-1 with collision
-///   detection) was 6–7% of Herald's CPU while delivering.
+///   git itself does not: fetched packs are verified when they are indexed
+///   (copied objects when they are copied, [`pack`]), zlib checks every
+///   object it inflates, and each file's SHA-256 is taken at the scan and
+///   checked by receivers. Rehashing (SHA-1 with collision detection) was a
+///   measurable share of Herald's CPU while delivering (BENCHMARKS.md,
+///   "Tunings of the delivery path").
 /// - The objects libgit2 keeps parsed (commits and small trees) share 32 MiB
 ///   across every open repository (libgit2's default is 256 MiB): enough
 ///   for a scan's trees, not a second heap.
@@ -1076,22 +1078,26 @@ impl Mirror {
         if commits.is_empty() {
             return Ok(self.stats());
         }
-        let mut kept = commits.clone();
+        let odb = self.repo.odb().map_err(failed)?;
+        let mut writer = pack::PackWriter::start(self.repo.path()).map_err(failed)?;
+        for commit in &commits {
+            writer.copy(&self.repo, &odb, *commit).map_err(failed)?;
+        }
         let mut seen = HashSet::new();
         let everything = |_| true;
         for commit in &commits {
             let tree = self.repo.find_commit(*commit).map_err(failed)?.tree_id();
-            pack::tree_objects(&self.repo, tree, &everything, &mut seen, &mut kept)
-                .map_err(failed)?;
+            pack::tree_objects(&self.repo, tree, &everything, &mut seen, &mut |oid| {
+                writer.copy(&self.repo, &odb, oid)
+            })
+            .map_err(failed)?;
         }
-        let odb = self.repo.odb().map_err(failed)?;
-        let count = u32::try_from(kept.len())
-            .map_err(|_| failed(git2::Error::from_str("too many objects for one pack")))?;
-        let mut writer = pack::PackWriter::start(&odb, count).map_err(failed)?;
-        for oid in kept {
-            writer.copy(&self.repo, &odb, oid).map_err(failed)?;
-        }
-        let written = writer.finish().map_err(failed)?;
+        drop(seen);
+        let written = writer
+            .finish()
+            .map_err(failed)?
+            .ok_or_else(|| GitError::new(GitFailure::Other, "the new pack was not written"))?;
+        odb.refresh().map_err(failed)?;
         if !self.packs().contains(&written) {
             return Err(GitError::new(
                 GitFailure::Other,
@@ -1304,6 +1310,7 @@ mod tests {
 
         let after = mirror.repack().expect("repacked");
         assert_eq!(after.packs, 1, "{after:?}");
+        pack::tests::git_verifies_packs(&mirror.path);
         assert!(after.bytes > 0);
         drop(mirror);
         let reopened = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
@@ -1567,6 +1574,7 @@ mod tests {
         // Fetching the same commit again copies nothing.
         mirror.fetch(&remote, "main").expect("fetched");
         assert_eq!(objects(&mirror.repo), now);
+        pack::tests::git_verifies_packs(&mirror.path);
         // A commit by its id, and one the remote does not have.
         assert!(
             mirror

@@ -469,7 +469,7 @@ async fn scan_claimed(
             new_ignore,
         }) => {
             remote_breaker.succeeded().await;
-            let changes = delta.upserts.len() + delta.deletes.len();
+            let changes = delta.len();
             let result = store
                 .advance_snapshot(SnapshotAdvance {
                     repository: repository.clone(),

@@ -95,7 +95,7 @@ impl EventKind {
     }
 }
 
-/// Where a subscription is (SPEC §4).
+/// Where a subscription is (docs/change-detection.md, Subscription statuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(
     rs_type = "String",

@@ -176,14 +176,15 @@ fn advance(repo: &RepoId, fence: ScanFence, commit: &str, path: &str) -> Snapsho
         snapshot: SnapshotId::generate(),
         commit: commit.to_owned(),
         branch: "main".into(),
-        delta: TreeDelta {
-            upserts: vec![FileEntry {
+        delta: TreeDelta::new(
+            [FileEntry {
                 path: path.to_owned(),
                 info: FileInfo::from_hex(&"0".repeat(40), &"0".repeat(64), 1, false)
                     .expect("well-formed"),
             }],
-            ..TreeDelta::default()
-        },
+            [],
+        )
+        .expect("one path"),
         old_ignore: None,
         new_ignore: None,
         next_scan_at: 0,

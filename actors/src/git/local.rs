@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use git2::{Oid, Repository, RepositoryOpenFlags};
+use git2::{OdbLookupFlags, Oid, Repository, RepositoryOpenFlags};
 
 use super::pack::{PackWriter, tree_objects};
 
@@ -47,22 +47,22 @@ pub(super) fn fetch(
         },
     };
     let into = mirror.odb()?;
-    let mut wanted = Vec::new();
-    if !into.exists(commit.id()) {
-        wanted.push(commit.id());
+    // Lookups below skip the refresh that each miss would cost: the mirror
+    // is locked for writing, so what it holds is what it holds now.
+    into.refresh()?;
+    let from = source.odb()?;
+    let mut pack = PackWriter::start(mirror.path())?;
+    if !into.exists_ext(commit.id(), OdbLookupFlags::NO_REFRESH) {
+        pack.copy(&source, &from, commit.id())?;
     }
     let mut seen = HashSet::new();
-    let lacks = |oid| !into.exists(oid);
-    tree_objects(&source, commit.tree_id(), &lacks, &mut seen, &mut wanted)?;
-    if !wanted.is_empty() {
-        let from = source.odb()?;
-        let count = u32::try_from(wanted.len())
-            .map_err(|_| git2::Error::from_str("too many objects for one pack"))?;
-        let mut pack = PackWriter::start(&into, count)?;
-        for oid in wanted {
-            pack.copy(&source, &from, oid)?;
-        }
-        pack.finish()?;
+    let lacks = |oid| !into.exists_ext(oid, OdbLookupFlags::NO_REFRESH);
+    tree_objects(&source, commit.tree_id(), &lacks, &mut seen, &mut |oid| {
+        pack.copy(&source, &from, oid)
+    })?;
+    drop(seen);
+    if pack.finish()?.is_some() {
+        into.refresh()?;
     }
     Ok(Some(commit.id()))
 }

@@ -25,7 +25,10 @@
 //! oldest urgent one (someone asked: a push hook, the API) before any
 //! scheduled one (the poll's rescans), under the same share rule. So that
 //! the poll is never starved, a scheduled reservation goes first once
-//! [`URGENT_RUN`] urgent ones in a row have passed it.
+//! [`URGENT_RUN`] urgent ones in a row have passed it. Scheduled
+//! reservations never hold the last worker of a pool of two or more: a
+//! push or an API request finds one free at once, instead of waiting for a
+//! rescan to end, however far behind the poll is.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -86,6 +89,7 @@ pub enum PoolMsg {
     Checkin {
         worker: ActorId,
         tenant: Option<String>,
+        priority: Priority,
         lost: bool,
     },
     /// Start a worker in place of one that failed.
@@ -198,6 +202,8 @@ pub struct ScanSlot {
     pool: ActorRef<PoolMsg>,
     /// The app this reservation counts against.
     tenant: Option<String>,
+    /// The line it came from: scheduled reservations are counted.
+    priority: Priority,
     /// A job of ours failed the worker: it is not handed back, the pool
     /// replaces it when told of the failure.
     lost: std::sync::atomic::AtomicBool,
@@ -212,11 +218,17 @@ impl std::fmt::Debug for ScanSlot {
 }
 
 impl ScanSlot {
-    fn new(worker: ActorRef<WorkerMsg>, pool: ActorRef<PoolMsg>, tenant: Option<String>) -> Self {
+    fn new(
+        worker: ActorRef<WorkerMsg>,
+        pool: ActorRef<PoolMsg>,
+        tenant: Option<String>,
+        priority: Priority,
+    ) -> Self {
         Self {
             worker,
             pool,
             tenant,
+            priority,
             lost: Default::default(),
         }
     }
@@ -248,6 +260,7 @@ impl Drop for ScanSlot {
         let _ = self.pool.cast(PoolMsg::Checkin {
             worker: self.worker.get_id(),
             tenant: self.tenant.take(),
+            priority: self.priority,
             lost: self.lost.load(std::sync::atomic::Ordering::Relaxed),
         });
     }
@@ -306,6 +319,10 @@ struct PoolState {
     /// Its `pool` label on `/metrics`.
     name: &'static str,
     restart: RestartPolicy,
+    /// How many workers the pool runs.
+    size: usize,
+    /// Workers reserved by scheduled reservations: at most `size - 1`.
+    scheduled_held: usize,
     /// Every running worker.
     workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
     idle: Vec<ActorRef<WorkerMsg>>,
@@ -369,9 +386,27 @@ impl Shares {
 }
 
 impl PoolState {
+    /// Whether a reservation of `priority` may take a worker now: a
+    /// scheduled one leaves the last worker to urgent ones.
+    fn may_take(&self, priority: Priority) -> bool {
+        priority == Priority::Urgent || self.size < 2 || self.scheduled_held + 1 < self.size
+    }
+
+    /// Counts a worker reserved in the line of `priority`.
+    fn take(&mut self, tenant: Option<&String>, priority: Priority) {
+        self.shares.take(tenant);
+        if priority == Priority::Scheduled {
+            self.scheduled_held += 1;
+        }
+    }
+
     /// The oldest waiting reservation of `priority` whose tenants are under
-    /// their share: its place in the queue and the tenant it is charged to.
+    /// their share, if that line may take a worker now: its place in the
+    /// queue and the tenant it is charged to.
     fn first_in(&self, priority: Priority) -> Option<(usize, Option<String>)> {
+        if !self.may_take(priority) {
+            return None;
+        }
         self.waiting
             .iter()
             .enumerate()
@@ -421,13 +456,13 @@ impl PoolState {
     fn free(&mut self, myself: &ActorRef<PoolMsg>, worker: ActorRef<WorkerMsg>) {
         self.waiting.retain(|waiting| !waiting.port.is_closed());
         if let Some((at, tenant)) = self.next()
-            && let Some(Waiting { port, .. }) = self.waiting.remove(at)
+            && let Some(Waiting { port, priority, .. }) = self.waiting.remove(at)
         {
-            self.shares.take(tenant.as_ref());
+            self.take(tenant.as_ref(), priority);
             self.count_waiting();
             // A caller that left just now drops the slot, which checks the
             // worker in again.
-            let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant));
+            let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant, priority));
             return;
         }
         self.count_waiting();
@@ -455,6 +490,8 @@ impl Actor for Pool {
         let mut state = PoolState {
             name: args.name,
             restart: args.restart,
+            size: args.size,
+            scheduled_held: 0,
             workers: HashMap::new(),
             idle: Vec::new(),
             waiting: VecDeque::new(),
@@ -479,11 +516,14 @@ impl Actor for Pool {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PoolMsg::Checkout(tenants, priority, port) => {
-                let tenant = state.shares.charge(&tenants);
+                let tenant = state
+                    .shares
+                    .charge(&tenants)
+                    .filter(|_| state.may_take(priority));
                 match (tenant, state.idle.pop()) {
                     (Some(tenant), Some(worker)) => {
-                        state.shares.take(tenant.as_ref());
-                        let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant));
+                        state.take(tenant.as_ref(), priority);
+                        let _ = port.send(ScanSlot::new(worker, myself.clone(), tenant, priority));
                     }
                     (_, worker) => {
                         state.idle.extend(worker);
@@ -499,9 +539,13 @@ impl Actor for Pool {
             PoolMsg::Checkin {
                 worker,
                 tenant,
+                priority,
                 lost,
             } => {
                 state.shares.give_back(tenant.as_ref());
+                if priority == Priority::Scheduled {
+                    state.scheduled_held = state.scheduled_held.saturating_sub(1);
+                }
                 let worker = state.workers.get(&worker).cloned().filter(|_| !lost);
                 match worker {
                     Some(worker) => state.free(&myself, worker),
@@ -671,7 +715,8 @@ mod tests {
 
     #[tokio::test]
     async fn one_tenant_holds_at_most_its_share_and_the_others_go_first() {
-        let (pool, owner) = ScanPool::supervised("test", 3, 2, RestartPolicy::default());
+        // Four workers: scheduled reservations may hold three of them.
+        let (pool, owner) = ScanPool::supervised("test", 4, 2, RestartPolicy::default());
         let actor = owner.spawn(None).await.expect("pool");
         let a1 = pool
             .slot_for(tenants(&["app_a"]), Priority::Scheduled)
@@ -798,9 +843,7 @@ mod tests {
     async fn an_urgent_reservation_of_an_app_at_its_share_lets_other_apps_go() {
         let (pool, owner) = ScanPool::supervised("test", 2, 1, RestartPolicy::default());
         let actor = owner.spawn(None).await.expect("pool");
-        let app_a = pool
-            .slot_for(tenants(&["app_a"]), Priority::Scheduled)
-            .await;
+        let app_a = pool.slot_for(tenants(&["app_a"]), Priority::Urgent).await;
         let nobody = pool.slot().await;
         let (served, tasks) = queue_in_order(
             &pool,
@@ -824,6 +867,59 @@ mod tests {
         drop(app_a);
         all_served(tasks).await;
         assert_eq!(*served.lock().expect("lock"), ["poll b", "push a"]);
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn scheduled_reservations_leave_the_last_worker_to_urgent_ones() {
+        let (pool, owner) = ScanPool::supervised("test", 3, 3, RestartPolicy::default());
+        let actor = owner.spawn(None).await.expect("pool");
+        let poll_1 = pool
+            .slot_for(tenants(&["app_a"]), Priority::Scheduled)
+            .await;
+        let _poll_2 = pool
+            .slot_for(tenants(&["app_b"]), Priority::Scheduled)
+            .await;
+        // A third rescan waits although a worker is idle...
+        let poll_3 = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.slot_for(tenants(&["app_c"]), Priority::Scheduled)
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!poll_3.is_finished(), "the poll took the last worker");
+        // ...which a push takes at once, however many rescans wait.
+        let push = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.slot_for(tenants(&["app_a"]), Priority::Urgent),
+        )
+        .await
+        .expect("the push found a free worker");
+        // A rescan's worker coming back goes to the waiting rescan.
+        drop(poll_1);
+        let poll_3 = tokio::time::timeout(Duration::from_secs(5), poll_3)
+            .await
+            .expect("the waiting rescan is served")
+            .expect("task");
+        assert_eq!(poll_3.tenant.as_deref(), Some("app_c"));
+        // The push's worker, given back while two rescans run, stays free
+        // for the next urgent reservation.
+        drop(push);
+        let next_poll = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.slot_for(tenants(&["app_d"]), Priority::Scheduled)
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!next_poll.is_finished(), "the poll took the last worker");
+        tokio::time::timeout(Duration::from_secs(5), pool.slot())
+            .await
+            .expect("an urgent reservation is served at once");
+        next_poll.abort();
         actor.stop(None);
     }
 

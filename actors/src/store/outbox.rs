@@ -190,10 +190,8 @@ impl Store {
             load_manifest(&txn, &repo.id, None).await?
         } else {
             let paths: Vec<&str> = delta
-                .deletes
-                .iter()
-                .map(String::as_str)
-                .chain(delta.upserts.iter().map(|f| f.path.as_str()))
+                .deletes()
+                .chain(delta.upserts().map(|(path, _)| path))
                 .collect();
             load_manifest(&txn, &repo.id, Some(&paths)).await?
         };
@@ -373,17 +371,15 @@ impl Store {
 /// How many files the snapshot created, updated and deleted in the tree.
 fn tree_changes(old: &Manifest, delta: &TreeDelta) -> (u64, u64, u64) {
     let updated = delta
-        .upserts
-        .iter()
-        .filter(|f| old.contains_key(&f.path))
+        .upserts()
+        .filter(|(path, _)| old.contains_key(*path))
         .count();
     let deleted = delta
-        .deletes
-        .iter()
-        .filter(|p| old.contains_key(*p))
+        .deletes()
+        .filter(|path| old.contains_key(*path))
         .count();
     (
-        (delta.upserts.len() - updated) as u64,
+        (delta.upserts().len() - updated) as u64,
         updated as u64,
         deleted as u64,
     )
@@ -400,11 +396,7 @@ fn tree_files<'a>(
         .filter(|(path, _)| !delta.deleted(path) && delta.upsert(path).is_none())
         .map(|(path, file)| (path.as_str(), file))
         .peekable();
-    let mut changed = delta
-        .upserts
-        .iter()
-        .map(|f| (f.path.as_str(), &f.info))
-        .peekable();
+    let mut changed = delta.upserts().peekable();
     std::iter::from_fn(move || match (kept.peek(), changed.peek()) {
         (Some(a), Some(b)) if a.0.as_bytes() < b.0.as_bytes() => kept.next(),
         (Some(_), None) => kept.next(),
@@ -465,8 +457,8 @@ fn changes_for<'a>(
     // Paths to judge: the changed ones, or every known one when visibility
     // itself may have changed.
     let mut paths: std::collections::BTreeSet<&'a str> =
-        delta.upserts.iter().map(|f| f.path.as_str()).collect();
-    paths.extend(delta.deletes.iter().map(String::as_str));
+        delta.upserts().map(|(path, _)| path).collect();
+    paths.extend(delta.deletes());
     if delta.ignore_rules_changed {
         paths.extend(old.keys().map(String::as_str));
     }
@@ -591,18 +583,18 @@ async fn snapshot_totals<C: ConnectionTrait>(
         return manifest_totals(conn, &repo.id).await;
     };
     let (mut files, mut bytes) = (previous.file_count, previous.total_bytes);
-    for path in &delta.deletes {
+    for path in delta.deletes() {
         if let Some(known) = old.get(path) {
             files -= 1;
             bytes -= known.size;
         }
     }
-    for file in &delta.upserts {
-        match old.get(&file.path) {
-            Some(known) => bytes += file.info.size - known.size,
+    for (path, info) in delta.upserts() {
+        match old.get(path) {
+            Some(known) => bytes += info.size - known.size,
             None => {
                 files += 1;
-                bytes += file.info.size;
+                bytes += info.size;
             }
         }
     }
@@ -634,22 +626,29 @@ async fn apply_manifest_delta<C: ConnectionTrait>(
     repository: &str,
     delta: &TreeDelta,
 ) -> Result<(), StoreError> {
-    for batch in delta.deletes.chunks(BATCH) {
+    let mut deletes = delta.deletes().peekable();
+    while deletes.peek().is_some() {
+        let batch: Vec<&str> = deletes.by_ref().take(BATCH).collect();
         manifest_entry::Entity::delete_many()
             .filter(manifest_entry::Column::RepositoryId.eq(repository))
-            .filter(manifest_entry::Column::Path.is_in(batch.iter().cloned()))
+            .filter(manifest_entry::Column::Path.is_in(batch))
             .exec(conn)
             .await?;
     }
-    for batch in delta.upserts.chunks(BATCH) {
-        let rows = batch.iter().map(|f| manifest_entry::ActiveModel {
-            repository_id: Set(repository.to_owned()),
-            path: Set(f.path.clone()),
-            sha256: Set(f.info.sha256_hex()),
-            size: Set(f.info.size),
-            blob_id: Set(f.info.blob_id.to_string()),
-            binary: Set(f.info.binary),
-        });
+    let mut upserts = delta.upserts().peekable();
+    while upserts.peek().is_some() {
+        let rows = upserts
+            .by_ref()
+            .take(BATCH)
+            .map(|(path, info)| manifest_entry::ActiveModel {
+                repository_id: Set(repository.to_owned()),
+                path: Set(path.to_owned()),
+                sha256: Set(info.sha256_hex()),
+                size: Set(info.size),
+                blob_id: Set(info.blob_id.to_string()),
+                binary: Set(info.binary),
+            })
+            .collect::<Vec<_>>();
         manifest_entry::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::columns([
