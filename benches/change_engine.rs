@@ -25,19 +25,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::changes;
-use actors::crypto::Keyring;
-use actors::git::{self, ConnectRule, Mirror, RemoteSpec};
-use actors::ids::{AppId, RepoId, SnapshotId};
+use actors::git::{self, Mirror, RemoteSpec};
+use actors::ids::{RepoId, SnapshotId};
 use actors::scan::{self, Accessor, ScanJob, ScanOutcome};
 use actors::store::Store;
 use actors::store::apps::NewApp;
-use actors::store::leases::ScanFence;
-use actors::store::outbox::{AdvanceOutcome, SnapshotAdvance};
+use actors::store::outbox::AdvanceOutcome;
 use actors::store::subscriptions::NewSubscription;
+use actors::test_support;
 use sea_orm::{ConnectionTrait, Statement};
 
 mod support;
@@ -380,43 +378,21 @@ fn dir_size(path: &Path) -> u64 {
 
 /// A store with `apps` apps, each subscribed to `remote`'s main branch.
 async fn store_with_subscribers(database_url: &str, remote: &str, apps: usize) -> (Store, RepoId) {
-    let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("a fresh key"));
-    let store = Store::connect(database_url, keys)
-        .await
-        .expect("the database opens");
-    store.migrate().await.expect("the schema applies");
+    let store = test_support::store(database_url).await;
     let mut repo = None;
     for n in 0..apps {
-        let app = store
-            .onboard_app(NewApp {
-                name: format!("bench-{n}"),
-                base_url: format!("https://1.1.1.1/hook/{n}"),
-                email: format!("bench{n}@example.com"),
-                website: None,
-                description: None,
-                client_auth_key: secrecy::SecretString::from("k".repeat(32)),
-            })
-            .await
-            .expect("an app onboards");
-        let app = AppId::parse(&app.app.id).expect("a stored app id");
-        let (view, _) = store
-            .subscribe(
-                &app,
-                NewSubscription {
-                    url: remote.to_owned(),
-                    fetch_url: remote.to_owned(),
-                    owner: "bench".into(),
-                    name: "repo".into(),
-                    branch: Some(BRANCH.into()),
-                    git_token: None,
-                    is_private: Some(false),
-                    include: vec![],
-                    exclude: vec![],
-                },
-            )
-            .await
-            .expect("the app subscribes");
-        repo = Some(RepoId::parse(&view.repository.id).expect("a stored repository id"));
+        let app = NewApp {
+            base_url: format!("https://1.1.1.1/hook/{n}"),
+            email: format!("bench{n}@example.com"),
+            client_auth_key: secrecy::SecretString::from("k".repeat(32)),
+            ..test_support::new_app(&format!("bench-{n}"))
+        };
+        let app = test_support::onboard(&store, app).await;
+        let subscription = NewSubscription {
+            branch: Some(BRANCH.into()),
+            ..test_support::new_subscription(remote, "bench", "repo")
+        };
+        repo = Some(test_support::subscribe(&store, &app, subscription).await.1);
     }
     (store, repo.expect("at least one app"))
 }
@@ -448,98 +424,27 @@ struct Measured {
 }
 
 fn remote_spec(url: &str) -> RemoteSpec {
-    RemoteSpec {
-        url: url.to_owned(),
-        credentials: None,
-        timeout: Duration::from_secs(600),
-        low_speed: actors::git::LowSpeed::default(),
-        rule: ConnectRule {
-            allow_private: true,
-            allow_http: true,
-            allow_local: true,
-            data_dir: std::env::temp_dir().join("herald-bench-no-data-dir"),
-        },
-    }
+    test_support::loopback_remote(
+        url,
+        Duration::from_secs(600),
+        &std::env::temp_dir().join("herald-bench-no-data-dir"),
+    )
 }
 
 async fn scan_and_advance(store: &Store, repo: &RepoId, url: &str, mirror: &Path) -> Measured {
-    let current = store
-        .repository(repo)
-        .await
-        .expect("a query")
-        .expect("the repository");
-    let snapshot = SnapshotId::generate();
-    // The outbox writes only under a scan lease, from the head it started at.
-    let fence = ScanFence {
-        lease: store
-            .claim_scan(repo, "bench", 3_600_000)
-            .await
-            .expect("a query")
-            .expect("nobody else scans here"),
-        expected_head: current.head_commit.clone(),
-    };
-    let job = ScanJob {
-        mirror: mirror.to_owned(),
-        remote: remote_spec(url),
-        accessors: vec![Accessor::anonymous("bench")],
-        branch: Some(BRANCH.into()),
-        known_head: current.head_commit.clone(),
-        manifest: None,
-        snapshot_id: snapshot.as_str().to_owned(),
-        // Nothing is delivered here: every snapshot stays pinned.
-        unpin: Vec::new(),
-    };
-    let started = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
-        .await
-        .expect("the scan runs")
-        .outcome
-        .expect("the scan succeeds");
-    let scan_time = started.elapsed();
+    let scanned = test_support::scan(store, repo, remote_spec(url), mirror, "bench").await;
     let hwm_after_scan = status_mib("VmHWM");
-    let (advance, changes) = match outcome {
-        ScanOutcome::Changed {
-            branch,
-            commit,
-            delta,
-            old_ignore,
-            new_ignore,
-        } => {
-            let changes = delta.len();
-            (
-                SnapshotAdvance {
-                    repository: repo.clone(),
-                    fence: fence.clone(),
-                    snapshot,
-                    commit,
-                    branch,
-                    delta,
-                    old_ignore,
-                    new_ignore,
-                    next_scan_at: 0,
-                },
-                changes,
-            )
-        }
-        ScanOutcome::Unchanged { .. } => panic!("every measured scan sees a new commit"),
-        ScanOutcome::NeedsManifest => panic!("the mirror keeps every observed commit"),
-        ScanOutcome::NoAccess => panic!("the bench's remote is public"),
-    };
-    let started = Instant::now();
-    let outcome = store
-        .advance_snapshot(advance)
-        .await
-        .expect("the outbox write");
-    let advance_time = started.elapsed();
-    store
-        .release_scan(repo, &fence.lease)
-        .await
-        .expect("the lease is released");
+    assert!(
+        matches!(scanned.outcome, ScanOutcome::Changed { .. }),
+        "every measured scan sees a new commit"
+    );
+    let scan = scanned.took;
+    let advanced = scanned.advance(store).await;
     Measured {
-        scan: scan_time,
-        advance: advance_time,
-        outcome,
-        changes,
+        scan,
+        advance: advanced.took,
+        outcome: advanced.outcome,
+        changes: advanced.changes,
         hwm_after_scan,
     }
 }

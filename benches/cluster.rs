@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use actors::crypto::Keyring;
 use actors::signing;
+use actors::test_support::database::with_database;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sea_orm::Database;

@@ -624,10 +624,8 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     use super::*;
-    use crate::crypto::Keyring;
-    use crate::ids::AppId;
     use crate::store::apps::NewApp;
-    use crate::store::subscriptions::NewSubscription;
+    use crate::test_support;
 
     /// An HTTP/1.1 endpoint that answers 200 to every webhook after `delay`,
     /// recording each `webhook-id` it got.
@@ -694,48 +692,30 @@ mod tests {
     impl Rig {
         async fn start(delay: Duration, events: i64) -> Self {
             let dir = tempfile::tempdir().expect("temp dir");
-            let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
-            let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-            let store = Store::connect(&url, keys).await.expect("store");
-            store.migrate().await.expect("schema");
+            let store = test_support::store(&test_support::sqlite_url(dir.path())).await;
             let (base_url, seen) = slow_receiver(delay).await;
-            let app = store
-                .onboard_app(NewApp {
-                    name: "acme".into(),
+            let app_id = test_support::onboard(
+                &store,
+                NewApp {
                     base_url,
-                    email: "a@b.co".into(),
-                    website: None,
-                    description: None,
-                    client_auth_key: secrecy::SecretString::from("k".repeat(16)),
-                })
-                .await
-                .expect("app");
-            let app_id = AppId::parse(&app.app.id).expect("id");
-            let missing = dir.path().join("remote").display().to_string();
-            let (view, _) = store
-                .subscribe(
-                    &app_id,
-                    NewSubscription {
-                        url: format!("file://{missing}"),
-                        fetch_url: format!("file://{missing}"),
-                        owner: "acme".into(),
-                        name: "docs".into(),
-                        branch: None,
-                        git_token: None,
-                        is_private: Some(false),
-                        include: vec![],
-                        exclude: vec![],
-                    },
-                )
-                .await
-                .expect("subscribed");
+                    ..test_support::new_app("acme")
+                },
+            )
+            .await;
+            let missing = format!("file://{}", dir.path().join("remote").display());
+            let (view, _) = test_support::subscribe(
+                &store,
+                &app_id,
+                test_support::new_subscription(&missing, "acme", "docs"),
+            )
+            .await;
             let subscription = view.subscription.id.clone();
             // Deletions: no content to read, so no mirror is needed.
             for seq in 1..=events {
                 entity::event::ActiveModel {
                     id: Set(format!("evt_{seq:02}")),
                     subscription_id: Set(subscription.clone()),
-                    app_id: Set(app.app.id.clone()),
+                    app_id: Set(app_id.as_str().to_owned()),
                     repository_id: Set(view.repository.id.clone()),
                     snapshot_id: Set(None),
                     seq: Set(seq),
@@ -764,7 +744,7 @@ mod tests {
             let (pool, workers) = ScanPool::standalone(1).await.expect("scan workers");
             let args = AppArgs {
                 pool,
-                app_id: app.app.id.clone(),
+                app_id: app_id.as_str().to_owned(),
                 store: store.clone(),
                 config: DeliveryConfig::for_tests(dir.path()),
                 client: WebhookClient::new(Duration::from_secs(5), true),

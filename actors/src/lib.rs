@@ -18,6 +18,8 @@
 //! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
 //! - [`telemetry`]: the trace context from a scan to its deliveries; the
 //!   engine's Prometheus series.
+//! - `test_support` (tests and benches only, feature `test-support`): a
+//!   throwaway database, store fixtures, one scan driven to the outbox.
 //!
 //! The HTTP layer (the `herald` crate) holds a [`store::Store`] and an
 //! [`supervisor::EngineHandle`]; it never runs git or sends webhooks itself.
@@ -46,6 +48,8 @@ pub mod signing;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod upkeep;
 pub mod wakeups;
 pub mod webhook_client;

@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
 use crate::breaker::{BreakerPolicy, GIT_BREAKER, Permit};
+use crate::changes::TreeDelta;
 use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, Credentials, GitError, LowSpeed, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
@@ -431,58 +432,26 @@ async fn scan_claimed(
     if outcome.is_ok() && !job.unpin.is_empty() {
         store.mark_unpinned(&job.unpin).await?;
     }
-    match outcome {
-        Ok(ScanOutcome::Unchanged {
-            branch,
-            commit,
-            ignore,
-        }) => {
+    let snapshot = SnapshotId::parse(&job.snapshot_id).expect("generated above");
+    match outcome.map(|found| snapshot_advance(found, repository, &fence, snapshot, next_scan_at)) {
+        Ok(Ok(advance)) => {
             remote_breaker.succeeded().await;
-            let result = store
-                .advance_snapshot(SnapshotAdvance {
-                    repository: repository.clone(),
-                    fence: fence.clone(),
-                    snapshot: SnapshotId::parse(&job.snapshot_id).expect("generated above"),
-                    commit,
-                    branch,
-                    delta: Default::default(),
-                    old_ignore: ignore.clone(),
-                    new_ignore: ignore,
-                    next_scan_at,
-                })
-                .await?;
-            telemetry::scan_finished(scan_outcome::UNCHANGED, started.elapsed());
-            if result.events > 0 {
+            // The scan finds the branch unchanged when it is still at the known head.
+            let moved = job.known_head.as_deref() != Some(advance.commit.as_str());
+            let commit = advance.commit.clone();
+            let changes = advance.delta.len();
+            let result = store.advance_snapshot(advance).await?;
+            if !moved {
+                telemetry::scan_finished(scan_outcome::UNCHANGED, started.elapsed());
+                if result.events == 0 {
+                    return Ok(ScanReport::Unchanged);
+                }
                 config.signal.notify();
                 info!(%repository, events = result.events, "initial snapshot for new subscriptions");
                 return Ok(ScanReport::Advanced {
                     events: result.events,
                 });
             }
-            Ok(ScanReport::Unchanged)
-        }
-        Ok(ScanOutcome::Changed {
-            branch,
-            commit,
-            delta,
-            old_ignore,
-            new_ignore,
-        }) => {
-            remote_breaker.succeeded().await;
-            let changes = delta.len();
-            let result = store
-                .advance_snapshot(SnapshotAdvance {
-                    repository: repository.clone(),
-                    fence: fence.clone(),
-                    snapshot: SnapshotId::parse(&job.snapshot_id).expect("generated above"),
-                    commit: commit.clone(),
-                    branch,
-                    delta,
-                    old_ignore,
-                    new_ignore,
-                    next_scan_at,
-                })
-                .await?;
             telemetry::scan_finished(scan_outcome::CHANGED, started.elapsed());
             if result.events > 0 {
                 config.signal.notify();
@@ -500,13 +469,14 @@ async fn scan_claimed(
                 events: result.events,
             })
         }
-        Ok(ScanOutcome::NeedsManifest) => Ok(ScanReport::Skipped("manifest still missing")),
-        Ok(ScanOutcome::NoAccess) => {
+        Ok(Err(ScanOutcome::NoAccess)) => {
             // Each subscriber was told on its own; the remote itself works.
             store.reschedule(repository, next_scan_at).await?;
             config.signal.notify();
             Ok(ScanReport::Skipped("no subscriber can read the repository"))
         }
+        // NeedsManifest, even with the manifest given.
+        Ok(Err(_)) => Ok(ScanReport::Skipped("manifest still missing")),
         Err(err) => {
             telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
             record_failure(
@@ -523,6 +493,45 @@ async fn scan_claimed(
             Ok(ScanReport::Failed)
         }
     }
+}
+
+/// The outbox write of a scan that read the branch: the snapshot the
+/// repository moves to (unchanged, the same tree, which still gives
+/// subscriptions added since their initial snapshot). Hands back the
+/// outcomes that write no snapshot.
+pub(crate) fn snapshot_advance(
+    found: ScanOutcome,
+    repository: &RepoId,
+    fence: &ScanFence,
+    snapshot: SnapshotId,
+    next_scan_at: i64,
+) -> Result<SnapshotAdvance, ScanOutcome> {
+    let (commit, branch, delta, old_ignore, new_ignore) = match found {
+        ScanOutcome::Unchanged {
+            branch,
+            commit,
+            ignore,
+        } => (commit, branch, TreeDelta::default(), ignore.clone(), ignore),
+        ScanOutcome::Changed {
+            branch,
+            commit,
+            delta,
+            old_ignore,
+            new_ignore,
+        } => (commit, branch, delta, old_ignore, new_ignore),
+        other @ (ScanOutcome::NeedsManifest | ScanOutcome::NoAccess) => return Err(other),
+    };
+    Ok(SnapshotAdvance {
+        repository: repository.clone(),
+        fence: fence.clone(),
+        snapshot,
+        commit,
+        branch,
+        delta,
+        old_ignore,
+        new_ignore,
+        next_scan_at,
+    })
 }
 
 async fn run_scan(slot: &ScanSlot, job: &ScanJob) -> Result<ScanResult, WorkerLost> {

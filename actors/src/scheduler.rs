@@ -355,15 +355,10 @@ impl Actor for Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::crypto::Keyring;
     use crate::git::LowSpeed;
     use crate::git::fixtures::{commit, source_repository};
-    use crate::ids::AppId;
-    use crate::store::apps::NewApp;
-    use crate::store::subscriptions::NewSubscription;
+    use crate::test_support;
 
     async fn watchers(scheduler: &ActorRef<SchedulerMsg>) -> Vec<(RepoId, ActorRef<WatcherMsg>)> {
         ractor::call_t!(scheduler, SchedulerMsg::Watchers, 5_000).expect("the scheduler answers")
@@ -380,42 +375,14 @@ mod tests {
     impl Rig {
         async fn new(urls: &[String]) -> Self {
             let dir = tempfile::tempdir().expect("temp dir");
-            let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
-            let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-            let store = Store::connect(&url, keys).await.expect("store");
-            store.migrate().await.expect("schema");
-            let app = store
-                .onboard_app(NewApp {
-                    name: "acme".into(),
-                    base_url: "https://1.1.1.1/h".into(),
-                    email: "a@b.co".into(),
-                    website: None,
-                    description: None,
-                    client_auth_key: secrecy::SecretString::from("k".repeat(16)),
-                })
-                .await
-                .expect("app");
-            let app = AppId::parse(&app.app.id).expect("id");
+            let store = test_support::store(&test_support::sqlite_url(dir.path())).await;
+            let app = test_support::onboard(&store, test_support::new_app("acme")).await;
             let mut repos = Vec::new();
             for (n, url) in urls.iter().enumerate() {
-                let (view, _) = store
-                    .subscribe(
-                        &app,
-                        NewSubscription {
-                            url: url.clone(),
-                            fetch_url: url.clone(),
-                            owner: "acme".into(),
-                            name: format!("repo-{n}"),
-                            branch: None,
-                            git_token: None,
-                            is_private: Some(false),
-                            include: vec![],
-                            exclude: vec![],
-                        },
-                    )
-                    .await
-                    .expect("subscribed");
-                repos.push(RepoId::parse(&view.repository.id).expect("id"));
+                let subscription =
+                    test_support::new_subscription(url, "acme", &format!("repo-{n}"));
+                let (_, repo) = test_support::subscribe(&store, &app, subscription).await;
+                repos.push(repo);
             }
             Self { dir, store, repos }
         }

@@ -648,17 +648,12 @@ impl EngineHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support;
 
     /// An engine on a fresh SQLite database that gives up on a child's
     /// first failure.
     async fn engine(dir: &std::path::Path) -> EngineHandle {
-        let keys = std::sync::Arc::new(
-            crate::crypto::Keyring::from_hex(&crate::crypto::Keyring::generate_hex(), &[])
-                .expect("key"),
-        );
-        let url = format!("sqlite://{}", dir.join("herald.db").display());
-        let store = Store::connect(&url, keys).await.expect("store");
-        store.migrate().await.expect("schema");
+        let store = test_support::store(&test_support::sqlite_url(dir)).await;
         let config = EngineConfig {
             tick: Duration::from_secs(3600),
             scan_workers: 1,

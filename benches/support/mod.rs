@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actors::crypto::Keyring;
-use actors::ids::AppId;
 use actors::store::Store;
+use actors::test_support::{self, TestDatabase};
 use hmac::{Hmac, KeyInit, Mac};
-use sea_orm::{ConnectionTrait, Database, Statement};
+use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -771,25 +770,12 @@ impl Drop for Receiver {
 /// A database of its own for one server: SQLite (the server's default file in
 /// its data directory), or a PostgreSQL database created now and dropped with
 /// this value.
-pub struct BenchDatabase {
-    /// For the server; `None`: its default SQLite file.
-    pub server_url: Option<String>,
-    pub postgres: Option<(String, String)>,
-}
-
-pub fn with_database(server: &str, name: &str) -> String {
-    let mut url = url::Url::parse(server).expect("TEST_DATABASE_URL is a URL");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
+pub struct BenchDatabase(TestDatabase);
 
 impl BenchDatabase {
     pub async fn create(backend: Backend) -> Self {
         match backend {
-            Backend::Sqlite => Self {
-                server_url: None,
-                postgres: None,
-            },
+            Backend::Sqlite => Self(TestDatabase::sqlite()),
             Backend::Postgres => {
                 let server = std::env::var("TEST_DATABASE_URL")
                     .expect("--db postgres needs TEST_DATABASE_URL");
@@ -801,30 +787,16 @@ impl BenchDatabase {
     /// A database `herald_bench_<ulid>` created now on the PostgreSQL server
     /// at `server`, dropped with this value.
     pub async fn create_postgres(server: &str) -> Self {
-        let name = format!(
-            "herald_bench_{}",
-            AppId::generate()
-                .as_str()
-                .trim_start_matches("app_")
-                .to_lowercase()
-        );
-        let admin_url = with_database(server, "postgres");
-        let admin = Database::connect(&admin_url)
-            .await
-            .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("the benchmark database can be created");
-        admin.close().await.ok();
-        Self {
-            server_url: Some(with_database(server, &name)),
-            postgres: Some((admin_url, name)),
-        }
+        Self(TestDatabase::postgres(server, "herald_bench").await)
+    }
+
+    /// For the server; `None`: its default SQLite file.
+    pub fn server_url(&self) -> Option<&str> {
+        self.0.url.as_deref()
     }
 
     pub fn postgres_name(&self) -> Option<&str> {
-        self.postgres.as_ref().map(|(_, name)| name.as_str())
+        self.0.name()
     }
 
     /// The URL this bench opens the server's database with.
@@ -834,44 +806,13 @@ impl BenchDatabase {
 
     /// The PostgreSQL database, or the SQLite file `file` in `dir`.
     pub fn url_in(&self, dir: &Path, file: &str) -> String {
-        self.server_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", dir.join(file).display()))
+        self.0.url_in(dir, file)
     }
 }
 
-impl Drop for BenchDatabase {
-    fn drop(&mut self) {
-        let Some((admin_url, name)) = self.postgres.take() else {
-            return;
-        };
-        // Drop runs inside the runtime: drop the database from a thread with
-        // a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for cleanup");
-            runtime.block_on(async move {
-                if let Ok(admin) = Database::connect(&admin_url).await {
-                    admin
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                        .ok();
-                    admin.close().await.ok();
-                }
-            });
-        })
-        .join();
-        dropped.ok();
-    }
-}
-
+/// The server's database, opened by the bench.
 pub async fn connect(url: &str) -> Store {
-    let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("a fresh key"));
-    Store::connect(url, keys)
-        .await
-        .expect("the bench opens the server's database")
+    test_support::connect(url).await
 }
 
 pub async fn rows(store: &Store, sql: &str) -> Vec<sea_orm::QueryResult> {
@@ -997,7 +938,7 @@ impl Herald {
             // Benches ask for scans right after the warm-up's.
             .env("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0")
             .env("HERALD__DELIVERY__TICK", "100ms");
-        if let Some(url) = &database.server_url {
+        if let Some(url) = database.server_url() {
             command.env("HERALD__DATABASE__URL", url);
         }
         for (key, value) in extra {

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, assert_error, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, TestClient, assert_error, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, standard_signature, verify};
 
 async fn patch_app(app: &TestApp, client: &TestClient, body: Value) -> (StatusCode, Value) {
@@ -192,13 +192,9 @@ async fn after_a_rotation_both_keys_sign_until_the_next_one_retires_the_oldest()
     let repo = TestRepo::new("main");
     repo.write("a.md", "one\n");
     repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[]).await;
-    let original = onboard(&app, &receiver, "acme").await;
-    watch(&app, &original, &daemon.url("r.git")).await;
-    receiver
+    let rig = Rig::serve(&repo).await;
+    let (app, original, _) = rig.watched("acme", &[]).await;
+    rig.receiver
         .wait_for("the initial snapshot", |r| r.len() == 1)
         .await;
 
@@ -224,7 +220,7 @@ async fn after_a_rotation_both_keys_sign_until_the_next_one_retires_the_oldest()
     let view = show_app(&app, &original).await;
     assert!(view["previous_key_expires_at"].is_string(), "{view}");
 
-    let during = commit_and_receive(&repo, &served, &receiver, "two\n", 2).await;
+    let during = commit_and_receive(&repo, &rig.served, &rig.receiver, "two\n", 2).await;
     // The Docora header and one Standard signature use the new key ...
     verify(&during, &rotated.client_auth_key, &rotated.webhook_secret);
     // ... and the old key still signs alongside.
@@ -233,7 +229,7 @@ async fn after_a_rotation_both_keys_sign_until_the_next_one_retires_the_oldest()
     assert!(signatures.contains(&standard_signature(&during, &original.webhook_secret).as_str()));
 
     let again = rotate().await;
-    let after = commit_and_receive(&repo, &served, &receiver, "three\n", 3).await;
+    let after = commit_and_receive(&repo, &rig.served, &rig.receiver, "three\n", 3).await;
     verify(&after, &again.client_auth_key, &again.webhook_secret);
     let signatures: Vec<&str> = after.header("webhook-signature").split(' ').collect();
     assert_eq!(signatures.len(), 2, "{signatures:?}");
@@ -253,18 +249,18 @@ async fn an_app_disabled_for_failing_too_long_is_re_enabled_by_an_operator() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "one\n");
     repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply::status(500)));
-    let app = engine_with(&[
-        ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1"),
-        ("HERALD__BREAKER__DELIVERY__COOLDOWN", "100ms"),
-        ("HERALD__DELIVERY__DISABLE_AFTER", "300ms"),
-    ])
-    .await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let rig = Rig::serve(&repo).await;
+    rig.receiver.fallback(Some(Reply::status(500)));
+    let (app, client, id) = rig
+        .watched(
+            "acme",
+            &[
+                ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1"),
+                ("HERALD__BREAKER__DELIVERY__COOLDOWN", "100ms"),
+                ("HERALD__DELIVERY__DISABLE_AFTER", "300ms"),
+            ],
+        )
+        .await;
 
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while show_app(&app, &client).await["status"] != "disabled" {
@@ -275,9 +271,9 @@ async fn an_app_disabled_for_failing_too_long_is_re_enabled_by_an_operator() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(receiver.accepted().is_empty());
+    assert!(rig.receiver.accepted().is_empty());
 
-    receiver.fallback(None);
+    rig.receiver.fallback(None);
     let (status, body) = app
         .admin(Method::POST, "/admin/api/apps/app_nope/enable", None)
         .await;
@@ -291,7 +287,8 @@ async fn an_app_disabled_for_failing_too_long_is_re_enabled_by_an_operator() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["status"], "active");
-    let accepted = receiver
+    let accepted = rig
+        .receiver
         .wait_for("the waiting event", |r| {
             r.iter().any(|r| (200..300).contains(&r.status))
         })

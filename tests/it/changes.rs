@@ -37,6 +37,35 @@ async fn watch(app: &TestApp, client: &TestClient, body: Value) -> String {
     created["repository_id"].as_str().expect("id").to_owned()
 }
 
+/// `repo` served by `git daemon` as `r.git`, and app `acme` watching it.
+struct Watching {
+    // Declared first so the daemon stops before its root is removed.
+    daemon: GitDaemon,
+    served: Served,
+    app: TestApp,
+    client: TestClient,
+    id: String,
+}
+
+impl Watching {
+    /// Returns once the app has observed `commit`.
+    async fn start(repo: &TestRepo, commit: &str) -> Watching {
+        let served = Served::new(repo, "r.git");
+        let daemon = GitDaemon::serve(served.root());
+        let app = engine().await;
+        let client = app.onboard("acme").await;
+        let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+        app.wait_for_commit(&client, &id, commit).await;
+        Watching {
+            daemon,
+            served,
+            app,
+            client,
+            id,
+        }
+    }
+}
+
 /// The events of one scan (those carrying `commit`), as (kind, path).
 fn kinds(events: &[OutboxEvent], commit: &str) -> Vec<(String, String)> {
     events
@@ -133,12 +162,13 @@ async fn every_change_kind_renames_and_several_commits_collapse_into_the_net_cha
     repo.write("old-name.md", "moving\n");
     repo.write("flip.md", "v1\n");
     let first = repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let app = engine().await;
-    let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
-    app.wait_for_commit(&client, &id, &first).await;
+    let Watching {
+        served,
+        daemon: _daemon,
+        app,
+        client,
+        id,
+    } = Watching::start(&repo, &first).await;
 
     // Three commits land between two scans: only the net change counts.
     repo.write("edit.md", "v2\n");
@@ -195,12 +225,13 @@ async fn a_force_push_yields_the_net_change_against_what_was_observed() {
     repo.write("feature.md", "will be rewritten away\n");
     repo.write("base.md", "changed on the old line\n");
     let observed = repo.commit("observed");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let app = engine().await;
-    let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
-    app.wait_for_commit(&client, &id, &observed).await;
+    let Watching {
+        served,
+        daemon: _daemon,
+        app,
+        client,
+        id,
+    } = Watching::start(&repo, &observed).await;
 
     repo.reset_hard(&base);
     repo.write("other.md", "the new line\n");
@@ -596,12 +627,13 @@ async fn a_damaged_mirror_is_rebuilt_from_the_remote() {
     repo.write("a.md", "a\n");
     repo.write("b.md", "b\n");
     let first = repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let app = engine().await;
-    let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
-    app.wait_for_commit(&client, &id, &first).await;
+    let Watching {
+        served,
+        daemon: _daemon,
+        app,
+        client,
+        id,
+    } = Watching::start(&repo, &first).await;
 
     // Every object of the mirror is lost.
     let mirror = app.data_path().join("mirrors").join(format!("{id}.git"));
@@ -672,12 +704,13 @@ async fn snapshots_stay_pinned_in_the_mirror_while_their_events_wait() {
     repo.write(".heraldignore", "*.log\n");
     repo.write("a.md", "a\n");
     let first = repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let app = engine().await;
-    let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
-    app.wait_for_commit(&client, &id, &first).await;
+    let Watching {
+        served,
+        daemon: _daemon,
+        app,
+        client,
+        id,
+    } = Watching::start(&repo, &first).await;
 
     // A commit that touches only an ignored file: a snapshot without events.
     repo.write("debug.log", "noise\n");

@@ -340,13 +340,7 @@ async fn a_wake_up_reaches_the_other_instances_at_once_and_not_its_sender() {
         // LISTEN/NOTIFY is PostgreSQL's; SQLite is single-instance.
         return;
     };
-    let keys = Arc::new(
-        actors::crypto::Keyring::from_hex(&actors::crypto::Keyring::generate_hex(), &[])
-            .expect("key"),
-    );
-    let store = actors::store::Store::connect(&url, keys)
-        .await
-        .expect("store");
+    let store = actors::test_support::connect(&url).await;
 
     /// What one instance was woken for.
     #[derive(Default)]

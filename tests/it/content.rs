@@ -5,7 +5,7 @@
 
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, TestClient};
 use crate::receiver::{Receiver, Reply};
 
 /// Settings under which a receiver can stay down for long without events
@@ -49,13 +49,9 @@ struct Waiting {
 }
 
 async fn waiting(repo: &TestRepo, down: u16, events: usize) -> Waiting {
-    let served = Served::new(repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply::status(down)));
-    let app = engine_with(&PATIENT).await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let rig = Rig::serve(repo).await;
+    rig.receiver.fallback(Some(Reply::status(down)));
+    let (app, client, id) = rig.watched("consumer", &PATIENT).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while app.outbox(&client, &id).await.len() < events {
         assert!(
@@ -65,6 +61,11 @@ async fn waiting(repo: &TestRepo, down: u16, events: usize) -> Waiting {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let Rig {
+        served,
+        daemon,
+        receiver,
+    } = rig;
     Waiting {
         daemon,
         served,

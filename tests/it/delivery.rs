@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, verify};
 
 pub(crate) fn sha(content: &[u8]) -> String {
@@ -85,22 +85,19 @@ async fn every_change_arrives_signed_both_ways_in_order() {
     repo.write("docs/gone.md", "bye\n");
     repo.write("img.bin", [0u8, 1, 2, 3, 255]);
     let first = repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let rig = Rig::serve(&repo).await;
+    let (app, client, id) = rig.watched("acme", &[]).await;
 
-    receiver
+    rig.receiver
         .wait_for("the initial snapshot", |r| r.len() == 3)
         .await;
     repo.write("docs/a.md", "alpha two\n");
     repo.remove("docs/gone.md");
     repo.write("docs/new.md", "ünïcode\n");
     let second = repo.commit("second");
-    served.push(&repo, "HEAD:refs/heads/main", false);
-    let accepted = receiver
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    let accepted = rig
+        .receiver
         .wait_for("the second snapshot", |r| r.len() == 6)
         .await;
 
@@ -176,25 +173,26 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
         .collect();
     repo.write("big.bin", &content);
     repo.commit("big");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
     // Chunk 2 fails once, and the receiver forgets the chunks it collected
     // (as after its restart): only what it accepts after the failure counts.
-    receiver.script([Reply::status(200), Reply::status(200), Reply::status(500)]);
-    let app = engine_with(&[
-        ("HERALD__DELIVERY__CHUNK_THRESHOLD_BYTES", "10000"),
-        ("HERALD__DELIVERY__CHUNK_SIZE_BYTES", "16000"),
-    ])
-    .await;
-    let client = onboard(&app, &receiver, "acme").await;
-    watch(&app, &client, &daemon.url("r.git")).await;
-    receiver
+    rig.receiver
+        .script([Reply::status(200), Reply::status(200), Reply::status(500)]);
+    let (app, client, _) = rig
+        .watched(
+            "acme",
+            &[
+                ("HERALD__DELIVERY__CHUNK_THRESHOLD_BYTES", "10000"),
+                ("HERALD__DELIVERY__CHUNK_SIZE_BYTES", "16000"),
+            ],
+        )
+        .await;
+    rig.receiver
         .wait_for("the last chunk", |r| {
             r.iter().any(|q| q.json()["file"]["chunk"]["index"] == 3)
         })
         .await;
-    let received = receiver.received();
+    let received = rig.receiver.received();
     let failure = received
         .iter()
         .position(|r| r.status == 500)
@@ -286,10 +284,8 @@ async fn failing_receivers_get_everything_in_order_with_stable_ids() {
         repo.write(&format!("f{i}.md"), format!("{i}\n"));
     }
     repo.commit("five");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.script([
+    let rig = Rig::serve(&repo).await;
+    rig.receiver.script([
         Reply::status(500),
         Reply::status(502),
         Reply::status(200),
@@ -301,10 +297,8 @@ async fn failing_receivers_get_everything_in_order_with_stable_ids() {
         Reply::status(404),
         Reply::status(301),
     ]);
-    let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    watch(&app, &client, &daemon.url("r.git")).await;
-    let accepted = receiver.wait_for("five files", |r| r.len() == 5).await;
+    let (_app, _, _) = rig.watched("acme", &[]).await;
+    let accepted = rig.receiver.wait_for("five files", |r| r.len() == 5).await;
     let paths: Vec<String> = accepted
         .iter()
         .map(|r| r.json()["file"]["path"].as_str().expect("path").to_owned())
@@ -314,7 +308,7 @@ async fn failing_receivers_get_everything_in_order_with_stable_ids() {
         ["f0.md", "f1.md", "f2.md", "f3.md", "f4.md"],
         "strictly in order"
     );
-    let all = receiver.received();
+    let all = rig.receiver.received();
     let first_id = all[0].header("webhook-id").to_owned();
     assert!(
         all[..3].iter().all(|r| r.header("webhook-id") == first_id),
@@ -380,14 +374,13 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
     repo.write("a.md", "a\n");
     repo.write("b.md", "b\n");
     repo.commit("two");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
     // The endpoint works (it answers) but refuses the first event: 422.
-    receiver.script([Reply::status(422), Reply::status(422), Reply::status(422)]);
-    let app = engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "3")]).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    rig.receiver
+        .script([Reply::status(422), Reply::status(422), Reply::status(422)]);
+    let (app, client, id) = rig
+        .watched("acme", &[("HERALD__DELIVERY__MAX_ATTEMPTS", "3")])
+        .await;
     let view = app
         .wait_for(&client, &id, "failed", |v| v["status"] == "failed")
         .await;
@@ -396,9 +389,9 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
         view["pending_events"], 1,
         "b.md waits behind the dead event"
     );
-    assert!(receiver.accepted().is_empty());
+    assert!(rig.receiver.accepted().is_empty());
     assert_eq!(
-        receiver.received().len(),
+        rig.receiver.received().len(),
         3,
         "exactly max_attempts attempts"
     );
@@ -460,7 +453,8 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let accepted = receiver
+    let accepted = rig
+        .receiver
         .wait_for("both files after the retry", |r| r.len() == 2)
         .await;
     let paths: Vec<String> = accepted
@@ -496,7 +490,10 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let accepted = receiver.wait_for("the tree again", |r| r.len() == 4).await;
+    let accepted = rig
+        .receiver
+        .wait_for("the tree again", |r| r.len() == 4)
+        .await;
     assert_eq!(apply(&accepted[2..]), tree_of(&repo));
 }
 
@@ -505,20 +502,16 @@ async fn gone_pauses_the_subscription() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     repo.commit("one");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.script([Reply::status(410)]);
-    let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let rig = Rig::serve(&repo).await;
+    rig.receiver.script([Reply::status(410)]);
+    let (app, client, id) = rig.watched("acme", &[]).await;
     let view = app
         .wait_for(&client, &id, "paused", |v| v["status"] == "paused")
         .await;
     assert_eq!(view["pending_events"], 1);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
-        receiver.received().len(),
+        rig.receiver.received().len(),
         1,
         "nothing more is sent to a paused subscription"
     );
@@ -531,28 +524,25 @@ async fn a_sigkill_in_the_middle_of_a_delivery_loses_and_reorders_nothing() {
         repo.write(&format!("files/{i:03}.md"), format!("file {i}\n"));
     }
     repo.commit("many");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply {
+    let rig = Rig::serve(&repo).await;
+    rig.receiver.fallback(Some(Reply {
         status: 200,
         retry_after: None,
         delay: std::time::Duration::from_millis(15),
     }));
     let settings: [(&str, &str); 0] = [];
-    let app = engine_with(&settings).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    watch(&app, &client, &daemon.url("r.git")).await;
-    receiver
+    let (app, _, _) = rig.watched("acme", &settings).await;
+    rig.receiver
         .wait_for("a part of the delivery", |r| r.len() >= 30)
         .await;
 
     let (dir, database) = app.kill().await;
-    let before = receiver.received().len();
+    let before = rig.receiver.received().len();
     assert!(before < 120, "killed in the middle ({before} delivered)");
 
     let restarted = engine_restart(dir, database).await;
-    let accepted = receiver
+    let accepted = rig
+        .receiver
         .wait_for("everything after the restart", |r| {
             r.iter()
                 .map(|q| q.header("webhook-id").to_owned())
@@ -607,33 +597,34 @@ async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     repo.commit("a");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[
-        ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
-        ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
-    ])
-    .await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    receiver
+    let rig = Rig::serve(&repo).await;
+    let (_app, client, id) = rig
+        .watched(
+            "acme",
+            &[
+                ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
+                ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
+            ],
+        )
+        .await;
+    rig.receiver
         .wait_for("the initial snapshot", |r| {
             r.iter().any(|r| r.endpoint == "create")
         })
         .await;
 
     // The remote goes down: scans fail until the breaker opens.
-    drop(daemon);
+    drop(rig.daemon);
     let accepted = sync_failures(
-        &receiver
+        &rig.receiver
             .wait_for("a sync_failed", |r| !sync_failures(r).is_empty())
             .await,
     );
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let accepted_later = sync_failures(&receiver.accepted());
+    let accepted_later = sync_failures(&rig.receiver.accepted());
     assert_eq!(accepted_later.len(), 1, "one per opening, not per failure");
-    let created: Vec<String> = receiver
+    let created: Vec<String> = rig
+        .receiver
         .accepted()
         .iter()
         .filter(|r| r.endpoint != "sync_failed")
@@ -746,24 +737,20 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
         repo.write(&format!("f{i}.md"), format!("file {i}\n"));
     }
     repo.commit("five");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
     // The first webhook is answered at once, every later one after 1.5 s.
-    receiver.script([Reply::status(200)]);
-    receiver.fallback(Some(Reply {
+    rig.receiver.script([Reply::status(200)]);
+    rig.receiver.fallback(Some(Reply {
         status: 200,
         retry_after: None,
         delay: std::time::Duration::from_millis(1500),
     }));
-    let mut app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    watch(&app, &client, &daemon.url("r.git")).await;
-    receiver
+    let (mut app, _, _) = rig.watched("acme", &[]).await;
+    rig.receiver
         .wait_for("the first webhook", |r| r.len() == 1)
         .await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while receiver.arrivals() < 2 {
+    while rig.receiver.arrivals() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "{}", app.logs());
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -771,19 +758,20 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
 
     assert_eq!(app.terminate().await, Some(0), "{}", app.logs());
     assert_eq!(
-        receiver.accepted().len(),
+        rig.receiver.accepted().len(),
         2,
         "the in-flight webhook was answered before the exit, and no new one started"
     );
 
-    receiver.fallback(None);
+    rig.receiver.fallback(None);
     let (dir, database) = app.into_parts();
     let restarted = engine_restart(dir, database).await;
-    let accepted = receiver
+    let accepted = rig
+        .receiver
         .wait_for("the rest after the restart", |r| r.len() >= 5)
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let accepted_later = receiver.accepted();
+    let accepted_later = rig.receiver.accepted();
     assert_eq!(
         accepted_later.len(),
         5,
@@ -818,17 +806,18 @@ async fn a_dead_subscription(dead_retry_interval: &str) -> DeadSubscription {
         repo.write(name, format!("{name}\n"));
     }
     repo.commit("three");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    receiver.fallback(Some(Reply::status(404)));
-    let app = engine_with(&[
+    let rig = Rig::serve(&repo).await;
+    rig.receiver.fallback(Some(Reply::status(404)));
+    let settings = [
         ("HERALD__DELIVERY__MAX_ATTEMPTS", "2"),
         ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", dead_retry_interval),
-    ])
-    .await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    ];
+    let (app, client, id) = rig.watched("acme", &settings).await;
+    let Rig {
+        served,
+        daemon,
+        receiver,
+    } = rig;
     app.wait_for(&client, &id, "failed", |v| v["status"] == "failed")
         .await;
     DeadSubscription {

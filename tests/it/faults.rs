@@ -375,9 +375,11 @@ impl Cutter {
         let url = url::Url::parse(database_url).expect("a URL");
         let name = url.path().trim_start_matches('/').to_owned();
         let server = std::env::var("TEST_DATABASE_URL").expect("PostgreSQL");
-        let admin = Database::connect(crate::helpers::with_database(&server, "postgres"))
-            .await
-            .expect("the server's maintenance database");
+        let admin = Database::connect(actors::test_support::database::with_database(
+            &server, "postgres",
+        ))
+        .await
+        .expect("the server's maintenance database");
         let stop = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicUsize::new(0));
         let (stopped, counted) = (stop.clone(), cuts.clone());

@@ -13,98 +13,20 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
 use crate::receiver::Receiver;
+
+mod rig;
+
+pub use rig::{Remotes, Rig};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 /// A public address literal: accepted as a webhook target without DNS.
 pub const PUBLIC_BASE_URL: &str = "https://1.1.1.1/herald";
 
-/// A database of its own for one test: a SQLite file in the data directory,
-/// or a PostgreSQL database created now and dropped with the test.
-pub struct TestDatabase {
-    /// `None` for SQLite (the server's default under its data_dir).
-    pub url: Option<String>,
-    postgres: Option<(String, String)>,
-}
-
-impl TestDatabase {
-    pub async fn create() -> Self {
-        let Ok(server) = std::env::var("TEST_DATABASE_URL") else {
-            return Self {
-                url: None,
-                postgres: None,
-            };
-        };
-        let name = format!(
-            "herald_test_{}",
-            actors::ids::AppId::generate()
-                .as_str()
-                .trim_start_matches("app_")
-        );
-        let admin_url = with_database(&server, "postgres");
-        let admin = Database::connect(&admin_url)
-            .await
-            .expect("TEST_DATABASE_URL reaches a PostgreSQL server");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("the test database can be created");
-        admin.close().await.ok();
-        Self {
-            url: Some(with_database(&server, &name)),
-            postgres: Some((admin_url, name)),
-        }
-    }
-}
-
-impl TestDatabase {
-    /// The same database for another instance (PostgreSQL), which does not
-    /// drop it; for SQLite, nothing to share (each data dir has its own).
-    pub fn shared(&self) -> Self {
-        Self {
-            url: self.url.clone(),
-            postgres: None,
-        }
-    }
-
-    /// Whether several instances can share it (PostgreSQL).
-    pub fn is_shared_server(&self) -> bool {
-        self.url.is_some()
-    }
-}
-
-pub(crate) fn with_database(server: &str, name: &str) -> String {
-    let mut url = url::Url::parse(server).expect("TEST_DATABASE_URL is a URL");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let Some((admin_url, name)) = self.postgres.take() else {
-            return;
-        };
-        // Drop runs outside any runtime we may block; use a short-lived one.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for cleanup");
-            runtime.block_on(async move {
-                if let Ok(admin) = Database::connect(&admin_url).await {
-                    admin
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                        .ok();
-                    admin.close().await.ok();
-                }
-            });
-        })
-        .join();
-        dropped.ok();
-    }
-}
+/// A database of its own for one test: SQLite (the server's default file
+/// in its data directory), or a PostgreSQL database on `TEST_DATABASE_URL`
+/// created now and dropped with the test.
+pub use actors::test_support::TestDatabase;
 
 pub struct TestAppBuilder {
     env: HashMap<String, String>,
@@ -774,44 +696,5 @@ impl TestApp {
                 .collect(),
             Err(_) => Vec::new(),
         }
-    }
-}
-
-/// Real repositories on loopback for tests that need "some repository" a
-/// registration can prove access to: one commit on `main`, served bare under
-/// each of the given names by one `git daemon`. Hold the value for the whole
-/// test: dropping it stops the daemon. Needs a [`TestAppBuilder::loopback`]
-/// server.
-pub struct Remotes {
-    // Declared first so the daemon stops before its root is removed.
-    pub daemon: GitDaemon,
-    pub served: Vec<Served>,
-    pub repo: TestRepo,
-}
-
-impl Remotes {
-    /// Serves the same one-commit repository as each of `names` (e.g.
-    /// `acme/widgets.git`: its owner is `acme`, its name `widgets`).
-    pub fn serve(names: &[&str]) -> Remotes {
-        let (first, rest) = names.split_first().expect("at least one repository");
-        let repo = TestRepo::new("main");
-        repo.write("README.md", "hello\n");
-        repo.commit("first");
-        let mut served = vec![Served::new(&repo, first)];
-        for name in rest {
-            let sibling = served[0].sibling(&repo, name);
-            served.push(sibling);
-        }
-        let daemon = GitDaemon::serve(served[0].root());
-        Remotes {
-            daemon,
-            served,
-            repo,
-        }
-    }
-
-    /// `git://127.0.0.1:PORT/<name>`.
-    pub fn url(&self, name: &str) -> String {
-        self.daemon.url(name)
     }
 }

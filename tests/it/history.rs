@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, TestClient};
 use crate::receiver::Receiver;
 
 /// A deterministic stream of numbers (a linear congruential generator), so
@@ -124,12 +124,13 @@ struct Watched {
 impl Watched {
     /// Serves `repo` as it is, and waits for the app to hold its tree.
     async fn start(repo: TestRepo, settings: &[(&str, &str)]) -> Watched {
-        let served = Served::new(&repo, "r.git");
-        let daemon = GitDaemon::serve(served.root());
-        let receiver = Receiver::start().await;
-        let app = engine_with(settings).await;
-        let client = onboard(&app, &receiver, "consumer").await;
-        let id = watch(&app, &client, &daemon.url("r.git")).await;
+        let rig = Rig::serve(&repo).await;
+        let (app, client, id) = rig.watched("consumer", settings).await;
+        let Rig {
+            served,
+            daemon,
+            receiver,
+        } = rig;
         let watched = Watched {
             daemon,
             served,

@@ -705,13 +705,7 @@ async fn a_hook_stored_before_a_crash_is_processed_after_the_restart() {
             dir.path().join("data").join("herald.db").display()
         )
     });
-    let keys = std::sync::Arc::new(
-        actors::crypto::Keyring::from_hex(&actors::crypto::Keyring::generate_hex(), &[])
-            .expect("a key"),
-    );
-    let store = actors::store::Store::connect(&url, keys)
-        .await
-        .expect("the database");
+    let store = actors::test_support::connect(&url).await;
     let stored = store
         .store_hook(actors::store::inbound::NewHook {
             provider: "github",

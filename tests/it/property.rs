@@ -6,18 +6,13 @@
 //! hashing) and its outbox transaction on a real SQLite database.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actors::crypto::Keyring;
-use actors::git::{ConnectRule, RemoteSpec};
-use actors::ids::{AppId, RepoId, SnapshotId};
-use actors::scan::{self, Accessor, ScanJob, ScanOutcome};
+use actors::ids::{AppId, RepoId};
+use actors::scan::ScanOutcome;
 use actors::store::Store;
-use actors::store::apps::NewApp;
-use actors::store::leases::ScanFence;
-use actors::store::outbox::SnapshotAdvance;
 use actors::store::subscriptions::NewSubscription;
+use actors::test_support;
 use proptest::prelude::*;
 use sea_orm::{ConnectionTrait, Statement};
 use sha2::{Digest, Sha256};
@@ -154,43 +149,14 @@ async fn setup(
     database: &TestDatabase,
     remote: &str,
 ) -> (Store, AppId, RepoId) {
-    let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
-    let url = database
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", dir.join("herald.db").display()));
-    let store = Store::connect(&url, keys).await.expect("store");
-    store.migrate().await.expect("schema");
-    let app = store
-        .onboard_app(NewApp {
-            name: "prop".into(),
-            base_url: "https://1.1.1.1/h".into(),
-            email: "a@b.co".into(),
-            website: None,
-            description: None,
-            client_auth_key: secrecy::SecretString::from("k".repeat(16)),
-        })
-        .await
-        .expect("app");
-    let app = AppId::parse(&app.app.id).expect("id");
-    let (view, _) = store
-        .subscribe(
-            &app,
-            NewSubscription {
-                url: remote.to_owned(),
-                fetch_url: remote.to_owned(),
-                owner: "prop".into(),
-                name: "repo".into(),
-                branch: Some("main".into()),
-                git_token: None,
-                is_private: Some(false),
-                include: vec![],
-                exclude: vec![],
-            },
-        )
-        .await
-        .expect("subscription");
-    (store, app, RepoId::parse(&view.repository.id).expect("id"))
+    let store = test_support::store(&database.url_in(dir, "herald.db")).await;
+    let app = test_support::onboard(&store, test_support::new_app("prop")).await;
+    let subscription = NewSubscription {
+        branch: Some("main".into()),
+        ..test_support::new_subscription(remote, "prop", "repo")
+    };
+    let (_, repo) = test_support::subscribe(&store, &app, subscription).await;
+    (store, app, repo)
 }
 
 /// One scan through the engine's own code; returns the new events.
@@ -200,75 +166,17 @@ async fn scan_once(
     remote: &str,
     mirror: &std::path::Path,
 ) -> Vec<(String, String, Option<String>)> {
-    let current = store
-        .repository(repo)
-        .await
-        .expect("query")
-        .expect("repository");
-    let snapshot = SnapshotId::generate();
-    // The outbox writes only under a scan lease, from the head it started at.
-    let fence = ScanFence {
-        lease: store
-            .claim_scan(repo, "property", 3_600_000)
-            .await
-            .expect("a query")
-            .expect("nobody else scans here"),
-        expected_head: current.head_commit.clone(),
-    };
-    let job = ScanJob {
-        mirror: mirror.to_owned(),
-        remote: RemoteSpec {
-            url: remote.to_owned(),
-            credentials: None,
-            timeout: Duration::from_secs(30),
-            low_speed: actors::git::LowSpeed::default(),
-            rule: ConnectRule {
-                allow_private: true,
-                allow_http: true,
-                allow_local: true,
-                data_dir: mirror.with_extension("data"),
-            },
-        },
-        accessors: vec![Accessor::anonymous("property")],
-        branch: Some("main".into()),
-        known_head: current.head_commit.clone(),
-        manifest: None,
-        snapshot_id: snapshot.as_str().to_owned(),
-        unpin: Vec::new(),
-    };
-    let outcome = tokio::task::spawn_blocking(move || scan::scan(job))
-        .await
-        .expect("scan runs")
-        .outcome
-        .expect("scan succeeds");
-    let advance = match outcome {
-        ScanOutcome::Changed {
-            branch,
-            commit,
-            delta,
-            old_ignore,
-            new_ignore,
-        } => SnapshotAdvance {
-            repository: repo.clone(),
-            fence: fence.clone(),
-            snapshot,
-            commit,
-            branch,
-            delta,
-            old_ignore,
-            new_ignore,
-            next_scan_at: 0,
-        },
-        ScanOutcome::Unchanged { .. } => return Vec::new(),
-        ScanOutcome::NeedsManifest => panic!("the mirror keeps every observed commit"),
-        ScanOutcome::NoAccess => panic!("the bench's remote is public"),
-    };
+    let remote = test_support::loopback_remote(
+        remote,
+        Duration::from_secs(30),
+        &mirror.with_extension("data"),
+    );
+    let scanned = test_support::scan(store, repo, remote, mirror, "property").await;
+    if matches!(scanned.outcome, ScanOutcome::Unchanged { .. }) {
+        return Vec::new();
+    }
     let before: i64 = count(store).await;
-    store.advance_snapshot(advance).await.expect("outbox write");
-    store
-        .release_scan(repo, &fence.lease)
-        .await
-        .expect("released");
+    scanned.advance(store).await;
     let rows = store
         .db()
         .query_all_raw(Statement::from_string(

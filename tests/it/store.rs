@@ -2,10 +2,7 @@
 //! leases that let several instances share one database, and the fencing
 //! that keeps a claimant whose lease passed on from writing.
 
-use std::sync::Arc;
-
 use actors::changes::{FileEntry, FileInfo, TreeDelta};
-use actors::crypto::Keyring;
 use actors::ids::SnapshotId;
 use actors::ids::{AppId, EventId, RepoId};
 use actors::store::apps::NewApp;
@@ -14,30 +11,20 @@ use actors::store::leases::ScanFence;
 use actors::store::outbox::SnapshotAdvance;
 use actors::store::subscriptions::NewSubscription;
 use actors::store::{Store, StoreError};
+use actors::test_support;
 use secrecy::SecretString;
 
 use crate::helpers::TestDatabase;
 
 async fn store(database: &TestDatabase, dir: &tempfile::TempDir) -> Store {
-    let url = database
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("herald.db").display()));
-    let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
-    let store = Store::connect(&url, keys).await.expect("connects");
-    store.migrate().await.expect("migrates");
-    store
+    test_support::store(&database.url_in(dir.path(), "herald.db")).await
 }
 
 async fn onboard(store: &Store, key: String) -> actors::store::apps::OnboardedApp {
     store
         .onboard_app(NewApp {
-            name: "acme".into(),
-            base_url: "https://1.1.1.1/h".into(),
-            email: "a@b.co".into(),
-            website: None,
-            description: None,
             client_auth_key: SecretString::from(key),
+            ..test_support::new_app("acme")
         })
         .await
         .expect("onboarded")
@@ -54,15 +41,8 @@ async fn scan_and_delivery_leases_have_one_owner_until_they_expire() {
         .subscribe(
             &app_id,
             NewSubscription {
-                url: "https://1.1.1.1/acme/widgets".into(),
                 fetch_url: "https://1.1.1.1/acme/widgets.git".into(),
-                owner: "acme".into(),
-                name: "widgets".into(),
-                branch: None,
-                git_token: None,
-                is_private: Some(false),
-                include: vec![],
-                exclude: vec![],
+                ..test_support::new_subscription("https://1.1.1.1/acme/widgets", "acme", "widgets")
             },
         )
         .await
@@ -145,25 +125,17 @@ async fn scan_and_delivery_leases_have_one_owner_until_they_expire() {
 async fn watched(store: &Store) -> (RepoId, actors::ids::SubscriptionId) {
     let app = onboard(store, "k".repeat(16)).await;
     let app_id = AppId::parse(&app.app.id).expect("id");
-    let (view, _) = store
-        .subscribe(
-            &app_id,
-            NewSubscription {
-                url: "https://1.1.1.1/acme/fenced".into(),
-                fetch_url: "https://1.1.1.1/acme/fenced.git".into(),
-                owner: "acme".into(),
-                name: "fenced".into(),
-                branch: None,
-                git_token: None,
-                is_private: Some(false),
-                include: vec![],
-                exclude: vec![],
-            },
-        )
-        .await
-        .expect("subscribed");
+    let (view, repo) = test_support::subscribe(
+        store,
+        &app_id,
+        NewSubscription {
+            fetch_url: "https://1.1.1.1/acme/fenced.git".into(),
+            ..test_support::new_subscription("https://1.1.1.1/acme/fenced", "acme", "fenced")
+        },
+    )
+    .await;
     (
-        RepoId::parse(&view.repository.id).expect("id"),
+        repo,
         actors::ids::SubscriptionId::parse(&view.subscription.id).expect("id"),
     )
 }

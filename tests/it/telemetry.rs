@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use warp::Filter;
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply};
 
 /// One exported span, ids in lowercase hex.
@@ -144,39 +144,36 @@ async fn one_trace_follows_a_change_from_the_scan_to_every_delivery_attempt() {
     let repo = TestRepo::new("main");
     repo.write("docs/a.md", "alpha\n");
     repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
     // Spans leave in one batch at shutdown (the schedule delay is far
     // longer than the test): what arrives proves the flush on SIGTERM.
-    let mut app = engine_with(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
+    let settings = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "herald-under-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-    ])
-    .await;
-    let client = onboard(&app, &receiver, "traced").await;
-    let repository_id = watch(&app, &client, &daemon.url("r.git")).await;
-    receiver
+    ];
+    let (mut app, client, repository_id) = rig.watched("traced", &settings).await;
+    rig.receiver
         .wait_for("the initial snapshot", |r| r.len() == 1)
         .await;
 
     // The change's first attempt fails, the second succeeds: two attempts.
-    receiver.script([Reply::status(500)]);
+    rig.receiver.script([Reply::status(500)]);
     repo.write("docs/a.md", "alpha, revised\n");
     let commit = repo.commit("revise");
-    served.push(&repo, "main", false);
+    rig.served.push(&repo, "main", false);
     app.wait_for_commit(&client, &repository_id, &commit).await;
-    receiver
+    rig.receiver
         .wait_for("the update after a retry", |r| r.len() == 2)
         .await;
-    let attempts: Vec<_> = receiver
+    let attempts: Vec<_> = rig
+        .receiver
         .received()
         .into_iter()
         .filter(|r| r.endpoint == "update")
         .collect();
     assert_eq!(attempts.len(), 2, "one failed attempt, one delivered");
-    let initial = receiver.accepted()[0].clone();
+    let initial = rig.receiver.accepted()[0].clone();
 
     assert_eq!(app.terminate().await, Some(0));
     let spans = collector.spans();

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, TestClient, engine_with, onboard};
 use crate::receiver::Receiver;
 
 /// One file, `log.md`, that moves through versions `v0`, `v1`…, watched by
@@ -25,12 +25,13 @@ impl Log {
         let repo = TestRepo::new("main");
         repo.write("log.md", "v0\n");
         let initial = repo.commit("v0");
-        let served = Served::new(&repo, "r.git");
-        let daemon = GitDaemon::serve(served.root());
-        let receiver = Receiver::start().await;
-        let app = engine_with(settings).await;
-        let client = onboard(&app, &receiver, "consumer").await;
-        let id = watch(&app, &client, &daemon.url("r.git")).await;
+        let rig = Rig::serve(&repo).await;
+        let (app, client, id) = rig.watched("consumer", settings).await;
+        let Rig {
+            served,
+            daemon,
+            receiver,
+        } = rig;
         app.wait_for_commit(&client, &id, initial.trim()).await;
         Log {
             _daemon: daemon,
@@ -241,21 +242,17 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
     let repo = TestRepo::new("main");
     repo.write("big.bin", &content);
     repo.commit("big");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
     // The first attempt is told to come back in an hour: then the process
     // idles, and the measured sending starts when the test says so.
-    receiver.script([crate::receiver::Reply {
+    rig.receiver.script([crate::receiver::Reply {
         status: 503,
         retry_after: Some(3600),
         delay: std::time::Duration::ZERO,
     }]);
-    let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    watch(&app, &client, &daemon.url("r.git")).await;
+    let (app, client, _) = rig.watched("consumer", &[]).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while receiver.received().is_empty() {
+    while rig.receiver.received().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "no first attempt");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -287,7 +284,8 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
         )
         .await;
     assert!(status.is_success(), "{status} {body}");
-    let accepted = receiver
+    let accepted = rig
+        .receiver
         .wait_for_within("the whole file", std::time::Duration::from_secs(300), |r| {
             crate::delivery::apply(r)
                 .get("big.bin")
@@ -332,13 +330,10 @@ async fn a_600_mb_file_that_packs_to_a_megabyte_costs_its_pieces_not_its_size() 
     }
     let expected = hex::encode(sha2::Digest::finalize(expected));
     repo.commit("zeros");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    watch(&app, &client, &daemon.url("r.git")).await;
-    let accepted = receiver
+    let rig = Rig::serve(&repo).await;
+    let (app, _, _) = rig.watched("consumer", &[]).await;
+    let accepted = rig
+        .receiver
         .wait_for_within("both webhooks", std::time::Duration::from_secs(300), |r| {
             r.len() == 2
         })
@@ -365,13 +360,14 @@ async fn a_file_over_max_file_bytes_is_announced_in_its_place_without_its_conten
     repo.write("b.bin", noise(4096));
     repo.write("c.md", "small too\n");
     repo.commit("three");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[("HERALD__DELIVERY__MAX_FILE_BYTES", "1024")]).await;
-    let client = onboard(&app, &receiver, "consumer").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    let accepted = receiver.wait_for("three webhooks", |r| r.len() == 3).await;
+    let rig = Rig::serve(&repo).await;
+    let (_app, client, id) = rig
+        .watched("consumer", &[("HERALD__DELIVERY__MAX_FILE_BYTES", "1024")])
+        .await;
+    let accepted = rig
+        .receiver
+        .wait_for("three webhooks", |r| r.len() == 3)
+        .await;
     let endpoints: Vec<&str> = accepted.iter().map(|r| r.endpoint.as_str()).collect();
     assert_eq!(endpoints, ["create", "file_too_large", "create"]);
     let notice = accepted[1].json();

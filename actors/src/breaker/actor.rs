@@ -279,16 +279,12 @@ impl Actor for BreakerActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::Keyring;
+    use crate::test_support;
 
     const COOLDOWN: Duration = Duration::from_millis(200);
 
     async fn store(dir: &std::path::Path) -> Store {
-        let keys = Arc::new(Keyring::from_hex(&Keyring::generate_hex(), &[]).expect("key"));
-        let url = format!("sqlite://{}", dir.join("herald.db").display());
-        let store = Store::connect(&url, keys).await.expect("store");
-        store.migrate().await.expect("schema");
-        store
+        test_support::store(&test_support::sqlite_url(dir)).await
     }
 
     async fn spawn(store: &Store) -> ActorRef<BreakerMsg> {
