@@ -1,23 +1,27 @@
-//! The reference workload of `../shared/bench`, with its floors measured in
-//! the same run on the same machine, every figure printed as a ratio to its
-//! floor.
+//! The reference workload, with its floors measured in the same run on the
+//! same machine, every figure printed as a ratio to its floor.
 //!
 //! `cargo bench --bench reference [-- OPTIONS]`
 //!
-//! The repositories come from `gen_repo.py` (deterministic: the same
-//! `--files`/`--seed` give the same commits), served over `git://` by a local
-//! `git daemon`; the webhooks go to `receiver.py --verify-content`, which
-//! checks both the Docora signature and every file's SHA-256 after
-//! reassembling chunks. Herald is the release binary, started as a user
-//! starts it, on SQLite under a fresh data directory.
+//! The repositories come from `support::workload` (generated here with `git
+//! fast-import`, no network, deterministic: the same `--files`/`--seed`
+//! give the same commits), served over `git://` by a local `git daemon`;
+//! the webhooks go to `support::verify`'s logging receiver, which checks
+//! both signatures, every file's SHA-256 after reassembling chunks and
+//! every update's and delete's previous content, holds the tree each app
+//! was sent (compared with git's after every sync and push), and logs when
+//! each webhook arrived. Herald is the release binary (or
+//! `HERALD_BENCH_BINARY`), started as a user starts it, on SQLite under a
+//! fresh data directory.
 //!
 //! 1. **Initial sync**, one app: from the registration request to the last
 //!    webhook. Floor: a shallow bare `git clone` of the same repository plus
-//!    `post_load.py --concurrency 1` replaying the same tree (signed bodies,
-//!    chunked like Herald's) to the same receiver.
+//!    the load client (`support::load`) replaying the same tree on one
+//!    connection (signed bodies, chunked like Herald's, built before the
+//!    clock starts) to the same receiver.
 //! 2. **Delivery phase**: webhooks per second from the first webhook to the
-//!    last in (1). Floor: `post_load.py --concurrency 1`'s rate, what the
-//!    receiver absorbs on one strictly ordered connection.
+//!    last in (1). Floor: the load client's rate on one connection, what
+//!    the receiver absorbs from a strictly ordered sender.
 //! 3. **A 10-file push**, announced by a GitHub push hook: from the hook to
 //!    the last webhook of the change. Floor: `git fetch` of the commit into
 //!    a mirror plus `git diff-tree`.
@@ -35,7 +39,6 @@
 //! `--memory FILES:SEED,…` [20000:2], `--apps N` [5], `--pushes N` [5],
 //! `--runs N` [1] (repeats 1, 2 and 5; from 3 runs, each range gives its
 //! median), `--scenarios 1,3,4,5,6` [all],
-//! `--workload DIR` [`../shared/bench`, or `HERALD_BENCH_WORKLOAD`],
 //! `--env KEY=VALUE` (more environment for Herald; repeatable).
 //! `HERALD_BENCH_KEEP_LOG=PATH` keeps the receiver's log of the last initial
 //! sync (Herald's webhooks, then the floors'), one JSON line a request with
@@ -55,11 +58,14 @@ mod gitserver;
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use support::load::Load;
+use support::verify::logging::LoggingReceiver;
+use support::verify::{self, Tree};
+use support::workload::{Change, Event, Mutation, Workload};
 use support::*;
 
 #[derive(Debug, Clone)]
@@ -71,17 +77,12 @@ struct Options {
     pushes: usize,
     runs: usize,
     scenarios: Vec<usize>,
-    workload: PathBuf,
     /// More environment for Herald (`--env KEY=VALUE`, repeatable).
     env: Vec<(String, String)>,
 }
 
 fn parse_options() -> Options {
     let mut args = BenchArgs::from_env();
-    let workload = std::env::var_os("HERALD_BENCH_WORKLOAD").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench"),
-        PathBuf::from,
-    );
     let mut options = if args.full {
         Options {
             files: 5_000,
@@ -91,7 +92,6 @@ fn parse_options() -> Options {
             pushes: 5,
             runs: 1,
             scenarios: vec![1, 3, 4, 5, 6],
-            workload,
             env: Vec::new(),
         }
     } else {
@@ -103,7 +103,6 @@ fn parse_options() -> Options {
             pushes: 1,
             runs: 1,
             scenarios: vec![1, 3, 4, 5, 6],
-            workload,
             env: Vec::new(),
         }
     };
@@ -129,7 +128,6 @@ fn parse_options() -> Options {
             "--pushes" => options.pushes = args.number(&arg),
             "--runs" => options.runs = args.number(&arg),
             "--scenarios" => options.scenarios = args.numbers(&arg),
-            "--workload" => options.workload = PathBuf::from(args.value(&arg)),
             "--env" => {
                 let pair = args.value(&arg);
                 let (key, value) = pair.split_once('=').expect("--env KEY=VALUE");
@@ -144,11 +142,6 @@ fn parse_options() -> Options {
 
 fn main() {
     let options = parse_options();
-    assert!(
-        options.workload.join("gen_repo.py").exists(),
-        "the reference workload is missing: {} has no gen_repo.py (set HERALD_BENCH_WORKLOAD)",
-        options.workload.display()
-    );
     let missed = runtime().block_on(run(&options));
     if !missed.is_empty() {
         eprintln!("goals missed (at the median of the runs):");
@@ -161,275 +154,76 @@ fn main() {
 
 // ------------------------------------------------------------ the workload
 
-/// A generated repository: its work tree (where `gen_repo.py mutate` makes
-/// commits and pushes them), its bare repository under the daemon's
-/// directory, and the ground truth of its first commit.
-struct Workload {
-    script_dir: PathBuf,
-    out: PathBuf,
-    name: String,
-    /// The served bare repository.
-    bare: PathBuf,
-    /// How many files the first commit holds (the receiver checks each
-    /// file's content against the SHA-256 in its webhook).
-    files: usize,
-    bytes: u64,
-    commit: String,
+/// The planned 10-file changes of `--pushes` (seeds `--seed`, `--seed` + 1, …).
+fn planned(options: &Options) -> Vec<Mutation> {
+    (0..options.pushes)
+        .map(|push| Mutation {
+            changes: 10,
+            seed: options.seed + push as u64,
+        })
+        .collect()
 }
 
-impl Workload {
-    fn generate(script_dir: &Path, served: &Path, files: usize, seed: u64) -> Workload {
-        let name = format!("r{files}s{seed}");
-        let out = served.parent().expect("a parent").join(&name);
-        let bare = served.join(format!("{name}.git"));
-        let started = Instant::now();
-        let output = Command::new("python3")
-            .arg(script_dir.join("gen_repo.py"))
-            .args(["init", "--force", "--out"])
-            .arg(&out)
-            .arg("--bare")
-            .arg(&bare)
-            .args(["--files", &files.to_string(), "--seed", &seed.to_string()])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("python3 runs gen_repo.py");
-        assert!(output.status.success(), "gen_repo.py init failed");
-        let manifest: Value = serde_json::from_slice(
-            &std::fs::read(out.join("manifest.json")).expect("gen_repo.py writes manifest.json"),
-        )
-        .expect("manifest.json is JSON");
-        let files = manifest["entries"]
-            .as_array()
-            .expect("manifest entries")
-            .len();
-        eprintln!(
-            "generated {name}: {files} files, {:.1} MB, in {:.1} s",
-            manifest["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
-            started.elapsed().as_secs_f64()
+fn generate(served: &Path, files: usize, seed: u64, planned: &[Mutation]) -> Workload {
+    let started = Instant::now();
+    let workload = Workload::generate(served, files, seed, planned);
+    eprintln!(
+        "generated {}: {} files ({} binary), {:.1} MB, in {:.1} s",
+        workload.name,
+        workload.tally.files,
+        workload.tally.binary,
+        workload.tally.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    workload
+}
+
+fn url_of(workload: &Workload, daemon: &GitDaemon) -> String {
+    daemon.url_of(&format!("{}.git", workload.name))
+}
+
+/// The served branch's files now, with the SHA-256 of each.
+fn current_tree(workload: &Workload) -> Tree {
+    verify::tree_of(&workload.served, workload.tip())
+}
+
+/// Waits until each of `apps` holds `want`: every file arrived whole and
+/// passed the receiver's checks.
+async fn wait_holding(
+    receiver: &LoggingReceiver,
+    apps: &[String],
+    want: &Tree,
+    herald: &Herald,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    // The bench shares the machine with Herald and the receiver: while
+    // files arrive it only reads the receiver's count, and compares the
+    // trees once there are as many requests as files wanted.
+    loop {
+        if receiver.count() >= apps.len() * want.len() && receiver.holds(apps, want) {
+            return;
+        }
+        receiver.assert_ok("the initial sync");
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {timeout:?}: {} requests for {} files; herald's last lines:\n{}",
+            receiver.count(),
+            apps.len() * want.len(),
+            tail(&herald.logs)
         );
-        Workload {
-            script_dir: script_dir.to_owned(),
-            out,
-            name,
-            bare,
-            files,
-            bytes: manifest["bytes"].as_u64().unwrap_or(0),
-            commit: manifest["commit"].as_str().expect("a commit").to_owned(),
-        }
-    }
-
-    /// The paths of the branch's files now (the pushes have moved it on).
-    fn current_paths(&self) -> Vec<String> {
-        git_ok(&self.bare, &["ls-tree", "-r", "-z", "--name-only", BRANCH])
-            .split('\0')
-            .filter(|path| !path.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn url(&self, daemon: &GitDaemon) -> String {
-        daemon.url_of(&format!("{}.git", self.name))
-    }
-
-    /// One new commit touching `changes` files, pushed to the served bare
-    /// repository; its `gen_repo.py` ground truth.
-    fn mutate(&self, changes: usize, seed: u64) -> Value {
-        let json_path = self.out.join("change.json");
-        let status = Command::new("python3")
-            .arg(self.script_dir.join("gen_repo.py"))
-            .args(["mutate", "--dir"])
-            .arg(&self.out)
-            .args([
-                "--changes",
-                &changes.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .arg("--out-json")
-            .arg(&json_path)
-            .stdout(Stdio::null())
-            .status()
-            .expect("python3 runs gen_repo.py");
-        assert!(status.success(), "gen_repo.py mutate failed");
-        serde_json::from_slice(&std::fs::read(&json_path).expect("change.json"))
-            .expect("change.json is JSON")
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-// ------------------------------------------------------------ the receiver
-
-/// `receiver.py --verify-content` on a port of its own, logging one JSON
-/// line per request. Killed on drop.
-struct PyReceiver {
-    child: std::process::Child,
-    port: u16,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl PyReceiver {
-    /// Listens on `port` (the apps' `base_url` names it); `keys`: the Docora
-    /// signing key of each app id; a single one is also the default key (for
-    /// `post_load.py`'s requests).
-    async fn start(
-        script_dir: &Path,
-        dir: &Path,
-        port: u16,
-        keys: &[(String, String)],
-    ) -> PyReceiver {
-        let log = dir.join(format!("hooks-{port}.jsonl"));
-        let ready = dir.join(format!("ready-{port}"));
-        let mut command = Command::new("python3");
-        command
-            .arg(script_dir.join("receiver.py"))
-            .args(["--port", &port.to_string(), "--verify-content", "--log"])
-            .arg(&log)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let [(_, key)] = keys {
-            command.args(["--key", key]);
-        }
-        for (app, key) in keys {
-            command.args(["--key-for", &format!("{app}={key}")]);
-        }
-        let child = command.spawn().expect("python3 runs receiver.py");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "receiver.py did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        PyReceiver {
-            child,
-            port,
-            log,
-            http: reqwest::Client::new(),
-        }
+/// `tree` moved on by `change`.
+fn apply(tree: &mut Tree, change: &Change) {
+    for file in &change.files {
+        match file.event {
+            Event::Delete => tree.remove(&file.path),
+            Event::Create | Event::Update => tree.insert(file.path.clone(), file.sha256.clone()),
+        };
     }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/hooks", self.port)
-    }
-
-    async fn stats(&self) -> Value {
-        self.http
-            .get(format!("http://127.0.0.1:{}/__bench/stats", self.port))
-            .send()
-            .await
-            .expect("the receiver answers")
-            .json()
-            .await
-            .expect("stats are JSON")
-    }
-
-    async fn reset(&self) {
-        self.http
-            .post(format!("http://127.0.0.1:{}/__bench/reset", self.port))
-            .send()
-            .await
-            .expect("the receiver answers");
-    }
-
-    /// The log lines from line `from` on (the receiver flushes every 50 ms).
-    fn lines(&self, from: usize) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .skip(from)
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
-
-    /// Waits until every `(app, path)` wanted has arrived whole (its last
-    /// chunk logged); returns the log's lines.
-    async fn wait_whole(
-        &self,
-        wanted: &HashSet<(String, String)>,
-        herald: &Herald,
-        timeout: Duration,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        // The bench shares the machine with Herald and the receiver, and the
-        // floor's replay runs without it looking on: while files arrive it
-        // only asks the receiver for its count, and reads and parses the
-        // log (the part it has not read yet) once there are as many
-        // requests as files wanted. When it read and parsed the growing log
-        // every 100 ms, its threads took 5% of a vCPU during Herald's
-        // delivery phase; now half of that, most of it the RSS sampler.
-        let (mut lines, mut read) = (Vec::new(), 0_usize);
-        let mut arrived: HashSet<(String, String)> = HashSet::new();
-        loop {
-            let count = self.stats().await["count"].as_u64().unwrap_or(0);
-            if count >= wanted.len() as u64 {
-                let log = read_from(&self.log, read);
-                let complete = log
-                    .iter()
-                    .rposition(|b| *b == b'\n')
-                    .map_or(0, |last| last + 1);
-                for line in log[..complete].split(|b| *b == b'\n') {
-                    if let Ok(line) = serde_json::from_slice::<Value>(line) {
-                        if whole(&line) {
-                            arrived.insert(key_of(&line));
-                        }
-                        lines.push(line);
-                    }
-                }
-                read += complete;
-                if wanted.iter().all(|w| arrived.contains(w)) {
-                    return lines;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up after {timeout:?}: {} of {} files arrived; herald's last lines:\n{}",
-                wanted.iter().filter(|w| arrived.contains(*w)).count(),
-                wanted.len(),
-                tail(&herald.logs)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for PyReceiver {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// The bytes of `path` from `offset` on (none when it cannot be read yet).
-fn read_from(path: &Path, offset: usize) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut bytes = Vec::new();
-    if let Ok(mut file) = std::fs::File::open(path)
-        && file.seek(SeekFrom::Start(offset as u64)).is_ok()
-    {
-        file.read_to_end(&mut bytes).ok();
-    }
-    bytes
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A log line of a file's last (or only) part.
-fn whole(line: &Value) -> bool {
-    line["file_path"].is_string()
-        && line["chunk"]
-            .as_object()
-            .is_none_or(|c| c["index"].as_i64() == c["total"].as_i64().map(|t| t - 1))
-}
-
-fn key_of(line: &Value) -> (String, String) {
-    (
-        line["app_id"].as_str().unwrap_or_default().to_owned(),
-        line["file_path"].as_str().unwrap_or_default().to_owned(),
-    )
 }
 
 fn now_ns() -> u128 {
@@ -437,18 +231,6 @@ fn now_ns() -> u128 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_nanos()
-}
-
-/// What a delivery left in the receiver's log: failures of any kind.
-fn check_lines(lines: &[Value]) {
-    let bad_signature = lines.iter().filter(|l| l["sig"] != "ok").count();
-    let bad_content = lines.iter().filter(|l| l["content_ok"] == false).count();
-    let failed = lines.iter().filter(|l| l["status"] != 200).count();
-    assert_eq!(
-        (bad_signature, bad_content, failed),
-        (0, 0, 0),
-        "signatures not ok, contents not matching, requests failed"
-    );
 }
 
 /// Samples a process's RSS and CPU time every 20 ms until dropped, to tell
@@ -678,21 +460,21 @@ async fn run(options: &Options) -> Vec<String> {
     let root = tempfile::tempdir().expect("a temp dir");
     let served = root.path().join("served");
     std::fs::create_dir_all(&served).expect("the served directory");
-    let workload = Workload::generate(&options.workload, &served, options.files, options.seed);
+    let mut workload = generate(&served, options.files, options.seed, &planned(options));
     let daemon = GitDaemon::serve(&served);
     println!(
-        "# The reference workload\n\n{} CPUs, load {}; `gen_repo.py init --files {} --seed {}`: \
+        "# The reference workload\n\n{} CPUs, load {}; `--files {} --seed {}`: \
          {} files, {:.1} MB, commit `{}`\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
         options.files,
         options.seed,
-        workload.files,
-        workload.bytes as f64 / 1e6,
-        &workload.commit[..12],
+        workload.tally.files,
+        workload.tally.bytes as f64 / 1e6,
+        &workload.first[..12],
     );
     let mut report = Report { rows: Vec::new() };
-    // Issue 15 set its goals on `gen_repo.py init --files 5000 --seed 1`
+    // Issue 15 set its goals on the workload of 5,000 files, seed 1
     // (one app, and five for the fan-out).
     let reference = options.files == 5_000 && options.seed == 1;
     let on_reference = |goal: Goal| goal.for_workload(reference, "5,000 files, seed 1");
@@ -700,7 +482,7 @@ async fn run(options: &Options) -> Vec<String> {
         let mut syncs = Vec::new();
         for run in 0..options.runs {
             let first = run == 0 && options.scenarios.contains(&3);
-            syncs.push(initial_sync(options, &workload, &daemon, root.path(), first).await);
+            syncs.push(initial_sync(options, &mut workload, &daemon, root.path(), first).await);
         }
         let sync_ratio: Vec<f64> = syncs.iter().map(|s| s.total_s / s.floor_s()).collect();
         let rate_ratio: Vec<f64> = syncs.iter().map(|s| s.rate / s.floor_rate).collect();
@@ -709,7 +491,7 @@ async fn run(options: &Options) -> Vec<String> {
             "initial sync, registration → last webhook",
             range(&of(|s| s.total_s), "s", 2),
             format!(
-                "clone {} + post_load c=1 {}",
+                "clone {} + load client c=1 {}",
                 range(&of(|s| s.clone_s), "s", 2),
                 range(&of(|s| s.replay_s), "s", 2)
             ),
@@ -790,7 +572,7 @@ async fn run(options: &Options) -> Vec<String> {
     }
     if options.scenarios.contains(&4) {
         for &(files, seed) in &options.memory {
-            let big = Workload::generate(&options.workload, &served, files, seed);
+            let big = generate(&served, files, seed, &[]);
             let (seconds, peak) = fan_out(options, &big, &daemon, root.path(), 1).await;
             // Issue 15's goals: 100 MiB at 20,000 files, 200 MiB at 100,000.
             let goal = match files {
@@ -832,7 +614,7 @@ async fn run(options: &Options) -> Vec<String> {
     if options.scenarios.contains(&6) {
         let http = gitserver::HttpGitServer::serve(&served, None);
         let transports = [
-            ("git://", workload.url(&daemon)),
+            ("git://", url_of(&workload, &daemon)),
             ("smart HTTP", http.url(&format!("{}.git", workload.name))),
         ];
         for (transport, url) in transports {
@@ -856,9 +638,9 @@ struct SyncRun {
     /// Herald's CPU time per webhook in the delivery phase (µs).
     cpu_us: f64,
     /// The receiver's CPU time per request while Herald delivered, and
-    /// while `post_load.py` replayed the same files (µs): Herald's requests
-    /// carry the contract's twelve headers against `post_load.py`'s six,
-    /// and the receiver parses them on the same two cores.
+    /// while the load client replayed the same files (µs): Herald's
+    /// requests carry the contract's twelve headers against the load
+    /// client's nine, and the receiver parses them on the same two cores.
     receiver_us: f64,
     floor_receiver_us: f64,
     clone_s: f64,
@@ -879,7 +661,7 @@ struct Sent {
     cpu_us: f64,
 }
 
-/// The senders the bench compares with the floor's Python client:
+/// The senders the bench compares with the floor's load client:
 /// `reqwest` (a general-purpose client, each connection run as a task of
 /// its own) and Herald's `WebhookClient` (the connection polled by the
 /// sending task).
@@ -897,65 +679,36 @@ struct Pushes {
 }
 
 /// An app onboarded with its webhooks going to `port`: (app id, token, key).
-async fn onboard(herald: &Herald, name: &str, port: u16) -> (String, String, String) {
-    herald
-        .onboard_app(name, &format!("http://127.0.0.1:{port}/hooks"))
-        .await
-}
-
-/// Every file of the workload's branch as it is now, for each app.
-fn wanted(workload: &Workload, apps: &[String]) -> HashSet<(String, String)> {
-    let paths = workload.current_paths();
-    apps.iter()
-        .flat_map(|app| paths.iter().map(move |path| (app.clone(), path.clone())))
-        .collect()
-}
-
 async fn initial_sync(
     options: &Options,
-    workload: &Workload,
+    workload: &mut Workload,
     daemon: &GitDaemon,
     root: &Path,
     then_push: bool,
 ) -> SyncRun {
+    let want = current_tree(workload);
     let dir = tempfile::tempdir_in(root).expect("a temp dir");
     let database = BenchDatabase::create(Backend::Sqlite).await;
     let herald = Herald::start(dir.path(), &database, &herald_env(options)).await;
-    let port = free_port();
-    let (app, token, key) = onboard(&herald, "reference", port).await;
-    let receiver = PyReceiver::start(
-        &options.workload,
-        dir.path(),
-        port,
-        &[(app.clone(), key.clone())],
-    )
-    .await;
+    let receiver = LoggingReceiver::start();
+    let (app, token, key) = herald.onboard_app("reference", &receiver.base_url).await;
+    receiver.add_app(&app, &key);
     let cpu_before = cpu_seconds(herald.pid);
-    let receiver_cpu_before = cpu_seconds(receiver.child.id());
+    let receiver_cpu_before = receiver.cpu_seconds();
     let sampler = RssSampler::start(herald.pid);
     let started_ns = now_ns();
-    herald.register(&token, &workload.url(daemon)).await;
-    let lines = receiver
-        .wait_whole(
-            &wanted(workload, &[app]),
-            &herald,
-            Duration::from_secs(1_800),
-        )
-        .await;
-    check_lines(&lines);
-    let stats = receiver.stats().await;
-    let (first, last, count) = (
-        stats["first_ns"].as_f64().expect("first_ns"),
-        stats["last_ns"].as_f64().expect("last_ns"),
-        stats["count"].as_f64().expect("count"),
-    );
+    herald.register(&token, &url_of(workload, daemon)).await;
+    let apps = [app.clone()];
+    wait_holding(&receiver, &apps, &want, &herald, Duration::from_secs(1_800)).await;
+    let stats = receiver.stats();
+    let (first, last, count) = (stats.first_ns, stats.last_ns, stats.count as f64);
     let total_s = (last - started_ns as f64) / 1e9;
     let rate = (count - 1.0) / ((last - first) / 1e9);
     let peak_mib = peak_rss_mib(herald.pid);
     let cpu = cpu_seconds(herald.pid) - cpu_before;
     let (scan_peak, delivery_peak) = sampler.peaks(first);
     let delivery_cpu_us = sampler.cpu_between(first, last) / count * 1e6;
-    let receiver_us = (cpu_seconds(receiver.child.id()) - receiver_cpu_before) / count * 1e6;
+    let receiver_us = (receiver.cpu_seconds() - receiver_cpu_before) / count * 1e6;
     eprintln!(
         "initial sync: {count} webhooks in {total_s:.2} s (first after {:.2} s), delivery \
          {rate:.0}/s, Herald CPU {cpu:.1} s ({delivery_cpu_us:.0} µs a webhook while delivering), \
@@ -964,7 +717,20 @@ async fn initial_sync(
         (first - started_ns as f64) / 1e9
     );
     let push = if then_push {
-        Some(pushes(options, workload, daemon, &herald, &receiver, dir.path()).await)
+        let mut tree = want;
+        Some(
+            pushes(
+                options,
+                workload,
+                daemon,
+                &herald,
+                &receiver,
+                &app,
+                &mut tree,
+                dir.path(),
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -980,7 +746,7 @@ async fn initial_sync(
                 "--bare",
                 "--depth",
                 "1",
-                &workload.url(daemon),
+                &url_of(workload, daemon),
             ])
             .arg(&clone_dir),
     );
@@ -990,14 +756,14 @@ async fn initial_sync(
         rate: floor_rate,
         receiver_us: floor_receiver_us,
         senders,
-    } = replay(options, workload, &receiver, &key).await;
+    } = replay(workload, &receiver, &app, &key).await;
     eprintln!(
-        "floors: shallow clone {clone_s:.2} s, post_load c=1 {replay_s:.2} s ({floor_rate:.0}/s); \
+        "floors: shallow clone {clone_s:.2} s, load client c=1 {replay_s:.2} s ({floor_rate:.0}/s); \
          the receiver's CPU a request: {receiver_us:.0} µs from Herald, {floor_receiver_us:.0} µs \
-         from post_load"
+         from the load client"
     );
     if let Some(keep) = std::env::var_os("HERALD_BENCH_KEEP_LOG") {
-        std::fs::copy(&receiver.log, keep).ok();
+        receiver.write_log(Path::new(&keep)).ok();
     }
     SyncRun {
         total_s,
@@ -1014,8 +780,8 @@ async fn initial_sync(
     }
 }
 
-/// What `post_load.py` did on the floor's replay, and the Rust senders'
-/// figures on the same bodies.
+/// What the load client did on the floor's replay, and the Rust senders'
+/// figures on the same requests.
 struct Replay {
     seconds: f64,
     /// Requests per second.
@@ -1025,151 +791,57 @@ struct Replay {
     senders: Vec<Sent>,
 }
 
-/// `post_load.py --concurrency 1` over the workload's tree at its first
-/// commit, to the same receiver.
-async fn replay(
-    options: &Options,
-    workload: &Workload,
-    receiver: &PyReceiver,
-    key: &str,
-) -> Replay {
-    // The work tree has moved on with the pushes: replay the first commit.
-    let tree = workload.out.join("floor-tree");
-    std::fs::remove_dir_all(&tree).ok();
-    let status = Command::new("git")
-        .args(["worktree", "add", "-q", "--detach"])
-        .arg(&tree)
-        .arg(&workload.commit)
-        .current_dir(workload.out.join("work"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git worktree add failed");
-    let senders = rust_replays(&tree, receiver, key).await;
-    receiver.reset().await;
-    let from = receiver.lines(0).len();
-    let receiver_cpu_before = cpu_seconds(receiver.child.id());
-    let output = Command::new("python3")
-        .arg(options.workload.join("post_load.py"))
-        .args([
-            "--url",
-            &receiver.base_url(),
-            "--concurrency",
-            "1",
-            "--key",
-            key,
-        ])
-        .arg("--tree")
-        .arg(&tree)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("python3 runs post_load.py");
-    assert!(output.status.success(), "post_load.py failed");
-    let result: Value = serde_json::from_slice(
-        output
-            .stdout
-            .split(|b| *b == b'\n')
-            .find(|line| !line.is_empty())
-            .expect("post_load.py prints a result"),
-    )
-    .expect("post_load.py prints JSON");
-    let receiver_cpu = cpu_seconds(receiver.child.id()) - receiver_cpu_before;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    check_lines(&receiver.lines(from));
-    Command::new("git")
-        .args(["worktree", "remove", "--force"])
-        .arg(&tree)
-        .current_dir(workload.out.join("work"))
-        .status()
-        .ok();
-    let requests = result["requests"].as_f64().expect("requests");
+/// The load client on one connection over the workload's first commit, to
+/// the same receiver, as app `app`.
+async fn replay(workload: &Workload, receiver: &LoggingReceiver, app: &str, key: &str) -> Replay {
+    // The served branch has moved on with the pushes: replay the first
+    // commit.
+    let load = Load::of_commit(
+        &workload.served,
+        &workload.first,
+        &receiver.base_url,
+        app,
+        key,
+    );
+    let senders = rust_replays(&load, receiver).await;
+    receiver.reset();
+    let receiver_cpu_before = receiver.cpu_seconds();
+    let sent = load.send(1).await;
+    let receiver_cpu = receiver.cpu_seconds() - receiver_cpu_before;
+    assert!(
+        sent.all_ok(),
+        "the load client's answers: {:?}",
+        sent.statuses
+    );
+    receiver.assert_ok("the load client's replay");
+    assert_eq!(receiver.count(), sent.requests, "the receiver's count");
     Replay {
-        seconds: result["elapsed_s"].as_f64().expect("elapsed_s"),
-        rate: result["req_per_s"].as_f64().expect("req_per_s"),
-        receiver_us: receiver_cpu / requests * 1e6,
+        seconds: sent.seconds,
+        rate: sent.rate,
+        receiver_us: receiver_cpu / sent.requests as f64 * 1e6,
         senders,
     }
 }
 
-/// Where a strictly ordered sender in Rust stands: the tree's files up to
-/// 1 MiB, each a signed body like `post_load.py`'s, sent one after the other
-/// by each of [`SENDERS`] from this process's 2-thread runtime.
-async fn rust_replays(tree: &Path, receiver: &PyReceiver, key: &str) -> Vec<Sent> {
-    use base64::Engine as _;
-    use hmac::{Hmac, KeyInit, Mac};
-    use sha2::{Digest, Sha256};
-
-    fn files(dir: &Path, found: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("a readable tree").flatten() {
-            let path = entry.path();
-            if entry.file_name() == ".git" {
-                continue;
-            }
-            if path.is_dir() {
-                files(&path, found);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    files(tree, &mut found);
-    found.sort();
-    let bodies: Vec<Vec<u8>> = found
-        .iter()
-        .filter_map(|path| {
-            let data = std::fs::read(path).ok().filter(|d| d.len() <= 1 << 20)?;
-            let binary = data.iter().take(8000).any(|b| *b == 0);
-            let relative = path.strip_prefix(tree).expect("under the tree");
-            let mut file = json!({
-                "path": relative.to_string_lossy(),
-                "sha": hex::encode(Sha256::digest(&data)),
-                "size": data.len(),
-                "content": if binary {
-                    base64::engine::general_purpose::STANDARD.encode(&data)
-                } else {
-                    String::from_utf8_lossy(&data).into_owned()
-                },
-            });
-            if binary {
-                file["content_encoding"] = json!("base64");
-            }
-            Some(serde_json::to_vec(&json!({"file": file})).expect("JSON"))
-        })
-        .collect();
-    let signed = |body: &[u8]| {
-        let timestamp = (now_ns() / 1_000_000_000).to_string();
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            "content-type",
-            reqwest::header::HeaderValue::from_static("application/json"),
-        );
-        headers.insert("x-docora-timestamp", timestamp.parse().expect("digits"));
-        headers.insert(
-            "x-docora-signature",
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-                .parse()
-                .expect("hex"),
-        );
-        headers
-    };
-    let url = format!("{}/create", receiver.base_url());
+/// Where a strictly ordered sender in Rust stands: the load client's
+/// requests (built before the clock starts, signatures included) sent one
+/// after the other by each of [`SENDERS`] from this process's 2-thread
+/// runtime. Its CPU time leaves out the receiver's threads.
+async fn rust_replays(load: &Load, receiver: &LoggingReceiver) -> Vec<Sent> {
+    let own_cpu = || cpu_seconds(std::process::id()) - receiver.cpu_seconds();
     let mut sent = Vec::new();
     for sender in SENDERS {
-        let cpu_before = cpu_seconds(std::process::id());
+        receiver.reset();
+        let cpu_before = own_cpu();
         let started = Instant::now();
         match sender {
             "reqwest" => {
                 let client = reqwest::Client::new();
-                for body in &bodies {
+                for request in &load.requests {
                     let response = client
-                        .post(&url)
-                        .headers(signed(body))
-                        .body(body.clone())
+                        .post(&load.url)
+                        .headers(request.header_map())
+                        .body(request.body().to_vec())
                         .send()
                         .await
                         .expect("the receiver answers");
@@ -1180,9 +852,9 @@ async fn rust_replays(tree: &Path, receiver: &PyReceiver, key: &str) -> Vec<Sent
             _ => {
                 let client =
                     actors::webhook_client::WebhookClient::new(Duration::from_secs(30), true);
-                for body in &bodies {
+                for request in &load.requests {
                     let answer = client
-                        .post(&url, signed(body), body.clone())
+                        .post(&load.url, request.header_map(), request.body().to_vec())
                         .await
                         .expect("the receiver answers");
                     assert!((200..300).contains(&answer.status));
@@ -1190,31 +862,35 @@ async fn rust_replays(tree: &Path, receiver: &PyReceiver, key: &str) -> Vec<Sent
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(std::process::id()) - cpu_before;
-        let rate = bodies.len() as f64 / elapsed;
-        let cpu_us = cpu / bodies.len() as f64 * 1e6;
+        let cpu = own_cpu() - cpu_before;
+        let requests = load.requests.len() as f64;
+        let (rate, cpu_us) = (requests / elapsed, cpu / requests * 1e6);
+        receiver.assert_ok(sender);
         eprintln!(
-            "{sender}, one at a time: {} bodies at {rate:.0}/s, {cpu_us:.0} µs of CPU a request",
-            bodies.len()
+            "{sender}, one at a time: {requests} requests at {rate:.0}/s, {cpu_us:.0} µs of CPU a \
+             request"
         );
         sent.push(Sent { rate, cpu_us });
-        receiver.reset().await;
     }
     sent
 }
 
 /// `--pushes` successive 10-file commits, each announced by a GitHub push
 /// hook: from the hook to the change's last webhook, and the floor (`git
-/// fetch` of the commit into a mirror, then `git diff-tree`).
+/// fetch` of the commit into a mirror, then `git diff-tree`). `tree`: what
+/// app `app` holds, moved on by each change.
+#[allow(clippy::too_many_arguments)]
 async fn pushes(
     options: &Options,
-    workload: &Workload,
+    workload: &mut Workload,
     daemon: &GitDaemon,
     herald: &Herald,
-    receiver: &PyReceiver,
+    receiver: &LoggingReceiver,
+    app: &str,
+    tree: &mut Tree,
     dir: &Path,
 ) -> Pushes {
-    let url = workload.url(daemon);
+    let url = url_of(workload, daemon);
     let mirror = dir.join("floor-mirror.git");
     timed(
         Command::new("git")
@@ -1225,49 +901,39 @@ async fn pushes(
     let mut herald_ms = Vec::new();
     let mut floor_ms = Vec::new();
     for push in 0..options.pushes {
-        let change = workload.mutate(10, options.seed + push as u64);
-        let commit = change["new"].as_str().expect("the new commit").to_owned();
-        let wanted: HashSet<(String, String)> = change["changes"]
-            .as_array()
-            .expect("changes")
+        let change = workload.push().clone();
+        apply(tree, &change);
+        let wanted: HashSet<(&str, &str)> = change
+            .files
             .iter()
-            .map(|c| {
-                (
-                    c["event"].as_str().unwrap_or_default().to_owned(),
-                    c["path"].as_str().expect("a path").to_owned(),
-                )
-            })
+            .map(|f| (f.event.as_str(), f.path.as_str()))
             .collect();
-        let from = receiver.lines(0).len();
+        let from = receiver.logged();
         let started = now_ns();
         let (status, _) = send_hook(
             &http,
             &herald.base,
             &format!("reference-{push}"),
-            push_payload(&url, &commit),
+            push_payload(&url, &change.new),
         )
         .await;
         assert_eq!(status, 202, "the push hook is accepted");
         let deadline = Instant::now() + Duration::from_secs(120);
         let last_ns = loop {
-            let lines = receiver.lines(from);
-            let arrived: HashMap<(String, String), f64> = lines
-                .iter()
-                .filter(|l| whole(l))
-                .map(|l| {
-                    (
-                        (
-                            l["event"].as_str().unwrap_or_default().to_owned(),
-                            l["file_path"].as_str().unwrap_or_default().to_owned(),
-                        ),
-                        l["t_ns"].as_f64().unwrap_or(0.0),
-                    )
-                })
+            let arrived: HashMap<(String, String), f64> = receiver
+                .arrivals(from)
+                .into_iter()
+                .filter_map(|a| Some(((a.event, a.path?), a.at_ns)))
                 .collect();
-            if wanted.iter().all(|w| arrived.contains_key(w)) {
-                check_lines(&lines);
-                break wanted.iter().map(|w| arrived[w]).fold(0.0, f64::max);
+            let at = |(event, path): &(&str, &str)| {
+                arrived
+                    .get(&((*event).to_owned(), (*path).to_owned()))
+                    .copied()
+            };
+            if let Some(times) = wanted.iter().map(at).collect::<Option<Vec<f64>>>() {
+                break times.into_iter().fold(0.0, f64::max);
             }
+            receiver.assert_ok(&format!("push {push}"));
             assert!(
                 Instant::now() < deadline,
                 "push {push}: the change did not arrive; herald's last lines:\n{}",
@@ -1275,8 +941,12 @@ async fn pushes(
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        receiver.assert_ok(&format!("push {push}"));
+        assert!(
+            receiver.holds(&[app.to_owned()], tree),
+            "push {push}: the receiver does not hold git's tree"
+        );
         herald_ms.push((last_ns - started as f64) / 1e6);
-        let old = change["old"].as_str().expect("the old commit");
         let started = Instant::now();
         let fetched = Command::new("git")
             .arg("-C")
@@ -1287,7 +957,7 @@ async fn pushes(
         let diffed = Command::new("git")
             .arg("-C")
             .arg(&mirror)
-            .args(["diff-tree", "-r", "--name-status", old, &commit])
+            .args(["diff-tree", "-r", "--name-status", &change.old, &change.new])
             .stdout(Stdio::null())
             .status()
             .expect("git runs");
@@ -1310,38 +980,35 @@ async fn fan_out(
     root: &Path,
     apps: usize,
 ) -> (f64, f64) {
+    let want = current_tree(workload);
     let dir = tempfile::tempdir_in(root).expect("a temp dir");
     let database = BenchDatabase::create(Backend::Sqlite).await;
     let herald = Herald::start(dir.path(), &database, &herald_env(options)).await;
-    let port = free_port();
-    let mut onboarded = Vec::new();
+    let receiver = LoggingReceiver::start();
+    let (mut app_ids, mut tokens) = (Vec::new(), Vec::new());
     for i in 0..apps {
-        onboarded.push(onboard(&herald, &format!("reference-{i}"), port).await);
+        let (app, token, key) = herald
+            .onboard_app(&format!("reference-{i}"), &receiver.base_url)
+            .await;
+        receiver.add_app(&app, &key);
+        app_ids.push(app);
+        tokens.push(token);
     }
-    let keys: Vec<(String, String)> = onboarded
-        .iter()
-        .map(|(app, _, key)| (app.clone(), key.clone()))
-        .collect();
-    let receiver = PyReceiver::start(&options.workload, dir.path(), port, &keys).await;
     let sampler = RssSampler::start(herald.pid);
     let started_ns = now_ns();
-    for (_, token, _) in &onboarded {
-        herald.register(token, &workload.url(daemon)).await;
+    for token in &tokens {
+        herald.register(token, &url_of(workload, daemon)).await;
     }
-    let app_ids: Vec<String> = keys.into_iter().map(|(app, _)| app).collect();
-    let lines = receiver
-        .wait_whole(
-            &wanted(workload, &app_ids),
-            &herald,
-            Duration::from_secs(3_600),
-        )
-        .await;
-    check_lines(&lines);
-    let stats = receiver.stats().await;
-    let (first, last) = (
-        stats["first_ns"].as_f64().expect("first_ns"),
-        stats["last_ns"].as_f64().expect("last_ns"),
-    );
+    wait_holding(
+        &receiver,
+        &app_ids,
+        &want,
+        &herald,
+        Duration::from_secs(3_600),
+    )
+    .await;
+    let stats = receiver.stats();
+    let (first, last) = (stats.first_ns, stats.last_ns);
     let peak = peak_rss_mib(herald.pid);
     let (scan_peak, delivery_peak) = sampler.peaks(first);
     eprintln!(
@@ -1352,14 +1019,11 @@ async fn fan_out(
     let seconds = (last - started_ns as f64) / 1e9;
     eprintln!(
         "{apps} app(s) × {} files: {seconds:.2} s, peak RSS {peak:.0} MiB",
-        workload.files
+        want.len()
     );
     (seconds, peak)
 }
 
-/// A full fetch of the workload into an empty bare mirror: libgit2 (the
-/// engine's own `Mirror::fetch`, in this process) against `git clone
-/// --bare`, `runs` times each, alternating.
 /// A full fetch of `url` into an empty bare mirror, by libgit2 (Herald's
 /// `Mirror::fetch`) and by `git clone --bare`, alternated run by run.
 fn fetch_comparison(url: &str, root: &Path, runs: usize) -> (Vec<f64>, Vec<f64>) {

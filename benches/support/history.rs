@@ -105,15 +105,7 @@ impl History {
     }
 
     fn push_commit(&self, commit: &str) {
-        git_ok(
-            &self.source.bare,
-            &[
-                "push",
-                "--quiet",
-                &self.served.display().to_string(),
-                &format!("{commit}:refs/heads/{BRANCH}"),
-            ],
-        );
+        push_commit(&self.source.bare, &self.served, commit);
     }
 
     /// The served repository's pack files and their bytes.
@@ -129,13 +121,28 @@ impl History {
     }
 }
 
+/// A real `git push` of `commit` from the repository at `source` to the
+/// served branch of the one at `served`: only the objects it lacks travel.
+pub(super) fn push_commit(source: &Path, served: &Path, commit: &str) {
+    git_ok(
+        source,
+        &[
+            "push",
+            "--quiet",
+            &served.display().to_string(),
+            &format!("{commit}:refs/heads/{BRANCH}"),
+        ],
+    );
+}
+
 // ------------------------------------------------------------------ model
 
-/// SplitMix64: small, fast, and the same sequence everywhere.
-struct Rng(u64);
+/// SplitMix64: small, fast, and the same sequence everywhere (the
+/// reference workload draws from it too).
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -144,21 +151,21 @@ impl Rng {
     }
 
     /// In `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
     /// In `low..=high`.
-    fn between(&mut self, low: usize, high: usize) -> usize {
+    pub(super) fn between(&mut self, low: usize, high: usize) -> usize {
         low + self.below(high - low + 1)
     }
 
-    fn percent(&mut self, p: usize) -> bool {
+    pub(super) fn percent(&mut self, p: usize) -> bool {
         self.below(100) < p
     }
 
     /// In `[0, 1)`.
-    fn unit(&mut self) -> f64 {
+    pub(super) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1_u64 << 53) as f64
     }
 }

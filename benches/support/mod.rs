@@ -24,7 +24,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use warp::Filter;
 
 pub mod history;
+pub mod load;
 pub mod verify;
+pub mod workload;
 
 pub const BRANCH: &str = "main";
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";

@@ -6,7 +6,8 @@
 //!
 //! Also here: the floor's sender ([`replay`]), the same tree's files sent to
 //! the same receiver one at a time, signed the same way; and git's own
-//! account of a tree ([`tree_of`], [`apply_diff`]).
+//! account of a tree ([`tree_of`], [`apply_diff`]). [`logging`] serves
+//! several apps with the same checks and logs when each webhook arrived.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +23,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{git, git_ok, serve_hooks, unix_ms};
+
+pub mod logging;
 
 /// Path → SHA-256 (hex) of its content.
 pub type Tree = HashMap<String, String>;
@@ -176,13 +179,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl State {
+    /// Checks one webhook and moves the tree on; gives the path of a file
+    /// that arrived whole (its last chunk) or was deleted.
     fn check(
         &mut self,
         endpoint: &str,
         headers: &warp::http::HeaderMap,
         body: &[u8],
         at: f64,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         let header = |name: &str| header(headers, name);
         let key = self.key.as_bytes();
         let timestamp = header("x-docora-timestamp");
@@ -214,7 +219,7 @@ impl State {
         match endpoint {
             "create" | "update" => {
                 let Some(content) = self.content(file)? else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 if sha256_hex(&content) != sha
                     || file["size"].as_u64() != Some(content.len() as u64)
@@ -230,20 +235,21 @@ impl State {
                     }
                     _ => {}
                 }
-                self.tree.insert(path, sha);
+                self.tree.insert(path.clone(), sha);
+                Ok(Some(path))
             }
             "delete" => match self.tree.remove(&path) {
-                Some(held) if held == sha => {}
-                Some(_) => return Err(format!("{path}: deleted with another sha")),
-                None => return Err(format!("{path}: deleted but not held")),
+                Some(held) if held == sha => Ok(Some(path)),
+                Some(_) => Err(format!("{path}: deleted with another sha")),
+                None => Err(format!("{path}: deleted but not held")),
             },
             "synced" => {
                 let commit = body["commit_sha"].as_str().unwrap_or_default().to_owned();
                 self.synced.push((commit, at));
+                Ok(None)
             }
-            other => return Err(format!("an unexpected {other} webhook: {body}")),
+            other => Err(format!("an unexpected {other} webhook: {body}")),
         }
-        Ok(())
     }
 
     /// The file's whole content; `None` while chunks are still to come.
@@ -302,7 +308,7 @@ pub fn tree_of(repo: &Path, commit: &str) -> Tree {
 }
 
 /// `(path, blob id)` of every file of `commit`'s tree, in git's order.
-fn files_of(repo: &Path, commit: &str) -> Vec<(String, String)> {
+pub(super) fn files_of(repo: &Path, commit: &str) -> Vec<(String, String)> {
     git_ok(repo, &["ls-tree", "-r", "-z", commit])
         .split('\0')
         .filter(|e| !e.is_empty())
@@ -342,7 +348,7 @@ pub fn apply_diff(tree: &mut Tree, repo: &Path, old: &str, new: &str) -> usize {
 }
 
 /// Reads each blob with one `git cat-file --batch`, in order.
-fn each_blob<'a>(
+pub(super) fn each_blob<'a>(
     repo: &Path,
     blobs: impl Iterator<Item = &'a str>,
     mut each: impl FnMut(usize, &[u8]),
@@ -404,46 +410,13 @@ pub async fn replay(repo: &Path, commit: &str, url: &str, key: &str) -> f64 {
     let url = format!("{url}/create");
     while let Some((i, content)) = rx.recv().await {
         let path = &entries[i].0;
-        let mut file = json!({
-            "path": path,
-            "sha": sha256_hex(&content),
-            "size": content.len(),
-        });
-        match String::from_utf8(content) {
-            Ok(text) if !text.contains('\0') => file["content"] = json!(text),
-            Ok(text) => {
-                file["content"] = json!(BASE64.encode(text.as_bytes()));
-                file["content_encoding"] = json!("base64");
-            }
-            Err(err) => {
-                file["content"] = json!(BASE64.encode(err.as_bytes()));
-                file["content_encoding"] = json!("base64");
-            }
-        }
         let id = format!("evt_floor_{i}");
-        let body = serde_json::to_vec(&json!({
-            "repository": {"repository_id": "repo_floor", "github_url": "https://example.com/o/r",
-                           "owner": "o", "name": "r"},
-            "file": file,
-            "commit_sha": commit,
-            "timestamp": "2026-01-01T00:00:00.000Z",
-            "event_id": id,
-        }))
-        .expect("JSON");
-        let timestamp = (unix_ms() / 1000.0).floor().to_string();
-        let docora = hex::encode(hmac(key.as_bytes(), &[timestamp.as_bytes(), b".", &body]));
-        let standard = BASE64.encode(hmac(
-            key.as_bytes(),
-            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", &body],
-        ));
-        let response = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("x-docora-timestamp", &timestamp)
-            .header("x-docora-signature", format!("sha256={docora}"))
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", &timestamp)
-            .header("webhook-signature", format!("v1,{standard}"))
+        let body = create_body(file_json(path, content), commit, &id);
+        let mut request = client.post(&url).header("content-type", "application/json");
+        for (name, value) in signature_headers(key, &id, &body) {
+            request = request.header(name, value);
+        }
+        let response = request
             .body(body)
             .send()
             .await
@@ -456,4 +429,57 @@ pub async fn replay(repo: &Path, commit: &str, url: &str, key: &str) -> f64 {
     }
     reader.join().expect("the reader");
     started.elapsed().as_secs_f64()
+}
+
+/// The `file` of a `create` webhook like Herald's: path, SHA-256, size,
+/// and the content as text, or as base64 when it is not text.
+pub(super) fn file_json(path: &str, content: Vec<u8>) -> Value {
+    let mut file = json!({
+        "path": path,
+        "sha": sha256_hex(&content),
+        "size": content.len(),
+    });
+    match String::from_utf8(content) {
+        Ok(text) if !text.contains('\0') => file["content"] = json!(text),
+        Ok(text) => {
+            file["content"] = json!(BASE64.encode(text.as_bytes()));
+            file["content_encoding"] = json!("base64");
+        }
+        Err(err) => {
+            file["content"] = json!(BASE64.encode(err.as_bytes()));
+            file["content_encoding"] = json!("base64");
+        }
+    }
+    file
+}
+
+/// A `create` webhook's body around `file`, as event `id` of `commit`.
+pub(super) fn create_body(file: Value, commit: &str, id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "repository": {"repository_id": "repo_floor", "github_url": "https://example.com/o/r",
+                       "owner": "o", "name": "r"},
+        "file": file,
+        "commit_sha": commit,
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "event_id": id,
+    }))
+    .expect("JSON")
+}
+
+/// Both signatures of `body` (event `id`) under `key`, as Herald signs: the
+/// Docora headers and the Standard Webhooks ones.
+pub(super) fn signature_headers(key: &str, id: &str, body: &[u8]) -> [(&'static str, String); 5] {
+    let timestamp = (unix_ms() / 1000.0).floor().to_string();
+    let docora = hex::encode(hmac(key.as_bytes(), &[timestamp.as_bytes(), b".", body]));
+    let standard = BASE64.encode(hmac(
+        key.as_bytes(),
+        &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+    ));
+    [
+        ("x-docora-timestamp", timestamp.clone()),
+        ("x-docora-signature", format!("sha256={docora}")),
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", timestamp),
+        ("webhook-signature", format!("v1,{standard}")),
+    ]
 }
