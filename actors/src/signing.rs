@@ -4,11 +4,20 @@
 //! - Standard Webhooks v1: `webhook-signature: v1,<base64 HMAC-SHA256(key,
 //!   id "." ts "." body)>`, the key being the bytes behind `whsec_…`, i.e. the
 //!   app's `client_auth_key`. During a key rotation both keys sign.
+//!
+//! [`Signer`] puts both on a webhook's headers, with the ids and timestamp
+//! they cover.
+
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
+use reqwest::header::HeaderMap;
 use sha2::Sha256;
+
+use crate::clock::now_ms;
+use crate::webhook_client::header;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -41,6 +50,69 @@ pub fn standard(keys: &[&[u8]], id: &str, timestamp: i64, body: &[u8]) -> String
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The signing stage: an app's keys, and the headers they sign a body with.
+#[derive(Clone)]
+pub struct Signer {
+    app_id: String,
+    /// The current key first, then, during a rotation, the previous one.
+    keys: Arc<[Vec<u8>]>,
+}
+
+/// A request's body with its signed headers (all but `traceparent`, which
+/// belongs to the attempt's span and is not signed).
+pub struct Signed {
+    pub body: bytes::Bytes,
+    /// Unix seconds, as signed.
+    pub timestamp: i64,
+    pub headers: HeaderMap,
+}
+
+impl Signer {
+    /// `keys`: the current key first, then any other that still signs.
+    pub fn new(app_id: String, keys: Arc<[Vec<u8>]>) -> Self {
+        Self { app_id, keys }
+    }
+
+    /// Signs `body`, sent as `webhook_id`, now.
+    pub fn sign(&self, webhook_id: String, body: bytes::Bytes) -> Signed {
+        let timestamp = now_ms() / 1000;
+        let headers = signed_headers(&self.app_id, &self.keys, &webhook_id, timestamp, &body);
+        Signed {
+            body,
+            timestamp,
+            headers,
+        }
+    }
+}
+
+/// A webhook's headers, both signature styles over the exact body (Docora's
+/// with the current key; Standard Webhooks' with every key that signs,
+/// during a rotation the previous one too).
+fn signed_headers(
+    app_id: &str,
+    keys: &[Vec<u8>],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", header("application/json"));
+    headers.insert("x-docora-app-id", header(app_id));
+    headers.insert("x-docora-timestamp", header(&timestamp.to_string()));
+    headers.insert(
+        "x-docora-signature",
+        header(&docora(&keys[0], timestamp, body)),
+    );
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    headers.insert("webhook-id", header(webhook_id));
+    headers.insert("webhook-timestamp", header(&timestamp.to_string()));
+    headers.insert(
+        "webhook-signature",
+        header(&standard(&keys, webhook_id, timestamp, body)),
+    );
+    headers
 }
 
 #[cfg(test)]
@@ -78,5 +150,37 @@ mod tests {
         let parts: Vec<&str> = both.split(' ').collect();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1], standard(&[b"new"], "evt_1", 5, b"x"));
+    }
+
+    #[test]
+    fn headers_carry_both_signatures_over_the_exact_body() {
+        let keys = vec![
+            b"current-key-0123456789".to_vec(),
+            b"previous-key-0123456789".to_vec(),
+        ];
+        let body = br#"{"event":"create"}"#;
+        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body);
+        let value = |name: &str| headers[name].to_str().expect("ascii").to_owned();
+        assert_eq!(value("x-docora-app-id"), "app_1");
+        assert_eq!(value("x-docora-timestamp"), "1700000000");
+        // Docora's style signs with the current key only.
+        assert_eq!(
+            value("x-docora-signature"),
+            docora(&keys[0], 1_700_000_000, body)
+        );
+        // Standard Webhooks' carries one signature per signing key.
+        let signatures = value("webhook-signature");
+        assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+        assert_eq!(
+            signatures,
+            standard(
+                &[keys[0].as_slice(), keys[1].as_slice()],
+                "evt_1",
+                1_700_000_000,
+                body
+            )
+        );
+        assert_eq!(value("webhook-id"), "evt_1");
+        assert_eq!(value("content-type"), "application/json");
     }
 }

@@ -1,0 +1,292 @@
+//! One event's way through the lane, top to bottom: the breaker asked,
+//! the body rendered (or taken from the read-ahead), then for each request
+//! (one, or every chunk from the first): sign, send, and record (see
+//! `record.rs`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use entity::event;
+use tracing::warn;
+
+use super::super::BREAKER_CALL_MS;
+use super::super::content::Found;
+use super::ahead::Ahead;
+use super::batch::LaneContext;
+use super::prepared::{Prepared, preparer};
+use super::record::{Sent, attempt_row};
+use super::{Flow, Pipeline};
+use crate::breaker::Permit;
+use crate::breaker::actor::BreakerMsg;
+use crate::clock::{millis, now_ms};
+use crate::payload;
+use crate::signing::Signed;
+use crate::store::StoreError;
+use crate::store::delivery::EventOutcome;
+use crate::telemetry;
+use crate::webhook_client::{Endpoint, WebhookClient, header};
+
+/// The shortest wait before content the remote could not give is asked for
+/// again.
+const CONTENT_RETRY_MIN: Duration = Duration::from_secs(5);
+
+/// An app's webhook URLs (`{base_url}/{endpoint}`) as the client parsed
+/// them, kept while the app's base URL stays the same: parsing one (the
+/// URL, its host, the check of an address in it) is not work to repeat for
+/// every webhook.
+#[derive(Debug, Default)]
+pub(super) struct Endpoints {
+    base_url: String,
+    parsed: Vec<(&'static str, Endpoint)>,
+}
+
+impl Endpoints {
+    fn get(&mut self, client: &WebhookClient, base_url: &str, name: &'static str) -> &Endpoint {
+        if self.base_url != base_url {
+            base_url.clone_into(&mut self.base_url);
+            self.parsed.clear();
+        }
+        let at = match self.parsed.iter().position(|(known, _)| *known == name) {
+            Some(at) => at,
+            None => {
+                let url = format!("{}/{name}", base_url.trim_end_matches('/'));
+                self.parsed.push((name, client.endpoint(&url)));
+                self.parsed.len() - 1
+            }
+        };
+        &self.parsed[at].1
+    }
+}
+
+impl Pipeline {
+    /// Delivers `event`; `upcoming`: the rest of its batch, in order.
+    pub(super) async fn deliver_event(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+        upcoming: &VecDeque<event::Model>,
+    ) -> Result<Flow, StoreError> {
+        let permit = if self.breaker_clear.load(Ordering::Acquire) {
+            Ok(Permit::Proceed)
+        } else {
+            ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS)
+        };
+        let Ok(permit) = permit else {
+            // The breaker is restarting with its app actor: try again soon.
+            return Ok(Flow::Stop(Some(now_ms() + 1_000)));
+        };
+        let probe = match permit {
+            Permit::WaitUntil(until) => return Ok(Flow::Stop(Some(until))),
+            Permit::Probe => true,
+            Permit::Proceed => false,
+        };
+        let flow = self.send_event(context, event, upcoming, probe).await;
+        if probe && !matches!(flow, Ok(Flow::Next)) {
+            // A probe that ended before an answer told nothing: let another go.
+            let _ = self.breaker.cast(BreakerMsg::Inconclusive);
+        }
+        flow
+    }
+
+    /// The render stage: the event's content (from the mirror, or fetched
+    /// again from the remote), and its
+    /// body (or chunks). `Err` carries the flow of an event given up on.
+    async fn render(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+    ) -> Result<Result<Prepared, Flow>, StoreError> {
+        // Its read may still be queued: it is made now, not waited for.
+        self.interleaved
+            .run_through(event.seq, &context.mirror_ahead);
+        let ahead = match self.further.take_for(event) {
+            Some(ahead) => ahead.rendered_for(event).await,
+            None => None,
+        };
+        let prepare =
+            |rendered: payload::Rendered| Prepared::new(rendered, &event.id, &context.signer);
+        let rendered = if let Some(rendered) = ahead {
+            rendered
+        } else if payload::too_large(event, self.config.max_file_bytes) {
+            payload::render_too_large(event, &context.repository).map(prepare)
+        } else if event.kind.carries_content() {
+            // Read and rendered (base64, JSON) on a blocking thread, from the
+            // bytes libgit2 holds: a big file is never copied first.
+            let render = preparer(event, context, self.config.chunking);
+            match context.content.with(event, render).await {
+                Found::Made(rendered) => rendered,
+                Found::Gone(error) => {
+                    return self.give_up(event, "content_missing", error).await.map(Err);
+                }
+                Found::Unavailable(error) => {
+                    // Not the event's fault, nor the app's: wait for the
+                    // remote without using up attempts.
+                    let attempts = u32::try_from(event.attempts).unwrap_or(0);
+                    let at =
+                        now_ms() + millis(context.backoff.delay(attempts).max(CONTENT_RETRY_MIN));
+                    let attempt = attempt_row(
+                        event,
+                        None,
+                        now_ms(),
+                        None,
+                        0,
+                        Some("content_unavailable"),
+                        None,
+                    );
+                    warn!(event = %event.id, %error, "content unavailable; retrying");
+                    return self
+                        .stop(
+                            event,
+                            attempt,
+                            EventOutcome::Retry {
+                                at,
+                                error,
+                                counted: false,
+                            },
+                        )
+                        .await
+                        .map(Err);
+                }
+            }
+        } else {
+            payload::render(event, &context.repository, None, self.config.chunking).map(prepare)
+        };
+        match rendered {
+            Ok(rendered) => Ok(Ok(rendered)),
+            Err(err) => self
+                .give_up(event, "payload", err.to_string())
+                .await
+                .map(Err),
+        }
+    }
+
+    /// Render, then for each part (one, or every chunk from the first):
+    /// sign, send, record. Before a request goes out the lane starts what
+    /// does not depend on its answer, to run beside it: the files after it
+    /// read and rendered ahead (see `Further`), the deliveries queued so
+    /// far written and, near a batch's end, the next batch read.
+    async fn send_event(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+        upcoming: &VecDeque<event::Model>,
+        probe: bool,
+    ) -> Result<Flow, StoreError> {
+        let mut prepared = match self.render(context, event).await? {
+            Ok(prepared) => prepared,
+            Err(flow) => return Ok(flow),
+        };
+        let endpoint = prepared.rendered.endpoint;
+        let (parts, chunked) = (prepared.rendered.len(), prepared.rendered.is_chunked());
+        // Every attempt of a chunked event sends the whole file from chunk 0,
+        // with the same chunk id and webhook ids: a receiver that lost its
+        // partial state gets the file, one that kept it overwrites the same
+        // parts (as Docora resends the whole file).
+        for index in 0..parts {
+            // A long chunked file keeps the lease alive between chunks.
+            if index > 0 && !self.renew_lease().await? {
+                return Ok(Flow::Stop(None));
+            }
+            // One span per request, in the trace of the scan that found the
+            // change; for OpenTelemetry only, and only built when exported
+            // (`telemetry::TRACE_ONLY_SPANS`).
+            let span = tracing::info_span!(
+                parent: None,
+                telemetry::DELIVERY_ATTEMPT_SPAN,
+                "otel.kind" = "client",
+                event = %event.id,
+                app = %self.app_id,
+                subscription = %event.subscription_id,
+                kind = %event.kind,
+                chunk = index,
+            );
+            telemetry::continue_trace(&span, event.trace_parent.as_deref());
+            let Signed {
+                body, mut headers, ..
+            } = prepared.signed(&event.id, index, &context.signer).await;
+            if index + 1 < parts {
+                prepared.sign_ahead(&event.id, index + 1, &context.signer);
+            }
+            headers.insert(
+                "traceparent",
+                header(&telemetry::outgoing_traceparent(
+                    &span,
+                    event.trace_parent.as_deref(),
+                )),
+            );
+            let sent = Sent {
+                attempted_at: now_ms(),
+                chunk_index: chunked.then(|| i32::try_from(index).unwrap_or(i32::MAX)),
+                last: index + 1 == parts,
+                probe,
+            };
+            if sent.last {
+                let config = &self.config;
+                let in_flight = event.size.unwrap_or(0);
+                let interleaved = &mut self.interleaved;
+                self.further.start(upcoming, config, in_flight, |run| {
+                    Ahead::run(context, run, config, interleaved)
+                });
+            }
+            // A lane that finds its lease lost stops before its next send.
+            self.write_behind().await?;
+            // The request is not instrumented with the span: nothing inside
+            // it logs, and entering and leaving the span at each of its polls
+            // cost more than the rest of the attempt's telemetry (the span's
+            // duration runs from its creation to its close all the same).
+            let endpoint = self
+                .endpoints
+                .get(&self.client, &context.base_url, endpoint);
+            // The request is polled first: it leaves, and one small file
+            // ahead is read and rendered while the receiver works on it.
+            let (read, mirror) = (self.interleaved.next(), &context.mirror_ahead);
+            let (answer, ()) =
+                futures::join!(self.client.post_to(endpoint, headers, body), async move {
+                    if let Some(read) = read {
+                        read.make(mirror);
+                    }
+                });
+            if let Ok(answer) = &answer {
+                telemetry::answered(&span, answer.status);
+            }
+            if let Flow::Stop(at) = self.record(context, event, &sent, answer, &span).await? {
+                return Ok(Flow::Stop(at));
+            }
+        }
+        Ok(Flow::Next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_apps_urls_are_parsed_once_and_again_when_its_base_url_changes() {
+        let client = WebhookClient::new(Duration::from_secs(2), false);
+        let mut endpoints = Endpoints::default();
+        let refused = async |endpoints: &mut Endpoints, base: &str| {
+            let endpoint = endpoints.get(&client, base, "create");
+            client
+                .post_to(endpoint, HeaderMap::new(), Vec::new())
+                .await
+                .expect_err("no request goes out")
+                .class
+        };
+        // An address in the URL is refused when the URL is parsed.
+        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9/").await, "ssrf");
+        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9/").await, "ssrf");
+        endpoints.get(&client, "http://127.0.0.1:9/", "delete");
+        assert_eq!(endpoints.parsed.len(), 2, "one parse per endpoint");
+        // The app's base URL changed: its endpoints are parsed anew.
+        assert_eq!(
+            refused(&mut endpoints, "ftp://example.com").await,
+            "request"
+        );
+        assert_eq!(endpoints.parsed.len(), 1);
+        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9").await, "ssrf");
+    }
+}
