@@ -6,6 +6,14 @@
 //! A hook is only ever a trigger: it says "this repository's branch moved",
 //! and the repository's watcher then fetches and diffs as on a poll. Nothing
 //! in a payload (commit lists, file lists) is trusted as the change list.
+//!
+//! This module holds what every host shares; each host's payload shapes are
+//! read in its own module (`github`, `gitlab`, `gitea`, `bitbucket`).
+
+mod bitbucket;
+mod gitea;
+mod github;
+mod gitlab;
 
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -238,139 +246,6 @@ impl RefMove {
     }
 }
 
-#[derive(Deserialize)]
-struct GitHubPush {
-    #[serde(rename = "ref")]
-    reference: String,
-    #[serde(default)]
-    after: Option<String>,
-    #[serde(default)]
-    deleted: bool,
-    repository: GitHubRepository,
-}
-
-/// Gitea's `delete` event: `ref` is the short name, `ref_type` says of what.
-#[derive(Deserialize)]
-struct GiteaDelete {
-    #[serde(rename = "ref")]
-    reference: String,
-    ref_type: String,
-    repository: GitHubRepository,
-}
-
-/// GitHub's and Gitea's `repository` object (Gitea copies GitHub's shape).
-#[derive(Deserialize)]
-struct GitHubRepository {
-    #[serde(default)]
-    clone_url: Option<String>,
-    #[serde(default)]
-    ssh_url: Option<String>,
-    #[serde(default)]
-    html_url: Option<String>,
-    #[serde(default)]
-    git_url: Option<String>,
-    #[serde(default)]
-    default_branch: Option<String>,
-}
-
-impl GitHubRepository {
-    fn urls(self) -> (Vec<Option<String>>, Option<String>) {
-        let urls = vec![self.clone_url, self.ssh_url, self.html_url, self.git_url];
-        (urls, self.default_branch)
-    }
-}
-
-/// A GitLab push or tag push (project or system hook), or a system hook's
-/// `repository_update`, whose refs are in `changes`.
-#[derive(Deserialize)]
-struct GitLabPush {
-    #[serde(default)]
-    object_kind: Option<String>,
-    #[serde(default)]
-    event_name: Option<String>,
-    #[serde(rename = "ref", default)]
-    reference: Option<String>,
-    #[serde(default)]
-    after: Option<String>,
-    #[serde(default)]
-    changes: Vec<GitLabChange>,
-    /// Absent from system hooks about other things (users, groups…).
-    #[serde(default)]
-    project: Option<GitLabProject>,
-}
-
-#[derive(Deserialize)]
-struct GitLabChange {
-    #[serde(rename = "ref")]
-    reference: String,
-    #[serde(default)]
-    after: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct GitLabProject {
-    #[serde(default)]
-    git_http_url: Option<String>,
-    #[serde(default)]
-    git_ssh_url: Option<String>,
-    #[serde(default)]
-    web_url: Option<String>,
-    #[serde(default)]
-    default_branch: Option<String>,
-}
-
-/// Bitbucket Cloud's `repo:push`.
-#[derive(Deserialize)]
-struct BitbucketPush {
-    repository: BitbucketRepository,
-    push: BitbucketChanges,
-}
-
-#[derive(Deserialize)]
-struct BitbucketRepository {
-    #[serde(default)]
-    full_name: Option<String>,
-    #[serde(default)]
-    links: Option<BitbucketLinks>,
-    #[serde(default)]
-    mainbranch: Option<BitbucketRef>,
-}
-
-#[derive(Deserialize)]
-struct BitbucketLinks {
-    #[serde(default)]
-    html: Option<BitbucketLink>,
-}
-
-#[derive(Deserialize)]
-struct BitbucketLink {
-    href: String,
-}
-
-#[derive(Deserialize)]
-struct BitbucketChanges {
-    changes: Vec<BitbucketChange>,
-}
-
-/// `new` is null when the ref was deleted, `old` when it was created.
-#[derive(Deserialize)]
-struct BitbucketChange {
-    #[serde(default)]
-    new: Option<BitbucketRef>,
-    #[serde(default)]
-    old: Option<BitbucketRef>,
-}
-
-#[derive(Deserialize)]
-struct BitbucketRef {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    name: String,
-}
-
-/// Bitbucket Cloud's only host, for a payload that gives `full_name` alone.
-const BITBUCKET_WEB: &str = "https://bitbucket.org";
-
 fn zero_sha(sha: Option<&str>) -> bool {
     sha.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b == b'0'))
 }
@@ -443,99 +318,13 @@ fn read(provider: Provider, event_type: &str, body: &[u8]) -> Result<Read, NoPus
     };
     match provider {
         Provider::Gitea if event_type.trim().eq_ignore_ascii_case("delete") => {
-            let delete: GiteaDelete = serde_json::from_slice(body).map_err(bad)?;
-            if !delete.ref_type.eq_ignore_ascii_case("branch") {
-                return Err(NoPush::Ignore(format!("{} deleted", delete.ref_type)));
-            }
-            let (urls, default_branch) = delete.repository.urls();
-            // Gitea names the branch without `refs/heads/`.
-            let reference = format!("refs/heads/{}", delete.reference);
-            Ok(Read {
-                urls,
-                default_branch,
-                refs: vec![RefMove::from_ref(&reference, true)],
-            })
+            gitea::read_delete(serde_json::from_slice(body).map_err(bad)?)
         }
-        Provider::GitHub | Provider::Gitea => {
-            let push: GitHubPush = serde_json::from_slice(body).map_err(bad)?;
-            let deleted = push.deleted || zero_sha(push.after.as_deref());
-            let (urls, default_branch) = push.repository.urls();
-            Ok(Read {
-                urls,
-                default_branch,
-                refs: vec![RefMove::from_ref(&push.reference, deleted)],
-            })
-        }
-        Provider::GitLab => read_gitlab(serde_json::from_slice(body).map_err(bad)?),
-        Provider::Bitbucket => Ok(read_bitbucket(serde_json::from_slice(body).map_err(bad)?)),
-    }
-}
-
-fn read_gitlab(push: GitLabPush) -> Result<Read, NoPush> {
-    let kind = push
-        .object_kind
-        .or(push.event_name)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let refs = match kind.as_str() {
-        "push" | "tag_push" => {
-            let reference = push.reference.ok_or_else(|| {
-                NoPush::Bad(BadPayload(
-                    "not a gitlab push payload: missing field `ref`".to_owned(),
-                ))
-            })?;
-            vec![RefMove::from_ref(
-                &reference,
-                zero_sha(push.after.as_deref()),
-            )]
-        }
-        // A system hook's push: every ref that moved, in `changes`.
-        "repository_update" => push
-            .changes
-            .iter()
-            .map(|c| RefMove::from_ref(&c.reference, zero_sha(c.after.as_deref())))
-            .collect(),
-        _ => return Err(NoPush::Ignore(format!("`{kind}` is not a push event"))),
-    };
-    let project = push.project.ok_or_else(|| {
-        NoPush::Bad(BadPayload(
-            "not a gitlab push payload: missing field `project`".to_owned(),
-        ))
-    })?;
-    Ok(Read {
-        urls: vec![project.git_http_url, project.git_ssh_url, project.web_url],
-        default_branch: project.default_branch,
-        refs,
-    })
-}
-
-fn read_bitbucket(push: BitbucketPush) -> Read {
-    let repository = push.repository;
-    let web = repository.links.and_then(|l| l.html).map(|h| h.href);
-    // `full_name` (`workspace/slug`) names the repository when no link does.
-    let named = repository
-        .full_name
-        .filter(|_| web.is_none())
-        .map(|name| format!("{BITBUCKET_WEB}/{}", name.trim_matches('/')));
-    let refs = push
-        .push
-        .changes
-        .into_iter()
-        .filter_map(|change| match (change.new, change.old) {
-            (Some(new), _) => Some((new, false)),
-            (None, Some(old)) => Some((old, true)),
-            (None, None) => None,
-        })
-        .map(|(moved, deleted)| match moved.kind.as_deref() {
-            Some("branch") => RefMove::from_ref(&format!("refs/heads/{}", moved.name), deleted),
-            Some("tag" | "annotated_tag") => RefMove::Tag,
-            kind => RefMove::Other(format!("{} {}", kind.unwrap_or("ref"), moved.name)),
-        })
-        .collect();
-    Read {
-        urls: vec![web, named],
-        default_branch: repository.mainbranch.map(|b| b.name),
-        refs,
+        Provider::GitHub | Provider::Gitea => Ok(github::read_push(
+            serde_json::from_slice(body).map_err(bad)?,
+        )),
+        Provider::GitLab => gitlab::read(serde_json::from_slice(body).map_err(bad)?),
+        Provider::Bitbucket => Ok(bitbucket::read(serde_json::from_slice(body).map_err(bad)?)),
     }
 }
 
@@ -670,7 +459,7 @@ mod tests {
     }
 
     /// The branches a trigger moves, and whether each was deleted.
-    fn moved(trigger: &Trigger) -> Vec<(String, bool)> {
+    pub(super) fn moved(trigger: &Trigger) -> Vec<(String, bool)> {
         match trigger {
             Trigger::Push(push) => push
                 .branches
@@ -679,81 +468,6 @@ mod tests {
                 .collect(),
             Trigger::Ignore(reason) => panic!("ignored: {reason}"),
         }
-    }
-
-    #[test]
-    fn pushes_tags_and_deletions_are_told_apart() {
-        let github = |reference: &str, after: &str, deleted: bool| {
-            serde_json::json!({
-                "ref": reference, "after": after, "deleted": deleted,
-                "repository": {"clone_url": "https://github.com/o/r.git", "default_branch": "main"}
-            })
-            .to_string()
-        };
-        let push = interpret(
-            Provider::GitHub,
-            "push",
-            github("refs/heads/main", "ab12", false).as_bytes(),
-        )
-        .expect("a push");
-        assert_eq!(
-            push,
-            Trigger::Push(Push {
-                urls: vec!["https://github.com/o/r.git".into()],
-                branches: vec![BranchMove {
-                    branch: "main".into(),
-                    deleted: false
-                }],
-                default_branch: Some("main".into()),
-            })
-        );
-        let deleted = interpret(
-            Provider::GitHub,
-            "push",
-            github("refs/heads/gone", &"0".repeat(40), true).as_bytes(),
-        )
-        .expect("a deletion");
-        assert_eq!(moved(&deleted), vec![("gone".to_owned(), true)]);
-        assert_eq!(
-            interpret(
-                Provider::GitHub,
-                "push",
-                github("refs/tags/v1", "ab12", false).as_bytes()
-            ),
-            Ok(Trigger::Ignore("tag push".into()))
-        );
-        let gitlab_tag = serde_json::json!({
-            "object_kind": "tag_push", "ref": "refs/tags/v1", "after": "ab12",
-            "project": {"git_http_url": "https://gitlab.com/o/r.git"}
-        });
-        assert_eq!(
-            interpret(
-                Provider::GitLab,
-                "Tag Push Hook",
-                gitlab_tag.to_string().as_bytes()
-            ),
-            Ok(Trigger::Ignore("tag push".into()))
-        );
-        let gitlab_deleted = serde_json::json!({
-            "object_kind": "push", "ref": "refs/heads/main", "after": "0".repeat(40),
-            "project": {"git_http_url": "https://gitlab.com/o/r.git", "web_url": "https://gitlab.com/o/r"}
-        });
-        let gitlab_deleted = interpret(
-            Provider::GitLab,
-            "Push Hook",
-            gitlab_deleted.to_string().as_bytes(),
-        )
-        .expect("a deletion");
-        assert_eq!(moved(&gitlab_deleted), vec![("main".to_owned(), true)]);
-        assert!(interpret(Provider::Gitea, "push", b"[1,2]").is_err());
-        assert!(
-            interpret(
-                Provider::Gitea,
-                "push",
-                br#"{"ref":"refs/heads/x","repository":{}}"#
-            )
-            .is_err()
-        );
     }
 
     #[test]
@@ -775,105 +489,6 @@ mod tests {
         assert_eq!(
             Provider::GitLab.classify("Merge Request Hook"),
             EventClass::Other
-        );
-    }
-
-    #[test]
-    fn a_gitlab_repository_update_moves_every_changed_branch() {
-        let update = serde_json::json!({
-            "event_name": "repository_update",
-            "project": {
-                "git_http_url": "http://example.com/jsmith/example.git",
-                "path_with_namespace": "jsmith/example",
-                "default_branch": "master"
-            },
-            "changes": [
-                {"before": "8205", "after": "4045", "ref": "refs/heads/master"},
-                {"before": "1111", "after": "0".repeat(40), "ref": "refs/heads/old"},
-                {"before": "0000", "after": "2222", "ref": "refs/tags/v1"}
-            ],
-            "refs": ["refs/heads/master", "refs/heads/old", "refs/tags/v1"]
-        });
-        let trigger = interpret(
-            Provider::GitLab,
-            "System Hook",
-            update.to_string().as_bytes(),
-        )
-        .expect("a push");
-        assert_eq!(
-            moved(&trigger),
-            vec![("master".to_owned(), false), ("old".to_owned(), true)]
-        );
-        let other = serde_json::json!({"event_name": "user_create", "name": "x"});
-        assert_eq!(
-            interpret(
-                Provider::GitLab,
-                "System Hook",
-                other.to_string().as_bytes()
-            ),
-            Ok(Trigger::Ignore("`user_create` is not a push event".into()))
-        );
-    }
-
-    #[test]
-    fn gitea_deletions_and_bitbucket_pushes_are_read() {
-        let delete = |ref_type: &str| {
-            serde_json::json!({
-                "ref": "feature/x", "ref_type": ref_type, "pusher_type": "user",
-                "repository": {"clone_url": "https://gitea.example/o/r.git"}
-            })
-            .to_string()
-        };
-        let branch = interpret(Provider::Gitea, "delete", delete("branch").as_bytes());
-        assert_eq!(
-            moved(&branch.expect("a deletion")),
-            vec![("feature/x".to_owned(), true)]
-        );
-        assert_eq!(
-            interpret(Provider::Gitea, "delete", delete("tag").as_bytes()),
-            Ok(Trigger::Ignore("tag deleted".into()))
-        );
-
-        let bitbucket = serde_json::json!({
-            "repository": {
-                "full_name": "team/repo",
-                "links": {"html": {"href": "https://bitbucket.org/team/repo"}}
-            },
-            "push": {"changes": [
-                {"new": {"type": "branch", "name": "main"}, "old": {"type": "branch", "name": "main"}},
-                {"new": null, "old": {"type": "branch", "name": "gone"}, "closed": true},
-                {"new": {"type": "tag", "name": "v1"}, "old": null}
-            ]}
-        });
-        let push = interpret(
-            Provider::Bitbucket,
-            "repo:push",
-            bitbucket.to_string().as_bytes(),
-        )
-        .expect("a push");
-        assert_eq!(
-            moved(&push),
-            vec![("main".to_owned(), false), ("gone".to_owned(), true)]
-        );
-        let Trigger::Push(push) = push else {
-            unreachable!()
-        };
-        assert_eq!(
-            push.urls,
-            vec!["https://bitbucket.org/team/repo".to_owned()]
-        );
-        // Without links, `full_name` on bitbucket.org names the repository.
-        let named = serde_json::json!({
-            "repository": {"full_name": "team/repo"},
-            "push": {"changes": [{"new": {"type": "tag", "name": "v2"}}]}
-        });
-        assert_eq!(
-            interpret(
-                Provider::Bitbucket,
-                "repo:push",
-                named.to_string().as_bytes()
-            ),
-            Ok(Trigger::Ignore("tag push".into()))
         );
     }
 
