@@ -1,4 +1,5 @@
-//! Inbound push webhooks from git hosts (SPEC §6), the pure part: checking a
+//! Inbound push webhooks from git hosts (README.md, Push webhooks from git
+//! hosts), the pure part: checking a
 //! hook's signature or token, unwrapping a form-encoded payload, reading what
 //! a stored hook asks for, and telling whether a URL from a payload names a
 //! watched repository.

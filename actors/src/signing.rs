@@ -1,4 +1,5 @@
-//! Webhook signatures (SPEC §5), both computed over the exact bytes sent:
+//! Webhook signatures (docs/webhooks.md, Signatures), both computed over
+//! the exact bytes sent:
 //!
 //! - Docora: `X-Docora-Signature: sha256=<hex HMAC-SHA256(key, ts "." body)>`
 //! - Standard Webhooks v1: `webhook-signature: v1,<base64 HMAC-SHA256(key,

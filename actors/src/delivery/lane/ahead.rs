@@ -20,11 +20,9 @@ use crate::payload;
 const AHEAD_BYTES: i64 = 4 << 20;
 /// Files up to [`AHEAD_BYTES`] are read and rendered up to this many events
 /// ahead, as long as they and the file in flight add up to at most
-/// [`FURTHER_BYTES`]. Rendering and signing a 2 MiB file takes milliseconds
-/// (about 6–10), far longer than the request before it: started only when
-/// the request before it left, it held the lane up (reference workload: such
-/// files arrived 1.4–5 ms apart, against 0.4–1.3 ms for a sender with every
-/// body ready).
+/// [`FURTHER_BYTES`]. Rendering and signing a file of a few MiB takes far
+/// longer than the request before it: started only when that request left,
+/// it held the lane up (BENCHMARKS.md, "Tunings of the delivery path").
 const FURTHER_EVENTS: usize = 32;
 const FURTHER_BYTES: i64 = 4 << 20;
 /// The window is filled up again once no more than this many events are
@@ -116,9 +114,7 @@ impl Further {
 /// file takes tens of microseconds, less than the receiver takes to answer;
 /// on a blocking worker it cost a thread wake-up, and on a 2-core machine
 /// the worker ran beside the receiver and the lane, three busy threads on
-/// two cores (reference workload, Zen 5, 11 alternated pairs: 0.85 of the
-/// floor against 0.75 at the median, 107 µs of CPU a webhook against 115;
-/// BENCHMARKS.md).
+/// two cores (BENCHMARKS.md, "Tunings of the delivery path").
 const INTERLEAVED_BYTES: i64 = 64 << 10;
 
 /// What a created or updated file's bytes are rendered with (see

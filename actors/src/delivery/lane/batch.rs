@@ -66,8 +66,8 @@ pub(super) const READ_NEXT_AT: usize = BATCH as usize / 4;
 
 /// Events read per batch. Each batch costs its reads (the app, the
 /// subscription, the repository, the events) and a written flush, on the
-/// lane's one-at-a-time path (reference workload: 1,889 webhooks/s at 64 a
-/// batch, 1,990/s at 256).
+/// lane's one-at-a-time path (BENCHMARKS.md, "Tunings of the delivery
+/// path").
 pub(super) const BATCH: u64 = 256;
 
 impl BatchReads {
