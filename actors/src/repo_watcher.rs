@@ -469,14 +469,13 @@ async fn scan_claimed(
                 events: result.events,
             })
         }
-        Ok(Err(ScanOutcome::NoAccess)) => {
+        Ok(Err(NoSnapshot::NoAccess)) => {
             // Each subscriber was told on its own; the remote itself works.
             store.reschedule(repository, next_scan_at).await?;
             config.signal.notify();
             Ok(ScanReport::Skipped("no subscriber can read the repository"))
         }
-        // NeedsManifest, even with the manifest given.
-        Ok(Err(_)) => Ok(ScanReport::Skipped("manifest still missing")),
+        Ok(Err(NoSnapshot::NeedsManifest)) => Ok(ScanReport::Skipped("manifest still missing")),
         Err(err) => {
             telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
             record_failure(
@@ -495,6 +494,15 @@ async fn scan_claimed(
     }
 }
 
+/// A scan outcome that writes no snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoSnapshot {
+    /// The known head is not in the mirror, even with the manifest given.
+    NeedsManifest,
+    /// No subscriber's credential reads the repository.
+    NoAccess,
+}
+
 /// The outbox write of a scan that read the branch: the snapshot the
 /// repository moves to (unchanged, the same tree, which still gives
 /// subscriptions added since their initial snapshot). Hands back the
@@ -505,7 +513,7 @@ pub(crate) fn snapshot_advance(
     fence: &ScanFence,
     snapshot: SnapshotId,
     next_scan_at: i64,
-) -> Result<SnapshotAdvance, ScanOutcome> {
+) -> Result<SnapshotAdvance, NoSnapshot> {
     let (commit, branch, delta, old_ignore, new_ignore) = match found {
         ScanOutcome::Unchanged {
             branch,
@@ -519,7 +527,8 @@ pub(crate) fn snapshot_advance(
             old_ignore,
             new_ignore,
         } => (commit, branch, delta, old_ignore, new_ignore),
-        other @ (ScanOutcome::NeedsManifest | ScanOutcome::NoAccess) => return Err(other),
+        ScanOutcome::NeedsManifest => return Err(NoSnapshot::NeedsManifest),
+        ScanOutcome::NoAccess => return Err(NoSnapshot::NoAccess),
     };
     Ok(SnapshotAdvance {
         repository: repository.clone(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::git::{ConnectRule, LowSpeed, RemoteSpec};
 use crate::ids::{RepoId, SnapshotId};
-use crate::repo_watcher::snapshot_advance;
+use crate::repo_watcher::{NoSnapshot, snapshot_advance};
 use crate::scan::{Accessor, ScanJob, ScanOutcome};
 use crate::store::Store;
 use crate::store::leases::ScanFence;
@@ -116,8 +116,8 @@ impl Scanned {
         } = self;
         let advance = match snapshot_advance(outcome, &repository, &fence, snapshot, 0) {
             Ok(advance) => advance,
-            Err(ScanOutcome::NoAccess) => panic!("the test's remote is public"),
-            Err(_) => panic!("the mirror keeps every observed commit"),
+            Err(NoSnapshot::NoAccess) => panic!("the test's remote is public"),
+            Err(NoSnapshot::NeedsManifest) => panic!("the mirror keeps every observed commit"),
         };
         let changes = advance.delta.len();
         let started = Instant::now();
