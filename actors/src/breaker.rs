@@ -10,12 +10,7 @@ pub mod actor;
 
 use std::time::Duration;
 
-use entity::{BreakerStatus, breaker};
-
-/// Breaker kind of a repository's git remote (subject: the repository id).
-pub const GIT_BREAKER: &str = "git";
-/// Breaker kind of an app's endpoint (subject: the app id).
-pub const DELIVERY_BREAKER: &str = "delivery";
+use entity::{BreakerKind, BreakerStatus, ErrorClass, breaker};
 
 /// A failing probe doubles the cooldown, up to this many times the
 /// configured one.
@@ -54,15 +49,15 @@ pub fn permit(row: Option<&breaker::Model>, now: i64) -> Permit {
 /// breaker (once per opening: re-opening after a failed probe counts too).
 pub fn on_failure(
     row: Option<breaker::Model>,
-    kind: &str,
+    kind: BreakerKind,
     subject: &str,
     policy: BreakerPolicy,
     now: i64,
-    error_class: &str,
+    error_class: ErrorClass,
     error: &str,
 ) -> (breaker::Model, bool) {
     let mut row = row.unwrap_or_else(|| breaker::Model {
-        kind: kind.to_owned(),
+        kind,
         subject_id: subject.to_owned(),
         state: BreakerStatus::Closed,
         consecutive_failures: 0,
@@ -75,7 +70,7 @@ pub fn on_failure(
         probe_until: None,
     });
     row.consecutive_failures = row.consecutive_failures.saturating_add(1);
-    row.last_error_class = Some(error_class.to_owned());
+    row.last_error_class = Some(error_class.as_str().to_owned());
     row.last_error = Some(error.to_owned());
     row.updated_at = now;
     let base = crate::clock::millis(policy.cooldown);
@@ -118,7 +113,15 @@ mod tests {
     };
 
     fn fail(row: Option<breaker::Model>, now: i64) -> (breaker::Model, bool) {
-        on_failure(row, "git", "repo_x", POLICY, now, "network", "unreachable")
+        on_failure(
+            row,
+            BreakerKind::Git,
+            "repo_x",
+            POLICY,
+            now,
+            ErrorClass::Network,
+            "unreachable",
+        )
     }
 
     #[test]

@@ -26,16 +26,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use entity::BreakerKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, warn};
 
 use self::lane::{LaneActor, LaneArgs, LaneMsg};
 use crate::backoff::Backoff;
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg};
-use crate::breaker::{BreakerPolicy, DELIVERY_BREAKER, Permit};
+use crate::breaker::{BreakerPolicy, Permit};
 use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, LowSpeed};
-use crate::ids::SubscriptionId;
+use crate::ids::{AppId, SubscriptionId};
 use crate::payload::Chunking;
 use crate::restart::{Ended, RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
@@ -131,7 +132,7 @@ impl DispatcherState {
             return Ok(app.clone());
         }
         let args = AppArgs {
-            app_id: app_id.to_owned(),
+            app_id: AppId::stored(app_id),
             store: self.store.clone(),
             config: self.config.clone(),
             client: self.client.clone(),
@@ -301,7 +302,7 @@ pub enum AppMsg {
 pub struct AppDelivery;
 
 pub struct AppArgs {
-    pub app_id: String,
+    pub app_id: AppId,
     pub store: Store,
     pub config: DeliveryConfig,
     pub client: WebhookClient,
@@ -310,7 +311,7 @@ pub struct AppArgs {
     pub pool: ScanPool,
 }
 
-pub struct AppState {
+pub struct AppDeliveryState {
     args: AppArgs,
     /// The endpoint's breaker: a child of this actor.
     breaker: ActorRef<BreakerMsg>,
@@ -331,7 +332,7 @@ struct RunningLane {
 
 impl Actor for AppDelivery {
     type Msg = AppMsg;
-    type State = AppState;
+    type State = AppDeliveryState;
     type Arguments = AppArgs;
 
     async fn pre_start(
@@ -341,8 +342,8 @@ impl Actor for AppDelivery {
     ) -> Result<Self::State, ActorProcessingErr> {
         let breaker_args = BreakerArgs {
             store: args.store.clone(),
-            kind: DELIVERY_BREAKER,
-            subject: args.app_id.clone(),
+            kind: BreakerKind::Delivery,
+            subject: args.app_id.to_string(),
             policy: args.config.breaker,
             probe_timeout: args.config.timeout + Duration::from_secs(5),
             clear: Arc::default(),
@@ -350,7 +351,7 @@ impl Actor for AppDelivery {
         let breaker_clear = breaker_args.clear.clone();
         let (breaker, _) =
             Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
-        Ok(AppState {
+        Ok(AppDeliveryState {
             breaker,
             breaker_clear,
             args,
@@ -400,7 +401,7 @@ impl Actor for AppDelivery {
                     .args
                     .store
                     .subscriptions_due(
-                        &state.args.app_id,
+                        state.args.app_id.as_str(),
                         now,
                         probe_dead_before(&state.args.config, now),
                         (free + state.lanes.len()) as u64,
@@ -744,7 +745,7 @@ mod tests {
             let (pool, workers) = ScanPool::standalone(1).await.expect("scan workers");
             let args = AppArgs {
                 pool,
-                app_id: app_id.as_str().to_owned(),
+                app_id: app_id.clone(),
                 store: store.clone(),
                 config: DeliveryConfig::for_tests(dir.path()),
                 client: WebhookClient::new(Duration::from_secs(5), true),

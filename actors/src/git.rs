@@ -82,6 +82,19 @@ impl GitFailure {
         }
     }
 
+    /// The class a failed fetch leaves on the repository's breaker.
+    pub fn class(self) -> entity::ErrorClass {
+        use entity::ErrorClass;
+        match self {
+            GitFailure::Auth => ErrorClass::Auth,
+            GitFailure::NotFound => ErrorClass::NotFound,
+            GitFailure::Timeout => ErrorClass::Timeout,
+            GitFailure::Network => ErrorClass::Network,
+            GitFailure::Refused => ErrorClass::Refused,
+            GitFailure::Other => ErrorClass::Other,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             GitFailure::Auth => "auth",

@@ -42,6 +42,12 @@ macro_rules! prefixed_id {
                 well_formed.then(|| Self(raw.to_owned()))
             }
 
+            /// An id read back from Herald's own tables, which hold only ids
+            /// Herald made: taken as it is, without checking its shape again.
+            pub fn stored(raw: impl Into<String>) -> Self {
+                Self(raw.into())
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }

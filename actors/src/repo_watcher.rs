@@ -17,11 +17,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use entity::BreakerKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg, Change, Reported};
-use crate::breaker::{BreakerPolicy, GIT_BREAKER, Permit};
+use crate::breaker::{BreakerPolicy, Permit};
 use crate::changes::TreeDelta;
 use crate::clock::{millis, now_ms};
 use crate::git::{ConnectRule, Credentials, GitError, LowSpeed, RemoteSpec};
@@ -148,7 +149,7 @@ impl Actor for RepoWatcher {
         } = args;
         let breaker_args = BreakerArgs {
             store: store.clone(),
-            kind: GIT_BREAKER,
+            kind: BreakerKind::Git,
             subject: repository.as_str().to_owned(),
             policy: config.breaker,
             // A probe is one scan; it may take this long before another goes.
@@ -664,7 +665,7 @@ impl RemoteBreaker {
         let reported: Reported = ractor::call_t!(
             self.breaker,
             |reply| BreakerMsg::Failed {
-                class: err.failure.as_str().to_owned(),
+                class: err.failure.class(),
                 error: err.message.clone(),
                 reply,
             },

@@ -18,6 +18,7 @@ use reqwest::header::HeaderMap;
 use sha2::Sha256;
 
 use crate::clock::now_ms;
+use crate::ids::AppId;
 use crate::webhook_client::header;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -56,7 +57,7 @@ pub fn standard(keys: &[&[u8]], id: &str, timestamp: i64, body: &[u8]) -> String
 /// The signing stage: an app's keys, and the headers they sign a body with.
 #[derive(Clone)]
 pub struct Signer {
-    app_id: String,
+    app_id: AppId,
     /// The current key first, then, during a rotation, the previous one.
     keys: Arc<[Vec<u8>]>,
 }
@@ -72,14 +73,20 @@ pub struct Signed {
 
 impl Signer {
     /// `keys`: the current key first, then any other that still signs.
-    pub fn new(app_id: String, keys: Arc<[Vec<u8>]>) -> Self {
+    pub fn new(app_id: AppId, keys: Arc<[Vec<u8>]>) -> Self {
         Self { app_id, keys }
     }
 
     /// Signs `body`, sent as `webhook_id`, now.
     pub fn sign(&self, webhook_id: String, body: bytes::Bytes) -> Signed {
         let timestamp = now_ms() / 1000;
-        let headers = signed_headers(&self.app_id, &self.keys, &webhook_id, timestamp, &body);
+        let headers = signed_headers(
+            self.app_id.as_str(),
+            &self.keys,
+            &webhook_id,
+            timestamp,
+            &body,
+        );
         Signed {
             body,
             timestamp,

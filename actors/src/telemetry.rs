@@ -14,6 +14,9 @@
 
 use std::time::Duration;
 
+use entity::DeliveryOutcome;
+
+use crate::ids::AppId;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -62,20 +65,6 @@ pub mod scan_outcome {
     pub const CHANGED: &str = "changed";
     pub const UNCHANGED: &str = "unchanged";
     pub const FAILED: &str = "failed";
-}
-
-/// Outcomes of a delivery attempt (`herald_deliveries_total{outcome}`).
-pub mod delivery_outcome {
-    /// A 2xx.
-    pub const DELIVERED: &str = "delivered";
-    /// Any failure that will be retried.
-    pub const FAILED: &str = "failed";
-    /// 429 or 503 with `Retry-After`.
-    pub const RATE_LIMITED: &str = "rate_limited";
-    /// 410: the subscription is paused.
-    pub const GONE: &str = "gone";
-    /// The event failed for the last time (or cannot be sent at all).
-    pub const DEAD: &str = "dead";
 }
 
 /// The W3C `traceparent` of `span`; `None` when no OpenTelemetry layer gives
@@ -191,30 +180,30 @@ pub fn answered(span: &Span, status: u16) {
 /// looked up once, when a lane starts: a lane records each success through
 /// these handles instead of finding its series by name and labels every time.
 pub struct AppDeliveries {
-    app_id: String,
+    app_id: AppId,
     delivered: metrics::Counter,
     duration: metrics::Histogram,
 }
 
 impl AppDeliveries {
-    pub fn of(app_id: &str) -> Self {
+    pub fn of(app_id: &AppId) -> Self {
         Self {
-            app_id: app_id.to_owned(),
-            delivered: Self::counter(app_id, delivery_outcome::DELIVERED),
-            duration: metrics::histogram!("herald_delivery_duration_seconds", "app_id" => app_id.to_owned()),
+            app_id: app_id.clone(),
+            delivered: Self::counter(app_id, DeliveryOutcome::Delivered),
+            duration: metrics::histogram!("herald_delivery_duration_seconds", "app_id" => app_id.to_string()),
         }
     }
 
-    fn counter(app_id: &str, outcome: &'static str) -> metrics::Counter {
-        metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_owned(), "outcome" => outcome)
+    fn counter(app_id: &AppId, outcome: DeliveryOutcome) -> metrics::Counter {
+        metrics::counter!("herald_deliveries_total", "app_id" => app_id.to_string(), "outcome" => outcome.as_str())
     }
 
     /// One delivery attempt ended; `latency` is `None` when no request was
     /// made (content gone from the mirror, a payload that cannot be
     /// rendered). Also set on the attempt's span (see [`answered`]).
-    pub fn attempt(&self, span: &Span, outcome: &'static str, latency: Option<Duration>) {
-        span.set_attribute("outcome", outcome);
-        if outcome == delivery_outcome::DELIVERED {
+    pub fn attempt(&self, span: &Span, outcome: DeliveryOutcome, latency: Option<Duration>) {
+        span.set_attribute("outcome", outcome.as_str());
+        if outcome == DeliveryOutcome::Delivered {
             self.delivered.increment(1);
         } else {
             Self::counter(&self.app_id, outcome).increment(1);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use entity::ErrorClass;
 use futures::FutureExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Body as _;
@@ -60,8 +61,8 @@ pub struct Answer {
 /// Why a request got no answer.
 #[derive(Debug, Clone)]
 pub struct NoAnswer {
-    /// `timeout`, `connect`, `ssrf`, `request`, `policy`.
-    pub class: &'static str,
+    /// `Timeout`, `Connect`, `Ssrf`, `Request` or `Policy`.
+    pub class: ErrorClass,
     pub message: String,
     pub latency: Duration,
 }
@@ -70,29 +71,28 @@ impl NoAnswer {
     /// Nothing was sent because the configuration forbids the endpoint's
     /// URL: not the endpoint's failure.
     pub fn refused_by_policy(&self) -> bool {
-        self.class == POLICY
+        self.class == ErrorClass::Policy
     }
 }
 
 /// Why a request got no answer, before its latency is known.
 #[derive(Clone, Copy)]
 struct Failure {
-    class: &'static str,
+    class: ErrorClass,
     message: &'static str,
 }
 
-const fn failure(class: &'static str, message: &'static str) -> Failure {
+const fn failure(class: ErrorClass, message: &'static str) -> Failure {
     Failure { class, message }
 }
 
-const UNREACHABLE: Failure = failure("connect", "the endpoint could not be reached");
-const TIMED_OUT: Failure = failure("timeout", "the endpoint did not answer in time");
-const FAILED: Failure = failure("request", "the request failed");
-/// The class of a request Herald refused to make: the endpoint is fine, the
-/// server's configuration forbids it (see [`NoAnswer::refused_by_policy`]).
-pub const POLICY: &str = "policy";
+const UNREACHABLE: Failure = failure(ErrorClass::Connect, "the endpoint could not be reached");
+const TIMED_OUT: Failure = failure(ErrorClass::Timeout, "the endpoint did not answer in time");
+const FAILED: Failure = failure(ErrorClass::Request, "the request failed");
+/// A request Herald refused to make: the endpoint is fine, the server's
+/// configuration forbids it (see [`NoAnswer::refused_by_policy`]).
 const HTTP_REFUSED: Failure = failure(
-    POLICY,
+    ErrorClass::Policy,
     "http:// endpoints are disabled by this server's configuration \
      (security.allow_http_targets): the app's base_url must use https",
 );
@@ -384,7 +384,10 @@ fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Failure {
     let mut current = Some(err);
     while let Some(error) = current {
         if error.is::<NoPublicAddress>() {
-            return failure("ssrf", "the endpoint resolves to no public address");
+            return failure(
+                ErrorClass::Ssrf,
+                "the endpoint resolves to no public address",
+            );
         }
         if error
             .downcast_ref::<std::io::Error>()
@@ -525,7 +528,7 @@ impl Target {
         allow_private_targets: bool,
         allow_http_targets: bool,
     ) -> Result<Self, Failure> {
-        const INVALID: Failure = failure("request", "the endpoint URL is invalid");
+        const INVALID: Failure = failure(ErrorClass::Request, "the endpoint URL is invalid");
         let url = url::Url::parse(url).map_err(|_| INVALID)?;
         let tls = match url.scheme() {
             "https" => true,
@@ -543,7 +546,10 @@ impl Target {
             && !allow_private_targets
             && !is_global(ip)
         {
-            return Err(failure("ssrf", "the endpoint is not a public address"));
+            return Err(failure(
+                ErrorClass::Ssrf,
+                "the endpoint is not a public address",
+            ));
         }
         let port = url.port_or_known_default().ok_or(INVALID)?;
         let (authority, address) = match (url.host_str(), url.port()) {
@@ -720,7 +726,12 @@ mod tests {
                 .post(url, HeaderMap::new(), Vec::new())
                 .await
                 .expect_err("a private target gets no request");
-            assert_eq!(refused.class, "ssrf", "{url}: {}", refused.message);
+            assert_eq!(
+                refused.class,
+                ErrorClass::Ssrf,
+                "{url}: {}",
+                refused.message
+            );
         }
     }
 
@@ -1032,7 +1043,7 @@ mod tests {
             .post(&format!("http://{silent}/hook"), signed(), b"{}".to_vec())
             .await
             .expect_err("no answer");
-        assert_eq!(failed.class, "timeout", "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Timeout, "{}", failed.message);
         assert!(failed.latency >= Duration::from_millis(300));
 
         let closed = {
@@ -1043,13 +1054,13 @@ mod tests {
             .post(&format!("http://{closed}/hook"), signed(), b"{}".to_vec())
             .await
             .expect_err("no answer");
-        assert_eq!(failed.class, "connect", "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Connect, "{}", failed.message);
         for bad in ["ftp://example.com/hook", "not a url"] {
             let failed = client
                 .post(bad, signed(), b"{}".to_vec())
                 .await
                 .expect_err("no request");
-            assert_eq!(failed.class, "request", "{bad}");
+            assert_eq!(failed.class, ErrorClass::Request, "{bad}");
         }
     }
 
@@ -1119,12 +1130,12 @@ mod tests {
             .post(&url, signed(), b"{}".to_vec())
             .await
             .expect_err("an untrusted certificate");
-        assert_eq!(failed.class, "connect", "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Connect, "{}", failed.message);
         let failed = trusting
             .post(&format!("https://{addr}/hook"), signed(), b"{}".to_vec())
             .await
             .expect_err("a certificate for another name");
-        assert_eq!(failed.class, "connect", "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Connect, "{}", failed.message);
     }
 
     #[tokio::test]
@@ -1150,7 +1161,7 @@ mod tests {
             tls_config(Vec::new()),
         );
         let failed = hook(&client, addr).await.expect_err("no connection");
-        assert_eq!(failed.class, "timeout", "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Timeout, "{}", failed.message);
         assert!(
             failed.latency < Duration::from_secs(5),
             "the connect timeout, not the request's: {:?}",

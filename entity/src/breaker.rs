@@ -4,9 +4,10 @@ use sea_orm::entity::prelude::*;
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "breakers")]
 pub struct Model {
-    /// `git` (subject = repository id) or `delivery` (subject = app id).
+    /// What the breaker guards: a repository's remote (subject = repository
+    /// id) or an app's endpoint (subject = app id).
     #[sea_orm(primary_key, auto_increment = false)]
-    pub kind: String,
+    pub kind: crate::BreakerKind,
     #[sea_orm(primary_key, auto_increment = false)]
     pub subject_id: String,
     pub state: crate::BreakerStatus,
@@ -15,6 +16,8 @@ pub struct Model {
     pub openings: i32,
     pub opened_at: Option<i64>,
     pub cooldown_until: Option<i64>,
+    /// An [`ErrorClass`](crate::ErrorClass) name (a column of words, so a
+    /// class a later version adds reads back everywhere).
     pub last_error_class: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: i64,

@@ -248,6 +248,105 @@ named!(BreakerStatus {
     HalfOpen => "half_open",
 });
 
+/// What a circuit breaker guards: its row's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum BreakerKind {
+    /// A repository's git remote (subject: the repository id).
+    Git,
+    /// An app's endpoint (subject: the app id).
+    Delivery,
+}
+
+named!(BreakerKind {
+    Git => "git",
+    Delivery => "delivery",
+});
+
+/// Why an attempt (a webhook or a git operation) failed, as stored in an
+/// attempt's and a breaker's `error_class` and shown by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter)]
+pub enum ErrorClass {
+    /// No answer (or no git reply) in time.
+    Timeout,
+    /// The endpoint could not be reached.
+    Connect,
+    /// The endpoint resolved to an address webhooks may not reach.
+    Ssrf,
+    /// The request failed on the way (reset, malformed answer).
+    Request,
+    /// The server's configuration forbids the endpoint's URL: nothing was
+    /// sent, and the endpoint is not to blame.
+    Policy,
+    /// The endpoint answered with a redirect, which is never followed.
+    Redirect,
+    /// The endpoint answered with a status that is not a success.
+    HttpStatus,
+    /// Nothing was sent: the file's content is gone from the mirror.
+    ContentMissing,
+    /// Nothing was sent yet: the file's content could not be read now (its
+    /// commit is being fetched again); the event is retried.
+    ContentUnavailable,
+    /// Nothing was sent: the webhook's body could not be made.
+    Payload,
+    /// The git remote refused the credential.
+    Auth,
+    /// The git remote or its branch does not exist.
+    NotFound,
+    /// The git remote's network failed.
+    Network,
+    /// A git connection broke the address rule.
+    Refused,
+    /// Any other git failure.
+    Other,
+}
+
+named!(ErrorClass {
+    Timeout => "timeout",
+    Connect => "connect",
+    Ssrf => "ssrf",
+    Request => "request",
+    Policy => "policy",
+    Redirect => "redirect",
+    HttpStatus => "http_status",
+    ContentMissing => "content_missing",
+    ContentUnavailable => "content_unavailable",
+    Payload => "payload",
+    Auth => "auth",
+    NotFound => "not_found",
+    Network => "network",
+    Refused => "refused",
+    Other => "other",
+});
+
+/// What one delivery attempt came to: the `outcome` label of Herald's
+/// delivery metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter)]
+pub enum DeliveryOutcome {
+    /// A 2xx.
+    Delivered,
+    /// Any failure that will be retried.
+    Failed,
+    /// 429 or 503 with `Retry-After`.
+    RateLimited,
+    /// 410: the subscription is paused.
+    Gone,
+    /// The event failed for the last time (or cannot be sent at all).
+    Dead,
+}
+
+named!(DeliveryOutcome {
+    Delivered => "delivered",
+    Failed => "failed",
+    RateLimited => "rate_limited",
+    Gone => "gone",
+    Dead => "dead",
+});
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ActiveEnum, Iterable};
@@ -275,8 +374,15 @@ mod tests {
             BreakerStatus,
             HookStatus,
             BulkStatus,
-            BulkKind
+            BulkKind,
+            BreakerKind
         );
+        for class in ErrorClass::iter() {
+            assert_eq!(ErrorClass::parse(class.as_str()), Some(class));
+        }
+        for outcome in DeliveryOutcome::iter() {
+            assert_eq!(DeliveryOutcome::parse(outcome.as_str()), Some(outcome));
+        }
         assert_eq!(EventStatus::parse("Pending"), None);
     }
 }

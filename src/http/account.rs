@@ -43,10 +43,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     show.or(update).unify().or(rotate).unify().boxed()
 }
 
-fn app_id(app: &app::Model) -> AppId {
-    AppId::parse(&app.id).expect("stored app ids are well formed")
-}
-
 fn view(app: &app::Model, state: &AppState) -> AppView {
     let backoff = Backoff::of_app(app, state.settings.delivery.backoff.backoff());
     AppView {
@@ -114,7 +110,7 @@ pub(crate) async fn update(
     };
     let updated = state
         .store
-        .update_app(&app_id(&app), update)
+        .update_app(&AppId::stored(&app.id), update)
         .await?
         .ok_or_else(|| ApiError::NotFound("App not found".to_owned()))?;
     tracing::info!(app = %app.id, "app settings updated");
@@ -135,7 +131,11 @@ pub(crate) async fn rotate_key(app: app::Model, state: AppState) -> Result<Respo
         i64::try_from(state.settings.security.key_rotation_grace.as_millis()).unwrap_or(i64::MAX);
     let rotated = state
         .store
-        .rotate_app_key(&app_id(&app), crypto::generate_client_auth_key(), grace)
+        .rotate_app_key(
+            &AppId::stored(&app.id),
+            crypto::generate_client_auth_key(),
+            grace,
+        )
         .await?
         .ok_or_else(|| ApiError::NotFound("App not found".to_owned()))?;
     tracing::info!(app = %app.id, "signing key rotated");

@@ -81,10 +81,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn app_id(app: &app::Model) -> AppId {
-    AppId::parse(&app.id).expect("stored app ids are well formed")
-}
-
 fn repo_id(raw: &str) -> Result<RepoId, ApiError> {
     RepoId::parse(raw).ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))
 }
@@ -210,7 +206,7 @@ pub(crate) async fn register(
         include,
         exclude,
     };
-    let (view, created) = state.store.subscribe(&app_id(&app), new).await?;
+    let (view, created) = state.store.subscribe(&AppId::stored(&app.id), new).await?;
     let repo = RepoId::parse(&view.repository.id).expect("stored ids are well formed");
     if created {
         tracing::info!(app = %app.id, repository = %view.repository.id, "repository registered");
@@ -252,7 +248,7 @@ pub(crate) async fn list(
     };
     let views = state
         .store
-        .subscriptions_of_app(&app_id(&app), cursor.as_ref(), Some(limit + 1))
+        .subscriptions_of_app(&AppId::stored(&app.id), cursor.as_ref(), Some(limit + 1))
         .await?;
     let (page, next_cursor) = paging::page(
         &views,
@@ -282,7 +278,7 @@ pub(crate) async fn detail(
 ) -> Result<Response, ApiError> {
     let view = state
         .store
-        .subscription_of_app(&app_id(&app), &repo_id(&id)?)
+        .subscription_of_app(&AppId::stored(&app.id), &repo_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
     Ok(warp::reply::json(&RepositoryView::from(&view)).into_response())
@@ -302,7 +298,11 @@ pub(crate) async fn unwatch(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let repo = repo_id(&id)?;
-    if !state.store.unsubscribe(&app_id(&app), &repo).await? {
+    if !state
+        .store
+        .unsubscribe(&AppId::stored(&app.id), &repo)
+        .await?
+    {
         return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
     }
     tracing::info!(app = %app.id, repository = %repo, "repository unwatched");
@@ -333,7 +333,7 @@ pub(crate) async fn update_token(
     let token = domain::git_token(&request.github_token)?;
     let view = state
         .store
-        .subscription_of_app(&app_id(&app), &repo)
+        .subscription_of_app(&AppId::stored(&app.id), &repo)
         .await?
         .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
     prove_access(
@@ -345,7 +345,7 @@ pub(crate) async fn update_token(
     .await?;
     if !state
         .store
-        .update_git_token(&app_id(&app), &repo, &token)
+        .update_git_token(&AppId::stored(&app.id), &repo, &token)
         .await?
     {
         return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
@@ -380,7 +380,7 @@ pub(crate) async fn scan(
     let repo = repo_id(&id)?;
     let view = state
         .store
-        .subscription_of_app(&app_id(&app), &repo)
+        .subscription_of_app(&AppId::stored(&app.id), &repo)
         .await?
         .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
     let cooldown = state.settings.scheduler.scan_request_cooldown;
@@ -389,7 +389,11 @@ pub(crate) async fn scan(
             retry_after_secs: left.as_secs().max(1),
         });
     }
-    if !state.store.request_scan(&app_id(&app), &repo).await? {
+    if !state
+        .store
+        .request_scan(&AppId::stored(&app.id), &repo)
+        .await?
+    {
         return Err(ApiError::NotFound(NOT_REGISTERED.to_owned()));
     }
     tracing::info!(app = %app.id, repository = %repo, "scan requested");

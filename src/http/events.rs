@@ -170,10 +170,6 @@ pub struct LeverReply {
     pub event_id: String,
 }
 
-fn app_id(app: &app::Model) -> AppId {
-    AppId::parse(&app.id).expect("stored app ids are well formed")
-}
-
 fn event_id(raw: &str) -> Result<EventId, ApiError> {
     EventId::parse(raw).ok_or_else(|| ApiError::NotFound(EVENT_NOT_FOUND.to_owned()))
 }
@@ -218,7 +214,7 @@ pub(crate) async fn list(
     };
     let events = state
         .store
-        .list_events(Some(&app_id(&app)), &filter)
+        .list_events(Some(&AppId::stored(&app.id)), &filter)
         .await?;
     let (page, next_cursor) = paging::page(
         &events,
@@ -248,7 +244,7 @@ pub(crate) async fn detail(
 ) -> Result<Response, ApiError> {
     let (event, attempts) = state
         .store
-        .event_with_attempts(Some(&app_id(&app)), &event_id(&id)?)
+        .event_with_attempts(Some(&AppId::stored(&app.id)), &event_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::NotFound(EVENT_NOT_FOUND.to_owned()))?;
     Ok(warp::reply::json(&EventDetail {
@@ -296,7 +292,7 @@ pub(crate) async fn retry(
 ) -> Result<Response, ApiError> {
     let lever = state
         .store
-        .retry_event(Some(&app_id(&app)), &event_id(&id)?)
+        .retry_event(Some(&AppId::stored(&app.id)), &event_id(&id)?)
         .await?;
     lever_reply(lever, &id, "Retry queued", &state)
 }
@@ -316,7 +312,7 @@ pub(crate) async fn skip(
 ) -> Result<Response, ApiError> {
     let lever = state
         .store
-        .skip_event(Some(&app_id(&app)), &event_id(&id)?)
+        .skip_event(Some(&AppId::stored(&app.id)), &event_id(&id)?)
         .await?;
     lever_reply(lever, &id, "Event skipped", &state)
 }
@@ -337,7 +333,7 @@ pub(crate) async fn resync(
     let not_found =
         || ApiError::NotFound("Repository not found or not registered for this app".to_owned());
     let repo = RepoId::parse(&id).ok_or_else(not_found)?;
-    if !state.store.resync(&app_id(&app), &repo).await? {
+    if !state.store.resync(&AppId::stored(&app.id), &repo).await? {
         return Err(not_found());
     }
     state.engine.notify(SchedulerMsg::ScanNow(repo));

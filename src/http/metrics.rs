@@ -9,6 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use actors::store::gauges::Gauges;
+use entity::BreakerKind;
 use warp::http::{Method, StatusCode};
 
 /// Every route Herald serves, as templates: `:name` matches one path segment,
@@ -118,7 +119,7 @@ static REPORTED: Mutex<Option<Reported>> = Mutex::new(None);
 #[derive(Default)]
 struct Reported {
     apps: HashSet<String>,
-    breakers: HashSet<(String, String)>,
+    breakers: HashSet<(BreakerKind, String)>,
 }
 
 /// Sets the scrape-time gauges from a database reading.
@@ -139,17 +140,17 @@ pub fn publish_gauges(gauges: &Gauges) {
     }
     reported.apps.extend(apps);
 
-    let breakers: HashSet<(String, String)> = gauges
+    let breakers: HashSet<(BreakerKind, String)> = gauges
         .breakers
         .iter()
-        .map(|(kind, target, _)| (kind.clone(), target.clone()))
+        .map(|(kind, target, _)| (*kind, target.clone()))
         .collect();
     for (kind, target) in reported.breakers.difference(&breakers) {
-        metrics::gauge!("herald_breaker_state", "breaker" => kind.clone(), "target" => target.clone())
+        metrics::gauge!("herald_breaker_state", "breaker" => kind.as_str(), "target" => target.clone())
             .set(0.0);
     }
     for (kind, target, level) in &gauges.breakers {
-        metrics::gauge!("herald_breaker_state", "breaker" => kind.clone(), "target" => target.clone())
+        metrics::gauge!("herald_breaker_state", "breaker" => kind.as_str(), "target" => target.clone())
             .set(*level);
     }
     reported.breakers.extend(breakers);

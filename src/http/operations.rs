@@ -12,6 +12,7 @@ use actors::scheduler::SchedulerMsg;
 use actors::store::bulk::BulkStart;
 use actors::store::events::{EventFilter, Lever};
 use actors::store::operations::{BreakerReset, DeadEvent, QueueEntry};
+use entity::BreakerKind;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -525,8 +526,8 @@ pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
         events,
         in_flight: o.in_flight,
         breakers_open: BreakerCounts {
-            git: count(&o.open_breakers, actors::breaker::GIT_BREAKER),
-            delivery: count(&o.open_breakers, actors::breaker::DELIVERY_BREAKER),
+            git: count(&o.open_breakers, BreakerKind::Git.as_str()),
+            delivery: count(&o.open_breakers, BreakerKind::Delivery.as_str()),
         },
     };
     Ok(json(&OverviewResponse { data: body }))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use entity::breaker;
+use entity::{BreakerKind, ErrorClass, breaker};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
@@ -38,7 +38,7 @@ pub enum BreakerMsg {
     Succeeded(RpcReplyPort<Reported>),
     /// A request failed in a way that says the endpoint is down.
     Failed {
-        class: String,
+        class: ErrorClass,
         error: String,
         reply: RpcReplyPort<Reported>,
     },
@@ -51,7 +51,7 @@ pub enum BreakerMsg {
 #[derive(Debug, Clone)]
 pub struct BreakerArgs {
     pub store: Store,
-    pub kind: &'static str,
+    pub kind: BreakerKind,
     pub subject: String,
     pub policy: BreakerPolicy,
     /// How long a granted probe may take before another may go.
@@ -66,7 +66,7 @@ pub struct BreakerArgs {
 
 pub struct BreakerActor;
 
-pub struct BreakerState {
+pub struct BreakerActorState {
     args: BreakerArgs,
     /// The persisted row; `None` while closed.
     row: Option<breaker::Model>,
@@ -90,7 +90,7 @@ pub struct Reported {
     pub row: Option<breaker::Model>,
 }
 
-impl BreakerState {
+impl BreakerActorState {
     /// Tells the callers whether the breaker is clear (see [`BreakerArgs::clear`]).
     fn publish(&self) {
         self.args.clear.store(self.row.is_none(), Ordering::Release);
@@ -169,7 +169,7 @@ impl BreakerState {
         Ok(Change::Closed)
     }
 
-    async fn failed(&mut self, class: &str, error: &str) -> Result<Change, StoreError> {
+    async fn failed(&mut self, class: ErrorClass, error: &str) -> Result<Change, StoreError> {
         let (row, opened) = on_failure(
             self.row.take(),
             self.args.kind,
@@ -188,7 +188,7 @@ impl BreakerState {
 
 impl Actor for BreakerActor {
     type Msg = BreakerMsg;
-    type State = BreakerState;
+    type State = BreakerActorState;
     type Arguments = BreakerArgs;
 
     async fn pre_start(
@@ -196,7 +196,7 @@ impl Actor for BreakerActor {
         _myself: ActorRef<Self::Msg>,
         args: BreakerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(BreakerState { args, row: None })
+        Ok(BreakerActorState { args, row: None })
     }
 
     /// Loads the stored row before the first message is handled, in the
@@ -246,7 +246,7 @@ impl Actor for BreakerActor {
                 error,
                 reply,
             } => {
-                let change = state.failed(&class, &error).await?;
+                let change = state.failed(class, &error).await?;
                 let _ = reply.send(Reported {
                     change,
                     open: state
@@ -264,10 +264,10 @@ impl Actor for BreakerActor {
         };
         match change {
             Change::Opened => {
-                warn!(kind = state.args.kind, subject = %state.args.subject, "breaker open")
+                warn!(kind = %state.args.kind, subject = %state.args.subject, "breaker open")
             }
             Change::Closed => {
-                info!(kind = state.args.kind, subject = %state.args.subject, "breaker closed")
+                info!(kind = %state.args.kind, subject = %state.args.subject, "breaker closed")
             }
             Change::None => {}
         }
@@ -294,7 +294,7 @@ mod tests {
     async fn spawn_with(store: &Store, clear: Arc<AtomicBool>) -> ActorRef<BreakerMsg> {
         let args = BreakerArgs {
             store: store.clone(),
-            kind: "delivery",
+            kind: BreakerKind::Delivery,
             subject: "app_test".into(),
             policy: BreakerPolicy {
                 threshold: 2,
@@ -320,7 +320,7 @@ mod tests {
         ractor::call_t!(
             breaker,
             |reply| BreakerMsg::Failed {
-                class: "http_status".into(),
+                class: ErrorClass::HttpStatus,
                 error: "the endpoint answered 500".into(),
                 reply,
             },
@@ -368,7 +368,7 @@ mod tests {
         // The probe fails: open again, for twice as long.
         assert_eq!(fail(&breaker).await.change, Change::None);
         let row = store
-            .breaker("delivery", "app_test")
+            .breaker(BreakerKind::Delivery, "app_test")
             .await
             .expect("query")
             .expect("persisted");
@@ -391,7 +391,7 @@ mod tests {
         assert_eq!(ask(&again).await, Permit::Proceed);
         assert!(
             store
-                .breaker("delivery", "app_test")
+                .breaker(BreakerKind::Delivery, "app_test")
                 .await
                 .expect("query")
                 .is_none()

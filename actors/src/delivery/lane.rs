@@ -54,7 +54,7 @@ use self::write_behind::Unrecorded;
 use super::{AppMsg, DeliveryConfig, lease_ttl, probe_dead_before};
 use crate::breaker::actor::BreakerMsg;
 use crate::clock::now_ms;
-use crate::ids::SubscriptionId;
+use crate::ids::{AppId, SubscriptionId};
 use crate::owned::Pending;
 use crate::scan::ScanPool;
 use crate::store::leases::LeaseToken;
@@ -77,7 +77,7 @@ pub struct LaneActor;
 /// What a lane starts with: its subscription, the lease its owner claimed
 /// for it, and whom to tell when it ends.
 pub struct LaneArgs {
-    pub app_id: String,
+    pub app_id: AppId,
     pub subscription: SubscriptionId,
     pub lease: LeaseToken,
     pub store: Store,
@@ -315,7 +315,7 @@ enum Flow {
 /// read, the files read ahead, the successes written behind. The lane's
 /// state holds one; its stages are in the files below this one.
 struct Pipeline {
-    app_id: String,
+    app_id: AppId,
     subscription: SubscriptionId,
     /// This lane's claim: every write presents it, and a lane whose lease
     /// passed to another owner stops before its next send.

@@ -1,6 +1,6 @@
 //! Persisted circuit-breaker rows.
 
-use entity::breaker;
+use entity::{BreakerKind, breaker};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, IntoActiveModel, QueryFilter};
 
@@ -9,7 +9,7 @@ use super::{Store, StoreError};
 impl Store {
     pub async fn breaker(
         &self,
-        kind: &str,
+        kind: BreakerKind,
         subject: &str,
     ) -> Result<Option<breaker::Model>, StoreError> {
         Ok(breaker::Entity::find()
@@ -46,7 +46,7 @@ impl Store {
     /// someone (another instance) holds an unexpired probe.
     pub async fn claim_breaker_probe(
         &self,
-        kind: &str,
+        kind: BreakerKind,
         subject: &str,
         probe_until: i64,
     ) -> Result<bool, StoreError> {
@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// Closes a breaker (a success): its row is removed.
-    pub async fn close_breaker(&self, kind: &str, subject: &str) -> Result<(), StoreError> {
+    pub async fn close_breaker(&self, kind: BreakerKind, subject: &str) -> Result<(), StoreError> {
         breaker::Entity::delete_many()
             .filter(breaker::Column::Kind.eq(kind))
             .filter(breaker::Column::SubjectId.eq(subject))

@@ -299,7 +299,7 @@ impl Store {
     }
 
     /// An event whose endpoint the configuration forbids (see
-    /// `webhook_client::POLICY`): no attempt was made, so none is recorded
+    /// `ErrorClass::Policy`): no attempt was made, so none is recorded
     /// or counted. The event waits until `at` (a dead one stays dead, as if
     /// probed now) with the reason as its `last_error`, if `lease` still
     /// holds the subscription. Not the subscription's `last_error`: scans

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use entity::{app, breaker, event};
+use entity::{BreakerKind, app, breaker, event};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 
 use super::{Store, StoreError};
@@ -17,7 +17,7 @@ pub struct Gauges {
     pub outbox_depth: Vec<(String, u64)>,
     /// Every persisted breaker: kind, subject, and 0 closed / 1 half-open
     /// (a probe is due) / 2 open.
-    pub breakers: Vec<(String, String, f64)>,
+    pub breakers: Vec<(BreakerKind, String, f64)>,
     pub apps_disabled: u64,
 }
 

@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 
-use entity::{app, breaker, delivery_attempt, event, repository, subscription};
+use entity::{BreakerKind, app, breaker, delivery_attempt, event, repository, subscription};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::subscriptions::reset_git_breaker;
 use super::{Store, StoreError, lock_repositories, page_offset};
-use crate::breaker::DELIVERY_BREAKER;
 use crate::clock::now_ms;
 use crate::ids::RepoId;
 
@@ -151,7 +150,7 @@ impl Store {
         }
         counts.retain(|_, (pending, in_flight, dead)| *pending + *in_flight + *dead > 0);
         let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
-            .filter(breaker::Column::Kind.eq(DELIVERY_BREAKER))
+            .filter(breaker::Column::Kind.eq(BreakerKind::Delivery))
             .filter(breaker::Column::State.ne(entity::BreakerStatus::Closed))
             .all(&self.db)
             .await?
@@ -259,7 +258,7 @@ impl Store {
             .await?;
         let ids: Vec<&str> = repositories.iter().map(|r| r.id.as_str()).collect();
         let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
-            .filter(breaker::Column::Kind.eq(crate::breaker::GIT_BREAKER))
+            .filter(breaker::Column::Kind.eq(BreakerKind::Git))
             .filter(breaker::Column::SubjectId.is_in(ids.clone()))
             .filter(breaker::Column::State.ne(entity::BreakerStatus::Closed))
             .all(&self.db)

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use entity::{breaker, event, repository, subscription};
+use entity::{BreakerKind, breaker, event, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
@@ -16,7 +16,6 @@ use super::access::regain;
 use super::events::start_over;
 use super::leases::{LeaseToken, hold_scan};
 use super::{Store, StoreError, lock_repositories};
-use crate::breaker::GIT_BREAKER;
 use crate::clock::now_ms;
 use crate::ids::{AppId, RepoId, SubscriptionId};
 
@@ -259,7 +258,7 @@ impl Store {
             .map(|(sub, status, n)| ((sub, status), n))
             .collect();
         let mut breakers: HashMap<String, breaker::Model> = breaker::Entity::find()
-            .filter(breaker::Column::Kind.eq(GIT_BREAKER))
+            .filter(breaker::Column::Kind.eq(BreakerKind::Git))
             .filter(breaker::Column::SubjectId.is_in(repository_ids))
             .all(&self.db)
             .await?
@@ -426,7 +425,7 @@ pub(crate) async fn reset_git_breaker<C: ConnectionTrait>(
     repo: &RepoId,
 ) -> Result<(), StoreError> {
     breaker::Entity::delete_many()
-        .filter(breaker::Column::Kind.eq(GIT_BREAKER))
+        .filter(breaker::Column::Kind.eq(BreakerKind::Git))
         .filter(breaker::Column::SubjectId.eq(repo.as_str()))
         .exec(conn)
         .await?;

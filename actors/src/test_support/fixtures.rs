@@ -49,7 +49,7 @@ pub fn new_app(name: &str) -> NewApp {
 /// Onboards `app`; its id.
 pub async fn onboard(store: &Store, app: NewApp) -> AppId {
     let app = store.onboard_app(app).await.expect("the app onboards");
-    AppId::parse(&app.app.id).expect("a stored app id")
+    AppId::stored(app.app.id)
 }
 
 /// A public repository `owner/name` fetched from `url`, on the remote's

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use actors::clock::now_ms;
 use actors::ids::AppId;
 use actors::store::inbound::HookFilter;
+use entity::BreakerKind;
 use maud::{Markup, html};
 
 use super::layout::{self, action, empty, pager, status, when, when_opt};
@@ -100,8 +101,8 @@ pub async fn overview_counts(state: AppState) -> Result<Markup, ApiError> {
                 (card("Repositories", o.repositories, "/admin/repositories"))
                 (card("Pending events", count(&o.events, entity::EventStatus::Pending.as_str()), "/admin/apps"))
                 (card("Dead events", dead, "/admin/events"))
-                (card("Open git breakers", count(&o.open_breakers, actors::breaker::GIT_BREAKER), "/admin/repositories"))
-                (card("Open endpoint breakers", count(&o.open_breakers, actors::breaker::DELIVERY_BREAKER), "/admin/apps"))
+                (card("Open git breakers", count(&o.open_breakers, BreakerKind::Git.as_str()), "/admin/repositories"))
+                (card("Open endpoint breakers", count(&o.open_breakers, BreakerKind::Delivery.as_str()), "/admin/apps"))
                 (card("Instances alive", alive as u64, "/admin/instances"))
             }
             h2 { "Subscriptions by status" }
@@ -235,7 +236,7 @@ pub async fn app_detail(
     let disabled = app.status == entity::AppStatus::Disabled;
     let endpoint = state
         .store
-        .breaker(actors::breaker::DELIVERY_BREAKER, app.id.as_str())
+        .breaker(BreakerKind::Delivery, app.id.as_str())
         .await?;
     Ok(layout::page(
         &session,

@@ -12,7 +12,7 @@ use super::Pipeline;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::git::{Credentials, RemoteSpec};
-use crate::ids::SubscriptionId;
+use crate::ids::{AppId, SubscriptionId};
 use crate::owned::Pending;
 use crate::payload::RepositoryRef;
 use crate::scan::ScanPool;
@@ -33,7 +33,7 @@ pub(super) struct LaneContext {
 /// What reading a lane's next batch needs, shared with the task that reads
 /// it.
 pub(super) struct BatchReads {
-    pub(super) app_id: String,
+    pub(super) app_id: AppId,
     pub(super) subscription: SubscriptionId,
     pub(super) store: Store,
     pub(super) config: DeliveryConfig,
@@ -72,7 +72,7 @@ pub(super) const BATCH: u64 = 256;
 
 impl BatchReads {
     async fn context(&self) -> Result<Option<LaneContext>, StoreError> {
-        let Some(app) = self.store.app(&self.app_id).await? else {
+        let Some(app) = self.store.app(self.app_id.as_str()).await? else {
             return Ok(None);
         };
         if app.status != entity::AppStatus::Active {

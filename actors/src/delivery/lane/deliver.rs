@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use entity::event;
+use entity::{ErrorClass, event};
 use tracing::warn;
 
 use super::super::BREAKER_CALL_MS;
@@ -117,7 +117,10 @@ impl Pipeline {
             match context.content.with(event, render).await {
                 Found::Made(rendered) => rendered,
                 Found::Gone(error) => {
-                    return self.give_up(event, "content_missing", error).await.map(Err);
+                    return self
+                        .give_up(event, ErrorClass::ContentMissing, error)
+                        .await
+                        .map(Err);
                 }
                 Found::Unavailable(error) => {
                     // Not the event's fault, nor the app's: wait for the
@@ -131,7 +134,7 @@ impl Pipeline {
                         now_ms(),
                         None,
                         0,
-                        Some("content_unavailable"),
+                        Some(ErrorClass::ContentUnavailable),
                         None,
                     );
                     warn!(event = %event.id, %error, "content unavailable; retrying");
@@ -155,7 +158,7 @@ impl Pipeline {
         match rendered {
             Ok(rendered) => Ok(Ok(rendered)),
             Err(err) => self
-                .give_up(event, "payload", err.to_string())
+                .give_up(event, ErrorClass::Payload, err.to_string())
                 .await
                 .map(Err),
         }
@@ -277,16 +280,25 @@ mod tests {
                 .class
         };
         // An address in the URL is refused when the URL is parsed.
-        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9/").await, "ssrf");
-        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9/").await, "ssrf");
+        assert_eq!(
+            refused(&mut endpoints, "http://127.0.0.1:9/").await,
+            ErrorClass::Ssrf
+        );
+        assert_eq!(
+            refused(&mut endpoints, "http://127.0.0.1:9/").await,
+            ErrorClass::Ssrf
+        );
         endpoints.get(&client, "http://127.0.0.1:9/", "delete");
         assert_eq!(endpoints.parsed.len(), 2, "one parse per endpoint");
         // The app's base URL changed: its endpoints are parsed anew.
         assert_eq!(
             refused(&mut endpoints, "ftp://example.com").await,
-            "request"
+            ErrorClass::Request
         );
         assert_eq!(endpoints.parsed.len(), 1);
-        assert_eq!(refused(&mut endpoints, "http://127.0.0.1:9").await, "ssrf");
+        assert_eq!(
+            refused(&mut endpoints, "http://127.0.0.1:9").await,
+            ErrorClass::Ssrf
+        );
     }
 }

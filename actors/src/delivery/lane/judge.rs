@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use entity::ErrorClass;
+
 use crate::webhook_client::{Answer, NoAnswer};
 
 /// What the endpoint's answer means for the event, and for its breaker.
@@ -18,7 +20,7 @@ pub(super) enum Judgement {
     /// A failed attempt. `endpoint_down` (no answer, or a 5xx) counts
     /// against the breaker; other answers show the endpoint is up.
     Failed {
-        class: &'static str,
+        class: ErrorClass,
         error: String,
         endpoint_down: bool,
     },
@@ -41,9 +43,9 @@ pub(super) fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration
         }) => Judgement::Throttled((*wait).min(retry_after_cap)),
         Ok(answer) => Judgement::Failed {
             class: if (300..400).contains(&answer.status) {
-                "redirect"
+                ErrorClass::Redirect
             } else {
-                "http_status"
+                ErrorClass::HttpStatus
             },
             error: format!("the endpoint answered {}", answer.status),
             endpoint_down: answer.status >= 500 && answer.retry_after.is_none(),
@@ -94,23 +96,27 @@ mod tests {
             } => (class, endpoint_down),
             other => panic!("{status}: {other:?}"),
         };
-        assert_eq!(failed(500), ("http_status", true));
+        assert_eq!(failed(500), (ErrorClass::HttpStatus, true));
         assert_eq!(
             failed(503),
-            ("http_status", true),
+            (ErrorClass::HttpStatus, true),
             "503 without Retry-After"
         );
-        assert_eq!(failed(404), ("http_status", false), "the endpoint is up");
-        assert_eq!(failed(302), ("redirect", false));
+        assert_eq!(
+            failed(404),
+            (ErrorClass::HttpStatus, false),
+            "the endpoint is up"
+        );
+        assert_eq!(failed(302), (ErrorClass::Redirect, false));
         let timeout = Err(NoAnswer {
-            class: "timeout",
+            class: ErrorClass::Timeout,
             message: "no answer within 5s".into(),
             latency: Duration::from_secs(5),
         });
         assert_eq!(
             judge(&timeout, cap),
             Judgement::Failed {
-                class: "timeout",
+                class: ErrorClass::Timeout,
                 error: "no answer within 5s".into(),
                 endpoint_down: true
             }

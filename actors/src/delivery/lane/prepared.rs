@@ -114,6 +114,7 @@ pub(super) fn preparer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::AppId;
     use crate::signing;
 
     /// The one key of [`test_signer`].
@@ -121,7 +122,7 @@ mod tests {
 
     /// An app's signer with one key.
     fn test_signer() -> Signer {
-        Signer::new("app_1".into(), vec![KEY.to_vec()].into())
+        Signer::new(AppId::stored("app_1"), vec![KEY.to_vec()].into())
     }
 
     /// The first request of `prepared`, as it was signed ahead.

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use entity::event;
+use entity::{DeliveryOutcome, ErrorClass, event};
 use tracing::{info, warn};
 
 use super::super::BREAKER_CALL_MS;
@@ -16,7 +16,6 @@ use crate::breaker::actor::{BreakerMsg, Change, Reported};
 use crate::clock::{millis, now_ms};
 use crate::store::StoreError;
 use crate::store::delivery::{Attempt, EventOutcome};
-use crate::telemetry::delivery_outcome;
 use crate::webhook_client::{Answer, NoAnswer};
 
 /// Notifications (`sync_failed`, `synced`) are best effort: after this many
@@ -59,7 +58,7 @@ impl Pipeline {
             ),
             Err(no_answer) => (None, no_answer.latency, None),
         };
-        let attempt = |class: Option<&str>| {
+        let attempt = |class: Option<ErrorClass>| {
             attempt_row(
                 event,
                 sent.chunk_index,
@@ -73,7 +72,7 @@ impl Pipeline {
         let (outcome, label, class) = match judgement {
             Judgement::Delivered => {
                 self.metrics
-                    .attempt(span, delivery_outcome::DELIVERED, Some(latency));
+                    .attempt(span, DeliveryOutcome::Delivered, Some(latency));
                 self.breaker_success().await?;
                 if sent.last && event.status == entity::EventStatus::Dead {
                     // A dead event's probe got through: written at once, as
@@ -98,7 +97,7 @@ impl Pipeline {
                 let outcome = EventOutcome::Paused {
                     error: "the endpoint answered 410 Gone; the subscription is paused".into(),
                 };
-                (outcome, delivery_outcome::GONE, "http_status")
+                (outcome, DeliveryOutcome::Gone, ErrorClass::HttpStatus)
             }
             Judgement::Throttled(wait) => {
                 let _ = self.breaker.cast(BreakerMsg::Inconclusive);
@@ -110,7 +109,11 @@ impl Pipeline {
                     ),
                     counted: false,
                 };
-                (outcome, delivery_outcome::RATE_LIMITED, "http_status")
+                (
+                    outcome,
+                    DeliveryOutcome::RateLimited,
+                    ErrorClass::HttpStatus,
+                )
             }
             Judgement::Refused(error) => {
                 // No attempt was made: none is recorded, none is counted,
@@ -137,8 +140,8 @@ impl Pipeline {
                     .failure_outcome(context, event, error.clone(), sent.probe)
                     .await;
                 let label = match outcome {
-                    EventOutcome::Dead { .. } => delivery_outcome::DEAD,
-                    _ => delivery_outcome::FAILED,
+                    EventOutcome::Dead { .. } => DeliveryOutcome::Dead,
+                    _ => DeliveryOutcome::Failed,
                 };
                 (outcome, label, class)
             }
@@ -150,12 +153,12 @@ impl Pipeline {
     pub(super) async fn give_up(
         &mut self,
         event: &event::Model,
-        class: &str,
+        class: ErrorClass,
         error: String,
     ) -> Result<Flow, StoreError> {
         let attempt = attempt_row(event, None, now_ms(), None, 0, Some(class), None);
         self.metrics
-            .attempt(&tracing::Span::none(), delivery_outcome::DEAD, None);
+            .attempt(&tracing::Span::none(), DeliveryOutcome::Dead, None);
         self.stop(event, attempt, EventOutcome::Dead { error })
             .await
     }
@@ -238,17 +241,19 @@ impl Pipeline {
             ..
         }) = reported
         {
-            self.store.mark_app_health(&self.app_id, false, 0).await?;
+            self.store
+                .mark_app_health(self.app_id.as_str(), false, 0)
+                .await?;
             info!(app = %self.app_id, "endpoint answers again; breaker closed");
         }
         Ok(())
     }
 
-    async fn breaker_failure(&self, class: &str, error: &str) -> Result<(), StoreError> {
+    async fn breaker_failure(&self, class: ErrorClass, error: &str) -> Result<(), StoreError> {
         let reported = ractor::call_t!(
             self.breaker,
             |reply| BreakerMsg::Failed {
-                class: class.to_owned(),
+                class,
                 error: error.to_owned(),
                 reply,
             },
@@ -258,12 +263,16 @@ impl Pipeline {
             return Ok(());
         };
         if reported.change == Change::Opened {
-            warn!(app = %self.app_id, class, "endpoint failing; breaker open");
+            warn!(app = %self.app_id, class = %class, "endpoint failing; breaker open");
         }
         if reported.open
             && self
                 .store
-                .mark_app_health(&self.app_id, true, millis(self.config.disable_after))
+                .mark_app_health(
+                    self.app_id.as_str(),
+                    true,
+                    millis(self.config.disable_after),
+                )
                 .await?
         {
             warn!(app = %self.app_id, "endpoint failed for longer than delivery.disable_after; app disabled");
@@ -278,7 +287,7 @@ pub(super) fn attempt_row(
     attempted_at: i64,
     status_code: Option<u16>,
     latency_ms: i64,
-    error_class: Option<&str>,
+    error_class: Option<ErrorClass>,
     excerpt: Option<String>,
 ) -> Attempt {
     Attempt {
@@ -287,7 +296,7 @@ pub(super) fn attempt_row(
         attempted_at,
         status_code: status_code.map(i32::from),
         latency_ms,
-        error_class: error_class.map(str::to_owned),
+        error_class: error_class.map(|class| class.as_str().to_owned()),
         response_excerpt: excerpt.filter(|e| !e.is_empty()),
     }
 }
