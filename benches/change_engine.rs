@@ -469,7 +469,7 @@ fn scan_only(mirror: &Path, url: &str, known_head: Option<&str>) -> Duration {
 }
 
 /// The query `advance_snapshot` runs on every advance for the snapshot's
-/// `file_count` / `total_bytes` (same SQL as `outbox::manifest_totals`).
+/// `file_count` / `total_bytes` (same SQL as `outbox::manifest::manifest_totals`).
 async fn manifest_totals_query(store: &Store, repo: &RepoId) -> Duration {
     let started = Instant::now();
     store

@@ -2,9 +2,9 @@
 //!
 //! libgit2 resolves host names and opens sockets itself, so a check made
 //! before a fetch proves nothing about the connection the fetch makes (the
-//! name may resolve elsewhere by then). Every HTTP(S) operation therefore goes
-//! over https therefore goes through an [`Egress`]: a proxy on loopback that
-//! lives for one operation and admits exactly one host, the registered one.
+//! name may resolve elsewhere by then). Every operation over https therefore
+//! goes through an [`Egress`]: a proxy on loopback that lives for one
+//! operation and admits exactly one host, the registered one.
 //! For each tunnel libgit2 asks for (`CONNECT host:port`), the proxy
 //!
 //! - refuses any other host or port: a redirect to another host fails, and

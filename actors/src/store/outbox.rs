@@ -3,28 +3,35 @@
 //! subscription's events numbered without gaps from `subscriptions.next_seq`.
 //! File content is not copied: events name the blob in the mirror, and the
 //! snapshot's commit stays pinned there until its events are delivered.
+//!
+//! The stored manifest's rows are read and written in [`manifest`]; a failed
+//! scan is recorded in [`failures`].
+
+mod failures;
+mod manifest;
+
+pub use self::failures::GitFailureRecord;
+pub(crate) use self::failures::insert_sync_failed;
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::leases::{LeaseToken, ScanFence, hold_scan};
+use self::manifest::{Manifest, apply_manifest_delta, load_manifest, snapshot_totals};
+use super::leases::{ScanFence, hold_scan};
 use super::{Store, StoreError, lock_repositories};
 use crate::changes::{FileInfo, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
-use crate::payload::{BreakerState, SyncError, SyncFailure, SyncedCounts, SyncedNotice};
-use entity::{EventKind, app, event, manifest_entry, repository, snapshot, subscription};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use crate::payload::{SyncedCounts, SyncedNotice};
+use entity::{EventKind, app, event, manifest_entry, snapshot, subscription};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
 const BATCH: usize = 500;
-
-/// Manifest rows read per query when the whole manifest is loaded.
-const MANIFEST_PAGE: u64 = 10_000;
 
 /// A scan's result, ready to be committed.
 pub struct SnapshotAdvance {
@@ -53,9 +60,6 @@ pub struct AdvanceOutcome {
     pub events: u64,
     pub subscriptions: usize,
 }
-
-/// The stored manifest (or the part of it a snapshot needs), by path.
-type Manifest = BTreeMap<String, FileInfo>;
 
 /// One change for one subscription, before it gets its id and number.
 struct Pending<'a> {
@@ -496,290 +500,6 @@ fn changes_for<'a>(
     }
     // Each list is already in path order: the paths came from a sorted set.
     deleted.into_iter().chain(created).chain(updated).collect()
-}
-
-/// The stored manifest of a repository, or only the rows of `only`'s
-/// paths. Rows are read in pages of the columns a snapshot needs, so a
-/// large manifest costs its map, never all its rows as well.
-async fn load_manifest(
-    txn: &DatabaseTransaction,
-    repository: &str,
-    only: Option<&[&str]>,
-) -> Result<Manifest, StoreError> {
-    type Row = (String, String, String, i64, bool);
-    fn add(known: &mut Manifest, (path, blob_id, sha256, size, binary): Row) {
-        match FileInfo::from_hex(&blob_id, &sha256, size, binary) {
-            Some(info) => {
-                known.insert(path, info);
-            }
-            // Unreadable: treated as absent, so the file is sent again.
-            None => tracing::warn!(path = %path, "skipped a malformed manifest row"),
-        }
-    }
-    let columns = || {
-        manifest_entry::Entity::find()
-            .select_only()
-            .columns([
-                manifest_entry::Column::Path,
-                manifest_entry::Column::BlobId,
-                manifest_entry::Column::Sha256,
-                manifest_entry::Column::Size,
-                manifest_entry::Column::Binary,
-            ])
-            .filter(manifest_entry::Column::RepositoryId.eq(repository))
-    };
-    let mut known = Manifest::new();
-    match only {
-        None => {
-            // Keyset pages: each starts after the last path of the one before.
-            let mut after: Option<String> = None;
-            loop {
-                let mut page = columns()
-                    .order_by_asc(manifest_entry::Column::Path)
-                    .limit(MANIFEST_PAGE);
-                if let Some(after) = after.take() {
-                    page = page.filter(manifest_entry::Column::Path.gt(after));
-                }
-                let rows = page.into_tuple::<Row>().all(txn).await?;
-                let full = rows.len() as u64 == MANIFEST_PAGE;
-                after = rows.last().map(|row| row.0.clone());
-                for row in rows {
-                    add(&mut known, row);
-                }
-                if !full {
-                    break;
-                }
-            }
-        }
-        Some(paths) => {
-            for batch in paths.chunks(BATCH) {
-                for row in columns()
-                    .filter(manifest_entry::Column::Path.is_in(batch.iter().copied()))
-                    .into_tuple::<Row>()
-                    .all(txn)
-                    .await?
-                {
-                    add(&mut known, row);
-                }
-            }
-        }
-    }
-    Ok(known)
-}
-
-/// Files and bytes of the new snapshot: the previous snapshot's totals plus
-/// the change (no recount of the manifest), or a recount for the first one.
-async fn snapshot_totals<C: ConnectionTrait>(
-    conn: &C,
-    repo: &repository::Model,
-    old: &Manifest,
-    delta: &TreeDelta,
-) -> Result<(i64, i64), StoreError> {
-    let previous = match &repo.current_snapshot_id {
-        Some(id) => snapshot::Entity::find_by_id(id.as_str()).one(conn).await?,
-        None => None,
-    };
-    let Some(previous) = previous else {
-        return manifest_totals(conn, &repo.id).await;
-    };
-    let (mut files, mut bytes) = (previous.file_count, previous.total_bytes);
-    for path in delta.deletes() {
-        if let Some(known) = old.get(path) {
-            files -= 1;
-            bytes -= known.size;
-        }
-    }
-    for (path, info) in delta.upserts() {
-        match old.get(path) {
-            Some(known) => bytes += info.size - known.size,
-            None => {
-                files += 1;
-                bytes += info.size;
-            }
-        }
-    }
-    Ok((files, bytes))
-}
-
-/// Number of files and bytes in the repository's manifest.
-async fn manifest_totals<C: ConnectionTrait>(
-    conn: &C,
-    repository: &str,
-) -> Result<(i64, i64), StoreError> {
-    // PostgreSQL sums BIGINTs as NUMERIC: cast back so both backends agree.
-    let totals: Option<(i64, i64)> = manifest_entry::Entity::find()
-        .select_only()
-        .column_as(manifest_entry::Column::Path.count(), "files")
-        .column_as(
-            Expr::cust("CAST(COALESCE(SUM(size), 0) AS BIGINT)"),
-            "bytes",
-        )
-        .filter(manifest_entry::Column::RepositoryId.eq(repository))
-        .into_tuple()
-        .one(conn)
-        .await?;
-    Ok(totals.unwrap_or((0, 0)))
-}
-
-async fn apply_manifest_delta<C: ConnectionTrait>(
-    conn: &C,
-    repository: &str,
-    delta: &TreeDelta,
-) -> Result<(), StoreError> {
-    let mut deletes = delta.deletes().peekable();
-    while deletes.peek().is_some() {
-        let batch: Vec<&str> = deletes.by_ref().take(BATCH).collect();
-        manifest_entry::Entity::delete_many()
-            .filter(manifest_entry::Column::RepositoryId.eq(repository))
-            .filter(manifest_entry::Column::Path.is_in(batch))
-            .exec(conn)
-            .await?;
-    }
-    let mut upserts = delta.upserts().peekable();
-    while upserts.peek().is_some() {
-        let rows = upserts
-            .by_ref()
-            .take(BATCH)
-            .map(|(path, info)| manifest_entry::ActiveModel {
-                repository_id: Set(repository.to_owned()),
-                path: Set(path.to_owned()),
-                sha256: Set(info.sha256_hex()),
-                size: Set(info.size),
-                blob_id: Set(info.blob_id.to_string()),
-                binary: Set(info.binary),
-            })
-            .collect::<Vec<_>>();
-        manifest_entry::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns([
-                    manifest_entry::Column::RepositoryId,
-                    manifest_entry::Column::Path,
-                ])
-                .update_columns([
-                    manifest_entry::Column::Sha256,
-                    manifest_entry::Column::Size,
-                    manifest_entry::Column::BlobId,
-                    manifest_entry::Column::Binary,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// A failed scan, as the watcher records it.
-pub struct GitFailureRecord {
-    pub repository: RepoId,
-    /// Recorded only while the scan still holds its lease.
-    pub lease: LeaseToken,
-    pub error_type: &'static str,
-    /// Safe to show to apps: no secret, no raw git output.
-    pub message: String,
-    /// The breaker after this failure, as its actor reported it.
-    pub breaker: entity::breaker::Model,
-    pub threshold: u32,
-    /// Whether this failure opened the breaker: then every subscription gets
-    /// one `sync_failed` event and turns `failed`.
-    pub opened: bool,
-    pub next_scan_at: i64,
-}
-
-impl Store {
-    /// Records a failed scan in one transaction: the repository's error and
-    /// next attempt, and on opening one `sync_failed` event per subscription.
-    /// (The breaker's own state is its actor's to write.)
-    pub async fn record_git_failure(&self, failure: GitFailureRecord) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let trace_parent = crate::telemetry::current_traceparent();
-        let txn = self.begin_write().await?;
-        if lock_repositories(&txn, &[failure.repository.as_str().to_owned()])
-            .await?
-            .is_empty()
-        {
-            return Ok(0);
-        }
-        hold_scan(&txn, failure.repository.as_str(), &failure.lease).await?;
-        repository::Entity::update_many()
-            .col_expr(
-                repository::Column::LastError,
-                Expr::value(failure.message.clone()),
-            )
-            .col_expr(
-                repository::Column::NextScanAt,
-                Expr::value(failure.next_scan_at),
-            )
-            .col_expr(repository::Column::LastScannedAt, Expr::value(now))
-            .col_expr(repository::Column::UpdatedAt, Expr::value(now))
-            .filter(repository::Column::Id.eq(failure.repository.as_str()))
-            .exec(&txn)
-            .await?;
-        // A subscriber that lost access was told so; the repository's
-        // troubles are no longer its business.
-        let subscriptions = subscription::Entity::find()
-            .filter(subscription::Column::RepositoryId.eq(failure.repository.as_str()))
-            .filter(subscription::Column::Access.eq(entity::AccessState::Granted))
-            .all(&txn)
-            .await?;
-        let mut events = 0;
-        for sub in subscriptions {
-            let retry_count = sub.retry_count.saturating_add(1);
-            let mut active = sub.clone().into_active_model();
-            active.retry_count = Set(retry_count);
-            active.last_error = Set(Some(failure.message.clone()));
-            active.updated_at = Set(now);
-            if failure.opened {
-                let payload = SyncFailure {
-                    error: SyncError {
-                        kind: failure.error_type.to_owned(),
-                        message: failure.message.clone(),
-                    },
-                    circuit_breaker: BreakerState {
-                        status: "open".to_owned(),
-                        consecutive_failures: failure.breaker.consecutive_failures,
-                        threshold: failure.threshold,
-                        cooldown_until: failure
-                            .breaker
-                            .cooldown_until
-                            .map(crate::clock::rfc3339_ms),
-                    },
-                    retry_count,
-                };
-                insert_sync_failed(&txn, &sub, &payload, trace_parent.clone(), now).await?;
-                events += 1;
-                active.next_seq = Set(sub.next_seq + 1);
-                active.status = Set(entity::SubscriptionStatus::Failed);
-            }
-            active.update(&txn).await?;
-        }
-        txn.commit().await?;
-        crate::telemetry::events_created(EventKind::SyncFailed, events);
-        Ok(events)
-    }
-}
-
-/// Queues a `sync_failed` notice as the subscription's next event (the
-/// caller moves `next_seq` on).
-pub(crate) async fn insert_sync_failed<C: ConnectionTrait>(
-    conn: &C,
-    sub: &subscription::Model,
-    payload: &SyncFailure,
-    trace_parent: Option<String>,
-    now: i64,
-) -> Result<(), StoreError> {
-    event::ActiveModel {
-        seq: Set(sub.next_seq),
-        kind: Set(EventKind::SyncFailed),
-        payload: Set(Some(
-            serde_json::to_string(payload).expect("notices serialise"),
-        )),
-        trace_parent: Set(trace_parent),
-        ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, now)
-    }
-    .insert(conn)
-    .await?;
-    Ok(())
 }
 
 /// A new pending event of a subscription, due now, with no file fields; the

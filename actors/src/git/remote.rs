@@ -1,0 +1,471 @@
+//! Reaching a remote: where and with what credential ([`RemoteSpec`]),
+//! where git may connect ([`ConnectRule`]), the [`Route`] each operation
+//! opens (https through an egress proxy, `http`/`git` after an address
+//! check, a local path after a check of where it is), the credential and
+//! deadline callbacks, and the head check without a mirror ([`probe`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use git2::{
+    Cred, CredentialType, Direction, ErrorClass, ErrorCode, Oid, ProxyOptions, Remote,
+    RemoteCallbacks, Repository,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::egress::{Destination, Egress};
+use super::error::{GitError, GitFailure};
+use super::indexer_windows::IndexerWindows;
+use super::refs::mirror_ref;
+use super::socket::{Cut, Gate, LowSpeed, Operation};
+
+/// A credential for a private remote: a token, sent as the password of HTTP
+/// basic auth. `user:token` sets the user name too; otherwise the user name
+/// is `x-access-token`, which GitHub, GitLab and Gitea all accept.
+#[derive(Clone)]
+pub struct Credentials {
+    username: String,
+    password: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn from_token(token: &SecretString) -> Self {
+        match token.expose_secret().split_once(':') {
+            Some((user, password)) if !user.is_empty() => Self {
+                username: user.to_owned(),
+                password: SecretString::from(password.to_owned()),
+            },
+            _ => Self {
+                username: "x-access-token".to_owned(),
+                password: token.clone(),
+            },
+        }
+    }
+}
+
+/// Where and how a remote is reached.
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    pub url: String,
+    pub credentials: Option<Credentials>,
+    /// Bounds the whole operation: connecting, the head check, the
+    /// negotiation and the pack, whatever the remote sends meanwhile.
+    pub timeout: Duration,
+    /// A connection slower than this is cut before the timeout.
+    pub low_speed: LowSpeed,
+    pub rule: ConnectRule,
+}
+
+impl RemoteSpec {
+    /// The same remote reached with another credential (or none).
+    pub fn with_credentials(&self, credentials: Option<Credentials>) -> Self {
+        Self {
+            credentials,
+            ..self.clone()
+        }
+    }
+}
+
+/// Where git may connect: the same rule as webhooks, applied when each
+/// connection is made, to repositories registered under another
+/// configuration too.
+#[derive(Debug, Clone)]
+pub struct ConnectRule {
+    /// `security.allow_private_targets`: loopback and private networks too.
+    pub allow_private: bool,
+    /// `security.allow_http_targets`: `http://` and `git://` remotes too.
+    pub allow_http: bool,
+    /// `git.allow_local_repos`: `file://` URLs and absolute paths too.
+    pub allow_local: bool,
+    /// Herald's data directory: a local repository inside it (another app's
+    /// mirror, the database) is never read.
+    pub data_dir: PathBuf,
+}
+
+impl ConnectRule {
+    /// Whether the rule admits `url`'s kind of remote, and why not: what
+    /// registration checked, checked again before every operation, since a
+    /// repository stored under a more permissive configuration stays stored.
+    pub fn admits(&self, url: &str) -> Result<(), GitError> {
+        let refused = |message: &str| Err(GitError::new(GitFailure::Refused, message));
+        match scheme_of(url) {
+            "https" => Ok(()),
+            "http" | "git" if self.allow_http => Ok(()),
+            "http" | "git" => refused(
+                "http:// and git:// repositories are disabled by this server's \
+                 configuration (security.allow_http_targets)",
+            ),
+            "file" if self.allow_local => Ok(()),
+            "file" => refused(
+                "local repositories are disabled by this server's configuration \
+                 (git.allow_local_repos)",
+            ),
+            _ => refused("this kind of git URL is not supported"),
+        }
+    }
+}
+
+/// A remote URL's scheme; an absolute path is a local (`file`) remote.
+pub(super) fn scheme_of(url: &str) -> &str {
+    url.split_once("://").map_or("file", |(scheme, _)| scheme)
+}
+
+/// How one git operation reaches its remote: https through an [`Egress`]
+/// proxy, `http://` and `git://` after a check of their addresses, a local
+/// path after a check of where it is.
+pub(super) struct Route {
+    egress: Option<Egress>,
+    /// Where the operation's sockets may connect.
+    gate: Gate,
+}
+
+impl Route {
+    pub(super) fn open(spec: &RemoteSpec) -> Result<Self, GitError> {
+        spec.rule.admits(&spec.url)?;
+        let scheme = scheme_of(&spec.url);
+        let destination = Destination::of(&spec.url);
+        match (scheme, destination) {
+            ("https", Some(destination)) => {
+                let egress = Egress::open(destination, spec.rule.allow_private, spec.timeout)
+                    .map_err(|_| {
+                        GitError::new(GitFailure::Other, "the git connection could not be set up")
+                    })?;
+                Ok(Self {
+                    gate: Gate::Proxy(egress.addr()),
+                    egress: Some(egress),
+                })
+            }
+            // libgit2 connects itself (it tunnels only https through a
+            // proxy): the addresses are checked before (a clear error early)
+            // and again by Herald's socket when it connects, which admits
+            // only this host and port. Both schemes are only admitted for
+            // development (`allow_http_targets`).
+            ("http" | "git", Some(destination)) => {
+                destination
+                    .resolve(spec.rule.allow_private)
+                    .map_err(|refusal| GitError::new(GitFailure::Refused, refusal.message()))?;
+                Ok(Self {
+                    egress: None,
+                    gate: Gate::Remote {
+                        destination,
+                        allow_private: spec.rule.allow_private,
+                    },
+                })
+            }
+            ("file", _) => {
+                check_local(&spec.url, &spec.rule.data_dir)?;
+                Ok(Self {
+                    egress: None,
+                    gate: Gate::Open,
+                })
+            }
+            _ => Err(GitError::new(
+                GitFailure::Refused,
+                "this kind of git URL is not supported",
+            )),
+        }
+    }
+
+    pub(super) fn proxy_options(&self) -> ProxyOptions<'static> {
+        let mut options = ProxyOptions::new();
+        if let Some(egress) = &self.egress {
+            options.url(&egress.proxy_url());
+        }
+        options
+    }
+
+    /// Starts the operation on this thread: its sockets obey the route's
+    /// gate, its deadline and the low-speed rule.
+    pub(super) fn begin(&self, spec: &RemoteSpec) -> Operation {
+        Operation::begin(spec.timeout, spec.low_speed, self.gate.clone())
+    }
+
+    /// The operation's error, or the reason the proxy or Herald's socket
+    /// refused a connection (libgit2 only saw "the proxy answered 403" or a
+    /// failed connect).
+    pub(super) fn explain(&self, operation: &Operation, err: GitError) -> GitError {
+        match self
+            .egress
+            .as_ref()
+            .and_then(Egress::refusal)
+            .or_else(|| operation.refusal())
+        {
+            Some(refusal) => GitError::new(GitFailure::Refused, refusal.message()),
+            None => err,
+        }
+    }
+}
+
+/// Refuses a local repository inside Herald's data directory (symbolic links
+/// resolved): the mirrors of other apps' private repositories live there.
+fn check_local(url: &str, data_dir: &Path) -> Result<(), GitError> {
+    let path = local_path(url);
+    let inside = |dir: &Path| match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(path), Ok(dir)) => path.starts_with(dir),
+        // Not there (yet): judge the path as written.
+        _ => path.starts_with(dir),
+    };
+    if inside(data_dir) {
+        return Err(GitError::new(
+            GitFailure::Refused,
+            "local repositories inside Herald's data directory are not allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// The path of a local remote: a `file://` URL's, or the URL itself.
+pub(super) fn local_path(url: &str) -> PathBuf {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .unwrap_or_else(|| PathBuf::from(url))
+}
+
+/// The remote's answer to "where is the branch now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteHead {
+    pub branch: String,
+    pub commit: Oid,
+}
+
+/// Why an operation was cut short, if it was: by one of its sockets
+/// ([`socket`](super::socket)) or by the deadline the transfer callback
+/// checks.
+pub(super) fn cut_of(operation: &Operation, timed_out: &std::cell::Cell<bool>) -> Option<Cut> {
+    operation
+        .cut()
+        .or_else(|| timed_out.get().then_some(Cut::Deadline))
+}
+
+/// How often one operation may be asked for the credential: libgit2 asks
+/// again for each HTTP request the server challenges, and keeps asking after
+/// a refusal, so a bound turns a refused credential into an auth failure
+/// instead of a loop.
+const MAX_CREDENTIAL_OFFERS: u32 = 3;
+
+/// Callbacks with the credential and a deadline on transfers. The
+/// credential is only ever offered to the registered host: a remote that
+/// sends libgit2 elsewhere (a redirect) gets none. A fetch passes the
+/// mirror's [`IndexerWindows`], to release the pages its indexer maps.
+pub(super) fn callbacks<'a>(
+    spec: &'a RemoteSpec,
+    deadline: Instant,
+    timed_out: &'a std::cell::Cell<bool>,
+    mut indexer_windows: Option<IndexerWindows>,
+) -> RemoteCallbacks<'a> {
+    let mut callbacks = RemoteCallbacks::new();
+    let mut offers = 0;
+    let registered = Destination::of(&spec.url);
+    callbacks.credentials(move |url, _username, allowed| {
+        if Destination::of(url) != registered {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "credentials are only sent to the registered host",
+            ));
+        }
+        let Some(credentials) = &spec.credentials else {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "credentials required",
+            ));
+        };
+        if offers >= MAX_CREDENTIAL_OFFERS || !allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+        {
+            return Err(git2::Error::new(
+                ErrorCode::Auth,
+                ErrorClass::Http,
+                "credentials refused",
+            ));
+        }
+        offers += 1;
+        Cred::userpass_plaintext(&credentials.username, credentials.password.expose_secret())
+    });
+    callbacks.transfer_progress(move |progress| {
+        if let Some(windows) = &mut indexer_windows {
+            windows.on_progress(&progress);
+        }
+        let in_time = Instant::now() < deadline;
+        if !in_time {
+            timed_out.set(true);
+        }
+        in_time
+    });
+    callbacks
+}
+
+/// Asks a remote where `branch` (or its default branch) points, with the
+/// credential in `spec`, without a mirror: the access check of a
+/// registration or a token change.
+pub fn probe(spec: &RemoteSpec, branch: Option<&str>) -> Result<RemoteHead, GitError> {
+    let repo = unredirected()?;
+    let remote = repo
+        .remote_anonymous(&spec.url)
+        .map_err(|e| GitError::classify(&e, None))?;
+    head_of(remote, spec, branch)
+}
+
+/// An empty repository, in memory, whose configuration sets
+/// `http.followRedirects = false`, for the remotes of head checks: libgit2
+/// takes a connection's redirect rule from its remote's repository (git2
+/// 0.21 binds no `git_remote_connect_ext` to give it directly), and a remote
+/// without one follows the first request's redirects to any host. With it,
+/// a head check refuses a redirect to another host, as a fetch does
+/// ([`RemoteRedirect::None`](git2::RemoteRedirect::None)). No other
+/// configuration (the user's `~/.gitconfig`, `insteadOf` rewrites) applies
+/// to it either.
+fn unredirected() -> Result<Repository, GitError> {
+    let failed = |err: &dyn std::fmt::Display| {
+        tracing::warn!(error = %err, "the git head check could not be set up");
+        GitError::new(GitFailure::Other, "the git connection could not be set up")
+    };
+    let dir = tempfile::tempdir().map_err(|e| failed(&e))?;
+    let path = dir.path().join("config");
+    std::fs::write(&path, "[http]\n\tfollowRedirects = false\n").map_err(|e| failed(&e))?;
+    // A snapshot holds the values in memory: the file can go.
+    let config = git2::Config::open(&path)
+        .and_then(|mut config| config.snapshot())
+        .map_err(|e| failed(&e))?;
+    let repo = git2::Odb::new()
+        .and_then(Repository::from_odb)
+        .map_err(|e| failed(&e))?;
+    repo.set_config(&config).map_err(|e| failed(&e))?;
+    Ok(repo)
+}
+
+fn head_of(
+    mut remote: Remote<'_>,
+    spec: &RemoteSpec,
+    branch: Option<&str>,
+) -> Result<RemoteHead, GitError> {
+    let route = Route::open(spec)?;
+    let operation = route.begin(spec);
+    let timed_out = std::cell::Cell::new(false);
+    let deadline = Instant::now() + spec.timeout;
+    let connection = remote
+        .connect_auth(
+            Direction::Fetch,
+            Some(callbacks(spec, deadline, &timed_out, None)),
+            Some(route.proxy_options()),
+        )
+        .map_err(|e| {
+            route.explain(
+                &operation,
+                GitError::classify(&e, cut_of(&operation, &timed_out)),
+            )
+        })?;
+    let branch = match branch {
+        Some(branch) => branch.to_owned(),
+        None => {
+            let head = connection.default_branch().map_err(|_| {
+                GitError::new(GitFailure::NotFound, "the remote has no default branch")
+            })?;
+            let head = head.as_str().unwrap_or_default();
+            head.strip_prefix("refs/heads/").unwrap_or(head).to_owned()
+        }
+    };
+    let wanted = mirror_ref(&branch);
+    let heads = connection.list().map_err(|e| {
+        route.explain(
+            &operation,
+            GitError::classify(&e, cut_of(&operation, &timed_out)),
+        )
+    })?;
+    let commit = heads
+        .iter()
+        .find(|h| h.name() == wanted)
+        .map(|h| h.oid())
+        .ok_or_else(|| {
+            GitError::new(
+                GitFailure::NotFound,
+                format!("branch `{branch}` was not found on the remote"),
+            )
+        })?;
+    Ok(RemoteHead { branch, commit })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A remote at `url` without a credential, under a rule that admits
+    /// every kind of remote (private addresses only when asked).
+    pub(in crate::git) fn spec(url: String, allow_private: bool) -> RemoteSpec {
+        RemoteSpec {
+            url,
+            credentials: None,
+            timeout: Duration::from_secs(5),
+            low_speed: LowSpeed::default(),
+            rule: ConnectRule {
+                allow_private,
+                allow_http: true,
+                allow_local: true,
+                data_dir: std::env::temp_dir().join("herald-git-tests-data"),
+            },
+        }
+    }
+
+    #[test]
+    fn https_goes_through_the_egress_which_refuses_loopback() {
+        // Were libgit2 to connect by itself, this would be "could not be
+        // reached" (nothing listens on port 1), not a refusal by the rule.
+        let err = probe(&spec("https://localhost:1/o/r.git".to_owned(), false), None)
+            .expect_err("loopback is not public");
+        assert_eq!(err.failure, GitFailure::Refused);
+        assert!(err.message.contains("non-public"), "{}", err.message);
+    }
+
+    #[test]
+    fn https_is_tunnelled_to_the_registered_host() {
+        let origin = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = origin.local_addr().expect("bound").port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = origin.accept().expect("the tunnelled connection");
+            let mut first = [0u8; 1];
+            conn.read_exact(&mut first).expect("a first byte");
+            first[0]
+        });
+        let err = probe(
+            &spec(format!("https://127.0.0.1:{port}/o/r.git"), true),
+            None,
+        )
+        .expect_err("the origin speaks no TLS");
+        assert_ne!(err.failure, GitFailure::Refused, "{}", err.message);
+        assert_eq!(
+            server.join().expect("the origin ran"),
+            0x16,
+            "a TLS handshake arrived"
+        );
+    }
+
+    #[test]
+    fn local_repositories_inside_the_data_directory_are_refused() {
+        let data = tempfile::tempdir().expect("a data dir");
+        let mirror = data.path().join("mirrors").join("repo_x.git");
+        std::fs::create_dir_all(&mirror).expect("a mirror dir");
+        let mut inside = spec(format!("file://{}", mirror.display()), true);
+        inside.rule.data_dir = data.path().to_owned();
+        let err = probe(&inside, None).expect_err("inside the data dir");
+        assert_eq!(err.failure, GitFailure::Refused);
+        // Through a symbolic link from outside: the same directory.
+        let outside = tempfile::tempdir().expect("another dir");
+        let link = outside.path().join("innocent.git");
+        std::os::unix::fs::symlink(&mirror, &link).expect("a link");
+        let mut linked = spec(format!("file://{}", link.display()), true);
+        linked.rule.data_dir = data.path().to_owned();
+        let err = probe(&linked, None).expect_err("still inside");
+        assert_eq!(err.failure, GitFailure::Refused);
+    }
+}
