@@ -1027,18 +1027,11 @@ async fn fan_out(
 /// A full fetch of `url` into an empty bare mirror, by libgit2 (Herald's
 /// `Mirror::fetch`) and by `git clone --bare`, alternated run by run.
 fn fetch_comparison(url: &str, root: &Path, runs: usize) -> (Vec<f64>, Vec<f64>) {
-    let spec = actors::git::RemoteSpec {
-        url: url.to_owned(),
-        credentials: None,
-        timeout: Duration::from_secs(600),
-        low_speed: actors::git::LowSpeed::default(),
-        rule: actors::git::ConnectRule {
-            allow_private: true,
-            allow_http: true,
-            allow_local: true,
-            data_dir: root.join("no-data-dir"),
-        },
-    };
+    let spec = actors::test_support::loopback_remote(
+        url,
+        Duration::from_secs(600),
+        &root.join("no-data-dir"),
+    );
     let (mut libgit2, mut git) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let path = root.join(format!("fetch-libgit2-{run}.git"));

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::gitserver::{HttpGitServer, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, onboard};
+use crate::helpers::{TestApp, TestClient, engine_with, onboard};
 use crate::receiver::{Received, Receiver};
 
 const ALICE: (&str, &str) = ("alice", "alice-token-4f9a2c");
@@ -29,10 +29,6 @@ fn private_repository() -> (TestRepo, Served, HttpGitServer) {
     let served = Served::new(&repo, "private.git");
     let server = HttpGitServer::serve_users(served.root(), Some(&[ALICE, ALICE_NEW, BOB]));
     (repo, served, server)
-}
-
-async fn engine(extra: &[(&str, &str)]) -> TestApp {
-    TestApp::builder().fast().envs(extra).spawn().await
 }
 
 async fn register(app: &TestApp, client: &TestClient, body: Value) -> (StatusCode, Value) {
@@ -60,7 +56,7 @@ fn assert_refused(status: StatusCode, body: &Value, expected: StatusCode, code: 
 #[tokio::test]
 async fn registration_proves_the_registering_apps_own_credential() {
     let (_repo, _served, server) = private_repository();
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let (owner_inbox, other_inbox, intruder_inbox) = (
         Receiver::start().await,
         Receiver::start().await,
@@ -160,7 +156,7 @@ async fn registration_proves_the_registering_apps_own_credential() {
 #[tokio::test]
 async fn a_revoked_token_stops_only_its_subscriber_until_a_working_one_is_set() {
     let (repo, served, server) = private_repository();
-    let app = engine(&[("HERALD__SECURITY__ACCESS_RECHECK_INTERVAL", "300ms")]).await;
+    let app = engine_with(&[("HERALD__SECURITY__ACCESS_RECHECK_INTERVAL", "300ms")]).await;
     let (owner_inbox, other_inbox) = (Receiver::start().await, Receiver::start().await);
     let owner = onboard(&app, &owner_inbox, "owner").await;
     let other = onboard(&app, &other_inbox, "other").await;
@@ -276,7 +272,7 @@ async fn a_revoked_token_stops_only_its_subscriber_until_a_working_one_is_set() 
 #[tokio::test]
 async fn a_bogus_token_first_does_not_poison_the_repository_for_a_valid_one() {
     let (_repo, _served, server) = private_repository();
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let (first_inbox, second_inbox) = (Receiver::start().await, Receiver::start().await);
     let first = onboard(&app, &first_inbox, "first").await;
     let second = onboard(&app, &second_inbox, "second").await;
@@ -323,7 +319,7 @@ async fn a_public_repository_is_read_anonymously_and_no_token_is_sent() {
     repo.commit("first");
     let served = Served::new(&repo, "public.git");
     let server = HttpGitServer::serve(served.root(), None);
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let (anonymous_inbox, tokened_inbox) = (Receiver::start().await, Receiver::start().await);
     let anonymous = onboard(&app, &anonymous_inbox, "anonymous").await;
     let tokened = onboard(&app, &tokened_inbox, "tokened").await;
@@ -366,7 +362,7 @@ async fn a_host_that_resolves_to_loopback_is_refused_when_git_connects() {
     let server = HttpGitServer::serve(served.root(), None);
     // Registered while private targets were allowed, under a name that
     // resolves to 127.0.0.1.
-    let app = engine(&[]).await;
+    let app = engine_with(&[]).await;
     let inbox = Receiver::start().await;
     let client = onboard(&app, &inbox, "acme").await;
     let url = format!("http://localhost:{}/r.git", server.port());
@@ -407,7 +403,7 @@ async fn a_local_repository_inside_the_data_directory_is_refused() {
     let first = repo.commit("first");
     let served = Served::new(&repo, "r.git");
     let server = HttpGitServer::serve(served.root(), None);
-    let app = engine(&[("HERALD__GIT__ALLOW_LOCAL_REPOS", "true")]).await;
+    let app = engine_with(&[("HERALD__GIT__ALLOW_LOCAL_REPOS", "true")]).await;
     let (owner_inbox, thief_inbox) = (Receiver::start().await, Receiver::start().await);
     let owner = onboard(&app, &owner_inbox, "owner").await;
     let thief = onboard(&app, &thief_inbox, "thief").await;

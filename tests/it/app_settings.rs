@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::gitserver::{Served, TestRepo};
 use crate::helpers::{Rig, TestApp, TestClient, assert_error, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, standard_signature, verify};
 
@@ -98,16 +98,15 @@ async fn synced_follows_the_last_event_of_each_snapshot_for_apps_that_opted_in()
     repo.write("a.md", "alpha\n");
     repo.write("b.md", "beta\n");
     let first = repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let (opted_in, plain) = (Receiver::start().await, Receiver::start().await);
+    let rig = Rig::serve(&repo).await;
+    let (opted_in, plain) = (&rig.receiver, Receiver::start().await);
     let app = engine_with(&[]).await;
-    let client = onboard(&app, &opted_in, "acme").await;
+    let client = onboard(&app, opted_in, "acme").await;
     let (status, body) = patch_app(&app, &client, json!({"notify_synced": true})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let other = onboard(&app, &plain, "other").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
-    watch(&app, &other, &daemon.url("r.git")).await;
+    let id = watch(&app, &client, &rig.url()).await;
+    watch(&app, &other, &rig.url()).await;
 
     let accepted = opted_in
         .wait_for("the initial snapshot and its notice", |r| r.len() == 3)
@@ -142,7 +141,7 @@ async fn synced_follows_the_last_event_of_each_snapshot_for_apps_that_opted_in()
     repo.write("a.md", "alpha two\n");
     repo.remove("b.md");
     let second = repo.commit("second");
-    served.push(&repo, "HEAD:refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
     let accepted = opted_in
         .wait_for("the second snapshot and its notice", |r| r.len() == 6)
         .await;

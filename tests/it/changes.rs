@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, HttpGitServer, Served, TestRepo};
-use crate::helpers::{OutboxEvent, TestApp, TestClient, assert_error};
+use crate::helpers::{OutboxEvent, Rig, TestApp, TestClient, assert_error};
 
 fn sha(content: &[u8]) -> String {
     hex(&Sha256::digest(content))
@@ -38,10 +38,10 @@ async fn watch(app: &TestApp, client: &TestClient, body: Value) -> String {
 }
 
 /// `repo` served by `git daemon` as `r.git`, and app `acme` watching it.
+/// The app's webhooks go to a public address, not to the rig's receiver:
+/// its events wait in the outbox, where these tests read them.
 struct Watching {
-    // Declared first so the daemon stops before its root is removed.
-    daemon: GitDaemon,
-    served: Served,
+    rig: Rig,
     app: TestApp,
     client: TestClient,
     id: String,
@@ -50,15 +50,13 @@ struct Watching {
 impl Watching {
     /// Returns once the app has observed `commit`.
     async fn start(repo: &TestRepo, commit: &str) -> Watching {
-        let served = Served::new(repo, "r.git");
-        let daemon = GitDaemon::serve(served.root());
+        let rig = Rig::serve(repo).await;
         let app = engine().await;
         let client = app.onboard("acme").await;
-        let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+        let id = watch(&app, &client, json!({"url": rig.url()})).await;
         app.wait_for_commit(&client, &id, commit).await;
         Watching {
-            daemon,
-            served,
+            rig,
             app,
             client,
             id,
@@ -108,12 +106,11 @@ async fn the_first_snapshot_delivers_every_file_as_created() {
     repo.write(".docoraignore", "*.tmp\n");
     repo.symlink("link-to-readme", "README.md");
     let commit = repo.commit("initial");
-    let served = Served::new(&repo, "widgets.git");
-    let daemon = GitDaemon::serve(served.root());
+    let rig = Rig::serve_as(&repo, "widgets.git").await;
 
     let app = engine().await;
     let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": daemon.url("widgets.git")})).await;
+    let id = watch(&app, &client, json!({"url": rig.url()})).await;
     let view = app.wait_for_commit(&client, &id, &commit).await;
     assert_eq!(view["branch"], "main", "the default branch was detected");
     assert_eq!(view["status"], "syncing", "events wait for delivery");
@@ -163,8 +160,7 @@ async fn every_change_kind_renames_and_several_commits_collapse_into_the_net_cha
     repo.write("flip.md", "v1\n");
     let first = repo.commit("first");
     let Watching {
-        served,
-        daemon: _daemon,
+        rig,
         app,
         client,
         id,
@@ -183,7 +179,7 @@ async fn every_change_kind_renames_and_several_commits_collapse_into_the_net_cha
     repo.write("added.md", "new\n");
     repo.set_executable("keep.md", true);
     let last = repo.commit("fourth");
-    served.push(&repo, "HEAD:refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
     app.wait_for_commit(&client, &id, &last).await;
 
     let events = app.outbox(&client, &id).await;
@@ -226,8 +222,7 @@ async fn a_force_push_yields_the_net_change_against_what_was_observed() {
     repo.write("base.md", "changed on the old line\n");
     let observed = repo.commit("observed");
     let Watching {
-        served,
-        daemon: _daemon,
+        rig,
         app,
         client,
         id,
@@ -236,7 +231,7 @@ async fn a_force_push_yields_the_net_change_against_what_was_observed() {
     repo.reset_hard(&base);
     repo.write("other.md", "the new line\n");
     let rewritten = repo.commit("rewritten");
-    served.push(&repo, "HEAD:refs/heads/main", true);
+    rig.served.push(&repo, "HEAD:refs/heads/main", true);
     app.wait_for_commit(&client, &id, &rewritten).await;
 
     let events = app.outbox(&client, &id).await;
@@ -260,18 +255,17 @@ async fn a_branch_is_watched_when_asked_and_the_default_branch_is_detected() {
     repo.write("on-release.md", "release\n");
     let release = repo.commit("release");
     repo.checkout("trunk");
-    let served = Served::new(&repo, "r.git");
-    served.push(&repo, "release:refs/heads/release", false);
-    served.set_head("trunk");
-    let daemon = GitDaemon::serve(served.root());
+    let rig = Rig::serve(&repo).await;
+    rig.served.push(&repo, "release:refs/heads/release", false);
+    rig.served.set_head("trunk");
 
     let app = engine().await;
     let client = app.onboard("acme").await;
-    let default = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    let default = watch(&app, &client, json!({"url": rig.url()})).await;
     let chosen = watch(
         &app,
         &client,
-        json!({"url": daemon.url("r.git"), "branch": "release"}),
+        json!({"url": rig.url(), "branch": "release"}),
     )
     .await;
     assert_ne!(default, chosen);
@@ -287,10 +281,7 @@ async fn a_branch_is_watched_when_asked_and_the_default_branch_is_detected() {
     // A branch the remote does not have is refused at registration, by
     // name, and nothing is watched for it.
     let (status, body) = app
-        .register(
-            &client,
-            json!({"url": daemon.url("r.git"), "branch": "nope"}),
-        )
+        .register(&client, json!({"url": rig.url(), "branch": "nope"}))
         .await;
     assert_eq!(
         assert_error(status, &body, StatusCode::NOT_FOUND),
@@ -531,20 +522,19 @@ async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     let first = repo.commit("a");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let port = daemon.port();
+    let rig = Rig::serve(&repo).await;
+    let port = rig.daemon.port();
     let app = engine_with(&[
         ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
         ("HERALD__BREAKER__GIT__COOLDOWN", "1s"),
     ])
     .await;
     let client = app.onboard("acme").await;
-    let id = watch(&app, &client, json!({"url": daemon.url("r.git")})).await;
+    let id = watch(&app, &client, json!({"url": rig.url()})).await;
     app.wait_for_commit(&client, &id, &first).await;
 
     // The daemon is gone: the port refuses connections, scans fail.
-    drop(daemon);
+    drop(rig.daemon);
     let view = app
         .wait_for(&client, &id, "the breaker to open", |v| {
             // The view reads the breaker and the subscription one after the other.
@@ -573,8 +563,8 @@ async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
     // the subscription recovers alone and observes it.
     repo.write("b.md", "b\n");
     let second = repo.commit("b");
-    served.push(&repo, "HEAD:refs/heads/main", false);
-    let _daemon = GitDaemon::serve_on(served.root(), port);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    let _daemon = GitDaemon::serve_on(rig.served.root(), port);
     let view = app.wait_for_commit(&client, &id, &second).await;
     assert_ne!(view["status"], "failed");
     assert_eq!(view["last_error"], Value::Null);
@@ -628,8 +618,7 @@ async fn a_damaged_mirror_is_rebuilt_from_the_remote() {
     repo.write("b.md", "b\n");
     let first = repo.commit("first");
     let Watching {
-        served,
-        daemon: _daemon,
+        rig,
         app,
         client,
         id,
@@ -645,7 +634,7 @@ async fn a_damaged_mirror_is_rebuilt_from_the_remote() {
     repo.remove("b.md");
     repo.write("c.md", "c\n");
     let second = repo.commit("second");
-    served.push(&repo, "HEAD:refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
     app.wait_for_commit(&client, &id, &second).await;
     let events = app.outbox(&client, &id).await;
     assert_gap_free(&events);
@@ -705,8 +694,7 @@ async fn snapshots_stay_pinned_in_the_mirror_while_their_events_wait() {
     repo.write("a.md", "a\n");
     let first = repo.commit("first");
     let Watching {
-        served,
-        daemon: _daemon,
+        rig,
         app,
         client,
         id,
@@ -715,7 +703,7 @@ async fn snapshots_stay_pinned_in_the_mirror_while_their_events_wait() {
     // A commit that touches only an ignored file: a snapshot without events.
     repo.write("debug.log", "noise\n");
     let quiet = repo.commit("quiet");
-    served.push(&repo, "HEAD:refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
     app.wait_for_commit(&client, &id, &quiet).await;
 
     let mirror = app.data_path().join("mirrors").join(format!("{id}.git"));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::gitserver::{GitDaemon, HttpGitServer, Served, TestRepo};
-use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, TestApp, TestClient, engine_with};
+use crate::gitserver::{HttpGitServer, Served, TestRepo};
+use crate::helpers::{ADMIN_TOKEN, PUBLIC_BASE_URL, Rig, TestApp, TestClient, engine_with};
 use crate::receiver::{Receiver, Reply, verify};
 
 /// What one run of the CLI printed, and how it ended.
@@ -222,12 +222,11 @@ async fn apps_are_onboarded_listed_shown_and_deleted() {
 #[tokio::test]
 async fn repo_add_wait_returns_once_the_snapshot_is_delivered() {
     let repo = three_files();
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
+    let receiver = &rig.receiver;
     let app = engine_with(&[]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
-    let url = daemon.url("r.git");
+    let url = rig.url();
 
     let view = herald(
         &app,
@@ -339,14 +338,13 @@ async fn repo_add_wait_returns_once_the_snapshot_is_delivered() {
 #[tokio::test]
 async fn a_dead_event_fails_the_wait_and_retry_delivers_it() {
     let repo = three_files();
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
+    let receiver = &rig.receiver;
     // The endpoint refuses everything until it is fixed.
     receiver.fallback(Some(Reply::status(422)));
     let app = engine_with(&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")]).await;
     let client = onboard(&app, "acme", &receiver.base_url).await;
-    let url = daemon.url("r.git");
+    let url = rig.url();
 
     let failed = herald(&app, &client.token, &["repo", "add", &url, "--wait"]).await;
     assert_eq!(failed.code, 6, "{failed:#?}");

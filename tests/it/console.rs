@@ -7,10 +7,10 @@ use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode, redirect};
 use sea_orm::ConnectionTrait;
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{ADMIN_TOKEN, TestApp, TestClient, onboard, watch};
+use crate::gitserver::TestRepo;
+use crate::helpers::{ADMIN_TOKEN, Rig, TestApp, TestClient};
 use crate::operations::{poison_engine_with, two_files, wait_failed};
-use crate::receiver::{Receiver, Reply};
+use crate::receiver::Reply;
 
 /// A browser-like client of the console: no automatic redirects, cookies
 /// kept by hand so the tests can look at their flags.
@@ -149,9 +149,10 @@ fn location(response: &Response) -> &str {
 /// A Herald with one app, `acme`, whose first event died (its receiver
 /// refused it twice) and whose receiver now accepts everything.
 struct DeadEvent {
-    /// The served repository, kept for the test's length.
-    _git: (TestRepo, Served, GitDaemon),
-    receiver: Receiver,
+    /// The repository, kept for the test's length.
+    _repo: TestRepo,
+    /// The repository served, and the receiver.
+    rig: Rig,
     app: TestApp,
     client: TestClient,
 }
@@ -160,8 +161,8 @@ impl DeadEvent {
     async fn arrange() -> Self {
         let mut dead = DeadEvents::arrange(&["acme"], &[]).await;
         Self {
-            _git: dead._git,
-            receiver: dead.receiver,
+            _repo: dead._repo,
+            rig: dead.rig,
             app: dead.app,
             client: dead.clients.remove(0),
         }
@@ -172,29 +173,27 @@ impl DeadEvent {
 /// whose first event died (refused twice), with settings of its own on
 /// top; the receiver now accepts everything.
 struct DeadEvents {
-    _git: (TestRepo, Served, GitDaemon),
-    receiver: Receiver,
+    _repo: TestRepo,
+    rig: Rig,
     app: TestApp,
     clients: Vec<TestClient>,
 }
 
 impl DeadEvents {
     async fn arrange(names: &[&str], settings: &[(&str, &str)]) -> Self {
-        let (repo, served, daemon) = two_files();
-        let receiver = Receiver::start().await;
-        receiver.fallback(Some(Reply::status(422)));
+        let (repo, rig) = two_files().await;
+        rig.receiver.fallback(Some(Reply::status(422)));
         let app = poison_engine_with(settings).await;
         let mut clients = Vec::new();
         for name in names {
-            let client = onboard(&app, &receiver, name).await;
-            let repository = watch(&app, &client, &daemon.url("r.git")).await;
+            let (client, repository) = rig.subscribe(&app, &rig.receiver, name).await;
             wait_failed(&app, &client, &repository).await;
             clients.push(client);
         }
-        receiver.fallback(None);
+        rig.receiver.fallback(None);
         Self {
-            _git: (repo, served, daemon),
-            receiver,
+            _repo: repo,
+            rig,
             app,
             clients,
         }
@@ -498,7 +497,7 @@ async fn a_post_without_its_csrf_token_is_forbidden() {
 #[tokio::test]
 async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
     let dead = DeadEvent::arrange().await;
-    let (app, client, receiver) = (&dead.app, &dead.client, &dead.receiver);
+    let (app, client, receiver) = (&dead.app, &dead.client, &dead.rig.receiver);
 
     let mut browser = Browser::new(app);
     browser.sign_in(ADMIN_TOKEN, false).await;
@@ -893,7 +892,7 @@ async fn in_a_real_browser_every_page_opens_and_the_dead_event_is_retried() {
     use fantoccini::Locator;
     let Some(driver) = chromedriver() else { return };
     let dead = DeadEvent::arrange().await;
-    let (app, client, receiver) = (&dead.app, &dead.client, &dead.receiver);
+    let (app, client, receiver) = (&dead.app, &dead.client, &dead.rig.receiver);
     let chromium = Chromium::start(driver).await;
     let base = app.url("");
 
@@ -1116,7 +1115,8 @@ async fn in_a_real_browser_a_bulk_retry_shows_live_progress_and_can_be_cancelled
         "nothing left to cancel"
     );
 
-    dead.receiver
+    dead.rig
+        .receiver
         .wait_for("every dead event, retried", |r| {
             dead_ids
                 .iter()
@@ -1129,7 +1129,7 @@ async fn in_a_real_browser_a_bulk_retry_shows_live_progress_and_can_be_cancelled
 #[tokio::test]
 async fn a_bulk_retry_shows_its_progress_until_the_event_is_delivered() {
     let dead = DeadEvent::arrange().await;
-    let (app, receiver) = (&dead.app, &dead.receiver);
+    let (app, receiver) = (&dead.app, &dead.rig.receiver);
     let mut browser = Browser::new(app);
     browser.sign_in(ADMIN_TOKEN, false).await;
     let events = browser.page("/admin/events").await;

@@ -328,9 +328,8 @@ async fn an_app_that_is_down_waits_without_slowing_the_others_and_gets_everythin
         repo.write(&format!("f{i}.md"), format!("{i}\n"));
     }
     repo.commit("three");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let down = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
+    let down = &rig.receiver;
     down.fallback(Some(Reply::status(503)));
     let healthy = Receiver::start().await;
     let app = engine_with(&[
@@ -339,10 +338,10 @@ async fn an_app_that_is_down_waits_without_slowing_the_others_and_gets_everythin
         ("HERALD__DELIVERY__MAX_ATTEMPTS", "3"),
     ])
     .await;
-    let down_client = onboard(&app, &down, "down").await;
+    let down_client = onboard(&app, down, "down").await;
     let healthy_client = onboard(&app, &healthy, "healthy").await;
-    let id = watch(&app, &down_client, &daemon.url("r.git")).await;
-    watch(&app, &healthy_client, &daemon.url("r.git")).await;
+    let id = watch(&app, &down_client, &rig.url()).await;
+    watch(&app, &healthy_client, &rig.url()).await;
     healthy
         .wait_for("the healthy app's events", |r| r.len() == 3)
         .await;
@@ -920,13 +919,9 @@ async fn registering_again_returns_the_same_id_and_sends_the_whole_tree_again() 
     repo.write("a.md", "a\n");
     repo.write("docs/b.md", "b\n");
     repo.commit("two");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let url = daemon.url("r.git");
-    let id = watch(&app, &client, &url).await;
+    let rig = Rig::serve(&repo).await;
+    let (app, client, id) = rig.watched("acme", &[]).await;
+    let (receiver, url) = (&rig.receiver, rig.url());
     let first = receiver.wait_for("the tree", |r| r.len() == 2).await;
     app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
         .await;

@@ -490,16 +490,22 @@ pub struct OutboxEvent {
     pub payload: Option<String>,
 }
 
+/// The URL of the database of a server whose data directory is `dir` (as
+/// [`TestApp::stop`] and [`TestApp::kill`] hand it back), to open it beside
+/// the server or between two of its runs.
+pub fn database_url(dir: &Path, database: &TestDatabase) -> String {
+    database.url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rw",
+            dir.join("data").join("herald.db").display()
+        )
+    })
+}
+
 impl TestApp {
     /// The database the server uses, opened beside it.
     pub async fn database(&self) -> sea_orm::DatabaseConnection {
-        let url = self.database.url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rw",
-                self.data_path().join("herald.db").display()
-            )
-        });
-        Database::connect(&url)
+        Database::connect(database_url(self.data_dir.path(), &self.database))
             .await
             .expect("the test opens the server's database")
     }

@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::gitserver::{HttpGitServer, Served, TestRepo};
-use crate::helpers::{TestApp, TestAppBuilder, TestClient, assert_error, read};
+use crate::helpers::{
+    TestApp, TestAppBuilder, TestClient, assert_error, database_url, onboard, read, watch,
+};
 use crate::receiver::Receiver;
 
 const GITHUB_SECRET: &str = "github-webhook-secret-0123";
@@ -231,18 +233,8 @@ impl World {
         let server = HttpGitServer::serve(served.root(), None);
         let app = hook_env(builder).spawn().await;
         let receiver = Receiver::start().await;
-        let client = app
-            .onboard_with(json!({
-                "app_name": "hooked",
-                "base_url": receiver.base_url,
-                "email": "dev@example.com",
-            }))
-            .await;
-        let (status, body) = app
-            .register(&client, json!({"url": server.url("widgets.git")}))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let repository_id = body["repository_id"].as_str().expect("id").to_owned();
+        let client = onboard(&app, &receiver, "hooked").await;
+        let repository_id = watch(&app, &client, &server.url("widgets.git")).await;
         receiver
             .wait_for("the initial snapshot", |r| has_file(r, "README.md"))
             .await;
@@ -699,13 +691,7 @@ async fn a_hook_stored_before_a_crash_is_processed_after_the_restart() {
     let mut payload = fixture("github_push");
     payload["after"] = json!(commit);
     payload["repository"]["clone_url"] = json!(format!("http://127.0.0.1:{port}/widgets.git"));
-    let url = database.url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rw",
-            dir.path().join("data").join("herald.db").display()
-        )
-    });
-    let store = actors::test_support::connect(&url).await;
+    let store = actors::test_support::connect(&database_url(dir.path(), &database)).await;
     let stored = store
         .store_hook(actors::store::inbound::NewHook {
             provider: "github",

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, engine_with, onboard, watch};
+use crate::gitserver::TestRepo;
+use crate::helpers::{Remotes, Rig, TestApp, engine_with, onboard, watch};
 use crate::receiver::{Received, Receiver};
 
 /// How far apart a dripping relay sends each byte.
@@ -99,14 +99,14 @@ fn relay(mut client: TcpStream, upstream: u16, dripping: &AtomicBool, trickled: 
     let _ = client.shutdown(Shutdown::Write);
 }
 
-/// A repository with one file, served by its own daemon.
-fn remote(file: &str) -> (TestRepo, Served, GitDaemon) {
+/// A repository with one file, served as `repo.git` by its own daemon, and
+/// a receiver.
+async fn remote(file: &str) -> (TestRepo, Rig) {
     let repo = TestRepo::new("main");
     repo.write(file, "first\n");
     repo.commit("first");
-    let served = Served::new(&repo, "repo.git");
-    let daemon = GitDaemon::serve(served.root());
-    (repo, served, daemon)
+    let rig = Rig::serve_as(&repo, "repo.git").await;
+    (repo, rig)
 }
 
 fn paths(received: &[Received]) -> Vec<String> {
@@ -120,10 +120,10 @@ fn paths(received: &[Received]) -> Vec<String> {
 /// turns the relay to dripping and pushes a second commit; returns the
 /// error the stuck scan ended with.
 async fn cut_while_dripping(app: &TestApp, what: &str) -> String {
-    let (repo, served, daemon) = remote("a.md");
-    let relay = DripRelay::start(daemon.port());
-    let inbox = Receiver::start().await;
-    let client = onboard(app, &inbox, "acme").await;
+    let (repo, rig) = remote("a.md").await;
+    let relay = DripRelay::start(rig.daemon.port());
+    let inbox = &rig.receiver;
+    let client = onboard(app, inbox, "acme").await;
     let id = watch(app, &client, &relay.url("repo.git")).await;
     inbox
         .wait_for("the first snapshot", |r| paths(r) == ["a.md"])
@@ -131,7 +131,7 @@ async fn cut_while_dripping(app: &TestApp, what: &str) -> String {
     relay.drip();
     repo.write("b.md", "second\n");
     repo.commit("second");
-    served.push(&repo, "main", false);
+    rig.served.push(&repo, "main", false);
     let view = app
         .wait_for(&client, &id, what, |v| v["last_error"].as_str().is_some())
         .await;
@@ -189,14 +189,8 @@ async fn one_tenants_dripping_remotes_leave_scan_workers_for_the_others() {
     slow_repo.write("a.md", "first\n");
     slow_repo.commit("first");
     let names = ["one.git", "two.git", "three.git", "four.git"];
-    let first = Served::new(&slow_repo, names[0]);
-    let mut slow_served: Vec<Served> = names[1..]
-        .iter()
-        .map(|name| first.sibling(&slow_repo, name))
-        .collect();
-    let slow_daemon = GitDaemon::serve(first.root());
-    slow_served.push(first);
-    let relay = DripRelay::start(slow_daemon.port());
+    let slow_remotes = Remotes::serve_repo(slow_repo, &names);
+    let relay = DripRelay::start(slow_remotes.daemon.port());
     for name in names {
         watch(&app, &slow, &relay.url(name)).await;
     }
@@ -205,20 +199,19 @@ async fn one_tenants_dripping_remotes_leave_scan_workers_for_the_others() {
         .await;
 
     // Tenant two watches a healthy repository.
-    let (repo, served, daemon) = remote("a.md");
-    let inbox = Receiver::start().await;
-    let client = onboard(&app, &inbox, "healthy").await;
-    watch(&app, &client, &daemon.url("repo.git")).await;
+    let (repo, rig) = remote("a.md").await;
+    let inbox = &rig.receiver;
+    rig.subscribe(&app, inbox, "healthy").await;
     inbox
         .wait_for("the healthy first snapshot", |r| paths(r) == ["a.md"])
         .await;
 
     // The slow host drips, and the slow tenant's rescans all get stuck.
     relay.drip();
-    slow_repo.write("b.md", "second\n");
-    slow_repo.commit("second");
-    for served in &slow_served {
-        served.push(&slow_repo, "main", false);
+    slow_remotes.repo.write("b.md", "second\n");
+    slow_remotes.repo.commit("second");
+    for served in &slow_remotes.served {
+        served.push(&slow_remotes.repo, "main", false);
     }
     let stuck = tokio::time::Instant::now() + Duration::from_secs(30);
     while relay.trickled() < 2 {
@@ -232,7 +225,7 @@ async fn one_tenants_dripping_remotes_leave_scan_workers_for_the_others() {
     // The healthy tenant's push is delivered within 15 s all the same.
     repo.write("b.md", "second\n");
     repo.commit("second");
-    served.push(&repo, "main", false);
+    rig.served.push(&repo, "main", false);
     inbox
         .wait_for_within("the healthy push", Duration::from_secs(15), |r| {
             paths(r).contains(&"b.md".to_owned())

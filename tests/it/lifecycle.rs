@@ -337,13 +337,7 @@ async fn a_tree_that_gives_up_ends_the_process_with_a_non_zero_code() {
 
     // Break the storage every app's delivery actor needs to start (its
     // endpoint breaker): each start fails, and the delivery side with it.
-    let url = database.url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rw",
-            dir.path().join("data").join("herald.db").display()
-        )
-    });
-    let db = sea_orm::Database::connect(&url)
+    let db = sea_orm::Database::connect(helpers::database_url(dir.path(), &database))
         .await
         .expect("the database opens");
     db.execute_unprepared("DROP TABLE breakers")

@@ -7,10 +7,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
+use crate::gitserver::{GitDaemon, TestRepo};
 use crate::helpers::{
-    CLUSTER, TestApp, TestAppBuilder, TestClient, TestDatabase, assert_error, engine_with, onboard,
-    watch,
+    CLUSTER, Rig, TestApp, TestAppBuilder, TestClient, TestDatabase, assert_error, engine_with,
+    onboard, watch,
 };
 use crate::receiver::{Received, Receiver, Reply};
 
@@ -24,15 +24,15 @@ pub(crate) async fn poison_engine_with(extra: &[(&str, &str)]) -> TestApp {
     engine_with(&[&[("HERALD__DELIVERY__MAX_ATTEMPTS", "2")], extra].concat()).await
 }
 
-/// A repository with `a.md` and `b.md` served by a git daemon.
-pub(crate) fn two_files() -> (TestRepo, Served, GitDaemon) {
+/// A repository with `a.md` and `b.md` served by a git daemon, and a
+/// receiver.
+pub(crate) async fn two_files() -> (TestRepo, Rig) {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     repo.write("b.md", "b\n");
     repo.commit("two");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    (repo, served, daemon)
+    let rig = Rig::serve(&repo).await;
+    (repo, rig)
 }
 
 /// Polls an admin GET until `done` holds; returns its body.
@@ -283,12 +283,11 @@ async fn unknown_and_malformed_ids_are_not_found_and_an_empty_installation_count
 
 #[tokio::test]
 async fn a_dead_event_is_listed_queued_and_retried_in_order() {
-    let (_repo, _served, daemon) = two_files();
-    let receiver = Receiver::start().await;
+    let (_repo, rig) = two_files().await;
+    let receiver = &rig.receiver;
     receiver.script([Reply::status(422), Reply::status(422)]);
     let app = poison_engine().await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let (client, id) = rig.subscribe(&app, receiver, "acme").await;
     wait_failed(&app, &client, &id).await;
 
     let failed = failed_list(&app).await;
@@ -379,12 +378,11 @@ async fn a_dead_event_is_listed_queued_and_retried_in_order() {
 
 #[tokio::test]
 async fn docora_style_retry_resumes_a_failed_subscription() {
-    let (_repo, _served, daemon) = two_files();
-    let receiver = Receiver::start().await;
+    let (_repo, rig) = two_files().await;
+    let receiver = &rig.receiver;
     receiver.script([Reply::status(422), Reply::status(422)]);
     let app = poison_engine().await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let (client, id) = rig.subscribe(&app, receiver, "acme").await;
     wait_failed(&app, &client, &id).await;
 
     let request = json!({"app_id": client.app_id, "repository_id": id});
@@ -410,17 +408,16 @@ async fn docora_style_retry_resumes_a_failed_subscription() {
 
 #[tokio::test]
 async fn bulk_retries_run_in_the_background_and_report_their_progress() {
-    let (_repo, _served, daemon) = two_files();
-    let first = Receiver::start().await;
-    let second = Receiver::start().await;
-    for receiver in [&first, &second] {
+    let (_repo, rig) = two_files().await;
+    let (first, second) = (&rig.receiver, Receiver::start().await);
+    for receiver in [first, &second] {
         receiver.script([Reply::status(422), Reply::status(422)]);
     }
     let app = poison_engine().await;
-    let one = onboard(&app, &first, "one").await;
+    let one = onboard(&app, first, "one").await;
     let two = onboard(&app, &second, "two").await;
-    let id = watch(&app, &one, &daemon.url("r.git")).await;
-    watch(&app, &two, &daemon.url("r.git")).await;
+    let id = watch(&app, &one, &rig.url()).await;
+    watch(&app, &two, &rig.url()).await;
     wait_failed(&app, &one, &id).await;
     wait_failed(&app, &two, &id).await;
 
@@ -507,12 +504,12 @@ async fn bulk_retries_run_in_the_background_and_report_their_progress() {
 
 #[tokio::test]
 async fn a_resync_delivers_the_whole_tree_again() {
-    let (_repo, _served, daemon) = two_files();
-    let receiver = Receiver::start().await;
+    let (_repo, rig) = two_files().await;
+    let receiver = &rig.receiver;
     let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "acme").await;
+    let client = onboard(&app, receiver, "acme").await;
     let other = app.onboard("other").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let id = watch(&app, &client, &rig.url()).await;
     let first = receiver
         .wait_for("the initial snapshot", |r| r.len() == 2)
         .await;
@@ -570,23 +567,24 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     let first = repo.commit("a");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let port = daemon.port();
+    let rig = Rig::serve(&repo).await;
+    let port = rig.daemon.port();
     // The breaker's cooldown is far beyond the test.
-    let receiver = Receiver::start().await;
-    let app = engine_with(&[
-        ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
-        ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
-    ])
-    .await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let id = watch(&app, &client, &daemon.url("r.git")).await;
+    let (app, client, id) = rig
+        .watched(
+            "acme",
+            &[
+                ("HERALD__BREAKER__GIT__THRESHOLD", "2"),
+                ("HERALD__BREAKER__GIT__COOLDOWN", "1h"),
+            ],
+        )
+        .await;
+    let receiver = &rig.receiver;
     app.wait_for_commit(&client, &id, &first).await;
     receiver.wait_for("the first file", |r| r.len() == 1).await;
 
     // The remote is gone: scans fail until the breaker opens.
-    drop(daemon);
+    drop(rig.daemon);
     app.wait_for(&client, &id, "the breaker to open", |v| {
         v["circuit_breaker"]["status"] == "open" && v["status"] == "failed"
     })
@@ -600,8 +598,8 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
     // the breaker.
     repo.write("b.md", "b\n");
     let commit = repo.commit("b");
-    served.push(&repo, "HEAD:refs/heads/main", false);
-    let _daemon = GitDaemon::serve_on(served.root(), port);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    let _daemon = GitDaemon::serve_on(rig.served.root(), port);
     let (status, body) = app
         .admin(
             Method::POST,
@@ -651,8 +649,8 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
 
 #[tokio::test]
 async fn the_queue_shows_lanes_in_flight_and_open_endpoint_breakers() {
-    let (_repo, _served, daemon) = two_files();
-    let slow = Receiver::start().await;
+    let (_repo, rig) = two_files().await;
+    let slow = &rig.receiver;
     slow.script([Reply {
         status: 200,
         retry_after: None,
@@ -665,10 +663,10 @@ async fn the_queue_shows_lanes_in_flight_and_open_endpoint_breakers() {
         ("HERALD__BREAKER__DELIVERY__COOLDOWN", "1h"),
     ])
     .await;
-    let slow_client = onboard(&app, &slow, "slow").await;
+    let slow_client = onboard(&app, slow, "slow").await;
     let down_client = onboard(&app, &down, "down").await;
-    watch(&app, &slow_client, &daemon.url("r.git")).await;
-    watch(&app, &down_client, &daemon.url("r.git")).await;
+    watch(&app, &slow_client, &rig.url()).await;
+    watch(&app, &down_client, &rig.url()).await;
 
     let queue = wait_admin(
         &app,
@@ -725,8 +723,9 @@ async fn cluster_member(database: TestDatabase) -> TestApp {
     cluster_builder().spawn_with(database).await
 }
 
-/// Two apps of `app` with a dead event each on one repository.
-async fn two_dead_events(app: &TestApp, daemon: &GitDaemon) -> (Receiver, Receiver) {
+/// Two apps of `app` with a dead event each on the rig's repository, each
+/// with a receiver of its own.
+async fn two_dead_events(app: &TestApp, rig: &Rig) -> (Receiver, Receiver) {
     let first = Receiver::start().await;
     let second = Receiver::start().await;
     for receiver in [&first, &second] {
@@ -734,8 +733,8 @@ async fn two_dead_events(app: &TestApp, daemon: &GitDaemon) -> (Receiver, Receiv
     }
     let one = onboard(app, &first, "one").await;
     let two = onboard(app, &second, "two").await;
-    let id = watch(app, &one, &daemon.url("r.git")).await;
-    watch(app, &two, &daemon.url("r.git")).await;
+    let id = watch(app, &one, &rig.url()).await;
+    watch(app, &two, &rig.url()).await;
     wait_failed(app, &one, &id).await;
     wait_failed(app, &two, &id).await;
     (first, second)
@@ -807,7 +806,7 @@ struct BlockedRetry {
     lock: sea_orm::DatabaseTransaction,
     operation: String,
     _receivers: (Receiver, Receiver),
-    _remote: (TestRepo, Served, GitDaemon),
+    _remote: (TestRepo, Rig),
 }
 
 /// `None` on SQLite: it is single-instance, two processes on one database
@@ -817,9 +816,9 @@ async fn blocked_on_two_instances() -> Option<BlockedRetry> {
     if !database.is_shared_server() {
         return None;
     }
-    let remote = two_files();
+    let remote = two_files().await;
     let a = cluster_member(database).await;
-    let receivers = two_dead_events(&a, &remote.2).await;
+    let receivers = two_dead_events(&a, &remote.1).await;
     let (lock, operation) = blocked_retry(&a).await;
     let b = cluster_member(a.database.shared()).await;
     Some(BlockedRetry {
@@ -906,9 +905,9 @@ async fn a_bulk_retry_whose_instance_died_is_taken_over_by_another() {
 
 #[tokio::test]
 async fn a_bulk_operation_survives_a_restart_of_its_instance() {
-    let (_repo, _served, daemon) = two_files();
+    let (_repo, rig) = two_files().await;
     let app = cluster_member(TestDatabase::create().await).await;
-    let _receivers = two_dead_events(&app, &daemon).await;
+    let _receivers = two_dead_events(&app, &rig).await;
     let shared = app.database.is_shared_server();
     // PostgreSQL: killed while its run is blocked in the middle. SQLite (one
     // writer, no row locks to hold): killed once it ended.

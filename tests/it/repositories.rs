@@ -6,7 +6,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{Remotes, TestApp, assert_error, onboard};
+use crate::helpers::{Remotes, TestApp, assert_error, onboard, watch};
 use crate::receiver::{Received, Receiver};
 
 /// Registration proves access with a real `ls-remote`: the remotes are real
@@ -339,9 +339,7 @@ async fn a_repository_stored_without_its_git_suffix_keeps_its_id() {
     let app = TestApp::builder().fast().spawn().await;
     let inbox = Receiver::start().await;
     let client = onboard(&app, &inbox, "acme").await;
-    let (status, created) = app.register(&client, json!({"url": repo})).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let id = created["repository_id"].as_str().expect("id").to_owned();
+    let id = watch(&app, &client, &repo).await;
 
     // The row as the previous version stored it, and its database before
     // the migration that gives such rows their `.git` back.
@@ -389,12 +387,9 @@ async fn scan_requests_wait_for_the_cooldown_after_a_scan() {
     let (first_inbox, second_inbox) = (Receiver::start().await, Receiver::start().await);
     let first = onboard(&app, &first_inbox, "first").await;
     let second = onboard(&app, &second_inbox, "second").await;
-    let (status, created) = app.register(&first, json!({"url": repo})).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let id = created["repository_id"].as_str().expect("id").to_owned();
+    let id = watch(&app, &first, &repo).await;
     app.wait_for_commit(&first, &id, &remotes.repo.head()).await;
-    let (status, _) = app.register(&second, json!({"url": repo})).await;
-    assert_eq!(status, StatusCode::CREATED);
+    watch(&app, &second, &repo).await;
 
     for client in [&first, &second] {
         let answer = crate::helpers::client()

@@ -16,9 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, onboard, watch as register};
-use crate::receiver::Receiver;
+use crate::gitserver::{Served, TestRepo};
+use crate::helpers::{Rig, watch as register};
 use crate::telemetry::{scrape_until, value};
 
 /// Repositories, one per connection, in order.
@@ -192,27 +191,25 @@ async fn a_requested_scan_goes_ahead_of_the_polls_backlog() {
     let repo = TestRepo::new("main");
     repo.write("README.md", "hello\n");
     repo.commit("first");
-    let pushed = Served::new(&repo, "pushed.git");
+    let rig = Rig::serve_as(&repo, "pushed.git").await;
     let busy: Vec<String> = (0..BUSY).map(|i| format!("busy-{i}.git")).collect();
-    let _siblings: Vec<Served> = busy.iter().map(|n| pushed.sibling(&repo, n)).collect();
-    let daemon = GitDaemon::serve(pushed.root());
-    let gate = Gate::start(daemon.port()).await;
-    let receiver = Receiver::start().await;
+    let _siblings: Vec<Served> = busy.iter().map(|n| rig.served.sibling(&repo, n)).collect();
+    let gate = Gate::start(rig.daemon.port()).await;
+    let receiver = &rig.receiver;
     // One scan worker, and every repository due again soon after its scan:
     // the poll alone keeps the worker busy.
-    let app = TestApp::builder()
-        .fast()
-        .envs(&[
-            ("HERALD__GIT__SCAN_WORKERS", "1"),
-            ("HERALD__SCHEDULER__RESCAN_INTERVAL", "300ms"),
-            ("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0"),
-            // A held connection moves no bytes; only the test ends it.
-            ("HERALD__GIT__LOW_SPEED_LIMIT", "0"),
-        ])
-        .spawn()
+    let (app, client, pushed_id) = rig
+        .watched(
+            "acme",
+            &[
+                ("HERALD__GIT__SCAN_WORKERS", "1"),
+                ("HERALD__SCHEDULER__RESCAN_INTERVAL", "300ms"),
+                ("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0"),
+                // A held connection moves no bytes; only the test ends it.
+                ("HERALD__GIT__LOW_SPEED_LIMIT", "0"),
+            ],
+        )
         .await;
-    let client = onboard(&app, &receiver, "acme").await;
-    let pushed_id = register(&app, &client, &daemon.url("pushed.git")).await;
     for name in &busy {
         register(&app, &client, &gate.url(name)).await;
     }
@@ -234,7 +231,7 @@ async fn a_requested_scan_goes_ahead_of_the_polls_backlog() {
 
     repo.write("pushed.md", "pushed\n");
     repo.commit("a push");
-    pushed.push(&repo, "HEAD:refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
     let (status, body) = app
         .call(
             Method::POST,

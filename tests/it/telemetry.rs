@@ -15,9 +15,9 @@ use prost::Message;
 use reqwest::StatusCode;
 use warp::Filter;
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{Rig, TestApp, engine_with, onboard, watch};
-use crate::receiver::{Receiver, Reply};
+use crate::gitserver::TestRepo;
+use crate::helpers::{Rig, TestApp, engine_with};
+use crate::receiver::Reply;
 
 /// One exported span, ids in lowercase hex.
 #[derive(Debug, Clone)]
@@ -311,9 +311,8 @@ async fn metrics_count_scans_changes_events_and_deliveries() {
     repo.write("docs/a.md", "alpha\n");
     repo.write("docs/b.md", "beta\n");
     repo.commit("first");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
+    let receiver = &rig.receiver;
     let app = engine_with(&[]).await;
 
     let before = scrape(&app).await;
@@ -329,9 +328,8 @@ async fn metrics_count_scans_changes_events_and_deliveries() {
     assert_eq!(value(&before, "herald_deliveries_total", &[]), 0.0);
     assert_eq!(value(&before, "herald_apps_disabled", &[]), 0.0);
 
-    let client = onboard(&app, &receiver, "measured").await;
+    let (client, repository_id) = rig.subscribe(&app, receiver, "measured").await;
     let app_id = client.app_id.as_str();
-    let repository_id = watch(&app, &client, &daemon.url("r.git")).await;
     receiver
         .wait_for("the initial snapshot", |r| r.len() == 2)
         .await;
@@ -384,7 +382,7 @@ async fn metrics_count_scans_changes_events_and_deliveries() {
     repo.write("docs/a.md", "alpha, revised\n");
     repo.remove("docs/b.md");
     let commit = repo.commit("change");
-    served.push(&repo, "main", false);
+    rig.served.push(&repo, "main", false);
     app.wait_for_commit(&client, &repository_id, &commit).await;
     receiver.wait_for("the change", |r| r.len() == 4).await;
     let after_change = scrape_until(&app, "the change's deliveries", |s| {

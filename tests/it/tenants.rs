@@ -6,8 +6,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, assert_error, onboard, watch};
+use crate::gitserver::TestRepo;
+use crate::helpers::{Rig, TestApp, TestClient, assert_error, onboard};
 use crate::receiver::Receiver;
 
 /// What B's subscription and events look like, for comparing before and
@@ -33,15 +33,12 @@ async fn an_app_cannot_see_or_touch_another_apps_repositories_or_events() {
     repo.write("secret-plans/b-only.md", "for B\n");
     repo.write("b-readme.md", "hello B\n");
     repo.commit("B's content");
-    let served = Served::new(&repo, "b-private.git");
-    let daemon = GitDaemon::serve(served.root());
-    let (receiver_a, receiver_b) = (Receiver::start().await, Receiver::start().await);
+    let rig = Rig::serve_as(&repo, "b-private.git").await;
+    let (receiver_a, receiver_b) = (Receiver::start().await, &rig.receiver);
     let app = TestApp::builder().loopback().spawn().await;
     let a = onboard(&app, &receiver_a, "app-a").await;
-    let b = onboard(&app, &receiver_b, "app-b").await;
-
-    let url = daemon.url("b-private.git");
-    let repository_id = watch(&app, &b, &url).await;
+    let (b, repository_id) = rig.subscribe(&app, receiver_b, "app-b").await;
+    let url = rig.url();
     receiver_b
         .wait_for("B's initial snapshot", |r| r.len() == 2)
         .await;

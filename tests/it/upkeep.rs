@@ -177,15 +177,13 @@ async fn a_successful_scan_clears_the_errors_git_left_even_when_nothing_moved() 
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     repo.commit("a");
-    let served = Served::new(&repo, "r.git");
-    let daemon = GitDaemon::serve(served.root());
-    let receiver = Receiver::start().await;
+    let rig = Rig::serve(&repo).await;
     let app = engine_with(&[]).await;
-    let client = onboard(&app, &receiver, "consumer").await;
+    let client = onboard(&app, &rig.receiver, "consumer").await;
     let (status, body) = app
         .register(
             &client,
-            serde_json::json!({"url": daemon.url("r.git"), "branch": "main"}),
+            serde_json::json!({"url": rig.url(), "branch": "main"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -195,15 +193,15 @@ async fn a_successful_scan_clears_the_errors_git_left_even_when_nothing_moved() 
 
     // The watched branch disappears (the remote's default moves away first,
     // as a host would require): scans fail and say so.
-    served.push(&repo, "HEAD:refs/heads/other", false);
-    served.set_head("other");
-    served.push(&repo, ":refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/other", false);
+    rig.served.set_head("other");
+    rig.served.push(&repo, ":refs/heads/main", false);
     app.wait_for(&client, &id, "the failure recorded", |v| {
         v["retry_count"].as_i64().unwrap_or(0) > 0 && !v["last_error"].is_null()
     })
     .await;
     // It comes back at the same commit: nothing moved, and the state heals.
-    served.push(&repo, "HEAD:refs/heads/main", false);
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
     let healed = app
         .wait_for(&client, &id, "the errors cleared", |v| {
             v["retry_count"] == 0 && v["last_error"].is_null()
