@@ -23,6 +23,7 @@ mod indexer_windows;
 mod local;
 mod pack;
 mod socket;
+mod tls;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -153,9 +154,10 @@ impl GitError {
                     "the git remote redirected to another address; redirects are not followed",
                 )
             }
+            // Refused by Herald's TLS stream (`git/tls.rs`): its words.
             (ErrorCode::Certificate, _) => Self::new(
                 GitFailure::Network,
-                "the git remote's TLS certificate was not accepted",
+                tls::CertificateRefusal::of(err).message(),
             ),
             (ErrorCode::NotFound, _) => Self::new(
                 GitFailure::NotFound,
