@@ -15,8 +15,9 @@
 
 # ---------------------------------------------------------------------------
 # Builder. The rust image already holds gcc, make and perl, which the
-# vendored libgit2 and OpenSSL need; nothing else is installed (libgit2's zlib
-# is zlib-rs, built by cargo: zlib/).
+# vendored C libraries (libgit2, SQLite, aws-lc) need; nothing else is
+# installed (libgit2's zlib is zlib-rs, built by cargo: zlib/; TLS is rustls,
+# no OpenSSL).
 # 1.95 is the workspace's rust-version.
 # ---------------------------------------------------------------------------
 FROM rust:1.95-trixie AS builder
@@ -75,7 +76,7 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
 FROM busybox:1.37.0-musl AS probe
 
 # ---------------------------------------------------------------------------
-# Runtime. libgit2, zlib-rs, OpenSSL and SQLite are compiled into the binary;
+# Runtime. libgit2, zlib-rs, aws-lc and SQLite are compiled into the binary;
 # it links only libc, libm and libgcc_s, all part of every Debian image. The CA
 # certificates (for https remotes, webhook endpoints and the OTLP exporter) are
 # the builder's bundle: one file, no apt run in this stage.

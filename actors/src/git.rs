@@ -34,6 +34,7 @@ mod pack;
 mod refs;
 mod remote;
 mod socket;
+mod tls;
 
 pub use self::error::{GitError, GitFailure};
 pub use self::mirror::{Mirror, MirrorStats, VERIFY_DAMAGE_AFTER, configure_process};

@@ -16,6 +16,7 @@
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
 //! - [`net`]: which IP addresses count as public (the SSRF rule).
 //! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
+//! - `tls`: the one TLS client configuration (webhooks and git over https).
 //! - [`telemetry`]: the trace context from a scan to its deliveries; the
 //!   engine's Prometheus series.
 //! - `test_support` (tests and benches only, feature `test-support`): a
@@ -50,6 +51,7 @@ pub mod supervisor;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
+mod tls;
 pub mod upkeep;
 pub mod wakeups;
 pub mod webhook_client;

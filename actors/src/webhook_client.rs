@@ -459,21 +459,7 @@ impl tower_service::Service<Name> for Resolver {
 fn tls_config(
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = if extra_roots.is_empty() {
-        rustls_platform_verifier::Verifier::new(provider.clone())
-    } else {
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-    }
-    .expect("the platform's certificate verifier starts");
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the default provider supports the default TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    crate::tls::client_config(extra_roots).expect("the platform's certificate verifier starts")
 }
 
 /// The byte stream under a connection: TCP, or TLS over TCP.

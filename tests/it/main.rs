@@ -22,6 +22,7 @@ mod history;
 mod hooks;
 mod hostile_git;
 mod hostile_http;
+mod https_git;
 mod lifecycle;
 mod listen;
 mod operations;

@@ -115,9 +115,10 @@ impl GitError {
                     "the git remote redirected to another address; redirects are not followed",
                 )
             }
+            // Refused by Herald's TLS stream (`git/tls.rs`): its words.
             (ErrorCode::Certificate, _) => Self::new(
                 GitFailure::Network,
-                "the git remote's TLS certificate was not accepted",
+                super::tls::CertificateRefusal::of(err).message(),
             ),
             (ErrorCode::NotFound, _) => Self::new(
                 GitFailure::NotFound,

@@ -134,8 +134,14 @@ impl Route {
         let destination = Destination::of(&spec.url);
         match (scheme, destination) {
             ("https", Some(destination)) => {
-                let egress = Egress::open(destination, spec.rule.allow_private, spec.timeout)
-                    .map_err(|_| {
+                // The operation's own sockets cut it at its deadline (with
+                // the reason); the proxy only must not outlive it, so its
+                // bound comes a little later and never ends a tunnel first
+                // (a tunnel closed under a handshake would read as a remote
+                // that could not be reached).
+                let bound = spec.timeout + EGRESS_GRACE;
+                let egress =
+                    Egress::open(destination, spec.rule.allow_private, bound).map_err(|_| {
                         GitError::new(GitFailure::Other, "the git connection could not be set up")
                     })?;
                 Ok(Self {
@@ -240,6 +246,9 @@ pub struct RemoteHead {
 /// Why an operation was cut short, if it was: by one of its sockets
 /// ([`socket`](super::socket)) or by the deadline the transfer callback
 /// checks.
+/// How much longer than its operation an egress proxy may wait on a read.
+const EGRESS_GRACE: Duration = Duration::from_secs(2);
+
 pub(super) fn cut_of(operation: &Operation, timed_out: &std::cell::Cell<bool>) -> Option<Cut> {
     operation
         .cut()

@@ -172,42 +172,48 @@ impl Drop for Operation {
 
 /// `git_stream` of libgit2 1.9 (`git2/sys/stream.h`), field for field.
 #[repr(C)]
-struct RawStream {
-    version: c_int,
-    /// The bit fields `encrypted : 1, proxy_support : 1`, both 0: a plain
-    /// socket.
-    flags: std::ffi::c_uint,
-    timeout: c_int,
-    connect_timeout: c_int,
-    connect: Option<unsafe extern "C" fn(*mut RawStream) -> c_int>,
-    certificate:
+pub(super) struct RawStream {
+    pub(super) version: c_int,
+    /// The bit fields `encrypted : 1, proxy_support : 1` (the first the
+    /// lowest bit): both 0 for a plain socket.
+    pub(super) flags: std::ffi::c_uint,
+    pub(super) timeout: c_int,
+    pub(super) connect_timeout: c_int,
+    pub(super) connect: Option<unsafe extern "C" fn(*mut RawStream) -> c_int>,
+    pub(super) certificate:
         Option<unsafe extern "C" fn(*mut *mut libgit2_sys::git_cert, *mut RawStream) -> c_int>,
-    set_proxy: Option<
+    pub(super) set_proxy: Option<
         unsafe extern "C" fn(*mut RawStream, *const libgit2_sys::git_proxy_options) -> c_int,
     >,
-    read: Option<unsafe extern "C" fn(*mut RawStream, *mut c_void, usize) -> isize>,
-    write: Option<unsafe extern "C" fn(*mut RawStream, *const c_char, usize, c_int) -> isize>,
-    close: Option<unsafe extern "C" fn(*mut RawStream) -> c_int>,
-    free: Option<unsafe extern "C" fn(*mut RawStream)>,
+    pub(super) read: Option<unsafe extern "C" fn(*mut RawStream, *mut c_void, usize) -> isize>,
+    pub(super) write:
+        Option<unsafe extern "C" fn(*mut RawStream, *const c_char, usize, c_int) -> isize>,
+    pub(super) close: Option<unsafe extern "C" fn(*mut RawStream) -> c_int>,
+    pub(super) free: Option<unsafe extern "C" fn(*mut RawStream)>,
 }
 
 /// `git_stream_registration`.
 #[repr(C)]
-struct Registration {
-    version: c_int,
-    init: Option<unsafe extern "C" fn(*mut *mut RawStream, *const c_char, *const c_char) -> c_int>,
-    wrap: Option<unsafe extern "C" fn(*mut *mut RawStream, *mut RawStream, *const c_char) -> c_int>,
+pub(super) struct Registration {
+    pub(super) version: c_int,
+    pub(super) init:
+        Option<unsafe extern "C" fn(*mut *mut RawStream, *const c_char, *const c_char) -> c_int>,
+    pub(super) wrap:
+        Option<unsafe extern "C" fn(*mut *mut RawStream, *mut RawStream, *const c_char) -> c_int>,
 }
 
-const GIT_STREAM_VERSION: c_int = 1;
+pub(super) const GIT_STREAM_VERSION: c_int = 1;
+/// `git_stream_t`: a plain socket, and a TLS one.
 const GIT_STREAM_STANDARD: c_int = 1;
+const GIT_STREAM_TLS: c_int = 2;
 
 unsafe extern "C" {
     fn git_stream_register(kind: c_int, registration: *mut Registration) -> c_int;
 }
 
-/// Makes Herald's socket the one libgit2 uses for every plain connection
-/// (TLS streams are built on top of it).
+/// Makes Herald's socket the one libgit2 uses for every plain connection,
+/// and Herald's TLS stream (`tls.rs`, on top of it or of a proxy tunnel)
+/// the one for every encrypted one: libgit2 is built without a TLS library.
 fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -220,6 +226,10 @@ fn register() {
         // SAFETY: libgit2 is initialised; it copies the registration.
         let result = unsafe { git_stream_register(GIT_STREAM_STANDARD, &mut registration) };
         assert_eq!(result, 0, "libgit2 refused Herald's socket stream");
+        let mut registration = super::tls::registration();
+        // SAFETY: as above.
+        let result = unsafe { git_stream_register(GIT_STREAM_TLS, &mut registration) };
+        assert_eq!(result, 0, "libgit2 refused Herald's TLS stream");
     });
 }
 
@@ -401,7 +411,7 @@ fn fail(failure: Failure) -> c_int {
 }
 
 /// Runs `body` without letting a panic cross into C.
-fn guarded<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
+pub(super) fn guarded<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(on_panic)
 }
 
@@ -412,7 +422,9 @@ unsafe fn socket<'a>(stream: *mut RawStream) -> &'a mut Socket {
     unsafe { &mut *stream.cast::<Socket>() }
 }
 
-unsafe extern "C" fn stream_init(
+/// Makes one of Herald's sockets (`init` of libgit2's registration; also
+/// the socket under Herald's TLS stream).
+pub(super) unsafe extern "C" fn stream_init(
     out: *mut *mut RawStream,
     host: *const c_char,
     port: *const c_char,
