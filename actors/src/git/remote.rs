@@ -191,6 +191,7 @@ impl Route {
     /// Starts the operation on this thread: its sockets obey the route's
     /// gate, its deadline and the low-speed rule.
     pub(super) fn begin(&self, spec: &RemoteSpec) -> Operation {
+        super::tls::register();
         Operation::begin(spec.timeout, spec.low_speed, self.gate.clone())
     }
 

@@ -205,15 +205,14 @@ pub(super) struct Registration {
 pub(super) const GIT_STREAM_VERSION: c_int = 1;
 /// `git_stream_t`: a plain socket, and a TLS one.
 const GIT_STREAM_STANDARD: c_int = 1;
-const GIT_STREAM_TLS: c_int = 2;
+pub(super) const GIT_STREAM_TLS: c_int = 2;
 
 unsafe extern "C" {
-    fn git_stream_register(kind: c_int, registration: *mut Registration) -> c_int;
+    pub(super) fn git_stream_register(kind: c_int, registration: *mut Registration) -> c_int;
 }
 
-/// Makes Herald's socket the one libgit2 uses for every plain connection,
-/// and Herald's TLS stream (`tls.rs`, on top of it or of a proxy tunnel)
-/// the one for every encrypted one: libgit2 is built without a TLS library.
+/// Makes Herald's socket the one libgit2 uses for every plain connection
+/// (Herald's TLS stream, `tls.rs`, registers itself and builds on it).
 fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -226,10 +225,6 @@ fn register() {
         // SAFETY: libgit2 is initialised; it copies the registration.
         let result = unsafe { git_stream_register(GIT_STREAM_STANDARD, &mut registration) };
         assert_eq!(result, 0, "libgit2 refused Herald's socket stream");
-        let mut registration = super::tls::registration();
-        // SAFETY: as above.
-        let result = unsafe { git_stream_register(GIT_STREAM_TLS, &mut registration) };
-        assert_eq!(result, 0, "libgit2 refused Herald's TLS stream");
     });
 }
 

@@ -2,8 +2,8 @@
 //!
 //! libgit2 is built without a TLS library of its own: its https transport
 //! asks the stream registry for a `GIT_STREAM_TLS` stream, and Herald
-//! registers this one (with its plain socket, `socket.rs`, in one
-//! `register()`), so git and webhooks share one TLS stack and one
+//! registers this one ([`register`], beside its plain socket, `socket.rs`,
+//! on which it builds), so git and webhooks share one TLS stack and one
 //! configuration (`crate::tls`: aws-lc-rs, the platform's verifier, which
 //! reads `SSL_CERT_FILE` / `SSL_CERT_DIR` on Linux).
 //!
@@ -35,18 +35,34 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use rustls::pki_types::ServerName;
 use rustls::{CertificateError, ClientConfig, ClientConnection};
 
-use super::socket::{GIT_STREAM_VERSION, RawStream, Registration, guarded, stream_init};
+use super::socket::{
+    GIT_STREAM_TLS, GIT_STREAM_VERSION, RawStream, Registration, git_stream_register, guarded,
+    stream_init,
+};
 
 #[cfg(test)]
 mod tests;
 
+/// Makes this stream the one libgit2 uses for TLS, once per process. Every
+/// git network operation calls it before it starts (`Route::begin`).
+pub(super) fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        libgit2_sys::init();
+        let mut registration = registration();
+        // SAFETY: libgit2 is initialised; it copies the registration.
+        let result = unsafe { git_stream_register(GIT_STREAM_TLS, &mut registration) };
+        assert_eq!(result, 0, "libgit2 refused Herald's TLS stream");
+    });
+}
+
 /// libgit2's registration of this stream (for `git_stream_register`).
-pub(super) fn registration() -> Registration {
+fn registration() -> Registration {
     Registration {
         version: GIT_STREAM_VERSION,
         init: Some(tls_init),

@@ -337,6 +337,7 @@ fn without_a_proxy_the_stream_opens_and_owns_its_own_socket() {
     let (_dir, root, head) = served_repository();
     let (authority, tls) = authority_and_localhost();
     let port = serve_https(root, tls);
+    super::register();
     let _operation = crate::git::socket::Operation::begin(
         Duration::from_secs(20),
         LowSpeed::default(),
