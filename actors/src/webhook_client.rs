@@ -1050,42 +1050,10 @@ mod tests {
         }
     }
 
-    /// A certificate authority and a certificate it issued for `localhost`.
-    fn authority_and_localhost() -> (
-        rustls::pki_types::CertificateDer<'static>,
-        tokio_rustls::TlsAcceptor,
-    ) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let mut params = CertificateParams::new(Vec::new()).expect("no names");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().expect("a key");
-        let ca = params.self_signed(&ca_key).expect("a CA");
-        let issuer = Issuer::new(params, ca_key);
-        let key = KeyPair::generate().expect("a key");
-        let leaf = CertificateParams::new(vec!["localhost".into()])
-            .expect("a name")
-            .signed_by(&key, &issuer)
-            .expect("a certificate");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("a server config");
-        (
-            ca.der().clone(),
-            tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        )
-    }
-
     #[tokio::test]
     async fn https_endpoints_are_verified_against_trusted_roots() {
-        let (root, acceptor) = authority_and_localhost();
+        let (root, config) = crate::tls::authority_and_localhost();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (addr, connections) = receiver(Some(acceptor), echo).await;
         let url = format!("https://localhost:{}/hook", addr.port());
 

@@ -15,6 +15,7 @@ use crate::git::fixtures::{commit, git, source_repository};
 use crate::git::{ConnectRule, GitFailure, LowSpeed, Mirror, RemoteSpec, probe};
 
 use super::CertificateRefusal;
+use crate::tls::authority_and_localhost;
 
 thread_local! {
     /// Roots a test trusts besides the platform's, for the connections
@@ -29,34 +30,6 @@ fn trusting<T>(root: &CertificateDer<'static>, body: impl FnOnce() -> T) -> T {
     let result = body();
     EXTRA_ROOTS.with(|roots| *roots.borrow_mut() = None);
     result
-}
-
-/// A certificate authority and a server configuration with a certificate
-/// it issued for `localhost`.
-fn authority_and_localhost() -> (CertificateDer<'static>, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let mut params = CertificateParams::new(Vec::new()).expect("no names");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().expect("a key");
-    let ca = params.self_signed(&ca_key).expect("a CA");
-    let issuer = Issuer::new(params, ca_key);
-    let key = KeyPair::generate().expect("a key");
-    let leaf = CertificateParams::new(vec!["localhost".into()])
-        .expect("a name")
-        .signed_by(&key, &issuer)
-        .expect("a certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("a server config");
-    (ca.der().clone(), Arc::new(config))
 }
 
 /// Smart HTTP over TLS for the bare repositories under `root`: one request
