@@ -12,14 +12,19 @@
 //! 2. A fresh Herald watching `--repos` repositories: one-file repositories
 //!    (links to one bare repository, so each is a repository of its own to
 //!    Herald), all rescanned every `--interval` seconds, plus one like the
-//!    floor's. Once every initial snapshot has arrived: Herald's CPU share
-//!    (of one core) and RSS over `--idle` seconds, and the rescans it made
-//!    meanwhile; then the same pushes to the one repository, each as a
-//!    ratio to the floor's median.
+//!    floor's. Once every initial snapshot has arrived, it settles for
+//!    `--settle` seconds (the poll catches up on the repositories that fell
+//!    due while thousands were registered, so what follows is the steady
+//!    state); then Herald's CPU share (of one core) and RSS over `--idle`
+//!    seconds, and the rescans it made meanwhile; then the same pushes to
+//!    the one repository, each as a ratio to the floor's median, split into
+//!    push → first webhook (the scan: its wait for a worker, fetch, diff,
+//!    outbox) and first → last webhook (delivery).
 //!
 //! Options (defaults in brackets): `--repos N` [1000], `--interval SECS`
 //! [30 × repos / 1000: the rate of 10,000 repositories at the default 5
-//! minutes], `--idle SECS` [60], `--pushes N` [10], `--files N` [200],
+//! minutes], `--settle SECS` [the interval], `--idle SECS` [60], `--pushes
+//! N` [10], `--files N` [200],
 //! `--workers N` [Herald's default `git.scan_workers`].
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) the sizes shrink to a
@@ -40,6 +45,7 @@ const EVENTS_PER_COMMIT: usize = 10;
 struct Options {
     repos: usize,
     interval: Option<u64>,
+    settle: Option<u64>,
     idle: u64,
     pushes: usize,
     files: usize,
@@ -52,6 +58,7 @@ fn parse_options() -> Options {
         Options {
             repos: 1_000,
             interval: None,
+            settle: None,
             idle: 60,
             pushes: 10,
             files: 200,
@@ -61,6 +68,7 @@ fn parse_options() -> Options {
         Options {
             repos: 20,
             interval: Some(2),
+            settle: Some(1),
             idle: 3,
             pushes: 2,
             files: 40,
@@ -71,6 +79,7 @@ fn parse_options() -> Options {
         match arg.as_str() {
             "--repos" => options.repos = args.number(&arg),
             "--interval" => options.interval = Some(args.number(&arg) as u64),
+            "--settle" => options.settle = Some(args.number(&arg) as u64),
             "--idle" => options.idle = args.number(&arg) as u64,
             "--pushes" => options.pushes = args.number(&arg),
             "--files" => options.files = args.number(&arg),
@@ -86,6 +95,10 @@ impl Options {
     fn interval(&self) -> u64 {
         self.interval
             .unwrap_or_else(|| (30 * self.repos as u64 / 1_000).max(1))
+    }
+
+    fn settle(&self) -> u64 {
+        self.settle.unwrap_or_else(|| self.interval())
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -123,6 +136,8 @@ fn main() {
 struct Measured {
     /// Push → last webhook of the commit, ms, one per push.
     latencies: Vec<f64>,
+    /// Push → first webhook of the commit, ms, one per push.
+    to_first: Vec<f64>,
     idle: Idle,
 }
 
@@ -169,6 +184,12 @@ async fn run(options: &Options) {
         percentile(&many.latencies, 90.0),
         percentile(&floor.latencies, 90.0),
         many_median / floor_median,
+    );
+    println!(
+        "| of which push → first webhook (the scan), median | {:.0} ms | {:.0} ms | {:.2}× |",
+        median(&many.to_first),
+        median(&floor.to_first),
+        median(&many.to_first) / median(&floor.to_first),
     );
     println!(
         "| Herald's CPU while idle (of one core) | {:.1}% | {:.1}% | — |",
@@ -244,9 +265,12 @@ async fn watch(
         started.elapsed().as_secs_f64()
     );
     receiver.take();
+    if !others.is_empty() {
+        tokio::time::sleep(Duration::from_secs(options.settle())).await;
+    }
     let idle = measure_idle_cost(&herald, options.idle).await;
 
-    let mut latencies = Vec::new();
+    let (mut latencies, mut to_first) = (Vec::new(), Vec::new());
     for k in 1..=options.pushes {
         let before = receiver.count();
         measured.set_head(k);
@@ -259,16 +283,19 @@ async fn watch(
             Duration::from_secs(600),
         )
         .await;
-        let last = receiver
-            .snapshot()
-            .iter()
-            .map(|a| a.at)
-            .fold(f64::MIN, f64::max);
-        latencies.push(last - pushed_at);
+        let arrivals = receiver.snapshot();
+        let times = arrivals[before..].iter().map(|a| a.at);
+        let first = times.clone().fold(f64::MAX, f64::min);
+        let last = times.fold(f64::MIN, f64::max);
+        to_first.push((first - pushed_at).max(0.0));
+        latencies.push((last - pushed_at).max(0.0));
     }
     herald.stop().await;
-    latencies.iter_mut().for_each(|l| *l = l.max(0.0));
-    Measured { latencies, idle }
+    Measured {
+        latencies,
+        to_first,
+        idle,
+    }
 }
 
 /// Herald's CPU share and RSS over `seconds`, sampled every second, and the
