@@ -107,6 +107,7 @@ pub(crate) async fn update(
         base_url,
         notify_synced: request.notify_synced,
         backoff,
+        window: None,
     };
     let updated = state
         .store
