@@ -4,7 +4,7 @@
 use actors::clock::rfc3339_ms;
 use actors::crypto;
 use actors::ids::AppId;
-use actors::store::apps::{AppDeletion, DeliveryWindow, NewApp};
+use actors::store::apps::{AppDeletion, NewApp};
 use secrecy::ExposeSecret;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -104,7 +104,12 @@ pub(crate) async fn onboard(
             Some(key) => domain::client_auth_key(key)?,
             None => crypto::generate_client_auth_key(),
         },
-        window: DeliveryWindow::default(),
+        window: request
+            .window
+            .as_ref()
+            .map(domain::window)
+            .transpose()?
+            .unwrap_or_default(),
     };
     let onboarded = state.store.onboard_app(new).await?;
     tracing::info!(app = %onboarded.app.id, "app onboarded");
