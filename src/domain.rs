@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use actors::store::apps::DeliveryWindow;
 use secrecy::SecretString;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use url::{Host, Url};
@@ -202,6 +203,18 @@ pub fn backoff(policy: &str, base: &str, max: &str) -> Result<(String, i64, i64)
     Ok((policy.as_str().to_owned(), base, max))
 }
 
+/// An app's delivery window: how many webhooks of one subscription may be
+/// in flight at once, a JSON whole number from 1 to 64 (`null`, a string or
+/// a fraction is refused like any other value out of range).
+pub fn window(raw: &serde_json::Value) -> Result<DeliveryWindow, Invalid> {
+    raw.as_i64().and_then(DeliveryWindow::new).ok_or_else(|| {
+        invalid(
+            "window",
+            format!("must be a whole number from 1 to {}", DeliveryWindow::MAX),
+        )
+    })
+}
+
 pub async fn base_url(raw: &str, policy: UrlPolicy) -> Result<String, Invalid> {
     const FIELD: &str = "base_url";
     let value = bounded(FIELD, raw, 1, MAX_URL_LEN)?;
@@ -376,6 +389,31 @@ mod tests {
         allow_http_targets: false,
         allow_local_repos: false,
     };
+
+    #[test]
+    fn a_window_is_a_whole_number_from_1_to_64() {
+        for n in [1, 8, 64] {
+            assert_eq!(
+                window(&serde_json::json!(n)).map(DeliveryWindow::get),
+                Ok(n)
+            );
+        }
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(65),
+            serde_json::json!(-1),
+            serde_json::json!(8.5),
+            serde_json::json!(8.0),
+            serde_json::json!("8"),
+            serde_json::json!(null),
+            serde_json::json!(true),
+            serde_json::json!([8]),
+        ] {
+            let refused = window(&bad).expect_err("refused");
+            assert_eq!(refused.field, "window", "{bad}");
+            assert!(refused.message.contains("1 to 64"), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn base_urls_must_be_public_https() {

@@ -21,6 +21,7 @@ pub struct Model {
     pub backoff_base_ms: Option<i64>,
     pub backoff_max_ms: Option<i64>,
     pub notify_synced: bool,
+    pub delivery_window: i32,
     pub failing_since: Option<i64>,
     pub disabled_at: Option<i64>,
     pub created_at: i64,

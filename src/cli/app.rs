@@ -77,6 +77,10 @@ pub struct OnboardArgs {
         value_parser = secret_arg
     )]
     pub client_auth_key: Option<SecretString>,
+    /// Up to this many webhooks of one subscription in flight at once, 1 to
+    /// 64 (default 1: each subscription strictly in order).
+    #[arg(long, value_name = "N")]
+    pub window: Option<u32>,
 }
 
 fn secret_arg(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -92,6 +96,10 @@ pub struct UpdateArgs {
     /// Whether the app receives an event when a repository is in sync.
     #[arg(long)]
     pub notify_synced: Option<bool>,
+    /// Up to this many webhooks of one subscription in flight at once, 1 to
+    /// 64 (1: each subscription strictly in order; above: in order per file).
+    #[arg(long, value_name = "N")]
+    pub window: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +142,8 @@ struct AppSummary {
     website: Option<String>,
     description: Option<String>,
     status: String,
+    /// Absent from a server that has no delivery window.
+    window: Option<u64>,
     created_at: String,
     repository_count: u64,
     failed_notification_count: u64,
@@ -170,6 +180,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(key) = &args.client_auth_key {
                 body["client_auth_key"] = json!(key.expose_secret());
+            }
+            if let Some(window) = args.window {
+                body["window"] = json!(window);
             }
             let reply = api
                 .call(
@@ -216,7 +229,7 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             let mut rows = table([
-                "ID", "NAME", "BASE URL", "STATUS", "REPOS", "FAILED", "CREATED",
+                "ID", "NAME", "BASE URL", "STATUS", "WINDOW", "REPOS", "FAILED", "CREATED",
             ]);
             for app in &list.data.data {
                 rows.add_row(vec![
@@ -224,6 +237,7 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
                     app.app_name.clone(),
                     app.base_url.clone(),
                     app.status.clone(),
+                    or_dash(app.window),
                     app.repository_count.to_string(),
                     app.failed_notification_count.to_string(),
                     app.created_at.clone(),
@@ -256,6 +270,7 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
                 ("website", or_dash(app.website)),
                 ("description", or_dash(app.description)),
                 ("status", app.status),
+                ("window", or_dash(app.window)),
                 ("created", app.created_at),
                 ("repositories", app.repository_count.to_string()),
                 ("failed events", app.failed_notification_count.to_string()),
@@ -294,6 +309,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(notify) = args.notify_synced {
                 body.insert("notify_synced".into(), json!(notify));
+            }
+            if let Some(window) = args.window {
+                body.insert("window".into(), json!(window));
             }
             let reply = api
                 .call(Method::PATCH, &["api", "app"], Some(&Value::Object(body)))

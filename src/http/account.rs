@@ -1,6 +1,7 @@
 //! The calling app's own settings (`Authorization: Bearer <app token>`):
 //! `GET /api/app`, `PATCH /api/app` (base_url, the opt-in `synced`
-//! notification, its retry backoff) and `POST /api/app/rotate-key`.
+//! notification, its retry backoff, its delivery window) and
+//! `POST /api/app/rotate-key`.
 
 use actors::backoff::Backoff;
 use actors::clock::{now_ms, rfc3339_ms};
@@ -61,7 +62,8 @@ fn view(app: &app::Model, state: &AppState) -> AppView {
     }
 }
 
-/// The calling app: where its webhooks go, its opt-ins, its backoff.
+/// The calling app: where its webhooks go, its opt-ins, its backoff, its
+/// delivery window.
 #[utoipa::path(get, path = "/api/app", tag = "client",
     security(("app_token" = [])),
     responses(
@@ -71,7 +73,8 @@ pub(crate) async fn show(app: app::Model, state: AppState) -> Result<Response, A
     Ok(warp::reply::json(&view(&app, &state)).into_response())
 }
 
-/// Changes the calling app's base_url, `synced` opt-in or retry backoff.
+/// Changes the calling app's base_url, `synced` opt-in, retry backoff or
+/// delivery window.
 /// Every field is validated before anything is written.
 #[utoipa::path(patch, path = "/api/app", tag = "client",
     request_body = UpdateApp,
@@ -87,10 +90,15 @@ pub(crate) async fn update(
     request: UpdateApp,
     state: AppState,
 ) -> Result<Response, ApiError> {
-    if request.base_url.is_none() && request.notify_synced.is_none() && request.backoff.is_none() {
+    if request.base_url.is_none()
+        && request.notify_synced.is_none()
+        && request.backoff.is_none()
+        && request.window.is_none()
+    {
         return Err(Invalid {
             field: "body",
-            message: "names nothing to change (base_url, notify_synced or backoff)".to_owned(),
+            message: "names nothing to change (base_url, notify_synced, backoff or window)"
+                .to_owned(),
         }
         .into());
     }
@@ -103,10 +111,12 @@ pub(crate) async fn update(
         .as_ref()
         .map(|b| domain::backoff(&b.policy, &b.base, &b.max))
         .transpose()?;
+    let window = request.window.as_ref().map(domain::window).transpose()?;
     let update = AppUpdate {
         base_url,
         notify_synced: request.notify_synced,
         backoff,
+        window,
     };
     let updated = state
         .store

@@ -104,6 +104,12 @@ pub(crate) async fn onboard(
             Some(key) => domain::client_auth_key(key)?,
             None => crypto::generate_client_auth_key(),
         },
+        window: request
+            .window
+            .as_ref()
+            .map(domain::window)
+            .transpose()?
+            .unwrap_or_default(),
     };
     let onboarded = state.store.onboard_app(new).await?;
     tracing::info!(app = %onboarded.app.id, "app onboarded");

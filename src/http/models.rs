@@ -2,6 +2,7 @@
 //! Field names and nesting follow Docora where Docora has the route.
 
 use actors::clock::rfc3339_ms;
+use actors::store::apps::DeliveryWindow;
 use actors::store::subscriptions::SubscriptionView;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -32,6 +33,15 @@ pub struct VersionBody {
     pub version: &'static str,
 }
 
+/// A field that, once in the body, is passed on as it is, `null` included:
+/// `null` is then refused by the field's own validation rather than read as
+/// absent.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OnboardRequest {
     /// 3 to 100 characters.
@@ -44,6 +54,12 @@ pub struct OnboardRequest {
     pub description: Option<String>,
     /// The HMAC signing key, 16 to 500 characters; generated when absent.
     pub client_auth_key: Option<String>,
+    /// Up to this many webhooks of one subscription in flight at once, 1 to
+    /// 64 (default 1). 1 delivers each subscription strictly in order;
+    /// above 1 the order is kept per file path.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = u8, minimum = 1, maximum = 64)]
+    pub window: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -115,6 +131,9 @@ pub struct AppProfile {
     pub description: Option<String>,
     /// `active`, or `disabled` after failing for `delivery.disable_after`.
     pub status: String,
+    /// Up to this many webhooks of one subscription in flight at once.
+    #[schema(minimum = 1, maximum = 64)]
+    pub window: usize,
     pub created_at: String,
 }
 
@@ -128,6 +147,7 @@ impl From<&entity::app::Model> for AppProfile {
             website: app.website.clone(),
             description: app.description.clone(),
             status: app.status.to_string(),
+            window: DeliveryWindow::of_app(app).get(),
             created_at: rfc3339_ms(app.created_at),
         }
     }
@@ -345,6 +365,12 @@ pub struct UpdateApp {
     pub notify_synced: Option<bool>,
     /// The app's own retry backoff (all three fields).
     pub backoff: Option<BackoffView>,
+    /// Up to this many webhooks of one subscription in flight at once, 1 to
+    /// 64. 1 delivers each subscription strictly in order; above 1 the
+    /// order is kept per file path.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = u8, minimum = 1, maximum = 64)]
+    pub window: Option<serde_json::Value>,
 }
 
 /// `POST /api/app/rotate-key`: the new key, shown once.

@@ -504,4 +504,29 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_delivery_window_is_documented_where_apps_send_and_see_it() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for sent in ["UpdateApp", "OnboardRequest"] {
+            let window = &schemas[sent]["properties"]["window"];
+            assert_eq!(window["type"], "integer", "{sent}: {window}");
+            assert_eq!(window["minimum"], 1, "{sent}: {window}");
+            assert_eq!(window["maximum"], 64, "{sent}: {window}");
+            let required = schemas[sent]["required"].as_array();
+            assert!(
+                !required.is_some_and(|r| r.contains(&serde_json::json!("window"))),
+                "{sent}: window is optional"
+            );
+        }
+        let shown = &schemas["AppProfile"];
+        assert_eq!(shown["properties"]["window"]["type"], "integer", "{shown}");
+        assert!(
+            shown["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&serde_json::json!("window"))),
+            "{shown}"
+        );
+    }
 }

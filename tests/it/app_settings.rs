@@ -1,12 +1,16 @@
-//! The app's own settings end to end: `GET`/`PATCH /api/app`, the opt-in
-//! `synced` notification, key rotation with both keys signing, and an
-//! operator re-enabling a disabled app.
+//! The app's own settings end to end: `GET`/`PATCH /api/app`, the delivery
+//! window, the opt-in `synced` notification, key rotation with both keys
+//! signing, and an operator re-enabling a disabled app.
 
 use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 use crate::gitserver::{Served, TestRepo};
-use crate::helpers::{Rig, TestApp, TestClient, assert_error, engine_with, onboard, watch};
+use crate::helpers::{
+    PUBLIC_BASE_URL, Rig, TestApp, TestClient, assert_error, database_url, engine_with, onboard,
+    watch,
+};
 use crate::receiver::{Receiver, Reply, standard_signature, verify};
 
 async fn patch_app(app: &TestApp, client: &TestClient, body: Value) -> (StatusCode, Value) {
@@ -31,6 +35,7 @@ async fn patch_validates_every_field_before_writing_anything() {
     assert_eq!(before["app_id"], client.app_id.as_str());
     assert_eq!(before["notify_synced"], false);
     assert_eq!(before["backoff"]["policy"], "exp_full_jitter");
+    assert_eq!(before["window"], 1);
     assert!(before["previous_key_expires_at"].is_null());
     assert!(
         !before.to_string().contains(&client.client_auth_key),
@@ -90,6 +95,148 @@ async fn patch_validates_every_field_before_writing_anything() {
     assert_eq!(show_app(&app, &client).await, updated);
     // Tenants are isolated: the other app is untouched.
     assert_eq!(show_app(&app, &other).await["notify_synced"], false);
+}
+
+/// Every value a client may send as `window` that is not a whole number
+/// from 1 to 64.
+fn invalid_windows() -> [Value; 7] {
+    [
+        json!(0),
+        json!(65),
+        json!(-1),
+        json!(8.5),
+        json!("x"),
+        json!("8"),
+        json!(null),
+    ]
+}
+
+#[tokio::test]
+async fn the_delivery_window_is_1_to_64_and_refused_whole_otherwise() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let before = show_app(&app, &client).await;
+    assert_eq!(before["window"], 1, "one at a time by default: {before}");
+
+    let refused = invalid_windows()
+        .into_iter()
+        .map(|window| json!({"window": window}))
+        // Valid settings beside an invalid window are not written either.
+        .chain([json!({"notify_synced": true, "window": 0})])
+        .chain([json!({"window": 8, "notify_synced": "yes"})]);
+    for body in refused {
+        let (status, answer) = patch_app(&app, &client, body.clone()).await;
+        let code = assert_error(status, &answer, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code, "validation_failed", "{body}: {answer}");
+        assert_eq!(
+            show_app(&app, &client).await,
+            before,
+            "{body} changed nothing"
+        );
+    }
+    let (_, answer) = patch_app(&app, &client, json!({"window": null})).await;
+    assert_eq!(
+        answer["error"], "window: must be a whole number from 1 to 64",
+        "{answer}"
+    );
+
+    for window in [64, 1, 16] {
+        let (status, updated) = patch_app(&app, &client, json!({"window": window})).await;
+        assert_eq!(status, StatusCode::OK, "{updated}");
+        assert_eq!(updated["window"], window, "{updated}");
+        assert_eq!(show_app(&app, &client).await, updated);
+    }
+    // Operators see it in the admin API.
+    let (status, detail) = app
+        .admin(
+            Method::GET,
+            &format!("/admin/api/apps/{}", client.app_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert_eq!(detail["data"]["window"], 16, "{detail}");
+    let (status, list) = app.admin(Method::GET, "/admin/api/apps", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["data"]["data"][0]["window"], 16, "{list}");
+}
+
+#[tokio::test]
+async fn onboarding_takes_a_delivery_window() {
+    let app = TestApp::spawn().await;
+    let request = |name: &str, window: Value| {
+        json!({
+            "app_name": name,
+            "base_url": PUBLIC_BASE_URL,
+            "email": "dev@example.com",
+            "window": window,
+        })
+    };
+    for window in invalid_windows() {
+        let (status, answer) = app
+            .admin(
+                Method::POST,
+                "/admin/api/apps/onboard",
+                Some(request("acme", window.clone())),
+            )
+            .await;
+        assert_error(status, &answer, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("window:")),
+            "{window}: {answer}"
+        );
+    }
+    assert_eq!(app.app_count().await, 0, "no refused app was stored");
+
+    let wide = app.onboard_with(request("wide", json!(8))).await;
+    assert_eq!(show_app(&app, &wide).await["window"], 8);
+    let plain = app.onboard("plain").await;
+    assert_eq!(show_app(&app, &plain).await["window"], 1);
+}
+
+/// An app stored before apps had a delivery window keeps strict order.
+#[tokio::test]
+async fn apps_stored_before_the_delivery_window_existed_get_window_1() {
+    let app = TestApp::spawn().await;
+    let client = app.onboard("acme").await;
+    let (status, body) = patch_app(&app, &client, json!({"window": 8})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The database as the previous version left it.
+    let (dir, database) = app.stop().await;
+    let db = sea_orm::Database::connect(database_url(dir.path(), &database))
+        .await
+        .expect("the test opens the database");
+    let backend = db.get_database_backend();
+    for sql in [
+        "ALTER TABLE apps DROP COLUMN delivery_window",
+        "DELETE FROM seaql_migrations WHERE version = 'm20261126_000040_add_app_delivery_window'",
+    ] {
+        db.execute_raw(sea_orm::Statement::from_string(backend, sql))
+            .await
+            .expect("the old state is written");
+    }
+    db.close().await.ok();
+    let app = TestApp::builder().data_dir(dir).spawn_with(database).await;
+
+    let db = app.database().await;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT delivery_window FROM apps",
+        ))
+        .await
+        .expect("the query runs")
+        .expect("the app");
+    let stored: i32 = row.try_get("", "delivery_window").expect("a number");
+    assert_eq!(stored, 1, "the stored row, not only the API's view of it");
+    db.close().await.ok();
+    assert_eq!(show_app(&app, &client).await["window"], 1);
+    let (status, body) = patch_app(&app, &client, json!({"window": 4})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(show_app(&app, &client).await["window"], 4);
 }
 
 #[tokio::test]

@@ -787,6 +787,54 @@ async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("base_url"), "{}", refused.stderr);
 
+    let widened = herald(&app, &client.token, &["app", "update", "--window", "8"]).await;
+    assert_eq!(widened.code, 0, "{}", widened.stderr);
+    assert_eq!(
+        widened.row("window"),
+        Some(vec!["window".to_owned(), "8".to_owned()]),
+        "{widened:#?}"
+    );
+    for bad in ["0", "65"] {
+        let refused = herald(&app, &client.token, &["app", "update", "--window", bad]).await;
+        assert_eq!(refused.code, 1, "{refused:#?}");
+        assert!(refused.stderr.contains("window"), "{}", refused.stderr);
+    }
+    // Operators see it where the CLI shows apps.
+    let shown = herald(&app, ADMIN_TOKEN, &["app", "show", &client.app_id]).await;
+    assert_eq!(
+        shown.ok().row("window"),
+        Some(vec!["window".to_owned(), "8".to_owned()]),
+        "{shown:#?}"
+    );
+    let list = herald(&app, ADMIN_TOKEN, &["app", "list"]).await;
+    let row = list.ok().row(&client.app_id).expect("the app's row");
+    assert_eq!(row[4], "8", "{list:#?}");
+    let wide = herald(
+        &app,
+        ADMIN_TOKEN,
+        &[
+            "app",
+            "onboard",
+            "--json",
+            "--name",
+            "wide",
+            "--base-url",
+            "https://example.com/hooks",
+            "--email",
+            "dev@example.com",
+            "--window",
+            "16",
+        ],
+    )
+    .await;
+    assert_eq!(wide.code, 0, "{}", wide.stderr);
+    let wide_id = wide.json()["data"]["app_id"]
+        .as_str()
+        .expect("an app id")
+        .to_owned();
+    let shown = herald(&app, ADMIN_TOKEN, &["app", "show", &wide_id, "--json"]).await;
+    assert_eq!(shown.json()["data"]["window"], 16);
+
     let rotated = herald(&app, &client.token, &["app", "rotate-key", "--json"]).await;
     assert_eq!(rotated.code, 0, "{}", rotated.stderr);
     let body = rotated.json();

@@ -4,7 +4,7 @@
 //! that reaches a real receiver.
 
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
-use reqwest::{Response, StatusCode, redirect};
+use reqwest::{Method, Response, StatusCode, redirect};
 use sea_orm::ConnectionTrait;
 
 use crate::gitserver::TestRepo;
@@ -516,6 +516,11 @@ async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
         detail.contains("Endpoint breaker") && detail.contains("the default (delivery.backoff)"),
         "{detail}"
     );
+    assert!(
+        detail.contains("Delivery window")
+            && detail.contains("1 webhook at a time per subscription, in order"),
+        "{detail}"
+    );
     let confirm = browser
         .page(&format!("/admin/apps/{}/delete", client.app_id))
         .await;
@@ -565,6 +570,23 @@ async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
         gone.status(),
         StatusCode::CONFLICT,
         "a delivered event stays delivered"
+    );
+
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/api/app",
+            Some(&client.token),
+            Some(serde_json::json!({"window": 8})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let detail = browser
+        .page(&format!("/admin/apps/{}", client.app_id))
+        .await;
+    assert!(
+        detail.contains("up to 8 webhooks at a time per subscription, in order per file"),
+        "{detail}"
     );
 }
 

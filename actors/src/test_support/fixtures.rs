@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use crate::crypto::Keyring;
 use crate::ids::{AppId, RepoId};
 use crate::store::Store;
-use crate::store::apps::NewApp;
+use crate::store::apps::{DeliveryWindow, NewApp};
 use crate::store::subscriptions::{NewSubscription, SubscriptionView};
 
 /// A SQLite database file `herald.db` in `dir` (created when opened).
@@ -43,6 +43,7 @@ pub fn new_app(name: &str) -> NewApp {
         website: None,
         description: None,
         client_auth_key: SecretString::from("k".repeat(16)),
+        window: DeliveryWindow::default(),
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use actors::clock::now_ms;
 use actors::ids::AppId;
+use actors::store::apps::DeliveryWindow;
 use actors::store::inbound::HookFilter;
 use entity::BreakerKind;
 use maud::{Markup, html};
@@ -250,6 +251,7 @@ pub async fn app_detail(
                 dt { "Contact" } dd { (app.email) }
                 dt { "Failing since" } dd { (when_opt(app.failing_since)) }
                 dt { "Backoff" } dd { (backoff(app)) }
+                dt { "Delivery window" } dd { (window(app)) }
                 dt { "Endpoint breaker" } dd {
                     @match &endpoint {
                         Some(b) => {
@@ -318,6 +320,14 @@ fn backoff(app: &entity::app::Model) -> String {
             (None, Some(max)) => format!("{policy}, up to {max}"),
             (None, None) => policy.to_owned(),
         },
+    }
+}
+
+/// The app's delivery window and the order it keeps.
+fn window(app: &entity::app::Model) -> String {
+    match DeliveryWindow::of_app(app).get() {
+        1 => "1 webhook at a time per subscription, in order".to_owned(),
+        n => format!("up to {n} webhooks at a time per subscription, in order per file"),
     }
 }
 

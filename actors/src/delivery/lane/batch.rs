@@ -17,6 +17,7 @@ use crate::owned::Pending;
 use crate::payload::RepositoryRef;
 use crate::scan::ScanPool;
 use crate::signing::Signer;
+use crate::store::apps::DeliveryWindow;
 use crate::store::{Store, StoreError};
 
 /// Everything a lane needs, loaded once per batch.
@@ -28,6 +29,13 @@ pub(super) struct LaneContext {
     /// The mirror's reader for look-aheads on blocking workers.
     pub(super) mirror_ahead: MirrorReader,
     pub(super) backoff: Backoff,
+    /// Up to this many of the subscription's webhooks may be in flight at
+    /// once: the app's `delivery_window`, within 1 to 64.
+    #[expect(
+        dead_code,
+        reason = "read once the lane keeps several requests in flight"
+    )]
+    pub(super) window: usize,
 }
 
 /// What reading a lane's next batch needs, shared with the task that reads
@@ -100,6 +108,7 @@ impl BatchReads {
                 .into(),
         );
         let backoff = Backoff::of_app(&app, self.config.backoff);
+        let window = DeliveryWindow::of_app(&app).get();
         let mirror_path = self
             .config
             .mirrors_dir
@@ -143,6 +152,7 @@ impl BatchReads {
                 pool: self.pool.clone(),
             },
             backoff,
+            window,
         }))
     }
 
