@@ -37,6 +37,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actors::git::Mirror;
+use actors::ids::{AppId, RepoId, SubscriptionId};
 use actors::payload::{self, Chunking, RepositoryRef};
 use actors::signing;
 use actors::store::Store;
@@ -476,7 +477,7 @@ async fn polling_cost(store: &Store) -> (f64, f64) {
         let t = Instant::now();
         store
             .subscriptions_due(
-                &app,
+                &AppId::stored(app.as_str()),
                 actors::clock::now_ms(),
                 Some(actors::clock::now_ms() - 3_600_000),
                 8,
@@ -606,7 +607,7 @@ async fn replay(
     let total = events.len();
     let sample = &events[..samples.min(total)];
     let repo = store
-        .repository_row(repository)
+        .repository_row(&RepoId::stored(repository))
         .await
         .expect("a query")
         .expect("the repository");
@@ -805,7 +806,7 @@ async fn replay(
         for _ in 0..5 {
             let t = Instant::now();
             let batch = store
-                .next_events(subscription, i64::MIN, 64)
+                .next_events(&SubscriptionId::stored(subscription), i64::MIN, 64)
                 .await
                 .expect("next_events");
             times.push(ms(t));
@@ -848,7 +849,7 @@ async fn replay(
                 let t = Instant::now();
                 store
                     .subscriptions_due(
-                        &app,
+                        &AppId::stored(app.as_str()),
                         actors::clock::now_ms(),
                         Some(actors::clock::now_ms() - 3_600_000),
                         8,

@@ -17,6 +17,7 @@
 //! however many lanes wait, and its events wait without using up their
 //! attempts.
 
+mod congestion;
 mod content;
 mod lane;
 
@@ -30,6 +31,7 @@ use entity::BreakerKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, warn};
 
+use self::congestion::Congestion;
 use self::lane::{LaneActor, LaneArgs, LaneMsg};
 use crate::backoff::Backoff;
 use crate::breaker::actor::{BreakerActor, BreakerArgs, BreakerMsg};
@@ -42,6 +44,7 @@ use crate::restart::{Ended, RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::signals::OutboxSignal;
 use crate::store::Store;
+use crate::store::apps::DeliveryWindow;
 use crate::store::leases::LeaseToken;
 use crate::webhook_client::WebhookClient;
 
@@ -94,7 +97,7 @@ pub enum DispatcherMsg {
     /// Look for apps with due events.
     Wake,
     /// Restart an app actor that failed.
-    Restart(String),
+    Restart(AppId),
 }
 
 pub struct Dispatcher;
@@ -113,10 +116,10 @@ pub struct DispatcherState {
     pool: ScanPool,
     config: DeliveryConfig,
     client: WebhookClient,
-    apps: HashMap<String, ActorRef<AppMsg>>,
+    apps: HashMap<AppId, ActorRef<AppMsg>>,
     /// The engine's restart policy, applied to each app actor.
     restart: RestartPolicy,
-    restarts: HashMap<String, RestartTracker>,
+    restarts: HashMap<AppId, RestartTracker>,
     /// Background tasks stopped with the dispatcher (tick, signal bridge),
     /// also when it fails.
     tasks: Vec<tokio_util::task::AbortOnDropHandle<()>>,
@@ -126,13 +129,13 @@ impl DispatcherState {
     async fn app(
         &mut self,
         myself: &ActorRef<DispatcherMsg>,
-        app_id: &str,
+        app_id: &AppId,
     ) -> Result<ActorRef<AppMsg>, ActorProcessingErr> {
         if let Some(app) = self.apps.get(app_id) {
             return Ok(app.clone());
         }
         let args = AppArgs {
-            app_id: AppId::stored(app_id),
+            app_id: app_id.clone(),
             store: self.store.clone(),
             config: self.config.clone(),
             client: self.client.clone(),
@@ -140,7 +143,7 @@ impl DispatcherState {
             pool: self.pool.clone(),
         };
         let (app, _) = Actor::spawn_linked(None, AppDelivery, args, myself.get_cell()).await?;
-        self.apps.insert(app_id.to_owned(), app.clone());
+        self.apps.insert(app_id.clone(), app.clone());
         Ok(app)
     }
 }
@@ -210,7 +213,7 @@ impl Actor for Dispatcher {
                     }
                 };
                 for app_id in due {
-                    let app = state.app(&myself, &app_id).await?;
+                    let app = state.app(&myself, &AppId::stored(app_id)).await?;
                     let _ = app.send_message(AppMsg::Drain);
                 }
             }
@@ -289,14 +292,17 @@ pub enum AppMsg {
     Drain,
     /// The breaker's cooldown is over: drain again.
     Wake,
-    /// A lane stopped; `retry_at` says when its subscription is due again.
+    /// A lane stopped; `retry_at` says when its subscription is due again,
+    /// and `read_through` the last `seq` a windowed lane read (its later
+    /// events are new: they need not wait until then).
     LaneDone {
-        subscription: String,
+        subscription: SubscriptionId,
         retry_at: Option<i64>,
+        read_through: Option<i64>,
     },
     /// Fails a subscription's lane, as a bug would (supervision tests).
     #[cfg(test)]
-    CrashLane(String),
+    CrashLane(SubscriptionId),
 }
 
 pub struct AppDelivery;
@@ -319,10 +325,38 @@ pub struct AppDeliveryState {
     breaker_clear: Arc<AtomicBool>,
     /// The running lanes, children of this actor, by subscription, with the
     /// lease this actor claimed for each.
-    lanes: HashMap<String, RunningLane>,
-    restarts: HashMap<String, RestartTracker>,
+    lanes: HashMap<SubscriptionId, RunningLane>,
+    restarts: HashMap<SubscriptionId, RestartTracker>,
     /// A wake-up is already scheduled for the end of the breaker's cooldown.
     wake_scheduled: bool,
+    /// The receiver's window, shared by the lanes.
+    congestion: Arc<Congestion>,
+    /// Subscriptions whose lane stopped for a retry, not started again
+    /// before it (see [`Rest`]).
+    resting: HashMap<SubscriptionId, Rest>,
+}
+
+/// A subscription waiting for a retry: though its later events are due, a
+/// lane started before `until` would find its first one not due and stop
+/// at once, again and again. A windowed lane's later paths may go on: when
+/// events came after `read_through`, a lane starts for them. A rest lasts
+/// at most [`REST_AT_MOST`].
+#[derive(Debug, Clone, Copy)]
+struct Rest {
+    until: i64,
+    read_through: Option<i64>,
+}
+
+/// The longest a subscription rests: an operator's retry or skip makes its
+/// event due at once, and is taken up within this.
+const REST_AT_MOST: i64 = 5_000;
+
+impl Rest {
+    /// Whether a subscription whose next event will be `next_seq` still
+    /// rests at `now`.
+    fn holds(&self, next_seq: i64, now: i64) -> bool {
+        self.until > now && self.read_through.is_none_or(|read| next_seq - 1 <= read)
+    }
 }
 
 struct RunningLane {
@@ -358,6 +392,8 @@ impl Actor for AppDelivery {
             lanes: HashMap::new(),
             restarts: HashMap::new(),
             wake_scheduled: false,
+            congestion: Arc::new(Congestion::new(usize::from(DeliveryWindow::MAX))),
+            resting: HashMap::new(),
         })
     }
 
@@ -401,7 +437,7 @@ impl Actor for AppDelivery {
                     .args
                     .store
                     .subscriptions_due(
-                        state.args.app_id.as_str(),
+                        &state.args.app_id,
                         now,
                         probe_dead_before(&state.args.config, now),
                         (free + state.lanes.len()) as u64,
@@ -414,15 +450,20 @@ impl Actor for AppDelivery {
                         return Ok(());
                     }
                 };
+                state.resting.retain(|_, rest| rest.until > now);
+                let resting = &state.resting;
                 let fresh: Vec<_> = due
                     .into_iter()
-                    .filter(|s| !state.lanes.contains_key(&s.id))
+                    .filter(|s| {
+                        resting
+                            .get(&SubscriptionId::stored(s.id.as_str()))
+                            .is_none_or(|rest| !rest.holds(s.next_seq, now))
+                    })
+                    .map(|s| SubscriptionId::stored(s.id))
+                    .filter(|id| !state.lanes.contains_key(id))
                     .take(free)
                     .collect();
-                for subscription in fresh {
-                    let Some(id) = SubscriptionId::parse(&subscription.id) else {
-                        continue;
-                    };
+                for id in fresh {
                     let ttl = lease_ttl(&state.args.config);
                     let lease = match state
                         .args
@@ -439,7 +480,7 @@ impl Actor for AppDelivery {
                     };
                     let args = LaneArgs {
                         app_id: state.args.app_id.clone(),
-                        subscription: id,
+                        subscription: id.clone(),
                         lease: lease.clone(),
                         store: state.args.store.clone(),
                         config: state.args.config.clone(),
@@ -448,20 +489,27 @@ impl Actor for AppDelivery {
                         breaker_clear: state.breaker_clear.clone(),
                         owner: myself.clone(),
                         pool: state.args.pool.clone(),
+                        congestion: state.congestion.clone(),
                     };
                     let (lane, _) =
                         Actor::spawn_linked(None, LaneActor, args, myself.get_cell()).await?;
-                    state
-                        .lanes
-                        .insert(subscription.id.clone(), RunningLane { lane, lease });
+                    state.lanes.insert(id, RunningLane { lane, lease });
                 }
             }
             AppMsg::LaneDone {
                 subscription,
                 retry_at,
+                read_through,
             } => {
                 state.lanes.remove(&subscription);
                 if let Some(at) = retry_at {
+                    state.resting.insert(
+                        subscription,
+                        Rest {
+                            until: at.min(now_ms() + REST_AT_MOST),
+                            read_through,
+                        },
+                    );
                     let wait =
                         Duration::from_millis(u64::try_from((at - now_ms()).max(0)).unwrap_or(0));
                     myself.send_after(wait, || AppMsg::Drain);
@@ -502,8 +550,11 @@ impl Actor for AppDelivery {
         let running = state.lanes.remove(&subscription).expect("found above");
         // The lane has ended: its lease is this actor's to release, and its
         // events are still pending.
-        if let Some(id) = SubscriptionId::parse(&subscription)
-            && let Err(release) = state.args.store.release_delivery(&id, &running.lease).await
+        if let Err(release) = state
+            .args
+            .store
+            .release_delivery(&subscription, &running.lease)
+            .await
         {
             warn!(%subscription, error = %release, "could not release a failed lane's lease; it will expire");
         }
@@ -619,6 +670,25 @@ fn lease_ttl(config: &DeliveryConfig) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_resting_subscription_waits_unless_a_windowed_lane_left_new_events_behind() {
+        let strict = Rest {
+            until: 1_000,
+            read_through: None,
+        };
+        assert!(strict.holds(50, 999));
+        assert!(!strict.holds(50, 1_000), "its time came");
+        let windowed = Rest {
+            until: 1_000,
+            read_through: Some(49),
+        };
+        assert!(windowed.holds(50, 500), "nothing new");
+        assert!(
+            !windowed.holds(51, 500),
+            "event 50 came after the lane read through 49"
+        );
+    }
+
     use std::sync::{Arc, Mutex};
 
     use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
@@ -821,7 +891,9 @@ mod tests {
         };
         assert_eq!(breaker_and_first.len(), 2, "the breaker and one lane");
         actor
-            .send_message(AppMsg::CrashLane(subscription.clone()))
+            .send_message(AppMsg::CrashLane(SubscriptionId::stored(
+                subscription.as_str(),
+            )))
             .expect("crash");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut restarted = false;

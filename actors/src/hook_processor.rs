@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
-use crate::ids::RepoId;
+use crate::ids::{HookId, RepoId};
 use crate::inbound::{BranchMove, Provider, Push, RemoteKey, Trigger, interpret};
 use crate::owned::OwnedTask;
 use crate::signals::ScanRequests;
@@ -149,7 +149,10 @@ async fn drain(store: &Store, scans: &ScanRequests) -> Result<(), StoreError> {
         let full = batch.len() as u64 == BATCH;
         for hook in batch {
             let outcome = decide(store, &hook).await?;
-            if !store.finish_hook(&hook.id, &outcome).await? {
+            if !store
+                .finish_hook(&HookId::stored(hook.id.as_str()), &outcome)
+                .await?
+            {
                 continue; // another instance got there first
             }
             record(&hook, &outcome);

@@ -57,6 +57,13 @@ macro_rules! prefixed_id {
             }
         }
 
+        /// Compared with a column as the string it is.
+        impl From<&$name> for sea_orm::Value {
+            fn from(id: &$name) -> Self {
+                id.as_str().into()
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

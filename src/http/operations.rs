@@ -715,7 +715,7 @@ async fn retry_subscription(
         (status = 429, description = "Too many operations running", body = super::error::ErrorBody)))]
 pub(crate) async fn retry_app(app_id: String, state: AppState) -> Result<Response, ApiError> {
     let app = AppId::parse(&app_id).ok_or_else(|| ApiError::NotFound(APP_NOT_FOUND.to_owned()))?;
-    if state.store.app(app.as_str()).await?.is_none() {
+    if state.store.app(&app).await?.is_none() {
         return Err(ApiError::NotFound(APP_NOT_FOUND.to_owned()));
     }
     start_bulk(Some(&app), "No failed notifications for this app", &state).await

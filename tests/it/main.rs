@@ -39,3 +39,4 @@ mod tenants;
 mod tree_paths;
 mod upkeep;
 mod validation;
+mod window;

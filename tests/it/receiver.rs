@@ -57,9 +57,21 @@ impl Reply {
     }
 }
 
+/// A request as a [`Receiver::answer_by`] rule sees it.
+pub struct Incoming<'a> {
+    pub endpoint: &'a str,
+    pub body: &'a [u8],
+    /// Requests in flight at the receiver, this one included.
+    pub in_flight: usize,
+}
+
+type Rule = Arc<dyn Fn(&Incoming<'_>) -> Reply + Send + Sync>;
+
 #[derive(Default)]
 struct Script {
     queue: VecDeque<Reply>,
+    /// Answers after the queue runs out, before the fallback.
+    rule: Option<Rule>,
     /// Answer after the queue runs out (default 200).
     fallback: Option<Reply>,
 }
@@ -85,6 +97,7 @@ impl Receiver {
         let (record, plan) = (received.clone(), script.clone());
         let arrivals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let arrived = arrivals.clone();
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let route = warp::post()
             .and(warp::path::tail())
             .and(warp::header::headers_cloned())
@@ -93,26 +106,36 @@ impl Receiver {
                 move |tail: warp::path::Tail,
                       headers: warp::http::HeaderMap,
                       body: bytes::Bytes| {
-                    let (record, plan) = (record.clone(), plan.clone());
+                    let (record, plan, in_flight) =
+                        (record.clone(), plan.clone(), in_flight.clone());
                     arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let now_in_flight =
+                        in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     let arrived_at = std::time::Instant::now();
                     async move {
-                        let reply = {
-                            let mut plan = plan.lock().expect("script lock");
-                            plan.queue
-                                .pop_front()
-                                .or_else(|| plan.fallback.clone())
-                                .unwrap_or(Reply::status(200))
-                        };
-                        if !reply.delay.is_zero() {
-                            tokio::time::sleep(reply.delay).await;
-                        }
                         let endpoint = tail
                             .as_str()
                             .rsplit('/')
                             .next()
                             .unwrap_or_default()
                             .to_owned();
+                        let reply = {
+                            let mut plan = plan.lock().expect("script lock");
+                            let incoming = Incoming {
+                                endpoint: &endpoint,
+                                body: &body,
+                                in_flight: now_in_flight,
+                            };
+                            plan.queue
+                                .pop_front()
+                                .or_else(|| plan.rule.as_ref().map(|rule| rule(&incoming)))
+                                .or_else(|| plan.fallback.clone())
+                                .unwrap_or(Reply::status(200))
+                        };
+                        if !reply.delay.is_zero() {
+                            tokio::time::sleep(reply.delay).await;
+                        }
+                        in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         record.lock().expect("record lock").push(Received {
                             endpoint,
                             headers: headers
@@ -173,6 +196,12 @@ impl Receiver {
             .expect("script lock")
             .queue
             .extend(replies);
+    }
+
+    /// Answers by `rule` once the script is used up: per request, from its
+    /// body or the load.
+    pub fn answer_by(&self, rule: impl Fn(&Incoming<'_>) -> Reply + Send + Sync + 'static) {
+        self.script.lock().expect("script lock").rule = Some(Arc::new(rule));
     }
 
     /// Answers with `reply` once the script is used up (`None`: 200): an

@@ -275,10 +275,7 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
     let store = store(&database, &dir).await;
     let (repo, sub) = watched(&store).await;
     scanned(&store, &repo).await;
-    let pending = store
-        .next_events(sub.as_str(), i64::MIN, 10)
-        .await
-        .expect("query");
+    let pending = store.next_events(&sub, i64::MIN, 10).await.expect("query");
     assert_eq!(pending.len(), 1);
     let event = &pending[0];
     let delivered = || success(&event.id);
@@ -295,15 +292,12 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
         .expect("expired");
     for refused in [
         store
-            .record_deliveries(sub.as_str(), &stale, vec![delivered()], vec![])
+            .record_deliveries(&sub, &stale, vec![delivered()], vec![])
             .await,
         store
             .record_attempt(&stale, event, delivered(), EventOutcome::Delivered)
             .await,
-        store
-            .settle_subscription(sub.as_str(), &stale)
-            .await
-            .map(|_| ()),
+        store.settle_subscription(&sub, &stale).await.map(|_| ()),
     ] {
         assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
     }
@@ -316,7 +310,7 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
     store.release_delivery(&sub, &stale).await.expect("a no-op");
     assert_eq!(
         store
-            .next_events(sub.as_str(), i64::MIN, 10)
+            .next_events(&sub, i64::MIN, 10)
             .await
             .expect("query")
             .len(),
@@ -325,12 +319,12 @@ async fn a_lane_whose_lease_passed_on_records_nothing() {
     );
 
     store
-        .record_deliveries(sub.as_str(), &current, vec![delivered()], vec![])
+        .record_deliveries(&sub, &current, vec![delivered()], vec![])
         .await
         .expect("the holder records");
     assert!(
         store
-            .next_events(sub.as_str(), i64::MIN, 10)
+            .next_events(&sub, i64::MIN, 10)
             .await
             .expect("query")
             .is_empty()
@@ -356,10 +350,7 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
     let (_, theirs) = watched(&store).await;
     scanned(&store, &repo).await;
     let pending = async |sub: &actors::ids::SubscriptionId| {
-        store
-            .next_events(sub.as_str(), i64::MIN, 10)
-            .await
-            .expect("query")
+        store.next_events(sub, i64::MIN, 10).await.expect("query")
     };
     let (our_event, their_event) = (&pending(&ours).await[0], &pending(&theirs).await[0]);
     let lease = store
@@ -380,7 +371,7 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
 
     // A chunk before the file's last is recorded; its event is not delivered.
     store
-        .record_deliveries(ours.as_str(), &lease, vec![], vec![success(&our_event.id)])
+        .record_deliveries(&ours, &lease, vec![], vec![success(&our_event.id)])
         .await
         .expect("recorded");
     assert_eq!(pending(&ours).await.len(), 1, "not delivered by a chunk");
@@ -389,7 +380,7 @@ async fn a_lane_records_deliveries_of_its_own_subscriptions_events_only() {
     // The other subscription's event, and one deleted meanwhile, are passed over.
     store
         .record_deliveries(
-            ours.as_str(),
+            &ours,
             &lease,
             vec![
                 success(&their_event.id),

@@ -37,6 +37,7 @@ mod deliver;
 mod judge;
 mod prepared;
 mod record;
+mod window;
 mod write_behind;
 
 use std::collections::VecDeque;
@@ -50,7 +51,9 @@ use tracing::warn;
 use self::ahead::{Further, Interleaved};
 use self::batch::{BATCH, Batch, BatchReads, LaneContext, NextBatch, READ_NEXT_AT};
 use self::deliver::Endpoints;
+use self::window::Windowed;
 use self::write_behind::Unrecorded;
+use super::congestion::Congestion;
 use super::{AppMsg, DeliveryConfig, lease_ttl, probe_dead_before};
 use crate::breaker::actor::BreakerMsg;
 use crate::clock::now_ms;
@@ -90,6 +93,8 @@ pub struct LaneArgs {
     pub owner: ActorRef<AppMsg>,
     /// Where content missing from the mirror is fetched again.
     pub pool: ScanPool,
+    /// The app's window, shared by its lanes.
+    pub congestion: Arc<Congestion>,
 }
 
 /// The lane actor's state: where it is in its subscription's events (the
@@ -109,6 +114,12 @@ pub struct LaneState {
     context: Option<LaneContext>,
     /// When the subscription is due again, once the lane ends.
     retry_at: Option<i64>,
+    /// With a window (the app's `window` above 1 when the lane started):
+    /// the events in flight and what may start next (see `window.rs`).
+    windowed: Option<Windowed>,
+    congestion: Arc<Congestion>,
+    /// A windowed lane that read every event there was: the last `seq`.
+    read_through: Option<i64>,
 }
 
 /// What one step of a lane leaves to do.
@@ -163,6 +174,9 @@ impl Actor for LaneActor {
             batch_full: false,
             context: None,
             retry_at: None,
+            windowed: None,
+            congestion: args.congestion,
+            read_through: None,
         })
     }
 
@@ -205,6 +219,11 @@ impl Actor for LaneActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let pipeline = &mut state.pipeline;
+        if let Some(mut windowed) = state.windowed.take()
+            && let Err(err) = windowed.land_all(pipeline).await
+        {
+            warn!(subscription = %pipeline.subscription, error = %err, "webhooks in flight not recorded; they will be delivered again");
+        }
         if let Err(err) = pipeline.flush().await {
             warn!(subscription = %pipeline.subscription, error = %err, "delivered events not recorded; they will be delivered again");
             if !matches!(err, StoreError::Fenced(_)) {
@@ -219,8 +238,9 @@ impl Actor for LaneActor {
             warn!(subscription = %pipeline.subscription, error = %err, "could not release the delivery lease; it will expire");
         }
         let _ = state.owner.send_message(AppMsg::LaneDone {
-            subscription: pipeline.subscription.as_str().to_owned(),
+            subscription: pipeline.subscription.clone(),
             retry_at: state.retry_at,
+            read_through: state.read_through,
         });
         Ok(())
     }
@@ -230,12 +250,16 @@ impl LaneState {
     /// Delivers the next due event, reading the next batch first when the
     /// last one is used up.
     async fn step(&mut self) -> Result<Step, StoreError> {
+        if self.windowed.is_some() {
+            return self.step_windowed().await;
+        }
         if self.batch.is_empty() {
-            if self.after_seq == i64::MIN
+            let first = self.after_seq == i64::MIN;
+            if first
                 && let Some(first) = self
                     .pipeline
                     .store
-                    .first_undelivered_seq(self.pipeline.subscription.as_str())
+                    .first_undelivered_seq(&self.pipeline.subscription)
                     .await?
             {
                 // Start at the first undelivered event, not at the start of
@@ -246,17 +270,26 @@ impl LaneState {
             else {
                 return Ok(Step::Done(None));
             };
-            self.context = Some(context);
             if events.is_empty() {
                 // Settling counts what is left: it must see every delivery.
                 self.pipeline.flush().await?;
                 self.pipeline
                     .store
-                    .settle_subscription(self.pipeline.subscription.as_str(), &self.pipeline.lease)
+                    .settle_subscription(&self.pipeline.subscription, &self.pipeline.lease)
                     .await?;
                 return Ok(Step::Done(None));
             }
             self.batch_full = events.len() as u64 >= BATCH;
+            if first && context.window > 1 {
+                // The lane keeps the mode it started in.
+                if let Some(last) = events.last() {
+                    self.after_seq = last.seq;
+                }
+                let congestion = self.congestion.clone();
+                self.windowed = Some(Windowed::new(context, events, congestion));
+                return self.step_windowed().await;
+            }
+            self.context = Some(context);
             self.batch = events.into();
         }
         let (Some(event), Some(context)) = (self.batch.pop_front(), self.context.as_ref()) else {
@@ -293,6 +326,7 @@ impl LaneState {
             .await?
         {
             Flow::Next => self.after_seq = event.seq,
+            Flow::Retry(at) => return Ok(Step::Done(Some(at))),
             Flow::Stop(at) => return Ok(Step::Done(at)),
         }
         if !self.pipeline.renew_lease().await? {
@@ -306,6 +340,9 @@ impl LaneState {
 enum Flow {
     /// Delivered (or passed over): go on with the next event.
     Next,
+    /// The event is tried again at this time: its path waits until then
+    /// (with a window; without one, the whole subscription does).
+    Retry(i64),
     /// Stop the lane; the subscription is due again at this time (if any).
     Stop(Option<i64>),
 }

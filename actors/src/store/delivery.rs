@@ -13,7 +13,7 @@ use super::events::resume_subscription;
 use super::leases::{LeaseToken, free, hold_delivery};
 use super::{Store, StoreError};
 use crate::clock::now_ms;
-use crate::ids::AttemptId;
+use crate::ids::{AppId, AttemptId, RepoId, SubscriptionId};
 
 /// One recorded HTTP attempt.
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ impl Store {
     /// `sync_failed` first; its lease free or expired).
     pub async fn subscriptions_due(
         &self,
-        app_id: &str,
+        app_id: &AppId,
         now: i64,
         probe_dead_before: Option<i64>,
         limit: u64,
@@ -153,7 +153,7 @@ impl Store {
             blocked.and_where(Expr::col((event::Entity, event::Column::NextAttemptAt)).gt(before));
         }
         Ok(subscription::Entity::find()
-            .filter(subscription::Column::AppId.eq(app_id))
+            .filter(subscription::Column::AppId.eq(app_id.as_str()))
             .filter(subscription::Column::Status.ne(entity::SubscriptionStatus::Paused))
             .filter(has_due_events(
                 event::Column::SubscriptionId,
@@ -179,12 +179,12 @@ impl Store {
     /// `(subscription_id, seq)` index without walking delivered events.
     pub async fn next_events(
         &self,
-        subscription_id: &str,
+        subscription_id: &SubscriptionId,
         after_seq: i64,
         limit: u64,
     ) -> Result<Vec<event::Model>, StoreError> {
         Ok(event::Entity::find()
-            .filter(event::Column::SubscriptionId.eq(subscription_id))
+            .filter(event::Column::SubscriptionId.eq(subscription_id.as_str()))
             .filter(event::Column::Seq.gt(after_seq))
             .filter(
                 event::Column::Status
@@ -196,16 +196,26 @@ impl Store {
             .await?)
     }
 
-    pub async fn app(&self, app_id: &str) -> Result<Option<app::Model>, StoreError> {
-        Ok(app::Entity::find_by_id(app_id).one(&self.db).await?)
+    pub async fn app(&self, id: &AppId) -> Result<Option<app::Model>, StoreError> {
+        Ok(app::Entity::find_by_id(id.as_str()).one(&self.db).await?)
     }
 
-    pub async fn subscription(&self, id: &str) -> Result<Option<subscription::Model>, StoreError> {
-        Ok(subscription::Entity::find_by_id(id).one(&self.db).await?)
+    pub async fn subscription(
+        &self,
+        id: &SubscriptionId,
+    ) -> Result<Option<subscription::Model>, StoreError> {
+        Ok(subscription::Entity::find_by_id(id.as_str())
+            .one(&self.db)
+            .await?)
     }
 
-    pub async fn repository_row(&self, id: &str) -> Result<Option<repository::Model>, StoreError> {
-        Ok(repository::Entity::find_by_id(id).one(&self.db).await?)
+    pub async fn repository_row(
+        &self,
+        id: &RepoId,
+    ) -> Result<Option<repository::Model>, StoreError> {
+        Ok(repository::Entity::find_by_id(id.as_str())
+            .one(&self.db)
+            .await?)
     }
 
     /// Records an attempt and what it means for the event and its
@@ -338,7 +348,7 @@ impl Store {
     /// repository), or of another subscription, are passed over.
     pub async fn record_deliveries(
         &self,
-        subscription_id: &str,
+        subscription_id: &SubscriptionId,
         lease: &LeaseToken,
         attempts: Vec<Attempt>,
         parts: Vec<Attempt>,
@@ -348,7 +358,7 @@ impl Store {
         }
         let now = now_ms();
         let txn = self.begin_write().await?;
-        hold_delivery(&txn, subscription_id, lease).await?;
+        hold_delivery(&txn, subscription_id.as_str(), lease).await?;
         let ids: Vec<String> = attempts
             .iter()
             .chain(&parts)
@@ -367,7 +377,7 @@ impl Store {
             .all(&txn)
             .await?
             .into_iter()
-            .filter(|(_, of)| of == subscription_id)
+            .filter(|(_, of)| of == subscription_id.as_str())
             .map(|(id, _)| id)
             .collect();
         let delivered: Vec<&str> = attempts
@@ -409,11 +419,11 @@ impl Store {
     /// `lease` still holds it.
     pub async fn settle_subscription(
         &self,
-        subscription_id: &str,
+        subscription_id: &SubscriptionId,
         lease: &LeaseToken,
     ) -> Result<bool, StoreError> {
         let txn = self.begin_write().await?;
-        hold_delivery(&txn, subscription_id, lease).await?;
+        hold_delivery(&txn, subscription_id.as_str(), lease).await?;
         let left = event::Entity::find()
             .filter(event::Column::SubscriptionId.eq(subscription_id))
             .filter(
@@ -444,7 +454,7 @@ impl Store {
     /// than `disable_after_ms`. Returns whether it was disabled now.
     pub async fn mark_app_health(
         &self,
-        app_id: &str,
+        app_id: &AppId,
         failing: bool,
         disable_after_ms: i64,
     ) -> Result<bool, StoreError> {

@@ -154,8 +154,8 @@ impl Store {
     }
 
     /// One stored hook (operators, tests).
-    pub async fn hook(&self, id: &str) -> Result<Option<inbound_hook::Model>, StoreError> {
-        Ok(inbound_hook::Entity::find_by_id(id.to_owned())
+    pub async fn hook(&self, id: &HookId) -> Result<Option<inbound_hook::Model>, StoreError> {
+        Ok(inbound_hook::Entity::find_by_id(id.as_str())
             .one(&self.db)
             .await?)
     }
@@ -188,7 +188,7 @@ impl Store {
     /// in one transaction, so the scan happens even if the poke that follows
     /// is lost (the scheduler's tick finds due repositories). `false` when
     /// another instance processed the hook first.
-    pub async fn finish_hook(&self, id: &str, outcome: &HookResult) -> Result<bool, StoreError> {
+    pub async fn finish_hook(&self, id: &HookId, outcome: &HookResult) -> Result<bool, StoreError> {
         let now = now_ms();
         let txn = self.begin_write().await?;
         let due: Vec<String> = outcome.due.iter().map(|r| r.as_str().to_owned()).collect();

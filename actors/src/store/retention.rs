@@ -9,6 +9,7 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
 
 use super::{Store, StoreError};
+use crate::ids::SubscriptionId;
 
 impl Store {
     /// Deletes up to `batch` delivered or skipped events finished before
@@ -133,7 +134,7 @@ impl Store {
     /// event, where its lane starts reading; `None` when there is none.
     pub async fn first_undelivered_seq(
         &self,
-        subscription_id: &str,
+        subscription_id: &SubscriptionId,
     ) -> Result<Option<i64>, StoreError> {
         Ok(event::Entity::find()
             .select_only()

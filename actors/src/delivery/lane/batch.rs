@@ -12,7 +12,7 @@ use super::Pipeline;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::git::{Credentials, RemoteSpec};
-use crate::ids::{AppId, SubscriptionId};
+use crate::ids::{AppId, RepoId, SubscriptionId};
 use crate::owned::Pending;
 use crate::payload::RepositoryRef;
 use crate::scan::ScanPool;
@@ -31,10 +31,6 @@ pub(super) struct LaneContext {
     pub(super) backoff: Backoff,
     /// Up to this many of the subscription's webhooks may be in flight at
     /// once: the app's `delivery_window`, within 1 to 64.
-    #[expect(
-        dead_code,
-        reason = "read once the lane keeps several requests in flight"
-    )]
     pub(super) window: usize,
 }
 
@@ -80,18 +76,18 @@ pub(super) const BATCH: u64 = 256;
 
 impl BatchReads {
     async fn context(&self) -> Result<Option<LaneContext>, StoreError> {
-        let Some(app) = self.store.app(self.app_id.as_str()).await? else {
+        let Some(app) = self.store.app(&self.app_id).await? else {
             return Ok(None);
         };
         if app.status != entity::AppStatus::Active {
             return Ok(None);
         }
-        let Some(subscription) = self.store.subscription(self.subscription.as_str()).await? else {
+        let Some(subscription) = self.store.subscription(&self.subscription).await? else {
             return Ok(None);
         };
         let Some(repository) = self
             .store
-            .repository_row(&subscription.repository_id)
+            .repository_row(&RepoId::stored(subscription.repository_id.as_str()))
             .await?
         else {
             return Ok(None);
@@ -164,13 +160,20 @@ impl BatchReads {
         };
         let events = self
             .store
-            .next_events(self.subscription.as_str(), after_seq, BATCH)
+            .next_events(&self.subscription, after_seq, BATCH)
             .await?;
         Ok(Some(Batch { context, events }))
     }
 }
 
 impl Pipeline {
+    /// Whether the batch being read ahead is there to take.
+    pub(super) fn batch_ready(&self) -> bool {
+        self.reading
+            .as_ref()
+            .is_some_and(|next| next.read.is_finished())
+    }
+
     /// Starts reading the batch after `after_seq` beside the lane, on a
     /// blocking thread (decoding a batch's rows would hold a runtime worker
     /// for milliseconds), unless a read is under way.

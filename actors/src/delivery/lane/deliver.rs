@@ -4,6 +4,7 @@
 //! `record.rs`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use super::{Flow, Pipeline};
 use crate::breaker::Permit;
 use crate::breaker::actor::BreakerMsg;
 use crate::clock::{millis, now_ms};
+use crate::ids::AppId;
 use crate::payload;
 use crate::signing::Signed;
 use crate::store::StoreError;
@@ -38,11 +40,16 @@ const CONTENT_RETRY_MIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub(super) struct Endpoints {
     base_url: String,
-    parsed: Vec<(&'static str, Endpoint)>,
+    parsed: Vec<(&'static str, Arc<Endpoint>)>,
 }
 
 impl Endpoints {
-    fn get(&mut self, client: &WebhookClient, base_url: &str, name: &'static str) -> &Endpoint {
+    pub(super) fn get(
+        &mut self,
+        client: &WebhookClient,
+        base_url: &str,
+        name: &'static str,
+    ) -> &Arc<Endpoint> {
         if self.base_url != base_url {
             base_url.clone_into(&mut self.base_url);
             self.parsed.clear();
@@ -51,7 +58,7 @@ impl Endpoints {
             Some(at) => at,
             None => {
                 let url = format!("{}/{name}", base_url.trim_end_matches('/'));
-                self.parsed.push((name, client.endpoint(&url)));
+                self.parsed.push((name, Arc::new(client.endpoint(&url))));
                 self.parsed.len() - 1
             }
         };
@@ -89,9 +96,8 @@ impl Pipeline {
         flow
     }
 
-    /// The render stage: the event's content (from the mirror, or fetched
-    /// again from the remote), and its
-    /// body (or chunks). `Err` carries the flow of an event given up on.
+    /// The render stage: the event's body (or chunks), read ahead or made
+    /// now. `Err` carries the flow of an event given up on.
     async fn render(
         &mut self,
         context: &LaneContext,
@@ -104,63 +110,58 @@ impl Pipeline {
             Some(ahead) => ahead.rendered_for(event).await,
             None => None,
         };
-        let prepare =
-            |rendered: payload::Rendered| Prepared::new(rendered, &event.id, &context.signer);
-        let rendered = if let Some(rendered) = ahead {
-            rendered
-        } else if payload::too_large(event, self.config.max_file_bytes) {
-            payload::render_too_large(event, &context.repository).map(prepare)
-        } else if event.kind.carries_content() {
-            // Read and rendered (base64, JSON) on a blocking thread, from the
-            // bytes libgit2 holds: a big file is never copied first.
-            let render = preparer(event, context, self.config.chunking);
-            match context.content.with(event, render).await {
-                Found::Made(rendered) => rendered,
-                Found::Gone(error) => {
-                    return self
-                        .give_up(event, ErrorClass::ContentMissing, error)
-                        .await
-                        .map(Err);
-                }
-                Found::Unavailable(error) => {
-                    // Not the event's fault, nor the app's: wait for the
-                    // remote without using up attempts.
-                    let attempts = u32::try_from(event.attempts).unwrap_or(0);
-                    let at =
-                        now_ms() + millis(context.backoff.delay(attempts).max(CONTENT_RETRY_MIN));
-                    let attempt = attempt_row(
-                        event,
-                        None,
-                        now_ms(),
-                        None,
-                        0,
-                        Some(ErrorClass::ContentUnavailable),
-                        None,
-                    );
-                    warn!(event = %event.id, %error, "content unavailable; retrying");
-                    return self
-                        .stop(
-                            event,
-                            attempt,
-                            EventOutcome::Retry {
-                                at,
-                                error,
-                                counted: false,
-                            },
-                        )
-                        .await
-                        .map(Err);
-                }
-            }
-        } else {
-            payload::render(event, &context.repository, None, self.config.chunking).map(prepare)
-        };
-        match rendered {
-            Ok(rendered) => Ok(Ok(rendered)),
-            Err(err) => self
-                .give_up(event, ErrorClass::Payload, err.to_string())
+        let made = match ahead {
+            Some(rendered) => rendered.map_err(|err| Unrendered::Payload(err.to_string())),
+            None => {
+                produce(
+                    context,
+                    event,
+                    self.config.chunking,
+                    self.config.max_file_bytes,
+                )
                 .await
-                .map(Err),
+            }
+        };
+        match made {
+            Ok(prepared) => Ok(Ok(prepared)),
+            Err(why) => self.unrendered(context, event, why).await.map(Err),
+        }
+    }
+
+    /// Records an event whose body could not be made: given up on when its
+    /// content or body cannot be made, retried (without using up an
+    /// attempt) when the remote could not be asked.
+    pub(super) async fn unrendered(
+        &mut self,
+        context: &LaneContext,
+        event: &event::Model,
+        why: Unrendered,
+    ) -> Result<Flow, StoreError> {
+        match why {
+            Unrendered::Gone(error) => self.give_up(event, ErrorClass::ContentMissing, error).await,
+            Unrendered::Payload(error) => self.give_up(event, ErrorClass::Payload, error).await,
+            Unrendered::Unavailable(error) => {
+                // Not the event's fault, nor the app's: wait for the remote
+                // without using up attempts.
+                let attempts = u32::try_from(event.attempts).unwrap_or(0);
+                let at = now_ms() + millis(context.backoff.delay(attempts).max(CONTENT_RETRY_MIN));
+                let attempt = attempt_row(
+                    event,
+                    None,
+                    now_ms(),
+                    None,
+                    0,
+                    Some(ErrorClass::ContentUnavailable),
+                    None,
+                );
+                warn!(event = %event.id, %error, "content unavailable; retrying");
+                let outcome = EventOutcome::Retry {
+                    at,
+                    error,
+                    counted: false,
+                };
+                self.stop(event, attempt, outcome).await
+            }
         }
     }
 
@@ -191,33 +192,8 @@ impl Pipeline {
             if index > 0 && !self.renew_lease().await? {
                 return Ok(Flow::Stop(None));
             }
-            // One span per request, in the trace of the scan that found the
-            // change; for OpenTelemetry only, and only built when exported
-            // (`telemetry::TRACE_ONLY_SPANS`).
-            let span = tracing::info_span!(
-                parent: None,
-                telemetry::DELIVERY_ATTEMPT_SPAN,
-                "otel.kind" = "client",
-                event = %event.id,
-                app = %self.app_id,
-                subscription = %event.subscription_id,
-                kind = %event.kind,
-                chunk = index,
-            );
-            telemetry::continue_trace(&span, event.trace_parent.as_deref());
-            let Signed {
-                body, mut headers, ..
-            } = prepared.signed(&event.id, index, &context.signer).await;
-            if index + 1 < parts {
-                prepared.sign_ahead(&event.id, index + 1, &context.signer);
-            }
-            headers.insert(
-                "traceparent",
-                header(&telemetry::outgoing_traceparent(
-                    &span,
-                    event.trace_parent.as_deref(),
-                )),
-            );
+            let (span, Signed { body, headers, .. }) =
+                sign_request(&mut prepared, context, event, index, &self.app_id).await;
             let sent = Sent {
                 attempted_at: now_ms(),
                 chunk_index: chunked.then(|| i32::try_from(index).unwrap_or(i32::MAX)),
@@ -253,12 +229,86 @@ impl Pipeline {
             if let Ok(answer) = &answer {
                 telemetry::answered(&span, answer.status);
             }
-            if let Flow::Stop(at) = self.record(context, event, &sent, answer, &span).await? {
-                return Ok(Flow::Stop(at));
+            let flow = self.record(context, event, &sent, answer, &span).await?;
+            if !matches!(flow, Flow::Next) {
+                return Ok(flow);
             }
         }
         Ok(Flow::Next)
     }
+}
+
+/// Why an event's body could not be made.
+pub(super) enum Unrendered {
+    /// Its content cannot come back (the remote lost the commit).
+    Gone(String),
+    /// Its content may come back: the remote could not be asked now.
+    Unavailable(String),
+    /// The body could not be built.
+    Payload(String),
+}
+
+/// The render stage's own work: an event's body (its content read from the
+/// mirror, or fetched again from the remote) and its first request signed.
+pub(super) async fn produce(
+    context: &LaneContext,
+    event: &event::Model,
+    chunking: payload::Chunking,
+    max_file_bytes: u64,
+) -> Result<Prepared, Unrendered> {
+    let prepare = |rendered: payload::Rendered| Prepared::new(rendered, &event.id, &context.signer);
+    let rendered = if payload::too_large(event, max_file_bytes) {
+        payload::render_too_large(event, &context.repository).map(prepare)
+    } else if event.kind.carries_content() {
+        // Read and rendered (base64, JSON) on a blocking thread, from the
+        // bytes libgit2 holds: a big file is never copied first.
+        let render = preparer(event, context, chunking);
+        match context.content.with(event, render).await {
+            Found::Made(rendered) => rendered,
+            Found::Gone(error) => return Err(Unrendered::Gone(error)),
+            Found::Unavailable(error) => return Err(Unrendered::Unavailable(error)),
+        }
+    } else {
+        payload::render(event, &context.repository, None, chunking).map(prepare)
+    };
+    rendered.map_err(|err| Unrendered::Payload(err.to_string()))
+}
+
+/// Request `index` of an event, signed (the next one starts signing ahead),
+/// with its span: one per request, in the trace of the scan that found the
+/// change, whose `traceparent` the request carries. The span is for
+/// OpenTelemetry only, and only built when exported
+/// (`telemetry::TRACE_ONLY_SPANS`).
+pub(super) async fn sign_request(
+    prepared: &mut Prepared,
+    context: &LaneContext,
+    event: &event::Model,
+    index: usize,
+    app_id: &AppId,
+) -> (tracing::Span, Signed) {
+    let span = tracing::info_span!(
+        parent: None,
+        telemetry::DELIVERY_ATTEMPT_SPAN,
+        "otel.kind" = "client",
+        event = %event.id,
+        app = %app_id,
+        subscription = %event.subscription_id,
+        kind = %event.kind,
+        chunk = index,
+    );
+    telemetry::continue_trace(&span, event.trace_parent.as_deref());
+    let mut signed = prepared.signed(&event.id, index, &context.signer).await;
+    if index + 1 < prepared.rendered.len() {
+        prepared.sign_ahead(&event.id, index + 1, &context.signer);
+    }
+    signed.headers.insert(
+        "traceparent",
+        header(&telemetry::outgoing_traceparent(
+            &span,
+            event.trace_parent.as_deref(),
+        )),
+    );
+    (span, signed)
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@ pub(super) enum Judgement {
     Delivered,
     /// 410 Gone: the app asked for no more; its endpoint works.
     Gone,
-    /// 429 or 503 with `Retry-After`: wait as asked (capped), without using
-    /// an attempt; it tells nothing of the endpoint's health.
-    Throttled(Duration),
+    /// 429, or 503 with `Retry-After`: wait as asked (capped; a 429 that
+    /// does not say how long waits its event's backoff), without using an
+    /// attempt; it tells nothing of the endpoint's health.
+    Throttled(Option<Duration>),
     /// A failed attempt. `endpoint_down` (no answer, or a 5xx) counts
     /// against the breaker; other answers show the endpoint is up.
     Failed {
@@ -40,7 +41,8 @@ pub(super) fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration
             status: 429 | 503,
             retry_after: Some(wait),
             ..
-        }) => Judgement::Throttled((*wait).min(retry_after_cap)),
+        }) => Judgement::Throttled(Some((*wait).min(retry_after_cap))),
+        Ok(Answer { status: 429, .. }) => Judgement::Throttled(None),
         Ok(answer) => Judgement::Failed {
             class: if (300..400).contains(&answer.status) {
                 ErrorClass::Redirect
@@ -81,11 +83,16 @@ mod tests {
         assert_eq!(judge(&answer(410, None), cap), Judgement::Gone);
         assert_eq!(
             judge(&answer(429, Some(5)), cap),
-            Judgement::Throttled(Duration::from_secs(5))
+            Judgement::Throttled(Some(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            judge(&answer(429, None), cap),
+            Judgement::Throttled(None),
+            "a 429 is throttling, whether or not it says how long"
         );
         assert_eq!(
             judge(&answer(503, Some(600)), cap),
-            Judgement::Throttled(cap),
+            Judgement::Throttled(Some(cap)),
             "a Retry-After is capped"
         );
         let failed = |status| match judge(&answer(status, None), cap) {

@@ -101,6 +101,8 @@ impl Pipeline {
             }
             Judgement::Throttled(wait) => {
                 let _ = self.breaker.cast(BreakerMsg::Inconclusive);
+                let attempts = u32::try_from(event.attempts).unwrap_or(0);
+                let wait = wait.unwrap_or_else(|| context.backoff.delay(attempts));
                 let outcome = EventOutcome::Retry {
                     at: now_ms() + millis(wait),
                     error: format!(
@@ -178,7 +180,7 @@ impl Pipeline {
             outcome => outcome,
         };
         let flow = match &outcome {
-            EventOutcome::Retry { at, .. } => Flow::Stop(Some(*at)),
+            EventOutcome::Retry { at, .. } => Flow::Retry(*at),
             EventOutcome::Skipped { .. } => Flow::Next,
             _ => Flow::Stop(None),
         };
@@ -241,9 +243,7 @@ impl Pipeline {
             ..
         }) = reported
         {
-            self.store
-                .mark_app_health(self.app_id.as_str(), false, 0)
-                .await?;
+            self.store.mark_app_health(&self.app_id, false, 0).await?;
             info!(app = %self.app_id, "endpoint answers again; breaker closed");
         }
         Ok(())
@@ -268,11 +268,7 @@ impl Pipeline {
         if reported.open
             && self
                 .store
-                .mark_app_health(
-                    self.app_id.as_str(),
-                    true,
-                    millis(self.config.disable_after),
-                )
+                .mark_app_health(&self.app_id, true, millis(self.config.disable_after))
                 .await?
         {
             warn!(app = %self.app_id, "endpoint failed for longer than delivery.disable_after; app disabled");

@@ -56,7 +56,7 @@ impl Pipeline {
         self.written().await?;
         let (attempts, parts) = self.take_queued();
         self.store
-            .record_deliveries(self.subscription.as_str(), &self.lease, attempts, parts)
+            .record_deliveries(&self.subscription, &self.lease, attempts, parts)
             .await
     }
 
@@ -78,7 +78,7 @@ impl Pipeline {
             );
             self.writing = Some(Pending::spawn_on_blocking_thread(async move {
                 store
-                    .record_deliveries(subscription.as_str(), &lease, attempts, parts)
+                    .record_deliveries(&subscription, &lease, attempts, parts)
                     .await
             }));
         }
