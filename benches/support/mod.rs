@@ -88,6 +88,15 @@ impl BenchArgs {
         parse_number(name, &raw)
     }
 
+    /// A `KEY=VALUE` option's key and value (e.g. `--env`).
+    pub fn pair(&mut self, name: &str) -> (String, String) {
+        let pair = self.value(name);
+        let (key, value) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{name} takes KEY=VALUE, not {pair:?}"));
+        (key.to_owned(), value.to_owned())
+    }
+
     /// A comma-separated list of numbers.
     pub fn numbers(&mut self, name: &str) -> Vec<usize> {
         self.value(name)
@@ -628,19 +637,40 @@ where
         + Sync
         + 'static,
 {
+    serve_answering(
+        move |tail: &warp::path::Tail, headers: &warp::http::HeaderMap, body: bytes::Bytes| {
+            let delay = handler(tail, headers, body);
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                warp::http::StatusCode::NO_CONTENT
+            }
+        },
+    )
+}
+
+/// Like [`serve_hooks`], but `handler` answers each request itself: the
+/// future it gives resolves to the status (with an empty body), whenever it
+/// likes; other requests are served meanwhile. A request whose sender gave
+/// up has its future dropped.
+pub fn serve_answering<H, F>(handler: H) -> ServedHooks
+where
+    H: Fn(&warp::path::Tail, &warp::http::HeaderMap, bytes::Bytes) -> F
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    F: std::future::Future<Output = warp::http::StatusCode> + Send + 'static,
+{
     let route = warp::post()
         .and(warp::path::tail())
         .and(warp::header::headers_cloned())
         .and(warp::body::bytes())
         .then(
             move |tail: warp::path::Tail, headers: warp::http::HeaderMap, body: bytes::Bytes| {
-                let delay = handler(&tail, &headers, body);
-                async move {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    warp::reply::with_status(warp::reply(), warp::http::StatusCode::NO_CONTENT)
-                }
+                let answer = handler(&tail, &headers, body);
+                async move { warp::reply::with_status(warp::reply(), answer.await) }
             },
         );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -675,13 +705,62 @@ where
 /// An HTTP server on loopback, on a runtime of its own (threads named
 /// `receiver`, so that their CPU can be told apart), that answers every
 /// webhook 204 (at once, or after [`ReceiverConfig::delay`]) and records its
-/// arrival.
+/// arrival; or, started with [`Receiver::start_throttled`], answers 429 to
+/// the requests over its limit.
 pub struct Receiver {
     pub base_url: String,
+    /// The requests answered 204 (those answered 429 are only counted, in
+    /// [`InFlight`]).
     pub arrivals: Arc<Mutex<Vec<Arrival>>>,
     pub count: Arc<AtomicUsize>,
+    pub in_flight: Arc<InFlight>,
     pub runtime: Option<tokio::runtime::Runtime>,
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The requests a receiver holds at once: a sender's concurrency as the
+/// receiver sees it, and what a throttling receiver refused.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl InFlight {
+    /// One more request; how many are in flight with it.
+    fn enter(self: &Arc<Self>) -> (usize, InFlightGuard) {
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        (now, InFlightGuard(self.clone()))
+    }
+
+    /// The most requests in flight at once since the last [`Self::reset`],
+    /// a refused one included for the moment it is held.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Requests answered 429 since the last [`Self::reset`].
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Acquire)
+    }
+
+    /// The peak and the refusals start over (the requests in flight stay).
+    pub fn reset(&self) {
+        self.peak
+            .store(self.now.load(Ordering::Acquire), Ordering::Release);
+        self.refused.store(0, Ordering::Release);
+    }
+}
+
+/// A request in flight until it is answered, or its sender gives up.
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Receiver {
@@ -690,47 +769,76 @@ impl Receiver {
     }
 
     pub fn start_with(config: ReceiverConfig) -> Receiver {
+        Self::start_limited(config, None)
+    }
+
+    /// A receiver that answers 429 (without `Retry-After`), at once, to a
+    /// request that arrives while `limit` others are in flight at it, as a
+    /// rate-limited service does; the others as [`Self::start_with`].
+    pub fn start_throttled(config: ReceiverConfig, limit: usize) -> Receiver {
+        Self::start_limited(config, Some(limit))
+    }
+
+    fn start_limited(config: ReceiverConfig, limit: Option<usize>) -> Receiver {
         let arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 17)));
         let count = Arc::new(AtomicUsize::new(0));
-        let (log, counter) = (arrivals.clone(), count.clone());
-        let served = serve_hooks(
+        let in_flight = Arc::new(InFlight::default());
+        let (log, counter, held) = (arrivals.clone(), count.clone(), in_flight.clone());
+        let served = serve_answering(
             move |tail: &warp::path::Tail, headers: &warp::http::HeaderMap, body: bytes::Bytes| {
                 let at = unix_ms();
-                let header = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                // `hooks/{n}/{endpoint}`
-                let mut segments = tail.as_str().split('/');
-                let hook = segments
-                    .nth(1)
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(usize::MAX);
-                let request = config.keep_bodies.then(|| {
-                    Arc::new(Request {
-                        endpoint: segments.next_back().unwrap_or_default().to_owned(),
-                        body,
-                        timestamp: header("webhook-timestamp"),
-                        signature: header("webhook-signature"),
-                    })
-                });
-                log.lock().expect("arrivals lock").push(Arrival {
-                    hook,
-                    webhook_id: header("webhook-id"),
-                    at,
-                    request,
-                });
-                counter.fetch_add(1, Ordering::Release);
-                config.delay
+                let (now, guard) = held.enter();
+                let refused = limit.is_some_and(|limit| now > limit);
+                if refused {
+                    held.refused.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    // `hooks/{n}/{endpoint}`
+                    let mut segments = tail.as_str().split('/');
+                    let hook = segments
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    let request = config.keep_bodies.then(|| {
+                        Arc::new(Request {
+                            endpoint: segments.next_back().unwrap_or_default().to_owned(),
+                            body,
+                            timestamp: header("webhook-timestamp"),
+                            signature: header("webhook-signature"),
+                        })
+                    });
+                    log.lock().expect("arrivals lock").push(Arrival {
+                        hook,
+                        webhook_id: header("webhook-id"),
+                        at,
+                        request,
+                    });
+                    counter.fetch_add(1, Ordering::Release);
+                }
+                let delay = config.delay;
+                async move {
+                    let _in_flight = guard;
+                    if refused {
+                        return warp::http::StatusCode::TOO_MANY_REQUESTS;
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    warp::http::StatusCode::NO_CONTENT
+                }
             },
         );
         Receiver {
             base_url: served.base_url,
             arrivals,
             count,
+            in_flight,
             runtime: Some(served.runtime),
             shutdown: Some(served.shutdown),
         }
@@ -987,17 +1095,31 @@ impl Herald {
             .copied()
     }
 
-    pub async fn call(&self, path: &str, token: &str, body: Value) -> Value {
-        let response = self
+    /// A request to `path` with `token` (and a JSON `body`), whatever the
+    /// answer: its status and its JSON (`null` when it has none).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self
             .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("herald answers");
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("herald answers");
         let status = response.status();
-        let body: Value = response.json().await.expect("a JSON answer");
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn call(&self, path: &str, token: &str, body: Value) -> Value {
+        let (status, body) = self
+            .request(reqwest::Method::POST, path, token, Some(body))
+            .await;
         assert!(status.is_success(), "{path} answered {status}: {body}");
         body
     }
@@ -1036,16 +1158,25 @@ impl Herald {
     /// Opts the app in to the `synced` notice after each snapshot's last
     /// event (`PATCH /api/app`).
     pub async fn notify_synced(&self, token: &str) {
-        let response = self
-            .http
-            .patch(format!("{}/api/app", self.base))
-            .bearer_auth(token)
-            .json(&json!({"notify_synced": true}))
-            .send()
+        let (status, body) = self.patch_app(token, json!({"notify_synced": true})).await;
+        assert!(
+            status.is_success(),
+            "PATCH /api/app answered {status}: {body}"
+        );
+    }
+
+    /// `PATCH /api/app` with `body`, whatever the answer: a bench tells a
+    /// setting this build does not know (a 4xx) from one it took.
+    pub async fn patch_app(&self, token: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        self.request(reqwest::Method::PATCH, "/api/app", token, Some(body))
             .await
-            .expect("herald answers");
-        let status = response.status();
-        assert!(status.is_success(), "PATCH /api/app answered {status}");
+    }
+
+    /// `GET {path}` with `token`: the JSON answer; panics unless it is a 2xx.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.request(reqwest::Method::GET, path, token, None).await;
+        assert!(status.is_success(), "GET {path} answered {status}: {body}");
+        body
     }
 
     /// Asks for a scan of the repository now (`POST /api/repositories/{id}/scan`).
