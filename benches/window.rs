@@ -1,4 +1,4 @@
-//! A window for far receivers (issue 41): delivery to receivers that take
+//! A window for far receivers: delivery to receivers that take
 //! tens of milliseconds a request, with an app's `window` letting several
 //! webhooks of one subscription be in flight at once, each figure beside
 //! its floor measured in the same run on the same machine.
@@ -49,7 +49,7 @@
 //! `--bench` (as `cargo test --benches` runs it) the sizes shrink to a smoke
 //! run.
 //!
-//! Goals (issue 41), checked on the workload they were set for (the
+//! Goals, checked on the workload they were set for (the
 //! defaults) when the window was taken: scenario 1 ≤ 1.2× the computed
 //! floor; scenario 2 ≤ 1.3× its floor; scenario 3 at most 25% of the
 //! requests answered 429. No event may die, whatever the workload. The
