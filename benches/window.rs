@@ -10,7 +10,7 @@
 //! (`support::generate`, files of about 200 bytes) served by `git daemon`;
 //! only the registration and `POST /api/repositories/{id}/scan` start
 //! scans. The app's window is set with `PATCH /api/app {"window": N}`; a
-//! build that refuses the field (before issue 41) runs with one webhook in
+//! build that refuses the field (one without windows) runs with one webhook in
 //! flight per subscription, and the goals are then not checked. The
 //! receiver (`support::Receiver`) answers 204 `--delay-ms` after it read a
 //! request; "the last webhook" is the last one answered.
