@@ -483,8 +483,12 @@ pub fn render(
                     })),
                 });
             }
-            // Text is valid UTF-8 by the binary rule; lossy only guards
-            // (checked first the fast way, which skips ASCII by words).
+            // Text need not be UTF-8: Docora's binary rule calls Latin-1 and
+            // UTF-16 files text. Such a file is decoded as Docora's
+            // `buffer.toString("utf-8")` decodes it: each ill-formed sequence
+            // becomes one U+FFFD (the WHATWG decoder's rule, which
+            // `from_utf8_lossy` follows), a byte-order mark stays. UTF-8 is
+            // checked first the fast way, which skips ASCII by words.
             let text;
             let content = if event.binary {
                 Content::Binary(content)
@@ -657,6 +661,39 @@ pub(crate) mod tests {
         assert_ne!(chunk_id(&again, 0), transfer);
         assert_eq!(chunk_id(&again, 3), chunk_id(&again, 0));
         assert_eq!(again.part("evt_01", 2).0, rendered.part("evt_01", 2).0);
+    }
+
+    /// Text that is not UTF-8 (Latin-1, UTF-16) goes as Docora sends it:
+    /// decoded as UTF-8 with U+FFFD for each ill-formed sequence. The
+    /// expected strings are what Node.js's `Buffer.toString("utf-8")` gives
+    /// for the same bytes.
+    #[test]
+    fn text_that_is_not_utf8_is_decoded_as_docora_decodes_it() {
+        let cases: [(&str, &str); 9] = [
+            ("636166e9", "caf\u{fffd}"),
+            ("e28241", "\u{fffd}A"),
+            ("eda080", "\u{fffd}\u{fffd}\u{fffd}"),
+            ("c080", "\u{fffd}\u{fffd}"),
+            ("f5ff", "\u{fffd}\u{fffd}"),
+            ("f09f98", "\u{fffd}"),
+            ("f4908080", "\u{fffd}\u{fffd}\u{fffd}\u{fffd}"),
+            ("fffe6800690021", "\u{fffd}\u{fffd}h\u{0}i\u{0}!"),
+            ("efbbbf41", "\u{feff}A"),
+        ];
+        for (bytes, text) in cases {
+            let bytes = hex::decode(bytes).expect("hex");
+            let rendered = render(
+                &event(entity::EventKind::Created, false),
+                &repository(),
+                Some(&bytes),
+                CHUNKING,
+            )
+            .expect("renders");
+            let value: serde_json::Value =
+                serde_json::from_slice(&rendered.part("evt_01", 0).1).expect("json");
+            assert_eq!(value["file"]["content"], text, "{bytes:02x?}");
+            assert!(value["file"].get("content_encoding").is_none());
+        }
     }
 
     #[test]

@@ -312,6 +312,53 @@ async fn a_chunk_retry_is_a_new_transfer_that_reassembles_to_the_file() {
     );
 }
 
+/// Docora's binary rule calls Latin-1 and UTF-16 files text, and looks at
+/// the first 512 bytes only; such text goes as Docora sends it, decoded as
+/// UTF-8 with U+FFFD where it is not.
+#[tokio::test]
+async fn text_by_docoras_rule_arrives_as_docora_sends_it() {
+    let repo = TestRepo::new("main");
+    let mut latin1 = b"# Menu\n\nUne cr\xe8me br\xfbl\xe9e, ".to_vec();
+    latin1.extend_from_slice(b"a dessert of custard under a layer of hard caramel.\n");
+    let utf16: Vec<u8> = std::iter::once(0xfeff_u16)
+        .chain("# Notes\n".encode_utf16())
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let late_nul = [&b"plain text\n".repeat(60)[..], b"\0 after 512 bytes\n"].concat();
+    repo.write("latin1.md", &latin1);
+    repo.write("utf16.txt", &utf16);
+    repo.write("late-nul.txt", &late_nul);
+    repo.commit("text");
+    let rig = Rig::serve(&repo).await;
+    let _watched = rig.watched("acme", &[]).await;
+    let accepted = rig
+        .receiver
+        .wait_for("the three files", |r| r.len() == 3)
+        .await;
+    for (path, bytes) in [
+        ("latin1.md", &latin1),
+        ("utf16.txt", &utf16),
+        ("late-nul.txt", &late_nul),
+    ] {
+        let body = accepted
+            .iter()
+            .map(|r| r.json())
+            .find(|body| body["file"]["path"] == path)
+            .expect("delivered");
+        let file = &body["file"];
+        assert!(file.get("content_encoding").is_none(), "{path} is text");
+        assert_eq!(file["sha"], sha(bytes), "{path}: the raw bytes' sha");
+        assert_eq!(file["size"], bytes.len());
+        assert_eq!(
+            file["content"].as_str().expect("content"),
+            String::from_utf8_lossy(bytes),
+            "{path}"
+        );
+    }
+    let raw = String::from_utf8(accepted[0].body.clone()).expect("a UTF-8 body");
+    assert!(raw.contains("\\u0000 after 512 bytes"), "{raw}");
+}
+
 #[tokio::test]
 async fn failing_receivers_get_everything_in_order_with_stable_ids() {
     let repo = TestRepo::new("main");
