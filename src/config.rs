@@ -837,6 +837,20 @@ mod properties {
     /// `server.max_inflight_body_bytes` in the embedded defaults.
     const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
 
+    /// A consumer that recovers resumes within about a minute, as Docora's
+    /// clients, retried on every 60 s scan, expect; "0" still turns probes
+    /// off.
+    #[test]
+    fn dead_events_are_probed_every_minute_by_default() {
+        let settings = load(&[]).expect("the defaults load");
+        assert_eq!(
+            settings.delivery.dead_retry_interval(),
+            Some(Duration::from_secs(60))
+        );
+        let never = load(&[("delivery.dead_retry_interval", "0")]).expect("0 loads");
+        assert_eq!(never.delivery.dead_retry_interval(), None);
+    }
+
     /// The in-flight budget holds the largest body a limit allows, or the
     /// start is refused naming both keys.
     #[test]

@@ -7,7 +7,8 @@
 //! - Only regular files count: symlinks and submodules are skipped, never
 //!   followed. A rename is a delete plus a create.
 //! - Every created or updated file is hashed (SHA-256 of its raw bytes) and
-//!   classified as text or binary (a NUL in the first 8 KiB, or not UTF-8).
+//!   classified as text or binary by Docora's rule ([`binary`]: the
+//!   `isbinaryfile` npm package, which reads the first 512 bytes).
 //!   Its size comes from the object's header first: a file above
 //!   [`WHOLE_BLOB_MAX`] is read in bounded pieces ([`crate::git::blob`]), so
 //!   a huge file that packs small costs its pieces, never its size.
@@ -26,11 +27,10 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
+pub mod binary;
+
 /// Ignore files read from the repository root (gitignore syntax).
 pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
-
-/// How many leading bytes decide whether a file is binary (git's rule).
-const BINARY_PROBE: usize = 8 * 1024;
 
 /// Files up to this size are read whole (one lookup, libgit2's cache);
 /// larger ones in pieces.
@@ -220,12 +220,11 @@ pub fn describe(content: &[u8]) -> (String, i64, bool) {
 pub struct Description {
     sha: Sha256,
     size: u64,
-    /// A NUL among the first [`BINARY_PROBE`] bytes.
-    nul: bool,
-    /// Every byte so far is valid UTF-8, but for `carry`.
-    utf8: bool,
-    /// The start of a character the last piece cut (at most 3 bytes).
-    carry: Vec<u8>,
+    /// The file's first bytes, as many as decide whether it is binary
+    /// (held inline: a scan describes every file it reads).
+    head: [u8; binary::HEAD_BYTES],
+    /// How many of `head` are the file's.
+    head_len: usize,
 }
 
 impl Default for Description {
@@ -239,40 +238,17 @@ impl Description {
         Self {
             sha: Sha256::new(),
             size: 0,
-            nul: false,
-            utf8: true,
-            carry: Vec::new(),
+            head: [0; binary::HEAD_BYTES],
+            head_len: 0,
         }
     }
 
     pub fn feed(&mut self, piece: &[u8]) {
         self.sha.update(piece);
-        let probed = usize::try_from(self.size).unwrap_or(usize::MAX);
-        if probed < BINARY_PROBE {
-            let probe = &piece[..piece.len().min(BINARY_PROBE - probed)];
-            self.nul |= probe.contains(&0);
-        }
         self.size += piece.len() as u64;
-        if self.utf8 {
-            if self.carry.is_empty() {
-                self.check_utf8(piece);
-            } else {
-                let mut joined = std::mem::take(&mut self.carry);
-                joined.extend_from_slice(piece);
-                self.check_utf8(&joined);
-            }
-        }
-    }
-
-    fn check_utf8(&mut self, bytes: &[u8]) {
-        match std::str::from_utf8(bytes) {
-            Ok(_) => {}
-            // Cut inside a character: wait for the next piece.
-            Err(err) if err.error_len().is_none() => {
-                self.carry = bytes[err.valid_up_to()..].to_vec();
-            }
-            Err(_) => self.utf8 = false,
-        }
+        let taken = piece.len().min(binary::HEAD_BYTES - self.head_len);
+        self.head[self.head_len..self.head_len + taken].copy_from_slice(&piece[..taken]);
+        self.head_len += taken;
     }
 
     /// SHA-256 (hex), size and binary flag.
@@ -283,11 +259,10 @@ impl Description {
 
     /// SHA-256 (raw), size and binary flag.
     fn finish_raw(self) -> ([u8; 32], i64, bool) {
-        let binary = self.nul || !self.utf8 || !self.carry.is_empty();
         (
             self.sha.finalize().into(),
             i64::try_from(self.size).unwrap_or(i64::MAX),
-            binary,
+            binary::is_binary(&self.head[..self.head_len]),
         )
     }
 }
@@ -631,7 +606,7 @@ mod tests {
     proptest! {
         /// However a file is cut into pieces, its description is the one of
         /// its bytes whole (multi-byte characters and NULs around the cuts
-        /// and the 8 KiB probe included).
+        /// and around the end of the bytes that decide included).
         #[test]
         fn a_description_fed_in_pieces_is_the_description_of_the_whole(
             parts in prop::collection::vec(
@@ -640,6 +615,7 @@ mod tests {
                     Just(vec![0u8]),
                     Just(vec![0xffu8]),
                     prop::collection::vec(b'a'..=b'z', 0..3000),
+                    prop::collection::vec(b'a'..=b'z', 505..520),
                 ],
                 0..12,
             ),
@@ -694,11 +670,13 @@ mod tests {
     }
 
     #[test]
-    fn binary_detection_follows_the_spec() {
+    fn binary_detection_follows_docoras_rule() {
         assert!(!describe(b"hello\n").2);
         assert!(!describe("héllo wörld".as_bytes()).2);
         assert!(describe(b"a\0b").2);
-        assert!(describe(&[0xff, 0xfe, 0x41]).2, "not UTF-8");
+        assert!(!describe(&[0xff, 0xfe, 0x41]).2, "a UTF-16 byte-order mark");
+        let late_nul = [&[b'x'; 600][..], b"\0"].concat();
+        assert!(!describe(&late_nul).2, "only the first 512 bytes count");
         let (sha, size, _) = describe(b"");
         assert_eq!(
             sha,

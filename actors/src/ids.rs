@@ -103,6 +103,12 @@ prefixed_id!(
     "att_"
 );
 prefixed_id!(
+    /// One transfer of a chunked file (`chunk.id`): every chunk of the
+    /// transfer carries it, and sending the file again is another transfer.
+    ChunkId,
+    "chk_"
+);
+prefixed_id!(
     /// One stored inbound push webhook.
     HookId,
     "hook_"

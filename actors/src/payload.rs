@@ -2,7 +2,9 @@
 //! order, compact JSON, non-ASCII unescaped, `event_id` last. Binary files
 //! larger than the chunk threshold are split into consecutive bodies, each with
 //! the file's metadata, one slice of the base64 content and a `chunk` object
-//! whose id is derived from the event id (the same on every retry).
+//! whose id names one transfer of the file: a rendering is sent once, from
+//! chunk 0, and every rendering draws a new id (as Docora's `createChunks`
+//! does for each send), so a retry is a transfer of its own.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -10,6 +12,7 @@ use entity::event;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339_ms;
+use crate::ids::ChunkId;
 
 /// The `repository` object of every body.
 #[derive(Debug, Clone, Serialize)]
@@ -276,7 +279,8 @@ enum Parts {
 struct ChunkPlan {
     repository: RepositoryRef,
     event_id: String,
-    chunk_id: String,
+    /// This transfer's `chunk.id`, in every chunk's body.
+    chunk_id: ChunkId,
     path: String,
     sha: String,
     size: i64,
@@ -317,7 +321,7 @@ impl Rendered {
                     sha: &plan.sha,
                     size: plan.size,
                     chunk: Some(ChunkRef {
-                        id: &plan.chunk_id,
+                        id: plan.chunk_id.as_str(),
                         index,
                         total: self.len(),
                     }),
@@ -381,11 +385,6 @@ pub fn render_too_large(
         endpoint: "file_too_large",
         parts: Parts::Whole(body.into()),
     })
-}
-
-/// The chunk id of an event: the same for every retry.
-pub fn chunk_id(event_id: &str) -> String {
-    format!("chk_{}", event_id.trim_start_matches("evt_"))
 }
 
 /// The extra fields a notification event stored in `payload`.
@@ -470,7 +469,9 @@ pub fn render(
                     parts: Parts::Chunked(Box::new(ChunkPlan {
                         repository: repository.clone(),
                         event_id: event.id.clone(),
-                        chunk_id: chunk_id(&event.id),
+                        // A new transfer: the lane renders an event anew for
+                        // each attempt and sends a rendering once.
+                        chunk_id: ChunkId::generate(),
                         path: path.to_owned(),
                         sha: sha.to_owned(),
                         size,
@@ -482,8 +483,12 @@ pub fn render(
                     })),
                 });
             }
-            // Text is valid UTF-8 by the binary rule; lossy only guards
-            // (checked first the fast way, which skips ASCII by words).
+            // Text need not be UTF-8: Docora's binary rule calls Latin-1 and
+            // UTF-16 files text. Such a file is decoded as Docora's
+            // `buffer.toString("utf-8")` decodes it: each ill-formed sequence
+            // becomes one U+FFFD (the WHATWG decoder's rule, which
+            // `from_utf8_lossy` follows), a byte-order mark stays. UTF-8 is
+            // checked first the fast way, which skips ASCII by words.
             let text;
             let content = if event.binary {
                 Content::Binary(content)
@@ -600,7 +605,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn large_binaries_are_chunked_with_a_stable_chunk_id() {
+    fn large_binaries_are_chunked_under_one_chunk_id_per_rendering() {
         let content: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
         let chunking = Chunking {
             threshold_bytes: 1000,
@@ -618,17 +623,77 @@ pub(crate) mod tests {
             4,
             "4000 base64 characters in chunks of 1000"
         );
+        let chunk_id = |rendered: &Rendered, index: usize| {
+            let value: serde_json::Value =
+                serde_json::from_slice(&rendered.part("evt_01", index).1).expect("json");
+            value["file"]["chunk"]["id"]
+                .as_str()
+                .expect("chunk id")
+                .to_owned()
+        };
+        let transfer = chunk_id(&rendered, 0);
+        assert!(ChunkId::parse(&transfer).is_some(), "{transfer}");
         let mut encoded = String::new();
         for index in 0..rendered.len() {
             let (id, bytes) = rendered.part("evt_01", index);
-            assert_eq!(id, format!("evt_01_{index}"));
+            assert_eq!(
+                id,
+                format!("evt_01_{index}"),
+                "webhook ids follow the event"
+            );
             let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-            assert_eq!(value["file"]["chunk"]["id"], "chk_01");
+            assert_eq!(value["file"]["chunk"]["id"], transfer.as_str());
             assert_eq!(value["file"]["chunk"]["total"], 4);
             assert_eq!(value["file"]["content_encoding"], "base64");
             encoded.push_str(value["file"]["content"].as_str().expect("content"));
         }
         assert_eq!(STANDARD.decode(encoded).expect("base64"), content);
+
+        // The next attempt renders the event again: a new transfer, the
+        // same webhook ids.
+        let again = render(
+            &event(entity::EventKind::Created, true),
+            &repository(),
+            Some(&content),
+            chunking,
+        )
+        .expect("renders");
+        assert_ne!(chunk_id(&again, 0), transfer);
+        assert_eq!(chunk_id(&again, 3), chunk_id(&again, 0));
+        assert_eq!(again.part("evt_01", 2).0, rendered.part("evt_01", 2).0);
+    }
+
+    /// Text that is not UTF-8 (Latin-1, UTF-16) goes as Docora sends it:
+    /// decoded as UTF-8 with U+FFFD for each ill-formed sequence. The
+    /// expected strings are what Node.js's `Buffer.toString("utf-8")` gives
+    /// for the same bytes.
+    #[test]
+    fn text_that_is_not_utf8_is_decoded_as_docora_decodes_it() {
+        let cases: [(&str, &str); 9] = [
+            ("636166e9", "caf\u{fffd}"),
+            ("e28241", "\u{fffd}A"),
+            ("eda080", "\u{fffd}\u{fffd}\u{fffd}"),
+            ("c080", "\u{fffd}\u{fffd}"),
+            ("f5ff", "\u{fffd}\u{fffd}"),
+            ("f09f98", "\u{fffd}"),
+            ("f4908080", "\u{fffd}\u{fffd}\u{fffd}\u{fffd}"),
+            ("fffe6800690021", "\u{fffd}\u{fffd}h\u{0}i\u{0}!"),
+            ("efbbbf41", "\u{feff}A"),
+        ];
+        for (bytes, text) in cases {
+            let bytes = hex::decode(bytes).expect("hex");
+            let rendered = render(
+                &event(entity::EventKind::Created, false),
+                &repository(),
+                Some(&bytes),
+                CHUNKING,
+            )
+            .expect("renders");
+            let value: serde_json::Value =
+                serde_json::from_slice(&rendered.part("evt_01", 0).1).expect("json");
+            assert_eq!(value["file"]["content"], text, "{bytes:02x?}");
+            assert!(value["file"].get("content_encoding").is_none());
+        }
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! An app developer runs it to see Herald work; the tests use it as the
 //! reference client. Every request is checked against both signature styles
 //! over the exact body bytes before anything is parsed, repeated deliveries
-//! (same `webhook-id`) are acknowledged without being applied twice, chunked
-//! binary files are reassembled and checked against their SHA-256, and with
-//! `--mirror DIR` each change is applied so DIR stays an exact copy of the
-//! watched tree.
+//! (same `webhook-id`, and for a chunk the same transfer's `chunk.id`) are
+//! acknowledged without being applied twice, chunked binary files are
+//! reassembled and checked against their SHA-256, and with `--mirror DIR`
+//! each change is applied so DIR stays a copy of the watched tree (exact but
+//! for text that is not UTF-8, which arrives decoded with U+FFFD).
 //!
 //! It is a client-side tool: it never reads Herald's server configuration.
 //! The HTTP part is a thin warp shell around [`Receiver::handle`], a plain
@@ -360,8 +361,8 @@ impl Receiver {
         }
     }
 
-    /// One request: route, authenticate (before parsing anything), skip a
-    /// redelivery, then apply. `now` is Unix seconds.
+    /// One request: route, authenticate (before parsing anything), parse,
+    /// skip a redelivery, then apply. `now` is Unix seconds.
     fn handle(
         &self,
         path: &str,
@@ -371,6 +372,24 @@ impl Receiver {
     ) -> Result<Accepted, Refused> {
         let endpoint = Endpoint::from_path(path).ok_or(Refused::NotFound)?;
         let webhook_id = verify(&self.key, headers, body, now)?;
+        let parsed = match endpoint {
+            Endpoint::Create | Endpoint::Update => Body::File(parse(body)?),
+            Endpoint::Delete => Body::Delete(parse(body)?),
+            Endpoint::SyncFailed => Body::SyncFailed(parse(body)?),
+            Endpoint::Synced => Body::Synced(parse(body)?),
+        };
+        // A chunk's webhook-id is the same in every transfer of its file,
+        // and each transfer has a chunk id of its own: the chunk is one
+        // delivery of its transfer, not a repeat of another transfer's.
+        let delivery = match &parsed {
+            Body::File(FileEvent {
+                file: WireFile {
+                    chunk: Some(chunk), ..
+                },
+                ..
+            }) => format!("{webhook_id} {}", chunk.id),
+            _ => webhook_id.clone(),
+        };
 
         // One request at a time from here: chunks and file writes must not
         // interleave. A panic in an earlier request leaves nothing half-done
@@ -379,7 +398,7 @@ impl Receiver {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.delivered.contains(&webhook_id) {
+        if state.delivered.contains(&delivery) {
             return Ok(Accepted {
                 line: format!(
                     "{} duplicate webhook-id {webhook_id}: already applied",
@@ -387,15 +406,13 @@ impl Receiver {
                 ),
             });
         }
-        let line = match endpoint {
-            Endpoint::Create | Endpoint::Update => {
-                self.apply_file(&mut state, endpoint, parse(body)?)?
-            }
-            Endpoint::Delete => self.apply_delete(parse(body)?)?,
-            Endpoint::SyncFailed => describe_sync_failed(&parse(body)?),
-            Endpoint::Synced => describe_synced(&parse(body)?),
+        let line = match parsed {
+            Body::File(event) => self.apply_file(&mut state, endpoint, event)?,
+            Body::Delete(event) => self.apply_delete(event)?,
+            Body::SyncFailed(event) => describe_sync_failed(&event),
+            Body::Synced(event) => describe_synced(&event),
         };
-        state.delivered.insert(webhook_id);
+        state.delivered.insert(delivery);
         Ok(Accepted { line })
     }
 
@@ -438,7 +455,16 @@ impl Receiver {
             } else {
                 content.as_bytes().to_vec()
             };
-            check_sha(&bytes, &file.sha)?;
+            match check_sha(&bytes, &file.sha) {
+                Ok(()) => {}
+                // Text that is not UTF-8 in the repository (Latin-1, say)
+                // comes decoded as UTF-8, U+FFFD for what was not: its
+                // bytes are gone, so the text is kept as it came.
+                Err(_) if !base64 && content.contains('\u{fffd}') => {
+                    line.push_str(" (not UTF-8 in the repository: kept as decoded, sha differs)");
+                }
+                Err(refused) => return Err(refused),
+            }
             self.write(&path, &bytes)?;
             return Ok(line);
         };
@@ -532,6 +558,15 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Refused> {
 }
 
 // Wire types: only the fields the receiver uses; the rest is ignored.
+
+/// A request's body, read as its endpoint's event.
+#[derive(Debug)]
+enum Body {
+    File(FileEvent),
+    Delete(DeleteEvent),
+    SyncFailed(SyncFailedEvent),
+    Synced(SyncedEvent),
+}
 
 #[derive(Debug, Deserialize)]
 struct FileEvent {

@@ -100,6 +100,13 @@ async fn the_first_snapshot_delivers_every_file_as_created() {
     repo.write("a/b/c/d/e/f/g/deep.txt", "deep\n");
     repo.write("logo.png", [0x89u8, b'P', b'N', b'G', 0, 1, 2, 3]);
     repo.write("latin1.txt", [b'c', b'a', b'f', 0xe9]);
+    // Latin-1 markdown, its accents rare: text by Docora's rule.
+    let mut menu = b"# Menu\n\nUne cr".to_vec();
+    menu.push(0xe8);
+    menu.extend_from_slice(b"me br");
+    menu.push(0xfb);
+    menu.extend_from_slice(b"l\xe9e, a dessert of custard under a layer of hard caramel.\n");
+    repo.write("menu.md", &menu);
     repo.write("debug.log", "ignored by .heraldignore\n");
     repo.write("legacy.tmp", "ignored by .docoraignore\n");
     repo.write(".heraldignore", "*.log\n");
@@ -128,6 +135,7 @@ async fn the_first_snapshot_delivers_every_file_as_created() {
             ("created", "docs/ünïcödé and spaces.md"),
             ("created", "latin1.txt"),
             ("created", "logo.png"),
+            ("created", "menu.md"),
         ]),
         "sorted by path bytes; ignored files and the symlink left out"
     );
@@ -146,7 +154,11 @@ async fn the_first_snapshot_delivers_every_file_as_created() {
             .binary
     };
     assert!(binary("logo.png"), "a NUL byte makes a file binary");
-    assert!(binary("latin1.txt"), "invalid UTF-8 makes a file binary");
+    assert!(
+        binary("latin1.txt"),
+        "one byte in four that is not UTF-8 makes a file binary"
+    );
+    assert!(!binary("menu.md"), "Latin-1 with few accents is text");
     assert!(!binary("docs/ünïcödé and spaces.md"));
 }
 

@@ -18,17 +18,19 @@ pub(crate) fn sha(content: &[u8]) -> String {
         .collect()
 }
 
-/// Applies accepted webhooks (deduplicated by `webhook-id`, chunks
-/// reassembled) to a map path → content.
+/// Applies accepted webhooks (deduplicated by `webhook-id`, and a chunk by
+/// its `webhook-id` within its transfer, chunks reassembled per `chunk.id`)
+/// to a map path → content.
 pub(crate) fn apply(accepted: &[crate::receiver::Received]) -> BTreeMap<String, Vec<u8>> {
     let mut tree = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
     let mut partial: BTreeMap<String, String> = BTreeMap::new();
     for request in accepted {
-        if !seen.insert(request.header("webhook-id").to_owned()) {
+        let body = request.json();
+        let transfer = body["file"]["chunk"]["id"].as_str().unwrap_or_default();
+        if !seen.insert((request.header("webhook-id").to_owned(), transfer.to_owned())) {
             continue;
         }
-        let body = request.json();
         let file = &body["file"];
         let path = file["path"].as_str().unwrap_or_default().to_owned();
         match request.endpoint.as_str() {
@@ -166,7 +168,7 @@ async fn every_change_arrives_signed_both_ways_in_order() {
 }
 
 #[tokio::test]
-async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
+async fn a_chunk_retry_is_a_new_transfer_that_reassembles_to_the_file() {
     let repo = TestRepo::new("main");
     let content: Vec<u8> = (0..40_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -174,8 +176,7 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
     repo.write("big.bin", &content);
     repo.commit("big");
     let rig = Rig::serve(&repo).await;
-    // Chunk 2 fails once, and the receiver forgets the chunks it collected
-    // (as after its restart): only what it accepts after the failure counts.
+    // Chunk 2 of 4 fails once.
     rig.receiver
         .script([Reply::status(200), Reply::status(200), Reply::status(500)]);
     let (app, client, _) = rig
@@ -199,33 +200,36 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
         .expect("chunk 2 failed once");
     let (first_try, retry) = (&received[..=failure], &received[failure + 1..]);
     let chunk = |r: &crate::receiver::Received| r.json()["file"]["chunk"].clone();
-    assert_eq!(
-        first_try
+    let indexes = |requests: &[crate::receiver::Received]| {
+        requests
             .iter()
             .map(|r| chunk(r)["index"].clone())
-            .collect::<Vec<_>>(),
-        [0, 1, 2]
-    );
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(indexes(first_try), [0, 1, 2]);
     assert_eq!(
-        retry
-            .iter()
-            .map(|r| chunk(r)["index"].clone())
-            .collect::<Vec<_>>(),
+        indexes(retry),
         [0, 1, 2, 3],
         "the retry began again at chunk 0"
     );
-    let chunk_id = chunk(&first_try[0])["id"].clone();
-    assert!(chunk_id.is_string(), "{chunk_id}");
-    for request in received.iter() {
+    for request in &received {
         verify(request, &client.client_auth_key, &client.webhook_secret);
-        assert_eq!(
-            chunk(request)["id"],
-            chunk_id,
-            "one chunk id for every attempt"
-        );
         assert_eq!(chunk(request)["total"], 4);
         assert_eq!(request.json()["file"]["size"], 40_000);
     }
+
+    // Each attempt is a transfer of its own: one chunk id for all its
+    // chunks, another for the next attempt's.
+    let transfer = |requests: &[crate::receiver::Received]| {
+        let ids: std::collections::BTreeSet<String> = requests
+            .iter()
+            .map(|r| chunk(r)["id"].as_str().expect("a chunk id").to_owned())
+            .collect();
+        assert_eq!(ids.len(), 1, "one chunk id within a transfer: {ids:?}");
+        ids.into_iter().next().expect("one id")
+    };
+    let (first_id, second_id) = (transfer(first_try), transfer(retry));
+    assert_ne!(first_id, second_id, "a new transfer, a new chunk id");
     for (before, again) in first_try.iter().zip(retry) {
         assert_eq!(
             before.header("webhook-id"),
@@ -233,8 +237,39 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
             "a chunk keeps its webhook-id across attempts"
         );
     }
-    let tree = apply(retry);
-    assert_eq!(sha(&tree["big.bin"]), sha(&content));
+
+    // A receiver that reassembles by chunk id, as Docora's clients do,
+    // collecting every chunk it accepted: the completed transfer is the file,
+    // byte for byte; the abandoned one never completes.
+    let mut by_transfer: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for request in received.iter().filter(|r| r.status == 200) {
+        let body = request.json();
+        by_transfer
+            .entry(chunk(request)["id"].as_str().expect("id").to_owned())
+            .or_default()
+            .push((
+                chunk(request)["index"].as_u64().expect("index"),
+                body["file"]["content"]
+                    .as_str()
+                    .expect("content")
+                    .to_owned(),
+            ));
+    }
+    assert_eq!(by_transfer[&first_id].len(), 2, "chunks 0 and 1 only");
+    let completed = &by_transfer[&second_id];
+    assert_eq!(
+        completed
+            .iter()
+            .map(|(index, _)| *index)
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    let encoded: String = completed.iter().map(|(_, part)| part.as_str()).collect();
+    let reassembled = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64");
+    assert!(reassembled == content, "the file, byte for byte");
+    assert!(apply(&rig.receiver.accepted())["big.bin"] == content);
 
     // Every chunk's attempt is in the event's history, in order, the
     // successful ones written with the deliveries.
@@ -275,6 +310,53 @@ async fn a_chunk_retry_starts_over_so_a_receiver_that_forgot_gets_the_file() {
         ]
         .map(|(index, status)| (Value::from(index), Value::from(status))),
     );
+}
+
+/// Docora's binary rule calls Latin-1 and UTF-16 files text, and looks at
+/// the first 512 bytes only; such text goes as Docora sends it, decoded as
+/// UTF-8 with U+FFFD where it is not.
+#[tokio::test]
+async fn text_by_docoras_rule_arrives_as_docora_sends_it() {
+    let repo = TestRepo::new("main");
+    let mut latin1 = b"# Menu\n\nUne cr\xe8me br\xfbl\xe9e, ".to_vec();
+    latin1.extend_from_slice(b"a dessert of custard under a layer of hard caramel.\n");
+    let utf16: Vec<u8> = std::iter::once(0xfeff_u16)
+        .chain("# Notes\n".encode_utf16())
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let late_nul = [&b"plain text\n".repeat(60)[..], b"\0 after 512 bytes\n"].concat();
+    repo.write("latin1.md", &latin1);
+    repo.write("utf16.txt", &utf16);
+    repo.write("late-nul.txt", &late_nul);
+    repo.commit("text");
+    let rig = Rig::serve(&repo).await;
+    let _watched = rig.watched("acme", &[]).await;
+    let accepted = rig
+        .receiver
+        .wait_for("the three files", |r| r.len() == 3)
+        .await;
+    for (path, bytes) in [
+        ("latin1.md", &latin1),
+        ("utf16.txt", &utf16),
+        ("late-nul.txt", &late_nul),
+    ] {
+        let body = accepted
+            .iter()
+            .map(|r| r.json())
+            .find(|body| body["file"]["path"] == path)
+            .expect("delivered");
+        let file = &body["file"];
+        assert!(file.get("content_encoding").is_none(), "{path} is text");
+        assert_eq!(file["sha"], sha(bytes), "{path}: the raw bytes' sha");
+        assert_eq!(file["size"], bytes.len());
+        assert_eq!(
+            file["content"].as_str().expect("content"),
+            String::from_utf8_lossy(bytes),
+            "{path}"
+        );
+    }
+    let raw = String::from_utf8(accepted[0].body.clone()).expect("a UTF-8 body");
+    assert!(raw.contains("\\u0000 after 512 bytes"), "{raw}");
 }
 
 #[tokio::test]

@@ -550,6 +550,77 @@ async fn a_chunked_binary_file_is_reassembled() {
     listener.printed("chunk 3/3").await;
 }
 
+/// `parts` as another transfer of the same file: a new `chunk.id`, the same
+/// webhook ids (docs/webhooks.md, Content and chunks).
+fn another_transfer(parts: &[(String, Value)], chunk_id: &str) -> Vec<(String, Value)> {
+    parts
+        .iter()
+        .map(|(id, body)| {
+            let mut body = body.clone();
+            body["file"]["chunk"]["id"] = json!(chunk_id);
+            (id.clone(), body)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_file_sent_again_as_a_new_transfer_is_reassembled_from_it() {
+    let listener = Listener::spawn().await;
+    let content = binary(3000);
+    let first = chunks("evt_big", "big.bin", &content, 1400);
+    // Chunk 0 lands, chunk 1 fails before the receiver sees it: Herald
+    // sends the file again from chunk 0, under the same webhook ids.
+    let (id, body) = &first[0];
+    assert_eq!(
+        listener.deliver("create", id, body).await,
+        StatusCode::NO_CONTENT
+    );
+    let again = another_transfer(&first, "chk_second");
+    for (id, body) in &again {
+        assert_eq!(
+            listener.deliver("create", id, body).await,
+            StatusCode::NO_CONTENT,
+            "{id} of the second transfer"
+        );
+    }
+    assert_eq!(listener.tree(), tree_of(&[("big.bin", &content)]));
+    listener.printed("chunk 3/3 (reassembled)").await;
+    // The abandoned transfer cannot come back to life.
+    let (id, body) = &first[1];
+    assert_eq!(
+        listener.deliver("create", id, body).await,
+        StatusCode::CONFLICT
+    );
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_is_kept_as_it_arrives() {
+    let listener = Listener::spawn().await;
+    // Latin-1 in the repository; the webhook carries it decoded as UTF-8,
+    // U+FFFD for each byte that is not, and the sha of the Latin-1 bytes.
+    let latin1 = b"caf\xe9 cr\xe8me\n";
+    let mut body = create("evt_latin1", "menu.md", "café crème\n".as_bytes());
+    body["file"]["sha"] = json!(sha256_hex(latin1));
+    body["file"]["size"] = json!(latin1.len());
+    body["file"]["content"] = json!(String::from_utf8_lossy(latin1));
+    assert_eq!(
+        listener.deliver("create", "evt_latin1", &body).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        listener.tree(),
+        tree_of(&[("menu.md", "caf\u{fffd} cr\u{fffd}me\n".as_bytes())])
+    );
+    listener.printed("not UTF-8 in the repository").await;
+    // Text whose sha does not match for another reason is still refused.
+    let mut body = create("evt_wrong", "wrong.md", b"right\n");
+    body["file"]["content"] = json!("wrong\n");
+    assert_eq!(
+        listener.deliver("create", "evt_wrong", &body).await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
 #[tokio::test]
 async fn a_chunk_gap_answers_409_until_the_missing_chunk_comes() {
     let listener = Listener::spawn().await;

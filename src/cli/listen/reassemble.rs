@@ -1,6 +1,7 @@
-//! Chunked binary files put back together: chunks are accepted in order
-//! only, a repeat is acknowledged, a gap is a 409 so that Herald resends,
-//! and the buffers stay bounded.
+//! Chunked binary files put back together, one transfer (`chunk.id`) at a
+//! time: chunks are accepted in order only, a repeat is acknowledged, a gap
+//! is a 409 so that Herald resends, a new transfer of a file replaces the
+//! one it abandoned, and the buffers stay bounded.
 
 use std::collections::HashMap;
 
@@ -67,6 +68,20 @@ impl Partials {
         }
         self.ticks += 1;
         let ticks = self.ticks;
+        if chunk.index == 0 && !self.files.contains_key(&chunk.id) {
+            // Herald sends a file again from chunk 0 under a new chunk id
+            // (and one path at a time): an earlier transfer of the same
+            // path was abandoned.
+            let abandoned: Vec<String> = self
+                .files
+                .iter()
+                .filter(|(_, partial)| partial.path == file.path)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in abandoned {
+                self.discard(&id);
+            }
+        }
         let partial = match self.files.get_mut(&chunk.id) {
             None if chunk.index == 0 => {
                 self.files.insert(
@@ -242,5 +257,37 @@ mod tests {
             partials.accept(&chunk(2, 3), &file(), third),
             Ok(ChunkStep::Repeat)
         ));
+    }
+
+    #[test]
+    fn a_new_transfer_of_a_file_replaces_the_one_it_abandoned() {
+        let mut partials = Partials::default();
+        let encoded = STANDARD.encode(b"hello, chunked world");
+        let (first, rest) = encoded.split_at(12);
+        let transfer = |id: &str, index| WireChunk {
+            id: id.into(),
+            index,
+            total: 2,
+        };
+        assert!(matches!(
+            partials.accept(&transfer("chk_a", 0), &file(), first),
+            Ok(ChunkStep::Buffered)
+        ));
+        // Chunk 1 of transfer a failed; the file comes again as transfer b.
+        assert!(matches!(
+            partials.accept(&transfer("chk_b", 0), &file(), first),
+            Ok(ChunkStep::Buffered)
+        ));
+        assert_eq!(partials.files.len(), 1, "transfer a is dropped");
+        assert_eq!(partials.buffered, first.len());
+        assert!(matches!(
+            partials.accept(&transfer("chk_a", 1), &file(), rest),
+            Err(Refused::ChunkGap(_))
+        ));
+        let Ok(ChunkStep::Complete(bytes)) = partials.accept(&transfer("chk_b", 1), &file(), rest)
+        else {
+            panic!("transfer b completes the file");
+        };
+        assert_eq!(bytes, b"hello, chunked world");
     }
 }

@@ -183,10 +183,11 @@ impl Pipeline {
         };
         let endpoint = prepared.rendered.endpoint;
         let (parts, chunked) = (prepared.rendered.len(), prepared.rendered.is_chunked());
-        // Every attempt of a chunked event sends the whole file from chunk 0,
-        // with the same chunk id and webhook ids: a receiver that lost its
-        // partial state gets the file, one that kept it overwrites the same
-        // parts (as Docora resends the whole file).
+        // Every attempt of a chunked event sends the whole file from chunk 0
+        // (as Docora resends the whole file), as a transfer of its own: its
+        // chunks carry the chunk id of this rendering, which is this
+        // attempt's alone (rendered now, or read ahead for this event and
+        // taken once), while their webhook ids are the same on every attempt.
         for index in 0..parts {
             // A long chunked file keeps the lease alive between chunks.
             if index > 0 && !self.renew_lease().await? {

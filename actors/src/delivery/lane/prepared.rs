@@ -28,6 +28,9 @@ pub(super) type Rendering = Result<Prepared, payload::PayloadError>;
 /// An event rendered, its first request signed too: the look-ahead then
 /// leaves only the send on the lane's path. A chunked event's next chunk is
 /// built and signed on a blocking worker while the one before is in flight.
+/// One `Prepared` is one transfer of the event (its chunks share the chunk
+/// id drawn when it was rendered): the attempt that takes it drops it when
+/// it ends, and the next attempt renders the event again.
 pub(super) struct Prepared {
     pub(super) rendered: Arc<payload::Rendered>,
     /// The request signed ahead: its index, and its signature or the
