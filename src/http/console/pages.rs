@@ -191,7 +191,7 @@ pub async fn apps(session: Session, state: AppState, query: ListQuery) -> Result
         notice(&query),
         &html! {
             @if apps.is_empty() {
-                (empty("No apps yet. Onboard one with POST /admin/api/apps/onboard (or `herald admin onboard`)."))
+                (empty("No apps yet. Onboard one with POST /admin/api/apps/onboard (or `herald app onboard`)."))
             } @else {
                 div.scroll {
                     table {
