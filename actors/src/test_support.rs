@@ -9,6 +9,7 @@
 pub mod database;
 pub mod fixtures;
 pub mod scan;
+pub mod tls;
 
 pub use database::TestDatabase;
 pub use fixtures::{connect, new_app, new_subscription, onboard, sqlite_url, store, subscribe};

@@ -29,35 +29,3 @@ pub(crate) fn client_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
-
-/// A certificate authority and a server configuration with a certificate
-/// it issued for `localhost`, for the tests of both TLS clients.
-#[cfg(test)]
-pub(crate) fn authority_and_localhost() -> (
-    rustls::pki_types::CertificateDer<'static>,
-    Arc<rustls::ServerConfig>,
-) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let mut params = CertificateParams::new(Vec::new()).expect("no names");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().expect("a key");
-    let ca = params.self_signed(&ca_key).expect("a CA");
-    let issuer = Issuer::new(params, ca_key);
-    let key = KeyPair::generate().expect("a key");
-    let leaf = CertificateParams::new(vec!["localhost".into()])
-        .expect("a name")
-        .signed_by(&key, &issuer)
-        .expect("a certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("a server config");
-    (ca.der().clone(), Arc::new(config))
-}

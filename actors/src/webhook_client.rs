@@ -1052,7 +1052,7 @@ mod tests {
 
     #[tokio::test]
     async fn https_endpoints_are_verified_against_trusted_roots() {
-        let (root, config) = crate::tls::authority_and_localhost();
+        let (root, config) = crate::test_support::tls::authority_and_localhost();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (addr, connections) = receiver(Some(acceptor), echo).await;
         let url = format!("https://localhost:{}/hook", addr.port());

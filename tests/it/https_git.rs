@@ -21,32 +21,8 @@ use crate::receiver::Receiver;
 /// A certificate authority (as PEM) and a TLS acceptor with a certificate
 /// it issued for `localhost`.
 fn authority_and_localhost() -> (String, tokio_rustls::TlsAcceptor) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let mut params = CertificateParams::new(Vec::new()).expect("no names");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().expect("a key");
-    let ca = params.self_signed(&ca_key).expect("a CA");
-    let issuer = Issuer::new(params, ca_key);
-    let key = KeyPair::generate().expect("a key");
-    let leaf = CertificateParams::new(vec!["localhost".into()])
-        .expect("a name")
-        .signed_by(&key, &issuer)
-        .expect("a certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("a server config");
-    (
-        pem(ca.der()),
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    )
+    let (authority, config) = actors::test_support::tls::authority_and_localhost();
+    (pem(&authority), tokio_rustls::TlsAcceptor::from(config))
 }
 
 /// A certificate in PEM, as a CA bundle holds it.

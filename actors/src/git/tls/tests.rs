@@ -15,7 +15,7 @@ use crate::git::fixtures::{commit, git, source_repository};
 use crate::git::{ConnectRule, GitFailure, LowSpeed, Mirror, RemoteSpec, probe};
 
 use super::CertificateRefusal;
-use crate::tls::authority_and_localhost;
+use crate::test_support::tls::authority_and_localhost;
 
 thread_local! {
     /// Roots a test trusts besides the platform's, for the connections
