@@ -74,26 +74,36 @@ impl Pipeline {
         event: &event::Model,
         upcoming: &VecDeque<event::Model>,
     ) -> Result<Flow, StoreError> {
-        let permit = if self.breaker_clear.load(Ordering::Acquire) {
-            Ok(Permit::Proceed)
-        } else {
-            ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS)
-        };
-        let Ok(permit) = permit else {
-            // The breaker is restarting with its app actor: try again soon.
-            return Ok(Flow::Stop(Some(now_ms() + 1_000)));
-        };
-        let probe = match permit {
-            Permit::WaitUntil(until) => return Ok(Flow::Stop(Some(until))),
-            Permit::Probe => true,
-            Permit::Proceed => false,
+        let probe = match self.ask_breaker().await {
+            Ok(probe) => probe,
+            Err(until) => return Ok(Flow::Stop(Some(until))),
         };
         let flow = self.send_event(context, event, upcoming, probe).await;
-        if probe && !matches!(flow, Ok(Flow::Next)) {
-            // A probe that ended before an answer told nothing: let another go.
+        self.probe_ended(probe, matches!(flow, Ok(Flow::Next)));
+        flow
+    }
+
+    /// Whether the next request may go: `Ok(true)` as the breaker's probe,
+    /// `Err(until)` when it must wait.
+    pub(super) async fn ask_breaker(&self) -> Result<bool, i64> {
+        if self.breaker_clear.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        match ractor::call_t!(self.breaker, BreakerMsg::Ask, BREAKER_CALL_MS) {
+            Ok(Permit::Proceed) => Ok(false),
+            Ok(Permit::Probe) => Ok(true),
+            Ok(Permit::WaitUntil(until)) => Err(until),
+            // The breaker is restarting with its app actor: try again soon.
+            Err(_) => Err(now_ms() + 1_000),
+        }
+    }
+
+    /// After the breaker's probe: when its event did not go through
+    /// (`delivered` false), the breaker may let another probe go.
+    pub(super) fn probe_ended(&self, probe: bool, delivered: bool) {
+        if probe && !delivered {
             let _ = self.breaker.cast(BreakerMsg::Inconclusive);
         }
-        flow
     }
 
     /// The render stage: the event's body (or chunks), read ahead or made

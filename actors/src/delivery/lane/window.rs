@@ -32,13 +32,11 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 
 use super::super::congestion::{Congestion, Signal};
-use super::super::{BREAKER_CALL_MS, lease_ttl, probe_dead_before};
+use super::super::{lease_ttl, probe_dead_before};
 use super::batch::{BATCH, LaneContext, READ_NEXT_AT};
 use super::deliver::{Endpoints, Unrendered, produce, sign_request};
 use super::record::Sent;
 use super::{Flow, LaneState, Pipeline, Step};
-use crate::breaker::Permit;
-use crate::breaker::actor::BreakerMsg;
 use crate::clock::now_ms;
 use crate::ids::AppId;
 use crate::owned::Pending;
@@ -280,7 +278,7 @@ impl Windowed {
     }
 
     /// Starts events while the window has room.
-    async fn fill(&mut self, pipeline: &mut Pipeline) -> Result<(), StoreError> {
+    async fn fill(&mut self, pipeline: &Pipeline) {
         let window = self.congestion.window(self.context.window);
         while self.stopping.is_none() && !self.probing && self.in_flight.len() < window {
             let now = now_ms();
@@ -290,26 +288,11 @@ impl Windowed {
             else {
                 break;
             };
-            let permit = if pipeline
-                .breaker_clear
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                Ok(Permit::Proceed)
-            } else {
-                ractor::call_t!(pipeline.breaker, BreakerMsg::Ask, BREAKER_CALL_MS)
-            };
-            let probe = match permit {
-                Ok(Permit::Proceed) => false,
-                Ok(Permit::Probe) => true,
-                Ok(Permit::WaitUntil(until)) => {
+            let probe = match pipeline.ask_breaker().await {
+                Ok(probe) => probe,
+                Err(until) => {
                     self.order.put_back(event);
                     self.stopping = Some(Some(until));
-                    break;
-                }
-                Err(_) => {
-                    // The breaker is restarting with its app actor: soon.
-                    self.order.put_back(event);
-                    self.stopping = Some(Some(now + 1_000));
                     break;
                 }
             };
@@ -317,7 +300,6 @@ impl Windowed {
             let window_full = self.in_flight.len() + 1 >= window;
             self.start(pipeline, event, probe, window_full);
         }
-        Ok(())
     }
 
     fn start(&mut self, pipeline: &Pipeline, event: event::Model, probe: bool, window_full: bool) {
@@ -375,10 +357,7 @@ impl Windowed {
         };
         if probe {
             self.probing = false;
-            if !matches!(flow, Flow::Next) {
-                // A probe that ended before an answer told nothing.
-                let _ = pipeline.breaker.cast(BreakerMsg::Inconclusive);
-            }
+            pipeline.probe_ended(probe, matches!(flow, Flow::Next));
         }
         match flow {
             Flow::Next => self.order.landed(&event, None),
@@ -495,7 +474,7 @@ impl LaneState {
                 }
             }
         }
-        windowed.fill(pipeline).await?;
+        windowed.fill(pipeline).await;
         if windowed.in_flight.is_empty() {
             if self.batch_full && windowed.stopping.is_none() && !windowed.order.blocked() {
                 // Everything read has landed and more may follow.
