@@ -28,6 +28,7 @@ mod listen;
 mod operations;
 mod policy;
 mod property;
+mod pull;
 mod receiver;
 mod repositories;
 mod scan_queue;
