@@ -142,6 +142,9 @@ def run(herald: Path, st: str, config: Path, extra: list, work: Path, processes:
         # Fuzzed repository URLs point anywhere: fail fast.
         "HERALD__GIT__FETCH_TIMEOUT": "5s",
         "HERALD__SCHEDULER__TICK": "1s",
+        # The app pulls its events: a stream (or long poll) ends this soon, so
+        # that each call of GET /api/stream gets a complete answer.
+        "HERALD__DELIVERY__STREAM_MAX_AGE": "300ms",
         "HERALD__RATE_LIMIT__PER_IP_PER_MINUTE": "1000000",
         "HERALD__RATE_LIMIT__ONBOARDING_PER_MINUTE": "1000000",
         "HERALD__RATE_LIMIT__PER_APP_PER_MINUTE": "1000000",
@@ -164,6 +167,9 @@ def run(herald: Path, st: str, config: Path, extra: list, work: Path, processes:
         "app_name": "contract",
         "base_url": f"http://127.0.0.1:{receiver_port}/hooks",
         "email": "ci@example.com",
+        # GET /api/stream and /api/changes answer 200 (a pull app); fuzzed
+        # PATCHes of /api/app switch it to push and back.
+        "delivery": "pull",
     })["data"]
     app_token = onboarded["token"]
     receiver = spawn(processes, [

@@ -264,6 +264,10 @@ pub struct DeliverySettings {
     /// A pause after each event a bulk retry queues again (zero: none).
     #[serde(deserialize_with = "duration")]
     pub bulk_retry_pause: Duration,
+    /// A pull stream (or long poll) is answered for at most this long; its
+    /// consumer then reconnects where it was.
+    #[serde(deserialize_with = "duration")]
+    pub stream_max_age: Duration,
 }
 
 impl DeliverySettings {
@@ -620,6 +624,12 @@ impl Settings {
                 "must be \"0\" (never) or at least one second",
             ));
         }
+        if self.delivery.stream_max_age.is_zero() {
+            return Err(invalid(
+                "delivery.stream_max_age",
+                "must be longer than zero",
+            ));
+        }
         // A longer pause would leave a bulk retry of a few thousand events
         // running for days.
         if self.delivery.bulk_retry_pause > Duration::from_secs(60) {
@@ -736,7 +746,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 64] = [
+    const KEYS: [&str; 65] = [
         "data_dir",
         "server.host",
         "server.port",
@@ -781,6 +791,7 @@ mod properties {
         "delivery.event_retention",
         "delivery.tick",
         "delivery.dead_retry_interval",
+        "delivery.stream_max_age",
         "breaker.git.threshold",
         "breaker.git.cooldown",
         "breaker.delivery.threshold",

@@ -165,7 +165,8 @@ pub(crate) async fn stream(
     // connection, and ends with it (or when Herald stops).
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     let rings = state.engine.outbox_changes();
-    tokio::spawn(feed_stream(feed, rings, sender, state.closing.clone()));
+    let until = tokio::time::Instant::now() + state.settings.delivery.stream_max_age;
+    tokio::spawn(feed_stream(feed, rings, sender, state.closing.clone(), until));
     let messages = futures::stream::unfold(receiver, |mut receiver| async move {
         let event = receiver.recv().await?;
         Some((Ok::<_, Infallible>(event), receiver))
@@ -177,13 +178,22 @@ pub(crate) async fn stream(
 }
 
 /// Sends the feed's messages as Server-Sent Events until the consumer
-/// goes, the app leaves pull mode or Herald stops.
+/// goes, the app leaves pull mode, Herald stops or `until`
+/// (`delivery.stream_max_age`).
 async fn feed_stream(
     mut feed: Feed,
     mut rings: watch::Receiver<u64>,
     sender: mpsc::Sender<Event>,
     closing: CancellationToken,
+    until: tokio::time::Instant,
 ) {
+    let ends = async move {
+        tokio::select! {
+            () = closing.cancelled() => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+    };
+    tokio::pin!(ends);
     loop {
         rings.borrow_and_update();
         let wait = match feed.next().await {
@@ -193,7 +203,7 @@ async fn feed_stream(
                     .event(message.endpoint)
                     .data(String::from_utf8_lossy(&message.body));
                 tokio::select! {
-                    () = closing.cancelled() => return,
+                    () = &mut ends => return,
                     sent = sender.send(event) => match sent {
                         Ok(()) => continue,
                         Err(_) => return,
@@ -209,7 +219,7 @@ async fn feed_stream(
             }
         };
         tokio::select! {
-            () = closing.cancelled() => return,
+            () = &mut ends => return,
             () = sender.closed() => return,
             _ = rings.changed() => {}
             () = tokio::time::sleep(wait) => {}
@@ -224,6 +234,7 @@ async fn feed_stream(
     security(("app_token" = [])),
     responses(
         (status = 200, description = "A page of messages", body = ChangesPage),
+        (status = 400, description = "Malformed query string", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 409, description = "The app receives webhooks (`delivery` is `push`) or is disabled", body = super::error::ErrorBody),
         (status = 422, description = "Invalid cursor, limit or wait", body = super::error::ErrorBody)))]
@@ -249,7 +260,8 @@ pub(crate) async fn changes(
         .map(|raw| cursor("after", raw))
         .transpose()?;
     let mut feed = Feed::open(&app, after, &state).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(wait).min(state.settings.delivery.stream_max_age);
     let mut rings = state.engine.outbox_changes();
     let mut data = Vec::new();
     loop {
