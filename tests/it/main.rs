@@ -29,6 +29,7 @@ mod operations;
 mod policy;
 mod property;
 mod receiver;
+mod replay;
 mod repositories;
 mod scan_queue;
 mod secrets;
