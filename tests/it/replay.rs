@@ -464,3 +464,98 @@ async fn another_app_can_neither_replay_nor_read_a_replay_of_a_subscription_not_
     )
     .await;
 }
+
+/// A page of `/api/changes` after `after` (which it marks consumed).
+async fn changes_page(app: &TestApp, client: &TestClient, after: Option<&str>, wait: u64) -> Value {
+    let mut path = format!("/api/changes?limit=1000&wait={wait}");
+    if let Some(after) = after {
+        path.push_str(&format!("&after={after}"));
+    }
+    let (status, page) = app
+        .call(Method::GET, &path, Some(&client.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page
+}
+
+#[tokio::test]
+async fn a_pull_app_gets_its_replay_on_the_stream_and_consuming_it_is_its_progress() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "one\n");
+    let first = repo.commit("first").trim().to_owned();
+    repo.write("a.md", "two\n");
+    repo.write("b.md", "bee\n");
+    let second = repo.commit("second").trim().to_owned();
+    let rig = Rig::serve(&repo).await;
+    let app = crate::helpers::engine_with(&SETTINGS).await;
+    let client = onboard(&app, &rig.receiver, "puller").await;
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/api/app",
+            Some(&client.token),
+            Some(json!({"delivery": "pull"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = crate::helpers::watch(&app, &client, &rig.url()).await;
+    app.wait_for_commit(&client, &id, &second).await;
+    // The first snapshot, consumed.
+    let mut initial = changes_page(&app, &client, None, 10).await;
+    while initial["data"].as_array().map_or(0, Vec::len) < 2 {
+        initial = changes_page(&app, &client, None, 10).await;
+    }
+    let next = initial["next"].as_str().expect("a cursor").to_owned();
+
+    let (status, started, location) =
+        replay(&app, &client, &id, json!({"from": first, "to": second})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let replay_id = started["id"].as_str().expect("an id").to_owned();
+    let page = changes_page(&app, &client, Some(&next), 10).await;
+    let messages = page["data"].as_array().expect("messages");
+    let seen: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m["event"].as_str().unwrap_or_default(),
+                m["body"]["file"]["path"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("create", "b.md"), ("update", "a.md")], "{page}");
+    for message in messages {
+        assert_eq!(
+            message["body"]["replay"],
+            json!({"id": replay_id, "from": first, "to": second}),
+            "{message}"
+        );
+        assert_eq!(message["webhook_id"], message["body"]["event_id"]);
+    }
+    assert!(
+        rig.receiver.received().is_empty(),
+        "no webhook for a pull app"
+    );
+    let (_, waiting) = app
+        .call(
+            Method::GET,
+            &location.clone().expect("a Location"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        waiting["events_delivered"], 0,
+        "not consumed yet: {waiting}"
+    );
+    // Passing the cursor on consumes them: the replay is delivered.
+    let last = page["next"].as_str().expect("a cursor").to_owned();
+    changes_page(&app, &client, Some(&last), 0).await;
+    progress_until(
+        &app,
+        &client,
+        &location.expect("a Location"),
+        "the replay consumed",
+        |p| p["events_delivered"] == 2 && p["status"] == "delivered",
+    )
+    .await;
+}
