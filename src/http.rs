@@ -38,6 +38,7 @@ mod operations;
 mod paging;
 mod public;
 mod ratelimit;
+mod replay;
 mod server;
 mod stream;
 
@@ -117,6 +118,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin::routes(state.clone()))
         .unify()
         .or(client::routes(state.clone()))
+        .unify()
+        .or(replay::routes(state.clone()))
         .unify()
         .or(operations::routes(state.clone()))
         .unify()

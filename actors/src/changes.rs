@@ -501,6 +501,41 @@ pub fn diff_against_manifest(
     Ok(delta)
 }
 
+/// The regular files of `at`'s tree that are at `paths` or that `also`
+/// selects, described as a scan describes them (path → file): the old side
+/// of a diff between two commits, which has no stored manifest. `paths`
+/// are looked up one by one (the work follows them); `also`, when given,
+/// walks the whole tree.
+pub fn describe_files<'a>(
+    repo: &Repository,
+    at: Oid,
+    paths: impl IntoIterator<Item = &'a str>,
+    also: Option<&dyn Fn(&str) -> bool>,
+) -> Result<std::collections::BTreeMap<String, FileInfo>, ChangeError> {
+    let tree = repo.find_commit(at)?.tree()?;
+    let mut files = std::collections::BTreeMap::new();
+    for path in paths {
+        let Ok(entry) = tree.get_path(std::path::Path::new(path)) else {
+            continue;
+        };
+        if entry.kind() == Some(ObjectType::Blob)
+            && is_regular(u32::try_from(entry.filemode()).unwrap_or(0))
+        {
+            files.insert(path.to_owned(), describe_blob(repo, entry.id())?);
+        }
+    }
+    if let Some(also) = also {
+        walk_files(&tree, |path, blob| {
+            if !files.contains_key(&path) && also(&path) {
+                let info = describe_blob(repo, blob)?;
+                files.insert(path, info);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(files)
+}
+
 /// The ignore rules of the commit `at`: `.heraldignore` and `.docoraignore`
 /// at the root, in gitignore syntax.
 pub fn ignore_rules(repo: &Repository, at: Oid) -> Result<Option<Gitignore>, ChangeError> {

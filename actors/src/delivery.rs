@@ -816,6 +816,7 @@ mod tests {
                     delivered_at: Set(None),
                     trace_parent: Set(None),
                     stream_pos: Set(None),
+                    replay_id: Set(None),
                 }
                 .insert(store.db())
                 .await

@@ -118,6 +118,12 @@ prefixed_id!(
     OperationId,
     "op_"
 );
+prefixed_id!(
+    /// One replay of the changes between two commits (`replays`): the
+    /// `replay.id` of every event it wrote.
+    ReplayId,
+    "rpl_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! Webhook bodies (docs/webhooks.md, Bodies): Docora's fields in Docora's
-//! order, compact JSON, non-ASCII unescaped, `event_id` last. Binary files
+//! order, compact JSON, non-ASCII unescaped, `event_id` last (a replayed
+//! event's `replay` marker just before it). Binary files
 //! larger than the chunk threshold are split into consecutive bodies, each with
 //! the file's metadata, one slice of the base64 content and a `chunk` object
 //! whose id names one transfer of the file: a rendering is sent once, from
@@ -51,6 +52,7 @@ struct FileEnvelope<'a> {
     previous_sha: Option<&'a str>,
     commit_sha: &'a str,
     timestamp: &'a str,
+    replay: Option<&'a ReplayMarker>,
     event_id: &'a str,
 }
 
@@ -125,6 +127,9 @@ impl FileEnvelope<'_> {
         }
         field(&mut out, b",\"commit_sha\":", self.commit_sha);
         field(&mut out, b",\"timestamp\":", self.timestamp);
+        if let Some(replay) = self.replay {
+            field(&mut out, b",\"replay\":", replay);
+        }
         field(&mut out, b",\"event_id\":", self.event_id);
         out.push(b'}');
         // A body is kept until it is answered (and rendered ahead of that):
@@ -165,6 +170,8 @@ struct FileNotice<'a, F> {
     previous_sha: Option<&'a str>,
     commit_sha: &'a str,
     timestamp: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay: Option<&'a ReplayMarker>,
     event_id: &'a str,
 }
 
@@ -180,7 +187,48 @@ struct DeleteBody<'a> {
     file: DeletedFile<'a>,
     commit_sha: &'a str,
     timestamp: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay: Option<&'a ReplayMarker>,
     event_id: &'a str,
+}
+
+/// The `replay` object of a replayed event's body (docs/webhooks.md,
+/// Replayed events): which replay wrote it, and between which commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayMarker {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// What a replayed file event stores in `payload`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayPayload {
+    pub replay: ReplayMarker,
+}
+
+impl ReplayPayload {
+    /// The `payload` column of an event written by replay `marker`.
+    pub fn stored(marker: &ReplayMarker) -> String {
+        serde_json::to_string(&ReplayPayload {
+            replay: marker.clone(),
+        })
+        .expect("markers serialise")
+    }
+}
+
+/// The `replay` marker of a replayed event; `None` for a scan's. A file
+/// event of a replay keeps its marker in `payload`.
+fn replay_marker(event: &event::Model) -> Result<Option<ReplayMarker>, PayloadError> {
+    if event.replay_id.is_none()
+        || !matches!(
+            event.kind,
+            entity::EventKind::Created | entity::EventKind::Updated | entity::EventKind::Deleted
+        )
+    {
+        return Ok(None);
+    }
+    stored_notice::<ReplayPayload>(event).map(|stored| Some(stored.replay))
 }
 
 /// The stored extra fields of a `sync_failed` event, in their wire order.
@@ -298,6 +346,7 @@ struct ChunkPlan {
     previous_sha: Option<String>,
     commit_sha: String,
     timestamp: String,
+    replay: Option<ReplayMarker>,
     encoded: String,
     chunk_chars: usize,
 }
@@ -348,6 +397,7 @@ impl Rendered {
                     previous_sha: plan.previous_sha.as_deref(),
                     commit_sha: &plan.commit_sha,
                     timestamp: &plan.timestamp,
+                    replay: plan.replay.as_ref(),
                     event_id: &plan.event_id,
                 };
                 let content = Content::Base64(&plan.encoded[start.min(end)..end]);
@@ -385,6 +435,7 @@ pub fn render_too_large(
     repository: &RepositoryRef,
 ) -> Result<Rendered, PayloadError> {
     let incomplete = || PayloadError::Incomplete(event.id.clone());
+    let replay = replay_marker(event)?;
     let body = serde_json::to_vec(&FileNotice {
         repository,
         file: TooLargeFile {
@@ -398,6 +449,7 @@ pub fn render_too_large(
             .filter(|_| event.kind == entity::EventKind::Updated),
         commit_sha: event.commit_sha.as_deref().ok_or_else(incomplete)?,
         timestamp: &rfc3339_ms(event.created_at),
+        replay: replay.as_ref(),
         event_id: &event.id,
     })
     .expect("bodies serialise");
@@ -436,6 +488,7 @@ pub fn render(
     let path = event.path.as_deref();
     let sha = event.sha256.as_deref();
     let commit = event.commit_sha.as_deref();
+    let replay = replay_marker(event)?;
     let body = match event.kind {
         entity::EventKind::Deleted => serde_json::to_vec(&DeleteBody {
             repository,
@@ -445,6 +498,7 @@ pub fn render(
             },
             commit_sha: commit.ok_or_else(incomplete)?,
             timestamp: &timestamp,
+            replay: replay.as_ref(),
             event_id: &event.id,
         }),
         entity::EventKind::SyncFailed => {
@@ -498,6 +552,7 @@ pub fn render(
                         previous_sha: previous_sha.map(str::to_owned),
                         commit_sha: commit.to_owned(),
                         timestamp,
+                        replay,
                         encoded: STANDARD.encode(content),
                         chunk_chars: (chunking.chunk_chars.max(4) / 4) * 4,
                     })),
@@ -528,6 +583,7 @@ pub fn render(
                 previous_sha,
                 commit_sha: commit,
                 timestamp: &timestamp,
+                replay: replay.as_ref(),
                 event_id: &event.id,
             };
             Ok(envelope.body(content))
@@ -580,6 +636,7 @@ pub(crate) mod tests {
             delivered_at: None,
             trace_parent: None,
             stream_pos: None,
+            replay_id: None,
         }
     }
 
@@ -738,6 +795,79 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn replayed_bodies_carry_the_marker_just_before_the_event_id() {
+        let marker = ReplayMarker {
+            id: "rpl_01".into(),
+            from: "a".repeat(40),
+            to: "b".repeat(40),
+        };
+        let replayed = |kind, binary| {
+            let mut event = event(kind, binary);
+            event.replay_id = Some(marker.id.clone());
+            event.payload = Some(ReplayPayload::stored(&marker));
+            event
+        };
+        let tail = format!(
+            r#","replay":{{"id":"rpl_01","from":"{}","to":"{}"}},"event_id":"evt_01"}}"#,
+            "a".repeat(40),
+            "b".repeat(40)
+        );
+        for kind in [entity::EventKind::Created, entity::EventKind::Updated] {
+            let rendered = render(
+                &replayed(kind, false),
+                &repository(),
+                Some(b"hi!"),
+                CHUNKING,
+            )
+            .expect("renders");
+            assert!(body(&rendered).ends_with(&tail), "{}", body(&rendered));
+        }
+        let deleted = render(
+            &replayed(entity::EventKind::Deleted, false),
+            &repository(),
+            None,
+            CHUNKING,
+        )
+        .expect("renders");
+        assert!(body(&deleted).ends_with(&tail), "{}", body(&deleted));
+        let too_large =
+            render_too_large(&replayed(entity::EventKind::Created, false), &repository())
+                .expect("renders");
+        assert!(body(&too_large).ends_with(&tail), "{}", body(&too_large));
+        // Every chunk of a chunked file carries it.
+        let content = vec![7u8; 100];
+        let chunked = render(
+            &replayed(entity::EventKind::Created, true),
+            &repository(),
+            Some(&content),
+            Chunking {
+                threshold_bytes: 10,
+                chunk_chars: 40,
+            },
+        )
+        .expect("renders");
+        assert!(chunked.len() > 1);
+        for index in 0..chunked.len() {
+            let (_, part) = chunked.part("evt_01", index);
+            let part = String::from_utf8(part.to_vec()).expect("utf-8");
+            assert!(part.ends_with(&tail), "{part}");
+        }
+        // A scan's event carries none, and a replayed one whose marker is
+        // unreadable is refused rather than sent without it.
+        let plain = render(
+            &event(entity::EventKind::Deleted, false),
+            &repository(),
+            None,
+            CHUNKING,
+        )
+        .expect("renders");
+        assert!(!body(&plain).contains("replay"), "{}", body(&plain));
+        let mut broken = replayed(entity::EventKind::Deleted, false);
+        broken.payload = None;
+        assert!(render(&broken, &repository(), None, CHUNKING).is_err());
+    }
+
     /// A file with its content, as serde_json writes it from a derived
     /// `Serialize`: the oracle the hand-assembled bodies are checked against.
     #[derive(Serialize)]
@@ -765,8 +895,15 @@ pub(crate) mod tests {
             previous_sha in proptest::option::of("[0-9a-f\"\\\\]{0,8}"),
             chunk_index in proptest::option::of(0usize..4),
             binary in proptest::prelude::any::<bool>(),
+            replayed in proptest::prelude::any::<bool>(),
         ) {
             let repository = repository();
+            let marker = ReplayMarker {
+                id: "rpl_\"01".into(),
+                from: "a".repeat(40),
+                to: "b".repeat(40),
+            };
+            let replay = replayed.then_some(&marker);
             let encoded = STANDARD.encode(&bytes);
             let chunk = chunk_index.map(|index| ChunkRef { id: "chk_01", index, total: 4 });
             let (content, expected_content) = match (&chunk, binary) {
@@ -783,6 +920,7 @@ pub(crate) mod tests {
                 previous_sha: previous_sha.as_deref(),
                 commit_sha: "c0ffee",
                 timestamp: "2026-01-01T00:00:00.000Z",
+                replay,
                 event_id: "evt_\u{1}01",
             };
             let expected = serde_json::to_vec(&FileNotice {
@@ -798,6 +936,7 @@ pub(crate) mod tests {
                 previous_sha: previous_sha.as_deref(),
                 commit_sha: "c0ffee",
                 timestamp: "2026-01-01T00:00:00.000Z",
+                replay,
                 event_id: "evt_\u{1}01",
             })
             .expect("json");

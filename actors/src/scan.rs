@@ -2,6 +2,7 @@
 //! credential, fetch, diff against the last snapshot. Everything here blocks;
 //! it runs on the scan workers ([`workers`]), never on the async executor.
 
+pub mod replay;
 pub mod workers;
 
 pub use workers::{Priority, ScanPool, ScanSlot, WorkerLost};

@@ -17,6 +17,8 @@
 //!   by any instance.
 //! - [`instances`]: each instance's heartbeat row.
 //! - [`console`]: the admin console's sessions (and their CSRF tokens).
+//! - [`replays`]: the changes between two commits written again as new
+//!   events of one subscription, and each replay's progress.
 
 pub mod access;
 pub mod apps;
@@ -31,6 +33,7 @@ pub mod instances;
 pub mod leases;
 pub mod operations;
 pub mod outbox;
+pub mod replays;
 pub mod retention;
 pub mod stream;
 pub mod subscriptions;

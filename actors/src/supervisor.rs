@@ -480,6 +480,11 @@ pub struct EngineHandle {
     /// Blocking workers for access checks, apart from the scans' so that a
     /// registration never waits behind long fetches.
     probes: ScanPool,
+    /// The scan workers, where a replay's git work runs.
+    scans: ScanPool,
+    /// Where the repositories' mirrors are (a replay reads and fetches into
+    /// its repository's).
+    mirrors_dir: std::path::PathBuf,
     /// How access checks reach remotes: the watchers' rule and timeout.
     remote: (ConnectRule, Duration, LowSpeed),
     /// Becomes `true` once the root supervisor has ended: stopped, or given
@@ -492,6 +497,25 @@ pub struct EngineHandle {
     /// Rung when events are written, here or (on PostgreSQL) by another
     /// instance: what pull consumers wait on.
     outbox: OutboxSignal,
+}
+
+/// A replay's git work (`POST /api/repositories/{id}/replay`), as the
+/// HTTP layer gathers it from the database.
+#[derive(Debug, Clone)]
+pub struct ReplayRequest {
+    pub repository: crate::ids::RepoId,
+    /// The app asking: the scan workers it holds count against its share.
+    pub app: String,
+    pub fetch_url: String,
+    /// The watched branch, when known.
+    pub branch: Option<String>,
+    /// The subscription's own credential.
+    pub token: Option<SecretString>,
+    pub from: String,
+    pub to: String,
+    pub replay_id: crate::ids::ReplayId,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
 }
 
 /// An access check: can this credential (or none) read this remote?
@@ -534,6 +558,7 @@ impl EngineHandle {
         );
         let pull = PullRenderer::new(store.clone(), config.delivery.clone(), pool.clone());
         let outbox = config.watcher.signal.clone();
+        let mirrors_dir = config.watcher.mirrors_dir.clone();
         let remote = (
             config.watcher.connect.clone(),
             config.watcher.fetch_timeout,
@@ -545,7 +570,7 @@ impl EngineHandle {
             SupervisorArgs {
                 store,
                 config,
-                pool,
+                pool: pool.clone(),
                 scans,
                 probes: probe_owner,
                 rings,
@@ -560,6 +585,8 @@ impl EngineHandle {
         Ok(Self {
             supervisor,
             probes,
+            scans: pool,
+            mirrors_dir,
             remote,
             ended,
             bell,
@@ -597,6 +624,43 @@ impl EngineHandle {
             .run(move || git::probe(&spec, probe.branch.as_deref()))
             .await
             .unwrap_or_else(|lost| Err(GitError::internal(lost.to_string())))
+    }
+
+    /// Computes a replay on a scan worker (git blocks): the two commits
+    /// resolved in the repository's mirror (fetched again with the
+    /// subscription's credential when the mirror no longer holds them),
+    /// their diff as the subscription sees it, and `to` pinned under the
+    /// replay's id. Nothing is written to the database here.
+    pub async fn replay(
+        &self,
+        request: ReplayRequest,
+    ) -> Result<crate::scan::replay::ReplayDiff, crate::scan::replay::ReplayFailure> {
+        use crate::scan::replay::{MAX_REPLAY_EVENTS, ReplayFailure, ReplayJob, replay_diff};
+        let (rule, timeout, low_speed) = self.remote.clone();
+        let job = ReplayJob {
+            mirror: self.mirrors_dir.join(format!("{}.git", request.repository)),
+            remote: RemoteSpec {
+                url: request.fetch_url,
+                credentials: request.token.as_ref().map(Credentials::from_token),
+                timeout,
+                low_speed,
+                rule,
+            },
+            branch: request.branch,
+            from: request.from,
+            to: request.to,
+            replay_id: request.replay_id.into_string(),
+            include: request.include,
+            exclude: request.exclude,
+            max_events: MAX_REPLAY_EVENTS,
+        };
+        let slot = self
+            .scans
+            .slot_for(vec![request.app], crate::scan::Priority::Urgent)
+            .await;
+        slot.run(move || replay_diff(&job))
+            .await
+            .unwrap_or_else(|lost| Err(ReplayFailure::Git(GitError::internal(lost.to_string()))))
     }
 
     /// Tells the scheduler about something it should act on now.

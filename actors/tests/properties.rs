@@ -266,6 +266,7 @@ fn file_event(content: &[u8], binary: bool) -> event::Model {
         delivered_at: None,
         trace_parent: None,
         stream_pos: None,
+        replay_id: None,
     }
 }
 

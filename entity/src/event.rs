@@ -20,7 +20,8 @@ pub struct Model {
     pub binary: bool,
     pub renamed_from: Option<String>,
     pub commit_sha: Option<String>,
-    /// Extra body fields for notification kinds (`sync_failed`, `synced`), as JSON.
+    /// Extra body fields, as JSON: a notification's (`sync_failed`,
+    /// `synced`), or a replayed file event's `replay` marker.
     pub payload: Option<String>,
     pub status: crate::EventStatus,
     pub attempts: i32,
@@ -36,6 +37,8 @@ pub struct Model {
     /// A pull app's event: its place in the app's stream, given when a
     /// consumer first reads past it (`None` until then, and for push apps).
     pub stream_pos: Option<i64>,
+    /// The replay that wrote the event (`replays.id`), `None` for a scan's.
+    pub replay_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

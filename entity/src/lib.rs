@@ -14,6 +14,7 @@ pub mod event;
 pub mod inbound_hook;
 pub mod instance;
 pub mod manifest_entry;
+pub mod replay;
 pub mod repository;
 pub mod snapshot;
 pub mod status;
@@ -34,6 +35,7 @@ pub mod prelude {
     pub use super::inbound_hook::Entity as InboundHook;
     pub use super::instance::Entity as Instance;
     pub use super::manifest_entry::Entity as ManifestEntry;
+    pub use super::replay::Entity as Replay;
     pub use super::repository::Entity as Repository;
     pub use super::snapshot::Entity as Snapshot;
     pub use super::subscription::Entity as Subscription;

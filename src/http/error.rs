@@ -63,6 +63,13 @@ pub enum ApiError {
     /// The git remote could not be reached to check access.
     #[error("{0}")]
     RepositoryUnreachable(String),
+    /// A commit named in the request is in neither Herald's mirror nor the
+    /// remote (or, abbreviated, not in the mirror).
+    #[error("{0}")]
+    CommitNotFound(String),
+    /// A replay would write more events than one replay may.
+    #[error("{0}")]
+    ReplayTooLarge(String),
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -87,6 +94,9 @@ impl ApiError {
             ApiError::RepositoryNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RepositoryAccessDenied(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RepositoryUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::CommitNotFound(_) | ApiError::ReplayTooLarge(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +118,8 @@ impl ApiError {
             ApiError::RepositoryNotFound(_) => "repository_not_found",
             ApiError::RepositoryAccessDenied(_) => "repository_access_denied",
             ApiError::RepositoryUnreachable(_) => "repository_unreachable",
+            ApiError::CommitNotFound(_) => "commit_not_found",
+            ApiError::ReplayTooLarge(_) => "replay_too_large",
             ApiError::Internal(_) => "internal_error",
         }
     }

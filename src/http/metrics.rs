@@ -36,6 +36,8 @@ const ROUTES: &[&str] = &[
     "/api/repositories/:id/token",
     "/api/repositories/:id/resync",
     "/api/repositories/:id/scan",
+    "/api/repositories/:id/replay",
+    "/api/repositories/:id/replays/:replay_id",
     "/api/events",
     "/api/events/:id",
     "/api/events/:id/retry",
@@ -180,6 +182,14 @@ mod tests {
             (
                 "/api/repositories/repo_01ABC/scan",
                 "/api/repositories/:id/scan",
+            ),
+            (
+                "/api/repositories/repo_01ABC/replay",
+                "/api/repositories/:id/replay",
+            ),
+            (
+                "/api/repositories/repo_01ABC/replays/rpl_01XYZ",
+                "/api/repositories/:id/replays/:replay_id",
             ),
             ("/hooks/bitbucket", "/hooks/bitbucket"),
             ("/admin/api/hooks", "/admin/api/hooks"),

@@ -398,3 +398,57 @@ pub struct RotatedKeyBody {
     /// Until then the previous key signs too (a second `webhook-signature`).
     pub previous_key_expires_at: String,
 }
+
+/// `POST /api/repositories/{id}/replay`: the changes between two commits of
+/// the watched repository, sent again as new events.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The old side: a commit SHA, 40 hex digits (or at least 4, resolved
+    /// in Herald's copy of the repository).
+    #[schema(example = "0b1f5c3d2e4a6b8c9d0e1f2a3b4c5d6e7f8a9b0c")]
+    pub from: String,
+    /// The new side, the same way.
+    #[schema(example = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432")]
+    pub to: String,
+}
+
+/// A replay and its progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayView {
+    #[schema(example = "rpl_01jd3x4y5z6a7b8c9d0e1f2g3h")]
+    pub id: String,
+    pub repository_id: String,
+    /// Full SHAs.
+    pub from: String,
+    pub to: String,
+    /// `delivering`, `delivered` (every event delivered or skipped), or
+    /// `failed` (one of its events is dead: retry or skip it).
+    #[schema(example = "delivering")]
+    pub status: &'static str,
+    /// Events the replay wrote.
+    pub events_total: i64,
+    /// Those no longer waiting (delivered or skipped), pruned or not.
+    pub events_delivered: i64,
+    /// Those dead among the rest.
+    pub events_failed: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&actors::store::replays::ReplayProgress> for ReplayView {
+    fn from(progress: &actors::store::replays::ReplayProgress) -> Self {
+        let replay = &progress.replay;
+        Self {
+            id: replay.id.clone(),
+            repository_id: replay.repository_id.clone(),
+            from: replay.from_commit.clone(),
+            to: replay.to_commit.clone(),
+            status: progress.status().as_str(),
+            events_total: replay.events_total,
+            events_delivered: progress.delivered(),
+            events_failed: progress.dead,
+            created_at: rfc3339_ms(replay.created_at),
+        }
+    }
+}

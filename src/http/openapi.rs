@@ -17,7 +17,7 @@ use warp::reply::{Reply, Response};
 
 use super::{
     account, admin, client, error, events, hook_list, hooks, instances, models, operations, public,
-    stream,
+    replay, stream,
 };
 
 #[derive(OpenApi)]
@@ -42,6 +42,8 @@ use super::{
         client::unwatch,
         client::update_token,
         client::scan,
+        replay::start,
+        replay::progress,
         account::show,
         account::update,
         account::rotate_key,
@@ -206,7 +208,16 @@ impl Links {
         &'static str,
         &'static str,
         &'static str,
-    ); 16] = [
+    ); 17] = [
+        (
+            "/api/repositories/{id}/replay",
+            "post",
+            "202",
+            "progress",
+            "replay_progress",
+            "replay_id",
+            "$response.body#/id",
+        ),
         (
             "/api/repositories",
             "post",

@@ -18,9 +18,9 @@ const PATIENT: [(&str, &str); 3] = [
 
 /// Stops the engine, removes its mirrors (the only local copy of the content
 /// of the events still waiting), and starts it again on the same data
-/// directory and database: as another instance would, it has none of the
-/// content its events need.
-async fn restart_without_mirrors(app: TestApp) -> TestApp {
+/// directory and database, with `settings`: as another instance would, it
+/// has none of the content its events need.
+pub(crate) async fn restart_without_mirrors(app: TestApp, settings: &[(&str, &str)]) -> TestApp {
     let mirrors = app.mirror_dirs();
     assert!(!mirrors.is_empty(), "the scan made a mirror");
     let (dir, database) = app.kill().await;
@@ -29,7 +29,7 @@ async fn restart_without_mirrors(app: TestApp) -> TestApp {
     }
     TestApp::builder()
         .fast()
-        .envs(&PATIENT)
+        .envs(settings)
         .data_dir(dir)
         .spawn_with(database)
         .await
@@ -92,7 +92,7 @@ async fn a_mirror_lost_with_events_pending_is_fetched_again_and_everything_arriv
         id,
     } = waiting(&repo, 503, 3).await;
 
-    let app = restart_without_mirrors(app).await;
+    let app = restart_without_mirrors(app, &PATIENT).await;
     receiver.fallback(None);
     let accepted = receiver
         .wait_for("the three files", |r| apply(r).len() == 3)
@@ -132,7 +132,7 @@ async fn content_of_a_commit_the_remote_no_longer_has_is_declared_gone_with_the_
         !crate::gitserver::try_git(&bare, &["cat-file", "-e", &format!("{first}^{{commit}}")]).0,
         "the first commit is gone from the remote"
     );
-    let app = restart_without_mirrors(app).await;
+    let app = restart_without_mirrors(app, &PATIENT).await;
     receiver.fallback(None);
 
     // The view reads the subscription and its event counts one after the

@@ -30,6 +30,7 @@ mod policy;
 mod property;
 mod pull;
 mod receiver;
+mod replay;
 mod repositories;
 mod scan_queue;
 mod secrets;

@@ -90,7 +90,12 @@ impl Content {
             self.remote.clone(),
             self.branch.clone(),
         );
-        let (wanted, snapshot) = (commit.clone(), event.snapshot_id.clone());
+        // Pinned again under its snapshot, or a replayed event's replay.
+        let pin = event
+            .snapshot_id
+            .clone()
+            .or_else(|| event.replay_id.clone());
+        let (wanted, snapshot) = (commit.clone(), pin);
         let refetched = self
             .pool
             .run(move || {

@@ -12,10 +12,11 @@ mod manifest;
 
 pub use self::failures::GitFailureRecord;
 pub(crate) use self::failures::insert_sync_failed;
+pub(crate) use self::manifest::Manifest;
 
 use std::collections::{BTreeMap, HashMap};
 
-use self::manifest::{Manifest, apply_manifest_delta, load_manifest, snapshot_totals};
+use self::manifest::{apply_manifest_delta, load_manifest, snapshot_totals};
 use super::leases::{ScanFence, hold_scan};
 use super::{Store, StoreError, lock_repositories};
 use crate::changes::{FileInfo, TreeDelta, Visibility};
@@ -62,19 +63,23 @@ pub struct AdvanceOutcome {
 }
 
 /// One change for one subscription, before it gets its id and number.
-struct Pending<'a> {
-    kind: EventKind,
-    path: &'a str,
+pub(crate) struct Pending<'a> {
+    pub(crate) kind: EventKind,
+    pub(crate) path: &'a str,
     file: &'a FileInfo,
     previous_sha256: Option<&'a [u8; 32]>,
 }
 
-/// What every event of one snapshot carries besides its change.
-struct Stamp<'a> {
-    snapshot_id: &'a Option<String>,
-    commit: &'a str,
-    trace_parent: &'a Option<String>,
-    now: i64,
+/// What every event of one snapshot (or one replay) carries besides its
+/// change.
+pub(crate) struct Stamp<'a> {
+    pub(crate) snapshot_id: &'a Option<String>,
+    pub(crate) commit: &'a str,
+    pub(crate) trace_parent: &'a Option<String>,
+    pub(crate) now: i64,
+    /// The replay that writes the events, and the `payload` that holds
+    /// their `replay` marker; `None` for a scan.
+    pub(crate) replay: Option<(&'a str, &'a str)>,
 }
 
 impl Store {
@@ -95,8 +100,9 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// Pinned snapshots of a repository that no pending or dead event refers
-    /// to any more: their commits need not stay pinned in the mirror (the
+    /// Pinned snapshots (and replays) of a repository that no pending or
+    /// dead event refers to any more: their commits need not stay pinned in
+    /// the mirror (the
     /// current one stays reachable through the branch, and a diff falls back
     /// to the stored manifest when it is gone).
     pub async fn settled_snapshots(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
@@ -110,7 +116,7 @@ impl Store {
             )
             .and_where(Expr::col(event::Column::SnapshotId).is_not_null())
             .to_owned();
-        Ok(snapshot::Entity::find()
+        let mut settled: Vec<String> = snapshot::Entity::find()
             .select_only()
             .column(snapshot::Column::Id)
             .filter(snapshot::Column::RepositoryId.eq(repo.as_str()))
@@ -118,10 +124,13 @@ impl Store {
             .filter(snapshot::Column::Id.not_in_subquery(waiting))
             .into_tuple()
             .all(&self.db)
-            .await?)
+            .await?;
+        // A replay pins its `to` commit under its own id, the same way.
+        settled.extend(super::replays::settled_replays(&self.db, repo).await?);
+        Ok(settled)
     }
 
-    /// Records that the mirror no longer pins these snapshots.
+    /// Records that the mirror no longer pins these snapshots (and replays).
     pub async fn mark_unpinned(&self, snapshots: &[String]) -> Result<(), StoreError> {
         for batch in snapshots.chunks(BATCH) {
             snapshot::Entity::update_many()
@@ -130,7 +139,7 @@ impl Store {
                 .exec(&self.db)
                 .await?;
         }
-        Ok(())
+        super::replays::mark_replays_unpinned(&self.db, snapshots).await
     }
 
     /// Commits a scan: the snapshot, the manifest change, every subscription's
@@ -225,6 +234,7 @@ impl Store {
             commit: &advance.commit,
             trace_parent: &trace_parent,
             now,
+            replay: None,
         };
 
         let mut written = 0u64;
@@ -410,7 +420,7 @@ fn tree_files<'a>(
 
 /// Writes a subscription's events in the order given, numbered from its
 /// `next_seq`, a batch of rows at a time; returns how many of each kind.
-async fn write_events<'a>(
+pub(crate) async fn write_events<'a>(
     txn: &DatabaseTransaction,
     sub: &subscription::Model,
     stamp: &Stamp<'_>,
@@ -435,6 +445,8 @@ async fn write_events<'a>(
                 binary: Set(p.file.binary),
                 commit_sha: Set(Some(stamp.commit.to_owned())),
                 trace_parent: Set(stamp.trace_parent.clone()),
+                replay_id: Set(stamp.replay.map(|(id, _)| id.to_owned())),
+                payload: Set(stamp.replay.map(|(_, marker)| marker.to_owned())),
                 ..pending_event(&sub.id, &sub.app_id, &sub.repository_id, stamp.now)
             };
             seq += 1;
@@ -449,7 +461,7 @@ async fn write_events<'a>(
 
 /// The events of one subscription that was at the previous snapshot:
 /// deletes, then creates, then updates, each by path (byte order).
-fn changes_for<'a>(
+pub(crate) fn changes_for<'a>(
     old: &'a Manifest,
     delta: &'a TreeDelta,
     old_vis: &Visibility,
@@ -536,5 +548,6 @@ pub(crate) fn pending_event(
         delivered_at: Set(None),
         trace_parent: Set(None),
         stream_pos: Set(None),
+        replay_id: Set(None),
     }
 }

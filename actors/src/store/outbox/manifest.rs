@@ -19,7 +19,7 @@ use crate::store::StoreError;
 const MANIFEST_PAGE: u64 = 10_000;
 
 /// The stored manifest (or the part of it a snapshot needs), by path.
-pub(super) type Manifest = BTreeMap<String, FileInfo>;
+pub(crate) type Manifest = BTreeMap<String, FileInfo>;
 
 /// The stored manifest of a repository, or only the rows of `only`'s
 /// paths. Rows are read in pages of the columns a snapshot needs, so a
