@@ -26,7 +26,7 @@ use actors::backoff::{Backoff, Policy};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use secrecy::SecretString;
 use serde_json::json;
 use sse_stream::SseByteStream;
@@ -113,11 +113,8 @@ pub async fn run(
         .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| CliError::Input(format!("the stream client: {err}")))?;
-    println!(
-        "forwarding the events of app {app_id} from {} to {}",
-        crate::cli::client::shown(&args.connection.url),
-        forward_to
-    );
+    let target = crate::cli::client::shown(&args.connection.url);
+    println!("forwarding the events of app {app_id} from {target} to {forward_to}");
 
     let stop = CancellationToken::new();
     let stopper = tokio::spawn({
@@ -136,6 +133,7 @@ pub async fn run(
     };
     let mut puller = Puller {
         api,
+        target,
         stream_http,
         forwarder,
         progress: Progress::new(),
@@ -160,6 +158,8 @@ struct Pace {
 struct Puller {
     /// Herald's API with the app's token: the stream and the acks.
     api: Api,
+    /// Herald's address as printed (no credentials).
+    target: String,
     /// Reads the stream: no total timeout, but one per read (`STREAM_IDLE`).
     stream_http: reqwest::Client,
     forwarder: Forwarder,
@@ -187,7 +187,11 @@ impl Puller {
     async fn run(&mut self) -> Result<(), CliError> {
         let mut failures: u32 = 0;
         while !self.stop.is_cancelled() {
-            let reason = match self.connect().await {
+            let connected = tokio::select! {
+                () = self.stop.cancelled() => break,
+                connected = self.connect() => connected,
+            };
+            let reason = match connected {
                 Ok(response) => match self.consume(response).await? {
                     Ended::Stopped => break,
                     Ended::Dropped { reason, progressed } => {
@@ -227,9 +231,25 @@ impl Puller {
             headers.insert("last-event-id", value);
         }
         self.progress.state("connecting");
-        self.api
+        let response = self
+            .api
             .open(&self.stream_http, &["api", "stream"], headers)
-            .await
+            .await?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(CliError::NotHerald {
+                url: format!(
+                    "{} (GET /api/stream answered {content_type:?})",
+                    self.target
+                ),
+                status: response.status().as_u16(),
+            });
+        }
+        Ok(response)
     }
 
     /// Reads one connection's messages until it drops or a stop is asked
