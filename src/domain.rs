@@ -215,6 +215,15 @@ pub fn window(raw: &serde_json::Value) -> Result<DeliveryWindow, Invalid> {
     })
 }
 
+/// How an app receives its events: `push` or `pull`.
+pub fn delivery(raw: &serde_json::Value) -> Result<entity::DeliveryMode, Invalid> {
+    match raw.as_str() {
+        Some("push") => Ok(entity::DeliveryMode::Push),
+        Some("pull") => Ok(entity::DeliveryMode::Pull),
+        _ => Err(invalid("delivery", "must be \"push\" or \"pull\"")),
+    }
+}
+
 pub async fn base_url(raw: &str, policy: UrlPolicy) -> Result<String, Invalid> {
     const FIELD: &str = "base_url";
     let value = bounded(FIELD, raw, 1, MAX_URL_LEN)?;

@@ -9,6 +9,8 @@
 //!   token, CSRF tokens, its own assets).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
 //! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
+//! - [`stream`]: `/api/stream`, `/api/changes`, `/api/stream/ack`: pull
+//!   delivery, for apps that consume their events instead of taking webhooks.
 //! - [`hooks`]: `/hooks/{github,gitlab,gitea,bitbucket}`, inbound push
 //!   webhooks (verified by signature; a rate budget of their own).
 //! - [`hook_list`]: `/admin/api/hooks`, the stored hooks and what each did.
@@ -37,6 +39,7 @@ mod paging;
 mod public;
 mod ratelimit;
 mod server;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,6 +75,9 @@ pub struct AppState {
     pub instance_id: Arc<str>,
     /// The bytes of request bodies held at once, every route's together.
     pub body_budget: &'static BodyBudget,
+    /// Cancelled when Herald stops serving: endless answers (pull streams,
+    /// long polls) end then instead of holding up the shutdown.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -117,6 +123,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(events::routes(state.clone()))
         .unify()
         .or(account::routes(state.clone()))
+        .unify()
+        .or(stream::routes(state.clone()))
         .unify()
         .or(hook_list::routes(state.clone()))
         .unify()

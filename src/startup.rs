@@ -115,6 +115,7 @@ impl Application {
             started_at: Instant::now(),
             instance_id: instance_id.into(),
             body_budget: BodyBudget::leaked(settings.server.max_inflight_body_bytes),
+            closing: tokio_util::sync::CancellationToken::new(),
         };
         Ok(Self {
             listener,
@@ -149,6 +150,7 @@ impl Application {
         let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let engine = self.engine.clone();
         let gave_up = Arc::clone(&engine_gave_up);
+        let closing = self.state.closing.clone();
         let server = http::serve(
             self.listener,
             routes,
@@ -162,6 +164,7 @@ impl Application {
                         gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
+                closing.cancel();
                 let _ = stopping_tx.send(());
             },
         );

@@ -20,6 +20,7 @@
 mod congestion;
 mod content;
 mod lane;
+pub mod pull;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -616,6 +617,13 @@ fn probe_dead_before(config: &DeliveryConfig, now: i64) -> Option<i64> {
         .map(|interval| now - millis(interval))
 }
 
+impl DeliveryConfig {
+    /// Where this instance mirrors `repository`.
+    pub(crate) fn mirror_path(&self, repository: &entity::repository::Model) -> PathBuf {
+        self.mirrors_dir.join(format!("{}.git", repository.id))
+    }
+}
+
 #[cfg(test)]
 impl DeliveryConfig {
     /// Settings for the engine's own tests: everything local, retries
@@ -807,6 +815,7 @@ mod tests {
                     created_at: Set(now_ms()),
                     delivered_at: Set(None),
                     trace_parent: Set(None),
+                    stream_pos: Set(None),
                 }
                 .insert(store.db())
                 .await

@@ -23,6 +23,17 @@ pub struct RepositoryRef {
     pub name: String,
 }
 
+impl RepositoryRef {
+    pub fn of(repository: &entity::repository::Model) -> Self {
+        Self {
+            repository_id: repository.id.clone(),
+            github_url: repository.url.clone(),
+            owner: repository.owner.clone(),
+            name: repository.name.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Serialize)]
 struct ChunkRef<'a> {
     id: &'a str,
@@ -308,6 +319,15 @@ impl Rendered {
         matches!(self.parts, Parts::Chunked(_))
     }
 
+    /// The same rendering, its chunks named `chunk_id`: a pull consumer
+    /// that resumes inside a chunked file gets the rest of one transfer.
+    pub fn as_transfer(mut self, chunk_id: ChunkId) -> Self {
+        if let Parts::Chunked(plan) = &mut self.parts {
+            plan.chunk_id = chunk_id;
+        }
+        self
+    }
+
     /// The `webhook-id` and the body of request `index`.
     pub fn part(&self, event_id: &str, index: usize) -> (String, bytes::Bytes) {
         match &self.parts {
@@ -559,6 +579,7 @@ pub(crate) mod tests {
             created_at: 1_767_225_600_000,
             delivered_at: None,
             trace_parent: None,
+            stream_pos: None,
         }
     }
 

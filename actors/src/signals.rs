@@ -2,7 +2,8 @@
 //!
 //! - [`OutboxSignal`]: rung by whoever writes events (a watcher after its
 //!   snapshot, an access change), heard by the delivery dispatcher, so
-//!   delivery starts at once instead of at the next tick;
+//!   delivery starts at once instead of at the next tick, and by every pull
+//!   consumer waiting for news (a watch, which costs nothing while idle);
 //! - [`ScanRequests`]: how an actor that learns a repository moved (the hook
 //!   processor, another instance) asks for a scan now;
 //! - [`ClusterBell`]: this instance's rings for the other instances sharing
@@ -12,15 +13,27 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use crate::ids::RepoId;
 
 /// Rung when events are written, so delivery starts at once.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OutboxSignal {
     local: Arc<Notify>,
+    /// Counts the rings, for pull consumers.
+    rings: Arc<watch::Sender<u64>>,
     cluster: ClusterBell,
+}
+
+impl Default for OutboxSignal {
+    fn default() -> Self {
+        Self {
+            local: Arc::default(),
+            rings: Arc::new(watch::Sender::new(0)),
+            cluster: ClusterBell::default(),
+        }
+    }
 }
 
 impl OutboxSignal {
@@ -31,13 +44,21 @@ impl OutboxSignal {
 
     /// Events were written here: this instance's dispatcher and the others'.
     pub fn notify(&self) {
-        self.local.notify_one();
+        self.notify_local();
         self.cluster.ring(Wake::Outbox);
     }
 
-    /// Another instance wrote events: this instance's dispatcher only.
+    /// Another instance wrote events: this instance's dispatcher and pull
+    /// consumers only.
     pub fn notify_local(&self) {
         self.local.notify_one();
+        self.rings
+            .send_modify(|rings| *rings = rings.wrapping_add(1));
+    }
+
+    /// A watch that changes at every ring from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.rings.subscribe()
     }
 
     /// Waits for the next ring (or one that came while nobody listened).

@@ -32,6 +32,7 @@ pub mod leases;
 pub mod operations;
 pub mod outbox;
 pub mod retention;
+pub mod stream;
 pub mod subscriptions;
 
 use std::sync::Arc;

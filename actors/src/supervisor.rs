@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 use crate::bulk::{BulkArgs, BulkMsg, BulkRunner};
+use crate::delivery::pull::PullRenderer;
 use crate::delivery::{DeliveryConfig, Dispatcher, DispatcherArgs, DispatcherMsg};
 use crate::git::{self, ConnectRule, Credentials, GitError, LowSpeed, RemoteHead, RemoteSpec};
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs};
@@ -21,8 +22,7 @@ use crate::restart::{Ended, RestartPolicy, RestartTracker};
 use crate::scan::ScanPool;
 use crate::scan::workers::PoolOwner;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
-use crate::signals::ScanRequests;
-use crate::signals::{ClusterBell, Rings, Wake};
+use crate::signals::{ClusterBell, OutboxSignal, Rings, ScanRequests, Wake};
 use crate::store::Store;
 use crate::store::instances::Heartbeat;
 use crate::upkeep::{Upkeep, UpkeepArgs, UpkeepConfig};
@@ -487,6 +487,11 @@ pub struct EngineHandle {
     ended: tokio::sync::watch::Receiver<bool>,
     /// Wakes the other instances sharing the database.
     bell: ClusterBell,
+    /// Renders pull apps' events for their consumers.
+    pull: PullRenderer,
+    /// Rung when events are written, here or (on PostgreSQL) by another
+    /// instance: what pull consumers wait on.
+    outbox: OutboxSignal,
 }
 
 /// An access check: can this credential (or none) read this remote?
@@ -527,6 +532,8 @@ impl EngineHandle {
             config.scan_workers,
             config.restart,
         );
+        let pull = PullRenderer::new(store.clone(), config.delivery.clone(), pool.clone());
+        let outbox = config.watcher.signal.clone();
         let remote = (
             config.watcher.connect.clone(),
             config.watcher.fetch_timeout,
@@ -556,7 +563,21 @@ impl EngineHandle {
             remote,
             ended,
             bell,
+            pull,
+            outbox,
         })
+    }
+
+    /// How pull apps' events are rendered for their consumers.
+    pub fn pull(&self) -> &PullRenderer {
+        &self.pull
+    }
+
+    /// A watch on the outbox: it changes when events are written (here, or
+    /// by another instance sharing PostgreSQL), so a pull consumer waiting
+    /// for news can look again.
+    pub fn outbox_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.outbox.subscribe()
     }
 
     /// Asks the remote, with the probe's credential, where the branch is: the
@@ -594,6 +615,9 @@ impl EngineHandle {
     /// Tells the delivery engine to look for due events now.
     pub fn wake_delivery(&self) {
         self.bell.ring(Wake::Outbox);
+        // Events turned due here (a retry, a switch of delivery mode): pull
+        // consumers look again too.
+        self.outbox.notify_local();
         if let Err(err) = self.supervisor.send_message(SupervisorMsg::WakeDelivery) {
             warn!(error = %err, "engine is not running");
         }

@@ -265,6 +265,7 @@ fn file_event(content: &[u8], binary: bool) -> event::Model {
         created_at: 0,
         delivered_at: None,
         trace_parent: None,
+        stream_pos: None,
     }
 }
 

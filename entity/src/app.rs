@@ -22,6 +22,10 @@ pub struct Model {
     pub backoff_max_ms: Option<i64>,
     pub notify_synced: bool,
     pub delivery_window: i32,
+    /// `push` (webhooks) or `pull` (the app consumes its stream).
+    pub delivery_mode: crate::DeliveryMode,
+    /// The place the next event of this app's stream gets (`events.stream_pos`).
+    pub stream_next: i64,
     pub failing_since: Option<i64>,
     pub disabled_at: Option<i64>,
     pub created_at: i64,

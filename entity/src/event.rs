@@ -33,6 +33,9 @@ pub struct Model {
     /// W3C `traceparent` of the scan that created the event: its delivery
     /// attempts continue that trace.
     pub trace_parent: Option<String>,
+    /// A pull app's event: its place in the app's stream, given when a
+    /// consumer first reads past it (`None` until then, and for push apps).
+    pub stream_pos: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

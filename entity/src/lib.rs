@@ -20,8 +20,8 @@ pub mod status;
 pub mod subscription;
 
 pub use status::{
-    AccessState, AppStatus, BreakerKind, BreakerStatus, BulkKind, BulkStatus, DeliveryOutcome,
-    ErrorClass, EventKind, EventStatus, HookStatus, SubscriptionStatus,
+    AccessState, AppStatus, BreakerKind, BreakerStatus, BulkKind, BulkStatus, DeliveryMode,
+    DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, SubscriptionStatus,
 };
 
 pub mod prelude {

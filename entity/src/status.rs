@@ -32,6 +32,26 @@ macro_rules! named {
     };
 }
 
+/// How an app receives its events: `push`, as webhooks Herald sends (the
+/// default), or `pull`, from `GET /api/stream` and `GET /api/changes`, where
+/// they wait for the app's consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum DeliveryMode {
+    #[default]
+    Push,
+    Pull,
+}
+
+named!(DeliveryMode {
+    Push => "push",
+    Pull => "pull",
+});
+
 /// Where an event is in its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(

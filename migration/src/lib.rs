@@ -14,6 +14,7 @@ mod m20261122_000020_create_console_sessions;
 mod m20261125_000030_bind_console_sessions;
 mod m20261125_000030_repository_git_suffix;
 mod m20261126_000040_add_app_delivery_window;
+mod m20261126_000050_pull_delivery;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000030_bind_console_sessions::Migration),
             Box::new(m20261125_000030_repository_git_suffix::Migration),
             Box::new(m20261126_000040_add_app_delivery_window::Migration),
+            Box::new(m20261126_000050_pull_delivery::Migration),
         ]
     }
 }

@@ -81,6 +81,10 @@ pub struct OnboardArgs {
     /// 64 (default 1: each subscription strictly in order).
     #[arg(long, value_name = "N")]
     pub window: Option<u32>,
+    /// `push` (default): Herald sends webhooks. `pull`: the app consumes
+    /// its events from /api/stream or /api/changes (`herald listen --pull`).
+    #[arg(long, value_name = "MODE", value_parser = ["push", "pull"])]
+    pub delivery: Option<String>,
 }
 
 fn secret_arg(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -100,6 +104,10 @@ pub struct UpdateArgs {
     /// 64 (1: each subscription strictly in order; above: in order per file).
     #[arg(long, value_name = "N")]
     pub window: Option<u32>,
+    /// `push`: Herald sends webhooks. `pull`: the app consumes its events
+    /// from /api/stream or /api/changes (`herald listen --pull`).
+    #[arg(long, value_name = "MODE", value_parser = ["push", "pull"])]
+    pub delivery: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +152,8 @@ struct AppSummary {
     status: String,
     /// Absent from a server that has no delivery window.
     window: Option<u64>,
+    /// Absent from a server without pull delivery.
+    delivery: Option<String>,
     created_at: String,
     repository_count: u64,
     failed_notification_count: u64,
@@ -183,6 +193,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(window) = args.window {
                 body["window"] = json!(window);
+            }
+            if let Some(delivery) = &args.delivery {
+                body["delivery"] = json!(delivery);
             }
             let reply = api
                 .call(
@@ -229,7 +242,8 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             let mut rows = table([
-                "ID", "NAME", "BASE URL", "STATUS", "WINDOW", "REPOS", "FAILED", "CREATED",
+                "ID", "NAME", "BASE URL", "STATUS", "DELIVERY", "WINDOW", "REPOS", "FAILED",
+                "CREATED",
             ]);
             for app in &list.data.data {
                 rows.add_row(vec![
@@ -237,6 +251,7 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
                     app.app_name.clone(),
                     app.base_url.clone(),
                     app.status.clone(),
+                    or_dash(app.delivery.clone()),
                     or_dash(app.window),
                     app.repository_count.to_string(),
                     app.failed_notification_count.to_string(),
@@ -270,6 +285,7 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
                 ("website", or_dash(app.website)),
                 ("description", or_dash(app.description)),
                 ("status", app.status),
+                ("delivery", or_dash(app.delivery)),
                 ("window", or_dash(app.window)),
                 ("created", app.created_at),
                 ("repositories", app.repository_count.to_string()),
@@ -312,6 +328,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(window) = args.window {
                 body.insert("window".into(), json!(window));
+            }
+            if let Some(delivery) = args.delivery {
+                body.insert("delivery".into(), json!(delivery));
             }
             let reply = api
                 .call(Method::PATCH, &["api", "app"], Some(&Value::Object(body)))

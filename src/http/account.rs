@@ -94,11 +94,13 @@ pub(crate) async fn update(
         && request.notify_synced.is_none()
         && request.backoff.is_none()
         && request.window.is_none()
+        && request.delivery.is_none()
     {
         return Err(Invalid {
             field: "body",
-            message: "names nothing to change (base_url, notify_synced, backoff or window)"
-                .to_owned(),
+            message:
+                "names nothing to change (base_url, notify_synced, backoff, window or delivery)"
+                    .to_owned(),
         }
         .into());
     }
@@ -112,11 +114,17 @@ pub(crate) async fn update(
         .map(|b| domain::backoff(&b.policy, &b.base, &b.max))
         .transpose()?;
     let window = request.window.as_ref().map(domain::window).transpose()?;
+    let delivery = request
+        .delivery
+        .as_ref()
+        .map(domain::delivery)
+        .transpose()?;
     let update = AppUpdate {
         base_url,
         notify_synced: request.notify_synced,
         backoff,
         window,
+        delivery,
     };
     let updated = state
         .store
@@ -124,6 +132,10 @@ pub(crate) async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound("App not found".to_owned()))?;
     tracing::info!(app = %app.id, "app settings updated");
+    if delivery == Some(entity::DeliveryMode::Push) {
+        // Events a consumer left unread are now the webhooks' to send.
+        state.engine.wake_delivery();
+    }
     Ok(warp::reply::json(&view(&updated, &state)).into_response())
 }
 

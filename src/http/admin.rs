@@ -110,6 +110,12 @@ pub(crate) async fn onboard(
             .map(domain::window)
             .transpose()?
             .unwrap_or_default(),
+        delivery: request
+            .delivery
+            .as_ref()
+            .map(domain::delivery)
+            .transpose()?
+            .unwrap_or_default(),
     };
     let onboarded = state.store.onboard_app(new).await?;
     tracing::info!(app = %onboarded.app.id, "app onboarded");

@@ -60,6 +60,12 @@ pub struct OnboardRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = u8, minimum = 1, maximum = 64)]
     pub window: Option<serde_json::Value>,
+    /// `push` (the default): Herald sends webhooks to `base_url`. `pull`:
+    /// no webhook is sent; the app consumes its events from `GET
+    /// /api/stream` or `GET /api/changes`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, pattern = "^(push|pull)$")]
+    pub delivery: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -134,6 +140,9 @@ pub struct AppProfile {
     /// Up to this many webhooks of one subscription in flight at once.
     #[schema(minimum = 1, maximum = 64)]
     pub window: usize,
+    /// `push` (webhooks) or `pull` (`GET /api/stream`, `GET /api/changes`).
+    #[schema(pattern = "^(push|pull)$")]
+    pub delivery: String,
     pub created_at: String,
 }
 
@@ -148,6 +157,7 @@ impl From<&entity::app::Model> for AppProfile {
             description: app.description.clone(),
             status: app.status.to_string(),
             window: DeliveryWindow::of_app(app).get(),
+            delivery: app.delivery_mode.to_string(),
             created_at: rfc3339_ms(app.created_at),
         }
     }
@@ -371,6 +381,12 @@ pub struct UpdateApp {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = u8, minimum = 1, maximum = 64)]
     pub window: Option<serde_json::Value>,
+    /// `push` (the default): Herald sends webhooks to `base_url`. `pull`:
+    /// no webhook is sent; the app consumes its events from `GET
+    /// /api/stream` or `GET /api/changes`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, pattern = "^(push|pull)$")]
+    pub delivery: Option<serde_json::Value>,
 }
 
 /// `POST /api/app/rotate-key`: the new key, shown once.

@@ -17,6 +17,7 @@ use warp::reply::{Reply, Response};
 
 use super::{
     account, admin, client, error, events, hook_list, hooks, instances, models, operations, public,
+    stream,
 };
 
 #[derive(OpenApi)]
@@ -44,6 +45,9 @@ use super::{
         account::show,
         account::update,
         account::rotate_key,
+        stream::stream,
+        stream::changes,
+        stream::ack,
         events::list,
         events::detail,
         events::retry,

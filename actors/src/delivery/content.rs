@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use entity::event;
+use entity::{event, repository, subscription};
 
-use crate::git::{Mirror, RemoteSpec};
+use super::DeliveryConfig;
+use crate::git::{Credentials, Mirror, RemoteSpec};
 use crate::scan::ScanPool;
+use crate::store::{Store, StoreError};
 
 /// What became of an event's content (`T`: what was made of it).
 pub(super) enum Found<T> {
@@ -32,6 +34,38 @@ pub(super) struct Content {
 }
 
 impl Content {
+    /// The content source of `subscription`'s events: `mirror`, then the
+    /// remote with the subscription's own credential, so content comes back
+    /// only to a subscriber that can read it.
+    pub(super) fn of_subscription(
+        store: &Store,
+        config: &DeliveryConfig,
+        pool: &ScanPool,
+        subscription: &subscription::Model,
+        repository: &repository::Model,
+        mirror: MirrorReader,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            mirror,
+            remote: RemoteSpec {
+                url: repository.fetch_url.clone(),
+                credentials: store
+                    .git_token(subscription)?
+                    .as_ref()
+                    .map(Credentials::from_token),
+                timeout: config.fetch_timeout,
+                low_speed: config.low_speed,
+                rule: config.connect.clone(),
+            },
+            branch: repository
+                .resolved_branch
+                .clone()
+                .or_else(|| Some(repository.branch.clone()))
+                .filter(|b| !b.is_empty()),
+            pool: pool.clone(),
+        })
+    }
+
     /// What `make` makes of the content of a created or updated file. It
     /// runs on a blocking thread with the bytes as libgit2 holds them, so a
     /// big file is never copied before it is rendered.

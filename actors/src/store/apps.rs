@@ -29,6 +29,8 @@ pub struct NewApp {
     pub client_auth_key: SecretString,
     /// 1 unless the app asked for a wider window when it onboarded.
     pub window: DeliveryWindow,
+    /// `push` unless the app onboarded to pull its events.
+    pub delivery: entity::DeliveryMode,
 }
 
 /// What onboarding returns: the stored app and the secrets shown once.
@@ -62,6 +64,7 @@ pub struct AppUpdate {
     /// Policy name, base and cap (ms) of the app's retry backoff.
     pub backoff: Option<(String, i64, i64)>,
     pub window: Option<DeliveryWindow>,
+    pub delivery: Option<entity::DeliveryMode>,
 }
 
 /// How many webhooks of one subscription an app lets Herald have in flight
@@ -152,6 +155,8 @@ impl Store {
             backoff_max_ms: Set(None),
             notify_synced: Set(false),
             delivery_window: Set(new.window.stored()),
+            delivery_mode: Set(new.delivery),
+            stream_next: Set(1),
             failing_since: Set(None),
             disabled_at: Set(None),
             created_at: Set(now),
@@ -270,6 +275,9 @@ impl Store {
         }
         if let Some(window) = update.window {
             active.delivery_window = Set(window.stored());
+        }
+        if let Some(delivery) = update.delivery {
+            active.delivery_mode = Set(delivery);
         }
         active.updated_at = Set(now_ms());
         Ok(Some(active.update(&self.db).await?))
@@ -414,6 +422,8 @@ mod tests {
             backoff_max_ms: None,
             notify_synced: false,
             delivery_window,
+            delivery_mode: entity::DeliveryMode::Push,
+            stream_next: 1,
             failing_since: None,
             disabled_at: None,
             created_at: 0,

@@ -98,7 +98,7 @@ pub enum EventOutcome {
 }
 
 impl Store {
-    /// Active apps with events due now, at most `limit`. One index probe
+    /// Active push apps with events due now, at most `limit`. One index probe
     /// per app (`ix_events_app_status`), however long the outbox: the
     /// dispatcher asks this every `delivery.tick`. Dead events last tried
     /// before `probe_dead_before` are due for one probe (`None`: never).
@@ -112,6 +112,8 @@ impl Store {
             .select_only()
             .column(app::Column::Id)
             .filter(app::Column::Status.eq(entity::AppStatus::Active))
+            // A pull app's events wait for its consumer (`store/stream.rs`).
+            .filter(app::Column::DeliveryMode.eq(entity::DeliveryMode::Push))
             .filter(has_due_events(
                 event::Column::AppId,
                 (app::Entity, app::Column::Id),

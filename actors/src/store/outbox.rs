@@ -535,5 +535,6 @@ pub(crate) fn pending_event(
         created_at: Set(now),
         delivered_at: Set(None),
         trace_parent: Set(None),
+        stream_pos: Set(None),
     }
 }

@@ -44,6 +44,7 @@ pub fn new_app(name: &str) -> NewApp {
         description: None,
         client_auth_key: SecretString::from("k".repeat(16)),
         window: DeliveryWindow::default(),
+        delivery: entity::DeliveryMode::Push,
     }
 }
 

@@ -251,6 +251,7 @@ pub async fn app_detail(
                 dt { "Contact" } dd { (app.email) }
                 dt { "Failing since" } dd { (when_opt(app.failing_since)) }
                 dt { "Backoff" } dd { (backoff(app)) }
+                dt { "Delivery" } dd { (delivery(app)) }
                 dt { "Delivery window" } dd { (window(app)) }
                 dt { "Endpoint breaker" } dd {
                     @match &endpoint {
@@ -320,6 +321,14 @@ fn backoff(app: &entity::app::Model) -> String {
             (None, Some(max)) => format!("{policy}, up to {max}"),
             (None, None) => policy.to_owned(),
         },
+    }
+}
+
+/// How the app receives its events.
+fn delivery(app: &entity::app::Model) -> &'static str {
+    match app.delivery_mode {
+        entity::DeliveryMode::Push => "push: webhooks to its endpoint",
+        entity::DeliveryMode::Pull => "pull: its consumer reads /api/stream or /api/changes",
     }
 }
 

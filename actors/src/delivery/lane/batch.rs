@@ -11,7 +11,6 @@ use super::super::content::{Content, MirrorReader};
 use super::Pipeline;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
-use crate::git::{Credentials, RemoteSpec};
 use crate::ids::{AppId, RepoId, SubscriptionId};
 use crate::owned::Pending;
 use crate::payload::RepositoryRef;
@@ -79,7 +78,10 @@ impl BatchReads {
         let Some(app) = self.store.app(&self.app_id).await? else {
             return Ok(None);
         };
-        if app.status != entity::AppStatus::Active {
+        // Disabled, or now pulling its events: the lane stops.
+        if app.status != entity::AppStatus::Active
+            || app.delivery_mode != entity::DeliveryMode::Push
+        {
             return Ok(None);
         }
         let Some(subscription) = self.store.subscription(&self.subscription).await? else {
@@ -105,48 +107,25 @@ impl BatchReads {
         );
         let backoff = Backoff::of_app(&app, self.config.backoff);
         let window = DeliveryWindow::of_app(&app).get();
-        let mirror_path = self
-            .config
-            .mirrors_dir
-            .join(format!("{}.git", repository.id));
+        let mirror_path = self.config.mirror_path(&repository);
         Ok(Some(LaneContext {
             base_url: app.base_url.clone(),
             signer,
-            repository: RepositoryRef {
-                repository_id: repository.id.clone(),
-                github_url: repository.url.clone(),
-                owner: repository.owner.clone(),
-                name: repository.name.clone(),
-            },
+            repository: RepositoryRef::of(&repository),
             mirror_ahead: self
                 .mirror_ahead
                 .get_or_init(|| MirrorReader::new(mirror_path.clone()))
                 .clone(),
-            content: Content {
-                mirror: self
-                    .mirror
+            content: Content::of_subscription(
+                &self.store,
+                &self.config,
+                &self.pool,
+                &subscription,
+                &repository,
+                self.mirror
                     .get_or_init(|| MirrorReader::new(mirror_path))
                     .clone(),
-                remote: RemoteSpec {
-                    url: repository.fetch_url.clone(),
-                    // This subscription's own credential: content comes back
-                    // only to a subscriber that can read it.
-                    credentials: self
-                        .store
-                        .git_token(&subscription)?
-                        .as_ref()
-                        .map(Credentials::from_token),
-                    timeout: self.config.fetch_timeout,
-                    low_speed: self.config.low_speed,
-                    rule: self.config.connect.clone(),
-                },
-                branch: repository
-                    .resolved_branch
-                    .clone()
-                    .or_else(|| Some(repository.branch.clone()))
-                    .filter(|b| !b.is_empty()),
-                pool: self.pool.clone(),
-            },
+            )?,
             backoff,
             window,
         }))
