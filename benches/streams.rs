@@ -107,6 +107,10 @@ impl Options {
                 "HERALD__RATE_LIMIT__PER_APP_PER_MINUTE",
                 "10000000".to_owned(),
             ),
+            (
+                "HERALD__RATE_LIMIT__ONBOARDING_PER_MINUTE",
+                "10000000".to_owned(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
