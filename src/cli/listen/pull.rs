@@ -314,7 +314,7 @@ impl Puller {
                 Ok(status) => self.progress.failed(message, &answer_hint(status)),
                 Err(err) => self
                     .progress
-                    .failed(message, &format!("no answer: {}", err.without_url())),
+                    .failed(message, &format!("no answer: {}", root_cause(&err))),
             }
             let delay = self.pace.backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
@@ -378,6 +378,20 @@ fn answer_hint(status: reqwest::StatusCode) -> String {
         _ => "",
     };
     format!("HTTP {}{hint}", status.as_u16())
+}
+
+/// The innermost cause of a failed request ("Connection refused …"), which
+/// says more than reqwest's "error sending request".
+fn root_cause(err: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    if err.is_timeout() {
+        format!("timed out ({cause})")
+    } else {
+        cause.to_string()
+    }
 }
 
 fn seconds(delay: Duration) -> String {
