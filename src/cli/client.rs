@@ -66,10 +66,17 @@ fn secret_arg(raw: &str) -> Result<SecretString, Infallible> {
 }
 
 fn server_url(raw: &str) -> Result<Url, String> {
-    let url = Url::parse(raw.trim())
-        .map_err(|err| format!("{err} (expected e.g. http://127.0.0.1:8080)"))?;
+    http_url(raw, "http://127.0.0.1:8080")
+}
+
+/// An http(s) URL that path segments can be added to, without a query or
+/// fragment; `example` goes in the error.
+pub fn http_url(raw: &str, example: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|err| format!("{err} (expected e.g. {example})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err("must be an http:// or https:// address, e.g. http://127.0.0.1:8080".into());
+        return Err(format!(
+            "must be an http:// or https:// address, e.g. {example}"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must not carry a query or fragment".into());

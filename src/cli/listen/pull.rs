@@ -68,16 +68,9 @@ pub struct PullArgs {
     pub connection: Connection,
 }
 
+/// Events go to `URL/{endpoint}`.
 fn forward_url(raw: &str) -> Result<Url, String> {
-    let url = Url::parse(raw.trim())
-        .map_err(|err| format!("{err} (expected e.g. http://127.0.0.1:3000/hooks)"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err("must be an http:// or https:// address".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not carry a query or fragment (events go to URL/{endpoint})".into());
-    }
-    Ok(url)
+    crate::cli::client::http_url(raw, "http://127.0.0.1:3000/hooks")
 }
 
 /// Runs until `shutdown` resolves (a forward in flight then finishes and is

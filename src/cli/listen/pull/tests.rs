@@ -300,27 +300,39 @@ async fn until(record: &Mutex<Vec<Forwarded>>, done: impl Fn(&[Forwarded]) -> bo
     }
 }
 
-#[tokio::test]
-async fn every_message_is_forwarded_signed_once_in_order_and_acked_after_its_2xx() {
-    let (herald, seen) = stand_in(2).await;
-    let (forward_to, record) = receiver(3).await;
-    let events = events();
+/// Runs the client against a stand-in whose first stream drops after
+/// `drop_after` messages and a receiver failing its first `failing`
+/// requests, until `done` holds for what the receiver saw; then stops it.
+async fn run_until(
+    drop_after: usize,
+    failing: usize,
+    done: impl Fn(&[Forwarded]) -> bool,
+) -> (Vec<Forwarded>, Arc<Mutex<Seen>>) {
+    let (herald, seen) = stand_in(drop_after).await;
+    let (forward_to, record) = receiver(failing).await;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopped = stop.clone();
     let args = args(herald, &forward_to);
     let secret = secret();
     let running = run(&args, &secret, async move { stopped.notified().await });
     let watch = async {
-        until(&record, |r| {
-            r.iter().filter(|f| f.status == 204).count() == events.len()
-        })
-        .await;
+        until(&record, done).await;
         stop.notify_one();
     };
     let (result, ()) = tokio::join!(running, watch);
     result.expect("the client stops cleanly");
-
     let record = record.lock().expect("lock").clone();
+    (record, seen)
+}
+
+#[tokio::test]
+async fn every_message_is_forwarded_signed_once_in_order_and_acked_after_its_2xx() {
+    let events = events();
+    let (record, seen) = run_until(2, 3, |r| {
+        r.iter().filter(|f| f.status == 204).count() == events.len()
+    })
+    .await;
+
     let (failed, accepted): (Vec<_>, Vec<_>) = record.iter().partition(|f| f.status == 500);
     assert_eq!(failed.len(), 3);
     assert!(
@@ -360,20 +372,7 @@ async fn every_message_is_forwarded_signed_once_in_order_and_acked_after_its_2xx
 
 #[tokio::test]
 async fn a_stop_during_retries_acks_nothing_unforwarded() {
-    let (herald, seen) = stand_in(6).await;
-    let (forward_to, record) = receiver(usize::MAX).await;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
-    let args = args(herald, &forward_to);
-    let secret = secret();
-    let running = run(&args, &secret, async move { stopped.notified().await });
-    let watch = async {
-        until(&record, |r| r.len() >= 4).await;
-        stop.notify_one();
-    };
-    let (result, ()) = tokio::join!(running, watch);
-    result.expect("the client stops cleanly");
-    let record = record.lock().expect("lock");
+    let (record, seen) = run_until(6, usize::MAX, |r| r.len() >= 4).await;
     assert!(
         record.iter().all(|f| f.webhook_id == "evt_1"),
         "never skipped"
