@@ -29,6 +29,7 @@ mod listen_pull;
 mod operations;
 mod policy;
 mod property;
+mod pull;
 mod receiver;
 mod repositories;
 mod scan_queue;
