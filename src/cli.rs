@@ -61,7 +61,9 @@ pub enum Command {
     /// Load and validate the configuration, print a summary and exit.
     CheckConfig,
     /// Receive Herald's webhooks: verify, print, and optionally mirror the
-    /// tree into a directory (`--port N --secret whsec_… [--mirror DIR]`).
+    /// tree into a directory (`--port N --secret whsec_… [--mirror DIR]`);
+    /// or, with `--pull --forward-to URL`, consume the app's event stream
+    /// and forward each event, signed, to a local receiver.
     Listen(listen::ListenArgs),
     /// Onboard and manage apps. Uses the admin token (HERALD_TOKEN or
     /// --token); `update` and `rotate-key` use the app's own token.
@@ -118,6 +120,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("  database        {}", redact_url(&settings.database.url));
             Ok(())
+        }
+        Command::Listen(args) if args.pull.pull => {
+            let json = args.pull.connection.json;
+            listen::pull(args, startup::shutdown_signal())
+                .await
+                .map_err(|e| failure(e, json))
         }
         Command::Listen(args) => {
             listen::run(

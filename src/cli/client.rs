@@ -66,10 +66,17 @@ fn secret_arg(raw: &str) -> Result<SecretString, Infallible> {
 }
 
 fn server_url(raw: &str) -> Result<Url, String> {
-    let url = Url::parse(raw.trim())
-        .map_err(|err| format!("{err} (expected e.g. http://127.0.0.1:8080)"))?;
+    http_url(raw, "http://127.0.0.1:8080")
+}
+
+/// An http(s) URL that path segments can be added to, without a query or
+/// fragment; `example` goes in the error.
+pub fn http_url(raw: &str, example: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|err| format!("{err} (expected e.g. {example})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err("must be an http:// or https:// address, e.g. http://127.0.0.1:8080".into());
+        return Err(format!(
+            "must be an http:// or https:// address, e.g. {example}"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must not carry a query or fragment".into());
@@ -78,7 +85,7 @@ fn server_url(raw: &str) -> Result<Url, String> {
 }
 
 /// A URL fit to print: without user name or password.
-fn shown(url: &Url) -> String {
+pub fn shown(url: &Url) -> String {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);
@@ -248,6 +255,10 @@ impl Api {
     pub fn new(connection: &Connection, audience: Audience) -> Result<Self, CliError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            // Herald closes a connection idle for server.header_read_timeout
+            // (10 s by default); one reused just as it closes fails. Let them
+            // go well before (`listen --pull` acks at the pace of events).
+            .pool_idle_timeout(Duration::from_secs(5))
             .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| CliError::Transport {
@@ -310,10 +321,7 @@ impl Api {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Option<Value>, CliError> {
-        let token = self
-            .token
-            .as_ref()
-            .ok_or(CliError::NoToken(self.audience))?;
+        let token = self.token()?;
         let target = shown(&self.base);
         let route = format!("{method} {}", url.path());
         let mut request = self
@@ -323,41 +331,93 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|err| {
-            if err.is_connect() {
-                CliError::Unreachable {
-                    url: target.clone(),
-                }
-            } else if err.is_timeout() {
-                CliError::TimedOut {
-                    url: target.clone(),
-                }
-            } else {
-                CliError::Transport {
-                    url: target.clone(),
-                    message: err.without_url().to_string(),
-                }
-            }
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|err| transport_error(err, &target))?;
         let status = response.status();
-        let text = response.text().await.map_err(|err| CliError::Transport {
-            url: target.clone(),
-            message: err.without_url().to_string(),
-        })?;
-        let not_herald = || CliError::NotHerald {
-            url: target.clone(),
-            status: status.as_u16(),
-        };
+        let text = response
+            .text()
+            .await
+            .map_err(|err| transport_error(err, &target))?;
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok(None);
             }
             return serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|_| not_herald());
+                .map_err(|_| CliError::NotHerald {
+                    url: target,
+                    status: status.as_u16(),
+                });
         }
-        let error: ErrorBody = serde_json::from_str(&text).map_err(|_| not_herald())?;
-        Err(api_error(status, error, self.audience, &route, &target))
+        Err(self.refusal(status, &text, &route, &target))
+    }
+
+    /// Opens a GET whose answer is read as it comes (an event stream):
+    /// `http` is a client of the caller's, without a total timeout. A 2xx
+    /// is handed back unread; any other answer becomes the same error as a
+    /// call's.
+    pub async fn open(
+        &self,
+        http: &reqwest::Client,
+        segments: &[&str],
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<reqwest::Response, CliError> {
+        let token = self.token()?;
+        let url = self.url(segments, &[]);
+        let target = shown(&self.base);
+        let route = format!("GET {}", url.path());
+        let response = http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|err| transport_error(err, &target))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|err| transport_error(err, &target))?;
+        Err(self.refusal(status, &text, &route, &target))
+    }
+
+    fn token(&self) -> Result<&SecretString, CliError> {
+        self.token.as_ref().ok_or(CliError::NoToken(self.audience))
+    }
+
+    /// A non-2xx answer: the API's error with a hint, or "not Herald" when
+    /// the body is not the API's error shape.
+    fn refusal(&self, status: StatusCode, text: &str, route: &str, target: &str) -> CliError {
+        match serde_json::from_str::<ErrorBody>(text) {
+            Ok(error) => api_error(status, error, self.audience, route, target),
+            Err(_) => CliError::NotHerald {
+                url: target.to_owned(),
+                status: status.as_u16(),
+            },
+        }
+    }
+}
+
+/// A request that got no answer, by why.
+fn transport_error(err: reqwest::Error, target: &str) -> CliError {
+    if err.is_connect() {
+        CliError::Unreachable {
+            url: target.to_owned(),
+        }
+    } else if err.is_timeout() {
+        CliError::TimedOut {
+            url: target.to_owned(),
+        }
+    } else {
+        CliError::Transport {
+            url: target.to_owned(),
+            message: err.without_url().to_string(),
+        }
     }
 }
 

@@ -9,12 +9,17 @@
 //! each change is applied so DIR stays a copy of the watched tree (exact but
 //! for text that is not UTF-8, which arrives decoded with U+FFFD).
 //!
+//! With `--pull --forward-to URL` it is the other end instead: it consumes
+//! an app's event stream and forwards each event, signed, to a local
+//! receiver (`pull.rs`).
+//!
 //! It is a client-side tool: it never reads Herald's server configuration.
 //! The HTTP part is a thin warp shell around [`Receiver::handle`], a plain
 //! synchronous function that runs on a blocking worker, one request at a time
 //! (ordering is the contract, and the file system work must not interleave).
 
 mod mirror;
+mod pull;
 mod reassemble;
 mod verify;
 
@@ -64,12 +69,23 @@ pub struct ListenArgs {
     /// Largest request body accepted, in bytes (413 above it).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: u64,
+    #[command(flatten)]
+    pub pull: pull::PullArgs,
 }
 
 /// Wraps the secret at once, so clap never echoes it in an error or a debug
 /// print of the arguments.
 fn secret_arg(raw: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(raw))
+}
+
+/// `herald listen --pull`: forwards the app's event stream to
+/// `--forward-to` until `shutdown` resolves.
+pub async fn pull(
+    args: ListenArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), super::client::CliError> {
+    pull::run(&args.pull, &args.secret, shutdown).await
 }
 
 /// Serves until `shutdown` resolves. `host` and `port` are the global flags;

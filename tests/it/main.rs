@@ -25,6 +25,7 @@ mod hostile_http;
 mod https_git;
 mod lifecycle;
 mod listen;
+mod listen_pull;
 mod operations;
 mod policy;
 mod property;

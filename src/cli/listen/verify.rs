@@ -40,6 +40,11 @@ impl WebhookKey {
         Ok(Self(SecretSlice::from(bytes)))
     }
 
+    /// The key's bytes: `listen --pull` signs what it forwards with them.
+    pub(super) fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(self.0.expose_secret()).expect("HMAC accepts keys of any length")
     }
