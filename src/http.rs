@@ -59,6 +59,7 @@ use crate::domain::UrlPolicy;
 pub use filters::BodyBudget;
 pub use ratelimit::RateLimits;
 pub use server::{ConnectionLimits, serve};
+pub use stream::StreamHub;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -79,6 +80,8 @@ pub struct AppState {
     /// Cancelled when Herald stops serving: endless answers (pull streams,
     /// long polls) end then instead of holding up the shutdown.
     pub closing: tokio_util::sync::CancellationToken,
+    /// Wakes the pull streams of apps with news.
+    pub streams: Arc<stream::StreamHub>,
 }
 
 impl AppState {

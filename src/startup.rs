@@ -116,6 +116,7 @@ impl Application {
             instance_id: instance_id.into(),
             body_budget: BodyBudget::leaked(settings.server.max_inflight_body_bytes),
             closing: tokio_util::sync::CancellationToken::new(),
+            streams: http::StreamHub::new(store.clone()),
         };
         Ok(Self {
             listener,

@@ -23,13 +23,18 @@ use actors::store::stream::{Consumed, StreamCursor};
 use entity::{app, event};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 use warp::sse::Event;
+
+mod hub;
+
+use hub::Listening;
+pub use hub::StreamHub;
 
 use super::AppState;
 use super::error::{ApiError, respond};
@@ -39,10 +44,6 @@ use crate::domain::Invalid;
 /// A comment goes down an idle stream this often, so proxies keep it open
 /// and the consumer knows it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
-
-/// A consumer waiting for news looks at the database at least this often,
-/// should a wake-up be lost.
-const LOOK_AGAIN: Duration = Duration::from_secs(15);
 
 /// How long a stream waits before asking again for content the remote
 /// could not give.
@@ -164,9 +165,15 @@ pub(crate) async fn stream(
     // The feed runs as a task of its own, one message ahead of the
     // connection, and ends with it (or when Herald stops).
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    let rings = state.engine.outbox_changes();
+    let listening = listen(&state, &app);
     let until = tokio::time::Instant::now() + state.settings.delivery.stream_max_age;
-    tokio::spawn(feed_stream(feed, rings, sender, state.closing.clone(), until));
+    tokio::spawn(feed_stream(
+        feed,
+        listening,
+        sender,
+        state.closing.clone(),
+        until,
+    ));
     let messages = futures::stream::unfold(receiver, |mut receiver| async move {
         let event = receiver.recv().await?;
         Some((Ok::<_, Infallible>(event), receiver))
@@ -182,7 +189,7 @@ pub(crate) async fn stream(
 /// (`delivery.stream_max_age`).
 async fn feed_stream(
     mut feed: Feed,
-    mut rings: watch::Receiver<u64>,
+    mut listening: Listening,
     sender: mpsc::Sender<Event>,
     closing: CancellationToken,
     until: tokio::time::Instant,
@@ -194,8 +201,9 @@ async fn feed_stream(
         }
     };
     tokio::pin!(ends);
+    let news = &mut listening.news;
     loop {
-        rings.borrow_and_update();
+        news.borrow_and_update();
         let wait = match feed.next().await {
             Ok(Next::Message(message)) => {
                 let event = Event::default()
@@ -210,8 +218,8 @@ async fn feed_stream(
                     },
                 }
             }
-            Ok(Next::CaughtUp) => LOOK_AGAIN,
-            Ok(Next::Stalled) => STALLED_WAIT,
+            Ok(Next::CaughtUp) => None,
+            Ok(Next::Stalled) => Some(STALLED_WAIT),
             Ok(Next::Closed) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "a pull stream failed; its consumer reconnects");
@@ -221,8 +229,8 @@ async fn feed_stream(
         tokio::select! {
             () = &mut ends => return,
             () = sender.closed() => return,
-            _ = rings.changed() => {}
-            () = tokio::time::sleep(wait) => {}
+            _ = news.changed() => {}
+            () = sleep_for(wait) => {}
         }
     }
 }
@@ -262,10 +270,11 @@ pub(crate) async fn changes(
     let mut feed = Feed::open(&app, after, &state).await?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(wait).min(state.settings.delivery.stream_max_age);
-    let mut rings = state.engine.outbox_changes();
+    let mut listening = listen(&state, &app);
+    let news = &mut listening.news;
     let mut data = Vec::new();
     loop {
-        rings.borrow_and_update();
+        news.borrow_and_update();
         let next = loop {
             match feed.next().await? {
                 Next::Message(message) => {
@@ -291,8 +300,8 @@ pub(crate) async fn changes(
         tokio::select! {
             () = state.closing.cancelled() => break,
             () = tokio::time::sleep_until(deadline) => break,
-            _ = rings.changed() => {}
-            () = tokio::time::sleep(if matches!(next, Next::Stalled) { STALLED_WAIT } else { LOOK_AGAIN }) => {}
+            _ = news.changed() => {}
+            () = sleep_for(matches!(next, Next::Stalled).then_some(STALLED_WAIT)) => {}
         }
     }
     let next = data
@@ -322,6 +331,21 @@ pub(crate) async fn ack(
     pulling(&app)?;
     consume(&state, &app, cursor, "cursor").await?;
     Ok(warp::http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// Registers a stream (or long poll) of `app` with the hub that wakes it.
+fn listen(state: &AppState, app: &app::Model) -> Listening {
+    state
+        .streams
+        .listen(&app.id, || state.engine.outbox_changes(), &state.closing)
+}
+
+/// Sleeps for `wait`, or forever.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {

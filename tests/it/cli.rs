@@ -808,7 +808,7 @@ async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
     );
     let list = herald(&app, ADMIN_TOKEN, &["app", "list"]).await;
     let row = list.ok().row(&client.app_id).expect("the app's row");
-    assert_eq!(row[4], "8", "{list:#?}");
+    assert_eq!(row[5], "8", "{list:#?}");
     let wide = herald(
         &app,
         ADMIN_TOKEN,

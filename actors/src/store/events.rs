@@ -137,7 +137,10 @@ impl Store {
         if reset {
             update = update
                 .col_expr(event::Column::Attempts, Expr::value(0))
-                .col_expr(event::Column::NextAttemptAt, Expr::value(now));
+                .col_expr(event::Column::NextAttemptAt, Expr::value(now))
+                // A pull app's consumer may be past its place: it takes a
+                // new one, at the end of the stream.
+                .col_expr(event::Column::StreamPos, Expr::value(Option::<i64>::None));
         }
         if update.exec(&txn).await?.rows_affected == 0 {
             return Ok(Lever::NotApplicable);

@@ -262,6 +262,35 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// For each of `apps`: the place its stream gives next, and whether it
+    /// has pending events not placed yet. One probe of the stream index per
+    /// app: asked at every ring of the outbox for all apps with open
+    /// streams.
+    pub async fn stream_news(
+        &self,
+        apps: &[String],
+    ) -> Result<Vec<(String, i64, bool)>, StoreError> {
+        let unplaced = Query::select()
+            .expr(Expr::val(1))
+            .from(event::Entity)
+            .and_where(
+                Expr::col((event::Entity, event::Column::AppId))
+                    .equals((app::Entity, app::Column::Id)),
+            )
+            .and_where(Expr::col((event::Entity, event::Column::StreamPos)).is_null())
+            .and_where(Expr::col((event::Entity, event::Column::Status)).eq(EventStatus::Pending))
+            .to_owned();
+        Ok(app::Entity::find()
+            .select_only()
+            .column(app::Column::Id)
+            .column(app::Column::StreamNext)
+            .expr(Expr::exists(unplaced))
+            .filter(app::Column::Id.is_in(apps.iter().map(String::as_str)))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
     /// Marks the app's events up to `cursor` consumed (delivered now), and
     /// the subscriptions left with nothing to deliver synced.
     pub async fn consume(
