@@ -232,6 +232,7 @@ async fn feed_stream(
             _ = news.changed() => {}
             () = sleep_for(wait) => {}
         }
+        feed.woken();
     }
 }
 
@@ -303,6 +304,7 @@ pub(crate) async fn changes(
             _ = news.changed() => {}
             () = sleep_for(matches!(next, Next::Stalled).then_some(STALLED_WAIT)) => {}
         }
+        feed.woken();
     }
     let next = data
         .last()
@@ -421,6 +423,9 @@ struct Feed {
     app: AppId,
     cursor: StreamCursor,
     read: VecDeque<event::Model>,
+    /// The last read found everything there was: nothing to read again
+    /// until [`Feed::woken`].
+    exhausted: bool,
     sources: Sources,
     current: Option<(i64, PulledEvent, usize)>,
 }
@@ -442,6 +447,7 @@ impl Feed {
             app: AppId::stored(app.id.as_str()),
             cursor: cursor.unwrap_or(StreamCursor::START),
             read: VecDeque::new(),
+            exhausted: false,
             sources: Sources::default(),
             current: None,
         })
@@ -464,12 +470,17 @@ impl Feed {
                 }
                 self.current = None;
             }
-            if self.read.is_empty() && !self.read_more().await? {
-                return Ok(if self.open_still().await? {
-                    Next::CaughtUp
-                } else {
-                    Next::Closed
-                });
+            if self.read.is_empty() {
+                if self.exhausted {
+                    return Ok(Next::CaughtUp);
+                }
+                if !self.read_more().await? {
+                    return Ok(if self.open_still().await? {
+                        Next::CaughtUp
+                    } else {
+                        Next::Closed
+                    });
+                }
             }
             let Some(event) = self.read.pop_front() else {
                 continue;
@@ -498,6 +509,11 @@ impl Feed {
                 }
             }
         }
+    }
+
+    /// There may be news: the next read asks the store again.
+    fn woken(&mut self) {
+        self.exhausted = false;
     }
 
     /// Reads the next page of events after the cursor; whether any came.

@@ -806,9 +806,28 @@ async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
         Some(vec!["window".to_owned(), "8".to_owned()]),
         "{shown:#?}"
     );
+    // The app pulls its events from now on: operators see that too.
+    let pulling = herald(
+        &app,
+        &client.token,
+        &["app", "update", "--delivery", "pull"],
+    )
+    .await;
+    assert_eq!(pulling.code, 0, "{}", pulling.stderr);
+    let refused = herald(
+        &app,
+        &client.token,
+        &["app", "update", "--delivery", "poll"],
+    )
+    .await;
+    assert_ne!(refused.code, 0, "{refused:#?}");
     let list = herald(&app, ADMIN_TOKEN, &["app", "list"]).await;
     let row = list.ok().row(&client.app_id).expect("the app's row");
-    assert_eq!(row[5], "8", "{list:#?}");
+    assert_eq!(
+        (row[4].as_str(), row[5].as_str()),
+        ("pull", "8"),
+        "{list:#?}"
+    );
     let wide = herald(
         &app,
         ADMIN_TOKEN,

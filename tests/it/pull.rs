@@ -623,3 +623,58 @@ async fn two_instances_serve_one_apps_stream_woken_by_each_others_writes() {
     expected.extend(tree_of(&repos[1]));
     assert_eq!(apply(&got), expected);
 }
+
+#[tokio::test]
+async fn retention_counts_from_consumption_not_from_when_events_were_written() {
+    let repo = TestRepo::new("main");
+    repo.write("kept.md", "kept\n");
+    repo.commit("kept");
+    let rig = Rig::serve(&repo).await;
+    let app = TestApp::builder()
+        .fast()
+        .loopback()
+        .env("HERALD__DELIVERY__EVENT_RETENTION", "3s")
+        .spawn()
+        .await;
+    let pull = onboard_pull(&app, "keeper").await;
+    watch(&app, &pull, &rig.url()).await;
+    // Written, then left unread well past the retention.
+    let read = read_stream(&app, &pull.token, None, 1, Duration::from_secs(20)).await;
+    assert_eq!(read.messages.len(), 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let listed = |status: &'static str| {
+        let app = &app;
+        let pull = &pull;
+        async move {
+            let (code, body) = app
+                .call(
+                    Method::GET,
+                    &format!("/api/events?status={status}"),
+                    Some(&pull.token),
+                    None,
+                )
+                .await;
+            assert_eq!(code, StatusCode::OK, "{body}");
+            body["data"].as_array().expect("events").len()
+        }
+    };
+    assert_eq!(listed("pending").await, 1, "unread: kept");
+    // Consumed now: kept for the retention from now, then pruned.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/api/stream/ack",
+            Some(&pull.token),
+            Some(json!({"cursor": read.messages[0].id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(listed("delivered").await, 1, "consumed: kept for now");
+    app.wait_for_events(
+        &pull,
+        "status=delivered",
+        "pruned after its retention",
+        |e| e.is_empty(),
+    )
+    .await;
+}

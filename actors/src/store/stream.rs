@@ -165,101 +165,28 @@ impl Store {
             .is_some())
     }
 
-    /// Places about [`PLACE_BATCH`] of the app's pending events not placed
-    /// yet, oldest first, each subscription's in `seq` order; returns how
-    /// many (0: none was waiting, or the app is gone).
+    /// [`place_in`], in a transaction of its own.
     async fn place_events(&self, app_id: &AppId) -> Result<u64, StoreError> {
         let txn = self.begin_write().await?;
-        // The app's row first: on PostgreSQL, a lock held to the commit, so
-        // one placing at a time per app and places visible in order.
-        let locked = app::Entity::update_many()
-            .col_expr(app::Column::StreamNext, Expr::col(app::Column::StreamNext))
-            .filter(app::Column::Id.eq(app_id))
-            .exec(&txn)
-            .await?;
-        if locked.rows_affected == 0 {
-            return Ok(0);
-        }
-        let unplaced = || {
-            event::Entity::find()
-                .select_only()
-                .column(event::Column::Id)
-                .column(event::Column::SubscriptionId)
-                .column(event::Column::Seq)
-                .column(event::Column::CreatedAt)
-                .filter(event::Column::AppId.eq(app_id))
-                .filter(event::Column::StreamPos.is_null())
-                .filter(event::Column::Status.eq(EventStatus::Pending))
-        };
-        let oldest: Vec<(String, String, i64, i64)> = unplaced()
-            .order_by_asc(event::Column::CreatedAt)
-            .limit(PLACE_BATCH)
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        if oldest.is_empty() {
-            return Ok(0);
-        }
-        // Each subscription's events up to the highest `seq` taken, so that
-        // none of its events is placed before an earlier one of its own
-        // (clocks of two instances may disagree on `created_at`).
-        let mut highest: BTreeMap<&str, i64> = BTreeMap::new();
-        for (_, subscription, seq, _) in &oldest {
-            let top = highest.entry(subscription.as_str()).or_insert(*seq);
-            *top = Ord::max(*top, *seq);
-        }
-        let mut through = Condition::any();
-        for (subscription, seq) in &highest {
-            through = through.add(
-                Condition::all()
-                    .add(event::Column::SubscriptionId.eq(*subscription))
-                    .add(event::Column::Seq.lte(*seq)),
-            );
-        }
-        let mut batch: Vec<(String, String, i64, i64)> =
-            unplaced().filter(through).into_tuple().all(&txn).await?;
-        batch.sort_by(|a, b| (a.3, &a.1, a.2).cmp(&(b.3, &b.1, b.2)));
-        // The places the batch takes, in order, given to each subscription's
-        // events by `seq`.
-        let next: i64 = app::Entity::find_by_id(app_id.as_str())
-            .select_only()
-            .column(app::Column::StreamNext)
-            .into_tuple()
-            .one(&txn)
-            .await?
-            .unwrap_or(1);
-        let mut places: HashMap<&str, Vec<i64>> = HashMap::new();
-        for (at, (_, subscription, _, _)) in batch.iter().enumerate() {
-            places
-                .entry(subscription.as_str())
-                .or_default()
-                .push(next + i64::try_from(at).unwrap_or(i64::MAX));
-        }
-        let mut by_subscription: HashMap<&str, Vec<(i64, &str)>> = HashMap::new();
-        for (id, subscription, seq, _) in &batch {
-            by_subscription
-                .entry(subscription.as_str())
-                .or_default()
-                .push((*seq, id.as_str()));
-        }
-        for (subscription, mut events) in by_subscription {
-            events.sort_unstable();
-            for ((_, id), place) in events.into_iter().zip(&places[subscription]) {
-                event::Entity::update_many()
-                    .col_expr(event::Column::StreamPos, Expr::value(*place))
-                    .filter(event::Column::Id.eq(id))
-                    .exec(&txn)
-                    .await?;
-            }
-        }
-        let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-        app::Entity::update_many()
-            .col_expr(app::Column::StreamNext, Expr::value(next + count))
-            .filter(app::Column::Id.eq(app_id))
-            .exec(&txn)
-            .await?;
+        let placed = place_in(&txn, app_id).await?;
         txn.commit().await?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        Ok(placed)
+    }
+
+    /// Places the pending events not placed yet of each of `apps` (about
+    /// [`PLACE_BATCH`] each) in one transaction, the apps' rows locked in
+    /// one order: what the streams' hub does once for every app with news,
+    /// so that their streams only read.
+    pub async fn place_for_streams(&self, apps: &[String]) -> Result<u64, StoreError> {
+        let mut apps = apps.to_vec();
+        apps.sort_unstable();
+        let txn = self.begin_write().await?;
+        let mut placed = 0;
+        for app in &apps {
+            placed += place_in(&txn, &AppId::stored(app.as_str())).await?;
+        }
+        txn.commit().await?;
+        Ok(placed)
     }
 
     /// For each of `apps`: the place its stream gives next, and whether it
@@ -358,6 +285,101 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Places about [`PLACE_BATCH`] of the app's pending events not placed yet,
+/// oldest first, each subscription's in `seq` order, within `txn`; returns
+/// how many (0: none was waiting, or the app is gone).
+async fn place_in(txn: &sea_orm::DatabaseTransaction, app_id: &AppId) -> Result<u64, StoreError> {
+    // The app's row first: on PostgreSQL, a lock held to the commit, so
+    // one placing at a time per app and places visible in order.
+    let locked = app::Entity::update_many()
+        .col_expr(app::Column::StreamNext, Expr::col(app::Column::StreamNext))
+        .filter(app::Column::Id.eq(app_id))
+        .exec(txn)
+        .await?;
+    if locked.rows_affected == 0 {
+        return Ok(0);
+    }
+    let unplaced = || {
+        event::Entity::find()
+            .select_only()
+            .column(event::Column::Id)
+            .column(event::Column::SubscriptionId)
+            .column(event::Column::Seq)
+            .column(event::Column::CreatedAt)
+            .filter(event::Column::AppId.eq(app_id))
+            .filter(event::Column::StreamPos.is_null())
+            .filter(event::Column::Status.eq(EventStatus::Pending))
+    };
+    let oldest: Vec<(String, String, i64, i64)> = unplaced()
+        .order_by_asc(event::Column::CreatedAt)
+        .limit(PLACE_BATCH)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    if oldest.is_empty() {
+        return Ok(0);
+    }
+    // Each subscription's events up to the highest `seq` taken, so that
+    // none of its events is placed before an earlier one of its own
+    // (clocks of two instances may disagree on `created_at`).
+    let mut highest: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, subscription, seq, _) in &oldest {
+        let top = highest.entry(subscription.as_str()).or_insert(*seq);
+        *top = Ord::max(*top, *seq);
+    }
+    let mut through = Condition::any();
+    for (subscription, seq) in &highest {
+        through = through.add(
+            Condition::all()
+                .add(event::Column::SubscriptionId.eq(*subscription))
+                .add(event::Column::Seq.lte(*seq)),
+        );
+    }
+    let mut batch: Vec<(String, String, i64, i64)> =
+        unplaced().filter(through).into_tuple().all(txn).await?;
+    batch.sort_by(|a, b| (a.3, &a.1, a.2).cmp(&(b.3, &b.1, b.2)));
+    // The places the batch takes, in order, given to each subscription's
+    // events by `seq`.
+    let next: i64 = app::Entity::find_by_id(app_id.as_str())
+        .select_only()
+        .column(app::Column::StreamNext)
+        .into_tuple()
+        .one(txn)
+        .await?
+        .unwrap_or(1);
+    let mut places: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (at, (_, subscription, _, _)) in batch.iter().enumerate() {
+        places
+            .entry(subscription.as_str())
+            .or_default()
+            .push(next + i64::try_from(at).unwrap_or(i64::MAX));
+    }
+    let mut by_subscription: HashMap<&str, Vec<(i64, &str)>> = HashMap::new();
+    for (id, subscription, seq, _) in &batch {
+        by_subscription
+            .entry(subscription.as_str())
+            .or_default()
+            .push((*seq, id.as_str()));
+    }
+    for (subscription, mut events) in by_subscription {
+        events.sort_unstable();
+        for ((_, id), place) in events.into_iter().zip(&places[subscription]) {
+            event::Entity::update_many()
+                .col_expr(event::Column::StreamPos, Expr::value(*place))
+                .filter(event::Column::Id.eq(id))
+                .exec(txn)
+                .await?;
+        }
+    }
+    let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+    app::Entity::update_many()
+        .col_expr(app::Column::StreamNext, Expr::value(next + count))
+        .filter(app::Column::Id.eq(app_id))
+        .exec(txn)
+        .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// The app's syncing subscriptions with nothing left to deliver become

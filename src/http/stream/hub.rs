@@ -93,8 +93,9 @@ impl StreamHub {
 
 /// The hub's task: at each ring (bursts coalesce: the watch keeps one
 /// change) and every [`LOOK_AGAIN`], wakes the streams of the apps with
-/// news: events not placed in their stream yet, or places given since the
-/// last look (by another stream of the app, here or elsewhere).
+/// news: events not placed in their stream yet (which it places, all apps'
+/// in one transaction), or places given since the last look (by another
+/// stream of the app, here or elsewhere).
 async fn watch_outbox(
     hub: Arc<StreamHub>,
     mut rings: watch::Receiver<u64>,
@@ -125,6 +126,19 @@ async fn watch_outbox(
                     continue;
                 }
             };
+            // New events are placed here, for every app at once, so that
+            // the streams woken only read.
+            let unplaced: Vec<String> = news
+                .iter()
+                .filter(|(_, _, unplaced)| *unplaced)
+                .map(|(app, _, _)| app.clone())
+                .collect();
+            if !unplaced.is_empty()
+                && let Err(err) = hub.store.place_for_streams(&unplaced).await
+            {
+                // Each stream places its own events then.
+                tracing::warn!(error = %err, "could not place pull streams' events");
+            }
             let watched = hub.apps.lock().unwrap_or_else(PoisonError::into_inner);
             for (app, next, unplaced) in news {
                 let moved = placed.insert(app.clone(), next) != Some(next);
