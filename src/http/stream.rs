@@ -127,6 +127,20 @@ pub struct ChangeView {
     pub body: Box<RawValue>,
 }
 
+/// One event of `GET /api/stream`, as Server-Sent Events carry it (its
+/// fields are the SSE fields; comments between them are heartbeats).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documentation only: the stream is written by warp's SSE.
+pub struct StreamEvent {
+    /// The cursor of this message (send it back as `Last-Event-ID`).
+    id: String,
+    /// The webhook endpoint: `create`, `update`, `delete`, `file_too_large`,
+    /// `sync_failed` or `synced`.
+    event: String,
+    /// The exact JSON body the webhook would have carried, on one line.
+    data: String,
+}
+
 /// `GET /api/changes`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChangesPage {
@@ -143,7 +157,7 @@ pub struct ChangesPage {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume strictly after this cursor")),
     security(("app_token" = [])),
     responses(
-        (status = 200, description = "An endless `text/event-stream`: per message `id` (cursor), `event` (endpoint) and `data` (the webhook's JSON body); a comment every 15 s", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An endless `text/event-stream`: per message `id` (cursor), `event` (endpoint) and `data` (the webhook's JSON body); a comment every 15 s", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "Malformed Last-Event-ID", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 409, description = "The app receives webhooks (`delivery` is `push`) or is disabled", body = super::error::ErrorBody),
