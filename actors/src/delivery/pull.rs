@@ -11,7 +11,7 @@ use entity::{ErrorClass, event};
 
 use super::DeliveryConfig;
 use super::content::{Content, Found, MirrorReader};
-use crate::ids::{ChunkId, RepoId};
+use crate::ids::{ChunkId, SubscriptionId};
 use crate::payload::{self, RepositoryRef};
 use crate::scan::ScanPool;
 use crate::store::{Store, StoreError};
@@ -160,13 +160,10 @@ impl PullRenderer {
         &self,
         event: &event::Model,
     ) -> Result<Option<(Content, RepositoryRef)>, StoreError> {
-        let subscription_id = crate::ids::SubscriptionId::stored(event.subscription_id.as_str());
-        let Some(subscription) = self.store.subscription(&subscription_id).await? else {
-            return Ok(None);
-        };
-        let Some(repository) = self
+        let subscription_id = SubscriptionId::stored(event.subscription_id.as_str());
+        let Some((subscription, repository)) = self
             .store
-            .repository_row(&RepoId::stored(subscription.repository_id.as_str()))
+            .subscription_and_repository(&subscription_id)
             .await?
         else {
             return Ok(None);

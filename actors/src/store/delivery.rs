@@ -220,6 +220,21 @@ impl Store {
             .await?)
     }
 
+    /// A subscription and its repository, what delivering its events
+    /// needs; `None` when either is gone.
+    pub async fn subscription_and_repository(
+        &self,
+        id: &SubscriptionId,
+    ) -> Result<Option<(subscription::Model, repository::Model)>, StoreError> {
+        let Some(subscription) = self.subscription(id).await? else {
+            return Ok(None);
+        };
+        let repository = self
+            .repository_row(&RepoId::stored(subscription.repository_id.as_str()))
+            .await?;
+        Ok(repository.map(|repository| (subscription, repository)))
+    }
+
     /// Records an attempt and what it means for the event and its
     /// subscription, in one transaction, if `lease` still holds the
     /// subscription.

@@ -11,7 +11,7 @@ use super::super::content::{Content, MirrorReader};
 use super::Pipeline;
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
-use crate::ids::{AppId, RepoId, SubscriptionId};
+use crate::ids::{AppId, SubscriptionId};
 use crate::owned::Pending;
 use crate::payload::RepositoryRef;
 use crate::scan::ScanPool;
@@ -84,12 +84,9 @@ impl BatchReads {
         {
             return Ok(None);
         }
-        let Some(subscription) = self.store.subscription(&self.subscription).await? else {
-            return Ok(None);
-        };
-        let Some(repository) = self
+        let Some((subscription, repository)) = self
             .store
-            .repository_row(&RepoId::stored(subscription.repository_id.as_str()))
+            .subscription_and_repository(&self.subscription)
             .await?
         else {
             return Ok(None);
