@@ -766,6 +766,7 @@ async fn replay(
                     latency_ms: 0,
                     error_class: None,
                     response_excerpt: None,
+                    request: None,
                 },
                 EventOutcome::Delivered,
             )

@@ -125,6 +125,12 @@ prefixed_id!(
     "rpl_"
 );
 
+prefixed_id!(
+    /// One scan of a repository, as its console page lists it (`scans`).
+    ScanId,
+    "scan_"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

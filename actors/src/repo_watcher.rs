@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use entity::BreakerKind;
+use entity::{BreakerKind, ScanEnd};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, info, warn};
 
@@ -34,6 +34,7 @@ use crate::scan::{
 use crate::store::access::AccessCheck;
 use crate::store::leases::{LeaseToken, ScanFence};
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
+use crate::store::scans::ScanRecord;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, scan_outcome};
 
@@ -415,6 +416,12 @@ async fn scan_claimed(
         expected_head: repo.head_commit.clone(),
     };
     let started = std::time::Instant::now();
+    let log = ScanLog {
+        store,
+        repository,
+        started_at: now_ms(),
+        started,
+    };
     let Ok(mut result) = run_scan(slot, &job).await else {
         // The worker's failure is the pool's to handle; the repository is
         // still due, and the next tick scans it again.
@@ -442,6 +449,9 @@ async fn scan_claimed(
             let commit = advance.commit.clone();
             let changes = advance.delta.len();
             let result = store.advance_snapshot(advance).await?;
+            let end = if moved { ScanEnd::Changed } else { ScanEnd::Unchanged };
+            log.ended(end, Some(commit.clone()), changes, result.events, None)
+                .await;
             if !moved {
                 telemetry::scan_finished(scan_outcome::UNCHANGED, started.elapsed());
                 if result.events == 0 {
@@ -473,12 +483,15 @@ async fn scan_claimed(
         Ok(Err(NoSnapshot::NoAccess)) => {
             // Each subscriber was told on its own; the remote itself works.
             store.reschedule(repository, next_scan_at).await?;
+            log.ended(ScanEnd::NoAccess, None, 0, 0, None).await;
             config.signal.notify();
             Ok(ScanReport::Skipped("no subscriber can read the repository"))
         }
         Ok(Err(NoSnapshot::NeedsManifest)) => Ok(ScanReport::Skipped("manifest still missing")),
         Err(err) => {
             telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
+            log.ended(ScanEnd::Failed, None, 0, 0, Some(err.message.clone()))
+                .await;
             record_failure(
                 store,
                 remote_breaker,
@@ -491,6 +504,40 @@ async fn scan_claimed(
             .await?;
             config.signal.notify();
             Ok(ScanReport::Failed)
+        }
+    }
+}
+
+/// Where a scan's end is written for the repository's console page.
+struct ScanLog<'a> {
+    store: &'a Store,
+    repository: &'a RepoId,
+    started_at: i64,
+    started: std::time::Instant,
+}
+
+impl ScanLog<'_> {
+    /// Records the scan's end. The log is for operators: a failure to write
+    /// it is logged and does not fail the scan.
+    async fn ended(
+        &self,
+        outcome: ScanEnd,
+        commit_sha: Option<String>,
+        changes: usize,
+        events: u64,
+        error: Option<String>,
+    ) {
+        let record = ScanRecord {
+            started_at: self.started_at,
+            duration_ms: millis(self.started.elapsed()),
+            outcome,
+            commit_sha,
+            changes: i64::try_from(changes).unwrap_or(i64::MAX),
+            events: i64::try_from(events).unwrap_or(i64::MAX),
+            error,
+        };
+        if let Err(err) = self.store.record_scan(self.repository, record).await {
+            warn!(repository = %self.repository, %err, "could not record the scan for the console");
         }
     }
 }

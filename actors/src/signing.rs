@@ -105,22 +105,64 @@ fn signed_headers(
     timestamp: i64,
     body: &[u8],
 ) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", header("application/json"));
-    headers.insert("x-docora-app-id", header(app_id));
-    headers.insert("x-docora-timestamp", header(&timestamp.to_string()));
-    headers.insert(
-        "x-docora-signature",
-        header(&docora(&keys[0], timestamp, body)),
-    );
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    headers.insert("webhook-id", header(webhook_id));
-    headers.insert("webhook-timestamp", header(&timestamp.to_string()));
-    headers.insert(
-        "webhook-signature",
-        header(&standard(&keys, webhook_id, timestamp, body)),
+    let fields = webhook_headers(
+        app_id,
+        webhook_id,
+        timestamp,
+        docora(keys[0], timestamp, body),
+        standard(&keys, webhook_id, timestamp, body),
     );
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        headers.insert(name, header(&value));
+    }
     headers
+}
+
+/// The headers a webhook is signed with, by name, the signatures given.
+fn webhook_headers(
+    app_id: &str,
+    webhook_id: &str,
+    timestamp: i64,
+    docora_signature: String,
+    standard_signature: String,
+) -> [(&'static str, String); 7] {
+    [
+        ("content-type", "application/json".to_owned()),
+        ("x-docora-app-id", app_id.to_owned()),
+        ("x-docora-timestamp", timestamp.to_string()),
+        ("x-docora-signature", docora_signature),
+        ("webhook-id", webhook_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", standard_signature),
+    ]
+}
+
+/// The headers of a request Herald sent, as an operator may see them again
+/// (the console's attempt view): the signed ones, then those the webhook
+/// client and the attempt's span add. Signatures are not kept: each is
+/// shown as what it was computed from, never as a value.
+pub fn shown_headers(
+    app_id: &str,
+    webhook_id: &str,
+    timestamp: i64,
+    traceparent: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut shown = webhook_headers(
+        app_id,
+        webhook_id,
+        timestamp,
+        "sha256=… (HMAC-SHA256 of timestamp.body with the app's key; not kept)".to_owned(),
+        "v1,… (HMAC-SHA256 of id.timestamp.body with each signing key; not kept)".to_owned(),
+    )
+    .to_vec();
+    shown.push(("user-agent", crate::webhook_client::USER_AGENT.to_owned()));
+    shown.push(("accept", crate::webhook_client::ACCEPT.to_owned()));
+    if let Some(traceparent) = traceparent {
+        shown.push(("traceparent", traceparent.to_owned()));
+    }
+    shown
 }
 
 #[cfg(test)]

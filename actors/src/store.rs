@@ -17,6 +17,9 @@
 //!   by any instance.
 //! - [`instances`]: each instance's heartbeat row.
 //! - [`console`]: the admin console's sessions (and their CSRF tokens).
+//! - [`event_log`]: the console's event log (every event under an
+//!   operator's filters, newest first) and one event with its attempts.
+//! - [`scans`]: each repository's recent scans, for its console page.
 //! - [`replays`]: the changes between two commits written again as new
 //!   events of one subscription, and each replay's progress.
 
@@ -26,6 +29,7 @@ pub mod breakers;
 pub mod bulk;
 pub mod console;
 pub mod delivery;
+pub mod event_log;
 pub mod events;
 pub mod gauges;
 pub mod inbound;
@@ -35,6 +39,7 @@ pub mod operations;
 pub mod outbox;
 pub mod replays;
 pub mod retention;
+pub mod scans;
 pub mod stream;
 pub mod subscriptions;
 

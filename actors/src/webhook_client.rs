@@ -38,6 +38,11 @@ use crate::net::is_global;
 
 mod polled_together;
 
+/// The `User-Agent` of every webhook.
+pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
+/// The `Accept` of every webhook: what reqwest sent, which some receivers'
+/// frameworks want.
+pub const ACCEPT: &str = "*/*";
 /// How much of a response body is kept for the attempt log.
 pub const EXCERPT_BYTES: usize = 1024;
 
@@ -175,7 +180,7 @@ impl WebhookClient {
                 allow_private_targets,
                 allow_http_targets: true,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-                user_agent: HeaderValue::from_static(concat!("Herald/", env!("CARGO_PKG_VERSION"))),
+                user_agent: HeaderValue::from_static(USER_AGENT),
                 idle: Mutex::new(Vec::new()),
                 pruned_at: Mutex::new(None),
             }),
@@ -570,10 +575,9 @@ impl Target {
         fields
             .entry(header::USER_AGENT)
             .or_insert_with(|| user_agent.clone());
-        // What reqwest sent: some receivers' frameworks want one.
         fields
             .entry(header::ACCEPT)
-            .or_insert_with(|| HeaderValue::from_static("*/*"));
+            .or_insert_with(|| HeaderValue::from_static(ACCEPT));
         Ok(request)
     }
 }

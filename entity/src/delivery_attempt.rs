@@ -12,6 +12,12 @@ pub struct Model {
     pub latency_ms: i64,
     pub error_class: Option<String>,
     pub response_excerpt: Option<String>,
+    /// The `webhook-timestamp` the request was signed with (Unix seconds);
+    /// `None` when no request went out, and for attempts recorded before it
+    /// was kept.
+    pub request_timestamp: Option<i64>,
+    /// The W3C `traceparent` the request carried.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

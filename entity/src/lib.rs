@@ -16,13 +16,14 @@ pub mod instance;
 pub mod manifest_entry;
 pub mod replay;
 pub mod repository;
+pub mod scan;
 pub mod snapshot;
 pub mod status;
 pub mod subscription;
 
 pub use status::{
     AccessState, AppStatus, BreakerKind, BreakerStatus, BulkKind, BulkStatus, DeliveryMode,
-    DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, SubscriptionStatus,
+    DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, ScanEnd, SubscriptionStatus,
 };
 
 pub mod prelude {
@@ -37,6 +38,7 @@ pub mod prelude {
     pub use super::manifest_entry::Entity as ManifestEntry;
     pub use super::replay::Entity as Replay;
     pub use super::repository::Entity as Repository;
+    pub use super::scan::Entity as Scan;
     pub use super::snapshot::Entity as Snapshot;
     pub use super::subscription::Entity as Subscription;
 }

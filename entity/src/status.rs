@@ -52,6 +52,31 @@ named!(DeliveryMode {
     Pull => "pull",
 });
 
+/// How a repository's scan ended (`scans.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum ScanEnd {
+    /// The branch moved: the changes were written to the outbox.
+    Changed,
+    /// The branch was where the last scan left it.
+    Unchanged,
+    /// No subscriber's credential could read the repository.
+    NoAccess,
+    /// The fetch or the diff failed.
+    Failed,
+}
+
+named!(ScanEnd {
+    Changed => "changed",
+    Unchanged => "unchanged",
+    NoAccess => "no_access",
+    Failed => "failed",
+});
+
 /// Where an event is in its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(

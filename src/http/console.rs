@@ -22,8 +22,10 @@
 //! [`assets`] the embedded stylesheet and htmx.
 
 mod assets;
+mod event_log;
 mod layout;
 mod pages;
+mod repository;
 
 use std::time::Duration;
 
@@ -120,21 +122,31 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(get(&state))
         .and(notice_query())
         .then(|s, st, q| page(pages::dead_events(s, st, q)));
+    let log = warp::path!("admin" / "log")
+        .and(get(&state))
+        .and(log_query())
+        .then(|s, st, q| page(event_log::log(s, st, q)));
+    let log_rows = warp::path!("admin" / "log" / "rows")
+        .and(get(&state))
+        .and(log_query())
+        .then(|_: Session, st, q| fragment(event_log::log_rows(st, q)));
+    let event = warp::path!("admin" / "events" / String)
+        .and(get(&state))
+        .and(notice_query())
+        .then(|id, s, st, q| page(event_log::event(id, s, st, q)));
     let retry = warp::path!("admin" / "events" / String / "retry")
+        .and(back_query())
         .and(post(&state))
-        .then(|id: String, _: Session, st: AppState| async move {
-            act(
-                super::operations::requeue_event(&id, &st).await,
-                "/admin/events?notice=retried",
-            )
+        .then(|id: String, back: Back, _: Session, st: AppState| async move {
+            let done = back.to_event(&id, "/admin/events", "retried");
+            act(super::operations::requeue_event(&id, &st).await, &done)
         });
     let skip = warp::path!("admin" / "events" / String / "skip")
+        .and(back_query())
         .and(post(&state))
-        .then(|id: String, _: Session, st: AppState| async move {
-            act(
-                super::operations::pass_over_event(&id, &st).await,
-                "/admin/events?notice=skipped",
-            )
+        .then(|id: String, back: Back, _: Session, st: AppState| async move {
+            let done = back.to_event(&id, "/admin/events", "skipped");
+            act(super::operations::pass_over_event(&id, &st).await, &done)
         });
     let retry_all = warp::path!("admin" / "events" / "retry-all")
         .and(post(&state))
@@ -196,13 +208,25 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(get(&state))
         .and(notice_query())
         .then(|s, st, q| page(pages::repositories(s, st, q)));
-    let reset = warp::path!("admin" / "repositories" / String / "breaker-reset")
+    let repository = warp::path!("admin" / "repositories" / String)
+        .and(get(&state))
+        .and(notice_query())
+        .then(|id, s, st, q| page(repository::repository(id, s, st, q)));
+    let scan = warp::path!("admin" / "repositories" / String / "scan")
         .and(post(&state))
         .then(|id: String, _: Session, st: AppState| async move {
-            act(
-                super::operations::reset_breaker(&id, &st).await,
-                "/admin/repositories?notice=reset",
-            )
+            let done = format!("/admin/repositories/{id}?notice=scan");
+            act(repository::scan_now(&id, &st).await, &done)
+        });
+    let reset = warp::path!("admin" / "repositories" / String / "breaker-reset")
+        .and(back_query())
+        .and(post(&state))
+        .then(|id: String, back: Back, _: Session, st: AppState| async move {
+            let done = match back.back.as_deref() {
+                Some("repository") => format!("/admin/repositories/{id}?notice=reset"),
+                _ => "/admin/repositories?notice=reset".to_owned(),
+            };
+            act(super::operations::reset_breaker(&id, &st).await, &done)
         });
     let hooks = warp::path!("admin" / "hooks")
         .and(get(&state))
@@ -212,7 +236,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(get(&state))
         .then(|s, st| page(pages::instances(s, st)));
 
-    let routes: [BoxedFilter<(Response,)>; 23] = [
+    let routes: [BoxedFilter<(Response,)>; 28] = [
         root.boxed(),
         login_form.boxed(),
         login.boxed(),
@@ -220,6 +244,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         overview.boxed(),
         counts.boxed(),
         events.boxed(),
+        log.boxed(),
+        log_rows.boxed(),
+        event.boxed(),
         retry.boxed(),
         skip.boxed(),
         retry_all.boxed(),
@@ -233,6 +260,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         delete.boxed(),
         resync.boxed(),
         repositories.boxed(),
+        repository.boxed(),
+        scan.boxed(),
         reset.boxed(),
         hooks.boxed(),
         instances.boxed(),
@@ -258,6 +287,37 @@ pub(crate) struct ListQuery {
 fn notice_query() -> impl Filter<Extract = (ListQuery,), Error = std::convert::Infallible> + Clone {
     warp::query::<ListQuery>()
         .or(warp::any().map(ListQuery::default))
+        .unify()
+}
+
+/// The event log's filters and cursor; a query that does not parse is an
+/// empty one (each field is checked by the page, which says what is wrong).
+fn log_query() -> impl Filter<Extract = (event_log::LogQuery,), Error = std::convert::Infallible> + Clone {
+    warp::query::<event_log::LogQuery>()
+        .or(warp::any().map(event_log::LogQuery::default))
+        .unify()
+}
+
+/// Where an action goes back to: the page it was taken on, when that is
+/// not the list it usually comes from (a fixed word, never a URL).
+#[derive(Debug, Default, Deserialize)]
+struct Back {
+    back: Option<String>,
+}
+
+impl Back {
+    /// After an action on event `id`: its page when taken there, else `list`.
+    fn to_event(&self, id: &str, list: &str, notice: &str) -> String {
+        match self.back.as_deref() {
+            Some("event") => format!("/admin/events/{id}?notice={notice}"),
+            _ => format!("{list}?notice={notice}"),
+        }
+    }
+}
+
+fn back_query() -> impl Filter<Extract = (Back,), Error = std::convert::Infallible> + Clone {
+    warp::query::<Back>()
+        .or(warp::any().map(Back::default))
         .unify()
 }
 

@@ -74,6 +74,8 @@ struct Script {
     rule: Option<Rule>,
     /// Answer after the queue runs out (default 200).
     fallback: Option<Reply>,
+    /// The body of every answer (default `ok`).
+    body: Option<String>,
 }
 
 pub struct Receiver {
@@ -119,18 +121,21 @@ impl Receiver {
                             .next()
                             .unwrap_or_default()
                             .to_owned();
-                        let reply = {
+                        let (reply, answer) = {
                             let mut plan = plan.lock().expect("script lock");
+                            let answer = plan.body.clone().unwrap_or_else(|| "ok".to_owned());
                             let incoming = Incoming {
                                 endpoint: &endpoint,
                                 body: &body,
                                 in_flight: now_in_flight,
                             };
-                            plan.queue
+                            let reply = plan
+                                .queue
                                 .pop_front()
                                 .or_else(|| plan.rule.as_ref().map(|rule| rule(&incoming)))
                                 .or_else(|| plan.fallback.clone())
-                                .unwrap_or(Reply::status(200))
+                                .unwrap_or(Reply::status(200));
+                            (reply, answer)
                         };
                         if !reply.delay.is_zero() {
                             tokio::time::sleep(reply.delay).await;
@@ -153,7 +158,7 @@ impl Receiver {
                             answered: std::time::Instant::now(),
                         });
                         let mut response = warp::reply::with_status(
-                            "ok".to_owned(),
+                            answer,
                             StatusCode::from_u16(reply.status).expect("a valid status"),
                         )
                         .into_response();
@@ -187,6 +192,11 @@ impl Receiver {
             script,
             shutdown: Some(tx),
         }
+    }
+
+    /// Answers with this body from now on (`None`: `ok`).
+    pub fn answer_body(&self, body: Option<&str>) {
+        self.script.lock().expect("script lock").body = body.map(str::to_owned);
     }
 
     /// Answers the next requests with these replies, in order.

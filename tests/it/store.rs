@@ -190,6 +190,7 @@ fn success(event_id: &str) -> Attempt {
         latency_ms: 1,
         error_class: None,
         response_excerpt: None,
+        request: None,
     }
 }
 

@@ -25,6 +25,19 @@ pub struct Attempt {
     pub latency_ms: i64,
     pub error_class: Option<String>,
     pub response_excerpt: Option<String>,
+    /// The request that went out; `None` when none did (an event given up
+    /// on before sending, content that could not be read).
+    pub request: Option<SentRequest>,
+}
+
+/// What an attempt's request carried that its headers are shown from again
+/// (`signing::shown_headers`): everything else in them follows from the
+/// event and its app, and the signatures are not kept.
+#[derive(Debug, Clone)]
+pub struct SentRequest {
+    /// The `webhook-timestamp` it was signed with, Unix seconds.
+    pub timestamp: i64,
+    pub traceparent: Option<String>,
 }
 
 impl Attempt {
@@ -38,6 +51,8 @@ impl Attempt {
             latency_ms: Set(self.latency_ms),
             error_class: Set(self.error_class),
             response_excerpt: Set(self.response_excerpt),
+            request_timestamp: Set(self.request.as_ref().map(|r| r.timestamp)),
+            traceparent: Set(self.request.and_then(|r| r.traceparent)),
         }
     }
 }

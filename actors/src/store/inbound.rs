@@ -229,6 +229,18 @@ impl Store {
         Ok(subscribed)
     }
 
+    /// Makes a repository due now, for an operator; whether there is one.
+    pub async fn scan_now(&self, repo: &RepoId) -> Result<bool, StoreError> {
+        let exists = repository::Entity::find_by_id(repo.as_str())
+            .count(&self.db)
+            .await?
+            > 0;
+        if exists {
+            make_due(&self.db, vec![repo.as_str().to_owned()], now_ms()).await?;
+        }
+        Ok(exists)
+    }
+
     /// Deletes processed hooks received before `before` (retention).
     pub async fn prune_hooks(&self, before: i64) -> Result<u64, StoreError> {
         Ok(inbound_hook::Entity::delete_many()

@@ -213,6 +213,20 @@ impl Store {
         self.views(rows).await
     }
 
+    /// Every subscription to a repository, by app.
+    pub async fn subscriptions_of_repository(
+        &self,
+        repo: &RepoId,
+    ) -> Result<Vec<SubscriptionView>, StoreError> {
+        let rows = subscription::Entity::find()
+            .find_also_related(repository::Entity)
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .order_by_asc(subscription::Column::AppId)
+            .all(&self.db)
+            .await?;
+        self.views(rows).await
+    }
+
     /// One subscription of the app; `None` when the app does not watch it
     /// (whether or not another app does).
     pub async fn subscription_of_app(

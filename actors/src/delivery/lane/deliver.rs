@@ -155,15 +155,7 @@ impl Pipeline {
                 // without using up attempts.
                 let attempts = u32::try_from(event.attempts).unwrap_or(0);
                 let at = now_ms() + millis(context.backoff.delay(attempts).max(CONTENT_RETRY_MIN));
-                let attempt = attempt_row(
-                    event,
-                    None,
-                    now_ms(),
-                    None,
-                    0,
-                    Some(ErrorClass::ContentUnavailable),
-                    None,
-                );
+                let attempt = attempt_row(event, now_ms(), Some(ErrorClass::ContentUnavailable));
                 warn!(event = %event.id, %error, "content unavailable; retrying");
                 let outcome = EventOutcome::Retry {
                     at,
@@ -203,14 +195,10 @@ impl Pipeline {
             if index > 0 && !self.renew_lease().await? {
                 return Ok(Flow::Stop(None));
             }
-            let (span, Signed { body, headers, .. }) =
+            let (span, signed) =
                 sign_request(&mut prepared, context, event, index, &self.app_id).await;
-            let sent = Sent {
-                attempted_at: now_ms(),
-                chunk_index: chunked.then(|| i32::try_from(index).unwrap_or(i32::MAX)),
-                last: index + 1 == parts,
-                probe,
-            };
+            let sent = Sent::now(&signed, index, parts, chunked, probe);
+            let Signed { body, headers, .. } = signed;
             if sent.last {
                 let config = &self.config;
                 let in_flight = event.size.unwrap_or(0);

@@ -15,7 +15,8 @@ use crate::breaker::Permit;
 use crate::breaker::actor::{BreakerMsg, Change, Reported};
 use crate::clock::{millis, now_ms};
 use crate::store::StoreError;
-use crate::store::delivery::{Attempt, EventOutcome};
+use crate::signing::Signed;
+use crate::store::delivery::{Attempt, EventOutcome, SentRequest};
 use crate::webhook_client::{Answer, NoAnswer};
 
 /// Notifications (`sync_failed`, `synced`) are best effort: after this many
@@ -26,12 +27,34 @@ const NOTIFICATION_MAX_ATTEMPTS: u32 = 3;
 /// One request as it went out, for the record stage.
 pub(super) struct Sent {
     pub(super) attempted_at: i64,
+    /// Its signing timestamp and `traceparent`, kept with the attempt.
+    pub(super) request: SentRequest,
     /// The chunk's index, when the event is chunked.
     pub(super) chunk_index: Option<i32>,
     /// The event's last (or only) part.
     pub(super) last: bool,
     /// Sent as the breaker's probe: a failure does not use up an attempt.
     pub(super) probe: bool,
+}
+
+impl Sent {
+    /// Part `index` of `parts`, signed as `signed`, going out now.
+    pub(super) fn now(signed: &Signed, index: usize, parts: usize, chunked: bool, probe: bool) -> Self {
+        Self {
+            attempted_at: now_ms(),
+            request: SentRequest {
+                timestamp: signed.timestamp,
+                traceparent: signed
+                    .headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            },
+            chunk_index: chunked.then(|| i32::try_from(index).unwrap_or(i32::MAX)),
+            last: index + 1 == parts,
+            probe,
+        }
+    }
 }
 
 /// How long an event whose endpoint the configuration forbids waits before
@@ -58,16 +81,13 @@ impl Pipeline {
             ),
             Err(no_answer) => (None, no_answer.latency, None),
         };
-        let attempt = |class: Option<ErrorClass>| {
-            attempt_row(
-                event,
-                sent.chunk_index,
-                sent.attempted_at,
-                status,
-                millis(latency),
-                class,
-                excerpt.clone(),
-            )
+        let attempt = |class: Option<ErrorClass>| Attempt {
+            chunk_index: sent.chunk_index,
+            status_code: status.map(i32::from),
+            latency_ms: millis(latency),
+            response_excerpt: excerpt.clone().filter(|e| !e.is_empty()),
+            request: Some(sent.request.clone()),
+            ..attempt_row(event, sent.attempted_at, class)
         };
         let (outcome, label, class) = match judgement {
             Judgement::Delivered => {
@@ -158,7 +178,7 @@ impl Pipeline {
         class: ErrorClass,
         error: String,
     ) -> Result<Flow, StoreError> {
-        let attempt = attempt_row(event, None, now_ms(), None, 0, Some(class), None);
+        let attempt = attempt_row(event, now_ms(), Some(class));
         self.metrics
             .attempt(&tracing::Span::none(), DeliveryOutcome::Dead, None);
         self.stop(event, attempt, EventOutcome::Dead { error })
@@ -277,22 +297,21 @@ impl Pipeline {
     }
 }
 
+/// An attempt of `event` at `attempted_at` that sent no request (or whose
+/// answer the caller fills in).
 pub(super) fn attempt_row(
     event: &event::Model,
-    chunk_index: Option<i32>,
     attempted_at: i64,
-    status_code: Option<u16>,
-    latency_ms: i64,
     error_class: Option<ErrorClass>,
-    excerpt: Option<String>,
 ) -> Attempt {
     Attempt {
         event_id: event.id.clone(),
-        chunk_index,
+        chunk_index: None,
         attempted_at,
-        status_code: status_code.map(i32::from),
-        latency_ms,
+        status_code: None,
+        latency_ms: 0,
         error_class: error_class.map(|class| class.as_str().to_owned()),
-        response_excerpt: excerpt.filter(|e| !e.is_empty()),
+        response_excerpt: None,
+        request: None,
     }
 }

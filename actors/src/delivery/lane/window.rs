@@ -424,14 +424,9 @@ async fn transfer(job: Job, event: event::Model, probe: bool) -> Result<Vec<Requ
     let (parts, chunked) = (prepared.rendered.len(), prepared.rendered.is_chunked());
     let mut requests = Vec::with_capacity(parts);
     for index in 0..parts {
-        let (span, Signed { body, headers, .. }) =
-            sign_request(&mut prepared, &context, &event, index, &app_id).await;
-        let sent = Sent {
-            attempted_at: now_ms(),
-            chunk_index: chunked.then(|| i32::try_from(index).unwrap_or(i32::MAX)),
-            last: index + 1 == parts,
-            probe,
-        };
+        let (span, signed) = sign_request(&mut prepared, &context, &event, index, &app_id).await;
+        let sent = Sent::now(&signed, index, parts, chunked, probe);
+        let Signed { body, headers, .. } = signed;
         let answer = client.post_to(&endpoint, headers, body).await;
         let delivered = matches!(&answer, Ok(a) if (200..300).contains(&a.status));
         if let Ok(answer) = &answer {
