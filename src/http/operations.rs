@@ -479,7 +479,7 @@ fn invalid(field: &'static str, message: &str) -> ApiError {
         (status = 200, description = "The counts", body = OverviewResponse),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody)))]
 pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
-    let o = state.store.overview().await?;
+    let o = state.store.overview(true).await?;
     let events = EventCounts {
         total: o.events.values().sum(),
         pending: count(&o.events, entity::EventStatus::Pending.as_str()),

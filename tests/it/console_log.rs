@@ -385,3 +385,90 @@ async fn in_a_real_browser_the_log_finds_a_files_attempts_and_shows_its_answer_a
     chromium.screenshot("event-log-live").await;
     chromium.stop().await;
 }
+
+#[tokio::test]
+async fn a_log_page_searches_a_bounded_number_of_events_and_goes_on_from_there() {
+    use actors::store::event_log::{LogFilter, PathFilter, SCAN_BUDGET};
+    use sea_orm::ConnectionTrait;
+
+    let database = crate::helpers::TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = actors::test_support::store(&database.url_in(dir.path(), "herald.db")).await;
+    let app = store
+        .onboard_app(actors::test_support::new_app("acme"))
+        .await
+        .expect("onboarded");
+    let app_id = actors::ids::AppId::parse(&app.app.id).expect("an id");
+    let (view, repo) = actors::test_support::subscribe(
+        &store,
+        &app_id,
+        actors::test_support::new_subscription("https://1.1.1.1/acme/log", "acme", "log"),
+    )
+    .await;
+    // 25,000 events, a second apart; `rare.md` is the oldest and one of the
+    // newest ten: between them lie more events than one page searches.
+    let total: i64 = i64::try_from(SCAN_BUDGET).expect("small") + 5_000;
+    let start = actors::clock::now_ms() - total * 1_000;
+    let mut rows = Vec::new();
+    for n in 0..total {
+        let at = start + n * 1_000;
+        let id = format!(
+            "evt_{}",
+            ulid::Ulid::from_parts(u64::try_from(at).expect("positive"), 0)
+                .to_string()
+                .to_ascii_lowercase()
+        );
+        let path = if n == 0 || n == total - 10 { "rare.md".to_owned() } else { format!("bulk/{n}.md") };
+        rows.push(format!(
+            "('{id}', '{}', '{}', '{repo}', {}, 'created', '{path}', false, 'delivered', 1, {at}, {at})",
+            view.subscription.id,
+            app.app.id,
+            n + 1,
+        ));
+        if rows.len() == 1_000 {
+            store
+                .db()
+                .execute_unprepared(&format!(
+                    "INSERT INTO events (id, subscription_id, app_id, repository_id, seq, kind, path, \
+                     binary, status, attempts, next_attempt_at, created_at) VALUES {}",
+                    rows.join(",")
+                ))
+                .await
+                .expect("inserted");
+            rows.clear();
+        }
+    }
+
+    let everything = store
+        .event_log(&LogFilter::default(), None, 50)
+        .await
+        .expect("a page");
+    assert_eq!(everything.entries.len(), 50);
+    assert_eq!(everything.searched_to, None, "a full page");
+    assert_eq!(
+        everything.next.as_deref(),
+        Some(everything.entries[49].event.id.as_str())
+    );
+
+    let rare = LogFilter {
+        path: Some(PathFilter::parse("rare.md").expect("a prefix")),
+        app: Some(app.app.id.clone()),
+        ..LogFilter::default()
+    };
+    let first = store.event_log(&rare, None, 50).await.expect("a page");
+    assert_eq!(first.entries.len(), 1, "the newer rare.md");
+    let searched_to = first.searched_to.clone().expect("stopped at the budget");
+    assert_eq!(first.next.as_deref(), Some(searched_to.as_str()));
+    let second = store
+        .event_log(&rare, first.next.as_deref(), 50)
+        .await
+        .expect("a page");
+    assert_eq!(second.entries.len(), 1, "the older rare.md");
+    assert_eq!((second.next, second.searched_to), (None, None), "the end");
+    assert!(second.entries[0].event.id < first.entries[0].event.id);
+    assert_eq!(
+        second.entries[0].repository.as_ref().map(|r| r.id.as_str()),
+        Some(repo.as_str())
+    );
+    store.close().await.ok();
+}

@@ -6,22 +6,25 @@
 //! table's size. Event ids are time-ordered, so "newest first" is the
 //! primary key read backwards, and a time range is a range of ids. The
 //! filter with an index of its own (a commit, else a repository, else an
-//! app) picks the index; the walk reads narrow rows in batches and applies
-//! every other filter in Rust, stopping at a page's worth of matches or
-//! after [`SCAN_BUDGET`] rows. A page cut short by the budget says so and
-//! where to go on from ([`LogPage::searched_to`]): a rare match deep in a
-//! large table costs the operator a click, never the database a full scan.
+//! app) picks the index; a page looks at the [`SCAN_BUDGET`] newest events
+//! below its cursor in that index and lets the database apply every other
+//! filter among them (a glob's literal beginning too; the rest of a glob
+//! is matched in Rust on narrow rows). A page cut short by the budget says
+//! so and where to go on from ([`LogPage::searched_to`]): a rare match deep
+//! in a large table costs the operator a click, never the database a full
+//! scan.
 
 use std::collections::HashMap;
 
 use entity::{EventStatus, app, delivery_attempt, event, repository, subscription};
 use globset::GlobMatcher;
+use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
 
 use super::{Store, StoreError};
 use crate::ids::EventId;
 
-/// Rows read per query of a walk.
+/// Narrow rows read per query when a glob is matched in Rust.
 const BATCH: u64 = 1_000;
 /// Rows one page may walk before it stops short.
 pub const SCAN_BUDGET: u64 = 20_000;
@@ -63,6 +66,18 @@ impl PathFilter {
         } else {
             Ok(Self::Prefix(text.to_owned()))
         }
+    }
+
+    fn is_glob(&self) -> bool {
+        matches!(self, Self::Glob(_))
+    }
+
+    /// What every matching path starts with: the prefix, or a glob's text
+    /// before its first special character.
+    fn literal_prefix(&self) -> &str {
+        let text = self.as_str();
+        let end = text.find(['*', '?', '[', '{', '\\']).unwrap_or(text.len());
+        &text[..end]
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -141,13 +156,23 @@ fn after_prefix(prefix: &str) -> Option<String> {
 }
 
 impl LogFilter {
-    /// The walk's query: the id bounds, and the one filter an index serves.
-    fn walk(&self, below: Option<&str>) -> Select<event::Entity> {
+    /// Below what id the walk starts: the page's cursor or the range's end.
+    fn upper(&self, before: Option<&str>) -> Option<String> {
+        let end = self.to.map(first_id_at);
+        match (before, end) {
+            (Some(before), Some(end)) => Some(Ord::min(before.to_owned(), end)),
+            (before, end) => before.map(str::to_owned).or(end),
+        }
+    }
+
+    /// The events one index walks: the filter that has an index of its own
+    /// (a commit, else a repository, else an app; else the ids), between
+    /// the id bounds.
+    fn walk(&self, upper: Option<&str>) -> Select<event::Entity> {
         let mut query = event::Entity::find();
         if let Some(commit) = &self.commit {
-            let commit = commit.to_ascii_lowercase();
             query = query.filter(event::Column::CommitSha.gte(commit.as_str()));
-            if let Some(end) = after_prefix(&commit) {
+            if let Some(end) = after_prefix(commit) {
                 query = query.filter(event::Column::CommitSha.lt(end));
             }
         } else if let Some(repository) = &self.repository {
@@ -155,96 +180,105 @@ impl LogFilter {
         } else if let Some(app) = &self.app {
             query = query.filter(event::Column::AppId.eq(app.as_str()));
         }
-        let upper = self.to.map(first_id_at);
-        let upper = match (below, upper) {
-            (Some(below), Some(upper)) => Some(below.to_owned().min(upper)),
-            (below, upper) => below.map(str::to_owned).or(upper),
-        };
         if let Some(upper) = upper {
             query = query.filter(event::Column::Id.lt(upper));
         }
         if let Some(from) = self.from {
             query = query.filter(event::Column::Id.gte(first_id_at(from)));
         }
-        query.order_by_desc(event::Column::Id)
+        query
     }
 
-    /// Whether a walked row passes the filters the index did not apply.
-    fn keeps(&self, row: &Narrow) -> bool {
-        self.app.as_ref().is_none_or(|app| *app == row.app_id)
-            && self
-                .repository
-                .as_ref()
-                .is_none_or(|repository| *repository == row.repository_id)
-            && self.status.is_none_or(|status| status == row.status)
-            && self.from.is_none_or(|from| row.created_at >= from)
-            && self.to.is_none_or(|to| row.created_at < to)
-            && self.path.as_ref().is_none_or(|filter| {
-                row.path.as_deref().is_some_and(|path| filter.matches(path))
-            })
-            && self.commit.as_ref().is_none_or(|commit| {
-                row.commit_sha
-                    .as_deref()
-                    .is_some_and(|sha| sha.starts_with(&commit.to_ascii_lowercase()))
-            })
+    /// [`Self::walk`] down to `floor`, narrowed by every filter the
+    /// database can apply; a glob is left to [`PathFilter::matches`], the
+    /// database checking only its literal beginning.
+    fn matching(&self, upper: Option<&str>, floor: Option<&str>) -> Select<event::Entity> {
+        let mut query = self.walk(upper);
+        if let Some(floor) = floor {
+            query = query.filter(event::Column::Id.gte(floor));
+        }
+        if let Some(app) = &self.app {
+            query = query.filter(event::Column::AppId.eq(app.as_str()));
+        }
+        if let Some(repository) = &self.repository {
+            query = query.filter(event::Column::RepositoryId.eq(repository.as_str()));
+        }
+        if let Some(status) = self.status {
+            query = query.filter(event::Column::Status.eq(status));
+        }
+        if let Some(from) = self.from {
+            query = query.filter(event::Column::CreatedAt.gte(from));
+        }
+        if let Some(to) = self.to {
+            query = query.filter(event::Column::CreatedAt.lt(to));
+        }
+        if let Some(prefix) = self.path.as_ref().map(PathFilter::literal_prefix)
+            && !prefix.is_empty()
+        {
+            // Characters, as both databases count them; no LIKE, whose
+            // wildcards a path may hold.
+            let length = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+            query = query.filter(
+                Expr::expr(Func::cust("substr").arg(Expr::col(event::Column::Path)).arg(1).arg(length))
+                    .eq(prefix),
+            );
+        }
+        query
     }
-}
-
-/// The columns a walk reads of each row.
-#[derive(Debug, sea_orm::FromQueryResult)]
-struct Narrow {
-    id: String,
-    app_id: String,
-    repository_id: String,
-    status: EventStatus,
-    path: Option<String>,
-    commit_sha: Option<String>,
-    created_at: i64,
 }
 
 impl Store {
     /// Up to `limit` events matching `filter`, newest first, older than the
     /// event `before` when given (the previous page's cursor).
+    ///
+    /// The page looks at the [`SCAN_BUDGET`] newest events below the cursor
+    /// that the walk's index holds (the window's floor is found by an
+    /// index-only offset), and takes the matches among them.
     pub async fn event_log(
         &self,
         filter: &LogFilter,
         before: Option<&str>,
         limit: u64,
     ) -> Result<LogPage, StoreError> {
+        let upper = filter.upper(before);
+        let floor: Option<String> = filter
+            .walk(upper.as_deref())
+            .select_only()
+            .column(event::Column::Id)
+            .order_by_desc(event::Column::Id)
+            .offset(SCAN_BUDGET - 1)
+            .limit(1)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let glob = filter.path.as_ref().filter(|path| path.is_glob());
         let mut found: Vec<String> = Vec::new();
-        let mut cursor = before.map(str::to_owned);
-        let mut walked = 0;
-        let mut exhausted = false;
-        while found.len() as u64 <= limit && walked < SCAN_BUDGET {
-            let asked = BATCH.min(SCAN_BUDGET - walked);
-            let rows: Vec<Narrow> = filter
-                .walk(cursor.as_deref())
+        let mut cursor = upper;
+        loop {
+            let wanted = limit + 1 - found.len() as u64;
+            let asked = if glob.is_some() { Ord::max(BATCH, wanted) } else { wanted };
+            let rows: Vec<(String, Option<String>)> = filter
+                .matching(cursor.as_deref(), floor.as_deref())
                 .select_only()
-                .columns([
-                    event::Column::Id,
-                    event::Column::AppId,
-                    event::Column::RepositoryId,
-                    event::Column::Status,
-                    event::Column::Path,
-                    event::Column::CommitSha,
-                    event::Column::CreatedAt,
-                ])
+                .column(event::Column::Id)
+                .column(event::Column::Path)
+                .order_by_desc(event::Column::Id)
                 .limit(asked)
-                .into_model()
+                .into_tuple()
                 .all(&self.db)
                 .await?;
-            walked += rows.len() as u64;
-            exhausted = (rows.len() as u64) < asked;
-            for row in &rows {
-                if filter.keeps(row) {
-                    found.push(row.id.clone());
+            let ended = (rows.len() as u64) < asked;
+            cursor = rows.last().map(|(id, _)| id.clone()).or(cursor);
+            for (id, path) in rows {
+                let kept = glob.is_none_or(|glob| path.as_deref().is_some_and(|p| glob.matches(p)));
+                if kept {
+                    found.push(id);
                     if found.len() as u64 > limit {
                         break;
                     }
                 }
             }
-            cursor = rows.last().map(|row| row.id.clone()).or(cursor);
-            if exhausted {
+            if ended || found.len() as u64 > limit {
                 break;
             }
         }
@@ -252,10 +286,10 @@ impl Store {
         found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let (next, searched_to) = if full {
             (found.last().cloned(), None)
-        } else if exhausted {
-            (None, None)
         } else {
-            (cursor.clone(), cursor)
+            // Short of a page: the window was all there was, or its floor
+            // is where the next page goes on.
+            (floor.clone(), floor)
         };
         let entries = self.log_entries(&found).await?;
         Ok(LogPage {

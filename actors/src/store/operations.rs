@@ -77,8 +77,11 @@ fn to_u64(n: i64) -> u64 {
 
 impl Store {
     /// Counts of apps, repositories, subscriptions, events, lanes in flight and
-    /// open breakers.
-    pub async fn overview(&self) -> Result<Overview, StoreError> {
+    /// open breakers. With `settled`, events of every status are counted (a
+    /// walk of the whole outbox's status index); without, only those still
+    /// waiting (`pending`, `dead`), whose cost does not grow with the
+    /// history kept.
+    pub async fn overview(&self, settled: bool) -> Result<Overview, StoreError> {
         let apps: Vec<(String, i64)> = app::Entity::find()
             .select_only()
             .column(app::Column::Status)
@@ -96,14 +99,18 @@ impl Store {
             .into_tuple()
             .all(&self.db)
             .await?;
-        let events: Vec<(String, i64)> = event::Entity::find()
+        let mut events = event::Entity::find()
             .select_only()
             .column(event::Column::Status)
             .column_as(event::Column::Id.count(), "n")
-            .group_by(event::Column::Status)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
+            .group_by(event::Column::Status);
+        if !settled {
+            events = events.filter(
+                event::Column::Status
+                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
+            );
+        }
+        let events: Vec<(String, i64)> = events.into_tuple().all(&self.db).await?;
         let breakers: Vec<(String, i64)> = breaker::Entity::find()
             .select_only()
             .column(breaker::Column::Kind)
