@@ -153,7 +153,7 @@ async fn fill(herald: &Herald, store: &actors::store::Store, options: &Options) 
                 store,
                 &format!(
                     "INSERT INTO events (id, subscription_id, app_id, repository_id, seq, kind, \
-                     path, sha256, size, binary, commit_sha, status, attempts, next_attempt_at, \
+                     path, sha256, size, \"binary\", commit_sha, status, attempts, next_attempt_at, \
                      created_at, delivered_at) VALUES {}",
                     rows.join(",")
                 ),

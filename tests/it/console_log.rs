@@ -430,7 +430,7 @@ async fn a_log_page_searches_a_bounded_number_of_events_and_goes_on_from_there()
                 .db()
                 .execute_unprepared(&format!(
                     "INSERT INTO events (id, subscription_id, app_id, repository_id, seq, kind, path, \
-                     binary, status, attempts, next_attempt_at, created_at) VALUES {}",
+                     \"binary\", status, attempts, next_attempt_at, created_at) VALUES {}",
                     rows.join(",")
                 ))
                 .await

@@ -217,9 +217,10 @@ impl LogFilter {
         {
             // Characters, as both databases count them; no LIKE, whose
             // wildcards a path may hold.
-            let length = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+            // PostgreSQL's substr takes `integer`s, not `bigint`s.
+            let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
             query = query.filter(
-                Expr::expr(Func::cust("substr").arg(Expr::col(event::Column::Path)).arg(1).arg(length))
+                Expr::expr(Func::cust("substr").arg(Expr::col(event::Column::Path)).arg(1_i32).arg(length))
                     .eq(prefix),
             );
         }
