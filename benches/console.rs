@@ -81,7 +81,10 @@ fn id_at(prefix: &str, ms: i64, n: usize) -> String {
 }
 
 fn sha_of(n: usize) -> String {
-    format!("{:040x}", (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+    format!(
+        "{:040x}",
+        (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    )
 }
 
 /// Everything the pages are asked about: one of each kind of thing.
@@ -187,7 +190,11 @@ async fn fill(herald: &Herald, store: &actors::store::Store, options: &Options) 
         if status == "dead" {
             dead_event.clone_from(&id);
         }
-        let delivered = if status == "delivered" { at.to_string() } else { "NULL".to_owned() };
+        let delivered = if status == "delivered" {
+            at.to_string()
+        } else {
+            "NULL".to_owned()
+        };
         let kind = ["created", "updated", "deleted"][n % 3];
         rows.push(format!(
             "('{id}', '{sub}', '{app}', '{repository}', {seq}, '{kind}', 'src/d{}/f{n}.rs', \
@@ -255,8 +262,7 @@ async fn sign_in(herald: &Herald, http: &reqwest::Client) -> String {
         .header(COOKIE, login_cookie)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(
-            serde_urlencoded::to_string([("csrf", csrf), ("token", ADMIN_TOKEN)])
-                .expect("a form"),
+            serde_urlencoded::to_string([("csrf", csrf), ("token", ADMIN_TOKEN)]).expect("a form"),
         )
         .send()
         .await
@@ -293,16 +299,28 @@ async fn run(options: &Options) {
         day,
     } = &filled;
     let pages: Vec<(&str, String)> = vec![
-        ("floor: the stylesheet", "/admin/assets/console.css".to_owned()),
+        (
+            "floor: the stylesheet",
+            "/admin/assets/console.css".to_owned(),
+        ),
         ("overview", "/admin/overview".to_owned()),
         ("event log", "/admin/log".to_owned()),
         ("log: one app", format!("/admin/log?app={app}")),
-        ("log: one repository", format!("/admin/log?repository={repository}")),
+        (
+            "log: one repository",
+            format!("/admin/log?repository={repository}"),
+        ),
         ("log: dead", "/admin/log?status=dead".to_owned()),
-        ("log: one path", "/admin/log?path=src/d7/f1007.rs".to_owned()),
+        (
+            "log: one path",
+            "/admin/log?path=src/d7/f1007.rs".to_owned(),
+        ),
         ("log: glob, rare", "/admin/log?path=**/f99*.rs".to_owned()),
         ("log: one commit", format!("/admin/log?commit={commit}")),
-        ("log: one day", format!("/admin/log?from={}&to={}", day.0, day.1)),
+        (
+            "log: one day",
+            format!("/admin/log?from={}&to={}", day.0, day.1),
+        ),
         ("event", format!("/admin/events/{dead_event}")),
         ("repository", format!("/admin/repositories/{repository}")),
         ("app", format!("/admin/apps/{app}")),

@@ -449,7 +449,11 @@ async fn scan_claimed(
             let commit = advance.commit.clone();
             let changes = advance.delta.len();
             let result = store.advance_snapshot(advance).await?;
-            let end = if moved { ScanEnd::Changed } else { ScanEnd::Unchanged };
+            let end = if moved {
+                ScanEnd::Changed
+            } else {
+                ScanEnd::Unchanged
+            };
             log.ended(end, Some(commit.clone()), changes, result.events, None)
                 .await;
             if !moved {

@@ -137,17 +137,21 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let retry = warp::path!("admin" / "events" / String / "retry")
         .and(back_query())
         .and(post(&state))
-        .then(|id: String, back: Back, _: Session, st: AppState| async move {
-            let done = back.to_event(&id, "/admin/events", "retried");
-            act(super::operations::requeue_event(&id, &st).await, &done)
-        });
+        .then(
+            |id: String, back: Back, _: Session, st: AppState| async move {
+                let done = back.to_event(&id, "/admin/events", "retried");
+                act(super::operations::requeue_event(&id, &st).await, &done)
+            },
+        );
     let skip = warp::path!("admin" / "events" / String / "skip")
         .and(back_query())
         .and(post(&state))
-        .then(|id: String, back: Back, _: Session, st: AppState| async move {
-            let done = back.to_event(&id, "/admin/events", "skipped");
-            act(super::operations::pass_over_event(&id, &st).await, &done)
-        });
+        .then(
+            |id: String, back: Back, _: Session, st: AppState| async move {
+                let done = back.to_event(&id, "/admin/events", "skipped");
+                act(super::operations::pass_over_event(&id, &st).await, &done)
+            },
+        );
     let retry_all = warp::path!("admin" / "events" / "retry-all")
         .and(post(&state))
         .then(|_: Session, st: AppState| async move {
@@ -221,13 +225,15 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let reset = warp::path!("admin" / "repositories" / String / "breaker-reset")
         .and(back_query())
         .and(post(&state))
-        .then(|id: String, back: Back, _: Session, st: AppState| async move {
-            let done = match back.back.as_deref() {
-                Some("repository") => format!("/admin/repositories/{id}?notice=reset"),
-                _ => "/admin/repositories?notice=reset".to_owned(),
-            };
-            act(super::operations::reset_breaker(&id, &st).await, &done)
-        });
+        .then(
+            |id: String, back: Back, _: Session, st: AppState| async move {
+                let done = match back.back.as_deref() {
+                    Some("repository") => format!("/admin/repositories/{id}?notice=reset"),
+                    _ => "/admin/repositories?notice=reset".to_owned(),
+                };
+                act(super::operations::reset_breaker(&id, &st).await, &done)
+            },
+        );
     let hooks = warp::path!("admin" / "hooks")
         .and(get(&state))
         .and(notice_query())
@@ -292,7 +298,8 @@ fn notice_query() -> impl Filter<Extract = (ListQuery,), Error = std::convert::I
 
 /// The event log's filters and cursor; a query that does not parse is an
 /// empty one (each field is checked by the page, which says what is wrong).
-fn log_query() -> impl Filter<Extract = (event_log::LogQuery,), Error = std::convert::Infallible> + Clone {
+fn log_query()
+-> impl Filter<Extract = (event_log::LogQuery,), Error = std::convert::Infallible> + Clone {
     warp::query::<event_log::LogQuery>()
         .or(warp::any().map(event_log::LogQuery::default))
         .unify()

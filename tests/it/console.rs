@@ -66,7 +66,12 @@ impl<'a> Browser<'a> {
         response
     }
 
-    pub(crate) async fn post(&mut self, path: &str, form: &[(&str, &str)], https: bool) -> Response {
+    pub(crate) async fn post(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        https: bool,
+    ) -> Response {
         let mut request = self
             .http
             .post(self.app.url(path))

@@ -7,9 +7,7 @@
 
 use reqwest::StatusCode;
 
-use crate::console::{
-    BROWSER_WAIT, Browser, Chromium, chromedriver, hidden_csrf, location,
-};
+use crate::console::{BROWSER_WAIT, Browser, Chromium, chromedriver, hidden_csrf, location};
 use crate::gitserver::TestRepo;
 use crate::helpers::{ADMIN_TOKEN, Rig, TestApp, TestClient};
 use crate::operations::{poison_engine_with, two_files, wait_failed};
@@ -119,18 +117,26 @@ async fn the_event_log_narrows_by_every_filter_and_an_event_shows_its_attempts()
         .page(&page("status=lost&commit=xyz&path=a/%5B&from=yesterday"))
         .await;
     assert!(bad.contains("Status must be one of"), "{bad}");
-    assert!(bad.contains("A commit is 7 to 64 hexadecimal digits"), "{bad}");
+    assert!(
+        bad.contains("A commit is 7 to 64 hexadecimal digits"),
+        "{bad}"
+    );
     assert!(bad.contains("The path glob is not valid"), "{bad}");
     assert!(bad.contains("From must be a date and time"), "{bad}");
     assert!(listed(&bad).is_empty(), "{bad}");
 
     // The dead event's page: two refused attempts, their answer as text.
     let event = browser.page(&format!("/admin/events/{dead}")).await;
-    assert!(event.contains("Attempt 1") && event.contains("Attempt 2"), "{event}");
+    assert!(
+        event.contains("Attempt 1") && event.contains("Attempt 2"),
+        "{event}"
+    );
     assert!(!event.contains("Attempt 3"), "{event}");
     assert!(event.contains("HTTP 422"), "{event}");
     assert!(
-        event.contains("&lt;script&gt;window.heraldPwned = true;&lt;/script&gt;&lt;b&gt;refused&lt;/b&gt;"),
+        event.contains(
+            "&lt;script&gt;window.heraldPwned = true;&lt;/script&gt;&lt;b&gt;refused&lt;/b&gt;"
+        ),
         "the excerpt, escaped: {event}"
     );
     assert!(!event.contains(HOSTILE), "{event}");
@@ -151,13 +157,25 @@ async fn the_event_log_narrows_by_every_filter_and_an_event_shows_its_attempts()
         }
         for name in ["webhook-signature", "x-docora-signature"] {
             let signature = request.header(name);
-            let digest = signature.split_once([',', '=']).map_or(signature, |(_, d)| d);
+            let digest = signature
+                .split_once([',', '='])
+                .map_or(signature, |(_, d)| d);
             assert!(!event.contains(digest), "{name} is not shown: {event}");
         }
     }
-    assert!(event.contains("x-docora-signature") && event.contains("not kept"), "{event}");
-    assert!(event.contains(&format!("Herald/{}", env!("CARGO_PKG_VERSION"))), "{event}");
-    for secret in [&client.client_auth_key, &client.webhook_secret, &client.token] {
+    assert!(
+        event.contains("x-docora-signature") && event.contains("not kept"),
+        "{event}"
+    );
+    assert!(
+        event.contains(&format!("Herald/{}", env!("CARGO_PKG_VERSION"))),
+        "{event}"
+    );
+    for secret in [
+        &client.client_auth_key,
+        &client.webhook_secret,
+        &client.token,
+    ] {
         assert!(!event.contains(secret.as_str()), "a secret on the page");
     }
 
@@ -186,7 +204,9 @@ async fn the_event_log_narrows_by_every_filter_and_an_event_shows_its_attempts()
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(delivered.contains("HTTP 200"), "{delivered}");
-    let none = browser.get("/admin/events/evt_01hzzzzzzzzzzzzzzzzzzzzzzz").await;
+    let none = browser
+        .get("/admin/events/evt_01hzzzzzzzzzzzzzzzzzzzzzzz")
+        .await;
     assert_eq!(none.status(), StatusCode::NOT_FOUND);
 }
 
@@ -208,10 +228,16 @@ async fn a_repository_page_lists_its_scans_and_subscribers_and_scans_on_demand()
     };
     assert_eq!(page.matches(">unchanged<").count(), 1, "{page}");
     assert!(page.contains("Recent scans"), "{page}");
-    assert!(page.contains("badge ok\">changed") || page.contains(">changed<"), "{page}");
+    assert!(
+        page.contains("badge ok\">changed") || page.contains(">changed<"),
+        "{page}"
+    );
     assert!(page.contains(&refused.repo.head()[..10]), "{page}");
     assert!(page.contains(">acme<"), "the subscriber: {page}");
-    assert!(page.contains("badge bad\">failed"), "its dead event stops it: {page}");
+    assert!(
+        page.contains("badge bad\">failed"),
+        "its dead event stops it: {page}"
+    );
 
     let csrf = hidden_csrf(&page);
     let scanned = browser
@@ -266,9 +292,15 @@ async fn the_event_log_pages_back_through_every_event_once() {
     let mut seen = listed(&first);
     assert_eq!(seen.len(), 50, "a full page");
     let next = older(&first).expect("a link to older events");
-    assert!(next.contains("path=docs%2F") && next.contains("before=evt_"), "{next}");
+    assert!(
+        next.contains("path=docs%2F") && next.contains("before=evt_"),
+        "{next}"
+    );
     let second = browser.page(&next).await;
-    assert!(!second.contains("hx-get=\"/admin/log/rows"), "an older page stays still");
+    assert!(
+        !second.contains("hx-get=\"/admin/log/rows"),
+        "an older page stays still"
+    );
     let rest = listed(&second);
     assert_eq!(rest.len(), 10, "{rest:?}");
     assert!(older(&second).is_none(), "the last page");
@@ -279,7 +311,10 @@ async fn the_event_log_pages_back_through_every_event_once() {
     assert_eq!(seen, sorted, "newest first across pages");
     sorted.dedup();
     assert_eq!(sorted.len(), 60, "each event once");
-    assert!(first.contains("hx-get=\"/admin/log/rows?path=docs%2F\""), "the first page refreshes: {first}");
+    assert!(
+        first.contains("hx-get=\"/admin/log/rows?path=docs%2F\""),
+        "the first page refreshes: {first}"
+    );
 }
 
 #[tokio::test]
@@ -293,7 +328,9 @@ async fn in_a_real_browser_the_log_finds_a_files_attempts_and_shows_its_answer_a
     chromium.wait_for_text("Sign out").await;
 
     // Filter by path through the form, as an operator would.
-    chromium.visit(&format!("{base}/admin/log"), "event-log").await;
+    chromium
+        .visit(&format!("{base}/admin/log"), "event-log")
+        .await;
     let field = chromium
         .client
         .find(Locator::Css("#f-path"))
@@ -317,7 +354,9 @@ async fn in_a_real_browser_the_log_finds_a_files_attempts_and_shows_its_answer_a
     chromium.screenshot("event-log-filtered").await;
 
     // Its page: the answer opens as text, and nothing in it ran.
-    chromium.click("table.log tbody tr a[href^='/admin/events/']").await;
+    chromium
+        .click("table.log tbody tr a[href^='/admin/events/']")
+        .await;
     chromium.wait_for_text("Attempt 2").await;
     chromium.click("details.response summary").await;
     let shown = chromium
@@ -363,7 +402,9 @@ async fn in_a_real_browser_the_log_finds_a_files_attempts_and_shows_its_answer_a
 
     // The log refreshes itself: a new commit's file shows up without a reload.
     refused.accept_all();
-    chromium.visit(&format!("{base}/admin/log"), "event-log").await;
+    chromium
+        .visit(&format!("{base}/admin/log"), "event-log")
+        .await;
     chromium.run("window.heraldSamePage = true;").await;
     refused.repo.write("news.md", "news\n");
     refused.repo.commit("news");
@@ -418,7 +459,11 @@ async fn a_log_page_searches_a_bounded_number_of_events_and_goes_on_from_there()
                 .to_string()
                 .to_ascii_lowercase()
         );
-        let path = if n == 0 || n == total - 10 { "rare.md".to_owned() } else { format!("bulk/{n}.md") };
+        let path = if n == 0 || n == total - 10 {
+            "rare.md".to_owned()
+        } else {
+            format!("bulk/{n}.md")
+        };
         rows.push(format!(
             "('{id}', '{}', '{}', '{repo}', {}, 'created', '{path}', false, 'delivered', 1, {at}, {at})",
             view.subscription.id,

@@ -136,7 +136,11 @@ pub struct EventDetail {
 fn first_id_at(at_ms: i64) -> String {
     let ms = u64::try_from(at_ms).unwrap_or(0);
     let ulid = ulid::Ulid::from_parts(ms, 0);
-    format!("{}{}", EventId::PREFIX, ulid.to_string().to_ascii_lowercase())
+    format!(
+        "{}{}",
+        EventId::PREFIX,
+        ulid.to_string().to_ascii_lowercase()
+    )
 }
 
 /// The smallest hex string above every string starting with `prefix`;
@@ -220,8 +224,13 @@ impl LogFilter {
             // PostgreSQL's substr takes `integer`s, not `bigint`s.
             let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
             query = query.filter(
-                Expr::expr(Func::cust("substr").arg(Expr::col(event::Column::Path)).arg(1_i32).arg(length))
-                    .eq(prefix),
+                Expr::expr(
+                    Func::cust("substr")
+                        .arg(Expr::col(event::Column::Path))
+                        .arg(1_i32)
+                        .arg(length),
+                )
+                .eq(prefix),
             );
         }
         query
@@ -257,7 +266,11 @@ impl Store {
         let mut cursor = upper;
         loop {
             let wanted = limit + 1 - found.len() as u64;
-            let asked = if glob.is_some() { Ord::max(BATCH, wanted) } else { wanted };
+            let asked = if glob.is_some() {
+                Ord::max(BATCH, wanted)
+            } else {
+                wanted
+            };
             let rows: Vec<(String, Option<String>)> = filter
                 .matching(cursor.as_deref(), floor.as_deref())
                 .select_only()
@@ -341,10 +354,7 @@ impl Store {
     /// One event with its app, repository, subscription and every attempt;
     /// `None` when there is no such event (or retention removed it).
     pub async fn event_detail(&self, id: &EventId) -> Result<Option<EventDetail>, StoreError> {
-        let Some(event) = event::Entity::find_by_id(id.as_str())
-            .one(&self.db)
-            .await?
-        else {
+        let Some(event) = event::Entity::find_by_id(id.as_str()).one(&self.db).await? else {
             return Ok(None);
         };
         let app = app::Entity::find_by_id(event.app_id.as_str())
@@ -384,7 +394,11 @@ mod tests {
         let glob = PathFilter::parse("docs/*.md").expect("glob");
         assert!(glob.matches("docs/a.md"));
         assert!(!glob.matches("docs/a/b.md"), "* stays within a directory");
-        assert!(PathFilter::parse("docs/**/*.md").expect("glob").matches("docs/a/b.md"));
+        assert!(
+            PathFilter::parse("docs/**/*.md")
+                .expect("glob")
+                .matches("docs/a/b.md")
+        );
         assert!(PathFilter::parse("docs/[").is_err());
         assert_eq!(glob.as_str(), "docs/*.md");
     }
@@ -393,9 +407,9 @@ mod tests {
     fn ids_of_a_time_sort_with_the_events_created_then() {
         let at = 1_700_000_000_000;
         let id = EventId::generate();
-        assert!(first_id_at(0) < id.as_str().to_owned());
+        assert!(first_id_at(0).as_str() < id.as_str());
         assert!(first_id_at(at) < first_id_at(at + 1));
-        assert!(first_id_at(i64::from(u32::MAX) * 1_000) > id.as_str().to_owned());
+        assert!(first_id_at(i64::from(u32::MAX) * 1_000).as_str() > id.as_str());
     }
 
     #[test]

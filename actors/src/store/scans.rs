@@ -10,9 +10,7 @@ use std::collections::HashMap;
 
 use entity::{BreakerKind, ScanEnd, app, breaker, repository, scan};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::subscriptions::SubscriptionView;
 use super::{Store, StoreError};
@@ -126,7 +124,9 @@ impl Store {
             .select_only()
             .column(app::Column::Id)
             .column(app::Column::Name)
-            .filter(app::Column::Id.is_in(subscriptions.iter().map(|s| s.subscription.app_id.as_str())))
+            .filter(
+                app::Column::Id.is_in(subscriptions.iter().map(|s| s.subscription.app_id.as_str())),
+            )
             .into_tuple::<(String, String)>()
             .all(&self.db)
             .await?

@@ -329,7 +329,8 @@ pub async fn event(
     state: AppState,
     query: ListQuery,
 ) -> Result<Markup, ApiError> {
-    let not_found = || ApiError::NotFound("Event not found (retention may have removed it)".to_owned());
+    let not_found =
+        || ApiError::NotFound("Event not found (retention may have removed it)".to_owned());
     let event_id = EventId::parse(&id).ok_or_else(not_found)?;
     let detail = state
         .store

@@ -14,8 +14,8 @@ use super::{Flow, Pipeline};
 use crate::breaker::Permit;
 use crate::breaker::actor::{BreakerMsg, Change, Reported};
 use crate::clock::{millis, now_ms};
-use crate::store::StoreError;
 use crate::signing::Signed;
+use crate::store::StoreError;
 use crate::store::delivery::{Attempt, EventOutcome, SentRequest};
 use crate::webhook_client::{Answer, NoAnswer};
 
@@ -39,7 +39,13 @@ pub(super) struct Sent {
 
 impl Sent {
     /// Part `index` of `parts`, signed as `signed`, going out now.
-    pub(super) fn now(signed: &Signed, index: usize, parts: usize, chunked: bool, probe: bool) -> Self {
+    pub(super) fn now(
+        signed: &Signed,
+        index: usize,
+        parts: usize,
+        chunked: bool,
+        probe: bool,
+    ) -> Self {
         Self {
             attempted_at: now_ms(),
             request: SentRequest {
