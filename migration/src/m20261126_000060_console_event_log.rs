@@ -3,6 +3,9 @@
 //! - Events are listed newest first by id (ids are time-ordered), with or
 //!   without an app, a repository or a commit: an index for each, so a page
 //!   is a short walk of one index whatever the table's size.
+//! - The index retention reads (status, delivered time) ends with the id:
+//!   dead events (never delivered) are then listed newest first straight
+//!   from it, with no more to write when an event changes status.
 //! - Each delivery attempt keeps the `webhook-timestamp` it was signed with
 //!   and the `traceparent` it carried, so an attempt's request headers can
 //!   be shown as they were sent (the signatures themselves are not kept).
@@ -35,6 +38,25 @@ impl MigrationTrait for Migration {
             }
             manager.create_index(index.to_owned()).await?;
         }
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("ix_events_status_delivered_at")
+                    .table(Events::Table)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_events_status_delivered_at_id")
+                    .table(Events::Table)
+                    .col(Events::Status)
+                    .col(Events::DeliveredAt)
+                    .col(Events::Id)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .alter_table(
                 Table::alter()
@@ -109,7 +131,24 @@ impl MigrationTrait for Migration {
                 .drop_index(Index::drop().name(name).table(Events::Table).to_owned())
                 .await?;
         }
-        Ok(())
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("ix_events_status_delivered_at_id")
+                    .table(Events::Table)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_events_status_delivered_at")
+                    .table(Events::Table)
+                    .col(Events::Status)
+                    .col(Events::DeliveredAt)
+                    .to_owned(),
+            )
+            .await
     }
 }
 
@@ -120,6 +159,8 @@ enum Events {
     AppId,
     RepositoryId,
     CommitSha,
+    Status,
+    DeliveredAt,
 }
 
 #[derive(DeriveIden)]

@@ -351,7 +351,7 @@ impl Store {
         let failed_counts: HashMap<String, i64> = event::Entity::find()
             .select_only()
             .column(event::Column::AppId)
-            .column_as(event::Column::Id.count(), "n")
+            .column_as(super::count_rows(), "n")
             .filter(event::Column::AppId.is_in(ids))
             .filter(event::Column::Status.eq(entity::EventStatus::Dead))
             .group_by(event::Column::AppId)

@@ -27,7 +27,7 @@ use crate::ids::EventId;
 /// Narrow rows read per query when a glob is matched in Rust.
 const BATCH: u64 = 1_000;
 /// Rows one page may walk before it stops short.
-pub const SCAN_BUDGET: u64 = 20_000;
+pub const SCAN_BUDGET: u64 = 10_000;
 
 /// Which events an operator looks at; every field narrows.
 #[derive(Debug, Clone, Default)]

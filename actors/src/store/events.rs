@@ -191,7 +191,7 @@ impl Store {
             .select_only()
             .column(event::Column::AppId)
             .column(event::Column::Status)
-            .column_as(event::Column::Id.count(), "n")
+            .column_as(super::count_rows(), "n")
             .group_by(event::Column::AppId)
             .group_by(event::Column::Status);
         if let Some(app) = app {

@@ -33,7 +33,7 @@ impl Store {
         let pending: HashMap<String, i64> = event::Entity::find()
             .select_only()
             .column(event::Column::AppId)
-            .column_as(event::Column::Id.count(), "pending")
+            .column_as(super::count_rows(), "pending")
             .filter(event::Column::Status.eq(entity::EventStatus::Pending))
             .group_by(event::Column::AppId)
             .into_tuple::<(String, i64)>()

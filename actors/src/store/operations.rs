@@ -102,7 +102,7 @@ impl Store {
         let mut events = event::Entity::find()
             .select_only()
             .column(event::Column::Status)
-            .column_as(event::Column::Id.count(), "n")
+            .column_as(super::count_rows(), "n")
             .group_by(event::Column::Status);
         if !settled {
             events = events.filter(
@@ -192,8 +192,13 @@ impl Store {
         page: u64,
         per_page: u64,
     ) -> Result<(Vec<DeadEvent>, u64), StoreError> {
-        let dead =
-            || event::Entity::find().filter(event::Column::Status.eq(entity::EventStatus::Dead));
+        // A dead event was never delivered: with `delivered_at IS NULL` the
+        // newest come straight off (status, delivered_at, id).
+        let dead = || {
+            event::Entity::find()
+                .filter(event::Column::Status.eq(entity::EventStatus::Dead))
+                .filter(event::Column::DeliveredAt.is_null())
+        };
         let total = dead().count(&self.db).await?;
         let Some(offset) = page_offset(page, per_page) else {
             return Ok((Vec::new(), total));
@@ -331,7 +336,7 @@ impl Store {
             .select_only()
             .column(event::Column::SubscriptionId)
             .column(event::Column::Status)
-            .column_as(event::Column::Id.count(), "n")
+            .column_as(super::count_rows(), "n")
             .filter(
                 event::Column::SubscriptionId.is_in(subscriptions.iter().map(|s| s.id.as_str())),
             )

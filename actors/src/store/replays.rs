@@ -185,7 +185,7 @@ impl Store {
         let waiting: Vec<(EventStatus, i64)> = event::Entity::find()
             .select_only()
             .column(event::Column::Status)
-            .column_as(event::Column::Id.count(), "n")
+            .column_as(super::count_rows(), "n")
             .filter(event::Column::ReplayId.eq(id.as_str()))
             .filter(event::Column::Status.is_in([EventStatus::Pending, EventStatus::Dead]))
             .group_by(event::Column::Status)

@@ -257,7 +257,7 @@ impl Store {
             .select_only()
             .column(event::Column::SubscriptionId)
             .column(event::Column::Status)
-            .column_as(event::Column::Id.count(), "n")
+            .column_as(super::count_rows(), "n")
             .filter(event::Column::SubscriptionId.is_in(subscription_ids))
             .filter(
                 event::Column::Status
