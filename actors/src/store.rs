@@ -35,6 +35,7 @@ pub mod operations;
 pub mod outbox;
 pub mod replays;
 pub mod retention;
+pub mod rollups;
 pub mod stream;
 pub mod subscriptions;
 

@@ -22,6 +22,8 @@
 //! [`assets`] the embedded stylesheet and htmx.
 
 mod assets;
+mod chart;
+mod health;
 mod layout;
 mod pages;
 
@@ -211,8 +213,19 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let instances = warp::path!("admin" / "instances")
         .and(get(&state))
         .then(|s, st| page(pages::instances(s, st)));
+    let health = warp::path!("admin" / "health")
+        .and(get(&state))
+        .and(health_query())
+        .then(|s, st, q| page(health::page(s, st, q)));
+    let health_charts = warp::path!("admin" / "health" / "charts")
+        .and(get(&state))
+        .and(health_query())
+        .then(|_: Session, st, q| fragment(health::charts(st, q)));
+    let app_health = warp::path!("admin" / "apps" / String / "health")
+        .and(get(&state))
+        .then(|id, _: Session, st| fragment(health::app_fragment(id, st)));
 
-    let routes: [BoxedFilter<(Response,)>; 23] = [
+    let routes: [BoxedFilter<(Response,)>; 26] = [
         root.boxed(),
         login_form.boxed(),
         login.boxed(),
@@ -236,6 +249,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         reset.boxed(),
         hooks.boxed(),
         instances.boxed(),
+        health.boxed(),
+        health_charts.boxed(),
+        app_health.boxed(),
     ];
     routes
         .into_iter()
@@ -258,6 +274,15 @@ pub(crate) struct ListQuery {
 fn notice_query() -> impl Filter<Extract = (ListQuery,), Error = std::convert::Infallible> + Clone {
     warp::query::<ListQuery>()
         .or(warp::any().map(ListQuery::default))
+        .unify()
+}
+
+/// The health page's query; a malformed one reads as none (its values are
+/// checked by the page).
+fn health_query()
+-> impl Filter<Extract = (health::HealthQuery,), Error = std::convert::Infallible> + Clone {
+    warp::query::<health::HealthQuery>()
+        .or(warp::any().map(health::HealthQuery::default))
         .unify()
 }
 

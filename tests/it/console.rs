@@ -14,7 +14,7 @@ use crate::receiver::Reply;
 
 /// A browser-like client of the console: no automatic redirects, cookies
 /// kept by hand so the tests can look at their flags.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     app: &'a TestApp,
     http: reqwest::Client,
     /// `name=value` pairs sent back, like a browser would.
@@ -22,7 +22,7 @@ struct Browser<'a> {
 }
 
 impl<'a> Browser<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub(crate) fn new(app: &'a TestApp) -> Self {
         let http = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .build()
@@ -54,7 +54,7 @@ impl<'a> Browser<'a> {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Response {
+    pub(crate) async fn get(&mut self, path: &str) -> Response {
         let response = self
             .http
             .get(self.app.url(path))
@@ -87,14 +87,14 @@ impl<'a> Browser<'a> {
         hidden_csrf(&page)
     }
 
-    async fn sign_in(&mut self, token: &str, https: bool) -> Response {
+    pub(crate) async fn sign_in(&mut self, token: &str, https: bool) -> Response {
         let csrf = self.login_csrf().await;
         self.post("/admin/login", &[("csrf", &csrf), ("token", token)], https)
             .await
     }
 
     /// A page's text, after checking it rendered as a console page.
-    async fn page(&mut self, path: &str) -> String {
+    pub(crate) async fn page(&mut self, path: &str) -> String {
         let response = self.get(path).await;
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         assert_csp(response.headers());
@@ -593,7 +593,7 @@ async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
 /// `chromedriver` on this machine; `None` (after a note) outside CI when it
 /// is missing. In CI (`HERALD_CI`, set by `.ci/run`, which installs it) a
 /// missing driver fails the test.
-fn chromedriver() -> Option<&'static str> {
+pub(crate) fn chromedriver() -> Option<&'static str> {
     const DRIVER: &str = "/usr/bin/chromedriver";
     if std::path::Path::new(DRIVER).exists() {
         return Some(DRIVER);
@@ -670,14 +670,14 @@ return {
 "#;
 
 /// A headless chromium driven over WebDriver; the driver process ends with it.
-struct Chromium {
-    client: fantoccini::Client,
+pub(crate) struct Chromium {
+    pub(crate) client: fantoccini::Client,
     driver: tokio::process::Child,
     screenshots: std::path::PathBuf,
 }
 
 impl Chromium {
-    async fn start(driver: &str) -> Self {
+    pub(crate) async fn start(driver: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -727,7 +727,7 @@ impl Chromium {
 
     /// Opens `url`, checks it is a console page (not the sign-in form), and
     /// saves a screenshot as `name.png`.
-    async fn visit(&self, url: &str, name: &str) -> String {
+    pub(crate) async fn visit(&self, url: &str, name: &str) -> String {
         self.client.goto(url).await.expect("the page opens");
         let source = self.client.source().await.expect("the page source");
         assert!(source.contains("Sign out"), "{name}: {source}");
@@ -735,12 +735,12 @@ impl Chromium {
         source
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.expect("a screenshot");
         std::fs::write(self.screenshots.join(format!("{name}.png")), png).expect("saved");
     }
 
-    async fn sign_in(&self, base: &str, token: &str) {
+    pub(crate) async fn sign_in(&self, base: &str, token: &str) {
         use fantoccini::Locator;
         self.client
             .goto(&format!("{base}/admin/login"))
@@ -763,7 +763,7 @@ impl Chromium {
 
     /// Waits for the page to show `text`: a click submits a form, and the
     /// page it leads to lands a moment later.
-    async fn wait_for_text(&self, text: &str) -> String {
+    pub(crate) async fn wait_for_text(&self, text: &str) -> String {
         let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
         loop {
             let source = self.client.source().await.expect("a page");
@@ -779,7 +779,7 @@ impl Chromium {
     }
 
     /// Runs `script` (a function body) in the page; what it returns.
-    async fn run(&self, script: &str) -> serde_json::Value {
+    pub(crate) async fn run(&self, script: &str) -> serde_json::Value {
         self.client
             .execute(script, Vec::new())
             .await
@@ -788,7 +788,7 @@ impl Chromium {
 
     /// Polls `script` until it returns something other than `null` or
     /// `false`; that.
-    async fn wait_until(&self, what: &str, script: &str) -> serde_json::Value {
+    pub(crate) async fn wait_until(&self, what: &str, script: &str) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
         loop {
             let value = self.run(script).await;
@@ -836,7 +836,7 @@ impl Chromium {
     }
 
     /// Resizes the window to a phone's width or back to a laptop's.
-    async fn resize(&self, phone: bool) {
+    pub(crate) async fn resize(&self, phone: bool) {
         let (width, height) = if phone { (390, 844) } else { (1280, 900) };
         self.client
             .set_window_size(width, height)
@@ -850,7 +850,7 @@ impl Chromium {
     }
 
     /// Checks that the current page needs no sideways scrolling.
-    async fn assert_fits(&self, name: &str) {
+    pub(crate) async fn assert_fits(&self, name: &str) {
         let widths = self
             .run("return [document.documentElement.scrollWidth, window.innerWidth];")
             .await;
@@ -864,7 +864,7 @@ impl Chromium {
     /// one h1, one main landmark, headings in order, a name for every
     /// control (containing its visible text) and link, the exact time
     /// behind every relative one.
-    async fn assert_accessible(&self, name: &str) {
+    pub(crate) async fn assert_accessible(&self, name: &str) {
         let problems = self.run(AUDIT).await;
         assert_eq!(problems, serde_json::json!([]), "{name}: {problems}");
     }
@@ -872,7 +872,7 @@ impl Chromium {
     /// Checks by keyboard that the first Tab lands on a visible skip link,
     /// Enter on it moves the focus into the main content, and the focus is
     /// drawn (on the link, and on the Sign out button a Shift+Tab away).
-    async fn assert_keyboard_reaches_main(&self, name: &str) {
+    pub(crate) async fn assert_keyboard_reaches_main(&self, name: &str) {
         use fantoccini::key::Key;
         self.run("document.activeElement.blur();").await;
         self.press(&[Key::Tab]).await;
@@ -894,7 +894,7 @@ impl Chromium {
         assert_eq!(back["outlined"], true, "{name}: focus is drawn: {back}");
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.client.close().await;
         let _ = self.driver.kill().await;
     }

@@ -7,8 +7,9 @@ use maud::{DOCTYPE, Markup, html};
 use super::Session;
 
 /// The sections, in the order of the navigation.
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/admin/overview", "Overview"),
+    ("/admin/health", "Delivery health"),
     ("/admin/events", "Dead events"),
     ("/admin/apps", "Apps"),
     ("/admin/repositories", "Repositories"),

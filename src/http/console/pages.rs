@@ -239,6 +239,7 @@ pub async fn app_detail(
         .store
         .breaker(BreakerKind::Delivery, app.id.as_str())
         .await?;
+    let health = super::health::app_section(&state, &app_id).await?;
     Ok(layout::page(
         &session,
         "/admin/apps",
@@ -303,6 +304,7 @@ pub async fn app_detail(
                     }
                 }
             }
+            (health)
         },
     ))
 }
