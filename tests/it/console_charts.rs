@@ -283,6 +283,10 @@ async fn in_a_real_browser_the_health_page_shows_the_deliveries() {
         .await;
     assert_eq!(table.as_u64(), Some(expected.1));
     chromium.screenshot("health").await;
+    chromium
+        .run("document.getElementById('latency-by-app').scrollIntoView();")
+        .await;
+    chromium.screenshot("health-latency").await;
 
     chromium.resize(true).await;
     chromium
@@ -293,5 +297,9 @@ async fn in_a_real_browser_the_health_page_shows_the_deliveries() {
         .visit(&format!("{base}{acme_page}"), "health-app-phone")
         .await;
     chromium.assert_fits("health-app").await;
+    chromium
+        .run("document.getElementById('app-health').scrollIntoView();")
+        .await;
+    chromium.screenshot("health-app-charts-phone").await;
     chromium.stop().await;
 }

@@ -13,11 +13,12 @@
 //! rectangles: smaller than adapting its output.
 //!
 //! Each chart is a `figure`: the caption says what it shows and its scale;
-//! the SVG (`role="img"`, named by its `<title>` and `<desc>`) holds one
-//! element per point with `data-series`, `data-t` (the bin's start, RFC
-//! 3339) or `data-label`, and `data-value`; the axis times are HTML (they
-//! stay readable however small the SVG is drawn); a `<details>` below holds
-//! the same numbers as a table.
+//! the SVG (`role="img"`, named by its `<title>` and `<desc>`, or a bars
+//! chart's SVG per category by an `aria-label`) holds one element per point
+//! with `data-series`, `data-t` (the bin's start, RFC 3339) or
+//! `data-label` (the category), and `data-value`; the axis times and the
+//! category names are HTML (they stay readable however small the SVG is
+//! drawn); a `<details>` below holds the same numbers as a table.
 
 use actors::clock::rfc3339_ms;
 use maud::{Markup, html};
@@ -195,6 +196,14 @@ impl TimeChart<'_> {
     }
 
     pub fn render(&self) -> Markup {
+        if self.series.is_empty() {
+            return html! {
+                figure.chart id=(self.id) {
+                    figcaption { strong { (self.title) } }
+                    p.muted { "Nothing in this window." }
+                }
+            };
+        }
         let top = self.top();
         let (from, to) = self.span();
         let empty = self
@@ -295,6 +304,19 @@ pub struct CategoryChart<'a> {
 }
 
 impl CategoryChart<'_> {
+    /// Category `c`'s values in words: "p50 12 ms, p95 40 ms".
+    fn say(&self, c: usize) -> String {
+        let parts: Vec<String> = self
+            .series
+            .iter()
+            .map(|s| match s.values.get(c).copied().flatten() {
+                Some(v) => format!("{} {} {}", s.name, number(v), self.unit),
+                None => format!("{} none", s.name),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     pub fn render(&self) -> Markup {
         let max = self
             .series
@@ -302,9 +324,8 @@ impl CategoryChart<'_> {
             .flat_map(|s| s.values.iter().copied().flatten())
             .fold(0.0, f64::max);
         let top = nice_ceiling(max);
-        let bar = 10.0;
-        let group = bar * self.series.len() as f64 + 8.0;
-        let height = (group * self.categories.len() as f64).max(group);
+        let bar = 16.0;
+        let height = bar * self.series.len() as f64;
         html! {
             figure.chart id=(self.id) {
                 figcaption {
@@ -312,24 +333,22 @@ impl CategoryChart<'_> {
                     " "
                     span.muted { "(scale 0–" (number(top)) " " (self.unit) ")" }
                 }
-                svg viewBox=(format!("0 0 {WIDTH} {height}")) role="img" aria-labelledby={ (self.id) "-t " (self.id) "-d" } {
-                    title id={ (self.id) "-t" } { (self.title) }
-                    desc id={ (self.id) "-d" } {
-                        @for (c, category) in self.categories.iter().enumerate() {
-                            (category) ": "
-                            @for s in &self.series {
-                                (s.name) " " (s.values.get(c).copied().flatten().map_or("none".to_owned(), number)) " " (self.unit) "; "
-                            }
-                        }
-                    }
+                // Each category's name and values as text, then its bars:
+                // names stay readable however narrow the drawing gets.
+                ul.categories {
                     @for (c, category) in self.categories.iter().enumerate() {
-                        @for (k, s) in self.series.iter().enumerate() {
-                            @if let Some(v) = s.values.get(c).copied().flatten() {
-                                rect class={ "bar " (s.class) } x="0"
-                                    y=(format!("{:.2}", c as f64 * group + k as f64 * bar))
-                                    width=(format!("{:.2}", v / top * WIDTH)) height=(format!("{:.2}", bar - 2.0))
-                                    data-series=(&s.name) data-label=(category) data-value=(number(v)) {
-                                    title { (category) ": " (s.name) " " (number(v)) " " (self.unit) }
+                        @let said = self.say(c);
+                        li {
+                            span.category { (category) } " " span.muted { (said) }
+                            svg viewBox=(format!("0 0 {WIDTH} {height}")) role="img" aria-label={ (category) ": " (said) } {
+                                @for (k, s) in self.series.iter().enumerate() {
+                                    @if let Some(v) = s.values.get(c).copied().flatten() {
+                                        rect class={ "bar " (s.class) } x="0" y=(format!("{:.2}", k as f64 * bar))
+                                            width=(format!("{:.2}", v / top * WIDTH)) height=(format!("{:.2}", bar - 3.0))
+                                            data-series=(&s.name) data-label=(category) data-value=(number(v)) {
+                                            title { (category) ": " (s.name) " " (number(v)) " " (self.unit) }
+                                        }
+                                    }
                                 }
                             }
                         }
