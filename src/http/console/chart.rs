@@ -217,11 +217,7 @@ impl TimeChart<'_> {
                     .all(|s| s.values.iter().flatten().all(|v| *v == 0.0)));
         html! {
             figure.chart id=(self.id) {
-                figcaption {
-                    strong { (self.title) }
-                    " "
-                    span.muted { "(scale 0–" (number(top)) " " (self.unit) ")" }
-                }
+                (caption(self.title, top, self.unit))
                 @if empty {
                     p.muted { "Nothing in this window." }
                 }
@@ -251,12 +247,7 @@ impl TimeChart<'_> {
                                     tr data-t=(rfc3339_ms(*start)) {
                                         @let exact = rfc3339_ms(*start);
                                         th scope="row" { time datetime=(exact) title=(exact) { (clock(*start)) } }
-                                        @for s in &self.series {
-                                            @match s.values.get(i).copied().flatten() {
-                                                Some(v) => { td data-series=(&s.name) data-value=(number(v)) { (number(v)) } },
-                                                None => { td data-series=(&s.name) { "–" } },
-                                            }
-                                        }
+                                        @for s in &self.series { (cell(s, i)) }
                                     }
                                 }
                             }
@@ -281,6 +272,25 @@ fn runs(points: &[(usize, f64)]) -> Vec<&[(usize, f64)]> {
     }
     runs.retain(|run| !run.is_empty());
     runs
+}
+
+/// A chart's title and its scale.
+fn caption(title: &str, top: f64, unit: &str) -> Markup {
+    html! {
+        figcaption {
+            strong { (title) }
+            " "
+            span.muted { "(scale 0–" (number(top)) " " (unit) ")" }
+        }
+    }
+}
+
+/// Series `s`'s value at `index` as a table cell ("–" without one).
+fn cell(s: &Series, index: usize) -> Markup {
+    match s.values.get(index).copied().flatten() {
+        Some(v) => html! { td data-series=(&s.name) data-value=(number(v)) { (number(v)) } },
+        None => html! { td data-series=(&s.name) { "–" } },
+    }
 }
 
 fn legend(series: &[Series]) -> Markup {
@@ -328,11 +338,7 @@ impl CategoryChart<'_> {
         let height = bar * self.series.len() as f64;
         html! {
             figure.chart id=(self.id) {
-                figcaption {
-                    strong { (self.title) }
-                    " "
-                    span.muted { "(scale 0–" (number(top)) " " (self.unit) ")" }
-                }
+                (caption(self.title, top, self.unit))
                 // Each category's name and values as text, then its bars:
                 // names stay readable however narrow the drawing gets.
                 ul.categories {
@@ -368,12 +374,7 @@ impl CategoryChart<'_> {
                                 @for (c, category) in self.categories.iter().enumerate() {
                                     tr data-label=(category) {
                                         th scope="row" { (category) }
-                                        @for s in &self.series {
-                                            @match s.values.get(c).copied().flatten() {
-                                                Some(v) => { td data-series=(&s.name) data-value=(number(v)) { (number(v)) } },
-                                                None => { td data-series=(&s.name) { "–" } },
-                                            }
-                                        }
+                                        @for s in &self.series { (cell(s, c)) }
                                     }
                                 }
                             }

@@ -261,11 +261,6 @@ fn latency_chart(
     window: ChartWindow,
     bins: &[DeliveryBin],
 ) -> Markup {
-    let quantile = |q: f64| {
-        bins.iter()
-            .map(|b| b.latency.percentile(q).map(f64::round))
-            .collect()
-    };
     TimeChart {
         id,
         title,
@@ -273,18 +268,7 @@ fn latency_chart(
         starts: starts.to_vec(),
         bin_ms: window.bin * MINUTE_MS,
         shape: Shape::Lines,
-        series: vec![
-            Series {
-                name: "p50".into(),
-                class: "s-p50",
-                values: quantile(0.5),
-            },
-            Series {
-                name: "p95".into(),
-                class: "s-p95",
-                values: quantile(0.95),
-            },
-        ],
+        series: latency_series(bins),
     }
     .render()
 }
@@ -292,31 +276,35 @@ fn latency_chart(
 /// p50 and p95 of each app over the whole window.
 fn latency_by_app(apps: &[AppDeliveries]) -> Markup {
     let totals: Vec<DeliveryBin> = apps.iter().map(AppDeliveries::total).collect();
-    let quantile = |q: f64| {
-        totals
-            .iter()
-            .map(|t| t.latency.percentile(q).map(f64::round))
-            .collect()
-    };
     CategoryChart {
         id: "latency-by-app",
         title: "Latency by app over the window",
         unit: "ms",
         categories: apps.iter().map(|a| a.app_name.clone()).collect(),
-        series: vec![
-            Series {
-                name: "p50".into(),
-                class: "s-p50",
-                values: quantile(0.5),
-            },
-            Series {
-                name: "p95".into(),
-                class: "s-p95",
-                values: quantile(0.95),
-            },
-        ],
+        series: latency_series(&totals),
     }
     .render()
+}
+
+/// The p50 and p95 latency of each bin, to the millisecond.
+fn latency_series(bins: &[DeliveryBin]) -> Vec<Series> {
+    let quantile = |q: f64| {
+        bins.iter()
+            .map(|b| b.latency.percentile(q).map(f64::round))
+            .collect()
+    };
+    vec![
+        Series {
+            name: "p50".into(),
+            class: "s-p50",
+            values: quantile(0.5),
+        },
+        Series {
+            name: "p95".into(),
+            class: "s-p95",
+            values: quantile(0.95),
+        },
+    ]
 }
 
 /// The pending lines, one per subscription, coloured by their place.
