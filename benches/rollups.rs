@@ -185,10 +185,7 @@ async fn run(backend: Backend, options: &Options) {
         options.apps
     );
     println!("| step | time |\n|---|---|");
-    println!(
-        "| writing the attempts (setup) | {} |",
-        ms(fill)
-    );
+    println!("| writing the attempts (setup) | {} |", ms(fill));
     println!(
         "| first pass: 24 h recomputed ({} app-minutes) | {} |",
         first.minutes,

@@ -193,6 +193,8 @@ async fn the_health_charts_count_the_deliveries_the_receivers_saw() {
         acme
     );
     assert!(!only_acme.contains(&format!("deliveries-{globex_id}")));
+    let acme_latency = chart_sums(&only_acme, &format!("latency-{acme_id}"));
+    assert!(acme_latency.contains_key("p95"), "{acme_latency:?}");
     let fragment = browser
         .page(&format!("/admin/health/charts?window=24h&app={globex_id}"))
         .await;

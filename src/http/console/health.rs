@@ -155,8 +155,11 @@ async fn charts_of(state: &AppState, asked: &Asked) -> Result<Markup, ApiError> 
             hx-trigger="every 30s" hx-swap="outerHTML" {
             h2 id="health-title" { "Deliveries" }
             (delivery_chart("deliveries", "Deliveries and failures", &starts, window, &deliveries.overall))
-            @if asked.app.is_none() {
-                (latency_by_app(&deliveries.apps))
+            @match &asked.app {
+                Some((id, name)) => {
+                    (latency_chart(&format!("latency-{id}"), &format!("Latency of {name}"), &starts, window, &deliveries.overall))
+                },
+                None => { (latency_by_app(&deliveries.apps)) },
             }
             (pending_chart("pending", "Pending events per subscription", &starts, window, &pending))
             @if asked.app.is_none() && !deliveries.apps.is_empty() {
@@ -172,9 +175,6 @@ async fn charts_of(state: &AppState, asked: &Asked) -> Result<Markup, ApiError> 
                 @if deliveries.apps.len() > APP_CHARTS {
                     p.hint { "Showing " (APP_CHARTS) " of " (deliveries.apps.len()) " apps; choose one by its link to see the others." }
                 }
-            }
-            @if let Some(app) = deliveries.apps.first().filter(|_| asked.app.is_some()) {
-                (latency_chart(&format!("latency-{}", app.app_id), &format!("Latency of {}", app.app_name), &starts, window, &app.bins))
             }
         }
     })
