@@ -46,6 +46,13 @@ pub enum Shape {
     Lines,
 }
 
+/// The bins of a chart over time: where each starts (Unix ms) and how long
+/// they are.
+pub struct Axis {
+    pub starts: Vec<i64>,
+    pub bin_ms: i64,
+}
+
 /// A chart over time.
 pub struct TimeChart<'a> {
     /// The figure's id, unique in the page; its parts' ids start with it.
@@ -53,9 +60,7 @@ pub struct TimeChart<'a> {
     pub title: &'a str,
     /// What the values count ("attempts", "ms", "events").
     pub unit: &'a str,
-    /// Where each bin starts (Unix ms) and how long bins are.
-    pub starts: Vec<i64>,
-    pub bin_ms: i64,
+    pub axis: &'a Axis,
     pub shape: Shape,
     pub series: Vec<Series>,
 }
@@ -100,7 +105,7 @@ fn y_of(value: f64, top: f64) -> f64 {
 
 impl TimeChart<'_> {
     fn top(&self) -> f64 {
-        let bins = self.starts.len();
+        let bins = self.axis.starts.len();
         let max = match self.shape {
             Shape::Stacked => (0..bins)
                 .map(|i| {
@@ -140,24 +145,24 @@ impl TimeChart<'_> {
         format!(
             "{} from {from} to {to} UTC, {} bins: {}.",
             self.title,
-            self.starts.len(),
+            self.axis.starts.len(),
             parts.join(", ")
         )
     }
 
     fn span(&self) -> (String, String) {
-        let first = self.starts.first().copied().unwrap_or(0);
-        let end = self.starts.last().copied().unwrap_or(first) + self.bin_ms;
+        let first = self.axis.starts.first().copied().unwrap_or(0);
+        let end = self.axis.starts.last().copied().unwrap_or(first) + self.axis.bin_ms;
         (clock(first), clock(end))
     }
 
     fn marks(&self, top: f64) -> Markup {
-        let band = WIDTH / self.starts.len().max(1) as f64;
+        let band = WIDTH / self.axis.starts.len().max(1) as f64;
         match self.shape {
             Shape::Stacked => {
                 // Each bar's segment: (bin, series, value, bottom, top).
                 let mut segments = Vec::new();
-                for i in 0..self.starts.len() {
+                for i in 0..self.axis.starts.len() {
                     let mut base = 0.0;
                     for s in &self.series {
                         let value = s.values.get(i).copied().flatten().unwrap_or(0.0);
@@ -169,8 +174,8 @@ impl TimeChart<'_> {
                     @for (i, s, value, y0, y1) in segments {
                         rect class={ "bar " (s.class) } x=(format!("{:.2}", i as f64 * band + band * 0.1))
                             y=(format!("{y1:.2}")) width=(format!("{:.2}", band * 0.8)) height=(format!("{:.2}", y0 - y1))
-                            data-series=(&s.name) data-t=(rfc3339_ms(self.starts[i])) data-value=(number(value)) {
-                            title { (clock(self.starts[i])) " UTC: " (number(value)) " " (s.name) }
+                            data-series=(&s.name) data-t=(rfc3339_ms(self.axis.starts[i])) data-value=(number(value)) {
+                            title { (clock(self.axis.starts[i])) " UTC: " (number(value)) " " (s.name) }
                         }
                     }
                 }
@@ -186,8 +191,8 @@ impl TimeChart<'_> {
                     @for &(i, v) in &points {
                         circle class={ "point " (s.class) } cx=(format!("{:.2}", (i as f64 + 0.5) * band))
                             cy=(format!("{:.2}", y_of(v, top))) r="2.5"
-                            data-series=(&s.name) data-t=(rfc3339_ms(self.starts[i])) data-value=(number(v)) {
-                            title { (clock(self.starts[i])) " UTC: " (s.name) " " (number(v)) " " (self.unit) }
+                            data-series=(&s.name) data-t=(rfc3339_ms(self.axis.starts[i])) data-value=(number(v)) {
+                            title { (clock(self.axis.starts[i])) " UTC: " (s.name) " " (number(v)) " " (self.unit) }
                         }
                     }
                 }
@@ -243,7 +248,7 @@ impl TimeChart<'_> {
                                 @for s in &self.series { th scope="col" { (series_label(s, self.unit)) } }
                             } }
                             tbody {
-                                @for (i, start) in self.starts.iter().enumerate() {
+                                @for (i, start) in self.axis.starts.iter().enumerate() {
                                     tr data-t=(rfc3339_ms(*start)) {
                                         @let exact = rfc3339_ms(*start);
                                         th scope="row" { time datetime=(exact) title=(exact) { (clock(*start)) } }
@@ -408,12 +413,15 @@ mod tests {
 
     #[test]
     fn every_point_carries_its_bin_series_and_value_and_nothing_is_styled_inline() {
+        let axis = Axis {
+            starts: vec![0, 60_000],
+            bin_ms: 60_000,
+        };
         let chart = TimeChart {
             id: "c",
             title: "Deliveries",
             unit: "attempts",
-            starts: vec![0, 60_000],
-            bin_ms: 60_000,
+            axis: &axis,
             shape: Shape::Stacked,
             series: vec![
                 Series {

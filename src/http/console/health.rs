@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::Session;
-use super::chart::{CategoryChart, Series, Shape, TimeChart};
+use super::chart::{Axis, CategoryChart, Series, Shape, TimeChart};
 use super::layout;
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -149,19 +149,19 @@ async fn charts_of(state: &AppState, asked: &Asked) -> Result<Markup, ApiError> 
         .pending_series(window, app, PENDING_LINES)
         .await?;
     let url = format!("/admin/health/charts?{}", query_string(asked.span, app));
-    let starts = starts(window);
+    let axis = axis(window);
     Ok(html! {
         section id="health-charts" aria-labelledby="health-title" hx-get=(url)
             hx-trigger="every 30s" hx-swap="outerHTML" {
             h2 id="health-title" { "Deliveries" }
-            (delivery_chart("deliveries", "Deliveries and failures", &starts, window, &deliveries.overall))
+            (delivery_chart("deliveries", "Deliveries and failures", &axis, &deliveries.overall))
             @match &asked.app {
                 Some((id, name)) => {
-                    (latency_chart(&format!("latency-{id}"), &format!("Latency of {name}"), &starts, window, &deliveries.overall))
+                    (latency_chart(&format!("latency-{id}"), &format!("Latency of {name}"), &axis, &deliveries.overall))
                 },
                 None => { (latency_by_app(&deliveries.apps)) },
             }
-            (pending_chart("pending", "Pending events per subscription", &starts, window, &pending))
+            (pending_chart("pending", "Pending events per subscription", &axis, &pending))
             @if asked.app.is_none() && !deliveries.apps.is_empty() {
                 h2 { "By app" }
                 @for app in deliveries.apps.iter().take(APP_CHARTS) {
@@ -169,7 +169,7 @@ async fn charts_of(state: &AppState, asked: &Asked) -> Result<Markup, ApiError> 
                         h3 id={ "app-" (app.app_id) } {
                             a href={ "/admin/health?" (query_string(asked.span, Some(&AppId::stored(app.app_id.clone())))) } { (app.app_name) }
                         }
-                        (app_charts(app, &starts, window))
+                        (app_charts(app, &axis))
                     }
                 }
                 @if deliveries.apps.len() > APP_CHARTS {
@@ -189,17 +189,17 @@ pub async fn app_section(state: &AppState, app: &AppId) -> Result<Markup, ApiErr
         .store
         .pending_series(window, Some(app), PENDING_LINES)
         .await?;
-    let starts = starts(window);
+    let axis = axis(window);
     let app_deliveries = deliveries.apps.into_iter().next();
     Ok(html! {
         section id="app-health" aria-labelledby="app-health-title"
             hx-get={ "/admin/apps/" (app) "/health" } hx-trigger="every 30s" hx-swap="outerHTML" {
             h2 id="app-health-title" { "Delivery health, last hour" }
             @match &app_deliveries {
-                Some(d) => { (app_charts(d, &starts, window)) },
-                None => { (delivery_chart(&format!("deliveries-{app}"), "Deliveries and failures", &starts, window, &deliveries.overall)) },
+                Some(d) => { (app_charts(d, &axis)) },
+                None => { (delivery_chart(&format!("deliveries-{app}"), "Deliveries and failures", &axis, &deliveries.overall)) },
             }
-            (pending_chart(&format!("pending-{app}"), "Pending events per subscription", &starts, window, &pending))
+            (pending_chart(&format!("pending-{app}"), "Pending events per subscription", &axis, &pending))
             p { a href={ "/admin/health?window=24h&app=" (app) } { "The last 24 hours" } }
         }
     })
@@ -211,32 +211,28 @@ pub async fn app_fragment(id: String, state: AppState) -> Result<Markup, ApiErro
     app_section(&state, &app).await
 }
 
-fn starts(window: ChartWindow) -> Vec<i64> {
-    (0..window.bins()).map(|i| window.bin_start_ms(i)).collect()
-}
-
-fn app_charts(app: &AppDeliveries, starts: &[i64], window: ChartWindow) -> Markup {
-    html! {
-        (delivery_chart(&format!("deliveries-{}", app.app_id), &format!("Deliveries and failures of {}", app.app_name), starts, window, &app.bins))
-        (latency_chart(&format!("latency-{}", app.app_id), &format!("Latency of {}", app.app_name), starts, window, &app.bins))
+fn axis(window: ChartWindow) -> Axis {
+    Axis {
+        starts: (0..window.bins()).map(|i| window.bin_start_ms(i)).collect(),
+        bin_ms: window.bin * MINUTE_MS,
     }
 }
 
-fn delivery_chart(
-    id: &str,
-    title: &str,
-    starts: &[i64],
-    window: ChartWindow,
-    bins: &[DeliveryBin],
-) -> Markup {
+fn app_charts(app: &AppDeliveries, axis: &Axis) -> Markup {
+    html! {
+        (delivery_chart(&format!("deliveries-{}", app.app_id), &format!("Deliveries and failures of {}", app.app_name), axis, &app.bins))
+        (latency_chart(&format!("latency-{}", app.app_id), &format!("Latency of {}", app.app_name), axis, &app.bins))
+    }
+}
+
+fn delivery_chart(id: &str, title: &str, axis: &Axis, bins: &[DeliveryBin]) -> Markup {
     let counts =
         |pick: fn(&DeliveryBin) -> u64| bins.iter().map(|b| Some(pick(b) as f64)).collect();
     TimeChart {
         id,
         title,
         unit: "attempts",
-        starts: starts.to_vec(),
-        bin_ms: window.bin * MINUTE_MS,
+        axis,
         shape: Shape::Stacked,
         series: vec![
             Series {
@@ -254,19 +250,12 @@ fn delivery_chart(
     .render()
 }
 
-fn latency_chart(
-    id: &str,
-    title: &str,
-    starts: &[i64],
-    window: ChartWindow,
-    bins: &[DeliveryBin],
-) -> Markup {
+fn latency_chart(id: &str, title: &str, axis: &Axis, bins: &[DeliveryBin]) -> Markup {
     TimeChart {
         id,
         title,
         unit: "ms",
-        starts: starts.to_vec(),
-        bin_ms: window.bin * MINUTE_MS,
+        axis,
         shape: Shape::Lines,
         series: latency_series(bins),
     }
@@ -312,19 +301,12 @@ const LINE_CLASSES: [&str; PENDING_LINES] = [
     "s-line0", "s-line1", "s-line2", "s-line3", "s-line4", "s-line5", "s-line6", "s-line7",
 ];
 
-fn pending_chart(
-    id: &str,
-    title: &str,
-    starts: &[i64],
-    window: ChartWindow,
-    series: &[PendingSeries],
-) -> Markup {
+fn pending_chart(id: &str, title: &str, axis: &Axis, series: &[PendingSeries]) -> Markup {
     TimeChart {
         id,
         title,
         unit: "events",
-        starts: starts.to_vec(),
-        bin_ms: window.bin * MINUTE_MS,
+        axis,
         shape: Shape::Lines,
         series: series
             .iter()
