@@ -51,6 +51,8 @@ RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry
     && echo 'fn main() {}' > benches/many_repos.rs \
     && echo 'fn main() {}' > benches/window.rs \
     && echo 'fn main() {}' > benches/streams.rs \
+    && echo 'fn main() {}' > benches/rollups.rs \
+    && echo 'fn main() {}' > benches/console.rs \
     && cargo build --profile dist --locked \
     && rm -rf src actors/src entity/src migration/src
 

@@ -254,6 +254,10 @@ pub struct DeliverySettings {
     /// How long delivered and skipped events are kept.
     #[serde(deserialize_with = "duration")]
     pub event_retention: Duration,
+    /// How long the per-minute delivery rollups behind the console's
+    /// charts are kept.
+    #[serde(deserialize_with = "duration")]
+    pub rollup_retention: Duration,
     /// How often due retries are looked for.
     #[serde(deserialize_with = "duration")]
     pub tick: Duration,
@@ -609,6 +613,13 @@ impl Settings {
                 return Err(invalid(key, "must be at least one second"));
             }
         }
+        // The charts show up to a day.
+        if self.delivery.rollup_retention < Duration::from_secs(24 * 60 * 60) {
+            return Err(invalid(
+                "delivery.rollup_retention",
+                "must be at least a day, the longest chart",
+            ));
+        }
         if self.delivery.tick.is_zero() {
             return Err(invalid("delivery.tick", "must be longer than zero"));
         }
@@ -746,7 +757,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 65] = [
+    const KEYS: [&str; 66] = [
         "data_dir",
         "server.host",
         "server.port",
@@ -789,6 +800,7 @@ mod properties {
         "delivery.retry_after_max",
         "delivery.attempt_retention",
         "delivery.event_retention",
+        "delivery.rollup_retention",
         "delivery.tick",
         "delivery.dead_retry_interval",
         "delivery.stream_max_age",

@@ -318,6 +318,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
         upkeep: UpkeepConfig {
             event_retention: delivery.event_retention,
             attempt_retention: delivery.attempt_retention,
+            rollup_retention: delivery.rollup_retention,
         },
     }
 }

@@ -39,6 +39,7 @@ pub mod operations;
 pub mod outbox;
 pub mod replays;
 pub mod retention;
+pub mod rollups;
 pub mod scans;
 pub mod stream;
 pub mod subscriptions;

@@ -765,6 +765,7 @@ mod tests {
             upkeep: UpkeepConfig {
                 event_retention: Duration::from_secs(3600),
                 attempt_retention: Duration::from_secs(3600),
+                rollup_retention: Duration::from_secs(86_400),
             },
         };
         EngineHandle::start(store, config)

@@ -6,6 +6,7 @@
 //! feature, for the workspace's tests and benches (a dev-dependency only:
 //! the shipped binary does not carry it).
 
+pub mod attempts;
 pub mod database;
 pub mod fixtures;
 pub mod scan;

@@ -17,6 +17,7 @@ mod m20261126_000040_add_app_delivery_window;
 mod m20261126_000050_pull_delivery;
 mod m20261126_000051_replays;
 mod m20261126_000060_console_event_log;
+mod m20261126_000061_delivery_rollups;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000050_pull_delivery::Migration),
             Box::new(m20261126_000051_replays::Migration),
             Box::new(m20261126_000060_console_event_log::Migration),
+            Box::new(m20261126_000061_delivery_rollups::Migration),
         ]
     }
 }

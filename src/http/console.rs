@@ -22,7 +22,9 @@
 //! [`assets`] the embedded stylesheet and htmx.
 
 mod assets;
+mod chart;
 mod event_log;
+mod health;
 mod layout;
 mod pages;
 mod repository;
@@ -241,8 +243,19 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let instances = warp::path!("admin" / "instances")
         .and(get(&state))
         .then(|s, st| page(pages::instances(s, st)));
+    let health = warp::path!("admin" / "health")
+        .and(get(&state))
+        .and(health_query())
+        .then(|s, st, q| page(health::page(s, st, q)));
+    let health_charts = warp::path!("admin" / "health" / "charts")
+        .and(get(&state))
+        .and(health_query())
+        .then(|_: Session, st, q| fragment(health::charts(st, q)));
+    let app_health = warp::path!("admin" / "apps" / String / "health")
+        .and(get(&state))
+        .then(|id, _: Session, st| fragment(health::app_fragment(id, st)));
 
-    let routes: [BoxedFilter<(Response,)>; 28] = [
+    let routes: [BoxedFilter<(Response,)>; 31] = [
         root.boxed(),
         login_form.boxed(),
         login.boxed(),
@@ -271,6 +284,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         reset.boxed(),
         hooks.boxed(),
         instances.boxed(),
+        health.boxed(),
+        health_charts.boxed(),
+        app_health.boxed(),
     ];
     routes
         .into_iter()
@@ -325,6 +341,15 @@ impl Back {
 fn back_query() -> impl Filter<Extract = (Back,), Error = std::convert::Infallible> + Clone {
     warp::query::<Back>()
         .or(warp::any().map(Back::default))
+        .unify()
+}
+
+/// The health page's query; a malformed one reads as none (its values are
+/// checked by the page).
+fn health_query()
+-> impl Filter<Extract = (health::HealthQuery,), Error = std::convert::Infallible> + Clone {
+    warp::query::<health::HealthQuery>()
+        .or(warp::any().map(health::HealthQuery::default))
         .unify()
 }
 

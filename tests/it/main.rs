@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod config;
 mod console;
+mod console_charts;
 mod console_log;
 mod content;
 mod data_dir;

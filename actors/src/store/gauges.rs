@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use entity::{BreakerKind, app, breaker, event};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Select};
 
 use super::{Store, StoreError};
 
@@ -21,6 +21,12 @@ pub struct Gauges {
     pub apps_disabled: u64,
 }
 
+/// The events waiting for delivery: counted by app for the outbox gauge,
+/// by subscription for the console's pending samples (`store/rollups.rs`).
+pub(super) fn pending_events() -> Select<event::Entity> {
+    event::Entity::find().filter(event::Column::Status.eq(entity::EventStatus::Pending))
+}
+
 impl Store {
     /// Reads the gauges at `now` (unix ms).
     pub async fn gauges(&self, now: i64) -> Result<Gauges, StoreError> {
@@ -30,11 +36,10 @@ impl Store {
             .into_tuple()
             .all(&self.db)
             .await?;
-        let pending: HashMap<String, i64> = event::Entity::find()
+        let pending: HashMap<String, i64> = pending_events()
             .select_only()
             .column(event::Column::AppId)
             .column_as(super::count_rows(), "pending")
-            .filter(event::Column::Status.eq(entity::EventStatus::Pending))
             .group_by(event::Column::AppId)
             .into_tuple::<(String, i64)>()
             .all(&self.db)

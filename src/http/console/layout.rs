@@ -7,9 +7,10 @@ use maud::{DOCTYPE, Markup, html};
 use super::Session;
 
 /// The sections, in the order of the navigation.
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("/admin/overview", "Overview"),
     ("/admin/log", "Event log"),
+    ("/admin/health", "Delivery health"),
     ("/admin/events", "Dead events"),
     ("/admin/apps", "Apps"),
     ("/admin/repositories", "Repositories"),

@@ -241,6 +241,7 @@ pub async fn app_detail(
         .store
         .breaker(BreakerKind::Delivery, app.id.as_str())
         .await?;
+    let health = super::health::app_section(&state, &app_id).await?;
     Ok(layout::page(
         &session,
         "/admin/apps",
@@ -305,6 +306,7 @@ pub async fn app_detail(
                     }
                 }
             }
+            (health)
         },
     ))
 }
