@@ -326,6 +326,8 @@ async fn run(options: &Options) {
         ("app", format!("/admin/apps/{app}")),
         ("dead events", "/admin/events".to_owned()),
         ("repositories", "/admin/repositories".to_owned()),
+        ("delivery health, 1 h", "/admin/health".to_owned()),
+        ("delivery health, 24 h", "/admin/health?window=24h".to_owned()),
     ];
     println!(
         "\n{} events, {} apps × {} repositories, {} ({:.0} s to fill); {} rounds each\n",
