@@ -59,6 +59,9 @@ pub struct FileInfo {
     pub sha256: [u8; 32],
     pub size: i64,
     pub binary: bool,
+    /// The blob is an LFS pointer: `sha256` and `size` are its object's
+    /// (the real content's), and delivery fetches that object.
+    pub lfs: bool,
 }
 
 impl FileInfo {
@@ -68,7 +71,13 @@ impl FileInfo {
     }
 
     /// From the database's spelling; `None` when a column is malformed.
-    pub fn from_hex(blob_id: &str, sha256: &str, size: i64, binary: bool) -> Option<Self> {
+    pub fn from_hex(
+        blob_id: &str,
+        sha256: &str,
+        size: i64,
+        binary: bool,
+        lfs: bool,
+    ) -> Option<Self> {
         let mut digest = [0u8; 32];
         hex::decode_to_slice(sha256, &mut digest).ok()?;
         Some(Self {
@@ -76,6 +85,7 @@ impl FileInfo {
             sha256: digest,
             size,
             binary,
+            lfs,
         })
     }
 }
@@ -267,8 +277,23 @@ impl Description {
     }
 }
 
-fn describe_blob(repo: &Repository, blob: Oid) -> Result<FileInfo, ChangeError> {
+/// Describes a blob; with `lfs`, a blob that is an LFS pointer is
+/// described by its object: the pointer's oid and size, and binary until
+/// its content says otherwise at delivery.
+fn describe_blob(repo: &Repository, blob: Oid, lfs: bool) -> Result<FileInfo, ChangeError> {
     let (size, _) = repo.odb()?.read_header(blob)?;
+    if lfs
+        && size <= crate::lfs::pointer::MAX_POINTER_BYTES
+        && let Some(pointer) = crate::lfs::Pointer::parse(repo.find_blob(blob)?.content())
+    {
+        return Ok(FileInfo {
+            blob_id: blob,
+            sha256: pointer.oid,
+            size: i64::try_from(pointer.size).unwrap_or(i64::MAX),
+            binary: true,
+            lfs: true,
+        });
+    }
     let mut description = Description::new();
     if size as u64 <= WHOLE_BLOB_MAX {
         description.feed(repo.find_blob(blob)?.content());
@@ -281,6 +306,7 @@ fn describe_blob(repo: &Repository, blob: Oid) -> Result<FileInfo, ChangeError> 
         sha256,
         size,
         binary,
+        lfs: false,
     })
 }
 
@@ -354,13 +380,19 @@ pub fn is_unsafe_component(name: &str) -> bool {
 }
 
 /// The change from `old` to `new` by tree diff, hashing what was added or
-/// modified. Subtrees whose ids did not change are not opened, so the work
-/// follows the change, not the size of the repository.
-pub fn diff_commits(repo: &Repository, old: Oid, new: Oid) -> Result<TreeDelta, ChangeError> {
+/// modified (LFS pointers by their objects, with `lfs`). Subtrees whose ids
+/// did not change are not opened, so the work follows the change, not the
+/// size of the repository.
+pub fn diff_commits(
+    repo: &Repository,
+    old: Oid,
+    new: Oid,
+    lfs: bool,
+) -> Result<TreeDelta, ChangeError> {
     let old_tree = repo.find_commit(old)?.tree()?;
     let new_tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
-    diff_trees(repo, Some(&old_tree), Some(&new_tree), "", &mut delta)?;
+    diff_trees(repo, Some(&old_tree), Some(&new_tree), "", lfs, &mut delta)?;
     delta.sort();
     Ok(delta)
 }
@@ -411,6 +443,7 @@ fn diff_trees(
     old: Option<&Tree<'_>>,
     new: Option<&Tree<'_>>,
     prefix: &str,
+    lfs: bool,
     delta: &mut TreeDelta,
 ) -> Result<(), ChangeError> {
     let before = sides(old);
@@ -442,6 +475,7 @@ fn diff_trees(
                 old_subtree.as_ref(),
                 new_subtree.as_ref(),
                 &format!("{path}/"),
+                lfs,
                 delta,
             )?;
         }
@@ -454,7 +488,7 @@ fn diff_trees(
             match (was_file, is_file) {
                 (_, true) => {
                     let id = is.expect("is_file implies an entry").id;
-                    delta.add_upsert(&path, describe_blob(repo, id)?)?;
+                    delta.add_upsert(&path, describe_blob(repo, id, lfs)?)?;
                 }
                 (true, false) => delta.add_delete(&path)?,
                 (false, false) => {}
@@ -470,6 +504,7 @@ pub fn diff_against_manifest(
     repo: &Repository,
     manifest: &HashMap<String, String>,
     new: Oid,
+    lfs: bool,
 ) -> Result<TreeDelta, ChangeError> {
     let tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
@@ -486,7 +521,7 @@ pub fn diff_against_manifest(
         if IGNORE_FILES.contains(&path.as_str()) {
             delta.ignore_rules_changed = true;
         }
-        delta.add_upsert(&path, describe_blob(repo, blob)?)?;
+        delta.add_upsert(&path, describe_blob(repo, blob, lfs)?)?;
         Ok(())
     })?;
     for path in manifest.keys() {
@@ -511,6 +546,7 @@ pub fn describe_files<'a>(
     at: Oid,
     paths: impl IntoIterator<Item = &'a str>,
     also: Option<&dyn Fn(&str) -> bool>,
+    lfs: bool,
 ) -> Result<std::collections::BTreeMap<String, FileInfo>, ChangeError> {
     let tree = repo.find_commit(at)?.tree()?;
     let mut files = std::collections::BTreeMap::new();
@@ -521,13 +557,13 @@ pub fn describe_files<'a>(
         if entry.kind() == Some(ObjectType::Blob)
             && is_regular(u32::try_from(entry.filemode()).unwrap_or(0))
         {
-            files.insert(path.to_owned(), describe_blob(repo, entry.id())?);
+            files.insert(path.to_owned(), describe_blob(repo, entry.id(), lfs)?);
         }
     }
     if let Some(also) = also {
         walk_files(&tree, |path, blob| {
             if !files.contains_key(&path) && also(&path) {
-                let info = describe_blob(repo, blob)?;
+                let info = describe_blob(repo, blob, lfs)?;
                 files.insert(path, info);
             }
             Ok(())
@@ -667,6 +703,54 @@ mod tests {
             }
             prop_assert_eq!(description.finish(), describe(&whole));
         }
+    }
+
+    /// A commit of `files` (path → content) in a new repository under `dir`.
+    fn commit_files(dir: &std::path::Path, files: &[(&str, &[u8])]) -> (Repository, Oid) {
+        let repo = Repository::init_bare(dir).expect("a repository");
+        let commit = {
+            let mut builder = repo.treebuilder(None).expect("a tree builder");
+            for (path, content) in files {
+                let blob = repo.blob(content).expect("a blob");
+                builder.insert(path, blob, 0o100644).expect("an entry");
+            }
+            let tree = repo
+                .find_tree(builder.write().expect("a tree"))
+                .expect("the tree");
+            let who = git2::Signature::now("t", "t@example.com").expect("a signature");
+            repo.commit(None, &who, &who, "files", &tree, &[])
+                .expect("a commit")
+        };
+        (repo, commit)
+    }
+
+    #[test]
+    fn an_lfs_pointer_is_described_by_its_object() {
+        let content = b"the real content, kept on the LFS server";
+        let oid = hex::encode(Sha256::digest(content));
+        let pointer = format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {}\n",
+            content.len()
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (repo, commit) = commit_files(
+            dir.path(),
+            &[("model.bin", pointer.as_bytes()), ("plain.txt", b"hello\n")],
+        );
+
+        let resolved = diff_against_manifest(&repo, &HashMap::new(), commit, true).expect("a diff");
+        let model = resolved.upsert("model.bin").expect("the pointer's file");
+        assert!(model.lfs && model.binary);
+        assert_eq!(model.sha256_hex(), oid);
+        assert_eq!(model.size, content.len() as i64);
+        assert!(!resolved.upsert("plain.txt").expect("the plain file").lfs);
+
+        // Off: the pointer is a file like any other.
+        let plain = diff_against_manifest(&repo, &HashMap::new(), commit, false).expect("a diff");
+        let model = plain.upsert("model.bin").expect("the pointer's file");
+        assert!(!model.lfs && !model.binary);
+        assert_eq!(model.sha256_hex(), describe(pointer.as_bytes()).0);
+        assert_eq!(model.size, pointer.len() as i64);
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod heartbeat;
 pub mod hook_processor;
 pub mod ids;
 pub mod inbound;
+pub mod lfs;
 pub mod net;
 pub mod owned;
 pub mod payload;

@@ -49,6 +49,8 @@ struct FileEnvelope<'a> {
     sha: &'a str,
     size: i64,
     chunk: Option<ChunkRef<'a>>,
+    /// The content came from Git LFS (`"lfs": true`, otherwise absent).
+    lfs: bool,
     previous_sha: Option<&'a str>,
     commit_sha: &'a str,
     timestamp: &'a str,
@@ -120,6 +122,9 @@ impl FileEnvelope<'_> {
         }
         if let Some(chunk) = &self.chunk {
             field(&mut out, b",\"chunk\":", chunk);
+        }
+        if self.lfs {
+            out.extend_from_slice(b",\"lfs\":true");
         }
         out.push(b'}');
         if let Some(previous_sha) = self.previous_sha {
@@ -343,6 +348,7 @@ struct ChunkPlan {
     path: String,
     sha: String,
     size: i64,
+    lfs: bool,
     previous_sha: Option<String>,
     commit_sha: String,
     timestamp: String,
@@ -394,6 +400,7 @@ impl Rendered {
                         index,
                         total: self.len(),
                     }),
+                    lfs: plan.lfs,
                     previous_sha: plan.previous_sha.as_deref(),
                     commit_sha: &plan.commit_sha,
                     timestamp: &plan.timestamp,
@@ -537,7 +544,16 @@ pub fn render(
                 .previous_sha256
                 .as_deref()
                 .filter(|_| event.kind == entity::EventKind::Updated);
-            if event.binary && content.len() as u64 > chunking.threshold_bytes {
+            // An LFS object's kind is known only from its content: the
+            // scan saw its pointer.
+            let binary = if event.lfs {
+                crate::changes::binary::is_binary(
+                    &content[..content.len().min(crate::changes::binary::HEAD_BYTES)],
+                )
+            } else {
+                event.binary
+            };
+            if binary && content.len() as u64 > chunking.threshold_bytes {
                 return Ok(Rendered {
                     endpoint,
                     parts: Parts::Chunked(Box::new(ChunkPlan {
@@ -549,6 +565,7 @@ pub fn render(
                         path: path.to_owned(),
                         sha: sha.to_owned(),
                         size,
+                        lfs: event.lfs,
                         previous_sha: previous_sha.map(str::to_owned),
                         commit_sha: commit.to_owned(),
                         timestamp,
@@ -565,7 +582,7 @@ pub fn render(
             // `from_utf8_lossy` follows), a byte-order mark stays. UTF-8 is
             // checked first the fast way, which skips ASCII by words.
             let text;
-            let content = if event.binary {
+            let content = if binary {
                 Content::Binary(content)
             } else {
                 text = match std::str::from_utf8(content) {
@@ -580,6 +597,7 @@ pub fn render(
                 sha,
                 size,
                 chunk: None,
+                lfs: event.lfs,
                 previous_sha,
                 commit_sha: commit,
                 timestamp: &timestamp,
@@ -625,6 +643,7 @@ pub(crate) mod tests {
             size: Some(3),
             blob_id: Some("b".into()),
             binary,
+            lfs: false,
             renamed_from: None,
             commit_sha: Some("c0ffee".into()),
             payload: None,
@@ -647,6 +666,36 @@ pub(crate) mod tests {
 
     fn body(rendered: &Rendered) -> String {
         String::from_utf8(rendered.part("evt_01", 0).1.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn lfs_content_is_marked_and_its_kind_read_from_the_content() {
+        let mut lfs = event(entity::EventKind::Created, true);
+        lfs.lfs = true;
+        let text = render(&lfs, &repository(), Some(b"a,b\n1,2\n"), CHUNKING).expect("renders");
+        assert!(
+            body(&text).contains(r#""content":"a,b\n1,2\n","lfs":true},"commit_sha""#),
+            "{}",
+            body(&text)
+        );
+        let binary = render(&lfs, &repository(), Some(&[0, 1, 2, 0]), CHUNKING).expect("renders");
+        assert!(
+            body(&binary)
+                .contains(r#""content":"AAECAA==","content_encoding":"base64","lfs":true}"#),
+            "{}",
+            body(&binary)
+        );
+        let small = Chunking {
+            threshold_bytes: 2,
+            chunk_chars: 4,
+        };
+        let chunked = render(&lfs, &repository(), Some(&[0, 1, 2, 0]), small).expect("renders");
+        assert!(chunked.is_chunked());
+        assert!(
+            body(&chunked).contains(r#""total":2},"lfs":true}"#),
+            "{}",
+            body(&chunked)
+        );
     }
 
     #[test]
@@ -917,6 +966,7 @@ pub(crate) mod tests {
                 sha: "abc",
                 size: -3,
                 chunk,
+                lfs: false,
                 previous_sha: previous_sha.as_deref(),
                 commit_sha: "c0ffee",
                 timestamp: "2026-01-01T00:00:00.000Z",

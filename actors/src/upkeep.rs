@@ -4,7 +4,8 @@
 //! are deleted. A pass runs as a task this actor owns, in batches of
 //! [`BATCH`] rows, each its own short transaction, so it never holds up
 //! delivery; passes do not overlap. Several instances may prune at once:
-//! deleting is idempotent.
+//! deleting is idempotent. Each pass also bounds the LFS object cache
+//! (`git.lfs_cache_bytes`), least recently used first.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::clock::{millis, now_ms};
+use crate::lfs::cache::Cache;
 use crate::owned::OwnedTask;
 use crate::store::{Store, StoreError};
 
@@ -20,10 +22,12 @@ use crate::store::{Store, StoreError};
 pub const BATCH: u64 = 500;
 
 /// Settings of the upkeep.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UpkeepConfig {
     pub event_retention: Duration,
     pub attempt_retention: Duration,
+    /// The LFS object cache and the most it may hold, when there is one.
+    pub lfs_cache: Option<(Cache, u64)>,
 }
 
 impl UpkeepConfig {
@@ -84,7 +88,7 @@ impl Actor for Upkeep {
         match message {
             UpkeepMsg::Pass if state.pass.is_some() => {}
             UpkeepMsg::Pass => {
-                let (store, config) = (state.args.store.clone(), state.args.config);
+                let (store, config) = (state.args.store.clone(), state.args.config.clone());
                 state.pass = Some(OwnedTask::spawn(pass(store, config), move |result| {
                     let _ = myself.send_message(UpkeepMsg::Done(result));
                 }));
@@ -130,6 +134,18 @@ async fn pass(store: Store, config: UpkeepConfig) {
             )
         }
         Err(err) => warn!(error = %err, "upkeep pass interrupted; the next one goes on"),
+    }
+    if let Some((cache, max_bytes)) = config.lfs_cache {
+        match tokio::task::spawn_blocking(move || cache.prune(max_bytes)).await {
+            Ok(Ok(report)) if report.removed > 0 => info!(
+                removed = report.removed,
+                kept_bytes = report.kept_bytes,
+                "upkeep: LFS cache pruned"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => warn!(error = %err, "upkeep: the LFS cache could not be pruned"),
+            Err(err) => warn!(error = %err, "upkeep: the LFS cache pruning failed"),
+        }
     }
 }
 

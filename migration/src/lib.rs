@@ -16,6 +16,7 @@ mod m20261125_000030_repository_git_suffix;
 mod m20261126_000040_add_app_delivery_window;
 mod m20261126_000050_pull_delivery;
 mod m20261126_000051_replays;
+mod m20261126_000070_git_content;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000040_add_app_delivery_window::Migration),
             Box::new(m20261126_000050_pull_delivery::Migration),
             Box::new(m20261126_000051_replays::Migration),
+            Box::new(m20261126_000070_git_content::Migration),
         ]
     }
 }

@@ -90,6 +90,9 @@ pub struct EventView {
     pub previous_sha: Option<String>,
     pub size: Option<i64>,
     pub binary: bool,
+    /// The file is stored in Git LFS: `sha` and `size` are its real
+    /// content's, which its webhook carries.
+    pub lfs: bool,
     pub commit_sha: Option<String>,
     /// `pending`, `delivered`, `dead` or `skipped`.
     pub status: String,
@@ -113,6 +116,7 @@ impl From<&event::Model> for EventView {
             previous_sha: e.previous_sha256.clone(),
             size: e.size,
             binary: e.binary,
+            lfs: e.lfs,
             commit_sha: e.commit_sha.clone(),
             status: e.status.to_string(),
             attempt_count: e.attempts,

@@ -23,6 +23,8 @@ mod hooks;
 mod hostile_git;
 mod hostile_http;
 mod https_git;
+mod lfs;
+mod lfsserver;
 mod lifecycle;
 mod listen;
 mod listen_pull;
