@@ -4,8 +4,10 @@
 //! - Normally the tree diff between the two commits (work proportional to the
 //!   change). When the old commit is gone (a force-push rewrote history), the
 //!   new tree is compared with the stored manifest instead.
-//! - Only regular files count: symlinks and submodules are skipped, never
-//!   followed. A rename is a delete plus a create.
+//! - Only regular files count: symlinks are skipped, and a submodule is
+//!   never followed, but a submodule whose commit moved between two commits
+//!   is a change of its own ([`submodules`]). A rename is a delete plus a
+//!   create.
 //! - Every created or updated file is hashed (SHA-256 of its raw bytes) and
 //!   classified as text or binary by Docora's rule ([`binary`]: the
 //!   `isbinaryfile` npm package, which reads the first 512 bytes).
@@ -28,6 +30,9 @@ use sha2::{Digest, Sha256};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub mod binary;
+pub mod submodules;
+
+pub use submodules::SubmoduleChange;
 
 /// Ignore files read from the repository root (gitignore syntax).
 pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
@@ -116,6 +121,8 @@ pub struct TreeDelta {
     upserts: Vec<(Span, FileInfo)>,
     /// Paths that are gone, sorted (byte order).
     deletes: Vec<Span>,
+    /// Submodules whose commit moved, by path (byte order).
+    submodules: Vec<SubmoduleChange>,
     /// Whether an ignore file changed: visibility must be recomputed for
     /// every path, not only the changed ones.
     pub ignore_rules_changed: bool,
@@ -170,6 +177,7 @@ impl TreeDelta {
             .sort_unstable_by(|a, b| path_in(text, a.0).cmp(path_in(text, b.0)));
         self.deletes
             .sort_unstable_by(|a, b| path_in(text, *a).cmp(path_in(text, *b)));
+        self.submodules.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     }
 
     /// New or changed files, by path (byte order).
@@ -186,7 +194,12 @@ impl TreeDelta {
 
     /// How many paths changed.
     pub fn len(&self) -> usize {
-        self.upserts.len() + self.deletes.len()
+        self.upserts.len() + self.deletes.len() + self.submodules.len()
+    }
+
+    /// Submodules whose commit moved, by path (byte order).
+    pub fn submodules(&self) -> &[SubmoduleChange] {
+        &self.submodules
     }
 
     /// The new state of `path`, if this change created or updated it.
@@ -205,7 +218,7 @@ impl TreeDelta {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.upserts.is_empty() && self.deletes.is_empty()
+        self.upserts.is_empty() && self.deletes.is_empty() && self.submodules.is_empty()
     }
 }
 
@@ -393,6 +406,7 @@ pub fn diff_commits(
     let new_tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
     diff_trees(repo, Some(&old_tree), Some(&new_tree), "", lfs, &mut delta)?;
+    submodules::fill_urls(repo, Some(old), new, &mut delta.submodules)?;
     delta.sort();
     Ok(delta)
 }
@@ -412,6 +426,11 @@ impl Side {
 
     fn is_file(self) -> bool {
         self.kind == Some(ObjectType::Blob) && is_regular(self.mode)
+    }
+
+    /// A submodule's commit (a gitlink).
+    fn is_gitlink(self) -> bool {
+        self.kind == Some(ObjectType::Commit)
     }
 }
 
@@ -457,10 +476,23 @@ fn diff_trees(
             && was.id == is.id
             && was.is_tree() == is.is_tree()
             && was.is_file() == is.is_file()
+            && was.is_gitlink() == is.is_gitlink()
         {
             continue;
         }
         let path = format!("{prefix}{name}");
+        let (old_link, new_link) = (
+            was.filter(|s| s.is_gitlink()).map(|s| s.id),
+            is.filter(|s| s.is_gitlink()).map(|s| s.id),
+        );
+        if old_link.is_some() || new_link.is_some() {
+            delta.submodules.push(SubmoduleChange {
+                path: path.clone(),
+                old: old_link,
+                new: new_link,
+                url: None,
+            });
+        }
         let old_subtree = was
             .filter(|s| s.is_tree())
             .map(|s| repo.find_tree(s.id))

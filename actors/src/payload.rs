@@ -294,6 +294,34 @@ impl SyncedCounts {
     }
 }
 
+/// The stored extra fields of a `submodule` event (its path and the
+/// repository's commit are the event's): the submodule's commit before and
+/// after (`None` when it was added or removed) and its `.gitmodules` URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmoduleMove {
+    pub previous_commit: Option<String>,
+    pub commit: Option<String>,
+    pub url: Option<String>,
+}
+
+/// Exactly the fields of `submodule` (docs/webhooks.md, submodule).
+#[derive(Serialize)]
+struct SubmoduleBody<'a> {
+    repository: &'a RepositoryRef,
+    submodule: SubmoduleRef<'a>,
+    commit_sha: &'a str,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct SubmoduleRef<'a> {
+    path: &'a str,
+    url: Option<&'a str>,
+    previous_commit: Option<&'a str>,
+    commit: Option<&'a str>,
+}
+
 /// Exactly the fields of `synced` (docs/webhooks.md, synced).
 #[derive(Serialize)]
 struct SyncedBody<'a> {
@@ -491,6 +519,7 @@ pub fn render(
         entity::EventKind::Deleted => "delete",
         entity::EventKind::SyncFailed => "sync_failed",
         entity::EventKind::Synced => "synced",
+        entity::EventKind::Submodule => "submodule",
     };
     let path = event.path.as_deref();
     let sha = event.sha256.as_deref();
@@ -516,6 +545,21 @@ pub fn render(
                 error: &failure.error,
                 circuit_breaker: &failure.circuit_breaker,
                 retry_count: failure.retry_count,
+                timestamp: &timestamp,
+                event_id: &event.id,
+            })
+        }
+        entity::EventKind::Submodule => {
+            let moved: SubmoduleMove = stored_notice(event)?;
+            serde_json::to_vec(&SubmoduleBody {
+                repository,
+                submodule: SubmoduleRef {
+                    path: path.ok_or_else(incomplete)?,
+                    url: moved.url.as_deref(),
+                    previous_commit: moved.previous_commit.as_deref(),
+                    commit: moved.commit.as_deref(),
+                },
+                commit_sha: commit.ok_or_else(incomplete)?,
                 timestamp: &timestamp,
                 event_id: &event.id,
             })

@@ -532,7 +532,7 @@ pub(crate) fn snapshot_advance(
             delta,
             old_ignore,
             new_ignore,
-        } => (commit, branch, delta, old_ignore, new_ignore),
+        } => (commit, branch, *delta, old_ignore, new_ignore),
         ScanOutcome::NeedsManifest => return Err(NoSnapshot::NeedsManifest),
         ScanOutcome::NoAccess => return Err(NoSnapshot::NoAccess),
     };

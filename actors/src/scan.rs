@@ -85,7 +85,7 @@ pub enum ScanOutcome {
     Changed {
         branch: String,
         commit: String,
-        delta: TreeDelta,
+        delta: Box<TreeDelta>,
         old_ignore: Option<Gitignore>,
         new_ignore: Option<Gitignore>,
     },
@@ -299,7 +299,7 @@ fn scan_with(
     Ok(ScanOutcome::Changed {
         branch: head.branch,
         commit: commit_hex,
-        delta,
+        delta: Box::new(delta),
         old_ignore,
         new_ignore,
     })

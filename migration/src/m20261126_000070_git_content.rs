@@ -1,7 +1,8 @@
 //! Git content beyond plain files. A manifest row and an event say whether
 //! their file is an LFS object (`lfs`: its sha and size are the real
 //! content's, which delivery fetches from the LFS server). Rows stored
-//! before are plain files.
+//! before are plain files. An app opts in to `submodule` events
+//! (`notify_submodules`); every app stored before has not.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -29,10 +30,26 @@ impl MigrationTrait for Migration {
                     .add_column(boolean(ManifestEntries::Lfs).default(false))
                     .to_owned(),
             )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Apps::Table)
+                    .add_column(boolean(Apps::NotifySubmodules).default(false))
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Apps::Table)
+                    .drop_column(Apps::NotifySubmodules)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .alter_table(
                 Table::alter()
@@ -56,6 +73,12 @@ impl MigrationTrait for Migration {
 enum Events {
     Table,
     Lfs,
+}
+
+#[derive(DeriveIden)]
+enum Apps {
+    Table,
+    NotifySubmodules,
 }
 
 #[derive(DeriveIden)]

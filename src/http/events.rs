@@ -83,7 +83,7 @@ pub struct EventView {
     pub repository_id: String,
     /// Position in the subscription's stream (gap-free, from 1).
     pub seq: i64,
-    /// `created`, `updated`, `deleted` or `sync_failed`.
+    /// `created`, `updated`, `deleted`, `sync_failed`, `synced` or `submodule`.
     pub kind: String,
     pub path: Option<String>,
     pub sha: Option<String>,

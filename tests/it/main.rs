@@ -39,6 +39,7 @@ mod scan_queue;
 mod secrets;
 mod slow_clients;
 mod store;
+mod submodules;
 mod telemetry;
 mod tenants;
 mod tree_paths;
