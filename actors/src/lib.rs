@@ -33,6 +33,7 @@ pub mod clock;
 pub mod crypto;
 pub mod delivery;
 pub mod git;
+pub mod gitconfig;
 pub mod heartbeat;
 pub mod hook_processor;
 pub mod ids;

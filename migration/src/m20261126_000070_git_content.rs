@@ -10,62 +10,43 @@ use sea_orm_migration::schema::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
+/// The new columns: each a flag, false for every row stored before.
+fn columns() -> [(DynIden, DynIden); 3] {
+    [
+        (Events::Table.into_iden(), Events::Lfs.into_iden()),
+        (
+            ManifestEntries::Table.into_iden(),
+            ManifestEntries::Lfs.into_iden(),
+        ),
+        (Apps::Table.into_iden(), Apps::NotifySubmodules.into_iden()),
+    ]
+}
+
 // The trait's signature elides SchemaManager's lifetime; matching it needs the elision.
 #[allow(elided_lifetimes_in_paths)]
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Events::Table)
-                    .add_column(boolean(Events::Lfs).default(false))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(ManifestEntries::Table)
-                    .add_column(boolean(ManifestEntries::Lfs).default(false))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Apps::Table)
-                    .add_column(boolean(Apps::NotifySubmodules).default(false))
-                    .to_owned(),
-            )
-            .await
+        for (table, column) in columns() {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(boolean(column).default(false))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Apps::Table)
-                    .drop_column(Apps::NotifySubmodules)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(ManifestEntries::Table)
-                    .drop_column(ManifestEntries::Lfs)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Events::Table)
-                    .drop_column(Events::Lfs)
-                    .to_owned(),
-            )
-            .await
+        for (table, column) in columns().into_iter().rev() {
+            manager
+                .alter_table(Table::alter().table(table).drop_column(column).to_owned())
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -76,13 +57,13 @@ enum Events {
 }
 
 #[derive(DeriveIden)]
-enum Apps {
-    Table,
-    NotifySubmodules,
-}
-
-#[derive(DeriveIden)]
 enum ManifestEntries {
     Table,
     Lfs,
+}
+
+#[derive(DeriveIden)]
+enum Apps {
+    Table,
+    NotifySubmodules,
 }

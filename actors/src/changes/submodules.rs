@@ -29,37 +29,21 @@ pub struct SubmoduleChange {
 /// Path → URL of every submodule a `.gitmodules` text declares
 /// (`[submodule "name"]` sections with `path` and `url`).
 pub fn urls(text: &str) -> HashMap<String, String> {
-    let mut sections: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with(['#', ';']) {
-            continue;
-        }
-        if let Some(header) = line.strip_prefix('[') {
-            let header = header.split(']').next().unwrap_or_default().trim();
-            current = match header.split_once(char::is_whitespace) {
-                Some((name, sub)) if name.eq_ignore_ascii_case("submodule") => {
-                    Some(sub.trim().trim_matches('"').to_owned())
-                }
-                _ => None,
-            };
-            continue;
-        }
-        let (Some(name), Some((key, value))) = (&current, line.split_once('=')) else {
+    let mut sections: HashMap<&str, (Option<&str>, Option<&str>)> = HashMap::new();
+    for entry in crate::gitconfig::entries(text) {
+        let (Some(name), "submodule") = (entry.subsection, entry.section.as_str()) else {
             continue;
         };
-        let value = value.trim().trim_matches('"').to_owned();
-        let entry = sections.entry(name.clone()).or_default();
-        match key.trim().to_ascii_lowercase().as_str() {
-            "path" => entry.0 = Some(value),
-            "url" => entry.1 = Some(value),
+        let section = sections.entry(name).or_default();
+        match entry.key.as_str() {
+            "path" => section.0 = Some(entry.value),
+            "url" => section.1 = Some(entry.value),
             _ => {}
         }
     }
     sections
         .into_values()
-        .filter_map(|(path, url)| Some((path?.trim_end_matches('/').to_owned(), url?)))
+        .filter_map(|(path, url)| Some((path?.trim_end_matches('/').to_owned(), url?.to_owned())))
         .collect()
 }
 

@@ -44,47 +44,14 @@ pub fn batch_url(endpoint: &Url) -> Option<Url> {
 /// keys of `.lfsconfig` that say where objects live).
 fn configured_url(text: &str) -> Option<&str> {
     let (mut lfs_url, mut remote_url) = (None, None);
-    let mut section = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with(['#', ';']) {
-            continue;
-        }
-        if let Some(header) = line.strip_prefix('[') {
-            let header = header.split(']').next().unwrap_or_default().trim();
-            // `[remote "origin"]`: the section name is case-insensitive,
-            // the subsection is not.
-            section = match header.split_once(char::is_whitespace) {
-                Some((name, sub)) => format!(
-                    "{}.{}",
-                    name.to_ascii_lowercase(),
-                    sub.trim().trim_matches('"')
-                ),
-                None => header.to_ascii_lowercase(),
-            };
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().to_ascii_lowercase();
-        let value = unquote(value);
-        match (section.as_str(), key.as_str()) {
-            ("lfs", "url") => lfs_url = Some(value),
-            ("remote.origin", "lfsurl") => remote_url = Some(value),
+    for entry in crate::gitconfig::entries(text) {
+        match (entry.section.as_str(), entry.subsection, entry.key.as_str()) {
+            ("lfs", None, "url") => lfs_url = Some(entry.value),
+            ("remote", Some("origin"), "lfsurl") => remote_url = Some(entry.value),
             _ => {}
         }
     }
     lfs_url.or(remote_url).filter(|url| !url.is_empty())
-}
-
-/// A git-config value without its comment and quotes.
-fn unquote(value: &str) -> &str {
-    let value = value.trim();
-    if let Some(quoted) = value.strip_prefix('"') {
-        return quoted.split('"').next().unwrap_or_default();
-    }
-    value.split([';', '#']).next().unwrap_or_default().trim()
 }
 
 #[cfg(test)]
