@@ -200,19 +200,18 @@ impl Client {
                 attempt.follow()
             }
         });
-        let tls = crate::tls::client_config(Vec::new());
-        let mut builder = reqwest::Client::builder()
+        // The one TLS configuration, as webhooks and git use it.
+        let tls = crate::tls::client_config(Vec::new())
+            .expect("the platform's certificate verifier starts");
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .dns_resolver(Arc::new(AdmittedResolver {
                 allow_private: rule.allow_private,
             }))
             .redirect(redirects)
             .no_proxy()
             .connect_timeout(timeout.min(Duration::from_secs(30)))
-            .timeout(timeout);
-        if let Ok(tls) = tls {
-            builder = builder.tls_backend_preconfigured(tls);
-        }
-        let http = builder
+            .timeout(timeout)
             .build()
             .expect("the LFS client's configuration is valid");
         Self { http, rule }
