@@ -327,7 +327,10 @@ async fn run(options: &Options) {
         ("dead events", "/admin/events".to_owned()),
         ("repositories", "/admin/repositories".to_owned()),
         ("delivery health, 1 h", "/admin/health".to_owned()),
-        ("delivery health, 24 h", "/admin/health?window=24h".to_owned()),
+        (
+            "delivery health, 24 h",
+            "/admin/health?window=24h".to_owned(),
+        ),
     ];
     println!(
         "\n{} events, {} apps × {} repositories, {} ({:.0} s to fill); {} rounds each\n",

@@ -171,6 +171,13 @@ pub struct GitSettings {
     pub low_speed_limit: u64,
     #[serde(deserialize_with = "duration")]
     pub low_speed_time: Duration,
+    /// Files stored in Git LFS are delivered with their real content,
+    /// fetched from the LFS server; off, the pointer file is sent.
+    pub lfs: bool,
+    /// The most the LFS object cache (`{data_dir}/lfs`) holds; upkeep
+    /// removes the least recently used objects past it.
+    #[serde(deserialize_with = "whole_number")]
+    pub lfs_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -757,7 +764,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 66] = [
+    const KEYS: [&str; 68] = [
         "data_dir",
         "server.host",
         "server.port",
@@ -784,6 +791,8 @@ mod properties {
         "git.fetch_timeout",
         "git.low_speed_limit",
         "git.low_speed_time",
+        "git.lfs",
+        "git.lfs_cache_bytes",
         "scheduler.tick",
         "scheduler.rescan_interval",
         "scheduler.scan_request_cooldown",

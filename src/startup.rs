@@ -13,6 +13,7 @@ use actors::breaker::BreakerPolicy;
 use actors::crypto::{self, Keyring};
 use actors::delivery::DeliveryConfig;
 use actors::git::{ConnectRule, LowSpeed};
+use actors::lfs::cache::Cache;
 use actors::payload::Chunking;
 use actors::repo_watcher::WatcherConfig;
 use actors::restart::RestartPolicy;
@@ -34,6 +35,8 @@ const ENCRYPTION_KEY_FILE: &str = "encryption.key";
 const INSTANCE_ID_FILE: &str = "instance.id";
 /// Where the bare mirrors live, under data_dir.
 const MIRRORS_DIR: &str = "mirrors";
+/// The LFS object cache, under the data directory.
+const LFS_DIR: &str = "lfs";
 
 /// A bound, ready-to-serve Herald.
 pub struct Application {
@@ -55,6 +58,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         create_private_dir(settings.data_dir())?;
         create_private_dir(&settings.data_dir().join(MIRRORS_DIR))?;
+        create_private_dir(&settings.data_dir().join(LFS_DIR))?;
         let keys = Arc::new(load_keyring(&settings)?);
         let admin_token = load_admin_token(&settings)?;
 
@@ -248,6 +252,7 @@ fn low_speed(settings: &Settings) -> LowSpeed {
 
 fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
     let mirrors_dir = settings.data_dir().join(MIRRORS_DIR);
+    let lfs_dir = settings.data_dir().join(LFS_DIR);
     let delivery = &settings.delivery;
     // Where git may connect, checked again before every operation.
     let connect = ConnectRule {
@@ -274,6 +279,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             instance_id: instance_id.clone(),
             lease_ttl: settings.cluster.lease_ttl(),
             repack_threshold: settings.git.repack_threshold,
+            lfs: settings.git.lfs,
             signal: OutboxSignal::default(),
         },
         delivery: DeliveryConfig {
@@ -302,6 +308,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             lease_ttl: settings.cluster.lease_ttl(),
             fetch_timeout: settings.git.fetch_timeout,
             low_speed: low_speed(settings),
+            lfs: actors::lfs::Lfs::new(lfs_dir.clone(), &connect, settings.git.fetch_timeout),
             connect,
         },
         restart: RestartPolicy::default(),
@@ -319,6 +326,7 @@ fn engine_config(settings: &Settings, instance_id: String) -> EngineConfig {
             event_retention: delivery.event_retention,
             attempt_retention: delivery.attempt_retention,
             rollup_retention: delivery.rollup_retention,
+            lfs_cache: Some((Cache::new(lfs_dir), settings.git.lfs_cache_bytes)),
         },
     }
 }

@@ -4,8 +4,10 @@
 //! - Normally the tree diff between the two commits (work proportional to the
 //!   change). When the old commit is gone (a force-push rewrote history), the
 //!   new tree is compared with the stored manifest instead.
-//! - Only regular files count: symlinks and submodules are skipped, never
-//!   followed. A rename is a delete plus a create.
+//! - Only regular files count: symlinks are skipped, and a submodule is
+//!   never followed, but a submodule whose commit moved between two commits
+//!   is a change of its own ([`submodules`]). A rename is a delete plus a
+//!   create.
 //! - Every created or updated file is hashed (SHA-256 of its raw bytes) and
 //!   classified as text or binary by Docora's rule ([`binary`]: the
 //!   `isbinaryfile` npm package, which reads the first 512 bytes).
@@ -28,6 +30,9 @@ use sha2::{Digest, Sha256};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub mod binary;
+pub mod submodules;
+
+pub use submodules::SubmoduleChange;
 
 /// Ignore files read from the repository root (gitignore syntax).
 pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
@@ -59,6 +64,9 @@ pub struct FileInfo {
     pub sha256: [u8; 32],
     pub size: i64,
     pub binary: bool,
+    /// The blob is an LFS pointer: `sha256` and `size` are its object's
+    /// (the real content's), and delivery fetches that object.
+    pub lfs: bool,
 }
 
 impl FileInfo {
@@ -68,7 +76,13 @@ impl FileInfo {
     }
 
     /// From the database's spelling; `None` when a column is malformed.
-    pub fn from_hex(blob_id: &str, sha256: &str, size: i64, binary: bool) -> Option<Self> {
+    pub fn from_hex(
+        blob_id: &str,
+        sha256: &str,
+        size: i64,
+        binary: bool,
+        lfs: bool,
+    ) -> Option<Self> {
         let mut digest = [0u8; 32];
         hex::decode_to_slice(sha256, &mut digest).ok()?;
         Some(Self {
@@ -76,6 +90,7 @@ impl FileInfo {
             sha256: digest,
             size,
             binary,
+            lfs,
         })
     }
 }
@@ -106,6 +121,8 @@ pub struct TreeDelta {
     upserts: Vec<(Span, FileInfo)>,
     /// Paths that are gone, sorted (byte order).
     deletes: Vec<Span>,
+    /// Submodules whose commit moved, by path (byte order).
+    submodules: Vec<SubmoduleChange>,
     /// Whether an ignore file changed: visibility must be recomputed for
     /// every path, not only the changed ones.
     pub ignore_rules_changed: bool,
@@ -160,6 +177,7 @@ impl TreeDelta {
             .sort_unstable_by(|a, b| path_in(text, a.0).cmp(path_in(text, b.0)));
         self.deletes
             .sort_unstable_by(|a, b| path_in(text, *a).cmp(path_in(text, *b)));
+        self.submodules.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     }
 
     /// New or changed files, by path (byte order).
@@ -176,7 +194,12 @@ impl TreeDelta {
 
     /// How many paths changed.
     pub fn len(&self) -> usize {
-        self.upserts.len() + self.deletes.len()
+        self.upserts.len() + self.deletes.len() + self.submodules.len()
+    }
+
+    /// Submodules whose commit moved, by path (byte order).
+    pub fn submodules(&self) -> &[SubmoduleChange] {
+        &self.submodules
     }
 
     /// The new state of `path`, if this change created or updated it.
@@ -195,7 +218,7 @@ impl TreeDelta {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.upserts.is_empty() && self.deletes.is_empty()
+        self.upserts.is_empty() && self.deletes.is_empty() && self.submodules.is_empty()
     }
 }
 
@@ -267,8 +290,23 @@ impl Description {
     }
 }
 
-fn describe_blob(repo: &Repository, blob: Oid) -> Result<FileInfo, ChangeError> {
+/// Describes a blob; with `lfs`, a blob that is an LFS pointer is
+/// described by its object: the pointer's oid and size, and binary until
+/// its content says otherwise at delivery.
+fn describe_blob(repo: &Repository, blob: Oid, lfs: bool) -> Result<FileInfo, ChangeError> {
     let (size, _) = repo.odb()?.read_header(blob)?;
+    if lfs
+        && size <= crate::lfs::pointer::MAX_POINTER_BYTES
+        && let Some(pointer) = crate::lfs::Pointer::parse(repo.find_blob(blob)?.content())
+    {
+        return Ok(FileInfo {
+            blob_id: blob,
+            sha256: pointer.oid,
+            size: i64::try_from(pointer.size).unwrap_or(i64::MAX),
+            binary: true,
+            lfs: true,
+        });
+    }
     let mut description = Description::new();
     if size as u64 <= WHOLE_BLOB_MAX {
         description.feed(repo.find_blob(blob)?.content());
@@ -281,6 +319,7 @@ fn describe_blob(repo: &Repository, blob: Oid) -> Result<FileInfo, ChangeError> 
         sha256,
         size,
         binary,
+        lfs: false,
     })
 }
 
@@ -354,13 +393,20 @@ pub fn is_unsafe_component(name: &str) -> bool {
 }
 
 /// The change from `old` to `new` by tree diff, hashing what was added or
-/// modified. Subtrees whose ids did not change are not opened, so the work
-/// follows the change, not the size of the repository.
-pub fn diff_commits(repo: &Repository, old: Oid, new: Oid) -> Result<TreeDelta, ChangeError> {
+/// modified (LFS pointers by their objects, with `lfs`). Subtrees whose ids
+/// did not change are not opened, so the work follows the change, not the
+/// size of the repository.
+pub fn diff_commits(
+    repo: &Repository,
+    old: Oid,
+    new: Oid,
+    lfs: bool,
+) -> Result<TreeDelta, ChangeError> {
     let old_tree = repo.find_commit(old)?.tree()?;
     let new_tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
-    diff_trees(repo, Some(&old_tree), Some(&new_tree), "", &mut delta)?;
+    diff_trees(repo, Some(&old_tree), Some(&new_tree), "", lfs, &mut delta)?;
+    submodules::fill_urls(repo, Some(old), new, &mut delta.submodules)?;
     delta.sort();
     Ok(delta)
 }
@@ -380,6 +426,11 @@ impl Side {
 
     fn is_file(self) -> bool {
         self.kind == Some(ObjectType::Blob) && is_regular(self.mode)
+    }
+
+    /// A submodule's commit (a gitlink).
+    fn is_gitlink(self) -> bool {
+        self.kind == Some(ObjectType::Commit)
     }
 }
 
@@ -411,6 +462,7 @@ fn diff_trees(
     old: Option<&Tree<'_>>,
     new: Option<&Tree<'_>>,
     prefix: &str,
+    lfs: bool,
     delta: &mut TreeDelta,
 ) -> Result<(), ChangeError> {
     let before = sides(old);
@@ -424,10 +476,23 @@ fn diff_trees(
             && was.id == is.id
             && was.is_tree() == is.is_tree()
             && was.is_file() == is.is_file()
+            && was.is_gitlink() == is.is_gitlink()
         {
             continue;
         }
         let path = format!("{prefix}{name}");
+        let (old_link, new_link) = (
+            was.filter(|s| s.is_gitlink()).map(|s| s.id),
+            is.filter(|s| s.is_gitlink()).map(|s| s.id),
+        );
+        if old_link.is_some() || new_link.is_some() {
+            delta.submodules.push(SubmoduleChange {
+                path: path.clone(),
+                old: old_link,
+                new: new_link,
+                url: None,
+            });
+        }
         let old_subtree = was
             .filter(|s| s.is_tree())
             .map(|s| repo.find_tree(s.id))
@@ -442,6 +507,7 @@ fn diff_trees(
                 old_subtree.as_ref(),
                 new_subtree.as_ref(),
                 &format!("{path}/"),
+                lfs,
                 delta,
             )?;
         }
@@ -454,7 +520,7 @@ fn diff_trees(
             match (was_file, is_file) {
                 (_, true) => {
                     let id = is.expect("is_file implies an entry").id;
-                    delta.add_upsert(&path, describe_blob(repo, id)?)?;
+                    delta.add_upsert(&path, describe_blob(repo, id, lfs)?)?;
                 }
                 (true, false) => delta.add_delete(&path)?,
                 (false, false) => {}
@@ -470,6 +536,7 @@ pub fn diff_against_manifest(
     repo: &Repository,
     manifest: &HashMap<String, String>,
     new: Oid,
+    lfs: bool,
 ) -> Result<TreeDelta, ChangeError> {
     let tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
@@ -486,7 +553,7 @@ pub fn diff_against_manifest(
         if IGNORE_FILES.contains(&path.as_str()) {
             delta.ignore_rules_changed = true;
         }
-        delta.add_upsert(&path, describe_blob(repo, blob)?)?;
+        delta.add_upsert(&path, describe_blob(repo, blob, lfs)?)?;
         Ok(())
     })?;
     for path in manifest.keys() {
@@ -511,6 +578,7 @@ pub fn describe_files<'a>(
     at: Oid,
     paths: impl IntoIterator<Item = &'a str>,
     also: Option<&dyn Fn(&str) -> bool>,
+    lfs: bool,
 ) -> Result<std::collections::BTreeMap<String, FileInfo>, ChangeError> {
     let tree = repo.find_commit(at)?.tree()?;
     let mut files = std::collections::BTreeMap::new();
@@ -521,13 +589,13 @@ pub fn describe_files<'a>(
         if entry.kind() == Some(ObjectType::Blob)
             && is_regular(u32::try_from(entry.filemode()).unwrap_or(0))
         {
-            files.insert(path.to_owned(), describe_blob(repo, entry.id())?);
+            files.insert(path.to_owned(), describe_blob(repo, entry.id(), lfs)?);
         }
     }
     if let Some(also) = also {
         walk_files(&tree, |path, blob| {
             if !files.contains_key(&path) && also(&path) {
-                let info = describe_blob(repo, blob)?;
+                let info = describe_blob(repo, blob, lfs)?;
                 files.insert(path, info);
             }
             Ok(())
@@ -667,6 +735,54 @@ mod tests {
             }
             prop_assert_eq!(description.finish(), describe(&whole));
         }
+    }
+
+    /// A commit of `files` (path → content) in a new repository under `dir`.
+    fn commit_files(dir: &std::path::Path, files: &[(&str, &[u8])]) -> (Repository, Oid) {
+        let repo = Repository::init_bare(dir).expect("a repository");
+        let commit = {
+            let mut builder = repo.treebuilder(None).expect("a tree builder");
+            for (path, content) in files {
+                let blob = repo.blob(content).expect("a blob");
+                builder.insert(path, blob, 0o100644).expect("an entry");
+            }
+            let tree = repo
+                .find_tree(builder.write().expect("a tree"))
+                .expect("the tree");
+            let who = git2::Signature::now("t", "t@example.com").expect("a signature");
+            repo.commit(None, &who, &who, "files", &tree, &[])
+                .expect("a commit")
+        };
+        (repo, commit)
+    }
+
+    #[test]
+    fn an_lfs_pointer_is_described_by_its_object() {
+        let content = b"the real content, kept on the LFS server";
+        let oid = hex::encode(Sha256::digest(content));
+        let pointer = format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {}\n",
+            content.len()
+        );
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (repo, commit) = commit_files(
+            dir.path(),
+            &[("model.bin", pointer.as_bytes()), ("plain.txt", b"hello\n")],
+        );
+
+        let resolved = diff_against_manifest(&repo, &HashMap::new(), commit, true).expect("a diff");
+        let model = resolved.upsert("model.bin").expect("the pointer's file");
+        assert!(model.lfs && model.binary);
+        assert_eq!(model.sha256_hex(), oid);
+        assert_eq!(model.size, content.len() as i64);
+        assert!(!resolved.upsert("plain.txt").expect("the plain file").lfs);
+
+        // Off: the pointer is a file like any other.
+        let plain = diff_against_manifest(&repo, &HashMap::new(), commit, false).expect("a diff");
+        let model = plain.upsert("model.bin").expect("the pointer's file");
+        assert!(!model.lfs && !model.binary);
+        assert_eq!(model.sha256_hex(), describe(pointer.as_bytes()).0);
+        assert_eq!(model.size, pointer.len() as i64);
     }
 
     #[test]

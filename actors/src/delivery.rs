@@ -90,6 +90,9 @@ pub struct DeliveryConfig {
     pub fetch_timeout: Duration,
     pub low_speed: LowSpeed,
     pub connect: ConnectRule,
+    /// Fetches the LFS objects of files stored in Git LFS (its cache shared
+    /// by every lane).
+    pub lfs: crate::lfs::Lfs,
 }
 
 /// Messages of the dispatcher.
@@ -633,7 +636,14 @@ impl DeliveryConfig {
             threshold: 5,
             cooldown: Duration::from_secs(60),
         };
+        let connect = ConnectRule {
+            allow_private: true,
+            allow_http: true,
+            allow_local: true,
+            data_dir: dir.join("data"),
+        };
         Self {
+            lfs: crate::lfs::Lfs::new(dir.join("lfs"), &connect, Duration::from_secs(10)),
             timeout: Duration::from_secs(5),
             max_attempts: 3,
             backoff: Backoff {
@@ -660,12 +670,7 @@ impl DeliveryConfig {
             lease_ttl: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(10),
             low_speed: LowSpeed::default(),
-            connect: ConnectRule {
-                allow_private: true,
-                allow_http: true,
-                allow_local: true,
-                data_dir: dir.join("data"),
-            },
+            connect,
         }
     }
 }
@@ -805,6 +810,7 @@ mod tests {
                     size: Set(None),
                     blob_id: Set(None),
                     binary: Set(false),
+                    lfs: Set(false),
                     renamed_from: Set(None),
                     commit_sha: Set(Some("1".repeat(40))),
                     payload: Set(None),

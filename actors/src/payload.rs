@@ -49,6 +49,8 @@ struct FileEnvelope<'a> {
     sha: &'a str,
     size: i64,
     chunk: Option<ChunkRef<'a>>,
+    /// The content came from Git LFS (`"lfs": true`, otherwise absent).
+    lfs: bool,
     previous_sha: Option<&'a str>,
     commit_sha: &'a str,
     timestamp: &'a str,
@@ -120,6 +122,9 @@ impl FileEnvelope<'_> {
         }
         if let Some(chunk) = &self.chunk {
             field(&mut out, b",\"chunk\":", chunk);
+        }
+        if self.lfs {
+            out.extend_from_slice(b",\"lfs\":true");
         }
         out.push(b'}');
         if let Some(previous_sha) = self.previous_sha {
@@ -289,6 +294,34 @@ impl SyncedCounts {
     }
 }
 
+/// The stored extra fields of a `submodule` event (its path and the
+/// repository's commit are the event's): the submodule's commit before and
+/// after (`None` when it was added or removed) and its `.gitmodules` URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmoduleMove {
+    pub previous_commit: Option<String>,
+    pub commit: Option<String>,
+    pub url: Option<String>,
+}
+
+/// Exactly the fields of `submodule` (docs/webhooks.md, submodule).
+#[derive(Serialize)]
+struct SubmoduleBody<'a> {
+    repository: &'a RepositoryRef,
+    submodule: SubmoduleRef<'a>,
+    commit_sha: &'a str,
+    timestamp: &'a str,
+    event_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct SubmoduleRef<'a> {
+    path: &'a str,
+    url: Option<&'a str>,
+    previous_commit: Option<&'a str>,
+    commit: Option<&'a str>,
+}
+
 /// Exactly the fields of `synced` (docs/webhooks.md, synced).
 #[derive(Serialize)]
 struct SyncedBody<'a> {
@@ -343,6 +376,7 @@ struct ChunkPlan {
     path: String,
     sha: String,
     size: i64,
+    lfs: bool,
     previous_sha: Option<String>,
     commit_sha: String,
     timestamp: String,
@@ -394,6 +428,7 @@ impl Rendered {
                         index,
                         total: self.len(),
                     }),
+                    lfs: plan.lfs,
                     previous_sha: plan.previous_sha.as_deref(),
                     commit_sha: &plan.commit_sha,
                     timestamp: &plan.timestamp,
@@ -484,6 +519,7 @@ pub fn render(
         entity::EventKind::Deleted => "delete",
         entity::EventKind::SyncFailed => "sync_failed",
         entity::EventKind::Synced => "synced",
+        entity::EventKind::Submodule => "submodule",
     };
     let path = event.path.as_deref();
     let sha = event.sha256.as_deref();
@@ -513,6 +549,21 @@ pub fn render(
                 event_id: &event.id,
             })
         }
+        entity::EventKind::Submodule => {
+            let moved: SubmoduleMove = stored_notice(event)?;
+            serde_json::to_vec(&SubmoduleBody {
+                repository,
+                submodule: SubmoduleRef {
+                    path: path.ok_or_else(incomplete)?,
+                    url: moved.url.as_deref(),
+                    previous_commit: moved.previous_commit.as_deref(),
+                    commit: moved.commit.as_deref(),
+                },
+                commit_sha: commit.ok_or_else(incomplete)?,
+                timestamp: &timestamp,
+                event_id: &event.id,
+            })
+        }
         entity::EventKind::Synced => {
             let notice: SyncedNotice = stored_notice(event)?;
             serde_json::to_vec(&SyncedBody {
@@ -537,7 +588,16 @@ pub fn render(
                 .previous_sha256
                 .as_deref()
                 .filter(|_| event.kind == entity::EventKind::Updated);
-            if event.binary && content.len() as u64 > chunking.threshold_bytes {
+            // An LFS object's kind is known only from its content: the
+            // scan saw its pointer.
+            let binary = if event.lfs {
+                crate::changes::binary::is_binary(
+                    &content[..content.len().min(crate::changes::binary::HEAD_BYTES)],
+                )
+            } else {
+                event.binary
+            };
+            if binary && content.len() as u64 > chunking.threshold_bytes {
                 return Ok(Rendered {
                     endpoint,
                     parts: Parts::Chunked(Box::new(ChunkPlan {
@@ -549,6 +609,7 @@ pub fn render(
                         path: path.to_owned(),
                         sha: sha.to_owned(),
                         size,
+                        lfs: event.lfs,
                         previous_sha: previous_sha.map(str::to_owned),
                         commit_sha: commit.to_owned(),
                         timestamp,
@@ -565,7 +626,7 @@ pub fn render(
             // `from_utf8_lossy` follows), a byte-order mark stays. UTF-8 is
             // checked first the fast way, which skips ASCII by words.
             let text;
-            let content = if event.binary {
+            let content = if binary {
                 Content::Binary(content)
             } else {
                 text = match std::str::from_utf8(content) {
@@ -580,6 +641,7 @@ pub fn render(
                 sha,
                 size,
                 chunk: None,
+                lfs: event.lfs,
                 previous_sha,
                 commit_sha: commit,
                 timestamp: &timestamp,
@@ -625,6 +687,7 @@ pub(crate) mod tests {
             size: Some(3),
             blob_id: Some("b".into()),
             binary,
+            lfs: false,
             renamed_from: None,
             commit_sha: Some("c0ffee".into()),
             payload: None,
@@ -647,6 +710,36 @@ pub(crate) mod tests {
 
     fn body(rendered: &Rendered) -> String {
         String::from_utf8(rendered.part("evt_01", 0).1.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn lfs_content_is_marked_and_its_kind_read_from_the_content() {
+        let mut lfs = event(entity::EventKind::Created, true);
+        lfs.lfs = true;
+        let text = render(&lfs, &repository(), Some(b"a,b\n1,2\n"), CHUNKING).expect("renders");
+        assert!(
+            body(&text).contains(r#""content":"a,b\n1,2\n","lfs":true},"commit_sha""#),
+            "{}",
+            body(&text)
+        );
+        let binary = render(&lfs, &repository(), Some(&[0, 1, 2, 0]), CHUNKING).expect("renders");
+        assert!(
+            body(&binary)
+                .contains(r#""content":"AAECAA==","content_encoding":"base64","lfs":true}"#),
+            "{}",
+            body(&binary)
+        );
+        let small = Chunking {
+            threshold_bytes: 2,
+            chunk_chars: 4,
+        };
+        let chunked = render(&lfs, &repository(), Some(&[0, 1, 2, 0]), small).expect("renders");
+        assert!(chunked.is_chunked());
+        assert!(
+            body(&chunked).contains(r#""total":2},"lfs":true}"#),
+            "{}",
+            body(&chunked)
+        );
     }
 
     #[test]
@@ -917,6 +1010,7 @@ pub(crate) mod tests {
                 sha: "abc",
                 size: -3,
                 chunk,
+                lfs: false,
                 previous_sha: previous_sha.as_deref(),
                 commit_sha: "c0ffee",
                 timestamp: "2026-01-01T00:00:00.000Z",

@@ -57,6 +57,9 @@ pub struct WatcherConfig {
     /// A mirror with more pack files than this is compacted after its fetch
     /// (`git.repack_threshold`).
     pub repack_threshold: usize,
+    /// LFS pointers are described, and delivered, as their objects
+    /// (`git.lfs`); off, a pointer is a file like any other.
+    pub lfs: bool,
     /// Rung after events are written, so delivery starts at once.
     pub signal: crate::signals::OutboxSignal,
 }
@@ -85,6 +88,7 @@ impl WatcherConfig {
             instance_id: "test".into(),
             lease_ttl: Duration::from_secs(30),
             repack_threshold: 8,
+            lfs: true,
             signal: Default::default(),
         }
     }
@@ -409,6 +413,7 @@ async fn scan_claimed(
         manifest: None,
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: store.settled_snapshots(repository).await?,
+        lfs: config.lfs,
     };
     // Writes hold only while the lease does and the head is the one seen here.
     let fence = ScanFence {
@@ -578,7 +583,7 @@ pub(crate) fn snapshot_advance(
             delta,
             old_ignore,
             new_ignore,
-        } => (commit, branch, delta, old_ignore, new_ignore),
+        } => (commit, branch, *delta, old_ignore, new_ignore),
         ScanOutcome::NeedsManifest => return Err(NoSnapshot::NeedsManifest),
         ScanOutcome::NoAccess => return Err(NoSnapshot::NoAccess),
     };

@@ -69,6 +69,8 @@ pub struct ScanJob {
     pub snapshot_id: String,
     /// Snapshots whose events are all settled: their pins can go.
     pub unpin: Vec<String>,
+    /// LFS pointers are described by their objects (`git.lfs`).
+    pub lfs: bool,
 }
 
 /// What a scan found.
@@ -83,7 +85,7 @@ pub enum ScanOutcome {
     Changed {
         branch: String,
         commit: String,
-        delta: TreeDelta,
+        delta: Box<TreeDelta>,
         old_ignore: Option<Gitignore>,
         new_ignore: Option<Gitignore>,
     },
@@ -275,18 +277,20 @@ fn scan_with(
         .filter(|oid| repo.find_commit(*oid).is_ok());
     let (delta, old_ignore) = match (old, &job.manifest, &job.known_head) {
         (Some(old), _, _) => (
-            changes::diff_commits(repo, old, commit).map_err(read_failure)?,
+            changes::diff_commits(repo, old, commit, job.lfs).map_err(read_failure)?,
             changes::ignore_rules(repo, old).map_err(read_failure)?,
         ),
         (None, Some(manifest), _) => (
-            changes::diff_against_manifest(repo, manifest, commit).map_err(read_failure)?,
+            changes::diff_against_manifest(repo, manifest, commit, job.lfs)
+                .map_err(read_failure)?,
             // The old rules are gone with the old commit; judge the old files by
             // the new rules (a rewrite that also changed the ignore files may
             // show a once-ignored file as deleted, never the reverse).
             new_ignore.clone(),
         ),
         (None, None, None) => (
-            changes::diff_against_manifest(repo, &HashMap::new(), commit).map_err(read_failure)?,
+            changes::diff_against_manifest(repo, &HashMap::new(), commit, job.lfs)
+                .map_err(read_failure)?,
             None,
         ),
         (None, None, Some(_)) => return Ok(ScanOutcome::NeedsManifest),
@@ -295,7 +299,7 @@ fn scan_with(
     Ok(ScanOutcome::Changed {
         branch: head.branch,
         commit: commit_hex,
-        delta,
+        delta: Box::new(delta),
         old_ignore,
         new_ignore,
     })

@@ -245,7 +245,7 @@ impl SupervisorState {
             Child::Upkeep => {
                 let args = UpkeepArgs {
                     store: self.store.clone(),
-                    config: self.config.upkeep,
+                    config: self.config.upkeep.clone(),
                 };
                 Actor::spawn_linked(None, Upkeep, args, myself.get_cell())
                     .await?
@@ -487,6 +487,8 @@ pub struct EngineHandle {
     mirrors_dir: std::path::PathBuf,
     /// How access checks reach remotes: the watchers' rule and timeout.
     remote: (ConnectRule, Duration, LowSpeed),
+    /// Whether a replay describes LFS pointers by their objects, as scans do.
+    lfs: bool,
     /// Becomes `true` once the root supervisor has ended: stopped, or given
     /// up on a child that kept failing.
     ended: tokio::sync::watch::Receiver<bool>,
@@ -564,6 +566,7 @@ impl EngineHandle {
             config.watcher.fetch_timeout,
             config.watcher.low_speed,
         );
+        let lfs = config.watcher.lfs;
         let (supervisor, root) = Actor::spawn(
             Some("herald.supervisor".to_owned()),
             Supervisor,
@@ -588,6 +591,7 @@ impl EngineHandle {
             scans: pool,
             mirrors_dir,
             remote,
+            lfs,
             ended,
             bell,
             pull,
@@ -653,6 +657,7 @@ impl EngineHandle {
             include: request.include,
             exclude: request.exclude,
             max_events: MAX_REPLAY_EVENTS,
+            lfs: self.lfs,
         };
         let slot = self
             .scans
@@ -766,6 +771,7 @@ mod tests {
                 event_retention: Duration::from_secs(3600),
                 attempt_retention: Duration::from_secs(3600),
                 rollup_retention: Duration::from_secs(86_400),
+                lfs_cache: None,
             },
         };
         EngineHandle::start(store, config)

@@ -13,6 +13,9 @@
 //! ran through are filled in), samples the pending events, and prunes
 //! rollups past their retention. Recomputing is idempotent too, so every
 //! instance does it and they agree.
+//!
+//! Each pass also bounds the LFS object cache (`git.lfs_cache_bytes`),
+//! least recently used first.
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::clock::{millis, now_ms};
+use crate::lfs::cache::Cache;
 use crate::owned::OwnedTask;
 use crate::store::rollups::{MINUTE_MS, RollUp};
 use crate::store::{Store, StoreError};
@@ -34,12 +38,14 @@ pub const BATCH: u64 = 500;
 pub const ROLLUP_LOOKBACK: Duration = Duration::from_secs(5 * 60);
 
 /// Settings of the upkeep.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UpkeepConfig {
     pub event_retention: Duration,
     pub attempt_retention: Duration,
     /// How long the per-minute delivery rollups are kept.
     pub rollup_retention: Duration,
+    /// The LFS object cache and the most it may hold, when there is one.
+    pub lfs_cache: Option<(Cache, u64)>,
 }
 
 impl UpkeepConfig {
@@ -121,7 +127,7 @@ impl Actor for Upkeep {
         match message {
             UpkeepMsg::Pass if state.pass.is_some() => {}
             UpkeepMsg::Pass => {
-                let (store, config) = (state.args.store.clone(), state.args.config);
+                let (store, config) = (state.args.store.clone(), state.args.config.clone());
                 let first = !state.passed;
                 state.pass = Some(OwnedTask::spawn(
                     pass(store, config, first),
@@ -154,7 +160,7 @@ impl Actor for Upkeep {
 /// One pass; a database error ends it, and the next pass tries again.
 async fn pass(store: Store, config: UpkeepConfig, first: bool) {
     let now = now_ms();
-    roll_up(&store, config, now, first).await;
+    roll_up(&store, &config, now, first).await;
     let events_before = now - millis(config.event_retention);
     let attempts_before = now - millis(config.attempt_retention);
     let result: Result<(u64, u64, u64), StoreError> = async {
@@ -174,12 +180,24 @@ async fn pass(store: Store, config: UpkeepConfig, first: bool) {
         }
         Err(err) => warn!(error = %err, "upkeep pass interrupted; the next one goes on"),
     }
+    if let Some((cache, max_bytes)) = config.lfs_cache {
+        match tokio::task::spawn_blocking(move || cache.prune(max_bytes)).await {
+            Ok(Ok(report)) if report.removed > 0 => info!(
+                removed = report.removed,
+                kept_bytes = report.kept_bytes,
+                "upkeep: LFS cache pruned"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => warn!(error = %err, "upkeep: the LFS cache could not be pruned"),
+            Err(err) => warn!(error = %err, "upkeep: the LFS cache pruning failed"),
+        }
+    }
 }
 
 /// Recomputes the recent delivery rollups, samples the pending events and
 /// prunes rollups past their retention; a failure is logged, and the next
 /// pass recomputes the same minutes.
-async fn roll_up(store: &Store, config: UpkeepConfig, now: i64, first: bool) {
+async fn roll_up(store: &Store, config: &UpkeepConfig, now: i64, first: bool) {
     let result: Result<(Option<RollUp>, u64), StoreError> = async {
         let rolled = match config.rollup_from(now, first) {
             Some(from) => Some(store.roll_up(from, now).await?),
@@ -224,6 +242,7 @@ mod tests {
             event_retention: Duration::from_secs(retention_secs),
             attempt_retention: Duration::from_secs(30 * 86_400),
             rollup_retention: Duration::from_secs(7 * 86_400),
+            lfs_cache: None,
         }
     }
 

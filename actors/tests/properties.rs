@@ -255,6 +255,7 @@ fn file_event(content: &[u8], binary: bool) -> event::Model {
         size: Some(i64::try_from(content.len()).expect("small")),
         blob_id: Some("b".into()),
         binary,
+        lfs: false,
         renamed_from: None,
         commit_sha: Some("c0ffee".into()),
         payload: None,

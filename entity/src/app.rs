@@ -21,6 +21,8 @@ pub struct Model {
     pub backoff_base_ms: Option<i64>,
     pub backoff_max_ms: Option<i64>,
     pub notify_synced: bool,
+    /// The app gets a `submodule` event when a submodule's commit moves.
+    pub notify_submodules: bool,
     pub delivery_window: i32,
     /// `push` (webhooks) or `pull` (the app consumes its stream).
     pub delivery_mode: crate::DeliveryMode,

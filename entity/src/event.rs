@@ -18,6 +18,10 @@ pub struct Model {
     pub size: Option<i64>,
     pub blob_id: Option<String>,
     pub binary: bool,
+    /// The file is an LFS object: `sha256` and `size` are its real
+    /// content's, and `blob_id` names its pointer, whose object delivery
+    /// fetches from the LFS server.
+    pub lfs: bool,
     pub renamed_from: Option<String>,
     pub commit_sha: Option<String>,
     /// Extra body fields, as JSON: a notification's (`sync_failed`,

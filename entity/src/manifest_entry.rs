@@ -13,6 +13,8 @@ pub struct Model {
     pub size: i64,
     pub blob_id: String,
     pub binary: bool,
+    /// An LFS object: `sha256` and `size` are the real content's.
+    pub lfs: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

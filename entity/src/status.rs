@@ -117,6 +117,9 @@ pub enum EventKind {
     SyncFailed,
     /// Opt-in per app: the snapshot's events before it were all delivered.
     Synced,
+    /// Opt-in per app: a submodule's commit moved (its path, the old and new
+    /// commit and its URL in `payload`).
+    Submodule,
 }
 
 named!(EventKind {
@@ -125,6 +128,7 @@ named!(EventKind {
     Deleted => "deleted",
     SyncFailed => "sync_failed",
     Synced => "synced",
+    Submodule => "submodule",
 });
 
 impl EventKind {

@@ -18,6 +18,7 @@ mod m20261126_000050_pull_delivery;
 mod m20261126_000051_replays;
 mod m20261126_000060_console_event_log;
 mod m20261126_000061_delivery_rollups;
+mod m20261126_000070_git_content;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000051_replays::Migration),
             Box::new(m20261126_000060_console_event_log::Migration),
             Box::new(m20261126_000061_delivery_rollups::Migration),
+            Box::new(m20261126_000070_git_content::Migration),
         ]
     }
 }

@@ -100,6 +100,10 @@ pub struct UpdateArgs {
     /// Whether the app receives an event when a repository is in sync.
     #[arg(long)]
     pub notify_synced: Option<bool>,
+    /// Whether the app receives a `submodule` event when a submodule's
+    /// commit moves.
+    #[arg(long)]
+    pub notify_submodules: Option<bool>,
     /// Up to this many webhooks of one subscription in flight at once, 1 to
     /// 64 (1: each subscription strictly in order; above: in order per file).
     #[arg(long, value_name = "N")]
@@ -325,6 +329,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(notify) = args.notify_synced {
                 body.insert("notify_synced".into(), json!(notify));
+            }
+            if let Some(notify) = args.notify_submodules {
+                body.insert("notify_submodules".into(), json!(notify));
             }
             if let Some(window) = args.window {
                 body.insert("window".into(), json!(window));

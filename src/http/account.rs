@@ -49,6 +49,7 @@ fn view(app: &app::Model, state: &AppState) -> AppView {
     AppView {
         profile: AppProfile::from(app),
         notify_synced: app.notify_synced,
+        notify_submodules: app.notify_submodules,
         backoff: BackoffView {
             policy: backoff.policy.as_str().to_owned(),
             base: humantime::format_duration(backoff.base).to_string(),
@@ -92,6 +93,7 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     if request.base_url.is_none()
         && request.notify_synced.is_none()
+        && request.notify_submodules.is_none()
         && request.backoff.is_none()
         && request.window.is_none()
         && request.delivery.is_none()
@@ -99,7 +101,8 @@ pub(crate) async fn update(
         return Err(Invalid {
             field: "body",
             message:
-                "names nothing to change (base_url, notify_synced, backoff, window or delivery)"
+                "names nothing to change (base_url, notify_synced, notify_submodules, backoff, \
+                 window or delivery)"
                     .to_owned(),
         }
         .into());
@@ -122,6 +125,7 @@ pub(crate) async fn update(
     let update = AppUpdate {
         base_url,
         notify_synced: request.notify_synced,
+        notify_submodules: request.notify_submodules,
         backoff,
         window,
         delivery,

@@ -83,13 +83,16 @@ pub struct EventView {
     pub repository_id: String,
     /// Position in the subscription's stream (gap-free, from 1).
     pub seq: i64,
-    /// `created`, `updated`, `deleted` or `sync_failed`.
+    /// `created`, `updated`, `deleted`, `sync_failed`, `synced` or `submodule`.
     pub kind: String,
     pub path: Option<String>,
     pub sha: Option<String>,
     pub previous_sha: Option<String>,
     pub size: Option<i64>,
     pub binary: bool,
+    /// The file is stored in Git LFS: `sha` and `size` are its real
+    /// content's, which its webhook carries.
+    pub lfs: bool,
     pub commit_sha: Option<String>,
     /// `pending`, `delivered`, `dead` or `skipped`.
     pub status: String,
@@ -113,6 +116,7 @@ impl From<&event::Model> for EventView {
             previous_sha: e.previous_sha256.clone(),
             size: e.size,
             binary: e.binary,
+            lfs: e.lfs,
             commit_sha: e.commit_sha.clone(),
             status: e.status.to_string(),
             attempt_count: e.attempts,

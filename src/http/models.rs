@@ -347,6 +347,8 @@ pub struct AppView {
     pub profile: AppProfile,
     /// Whether a `synced` notification follows the last event of a snapshot.
     pub notify_synced: bool,
+    /// Whether a `submodule` event tells of each submodule whose commit moved.
+    pub notify_submodules: bool,
     /// The retry backoff in force: the app's own, else the server default.
     pub backoff: BackoffView,
     /// While set (and in the future), the previous signing key still signs
@@ -373,6 +375,8 @@ pub struct UpdateApp {
     pub base_url: Option<String>,
     /// Opt in to (or out of) the `synced` notification.
     pub notify_synced: Option<bool>,
+    /// Opt in to (or out of) `submodule` events.
+    pub notify_submodules: Option<bool>,
     /// The app's own retry backoff (all three fields).
     pub backoff: Option<BackoffView>,
     /// Up to this many webhooks of one subscription in flight at once, 1 to

@@ -772,11 +772,20 @@ async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
     let updated = herald(
         &app,
         &client.token,
-        &["app", "update", "--json", "--notify-synced", "true"],
+        &[
+            "app",
+            "update",
+            "--json",
+            "--notify-synced",
+            "true",
+            "--notify-submodules",
+            "true",
+        ],
     )
     .await;
     assert_eq!(updated.code, 0, "{}", updated.stderr);
     assert_eq!(updated.json()["notify_synced"], true);
+    assert_eq!(updated.json()["notify_submodules"], true);
 
     let refused = herald(
         &app,

@@ -433,6 +433,22 @@ struct HttpConfig {
     /// basic credentials are accepted; a test may revoke one while serving.
     credentials: Option<Mutex<Vec<(String, String)>>>,
     port: u16,
+    /// Git LFS, served under `…/info/lfs/` on the same origin.
+    lfs: Option<Arc<dyn LfsAnswers>>,
+}
+
+/// Git LFS beside smart HTTP (`crate::lfsserver` in the tests): what an
+/// authorized request of `user` under `…/info/lfs/` is answered, by the
+/// server listening at `port`: status, content type, body.
+pub trait LfsAnswers: Send + Sync {
+    fn answer(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        port: u16,
+    ) -> (u16, &'static str, Vec<u8>);
 }
 
 impl HttpConfig {
@@ -476,6 +492,16 @@ impl HttpGitServer {
     /// Serves `root`; with `users`, a request must carry the basic
     /// credentials of one of them (a git host with several tokens).
     pub fn serve_users(root: &Path, users: Option<&[(&str, &str)]>) -> HttpGitServer {
+        Self::serve_with_lfs(root, users, None)
+    }
+
+    /// [`Self::serve_users`], with Git LFS's batch API and downloads of
+    /// `lfs`'s objects under each repository's `info/lfs/`.
+    pub fn serve_with_lfs(
+        root: &Path,
+        users: Option<&[(&str, &str)]>,
+        lfs: Option<Arc<dyn LfsAnswers>>,
+    ) -> HttpGitServer {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port for smart HTTP");
         listener
@@ -495,6 +521,7 @@ impl HttpGitServer {
                 )
             }),
             port,
+            lfs,
         });
         let served = config.clone();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -721,6 +748,20 @@ async fn connection(
         return;
     }
 
+    if let Some(lfs) = &config.lfs
+        && path.contains("/info/lfs/")
+    {
+        let user = basic.as_ref().map(|(user, _)| user.as_str());
+        let (status, content_type, answer) =
+            lfs.answer(user, &head.method, &path, &body, config.port);
+        record.status = status;
+        log.lock().expect("request log lock").push(record);
+        let headers = [("Content-Type".to_owned(), content_type.to_owned())];
+        respond(&mut write, status, "LFS", &headers, &answer)
+            .await
+            .ok();
+        return;
+    }
     let user = match (&config.credentials, &basic) {
         (Some(_), Some((user, _))) => Some(user.clone()),
         _ => None,

@@ -151,7 +151,7 @@ fn advance(repo: &RepoId, fence: ScanFence, commit: &str, path: &str) -> Snapsho
         delta: TreeDelta::new(
             [FileEntry {
                 path: path.to_owned(),
-                info: FileInfo::from_hex(&"0".repeat(40), &"0".repeat(64), 1, false)
+                info: FileInfo::from_hex(&"0".repeat(40), &"0".repeat(64), 1, false, false)
                     .expect("well-formed"),
             }],
             [],

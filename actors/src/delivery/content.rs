@@ -1,7 +1,9 @@
 //! Where a lane finds the content it sends: the repository's mirror, and
 //! when the mirror lacks it (another instance made the snapshot, or the
 //! mirror was lost) the remote again, with the subscription's own
-//! credential, on a scan worker.
+//! credential, on a scan worker. A file stored in Git LFS is its pointer
+//! there; its content comes from the LFS server, asked with the
+//! subscription's own credential ([`crate::lfs::Lfs::fetch`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use entity::{event, repository, subscription};
 
 use super::DeliveryConfig;
 use crate::git::{Credentials, Mirror, RemoteSpec};
+use crate::lfs::{LFS_CONFIG_FILE, Lfs, LfsError, Pointer};
 use crate::scan::ScanPool;
 use crate::store::{Store, StoreError};
 
@@ -31,6 +34,8 @@ pub(super) struct Content {
     /// The watched branch, when known.
     pub(super) branch: Option<String>,
     pub(super) pool: ScanPool,
+    /// Where files stored in Git LFS get their content.
+    pub(super) lfs: Lfs,
 }
 
 impl Content {
@@ -63,6 +68,7 @@ impl Content {
                 .or_else(|| Some(repository.branch.clone()))
                 .filter(|b| !b.is_empty()),
             pool: pool.clone(),
+            lfs: config.lfs.clone(),
         })
     }
 
@@ -70,6 +76,71 @@ impl Content {
     /// runs on a blocking thread with the bytes as libgit2 holds them, so a
     /// big file is never copied before it is rendered.
     pub(super) async fn with<T, F>(&self, event: &event::Model, make: F) -> Found<T>
+    where
+        T: Send + 'static,
+        F: Fn(&[u8]) -> T + Send + Sync + 'static,
+    {
+        if event.lfs {
+            self.with_lfs_object(event, make).await
+        } else {
+            self.with_blob(event, make).await
+        }
+    }
+
+    /// What `make` makes of the LFS object the event's pointer names,
+    /// fetched with the subscription's own credential. An object the
+    /// server does not have, or refuses this subscription, is gone for it
+    /// (its event turns dead, probed again later); a server that cannot be
+    /// reached now is asked again later, nothing skipped.
+    async fn with_lfs_object<T, F>(&self, event: &event::Model, make: F) -> Found<T>
+    where
+        T: Send + 'static,
+        F: Fn(&[u8]) -> T + Send + Sync + 'static,
+    {
+        let pointer = match self.with_blob(event, Pointer::parse).await {
+            Found::Made(Some(pointer)) => pointer,
+            Found::Made(None) => {
+                return Found::Gone("the file's Git LFS pointer is not valid".to_owned());
+            }
+            Found::Gone(why) => return Found::Gone(why),
+            Found::Unavailable(why) => return Found::Unavailable(why),
+        };
+        let lfs_config = self.mirror.lfs_config(event.commit_sha.clone()).await;
+        let object = match self
+            .lfs
+            .fetch(&self.remote, lfs_config.as_deref(), &pointer)
+            .await
+        {
+            Ok(object) => object,
+            Err(LfsError::Missing(why)) => {
+                return Found::Gone(format!("the file's Git LFS object is missing: {why}"));
+            }
+            Err(LfsError::Refused(why)) => {
+                return Found::Gone(format!(
+                    "the file's Git LFS object cannot be fetched for this subscription: {why}"
+                ));
+            }
+            Err(LfsError::Unavailable(why)) => {
+                return Found::Unavailable(format!(
+                    "the file's Git LFS object could not be fetched: {why}"
+                ));
+            }
+        };
+        let made =
+            tokio::task::spawn_blocking(move || std::fs::read(&object).map(|bytes| make(&bytes)))
+                .await;
+        match crate::owned::joined(made) {
+            Some(Ok(made)) => Found::Made(made),
+            Some(Err(err)) => Found::Unavailable(format!(
+                "the file's Git LFS object could not be read from the cache: {err}"
+            )),
+            None => Found::Unavailable("the read of the file's Git LFS object stopped".to_owned()),
+        }
+    }
+
+    /// What `make` makes of the event's blob: from the mirror, else from
+    /// the remote again.
+    async fn with_blob<T, F>(&self, event: &event::Model, make: F) -> Found<T>
     where
         T: Send + 'static,
         F: Fn(&[u8]) -> T + Send + Sync + 'static,
@@ -180,6 +251,26 @@ impl MirrorReader {
             tokio::task::spawn_blocking(move || reader.read_now(blob.as_deref(), &*make)).await,
         )
         .flatten()
+    }
+
+    /// The text of commit `commit`'s `.lfsconfig`, if the mirror has it
+    /// (at most 64 KiB: it holds a few settings).
+    pub(super) async fn lfs_config(&self, commit: Option<String>) -> Option<String> {
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || -> Option<String> {
+            let repo = git2::Repository::open_bare(&path).ok()?;
+            let commit = repo.find_commit(git2::Oid::from_str(&commit?).ok()?).ok()?;
+            let entry = commit
+                .tree()
+                .ok()?
+                .get_name(LFS_CONFIG_FILE)?
+                .to_object(&repo)
+                .ok()?;
+            let blob = entry.into_blob().ok()?;
+            (blob.size() <= 64 << 10).then(|| String::from_utf8_lossy(blob.content()).into_owned())
+        })
+        .await;
+        read.ok().flatten()
     }
 
     /// What `make` makes of a blob's bytes, on this thread (a blocking

@@ -49,6 +49,16 @@ impl Credentials {
             },
         }
     }
+
+    /// The user name of HTTP basic auth (LFS requests send it themselves).
+    pub(crate) fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The password of HTTP basic auth.
+    pub(crate) fn password(&self) -> &SecretString {
+        &self.password
+    }
 }
 
 /// Where and how a remote is reached.

@@ -40,6 +40,9 @@ pub struct ReplayJob {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub max_events: usize,
+    /// LFS pointers are described by their objects (`git.lfs`), as scans
+    /// describe them.
+    pub lfs: bool,
 }
 
 /// The change between the two commits, ready to be written as events.
@@ -93,7 +96,7 @@ pub fn replay_diff(job: &ReplayJob) -> Result<ReplayDiff, ReplayFailure> {
     let from = resolve(&mirror, job, "from", &job.from)?;
     let to = resolve(&mirror, job, "to", &job.to)?;
     let repo = mirror.repo();
-    let delta = changes::diff_commits(repo, from, to).map_err(read_failure)?;
+    let delta = changes::diff_commits(repo, from, to, job.lfs).map_err(read_failure)?;
     let old_visibility = Visibility::new(
         changes::ignore_rules(repo, from).map_err(read_failure)?,
         &job.include,
@@ -115,6 +118,7 @@ pub fn replay_diff(job: &ReplayJob) -> Result<ReplayDiff, ReplayFailure> {
         delta
             .ignore_rules_changed
             .then_some(&flips as &dyn Fn(&str) -> bool),
+        job.lfs,
     )
     .map_err(read_failure)?;
     let events = changes_for(&old, &delta, &old_visibility, &new_visibility).len();
@@ -244,6 +248,7 @@ mod tests {
             include: Vec::new(),
             exclude: Vec::new(),
             max_events: MAX_REPLAY_EVENTS,
+            lfs: true,
         }
     }
 

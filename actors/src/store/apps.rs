@@ -61,6 +61,7 @@ pub struct AppDeletion {
 pub struct AppUpdate {
     pub base_url: Option<String>,
     pub notify_synced: Option<bool>,
+    pub notify_submodules: Option<bool>,
     /// Policy name, base and cap (ms) of the app's retry backoff.
     pub backoff: Option<(String, i64, i64)>,
     pub window: Option<DeliveryWindow>,
@@ -154,6 +155,7 @@ impl Store {
             backoff_base_ms: Set(None),
             backoff_max_ms: Set(None),
             notify_synced: Set(false),
+            notify_submodules: Set(false),
             delivery_window: Set(new.window.stored()),
             delivery_mode: Set(new.delivery),
             stream_next: Set(1),
@@ -267,6 +269,9 @@ impl Store {
         }
         if let Some(notify) = update.notify_synced {
             active.notify_synced = Set(notify);
+        }
+        if let Some(notify) = update.notify_submodules {
+            active.notify_submodules = Set(notify);
         }
         if let Some((policy, base_ms, max_ms)) = update.backoff {
             active.backoff_policy = Set(Some(policy));
@@ -421,6 +426,7 @@ mod tests {
             backoff_base_ms: None,
             backoff_max_ms: None,
             notify_synced: false,
+            notify_submodules: false,
             delivery_window,
             delivery_mode: entity::DeliveryMode::Push,
             stream_next: 1,

@@ -22,7 +22,7 @@ use super::{Store, StoreError, lock_repositories};
 use crate::changes::{FileInfo, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
-use crate::payload::{SyncedCounts, SyncedNotice};
+use crate::payload::{SubmoduleMove, SyncedCounts, SyncedNotice};
 use entity::{EventKind, app, event, manifest_entry, snapshot, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -181,16 +181,29 @@ impl Store {
             .from(subscription::Entity)
             .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.id.as_str()))
             .to_owned();
-        let notify_synced: std::collections::HashSet<String> = app::Entity::find()
+        let opted_in: Vec<(String, bool, bool)> = app::Entity::find()
             .select_only()
             .column(app::Column::Id)
+            .column(app::Column::NotifySynced)
+            .column(app::Column::NotifySubmodules)
             .filter(app::Column::Id.in_subquery(watchers))
-            .filter(app::Column::NotifySynced.eq(true))
+            .filter(
+                app::Column::NotifySynced
+                    .eq(true)
+                    .or(app::Column::NotifySubmodules.eq(true)),
+            )
             .into_tuple()
             .all(&txn)
-            .await?
-            .into_iter()
-            .collect();
+            .await?;
+        let opted = |which: fn(&(String, bool, bool)) -> bool| {
+            opted_in
+                .iter()
+                .filter(|app| which(app))
+                .map(|app| app.0.clone())
+                .collect::<std::collections::HashSet<String>>()
+        };
+        let notify_synced = opted(|app| app.1);
+        let notify_submodules = opted(|app| app.2);
         let delta = &advance.delta;
         let moved =
             repo.head_commit.as_deref() != Some(advance.commit.as_str()) || !delta.is_empty();
@@ -278,6 +291,44 @@ impl Store {
                 }
             }
             let first_seq = sub.next_seq;
+            // Opt-in `submodule` events follow the snapshot's files, by path.
+            let count = if moved
+                && sub.last_snapshot_id.is_some()
+                && notify_submodules.contains(&sub.app_id)
+            {
+                let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
+                let mut seq = first_seq + i64::try_from(count).unwrap_or(i64::MAX);
+                for change in delta
+                    .submodules()
+                    .iter()
+                    .filter(|change| new_vis.sees(&change.path) || old_vis.sees(&change.path))
+                {
+                    let moved_to = SubmoduleMove {
+                        previous_commit: change.old.map(|oid| oid.to_string()),
+                        commit: change.new.map(|oid| oid.to_string()),
+                        url: change.url.clone(),
+                    };
+                    event::ActiveModel {
+                        seq: Set(seq),
+                        kind: Set(EventKind::Submodule),
+                        path: Set(Some(change.path.clone())),
+                        snapshot_id: Set(snapshot_id.clone()),
+                        trace_parent: Set(trace_parent.clone()),
+                        commit_sha: Set(Some(advance.commit.clone())),
+                        payload: Set(Some(
+                            serde_json::to_string(&moved_to).expect("notices serialise"),
+                        )),
+                        ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
+                    }
+                    .insert(&txn)
+                    .await?;
+                    *written_by_kind.entry(EventKind::Submodule).or_default() += 1;
+                    seq += 1;
+                }
+                usize::try_from(seq - first_seq).unwrap_or(usize::MAX)
+            } else {
+                count
+            };
             // The opt-in `synced` notice goes last: delivered in `seq`
             // order, it reaches the app once the app holds this snapshot's
             // tree (an empty first snapshot included).
@@ -443,6 +494,7 @@ pub(crate) async fn write_events<'a>(
                 size: Set(Some(p.file.size)),
                 blob_id: Set((p.kind != EventKind::Deleted).then(|| p.file.blob_id.to_string())),
                 binary: Set(p.file.binary),
+                lfs: Set(p.file.lfs),
                 commit_sha: Set(Some(stamp.commit.to_owned())),
                 trace_parent: Set(stamp.trace_parent.clone()),
                 replay_id: Set(stamp.replay.map(|(id, _)| id.to_owned())),
@@ -537,6 +589,7 @@ pub(crate) fn pending_event(
         size: Set(None),
         blob_id: Set(None),
         binary: Set(false),
+        lfs: Set(false),
         renamed_from: Set(None),
         commit_sha: Set(None),
         payload: Set(None),

@@ -88,6 +88,7 @@ pub async fn scan(
         manifest: None,
         snapshot_id: snapshot.as_str().to_owned(),
         unpin: Vec::new(),
+        lfs: true,
     };
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || crate::scan::scan(job))

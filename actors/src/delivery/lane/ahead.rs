@@ -177,11 +177,13 @@ impl Interleaved {
 }
 
 /// The size of `event`'s file when it may be read ahead now: the event is
-/// due at `now`, sends content, and the file is at most [`AHEAD_BYTES`].
+/// due at `now`, sends content from the mirror (an LFS object comes from
+/// its server, in turn), and the file is at most [`AHEAD_BYTES`].
 fn readable_ahead(event: &event::Model, config: &DeliveryConfig, now: i64) -> Option<i64> {
     let size = event.size?;
     let due = event.status != entity::EventStatus::Dead && event.next_attempt_at <= now;
     (due && event.kind.carries_content()
+        && !event.lfs
         && !payload::too_large(event, config.max_file_bytes)
         && size <= AHEAD_BYTES)
         .then_some(size)

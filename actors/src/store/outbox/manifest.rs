@@ -29,9 +29,9 @@ pub(super) async fn load_manifest(
     repository: &str,
     only: Option<&[&str]>,
 ) -> Result<Manifest, StoreError> {
-    type Row = (String, String, String, i64, bool);
-    fn add(known: &mut Manifest, (path, blob_id, sha256, size, binary): Row) {
-        match FileInfo::from_hex(&blob_id, &sha256, size, binary) {
+    type Row = (String, String, String, i64, bool, bool);
+    fn add(known: &mut Manifest, (path, blob_id, sha256, size, binary, lfs): Row) {
+        match FileInfo::from_hex(&blob_id, &sha256, size, binary, lfs) {
             Some(info) => {
                 known.insert(path, info);
             }
@@ -48,6 +48,7 @@ pub(super) async fn load_manifest(
                 manifest_entry::Column::Sha256,
                 manifest_entry::Column::Size,
                 manifest_entry::Column::Binary,
+                manifest_entry::Column::Lfs,
             ])
             .filter(manifest_entry::Column::RepositoryId.eq(repository))
     };
@@ -172,6 +173,7 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                 size: Set(info.size),
                 blob_id: Set(info.blob_id.to_string()),
                 binary: Set(info.binary),
+                lfs: Set(info.lfs),
             })
             .collect::<Vec<_>>();
         manifest_entry::Entity::insert_many(rows)
@@ -185,6 +187,7 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                     manifest_entry::Column::Size,
                     manifest_entry::Column::BlobId,
                     manifest_entry::Column::Binary,
+                    manifest_entry::Column::Lfs,
                 ])
                 .to_owned(),
             )

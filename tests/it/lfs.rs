@@ -1,0 +1,525 @@
+//! Files stored in Git LFS are delivered with their real content, fetched
+//! through the LFS batch API with each subscriber's own credential. The
+//! fixtures are made by the real `git lfs` client; the remote is smart HTTP
+//! (`git http-backend`) with basic auth, and the same loopback server
+//! answers the batch API and the downloads ([`crate::lfsserver`]).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::gitserver::{HttpGitServer, Served, TestRepo};
+use crate::helpers::{TestApp, TestClient, engine_with, onboard};
+use crate::lfsserver::{LfsObjects, files_under, oid_at_head, track};
+use crate::receiver::{Received, Receiver};
+
+const ALICE: (&str, &str) = ("alice", "alice-lfs-token-31d9");
+const BOB: (&str, &str) = ("bob", "bob-lfs-token-77e0");
+
+fn token((user, password): (&str, &str)) -> String {
+    format!("{user}:{password}")
+}
+
+/// Bytes that are not text and do not compress.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn sha(content: &[u8]) -> String {
+    hex::encode(Sha256::digest(content))
+}
+
+/// A repository whose `*.bin` and `*.csv` files are in Git LFS, served
+/// over smart HTTP to Alice and Bob with LFS beside it.
+struct LfsRemote {
+    // Declared first so the server stops before its root is removed.
+    server: HttpGitServer,
+    served: Served,
+    objects: Arc<LfsObjects>,
+    repo: TestRepo,
+}
+
+impl LfsRemote {
+    fn new(files: &[(&str, &[u8])]) -> LfsRemote {
+        let repo = TestRepo::new("main");
+        track(&repo, "*.bin");
+        track(&repo, "*.csv");
+        for (path, content) in files {
+            repo.write(path, content);
+        }
+        repo.commit("first");
+        let served = Served::new(&repo, "assets.git");
+        let objects = Arc::new(LfsObjects::of(&repo));
+        let server = HttpGitServer::serve_with_lfs(
+            served.root(),
+            Some(&[ALICE, BOB]),
+            Some(objects.clone()),
+        );
+        LfsRemote {
+            server,
+            served,
+            objects,
+            repo,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.server.url("assets.git")
+    }
+
+    /// Commits `files` and pushes them.
+    fn change(&self, files: &[(&str, &[u8])]) {
+        for (path, content) in files {
+            self.repo.write(path, content);
+        }
+        self.repo.commit("change");
+        // Without git-lfs's pre-push hook: the objects stay where the test
+        // server reads them.
+        let bare = self.served.bare.display().to_string();
+        self.repo
+            .git(&["push", "-q", "--no-verify", &bare, "HEAD:refs/heads/main"]);
+    }
+}
+
+async fn subscribe(
+    app: &TestApp,
+    remote: &LfsRemote,
+    name: &str,
+    credential: (&str, &str),
+) -> (Receiver, TestClient) {
+    let inbox = Receiver::start().await;
+    let client = onboard(app, &inbox, name).await;
+    let (status, body) = app
+        .register(
+            &client,
+            json!({"url": remote.url(), "github_token": token(credential)}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    (inbox, client)
+}
+
+/// The file bodies received for `path`, in order.
+fn bodies_of(received: &[Received], path: &str) -> Vec<Value> {
+    received
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(Received::json)
+        .filter(|body| body["file"]["path"] == path)
+        .collect()
+}
+
+/// The content a (possibly chunked) file body carries, reassembled.
+fn content_of(bodies: &[Value]) -> Vec<u8> {
+    let mut parts: Vec<&Value> = bodies.iter().collect();
+    parts.sort_by_key(|body| body["file"]["chunk"]["index"].as_u64().unwrap_or(0));
+    let text: String = parts
+        .iter()
+        .map(|body| {
+            body["file"]["content"]
+                .as_str()
+                .expect("content")
+                .to_owned()
+        })
+        .collect();
+    if parts[0]["file"]["content_encoding"] == "base64" {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("base64 content")
+    } else {
+        text.into_bytes()
+    }
+}
+
+/// Waits until `path`'s webhooks delivered a whole file whose sha is
+/// `sha`; its bodies.
+async fn file_arrives(inbox: &Receiver, path: &str, sha: &str) -> Vec<Value> {
+    let received = inbox
+        .wait_for(&format!("{path} at {sha}"), |received| {
+            let bodies: Vec<Value> = bodies_of(received, path)
+                .into_iter()
+                .filter(|body| body["file"]["sha"] == sha)
+                .collect();
+            bodies.first().is_some_and(|first| {
+                let total = first["file"]["chunk"]["total"].as_u64().unwrap_or(1);
+                bodies.len() as u64 >= total
+            })
+        })
+        .await;
+    bodies_of(&received, path)
+        .into_iter()
+        .filter(|body| body["file"]["sha"] == sha)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pointer_is_delivered_as_its_content_and_an_update_follows() {
+    let model = noise(300 << 10, 7);
+    let table = b"city,population\nLyon,522250\n".to_vec();
+    let remote = LfsRemote::new(&[
+        ("model.bin", &model),
+        ("data.csv", &table),
+        ("README.md", b"plain\n"),
+    ]);
+    assert!(remote.served.rev_parse("HEAD:model.bin").len() == 40);
+    assert_eq!(oid_at_head(&remote.repo, "model.bin"), sha(&model));
+    // Files over 64 KiB are chunked, LFS or not.
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__CHUNK_THRESHOLD_BYTES", "65536"),
+        ("HERALD__DELIVERY__CHUNK_SIZE_BYTES", "65536"),
+    ])
+    .await;
+    let (inbox, client) = subscribe(&app, &remote, "assets", ALICE).await;
+
+    let bodies = file_arrives(&inbox, "model.bin", &sha(&model)).await;
+    assert!(bodies.len() > 1, "chunked");
+    for body in &bodies {
+        assert_eq!(body["file"]["lfs"], true, "{body}");
+        assert_eq!(body["file"]["size"], model.len());
+    }
+    assert_eq!(content_of(&bodies), model);
+    let bodies = file_arrives(&inbox, "data.csv", &sha(&table)).await;
+    assert_eq!(
+        bodies[0]["file"]["content"],
+        "city,population\nLyon,522250\n"
+    );
+    assert_eq!(bodies[0]["file"]["lfs"], true);
+    assert!(bodies[0]["file"].get("content_encoding").is_none());
+    // A plain file's body is as it always was.
+    let readme = file_arrives(&inbox, "README.md", &sha(b"plain\n")).await;
+    assert!(readme[0]["file"].get("lfs").is_none(), "{}", readme[0]);
+    // The credential went with every LFS request, downloads included.
+    assert!(remote.objects.downloads() >= 2);
+    let lfs_requests: Vec<_> = remote
+        .server
+        .request_log()
+        .into_iter()
+        .filter(|request| request.path.contains("/info/lfs/"))
+        .collect();
+    assert!(
+        lfs_requests.iter().all(|request| request.status == 200
+            && request
+                .basic
+                .as_ref()
+                .is_some_and(|(user, _)| user == ALICE.0)),
+        "{lfs_requests:?}"
+    );
+    let events = app
+        .wait_for_events(
+            &client,
+            "status=delivered",
+            "the files delivered",
+            |events| events.len() >= 4,
+        )
+        .await;
+    let model_event = events
+        .iter()
+        .find(|event| event["path"] == "model.bin")
+        .expect("the model's event");
+    assert_eq!(model_event["lfs"], true);
+    assert_eq!(model_event["sha"], sha(&model));
+
+    // An update: the new object, its previous sha the old content's.
+    let retrained = noise(200 << 10, 11);
+    remote.change(&[("model.bin", &retrained)]);
+    let bodies = file_arrives(&inbox, "model.bin", &sha(&retrained)).await;
+    assert_eq!(content_of(&bodies), retrained);
+    let json = inbox.received().last().map(Received::json).expect("a body");
+    assert_eq!(json["previous_sha"], sha(&model), "{json}");
+    // Both objects are in the cache.
+    assert!(files_under(&app.data_path().join("lfs")) >= 2);
+}
+
+#[tokio::test]
+async fn an_lfs_server_down_then_back_loses_nothing() {
+    let model = noise(4096, 3);
+    let remote = LfsRemote::new(&[("a.bin", &model), ("b.md", b"after the model\n")]);
+    remote.objects.set_down(true);
+    let app = engine_with(&[]).await;
+    let (inbox, client) = subscribe(&app, &remote, "patient", ALICE).await;
+    // Retries as soon as Herald waits for content at all (5 s).
+    let (status, body) = app
+        .call(
+            reqwest::Method::PATCH,
+            "/api/app",
+            Some(&client.token),
+            Some(json!({"backoff": {"policy": "fixed", "base": "1s", "max": "1s"}})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+
+    // The object cannot be had: its event waits, and the file after it too.
+    app.wait_for_events(
+        &client,
+        "status=pending",
+        "the LFS file waiting",
+        |events| {
+            events.iter().any(|event| {
+                event["path"] == "a.bin"
+                    && event["last_error"]
+                        .as_str()
+                        .is_some_and(|error| error.contains("503"))
+            })
+        },
+    )
+    .await;
+    assert!(bodies_of(&inbox.received(), "b.md").is_empty());
+    let batches = remote.objects.batches();
+    app.wait_for_events(&client, "status=pending", "another try", |_| {
+        remote.objects.batches() > batches
+    })
+    .await;
+    assert!(bodies_of(&inbox.received(), "a.bin").is_empty());
+    let waiting = app
+        .wait_for_events(&client, "status=pending", "the LFS file", |_| true)
+        .await;
+    let a = waiting
+        .iter()
+        .find(|event| event["path"] == "a.bin")
+        .expect("a.bin waits");
+    assert_eq!(
+        a["attempt_count"], 0,
+        "a server that cannot be asked uses up no attempt"
+    );
+
+    // Back: everything, in order.
+    remote.objects.set_down(false);
+    file_arrives(&inbox, "b.md", &sha(b"after the model\n")).await;
+    let paths: Vec<String> = inbox
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| {
+            r.json()["file"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(paths, [".gitattributes", "a.bin", "b.md"]);
+    assert_eq!(content_of(&bodies_of(&inbox.received(), "a.bin")), model);
+}
+
+#[tokio::test]
+async fn a_credential_lfs_refuses_never_gets_the_object_from_the_cache() {
+    let model = noise(2048, 5);
+    let remote = LfsRemote::new(&[("model.bin", &model), ("z.md", b"last\n")]);
+    remote.objects.refuse(BOB.0);
+    let app = engine_with(&[]).await;
+    let (alice_inbox, _alice) = subscribe(&app, &remote, "alice", ALICE).await;
+    file_arrives(&alice_inbox, "model.bin", &sha(&model)).await;
+    assert_eq!(files_under(&app.data_path().join("lfs")), 1, "cached");
+
+    // Bob reads the repository, but the LFS server refuses him: the cached
+    // object is not his.
+    let (bob_inbox, bob) = subscribe(&app, &remote, "bob", BOB).await;
+    let events = app
+        .wait_for_events(&bob, "status=dead", "Bob's LFS file given up", |events| {
+            !events.is_empty()
+        })
+        .await;
+    assert_eq!(events[0]["path"], "model.bin");
+    let error = events[0]["last_error"].as_str().expect("an error");
+    assert!(
+        error.contains("refused") && error.contains("403"),
+        "{error}"
+    );
+    assert!(!error.contains(BOB.1), "no secret in errors: {error}");
+    assert!(bodies_of(&bob_inbox.received(), "model.bin").is_empty());
+    assert!(
+        bodies_of(&bob_inbox.received(), "z.md").is_empty(),
+        "in order"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_object_is_given_up_with_a_clear_error() {
+    let model = noise(1024, 9);
+    let remote = LfsRemote::new(&[("model.bin", &model)]);
+    remote.objects.remove(&sha(&model));
+    let app = engine_with(&[]).await;
+    let (inbox, client) = subscribe(&app, &remote, "missing", ALICE).await;
+    let events = app
+        .wait_for_events(
+            &client,
+            "status=dead",
+            "the missing object given up",
+            |events| !events.is_empty(),
+        )
+        .await;
+    let error = events[0]["last_error"].as_str().expect("an error");
+    assert!(
+        error.contains("missing") && error.contains("404"),
+        "{error}"
+    );
+    assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
+}
+
+#[tokio::test]
+async fn a_file_over_max_file_bytes_is_announced_not_fetched() {
+    let model = noise(8192, 13);
+    let remote = LfsRemote::new(&[("model.bin", &model)]);
+    let app = engine_with(&[("HERALD__DELIVERY__MAX_FILE_BYTES", "4096")]).await;
+    let (inbox, _client) = subscribe(&app, &remote, "small", ALICE).await;
+    let received = inbox
+        .wait_for("file_too_large", |received| {
+            received.iter().any(|r| r.endpoint == "file_too_large")
+        })
+        .await;
+    let notice = received
+        .iter()
+        .find(|r| r.endpoint == "file_too_large")
+        .map(Received::json)
+        .expect("the notice");
+    assert_eq!(notice["file"]["size"], model.len(), "{notice}");
+    assert_eq!(notice["file"]["sha"], sha(&model));
+    assert_eq!(remote.objects.downloads(), 0);
+}
+
+#[tokio::test]
+async fn with_lfs_off_the_pointer_is_sent() {
+    let model = noise(1024, 17);
+    let remote = LfsRemote::new(&[("model.bin", &model)]);
+    let app = engine_with(&[("HERALD__GIT__LFS", "false")]).await;
+    let (inbox, _client) = subscribe(&app, &remote, "pointers", ALICE).await;
+    let received = inbox
+        .wait_for("the pointer", |received| {
+            !bodies_of(received, "model.bin").is_empty()
+        })
+        .await;
+    let body = &bodies_of(&received, "model.bin")[0];
+    let content = body["file"]["content"].as_str().expect("text");
+    assert!(
+        content.starts_with("version https://git-lfs.github.com/spec/v1\n"),
+        "{body}"
+    );
+    assert_eq!(body["file"]["sha"], sha(content.as_bytes()));
+    assert!(body["file"].get("lfs").is_none());
+    assert_eq!(remote.objects.batches(), 0);
+}
+
+#[tokio::test]
+async fn an_lfs_server_at_a_private_address_is_refused() {
+    // The remote is a local path; its `.lfsconfig` names an LFS server on
+    // loopback, which this server's address rule refuses.
+    let repo = TestRepo::new("main");
+    track(&repo, "*.bin");
+    let objects = Arc::new(LfsObjects::of(&repo));
+    let lfs_root = tempfile::tempdir().expect("a root");
+    let server = HttpGitServer::serve_with_lfs(lfs_root.path(), None, Some(objects.clone()));
+    repo.write(
+        ".lfsconfig",
+        format!("[lfs]\n\turl = {}/info/lfs\n", server.url("assets.git")),
+    );
+    repo.write("model.bin", noise(512, 21));
+    repo.commit("first");
+    let app = TestApp::builder()
+        .env("HERALD__GIT__ALLOW_LOCAL_REPOS", "true")
+        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "true")
+        .env("HERALD__SCHEDULER__TICK", "100ms")
+        .spawn()
+        .await;
+    // A pull app: nothing is sent anywhere; reading its stream renders the
+    // events, the LFS file with them.
+    let client = app
+        .onboard_with(json!({
+            "app_name": "local",
+            "base_url": "https://1.1.1.1/unused",
+            "email": "dev@example.com",
+            "delivery": "pull",
+        }))
+        .await;
+    let (status, body) = app
+        .register(
+            &client,
+            json!({"url": format!("file://{}", repo.path().display())}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let error = loop {
+        let (status, page) = app
+            .call(
+                reqwest::Method::GET,
+                "/api/changes?limit=10&wait=1",
+                Some(&client.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+        let (_, events) = app
+            .call(
+                reqwest::Method::GET,
+                "/api/events?status=dead",
+                Some(&client.token),
+                None,
+            )
+            .await;
+        let dead = events["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|event| event["path"] == "model.bin")
+            .cloned();
+        if let Some(event) = dead {
+            break event["last_error"].as_str().expect("an error").to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal; logs:\n{}",
+            app.logs()
+        );
+    };
+    assert!(error.contains("non-public address"), "{error}");
+    assert_eq!(
+        objects.batches(),
+        0,
+        "nothing was asked of the private server"
+    );
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test]
+async fn the_credential_never_follows_a_link_to_another_origin() {
+    let model = noise(1024, 23);
+    let remote = LfsRemote::new(&[("model.bin", &model)]);
+    // The batch API links to the same server under another name: another
+    // origin, so Herald sends it no credential (and the server wants one).
+    remote.objects.set_href_base(Some(&format!(
+        "http://localhost:{}/assets.git/info/lfs/objects",
+        remote.server.port()
+    )));
+    let app = engine_with(&[]).await;
+    let (inbox, client) = subscribe(&app, &remote, "origin", ALICE).await;
+    let events = app
+        .wait_for_events(&client, "status=dead", "the download refused", |events| {
+            !events.is_empty()
+        })
+        .await;
+    let error = events[0]["last_error"].as_str().expect("an error");
+    assert!(error.contains("401"), "{error}");
+    let downloads: Vec<_> = remote
+        .server
+        .request_log()
+        .into_iter()
+        .filter(|request| request.method == "GET" && request.path.contains("/info/lfs/objects/"))
+        .collect();
+    assert!(!downloads.is_empty());
+    assert!(
+        downloads
+            .iter()
+            .all(|request| request.authorization.is_none()),
+        "{downloads:?}"
+    );
+    assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
+}
