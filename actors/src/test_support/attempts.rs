@@ -107,6 +107,7 @@ fn delivered_event(
         trace_parent: Set(None),
         stream_pos: Set(None),
         replay_id: Set(None),
+        lfs: Set(false),
     }
 }
 
