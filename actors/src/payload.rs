@@ -437,12 +437,18 @@ impl Rendered {
                 };
                 let content = Content::Base64(&plan.encoded[start.min(end)..end]);
                 (
-                    format!("{}_{index}", plan.event_id),
+                    chunk_webhook_id(&plan.event_id, index),
                     envelope.body(content).into(),
                 )
             }
         }
     }
+}
+
+/// The `webhook-id` of chunk `index` of event `event_id`: the same on every
+/// attempt, whatever the transfer's `chunk.id`.
+pub fn chunk_webhook_id(event_id: &str, index: usize) -> String {
+    format!("{event_id}_{index}")
 }
 
 /// Chunking settings.

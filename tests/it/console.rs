@@ -899,6 +899,24 @@ impl Chromium {
         assert_eq!(back["outlined"], true, "{name}: focus is drawn: {back}");
     }
 
+    /// Opens each of `pages` (name, path under `base`) at laptop width, with
+    /// the accessibility audit and the keyboard path, then at phone width,
+    /// where none may scroll sideways; a screenshot of each at both.
+    pub(crate) async fn check_pages(&self, base: &str, pages: &[(&str, &str)]) {
+        for (name, path) in pages {
+            self.visit(&format!("{base}{path}"), name).await;
+            self.assert_accessible(name).await;
+            self.assert_keyboard_reaches_main(name).await;
+        }
+        self.resize(true).await;
+        for (name, path) in pages {
+            self.visit(&format!("{base}{path}"), &format!("{name}-phone"))
+                .await;
+            self.assert_fits(name).await;
+        }
+        self.resize(false).await;
+    }
+
     pub(crate) async fn stop(mut self) {
         let _ = self.client.close().await;
         let _ = self.driver.kill().await;
@@ -958,19 +976,7 @@ async fn in_a_real_browser_every_page_opens_and_the_dead_event_is_retried() {
         ("instances", "/admin/instances"),
         ("dead-events", "/admin/events"),
     ];
-    for (name, path) in pages {
-        chromium.visit(&format!("{base}{path}"), name).await;
-        chromium.assert_accessible(name).await;
-        chromium.assert_keyboard_reaches_main(name).await;
-    }
-    chromium.resize(true).await;
-    for (name, path) in pages {
-        chromium
-            .visit(&format!("{base}{path}"), &format!("{name}-phone"))
-            .await;
-        chromium.assert_fits(name).await;
-    }
-    chromium.resize(false).await;
+    chromium.check_pages(&base, &pages).await;
 
     // A form whose CSRF token was forged or removed changes nothing.
     let events = chromium

@@ -386,19 +386,7 @@ async fn in_a_real_browser_the_log_finds_a_files_attempts_and_shows_its_answer_a
         ("event", event_path.as_str()),
         ("repository", repository_path.as_str()),
     ];
-    for (name, path) in pages {
-        chromium.visit(&format!("{base}{path}"), name).await;
-        chromium.assert_accessible(name).await;
-        chromium.assert_keyboard_reaches_main(name).await;
-    }
-    chromium.resize(true).await;
-    for (name, path) in pages {
-        chromium
-            .visit(&format!("{base}{path}"), &format!("{name}-phone"))
-            .await;
-        chromium.assert_fits(name).await;
-    }
-    chromium.resize(false).await;
+    chromium.check_pages(&base, &pages).await;
 
     // The log refreshes itself: a new commit's file shows up without a reload.
     refused.accept_all();

@@ -5,6 +5,7 @@
 
 use actors::clock::rfc3339_ms;
 use actors::ids::EventId;
+use actors::payload::chunk_webhook_id;
 use actors::store::event_log::{LogFilter, LogPage, PathFilter, SCAN_BUDGET, is_commit_prefix};
 use entity::{EventStatus, delivery_attempt};
 use maud::{Markup, html};
@@ -340,16 +341,11 @@ pub async fn event(
     let e = &detail.event;
     let undelivered = matches!(e.status, EventStatus::Pending | EventStatus::Dead);
     let title = format!("{} {}", e.kind.as_str(), e.path.as_deref().unwrap_or(""));
-    let notice = match query.notice.as_deref() {
-        Some("retried") => Some("Retry queued: the event will be delivered again."),
-        Some("skipped") => Some("Event skipped: its subscription goes on with the next one."),
-        _ => None,
-    };
     Ok(layout::page(
         &session,
         "/admin/log",
         title.trim(),
-        notice,
+        super::pages::notice(&query),
         &html! {
             dl.facts {
                 dt { "Event" } dd { code { (e.id) } }
@@ -396,14 +392,14 @@ pub async fn event(
 fn webhook_ids(event: &entity::event::Model, attempts: &[delivery_attempt::Model]) -> Markup {
     let chunks = attempts
         .iter()
-        .filter_map(|a| a.chunk_index)
+        .filter_map(|a| a.chunk_index.and_then(|i| usize::try_from(i).ok()))
         .max()
         .map(|last| last + 1);
     html! {
         @match chunks {
             None => { code { (event.id) } },
             Some(n) => {
-                code { (event.id) "_0" } " … " code { (event.id) "_" (n - 1) }
+                code { (chunk_webhook_id(&event.id, 0)) } " … " code { (chunk_webhook_id(&event.id, n - 1)) }
                 br; span.muted { "a chunked file: one request per chunk, " (n) " reached so far; each attempt is a new transfer (a new chunk.id) from chunk 0" }
             },
         }
@@ -462,7 +458,7 @@ fn request_headers(
     timestamp: i64,
 ) -> Vec<(&'static str, String)> {
     let webhook_id = match attempt.chunk_index {
-        Some(index) => format!("{}_{index}", event.id),
+        Some(index) => chunk_webhook_id(&event.id, usize::try_from(index).unwrap_or(0)),
         None => event.id.clone(),
     };
     actors::signing::shown_headers(

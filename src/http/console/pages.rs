@@ -20,7 +20,7 @@ const PER_PAGE: u64 = 50;
 const ALIVE_WITHIN_MS: i64 = 60_000;
 
 /// The notice of an action just done; only known words are shown.
-fn notice(query: &ListQuery) -> Option<&'static str> {
+pub(super) fn notice(query: &ListQuery) -> Option<&'static str> {
     match query.notice.as_deref()? {
         "retried" => Some("Retry queued: the event will be delivered again."),
         "skipped" => Some("Event skipped: its subscription goes on with the next one."),
@@ -28,6 +28,7 @@ fn notice(query: &ListQuery) -> Option<&'static str> {
         "deleted" => Some("App deleted, with its subscriptions and events."),
         "resync" => Some("Re-sync queued: the whole tree is sent again."),
         "reset" => Some("Breaker reset: the repository is scanned now."),
+        "scan" => Some("Scan queued: the repository is fetched now."),
         _ => None,
     }
 }

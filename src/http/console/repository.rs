@@ -12,14 +12,6 @@ use crate::http::error::ApiError;
 /// Scans shown (the store keeps a few more).
 const SCANS: u64 = 20;
 
-fn notice(query: &ListQuery) -> Option<&'static str> {
-    match query.notice.as_deref()? {
-        "scan" => Some("Scan queued: the repository is fetched now."),
-        "reset" => Some("Breaker reset: the repository is scanned now."),
-        _ => None,
-    }
-}
-
 /// An operator's "scan now": the repository is due at once, and the
 /// scheduler is told (no cooldown: the console is for operators).
 pub async fn scan_now(id: &str, state: &AppState) -> Result<(), ApiError> {
@@ -54,7 +46,7 @@ pub async fn repository(
         &session,
         "/admin/repositories",
         &title,
-        notice(&query),
+        super::pages::notice(&query),
         &html! {
             dl.facts {
                 dt { "Remote" } dd { code { (r.url) } }
