@@ -461,6 +461,7 @@ fn scan_only(mirror: &Path, url: &str, known_head: Option<&str>) -> Duration {
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: Vec::new(),
         lfs: true,
+        expand_submodules: false,
     };
     let started = Instant::now();
     let outcome = scan::scan(job).outcome.expect("the scan succeeds");
@@ -511,7 +512,8 @@ fn breakdown_step(breakdown: &mut Breakdown, mirror: &Path, url: &str, old: &str
     breakdown.fetch.push(ms(t.elapsed()));
     let old = m.repo().revparse_single(old).expect("the old commit").id();
     let t = Instant::now();
-    let delta = changes::diff_commits(m.repo(), old, new, true).expect("the diff");
+    let delta = changes::diff_commits(m.repo(), old, new, &mut changes::Reading::files(true))
+        .expect("the diff");
     breakdown.diff_and_hash.push(ms(t.elapsed()));
     assert_eq!(delta.len(), 10);
     let (old_hex, new_hex) = (old.to_string(), new.to_string());
@@ -691,8 +693,13 @@ fn run(options: &Options, backend: Backend) {
     let first = m2.fetch(&spec, &head.branch).expect("the fetch");
     let fetch_time = t.elapsed();
     let t = Instant::now();
-    let delta =
-        changes::diff_against_manifest(m2.repo(), &HashMap::new(), first, true).expect("the walk");
+    let delta = changes::diff_against_manifest(
+        m2.repo(),
+        &HashMap::new(),
+        first,
+        &mut changes::Reading::files(true),
+    )
+    .expect("the walk");
     let walk_time = t.elapsed();
     assert_eq!(delta.upserts().len(), repo.files);
     drop(delta);

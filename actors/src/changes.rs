@@ -32,7 +32,8 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 pub mod binary;
 pub mod submodules;
 
-pub use submodules::SubmoduleChange;
+use submodules::Level;
+pub use submodules::{ModuleSource, SubmoduleChange};
 
 /// Ignore files read from the repository root (gitignore syntax).
 pub const IGNORE_FILES: [&str; 2] = [".heraldignore", ".docoraignore"];
@@ -46,12 +47,46 @@ pub const WHOLE_BLOB_MAX: u64 = 1 << 20;
 const MAX_IGNORE_FILE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
-#[error("reading the repository failed: {0}")]
-pub struct ChangeError(String);
+pub enum ChangeError {
+    /// The mirror could not be read.
+    #[error("reading the repository failed: {0}")]
+    Read(String),
+    /// A submodule being expanded could not be had from its remote: that
+    /// remote's failure (or the address rule's refusal), not the mirror's.
+    #[error("submodule `{path}`: {}", .error.message)]
+    Submodule {
+        path: String,
+        error: crate::git::GitError,
+    },
+}
 
 impl From<git2::Error> for ChangeError {
     fn from(err: git2::Error) -> Self {
-        ChangeError(err.message().to_owned())
+        ChangeError::Read(err.message().to_owned())
+    }
+}
+
+/// How trees are read into changes.
+pub struct Reading<'s> {
+    /// LFS pointers are described by their objects (`git.lfs`).
+    pub lfs: bool,
+    /// Submodules expanded: each gitlink read as its commit's tree, brought
+    /// from the submodule's remote by this source (see [`submodules`]).
+    /// `None`: a gitlink is a [`SubmoduleChange`].
+    pub modules: Option<Modules<'s>>,
+}
+
+/// What expanding submodules needs: the watched remote (relative
+/// submodule URLs are resolved against it) and where commits come from.
+pub struct Modules<'s> {
+    pub url: String,
+    pub source: &'s mut dyn ModuleSource,
+}
+
+impl Reading<'_> {
+    /// Plain files, gitlinks not followed.
+    pub fn files(lfs: bool) -> Reading<'static> {
+        Reading { lfs, modules: None }
     }
 }
 
@@ -146,7 +181,7 @@ impl TreeDelta {
     }
 
     fn span(&mut self, path: &str) -> Result<Span, ChangeError> {
-        let too_many = || ChangeError("the change's paths exceed 4 GiB".to_owned());
+        let too_many = || ChangeError::Read("the change's paths exceed 4 GiB".to_owned());
         let start = u32::try_from(self.text.len()).map_err(|_| too_many())?;
         let len = u32::try_from(path.len()).map_err(|_| too_many())?;
         start.checked_add(len).ok_or_else(too_many)?;
@@ -335,33 +370,64 @@ pub fn walk(tree: &Tree<'_>) -> Result<Vec<(String, Oid)>, ChangeError> {
 
 /// Calls `visit` with every regular file of `tree` (path, blob id), in tree
 /// order, which is the byte order of the paths; stops at its first error.
+/// Gitlinks are not followed.
 pub fn walk_files(
     tree: &Tree<'_>,
     mut visit: impl FnMut(String, Oid) -> Result<(), ChangeError>,
 ) -> Result<(), ChangeError> {
+    walk_level(tree, "", None, &mut |path, blob, _| visit(path, blob))
+}
+
+/// A submodule being expanded: the mirror, the level it belongs to and
+/// where missing commits come from.
+type Expanding<'a> = (&'a Repository, &'a Level, &'a mut dyn ModuleSource);
+
+/// [`walk_files`] below `prefix`; with `modules`, each gitlink is walked as
+/// its commit's tree (its files come after the gitlink's place in tree
+/// order, so the paths are no longer in byte order) and `visit` learns
+/// whether a file lies inside a submodule.
+fn walk_level(
+    tree: &Tree<'_>,
+    prefix: &str,
+    mut modules: Option<Expanding<'_>>,
+    visit: &mut dyn FnMut(String, Oid, bool) -> Result<(), ChangeError>,
+) -> Result<(), ChangeError> {
+    let nested = modules
+        .as_ref()
+        .is_some_and(|(_, level, _)| !level.is_top());
     let mut bad_path = false;
     let mut failed = None;
     let walked = tree.walk(TreeWalkMode::PreOrder, |root, item| {
         if let Ok(name) = item.name()
             && is_unsafe_component(name)
         {
-            tracing::warn!(path = ?format!("{root}{name}"), "skipped a tree entry git would refuse");
+            tracing::warn!(path = ?format!("{prefix}{root}{name}"), "skipped a tree entry git would refuse");
             return TreeWalkResult::Skip;
         }
-        if item.kind() == Some(ObjectType::Blob)
-            && is_regular(u32::try_from(item.filemode()).unwrap_or(0))
-        {
-            match item.name() {
-                Ok(name) => {
-                    if let Err(err) = visit(format!("{root}{name}"), item.id()) {
-                        failed = Some(err);
-                        return TreeWalkResult::Abort;
-                    }
-                }
-                Err(_) => bad_path = true,
+        let regular = item.kind() == Some(ObjectType::Blob)
+            && is_regular(u32::try_from(item.filemode()).unwrap_or(0));
+        let gitlink = item.kind() == Some(ObjectType::Commit);
+        if !(regular || (gitlink && modules.is_some())) {
+            return TreeWalkResult::Ok;
+        }
+        let Ok(name) = item.name() else {
+            bad_path = true;
+            return TreeWalkResult::Ok;
+        };
+        let path = format!("{prefix}{root}{name}");
+        let done = match modules.as_mut() {
+            Some((repo, level, source)) if gitlink => {
+                walk_module(repo, level, &mut **source, &path, item.id(), visit)
+            }
+            _ => visit(path, item.id(), nested),
+        };
+        match done {
+            Ok(()) => TreeWalkResult::Ok,
+            Err(err) => {
+                failed = Some(err);
+                TreeWalkResult::Abort
             }
         }
-        TreeWalkResult::Ok
     });
     if let Some(err) = failed {
         return Err(err);
@@ -371,6 +437,25 @@ pub fn walk_files(
         tracing::warn!("skipped files whose names are not UTF-8");
     }
     Ok(())
+}
+
+/// Walks the submodule at `path`, at `commit`, as part of the tree.
+fn walk_module(
+    repo: &Repository,
+    level: &Level,
+    source: &mut dyn ModuleSource,
+    path: &str,
+    commit: Oid,
+    visit: &mut dyn FnMut(String, Oid, bool) -> Result<(), ChangeError>,
+) -> Result<(), ChangeError> {
+    let tree = repo.find_tree(level.tree_of(repo, path, commit, source)?)?;
+    let inner = level.enter(repo, path, commit)?;
+    walk_level(
+        &tree,
+        &format!("{path}/"),
+        Some((repo, &inner, source)),
+        visit,
+    )
 }
 
 /// Whether one component of a path (a tree entry's name) is one that git
@@ -393,20 +478,37 @@ pub fn is_unsafe_component(name: &str) -> bool {
 }
 
 /// The change from `old` to `new` by tree diff, hashing what was added or
-/// modified (LFS pointers by their objects, with `lfs`). Subtrees whose ids
-/// did not change are not opened, so the work follows the change, not the
-/// size of the repository.
+/// modified (LFS pointers by their objects, with `reading.lfs`; submodules
+/// expanded, with `reading.modules`). Subtrees whose ids did not change are
+/// not opened, so the work follows the change, not the size of the
+/// repository.
 pub fn diff_commits(
     repo: &Repository,
     old: Oid,
     new: Oid,
-    lfs: bool,
+    reading: &mut Reading<'_>,
 ) -> Result<TreeDelta, ChangeError> {
     let old_tree = repo.find_commit(old)?.tree()?;
     let new_tree = repo.find_commit(new)?.tree()?;
+    let levels = match &reading.modules {
+        Some(modules) => Some((
+            Level::top(repo, old, &modules.url)?,
+            Level::top(repo, new, &modules.url)?,
+        )),
+        None => None,
+    };
     let mut delta = TreeDelta::default();
-    diff_trees(repo, Some(&old_tree), Some(&new_tree), "", lfs, &mut delta)?;
-    submodules::fill_urls(repo, Some(old), new, &mut delta.submodules)?;
+    diff_trees(
+        repo,
+        (Some(&old_tree), levels.as_ref().map(|l| &l.0)),
+        (Some(&new_tree), levels.as_ref().map(|l| &l.1)),
+        "",
+        reading,
+        &mut delta,
+    )?;
+    if levels.is_none() {
+        submodules::fill_urls(repo, Some(old), new, &mut delta.submodules)?;
+    }
     delta.sort();
     Ok(delta)
 }
@@ -417,6 +519,8 @@ struct Side {
     id: Oid,
     mode: u32,
     kind: Option<ObjectType>,
+    /// An expanded submodule's commit: `id` is its tree.
+    module: Option<Oid>,
 }
 
 impl Side {
@@ -434,7 +538,18 @@ impl Side {
     }
 }
 
-fn sides(tree: Option<&Tree<'_>>) -> std::collections::BTreeMap<String, Side> {
+/// One side of a diff below a folder: its tree, and, when submodules are
+/// expanded, the repository (level) the folder belongs to.
+type DiffSide<'a, 'r> = (Option<&'a Tree<'r>>, Option<&'a Level>);
+
+/// The entries of one side's tree by name; with a level, each gitlink is
+/// read as its commit's tree (brought into the mirror when missing).
+fn sides(
+    repo: &Repository,
+    (tree, level): DiffSide<'_, '_>,
+    prefix: &str,
+    reading: &mut Reading<'_>,
+) -> Result<std::collections::BTreeMap<String, Side>, ChangeError> {
     let mut entries = std::collections::BTreeMap::new();
     for entry in tree.into_iter().flat_map(|t| t.iter()) {
         let Ok(name) = entry.name() else {
@@ -445,28 +560,41 @@ fn sides(tree: Option<&Tree<'_>>) -> std::collections::BTreeMap<String, Side> {
             tracing::warn!(name = ?name, "skipped a tree entry git would refuse");
             continue;
         }
-        entries.insert(
-            name.to_owned(),
-            Side {
-                id: entry.id(),
-                mode: u32::try_from(entry.filemode()).unwrap_or(0),
-                kind: entry.kind(),
-            },
-        );
+        let mut side = Side {
+            id: entry.id(),
+            mode: u32::try_from(entry.filemode()).unwrap_or(0),
+            kind: entry.kind(),
+            module: None,
+        };
+        if let (true, Some(level), Some(modules)) =
+            (side.is_gitlink(), level, reading.modules.as_mut())
+        {
+            let path = format!("{prefix}{name}");
+            side = Side {
+                id: level.tree_of(repo, &path, side.id, &mut *modules.source)?,
+                mode: u32::from(FileMode::Tree),
+                kind: Some(ObjectType::Tree),
+                module: Some(side.id),
+            };
+        }
+        entries.insert(name.to_owned(), side);
     }
-    entries
+    Ok(entries)
 }
 
 fn diff_trees(
     repo: &Repository,
-    old: Option<&Tree<'_>>,
-    new: Option<&Tree<'_>>,
+    old: DiffSide<'_, '_>,
+    new: DiffSide<'_, '_>,
     prefix: &str,
-    lfs: bool,
+    reading: &mut Reading<'_>,
     delta: &mut TreeDelta,
 ) -> Result<(), ChangeError> {
-    let before = sides(old);
-    let after = sides(new);
+    let before = sides(repo, old, prefix, reading)?;
+    let after = sides(repo, new, prefix, reading)?;
+    // LFS pointers are resolved in the watched repository only: a
+    // submodule's would need its own LFS server.
+    let lfs = reading.lfs && new.1.is_none_or(Level::is_top);
     let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for name in names {
         let (was, is) = (before.get(name).copied(), after.get(name).copied());
@@ -502,12 +630,24 @@ fn diff_trees(
             .map(|s| repo.find_tree(s.id))
             .transpose()?;
         if old_subtree.is_some() || new_subtree.is_some() {
+            // A submodule's folder belongs to the submodule's own level.
+            let inner = |side: Option<Side>, level: Option<&Level>| match (side, level) {
+                (
+                    Some(Side {
+                        module: Some(commit),
+                        ..
+                    }),
+                    Some(level),
+                ) => level.enter(repo, &path, commit).map(Some),
+                _ => Ok(None),
+            };
+            let (old_inner, new_inner) = (inner(was, old.1)?, inner(is, new.1)?);
             diff_trees(
                 repo,
-                old_subtree.as_ref(),
-                new_subtree.as_ref(),
+                (old_subtree.as_ref(), old_inner.as_ref().or(old.1)),
+                (new_subtree.as_ref(), new_inner.as_ref().or(new.1)),
                 &format!("{path}/"),
-                lfs,
+                reading,
                 delta,
             )?;
         }
@@ -536,14 +676,15 @@ pub fn diff_against_manifest(
     repo: &Repository,
     manifest: &HashMap<String, String>,
     new: Oid,
-    lfs: bool,
+    reading: &mut Reading<'_>,
 ) -> Result<TreeDelta, ChangeError> {
     let tree = repo.find_commit(new)?.tree()?;
     let mut delta = TreeDelta::default();
     // Manifest paths met in the tree (an empty manifest, the first
     // snapshot, needs none of this).
     let mut seen = std::collections::HashSet::with_capacity(manifest.len());
-    walk_files(&tree, |path, blob| {
+    let lfs = reading.lfs;
+    walk_read(repo, &tree, new, reading, &mut |path, blob, nested| {
         if let Some((known_path, known)) = manifest.get_key_value(&path) {
             seen.insert(known_path.as_str());
             if Oid::from_str(known).is_ok_and(|known| known == blob) {
@@ -553,7 +694,7 @@ pub fn diff_against_manifest(
         if IGNORE_FILES.contains(&path.as_str()) {
             delta.ignore_rules_changed = true;
         }
-        delta.add_upsert(&path, describe_blob(repo, blob, lfs)?)?;
+        delta.add_upsert(&path, describe_blob(repo, blob, lfs && !nested)?)?;
         Ok(())
     })?;
     for path in manifest.keys() {
@@ -578,30 +719,101 @@ pub fn describe_files<'a>(
     at: Oid,
     paths: impl IntoIterator<Item = &'a str>,
     also: Option<&dyn Fn(&str) -> bool>,
-    lfs: bool,
+    reading: &mut Reading<'_>,
 ) -> Result<std::collections::BTreeMap<String, FileInfo>, ChangeError> {
     let tree = repo.find_commit(at)?.tree()?;
+    let lfs = reading.lfs;
+    let expand = reading.modules.is_some();
     let mut files = std::collections::BTreeMap::new();
     for path in paths {
-        let Ok(entry) = tree.get_path(std::path::Path::new(path)) else {
-            continue;
-        };
-        if entry.kind() == Some(ObjectType::Blob)
-            && is_regular(u32::try_from(entry.filemode()).unwrap_or(0))
-        {
-            files.insert(path.to_owned(), describe_blob(repo, entry.id(), lfs)?);
+        if let Some((blob, nested)) = find_file(repo, &tree, path, expand) {
+            files.insert(path.to_owned(), describe_blob(repo, blob, lfs && !nested)?);
         }
     }
     if let Some(also) = also {
-        walk_files(&tree, |path, blob| {
+        walk_read(repo, &tree, at, reading, &mut |path, blob, nested| {
             if !files.contains_key(&path) && also(&path) {
-                let info = describe_blob(repo, blob, lfs)?;
+                let info = describe_blob(repo, blob, lfs && !nested)?;
                 files.insert(path, info);
             }
             Ok(())
         })?;
     }
     Ok(files)
+}
+
+/// Walks commit `at`'s `tree` as `reading` reads it: its submodules
+/// expanded when it expands them.
+fn walk_read(
+    repo: &Repository,
+    tree: &Tree<'_>,
+    at: Oid,
+    reading: &mut Reading<'_>,
+    visit: &mut dyn FnMut(String, Oid, bool) -> Result<(), ChangeError>,
+) -> Result<(), ChangeError> {
+    match reading.modules.as_mut() {
+        Some(modules) => {
+            let top = Level::top(repo, at, &modules.url)?;
+            walk_level(tree, "", Some((repo, &top, &mut *modules.source)), visit)
+        }
+        None => walk_level(tree, "", None, visit),
+    }
+}
+
+/// Brings into the mirror the commits of the submodules that `path` of
+/// commit `at` lies in (nested ones included), as `modules` reads them: a
+/// file of an expanded submodule whose content a mirror lacks, such as
+/// another instance's, is found again this way.
+pub fn bring_path(
+    repo: &Repository,
+    at: Oid,
+    path: &str,
+    modules: Modules<'_>,
+) -> Result<(), ChangeError> {
+    let mut level = Level::top(repo, at, &modules.url)?;
+    let mut tree = repo.find_commit(at)?.tree()?;
+    let mut root = 0;
+    for (end, _) in path.match_indices('/') {
+        let Ok(entry) = tree.get_path(std::path::Path::new(&path[root..end])) else {
+            return Ok(());
+        };
+        if entry.kind() != Some(ObjectType::Commit) {
+            continue;
+        }
+        let inner = &path[..end];
+        let tree_id = level.tree_of(repo, inner, entry.id(), &mut *modules.source)?;
+        level = level.enter(repo, inner, entry.id())?;
+        tree = repo.find_tree(tree_id)?;
+        root = end + 1;
+    }
+    Ok(())
+}
+
+/// The regular file at `path` of `tree` (its blob, and whether it lies in
+/// a submodule), looked up through the gitlinks the mirror holds when
+/// submodules are expanded.
+fn find_file(repo: &Repository, tree: &Tree<'_>, path: &str, expand: bool) -> Option<(Oid, bool)> {
+    if let Ok(entry) = tree.get_path(std::path::Path::new(path)) {
+        let regular = entry.kind() == Some(ObjectType::Blob)
+            && is_regular(u32::try_from(entry.filemode()).unwrap_or(0));
+        return regular.then_some((entry.id(), false));
+    }
+    if !expand {
+        return None;
+    }
+    for (at, _) in path.match_indices('/') {
+        let entry = tree.get_path(std::path::Path::new(&path[..at])).ok()?;
+        match entry.kind() {
+            Some(ObjectType::Tree) => {}
+            Some(ObjectType::Commit) => {
+                let inner = repo.find_commit(entry.id()).ok()?.tree().ok()?;
+                return find_file(repo, &inner, &path[at + 1..], true)
+                    .map(|(blob, _)| (blob, true));
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The ignore rules of the commit `at`: `.heraldignore` and `.docoraignore`
@@ -636,7 +848,7 @@ pub fn ignore_rules(repo: &Repository, at: Oid) -> Result<Option<Gitignore>, Cha
     builder
         .build()
         .map(Some)
-        .map_err(|err| ChangeError(format!("ignore rules: {err}")))
+        .map_err(|err| ChangeError::Read(format!("ignore rules: {err}")))
 }
 
 /// Which paths a subscription sees: not ignored by the repository's ignore
@@ -770,7 +982,9 @@ mod tests {
             &[("model.bin", pointer.as_bytes()), ("plain.txt", b"hello\n")],
         );
 
-        let resolved = diff_against_manifest(&repo, &HashMap::new(), commit, true).expect("a diff");
+        let resolved =
+            diff_against_manifest(&repo, &HashMap::new(), commit, &mut Reading::files(true))
+                .expect("a diff");
         let model = resolved.upsert("model.bin").expect("the pointer's file");
         assert!(model.lfs && model.binary);
         assert_eq!(model.sha256_hex(), oid);
@@ -778,7 +992,9 @@ mod tests {
         assert!(!resolved.upsert("plain.txt").expect("the plain file").lfs);
 
         // Off: the pointer is a file like any other.
-        let plain = diff_against_manifest(&repo, &HashMap::new(), commit, false).expect("a diff");
+        let plain =
+            diff_against_manifest(&repo, &HashMap::new(), commit, &mut Reading::files(false))
+                .expect("a diff");
         let model = plain.upsert("model.bin").expect("the pointer's file");
         assert!(!model.lfs && !model.binary);
         assert_eq!(model.sha256_hex(), describe(pointer.as_bytes()).0);

@@ -414,6 +414,7 @@ async fn scan_claimed(
         snapshot_id: SnapshotId::generate().into_string(),
         unpin: store.settled_snapshots(repository).await?,
         lfs: config.lfs,
+        expand_submodules: repo.expand_submodules,
     };
     // Writes hold only while the lease does and the head is the one seen here.
     let fence = ScanFence {

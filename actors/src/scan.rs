@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use git2::Oid;
 use ignore::gitignore::Gitignore;
 
-use crate::changes::{self, TreeDelta};
+use crate::changes::{self, ChangeError, ModuleSource, Modules, Reading, TreeDelta};
 use crate::git::{self, Credentials, GitError, GitFailure, Mirror, RemoteHead, RemoteSpec};
 
 /// One subscriber's credential, as a scan uses or checks it.
@@ -71,6 +71,9 @@ pub struct ScanJob {
     pub unpin: Vec<String>,
     /// LFS pointers are described by their objects (`git.lfs`).
     pub lfs: bool,
+    /// The repository is watched with its submodules expanded: each
+    /// submodule's files are files of the tree, under its path.
+    pub expand_submodules: bool,
 }
 
 /// What a scan found.
@@ -102,6 +105,60 @@ fn read_failure(err: impl std::fmt::Display) -> GitError {
         failure: GitFailure::Other,
         message: "the local mirror could not be read".to_owned(),
         damaged_mirror: true,
+    }
+}
+
+/// A diff's failure as the scan's: a submodule that could not be fetched
+/// is its remote's failure (classified, the mirror is sound); anything else
+/// is the mirror's.
+pub(crate) fn change_failure(err: ChangeError) -> GitError {
+    match err {
+        ChangeError::Submodule { path, error } => GitError {
+            message: format!("submodule `{path}`: {}", error.message),
+            ..error
+        },
+        err @ ChangeError::Read(_) => read_failure(err),
+    }
+}
+
+/// Fetches submodule commits into the mirror being scanned, each from the
+/// submodule's own remote under the watched remote's rule
+/// ([`RemoteSpec::submodule`]).
+pub(crate) struct MirrorModules<'m> {
+    pub(crate) mirror: &'m Mirror,
+    pub(crate) remote: &'m RemoteSpec,
+}
+
+impl ModuleSource for MirrorModules<'_> {
+    fn fetch(&mut self, url: &str, commit: Oid) -> Result<(), GitError> {
+        self.mirror
+            .fetch_module(&self.remote.submodule(url), commit)
+    }
+}
+
+impl MirrorModules<'_> {
+    /// How a diff reads this mirror: submodules expanded when `expand`.
+    pub(crate) fn reading(&mut self, lfs: bool, expand: bool) -> Reading<'_> {
+        Reading {
+            lfs,
+            modules: expand.then(|| self.modules()),
+        }
+    }
+
+    /// Submodules expanded from this mirror's remote.
+    pub(crate) fn modules(&mut self) -> Modules<'_> {
+        Modules {
+            url: self.remote.url.clone(),
+            source: self,
+        }
+    }
+
+    /// Keeps the submodule commits the mirror's own kept commits point at,
+    /// and lets the others go.
+    pub(crate) fn keep_needed(&self) {
+        let repo = self.mirror.repo();
+        let needed = changes::submodules::module_commits(repo, &self.mirror.kept_commits());
+        self.mirror.keep_modules(&needed);
     }
 }
 
@@ -275,27 +332,32 @@ fn scan_with(
         .as_deref()
         .and_then(|h| Oid::from_str(h).ok())
         .filter(|oid| repo.find_commit(*oid).is_ok());
+    let mut modules = MirrorModules { mirror, remote };
+    let mut reading = modules.reading(job.lfs, job.expand_submodules);
     let (delta, old_ignore) = match (old, &job.manifest, &job.known_head) {
         (Some(old), _, _) => (
-            changes::diff_commits(repo, old, commit, job.lfs).map_err(read_failure)?,
+            changes::diff_commits(repo, old, commit, &mut reading).map_err(change_failure)?,
             changes::ignore_rules(repo, old).map_err(read_failure)?,
         ),
         (None, Some(manifest), _) => (
-            changes::diff_against_manifest(repo, manifest, commit, job.lfs)
-                .map_err(read_failure)?,
+            changes::diff_against_manifest(repo, manifest, commit, &mut reading)
+                .map_err(change_failure)?,
             // The old rules are gone with the old commit; judge the old files by
             // the new rules (a rewrite that also changed the ignore files may
             // show a once-ignored file as deleted, never the reverse).
             new_ignore.clone(),
         ),
         (None, None, None) => (
-            changes::diff_against_manifest(repo, &HashMap::new(), commit, job.lfs)
-                .map_err(read_failure)?,
+            changes::diff_against_manifest(repo, &HashMap::new(), commit, &mut reading)
+                .map_err(change_failure)?,
             None,
         ),
         (None, None, Some(_)) => return Ok(ScanOutcome::NeedsManifest),
     };
     mirror.pin(&job.snapshot_id, commit)?;
+    if job.expand_submodules {
+        modules.keep_needed();
+    }
     Ok(ScanOutcome::Changed {
         branch: head.branch,
         commit: commit_hex,

@@ -518,6 +518,8 @@ pub struct ReplayRequest {
     pub replay_id: crate::ids::ReplayId,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The repository is watched with its submodules expanded.
+    pub expand_submodules: bool,
 }
 
 /// An access check: can this credential (or none) read this remote?
@@ -658,6 +660,7 @@ impl EngineHandle {
             exclude: request.exclude,
             max_events: MAX_REPLAY_EVENTS,
             lfs: self.lfs,
+            expand_submodules: request.expand_submodules,
         };
         let slot = self
             .scans

@@ -25,6 +25,10 @@ pub struct Model {
     pub updated_at: i64,
     /// The remote needs a credential: true for every subscriber.
     pub is_private: bool,
+    /// Watched with its submodules expanded (their files under their
+    /// paths): with `url` and `branch`, the repository's identity, so a
+    /// remote watched both ways is two repositories.
+    pub expand_submodules: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -70,6 +70,10 @@ pub struct AddArgs {
     /// Paths matching one of these globs produce no events (repeatable).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Expand submodules: their files are sent under their paths, like any
+    /// other file (a repository of its own, apart from the plain one).
+    #[arg(long)]
+    pub expand_submodules: bool,
     /// Wait, with a progress bar, until the initial snapshot is delivered;
     /// fail when the repository fails.
     #[arg(long)]
@@ -111,6 +115,8 @@ pub struct Repository {
     pub github_url: String,
     pub branch: Option<String>,
     pub is_private: bool,
+    #[serde(default)]
+    pub expand_submodules: bool,
     pub status: String,
     pub created_at: String,
     pub last_synced_commit: Option<String>,
@@ -242,6 +248,9 @@ async fn add(api: &Api, args: AddArgs, json: bool) -> Result<(), CliError> {
     }
     if !args.exclude.is_empty() {
         body["exclude"] = json!(args.exclude);
+    }
+    if args.expand_submodules {
+        body["expand_submodules"] = json!(true);
     }
     let git_token = args.git_token.read()?;
     if let Some(token) = &git_token {
@@ -475,6 +484,7 @@ fn print_repository(repo: &Repository) {
         ("url", repo.github_url.clone()),
         ("branch", or_dash(repo.branch.as_deref())),
         ("private", repo.is_private.to_string()),
+        ("submodules expanded", repo.expand_submodules.to_string()),
         ("status", repo.status.clone()),
         (
             "last synced commit",

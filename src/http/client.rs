@@ -205,6 +205,7 @@ pub(crate) async fn register(
         is_private,
         include,
         exclude,
+        expand_submodules: request.expand_submodules.unwrap_or(false),
     };
     let (view, created) = state.store.subscribe(&AppId::stored(&app.id), new).await?;
     let repo = RepoId::parse(&view.repository.id).expect("stored ids are well formed");

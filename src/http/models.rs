@@ -219,6 +219,11 @@ pub struct RegisterRepository {
     pub include: Option<Vec<String>>,
     /// Paths matching one of these globs produce no events.
     pub exclude: Option<Vec<String>>,
+    /// Watch the repository with its submodules expanded: each
+    /// submodule's files are sent under its path, like any other file
+    /// (docs/webhooks.md, submodules). A repository watched this way is
+    /// not the one watched plainly: it has an id of its own. Default false.
+    pub expand_submodules: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -231,6 +236,8 @@ pub struct RepositoryCreated {
     pub created_at: String,
     pub branch: Option<String>,
     pub status: String,
+    /// Submodules are expanded: their files come under their paths.
+    pub expand_submodules: bool,
 }
 
 impl From<&SubscriptionView> for RepositoryCreated {
@@ -244,6 +251,7 @@ impl From<&SubscriptionView> for RepositoryCreated {
             created_at: rfc3339_ms(view.subscription.created_at),
             branch: view.branch().map(str::to_owned),
             status: view.subscription.status.to_string(),
+            expand_submodules: view.repository.expand_submodules,
         }
     }
 }
@@ -265,6 +273,8 @@ pub struct RepositoryView {
     pub name: String,
     pub branch: Option<String>,
     pub is_private: bool,
+    /// Submodules are expanded: their files come under their paths.
+    pub expand_submodules: bool,
     /// `pending_snapshot`, `syncing`, `synced` or `failed`.
     pub status: String,
     pub created_at: String,
@@ -299,6 +309,7 @@ impl From<&SubscriptionView> for RepositoryView {
             name: view.repository.name.clone(),
             branch: view.branch().map(str::to_owned),
             is_private: view.is_private(),
+            expand_submodules: view.repository.expand_submodules,
             status: view.subscription.status.to_string(),
             created_at: rfc3339_ms(view.subscription.created_at),
             last_synced_commit: view.subscription.last_synced_commit.clone(),

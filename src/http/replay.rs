@@ -140,6 +140,7 @@ pub(crate) async fn start(
             repository: repo.clone(),
             app: app.id.clone(),
             fetch_url: view.repository.fetch_url.clone(),
+            expand_submodules: view.repository.expand_submodules,
             branch: view.branch().map(str::to_owned),
             token: state.store.git_token(&view.subscription)?,
             from,

@@ -10,7 +10,7 @@ use crate::receiver::{Receiver, Reply};
 
 /// Settings under which a receiver can stay down for long without events
 /// dying, and watchers do not scan again by themselves during the test.
-const PATIENT: [(&str, &str); 3] = [
+pub(crate) const PATIENT: [(&str, &str); 3] = [
     ("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h"),
     ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
     ("HERALD__BREAKER__DELIVERY__THRESHOLD", "1000"),

@@ -159,3 +159,324 @@ async fn a_submodule_moved_forwards_then_backwards_is_told_to_apps_that_opted_in
             .all(|r| r.endpoint != "submodule")
     );
 }
+
+/// The files delivered so far, by path (deduplicated, chunks reassembled),
+/// as text.
+fn tree(received: &[Received]) -> std::collections::BTreeMap<String, String> {
+    let accepted: Vec<Received> = received
+        .iter()
+        .filter(|r| r.status == 200)
+        .cloned()
+        .collect();
+    crate::delivery::apply(&accepted)
+        .into_iter()
+        .map(|(path, content)| (path, String::from_utf8(content).expect("text")))
+        .collect()
+}
+
+fn files(entries: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(path, content)| ((*path).to_owned(), (*content).to_owned()))
+        .collect()
+}
+
+/// Registers `url` for `client` with its submodules expanded: the
+/// repository's id.
+async fn watch_expanded(app: &TestApp, client: &TestClient, url: &str) -> String {
+    let (status, body) = app
+        .register(client, json!({"url": url, "expand_submodules": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["expand_submodules"], true, "{body}");
+    body["repository_id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn expanded_submodules_are_files_under_their_paths_nested_and_both_ways() {
+    // A submodule nested in a submodule, each with two commits.
+    let inner = TestRepo::new("main");
+    inner.write("x.txt", "inner one\n");
+    let inner_one = inner.commit("inner one");
+    inner.write("x.txt", "inner two\n");
+    let inner_two = inner.commit("inner two");
+
+    let lib = TestRepo::new("main");
+    lib.write("a.txt", "a one\n");
+    lib.write("dir/b.txt", "b one\n");
+    lib.write(
+        ".gitmodules",
+        "[submodule \"inner\"]\n\tpath = vendor/inner\n\turl = ../inner.git\n",
+    );
+    lib.git(&["add", "a.txt", "dir/b.txt", ".gitmodules"]);
+    let lib_one = commit_gitlink(&lib, "vendor/inner", &inner_one, "lib one");
+    lib.write("a.txt", "a two\n");
+    lib.write("c.txt", "c two\n");
+    lib.git(&["rm", "-q", "dir/b.txt"]);
+    lib.git(&["add", "a.txt", "c.txt"]);
+    let lib_two = commit_gitlink(&lib, "vendor/inner", &inner_two, "lib two");
+
+    let repo = TestRepo::new("main");
+    repo.write("README.md", "v1\n");
+    let gitmodules = "[submodule \"lib\"]\n\tpath = libs/lib\n\turl = ../lib.git\n";
+    repo.write(".gitmodules", gitmodules);
+    repo.git(&["add", "README.md", ".gitmodules"]);
+    commit_gitlink(&repo, "libs/lib", &lib_one, "with lib at one");
+
+    // All three served by one daemon; the submodules' tips are their
+    // second commits, so the first ones are not what their branches name.
+    let rig = Rig::serve(&repo).await;
+    let _lib = rig.served.sibling(&lib, "lib.git");
+    let _inner = rig.served.sibling(&inner, "inner.git");
+    let app = engine_with(&[]).await;
+    let expanded = onboard(&app, &rig.receiver, "expanded").await;
+    // Opted in to `submodule` events too: expansion sends files instead.
+    opt_in(&app, &expanded).await;
+    let expanded_id = watch_expanded(&app, &expanded, &rig.url()).await;
+    let plain_inbox = Receiver::start().await;
+    let plain = onboard(&app, &plain_inbox, "plain").await;
+    opt_in(&app, &plain).await;
+    let plain_id = watch(&app, &plain, &rig.url()).await;
+    assert_ne!(
+        expanded_id, plain_id,
+        "a remote watched both ways is two repositories"
+    );
+
+    let lib_gitmodules = "[submodule \"inner\"]\n\tpath = vendor/inner\n\turl = ../inner.git\n";
+    let at_one = files(&[
+        (".gitmodules", gitmodules),
+        ("README.md", "v1\n"),
+        ("libs/lib/.gitmodules", lib_gitmodules),
+        ("libs/lib/a.txt", "a one\n"),
+        ("libs/lib/dir/b.txt", "b one\n"),
+        ("libs/lib/vendor/inner/x.txt", "inner one\n"),
+    ]);
+    let received = rig
+        .receiver
+        .wait_for("the expanded first snapshot", |r| tree(r) == at_one)
+        .await;
+    assert!(bodies(&received, "submodule").is_empty());
+    let seen = received.len();
+    plain_inbox
+        .wait_for("the plain first snapshot", |r| {
+            bodies(r, "create").len() == 2
+        })
+        .await;
+
+    // Forwards: every file that changed inside, nested ones included.
+    repo.write("README.md", "v2\n");
+    repo.git(&["add", "README.md"]);
+    let forwards = commit_gitlink(&repo, "libs/lib", &lib_two, "lib at two");
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&expanded, &expanded_id, &forwards)
+        .await;
+    let at_two = files(&[
+        (".gitmodules", gitmodules),
+        ("README.md", "v2\n"),
+        ("libs/lib/.gitmodules", lib_gitmodules),
+        ("libs/lib/a.txt", "a two\n"),
+        ("libs/lib/c.txt", "c two\n"),
+        ("libs/lib/vendor/inner/x.txt", "inner two\n"),
+    ]);
+    let received = rig
+        .receiver
+        .wait_for("the submodules moved forwards", |r| tree(r) == at_two)
+        .await;
+    let kinds = |received: &[Received], from: usize| -> Vec<(String, String)> {
+        received[from..]
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| {
+                let body = r.json();
+                (
+                    r.endpoint.clone(),
+                    body["file"]["path"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let moved = |endpoint: &str, path: &str| (endpoint.to_owned(), path.to_owned());
+    let mut changed = kinds(&received, seen);
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            moved("create", "libs/lib/c.txt"),
+            moved("delete", "libs/lib/dir/b.txt"),
+            moved("update", "README.md"),
+            moved("update", "libs/lib/a.txt"),
+            moved("update", "libs/lib/vendor/inner/x.txt"),
+        ]
+    );
+    assert!(bodies(&received, "submodule").is_empty());
+    let told = plain_inbox
+        .wait_for("the plain app's submodule event", |r| {
+            !bodies(r, "submodule").is_empty()
+        })
+        .await;
+    assert_eq!(
+        bodies(&told, "submodule")[0]["submodule"]["commit"],
+        lib_two.as_str()
+    );
+    assert!(
+        tree(&told).keys().all(|path| !path.starts_with("libs/")),
+        "a plain subscriber gets no file of a submodule"
+    );
+
+    // Backwards: the reverse changes.
+    let seen = received.len();
+    let backwards = commit_gitlink(&repo, "libs/lib", &lib_one, "lib back at one");
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&expanded, &expanded_id, &backwards)
+        .await;
+    let mut at_one_again = at_one.clone();
+    at_one_again.insert("README.md".into(), "v2\n".into());
+    let received = rig
+        .receiver
+        .wait_for("the submodules moved backwards", |r| {
+            tree(r) == at_one_again
+        })
+        .await;
+    let mut changed = kinds(&received, seen);
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            moved("create", "libs/lib/dir/b.txt"),
+            moved("delete", "libs/lib/c.txt"),
+            moved("update", "libs/lib/a.txt"),
+            moved("update", "libs/lib/vendor/inner/x.txt"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_submodule_that_cannot_be_fetched_fails_the_expanded_repository_until_it_is_gone() {
+    let repo = TestRepo::new("main");
+    repo.write("README.md", "hello\n");
+    // A URL Herald never fetches (only https, http and git, and local paths
+    // when the server allows them).
+    repo.write(
+        ".gitmodules",
+        "[submodule \"evil\"]\n\tpath = evil\n\turl = ssh://git@127.0.0.1/secret.git\n",
+    );
+    repo.git(&["add", "README.md", ".gitmodules"]);
+    commit_gitlink(
+        &repo,
+        "evil",
+        &"1".repeat(40),
+        "with an unfetchable submodule",
+    );
+
+    let rig = Rig::serve(&repo).await;
+    // The repository's breaker opens after its failures; a short cooldown
+    // lets the test see the scan after the fix without an operator.
+    let app = engine_with(&[("HERALD__BREAKER__GIT__COOLDOWN", "500ms")]).await;
+    let expanded = onboard(&app, &rig.receiver, "expanded").await;
+    let expanded_id = watch_expanded(&app, &expanded, &rig.url()).await;
+    let plain_inbox = Receiver::start().await;
+    let plain = onboard(&app, &plain_inbox, "plain").await;
+    watch(&app, &plain, &rig.url()).await;
+
+    let received = rig
+        .receiver
+        .wait_for("the expanded repository's failure", |r| {
+            r.iter().any(|r| r.endpoint == "sync_failed")
+        })
+        .await;
+    let notice = received
+        .iter()
+        .find(|r| r.endpoint == "sync_failed")
+        .expect("a notice")
+        .json();
+    let message = notice["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("submodule `evil`") && message.contains("not supported"),
+        "{notice}"
+    );
+    assert!(
+        !message.contains("secret.git"),
+        "no URL in what apps see: {message}"
+    );
+    assert!(
+        received.iter().all(|r| r.endpoint == "sync_failed"),
+        "nothing of a tree that could not be read whole"
+    );
+    // The plain subscriber, a repository of its own, is not held back.
+    plain_inbox
+        .wait_for("the plain snapshot", |r| {
+            files_in(r) == [".gitmodules", "README.md"]
+        })
+        .await;
+
+    // The submodule removed: the expanded subscriber gets the whole tree.
+    repo.git(&["rm", "-q", "--cached", "evil"]);
+    repo.write(".gitmodules", "");
+    let fixed = repo.commit("no evil");
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&expanded, &expanded_id, &fixed).await;
+    rig.receiver
+        .wait_for("the expanded snapshot", |r| {
+            tree(r) == files(&[(".gitmodules", ""), ("README.md", "hello\n")])
+        })
+        .await;
+}
+
+/// The paths created, sorted.
+fn files_in(received: &[Received]) -> Vec<String> {
+    let mut paths: Vec<String> = bodies(received, "create")
+        .iter()
+        .map(|body| body["file"]["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[tokio::test]
+async fn a_mirror_lost_fetches_the_submodules_again_for_the_waiting_files() {
+    let lib = TestRepo::new("main");
+    lib.write("src/lib.rs", "pub fn one() {}\n");
+    let lib_commit = lib.commit("lib");
+    let repo = TestRepo::new("main");
+    repo.write(
+        ".gitmodules",
+        "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n",
+    );
+    repo.git(&["add", ".gitmodules"]);
+    commit_gitlink(&repo, "lib", &lib_commit, "with lib");
+    let rig = Rig::serve(&repo).await;
+    let _lib = rig.served.sibling(&lib, "lib.git");
+    rig.receiver
+        .fallback(Some(crate::receiver::Reply::status(503)));
+    let app = engine_with(&crate::content::PATIENT).await;
+    let client = onboard(&app, &rig.receiver, "consumer").await;
+    let id = watch_expanded(&app, &client, &rig.url()).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.outbox(&client, &id).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scan did not write its events; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Another instance, or this one after losing its disk: no mirror, and
+    // the repository's head did not move, so no scan fetches the submodule.
+    let app = crate::content::restart_without_mirrors(app, &crate::content::PATIENT).await;
+    rig.receiver.fallback(None);
+    rig.receiver
+        .wait_for("the submodule's file", |r| {
+            tree(r)
+                == files(&[
+                    (
+                        ".gitmodules",
+                        "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n",
+                    ),
+                    ("lib/src/lib.rs", "pub fn one() {}\n"),
+                ])
+        })
+        .await;
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["failed_events"], 0, "{view}");
+}

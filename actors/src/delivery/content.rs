@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use entity::{event, repository, subscription};
 
 use super::DeliveryConfig;
-use crate::git::{Credentials, Mirror, RemoteSpec};
+use crate::git::{Credentials, GitError, Mirror, RemoteSpec};
 use crate::lfs::{LFS_CONFIG_FILE, Lfs, LfsError, Pointer};
-use crate::scan::ScanPool;
+use crate::scan::{MirrorModules, ScanPool, change_failure};
 use crate::store::{Store, StoreError};
 
 /// What became of an event's content (`T`: what was made of it).
@@ -36,6 +36,9 @@ pub(super) struct Content {
     pub(super) pool: ScanPool,
     /// Where files stored in Git LFS get their content.
     pub(super) lfs: Lfs,
+    /// The repository is watched with its submodules expanded: a file may
+    /// lie in a submodule, whose commit comes from its own remote.
+    pub(super) expand_submodules: bool,
 }
 
 impl Content {
@@ -69,6 +72,7 @@ impl Content {
                 .filter(|b| !b.is_empty()),
             pool: pool.clone(),
             lfs: config.lfs.clone(),
+            expand_submodules: repository.expand_submodules,
         })
     }
 
@@ -167,16 +171,22 @@ impl Content {
             .clone()
             .or_else(|| event.replay_id.clone());
         let (wanted, snapshot) = (commit.clone(), pin);
+        let in_modules = self.expand_submodules.then(|| event.path.clone()).flatten();
         let refetched = self
             .pool
             .run(move || {
                 // Opened to be written: waits while a scan writes the mirror.
-                Mirror::open(&path)?.refetch_commit(
+                let mirror = Mirror::open(&path)?;
+                let found = mirror.refetch_commit(
                     &remote,
                     branch.as_deref(),
                     &wanted,
                     snapshot.as_deref(),
-                )
+                )?;
+                if let (true, Some(file)) = (found, in_modules) {
+                    bring_modules(&mirror, &remote, &wanted, &file)?;
+                }
+                Ok::<bool, GitError>(found)
             })
             .await;
         match refetched {
@@ -198,6 +208,23 @@ impl Content {
             }
         }
     }
+}
+
+/// Brings the submodule commits that `file` of `commit` lies in into the
+/// mirror, from their own remotes, and keeps them while the commit is kept.
+fn bring_modules(
+    mirror: &Mirror,
+    remote: &RemoteSpec,
+    commit: &str,
+    file: &str,
+) -> Result<(), GitError> {
+    let Ok(at) = git2::Oid::from_str(commit) else {
+        return Ok(());
+    };
+    let mut modules = MirrorModules { mirror, remote };
+    let brought = crate::changes::bring_path(mirror.repo(), at, file, modules.modules());
+    modules.keep_needed();
+    brought.map_err(change_failure)
 }
 
 /// How long one opening of the mirror serves. Long enough for libgit2's

@@ -68,7 +68,7 @@ pub struct GitError {
 }
 
 impl GitError {
-    pub(super) fn new(failure: GitFailure, message: impl Into<String>) -> Self {
+    pub(crate) fn new(failure: GitFailure, message: impl Into<String>) -> Self {
         Self {
             failure,
             message: message.into(),

@@ -15,7 +15,9 @@ use super::error::{GitError, GitFailure, is_transient};
 use super::indexer_windows::IndexerWindows;
 use super::local::{self, Want};
 use super::pack;
-use super::refs::{BASE_REF, mirror_ref, snapshot_ref};
+use super::refs::{
+    BASE_REF, MODULE_HISTORY_REF, MODULES_PREFIX, mirror_ref, module_ref, snapshot_ref,
+};
 use super::remote::{RemoteSpec, Route, callbacks, cut_of, local_path, scheme_of};
 
 /// A mirror's write lock in this process, held by its [`Mirror`] for the
@@ -395,6 +397,78 @@ impl Mirror {
                 Ok(false)
             }
         }
+    }
+
+    /// Brings `commit` of a submodule's remote (`spec`, from
+    /// [`RemoteSpec::submodule`]) into the mirror under its module ref,
+    /// which [`Self::keep_modules`] lets go once no kept commit needs it:
+    /// by its id first, else within the remote's default branch, fetched
+    /// with its history (which the next compaction drops again).
+    pub fn fetch_module(&self, spec: &RemoteSpec, commit: Oid) -> Result<(), GitError> {
+        let keep = |mirror: &Self| {
+            mirror
+                .repo
+                .reference(&module_ref(commit), commit, true, "herald: submodule")
+                .map(|_| ())
+                .map_err(|_| {
+                    GitError::new(GitFailure::Other, "the local mirror could not be updated")
+                })
+        };
+        if self.repo.find_commit(commit).is_ok() {
+            return keep(self);
+        }
+        match self.fetch_one(spec, Want::Commit(commit), &module_ref(commit), Depth::Tip) {
+            Ok(()) if self.repo.find_commit(commit).is_ok() => return Ok(()),
+            Ok(()) => {}
+            Err(err) if !matches!(err.failure, GitFailure::NotFound | GitFailure::Other) => {
+                return Err(err);
+            }
+            Err(err) => {
+                tracing::debug!(%commit, error = %err.message, "the submodule's remote does not serve the commit by its id");
+            }
+        }
+        let fetched = self.fetch_one(spec, Want::Ref("HEAD"), MODULE_HISTORY_REF, Depth::History);
+        if let Ok(mut history) = self.repo.find_reference(MODULE_HISTORY_REF) {
+            let _ = history.delete();
+        }
+        fetched?;
+        if self.repo.find_commit(commit).is_err() {
+            return Err(GitError::new(
+                GitFailure::NotFound,
+                "its commit was not found on its remote",
+            ));
+        }
+        keep(self)
+    }
+
+    /// Lets go of the submodule commits outside `needed`: those no kept
+    /// commit of the repository points at any more.
+    pub fn keep_modules(&self, needed: &HashSet<Oid>) {
+        let Ok(references) = self.repo.references_glob(&format!("{MODULES_PREFIX}*")) else {
+            return;
+        };
+        for mut reference in references.flatten() {
+            if reference.target().is_some_and(|oid| !needed.contains(&oid)) {
+                let _ = reference.delete();
+            }
+        }
+    }
+
+    /// The commits the mirror keeps for the repository itself: its branch,
+    /// its pinned snapshots and replays, and its base (not the submodule
+    /// commits it keeps for them).
+    pub fn kept_commits(&self) -> Vec<Oid> {
+        let Ok(references) = self.repo.references() else {
+            return Vec::new();
+        };
+        let mut commits: Vec<Oid> = references
+            .flatten()
+            .filter(|r| r.name().is_ok_and(|name| !name.starts_with(MODULES_PREFIX)))
+            .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id()))
+            .collect();
+        commits.sort_unstable();
+        commits.dedup();
+        commits
     }
 
     /// Keeps `commit` reachable under the snapshot's ref.

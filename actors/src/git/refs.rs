@@ -18,3 +18,17 @@ pub fn snapshot_ref(snapshot_id: &str) -> String {
 /// the old side of the next scan's diff, reachable in a mirror that holds no
 /// history.
 pub(super) const BASE_REF: &str = "refs/herald/base";
+
+/// Ref that keeps a submodule's commit (and so its tree) in the mirror of a
+/// repository watched with its submodules expanded, while a kept commit of
+/// the repository points at it.
+pub(super) fn module_ref(commit: git2::Oid) -> String {
+    format!("{MODULES_PREFIX}{commit}")
+}
+
+/// Where the [`module_ref`]s live.
+pub(super) const MODULES_PREFIX: &str = "refs/herald/modules/";
+
+/// Where a submodule's default branch is fetched with its history, for a
+/// server that serves a commit only within a branch; removed once read.
+pub(super) const MODULE_HISTORY_REF: &str = "refs/herald/module-history";

@@ -82,6 +82,28 @@ impl RemoteSpec {
             ..self.clone()
         }
     }
+
+    /// A submodule's remote at `url`, reached under this remote's rule,
+    /// timeout and speed floor. The credential goes along only to this
+    /// remote's own origin (scheme, host and port): a `.gitmodules` written
+    /// by anyone who can push must not send a subscriber's token elsewhere,
+    /// so another origin is read anonymously.
+    pub fn submodule(&self, url: &str) -> Self {
+        let origin = |url: &str| {
+            let parsed = url::Url::parse(url).ok()?;
+            Some((
+                parsed.scheme().to_owned(),
+                parsed.host_str()?.to_ascii_lowercase(),
+                parsed.port_or_known_default(),
+            ))
+        };
+        let same_origin = origin(&self.url).is_some_and(|own| Some(own) == origin(url));
+        Self {
+            url: url.to_owned(),
+            credentials: self.credentials.clone().filter(|_| same_origin),
+            ..self.clone()
+        }
+    }
 }
 
 /// Where git may connect: the same rule as webhooks, applied when each
@@ -434,6 +456,38 @@ pub(super) mod tests {
                 allow_local: true,
                 data_dir: std::env::temp_dir().join("herald-git-tests-data"),
             },
+        }
+    }
+
+    #[test]
+    fn a_submodule_gets_the_credential_only_on_its_parents_origin() {
+        let parent = RemoteSpec {
+            credentials: Some(Credentials::from_token(&SecretString::from(
+                "alice:s3cret".to_owned(),
+            ))),
+            ..spec("https://git.example.com/acme/app.git".to_owned(), false)
+        };
+        let same = parent.submodule("https://GIT.example.com:443/acme/lib.git");
+        assert_eq!(same.url, "https://GIT.example.com:443/acme/lib.git");
+        assert_eq!(
+            same.credentials.as_ref().map(Credentials::username),
+            Some("alice")
+        );
+        for elsewhere in [
+            "https://evil.example/acme/lib.git",
+            "https://git.example.com:8443/acme/lib.git",
+            "http://git.example.com/acme/lib.git",
+            "git://git.example.com/acme/lib.git",
+            "/srv/git/lib.git",
+            "ssh://git.example.com/acme/lib.git",
+        ] {
+            let other = parent.submodule(elsewhere);
+            assert!(
+                other.credentials.is_none(),
+                "{elsewhere} got the credential"
+            );
+            assert_eq!(other.rule.allow_private, parent.rule.allow_private);
+            assert_eq!(other.timeout, parent.timeout);
         }
     }
 

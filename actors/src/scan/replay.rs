@@ -11,9 +11,11 @@ use std::path::PathBuf;
 
 use git2::{ErrorCode, Oid};
 
-use crate::changes::{self, TreeDelta, Visibility};
+use crate::changes::{self, ChangeError, TreeDelta, Visibility};
 use crate::git::{GitError, Mirror, RemoteSpec};
 use crate::store::outbox::{Manifest, changes_for};
+
+use super::MirrorModules;
 
 /// The most events one replay may write. A bigger diff is refused (the
 /// caller replays narrower ranges, or resyncs): a replay is written in one
@@ -43,6 +45,8 @@ pub struct ReplayJob {
     /// LFS pointers are described by their objects (`git.lfs`), as scans
     /// describe them.
     pub lfs: bool,
+    /// Submodules expanded, as the repository's scans expand them.
+    pub expand_submodules: bool,
 }
 
 /// The change between the two commits, ready to be written as events.
@@ -89,6 +93,15 @@ fn read_failure(err: impl std::fmt::Display) -> ReplayFailure {
     ReplayFailure::Git(GitError::internal("the local mirror could not be read"))
 }
 
+/// A diff's failure: a submodule's remote's (as a scan reports it), or the
+/// mirror's.
+fn change_failure(err: ChangeError) -> ReplayFailure {
+    match err {
+        err @ ChangeError::Submodule { .. } => ReplayFailure::Git(super::change_failure(err)),
+        err @ ChangeError::Read(_) => read_failure(err),
+    }
+}
+
 /// Computes a replay (see the module's documentation).
 pub fn replay_diff(job: &ReplayJob) -> Result<ReplayDiff, ReplayFailure> {
     // One writer per mirror: a scan or a lane's refetch waits meanwhile.
@@ -96,7 +109,12 @@ pub fn replay_diff(job: &ReplayJob) -> Result<ReplayDiff, ReplayFailure> {
     let from = resolve(&mirror, job, "from", &job.from)?;
     let to = resolve(&mirror, job, "to", &job.to)?;
     let repo = mirror.repo();
-    let delta = changes::diff_commits(repo, from, to, job.lfs).map_err(read_failure)?;
+    let mut modules = MirrorModules {
+        mirror: &mirror,
+        remote: &job.remote,
+    };
+    let mut reading = modules.reading(job.lfs, job.expand_submodules);
+    let delta = changes::diff_commits(repo, from, to, &mut reading).map_err(change_failure)?;
     let old_visibility = Visibility::new(
         changes::ignore_rules(repo, from).map_err(read_failure)?,
         &job.include,
@@ -118,7 +136,7 @@ pub fn replay_diff(job: &ReplayJob) -> Result<ReplayDiff, ReplayFailure> {
         delta
             .ignore_rules_changed
             .then_some(&flips as &dyn Fn(&str) -> bool),
-        job.lfs,
+        &mut reading,
     )
     .map_err(read_failure)?;
     let events = changes_for(&old, &delta, &old_visibility, &new_visibility).len();
@@ -129,6 +147,9 @@ pub fn replay_diff(job: &ReplayJob) -> Result<ReplayDiff, ReplayFailure> {
         });
     }
     mirror.pin(&job.replay_id, to)?;
+    if job.expand_submodules {
+        modules.keep_needed();
+    }
     Ok(ReplayDiff {
         from: from.to_string(),
         to: to.to_string(),
@@ -249,6 +270,7 @@ mod tests {
             exclude: Vec::new(),
             max_events: MAX_REPLAY_EVENTS,
             lfs: true,
+            expand_submodules: false,
         }
     }
 

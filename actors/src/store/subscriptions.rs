@@ -36,6 +36,9 @@ pub struct NewSubscription {
     pub is_private: Option<bool>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Watch it with its submodules expanded: with `url` and `branch`, the
+    /// repository's identity.
+    pub expand_submodules: bool,
 }
 
 /// A subscription as its app sees it: the shared repository, the app's own
@@ -112,17 +115,23 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
             is_private: Set(new.is_private.unwrap_or(new.git_token.is_some())),
+            expand_submodules: Set(new.expand_submodules),
         })
         .on_conflict(
-            OnConflict::columns([repository::Column::Url, repository::Column::Branch])
-                .do_nothing()
-                .to_owned(),
+            OnConflict::columns([
+                repository::Column::Url,
+                repository::Column::Branch,
+                repository::Column::ExpandSubmodules,
+            ])
+            .do_nothing()
+            .to_owned(),
         )
         .exec_without_returning(&txn)
         .await?;
         let repository = repository::Entity::find()
             .filter(repository::Column::Url.eq(&new.url))
             .filter(repository::Column::Branch.eq(&branch))
+            .filter(repository::Column::ExpandSubmodules.eq(new.expand_submodules))
             .one(&txn)
             .await?
             .ok_or_else(|| sea_orm::DbErr::RecordNotFound(new.url.clone()))?;

@@ -68,6 +68,7 @@ pub fn new_subscription(url: &str, owner: &str, name: &str) -> NewSubscription {
         is_private: Some(false),
         include: vec![],
         exclude: vec![],
+        expand_submodules: false,
     }
 }
 

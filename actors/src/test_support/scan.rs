@@ -89,6 +89,7 @@ pub async fn scan(
         snapshot_id: snapshot.as_str().to_owned(),
         unpin: Vec::new(),
         lfs: true,
+        expand_submodules: false,
     };
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || crate::scan::scan(job))
