@@ -256,7 +256,9 @@ enum Refused {
     Unauthorized(String),
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("no such endpoint (expected …/create, update, delete, sync_failed or synced)")]
+    #[error(
+        "no such endpoint (expected …/create, update, delete, sync_failed, synced or submodule)"
+    )]
     NotFound,
     #[error("only POST is accepted")]
     MethodNotAllowed,
@@ -320,6 +322,8 @@ enum Endpoint {
     Delete,
     SyncFailed,
     Synced,
+    /// Opt-in: a submodule's commit moved (its files are not sent).
+    Submodule,
 }
 
 impl Endpoint {
@@ -332,6 +336,7 @@ impl Endpoint {
             "delete" => Some(Self::Delete),
             "sync_failed" => Some(Self::SyncFailed),
             "synced" => Some(Self::Synced),
+            "submodule" => Some(Self::Submodule),
             _ => None,
         }
     }
@@ -343,6 +348,7 @@ impl Endpoint {
             Self::Delete => "delete",
             Self::SyncFailed => "sync_failed",
             Self::Synced => "synced",
+            Self::Submodule => "submodule",
         }
     }
 }
@@ -393,6 +399,7 @@ impl Receiver {
             Endpoint::Delete => Body::Delete(parse(body)?),
             Endpoint::SyncFailed => Body::SyncFailed(parse(body)?),
             Endpoint::Synced => Body::Synced(parse(body)?),
+            Endpoint::Submodule => Body::Submodule(parse(body)?),
         };
         // A chunk's webhook-id is the same in every transfer of its file,
         // and each transfer has a chunk id of its own: the chunk is one
@@ -427,6 +434,7 @@ impl Receiver {
             Body::Delete(event) => self.apply_delete(event)?,
             Body::SyncFailed(event) => describe_sync_failed(&event),
             Body::Synced(event) => describe_synced(&event),
+            Body::Submodule(event) => describe_submodule(&event),
         };
         state.delivered.insert(delivery);
         Ok(Accepted { line })
@@ -582,6 +590,7 @@ enum Body {
     Delete(DeleteEvent),
     SyncFailed(SyncFailedEvent),
     Synced(SyncedEvent),
+    Submodule(SubmoduleEvent),
 }
 
 #[derive(Debug, Deserialize)]
@@ -654,6 +663,35 @@ struct SyncedEvent {
     repository: Option<WireRepository>,
     commit_sha: Option<String>,
     counts: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmoduleEvent {
+    event_id: String,
+    repository: Option<WireRepository>,
+    submodule: WireSubmodule,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireSubmodule {
+    path: String,
+    url: Option<String>,
+    previous_commit: Option<String>,
+    commit: Option<String>,
+}
+
+fn describe_submodule(event: &SubmoduleEvent) -> String {
+    let moved = &event.submodule;
+    let commit = |c: &Option<String>| c.as_deref().map_or("none", short).to_owned();
+    format!(
+        "submodule {} {} {} {}..{} url={}",
+        event.event_id,
+        WireRepository::describe(event.repository.as_ref()),
+        moved.path,
+        commit(&moved.previous_commit),
+        commit(&moved.commit),
+        moved.url.as_deref().unwrap_or("-")
+    )
 }
 
 fn describe_sync_failed(event: &SyncFailedEvent) -> String {
@@ -736,6 +774,10 @@ mod tests {
         assert_eq!(
             Endpoint::from_path("/sync_failed"),
             Some(Endpoint::SyncFailed)
+        );
+        assert_eq!(
+            Endpoint::from_path("/app/submodule"),
+            Some(Endpoint::Submodule)
         );
         assert_eq!(Endpoint::from_path("/create/extra"), None);
         assert_eq!(Endpoint::from_path("/"), None);

@@ -512,6 +512,36 @@ async fn a_repeated_webhook_id_is_acknowledged_but_not_applied_twice() {
 }
 
 #[tokio::test]
+async fn a_submodule_event_is_verified_and_told_and_changes_no_file() {
+    let listener = Listener::spawn().await;
+    let (old, new) = ("a".repeat(40), "b".repeat(40));
+    let moved = json!({
+        "repository": repository(),
+        "submodule": {"path": "libs/ui", "url": "https://git.example.com/ui.git", "previous_commit": old, "commit": new},
+        "commit_sha": "c".repeat(40),
+        "timestamp": "2026-11-26T20:00:00.000Z",
+        "event_id": "evt_sub"
+    });
+    assert_eq!(
+        listener.deliver("submodule", "evt_sub", &moved).await,
+        StatusCode::NO_CONTENT
+    );
+    listener
+        .printed("submodule evt_sub https://github.com/o/r libs/ui aaaaaaaaaaaa..bbbbbbbbbbbb url=https://git.example.com/ui.git")
+        .await;
+    assert!(listener.tree().is_empty());
+    // Unsigned, it is refused like any other webhook.
+    let (status, _) = listener
+        .send(
+            "/hooks/submodule",
+            &[],
+            serde_json::to_vec(&moved).expect("JSON"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn a_chunked_binary_file_is_reassembled() {
     let listener = Listener::spawn().await;
     let content = binary(3000);

@@ -221,7 +221,7 @@ async fn expanded_submodules_are_files_under_their_paths_nested_and_both_ways() 
     let gitmodules = "[submodule \"lib\"]\n\tpath = libs/lib\n\turl = ../lib.git\n";
     repo.write(".gitmodules", gitmodules);
     repo.git(&["add", "README.md", ".gitmodules"]);
-    commit_gitlink(&repo, "libs/lib", &lib_one, "with lib at one");
+    let start = commit_gitlink(&repo, "libs/lib", &lib_one, "with lib at one");
 
     // All three served by one daemon; the submodules' tips are their
     // second commits, so the first ones are not what their branches name.
@@ -348,6 +348,54 @@ async fn expanded_submodules_are_files_under_their_paths_nested_and_both_ways() 
             moved("update", "libs/lib/vendor/inner/x.txt"),
         ]
     );
+
+    // A replay of the forward move sends the submodules' files again.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/repositories/{expanded_id}/replay"),
+            Some(&expanded.token),
+            Some(json!({"from": start, "to": forwards})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let replay_id = body["id"].as_str().expect("a replay id").to_owned();
+    let replayed = |received: &[Received]| -> Vec<(String, String)> {
+        let mut changes: Vec<(String, String)> = received
+            .iter()
+            .filter(|r| r.status == 200 && r.json()["replay"]["id"] == replay_id.as_str())
+            .map(|r| {
+                let body = r.json();
+                (
+                    r.endpoint.clone(),
+                    body["file"]["path"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        changes.sort();
+        changes
+    };
+    let received = rig
+        .receiver
+        .wait_for("the replay", |r| replayed(r).len() == 5)
+        .await;
+    assert_eq!(
+        replayed(&received),
+        [
+            moved("create", "libs/lib/c.txt"),
+            moved("delete", "libs/lib/dir/b.txt"),
+            moved("update", "README.md"),
+            moved("update", "libs/lib/a.txt"),
+            moved("update", "libs/lib/vendor/inner/x.txt"),
+        ]
+    );
+    let inner_file = received
+        .iter()
+        .rev()
+        .find(|r| r.json()["file"]["path"] == "libs/lib/vendor/inner/x.txt")
+        .expect("the nested file")
+        .json();
+    assert_eq!(inner_file["file"]["content"], "inner two\n", "{inner_file}");
 }
 
 #[tokio::test]

@@ -117,15 +117,12 @@ impl Store {
             is_private: Set(new.is_private.unwrap_or(new.git_token.is_some())),
             expand_submodules: Set(new.expand_submodules),
         })
-        .on_conflict(
-            OnConflict::columns([
-                repository::Column::Url,
-                repository::Column::Branch,
-                repository::Column::ExpandSubmodules,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
+        // No conflict target: the identity index is the table's only
+        // unique constraint a new row can meet (its id is fresh). Naming
+        // the index would fail on a SQLite connection that read the schema
+        // before the migration that made it: SQLite checks an upsert's
+        // target against the connection's cached schema without reloading.
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
         .exec_without_returning(&txn)
         .await?;
         let repository = repository::Entity::find()
