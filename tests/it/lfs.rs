@@ -626,6 +626,48 @@ async fn an_app_that_turns_resolution_off_gets_pointers_while_others_get_content
     assert_pointer_body(&bodies[0], &new_pointer);
     assert_eq!(bodies[0]["previous_sha"], sha(pointer.as_bytes()));
 
+    // A replay of that change describes the pointers, as the app sees them.
+    let rev = |name: &str| {
+        crate::gitserver::run_git(remote.repo.path(), &["rev-parse", name])
+            .trim()
+            .to_owned()
+    };
+    let (_, watched) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/repositories",
+            Some(&plain.token),
+            None,
+        )
+        .await;
+    let repository = watched["data"][0]["repository_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a repository id: {watched}"))
+        .to_owned();
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/repositories/{repository}/replay"),
+            Some(&plain.token),
+            Some(json!({"from": rev("HEAD~1"), "to": rev("HEAD")})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let received = plain_inbox
+        .wait_for("the replayed pointer", |received| {
+            received
+                .iter()
+                .any(|r| r.status == 200 && !r.json()["replay"].is_null())
+        })
+        .await;
+    let replayed = received
+        .iter()
+        .map(Received::json)
+        .find(|body| !body["replay"].is_null())
+        .expect("the replayed body");
+    assert_pointer_body(&replayed, &new_pointer);
+    assert_eq!(replayed["previous_sha"], sha(pointer.as_bytes()));
+
     // A subscriber that comes later gets the stored manifest's pointers.
     let (late_inbox, _late) =
         subscribe_with(&app, &remote, "late", BOB, json!({"resolve_lfs": false})).await;
