@@ -97,8 +97,23 @@ async fn subscribe(
     name: &str,
     credential: (&str, &str),
 ) -> (Receiver, TestClient) {
+    subscribe_with(app, remote, name, credential, None).await
+}
+
+/// Onboards an app whose webhooks go to a new receiver, sets `settings` on
+/// it if any, and only then registers `remote` with `credential`.
+async fn subscribe_with(
+    app: &TestApp,
+    remote: &LfsRemote,
+    name: &str,
+    credential: (&str, &str),
+    settings: Option<Value>,
+) -> (Receiver, TestClient) {
     let inbox = Receiver::start().await;
     let client = onboard(app, &inbox, name).await;
+    if let Some(settings) = settings {
+        set(app, &client, settings).await;
+    }
     let (status, body) = app
         .register(
             &client,
@@ -107,6 +122,20 @@ async fn subscribe(
         .await;
     assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     (inbox, client)
+}
+
+/// Changes the app's settings (`PATCH /api/app`); the updated app.
+async fn set(app: &TestApp, client: &TestClient, settings: Value) -> Value {
+    let (status, body) = app
+        .call(
+            reqwest::Method::PATCH,
+            "/api/app",
+            Some(&client.token),
+            Some(settings),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    body
 }
 
 /// The file bodies received for `path`, in order.
@@ -248,15 +277,12 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
     let app = engine_with(&[]).await;
     let (inbox, client) = subscribe(&app, &remote, "patient", ALICE).await;
     // Retries as soon as Herald waits for content at all (5 s).
-    let (status, body) = app
-        .call(
-            reqwest::Method::PATCH,
-            "/api/app",
-            Some(&client.token),
-            Some(json!({"backoff": {"policy": "fixed", "base": "1s", "max": "1s"}})),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    set(
+        &app,
+        &client,
+        json!({"backoff": {"policy": "fixed", "base": "1s", "max": "1s"}}),
+    )
+    .await;
 
     // The object cannot be had: its event waits, and the file after it too.
     app.wait_for_events(
@@ -524,36 +550,6 @@ async fn the_credential_never_follows_a_link_to_another_origin() {
     assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
 }
 
-/// Onboards an app whose webhooks go to `inbox`, sets `settings` on it, and
-/// only then registers `remote` with `credential`.
-async fn subscribe_with(
-    app: &TestApp,
-    remote: &LfsRemote,
-    name: &str,
-    credential: (&str, &str),
-    settings: Value,
-) -> (Receiver, TestClient) {
-    let inbox = Receiver::start().await;
-    let client = onboard(app, &inbox, name).await;
-    let (status, body) = app
-        .call(
-            reqwest::Method::PATCH,
-            "/api/app",
-            Some(&client.token),
-            Some(settings),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
-    let (status, body) = app
-        .register(
-            &client,
-            json!({"url": remote.url(), "github_token": token(credential)}),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
-    (inbox, client)
-}
-
 /// The pointer file `git lfs` writes for `content`.
 fn pointer_of(content: &[u8]) -> String {
     format!(
@@ -589,7 +585,7 @@ async fn an_app_that_turns_resolution_off_gets_pointers_while_others_get_content
         &remote,
         "pointers",
         BOB,
-        json!({"resolve_lfs": false}),
+        Some(json!({"resolve_lfs": false})),
     )
     .await;
     let (inbox, _client) = subscribe(&app, &remote, "content", ALICE).await;
@@ -669,22 +665,20 @@ async fn an_app_that_turns_resolution_off_gets_pointers_while_others_get_content
     assert_eq!(replayed["previous_sha"], sha(pointer.as_bytes()));
 
     // A subscriber that comes later gets the stored manifest's pointers.
-    let (late_inbox, _late) =
-        subscribe_with(&app, &remote, "late", BOB, json!({"resolve_lfs": false})).await;
+    let (late_inbox, _late) = subscribe_with(
+        &app,
+        &remote,
+        "late",
+        BOB,
+        Some(json!({"resolve_lfs": false})),
+    )
+    .await;
     let bodies = file_arrives(&late_inbox, "model.bin", &sha(new_pointer.as_bytes())).await;
     assert_pointer_body(&bodies[0], &new_pointer);
 
     // Turned back on, the events written from then on carry the content.
-    let (status, body) = app
-        .call(
-            reqwest::Method::PATCH,
-            "/api/app",
-            Some(&plain.token),
-            Some(json!({"resolve_lfs": true})),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
-    assert_eq!(body["resolve_lfs"], true);
+    let updated = set(&app, &plain, json!({"resolve_lfs": true})).await;
+    assert_eq!(updated["resolve_lfs"], true);
     let final_model = noise(1500, 41);
     remote.change(&[("model.bin", &final_model)]);
     let bodies = file_arrives(&plain_inbox, "model.bin", &sha(&final_model)).await;
