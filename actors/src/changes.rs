@@ -102,6 +102,18 @@ pub struct FileInfo {
     /// The blob is an LFS pointer: `sha256` and `size` are its object's
     /// (the real content's), and delivery fetches that object.
     pub lfs: bool,
+    /// With `lfs`, the pointer file's own description: what an app that
+    /// does not resolve LFS gets (`None` in a manifest row stored before
+    /// pointers were kept).
+    pub pointer: Option<PointerFile>,
+}
+
+/// An LFS pointer file as git holds it: its own SHA-256 and size (at most
+/// [`crate::lfs::pointer::MAX_POINTER_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointerFile {
+    pub sha256: [u8; 32],
+    pub size: u16,
 }
 
 impl FileInfo {
@@ -126,6 +138,39 @@ impl FileInfo {
             size,
             binary,
             lfs,
+            pointer: None,
+        })
+    }
+
+    /// The file as an app that does not resolve LFS sees it: the pointer
+    /// file itself, a plain text file. `None` for an LFS object whose
+    /// pointer is not known (see [`FileInfo::pointer`]); a plain file is
+    /// itself.
+    pub fn unresolved(&self) -> Option<Self> {
+        if !self.lfs {
+            return Some(*self);
+        }
+        let pointer = self.pointer?;
+        Some(Self {
+            blob_id: self.blob_id,
+            sha256: pointer.sha256,
+            size: i64::from(pointer.size),
+            binary: false,
+            lfs: false,
+            pointer: None,
+        })
+    }
+}
+
+impl PointerFile {
+    /// The pointer's own description as the database spells it; `None`
+    /// when a column is malformed.
+    pub fn from_hex(sha256: &str, size: i64) -> Option<Self> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(sha256, &mut digest).ok()?;
+        Some(Self {
+            sha256: digest,
+            size: u16::try_from(size).ok()?,
         })
     }
 }
@@ -330,17 +375,22 @@ impl Description {
 /// its content says otherwise at delivery.
 fn describe_blob(repo: &Repository, blob: Oid, lfs: bool) -> Result<FileInfo, ChangeError> {
     let (size, _) = repo.odb()?.read_header(blob)?;
-    if lfs
-        && size <= crate::lfs::pointer::MAX_POINTER_BYTES
-        && let Some(pointer) = crate::lfs::Pointer::parse(repo.find_blob(blob)?.content())
-    {
-        return Ok(FileInfo {
-            blob_id: blob,
-            sha256: pointer.oid,
-            size: i64::try_from(pointer.size).unwrap_or(i64::MAX),
-            binary: true,
-            lfs: true,
-        });
+    if lfs && size <= crate::lfs::pointer::MAX_POINTER_BYTES {
+        let found = repo.find_blob(blob)?;
+        let text = found.content();
+        if let Some(pointer) = crate::lfs::Pointer::parse(text) {
+            return Ok(FileInfo {
+                blob_id: blob,
+                sha256: pointer.oid,
+                size: i64::try_from(pointer.size).unwrap_or(i64::MAX),
+                binary: true,
+                lfs: true,
+                pointer: Some(PointerFile {
+                    sha256: Sha256::digest(text).into(),
+                    size: u16::try_from(text.len()).unwrap_or(u16::MAX),
+                }),
+            });
+        }
     }
     let mut description = Description::new();
     if size as u64 <= WHOLE_BLOB_MAX {
@@ -355,6 +405,7 @@ fn describe_blob(repo: &Repository, blob: Oid, lfs: bool) -> Result<FileInfo, Ch
         size,
         binary,
         lfs: false,
+        pointer: None,
     })
 }
 
@@ -989,9 +1040,17 @@ mod tests {
         assert!(model.lfs && model.binary);
         assert_eq!(model.sha256_hex(), oid);
         assert_eq!(model.size, content.len() as i64);
-        assert!(!resolved.upsert("plain.txt").expect("the plain file").lfs);
+        let text = resolved.upsert("plain.txt").expect("the plain file");
+        assert!(!text.lfs && text.pointer.is_none());
+        assert_eq!(
+            text.unresolved().as_ref(),
+            Some(text),
+            "a plain file is itself"
+        );
+        let unresolved = model.unresolved().expect("the pointer is known");
 
-        // Off: the pointer is a file like any other.
+        // Off: the pointer is a file like any other, described as an app
+        // that does not resolve LFS sees it.
         let plain =
             diff_against_manifest(&repo, &HashMap::new(), commit, &mut Reading::files(false))
                 .expect("a diff");
@@ -999,6 +1058,12 @@ mod tests {
         assert!(!model.lfs && !model.binary);
         assert_eq!(model.sha256_hex(), describe(pointer.as_bytes()).0);
         assert_eq!(model.size, pointer.len() as i64);
+        assert_eq!(&unresolved, model);
+
+        // A manifest row stored before pointers were kept: not known.
+        let mut stored = *resolved.upsert("model.bin").expect("the pointer's file");
+        stored.pointer = None;
+        assert_eq!(stored.unresolved(), None);
     }
 
     #[test]

@@ -518,6 +518,9 @@ pub struct ReplayRequest {
     pub replay_id: crate::ids::ReplayId,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The app's `resolve_lfs`: off, LFS pointers are replayed as the
+    /// plain files git holds.
+    pub resolve_lfs: bool,
     /// The repository is watched with its submodules expanded.
     pub expand_submodules: bool,
 }
@@ -659,7 +662,7 @@ impl EngineHandle {
             include: request.include,
             exclude: request.exclude,
             max_events: MAX_REPLAY_EVENTS,
-            lfs: self.lfs,
+            lfs: self.lfs && request.resolve_lfs,
             expand_submodules: request.expand_submodules,
         };
         let slot = self

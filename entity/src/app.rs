@@ -23,6 +23,9 @@ pub struct Model {
     pub notify_synced: bool,
     /// The app gets a `submodule` event when a submodule's commit moves.
     pub notify_submodules: bool,
+    /// Files stored in Git LFS are delivered with their real content; off,
+    /// the app gets the pointer files as they are in git.
+    pub resolve_lfs: bool,
     pub delivery_window: i32,
     /// `push` (webhooks) or `pull` (the app consumes its stream).
     pub delivery_mode: crate::DeliveryMode,

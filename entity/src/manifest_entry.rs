@@ -15,6 +15,10 @@ pub struct Model {
     pub binary: bool,
     /// An LFS object: `sha256` and `size` are the real content's.
     pub lfs: bool,
+    /// For an LFS object, the pointer file's own SHA-256 and size: what an
+    /// app that does not resolve LFS gets. `None` for a plain file.
+    pub pointer_sha256: Option<String>,
+    pub pointer_size: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

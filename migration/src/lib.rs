@@ -19,6 +19,7 @@ mod m20261126_000051_replays;
 mod m20261126_000060_console_event_log;
 mod m20261126_000061_delivery_rollups;
 mod m20261126_000070_git_content;
+mod m20261126_000080_app_resolve_lfs;
 mod m20261126_000090_expand_submodules;
 
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000060_console_event_log::Migration),
             Box::new(m20261126_000061_delivery_rollups::Migration),
             Box::new(m20261126_000070_git_content::Migration),
+            Box::new(m20261126_000080_app_resolve_lfs::Migration),
             Box::new(m20261126_000090_expand_submodules::Migration),
         ]
     }

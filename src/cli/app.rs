@@ -104,6 +104,11 @@ pub struct UpdateArgs {
     /// commit moves.
     #[arg(long)]
     pub notify_submodules: Option<bool>,
+    /// Whether files stored in Git LFS come with their real content (the
+    /// default) or as the pointer files git holds; applies to events
+    /// written after the change.
+    #[arg(long)]
+    pub resolve_lfs: Option<bool>,
     /// Up to this many webhooks of one subscription in flight at once, 1 to
     /// 64 (1: each subscription strictly in order; above: in order per file).
     #[arg(long, value_name = "N")]
@@ -332,6 +337,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(notify) = args.notify_submodules {
                 body.insert("notify_submodules".into(), json!(notify));
+            }
+            if let Some(resolve) = args.resolve_lfs {
+                body.insert("resolve_lfs".into(), json!(resolve));
             }
             if let Some(window) = args.window {
                 body.insert("window".into(), json!(window));

@@ -50,6 +50,7 @@ fn view(app: &app::Model, state: &AppState) -> AppView {
         profile: AppProfile::from(app),
         notify_synced: app.notify_synced,
         notify_submodules: app.notify_submodules,
+        resolve_lfs: app.resolve_lfs,
         backoff: BackoffView {
             policy: backoff.policy.as_str().to_owned(),
             base: humantime::format_duration(backoff.base).to_string(),
@@ -74,8 +75,8 @@ pub(crate) async fn show(app: app::Model, state: AppState) -> Result<Response, A
     Ok(warp::reply::json(&view(&app, &state)).into_response())
 }
 
-/// Changes the calling app's base_url, `synced` opt-in, retry backoff or
-/// delivery window.
+/// Changes the calling app's base_url, opt-ins, LFS resolution, retry
+/// backoff, delivery window or delivery mode.
 /// Every field is validated before anything is written.
 #[utoipa::path(patch, path = "/api/app", tag = "client",
     request_body = UpdateApp,
@@ -94,16 +95,16 @@ pub(crate) async fn update(
     if request.base_url.is_none()
         && request.notify_synced.is_none()
         && request.notify_submodules.is_none()
+        && request.resolve_lfs.is_none()
         && request.backoff.is_none()
         && request.window.is_none()
         && request.delivery.is_none()
     {
         return Err(Invalid {
             field: "body",
-            message:
-                "names nothing to change (base_url, notify_synced, notify_submodules, backoff, \
-                 window or delivery)"
-                    .to_owned(),
+            message: "names nothing to change (base_url, notify_synced, notify_submodules, \
+                 resolve_lfs, backoff, window or delivery)"
+                .to_owned(),
         }
         .into());
     }
@@ -126,6 +127,7 @@ pub(crate) async fn update(
         base_url,
         notify_synced: request.notify_synced,
         notify_submodules: request.notify_submodules,
+        resolve_lfs: request.resolve_lfs,
         backoff,
         window,
         delivery,

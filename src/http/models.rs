@@ -360,6 +360,9 @@ pub struct AppView {
     pub notify_synced: bool,
     /// Whether a `submodule` event tells of each submodule whose commit moved.
     pub notify_submodules: bool,
+    /// Whether files stored in Git LFS come with their real content (`true`,
+    /// the default) or as the pointer files git holds.
+    pub resolve_lfs: bool,
     /// The retry backoff in force: the app's own, else the server default.
     pub backoff: BackoffView,
     /// While set (and in the future), the previous signing key still signs
@@ -388,6 +391,10 @@ pub struct UpdateApp {
     pub notify_synced: Option<bool>,
     /// Opt in to (or out of) `submodule` events.
     pub notify_submodules: Option<bool>,
+    /// Deliver files stored in Git LFS with their real content (`true`, the
+    /// default) or as the pointer files git holds (`false`). Applies to
+    /// events written after the change.
+    pub resolve_lfs: Option<bool>,
     /// The app's own retry backoff (all three fields).
     pub backoff: Option<BackoffView>,
     /// Up to this many webhooks of one subscription in flight at once, 1 to

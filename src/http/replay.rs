@@ -148,6 +148,7 @@ pub(crate) async fn start(
             replay_id: replay_id.clone(),
             include: view.include(),
             exclude: view.exclude(),
+            resolve_lfs: app.resolve_lfs,
         })
         .await
         .map_err(replay_error)?;

@@ -34,6 +34,7 @@ async fn patch_validates_every_field_before_writing_anything() {
     let before = show_app(&app, &client).await;
     assert_eq!(before["app_id"], client.app_id.as_str());
     assert_eq!(before["notify_synced"], false);
+    assert_eq!(before["resolve_lfs"], true);
     assert_eq!(before["backoff"]["policy"], "exp_full_jitter");
     assert_eq!(before["window"], 1);
     assert!(before["previous_key_expires_at"].is_null());
@@ -47,6 +48,14 @@ async fn patch_validates_every_field_before_writing_anything() {
         (json!({"colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY),
         (
             json!({"notify_synced": "yes"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"resolve_lfs": "no"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"resolve_lfs": null}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
@@ -84,17 +93,19 @@ async fn patch_validates_every_field_before_writing_anything() {
     let (status, updated) = patch_app(
         &app,
         &client,
-        json!({"notify_synced": true, "backoff": {"policy": "linear", "base": "2s", "max": "10m"}}),
+        json!({"notify_synced": true, "resolve_lfs": false, "backoff": {"policy": "linear", "base": "2s", "max": "10m"}}),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["notify_synced"], true);
+    assert_eq!(updated["resolve_lfs"], false);
     assert_eq!(updated["backoff"]["policy"], "linear");
     assert_eq!(updated["backoff"]["base"], "2s");
     assert_eq!(updated["backoff"]["max"], "10m");
     assert_eq!(show_app(&app, &client).await, updated);
     // Tenants are isolated: the other app is untouched.
     assert_eq!(show_app(&app, &other).await["notify_synced"], false);
+    assert_eq!(show_app(&app, &other).await["resolve_lfs"], true);
 }
 
 /// Every value a client may send as `window` that is not a whole number

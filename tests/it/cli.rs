@@ -780,12 +780,15 @@ async fn an_app_updates_its_settings_and_rotates_its_key_from_the_cli() {
             "true",
             "--notify-submodules",
             "true",
+            "--resolve-lfs",
+            "false",
         ],
     )
     .await;
     assert_eq!(updated.code, 0, "{}", updated.stderr);
     assert_eq!(updated.json()["notify_synced"], true);
     assert_eq!(updated.json()["notify_submodules"], true);
+    assert_eq!(updated.json()["resolve_lfs"], false);
 
     let refused = herald(
         &app,

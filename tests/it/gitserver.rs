@@ -439,7 +439,7 @@ struct HttpConfig {
 
 /// Git LFS beside smart HTTP (`crate::lfsserver` in the tests): what an
 /// authorized request of `user` under `…/info/lfs/` is answered, by the
-/// server listening at `port`: status, content type, body.
+/// server listening at `port`.
 pub trait LfsAnswers: Send + Sync {
     fn answer(
         &self,
@@ -448,7 +448,16 @@ pub trait LfsAnswers: Send + Sync {
         path: &str,
         body: &[u8],
         port: u16,
-    ) -> (u16, &'static str, Vec<u8>);
+    ) -> LfsReply;
+}
+
+/// One answer of [`LfsAnswers`].
+pub struct LfsReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// A redirect's `Location`.
+    pub location: Option<String>,
 }
 
 impl HttpConfig {
@@ -752,12 +761,12 @@ async fn connection(
         && path.contains("/info/lfs/")
     {
         let user = basic.as_ref().map(|(user, _)| user.as_str());
-        let (status, content_type, answer) =
-            lfs.answer(user, &head.method, &path, &body, config.port);
-        record.status = status;
+        let reply = lfs.answer(user, &head.method, &path, &body, config.port);
+        record.status = reply.status;
         log.lock().expect("request log lock").push(record);
-        let headers = [("Content-Type".to_owned(), content_type.to_owned())];
-        respond(&mut write, status, "LFS", &headers, &answer)
+        let mut headers = vec![("Content-Type".to_owned(), reply.content_type.to_owned())];
+        headers.extend(reply.location.map(|to| ("Location".to_owned(), to)));
+        respond(&mut write, reply.status, "LFS", &headers, &reply.body)
             .await
             .ok();
         return;

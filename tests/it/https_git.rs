@@ -20,7 +20,7 @@ use crate::receiver::Receiver;
 
 /// A certificate authority (as PEM) and a TLS acceptor with a certificate
 /// it issued for `localhost`.
-fn authority_and_localhost() -> (String, tokio_rustls::TlsAcceptor) {
+pub(crate) fn authority_and_localhost() -> (String, tokio_rustls::TlsAcceptor) {
     let (authority, config) = actors::test_support::tls::authority_and_localhost();
     (pem(&authority), tokio_rustls::TlsAcceptor::from(config))
 }
@@ -38,7 +38,7 @@ fn pem(der: &[u8]) -> String {
 }
 
 /// A bundle file holding `pem`, for `SSL_CERT_FILE`.
-fn bundle(pem: &str) -> (TempDir, PathBuf) {
+pub(crate) fn bundle(pem: &str) -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a directory for the bundle");
     let path = dir.path().join("ca-bundle.pem");
     std::fs::write(&path, pem).expect("the bundle is written");
@@ -48,7 +48,7 @@ fn bundle(pem: &str) -> (TempDir, PathBuf) {
 /// Terminates TLS on a loopback port and relays each connection to
 /// `backend` in plain HTTP; returns the port. Counts the handshakes that
 /// succeeded.
-async fn tls_front(
+pub(crate) async fn tls_front(
     acceptor: tokio_rustls::TlsAcceptor,
     backend: u16,
 ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {

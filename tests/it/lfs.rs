@@ -97,8 +97,23 @@ async fn subscribe(
     name: &str,
     credential: (&str, &str),
 ) -> (Receiver, TestClient) {
+    subscribe_with(app, remote, name, credential, None).await
+}
+
+/// Onboards an app whose webhooks go to a new receiver, sets `settings` on
+/// it if any, and only then registers `remote` with `credential`.
+async fn subscribe_with(
+    app: &TestApp,
+    remote: &LfsRemote,
+    name: &str,
+    credential: (&str, &str),
+    settings: Option<Value>,
+) -> (Receiver, TestClient) {
     let inbox = Receiver::start().await;
     let client = onboard(app, &inbox, name).await;
+    if let Some(settings) = settings {
+        set(app, &client, settings).await;
+    }
     let (status, body) = app
         .register(
             &client,
@@ -107,6 +122,20 @@ async fn subscribe(
         .await;
     assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     (inbox, client)
+}
+
+/// Changes the app's settings (`PATCH /api/app`); the updated app.
+async fn set(app: &TestApp, client: &TestClient, settings: Value) -> Value {
+    let (status, body) = app
+        .call(
+            reqwest::Method::PATCH,
+            "/api/app",
+            Some(&client.token),
+            Some(settings),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    body
 }
 
 /// The file bodies received for `path`, in order.
@@ -248,15 +277,12 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
     let app = engine_with(&[]).await;
     let (inbox, client) = subscribe(&app, &remote, "patient", ALICE).await;
     // Retries as soon as Herald waits for content at all (5 s).
-    let (status, body) = app
-        .call(
-            reqwest::Method::PATCH,
-            "/api/app",
-            Some(&client.token),
-            Some(json!({"backoff": {"policy": "fixed", "base": "1s", "max": "1s"}})),
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    set(
+        &app,
+        &client,
+        json!({"backoff": {"policy": "fixed", "base": "1s", "max": "1s"}}),
+    )
+    .await;
 
     // The object cannot be had: its event waits, and the file after it too.
     app.wait_for_events(
@@ -522,4 +548,291 @@ async fn the_credential_never_follows_a_link_to_another_origin() {
         "{downloads:?}"
     );
     assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
+}
+
+/// The pointer file `git lfs` writes for `content`.
+fn pointer_of(content: &[u8]) -> String {
+    format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+        sha(content),
+        content.len()
+    )
+}
+
+/// Asserts that `body` carries `pointer` as a plain text file, as before
+/// LFS support: its own sha and size, no `lfs` key.
+fn assert_pointer_body(body: &Value, pointer: &str) {
+    assert_eq!(body["file"]["content"], pointer, "{body}");
+    assert_eq!(body["file"]["sha"], sha(pointer.as_bytes()), "{body}");
+    assert_eq!(body["file"]["size"], pointer.len(), "{body}");
+    assert!(body["file"].get("lfs").is_none(), "{body}");
+    assert!(body["file"].get("content_encoding").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn an_app_that_turns_resolution_off_gets_pointers_while_others_get_content() {
+    let model = noise(2048, 29);
+    let remote = LfsRemote::new(&[("model.bin", &model)]);
+    let pointer = pointer_of(&model);
+    assert_eq!(
+        crate::gitserver::run_git(remote.repo.path(), &["cat-file", "-p", "HEAD:model.bin"]),
+        pointer,
+        "git holds the pointer git-lfs wrote"
+    );
+    let app = engine_with(&[]).await;
+    let (plain_inbox, plain) = subscribe_with(
+        &app,
+        &remote,
+        "pointers",
+        BOB,
+        Some(json!({"resolve_lfs": false})),
+    )
+    .await;
+    let (inbox, _client) = subscribe(&app, &remote, "content", ALICE).await;
+
+    // One scan, two views of it.
+    let bodies = file_arrives(&inbox, "model.bin", &sha(&model)).await;
+    assert_eq!(bodies[0]["file"]["lfs"], true);
+    assert_eq!(content_of(&bodies), model);
+    let bodies = file_arrives(&plain_inbox, "model.bin", &sha(pointer.as_bytes())).await;
+    assert_pointer_body(&bodies[0], &pointer);
+    let events = app
+        .wait_for_events(
+            &plain,
+            "status=delivered",
+            "the pointer delivered",
+            |events| events.iter().any(|event| event["path"] == "model.bin"),
+        )
+        .await;
+    let event = events
+        .iter()
+        .find(|event| event["path"] == "model.bin")
+        .expect("the pointer's event");
+    assert_eq!(event["lfs"], false, "{event}");
+    assert_eq!(event["sha"], sha(pointer.as_bytes()));
+
+    // An update: each app's previous sha is of what it got before.
+    let retrained = noise(3000, 37);
+    let new_pointer = pointer_of(&retrained);
+    remote.change(&[("model.bin", &retrained)]);
+    let bodies = file_arrives(&inbox, "model.bin", &sha(&retrained)).await;
+    assert_eq!(content_of(&bodies), retrained);
+    assert_eq!(bodies[0]["previous_sha"], sha(&model));
+    let bodies = file_arrives(&plain_inbox, "model.bin", &sha(new_pointer.as_bytes())).await;
+    assert_pointer_body(&bodies[0], &new_pointer);
+    assert_eq!(bodies[0]["previous_sha"], sha(pointer.as_bytes()));
+
+    // A replay of that change describes the pointers, as the app sees them.
+    let rev = |name: &str| {
+        crate::gitserver::run_git(remote.repo.path(), &["rev-parse", name])
+            .trim()
+            .to_owned()
+    };
+    let (_, watched) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/repositories",
+            Some(&plain.token),
+            None,
+        )
+        .await;
+    let repository = watched["data"][0]["repository_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a repository id: {watched}"))
+        .to_owned();
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/repositories/{repository}/replay"),
+            Some(&plain.token),
+            Some(json!({"from": rev("HEAD~1"), "to": rev("HEAD")})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let received = plain_inbox
+        .wait_for("the replayed pointer", |received| {
+            received
+                .iter()
+                .any(|r| r.status == 200 && !r.json()["replay"].is_null())
+        })
+        .await;
+    let replayed = received
+        .iter()
+        .map(Received::json)
+        .find(|body| !body["replay"].is_null())
+        .expect("the replayed body");
+    assert_pointer_body(&replayed, &new_pointer);
+    assert_eq!(replayed["previous_sha"], sha(pointer.as_bytes()));
+
+    // A subscriber that comes later gets the stored manifest's pointers.
+    let (late_inbox, _late) = subscribe_with(
+        &app,
+        &remote,
+        "late",
+        BOB,
+        Some(json!({"resolve_lfs": false})),
+    )
+    .await;
+    let bodies = file_arrives(&late_inbox, "model.bin", &sha(new_pointer.as_bytes())).await;
+    assert_pointer_body(&bodies[0], &new_pointer);
+
+    // Turned back on, the events written from then on carry the content.
+    let updated = set(&app, &plain, json!({"resolve_lfs": true})).await;
+    assert_eq!(updated["resolve_lfs"], true);
+    let final_model = noise(1500, 41);
+    remote.change(&[("model.bin", &final_model)]);
+    let bodies = file_arrives(&plain_inbox, "model.bin", &sha(&final_model)).await;
+    assert_eq!(bodies[0]["file"]["lfs"], true);
+    assert_eq!(bodies[0]["previous_sha"], sha(&retrained));
+    assert_eq!(content_of(&bodies), final_model);
+    // Nothing either app got mixed the two views.
+    for (received, pointers) in [(inbox.received(), false), (late_inbox.received(), true)] {
+        for body in bodies_of(&received, "model.bin") {
+            assert_eq!(body["file"].get("lfs").is_none(), pointers, "{body}");
+        }
+    }
+}
+
+/// The port a receiver listens on.
+fn port_of(inbox: &Receiver) -> u16 {
+    url::Url::parse(&inbox.base_url)
+        .ok()
+        .and_then(|url| url.port())
+        .expect("the receiver's port")
+}
+
+#[tokio::test]
+async fn links_the_address_rule_refuses_are_not_followed_and_nothing_is_lost() {
+    use crate::https_git::{authority_and_localhost, bundle, tls_front};
+    // Git, LFS and webhooks over https on loopback, with plain http refused
+    // (`security.allow_http_targets` off): the LFS server's own objects
+    // over plain http are a target the rule forbids, and one that answers,
+    // so a link followed against the rule would show.
+    let model = noise(4096, 31);
+    let remote = LfsRemote::new(&[("model.bin", &model), ("z.md", b"after the model\n")]);
+    let (authority, acceptor) = authority_and_localhost();
+    let (_bundle_dir, trusted) = bundle(&authority);
+    let (git_port, _) = tls_front(acceptor.clone(), remote.server.port()).await;
+    let inbox = Receiver::start().await;
+    let (hooks_port, _) = tls_front(acceptor, port_of(&inbox)).await;
+    let forbidden = format!(
+        "http://127.0.0.1:{}/assets.git/info/lfs/objects",
+        remote.server.port()
+    );
+    let good = format!("https://localhost:{git_port}/assets.git/info/lfs/objects");
+    remote.objects.set_href_base(Some(&forbidden));
+    let app = TestApp::builder()
+        .fast()
+        .env("HERALD__SECURITY__ALLOW_HTTP_TARGETS", "false")
+        .env("SSL_CERT_FILE", &trusted.display().to_string())
+        .spawn()
+        .await;
+    let client = app
+        .onboard_with(json!({
+            "app_name": "strict",
+            "base_url": format!("https://localhost:{hooks_port}/hooks"),
+            "email": "dev@example.com",
+        }))
+        .await;
+    let (status, body) = app
+        .register(
+            &client,
+            json!({
+                "url": format!("https://localhost:{git_port}/assets.git"),
+                "github_token": token(ALICE),
+            }),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+
+    let dead = async |what: &str| {
+        let events = app
+            .wait_for_events(&client, "status=dead", what, |events| {
+                events.iter().any(|event| event["path"] == "model.bin")
+            })
+            .await;
+        let event = events
+            .iter()
+            .find(|event| event["path"] == "model.bin")
+            .expect("model.bin")
+            .clone();
+        let error = event["last_error"].as_str().expect("an error").to_owned();
+        assert!(
+            error.contains("http://") && error.contains("allow_http_targets"),
+            "{what}: {error}"
+        );
+        assert!(!error.contains(ALICE.1), "no secret in errors: {error}");
+        event["event_id"].as_str().expect("an id").to_owned()
+    };
+    let retry = async |event_id: &str| {
+        let (status, body) = app
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/events/{event_id}/retry"),
+                Some(&client.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    };
+
+    // The batch API hands out a link the rule refuses: given up on, with
+    // the reason, before anything is asked of it.
+    let event_id = dead("the forbidden link refused").await;
+    assert_eq!(remote.objects.downloads(), 0, "the link was not followed");
+    assert!(remote.objects.batches() >= 1);
+
+    // A good link that redirects to the forbidden target: the redirect is
+    // refused the same way.
+    remote.objects.set_href_base(Some(&good));
+    remote.objects.set_redirect_base(Some(&forbidden));
+    retry(&event_id).await;
+    let redirected = || {
+        remote
+            .server
+            .request_log()
+            .iter()
+            .any(|request| request.status == 302)
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !redirected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no redirect asked; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let event_id = dead("the redirect refused").await;
+    assert_eq!(
+        remote.objects.downloads(),
+        0,
+        "the redirect was not followed"
+    );
+    // Blocked in order: nothing of either file went out meanwhile.
+    assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
+    assert!(bodies_of(&inbox.received(), "z.md").is_empty());
+    let (_, subscriptions) = app
+        .call(
+            reqwest::Method::GET,
+            "/api/repositories",
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        subscriptions["data"][0]["status"], "failed",
+        "{subscriptions}"
+    );
+
+    // Good links again: the file, then the one after it.
+    remote.objects.set_redirect_base(None);
+    retry(&event_id).await;
+    let bodies = file_arrives(&inbox, "model.bin", &sha(&model)).await;
+    assert_eq!(content_of(&bodies), model);
+    file_arrives(&inbox, "z.md", &sha(b"after the model\n")).await;
+    assert_eq!(remote.objects.downloads(), 1);
+    for body in bodies_of(&inbox.received(), "model.bin") {
+        assert_eq!(body["file"]["sha"], sha(&model), "{body}");
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::gitserver::{LfsAnswers, TestRepo, run_git};
+use crate::gitserver::{LfsAnswers, LfsReply, TestRepo, run_git};
 
 /// The objects served, and how the server behaves.
 pub struct LfsObjects {
@@ -21,6 +21,8 @@ pub struct LfsObjects {
     down: AtomicBool,
     /// Download links point here instead of at the server itself.
     href_base: Mutex<Option<String>>,
+    /// Downloads are answered `302 Found` to `{this}/{oid}` while set.
+    redirect_base: Mutex<Option<String>>,
     /// Users whose credential git accepts but LFS refuses (403).
     refused: Mutex<Vec<String>>,
     batches: AtomicUsize,
@@ -34,6 +36,7 @@ impl LfsObjects {
             dir: repo.path().join(".git/lfs/objects"),
             down: AtomicBool::new(false),
             href_base: Mutex::new(None),
+            redirect_base: Mutex::new(None),
             refused: Mutex::new(Vec::new()),
             batches: AtomicUsize::new(0),
             downloads: AtomicUsize::new(0),
@@ -56,6 +59,12 @@ impl LfsObjects {
     /// Download links point under `base` (e.g. another, private host).
     pub fn set_href_base(&self, base: Option<&str>) {
         *self.href_base.lock().expect("href lock") = base.map(str::to_owned);
+    }
+
+    /// Downloads answer a redirect to `{base}/{oid}` (or, `None`, the
+    /// object).
+    pub fn set_redirect_base(&self, base: Option<&str>) {
+        *self.redirect_base.lock().expect("redirect lock") = base.map(str::to_owned);
     }
 
     /// Refuses `user`'s LFS requests (403), though git still serves it.
@@ -122,12 +131,19 @@ impl LfsAnswers for LfsObjects {
         path: &str,
         body: &[u8],
         port: u16,
-    ) -> (u16, &'static str, Vec<u8>) {
+    ) -> LfsReply {
+        let reply = |status: u16, content_type: &'static str, body: Vec<u8>| LfsReply {
+            status,
+            content_type,
+            body,
+            location: None,
+        };
+        let text = |status: u16, body: &[u8]| reply(status, "text/plain", body.to_vec());
         if method == "POST" {
             self.batches.fetch_add(1, Ordering::SeqCst);
         }
         if self.down.load(Ordering::SeqCst) {
-            return (503, "text/plain", b"down for maintenance\n".to_vec());
+            return text(503, b"down for maintenance\n");
         }
         if user.is_some_and(|user| {
             self.refused
@@ -136,10 +152,10 @@ impl LfsAnswers for LfsObjects {
                 .iter()
                 .any(|u| u == user)
         }) {
-            return (403, "text/plain", b"no LFS access\n".to_vec());
+            return text(403, b"no LFS access\n");
         }
         let Some((prefix, rest)) = path.split_once("/info/lfs/") else {
-            return (404, "text/plain", Vec::new());
+            return text(404, b"");
         };
         match (method, rest) {
             ("POST", "objects/batch") => {
@@ -149,20 +165,26 @@ impl LfsAnswers for LfsObjects {
                     .expect("href lock")
                     .clone()
                     .unwrap_or_else(|| format!("http://127.0.0.1:{port}{prefix}/info/lfs/objects"));
-                (200, "application/vnd.git-lfs+json", self.batch(body, &base))
+                reply(200, "application/vnd.git-lfs+json", self.batch(body, &base))
             }
-            ("GET", object) => match object
-                .strip_prefix("objects/")
-                .and_then(|oid| self.object(oid))
-            {
-                Some(file) => {
+            ("GET", object) => match object.strip_prefix("objects/").and_then(|oid| {
+                let file = self.object(oid)?;
+                Some((oid, file))
+            }) {
+                Some((oid, file)) => {
+                    if let Some(base) = self.redirect_base.lock().expect("redirect lock").as_ref() {
+                        return LfsReply {
+                            location: Some(format!("{base}/{oid}")),
+                            ..text(302, b"")
+                        };
+                    }
                     self.downloads.fetch_add(1, Ordering::SeqCst);
                     let bytes = std::fs::read(file).expect("the object can be read");
-                    (200, "application/octet-stream", bytes)
+                    reply(200, "application/octet-stream", bytes)
                 }
-                None => (404, "text/plain", Vec::new()),
+                None => text(404, b""),
             },
-            _ => (404, "text/plain", Vec::new()),
+            _ => text(404, b""),
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct AppUpdate {
     pub base_url: Option<String>,
     pub notify_synced: Option<bool>,
     pub notify_submodules: Option<bool>,
+    /// Whether LFS files are delivered with their real content; applies to
+    /// events written after the change.
+    pub resolve_lfs: Option<bool>,
     /// Policy name, base and cap (ms) of the app's retry backoff.
     pub backoff: Option<(String, i64, i64)>,
     pub window: Option<DeliveryWindow>,
@@ -156,6 +159,7 @@ impl Store {
             backoff_max_ms: Set(None),
             notify_synced: Set(false),
             notify_submodules: Set(false),
+            resolve_lfs: Set(true),
             delivery_window: Set(new.window.stored()),
             delivery_mode: Set(new.delivery),
             stream_next: Set(1),
@@ -272,6 +276,9 @@ impl Store {
         }
         if let Some(notify) = update.notify_submodules {
             active.notify_submodules = Set(notify);
+        }
+        if let Some(resolve) = update.resolve_lfs {
+            active.resolve_lfs = Set(resolve);
         }
         if let Some((policy, base_ms, max_ms)) = update.backoff {
             active.backoff_policy = Set(Some(policy));
@@ -427,6 +434,7 @@ mod tests {
             backoff_max_ms: None,
             notify_synced: false,
             notify_submodules: false,
+            resolve_lfs: true,
             delivery_window,
             delivery_mode: entity::DeliveryMode::Push,
             stream_next: 1,

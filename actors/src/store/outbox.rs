@@ -67,7 +67,8 @@ pub(crate) struct Pending<'a> {
     pub(crate) kind: EventKind,
     pub(crate) path: &'a str,
     file: &'a FileInfo,
-    previous_sha256: Option<&'a [u8; 32]>,
+    /// The file an update replaces.
+    previous: Option<&'a FileInfo>,
 }
 
 /// What every event of one snapshot (or one replay) carries besides its
@@ -181,21 +182,24 @@ impl Store {
             .from(subscription::Entity)
             .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.id.as_str()))
             .to_owned();
-        let opted_in: Vec<(String, bool, bool)> = app::Entity::find()
+        // The apps whose settings differ from the defaults.
+        let opted_in: Vec<(String, bool, bool, bool)> = app::Entity::find()
             .select_only()
             .column(app::Column::Id)
             .column(app::Column::NotifySynced)
             .column(app::Column::NotifySubmodules)
+            .column(app::Column::ResolveLfs)
             .filter(app::Column::Id.in_subquery(watchers))
             .filter(
                 app::Column::NotifySynced
                     .eq(true)
-                    .or(app::Column::NotifySubmodules.eq(true)),
+                    .or(app::Column::NotifySubmodules.eq(true))
+                    .or(app::Column::ResolveLfs.eq(false)),
             )
             .into_tuple()
             .all(&txn)
             .await?;
-        let opted = |which: fn(&(String, bool, bool)) -> bool| {
+        let opted = |which: fn(&(String, bool, bool, bool)) -> bool| {
             opted_in
                 .iter()
                 .filter(|app| which(app))
@@ -204,6 +208,7 @@ impl Store {
         };
         let notify_synced = opted(|app| app.1);
         let notify_submodules = opted(|app| app.2);
+        let unresolved_lfs = opted(|app| !app.3);
         let delta = &advance.delta;
         let moved =
             repo.head_commit.as_deref() != Some(advance.commit.as_str()) || !delta.is_empty();
@@ -253,6 +258,7 @@ impl Store {
         let mut written = 0u64;
         let mut written_by_kind: BTreeMap<EventKind, u64> = BTreeMap::new();
         for sub in &subscriptions {
+            let resolve_lfs = !unresolved_lfs.contains(&sub.app_id);
             let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
             let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
             let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
@@ -268,16 +274,16 @@ impl Store {
                             kind: EventKind::Created,
                             path,
                             file,
-                            previous_sha256: None,
+                            previous: None,
                         }),
                 );
-                write_events(&txn, sub, &stamp, files).await?
+                write_events(&txn, sub, &stamp, resolve_lfs, files).await?
             } else if !moved {
                 SyncedCounts::default()
             } else {
                 let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
                 let pending = changes_for(&old, delta, &old_vis, &new_vis);
-                write_events(&txn, sub, &stamp, pending.into_iter()).await?
+                write_events(&txn, sub, &stamp, resolve_lfs, pending.into_iter()).await?
             };
             let count = usize::try_from(counts.created + counts.updated + counts.deleted)
                 .unwrap_or(usize::MAX);
@@ -471,12 +477,26 @@ fn tree_files<'a>(
 
 /// Writes a subscription's events in the order given, numbered from its
 /// `next_seq`, a batch of rows at a time; returns how many of each kind.
+/// Without `resolve_lfs` (the app's setting), an LFS file's event names
+/// its pointer file, as git holds it.
 pub(crate) async fn write_events<'a>(
     txn: &DatabaseTransaction,
     sub: &subscription::Model,
     stamp: &Stamp<'_>,
+    resolve_lfs: bool,
     pending: impl Iterator<Item = Pending<'a>>,
 ) -> Result<SyncedCounts, StoreError> {
+    let as_seen = |file: &FileInfo| {
+        if resolve_lfs {
+            return *file;
+        }
+        file.unresolved().unwrap_or_else(|| {
+            // A manifest row stored before pointers were kept: the object
+            // is all that is known, and it goes out marked `lfs`.
+            tracing::warn!(blob = %file.blob_id, "an LFS file's pointer is not known; it is sent resolved");
+            *file
+        })
+    };
     let mut counts = SyncedCounts::default();
     let mut seq = sub.next_seq;
     let mut batch = Vec::with_capacity(BATCH);
@@ -484,17 +504,18 @@ pub(crate) async fn write_events<'a>(
     while pending.peek().is_some() {
         batch.extend(pending.by_ref().take(BATCH).map(|p| {
             counts.add(p.kind);
+            let file = as_seen(p.file);
             let row = event::ActiveModel {
                 snapshot_id: Set(stamp.snapshot_id.clone()),
                 seq: Set(seq),
                 kind: Set(p.kind),
                 path: Set(Some(p.path.to_owned())),
-                sha256: Set(Some(p.file.sha256_hex())),
-                previous_sha256: Set(p.previous_sha256.map(hex::encode)),
-                size: Set(Some(p.file.size)),
-                blob_id: Set((p.kind != EventKind::Deleted).then(|| p.file.blob_id.to_string())),
-                binary: Set(p.file.binary),
-                lfs: Set(p.file.lfs),
+                sha256: Set(Some(file.sha256_hex())),
+                previous_sha256: Set(p.previous.map(|before| as_seen(before).sha256_hex())),
+                size: Set(Some(file.size)),
+                blob_id: Set((p.kind != EventKind::Deleted).then(|| file.blob_id.to_string())),
+                binary: Set(file.binary),
+                lfs: Set(file.lfs),
                 commit_sha: Set(Some(stamp.commit.to_owned())),
                 trace_parent: Set(stamp.trace_parent.clone()),
                 replay_id: Set(stamp.replay.map(|(id, _)| id.to_owned())),
@@ -545,19 +566,19 @@ pub(crate) fn changes_for<'a>(
                 kind: EventKind::Deleted,
                 path,
                 file: before,
-                previous_sha256: None,
+                previous: None,
             }),
             (None, Some(after)) => created.push(Pending {
                 kind: EventKind::Created,
                 path,
                 file: after,
-                previous_sha256: None,
+                previous: None,
             }),
             (Some(before), Some(after)) if before.sha256 != after.sha256 => updated.push(Pending {
                 kind: EventKind::Updated,
                 path,
                 file: after,
-                previous_sha256: Some(&before.sha256),
+                previous: Some(before),
             }),
             _ => {}
         }

@@ -118,7 +118,9 @@ impl Store {
             now,
             replay: Some((id.as_str(), &marker)),
         };
-        let counts = write_events(&txn, &sub, &stamp, pending.into_iter()).await?;
+        // The diff already describes LFS files as the app sees them (see
+        // `ReplayRequest::resolve_lfs`).
+        let counts = write_events(&txn, &sub, &stamp, true, pending.into_iter()).await?;
         let count = counts.created + counts.updated + counts.deleted;
         let total = i64::try_from(count).unwrap_or(i64::MAX);
         let row = replay::ActiveModel {

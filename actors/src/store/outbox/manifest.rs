@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::BATCH;
-use crate::changes::{FileInfo, TreeDelta};
+use crate::changes::{FileInfo, PointerFile, TreeDelta};
 use crate::store::StoreError;
 
 /// Manifest rows read per query when the whole manifest is loaded.
@@ -29,10 +29,23 @@ pub(super) async fn load_manifest(
     repository: &str,
     only: Option<&[&str]>,
 ) -> Result<Manifest, StoreError> {
-    type Row = (String, String, String, i64, bool, bool);
-    fn add(known: &mut Manifest, (path, blob_id, sha256, size, binary, lfs): Row) {
+    type Row = (
+        String,
+        String,
+        String,
+        i64,
+        bool,
+        bool,
+        Option<String>,
+        Option<i64>,
+    );
+    fn add(known: &mut Manifest, row: Row) {
+        let (path, blob_id, sha256, size, binary, lfs, pointer_sha256, pointer_size) = row;
         match FileInfo::from_hex(&blob_id, &sha256, size, binary, lfs) {
-            Some(info) => {
+            Some(mut info) => {
+                info.pointer = pointer_sha256
+                    .zip(pointer_size)
+                    .and_then(|(sha256, size)| PointerFile::from_hex(&sha256, size));
                 known.insert(path, info);
             }
             // Unreadable: treated as absent, so the file is sent again.
@@ -49,6 +62,8 @@ pub(super) async fn load_manifest(
                 manifest_entry::Column::Size,
                 manifest_entry::Column::Binary,
                 manifest_entry::Column::Lfs,
+                manifest_entry::Column::PointerSha256,
+                manifest_entry::Column::PointerSize,
             ])
             .filter(manifest_entry::Column::RepositoryId.eq(repository))
     };
@@ -174,6 +189,8 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                 blob_id: Set(info.blob_id.to_string()),
                 binary: Set(info.binary),
                 lfs: Set(info.lfs),
+                pointer_sha256: Set(info.pointer.map(|p| hex::encode(p.sha256))),
+                pointer_size: Set(info.pointer.map(|p| i64::from(p.size))),
             })
             .collect::<Vec<_>>();
         manifest_entry::Entity::insert_many(rows)
@@ -188,6 +205,8 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                     manifest_entry::Column::BlobId,
                     manifest_entry::Column::Binary,
                     manifest_entry::Column::Lfs,
+                    manifest_entry::Column::PointerSha256,
+                    manifest_entry::Column::PointerSize,
                 ])
                 .to_owned(),
             )
