@@ -528,3 +528,87 @@ async fn a_mirror_lost_fetches_the_submodules_again_for_the_waiting_files() {
     let view = app.repository(&client, &id).await;
     assert_eq!(view["failed_events"], 0, "{view}");
 }
+
+#[tokio::test]
+async fn a_private_submodule_is_read_with_the_credential_only_on_the_same_origin() {
+    const ALICE: (&str, &str) = ("alice", "alice-submodule-token-5c1e");
+    // The superproject and `lib` on one private server; `elsewhere` on
+    // another server (another origin) that accepts the same credential.
+    let lib = TestRepo::new("main");
+    lib.write("lib.txt", "private lib\n");
+    let lib_commit = lib.commit("lib");
+    let other = TestRepo::new("main");
+    other.write("other.txt", "private elsewhere\n");
+    let other_commit = other.commit("other");
+    let other_served = crate::gitserver::Served::new(&other, "other.git");
+    let other_server = crate::gitserver::HttpGitServer::serve(other_served.root(), Some(ALICE));
+
+    let repo = TestRepo::new("main");
+    let with_lib = "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n";
+    repo.write(".gitmodules", with_lib);
+    repo.git(&["add", ".gitmodules"]);
+    commit_gitlink(&repo, "lib", &lib_commit, "with lib");
+    let served = crate::gitserver::Served::new(&repo, "app.git");
+    let _lib = served.sibling(&lib, "lib.git");
+    let server = crate::gitserver::HttpGitServer::serve(served.root(), Some(ALICE));
+
+    let receiver = Receiver::start().await;
+    let app = engine_with(&[("HERALD__BREAKER__GIT__COOLDOWN", "500ms")]).await;
+    let client = onboard(&app, &receiver, "private").await;
+    let (status, body) = app
+        .register(
+            &client,
+            json!({
+                "url": server.url("app.git"),
+                "github_token": format!("{}:{}", ALICE.0, ALICE.1),
+                "expand_submodules": true
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["repository_id"].as_str().expect("id").to_owned();
+    receiver
+        .wait_for("the private submodule's file", |r| {
+            tree(r) == files(&[(".gitmodules", with_lib), ("lib/lib.txt", "private lib\n")])
+        })
+        .await;
+
+    // A submodule on another origin is read without the credential: the
+    // server refuses, and the scan says so for that submodule.
+    let with_other = format!(
+        "{with_lib}[submodule \"other\"]\n\tpath = other\n\turl = {}\n",
+        other_server.url("other.git")
+    );
+    repo.write(".gitmodules", &with_other);
+    repo.git(&["add", ".gitmodules"]);
+    commit_gitlink(&repo, "other", &other_commit, "with another origin");
+    served.push(&repo, "HEAD:refs/heads/main", false);
+    let received = receiver
+        .wait_for("the other origin refused", |r| {
+            r.iter().any(|r| r.endpoint == "sync_failed")
+        })
+        .await;
+    let notice = received
+        .iter()
+        .find(|r| r.endpoint == "sync_failed")
+        .expect("a notice")
+        .json();
+    assert_eq!(notice["error"]["type"], "auth_failure", "{notice}");
+    assert!(
+        notice["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("submodule `other`")),
+        "{notice}"
+    );
+    assert!(
+        tree(&received)
+            .keys()
+            .all(|path| !path.starts_with("other/"))
+    );
+    let view = app.repository(&client, &id).await;
+    assert_eq!(
+        view["last_synced_commit"],
+        served.rev_parse("HEAD~1"),
+        "{view}"
+    );
+}
