@@ -499,7 +499,10 @@ fn walk_module(
     commit: Oid,
     visit: &mut dyn FnMut(String, Oid, bool) -> Result<(), ChangeError>,
 ) -> Result<(), ChangeError> {
-    let tree = repo.find_tree(level.tree_of(repo, path, commit, source)?)?;
+    let Some(tree) = level.tree_of(repo, path, commit, source)? else {
+        return Ok(());
+    };
+    let tree = repo.find_tree(tree)?;
     let inner = level.enter(repo, path, commit)?;
     walk_level(
         &tree,
@@ -621,12 +624,14 @@ fn sides(
             (side.is_gitlink(), level, reading.modules.as_mut())
         {
             let path = format!("{prefix}{name}");
-            side = Side {
-                id: level.tree_of(repo, &path, side.id, &mut *modules.source)?,
-                mode: u32::from(FileMode::Tree),
-                kind: Some(ObjectType::Tree),
-                module: Some(side.id),
-            };
+            if let Some(tree) = level.tree_of(repo, &path, side.id, &mut *modules.source)? {
+                side = Side {
+                    id: tree,
+                    mode: u32::from(FileMode::Tree),
+                    kind: Some(ObjectType::Tree),
+                    module: Some(side.id),
+                };
+            }
         }
         entries.insert(name.to_owned(), side);
     }
@@ -664,7 +669,10 @@ fn diff_trees(
             was.filter(|s| s.is_gitlink()).map(|s| s.id),
             is.filter(|s| s.is_gitlink()).map(|s| s.id),
         );
-        if old_link.is_some() || new_link.is_some() {
+        // Expanding, a gitlink left as one could not be followed: its
+        // files are not known, and no `submodule` event stands in for them.
+        let expanding = old.1.is_some() || new.1.is_some();
+        if !expanding && (old_link.is_some() || new_link.is_some()) {
             delta.submodules.push(SubmoduleChange {
                 path: path.clone(),
                 old: old_link,
@@ -832,7 +840,9 @@ pub fn bring_path(
             continue;
         }
         let inner = &path[..end];
-        let tree_id = level.tree_of(repo, inner, entry.id(), &mut *modules.source)?;
+        let Some(tree_id) = level.tree_of(repo, inner, entry.id(), &mut *modules.source)? else {
+            return Ok(());
+        };
         level = level.enter(repo, inner, entry.id())?;
         tree = repo.find_tree(tree_id)?;
         root = end + 1;

@@ -228,6 +228,7 @@ async fn a_repository_page_lists_its_scans_and_subscribers_and_scans_on_demand()
     };
     assert_eq!(page.matches(">unchanged<").count(), 1, "{page}");
     assert!(page.contains("Recent scans"), "{page}");
+    assert!(page.contains("not followed"), "a plain repository: {page}");
     assert!(
         page.contains("badge ok\">changed") || page.contains(">changed<"),
         "{page}"

@@ -612,3 +612,51 @@ async fn a_private_submodule_is_read_with_the_credential_only_on_the_same_origin
         "{view}"
     );
 }
+
+#[tokio::test]
+async fn a_gitlink_without_a_url_is_not_followed_until_gitmodules_names_it() {
+    let lib = TestRepo::new("main");
+    lib.write("lib.txt", "the lib\n");
+    let lib_commit = lib.commit("lib");
+    // An embedded repository committed without `.gitmodules`: git itself
+    // cannot check it out.
+    let repo = TestRepo::new("main");
+    repo.write("README.md", "hello\n");
+    repo.git(&["add", "README.md"]);
+    commit_gitlink(&repo, "lib", &lib_commit, "an embedded repository");
+    let rig = Rig::serve(&repo).await;
+    let _lib = rig.served.sibling(&lib, "lib.git");
+    let app = engine_with(&[]).await;
+    let client = onboard(&app, &rig.receiver, "expanded").await;
+    let id = watch_expanded(&app, &client, &rig.url()).await;
+    let first = repo.head();
+    app.wait_for_commit(&client, &id, &first).await;
+    rig.receiver
+        .wait_for("the files around it", |r| {
+            tree(r) == files(&[("README.md", "hello\n")])
+        })
+        .await;
+
+    // Once `.gitmodules` names it, its files come.
+    let gitmodules = "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n";
+    repo.write(".gitmodules", gitmodules);
+    // Staged alone: `git add -A` would drop the gitlink, which has no
+    // folder in the working tree.
+    repo.git(&["add", ".gitmodules"]);
+    repo.git(&["commit", "-q", "--no-verify", "-m", "name the submodule"]);
+    let named = repo.head();
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    app.wait_for_commit(&client, &id, &named).await;
+    let received = rig
+        .receiver
+        .wait_for("the submodule's files", |r| {
+            tree(r)
+                == files(&[
+                    (".gitmodules", gitmodules),
+                    ("README.md", "hello\n"),
+                    ("lib/lib.txt", "the lib\n"),
+                ])
+        })
+        .await;
+    assert!(received.iter().all(|r| r.endpoint != "sync_failed"));
+}

@@ -91,7 +91,8 @@ pub(super) struct Level {
     /// Its path in the expanded tree, with a trailing `/` (empty at the top).
     root: String,
     /// Its remote: a relative `.gitmodules` URL is resolved against it.
-    url: String,
+    /// `None`: a submodule whose commit the mirror held without a URL.
+    url: Option<String>,
     /// Its own submodules' URLs by path within it (its commit's
     /// `.gitmodules`).
     urls: HashMap<String, String>,
@@ -103,7 +104,7 @@ impl Level {
     pub(super) fn top(repo: &Repository, commit: Oid, url: &str) -> Result<Level, ChangeError> {
         Ok(Level {
             root: String::new(),
-            url: url.to_owned(),
+            url: Some(url.to_owned()),
             urls: urls_at(repo, commit)?,
             depth: 0,
         })
@@ -116,17 +117,25 @@ impl Level {
 
     /// The submodule at `path` (in the expanded tree), at `commit`: its
     /// tree id, the commit brought into the mirror first when it lacks it.
+    /// `None`: the mirror lacks it and `.gitmodules` gives it no URL, so it
+    /// cannot be had (git itself cannot check it out): it is not followed.
     pub(super) fn tree_of(
         &self,
         repo: &Repository,
         path: &str,
         commit: Oid,
         source: &mut dyn ModuleSource,
-    ) -> Result<Oid, ChangeError> {
+    ) -> Result<Option<Oid>, ChangeError> {
         if let Ok(found) = repo.find_commit(commit) {
-            return Ok(found.tree_id());
+            return Ok(Some(found.tree_id()));
         }
-        let url = self.url_of(path)?;
+        let Some(url) = self.url_of(path)? else {
+            tracing::warn!(
+                path,
+                "a submodule with no URL in .gitmodules is not followed"
+            );
+            return Ok(None);
+        };
         source
             .fetch(&url, commit)
             .map_err(|error| ChangeError::Submodule {
@@ -134,7 +143,7 @@ impl Level {
                 error,
             })?;
         repo.find_commit(commit)
-            .map(|found| found.tree_id())
+            .map(|found| Some(found.tree_id()))
             .map_err(|_| {
                 module_error(
                     path,
@@ -167,21 +176,23 @@ impl Level {
         })
     }
 
-    /// The resolved URL of the submodule at `path` (in the expanded tree).
-    fn url_of(&self, path: &str) -> Result<String, ChangeError> {
+    /// The resolved URL of the submodule at `path` (in the expanded tree);
+    /// `None` when `.gitmodules` gives it none.
+    fn url_of(&self, path: &str) -> Result<Option<String>, ChangeError> {
         let within = path.strip_prefix(self.root.as_str()).unwrap_or(path);
         let Some(url) = self.urls.get(within) else {
-            return Err(module_error(
-                path,
-                GitFailure::NotFound,
-                "it has no URL in .gitmodules",
-            ));
+            return Ok(None);
         };
-        resolve_url(&self.url, url).ok_or_else(|| {
+        let relative = url.starts_with("./") || url.starts_with("../");
+        let resolved = match &self.url {
+            None if relative => None,
+            parent => resolve_url(parent.as_deref().unwrap_or_default(), url),
+        };
+        resolved.map(Some).ok_or_else(|| {
             module_error(
                 path,
                 GitFailure::Refused,
-                "its relative URL climbs above its parent's host",
+                "its relative URL cannot be resolved against its parent's",
             )
         })
     }

@@ -55,6 +55,10 @@ pub async fn repository(
                         "the remote's default" @if let Some(resolved) = &r.resolved_branch { " (" (resolved) ")" }
                     } @else { (r.branch) }
                 }
+                dt { "Submodules" } dd {
+                    @if r.expand_submodules { "expanded: their files are sent under their paths" }
+                    @else { "not followed" }
+                }
                 dt { "Head" } dd {
                     @match &r.head_commit { Some(c) => { code { (c) } }, None => { span.muted { "not fetched yet" } } }
                 }
