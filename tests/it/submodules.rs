@@ -181,6 +181,37 @@ fn files(entries: &[(&str, &str)]) -> std::collections::BTreeMap<String, String>
         .collect()
 }
 
+/// The accepted file webhooks as (endpoint, path), sorted.
+fn changes(received: &[Received]) -> Vec<(String, String)> {
+    let mut changes: Vec<(String, String)> = received
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| {
+            let body = r.json();
+            let path = body["file"]["path"].as_str().unwrap_or_default();
+            (r.endpoint.clone(), path.to_owned())
+        })
+        .collect();
+    changes.sort();
+    changes
+}
+
+/// Waits for the first `sync_failed`: what was received by then, and its
+/// body.
+async fn first_sync_failed(receiver: &Receiver) -> (Vec<Received>, Value) {
+    let received = receiver
+        .wait_for("a sync_failed", |r| {
+            r.iter().any(|r| r.endpoint == "sync_failed")
+        })
+        .await;
+    let notice = received
+        .iter()
+        .find(|r| r.endpoint == "sync_failed")
+        .expect("a notice")
+        .json();
+    (received, notice)
+}
+
 /// Registers `url` for `client` with its submodules expanded: the
 /// repository's id.
 async fn watch_expanded(app: &TestApp, client: &TestClient, url: &str) -> String {
@@ -282,24 +313,9 @@ async fn expanded_submodules_are_files_under_their_paths_nested_and_both_ways() 
         .receiver
         .wait_for("the submodules moved forwards", |r| tree(r) == at_two)
         .await;
-    let kinds = |received: &[Received], from: usize| -> Vec<(String, String)> {
-        received[from..]
-            .iter()
-            .filter(|r| r.status == 200)
-            .map(|r| {
-                let body = r.json();
-                (
-                    r.endpoint.clone(),
-                    body["file"]["path"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    };
     let moved = |endpoint: &str, path: &str| (endpoint.to_owned(), path.to_owned());
-    let mut changed = kinds(&received, seen);
-    changed.sort();
     assert_eq!(
-        changed,
+        changes(&received[seen..]),
         [
             moved("create", "libs/lib/c.txt"),
             moved("delete", "libs/lib/dir/b.txt"),
@@ -337,10 +353,8 @@ async fn expanded_submodules_are_files_under_their_paths_nested_and_both_ways() 
             tree(r) == at_one_again
         })
         .await;
-    let mut changed = kinds(&received, seen);
-    changed.sort();
     assert_eq!(
-        changed,
+        changes(&received[seen..]),
         [
             moved("create", "libs/lib/dir/b.txt"),
             moved("delete", "libs/lib/c.txt"),
@@ -360,20 +374,13 @@ async fn expanded_submodules_are_files_under_their_paths_nested_and_both_ways() 
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let replay_id = body["id"].as_str().expect("a replay id").to_owned();
-    let replayed = |received: &[Received]| -> Vec<(String, String)> {
-        let mut changes: Vec<(String, String)> = received
+    let replayed = |received: &[Received]| {
+        let of_replay: Vec<Received> = received
             .iter()
-            .filter(|r| r.status == 200 && r.json()["replay"]["id"] == replay_id.as_str())
-            .map(|r| {
-                let body = r.json();
-                (
-                    r.endpoint.clone(),
-                    body["file"]["path"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
+            .filter(|r| r.json()["replay"]["id"] == replay_id.as_str())
+            .cloned()
             .collect();
-        changes.sort();
-        changes
+        changes(&of_replay)
     };
     let received = rig
         .receiver
@@ -426,17 +433,7 @@ async fn a_submodule_that_cannot_be_fetched_fails_the_expanded_repository_until_
     let plain = onboard(&app, &plain_inbox, "plain").await;
     watch(&app, &plain, &rig.url()).await;
 
-    let received = rig
-        .receiver
-        .wait_for("the expanded repository's failure", |r| {
-            r.iter().any(|r| r.endpoint == "sync_failed")
-        })
-        .await;
-    let notice = received
-        .iter()
-        .find(|r| r.endpoint == "sync_failed")
-        .expect("a notice")
-        .json();
+    let (received, notice) = first_sync_failed(&rig.receiver).await;
     let message = notice["error"]["message"].as_str().expect("a message");
     assert!(
         message.contains("submodule `evil`") && message.contains("not supported"),
@@ -453,7 +450,7 @@ async fn a_submodule_that_cannot_be_fetched_fails_the_expanded_repository_until_
     // The plain subscriber, a repository of its own, is not held back.
     plain_inbox
         .wait_for("the plain snapshot", |r| {
-            files_in(r) == [".gitmodules", "README.md"]
+            tree(r).keys().eq([".gitmodules", "README.md"])
         })
         .await;
 
@@ -468,16 +465,6 @@ async fn a_submodule_that_cannot_be_fetched_fails_the_expanded_repository_until_
             tree(r) == files(&[(".gitmodules", ""), ("README.md", "hello\n")])
         })
         .await;
-}
-
-/// The paths created, sorted.
-fn files_in(received: &[Received]) -> Vec<String> {
-    let mut paths: Vec<String> = bodies(received, "create")
-        .iter()
-        .map(|body| body["file"]["path"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    paths.sort();
-    paths
 }
 
 #[tokio::test]
@@ -583,16 +570,7 @@ async fn a_private_submodule_is_read_with_the_credential_only_on_the_same_origin
     repo.git(&["add", ".gitmodules"]);
     commit_gitlink(&repo, "other", &other_commit, "with another origin");
     served.push(&repo, "HEAD:refs/heads/main", false);
-    let received = receiver
-        .wait_for("the other origin refused", |r| {
-            r.iter().any(|r| r.endpoint == "sync_failed")
-        })
-        .await;
-    let notice = received
-        .iter()
-        .find(|r| r.endpoint == "sync_failed")
-        .expect("a notice")
-        .json();
+    let (received, notice) = first_sync_failed(&receiver).await;
     assert_eq!(notice["error"]["type"], "auth_failure", "{notice}");
     assert!(
         notice["error"]["message"]
