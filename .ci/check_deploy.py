@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Static checks of Herald's deployment files, for .ci/run.
 
-No container engine is needed: this reads the Dockerfile, compose.yaml, the
+No container engine is needed (.ci/container builds and runs the image): this reads the Dockerfile, compose.yaml, the
 Prometheus, OpenTelemetry collector and Grafana files under config/ and the
 systemd unit, and checks that they agree with each other and with the code:
 
-- the Dockerfile's dependency-caching step copies every workspace member's
-  manifest and creates a stub for every target the manifests declare (else
-  `cargo build` fails in that step), and the image keeps its contract (/data
-  volume, non-root user, HEALTHCHECK on /health, EXPOSE, listening on 0.0.0.0);
+- the Dockerfile's dependency layer comes from cargo-chef, its sources from
+  the whole context, and .dockerignore leaves out nothing cargo reads; the
+  image keeps its contract (/data volume, non-root user, HEALTHCHECK on
+  /health, EXPOSE, listening on 0.0.0.0);
 - the Grafana dashboard parses, uses only the provisioned data sources, and
   queries only the shared Prometheus metric names, all of them (and notes
   names the Rust sources do not record, or record but the dashboard lacks);
@@ -98,43 +98,54 @@ def shutdown_timeout() -> float:
 # --- Dockerfile ---------------------------------------------------------------
 
 
-def declared_targets(member_dir: Path, manifest: dict) -> list[str]:
-    """Paths, relative to the workspace root, of the targets a manifest
-    declares, and of the lib and main targets cargo finds by convention."""
-    rel = member_dir.relative_to(ROOT)
-    package = manifest.get("package", {}).get("name")
-    paths = []
-    if "lib" in manifest or (member_dir / "src/lib.rs").exists():
-        paths.append(manifest.get("lib", {}).get("path", "src/lib.rs"))
-    if not manifest.get("bin") and (member_dir / "src/main.rs").exists():
-        paths.append("src/main.rs")
-    folders = {"bin": "src/bin", "test": "tests", "bench": "benches", "example": "examples"}
-    for kind, folder in folders.items():
-        for target in manifest.get(kind, []):
-            default = f"{folder}/{target['name']}.rs"
-            if kind == "bin" and target["name"] == package:
-                default = "src/main.rs"
-            paths.append(target.get("path", default))
-    return [str(rel / path) for path in paths]
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's patterns (Go's filepath.Match over the path
+    from the context root, `**` for any depth, `!` to re-include, the last
+    match winning) leave `path` out of the build context."""
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        if re.fullmatch(regex + "(/.*)?", path):
+            excluded = not negate
+    return excluded
 
 
 def check_dockerfile() -> None:
     where = "Dockerfile"
     text = (ROOT / where).read_text()
     root = tomllib.loads((ROOT / "Cargo.toml").read_text())
-    # The stub step: everything before the first COPY of real sources.
-    stub_part = text.split("COPY src src", 1)[0]
-    for member in root["workspace"]["members"]:
-        member_dir = (ROOT / member).resolve()
-        manifest = tomllib.loads((member_dir / "Cargo.toml").read_text())
-        if member != ".":
-            if f"COPY {member}/Cargo.toml" not in stub_part:
-                problem(where, f"the dependency step does not copy {member}/Cargo.toml")
-            if f"COPY {member}/src" not in text:
-                problem(where, f"the sources of workspace member {member} are not copied")
-        for path in declared_targets(member_dir, manifest):
-            if not re.search(rf"(?<![\w/.-]){re.escape(path)}\b", stub_part):
-                problem(where, f"the dependency step creates no stub for the target {path}")
+    # The dependency layer comes from cargo-chef's recipe (every manifest and
+    # target, found by cargo), and the sources from the whole context: no
+    # target or member is listed by hand. Only `[patch]` crates outside the
+    # workspace are copied before the cook, since the recipe holds none.
+    for needle, why in [
+        ("cargo chef prepare", "cargo-chef's recipe step"),
+        ("cargo chef cook", "cargo-chef's dependency step"),
+        ("COPY . .", "the whole build context copied"),
+    ]:
+        if needle not in text:
+            problem(where, f"lacks {why} ({needle})")
+    cook_part = text.split("cargo chef cook", 1)[0]
+    for patched in root.get("patch", {}).get("crates-io", {}).values():
+        if isinstance(patched, dict) and "path" in patched and f"COPY {patched['path']} " not in cook_part:
+            problem(where, f"the patched crate {patched['path']} is not copied before the dependency step")
+    # Nothing cargo reads may be left out of the context.
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    inputs = ["Cargo.toml", "Cargo.lock", "config/default.toml"]
+    inputs += [f"{m}/{part}" if m != "." else part for m in root["workspace"]["members"]
+               for part in ("Cargo.toml", "src")]
+    inputs += [p["path"] for p in root.get("patch", {}).get("crates-io", {}).values() if "path" in p]
+    inputs += [str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("*.rs")]
+    inputs += [str(path.relative_to(ROOT)) for path in (ROOT / "benches").rglob("*.rs")]
+    for path in inputs:
+        if dockerignored(path, patterns):
+            problem(".dockerignore", f"leaves {path} out of the build context, and the build reads it")
     for needle, why in [
         ("USER 10001", "a non-root USER"),
         ('VOLUME ["/data"]', "the /data volume"),
@@ -149,9 +160,10 @@ def check_dockerfile() -> None:
     healthcheck = re.search(r"^HEALTHCHECK .*?(?<!\\)\n", text, re.S | re.M)
     if not healthcheck or "/health" not in healthcheck.group(0):
         problem(where, "has no HEALTHCHECK on /health")
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I))
     for line in text.splitlines():
         m = re.match(r"FROM\s+(\S+)", line)
-        if m and (":" not in m.group(1) or m.group(1).endswith(":latest")):
+        if m and m.group(1) not in stages and (":" not in m.group(1) or m.group(1).endswith(":latest")):
             problem(where, f"base image {m.group(1)} is not pinned to a tag")
 
 

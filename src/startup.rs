@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,22 @@ impl Application {
     /// Prepares the data directory, connects and migrates the database, starts
     /// the actor tree and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // The port first: a port already taken ends the start before anything
+        // is connected or started (connections wait in the backlog until the
+        // server runs).
+        let addr = SocketAddr::new(
+            settings
+                .server
+                .host
+                .parse()
+                .context("server.host was validated at load")?,
+            settings.server.port,
+        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+
         create_private_dir(settings.data_dir())?;
         create_private_dir(&settings.data_dir().join(MIRRORS_DIR))?;
         create_private_dir(&settings.data_dir().join(LFS_DIR))?;
@@ -84,19 +100,6 @@ impl Application {
             EngineHandle::start(store.clone(), engine_config(&settings, instance_id.clone()))
                 .await
                 .context("starting the actor tree")?;
-
-        let addr = SocketAddr::new(
-            settings
-                .server
-                .host
-                .parse()
-                .context("server.host was validated at load")?,
-            settings.server.port,
-        );
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        let addr = listener.local_addr()?;
 
         let open_files = raise_open_files_limit();
         let connections = ConnectionLimits::new(
@@ -230,6 +233,7 @@ pub async fn connect_store(settings: &Settings, keys: Arc<Keyring>) -> anyhow::R
 /// sharing a PostgreSQL database have data directories of their own.
 pub fn instance_id(settings: &Settings) -> anyhow::Result<String> {
     create_private_dir(settings.data_dir())?;
+    check_writable(settings.data_dir())?;
     read_or_create_secret(
         &settings.data_dir().join(INSTANCE_ID_FILE),
         || {
@@ -407,6 +411,31 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Fails, naming the directory, its owner and this process's user, when
+/// this process cannot create files in `dir` (a volume prepared for another
+/// uid): the error an operator sees first is then the cause, not a file
+/// that happens to be read first.
+fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".herald-write-check-{}", std::process::id()));
+    match fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(err) => {
+            let owner = fs::metadata(dir).map(|m| m.uid()).ok();
+            let user = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+            let who = |uid: Option<u32>| uid.map_or_else(|| "?".to_owned(), |uid| uid.to_string());
+            Err(anyhow::anyhow!(
+                "the data directory {} (owned by uid {}) is not writable by this process (uid {}): {err}",
+                dir.display(),
+                who(owner),
+                who(user),
+            ))
+        }
+    }
 }
 
 /// Reads a one-line secret file, or creates it (mode 0600, never replacing an

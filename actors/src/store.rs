@@ -103,6 +103,10 @@ pub enum StoreError {
     /// computed from changed): nothing was written, and the work stops.
     #[error("fenced: {0}")]
     Fenced(&'static str),
+    /// The database did not accept a connection at start (its cause, as the
+    /// driver words it: never the URL, which may hold a password).
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
 }
 
 /// The PostgreSQL advisory lock instances take turns on to migrate ("herald
@@ -173,6 +177,21 @@ fn create_private_sqlite_file(url: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Why a PostgreSQL server does not take a connection, from one attempt
+/// (`None` when this one succeeds).
+async fn postgres_unreachable_cause(url: &str) -> Option<String> {
+    use sea_orm::sqlx::Connection as _;
+    let attempt = sea_orm::sqlx::postgres::PgConnection::connect(url);
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            None
+        }
+        Ok(Err(err)) => Some(err.to_string()),
+        Err(_) => Some("no answer within 10 s".to_owned()),
+    }
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`). SQLite databases are
     /// created when missing and run in WAL mode with foreign keys enforced and a
@@ -198,7 +217,20 @@ impl Store {
         } else {
             options.max_connections(POSTGRES_CONNECTIONS);
         }
-        let db = Database::connect(options).await?;
+        let db = match Database::connect(options).await {
+            Ok(db) => db,
+            // The pool retries a refused or unanswered connection until its
+            // acquire timeout and then says only that it timed out: one
+            // direct connection tells the operator why.
+            Err(DbErr::Conn(err)) if !url.starts_with("sqlite:") => {
+                return Err(StoreError::Unreachable(
+                    postgres_unreachable_cause(url)
+                        .await
+                        .unwrap_or_else(|| err.to_string()),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
         Ok(Self { db, keys })
     }
 
