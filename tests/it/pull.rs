@@ -388,6 +388,53 @@ async fn change_pages_chain_by_cursor_and_a_long_poll_wakes_for_a_commit() {
     assert_eq!(empty["next"], json!(last));
 }
 
+/// A long poll that arrives at the instant the app's first stream connects
+/// races it to place the waiting events in the stream: whichever places
+/// them, the long poll answers with them, at once, not empty at its
+/// deadline.
+#[tokio::test]
+async fn a_long_poll_racing_the_first_stream_answers_with_the_waiting_events() {
+    let repo = TestRepo::new("main");
+    for i in 0..3 {
+        let path = format!("r/{i}.md");
+        repo.write(&path, content(&path, 0));
+    }
+    repo.commit("v0");
+    let rig = Rig::serve(&repo).await;
+    let app = TestApp::builder().fast().loopback().spawn().await;
+    for round in 0..12 {
+        let pull = onboard_pull(&app, &format!("race-{round}")).await;
+        let repository = watch(&app, &pull, &rig.url()).await;
+        // The snapshot's events are written, and no consumer has read them.
+        for _ in 0..400 {
+            if app.outbox(&pull, &repository).await.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(app.outbox(&pull, &repository).await.len(), 3);
+
+        let stream = client()
+            .get(app.url("/api/stream"))
+            .bearer_auth(&pull.token)
+            .send();
+        let poll = app.call(
+            Method::GET,
+            "/api/changes?limit=10&wait=10",
+            Some(&pull.token),
+            None,
+        );
+        let (stream, (status, body)) = tokio::join!(stream, poll);
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["data"].as_array().map(Vec::len),
+            Some(3),
+            "round {round}: the long poll answers with the waiting events: {body}"
+        );
+        drop(stream);
+    }
+}
+
 #[tokio::test]
 async fn bad_cursors_push_apps_and_wrong_settings_are_refused_and_change_nothing() {
     let repo = TestRepo::new("main");

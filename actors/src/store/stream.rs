@@ -124,12 +124,20 @@ impl Store {
         from: i64,
         limit: u64,
     ) -> Result<Vec<event::Model>, StoreError> {
+        // Placing comes before reading. Another reader of the app (a stream,
+        // a long poll, the hub) may place the same events at the same time:
+        // its placing commits before this one takes the app's row, or this
+        // one places them, so the read that follows sees them either way. A
+        // read first could miss them, find nothing left to place, and answer
+        // an empty page while events wait.
         loop {
+            let placed = if self.has_unplaced(app_id).await? {
+                self.place_events(app_id).await?
+            } else {
+                0
+            };
             let events = self.placed_from(app_id, from, limit).await?;
-            if u64::try_from(events.len()).unwrap_or(u64::MAX) >= limit
-                || !self.has_unplaced(app_id).await?
-                || self.place_events(app_id).await? == 0
-            {
+            if placed == 0 || u64::try_from(events.len()).unwrap_or(u64::MAX) >= limit {
                 return Ok(events);
             }
         }
