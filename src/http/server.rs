@@ -12,7 +12,9 @@
 //! limit), a small reserve of connections is still served, one request
 //! each with a short head deadline, and only for `/health`, `/ready` and
 //! `/metrics` (anything else is a 503 with `Retry-After`), so probes and
-//! scrapes get through a flood from many addresses. Every answer carries
+//! scrapes get through a flood from many addresses. One address holds at
+//! most [`RESERVED_PER_IP`] of the reserve: a client reconnecting as fast as
+//! it is cut cannot keep the rest from the probes. Every answer carries
 //! `X-Content-Type-Options: nosniff`.
 
 use std::collections::HashMap;
@@ -45,6 +47,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Connections served over the global cap, for probes and scrapes only.
 pub const RESERVED_CONNECTIONS: usize = 32;
+/// The reserve's places one address may hold.
+pub const RESERVED_PER_IP: usize = 4;
 /// The paths a reserved connection may ask for.
 const RESERVED_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// A reserved connection's deadline for its request head: a probe sends it
@@ -64,9 +68,17 @@ pub struct ConnectionLimits {
     /// `server.max_connections_per_ip`: one address cannot take every place.
     per_ip: usize,
     /// Open connections by client address (an address with none is absent).
-    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    by_ip: Arc<Mutex<HashMap<IpAddr, Held>>>,
     /// The global cap in effect, for the log.
     max_connections: usize,
+}
+
+/// The connections one address holds, and how many of them are in the
+/// reserve.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    all: usize,
+    reserved: usize,
 }
 
 /// An accepted connection's place, given back when dropped.
@@ -82,7 +94,8 @@ struct Place {
 pub enum Refusal {
     /// Its address holds `server.max_connections_per_ip` already.
     PerIp,
-    /// Every place, the reserve's too, is taken.
+    /// Every place, the reserve's too, is taken, or the address holds its
+    /// share of the reserve.
     Full,
 }
 
@@ -121,41 +134,51 @@ impl ConnectionLimits {
 
     /// A place for a connection from `ip`, or why it has none.
     fn admit(&self, ip: IpAddr) -> Result<Place, Refusal> {
-        let slot = {
-            let mut by_ip = self
-                .by_ip
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let count = by_ip.entry(ip).or_insert(0);
-            if *count >= self.per_ip {
-                return Err(Refusal::PerIp);
-            }
-            *count += 1;
-            IpSlot {
-                ip,
-                by_ip: Arc::clone(&self.by_ip),
-            }
-        };
-        let (reserved, permit) = if let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() {
-            (false, permit)
+        let mut by_ip = self
+            .by_ip
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let held = by_ip.entry(ip).or_default();
+        let admitted = if held.all >= self.per_ip {
+            Err(Refusal::PerIp)
+        } else if let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() {
+            Ok((false, permit))
+        } else if held.reserved >= RESERVED_PER_IP {
+            Err(Refusal::Full)
         } else {
-            let permit = Arc::clone(&self.reserve)
+            Arc::clone(&self.reserve)
                 .try_acquire_owned()
-                .map_err(|_| Refusal::Full)?;
-            (true, permit)
+                .map(|permit| (true, permit))
+                .map_err(|_| Refusal::Full)
         };
+        let (reserved, permit) = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                if held.all == 0 {
+                    by_ip.remove(&ip);
+                }
+                return Err(refusal);
+            }
+        };
+        held.all += 1;
+        held.reserved += usize::from(reserved);
         Ok(Place {
             reserved,
             _permit: permit,
-            _slot: slot,
+            _slot: IpSlot {
+                ip,
+                reserved,
+                by_ip: Arc::clone(&self.by_ip),
+            },
         })
     }
 }
 
-/// A connection's count in its address's total, given back when dropped.
+/// A connection's count in its address's totals, given back when dropped.
 struct IpSlot {
     ip: IpAddr,
-    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    reserved: bool,
+    by_ip: Arc<Mutex<HashMap<IpAddr, Held>>>,
 }
 
 impl Drop for IpSlot {
@@ -164,9 +187,10 @@ impl Drop for IpSlot {
             .by_ip
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(count) = by_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(held) = by_ip.get_mut(&self.ip) {
+            held.all -= 1;
+            held.reserved -= usize::from(self.reserved);
+            if held.all == 0 {
                 by_ip.remove(&self.ip);
             }
         }
@@ -267,4 +291,40 @@ fn is_connection_error(err: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_the_reserve() {
+        // Two normal places, a generous per-address cap.
+        let limits = ConnectionLimits::new(2, 1000, 1 << 20);
+        let flood: Vec<Place> = (0..2 + RESERVED_PER_IP)
+            .map(|_| limits.admit(ip(3)).expect("a place"))
+            .collect();
+        assert_eq!(
+            flood.iter().filter(|place| place.reserved).count(),
+            RESERVED_PER_IP
+        );
+        assert_eq!(limits.admit(ip(3)).err(), Some(Refusal::Full));
+        // Other addresses still get the rest of the reserve, and then it is
+        // full.
+        let others: Vec<Place> = (0..RESERVED_CONNECTIONS - RESERVED_PER_IP)
+            .map(|n| limits.admit(ip(10 + n as u8)).expect("a reserved place"))
+            .collect();
+        assert!(others.iter().all(|place| place.reserved));
+        assert_eq!(limits.admit(ip(2)).err(), Some(Refusal::Full));
+        // A reserved place given back can be taken again by its address.
+        drop(flood);
+        assert!(limits.admit(ip(3)).is_ok());
+        drop(others);
+        let by_ip = limits.by_ip.lock().expect("the map");
+        assert!(by_ip.is_empty(), "every place was given back: {by_ip:?}");
+    }
 }

@@ -31,6 +31,7 @@ pub use actors::test_support::TestDatabase;
 pub struct TestAppBuilder {
     env: HashMap<String, String>,
     data_dir: Option<TempDir>,
+    open_files: Option<u64>,
 }
 
 impl TestAppBuilder {
@@ -69,6 +70,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Starts the binary under this open-files limit, soft and hard
+    /// (`prlimit`), as on a host that grants few descriptors.
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Reuses a data directory (a restart).
     pub fn data_dir(mut self, dir: TempDir) -> Self {
         self.data_dir = Some(dir);
@@ -97,7 +105,8 @@ impl TestAppBuilder {
             "--data-dir".to_owned(),
             data_dir.path().join("data").display().to_string(),
         ];
-        let (child, logs, addr) = start(data_dir.path(), &args, &env).await;
+        let (child, logs, addr) =
+            start_limited(data_dir.path(), &args, &env, self.open_files).await;
         TestApp {
             address: format!("http://{addr}"),
             client: client(),
@@ -128,7 +137,28 @@ pub async fn start(
     args: &[String],
     env: &HashMap<String, String>,
 ) -> (Child, Logs, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    start_limited(cwd, args, env, None).await
+}
+
+/// [`start`], under an open-files limit when one is given (`prlimit` sets
+/// it and then executes the binary in its place).
+async fn start_limited(
+    cwd: &Path,
+    args: &[String],
+    env: &HashMap<String, String>,
+    open_files: Option<u64>,
+) -> (Child, Logs, String) {
+    let mut command = match open_files {
+        None => Command::new(env!("CARGO_BIN_EXE_herald")),
+        Some(limit) => {
+            let mut prlimit = Command::new("prlimit");
+            prlimit
+                .arg(format!("--nofile={limit}:{limit}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_herald"));
+            prlimit
+        }
+    };
     command
         .args(args)
         .current_dir(cwd)
@@ -275,6 +305,7 @@ impl TestApp {
                 ),
             ]),
             data_dir: None,
+            open_files: None,
         }
     }
 

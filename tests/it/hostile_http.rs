@@ -401,6 +401,59 @@ async fn over_the_global_cap_only_health_and_metrics_are_served() {
     assert_eq!(version, Some(StatusCode::OK));
 }
 
+/// Under a low open-files limit the global cap is low too, and one address
+/// may hold every normal place. Reconnecting as fast as it is cut, it still
+/// holds only its share of the reserve: another address's probes get
+/// through.
+#[tokio::test]
+async fn one_address_churning_connections_cannot_hold_the_health_reserve() {
+    let app = TestApp::builder()
+        .open_files(256)
+        .env("HERALD__SERVER__MAX_CONNECTIONS_PER_IP", "1000")
+        .env("HERALD__SERVER__HEADER_READ_TIMEOUT", "5m")
+        .spawn()
+        .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    // 300 connections from one address, each sending half a request head
+    // and replaced as soon as it is closed.
+    let churn = (0..300)
+        .map(|_| {
+            let (stop, address) = (stop.clone(), addr(&app));
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let socket = TcpSocket::new_v4().expect("a socket");
+                    socket
+                        .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), 0))
+                        .expect("a loopback address");
+                    let Ok(mut stream) = socket.connect(address).await else {
+                        continue;
+                    };
+                    let _ = stream.write_all(b"GET /health HTTP/1.1\r\n").await;
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = read_until_closed(&mut stream) => {}
+                    }
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+    // The flood holds every place it can before the probes start.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probes = prober();
+    let mut answered = 0;
+    for _ in 0..30 {
+        if let Ok(health) = probes.get(app.url("/health")).send().await {
+            assert_eq!(health.status(), StatusCode::OK);
+            answered += 1;
+        }
+    }
+    stop.cancel();
+    for task in churn {
+        task.await.expect("a churning client");
+    }
+    assert_eq!(answered, 30, "every probe is answered during the churn");
+}
+
 #[tokio::test]
 async fn answers_are_nosniff_and_the_docs_are_never_framed() {
     let app = TestApp::spawn().await;
