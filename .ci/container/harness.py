@@ -188,10 +188,11 @@ class GitServer:
 class Receiver:
     """Accepts Herald's webhooks on every address of the host, checks both
     signatures of each, and keeps them in arrival order. `delay` slows every
-    answer (a slow app); `fail_with` answers that status instead of 200."""
+    answer (a slow app); the apps in `failing` are answered 500."""
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
+        self.failing: set[str] = set()
         self.secrets: dict[str, tuple[bytes, bytes]] = {}
         self.received: list[dict] = []
         self.problems: list[str] = []
@@ -206,7 +207,8 @@ class Receiver:
                 outer._accept(self.path, dict(self.headers.items()), body)
                 if outer.delay:
                     time.sleep(outer.delay)
-                self.send_response(200)
+                failing = self.path.strip("/").partition("/")[0] in outer.failing
+                self.send_response(500 if failing else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
