@@ -60,4 +60,3 @@ standin docker.io/library/busybox:1.37.0-musl busybox.Containerfile
 standin docker.io/library/rust:1.95-trixie rust.Containerfile --volume "$toolchain:/toolchain:ro"
 standin docker.io/library/postgres:17.6-alpine postgres.Containerfile
 standin docker.io/prom/prometheus:v3.5.0 prometheus.Containerfile
-podman image prune --force >/dev/null
