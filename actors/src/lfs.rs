@@ -39,7 +39,12 @@ pub enum LfsError {
     /// The subscription's credential, or the address rule, refuses it.
     #[error("{0}")]
     Refused(String),
-    /// The server could not be asked now: ask again later.
+    /// The server sent bytes that are not the object: more or fewer than
+    /// the pointer's size, or not hashing to its oid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server could not be asked now (unreachable, 5xx), or the object
+    /// could not be stored: ask again later.
     #[error("{0}")]
     Unavailable(String),
 }

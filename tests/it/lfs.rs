@@ -276,7 +276,7 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
     remote.objects.set_down(true);
     let app = engine_with(&[]).await;
     let (inbox, client) = subscribe(&app, &remote, "patient", ALICE).await;
-    // Retries as soon as Herald waits for content at all (5 s).
+    // Each try waits the app's backoff: one second.
     set(
         &app,
         &client,
@@ -313,9 +313,16 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
         .iter()
         .find(|event| event["path"] == "a.bin")
         .expect("a.bin waits");
-    assert_eq!(
-        a["attempt_count"], 0,
-        "a server that cannot be asked uses up no attempt"
+    assert!(
+        a["attempt_count"].as_u64().is_some_and(|count| count >= 1),
+        "a server that cannot be asked uses up attempts: {a}"
+    );
+    let attempts = attempts_of(&app, &client, a).await;
+    assert!(
+        attempts
+            .iter()
+            .all(|attempt| attempt["error_class"] == "content_unavailable"),
+        "{attempts:?}"
     );
 
     // Back: everything, in order.
@@ -334,6 +341,93 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
         .collect();
     assert_eq!(paths, [".gitattributes", "a.bin", "b.md"]);
     assert_eq!(content_of(&bodies_of(&inbox.received(), "a.bin")), model);
+}
+
+/// The attempts of `event` (`GET /api/events/{id}`), oldest first.
+async fn attempts_of(app: &TestApp, client: &TestClient, event: &Value) -> Vec<Value> {
+    let id = event["event_id"].as_str().expect("an event id");
+    let (status, body) = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/events/{id}"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let mut attempts = body["attempts"].as_array().expect("attempts").clone();
+    attempts.sort_by_key(attempted_at);
+    attempts
+}
+
+/// When an attempt was made.
+fn attempted_at(attempt: &Value) -> std::time::SystemTime {
+    let at = attempt["attempted_at"].as_str().expect("a time");
+    humantime::parse_rfc3339(at).unwrap_or_else(|err| panic!("{at}: {err}"))
+}
+
+/// Waits until `client`'s event for `path` is dead; the event.
+async fn dead_event(app: &TestApp, client: &TestClient, path: &str) -> Value {
+    let events = app
+        .wait_for_events(client, "status=dead", &format!("{path} dead"), |events| {
+            events.iter().any(|event| event["path"] == path)
+        })
+        .await;
+    events
+        .into_iter()
+        .find(|event| event["path"] == path)
+        .expect("the dead event")
+}
+
+#[tokio::test]
+async fn an_lfs_server_that_sends_other_bytes_uses_up_attempts_then_the_event_is_dead() {
+    let model = noise(4096, 43);
+    let remote = LfsRemote::new(&[("model.bin", &model), ("z.md", b"after the model\n")]);
+    // The server answers for the model's oid with other bytes of its size.
+    remote.objects.plant(&sha(&model), &noise(model.len(), 47));
+    let backoff = std::time::Duration::from_millis(700);
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "3"),
+        // No probe of the dead event: the downloads counted are the
+        // attempts'.
+        ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", "0"),
+    ])
+    .await;
+    let (inbox, client) = subscribe_with(
+        &app,
+        &remote,
+        "lied-to",
+        ALICE,
+        Some(json!({"backoff": {"policy": "fixed", "base": "700ms", "max": "700ms"}})),
+    )
+    .await;
+
+    let event = dead_event(&app, &client, "model.bin").await;
+    assert_eq!(event["attempt_count"], 3, "{event}");
+    let error = event["last_error"].as_str().expect("an error");
+    assert!(
+        error.contains("does not match") && error.contains("oid"),
+        "{error}"
+    );
+    assert!(!error.contains(ALICE.1), "no secret in errors: {error}");
+    assert_eq!(remote.objects.downloads(), 3, "one download per attempt");
+    let attempts = attempts_of(&app, &client, &event).await;
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    for attempt in &attempts {
+        assert_eq!(attempt["error_class"], "content_missing", "{attempt}");
+        assert_eq!(attempt["status_code"], Value::Null, "nothing was sent");
+    }
+    // Each attempt waited out the app's backoff after the one before.
+    for pair in attempts.windows(2) {
+        let waited = attempted_at(&pair[1])
+            .duration_since(attempted_at(&pair[0]))
+            .unwrap_or_default();
+        assert!(waited >= backoff, "{waited:?} between {pair:?}");
+    }
+    // Nothing was sent, in order, and nothing of the lie was kept.
+    assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
+    assert!(bodies_of(&inbox.received(), "z.md").is_empty());
+    assert_eq!(files_under(&app.data_path().join("lfs")), 0);
 }
 
 #[tokio::test]

@@ -125,13 +125,22 @@ pub struct Incoming {
 pub enum IncomingError {
     #[error("the LFS server sent more than the pointer's {0} bytes")]
     TooLong(u64),
-    #[error("the LFS server sent content that does not match the pointer")]
-    Mismatch,
+    #[error("the LFS server sent {sent} bytes, not the pointer's {size}")]
+    TooShort { sent: u64, size: u64 },
+    #[error(
+        "the LFS server sent content that does not match the pointer's oid (its SHA-256 is {0})"
+    )]
+    Mismatch(String),
     #[error("the LFS object could not be stored: {0}")]
     Io(#[from] std::io::Error),
 }
 
 impl Incoming {
+    /// The pointer's size: the most the object may hold.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Appends a piece of the object.
     pub fn write(&mut self, piece: &[u8]) -> Result<(), IncomingError> {
         self.written += piece.len() as u64;
@@ -146,9 +155,15 @@ impl Incoming {
     /// Checks the whole object against its oid and size and puts it in
     /// place; its path.
     pub fn finish(self) -> Result<PathBuf, IncomingError> {
-        let digest: [u8; 32] = self.sha.finalize().into();
-        if self.written != self.size || hex::encode(digest) != self.oid {
-            return Err(IncomingError::Mismatch);
+        if self.written != self.size {
+            return Err(IncomingError::TooShort {
+                sent: self.written,
+                size: self.size,
+            });
+        }
+        let digest = hex::encode(<[u8; 32]>::from(self.sha.finalize()));
+        if digest != self.oid {
+            return Err(IncomingError::Mismatch(digest));
         }
         if let Some(parent) = self.target.parent() {
             std::fs::create_dir_all(parent)?;
@@ -185,10 +200,16 @@ mod tests {
 
         let mut wrong = cache.incoming(&oid, 13).expect("a temporary file");
         wrong.write(b"model weighTS").expect("written");
-        assert!(matches!(wrong.finish(), Err(IncomingError::Mismatch)));
+        match wrong.finish() {
+            Err(IncomingError::Mismatch(sha)) => assert_eq!(sha, oid_of(b"model weighTS")),
+            other => panic!("{other:?}"),
+        }
         let mut short = cache.incoming(&oid, 13).expect("a temporary file");
         short.write(b"model").expect("written");
-        assert!(matches!(short.finish(), Err(IncomingError::Mismatch)));
+        assert!(matches!(
+            short.finish(),
+            Err(IncomingError::TooShort { sent: 5, size: 13 })
+        ));
         let mut long = cache.incoming(&oid, 13).expect("a temporary file");
         assert!(matches!(
             long.write(b"model weights and more"),
