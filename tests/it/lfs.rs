@@ -431,6 +431,81 @@ async fn an_lfs_server_that_sends_other_bytes_uses_up_attempts_then_the_event_is
 }
 
 #[tokio::test]
+async fn a_pointer_to_another_tenants_object_gets_only_what_its_own_server_sends() {
+    // V's private repository, whose LFS server holds O.
+    let secret = noise(4096, 53);
+    let private = LfsRemote::new(&[("weights.bin", &secret)]);
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "2"),
+        ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", "0"),
+    ])
+    .await;
+    let (victim_inbox, _victim) = subscribe(&app, &private, "victim", ALICE).await;
+    file_arrives(&victim_inbox, "weights.bin", &sha(&secret)).await;
+    let cache = app.data_path().join("lfs");
+    assert_eq!(files_under(&cache), 1, "O is cached");
+
+    // X's public repository: a pointer naming O's oid and size, and an LFS
+    // server of X's own that claims O and sends other bytes.
+    let public = TestRepo::new("main");
+    public.write("stolen.bin", pointer_of(&secret));
+    public.commit("a pointer to an object X does not have");
+    let served = Served::new(&public, "public.git");
+    let forged = Arc::new(LfsObjects::of(&public));
+    forged.plant(&sha(&secret), &noise(secret.len(), 59));
+    let server = HttpGitServer::serve_with_lfs(served.root(), None, Some(forged.clone()));
+    let prober_inbox = Receiver::start().await;
+    let prober = onboard(&app, &prober_inbox, "prober").await;
+    let (status, body) = app
+        .register(&prober, json!({"url": server.url("public.git")}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+
+    // X's own server was asked for O, each attempt, and what it sent was
+    // not O: the event is dead, and X got nothing.
+    let event = dead_event(&app, &prober, "stolen.bin").await;
+    let error = event["last_error"].as_str().expect("an error");
+    assert!(error.contains("does not match"), "{error}");
+    assert_eq!(event["attempt_count"], 2, "{event}");
+    assert_eq!(forged.downloads(), 2, "X's server is asked every time");
+    assert!(bodies_of(&prober_inbox.received(), "stolen.bin").is_empty());
+    // V's server served V alone.
+    assert_eq!(private.objects.downloads(), 1);
+    assert!(
+        private
+            .server
+            .request_log()
+            .iter()
+            .filter(|request| request.path.contains("/info/lfs/"))
+            .all(|request| request
+                .basic
+                .as_ref()
+                .is_some_and(|(user, _)| user == ALICE.0)),
+        "only V's credential reached V's server"
+    );
+    assert_eq!(files_under(&cache), 1, "nothing of X's server was kept");
+
+    // A server that does hold O's bytes gets them to its subscriber, from
+    // itself: V's cached copy is not what X is served.
+    forged.plant(&sha(&secret), &secret);
+    let id = event["event_id"].as_str().expect("an id");
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/events/{id}/retry"),
+            Some(&prober.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let bodies = file_arrives(&prober_inbox, "stolen.bin", &sha(&secret)).await;
+    assert_eq!(content_of(&bodies), secret);
+    assert_eq!(forged.downloads(), 3, "downloaded from X's own server");
+    assert_eq!(private.objects.downloads(), 1);
+    assert_eq!(files_under(&cache), 2, "one copy per server");
+}
+
+#[tokio::test]
 async fn a_credential_lfs_refuses_never_gets_the_object_from_the_cache() {
     let model = noise(2048, 5);
     let remote = LfsRemote::new(&[("model.bin", &model), ("z.md", b"last\n")]);

@@ -479,7 +479,10 @@ mod tests {
                 href: Url::parse(&href).expect("a URL"),
                 headers: HeaderMap::new(),
             };
-            let incoming = cache.incoming(&pointer.oid_hex(), 3).expect("incoming");
+            let server = crate::lfs::cache::Server::of(&download.href);
+            let incoming = cache
+                .incoming(&server, &pointer.oid_hex(), 3)
+                .expect("incoming");
             match strict.download(download, incoming).await {
                 Err(LfsError::Refused(why)) => assert!(why.contains("non-public"), "{why}"),
                 other => panic!("{href}: {:?}", other.map(|_| ())),
