@@ -8,7 +8,11 @@
 //! - Delivery fetches the object ([`Lfs::fetch`]) with the subscription's
 //!   own credential, every time: the batch API's answer is what authorizes
 //!   a subscriber, so a subscriber never gets an object from the shared
-//!   [`cache`] that its own credential cannot read.
+//!   [`cache`] that its own credential cannot read. The cache holds each
+//!   object under the server that sent it and serves it only for that
+//!   server: another server's mere claim to hold an oid is not proof, so a
+//!   subscription gets only bytes its own LFS server sent, checked against
+//!   the oid.
 //! - The LFS server is the one `.lfsconfig` names, or the one derived from
 //!   the git remote ([`endpoint`]). The subscriber's credential goes only to
 //!   a server on the git remote's own origin; the address rule applies to
@@ -39,7 +43,12 @@ pub enum LfsError {
     /// The subscription's credential, or the address rule, refuses it.
     #[error("{0}")]
     Refused(String),
-    /// The server could not be asked now: ask again later.
+    /// The server sent bytes that are not the object: more or fewer than
+    /// the pointer's size, or not hashing to its oid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server could not be asked now (unreachable, 5xx), or the object
+    /// could not be stored: ask again later.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -67,9 +76,10 @@ impl Lfs {
 
     /// The cached file of `pointer`'s object, fetched from the LFS server
     /// of `remote` (and of `lfs_config`, the commit's `.lfsconfig`) unless
-    /// cached. The batch API is asked with `remote`'s credential either
-    /// way: a cached object is served only to a subscriber the server
-    /// would give it to.
+    /// that server already sent it. The batch API is asked with `remote`'s
+    /// credential either way: a cached object is served only to a
+    /// subscriber the server would give it to, and only as that same
+    /// server sent it (a copy another server sent is not looked at).
     pub async fn fetch(
         &self,
         remote: &RemoteSpec,
@@ -93,10 +103,11 @@ impl Lfs {
         });
         let download = self.client.locate(&server, credentials, pointer).await?;
         let oid = pointer.oid_hex();
+        let from = cache::Server::of(&server);
         let cache = self.cache.clone();
         let cached = {
-            let oid = oid.clone();
-            tokio::task::spawn_blocking(move || cache.get(&oid))
+            let (from, oid) = (from.clone(), oid.clone());
+            tokio::task::spawn_blocking(move || cache.get(&from, &oid))
                 .await
                 .ok()
                 .flatten()
@@ -106,7 +117,7 @@ impl Lfs {
         }
         let cache = self.cache.clone();
         let size = pointer.size;
-        let incoming = tokio::task::spawn_blocking(move || cache.incoming(&oid, size))
+        let incoming = tokio::task::spawn_blocking(move || cache.incoming(&from, &oid, size))
             .await
             .map_err(|err| LfsError::Unavailable(format!("the LFS cache failed: {err}")))?
             .map_err(|err| {

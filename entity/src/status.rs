@@ -335,10 +335,12 @@ pub enum ErrorClass {
     Redirect,
     /// The endpoint answered with a status that is not a success.
     HttpStatus,
-    /// Nothing was sent: the file's content is gone from the mirror.
+    /// Nothing was sent: the file's content is gone from the mirror, or its
+    /// LFS server lacks or refuses its object, or sent other bytes.
     ContentMissing,
     /// Nothing was sent yet: the file's content could not be read now (its
-    /// commit is being fetched again); the event is retried.
+    /// commit is being fetched again, or its LFS server could not be
+    /// asked); the event is retried.
     ContentUnavailable,
     /// Nothing was sent: the webhook's body could not be made.
     Payload,

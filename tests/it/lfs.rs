@@ -276,7 +276,7 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
     remote.objects.set_down(true);
     let app = engine_with(&[]).await;
     let (inbox, client) = subscribe(&app, &remote, "patient", ALICE).await;
-    // Retries as soon as Herald waits for content at all (5 s).
+    // Each try waits the app's backoff: one second.
     set(
         &app,
         &client,
@@ -313,9 +313,16 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
         .iter()
         .find(|event| event["path"] == "a.bin")
         .expect("a.bin waits");
-    assert_eq!(
-        a["attempt_count"], 0,
-        "a server that cannot be asked uses up no attempt"
+    assert!(
+        a["attempt_count"].as_u64().is_some_and(|count| count >= 1),
+        "a server that cannot be asked uses up attempts: {a}"
+    );
+    let attempts = attempts_of(&app, &client, a).await;
+    assert!(
+        attempts
+            .iter()
+            .all(|attempt| attempt["error_class"] == "content_unavailable"),
+        "{attempts:?}"
     );
 
     // Back: everything, in order.
@@ -334,6 +341,168 @@ async fn an_lfs_server_down_then_back_loses_nothing() {
         .collect();
     assert_eq!(paths, [".gitattributes", "a.bin", "b.md"]);
     assert_eq!(content_of(&bodies_of(&inbox.received(), "a.bin")), model);
+}
+
+/// The attempts of `event` (`GET /api/events/{id}`), oldest first.
+async fn attempts_of(app: &TestApp, client: &TestClient, event: &Value) -> Vec<Value> {
+    let id = event["event_id"].as_str().expect("an event id");
+    let (status, body) = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/events/{id}"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let mut attempts = body["attempts"].as_array().expect("attempts").clone();
+    attempts.sort_by_key(attempted_at);
+    attempts
+}
+
+/// When an attempt was made.
+fn attempted_at(attempt: &Value) -> std::time::SystemTime {
+    let at = attempt["attempted_at"].as_str().expect("a time");
+    humantime::parse_rfc3339(at).unwrap_or_else(|err| panic!("{at}: {err}"))
+}
+
+/// Waits until `client`'s event for `path` is dead; the event.
+async fn dead_event(app: &TestApp, client: &TestClient, path: &str) -> Value {
+    let events = app
+        .wait_for_events(client, "status=dead", &format!("{path} dead"), |events| {
+            events.iter().any(|event| event["path"] == path)
+        })
+        .await;
+    events
+        .into_iter()
+        .find(|event| event["path"] == path)
+        .expect("the dead event")
+}
+
+#[tokio::test]
+async fn an_lfs_server_that_sends_other_bytes_uses_up_attempts_then_the_event_is_dead() {
+    let model = noise(4096, 43);
+    let remote = LfsRemote::new(&[("model.bin", &model), ("z.md", b"after the model\n")]);
+    // The server answers for the model's oid with other bytes of its size.
+    remote.objects.plant(&sha(&model), &noise(model.len(), 47));
+    let backoff = std::time::Duration::from_millis(700);
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "3"),
+        // No probe of the dead event: the downloads counted are the
+        // attempts'.
+        ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", "0"),
+    ])
+    .await;
+    let (inbox, client) = subscribe_with(
+        &app,
+        &remote,
+        "lied-to",
+        ALICE,
+        Some(json!({"backoff": {"policy": "fixed", "base": "700ms", "max": "700ms"}})),
+    )
+    .await;
+
+    let event = dead_event(&app, &client, "model.bin").await;
+    assert_eq!(event["attempt_count"], 3, "{event}");
+    let error = event["last_error"].as_str().expect("an error");
+    assert!(
+        error.contains("does not match") && error.contains("oid"),
+        "{error}"
+    );
+    assert!(!error.contains(ALICE.1), "no secret in errors: {error}");
+    assert_eq!(remote.objects.downloads(), 3, "one download per attempt");
+    let attempts = attempts_of(&app, &client, &event).await;
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    for attempt in &attempts {
+        assert_eq!(attempt["error_class"], "content_missing", "{attempt}");
+        assert_eq!(attempt["status_code"], Value::Null, "nothing was sent");
+    }
+    // Each attempt waited out the app's backoff after the one before.
+    for pair in attempts.windows(2) {
+        let waited = attempted_at(&pair[1])
+            .duration_since(attempted_at(&pair[0]))
+            .unwrap_or_default();
+        assert!(waited >= backoff, "{waited:?} between {pair:?}");
+    }
+    // Nothing was sent, in order, and nothing of the lie was kept.
+    assert!(bodies_of(&inbox.received(), "model.bin").is_empty());
+    assert!(bodies_of(&inbox.received(), "z.md").is_empty());
+    assert_eq!(files_under(&app.data_path().join("lfs")), 0);
+}
+
+#[tokio::test]
+async fn a_pointer_to_another_tenants_object_gets_only_what_its_own_server_sends() {
+    // V's private repository, whose LFS server holds O.
+    let secret = noise(4096, 53);
+    let private = LfsRemote::new(&[("weights.bin", &secret)]);
+    let app = engine_with(&[
+        ("HERALD__DELIVERY__MAX_ATTEMPTS", "2"),
+        ("HERALD__DELIVERY__DEAD_RETRY_INTERVAL", "0"),
+    ])
+    .await;
+    let (victim_inbox, _victim) = subscribe(&app, &private, "victim", ALICE).await;
+    file_arrives(&victim_inbox, "weights.bin", &sha(&secret)).await;
+    let cache = app.data_path().join("lfs");
+    assert_eq!(files_under(&cache), 1, "O is cached");
+
+    // X's public repository: a pointer naming O's oid and size, and an LFS
+    // server of X's own that claims O and sends other bytes.
+    let public = TestRepo::new("main");
+    public.write("stolen.bin", pointer_of(&secret));
+    public.commit("a pointer to an object X does not have");
+    let served = Served::new(&public, "public.git");
+    let forged = Arc::new(LfsObjects::of(&public));
+    forged.plant(&sha(&secret), &noise(secret.len(), 59));
+    let server = HttpGitServer::serve_with_lfs(served.root(), None, Some(forged.clone()));
+    let prober_inbox = Receiver::start().await;
+    let prober = onboard(&app, &prober_inbox, "prober").await;
+    let (status, body) = app
+        .register(&prober, json!({"url": server.url("public.git")}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+
+    // X's own server was asked for O, each attempt, and what it sent was
+    // not O: the event is dead, and X got nothing.
+    let event = dead_event(&app, &prober, "stolen.bin").await;
+    let error = event["last_error"].as_str().expect("an error");
+    assert!(error.contains("does not match"), "{error}");
+    assert_eq!(event["attempt_count"], 2, "{event}");
+    assert_eq!(forged.downloads(), 2, "X's server is asked every time");
+    assert!(bodies_of(&prober_inbox.received(), "stolen.bin").is_empty());
+    // V's server served V alone.
+    assert_eq!(private.objects.downloads(), 1);
+    assert!(
+        private
+            .server
+            .request_log()
+            .iter()
+            .filter(|request| request.path.contains("/info/lfs/"))
+            .all(|request| request
+                .basic
+                .as_ref()
+                .is_some_and(|(user, _)| user == ALICE.0)),
+        "only V's credential reached V's server"
+    );
+    assert_eq!(files_under(&cache), 1, "nothing of X's server was kept");
+
+    // A server that does hold O's bytes gets them to its subscriber, from
+    // itself: V's cached copy is not what X is served.
+    forged.plant(&sha(&secret), &secret);
+    let id = event["event_id"].as_str().expect("an id");
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/events/{id}/retry"),
+            Some(&prober.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let bodies = file_arrives(&prober_inbox, "stolen.bin", &sha(&secret)).await;
+    assert_eq!(content_of(&bodies), secret);
+    assert_eq!(forged.downloads(), 3, "downloaded from X's own server");
+    assert_eq!(private.objects.downloads(), 1);
+    assert_eq!(files_under(&cache), 2, "one copy per server");
 }
 
 #[tokio::test]

@@ -75,6 +75,15 @@ impl LfsObjects {
             .push(user.to_owned());
     }
 
+    /// Serves `bytes` as object `oid`, whatever they hash to: a server
+    /// that lies about what it holds.
+    pub fn plant(&self, oid: &str, bytes: &[u8]) {
+        let path = self.dir.join(&oid[..2]).join(&oid[2..4]).join(oid);
+        std::fs::create_dir_all(path.parent().expect("a directory"))
+            .expect("the object's directory can be made");
+        std::fs::write(path, bytes).expect("the object can be written");
+    }
+
     /// Removes an object from the server.
     pub fn remove(&self, oid: &str) {
         if let Some(path) = self.object(oid) {

@@ -3,13 +3,16 @@
 //! mirror was lost) the remote again, with the subscription's own
 //! credential, on a scan worker. A file stored in Git LFS is its pointer
 //! there; its content comes from the LFS server, asked with the
-//! subscription's own credential ([`crate::lfs::Lfs::fetch`]).
+//! subscription's own credential ([`crate::lfs::Lfs::fetch`]). Each time
+//! the LFS server does not give it is a failed attempt ([`Found::Failed`]),
+//! as a webhook the endpoint refuses is: another download, or another
+//! question to a server that is down, waits the app's backoff.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use entity::{event, repository, subscription};
+use entity::{ErrorClass, event, repository, subscription};
 
 use super::DeliveryConfig;
 use crate::git::{Credentials, GitError, Mirror, RemoteSpec};
@@ -24,6 +27,15 @@ pub(super) enum Found<T> {
     Gone(String),
     /// It may come back: the remote could not be asked now. Says why.
     Unavailable(String),
+    /// The LFS server did not give the file's object this time: it lacks
+    /// or refuses it, sent bytes that are not it (`ContentMissing`), or
+    /// could not be asked (`ContentUnavailable`). Asking again may help,
+    /// and costs the server's time and a download: a failed attempt,
+    /// retried after the app's backoff, dead after `delivery.max_attempts`.
+    Failed {
+        class: ErrorClass,
+        error: String,
+    },
 }
 
 /// An event's content source: the mirror, then the remote.
@@ -93,9 +105,9 @@ impl Content {
 
     /// What `make` makes of the LFS object the event's pointer names,
     /// fetched with the subscription's own credential. An object the
-    /// server does not have, or refuses this subscription, is gone for it
-    /// (its event turns dead, probed again later); a server that cannot be
-    /// reached now is asked again later, nothing skipped.
+    /// server does not have, refuses this subscription, or sends wrong,
+    /// and a server that cannot be reached now, are each a failed attempt
+    /// ([`Found::Failed`]); the pointer itself is read as any file is.
     async fn with_lfs_object<T, F>(&self, event: &event::Model, make: F) -> Found<T>
     where
         T: Send + 'static,
@@ -108,6 +120,7 @@ impl Content {
             }
             Found::Gone(why) => return Found::Gone(why),
             Found::Unavailable(why) => return Found::Unavailable(why),
+            Found::Failed { class, error } => return Found::Failed { class, error },
         };
         let lfs_config = self.mirror.lfs_config(event.commit_sha.clone()).await;
         let object = match self
@@ -116,19 +129,7 @@ impl Content {
             .await
         {
             Ok(object) => object,
-            Err(LfsError::Missing(why)) => {
-                return Found::Gone(format!("the file's Git LFS object is missing: {why}"));
-            }
-            Err(LfsError::Refused(why)) => {
-                return Found::Gone(format!(
-                    "the file's Git LFS object cannot be fetched for this subscription: {why}"
-                ));
-            }
-            Err(LfsError::Unavailable(why)) => {
-                return Found::Unavailable(format!(
-                    "the file's Git LFS object could not be fetched: {why}"
-                ));
-            }
+            Err(err) => return lfs_failure(&err),
         };
         let made =
             tokio::task::spawn_blocking(move || std::fs::read(&object).map(|bytes| make(&bytes)))
@@ -208,6 +209,29 @@ impl Content {
             }
         }
     }
+}
+
+/// What an LFS failure is for the event: a failed attempt, with the reason.
+fn lfs_failure<T>(err: &LfsError) -> Found<T> {
+    let (class, error) = match err {
+        LfsError::Missing(why) => (
+            ErrorClass::ContentMissing,
+            format!("the file's Git LFS object is missing: {why}"),
+        ),
+        LfsError::Refused(why) => (
+            ErrorClass::ContentMissing,
+            format!("the file's Git LFS object cannot be fetched for this subscription: {why}"),
+        ),
+        LfsError::Invalid(why) => (
+            ErrorClass::ContentMissing,
+            format!("the file's Git LFS object was not accepted: {why}"),
+        ),
+        LfsError::Unavailable(why) => (
+            ErrorClass::ContentUnavailable,
+            format!("the file's Git LFS object could not be fetched: {why}"),
+        ),
+    };
+    Found::Failed { class, error }
 }
 
 /// Brings the submodule commits that `file` of `commit` lies in into the

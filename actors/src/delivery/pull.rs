@@ -57,8 +57,9 @@ impl PulledEvent {
 #[derive(Debug)]
 pub enum Pulled {
     Ready(PulledEvent),
-    /// Its body cannot be made (the remote lost its content): it was given
-    /// up on (`dead`, for operators), and the stream goes on without it.
+    /// Its body cannot be made (the remote lost its content, or the LFS
+    /// server does not give its object): it was given up on (`dead`, for
+    /// operators), and the stream goes on without it.
     GaveUp,
     /// Its content must be fetched again and the remote could not be asked
     /// now: the stream waits and asks again. Says why.
@@ -107,6 +108,15 @@ impl PullRenderer {
                 Found::Made(rendered) => Ok(rendered),
                 Found::Gone(error) => Err((ErrorClass::ContentMissing, error)),
                 Found::Unavailable(error) => return Ok(Pulled::Unavailable(error)),
+                // A stream has no attempts to count: an LFS server that
+                // cannot be asked holds it, as a remote does; one that
+                // answered without the object (or with other bytes) is not
+                // asked again for each read of the stream.
+                Found::Failed {
+                    class: ErrorClass::ContentUnavailable,
+                    error,
+                } => return Ok(Pulled::Unavailable(error)),
+                Found::Failed { class, error } => Err((class, error)),
             }
         } else {
             Ok(payload::render(event, repository, None, chunking))

@@ -340,11 +340,19 @@ impl Client {
         if !status.is_success() {
             return Err(by_status(status.as_u16(), "the LFS object's download"));
         }
+        let (size, mut received) = (incoming.size(), 0u64);
         let mut run = Vec::with_capacity(WRITE_RUN_BYTES);
         loop {
             let piece = answer.chunk().await.map_err(transport)?;
             let last = piece.is_none();
             if let Some(piece) = &piece {
+                // Cut as soon as it is too long, not a run later.
+                received += piece.len() as u64;
+                if received > size {
+                    return Err(LfsError::Invalid(
+                        super::cache::IncomingError::TooLong(size).to_string(),
+                    ));
+                }
                 run.extend_from_slice(piece);
             }
             if run.len() >= WRITE_RUN_BYTES || (last && !run.is_empty()) {
@@ -368,7 +376,9 @@ async fn blocking<T: Send + 'static>(
             super::cache::IncomingError::Io(err) => {
                 LfsError::Unavailable(format!("the LFS object could not be stored: {err}"))
             }
-            err => LfsError::Unavailable(err.to_string()),
+            // The server's fault, not the network's: asking again costs a
+            // whole download, so it is a failed attempt, not a wait.
+            err => LfsError::Invalid(err.to_string()),
         }),
         Err(err) => Err(LfsError::Unavailable(format!(
             "the LFS object could not be stored: {err}"
@@ -469,7 +479,10 @@ mod tests {
                 href: Url::parse(&href).expect("a URL"),
                 headers: HeaderMap::new(),
             };
-            let incoming = cache.incoming(&pointer.oid_hex(), 3).expect("incoming");
+            let server = crate::lfs::cache::Server::of(&download.href);
+            let incoming = cache
+                .incoming(&server, &pointer.oid_hex(), 3)
+                .expect("incoming");
             match strict.download(download, incoming).await {
                 Err(LfsError::Refused(why)) => assert!(why.contains("non-public"), "{why}"),
                 other => panic!("{href}: {:?}", other.map(|_| ())),

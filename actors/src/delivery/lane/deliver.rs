@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use entity::{ErrorClass, event};
+use entity::{DeliveryOutcome, ErrorClass, event};
 use tracing::warn;
 
 use super::super::BREAKER_CALL_MS;
@@ -140,7 +140,9 @@ impl Pipeline {
 
     /// Records an event whose body could not be made: given up on when its
     /// content or body cannot be made, retried (without using up an
-    /// attempt) when the remote could not be asked.
+    /// attempt) when the remote could not be asked, and a failed attempt
+    /// (the app's backoff, dead after `delivery.max_attempts`) when its
+    /// LFS server did not give the object.
     pub(super) async fn unrendered(
         &mut self,
         context: &LaneContext,
@@ -162,6 +164,18 @@ impl Pipeline {
                     error,
                     counted: false,
                 };
+                self.stop(event, attempt, outcome).await
+            }
+            Unrendered::Failed { class, error } => {
+                warn!(event = %event.id, %error, "LFS object not fetched");
+                // Nothing reached the endpoint: not the breaker's probe.
+                let outcome = self.failure_outcome(context, event, error, false).await;
+                let label = match outcome {
+                    EventOutcome::Dead { .. } => DeliveryOutcome::Dead,
+                    _ => DeliveryOutcome::Failed,
+                };
+                self.metrics.attempt(&tracing::Span::none(), label, None);
+                let attempt = attempt_row(event, now_ms(), Some(class));
                 self.stop(event, attempt, outcome).await
             }
         }
@@ -243,6 +257,8 @@ pub(super) enum Unrendered {
     Gone(String),
     /// Its content may come back: the remote could not be asked now.
     Unavailable(String),
+    /// Its LFS object was not given this time: a failed attempt.
+    Failed { class: ErrorClass, error: String },
     /// The body could not be built.
     Payload(String),
 }
@@ -266,6 +282,7 @@ pub(super) async fn produce(
             Found::Made(rendered) => rendered,
             Found::Gone(error) => return Err(Unrendered::Gone(error)),
             Found::Unavailable(error) => return Err(Unrendered::Unavailable(error)),
+            Found::Failed { class, error } => return Err(Unrendered::Failed { class, error }),
         }
     } else {
         payload::render(event, &context.repository, None, chunking).map(prepare)

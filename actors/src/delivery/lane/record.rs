@@ -227,7 +227,7 @@ impl Pipeline {
     /// Retry with backoff, or give up after `max_attempts`. A probe of an
     /// open breaker does not use up an attempt: the app is down, the event
     /// is not bad.
-    async fn failure_outcome(
+    pub(super) async fn failure_outcome(
         &self,
         context: &LaneContext,
         event: &event::Model,
