@@ -1,7 +1,10 @@
 //! The SSRF rule: which addresses Herald may connect to on an app's or a
 //! repository's behalf. Only globally routable unicast addresses count as public.
+//! [`AdmittedResolver`] applies it to a reqwest client when each connection
+//! is made (the LFS client, `herald listen --pull`'s connections to Herald),
+//! [`admits_host`] to the IP literal a URL may carry, which no resolver sees.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 
 use ipnet::IpNet;
@@ -61,6 +64,53 @@ pub fn is_global(ip: IpAddr) -> bool {
         v4 => v4,
     };
     !NON_GLOBAL.iter().any(|net| net.contains(&ip))
+}
+
+/// Whether the rule admits `url`'s host as far as it can be judged before
+/// connecting: an IP literal is checked as it is; a name is admitted here
+/// and judged by [`AdmittedResolver`] when the connection is made. A URL
+/// without a host is not admitted.
+pub fn admits_host(url: &url::Url, allow_private: bool) -> bool {
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        Some(url::Host::Domain(_)) => return true,
+        None => return false,
+    };
+    allow_private || is_global(literal)
+}
+
+/// Why [`AdmittedResolver`] gave no address: find it in a request error's
+/// sources to tell a refused name from one that could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("the host resolves only to non-public addresses")]
+pub struct NonPublicAddress;
+
+/// DNS for a reqwest client under the rule: the system's resolver, keeping
+/// only the addresses the rule admits (public ones unless `allow_private`).
+/// Checked when each connection is made, so a name cannot be swapped between
+/// a check and its use; IP literals never reach a resolver (see
+/// [`admits_host`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AdmittedResolver {
+    pub allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for AdmittedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| allow_private || is_global(address.ip()))
+                .collect();
+            if addresses.is_empty() {
+                return Err(Box::new(NonPublicAddress) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! What the client commands (`herald app`, `herald repo`, `herald events`)
 //! share: where Herald runs and which token to send (`--url` / `--token`,
-//! `HERALD_URL` / `HERALD_TOKEN`), one HTTP client, the API's errors turned
-//! into messages that say what to do, and the two outputs: tables for people,
-//! the server's JSON (`--json`) for scripts.
+//! `HERALD_URL` / `HERALD_TOKEN`), one HTTP client (under a [`Guard`] for
+//! `herald listen --pull`: no redirects, Herald's address under the address
+//! rule), the API's errors turned into messages that say what to do, and
+//! the two outputs: tables for people, the server's JSON (`--json`) for
+//! scripts.
 //!
 //! The client commands never read Herald's server configuration: they only
 //! speak HTTP to a running server. The token is held as a secret and never
@@ -13,6 +15,7 @@ use std::fmt;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -92,6 +95,39 @@ pub fn shown(url: &Url) -> String {
     url.to_string()
 }
 
+/// How a command reaches Herald when the server's answers must not send it
+/// elsewhere (`herald listen --pull`, which runs unattended for as long as
+/// the stream lasts): no redirect is followed, and Herald's address obeys
+/// the rule Herald's own requests do, public addresses only (judged when
+/// each connection is made, so a name cannot move to a private address
+/// later), unless `allow_private`.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard {
+    /// Herald may be on loopback or a private network (the user's own).
+    pub allow_private: bool,
+}
+
+impl Guard {
+    /// `builder` under the guard: its redirects and its addresses.
+    pub fn apply(self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        builder
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(actors::net::AdmittedResolver {
+                allow_private: self.allow_private,
+            }))
+    }
+
+    /// Refuses a URL whose host is an IP literal the rule refuses (a name
+    /// is judged when it is resolved, by [`Self::apply`]'s resolver).
+    fn admits(self, url: &Url) -> Result<(), CliError> {
+        if actors::net::admits_host(url, self.allow_private) {
+            Ok(())
+        } else {
+            Err(CliError::NotPublic { url: shown(url) })
+        }
+    }
+}
+
 /// Which token a command needs: it decides the hints of auth errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
@@ -150,6 +186,23 @@ pub enum CliError {
          points at Herald"
     )]
     NotHerald { url: String, status: u16 },
+    #[error(
+        "Herald at {url} answered {route} with a redirect (HTTP {status}{location}), which \
+         is not followed: point HERALD_URL / --url at the address that answers itself"
+    )]
+    Redirected {
+        url: String,
+        route: String,
+        status: u16,
+        /// ` to URL` (without credentials), or empty.
+        location: String,
+    },
+    #[error(
+        "Herald at {url} is not at a public address (loopback, a private network, …): \
+         this command connects only to public addresses, as Herald's own requests do; \
+         pass --allow-private-url if it is your own Herald on this machine or network"
+    )]
+    NotPublic { url: String },
     /// An error answer of the API, with what to do about it.
     #[error("{message}")]
     Api {
@@ -175,6 +228,8 @@ impl CliError {
             CliError::TimedOut { .. } => "timeout",
             CliError::Transport { .. } => "transport",
             CliError::NotHerald { .. } => "not_herald",
+            CliError::Redirected { .. } => "redirected",
+            CliError::NotPublic { .. } => "not_public",
             CliError::Api { code, .. } => code,
             CliError::Input(_) => "invalid_input",
             CliError::WaitFailed(_) => "sync_failed",
@@ -191,7 +246,9 @@ impl CliError {
             CliError::Unreachable { .. }
             | CliError::TimedOut { .. }
             | CliError::Transport { .. }
-            | CliError::NotHerald { .. } => 3,
+            | CliError::NotHerald { .. }
+            | CliError::Redirected { .. }
+            | CliError::NotPublic { .. } => 3,
             CliError::NoToken(_) => 4,
             CliError::Api {
                 status: 401 | 403, ..
@@ -253,18 +310,41 @@ pub struct Api {
 
 impl Api {
     pub fn new(connection: &Connection, audience: Audience) -> Result<Self, CliError> {
-        let http = reqwest::Client::builder()
+        Self::build(connection, audience, None)
+    }
+
+    /// An API client under `guard`: no redirects, and Herald's address
+    /// under the address rule (an IP literal refused here, a name when it
+    /// is resolved).
+    pub fn guarded(
+        connection: &Connection,
+        audience: Audience,
+        guard: Guard,
+    ) -> Result<Self, CliError> {
+        guard.admits(&connection.url)?;
+        Self::build(connection, audience, Some(guard))
+    }
+
+    fn build(
+        connection: &Connection,
+        audience: Audience,
+        guard: Option<Guard>,
+    ) -> Result<Self, CliError> {
+        let builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             // Herald closes a connection idle for server.header_read_timeout
             // (10 s by default); one reused just as it closes fails. Let them
             // go well before (`listen --pull` acks at the pace of events).
             .pool_idle_timeout(Duration::from_secs(5))
-            .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| CliError::Transport {
-                url: shown(&connection.url),
-                message: err.to_string(),
-            })?;
+            .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")));
+        let builder = match guard {
+            Some(guard) => guard.apply(builder),
+            None => builder,
+        };
+        let http = builder.build().map_err(|err| CliError::Transport {
+            url: shown(&connection.url),
+            message: err.to_string(),
+        })?;
         Ok(Self {
             http,
             base: connection.url.clone(),
@@ -336,6 +416,9 @@ impl Api {
             .await
             .map_err(|err| transport_error(err, &target))?;
         let status = response.status();
+        if let Some(redirected) = redirect(&response, &route, &target) {
+            return Err(redirected);
+        }
         let text = response
             .text()
             .await
@@ -379,6 +462,9 @@ impl Api {
         if status.is_success() {
             return Ok(response);
         }
+        if let Some(redirected) = redirect(&response, &route, &target) {
+            return Err(redirected);
+        }
         let text = response
             .text()
             .await
@@ -403,9 +489,40 @@ impl Api {
     }
 }
 
+/// A redirect Herald answered (a 3xx with a `Location`), which the client
+/// did not follow, as an error that says where it pointed.
+fn redirect(response: &reqwest::Response, route: &str, target: &str) -> Option<CliError> {
+    let status = response.status();
+    let location = response.headers().get(reqwest::header::LOCATION)?;
+    if !status.is_redirection() {
+        return None;
+    }
+    let location = location
+        .to_str()
+        .ok()
+        .and_then(|location| response.url().join(location).ok())
+        .map(|url| format!(" to {}", clip(&shown(&url), 200)))
+        .unwrap_or_default();
+    Some(CliError::Redirected {
+        url: target.to_owned(),
+        route: route.to_owned(),
+        status: status.as_u16(),
+        location,
+    })
+}
+
 /// A request that got no answer, by why.
 fn transport_error(err: reqwest::Error, target: &str) -> CliError {
-    if err.is_connect() {
+    let refused =
+        std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |cause| {
+            cause.source()
+        })
+        .any(|cause| cause.is::<actors::net::NonPublicAddress>());
+    if refused {
+        CliError::NotPublic {
+            url: target.to_owned(),
+        }
+    } else if err.is_connect() {
         CliError::Unreachable {
             url: target.to_owned(),
         }

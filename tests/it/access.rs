@@ -441,3 +441,54 @@ async fn a_local_repository_inside_the_data_directory_is_refused() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+#[tokio::test]
+async fn a_local_repository_whose_git_is_a_gitfile_is_refused_wherever_it_points() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "the owner's\n");
+    let first = repo.commit("first");
+    let served = Served::new(&repo, "r.git");
+    let server = HttpGitServer::serve(served.root(), None);
+    let app = engine_with(&[("HERALD__GIT__ALLOW_LOCAL_REPOS", "true")]).await;
+    let (owner_inbox, thief_inbox) = (Receiver::start().await, Receiver::start().await);
+    let owner = onboard(&app, &owner_inbox, "owner").await;
+    let thief = onboard(&app, &thief_inbox, "thief").await;
+    let (status, created) = register(&app, &owner, json!({"url": server.url("r.git")})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["repository_id"].as_str().expect("id").to_owned();
+    app.wait_for_commit(&owner, &id, &first).await;
+    let mirror = app.data_path().join("mirrors").join(format!("{id}.git"));
+    assert!(mirror.exists(), "the mirror is where the test expects it");
+
+    // Checkouts outside the data directory whose `.git` is a file naming
+    // another repository (as `git worktree` and `git submodule` write
+    // them): the owner's mirror, an ordinary repository elsewhere; and a
+    // path that is itself such a file.
+    let elsewhere = TestRepo::new("main");
+    elsewhere.write("b.md", "b\n");
+    elsewhere.commit("first");
+    let thief_dir = tempfile::tempdir().expect("the thief's directory");
+    let gitfile = |path: &str, target: &std::path::Path| {
+        let file = thief_dir.path().join(path);
+        std::fs::create_dir_all(file.parent().expect("a parent")).expect("the directory");
+        std::fs::write(&file, format!("gitdir: {}\n", target.display())).expect("the gitfile");
+    };
+    gitfile("acme/into-mirror/.git", &mirror);
+    gitfile("acme/elsewhere/.git", &elsewhere.path().join(".git"));
+    gitfile("acme/itself.git", &mirror);
+    for name in ["into-mirror", "elsewhere", "itself.git"] {
+        let path = thief_dir.path().join("acme").join(name);
+        for url in [
+            path.display().to_string(),
+            format!("file://{}", path.display()),
+        ] {
+            let (status, body) =
+                register(&app, &thief, json!({"url": url, "branch": "main"})).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+            let message = body["error"].as_str().expect("a message");
+            assert!(message.contains("gitfile"), "{url}: {body}");
+        }
+    }
+    assert!(app.repositories(&thief).await.is_empty());
+    assert_eq!(thief_inbox.arrivals(), 0);
+}

@@ -19,13 +19,35 @@ use crate::helpers::{Rig, TestApp, TestClient, engine_with, onboard, watch};
 use crate::receiver::{Received, Receiver, Reply, verify};
 
 /// A running `herald listen --pull`, its output kept for failure messages.
-struct PullListener {
+pub struct PullListener {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr into `output`: done once the
+    /// process has exited and its last lines are in.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl PullListener {
+    /// Forwarding `app`'s stream (on loopback, hence `--allow-private-url`,
+    /// as a user running their own Herald passes it) to `forward_to`.
     fn spawn(app: &TestApp, client: &TestClient, forward_to: &str) -> Self {
+        Self::start(
+            &app.address,
+            &client.token,
+            &client.webhook_secret,
+            &[
+                "--forward-to",
+                forward_to,
+                "--max-retry-delay",
+                "300ms",
+                "--allow-private-url",
+            ],
+        )
+    }
+
+    /// `herald listen --pull ARGS` against the server at `url`, with the
+    /// app's `token` and webhook `secret` in the environment.
+    pub fn start(url: &str, token: &str, secret: &str, args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
         for (key, _) in std::env::vars() {
             if key.starts_with("HERALD") {
@@ -33,55 +55,68 @@ impl PullListener {
             }
         }
         command
-            .args([
-                "listen",
-                "--pull",
-                "--forward-to",
-                forward_to,
-                "--max-retry-delay",
-                "300ms",
-            ])
-            .env("HERALD_URL", &app.address)
-            .env("HERALD_TOKEN", &client.token)
-            .env("HERALD_WEBHOOK_SECRET", &client.webhook_secret)
+            .args(["listen", "--pull"])
+            .args(args)
+            .env("HERALD_URL", url)
+            .env("HERALD_TOKEN", token)
+            .env("HERALD_WEBHOOK_SECRET", secret)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().expect("herald listen starts");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().expect("piped"), output.clone());
-        collect(child.stderr.take().expect("piped"), output.clone());
-        Self { child, output }
+        let readers = vec![
+            collect(child.stdout.take().expect("piped"), output.clone()),
+            collect(child.stderr.take().expect("piped"), output.clone()),
+        ];
+        Self {
+            child,
+            output,
+            readers,
+        }
     }
 
-    fn output(&self) -> String {
+    pub fn output(&self) -> String {
         self.output.lock().expect("output lock").clone()
     }
 
     /// SIGTERM (Ctrl-C): the forward in flight finishes and is acknowledged.
-    async fn stop(mut self) -> String {
+    pub async fn stop(self) -> String {
         let pid = self.child.id().expect("running");
         std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .expect("kill runs");
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("listen stops within 30 s")
-            .expect("an exit status");
-        // Let the readers drain the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let output = self.output();
+        let (status, output) = self.exit().await;
         assert!(
             status.success(),
             "listen exited {status}; output:\n{output}"
         );
         output
     }
+
+    /// Waits for the process to end by itself (bounded, so a regression
+    /// fails rather than hangs): its exit status and all it printed.
+    pub async fn exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(status) => status.expect("an exit status"),
+            Err(_) => panic!(
+                "listen did not exit within 60 s; output:\n{}",
+                self.output()
+            ),
+        };
+        for reader in self.readers.drain(..) {
+            reader.await.expect("the output reader ends");
+        }
+        (status, self.output())
+    }
 }
 
-fn collect(stream: impl AsyncRead + Unpin + Send + 'static, output: Arc<Mutex<String>>) {
+fn collect(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    output: Arc<Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -89,7 +124,7 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, output: Arc<Mutex<St
             output.push_str(&line);
             output.push('\n');
         }
-    });
+    })
 }
 
 /// An app in pull mode, onboarded with `base_url` pointing at the rig's
@@ -282,13 +317,8 @@ async fn an_app_in_push_mode_is_told_to_switch() {
     let rig = Rig::serve(&repo).await;
     let app = engine_with(&[]).await;
     let client = onboard(&app, &rig.receiver, "pusher").await;
-    let mut listener = PullListener::spawn(&app, &client, &rig.receiver.base_url);
-    let status = tokio::time::timeout(Duration::from_secs(30), listener.child.wait())
-        .await
-        .expect("listen gives up at once")
-        .expect("an exit status");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let output = listener.output();
+    let listener = PullListener::spawn(&app, &client, &rig.receiver.base_url);
+    let (status, output) = listener.exit().await;
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("\"delivery\": \"pull\""), "{output}");
 }

@@ -24,6 +24,7 @@ mod history;
 mod hooks;
 mod hostile_git;
 mod hostile_http;
+mod hostile_listen;
 mod https_git;
 mod lfs;
 mod lfsserver;

@@ -638,3 +638,77 @@ async fn a_gitlink_without_a_url_is_not_followed_until_gitmodules_names_it() {
         .await;
     assert!(received.iter().all(|r| r.endpoint != "sync_failed"));
 }
+
+#[tokio::test]
+async fn a_submodule_at_a_local_gitfile_fails_the_scan_and_reads_nothing_of_another_repository() {
+    // Another app's repository, which Herald mirrors in its data directory.
+    let private = TestRepo::new("main");
+    private.write("secret.md", "the owner's plan\n");
+    let private_commit = private.commit("first");
+    let owner_rig = Rig::serve_as(&private, "private.git").await;
+    let app = engine_with(&[
+        ("HERALD__GIT__ALLOW_LOCAL_REPOS", "true"),
+        ("HERALD__BREAKER__GIT__COOLDOWN", "500ms"),
+    ])
+    .await;
+    let owner = onboard(&app, &owner_rig.receiver, "owner").await;
+    let owner_id = watch(&app, &owner, &owner_rig.url()).await;
+    app.wait_for_commit(&owner, &owner_id, &private_commit)
+        .await;
+    let mirror = app
+        .data_path()
+        .join("mirrors")
+        .join(format!("{owner_id}.git"));
+    assert!(mirror.exists(), "the mirror is where the test expects it");
+
+    // A checkout outside the data directory whose `.git` is a file naming
+    // that mirror, as a submodule's local URL, its gitlink at the owner's
+    // commit.
+    let checkout = tempfile::tempdir().expect("a directory for the checkout");
+    std::fs::write(
+        checkout.path().join(".git"),
+        format!("gitdir: {}\n", mirror.display()),
+    )
+    .expect("the gitfile");
+    let repo = TestRepo::new("main");
+    repo.write("README.md", "hello\n");
+    repo.write(
+        ".gitmodules",
+        format!(
+            "[submodule \"lib\"]\n\tpath = lib\n\turl = {}\n",
+            checkout.path().display()
+        ),
+    );
+    repo.git(&["add", "README.md", ".gitmodules"]);
+    commit_gitlink(&repo, "lib", &private_commit, "with the owner's commit");
+    let rig = Rig::serve(&repo).await;
+    let thief = onboard(&app, &rig.receiver, "thief").await;
+    watch_expanded(&app, &thief, &rig.url()).await;
+
+    let received = rig
+        .receiver
+        .wait_for("a sync_failed or a file of the submodule", |r| {
+            r.iter().any(|r| r.endpoint == "sync_failed")
+                || tree(r).keys().any(|path| path.starts_with("lib/"))
+        })
+        .await;
+    assert!(
+        tree(&received).keys().all(|path| !path.starts_with("lib/")),
+        "the other repository's files were delivered: {:?}",
+        tree(&received)
+    );
+    let (received, notice) = first_sync_failed(&rig.receiver).await;
+    let message = notice["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("submodule `lib`") && message.contains("gitfile"),
+        "{notice}"
+    );
+    assert!(
+        !message.contains(&checkout.path().display().to_string()),
+        "no URL in what apps see: {message}"
+    );
+    assert!(
+        received.iter().all(|r| r.endpoint == "sync_failed"),
+        "nothing of a tree that could not be read whole"
+    );
+}

@@ -243,20 +243,37 @@ impl Route {
     }
 }
 
-/// Refuses a local repository inside Herald's data directory (symbolic links
-/// resolved): the mirrors of other apps' private repositories live there.
+/// Refuses a local repository that would have git read Herald's data
+/// directory (symbolic links resolved: the mirrors of other apps' private
+/// repositories live there), and one that names another repository for git
+/// to read instead: a path that is, or whose `.git` is, a file (a gitfile,
+/// `gitdir: PATH`, as `git worktree` and `git submodule` write), or a git
+/// directory with a `commondir` file. Either sends git wherever it says,
+/// past the check of where the path is, so neither is followed whatever it
+/// names. The messages name no path: they reach apps as `sync_failed`.
 fn check_local(url: &str, data_dir: &Path) -> Result<(), GitError> {
+    let refused = |message: &str| Err(GitError::new(GitFailure::Refused, message));
     let path = local_path(url);
-    let inside = |dir: &Path| match (path.canonicalize(), dir.canonicalize()) {
+    let dot_git = path.join(".git");
+    let inside = |path: &Path| match (path.canonicalize(), data_dir.canonicalize()) {
         (Ok(path), Ok(dir)) => path.starts_with(dir),
         // Not there (yet): judge the path as written.
-        _ => path.starts_with(dir),
+        _ => path.starts_with(data_dir),
     };
-    if inside(data_dir) {
-        return Err(GitError::new(
-            GitFailure::Refused,
-            "local repositories inside Herald's data directory are not allowed",
-        ));
+    if inside(&path) || inside(&dot_git) {
+        return refused("local repositories inside Herald's data directory are not allowed");
+    }
+    if path.is_file() || dot_git.is_file() {
+        return refused(
+            "local repositories that are, or whose .git is, a file (a gitfile, \
+             `gitdir: …`) are not allowed: git would read the repository it names",
+        );
+    }
+    if path.join("commondir").exists() || dot_git.join("commondir").exists() {
+        return refused(
+            "local repositories whose git directory names another one (a `commondir` \
+             file) are not allowed",
+        );
     }
     Ok(())
 }
@@ -541,5 +558,59 @@ pub(super) mod tests {
         linked.rule.data_dir = data.path().to_owned();
         let err = probe(&linked, None).expect_err("still inside");
         assert_eq!(err.failure, GitFailure::Refused);
+        // A checkout outside whose `.git` is a link to the mirror.
+        let checkout = outside.path().join("checkout");
+        std::fs::create_dir(&checkout).expect("a checkout dir");
+        std::os::unix::fs::symlink(&mirror, checkout.join(".git")).expect("a link");
+        let mut linked = spec(format!("file://{}", checkout.display()), true);
+        linked.rule.data_dir = data.path().to_owned();
+        let err = probe(&linked, None).expect_err("its .git is inside");
+        assert_eq!(err.failure, GitFailure::Refused);
+        assert!(err.message.contains("data directory"), "{}", err.message);
+    }
+
+    #[test]
+    fn local_repositories_that_name_another_are_refused_wherever_it_is() {
+        let data = tempfile::tempdir().expect("a data dir");
+        let mirror = data.path().join("mirrors").join("repo_x.git");
+        std::fs::create_dir_all(&mirror).expect("a mirror dir");
+        let elsewhere = tempfile::tempdir().expect("a repository elsewhere");
+        git2::Repository::init_bare(elsewhere.path()).expect("a repository");
+        let outside = tempfile::tempdir().expect("the checkouts' dir");
+        let refused = |path: &Path| {
+            let mut local = spec(path.display().to_string(), true);
+            local.rule.data_dir = data.path().to_owned();
+            let err = probe(&local, None).expect_err("refused");
+            assert_eq!(err.failure, GitFailure::Refused, "{}", err.message);
+            assert!(
+                !err.message.contains(&outside.path().display().to_string()),
+                "{}",
+                err.message
+            );
+            err.message
+        };
+        for (name, target) in [
+            ("into-mirror", mirror.as_path()),
+            ("elsewhere", elsewhere.path()),
+        ] {
+            let checkout = outside.path().join(name);
+            std::fs::create_dir(&checkout).expect("a checkout dir");
+            std::fs::write(
+                checkout.join(".git"),
+                format!("gitdir: {}\n", target.display()),
+            )
+            .expect("a gitfile");
+            assert!(refused(&checkout).contains("gitfile"));
+            // The gitfile itself, as the repository's path.
+            assert!(refused(&checkout.join(".git")).contains("gitfile"));
+        }
+        // A git directory whose `commondir` names another (as a worktree's
+        // does), reached without a gitfile.
+        let common = outside.path().join("common.git");
+        std::fs::create_dir(&common).expect("a git dir");
+        std::fs::write(common.join("HEAD"), "ref: refs/heads/main\n").expect("HEAD");
+        std::fs::write(common.join("commondir"), format!("{}\n", mirror.display()))
+            .expect("commondir");
+        assert!(refused(&common).contains("commondir"));
     }
 }

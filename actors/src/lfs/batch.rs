@@ -6,7 +6,6 @@
 //! addresses unless `security.allow_private_targets`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use super::LfsError;
 use super::cache::Incoming;
 use super::pointer::Pointer;
 use crate::git::{ConnectRule, Credentials};
-use crate::net::is_global;
+use crate::net::{AdmittedResolver, NonPublicAddress, admits_host};
 
 /// The batch API's media type.
 const LFS_JSON: &str = "application/vnd.git-lfs+json";
@@ -59,17 +58,12 @@ impl Rule {
                 ));
             }
         }
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(_)) => None,
-            None => {
-                return Err(LfsError::Refused(
-                    "the LFS server's URL has no host".to_owned(),
-                ));
-            }
-        };
-        if literal.is_some_and(|ip| !self.allow_private && !is_global(ip)) {
+        if url.host().is_none() {
+            return Err(LfsError::Refused(
+                "the LFS server's URL has no host".to_owned(),
+            ));
+        }
+        if !admits_host(url, self.allow_private) {
             return Err(non_public());
         }
         Ok(())
@@ -81,35 +75,6 @@ fn non_public() -> LfsError {
         "the LFS server or one of its links is at a non-public address, which is not allowed"
             .to_owned(),
     )
-}
-
-/// Why [`AdmittedResolver`] gave no address.
-#[derive(Debug, thiserror::Error)]
-#[error("the host resolves only to non-public addresses")]
-struct NonPublicAddress;
-
-/// DNS for LFS requests: the system's resolver, keeping only the addresses
-/// the rule admits (checked when connecting, so a name cannot be swapped
-/// between a check and its use).
-struct AdmittedResolver {
-    allow_private: bool,
-}
-
-impl reqwest::dns::Resolve for AdmittedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_private = self.allow_private;
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|address| allow_private || is_global(address.ip()))
-                .collect();
-            if addresses.is_empty() {
-                return Err(Box::new(NonPublicAddress) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 /// The batch API's request.

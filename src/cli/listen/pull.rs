@@ -16,7 +16,16 @@
 //!
 //! SSE is decoded by `sse-stream` over reqwest's byte stream: incremental,
 //! so a multi-megabyte chunk body split across many reads is scanned once.
+//!
+//! The server is trusted with the stream's contract and nothing more. No
+//! redirect is followed, by the stream, the acknowledgements or the
+//! forwards (Herald's own delivery follows none either); Herald's address
+//! obeys the rule Herald's own requests do, public addresses only unless
+//! `--allow-private-url` (`--forward-to` is the user's and is not judged);
+//! and a line or a message longer than `--max-message-bytes` ends the
+//! command before the decoder holds more (`bounded.rs`).
 
+mod bounded;
 mod forward;
 
 use std::future::Future;
@@ -34,14 +43,21 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::verify::WebhookKey;
-use crate::cli::client::{Api, Audience, CliError, Connection};
-use forward::{Forwarder, Message};
+use crate::cli::client::{Api, Audience, CliError, Connection, Guard};
+use bounded::{StreamError, TooLong};
+use forward::{Answer, Forwarder, Message};
 
 /// A stream silent for this long (three missed heartbeats) is taken for
 /// dead and opened again.
 const STREAM_IDLE: Duration = Duration::from_secs(45);
 /// The first wait before a retry (forward or reconnection).
 const RETRY_BASE: Duration = Duration::from_millis(250);
+/// `--max-message-bytes` unless given: room for the largest message Herald
+/// sends under its default limits, a text file of `delivery.max_file_bytes`
+/// (100 MiB) whole, JSON-escaped in its body. Binary files over
+/// `delivery.chunk_threshold_bytes` (1 MiB, 1.4 MiB as base64) come in
+/// chunks of `delivery.chunk_size_bytes` (512 KiB of base64), far below it.
+const DEFAULT_MAX_MESSAGE_BYTES: u64 = 128 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Pull mode")]
@@ -64,6 +80,24 @@ pub struct PullArgs {
         value_parser = humantime::parse_duration
     )]
     pub max_retry_delay: Duration,
+    /// Let Herald (HERALD_URL / --url) be on loopback or a private network,
+    /// as your own Herald on this machine or network is. Without it the
+    /// stream and the acknowledgements go to public addresses only, judged
+    /// at each connection as Herald judges its own webhooks' (--forward-to
+    /// is not judged).
+    #[arg(long)]
+    pub allow_private_url: bool,
+    /// The longest line, and the longest message, the event stream may
+    /// send, in bytes: a longer one ends the command. The default holds
+    /// the largest event Herald sends under its default limits (a 100 MiB
+    /// text file, delivery.max_file_bytes); raise it with those.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_message_bytes: u64,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -87,7 +121,10 @@ pub async fn run(
         .ok_or_else(|| CliError::Input("--pull needs --forward-to URL".into()))?;
     let key =
         WebhookKey::parse(secret).map_err(|err| CliError::Input(format!("--secret: {err}")))?;
-    let api = Api::new(&args.connection, Audience::App)?;
+    let guard = Guard {
+        allow_private: args.allow_private_url,
+    };
+    let api = Api::guarded(&args.connection, Audience::App, guard)?;
     let app = api.get(&["api", "app"], &[]).await?;
     let app_id = app["app_id"]
         .as_str()
@@ -100,7 +137,8 @@ pub async fn run(
     }
     let forwarder = Forwarder::new(forward_to, app_id, key.expose())
         .map_err(|err| CliError::Input(format!("the forwarding client: {err}")))?;
-    let stream_http = reqwest::Client::builder()
+    let stream_http = guard
+        .apply(reqwest::Client::builder())
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(STREAM_IDLE)
         .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
@@ -128,6 +166,7 @@ pub async fn run(
         api,
         target,
         stream_http,
+        max_message_bytes: args.max_message_bytes,
         forwarder,
         progress: Progress::new(),
         pace,
@@ -155,6 +194,8 @@ struct Puller {
     target: String,
     /// Reads the stream: no total timeout, but one per read (`STREAM_IDLE`).
     stream_http: reqwest::Client,
+    /// `--max-message-bytes`: the longest line or message read.
+    max_message_bytes: u64,
     forwarder: Forwarder,
     progress: Progress,
     pace: Pace,
@@ -249,7 +290,10 @@ impl Puller {
     /// for; forwards and acknowledges each in turn.
     async fn consume(&mut self, response: reqwest::Response) -> Result<Ended, CliError> {
         self.progress.state("streaming");
-        let mut blocks = SseByteStream::new(response.bytes_stream());
+        let mut blocks = SseByteStream::new(bounded::bounded(
+            response.bytes_stream(),
+            self.max_message_bytes,
+        ));
         let mut progressed = false;
         loop {
             let next = tokio::select! {
@@ -260,6 +304,17 @@ impl Puller {
             let block = match next {
                 Some(Ok(block)) => block,
                 Some(Err(err)) => {
+                    // Not retried: the same message would come again.
+                    if let Some(too_long) = too_long(&err) {
+                        return Err(CliError::Transport {
+                            url: "GET /api/stream".into(),
+                            message: format!(
+                                "the event stream sent {too_long} (--max-message-bytes): \
+                                 raise the limit if Herald's delivery.max_file_bytes was \
+                                 raised; otherwise HERALD_URL / --url may not point at Herald"
+                            ),
+                        });
+                    }
                     return Ok(Ended::Dropped {
                         reason: err.to_string(),
                         progressed,
@@ -300,11 +355,11 @@ impl Puller {
         loop {
             let outcome = self.forwarder.send(message).await;
             match outcome {
-                Ok(status) if status.is_success() => {
-                    self.progress.forwarded(message, status);
+                Ok(answer) if answer.status.is_success() => {
+                    self.progress.forwarded(message, answer.status);
                     return true;
                 }
-                Ok(status) => self.progress.failed(message, &answer_hint(status)),
+                Ok(answer) => self.progress.failed(message, &answer_hint(&answer)),
                 Err(err) => self
                     .progress
                     .failed(message, &format!("no answer: {}", root_cause(&err))),
@@ -363,14 +418,33 @@ fn retryable(err: &CliError) -> bool {
     }
 }
 
+/// The bound a decoding error reports, if that is what ended the stream.
+fn too_long(err: &sse_stream::Error) -> Option<TooLong> {
+    let sse_stream::Error::Body(source) = err else {
+        return None;
+    };
+    match source.downcast_ref::<StreamError>()? {
+        StreamError::TooLong(too_long) => Some(*too_long),
+        StreamError::Read(_) => None,
+    }
+}
+
 /// The local receiver's refusal, with what it likely means.
-fn answer_hint(status: reqwest::StatusCode) -> String {
-    let hint = match status.as_u16() {
+fn answer_hint(answer: &Answer) -> String {
+    let status = answer.status.as_u16();
+    if let Some(location) = &answer.redirect {
+        return format!(
+            "HTTP {status}, a redirect to {location}, which is not followed: does \
+             --forward-to point at the receiver's webhook base URL?"
+        );
+    }
+    let hint = match status {
         401 | 403 => ": does --secret hold this app's webhook secret?",
         404 | 405 => ": does --forward-to point at the receiver's webhook base URL?",
+        300..=399 => ": a 3xx without a Location; redirects are not followed",
         _ => "",
     };
-    format!("HTTP {}{hint}", status.as_u16())
+    format!("HTTP {status}{hint}")
 }
 
 /// The innermost cause of a failed request ("Connection refused …"), which

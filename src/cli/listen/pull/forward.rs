@@ -112,6 +112,15 @@ impl Message {
     }
 }
 
+/// The local receiver's answer to one forward.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) status: reqwest::StatusCode,
+    /// Where a 3xx pointed (`Location`, credentials removed, clipped):
+    /// said, never followed.
+    pub(super) redirect: Option<String>,
+}
+
 /// Signs and posts messages to the local receiver.
 pub(super) struct Forwarder {
     http: reqwest::Client,
@@ -126,6 +135,9 @@ impl Forwarder {
     pub(super) fn new(forward_to: &Url, app_id: &str, key: &[u8]) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(FORWARD_TIMEOUT)
+            // A 3xx is the receiver's answer, as for Herald's own delivery:
+            // following it would post the signed event elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             // The receiver sees what Herald's own requests carry.
             .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -142,7 +154,7 @@ impl Forwarder {
 
     /// One attempt, signed now (a retry carries a fresh timestamp, as
     /// Herald's do): the receiver's status, or why there was none.
-    pub(super) async fn send(&self, message: &Message) -> reqwest::Result<reqwest::StatusCode> {
+    pub(super) async fn send(&self, message: &Message) -> reqwest::Result<Answer> {
         let signed = self
             .signer
             .sign(message.webhook_id.clone(), message.body.clone());
@@ -154,9 +166,16 @@ impl Forwarder {
             .send()
             .await?;
         let status = response.status();
+        let redirect = status
+            .is_redirection()
+            .then(|| response.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .and_then(|location| location.to_str().ok())
+            .and_then(|location| response.url().join(location).ok())
+            .map(|url| crate::cli::client::clip(&crate::cli::client::shown(&url), 200));
         // Read to the end so the connection can be used again.
         let _ = response.bytes().await;
-        Ok(status)
+        Ok(Answer { status, redirect })
     }
 }
 

@@ -279,6 +279,9 @@ fn args(herald: SocketAddr, forward_to: &str) -> PullArgs {
         pull: true,
         forward_to: Some(forward_to.parse().expect("a URL")),
         max_retry_delay: Duration::from_millis(20),
+        // The stand-in runs on loopback.
+        allow_private_url: true,
+        max_message_bytes: super::DEFAULT_MAX_MESSAGE_BYTES,
         connection: Connection {
             url: format!("http://{herald}").parse().expect("a URL"),
             token: Some(SecretString::from(TOKEN)),
