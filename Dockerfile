@@ -51,7 +51,7 @@ RUN cargo chef prepare --recipe-path recipe.json
 #    zlib-rs, a `[patch]` outside the workspace) is a dependency, so it comes
 #    whole. The registry is a cache mount: a changed lock file downloads only
 #    the new crates.
-FROM chef AS builder
+FROM chef AS deps
 ARG PROFILE
 COPY --from=planner /build/recipe.json recipe.json
 COPY zlib zlib
@@ -62,7 +62,10 @@ RUN --mount=type=secret,id=build-ca,required=false \
 
 # 3. Herald itself. The build context is the whole repository less what
 #    .dockerignore names (build output, local data, git metadata), so nothing
-#    the build reads can be missing from it.
+#    the build reads can be missing from it. (`--target deps` builds the
+#    dependency layer alone, for a CI cache to keep under a tag.)
+FROM deps AS builder
+ARG PROFILE
 COPY . .
 RUN --mount=type=secret,id=build-ca,required=false \
     --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
