@@ -34,7 +34,8 @@ from pathlib import Path
 import yaml
 
 from harness import (
-    CheckFailed, GitServer, Herald, Receiver, expect, podman, request, sh, status_of, step, wait_for,
+    CheckFailed, GitServer, Herald, Receiver, expect, onboard_and_deliver, podman, request, sh, status_of, step,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,13 +87,9 @@ def check_single(git: GitServer, receiver: Receiver) -> tuple[Herald, dict, str]
     herald_container = container("herald")
     health = podman("healthcheck", "run", herald_container, check=False)
     expect(health.returncode == 0, f"herald's health check: {health.stdout}{health.stderr}")
-    token = podman("exec", herald_container, "cat", "/data/admin.token").stdout.strip()
-    herald = Herald(base, token)
-    app = herald.onboard("ci-compose", receiver.base_url("ci-compose"))
-    receiver.expect_app("ci-compose", app)
-    files = git.commit({f"guide/{i:02}.md": f"chapter {i}\n" for i in range(10)}, "ten chapters")
-    repository = herald.register(app["token"], git.url_from_container)
-    receiver.wait_for_files("ci-compose", files)
+    herald, app, repository, files = onboard_and_deliver(
+        herald_container, base, "ci-compose", {f"guide/{i:02}.md": f"chapter {i}\n" for i in range(10)},
+        "ten chapters", git, receiver)
     step(f"herald on PostgreSQL: ready, healthy, {len(files)} files delivered to the host")
     return herald, app, repository
 

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from harness import (
-    CheckFailed, GitServer, Herald, Receiver, expect, free_port, podman, request, sh, status_of, step, wait_for,
+    CheckFailed, GitServer, Herald, Receiver, expect, free_port, onboard_and_deliver, podman, request, sh, status_of,
+    step, wait_for,
 )
 
 NAME = "herald-ci-image"
@@ -131,13 +132,9 @@ def check_runs(image: str, git: GitServer, receiver: Receiver) -> tuple[Herald, 
     expect(status == "healthy", f"the health check reports {status!r}")
     step("podman healthcheck run: healthy")
 
-    token = podman("exec", NAME, "cat", "/data/admin.token").stdout.strip()
-    herald = Herald(base, token)
-    app = herald.onboard("ci-image", receiver.base_url("ci-image"))
-    receiver.expect_app("ci-image", app)
-    files = git.commit({f"docs/{i:03}.md": f"document {i}\n" for i in range(20)}, "twenty documents")
-    repository = herald.register(app["token"], git.url_from_container)
-    receiver.wait_for_files("ci-image", files)
+    herald, app, repository, files = onboard_and_deliver(
+        NAME, base, "ci-image", {f"docs/{i:03}.md": f"document {i}\n" for i in range(20)},
+        "twenty documents", git, receiver)
     step(f"a repository registered through the API: {len(files)} files delivered to the host, signatures verified")
     return herald, app, repository
 

@@ -135,6 +135,22 @@ class Herald:
         wait_for(f"a scan of {repository_id} to be accepted", ask, timeout=30)
 
 
+def onboard_and_deliver(container: str, base: str, app_name: str, files: dict[str, str], message: str,
+                        git: "GitServer", receiver: "Receiver") -> tuple[Herald, dict, str, dict[str, str]]:
+    """As an operator and then an app would: the admin token read from the
+    container's volume, an app onboarded with the host's receiver, `files`
+    committed and the repository registered, every file delivered signed.
+    Returns Herald, the app, the repository id and the files' hashes."""
+    token = podman("exec", container, "cat", "/data/admin.token").stdout.strip()
+    herald = Herald(base, token)
+    app = herald.onboard(app_name, receiver.base_url(app_name))
+    receiver.expect_app(app_name, app)
+    hashes = git.commit(files, message)
+    repository = herald.register(app["token"], git.url_from_container)
+    receiver.wait_for_files(app_name, hashes)
+    return herald, app, repository, hashes
+
+
 # --- A git repository served by `git daemon` ----------------------------------
 
 
