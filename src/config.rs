@@ -279,6 +279,21 @@ pub struct DeliverySettings {
     /// consumer then reconnects where it was.
     #[serde(deserialize_with = "duration")]
     pub stream_max_age: Duration,
+    /// Streams and long polls one app may hold open on this instance.
+    #[serde(deserialize_with = "whole_number")]
+    pub max_streams_per_app: usize,
+    /// Bytes of messages made for one app's consumers and not yet taken by
+    /// them (queued in its streams and pages), on this instance.
+    #[serde(deserialize_with = "whole_number")]
+    pub stream_buffer_bytes: u64,
+    /// Bytes of file content one app's streams hold to send chunked files,
+    /// on this instance; a larger file is held alone.
+    #[serde(deserialize_with = "whole_number")]
+    pub stream_content_bytes: u64,
+    /// A page of `GET /api/changes` ends once its messages reach this many
+    /// bytes (it holds at least one).
+    #[serde(deserialize_with = "whole_number")]
+    pub page_max_bytes: u64,
 }
 
 impl DeliverySettings {
@@ -642,6 +657,40 @@ impl Settings {
                 "must be \"0\" (never) or at least one second",
             ));
         }
+        for (key, value) in [
+            (
+                "delivery.max_streams_per_app",
+                self.delivery.max_streams_per_app as u64,
+            ),
+            (
+                "delivery.stream_buffer_bytes",
+                self.delivery.stream_buffer_bytes,
+            ),
+            (
+                "delivery.stream_content_bytes",
+                self.delivery.stream_content_bytes,
+            ),
+            ("delivery.page_max_bytes", self.delivery.page_max_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        // The semaphores behind these count bytes as u32 permits.
+        for (key, value) in [
+            (
+                "delivery.stream_buffer_bytes",
+                self.delivery.stream_buffer_bytes,
+            ),
+            (
+                "delivery.stream_content_bytes",
+                self.delivery.stream_content_bytes,
+            ),
+        ] {
+            if value > u64::from(u32::MAX) {
+                return Err(invalid(key, "must be below 4 GiB"));
+            }
+        }
         if self.delivery.stream_max_age.is_zero() {
             return Err(invalid(
                 "delivery.stream_max_age",
@@ -764,7 +813,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 68] = [
+    const KEYS: [&str; 72] = [
         "data_dir",
         "server.host",
         "server.port",
@@ -813,6 +862,10 @@ mod properties {
         "delivery.tick",
         "delivery.dead_retry_interval",
         "delivery.stream_max_age",
+        "delivery.max_streams_per_app",
+        "delivery.stream_buffer_bytes",
+        "delivery.stream_content_bytes",
+        "delivery.page_max_bytes",
         "breaker.git.threshold",
         "breaker.git.cooldown",
         "breaker.delivery.threshold",

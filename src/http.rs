@@ -59,7 +59,7 @@ use crate::domain::UrlPolicy;
 pub use filters::BodyBudget;
 pub use ratelimit::RateLimits;
 pub use server::{ConnectionLimits, serve};
-pub use stream::StreamHub;
+pub use stream::{StreamHub, StreamLimits};
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -123,7 +123,16 @@ impl Application {
             instance_id: instance_id.into(),
             body_budget: BodyBudget::leaked(settings.server.max_inflight_body_bytes),
             closing: tokio_util::sync::CancellationToken::new(),
-            streams: http::StreamHub::new(store.clone()),
+            streams: http::StreamHub::new(
+                store.clone(),
+                http::StreamLimits {
+                    max_streams: settings.delivery.max_streams_per_app,
+                    buffer_bytes: u32::try_from(settings.delivery.stream_buffer_bytes)
+                        .unwrap_or(u32::MAX),
+                    content_bytes: u32::try_from(settings.delivery.stream_content_bytes)
+                        .unwrap_or(u32::MAX),
+                },
+            ),
         };
         Ok(Self {
             listener,

@@ -63,10 +63,9 @@ struct FileEnvelope<'a> {
 enum Content<'a> {
     /// UTF-8 text, escaped as a JSON string.
     Text(&'a str),
-    /// Bytes, base64-encoded straight into the body.
+    /// Bytes (a whole file, or one chunk's slice of it), base64-encoded
+    /// straight into the body.
     Binary(&'a [u8]),
-    /// A slice of content already base64-encoded (one chunk of a file).
-    Base64(&'a str),
 }
 
 impl Content<'_> {
@@ -76,12 +75,11 @@ impl Content<'_> {
         match self {
             Content::Text(text) => text.len() * 6 + 35,
             Content::Binary(bytes) => base64_len(bytes) + 2,
-            Content::Base64(encoded) => encoded.len() + 2,
         }
     }
 
     /// Writes the content as a JSON string. Base64 has nothing to escape, so
-    /// it is copied between quotes rather than scanned byte by byte.
+    /// it is encoded between quotes rather than scanned byte by byte.
     fn write(self, out: &mut Vec<u8>) {
         match self {
             Content::Text(text) => json_escape_simd::escape_into(text, out),
@@ -92,11 +90,6 @@ impl Content<'_> {
                 STANDARD
                     .encode_slice(bytes, &mut out[start..])
                     .expect("room for the padded encoding");
-                out.push(b'"');
-            }
-            Content::Base64(encoded) => {
-                out.push(b'"');
-                out.extend_from_slice(encoded.as_bytes());
                 out.push(b'"');
             }
         }
@@ -381,8 +374,28 @@ struct ChunkPlan {
     commit_sha: String,
     timestamp: String,
     replay: Option<ReplayMarker>,
-    encoded: String,
+    /// The file's bytes, held once: each chunk is base64-encoded from its
+    /// slice when it is sent, so a rendering costs the file's size, not
+    /// its encoding's.
+    content: bytes::Bytes,
+    /// Base64 characters per chunk, a multiple of 4: chunk `i` encodes the
+    /// bytes from `i * chunk_chars / 4 * 3`, and the chunks put together
+    /// are the whole file's encoding.
     chunk_chars: usize,
+}
+
+impl ChunkPlan {
+    fn encoded_len(&self) -> usize {
+        self.content.len().div_ceil(3) * 4
+    }
+
+    /// The bytes chunk `index` carries.
+    fn slice(&self, index: usize) -> &[u8] {
+        let per_chunk = self.chunk_chars / 4 * 3;
+        let start = (index * per_chunk).min(self.content.len());
+        let end = (start + per_chunk).min(self.content.len());
+        &self.content[start..end]
+    }
 }
 
 impl Rendered {
@@ -390,7 +403,7 @@ impl Rendered {
     pub fn len(&self) -> usize {
         match &self.parts {
             Parts::Whole(_) => 1,
-            Parts::Chunked(plan) => plan.encoded.len().div_ceil(plan.chunk_chars).max(1),
+            Parts::Chunked(plan) => plan.encoded_len().div_ceil(plan.chunk_chars).max(1),
         }
     }
 
@@ -415,32 +428,44 @@ impl Rendered {
     pub fn part(&self, event_id: &str, index: usize) -> (String, bytes::Bytes) {
         match &self.parts {
             Parts::Whole(body) => (event_id.to_owned(), body.clone()),
+            Parts::Chunked(plan) => (
+                chunk_webhook_id(&plan.event_id, index),
+                self.chunk_envelope(plan, index)
+                    .body(Content::Binary(plan.slice(index)))
+                    .into(),
+            ),
+        }
+    }
+
+    /// The size of request `index`'s body, known before it is made: a pull
+    /// stream reserves room for a chunk before it renders it.
+    pub fn part_len(&self, index: usize) -> usize {
+        match &self.parts {
+            Parts::Whole(body) => body.len(),
             Parts::Chunked(plan) => {
-                let start = index * plan.chunk_chars;
-                let end = (start + plan.chunk_chars).min(plan.encoded.len());
-                let envelope = FileEnvelope {
-                    repository: &plan.repository,
-                    path: &plan.path,
-                    sha: &plan.sha,
-                    size: plan.size,
-                    chunk: Some(ChunkRef {
-                        id: plan.chunk_id.as_str(),
-                        index,
-                        total: self.len(),
-                    }),
-                    lfs: plan.lfs,
-                    previous_sha: plan.previous_sha.as_deref(),
-                    commit_sha: &plan.commit_sha,
-                    timestamp: &plan.timestamp,
-                    replay: plan.replay.as_ref(),
-                    event_id: &plan.event_id,
-                };
-                let content = Content::Base64(&plan.encoded[start.min(end)..end]);
-                (
-                    chunk_webhook_id(&plan.event_id, index),
-                    envelope.body(content).into(),
-                )
+                let envelope = self.chunk_envelope(plan, index).body(Content::Binary(&[]));
+                envelope.len() + base64_len(plan.slice(index))
             }
+        }
+    }
+
+    fn chunk_envelope<'p>(&self, plan: &'p ChunkPlan, index: usize) -> FileEnvelope<'p> {
+        FileEnvelope {
+            repository: &plan.repository,
+            path: &plan.path,
+            sha: &plan.sha,
+            size: plan.size,
+            chunk: Some(ChunkRef {
+                id: plan.chunk_id.as_str(),
+                index,
+                total: self.len(),
+            }),
+            lfs: plan.lfs,
+            previous_sha: plan.previous_sha.as_deref(),
+            commit_sha: &plan.commit_sha,
+            timestamp: &plan.timestamp,
+            replay: plan.replay.as_ref(),
+            event_id: &plan.event_id,
         }
     }
 }
@@ -620,7 +645,7 @@ pub fn render(
                         commit_sha: commit.to_owned(),
                         timestamp,
                         replay,
-                        encoded: STANDARD.encode(content),
+                        content: bytes::Bytes::copy_from_slice(content),
                         chunk_chars: (chunking.chunk_chars.max(4) / 4) * 4,
                     })),
                 });
@@ -781,6 +806,16 @@ pub(crate) mod tests {
         assert!(body(&deleted).contains(r#""file":{"path":"docs/ä.md","sha":"abc"},"commit_sha""#));
     }
 
+    fn created_binary(content: &[u8], chunking: Chunking) -> Rendered {
+        render(
+            &event(entity::EventKind::Created, true),
+            &repository(),
+            Some(content),
+            chunking,
+        )
+        .expect("renders")
+    }
+
     #[test]
     fn large_binaries_are_chunked_under_one_chunk_id_per_rendering() {
         let content: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
@@ -788,13 +823,7 @@ pub(crate) mod tests {
             threshold_bytes: 1000,
             chunk_chars: 1000,
         };
-        let rendered = render(
-            &event(entity::EventKind::Created, true),
-            &repository(),
-            Some(&content),
-            chunking,
-        )
-        .expect("renders");
+        let rendered = created_binary(&content, chunking);
         assert_eq!(
             rendered.len(),
             4,
@@ -818,6 +847,7 @@ pub(crate) mod tests {
                 format!("evt_01_{index}"),
                 "webhook ids follow the event"
             );
+            assert_eq!(rendered.part_len(index), bytes.len(), "known before made");
             let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
             assert_eq!(value["file"]["chunk"]["id"], transfer.as_str());
             assert_eq!(value["file"]["chunk"]["total"], 4);
@@ -828,16 +858,32 @@ pub(crate) mod tests {
 
         // The next attempt renders the event again: a new transfer, the
         // same webhook ids.
-        let again = render(
-            &event(entity::EventKind::Created, true),
-            &repository(),
-            Some(&content),
-            chunking,
-        )
-        .expect("renders");
+        let again = created_binary(&content, chunking);
         assert_ne!(chunk_id(&again, 0), transfer);
         assert_eq!(chunk_id(&again, 3), chunk_id(&again, 0));
         assert_eq!(again.part("evt_01", 2).0, rendered.part("evt_01", 2).0);
+    }
+
+    #[test]
+    fn chunks_put_together_are_the_whole_files_encoding_whatever_its_length() {
+        let chunking = Chunking {
+            threshold_bytes: 10,
+            chunk_chars: 1002, // not a multiple of 4: rounded down to 1000
+        };
+        for size in [11, 749, 750, 751, 2999, 3000, 3001, 3002] {
+            let content: Vec<u8> = (0..size).map(|i| (i * 7 % 256) as u8).collect();
+            let rendered = created_binary(&content, chunking);
+            let whole = STANDARD.encode(&content);
+            assert_eq!(rendered.len(), whole.len().div_ceil(1000), "{size}");
+            let mut encoded = String::new();
+            for index in 0..rendered.len() {
+                let (_, bytes) = rendered.part("evt_01", index);
+                assert_eq!(rendered.part_len(index), bytes.len(), "{size} #{index}");
+                let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+                encoded.push_str(value["file"]["content"].as_str().expect("content"));
+            }
+            assert_eq!(encoded, whole, "{size}");
+        }
     }
 
     /// Text that is not UTF-8 (Latin-1, UTF-16) goes as Docora sends it:
@@ -1006,8 +1052,7 @@ pub(crate) mod tests {
             let encoded = STANDARD.encode(&bytes);
             let chunk = chunk_index.map(|index| ChunkRef { id: "chk_01", index, total: 4 });
             let (content, expected_content) = match (&chunk, binary) {
-                (Some(_), _) => (Content::Base64(&encoded), encoded.as_str()),
-                (None, true) => (Content::Binary(&bytes), encoded.as_str()),
+                (Some(_), _) | (None, true) => (Content::Binary(&bytes), encoded.as_str()),
                 (None, false) => (Content::Text(&text), text.as_str()),
             };
             let envelope = FileEnvelope {

@@ -48,6 +48,11 @@ pub enum ApiError {
     Invalid(#[from] Invalid),
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The app holds as many pull streams and long polls as it may.
+    #[error(
+        "this app already holds {limit} open streams and long polls (delivery.max_streams_per_app); close one or retry in {retry_after_secs} s"
+    )]
+    TooManyStreams { limit: usize, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
     /// Herald holds as many request bytes as it may (bodies, connections):
@@ -89,7 +94,9 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyStreams { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RepositoryNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RepositoryAccessDenied(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -114,6 +121,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
             ApiError::Unavailable(_) | ApiError::Busy { .. } => "unavailable",
             ApiError::RepositoryNotFound(_) => "repository_not_found",
             ApiError::RepositoryAccessDenied(_) => "repository_access_denied",
@@ -154,7 +162,10 @@ impl ApiError {
             | ApiError::RequestTimeout => {
                 headers.insert("connection", HeaderValue::from_static("close"));
             }
-            ApiError::RateLimited { retry_after_secs } => {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::TooManyStreams {
+                retry_after_secs, ..
+            } => {
                 headers.insert("retry-after", HeaderValue::from(*retry_after_secs));
             }
             ApiError::Busy { retry_after_secs } => {

@@ -13,14 +13,14 @@
 //! (`store/stream.rs`); the bodies are rendered by the engine
 //! (`delivery/pull.rs`).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actors::delivery::pull::{Pulled, PulledEvent, Sources};
 use actors::ids::AppId;
 use actors::store::stream::{Consumed, StreamCursor};
-use entity::{app, event};
+use bytes::Bytes;
+use entity::app;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -28,13 +28,18 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
 use warp::filters::BoxedFilter;
+use warp::http::HeaderValue;
 use warp::reply::{Reply, Response};
-use warp::sse::Event;
 
+mod feed;
 mod hub;
+mod share;
 
+use feed::{Feed, Next, Part};
 use hub::Listening;
 pub use hub::StreamHub;
+pub use share::StreamLimits;
+use share::{AppShare, reserved};
 
 use super::AppState;
 use super::error::{ApiError, respond};
@@ -49,8 +54,13 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// could not give.
 const STALLED_WAIT: Duration = Duration::from_secs(5);
 
-/// Events read from the store at a time.
-const PAGE: u64 = 64;
+/// How long a page of `GET /api/changes` waits for room among its app's
+/// other pages and streams before it is answered busy.
+const ROOM_WAIT: Duration = Duration::from_secs(30);
+
+/// Room reserved beyond a message's body for its framing (cursor, endpoint,
+/// SSE field names or the page's JSON around it).
+const FRAMING_BYTES: usize = 256;
 
 /// The longest long poll of `GET /api/changes`, in seconds.
 const MAX_WAIT_S: u64 = 60;
@@ -97,7 +107,8 @@ pub struct ChangesQuery {
     /// everything up to it is consumed. Absent: from the first event not
     /// consumed.
     pub after: Option<String>,
-    /// Messages per page, 1 to 1000 (default 100).
+    /// Messages per page, 1 to 1000 (default 100); a page also ends once its
+    /// messages reach `delivery.page_max_bytes` (it holds at least one).
     pub limit: Option<u64>,
     /// Seconds to wait for a message when there is none yet, 0 to 60
     /// (default 0: answer at once).
@@ -161,7 +172,8 @@ pub struct ChangesPage {
         (status = 400, description = "Malformed Last-Event-ID", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 409, description = "The app receives webhooks (`delivery` is `push`) or is disabled", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid or unknown cursor", body = super::error::ErrorBody)))]
+        (status = 422, description = "Invalid or unknown cursor", body = super::error::ErrorBody),
+        (status = 429, description = "The app holds `delivery.max_streams_per_app` streams and long polls here (`too_many_streams`); `Retry-After` says when to try again", body = super::error::ErrorBody)))]
 pub(crate) async fn stream(
     app: app::Model,
     query: StreamQuery,
@@ -175,11 +187,11 @@ pub(crate) async fn stream(
         (None, Some(after)) => Some(cursor("after", &after)?),
         (None, None) => None,
     };
-    let feed = Feed::open(&app, cursor, &state).await?;
+    let listening = listen(&state, &app)?;
+    let feed = Feed::open(&app, cursor, &state, Arc::clone(&listening.share)).await?;
     // The feed runs as a task of its own, one message ahead of the
     // connection, and ends with it (or when Herald stops).
-    let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    let listening = listen(&state, &app);
+    let (sender, mut receiver) = mpsc::channel(1);
     let until = tokio::time::Instant::now() + state.settings.delivery.stream_max_age;
     tokio::spawn(feed_stream(
         feed,
@@ -188,23 +200,33 @@ pub(crate) async fn stream(
         state.closing.clone(),
         until,
     ));
-    let messages = futures::stream::unfold(receiver, |mut receiver| async move {
-        let event = receiver.recv().await?;
-        Some((Ok::<_, Infallible>(event), receiver))
+    let messages = futures::stream::poll_fn(move |cx| {
+        receiver
+            .poll_recv(cx)
+            .map(|message| message.map(Ok::<_, Infallible>))
     });
-    let keep_alive = warp::sse::keep_alive()
-        .interval(HEARTBEAT)
-        .text("keep-alive");
-    Ok(warp::sse::reply(keep_alive.stream(messages)).into_response())
+    let mut response = warp::reply::stream(messages).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
+
+/// A comment, sent when nothing else was for [`HEARTBEAT`].
+const HEARTBEAT_COMMENT: &[u8] = b":keep-alive\n\n";
 
 /// Sends the feed's messages as Server-Sent Events until the consumer
 /// goes, the app leaves pull mode, Herald stops or `until`
-/// (`delivery.stream_max_age`).
+/// (`delivery.stream_max_age`). Each message is made once the app's share
+/// has room for it, and gives the room back when the connection has
+/// written it.
 async fn feed_stream(
     mut feed: Feed,
     mut listening: Listening,
-    sender: mpsc::Sender<Event>,
+    sender: mpsc::Sender<Bytes>,
     closing: CancellationToken,
     until: tokio::time::Instant,
 ) {
@@ -215,22 +237,34 @@ async fn feed_stream(
         }
     };
     tokio::pin!(ends);
+    let share = Arc::clone(&listening.share);
     let news = &mut listening.news;
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         news.borrow_and_update();
         let wait = match feed.next().await {
-            Ok(Next::Message(message)) => {
-                let event = Event::default()
-                    .id(message.cursor.to_string())
-                    .event(message.endpoint)
-                    .data(String::from_utf8_lossy(&message.body));
+            Ok(Next::Message(part)) => {
+                let event = sse_event(&share, &part);
+                tokio::pin!(event);
+                let event = loop {
+                    tokio::select! {
+                        () = &mut ends => return,
+                        () = sender.closed() => return,
+                        event = &mut event => break event,
+                        // Waiting for room among the app's other streams.
+                        _ = heartbeat.tick() => {
+                            let _ = sender.try_send(Bytes::from_static(HEARTBEAT_COMMENT));
+                        }
+                    }
+                };
                 tokio::select! {
                     () = &mut ends => return,
-                    sent = sender.send(event) => match sent {
-                        Ok(()) => continue,
-                        Err(_) => return,
-                    },
+                    sent = sender.send(event) => if sent.is_err() { return },
                 }
+                heartbeat.reset();
+                continue;
             }
             Ok(Next::CaughtUp) => None,
             Ok(Next::Stalled) => Some(STALLED_WAIT),
@@ -240,14 +274,40 @@ async fn feed_stream(
                 return;
             }
         };
-        tokio::select! {
-            () = &mut ends => return,
-            () = sender.closed() => return,
-            _ = news.changed() => {}
-            () = sleep_for(wait) => {}
+        loop {
+            tokio::select! {
+                () = &mut ends => return,
+                () = sender.closed() => return,
+                _ = news.changed() => break,
+                () = sleep_for(wait) => break,
+                _ = heartbeat.tick() => {
+                    let _ = sender.try_send(Bytes::from_static(HEARTBEAT_COMMENT));
+                }
+            }
         }
-        feed.woken();
     }
+}
+
+/// `part` as one Server-Sent Event, made once there is room for it.
+async fn sse_event(share: &AppShare, part: &Part) -> Bytes {
+    let room = share.reserve_message(part.body_len() + FRAMING_BYTES).await;
+    let (_, body) = part.make();
+    let cursor = part.cursor.to_string();
+    let mut event = Vec::with_capacity(body.len() + FRAMING_BYTES);
+    for field in [
+        b"id: ".as_slice(),
+        cursor.as_bytes(),
+        b"\nevent: ",
+        part.endpoint().as_bytes(),
+        b"\ndata: ",
+        // The body is JSON on one line: a newline inside it is escaped.
+        &body,
+        b"\n\n",
+    ] {
+        event.extend_from_slice(field);
+    }
+    drop(body);
+    reserved(event, vec![room])
 }
 
 /// The calling app's events as JSON pages, from the first not consumed or
@@ -260,7 +320,9 @@ async fn feed_stream(
         (status = 400, description = "Malformed query string", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 409, description = "The app receives webhooks (`delivery` is `push`) or is disabled", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid cursor, limit or wait", body = super::error::ErrorBody)))]
+        (status = 422, description = "Invalid cursor, limit or wait", body = super::error::ErrorBody),
+        (status = 429, description = "The app holds `delivery.max_streams_per_app` streams and long polls here (`too_many_streams`); `Retry-After` says when to try again", body = super::error::ErrorBody),
+        (status = 503, description = "The app's other consumers hold all the room for messages not yet taken (`delivery.stream_buffer_bytes`) for 30 s; `Retry-After` says when to try again", body = super::error::ErrorBody)))]
 pub(crate) async fn changes(
     app: app::Model,
     query: ChangesQuery,
@@ -282,34 +344,41 @@ pub(crate) async fn changes(
         .as_deref()
         .map(|raw| cursor("after", raw))
         .transpose()?;
-    let mut feed = Feed::open(&app, after, &state).await?;
+    let mut listening = listen(&state, &app)?;
+    let share = Arc::clone(&listening.share);
+    let mut feed = Feed::open(&app, after, &state, Arc::clone(&share)).await?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(wait).min(state.settings.delivery.stream_max_age);
-    let mut listening = listen(&state, &app);
+    let page_max = usize::try_from(state.settings.delivery.page_max_bytes).unwrap_or(usize::MAX);
     let news = &mut listening.news;
-    let mut data = Vec::new();
+    let mut page = Page::default();
     loop {
         news.borrow_and_update();
         let next = loop {
             match feed.next().await? {
-                Next::Message(message) => {
-                    data.push(ChangeView {
-                        id: message.cursor.to_string(),
-                        event: message.endpoint,
-                        webhook_id: message.webhook_id,
-                        body: RawValue::from_string(
-                            String::from_utf8_lossy(&message.body).into_owned(),
-                        )
-                        .map_err(|err| ApiError::Internal(err.into()))?,
-                    });
-                    if data.len() as u64 >= limit {
+                Next::Message(part) => {
+                    let room = part.body_len() + FRAMING_BYTES;
+                    let reserved = if page.data.is_empty() {
+                        first_room(&state, &share, room).await?
+                    } else if page.bytes + room > page_max {
+                        break Next::CaughtUp;
+                    } else {
+                        match share.try_reserve_message(room) {
+                            Some(reserved) => reserved,
+                            // The app's other consumers hold the room:
+                            // this page ends here.
+                            None => break Next::CaughtUp,
+                        }
+                    };
+                    page.push(&part, reserved, room)?;
+                    if page.data.len() as u64 >= limit || page.bytes >= page_max {
                         break Next::CaughtUp;
                     }
                 }
                 other => break other,
             }
         };
-        if !data.is_empty() || matches!(next, Next::Closed) {
+        if !page.data.is_empty() || matches!(next, Next::Closed) {
             break;
         }
         tokio::select! {
@@ -318,13 +387,69 @@ pub(crate) async fn changes(
             _ = news.changed() => {}
             () = sleep_for(matches!(next, Next::Stalled).then_some(STALLED_WAIT)) => {}
         }
-        feed.woken();
     }
-    let next = data
+    let next = page
+        .data
         .last()
         .map(|last| last.id.clone())
         .or_else(|| after.map(|cursor| cursor.to_string()));
-    Ok(warp::reply::json(&ChangesPage { data, next }).into_response())
+    let json = serde_json::to_vec(&ChangesPage {
+        data: page.data,
+        next,
+    })
+    .map_err(ApiError::internal)?;
+    let mut response = Response::new(reserved(json, page.room).into());
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// A page of `GET /api/changes` being made, and the room its messages
+/// hold until the connection has written it.
+#[derive(Default)]
+struct Page {
+    data: Vec<ChangeView>,
+    room: Vec<tokio::sync::OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl Page {
+    fn push(
+        &mut self,
+        part: &Part,
+        room: tokio::sync::OwnedSemaphorePermit,
+        bytes: usize,
+    ) -> Result<(), ApiError> {
+        let (webhook_id, body) = part.make();
+        let body = String::from_utf8(body.to_vec()).map_err(ApiError::internal)?;
+        self.data.push(ChangeView {
+            id: part.cursor.to_string(),
+            event: part.endpoint(),
+            webhook_id,
+            body: RawValue::from_string(body).map_err(ApiError::internal)?,
+        });
+        self.room.push(room);
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+/// Room for a page's first message: waited for, as long as [`ROOM_WAIT`]
+/// (the app's other consumers hold it all meanwhile), then answered busy.
+async fn first_room(
+    state: &AppState,
+    share: &AppShare,
+    bytes: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let busy = ApiError::Busy {
+        retry_after_secs: 5,
+    };
+    tokio::select! {
+        reserved = share.reserve_message(bytes) => Ok(reserved),
+        () = tokio::time::sleep(ROOM_WAIT) => Err(busy),
+        () = state.closing.cancelled() => Err(busy),
+    }
 }
 
 /// Marks everything up to the cursor consumed.
@@ -349,11 +474,16 @@ pub(crate) async fn ack(
     Ok(warp::http::StatusCode::NO_CONTENT.into_response())
 }
 
-/// Registers a stream (or long poll) of `app` with the hub that wakes it.
-fn listen(state: &AppState, app: &app::Model) -> Listening {
+/// Registers a stream (or long poll) of `app` with the hub that wakes it,
+/// unless the app holds as many as it may here.
+fn listen(state: &AppState, app: &app::Model) -> Result<Listening, ApiError> {
     state
         .streams
         .listen(&app.id, || state.engine.outbox_changes(), &state.closing)
+        .map_err(|full| ApiError::TooManyStreams {
+            limit: full.limit,
+            retry_after_secs: 5,
+        })
 }
 
 /// Sleeps for `wait`, or forever.
@@ -407,153 +537,5 @@ async fn consume(
             field,
             "is ahead of the stream: it is not the id of a message it sent",
         )),
-    }
-}
-
-/// One message of the stream.
-struct Message {
-    cursor: StreamCursor,
-    endpoint: &'static str,
-    webhook_id: String,
-    body: bytes::Bytes,
-}
-
-enum Next {
-    Message(Message),
-    /// Nothing more for now.
-    CaughtUp,
-    /// The next event's content must be fetched again and the remote could
-    /// not be asked: it is asked again later, nothing after it goes first.
-    Stalled,
-    /// The app left pull mode, was disabled or deleted: the stream ends.
-    Closed,
-}
-
-/// A consumer's way through its app's stream: the events read ahead, the
-/// one being sent (a chunked file, message by message) and the cursor of
-/// the last message.
-struct Feed {
-    state: AppState,
-    app: AppId,
-    cursor: StreamCursor,
-    read: VecDeque<event::Model>,
-    /// The last read found everything there was: nothing to read again
-    /// until [`Feed::woken`].
-    exhausted: bool,
-    sources: Sources,
-    current: Option<(i64, PulledEvent, usize)>,
-}
-
-impl Feed {
-    /// A feed from `cursor` (or the first event not consumed), after
-    /// marking everything up to `cursor` consumed.
-    async fn open(
-        app: &app::Model,
-        cursor: Option<StreamCursor>,
-        state: &AppState,
-    ) -> Result<Self, ApiError> {
-        pulling(app)?;
-        if let Some(cursor) = cursor {
-            consume(state, app, cursor, "after").await?;
-        }
-        Ok(Self {
-            state: state.clone(),
-            app: AppId::stored(app.id.as_str()),
-            cursor: cursor.unwrap_or(StreamCursor::START),
-            read: VecDeque::new(),
-            exhausted: false,
-            sources: Sources::default(),
-            current: None,
-        })
-    }
-
-    async fn next(&mut self) -> Result<Next, ApiError> {
-        loop {
-            if let Some((place, pulled, index)) = &mut self.current {
-                if *index < pulled.len() {
-                    let (webhook_id, body) = pulled.part(*index);
-                    let message = Message {
-                        cursor: StreamCursor::of_part(*place, *index, pulled.len()),
-                        endpoint: pulled.endpoint(),
-                        webhook_id,
-                        body,
-                    };
-                    *index += 1;
-                    self.cursor = message.cursor;
-                    return Ok(Next::Message(message));
-                }
-                self.current = None;
-            }
-            if self.read.is_empty() {
-                if self.exhausted {
-                    return Ok(Next::CaughtUp);
-                }
-                if !self.read_more().await? {
-                    return Ok(if self.open_still().await? {
-                        Next::CaughtUp
-                    } else {
-                        Next::Closed
-                    });
-                }
-            }
-            let Some(event) = self.read.pop_front() else {
-                continue;
-            };
-            let place = event.stream_pos.unwrap_or_default();
-            match self
-                .state
-                .engine
-                .pull()
-                .render(&event, &mut self.sources)
-                .await?
-            {
-                Pulled::Ready(pulled) => {
-                    let from = if place == self.cursor.place {
-                        self.cursor.resume_chunk().unwrap_or(pulled.len())
-                    } else {
-                        0
-                    };
-                    self.current = Some((place, pulled, from));
-                }
-                Pulled::GaveUp => {}
-                Pulled::Unavailable(why) => {
-                    tracing::warn!(event = %event.id, %why, "a pulled event's content is unavailable; waiting");
-                    self.read.push_front(event);
-                    return Ok(Next::Stalled);
-                }
-            }
-        }
-    }
-
-    /// There may be news: the next read asks the store again.
-    fn woken(&mut self) {
-        self.exhausted = false;
-    }
-
-    /// Reads the next page of events after the cursor; whether any came.
-    async fn read_more(&mut self) -> Result<bool, ApiError> {
-        let from = match self.cursor.chunk {
-            Some(_) => self.cursor.place,
-            None => self.cursor.place + 1,
-        };
-        let events = self
-            .state
-            .store
-            .stream_events(&self.app, from, PAGE)
-            .await?;
-        // Credentials and repositories are read again for each page.
-        self.sources = Sources::default();
-        self.read.extend(events);
-        Ok(!self.read.is_empty())
-    }
-
-    /// Whether the app still consumes a stream.
-    async fn open_still(&self) -> Result<bool, ApiError> {
-        Ok(self
-            .state
-            .store
-            .app(&self.app)
-            .await?
-            .is_some_and(|app| pulling(&app).is_ok()))
     }
 }

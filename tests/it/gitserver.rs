@@ -1179,14 +1179,17 @@ fn widgets() -> (TestRepo, Served, String) {
     (repo, served, sha)
 }
 
-/// Deterministic, incompressible bytes (so a pack really is this large).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+/// `len` bytes that are not text and do not compress (xorshift from
+/// `seed`), the same for the same seed: a pack of them really is this
+/// large.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
     let mut bytes = Vec::with_capacity(len + 8);
     while bytes.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        bytes.extend_from_slice(&seed.to_le_bytes());
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
     }
     bytes.truncate(len);
     bytes

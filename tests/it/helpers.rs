@@ -15,8 +15,11 @@ use tokio::process::{Child, Command};
 
 use crate::receiver::Receiver;
 
+mod measure;
 mod rig;
 
+pub use crate::gitserver::noise;
+pub use measure::proc_status_kib;
 pub use rig::{Remotes, Rig};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";

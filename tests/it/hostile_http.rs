@@ -19,7 +19,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, proc_status_kib};
 
 const GITHUB_SECRET: &str = "github-webhook-secret-0123";
 const GITLAB_TOKEN: &str = "gitlab-webhook-token-4567";
@@ -81,16 +81,6 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
         .await
         .expect("the server closes the connection");
     String::from_utf8_lossy(&received).into_owned()
-}
-
-/// A field of `/proc/{pid}/status`, in KiB.
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// A hook request head announcing a body of `length` bytes.

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{HttpGitServer, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, engine_with, onboard};
+use crate::helpers::{TestApp, TestClient, engine_with, noise, onboard};
 use crate::lfsserver::{LfsObjects, files_under, oid_at_head, track};
 use crate::receiver::{Received, Receiver};
 
@@ -20,19 +20,6 @@ const BOB: (&str, &str) = ("bob", "bob-lfs-token-77e0");
 
 fn token((user, password): (&str, &str)) -> String {
     format!("{user}:{password}")
-}
-
-/// Bytes that are not text and do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn sha(content: &[u8]) -> String {

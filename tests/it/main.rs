@@ -25,6 +25,7 @@ mod hooks;
 mod hostile_git;
 mod hostile_http;
 mod hostile_listen;
+mod hostile_pull;
 mod https_git;
 mod lfs;
 mod lfsserver;

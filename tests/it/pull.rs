@@ -200,7 +200,7 @@ fn assert_once_and_in_order(messages: &[Message]) {
 }
 
 /// App `name` onboarded in pull mode.
-async fn onboard_pull(app: &TestApp, name: &str) -> TestClient {
+pub(crate) async fn onboard_pull(app: &TestApp, name: &str) -> TestClient {
     app.onboard_with(json!({
         "app_name": name,
         "base_url": "https://1.1.1.1/unused",

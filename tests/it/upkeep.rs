@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{Rig, TestApp, TestClient, engine_with, onboard};
+use crate::helpers::{Rig, TestApp, TestClient, engine_with, noise, onboard, proc_status_kib};
 use crate::receiver::Receiver;
 
 /// One file, `log.md`, that moves through versions `v0`, `v1`…, watched by
@@ -210,33 +210,10 @@ async fn a_successful_scan_clears_the_errors_git_left_even_when_nothing_moved() 
     assert_eq!(healed["status"], "synced", "{healed}");
 }
 
-/// Deterministic bytes that do not compress (a binary file as git sees it).
-fn noise(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-/// A `/proc/<pid>/status` field, in KiB.
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("the process's status")
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("the field")
-}
-
 #[tokio::test]
 async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory() {
     const SIZE: usize = 50 << 20;
-    let content = noise(SIZE);
+    let content = noise(SIZE, 0x9e37_79b9_7f4a_7c15);
     let repo = TestRepo::new("main");
     repo.write("big.bin", &content);
     repo.commit("big");
@@ -271,7 +248,7 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
 
     // From here on, only the sending: its peak is measured from now.
     let pid = app.pid();
-    let before = proc_kib(pid, "VmRSS:");
+    let before = proc_status_kib(pid, "VmRSS");
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak can be reset");
     let (status, body) = app
         .call(
@@ -296,7 +273,7 @@ async fn a_50_mib_binary_is_sent_in_chunks_within_three_times_its_size_of_memory
         .filter(|r| !r.json()["file"]["chunk"].is_null())
         .count();
     assert!(chunks > 1, "sent in chunks: {chunks}");
-    let peak = proc_kib(pid, "VmHWM:");
+    let peak = proc_status_kib(pid, "VmHWM");
     let grew = peak.saturating_sub(before) * 1024;
     assert!(
         grew <= 3 * SIZE as u64,
@@ -342,7 +319,7 @@ async fn a_600_mb_file_that_packs_to_a_megabyte_costs_its_pieces_not_its_size() 
     assert_eq!(notice["file"]["path"], "zeros.bin");
     assert_eq!(notice["file"]["size"], SIZE);
     assert_eq!(notice["file"]["sha"], expected.as_str());
-    let peak = proc_kib(app.pid(), "VmHWM:");
+    let peak = proc_status_kib(app.pid(), "VmHWM");
     assert!(
         peak < 200 << 10,
         "Herald's peak RSS was {} MiB for a {} MB file",
@@ -355,7 +332,7 @@ async fn a_600_mb_file_that_packs_to_a_megabyte_costs_its_pieces_not_its_size() 
 async fn a_file_over_max_file_bytes_is_announced_in_its_place_without_its_content() {
     let repo = TestRepo::new("main");
     repo.write("a.md", "small\n");
-    repo.write("b.bin", noise(4096));
+    repo.write("b.bin", noise(4096, 0x9e37_79b9_7f4a_7c15));
     repo.write("c.md", "small too\n");
     repo.commit("three");
     let rig = Rig::serve(&repo).await;
@@ -374,7 +351,7 @@ async fn a_file_over_max_file_bytes_is_announced_in_its_place_without_its_conten
     assert_eq!(notice["file"]["size"], 4096);
     assert_eq!(
         notice["file"]["sha"],
-        crate::delivery::sha(&noise(4096)).as_str()
+        crate::delivery::sha(&noise(4096, 0x9e37_79b9_7f4a_7c15)).as_str()
     );
     assert!(notice["file"].get("content").is_none(), "{notice}");
     crate::receiver::verify(

@@ -46,6 +46,11 @@ impl PulledEvent {
         false
     }
 
+    /// The size of message `index`'s body, known before it is made.
+    pub fn part_len(&self, index: usize) -> usize {
+        self.rendered.part_len(index)
+    }
+
     /// Message `index`: the `webhook-id` and the body push delivery would
     /// have sent as request `index`.
     pub fn part(&self, index: usize) -> (String, bytes::Bytes) {

@@ -2,7 +2,9 @@
 //! written (the outbox's ring, here or from another instance) and every
 //! [`LOOK_AGAIN`] in any case, asks the database once which of the apps
 //! with open streams have news, and wakes only their streams. A thousand
-//! idle streams then cost one query per ring, not a thousand.
+//! idle streams then cost one query per ring, not a thousand. The hub
+//! also counts each app's streams (`delivery.max_streams_per_app`) and
+//! holds what they share ([`AppShare`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once, PoisonError};
@@ -12,6 +14,8 @@ use actors::store::Store;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::share::{AppShare, StreamLimits};
+
 /// The streams' news is looked for at least this often, should a ring be
 /// lost.
 pub const LOOK_AGAIN: Duration = Duration::from_secs(15);
@@ -19,6 +23,7 @@ pub const LOOK_AGAIN: Duration = Duration::from_secs(15);
 /// The open streams of each app.
 pub struct StreamHub {
     store: Store,
+    limits: StreamLimits,
     apps: Mutex<HashMap<String, Watched>>,
     started: Once,
 }
@@ -26,13 +31,22 @@ pub struct StreamHub {
 struct Watched {
     news: watch::Sender<u64>,
     streams: usize,
+    share: Arc<AppShare>,
 }
 
-/// One stream's place in the hub: its news, and its leaving when dropped.
+/// One stream's place in the hub: its news, what it shares with the app's
+/// other streams, and its leaving when dropped.
 pub struct Listening {
     hub: Arc<StreamHub>,
     app: String,
     pub news: watch::Receiver<u64>,
+    pub share: Arc<AppShare>,
+}
+
+/// The app already holds `delivery.max_streams_per_app` streams here.
+#[derive(Debug, Clone, Copy)]
+pub struct TooManyStreams {
+    pub limit: usize,
 }
 
 impl Drop for Listening {
@@ -48,23 +62,25 @@ impl Drop for Listening {
 }
 
 impl StreamHub {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, limits: StreamLimits) -> Arc<Self> {
         Arc::new(Self {
             store,
+            limits,
             apps: Mutex::default(),
             started: Once::new(),
         })
     }
 
-    /// Registers a stream (or a long poll) of `app`; its news changes when
-    /// the app may have events to read. The first one starts the hub's task,
-    /// which watches `rings` until `closing`.
+    /// Registers a stream (or a long poll) of `app`, unless the app holds
+    /// as many as it may; its news changes when the app may have events to
+    /// read. The first one starts the hub's task, which watches `rings`
+    /// until `closing`.
     pub fn listen(
         self: &Arc<Self>,
         app: &str,
         rings: impl FnOnce() -> watch::Receiver<u64>,
         closing: &CancellationToken,
-    ) -> Listening {
+    ) -> Result<Listening, TooManyStreams> {
         self.started.call_once(|| {
             tokio::spawn(watch_outbox(Arc::clone(self), rings(), closing.clone()));
         });
@@ -72,13 +88,20 @@ impl StreamHub {
         let watched = apps.entry(app.to_owned()).or_insert_with(|| Watched {
             news: watch::Sender::new(0),
             streams: 0,
+            share: Arc::new(AppShare::new(self.limits)),
         });
+        if watched.streams >= self.limits.max_streams {
+            return Err(TooManyStreams {
+                limit: self.limits.max_streams,
+            });
+        }
         watched.streams += 1;
-        Listening {
+        Ok(Listening {
             hub: Arc::clone(self),
             app: app.to_owned(),
             news: watched.news.subscribe(),
-        }
+            share: Arc::clone(&watched.share),
+        })
     }
 
     /// How many apps have streams open here.
@@ -161,15 +184,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             actors::test_support::store(&actors::test_support::sqlite_url(dir.path())).await;
-        let hub = StreamHub::new(store);
+        let hub = StreamHub::new(
+            store,
+            StreamLimits {
+                max_streams: 2,
+                buffer_bytes: 1024,
+                content_bytes: 1024,
+            },
+        );
         let (_rings, closing) = (watch::Sender::new(0u64), CancellationToken::new());
-        let first = hub.listen("app_a", || _rings.subscribe(), &closing);
-        let second = hub.listen("app_a", || unreachable!("started once"), &closing);
-        let other = hub.listen("app_b", || unreachable!("started once"), &closing);
+        let listen = |app| hub.listen(app, || _rings.subscribe(), &closing);
+        let first = listen("app_a").expect("a first stream");
+        let second = listen("app_a").expect("a second stream");
+        assert!(
+            matches!(listen("app_a"), Err(TooManyStreams { limit: 2 })),
+            "a third is one too many"
+        );
+        let other = listen("app_b").expect("another app's stream");
+        assert!(Arc::ptr_eq(&first.share, &second.share));
+        assert!(!Arc::ptr_eq(&first.share, &other.share));
         assert_eq!(hub.watched(), 2);
         drop(first);
         assert_eq!(hub.watched(), 2, "app_a still has a stream");
-        drop((second, other));
+        let third = listen("app_a").expect("room again");
+        drop((second, third, other));
         assert_eq!(hub.watched(), 0);
         closing.cancel();
     }
