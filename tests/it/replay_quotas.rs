@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::gitserver::TestRepo;
-use crate::helpers::{Rig, TestApp, TestClient, assert_error, engine_with, read};
+use crate::helpers::{
+    CLUSTER, Rig, TestApp, TestClient, TestDatabase, assert_error, engine_with, read,
+};
 use crate::receiver::Reply;
 use crate::replay::{SETTINGS, post_replay, push_and_scan};
 
@@ -79,32 +81,34 @@ async fn replayed(app: &TestApp) -> i64 {
         .await
 }
 
-#[tokio::test]
-async fn a_flood_of_replays_gets_the_allowed_one_and_429s_and_writes_nothing_more() {
-    const FILES: usize = 1500;
+/// Replays between the two commits of a repository of `FILES` files, and
+/// a receiver that took the snapshot and now refuses everything: one
+/// replay's events may wait, not two.
+const FILES: usize = 1500;
+
+/// A repository whose second commit adds [`FILES`] files; its two commits.
+fn many_files_repo() -> (TestRepo, String, String) {
     let repo = TestRepo::new("main");
     repo.write("a.md", "a\n");
     let first = repo.commit("first").trim().to_owned();
     add_files(&repo, "many", FILES);
     let second = repo.commit("second").trim().to_owned();
-    let rig = Rig::serve(&repo).await;
-    // One replay's events may wait, not two.
-    let (app, client, id) = rig
-        .watched(
-            "flooder",
-            &settings(&[("HERALD__REPLAY__MAX_WAITING_EVENTS_PER_APP", "2000")]),
-        )
-        .await;
-    app.wait_for_commit(&client, &id, &second).await;
-    rig.receiver
-        .wait_for("the snapshot", |r| r.len() > FILES)
-        .await;
-    // From now on the app's events wait.
-    rig.receiver.fallback(Some(Reply::status(503)));
+    (repo, first, second)
+}
 
-    let body = json!({"from": first, "to": second});
-    let answers =
-        futures::future::join_all((0..20).map(|_| replay(&app, &client, &id, &body))).await;
+/// The settings of a flood: one replay's events may wait, not two.
+fn flood_settings() -> Vec<(&'static str, &'static str)> {
+    settings(&[("HERALD__REPLAY__MAX_WAITING_EVENTS_PER_APP", "2000")])
+}
+
+/// 20 replays at once of the app's subscription `id`, sent in turn to
+/// each of `instances`: exactly one is written, the others are refused
+/// by a quota with a `Retry-After`, and they left no row and no event.
+async fn flood_gets_one(instances: &[&TestApp], client: &TestClient, id: &str, body: &Value) {
+    let answers = futures::future::join_all(
+        (0..20).map(|i| replay(instances[i % instances.len()], client, id, body)),
+    )
+    .await;
     let accepted: Vec<&Answer> = answers
         .iter()
         .filter(|a| a.status == StatusCode::ACCEPTED)
@@ -124,9 +128,59 @@ async fn a_flood_of_replays_gets_the_allowed_one_and_429s_and_writes_nothing_mor
         let retry = assert_quota(answer, &["replay_in_progress", "too_many_waiting_events"]);
         assert!(retry >= 1, "{retry}");
     }
-    // The refused ones left no row and no event.
+    let app = instances[0];
     assert_eq!(app.stored_rows("replays").await, 1);
-    assert_eq!(replayed(&app).await, i64::try_from(FILES).expect("fits"));
+    assert_eq!(replayed(app).await, i64::try_from(FILES).expect("fits"));
+}
+
+#[tokio::test]
+async fn a_flood_of_replays_gets_the_allowed_one_and_429s_and_writes_nothing_more() {
+    let (repo, first, second) = many_files_repo();
+    let rig = Rig::serve(&repo).await;
+    let (app, client, id) = rig.watched("flooder", &flood_settings()).await;
+    app.wait_for_commit(&client, &id, &second).await;
+    rig.receiver
+        .wait_for("the snapshot", |r| r.len() > FILES)
+        .await;
+    // From now on the app's events wait.
+    rig.receiver.fallback(Some(Reply::status(503)));
+    flood_gets_one(&[&app], &client, &id, &json!({"from": first, "to": second})).await;
+}
+
+/// The places under way are counted in the database: instances sharing it
+/// (PostgreSQL) give one app one place between them.
+#[tokio::test]
+async fn instances_sharing_a_database_count_an_apps_replays_together() {
+    let database = TestDatabase::create().await;
+    if !database.is_shared_server() {
+        // Several instances need PostgreSQL; SQLite is single-instance.
+        return;
+    }
+    let (repo, first, second) = many_files_repo();
+    let rig = Rig::serve(&repo).await;
+    let settings = flood_settings();
+    let start = |database: TestDatabase| {
+        TestApp::builder()
+            .fast()
+            .envs(&CLUSTER)
+            .envs(&settings)
+            .spawn_with(database)
+    };
+    let a = start(database.shared()).await;
+    let b = start(database.shared()).await;
+    let (client, id) = rig.subscribe(&a, &rig.receiver, "flooder").await;
+    a.wait_for_commit(&client, &id, &second).await;
+    rig.receiver
+        .wait_for("the snapshot", |r| r.len() > FILES)
+        .await;
+    rig.receiver.fallback(Some(Reply::status(503)));
+    flood_gets_one(
+        &[&a, &b],
+        &client,
+        &id,
+        &json!({"from": first, "to": second}),
+    )
+    .await;
 }
 
 #[tokio::test]
