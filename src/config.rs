@@ -51,6 +51,7 @@ pub struct Settings {
     pub git: GitSettings,
     pub scheduler: SchedulerSettings,
     pub delivery: DeliverySettings,
+    pub replay: ReplaySettings,
     pub breaker: BreakerSettings,
     pub inbound: InboundSettings,
     pub rate_limit: RateLimitSettings,
@@ -302,6 +303,23 @@ impl DeliverySettings {
     pub fn dead_retry_interval(&self) -> Option<Duration> {
         Some(self.dead_retry_interval).filter(|interval| !interval.is_zero())
     }
+}
+
+/// What one app's replays may take (docs/limits.md, Replay quotas): their
+/// own section, as they are an API an app calls, apart from delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySettings {
+    /// Replays of one app under way at once, across instances.
+    #[serde(deserialize_with = "whole_number")]
+    pub max_concurrent_per_app: u64,
+    /// Events of one app waiting for delivery that a replay may bring the
+    /// count to.
+    #[serde(deserialize_with = "whole_number")]
+    pub max_waiting_events_per_app: u64,
+    /// Database bytes one app's replays may write within an hour.
+    #[serde(deserialize_with = "whole_number")]
+    pub max_bytes_per_hour_per_app: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -752,33 +770,46 @@ impl Settings {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
-        for (key, per_minute) in [
+        // Budgets and limits that must let something through.
+        for (key, count) in [
             (
                 "rate_limit.per_ip_per_minute",
-                self.rate_limit.per_ip_per_minute,
+                u64::from(self.rate_limit.per_ip_per_minute),
             ),
             (
                 "rate_limit.onboarding_per_minute",
-                self.rate_limit.onboarding_per_minute,
+                u64::from(self.rate_limit.onboarding_per_minute),
             ),
             (
                 "rate_limit.per_app_per_minute",
-                self.rate_limit.per_app_per_minute,
+                u64::from(self.rate_limit.per_app_per_minute),
             ),
             (
                 "rate_limit.inbound_per_minute",
-                self.rate_limit.inbound_per_minute,
+                u64::from(self.rate_limit.inbound_per_minute),
             ),
             (
                 "rate_limit.sign_in_per_minute",
-                self.rate_limit.sign_in_per_minute,
+                u64::from(self.rate_limit.sign_in_per_minute),
             ),
             (
                 "rate_limit.sign_in_failures",
-                self.rate_limit.sign_in_failures,
+                u64::from(self.rate_limit.sign_in_failures),
+            ),
+            (
+                "replay.max_concurrent_per_app",
+                self.replay.max_concurrent_per_app,
+            ),
+            (
+                "replay.max_waiting_events_per_app",
+                self.replay.max_waiting_events_per_app,
+            ),
+            (
+                "replay.max_bytes_per_hour_per_app",
+                self.replay.max_bytes_per_hour_per_app,
             ),
         ] {
-            if per_minute == 0 {
+            if count == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
@@ -813,7 +844,7 @@ mod properties {
     use super::*;
 
     /// Every leaf key of the configuration.
-    const KEYS: [&str; 72] = [
+    const KEYS: [&str; 75] = [
         "data_dir",
         "server.host",
         "server.port",
@@ -866,6 +897,9 @@ mod properties {
         "delivery.stream_buffer_bytes",
         "delivery.stream_content_bytes",
         "delivery.page_max_bytes",
+        "replay.max_concurrent_per_app",
+        "replay.max_waiting_events_per_app",
+        "replay.max_bytes_per_hour_per_app",
         "breaker.git.threshold",
         "breaker.git.cooldown",
         "breaker.delivery.threshold",
@@ -911,12 +945,13 @@ mod properties {
     ];
 
     /// Size keys (bytes) and whether zero is refused.
-    const SIZES: [(&str, bool); 5] = [
+    const SIZES: [(&str, bool); 6] = [
         ("server.max_body_bytes", true),
         ("inbound.max_body_bytes", true),
         ("delivery.chunk_threshold_bytes", false),
         ("delivery.max_file_bytes", true),
         ("delivery.chunk_size_bytes", true),
+        ("replay.max_bytes_per_hour_per_app", true),
     ];
 
     /// `server.max_inflight_body_bytes` in the embedded defaults.
@@ -1007,6 +1042,7 @@ mod properties {
             "delivery.chunk_threshold_bytes" => settings.delivery.chunk_threshold_bytes,
             "delivery.max_file_bytes" => settings.delivery.max_file_bytes,
             "delivery.chunk_size_bytes" => settings.delivery.chunk_size_bytes,
+            "replay.max_bytes_per_hour_per_app" => settings.replay.max_bytes_per_hour_per_app,
             _ => unreachable!("not a size key: {key}"),
         }
     }

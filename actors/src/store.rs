@@ -22,6 +22,8 @@
 //! - [`scans`]: each repository's recent scans, for its console page.
 //! - [`replays`]: the changes between two commits written again as new
 //!   events of one subscription, and each replay's progress.
+//! - [`replay_quotas`]: what one app's replays may take (replays under way,
+//!   events waiting, bytes an hour), counted in the database.
 
 pub mod access;
 pub mod apps;
@@ -37,6 +39,7 @@ pub mod instances;
 pub mod leases;
 pub mod operations;
 pub mod outbox;
+pub mod replay_quotas;
 pub mod replays;
 pub mod retention;
 pub mod rollups;
@@ -109,6 +112,48 @@ pub enum StoreError {
     Unreachable(String),
 }
 
+impl StoreError {
+    /// The database was too busy to answer in time, not wrong: the pool had
+    /// no connection free within its acquire timeout, SQLite's write lock
+    /// stayed taken past the busy timeout (`database is locked`), or
+    /// PostgreSQL gave up on a lock (a deadlock, a serialization failure, a
+    /// lock timeout). The same request may succeed later.
+    pub fn is_busy(&self) -> bool {
+        let StoreError::Db(err) = self else {
+            return false;
+        };
+        match err {
+            DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) => true,
+            DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err))
+            | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err))
+            | DbErr::Query(sea_orm::RuntimeErr::SqlxError(err)) => match &**err {
+                sea_orm::sqlx::Error::PoolTimedOut => true,
+                sea_orm::sqlx::Error::Database(err) => {
+                    let sqlite = err
+                        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                        .is_some();
+                    err.code().is_some_and(|code| busy_code(sqlite, &code))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// A driver's error code for "busy, try again": SQLite's `SQLITE_BUSY` (5)
+/// and `SQLITE_LOCKED` (6) with their extended codes (the primary code in
+/// the low byte); PostgreSQL's serialization failure, deadlock and lock
+/// timeout.
+fn busy_code(sqlite: bool, code: &str) -> bool {
+    if sqlite {
+        return code
+            .parse::<u32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+    }
+    matches!(code, "40001" | "40P01" | "55P03")
+}
+
 /// The PostgreSQL advisory lock instances take turns on to migrate ("herald
 /// m" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_206d;
@@ -123,6 +168,11 @@ pub struct Store {
     /// Secrets are sealed on the way in and opened on the way out, so no other
     /// module ever sees a ciphertext or needs the key.
     keys: Arc<Keyring>,
+    /// Replays write one at a time per process
+    /// ([`Store::record_replay`]): a flood of them waits here, not
+    /// on the database's write lock holding a pooled connection each, so
+    /// the pool and the lock stay free for everything else.
+    replay_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Store {
@@ -231,7 +281,11 @@ impl Store {
             }
             Err(err) => return Err(err.into()),
         };
-        Ok(Self { db, keys })
+        Ok(Self {
+            db,
+            keys,
+            replay_writes: Arc::new(tokio::sync::Semaphore::new(1)),
+        })
     }
 
     /// Applies every pending migration.
@@ -339,5 +393,72 @@ impl Store {
     pub async fn close(self) -> Result<(), StoreError> {
         self.db.close().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database};
+
+    use super::*;
+
+    /// SQLite's write lock held by one connection: another that may not
+    /// wait gets `database is locked`, which is busy; a malformed query is not.
+    #[tokio::test]
+    async fn a_locked_sqlite_database_is_busy_and_a_bad_query_is_not() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let connect = || {
+            let mut options = ConnectOptions::new(url.clone());
+            options
+                .max_connections(1)
+                .sqlx_logging(false)
+                .map_sqlx_sqlite_opts(|o| o.busy_timeout(Duration::ZERO));
+            Database::connect(options)
+        };
+        let holder = connect().await.expect("the first connection");
+        let writer = connect().await.expect("the second connection");
+        holder
+            .execute_unprepared("CREATE TABLE t (x INTEGER)")
+            .await
+            .expect("a table");
+        let lock = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let held = holder.begin_with_options(lock).await.expect("the lock");
+        let locked = writer
+            .begin_with_options(lock)
+            .await
+            .expect_err("the lock is held");
+        assert!(StoreError::Db(locked).is_busy());
+        held.rollback().await.expect("released");
+        let malformed = writer
+            .execute_unprepared("SELEKT 1")
+            .await
+            .expect_err("not SQL");
+        assert!(!StoreError::Db(malformed).is_busy());
+        assert!(
+            StoreError::Db(DbErr::ConnectionAcquire(
+                sea_orm::error::ConnAcquireErr::Timeout
+            ))
+            .is_busy()
+        );
+    }
+
+    #[test]
+    fn busy_codes_are_the_drivers_own() {
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED; not SQLITE_CONSTRAINT.
+        for code in ["5", "517", "6"] {
+            assert!(busy_code(true, code), "{code}");
+        }
+        assert!(!busy_code(true, "19"));
+        // PostgreSQL: serialization failure, deadlock, lock timeout; a
+        // unique violation is not busy, nor SQLite's numbers there.
+        for code in ["40001", "40P01", "55P03"] {
+            assert!(busy_code(false, code), "{code}");
+        }
+        assert!(!busy_code(false, "23505"));
+        assert!(!busy_code(false, "5"));
     }
 }

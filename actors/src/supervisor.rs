@@ -674,6 +674,29 @@ impl EngineHandle {
             .unwrap_or_else(|lost| Err(ReplayFailure::Git(GitError::internal(lost.to_string()))))
     }
 
+    /// Releases the pin [`Self::replay`] left in the repository's mirror
+    /// for a replay that was then not written (refused by a quota, or its
+    /// write failed), on a scan worker (the mirror's lock blocks).
+    pub async fn unpin_replay(
+        &self,
+        repository: &crate::ids::RepoId,
+        app: String,
+        replay: &crate::ids::ReplayId,
+    ) {
+        let mirror = self.mirrors_dir.join(format!("{repository}.git"));
+        let replay = replay.as_str().to_owned();
+        let slot = self
+            .scans
+            .slot_for(vec![app], crate::scan::Priority::Urgent)
+            .await;
+        let released = slot
+            .run(move || git::Mirror::open(&mirror).map(|mirror| mirror.unpin(&replay)))
+            .await;
+        if !matches!(released, Ok(Ok(()))) {
+            warn!(%repository, "a refused replay's pin could not be released; the mirror keeps its commit");
+        }
+    }
+
     /// Tells the scheduler about something it should act on now.
     pub fn notify(&self, msg: SchedulerMsg) {
         if let SchedulerMsg::ScanNow(repo) | SchedulerMsg::RepositoryRegistered(repo) = &msg {

@@ -20,7 +20,15 @@ pub struct Model {
     /// The `to` commit is pinned in the mirror under the replay's id until
     /// its events are settled (as a snapshot's is).
     pub pinned: bool,
+    /// When it was written (while under way: when it started).
     pub created_at: i64,
+    /// The database bytes its events and its row hold (their values, before
+    /// indexes): what the app's hourly replay budget counts.
+    pub bytes: i64,
+    /// While its git work runs: until when its start holds one of the
+    /// app's places for replays under way (renewed as it works, so one
+    /// whose instance died stops counting). `None` once written.
+    pub running_until: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -48,11 +48,6 @@ pub enum ApiError {
     Invalid(#[from] Invalid),
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
-    /// The app holds as many pull streams and long polls as it may.
-    #[error(
-        "this app already holds {limit} open streams and long polls (delivery.max_streams_per_app); close one or retry in {retry_after_secs} s"
-    )]
-    TooManyStreams { limit: usize, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
     /// Herald holds as many request bytes as it may (bodies, connections):
@@ -75,6 +70,18 @@ pub enum ApiError {
     /// A replay would write more events than one replay may.
     #[error("{0}")]
     ReplayTooLarge(String),
+    /// One of the app's quotas (replays, open streams) is spent for now
+    /// (docs/limits.md): `code` says which; nothing was written.
+    #[error("{message}")]
+    QuotaExceeded {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The database did not answer in time (its pool, or its write lock,
+    /// stayed taken): nothing was done, the same request may succeed later.
+    #[error("the database is busy; retry in {retry_after_secs} s")]
+    DatabaseBusy { retry_after_secs: u64 },
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -94,10 +101,12 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } | ApiError::TooManyStreams { .. } => {
+            ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } | ApiError::DatabaseBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RepositoryNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RepositoryAccessDenied(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RepositoryUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -121,13 +130,14 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::TooManyStreams { .. } => "too_many_streams",
             ApiError::Unavailable(_) | ApiError::Busy { .. } => "unavailable",
             ApiError::RepositoryNotFound(_) => "repository_not_found",
             ApiError::RepositoryAccessDenied(_) => "repository_access_denied",
             ApiError::RepositoryUnreachable(_) => "repository_unreachable",
             ApiError::CommitNotFound(_) => "commit_not_found",
             ApiError::ReplayTooLarge(_) => "replay_too_large",
+            ApiError::QuotaExceeded { code, .. } => code,
+            ApiError::DatabaseBusy { .. } => "database_busy",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -163,9 +173,10 @@ impl ApiError {
                 headers.insert("connection", HeaderValue::from_static("close"));
             }
             ApiError::RateLimited { retry_after_secs }
-            | ApiError::TooManyStreams {
+            | ApiError::QuotaExceeded {
                 retry_after_secs, ..
-            } => {
+            }
+            | ApiError::DatabaseBusy { retry_after_secs } => {
                 headers.insert("retry-after", HeaderValue::from(*retry_after_secs));
             }
             ApiError::Busy { retry_after_secs } => {
@@ -179,10 +190,25 @@ impl ApiError {
 }
 
 impl From<actors::store::StoreError> for ApiError {
+    /// A database too busy to answer is the caller's to retry (503), never
+    /// a 500; any other store failure is internal.
     fn from(err: actors::store::StoreError) -> Self {
+        if err.is_busy() {
+            let cause = std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::warn!(error = %err, %cause, "the database was busy; answered 503");
+            return ApiError::DatabaseBusy {
+                retry_after_secs: DATABASE_BUSY_RETRY_SECS,
+            };
+        }
         ApiError::internal(err)
     }
 }
+
+/// The `Retry-After` of a `database_busy` answer: a write lock or a pooled
+/// connection is usually free again within a second or two.
+pub const DATABASE_BUSY_RETRY_SECS: u64 = 2;
 
 /// Replies with the handler's response or its error in the one shape.
 pub fn respond(result: Result<Response, ApiError>) -> Response {
@@ -214,4 +240,28 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database too busy to answer is a 503 to retry, never a 500.
+    #[test]
+    fn a_busy_database_is_a_503_with_retry_after() {
+        let busy = actors::store::StoreError::Db(sea_orm::DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout,
+        ));
+        let response = ApiError::from(busy).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get("retry-after"),
+            Some(&HeaderValue::from(DATABASE_BUSY_RETRY_SECS))
+        );
+        let other = actors::store::StoreError::Fenced("test");
+        assert_eq!(
+            ApiError::from(other).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

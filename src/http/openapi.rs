@@ -113,18 +113,24 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 /// The answers that come from filters every route shares rather than from
 /// a handler, documented once here so no operation misses them: the rate
 /// limits (every route counts against its client address's budget), the
-/// bearer check of every route that has a security requirement, and the
-/// bounded JSON body of every route that reads one.
+/// bearer check of every route that has a security requirement (and the
+/// database it asks, which may be too busy), and the bounded JSON body of
+/// every route that reads one.
 struct SharedResponses;
 
 impl SharedResponses {
-    const SHARED: [(&'static str, &'static str, AppliesTo); 6] = [
+    const SHARED: [(&'static str, &'static str, AppliesTo); 7] = [
         (
             "429",
             "Rate limited (`Retry-After` says when to try again)",
             AppliesTo::Every,
         ),
         ("401", "Missing or invalid token", AppliesTo::Secured),
+        (
+            "503",
+            "The database was too busy to answer in time (`database_busy`): nothing was done; retry after `Retry-After` seconds",
+            AppliesTo::Secured,
+        ),
         ("400", "Malformed JSON", AppliesTo::WithBody),
         (
             "408",
@@ -511,6 +517,7 @@ mod tests {
                 .is_some_and(|s| !s.is_empty())
             {
                 assert!(responses["401"].is_object(), "{id} documents 401");
+                assert!(responses["503"].is_object(), "{id} documents 503");
             }
             if operation["requestBody"].is_object() {
                 for status in ["400", "408", "413"] {
@@ -518,6 +525,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A replay past one of the app's quotas is a 429 whose description
+    /// names each quota's code and which carries `Retry-After`.
+    #[test]
+    fn the_replay_quotas_are_documented_on_the_replay_route() {
+        let doc = document();
+        let replay = operations(&doc)
+            .find(|op| op["operationId"] == "replay")
+            .expect("the replay route");
+        let too_many = &replay["responses"]["429"];
+        let description = too_many["description"].as_str().unwrap_or_default();
+        for code in [
+            "replay_in_progress",
+            "too_many_waiting_events",
+            "replay_budget_spent",
+        ] {
+            assert!(description.contains(code), "{description}");
+        }
+        assert!(too_many["headers"]["retry-after"].is_object(), "{too_many}");
     }
 
     #[test]

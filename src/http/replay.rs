@@ -4,11 +4,18 @@
 //! calling app's own subscription as new events with ids of their own and
 //! a `replay` marker in their bodies; and the replay's progress. The git
 //! work runs on the engine's scan workers ([`actors::supervisor::EngineHandle::replay`]);
-//! the events are written by the store in one transaction.
+//! the events are written by the store in one transaction. What one app's
+//! replays may take (replays under way, events waiting, bytes an hour) is
+//! counted by the store ([`actors::store::replay_quotas`]): a replay past a
+//! quota is answered 429 with `Retry-After`, and nothing of it is written.
 
 use actors::git::GitFailure;
 use actors::ids::{AppId, ReplayId, RepoId};
 use actors::scan::replay::ReplayFailure;
+use actors::store::replay_quotas::{
+    QuotaRefusal, ReplayQuotas, ReplayRun, ReplayStart, secs_rounded_up,
+};
+use actors::store::replays::Recorded;
 use actors::supervisor::ReplayRequest as EngineReplay;
 use entity::app;
 use warp::Filter;
@@ -62,6 +69,44 @@ fn commit(field: &'static str, raw: &str) -> Result<String, Invalid> {
     }
 }
 
+/// The `Retry-After` of a replay refused while another of the app's is
+/// under way: a replay's git work and write usually take seconds.
+pub const RUNNING_RETRY_SECS: u64 = 5;
+/// The `Retry-After` of a replay refused while too many of the app's
+/// events wait: they leave as the app takes delivery, at its pace.
+pub const WAITING_RETRY_SECS: u64 = 30;
+
+/// The `[replay]` settings as the store counts them.
+fn quotas(state: &AppState) -> ReplayQuotas {
+    let settings = &state.settings;
+    ReplayQuotas {
+        max_running: settings.replay.max_concurrent_per_app,
+        max_waiting_events: settings.replay.max_waiting_events_per_app,
+        max_bytes_per_hour: settings.replay.max_bytes_per_hour_per_app,
+        lease: settings.cluster.lease_ttl(),
+    }
+}
+
+/// A replay a quota refused, as the caller sees it: 429 with the code of
+/// the quota and when to try again, or 422 when the replay alone is larger
+/// than the quota (waiting will not help).
+fn refused(refusal: QuotaRefusal) -> ApiError {
+    let message = format!("{refusal}; nothing was written");
+    let (code, retry_after_secs) = match refusal {
+        QuotaRefusal::Running { .. } => ("replay_in_progress", RUNNING_RETRY_SECS),
+        QuotaRefusal::Waiting { .. } => ("too_many_waiting_events", WAITING_RETRY_SECS),
+        QuotaRefusal::Budget { frees_in, .. } => ("replay_budget_spent", secs_rounded_up(frees_in)),
+        QuotaRefusal::TooManyEvents { .. } | QuotaRefusal::TooManyBytes { .. } => {
+            return ApiError::ReplayTooLarge(message);
+        }
+    };
+    ApiError::QuotaExceeded {
+        code,
+        message,
+        retry_after_secs,
+    }
+}
+
 /// A failed replay as the caller sees it.
 fn replay_error(failure: ReplayFailure) -> ApiError {
     match failure {
@@ -99,7 +144,12 @@ fn replay_error(failure: ReplayFailure) -> ApiError {
 /// pruned the original events; a commit Herald's mirror no longer holds is
 /// fetched again with the subscription's credential. A replay writes at
 /// most 10,000 events: a larger diff is refused (`replay_too_large`), and
-/// nothing is written.
+/// nothing is written. What one app's replays may take is bounded
+/// (docs/limits.md, Replay quotas): one under way at a time
+/// (`replay.max_concurrent_per_app`), the app's events waiting for delivery
+/// (`replay.max_waiting_events_per_app`) and the database bytes its replays
+/// write an hour (`replay.max_bytes_per_hour_per_app`); past one, the
+/// answer is 429 with `Retry-After`, and nothing is written.
 #[utoipa::path(post, path = "/api/repositories/{id}/replay", tag = "client", operation_id = "replay",
     params(("id" = String, Path, description = "Repository id")),
     request_body = ReplayRequest,
@@ -110,8 +160,12 @@ fn replay_error(failure: ReplayFailure) -> ApiError {
         (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 404, description = "Not registered for this app", body = super::error::ErrorBody),
-        (status = 422, description = "A field is not a commit SHA (`validation_failed`); a commit is in neither Herald's copy nor the remote, e.g. after a history rewrite (`commit_not_found`); the diff exceeds 10,000 events (`replay_too_large`); or this subscription's credential cannot read the repository (`repository_access_denied`). Nothing is written", body = super::error::ErrorBody),
-        (status = 502, description = "A commit must be fetched again and the remote could not be reached (`repository_unreachable`)", body = super::error::ErrorBody)))]
+        (status = 422, description = "A field is not a commit SHA (`validation_failed`); a commit is in neither Herald's copy nor the remote, e.g. after a history rewrite (`commit_not_found`); the diff exceeds 10,000 events, or alone exceeds the app's limit of waiting events or its hourly replay bytes (`replay_too_large`); or this subscription's credential cannot read the repository (`repository_access_denied`). Nothing is written", body = super::error::ErrorBody),
+        (status = 429, description = "A replay quota of the app is spent for now; retry after `Retry-After` seconds. `replay_in_progress`: another of its replays is under way (`replay.max_concurrent_per_app`); `too_many_waiting_events`: its events waiting for delivery would pass `replay.max_waiting_events_per_app`; `replay_budget_spent`: its replays wrote `replay.max_bytes_per_hour_per_app` bytes within the last hour (`Retry-After`: when enough of it frees); `rate_limited`: the app's request budget. Nothing is written", body = super::error::ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "A commit must be fetched again and the remote could not be reached (`repository_unreachable`)", body = super::error::ErrorBody),
+        (status = 503, description = "The database was too busy to answer in time (`database_busy`); retry after `Retry-After` seconds. Nothing is written", body = super::error::ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait before retrying")))))]
 pub(crate) async fn start(
     id: String,
     app: app::Model,
@@ -134,6 +188,25 @@ pub(crate) async fn start(
         ));
     }
     let replay_id = ReplayId::generate();
+    let quotas = quotas(&state);
+    state
+        .store
+        .start_replay(
+            &ReplayStart {
+                id: &replay_id,
+                app: &app_id,
+                repository: &repo,
+                subscription_id: &view.subscription.id,
+                from: &from,
+                to: &to,
+            },
+            &quotas,
+        )
+        .await?
+        .map_err(refused)?;
+    // Held until the replay is written: given back at once if this request
+    // fails or its client leaves, after its lease if this instance dies.
+    let run = ReplayRun::hold(state.store.clone(), replay_id.clone(), quotas.lease);
     let diff = state
         .engine
         .replay(EngineReplay {
@@ -152,11 +225,30 @@ pub(crate) async fn start(
         })
         .await
         .map_err(replay_error)?;
-    let progress = state
+    let recorded = state
         .store
-        .record_replay(&app_id, &repo, &replay_id, &diff)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(NOT_REGISTERED.to_owned()))?;
+        .record_replay(&app_id, &repo, &replay_id, &diff, &quotas)
+        .await;
+    let progress = match recorded {
+        Ok(Recorded::Written(progress)) => {
+            run.written();
+            progress
+        }
+        not_written => {
+            // The git work pinned its commit for events that will not come.
+            let (engine, repo, app_id, replay_id) = (
+                state.engine.clone(),
+                repo.clone(),
+                app.id.clone(),
+                replay_id.clone(),
+            );
+            tokio::spawn(async move { engine.unpin_replay(&repo, app_id, &replay_id).await });
+            return Err(match not_written? {
+                Recorded::Refused(refusal) => refused(refusal),
+                _ => ApiError::NotFound(NOT_REGISTERED.to_owned()),
+            });
+        }
+    };
     tracing::info!(app = %app.id, repository = %repo, replay = %replay_id, from = %diff.from, to = %diff.to, events = progress.replay.events_total, "replay written");
     if progress.replay.events_total > 0 {
         state.engine.wake_delivery();

@@ -480,8 +480,12 @@ fn listen(state: &AppState, app: &app::Model) -> Result<Listening, ApiError> {
     state
         .streams
         .listen(&app.id, || state.engine.outbox_changes(), &state.closing)
-        .map_err(|full| ApiError::TooManyStreams {
-            limit: full.limit,
+        .map_err(|full| ApiError::QuotaExceeded {
+            code: "too_many_streams",
+            message: format!(
+                "this app already holds {} open streams and long polls here (delivery.max_streams_per_app); close one and retry",
+                full.limit
+            ),
             retry_after_secs: 5,
         })
 }

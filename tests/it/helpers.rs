@@ -712,12 +712,17 @@ impl TestApp {
     /// How many rows `table` holds in the server's database: proves that a
     /// refused request wrote nothing.
     pub async fn stored_rows(&self, table: &str) -> i64 {
+        self.stored_rows_where(table, "1 = 1").await
+    }
+
+    /// How many rows of `table` meet `condition` (SQL the test writes).
+    pub async fn stored_rows_where(&self, table: &str, condition: &str) -> i64 {
         let db = self.database().await;
         let backend = db.get_database_backend();
         let row = db
             .query_one_raw(sea_orm::Statement::from_string(
                 backend,
-                format!("SELECT COUNT(*) AS n FROM {table}"),
+                format!("SELECT COUNT(*) AS n FROM {table} WHERE {condition}"),
             ))
             .await
             .expect("the count query runs")

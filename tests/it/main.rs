@@ -38,6 +38,7 @@ mod property;
 mod pull;
 mod receiver;
 mod replay;
+mod replay_quotas;
 mod repositories;
 mod scan_queue;
 mod secrets;

@@ -17,12 +17,28 @@ use crate::receiver::{Received, verify};
 
 /// Settings of these tests: scans only when asked, delivered events and
 /// attempts pruned a second after delivery.
-const SETTINGS: [(&str, &str); 4] = [
+pub(crate) const SETTINGS: [(&str, &str); 4] = [
     ("HERALD__SCHEDULER__RESCAN_INTERVAL", "1h"),
     ("HERALD__SCHEDULER__SCAN_REQUEST_COOLDOWN", "0"),
     ("HERALD__DELIVERY__EVENT_RETENTION", "1s"),
     ("HERALD__DELIVERY__ATTEMPT_RETENTION", "1s"),
 ];
+
+/// Posts a replay of repository `id` as `client`.
+pub(crate) async fn post_replay(
+    app: &TestApp,
+    client: &TestClient,
+    id: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/repositories/{id}/replay")))
+        .bearer_auth(&client.token)
+        .json(body)
+        .send()
+        .await
+        .expect("herald answers")
+}
 
 /// Posts a replay; the status, the body and the `Location` header.
 async fn replay(
@@ -31,14 +47,7 @@ async fn replay(
     id: &str,
     body: Value,
 ) -> (StatusCode, Value, Option<String>) {
-    let response = app
-        .client
-        .post(app.url(&format!("/api/repositories/{id}/replay")))
-        .bearer_auth(&client.token)
-        .json(&body)
-        .send()
-        .await
-        .expect("herald answers");
+    let response = post_replay(app, client, id, &body).await;
     let location = response
         .headers()
         .get("location")
@@ -111,7 +120,7 @@ fn changes(webhooks: &[&Received]) -> Vec<(String, String)> {
 
 /// Pushes the served repository's `main` and asks for a scan; waits until
 /// the subscription observed the new head, which it returns.
-async fn push_and_scan(
+pub(crate) async fn push_and_scan(
     rig: &Rig,
     repo: &TestRepo,
     app: &TestApp,

@@ -71,6 +71,26 @@ pub(crate) struct Pending<'a> {
     previous: Option<&'a FileInfo>,
 }
 
+impl Pending<'_> {
+    /// The bytes its change takes in its event's row: the path, the two
+    /// SHA-256s in hex, the blob id in hex and the size (what every event
+    /// carries besides is its writer's to count).
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        const SHA256_HEX: usize = 64;
+        let blob_hex = 2 * self.file.blob_id.as_bytes().len();
+        let bytes = self.path.len()
+            + SHA256_HEX
+            + self.previous.map_or(0, |_| SHA256_HEX)
+            + if self.kind == EventKind::Deleted {
+                0
+            } else {
+                blob_hex
+            }
+            + std::mem::size_of::<i64>();
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+}
+
 /// What every event of one snapshot (or one replay) carries besides its
 /// change.
 pub(crate) struct Stamp<'a> {

@@ -13,6 +13,7 @@ use sea_orm::{
 };
 
 use super::outbox::{Stamp, changes_for, write_events};
+use super::replay_quotas::{QuotaRefusal, ReplayQuotas};
 use super::{Store, StoreError, lock_repositories};
 use crate::clock::now_ms;
 use crate::ids::{AppId, ReplayId, RepoId};
@@ -70,35 +71,69 @@ impl ReplayStatus {
     }
 }
 
+/// What became of a replay's write.
+#[derive(Debug)]
+pub enum Recorded {
+    Written(ReplayProgress),
+    /// A quota refused it once its size was known: its row is gone and
+    /// nothing of it was written.
+    Refused(QuotaRefusal),
+    /// The app no longer subscribes to the repository: nothing written.
+    NotSubscribed,
+}
+
+/// Numeric columns of an event row (`seq`, `kind`, `size`'s neighbours:
+/// `binary`, `lfs`, `status`, `attempts`, `next_attempt_at`, `created_at`),
+/// counted as 8 bytes each.
+const EVENT_NUMBERS: u64 = 8 * 8;
+/// Numeric columns of a replay's row (`events_total`, `pinned`,
+/// `created_at`, `bytes`), 8 bytes each.
+const REPLAY_NUMBERS: u64 = 4 * 8;
+
+fn text_len(text: &str) -> u64 {
+    u64::try_from(text.len()).unwrap_or(u64::MAX)
+}
+
+/// The bytes a replay's rows hold: each event's change, what every one of
+/// its events repeats (ids, commit, trace, marker), and its own row.
+fn replay_bytes(
+    sub: &subscription::Model,
+    stamp: &Stamp<'_>,
+    diff: &ReplayDiff,
+    pending: &[super::outbox::Pending<'_>],
+) -> u64 {
+    let (replay_id, marker) = stamp.replay.unwrap_or_default();
+    let ids = text_len(&sub.id) + text_len(&sub.app_id) + text_len(&sub.repository_id);
+    let per_event = text_len(crate::ids::EventId::generate().as_str())
+        + ids
+        + text_len(stamp.commit)
+        + stamp.trace_parent.as_deref().map_or(0, text_len)
+        + text_len(replay_id)
+        + text_len(marker)
+        + EVENT_NUMBERS;
+    let events: u64 = pending.iter().map(|p| per_event + p.stored_bytes()).sum();
+    let row =
+        text_len(replay_id) + ids + text_len(&diff.from) + text_len(&diff.to) + REPLAY_NUMBERS;
+    events + row
+}
+
 impl Store {
-    /// Writes replay `id` of `app`'s subscription to `repo`: its row and an
-    /// event for every change of `diff` the subscription sees, appended to
-    /// the subscription's outbox. `None` when the app no longer subscribes
-    /// to the repository (nothing is written).
+    /// Writes replay `id` of `app`'s subscription to `repo`, started by
+    /// [`Self::start_replay`]: its row (now with the resolved commits, its
+    /// count of events and its bytes) and an event for every change of
+    /// `diff` the subscription sees, appended to the subscription's outbox
+    /// — unless the app's waiting events or its hourly bytes would pass
+    /// `quotas`, when its row goes and nothing is written. Replays write one
+    /// at a time per process (they queue here, not on a pooled connection).
     pub async fn record_replay(
         &self,
         app: &AppId,
         repo: &RepoId,
         id: &ReplayId,
         diff: &ReplayDiff,
-    ) -> Result<Option<ReplayProgress>, StoreError> {
-        let now = now_ms();
+        quotas: &ReplayQuotas,
+    ) -> Result<Recorded, StoreError> {
         let trace_parent = crate::telemetry::current_traceparent();
-        let txn = self.begin_write().await?;
-        if lock_repositories(&txn, &[repo.as_str().to_owned()])
-            .await?
-            .is_empty()
-        {
-            return Ok(None);
-        }
-        let Some(sub) = subscription::Entity::find()
-            .filter(subscription::Column::AppId.eq(app.as_str()))
-            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
-            .one(&txn)
-            .await?
-        else {
-            return Ok(None);
-        };
         let marker = ReplayPayload::stored(&ReplayMarker {
             id: id.as_str().to_owned(),
             from: diff.from.clone(),
@@ -110,6 +145,24 @@ impl Store {
             &diff.old_visibility,
             &diff.new_visibility,
         );
+        // Never closed: a closed semaphore would only mean no turn to wait for.
+        let _turn = self.replay_writes.acquire().await.ok();
+        let now = now_ms();
+        let txn = self.begin_write().await?;
+        if lock_repositories(&txn, &[repo.as_str().to_owned()])
+            .await?
+            .is_empty()
+        {
+            return Ok(Recorded::NotSubscribed);
+        }
+        let Some(sub) = subscription::Entity::find()
+            .filter(subscription::Column::AppId.eq(app.as_str()))
+            .filter(subscription::Column::RepositoryId.eq(repo.as_str()))
+            .one(&txn)
+            .await?
+        else {
+            return Ok(Recorded::NotSubscribed);
+        };
         let stamp = Stamp {
             // Its content is pinned under the replay's id, not a snapshot's.
             snapshot_id: &None,
@@ -118,6 +171,16 @@ impl Store {
             now,
             replay: Some((id.as_str(), &marker)),
         };
+        let bytes = replay_bytes(&sub, &stamp, diff, &pending);
+        let events = u64::try_from(pending.len()).unwrap_or(u64::MAX);
+        // Its own row, started or (its lease run out) removed meanwhile.
+        replay::Entity::delete_by_id(id.as_str()).exec(&txn).await?;
+        if let Err(refusal) =
+            super::replay_quotas::check_written(&txn, app.as_str(), events, bytes, quotas).await?
+        {
+            txn.commit().await?;
+            return Ok(Recorded::Refused(refusal));
+        }
         // The diff already describes LFS files as the app sees them (see
         // `ReplayRequest::resolve_lfs`).
         let counts = write_events(&txn, &sub, &stamp, true, pending.into_iter()).await?;
@@ -133,6 +196,8 @@ impl Store {
             events_total: Set(total),
             pinned: Set(true),
             created_at: Set(now),
+            bytes: Set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            running_until: Set(None),
         }
         .insert(&txn)
         .await?;
@@ -161,7 +226,7 @@ impl Store {
                 crate::telemetry::events_created(kind, n);
             }
         }
-        Ok(Some(ReplayProgress {
+        Ok(Recorded::Written(ReplayProgress {
             replay: row,
             pending: count,
             dead: 0,
@@ -169,7 +234,8 @@ impl Store {
     }
 
     /// Replay `id` of `app`'s subscription to `repo`, with its progress;
-    /// `None` for another app's replay, or another repository's.
+    /// `None` for another app's replay, or another repository's, or one not
+    /// written yet.
     pub async fn replay_of_app(
         &self,
         app: &AppId,
@@ -179,6 +245,8 @@ impl Store {
         let Some(row) = replay::Entity::find_by_id(id.as_str())
             .filter(replay::Column::AppId.eq(app.as_str()))
             .filter(replay::Column::RepositoryId.eq(repo.as_str()))
+            // One under way has no progress to show yet.
+            .filter(replay::Column::RunningUntil.is_null())
             .one(&self.db)
             .await?
         else {
@@ -271,6 +339,8 @@ mod tests {
                 events_total: total,
                 pinned: true,
                 created_at: 0,
+                bytes: 0,
+                running_until: None,
             },
             pending,
             dead,
