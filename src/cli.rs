@@ -106,8 +106,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", settings.data_dir().display()))?;
             let keys = Arc::new(startup::load_keyring(&settings)?);
             let store = startup::connect_store(&settings, keys).await?;
-            store.migrate().await.context("applying migrations")?;
-            tracing::info!("migrations applied");
+            let applied = store.migrate().await.context("applying migrations")?;
+            tracing::info!(applied, "database schema current");
             Ok(())
         }
         Command::CheckConfig => {

@@ -80,7 +80,10 @@ impl Application {
 
         let store = connect_store(&settings, keys).await?;
         if settings.database.auto_migrate {
-            store.migrate().await.context("applying migrations")?;
+            let applied = store.migrate().await.context("applying migrations")?;
+            if applied > 0 {
+                info!(applied, "database schema migrated");
+            }
         }
 
         // Leases a previous run of this instance left behind (a crash) are
@@ -107,7 +110,9 @@ impl Application {
             settings.server.max_connections_per_ip,
             open_files,
         );
-        if connections.max_connections() < settings.server.max_connections {
+        // Worth a warning only where the limit really binds: a default
+        // 10,000 trimmed by a few dozen is not news.
+        if connections.max_connections() < settings.server.max_connections / 2 {
             warn!(
                 max_connections = connections.max_connections(),
                 open_files, "server.max_connections lowered to half the open-files limit"
@@ -150,13 +155,42 @@ impl Application {
         self.addr
     }
 
+    /// The last start-up line: where Herald serves, where its console and
+    /// API docs are, and where the admin token comes from; on a terminal,
+    /// also as a few lines a newcomer reads at a glance.
+    fn announce(&self) {
+        let served = format!("http://{}", self.addr);
+        let token = match &self.state.settings.admin.token {
+            Some(_) => "the admin.token setting".to_owned(),
+            None => self
+                .state
+                .settings
+                .data_dir()
+                .join(ADMIN_TOKEN_FILE)
+                .display()
+                .to_string(),
+        };
+        info!(
+            addr = %self.addr,
+            console = %format_args!("{served}/admin"),
+            api_docs = %format_args!("{served}/docs"),
+            admin_token = %token,
+            "listening"
+        );
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "\n  Herald serves on {served}\n\n      console    {served}/admin\n      API docs   {served}/docs\n      admin token in {token}\n"
+            );
+        }
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight
     /// requests finish, stops the actor tree and closes the database.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        info!(addr = %self.addr, "listening");
+        self.announce();
         let pruner = http::spawn_rate_limit_pruner(self.state.limits.clone());
         let metrics_upkeep = http::spawn_metrics_upkeep();
         let routes = http::routes(self.state.clone());
@@ -397,7 +431,8 @@ pub fn load_admin_token(settings: &Settings) -> anyhow::Result<SecretString> {
         if std::io::stderr().is_terminal() {
             eprintln!(
                 "\n  Herald generated an admin token (stored in {}):\n\n      {token}\n\n  \
-                 Use it as `Authorization: Bearer <token>` on /admin/api. It is not shown again.\n",
+                 Sign in to the console (/admin) with it, or send it as `Authorization: Bearer <token>`\n  \
+                 on /admin/api. It is not shown again.\n",
                 path.display()
             );
         } else {

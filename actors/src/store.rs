@@ -299,10 +299,12 @@ impl Store {
     /// migrates does not keep the others waiting. (A connection pooler in
     /// front of PostgreSQL must pool sessions, not transactions, as it must
     /// for the wake-ups' `LISTEN`.)
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    ///
+    /// Returns how many migrations it applied (none when the schema is
+    /// current, or another instance applied them).
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
         let Some(pool) = self.postgres_pool() else {
-            Migrator::up(&self.db, None).await?;
-            return Ok(());
+            return Ok(self.apply_pending().await?);
         };
         let sqlx_err = |into: fn(sea_orm::RuntimeErr) -> DbErr| {
             move |err: sea_orm::sqlx::Error| into(sea_orm::RuntimeErr::SqlxError(Arc::new(err)))
@@ -325,11 +327,19 @@ impl Store {
                 .await
                 .map_err(sqlx_err(DbErr::Query))?;
         }
-        let applied = Migrator::up(&self.db, None).await;
+        let applied = self.apply_pending().await;
         // Ending the session releases the lock, whatever the migrations did.
         let _ = sea_orm::sqlx::Connection::close(turn).await;
-        applied?;
-        Ok(())
+        Ok(applied?)
+    }
+
+    /// Applies the pending migrations; how many there were.
+    async fn apply_pending(&self) -> Result<usize, DbErr> {
+        let pending = Migrator::get_pending_migrations(&self.db).await?.len();
+        if pending > 0 {
+            Migrator::up(&self.db, None).await?;
+        }
+        Ok(pending)
     }
 
     /// Whether the database answers (readiness), within [`PING_TIMEOUT`]:

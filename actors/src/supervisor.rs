@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use secrecy::SecretString;
-use tracing::{error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::bulk::{BulkArgs, BulkMsg, BulkRunner};
 use crate::delivery::pull::PullRenderer;
@@ -277,7 +277,7 @@ impl SupervisorState {
             }
         };
         self.running.insert(child, cell);
-        info!(child = child.name(), "actor started");
+        debug!(child = child.name(), "actor started");
         Ok(())
     }
 

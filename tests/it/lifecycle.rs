@@ -13,7 +13,7 @@ async fn starts_in_an_empty_directory_with_no_configuration() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Only the port is chosen, so that tests can run side by side.
     let args = vec!["--port".to_owned(), "0".to_owned()];
-    let (mut child, _logs, addr) = helpers::start(dir.path(), &args, &HashMap::new()).await;
+    let (mut child, logs, addr) = helpers::start(dir.path(), &args, &HashMap::new()).await;
 
     let health: serde_json::Value = reqwest::get(format!("http://{addr}/health"))
         .await
@@ -34,6 +34,46 @@ async fn starts_in_an_empty_directory_with_no_configuration() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{secret} is private to its owner");
     }
+
+    // The first run explains itself: the migrations as one line, and a last
+    // line that says where Herald serves, its console, its API docs and
+    // where the admin token is.
+    let lines: Vec<serde_json::Value> = logs
+        .text()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let migrated: Vec<_> = lines
+        .iter()
+        .filter(|line| line["message"] == "database schema migrated")
+        .collect();
+    assert_eq!(migrated.len(), 1, "{lines:#?}");
+    assert!(
+        migrated[0]["applied"].as_u64() > Some(10),
+        "{}",
+        migrated[0]
+    );
+    assert!(
+        !lines.iter().any(|line| line["target"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sea_orm")),
+        "no line per migration: {lines:#?}"
+    );
+    let at = lines
+        .iter()
+        .position(|line| line["message"] == "listening")
+        .expect("a listening line");
+    let last = &lines[at];
+    assert!(
+        !lines[at + 1..]
+            .iter()
+            .any(|line| line["target"] == "herald::startup"),
+        "the listening line ends the start-up: {lines:#?}"
+    );
+    assert_eq!(last["console"], format!("http://{addr}/admin"));
+    assert_eq!(last["api_docs"], format!("http://{addr}/docs"));
+    assert_eq!(last["admin_token"], "./data/admin.token");
     child.kill().await.ok();
 }
 
@@ -151,7 +191,7 @@ fn assert_migrated(output: std::io::Result<std::process::Output>) {
     let output = output.expect("migrate runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("migrations applied"), "{stderr}");
+    assert!(stderr.contains("database schema current"), "{stderr}");
 }
 
 /// The server's database URL when it is PostgreSQL, which instances share;
