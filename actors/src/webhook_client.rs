@@ -34,7 +34,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower_service::Service as _;
 
-use crate::net::is_global;
+use crate::net::{AddressRule, Refused, caused_by};
 
 mod polled_together;
 
@@ -110,10 +110,10 @@ pub struct WebhookClient {
 struct Shared {
     timeout: Duration,
     connect_timeout: Duration,
-    allow_private_targets: bool,
-    /// `http://` URLs may be posted to: an app registered under a more
-    /// permissive configuration keeps its stored base URL.
-    allow_http_targets: bool,
+    /// The address rule, from the configuration: an app registered under
+    /// a more permissive one keeps its stored base URL, and is judged by
+    /// this rule.
+    rule: AddressRule,
     connector: HttpConnector<Resolver>,
     tls: tokio_rustls::TlsConnector,
     user_agent: HeaderValue,
@@ -151,7 +151,8 @@ impl WebhookClient {
         );
         Arc::get_mut(&mut client.shared)
             .expect("a client just built is not shared yet")
-            .allow_http_targets = allow_http_targets;
+            .rule
+            .allow_http = allow_http_targets;
         client
     }
 
@@ -161,9 +162,11 @@ impl WebhookClient {
         allow_private_targets: bool,
         tls: rustls::ClientConfig,
     ) -> Self {
-        let mut connector = HttpConnector::new_with_resolver(Resolver {
-            allow_private_targets,
-        });
+        let rule = AddressRule {
+            allow_private: allow_private_targets,
+            allow_http: true,
+        };
+        let mut connector = HttpConnector::new_with_resolver(Resolver { rule });
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -177,8 +180,7 @@ impl WebhookClient {
                 timeout,
                 connect_timeout,
                 connector,
-                allow_private_targets,
-                allow_http_targets: true,
+                rule,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 user_agent: HeaderValue::from_static(USER_AGENT),
                 idle: Mutex::new(Vec::new()),
@@ -191,11 +193,7 @@ impl WebhookClient {
     /// posts to the same URLs again and again parses each once.
     pub fn endpoint(&self, url: &str) -> Endpoint {
         Endpoint {
-            target: Target::parse(
-                url,
-                self.shared.allow_private_targets,
-                self.shared.allow_http_targets,
-            ),
+            target: Target::parse(url, self.shared.rule),
         }
     }
 
@@ -388,7 +386,7 @@ impl WebhookClient {
 fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Failure {
     let mut current = Some(err);
     while let Some(error) = current {
-        if error.is::<NoPublicAddress>() {
+        if caused_by(error, Refused::NonPublic) {
             return failure(
                 ErrorClass::Ssrf,
                 "the endpoint resolves to no public address",
@@ -405,23 +403,10 @@ fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Failure {
     UNREACHABLE
 }
 
-/// A name that resolved to no address Herald may connect to.
-#[derive(Debug)]
-struct NoPublicAddress;
-
-impl std::fmt::Display for NoPublicAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no public address")
-    }
-}
-
-impl std::error::Error for NoPublicAddress {}
-
-/// The connector's resolver: the system's, keeping only public addresses
-/// unless private targets are allowed.
+/// The connector's resolver: the address rule's ([`AddressRule::resolve`]).
 #[derive(Clone)]
 struct Resolver {
-    allow_private_targets: bool,
+    rule: AddressRule,
 }
 
 type Resolving =
@@ -441,20 +426,12 @@ impl tower_service::Service<Name> for Resolver {
     }
 
     fn call(&mut self, name: Name) -> Resolving {
-        let allow_private_targets = self.allow_private_targets;
+        let rule = self.rule;
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|address| allow_private_targets || is_global(address.ip()))
-                .collect();
-            if addresses.is_empty() {
-                return Err(if allow_private_targets {
-                    BoxError::from("the name has no address")
-                } else {
-                    Box::new(NoPublicAddress)
-                });
+            match rule.resolve(name.as_str(), 0).await {
+                Ok(addresses) => Ok(addresses.into_iter()),
+                Err(refused) => Err(Box::new(refused) as BoxError),
             }
-            Ok(addresses.into_iter())
         })
     }
 }
@@ -514,17 +491,20 @@ struct Target {
 }
 
 impl Target {
-    fn parse(
-        url: &str,
-        allow_private_targets: bool,
-        allow_http_targets: bool,
-    ) -> Result<Self, Failure> {
+    fn parse(url: &str, rule: AddressRule) -> Result<Self, Failure> {
         const INVALID: Failure = failure(ErrorClass::Request, "the endpoint URL is invalid");
         let url = url::Url::parse(url).map_err(|_| INVALID)?;
-        let tls = match url.scheme() {
-            "https" => true,
-            "http" if allow_http_targets => false,
-            "http" => return Err(HTTP_REFUSED),
+        // git's `git://` passes the scheme rule; a webhook is not posted to it.
+        let tls = match (rule.url(&url), url.scheme()) {
+            (Ok(()), "https") => true,
+            (Ok(()), "http") => false,
+            (Err(Refused::PlainText), "http") => return Err(HTTP_REFUSED),
+            (Err(Refused::NonPublic), _) => {
+                return Err(failure(
+                    ErrorClass::Ssrf,
+                    "the endpoint is not a public address",
+                ));
+            }
             _ => return Err(INVALID),
         };
         let host = match url.host() {
@@ -533,15 +513,6 @@ impl Target {
             Some(url::Host::Domain(name)) => Host::Name(name.to_owned()),
             None => return Err(INVALID),
         };
-        if let Host::Ip(ip) = host
-            && !allow_private_targets
-            && !is_global(ip)
-        {
-            return Err(failure(
-                ErrorClass::Ssrf,
-                "the endpoint is not a public address",
-            ));
-        }
         let port = url.port_or_known_default().ok_or(INVALID)?;
         let (authority, address) = match (url.host_str(), url.port()) {
             (Some(host), Some(port)) => (format!("{host}:{port}"), format!("{host}:{port}")),
@@ -961,9 +932,15 @@ mod tests {
 
         // Without that check, a request on the closed connection comes back
         // unsent, and goes out on a new connection.
-        let target = Target::parse(&format!("http://{addr}/hook"), true, true)
-            .ok()
-            .expect("a URL");
+        let target = Target::parse(
+            &format!("http://{addr}/hook"),
+            AddressRule {
+                allow_private: true,
+                allow_http: true,
+            },
+        )
+        .ok()
+        .expect("a URL");
         let request = || {
             target
                 .request(

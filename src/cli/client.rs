@@ -112,18 +112,23 @@ impl Guard {
     pub fn apply(self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
         builder
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(actors::net::AdmittedResolver {
-                allow_private: self.allow_private,
-            }))
+            .dns_resolver(Arc::new(actors::net::AdmittedResolver(self.rule())))
     }
 
     /// Refuses a URL whose host is an IP literal the rule refuses (a name
     /// is judged when it is resolved, by [`Self::apply`]'s resolver).
     fn admits(self, url: &Url) -> Result<(), CliError> {
-        if actors::net::admits_host(url, self.allow_private) {
-            Ok(())
-        } else {
-            Err(CliError::NotPublic { url: shown(url) })
+        self.rule()
+            .host(url)
+            .map_err(|_| CliError::NotPublic { url: shown(url) })
+    }
+
+    /// The address rule's address part (the command line's own URLs may be
+    /// `http://`: Herald and the forward target are the user's own).
+    fn rule(self) -> actors::net::AddressRule {
+        actors::net::AddressRule {
+            allow_private: self.allow_private,
+            allow_http: true,
         }
     }
 }
@@ -513,11 +518,7 @@ fn redirect(response: &reqwest::Response, route: &str, target: &str) -> Option<C
 
 /// A request that got no answer, by why.
 fn transport_error(err: reqwest::Error, target: &str) -> CliError {
-    let refused =
-        std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |cause| {
-            cause.source()
-        })
-        .any(|cause| cause.is::<actors::net::NonPublicAddress>());
+    let refused = actors::net::caused_by(&err, actors::net::Refused::NonPublic);
     if refused {
         CliError::NotPublic {
             url: target.to_owned(),

@@ -24,7 +24,7 @@
 //! Everything here is blocking: git operations run on blocking workers.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::net::is_global;
+use crate::net::{AddressRule, Refused};
 
 /// The longest request head the proxy reads before deciding.
 const MAX_HEAD: usize = 16 * 1024;
@@ -91,23 +91,14 @@ impl Destination {
         port == self.port && host.eq_ignore_ascii_case(&self.host)
     }
 
-    /// Resolves the host now and keeps the addresses the rule admits.
-    pub fn resolve(&self, allow_private: bool) -> Result<Vec<SocketAddr>, Refusal> {
-        let addresses: Vec<SocketAddr> = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|_| Refusal::Unresolved)?
-            .collect();
-        if addresses.is_empty() {
-            return Err(Refusal::Unresolved);
-        }
-        let admitted: Vec<SocketAddr> = addresses
-            .into_iter()
-            .filter(|a| allow_private || is_global(a.ip()))
-            .collect();
-        if admitted.is_empty() {
-            return Err(Refusal::NonPublicAddress);
-        }
-        Ok(admitted)
+    /// Resolves the host now and keeps the addresses the rule admits
+    /// ([`AddressRule::resolve_blocking`]).
+    pub fn resolve(&self, rule: AddressRule) -> Result<Vec<SocketAddr>, Refusal> {
+        rule.resolve_blocking(&self.host, self.port)
+            .map_err(|refused| match refused {
+                Refused::NonPublic => Refusal::NonPublicAddress,
+                _ => Refusal::Unresolved,
+            })
     }
 }
 
@@ -125,7 +116,7 @@ impl Egress {
     /// connecting to the remote and every read of a relayed connection.
     pub fn open(
         destination: Destination,
-        allow_private: bool,
+        rule: AddressRule,
         timeout: Duration,
     ) -> io::Result<Self> {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
@@ -134,7 +125,7 @@ impl Egress {
         let refusal = Arc::new(Mutex::new(None));
         let rule = Arc::new(Rule {
             destination,
-            allow_private,
+            address: rule,
             timeout,
             refusal: Arc::clone(&refusal),
         });
@@ -200,7 +191,7 @@ impl Drop for Egress {
 /// What one proxy admits.
 struct Rule {
     destination: Destination,
-    allow_private: bool,
+    address: AddressRule,
     timeout: Duration,
     refusal: Arc<Mutex<Option<Refusal>>>,
 }
@@ -232,7 +223,7 @@ impl Rule {
             );
             return self.refuse(client, Refusal::OtherHost);
         }
-        let addresses = match self.destination.resolve(self.allow_private) {
+        let addresses = match self.destination.resolve(self.address) {
             Ok(addresses) => addresses,
             Err(refusal) => {
                 tracing::warn!(host = %head.host, ?refusal, "git connection refused");
@@ -323,6 +314,15 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 mod tests {
     use super::*;
 
+    const STRICT: AddressRule = AddressRule {
+        allow_private: false,
+        allow_http: false,
+    };
+    const PRIVATE: AddressRule = AddressRule {
+        allow_private: true,
+        allow_http: false,
+    };
+
     #[test]
     fn destinations_come_from_the_url_with_default_ports() {
         let https = Destination::of("https://Git.Example.com/o/r").expect("has a host");
@@ -341,8 +341,8 @@ mod tests {
     #[test]
     fn loopback_is_refused_unless_private_targets_are_allowed() {
         let local = Destination::of("http://localhost:9/r").expect("has a host");
-        assert_eq!(local.resolve(false), Err(Refusal::NonPublicAddress));
-        assert!(local.resolve(true).is_ok());
+        assert_eq!(local.resolve(STRICT), Err(Refusal::NonPublicAddress));
+        assert!(local.resolve(PRIVATE).is_ok());
     }
 
     fn request(proxy: &Egress, head: &str) -> String {
@@ -365,7 +365,7 @@ mod tests {
             String::from_utf8_lossy(&buf[..n]).into_owned()
         });
         let destination = Destination::of(&format!("https://127.0.0.1:{port}/r")).expect("host");
-        let allowed = Egress::open(destination.clone(), true, Duration::from_secs(5))
+        let allowed = Egress::open(destination.clone(), PRIVATE, Duration::from_secs(5))
             .expect("the proxy opens");
 
         let other = request(
@@ -387,7 +387,7 @@ mod tests {
         assert!(answer.ends_with("pong"), "{answer}");
         assert_eq!(server.join().expect("the origin ran"), "ping");
 
-        let strict = Egress::open(destination, false, Duration::from_secs(5)).expect("opens");
+        let strict = Egress::open(destination, STRICT, Duration::from_secs(5)).expect("opens");
         let refused = request(
             &strict,
             &format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),

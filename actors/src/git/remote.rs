@@ -18,6 +18,7 @@ use super::error::{GitError, GitFailure};
 use super::indexer_windows::IndexerWindows;
 use super::refs::mirror_ref;
 use super::socket::{Cut, Gate, LowSpeed, Operation};
+use crate::net::{AddressRule, Refused};
 
 /// A credential for a private remote: a token, sent as the password of HTTP
 /// basic auth. `user:token` sets the user name too; otherwise the user name
@@ -123,24 +124,33 @@ pub struct ConnectRule {
 }
 
 impl ConnectRule {
+    /// The address rule git shares with every outbound client.
+    pub fn address(&self) -> AddressRule {
+        AddressRule {
+            allow_private: self.allow_private,
+            allow_http: self.allow_http,
+        }
+    }
+
     /// Whether the rule admits `url`'s kind of remote, and why not: what
     /// registration checked, checked again before every operation, since a
     /// repository stored under a more permissive configuration stays stored.
     pub fn admits(&self, url: &str) -> Result<(), GitError> {
         let refused = |message: &str| Err(GitError::new(GitFailure::Refused, message));
         match scheme_of(url) {
-            "https" => Ok(()),
-            "http" | "git" if self.allow_http => Ok(()),
-            "http" | "git" => refused(
-                "http:// and git:// repositories are disabled by this server's \
-                 configuration (security.allow_http_targets)",
-            ),
             "file" if self.allow_local => Ok(()),
             "file" => refused(
                 "local repositories are disabled by this server's configuration \
                  (git.allow_local_repos)",
             ),
-            _ => refused("this kind of git URL is not supported"),
+            scheme => match self.address().scheme(scheme) {
+                Ok(()) => Ok(()),
+                Err(Refused::PlainText) => refused(
+                    "http:// and git:// repositories are disabled by this server's \
+                     configuration (security.allow_http_targets)",
+                ),
+                Err(_) => refused("this kind of git URL is not supported"),
+            },
         }
     }
 }
@@ -173,7 +183,7 @@ impl Route {
                 // that could not be reached).
                 let bound = spec.timeout + EGRESS_GRACE;
                 let egress =
-                    Egress::open(destination, spec.rule.allow_private, bound).map_err(|_| {
+                    Egress::open(destination, spec.rule.address(), bound).map_err(|_| {
                         GitError::new(GitFailure::Other, "the git connection could not be set up")
                     })?;
                 Ok(Self {
@@ -188,13 +198,13 @@ impl Route {
             // development (`allow_http_targets`).
             ("http" | "git", Some(destination)) => {
                 destination
-                    .resolve(spec.rule.allow_private)
+                    .resolve(spec.rule.address())
                     .map_err(|refusal| GitError::new(GitFailure::Refused, refusal.message()))?;
                 Ok(Self {
                     egress: None,
                     gate: Gate::Remote {
                         destination,
-                        allow_private: spec.rule.allow_private,
+                        rule: spec.rule.address(),
                     },
                 })
             }

@@ -40,6 +40,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use super::egress::{Destination, Refusal};
+use crate::net::AddressRule;
 
 /// git's `http.lowSpeedLimit` and `http.lowSpeedTime`, for every transport:
 /// a connection slower than `limit` bytes a second over `time` is cut.
@@ -104,7 +105,7 @@ pub enum Gate {
     /// when the socket connects.
     Remote {
         destination: Destination,
-        allow_private: bool,
+        rule: AddressRule,
     },
 }
 
@@ -290,16 +291,11 @@ impl Socket {
                     _ => Err(Failure::Refused(Refusal::OtherHost)),
                 }
             }
-            Gate::Remote {
-                destination,
-                allow_private,
-            } => {
+            Gate::Remote { destination, rule } => {
                 if !destination.matches(&self.host, port) {
                     return Err(Failure::Refused(Refusal::OtherHost));
                 }
-                destination
-                    .resolve(*allow_private)
-                    .map_err(Failure::Refused)
+                destination.resolve(*rule).map_err(Failure::Refused)
             }
         }
     }

@@ -18,7 +18,7 @@ use super::LfsError;
 use super::cache::Incoming;
 use super::pointer::Pointer;
 use crate::git::{ConnectRule, Credentials};
-use crate::net::{AdmittedResolver, NonPublicAddress, admits_host};
+use crate::net::{AddressRule, AdmittedResolver, Refused};
 
 /// The batch API's media type.
 const LFS_JSON: &str = "application/vnd.git-lfs+json";
@@ -30,43 +30,32 @@ const WRITE_RUN_BYTES: usize = 1 << 20;
 /// Redirects followed per request, each checked by the rule.
 const MAX_REDIRECTS: usize = 5;
 
-/// Where LFS requests may go: the git rule's address and scheme parts.
+/// Where LFS requests may go: the address rule, over https (or http where
+/// allowed) only.
 #[derive(Debug, Clone, Copy)]
-struct Rule {
-    allow_private: bool,
-    allow_http: bool,
-}
+struct Rule(AddressRule);
 
 impl Rule {
     /// Whether a URL may be asked, judged by what is known before
     /// connecting (its scheme, an IP literal); a name's addresses are
     /// judged by the resolver when the connection is made.
     fn admits(self, url: &Url) -> Result<(), LfsError> {
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_http => {}
-            "http" => {
-                return Err(LfsError::Refused(
-                    "the LFS server's http:// URL is disabled by this server's configuration \
-                     (security.allow_http_targets)"
-                        .to_owned(),
-                ));
+        let refused = |why: &str| Err(LfsError::Refused(why.to_owned()));
+        if !matches!(url.scheme(), "https" | "http") {
+            return refused("the LFS server's URL is neither https:// nor http://");
+        }
+        match self.0.url(url) {
+            Ok(()) => Ok(()),
+            Err(Refused::PlainText) => refused(
+                "the LFS server's http:// URL is disabled by this server's configuration \
+                 (security.allow_http_targets)",
+            ),
+            Err(Refused::NoHost) => refused("the LFS server's URL has no host"),
+            Err(Refused::NonPublic) => Err(non_public()),
+            Err(Refused::Scheme | Refused::Unresolved) => {
+                refused("the LFS server's URL is neither https:// nor http://")
             }
-            _ => {
-                return Err(LfsError::Refused(
-                    "the LFS server's URL is neither https:// nor http://".to_owned(),
-                ));
-            }
         }
-        if url.host().is_none() {
-            return Err(LfsError::Refused(
-                "the LFS server's URL has no host".to_owned(),
-            ));
-        }
-        if !admits_host(url, self.allow_private) {
-            return Err(non_public());
-        }
-        Ok(())
     }
 }
 
@@ -152,10 +141,7 @@ impl Client {
     /// A client under `rule`'s address and scheme rule; `timeout` bounds
     /// each request whole (a download included).
     pub fn new(rule: &ConnectRule, timeout: Duration) -> Self {
-        let rule = Rule {
-            allow_private: rule.allow_private,
-            allow_http: rule.allow_http,
-        };
+        let rule = Rule(rule.address());
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 attempt.error("too many redirects")
@@ -170,9 +156,7 @@ impl Client {
             .expect("the platform's certificate verifier starts");
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
-            .dns_resolver(Arc::new(AdmittedResolver {
-                allow_private: rule.allow_private,
-            }))
+            .dns_resolver(Arc::new(AdmittedResolver(rule.0)))
             .redirect(redirects)
             .no_proxy()
             .connect_timeout(timeout.min(Duration::from_secs(30)))
@@ -376,7 +360,7 @@ fn by_status(code: u16, what: &str) -> LfsError {
 fn transport(err: reqwest::Error) -> LfsError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(cause) = source {
-        if cause.is::<NonPublicAddress>() {
+        if cause.downcast_ref::<Refused>() == Some(&Refused::NonPublic) {
             return non_public();
         }
         if let Some(LfsError::Refused(message)) = cause.downcast_ref::<LfsError>() {
@@ -479,10 +463,10 @@ mod tests {
 
     #[test]
     fn schemes_other_than_https_and_allowed_http_are_refused() {
-        let rule = Rule {
+        let rule = Rule(AddressRule {
             allow_private: false,
             allow_http: false,
-        };
+        });
         for url in [
             "http://lfs.example.com/x",
             "ftp://lfs.example.com/x",
