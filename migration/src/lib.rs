@@ -21,6 +21,7 @@ mod m20261126_000061_delivery_rollups;
 mod m20261126_000070_git_content;
 mod m20261126_000080_app_resolve_lfs;
 mod m20261126_000090_expand_submodules;
+mod m20261127_000100_held_files;
 
 pub struct Migrator;
 
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000070_git_content::Migration),
             Box::new(m20261126_000080_app_resolve_lfs::Migration),
             Box::new(m20261126_000090_expand_submodules::Migration),
+            Box::new(m20261127_000100_held_files::Migration),
         ]
     }
 }
