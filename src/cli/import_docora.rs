@@ -72,7 +72,10 @@ impl Bars {
     }
 
     fn bar(&self, table: &'static str, total: Option<u64>) -> ProgressBar {
-        let mut bars = self.bars.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bars = self
+            .bars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         bars.entry(table)
             .or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new(total.unwrap_or(0)));
@@ -81,7 +84,9 @@ impl Bars {
                 } else {
                     "{prefix:>20} {pos} rows read [{elapsed}]"
                 };
-                bar.set_style(ProgressStyle::with_template(template).expect("the template is valid"));
+                bar.set_style(
+                    ProgressStyle::with_template(template).expect("the template is valid"),
+                );
                 bar.set_prefix(table);
                 bar.enable_steady_tick(Duration::from_millis(200));
                 bar
@@ -117,7 +122,10 @@ pub async fn run(args: ImportDocoraArgs, settings: Settings) -> anyhow::Result<(
             );
         }
     } else {
-        store.migrate().await.context("applying Herald's migrations")?;
+        store
+            .migrate()
+            .await
+            .context("applying Herald's migrations")?;
     }
     let source = PgPoolOptions::new()
         .max_connections(2)
@@ -132,12 +140,13 @@ pub async fn run(args: ImportDocoraArgs, settings: Settings) -> anyhow::Result<(
         allow_local_repos: settings.git.allow_local_repos,
     };
     let bars;
-    let progress: &dyn Progress = if !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bars = Bars::new();
-        &bars
-    } else {
-        &Quiet
-    };
+    let progress: &dyn Progress =
+        if !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bars = Bars::new();
+            &bars
+        } else {
+            &Quiet
+        };
     let result = docora::run(&source, &key, &store, policy, args.dry_run, progress).await;
     source.close().await;
     let summary = result.map_err(anyhow::Error::new)?;
@@ -150,7 +159,11 @@ pub async fn run(args: ImportDocoraArgs, settings: Settings) -> anyhow::Result<(
 }
 
 fn print_summary(summary: &Summary) {
-    let verb = if summary.dry_run { "would import" } else { "imported" };
+    let verb = if summary.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
     println!("{verb}:");
     println!("  apps                {}", summary.apps);
     println!("  repositories        {}", summary.repositories);
@@ -163,13 +176,18 @@ fn print_summary(summary: &Summary) {
         );
     }
     if !summary.dry_run {
-        println!("nothing was sent; the first scan sends each app only what differs from what it holds");
+        println!(
+            "nothing was sent; the first scan sends each app only what differs from what it holds"
+        );
         return;
     }
     println!("nothing was written (dry run)");
     println!();
     println!("first scan, per app, if each branch is still at the commit Docora last scanned:");
-    println!("  {:<30} {:>8} {:>8} {:>8}", "app", "create", "update", "delete");
+    println!(
+        "  {:<30} {:>8} {:>8} {:>8}",
+        "app", "create", "update", "delete"
+    );
     for (app, counts) in &summary.first_scan {
         print!(
             "  {app:<30} {:>8} {:>8} {:>8}",

@@ -111,7 +111,10 @@ pub async fn repositories(
         let id: String = row.try_get(0)?;
         let name = format!("repository {id}");
         if !docora::is_id(&id, "repo_") {
-            return Err(refused(name, "repository_id is not Docora's repo_ + 24 hex"));
+            return Err(refused(
+                name,
+                "repository_id is not Docora's repo_ + 24 hex",
+            ));
         }
         let github_url: String = row.try_get(1)?;
         let url = domain::repo_url("github_url", &github_url, policy)

@@ -34,9 +34,10 @@ pub async fn check_schema(source: &PgPool) -> Result<(), Failure> {
             "not a Docora database: it has no Liquibase databasechangelog table".to_owned(),
         ));
     }
-    let applied = sqlx::query("SELECT id, author, filename FROM databasechangelog ORDER BY orderexecuted")
-        .fetch_all(source)
-        .await?;
+    let applied =
+        sqlx::query("SELECT id, author, filename FROM databasechangelog ORDER BY orderexecuted")
+            .fetch_all(source)
+            .await?;
     let mut seen = Vec::new();
     for row in applied {
         let id: String = row.try_get(0)?;

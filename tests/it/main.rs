@@ -26,6 +26,7 @@ mod hostile_git;
 mod hostile_http;
 mod hostile_listen;
 mod https_git;
+mod import_docora;
 mod lfs;
 mod lfsserver;
 mod lifecycle;

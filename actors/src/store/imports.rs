@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use entity::{app, held_file, repository, subscription};
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Set,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -192,10 +191,12 @@ impl Import<'_> {
                 .select_only()
                 .column(repository::Column::Id)
                 .filter(
-                    repository::Column::Id.eq(new.id.as_str()).or(repository::Column::Url
-                        .eq(new.url.as_str())
-                        .and(repository::Column::Branch.eq(DOCORA_BRANCH))
-                        .and(repository::Column::ExpandSubmodules.eq(false))),
+                    repository::Column::Id
+                        .eq(new.id.as_str())
+                        .or(repository::Column::Url
+                            .eq(new.url.as_str())
+                            .and(repository::Column::Branch.eq(DOCORA_BRANCH))
+                            .and(repository::Column::ExpandSubmodules.eq(false))),
                 )
                 .into_tuple()
                 .one(&self.txn)
@@ -233,7 +234,10 @@ impl Import<'_> {
     }
 
     /// Adds subscriptions of imported apps to imported repositories.
-    pub async fn subscriptions(&mut self, subs: &[ImportedSubscription]) -> Result<(), ImportError> {
+    pub async fn subscriptions(
+        &mut self,
+        subs: &[ImportedSubscription],
+    ) -> Result<(), ImportError> {
         let now = now_ms();
         for new in subs {
             let id = SubscriptionId::generate().into_string();
