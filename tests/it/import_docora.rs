@@ -435,6 +435,29 @@ async fn every_refusal_names_the_row_and_writes_nothing() {
     refused(&run, &format!("app {} already exists", a.app_id), &secrets);
     assert_eq!(rows(dir.path(), database).await, imported);
 
+    // Asked to start over (a resync, registering again), the app gets the
+    // whole tree: what it held no longer counts.
+    let store = actors::store::Store::connect(
+        &database_url(dir.path(), database),
+        std::sync::Arc::new(
+            actors::crypto::Keyring::from_hex(&actors::crypto::Keyring::generate_hex(), &[])
+                .expect("a key"),
+        ),
+    )
+    .await
+    .expect("the store opens");
+    let resynced = store
+        .resync(
+            &actors::ids::AppId::parse(&a.app_id).expect("Docora's app id parses"),
+            &actors::ids::RepoId::parse(&repo).expect("Docora's repository id parses"),
+        )
+        .await
+        .expect("the resync is stored");
+    assert!(resynced);
+    store.close().await.ok();
+    let imported = vec![1, 1, 1, 0];
+    assert_eq!(rows(dir.path(), database).await, imported);
+
     // Another Docora whose app has a name Herald already has.
     let other = DocoraDb::create().await;
     other.add_app("Alpha", &receiver.base_url).await;
