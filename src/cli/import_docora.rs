@@ -78,7 +78,10 @@ impl Bars {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         bars.entry(table)
             .or_insert_with(|| {
-                let bar = self.multi.add(ProgressBar::new(total.unwrap_or(0)));
+                let bar = self.multi.add(match total {
+                    Some(total) => ProgressBar::new(total),
+                    None => ProgressBar::no_length(),
+                });
                 let template = if total.is_some() {
                     "{prefix:>20} [{bar:30}] {pos}/{len} rows read [{elapsed}]"
                 } else {
@@ -101,7 +104,13 @@ impl Progress for Bars {
     }
 
     fn done(&self, table: &'static str) {
-        self.bar(table, None).finish();
+        let bar = self.bar(table, None);
+        // Finishing moves a bar to its length: a table whose size was not
+        // known has the rows read as its length.
+        if bar.length().is_none() {
+            bar.set_length(bar.position());
+        }
+        bar.finish();
     }
 }
 
@@ -139,16 +148,17 @@ pub async fn run(args: ImportDocoraArgs, settings: Settings) -> anyhow::Result<(
         allow_http_targets: settings.security.allow_http_targets,
         allow_local_repos: settings.git.allow_local_repos,
     };
-    let bars;
-    let progress: &dyn Progress =
-        if !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            bars = Bars::new();
-            &bars
-        } else {
-            &Quiet
-        };
+    let bars = (!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(Bars::new);
+    let progress: &dyn Progress = match &bars {
+        Some(bars) => bars,
+        None => &Quiet,
+    };
     let result = docora::run(&source, &key, &store, policy, args.dry_run, progress).await;
     source.close().await;
+    if bars.is_some() {
+        // The bars stay on screen, the summary goes below them.
+        eprintln!();
+    }
     let summary = result.map_err(anyhow::Error::new)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
