@@ -1,11 +1,12 @@
 //! The command line: `herald serve` (the default), `herald migrate`,
-//! `herald check-config`, `herald listen` (the reference webhook receiver),
+//! `herald check-config`, `herald import-docora`, `herald listen` (the reference webhook receiver),
 //! and the client commands over the HTTP API: `herald app …`,
 //! `herald repo …`, `herald events …` (in [`client`] and one file each).
 
 mod app;
 mod client;
 mod events;
+mod import_docora;
 mod listen;
 mod repo;
 
@@ -73,6 +74,10 @@ pub enum Command {
     Repo(repo::RepoCommand),
     /// Inspect deliveries; retry or skip failed events. Uses an app's token.
     Events(events::EventsCommand),
+    /// Move a Docora deployment into Herald's database: apps keep their ids
+    /// and tokens, repositories their ids, each app what it holds
+    /// (`--from postgres://… --docora-key-file FILE [--dry-run] [--json]`).
+    ImportDocora(import_docora::ImportDocoraArgs),
 }
 
 impl CommonArgs {
@@ -143,6 +148,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Repo(command) => {
             let json = command.connection.json;
             repo::run(command).await.map_err(|e| failure(e, json))
+        }
+        Command::ImportDocora(args) => {
+            let settings = settings()?;
+            crate::telemetry::init(&settings.telemetry, None)?;
+            import_docora::run(args, settings).await
         }
         Command::Events(command) => {
             let json = command.connection.json;

@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod docora;
 pub mod domain;
 pub mod http;
 pub mod startup;

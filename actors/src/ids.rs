@@ -35,11 +35,16 @@ macro_rules! prefixed_id {
 
             /// Accepts a string that has this id's shape; anything else is `None`,
             /// so a malformed id from a URL is answered as "not found" without a query.
+            /// The shape is Herald's (a lower-case ULID) or Docora's (24
+            /// lower-case hex), which apps and repositories imported from
+            /// Docora keep.
             pub fn parse(raw: &str) -> Option<Self> {
                 let suffix = raw.strip_prefix($prefix)?;
-                let well_formed = suffix.len() == 26
+                let herald = suffix.len() == 26
                     && suffix.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
-                well_formed.then(|| Self(raw.to_owned()))
+                let docora = suffix.len() == 24
+                    && suffix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                (herald || docora).then(|| Self(raw.to_owned()))
             }
 
             /// An id read back from Herald's own tables, which hold only ids
@@ -158,5 +163,14 @@ mod tests {
         assert_eq!(RepoId::parse("repo_01JD0000000000000000000000"), None);
         assert_eq!(RepoId::parse("repo_01jd00000000000000000000000"), None);
         assert!(RepoId::parse("repo_01jd0000000000000000000000").is_some());
+    }
+
+    #[test]
+    fn docora_ids_of_imported_rows_parse() {
+        assert!(AppId::parse("app_0123456789abcdef01234567").is_some());
+        assert!(RepoId::parse("repo_0123456789abcdef01234567").is_some());
+        // Docora's ids are lower-case hex: anything else of that length is not one.
+        assert_eq!(AppId::parse("app_0123456789ABCDEF01234567"), None);
+        assert_eq!(AppId::parse("app_0123456789abcdefg1234567"), None);
     }
 }

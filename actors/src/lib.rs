@@ -32,6 +32,7 @@ pub mod changes;
 pub mod clock;
 pub mod crypto;
 pub mod delivery;
+pub mod docora;
 pub mod git;
 pub mod gitconfig;
 pub mod heartbeat;

@@ -12,6 +12,7 @@ pub mod console_session;
 pub mod delivery_attempt;
 pub mod delivery_rollup;
 pub mod event;
+pub mod held_file;
 pub mod inbound_hook;
 pub mod instance;
 pub mod manifest_entry;

@@ -22,6 +22,7 @@ mod m20261126_000070_git_content;
 mod m20261126_000080_app_resolve_lfs;
 mod m20261126_000090_expand_submodules;
 mod m20261127_000100_replay_quotas;
+mod m20261127_000110_held_files;
 
 pub struct Migrator;
 
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000080_app_resolve_lfs::Migration),
             Box::new(m20261126_000090_expand_submodules::Migration),
             Box::new(m20261127_000100_replay_quotas::Migration),
+            Box::new(m20261127_000110_held_files::Migration),
         ]
     }
 }

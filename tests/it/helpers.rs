@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::receiver::Receiver;
 
+pub mod docora;
 mod measure;
 mod rig;
 

@@ -27,6 +27,7 @@ mod hostile_http;
 mod hostile_listen;
 mod hostile_pull;
 mod https_git;
+mod import_docora;
 mod lfs;
 mod lfsserver;
 mod lifecycle;

@@ -181,7 +181,12 @@ impl Store {
 
     /// The app a bearer token belongs to: one indexed lookup by the token's
     /// lookup id, then a constant-time comparison of the secret's hash.
+    /// A Docora token of an imported app is checked as its own module says
+    /// ([`super::legacy_tokens`]).
     pub async fn authenticate_app(&self, token: &str) -> Result<Option<app::Model>, StoreError> {
+        if crate::docora::is_token(token) {
+            return self.authenticate_docora_token(token).await;
+        }
         let Some((lookup, secret)) = crypto::parse_app_token(token) else {
             return Ok(None);
         };

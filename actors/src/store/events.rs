@@ -215,7 +215,8 @@ impl Store {
 }
 
 /// The app's subscription to the repository starts over from the whole
-/// current tree (a resync; registering again): the next scan, due now,
+/// current tree (a resync; registering again), whatever it held: the next
+/// scan, due now,
 /// gives it an initial snapshot, and its dead events, which would only
 /// block it, are skipped. `false` when the app does not watch it. The
 /// caller has locked the repository.
@@ -258,7 +259,13 @@ pub(crate) async fn start_over<C: sea_orm::ConnectionTrait>(
             Expr::value(entity::EventStatus::Skipped),
         )
         .filter(event::Column::Status.eq(entity::EventStatus::Dead))
-        .filter(event::Column::SubscriptionId.in_subquery(subscription_ids))
+        .filter(event::Column::SubscriptionId.in_subquery(subscription_ids.clone()))
+        .exec(conn)
+        .await?;
+    // What the app was known to hold (imported) no longer counts: starting
+    // over sends the whole tree, as to an app that lost its store.
+    entity::held_file::Entity::delete_many()
+        .filter(entity::held_file::Column::SubscriptionId.in_subquery(subscription_ids))
         .exec(conn)
         .await?;
     entity::repository::Entity::update_many()

@@ -8,6 +8,7 @@
 //! scan is recorded in [`failures`].
 
 mod failures;
+mod held;
 mod manifest;
 
 pub use self::failures::GitFailureRecord;
@@ -32,7 +33,7 @@ use sea_orm::{
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 
 /// A scan's result, ready to be committed.
 pub struct SnapshotAdvance {
@@ -232,7 +233,18 @@ impl Store {
         let delta = &advance.delta;
         let moved =
             repo.head_commit.as_deref() != Some(advance.commit.as_str()) || !delta.is_empty();
-        let any_new = subscriptions.iter().any(|s| s.last_snapshot_id.is_none());
+        let new_subscriptions: Vec<&str> = subscriptions
+            .iter()
+            .filter(|s| s.last_snapshot_id.is_none())
+            .map(|s| s.id.as_str())
+            .collect();
+        let any_new = !new_subscriptions.is_empty();
+        // New subscriptions whose app already holds files (imported).
+        let holding = if any_new {
+            held::holding(&txn, &new_subscriptions).await?
+        } else {
+            std::collections::HashSet::new()
+        };
         let full = any_new || delta.ignore_rules_changed;
 
         // The manifest before this snapshot: whole when some subscription needs
@@ -282,7 +294,14 @@ impl Store {
             let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
             let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
             let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
-            let counts = if sub.last_snapshot_id.is_none() {
+            let counts = if holding.contains(&sub.id) {
+                // The first snapshot of a subscription whose app already
+                // holds files: only the difference.
+                let held = held::take_held(&txn, &sub.id).await?;
+                let pending =
+                    held::changes_from_held(&held, tree_files(&old, delta), &new_vis, resolve_lfs);
+                write_events(&txn, sub, &stamp, resolve_lfs, pending.into_iter()).await?
+            } else if sub.last_snapshot_id.is_none() {
                 // The first snapshot of a subscription: every visible file,
                 // created, streamed from the tree (a million files never
                 // become a million pending events at once).
