@@ -23,7 +23,7 @@ pub mod startup;
 pub mod telemetry;
 
 /// Cases per property test: `PROPTEST_CASES`, or a CI-sized default (see
-/// README, "Tests", for a long run).
+/// CONTRIBUTING.md, "Property and contract tests", for a long run).
 #[cfg(test)]
 pub(crate) fn proptest_config() -> proptest::test_runner::Config {
     let cases = std::env::var("PROPTEST_CASES")

@@ -1,6 +1,6 @@
 //! The engine's telemetry: the W3C trace context that ties a scan to every
 //! delivery attempt of the events it wrote, and the Prometheus series the
-//! engine records (README, "Telemetry").
+//! engine records (docs/operations.md, "Telemetry").
 //!
 //! A scan runs in a root span; the events it writes keep that span's
 //! `traceparent` in the outbox; each delivery attempt, however much later and
