@@ -4,7 +4,7 @@
 //! This crate is the `herald` binary and its library:
 //!
 //! - [`config`]: layered configuration parsed into validated [`config::Settings`].
-//! - [`telemetry`]: logging (JSON or pretty), secrets never included.
+//! - [`telemetry`]: logs (JSON or pretty, never a secret), traces and metrics.
 //! - [`startup`]: data directory secrets, database, actor tree, HTTP server,
 //!   graceful shutdown.
 //! - [`http`]: the warp front door (public, admin and client APIs).
