@@ -1,4 +1,4 @@
-//! Herald's configuration (README.md, Configuration), layered with the `config`
+//! Herald's configuration (docs/configuration.md), layered with the `config`
 //! crate: embedded defaults (`config/default.toml`, compiled in) →
 //! `./config/default.toml` → `./config/{HERALD_ENV}.toml` →
 //! `HERALD__SECTION__KEY` environment variables → command-line flags. The

@@ -25,7 +25,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// The network rules that URL validation applies (README.md, Security: SSRF
+/// The network rules that URL validation applies (docs/security.md: SSRF
 /// and Repository URLs).
 #[derive(Debug, Clone, Copy)]
 pub struct UrlPolicy {

@@ -9,6 +9,11 @@
 //!   token, CSRF tokens, its own assets).
 //! - [`client`]: `/api/…` (app token), Docora-compatible.
 //! - [`account`]: `/api/app…`, the calling app's own settings and key rotation.
+//! - [`events`]: `/api/events…`, an app's events, their attempts, retry and
+//!   skip, and resync.
+//! - [`replay`]: `/api/repositories/{id}/replay…`, replays and their progress.
+//! - [`operations`]: the operators' API across apps (overview, queue, dead
+//!   events, retries, bulk operations, resync, breaker reset).
 //! - [`stream`]: `/api/stream`, `/api/changes`, `/api/stream/ack`: pull
 //!   delivery, for apps that consume their events instead of taking webhooks.
 //! - [`hooks`]: `/hooks/{github,gitlab,gitea,bitbucket}`, inbound push
@@ -16,7 +21,8 @@
 //! - [`hook_list`]: `/admin/api/hooks`, the stored hooks and what each did.
 //! - [`instances`]: `/admin/api/instances`, the instances sharing the
 //!   database and whether each is alive.
-//! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`]: shared parts.
+//! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`], [`paging`]:
+//!   shared parts.
 //! - [`metrics`]: request metrics by route template, scrape-time gauges.
 //! - [`server`]: accepting connections, hyper's HTTP/1 with a header read
 //!   deadline, graceful shutdown.

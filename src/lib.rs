@@ -4,7 +4,7 @@
 //! This crate is the `herald` binary and its library:
 //!
 //! - [`config`]: layered configuration parsed into validated [`config::Settings`].
-//! - [`telemetry`]: logging (JSON or pretty), secrets never included.
+//! - [`telemetry`]: logs (JSON or pretty, never a secret), traces and metrics.
 //! - [`startup`]: data directory secrets, database, actor tree, HTTP server,
 //!   graceful shutdown.
 //! - [`http`]: the warp front door (public, admin and client APIs).
@@ -24,7 +24,7 @@ pub mod startup;
 pub mod telemetry;
 
 /// Cases per property test: `PROPTEST_CASES`, or a CI-sized default (see
-/// README, "Tests", for a long run).
+/// CONTRIBUTING.md, "Property and contract tests", for a long run).
 #[cfg(test)]
 pub(crate) fn proptest_config() -> proptest::test_runner::Config {
     let cases = std::env::var("PROPTEST_CASES")

@@ -1,3 +1,6 @@
+//! The `herald` binary: bounds the allocator's memory, then parses and runs
+//! the command line ([`herald::cli`]); everything else is the library.
+
 use clap::Parser;
 
 #[tokio::main]

@@ -193,7 +193,7 @@ fn install_metrics(instance: Option<&str>) -> &'static Option<PrometheusHandle> 
     })
 }
 
-/// Help lines and units of Herald's series (README, "Telemetry").
+/// Help lines and units of Herald's series (docs/operations.md, "Telemetry").
 fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(

@@ -1,4 +1,4 @@
-//! Herald's security primitives (README.md, Security).
+//! Herald's security primitives (docs/security.md).
 //!
 //! - [`Keyring`]: AES-256-GCM for secrets at rest, the row's identity as
 //!   associated data and a key id in every ciphertext so keys can be rotated.

@@ -16,6 +16,12 @@
 //! probe per cooldown (the cooldown doubling with each failed probe),
 //! however many lanes wait, and its events wait without using up their
 //! attempts.
+//!
+//! A subscription whose lane stopped for a retry *rests* until then (at
+//! most 5 s, so an operator's retry is taken up soon): its later events are
+//! due, and a lane started meanwhile would stop again at once, in a loop
+//! that held a core. A windowed lane's subscription rests only while no
+//! event came after the last one it read.
 
 mod congestion;
 mod content;

@@ -2,6 +2,13 @@
 //! `{data_dir}/mirrors`. Everything here blocks (git2 is synchronous): it runs
 //! on the scan pool, never on the async executor.
 //!
+//! A mirror holds tips, not history: each commit Herald diffs, with its
+//! tree, fetched at depth 1, git's `shallow` file naming the commits whose
+//! parents are absent. Change detection compares trees, never ancestry, so
+//! a repository with tens of thousands of commits costs what its latest
+//! tree costs, and a force-push onto an unrelated history is a tree against
+//! a tree like any other push.
+//!
 //! - Credentials go only through git2's credential callback: never into a
 //!   URL, a git config file, a log line or an error message.
 //! - The remote head is checked first; the fetch is skipped when it did not

@@ -1,8 +1,7 @@
-//! Inbound push webhooks from git hosts (README.md, Push webhooks from git
-//! hosts), the pure part: checking a
-//! hook's signature or token, unwrapping a form-encoded payload, reading what
-//! a stored hook asks for, and telling whether a URL from a payload names a
-//! watched repository.
+//! Inbound push webhooks from git hosts (docs/api.md, Push webhooks from
+//! git hosts), the pure part: checking a hook's signature or token,
+//! unwrapping a form-encoded payload, reading what a stored hook asks for,
+//! and telling whether a URL from a payload names a watched repository.
 //!
 //! A hook is only ever a trigger: it says "this repository's branch moved",
 //! and the repository's watcher then fetches and diffs as on a poll. Nothing

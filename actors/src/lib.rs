@@ -1,24 +1,53 @@
 //! Herald's engine: the supervision tree and everything it runs on.
 //!
-//! - [`supervisor`]: the root actor; starts, watches and restarts the others.
-//! - [`scheduler`]: decides which repositories are due and pokes their watchers.
+//! Supervision and scanning:
+//!
+//! - [`supervisor`]: the root actor and [`supervisor::EngineHandle`]; starts,
+//!   watches and restarts the others.
+//! - [`restart`]: the one restart policy (backoff, intensity limit).
+//! - [`owned`]: tasks an actor owns, aborted with its state.
+//! - [`scheduler`]: decides which repositories are due and starts their scans.
+//! - [`repo_watcher`]: one actor per scan under way (breaker, lease, outbox).
+//! - [`scan`]: the blocking scan, the worker pools, a replay's git work.
+//! - [`git`]: bare mirrors, remotes under the address rule, git over rustls.
+//! - [`gitconfig`]: the git config syntax of `.gitmodules` and `.lfsconfig`.
+//! - [`changes`]: what changed between two commits: files, hashes, the
+//!   binary rule, ignore rules, submodules.
+//! - [`lfs`]: Git LFS objects fetched through the batch API, and their cache.
+//!
+//! Delivery:
+//!
+//! - [`delivery`]: the dispatcher, one actor per app, one lane per
+//!   subscription; pull delivery's rendering.
+//! - [`payload`]: webhook bodies in Docora's field order, and chunks.
+//! - [`signing`]: Docora and Standard Webhooks signatures.
+//! - [`backoff`]: the five retry policies.
+//! - [`webhook_client`]: the one outbound HTTP client for webhooks.
+//! - [`breaker`]: circuit breakers (git remotes, app endpoints) and their actor.
+//!
+//! Inbound hooks, instances and upkeep:
+//!
 //! - [`hook_processor`]: turns stored inbound push webhooks into scans;
-//!   [`inbound`] checks and reads them.
+//!   [`inbound`] checks and reads them, one module per git host.
 //! - [`bulk`]: runs the operators' bulk operations, whichever instance
 //!   started them, and takes over those whose runner died.
 //! - [`heartbeat`]: this instance's heartbeat row (`GET /admin/api/instances`).
-//! - [`upkeep`]: deletes what is past its retention (events, attempts,
-//!   snapshots).
+//! - [`signals`]: how the engine's parts wake each other.
 //! - [`wakeups`]: instances sharing PostgreSQL wake each other at once
 //!   (`LISTEN/NOTIFY`) when they make work.
+//! - [`upkeep`]: deletes what is past its retention (events, attempts,
+//!   snapshots) and computes the delivery rollups.
+//!
+//! Storage and shared parts:
+//!
 //! - [`store`]: every database query, one module per aggregate, plus leases.
 //! - [`crypto`]: app tokens, the admin token, secrets at rest (AES-256-GCM).
-//! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
 //! - [`net`]: which IP addresses count as public (the SSRF rule).
-//! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
 //! - `tls`: the one TLS client configuration (webhooks and git over https).
 //! - [`telemetry`]: the trace context from a scan to its deliveries; the
 //!   engine's Prometheus series.
+//! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
+//! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
 //! - `test_support` (tests and benches only, feature `test-support`): a
 //!   throwaway database, store fixtures, one scan driven to the outbox.
 //!

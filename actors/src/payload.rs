@@ -6,6 +6,10 @@
 //! whose id names one transfer of the file: a rendering is sent once, from
 //! chunk 0, and every rendering draws a new id (as Docora's `createChunks`
 //! does for each send), so a retry is a transfer of its own.
+//!
+//! A file's content is written outside serde_json: base64 as it is, text
+//! escaped by `json-escape-simd` after decoding it as UTF-8 with U+FFFD
+//! where it is not; every other value is serde_json's.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

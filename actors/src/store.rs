@@ -6,7 +6,7 @@
 //! - [`access`]: each subscriber's proof that its credential reads the
 //!   repository, and what happens when it stops.
 //! - [`leases`]: the claims that let several instances share one database
-//!   (README.md, Several instances on one PostgreSQL): a repository is scanned,
+//!   (docs/operations.md, Several instances on one PostgreSQL): a repository is scanned,
 //!   and a subscription delivered, by one owner at a time, until its lease
 //!   expires.
 //! - [`inbound`]: inbound push webhooks, stored first, deduplicated, processed later.

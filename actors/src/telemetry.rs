@@ -1,6 +1,6 @@
 //! The engine's telemetry: the W3C trace context that ties a scan to every
 //! delivery attempt of the events it wrote, and the Prometheus series the
-//! engine records (README, "Telemetry").
+//! engine records (docs/operations.md, "Telemetry").
 //!
 //! A scan runs in a root span; the events it writes keep that span's
 //! `traceparent` in the outbox; each delivery attempt, however much later and
@@ -8,6 +8,10 @@
 //! attempt's own context goes to the receiver in the `traceparent` header.
 //! Where no spans are exported, the attempt's span is not built (see
 //! [`TRACE_ONLY_SPANS`]) and the header still continues the scan's trace.
+//! What an attempt learns after its span began (the answer's status, the
+//! outcome) is set as OpenTelemetry attributes, not recorded as `tracing`
+//! fields, which the log layer would copy into its JSON again on every
+//! webhook; the attempt's span is left out of the log layer altogether.
 //!
 //! Metrics go through the `metrics` facade: a no-op until the `herald` binary
 //! installs its recorder.

@@ -12,6 +12,12 @@
 //! across two tasks). Connections between requests wait in an idle list
 //! keyed by origin, undriven; one is checked before it is used again, and
 //! a request that a reused connection could not send goes out on a new one.
+//!
+//! Connections are hyper-util's (IPv4 and IPv6 raced, TCP keepalive; rustls
+//! through `crate::tls` for `https`). A URL is parsed and checked once
+//! into an [`Endpoint`], which a lane keeps per endpoint name while its
+//! app's base URL stays the same; the dispatcher's tick lets go of idle
+//! connections the receiver closed.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

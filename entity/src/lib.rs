@@ -4,6 +4,24 @@
 //! `repo_…`); every time is stored as Unix milliseconds (`i64`) so that SQLite
 //! and PostgreSQL compare them the same way; secrets are stored only as
 //! ciphertext (`*_ciphertext`) or as a hash (`token_hash`).
+//!
+//! - [`app`]: an app (endpoint, sealed signing keys, token hash, settings).
+//! - [`repository`]: a remote and branch, shared by its subscribers.
+//! - [`subscription`]: app × repository: status, globs, sealed git token.
+//! - [`snapshot`]: one observed commit of a repository.
+//! - [`manifest_entry`]: a file of a repository's current snapshot.
+//! - [`event`]: the outbox: one change for one subscription, with its `seq`.
+//! - [`delivery_attempt`]: one HTTP attempt of an event or a chunk.
+//! - [`replay`]: a replay of the changes between two commits.
+//! - [`scan`]: a repository's recent scans, for the console.
+//! - [`inbound_hook`]: a verified push webhook and what it did.
+//! - [`breaker`]: a persisted circuit breaker (git remote or app endpoint).
+//! - [`bulk_operation`]: an operator's bulk retry.
+//! - [`console_session`]: an admin console session.
+//! - [`delivery_rollup`]: per app and minute, the delivery figures.
+//! - [`pending_sample`]: per subscription and minute, its pending events.
+//! - [`instance`]: an instance's heartbeat row.
+//! - [`status`]: the states and kinds the tables hold, as types.
 
 pub mod app;
 pub mod breaker;

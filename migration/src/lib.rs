@@ -1,5 +1,30 @@
 //! Herald's schema migrations, applied at start-up when `database.auto_migrate`
 //! is on and by `herald migrate`.
+//!
+//! In order (each module's doc says why):
+//!
+//! - `m20261121_000001_create_tables`: the initial schema.
+//! - `m20261121_000002_add_events_trace_parent`: each event's trace context.
+//! - `m20261122_000003_subscription_access`: access proven per subscriber.
+//! - `m20261122_000004_breaker_probe`: a breaker's probe claimed in the row.
+//! - `m20261122_000010_create_bulk_operations`: bulk operations as rows.
+//! - `m20261122_000011_create_instances`: each instance's heartbeat row.
+//! - `m20261122_000012_event_retention_indexes`: indexes for retention.
+//! - `m20261122_000020_create_console_sessions`: the console's sessions.
+//! - `m20261125_000030_bind_console_sessions`: sessions bound to the admin
+//!   token.
+//! - `m20261125_000030_repository_git_suffix`: `.git` kept off the hosts
+//!   known to ignore it.
+//! - `m20261126_000040_add_app_delivery_window`: an app's delivery window.
+//! - `m20261126_000050_pull_delivery`: push or pull, and stream places.
+//! - `m20261126_000051_replays`: replays and their events.
+//! - `m20261126_000060_console_event_log`: the event log's indexes,
+//!   attempts' headers, recent scans.
+//! - `m20261126_000061_delivery_rollups`: per-minute delivery figures.
+//! - `m20261126_000070_git_content`: LFS objects, `submodule` events.
+//! - `m20261126_000080_app_resolve_lfs`: LFS resolution per app.
+//! - `m20261126_000090_expand_submodules`: repositories with submodules
+//!   expanded.
 
 pub use sea_orm_migration::prelude::*;
 

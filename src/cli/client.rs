@@ -242,7 +242,7 @@ impl CliError {
         }
     }
 
-    /// The process exit code (documented in the README): 3 Herald could not
+    /// The process exit code (documented in docs/cli.md): 3 Herald could not
     /// be reached, 4 the token was refused or missing, 5 not found, 6 a wait
     /// ended in failure or timed out, 1 anything else (2 is clap's usage
     /// error).

@@ -19,7 +19,10 @@
 //!   and a bulk retry's progress.
 //!
 //! [`pages`] renders (maud), [`layout`] holds the shared page parts,
-//! [`assets`] the embedded stylesheet and htmx.
+//! [`assets`] the embedded stylesheet and htmx; [`event_log`] is the event
+//! log and an event's page, [`repository`] a repository's page and "scan
+//! now", [`health`] the delivery-health page and an app's charts, drawn by
+//! [`chart`] (SVG).
 
 mod assets;
 mod chart;

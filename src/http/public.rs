@@ -82,7 +82,7 @@ pub(crate) fn version() -> Response {
 }
 
 /// Prometheus metrics (text format 0.0.4): the `herald_*` series listed in
-/// the README. Outbox depth, breaker states and disabled apps are read from
+/// docs/operations.md. Outbox depth, breaker states and disabled apps are read from
 /// the database now; counters and histograms are this instance's since start.
 #[utoipa::path(get, path = "/metrics", tag = "public",
     responses((status = 200, description = "Prometheus text exposition format",

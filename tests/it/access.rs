@@ -1,4 +1,4 @@
-//! Access is proven per subscriber (README.md, Security): a repository is
+//! Access is proven per subscriber (docs/security.md): a repository is
 //! fetched once for all its subscribers, so each app's own credential must read
 //! it, at registration and for as long as the app receives anything. Every test
 //! here runs against a real smart-HTTP git server with basic auth on loopback

@@ -8,7 +8,7 @@
 //!
 //! The defaults keep each test around a minute; `HERALD_FAULT_KILLS`,
 //! `HERALD_FAULT_VERSIONS`, `HERALD_FAULT_FILES`, `HERALD_FAULT_SEED` and
-//! `HERALD_FAULT_OUTAGE_SECS` make longer runs (README, "Testing").
+//! `HERALD_FAULT_OUTAGE_SECS` make longer runs (CONTRIBUTING.md, "Fault tests").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

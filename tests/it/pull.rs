@@ -1,4 +1,4 @@
-//! Pull delivery (README, "Pull delivery"): a pull app's events on `GET
+//! Pull delivery (docs/api.md, "Pull delivery"): a pull app's events on `GET
 //! /api/stream` and `GET /api/changes`, resumed by cursor, consumed when
 //! the cursor comes back. The real binary, real git, a consumer that
 //! misbehaves.

@@ -1,6 +1,6 @@
-//! A window per subscription (README, "Window and order"): up to `window`
-//! webhooks of a subscription in flight, in order per path, adapted to a
-//! receiver that pushes back. The real binary, real git, real receivers.
+//! A window per subscription (docs/webhooks.md, "Delivery and order"): up
+//! to `window` webhooks of a subscription in flight, in order per path,
+//! adapted to a receiver that pushes back. The real binary, real git, real receivers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

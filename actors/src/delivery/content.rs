@@ -7,6 +7,14 @@
 //! the LFS server does not give it is a failed attempt ([`Found::Failed`]),
 //! as a webhook the endpoint refuses is: another download, or another
 //! question to a server that is down, waits the app's backoff.
+//!
+//! A lane keeps its mirror reader for its life (a big file does not close
+//! it), and reopens the mirror every 30 s, so libgit2's delta-base cache
+//! outlives a batch but packs a compaction deleted are let go. A pinned
+//! commit the mirror lacks is fetched by its id (`Mirror::refetch_commit`),
+//! else through its branch's history for servers that serve only their
+//! refs' tips (the next compaction drops that history again); the content
+//! is gone only when the remote no longer has the commit.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -18,6 +18,17 @@
 //! between two events, after the lane wrote what it delivered and released
 //! its lease; a lane that fails (a panic) leaves its events pending, and its
 //! owner releases the lease and restarts it.
+//! The store's work is polled on blocking threads
+//! ([`crate::owned::Pending::spawn_on_blocking_thread`]): building a write's
+//! statements and decoding a batch's rows took a runtime worker for
+//! milliseconds.
+//!
+//! A dead event blocks its subscription, except that once every
+//! `delivery.dead_retry_interval` after its last attempt (kept in its
+//! `next_attempt_at`) it is due again for one probe, sent under the
+//! subscription's delivery lease, so one instance probes it once per
+//! interval: delivered, the subscription resumes in order; failed in any
+//! way, it stays dead until the next interval.
 //!
 //! This file holds the actor and its step loop; one event's way through the
 //! stages is in [`deliver`] (ask the breaker, render, then per request sign

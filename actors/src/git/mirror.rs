@@ -3,6 +3,17 @@
 //! commit at depth 1, snapshot pins, the base ref, and compaction. Also
 //! libgit2's process-wide options ([`configure_process`]), which bound what
 //! reading a mirror maps.
+//!
+//! A `Mirror` is a writer: it holds the mirror's write lock (by the
+//! directory's canonical place) while it is open, so one process writes a
+//! mirror once at a time (a scan, a lane's refetch); lanes read through
+//! repositories of their own. Compaction copies each ref's commit and tree
+//! whole into one new pack ([`super::pack`], no delta search) and removes
+//! the other packs and loose objects, so its cost is the kept trees' bytes,
+//! never the history's. [`configure_process`] bounds libgit2's pack windows
+//! (4 MiB, 16 MiB mapped) and turns off rehashing objects on read; the
+//! indexer escapes that bound while a fetch resolves deltas, which
+//! [`super::indexer_windows`] makes up for.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

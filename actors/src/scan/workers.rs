@@ -29,6 +29,19 @@
 //! reservations never hold the last worker of a pool of two or more: a
 //! push or an API request finds one free at once, instead of waiting for a
 //! rescan to end, however far behind the poll is.
+//!
+//! The pool is not ractor's `factory`, whose rules differ on each point: a
+//! factory hands out one `Job` at a time and frees the worker when that job
+//! returns, while a scan keeps its worker from lease claim to result across
+//! many jobs (`KeyPersistentRouting` and `StickyQueuerRouting` only route a
+//! key to a worker; they reserve nothing); a factory routes only the head
+//! of its queue, so a reservation whose apps are at their share could not
+//! let a later one of another app pass; its `PriorityQueue` always takes
+//! the highest priority first, with no anti-starvation run; and it respawns
+//! a failed worker at once, with no backoff and no intensity limit, where
+//! this pool applies the `RestartPolicy` and fails to the root once the
+//! budget is spent. It is still a pool of actors: it supervises its
+//! workers, and jobs and results are messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;

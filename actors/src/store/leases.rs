@@ -1,5 +1,5 @@
 //! Leases: a repository is scanned, and a subscription's events are delivered,
-//! by one owner at a time (README.md, Several instances on one PostgreSQL). A
+//! by one owner at a time (docs/operations.md, Several instances on one PostgreSQL). A
 //! claim is one conditional `UPDATE` (free or expired), so it is atomic on
 //! SQLite and PostgreSQL alike; an instance that dies simply stops renewing and
 //! its leases expire.

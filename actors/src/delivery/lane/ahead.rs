@@ -3,6 +3,14 @@
 //! mostly sends. Larger files go in runs to a blocking worker (`Further`);
 //! small ones are made on the lane's thread, one beside each request in
 //! flight (`Interleaved`).
+//!
+//! The bounds: files up to 4 MiB are read ahead, up to 32 events ahead and
+//! within 4 MiB together with the file in flight, refilled once half the
+//! window is used, each handed over by a oneshot. Files up to 64 KiB go
+//! `Interleaved`: each request takes the next one along and makes it on the
+//! lane's own thread once the request has left, while the receiver works;
+//! larger ones go in runs (one thread wake-up a run) to a blocking worker,
+//! through a second opening of the mirror.
 
 use std::collections::VecDeque;
 
