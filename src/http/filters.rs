@@ -89,16 +89,28 @@ fn bearer(header: Option<&HeaderValue>) -> Result<&str, ApiError> {
 pub fn app_auth(
     state: AppState,
 ) -> impl Filter<Extract = (app::Model,), Error = Rejection> + Clone {
-    authorization().and_then(move |header: Option<HeaderValue>| {
+    authorization().and(client_ip()).and_then(move |header: Option<HeaderValue>, ip: IpAddr| {
         let state = state.clone();
         async move {
             let token = bearer(header.as_ref()).map_err(warp::reject::custom)?;
-            let app = state
+            // A token of Docora's shape may cost bcrypt checks (imported apps
+            // that have not used theirs yet): an address that sends wrong ones
+            // is locked out of trying, as console sign-ins are.
+            let legacy = actors::docora::is_token(token);
+            if legacy {
+                state.limits.check_legacy_token(ip).map_err(warp::reject::custom)?;
+            }
+            let found = state
                 .store
                 .authenticate_app(token)
                 .await
-                .map_err(|err| warp::reject::custom(ApiError::from(err)))?
-                .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized("Invalid token")))?;
+                .map_err(|err| warp::reject::custom(ApiError::from(err)))?;
+            let Some(app) = found else {
+                if legacy && state.limits.legacy_token_failed(ip) {
+                    tracing::warn!(%ip, "an address sent too many wrong Docora tokens; locked out");
+                }
+                return Err(warp::reject::custom(ApiError::Unauthorized("Invalid token")));
+            };
             state
                 .limits
                 .check_app(&app.id)

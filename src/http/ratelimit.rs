@@ -2,7 +2,9 @@
 //! a tighter per-address budget on onboarding, a per-app budget on the
 //! client API, a per-address budget of its own for inbound push webhooks,
 //! and for the console's sign-in a per-address budget plus a lockout after
-//! repeated failures.
+//! repeated failures; the same lockout, kept apart, for wrong tokens of
+//! Docora's shape (each costs bcrypt checks until every imported app has
+//! used its token once).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,14 +40,64 @@ pub struct RateLimits {
     per_app: DefaultKeyedRateLimiter<String>,
     /// Every console sign-in attempt of an address.
     sign_in: DefaultKeyedRateLimiter<IpAddr>,
-    /// An address's failed sign-ins: `sign_in_failures` of them within
-    /// `sign_in_lockout` spend it, and the address is locked out.
-    sign_in_failures: CountingLimiter,
-    /// Addresses locked out of sign-in, until when: even the right token is
-    /// refused then, so guessing cannot go on at the pace of the budget.
+    sign_in_lockout: Lockout,
+    /// Wrong Docora-shaped tokens of an address, apart from sign-ins.
+    legacy_token_lockout: Lockout,
+    clock: DefaultClock,
+}
+
+/// An address's failures: `rate_limit.sign_in_failures` of them within
+/// `rate_limit.sign_in_lockout` lock it out for that long; even the right
+/// token is refused then, so guessing cannot go on at the pace of a budget.
+struct Lockout {
+    failures: CountingLimiter,
     locked_out: Mutex<HashMap<IpAddr, Instant>>,
     lockout: Duration,
-    clock: DefaultClock,
+}
+
+impl Lockout {
+    fn new(settings: &RateLimitSettings) -> Self {
+        Self {
+            failures: RateLimiter::keyed(failures_within(
+                settings.sign_in_failures,
+                settings.sign_in_lockout,
+            ))
+            .with_middleware::<StateInformationMiddleware>(),
+            locked_out: Mutex::new(HashMap::new()),
+            lockout: settings.sign_in_lockout,
+        }
+    }
+
+    /// How long `ip` is still locked out, if it is.
+    fn left(&self, ip: IpAddr) -> Option<Duration> {
+        let until = self.locked_out().get(&ip).copied()?;
+        Some(until.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero())
+    }
+
+    /// Counts a failure of `ip`; whether it is now locked out.
+    fn failed(&self, ip: IpAddr) -> bool {
+        let spent = match self.failures.check_key(&ip) {
+            Ok(left) => left.remaining_burst_capacity() == 0,
+            Err(_) => true,
+        };
+        if spent {
+            self.locked_out().insert(ip, Instant::now() + self.lockout);
+        }
+        spent
+    }
+
+    fn locked_out(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        // A map of deadlines is whole after any panic: reuse it.
+        self.locked_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn prune(&self) {
+        self.failures.retain_recent();
+        let now = Instant::now();
+        self.locked_out().retain(|_, until| *until > now);
+    }
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -76,13 +128,8 @@ impl RateLimits {
             inbound: RateLimiter::keyed(per_minute(settings.inbound_per_minute)),
             per_app: RateLimiter::keyed(per_minute(settings.per_app_per_minute)),
             sign_in: RateLimiter::keyed(per_minute(settings.sign_in_per_minute)),
-            sign_in_failures: RateLimiter::keyed(failures_within(
-                settings.sign_in_failures,
-                settings.sign_in_lockout,
-            ))
-            .with_middleware::<StateInformationMiddleware>(),
-            locked_out: Mutex::new(HashMap::new()),
-            lockout: settings.sign_in_lockout,
+            sign_in_lockout: Lockout::new(settings),
+            legacy_token_lockout: Lockout::new(settings),
             clock: DefaultClock::default(),
         }
     }
@@ -90,12 +137,8 @@ impl RateLimits {
     /// Whether `ip` may attempt a console sign-in now: not locked out, and
     /// within its sign-in budget (every attempt counts).
     pub fn check_sign_in(&self, ip: IpAddr) -> Result<(), ApiError> {
-        let locked_until = self.locked_out().get(&ip).copied();
-        if let Some(until) = locked_until {
-            let left = until.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                return Err(self.limited(left));
-            }
+        if let Some(left) = self.sign_in_lockout.left(ip) {
+            return Err(self.limited(left));
         }
         self.check_ip(Budget::SignIn, ip)
     }
@@ -104,21 +147,23 @@ impl RateLimits {
     /// budget locks the address out for `rate_limit.sign_in_lockout`.
     /// Whether the address is now locked out.
     pub fn sign_in_failed(&self, ip: IpAddr) -> bool {
-        let spent = match self.sign_in_failures.check_key(&ip) {
-            Ok(left) => left.remaining_burst_capacity() == 0,
-            Err(_) => true,
-        };
-        if spent {
-            self.locked_out().insert(ip, Instant::now() + self.lockout);
-        }
-        spent
+        self.sign_in_lockout.failed(ip)
     }
 
-    fn locked_out(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
-        // A map of deadlines is whole after any panic: reuse it.
-        self.locked_out
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Whether `ip` may present a Docora-shaped token now: not locked out
+    /// by earlier wrong ones.
+    pub fn check_legacy_token(&self, ip: IpAddr) -> Result<(), ApiError> {
+        match self.legacy_token_lockout.left(ip) {
+            Some(left) => Err(self.limited(left)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a wrong Docora-shaped token of `ip`, as a failed sign-in
+    /// counts (`rate_limit.sign_in_failures` within
+    /// `rate_limit.sign_in_lockout`), apart from sign-ins.
+    pub fn legacy_token_failed(&self, ip: IpAddr) -> bool {
+        self.legacy_token_lockout.failed(ip)
     }
 
     pub fn check_ip(&self, budget: Budget, ip: IpAddr) -> Result<(), ApiError> {
@@ -152,9 +197,8 @@ impl RateLimits {
         self.inbound.retain_recent();
         self.per_app.retain_recent();
         self.sign_in.retain_recent();
-        self.sign_in_failures.retain_recent();
-        let now = Instant::now();
-        self.locked_out().retain(|_, until| *until > now);
+        self.sign_in_lockout.prune();
+        self.legacy_token_lockout.prune();
     }
 }
 

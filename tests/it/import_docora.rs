@@ -471,3 +471,36 @@ async fn every_refusal_names_the_row_and_writes_nothing() {
     );
     assert_eq!(rows(dir.path(), database).await, imported);
 }
+
+/// Wrong tokens of Docora's shape may each cost bcrypt checks (imported
+/// apps that have not used theirs yet): an address that sends
+/// `rate_limit.sign_in_failures` of them is locked out of trying, with the
+/// right one too, while Herald's own tokens from it still work.
+#[tokio::test]
+async fn an_address_sending_wrong_docora_tokens_is_locked_out_of_trying() {
+    let app = TestApp::builder()
+        .env("HERALD__RATE_LIMIT__SIGN_IN_FAILURES", "3")
+        .spawn()
+        .await;
+    let client = app.onboard("herald-native").await;
+    let wrong = |i: u8| format!("docora_{}", format!("{i:02x}").repeat(32));
+    for i in 0..3 {
+        let (status, body) = app
+            .call(Method::GET, "/api/repositories", Some(&wrong(i)), None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, body) = app
+        .call(Method::GET, "/api/repositories", Some(&wrong(9)), None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    let (status, body) = app
+        .call(Method::GET, "/api/repositories", Some(&client.token), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a Herald token is not locked out: {body}"
+    );
+}
