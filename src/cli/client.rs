@@ -12,20 +12,22 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use comfy_table::{Table, presets};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use url::Url;
+
+mod git_token;
+mod output;
+
+pub use git_token::{GitTokenSource, read_stdin};
+pub use output::{clip, or_dash, parse, print_fields, print_json, print_table, table};
 
 /// How long one request may take, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -604,143 +606,6 @@ fn git_access_hint(code: &str) -> Option<&'static str> {
         ),
         _ => None,
     }
-}
-
-/// Reads one wire type out of a response, for the tables.
-pub fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, CliError> {
-    T::deserialize(value).map_err(|err| CliError::Transport {
-        url: "Herald".to_owned(),
-        message: format!("unexpected answer ({err}); is the CLI as new as the server?"),
-    })
-}
-
-/// Prints JSON for scripts: pretty, one document per command.
-pub fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("a JSON value always serialises")
-    );
-}
-
-/// A table without borders (one row a line, columns aligned): easy to read
-/// and to grep.
-pub fn table<const N: usize>(header: [&str; N]) -> Table {
-    let mut table = Table::new();
-    table
-        .load_style(presets::NOTHING)
-        .set_header(header.to_vec());
-    table
-}
-
-/// Prints a list of `field  value` lines.
-pub fn print_fields(fields: &[(&str, String)]) {
-    let mut table = Table::new();
-    table.load_style(presets::NOTHING);
-    for (name, value) in fields {
-        table.add_row(vec![(*name).to_owned(), value.clone()]);
-    }
-    print_table(&table);
-}
-
-pub fn print_table(table: &Table) {
-    println!("{}", render(table));
-}
-
-/// Columns flush left, two spaces apart, no trailing blanks.
-fn render(table: &Table) -> String {
-    let mut table = table.clone();
-    for column in table.column_iter_mut() {
-        column.set_padding((0, 2));
-    }
-    table.trim_fmt()
-}
-
-/// `-` for an absent value.
-pub fn or_dash<T: ToString>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-/// At most `max` characters (on one line), with an ellipsis when cut.
-pub fn clip(text: &str, max: usize) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() <= max && line.len() == text.len() {
-        return line.to_owned();
-    }
-    let kept: String = line.chars().take(max.saturating_sub(1)).collect();
-    format!("{kept}…")
-}
-
-/// Where a git token comes from: never the command line, which other users
-/// of the machine can read in `ps`.
-#[derive(Debug, Args)]
-pub struct GitTokenSource {
-    /// Read the git token (for a private repository) from this environment
-    /// variable.
-    #[arg(long, value_name = "VAR", conflicts_with = "git_token_file")]
-    pub git_token_env: Option<String>,
-    /// Read the git token from this file; `-` reads standard input.
-    #[arg(long, value_name = "PATH")]
-    pub git_token_file: Option<PathBuf>,
-}
-
-impl GitTokenSource {
-    pub fn given(&self) -> bool {
-        self.git_token_env.is_some() || self.git_token_file.is_some()
-    }
-
-    /// The token, when a source was given.
-    pub fn read(&self) -> Result<Option<SecretString>, CliError> {
-        if let Some(var) = &self.git_token_env {
-            let value = std::env::var(var).map_err(|_| {
-                CliError::Input(format!(
-                    "the environment variable {var} (--git-token-env) is not set or not UTF-8"
-                ))
-            })?;
-            return non_empty(value, &format!("the environment variable {var}")).map(Some);
-        }
-        match &self.git_token_file {
-            Some(path) if path.as_os_str() == "-" => read_stdin().map(Some),
-            Some(path) => {
-                let value = std::fs::read_to_string(path).map_err(|err| {
-                    CliError::Input(format!(
-                        "cannot read the git token from {}: {err}",
-                        path.display()
-                    ))
-                })?;
-                non_empty(value, &path.display().to_string()).map(Some)
-            }
-            None => Ok(None),
-        }
-    }
-}
-
-/// Reads a token from standard input: hidden at a terminal, else the first
-/// line of what is piped in.
-pub fn read_stdin() -> Result<SecretString, CliError> {
-    let stdin = std::io::stdin();
-    let value = if stdin.is_terminal() {
-        rpassword::prompt_password("Git token (input hidden): ")
-            .map_err(|err| CliError::Input(format!("cannot read the git token: {err}")))?
-    } else {
-        let mut value = String::new();
-        stdin.lock().read_to_string(&mut value).map_err(|err| {
-            CliError::Input(format!(
-                "cannot read the git token from standard input: {err}"
-            ))
-        })?;
-        value
-    };
-    non_empty(value, "standard input")
-}
-
-fn non_empty(value: String, from: &str) -> Result<SecretString, CliError> {
-    let token = value.lines().next().unwrap_or_default().trim();
-    if token.is_empty() {
-        return Err(CliError::Input(format!(
-            "the git token from {from} is empty"
-        )));
-    }
-    Ok(SecretString::from(token))
 }
 
 #[cfg(test)]

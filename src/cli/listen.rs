@@ -22,6 +22,7 @@ mod mirror;
 mod pull;
 mod reassemble;
 mod verify;
+mod wire;
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -46,6 +47,10 @@ use warp::reply::{Reply, Response};
 use mirror::{Mirror, SafePath};
 use reassemble::{ChunkStep, Partials};
 use verify::{WebhookKey, verify};
+use wire::{
+    Body, DeleteEvent, FileEvent, WireFile, describe_submodule, describe_sync_failed,
+    describe_synced,
+};
 
 /// How many delivered `webhook-id`s are remembered for deduplication.
 const REMEMBERED_IDS: usize = 100_000;
@@ -579,146 +584,6 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Refused> {
         }
         _ => Refused::Malformed(format!("malformed JSON: {err}")),
     })
-}
-
-// Wire types: only the fields the receiver uses; the rest is ignored.
-
-/// A request's body, read as its endpoint's event.
-#[derive(Debug)]
-enum Body {
-    File(FileEvent),
-    Delete(DeleteEvent),
-    SyncFailed(SyncFailedEvent),
-    Synced(SyncedEvent),
-    Submodule(SubmoduleEvent),
-}
-
-#[derive(Debug, Deserialize)]
-struct FileEvent {
-    event_id: String,
-    file: WireFile,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireFile {
-    path: String,
-    sha: String,
-    size: Option<u64>,
-    content: Option<String>,
-    content_encoding: Option<String>,
-    chunk: Option<WireChunk>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireChunk {
-    id: String,
-    index: u64,
-    total: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeleteEvent {
-    event_id: String,
-    file: DeletedFile,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeletedFile {
-    path: String,
-    sha: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireRepository {
-    github_url: Option<String>,
-    repository_id: Option<String>,
-}
-
-impl WireRepository {
-    fn describe(repository: Option<&Self>) -> &str {
-        repository
-            .and_then(|r| r.github_url.as_deref().or(r.repository_id.as_deref()))
-            .unwrap_or("?")
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncFailedEvent {
-    event_id: String,
-    repository: Option<WireRepository>,
-    error: SyncError,
-    retry_count: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncError {
-    #[serde(rename = "type")]
-    kind: String,
-    message: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncedEvent {
-    event_id: String,
-    repository: Option<WireRepository>,
-    commit_sha: Option<String>,
-    counts: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SubmoduleEvent {
-    event_id: String,
-    repository: Option<WireRepository>,
-    submodule: WireSubmodule,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireSubmodule {
-    path: String,
-    url: Option<String>,
-    previous_commit: Option<String>,
-    commit: Option<String>,
-}
-
-fn describe_submodule(event: &SubmoduleEvent) -> String {
-    let moved = &event.submodule;
-    let commit = |c: &Option<String>| c.as_deref().map_or("none", short).to_owned();
-    format!(
-        "submodule {} {} {} {}..{} url={}",
-        event.event_id,
-        WireRepository::describe(event.repository.as_ref()),
-        moved.path,
-        commit(&moved.previous_commit),
-        commit(&moved.commit),
-        moved.url.as_deref().unwrap_or("-")
-    )
-}
-
-fn describe_sync_failed(event: &SyncFailedEvent) -> String {
-    let mut line = format!(
-        "sync_failed {} {} {}: {}",
-        event.event_id,
-        WireRepository::describe(event.repository.as_ref()),
-        event.error.kind,
-        event.error.message
-    );
-    if let Some(retries) = event.retry_count {
-        line.push_str(&format!(" (retry_count {retries})"));
-    }
-    line
-}
-
-fn describe_synced(event: &SyncedEvent) -> String {
-    let mut line = format!(
-        "synced {} {} commit={}",
-        event.event_id,
-        WireRepository::describe(event.repository.as_ref()),
-        event.commit_sha.as_deref().map_or("?", short)
-    );
-    if let Some(counts) = &event.counts {
-        line.push_str(&format!(" counts={counts}"));
-    }
-    line
 }
 
 /// A bounded set of recent ids: the oldest is forgotten first.

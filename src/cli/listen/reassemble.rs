@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::{RecentIds, Refused, WireChunk, WireFile};
+use super::wire::{WireChunk, WireFile};
+use super::{RecentIds, Refused};
 
 /// How many files may be half-reassembled at once, and how many bytes of
 /// base64 they may hold together; the least recently touched goes first.
