@@ -47,7 +47,8 @@
 //! - [`telemetry`]: the trace context from a scan to its deliveries; the
 //!   engine's Prometheus series.
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
-//! - [`clock`]: wall-clock milliseconds, the unit of every stored time.
+//! - [`clock`]: wall-clock milliseconds, the unit of every stored time (in
+//!   the crate's tests, moved on by `tokio::time::advance`).
 //! - `test_support` (tests and benches only, feature `test-support`): a
 //!   throwaway database, store fixtures, one scan driven to the outbox.
 //!

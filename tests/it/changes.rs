@@ -556,9 +556,15 @@ async fn an_unreachable_remote_opens_the_breaker_once_and_recovers_by_itself() {
     assert_eq!(view["status"], "failed");
     assert_eq!(view["last_error"], "the git remote could not be reached");
 
-    // Several cooldowns pass with the remote still down: still one
-    // sync_failed for this opening (failed probes re-open the same breaker).
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // A cooldown passes with the remote still down: the probe fails and
+    // re-opens the same breaker, with still one sync_failed for this
+    // opening. A failure's retry_count is written in the transaction that
+    // would write its sync_failed: once the view counts the probe's
+    // failure, the outbox shows all it wrote.
+    app.wait_for(&client, &id, "a failed probe", |v| {
+        v["retry_count"].as_i64().unwrap_or(0) > 2
+    })
+    .await;
     let events = app.outbox(&client, &id).await;
     let failures: Vec<&OutboxEvent> = events.iter().filter(|e| e.kind == "sync_failed").collect();
     assert_eq!(failures.len(), 1, "{events:#?}");

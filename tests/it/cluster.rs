@@ -367,8 +367,8 @@ async fn a_wake_up_reaches_the_other_instances_at_once_and_not_its_sender() {
         let (actor, _) = Actor::spawn(None, Wakeups, args).await.expect("listening");
         instances.push((bell, outbox, woken, actor));
     }
-    let (bell_a, _, woken_a, _) = &instances[0];
-    let (_, outbox_b, woken_b, _) = &instances[1];
+    let (bell_a, outbox_a, woken_a, _) = &instances[0];
+    let (bell_b, outbox_b, woken_b, _) = &instances[1];
 
     let repo = RepoId::generate();
     bell_a.ring(Wake::Scan(repo.clone()));
@@ -386,8 +386,12 @@ async fn a_wake_up_reaches_the_other_instances_at_once_and_not_its_sender() {
     }
     assert_eq!(*woken_b.scans.lock().expect("lock"), vec![repo]);
     // The sender did the work's local part itself: its own rings come back
-    // to it ignored.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // to it ignored. A ring of b's, sent once a's had reached b, reaches a
+    // after a's own (PostgreSQL delivers notifications in commit order).
+    bell_b.ring(Wake::Outbox);
+    tokio::time::timeout(Duration::from_secs(10), outbox_a.notified())
+        .await
+        .expect("a's dispatcher was woken by b");
     assert!(woken_a.scans.lock().expect("lock").is_empty());
     assert_eq!(*woken_a.hooks.lock().expect("lock"), 0);
     for (_, _, _, actor) in instances {

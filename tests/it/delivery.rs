@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{Rig, TestApp, engine_with, onboard, watch};
+use crate::helpers::{Remotes, Rig, TestApp, TestClient, engine_with, onboard, watch};
 use crate::receiver::{Receiver, Reply, verify};
 
 pub(crate) fn sha(content: &[u8]) -> String {
@@ -283,14 +283,7 @@ async fn a_chunk_retry_is_a_new_transfer_that_reassembles_to_the_file() {
         .as_str()
         .expect("id")
         .to_owned();
-    let (_, detail) = app
-        .call(
-            Method::GET,
-            &format!("/api/events/{id}"),
-            Some(&client.token),
-            None,
-        )
-        .await;
+    let detail = app.event(&client, &id).await;
     let history: Vec<(Value, Value)> = detail["attempts"]
         .as_array()
         .expect("attempts")
@@ -428,15 +421,38 @@ async fn an_app_that_is_down_waits_without_slowing_the_others_and_gets_everythin
         .wait_for("the healthy app's events", |r| r.len() == 3)
         .await;
 
-    // Many probes later, the down app's first event has not used up its
-    // attempts (the breaker holds them back) and nothing is dead.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // More requests than max_attempts later, the down app's first event has
+    // not used up its attempts: once two failures opened the breaker, only
+    // its probes go, which count none, and nothing is dead.
+    let first = app
+        .wait_for_events(&down_client, "", "the down app's events", |e| {
+            e.iter().any(|e| e["path"] == "f0.md")
+        })
+        .await
+        .into_iter()
+        .find(|e| e["path"] == "f0.md")
+        .expect("f0.md's event");
+    let first = first["event_id"].as_str().expect("id").to_owned();
+    let detail = wait_for_attempts(&app, &down_client, &first, 4).await;
+    assert_eq!(detail["status"], "pending", "{detail}");
+    assert_eq!(
+        detail["attempt_count"], 2,
+        "probes are not counted: {detail}"
+    );
     let view = app.repository(&down_client, &id).await;
     assert_ne!(view["status"], "failed", "{view}");
     assert_eq!(view["failed_events"], 0);
-    let probes = down.received().len();
-    assert!(probes >= 3, "probes continue: {probes}");
-    assert!(probes < 20, "a probe per cooldown, not a storm: {probes}");
+    // A probe per cooldown, not a storm: each request after the opening
+    // waits a cooldown (500 ms; the retry backoff is 100 ms) after the
+    // answer to the one before.
+    let tried = down.received();
+    for pair in tried[1..4].windows(2) {
+        let gap = pair[1].arrived - pair[0].answered;
+        assert!(
+            gap >= std::time::Duration::from_millis(450),
+            "a request within the breaker's cooldown: {gap:?}"
+        );
+    }
 
     down.fallback(None);
     let accepted = down
@@ -590,12 +606,25 @@ async fn gone_pauses_the_subscription() {
         .wait_for(&client, &id, "paused", |v| v["status"] == "paused")
         .await;
     assert_eq!(view["pending_events"], 1);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The app's next delivery, of a repository it watches from now on,
+    // comes after its dispatcher looked again at what is due: the paused
+    // event, due again a backoff (100 ms) after its 410, is not sent.
+    let witness = Remotes::serve(&["witness.git"]);
+    watch(&app, &client, &witness.url("witness.git")).await;
+    rig.receiver
+        .wait_for("the other repository's file", |r| !r.is_empty())
+        .await;
+    let to_paused: Vec<_> = paths(&rig.receiver.received())
+        .into_iter()
+        .filter(|path| path == "a.md")
+        .collect();
     assert_eq!(
-        rig.receiver.received().len(),
+        to_paused.len(),
         1,
         "nothing more is sent to a paused subscription"
     );
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["status"], "paused", "{view}");
 }
 
 #[tokio::test]
@@ -679,7 +708,7 @@ async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
     repo.write("a.md", "a\n");
     repo.commit("a");
     let rig = Rig::serve(&repo).await;
-    let (_app, client, id) = rig
+    let (app, client, id) = rig
         .watched(
             "acme",
             &[
@@ -694,14 +723,32 @@ async fn a_failing_remote_sends_one_sync_failed_per_opening_while_it_is_down() {
         })
         .await;
 
-    // The remote goes down: scans fail until the breaker opens.
+    // The remote goes down: scans fail until the breaker opens, and with
+    // an hour's cooldown no scan follows. Once the view counts the opening
+    // failure (its retry_count is written with any sync_failed), every
+    // failure and what it wrote is stored: one sync_failed, of the opening,
+    // not one per failure.
     drop(rig.daemon);
     let accepted = sync_failures(
         &rig.receiver
             .wait_for("a sync_failed", |r| !sync_failures(r).is_empty())
             .await,
     );
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    app.wait_for(&client, &id, "the opening failure", |v| {
+        v["circuit_breaker"]["status"] == "open" && v["retry_count"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
+    let stored: Vec<_> = app
+        .outbox(&client, &id)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "sync_failed")
+        .collect();
+    assert_eq!(
+        stored.len(),
+        1,
+        "one per opening, not per failure: {stored:#?}"
+    );
     let accepted_later = sync_failures(&rig.receiver.accepted());
     assert_eq!(accepted_later.len(), 1, "one per opening, not per failure");
     let created: Vec<String> = rig
@@ -826,7 +873,7 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
         retry_after: None,
         delay: std::time::Duration::from_millis(1500),
     }));
-    let (mut app, _, _) = rig.watched("acme", &[]).await;
+    let (mut app, client, id) = rig.watched("acme", &[]).await;
     rig.receiver
         .wait_for("the first webhook", |r| r.len() == 1)
         .await;
@@ -851,7 +898,12 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
         .receiver
         .wait_for("the rest after the restart", |r| r.len() >= 5)
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Once every event is recorded delivered, nothing is left to send.
+    restarted
+        .wait_for(&client, &id, "every event recorded", |v| {
+            v["pending_events"] == 0
+        })
+        .await;
     let accepted_later = rig.receiver.accepted();
     assert_eq!(
         accepted_later.len(),
@@ -860,6 +912,26 @@ async fn sigterm_during_a_delivery_drains_it_exits_zero_and_loses_nothing() {
     );
     assert_eq!(apply(&accepted), tree_of(&repo), "nothing lost");
     drop(restarted);
+}
+
+/// Waits (bounded) until event `id` of `client` shows `count` attempts
+/// (probes included), or is dead; its detail. An attempt is written with
+/// the event's new state, so the detail shows what the attempt decided.
+async fn wait_for_attempts(app: &TestApp, client: &TestClient, id: &str, count: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let detail = app.event(client, id).await;
+        if detail["attempts"].as_array().map_or(0, Vec::len) >= count || detail["status"] == "dead"
+        {
+            return detail;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {count} attempts: {detail}\nlogs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The paths of the requests, in order.
@@ -876,7 +948,7 @@ struct DeadSubscription {
     repo: TestRepo,
     receiver: Receiver,
     app: TestApp,
-    client: crate::helpers::TestClient,
+    client: TestClient,
     id: String,
     _served: (Served, GitDaemon),
 }
@@ -980,15 +1052,26 @@ async fn with_dead_retry_interval_zero_a_dead_event_stays_dead() {
     } = a_dead_subscription("0").await;
     receiver.fallback(None);
 
-    // Many ticks later (a probe would come within a second with "1s"),
-    // nothing more was sent and the event is still dead.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The app's next delivery, of a repository it watches from now on, is
+    // sent and recorded after its dispatcher looked again at what is due
+    // (a probe would be due at once were 0 an interval): nothing more went
+    // to the dead event, which is still dead.
+    let witness = Remotes::serve(&["witness.git"]);
+    let witness_id = watch(&app, &client, &witness.url("witness.git")).await;
+    app.wait_for(
+        &client,
+        &witness_id,
+        "the other repository delivered",
+        |v| v["status"] == "synced" && v["pending_events"] == 0,
+    )
+    .await;
+    let tried = paths(&receiver.received());
     assert_eq!(
-        receiver.received().len(),
+        tried.iter().filter(|path| *path == "a.md").count(),
         2,
-        "exactly max_attempts attempts"
+        "exactly max_attempts attempts: {tried:?}"
     );
-    assert!(receiver.accepted().is_empty());
+    assert_eq!(paths(&receiver.accepted()), ["README.md"]);
     let view = app.repository(&client, &id).await;
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["failed_events"], 1);

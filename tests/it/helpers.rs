@@ -604,6 +604,20 @@ impl TestApp {
         body
     }
 
+    /// One event of `client`, with its attempts, through the API.
+    pub async fn event(&self, client: &TestClient, event_id: &str) -> Value {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/api/events/{event_id}"),
+                Some(&client.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
     /// Waits (bounded) until the repository view satisfies `done`; returns it.
     pub async fn wait_for(
         &self,

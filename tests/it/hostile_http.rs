@@ -11,6 +11,8 @@
 //! production.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -404,11 +406,13 @@ async fn one_address_churning_connections_cannot_hold_the_health_reserve() {
         .spawn()
         .await;
     let stop = tokio_util::sync::CancellationToken::new();
+    // Connections of the flood the server closed.
+    let cut = Arc::new(AtomicUsize::new(0));
     // 300 connections from one address, each sending half a request head
     // and replaced as soon as it is closed.
     let churn = (0..300)
         .map(|_| {
-            let (stop, address) = (stop.clone(), addr(&app));
+            let (stop, address, cut) = (stop.clone(), addr(&app), cut.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
                     let socket = TcpSocket::new_v4().expect("a socket");
@@ -421,14 +425,25 @@ async fn one_address_churning_connections_cannot_hold_the_health_reserve() {
                     let _ = stream.write_all(b"GET /health HTTP/1.1\r\n").await;
                     tokio::select! {
                         () = stop.cancelled() => {}
-                        _ = read_until_closed(&mut stream) => {}
+                        _ = read_until_closed(&mut stream) => {
+                            cut.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
             })
         })
         .collect::<Vec<_>>();
-    // The flood holds every place it can before the probes start.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The flood holds every place it can before the probes start: the
+    // server turns its next connections away (the header read timeout
+    // closes none of them).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cut.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never filled its places"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let probes = prober();
     let mut answered = 0;
     for _ in 0..30 {

@@ -612,7 +612,21 @@ async fn a_breaker_reset_brings_a_failed_repository_back_at_once() {
         body["data"]["retried"], 0,
         "no dead event: a scan is retried"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The retry made the repository due now; its scan asks the breaker and
+    // is put off to the end of the cooldown, fetching nothing.
+    let put_off = format!(
+        "id = '{id}' AND next_scan_at = (SELECT cooldown_until FROM breakers \
+         WHERE kind = 'git' AND subject_id = '{id}')"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while app.stored_rows_where("repositories", &put_off).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the retried scan was not put off; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let view = app.repository(&client, &id).await;
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["circuit_breaker"]["status"], "open");

@@ -99,13 +99,31 @@ async fn stored_repositories_the_configuration_now_forbids_are_not_fetched() {
         assert_eq!(view["circuit_breaker"]["consecutive_failures"], 0, "{view}");
     }
     // Scans go on at the pace of the poll (200 ms here) and still fetch
-    // nothing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // nothing: two more of each, every one refused.
+    for _ in 0..2 {
+        scanned_since(&app, &[&local_id, &http_id], actors::clock::now_ms()).await;
+    }
     assert_eq!(server.requests(), requests, "the http:// remote was asked");
     assert_eq!(mirrored_head(&app, &local_id), local_first, "fetched");
     assert_eq!(inbox.arrivals(), delivered, "something was delivered");
     for id in [&local_id, &http_id] {
         assert_eq!(app.repository(&client, id).await["status"], "failed");
+    }
+}
+
+/// Waits (bounded) until each of `repositories` was scanned after `since`
+/// (unix ms).
+async fn scanned_since(app: &TestApp, repositories: &[&String], since: i64) {
+    let ids: Vec<String> = repositories.iter().map(|id| format!("'{id}'")).collect();
+    let scanned = format!("id IN ({}) AND last_scanned_at > {since}", ids.join(", "));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while app.stored_rows_where("repositories", &scanned).await < ids.len() as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scan since {since}; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -148,7 +166,18 @@ async fn a_stored_http_base_url_gets_no_webhook_under_a_stricter_configuration()
     assert_eq!(held.len(), 1, "{events:?}");
     assert_eq!(held[0]["status"], "pending", "{events:?}");
     assert_eq!(held[0]["attempt_count"], 0, "{events:?}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Held for a minute (not the 100 ms of a retry): the refusal is looked
+    // at again then, not sent meanwhile.
+    let next = held[0]["next_attempt_at"]
+        .as_str()
+        .expect("a pending event's next attempt");
+    let next = time::OffsetDateTime::parse(next, &time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339");
+    let held_for = next - time::OffsetDateTime::now_utc();
+    assert!(
+        held_for > time::Duration::seconds(30),
+        "held only until {next}"
+    );
     assert_eq!(
         inbox.arrivals(),
         1,

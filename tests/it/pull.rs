@@ -685,10 +685,30 @@ async fn retention_counts_from_consumption_not_from_when_events_were_written() {
         .await;
     let pull = onboard_pull(&app, "keeper").await;
     watch(&app, &pull, &rig.url()).await;
-    // Written, then left unread well past the retention.
+    // Written, then left unread well past the retention: until a copy
+    // written after it, read and acknowledged at once, is pruned.
     let read = read_stream(&app, &pull.token, None, 1, Duration::from_secs(20)).await;
     assert_eq!(read.messages.len(), 1);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ack = async |token: &str, cursor: &str| {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/api/stream/ack",
+                Some(token),
+                Some(json!({"cursor": cursor})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    };
+    let witness = onboard_pull(&app, "witness").await;
+    watch(&app, &witness, &rig.url()).await;
+    let copy = read_stream(&app, &witness.token, None, 1, Duration::from_secs(20)).await;
+    assert_eq!(copy.messages.len(), 1);
+    ack(&witness.token, &copy.messages[0].id).await;
+    app.wait_for_events(&witness, "", "the acknowledged copy pruned", |e| {
+        e.is_empty()
+    })
+    .await;
     let listed = |status: &'static str| {
         let app = &app;
         let pull = &pull;
@@ -707,15 +727,7 @@ async fn retention_counts_from_consumption_not_from_when_events_were_written() {
     };
     assert_eq!(listed("pending").await, 1, "unread: kept");
     // Consumed now: kept for the retention from now, then pruned.
-    let (status, body) = app
-        .call(
-            Method::POST,
-            "/api/stream/ack",
-            Some(&pull.token),
-            Some(json!({"cursor": read.messages[0].id})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    ack(&pull.token, &read.messages[0].id).await;
     assert_eq!(listed("delivered").await, 1, "consumed: kept for now");
     app.wait_for_events(
         &pull,

@@ -281,7 +281,8 @@ mod tests {
     use super::*;
     use crate::test_support;
 
-    const COOLDOWN: Duration = Duration::from_millis(200);
+    /// Far longer than a test takes: only [`cool_down`] ends it.
+    const COOLDOWN: Duration = Duration::from_secs(60);
 
     async fn store(dir: &std::path::Path) -> Store {
         test_support::store(&test_support::sqlite_url(dir)).await
@@ -329,10 +330,15 @@ mod tests {
         .expect("an answer")
     }
 
-    /// Waits until the breaker's cooldown is over.
+    /// Moves the clock past the breaker's cooldown, without waiting for it.
+    /// Time is paused only for the jump: paused, tokio would also jump to
+    /// the next timer whenever the runtime idles, such as a call's timeout
+    /// while the breaker waits on SQLite's thread.
     async fn cool_down(until: i64) {
         let wait = u64::try_from((until - now_ms()).max(0)).unwrap_or(0) + 5;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(wait)).await;
+        tokio::time::resume();
     }
 
     #[tokio::test]
@@ -373,7 +379,7 @@ mod tests {
             .expect("query")
             .expect("persisted");
         let cooldown = row.cooldown_until.expect("until") - row.opened_at.expect("opened");
-        assert_eq!(cooldown, 2 * 200, "the cooldown doubled");
+        assert_eq!(cooldown, 2 * millis(COOLDOWN), "the cooldown doubled");
 
         // A new actor (a restart, another instance) starts from the stored
         // state: still open, until the same time.
