@@ -44,7 +44,7 @@ pub mod subscription;
 
 pub use status::{
     AccessState, AppStatus, BreakerKind, BreakerStatus, BulkKind, BulkStatus, DeliveryMode,
-    DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, ScanEnd, SubscriptionStatus,
+    DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, Provider, ScanEnd, SubscriptionStatus,
 };
 
 pub mod prelude {

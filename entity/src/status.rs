@@ -275,6 +275,30 @@ named!(HookStatus {
     Invalid => "invalid",
 });
 
+/// The git host that sent an inbound push hook (`inbound_hooks.provider`),
+/// named as in its URL (`/hooks/{name}`) and in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum Provider {
+    #[sea_orm(string_value = "github")]
+    GitHub,
+    #[sea_orm(string_value = "gitlab")]
+    GitLab,
+    /// Gitea and Forgejo (which sends Gitea's headers and its own).
+    #[sea_orm(string_value = "gitea")]
+    Gitea,
+    /// Bitbucket Cloud.
+    #[sea_orm(string_value = "bitbucket")]
+    Bitbucket,
+}
+
+named!(Provider {
+    GitHub => "github",
+    GitLab => "gitlab",
+    Gitea => "gitea",
+    Bitbucket => "bitbucket",
+});
+
 /// Where a circuit breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(
@@ -426,7 +450,8 @@ mod tests {
             HookStatus,
             BulkStatus,
             BulkKind,
-            BreakerKind
+            BreakerKind,
+            Provider
         );
         for class in ErrorClass::iter() {
             assert_eq!(ErrorClass::parse(class.as_str()), Some(class));
