@@ -342,7 +342,12 @@ named!(BreakerKind {
 
 /// Why an attempt (a webhook or a git operation) failed, as stored in an
 /// attempt's and a breaker's `error_class` and shown by the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
 pub enum ErrorClass {
     /// No answer (or no git reply) in time.
     Timeout,
@@ -451,11 +456,9 @@ mod tests {
             BulkStatus,
             BulkKind,
             BreakerKind,
-            Provider
+            Provider,
+            ErrorClass
         );
-        for class in ErrorClass::iter() {
-            assert_eq!(ErrorClass::parse(class.as_str()), Some(class));
-        }
         for outcome in DeliveryOutcome::iter() {
             assert_eq!(DeliveryOutcome::parse(outcome.as_str()), Some(outcome));
         }

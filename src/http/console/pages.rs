@@ -156,7 +156,7 @@ pub async fn dead_events(
                                     td {
                                         @match &d.last_attempt {
                                             Some(a) => {
-                                                @match a.status_code { Some(code) => { "HTTP " (code) }, None => { (a.error_class.as_deref().unwrap_or("no answer")) } }
+                                                @match a.status_code { Some(code) => { "HTTP " (code) }, None => { (a.error_class.map_or("no answer", entity::ErrorClass::as_str)) } }
                                                 br; (when(a.attempted_at))
                                             },
                                             None => { span.muted { "none recorded" } },
