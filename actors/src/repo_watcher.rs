@@ -411,7 +411,7 @@ async fn scan_claimed(
         branch: Some(repo.branch.clone()).filter(|b| !b.is_empty()),
         known_head: repo.head_commit.clone(),
         manifest: None,
-        snapshot_id: SnapshotId::generate().into_string(),
+        snapshot_id: SnapshotId::generate(),
         unpin: store.settled_snapshots(repository).await?,
         lfs: config.lfs,
         expand_submodules: repo.expand_submodules,
@@ -446,7 +446,7 @@ async fn scan_claimed(
     if outcome.is_ok() && !job.unpin.is_empty() {
         store.mark_unpinned(&job.unpin).await?;
     }
-    let snapshot = SnapshotId::parse(&job.snapshot_id).expect("generated above");
+    let snapshot = job.snapshot_id.clone();
     match outcome.map(|found| snapshot_advance(found, repository, &fence, snapshot, next_scan_at)) {
         Ok(Ok(advance)) => {
             remote_breaker.succeeded().await;
