@@ -299,6 +299,30 @@ named!(Provider {
     Bitbucket => "bitbucket",
 });
 
+/// How an app's retries are spaced (`apps.backoff_policy`; docs/webhooks.md,
+/// Retries and backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum BackoffPolicy {
+    Fixed,
+    Linear,
+    Exponential,
+    ExpFullJitter,
+    ExpEqualJitter,
+}
+
+named!(BackoffPolicy {
+    Fixed => "fixed",
+    Linear => "linear",
+    Exponential => "exponential",
+    ExpFullJitter => "exp_full_jitter",
+    ExpEqualJitter => "exp_equal_jitter",
+});
+
 /// Where a circuit breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(
@@ -457,7 +481,8 @@ mod tests {
             BulkKind,
             BreakerKind,
             Provider,
-            ErrorClass
+            ErrorClass,
+            BackoffPolicy
         );
         for outcome in DeliveryOutcome::iter() {
             assert_eq!(DeliveryOutcome::parse(outcome.as_str()), Some(outcome));

@@ -318,7 +318,7 @@ fn backoff(app: &entity::app::Model) -> String {
         ms.and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
     };
-    match app.backoff_policy.as_deref() {
+    match app.backoff_policy.map(entity::BackoffPolicy::as_str) {
         None => "the default (delivery.backoff)".to_owned(),
         Some(policy) => match (span(app.backoff_base_ms), span(app.backoff_max_ms)) {
             (Some(base), Some(max)) => format!("{policy}, from {base} up to {max}"),
