@@ -458,7 +458,7 @@ fn scan_only(mirror: &Path, url: &str, known_head: Option<&str>) -> Duration {
         branch: Some(BRANCH.into()),
         known_head: known_head.map(str::to_owned),
         manifest: None,
-        snapshot_id: SnapshotId::generate().into_string(),
+        snapshot_id: SnapshotId::generate(),
         unpin: Vec::new(),
         lfs: true,
         expand_submodules: false,

@@ -175,7 +175,11 @@ pub fn globs(field: &'static str, raw: &[String]) -> Result<Vec<String>, Invalid
 /// An app's retry backoff: a policy name (docs/webhooks.md, Retries and
 /// backoff) and two durations (`"500ms"`, `"1h"`), returned as (policy, base
 /// ms, cap ms).
-pub fn backoff(policy: &str, base: &str, max: &str) -> Result<(String, i64, i64), Invalid> {
+pub fn backoff(
+    policy: &str,
+    base: &str,
+    max: &str,
+) -> Result<(actors::backoff::Policy, i64, i64), Invalid> {
     const POLICIES: &str = "fixed, linear, exponential, exp_full_jitter or exp_equal_jitter";
     let policy = actors::backoff::Policy::parse(policy.trim())
         .ok_or_else(|| invalid("backoff.policy", format!("must be one of {POLICIES}")))?;
@@ -200,7 +204,7 @@ pub fn backoff(policy: &str, base: &str, max: &str) -> Result<(String, i64, i64)
             "must be at least backoff.base and at most 7d",
         ));
     }
-    Ok((policy.as_str().to_owned(), base, max))
+    Ok((policy, base, max))
 }
 
 /// An app's delivery window: how many webhooks of one subscription may be

@@ -7,37 +7,8 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Fixed,
-    Linear,
-    Exponential,
-    ExpFullJitter,
-    ExpEqualJitter,
-}
-
-impl Policy {
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "fixed" => Policy::Fixed,
-            "linear" => Policy::Linear,
-            "exponential" => Policy::Exponential,
-            "exp_full_jitter" => Policy::ExpFullJitter,
-            "exp_equal_jitter" => Policy::ExpEqualJitter,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Fixed => "fixed",
-            Policy::Linear => "linear",
-            Policy::Exponential => "exponential",
-            Policy::ExpFullJitter => "exp_full_jitter",
-            Policy::ExpEqualJitter => "exp_equal_jitter",
-        }
-    }
-}
+/// The five policies, stored as an app's `backoff_policy`.
+pub use entity::BackoffPolicy as Policy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -52,11 +23,7 @@ impl Backoff {
     pub fn of_app(app: &entity::app::Model, default: Backoff) -> Backoff {
         let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         Backoff {
-            policy: app
-                .backoff_policy
-                .as_deref()
-                .and_then(Policy::parse)
-                .unwrap_or(default.policy),
+            policy: app.backoff_policy.unwrap_or(default.policy),
             base: app.backoff_base_ms.map_or(default.base, millis),
             cap: app.backoff_max_ms.map_or(default.cap, millis),
         }

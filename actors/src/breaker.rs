@@ -70,7 +70,7 @@ pub fn on_failure(
         probe_until: None,
     });
     row.consecutive_failures = row.consecutive_failures.saturating_add(1);
-    row.last_error_class = Some(error_class.as_str().to_owned());
+    row.last_error_class = Some(error_class);
     row.last_error = Some(error.to_owned());
     row.updated_at = now;
     let base = crate::clock::millis(policy.cooldown);

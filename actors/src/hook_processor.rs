@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::ids::{HookId, RepoId};
-use crate::inbound::{BranchMove, Provider, Push, RemoteKey, Trigger, interpret};
+use crate::inbound::{BranchMove, Push, RemoteKey, Trigger, interpret};
 use crate::owned::OwnedTask;
 use crate::signals::ScanRequests;
 use crate::store::inbound::HookResult;
@@ -170,7 +170,7 @@ async fn drain(store: &Store, scans: &ScanRequests) -> Result<(), StoreError> {
 /// as `accepted`, one whose body could not be read as `invalid`, at WARN.
 fn record(hook: &entity::inbound_hook::Model, outcome: &HookResult) {
     // A bounded label: only providers Herald stores.
-    let provider = Provider::parse(&hook.provider).map_or("other", Provider::as_str);
+    let provider = hook.provider.as_str();
     let counted = if outcome.status == entity::HookStatus::Invalid {
         warn!(
             hook = %hook.id,
@@ -213,14 +213,7 @@ async fn decide(
     store: &Store,
     hook: &entity::inbound_hook::Model,
 ) -> Result<HookResult, StoreError> {
-    let Some(provider) = Provider::parse(&hook.provider) else {
-        return Ok(HookResult {
-            status: entity::HookStatus::Invalid,
-            result: format!("unknown provider `{}`", hook.provider),
-            due: Vec::new(),
-        });
-    };
-    let push = match interpret(provider, &hook.event_type, &hook.body) {
+    let push = match interpret(hook.provider, &hook.event_type, &hook.body) {
         Ok(Trigger::Push(push)) => push,
         Ok(Trigger::Ignore(reason)) => return Ok(ignored(reason)),
         Err(err) => {

@@ -20,40 +20,30 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-/// The git hosts whose push webhooks Herald understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    GitHub,
-    GitLab,
-    /// Gitea and Forgejo (which sends Gitea's headers and its own).
-    Gitea,
-    /// Bitbucket Cloud.
-    Bitbucket,
+/// The git hosts whose push webhooks Herald understands: the type stored in
+/// `inbound_hooks.provider`; what each one sends is [`ProviderRules`].
+pub use entity::Provider;
+
+/// How each git host sends its hooks: the headers it uses, which events it
+/// sends as pushes, what it signs.
+pub trait ProviderRules: Copy {
+    /// The headers carrying the event's type, the first one present wins.
+    fn event_headers(self) -> &'static [&'static str];
+    /// The headers carrying the delivery's unique id (the same on redeliveries).
+    fn delivery_headers(self) -> &'static [&'static str];
+    /// The headers carrying the signature (GitHub, Gitea, Bitbucket) or the
+    /// token (GitLab).
+    fn signature_headers(self) -> &'static [&'static str];
+    /// What to do with an event of this type, known from its header alone.
+    fn classify(self, event_type: &str) -> EventClass;
+    /// Whether the provider signs the JSON payload (Gitea and Forgejo, also
+    /// when they send it as a form) rather than the raw body (GitHub,
+    /// Bitbucket). GitLab sends a token and signs nothing.
+    fn signs_payload(self) -> bool;
 }
 
-impl Provider {
-    /// The name in the URL (`/hooks/{name}`), in the database and in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::GitHub => "github",
-            Provider::GitLab => "gitlab",
-            Provider::Gitea => "gitea",
-            Provider::Bitbucket => "bitbucket",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "github" => Some(Provider::GitHub),
-            "gitlab" => Some(Provider::GitLab),
-            "gitea" => Some(Provider::Gitea),
-            "bitbucket" => Some(Provider::Bitbucket),
-            _ => None,
-        }
-    }
-
-    /// The headers carrying the event's type, the first one present wins.
-    pub fn event_headers(self) -> &'static [&'static str] {
+impl ProviderRules for Provider {
+    fn event_headers(self) -> &'static [&'static str] {
         match self {
             Provider::GitHub => &["x-github-event"],
             Provider::GitLab => &["x-gitlab-event"],
@@ -62,8 +52,7 @@ impl Provider {
         }
     }
 
-    /// The headers carrying the delivery's unique id (the same on redeliveries).
-    pub fn delivery_headers(self) -> &'static [&'static str] {
+    fn delivery_headers(self) -> &'static [&'static str] {
         match self {
             Provider::GitHub => &["x-github-delivery"],
             Provider::GitLab => &["x-gitlab-event-uuid"],
@@ -72,9 +61,7 @@ impl Provider {
         }
     }
 
-    /// The headers carrying the signature (GitHub, Gitea, Bitbucket) or the
-    /// token (GitLab).
-    pub fn signature_headers(self) -> &'static [&'static str] {
+    fn signature_headers(self) -> &'static [&'static str] {
         match self {
             Provider::GitHub => &["x-hub-signature-256"],
             Provider::GitLab => &["x-gitlab-token"],
@@ -83,8 +70,7 @@ impl Provider {
         }
     }
 
-    /// What to do with an event of this type, known from its header alone.
-    pub fn classify(self, event_type: &str) -> EventClass {
+    fn classify(self, event_type: &str) -> EventClass {
         let event = event_type.trim();
         let is = |name: &str| event.eq_ignore_ascii_case(name);
         match self {
@@ -102,10 +88,7 @@ impl Provider {
         }
     }
 
-    /// Whether the provider signs the JSON payload (Gitea and Forgejo, also
-    /// when they send it as a form) rather than the raw body (GitHub,
-    /// Bitbucket). GitLab sends a token and signs nothing.
-    pub fn signs_payload(self) -> bool {
+    fn signs_payload(self) -> bool {
         matches!(self, Provider::Gitea)
     }
 }
@@ -141,7 +124,7 @@ pub fn json_payload(form: bool, body: &[u8]) -> Option<std::borrow::Cow<'_, [u8]
 type HmacSha256 = Hmac<Sha256>;
 
 /// Checks a hook's signature or token against the configured secret, over
-/// the signed bytes ([`Provider::signs_payload`]), in constant time.
+/// the signed bytes ([`ProviderRules::signs_payload`]), in constant time.
 /// `signature` is the provider's header.
 ///
 /// - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.

@@ -36,7 +36,7 @@ use crate::store::leases::{LeaseToken, ScanFence};
 use crate::store::outbox::{GitFailureRecord, SnapshotAdvance};
 use crate::store::scans::ScanRecord;
 use crate::store::{Store, StoreError};
-use crate::telemetry::{self, scan_outcome};
+use crate::telemetry;
 
 /// Settings every watcher shares.
 #[derive(Debug, Clone)]
@@ -411,7 +411,7 @@ async fn scan_claimed(
         branch: Some(repo.branch.clone()).filter(|b| !b.is_empty()),
         known_head: repo.head_commit.clone(),
         manifest: None,
-        snapshot_id: SnapshotId::generate().into_string(),
+        snapshot_id: SnapshotId::generate(),
         unpin: store.settled_snapshots(repository).await?,
         lfs: config.lfs,
         expand_submodules: repo.expand_submodules,
@@ -446,7 +446,7 @@ async fn scan_claimed(
     if outcome.is_ok() && !job.unpin.is_empty() {
         store.mark_unpinned(&job.unpin).await?;
     }
-    let snapshot = SnapshotId::parse(&job.snapshot_id).expect("generated above");
+    let snapshot = job.snapshot_id.clone();
     match outcome.map(|found| snapshot_advance(found, repository, &fence, snapshot, next_scan_at)) {
         Ok(Ok(advance)) => {
             remote_breaker.succeeded().await;
@@ -463,7 +463,7 @@ async fn scan_claimed(
             log.ended(end, Some(commit.clone()), changes, result.events, None)
                 .await;
             if !moved {
-                telemetry::scan_finished(scan_outcome::UNCHANGED, started.elapsed());
+                telemetry::scan_finished(ScanEnd::Unchanged, started.elapsed());
                 if result.events == 0 {
                     return Ok(ScanReport::Unchanged);
                 }
@@ -473,7 +473,7 @@ async fn scan_claimed(
                     events: result.events,
                 });
             }
-            telemetry::scan_finished(scan_outcome::CHANGED, started.elapsed());
+            telemetry::scan_finished(ScanEnd::Changed, started.elapsed());
             if result.events > 0 {
                 config.signal.notify();
             }
@@ -499,7 +499,7 @@ async fn scan_claimed(
         }
         Ok(Err(NoSnapshot::NeedsManifest)) => Ok(ScanReport::Skipped("manifest still missing")),
         Err(err) => {
-            telemetry::scan_finished(scan_outcome::FAILED, started.elapsed());
+            telemetry::scan_finished(ScanEnd::Failed, started.elapsed());
             log.ended(ScanEnd::Failed, None, 0, 0, Some(err.message.clone()))
                 .await;
             record_failure(

@@ -15,6 +15,7 @@ use ignore::gitignore::Gitignore;
 
 use crate::changes::{self, ChangeError, ModuleSource, Modules, Reading, TreeDelta};
 use crate::git::{self, Credentials, GitError, GitFailure, Mirror, RemoteHead, RemoteSpec};
+use crate::ids::SnapshotId;
 
 /// One subscriber's credential, as a scan uses or checks it.
 #[derive(Debug, Clone)]
@@ -66,7 +67,7 @@ pub struct ScanJob {
     /// missing from the mirror (first scan, history rewrite, rebuilt mirror).
     pub manifest: Option<HashMap<String, String>>,
     /// The id the new snapshot will get, pinned in the mirror.
-    pub snapshot_id: String,
+    pub snapshot_id: SnapshotId,
     /// Snapshots whose events are all settled: their pins can go.
     pub unpin: Vec<String>,
     /// LFS pointers are described by their objects (`git.lfs`).
@@ -354,7 +355,7 @@ fn scan_with(
         ),
         (None, None, Some(_)) => return Ok(ScanOutcome::NeedsManifest),
     };
-    mirror.pin(&job.snapshot_id, commit)?;
+    mirror.pin(job.snapshot_id.as_str(), commit)?;
     if job.expand_submodules {
         modules.keep_needed();
     }

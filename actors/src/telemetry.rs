@@ -64,13 +64,6 @@ impl Injector for Traceparent<'_> {
     }
 }
 
-/// Scan outcomes (`herald_scans_total{outcome}`).
-pub mod scan_outcome {
-    pub const CHANGED: &str = "changed";
-    pub const UNCHANGED: &str = "unchanged";
-    pub const FAILED: &str = "failed";
-}
-
 /// The W3C `traceparent` of `span`; `None` when no OpenTelemetry layer gives
 /// it a trace context.
 pub fn traceparent(span: &Span) -> Option<String> {
@@ -133,8 +126,10 @@ pub fn outgoing_traceparent(span: &Span, persisted: Option<&str>) -> String {
 }
 
 /// A scan ended (not counted: scans skipped for a lease or an open breaker).
-/// Also recorded on the current span, the scan's.
-pub fn scan_finished(outcome: &'static str, elapsed: Duration) {
+/// Also recorded on the current span, the scan's. `outcome` is the label
+/// of `herald_scans_total` and `herald_scan_duration_seconds`.
+pub fn scan_finished(outcome: entity::ScanEnd, elapsed: Duration) {
+    let outcome = outcome.as_str();
     Span::current().record("outcome", outcome);
     metrics::counter!("herald_scans_total", "outcome" => outcome).increment(1);
     metrics::histogram!("herald_scan_duration_seconds", "outcome" => outcome)

@@ -17,7 +17,7 @@ pub struct Model {
     pub token_lookup: String,
     pub token_hash: String,
     pub status: crate::AppStatus,
-    pub backoff_policy: Option<String>,
+    pub backoff_policy: Option<crate::BackoffPolicy>,
     pub backoff_base_ms: Option<i64>,
     pub backoff_max_ms: Option<i64>,
     pub notify_synced: bool,

@@ -16,9 +16,8 @@ pub struct Model {
     pub openings: i32,
     pub opened_at: Option<i64>,
     pub cooldown_until: Option<i64>,
-    /// An [`ErrorClass`](crate::ErrorClass) name (a column of words, so a
-    /// class a later version adds reads back everywhere).
-    pub last_error_class: Option<String>,
+    /// Why the last failure failed, stored as its class's name.
+    pub last_error_class: Option<crate::ErrorClass>,
     pub last_error: Option<String>,
     pub updated_at: i64,
     /// After the cooldown, the one probe in flight runs until this time

@@ -10,7 +10,7 @@ pub struct Model {
     pub attempted_at: i64,
     pub status_code: Option<i32>,
     pub latency_ms: i64,
-    pub error_class: Option<String>,
+    pub error_class: Option<crate::ErrorClass>,
     pub response_excerpt: Option<String>,
     /// The `webhook-timestamp` the request was signed with (Unix seconds);
     /// `None` when no request went out, and for attempts recorded before it

@@ -6,7 +6,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    pub provider: String,
+    pub provider: crate::Provider,
     pub delivery_id: String,
     pub event_type: String,
     pub body: Vec<u8>,

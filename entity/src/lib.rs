@@ -43,8 +43,9 @@ pub mod status;
 pub mod subscription;
 
 pub use status::{
-    AccessState, AppStatus, BreakerKind, BreakerStatus, BulkKind, BulkStatus, DeliveryMode,
-    DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, ScanEnd, SubscriptionStatus,
+    AccessState, AppStatus, BackoffPolicy, BreakerKind, BreakerStatus, BulkKind, BulkStatus,
+    DeliveryMode, DeliveryOutcome, ErrorClass, EventKind, EventStatus, HookStatus, Provider,
+    ScanEnd, SubscriptionStatus,
 };
 
 pub mod prelude {

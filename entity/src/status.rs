@@ -275,6 +275,54 @@ named!(HookStatus {
     Invalid => "invalid",
 });
 
+/// The git host that sent an inbound push hook (`inbound_hooks.provider`),
+/// named as in its URL (`/hooks/{name}`) and in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum Provider {
+    #[sea_orm(string_value = "github")]
+    GitHub,
+    #[sea_orm(string_value = "gitlab")]
+    GitLab,
+    /// Gitea and Forgejo (which sends Gitea's headers and its own).
+    #[sea_orm(string_value = "gitea")]
+    Gitea,
+    /// Bitbucket Cloud.
+    #[sea_orm(string_value = "bitbucket")]
+    Bitbucket,
+}
+
+named!(Provider {
+    GitHub => "github",
+    GitLab => "gitlab",
+    Gitea => "gitea",
+    Bitbucket => "bitbucket",
+});
+
+/// How an app's retries are spaced (`apps.backoff_policy`; docs/webhooks.md,
+/// Retries and backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
+pub enum BackoffPolicy {
+    Fixed,
+    Linear,
+    Exponential,
+    ExpFullJitter,
+    ExpEqualJitter,
+}
+
+named!(BackoffPolicy {
+    Fixed => "fixed",
+    Linear => "linear",
+    Exponential => "exponential",
+    ExpFullJitter => "exp_full_jitter",
+    ExpEqualJitter => "exp_equal_jitter",
+});
+
 /// Where a circuit breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(
@@ -318,7 +366,12 @@ named!(BreakerKind {
 
 /// Why an attempt (a webhook or a git operation) failed, as stored in an
 /// attempt's and a breaker's `error_class` and shown by the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(
+    rs_type = "String",
+    db_type = "String(StringLen::None)",
+    rename_all = "snake_case"
+)]
 pub enum ErrorClass {
     /// No answer (or no git reply) in time.
     Timeout,
@@ -426,11 +479,11 @@ mod tests {
             HookStatus,
             BulkStatus,
             BulkKind,
-            BreakerKind
+            BreakerKind,
+            Provider,
+            ErrorClass,
+            BackoffPolicy
         );
-        for class in ErrorClass::iter() {
-            assert_eq!(ErrorClass::parse(class.as_str()), Some(class));
-        }
         for outcome in DeliveryOutcome::iter() {
             assert_eq!(DeliveryOutcome::parse(outcome.as_str()), Some(outcome));
         }

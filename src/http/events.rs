@@ -149,7 +149,7 @@ impl From<&delivery_attempt::Model> for AttemptView {
             chunk_index: a.chunk_index,
             status_code: a.status_code,
             latency_ms: a.latency_ms,
-            error_class: a.error_class.clone(),
+            error_class: a.error_class.map(|class| class.to_string()),
             response_excerpt: a.response_excerpt.clone(),
         }
     }

@@ -46,7 +46,7 @@ impl HookQuery {
     fn filter(&self) -> Result<HookFilter, ApiError> {
         let provider = match self.provider.as_deref() {
             None => None,
-            Some(raw) => Some(Provider::parse(raw).map(Provider::as_str).ok_or_else(|| {
+            Some(raw) => Some(Provider::parse(raw).ok_or_else(|| {
                 ApiError::BadRequest(
                     "provider must be github, gitlab, gitea or bitbucket".to_owned(),
                 )
@@ -100,7 +100,7 @@ impl From<&HookSummary> for HookView {
     fn from(hook: &HookSummary) -> Self {
         Self {
             hook_id: hook.id.clone(),
-            provider: hook.provider.clone(),
+            provider: hook.provider.to_string(),
             delivery_id: hook.delivery_id.clone(),
             event_type: hook.event_type.clone(),
             received_at: rfc3339_ms(hook.received_at),

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use actors::inbound::{self, EventClass, Provider};
+use actors::inbound::{self, EventClass, Provider, ProviderRules};
 use actors::store::inbound::{NewHook, Stored};
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
@@ -385,7 +385,7 @@ async fn handle(
     let stored = state
         .store
         .store_hook(NewHook {
-            provider: provider.as_str(),
+            provider,
             delivery_id: delivery_id.clone(),
             event_type: event_type.to_owned(),
             // Always the JSON, also when it came as a form.

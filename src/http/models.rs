@@ -3,7 +3,7 @@
 
 use actors::clock::rfc3339_ms;
 use actors::store::apps::DeliveryWindow;
-use actors::store::subscriptions::SubscriptionView;
+use actors::store::subscriptions::{Globs, SubscriptionView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -302,6 +302,20 @@ impl From<&SubscriptionView> for RepositoryView {
                 cooldown_until: b.cooldown_until.map(rfc3339_ms),
             },
         );
+        // A row whose globs cannot be read shows as the failed subscription
+        // it is (its next scan records it so), never as one without filters.
+        let (globs, status, last_error) = match view.globs() {
+            Ok(globs) => (
+                globs,
+                view.subscription.status.to_string(),
+                view.subscription.last_error.clone(),
+            ),
+            Err(corrupt) => (
+                Globs::default(),
+                entity::SubscriptionStatus::Failed.to_string(),
+                Some(corrupt.to_string()),
+            ),
+        };
         Self {
             repository_id: view.repository.id.clone(),
             github_url: view.repository.url.clone(),
@@ -310,13 +324,13 @@ impl From<&SubscriptionView> for RepositoryView {
             branch: view.branch().map(str::to_owned),
             is_private: view.is_private(),
             expand_submodules: view.repository.expand_submodules,
-            status: view.subscription.status.to_string(),
+            status,
             created_at: rfc3339_ms(view.subscription.created_at),
             last_synced_commit: view.subscription.last_synced_commit.clone(),
-            last_error: view.subscription.last_error.clone(),
+            last_error,
             retry_count: view.subscription.retry_count,
-            include: view.include(),
-            exclude: view.exclude(),
+            include: globs.include,
+            exclude: globs.exclude,
             circuit_breaker: breaker,
             pending_events: view.pending_events,
             failed_events: view.failed_events,

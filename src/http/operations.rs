@@ -4,15 +4,13 @@
 //! subscription, reset a repository's git breaker. Every body is wrapped in
 //! `{"data": …}` like the rest of the admin API.
 
-use std::collections::HashMap;
-
 use actors::clock::now_ms;
 use actors::ids::{AppId, EventId, OperationId, RepoId};
 use actors::scheduler::SchedulerMsg;
 use actors::store::bulk::BulkStart;
 use actors::store::events::{EventFilter, Lever};
 use actors::store::operations::BreakerReset;
-use entity::BreakerKind;
+use entity::{AppStatus, BreakerKind, EventStatus, SubscriptionStatus};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -153,10 +151,6 @@ fn json<T: Serialize>(body: &T) -> Response {
     warp::reply::json(body).into_response()
 }
 
-fn count(map: &HashMap<String, u64>, key: &str) -> u64 {
-    map.get(key).copied().unwrap_or(0)
-}
-
 fn invalid(field: &'static str, message: &str) -> ApiError {
     ApiError::Invalid(Invalid {
         field,
@@ -174,16 +168,16 @@ fn invalid(field: &'static str, message: &str) -> ApiError {
 pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
     let o = state.store.overview(true).await?;
     let events = EventCounts {
-        total: o.events.values().sum(),
-        pending: count(&o.events, entity::EventStatus::Pending.as_str()),
-        delivered: count(&o.events, entity::EventStatus::Delivered.as_str()),
-        dead: count(&o.events, entity::EventStatus::Dead.as_str()),
-        skipped: count(&o.events, entity::EventStatus::Skipped.as_str()),
+        total: o.events.total(),
+        pending: o.events.get(EventStatus::Pending),
+        delivered: o.events.get(EventStatus::Delivered),
+        dead: o.events.get(EventStatus::Dead),
+        skipped: o.events.get(EventStatus::Skipped),
     };
     let apps = AppCounts {
-        total: o.apps.values().sum(),
-        active: count(&o.apps, entity::AppStatus::Active.as_str()),
-        disabled: count(&o.apps, entity::AppStatus::Disabled.as_str()),
+        total: o.apps.total(),
+        active: o.apps.get(AppStatus::Active),
+        disabled: o.apps.get(AppStatus::Disabled),
     };
     let body = OverviewBody {
         total_apps: apps.total,
@@ -194,33 +188,18 @@ pub(crate) async fn overview(state: AppState) -> Result<Response, ApiError> {
         apps,
         repositories: o.repositories,
         subscriptions: SubscriptionCounts {
-            total: o.subscriptions.values().sum(),
-            pending_snapshot: count(
-                &o.subscriptions,
-                entity::SubscriptionStatus::PendingSnapshot.as_str(),
-            ),
-            syncing: count(
-                &o.subscriptions,
-                entity::SubscriptionStatus::Syncing.as_str(),
-            ),
-            synced: count(
-                &o.subscriptions,
-                entity::SubscriptionStatus::Synced.as_str(),
-            ),
-            failed: count(
-                &o.subscriptions,
-                entity::SubscriptionStatus::Failed.as_str(),
-            ),
-            paused: count(
-                &o.subscriptions,
-                entity::SubscriptionStatus::Paused.as_str(),
-            ),
+            total: o.subscriptions.total(),
+            pending_snapshot: o.subscriptions.get(SubscriptionStatus::PendingSnapshot),
+            syncing: o.subscriptions.get(SubscriptionStatus::Syncing),
+            synced: o.subscriptions.get(SubscriptionStatus::Synced),
+            failed: o.subscriptions.get(SubscriptionStatus::Failed),
+            paused: o.subscriptions.get(SubscriptionStatus::Paused),
         },
         events,
         in_flight: o.in_flight,
         breakers_open: BreakerCounts {
-            git: count(&o.open_breakers, BreakerKind::Git.as_str()),
-            delivery: count(&o.open_breakers, BreakerKind::Delivery.as_str()),
+            git: o.open_breakers.get(BreakerKind::Git),
+            delivery: o.open_breakers.get(BreakerKind::Delivery),
         },
     };
     Ok(json(&OverviewResponse { data: body }))

@@ -160,6 +160,7 @@ fn replay_error(failure: ReplayFailure) -> ApiError {
         (status = 400, description = "Malformed JSON", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
         (status = 404, description = "Not registered for this app", body = super::error::ErrorBody),
+        (status = 409, description = "The subscription's stored include or exclude globs cannot be read (it is failed, with that error): delete it and register the repository again. Nothing is written", body = super::error::ErrorBody),
         (status = 422, description = "A field is not a commit SHA (`validation_failed`); a commit is in neither Herald's copy nor the remote, e.g. after a history rewrite (`commit_not_found`); the diff exceeds 10,000 events, or alone exceeds the app's limit of waiting events or its hourly replay bytes (`replay_too_large`); or this subscription's credential cannot read the repository (`repository_access_denied`). Nothing is written", body = super::error::ErrorBody),
         (status = 429, description = "A replay quota of the app is spent for now; retry after `Retry-After` seconds. `replay_in_progress`: another of its replays is under way (`replay.max_concurrent_per_app`); `too_many_waiting_events`: its events waiting for delivery would pass `replay.max_waiting_events_per_app`; `replay_budget_spent`: its replays wrote `replay.max_bytes_per_hour_per_app` bytes within the last hour (`Retry-After`: when enough of it frees); `rate_limited`: the app's request budget. Nothing is written", body = super::error::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
@@ -187,6 +188,10 @@ pub(crate) async fn start(
                 .to_owned(),
         ));
     }
+    // A corrupt row never replays as "no filter".
+    let globs = view
+        .globs()
+        .map_err(|corrupt| ApiError::Conflict(corrupt.to_string()))?;
     let replay_id = ReplayId::generate();
     let quotas = quotas(&state);
     state
@@ -219,8 +224,8 @@ pub(crate) async fn start(
             from,
             to,
             replay_id: replay_id.clone(),
-            include: view.include(),
-            exclude: view.exclude(),
+            include: globs.include,
+            exclude: globs.exclude,
             resolve_lfs: app.resolve_lfs,
         })
         .await

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gitserver::{GitDaemon, HttpGitServer, Served, TestRepo};
-use crate::helpers::{OutboxEvent, Rig, TestApp, TestClient, assert_error};
+use crate::helpers::{OutboxEvent, Rig, TestApp, TestClient, assert_error, onboard};
 
 fn sha(content: &[u8]) -> String {
     hex(&Sha256::digest(content))
@@ -517,6 +517,115 @@ async fn filters_are_per_subscription_and_apps_share_one_fetch() {
     assert!(
         (1..=2).contains(&fetched),
         "one fetch for both apps: {fetched} upload-pack requests"
+    );
+}
+
+/// A subscription row whose globs no longer read back (a bug, a hand
+/// edit) is never read as "no filter": the next scan fails it with the
+/// reason, it gets no events, and a file outside its filter never reaches
+/// its app.
+#[tokio::test]
+async fn a_corrupt_glob_row_fails_its_subscription_instead_of_widening_it() {
+    use sea_orm::ConnectionTrait as _;
+
+    let repo = TestRepo::new("main");
+    repo.write("docs/a.md", "a\n");
+    repo.write("src/main.rs", "fn main() {}\n");
+    let first = repo.commit("first");
+    let rig = Rig::serve(&repo).await;
+    let app = engine().await;
+    let client = onboard(&app, &rig.receiver, "acme").await;
+    let id = watch(
+        &app,
+        &client,
+        json!({"url": rig.url(), "include": ["docs/**"]}),
+    )
+    .await;
+    app.wait_for_commit(&client, &id, &first).await;
+    rig.receiver
+        .wait_for("the initial snapshot", |r| r.len() == 1)
+        .await;
+
+    // The include column cut short: no longer a JSON list.
+    let db = app.database().await;
+    let corrupted = db
+        .execute_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "UPDATE subscriptions SET include = '[\"docs/**\"'",
+        ))
+        .await
+        .expect("the row is written");
+    assert_eq!(corrupted.rows_affected(), 1);
+    db.close().await.ok();
+
+    repo.write("docs/b.md", "b\n");
+    repo.write("src/lib.rs", "\n");
+    let second = repo.commit("second");
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+    // The scan that read the row advances the repository in the same
+    // transaction as it fails the subscription.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let advanced = format!("head_commit = '{second}'");
+    while app.stored_rows_where("repositories", &advanced).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second commit was never scanned; logs:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let reason = "the subscription's stored include globs cannot be read";
+    assert_eq!(
+        app.stored_rows_where(
+            "subscriptions",
+            "status = 'failed' AND last_error LIKE '%stored include globs cannot be read%'"
+        )
+        .await,
+        1,
+        "the row itself is failed with the reason"
+    );
+    let view = app.repository(&client, &id).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    let error = view["last_error"].as_str().expect("a reason");
+    assert!(error.starts_with(reason), "{error}");
+    assert_eq!(view["last_synced_commit"], first.as_str(), "{view}");
+
+    // A few more scans (every 200 ms) change nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let outbox = app.outbox(&client, &id).await;
+    assert_eq!(
+        outbox.iter().map(|e| e.path.as_deref()).collect::<Vec<_>>(),
+        [Some("docs/a.md")],
+        "no event after the row was corrupted: {outbox:#?}"
+    );
+    // A replay is refused rather than run without the filter.
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/repositories/{id}/replay"),
+            Some(&client.token),
+            Some(json!({"from": first, "to": second})),
+        )
+        .await;
+    assert_eq!(
+        assert_error(status, &body, StatusCode::CONFLICT),
+        "conflict"
+    );
+    let delivered: Vec<String> = rig
+        .receiver
+        .received()
+        .iter()
+        .map(|r| {
+            r.json()["file"]["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        ["docs/a.md"],
+        "nothing outside the filter, nothing after"
     );
 }
 

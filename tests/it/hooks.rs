@@ -694,7 +694,7 @@ async fn a_hook_stored_before_a_crash_is_processed_after_the_restart() {
     let store = actors::test_support::connect(&database_url(dir.path(), &database)).await;
     let stored = store
         .store_hook(actors::store::inbound::NewHook {
-            provider: "github",
+            provider: entity::Provider::GitHub,
             delivery_id: "before-the-crash".to_owned(),
             event_type: "push".to_owned(),
             body: serde_json::to_vec(&payload).expect("JSON"),

@@ -65,8 +65,8 @@ pub struct AppUpdate {
     /// Whether LFS files are delivered with their real content; applies to
     /// events written after the change.
     pub resolve_lfs: Option<bool>,
-    /// Policy name, base and cap (ms) of the app's retry backoff.
-    pub backoff: Option<(String, i64, i64)>,
+    /// Policy, base and cap (ms) of the app's retry backoff.
+    pub backoff: Option<(crate::backoff::Policy, i64, i64)>,
     pub window: Option<DeliveryWindow>,
     pub delivery: Option<entity::DeliveryMode>,
 }

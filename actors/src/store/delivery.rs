@@ -23,7 +23,7 @@ pub struct Attempt {
     pub attempted_at: i64,
     pub status_code: Option<i32>,
     pub latency_ms: i64,
-    pub error_class: Option<String>,
+    pub error_class: Option<entity::ErrorClass>,
     pub response_excerpt: Option<String>,
     /// The request that went out; `None` when none did (an event given up
     /// on before sending, content that could not be read).

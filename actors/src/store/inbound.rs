@@ -18,7 +18,7 @@ use crate::ids::{AppId, HookId, RepoId};
 /// A verified hook, as the HTTP layer hands it over.
 #[derive(Debug, Clone)]
 pub struct NewHook {
-    pub provider: &'static str,
+    pub provider: entity::Provider,
     pub delivery_id: String,
     pub event_type: String,
     pub body: Vec<u8>,
@@ -37,11 +37,10 @@ pub enum Stored {
 #[derive(Debug, Clone, FromQueryResult)]
 pub struct HookSummary {
     pub id: String,
-    pub provider: String,
+    pub provider: entity::Provider,
     pub delivery_id: String,
     pub event_type: String,
-    /// One of [`hook_status`].
-    pub status: String,
+    pub status: entity::HookStatus,
     /// What was done, or why nothing (why it is invalid).
     pub result: Option<String>,
     pub received_at: i64,
@@ -51,7 +50,7 @@ pub struct HookSummary {
 /// Which stored hooks to list; `None` is any.
 #[derive(Debug, Clone, Default)]
 pub struct HookFilter {
-    pub provider: Option<&'static str>,
+    pub provider: Option<entity::Provider>,
     pub status: Option<entity::HookStatus>,
 }
 
@@ -71,7 +70,7 @@ impl Store {
         let id = HookId::generate();
         let row = inbound_hook::ActiveModel {
             id: Set(id.as_str().to_owned()),
-            provider: Set(hook.provider.to_owned()),
+            provider: Set(hook.provider),
             delivery_id: Set(hook.delivery_id.clone()),
             event_type: Set(hook.event_type),
             body: Set(hook.body),

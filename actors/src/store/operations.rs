@@ -2,8 +2,12 @@
 //! queue, dead events with their context) and the git breaker reset.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
-use entity::{BreakerKind, app, breaker, delivery_attempt, event, repository, subscription};
+use entity::{
+    AppStatus, BreakerKind, EventStatus, SubscriptionStatus, app, breaker, delivery_attempt, event,
+    repository, subscription,
+};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -12,20 +16,46 @@ use super::{Store, StoreError, lock_repositories, page_offset};
 use crate::clock::now_ms;
 use crate::ids::RepoId;
 
+/// Rows counted by a status (or a kind): one without rows counts 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts<K: Eq + Hash>(HashMap<K, u64>);
+
+impl<K: Copy + Eq + Hash> Counts<K> {
+    /// The rows of `key`.
+    pub fn get(&self, key: K) -> u64 {
+        self.0.get(&key).copied().unwrap_or(0)
+    }
+
+    /// The rows of every key.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+impl<K: Eq + Hash> Default for Counts<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+/// A `GROUP BY` query's (key, count) rows.
+impl<K: Eq + Hash> FromIterator<(K, i64)> for Counts<K> {
+    fn from_iter<I: IntoIterator<Item = (K, i64)>>(rows: I) -> Self {
+        Self(rows.into_iter().map(|(k, n)| (k, to_u64(n))).collect())
+    }
+}
+
 /// Row counts of the whole installation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overview {
-    /// App status → count.
-    pub apps: HashMap<String, u64>,
+    pub apps: Counts<AppStatus>,
     pub repositories: u64,
-    /// Subscription status → count.
-    pub subscriptions: HashMap<String, u64>,
-    /// Event status → count.
-    pub events: HashMap<String, u64>,
+    pub subscriptions: Counts<SubscriptionStatus>,
+    pub events: Counts<EventStatus>,
     /// Subscriptions a delivery lane holds right now.
     pub in_flight: u64,
-    /// Breaker kind (`git`, `delivery`) → breakers not closed.
-    pub open_breakers: HashMap<String, u64>,
+    /// Breakers not closed, by what they guard.
+    pub open_breakers: Counts<BreakerKind>,
 }
 
 /// One app's share of the delivery queue.
@@ -82,7 +112,7 @@ impl Store {
     /// waiting (`pending`, `dead`), whose cost does not grow with the
     /// history kept.
     pub async fn overview(&self, settled: bool) -> Result<Overview, StoreError> {
-        let apps: Vec<(String, i64)> = app::Entity::find()
+        let apps: Vec<(AppStatus, i64)> = app::Entity::find()
             .select_only()
             .column(app::Column::Status)
             .column_as(app::Column::Id.count(), "n")
@@ -91,7 +121,7 @@ impl Store {
             .all(&self.db)
             .await?;
         let repositories = repository::Entity::find().count(&self.db).await?;
-        let subscriptions: Vec<(String, i64)> = subscription::Entity::find()
+        let subscriptions: Vec<(SubscriptionStatus, i64)> = subscription::Entity::find()
             .select_only()
             .column(subscription::Column::Status)
             .column_as(subscription::Column::Id.count(), "n")
@@ -110,8 +140,8 @@ impl Store {
                     .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
             );
         }
-        let events: Vec<(String, i64)> = events.into_tuple().all(&self.db).await?;
-        let breakers: Vec<(String, i64)> = breaker::Entity::find()
+        let events: Vec<(EventStatus, i64)> = events.into_tuple().all(&self.db).await?;
+        let breakers: Vec<(BreakerKind, i64)> = breaker::Entity::find()
             .select_only()
             .column(breaker::Column::Kind)
             .column_as(breaker::Column::SubjectId.count(), "n")
@@ -126,16 +156,13 @@ impl Store {
             .into_iter()
             .map(|(_, n)| to_u64(n))
             .sum();
-        let collect = |rows: Vec<(String, i64)>| -> HashMap<String, u64> {
-            rows.into_iter().map(|(k, n)| (k, to_u64(n))).collect()
-        };
         Ok(Overview {
-            apps: collect(apps),
+            apps: apps.into_iter().collect(),
             repositories,
-            subscriptions: collect(subscriptions),
-            events: collect(events),
+            subscriptions: subscriptions.into_iter().collect(),
+            events: events.into_iter().collect(),
             in_flight,
-            open_breakers: collect(breakers),
+            open_breakers: breakers.into_iter().collect(),
         })
     }
 

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use self::manifest::{apply_manifest_delta, load_manifest, snapshot_totals};
 use super::leases::{ScanFence, hold_scan};
+use super::subscriptions::{Globs, fail_corrupt_globs};
 use super::{Store, StoreError, lock_repositories};
 use crate::changes::{FileInfo, TreeDelta, Visibility};
 use crate::clock::now_ms;
@@ -291,8 +292,14 @@ impl Store {
         let mut written_by_kind: BTreeMap<EventKind, u64> = BTreeMap::new();
         for sub in &subscriptions {
             let resolve_lfs = !unresolved_lfs.contains(&sub.app_id);
-            let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
-            let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
+            let Globs { include, exclude } = match Globs::try_from(sub) {
+                Ok(globs) => globs,
+                Err(corrupt) => {
+                    // Never read as "no filter": it gets nothing until fixed.
+                    fail_corrupt_globs(&txn, sub, &corrupt, now).await?;
+                    continue;
+                }
+            };
             let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
             let counts = if holding.contains(&sub.id) {
                 // The first snapshot of a subscription whose app already

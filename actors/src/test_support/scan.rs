@@ -86,7 +86,7 @@ pub async fn scan(
         branch: Some(current.branch).filter(|b| !b.is_empty()),
         known_head: current.head_commit,
         manifest: None,
-        snapshot_id: snapshot.as_str().to_owned(),
+        snapshot_id: snapshot.clone(),
         unpin: Vec::new(),
         lfs: true,
         expand_submodules: false,

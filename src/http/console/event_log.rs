@@ -420,14 +420,14 @@ fn attempts(event: &entity::event::Model, attempts: &[delivery_attempt::Model]) 
                             ": "
                             @match a.status_code {
                                 Some(code) => { "HTTP " (code) },
-                                None => { (a.error_class.as_deref().unwrap_or("no answer")) },
+                                None => { (a.error_class.map_or("no answer", entity::ErrorClass::as_str)) },
                             }
                         }
                         p.muted {
                             @let at = rfc3339_ms(a.attempted_at);
                             time datetime=(at) title=(at) { (at) }
                             " · " (a.latency_ms) " ms"
-                            @if let (Some(_), Some(class)) = (a.status_code, a.error_class.as_deref()) { " · " (class) }
+                            @if let (Some(_), Some(class)) = (a.status_code, a.error_class) { " · " (class) }
                         }
                         @if let Some(excerpt) = &a.response_excerpt {
                             details.response {

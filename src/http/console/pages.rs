@@ -1,13 +1,11 @@
 //! The console's pages. Each reads through the same store queries as the
 //! admin API and renders with maud (escaped by default).
 
-use std::collections::HashMap;
-
 use actors::clock::now_ms;
 use actors::ids::AppId;
 use actors::store::apps::DeliveryWindow;
 use actors::store::inbound::HookFilter;
-use entity::BreakerKind;
+use entity::{BreakerKind, SubscriptionStatus};
 use maud::{Markup, html};
 
 use super::layout::{self, action, empty, pager, status, when, when_opt};
@@ -35,10 +33,6 @@ pub(super) fn notice(query: &ListQuery) -> Option<&'static str> {
 
 fn page_of(query: &ListQuery) -> u64 {
     query.page.unwrap_or(1).max(1)
-}
-
-fn count(map: &HashMap<String, u64>, key: &str) -> u64 {
-    map.get(key).copied().unwrap_or(0)
 }
 
 pub fn login(csrf: &str, error: Option<&str>) -> Markup {
@@ -86,7 +80,7 @@ pub async fn overview_counts(state: AppState) -> Result<Markup, ApiError> {
         .iter()
         .filter(|i| now - i.last_seen_at <= ALIVE_WITHIN_MS)
         .count();
-    let dead = count(&o.events, entity::EventStatus::Dead.as_str());
+    let dead = o.events.get(entity::EventStatus::Dead);
     let card = |label: &str, value: u64, href: &str| {
         html! {
             div.card {
@@ -100,19 +94,25 @@ pub async fn overview_counts(state: AppState) -> Result<Markup, ApiError> {
             hx-trigger="every 5s" hx-swap="outerHTML" {
             h2 id="counts-title" { "Now" }
             dl.cards {
-                (card("Apps active", count(&o.apps, entity::AppStatus::Active.as_str()), "/admin/apps"))
-                (card("Apps disabled", count(&o.apps, entity::AppStatus::Disabled.as_str()), "/admin/apps"))
+                (card("Apps active", o.apps.get(entity::AppStatus::Active), "/admin/apps"))
+                (card("Apps disabled", o.apps.get(entity::AppStatus::Disabled), "/admin/apps"))
                 (card("Repositories", o.repositories, "/admin/repositories"))
-                (card("Pending events", count(&o.events, entity::EventStatus::Pending.as_str()), "/admin/apps"))
+                (card("Pending events", o.events.get(entity::EventStatus::Pending), "/admin/apps"))
                 (card("Dead events", dead, "/admin/events"))
-                (card("Open git breakers", count(&o.open_breakers, BreakerKind::Git.as_str()), "/admin/repositories"))
-                (card("Open endpoint breakers", count(&o.open_breakers, BreakerKind::Delivery.as_str()), "/admin/apps"))
+                (card("Open git breakers", o.open_breakers.get(BreakerKind::Git), "/admin/repositories"))
+                (card("Open endpoint breakers", o.open_breakers.get(BreakerKind::Delivery), "/admin/apps"))
                 (card("Instances alive", alive as u64, "/admin/instances"))
             }
             h2 { "Subscriptions by status" }
             dl.cards {
-                @for s in ["pending_snapshot", "syncing", "synced", "failed", "paused"] {
-                    (card(s, count(&o.subscriptions, s), "/admin/apps"))
+                @for s in [
+                    SubscriptionStatus::PendingSnapshot,
+                    SubscriptionStatus::Syncing,
+                    SubscriptionStatus::Synced,
+                    SubscriptionStatus::Failed,
+                    SubscriptionStatus::Paused,
+                ] {
+                    (card(s.as_str(), o.subscriptions.get(s), "/admin/apps"))
                 }
             }
         }
@@ -156,7 +156,7 @@ pub async fn dead_events(
                                     td {
                                         @match &d.last_attempt {
                                             Some(a) => {
-                                                @match a.status_code { Some(code) => { "HTTP " (code) }, None => { (a.error_class.as_deref().unwrap_or("no answer")) } }
+                                                @match a.status_code { Some(code) => { "HTTP " (code) }, None => { (a.error_class.map_or("no answer", entity::ErrorClass::as_str)) } }
                                                 br; (when(a.attempted_at))
                                             },
                                             None => { span.muted { "none recorded" } },
@@ -318,7 +318,7 @@ fn backoff(app: &entity::app::Model) -> String {
         ms.and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
     };
-    match app.backoff_policy.as_deref() {
+    match app.backoff_policy.map(entity::BackoffPolicy::as_str) {
         None => "the default (delivery.backoff)".to_owned(),
         Some(policy) => match (span(app.backoff_base_ms), span(app.backoff_max_ms)) {
             (Some(base), Some(max)) => format!("{policy}, from {base} up to {max}"),

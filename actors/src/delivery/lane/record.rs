@@ -316,7 +316,7 @@ pub(super) fn attempt_row(
         attempted_at,
         status_code: None,
         latency_ms: 0,
-        error_class: error_class.map(|class| class.as_str().to_owned()),
+        error_class,
         response_excerpt: None,
         request: None,
     }
