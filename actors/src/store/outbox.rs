@@ -5,26 +5,33 @@
 //! snapshot's commit stays pinned there until its events are delivered.
 //!
 //! The stored manifest's rows are read and written in [`manifest`]; a failed
-//! scan is recorded in [`failures`].
+//! scan is recorded in [`failures`]; the apps' settings an advance reads are
+//! in [`opt_ins`], the opt-in events after the files in [`notices`], and a
+//! subscription's status after an advance follows the rule in [`status`].
 
 mod failures;
 mod held;
 mod manifest;
+mod notices;
+mod opt_ins;
+mod status;
 
 pub use self::failures::GitFailureRecord;
 pub(crate) use self::failures::insert_sync_failed;
 pub(crate) use self::manifest::Manifest;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use self::manifest::{apply_manifest_delta, load_manifest, snapshot_totals};
+use self::notices::{write_submodule_events, write_synced_notice};
+use self::opt_ins::OptIns;
 use super::leases::{ScanFence, hold_scan};
 use super::{Store, StoreError, lock_repositories};
 use crate::changes::{FileInfo, TreeDelta, Visibility};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
-use crate::payload::{SubmoduleMove, SyncedCounts, SyncedNotice};
-use entity::{EventKind, app, event, manifest_entry, snapshot, subscription};
+use crate::payload::SyncedCounts;
+use entity::{EventKind, event, manifest_entry, snapshot, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
@@ -198,38 +205,7 @@ impl Store {
             .filter(subscription::Column::Access.eq(entity::AccessState::Granted))
             .all(&txn)
             .await?;
-        let watchers = sea_orm::sea_query::Query::select()
-            .column(subscription::Column::AppId)
-            .from(subscription::Entity)
-            .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.id.as_str()))
-            .to_owned();
-        // The apps whose settings differ from the defaults.
-        let opted_in: Vec<(String, bool, bool, bool)> = app::Entity::find()
-            .select_only()
-            .column(app::Column::Id)
-            .column(app::Column::NotifySynced)
-            .column(app::Column::NotifySubmodules)
-            .column(app::Column::ResolveLfs)
-            .filter(app::Column::Id.in_subquery(watchers))
-            .filter(
-                app::Column::NotifySynced
-                    .eq(true)
-                    .or(app::Column::NotifySubmodules.eq(true))
-                    .or(app::Column::ResolveLfs.eq(false)),
-            )
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        let opted = |which: fn(&(String, bool, bool, bool)) -> bool| {
-            opted_in
-                .iter()
-                .filter(|app| which(app))
-                .map(|app| app.0.clone())
-                .collect::<std::collections::HashSet<String>>()
-        };
-        let notify_synced = opted(|app| app.1);
-        let notify_submodules = opted(|app| app.2);
-        let unresolved_lfs = opted(|app| !app.3);
+        let opt_ins = OptIns::load(&txn, &repo.id).await?;
         let delta = &advance.delta;
         let moved =
             repo.head_commit.as_deref() != Some(advance.commit.as_str()) || !delta.is_empty();
@@ -243,7 +219,7 @@ impl Store {
         let holding = if any_new {
             held::holding(&txn, &new_subscriptions).await?
         } else {
-            std::collections::HashSet::new()
+            HashSet::new()
         };
         let full = any_new || delta.ignore_rules_changed;
 
@@ -286,166 +262,83 @@ impl Store {
             now,
             replay: None,
         };
+        let tree = Tree {
+            old: &old,
+            delta,
+            moved,
+            old_ignore: &advance.old_ignore,
+            new_ignore: &advance.new_ignore,
+        };
 
         let mut written = 0u64;
         let mut written_by_kind: BTreeMap<EventKind, u64> = BTreeMap::new();
-        for sub in &subscriptions {
-            let resolve_lfs = !unresolved_lfs.contains(&sub.app_id);
-            let include: Vec<String> = serde_json::from_str(&sub.include).unwrap_or_default();
-            let exclude: Vec<String> = serde_json::from_str(&sub.exclude).unwrap_or_default();
-            let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
-            let counts = if holding.contains(&sub.id) {
-                // The first snapshot of a subscription whose app already
-                // holds files: only the difference.
-                let held = held::take_held(&txn, &sub.id).await?;
-                let pending =
-                    held::changes_from_held(&held, tree_files(&old, delta), &new_vis, resolve_lfs);
-                write_events(&txn, sub, &stamp, resolve_lfs, pending.into_iter()).await?
-            } else if sub.last_snapshot_id.is_none() {
-                // The first snapshot of a subscription: every visible file,
-                // created, streamed from the tree (a million files never
-                // become a million pending events at once).
-                // Boxed: the future holds a `Send` object, not the closures.
-                let files: Box<dyn Iterator<Item = Pending<'_>> + Send> = Box::new(
-                    tree_files(&old, delta)
-                        .filter(|(path, _)| new_vis.sees(path))
-                        .map(|(path, file)| Pending {
-                            kind: EventKind::Created,
-                            path,
-                            file,
-                            previous: None,
-                        }),
-                );
-                write_events(&txn, sub, &stamp, resolve_lfs, files).await?
-            } else if !moved {
-                SyncedCounts::default()
-            } else {
-                let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
-                let pending = changes_for(&old, delta, &old_vis, &new_vis);
-                write_events(&txn, sub, &stamp, resolve_lfs, pending.into_iter()).await?
-            };
-            let count = usize::try_from(counts.created + counts.updated + counts.deleted)
-                .unwrap_or(usize::MAX);
-            for (kind, n) in [
-                (EventKind::Created, counts.created),
-                (EventKind::Updated, counts.updated),
-                (EventKind::Deleted, counts.deleted),
-            ] {
-                if n > 0 {
-                    *written_by_kind.entry(kind).or_default() += n;
-                }
+        let mut tally = |kind: EventKind, n: u64| {
+            if n > 0 {
+                *written_by_kind.entry(kind).or_default() += n;
             }
-            let first_seq = sub.next_seq;
-            // Opt-in `submodule` events follow the snapshot's files, by path.
-            let count = if moved
-                && sub.last_snapshot_id.is_some()
-                && notify_submodules.contains(&sub.app_id)
-            {
-                let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
-                let mut seq = first_seq + i64::try_from(count).unwrap_or(i64::MAX);
-                for change in delta
-                    .submodules()
-                    .iter()
-                    .filter(|change| new_vis.sees(&change.path) || old_vis.sees(&change.path))
-                {
-                    let moved_to = SubmoduleMove {
-                        previous_commit: change.old.map(|oid| oid.to_string()),
-                        commit: change.new.map(|oid| oid.to_string()),
-                        url: change.url.clone(),
-                    };
-                    event::ActiveModel {
-                        seq: Set(seq),
-                        kind: Set(EventKind::Submodule),
-                        path: Set(Some(change.path.clone())),
-                        snapshot_id: Set(snapshot_id.clone()),
-                        trace_parent: Set(trace_parent.clone()),
-                        commit_sha: Set(Some(advance.commit.clone())),
-                        payload: Set(Some(
-                            serde_json::to_string(&moved_to).expect("notices serialise"),
-                        )),
-                        ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
-                    }
-                    .insert(&txn)
-                    .await?;
-                    *written_by_kind.entry(EventKind::Submodule).or_default() += 1;
-                    seq += 1;
-                }
-                usize::try_from(seq - first_seq).unwrap_or(usize::MAX)
-            } else {
-                count
+        };
+        for sub in &subscriptions {
+            let first = sub.last_snapshot_id.is_none();
+            let globs = Globs::of(sub);
+            let start = FileStart {
+                holding: holding.contains(&sub.id),
+                resolve_lfs: !opt_ins.unresolved_lfs.contains(&sub.app_id),
             };
+            let counts = write_file_events(&txn, sub, &stamp, &tree, &globs, start).await?;
+            tally(EventKind::Created, counts.created);
+            tally(EventKind::Updated, counts.updated);
+            tally(EventKind::Deleted, counts.deleted);
+            let mut count = counts.created + counts.updated + counts.deleted;
+            // Opt-in `submodule` events follow the snapshot's files, by path.
+            if moved && !first && opt_ins.notify_submodules.contains(&sub.app_id) {
+                let seq = seq_after(sub, count);
+                let n = write_submodule_events(&txn, sub, &stamp, &tree, &globs, seq).await?;
+                tally(EventKind::Submodule, n);
+                count += n;
+            }
             // The opt-in `synced` notice goes last: delivered in `seq`
             // order, it reaches the app once the app holds this snapshot's
             // tree (an empty first snapshot included).
-            let count = if notify_synced.contains(&sub.app_id)
-                && (count > 0 || sub.last_snapshot_id.is_none())
-            {
-                let notice = SyncedNotice {
-                    previous_commit_sha: sub
-                        .last_synced_commit
-                        .clone()
-                        .filter(|_| sub.last_snapshot_id.is_some()),
-                    counts,
-                };
-                event::ActiveModel {
-                    seq: Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX)),
-                    kind: Set(EventKind::Synced),
-                    snapshot_id: Set(snapshot_id.clone()),
-                    trace_parent: Set(trace_parent.clone()),
-                    commit_sha: Set(Some(advance.commit.clone())),
-                    payload: Set(Some(
-                        serde_json::to_string(&notice).expect("notices serialise"),
-                    )),
-                    ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
-                }
-                .insert(&txn)
-                .await?;
-                *written_by_kind.entry(EventKind::Synced).or_default() += 1;
-                count + 1
-            } else {
-                count
-            };
-            written += count as u64;
-
-            // A subscription blocked by its own deliveries (a dead event, or
-            // the endpoint's 410) stays blocked; one failed by git failures
-            // recovers now that git works.
-            let undelivered = |status: entity::EventStatus| {
-                event::Entity::find()
-                    .filter(event::Column::SubscriptionId.eq(sub.id.as_str()))
-                    .filter(event::Column::Status.eq(status))
-                    .count(&txn)
-            };
-            let blocked = sub.status == entity::SubscriptionStatus::Paused
-                || (sub.status == entity::SubscriptionStatus::Failed
-                    && undelivered(entity::EventStatus::Dead).await? > 0);
-            let recovering = sub.status == entity::SubscriptionStatus::Failed && !blocked;
-            // A successful scan heals what git failures left, moved or not.
-            let healing = !blocked && (sub.last_error.is_some() || sub.retry_count != 0);
-            if !moved && count == 0 && !recovering && !healing && sub.last_snapshot_id.is_some() {
-                continue;
+            if opt_ins.notify_synced.contains(&sub.app_id) && (count > 0 || first) {
+                write_synced_notice(&txn, sub, &stamp, counts, seq_after(sub, count)).await?;
+                tally(EventKind::Synced, 1);
+                count += 1;
             }
-            let status = if blocked {
-                sub.status
-            } else if count > 0 {
-                entity::SubscriptionStatus::Syncing
-            } else if recovering {
-                if undelivered(entity::EventStatus::Pending).await? > 0 {
-                    entity::SubscriptionStatus::Syncing
-                } else {
-                    entity::SubscriptionStatus::Synced
-                }
-            } else if sub.status == entity::SubscriptionStatus::PendingSnapshot {
-                entity::SubscriptionStatus::Synced
+            written += count;
+
+            // Only a failed subscription's waiting events decide its status.
+            let (dead, pending) = if sub.status == entity::SubscriptionStatus::Failed {
+                let dead = undelivered(&txn, &sub.id, entity::EventStatus::Dead).await? > 0;
+                // Read only when the subscription recovers with nothing new.
+                let pending = !dead
+                    && count == 0
+                    && undelivered(&txn, &sub.id, entity::EventStatus::Pending).await? > 0;
+                (dead, pending)
             } else {
-                sub.status
+                (false, false)
+            };
+            let transition = status::transition(status::Inputs {
+                status: sub.status,
+                dead_events: dead,
+                pending_events: pending,
+                written: count > 0,
+                moved,
+                first,
+                failing: sub.last_error.is_some() || sub.retry_count != 0,
+            });
+            let status::Transition::Write {
+                status,
+                clear_failure,
+            } = transition
+            else {
+                continue;
             };
             let mut active = sub.clone().into_active_model();
-            active.next_seq = Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX));
+            active.next_seq = Set(seq_after(sub, count));
             active.last_snapshot_id = Set(snapshot_id.clone());
             active.last_synced_commit = Set(Some(advance.commit.clone()));
-            active.status = Set(status.to_owned());
-            if !blocked {
+            active.status = Set(status);
+            if clear_failure {
                 active.last_error = Set(None);
                 active.retry_count = Set(0);
             }
@@ -475,6 +368,117 @@ impl Store {
             events: written,
             subscriptions: subscriptions.len(),
         })
+    }
+}
+
+/// The tree change one advance writes, as every subscription's share of it
+/// is computed from.
+struct Tree<'a> {
+    /// The manifest before the snapshot (whole, or the changed paths only).
+    old: &'a Manifest,
+    delta: &'a TreeDelta,
+    /// Whether the repository moved to a new snapshot.
+    moved: bool,
+    /// Visibility rules before and after.
+    old_ignore: &'a Option<ignore::gitignore::Gitignore>,
+    new_ignore: &'a Option<ignore::gitignore::Gitignore>,
+}
+
+/// A subscription's globs.
+struct Globs {
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl Globs {
+    fn of(sub: &subscription::Model) -> Self {
+        Self {
+            include: serde_json::from_str(&sub.include).unwrap_or_default(),
+            exclude: serde_json::from_str(&sub.exclude).unwrap_or_default(),
+        }
+    }
+
+    /// What the subscription sees under these ignore rules.
+    fn visibility(&self, ignore: &Option<ignore::gitignore::Gitignore>) -> Visibility {
+        Visibility::new(ignore.clone(), &self.include, &self.exclude)
+    }
+}
+
+/// How a subscription's file events start.
+#[derive(Clone, Copy)]
+struct FileStart {
+    /// Its app already holds files (imported): its first snapshot sends
+    /// only the difference.
+    holding: bool,
+    /// The app's `resolve_lfs` setting.
+    resolve_lfs: bool,
+}
+
+/// The `seq` after a subscription's `count` new events.
+fn seq_after(sub: &subscription::Model, count: u64) -> i64 {
+    sub.next_seq + i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A subscription's events still `status`.
+async fn undelivered(
+    txn: &DatabaseTransaction,
+    subscription: &str,
+    status: entity::EventStatus,
+) -> Result<u64, StoreError> {
+    Ok(event::Entity::find()
+        .filter(event::Column::SubscriptionId.eq(subscription))
+        .filter(event::Column::Status.eq(status))
+        .count(txn)
+        .await?)
+}
+
+/// Writes a subscription's file events of this advance, numbered from its
+/// `next_seq`: the difference from what its app holds, every visible file
+/// for its first snapshot, the change it sees when the repository moved,
+/// else nothing.
+async fn write_file_events(
+    txn: &DatabaseTransaction,
+    sub: &subscription::Model,
+    stamp: &Stamp<'_>,
+    tree: &Tree<'_>,
+    globs: &Globs,
+    start: FileStart,
+) -> Result<SyncedCounts, StoreError> {
+    let resolve_lfs = start.resolve_lfs;
+    let new_vis = globs.visibility(tree.new_ignore);
+    if start.holding {
+        // The first snapshot of a subscription whose app already holds
+        // files: only the difference.
+        let held = held::take_held(txn, &sub.id).await?;
+        let pending = held::changes_from_held(
+            &held,
+            tree_files(tree.old, tree.delta),
+            &new_vis,
+            resolve_lfs,
+        );
+        write_events(txn, sub, stamp, resolve_lfs, pending.into_iter()).await
+    } else if sub.last_snapshot_id.is_none() {
+        // The first snapshot of a subscription: every visible file,
+        // created, streamed from the tree (a million files never become a
+        // million pending events at once).
+        // Boxed: the future holds a `Send` object, not the closures.
+        let files: Box<dyn Iterator<Item = Pending<'_>> + Send> = Box::new(
+            tree_files(tree.old, tree.delta)
+                .filter(|(path, _)| new_vis.sees(path))
+                .map(|(path, file)| Pending {
+                    kind: EventKind::Created,
+                    path,
+                    file,
+                    previous: None,
+                }),
+        );
+        write_events(txn, sub, stamp, resolve_lfs, files).await
+    } else if !tree.moved {
+        Ok(SyncedCounts::default())
+    } else {
+        let old_vis = globs.visibility(tree.old_ignore);
+        let pending = changes_for(tree.old, tree.delta, &old_vis, &new_vis);
+        write_events(txn, sub, stamp, resolve_lfs, pending.into_iter()).await
     }
 }
 
