@@ -18,7 +18,6 @@ mod status;
 
 pub use self::failures::GitFailureRecord;
 pub(crate) use self::failures::insert_sync_failed;
-pub(crate) use self::manifest::Manifest;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -27,7 +26,9 @@ use self::notices::{write_submodule_events, write_synced_notice};
 use self::opt_ins::OptIns;
 use super::leases::{ScanFence, hold_scan};
 use super::{Store, StoreError, lock_repositories};
-use crate::changes::{FileInfo, TreeDelta, Visibility};
+use crate::changes::{
+    FileInfo, Manifest, Pending, TreeDelta, Visibility, changes_for, tree_changes, tree_files,
+};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
 use crate::payload::SyncedCounts;
@@ -68,35 +69,6 @@ pub struct AdvanceOutcome {
     pub snapshot: Option<String>,
     pub events: u64,
     pub subscriptions: usize,
-}
-
-/// One change for one subscription, before it gets its id and number.
-pub(crate) struct Pending<'a> {
-    pub(crate) kind: EventKind,
-    pub(crate) path: &'a str,
-    file: &'a FileInfo,
-    /// The file an update replaces.
-    previous: Option<&'a FileInfo>,
-}
-
-impl Pending<'_> {
-    /// The bytes its change takes in its event's row: the path, the two
-    /// SHA-256s in hex, the blob id in hex and the size (what every event
-    /// carries besides is its writer's to count).
-    pub(crate) fn stored_bytes(&self) -> u64 {
-        const SHA256_HEX: usize = 64;
-        let blob_hex = 2 * self.file.blob_id.as_bytes().len();
-        let bytes = self.path.len()
-            + SHA256_HEX
-            + self.previous.map_or(0, |_| SHA256_HEX)
-            + if self.kind == EventKind::Deleted {
-                0
-            } else {
-                blob_hex
-            }
-            + std::mem::size_of::<i64>();
-        u64::try_from(bytes).unwrap_or(u64::MAX)
-    }
 }
 
 /// What every event of one snapshot (or one replay) carries besides its
@@ -482,42 +454,6 @@ async fn write_file_events(
     }
 }
 
-/// How many files the snapshot created, updated and deleted in the tree.
-fn tree_changes(old: &Manifest, delta: &TreeDelta) -> (u64, u64, u64) {
-    let updated = delta
-        .upserts()
-        .filter(|(path, _)| old.contains_key(*path))
-        .count();
-    let deleted = delta
-        .deletes()
-        .filter(|path| old.contains_key(*path))
-        .count();
-    (
-        (delta.upserts().len() - updated) as u64,
-        updated as u64,
-        deleted as u64,
-    )
-}
-
-/// Every file of the new tree in byte order of its path: the old manifest
-/// with the change applied. Both sides are sorted, so this is a merge.
-fn tree_files<'a>(
-    old: &'a Manifest,
-    delta: &'a TreeDelta,
-) -> impl Iterator<Item = (&'a str, &'a FileInfo)> + Send + 'a {
-    let mut kept = old
-        .iter()
-        .filter(|(path, _)| !delta.deleted(path) && delta.upsert(path).is_none())
-        .map(|(path, file)| (path.as_str(), file))
-        .peekable();
-    let mut changed = delta.upserts().peekable();
-    std::iter::from_fn(move || match (kept.peek(), changed.peek()) {
-        (Some(a), Some(b)) if a.0.as_bytes() < b.0.as_bytes() => kept.next(),
-        (Some(_), None) => kept.next(),
-        _ => changed.next(),
-    })
-}
-
 /// Writes a subscription's events in the order given, numbered from its
 /// `next_seq`, a batch of rows at a time; returns how many of each kind.
 /// Without `resolve_lfs` (the app's setting), an LFS file's event names
@@ -573,61 +509,6 @@ pub(crate) async fn write_events<'a>(
             .await?;
     }
     Ok(counts)
-}
-
-/// The events of one subscription that was at the previous snapshot:
-/// deletes, then creates, then updates, each by path (byte order).
-pub(crate) fn changes_for<'a>(
-    old: &'a Manifest,
-    delta: &'a TreeDelta,
-    old_vis: &Visibility,
-    new_vis: &Visibility,
-) -> Vec<Pending<'a>> {
-    let mut deleted = Vec::new();
-    let mut created = Vec::new();
-    let mut updated = Vec::new();
-    // Paths to judge: the changed ones, or every known one when visibility
-    // itself may have changed.
-    let mut paths: std::collections::BTreeSet<&'a str> =
-        delta.upserts().map(|(path, _)| path).collect();
-    paths.extend(delta.deletes());
-    if delta.ignore_rules_changed {
-        paths.extend(old.keys().map(String::as_str));
-    }
-    for path in paths {
-        let before = old.get(path).filter(|_| old_vis.sees(path));
-        let after = if delta.deleted(path) {
-            None
-        } else {
-            delta
-                .upsert(path)
-                .or_else(|| old.get(path))
-                .filter(|_| new_vis.sees(path))
-        };
-        match (before, after) {
-            (Some(before), None) => deleted.push(Pending {
-                kind: EventKind::Deleted,
-                path,
-                file: before,
-                previous: None,
-            }),
-            (None, Some(after)) => created.push(Pending {
-                kind: EventKind::Created,
-                path,
-                file: after,
-                previous: None,
-            }),
-            (Some(before), Some(after)) if before.sha256 != after.sha256 => updated.push(Pending {
-                kind: EventKind::Updated,
-                path,
-                file: after,
-                previous: Some(before),
-            }),
-            _ => {}
-        }
-    }
-    // Each list is already in path order: the paths came from a sorted set.
-    deleted.into_iter().chain(created).chain(updated).collect()
 }
 
 /// A new pending event of a subscription, due now, with no file fields; the

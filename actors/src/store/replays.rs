@@ -12,13 +12,13 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
-use super::outbox::{Stamp, changes_for, write_events};
+use super::outbox::{Stamp, write_events};
 use super::replay_quotas::{QuotaRefusal, ReplayQuotas};
 use super::{Store, StoreError, lock_repositories};
+use crate::changes::{Pending, ReplayDiff, changes_for};
 use crate::clock::now_ms;
 use crate::ids::{AppId, ReplayId, RepoId};
 use crate::payload::{ReplayMarker, ReplayPayload};
-use crate::scan::replay::ReplayDiff;
 
 /// Where a replay stands, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +90,24 @@ const EVENT_NUMBERS: u64 = 8 * 8;
 /// `created_at`, `bytes`), 8 bytes each.
 const REPLAY_NUMBERS: u64 = 4 * 8;
 
+/// The bytes a change takes in its event's row: the path, the two
+/// SHA-256s in hex, the blob id in hex and the size (what every event
+/// carries besides is its writer's to count).
+fn stored_bytes(change: &Pending<'_>) -> u64 {
+    const SHA256_HEX: usize = 64;
+    let blob_hex = 2 * change.file.blob_id.as_bytes().len();
+    let bytes = change.path.len()
+        + SHA256_HEX
+        + change.previous.map_or(0, |_| SHA256_HEX)
+        + if change.kind == EventKind::Deleted {
+            0
+        } else {
+            blob_hex
+        }
+        + std::mem::size_of::<i64>();
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 fn text_len(text: &str) -> u64 {
     u64::try_from(text.len()).unwrap_or(u64::MAX)
 }
@@ -100,7 +118,7 @@ fn replay_bytes(
     sub: &subscription::Model,
     stamp: &Stamp<'_>,
     diff: &ReplayDiff,
-    pending: &[super::outbox::Pending<'_>],
+    pending: &[Pending<'_>],
 ) -> u64 {
     let (replay_id, marker) = stamp.replay.unwrap_or_default();
     let ids = text_len(&sub.id) + text_len(&sub.app_id) + text_len(&sub.repository_id);
@@ -111,7 +129,7 @@ fn replay_bytes(
         + text_len(replay_id)
         + text_len(marker)
         + EVENT_NUMBERS;
-    let events: u64 = pending.iter().map(|p| per_event + p.stored_bytes()).sum();
+    let events: u64 = pending.iter().map(|p| per_event + stored_bytes(p)).sum();
     let row =
         text_len(replay_id) + ids + text_len(&diff.from) + text_len(&diff.to) + REPLAY_NUMBERS;
     events + row
