@@ -33,7 +33,6 @@ use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
 use crate::payload::SyncedCounts;
 use entity::{EventKind, event, manifest_entry, snapshot, subscription};
-use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, QuerySelect, Set,
@@ -99,48 +98,6 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    /// Pinned snapshots (and replays) of a repository that no pending or
-    /// dead event refers to any more: their commits need not stay pinned in
-    /// the mirror (the
-    /// current one stays reachable through the branch, and a diff falls back
-    /// to the stored manifest when it is gone).
-    pub async fn settled_snapshots(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
-        let waiting = sea_orm::sea_query::Query::select()
-            .column(event::Column::SnapshotId)
-            .from(event::Entity)
-            .and_where(Expr::col(event::Column::RepositoryId).eq(repo.as_str()))
-            .and_where(
-                Expr::col(event::Column::Status)
-                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
-            )
-            .and_where(Expr::col(event::Column::SnapshotId).is_not_null())
-            .to_owned();
-        let mut settled: Vec<String> = snapshot::Entity::find()
-            .select_only()
-            .column(snapshot::Column::Id)
-            .filter(snapshot::Column::RepositoryId.eq(repo.as_str()))
-            .filter(snapshot::Column::Pinned.eq(true))
-            .filter(snapshot::Column::Id.not_in_subquery(waiting))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        // A replay pins its `to` commit under its own id, the same way.
-        settled.extend(super::replays::settled_replays(&self.db, repo).await?);
-        Ok(settled)
-    }
-
-    /// Records that the mirror no longer pins these snapshots (and replays).
-    pub async fn mark_unpinned(&self, snapshots: &[String]) -> Result<(), StoreError> {
-        for batch in snapshots.chunks(BATCH) {
-            snapshot::Entity::update_many()
-                .col_expr(snapshot::Column::Pinned, Expr::value(false))
-                .filter(snapshot::Column::Id.is_in(batch.iter().cloned()))
-                .exec(&self.db)
-                .await?;
-        }
-        super::replays::mark_replays_unpinned(&self.db, snapshots).await
     }
 
     /// Commits a scan: the snapshot, the manifest change, every subscription's

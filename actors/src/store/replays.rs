@@ -6,10 +6,8 @@
 //! delivered ones.
 
 use entity::{EventKind, EventStatus, event, replay, subscription};
-use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set,
 };
 
 use super::outbox::{Stamp, write_events};
@@ -292,53 +290,6 @@ impl Store {
             replay: row,
         }))
     }
-}
-
-/// Replays of `repo` still pinned in its mirror whose events are all
-/// settled (none pending or dead): their pins can go, as settled
-/// snapshots' do.
-pub(crate) async fn settled_replays<C: ConnectionTrait>(
-    conn: &C,
-    repo: &RepoId,
-) -> Result<Vec<String>, StoreError> {
-    let waiting = sea_orm::sea_query::Query::select()
-        .column(event::Column::ReplayId)
-        .from(event::Entity)
-        .and_where(Expr::col(event::Column::RepositoryId).eq(repo.as_str()))
-        .and_where(
-            Expr::col(event::Column::Status).is_in([EventStatus::Pending, EventStatus::Dead]),
-        )
-        .and_where(Expr::col(event::Column::ReplayId).is_not_null())
-        .to_owned();
-    Ok(replay::Entity::find()
-        .select_only()
-        .column(replay::Column::Id)
-        .filter(replay::Column::RepositoryId.eq(repo.as_str()))
-        .filter(replay::Column::Pinned.eq(true))
-        .filter(replay::Column::Id.not_in_subquery(waiting))
-        .into_tuple()
-        .all(conn)
-        .await?)
-}
-
-/// Records that the mirror no longer pins these replays' commits (ids that
-/// are not replays' are ignored).
-pub(crate) async fn mark_replays_unpinned<C: ConnectionTrait>(
-    conn: &C,
-    ids: &[String],
-) -> Result<(), StoreError> {
-    let replays: Vec<&String> = ids
-        .iter()
-        .filter(|id| id.starts_with(ReplayId::PREFIX))
-        .collect();
-    for batch in replays.chunks(500) {
-        replay::Entity::update_many()
-            .col_expr(replay::Column::Pinned, Expr::value(false))
-            .filter(replay::Column::Id.is_in(batch.iter().map(|id| id.as_str())))
-            .exec(conn)
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
