@@ -21,14 +21,16 @@
 //! - [`hook_list`]: `/admin/api/hooks`, the stored hooks and what each did.
 //! - [`instances`]: `/admin/api/instances`, the instances sharing the
 //!   database and whether each is alive.
-//! - [`filters`], [`ratelimit`], [`error`], [`models`], [`openapi`], [`paging`]:
-//!   shared parts.
+//! - [`state`]: [`AppState`], what every handler can reach.
+//! - [`filters`], [`budget`], [`ratelimit`], [`error`], [`models`],
+//!   [`openapi`], [`paging`]: shared parts.
 //! - [`metrics`]: request metrics by route template, scrape-time gauges.
 //! - [`server`]: accepting connections, hyper's HTTP/1 with a header read
 //!   deadline, graceful shutdown.
 
 mod account;
 mod admin;
+mod budget;
 mod client;
 mod console;
 pub mod error;
@@ -46,76 +48,23 @@ mod public;
 mod ratelimit;
 mod replay;
 mod server;
+mod state;
 mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use actors::store::Store;
-use actors::supervisor::EngineHandle;
-use secrecy::SecretString;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::Method;
 use warp::path::FullPath;
 use warp::reply::Response;
 
-use crate::config::Settings;
-use crate::domain::UrlPolicy;
-pub use filters::BodyBudget;
+pub use budget::BodyBudget;
 pub use ratelimit::RateLimits;
 pub use server::{ConnectionLimits, serve};
+pub use state::AppState;
 pub use stream::{StreamHub, StreamLimits};
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub engine: EngineHandle,
-    pub settings: Arc<Settings>,
-    /// Compared in constant time with the bearer token of admin requests.
-    pub admin_token: Arc<SecretString>,
-    pub limits: Arc<RateLimits>,
-    /// For `/health`'s uptime.
-    pub started_at: Instant,
-    /// This instance's id (`data_dir/instance.id`), to mark it in
-    /// `/admin/api/instances`.
-    pub instance_id: Arc<str>,
-    /// The bytes of request bodies held at once, every route's together.
-    pub body_budget: &'static BodyBudget,
-    /// Cancelled when Herald stops serving: endless answers (pull streams,
-    /// long polls) end then instead of holding up the shutdown.
-    pub closing: tokio_util::sync::CancellationToken,
-    /// Wakes the pull streams of apps with news.
-    pub streams: Arc<stream::StreamHub>,
-}
-
-impl AppState {
-    /// The size and time limits of an API request body.
-    pub(crate) fn body_limit(&self) -> filters::BodyLimit {
-        filters::BodyLimit {
-            bytes: self.settings.server.max_body_bytes,
-            timeout: self.settings.server.body_read_timeout,
-            budget: self.body_budget,
-        }
-    }
-
-    /// The size and time limits of an inbound hook's body.
-    pub(crate) fn hook_body_limit(&self) -> filters::BodyLimit {
-        filters::BodyLimit {
-            bytes: self.settings.inbound.max_body_bytes,
-            ..self.body_limit()
-        }
-    }
-
-    pub fn url_policy(&self) -> UrlPolicy {
-        UrlPolicy {
-            allow_private_targets: self.settings.security.allow_private_targets,
-            allow_http_targets: self.settings.security.allow_http_targets,
-            allow_local_repos: self.settings.git.allow_local_repos,
-        }
-    }
-}
 
 /// Every route, behind the per-address rate limit (inbound hooks behind their
 /// own), with errors recovered into the JSON error shape, a span per request

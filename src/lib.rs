@@ -7,7 +7,8 @@
 //! - [`telemetry`]: logs (JSON or pretty, never a secret), traces and metrics.
 //! - [`startup`]: data directory secrets, database, actor tree, HTTP server,
 //!   graceful shutdown.
-//! - [`http`]: the warp front door (public, admin and client APIs).
+//! - [`http`]: the warp front door (public, admin and client APIs), its
+//!   handlers holding one [`http::AppState`].
 //! - [`domain`]: validated input types (URLs with the SSRF rule, names, keys).
 //! - [`cli`]: the command line (`serve`, `migrate`, `check-config`, `listen`,
 //!   and the client commands `app`, `repo`, `events` over the HTTP API).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use entity::BulkStatus;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
@@ -69,7 +69,9 @@ pub struct BulkArgs {
 
 pub struct BulkState {
     args: BulkArgs,
-    ticker: JoinHandle<()>,
+    /// Aborted when the state is dropped: a panic in the actor skips
+    /// `post_stop`, not the drop.
+    _ticker: AbortOnDropHandle<()>,
     /// The operations this actor runs, each with its claim; dropping one
     /// aborts its run.
     runs: HashMap<OperationId, (LeaseToken, OwnedTask)>,
@@ -104,11 +106,11 @@ impl Actor for BulkRunner {
         }
         // Renewed well within the lease time.
         let every = args.tick.min(args.lease_ttl / 3);
-        let ticker = myself.send_interval(every, || BulkMsg::Tick);
+        let ticker = AbortOnDropHandle::new(myself.send_interval(every, || BulkMsg::Tick));
         myself.send_message(BulkMsg::Claim)?;
         Ok(BulkState {
             args,
-            ticker,
+            _ticker: ticker,
             runs: HashMap::new(),
             last_prune: 0,
         })
@@ -139,15 +141,6 @@ impl Actor for BulkRunner {
                 state.claim(&myself).await;
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
         Ok(())
     }
 }

@@ -18,8 +18,12 @@
 //!   `..`, `.git` in any spelling) are skipped with a warning, subtree and
 //!   all: no app is told of a path that could climb out of its checkout or
 //!   plant a git configuration.
+//! - What a change means for one subscription ([`plan`]): the changes it
+//!   sees, in the order of their events, for the outbox and replays to
+//!   write.
 //!
-//! Everything here blocks; it runs on the scan pool.
+//! Everything here blocks; it runs on the scan pool (but [`plan`], which
+//! only computes).
 
 use std::collections::HashMap;
 
@@ -31,12 +35,15 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 pub mod binary;
 mod describe;
+mod plan;
 pub mod submodules;
 mod visibility;
 mod walk;
 
 use describe::describe_blob;
 pub use describe::{Description, describe};
+pub use plan::{Manifest, ReplayDiff};
+pub(crate) use plan::{Pending, changes_for, tree_changes, tree_files};
 use submodules::Level;
 pub use submodules::{ModuleSource, SubmoduleChange};
 pub use visibility::{Visibility, ignore_rules};

@@ -105,10 +105,6 @@ impl Keyring {
         hex::encode(random_bytes::<32>())
     }
 
-    pub fn primary_key_id(&self) -> &str {
-        &self.primary.id
-    }
-
     /// Encrypts `plaintext`, bound to `aad` (the row's identity, e.g.
     /// `apps/app_…/client_auth_key`): a ciphertext copied to another row or
     /// column does not open.

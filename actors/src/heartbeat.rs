@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use crate::clock::now_ms;
@@ -37,7 +37,9 @@ pub struct HeartbeatArgs {
 
 pub struct HeartbeatState {
     args: HeartbeatArgs,
-    ticker: JoinHandle<()>,
+    /// Aborted when the state is dropped: a panic in the actor skips
+    /// `post_stop`, not the drop.
+    _ticker: AbortOnDropHandle<()>,
     last_prune: i64,
 }
 
@@ -51,11 +53,12 @@ impl Actor for HeartbeatActor {
         myself: ActorRef<Self::Msg>,
         args: HeartbeatArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ticker = myself.send_interval(args.interval, || HeartbeatMsg::Beat);
+        let ticker =
+            AbortOnDropHandle::new(myself.send_interval(args.interval, || HeartbeatMsg::Beat));
         myself.send_message(HeartbeatMsg::Beat)?;
         Ok(HeartbeatState {
             args,
-            ticker,
+            _ticker: ticker,
             last_prune: 0,
         })
     }
@@ -83,15 +86,6 @@ impl Actor for HeartbeatActor {
                 }
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
         Ok(())
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
@@ -49,7 +49,9 @@ pub struct HookProcessorArgs {
 
 pub struct HookProcessorState {
     args: HookProcessorArgs,
-    ticker: JoinHandle<()>,
+    /// Aborted when the state is dropped: a panic in the actor skips
+    /// `post_stop`, not the drop.
+    _ticker: AbortOnDropHandle<()>,
     /// The processing in progress, aborted if the actor stops or fails.
     work: Option<OwnedTask>,
     running: bool,
@@ -67,12 +69,12 @@ impl Actor for HookProcessor {
         myself: ActorRef<Self::Msg>,
         args: HookProcessorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ticker = myself.send_interval(args.sweep, || HookMsg::Process);
+        let ticker = AbortOnDropHandle::new(myself.send_interval(args.sweep, || HookMsg::Process));
         // Hooks left over from before a restart are processed at once.
         myself.send_message(HookMsg::Process)?;
         Ok(HookProcessorState {
             args,
-            ticker,
+            _ticker: ticker,
             work: None,
             running: false,
             again: false,
@@ -115,15 +117,6 @@ impl Actor for HookProcessor {
                 }
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
         Ok(())
     }
 }

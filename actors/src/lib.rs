@@ -12,7 +12,9 @@
 //! - [`git`]: bare mirrors, remotes under the address rule, git over rustls.
 //! - [`gitconfig`]: the git config syntax of `.gitmodules` and `.lfsconfig`.
 //! - [`changes`]: what changed between two commits: files, hashes, the
-//!   binary rule, ignore rules, submodules.
+//!   binary rule, ignore rules, submodules; and what one subscription sees
+//!   of it, in the order of its events (pure, shared by the store's outbox
+//!   and replays).
 //! - [`lfs`]: Git LFS objects fetched through the batch API, and their cache.
 //!
 //! Delivery:

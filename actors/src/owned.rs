@@ -36,11 +36,6 @@ impl OwnedTask {
     pub fn is_finished(&self) -> bool {
         self.0.is_finished()
     }
-
-    /// Waits for the task to end by itself until `deadline`; aborts it then.
-    pub async fn finish_by(self, deadline: tokio::time::Instant) {
-        let _ = tokio::time::timeout_at(deadline, self.0).await;
-    }
 }
 
 /// A value a task is making for its owner, who holds it and takes the value

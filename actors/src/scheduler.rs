@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, warn};
 
 use crate::clock::now_ms;
@@ -85,8 +85,9 @@ pub struct SchedulerArgs {
 
 pub struct SchedulerState {
     args: SchedulerArgs,
-    /// Stops the tick timer when the scheduler stops.
-    ticker: JoinHandle<()>,
+    /// The tick timer, stopped when the state is dropped: a panic in the
+    /// actor skips `post_stop`, not the drop.
+    _ticker: AbortOnDropHandle<()>,
     /// The repositories with a scan asked for or under way; the others
     /// hold nothing here.
     scans: HashMap<RepoId, Scan>,
@@ -218,12 +219,12 @@ impl Actor for Scheduler {
         args: SchedulerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         debug!(tick = ?args.tick, "scheduler starting");
-        let ticker = myself.send_interval(args.tick, || SchedulerMsg::Tick);
+        let ticker = AbortOnDropHandle::new(myself.send_interval(args.tick, || SchedulerMsg::Tick));
         // Look at once rather than one tick after start-up.
         myself.send_message(SchedulerMsg::Tick)?;
         Ok(SchedulerState {
             args,
-            ticker,
+            _ticker: ticker,
             scans: HashMap::new(),
             restarts: HashMap::new(),
             looking_again: false,
@@ -342,7 +343,6 @@ impl Actor for Scheduler {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
         // Waiting scans are aborted as their tasks are dropped.
         for (_, scan) in state.scans.drain() {
             if let Scan::Running { watcher, .. } = scan {

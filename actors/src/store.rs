@@ -22,6 +22,8 @@
 //! - [`scans`]: each repository's recent scans, for its console page.
 //! - [`replays`]: the changes between two commits written again as new
 //!   events of one subscription, and each replay's progress.
+//! - `pins`: which snapshots' and replays' commits the mirror may stop
+//!   pinning, their events all settled.
 //! - [`replay_quotas`]: what one app's replays may take (replays under way,
 //!   events waiting, bytes an hour), counted in the database.
 
@@ -41,6 +43,7 @@ pub mod leases;
 mod legacy_tokens;
 pub mod operations;
 pub mod outbox;
+mod pins;
 pub mod replay_quotas;
 pub mod replays;
 pub mod retention;

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::clock::{millis, now_ms};
@@ -92,7 +92,9 @@ pub struct UpkeepArgs {
 
 pub struct UpkeepState {
     args: UpkeepArgs,
-    ticker: JoinHandle<()>,
+    /// Aborted when the state is dropped: a panic in the actor skips
+    /// `post_stop`, not the drop.
+    _ticker: AbortOnDropHandle<()>,
     pass: Option<OwnedTask>,
     /// Whether a pass has ended since start (the first one catches up on
     /// the rollups).
@@ -109,10 +111,11 @@ impl Actor for Upkeep {
         myself: ActorRef<Self::Msg>,
         args: UpkeepArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let ticker = myself.send_interval(args.config.every(), || UpkeepMsg::Pass);
+        let ticker =
+            AbortOnDropHandle::new(myself.send_interval(args.config.every(), || UpkeepMsg::Pass));
         Ok(UpkeepState {
             args,
-            ticker,
+            _ticker: ticker,
             pass: None,
             passed: false,
         })
@@ -144,15 +147,6 @@ impl Actor for Upkeep {
                 }
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.ticker.abort();
         Ok(())
     }
 }

@@ -14,10 +14,10 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{app_auth, json_body, with_state};
 use super::models::{AppProfile, AppView, BackoffView, RotatedKeyBody, UpdateApp};
+use super::state::AppState;
 use crate::domain::{self, Invalid};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {

@@ -18,7 +18,8 @@ use super::models::{
     AppSummaryBody, OnboardRequest, OnboardResponse, OnboardedApp, PageQuery, Pagination,
     RepositoryView,
 };
-use super::{AppState, paging};
+use super::paging;
+use super::state::AppState;
 use crate::domain;
 
 const APP_NOT_FOUND: &str = "App not found";

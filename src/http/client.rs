@@ -21,7 +21,8 @@ use super::models::{
     CursorQuery, MessageBody, RegisterRepository, RepositoryCreated, RepositoryList,
     RepositoryView, UpdateToken,
 };
-use super::{AppState, paging};
+use super::paging;
+use super::state::AppState;
 use crate::domain::{self, Invalid};
 
 const NOT_REGISTERED: &str = "Repository not found or not registered for this app";

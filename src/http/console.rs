@@ -44,9 +44,10 @@ use warp::http::{HeaderMap, HeaderValue, Response as HttpResponse, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::AppState;
+use super::budget::BodyLimit;
 use super::error::ApiError;
-use super::filters::{BodyLimit, client_ip, read_limited, with_state};
+use super::filters::{client_ip, read_limited, with_state};
+use super::state::AppState;
 
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);

@@ -16,7 +16,8 @@ use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
 use super::filters::{app_auth, query, with_state};
-use super::{AppState, paging};
+use super::paging;
+use super::state::AppState;
 use crate::domain::Invalid;
 
 const EVENT_NOT_FOUND: &str = "Event not found";

@@ -4,20 +4,20 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use entity::app;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 use warp::http::HeaderValue;
 use warp::{Filter, Rejection};
 
-use super::AppState;
+use super::budget::BodyLimit;
 use super::error::ApiError;
 use super::ratelimit::Budget;
 use super::server::ClientAddr;
+use super::state::AppState;
 
 pub fn with_state(
     state: AppState,
@@ -154,89 +154,8 @@ pub fn query<T: DeserializeOwned + Send + 'static>()
         })
 }
 
-/// How much of a request body is read, and for how long.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit {
-    /// Larger bodies are answered 413.
-    pub bytes: u64,
-    /// A body that has not arrived in full by then is answered 408, so a
-    /// client cannot hold a connection by trickling its body.
-    pub timeout: Duration,
-    /// The bytes every body being read or held may take together; a
-    /// reference so that the limit stays `Copy` for the filters that move it
-    /// into each request.
-    pub budget: &'static BodyBudget,
-}
-
-/// The bytes of request bodies Herald holds at once, across every request
-/// (`server.max_inflight_body_bytes`): a body takes its bytes as they are
-/// read and gives them back when it is dropped, so many large bodies held
-/// open cannot grow memory past the budget. A body that finds the budget
-/// spent waits [`BUDGET_WAIT`] for it, then is answered 503 with
-/// `Retry-After`.
-#[derive(Debug)]
-pub struct BodyBudget {
-    bytes: Semaphore,
-    /// How long a body waits for bytes before its 503 ([`BUDGET_WAIT`]).
-    wait: Duration,
-}
-
-/// How long a body waits for the budget before it is answered 503.
-const BUDGET_WAIT: Duration = Duration::from_secs(1);
-/// The `Retry-After` of a body refused for want of budget.
-const BUDGET_RETRY_AFTER_SECS: u64 = 2;
-
-impl BodyBudget {
-    /// A budget of `bytes` (at most [`Semaphore::MAX_PERMITS`], which the
-    /// settings check).
-    pub fn new(bytes: u64) -> Self {
-        let bytes = usize::try_from(bytes)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
-        Self {
-            bytes: Semaphore::new(bytes),
-            wait: BUDGET_WAIT,
-        }
-    }
-
-    /// A budget that lives as long as the process: [`BodyLimit`] holds it by
-    /// reference. Built once at start (and once per test).
-    pub fn leaked(bytes: u64) -> &'static Self {
-        Box::leak(Box::new(Self::new(bytes)))
-    }
-
-    /// The bytes not taken by any body now.
-    #[cfg(test)]
-    fn available(&self) -> usize {
-        self.bytes.available_permits()
-    }
-
-    /// Takes `bytes` more for a body holding `held`: at once when free,
-    /// else within [`BUDGET_WAIT`], else a 503.
-    async fn take(
-        &'static self,
-        held: &mut SemaphorePermit<'static>,
-        bytes: usize,
-    ) -> Result<(), ApiError> {
-        // Chunks are at most hyper's read buffer, and a body never asks for
-        // more than its size limit, which the settings keep within the budget.
-        let busy = || ApiError::Busy {
-            retry_after_secs: BUDGET_RETRY_AFTER_SECS,
-        };
-        let wanted = u32::try_from(bytes).map_err(|_| busy())?;
-        let more = match self.bytes.try_acquire_many(wanted) {
-            Ok(permit) => permit,
-            Err(_) => tokio::time::timeout(self.wait, self.bytes.acquire_many(wanted))
-                .await
-                .map_err(|_| busy())?
-                .map_err(|_| busy())?,
-        };
-        held.merge(more);
-        Ok(())
-    }
-}
-
-/// A request body read in full, holding its bytes of the [`BodyBudget`]
+/// A request body read in full, holding its bytes of the
+/// [`BodyBudget`](super::budget::BodyBudget)
 /// until it is dropped.
 pub struct BudgetedBody {
     bytes: BytesMut,
@@ -302,11 +221,7 @@ where
 {
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
-    let mut held = limit
-        .budget
-        .bytes
-        .try_acquire_many(0)
-        .expect("taking nothing always succeeds");
+    let mut held = limit.budget.nothing();
     while let Some(chunk) = body.next().await {
         let mut chunk =
             chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
@@ -376,16 +291,16 @@ fn strip_position(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use super::*;
+    use crate::http::budget::{BUDGET_WAIT, BodyBudget};
 
     /// A budget of `bytes` whose bodies wait `wait` for it.
     fn budget(bytes: u64, wait: Duration) -> &'static BodyBudget {
-        Box::leak(Box::new(BodyBudget {
-            wait,
-            ..BodyBudget::new(bytes)
-        }))
+        Box::leak(Box::new(BodyBudget::waiting(bytes, wait)))
     }
 
     fn limit(budget: &'static BodyBudget) -> BodyLimit {

@@ -14,7 +14,8 @@ use warp::reply::{Reply, Response};
 use super::error::{ApiError, respond};
 use super::filters::{admin_auth, query, with_state};
 use super::models::{PageQuery, Pagination};
-use super::{AppState, paging};
+use super::paging;
+use super::state::AppState;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     warp::path!("admin" / "api" / "hooks")

@@ -4,7 +4,7 @@
 //! (deduplicated by delivery id) and answered 202 at once. A missing or
 //! malformed credential is refused from the headers alone, before any of the
 //! body is read; a body that is read counts against the in-flight budget
-//! ([`super::filters::BodyBudget`]). The hook processor
+//! ([`super::budget::BodyBudget`]). The hook processor
 //! (an actor) does the rest; a hook is only ever a trigger for a scan.
 
 use std::net::IpAddr;
@@ -23,10 +23,10 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{client_ip, read_limited};
 use super::ratelimit::Budget;
+use super::state::AppState;
 
 /// The longest delivery id kept as sent; longer (or missing) ones are
 /// replaced by a hash of the body.

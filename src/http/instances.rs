@@ -10,9 +10,9 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{admin_auth, with_state};
+use super::state::AppState;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     warp::path!("admin" / "api" / "instances")

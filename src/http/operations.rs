@@ -22,7 +22,8 @@ use warp::reply::{Reply, Response};
 use super::error::{ApiError, respond};
 use super::filters::{admin_auth, json_body, query, with_state};
 use super::models::{PageQuery, Pagination};
-use super::{AppState, paging};
+use super::paging;
+use super::state::AppState;
 use crate::domain::Invalid;
 
 mod views;

@@ -8,9 +8,9 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::filters::with_state;
 use super::models::{HealthBody, ReadyBody, VersionBody};
+use super::state::AppState;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")

@@ -23,10 +23,10 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{app_auth, json_body, with_state};
 use super::models::{ReplayRequest, ReplayView};
+use super::state::AppState;
 use crate::domain::Invalid;
 
 const NOT_REGISTERED: &str = "Repository not found or not registered for this app";

@@ -32,7 +32,7 @@ use warp::http::HeaderValue;
 use warp::reply::{Reply, Response};
 
 mod feed;
-mod hub;
+pub(super) mod hub;
 mod share;
 
 use feed::{Feed, Next, Part};
@@ -41,9 +41,9 @@ pub use hub::StreamHub;
 pub use share::StreamLimits;
 use share::{AppShare, reserved};
 
-use super::AppState;
 use super::error::{ApiError, respond};
 use super::filters::{app_auth, json_body, query, with_state};
+use super::state::AppState;
 use crate::domain::Invalid;
 
 /// A comment goes down an idle stream this often, so proxies keep it open

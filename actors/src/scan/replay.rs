@@ -11,9 +11,8 @@ use std::path::PathBuf;
 
 use git2::{ErrorCode, Oid};
 
-use crate::changes::{self, ChangeError, TreeDelta, Visibility};
+use crate::changes::{self, ChangeError, ReplayDiff, Visibility, changes_for};
 use crate::git::{GitError, Mirror, RemoteSpec};
-use crate::store::outbox::{Manifest, changes_for};
 
 use super::MirrorModules;
 
@@ -47,21 +46,6 @@ pub struct ReplayJob {
     pub lfs: bool,
     /// Submodules expanded, as the repository's scans expand them.
     pub expand_submodules: bool,
-}
-
-/// The change between the two commits, ready to be written as events.
-pub struct ReplayDiff {
-    /// Full SHAs.
-    pub from: String,
-    pub to: String,
-    /// The old side of the change: the `from` tree's files that it touches
-    /// (and, when the ignore rules changed, those whose visibility did).
-    pub old: Manifest,
-    pub delta: TreeDelta,
-    pub old_visibility: Visibility,
-    pub new_visibility: Visibility,
-    /// How many events the subscription gets of it.
-    pub events: usize,
 }
 
 /// Why a replay cannot be computed.

@@ -150,24 +150,6 @@ impl Store {
         Ok(Lever::Done)
     }
 
-    /// The ids of the dead events of an app (or of every app), oldest first.
-    pub async fn retry_dead_events(
-        &self,
-        app: Option<&AppId>,
-        limit: u64,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut query = event::Entity::find()
-            .select_only()
-            .column(event::Column::Id)
-            .filter(event::Column::Status.eq(entity::EventStatus::Dead))
-            .order_by_asc(event::Column::Id)
-            .limit(limit);
-        if let Some(app) = app {
-            query = query.filter(event::Column::AppId.eq(app.as_str()));
-        }
-        Ok(query.into_tuple().all(&self.db).await?)
-    }
-
     /// Asks for the full current tree to be delivered again to the app's
     /// subscription: the next scan of the repository gives it an initial
     /// snapshot (no refetch when the remote did not move). `false` when the

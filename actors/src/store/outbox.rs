@@ -5,28 +5,35 @@
 //! snapshot's commit stays pinned there until its events are delivered.
 //!
 //! The stored manifest's rows are read and written in [`manifest`]; a failed
-//! scan is recorded in [`failures`].
+//! scan is recorded in [`failures`]; the apps' settings an advance reads are
+//! in [`opt_ins`], the opt-in events after the files in [`notices`], and a
+//! subscription's status after an advance follows the rule in [`status`].
 
 mod failures;
 mod held;
 mod manifest;
+mod notices;
+mod opt_ins;
+mod status;
 
 pub use self::failures::GitFailureRecord;
 pub(crate) use self::failures::insert_sync_failed;
-pub(crate) use self::manifest::Manifest;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use self::manifest::{apply_manifest_delta, load_manifest, snapshot_totals};
+use self::notices::{write_submodule_events, write_synced_notice};
+use self::opt_ins::OptIns;
 use super::leases::{ScanFence, hold_scan};
 use super::subscriptions::{Globs, fail_corrupt_globs};
 use super::{Store, StoreError, lock_repositories};
-use crate::changes::{FileInfo, TreeDelta, Visibility};
+use crate::changes::{
+    FileInfo, Manifest, Pending, TreeDelta, Visibility, changes_for, tree_changes, tree_files,
+};
 use crate::clock::now_ms;
 use crate::ids::{EventId, RepoId, SnapshotId};
-use crate::payload::{SubmoduleMove, SyncedCounts, SyncedNotice};
-use entity::{EventKind, app, event, manifest_entry, snapshot, subscription};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use crate::payload::SyncedCounts;
+use entity::{EventKind, event, manifest_entry, snapshot, subscription};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, QuerySelect, Set,
@@ -64,35 +71,6 @@ pub struct AdvanceOutcome {
     pub subscriptions: usize,
 }
 
-/// One change for one subscription, before it gets its id and number.
-pub(crate) struct Pending<'a> {
-    pub(crate) kind: EventKind,
-    pub(crate) path: &'a str,
-    file: &'a FileInfo,
-    /// The file an update replaces.
-    previous: Option<&'a FileInfo>,
-}
-
-impl Pending<'_> {
-    /// The bytes its change takes in its event's row: the path, the two
-    /// SHA-256s in hex, the blob id in hex and the size (what every event
-    /// carries besides is its writer's to count).
-    pub(crate) fn stored_bytes(&self) -> u64 {
-        const SHA256_HEX: usize = 64;
-        let blob_hex = 2 * self.file.blob_id.as_bytes().len();
-        let bytes = self.path.len()
-            + SHA256_HEX
-            + self.previous.map_or(0, |_| SHA256_HEX)
-            + if self.kind == EventKind::Deleted {
-                0
-            } else {
-                blob_hex
-            }
-            + std::mem::size_of::<i64>();
-        u64::try_from(bytes).unwrap_or(u64::MAX)
-    }
-}
-
 /// What every event of one snapshot (or one replay) carries besides its
 /// change.
 pub(crate) struct Stamp<'a> {
@@ -121,48 +99,6 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    /// Pinned snapshots (and replays) of a repository that no pending or
-    /// dead event refers to any more: their commits need not stay pinned in
-    /// the mirror (the
-    /// current one stays reachable through the branch, and a diff falls back
-    /// to the stored manifest when it is gone).
-    pub async fn settled_snapshots(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
-        let waiting = sea_orm::sea_query::Query::select()
-            .column(event::Column::SnapshotId)
-            .from(event::Entity)
-            .and_where(Expr::col(event::Column::RepositoryId).eq(repo.as_str()))
-            .and_where(
-                Expr::col(event::Column::Status)
-                    .is_in([entity::EventStatus::Pending, entity::EventStatus::Dead]),
-            )
-            .and_where(Expr::col(event::Column::SnapshotId).is_not_null())
-            .to_owned();
-        let mut settled: Vec<String> = snapshot::Entity::find()
-            .select_only()
-            .column(snapshot::Column::Id)
-            .filter(snapshot::Column::RepositoryId.eq(repo.as_str()))
-            .filter(snapshot::Column::Pinned.eq(true))
-            .filter(snapshot::Column::Id.not_in_subquery(waiting))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        // A replay pins its `to` commit under its own id, the same way.
-        settled.extend(super::replays::settled_replays(&self.db, repo).await?);
-        Ok(settled)
-    }
-
-    /// Records that the mirror no longer pins these snapshots (and replays).
-    pub async fn mark_unpinned(&self, snapshots: &[String]) -> Result<(), StoreError> {
-        for batch in snapshots.chunks(BATCH) {
-            snapshot::Entity::update_many()
-                .col_expr(snapshot::Column::Pinned, Expr::value(false))
-                .filter(snapshot::Column::Id.is_in(batch.iter().cloned()))
-                .exec(&self.db)
-                .await?;
-        }
-        super::replays::mark_replays_unpinned(&self.db, snapshots).await
     }
 
     /// Commits a scan: the snapshot, the manifest change, every subscription's
@@ -199,38 +135,7 @@ impl Store {
             .filter(subscription::Column::Access.eq(entity::AccessState::Granted))
             .all(&txn)
             .await?;
-        let watchers = sea_orm::sea_query::Query::select()
-            .column(subscription::Column::AppId)
-            .from(subscription::Entity)
-            .and_where(Expr::col(subscription::Column::RepositoryId).eq(repo.id.as_str()))
-            .to_owned();
-        // The apps whose settings differ from the defaults.
-        let opted_in: Vec<(String, bool, bool, bool)> = app::Entity::find()
-            .select_only()
-            .column(app::Column::Id)
-            .column(app::Column::NotifySynced)
-            .column(app::Column::NotifySubmodules)
-            .column(app::Column::ResolveLfs)
-            .filter(app::Column::Id.in_subquery(watchers))
-            .filter(
-                app::Column::NotifySynced
-                    .eq(true)
-                    .or(app::Column::NotifySubmodules.eq(true))
-                    .or(app::Column::ResolveLfs.eq(false)),
-            )
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        let opted = |which: fn(&(String, bool, bool, bool)) -> bool| {
-            opted_in
-                .iter()
-                .filter(|app| which(app))
-                .map(|app| app.0.clone())
-                .collect::<std::collections::HashSet<String>>()
-        };
-        let notify_synced = opted(|app| app.1);
-        let notify_submodules = opted(|app| app.2);
-        let unresolved_lfs = opted(|app| !app.3);
+        let opt_ins = OptIns::load(&txn, &repo.id).await?;
         let delta = &advance.delta;
         let moved =
             repo.head_commit.as_deref() != Some(advance.commit.as_str()) || !delta.is_empty();
@@ -244,7 +149,7 @@ impl Store {
         let holding = if any_new {
             held::holding(&txn, &new_subscriptions).await?
         } else {
-            std::collections::HashSet::new()
+            HashSet::new()
         };
         let full = any_new || delta.ignore_rules_changed;
 
@@ -287,12 +192,24 @@ impl Store {
             now,
             replay: None,
         };
+        let tree = Tree {
+            old: &old,
+            delta,
+            moved,
+            old_ignore: &advance.old_ignore,
+            new_ignore: &advance.new_ignore,
+        };
 
         let mut written = 0u64;
         let mut written_by_kind: BTreeMap<EventKind, u64> = BTreeMap::new();
+        let mut tally = |kind: EventKind, n: u64| {
+            if n > 0 {
+                *written_by_kind.entry(kind).or_default() += n;
+            }
+        };
         for sub in &subscriptions {
-            let resolve_lfs = !unresolved_lfs.contains(&sub.app_id);
-            let Globs { include, exclude } = match Globs::try_from(sub) {
+            let first = sub.last_snapshot_id.is_none();
+            let globs = match Globs::try_from(sub) {
                 Ok(globs) => globs,
                 Err(corrupt) => {
                     // Never read as "no filter": it gets nothing until fixed.
@@ -300,159 +217,65 @@ impl Store {
                     continue;
                 }
             };
-            let new_vis = Visibility::new(advance.new_ignore.clone(), &include, &exclude);
-            let counts = if holding.contains(&sub.id) {
-                // The first snapshot of a subscription whose app already
-                // holds files: only the difference.
-                let held = held::take_held(&txn, &sub.id).await?;
-                let pending =
-                    held::changes_from_held(&held, tree_files(&old, delta), &new_vis, resolve_lfs);
-                write_events(&txn, sub, &stamp, resolve_lfs, pending.into_iter()).await?
-            } else if sub.last_snapshot_id.is_none() {
-                // The first snapshot of a subscription: every visible file,
-                // created, streamed from the tree (a million files never
-                // become a million pending events at once).
-                // Boxed: the future holds a `Send` object, not the closures.
-                let files: Box<dyn Iterator<Item = Pending<'_>> + Send> = Box::new(
-                    tree_files(&old, delta)
-                        .filter(|(path, _)| new_vis.sees(path))
-                        .map(|(path, file)| Pending {
-                            kind: EventKind::Created,
-                            path,
-                            file,
-                            previous: None,
-                        }),
-                );
-                write_events(&txn, sub, &stamp, resolve_lfs, files).await?
-            } else if !moved {
-                SyncedCounts::default()
-            } else {
-                let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
-                let pending = changes_for(&old, delta, &old_vis, &new_vis);
-                write_events(&txn, sub, &stamp, resolve_lfs, pending.into_iter()).await?
+            let start = FileStart {
+                holding: holding.contains(&sub.id),
+                resolve_lfs: !opt_ins.unresolved_lfs.contains(&sub.app_id),
             };
-            let count = usize::try_from(counts.created + counts.updated + counts.deleted)
-                .unwrap_or(usize::MAX);
-            for (kind, n) in [
-                (EventKind::Created, counts.created),
-                (EventKind::Updated, counts.updated),
-                (EventKind::Deleted, counts.deleted),
-            ] {
-                if n > 0 {
-                    *written_by_kind.entry(kind).or_default() += n;
-                }
-            }
-            let first_seq = sub.next_seq;
+            let counts = write_file_events(&txn, sub, &stamp, &tree, &globs, start).await?;
+            tally(EventKind::Created, counts.created);
+            tally(EventKind::Updated, counts.updated);
+            tally(EventKind::Deleted, counts.deleted);
+            let mut count = counts.created + counts.updated + counts.deleted;
             // Opt-in `submodule` events follow the snapshot's files, by path.
-            let count = if moved
-                && sub.last_snapshot_id.is_some()
-                && notify_submodules.contains(&sub.app_id)
-            {
-                let old_vis = Visibility::new(advance.old_ignore.clone(), &include, &exclude);
-                let mut seq = first_seq + i64::try_from(count).unwrap_or(i64::MAX);
-                for change in delta
-                    .submodules()
-                    .iter()
-                    .filter(|change| new_vis.sees(&change.path) || old_vis.sees(&change.path))
-                {
-                    let moved_to = SubmoduleMove {
-                        previous_commit: change.old.map(|oid| oid.to_string()),
-                        commit: change.new.map(|oid| oid.to_string()),
-                        url: change.url.clone(),
-                    };
-                    event::ActiveModel {
-                        seq: Set(seq),
-                        kind: Set(EventKind::Submodule),
-                        path: Set(Some(change.path.clone())),
-                        snapshot_id: Set(snapshot_id.clone()),
-                        trace_parent: Set(trace_parent.clone()),
-                        commit_sha: Set(Some(advance.commit.clone())),
-                        payload: Set(Some(
-                            serde_json::to_string(&moved_to).expect("notices serialise"),
-                        )),
-                        ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
-                    }
-                    .insert(&txn)
-                    .await?;
-                    *written_by_kind.entry(EventKind::Submodule).or_default() += 1;
-                    seq += 1;
-                }
-                usize::try_from(seq - first_seq).unwrap_or(usize::MAX)
-            } else {
-                count
-            };
+            if moved && !first && opt_ins.notify_submodules.contains(&sub.app_id) {
+                let seq = seq_after(sub, count);
+                let n = write_submodule_events(&txn, sub, &stamp, &tree, &globs, seq).await?;
+                tally(EventKind::Submodule, n);
+                count += n;
+            }
             // The opt-in `synced` notice goes last: delivered in `seq`
             // order, it reaches the app once the app holds this snapshot's
             // tree (an empty first snapshot included).
-            let count = if notify_synced.contains(&sub.app_id)
-                && (count > 0 || sub.last_snapshot_id.is_none())
-            {
-                let notice = SyncedNotice {
-                    previous_commit_sha: sub
-                        .last_synced_commit
-                        .clone()
-                        .filter(|_| sub.last_snapshot_id.is_some()),
-                    counts,
-                };
-                event::ActiveModel {
-                    seq: Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX)),
-                    kind: Set(EventKind::Synced),
-                    snapshot_id: Set(snapshot_id.clone()),
-                    trace_parent: Set(trace_parent.clone()),
-                    commit_sha: Set(Some(advance.commit.clone())),
-                    payload: Set(Some(
-                        serde_json::to_string(&notice).expect("notices serialise"),
-                    )),
-                    ..pending_event(&sub.id, &sub.app_id, &repo.id, now)
-                }
-                .insert(&txn)
-                .await?;
-                *written_by_kind.entry(EventKind::Synced).or_default() += 1;
-                count + 1
-            } else {
-                count
-            };
-            written += count as u64;
-
-            // A subscription blocked by its own deliveries (a dead event, or
-            // the endpoint's 410) stays blocked; one failed by git failures
-            // recovers now that git works.
-            let undelivered = |status: entity::EventStatus| {
-                event::Entity::find()
-                    .filter(event::Column::SubscriptionId.eq(sub.id.as_str()))
-                    .filter(event::Column::Status.eq(status))
-                    .count(&txn)
-            };
-            let blocked = sub.status == entity::SubscriptionStatus::Paused
-                || (sub.status == entity::SubscriptionStatus::Failed
-                    && undelivered(entity::EventStatus::Dead).await? > 0);
-            let recovering = sub.status == entity::SubscriptionStatus::Failed && !blocked;
-            // A successful scan heals what git failures left, moved or not.
-            let healing = !blocked && (sub.last_error.is_some() || sub.retry_count != 0);
-            if !moved && count == 0 && !recovering && !healing && sub.last_snapshot_id.is_some() {
-                continue;
+            if opt_ins.notify_synced.contains(&sub.app_id) && (count > 0 || first) {
+                write_synced_notice(&txn, sub, &stamp, counts, seq_after(sub, count)).await?;
+                tally(EventKind::Synced, 1);
+                count += 1;
             }
-            let status = if blocked {
-                sub.status
-            } else if count > 0 {
-                entity::SubscriptionStatus::Syncing
-            } else if recovering {
-                if undelivered(entity::EventStatus::Pending).await? > 0 {
-                    entity::SubscriptionStatus::Syncing
-                } else {
-                    entity::SubscriptionStatus::Synced
-                }
-            } else if sub.status == entity::SubscriptionStatus::PendingSnapshot {
-                entity::SubscriptionStatus::Synced
+            written += count;
+
+            // Only a failed subscription's waiting events decide its status.
+            let (dead, pending) = if sub.status == entity::SubscriptionStatus::Failed {
+                let dead = undelivered(&txn, &sub.id, entity::EventStatus::Dead).await? > 0;
+                // Read only when the subscription recovers with nothing new.
+                let pending = !dead
+                    && count == 0
+                    && undelivered(&txn, &sub.id, entity::EventStatus::Pending).await? > 0;
+                (dead, pending)
             } else {
-                sub.status
+                (false, false)
+            };
+            let transition = status::transition(status::Inputs {
+                status: sub.status,
+                dead_events: dead,
+                pending_events: pending,
+                written: count > 0,
+                moved,
+                first,
+                failing: sub.last_error.is_some() || sub.retry_count != 0,
+            });
+            let status::Transition::Write {
+                status,
+                clear_failure,
+            } = transition
+            else {
+                continue;
             };
             let mut active = sub.clone().into_active_model();
-            active.next_seq = Set(first_seq + i64::try_from(count).unwrap_or(i64::MAX));
+            active.next_seq = Set(seq_after(sub, count));
             active.last_snapshot_id = Set(snapshot_id.clone());
             active.last_synced_commit = Set(Some(advance.commit.clone()));
-            active.status = Set(status.to_owned());
-            if !blocked {
+            active.status = Set(status);
+            if clear_failure {
                 active.last_error = Set(None);
                 active.retry_count = Set(0);
             }
@@ -485,40 +308,103 @@ impl Store {
     }
 }
 
-/// How many files the snapshot created, updated and deleted in the tree.
-fn tree_changes(old: &Manifest, delta: &TreeDelta) -> (u64, u64, u64) {
-    let updated = delta
-        .upserts()
-        .filter(|(path, _)| old.contains_key(*path))
-        .count();
-    let deleted = delta
-        .deletes()
-        .filter(|path| old.contains_key(*path))
-        .count();
-    (
-        (delta.upserts().len() - updated) as u64,
-        updated as u64,
-        deleted as u64,
-    )
-}
-
-/// Every file of the new tree in byte order of its path: the old manifest
-/// with the change applied. Both sides are sorted, so this is a merge.
-fn tree_files<'a>(
+/// The tree change one advance writes, as every subscription's share of it
+/// is computed from.
+struct Tree<'a> {
+    /// The manifest before the snapshot (whole, or the changed paths only).
     old: &'a Manifest,
     delta: &'a TreeDelta,
-) -> impl Iterator<Item = (&'a str, &'a FileInfo)> + Send + 'a {
-    let mut kept = old
-        .iter()
-        .filter(|(path, _)| !delta.deleted(path) && delta.upsert(path).is_none())
-        .map(|(path, file)| (path.as_str(), file))
-        .peekable();
-    let mut changed = delta.upserts().peekable();
-    std::iter::from_fn(move || match (kept.peek(), changed.peek()) {
-        (Some(a), Some(b)) if a.0.as_bytes() < b.0.as_bytes() => kept.next(),
-        (Some(_), None) => kept.next(),
-        _ => changed.next(),
-    })
+    /// Whether the repository moved to a new snapshot.
+    moved: bool,
+    /// Visibility rules before and after.
+    old_ignore: &'a Option<ignore::gitignore::Gitignore>,
+    new_ignore: &'a Option<ignore::gitignore::Gitignore>,
+}
+
+/// What a subscription with these globs sees under these ignore rules.
+pub(super) fn visibility(
+    globs: &Globs,
+    ignore: &Option<ignore::gitignore::Gitignore>,
+) -> Visibility {
+    Visibility::new(ignore.clone(), &globs.include, &globs.exclude)
+}
+
+/// How a subscription's file events start.
+#[derive(Clone, Copy)]
+struct FileStart {
+    /// Its app already holds files (imported): its first snapshot sends
+    /// only the difference.
+    holding: bool,
+    /// The app's `resolve_lfs` setting.
+    resolve_lfs: bool,
+}
+
+/// The `seq` after a subscription's `count` new events.
+fn seq_after(sub: &subscription::Model, count: u64) -> i64 {
+    sub.next_seq + i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A subscription's events still `status`.
+async fn undelivered(
+    txn: &DatabaseTransaction,
+    subscription: &str,
+    status: entity::EventStatus,
+) -> Result<u64, StoreError> {
+    Ok(event::Entity::find()
+        .filter(event::Column::SubscriptionId.eq(subscription))
+        .filter(event::Column::Status.eq(status))
+        .count(txn)
+        .await?)
+}
+
+/// Writes a subscription's file events of this advance, numbered from its
+/// `next_seq`: the difference from what its app holds, every visible file
+/// for its first snapshot, the change it sees when the repository moved,
+/// else nothing.
+async fn write_file_events(
+    txn: &DatabaseTransaction,
+    sub: &subscription::Model,
+    stamp: &Stamp<'_>,
+    tree: &Tree<'_>,
+    globs: &Globs,
+    start: FileStart,
+) -> Result<SyncedCounts, StoreError> {
+    let resolve_lfs = start.resolve_lfs;
+    let new_vis = visibility(globs, tree.new_ignore);
+    if start.holding {
+        // The first snapshot of a subscription whose app already holds
+        // files: only the difference.
+        let held = held::take_held(txn, &sub.id).await?;
+        let pending = held::changes_from_held(
+            &held,
+            tree_files(tree.old, tree.delta),
+            &new_vis,
+            resolve_lfs,
+        );
+        write_events(txn, sub, stamp, resolve_lfs, pending.into_iter()).await
+    } else if sub.last_snapshot_id.is_none() {
+        // The first snapshot of a subscription: every visible file,
+        // created, streamed from the tree (a million files never become a
+        // million pending events at once).
+        // Boxed: the future holds a `Send` object, not the closures.
+        let files: Box<dyn Iterator<Item = Pending<'_>> + Send> = Box::new(
+            tree_files(tree.old, tree.delta)
+                .filter(|(path, _)| new_vis.sees(path))
+                .map(|(path, file)| Pending {
+                    kind: EventKind::Created,
+                    path,
+                    file,
+                    previous: None,
+                }),
+        );
+        write_events(txn, sub, stamp, resolve_lfs, files).await
+    } else if !tree.moved {
+        Ok(SyncedCounts::default())
+    } else {
+        let old_vis = visibility(globs, tree.old_ignore);
+        let pending = changes_for(tree.old, tree.delta, &old_vis, &new_vis);
+        write_events(txn, sub, stamp, resolve_lfs, pending.into_iter()).await
+    }
 }
 
 /// Writes a subscription's events in the order given, numbered from its
@@ -576,61 +462,6 @@ pub(crate) async fn write_events<'a>(
             .await?;
     }
     Ok(counts)
-}
-
-/// The events of one subscription that was at the previous snapshot:
-/// deletes, then creates, then updates, each by path (byte order).
-pub(crate) fn changes_for<'a>(
-    old: &'a Manifest,
-    delta: &'a TreeDelta,
-    old_vis: &Visibility,
-    new_vis: &Visibility,
-) -> Vec<Pending<'a>> {
-    let mut deleted = Vec::new();
-    let mut created = Vec::new();
-    let mut updated = Vec::new();
-    // Paths to judge: the changed ones, or every known one when visibility
-    // itself may have changed.
-    let mut paths: std::collections::BTreeSet<&'a str> =
-        delta.upserts().map(|(path, _)| path).collect();
-    paths.extend(delta.deletes());
-    if delta.ignore_rules_changed {
-        paths.extend(old.keys().map(String::as_str));
-    }
-    for path in paths {
-        let before = old.get(path).filter(|_| old_vis.sees(path));
-        let after = if delta.deleted(path) {
-            None
-        } else {
-            delta
-                .upsert(path)
-                .or_else(|| old.get(path))
-                .filter(|_| new_vis.sees(path))
-        };
-        match (before, after) {
-            (Some(before), None) => deleted.push(Pending {
-                kind: EventKind::Deleted,
-                path,
-                file: before,
-                previous: None,
-            }),
-            (None, Some(after)) => created.push(Pending {
-                kind: EventKind::Created,
-                path,
-                file: after,
-                previous: None,
-            }),
-            (Some(before), Some(after)) if before.sha256 != after.sha256 => updated.push(Pending {
-                kind: EventKind::Updated,
-                path,
-                file: after,
-                previous: Some(before),
-            }),
-            _ => {}
-        }
-    }
-    // Each list is already in path order: the paths came from a sorted set.
-    deleted.into_iter().chain(created).chain(updated).collect()
 }
 
 /// A new pending event of a subscription, due now, with no file fields; the

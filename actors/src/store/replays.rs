@@ -6,19 +6,17 @@
 //! delivered ones.
 
 use entity::{EventKind, EventStatus, event, replay, subscription};
-use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set,
 };
 
-use super::outbox::{Stamp, changes_for, write_events};
+use super::outbox::{Stamp, write_events};
 use super::replay_quotas::{QuotaRefusal, ReplayQuotas};
 use super::{Store, StoreError, lock_repositories};
+use crate::changes::{Pending, ReplayDiff, changes_for};
 use crate::clock::now_ms;
 use crate::ids::{AppId, ReplayId, RepoId};
 use crate::payload::{ReplayMarker, ReplayPayload};
-use crate::scan::replay::ReplayDiff;
 
 /// Where a replay stands, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +88,24 @@ const EVENT_NUMBERS: u64 = 8 * 8;
 /// `created_at`, `bytes`), 8 bytes each.
 const REPLAY_NUMBERS: u64 = 4 * 8;
 
+/// The bytes a change takes in its event's row: the path, the two
+/// SHA-256s in hex, the blob id in hex and the size (what every event
+/// carries besides is its writer's to count).
+fn stored_bytes(change: &Pending<'_>) -> u64 {
+    const SHA256_HEX: usize = 64;
+    let blob_hex = 2 * change.file.blob_id.as_bytes().len();
+    let bytes = change.path.len()
+        + SHA256_HEX
+        + change.previous.map_or(0, |_| SHA256_HEX)
+        + if change.kind == EventKind::Deleted {
+            0
+        } else {
+            blob_hex
+        }
+        + std::mem::size_of::<i64>();
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 fn text_len(text: &str) -> u64 {
     u64::try_from(text.len()).unwrap_or(u64::MAX)
 }
@@ -100,7 +116,7 @@ fn replay_bytes(
     sub: &subscription::Model,
     stamp: &Stamp<'_>,
     diff: &ReplayDiff,
-    pending: &[super::outbox::Pending<'_>],
+    pending: &[Pending<'_>],
 ) -> u64 {
     let (replay_id, marker) = stamp.replay.unwrap_or_default();
     let ids = text_len(&sub.id) + text_len(&sub.app_id) + text_len(&sub.repository_id);
@@ -111,7 +127,7 @@ fn replay_bytes(
         + text_len(replay_id)
         + text_len(marker)
         + EVENT_NUMBERS;
-    let events: u64 = pending.iter().map(|p| per_event + p.stored_bytes()).sum();
+    let events: u64 = pending.iter().map(|p| per_event + stored_bytes(p)).sum();
     let row =
         text_len(replay_id) + ids + text_len(&diff.from) + text_len(&diff.to) + REPLAY_NUMBERS;
     events + row
@@ -274,53 +290,6 @@ impl Store {
             replay: row,
         }))
     }
-}
-
-/// Replays of `repo` still pinned in its mirror whose events are all
-/// settled (none pending or dead): their pins can go, as settled
-/// snapshots' do.
-pub(crate) async fn settled_replays<C: ConnectionTrait>(
-    conn: &C,
-    repo: &RepoId,
-) -> Result<Vec<String>, StoreError> {
-    let waiting = sea_orm::sea_query::Query::select()
-        .column(event::Column::ReplayId)
-        .from(event::Entity)
-        .and_where(Expr::col(event::Column::RepositoryId).eq(repo.as_str()))
-        .and_where(
-            Expr::col(event::Column::Status).is_in([EventStatus::Pending, EventStatus::Dead]),
-        )
-        .and_where(Expr::col(event::Column::ReplayId).is_not_null())
-        .to_owned();
-    Ok(replay::Entity::find()
-        .select_only()
-        .column(replay::Column::Id)
-        .filter(replay::Column::RepositoryId.eq(repo.as_str()))
-        .filter(replay::Column::Pinned.eq(true))
-        .filter(replay::Column::Id.not_in_subquery(waiting))
-        .into_tuple()
-        .all(conn)
-        .await?)
-}
-
-/// Records that the mirror no longer pins these replays' commits (ids that
-/// are not replays' are ignored).
-pub(crate) async fn mark_replays_unpinned<C: ConnectionTrait>(
-    conn: &C,
-    ids: &[String],
-) -> Result<(), StoreError> {
-    let replays: Vec<&String> = ids
-        .iter()
-        .filter(|id| id.starts_with(ReplayId::PREFIX))
-        .collect();
-    for batch in replays.chunks(500) {
-        replay::Entity::update_many()
-            .col_expr(replay::Column::Pinned, Expr::value(false))
-            .filter(replay::Column::Id.is_in(batch.iter().map(|id| id.as_str())))
-            .exec(conn)
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

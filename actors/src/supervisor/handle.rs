@@ -179,7 +179,7 @@ impl EngineHandle {
     pub async fn replay(
         &self,
         request: ReplayRequest,
-    ) -> Result<crate::scan::replay::ReplayDiff, crate::scan::replay::ReplayFailure> {
+    ) -> Result<crate::changes::ReplayDiff, crate::scan::replay::ReplayFailure> {
         use crate::scan::replay::{MAX_REPLAY_EVENTS, ReplayFailure, ReplayJob, replay_diff};
         let (rule, timeout, low_speed) = self.remote.clone();
         let job = ReplayJob {

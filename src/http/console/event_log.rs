@@ -15,8 +15,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::layout::{self, action, empty, status, when, when_opt};
 use super::{ListQuery, Session};
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 const PER_PAGE: u64 = 50;
 /// The apps and repositories a filter's lists offer; beyond them, the id

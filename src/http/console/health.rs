@@ -14,8 +14,8 @@ use serde::Deserialize;
 use super::Session;
 use super::chart::{Axis, CategoryChart, Series, Shape, TimeChart};
 use super::layout;
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Subscriptions drawn in a pending chart: the ones that had the most.
 const PENDING_LINES: usize = 8;

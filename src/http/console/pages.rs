@@ -10,8 +10,8 @@ use maud::{Markup, html};
 
 use super::layout::{self, action, empty, pager, status, when, when_opt};
 use super::{ListQuery, Session};
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 const PER_PAGE: u64 = 50;
 /// An instance unseen for longer than this is shown as gone.

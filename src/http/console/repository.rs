@@ -6,8 +6,8 @@ use maud::{Markup, html};
 
 use super::layout::{self, action, empty, status, when, when_opt};
 use super::{ListQuery, Session};
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Scans shown (the store keeps a few more).
 const SCANS: u64 = 20;

@@ -14,8 +14,8 @@ use entity::{app, event};
 
 use super::share::{AppShare, Rendered, Rendering};
 use super::{consume, pulling};
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Events read from the store at a time.
 const PAGE: u64 = 64;

@@ -11,8 +11,8 @@ use sea_orm::{
     ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::{BATCH, Pending};
-use crate::changes::{FileInfo, Visibility};
+use super::BATCH;
+use crate::changes::{FileInfo, Pending, Visibility};
 use crate::store::StoreError;
 
 /// What an app holds of one repository, by path: each file as a

@@ -2,8 +2,6 @@
 //! a diff needs (whole, in keyset pages, or only the changed paths), the new
 //! snapshot's totals, and the delta applied to the rows, a batch at a time.
 
-use std::collections::BTreeMap;
-
 use entity::{manifest_entry, repository, snapshot};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
@@ -12,14 +10,11 @@ use sea_orm::{
 };
 
 use super::BATCH;
-use crate::changes::{FileInfo, PointerFile, TreeDelta};
+use crate::changes::{FileInfo, Manifest, PointerFile, TreeDelta};
 use crate::store::StoreError;
 
 /// Manifest rows read per query when the whole manifest is loaded.
 const MANIFEST_PAGE: u64 = 10_000;
-
-/// The stored manifest (or the part of it a snapshot needs), by path.
-pub(crate) type Manifest = BTreeMap<String, FileInfo>;
 
 /// The stored manifest of a repository, or only the rows of `only`'s
 /// paths. Rows are read in pages of the columns a snapshot needs, so a
