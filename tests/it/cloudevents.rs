@@ -235,7 +235,7 @@ async fn the_cloudevents_sdk_reads_every_webhook_herald_sends() {
         .filter(|(endpoint, _)| endpoint != "synced")
         .collect();
     files.dedup();
-    let mut expected = vec![
+    let mut expected = [
         ("create".to_owned(), Some("big.bin".to_owned())),
         ("create".to_owned(), Some(text.to_owned())),
         ("file_too_large".to_owned(), Some("huge.txt".to_owned())),
