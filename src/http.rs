@@ -4,6 +4,8 @@
 //!
 //! - [`public`]: `/health`, `/ready`, `/version`, `/metrics`, `/openapi.json`,
 //!   `/docs`.
+//! - [`asyncapi`]: `/asyncapi.json`, the AsyncAPI document of every channel
+//!   Herald publishes on (webhooks, the pull stream, broker destinations).
 //! - [`admin`]: `/admin/api/…` (admin token).
 //! - [`console`]: `/admin…`, the HTML admin console (a session from the admin
 //!   token, CSRF tokens, its own assets).
@@ -30,6 +32,7 @@
 
 mod account;
 mod admin;
+pub mod asyncapi;
 mod budget;
 mod client;
 mod console;
@@ -72,6 +75,8 @@ pub use stream::{StreamHub, StreamLimits};
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = public::routes(state.clone())
         .or(openapi::routes())
+        .unify()
+        .or(asyncapi::routes())
         .unify()
         .or(admin::routes(state.clone()))
         .unify()

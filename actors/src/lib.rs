@@ -23,6 +23,7 @@
 //!   subscription; pull delivery's rendering.
 //! - [`payload`]: webhook bodies in Docora's field order, and chunks.
 //! - [`signing`]: Docora and Standard Webhooks signatures.
+//! - [`cloudevents`]: the CloudEvents attributes of every message.
 //! - [`backoff`]: the five retry policies.
 //! - [`webhook_client`]: the one outbound HTTP client for webhooks.
 //! - [`breaker`]: circuit breakers (git remotes, app endpoints) and their actor.
@@ -62,6 +63,7 @@ pub mod breaker;
 pub mod bulk;
 pub mod changes;
 pub mod clock;
+pub mod cloudevents;
 pub mod crypto;
 pub mod delivery;
 pub mod docora;

@@ -548,14 +548,7 @@ pub fn render(
 ) -> Result<Rendered, PayloadError> {
     let incomplete = || PayloadError::Incomplete(event.id.clone());
     let timestamp = rfc3339_ms(event.created_at);
-    let endpoint = match event.kind {
-        entity::EventKind::Created => "create",
-        entity::EventKind::Updated => "update",
-        entity::EventKind::Deleted => "delete",
-        entity::EventKind::SyncFailed => "sync_failed",
-        entity::EventKind::Synced => "synced",
-        entity::EventKind::Submodule => "submodule",
-    };
+    let endpoint = event.kind.endpoint();
     let path = event.path.as_deref();
     let sha = event.sha256.as_deref();
     let commit = event.commit_sha.as_deref();

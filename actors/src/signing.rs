@@ -7,7 +7,9 @@
 //!   app's `client_auth_key`. During a key rotation both keys sign.
 //!
 //! [`Signer`] puts both on a webhook's headers, with the ids and timestamp
-//! they cover.
+//! they cover, and the message's CloudEvents attributes
+//! ([`crate::cloudevents`]): every header a webhook or a broker message
+//! carries but `traceparent`.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use reqwest::header::HeaderMap;
 use sha2::Sha256;
 
 use crate::clock::now_ms;
+use crate::cloudevents::CloudEvent;
 use crate::ids::AppId;
 use crate::webhook_client::header;
 
@@ -62,8 +65,9 @@ pub struct Signer {
     keys: Arc<[Vec<u8>]>,
 }
 
-/// A request's body with its signed headers (all but `traceparent`, which
-/// belongs to the attempt's span and is not signed).
+/// A request's body with its signed headers and its CloudEvents attributes
+/// (all but `traceparent`, which belongs to the attempt's span and is not
+/// signed): a broker destination sends every one of them.
 pub struct Signed {
     pub body: bytes::Bytes,
     /// Unix seconds, as signed.
@@ -77,8 +81,9 @@ impl Signer {
         Self { app_id, keys }
     }
 
-    /// Signs `body`, sent as `webhook_id`, now.
-    pub fn sign(&self, webhook_id: String, body: bytes::Bytes) -> Signed {
+    /// Signs `body`, sent as `webhook_id`, now; `event` gives its
+    /// CloudEvents attributes.
+    pub fn sign(&self, webhook_id: String, body: bytes::Bytes, event: &CloudEvent) -> Signed {
         let timestamp = now_ms() / 1000;
         let headers = signed_headers(
             self.app_id.as_str(),
@@ -86,6 +91,7 @@ impl Signer {
             &webhook_id,
             timestamp,
             &body,
+            event,
         );
         Signed {
             body,
@@ -97,21 +103,25 @@ impl Signer {
 
 /// A webhook's headers, both signature styles over the exact body (Docora's
 /// with the current key; Standard Webhooks' with every key that signs,
-/// during a rotation the previous one too).
+/// during a rotation the previous one too), and its CloudEvents attributes.
 fn signed_headers(
     app_id: &str,
     keys: &[Vec<u8>],
     webhook_id: &str,
     timestamp: i64,
     body: &[u8],
+    event: &CloudEvent,
 ) -> HeaderMap {
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     let fields = webhook_headers(
         app_id,
         webhook_id,
         timestamp,
-        docora(keys[0], timestamp, body),
-        standard(&keys, webhook_id, timestamp, body),
+        [
+            docora(keys[0], timestamp, body),
+            standard(&keys, webhook_id, timestamp, body),
+        ],
+        event,
     );
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, value) in fields {
@@ -120,15 +130,17 @@ fn signed_headers(
     headers
 }
 
-/// The headers a webhook is signed with, by name, the signatures given.
+/// The headers a webhook is signed with, by name, the signatures given
+/// (Docora's, then Standard Webhooks'), then its CloudEvents attributes:
+/// `content-type` is also the event's `datacontenttype`.
 fn webhook_headers(
     app_id: &str,
     webhook_id: &str,
     timestamp: i64,
-    docora_signature: String,
-    standard_signature: String,
-) -> [(&'static str, String); 7] {
-    [
+    [docora_signature, standard_signature]: [String; 2],
+    event: &CloudEvent,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
         ("content-type", "application/json".to_owned()),
         ("x-docora-app-id", app_id.to_owned()),
         ("x-docora-timestamp", timestamp.to_string()),
@@ -136,7 +148,9 @@ fn webhook_headers(
         ("webhook-id", webhook_id.to_owned()),
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", standard_signature),
-    ]
+    ];
+    headers.extend(event.headers(webhook_id));
+    headers
 }
 
 /// The headers of a request Herald sent, as an operator may see them again
@@ -147,16 +161,19 @@ pub fn shown_headers(
     app_id: &str,
     webhook_id: &str,
     timestamp: i64,
+    event: &CloudEvent,
     traceparent: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let mut shown = webhook_headers(
         app_id,
         webhook_id,
         timestamp,
-        "sha256=… (HMAC-SHA256 of timestamp.body with the app's key; not kept)".to_owned(),
-        "v1,… (HMAC-SHA256 of id.timestamp.body with each signing key; not kept)".to_owned(),
-    )
-    .to_vec();
+        [
+            "sha256=… (HMAC-SHA256 of timestamp.body with the app's key; not kept)".to_owned(),
+            "v1,… (HMAC-SHA256 of id.timestamp.body with each signing key; not kept)".to_owned(),
+        ],
+        event,
+    );
     shown.push(("user-agent", crate::webhook_client::USER_AGENT.to_owned()));
     shown.push(("accept", crate::webhook_client::ACCEPT.to_owned()));
     if let Some(traceparent) = traceparent {
@@ -202,6 +219,74 @@ mod tests {
         assert_eq!(parts[1], standard(&[b"new"], "evt_1", 5, b"x"));
     }
 
+    /// A file's update, as a message's CloudEvents attributes.
+    fn file_event() -> CloudEvent {
+        CloudEvent::new(
+            "update",
+            "repo_1",
+            Some("docs/ä b.md"),
+            "2023-11-14T22:13:20.000Z".to_owned(),
+        )
+    }
+
+    #[test]
+    fn headers_carry_the_cloudevents_attributes_of_each_request() {
+        let signer = Signer::new(AppId::stored("app_1"), vec![b"key".to_vec()].into());
+        // A chunk: its own webhook-id is its ce-id.
+        let signed = signer.sign("evt_1_3".to_owned(), "{}".into(), &file_event());
+        let value = |name: &str| {
+            signed
+                .headers
+                .get(name)
+                .map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(value("ce-specversion").as_deref(), Some("1.0"));
+        assert_eq!(value("ce-id").as_deref(), Some("evt_1_3"));
+        assert_eq!(value("ce-id"), value("webhook-id"));
+        assert_eq!(value("ce-source").as_deref(), Some("/repositories/repo_1"));
+        assert_eq!(value("ce-type").as_deref(), Some("dev.herald.file.updated"));
+        assert_eq!(value("ce-subject").as_deref(), Some("docs/%C3%A4%20b.md"));
+        assert_eq!(
+            value("ce-time").as_deref(),
+            Some("2023-11-14T22:13:20.000Z")
+        );
+        // Binary mode: the body is the data, content-type its type.
+        assert_eq!(value("content-type").as_deref(), Some("application/json"));
+        assert_eq!(value("ce-datacontenttype"), None);
+
+        let notice = CloudEvent::new(
+            "sync_failed",
+            "repo_1",
+            None,
+            "2023-11-14T22:13:20.000Z".into(),
+        );
+        let signed = signer.sign("evt_2".to_owned(), "{}".into(), &notice);
+        assert_eq!(signed.headers["ce-type"], "dev.herald.sync_failed");
+        assert!(signed.headers.get("ce-subject").is_none());
+    }
+
+    #[test]
+    fn the_attempt_view_shows_the_attributes_sent() {
+        let shown = shown_headers(
+            "app_1",
+            "evt_1",
+            1_700_000_000,
+            &file_event(),
+            Some("00-tp"),
+        );
+        let signer = Signer::new(AppId::stored("app_1"), vec![b"key".to_vec()].into());
+        let sent = signer.sign("evt_1".to_owned(), "{}".into(), &file_event());
+        for (name, value) in &shown {
+            if name.starts_with("ce-") {
+                assert_eq!(sent.headers[*name], value.as_str(), "{name}");
+            }
+        }
+        let names: Vec<&str> = shown.iter().map(|(name, _)| *name).collect();
+        for name in sent.headers.keys() {
+            assert!(names.contains(&name.as_str()), "{name} is shown");
+        }
+    }
+
     #[test]
     fn headers_carry_both_signatures_over_the_exact_body() {
         let keys = vec![
@@ -209,7 +294,7 @@ mod tests {
             b"previous-key-0123456789".to_vec(),
         ];
         let body = br#"{"event":"create"}"#;
-        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body);
+        let headers = signed_headers("app_1", &keys, "evt_1", 1_700_000_000, body, &file_event());
         let value = |name: &str| headers[name].to_str().expect("ascii").to_owned();
         assert_eq!(value("x-docora-app-id"), "app_1");
         assert_eq!(value("x-docora-timestamp"), "1700000000");

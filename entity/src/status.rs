@@ -138,6 +138,19 @@ impl EventKind {
         matches!(self, EventKind::SyncFailed | EventKind::Synced)
     }
 
+    /// The webhook endpoint its body goes to (a file too large to send
+    /// goes to `file_too_large` instead).
+    pub const fn endpoint(self) -> &'static str {
+        match self {
+            EventKind::Created => "create",
+            EventKind::Updated => "update",
+            EventKind::Deleted => "delete",
+            EventKind::SyncFailed => "sync_failed",
+            EventKind::Synced => "synced",
+            EventKind::Submodule => "submodule",
+        }
+    }
+
     /// A file's content travels with it.
     pub const fn carries_content(self) -> bool {
         matches!(self, EventKind::Created | EventKind::Updated)

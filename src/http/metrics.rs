@@ -20,6 +20,7 @@ const ROUTES: &[&str] = &[
     "/version",
     "/metrics",
     "/openapi.json",
+    "/asyncapi.json",
     "/docs",
     "/docs/*",
     "/hooks/github",

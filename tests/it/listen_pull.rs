@@ -219,6 +219,19 @@ async fn assert_forwarded_once(app: &TestApp, client: &TestClient, accepted: &[R
             paths[request.header("webhook-id")].as_deref()
         );
         assert_eq!(request.header("x-docora-app-id"), client.app_id);
+        // The CloudEvents attributes push delivery sends, read from the body.
+        assert_eq!(request.header("ce-id"), request.header("webhook-id"));
+        assert_eq!(
+            request.header("ce-source"),
+            format!(
+                "/repositories/{}",
+                body["repository"]["repository_id"].as_str().expect("an id")
+            )
+        );
+        assert!(request.header("ce-type").starts_with("dev.herald."));
+        if let Some(timestamp) = body["timestamp"].as_str() {
+            assert_eq!(request.header("ce-time"), timestamp);
+        }
     }
 }
 

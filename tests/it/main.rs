@@ -10,6 +10,7 @@ mod app_settings;
 mod breakers;
 mod changes;
 mod cli;
+mod cloudevents;
 mod cluster;
 mod config;
 mod console;

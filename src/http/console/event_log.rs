@@ -382,7 +382,7 @@ pub async fn event(
                 }
             }
             h2 { "Attempts" }
-            (attempts(e, &detail.attempts))
+            (attempts(e, &detail.attempts, state.settings.delivery.max_file_bytes))
         },
     ))
 }
@@ -406,7 +406,19 @@ fn webhook_ids(event: &entity::event::Model, attempts: &[delivery_attempt::Model
     }
 }
 
-fn attempts(event: &entity::event::Model, attempts: &[delivery_attempt::Model]) -> Markup {
+/// `max_file_bytes`: the setting that tells whether the event's file was
+/// announced at `file_too_large` (its headers' `ce-type`).
+fn attempts(
+    event: &entity::event::Model,
+    attempts: &[delivery_attempt::Model],
+    max_file_bytes: u64,
+) -> Markup {
+    let endpoint = if actors::payload::too_large(event, max_file_bytes) {
+        "file_too_large"
+    } else {
+        event.kind.endpoint()
+    };
+    let cloud_event = actors::cloudevents::CloudEvent::of_event(event, endpoint);
     html! {
         @if attempts.is_empty() {
             (empty("No attempt yet."))
@@ -439,7 +451,7 @@ fn attempts(event: &entity::event::Model, attempts: &[delivery_attempt::Model]) 
                             details.headers {
                                 summary { "Request headers" }
                                 dl.headers {
-                                    @for (name, value) in request_headers(event, a, timestamp) {
+                                    @for (name, value) in request_headers(event, &cloud_event, a, timestamp) {
                                         dt { code { (name) } } dd { code { (value) } }
                                     }
                                 }
@@ -454,6 +466,7 @@ fn attempts(event: &entity::event::Model, attempts: &[delivery_attempt::Model]) 
 
 fn request_headers(
     event: &entity::event::Model,
+    cloud_event: &actors::cloudevents::CloudEvent,
     attempt: &delivery_attempt::Model,
     timestamp: i64,
 ) -> Vec<(&'static str, String)> {
@@ -465,6 +478,7 @@ fn request_headers(
         &event.app_id,
         &webhook_id,
         timestamp,
+        cloud_event,
         attempt.traceparent.as_deref(),
     )
 }

@@ -271,7 +271,7 @@ pub(super) async fn produce(
     chunking: payload::Chunking,
     max_file_bytes: u64,
 ) -> Result<Prepared, Unrendered> {
-    let prepare = |rendered: payload::Rendered| Prepared::new(rendered, &event.id, &context.signer);
+    let prepare = |rendered: payload::Rendered| Prepared::new(rendered, event, &context.signer);
     let rendered = if payload::too_large(event, max_file_bytes) {
         payload::render_too_large(event, &context.repository).map(prepare)
     } else if event.kind.carries_content() {

@@ -8,6 +8,7 @@ use entity::event;
 
 use super::batch::LaneContext;
 use crate::clock::now_ms;
+use crate::cloudevents::CloudEvent;
 use crate::owned::joined;
 use crate::payload;
 use crate::signing::{Signed, Signer};
@@ -33,6 +34,9 @@ pub(super) type Rendering = Result<Prepared, payload::PayloadError>;
 /// it ends, and the next attempt renders the event again.
 pub(super) struct Prepared {
     pub(super) rendered: Arc<payload::Rendered>,
+    /// Every request's CloudEvents attributes but its `ce-id` (its
+    /// `webhook-id`): one event, one repository, one path and time.
+    cloud_event: Arc<CloudEvent>,
     /// The request signed ahead: its index, and its signature or the
     /// worker making it.
     ahead: Option<(usize, SignedAhead)>,
@@ -44,22 +48,28 @@ enum SignedAhead {
 }
 
 impl Prepared {
-    pub(super) fn new(rendered: payload::Rendered, event_id: &str, signer: &Signer) -> Self {
-        let (webhook_id, body) = rendered.part(event_id, 0);
-        let first = signer.sign(webhook_id, body);
+    pub(super) fn new(rendered: payload::Rendered, event: &event::Model, signer: &Signer) -> Self {
+        let cloud_event = CloudEvent::of_event(event, rendered.endpoint);
+        let (webhook_id, body) = rendered.part(&event.id, 0);
+        let first = signer.sign(webhook_id, body, &cloud_event);
         Self {
             rendered: Arc::new(rendered),
+            cloud_event: Arc::new(cloud_event),
             ahead: Some((0, SignedAhead::Done(first))),
         }
     }
 
     /// Starts building and signing request `index` on a blocking worker.
     pub(super) fn sign_ahead(&mut self, event_id: &str, index: usize, signer: &Signer) {
-        let (rendered, event_id, signer) =
-            (self.rendered.clone(), event_id.to_owned(), signer.clone());
+        let (rendered, cloud_event, event_id, signer) = (
+            self.rendered.clone(),
+            self.cloud_event.clone(),
+            event_id.to_owned(),
+            signer.clone(),
+        );
         let task = tokio::task::spawn_blocking(move || {
             let (webhook_id, body) = rendered.part(&event_id, index);
-            signer.sign(webhook_id, body)
+            signer.sign(webhook_id, body, &cloud_event)
         });
         self.ahead = Some((index, SignedAhead::Running(task)));
     }
@@ -82,10 +92,10 @@ impl Prepared {
         }
         let (webhook_id, body) = self.rendered.part(event_id, index);
         if body.len() > BLOCKING_BYTES {
-            let signer = signer.clone();
-            blocking(move || signer.sign(webhook_id, body)).await
+            let (signer, cloud_event) = (signer.clone(), self.cloud_event.clone());
+            blocking(move || signer.sign(webhook_id, body, &cloud_event)).await
         } else {
-            signer.sign(webhook_id, body)
+            signer.sign(webhook_id, body, &self.cloud_event)
         }
     }
 }
@@ -110,7 +120,7 @@ pub(super) fn preparer(
     );
     move |content: &[u8]| {
         payload::render(&event, &repository, Some(content), chunking)
-            .map(|rendered| Prepared::new(rendered, &event.id, &signer))
+            .map(|rendered| Prepared::new(rendered, &event, &signer))
     }
 }
 
@@ -157,7 +167,7 @@ mod tests {
             "4,000 base64 characters in chunks of 1,000"
         );
 
-        let mut prepared = Prepared::new(rendered, &event.id, &signer);
+        let mut prepared = Prepared::new(rendered, &event, &signer);
         for (index, (webhook_id, body)) in expected.iter().enumerate() {
             let sent = prepared.signed(&event.id, index, &signer).await;
             if index + 1 < expected.len() {
@@ -170,6 +180,16 @@ mod tests {
             }
             assert_eq!(&sent.body, body, "chunk {index}");
             assert_eq!(sent.headers["webhook-id"], webhook_id.as_str());
+            // Every chunk carries the event's attributes, its own id.
+            assert_eq!(sent.headers["ce-id"], webhook_id.as_str());
+            assert_eq!(sent.headers["ce-type"], "dev.herald.file.created");
+            assert_eq!(sent.headers["ce-source"], "/repositories/repo_1");
+            assert_eq!(sent.headers["ce-subject"], "docs/%C3%A4.md");
+            let data: serde_json::Value = serde_json::from_slice(body).expect("a JSON body");
+            assert_eq!(
+                sent.headers["ce-time"],
+                data["timestamp"].as_str().expect("a time")
+            );
             assert_eq!(
                 sent.headers["webhook-signature"].to_str().expect("ascii"),
                 signing::standard(&[KEY], webhook_id, sent.timestamp, body)
@@ -189,7 +209,7 @@ mod tests {
         let prepare = || {
             let rendered =
                 payload::render(&event, &repository, None, chunking).expect("a delete renders");
-            Prepared::new(rendered, &event.id, &signer)
+            Prepared::new(rendered, &event, &signer)
         };
         let signature = |signed: &Signed| signed.headers["webhook-signature"].clone();
 

@@ -1,9 +1,11 @@
 //! One stream message, and its way to the local receiver: read from the SSE
 //! block, signed as push delivery signs it (`actors::signing`, both styles,
-//! the same `webhook-id`), and posted to `{forward_to}/{endpoint}`.
+//! the same `webhook-id`, the CloudEvents attributes read from the body),
+//! and posted to `{forward_to}/{endpoint}`.
 
 use std::time::Duration;
 
+use actors::cloudevents::CloudEvent;
 use actors::ids::AppId;
 use actors::signing::Signer;
 use bytes::Bytes;
@@ -30,6 +32,10 @@ pub(super) struct Message {
     /// The file it changes, for the progress line (none for `synced` and
     /// `sync_failed`).
     pub(super) path: Option<String>,
+    /// Its CloudEvents attributes, as push delivery would have sent them:
+    /// from the body's repository, path and `timestamp` (a `synced` body
+    /// has none: the time it is forwarded).
+    pub(super) cloud_event: CloudEvent,
 }
 
 /// Why a stream block cannot be forwarded: the server does not speak the
@@ -46,11 +52,20 @@ pub(super) enum Malformed {
     BadBody { cursor: String, reason: String },
 }
 
-/// The fields of a body that name its webhook-id and its file.
+/// The fields of a body that name its webhook-id, its file and its
+/// CloudEvents attributes.
 #[derive(Deserialize)]
 struct Envelope {
     event_id: String,
     file: Option<EnvelopeFile>,
+    submodule: Option<EnvelopeFile>,
+    repository: Option<EnvelopeRepository>,
+    timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeRepository {
+    repository_id: String,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +113,18 @@ impl Message {
             Some(file) => (file.path, file.chunk),
             None => (None, None),
         };
+        let cloud_event = CloudEvent::new(
+            &endpoint,
+            envelope
+                .repository
+                .as_ref()
+                .map_or("", |repository| repository.repository_id.as_str()),
+            path.as_deref()
+                .or(envelope.submodule.as_ref().and_then(|s| s.path.as_deref())),
+            envelope
+                .timestamp
+                .unwrap_or_else(|| actors::clock::rfc3339_ms(actors::clock::now_ms())),
+        );
         let webhook_id = match chunk {
             Some(chunk) => format!("{}_{}", envelope.event_id, chunk.index),
             None => envelope.event_id,
@@ -108,6 +135,7 @@ impl Message {
             webhook_id,
             body: Bytes::from(data.into_bytes()),
             path,
+            cloud_event,
         }))
     }
 }
@@ -155,9 +183,11 @@ impl Forwarder {
     /// One attempt, signed now (a retry carries a fresh timestamp, as
     /// Herald's do): the receiver's status, or why there was none.
     pub(super) async fn send(&self, message: &Message) -> reqwest::Result<Answer> {
-        let signed = self
-            .signer
-            .sign(message.webhook_id.clone(), message.body.clone());
+        let signed = self.signer.sign(
+            message.webhook_id.clone(),
+            message.body.clone(),
+            &message.cloud_event,
+        );
         let response = self
             .http
             .post(self.url(message))
@@ -211,6 +241,24 @@ mod tests {
         .expect("valid")
         .expect("a message");
         assert_eq!(chunk.webhook_id, "evt_2_3");
+        let moved = Message::parse(block(
+            Some("c4"),
+            Some("submodule"),
+            Some(
+                r#"{"repository":{"repository_id":"repo_1"},"submodule":{"path":"vendor/x"},"timestamp":"2026-01-01T00:00:00.000Z","event_id":"evt_4"}"#,
+            ),
+        ))
+        .expect("valid")
+        .expect("a message");
+        assert_eq!(
+            moved.cloud_event,
+            CloudEvent::new(
+                "submodule",
+                "repo_1",
+                Some("vendor/x"),
+                "2026-01-01T00:00:00.000Z".to_owned()
+            )
+        );
         let synced = Message::parse(block(
             Some("c3"),
             Some("synced"),
