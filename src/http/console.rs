@@ -46,7 +46,7 @@ use warp::{Filter, Rejection};
 
 use super::AppState;
 use super::error::ApiError;
-use super::filters::{BodyLimit, client_ip, read_limited, with_state};
+use super::filters::{BodyLimit, client_ip, first_of, read_limited, with_state};
 
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
@@ -291,11 +291,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         health_charts.boxed(),
         app_health.boxed(),
     ];
-    routes
-        .into_iter()
-        .chain([assets::routes()])
-        .reduce(|a, b| a.or(b).unify().boxed())
-        .expect("the console has routes")
+    first_of(routes.into_iter().chain([assets::routes()]))
         .recover(refused)
         .unify()
         .boxed()

@@ -43,7 +43,7 @@ use share::{AppShare, reserved};
 
 use super::AppState;
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, json_body, query, with_state};
+use super::filters::{app_auth, first_of, json_body, query, with_state};
 use crate::domain::Invalid;
 
 /// A comment goes down an idle stream this often, so proxies keep it open
@@ -89,7 +89,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(ack)
         .map(respond);
-    stream.or(changes).unify().or(ack).unify().boxed()
+    first_of([stream.boxed(), changes.boxed(), ack.boxed()])
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
