@@ -15,7 +15,7 @@
 
 # ---------------------------------------------------------------------------
 # Builder. The rust image already holds gcc, make and perl, which the
-# vendored C libraries (libgit2, SQLite, aws-lc) need; nothing else is
+# vendored C libraries (libgit2, SQLite, ring) need; nothing else is
 # installed (libgit2's zlib is zlib-rs, built by cargo: zlib/; TLS is rustls,
 # no OpenSSL). 1.95 is the workspace's rust-version.
 #
@@ -83,7 +83,7 @@ RUN --mount=type=secret,id=build-ca,required=false \
 FROM busybox:1.37.0-musl AS probe
 
 # ---------------------------------------------------------------------------
-# Runtime. libgit2, zlib-rs, aws-lc and SQLite are compiled into the binary;
+# Runtime. libgit2, zlib-rs, ring and SQLite are compiled into the binary;
 # it links only libc, libm and libgcc_s, all part of every Debian image. The CA
 # certificates (for https remotes, webhook endpoints and the OTLP exporter) are
 # the builder's bundle: one file, no apt run in this stage.

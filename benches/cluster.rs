@@ -575,7 +575,9 @@ async fn floor(receiver: &Receiver, arrivals: &[Arrival], in_flight: usize) -> f
             .collect(),
     );
     let url = format!("{}/floor/create", receiver.base_url);
-    let http = reqwest::Client::new();
+    let http = actors::tls::http_client_builder()
+        .build()
+        .expect("an HTTP client");
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..in_flight)

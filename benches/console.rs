@@ -286,7 +286,7 @@ async fn run(options: &Options) {
     let started = Instant::now();
     let filled = fill(&herald, &store, options).await;
     let fill_secs = started.elapsed().as_secs_f64();
-    let http = reqwest::Client::builder()
+    let http = actors::tls::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a client");

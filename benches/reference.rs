@@ -836,7 +836,9 @@ async fn rust_replays(load: &Load, receiver: &LoggingReceiver) -> Vec<Sent> {
         let started = Instant::now();
         match sender {
             "reqwest" => {
-                let client = reqwest::Client::new();
+                let client = actors::tls::http_client_builder()
+                    .build()
+                    .expect("an HTTP client");
                 for request in &load.requests {
                     let response = client
                         .post(&load.url)
@@ -897,7 +899,9 @@ async fn pushes(
             .args(["clone", "-q", "--mirror", &url])
             .arg(&mirror),
     );
-    let http = reqwest::Client::new();
+    let http = actors::tls::http_client_builder()
+        .build()
+        .expect("an HTTP client");
     let mut herald_ms = Vec::new();
     let mut floor_ms = Vec::new();
     for push in 0..options.pushes {

@@ -195,7 +195,7 @@ async fn run(options: &Options) {
 
     let readings: Readings = Arc::default();
     let ended = Arc::new(AtomicUsize::new(0));
-    let http = reqwest::Client::builder()
+    let http = actors::tls::http_client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("a client");

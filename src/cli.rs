@@ -91,7 +91,25 @@ impl CommonArgs {
     }
 }
 
-/// Runs the command line; the error is printed by `main`.
+/// The `herald` binary's whole work: parses the command line, runs it on a
+/// multi-threaded runtime and reports a failure. It is here, not in
+/// `main.rs`, so that the binary crate instantiates none of Herald's code:
+/// a `block_on` of [`run`]'s future in the binary compiled that future's
+/// type tree (its polls and drop glue) a second time (BENCHMARKS.md,
+/// "Build profiles").
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime");
+    match runtime.and_then(|runtime| runtime.block_on(run(cli))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+/// Runs the command line; the error is printed by [`main`].
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Only the server commands read Herald's configuration; `listen` and
     // the client commands are client-side tools and must start without it.

@@ -1,16 +1,10 @@
 //! The `herald` binary: bounds the allocator's memory, then parses and runs
-//! the command line ([`herald::cli`]); everything else is the library.
+//! the command line ([`herald::cli::main`]); everything else, the async
+//! runtime included, is the library.
 
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     bound_allocator_memory();
-    let cli = herald::cli::Cli::parse();
-    match herald::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => herald::cli::report(&err),
-    }
+    herald::cli::main()
 }
 
 /// glibc's malloc, left to its defaults, keeps what Herald frees: up to

@@ -139,7 +139,9 @@ fn tracer_provider(
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let builder = if exporting {
         // The batch processor exports from a thread of its own, with the
-        // blocking client: no runtime needed, none blocked.
+        // blocking client: no runtime needed, none blocked. It takes rustls's
+        // default provider.
+        actors::tls::install_crypto_provider();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()?;

@@ -46,7 +46,8 @@
 //! - [`store`]: every database query, one module per aggregate, plus leases.
 //! - [`crypto`]: app tokens, the admin token, secrets at rest (AES-256-GCM).
 //! - [`net`]: which IP addresses count as public (the SSRF rule).
-//! - `tls`: the one TLS client configuration (webhooks and git over https).
+//! - [`tls`]: the one TLS client configuration (webhooks and git over https)
+//!   and the one crypto provider (ring), installed for reqwest's clients.
 //! - [`telemetry`]: the trace context from a scan to its deliveries; the
 //!   engine's Prometheus series.
 //! - [`ids`]: prefixed, sortable identifiers (`app_…`, `repo_…`, `evt_…`).
@@ -88,7 +89,7 @@ pub mod supervisor;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
-mod tls;
+pub mod tls;
 pub mod upkeep;
 pub mod wakeups;
 pub mod webhook_client;

@@ -1079,7 +1079,9 @@ impl Herald {
             pid,
             base: format!("http://{addr}"),
             data_dir,
-            http: reqwest::Client::new(),
+            http: actors::tls::http_client_builder()
+                .build()
+                .expect("an HTTP client"),
             logs,
             advanced,
             compactions,

@@ -403,7 +403,7 @@ pub async fn replay(repo: &Path, commit: &str, url: &str, key: &str) -> f64 {
             tx.blocking_send((i, content.to_vec())).ok();
         });
     });
-    let client = reqwest::Client::builder()
+    let client = actors::tls::http_client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("a client");

@@ -337,7 +337,7 @@ impl Api {
         audience: Audience,
         guard: Option<Guard>,
     ) -> Result<Self, CliError> {
-        let builder = reqwest::Client::builder()
+        let builder = actors::tls::http_client_builder()
             .timeout(REQUEST_TIMEOUT)
             // Herald closes a connection idle for server.header_read_timeout
             // (10 s by default); one reused just as it closes fails. Let them
@@ -614,7 +614,9 @@ mod tests {
 
     fn api(base: &str) -> Api {
         Api {
-            http: reqwest::Client::new(),
+            http: actors::tls::http_client_builder()
+                .build()
+                .expect("an HTTP client"),
             base: server_url(base).expect("a valid url"),
             token: None,
             audience: Audience::App,

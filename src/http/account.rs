@@ -15,7 +15,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, json_body, with_state};
+use super::filters::{app_auth, first_of, json_body, with_state};
 use super::models::{AppProfile, AppView, BackoffView, RotatedKeyBody, UpdateApp};
 use super::state::AppState;
 use crate::domain::{self, Invalid};
@@ -41,7 +41,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(rotate_key)
         .map(respond);
-    show.or(update).unify().or(rotate).unify().boxed()
+    first_of([show.boxed(), update.boxed(), rotate.boxed()])
 }
 
 fn view(app: &app::Model, state: &AppState) -> AppView {

@@ -12,7 +12,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{admin_auth, json_body, onboarding_limit, query, with_state};
+use super::filters::{admin_auth, first_of, json_body, onboarding_limit, query, with_state};
 use super::models::{
     AppDeleted, AppDeletedResponse, AppDetail, AppDetailResponse, AppListResponse, AppPage,
     AppSummaryBody, OnboardRequest, OnboardResponse, OnboardedApp, PageQuery, Pagination,
@@ -59,16 +59,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(enable_app)
         .map(respond);
-    onboard
-        .or(list)
-        .unify()
-        .or(detail)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(enable)
-        .unify()
-        .boxed()
+    first_of([
+        onboard.boxed(),
+        list.boxed(),
+        detail.boxed(),
+        delete.boxed(),
+        enable.boxed(),
+    ])
 }
 
 /// Registers an app. Returns its token, signing key and webhook secret once.

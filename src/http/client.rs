@@ -16,7 +16,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, json_body, query, with_state};
+use super::filters::{app_auth, first_of, json_body, query, with_state};
 use super::models::{
     CursorQuery, MessageBody, RegisterRepository, RepositoryCreated, RepositoryList,
     RepositoryView, UpdateToken,
@@ -68,18 +68,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(scan)
         .map(respond);
-    register
-        .or(list)
-        .unify()
-        .or(detail)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(token)
-        .unify()
-        .or(scan)
-        .unify()
-        .boxed()
+    first_of([
+        register.boxed(),
+        list.boxed(),
+        detail.boxed(),
+        delete.boxed(),
+        token.boxed(),
+        scan.boxed(),
+    ])
 }
 
 fn repo_id(raw: &str) -> Result<RepoId, ApiError> {

@@ -46,7 +46,7 @@ use warp::{Filter, Rejection};
 
 use super::budget::BodyLimit;
 use super::error::ApiError;
-use super::filters::{client_ip, read_limited, with_state};
+use super::filters::{client_ip, first_of, read_limited, with_state};
 use super::state::AppState;
 
 /// How long a session lasts after sign-in.
@@ -292,11 +292,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         health_charts.boxed(),
         app_health.boxed(),
     ];
-    routes
-        .into_iter()
-        .chain([assets::routes()])
-        .reduce(|a, b| a.or(b).unify().boxed())
-        .expect("the console has routes")
+    first_of(routes.into_iter().chain([assets::routes()]))
         .recover(refused)
         .unify()
         .boxed()

@@ -15,7 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, query, with_state};
+use super::filters::{app_auth, first_of, query, with_state};
 use super::paging;
 use super::state::AppState;
 use crate::domain::Invalid;
@@ -54,15 +54,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(resync)
         .map(respond);
-    list.or(detail)
-        .unify()
-        .or(retry)
-        .unify()
-        .or(skip)
-        .unify()
-        .or(resync)
-        .unify()
-        .boxed()
+    first_of([
+        list.boxed(),
+        detail.boxed(),
+        retry.boxed(),
+        skip.boxed(),
+        resync.boxed(),
+    ])
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -10,7 +10,9 @@ use entity::app;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::SemaphorePermit;
+use warp::filters::BoxedFilter;
 use warp::http::HeaderValue;
+use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::budget::BodyLimit;
@@ -23,6 +25,20 @@ pub fn with_state(
     state: AppState,
 ) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || state.clone())
+}
+
+/// A group of routes: the first of `routes` that takes the request, tried
+/// in order. Each route is boxed on its own and the choice made between
+/// boxes, so no route's filter type nests another's: a chain of `.or`
+/// nests every route's type (and its handler's future) in the next, and
+/// compiling those types was most of the `herald` crate's build time.
+pub fn first_of(
+    routes: impl IntoIterator<Item = BoxedFilter<(Response,)>>,
+) -> BoxedFilter<(Response,)> {
+    routes
+        .into_iter()
+        .reduce(|tried, next| tried.or(next).unify().boxed())
+        .expect("a route group has routes")
 }
 
 /// The client's address (behind a reverse proxy this is the proxy's).

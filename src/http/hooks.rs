@@ -24,7 +24,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{client_ip, read_limited};
+use super::filters::{client_ip, first_of, read_limited};
 use super::ratelimit::Budget;
 use super::state::AppState;
 
@@ -59,14 +59,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let gitlab = route(state.clone(), Provider::GitLab, gitlab);
     let gitea = route(state.clone(), Provider::Gitea, gitea);
     let bitbucket = route(state, Provider::Bitbucket, bitbucket);
-    github
-        .or(gitlab)
-        .unify()
-        .or(gitea)
-        .unify()
-        .or(bitbucket)
-        .unify()
-        .boxed()
+    first_of([
+        github.boxed(),
+        gitlab.boxed(),
+        gitea.boxed(),
+        bitbucket.boxed(),
+    ])
 }
 
 fn route<F, Fut>(state: AppState, provider: Provider, handler: F) -> BoxedFilter<(Response,)>

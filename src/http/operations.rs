@@ -20,7 +20,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{admin_auth, json_body, query, with_state};
+use super::filters::{admin_auth, first_of, json_body, query, with_state};
 use super::models::{PageQuery, Pagination};
 use super::paging;
 use super::state::AppState;
@@ -106,26 +106,18 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             .and(with_state(state))
             .then(breaker_reset)
             .map(respond);
-    overview
-        .or(queue)
-        .unify()
-        .or(failed)
-        .unify()
-        .or(retry_one)
-        .unify()
-        .or(retry_app)
-        .unify()
-        .or(retry_all)
-        .unify()
-        .or(progress)
-        .unify()
-        .or(cancel)
-        .unify()
-        .or(resync)
-        .unify()
-        .or(breaker_reset)
-        .unify()
-        .boxed()
+    first_of([
+        overview.boxed(),
+        queue.boxed(),
+        failed.boxed(),
+        retry_one.boxed(),
+        retry_app.boxed(),
+        retry_all.boxed(),
+        progress.boxed(),
+        cancel.boxed(),
+        resync.boxed(),
+        breaker_reset.boxed(),
+    ])
 }
 
 // ---------------------------------------------------------------- wire types

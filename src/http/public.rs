@@ -8,7 +8,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use super::filters::with_state;
+use super::filters::{first_of, with_state};
 use super::models::{HealthBody, ReadyBody, VersionBody};
 use super::state::AppState;
 
@@ -26,14 +26,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(metrics);
     let version = warp::path!("version").and(warp::get()).map(version);
-    health
-        .or(ready)
-        .unify()
-        .or(version)
-        .unify()
-        .or(metrics)
-        .unify()
-        .boxed()
+    first_of([
+        health.boxed(),
+        ready.boxed(),
+        version.boxed(),
+        metrics.boxed(),
+    ])
 }
 
 /// Liveness: the process answers.

@@ -24,7 +24,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, json_body, with_state};
+use super::filters::{app_auth, first_of, json_body, with_state};
 use super::models::{ReplayRequest, ReplayView};
 use super::state::AppState;
 use crate::domain::Invalid;
@@ -47,7 +47,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(progress)
         .map(respond);
-    start.or(progress).unify().boxed()
+    first_of([start.boxed(), progress.boxed()])
 }
 
 fn repo_id(raw: &str) -> Result<RepoId, ApiError> {

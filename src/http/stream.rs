@@ -42,7 +42,7 @@ pub use share::StreamLimits;
 use share::{AppShare, reserved};
 
 use super::error::{ApiError, respond};
-use super::filters::{app_auth, json_body, query, with_state};
+use super::filters::{app_auth, first_of, json_body, query, with_state};
 use super::state::AppState;
 use crate::domain::Invalid;
 
@@ -89,7 +89,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .then(ack)
         .map(respond);
-    stream.or(changes).unify().or(ack).unify().boxed()
+    first_of([stream.boxed(), changes.boxed(), ack.boxed()])
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

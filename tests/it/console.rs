@@ -23,7 +23,7 @@ pub(crate) struct Browser<'a> {
 
 impl<'a> Browser<'a> {
     pub(crate) fn new(app: &'a TestApp) -> Self {
-        let http = reqwest::Client::builder()
+        let http = actors::tls::http_client_builder()
             .redirect(redirect::Policy::none())
             .build()
             .expect("a client");

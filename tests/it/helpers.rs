@@ -129,7 +129,7 @@ impl TestAppBuilder {
 /// incomplete message. This client lets its idle connections go well
 /// before, as any client of Herald should.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    actors::tls::http_client_builder()
         .pool_idle_timeout(Duration::from_secs(3))
         .build()
         .expect("an HTTP client")

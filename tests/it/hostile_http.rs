@@ -59,7 +59,7 @@ async fn connect_from(app: &TestApp, last: u8) -> TcpStream {
 /// A client connecting from 127.0.0.2, a new connection for each request,
 /// as a health check or a scraper does.
 fn prober() -> reqwest::Client {
-    reqwest::Client::builder()
+    actors::tls::http_client_builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
         .pool_max_idle_per_host(0)
         .build()

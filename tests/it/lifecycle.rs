@@ -15,7 +15,11 @@ async fn starts_in_an_empty_directory_with_no_configuration() {
     let args = vec!["--port".to_owned(), "0".to_owned()];
     let (mut child, logs, addr) = helpers::start(dir.path(), &args, &HashMap::new()).await;
 
-    let health: serde_json::Value = reqwest::get(format!("http://{addr}/health"))
+    let health: serde_json::Value = actors::tls::http_client_builder()
+        .build()
+        .expect("an HTTP client")
+        .get(format!("http://{addr}/health"))
+        .send()
         .await
         .expect("answers")
         .json()

@@ -69,7 +69,7 @@ async fn stalled_request_heads_are_closed_and_health_keeps_answering() {
     }
     // A new connection: the first request's keep-alive connection has been
     // idle longer than the header deadline, so the server closed it too.
-    let fresh = reqwest::Client::builder()
+    let fresh = actors::tls::http_client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("a client");

@@ -4,7 +4,7 @@
 //! asks the stream registry for a `GIT_STREAM_TLS` stream, and Herald
 //! registers this one ([`register`], beside its plain socket, `socket.rs`,
 //! on which it builds), so git and webhooks share one TLS stack and one
-//! configuration (`crate::tls`: aws-lc-rs, the platform's verifier, which
+//! configuration (`crate::tls`: rustls on ring, the platform's verifier, which
 //! reads `SSL_CERT_FILE` / `SSL_CERT_DIR` on Linux).
 //!
 //! libgit2 makes a TLS stream in two ways:

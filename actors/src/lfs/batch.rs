@@ -154,7 +154,7 @@ impl Client {
         // The one TLS configuration, as webhooks and git use it.
         let tls = crate::tls::client_config(Vec::new())
             .expect("the platform's certificate verifier starts");
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder()
             .tls_backend_preconfigured(tls)
             .dns_resolver(Arc::new(AdmittedResolver(rule.0)))
             .redirect(redirects)

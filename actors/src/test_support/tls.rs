@@ -20,16 +20,15 @@ pub fn authority_and_localhost() -> (
         .expect("a name")
         .signed_by(&key, &issuer)
         .expect("a certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("a server config");
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(crate::tls::crypto_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("a server config");
     (ca.der().clone(), Arc::new(config))
 }

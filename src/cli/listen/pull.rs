@@ -138,7 +138,7 @@ pub async fn run(
     let forwarder = Forwarder::new(forward_to, app_id, key.expose())
         .map_err(|err| CliError::Input(format!("the forwarding client: {err}")))?;
     let stream_http = guard
-        .apply(reqwest::Client::builder())
+        .apply(actors::tls::http_client_builder())
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(STREAM_IDLE)
         .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))

@@ -161,7 +161,7 @@ pub(super) struct Forwarder {
 
 impl Forwarder {
     pub(super) fn new(forward_to: &Url, app_id: &str, key: &[u8]) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = actors::tls::http_client_builder()
             .timeout(FORWARD_TIMEOUT)
             // A 3xx is the receiver's answer, as for Herald's own delivery:
             // following it would post the signed event elsewhere.
