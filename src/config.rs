@@ -196,20 +196,11 @@ pub struct SchedulerSettings {
     pub scan_request_cooldown: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackoffPolicy {
-    Fixed,
-    Linear,
-    Exponential,
-    ExpFullJitter,
-    ExpEqualJitter,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffSettings {
-    pub policy: BackoffPolicy,
+    #[serde(deserialize_with = "backoff_policy")]
+    pub policy: actors::backoff::Policy,
     #[serde(deserialize_with = "duration")]
     pub base: Duration,
     #[serde(deserialize_with = "duration")]
@@ -219,19 +210,25 @@ pub struct BackoffSettings {
 impl BackoffSettings {
     /// The engine's form of the default backoff.
     pub fn backoff(&self) -> actors::backoff::Backoff {
-        use actors::backoff::Policy;
         actors::backoff::Backoff {
-            policy: match self.policy {
-                BackoffPolicy::Fixed => Policy::Fixed,
-                BackoffPolicy::Linear => Policy::Linear,
-                BackoffPolicy::Exponential => Policy::Exponential,
-                BackoffPolicy::ExpFullJitter => Policy::ExpFullJitter,
-                BackoffPolicy::ExpEqualJitter => Policy::ExpEqualJitter,
-            },
+            policy: self.policy,
             base: self.base,
             cap: self.max,
         }
     }
+}
+
+/// A backoff policy by its stored name (`exp_full_jitter`, …).
+fn backoff_policy<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<actors::backoff::Policy, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    actors::backoff::Policy::parse(&name).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown backoff policy {name:?}: expected fixed, linear, exponential, \
+             exp_full_jitter or exp_equal_jitter"
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
