@@ -672,7 +672,7 @@ mod tests {
 
     #[test]
     fn credentials_are_decoded_and_a_literal_address_is_judged() {
-        let address = Address::parse("amqp://gu%3Aest:p%40ss@10.0.0.1/%2f", "amqp").unwrap();
+        let address = Address::parse("amqp://gu%3Aest:p%40ss@10.0.0.1/%2f", "amqp").expect("a URL");
         assert_eq!(
             address.credentials(),
             (Some("gu:est".to_owned()), Some("p@ss".to_owned()))
@@ -691,7 +691,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .expect("a runtime");
         let refused = runtime
             .block_on(address.resolve(strict))
             .expect_err("a private address is refused");

@@ -327,6 +327,9 @@ impl AmqpExchange {
     }
 }
 
+/// A stream entry: its id and its fields.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
 /// A stream key of its own.
 pub struct RedisStream {
     pub key: String,
@@ -354,7 +357,7 @@ impl RedisStream {
     /// Every entry of the stream, in order.
     pub async fn entries(&self) -> Vec<Received> {
         let mut connection = self.connection.clone();
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let entries: Vec<Entry> = redis::cmd("XRANGE")
             .arg(&self.key)
             .arg("-")
             .arg("+")
@@ -435,10 +438,7 @@ impl CuttingProxy {
                     });
                     let mut carried = 0usize;
                     let mut buffer = vec![0u8; 16 * 1024];
-                    loop {
-                        let Ok(n) = client_read.read(&mut buffer).await else {
-                            break;
-                        };
+                    while let Ok(n) = client_read.read(&mut buffer).await {
                         if n == 0 {
                             break;
                         }
