@@ -127,6 +127,21 @@ mod tests {
             message: "no answer within 5s".into(),
             latency: Duration::from_secs(5),
         });
+        let too_large = Err(NoAnswer {
+            class: ErrorClass::Rejected,
+            message: "nack: too large".into(),
+            latency: Duration::from_millis(1),
+        });
+        assert!(
+            matches!(
+                judge(&too_large, cap),
+                Judgement::Failed {
+                    endpoint_down: false,
+                    ..
+                }
+            ),
+            "a broker that refuses one message works for the others"
+        );
         assert_eq!(
             judge(&timeout, cap),
             Judgement::Failed {
