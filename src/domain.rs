@@ -219,13 +219,49 @@ pub fn window(raw: &serde_json::Value) -> Result<DeliveryWindow, Invalid> {
     })
 }
 
-/// How an app receives its events: `push` or `pull`.
+/// How an app receives its events: `push`, `pull`, or a broker (`nats`,
+/// `amqp`, `redis`).
 pub fn delivery(raw: &serde_json::Value) -> Result<entity::DeliveryMode, Invalid> {
-    match raw.as_str() {
-        Some("push") => Ok(entity::DeliveryMode::Push),
-        Some("pull") => Ok(entity::DeliveryMode::Pull),
-        _ => Err(invalid("delivery", "must be \"push\" or \"pull\"")),
-    }
+    raw.as_str()
+        .and_then(entity::DeliveryMode::parse)
+        .ok_or_else(|| {
+            invalid(
+                "delivery",
+                "must be \"push\", \"pull\", \"nats\", \"amqp\" or \"redis\"",
+            )
+        })
+}
+
+/// A broker app's destination for `mode`: its URL and templates checked,
+/// an address in its URL judged by the address rule (a name is judged
+/// when the connection is made).
+pub fn destination(
+    mode: entity::DeliveryMode,
+    raw: &serde_json::Value,
+    policy: UrlPolicy,
+) -> Result<actors::broker::Destination, Invalid> {
+    let destination =
+        actors::broker::Destination::parse(mode, raw).map_err(|why| invalid("destination", why))?;
+    destination
+        .check_host(actors::net::AddressRule {
+            allow_private: policy.allow_private_targets,
+            allow_http: true,
+        })
+        .map_err(|why| invalid("destination", why))?;
+    Ok(destination)
+}
+
+/// A destination given to an app that does not deliver to a broker.
+pub fn destination_unused() -> Invalid {
+    invalid(
+        "destination",
+        "is only for delivery \"nats\", \"amqp\" or \"redis\"",
+    )
+}
+
+/// A broker delivery without its destination.
+pub fn destination_needed(mode: entity::DeliveryMode) -> Invalid {
+    invalid("destination", format!("is needed for delivery \"{mode}\""))
 }
 
 pub async fn base_url(raw: &str, policy: UrlPolicy) -> Result<String, Invalid> {

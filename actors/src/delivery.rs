@@ -341,6 +341,8 @@ pub struct AppDeliveryState {
     wake_scheduled: bool,
     /// The receiver's window, shared by the lanes.
     congestion: Arc<Congestion>,
+    /// A broker app's connection, shared by the lanes (see `crate::broker`).
+    broker: crate::broker::Broker,
     /// Subscriptions whose lane stopped for a retry, not started again
     /// before it (see [`Rest`]).
     resting: HashMap<SubscriptionId, Rest>,
@@ -395,7 +397,15 @@ impl Actor for AppDelivery {
         let breaker_clear = breaker_args.clear.clone();
         let (breaker, _) =
             Actor::spawn_linked(None, BreakerActor, breaker_args, myself.get_cell()).await?;
+        let broker = crate::broker::Broker::new(
+            crate::net::AddressRule {
+                allow_private: args.config.allow_private_targets,
+                allow_http: true,
+            },
+            args.config.timeout,
+        );
         Ok(AppDeliveryState {
+            broker,
             breaker,
             breaker_clear,
             args,
@@ -500,6 +510,7 @@ impl Actor for AppDelivery {
                         owner: myself.clone(),
                         pool: state.args.pool.clone(),
                         congestion: state.congestion.clone(),
+                        broker: state.broker.clone(),
                     };
                     let (lane, _) =
                         Actor::spawn_linked(None, LaneActor, args, myself.get_cell()).await?;

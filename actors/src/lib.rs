@@ -26,6 +26,8 @@
 //! - [`cloudevents`]: the CloudEvents attributes of every message.
 //! - [`backoff`]: the five retry policies.
 //! - [`webhook_client`]: the one outbound HTTP client for webhooks.
+//! - [`broker`]: broker destinations (NATS JetStream, RabbitMQ, Redis
+//!   Streams): where, one connection per app, one signed message published.
 //! - [`breaker`]: circuit breakers (git remotes, app endpoints) and their actor.
 //!
 //! Inbound hooks, instances and upkeep:
@@ -61,6 +63,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod broker;
 pub mod bulk;
 pub mod changes;
 pub mod clock;

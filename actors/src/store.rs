@@ -3,6 +3,7 @@
 //!
 //! - [`apps`]: onboarding, token authentication, listing, cascading deletion.
 //! - [`subscriptions`]: repositories and the apps' subscriptions to them.
+//! - [`destinations`]: a broker app's destination, sealed at rest.
 //! - [`access`]: each subscriber's proof that its credential reads the
 //!   repository, and what happens when it stops.
 //! - [`leases`]: the claims that let several instances share one database
@@ -33,6 +34,7 @@ pub mod breakers;
 pub mod bulk;
 pub mod console;
 pub mod delivery;
+pub mod destinations;
 pub mod event_log;
 pub mod events;
 pub mod gauges;

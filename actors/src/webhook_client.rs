@@ -67,6 +67,9 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     pub excerpt: String,
     pub latency: Duration,
+    /// A broker's acknowledgement (`crate::broker`): `status` is no HTTP
+    /// status and is not recorded; `excerpt` holds the broker's words.
+    pub from_broker: bool,
 }
 
 /// Why a request got no answer.
@@ -238,6 +241,7 @@ impl WebhookClient {
                 retry_after,
                 excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
                 latency: started.elapsed(),
+                from_broker: false,
             })
             .map_err(|failed| NoAnswer {
                 class: failed.class,

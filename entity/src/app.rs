@@ -27,7 +27,8 @@ pub struct Model {
     /// the app gets the pointer files as they are in git.
     pub resolve_lfs: bool,
     pub delivery_window: i32,
-    /// `push` (webhooks) or `pull` (the app consumes its stream).
+    /// `push` (webhooks), `pull` (the app consumes its stream), or a
+    /// broker: `nats`, `amqp`, `redis`.
     pub delivery_mode: crate::DeliveryMode,
     /// The place the next event of this app's stream gets (`events.stream_pos`).
     pub stream_next: i64,
@@ -35,6 +36,9 @@ pub struct Model {
     pub disabled_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A broker app's destination (its URL with the broker's credentials,
+    /// its templates), sealed with the secrets key; `None` for other apps.
+    pub destination_ciphertext: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -45,12 +45,34 @@ pub enum DeliveryMode {
     #[default]
     Push,
     Pull,
+    /// Published to a NATS JetStream subject.
+    Nats,
+    /// Published to a RabbitMQ (AMQP 0-9-1) exchange.
+    Amqp,
+    /// Added to a Redis stream.
+    Redis,
 }
 
 named!(DeliveryMode {
     Push => "push",
     Pull => "pull",
+    Nats => "nats",
+    Amqp => "amqp",
+    Redis => "redis",
 });
+
+impl DeliveryMode {
+    /// Whether Herald sends the app's events itself (webhooks or a broker),
+    /// rather than waiting for its consumer to read them.
+    pub fn is_sent(self) -> bool {
+        self != Self::Pull
+    }
+
+    /// Whether the app's events go to a broker.
+    pub fn is_broker(self) -> bool {
+        matches!(self, Self::Nats | Self::Amqp | Self::Redis)
+    }
+}
 
 /// How a repository's scan ended (`scans.outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
@@ -420,6 +442,13 @@ pub enum ErrorClass {
     Refused,
     /// Any other git failure.
     Other,
+    /// The broker refused the message as it refuses any (its credentials,
+    /// permissions, a full stream, no route, a negative acknowledgement):
+    /// counted against the app's breaker as an endpoint that is down.
+    Broker,
+    /// The broker refused this message only (it is larger than the broker
+    /// takes): the destination works, the event fails.
+    Rejected,
 }
 
 named!(ErrorClass {
@@ -438,6 +467,8 @@ named!(ErrorClass {
     Network => "network",
     Refused => "refused",
     Other => "other",
+    Broker => "broker",
+    Rejected => "rejected",
 });
 
 /// What one delivery attempt came to: the `outcome` label of Herald's

@@ -48,6 +48,7 @@ mod m20261126_000080_app_resolve_lfs;
 mod m20261126_000090_expand_submodules;
 mod m20261127_000100_replay_quotas;
 mod m20261127_000110_held_files;
+mod m20261127_000120_broker_destinations;
 
 pub struct Migrator;
 
@@ -75,6 +76,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000090_expand_submodules::Migration),
             Box::new(m20261127_000100_replay_quotas::Migration),
             Box::new(m20261127_000110_held_files::Migration),
+            Box::new(m20261127_000120_broker_destinations::Migration),
         ]
     }
 }

@@ -83,8 +83,31 @@ pub struct OnboardArgs {
     pub window: Option<u32>,
     /// `push` (default): Herald sends webhooks. `pull`: the app consumes
     /// its events from /api/stream or /api/changes (`herald listen --pull`).
-    #[arg(long, value_name = "MODE", value_parser = ["push", "pull"])]
+    /// `nats`, `amqp`, `redis`: published to the broker `--destination`
+    /// names (docs/brokers.md).
+    #[arg(long, value_name = "MODE", value_parser = DELIVERY_MODES)]
     pub delivery: Option<String>,
+    /// A broker delivery's destination, as JSON: `{"url", "subject"}`,
+    /// `{"url", "exchange", "routing_key"}` or `{"url", "stream"}`. Its URL
+    /// holds the broker's credentials: prefer the environment variable.
+    #[arg(
+        long,
+        value_name = "JSON",
+        env = "HERALD_DESTINATION",
+        hide_env_values = true
+    )]
+    pub destination: Option<String>,
+}
+
+/// What `--delivery` takes.
+const DELIVERY_MODES: [&str; 5] = ["push", "pull", "nats", "amqp", "redis"];
+
+/// `--destination`'s JSON, parsed (its text never echoed: it holds a URL
+/// with credentials).
+fn destination_json(raw: &str) -> Result<Value, CliError> {
+    serde_json::from_str(raw).map_err(|_| {
+        CliError::Input("--destination must be a JSON object (see docs/brokers.md)".to_owned())
+    })
 }
 
 fn secret_arg(raw: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -114,9 +137,18 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "N")]
     pub window: Option<u32>,
     /// `push`: Herald sends webhooks. `pull`: the app consumes its events
-    /// from /api/stream or /api/changes (`herald listen --pull`).
-    #[arg(long, value_name = "MODE", value_parser = ["push", "pull"])]
+    /// from /api/stream or /api/changes (`herald listen --pull`). `nats`,
+    /// `amqp`, `redis`: published to the broker `--destination` names.
+    #[arg(long, value_name = "MODE", value_parser = DELIVERY_MODES)]
     pub delivery: Option<String>,
+    /// A broker delivery's new destination, as JSON (see `app onboard`).
+    #[arg(
+        long,
+        value_name = "JSON",
+        env = "HERALD_DESTINATION",
+        hide_env_values = true
+    )]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +234,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(window) = args.window {
                 body["window"] = json!(window);
+            }
+            if let Some(destination) = &args.destination {
+                body["destination"] = destination_json(destination)?;
             }
             if let Some(delivery) = &args.delivery {
                 body["delivery"] = json!(delivery);
@@ -346,6 +381,9 @@ pub async fn run(command: AppCommand) -> Result<(), CliError> {
             }
             if let Some(delivery) = args.delivery {
                 body.insert("delivery".into(), json!(delivery));
+            }
+            if let Some(destination) = &args.destination {
+                body.insert("destination".into(), destination_json(destination)?);
             }
             let reply = api
                 .call(Method::PATCH, &["api", "app"], Some(&Value::Object(body)))

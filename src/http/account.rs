@@ -1,6 +1,7 @@
 //! The calling app's own settings (`Authorization: Bearer <app token>`):
 //! `GET /api/app`, `PATCH /api/app` (base_url, the opt-in `synced`
-//! notification, its retry backoff, its delivery window) and
+//! notification, its retry backoff, its delivery window, its delivery:
+//! webhooks, pull, or a broker destination) and
 //! `POST /api/app/rotate-key`.
 
 use actors::backoff::Backoff;
@@ -44,9 +45,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     first_of([show.boxed(), update.boxed(), rotate.boxed()])
 }
 
-fn view(app: &app::Model, state: &AppState) -> AppView {
+fn view(app: &app::Model, state: &AppState) -> Result<AppView, ApiError> {
+    let destination = state.store.destination(app)?;
     let backoff = Backoff::of_app(app, state.settings.delivery.backoff.backoff());
-    AppView {
+    Ok(AppView {
         profile: AppProfile::from(app),
         notify_synced: app.notify_synced,
         notify_submodules: app.notify_submodules,
@@ -60,8 +62,11 @@ fn view(app: &app::Model, state: &AppState) -> AppView {
             .previous_key_expires_at
             .filter(|until| *until > now_ms())
             .map(rfc3339_ms),
+        destination: destination
+            .filter(|_| app.delivery_mode.is_broker())
+            .map(|d| d.shown()),
         updated_at: rfc3339_ms(app.updated_at),
-    }
+    })
 }
 
 /// The calling app: where its webhooks go, its opt-ins, its backoff, its
@@ -72,11 +77,11 @@ fn view(app: &app::Model, state: &AppState) -> AppView {
         (status = 200, description = "The app", body = AppView),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody)))]
 pub(crate) async fn show(app: app::Model, state: AppState) -> Result<Response, ApiError> {
-    Ok(warp::reply::json(&view(&app, &state)).into_response())
+    Ok(warp::reply::json(&view(&app, &state)?).into_response())
 }
 
 /// Changes the calling app's base_url, opt-ins, LFS resolution, retry
-/// backoff, delivery window or delivery mode.
+/// backoff, delivery window, delivery mode or broker destination.
 /// Every field is validated before anything is written.
 #[utoipa::path(patch, path = "/api/app", tag = "client",
     request_body = UpdateApp,
@@ -99,11 +104,12 @@ pub(crate) async fn update(
         && request.backoff.is_none()
         && request.window.is_none()
         && request.delivery.is_none()
+        && request.destination.is_none()
     {
         return Err(Invalid {
             field: "body",
             message: "names nothing to change (base_url, notify_synced, notify_submodules, \
-                 resolve_lfs, backoff, window or delivery)"
+                 resolve_lfs, backoff, window, delivery or destination)"
                 .to_owned(),
         }
         .into());
@@ -123,6 +129,21 @@ pub(crate) async fn update(
         .as_ref()
         .map(domain::delivery)
         .transpose()?;
+    // A broker delivery comes with its destination, or keeps the one it
+    // has; a destination is for a broker delivery only.
+    let mode = delivery.unwrap_or(app.delivery_mode);
+    let destination = match (&request.destination, mode.is_broker()) {
+        (Some(raw), true) => Some(domain::destination(mode, raw, state.url_policy())?),
+        (Some(_), false) => return Err(domain::destination_unused().into()),
+        (None, true) => {
+            let kept = state.store.destination(&app)?;
+            if kept.is_none_or(|kept| kept.mode() != mode) {
+                return Err(domain::destination_needed(mode).into());
+            }
+            None
+        }
+        (None, false) => None,
+    };
     let update = AppUpdate {
         base_url,
         notify_synced: request.notify_synced,
@@ -131,18 +152,21 @@ pub(crate) async fn update(
         backoff,
         window,
         delivery,
+        destination,
     };
+    let update_destination = update.destination.is_some();
     let updated = state
         .store
         .update_app(&AppId::stored(&app.id), update)
         .await?
         .ok_or_else(|| ApiError::NotFound("App not found".to_owned()))?;
     tracing::info!(app = %app.id, "app settings updated");
-    if delivery == Some(entity::DeliveryMode::Push) {
-        // Events a consumer left unread are now the webhooks' to send.
+    if delivery.is_some_and(entity::DeliveryMode::is_sent) || update_destination {
+        // Events a consumer left unread are now the webhooks' (or the
+        // broker's) to send.
         state.engine.wake_delivery();
     }
-    Ok(warp::reply::json(&view(&updated, &state)).into_response())
+    Ok(warp::reply::json(&view(&updated, &state)?).into_response())
 }
 
 /// Issues a new signing key, returned once. The previous key keeps signing

@@ -84,6 +84,12 @@ pub(crate) async fn onboard(
     state: AppState,
 ) -> Result<Response, ApiError> {
     let policy = state.url_policy();
+    let delivery = request
+        .delivery
+        .as_ref()
+        .map(domain::delivery)
+        .transpose()?
+        .unwrap_or_default();
     let new = NewApp {
         name: domain::app_name(&request.app_name)?,
         base_url: domain::base_url(&request.base_url, policy).await?,
@@ -108,12 +114,13 @@ pub(crate) async fn onboard(
             .map(domain::window)
             .transpose()?
             .unwrap_or_default(),
-        delivery: request
-            .delivery
-            .as_ref()
-            .map(domain::delivery)
-            .transpose()?
-            .unwrap_or_default(),
+        delivery,
+        destination: match (&request.destination, delivery.is_broker()) {
+            (Some(raw), true) => Some(domain::destination(delivery, raw, policy)?),
+            (None, false) => None,
+            (Some(_), false) => return Err(domain::destination_unused().into()),
+            (None, true) => return Err(domain::destination_needed(delivery).into()),
+        },
     };
     let onboarded = state.store.onboard_app(new).await?;
     tracing::info!(app = %onboarded.app.id, "app onboarded");

@@ -62,10 +62,19 @@ pub struct OnboardRequest {
     pub window: Option<serde_json::Value>,
     /// `push` (the default): Herald sends webhooks to `base_url`. `pull`:
     /// no webhook is sent; the app consumes its events from `GET
-    /// /api/stream` or `GET /api/changes`.
+    /// /api/stream` or `GET /api/changes`. `nats`, `amqp`, `redis`: each
+    /// event is published to the broker `destination` names.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, pattern = "^(push|pull)$")]
+    #[schema(value_type = String, pattern = "^(push|pull|nats|amqp|redis)$")]
     pub delivery: Option<serde_json::Value>,
+    /// A broker app's destination: `{"url", "subject"}` (nats),
+    /// `{"url", "exchange", "routing_key"}` (amqp) or `{"url", "stream"}`
+    /// (redis); templates take `{app}`, `{repository}` and `{event}`. The
+    /// URL (with the broker's credentials) is stored encrypted and never
+    /// shown with them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object)]
+    pub destination: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -140,8 +149,9 @@ pub struct AppProfile {
     /// Up to this many webhooks of one subscription in flight at once.
     #[schema(minimum = 1, maximum = 64)]
     pub window: usize,
-    /// `push` (webhooks) or `pull` (`GET /api/stream`, `GET /api/changes`).
-    #[schema(pattern = "^(push|pull)$")]
+    /// `push` (webhooks), `pull` (`GET /api/stream`, `GET /api/changes`),
+    /// or a broker: `nats`, `amqp`, `redis`.
+    #[schema(pattern = "^(push|pull|nats|amqp|redis)$")]
     pub delivery: String,
     pub created_at: String,
 }
@@ -382,6 +392,10 @@ pub struct AppView {
     /// While set (and in the future), the previous signing key still signs
     /// alongside the current one.
     pub previous_key_expires_at: Option<String>,
+    /// A broker app's destination, its URL without credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub destination: Option<serde_json::Value>,
     pub updated_at: String,
 }
 
@@ -419,10 +433,19 @@ pub struct UpdateApp {
     pub window: Option<serde_json::Value>,
     /// `push` (the default): Herald sends webhooks to `base_url`. `pull`:
     /// no webhook is sent; the app consumes its events from `GET
-    /// /api/stream` or `GET /api/changes`.
+    /// /api/stream` or `GET /api/changes`. `nats`, `amqp`, `redis`: each
+    /// event is published to the broker `destination` names.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, pattern = "^(push|pull)$")]
+    #[schema(value_type = String, pattern = "^(push|pull|nats|amqp|redis)$")]
     pub delivery: Option<serde_json::Value>,
+    /// A broker app's destination: `{"url", "subject"}` (nats),
+    /// `{"url", "exchange", "routing_key"}` (amqp) or `{"url", "stream"}`
+    /// (redis); templates take `{app}`, `{repository}` and `{event}`. The
+    /// URL (with the broker's credentials) is stored encrypted and never
+    /// shown with them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object)]
+    pub destination: Option<serde_json::Value>,
 }
 
 /// `POST /api/app/rotate-key`: the new key, shown once.

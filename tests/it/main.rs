@@ -8,6 +8,7 @@ mod access;
 mod admin;
 mod app_settings;
 mod breakers;
+mod brokers;
 mod changes;
 mod cli;
 mod cloudevents;

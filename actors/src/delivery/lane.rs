@@ -106,6 +106,8 @@ pub struct LaneArgs {
     pub pool: ScanPool,
     /// The app's window, shared by its lanes.
     pub congestion: Arc<Congestion>,
+    /// The app's broker connection, shared by its lanes.
+    pub broker: crate::broker::Broker,
 }
 
 /// The lane actor's state: where it is in its subscription's events (the
@@ -160,6 +162,7 @@ impl Actor for LaneActor {
                     store: args.store.clone(),
                     config: args.config.clone(),
                     pool: args.pool,
+                    broker: args.broker,
                     mirror: std::sync::OnceLock::new(),
                     mirror_ahead: std::sync::OnceLock::new(),
                 }),

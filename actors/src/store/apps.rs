@@ -29,8 +29,10 @@ pub struct NewApp {
     pub client_auth_key: SecretString,
     /// 1 unless the app asked for a wider window when it onboarded.
     pub window: DeliveryWindow,
-    /// `push` unless the app onboarded to pull its events.
+    /// `push` unless the app onboarded to pull its events or to a broker.
     pub delivery: entity::DeliveryMode,
+    /// A broker app's destination (`delivery` `nats`, `amqp` or `redis`).
+    pub destination: Option<crate::broker::Destination>,
 }
 
 /// What onboarding returns: the stored app and the secrets shown once.
@@ -69,6 +71,8 @@ pub struct AppUpdate {
     pub backoff: Option<(crate::backoff::Policy, i64, i64)>,
     pub window: Option<DeliveryWindow>,
     pub delivery: Option<entity::DeliveryMode>,
+    /// A broker app's new destination, sealed when stored.
+    pub destination: Option<crate::broker::Destination>,
 }
 
 /// How many webhooks of one subscription an app lets Herald have in flight
@@ -135,6 +139,7 @@ impl Store {
     /// encrypted, the token only as a hash.
     pub async fn onboard_app(&self, new: NewApp) -> Result<OnboardedApp, StoreError> {
         let id = AppId::generate();
+        let id_for_aad = id.clone();
         let issued = IssuedToken::generate();
         let now = now_ms();
         let sealed_key = self.keys.seal(
@@ -162,6 +167,10 @@ impl Store {
             resolve_lfs: Set(true),
             delivery_window: Set(new.window.stored()),
             delivery_mode: Set(new.delivery),
+            destination_ciphertext: Set(new
+                .destination
+                .as_ref()
+                .map(|destination| self.seal_destination(id_for_aad.as_str(), destination))),
             stream_next: Set(1),
             failing_since: Set(None),
             disabled_at: Set(None),
@@ -295,6 +304,10 @@ impl Store {
         }
         if let Some(delivery) = update.delivery {
             active.delivery_mode = Set(delivery);
+        }
+        if let Some(destination) = &update.destination {
+            active.destination_ciphertext =
+                Set(Some(self.seal_destination(id.as_str(), destination)));
         }
         active.updated_at = Set(now_ms());
         Ok(Some(active.update(&self.db).await?))
@@ -442,6 +455,7 @@ mod tests {
             resolve_lfs: true,
             delivery_window,
             delivery_mode: entity::DeliveryMode::Push,
+            destination_ciphertext: None,
             stream_next: 1,
             failing_since: None,
             disabled_at: None,

@@ -127,8 +127,9 @@ impl Store {
             .select_only()
             .column(app::Column::Id)
             .filter(app::Column::Status.eq(entity::AppStatus::Active))
-            // A pull app's events wait for its consumer (`store/stream.rs`).
-            .filter(app::Column::DeliveryMode.eq(entity::DeliveryMode::Push))
+            // A pull app's events wait for its consumer (`store/stream.rs`);
+            // webhooks and brokers are sent.
+            .filter(app::Column::DeliveryMode.ne(entity::DeliveryMode::Pull))
             .filter(has_due_events(
                 event::Column::AppId,
                 (app::Entity, app::Column::Id),

@@ -171,6 +171,7 @@ impl Import<'_> {
                 delivery_window: Set(1),
                 delivery_mode: Set(entity::DeliveryMode::Push),
                 stream_next: Set(1),
+                destination_ciphertext: Set(None),
                 failing_since: Set(None),
                 disabled_at: Set(None),
                 created_at: Set(new.created_at),

@@ -45,6 +45,7 @@ pub fn new_app(name: &str) -> NewApp {
         client_auth_key: SecretString::from("k".repeat(16)),
         window: DeliveryWindow::default(),
         delivery: entity::DeliveryMode::Push,
+        destination: None,
     }
 }
 

@@ -334,6 +334,9 @@ fn delivery(app: &entity::app::Model) -> &'static str {
     match app.delivery_mode {
         entity::DeliveryMode::Push => "push: webhooks to its endpoint",
         entity::DeliveryMode::Pull => "pull: its consumer reads /api/stream or /api/changes",
+        entity::DeliveryMode::Nats => "nats: published to a NATS JetStream subject",
+        entity::DeliveryMode::Amqp => "amqp: published to a RabbitMQ exchange",
+        entity::DeliveryMode::Redis => "redis: added to a Redis stream",
     }
 }
 

@@ -22,6 +22,9 @@ use crate::store::{Store, StoreError};
 /// Everything a lane needs, loaded once per batch.
 pub(super) struct LaneContext {
     pub(super) base_url: String,
+    /// A broker app's way to its broker: its events are published there,
+    /// not POSTed to `base_url`.
+    pub(super) publisher: Option<crate::broker::Publisher>,
     pub(super) signer: Signer,
     pub(super) repository: RepositoryRef,
     pub(super) content: Content,
@@ -41,6 +44,8 @@ pub(super) struct BatchReads {
     pub(super) store: Store,
     pub(super) config: DeliveryConfig,
     pub(super) pool: ScanPool,
+    /// The app's broker connection, for a broker app.
+    pub(super) broker: crate::broker::Broker,
     /// The mirror's reader, kept for the lane's life (a subscription's
     /// repository never changes): libgit2's cache of delta bases outlives a
     /// batch.
@@ -79,11 +84,23 @@ impl BatchReads {
             return Ok(None);
         };
         // Disabled, or now pulling its events: the lane stops.
-        if app.status != entity::AppStatus::Active
-            || app.delivery_mode != entity::DeliveryMode::Push
-        {
+        if app.status != entity::AppStatus::Active || !app.delivery_mode.is_sent() {
             return Ok(None);
         }
+        let publisher = if app.delivery_mode.is_broker() {
+            match self.store.destination(&app)? {
+                Some(destination) if destination.mode() == app.delivery_mode => {
+                    Some(self.broker.publisher(&app.id, destination))
+                }
+                // Not written by the API, which sets both at once.
+                _ => {
+                    tracing::warn!(app = %app.id, "broker app without a destination; its lanes wait");
+                    return Ok(None);
+                }
+            }
+        } else {
+            None
+        };
         let Some((subscription, repository)) = self
             .store
             .subscription_and_repository(&self.subscription)
@@ -107,6 +124,7 @@ impl BatchReads {
         let mirror_path = self.config.mirror_path(&repository);
         Ok(Some(LaneContext {
             base_url: app.base_url.clone(),
+            publisher,
             signer,
             repository: RepositoryRef::of(&repository),
             mirror_ahead: self

@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use entity::{DeliveryOutcome, ErrorClass, event};
+use futures::future::Either;
+use reqwest::header::HeaderMap;
 use tracing::warn;
 
 use super::super::BREAKER_CALL_MS;
@@ -27,7 +29,7 @@ use crate::signing::Signed;
 use crate::store::StoreError;
 use crate::store::delivery::EventOutcome;
 use crate::telemetry;
-use crate::webhook_client::{Endpoint, WebhookClient, header};
+use crate::webhook_client::{Answer, Endpoint, NoAnswer, WebhookClient, header};
 
 /// The shortest wait before content the remote could not give is asked for
 /// again.
@@ -227,18 +229,22 @@ impl Pipeline {
             // it logs, and entering and leaving the span at each of its polls
             // cost more than the rest of the attempt's telemetry (the span's
             // duration runs from its creation to its close all the same).
-            let endpoint = self
-                .endpoints
-                .get(&self.client, &context.base_url, endpoint);
+            let send = send(
+                context,
+                &self.client,
+                &mut self.endpoints,
+                endpoint,
+                headers,
+                body,
+            );
             // The request is polled first: it leaves, and one small file
             // ahead is read and rendered while the receiver works on it.
             let (read, mirror) = (self.interleaved.next(), &context.mirror_ahead);
-            let (answer, ()) =
-                futures::join!(self.client.post_to(endpoint, headers, body), async move {
-                    if let Some(read) = read {
-                        read.make(mirror);
-                    }
-                });
+            let (answer, ()) = futures::join!(send, async move {
+                if let Some(read) = read {
+                    read.make(mirror);
+                }
+            });
             if let Ok(answer) = &answer {
                 telemetry::answered(&span, answer.status);
             }
@@ -248,6 +254,30 @@ impl Pipeline {
             }
         }
         Ok(Flow::Next)
+    }
+}
+
+/// One request of the lane sent: POSTed to the app's endpoint `endpoint`,
+/// or, for a broker app, published to its broker.
+pub(super) fn send<'a>(
+    context: &'a LaneContext,
+    client: &'a WebhookClient,
+    endpoints: &'a mut Endpoints,
+    endpoint: &'static str,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> impl Future<Output = Result<Answer, NoAnswer>> + 'a {
+    match &context.publisher {
+        Some(publisher) => Either::Left(publisher.publish(
+            &context.repository.repository_id,
+            endpoint,
+            headers,
+            body,
+        )),
+        None => {
+            let endpoint = endpoints.get(client, &context.base_url, endpoint);
+            Either::Right(client.post_to(endpoint, headers, body))
+        }
     }
 }
 
@@ -329,8 +359,6 @@ pub(super) async fn sign_request(
 
 #[cfg(test)]
 mod tests {
-    use reqwest::header::HeaderMap;
-
     use super::*;
 
     #[tokio::test]

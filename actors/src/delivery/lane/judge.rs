@@ -55,6 +55,12 @@ pub(super) fn judge(answer: &Result<Answer, NoAnswer>, retry_after_cap: Duration
         Err(no_answer) if no_answer.refused_by_policy() => {
             Judgement::Refused(no_answer.message.clone())
         }
+        // A broker that refused this message only: it works for others.
+        Err(no_answer) if no_answer.class == ErrorClass::Rejected => Judgement::Failed {
+            class: no_answer.class,
+            error: no_answer.message.clone(),
+            endpoint_down: false,
+        },
         Err(no_answer) => Judgement::Failed {
             class: no_answer.class,
             error: no_answer.message.clone(),
@@ -73,6 +79,7 @@ mod tests {
             retry_after: retry_after.map(Duration::from_secs),
             excerpt: String::new(),
             latency: Duration::from_millis(3),
+            from_broker: false,
         })
     }
 
@@ -120,6 +127,21 @@ mod tests {
             message: "no answer within 5s".into(),
             latency: Duration::from_secs(5),
         });
+        let too_large = Err(NoAnswer {
+            class: ErrorClass::Rejected,
+            message: "nack: too large".into(),
+            latency: Duration::from_millis(1),
+        });
+        assert!(
+            matches!(
+                judge(&too_large, cap),
+                Judgement::Failed {
+                    endpoint_down: false,
+                    ..
+                }
+            ),
+            "a broker that refuses one message works for the others"
+        );
         assert_eq!(
             judge(&timeout, cap),
             Judgement::Failed {

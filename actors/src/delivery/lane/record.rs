@@ -81,10 +81,18 @@ impl Pipeline {
         let judgement = judge(&answer, self.config.retry_after_cap);
         let (status, latency, excerpt) = match &answer {
             Ok(answer) => (
-                Some(answer.status),
+                // A broker's acknowledgement has no status: its words are
+                // the excerpt.
+                (!answer.from_broker).then_some(answer.status),
                 answer.latency,
                 Some(answer.excerpt.clone()),
             ),
+            // A broker's refusal is recorded in its words.
+            Err(no_answer)
+                if matches!(no_answer.class, ErrorClass::Broker | ErrorClass::Rejected) =>
+            {
+                (None, no_answer.latency, Some(no_answer.message.clone()))
+            }
             Err(no_answer) => (None, no_answer.latency, None),
         };
         let attempt = |class: Option<ErrorClass>| Attempt {

@@ -416,18 +416,30 @@ async fn transfer(job: Job, event: event::Model, probe: bool) -> Result<Vec<Requ
         app_id,
     } = job;
     let mut prepared = produce(&context, &event, chunking, max_file_bytes).await?;
-    let endpoint = endpoints
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&client, &context.base_url, prepared.rendered.endpoint)
-        .clone();
+    let name = prepared.rendered.endpoint;
+    // A broker app's lane publishes: it has no endpoint.
+    let endpoint = context.publisher.is_none().then(|| {
+        endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&client, &context.base_url, name)
+            .clone()
+    });
     let (parts, chunked) = (prepared.rendered.len(), prepared.rendered.is_chunked());
     let mut requests = Vec::with_capacity(parts);
     for index in 0..parts {
         let (span, signed) = sign_request(&mut prepared, &context, &event, index, &app_id).await;
         let sent = Sent::now(&signed, index, parts, chunked, probe);
         let Signed { body, headers, .. } = signed;
-        let answer = client.post_to(&endpoint, headers, body).await;
+        let answer = match (&context.publisher, &endpoint) {
+            (Some(publisher), _) => {
+                publisher
+                    .publish(&context.repository.repository_id, name, headers, body)
+                    .await
+            }
+            (None, Some(endpoint)) => client.post_to(endpoint, headers, body).await,
+            (None, None) => unreachable!("a webhook lane has its endpoint"),
+        };
         let delivered = matches!(&answer, Ok(a) if (200..300).contains(&a.status));
         if let Ok(answer) = &answer {
             telemetry::answered(&span, answer.status);

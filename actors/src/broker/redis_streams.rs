@@ -1,0 +1,135 @@
+//! Redis Streams: each message an entry `XADD`ed to its stream key, with
+//! the fields `event` (the endpoint name), `body` (the webhook's exact
+//! body) and the signed headers. A re-send after an unknown outcome (a
+//! connection cut before the reply) must not add a second entry: the
+//! entry is added by a script that first looks for `{stream}:sent:{id}`
+//! (the id of the entry already added for this `webhook-id`) and writes it
+//! with the entry, in one atomic step, kept for [`SENT_TTL_SECONDS`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use entity::ErrorClass;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, Script};
+
+use super::{Address, Failure, Message, header_pairs};
+
+/// How long a `webhook-id` is remembered as added: a week, far beyond any
+/// re-send of an event whose outcome was unknown.
+pub const SENT_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// Adds the entry unless this `webhook-id` was added already; answers
+/// `{added, entry id}`.
+const ADD_ONCE: &str = r"
+local seen = redis.call('GET', KEYS[2])
+if seen then return {0, seen} end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
+return {1, id}
+";
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub(super) struct Connection {
+    connection: MultiplexedConnection,
+    script: std::sync::Arc<Script>,
+}
+
+/// A failure of redis-rs's, in words that name no credential.
+fn failed(err: &redis::RedisError) -> Failure {
+    if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+        return Failure::connect(format!(
+            "the connection to Redis failed ({})",
+            err.kind_words()
+        ));
+    }
+    if err.is_timeout() {
+        return Failure {
+            class: ErrorClass::Timeout,
+            message: "Redis did not answer in time".to_owned(),
+            broken: true,
+        };
+    }
+    let words = match (err.code(), err.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_owned(),
+        _ => err.kind_words(),
+    };
+    Failure {
+        class: ErrorClass::Broker,
+        message: format!("Redis refused: {words}"),
+        broken: err.kind() == redis::ErrorKind::AuthenticationFailed,
+    }
+}
+
+/// The words of an error's kind (an error's full text may quote a URL).
+trait KindWords {
+    fn kind_words(&self) -> String;
+}
+
+impl KindWords for redis::RedisError {
+    fn kind_words(&self) -> String {
+        self.category().to_owned()
+    }
+}
+
+impl Connection {
+    pub(super) async fn open(address: &Address, at: SocketAddr) -> Result<Self, Failure> {
+        let info = address
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|_| Failure::refused("the broker's url is not a Redis URL"))?
+            .set_addr(ConnectionAddr::Tcp(at.ip().to_string(), at.port()));
+        let client = redis::Client::open(info).map_err(|err| failed(&err))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(WAIT))
+            .set_response_timeout(Some(WAIT));
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|err| {
+                let mut failure = failed(&err);
+                if err.kind() == redis::ErrorKind::AuthenticationFailed
+                    || err
+                        .code()
+                        .is_some_and(|code| code == "WRONGPASS" || code == "NOAUTH")
+                {
+                    failure.class = ErrorClass::Broker;
+                    failure.message = "Redis refused the credentials".to_owned();
+                }
+                failure
+            })?;
+        Ok(Self {
+            connection,
+            script: std::sync::Arc::new(Script::new(ADD_ONCE)),
+        })
+    }
+
+    pub(super) async fn publish(&self, message: &Message<'_>) -> Result<String, Failure> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&message.target)
+            .key(format!("{}:sent:{}", message.target, message.id))
+            .arg(SENT_TTL_SECONDS)
+            .arg("event")
+            .arg(message.event)
+            .arg("body")
+            .arg(message.body.as_ref());
+        for (name, value) in header_pairs(message.headers) {
+            invocation.arg(name).arg(value);
+        }
+        let mut connection = self.connection.clone();
+        let (added, id): (i64, String) = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|err| failed(&err))?;
+        Ok(format!(
+            "ack: stream {} entry {id}{}",
+            message.target,
+            if added == 1 { "" } else { " (already added)" }
+        ))
+    }
+}
