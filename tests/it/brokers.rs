@@ -18,7 +18,8 @@ use crate::receiver::{Received, verify};
 mod consume;
 
 use consume::{
-    AMQP, AmqpExchange, CuttingProxy, GuardedNats, NATS, NatsStream, REDIS, RedisStream, eventually,
+    AMQP, AmqpExchange, CuttingProxy, GuardedNats, NATS, NatsStream, REDIS, RedisStream,
+    eventually, eventually_within,
 };
 
 /// One broker, as a test's consumer sees it.
@@ -469,18 +470,7 @@ async fn an_exchange_no_queue_takes_from_is_an_error_not_a_silent_drop() {
     )
     .await;
     let _id = watch(&app, &client, &rig.url()).await;
-    let listed = eventually(
-        "the unroutable message on record",
-        || events(&app, &client),
-        |events| {
-            events.iter().any(|e| {
-                e["last_error"]
-                    .as_str()
-                    .is_some_and(|l| l.contains("NO_ROUTE") || l.contains("no queue"))
-            })
-        },
-    )
-    .await;
+    let listed = refusal_on_record(&app, &client, &["NO_ROUTE", "no queue"]).await;
     let id = listed[0]["event_id"].as_str().expect("id");
     let detail = event_detail(&app, &client, id).await;
     assert_eq!(detail["attempts"][0]["error_class"], "broker", "{detail}");
@@ -515,18 +505,7 @@ async fn a_full_stream_that_discards_new_messages_refuses_and_the_rest_follows_l
     )
     .await;
     let _id = watch(&app, &client, &rig.url()).await;
-    let listed = eventually(
-        "the refusal on record",
-        || events(&app, &client),
-        |events| {
-            events.iter().any(|e| {
-                e["last_error"]
-                    .as_str()
-                    .is_some_and(|l| l.contains("maximum messages"))
-            })
-        },
-    )
-    .await;
+    let listed = refusal_on_record(&app, &client, &["maximum messages"]).await;
     assert_eq!(
         listed.iter().filter(|e| e["status"] == "delivered").count(),
         2,
@@ -571,9 +550,11 @@ async fn connections_cut_mid_sync_lose_nothing_and_publish_nothing_twice_by_id()
         .await;
         let _id = watch(&app, &client, &rig.url()).await;
         // Let the proxy cut a few times, then let everything through.
-        // A few cuts, or fewer when everything got through between them.
-        let cuts = eventually(
+        // A few cuts, or fewer when everything got through between them
+        // (each cut a failed attempt: the breaker's cooldowns grow).
+        let cuts = eventually_within(
             &format!("{mode}: a few cuts"),
+            Duration::from_secs(180),
             || async {
                 let done = events(&app, &client)
                     .await
@@ -587,8 +568,9 @@ async fn connections_cut_mid_sync_lose_nothing_and_publish_nothing_twice_by_id()
         .await;
         assert!(cuts.0 >= 1, "{mode}: the proxy cut connections: {cuts:?}");
         proxy.stop_cutting();
-        let messages = eventually(
+        let messages = eventually_within(
             "everything",
+            Duration::from_secs(180),
             || consumer.all(),
             |messages| apply(messages) == tree_of(&repo),
         )
@@ -612,4 +594,21 @@ async fn connections_cut_mid_sync_lose_nothing_and_publish_nothing_twice_by_id()
         .await;
         consumer.remove().await;
     }
+}
+
+/// The app's events once one of them failed with an error naming any of
+/// `words` (the broker's refusal, as the attempt log keeps it).
+async fn refusal_on_record(app: &TestApp, client: &TestClient, words: &[&str]) -> Vec<Value> {
+    eventually(
+        &format!("a refusal naming {words:?} on record"),
+        || events(app, client),
+        |events| {
+            events.iter().any(|e| {
+                e["last_error"]
+                    .as_str()
+                    .is_some_and(|l| words.iter().any(|w| l.contains(w)))
+            })
+        },
+    )
+    .await
 }

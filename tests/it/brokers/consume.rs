@@ -474,8 +474,19 @@ impl CuttingProxy {
 }
 
 /// Waits (bounded) until `read` gives what `done` accepts; returns it.
-pub async fn eventually<T, F>(
+pub async fn eventually<T, F>(what: &str, read: impl FnMut() -> F, done: impl Fn(&T) -> bool) -> T
+where
+    F: Future<Output = T>,
+    T: std::fmt::Debug,
+{
+    eventually_within(what, Duration::from_secs(60), read, done).await
+}
+
+/// [`eventually`] with its own bound, for waits that include breaker
+/// cooldowns (each failed probe doubles the next one).
+pub async fn eventually_within<T, F>(
     what: &str,
+    bound: Duration,
     mut read: impl FnMut() -> F,
     done: impl Fn(&T) -> bool,
 ) -> T
@@ -483,7 +494,7 @@ where
     F: Future<Output = T>,
     T: std::fmt::Debug,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + bound;
     loop {
         let got = read().await;
         if done(&got) {
