@@ -101,18 +101,15 @@ impl CloudEvent {
     }
 }
 
+/// What the HTTP binding escapes besides every byte outside ASCII: the
+/// controls, space, `"` and `%`.
+const ESCAPED: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
+
 /// `value` percent-encoded as the HTTP binding asks: every byte of its UTF-8
 /// outside `!`..=`~`, and `"` and `%`, as `%XY` (upper-case hex).
 pub fn encode(value: &str) -> String {
-    let mut encoded = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if (b'!'..=b'~').contains(&byte) && byte != b'"' && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
+    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 #[cfg(test)]
