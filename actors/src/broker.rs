@@ -275,16 +275,15 @@ impl Address {
 
     /// The address to connect to, resolved now under the rule.
     async fn resolve(&self, rule: AddressRule) -> Result<SocketAddr, Failure> {
-        let addresses = match self.host.parse::<std::net::IpAddr>() {
-            Ok(ip) if rule.admits(ip) => Ok(vec![SocketAddr::new(ip, self.port)]),
-            Ok(_) => Err(crate::net::Refused::NonPublic),
-            Err(_) => rule.resolve(&self.host, self.port).await,
-        }
-        .map_err(|refused| Failure {
-            class: ErrorClass::Ssrf,
-            message: format!("the broker's address was refused: {refused}"),
-            broken: true,
-        })?;
+        // A literal address comes back as itself, judged by the same rule.
+        let addresses = rule
+            .resolve(&self.host, self.port)
+            .await
+            .map_err(|refused| Failure {
+                class: ErrorClass::Ssrf,
+                message: format!("the broker's address was refused: {refused}"),
+                broken: true,
+            })?;
         Ok(addresses[0])
     }
 }
