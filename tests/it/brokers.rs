@@ -10,9 +10,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::console::Browser;
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::TestRepo;
-use crate::helpers::{Rig, TestApp, TestClient, engine_with, watch};
+use crate::helpers::{ADMIN_TOKEN, Rig, TestApp, TestClient, engine_with, watch};
 use crate::receiver::{Received, verify};
 
 mod consume;
@@ -293,6 +294,18 @@ async fn the_destination_is_a_secret_and_is_checked() {
         .await;
     assert_eq!(shown["destination"], body["destination"]);
     assert!(!shown.to_string().contains("s3cret"));
+    // The console shows it as the API does, without its credentials.
+    let mut browser = Browser::new(&app);
+    browser.sign_in(ADMIN_TOKEN, false).await;
+    let page = browser
+        .page(&format!("/admin/apps/{}", client.app_id))
+        .await;
+    assert!(
+        page.contains("amqp://broker.example.com:5672/%2f")
+            && page.contains("{repository}.{event}"),
+        "{page}"
+    );
+    assert!(!page.contains("s3cret"), "{page}");
     // Sealed at rest.
     assert_eq!(
         app.stored_rows_where("apps", "destination_ciphertext LIKE '%s3cret%'")

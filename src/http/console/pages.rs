@@ -1,6 +1,7 @@
 //! The console's pages. Each reads through the same store queries as the
 //! admin API and renders with maud (escaped by default).
 
+use actors::broker::Destination;
 use actors::clock::now_ms;
 use actors::ids::AppId;
 use actors::store::apps::DeliveryWindow;
@@ -243,6 +244,10 @@ pub async fn app_detail(
         .breaker(BreakerKind::Delivery, app.id.as_str())
         .await?;
     let health = super::health::app_section(&state, &app_id).await?;
+    let destination = state
+        .store
+        .destination(app)?
+        .filter(|_| app.delivery_mode.is_broker());
     Ok(layout::page(
         &session,
         "/admin/apps",
@@ -256,6 +261,9 @@ pub async fn app_detail(
                 dt { "Failing since" } dd { (when_opt(app.failing_since)) }
                 dt { "Backoff" } dd { (backoff(app)) }
                 dt { "Delivery" } dd { (delivery(app)) }
+                @if let Some(destination) = &destination {
+                    dt { "Destination" } dd { (destination_facts(destination)) }
+                }
                 dt { "Delivery window" } dd { (window(app)) }
                 dt { "Endpoint breaker" } dd {
                     @match &endpoint {
@@ -337,6 +345,21 @@ fn delivery(app: &entity::app::Model) -> &'static str {
         entity::DeliveryMode::Nats => "nats: published to a NATS JetStream subject",
         entity::DeliveryMode::Amqp => "amqp: published to a RabbitMQ exchange",
         entity::DeliveryMode::Redis => "redis: added to a Redis stream",
+    }
+}
+
+/// A broker app's destination as `GET /api/app` shows it: the URL without
+/// its credentials, then the subject, exchange and routing key, or stream.
+fn destination_facts(destination: &Destination) -> Markup {
+    let shown = destination.shown();
+    let field = |name: &str| shown[name].as_str().unwrap_or_default().to_owned();
+    html! {
+        code { (field("url")) }
+        @for name in ["subject", "exchange", "routing_key", "stream"] {
+            @if shown.get(name).is_some() {
+                br; span.muted { (name.replace('_', " ")) } " " code { (field(name)) }
+            }
+        }
     }
 }
 
