@@ -156,6 +156,10 @@ struct Figures {
     rate: f64,
     /// Herald's CPU time a message over the sync (µs), the scan included.
     cpu_us: f64,
+    /// Herald's mean publish → acknowledgement over the sync (µs, its
+    /// `herald_delivery_duration_seconds`), and the floor's.
+    publish_us: f64,
+    floor_publish_us: f64,
     clone_s: f64,
     /// The floor's publish, first to last acknowledgement (s).
     publish_s: f64,
@@ -248,6 +252,14 @@ async fn run(options: &Options) -> Vec<String> {
             range(&rate_ratio, "", 2),
         );
         println!(
+            "| {title} | — a message's time: publish → ack, + between acks | {} + {} | {} + {} | \
+             — | — |",
+            range(&of(|f| f.publish_us), "µs", 0),
+            range(&of(|f| 1e6 / f.rate - f.publish_us), "µs", 0),
+            range(&of(|f| f.floor_publish_us), "µs", 0),
+            range(&of(|f| 1e6 / f.floor_rate - f.floor_publish_us), "µs", 0),
+        );
+        println!(
             "| {title} | — registration → first message; Herald's CPU a message (scan included) \
              | {}; {} | — | — | — |",
             range(&of(|f| f.first_s), "s", 2),
@@ -297,6 +309,13 @@ async fn run_once(
     herald.register(&token, &url).await;
     wait_for_messages(&place, expected, Some(&herald), Duration::from_secs(1_800)).await;
     let cpu_s = (process_ticks(herald.pid) - cpu_before) as f64 / clock_ticks_per_second();
+    let publish_us = herald
+        .metric("herald_delivery_duration_seconds_sum", "")
+        .await
+        / herald
+            .metric("herald_delivery_duration_seconds_count", "")
+            .await
+        * 1e6;
     let synced = place.held(0);
     let (first, last) = (synced[0].at_ns, synced[expected - 1].at_ns);
     let mut checker = Checker::new(&key);
@@ -351,10 +370,14 @@ async fn run_once(
     let floor = Place::new(kind, "floor").await;
     let publisher = Publisher::connect(kind).await;
     let started = Instant::now();
+    let mut acked = Duration::ZERO;
     for message in &synced {
+        let sent = Instant::now();
         publisher.publish(&floor, message).await;
+        acked += sent.elapsed();
     }
     let publish_s = started.elapsed().as_secs_f64();
+    let floor_publish_us = acked.as_secs_f64() / expected as f64 * 1e6;
     wait_for_messages(&floor, expected, None, Duration::from_secs(60)).await;
     let republished = floor.held(0);
     let floor_rate =
@@ -381,7 +404,8 @@ async fn run_once(
     publisher.close().await;
     floor.remove().await;
     eprintln!(
-        "floors: clone {clone_s:.2} s, publish {publish_s:.2} s ({floor_rate:.0}/s); push: \
+        "floors: clone {clone_s:.2} s, publish {publish_s:.2} s ({floor_rate:.0}/s); \
+         publish → ack: Herald {publish_us:.0} µs, floor {floor_publish_us:.0} µs; push: \
          Herald {push_ms:.0} ms, floor {push_floor_ms:.0} ms"
     );
     Figures {
@@ -390,6 +414,8 @@ async fn run_once(
         first_s,
         rate,
         cpu_us: cpu_s / (expected as f64) * 1e6,
+        publish_us,
+        floor_publish_us,
         clone_s,
         publish_s,
         floor_rate,
