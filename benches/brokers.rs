@@ -55,7 +55,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ends::{Held, Kind, Place, Publisher};
@@ -336,7 +336,7 @@ async fn run_once(
     );
     let change = workload.push().clone();
     let push_expected = change_messages(workload, &change, threshold);
-    apply(&mut want, &change);
+    change.apply(&mut want);
     let started_ns = unix_ms() * 1e6;
     let (status, _) = send_hook(
         &herald.http,
@@ -383,20 +383,7 @@ async fn run_once(
     let floor_rate =
         (expected - 1) as f64 / ((republished[expected - 1].at_ns - republished[0].at_ns) / 1e9);
     let started = Instant::now();
-    let fetched = Command::new("git")
-        .arg("-C")
-        .arg(&mirror)
-        .args(["fetch", "-q", "origin"])
-        .status()
-        .expect("git runs");
-    let diffed = Command::new("git")
-        .arg("-C")
-        .arg(&mirror)
-        .args(["diff-tree", "-r", "--name-status", &change.old, &change.new])
-        .stdout(Stdio::null())
-        .status()
-        .expect("git runs");
-    assert!(fetched.success() && diffed.success());
+    fetch_and_diff(&mirror, &change.old, &change.new);
     for message in &pushed {
         publisher.publish(&floor, message).await;
     }
@@ -428,26 +415,15 @@ async fn run_once(
 /// Onboards an app delivering to `destination` on `kind`'s broker; its
 /// token and the key its messages are signed with.
 async fn onboard(herald: &Herald, kind: Kind, destination: Value) -> (String, String) {
-    let body = herald
-        .call(
-            "/admin/api/apps/onboard",
-            ADMIN_TOKEN,
-            json!({
-                "app_name": format!("bench-{}", kind.name()),
-                "base_url": "http://127.0.0.1:9/unused",
-                "email": "bench@example.com",
-                "delivery": kind.name(),
-                "destination": destination,
-            }),
-        )
+    let (_, token, key) = herald
+        .onboard_with(json!({
+            "app_name": format!("bench-{}", kind.name()),
+            "base_url": "http://127.0.0.1:9/unused",
+            "delivery": kind.name(),
+            "destination": destination,
+        }))
         .await;
-    let field = |name: &str| {
-        body["data"][name]
-            .as_str()
-            .unwrap_or_else(|| panic!("the onboarding answer has no {name}: {body}"))
-            .to_owned()
-    };
-    (field("token"), field("client_auth_key"))
+    (token, key)
 }
 
 /// How many messages `change` makes: one a delete, the created and
@@ -468,16 +444,6 @@ fn change_messages(workload: &Workload, change: &Change, threshold: usize) -> us
             threshold,
             CHUNK_SIZE,
         )
-}
-
-/// `tree` moved on by `change`.
-fn apply(tree: &mut Tree, change: &Change) {
-    for file in &change.files {
-        match file.event {
-            Event::Delete => tree.remove(&file.path),
-            Event::Create | Event::Update => tree.insert(file.path.clone(), file.sha256.clone()),
-        };
-    }
 }
 
 /// Checks each message as a webhook; panics unless the tree they built is

@@ -287,28 +287,7 @@ impl Place {
                 let consumer = tokio::spawn(async move {
                     while let Some(Ok(delivery)) = deliveries.next().await {
                         let at = now_ns();
-                        let properties = &delivery.properties;
-                        let headers = properties
-                            .headers()
-                            .as_ref()
-                            .map(|table| {
-                                table
-                                    .inner()
-                                    .iter()
-                                    .filter_map(|(name, value)| match value {
-                                        AMQPValue::LongString(text) => {
-                                            Some((name.to_string(), text.to_string()))
-                                        }
-                                        _ => None,
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        let endpoint = properties
-                            .kind()
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default();
+                        let (endpoint, headers) = amqp_fields(&delivery.properties);
                         into.hold(Held::new(
                             at,
                             delivery.routing_key.to_string(),
@@ -342,17 +321,16 @@ impl Place {
                 let consumer = tokio::spawn(async move {
                     let mut last = "0-0".to_owned();
                     loop {
-                        let read: redis::RedisResult<Option<Vec<(String, Vec<Entry>)>>> =
-                            redis::cmd("XREAD")
-                                .arg("COUNT")
-                                .arg(1000)
-                                .arg("BLOCK")
-                                .arg(1000)
-                                .arg("STREAMS")
-                                .arg(&key)
-                                .arg(&last)
-                                .query_async(&mut reader)
-                                .await;
+                        let read: redis::RedisResult<Option<Vec<StreamRead>>> = redis::cmd("XREAD")
+                            .arg("COUNT")
+                            .arg(1000)
+                            .arg("BLOCK")
+                            .arg(1000)
+                            .arg("STREAMS")
+                            .arg(&key)
+                            .arg(&last)
+                            .query_async(&mut reader)
+                            .await;
                         let Ok(read) = read else { return };
                         let at = now_ns();
                         for (_, entries) in read.unwrap_or_default() {
@@ -450,6 +428,27 @@ impl Place {
 
 /// A stream entry: its id and its fields.
 type Entry = (String, Vec<(String, Vec<u8>)>);
+
+/// What `XREAD` gives for one stream: its key and its new entries.
+type StreamRead = (String, Vec<Entry>);
+
+/// A delivery's endpoint (its `type`) and its headers: Herald sends each
+/// as a long string.
+fn amqp_fields(properties: &BasicProperties) -> (String, Vec<(String, String)>) {
+    let mut headers = Vec::new();
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            if let AMQPValue::LongString(text) = value {
+                headers.push((name.to_string(), text.to_string()));
+            }
+        }
+    }
+    let endpoint = properties
+        .kind()
+        .as_ref()
+        .map_or_else(String::new, |kind| kind.to_string());
+    (endpoint, headers)
+}
 
 async fn amqp_connection() -> lapin::Connection {
     lapin::Connection::connect(
