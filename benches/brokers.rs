@@ -107,14 +107,7 @@ fn parse_options() -> Options {
 
 fn main() {
     let options = parse_options();
-    let missed = runtime().block_on(run(&options));
-    if !missed.is_empty() {
-        eprintln!("goals missed (at the median of the runs):");
-        for goal in &missed {
-            eprintln!("- {goal}");
-        }
-        std::process::exit(1);
-    }
+    exit_if_missed(&runtime().block_on(run(&options)));
 }
 
 /// Binary files above this many bytes go in chunks, on `kind`.

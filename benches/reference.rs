@@ -142,14 +142,7 @@ fn parse_options() -> Options {
 
 fn main() {
     let options = parse_options();
-    let missed = runtime().block_on(run(&options));
-    if !missed.is_empty() {
-        eprintln!("goals missed (at the median of the runs):");
-        for goal in &missed {
-            eprintln!("- {goal}");
-        }
-        std::process::exit(1);
-    }
+    exit_if_missed(&runtime().block_on(run(&options)));
 }
 
 // ------------------------------------------------------------ the workload

@@ -55,14 +55,6 @@ impl Kind {
             Self::Redis => "Redis Streams",
         }
     }
-
-    fn address(self) -> &'static str {
-        match self {
-            Self::Nats => NATS,
-            Self::Amqp => AMQP,
-            Self::Redis => REDIS,
-        }
-    }
 }
 
 /// A name no other run uses.
@@ -160,19 +152,10 @@ pub struct Place {
     owner: Owner,
 }
 
-/// Fails with a clear message when a broker does not answer.
-async fn answers(address: &str) {
-    let connected = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(address),
-    )
-    .await;
-    assert!(
-        matches!(connected, Ok(Ok(_))),
-        "the broker bench needs a server at {address} (NATS with JetStream on 4222, \
-         RabbitMQ on 5672 with guest/guest, Redis on 6379); none answers"
-    );
-}
+/// The bench needs the real servers: NATS with JetStream on 4222,
+/// RabbitMQ on 5672 with guest/guest, Redis on 6379.
+const NEEDS: &str = "the broker bench needs NATS with JetStream on 127.0.0.1:4222, RabbitMQ on \
+                     5672 (guest/guest) and Redis on 6379";
 
 fn now_ns() -> f64 {
     super::support::unix_ms() * 1e6
@@ -182,14 +165,12 @@ impl Place {
     /// A new place on `kind`'s broker, its name starting with `prefix`,
     /// and its consumer started.
     pub async fn new(kind: Kind, prefix: &str) -> Self {
-        answers(kind.address()).await;
         let sink = Arc::new(Sink::default());
         let into = sink.clone();
         match kind {
             Kind::Nats => {
                 let name = unique(&format!("herald_bench_{prefix}_"));
-                let context =
-                    jetstream::new(async_nats::connect(NATS).await.expect("NATS answers"));
+                let context = jetstream::new(async_nats::connect(NATS).await.expect(NEEDS));
                 let stream = context
                     .create_stream(jetstream::stream::Config {
                         name: name.clone(),
@@ -312,11 +293,11 @@ impl Place {
                 let mut reader = client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .expect("Redis answers");
+                    .expect(NEEDS);
                 let owner = client
                     .get_multiplexed_async_connection()
                     .await
-                    .expect("Redis answers");
+                    .expect(NEEDS);
                 let key = name.clone();
                 let consumer = tokio::spawn(async move {
                     let mut last = "0-0".to_owned();
@@ -456,7 +437,7 @@ async fn amqp_connection() -> lapin::Connection {
         lapin::ConnectionProperties::default(),
     )
     .await
-    .expect("RabbitMQ answers")
+    .expect(NEEDS)
 }
 
 /// The floor: a plain client on one connection publishing each message
@@ -474,7 +455,7 @@ impl Publisher {
     pub async fn connect(kind: Kind) -> Self {
         match kind {
             Kind::Nats => Self::Nats(jetstream::new(
-                async_nats::connect(NATS).await.expect("NATS answers"),
+                async_nats::connect(NATS).await.expect(NEEDS),
             )),
             Kind::Amqp => {
                 let connection = amqp_connection().await;
@@ -490,7 +471,7 @@ impl Publisher {
                     .expect("client")
                     .get_multiplexed_async_connection()
                     .await
-                    .expect("Redis answers"),
+                    .expect(NEEDS),
                 redis::Script::new(actors::broker::REDIS_ADD_ONCE),
             ),
         }

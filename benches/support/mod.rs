@@ -147,6 +147,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
+/// Names each goal missed and exits non-zero, if any was.
+pub fn exit_if_missed(missed: &[String]) {
+    if !missed.is_empty() {
+        eprintln!("goals missed (at the median of the runs):");
+        for goal in missed {
+            eprintln!("- {goal}");
+        }
+        std::process::exit(1);
+    }
+}
+
 // ------------------------------------------------------------ statistics
 
 pub fn unix_ms() -> f64 {
