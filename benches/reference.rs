@@ -59,13 +59,13 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::load::Load;
 use support::verify::logging::LoggingReceiver;
 use support::verify::{self, Tree};
-use support::workload::{Change, Event, Mutation, Workload};
+use support::workload::{Mutation, Workload};
 use support::*;
 
 #[derive(Debug, Clone)]
@@ -142,14 +142,7 @@ fn parse_options() -> Options {
 
 fn main() {
     let options = parse_options();
-    let missed = runtime().block_on(run(&options));
-    if !missed.is_empty() {
-        eprintln!("goals missed (at the median of the runs):");
-        for goal in &missed {
-            eprintln!("- {goal}");
-        }
-        std::process::exit(1);
-    }
+    exit_if_missed(&runtime().block_on(run(&options)));
 }
 
 // ------------------------------------------------------------ the workload
@@ -213,16 +206,6 @@ async fn wait_holding(
             tail(&herald.logs)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `tree` moved on by `change`.
-fn apply(tree: &mut Tree, change: &Change) {
-    for file in &change.files {
-        match file.event {
-            Event::Delete => tree.remove(&file.path),
-            Event::Create | Event::Update => tree.insert(file.path.clone(), file.sha256.clone()),
-        };
     }
 }
 
@@ -906,7 +889,7 @@ async fn pushes(
     let mut floor_ms = Vec::new();
     for push in 0..options.pushes {
         let change = workload.push().clone();
-        apply(tree, &change);
+        change.apply(tree);
         let wanted: HashSet<(&str, &str)> = change
             .files
             .iter()
@@ -952,20 +935,7 @@ async fn pushes(
         );
         herald_ms.push((last_ns - started as f64) / 1e6);
         let started = Instant::now();
-        let fetched = Command::new("git")
-            .arg("-C")
-            .arg(&mirror)
-            .args(["fetch", "-q", "origin"])
-            .status()
-            .expect("git runs");
-        let diffed = Command::new("git")
-            .arg("-C")
-            .arg(&mirror)
-            .args(["diff-tree", "-r", "--name-status", &change.old, &change.new])
-            .stdout(Stdio::null())
-            .status()
-            .expect("git runs");
-        assert!(fetched.success() && diffed.success());
+        fetch_and_diff(&mirror, &change.old, &change.new);
         floor_ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     eprintln!("pushes: Herald {herald_ms:.0?} ms, floor {floor_ms:.0?} ms");

@@ -34,6 +34,10 @@ mod amqp;
 mod nats;
 mod redis_streams;
 
+/// Redis's idempotent `XADD` and how long it remembers an id: the broker
+/// bench's floor publishes with the same script.
+pub use redis_streams::{ADD_ONCE as REDIS_ADD_ONCE, SENT_TTL_SECONDS as REDIS_SENT_TTL_SECONDS};
+
 /// The longest URL or template a destination takes.
 const MAX_FIELD_LEN: usize = 255;
 

@@ -147,6 +147,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
+/// Names each goal missed and exits non-zero, if any was.
+pub fn exit_if_missed(missed: &[String]) {
+    if !missed.is_empty() {
+        eprintln!("goals missed (at the median of the runs):");
+        for goal in missed {
+            eprintln!("- {goal}");
+        }
+        std::process::exit(1);
+    }
+}
+
 // ------------------------------------------------------------ statistics
 
 pub fn unix_ms() -> f64 {
@@ -306,6 +317,25 @@ pub fn process_status(pid: u32) -> String {
 /// `VmHWM` of a process (its peak resident set so far), in MiB.
 pub fn peak_rss_mib(pid: u32) -> f64 {
     status_field_mib(&process_status(pid), "VmHWM").unwrap_or_default()
+}
+
+/// The push's floor: `git fetch` of a new commit into `mirror`, then `git
+/// diff-tree` from `old` to `new`; panics when either fails.
+pub fn fetch_and_diff(mirror: &Path, old: &str, new: &str) {
+    let fetched = Command::new("git")
+        .arg("-C")
+        .arg(mirror)
+        .args(["fetch", "-q", "origin"])
+        .status()
+        .expect("git runs");
+    let diffed = Command::new("git")
+        .arg("-C")
+        .arg(mirror)
+        .args(["diff-tree", "-r", "--name-status", old, new])
+        .stdout(Stdio::null())
+        .status()
+        .expect("git runs");
+    assert!(fetched.success() && diffed.success());
 }
 
 /// Runs a command, returns how long it took (s); panics when it fails.
@@ -1141,12 +1171,17 @@ impl Herald {
     /// Onboards an app whose webhooks go to `base_url`; returns its id, its
     /// token and the key that signs its webhooks.
     pub async fn onboard_app(&self, name: &str, base_url: &str) -> (String, String, String) {
+        self.onboard_with(json!({"app_name": name, "base_url": base_url}))
+            .await
+    }
+
+    /// Onboards an app with the fields of `request` (`app_name`,
+    /// `base_url`, `delivery`, …; the e-mail is the bench's); returns its
+    /// id, its token and the key that signs its messages.
+    pub async fn onboard_with(&self, mut request: Value) -> (String, String, String) {
+        request["email"] = json!("bench@example.com");
         let body = self
-            .call(
-                "/admin/api/apps/onboard",
-                ADMIN_TOKEN,
-                json!({"app_name": name, "base_url": base_url, "email": "bench@example.com"}),
-            )
+            .call("/admin/api/apps/onboard", ADMIN_TOKEN, request)
             .await;
         let field = |name: &str| {
             body["data"][name]

@@ -159,6 +159,36 @@ impl Drop for VerifyingReceiver {
     }
 }
 
+/// The receiver's checks on messages that came another way than HTTP (a
+/// broker's): each checked as a webhook with its endpoint, headers and
+/// body, the tree they build held for the bench to compare with git's.
+pub struct Checker(State);
+
+impl Checker {
+    /// Checks messages signed with `key` (the app's `client_auth_key`).
+    pub fn new(key: &str) -> Self {
+        Self(State {
+            key: key.to_owned(),
+            ..State::default()
+        })
+    }
+
+    /// Checks one message; what was wrong with it, if anything.
+    pub fn check(
+        &mut self,
+        endpoint: &str,
+        headers: &warp::http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), String> {
+        self.0.check(endpoint, headers, body, unix_ms()).map(drop)
+    }
+
+    /// The tree the messages checked so far built.
+    pub fn tree(&self) -> &Tree {
+        &self.0.tree
+    }
+}
+
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     for part in parts {
@@ -319,6 +349,37 @@ pub(super) fn files_of(repo: &Path, commit: &str) -> Vec<(String, String)> {
             (kind == "blob").then(|| (path.to_owned(), blob.to_owned()))
         })
         .collect()
+}
+
+/// How many messages Herald sends for the files of `commit` (only those in
+/// `paths`, when given): one a file, and for a binary file above
+/// `threshold` bytes one a chunk of `chunk` base64 characters
+/// (`delivery.chunk_threshold_bytes`, `delivery.chunk_size_bytes`).
+pub fn messages_of(
+    repo: &Path,
+    commit: &str,
+    paths: Option<&std::collections::HashSet<String>>,
+    threshold: usize,
+    chunk: usize,
+) -> usize {
+    let entries: Vec<(String, String)> = files_of(repo, commit)
+        .into_iter()
+        .filter(|(path, _)| paths.is_none_or(|paths| paths.contains(path)))
+        .collect();
+    let mut messages = 0;
+    each_blob(
+        repo,
+        entries.iter().map(|(_, b)| b.as_str()),
+        |_, content| {
+            let binary = std::str::from_utf8(content).map_or(true, |text| text.contains('\0'));
+            messages += if binary && content.len() > threshold {
+                (content.len().div_ceil(3) * 4).div_ceil(chunk)
+            } else {
+                1
+            };
+        },
+    );
+    messages
 }
 
 /// Moves `tree` from commit `old` to `new` as `git diff-tree` tells;

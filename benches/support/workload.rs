@@ -79,6 +79,20 @@ pub struct Change {
     pub files: Vec<FileChange>,
 }
 
+impl Change {
+    /// `tree` (path → SHA-256) moved on by this change.
+    pub fn apply(&self, tree: &mut std::collections::HashMap<String, String>) {
+        for file in &self.files {
+            match file.event {
+                Event::Delete => tree.remove(&file.path),
+                Event::Create | Event::Update => {
+                    tree.insert(file.path.clone(), file.sha256.clone())
+                }
+            };
+        }
+    }
+}
+
 /// What the first commit holds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tally {

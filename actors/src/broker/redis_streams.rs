@@ -20,8 +20,9 @@ use super::{Address, Failure, Message, header_pairs};
 pub const SENT_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
 /// Adds the entry unless this `webhook-id` was added already; answers
-/// `{added, entry id}`.
-const ADD_ONCE: &str = r"
+/// `{added, entry id}`. Keys: the stream, `{stream}:sent:{id}`; arguments:
+/// [`SENT_TTL_SECONDS`], then the entry's fields and values.
+pub const ADD_ONCE: &str = r"
 local seen = redis.call('GET', KEYS[2])
 if seen then return {0, seen} end
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
