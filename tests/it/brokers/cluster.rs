@@ -13,12 +13,14 @@ use crate::faults::Flow;
 use crate::helpers::{CLUSTER, TestApp, TestDatabase, watch};
 
 use super::kills::{assert_every_event_arrived_once_by_id, drained};
-use super::{Consumer, eventually_within, onboard_broker, published_twice};
+use super::{Consumer, onboard_broker, published_twice};
 
 /// Repositories the one app watches, and files in each.
-const REPOSITORIES: usize = 4;
-const FILES: usize = 40;
-const VERSIONS: usize = 6;
+const REPOSITORIES: usize = 3;
+const FILES: usize = 25;
+/// Versions at most before b is killed, and versions after.
+const MAX_VERSIONS: usize = 30;
+const AFTER_KILL: usize = 2;
 
 #[tokio::test]
 async fn two_instances_share_a_broker_app_and_the_survivor_finishes_a_killed_ones_work() {
@@ -30,7 +32,7 @@ async fn two_instances_share_a_broker_app_and_the_survivor_finishes_a_killed_one
     let settings = [
         ("HERALD__SECURITY__ENCRYPTION_KEY", CLUSTER[0].1),
         ("HERALD__DELIVERY__TIMEOUT", "2s"),
-        ("HERALD__CLUSTER__LEASE_TTL", "3s"),
+        ("HERALD__CLUSTER__LEASE_TTL", "4s"),
         ("HERALD__CLUSTER__HEARTBEAT_INTERVAL", "300ms"),
         ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
     ];
@@ -53,31 +55,40 @@ async fn two_instances_share_a_broker_app_and_the_survivor_finishes_a_killed_one
         repositories.push(watch(via, &client, &flow.url()).await);
     }
 
-    // Versions flow; once both instances have published, one is killed
-    // with work of its own still to do.
-    let mut b = Some(b);
-    let mut a_before_kill = 0.0;
-    for v in 1..=VERSIONS {
+    // Versions flow until both instances have published and b holds a
+    // subscription with events still to send: b is killed then, and a few
+    // more versions follow.
+    let holding = format!(
+        "delivery_lease_owner LIKE '{}/%' AND EXISTS (SELECT 1 FROM events e \
+         WHERE e.subscription_id = subscriptions.id AND e.status = 'pending')",
+        b.instance_id()
+    );
+    let mut versions = 0;
+    let a_before_kill = 'flowing: loop {
+        assert!(versions < MAX_VERSIONS, "b never held work when looked at");
+        versions += 1;
+        for flow in &mut flows {
+            flow.next();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline {
+            let (a_done, b_done) = (delivered(&a).await, delivered(&b).await);
+            if a_done > 0.0
+                && b_done > 0.0
+                && a.stored_rows_where("subscriptions", &holding).await > 0
+            {
+                println!("killed after v{versions}: a published {a_done}, b {b_done}");
+                break 'flowing a_done;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = b.kill().await;
+    for _ in 0..AFTER_KILL {
         for flow in &mut flows {
             flow.next();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if v == VERSIONS / 2 {
-            let running = b.take().expect("b runs");
-            let (a_done, b_done) = eventually_within(
-                "both instances publishing",
-                Duration::from_secs(60),
-                || async { (delivered(&a).await, delivered(&running).await) },
-                |(a_done, b_done)| *a_done > 0.0 && *b_done > 0.0,
-            )
-            .await;
-            println!("before the kill: a published {a_done}, b {b_done}");
-            a_before_kill = a_done;
-            for flow in &mut flows {
-                flow.next();
-            }
-            let _ = running.kill().await;
-        }
     }
 
     for (flow, repository) in flows.iter().zip(&repositories) {

@@ -363,8 +363,12 @@ impl RedisStream {
     pub async fn new() -> Self {
         answers(REDIS).await;
         let client = redis::Client::open(format!("redis://{REDIS}/0")).expect("client");
+        // Reading a long stream on a busy machine outlasts the client's
+        // default response timeout.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         let connection = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("Redis answers");
         Self {

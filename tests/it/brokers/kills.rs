@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::{Consumer, event_detail, events, eventually_within, onboard_broker, published_twice};
 
 /// Files of the initial sync.
-const FILES: usize = 300;
+const FILES: usize = 200;
 /// SIGKILLs, each once a message more reached the broker since the last
 /// start; a new version of the files goes before each but the first.
 const KILLS: usize = 4;
