@@ -77,16 +77,7 @@ pub(super) async fn assert_every_event_arrived_once_by_id(
             .copied()
             .filter(|m| m.json()["repository"]["repository_id"] == repository.as_str())
             .collect();
-        let arrived: Vec<(String, String)> = mine
-            .iter()
-            .map(|m| {
-                let path = m.json()["file"]["path"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                (m.endpoint.clone(), path)
-            })
-            .collect();
+        let arrived = crate::replay::changes(&mine);
         assert_eq!(arrived.len(), outbox.len(), "{repository}: every event");
         if whole_order {
             assert!(arrived == outbox, "{repository}: the outbox's order");

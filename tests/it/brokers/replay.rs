@@ -16,7 +16,7 @@ use crate::delivery::{apply, tree_of};
 use crate::gitserver::TestRepo;
 use crate::helpers::{Rig, TestApp, TestClient, engine_with, read, watch};
 use crate::receiver::{Received, verify};
-use crate::replay::{post_replay, push_and_scan};
+use crate::replay::{changes, post_replay, push_and_scan};
 
 use super::consume::{AmqpExchange, NatsStream, RedisStream};
 use super::{
@@ -220,18 +220,8 @@ async fn replay_and_resync_reach_the_broker_in_its_words(mode: &str) {
     )
     .await;
     let replayed = of_replay(&messages, &replay_id);
-    let changes: Vec<(String, String)> = replayed
-        .iter()
-        .map(|m| {
-            let path = m.json()["file"]["path"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            (m.endpoint.clone(), path)
-        })
-        .collect();
     assert_eq!(
-        changes,
+        changes(&replayed),
         [
             ("delete".to_owned(), "b.md".to_owned()),
             ("create".to_owned(), "d.md".to_owned()),
