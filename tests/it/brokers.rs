@@ -16,7 +16,10 @@ use crate::gitserver::TestRepo;
 use crate::helpers::{ADMIN_TOKEN, Rig, TestApp, TestClient, engine_with, watch};
 use crate::receiver::{Received, verify};
 
+mod cluster;
 mod consume;
+mod kills;
+mod replay;
 
 use consume::{
     AMQP, AmqpExchange, CuttingProxy, GuardedNats, NATS, NatsStream, REDIS, RedisStream,
@@ -90,6 +93,18 @@ impl Consumer {
             Self::Redis(_) => "webhook-id",
         };
         message.header(header).to_owned()
+    }
+
+    /// How many messages the broker holds (for AMQP, taken so far or
+    /// waiting in the queue).
+    async fn count(&self) -> u64 {
+        match self {
+            Self::Nats(stream) => stream.count().await,
+            Self::Amqp(exchange, taken) => {
+                taken.lock().await.len() as u64 + exchange.waiting().await
+            }
+            Self::Redis(stream) => stream.count().await,
+        }
     }
 
     async fn remove(&self) {

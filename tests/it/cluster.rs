@@ -307,21 +307,27 @@ async fn three_instances_share_the_work_and_a_killed_ones_work_is_finished_by_th
 
     // Both survivors delivered.
     for (name, app) in [("a", &a), ("c", &c)] {
-        let scrape = scrape(app).await;
-        let delivered: f64 = scrape
-            .samples
-            .iter()
-            .filter(|s| {
-                s.metric == "herald_deliveries_total"
-                    && s.labels.get("outcome") == Some("delivered")
-            })
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(n) => n,
-                _ => 0.0,
-            })
-            .sum();
-        assert!(delivered > 0.0, "instance {name} delivered nothing");
+        assert!(
+            delivered(app).await > 0.0,
+            "instance {name} delivered nothing"
+        );
     }
+}
+
+/// How many deliveries `app` (one instance) made, by its metrics.
+pub(crate) async fn delivered(app: &TestApp) -> f64 {
+    scrape(app)
+        .await
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "herald_deliveries_total" && s.labels.get("outcome") == Some("delivered")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(n) => n,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 #[tokio::test]

@@ -50,8 +50,8 @@ fn seeded(test: &str) -> (StdRng, u64) {
 
 /// A repository whose files move through versions, served by a git daemon
 /// that can be stopped and brought back on the same port.
-struct Flow {
-    repo: TestRepo,
+pub(crate) struct Flow {
+    pub(crate) repo: TestRepo,
     served: Served,
     daemon: Option<GitDaemon>,
     port: u16,
@@ -61,7 +61,7 @@ struct Flow {
 
 impl Flow {
     /// `files` files at version 0, served.
-    fn new(files: usize) -> Flow {
+    pub(crate) fn new(files: usize) -> Flow {
         let repo = TestRepo::new("main");
         for f in 0..files {
             repo.write(&Self::path(f), Self::content(f, 0));
@@ -90,7 +90,7 @@ impl Flow {
 
     /// Commits and pushes the next version: a third of the files rewritten,
     /// a few deleted, the deleted ones back; its number.
-    fn next(&mut self) -> u32 {
+    pub(crate) fn next(&mut self) -> u32 {
         self.version += 1;
         let v = self.version as usize;
         for f in 0..self.files {
@@ -107,7 +107,7 @@ impl Flow {
         self.version
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("git://127.0.0.1:{}/flow.git", self.port)
     }
 
@@ -198,14 +198,14 @@ async fn wait_for_trees(app: &TestApp, flow: &Flow, subscribers: &[&Subscriber])
     }
 }
 
-async fn overview(app: &TestApp) -> Value {
+pub(crate) async fn overview(app: &TestApp) -> Value {
     let (status, body) = app.admin(Method::GET, "/admin/api/overview", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["data"].clone()
 }
 
 /// The endpoint an outbox row's kind goes to.
-fn endpoint(kind: &str) -> &str {
+pub(crate) fn endpoint(kind: &str) -> &str {
     match kind {
         "created" => "create",
         "updated" => "update",

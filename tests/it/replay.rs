@@ -105,7 +105,7 @@ fn of_replay<'a>(accepted: &'a [Received], id: &str) -> Vec<&'a Received> {
 }
 
 /// (endpoint, path) of each webhook, in arrival order.
-fn changes(webhooks: &[&Received]) -> Vec<(String, String)> {
+pub(crate) fn changes(webhooks: &[&Received]) -> Vec<(String, String)> {
     webhooks
         .iter()
         .map(|w| {

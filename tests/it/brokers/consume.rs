@@ -111,6 +111,12 @@ impl NatsStream {
         self.context.update_stream(config).await.expect("updated");
     }
 
+    /// How many messages the stream holds.
+    pub async fn count(&self) -> u64 {
+        let mut stream = self.context.get_stream(&self.name).await.expect("stream");
+        stream.info().await.expect("info").state.messages
+    }
+
     /// Every message in the stream, in order, with its subject.
     pub async fn messages(&self) -> Vec<(String, Received)> {
         let mut stream = self.context.get_stream(&self.name).await.expect("stream");
@@ -265,6 +271,23 @@ impl AmqpExchange {
         json!({"url": url, "exchange": self.exchange, "routing_key": "{repository}.{event}"})
     }
 
+    /// How many messages wait in the queue (taking none).
+    pub async fn waiting(&self) -> u64 {
+        let queue = self
+            .channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the queue");
+        u64::from(queue.message_count())
+    }
+
     /// Takes every message waiting in the queue, in order, with its
     /// routing key; `message_id` shows as the `message-id` header.
     pub async fn take(&self) -> Vec<(String, Received)> {
@@ -340,8 +363,12 @@ impl RedisStream {
     pub async fn new() -> Self {
         answers(REDIS).await;
         let client = redis::Client::open(format!("redis://{REDIS}/0")).expect("client");
+        // Reading a long stream on a busy machine outlasts the client's
+        // default response timeout.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         let connection = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("Redis answers");
         Self {
@@ -352,6 +379,28 @@ impl RedisStream {
 
     pub fn destination(&self, url: &str) -> Value {
         json!({"url": url, "stream": self.key})
+    }
+
+    /// How many entries the stream holds.
+    pub async fn count(&self) -> u64 {
+        let mut connection = self.connection.clone();
+        redis::cmd("XLEN")
+            .arg(&self.key)
+            .query_async(&mut connection)
+            .await
+            .expect("XLEN")
+    }
+
+    /// Makes the stream's key a plain string: every `XADD` to it is refused
+    /// (`WRONGTYPE`) until [`Self::remove`] deletes it.
+    pub async fn occupy(&self) {
+        let mut connection = self.connection.clone();
+        let _: () = redis::cmd("SET")
+            .arg(&self.key)
+            .arg("not a stream")
+            .query_async(&mut connection)
+            .await
+            .expect("SET");
     }
 
     /// Every entry of the stream, in order.
