@@ -16,6 +16,7 @@ use crate::helpers::{Rig, TestApp, TestClient, engine_with, watch};
 use crate::receiver::{Received, verify};
 
 mod consume;
+mod tls;
 
 use consume::{
     AMQP, AmqpExchange, CuttingProxy, GuardedNats, NATS, NatsStream, REDIS, RedisStream,

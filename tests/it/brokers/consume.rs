@@ -344,6 +344,11 @@ impl RedisStream {
             .get_multiplexed_async_connection()
             .await
             .expect("Redis answers");
+        Self::on(connection)
+    }
+
+    /// [`Self::new`] on the server `connection` is to.
+    pub fn on(connection: redis::aio::MultiplexedConnection) -> Self {
         Self {
             key: unique("herald:test:"),
             connection,
