@@ -79,7 +79,9 @@ impl Destination {
         let url = fields.url.ok_or("needs a url")?;
         let example = match mode {
             DeliveryMode::Nats => "nats://[user:pass@]host:4222 or tls://[user:pass@]host:4222",
-            DeliveryMode::Amqp => "amqp://user:pass@host:5672/%2f or amqps://user:pass@host:5671/%2f",
+            DeliveryMode::Amqp => {
+                "amqp://user:pass@host:5672/%2f or amqps://user:pass@host:5671/%2f"
+            }
             DeliveryMode::Redis => "redis://[:pass@]host:6379/0 or rediss://[:pass@]host:6379/0",
             DeliveryMode::Push | DeliveryMode::Pull => {
                 return Err("is only for delivery nats, amqp or redis".to_owned());
@@ -674,7 +676,10 @@ mod tests {
         let refused = Address::parse("tls://broker.example", DeliveryMode::Redis)
             .err()
             .expect("another broker's scheme");
-        assert!(refused.contains("redis:// or, for TLS, rediss://"), "{refused}");
+        assert!(
+            refused.contains("redis:// or, for TLS, rediss://"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -196,7 +196,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_broker_connection_checks_the_urls_host_and_offers_no_alpn() {
-        let offered = handshake("localhost").await.expect("the URL's host is checked");
+        let offered = handshake("localhost")
+            .await
+            .expect("the URL's host is checked");
         assert!(offered.is_empty(), "no ALPN to brokers: {offered:?}");
         let refused = handshake("broker.example")
             .await

@@ -22,7 +22,10 @@ use crate::receiver::Receiver;
 /// it issued for `localhost`.
 pub(crate) fn authority_and_localhost() -> (String, tokio_rustls::TlsAcceptor) {
     let (authority, config) = actors::test_support::tls::authority_and_localhost();
-    (pem("CERTIFICATE", &authority), tokio_rustls::TlsAcceptor::from(config))
+    (
+        pem("CERTIFICATE", &authority),
+        tokio_rustls::TlsAcceptor::from(config),
+    )
 }
 
 /// `der` in PEM under `label` (`CERTIFICATE`, as a CA bundle holds one;

@@ -197,7 +197,10 @@ async fn stream(at: SocketAddr, tls: Option<&str>) -> Result<TcpStream, Failure>
     const WHO: &str = "the AMQP broker";
     match tls {
         Some(host) => bridged(super::tls::connect(at, host, WHO).await?).map_err(|err| {
-            Failure::connect(format!("{WHO}'s TLS stream could not be set up ({})", err.kind()))
+            Failure::connect(format!(
+                "{WHO}'s TLS stream could not be set up ({})",
+                err.kind()
+            ))
         }),
         None => super::tls::tcp(at, WHO).await,
     }

@@ -52,14 +52,15 @@ impl Connection {
             .await
             .map_err(|err| {
                 super::tls::failure_in(&err).unwrap_or_else(|| match err.kind() {
-                    ConnectErrorKind::AuthorizationViolation
-                    | ConnectErrorKind::Authentication => Failure {
-                        class: ErrorClass::Broker,
-                        message: "the NATS server refused the credentials (authorization \
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                        Failure {
+                            class: ErrorClass::Broker,
+                            message: "the NATS server refused the credentials (authorization \
                                   violation)"
-                            .to_owned(),
-                        broken: true,
-                    },
+                                .to_owned(),
+                            broken: true,
+                        }
+                    }
                     ConnectErrorKind::TimedOut => Failure {
                         class: ErrorClass::Timeout,
                         message: "the NATS server did not answer in time".to_owned(),

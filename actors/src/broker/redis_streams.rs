@@ -117,17 +117,17 @@ impl Connection {
             multiplexed(settings, stream, config).await
         };
         let connection = made.map_err(|err| {
-                let mut failure = failed(&err);
-                if err.kind() == redis::ErrorKind::AuthenticationFailed
-                    || err
-                        .code()
-                        .is_some_and(|code| code == "WRONGPASS" || code == "NOAUTH")
-                {
-                    failure.class = ErrorClass::Broker;
-                    failure.message = "Redis refused the credentials".to_owned();
-                }
-                failure
-            })?;
+            let mut failure = failed(&err);
+            if err.kind() == redis::ErrorKind::AuthenticationFailed
+                || err
+                    .code()
+                    .is_some_and(|code| code == "WRONGPASS" || code == "NOAUTH")
+            {
+                failure.class = ErrorClass::Broker;
+                failure.message = "Redis refused the credentials".to_owned();
+            }
+            failure
+        })?;
         Ok(Self {
             connection,
             script: std::sync::Arc::new(Script::new(ADD_ONCE)),

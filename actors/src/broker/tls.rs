@@ -33,9 +33,8 @@ fn tls_failure(message: String) -> Failure {
 /// The name the broker's certificate must be valid for: the URL's host (a
 /// name, or an address literal).
 pub(super) fn server_name(host: &str) -> Result<ServerName<'static>, Failure> {
-    ServerName::try_from(host.to_owned()).map_err(|_| {
-        tls_failure("the broker's host name cannot be checked by TLS".to_owned())
-    })
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| tls_failure("the broker's host name cannot be checked by TLS".to_owned()))
 }
 
 /// The client configuration for a broker; with `name`, certificates are
@@ -125,8 +124,13 @@ mod tests {
         );
         let failure = failure_in(&refused).expect("a TLS failure");
         assert_eq!(failure.class, ErrorClass::Tls);
-        assert!(failure.message.contains("not trusted"), "{}", failure.message);
-        let wrong_name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert!(
+            failure.message.contains("not trusted"),
+            "{}",
+            failure.message
+        );
+        let wrong_name =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
         assert!(
             failure_in(&wrong_name)
                 .expect("a TLS failure")

@@ -141,19 +141,19 @@ impl Broker {
             args.push(files.path("cert.pem"));
             args.push("--tlskey".to_owned());
             args.push(files.path("key.pem"));
-            args.extend(["--user", "herald", "--pass", PASSWORD, "-js", "-sd", dir].map(str::to_owned));
+            args.extend(
+                ["--user", "herald", "--pass", PASSWORD, "-js", "-sd", dir].map(str::to_owned),
+            );
             args
         })
         .await;
-        let client = async_nats::ConnectOptions::with_user_and_password(
-            "herald".into(),
-            PASSWORD.into(),
-        )
-        .tls_client_config(files.trusting())
-        .require_tls(true)
-        .connect(format!("tls://localhost:{}", server.port))
-        .await
-        .expect("the consumer connects over TLS");
+        let client =
+            async_nats::ConnectOptions::with_user_and_password("herald".into(), PASSWORD.into())
+                .tls_client_config(files.trusting())
+                .require_tls(true)
+                .connect(format!("tls://localhost:{}", server.port))
+                .await
+                .expect("the consumer connects over TLS");
         let stream = NatsStream::on(client, None).await;
         let at = |host: &str| {
             stream.destination(&format!("tls://herald:{PASSWORD}@{host}:{}", server.port))
@@ -213,10 +213,13 @@ impl Broker {
             "redis://:{PASSWORD}@localhost/0"
         ))
         .expect("connection info");
-        let (connection, driver) =
-            redis::aio::MultiplexedConnection::new(settings.redis_settings(), tls)
-                .await
-                .expect("the consumer signs in");
+        let (connection, driver) = redis::aio::MultiplexedConnection::new_with_config(
+            settings.redis_settings(),
+            tls,
+            redis::AsyncConnectionConfig::new(),
+        )
+        .await
+        .expect("the consumer signs in");
         tokio::spawn(driver);
         let stream = RedisStream::on(connection);
         let at = |host: &str| {
@@ -239,13 +242,17 @@ impl Broker {
         let acceptor = tokio_rustls::TlsAcceptor::from(files.issued.server_config());
         let (trusted, handshakes) = tls_front(acceptor, 5672).await;
         let stranger = Issued::for_names(&["localhost"]);
-        let (untrusted, _) =
-            tls_front(tokio_rustls::TlsAcceptor::from(stranger.server_config()), 5672).await;
+        let (untrusted, _) = tls_front(
+            tokio_rustls::TlsAcceptor::from(stranger.server_config()),
+            5672,
+        )
+        .await;
         // RabbitMQ's guest signs in with `guest`; the refused destination
         // carries this test's password, which must show nowhere.
         let trusted = exchange.destination(&format!("amqps://guest:guest@localhost:{trusted}/%2f"));
-        let refused =
-            exchange.destination(&format!("amqps://guest:{PASSWORD}@localhost:{untrusted}/%2f"));
+        let refused = exchange.destination(&format!(
+            "amqps://guest:{PASSWORD}@localhost:{untrusted}/%2f"
+        ));
         Self {
             trusted,
             refused,
@@ -286,7 +293,13 @@ fn small_tree() -> TestRepo {
 
 /// Waits until the consumer rebuilt `repo`'s tree; checks each file came
 /// once and every event is delivered.
-async fn delivered_once(app: &TestApp, client: &crate::helpers::TestClient, consumer: &Consumer, repo: &TestRepo, files: usize) {
+async fn delivered_once(
+    app: &TestApp,
+    client: &crate::helpers::TestClient,
+    consumer: &Consumer,
+    repo: &TestRepo,
+    files: usize,
+) {
     let messages = eventually(
         "the tree, over TLS",
         || consumer.all(),
@@ -354,7 +367,11 @@ async fn a_refused_certificate_holds_the_events_until_the_destination_is_trusted
     );
     let refused = waiting
         .iter()
-        .find(|e| e["last_error"].as_str().is_some_and(|l| l.contains(broker.reason)))
+        .find(|e| {
+            e["last_error"]
+                .as_str()
+                .is_some_and(|l| l.contains(broker.reason))
+        })
         .expect("a refused event");
     let detail = event_detail(&app, &client, refused["event_id"].as_str().expect("id")).await;
     let attempt = &detail["attempts"][0];
@@ -364,7 +381,10 @@ async fn a_refused_certificate_holds_the_events_until_the_destination_is_trusted
         excerpt.contains("the broker's TLS certificate") && excerpt.contains(broker.reason),
         "{mode}: the attempt log says why: {detail}"
     );
-    assert!(consumer_is_empty(&broker.consumer).await, "{mode}: nothing got through");
+    assert!(
+        consumer_is_empty(&broker.consumer).await,
+        "{mode}: nothing got through"
+    );
 
     let (status, body) = app
         .call(
@@ -381,8 +401,14 @@ async fn a_refused_certificate_holds_the_events_until_the_destination_is_trusted
         .call(Method::GET, "/api/app", Some(&client.token), None)
         .await;
     for text in [app.logs(), shown.to_string(), detail.to_string()] {
-        assert!(!text.contains(PASSWORD), "{mode}: no password shown or logged");
-        assert!(!text.contains("guest:guest@"), "{mode}: no password shown or logged");
+        assert!(
+            !text.contains(PASSWORD),
+            "{mode}: no password shown or logged"
+        );
+        assert!(
+            !text.contains("guest:guest@"),
+            "{mode}: no password shown or logged"
+        );
     }
     broker.consumer.remove().await;
 }
