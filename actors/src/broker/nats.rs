@@ -61,6 +61,13 @@ impl Connection {
                             broken: true,
                         }
                     }
+                    // TLS that could not start (the roots could not be
+                    // loaded, the host is no TLS name).
+                    ConnectErrorKind::Tls => Failure {
+                        class: ErrorClass::Tls,
+                        message: format!("the TLS connection to the NATS server failed ({err})"),
+                        broken: true,
+                    },
                     ConnectErrorKind::TimedOut => Failure {
                         class: ErrorClass::Timeout,
                         message: "the NATS server did not answer in time".to_owned(),
