@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use super::consume::{AmqpExchange, NatsStream, RedisStream, eventually};
-use super::{Consumer, event_detail, events, onboard_broker, published_twice};
+use super::{Consumer, event_detail, events, onboard_broker, published_twice, refusal_on_record};
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::TestRepo;
 use crate::helpers::{Rig, TestApp, watch};
@@ -348,19 +348,7 @@ async fn a_refused_certificate_holds_the_events_until_the_destination_is_trusted
     let (app, _bundle) = herald(&files).await;
     let client = onboard_broker(&app, "acme", mode, broker.refused.clone(), 1).await;
     let _id = watch(&app, &client, &rig.url()).await;
-    let waiting = eventually(
-        "a TLS refusal on record",
-        || events(&app, &client),
-        |events| {
-            events.len() == 3
-                && events.iter().any(|e| {
-                    e["last_error"]
-                        .as_str()
-                        .is_some_and(|l| l.contains(broker.reason))
-                })
-        },
-    )
-    .await;
+    let waiting = refusal_on_record(&app, &client, &[broker.reason]).await;
     assert!(
         waiting.iter().all(|e| e["status"] == "pending"),
         "{mode}: held, not spent: {waiting:?}"
