@@ -16,7 +16,8 @@
 //!
 //! One module per broker: `nats` (JetStream, `Nats-Msg-Id`), `amqp`
 //! (publisher confirms, `mandatory`, `message_id`), `redis_streams` (`XADD`
-//! through a script that adds one entry per `webhook-id`).
+//! through a script that adds one entry per `webhook-id`); `tls` for the
+//! TLS schemes of all three (`tls://`, `amqps://`, `rediss://`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::webhook_client::{Answer, NoAnswer};
 mod amqp;
 mod nats;
 mod redis_streams;
+mod tls;
 
 /// Redis's idempotent `XADD` and how long it remembers an id: the broker
 /// bench's floor publishes with the same script.
@@ -79,15 +81,17 @@ impl Destination {
                 .to_owned()
         })?;
         let url = fields.url.ok_or("needs a url")?;
-        let (scheme, example) = match mode {
-            DeliveryMode::Nats => ("nats", "nats://[user:pass@]host:4222"),
-            DeliveryMode::Amqp => ("amqp", "amqp://user:pass@host:5672/%2f"),
-            DeliveryMode::Redis => ("redis", "redis://[:pass@]host:6379/0"),
+        let example = match mode {
+            DeliveryMode::Nats => "nats://[user:pass@]host:4222 or tls://[user:pass@]host:4222",
+            DeliveryMode::Amqp => {
+                "amqp://user:pass@host:5672/%2f or amqps://user:pass@host:5671/%2f"
+            }
+            DeliveryMode::Redis => "redis://[:pass@]host:6379/0 or rediss://[:pass@]host:6379/0",
             DeliveryMode::Push | DeliveryMode::Pull => {
                 return Err("is only for delivery nats, amqp or redis".to_owned());
             }
         };
-        Address::parse(&url, scheme).map_err(|why| format!("url {why} (for example {example})"))?;
+        Address::parse(&url, mode).map_err(|why| format!("url {why} (for example {example})"))?;
         let unused = |name: &str, field: &Option<String>| match field {
             Some(_) => Err(format!("has no {name} for delivery {mode}")),
             None => Ok(()),
@@ -234,25 +238,42 @@ pub fn without_credentials(url: &str) -> String {
     }
 }
 
-/// A broker URL taken apart: where to connect, and as whom.
+/// Each broker's plain scheme and its TLS scheme, with their default
+/// ports.
+fn schemes(mode: DeliveryMode) -> [(&'static str, u16); 2] {
+    match mode {
+        DeliveryMode::Nats => [("nats", 4222), ("tls", 4222)],
+        DeliveryMode::Amqp => [("amqp", 5672), ("amqps", 5671)],
+        _ => [("redis", 6379), ("rediss", 6379)],
+    }
+}
+
+/// A broker URL taken apart: where to connect, as whom, and whether over
+/// TLS (`broker/tls.rs`).
 #[derive(Clone)]
 struct Address {
     url: url::Url,
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl Address {
-    fn parse(raw: &str, scheme: &str) -> Result<Self, String> {
+    fn parse(raw: &str, mode: DeliveryMode) -> Result<Self, String> {
         if raw.len() > MAX_FIELD_LEN * 4 {
             return Err("is too long".to_owned());
         }
         let url = url::Url::parse(raw).map_err(|_| "is not a URL".to_owned())?;
-        if url.scheme() != scheme {
-            return Err(format!(
-                "must start with {scheme}:// (TLS to brokers is not supported yet)"
-            ));
-        }
+        let [(plain, plain_port), (secure, secure_port)] = schemes(mode);
+        let (tls, default_port) = match url.scheme() {
+            scheme if scheme == plain => (false, plain_port),
+            scheme if scheme == secure => (true, secure_port),
+            _ => {
+                return Err(format!(
+                    "must start with {plain}:// or, for TLS, {secure}://"
+                ));
+            }
+        };
         let host = match url.host_str() {
             Some(host) if !host.is_empty() => host.trim_matches(['[', ']']).to_owned(),
             _ => return Err("has no host".to_owned()),
@@ -260,12 +281,13 @@ impl Address {
         if url.query().is_some() || url.fragment().is_some() {
             return Err("takes no query or fragment".to_owned());
         }
-        let port = url.port().unwrap_or(match scheme {
-            "nats" => 4222,
-            "amqp" => 5672,
-            _ => 6379,
-        });
-        Ok(Self { url, host, port })
+        let port = url.port().unwrap_or(default_port);
+        Ok(Self {
+            url,
+            host,
+            port,
+            tls,
+        })
     }
 
     /// The user name and password, decoded.
@@ -348,12 +370,7 @@ enum Connection {
 
 impl Connection {
     async fn open(destination: &Destination, rule: AddressRule) -> Result<Self, Failure> {
-        let scheme = match destination.mode() {
-            DeliveryMode::Nats => "nats",
-            DeliveryMode::Amqp => "amqp",
-            _ => "redis",
-        };
-        let address = Address::parse(destination.url(), scheme)
+        let address = Address::parse(destination.url(), destination.mode())
             .map_err(|why| Failure::refused(format!("the broker's url {why}")))?;
         let at = address.resolve(rule).await?;
         Ok(match destination {
@@ -618,8 +635,13 @@ mod tests {
             ),
             (
                 DeliveryMode::Amqp,
-                serde_json::json!({"url": "amqps://h", "exchange": "e", "routing_key": "k"}),
-                "TLS",
+                serde_json::json!({"url": "https://h", "exchange": "e", "routing_key": "k"}),
+                "for TLS, amqps://",
+            ),
+            (
+                DeliveryMode::Redis,
+                serde_json::json!({"url": "rediss://h/0#insecure", "stream": "s"}),
+                "fragment",
             ),
             (
                 DeliveryMode::Redis,
@@ -644,6 +666,27 @@ mod tests {
     }
 
     #[test]
+    fn each_broker_takes_its_tls_scheme_with_its_default_port() {
+        for (mode, url, port) in [
+            (DeliveryMode::Nats, "tls://u:p@broker.example", 4222),
+            (DeliveryMode::Amqp, "amqps://u:p@broker.example/%2f", 5671),
+            (DeliveryMode::Redis, "rediss://:p@broker.example/0", 6379),
+            (DeliveryMode::Amqp, "amqps://broker.example:6000", 6000),
+        ] {
+            let address = Address::parse(url, mode).expect(url);
+            assert_eq!((address.port, address.tls), (port, true), "{url}");
+            assert_eq!(address.host, "broker.example");
+        }
+        let refused = Address::parse("tls://broker.example", DeliveryMode::Redis)
+            .err()
+            .expect("another broker's scheme");
+        assert!(
+            refused.contains("redis:// or, for TLS, rediss://"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn templates_take_the_app_the_repository_and_the_event() {
         assert_eq!(
             render(
@@ -658,12 +701,13 @@ mod tests {
 
     #[test]
     fn credentials_are_decoded_and_a_literal_address_is_judged() {
-        let address = Address::parse("amqp://gu%3Aest:p%40ss@10.0.0.1/%2f", "amqp").expect("a URL");
+        let address = Address::parse("amqp://gu%3Aest:p%40ss@10.0.0.1/%2f", DeliveryMode::Amqp)
+            .expect("a URL");
         assert_eq!(
             address.credentials(),
             (Some("gu:est".to_owned()), Some("p@ss".to_owned()))
         );
-        assert_eq!(address.port, 5672);
+        assert_eq!((address.port, address.tls), (5672, false));
         let strict = AddressRule {
             allow_private: false,
             allow_http: false,

@@ -2,8 +2,9 @@
 //! checked by the platform's verifier (`rustls-platform-verifier`; on Linux
 //! the system's roots, or only those `SSL_CERT_FILE` / `SSL_CERT_DIR` name
 //! when either is set, read through `rustls-native-certs`). Webhooks
-//! ([`crate::webhook_client`]) and git over https (`git/tls.rs`) both
-//! connect with it, so an operator trusts a private authority once for both.
+//! ([`crate::webhook_client`]), git over https (`git/tls.rs`) and brokers
+//! (`broker/tls.rs`: `tls://`, `amqps://`, `rediss://`) all connect with
+//! it, so an operator trusts a private authority once for all of them.
 //!
 //! ring is the tree's one crypto provider (sqlx's rustls runs on it too).
 //! reqwest, built without a provider of its own, takes the process default:
@@ -12,8 +13,10 @@
 
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// The crypto provider of every TLS connection Herald makes.
 pub fn crypto_provider() -> CryptoProvider {
@@ -44,17 +47,171 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
 pub(crate) fn client_config(
     extra_roots: Vec<CertificateDer<'static>>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = Arc::new(crypto_provider());
-    let verifier = if extra_roots.is_empty() {
-        rustls_platform_verifier::Verifier::new(provider.clone())
-    } else {
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
-    }?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let mut config = checking(extra_roots, None)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The configuration of a connection to a broker: the same verifier and
+/// roots as [`client_config`], no ALPN (a broker speaks its own protocol,
+/// not HTTP). With `name`, the certificate is checked against that name
+/// whatever name the connection is opened with: a client that connects to
+/// the address the address rule admitted (NATS's) still checks the URL's
+/// host.
+pub(crate) fn broker_config(
+    name: Option<ServerName<'static>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    checking(Vec::new(), name)
+}
+
+/// A configuration offering no ALPN, checking with the platform's verifier
+/// (and `extra_roots`), against `name` when given.
+fn checking(
+    extra_roots: Vec<CertificateDer<'static>>,
+    name: Option<ServerName<'static>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let verifier = verifier(extra_roots)?;
+    match name {
+        Some(name) => configured(NameChecked {
+            inner: verifier,
+            name,
+        }),
+        None => configured(verifier),
+    }
+}
+
+/// The platform's verifier, with `extra_roots` beside its roots.
+fn verifier(
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> Result<rustls_platform_verifier::Verifier, rustls::Error> {
+    let provider = Arc::new(crypto_provider());
+    if extra_roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider)
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider)
+    }
+}
+
+/// A client configuration on [`crypto_provider`] checking with `verifier`.
+fn configured(
+    verifier: impl ServerCertVerifier + 'static,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+    )
+}
+
+/// A verifier checking the certificate against one name, not the name the
+/// connection was opened with.
+#[derive(Debug)]
+struct NameChecked {
+    inner: rustls_platform_verifier::Verifier,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NameChecked {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _opened_with: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Why a server's certificate was refused, in words that quote nothing of
+/// it: "is not trusted: …", "is not valid for its host name", …
+pub(crate) fn certificate_refusal(err: &CertificateError) -> &'static str {
+    match err {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            "is not trusted: it was not issued by a certificate authority this server trusts"
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "is not valid for its host name"
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => "has expired or is not valid yet",
+        CertificateError::Revoked => "has been revoked",
+        _ => "was not accepted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TLS handshake with a server whose certificate the test authority
+    /// issued for `localhost`, opened by address; the client checks `name`.
+    async fn handshake(name: &str) -> std::io::Result<Vec<Vec<u8>>> {
+        let (root, server) = crate::test_support::tls::authority_and_localhost();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let at = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let checked = ServerName::try_from(name.to_owned()).expect("a name");
+        let config = checking(vec![root], Some(checked)).expect("a configuration");
+        let offered = config.alpn_protocols.clone();
+        let tcp = tokio::net::TcpStream::connect(at).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::IpAddress(at.ip().into()), tcp)
+            .await?;
+        Ok(offered)
+    }
+
+    #[tokio::test]
+    async fn a_broker_connection_checks_the_urls_host_and_offers_no_alpn() {
+        let offered = handshake("localhost")
+            .await
+            .expect("the URL's host is checked");
+        assert!(offered.is_empty(), "no ALPN to brokers: {offered:?}");
+        let refused = handshake("broker.example")
+            .await
+            .expect_err("a certificate for another host");
+        let inner = refused
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .expect("a rustls error");
+        assert!(
+            matches!(inner, rustls::Error::InvalidCertificate(e) if certificate_refusal(e).contains("host name")),
+            "{inner:?}"
+        );
+        let webhooks = client_config(Vec::new()).expect("a configuration");
+        assert_eq!(webhooks.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
 }

@@ -242,20 +242,20 @@ pub fn document() -> Value {
             "nats": {
                 "host": "{host}",
                 "protocol": "nats",
-                "description": "The app's `destination.url` (`nats://[user:pass@]host:4222`).",
+                "description": "The app's `destination.url` (`nats://[user:pass@]host:4222`, or `tls://[user:pass@]host:4222` for TLS: the certificate checked as a webhook endpoint's, no ALPN).",
                 "variables": {"host": {"description": "The NATS server of the app's destination."}},
             },
             "amqp": {
                 "host": "{host}",
                 "protocol": "amqp",
                 "protocolVersion": "0.9.1",
-                "description": "The app's `destination.url` (`amqp://user:pass@host:5672/%2f`).",
+                "description": "The app's `destination.url` (`amqp://user:pass@host:5672/%2f`, or `amqps://user:pass@host:5671/%2f` for TLS: the certificate checked as a webhook endpoint's, no ALPN).",
                 "variables": {"host": {"description": "The RabbitMQ server of the app's destination."}},
             },
             "redis": {
                 "host": "{host}",
                 "protocol": "redis",
-                "description": "The app's `destination.url` (`redis://host:6379/0`).",
+                "description": "The app's `destination.url` (`redis://host:6379/0`, or `rediss://host:6379/0` for TLS: the certificate checked as a webhook endpoint's, no ALPN).",
                 "variables": {"host": {"description": "The Redis server of the app's destination."}},
             },
         },

@@ -135,7 +135,8 @@ pub struct AttemptView {
     pub chunk_index: Option<i32>,
     pub status_code: Option<i32>,
     pub latency_ms: i64,
-    /// `http_status`, `redirect`, `timeout`, `connect`, `ssrf`, … when it failed.
+    /// `http_status`, `redirect`, `timeout`, `connect`, `ssrf`, `broker`,
+    /// `tls`, … when it failed.
     pub error_class: Option<String>,
     /// The start of the response body (at most 1 KiB).
     pub response_excerpt: Option<String>,

@@ -70,8 +70,10 @@ pub struct OnboardRequest {
     /// A broker app's destination: `{"url", "subject"}` (nats),
     /// `{"url", "exchange", "routing_key"}` (amqp) or `{"url", "stream"}`
     /// (redis); templates take `{app}`, `{repository}` and `{event}`. The
-    /// URL (with the broker's credentials) is stored encrypted and never
-    /// shown with them.
+    /// URL's scheme is `nats://`, `amqp://` or `redis://`, or for TLS
+    /// `tls://`, `amqps://` or `rediss://` (the certificate checked as a
+    /// webhook endpoint's). The URL (with the broker's credentials) is
+    /// stored encrypted and never shown with them.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     pub destination: Option<serde_json::Value>,
@@ -441,8 +443,10 @@ pub struct UpdateApp {
     /// A broker app's destination: `{"url", "subject"}` (nats),
     /// `{"url", "exchange", "routing_key"}` (amqp) or `{"url", "stream"}`
     /// (redis); templates take `{app}`, `{repository}` and `{event}`. The
-    /// URL (with the broker's credentials) is stored encrypted and never
-    /// shown with them.
+    /// URL's scheme is `nats://`, `amqp://` or `redis://`, or for TLS
+    /// `tls://`, `amqps://` or `rediss://` (the certificate checked as a
+    /// webhook endpoint's). The URL (with the broker's credentials) is
+    /// stored encrypted and never shown with them.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     pub destination: Option<serde_json::Value>,

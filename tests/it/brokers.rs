@@ -20,6 +20,7 @@ mod cluster;
 mod consume;
 mod kills;
 mod replay;
+mod tls;
 
 use consume::{
     AMQP, AmqpExchange, CuttingProxy, GuardedNats, NATS, NatsStream, REDIS, RedisStream,

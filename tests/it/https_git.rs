@@ -22,18 +22,22 @@ use crate::receiver::Receiver;
 /// it issued for `localhost`.
 pub(crate) fn authority_and_localhost() -> (String, tokio_rustls::TlsAcceptor) {
     let (authority, config) = actors::test_support::tls::authority_and_localhost();
-    (pem(&authority), tokio_rustls::TlsAcceptor::from(config))
+    (
+        pem("CERTIFICATE", &authority),
+        tokio_rustls::TlsAcceptor::from(config),
+    )
 }
 
-/// A certificate in PEM, as a CA bundle holds it.
-fn pem(der: &[u8]) -> String {
+/// `der` in PEM under `label` (`CERTIFICATE`, as a CA bundle holds one;
+/// `PRIVATE KEY`, a PKCS #8 key).
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = "-----BEGIN CERTIFICATE-----\n".to_owned();
+    let mut pem = format!("-----BEGIN {label}-----\n");
     for line in encoded.as_bytes().chunks(64) {
         pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
         pem.push('\n');
     }
-    pem.push_str("-----END CERTIFICATE-----\n");
+    pem.push_str(&format!("-----END {label}-----\n"));
     pem
 }
 

@@ -6,9 +6,20 @@
 //! confirmed it. One connection and one channel per app; a channel the
 //! broker closed (an exchange that does not exist, permissions) is made
 //! again with the connection.
+//!
+//! lapin connects through Herald's own stream: TCP to the address the rule
+//! admitted, and for `amqps://` TLS over it (`broker/tls.rs`), bridged to
+//! lapin through a local socket pair ([`bridged`]).
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_compat::Compat;
+use lapin::tcp::AsyncTcpStream;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use entity::ErrorClass;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -68,15 +79,39 @@ impl Connection {
         }
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from("herald"));
-        let connection = lapin::Connection::connect_uri(uri, properties)
-            .await
-            .map_err(|err| {
-                let mut failure = failed(&err);
-                if matches!(err.kind(), lapin::ErrorKind::ProtocolError(_)) {
-                    failure.message = format!("the AMQP broker refused the connection: {err}");
+        let runtime = lapin::runtime::default_runtime().map_err(|err| failed(&err))?;
+        let tls = address.tls.then(|| address.host.clone());
+        // Why the stream could not be made, in Herald's words.
+        let why = Arc::new(Mutex::new(None));
+        let noted = Arc::clone(&why);
+        let connection = lapin::Connection::connector(
+            uri,
+            runtime,
+            // lapin connects through this (again, should it retry): TCP to
+            // the address the rule admitted, TLS over it for `amqps://`.
+            async move |_, _| -> lapin::Result<AsyncTcpStream<Compat<TcpStream>>> {
+                match stream(at, tls.as_deref()).await {
+                    Ok(stream) => Ok(AsyncTcpStream::Plain(Compat::new(stream))),
+                    Err(failure) => {
+                        let error = io::Error::other(failure.message.clone());
+                        *noted.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure);
+                        Err(error.into())
+                    }
                 }
-                failure
-            })?;
+            },
+            properties,
+        )
+        .await
+        .map_err(|err| {
+            if let Some(failure) = why.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                return failure;
+            }
+            let mut failure = failed(&err);
+            if matches!(err.kind(), lapin::ErrorKind::ProtocolError(_)) {
+                failure.message = format!("the AMQP broker refused the connection: {err}");
+            }
+            failure
+        })?;
         let channel = connection
             .create_channel()
             .await
@@ -144,6 +179,8 @@ impl Connection {
     }
 
     /// Closes the connection, in the background.
+    ///
+    /// (The TLS stream's copying ends with it: see [`bridged`].)
     pub(super) fn close(self) {
         tokio::spawn(async move {
             let _ = self
@@ -152,4 +189,38 @@ impl Connection {
                 .await;
         });
     }
+}
+
+/// The stream lapin speaks over: TCP to `at`, with TLS over it checked for
+/// `tls` (the URL's host) when given.
+async fn stream(at: SocketAddr, tls: Option<&str>) -> Result<TcpStream, Failure> {
+    const WHO: &str = "the AMQP broker";
+    match tls {
+        Some(host) => bridged(super::tls::connect(at, host, WHO).await?).map_err(|err| {
+            Failure::connect(format!(
+                "{WHO}'s TLS stream could not be set up ({})",
+                err.kind()
+            ))
+        }),
+        None => super::tls::tcp(at, WHO).await,
+    }
+}
+
+/// `tls` as the one stream type lapin takes from a tokio runtime, a
+/// `TcpStream`: one end of a local socket pair, whose other end a task
+/// copies to and from the TLS stream until either side closes. (lapin's
+/// own TLS would bring a second rustls setup; its connector takes only its
+/// runtime's stream type.)
+fn bridged(tls: TlsStream<TcpStream>) -> io::Result<TcpStream> {
+    let (ours, lapins) = std::os::unix::net::UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    lapins.set_nonblocking(true)?;
+    let mut ours = tokio::net::UnixStream::from_std(ours)?;
+    // A stream socket is read and written alike whatever its family.
+    let lapins = TcpStream::from_std(std::net::TcpStream::from(OwnedFd::from(lapins)))?;
+    tokio::spawn(async move {
+        let mut tls = tls;
+        let _ = tokio::io::copy_bidirectional(&mut tls, &mut ours).await;
+    });
+    Ok(lapins)
 }

@@ -2,7 +2,11 @@
 //! headers and `Nats-Msg-Id` = its `webhook-id` (the stream drops a re-send
 //! within its duplicate window), delivered once the stream acknowledged it.
 //! The client connects to the address the rule admitted, and only there
-//! (servers a cluster advertises are not used).
+//! (servers a cluster advertises are not used). `tls://` requires TLS (the
+//! server's `INFO` first, then the handshake, as NATS does by default); the
+//! certificate is checked against the URL's host, though the client opens
+//! the connection by address (so it sends no SNI). A `nats://` server that
+//! asks for TLS gets the same checks.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +33,15 @@ impl Connection {
             .connection_timeout(WAIT)
             .request_timeout(Some(WAIT))
             .ignore_discovered_servers()
-            .retain_servers_order();
+            .retain_servers_order()
+            .require_tls(address.tls);
+        match super::tls::server_name(&address.host).and_then(|name| super::tls::config(Some(name)))
+        {
+            Ok(checked) => options = options.tls_client_config(checked),
+            // A `nats://` URL does not need TLS unless its server asks.
+            Err(failure) if address.tls => return Err(failure),
+            Err(_) => {}
+        }
         options = match address.credentials() {
             (Some(user), Some(password)) => options.user_and_password(user, password),
             (Some(token), None) => options.token(token),
@@ -38,22 +50,31 @@ impl Connection {
         let client = options
             .connect(format!("nats://{at}"))
             .await
-            .map_err(|err| match err.kind() {
-                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                    Failure {
-                        class: ErrorClass::Broker,
-                        message: "the NATS server refused the credentials (authorization \
+            .map_err(|err| {
+                super::tls::failure_in(&err).unwrap_or_else(|| match err.kind() {
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                        Failure {
+                            class: ErrorClass::Broker,
+                            message: "the NATS server refused the credentials (authorization \
                                   violation)"
-                            .to_owned(),
-                        broken: true,
+                                .to_owned(),
+                            broken: true,
+                        }
                     }
-                }
-                ConnectErrorKind::TimedOut => Failure {
-                    class: ErrorClass::Timeout,
-                    message: "the NATS server did not answer in time".to_owned(),
-                    broken: true,
-                },
-                _ => Failure::connect(format!("the NATS server could not be reached ({err})")),
+                    // TLS that could not start (the roots could not be
+                    // loaded, the host is no TLS name).
+                    ConnectErrorKind::Tls => Failure {
+                        class: ErrorClass::Tls,
+                        message: format!("the TLS connection to the NATS server failed ({err})"),
+                        broken: true,
+                    },
+                    ConnectErrorKind::TimedOut => Failure {
+                        class: ErrorClass::Timeout,
+                        message: "the NATS server did not answer in time".to_owned(),
+                        broken: true,
+                    },
+                    _ => Failure::connect(format!("the NATS server could not be reached ({err})")),
+                })
             })?;
         let jetstream = async_nats::jetstream::ContextBuilder::new()
             .timeout(WAIT)

@@ -5,13 +5,17 @@
 //! entry is added by a script that first looks for `{stream}:sent:{id}`
 //! (the id of the entry already added for this `webhook-id`) and writes it
 //! with the entry, in one atomic step, kept for [`SENT_TTL_SECONDS`].
+//!
+//! The connection is Herald's own stream (TCP, or TLS for `rediss://`)
+//! to the address the rule admitted, handed to redis-rs's multiplexed
+//! connection, which signs in and selects the database.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use entity::ErrorClass;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, Script};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use super::{Address, Failure, Message, header_pairs};
 
@@ -76,33 +80,55 @@ impl KindWords for redis::RedisError {
     }
 }
 
+/// redis-rs's multiplexed connection over `stream`, its driver spawned.
+async fn multiplexed<C>(
+    settings: &RedisConnectionInfo,
+    stream: C,
+    config: AsyncConnectionConfig,
+) -> redis::RedisResult<MultiplexedConnection>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (connection, driver) =
+        MultiplexedConnection::new_with_config(settings, stream, config).await?;
+    tokio::spawn(driver);
+    Ok(connection)
+}
+
 impl Connection {
     pub(super) async fn open(address: &Address, at: SocketAddr) -> Result<Self, Failure> {
-        let info = address
-            .url
+        // The database and credentials, read as redis-rs reads them (from
+        // the URL with its plain scheme: the stream below is ours, TLS or
+        // not, to the address the rule admitted).
+        let mut url = address.url.clone();
+        let _ = url.set_scheme("redis");
+        let info = url
             .as_str()
             .into_connection_info()
-            .map_err(|_| Failure::refused("the broker's url is not a Redis URL"))?
-            .set_addr(ConnectionAddr::Tcp(at.ip().to_string(), at.port()));
-        let client = redis::Client::open(info).map_err(|err| failed(&err))?;
+            .map_err(|_| Failure::refused("the broker's url is not a Redis URL"))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(WAIT))
             .set_response_timeout(Some(WAIT));
-        let connection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|err| {
-                let mut failure = failed(&err);
-                if err.kind() == redis::ErrorKind::AuthenticationFailed
-                    || err
-                        .code()
-                        .is_some_and(|code| code == "WRONGPASS" || code == "NOAUTH")
-                {
-                    failure.class = ErrorClass::Broker;
-                    failure.message = "Redis refused the credentials".to_owned();
-                }
-                failure
-            })?;
+        let settings = info.redis_settings();
+        let made = if address.tls {
+            let stream = super::tls::connect(at, &address.host, "Redis").await?;
+            multiplexed(settings, stream, config).await
+        } else {
+            let stream = super::tls::tcp(at, "Redis").await?;
+            multiplexed(settings, stream, config).await
+        };
+        let connection = made.map_err(|err| {
+            let mut failure = failed(&err);
+            if err.kind() == redis::ErrorKind::AuthenticationFailed
+                || err
+                    .code()
+                    .is_some_and(|code| code == "WRONGPASS" || code == "NOAUTH")
+            {
+                failure.class = ErrorClass::Broker;
+                failure.message = "Redis refused the credentials".to_owned();
+            }
+            failure
+        })?;
         Ok(Self {
             connection,
             script: std::sync::Arc::new(Script::new(ADD_ONCE)),

@@ -371,6 +371,11 @@ impl RedisStream {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("Redis answers");
+        Self::on(connection)
+    }
+
+    /// [`Self::new`] on the server `connection` is to.
+    pub fn on(connection: redis::aio::MultiplexedConnection) -> Self {
         Self {
             key: unique("herald:test:"),
             connection,

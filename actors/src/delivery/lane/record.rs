@@ -87,9 +87,13 @@ impl Pipeline {
                 answer.latency,
                 Some(answer.excerpt.clone()),
             ),
-            // A broker's refusal is recorded in its words.
+            // A broker's refusal (or its TLS failure) is recorded in its
+            // words.
             Err(no_answer)
-                if matches!(no_answer.class, ErrorClass::Broker | ErrorClass::Rejected) =>
+                if matches!(
+                    no_answer.class,
+                    ErrorClass::Broker | ErrorClass::Rejected | ErrorClass::Tls
+                ) =>
             {
                 (None, no_answer.latency, Some(no_answer.message.clone()))
             }
