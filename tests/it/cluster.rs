@@ -15,6 +15,26 @@ async fn member(database: TestDatabase) -> TestApp {
     TestApp::builder().envs(&CLUSTER).spawn_with(database).await
 }
 
+/// A member that delivers: leases of `lease_ttl` renewed every
+/// `heartbeat`, a 2 s delivery timeout, and attempts that last the test.
+pub(crate) async fn working_member(
+    database: TestDatabase,
+    lease_ttl: &str,
+    heartbeat: &str,
+) -> TestApp {
+    TestApp::builder()
+        .fast()
+        .envs(&[
+            ("HERALD__SECURITY__ENCRYPTION_KEY", CLUSTER[0].1),
+            ("HERALD__DELIVERY__TIMEOUT", "2s"),
+            ("HERALD__CLUSTER__LEASE_TTL", lease_ttl),
+            ("HERALD__CLUSTER__HEARTBEAT_INTERVAL", heartbeat),
+            ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
+        ])
+        .spawn_with(database)
+        .await
+}
+
 /// Polls `/admin/api/instances` on `app` until `done` holds; the list.
 async fn wait_instances(app: &TestApp, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -161,22 +181,9 @@ async fn three_instances_share_the_work_and_a_killed_ones_work_is_finished_by_th
         return;
     }
     // Lease time as the operator sets it: short here so the test is quick.
-    let settings = [
-        ("HERALD__SECURITY__ENCRYPTION_KEY", CLUSTER[0].1),
-        ("HERALD__DELIVERY__TIMEOUT", "2s"),
-        ("HERALD__CLUSTER__LEASE_TTL", "5s"),
-        ("HERALD__CLUSTER__HEARTBEAT_INTERVAL", "500ms"),
-        ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
-    ];
-    let start = |database: TestDatabase| {
-        TestApp::builder()
-            .fast()
-            .envs(&settings)
-            .spawn_with(database)
-    };
-    let a = start(database.shared()).await;
-    let b = start(database.shared()).await;
-    let c = start(database.shared()).await;
+    let a = working_member(database.shared(), "5s", "500ms").await;
+    let b = working_member(database.shared(), "5s", "500ms").await;
+    let c = working_member(database.shared(), "5s", "500ms").await;
 
     // Three repositories of files that move through versions.
     let names = ["one", "two", "three"];

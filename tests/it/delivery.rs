@@ -578,15 +578,7 @@ async fn a_poison_event_fails_its_subscription_and_later_events_wait() {
     );
 
     // A resync delivers the whole tree again.
-    let (status, _) = app
-        .call(
-            Method::POST,
-            &format!("/api/repositories/{id}/resync"),
-            Some(&client.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    resync(&app, &client, &id).await;
     let accepted = rig
         .receiver
         .wait_for("the tree again", |r| r.len() == 4)
@@ -1116,4 +1108,17 @@ async fn registering_again_returns_the_same_id_and_sends_the_whole_tree_again() 
     app.wait_for(&client, &id, "synced", |v| v["status"] == "synced")
         .await;
     assert_eq!(app.repositories(&client).await.len(), 1);
+}
+
+/// Asks for a resync of `id` as `client`; accepted.
+pub(crate) async fn resync(app: &TestApp, client: &TestClient, id: &str) {
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/api/repositories/{id}/resync"),
+            Some(&client.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }

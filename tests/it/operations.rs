@@ -689,8 +689,12 @@ async fn the_queue_shows_lanes_in_flight_and_open_endpoint_breakers() {
         |q| {
             let apps = q["data"]["apps"].as_array().cloned().unwrap_or_default();
             let of = |id: &str| apps.iter().find(|a| a["app_id"] == id).cloned();
+            // The down app's breaker and its events' counts are written
+            // apart (PostgreSQL showed the breaker open before the count):
+            // wait for both.
             of(&slow_client.app_id).is_some_and(|a| a["in_flight"] == 1)
-                && of(&down_client.app_id).is_some_and(|a| a["circuit_breaker"]["status"] == "open")
+                && of(&down_client.app_id)
+                    .is_some_and(|a| a["circuit_breaker"]["status"] == "open" && a["pending"] == 2)
         },
     )
     .await;

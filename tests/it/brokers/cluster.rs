@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use crate::cluster::{delivered, tree_of_repository};
+use crate::cluster::{delivered, tree_of_repository, working_member};
 use crate::delivery::tree_of;
 use crate::faults::Flow;
-use crate::helpers::{CLUSTER, TestApp, TestDatabase, watch};
+use crate::helpers::{TestDatabase, watch};
 
 use super::kills::{assert_every_event_arrived_once_by_id, drained};
 use super::{Consumer, onboard_broker, published_twice};
@@ -29,21 +29,8 @@ async fn two_instances_share_a_broker_app_and_the_survivor_finishes_a_killed_one
         // Several instances need PostgreSQL; SQLite is single-instance.
         return;
     }
-    let settings = [
-        ("HERALD__SECURITY__ENCRYPTION_KEY", CLUSTER[0].1),
-        ("HERALD__DELIVERY__TIMEOUT", "2s"),
-        ("HERALD__CLUSTER__LEASE_TTL", "4s"),
-        ("HERALD__CLUSTER__HEARTBEAT_INTERVAL", "300ms"),
-        ("HERALD__DELIVERY__MAX_ATTEMPTS", "1000"),
-    ];
-    let start = |database: TestDatabase| {
-        TestApp::builder()
-            .fast()
-            .envs(&settings)
-            .spawn_with(database)
-    };
-    let a = start(database.shared()).await;
-    let b = start(database.shared()).await;
+    let a = working_member(database.shared(), "4s", "300ms").await;
+    let b = working_member(database.shared(), "4s", "300ms").await;
 
     let consumer = Consumer::new("nats").await;
     let client = onboard_broker(&a, "acme", "nats", consumer.destination(), 1).await;

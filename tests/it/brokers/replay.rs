@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::delivery::{apply, tree_of};
+use crate::delivery::{apply, resync, tree_of};
 use crate::gitserver::TestRepo;
 use crate::helpers::{Rig, TestApp, TestClient, engine_with, read, watch};
 use crate::receiver::{Received, verify};
@@ -247,15 +247,7 @@ async fn replay_and_resync_reach_the_broker_in_its_words(mode: &str) {
     }
 
     // A resync reaches it too: the whole tree again, under new ids.
-    let (status, body) = app
-        .call(
-            Method::POST,
-            &format!("/api/repositories/{id}/resync"),
-            Some(&client.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    resync(&app, &client, &id).await;
     let so_far = messages.len();
     let messages = eventually(
         &format!("{mode}: the tree again"),
