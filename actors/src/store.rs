@@ -3,6 +3,7 @@
 //!
 //! - [`apps`]: onboarding, token authentication, listing, cascading deletion.
 //! - [`subscriptions`]: repositories and the apps' subscriptions to them.
+//! - [`globs`]: a subscription's stored path filters, read back strictly.
 //! - [`destinations`]: a broker app's destination, sealed at rest.
 //! - [`access`]: each subscriber's proof that its credential reads the
 //!   repository, and what happens when it stops.
@@ -38,6 +39,7 @@ pub mod destinations;
 pub mod event_log;
 pub mod events;
 pub mod gauges;
+pub mod globs;
 pub mod imports;
 pub mod inbound;
 pub mod instances;

@@ -3,7 +3,8 @@
 
 use actors::clock::rfc3339_ms;
 use actors::store::apps::DeliveryWindow;
-use actors::store::subscriptions::{Globs, SubscriptionView};
+use actors::store::globs::Globs;
+use actors::store::subscriptions::SubscriptionView;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use self::manifest::{apply_manifest_delta, load_manifest, snapshot_totals};
 use self::notices::{write_submodule_events, write_synced_notice};
 use self::opt_ins::OptIns;
+use super::globs::{Globs, fail_corrupt_globs};
 use super::leases::{ScanFence, hold_scan};
-use super::subscriptions::{Globs, fail_corrupt_globs};
 use super::{Store, StoreError, lock_repositories};
 use crate::changes::{
     FileInfo, Manifest, Pending, TreeDelta, Visibility, changes_for, tree_changes, tree_files,
