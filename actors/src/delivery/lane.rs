@@ -36,8 +36,8 @@
 //!
 //! - [`batch`]: the events and their context read a batch at a time, the
 //!   next batch read before the current one runs out;
-//! - [`ahead`]: the files after the one in flight read and rendered ahead
-//!   (`Further` on blocking workers, `Interleaved` on the lane's thread);
+//! - [`ahead`]: the files after the one in flight read and rendered ahead,
+//!   in runs on a blocking worker (`Further`);
 //! - [`prepared`]: an event's body rendered, its requests signed ahead;
 //! - [`judge`]: what an answer means (pure);
 //! - [`write_behind`]: successes written a batch at a time, beside the sends.
@@ -59,7 +59,7 @@ use entity::event;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::warn;
 
-use self::ahead::{Further, Interleaved};
+use self::ahead::Further;
 use self::batch::{BATCH, Batch, BatchReads, LaneContext, NextBatch, READ_NEXT_AT};
 use self::deliver::Endpoints;
 use self::window::Windowed;
@@ -178,7 +178,6 @@ impl Actor for LaneActor {
                 delivered: Unrecorded::default(),
                 writing: None,
                 further: Further::default(),
-                interleaved: Interleaved::default(),
                 reading: None,
                 endpoints: Endpoints::default(),
             },
@@ -390,9 +389,6 @@ struct Pipeline {
     /// Files further down the batch, being read and rendered on blocking
     /// workers (see `ahead.rs`), in `seq` order.
     further: Further,
-    /// The small files among them, read on the lane's own thread while its
-    /// requests are in flight.
-    interleaved: Interleaved,
     /// The next batch, being read while the current one's events go out.
     reading: Option<NextBatch>,
     /// The app's webhook URLs, each parsed once.

@@ -1,16 +1,18 @@
 //! Reading ahead: the files after the one in flight, read from the mirror
-//! and rendered (and signed) before their turn, so the lane's own task
-//! mostly sends. Larger files go in runs to a blocking worker (`Further`);
-//! small ones are made on the lane's thread, one beside each request in
-//! flight (`Interleaved`).
+//! and rendered (and signed) before their turn, in runs on a blocking
+//! worker, so the lane's own task only sends and records.
 //!
 //! The bounds: files up to 4 MiB are read ahead, up to 32 events ahead and
 //! within 4 MiB together with the file in flight, refilled once half the
-//! window is used, each handed over by a oneshot. Files up to 64 KiB go
-//! `Interleaved`: each request takes the next one along and makes it on the
-//! lane's own thread once the request has left, while the receiver works;
-//! larger ones go in runs (one thread wake-up a run) to a blocking worker,
-//! through a second opening of the mirror.
+//! window is used (one thread wake-up a run of a dozen or more files), each
+//! handed over by a oneshot, through a second opening of the mirror.
+//!
+//! Small files once went another way: made on the lane's own thread, one
+//! beside each request in flight. Once the webhook client and the broker
+//! clients answered in less time than a file takes to make, that delayed
+//! every answer by the making of the next file; in runs on a blocking
+//! worker, the same work runs beside the request on the other core
+//! (BENCHMARKS.md, "Tunings of the delivery path").
 
 use std::collections::VecDeque;
 
@@ -116,21 +118,12 @@ impl Further {
     }
 }
 
-/// Files up to this size are read and rendered ahead on the lane's own
-/// thread, one while each request is in flight (see [`Interleaved`]);
-/// larger ones on a blocking worker. Reading, rendering and signing such a
-/// file takes tens of microseconds, less than the receiver takes to answer;
-/// on a blocking worker it cost a thread wake-up, and on a 2-core machine
-/// the worker ran beside the receiver and the lane, three busy threads on
-/// two cores (BENCHMARKS.md, "Tunings of the delivery path").
-const INTERLEAVED_BYTES: i64 = 64 << 10;
-
 /// What a created or updated file's bytes are rendered with (see
 /// [`preparer`]).
 type Prepare = Box<dyn Fn(&[u8]) -> Rendering + Send + Sync>;
 
 /// One file's read and rendering, handed over through `send`.
-pub(super) struct Read {
+struct Read {
     blob: Option<String>,
     prepare: Prepare,
     send: tokio::sync::oneshot::Sender<Option<Rendering>>,
@@ -139,47 +132,11 @@ pub(super) struct Read {
 impl Read {
     /// Reads the file from `mirror` and renders it, unless the lane no
     /// longer waits for it.
-    pub(super) fn make(self, mirror: &MirrorReader) {
+    fn make(self, mirror: &MirrorReader) {
         if !self.send.is_closed() {
             let _ = self
                 .send
                 .send(mirror.read_now(self.blob.as_deref(), &*self.prepare));
-        }
-    }
-}
-
-/// A queued [`Read`] of event `seq`.
-struct QueuedRead {
-    seq: i64,
-    read: Read,
-}
-
-/// Small files' reads queued on the lane, in `seq` order: each request the
-/// lane sends takes the next one along and makes it once the request has
-/// left, while the receiver works (the request's future is polled first).
-/// Dropped with the lane, they are never made; a look-ahead whose read was
-/// not made yet is made when the lane comes to it ([`Self::run_through`]).
-#[derive(Default)]
-pub(super) struct Interleaved(VecDeque<QueuedRead>);
-
-impl Interleaved {
-    fn push(&mut self, seq: i64, read: Read) {
-        self.0.push_back(QueuedRead { seq, read });
-    }
-
-    /// The next read to make beside a request.
-    pub(super) fn next(&mut self) -> Option<Read> {
-        self.0.pop_front().map(|queued| queued.read)
-    }
-
-    /// Makes, now, from `mirror`, every read queued for events up to `seq`:
-    /// the lane is about to wait for event `seq`'s, and those before it are
-    /// passed over (let go, they cost nothing).
-    pub(super) fn run_through(&mut self, seq: i64, mirror: &MirrorReader) {
-        while self.0.front().is_some_and(|queued| queued.seq <= seq) {
-            if let Some(queued) = self.0.pop_front() {
-                queued.read.make(mirror);
-            }
         }
     }
 }
@@ -198,34 +155,25 @@ fn readable_ahead(event: &event::Model, config: &DeliveryConfig, now: i64) -> Op
 }
 
 impl Ahead {
-    /// Reads and renders `events` (with their sizes). Files up to
-    /// [`INTERLEAVED_BYTES`] are queued on `interleaved`, to be made on the
-    /// lane's own thread one per request in flight; the others are made one
-    /// after the other, in order, on one blocking worker: one thread wake-up
-    /// for the run, not one per file. Each file's rendering is handed over
-    /// as soon as it is made; one the lane no longer waits for is not made.
+    /// Reads and renders `events` (with their sizes) one after the other,
+    /// in order, on one blocking worker: one thread wake-up for the run, not
+    /// one per file. Each file's rendering is handed over as soon as it is
+    /// made; one the lane no longer waits for is not made.
     pub(super) fn run(
         context: &LaneContext,
         events: Vec<(&event::Model, i64)>,
         config: &DeliveryConfig,
-        interleaved: &mut Interleaved,
     ) -> Vec<Self> {
         let mut reads = Vec::with_capacity(events.len());
         let aheads = events
             .into_iter()
             .map(|(event, size)| {
                 let (send, made) = tokio::sync::oneshot::channel();
-                let prepare = preparer(event, context, config.chunking);
-                let read = Read {
+                reads.push(Read {
                     blob: event.blob_id.clone(),
-                    prepare: Box::new(prepare),
+                    prepare: Box::new(preparer(event, context, config.chunking)),
                     send,
-                };
-                if size <= INTERLEAVED_BYTES {
-                    interleaved.push(event.seq, read);
-                } else {
-                    reads.push(read);
-                }
+                });
                 Self {
                     event_id: event.id.clone(),
                     seq: event.seq,
@@ -260,8 +208,6 @@ impl Ahead {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     /// Events of `sizes` (bytes), `seq` 1, 2, …, each carrying content.
@@ -365,55 +311,5 @@ mod tests {
         further.start(&window(16), &config, 0, recorded(&runs));
         assert_eq!(runs.borrow()[1], (33..=48).collect::<Vec<_>>());
         assert!(further.holds(&batch[16]) && further.holds(&batch[47]));
-    }
-
-    #[test]
-    fn interleaved_reads_are_made_in_order_and_only_while_awaited() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let repo = git2::Repository::init_bare(dir.path()).expect("a bare mirror");
-        let blob = repo.blob(b"small file").expect("a blob").to_string();
-        let mirror = MirrorReader::new(dir.path().to_owned());
-        let made = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut interleaved = Interleaved::default();
-        let mut receivers = Vec::new();
-        for seq in 1..=3 {
-            let (send, receiver) = tokio::sync::oneshot::channel();
-            let made = made.clone();
-            let prepare = move |bytes: &[u8]| {
-                made.lock().expect("lock").push((seq, bytes.to_vec()));
-                Err(payload::PayloadError::Incomplete(format!("evt_{seq}")))
-            };
-            interleaved.push(
-                seq,
-                Read {
-                    blob: Some(blob.clone()),
-                    prepare: Box::new(prepare),
-                    send,
-                },
-            );
-            receivers.push(receiver);
-        }
-        let mut receivers = receivers.into_iter();
-        // Event 1's look-ahead was let go (passed over): its read is not made.
-        drop(receivers.next());
-        let (mut second, mut third) = (
-            receivers.next().expect("event 2"),
-            receivers.next().expect("event 3"),
-        );
-
-        // The lane comes to event 2: reads up to it are made, not beyond.
-        interleaved.run_through(2, &mirror);
-        assert_eq!(
-            *made.lock().expect("lock"),
-            vec![(2, b"small file".to_vec())]
-        );
-        assert!(matches!(second.try_recv(), Ok(Some(Err(_)))));
-        assert!(third.try_recv().is_err(), "event 3's read waits its turn");
-
-        // The next request takes event 3's read along.
-        interleaved.next().expect("event 3's read").make(&mirror);
-        assert!(matches!(third.try_recv(), Ok(Some(Err(_)))));
-        assert!(interleaved.next().is_none());
-        assert_eq!(made.lock().expect("lock").len(), 2);
     }
 }

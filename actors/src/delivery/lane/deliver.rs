@@ -115,9 +115,6 @@ impl Pipeline {
         context: &LaneContext,
         event: &event::Model,
     ) -> Result<Result<Prepared, Flow>, StoreError> {
-        // Its read may still be queued: it is made now, not waited for.
-        self.interleaved
-            .run_through(event.seq, &context.mirror_ahead);
         let ahead = match self.further.take_for(event) {
             Some(ahead) => ahead.rendered_for(event).await,
             None => None,
@@ -218,9 +215,8 @@ impl Pipeline {
             if sent.last {
                 let config = &self.config;
                 let in_flight = event.size.unwrap_or(0);
-                let interleaved = &mut self.interleaved;
                 self.further.start(upcoming, config, in_flight, |run| {
-                    Ahead::run(context, run, config, interleaved)
+                    Ahead::run(context, run, config)
                 });
             }
             // A lane that finds its lease lost stops before its next send.
@@ -229,22 +225,15 @@ impl Pipeline {
             // it logs, and entering and leaving the span at each of its polls
             // cost more than the rest of the attempt's telemetry (the span's
             // duration runs from its creation to its close all the same).
-            let send = send(
+            let answer = send(
                 context,
                 &self.client,
                 &mut self.endpoints,
                 endpoint,
                 headers,
                 body,
-            );
-            // The request is polled first: it leaves, and one small file
-            // ahead is read and rendered while the receiver works on it.
-            let (read, mirror) = (self.interleaved.next(), &context.mirror_ahead);
-            let (answer, ()) = futures::join!(send, async move {
-                if let Some(read) = read {
-                    read.make(mirror);
-                }
-            });
+            )
+            .await;
             if let Ok(answer) = &answer {
                 telemetry::answered(&span, answer.status);
             }
