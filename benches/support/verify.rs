@@ -41,6 +41,8 @@ struct State {
     /// `(commit, when)` of each `synced` notice, Unix ms.
     synced: Vec<(String, f64)>,
     requests: usize,
+    /// Unix ms of the first request (0 before it).
+    first_at: f64,
     /// Unix ms of the last request.
     last_at: f64,
     problems: Vec<String>,
@@ -65,6 +67,9 @@ impl VerifyingReceiver {
                 let endpoint = tail.as_str().rsplit('/').next().unwrap_or_default();
                 let mut state = shared.lock().expect("receiver lock");
                 state.requests += 1;
+                if state.first_at == 0.0 {
+                    state.first_at = at;
+                }
                 state.last_at = at;
                 if let Err(problem) = state.check(endpoint, headers, &body, at) {
                     let id = header(headers, "webhook-id").to_owned();
@@ -98,6 +103,11 @@ impl VerifyingReceiver {
 
     pub fn requests(&self) -> usize {
         self.state.lock().expect("receiver lock").requests
+    }
+
+    /// Unix ms of the first request since the start (or the last reset).
+    pub fn first_at(&self) -> f64 {
+        self.state.lock().expect("receiver lock").first_at
     }
 
     /// Unix ms of the last request.
