@@ -25,8 +25,8 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
 use flate2::write::ZlibEncoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 use git2::{ObjectType, Odb, Oid, Repository};
 use sha1::{Digest, Sha1};
 
@@ -74,6 +74,13 @@ pub(super) struct PackWriter {
     temporary: PathBuf,
     stream: Counted,
     entries: Vec<Entry>,
+    /// One deflate stream for every whole object, reset between them: a
+    /// new one for each allocated and cleared its window and tables again,
+    /// which took most of a local fetch of small files (BENCHMARKS.md,
+    /// "Deep history").
+    zlib: Compress,
+    /// An object's deflated bytes, before they go into the pack.
+    deflated: Vec<u8>,
 }
 
 impl Drop for PackWriter {
@@ -110,6 +117,8 @@ impl PackWriter {
             temporary,
             stream,
             entries: Vec::new(),
+            zlib: Compress::new(Compression::fast(), true),
+            deflated: Vec::new(),
         })
     }
 
@@ -146,9 +155,8 @@ impl PackWriter {
             self.object_header(object.kind(), object.len() as u64)?;
             id.update(format!("{} {}\0", object.kind().str(), object.len()));
             id.update(object.data());
-            let mut zlib = ZlibEncoder::new(&mut self.stream, Compression::fast());
-            zlib.write_all(object.data()).map_err(io_failure)?;
-            zlib.finish().map_err(io_failure)?;
+            deflate_whole(&mut self.zlib, object.data(), &mut self.deflated)?;
+            self.stream.write_all(&self.deflated).map_err(io_failure)?;
         }
         if id.finalize().as_slice() != oid.as_bytes() {
             return Err(git2::Error::from_str(&format!(
@@ -322,6 +330,26 @@ fn write_index(path: &Path, entries: &[Entry], pack_checksum: &[u8; 20]) -> std:
     file.sync_all()
 }
 
+/// `data` deflated whole into `out` (cleared first) by `zlib`, reset
+/// first: the same bytes as a new stream of the same level would make.
+fn deflate_whole(zlib: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> Result<(), git2::Error> {
+    zlib.reset();
+    out.clear();
+    out.reserve(data.len() / 2 + 64);
+    loop {
+        let read = usize::try_from(zlib.total_in()).map_or(data.len(), |n| n.min(data.len()));
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(64));
+        }
+        let status = zlib
+            .compress_vec(&data[read..], out, FlushCompress::Finish)
+            .map_err(|_| git2::Error::from_str("an object could not be deflated"))?;
+        if status == Status::StreamEnd {
+            return Ok(());
+        }
+    }
+}
+
 fn io_failure(err: std::io::Error) -> git2::Error {
     git2::Error::new(
         git2::ErrorCode::GenericError,
@@ -364,6 +392,32 @@ pub(super) fn tree_objects(
 pub(super) mod tests {
     use super::super::fixtures::{commit, git, source_repository};
     use super::*;
+
+    #[test]
+    fn one_deflate_stream_reset_writes_what_a_new_one_writes() {
+        let noise: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let inputs: [&[u8]; 5] = [b"", b"tree 0\0", &[b'a'; 100_000], &noise, b"blob after"];
+        let mut zlib = Compress::new(Compression::fast(), true);
+        let mut out = Vec::new();
+        for input in inputs {
+            deflate_whole(&mut zlib, input, &mut out).expect("deflated");
+            let mut fresh = Vec::new();
+            deflate_whole(
+                &mut Compress::new(Compression::fast(), true),
+                input,
+                &mut fresh,
+            )
+            .expect("deflated");
+            assert_eq!(out, fresh, "{} bytes", input.len());
+            let mut back = Vec::new();
+            flate2::read::ZlibDecoder::new(&out[..])
+                .read_to_end(&mut back)
+                .expect("inflated");
+            assert_eq!(back, input);
+        }
+    }
 
     /// Every pack of the repository at `git_dir`, checked by git itself:
     /// the index against the pack (ids, CRCs, offsets, both checksums).
