@@ -7,8 +7,8 @@
 //!
 //! The files are those of the reference workload's tip
 //! (`support::workload`: `--files` generated files, seed `--seed`), read
-//! with git2. For each file, timed one operation at a time over batches of
-//! `--batch` files, on this thread:
+//! with `git cat-file` (`verify::contents_of`). For each file, timed one
+//! operation at a time over batches of `--batch` files, on this thread:
 //!
 //! 1. **The body**: the file's created-file body as Herald renders it
 //!    (`actors::payload::render`, then each part), its content in base64:
@@ -44,12 +44,12 @@ mod support;
 
 use std::io::{IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::time::Instant;
 
 use actors::payload::{self, Chunking, RepositoryRef};
 use actors::signing;
 use sha2::{Digest, Sha256};
+use support::verify;
 use support::workload::Workload;
 use support::*;
 
@@ -62,20 +62,11 @@ struct Options {
 
 fn parse_options() -> Options {
     let mut args = BenchArgs::from_env();
-    let mut options = if args.full {
-        Options {
-            files: 5_000,
-            seed: 1,
-            rounds: 10,
-            batch: 32,
-        }
-    } else {
-        Options {
-            files: 200,
-            seed: 1,
-            rounds: 1,
-            batch: 32,
-        }
+    let mut options = Options {
+        files: if args.full { 5_000 } else { 200 },
+        seed: 1,
+        rounds: if args.full { 10 } else { 1 },
+        batch: 32,
     };
     while let Some(arg) = args.next_option() {
         match arg.as_str() {
@@ -161,7 +152,7 @@ fn main() {
     std::fs::create_dir_all(&served).expect("the served directory");
     let started = Instant::now();
     let workload = Workload::generate(&served, options.files, options.seed, &[]);
-    let files = files_at_tip(&workload.served);
+    let files = verify::contents_of(&workload.served, workload.tip());
     eprintln!(
         "generated {}: {} files ({} binary), {:.1} MB, in {:.1} s",
         workload.name,
@@ -376,26 +367,6 @@ fn thread_cpu_ns() -> u64 {
     let answer = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     assert_eq!(answer, 0, "CLOCK_THREAD_CPUTIME_ID is readable");
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// Every file at the tip of `repo` (its path and bytes), in path order.
-fn files_at_tip(repo: &Path) -> Vec<(String, Vec<u8>)> {
-    let repo = git2::Repository::open_bare(repo).expect("the served repository");
-    let tree = repo
-        .revparse_single(&format!("refs/heads/{BRANCH}"))
-        .and_then(|tip| tip.peel_to_tree())
-        .expect("the tip's tree");
-    let mut files = Vec::new();
-    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        if entry.kind() == Some(git2::ObjectType::Blob) {
-            let blob = repo.find_blob(entry.id()).expect("the file's blob");
-            let name = entry.name().expect("a UTF-8 name");
-            files.push((format!("{dir}{name}"), blob.content().to_vec()));
-        }
-        git2::TreeWalkResult::Ok
-    })
-    .expect("the tree walks");
-    files
 }
 
 /// A corpus of `count` files of `size` bytes of text, all alike.

@@ -347,6 +347,19 @@ pub fn tree_of(repo: &Path, commit: &str) -> Tree {
     tree
 }
 
+/// Every file of `commit`'s tree in the repository at `repo`, with its
+/// content, in git's order.
+pub fn contents_of(repo: &Path, commit: &str) -> Vec<(String, Vec<u8>)> {
+    let entries = files_of(repo, commit);
+    let mut files = Vec::with_capacity(entries.len());
+    each_blob(
+        repo,
+        entries.iter().map(|(_, b)| b.as_str()),
+        |i, content| files.push((entries[i].0.clone(), content.to_vec())),
+    );
+    files
+}
+
 /// `(path, blob id)` of every file of `commit`'s tree, in git's order.
 pub(super) fn files_of(repo: &Path, commit: &str) -> Vec<(String, String)> {
     git_ok(repo, &["ls-tree", "-r", "-z", commit])
