@@ -40,8 +40,8 @@ pub mod submodules;
 mod visibility;
 mod walk;
 
-use describe::describe_blob;
 pub use describe::{Description, describe};
+use describe::{Undescribed, describe_blob};
 pub use plan::{Manifest, ReplayDiff};
 pub(crate) use plan::{Pending, changes_for, tree_changes, tree_files};
 use submodules::Level;
@@ -537,6 +537,8 @@ pub fn diff_against_manifest(
     // snapshot, needs none of this).
     let mut seen = std::collections::HashSet::with_capacity(manifest.len());
     let lfs = reading.lfs;
+    // Files to describe, described a list at a time on several threads.
+    let mut pending = Undescribed::default();
     walk_read(repo, &tree, new, reading, &mut |path, blob, nested| {
         if let Some((known_path, known)) = manifest.get_key_value(&path) {
             seen.insert(known_path.as_str());
@@ -547,9 +549,13 @@ pub fn diff_against_manifest(
         if IGNORE_FILES.contains(&path.as_str()) {
             delta.ignore_rules_changed = true;
         }
-        delta.add_upsert(&path, describe_blob(repo, blob, lfs && !nested)?)?;
+        pending.push(path, blob, lfs && !nested);
+        if pending.is_full() {
+            pending.describe_into(repo, &mut delta)?;
+        }
         Ok(())
     })?;
+    pending.describe_into(repo, &mut delta)?;
     for path in manifest.keys() {
         if !seen.contains(path.as_str()) {
             if IGNORE_FILES.contains(&path.as_str()) {

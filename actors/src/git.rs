@@ -44,7 +44,9 @@ mod socket;
 mod tls;
 
 pub use self::error::{GitError, GitFailure};
-pub use self::mirror::{Mirror, MirrorStats, VERIFY_DAMAGE_AFTER, configure_process};
+pub use self::mirror::{
+    Mirror, MirrorStats, UpdateFailure, VERIFY_DAMAGE_AFTER, configure_process,
+};
 pub use self::refs::snapshot_ref;
 pub use self::remote::{ConnectRule, Credentials, RemoteHead, RemoteSpec, probe};
 pub use self::socket::{Cut, LowSpeed};

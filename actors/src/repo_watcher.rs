@@ -455,6 +455,11 @@ async fn scan_claimed(
             let commit = advance.commit.clone();
             let changes = advance.delta.len();
             let result = store.advance_snapshot(advance).await?;
+            // The events are committed: delivery starts now, not after the
+            // scan's own record below.
+            if result.events > 0 {
+                config.signal.notify();
+            }
             let end = if moved {
                 ScanEnd::Changed
             } else {
@@ -467,16 +472,12 @@ async fn scan_claimed(
                 if result.events == 0 {
                     return Ok(ScanReport::Unchanged);
                 }
-                config.signal.notify();
                 info!(%repository, events = result.events, "initial snapshot for new subscriptions");
                 return Ok(ScanReport::Advanced {
                     events: result.events,
                 });
             }
             telemetry::scan_finished(ScanEnd::Changed, started.elapsed());
-            if result.events > 0 {
-                config.signal.notify();
-            }
             info!(
                 %repository,
                 %commit,

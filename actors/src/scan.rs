@@ -14,7 +14,9 @@ use git2::Oid;
 use ignore::gitignore::Gitignore;
 
 use crate::changes::{self, ChangeError, ModuleSource, Modules, Reading, TreeDelta};
-use crate::git::{self, Credentials, GitError, GitFailure, Mirror, RemoteHead, RemoteSpec};
+use crate::git::{
+    self, Credentials, GitError, GitFailure, Mirror, RemoteHead, RemoteSpec, UpdateFailure,
+};
 use crate::ids::SnapshotId;
 
 /// One subscriber's credential, as a scan uses or checks it.
@@ -178,30 +180,38 @@ fn is_refusal(err: &GitError) -> bool {
 }
 
 /// Finds a credential that reads the repository, the preferred first, and
-/// judges every credential tried. `None` when every credential was refused:
-/// each subscriber's own failure, not the repository's. A remote that
-/// cannot be reached, or a repository that is gone (every credential saw
-/// "not found"), is the repository's failure.
+/// judges every credential tried; with the first that reads it, brings the
+/// branch's tip into the mirror on the same connection ([`Mirror::update`]).
+/// `None` when every credential was refused: each subscriber's own failure,
+/// not the repository's. A remote that cannot be reached, or a repository
+/// that is gone (every credential saw "not found"), is the repository's
+/// failure.
 fn access(
     job: &ScanJob,
+    mirror: &Mirror,
     verdicts: &mut Vec<(String, Verdict)>,
 ) -> Result<Option<(RemoteHead, RemoteSpec)>, GitError> {
     let mut not_found = None;
     for accessor in job.accessors.iter().filter(|a| a.granted) {
         let spec = job.remote.with_credentials(accessor.credentials.clone());
-        match git::probe(&spec, job.branch.as_deref()) {
+        match mirror.update(&spec, job.branch.as_deref()) {
             Ok(head) => {
                 verdicts.push((accessor.subscription.clone(), Verdict::Granted));
                 return Ok(Some((head, spec)));
             }
-            Err(err) if is_refusal(&err) => {
+            // The credential read the branch; the fetch itself failed.
+            Err(UpdateFailure::Fetching(err)) => {
+                verdicts.push((accessor.subscription.clone(), Verdict::Granted));
+                return Err(err);
+            }
+            Err(UpdateFailure::Asking(err)) if is_refusal(&err) => {
                 if err.failure == GitFailure::NotFound {
                     not_found = Some(err.clone());
                 }
                 verdicts.push((accessor.subscription.clone(), Verdict::Denied(err)));
             }
             // The remote, not the credential, failed: nothing learnt.
-            Err(err) => return Err(err),
+            Err(UpdateFailure::Asking(err)) => return Err(err),
         }
     }
     match not_found {
@@ -235,23 +245,21 @@ fn recheck(job: &ScanJob, verdicts: &mut Vec<(String, Verdict)>) {
 }
 
 /// The blocking part of a scan: find a credential that reads the remote, ask
-/// where the branch is, fetch when it moved, diff; then check the subscribers'
-/// credentials that are due. A damaged mirror is rebuilt from the remote
-/// once, and the scan repeated.
+/// where the branch is and fetch it when it moved (one connection), diff;
+/// then check the subscribers' credentials that are due. A damaged mirror is
+/// rebuilt from the remote once, and the scan repeated.
 pub fn scan(job: ScanJob) -> ScanResult {
     let mut verdicts = Vec::new();
-    let outcome = access(&job, &mut verdicts).and_then(|found| {
-        let Some((head, spec)) = found else {
-            return Ok(ScanOutcome::NoAccess);
-        };
-        // One writer per mirror (a lane may be refetching into it): the
-        // mirror holds its write lock while it is open.
-        let mirror = Mirror::open(&job.mirror)?;
-        match scan_with(&job, &spec, &head, &mirror) {
+    // One writer per mirror (a lane may be refetching into it): the mirror
+    // holds its write lock while it is open.
+    let outcome = Mirror::open(&job.mirror).and_then(|mirror| {
+        match scan_with(&job, &mirror, &mut verdicts) {
             Err(err) if err.damaged_mirror => {
                 tracing::warn!(mirror = %job.mirror.display(), "mirror damaged; rebuilding it from the remote");
                 let mirror = mirror.rebuild()?;
-                scan_with(&job, &spec, &head, &mirror)
+                // The credentials are judged again, on the rebuilt mirror.
+                verdicts.clear();
+                scan_with(&job, &mirror, &mut verdicts)
             }
             outcome => outcome,
         }
@@ -296,9 +304,8 @@ pub fn upkeep(path: &Path, repack_threshold: usize) -> Option<git::MirrorStats> 
 
 fn scan_with(
     job: &ScanJob,
-    remote: &RemoteSpec,
-    head: &RemoteHead,
     mirror: &Mirror,
+    verdicts: &mut Vec<(String, Verdict)>,
 ) -> Result<ScanOutcome, GitError> {
     for snapshot in &job.unpin {
         mirror.unpin(snapshot);
@@ -313,11 +320,11 @@ fn scan_with(
     {
         mirror.keep_base(known)?;
     }
-    let head = head.clone();
-    let commit = match mirror.local_head(&head.branch) {
-        Some(local) if local == head.commit => local,
-        _ => mirror.fetch(remote, &head.branch)?,
+    let Some((head, remote)) = access(job, mirror, verdicts)? else {
+        return Ok(ScanOutcome::NoAccess);
     };
+    let remote = &remote;
+    let commit = head.commit;
     let repo = mirror.repo();
     let commit_hex = commit.to_string();
     let new_ignore = changes::ignore_rules(repo, commit).map_err(read_failure)?;

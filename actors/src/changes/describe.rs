@@ -1,6 +1,8 @@
 //! What Herald records of a file's bytes: SHA-256, size and the binary
 //! rule, whole or fed piece by piece, and of a blob (an LFS pointer by its
-//! object).
+//! object); many blobs on several threads at once.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
 
@@ -105,4 +107,168 @@ pub(super) fn describe_blob(
         lfs: false,
         pointer: None,
     })
+}
+
+/// Files met by a walk, waiting to be described: at most
+/// [`Undescribed::CAPACITY`] at once, so that a walk of a million files
+/// holds a list, not the tree.
+#[derive(Default)]
+pub(super) struct Undescribed {
+    paths: Vec<String>,
+    blobs: Vec<(Oid, bool)>,
+}
+
+impl Undescribed {
+    const CAPACITY: usize = 4096;
+
+    /// A file at `path`; with `lfs`, an LFS pointer stands for its object.
+    pub(super) fn push(&mut self, path: String, blob: Oid, lfs: bool) {
+        self.paths.push(path);
+        self.blobs.push((blob, lfs));
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.blobs.len() >= Self::CAPACITY
+    }
+
+    /// Describes the files held ([`describe_blobs`]) into `delta`, and
+    /// holds none.
+    pub(super) fn describe_into(
+        &mut self,
+        repo: &Repository,
+        delta: &mut TreeDelta,
+    ) -> Result<(), ChangeError> {
+        let infos = describe_blobs(repo, &self.blobs)?;
+        self.blobs.clear();
+        for (path, info) in self.paths.drain(..).zip(infos) {
+            delta.add_upsert(&path, info)?;
+        }
+        Ok(())
+    }
+}
+
+/// Blobs described together on one thread: fewer go serially.
+const PARALLEL_FROM: usize = 64;
+
+/// Blobs a thread takes at a time from the shared list.
+const TAKEN_AT_ONCE: usize = 8;
+
+/// At most this many threads describe one list.
+const MAX_THREADS: usize = 4;
+
+/// Describes `blobs` (each with whether an LFS pointer counts as its
+/// object), in their order, as [`describe_blob`] does one by one. A long
+/// list is shared among as many threads as the machine has cores (up to
+/// [`MAX_THREADS`]), each reading the mirror through a handle of its own:
+/// a first sync inflates and hashes every file of the tip, and that work,
+/// not the walk, is what stands between the fetch and the first event.
+fn describe_blobs(repo: &Repository, blobs: &[(Oid, bool)]) -> Result<Vec<FileInfo>, ChangeError> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    describe_on(repo, blobs, cores.min(MAX_THREADS))
+}
+
+/// [`describe_blobs`] on up to `threads` threads.
+fn describe_on(
+    repo: &Repository,
+    blobs: &[(Oid, bool)],
+    threads: usize,
+) -> Result<Vec<FileInfo>, ChangeError> {
+    let threads = threads.min(blobs.len() / PARALLEL_FROM);
+    if threads <= 1 {
+        return blobs
+            .iter()
+            .map(|&(blob, lfs)| describe_blob(repo, blob, lfs))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    // Each thread's share: (index, description), or the first failure.
+    let share = |repo: &Repository| -> Result<Vec<(usize, FileInfo)>, ChangeError> {
+        let mut described = Vec::new();
+        loop {
+            let start = next.fetch_add(TAKEN_AT_ONCE, Ordering::Relaxed);
+            if start >= blobs.len() || failed.load(Ordering::Relaxed) {
+                return Ok(described);
+            }
+            let end = (start + TAKEN_AT_ONCE).min(blobs.len());
+            for (index, &(blob, lfs)) in blobs.iter().enumerate().take(end).skip(start) {
+                match describe_blob(repo, blob, lfs) {
+                    Ok(info) => described.push((index, info)),
+                    Err(err) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    };
+    let path = repo.path();
+    let shares = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .map(|_| {
+                scope.spawn(|| match Repository::open_bare(path) {
+                    Ok(own) => share(&own),
+                    // This thread leaves its share to the others.
+                    Err(_) => Ok(Vec::new()),
+                })
+            })
+            .collect();
+        let mut shares = vec![share(repo)];
+        shares.extend(helpers.into_iter().map(|helper| {
+            helper.join().unwrap_or_else(|_| {
+                Err(ChangeError::Read(
+                    "a blob could not be described".to_owned(),
+                ))
+            })
+        }));
+        shares
+    });
+    let mut infos: Vec<Option<FileInfo>> = vec![None; blobs.len()];
+    for share in shares {
+        for (index, info) in share? {
+            infos[index] = Some(info);
+        }
+    }
+    infos
+        .into_iter()
+        .map(|info| info.ok_or_else(|| ChangeError::Read("a blob was left undescribed".to_owned())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_described_on_several_threads_are_described_as_one_by_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init_bare(dir.path()).expect("a repository");
+        let mut blobs = Vec::new();
+        for i in 0..700_usize {
+            let content: Vec<u8> = match i % 3 {
+                0 => format!("text file {i}\n").repeat(i % 50 + 1).into_bytes(),
+                1 => (0..i * 7).map(|b| (b % 251) as u8).collect(),
+                _ => b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n".to_vec(),
+            };
+            blobs.push((repo.blob(&content).expect("a blob"), i % 2 == 0));
+        }
+        let one_by_one: Vec<FileInfo> = blobs
+            .iter()
+            .map(|&(blob, lfs)| describe_blob(&repo, blob, lfs).expect("described"))
+            .collect();
+        assert!(
+            one_by_one.iter().any(|info| info.lfs) && one_by_one.iter().any(|info| info.binary)
+        );
+        for threads in [1, 2, 3, 4] {
+            let together = describe_on(&repo, &blobs, threads).expect("described");
+            assert_eq!(together, one_by_one, "on {threads} threads");
+        }
+        let missing = (Oid::from_bytes(&[7; 20]).expect("an id"), false);
+        let mut broken = blobs.clone();
+        broken.insert(350, missing);
+        assert!(
+            describe_on(&repo, &broken, 3).is_err(),
+            "a missing blob fails the list"
+        );
+    }
 }

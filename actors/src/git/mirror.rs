@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use git2::{AutotagOption, ErrorClass, ErrorCode, FetchOptions, Oid, RemoteRedirect, Repository};
 
@@ -29,7 +29,10 @@ use super::pack;
 use super::refs::{
     BASE_REF, MODULE_HISTORY_REF, MODULES_PREFIX, mirror_ref, module_ref, snapshot_ref,
 };
-use super::remote::{RemoteSpec, Route, callbacks, cut_of, local_path, scheme_of};
+use super::remote::{RemoteHead, RemoteSpec, Route, Session, local_path, scheme_of};
+
+mod update;
+pub use update::UpdateFailure;
 
 /// A mirror's write lock in this process, held by its [`Mirror`] for the
 /// mirror's life: one writer at a time per mirror (a scan's fetch and
@@ -177,6 +180,12 @@ impl Mirror {
                 })?
             }
         };
+        update::follow_no_redirects(&repo).map_err(|_| {
+            GitError::new(
+                GitFailure::Other,
+                "the local mirror could not be configured",
+            )
+        })?;
         Ok(Self {
             repo,
             path: path.to_owned(),
@@ -234,26 +243,32 @@ impl Mirror {
         into: &str,
         depth: Depth,
     ) -> Result<(), GitError> {
-        let route = Route::open(spec)?;
         if scheme_of(&spec.url) == "file" {
+            Route::open(spec)?;
             return self.fetch_local(&spec.url, want, into);
         }
-        let operation = route.begin(spec);
-        let timed_out = std::cell::Cell::new(false);
-        let deadline = Instant::now() + spec.timeout;
+        let session = Session::start(spec)?;
         let mut remote = self
             .repo
             .remote_anonymous(&spec.url)
             .map_err(|e| GitError::classify(&e, None))?;
+        self.download(&session, &mut remote, want, into, depth)
+    }
+
+    /// Fetches `want` into ref `into` through `remote`, on its connection
+    /// when it is connected.
+    fn download(
+        &self,
+        session: &Session<'_>,
+        remote: &mut git2::Remote<'_>,
+        want: Want<'_>,
+        into: &str,
+        depth: Depth,
+    ) -> Result<(), GitError> {
         let mut options = FetchOptions::new();
         options
-            .remote_callbacks(callbacks(
-                spec,
-                deadline,
-                &timed_out,
-                Some(IndexerWindows::new(self.repo.path())),
-            ))
-            .proxy_options(route.proxy_options())
+            .remote_callbacks(session.callbacks(Some(IndexerWindows::new(self.repo.path()))))
+            .proxy_options(session.proxy_options())
             .follow_redirects(RemoteRedirect::None)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false)
@@ -268,12 +283,7 @@ impl Mirror {
         };
         remote
             .fetch(&[refspec], Some(&mut options), None)
-            .map_err(|e| {
-                route.explain(
-                    &operation,
-                    GitError::classify(&e, cut_of(&operation, &timed_out)),
-                )
-            })
+            .map_err(|e| session.failed(&e))
     }
 
     /// [`Self::fetch_one`] from a repository on this machine, which Herald
@@ -695,10 +705,11 @@ pub fn configure_process() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::fixtures::{commit, git, source_repository};
     use super::super::indexer_windows;
     use super::super::remote::tests::spec;
+    use std::time::Instant;
 
     use super::*;
 
@@ -779,13 +790,13 @@ mod tests {
 
     /// `git daemon` serving the directories under `root` on loopback, for
     /// as long as it lives.
-    struct Daemon {
+    pub(super) struct Daemon {
         child: std::process::Child,
         port: u16,
     }
 
     impl Daemon {
-        fn serve(root: &Path) -> Self {
+        pub(super) fn serve(root: &Path) -> Self {
             for _ in 0..5 {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .and_then(|l| l.local_addr())
@@ -820,6 +831,10 @@ mod tests {
                 let _ = child.wait();
             }
             panic!("git daemon did not start");
+        }
+
+        pub(super) fn port(&self) -> u16 {
+            self.port
         }
 
         fn url(&self, name: &str) -> String {

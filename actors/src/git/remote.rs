@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use git2::{
     Cred, CredentialType, Direction, ErrorClass, ErrorCode, Oid, ProxyOptions, Remote,
-    RemoteCallbacks, Repository,
+    RemoteCallbacks, RemoteConnection, Repository,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -417,50 +417,98 @@ fn head_of(
     spec: &RemoteSpec,
     branch: Option<&str>,
 ) -> Result<RemoteHead, GitError> {
-    let route = Route::open(spec)?;
-    let operation = route.begin(spec);
-    let timed_out = std::cell::Cell::new(false);
-    let deadline = Instant::now() + spec.timeout;
-    let connection = remote
-        .connect_auth(
-            Direction::Fetch,
-            Some(callbacks(spec, deadline, &timed_out, None)),
-            Some(route.proxy_options()),
+    let session = Session::start(spec)?;
+    let connection = session.connect(&mut remote, None)?;
+    session.head(&connection, branch)
+}
+
+/// One operation on a remote: its route under the address rule, its
+/// deadline, and whether the deadline cut it.
+pub(super) struct Session<'s> {
+    pub(super) spec: &'s RemoteSpec,
+    route: Route,
+    operation: Operation,
+    deadline: Instant,
+    timed_out: std::cell::Cell<bool>,
+}
+
+impl<'s> Session<'s> {
+    pub(super) fn start(spec: &'s RemoteSpec) -> Result<Self, GitError> {
+        let route = Route::open(spec)?;
+        let operation = route.begin(spec);
+        Ok(Self {
+            spec,
+            route,
+            operation,
+            deadline: Instant::now() + spec.timeout,
+            timed_out: std::cell::Cell::new(false),
+        })
+    }
+
+    /// The credential and deadline callbacks (with the indexer's windows
+    /// for a fetch).
+    pub(super) fn callbacks(&self, indexer_windows: Option<IndexerWindows>) -> RemoteCallbacks<'_> {
+        callbacks(self.spec, self.deadline, &self.timed_out, indexer_windows)
+    }
+
+    pub(super) fn proxy_options(&self) -> ProxyOptions<'static> {
+        self.route.proxy_options()
+    }
+
+    /// A libgit2 failure of this operation, in safe words.
+    pub(super) fn failed(&self, err: &git2::Error) -> GitError {
+        self.route.explain(
+            &self.operation,
+            GitError::classify(err, cut_of(&self.operation, &self.timed_out)),
         )
-        .map_err(|e| {
-            route.explain(
-                &operation,
-                GitError::classify(&e, cut_of(&operation, &timed_out)),
+    }
+
+    /// Connects `remote` to fetch: the remote's refs are then known.
+    pub(super) fn connect<'repo, 'r>(
+        &'r self,
+        remote: &'r mut Remote<'repo>,
+        indexer_windows: Option<IndexerWindows>,
+    ) -> Result<RemoteConnection<'repo, 'r, 'r>, GitError> {
+        remote
+            .connect_auth(
+                Direction::Fetch,
+                Some(self.callbacks(indexer_windows)),
+                Some(self.proxy_options()),
             )
-        })?;
-    let branch = match branch {
-        Some(branch) => branch.to_owned(),
-        None => {
-            let head = connection.default_branch().map_err(|_| {
-                GitError::new(GitFailure::NotFound, "the remote has no default branch")
+            .map_err(|e| self.failed(&e))
+    }
+
+    /// Where `branch` (or the remote's default branch) points, as the
+    /// connected remote advertised it.
+    pub(super) fn head(
+        &self,
+        connection: &RemoteConnection<'_, '_, '_>,
+        branch: Option<&str>,
+    ) -> Result<RemoteHead, GitError> {
+        let branch = match branch {
+            Some(branch) => branch.to_owned(),
+            None => {
+                let head = connection.default_branch().map_err(|_| {
+                    GitError::new(GitFailure::NotFound, "the remote has no default branch")
+                })?;
+                let head = head.as_str().unwrap_or_default();
+                head.strip_prefix("refs/heads/").unwrap_or(head).to_owned()
+            }
+        };
+        let wanted = mirror_ref(&branch);
+        let heads = connection.list().map_err(|e| self.failed(&e))?;
+        let commit = heads
+            .iter()
+            .find(|h| h.name() == wanted)
+            .map(|h| h.oid())
+            .ok_or_else(|| {
+                GitError::new(
+                    GitFailure::NotFound,
+                    format!("branch `{branch}` was not found on the remote"),
+                )
             })?;
-            let head = head.as_str().unwrap_or_default();
-            head.strip_prefix("refs/heads/").unwrap_or(head).to_owned()
-        }
-    };
-    let wanted = mirror_ref(&branch);
-    let heads = connection.list().map_err(|e| {
-        route.explain(
-            &operation,
-            GitError::classify(&e, cut_of(&operation, &timed_out)),
-        )
-    })?;
-    let commit = heads
-        .iter()
-        .find(|h| h.name() == wanted)
-        .map(|h| h.oid())
-        .ok_or_else(|| {
-            GitError::new(
-                GitFailure::NotFound,
-                format!("branch `{branch}` was not found on the remote"),
-            )
-        })?;
-    Ok(RemoteHead { branch, commit })
+        Ok(RemoteHead { branch, commit })
+    }
 }
 
 #[cfg(test)]
