@@ -28,11 +28,14 @@
 //!   pinning, their events all settled.
 //! - [`replay_quotas`]: what one app's replays may take (replays under way,
 //!   events waiting, bytes an hour), counted in the database.
+//! - `checkpoints`: SQLite's write-ahead log checkpointed by a task beside
+//!   the writes, not inside the commit that fills it.
 
 pub mod access;
 pub mod apps;
 pub mod breakers;
 pub mod bulk;
+mod checkpoints;
 pub mod console;
 pub mod delivery;
 pub mod destinations;
@@ -182,6 +185,8 @@ pub struct Store {
     /// on the database's write lock holding a pooled connection each, so
     /// the pool and the lock stay free for everything else.
     replay_writes: Arc<tokio::sync::Semaphore>,
+    /// SQLite's checkpoints, while any clone of the store lives.
+    _checkpoints: Option<Arc<tokio_util::task::AbortOnDropHandle<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -254,8 +259,19 @@ async fn postgres_unreachable_cause(url: &str) -> Option<String> {
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`). SQLite databases are
     /// created when missing and run in WAL mode with foreign keys enforced and a
-    /// busy timeout, so concurrent writers wait instead of failing.
+    /// busy timeout, so concurrent writers wait instead of failing; the log is
+    /// checkpointed beside the writes ([`checkpoints`]).
     pub async fn connect(url: &str, keys: Arc<Keyring>) -> Result<Self, StoreError> {
+        Self::connect_with(url, keys, checkpoints::EVERY).await
+    }
+
+    /// [`Store::connect`], a SQLite database checkpointed every
+    /// `checkpoint_every` ([`checkpoints`]).
+    pub(crate) async fn connect_with(
+        url: &str,
+        keys: Arc<Keyring>,
+        checkpoint_every: Duration,
+    ) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .sqlx_logging(false)
@@ -272,6 +288,7 @@ impl Store {
                         .foreign_keys(true)
                         .busy_timeout(Duration::from_secs(10))
                         .row_buffer_size(SQLITE_ROW_BUFFER)
+                        .pragma("wal_autocheckpoint", "0")
                 });
         } else {
             options.max_connections(POSTGRES_CONNECTIONS);
@@ -290,10 +307,13 @@ impl Store {
             }
             Err(err) => return Err(err.into()),
         };
+        let checkpoints = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
+            .then(|| Arc::new(checkpoints::spawn(db.clone(), checkpoint_every)));
         Ok(Self {
             db,
             keys,
             replay_writes: Arc::new(tokio::sync::Semaphore::new(1)),
+            _checkpoints: checkpoints,
         })
     }
 
