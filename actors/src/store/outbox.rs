@@ -35,13 +35,34 @@ use crate::ids::{EventId, RepoId, SnapshotId};
 use crate::payload::SyncedCounts;
 use entity::{EventKind, event, manifest_entry, snapshot, subscription};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set, Statement,
 };
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
 /// parameter limits for the widest table (events).
 pub(crate) const BATCH: usize = 500;
+
+/// Runs `statements` on `conn` one after the other, making each while the
+/// one before it runs. A snapshot's rows cost about as much to turn into a
+/// statement (SeaORM's values and SQL, on this thread) as to write (on
+/// SQLite's worker thread, or PostgreSQL's server): made in turn, the two
+/// overlap instead of adding up.
+pub(crate) async fn execute_in_turn<C: ConnectionTrait>(
+    conn: &C,
+    mut statements: impl Iterator<Item = Statement>,
+) -> Result<(), DbErr> {
+    let mut next = statements.next();
+    while let Some(statement) = next {
+        // The write is handed over at its first poll, before the next
+        // statement is made.
+        let (written, made) =
+            futures::join!(conn.execute_raw(statement), async { statements.next() });
+        written?;
+        next = made;
+    }
+    Ok(())
+}
 
 /// A scan's result, ready to be committed.
 pub struct SnapshotAdvance {
@@ -431,10 +452,11 @@ pub(crate) async fn write_events<'a>(
     };
     let mut counts = SyncedCounts::default();
     let mut seq = sub.next_seq;
-    let mut batch = Vec::with_capacity(BATCH);
+    let backend = txn.get_database_backend();
     let mut pending = pending.peekable();
-    while pending.peek().is_some() {
-        batch.extend(pending.by_ref().take(BATCH).map(|p| {
+    let statements = std::iter::from_fn(|| {
+        pending.peek()?;
+        let rows = pending.by_ref().take(BATCH).map(|p| {
             counts.add(p.kind);
             let file = as_seen(p.file);
             let row = event::ActiveModel {
@@ -456,11 +478,10 @@ pub(crate) async fn write_events<'a>(
             };
             seq += 1;
             row
-        }));
-        event::Entity::insert_many(batch.drain(..))
-            .exec_without_returning(txn)
-            .await?;
-    }
+        });
+        Some(event::Entity::insert_many(rows).build(backend))
+    });
+    execute_in_turn(txn, statements).await?;
     Ok(counts)
 }
 

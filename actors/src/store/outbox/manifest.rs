@@ -6,7 +6,7 @@ use entity::{manifest_entry, repository, snapshot};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    QuerySelect, QueryTrait, Set,
 };
 
 use super::BATCH;
@@ -171,8 +171,10 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
             .exec(conn)
             .await?;
     }
+    let backend = conn.get_database_backend();
     let mut upserts = delta.upserts().peekable();
-    while upserts.peek().is_some() {
+    let statements = std::iter::from_fn(|| {
+        upserts.peek()?;
         let rows = upserts
             .by_ref()
             .take(BATCH)
@@ -188,7 +190,7 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                 pointer_size: Set(info.pointer.map(|p| i64::from(p.size))),
             })
             .collect::<Vec<_>>();
-        manifest_entry::Entity::insert_many(rows)
+        let insert = manifest_entry::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::columns([
                     manifest_entry::Column::RepositoryId,
@@ -205,8 +207,9 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                 ])
                 .to_owned(),
             )
-            .exec_without_returning(conn)
-            .await?;
-    }
+            .build(backend);
+        Some(insert)
+    });
+    super::execute_in_turn(conn, statements).await?;
     Ok(())
 }
