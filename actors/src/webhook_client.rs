@@ -42,7 +42,7 @@ use tower_service::Service as _;
 
 use crate::net::{AddressRule, Refused, caused_by};
 
-mod polled_together;
+pub(crate) mod polled_together;
 
 /// The `User-Agent` of every webhook.
 pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));

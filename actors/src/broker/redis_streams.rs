@@ -8,7 +8,12 @@
 //!
 //! The connection is Herald's own stream (TCP, or TLS for `rediss://`)
 //! to the address the rule admitted, handed to redis-rs's multiplexed
-//! connection, which signs in and selects the database.
+//! connection, which signs in and selects the database. Its driver (the
+//! half that writes commands and reads replies) is not a task of its own:
+//! the lane that publishes polls it with its command
+//! ([`polled_together`](crate::webhook_client::polled_together)), one lane
+//! at a time, so a reply wakes the lane that waits for it, not a driver
+//! task that then wakes the lane.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,9 +41,16 @@ return {1, id}
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// redis-rs's driver of one connection, polled by whichever lane publishes;
+/// fused, so that a driver that ended (its connection closed) is never
+/// polled again, and the commands sent after it fail at once.
+type Driver =
+    futures::future::Fuse<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
 #[derive(Clone)]
 pub(super) struct Connection {
     connection: MultiplexedConnection,
+    driver: std::sync::Arc<tokio::sync::Mutex<Driver>>,
     script: std::sync::Arc<Script>,
 }
 
@@ -85,14 +97,14 @@ async fn multiplexed<C>(
     settings: &RedisConnectionInfo,
     stream: C,
     config: AsyncConnectionConfig,
-) -> redis::RedisResult<MultiplexedConnection>
+) -> redis::RedisResult<(MultiplexedConnection, Driver)>
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (connection, driver) =
         MultiplexedConnection::new_with_config(settings, stream, config).await?;
-    tokio::spawn(driver);
-    Ok(connection)
+    let driver: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(driver);
+    Ok((connection, futures::FutureExt::fuse(driver)))
 }
 
 impl Connection {
@@ -117,7 +129,7 @@ impl Connection {
             let stream = super::tls::tcp(at, "Redis").await?;
             multiplexed(settings, stream, config).await
         };
-        let connection = made.map_err(|err| {
+        let (connection, driver) = made.map_err(|err| {
             let mut failure = failed(&err);
             if err.kind() == redis::ErrorKind::AuthenticationFailed
                 || err
@@ -131,6 +143,7 @@ impl Connection {
         })?;
         Ok(Self {
             connection,
+            driver: std::sync::Arc::new(tokio::sync::Mutex::new(driver)),
             script: std::sync::Arc::new(Script::new(ADD_ONCE)),
         })
     }
@@ -149,14 +162,36 @@ impl Connection {
             invocation.arg(name).arg(value);
         }
         let mut connection = self.connection.clone();
-        let (added, id): (i64, String) = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|err| failed(&err))?;
+        let invoked = invocation.invoke_async(&mut connection);
+        let (added, id): (i64, String) = self.driven(invoked).await.map_err(|err| failed(&err))?;
         Ok(format!(
             "ack: stream {} entry {id}{}",
             message.target,
             if added == 1 { "" } else { " (already added)" }
         ))
+    }
+
+    /// Awaits `command`, polling the connection's driver beside it while
+    /// no other lane does: the lane that holds the driver reads every
+    /// reply, and a lane waiting for the driver takes it over as soon as
+    /// it is free (or finds its reply already read).
+    async fn driven<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        tokio::pin!(command);
+        tokio::select! {
+            biased;
+            answered = &mut command => answered,
+            mut driver = self.driver.lock() => {
+                let driver = std::pin::Pin::new(&mut *driver);
+                match crate::webhook_client::polled_together::drive(command.as_mut(), driver).await {
+                    Some(answered) => answered,
+                    // The driver ended (the connection closed): the command
+                    // is answered with redis-rs's own error.
+                    None => command.await,
+                }
+            }
+        }
     }
 }

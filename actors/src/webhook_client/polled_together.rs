@@ -27,7 +27,7 @@ const MAX_ROUNDS: usize = 8;
 
 /// Polls `exchange` and the connection `driver` it depends on until the
 /// exchange ends (`Some`, its output) or the connection does (`None`).
-pub(super) async fn drive<E: Future + ?Sized, D: Future + ?Sized>(
+pub(crate) async fn drive<E: Future + ?Sized, D: Future + ?Sized>(
     mut exchange: Pin<&mut E>,
     mut driver: Pin<&mut D>,
 ) -> Option<E::Output> {
