@@ -255,37 +255,6 @@ impl Mirror {
         self.download(&session, &mut remote, want, into, depth)
     }
 
-    /// Fetches `want` into ref `into` through `remote`, on its connection
-    /// when it is connected.
-    fn download(
-        &self,
-        session: &Session<'_>,
-        remote: &mut git2::Remote<'_>,
-        want: Want<'_>,
-        into: &str,
-        depth: Depth,
-    ) -> Result<(), GitError> {
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(session.callbacks(Some(IndexerWindows::new(self.repo.path()))))
-            .proxy_options(session.proxy_options())
-            .follow_redirects(RemoteRedirect::None)
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false)
-            .depth(match depth {
-                Depth::Tip => 1,
-                // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
-                Depth::History => i32::MAX,
-            });
-        let refspec = match want {
-            Want::Ref(name) => format!("+{name}:{into}"),
-            Want::Commit(oid) => format!("+{oid}:{into}"),
-        };
-        remote
-            .fetch(&[refspec], Some(&mut options), None)
-            .map_err(|e| session.failed(&e))
-    }
-
     /// [`Self::fetch_one`] from a repository on this machine, which Herald
     /// reads itself ([`local`]).
     fn fetch_local(&self, url: &str, want: Want<'_>, into: &str) -> Result<(), GitError> {

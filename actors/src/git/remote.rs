@@ -425,7 +425,7 @@ fn head_of(
 /// One operation on a remote: its route under the address rule, its
 /// deadline, and whether the deadline cut it.
 pub(super) struct Session<'s> {
-    pub(super) spec: &'s RemoteSpec,
+    spec: &'s RemoteSpec,
     route: Route,
     operation: Operation,
     deadline: Instant,

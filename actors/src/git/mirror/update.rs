@@ -1,7 +1,8 @@
-//! A scan's one connection: ask where the branch is, and fetch it when the
-//! mirror lacks it, as `git fetch` does, instead of a head check and then a
-//! fetch on a second connection. The head is asked with the mirror's own
-//! remote, which follows no redirect, as the head check's did.
+//! Fetching over the network, and a scan's one connection: ask where the
+//! branch is and fetch it when the mirror lacks it, as `git fetch` does,
+//! instead of a head check and then a fetch on a second connection. The
+//! head is asked with the mirror's own remote, which follows no redirect,
+//! as the head check's did.
 
 use git2::{ConfigLevel, Repository};
 
@@ -17,6 +18,37 @@ pub enum UpdateFailure {
 }
 
 impl Mirror {
+    /// Fetches `want` into ref `into` through `remote`, on its connection
+    /// when it is connected.
+    pub(super) fn download(
+        &self,
+        session: &Session<'_>,
+        remote: &mut git2::Remote<'_>,
+        want: Want<'_>,
+        into: &str,
+        depth: Depth,
+    ) -> Result<(), GitError> {
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(session.callbacks(Some(IndexerWindows::new(self.repo.path()))))
+            .proxy_options(session.proxy_options())
+            .follow_redirects(RemoteRedirect::None)
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false)
+            .depth(match depth {
+                Depth::Tip => 1,
+                // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
+                Depth::History => i32::MAX,
+            });
+        let refspec = match want {
+            Want::Ref(name) => format!("+{name}:{into}"),
+            Want::Commit(oid) => format!("+{oid}:{into}"),
+        };
+        remote
+            .fetch(&[refspec], Some(&mut options), None)
+            .map_err(|e| session.failed(&e))
+    }
+
     /// Asks the remote where `branch` (or its default branch) points and,
     /// unless the mirror already holds that commit for the branch, fetches
     /// it as [`Self::fetch`] does, on the same connection: one connection a
