@@ -61,6 +61,7 @@
 //! The HTTP layer (the `herald` crate) holds a [`store::Store`] and an
 //! [`supervisor::EngineHandle`]; it never runs git or sends webhooks itself.
 
+pub mod background;
 pub mod backoff;
 pub mod breaker;
 pub mod broker;

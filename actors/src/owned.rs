@@ -63,15 +63,16 @@ impl<T: Send + 'static> Pending<T> {
     /// the thread that polls them, and a write or read of a few hundred rows
     /// held a worker for milliseconds at a stretch, delaying the lane's
     /// wake-ups that came meanwhile. A blocking thread is preempted by the
-    /// kernel like any other. At most [`BLOCKING_TURNS`] such works hold a
+    /// kernel like any other, and these run below the lanes' priority
+    /// ([`crate::background`]). At most [`BLOCKING_TURNS`] such works hold a
     /// thread at once; the others wait for a turn as tasks, so that many
-    /// lanes waiting on the database never fill the blocking pool that git
-    /// needs. Dropping the value stops the work at its next await.
+    /// lanes waiting on the database never start more threads than there
+    /// are connections to wait for. Dropping the value stops the work at its next await.
     pub fn spawn_on_blocking_thread(work: impl Future<Output = T> + Send + 'static) -> Self {
         let (work, stop) = futures::future::abortable(work);
         let runtime = tokio::runtime::Handle::current();
         let on_thread = move |turn: tokio::sync::SemaphorePermit<'static>| {
-            tokio::task::spawn_blocking(move || {
+            crate::background::spawn_blocking(move || {
                 let _turn = turn;
                 runtime.block_on(work).ok()
             })

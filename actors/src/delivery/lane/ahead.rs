@@ -185,8 +185,8 @@ impl Ahead {
         if !reads.is_empty() {
             let mirror = context.mirror_ahead.clone();
             // Detached: the run ends on its own, sooner when its reads are
-            // let go.
-            drop(tokio::task::spawn_blocking(move || {
+            // let go. Beside the lane, below its priority.
+            drop(crate::background::spawn_blocking(move || {
                 for read in reads {
                     read.make(&mirror);
                 }

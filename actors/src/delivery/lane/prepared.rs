@@ -59,7 +59,8 @@ impl Prepared {
         }
     }
 
-    /// Starts building and signing request `index` on a blocking worker.
+    /// Starts building and signing request `index` on a blocking worker
+    /// beside the lane, below its priority.
     pub(super) fn sign_ahead(&mut self, event_id: &str, index: usize, signer: &Signer) {
         let (rendered, cloud_event, event_id, signer) = (
             self.rendered.clone(),
@@ -67,7 +68,7 @@ impl Prepared {
             event_id.to_owned(),
             signer.clone(),
         );
-        let task = tokio::task::spawn_blocking(move || {
+        let task = crate::background::spawn_blocking(move || {
             let (webhook_id, body) = rendered.part(&event_id, index);
             signer.sign(webhook_id, body, &cloud_event)
         });
