@@ -405,7 +405,7 @@ fn form_body(
         ..api
     };
     warp::body::stream().and_then(move |body| async move {
-        let bytes = read_limited(body, limit)
+        let bytes = read_limited(body, limit, None)
             .await
             .map_err(warp::reject::custom)?;
         Ok::<_, Rejection>(serde_urlencoded::from_bytes(&bytes).unwrap_or_default())

@@ -205,9 +205,10 @@ pub fn json_body<T: DeserializeOwned + Send>(
             }
         })
         .untuple_one()
+        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(move |body| async move {
-            let bytes = read_limited(body, limit)
+        .and_then(move |declared: Option<u64>, body| async move {
+            let bytes = read_limited(body, limit, declared)
                 .await
                 .map_err(warp::reject::custom)?;
             parse_json::<T>(&bytes).map_err(warp::reject::custom)
@@ -219,24 +220,37 @@ const DRAIN_LIMIT: usize = 1 << 20;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads a whole body within `limit` (413 above its size, 408 past its time,
-/// 503 when the in-flight budget stays spent).
-pub async fn read_limited<S, B>(body: S, limit: BodyLimit) -> Result<BudgetedBody, ApiError>
+/// 503 when the in-flight budget stays spent). A body of a `declared` length
+/// (its Content-Length) is read into one buffer of that length, at most the
+/// limit, made once: grown by doubling as its bytes came, it left each
+/// buffer it outgrew behind in malloc's arenas, up to its own size again. A
+/// buffer is only address space until the bytes written to it arrive.
+pub async fn read_limited<S, B>(
+    body: S,
+    limit: BodyLimit,
+    declared: Option<u64>,
+) -> Result<BudgetedBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    tokio::time::timeout(limit.timeout, read_at_most(body, limit))
+    tokio::time::timeout(limit.timeout, read_at_most(body, limit, declared))
         .await
         .unwrap_or(Err(ApiError::RequestTimeout))
 }
 
-async fn read_at_most<S, B>(body: S, limit: BodyLimit) -> Result<BudgetedBody, ApiError>
+async fn read_at_most<S, B>(
+    body: S,
+    limit: BodyLimit,
+    declared: Option<u64>,
+) -> Result<BudgetedBody, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
     let mut body = std::pin::pin!(body);
-    let mut collected = BytesMut::new();
+    let expected = declared.unwrap_or(0).min(limit.bytes);
+    let mut collected = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
     let mut held = limit.budget.nothing();
     while let Some(chunk) = body.next().await {
         let mut chunk =
@@ -338,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_holds_its_bytes_until_dropped() {
         let budget = budget(1_000, BUDGET_WAIT);
-        let read = read_limited(body(&[300, 300]), limit(budget))
+        let read = read_limited(body(&[300, 300]), limit(budget), None)
             .await
             .expect("the body fits");
         assert_eq!(read.len(), 600);
@@ -348,12 +362,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_declared_body_is_read_into_one_buffer_of_its_length_at_most_the_limit() {
+        let budget = budget(1_000, BUDGET_WAIT);
+        let read = read_limited(body(&[100; 6]), limit(budget), Some(600))
+            .await
+            .expect("the body fits");
+        assert_eq!((read.len(), read.bytes.capacity()), (600, 600));
+        drop(read);
+        // A length past the limit reserves the limit, and is refused as
+        // its bytes pass it.
+        let refused = read_limited(body(&[600, 600]), limit(budget), Some(u64::MAX)).await;
+        assert!(matches!(refused, Err(ApiError::PayloadTooLarge { .. })));
+        // A body shorter than it said is what came.
+        let short = read_limited(body(&[100]), limit(budget), Some(300))
+            .await
+            .expect("the body fits");
+        assert_eq!(&*short, &[b'x'; 100][..]);
+    }
+
+    #[tokio::test]
     async fn a_body_past_the_budget_waits_then_is_refused_and_gives_back_its_bytes() {
         let budget = budget(1_000, Duration::from_millis(20));
-        let held = read_limited(body(&[700]), limit(budget))
+        let held = read_limited(body(&[700]), limit(budget), None)
             .await
             .expect("the first body fits");
-        let refused = read_limited(body(&[200, 200]), limit(budget)).await;
+        let refused = read_limited(body(&[200, 200]), limit(budget), None).await;
         assert!(
             matches!(refused, Err(ApiError::Busy { retry_after_secs }) if retry_after_secs > 0),
             "{:?}",
@@ -362,7 +395,7 @@ mod tests {
         // The 200 bytes it had read went back.
         assert_eq!(budget.available(), 300);
         drop(held);
-        let read = read_limited(body(&[200, 200]), limit(budget))
+        let read = read_limited(body(&[200, 200]), limit(budget), None)
             .await
             .expect("the budget came back");
         assert_eq!(read.len(), 400);
@@ -372,10 +405,10 @@ mod tests {
     async fn a_body_waiting_for_the_budget_gets_it_when_another_is_dropped() {
         // Longer than the test can take: the body must not time out.
         let budget = budget(1_000, Duration::from_secs(600));
-        let held = read_limited(body(&[900]), limit(budget))
+        let held = read_limited(body(&[900]), limit(budget), None)
             .await
             .expect("the first body fits");
-        let waiting = tokio::spawn(read_limited(body(&[500]), limit(budget)));
+        let waiting = tokio::spawn(read_limited(body(&[500]), limit(budget), None));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "it waits while the budget is spent");
         drop(held);

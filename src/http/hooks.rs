@@ -316,7 +316,7 @@ async fn handle(
     if let Err(refusal) = check_credential_header(provider, secret, signature) {
         return refused(provider, ip, refusal);
     }
-    let body = match read_limited(body, limit).await {
+    let body = match read_limited(body, limit, declared).await {
         Ok(body) => body,
         Err(err) => return (REJECTED, Err(err)),
     };
