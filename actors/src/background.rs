@@ -34,10 +34,10 @@ where
     pool().spawn_blocking(work)
 }
 
-/// A runtime used only for its blocking pool: its one worker has nothing
-/// to run, and its blocking threads start at [`NICENESS`]. What they run
-/// and wait for (the database's futures, the mirror's reads) belongs to
-/// the runtime that handed the work over.
+/// A current-thread runtime that no thread drives, used only for its
+/// blocking pool, whose threads start at [`NICENESS`]. What they run and
+/// wait for (the database's futures, the mirror's reads) belongs to the
+/// runtime that handed the work over.
 fn pool() -> &'static Runtime {
     static POOL: OnceLock<Runtime> = OnceLock::new();
     POOL.get_or_init(|| {

@@ -67,7 +67,8 @@ impl<T: Send + 'static> Pending<T> {
     /// ([`crate::background`]). At most [`BLOCKING_TURNS`] such works hold a
     /// thread at once; the others wait for a turn as tasks, so that many
     /// lanes waiting on the database never start more threads than there
-    /// are connections to wait for. Dropping the value stops the work at its next await.
+    /// are connections to wait for. Dropping the value stops the work at
+    /// its next await.
     pub fn spawn_on_blocking_thread(work: impl Future<Output = T> + Send + 'static) -> Self {
         let (work, stop) = futures::future::abortable(work);
         let runtime = tokio::runtime::Handle::current();

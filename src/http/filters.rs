@@ -201,11 +201,9 @@ pub fn json_body<T: DeserializeOwned + Send>(
                         limit: limit.bytes,
                     }))
                 }
-                _ => Ok(()),
+                declared => Ok(declared),
             }
         })
-        .untuple_one()
-        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and_then(move |declared: Option<u64>, body| async move {
             let bytes = read_limited(body, limit, declared)
