@@ -168,6 +168,50 @@ pub(crate) fn certificate_refusal(err: &CertificateError) -> &'static str {
     }
 }
 
+/// The TLS error somewhere in `err`'s chain of sources: the error itself,
+/// or a client's error (an `io::Error` first of all) wrapping the
+/// handshake's.
+pub(crate) fn rustls_error_in<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if let Some(rustls) = error.downcast_ref::<rustls::Error>() {
+            return Some(rustls);
+        }
+        if let Some(rustls) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(rustls);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// Why the TLS handshake with `peer` ("the broker", "the endpoint")
+/// failed, in words that quote nothing the peer sent: its certificate's
+/// refusal ("the endpoint's TLS certificate is not trusted: …"), or the
+/// protocol's reason.
+pub(crate) fn handshake_refusal(err: &rustls::Error, peer: &str) -> String {
+    match err {
+        rustls::Error::InvalidCertificate(refused) => {
+            format!("{peer}'s TLS certificate {}", certificate_refusal(refused))
+        }
+        // These name only protocol values, never the peer's data.
+        rustls::Error::AlertReceived(_)
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_)
+        | rustls::Error::InvalidMessage(_)
+        | rustls::Error::NoApplicationProtocol => {
+            format!("the TLS handshake with {peer} failed: {err}")
+        }
+        _ => format!("the TLS handshake with {peer} failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@
 //! app's base URL stays the same; the dispatcher's tick lets go of idle
 //! connections the receiver closed.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -75,7 +76,7 @@ pub struct Answer {
 /// Why a request got no answer.
 #[derive(Debug, Clone)]
 pub struct NoAnswer {
-    /// `Timeout`, `Connect`, `Ssrf`, `Request` or `Policy`.
+    /// `Timeout`, `Connect`, `Tls`, `Ssrf`, `Request` or `Policy`.
     pub class: ErrorClass,
     pub message: String,
     pub latency: Duration,
@@ -90,14 +91,17 @@ impl NoAnswer {
 }
 
 /// Why a request got no answer, before its latency is known.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Failure {
     class: ErrorClass,
-    message: &'static str,
+    message: Cow<'static, str>,
 }
 
 const fn failure(class: ErrorClass, message: &'static str) -> Failure {
-    Failure { class, message }
+    Failure {
+        class,
+        message: Cow::Borrowed(message),
+    }
 }
 
 const UNREACHABLE: Failure = failure(ErrorClass::Connect, "the endpoint could not be reached");
@@ -233,7 +237,7 @@ impl WebhookClient {
             )
             .await
             .unwrap_or(Err(TIMED_OUT)),
-            Err(failed) => Err(*failed),
+            Err(failed) => Err(failed.clone()),
         };
         outcome
             .map(|(status, retry_after, excerpt)| Answer {
@@ -245,7 +249,7 @@ impl WebhookClient {
             })
             .map_err(|failed| NoAnswer {
                 class: failed.class,
-                message: failed.message.to_owned(),
+                message: failed.message.into_owned(),
                 latency: started.elapsed(),
             })
     }
@@ -370,7 +374,7 @@ impl WebhookClient {
                         .tls
                         .connect(name, tcp)
                         .await
-                        .map_err(|_| UNREACHABLE)?,
+                        .map_err(|err| handshake_failure(&err))?,
                 )
             } else {
                 Box::new(tcp)
@@ -411,6 +415,16 @@ fn connect_failure(err: &(dyn std::error::Error + 'static)) -> Failure {
         current = error.source();
     }
     UNREACHABLE
+}
+
+/// A TLS handshake that failed: class `tls` with the reason when the
+/// endpoint's certificate or its TLS was refused ("the endpoint's TLS
+/// certificate is not trusted: …"), a connection that broke otherwise.
+fn handshake_failure(err: &std::io::Error) -> Failure {
+    crate::tls::rustls_error_in(err).map_or(UNREACHABLE, |refused| Failure {
+        class: ErrorClass::Tls,
+        message: Cow::Owned(crate::tls::handshake_refusal(refused, "the endpoint")),
+    })
 }
 
 /// The connector's resolver: the address rule's ([`AddressRule::resolve`]).
@@ -1075,12 +1089,21 @@ mod tests {
             .post(&url, signed(), b"{}".to_vec())
             .await
             .expect_err("an untrusted certificate");
-        assert_eq!(failed.class, ErrorClass::Connect, "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Tls, "{}", failed.message);
+        assert_eq!(
+            failed.message,
+            "the endpoint's TLS certificate is not trusted: it was not issued by a \
+             certificate authority this server trusts"
+        );
         let failed = trusting
             .post(&format!("https://{addr}/hook"), signed(), b"{}".to_vec())
             .await
             .expect_err("a certificate for another name");
-        assert_eq!(failed.class, ErrorClass::Connect, "{}", failed.message);
+        assert_eq!(failed.class, ErrorClass::Tls, "{}", failed.message);
+        assert_eq!(
+            failed.message,
+            "the endpoint's TLS certificate is not valid for its host name"
+        );
     }
 
     #[tokio::test]

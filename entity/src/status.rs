@@ -449,9 +449,10 @@ pub enum ErrorClass {
     /// The broker refused this message only (it is larger than the broker
     /// takes): the destination works, the event fails.
     Rejected,
-    /// The TLS connection to a broker failed: its certificate was refused
-    /// (not trusted, another host's, out of date) or the handshake failed.
-    /// Counted against the app's breaker as an endpoint that is down.
+    /// The TLS connection to a broker or a webhook endpoint failed: its
+    /// certificate was refused (not trusted, another host's, out of date)
+    /// or the handshake was. Counted against the app's breaker as an
+    /// endpoint that is down.
     Tls,
 }
 

@@ -10,7 +10,6 @@
 //! through backoff and its breaker as for an endpoint that is down.
 
 use std::error::Error;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -77,43 +76,14 @@ pub(super) async fn connect(
 /// The TLS failure somewhere in `err`'s chain of sources, if there is one:
 /// a client's error that wraps the handshake's.
 pub(super) fn failure_in(err: &(dyn Error + 'static)) -> Option<Failure> {
-    let mut current = Some(err);
-    while let Some(error) = current {
-        if let Some(rustls) = error.downcast_ref::<rustls::Error>() {
-            return Some(of_rustls(rustls));
-        }
-        if let Some(rustls) = error
-            .downcast_ref::<io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(of_rustls(rustls));
-        }
-        current = error.source();
-    }
-    None
-}
-
-fn of_rustls(err: &rustls::Error) -> Failure {
-    tls_failure(match err {
-        rustls::Error::InvalidCertificate(refused) => format!(
-            "the broker's TLS certificate {}",
-            crate::tls::certificate_refusal(refused)
-        ),
-        // These name only protocol values, never the peer's data.
-        rustls::Error::AlertReceived(_)
-        | rustls::Error::PeerIncompatible(_)
-        | rustls::Error::PeerMisbehaved(_)
-        | rustls::Error::InvalidMessage(_)
-        | rustls::Error::NoApplicationProtocol => {
-            format!("the TLS handshake with the broker failed: {err}")
-        }
-        _ => "the TLS handshake with the broker failed".to_owned(),
-    })
+    crate::tls::rustls_error_in(err)
+        .map(|refused| tls_failure(crate::tls::handshake_refusal(refused, "the broker")))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
 
     #[test]
