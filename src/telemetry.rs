@@ -81,36 +81,60 @@ pub fn init(settings: &TelemetrySettings, instance: Option<&str>) -> Result<(), 
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_span_events(FmtSpan::NONE);
-    // The log layer formats a span's fields when the span begins, for the
-    // log lines written inside it; spans no log line is written in are left
-    // to OpenTelemetry.
+    // A second initialisation (tests, embedding) keeps the first subscriber.
+    let _ = subscriber(filter, json, exporting, tracer).try_init();
+    Ok(())
+}
+
+/// The subscriber: `filter`'s logs to stderr (JSON when `json`), and spans
+/// for OpenTelemetry through `tracer`, those made only for export included
+/// when `exporting`.
+fn subscriber(
+    filter: EnvFilter,
+    json: bool,
+    exporting: bool,
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
     let trace_only = |metadata: &tracing::Metadata<'_>| {
         metadata.is_span() && actors::telemetry::TRACE_ONLY_SPANS.contains(&metadata.name())
     };
-    let logged = filter_fn(move |metadata| !trace_only(metadata));
+    // Decided once per callsite, before any layer: ractor's actor spans are
+    // never built, nor the spans made for export only when nothing exports
+    // them (a layer's own filter would not stop the span being built for
+    // the others, only its own share of the work).
+    let built =
+        filter_fn(move |metadata| !actor_loop(metadata) && (exporting || !trace_only(metadata)));
     // A span's duration is its time from creation to close; the busy and
-    // idle times (from every entering and leaving) are not recorded. Spans
-    // made for export only are not built when nothing exports them: no layer
-    // then wants them, and their callsites are never enabled.
+    // idle times (from every entering and leaving) are not recorded.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_tracked_inactivity(false)
-        .with_filter(filter_fn(move |metadata| {
-            exporting || !trace_only(metadata)
-        }));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    // A second initialisation (tests, embedding) keeps the first subscriber.
-    let _ = if json {
-        registry
-            .with(fmt.json().flatten_event(true).with_filter(logged))
-            .try_init()
+        .with_tracked_inactivity(false);
+    // The log layer formats a span's fields when the span begins, for the
+    // log lines written inside it; spans no log line is written in are left
+    // to OpenTelemetry.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::NONE);
+    let logged = filter_fn(move |metadata| !trace_only(metadata));
+    let registry = tracing_subscriber::registry()
+        .with(built)
+        .with(filter)
+        .with(otel);
+    if json {
+        Box::new(registry.with(fmt.json().flatten_event(true).with_filter(logged)))
     } else {
-        registry.with(fmt.with_filter(logged)).try_init()
-    };
-    Ok(())
+        Box::new(registry.with(fmt.with_filter(logged)))
+    }
+}
+
+/// ractor's span around an actor's whole life (`Actor`, with its id and
+/// name), entered and left at every poll of the actor: each message a lane
+/// handles, every step of a webhook's send. No layer builds it: a log line
+/// inside an actor carries its own fields (app, repository, subscription),
+/// an exported trace has its spans from the scan and the attempt, and an
+/// actor's life as one span would only be a trace of hours.
+fn actor_loop(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.target().starts_with("ractor")
 }
 
 /// A tracer provider that exports over OTLP/HTTP when an endpoint is
@@ -257,4 +281,36 @@ fn describe_metrics() {
         Unit::Seconds,
         "Time to answer an HTTP request, by method and route template"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What ractor makes around each actor's life, as ractor makes it.
+    fn actor_span() -> tracing::Span {
+        tracing::info_span!(target: "ractor::actor", "Actor", id = "0.1", name = "lane")
+    }
+
+    #[test]
+    fn ractors_actor_spans_are_never_built_and_herald_s_are() {
+        for (json, exporting) in [(false, false), (true, false), (false, true), (true, true)] {
+            let tracer = SdkTracerProvider::builder().build().tracer("herald");
+            let subscriber = subscriber(EnvFilter::new("info"), json, exporting, tracer);
+            tracing::subscriber::with_default(subscriber, || {
+                assert!(
+                    actor_span().is_disabled(),
+                    "json {json}, exporting {exporting}"
+                );
+                let scan = tracing::info_span!(target: "actors::scan", "scan", repository = "r");
+                assert!(!scan.is_disabled(), "json {json}, exporting {exporting}");
+                let attempt = tracing::info_span!(
+                    target: "actors::delivery",
+                    actors::telemetry::DELIVERY_ATTEMPT_SPAN,
+                    event = "e"
+                );
+                assert_eq!(attempt.is_disabled(), !exporting);
+            });
+        }
+    }
 }
