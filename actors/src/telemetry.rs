@@ -91,8 +91,12 @@ fn persisted_context(traceparent: &str) -> Option<opentelemetry::Context> {
 }
 
 /// Makes `span` a child of the persisted context `traceparent`. A missing or
-/// malformed value leaves `span` the root of a trace of its own.
+/// malformed value leaves `span` the root of a trace of its own. A span not
+/// built (nothing exports it) joins nothing, and the value is not parsed.
 pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
+    if span.is_disabled() {
+        return;
+    }
     if let Some(context) = traceparent.and_then(persisted_context) {
         // Fails only without an OpenTelemetry layer: then no trace to join.
         let _ = span.set_parent(context);
