@@ -29,6 +29,7 @@ mod hostile_http;
 mod hostile_listen;
 mod hostile_pull;
 mod https_git;
+mod https_webhooks;
 mod import_docora;
 mod lfs;
 mod lfsserver;
