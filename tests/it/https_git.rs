@@ -41,6 +41,27 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     pem
 }
 
+/// A fast Herald trusting `authority` alone (`SSL_CERT_FILE`), its breaker
+/// opening on the second failure and probing every second, so that events
+/// an endpoint or broker refuses keep attempts in hand while a test changes
+/// the destination. The bundle's directory lives as long as the server.
+pub(crate) async fn herald_trusting(
+    authority: &rustls::pki_types::CertificateDer<'static>,
+) -> (TestApp, TempDir) {
+    let (dir, trusted) = bundle(&pem("CERTIFICATE", authority));
+    let app = TestApp::builder()
+        .fast()
+        .env("SSL_CERT_FILE", &trusted.display().to_string())
+        .envs(&[
+            ("HERALD__DELIVERY__MAX_ATTEMPTS", "10"),
+            ("HERALD__BREAKER__DELIVERY__THRESHOLD", "2"),
+            ("HERALD__BREAKER__DELIVERY__COOLDOWN", "1s"),
+        ])
+        .spawn()
+        .await;
+    (app, dir)
+}
+
 /// A bundle file holding `pem`, for `SSL_CERT_FILE`.
 pub(crate) fn bundle(pem: &str) -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a directory for the bundle");

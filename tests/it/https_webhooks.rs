@@ -11,24 +11,16 @@ use serde_json::{Value, json};
 use actors::test_support::tls::Issued;
 
 use crate::gitserver::TestRepo;
-use crate::helpers::{Rig, TestApp, watch};
-use crate::https_git::{bundle, pem, tls_front};
+use crate::helpers::{Rig, watch};
+use crate::https_git::{herald_trusting, tls_front};
 use crate::receiver::Receiver;
-
-/// The port of `receiver`'s plain-HTTP listener.
-fn port_of(receiver: &Receiver) -> u16 {
-    reqwest::Url::parse(&receiver.base_url)
-        .ok()
-        .and_then(|url| url.port())
-        .expect("the receiver's URL names its port")
-}
 
 #[tokio::test]
 async fn an_endpoint_certificate_herald_refuses_holds_the_events_with_class_tls() {
     let trusted = Issued::for_names(&["localhost"]);
     let stranger = Issued::for_names(&["localhost"]);
     let receiver = Receiver::start().await;
-    let backend = port_of(&receiver);
+    let backend = receiver.port();
     let (trusted_port, handshakes) = tls_front(
         tokio_rustls::TlsAcceptor::from(trusted.server_config()),
         backend,
@@ -39,19 +31,9 @@ async fn an_endpoint_certificate_herald_refuses_holds_the_events_with_class_tls(
         backend,
     )
     .await;
-    let (_dir, authority) = bundle(&pem("CERTIFICATE", &trusted.authority));
-    let app = TestApp::builder()
-        .fast()
-        .env("SSL_CERT_FILE", &authority.display().to_string())
-        // The breaker opens on the second refusal and probes every second:
-        // the event keeps attempts in hand until the endpoint is changed.
-        .envs(&[
-            ("HERALD__DELIVERY__MAX_ATTEMPTS", "10"),
-            ("HERALD__BREAKER__DELIVERY__THRESHOLD", "2"),
-            ("HERALD__BREAKER__DELIVERY__COOLDOWN", "1s"),
-        ])
-        .spawn()
-        .await;
+    // The breaker opens on the second refusal and probes every second: the
+    // event keeps attempts in hand until the endpoint is changed.
+    let (app, _bundle) = herald_trusting(&trusted.authority).await;
     let client = app
         .onboard_with(json!({
             "app_name": "acme",

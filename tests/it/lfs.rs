@@ -877,14 +877,6 @@ async fn an_app_that_turns_resolution_off_gets_pointers_while_others_get_content
     }
 }
 
-/// The port a receiver listens on.
-fn port_of(inbox: &Receiver) -> u16 {
-    url::Url::parse(&inbox.base_url)
-        .ok()
-        .and_then(|url| url.port())
-        .expect("the receiver's port")
-}
-
 #[tokio::test]
 async fn links_the_address_rule_refuses_are_not_followed_and_nothing_is_lost() {
     use crate::https_git::{authority_and_localhost, bundle, tls_front};
@@ -901,7 +893,7 @@ async fn links_the_address_rule_refuses_are_not_followed_and_nothing_is_lost() {
     let (_bundle_dir, trusted) = bundle(&authority);
     let (git_port, _) = tls_front(acceptor.clone(), remote.server.port()).await;
     let inbox = Receiver::start().await;
-    let (hooks_port, _) = tls_front(acceptor, port_of(&inbox)).await;
+    let (hooks_port, _) = tls_front(acceptor, inbox.port()).await;
     let forbidden = format!(
         "http://127.0.0.1:{}/assets.git/info/lfs/objects",
         remote.server.port()

@@ -88,6 +88,14 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// The port the receiver listens on (plain HTTP).
+    pub fn port(&self) -> u16 {
+        url::Url::parse(&self.base_url)
+            .ok()
+            .and_then(|url| url.port())
+            .expect("the receiver's URL names its port")
+    }
+
     pub async fn start() -> Receiver {
         Self::start_on(0).await
     }

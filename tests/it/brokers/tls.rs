@@ -20,7 +20,7 @@ use super::{Consumer, event_detail, events, onboard_broker, published_twice, ref
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::TestRepo;
 use crate::helpers::{Rig, TestApp, watch};
-use crate::https_git::{bundle, pem, tls_front};
+use crate::https_git::{pem, tls_front};
 
 /// The password of the servers the tests start: never in Herald's logs.
 const PASSWORD: &str = "tls-s3cret-pw";
@@ -267,18 +267,7 @@ impl Broker {
 /// Herald trusting `files`' authority (and nothing else), its breaker
 /// opening on the second failure and probing every second.
 async fn herald(files: &Files) -> (TestApp, TempDir) {
-    let (dir, trusted) = bundle(&pem("CERTIFICATE", &files.issued.authority));
-    let app = TestApp::builder()
-        .fast()
-        .env("SSL_CERT_FILE", &trusted.display().to_string())
-        .envs(&[
-            ("HERALD__DELIVERY__MAX_ATTEMPTS", "10"),
-            ("HERALD__BREAKER__DELIVERY__THRESHOLD", "2"),
-            ("HERALD__BREAKER__DELIVERY__COOLDOWN", "1s"),
-        ])
-        .spawn()
-        .await;
-    (app, dir)
+    crate::https_git::herald_trusting(&files.issued.authority).await
 }
 
 /// A small tree: text, a nested path and a binary file.
