@@ -64,9 +64,12 @@ impl Injector for Traceparent<'_> {
     }
 }
 
-/// The W3C `traceparent` of `span`; `None` when no OpenTelemetry layer gives
-/// it a trace context.
+/// The W3C `traceparent` of `span`; `None` when the span was not built
+/// (nothing exports it) or no OpenTelemetry layer gives it a trace context.
 pub fn traceparent(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let context = span.context();
     if !context.span().span_context().is_valid() {
         return None;

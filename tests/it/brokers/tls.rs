@@ -20,7 +20,7 @@ use super::{Consumer, event_detail, events, onboard_broker, published_twice, ref
 use crate::delivery::{apply, tree_of};
 use crate::gitserver::TestRepo;
 use crate::helpers::{Rig, TestApp, watch};
-use crate::https_git::{pem, tls_front};
+use crate::https_git::{herald_trusting, pem, tls_front};
 
 /// The password of the servers the tests start: never in Herald's logs.
 const PASSWORD: &str = "tls-s3cret-pw";
@@ -264,12 +264,6 @@ impl Broker {
     }
 }
 
-/// Herald trusting `files`' authority (and nothing else), its breaker
-/// opening on the second failure and probing every second.
-async fn herald(files: &Files) -> (TestApp, TempDir) {
-    crate::https_git::herald_trusting(&files.issued.authority).await
-}
-
 /// A small tree: text, a nested path and a binary file.
 fn small_tree() -> TestRepo {
     let repo = TestRepo::new("main");
@@ -312,7 +306,7 @@ async fn each_broker_over_tls_gets_the_tree_from_a_trusted_server() {
         let broker = Broker::start(mode, &files).await;
         let repo = small_tree();
         let rig = Rig::serve(&repo).await;
-        let (app, _bundle) = herald(&files).await;
+        let (app, _bundle) = herald_trusting(&files.issued.authority).await;
         let client = onboard_broker(&app, "acme", mode, broker.trusted.clone(), 1).await;
         let _id = watch(&app, &client, &rig.url()).await;
         delivered_once(&app, &client, &broker.consumer, &repo, 3).await;
@@ -334,7 +328,7 @@ async fn a_refused_certificate_holds_the_events_until_the_destination_is_trusted
     let broker = Broker::start(mode, &files).await;
     let repo = small_tree();
     let rig = Rig::serve(&repo).await;
-    let (app, _bundle) = herald(&files).await;
+    let (app, _bundle) = herald_trusting(&files.issued.authority).await;
     let client = onboard_broker(&app, "acme", mode, broker.refused.clone(), 1).await;
     let _id = watch(&app, &client, &rig.url()).await;
     let waiting = refusal_on_record(&app, &client, &[broker.reason]).await;
