@@ -450,7 +450,9 @@ impl Broker {
         if let Some(old) = link.take() {
             old.connection.close();
         }
-        let connection = Connection::open(destination, self.shared.rule).await?;
+        // Boxed: connecting is rare, and its future (handshakes, TLS)
+        // would otherwise make every publish's future that much bigger.
+        let connection = Box::pin(Connection::open(destination, self.shared.rule)).await?;
         let generation = self
             .shared
             .made

@@ -287,7 +287,7 @@ impl WebhookClient {
         match self.take_idle(&target.origin) {
             Some(connection) => self.exchange_on(target, request, connection, true).await,
             None => {
-                let connection = self.connect(&target.origin).await?;
+                let connection = Box::pin(self.connect(&target.origin)).await?;
                 self.exchange_on(target, request, connection, false).await
             }
         }
@@ -317,7 +317,7 @@ impl WebhookClient {
                 // went out on it (the race every keep-alive client meets).
                 Err(Some(unsent)) if reused => {
                     request = unsent;
-                    connection = self.connect(&target.origin).await?;
+                    connection = Box::pin(self.connect(&target.origin)).await?;
                     reused = false;
                 }
                 Err(_) => return Err(FAILED),

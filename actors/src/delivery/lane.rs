@@ -14,10 +14,12 @@
 //! next batch is read before the current one runs out; only the answer
 //! stands between two requests. A lane that finds its lease lost in such a
 //! write stops before its next send.
-//! One event is one message, so a stop asked by the owner takes effect
-//! between two events, after the lane wrote what it delivered and released
-//! its lease; a lane that fails (a panic) leaves its events pending, and its
-//! owner releases the lease and restarts it.
+//! One message delivers events for up to [`STEPS_FOR`] (a message and its
+//! handler's future for every event cost more than a short request), so a
+//! stop asked by the owner takes effect between two events, at most that
+//! long after it was asked, after the lane wrote what it delivered and
+//! released its lease; a lane that fails (a panic) leaves its events
+//! pending, and its owner releases the lease and restarts it.
 //! The store's work is polled on blocking threads
 //! ([`crate::owned::Pending::spawn_on_blocking_thread`]): building a write's
 //! statements and decoding a batch's rows took a runtime worker for
@@ -54,6 +56,7 @@ mod write_behind;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use entity::event;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -76,10 +79,14 @@ use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::webhook_client::WebhookClient;
 
+/// How long one message of a lane delivers events before the lane looks at
+/// its mailbox again (where its owner's stop waits).
+const STEPS_FOR: Duration = Duration::from_millis(10);
+
 /// Messages of a lane.
 #[derive(Debug)]
 pub enum LaneMsg {
-    /// Deliver the next event.
+    /// Deliver the next events (see [`STEPS_FOR`]).
     Continue,
     /// Fails the lane, as a bug would (supervision tests).
     #[cfg(test)]
@@ -200,7 +207,7 @@ impl Actor for LaneActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LaneMsg::Continue => match state.step().await {
+            LaneMsg::Continue => match state.steps().await {
                 Ok(Step::More) => myself.send_message(LaneMsg::Continue)?,
                 Ok(Step::Done(retry_at)) => {
                     state.retry_at = retry_at;
@@ -260,50 +267,34 @@ impl Actor for LaneActor {
 }
 
 impl LaneState {
+    /// Delivers events one after the other for up to [`STEPS_FOR`], and
+    /// gives the last step's answer: `More` when the lane should go on.
+    async fn steps(&mut self) -> Result<Step, StoreError> {
+        let started = Instant::now();
+        loop {
+            match self.step().await {
+                Ok(Step::More) if started.elapsed() < STEPS_FOR => {}
+                stepped => return stepped,
+            }
+        }
+    }
+
     /// Delivers the next due event, reading the next batch first when the
     /// last one is used up.
+    ///
+    /// What is rare here (a batch read, the windowed mode) is awaited boxed:
+    /// a future holds room for the largest future it awaits, and this one
+    /// is made and moved (copied whole) for every event. The same holds on
+    /// the way down (`deliver`, `record`, the webhook client, the broker):
+    /// store writes of failures, connects and broker publishes are boxed.
     async fn step(&mut self) -> Result<Step, StoreError> {
         if self.windowed.is_some() {
-            return self.step_windowed().await;
+            return Box::pin(self.step_windowed()).await;
         }
-        if self.batch.is_empty() {
-            let first = self.after_seq == i64::MIN;
-            if first
-                && let Some(first) = self
-                    .pipeline
-                    .store
-                    .first_undelivered_seq(&self.pipeline.subscription)
-                    .await?
-            {
-                // Start at the first undelivered event, not at the start of
-                // the subscription's (kept) history.
-                self.after_seq = first - 1;
-            }
-            let Some(Batch { context, events }) = self.pipeline.batch_after(self.after_seq).await?
-            else {
-                return Ok(Step::Done(None));
-            };
-            if events.is_empty() {
-                // Settling counts what is left: it must see every delivery.
-                self.pipeline.flush().await?;
-                self.pipeline
-                    .store
-                    .settle_subscription(&self.pipeline.subscription, &self.pipeline.lease)
-                    .await?;
-                return Ok(Step::Done(None));
-            }
-            self.batch_full = events.len() as u64 >= BATCH;
-            if first && context.window > 1 {
-                // The lane keeps the mode it started in.
-                if let Some(last) = events.last() {
-                    self.after_seq = last.seq;
-                }
-                let congestion = self.congestion.clone();
-                self.windowed = Some(Windowed::new(context, events, congestion));
-                return self.step_windowed().await;
-            }
-            self.context = Some(context);
-            self.batch = events.into();
+        if self.batch.is_empty()
+            && let Some(step) = Box::pin(self.next_batch()).await?
+        {
+            return Ok(step);
         }
         let (Some(event), Some(context)) = (self.batch.pop_front(), self.context.as_ref()) else {
             return Ok(Step::Done(None));
@@ -396,6 +387,51 @@ struct Pipeline {
     metrics: telemetry::AppDeliveries,
 }
 
+impl LaneState {
+    /// Reads the batch after the last event delivered: `Some` when the
+    /// lane's step ends here (nothing left, or the lane goes windowed).
+    async fn next_batch(&mut self) -> Result<Option<Step>, StoreError> {
+        let first = self.after_seq == i64::MIN;
+        if first
+            && let Some(first) = self
+                .pipeline
+                .store
+                .first_undelivered_seq(&self.pipeline.subscription)
+                .await?
+        {
+            // Start at the first undelivered event, not at the start of
+            // the subscription's (kept) history.
+            self.after_seq = first - 1;
+        }
+        let Some(Batch { context, events }) = self.pipeline.batch_after(self.after_seq).await?
+        else {
+            return Ok(Some(Step::Done(None)));
+        };
+        if events.is_empty() {
+            // Settling counts what is left: it must see every delivery.
+            self.pipeline.flush().await?;
+            self.pipeline
+                .store
+                .settle_subscription(&self.pipeline.subscription, &self.pipeline.lease)
+                .await?;
+            return Ok(Some(Step::Done(None)));
+        }
+        self.batch_full = events.len() as u64 >= BATCH;
+        if first && context.window > 1 {
+            // The lane keeps the mode it started in.
+            if let Some(last) = events.last() {
+                self.after_seq = last.seq;
+            }
+            let congestion = self.congestion.clone();
+            self.windowed = Some(Windowed::new(context, events, congestion));
+            return self.step_windowed().await.map(Some);
+        }
+        self.context = Some(context);
+        self.batch = events.into();
+        Ok(None)
+    }
+}
+
 impl Pipeline {
     /// Renews the delivery lease once a third of it has passed; `false` when
     /// it was lost (another owner took the subscription over).
@@ -406,8 +442,10 @@ impl Pipeline {
             return Ok(true);
         }
         self.renewed_at = now;
-        self.store
-            .renew_delivery(&self.subscription, &self.lease, ttl)
-            .await
+        Box::pin(
+            self.store
+                .renew_delivery(&self.subscription, &self.lease, ttl),
+        )
+        .await
     }
 }

@@ -122,18 +122,20 @@ impl Pipeline {
         let made = match ahead {
             Some(rendered) => rendered.map_err(|err| Unrendered::Payload(err.to_string())),
             None => {
-                produce(
+                Box::pin(produce(
                     context,
                     event,
                     self.config.chunking,
                     self.config.max_file_bytes,
-                )
+                ))
                 .await
             }
         };
         match made {
             Ok(prepared) => Ok(Ok(prepared)),
-            Err(why) => self.unrendered(context, event, why).await.map(Err),
+            Err(why) => Box::pin(self.unrendered(context, event, why))
+                .await
+                .map(Err),
         }
     }
 
@@ -257,12 +259,14 @@ pub(super) fn send<'a>(
     body: bytes::Bytes,
 ) -> impl Future<Output = Result<Answer, NoAnswer>> + 'a {
     match &context.publisher {
-        Some(publisher) => Either::Left(publisher.publish(
+        // Boxed: a broker client's future is several times a request's,
+        // and every future the lane awaits would carry its size.
+        Some(publisher) => Either::Left(Box::pin(publisher.publish(
             &context.repository.repository_id,
             endpoint,
             headers,
             body,
-        )),
+        ))),
         None => {
             let endpoint = endpoints.get(client, &context.base_url, endpoint);
             Either::Right(client.post_to(endpoint, headers, body))

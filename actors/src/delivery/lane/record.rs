@@ -115,9 +115,13 @@ impl Pipeline {
                 if sent.last && event.status == entity::EventStatus::Dead {
                     // A dead event's probe got through: written at once, as
                     // its subscription resumes.
-                    self.store
-                        .record_attempt(&self.lease, event, attempt(None), EventOutcome::Delivered)
-                        .await?;
+                    Box::pin(self.store.record_attempt(
+                        &self.lease,
+                        event,
+                        attempt(None),
+                        EventOutcome::Delivered,
+                    ))
+                    .await?;
                     info!(event = %event.id, subscription = %event.subscription_id, "dead event delivered by its probe; its subscription resumes");
                 } else if sent.last {
                     self.delivered(attempt(None));
@@ -158,12 +162,10 @@ impl Pipeline {
             Judgement::Refused(error) => {
                 // No attempt was made: none is recorded, none is counted,
                 // and the breaker is not told.
-                self.flush().await?;
+                Box::pin(self.flush()).await?;
                 let at = now_ms() + millis(REFUSED_WAIT);
                 warn!(app = %self.app_id, subscription = %event.subscription_id, %error, "webhook not sent");
-                self.store
-                    .hold_refused(&self.lease, event, at, &error)
-                    .await?;
+                Box::pin(self.store.hold_refused(&self.lease, event, at, &error)).await?;
                 return Ok(Flow::Stop(Some(at)));
             }
             Judgement::Failed {
@@ -172,7 +174,7 @@ impl Pipeline {
                 endpoint_down,
             } => {
                 if endpoint_down {
-                    self.breaker_failure(class, error).await?;
+                    Box::pin(self.breaker_failure(class, error)).await?;
                 } else {
                     self.breaker_success().await?;
                 }
@@ -187,7 +189,7 @@ impl Pipeline {
             }
         };
         self.metrics.attempt(span, label, Some(latency));
-        self.stop(event, attempt(Some(class)), outcome).await
+        Box::pin(self.stop(event, attempt(Some(class)), outcome)).await
     }
 
     pub(super) async fn give_up(
@@ -281,7 +283,7 @@ impl Pipeline {
             ..
         }) = reported
         {
-            self.store.mark_app_health(&self.app_id, false, 0).await?;
+            Box::pin(self.store.mark_app_health(&self.app_id, false, 0)).await?;
             info!(app = %self.app_id, "endpoint answers again; breaker closed");
         }
         Ok(())
