@@ -126,7 +126,7 @@ pub struct LaneState {
     /// The last `seq` handled: delivered, or passed over as skipped.
     after_seq: i64,
     /// The events read and not yet handled, in order.
-    batch: VecDeque<event::Model>,
+    batch: VecDeque<Arc<event::Model>>,
     /// Whether that batch was read full ([`BATCH`] events): more may follow.
     batch_full: bool,
     /// Read again with every batch: a rotated key or a new base_url applies
@@ -423,6 +423,8 @@ impl LaneState {
                 self.after_seq = last.seq;
             }
             let congestion = self.congestion.clone();
+            // A windowed lane holds its events whole (no read-ahead shares them).
+            let events = events.into_iter().map(Arc::unwrap_or_clone);
             self.windowed = Some(Windowed::new(context, events, congestion));
             return self.step_windowed().await.map(Some);
         }

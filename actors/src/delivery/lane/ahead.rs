@@ -15,6 +15,7 @@
 //! (BENCHMARKS.md, "Tunings of the delivery path").
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use entity::event;
 
@@ -46,8 +47,9 @@ const FURTHER_REFILL_AT: usize = FURTHER_EVENTS / 2;
 /// read ahead that is not used (the request before it failed, the content is
 /// not in the mirror) is dropped and done again in turn.
 pub(super) struct Ahead {
-    event_id: String,
-    seq: i64,
+    /// The event, shared with the lane's batch (the blocking worker's run
+    /// has its own reference: nothing of it is copied on the lane).
+    event: Arc<event::Model>,
     /// The file's size, counted against [`FURTHER_BYTES`].
     size: i64,
     /// The file's rendering, from its run (see [`Ahead::run`]): `None` when
@@ -67,16 +69,16 @@ impl Further {
     /// flight (`in_flight` bytes), stay within [`FURTHER_BYTES`].
     pub(super) fn start(
         &mut self,
-        upcoming: &VecDeque<event::Model>,
+        upcoming: &VecDeque<Arc<event::Model>>,
         config: &DeliveryConfig,
         in_flight: i64,
-        start: impl FnOnce(Vec<(&event::Model, i64)>) -> Vec<Ahead>,
+        start: impl FnOnce(Vec<(&Arc<event::Model>, i64)>) -> Vec<Ahead>,
     ) {
         if self.0.len() > FURTHER_REFILL_AT {
             return;
         }
         let mut held: i64 = in_flight + self.0.iter().map(|ahead| ahead.size).sum::<i64>();
-        let after = self.0.back().map_or(i64::MIN, |last| last.seq);
+        let after = self.0.back().map_or(i64::MIN, |last| last.event.seq);
         // One reading of the clock for the window (this runs for every webhook).
         let now = now_ms();
         let mut run = Vec::new();
@@ -101,18 +103,22 @@ impl Further {
     /// Whether `event` is being read ahead here.
     #[cfg(test)]
     fn holds(&self, event: &event::Model) -> bool {
-        self.0.iter().any(|ahead| ahead.event_id == event.id)
+        self.0.iter().any(|ahead| ahead.event.id == event.id)
     }
 
     /// The look-ahead of `event`, if it is held; those of events before it
     /// (passed over) are dropped.
     pub(super) fn take_for(&mut self, event: &event::Model) -> Option<Ahead> {
-        while self.0.front().is_some_and(|ahead| ahead.seq < event.seq) {
+        while self
+            .0
+            .front()
+            .is_some_and(|ahead| ahead.event.seq < event.seq)
+        {
             self.0.pop_front();
         }
         self.0
             .front()
-            .is_some_and(|ahead| ahead.event_id == event.id)
+            .is_some_and(|ahead| ahead.event.id == event.id)
             .then(|| self.0.pop_front())
             .flatten()
     }
@@ -124,7 +130,7 @@ type Prepare = Box<dyn Fn(&[u8]) -> Rendering + Send + Sync>;
 
 /// One file's read and rendering, handed over through `send`.
 struct Read {
-    blob: Option<String>,
+    event: Arc<event::Model>,
     prepare: Prepare,
     send: tokio::sync::oneshot::Sender<Option<Rendering>>,
 }
@@ -136,7 +142,7 @@ impl Read {
         if !self.send.is_closed() {
             let _ = self
                 .send
-                .send(mirror.read_now(self.blob.as_deref(), &*self.prepare));
+                .send(mirror.read_now(self.event.blob_id.as_deref(), &*self.prepare));
         }
     }
 }
@@ -161,7 +167,7 @@ impl Ahead {
     /// made; one the lane no longer waits for is not made.
     pub(super) fn run(
         context: &LaneContext,
-        events: Vec<(&event::Model, i64)>,
+        events: Vec<(&Arc<event::Model>, i64)>,
         config: &DeliveryConfig,
     ) -> Vec<Self> {
         let mut reads = Vec::with_capacity(events.len());
@@ -170,13 +176,12 @@ impl Ahead {
             .map(|(event, size)| {
                 let (send, made) = tokio::sync::oneshot::channel();
                 reads.push(Read {
-                    blob: event.blob_id.clone(),
-                    prepare: Box::new(preparer(event, context, config.chunking)),
+                    event: Arc::clone(event),
+                    prepare: Box::new(preparer(Arc::clone(event), context, config.chunking)),
                     send,
                 });
                 Self {
-                    event_id: event.id.clone(),
-                    seq: event.seq,
+                    event: Arc::clone(event),
                     size,
                     made,
                 }
@@ -199,7 +204,7 @@ impl Ahead {
     /// A run that panicked rendered nothing: the event is then rendered in
     /// turn, where the panic is the lane's.
     pub(super) async fn rendered_for(self, event: &event::Model) -> Option<Rendering> {
-        if self.event_id != event.id {
+        if self.event.id != event.id {
             return None;
         }
         self.made.await.ok().flatten()
@@ -211,15 +216,17 @@ mod tests {
     use super::*;
 
     /// Events of `sizes` (bytes), `seq` 1, 2, …, each carrying content.
-    fn sized_events(sizes: &[i64]) -> VecDeque<event::Model> {
+    fn sized_events(sizes: &[i64]) -> VecDeque<Arc<event::Model>> {
         sizes
             .iter()
             .zip(1..)
-            .map(|(&size, seq)| event::Model {
-                id: format!("evt_{seq}"),
-                seq,
-                size: Some(size),
-                ..payload::tests::event(entity::EventKind::Created, true)
+            .map(|(&size, seq)| {
+                Arc::new(event::Model {
+                    id: format!("evt_{seq}"),
+                    seq,
+                    size: Some(size),
+                    ..payload::tests::event(entity::EventKind::Created, true)
+                })
             })
             .collect()
     }
@@ -228,14 +235,13 @@ mod tests {
     /// reads nothing (each file's rendering is closed unmade).
     fn recorded(
         runs: &std::cell::RefCell<Vec<Vec<i64>>>,
-    ) -> impl Fn(Vec<(&event::Model, i64)>) -> Vec<Ahead> {
+    ) -> impl Fn(Vec<(&Arc<event::Model>, i64)>) -> Vec<Ahead> {
         |run| {
             runs.borrow_mut()
                 .push(run.iter().map(|(event, _)| event.seq).collect());
             run.into_iter()
                 .map(|(event, size)| Ahead {
-                    event_id: event.id.clone(),
-                    seq: event.seq,
+                    event: Arc::clone(event),
                     size,
                     made: tokio::sync::oneshot::channel().1,
                 })
@@ -273,7 +279,7 @@ mod tests {
         let taken = further
             .take_for(&upcoming[3])
             .expect("event 4 was read ahead");
-        assert_eq!(taken.event_id, "evt_4");
+        assert_eq!(taken.event.id, "evt_4");
         for passed in upcoming.range(..3) {
             assert!(!further.holds(passed), "{}'s read is gone", passed.id);
         }

@@ -3,6 +3,8 @@
 //! repository, its mirror), read again per batch; the next batch read
 //! beside the sends before the current one runs out.
 
+use std::sync::Arc;
+
 use entity::event;
 use secrecy::ExposeSecret;
 
@@ -26,7 +28,8 @@ pub(super) struct LaneContext {
     /// not POSTed to `base_url`.
     pub(super) publisher: Option<crate::broker::Publisher>,
     pub(super) signer: Signer,
-    pub(super) repository: RepositoryRef,
+    /// Shared with the renderings made ahead on blocking workers.
+    pub(super) repository: Arc<RepositoryRef>,
     pub(super) content: Content,
     /// The mirror's reader for look-aheads on blocking workers.
     pub(super) mirror_ahead: MirrorReader,
@@ -60,7 +63,8 @@ pub(super) struct BatchReads {
 /// A batch of events and the context they are delivered in.
 pub(super) struct Batch {
     pub(super) context: LaneContext,
-    pub(super) events: Vec<event::Model>,
+    /// Shared with the renderings made ahead (see `ahead.rs`).
+    pub(super) events: Vec<Arc<event::Model>>,
 }
 
 /// The batch after `after_seq`, being read ahead.
@@ -126,7 +130,7 @@ impl BatchReads {
             base_url: app.base_url.clone(),
             publisher,
             signer,
-            repository: RepositoryRef::of(&repository),
+            repository: Arc::new(RepositoryRef::of(&repository)),
             mirror_ahead: self
                 .mirror_ahead
                 .get_or_init(|| MirrorReader::new(mirror_path.clone()))
@@ -155,7 +159,10 @@ impl BatchReads {
         let events = self
             .store
             .next_events(&self.subscription, after_seq, BATCH)
-            .await?;
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         Ok(Some(Batch { context, events }))
     }
 }

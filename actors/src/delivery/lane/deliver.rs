@@ -74,7 +74,7 @@ impl Pipeline {
         &mut self,
         context: &LaneContext,
         event: &event::Model,
-        upcoming: &VecDeque<event::Model>,
+        upcoming: &VecDeque<Arc<event::Model>>,
     ) -> Result<Flow, StoreError> {
         let probe = match self.ask_breaker().await {
             Ok(probe) => probe,
@@ -191,7 +191,7 @@ impl Pipeline {
         &mut self,
         context: &LaneContext,
         event: &event::Model,
-        upcoming: &VecDeque<event::Model>,
+        upcoming: &VecDeque<Arc<event::Model>>,
         probe: bool,
     ) -> Result<Flow, StoreError> {
         let mut prepared = match self.render(context, event).await? {
@@ -300,7 +300,7 @@ pub(super) async fn produce(
     } else if event.kind.carries_content() {
         // Read and rendered (base64, JSON) on a blocking thread, from the
         // bytes libgit2 holds: a big file is never copied first.
-        let render = preparer(event, context, chunking);
+        let render = preparer(Arc::new(event.clone()), context, chunking);
         match context.content.with(event, render).await {
             Found::Made(rendered) => rendered,
             Found::Gone(error) => return Err(Unrendered::Gone(error)),

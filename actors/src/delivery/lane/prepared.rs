@@ -110,15 +110,11 @@ const SIGNED_AHEAD_FOR_S: i64 = 2;
 /// blocking thread that reads them: the body, and its signature when it is
 /// one request.
 pub(super) fn preparer(
-    event: &event::Model,
+    event: Arc<event::Model>,
     context: &LaneContext,
     chunking: payload::Chunking,
 ) -> impl Fn(&[u8]) -> Rendering + Send + Sync + 'static {
-    let (event, repository, signer) = (
-        event.clone(),
-        context.repository.clone(),
-        context.signer.clone(),
-    );
+    let (repository, signer) = (context.repository.clone(), context.signer.clone());
     move |content: &[u8]| {
         payload::render(&event, &repository, Some(content), chunking)
             .map(|rendered| Prepared::new(rendered, &event, &signer))

@@ -471,7 +471,9 @@ impl LaneState {
                             self.after_seq = last.seq;
                         }
                         windowed.context = Arc::new(batch.context);
-                        windowed.order.push(batch.events);
+                        windowed
+                            .order
+                            .push(batch.events.into_iter().map(Arc::unwrap_or_clone));
                     }
                     // The app is gone or disabled, or the subscription gone.
                     None => {
