@@ -286,6 +286,8 @@ impl WebhookClient {
         let request = target.request(headers, body, &self.shared.user_agent)?;
         match self.take_idle(&target.origin) {
             Some(connection) => self.exchange_on(target, request, connection, true).await,
+            // Connecting is awaited boxed: a lane makes and copies this
+            // future for every webhook, most of them on a kept connection.
             None => {
                 let connection = Box::pin(self.connect(&target.origin)).await?;
                 self.exchange_on(target, request, connection, false).await

@@ -338,6 +338,51 @@ impl LaneState {
         }
         Ok(Step::More)
     }
+
+    /// Reads the batch after the last event delivered: `Some` when the
+    /// lane's step ends here (nothing left, or the lane goes windowed).
+    async fn next_batch(&mut self) -> Result<Option<Step>, StoreError> {
+        let first = self.after_seq == i64::MIN;
+        if first
+            && let Some(first) = self
+                .pipeline
+                .store
+                .first_undelivered_seq(&self.pipeline.subscription)
+                .await?
+        {
+            // Start at the first undelivered event, not at the start of
+            // the subscription's (kept) history.
+            self.after_seq = first - 1;
+        }
+        let Some(Batch { context, events }) = self.pipeline.batch_after(self.after_seq).await?
+        else {
+            return Ok(Some(Step::Done(None)));
+        };
+        if events.is_empty() {
+            // Settling counts what is left: it must see every delivery.
+            self.pipeline.flush().await?;
+            self.pipeline
+                .store
+                .settle_subscription(&self.pipeline.subscription, &self.pipeline.lease)
+                .await?;
+            return Ok(Some(Step::Done(None)));
+        }
+        self.batch_full = events.len() as u64 >= BATCH;
+        if first && context.window > 1 {
+            // The lane keeps the mode it started in.
+            if let Some(last) = events.last() {
+                self.after_seq = last.seq;
+            }
+            let congestion = self.congestion.clone();
+            // A windowed lane holds its events whole (no read-ahead shares them).
+            let events = events.into_iter().map(Arc::unwrap_or_clone);
+            self.windowed = Some(Windowed::new(context, events, congestion));
+            return self.step_windowed().await.map(Some);
+        }
+        self.context = Some(context);
+        self.batch = events.into();
+        Ok(None)
+    }
 }
 
 /// How an event's delivery ended.
@@ -385,53 +430,6 @@ struct Pipeline {
     /// The app's webhook URLs, each parsed once.
     endpoints: Endpoints,
     metrics: telemetry::AppDeliveries,
-}
-
-impl LaneState {
-    /// Reads the batch after the last event delivered: `Some` when the
-    /// lane's step ends here (nothing left, or the lane goes windowed).
-    async fn next_batch(&mut self) -> Result<Option<Step>, StoreError> {
-        let first = self.after_seq == i64::MIN;
-        if first
-            && let Some(first) = self
-                .pipeline
-                .store
-                .first_undelivered_seq(&self.pipeline.subscription)
-                .await?
-        {
-            // Start at the first undelivered event, not at the start of
-            // the subscription's (kept) history.
-            self.after_seq = first - 1;
-        }
-        let Some(Batch { context, events }) = self.pipeline.batch_after(self.after_seq).await?
-        else {
-            return Ok(Some(Step::Done(None)));
-        };
-        if events.is_empty() {
-            // Settling counts what is left: it must see every delivery.
-            self.pipeline.flush().await?;
-            self.pipeline
-                .store
-                .settle_subscription(&self.pipeline.subscription, &self.pipeline.lease)
-                .await?;
-            return Ok(Some(Step::Done(None)));
-        }
-        self.batch_full = events.len() as u64 >= BATCH;
-        if first && context.window > 1 {
-            // The lane keeps the mode it started in.
-            if let Some(last) = events.last() {
-                self.after_seq = last.seq;
-            }
-            let congestion = self.congestion.clone();
-            // A windowed lane holds its events whole (no read-ahead shares them).
-            let events = events.into_iter().map(Arc::unwrap_or_clone);
-            self.windowed = Some(Windowed::new(context, events, congestion));
-            return self.step_windowed().await.map(Some);
-        }
-        self.context = Some(context);
-        self.batch = events.into();
-        Ok(None)
-    }
 }
 
 impl Pipeline {
