@@ -563,6 +563,15 @@ async fn every_page_renders_and_a_dead_event_is_retried_from_its_page() {
     assert!(!accepted.is_empty());
     let after = browser.page("/admin/events?notice=retried").await;
     assert!(after.contains("Retry queued"), "{after}");
+    // Written a moment after the receiver got it (successes are written a
+    // batch at a time).
+    app.wait_for_events(
+        client,
+        "status=delivered",
+        "the retried event delivered",
+        |e| e.iter().any(|e| e["event_id"] == event_id.as_str()),
+    )
+    .await;
 
     let gone = browser
         .post(
