@@ -16,13 +16,14 @@
 //! Metrics go through the `metrics` facade: a no-op until the `herald` binary
 //! installs its recorder.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use entity::DeliveryOutcome;
 
 use crate::ids::AppId;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -106,31 +107,66 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
     }
 }
 
-/// The `traceparent` header of a request made in `span`, whose trace continues
-/// `persisted`: the span's own context; where the span was not built (nothing
-/// exports it), a fresh span id in `persisted`'s trace; where there is no such
-/// trace either, a fresh one. Every webhook carries a valid header
-/// (docs/webhooks.md, Signatures), and an event's attempts share their scan's
-/// trace id.
-pub fn outgoing_traceparent(span: &Span, persisted: Option<&str>) -> String {
-    traceparent(span).unwrap_or_else(|| {
-        let span_id = hex::encode(crate::crypto::random_bytes::<8>());
-        match persisted.and_then(persisted_context) {
-            Some(context) => {
-                let parent = context.span().span_context().clone();
-                format!(
-                    "00-{}-{span_id}-{:02x}",
-                    parent.trace_id(),
-                    parent.trace_flags().to_u8()
-                )
-            }
-            None => {
-                let trace = hex::encode(crate::crypto::random_bytes::<16>());
-                format!("00-{trace}-{span_id}-01")
-            }
-        }
-    })
+/// The traces a lane's requests continue: the persisted `traceparent` of the
+/// events it delivers, parsed once for as long as they share it (a scan's
+/// events all do), not once a request.
+#[derive(Default)]
+pub struct PersistedTraces {
+    /// The last `traceparent` parsed, with its trace (`None`: malformed).
+    last: std::sync::Mutex<Option<(String, Option<Trace>)>>,
 }
+
+/// The trace a persisted `traceparent` names, and its flags.
+type Trace = (TraceId, TraceFlags);
+
+impl PersistedTraces {
+    /// The `traceparent` header of a request made in `span`, whose trace
+    /// continues `persisted`: the span's own context; where the span was not
+    /// built (nothing exports it), a fresh span id in `persisted`'s trace;
+    /// where there is no such trace either, a fresh one. Every webhook
+    /// carries a valid header (docs/webhooks.md, Signatures), and an event's
+    /// attempts share their scan's trace id.
+    pub fn outgoing(&self, span: &Span, persisted: Option<&str>) -> String {
+        traceparent(span).unwrap_or_else(|| {
+            let span_id = SpanId::from_bytes(crate::crypto::random_bytes());
+            let (trace_id, flags) = persisted
+                .and_then(|persisted| self.trace_of(persisted))
+                .unwrap_or_else(|| {
+                    (
+                        TraceId::from_bytes(crate::crypto::random_bytes()),
+                        TraceFlags::SAMPLED,
+                    )
+                });
+            let mut header = String::with_capacity(TRACEPARENT_LEN);
+            // Writing to a String cannot fail.
+            let _ = write!(header, "00-{trace_id}-{span_id}-{:02x}", flags.to_u8());
+            header
+        })
+    }
+
+    /// The trace and flags `persisted` names, parsed by the propagator
+    /// unless it is the one parsed last.
+    fn trace_of(&self, persisted: &str) -> Option<Trace> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((text, trace)) = last.as_ref()
+            && text == persisted
+        {
+            return *trace;
+        }
+        let trace = persisted_context(persisted).map(|context| {
+            let parent = context.span().span_context().clone();
+            (parent.trace_id(), parent.trace_flags())
+        });
+        *last = Some((persisted.to_owned(), trace));
+        trace
+    }
+}
+
+/// `00-` + 32 hex digits + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
 
 /// A scan ended (not counted: scans skipped for a lease or an open breaker).
 /// Also recorded on the current span, the scan's. `outcome` is the label
@@ -226,6 +262,8 @@ mod tests {
 
     #[test]
     fn without_a_tracer_requests_still_carry_a_valid_traceparent() {
+        let traces = PersistedTraces::default();
+        let outgoing_traceparent = |span, persisted| traces.outgoing(span, persisted);
         let span = Span::none();
         assert_eq!(traceparent(&span), None);
         let header = outgoing_traceparent(&span, None);
@@ -240,6 +278,8 @@ mod tests {
 
     #[test]
     fn an_attempt_without_a_span_continues_the_persisted_trace_with_a_span_id_of_its_own() {
+        let traces = PersistedTraces::default();
+        let outgoing_traceparent = |span, persisted| traces.outgoing(span, persisted);
         let persisted = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let span = Span::none();
         let sent = outgoing_traceparent(&span, Some(persisted));
@@ -259,6 +299,10 @@ mod tests {
         let orphan = outgoing_traceparent(&span, Some("not a traceparent"));
         assert_ne!(orphan.split('-').nth(1), Some(parts[1]));
         assert_eq!(orphan.len(), 55, "{orphan}");
+        // Back to the first trace: its own again, not the one parsed last.
+        let back = outgoing_traceparent(&span, Some(persisted));
+        assert_eq!(back.split('-').nth(1), Some(parts[1]));
+        assert!(back.ends_with("-01"), "{back}");
     }
 
     #[test]
@@ -270,6 +314,8 @@ mod tests {
             tracing_opentelemetry::layer().with_tracer(provider.tracer("test")),
         );
         tracing::subscriber::with_default(subscriber, || {
+            let traces = PersistedTraces::default();
+            let outgoing_traceparent = |span, persisted| traces.outgoing(span, persisted);
             let scan = tracing::info_span!("scan");
             let persisted = scan.in_scope(current_traceparent).expect("a scan context");
             let attempt = tracing::info_span!(parent: None, "delivery_attempt");

@@ -25,6 +25,11 @@
 //! - `m20261126_000080_app_resolve_lfs`: LFS resolution per app.
 //! - `m20261126_000090_expand_submodules`: repositories with submodules
 //!   expanded.
+//! - `m20261127_000100_replay_quotas`: replays' quotas and leases.
+//! - `m20261127_000110_held_files`: files held back by a receiver.
+//! - `m20261127_000120_broker_destinations`: an app's broker destination.
+//! - `m20261128_000130_partial_replay_index`: the replay index holds
+//!   replays' events only.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -49,6 +54,7 @@ mod m20261126_000090_expand_submodules;
 mod m20261127_000100_replay_quotas;
 mod m20261127_000110_held_files;
 mod m20261127_000120_broker_destinations;
+mod m20261128_000130_partial_replay_index;
 
 pub struct Migrator;
 
@@ -77,6 +83,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000100_replay_quotas::Migration),
             Box::new(m20261127_000110_held_files::Migration),
             Box::new(m20261127_000120_broker_destinations::Migration),
+            Box::new(m20261128_000130_partial_replay_index::Migration),
         ]
     }
 }

@@ -37,6 +37,8 @@ pub(super) struct LaneContext {
     /// Up to this many of the subscription's webhooks may be in flight at
     /// once: the app's `delivery_window`, within 1 to 64.
     pub(super) window: usize,
+    /// The scans' traces its requests continue, each parsed once.
+    pub(super) traces: crate::telemetry::PersistedTraces,
 }
 
 /// What reading a lane's next batch needs, shared with the task that reads
@@ -147,6 +149,7 @@ impl BatchReads {
             )?,
             backoff,
             window,
+            traces: Default::default(),
         }))
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use entity::{DeliveryOutcome, ErrorClass, event};
 use futures::future::Either;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderValue};
 use tracing::warn;
 
 use super::super::BREAKER_CALL_MS;
@@ -29,7 +29,7 @@ use crate::signing::Signed;
 use crate::store::StoreError;
 use crate::store::delivery::EventOutcome;
 use crate::telemetry;
-use crate::webhook_client::{Answer, Endpoint, NoAnswer, WebhookClient, header};
+use crate::webhook_client::{Answer, Endpoint, NoAnswer, WebhookClient};
 
 /// The shortest wait before content the remote could not give is asked for
 /// again.
@@ -342,10 +342,13 @@ pub(super) async fn sign_request(
     }
     signed.headers.insert(
         "traceparent",
-        header(&telemetry::outgoing_traceparent(
-            &span,
-            event.trace_parent.as_deref(),
-        )),
+        // The value's own bytes become the header's, without a copy.
+        HeaderValue::try_from(
+            context
+                .traces
+                .outgoing(&span, event.trace_parent.as_deref()),
+        )
+        .expect("a traceparent is ASCII"),
     );
     (span, signed)
 }
