@@ -12,30 +12,34 @@ pub struct Migration;
 
 /// The index before, on every event.
 const EVERY_EVENT: &str = "ix_events_replay_status";
-/// The index now, on replays' events only. A name of its own: SQLite's
-/// other pooled connections may still hold the schema from before the old
-/// index was dropped, and would refuse its name as taken.
+/// The index now, on replays' events only.
 const REPLAYS_ONLY: &str = "ix_replay_events_status";
 
-fn replay_index(name: &str) -> IndexCreateStatement {
+/// Replaces the index on every event with the one on replays' events only
+/// (`replays_only`), or back. In one transaction, the drop first: a pooled
+/// SQLite connection plans with the schema it last read, and only a
+/// statement run on it brings that up to date, so the index created next is
+/// checked against the schema as it is.
+async fn replace_index(manager: &SchemaManager<'_>, replays_only: bool) -> Result<(), DbErr> {
+    let (to, from) = if replays_only {
+        (REPLAYS_ONLY, EVERY_EVENT)
+    } else {
+        (EVERY_EVENT, REPLAYS_ONLY)
+    };
     let mut index = Index::create();
     index
-        .name(name)
+        .name(to)
         .table(Events::Table)
         .col(Events::ReplayId)
         .col(Events::Status);
-    if name == REPLAYS_ONLY {
+    if replays_only {
         index.and_where(Expr::col(Events::ReplayId).is_not_null());
     }
-    index.to_owned()
-}
-
-/// Creates index `to` and drops `from`.
-async fn replace_index(manager: &SchemaManager<'_>, from: &str, to: &str) -> Result<(), DbErr> {
-    manager.create_index(replay_index(to)).await?;
-    manager
-        .drop_index(Index::drop().name(from).table(Events::Table).to_owned())
-        .await
+    let txn = manager.begin().await?;
+    txn.drop_index(Index::drop().name(from).table(Events::Table).to_owned())
+        .await?;
+    txn.create_index(index.to_owned()).await?;
+    txn.commit().await
 }
 
 // The trait's signature elides SchemaManager's lifetime; matching it needs the elision.
@@ -43,11 +47,11 @@ async fn replace_index(manager: &SchemaManager<'_>, from: &str, to: &str) -> Res
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        replace_index(manager, EVERY_EVENT, REPLAYS_ONLY).await
+        replace_index(manager, true).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        replace_index(manager, REPLAYS_ONLY, EVERY_EVENT).await
+        replace_index(manager, false).await
     }
 }
 

@@ -466,58 +466,75 @@ async fn secrets_open_only_for_their_own_row() {
 /// The index a replay's progress is counted with holds replays' events
 /// only (an event delivered outside a replay writes nothing to it when its
 /// status changes), and the progress query still finds a replay's events
-/// through it.
+/// through it; the migration that made it goes back and forth.
 #[tokio::test]
 async fn the_replay_index_holds_replays_events_only() {
-    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+    use migration::MigratorTrait as _;
     let database = TestDatabase::create().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&database, &dir).await;
-    let db = store.db();
+    replay_index_holds_replays_events_only(store.db()).await;
+    // Back to before the migration that made it (and any after it).
+    let migrations = migration::Migrator::migrations();
+    let made_it = migrations
+        .iter()
+        .position(|m| m.name() == "m20261128_000130_partial_replay_index")
+        .expect("the migration is listed");
+    let steps = u32::try_from(migrations.len() - made_it).expect("a few migrations");
+    migration::Migrator::down(store.db(), Some(steps))
+        .await
+        .expect("the migration is undone");
+    let before = replay_indexes(store.db()).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].0, "ix_events_replay_status");
+    assert!(!before[0].1.contains("WHERE"), "{before:?}");
+    migration::Migrator::up(store.db(), None)
+        .await
+        .expect("and done again");
+    replay_index_holds_replays_events_only(store.db()).await;
+    store.close().await.ok();
+}
+
+/// The indexes on `events.replay_id`, with their definitions (quotes and
+/// parentheses left out).
+async fn replay_indexes(db: &sea_orm::DatabaseConnection) -> Vec<(String, String)> {
+    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
     let backend = db.get_database_backend();
-    let text = async |sql: &str, column: &str| -> Vec<String> {
-        db.query_all_raw(Statement::from_string(backend, sql))
-            .await
-            .expect("the schema is read")
-            .iter()
-            .map(|row| row.try_get::<String>("", column).expect("a text column"))
-            .collect()
-    };
-    let definition = match backend {
+    let sql = match backend {
         DatabaseBackend::Sqlite => {
-            text(
-                "SELECT sql FROM sqlite_master WHERE name = 'ix_replay_events_status'",
-                "sql",
-            )
-            .await
+            "SELECT name, sql AS definition FROM sqlite_master WHERE type = 'index' \
+             AND name IN ('ix_events_replay_status', 'ix_replay_events_status')"
         }
         _ => {
-            text(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_replay_events_status'",
-                "indexdef",
-            )
-            .await
+            "SELECT indexname AS name, indexdef AS definition FROM pg_indexes \
+             WHERE indexname IN ('ix_events_replay_status', 'ix_replay_events_status')"
         }
     };
-    assert_eq!(definition.len(), 1, "{definition:?}");
-    let before = match backend {
-        DatabaseBackend::Sqlite => {
-            text(
-                "SELECT name FROM sqlite_master WHERE name = 'ix_events_replay_status'",
-                "name",
+    db.query_all_raw(Statement::from_string(backend, sql))
+        .await
+        .expect("the schema is read")
+        .iter()
+        .map(|row| {
+            let text = |column| row.try_get::<String>("", column).expect("a text column");
+            (
+                text("name"),
+                text("definition").replace(['"', '(', ')'], ""),
             )
-            .await
-        }
-        _ => {
-            text(
-                "SELECT indexname FROM pg_indexes WHERE indexname = 'ix_events_replay_status'",
-                "indexname",
-            )
-            .await
-        }
-    };
-    assert!(before.is_empty(), "the index on every event is gone");
-    let definition = definition[0].replace(['"', '(', ')'], "");
+        })
+        .collect()
+}
+
+async fn replay_index_holds_replays_events_only(db: &sea_orm::DatabaseConnection) {
+    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+    let backend = db.get_database_backend();
+    let indexes = replay_indexes(db).await;
+    assert_eq!(
+        indexes.len(),
+        1,
+        "the index on every event is gone: {indexes:?}"
+    );
+    let (name, definition) = &indexes[0];
+    assert_eq!(name, "ix_replay_events_status");
     assert!(
         definition.contains("WHERE replay_id IS NOT NULL"),
         "{definition}"
