@@ -473,7 +473,7 @@ async fn the_replay_index_holds_replays_events_only() {
     let database = TestDatabase::create().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&database, &dir).await;
-    replay_index_holds_replays_events_only(store.db()).await;
+    assert_replay_index_on_replays_only(store.db()).await;
     // Back to before the migration that made it (and any after it).
     let migrations = migration::Migrator::migrations();
     let made_it = migrations
@@ -491,7 +491,7 @@ async fn the_replay_index_holds_replays_events_only() {
     migration::Migrator::up(store.db(), None)
         .await
         .expect("and done again");
-    replay_index_holds_replays_events_only(store.db()).await;
+    assert_replay_index_on_replays_only(store.db()).await;
     store.close().await.ok();
 }
 
@@ -524,7 +524,9 @@ async fn replay_indexes(db: &sea_orm::DatabaseConnection) -> Vec<(String, String
         .collect()
 }
 
-async fn replay_index_holds_replays_events_only(db: &sea_orm::DatabaseConnection) {
+/// Asserts that the replay index is the one on replays' events only, and
+/// (on SQLite) that a replay's progress query is planned with it.
+async fn assert_replay_index_on_replays_only(db: &sea_orm::DatabaseConnection) {
     use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
     let backend = db.get_database_backend();
     let indexes = replay_indexes(db).await;
