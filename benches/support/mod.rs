@@ -24,6 +24,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use warp::Filter;
 
 pub mod history;
+pub mod inherent;
 pub mod load;
 pub mod verify;
 pub mod workload;
