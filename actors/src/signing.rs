@@ -16,7 +16,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName};
 use sha2::Sha256;
 
 use crate::clock::now_ms;
@@ -26,7 +26,8 @@ use crate::webhook_client::header;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 with `key` of `parts` joined by `.`.
+fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -34,27 +35,34 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         }
         mac.update(part);
     }
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
 }
 
 /// The `X-Docora-Signature` value.
 pub fn docora(key: &[u8], timestamp: i64, body: &[u8]) -> String {
     let ts = timestamp.to_string();
-    format!("sha256={}", hex::encode(mac(key, &[ts.as_bytes(), body])))
+    let mut hex = [0; 64];
+    hex::encode_to_slice(mac(key, &[ts.as_bytes(), body]), &mut hex)
+        .expect("64 hex digits hold 32 bytes");
+    let mut value = String::with_capacity("sha256=".len() + hex.len());
+    value.push_str("sha256=");
+    value.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
+    value
 }
 
 /// The `webhook-signature` value: one `v1,…` per key, space-separated.
 pub fn standard(keys: &[&[u8]], id: &str, timestamp: i64, body: &[u8]) -> String {
     let ts = timestamp.to_string();
-    keys.iter()
-        .map(|key| {
-            format!(
-                "v1,{}",
-                STANDARD.encode(mac(key, &[id.as_bytes(), ts.as_bytes(), body]))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    // "v1," and 44 characters of base64 for each key, a space between.
+    let mut value = String::with_capacity(keys.len() * 48);
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            value.push(' ');
+        }
+        value.push_str("v1,");
+        STANDARD.encode_string(mac(key, &[id.as_bytes(), ts.as_bytes(), body]), &mut value);
+    }
+    value
 }
 
 /// The signing stage: an app's keys, and the headers they sign a body with.
@@ -113,44 +121,46 @@ fn signed_headers(
     event: &CloudEvent,
 ) -> HeaderMap {
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    let fields = webhook_headers(
+    let mut headers = HeaderMap::with_capacity(16);
+    webhook_headers(
         app_id,
         webhook_id,
         timestamp,
         [
-            docora(keys[0], timestamp, body),
-            standard(&keys, webhook_id, timestamp, body),
+            &docora(keys[0], timestamp, body),
+            &standard(&keys, webhook_id, timestamp, body),
         ],
         event,
+        // Each name as a `HeaderName` of static bytes: inserted by its
+        // `&str`, a name outside HTTP's standard ones is copied afresh.
+        |name, value| {
+            headers.insert(HeaderName::from_static(name), header(value));
+        },
     );
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        headers.insert(name, header(&value));
-    }
     headers
 }
 
-/// The headers a webhook is signed with, by name, the signatures given
-/// (Docora's, then Standard Webhooks'), then its CloudEvents attributes:
-/// `content-type` is also the event's `datacontenttype`.
+/// The headers a webhook is signed with, handed to `put` by name: those
+/// the signatures given (Docora's, then Standard Webhooks') come with,
+/// then its CloudEvents attributes. `content-type` is also the event's
+/// `datacontenttype`.
 fn webhook_headers(
     app_id: &str,
     webhook_id: &str,
     timestamp: i64,
-    [docora_signature, standard_signature]: [String; 2],
+    [docora_signature, standard_signature]: [&str; 2],
     event: &CloudEvent,
-) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        ("content-type", "application/json".to_owned()),
-        ("x-docora-app-id", app_id.to_owned()),
-        ("x-docora-timestamp", timestamp.to_string()),
-        ("x-docora-signature", docora_signature),
-        ("webhook-id", webhook_id.to_owned()),
-        ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", standard_signature),
-    ];
-    headers.extend(event.headers(webhook_id));
-    headers
+    mut put: impl FnMut(&'static str, &str),
+) {
+    let timestamp = timestamp.to_string();
+    put("content-type", "application/json");
+    put("x-docora-app-id", app_id);
+    put("x-docora-timestamp", &timestamp);
+    put("x-docora-signature", docora_signature);
+    put("webhook-id", webhook_id);
+    put("webhook-timestamp", &timestamp);
+    put("webhook-signature", standard_signature);
+    event.headers(webhook_id, put);
 }
 
 /// The headers of a request Herald sent, as an operator may see them again
@@ -164,15 +174,17 @@ pub fn shown_headers(
     event: &CloudEvent,
     traceparent: Option<&str>,
 ) -> Vec<(&'static str, String)> {
-    let mut shown = webhook_headers(
+    let mut shown = Vec::new();
+    webhook_headers(
         app_id,
         webhook_id,
         timestamp,
         [
-            "sha256=… (HMAC-SHA256 of timestamp.body with the app's key; not kept)".to_owned(),
-            "v1,… (HMAC-SHA256 of id.timestamp.body with each signing key; not kept)".to_owned(),
+            "sha256=… (HMAC-SHA256 of timestamp.body with the app's key; not kept)",
+            "v1,… (HMAC-SHA256 of id.timestamp.body with each signing key; not kept)",
         ],
         event,
+        |name, value| shown.push((name, value.to_owned())),
     );
     shown.push(("user-agent", crate::webhook_client::USER_AGENT.to_owned()));
     shown.push(("accept", crate::webhook_client::ACCEPT.to_owned()));

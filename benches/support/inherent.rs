@@ -375,11 +375,10 @@ pub fn file(i: usize, path: &str, content: Vec<u8>) -> File {
         stream_pos: None,
         replay_id: None,
     };
-    let cloudevents = actors::cloudevents::CloudEvent::of_event(&event, "create")
-        .headers(&id)
-        .into_iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
+    let mut cloudevents = String::new();
+    actors::cloudevents::CloudEvent::of_event(&event, "create").headers(&id, |name, value| {
+        cloudevents.push_str(&format!("{name}: {value}\r\n"));
+    });
     File {
         content,
         event,

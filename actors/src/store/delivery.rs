@@ -57,6 +57,37 @@ impl Attempt {
     }
 }
 
+/// Rows or ids one statement of a batched write holds at most.
+const STATEMENT_ROWS: usize = 256;
+
+/// `items` in the pieces a batched write's statements take: as many of
+/// [`STATEMENT_ROWS`] as fit, then one piece for each binary digit of what
+/// is left (128, 64, …, 1). A statement's text depends on its number of
+/// rows; in these nine shapes each connection prepares a statement once and
+/// finds it in its statement cache after, where a write of any size from 1
+/// to a few hundred would be parsed and planned afresh each time.
+fn statement_pieces<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    piece_sizes(items.len()).map(move |size| {
+        let (piece, after) = rest.split_at(size);
+        rest = after;
+        piece
+    })
+}
+
+/// The sizes of [`statement_pieces`] of `len` items.
+fn piece_sizes(mut len: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let size = match len {
+            0 => return None,
+            n if n >= STATEMENT_ROWS => STATEMENT_ROWS,
+            n => 1 << n.ilog2(),
+        };
+        len -= size;
+        Some(size)
+    })
+}
+
 /// Whether the row whose id is `owner` (an app's or a subscription's) has
 /// an event due now: a pending one whose time has come, or a dead one last
 /// tried before `probe_dead_before` (due for one probe). One `EXISTS` per
@@ -392,33 +423,37 @@ impl Store {
         let now = now_ms();
         let txn = self.begin_write().await?;
         hold_delivery(&txn, subscription_id.as_str(), lease).await?;
-        let ids: Vec<String> = attempts
+        let ids: Vec<&str> = attempts
             .iter()
             .chain(&parts)
-            .map(|a| a.event_id.clone())
+            .map(|a| a.event_id.as_str())
             .collect();
         // Found by their ids alone, the subscription checked here: with
         // `subscription_id = ?` in the query, SQLite (no statistics) walks
         // the subscription's index, every event it ever had, instead of
         // looking each id up (BENCHMARKS.md, "Tunings of the delivery path").
-        let existing: std::collections::HashSet<String> = event::Entity::find()
-            .select_only()
-            .column(event::Column::Id)
-            .column(event::Column::SubscriptionId)
-            .filter(event::Column::Id.is_in(ids))
-            .into_tuple::<(String, String)>()
-            .all(&txn)
-            .await?
-            .into_iter()
-            .filter(|(_, of)| of == subscription_id.as_str())
-            .map(|(id, _)| id)
-            .collect();
+        let mut existing = std::collections::HashSet::with_capacity(ids.len());
+        for ids in statement_pieces(&ids) {
+            let rows: Vec<(String, String)> = event::Entity::find()
+                .select_only()
+                .column(event::Column::Id)
+                .column(event::Column::SubscriptionId)
+                .filter(event::Column::Id.is_in(ids.iter().copied()))
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            existing.extend(
+                rows.into_iter()
+                    .filter(|(_, of)| of == subscription_id.as_str())
+                    .map(|(id, _)| id),
+            );
+        }
         let delivered: Vec<&str> = attempts
             .iter()
             .map(|a| a.event_id.as_str())
             .filter(|id| existing.contains(*id))
             .collect();
-        if !delivered.is_empty() {
+        for delivered in statement_pieces(&delivered) {
             event::Entity::update_many()
                 .col_expr(
                     event::Column::Status,
@@ -429,7 +464,7 @@ impl Store {
                     event::Column::LastError,
                     Expr::value(Option::<String>::None),
                 )
-                .filter(event::Column::Id.is_in(delivered))
+                .filter(event::Column::Id.is_in(delivered.iter().copied()))
                 .exec(&txn)
                 .await?;
         }
@@ -439,8 +474,9 @@ impl Store {
             .filter(|a| existing.contains(&a.event_id))
             .map(Attempt::into_row)
             .collect();
-        if !rows.is_empty() {
-            delivery_attempt::Entity::insert_many(rows)
+        let mut rows = rows.into_iter();
+        for size in piece_sizes(rows.len()) {
+            delivery_attempt::Entity::insert_many(rows.by_ref().take(size))
                 .exec_without_returning(&txn)
                 .await?;
         }
@@ -519,5 +555,38 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok(disabled.rows_affected == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batched_write_comes_in_nine_statement_shapes() {
+        assert_eq!(piece_sizes(0).count(), 0);
+        assert_eq!(piece_sizes(1).collect::<Vec<_>>(), [1]);
+        assert_eq!(piece_sizes(256).collect::<Vec<_>>(), [256]);
+        assert_eq!(piece_sizes(300).collect::<Vec<_>>(), [256, 32, 8, 4]);
+        assert_eq!(piece_sizes(600).collect::<Vec<_>>(), [256, 256, 64, 16, 8]);
+        let mut shapes = std::collections::BTreeSet::new();
+        for len in 0..=1_000 {
+            let sizes: Vec<usize> = piece_sizes(len).collect();
+            assert_eq!(
+                sizes.iter().sum::<usize>(),
+                len,
+                "{len} items are all written"
+            );
+            shapes.extend(sizes);
+        }
+        assert_eq!(
+            shapes.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64, 128, 256]
+        );
+        // The pieces cover the items in order, each once.
+        let items: Vec<usize> = (0..300).collect();
+        let pieces: Vec<&[usize]> = statement_pieces(&items).collect();
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces.concat(), items);
     }
 }
