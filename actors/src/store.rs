@@ -241,6 +241,39 @@ fn create_private_sqlite_file(url: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Turns SQLite's query planner stability guarantee on for a new
+/// connection (`SQLITE_DBCONFIG_ENABLE_QPSG`): a statement's plan no longer
+/// depends on the values bound to it. Without it SQLite reads a bound
+/// `LIMIT ?` (every `one()` and every batch read has one) while planning,
+/// and marks the statement to be planned again once that parameter is bound
+/// anew: each execution of a statement held in sqlx's statement cache was
+/// parsed and planned again (`sqlite3Reprepare`), for each batch of a lane
+/// its context's four reads and its events'. No query of Herald's relies on
+/// a bound value to find its index (the plans are the same with literals).
+async fn stable_query_plans(
+    connection: &mut sea_orm::sqlx::SqliteConnection,
+) -> Result<(), sea_orm::sqlx::Error> {
+    let mut handle = connection.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    // SAFETY: `db` is this connection's open handle, held locked for the
+    // call; `SQLITE_DBCONFIG_ENABLE_QPSG` takes an int (1: on) and an
+    // optional `int*` for the new setting, here none (null).
+    #[allow(unsafe_code)]
+    let code = unsafe {
+        libsqlite3_sys::sqlite3_db_config(
+            db,
+            libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+            1 as std::ffi::c_int,
+            std::ptr::null_mut::<std::ffi::c_int>(),
+        )
+    };
+    if code != libsqlite3_sys::SQLITE_OK {
+        // Only slower: statements are planned again as before.
+        tracing::warn!(code, "SQLite's query planner stability guarantee is off");
+    }
+    Ok(())
+}
+
 /// Why a PostgreSQL server does not take a connection, from one attempt
 /// (`None` when this one succeeds).
 async fn postgres_unreachable_cause(url: &str) -> Option<String> {
@@ -289,6 +322,9 @@ impl Store {
                         .busy_timeout(Duration::from_secs(10))
                         .row_buffer_size(SQLITE_ROW_BUFFER)
                         .pragma("wal_autocheckpoint", "0")
+                })
+                .map_sqlx_sqlite_pool_opts(|pool| {
+                    pool.after_connect(|connection, _| Box::pin(stable_query_plans(connection)))
                 });
         } else {
             options.max_connections(POSTGRES_CONNECTIONS);
@@ -440,6 +476,83 @@ mod tests {
     use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 
     use super::*;
+
+    /// What SQLite counted for the statements sqlx holds prepared on each
+    /// of the pool's connections whose SQL contains `needle`: the times they
+    /// ran and the times SQLite parsed and planned them again.
+    async fn prepared_statements(store: &Store, needle: &str) -> (i32, i32) {
+        use libsqlite3_sys as ffi;
+        let pool = store.db.get_sqlite_connection_pool();
+        // Every connection the pool has, each held while the next is taken.
+        let mut held = Vec::new();
+        while held.len() < pool.size() as usize {
+            held.push(pool.acquire().await.expect("a pooled connection"));
+        }
+        let (mut runs, mut prepared_again) = (0, 0);
+        for connection in &mut held {
+            let mut handle = connection.lock_handle().await.expect("its handle");
+            let db = handle.as_raw_handle().as_ptr();
+            // SAFETY: `db` is an open handle held locked; the statements
+            // walked belong to it and none is finalized meanwhile; their SQL
+            // is a NUL-terminated string SQLite owns.
+            #[allow(unsafe_code)]
+            unsafe {
+                let mut statement = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+                while !statement.is_null() {
+                    let sql = std::ffi::CStr::from_ptr(ffi::sqlite3_sql(statement));
+                    if sql.to_string_lossy().contains(needle) {
+                        runs += ffi::sqlite3_stmt_status(statement, ffi::SQLITE_STMTSTATUS_RUN, 0);
+                        prepared_again += ffi::sqlite3_stmt_status(
+                            statement,
+                            ffi::SQLITE_STMTSTATUS_REPREPARE,
+                            0,
+                        );
+                    }
+                    statement = ffi::sqlite3_next_stmt(db, statement);
+                }
+            }
+        }
+        (runs, prepared_again)
+    }
+
+    /// A read with a bound `LIMIT` (an app by its id, as each batch of a
+    /// lane reads it) runs again and again from sqlx's statement cache:
+    /// SQLite does not parse and plan it anew for the value bound.
+    #[tokio::test]
+    async fn a_cached_statement_is_not_planned_again_for_its_bound_values() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = crate::test_support::fixtures::store(
+            &crate::test_support::fixtures::sqlite_url(dir.path()),
+        )
+        .await;
+        let read = |n: usize| {
+            let store = &store;
+            async move {
+                let id = crate::ids::AppId::stored(format!("app_{}", n % 3));
+                assert!(store.app(&id).await.expect("read").is_none());
+            }
+        };
+        // Each connection prepares it once; one whose schema predates the
+        // migrations prepares it again at its first run.
+        for n in 0..20 {
+            read(n).await;
+        }
+        let (runs_before, prepared_before) = prepared_statements(&store, "FROM \"apps\"").await;
+        for n in 0..20 {
+            read(n).await;
+        }
+        let (runs, prepared_again) = prepared_statements(&store, "FROM \"apps\"").await;
+        assert!(
+            runs - runs_before >= 20,
+            "the reads ran from the cache: {runs_before} runs, then {runs}"
+        );
+        assert_eq!(
+            prepared_again,
+            prepared_before,
+            "planned again over {} runs",
+            runs - runs_before
+        );
+    }
 
     /// SQLite's write lock held by one connection: another that may not
     /// wait gets `database is locked`, which is busy; a malformed query is not.
