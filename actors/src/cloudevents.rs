@@ -104,8 +104,8 @@ const ESCAPED: &percent_encoding::AsciiSet =
     &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// `value` percent-encoded as the HTTP binding asks: every byte of its UTF-8
-/// outside `!`..=`~`, and `"` and `%`, as `%XY` (upper-case hex).
-/// Borrowed when nothing in it needs encoding.
+/// outside `!`..=`~`, and `"` and `%`, as `%XY` (upper-case hex); `value`
+/// itself, borrowed, when none of it needs encoding.
 pub fn encode(value: &str) -> std::borrow::Cow<'_, str> {
     percent_encoding::utf8_percent_encode(value, ESCAPED).into()
 }

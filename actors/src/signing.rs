@@ -121,7 +121,9 @@ fn signed_headers(
     event: &CloudEvent,
 ) -> HeaderMap {
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    let mut headers = HeaderMap::with_capacity(16);
+    // Up to 13 signed headers, then the attempt's `traceparent` and the
+    // webhook client's `host`, `user-agent` and `accept`.
+    let mut headers = HeaderMap::with_capacity(17);
     webhook_headers(
         app_id,
         webhook_id,

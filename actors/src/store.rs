@@ -248,8 +248,9 @@ fn create_private_sqlite_file(url: &str) -> Result<(), StoreError> {
 /// and marks the statement to be planned again once that parameter is bound
 /// anew: each execution of a statement held in sqlx's statement cache was
 /// parsed and planned again (`sqlite3Reprepare`), for each batch of a lane
-/// its context's four reads and its events'. No query of Herald's relies on
-/// a bound value to find its index (the plans are the same with literals).
+/// its context's four reads and its events'. No query of Herald's needs a
+/// bound value to find its index: no table has statistics (Herald never
+/// runs `ANALYZE`), and the columns it matches with `LIKE` have none.
 async fn stable_query_plans(
     connection: &mut sea_orm::sqlx::SqliteConnection,
 ) -> Result<(), sea_orm::sqlx::Error> {
