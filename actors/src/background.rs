@@ -13,6 +13,8 @@
 //! soon as its answer is in, and the renderer takes it back while the next
 //! request is in flight. Idle cores still run it at full speed; a lower
 //! priority only decides who goes first when both want the same core.
+//! SQLite's connection threads, where the lanes' writes and batch reads
+//! run, are lowered the same way (`store::below_the_lanes`).
 
 use std::sync::OnceLock;
 
@@ -54,7 +56,7 @@ fn pool() -> &'static Runtime {
 /// most 19. Raising a nice value needs no privilege; should it fail all the
 /// same, the thread runs at the lanes' priority, as every thread did before.
 #[cfg(target_os = "linux")]
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     // SAFETY: `getpid`, `gettid`, `getpriority` and `setpriority` take and
     // return plain integers; on Linux `PRIO_PROCESS` with a thread id reads
     // or changes that thread alone (the process id is its main thread's).
@@ -73,7 +75,7 @@ fn lower_priority() {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+pub(crate) fn lower_priority() {}
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {

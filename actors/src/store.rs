@@ -275,6 +275,68 @@ async fn stable_query_plans(
     Ok(())
 }
 
+/// The SQL function [`below_the_lanes`] registers, and the statement that
+/// calls it.
+const LOWER_PRIORITY_FUNCTION: &std::ffi::CStr = c"herald_lower_priority";
+const LOWER_PRIORITY_CALL: &str = "SELECT herald_lower_priority()";
+
+/// Lowers the priority of a new connection's worker thread to that of the
+/// work beside the lanes ([`crate::background`]). sqlx runs each SQLite
+/// connection's statements on a thread of its own; the lanes' writes and
+/// batch reads go there, as do the checkpoints, while a lane waits for its
+/// answer. At the lanes' priority those threads held the core a broker's
+/// acknowledgement or a receiver's answer was waiting for (BENCHMARKS.md,
+/// "Broker destinations"). The thread is not Herald's to configure, so the
+/// connection runs a function of Herald's, which lowers the thread it runs on:
+/// the connection's own.
+async fn below_the_lanes(
+    connection: &mut sea_orm::sqlx::SqliteConnection,
+) -> Result<(), sea_orm::sqlx::Error> {
+    /// The function: lowers the calling thread, returns NULL.
+    extern "C" fn lower(
+        context: *mut libsqlite3_sys::sqlite3_context,
+        _argc: std::ffi::c_int,
+        _argv: *mut *mut libsqlite3_sys::sqlite3_value,
+    ) {
+        crate::background::lower_priority();
+        // SAFETY: `context` is the one SQLite handed this call.
+        #[allow(unsafe_code)]
+        unsafe {
+            libsqlite3_sys::sqlite3_result_null(context);
+        }
+    }
+    {
+        let mut handle = connection.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        // SAFETY: `db` is this connection's open handle, held locked for
+        // the call; the name is a NUL-terminated constant; the function
+        // takes no arguments and keeps no state (no user data, no
+        // destructor).
+        #[allow(unsafe_code)]
+        let code = unsafe {
+            libsqlite3_sys::sqlite3_create_function_v2(
+                db,
+                LOWER_PRIORITY_FUNCTION.as_ptr(),
+                0,
+                // Callable by a statement only, never from a trigger or view.
+                libsqlite3_sys::SQLITE_UTF8 | libsqlite3_sys::SQLITE_DIRECTONLY,
+                std::ptr::null_mut(),
+                Some(lower),
+                None,
+                None,
+                None,
+            )
+        };
+        if code != libsqlite3_sys::SQLITE_OK {
+            // Only slower: the thread keeps the lanes' priority.
+            tracing::warn!(code, "a database thread keeps the lanes' priority");
+            return Ok(());
+        }
+    }
+    use sea_orm::sqlx::Executor as _;
+    connection.execute(LOWER_PRIORITY_CALL).await.map(drop)
+}
+
 /// Why a PostgreSQL server does not take a connection, from one attempt
 /// (`None` when this one succeeds).
 async fn postgres_unreachable_cause(url: &str) -> Option<String> {
@@ -325,7 +387,12 @@ impl Store {
                         .pragma("wal_autocheckpoint", "0")
                 })
                 .map_sqlx_sqlite_pool_opts(|pool| {
-                    pool.after_connect(|connection, _| Box::pin(stable_query_plans(connection)))
+                    pool.after_connect(|connection, _| {
+                        Box::pin(async move {
+                            stable_query_plans(connection).await?;
+                            below_the_lanes(connection).await
+                        })
+                    })
                 });
         } else {
             options.max_connections(POSTGRES_CONNECTIONS);
@@ -514,6 +581,79 @@ mod tests {
             }
         }
         (runs, prepared_again)
+    }
+
+    /// Every connection of the pool runs its statements on a thread below
+    /// the lanes' priority, as the other work beside the lanes does.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn every_database_thread_runs_below_the_lanes() {
+        use libsqlite3_sys as ffi;
+        /// The nice value of the thread that runs it.
+        extern "C" fn thread_niceness(
+            context: *mut ffi::sqlite3_context,
+            _argc: std::ffi::c_int,
+            _argv: *mut *mut ffi::sqlite3_value,
+        ) {
+            // SAFETY: `getpriority` and `gettid` take and return integers;
+            // `context` is the one SQLite handed this call.
+            #[allow(unsafe_code)]
+            unsafe {
+                let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+                ffi::sqlite3_result_int(context, nice);
+            }
+        }
+        // SAFETY: as in `thread_niceness`.
+        #[allow(unsafe_code)]
+        let (process, lanes) = unsafe {
+            (
+                libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t),
+                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t),
+            )
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = crate::test_support::fixtures::store(
+            &crate::test_support::fixtures::sqlite_url(dir.path()),
+        )
+        .await;
+        let pool = store.db.get_sqlite_connection_pool();
+        // Every connection the pool may make, each held while the next is made.
+        let mut held = Vec::new();
+        while held.len() < SQLITE_CONNECTIONS as usize {
+            held.push(pool.acquire().await.expect("a pooled connection"));
+        }
+        for connection in &mut held {
+            {
+                let mut handle = connection.lock_handle().await.expect("its handle");
+                let db = handle.as_raw_handle().as_ptr();
+                // SAFETY: `db` is an open handle held locked; the name is a
+                // NUL-terminated constant; the function keeps no state.
+                #[allow(unsafe_code)]
+                let code = unsafe {
+                    ffi::sqlite3_create_function_v2(
+                        db,
+                        c"thread_niceness".as_ptr(),
+                        0,
+                        ffi::SQLITE_UTF8,
+                        std::ptr::null_mut(),
+                        Some(thread_niceness),
+                        None,
+                        None,
+                        None,
+                    )
+                };
+                assert_eq!(code, ffi::SQLITE_OK);
+            }
+            let nice: i32 = sea_orm::sqlx::query_scalar("SELECT thread_niceness()")
+                .fetch_one(&mut **connection)
+                .await
+                .expect("its thread's nice value");
+            assert_eq!(nice, (process + crate::background::NICENESS).min(19));
+            assert!(
+                nice > lanes || lanes == 19,
+                "{nice} is not below the lanes' {lanes}"
+            );
+        }
     }
 
     /// A read with a bound `LIMIT` (an app by its id, as each batch of a
