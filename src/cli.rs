@@ -9,6 +9,7 @@ mod events;
 mod import_docora;
 mod listen;
 mod repo;
+mod runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,11 +100,7 @@ impl CommonArgs {
 /// "Build profiles").
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime");
-    match runtime.and_then(|runtime| runtime.block_on(run(cli))) {
+    match runtime::build().and_then(|runtime| runtime.block_on(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(&err),
     }
