@@ -180,6 +180,33 @@ async fn sigterm_stops_gracefully_with_exit_code_zero() {
     assert!(app.logs().contains("\"stopped\""), "{}", app.logs());
 }
 
+/// A worker count that is not a positive number stops Herald before it
+/// touches anything, with a message naming the variable and the value.
+#[tokio::test]
+async fn a_bad_worker_thread_count_stops_herald_at_start_naming_it() {
+    for bad in ["0", "many"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("TOKIO_WORKER_THREADS", bad)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+            .await
+            .expect("herald stops at once instead of serving")
+            .expect("herald runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS") && stderr.contains(&format!("{bad:?}")),
+            "{stderr}"
+        );
+        let written: Vec<_> = std::fs::read_dir(dir.path()).expect("listed").collect();
+        assert!(written.is_empty(), "{written:?}");
+    }
+}
+
 /// `herald migrate` in `dir`, on `url` (or the data directory's SQLite).
 fn migrate_command(dir: &std::path::Path, url: Option<&str>) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
