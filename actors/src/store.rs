@@ -286,7 +286,7 @@ const LOWER_PRIORITY_CALL: &str = "SELECT herald_lower_priority()";
 /// batch reads go there, as do the checkpoints, while a lane waits for its
 /// answer. At the lanes' priority those threads held the core a broker's
 /// acknowledgement or a receiver's answer was waiting for (BENCHMARKS.md,
-/// "Broker destinations"). The thread is not Herald's to configure, so the
+/// "The reference workload"). The thread is not Herald's to configure, so the
 /// connection runs a function of Herald's, which lowers the thread it runs on:
 /// the connection's own.
 async fn below_the_lanes(
