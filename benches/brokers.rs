@@ -20,9 +20,10 @@
 //! 1. **Initial sync**: from the registration request to the consumer
 //!    getting the last message (each message is acknowledged by the broker
 //!    before Herald sends the next). Floor: a shallow bare `git clone` of
-//!    the same repository plus a plain client (async-nats, lapin, redis)
-//!    publishing the same messages Herald published (the same bodies and
-//!    headers, in the same order, held in memory before the clock starts)
+//!    the same repository plus a plain client (Herald's own: async-nats,
+//!    amqprs, redis) publishing the same messages Herald published (the
+//!    same bodies and headers, in the same order, held in memory before
+//!    the clock starts)
 //!    to a place of its own on the same broker, on one connection, each
 //!    after the broker acknowledged the one before, as Herald's default
 //!    window 1 does: JetStream's ack with `Nats-Msg-Id`; publisher confirms,

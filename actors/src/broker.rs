@@ -322,7 +322,7 @@ fn percent_decoded(text: &str) -> String {
 }
 
 /// Why a publish got no acknowledgement.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Failure {
     class: ErrorClass,
     message: String,

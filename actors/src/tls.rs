@@ -64,6 +64,18 @@ pub(crate) fn broker_config(
     checking(Vec::new(), name)
 }
 
+/// [`broker_config`] for a client that reports a failed handshake only in
+/// words (amqprs): its verifier keeps the certificate's refusal in
+/// `refusal`, for Herald to word it.
+pub(crate) fn broker_config_noting(
+    refusal: Arc<std::sync::Mutex<Option<rustls::Error>>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    configured(Noting {
+        inner: verifier(Vec::new())?,
+        refusal,
+    })
+}
+
 /// A configuration offering no ALPN, checking with the platform's verifier
 /// (and `extra_roots`), against `name` when given.
 fn checking(
@@ -124,6 +136,55 @@ impl ServerCertVerifier for NameChecked {
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.inner
             .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A verifier that keeps its refusal of a certificate.
+#[derive(Debug)]
+struct Noting {
+    inner: rustls_platform_verifier::Verifier,
+    refusal: Arc<std::sync::Mutex<Option<rustls::Error>>>,
+}
+
+impl ServerCertVerifier for Noting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+            .inspect_err(|refused| {
+                *self
+                    .refusal
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(refused.clone());
+            })
     }
 
     fn verify_tls12_signature(

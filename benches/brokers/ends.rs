@@ -10,12 +10,12 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Confirmation};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
 pub const NATS: &str = "127.0.0.1:4222";
@@ -441,14 +441,65 @@ async fn amqp_connection() -> lapin::Connection {
 }
 
 /// The floor: a plain client on one connection publishing each message
-/// with the acknowledgement Herald waits for, one after the other.
+/// with the acknowledgement Herald waits for, one after the other, with
+/// the client Herald publishes with.
 pub enum Publisher {
     /// JetStream's ack awaited, `Nats-Msg-Id` set.
     Nats(jetstream::Context),
-    /// Publisher confirms, `mandatory`, persistent.
-    Amqp(lapin::Connection, lapin::Channel),
+    /// Publisher confirms, `mandatory`, persistent: amqprs, its confirms
+    /// and returns handed over by its channel callback.
+    Amqp(
+        amqprs::connection::Connection,
+        amqprs::channel::Channel,
+        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Confirm>>,
+    ),
     /// Herald's idempotent `XADD` script.
     Redis(redis::aio::MultiplexedConnection, redis::Script),
+}
+
+/// What the broker said of a floor's message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Confirm {
+    Ack(u64),
+    Nack(u64),
+    Returned,
+}
+
+/// The floor's channel callback: hands each confirm over.
+struct Confirms(tokio::sync::mpsc::UnboundedSender<Confirm>);
+
+type AmqpResult<T> = Result<T, amqprs::error::Error>;
+
+#[async_trait::async_trait]
+impl amqprs::callbacks::ChannelCallback for Confirms {
+    async fn close(
+        &mut self,
+        _: &amqprs::channel::Channel,
+        close: amqprs::CloseChannel,
+    ) -> AmqpResult<()> {
+        panic!("the broker closed the floor's channel: {close}");
+    }
+    async fn cancel(&mut self, _: &amqprs::channel::Channel, _: amqprs::Cancel) -> AmqpResult<()> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &amqprs::channel::Channel, active: bool) -> AmqpResult<bool> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &amqprs::channel::Channel, ack: amqprs::Ack) {
+        let _ = self.0.send(Confirm::Ack(ack.delivery_tag()));
+    }
+    async fn publish_nack(&mut self, _: &amqprs::channel::Channel, nack: amqprs::Nack) {
+        let _ = self.0.send(Confirm::Nack(nack.delivery_tag()));
+    }
+    async fn publish_return(
+        &mut self,
+        _: &amqprs::channel::Channel,
+        _: amqprs::Return,
+        _: amqprs::BasicProperties,
+        _: Vec<u8>,
+    ) {
+        let _ = self.0.send(Confirm::Returned);
+    }
 }
 
 impl Publisher {
@@ -458,13 +509,27 @@ impl Publisher {
                 async_nats::connect(NATS).await.expect(NEEDS),
             )),
             Kind::Amqp => {
-                let connection = amqp_connection().await;
-                let channel = connection.create_channel().await.expect("channel");
+                let (host, port) = AMQP.split_once(':').expect("host:port");
+                let arguments = amqprs::connection::OpenConnectionArguments::new(
+                    host,
+                    port.parse().expect("a port"),
+                    "guest",
+                    "guest",
+                );
+                let connection = amqprs::connection::Connection::open(&arguments)
+                    .await
+                    .expect(NEEDS);
+                let channel = connection.open_channel(None).await.expect("channel");
+                let (confirms, confirmed) = tokio::sync::mpsc::unbounded_channel();
                 channel
-                    .confirm_select(ConfirmSelectOptions::default())
+                    .register_callback(Confirms(confirms))
+                    .await
+                    .expect("callback");
+                channel
+                    .confirm_select(amqprs::channel::ConfirmSelectArguments::new(false))
                     .await
                     .expect("confirm mode");
-                Self::Amqp(connection, channel)
+                Self::Amqp(connection, channel, tokio::sync::Mutex::new(confirmed))
             }
             Kind::Redis => Self::Redis(
                 redis::Client::open(format!("redis://{REDIS}/0"))
@@ -498,38 +563,33 @@ impl Publisher {
                     .expect("acknowledged");
                 assert!(!ack.duplicate, "{} was taken for a duplicate", message.id);
             }
-            Self::Amqp(_, channel) => {
-                let mut headers = FieldTable::default();
+            Self::Amqp(_, channel, confirmed) => {
+                let mut headers = amqprs::FieldTable::new();
                 for (name, value) in &message.headers {
                     headers.insert(
-                        ShortString::from(name.as_str()),
-                        AMQPValue::LongString(LongString::from(value.as_str())),
+                        name.as_str().try_into().expect("a short name"),
+                        amqprs::FieldValue::S(value.as_str().try_into().expect("a value")),
                     );
                 }
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_message_id(ShortString::from(message.id.as_str()))
-                    .with_type(ShortString::from(message.endpoint.as_str()))
-                    .with_headers(headers);
-                let confirmation = channel
-                    .basic_publish(
-                        ShortString::from(place.name.as_str()),
-                        ShortString::from(message.route.as_str()),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            immediate: false,
-                        },
-                        &message.body,
-                        properties,
-                    )
+                let properties = amqprs::BasicProperties::default()
+                    .with_persistence(true)
+                    .with_content_type("application/json")
+                    .with_message_id(&message.id)
+                    .with_message_type(&message.endpoint)
+                    .with_headers(headers)
+                    .finish();
+                let mut arguments =
+                    amqprs::channel::BasicPublishArguments::new(&place.name, &message.route);
+                arguments.mandatory(true);
+                let mut confirmed = confirmed.lock().await;
+                channel
+                    .basic_publish(properties, message.body.to_vec(), arguments)
                     .await
-                    .expect("published")
-                    .await
-                    .expect("confirmed");
+                    .expect("published");
+                let confirm = confirmed.recv().await.expect("confirmed");
                 assert!(
-                    matches!(confirmation, Confirmation::Ack(None)),
-                    "the broker did not take {}",
+                    matches!(confirm, Confirm::Ack(_)),
+                    "the broker did not take {}: {confirm:?}",
                     message.id
                 );
             }
@@ -557,8 +617,9 @@ impl Publisher {
     }
 
     pub async fn close(self) {
-        if let Self::Amqp(connection, _) = self {
-            let _ = connection.close(200, "done".into()).await;
+        if let Self::Amqp(connection, channel, _) = self {
+            let _ = channel.close().await;
+            let _ = connection.close().await;
         }
     }
 }

@@ -39,10 +39,14 @@ pub(super) fn server_name(host: &str) -> Result<ServerName<'static>, Failure> {
 /// The client configuration for a broker; with `name`, certificates are
 /// checked against it whatever the connection was opened with.
 pub(super) fn config(name: Option<ServerName<'static>>) -> Result<rustls::ClientConfig, Failure> {
-    crate::tls::broker_config(name).map_err(|err| {
-        tracing::warn!(error = %err, "the certificate authorities for TLS to brokers could not be loaded");
-        tls_failure("this server could not load its trusted certificate authorities".to_owned())
-    })
+    crate::tls::broker_config(name).map_err(unloaded)
+}
+
+/// The certificate authorities could not be loaded: logged, and worded
+/// for the attempt log.
+fn unloaded(err: rustls::Error) -> Failure {
+    tracing::warn!(error = %err, "the certificate authorities for TLS to brokers could not be loaded");
+    tls_failure("this server could not load its trusted certificate authorities".to_owned())
 }
 
 /// A TCP connection to `at` (`who`: the broker, for the message).
@@ -71,6 +75,35 @@ pub(super) async fn connect(
             ))
         })
     })
+}
+
+/// What amqprs makes TLS with for `amqps://`: Herald's client
+/// configuration, the certificate checked for `host` (the URL's), and the
+/// place where its verifier keeps a refusal ([`refused`]).
+pub(super) fn amqp_adaptor(host: &str) -> Result<(amqprs::tls::TlsAdaptor, Refusal), Failure> {
+    server_name(host)?;
+    let refusal = Refusal::default();
+    let config = crate::tls::broker_config_noting(Arc::clone(&refusal)).map_err(unloaded)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Ok((
+        amqprs::tls::TlsAdaptor::new(connector, host.to_owned()),
+        refusal,
+    ))
+}
+
+/// Where a verifier keeps its refusal of a certificate.
+pub(super) type Refusal = Arc<std::sync::Mutex<Option<rustls::Error>>>;
+
+/// The failure a verifier noted in `refusal`, if it refused.
+pub(super) fn refused(refusal: &Refusal) -> Option<Failure> {
+    let refused = refusal
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()?;
+    Some(tls_failure(crate::tls::handshake_refusal(
+        &refused,
+        "the broker",
+    )))
 }
 
 /// The TLS failure somewhere in `err`'s chain of sources, if there is one:
