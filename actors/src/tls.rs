@@ -70,9 +70,10 @@ pub(crate) fn broker_config(
 pub(crate) fn broker_config_noting(
     refusal: Arc<std::sync::Mutex<Option<rustls::Error>>>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    configured(Noting {
+    configured(Checked {
         inner: verifier(Vec::new())?,
-        refusal,
+        name: None,
+        refusal: Some(refusal),
     })
 }
 
@@ -84,9 +85,10 @@ fn checking(
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let verifier = verifier(extra_roots)?;
     match name {
-        Some(name) => configured(NameChecked {
+        Some(name) => configured(Checked {
             inner: verifier,
-            name,
+            name: Some(name),
+            refusal: None,
         }),
         None => configured(verifier),
     }
@@ -117,73 +119,34 @@ fn configured(
     )
 }
 
-/// A verifier checking the certificate against one name, not the name the
-/// connection was opened with.
+/// The platform's verifier, checking the certificate against `name` when
+/// given (not the name the connection was opened with), and keeping its
+/// refusal in `refusal` when given.
 #[derive(Debug)]
-struct NameChecked {
+struct Checked {
     inner: rustls_platform_verifier::Verifier,
-    name: ServerName<'static>,
+    name: Option<ServerName<'static>>,
+    refusal: Option<Arc<std::sync::Mutex<Option<rustls::Error>>>>,
 }
 
-impl ServerCertVerifier for NameChecked {
+impl ServerCertVerifier for Checked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _opened_with: &ServerName<'_>,
+        opened_with: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// A verifier that keeps its refusal of a certificate.
-#[derive(Debug)]
-struct Noting {
-    inner: rustls_platform_verifier::Verifier,
-    refusal: Arc<std::sync::Mutex<Option<rustls::Error>>>,
-}
-
-impl ServerCertVerifier for Noting {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = self.name.as_ref().unwrap_or(opened_with);
         self.inner
             .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
             .inspect_err(|refused| {
-                *self
-                    .refusal
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(refused.clone());
+                if let Some(refusal) = &self.refusal {
+                    *refusal
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(refused.clone());
+                }
             })
     }
 
