@@ -336,9 +336,13 @@ impl Connection {
         }
         let mut headers = FieldTable::new();
         for (name, value) in header_pairs(message.headers) {
-            if let (Ok(name), Ok(value)) = (name.try_into(), value.try_into()) {
-                headers.insert(name, FieldValue::S(value));
-            }
+            // A signed header AMQP cannot carry is refused, never dropped.
+            let (Ok(field), Ok(value)) = (name.try_into(), value.try_into()) else {
+                return Err(Failure::refused(format!(
+                    "the header {name} is longer than AMQP carries"
+                )));
+            };
+            headers.insert(field, FieldValue::S(value));
         }
         let properties = BasicProperties::default()
             .with_persistence(true)
