@@ -334,16 +334,7 @@ impl Connection {
                 "the routing key is longer than AMQP's {MAX_SHORT_STRING} bytes"
             )));
         }
-        let mut headers = FieldTable::new();
-        for (name, value) in header_pairs(message.headers) {
-            // A signed header AMQP cannot carry is refused, never dropped.
-            let (Ok(field), Ok(value)) = (name.try_into(), value.try_into()) else {
-                return Err(Failure::refused(format!(
-                    "the header {name} is longer than AMQP carries"
-                )));
-            };
-            headers.insert(field, FieldValue::S(value));
-        }
+        let headers = field_table(message.headers)?;
         let properties = BasicProperties::default()
             .with_persistence(true)
             .with_content_type("application/json")
@@ -416,6 +407,21 @@ impl Connection {
             let _ = connection.close().await;
         });
     }
+}
+
+/// A message's headers as AMQP properties' field table. A signed header
+/// AMQP cannot carry (a name over 255 bytes) is refused, never dropped.
+fn field_table(headers: &reqwest::header::HeaderMap) -> Result<FieldTable, Failure> {
+    let mut table = FieldTable::new();
+    for (name, value) in header_pairs(headers) {
+        let (Ok(field), Ok(value)) = (name.try_into(), value.try_into()) else {
+            return Err(Failure::refused(format!(
+                "the header {name} is longer than AMQP carries"
+            )));
+        };
+        table.insert(field, FieldValue::S(value));
+    }
+    Ok(table)
 }
 
 /// Gives the channel up when dropped: a publish abandoned between taking a
@@ -520,6 +526,27 @@ mod tests {
         let broken = confirms.broken.expect("broken");
         assert_eq!(broken.message, "the connection to the AMQP broker was lost");
         assert_eq!(broken.class, ErrorClass::Connect);
+    }
+
+    #[test]
+    fn a_header_amqp_cannot_carry_is_refused_not_dropped() {
+        use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", HeaderValue::from_static("msg_1"));
+        let table = field_table(&headers).expect("a short header is carried");
+        let name = "webhook-id".try_into().expect("a field name");
+        assert!(
+            format!("{:?}", table.get(&name)).contains("msg_1"),
+            "{table:?}"
+        );
+        let long = HeaderName::from_bytes("x".repeat(256).as_bytes()).expect("a header name");
+        headers.insert(long, HeaderValue::from_static("1"));
+        let refused = field_table(&headers).expect_err("a 256-byte name is refused");
+        assert!(
+            refused.message.contains("is longer than AMQP carries"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]
