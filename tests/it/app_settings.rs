@@ -295,6 +295,12 @@ async fn synced_follows_the_last_event_of_each_snapshot_for_apps_that_opted_in()
         json!({"created": 2, "updated": 0, "deleted": 0})
     );
     assert_eq!(notice.header("webhook-id"), body["event_id"]);
+    // The other app registered while the first scan may have been under
+    // way: its initial snapshot can come with the next scan. It must be of
+    // the first commit for the file events below to be the ones expected.
+    plain
+        .wait_for("the other app's initial snapshot", |r| r.len() == 2)
+        .await;
 
     repo.write("a.md", "alpha two\n");
     repo.remove("b.md");

@@ -186,16 +186,75 @@ async fn wait_for_trees(app: &TestApp, flow: &Flow, subscribers: &[&Subscriber])
     let deadline = Instant::now() + CONVERGENCE;
     for subscriber in subscribers {
         while !subscriber.holds(flow) {
-            assert!(
-                Instant::now() < deadline,
-                "{}: the receiver never got the tree of v{}; logs:\n{}",
-                subscriber.client.app_id,
-                flow.version,
-                app.logs()
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: the receiver never got the tree of v{} ({}); overview: {}\nleases: {}\nlogs:\n{}",
+                    subscriber.client.app_id,
+                    flow.version,
+                    difference(subscriber, flow),
+                    overview(app).await,
+                    leases(app).await,
+                    app.logs()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Where what a subscriber's webhooks built differs from the flow's tree:
+/// each path with the version it holds and the version it should hold.
+fn difference(subscriber: &Subscriber, flow: &Flow) -> String {
+    let got = tree_of_repository(&subscriber.accepted(), &subscriber.repository_id);
+    let want = tree_of(&flow.repo);
+    let held = |tree: &std::collections::BTreeMap<String, Vec<u8>>, path: &String| {
+        tree.get(path).map_or_else(
+            || "absent".to_owned(),
+            |content| format!("v{}", version(&String::from_utf8_lossy(content))),
+        )
+    };
+    let paths: std::collections::BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    let differing: Vec<String> = paths
+        .into_iter()
+        .filter(|path| got.get(*path) != want.get(*path))
+        .map(|path| format!("{path}: {} for {}", held(&got, path), held(&want, path)))
+        .collect();
+    format!(
+        "{} paths differ, {} webhooks accepted: {}",
+        differing.len(),
+        subscriber.accepted().len(),
+        differing
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Who holds which scan and delivery lease, until when, beside the time:
+/// what a test that waited in vain prints.
+async fn leases(app: &TestApp) -> String {
+    let db = app.database().await;
+    let sql = "SELECT 'scan ' || id || ' ' || COALESCE(scan_lease_owner, '-') || ' ' || \
+               COALESCE(CAST(scan_lease_until AS TEXT), '-') AS line FROM repositories \
+               UNION ALL SELECT 'delivery ' || id || ' ' || COALESCE(delivery_lease_owner, '-') \
+               || ' ' || COALESCE(CAST(delivery_lease_until AS TEXT), '-') FROM subscriptions";
+    let lines = match db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| {
+                row.try_get::<String>("", "line")
+                    .unwrap_or_else(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(err) => format!("unreadable ({err})"),
+    };
+    format!("now {} ms; {lines}", actors::clock::now_ms())
 }
 
 pub(crate) async fn overview(app: &TestApp) -> Value {
