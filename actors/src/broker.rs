@@ -575,16 +575,45 @@ impl Publisher {
     }
 }
 
-/// The signed headers as name and text pairs, in a stable order.
-fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// The signed headers as name and text pairs, in a stable order. A header
+/// whose value is not visible ASCII is refused, never dropped: every
+/// header is signed, and a message without one would not verify.
+fn header_pairs(headers: &HeaderMap) -> Result<Vec<(&str, &str)>, Failure> {
     headers
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .map(|(name, value)| match value.to_str() {
+            Ok(text) => Ok((name.as_str(), text)),
+            Err(_) => Err(Failure::refused(format!(
+                "the header {name} is not visible ASCII, which a broker message carries"
+            ))),
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_that_is_not_ascii_text_is_refused_not_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", "evt_1".parse().expect("a value"));
+        assert_eq!(
+            header_pairs(&headers).expect("ASCII headers are carried"),
+            [("webhook-id", "evt_1")]
+        );
+        headers.insert(
+            "ce-subject",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").expect("obs-text is a value"),
+        );
+        let refused = header_pairs(&headers).expect_err("a header must not be dropped");
+        assert_eq!(refused.class, ErrorClass::Broker);
+        assert!(
+            refused.message.contains("ce-subject"),
+            "{}",
+            refused.message
+        );
+    }
 
     fn parse(mode: DeliveryMode, raw: serde_json::Value) -> Result<Destination, String> {
         Destination::parse(mode, &raw)

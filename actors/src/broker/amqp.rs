@@ -413,7 +413,7 @@ impl Connection {
 /// AMQP cannot carry (a name over 255 bytes) is refused, never dropped.
 fn field_table(headers: &reqwest::header::HeaderMap) -> Result<FieldTable, Failure> {
     let mut table = FieldTable::new();
-    for (name, value) in header_pairs(headers) {
+    for (name, value) in header_pairs(headers)? {
         let (Ok(field), Ok(value)) = (name.try_into(), value.try_into()) else {
             return Err(Failure::refused(format!(
                 "the header {name} is longer than AMQP carries"

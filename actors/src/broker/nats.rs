@@ -84,7 +84,7 @@ impl Connection {
 
     pub(super) async fn publish(&self, message: &Message<'_>) -> Result<String, Failure> {
         let mut headers = NatsHeaders::new();
-        for (name, value) in header_pairs(message.headers) {
+        for (name, value) in header_pairs(message.headers)? {
             headers.insert(name, value);
         }
         let publish = async_nats::jetstream::message::PublishMessage::build()

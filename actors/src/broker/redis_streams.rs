@@ -158,7 +158,7 @@ impl Connection {
             .arg(message.event)
             .arg("body")
             .arg(message.body.as_ref());
-        for (name, value) in header_pairs(message.headers) {
+        for (name, value) in header_pairs(message.headers)? {
             invocation.arg(name).arg(value);
         }
         let mut connection = self.connection.clone();
