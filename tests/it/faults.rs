@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::cluster::{tree_of_repository, version};
 use crate::delivery::{engine_restart, tree_of};
 use crate::gitserver::{GitDaemon, Served, TestRepo};
-use crate::helpers::{TestApp, TestClient, TestDatabase, engine_with, onboard, watch};
+use crate::helpers::{Rig, TestApp, TestClient, TestDatabase, engine_with, onboard, watch};
 use crate::receiver::{Received, Receiver, Reply};
 
 /// How long a fault test waits for Herald to converge once the fault is
@@ -418,6 +418,60 @@ async fn sigkills_at_random_instants_lose_reorder_and_age_nothing() {
          {repeats} repeats (same webhook-id), {:?}",
         subscriber.accepted().len(),
         started.elapsed()
+    );
+}
+
+/// A SIGKILL in the middle of a fetch leaves git's lock files in the mirror
+/// (`{file}.lock` beside each file git was rewriting), and git refuses to
+/// write while one is there. The restarted Herald removes them, logs it,
+/// and the next push arrives.
+#[tokio::test]
+async fn locks_a_killed_fetch_left_in_the_mirror_stop_no_later_scan() {
+    let repo = TestRepo::new("main");
+    repo.write("a.md", "one\n");
+    repo.commit("one");
+    let rig = Rig::serve(&repo).await;
+    let (app, _, id) = rig.watched("acme", &[]).await;
+    rig.receiver
+        .wait_for("the first snapshot", |r| r.len() == 1)
+        .await;
+
+    let mirror = app.data_path().join("mirrors").join(format!("{id}.git"));
+    let (dir, database) = app.kill().await;
+    let locks = [
+        "refs/heads/main.lock",
+        "shallow.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "FETCH_HEAD.lock",
+    ]
+    .map(|lock| mirror.join(lock));
+    for lock in &locks {
+        std::fs::write(lock, "").expect("a lock file in the mirror");
+    }
+    repo.write("a.md", "two\n");
+    repo.commit("two");
+    rig.served.push(&repo, "HEAD:refs/heads/main", false);
+
+    let app = engine_restart(dir, database).await;
+    // The first snapshot's webhook may come again first: the kill can
+    // land before its success was written.
+    let accepted = rig
+        .receiver
+        .wait_for("the push after the restart", |r| {
+            r.iter().any(|r| r.endpoint == "update")
+        })
+        .await;
+    let update = accepted.last().expect("the update");
+    assert_eq!(update.endpoint, "update");
+    assert_eq!(update.json()["file"]["content"], "two\n");
+    for lock in &locks {
+        assert!(!lock.exists(), "{} is still there", lock.display());
+    }
+    assert!(
+        app.logs()
+            .contains("removed the lock files a stopped writer left in the mirror"),
+        "the removal is logged"
     );
 }
 

@@ -31,6 +31,7 @@ use super::refs::{
 };
 use super::remote::{RemoteHead, RemoteSpec, Route, Session, local_path, scheme_of};
 
+mod stale_locks;
 mod update;
 pub use update::UpdateFailure;
 
@@ -121,7 +122,8 @@ impl std::fmt::Debug for Mirror {
 }
 
 impl Mirror {
-    /// Opens the mirror at `path`, creating it when missing. A mirror that
+    /// Opens the mirror at `path`, creating it when missing, without the
+    /// lock files a writer killed mid-update left ([`stale_locks`]). A mirror that
     /// cannot be opened is rebuilt (empty, to be fetched again) only once it
     /// is verified damaged: the failure is not the system's (too many open
     /// files, no permission, no memory: those never count), and the mirror
@@ -137,6 +139,10 @@ impl Mirror {
     }
 
     fn open_writing(path: &Path, writing: WriteLock) -> Result<Self, GitError> {
+        let removed = stale_locks::sweep(path);
+        if removed > 0 {
+            tracing::warn!(path = %path.display(), removed, "removed the lock files a stopped writer left in the mirror");
+        }
         let healthy = |opened: Result<Repository, git2::Error>| {
             let repo = opened?;
             let odb = repo.odb().map(|_| ());
