@@ -205,7 +205,8 @@ async fn wait_for_trees(app: &TestApp, flow: &Flow, subscribers: &[&Subscriber])
 /// Where what a subscriber's webhooks built differs from the flow's tree:
 /// each path with the version it holds and the version it should hold.
 fn difference(subscriber: &Subscriber, flow: &Flow) -> String {
-    let got = tree_of_repository(&subscriber.accepted(), &subscriber.repository_id);
+    let accepted = subscriber.accepted();
+    let got = tree_of_repository(&accepted, &subscriber.repository_id);
     let want = tree_of(&flow.repo);
     let held = |tree: &std::collections::BTreeMap<String, Vec<u8>>, path: &String| {
         tree.get(path).map_or_else(
@@ -222,7 +223,7 @@ fn difference(subscriber: &Subscriber, flow: &Flow) -> String {
     format!(
         "{} paths differ, {} webhooks accepted: {}",
         differing.len(),
-        subscriber.accepted().len(),
+        accepted.len(),
         differing
             .iter()
             .take(20)
