@@ -455,20 +455,22 @@ async fn scan_claimed(
             let commit = advance.commit.clone();
             let changes = advance.delta.len();
             let result = store.advance_snapshot(advance).await?;
-            // The events are committed: delivery starts now, not after the
-            // scan's own record below.
-            if result.events > 0 {
-                config.signal.notify();
-            }
             let end = if moved {
                 ScanEnd::Changed
             } else {
                 ScanEnd::Unchanged
             };
+            // The scan is counted before any of its events can be delivered,
+            // so a scrape never shows a delivery without the scan behind it.
+            telemetry::scan_finished(end, started.elapsed());
+            // The events are committed: delivery starts now, not after the
+            // scan's own record below.
+            if result.events > 0 {
+                config.signal.notify();
+            }
             log.ended(end, Some(commit.clone()), changes, result.events, None)
                 .await;
             if !moved {
-                telemetry::scan_finished(ScanEnd::Unchanged, started.elapsed());
                 if result.events == 0 {
                     return Ok(ScanReport::Unchanged);
                 }
@@ -477,7 +479,6 @@ async fn scan_claimed(
                     events: result.events,
                 });
             }
-            telemetry::scan_finished(ScanEnd::Changed, started.elapsed());
             info!(
                 %repository,
                 %commit,
