@@ -711,28 +711,28 @@ fn run(options: &Options, backend: Backend) {
     println!("| measure | value |\n|---|---|");
     println!("| wall time | {:.2} s |", wall.as_secs_f64());
     println!(
-        "| — scan (head check, fetch {} objects, walk, hash) | {:.2} s |",
+        "| — scan (head check, fetch {} objects, walk, hash) | {:.1} ms |",
         repo.files,
-        initial.scan.as_secs_f64()
+        initial.scan.as_secs_f64() * 1e3
     );
     println!(
-        "| — · of which head check + fetch (re-run on a second mirror) | {:.2} s |",
-        fetch_time.as_secs_f64()
+        "| — · of which head check + fetch (re-run on a second mirror) | {:.1} ms |",
+        fetch_time.as_secs_f64() * 1e3
     );
     println!(
-        "| — · of which walk + hash (re-run on a second mirror) | {:.2} s |",
-        walk_time.as_secs_f64()
+        "| — · of which walk + hash (re-run on a second mirror) | {:.1} ms |",
+        walk_time.as_secs_f64() * 1e3
     );
     println!(
-        "| — advance_snapshot ({} manifest rows + {} events) | {:.2} s |",
+        "| — advance_snapshot ({} manifest rows + {} events) | {:.1} ms |",
         manifest_rows,
         initial.outcome.events,
-        initial.advance.as_secs_f64()
+        initial.advance.as_secs_f64() * 1e3
     );
     if let Some(elapsed) = other_initial {
         println!(
-            "| (same scan alone over {other_label}, for comparison) | {:.2} s |",
-            elapsed.as_secs_f64()
+            "| (same scan alone over {other_label}, for comparison) | {:.1} ms |",
+            elapsed.as_secs_f64() * 1e3
         );
     }
     println!("| CPU time, user+sys (this process) | {cpu:.2} s |");
