@@ -14,6 +14,7 @@ mod held;
 mod manifest;
 mod notices;
 mod opt_ins;
+pub(crate) mod rows;
 mod status;
 
 pub use self::failures::GitFailureRecord;
@@ -36,7 +37,7 @@ use crate::payload::SyncedCounts;
 use entity::{EventKind, event, manifest_entry, snapshot, subscription};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, Set, Statement,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, Set, Statement,
 };
 
 /// Rows per multi-row statement: well below SQLite's and PostgreSQL's bind
@@ -45,21 +46,21 @@ pub(crate) const BATCH: usize = 500;
 
 /// Runs `statements` on `conn` one after the other, making each while the
 /// one before it runs. A snapshot's rows cost about as much to turn into a
-/// statement (SeaORM's values and SQL, on this thread) as to write (on
-/// SQLite's worker thread, or PostgreSQL's server): made in turn, the two
-/// overlap instead of adding up.
+/// statement (on this thread) as to write (on SQLite's worker thread, or
+/// PostgreSQL's server): made in turn, the two overlap instead of adding
+/// up. A statement that cannot be made ends the run with its error.
 pub(crate) async fn execute_in_turn<C: ConnectionTrait>(
     conn: &C,
-    mut statements: impl Iterator<Item = Statement>,
+    mut statements: impl Iterator<Item = Result<Statement, DbErr>>,
 ) -> Result<(), DbErr> {
-    let mut next = statements.next();
+    let mut next = statements.next().transpose()?;
     while let Some(statement) = next {
         // The write is handed over at its first poll, before the next
         // statement is made.
         let (written, made) =
             futures::join!(conn.execute_raw(statement), async { statements.next() });
         written?;
-        next = made;
+        next = made.transpose()?;
     }
     Ok(())
 }
@@ -479,7 +480,7 @@ pub(crate) async fn write_events<'a>(
             seq += 1;
             row
         });
-        Some(event::Entity::insert_many(rows).build(backend))
+        rows::insert_rows(backend, rows, None).transpose()
     });
     execute_in_turn(txn, statements).await?;
     Ok(counts)

@@ -3,13 +3,14 @@
 //! snapshot's totals, and the delta applied to the rows, a batch at a time.
 
 use entity::{manifest_entry, repository, snapshot};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Set,
+    QuerySelect, Set,
 };
 
 use super::BATCH;
+use super::rows::OnConflict;
 use crate::changes::{FileInfo, Manifest, PointerFile, TreeDelta};
 use crate::store::StoreError;
 
@@ -171,6 +172,7 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
             .exec(conn)
             .await?;
     }
+    use manifest_entry::Column as Key;
     let backend = conn.get_database_backend();
     let mut upserts = delta.upserts().peekable();
     let statements = std::iter::from_fn(|| {
@@ -188,27 +190,24 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                 lfs: Set(info.lfs),
                 pointer_sha256: Set(info.pointer.map(|p| hex::encode(p.sha256))),
                 pointer_size: Set(info.pointer.map(|p| i64::from(p.size))),
-            })
-            .collect::<Vec<_>>();
-        let insert = manifest_entry::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns([
-                    manifest_entry::Column::RepositoryId,
-                    manifest_entry::Column::Path,
-                ])
-                .update_columns([
-                    manifest_entry::Column::Sha256,
-                    manifest_entry::Column::Size,
-                    manifest_entry::Column::BlobId,
-                    manifest_entry::Column::Binary,
-                    manifest_entry::Column::Lfs,
-                    manifest_entry::Column::PointerSha256,
-                    manifest_entry::Column::PointerSize,
-                ])
-                .to_owned(),
-            )
-            .build(backend);
-        Some(insert)
+            });
+        super::rows::insert_rows(
+            backend,
+            rows,
+            Some(OnConflict {
+                key: &[Key::RepositoryId, Key::Path],
+                update: &[
+                    Key::Sha256,
+                    Key::Size,
+                    Key::BlobId,
+                    Key::Binary,
+                    Key::Lfs,
+                    Key::PointerSha256,
+                    Key::PointerSize,
+                ],
+            }),
+        )
+        .transpose()
     });
     super::execute_in_turn(conn, statements).await?;
     Ok(())
