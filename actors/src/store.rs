@@ -55,6 +55,7 @@ pub mod replay_quotas;
 pub mod replays;
 pub mod retention;
 pub mod rollups;
+mod rows;
 pub mod scans;
 pub mod stream;
 pub mod subscriptions;

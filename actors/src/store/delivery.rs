@@ -5,12 +5,13 @@
 use entity::{app, delivery_attempt, event, repository, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 use super::events::resume_subscription;
 use super::leases::{LeaseToken, free, hold_delivery};
+use super::rows::insert_rows;
 use super::{Store, StoreError};
 use crate::clock::now_ms;
 use crate::ids::{AppId, AttemptId, RepoId, SubscriptionId};
@@ -475,10 +476,11 @@ impl Store {
             .map(Attempt::into_row)
             .collect();
         let mut rows = rows.into_iter();
+        let backend = txn.get_database_backend();
         for size in piece_sizes(rows.len()) {
-            delivery_attempt::Entity::insert_many(rows.by_ref().take(size))
-                .exec_without_returning(&txn)
-                .await?;
+            if let Some(insert) = insert_rows(backend, rows.by_ref().take(size), None)? {
+                txn.execute_raw(insert).await?;
+            }
         }
         txn.commit().await?;
         Ok(())

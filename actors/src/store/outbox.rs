@@ -14,7 +14,6 @@ mod held;
 mod manifest;
 mod notices;
 mod opt_ins;
-pub(crate) mod rows;
 mod status;
 
 pub use self::failures::GitFailureRecord;
@@ -27,6 +26,7 @@ use self::notices::{write_submodule_events, write_synced_notice};
 use self::opt_ins::OptIns;
 use super::globs::{Globs, fail_corrupt_globs};
 use super::leases::{ScanFence, hold_scan};
+use super::rows::insert_rows;
 use super::{Store, StoreError, lock_repositories};
 use crate::changes::{
     FileInfo, Manifest, Pending, TreeDelta, Visibility, changes_for, tree_changes, tree_files,
@@ -480,7 +480,7 @@ pub(crate) async fn write_events<'a>(
             seq += 1;
             row
         });
-        rows::insert_rows(backend, rows, None).transpose()
+        insert_rows(backend, rows, None).transpose()
     });
     execute_in_turn(txn, statements).await?;
     Ok(counts)

@@ -10,9 +10,10 @@ use sea_orm::{
 };
 
 use super::BATCH;
-use super::rows::OnConflict;
+
 use crate::changes::{FileInfo, Manifest, PointerFile, TreeDelta};
 use crate::store::StoreError;
+use crate::store::rows::{OnConflict, insert_rows};
 
 /// Manifest rows read per query when the whole manifest is loaded.
 const MANIFEST_PAGE: u64 = 10_000;
@@ -191,7 +192,7 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
                 pointer_sha256: Set(info.pointer.map(|p| hex::encode(p.sha256))),
                 pointer_size: Set(info.pointer.map(|p| i64::from(p.size))),
             });
-        super::rows::insert_rows(
+        insert_rows(
             backend,
             rows,
             Some(OnConflict {

@@ -11,8 +11,8 @@
 //! the types SeaORM gives them.
 //!
 //! Every column of every row must be set: the tables written this way
-//! (events, manifest rows) are filled whole, and a column left to its
-//! default would be a different statement.
+//! (events, manifest rows, delivery attempts) are filled whole, and a
+//! column left to its default would be a different statement.
 
 use std::fmt::Write;
 
@@ -111,7 +111,7 @@ fn write_names<C: IdenStatic>(sql: &mut String, columns: &[C]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use entity::{EventKind, event, manifest_entry};
+    use entity::{EventKind, delivery_attempt, event, manifest_entry};
     use sea_orm::sea_query::Expr;
     use sea_orm::{ColumnTrait, QueryTrait, Set};
 
@@ -129,6 +129,7 @@ mod tests {
     fn the_tables_written_this_way_store_values_as_given() {
         assert!(stores_values_as_given::<event::ActiveModel>());
         assert!(stores_values_as_given::<manifest_entry::ActiveModel>());
+        assert!(stores_values_as_given::<delivery_attempt::ActiveModel>());
     }
 
     fn event_row(seq: i64) -> event::ActiveModel {
@@ -151,6 +152,31 @@ mod tests {
                 .expect("every column set")
                 .expect("rows");
             let seaorm = event::Entity::insert_many(rows).build(backend);
+            assert_eq!(ours.sql, seaorm.sql, "{backend:?}");
+            assert_eq!(ours.values, seaorm.values, "{backend:?}");
+        }
+    }
+
+    #[test]
+    fn attempts_are_the_statement_seaorm_makes() {
+        let row = |n: i64| delivery_attempt::ActiveModel {
+            id: Set(format!("att_{n}")),
+            event_id: Set("evt".to_owned()),
+            chunk_index: Set((n > 0).then_some(2)),
+            attempted_at: Set(1_700_000_000_000 + n),
+            status_code: Set(Some(503)),
+            latency_ms: Set(12),
+            error_class: Set(Some(entity::ErrorClass::Timeout)),
+            response_excerpt: Set(None),
+            request_timestamp: Set(Some(1_700_000_000)),
+            traceparent: Set(None),
+        };
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let rows = vec![row(0), row(1)];
+            let ours = insert_rows(backend, rows.clone(), None)
+                .expect("every column set")
+                .expect("rows");
+            let seaorm = delivery_attempt::Entity::insert_many(rows).build(backend);
             assert_eq!(ours.sql, seaorm.sql, "{backend:?}");
             assert_eq!(ours.values, seaorm.values, "{backend:?}");
         }
