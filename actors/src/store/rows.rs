@@ -25,7 +25,8 @@ use sea_orm::{
 type Column<A> = <<A as ActiveModelTrait>::Entity as EntityTrait>::Column;
 
 /// What a row whose key is already there does instead of failing: the
-/// conflict's columns, and the columns updated from the new row.
+/// conflict's columns, and the columns (at least one) updated from the new
+/// row.
 pub(crate) struct OnConflict<'c, C> {
     pub(crate) key: &'c [C],
     pub(crate) update: &'c [C],
@@ -57,8 +58,8 @@ pub(crate) fn insert_rows<A: ActiveModelTrait>(
     }
     let rows = values.len() / columns.len();
     let table = A::Entity::default().table_name();
-    // About four bytes a placeholder, a few more per row.
-    let mut sql = String::with_capacity(64 + 16 * columns.len() + values.len() * 5 + rows * 4);
+    // The names, then a placeholder and its separator for each value.
+    let mut sql = String::with_capacity(64 + 16 * columns.len() + values.len() * 8);
     let _ = write!(sql, "INSERT INTO \"{table}\" (");
     write_names(&mut sql, &columns);
     sql.push_str(") VALUES ");

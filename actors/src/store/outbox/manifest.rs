@@ -173,7 +173,7 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
             .exec(conn)
             .await?;
     }
-    use manifest_entry::Column as Key;
+    use manifest_entry::Column;
     let backend = conn.get_database_backend();
     let mut upserts = delta.upserts().peekable();
     let statements = std::iter::from_fn(|| {
@@ -196,15 +196,15 @@ pub(super) async fn apply_manifest_delta<C: ConnectionTrait>(
             backend,
             rows,
             Some(OnConflict {
-                key: &[Key::RepositoryId, Key::Path],
+                key: &[Column::RepositoryId, Column::Path],
                 update: &[
-                    Key::Sha256,
-                    Key::Size,
-                    Key::BlobId,
-                    Key::Binary,
-                    Key::Lfs,
-                    Key::PointerSha256,
-                    Key::PointerSize,
+                    Column::Sha256,
+                    Column::Size,
+                    Column::BlobId,
+                    Column::Binary,
+                    Column::Lfs,
+                    Column::PointerSha256,
+                    Column::PointerSize,
                 ],
             }),
         )
