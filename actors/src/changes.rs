@@ -40,7 +40,7 @@ pub mod submodules;
 mod visibility;
 mod walk;
 
-pub use describe::{Description, describe};
+pub use describe::{Arrival, Arrived, ArrivingBlob, Description, describe};
 use describe::{Undescribed, describe_blob};
 pub use plan::{Manifest, ReplayDiff};
 pub(crate) use plan::{Pending, changes_for, tree_changes, tree_files};
@@ -89,6 +89,9 @@ pub struct Reading<'s> {
     /// from the submodule's remote by this source (see [`submodules`]).
     /// `None`: a gitlink is a [`SubmoduleChange`].
     pub modules: Option<Modules<'s>>,
+    /// Blobs described as the fetch brought them ([`describe::Arrived`]):
+    /// not read from the mirror again.
+    pub arrived: Option<&'s Arrived>,
 }
 
 /// What expanding submodules needs: the watched remote (relative
@@ -101,7 +104,11 @@ pub struct Modules<'s> {
 impl Reading<'_> {
     /// Plain files, gitlinks not followed.
     pub fn files(lfs: bool) -> Reading<'static> {
-        Reading { lfs, modules: None }
+        Reading {
+            lfs,
+            modules: None,
+            arrived: None,
+        }
     }
 }
 
@@ -538,7 +545,7 @@ pub fn diff_against_manifest(
     let mut seen = std::collections::HashSet::with_capacity(manifest.len());
     let lfs = reading.lfs;
     // Files to describe, described a list at a time on several threads.
-    let mut pending = Undescribed::default();
+    let mut pending = Undescribed::new(reading.arrived);
     walk_read(repo, &tree, new, reading, &mut |path, blob, nested| {
         if let Some((known_path, known)) = manifest.get_key_value(&path) {
             seen.insert(known_path.as_str());

@@ -29,6 +29,7 @@
 //! [`mirror`] keeps the local copy (fetch, pins, compaction); [`refs`] names
 //! what a mirror holds.
 
+mod arriving;
 pub mod blob;
 mod egress;
 mod error;
@@ -43,6 +44,7 @@ mod remote;
 mod socket;
 mod tls;
 
+pub use self::arriving::{Arriving, BlobReader, Tap};
 pub use self::error::{GitError, GitFailure};
 pub use self::mirror::{
     Mirror, MirrorStats, UpdateFailure, VERIFY_DAMAGE_AFTER, configure_process,

@@ -145,6 +145,7 @@ impl MirrorModules<'_> {
         Reading {
             lfs,
             modules: expand.then(|| self.modules()),
+            arrived: None,
         }
     }
 
@@ -189,12 +190,13 @@ fn is_refusal(err: &GitError) -> bool {
 fn access(
     job: &ScanJob,
     mirror: &Mirror,
+    tap: Option<&git::Tap>,
     verdicts: &mut Vec<(String, Verdict)>,
 ) -> Result<Option<(RemoteHead, RemoteSpec)>, GitError> {
     let mut not_found = None;
     for accessor in job.accessors.iter().filter(|a| a.granted) {
         let spec = job.remote.with_credentials(accessor.credentials.clone());
-        match mirror.update(&spec, job.branch.as_deref()) {
+        match mirror.update(&spec, job.branch.as_deref(), tap) {
             Ok(head) => {
                 verdicts.push((accessor.subscription.clone(), Verdict::Granted));
                 return Ok(Some((head, spec)));
@@ -320,9 +322,18 @@ fn scan_with(
     {
         mirror.keep_base(known)?;
     }
-    let Some((head, remote)) = access(job, mirror, verdicts)? else {
+    // A first sync's blobs are described as the pack arrives (`git://`).
+    let arriving = git::Arriving::<changes::ArrivingBlob>::for_remote(&job.remote.url);
+    let Some((head, remote)) = access(
+        job,
+        mirror,
+        arriving.as_ref().map(git::Arriving::tap),
+        verdicts,
+    )?
+    else {
         return Ok(ScanOutcome::NoAccess);
     };
+    let arrived = arriving.map(|arriving| arriving.finish(mirror.repo()));
     let remote = &remote;
     let commit = head.commit;
     let repo = mirror.repo();
@@ -342,6 +353,7 @@ fn scan_with(
         .filter(|oid| repo.find_commit(*oid).is_ok());
     let mut modules = MirrorModules { mirror, remote };
     let mut reading = modules.reading(job.lfs, job.expand_submodules);
+    reading.arrived = arrived.as_ref();
     let (delta, old_ignore) = match (old, &job.manifest, &job.known_head) {
         (Some(old), _, _) => (
             changes::diff_commits(repo, old, commit, &mut reading).map_err(change_failure)?,

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
+use crate::lfs::Pointer;
+use crate::lfs::pointer::MAX_POINTER_BYTES;
 
 /// SHA-256 (hex), size and binary flag of a blob's bytes.
 pub fn describe(content: &[u8]) -> (String, i64, bool) {
@@ -66,6 +68,99 @@ impl Description {
     }
 }
 
+/// A blob described as a fetch brings it ([`crate::git::Arriving`]): its
+/// [`Description`], and, while its bytes may still be an LFS pointer, the
+/// bytes (at most [`MAX_POINTER_BYTES`]), so that it is described as
+/// [`describe_blob`] would with LFS on or off.
+pub struct ArrivingBlob {
+    description: Description,
+    /// The bytes so far while they may be a pointer; `None` once they
+    /// cannot.
+    text: Option<Vec<u8>>,
+}
+
+/// What [`ArrivingBlob`] made of a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    sha256: [u8; 32],
+    size: i64,
+    binary: bool,
+    /// The LFS pointer the blob is, if it is one.
+    pointer: Option<Pointer>,
+}
+
+/// Every LFS pointer starts so ([`Pointer::parse`]).
+const POINTER_START: &[u8] = b"version ";
+
+impl crate::git::BlobReader for ArrivingBlob {
+    type Made = Arrival;
+
+    fn new() -> Self {
+        Self {
+            description: Description::new(),
+            text: Some(Vec::new()),
+        }
+    }
+
+    fn feed(&mut self, piece: &[u8]) {
+        self.description.feed(piece);
+        if let Some(text) = &mut self.text {
+            text.extend_from_slice(piece);
+            let start = &text[..text.len().min(POINTER_START.len())];
+            if text.len() > MAX_POINTER_BYTES || !POINTER_START.starts_with(start) {
+                self.text = None;
+            }
+        }
+    }
+
+    fn finish(self) -> Arrival {
+        let pointer = self.text.as_deref().and_then(Pointer::parse);
+        let (sha256, size, binary) = self.description.finish_raw();
+        Arrival {
+            sha256,
+            size,
+            binary,
+            pointer,
+        }
+    }
+}
+
+/// Blobs described as the fetch brought them, by id.
+pub type Arrived = std::collections::HashMap<Oid, Arrival>;
+
+/// What [`describe_blob`] answers for `blob`, from its arrival.
+fn arrived_info(arrived: Option<&Arrived>, blob: Oid, lfs: bool) -> Option<FileInfo> {
+    let arrival = arrived?.get(&blob)?;
+    Some(match arrival.pointer {
+        Some(pointer) if lfs => pointer_info(blob, pointer, arrival.sha256, arrival.size),
+        _ => FileInfo {
+            blob_id: blob,
+            sha256: arrival.sha256,
+            size: arrival.size,
+            binary: arrival.binary,
+            lfs: false,
+            pointer: None,
+        },
+    })
+}
+
+/// A file that is an LFS pointer (`text_sha256` and `text_size` the
+/// pointer's own), described by its object: binary until its content says
+/// otherwise at delivery.
+fn pointer_info(blob: Oid, pointer: Pointer, text_sha256: [u8; 32], text_size: i64) -> FileInfo {
+    FileInfo {
+        blob_id: blob,
+        sha256: pointer.oid,
+        size: i64::try_from(pointer.size).unwrap_or(i64::MAX),
+        binary: true,
+        lfs: true,
+        pointer: Some(PointerFile {
+            sha256: text_sha256,
+            size: u16::try_from(text_size).unwrap_or(u16::MAX),
+        }),
+    }
+}
+
 /// Describes a blob; with `lfs`, a blob that is an LFS pointer is
 /// described by its object: the pointer's oid and size, and binary until
 /// its content says otherwise at delivery.
@@ -75,21 +170,17 @@ pub(super) fn describe_blob(
     lfs: bool,
 ) -> Result<FileInfo, ChangeError> {
     let (size, _) = repo.odb()?.read_header(blob)?;
-    if lfs && size <= crate::lfs::pointer::MAX_POINTER_BYTES {
+    if lfs && size <= MAX_POINTER_BYTES {
         let found = repo.find_blob(blob)?;
         let text = found.content();
-        if let Some(pointer) = crate::lfs::Pointer::parse(text) {
-            return Ok(FileInfo {
-                blob_id: blob,
-                sha256: pointer.oid,
-                size: i64::try_from(pointer.size).unwrap_or(i64::MAX),
-                binary: true,
-                lfs: true,
-                pointer: Some(PointerFile {
-                    sha256: Sha256::digest(text).into(),
-                    size: u16::try_from(text.len()).unwrap_or(u16::MAX),
-                }),
-            });
+        if let Some(pointer) = Pointer::parse(text) {
+            let size = i64::try_from(text.len()).unwrap_or(i64::MAX);
+            return Ok(pointer_info(
+                blob,
+                pointer,
+                Sha256::digest(text).into(),
+                size,
+            ));
         }
     }
     let mut description = Description::new();
@@ -112,14 +203,23 @@ pub(super) fn describe_blob(
 /// Files met by a walk, waiting to be described: at most
 /// [`Undescribed::CAPACITY`] at once, so that a walk of a million files
 /// holds a list, not the tree.
-#[derive(Default)]
-pub(super) struct Undescribed {
+pub(super) struct Undescribed<'a> {
     paths: Vec<String>,
     blobs: Vec<(Oid, bool)>,
+    /// Blobs described as they arrived, taken from here.
+    arrived: Option<&'a Arrived>,
 }
 
-impl Undescribed {
+impl<'a> Undescribed<'a> {
     const CAPACITY: usize = 4096;
+
+    pub(super) fn new(arrived: Option<&'a Arrived>) -> Self {
+        Self {
+            paths: Vec::new(),
+            blobs: Vec::new(),
+            arrived,
+        }
+    }
 
     /// A file at `path`; with `lfs`, an LFS pointer stands for its object.
     pub(super) fn push(&mut self, path: String, blob: Oid, lfs: bool) {
@@ -138,9 +238,26 @@ impl Undescribed {
         repo: &Repository,
         delta: &mut TreeDelta,
     ) -> Result<(), ChangeError> {
-        let infos = describe_blobs(repo, &self.blobs)?;
+        let mut infos: Vec<Option<FileInfo>> = self
+            .blobs
+            .iter()
+            .map(|&(blob, lfs)| arrived_info(self.arrived, blob, lfs))
+            .collect();
+        let unread: Vec<(Oid, bool)> = self
+            .blobs
+            .iter()
+            .zip(&infos)
+            .filter(|(_, info)| info.is_none())
+            .map(|(&blob, _)| blob)
+            .collect();
+        let mut read = describe_blobs(repo, &unread)?.into_iter();
+        for info in infos.iter_mut().filter(|info| info.is_none()) {
+            *info = read.next();
+        }
         self.blobs.clear();
         for (path, info) in self.paths.drain(..).zip(infos) {
+            let info =
+                info.ok_or_else(|| ChangeError::Read("a blob was left undescribed".to_owned()))?;
             delta.add_upsert(&path, info)?;
         }
         Ok(())
@@ -269,6 +386,87 @@ mod tests {
         assert!(
             describe_on(&repo, &broken, 3).is_err(),
             "a missing blob fails the list"
+        );
+    }
+
+    /// `bytes` read as they arrive, in pieces of `every` bytes.
+    fn arrival(bytes: &[u8], every: usize) -> Arrival {
+        use crate::git::BlobReader;
+        let mut reader = ArrivingBlob::new();
+        for piece in bytes.chunks(every.max(1)) {
+            reader.feed(piece);
+        }
+        reader.finish()
+    }
+
+    #[test]
+    fn a_blob_described_as_it_arrives_is_described_as_from_the_mirror() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init_bare(dir.path()).expect("a repository");
+        let pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
+        let contents: Vec<Vec<u8>> = vec![
+            pointer.to_vec(),
+            // Looks like a pointer at first, is not one.
+            b"version https://git-lfs.github.com/spec/v1\nnot a pointer\n".to_vec(),
+            b"version 2 of the notes\n".to_vec(),
+            b"plain text\n".to_vec(),
+            Vec::new(),
+            vec![0u8, 1, 2, 3],
+            // A pointer's start, then too long to be one.
+            [&pointer[..], &[b'x'; 1100][..]].concat(),
+            (0..5000_u32).map(|i| (i % 251) as u8).collect(),
+        ];
+        for bytes in &contents {
+            let blob = repo.blob(bytes).expect("a blob");
+            for every in [1, 7, 4096] {
+                let arrived: Arrived = [(blob, arrival(bytes, every))].into_iter().collect();
+                for lfs in [true, false] {
+                    assert_eq!(
+                        arrived_info(Some(&arrived), blob, lfs),
+                        Some(describe_blob(&repo, blob, lfs).expect("described")),
+                        "{:?} in pieces of {every}, lfs {lfs}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(30)])
+                    );
+                }
+            }
+        }
+        let pointer_blob = repo.blob(pointer).expect("a blob");
+        assert!(
+            describe_blob(&repo, pointer_blob, true)
+                .expect("described")
+                .lfs
+        );
+    }
+
+    #[test]
+    fn blobs_that_arrived_are_taken_as_they_arrived_the_others_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init_bare(dir.path()).expect("a repository");
+        let arrived_blob = repo.blob(b"plain text\n").expect("a blob");
+        let unknown = repo.blob(b"not arrived\n").expect("a blob");
+        // A description no read of the mirror could give shows that the
+        // arrival was used.
+        let marked = Arrival {
+            sha256: [9; 32],
+            size: 11,
+            binary: true,
+            pointer: None,
+        };
+        let arrived: Arrived = [(arrived_blob, marked)].into_iter().collect();
+        let mut pending = Undescribed::new(Some(&arrived));
+        pending.push("a.txt".to_owned(), arrived_blob, true);
+        pending.push("b.txt".to_owned(), unknown, true);
+        let mut delta = TreeDelta::default();
+        pending.describe_into(&repo, &mut delta).expect("described");
+        let infos: std::collections::HashMap<&str, &FileInfo> = delta.upserts().collect();
+
+        assert_eq!(
+            (infos["a.txt"].sha256, infos["a.txt"].binary),
+            ([9; 32], true)
+        );
+        assert_eq!(
+            *infos["b.txt"],
+            describe_blob(&repo, unknown, true).expect("described")
         );
     }
 }

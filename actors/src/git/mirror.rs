@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use git2::{AutotagOption, ErrorClass, ErrorCode, FetchOptions, Oid, RemoteRedirect, Repository};
 
+use super::arriving::Tap;
 use super::error::{GitError, GitFailure, is_transient};
 use super::indexer_windows::IndexerWindows;
 use super::local::{self, Want};
@@ -30,6 +31,7 @@ use super::refs::{
     BASE_REF, MODULE_HISTORY_REF, MODULES_PREFIX, mirror_ref, module_ref, snapshot_ref,
 };
 use super::remote::{RemoteHead, RemoteSpec, Route, Session, local_path, scheme_of};
+use super::socket;
 
 mod stale_locks;
 mod update;
@@ -258,7 +260,7 @@ impl Mirror {
             .repo
             .remote_anonymous(&spec.url)
             .map_err(|e| GitError::classify(&e, None))?;
-        self.download(&session, &mut remote, want, into, depth)
+        self.download(&session, &mut remote, want, into, depth, None)
     }
 
     /// [`Self::fetch_one`] from a repository on this machine, which Herald
@@ -765,13 +767,13 @@ pub(super) mod tests {
 
     /// `git daemon` serving the directories under `root` on loopback, for
     /// as long as it lives.
-    pub(super) struct Daemon {
+    pub(in crate::git) struct Daemon {
         child: std::process::Child,
         port: u16,
     }
 
     impl Daemon {
-        pub(super) fn serve(root: &Path) -> Self {
+        pub(in crate::git) fn serve(root: &Path) -> Self {
             for _ in 0..5 {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .and_then(|l| l.local_addr())
@@ -808,7 +810,7 @@ pub(super) mod tests {
             panic!("git daemon did not start");
         }
 
-        pub(super) fn port(&self) -> u16 {
+        pub(in crate::git) fn port(&self) -> u16 {
             self.port
         }
 

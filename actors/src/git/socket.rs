@@ -39,6 +39,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use super::arriving::Tap;
+
 use super::egress::{Destination, Refusal};
 use crate::net::AddressRule;
 
@@ -127,6 +129,23 @@ thread_local! {
     static REFUSED: Cell<Option<Refusal>> = const { Cell::new(None) };
     /// The error message libgit2 is handed (kept alive until the next one).
     static MESSAGE: RefCell<CString> = RefCell::new(CString::default());
+    /// Where the bytes this thread's sockets read also go, if anywhere
+    /// ([`tapped`]).
+    static TAP: RefCell<Option<Tap>> = const { RefCell::new(None) };
+}
+
+/// Runs `body` (a fetch) with every byte its sockets read also handed to
+/// `tap` ([`super::arriving`]).
+pub(super) fn tapped<T>(tap: &Tap, body: impl FnOnce() -> T) -> T {
+    /// Puts the previous tap back, however `body` ends.
+    struct Restore(Option<Tap>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TAP.with(|current| *current.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(TAP.with(|current| current.replace(Some(tap.clone()))));
+    body()
 }
 
 /// One git network operation on this thread (a head check, a fetch): the
@@ -480,7 +499,14 @@ unsafe extern "C" fn stream_read(stream: *mut RawStream, data: *mut c_void, len:
             tcp.set_read_timeout(wait)?;
             tcp.read(buffer)
         }) {
-            Ok(n) => isize::try_from(n).unwrap_or(isize::MAX),
+            Ok(n) => {
+                TAP.with(|tap| {
+                    if let Some(tap) = tap.borrow().as_ref() {
+                        tap.push(&buffer[..n]);
+                    }
+                });
+                isize::try_from(n).unwrap_or(isize::MAX)
+            }
             Err(failure) => fail(failure) as isize,
         }
     })

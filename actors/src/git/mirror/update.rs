@@ -19,7 +19,7 @@ pub enum UpdateFailure {
 
 impl Mirror {
     /// Fetches `want` into ref `into` through `remote`, on its connection
-    /// when it is connected.
+    /// when it is connected; every byte read also handed to `tap`, if any.
     pub(super) fn download(
         &self,
         session: &Session<'_>,
@@ -27,6 +27,7 @@ impl Mirror {
         want: Want<'_>,
         into: &str,
         depth: Depth,
+        tap: Option<&Tap>,
     ) -> Result<(), GitError> {
         let mut options = FetchOptions::new();
         options
@@ -44,9 +45,12 @@ impl Mirror {
             Want::Ref(name) => format!("+{name}:{into}"),
             Want::Commit(oid) => format!("+{oid}:{into}"),
         };
-        remote
-            .fetch(&[refspec], Some(&mut options), None)
-            .map_err(|e| session.failed(&e))
+        let fetch = || remote.fetch(&[refspec], Some(&mut options), None);
+        match tap {
+            Some(tap) => socket::tapped(tap, fetch),
+            None => fetch(),
+        }
+        .map_err(|e| session.failed(&e))
     }
 
     /// Asks the remote where `branch` (or its default branch) points and,
@@ -54,10 +58,13 @@ impl Mirror {
     /// it as [`Self::fetch`] does, on the same connection: one connection a
     /// scan, as `git fetch` makes, where a head check and then a fetch made
     /// two (and a first sync three, with the registration's own check).
+    /// The fetch's bytes are also handed to `tap`, if any
+    /// ([`super::super::arriving`]).
     pub fn update(
         &self,
         spec: &RemoteSpec,
         branch: Option<&str>,
+        tap: Option<&Tap>,
     ) -> Result<RemoteHead, UpdateFailure> {
         if scheme_of(&spec.url) == "file" {
             let head = crate::git::probe(spec, branch).map_err(UpdateFailure::Asking)?;
@@ -91,6 +98,7 @@ impl Mirror {
             Want::Ref(&branch_ref),
             &branch_ref,
             Depth::Tip,
+            tap,
         )
         .map_err(UpdateFailure::Fetching)?;
         drop(connection);
@@ -169,7 +177,7 @@ mod tests {
         let remote = spec(format!("git://127.0.0.1:{port}/source"), true);
         let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
 
-        let head = mirror.update(&remote, None).expect("updated");
+        let head = mirror.update(&remote, None, None).expect("updated");
         assert_eq!(
             (head.branch.as_str(), head.commit.to_string()),
             ("main", first.clone())
@@ -185,7 +193,9 @@ mod tests {
         );
 
         let packs = mirror.stats().packs;
-        let again = mirror.update(&remote, Some("main")).expect("asked again");
+        let again = mirror
+            .update(&remote, Some("main"), None)
+            .expect("asked again");
         assert_eq!(again, head);
         assert_eq!(connections.load(Ordering::SeqCst), 2);
         assert_eq!(
@@ -195,12 +205,12 @@ mod tests {
         );
 
         let next = commit(&source, "a.md", "two\n");
-        let moved = mirror.update(&remote, Some("main")).expect("moved");
+        let moved = mirror.update(&remote, Some("main"), None).expect("moved");
         assert_eq!(moved.commit.to_string(), next);
         assert_eq!(mirror.local_head("main"), Some(moved.commit));
         assert_eq!(connections.load(Ordering::SeqCst), 3);
 
-        let missing = mirror.update(&remote, Some("gone"));
+        let missing = mirror.update(&remote, Some("gone"), None);
         assert!(
             matches!(&missing, Err(UpdateFailure::Asking(err)) if err.failure == GitFailure::NotFound),
             "{missing:?}"
@@ -240,7 +250,7 @@ mod tests {
         let remote = spec(format!("http://127.0.0.1:{port}/r.git"), true);
         let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
 
-        let refused = mirror.update(&remote, None);
+        let refused = mirror.update(&remote, None, None);
 
         assert!(
             matches!(refused, Err(UpdateFailure::Asking(_))),
