@@ -333,7 +333,7 @@ fn scan_with(
     else {
         return Ok(ScanOutcome::NoAccess);
     };
-    let arrived = arriving.map(|arriving| arriving.finish(mirror.repo()));
+    let arrived = arriving.map(git::Arriving::finish);
     let remote = &remote;
     let commit = head.commit;
     let repo = mirror.repo();

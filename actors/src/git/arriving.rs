@@ -11,17 +11,18 @@
 //! with a [`BlobReader`] as it comes. The scan then asks the mirror only
 //! for the blobs that arrived as deltas.
 //!
-//! What it reads is never trusted on its own:
+//! The reading costs the fetch nothing and is never trusted:
 //!
-//! - an entry is known by its offset in the pack, and the offset's object id
-//!   is taken from the index libgit2 wrote for that pack, which verified
-//!   every object;
-//! - the pack must end with the checksum of the bytes read: the checksum
-//!   libgit2 names the pack by, so the bytes are those libgit2 indexed;
-//! - anything unexpected (a malformed line, a corrupt entry, a pack that
-//!   libgit2 completed with objects of its own, more than [`MAX_QUEUED`]
-//!   bytes waiting) ends the reading with nothing known, and the scan
-//!   describes every blob from the mirror as before.
+//! - it runs at idle priority (`SCHED_IDLE`): it takes only the time the
+//!   remote's transfer and libgit2's indexer leave, never theirs. When the
+//!   fetch is over it stops where it is, and the scan describes the rest
+//!   from the mirror on every core;
+//! - each blob is known by the object id of the bytes it read (git's SHA-1
+//!   of them), so a description is of those exact bytes whatever the reply
+//!   held: a misread reply can only leave blobs to the mirror;
+//! - anything unexpected (a malformed line, a corrupt entry, more than
+//!   [`MAX_QUEUED`] bytes waiting) ends the reading with what it read so
+//!   far.
 //!
 //! Only `git://` is tapped: it is the one transport whose bytes Herald's
 //! socket sees as git's own lines (http has its framing, https its TLS).
@@ -34,10 +35,10 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use flate2::{Decompress, FlushDecompress, Status};
-use git2::{Oid, Repository};
+use git2::Oid;
 use sha1::{Digest, Sha1};
 
-use super::blob::{PIECE, entry_header, index_offsets};
+use super::blob::{PIECE, entry_header};
 
 /// What is made of each blob that arrives whole, fed its bytes in order.
 pub trait BlobReader: Send + 'static {
@@ -60,24 +61,22 @@ pub const MAX_BLOBS: usize = 100_000;
 pub struct Tap {
     sender: Sender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
-    gave_up: Arc<AtomicBool>,
+    full: Arc<AtomicBool>,
 }
 
 impl Tap {
     /// Queues a copy of `bytes` for the reading thread; past
-    /// [`MAX_QUEUED`] waiting, stops queueing (the reading then ends short
-    /// and knows nothing).
+    /// [`MAX_QUEUED`] waiting, stops queueing (the reading then ends with
+    /// what it read).
     pub(super) fn push(&self, bytes: &[u8]) {
-        if bytes.is_empty() || self.gave_up.load(Ordering::Relaxed) {
+        if bytes.is_empty() || self.full.load(Ordering::Relaxed) {
             return;
         }
-        if self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len() > MAX_QUEUED {
-            self.gave_up.store(true, Ordering::Relaxed);
-            return;
-        }
-        if self.sender.send(bytes.to_vec()).is_err() {
-            // The reading ended already (it found something unexpected).
-            self.gave_up.store(true, Ordering::Relaxed);
+        if self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len() > MAX_QUEUED
+            || self.sender.send(bytes.to_vec()).is_err()
+        {
+            // Too far behind, or the reading ended already.
+            self.full.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -85,14 +84,9 @@ impl Tap {
 /// The pack a fetch reads, read on a thread of its own with `R`.
 pub struct Arriving<R: BlobReader> {
     tap: Tap,
-    thread: JoinHandle<Option<PackRead<R::Made>>>,
-}
-
-/// The blobs read from one pack: each by its offset, and the pack's
-/// checksum.
-struct PackRead<M> {
-    checksum: [u8; 20],
-    blobs: Vec<(u64, M)>,
+    /// Set when the fetch is over: the reading stops at the next entry.
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<HashMap<Oid, R::Made>>,
 }
 
 impl<R: BlobReader> Arriving<R> {
@@ -104,16 +98,23 @@ impl<R: BlobReader> Arriving<R> {
     fn start() -> Self {
         let (sender, receiver) = channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let tap = Tap {
             sender,
             queued: queued.clone(),
-            gave_up: Arc::new(AtomicBool::new(false)),
+            full: Arc::new(AtomicBool::new(false)),
         };
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("herald-arriving".to_owned())
-            .spawn(move || read_pack::<R>(Chunks::new(receiver, queued)))
+            .spawn(move || {
+                idle_priority();
+                let mut arrived = HashMap::new();
+                read_pack::<R>(Chunks::new(receiver, queued), &stopped, &mut arrived);
+                arrived
+            })
             .expect("a thread to read the arriving pack");
-        Self { tap, thread }
+        Self { tap, stop, thread }
     }
 
     /// What the fetch's socket hands its bytes to.
@@ -121,42 +122,30 @@ impl<R: BlobReader> Arriving<R> {
         &self.tap
     }
 
-    /// Waits for the reading to end (the fetch is over) and returns what was
-    /// made of each blob, by object id as `repo`'s index of the pack names
-    /// it: empty when the reading ended short, found the pack different, or
-    /// the fetch brought no pack.
-    pub fn finish(self, repo: &Repository) -> HashMap<Oid, R::Made> {
-        let Self { tap, thread } = self;
-        let gave_up = tap.gave_up.load(Ordering::Relaxed);
-        drop(tap);
-        let read = match thread.join() {
-            Ok(Some(read)) if !gave_up => read,
-            outcome => {
-                tracing::debug!(
-                    gave_up,
-                    read = matches!(outcome, Ok(Some(_))),
-                    "the fetched pack was not read as it arrived"
-                );
-                return HashMap::new();
-            }
-        };
-        let index = repo
-            .path()
-            .join("objects/pack")
-            .join(format!("pack-{}.idx", hex::encode(read.checksum)));
-        let Ok(ids) = index_offsets(&index) else {
-            // libgit2 completed the pack (a thin one) under another name.
-            tracing::debug!("the pack read as it arrived was not kept as it came");
-            return HashMap::new();
-        };
-        let arrived: HashMap<Oid, R::Made> = read
-            .blobs
-            .into_iter()
-            .filter_map(|(offset, made)| Some((*ids.get(&offset)?, made)))
-            .collect();
+    /// Once the fetch is over: stops the reading at its next entry and
+    /// returns what it made of each blob read, by object id.
+    pub fn finish(self) -> HashMap<Oid, R::Made> {
+        self.stop.store(true, Ordering::Relaxed);
+        let arrived = self.read_all();
         tracing::debug!(blobs = arrived.len(), "blobs read as the pack arrived");
         arrived
     }
+
+    /// What the reading made once it read everything queued.
+    fn read_all(self) -> HashMap<Oid, R::Made> {
+        drop(self.tap);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Puts the calling thread under `SCHED_IDLE`: it runs only on a core
+/// nothing else wants. Best effort: a system that refuses leaves it as it
+/// was.
+#[allow(unsafe_code)]
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: 0 names the calling thread; `param` is a valid sched_param.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 /// Blob bytes held at most while a pack is read, as the bases of the
@@ -166,11 +155,17 @@ pub const MAX_HELD: usize = 64 * 1024 * 1024;
 /// Blobs larger than this are read but not held.
 const MAX_HELD_BLOB: u64 = 1024 * 1024;
 
-/// Reads the pack out of a `git://` fetch's reply (`input`): each blob
-/// through `R`, whether it arrives whole or as a delta against an earlier
-/// blob still held ([`MAX_HELD`]); every other entry inflated to find its
-/// end. `None` on anything unexpected.
-fn read_pack<R: BlobReader>(input: Chunks) -> Option<PackRead<R::Made>> {
+/// Reads the pack out of a `git://` fetch's reply (`input`) into
+/// `arrived`: each blob through `R`, by the id of its bytes, whether it
+/// arrives whole or as a delta against an earlier blob still held
+/// ([`MAX_HELD`]); every other entry inflated to find its end. Ends at the
+/// pack's end, when `stop` is set, or at anything unexpected, with what it
+/// read so far.
+fn read_pack<R: BlobReader>(
+    input: Chunks,
+    stop: &AtomicBool,
+    arrived: &mut HashMap<Oid, R::Made>,
+) -> Option<()> {
     let mut pack = Counted::new(SideBand::new(input));
     let mut header = [0u8; 12];
     pack.read_exact(&mut header).ok()?;
@@ -178,22 +173,28 @@ fn read_pack<R: BlobReader>(input: Chunks) -> Option<PackRead<R::Made>> {
         return None;
     }
     let count = u32::from_be_bytes(header[8..12].try_into().ok()?);
-    let mut blobs = Vec::new();
     let mut inflater = Inflater::new();
     // Blobs by offset, whole, for the deltas that name them as their base.
     let mut held: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut held_bytes = 0usize;
     for _ in 0..count {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         let offset = pack.position;
         let (kind, size) = entry_header(&mut pack).ok()?;
-        let wanted = blobs.len() < MAX_BLOBS;
+        let wanted = arrived.len() < MAX_BLOBS;
         let holdable = size <= MAX_HELD_BLOB && held_bytes as u64 + size <= MAX_HELD as u64;
         let content = match kind {
             3 if wanted && holdable => Some(inflater.inflate_whole(&mut pack, size)?),
             3 if wanted => {
                 let mut reader = R::new();
-                inflater.inflate(&mut pack, size, &mut |piece| reader.feed(piece))?;
-                blobs.push((offset, reader.finish()));
+                let mut id = BlobId::new(size);
+                inflater.inflate(&mut pack, size, &mut |piece| {
+                    reader.feed(piece);
+                    id.feed(piece);
+                })?;
+                arrived.insert(id.finish(), reader.finish());
                 None
             }
             6 => {
@@ -211,8 +212,8 @@ fn read_pack<R: BlobReader>(input: Chunks) -> Option<PackRead<R::Made>> {
             }
             1..=7 => {
                 if kind == 7 {
-                    // A reference delta names its base by an id, which this
-                    // reading does not compute: left to the mirror.
+                    // A reference delta names its base by an id: left to the
+                    // mirror.
                     pack.read_exact(&mut [0u8; 20]).ok()?;
                 }
                 inflater.inflate(&mut pack, size, &mut |_| {})?;
@@ -223,18 +224,36 @@ fn read_pack<R: BlobReader>(input: Chunks) -> Option<PackRead<R::Made>> {
         if let Some(content) = content {
             let mut reader = R::new();
             reader.feed(&content);
-            blobs.push((offset, reader.finish()));
+            let mut id = BlobId::new(content.len() as u64);
+            id.feed(&content);
+            arrived.insert(id.finish(), reader.finish());
             if content.len() as u64 <= MAX_HELD_BLOB && held_bytes + content.len() <= MAX_HELD {
                 held_bytes += content.len();
                 held.insert(offset, content);
             }
         }
     }
-    drop(held);
-    let checksum: [u8; 20] = pack.sha.clone().finalize().into();
-    let mut trailer = [0u8; 20];
-    pack.read_exact(&mut trailer).ok()?;
-    (trailer == checksum).then_some(PackRead { checksum, blobs })
+    Some(())
+}
+
+/// A blob's object id (git's SHA-1 of `blob {size}\0` and its bytes), fed
+/// its bytes piece by piece.
+struct BlobId(Sha1);
+
+impl BlobId {
+    fn new(size: u64) -> Self {
+        let mut sha = Sha1::new();
+        sha.update(format!("blob {size}\0").as_bytes());
+        Self(sha)
+    }
+
+    fn feed(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    fn finish(self) -> Oid {
+        Oid::from_bytes(&self.0.finalize()).expect("a SHA-1 is an object id")
+    }
 }
 
 /// How far back an offset delta's base lies (git's encoding, where each
@@ -476,15 +495,14 @@ impl<R: Read> Read for SideBand<R> {
     }
 }
 
-/// A buffered reader that counts what it consumed and hashes it (the pack's
-/// checksum covers every byte before it).
+/// A buffered reader that counts what it consumed: an entry's offset in
+/// the pack.
 struct Counted<R> {
     inner: R,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
     position: u64,
-    sha: Sha1,
 }
 
 impl<R: Read> Counted<R> {
@@ -495,7 +513,6 @@ impl<R: Read> Counted<R> {
             start: 0,
             end: 0,
             position: 0,
-            sha: Sha1::new(),
         }
     }
 }
@@ -511,7 +528,6 @@ impl<R: Read> BufRead for Counted<R> {
 
     fn consume(&mut self, amount: usize) {
         let amount = amount.min(self.end - self.start);
-        self.sha.update(&self.buf[self.start..self.start + amount]);
         self.start += amount;
         self.position += amount as u64;
     }
@@ -635,7 +651,7 @@ mod tests {
         mirror
             .update(&spec(url.clone(), true), None, Some(arriving.tap()))
             .expect("fetched");
-        let arrived = arriving.finish(mirror.repo());
+        let arrived = arriving.read_all();
 
         // Every blob, the near copies that arrived as deltas against their
         // pair included, read as the mirror holds it.
@@ -648,7 +664,7 @@ mod tests {
         mirror
             .update(&spec(url, true), None, Some(again.tap()))
             .expect("asked");
-        assert!(again.finish(mirror.repo()).is_empty());
+        assert!(again.finish().is_empty());
     }
 
     #[test]
@@ -684,17 +700,26 @@ mod tests {
     }
 
     /// `bytes` handed to a reading in pieces of `every` bytes, as a socket
-    /// would, and what it read of `mirror`'s pack.
-    fn read(bytes: &[u8], every: usize, mirror: &Mirror) -> HashMap<Oid, Vec<u8>> {
+    /// would, and what it read.
+    fn read(bytes: &[u8], every: usize) -> HashMap<Oid, Vec<u8>> {
         let arriving = Arriving::<Bytes>::start();
         for piece in bytes.chunks(every) {
             arriving.tap().push(piece);
         }
-        arriving.finish(mirror.repo())
+        arriving.read_all()
+    }
+
+    /// Asserts that every blob of `read` is `tip`'s blob of that id, and
+    /// returns how many there are.
+    fn all_as_in(read: &HashMap<Oid, Vec<u8>>, tip: &HashMap<Oid, Vec<u8>>) -> usize {
+        for (id, bytes) in read {
+            assert_eq!(Some(bytes), tip.get(id), "{id} was read as other bytes");
+        }
+        read.len()
     }
 
     #[test]
-    fn a_reply_is_read_only_when_it_is_the_pack_libgit2_indexed() {
+    fn a_reply_misread_or_cut_leaves_blobs_to_the_mirror_never_misdescribes_one() {
         let (dir, _source) = files();
         let daemon = Daemon::serve(dir.path());
         let url = format!("git://127.0.0.1:{}/source", daemon.port());
@@ -710,49 +735,53 @@ mod tests {
         let pack = std::fs::read(pack_path).expect("read");
         let tip = tip_blobs(&mirror);
 
-        // However the socket cuts the reply, every blob read is the mirror's.
-        let whole = read(&reply(&pack, 8192), 65536, &mirror);
-        assert!(!whole.is_empty());
-        for (id, bytes) in &whole {
-            assert_eq!(Some(bytes), tip.get(id));
-        }
-        assert_eq!(
-            read(&reply(&pack, 1000), 1, &mirror),
-            whole,
-            "a byte at a time"
-        );
+        // However the socket cuts the reply, every blob is read.
+        let whole = read(&reply(&pack, 8192), 65536);
+        assert_eq!(whole, tip);
+        assert_eq!(read(&reply(&pack, 1000), 1), whole, "a byte at a time");
 
-        // One byte changed in an entry, the pack cut short, an error from the
-        // remote, a malformed line: nothing is known.
+        // A byte changed in the middle, the pack cut short: what was read
+        // before is known, nothing after.
         let mut altered = pack.clone();
         let middle = altered.len() / 2;
         altered[middle] ^= 0x40;
-        assert!(
-            read(&reply(&altered, 8192), 4096, &mirror).is_empty(),
-            "altered"
-        );
-        let short = reply(&pack[..pack.len() - 30], 8192);
-        assert!(read(&short, 4096, &mirror).is_empty(), "cut short");
+        let before = all_as_in(&read(&reply(&altered, 8192), 4096), &tip);
+        assert!(0 < before && before < tip.len(), "altered: {before}");
+        let short = reply(&pack[..pack.len() * 2 / 3], 8192);
+        let before = all_as_in(&read(&short, 4096), &tip);
+        assert!(0 < before && before < tip.len(), "cut short: {before}");
+
+        // An error from the remote, a malformed line: nothing.
         let mut failed = reply(&pack, 8192);
         failed.splice(0..0, b"0015\x03access denied\n0000".iter().copied());
-        assert!(
-            read(&failed, 4096, &mirror).is_empty(),
-            "an error on band 3"
-        );
+        assert!(read(&failed, 4096).is_empty(), "an error on band 3");
         let mut malformed = reply(&pack, 8192);
         malformed.splice(0..0, b"zz12".iter().copied());
-        assert!(
-            read(&malformed, 4096, &mirror).is_empty(),
-            "a malformed length"
-        );
-        // A pack the mirror has no index for (libgit2 completed a thin one
-        // under another name) is not read either.
-        let other = tempfile::tempdir().expect("dir");
-        let elsewhere = Mirror::open(&other.path().join("mirror.git")).expect("mirror");
-        assert!(
-            read(&reply(&pack, 8192), 4096, &elsewhere).is_empty(),
-            "no index"
-        );
+        assert!(read(&malformed, 4096).is_empty(), "a malformed length");
+
+        // Stopped as the fetch ends: whatever was read is the mirror's.
+        let arriving = Arriving::<Bytes>::start();
+        arriving.tap().push(&reply(&pack, 8192));
+        all_as_in(&arriving.finish(), &tip);
+    }
+
+    #[test]
+    fn a_blob_is_known_by_the_id_of_the_bytes_read() {
+        // A pack of one blob, whatever id a remote claims for it: known by
+        // the id of its bytes.
+        let content = b"what the remote sent\n";
+        let mut pack = b"PACK\0\0\0\x02\0\0\0\x01".to_vec();
+        pack.push(0x30 | content.len() as u8 & 0x0f | 0x80);
+        pack.push((content.len() >> 4) as u8);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zlib, content).expect("deflated");
+        pack.extend(zlib.finish().expect("deflated"));
+        pack.extend([0u8; 20]);
+        let id = Oid::hash_object(git2::ObjectType::Blob, content).expect("an id");
+
+        let read = read(&reply(&pack, 7), 3);
+
+        assert_eq!(read, [(id, content.to_vec())].into_iter().collect());
     }
 
     /// git's delta of `target` against a base of `source` bytes: `ops`

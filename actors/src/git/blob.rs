@@ -16,7 +16,6 @@
 //!   its base whole), through libgit2, whole. libgit2 inflated it whole once
 //!   already, to index the fetched pack.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -158,48 +157,6 @@ fn find_in_index(path: &Path, oid: Oid) -> std::io::Result<Option<u64>> {
         }
     }
     Ok(None)
-}
-
-/// Offset → object id of every object in the version 2 pack index at
-/// `path`, read whole (28 bytes an object).
-pub(super) fn index_offsets(path: &Path) -> std::io::Result<HashMap<u64, Oid>> {
-    const HEADER: usize = 8;
-    const FANOUT: usize = 256 * 4;
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let index = std::fs::read(path)?;
-    if index.get(..HEADER) != Some(&[0xff, b't', b'O', b'c', 0, 0, 0, 2][..]) {
-        return Err(invalid("not a version 2 pack index"));
-    }
-    let word = |at: usize| -> std::io::Result<u32> {
-        let bytes = index
-            .get(at..at + 4)
-            .ok_or_else(|| invalid("a pack index cut short"))?;
-        Ok(u32::from_be_bytes(bytes.try_into().expect("four bytes")))
-    };
-    let count = word(HEADER + FANOUT - 4)? as usize;
-    let names = HEADER + FANOUT;
-    let offsets = names + count * 24;
-    let large = offsets + count * 4;
-    let mut ids = HashMap::with_capacity(count);
-    for i in 0..count {
-        let name = index
-            .get(names + i * 20..names + i * 20 + 20)
-            .ok_or_else(|| invalid("a pack index cut short"))?;
-        let id = Oid::from_bytes(name).map_err(|_| invalid("a malformed object id"))?;
-        let small = word(offsets + i * 4)?;
-        let offset = if small & 0x8000_0000 == 0 {
-            u64::from(small)
-        } else {
-            let at = large + (small & 0x7fff_ffff) as usize * 8;
-            let bytes = index
-                .get(at..at + 8)
-                .ok_or_else(|| invalid("a pack index cut short"))?;
-            u64::from_be_bytes(bytes.try_into().expect("eight bytes"))
-        };
-        ids.insert(offset, id);
-    }
-    Ok(ids)
 }
 
 /// A pack entry's type and inflated size (git's variable-length header).
