@@ -105,9 +105,12 @@ impl crate::git::BlobReader for ArrivingBlob {
     fn feed(&mut self, piece: &[u8]) {
         self.description.feed(piece);
         if let Some(text) = &mut self.text {
+            if text.len() + piece.len() > MAX_POINTER_BYTES {
+                self.text = None;
+                return;
+            }
             text.extend_from_slice(piece);
-            let start = &text[..text.len().min(POINTER_START.len())];
-            if text.len() > MAX_POINTER_BYTES || !POINTER_START.starts_with(start) {
+            if !POINTER_START.starts_with(&text[..text.len().min(POINTER_START.len())]) {
                 self.text = None;
             }
         }

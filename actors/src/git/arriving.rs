@@ -7,16 +7,19 @@
 //! (SHA-256, size, the binary rule): on a first sync, the largest piece of
 //! work between the fetch and the first event. A [`Tap`] on the fetch's
 //! socket hands the bytes libgit2 reads to one thread of [`Arriving`], which
-//! takes the pack out of git's side band and reads each blob stored whole
-//! with a [`BlobReader`] as it comes. The scan then asks the mirror only
-//! for the blobs that arrived as deltas.
+//! takes the pack out of git's side band and reads each blob with a
+//! [`BlobReader`] as it comes: stored whole, or as an offset delta against
+//! a blob it still holds. The scan then asks the mirror only for what it
+//! did not reach.
 //!
 //! The reading costs the fetch nothing and is never trusted:
 //!
 //! - it runs at idle priority (`SCHED_IDLE`): it takes only the time the
-//!   remote's transfer and libgit2's indexer leave, never theirs. When the
-//!   fetch is over it stops where it is, and the scan describes the rest
-//!   from the mirror on every core;
+//!   remote's transfer and libgit2's indexer leave, never theirs, and
+//!   shares no lock with them (it polls for bytes, hands its blobs over a
+//!   channel nobody waits on). When the fetch is over the scan takes what
+//!   it has read, without waiting for it, and describes the rest from the
+//!   mirror on every core; the reading stops at its next entry;
 //! - each blob is known by the object id of the bytes it read (git's SHA-1
 //!   of them), so a description is of those exact bytes whatever the reply
 //!   held: a misread reply can only leave blobs to the mirror;
@@ -31,8 +34,9 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
 
 use flate2::{Decompress, FlushDecompress, Status};
 use git2::Oid;
@@ -40,7 +44,7 @@ use sha1::{Digest, Sha1};
 
 use super::blob::{PIECE, entry_header};
 
-/// What is made of each blob that arrives whole, fed its bytes in order.
+/// What is made of each blob read, fed its bytes in order.
 pub trait BlobReader: Send + 'static {
     type Made: Send + 'static;
     fn new() -> Self;
@@ -48,8 +52,8 @@ pub trait BlobReader: Send + 'static {
     fn finish(self) -> Self::Made;
 }
 
-/// Bytes read but not yet parsed beyond which the reading gives up (the
-/// fetch never waits for it).
+/// Bytes queued but not yet read beyond which the tap stops queueing (the
+/// fetch never waits for the reading).
 pub const MAX_QUEUED: usize = 32 * 1024 * 1024;
 
 /// Blobs read at most (the rest are described from the mirror), so that
@@ -60,6 +64,8 @@ pub const MAX_BLOBS: usize = 100_000;
 #[derive(Clone)]
 pub struct Tap {
     sender: Sender<Vec<u8>>,
+    /// The reading thread, woken when bytes are queued.
+    reader: Thread,
     queued: Arc<AtomicUsize>,
     full: Arc<AtomicBool>,
 }
@@ -77,7 +83,9 @@ impl Tap {
         {
             // Too far behind, or the reading ended already.
             self.full.store(true, Ordering::Relaxed);
+            return;
         }
+        self.reader.unpark();
     }
 }
 
@@ -86,7 +94,9 @@ pub struct Arriving<R: BlobReader> {
     tap: Tap,
     /// Set when the fetch is over: the reading stops at the next entry.
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<HashMap<Oid, R::Made>>,
+    /// Each blob read, by id, as the reading makes it.
+    read: Receiver<(Oid, R::Made)>,
+    thread: JoinHandle<()>,
 }
 
 impl<R: BlobReader> Arriving<R> {
@@ -97,24 +107,33 @@ impl<R: BlobReader> Arriving<R> {
 
     fn start() -> Self {
         let (sender, receiver) = channel();
+        let (made, read) = channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let tap = Tap {
-            sender,
-            queued: queued.clone(),
-            full: Arc::new(AtomicBool::new(false)),
-        };
+        let chunks = Chunks::new(receiver, queued.clone(), stop.clone());
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("herald-arriving".to_owned())
             .spawn(move || {
                 idle_priority();
-                let mut arrived = HashMap::new();
-                read_pack::<R>(Chunks::new(receiver, queued), &stopped, &mut arrived);
-                arrived
+                read_pack::<R>(chunks, &stopped, &mut |id, blob| {
+                    // The scan may have gone with what it took.
+                    made.send((id, blob)).is_ok()
+                });
             })
             .expect("a thread to read the arriving pack");
-        Self { tap, stop, thread }
+        let tap = Tap {
+            sender,
+            reader: thread.thread().clone(),
+            queued,
+            full: Arc::new(AtomicBool::new(false)),
+        };
+        Self {
+            tap,
+            stop,
+            read,
+            thread,
+        }
     }
 
     /// What the fetch's socket hands its bytes to.
@@ -122,19 +141,23 @@ impl<R: BlobReader> Arriving<R> {
         &self.tap
     }
 
-    /// Once the fetch is over: stops the reading at its next entry and
-    /// returns what it made of each blob read, by object id.
+    /// Once the fetch is over: what the reading made of each blob it read
+    /// so far, by object id, taken without waiting for it; the reading
+    /// stops at its next entry.
     pub fn finish(self) -> HashMap<Oid, R::Made> {
         self.stop.store(true, Ordering::Relaxed);
-        let arrived = self.read_all();
+        self.thread.thread().unpark();
+        let arrived: HashMap<Oid, R::Made> = self.read.try_iter().collect();
         tracing::debug!(blobs = arrived.len(), "blobs read as the pack arrived");
         arrived
     }
 
-    /// What the reading made once it read everything queued.
+    /// What the reading made once it read everything queued (tests).
+    #[cfg(test)]
     fn read_all(self) -> HashMap<Oid, R::Made> {
         drop(self.tap);
-        self.thread.join().unwrap_or_default()
+        let _ = self.thread.join();
+        self.read.try_iter().collect()
     }
 }
 
@@ -155,16 +178,16 @@ pub const MAX_HELD: usize = 64 * 1024 * 1024;
 /// Blobs larger than this are read but not held.
 const MAX_HELD_BLOB: u64 = 1024 * 1024;
 
-/// Reads the pack out of a `git://` fetch's reply (`input`) into
-/// `arrived`: each blob through `R`, by the id of its bytes, whether it
+/// Reads the pack out of a `git://` fetch's reply (`input`): each blob
+/// through `R`, handed to `arrived` with the id of its bytes, whether it
 /// arrives whole or as a delta against an earlier blob still held
 /// ([`MAX_HELD`]); every other entry inflated to find its end. Ends at the
-/// pack's end, when `stop` is set, or at anything unexpected, with what it
-/// read so far.
+/// pack's end, when `stop` is set or `arrived` answers `false`, or at
+/// anything unexpected.
 fn read_pack<R: BlobReader>(
     input: Chunks,
     stop: &AtomicBool,
-    arrived: &mut HashMap<Oid, R::Made>,
+    arrived: &mut dyn FnMut(Oid, R::Made) -> bool,
 ) -> Option<()> {
     let mut pack = Counted::new(SideBand::new(input));
     let mut header = [0u8; 12];
@@ -177,13 +200,14 @@ fn read_pack<R: BlobReader>(
     // Blobs by offset, whole, for the deltas that name them as their base.
     let mut held: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut held_bytes = 0usize;
+    let mut blobs = 0usize;
     for _ in 0..count {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
         let offset = pack.position;
         let (kind, size) = entry_header(&mut pack).ok()?;
-        let wanted = arrived.len() < MAX_BLOBS;
+        let wanted = blobs < MAX_BLOBS;
         let holdable = size <= MAX_HELD_BLOB && held_bytes as u64 + size <= MAX_HELD as u64;
         let content = match kind {
             3 if wanted && holdable => Some(inflater.inflate_whole(&mut pack, size)?),
@@ -194,7 +218,10 @@ fn read_pack<R: BlobReader>(
                     reader.feed(piece);
                     id.feed(piece);
                 })?;
-                arrived.insert(id.finish(), reader.finish());
+                blobs += 1;
+                if !arrived(id.finish(), reader.finish()) {
+                    return None;
+                }
                 None
             }
             6 => {
@@ -202,7 +229,9 @@ fn read_pack<R: BlobReader>(
                 match held.get(&base) {
                     Some(base) if wanted && size <= MAX_HELD_BLOB => {
                         let delta = inflater.inflate_whole(&mut pack, size)?;
-                        Some(apply_delta(base, &delta)?)
+                        // One that does not fit (or makes a blob too large
+                        // to hold) is left to the mirror.
+                        apply_delta(base, &delta)
                     }
                     _ => {
                         inflater.inflate(&mut pack, size, &mut |_| {})?;
@@ -226,7 +255,10 @@ fn read_pack<R: BlobReader>(
             reader.feed(&content);
             let mut id = BlobId::new(content.len() as u64);
             id.feed(&content);
-            arrived.insert(id.finish(), reader.finish());
+            blobs += 1;
+            if !arrived(id.finish(), reader.finish()) {
+                return None;
+            }
             if content.len() as u64 <= MAX_HELD_BLOB && held_bytes + content.len() <= MAX_HELD {
                 held_bytes += content.len();
                 held.insert(offset, content);
@@ -384,19 +416,25 @@ impl Inflater {
 }
 
 /// The chunks a [`Tap`] queued, read in order; the end once the tap is
-/// dropped.
+/// dropped or the reading is stopped.
 struct Chunks {
     receiver: Receiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
     chunk: Vec<u8>,
     at: usize,
 }
 
+/// The longest a reading waiting for bytes sleeps before it looks again
+/// (the tap wakes it when it queues some).
+const POLL: Duration = Duration::from_millis(50);
+
 impl Chunks {
-    fn new(receiver: Receiver<Vec<u8>>, queued: Arc<AtomicUsize>) -> Self {
+    fn new(receiver: Receiver<Vec<u8>>, queued: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> Self {
         Self {
             receiver,
             queued,
+            stop,
             chunk: Vec::new(),
             at: 0,
         }
@@ -406,8 +444,16 @@ impl Chunks {
 impl Read for Chunks {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.chunk.len() {
-            let Ok(chunk) = self.receiver.recv() else {
-                return Ok(0);
+            // Never blocked in the channel: a sender would then take its
+            // lock to wake this idle-priority thread.
+            let chunk = match self.receiver.try_recv() {
+                Ok(chunk) => chunk,
+                Err(TryRecvError::Disconnected) => return Ok(0),
+                Err(TryRecvError::Empty) if self.stop.load(Ordering::Relaxed) => return Ok(0),
+                Err(TryRecvError::Empty) => {
+                    std::thread::park_timeout(POLL);
+                    continue;
+                }
             };
             self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
             self.chunk = chunk;
