@@ -686,12 +686,29 @@ mod tests {
             .sum()
     }
 
-    #[test]
-    fn a_fetch_over_git_reads_every_blob_as_it_arrives() {
+    /// [`files`] served by `git daemon`: its URL and an empty mirror.
+    struct Served {
+        url: String,
+        mirror: Mirror,
+        _daemon: Daemon,
+        _dir: tempfile::TempDir,
+    }
+
+    fn served() -> Served {
         let (dir, _source) = files();
         let daemon = Daemon::serve(dir.path());
-        let url = format!("git://127.0.0.1:{}/source", daemon.port());
-        let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+        Served {
+            url: format!("git://127.0.0.1:{}/source", daemon.port()),
+            mirror: Mirror::open(&dir.path().join("mirror.git")).expect("mirror"),
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn a_fetch_over_git_reads_every_blob_as_it_arrives() {
+        let served = served();
+        let (url, mirror) = (served.url.clone(), &served.mirror);
         let arriving = Arriving::<Bytes>::for_remote(&url).expect("git:// is tapped");
 
         mirror
@@ -701,9 +718,9 @@ mod tests {
 
         // Every blob, the near copies that arrived as deltas against their
         // pair included, read as the mirror holds it.
-        assert!(deltas_in(&mirror) > 0, "the remote sent no delta");
-        assert_eq!(arrived.len(), tip_blobs(&mirror).len());
-        assert_eq!(arrived, tip_blobs(&mirror));
+        assert!(deltas_in(mirror) > 0, "the remote sent no delta");
+        assert_eq!(arrived.len(), tip_blobs(mirror).len());
+        assert_eq!(arrived, tip_blobs(mirror));
 
         // The head has not moved: nothing is fetched, nothing is read.
         let again = Arriving::<Bytes>::for_remote(&url).expect("tapped");
@@ -766,10 +783,8 @@ mod tests {
 
     #[test]
     fn a_reply_misread_or_cut_leaves_blobs_to_the_mirror_never_misdescribes_one() {
-        let (dir, _source) = files();
-        let daemon = Daemon::serve(dir.path());
-        let url = format!("git://127.0.0.1:{}/source", daemon.port());
-        let mirror = Mirror::open(&dir.path().join("mirror.git")).expect("mirror");
+        let served = served();
+        let (url, mirror) = (served.url.clone(), &served.mirror);
         mirror
             .update(&spec(url, true), None, None)
             .expect("fetched");
@@ -779,7 +794,7 @@ mod tests {
             .find(|path| path.extension().is_some_and(|e| e == "pack"))
             .expect("the fetched pack");
         let pack = std::fs::read(pack_path).expect("read");
-        let tip = tip_blobs(&mirror);
+        let tip = tip_blobs(mirror);
 
         // However the socket cuts the reply, every blob is read.
         let whole = read(&reply(&pack, 8192), 65536);
