@@ -30,7 +30,7 @@
 //! Only `git://` is tapped: it is the one transport whose bytes Herald's
 //! socket sees as git's own lines (http has its framing, https its TLS).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,7 +54,7 @@ pub trait BlobReader: Send + 'static {
 
 /// Bytes queued but not yet read beyond which the tap stops queueing (the
 /// fetch never waits for the reading).
-pub const MAX_QUEUED: usize = 32 * 1024 * 1024;
+pub const MAX_QUEUED: usize = 8 * 1024 * 1024;
 
 /// Blobs read at most (the rest are described from the mirror), so that
 /// what a huge tree's fetch holds stays small.
@@ -172,16 +172,17 @@ fn idle_priority() {
 }
 
 /// Blob bytes held at most while a pack is read, as the bases of the
-/// deltas that follow them.
-pub const MAX_HELD: usize = 64 * 1024 * 1024;
+/// deltas that follow them: the latest blobs read (git writes a delta's
+/// base shortly before it, as a rule).
+pub const MAX_HELD: usize = 16 * 1024 * 1024;
 
 /// Blobs larger than this are read but not held.
 const MAX_HELD_BLOB: u64 = 1024 * 1024;
 
 /// Reads the pack out of a `git://` fetch's reply (`input`): each blob
 /// through `R`, handed to `arrived` with the id of its bytes, whether it
-/// arrives whole or as a delta against an earlier blob still held
-/// ([`MAX_HELD`]); every other entry inflated to find its end. Ends at the
+/// arrives whole or as a delta against a blob still [`Held`]; every other
+/// entry inflated to find its end. Ends at the
 /// pack's end, when `stop` is set or `arrived` answers `false`, or at
 /// anything unexpected.
 fn read_pack<R: BlobReader>(
@@ -197,9 +198,7 @@ fn read_pack<R: BlobReader>(
     }
     let count = u32::from_be_bytes(header[8..12].try_into().ok()?);
     let mut inflater = Inflater::new();
-    // Blobs by offset, whole, for the deltas that name them as their base.
-    let mut held: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut held_bytes = 0usize;
+    let mut held = Held::default();
     let mut blobs = 0usize;
     for _ in 0..count {
         if stop.load(Ordering::Relaxed) {
@@ -208,7 +207,7 @@ fn read_pack<R: BlobReader>(
         let offset = pack.position;
         let (kind, size) = entry_header(&mut pack).ok()?;
         let wanted = blobs < MAX_BLOBS;
-        let holdable = size <= MAX_HELD_BLOB && held_bytes as u64 + size <= MAX_HELD as u64;
+        let holdable = size <= MAX_HELD_BLOB;
         let content = match kind {
             3 if wanted && holdable => Some(inflater.inflate_whole(&mut pack, size)?),
             3 if wanted => {
@@ -259,13 +258,42 @@ fn read_pack<R: BlobReader>(
             if !arrived(id.finish(), reader.finish()) {
                 return None;
             }
-            if content.len() as u64 <= MAX_HELD_BLOB && held_bytes + content.len() <= MAX_HELD {
-                held_bytes += content.len();
-                held.insert(offset, content);
-            }
+            held.hold(offset, content);
         }
     }
     Some(())
+}
+
+/// The latest blobs read, whole, by offset: the bases that the deltas
+/// after them may name. At most [`MAX_HELD`] bytes; the oldest go first.
+#[derive(Default)]
+struct Held {
+    blobs: HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl Held {
+    fn get(&self, offset: &u64) -> Option<&Vec<u8>> {
+        self.blobs.get(offset)
+    }
+
+    fn hold(&mut self, offset: u64, content: Vec<u8>) {
+        if content.len() as u64 > MAX_HELD_BLOB {
+            return;
+        }
+        while self.bytes + content.len() > MAX_HELD {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.blobs.remove(&oldest) {
+                self.bytes -= gone.len();
+            }
+        }
+        self.bytes += content.len();
+        self.order.push_back(offset);
+        self.blobs.insert(offset, content);
+    }
 }
 
 /// A blob's object id (git's SHA-1 of `blob {size}\0` and its bytes), fed
@@ -935,5 +963,26 @@ mod tests {
         assert_eq!(apply_delta(&base, &reserved), None, "the reserved opcode");
         let cut = delta(base.len(), 5, &[Err(b"hello")]);
         assert_eq!(apply_delta(&base, &cut[..cut.len() - 2]), None, "cut short");
+    }
+
+    #[test]
+    fn the_latest_blobs_are_held_the_oldest_let_go_first() {
+        let mut held = Held::default();
+        let blob = (MAX_HELD_BLOB / 2) as usize;
+        let fit = MAX_HELD / blob;
+        for i in 0..=fit as u64 {
+            held.hold(i, vec![i as u8; blob]);
+        }
+        assert!(held.bytes <= MAX_HELD);
+        assert_eq!(held.get(&0), None, "the oldest went first");
+        assert_eq!(held.get(&1).map(|b| b[0]), Some(1));
+        assert_eq!(held.get(&(fit as u64)).map(Vec::len), Some(blob));
+        held.hold(99, vec![0; MAX_HELD_BLOB as usize + 1]);
+        assert_eq!(held.get(&99), None, "too large to hold");
+        assert_eq!(
+            held.get(&1).map(|b| b[0]),
+            Some(1),
+            "and nothing let go for it"
+        );
     }
 }
