@@ -182,9 +182,8 @@ const MAX_HELD_BLOB: u64 = 1024 * 1024;
 /// Reads the pack out of a `git://` fetch's reply (`input`): each blob
 /// through `R`, handed to `arrived` with the id of its bytes, whether it
 /// arrives whole or as a delta against a blob still [`Held`]; every other
-/// entry inflated to find its end. Ends at the
-/// pack's end, when `stop` is set or `arrived` answers `false`, or at
-/// anything unexpected.
+/// entry inflated to find its end. Ends at the pack's end, when `stop` is
+/// set or `arrived` answers `false`, or at anything unexpected.
 fn read_pack<R: BlobReader>(
     input: Chunks,
     stop: &AtomicBool,
@@ -225,7 +224,7 @@ fn read_pack<R: BlobReader>(
             }
             6 => {
                 let base = offset.checked_sub(delta_distance(&mut pack)?)?;
-                match held.get(&base) {
+                match held.get(base) {
                     Some(base) if wanted && size <= MAX_HELD_BLOB => {
                         let delta = inflater.inflate_whole(&mut pack, size)?;
                         // One that does not fit (or makes a blob too large
@@ -274,8 +273,8 @@ struct Held {
 }
 
 impl Held {
-    fn get(&self, offset: &u64) -> Option<&Vec<u8>> {
-        self.blobs.get(offset)
+    fn get(&self, offset: u64) -> Option<&[u8]> {
+        self.blobs.get(&offset).map(Vec::as_slice)
     }
 
     fn hold(&mut self, offset: u64, content: Vec<u8>) {
@@ -974,13 +973,13 @@ mod tests {
             held.hold(i, vec![i as u8; blob]);
         }
         assert!(held.bytes <= MAX_HELD);
-        assert_eq!(held.get(&0), None, "the oldest went first");
-        assert_eq!(held.get(&1).map(|b| b[0]), Some(1));
-        assert_eq!(held.get(&(fit as u64)).map(Vec::len), Some(blob));
+        assert_eq!(held.get(0), None, "the oldest went first");
+        assert_eq!(held.get(1).map(|b| b[0]), Some(1));
+        assert_eq!(held.get(fit as u64).map(<[u8]>::len), Some(blob));
         held.hold(99, vec![0; MAX_HELD_BLOB as usize + 1]);
-        assert_eq!(held.get(&99), None, "too large to hold");
+        assert_eq!(held.get(99), None, "too large to hold");
         assert_eq!(
-            held.get(&1).map(|b| b[0]),
+            held.get(1).map(|b| b[0]),
             Some(1),
             "and nothing let go for it"
         );
